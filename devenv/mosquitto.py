@@ -1,0 +1,145 @@
+"""Start a real Mosquitto broker on 127.0.0.1 for the demo, tests and benchmarks.
+
+The broker listens with mTLS (client certificate required, the certificate's
+CN becomes the username) on one free port and, optionally, plain MQTT on
+another (for test subscribers that only observe). Persistence is on, so a
+broker stopped and started again keeps sessions and queued QoS 1 messages.
+
+    with MosquittoBroker(workdir, pki) as broker:
+        broker.tls_port, broker.plain_port
+        broker.stop(kill=True); broker.start()      # fault injection
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from devenv.pki import LocalPki
+
+__all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto"]
+
+
+def free_port() -> int:
+    """A TCP port that was free on 127.0.0.1 a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:port."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before listening on port {port}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s") from None
+            time.sleep(0.05)
+
+
+def find_mosquitto() -> str:
+    """Path of the mosquitto binary; raises with the install hint when missing."""
+    path = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+    if not path:
+        raise RuntimeError("mosquitto is not installed: run `make setup` (scripts/install-system-packages.sh)")
+    return path
+
+
+class MosquittoBroker:
+    """A Mosquitto process with its own config, persistence and log in ``workdir``."""
+
+    def __init__(self, workdir: str | os.PathLike[str], pki: LocalPki, *, plain: bool = True,
+                 tls_port: int | None = None, plain_port: int | None = None,
+                 autosave_on_changes: bool = True) -> None:
+        self.workdir = Path(workdir)
+        self.pki = pki
+        self.tls_port = tls_port or free_port()
+        self.plain_port = (plain_port or free_port()) if plain else None
+        self.autosave_on_changes = autosave_on_changes
+        self.proc: subprocess.Popen | None = None
+        self.config_path = self.workdir / "mosquitto.conf"
+        self.log_path = self.workdir / "mosquitto.log"
+
+    def _write_config(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            "per_listener_settings true",
+            "user root" if os.geteuid() == 0 else "",
+            "persistence true",
+            f"persistence_location {self.workdir}/",
+            # Save the in-memory state on every change so even SIGKILL loses no acknowledged message
+            # (a production broker would rather rely on clustering; this keeps fault tests honest).
+            "autosave_interval 1" if self.autosave_on_changes else "autosave_interval 60",
+            "autosave_on_changes true" if self.autosave_on_changes else "",
+            "max_queued_messages 0",       # never drop queued QoS 1 messages for an offline subscriber
+            "max_inflight_messages 100",
+            "max_packet_size 1048576",
+            f"log_dest file {self.log_path}",
+            "log_type error", "log_type warning", "log_type notice", "log_type information",
+            "connection_messages true",
+            f"listener {self.tls_port} 127.0.0.1",
+            f"cafile {self.pki.ca}",
+            f"certfile {self.pki.server.cert}",
+            f"keyfile {self.pki.server.key}",
+            "require_certificate true",
+            "use_identity_as_username true",
+            "allow_anonymous false",
+        ]
+        if self.plain_port:
+            lines += [f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true"]
+        self.config_path.write_text("\n".join(line for line in lines if line) + "\n")
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self._write_config()
+        log = open(self.workdir / "mosquitto.stderr", "ab")
+        self.proc = subprocess.Popen([find_mosquitto(), "-c", str(self.config_path)],
+                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        try:
+            wait_for_port(self.tls_port, timeout, self.proc)
+            if self.plain_port:
+                wait_for_port(self.plain_port, timeout, self.proc)
+        except Exception as exc:
+            tail = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
+            self.stop(kill=True)
+            raise RuntimeError(f"mosquitto did not start: {exc}\n{tail}") from exc
+
+    def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
+        """Stop the broker: SIGTERM (it saves its state) or, with ``kill``, SIGKILL."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        self.proc = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.stop(kill=kill)
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def __enter__(self) -> "MosquittoBroker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

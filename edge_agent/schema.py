@@ -1,0 +1,241 @@
+"""Topics and payloads, version 1 — the one contract between edge and cloud.
+
+Documented for humans in ``docs/telemetry-schema.md``; this module is the
+executable form, imported by the edge agent (to build messages) and by the
+ingest workers (to validate them). It imports nothing outside the standard
+library.
+
+Topics (``<site>`` and ``<asset>`` match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``)::
+
+    ems/v1/<site>/telemetry        batches of readings, QoS 1, not retained
+    ems/v1/<site>/twin/<asset>     latest calibrated state of one asset, QoS 1, retained
+    ems/v1/<site>/status           "online" / "offline" (last will), QoS 1, retained
+    ems/v1/deadletter/<reason>     payloads the ingest rejected, with the reason
+
+Telemetry payload (UTF-8 JSON object)::
+
+    {"v": 1, "site": "sub-07", "seq_first": 101, "seq_last": 102, "sent_ms": 1764...,
+     "readings": [
+        {"seq": 101, "ts_ms": 1764..., "asset": "tx1", "point": "oil_temp",
+         "value": 61.25, "unit": "degC", "quality": "good"},
+        {"seq": 102, ...}]}
+
+* ``seq`` is the site's monotonic sequence number of one reading (never reused);
+  ``seq_first``/``seq_last`` are the smallest and largest seq in the batch.
+* ``ts_ms`` is the time of measurement (milliseconds since the Unix epoch); it is
+  never rewritten downstream, so a replayed spool arrives with its old times.
+* ``value`` is a finite number; it may be ``null`` only when ``quality`` is
+  ``device_error`` or ``stale`` (there is nothing to measure).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+SCHEMA_VERSION = 1
+TOPIC_ROOT = f"ems/v{SCHEMA_VERSION}"
+MAX_PAYLOAD_BYTES = 256 * 1024
+MAX_READINGS_PER_BATCH = 1000
+QUALITIES = ("good", "loop_fault", "device_error", "stale")
+_NULL_OK = frozenset({"device_error", "stale"})
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+__all__ = [
+    "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "QUALITIES",
+    "SchemaError", "Reading", "Batch",
+    "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
+    "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
+]
+
+
+class SchemaError(ValueError):
+    """A payload or topic that does not follow schema v1.
+
+    ``reason`` is a short machine-readable code (used as the dead-letter topic
+    suffix and metric label); ``detail`` says which field and value.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One calibrated measurement of one point of one asset."""
+
+    seq: int
+    ts_ms: int
+    asset: str
+    point: str
+    value: float | None
+    unit: str
+    quality: str = "good"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq, "ts_ms": self.ts_ms, "asset": self.asset, "point": self.point,
+            "value": self.value, "unit": self.unit, "quality": self.quality,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A validated telemetry message."""
+
+    site: str
+    seq_first: int
+    seq_last: int
+    sent_ms: int
+    readings: tuple[Reading, ...]
+
+
+def valid_id(value: object) -> bool:
+    """True when ``value`` may be used as a site, asset or point id in topics and labels."""
+    return isinstance(value, str) and bool(_ID.match(value))
+
+
+def _check_id(kind: str, value: object) -> str:
+    if not valid_id(value):
+        raise SchemaError("bad_id", f"{kind} {value!r} must match {_ID.pattern}")
+    return value  # type: ignore[return-value]
+
+
+def telemetry_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/{_check_id('site', site)}/telemetry"
+
+
+def twin_topic(site: str, asset: str) -> str:
+    return f"{TOPIC_ROOT}/{_check_id('site', site)}/twin/{_check_id('asset', asset)}"
+
+
+def status_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/{_check_id('site', site)}/status"
+
+
+def deadletter_topic(reason: str) -> str:
+    return f"{TOPIC_ROOT}/deadletter/{reason}"
+
+
+def telemetry_subscription(group: str | None = None) -> str:
+    """The subscription filter for every site's telemetry; shared when ``group`` is given."""
+    base = f"{TOPIC_ROOT}/+/telemetry"
+    return f"$share/{group}/{base}" if group else base
+
+
+def site_from_topic(topic: str) -> str:
+    """The site id of a telemetry topic; raises SchemaError for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 4 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[3] != "telemetry":
+        raise SchemaError("bad_topic", f"topic {topic!r} is not {TOPIC_ROOT}/<site>/telemetry")
+    return _check_id("site", parts[2])
+
+
+def encode_batch(site: str, readings: Iterable[Reading], sent_ms: int) -> bytes:
+    """Serialise readings (ascending seq) into one telemetry payload."""
+    items = list(readings)
+    if not items:
+        raise SchemaError("empty", "a batch needs at least one reading")
+    body = {
+        "v": SCHEMA_VERSION,
+        "site": _check_id("site", site),
+        "seq_first": min(r.seq for r in items),
+        "seq_last": max(r.seq for r in items),
+        "sent_ms": int(sent_ms),
+        "readings": [r.to_json() for r in items],
+    }
+    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+
+
+def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, Any]]) -> bytes:
+    """Serialise an asset's latest state: ``points`` maps point → {value, unit, quality, ts_ms}."""
+    body = {"v": SCHEMA_VERSION, "site": _check_id("site", site), "asset": _check_id("asset", asset),
+            "ts_ms": int(ts_ms), "points": points}
+    return json.dumps(body, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
+
+
+def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SchemaError("bad_field", f"{where}{key} must be an integer (got {value!r})")
+    if value < minimum:
+        raise SchemaError("bad_field", f"{where}{key} must be >= {minimum} (got {value!r})")
+    return value
+
+
+def _str(obj: dict[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value or len(value) > 64:
+        raise SchemaError("bad_field", f"{where}{key} must be a non-empty string of at most 64 characters (got {value!r})")
+    return value
+
+
+def _reading(raw: object, index: int) -> Reading:
+    where = f"readings[{index}]."
+    if not isinstance(raw, dict):
+        raise SchemaError("bad_field", f"readings[{index}] must be an object (got {type(raw).__name__})")
+    quality = raw.get("quality")
+    if quality not in QUALITIES:
+        raise SchemaError("bad_field", f"{where}quality must be one of {', '.join(QUALITIES)} (got {quality!r})")
+    value = raw.get("value")
+    if value is None:
+        if quality not in _NULL_OK:
+            raise SchemaError("bad_value", f"{where}value is null but quality is {quality!r}")
+    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SchemaError("bad_value", f"{where}value must be a finite number (got {value!r})")
+    asset = _check_id(f"{where}asset", raw.get("asset"))
+    point = _check_id(f"{where}point", raw.get("point"))
+    unit = raw.get("unit")
+    if not isinstance(unit, str) or len(unit) > 32:
+        raise SchemaError("bad_field", f"{where}unit must be a string of at most 32 characters (got {unit!r})")
+    return Reading(
+        seq=_int(raw, "seq", where, 1), ts_ms=_int(raw, "ts_ms", where, 0), asset=asset, point=point,
+        value=None if value is None else float(value), unit=unit, quality=quality,
+    )
+
+
+def decode_batch(payload: bytes, topic: str | None = None) -> Batch:
+    """Validate a telemetry payload; raises SchemaError naming the reason and field.
+
+    When ``topic`` is given, the payload's site must be the topic's site.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise SchemaError("oversized", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+    try:
+        body = json.loads(payload, parse_constant=_reject_constant)
+    except SchemaError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError("not_json", str(exc)) from exc
+    if not isinstance(body, dict):
+        raise SchemaError("bad_field", f"payload must be a JSON object (got {type(body).__name__})")
+    version = body.get("v")
+    if version != SCHEMA_VERSION:
+        raise SchemaError("bad_version", f"v must be {SCHEMA_VERSION} (got {version!r})")
+    site = _check_id("site", body.get("site"))
+    if topic is not None and site_from_topic(topic) != site:
+        raise SchemaError("site_mismatch", f"payload site {site!r} differs from topic {topic!r}")
+    raw_readings = body.get("readings")
+    if not isinstance(raw_readings, list) or not raw_readings:
+        raise SchemaError("bad_field", "readings must be a non-empty list")
+    if len(raw_readings) > MAX_READINGS_PER_BATCH:
+        raise SchemaError("oversized", f"{len(raw_readings)} readings; the limit is {MAX_READINGS_PER_BATCH}")
+    readings = tuple(_reading(r, i) for i, r in enumerate(raw_readings))
+    seq_first = _int(body, "seq_first", "", 1)
+    seq_last = _int(body, "seq_last", "", 1)
+    seqs = [r.seq for r in readings]
+    if min(seqs) != seq_first or max(seqs) != seq_last:
+        raise SchemaError("bad_seq", f"seq_first/seq_last {seq_first}..{seq_last} do not match the readings' {min(seqs)}..{max(seqs)}")
+    if len(set(seqs)) != len(seqs):
+        raise SchemaError("bad_seq", "a seq appears twice in one batch")
+    return Batch(site=site, seq_first=seq_first, seq_last=seq_last,
+                 sent_ms=_int(body, "sent_ms", "", 0), readings=readings)
+
+
+def _reject_constant(name: str) -> None:
+    raise SchemaError("bad_value", f"{name} is not allowed in a payload")

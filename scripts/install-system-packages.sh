@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the demo, tests and benchmarks run for real:
+# Mosquitto (MQTT broker, also mosquitto_pub/sub) and Prometheus (the TSDB).
+# Idempotent: does nothing when every binary is already there.
+set -euo pipefail
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ ${#need[@]} -eq 0 ] && exit 0
+
+echo "installing Debian packages: ${need[*]}"
+if [ "$(id -u)" -eq 0 ]; then
+  sudo=()
+elif command -v sudo >/dev/null 2>&1; then
+  sudo=(sudo)
+else
+  echo "error: need root or sudo to install ${need[*]} (apt-get install -y ${need[*]})" >&2
+  exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo[@]}" apt-get update -qq
+"${sudo[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}"

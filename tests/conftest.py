@@ -1,0 +1,43 @@
+"""Fixtures shared by every test area: a local mTLS PKI and real Mosquitto brokers.
+
+Services are real processes on 127.0.0.1 on free ports (so test runs never
+collide); `make test` installs them. A missing binary fails loudly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from devenv.mosquitto import MosquittoBroker
+from devenv.pki import LocalPki, make_pki
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> LocalPki:
+    """A CA, a 127.0.0.1 server certificate and on-demand client certificates."""
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def broker_factory(tmp_path: Path, pki: LocalPki) -> Iterator[Callable[..., MosquittoBroker]]:
+    """Start brokers on demand (``broker_factory()``); all are stopped after the test."""
+    started: list[MosquittoBroker] = []
+
+    def start(**kwargs: object) -> MosquittoBroker:
+        broker = MosquittoBroker(tmp_path / f"broker{len(started)}", pki, **kwargs)  # type: ignore[arg-type]
+        broker.start()
+        started.append(broker)
+        return broker
+
+    yield start
+    for broker in started:
+        broker.stop(kill=True)
+
+
+@pytest.fixture
+def broker(broker_factory: Callable[..., MosquittoBroker]) -> MosquittoBroker:
+    """One running broker: mTLS on ``broker.tls_port``, plain on ``broker.plain_port``."""
+    return broker_factory()
