@@ -1,0 +1,678 @@
+"""Typed, validated stack configuration: the whole ``ems:`` namespace in one place.
+
+``parse_settings(raw, stack)`` is pure (no Pulumi runtime needed) and turns the raw
+``ems:*`` values into frozen dataclasses; ``load_settings()`` is the thin adapter over
+``pulumi.Config("ems")`` used by ``__main__.py``. Under the Pulumi runtime every config
+value is a string (lists and objects arrive as JSON text); the parser accepts both
+strings and already-decoded YAML values, so ``emsctl`` and the real CLI agree.
+
+Every problem raises :class:`SettingsError` (a ``pulumi.RunError``, printed by the CLI as
+one line without a traceback) naming the key, the bad value and what is allowed::
+
+    ems:kubernetesVersion: 1.24 is below the supported minimum 1.26
+
+The table of keys is ``docs/stack-config.md``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+import pulumi
+
+__all__ = [
+    "AwsSettings",
+    "GlobalSettings",
+    "Images",
+    "KNOWN_KEYS",
+    "LocalSettings",
+    "ModbusGateway",
+    "NodeGroupSettings",
+    "PlatformSettings",
+    "PrivateSettings",
+    "SettingsError",
+    "StackSettings",
+    "Taint",
+    "load_settings",
+    "parse_settings",
+]
+
+MIN_KUBERNETES = (1, 26)
+LEAF_MAX_HOURS = 398 * 24
+CLOUDS = ("aws", "private", "local")
+ROLES = ("region", "global")
+POOLS = ("interconnect", "nvme", "general")
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
+IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter")
+ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DNS_NAME = re.compile(r"^(\*\.)?([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)*[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_K8S_VERSION = re.compile(r"^1\.(\d{1,2})$")
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+_QUANTITY = re.compile(r"^\d+(\.\d+)?(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$")
+_AWS_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_SUBNET_ID = re.compile(r"^subnet-[0-9a-f]{8,17}$")
+_IMAGE = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
+_STACK_NAME = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+){0,2}$")
+_MISSING = object()
+
+
+class SettingsError(pulumi.RunError):
+    """Bad ``ems:`` stack config; the message names the key, the value and what is allowed."""
+
+    def __init__(self, key: str, value: object, reason: str) -> None:
+        self.key = key
+        self.value = value
+        self.reason = reason
+        if value is _MISSING:
+            message = f"ems:{key}: {reason}"
+        else:
+            message = f"ems:{key}: {_show(value)} {reason}"
+        super().__init__(message)
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return value if value and not re.search(r"\s", value) else json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)) or value is None:
+        return json.dumps(value)
+    return json.dumps(value, separators=(",", ":"), default=str)
+
+
+# --------------------------------------------------------------------------- dataclasses
+
+
+@dataclass(frozen=True)
+class Taint:
+    """A node taint, Kubernetes spelling (``effect`` is NoSchedule | PreferNoSchedule | NoExecute)."""
+
+    key: str
+    value: str
+    effect: str
+
+    @property
+    def aws_effect(self) -> str:
+        """The EKS API spelling of the effect (``NO_SCHEDULE`` …)."""
+        return {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}[
+            self.effect
+        ]
+
+
+@dataclass(frozen=True)
+class NodeGroupSettings:
+    """One EKS managed node group. Nodes carry the label ``ems.io/pool=<pool>``."""
+
+    name: str
+    pool: str
+    instance_types: tuple[str, ...]
+    min_size: int
+    max_size: int
+    desired_size: int
+    disk_size_gib: int = 100
+    capacity_type: str = "ON_DEMAND"
+    taints: tuple[Taint, ...] = ()
+
+
+@dataclass(frozen=True)
+class ModbusGateway:
+    """An RS-485 → Modbus/TCP gateway the in-cluster bridge polls."""
+
+    name: str
+    host: str
+    port: int = 502
+    unit: int = 1
+
+
+@dataclass(frozen=True)
+class Images:
+    """Container images (explicit tag or digest, never ``latest``)."""
+
+    broker: str = "docker.io/eclipse-mosquitto:2.0.18"
+    tsdb: str = "quay.io/prometheus/prometheus:v2.53.2"
+    edge_agent: str = "ghcr.io/ems-platform/edge-agent:0.1.0"
+    ingest: str = "ghcr.io/ems-platform/ingest:0.1.0"
+    api_gateway: str = "docker.io/envoyproxy/envoy:v1.31.2"
+    metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
+
+
+@dataclass(frozen=True)
+class PlatformSettings:
+    """What ``EmsPlatform`` builds inside a cluster (region stacks only)."""
+
+    namespace: str = "ems"
+    images: Images = field(default_factory=Images)
+    edge_sites: tuple[str, ...] = ()
+    modbus_gateways: tuple[ModbusGateway, ...] = ()
+    broker_hostnames: tuple[str, ...] = ()
+    api_hostnames: tuple[str, ...] = ()
+    operator_groups: tuple[str, ...] = ("ems-operators",)
+    viewer_groups: tuple[str, ...] = ("ems-viewers",)
+    cert_validity_hours: int = 2160
+    ca_validity_hours: int = 87600
+    storage_class_name: str = "ems-block"
+    storage_provisioner: str = "ebs.csi.aws.com"
+    storage_parameters: tuple[tuple[str, str], ...] = ()
+    tsdb_retention: str = "30d"
+    spool_horizon: str = "72h"
+    tsdb_storage_size: str = "200Gi"
+    broker_storage_size: str = "20Gi"
+    ingest_min_replicas: int = 2
+    ingest_max_replicas: int = 10
+    ingest_target_messages_per_second: int = 500
+    ingest_scale_down_stabilization_seconds: int = 600
+    api_gateway_replicas: int = 2
+
+
+@dataclass(frozen=True)
+class AwsSettings:
+    """AWS region stack: VPC (or given subnets), EKS and its node groups."""
+
+    region: str
+    vpc_cidr: str = "10.40.0.0/16"
+    availability_zones: tuple[str, ...] = ()
+    private_subnet_ids: tuple[str, ...] = ()
+    public_subnet_ids: tuple[str, ...] = ()
+    vpc_id: str | None = None
+    public_endpoint_cidrs: tuple[str, ...] = ()
+    node_groups: tuple[NodeGroupSettings, ...] = ()
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PrivateSettings:
+    """An existing cluster: kubeconfig (secret) and context."""
+
+    kube_context: str | None = None
+    kubeconfig: pulumi.Output[str] | None = None
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """The embedded default: manifests rendered to a directory, no cluster."""
+
+    render_directory: str = "out/rendered/local"
+
+
+@dataclass(frozen=True)
+class GlobalSettings:
+    """The global stack: region stacks behind AWS Global Accelerator (+ optional Route 53)."""
+
+    region_stacks: tuple[str, ...]
+    accelerator_name: str = "ems-global"
+    health_check_interval_seconds: int = 10
+    dns_zone_id: str | None = None
+    mqtt_domain_name: str | None = None
+    api_domain_name: str | None = None
+
+
+@dataclass(frozen=True)
+class StackSettings:
+    """The validated ``ems:`` config of one stack."""
+
+    stack: str
+    cloud: str
+    role: str
+    kubernetes_version: str
+    platform: PlatformSettings | None
+    aws: AwsSettings | None = None
+    private: PrivateSettings | None = None
+    local: LocalSettings | None = None
+    global_: GlobalSettings | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+# --------------------------------------------------------------------------- readers
+
+T = TypeVar("T")
+
+DEFAULT_NODE_GROUPS = (
+    NodeGroupSettings("general", "general", ("m6i.large",), 2, 6, 2),
+    NodeGroupSettings(
+        "interconnect", "interconnect", ("c6in.xlarge",), 2, 6, 2,
+        taints=(Taint("ems.io/pool", "interconnect", "NoSchedule"),),
+    ),
+    NodeGroupSettings(
+        "nvme", "nvme", ("i4i.xlarge",), 1, 3, 1,
+        taints=(Taint("ems.io/pool", "nvme", "NoSchedule"),),
+    ),
+)
+
+SECRET_KEYS = frozenset({"kubeconfig"})
+
+KNOWN_KEYS: tuple[str, ...] = (
+    "cloud", "role", "kubernetesVersion", "namespace", "tags",
+    # platform
+    "images", "edgeSites", "modbusGateways", "brokerHostnames", "apiHostnames",
+    "operatorGroups", "viewerGroups", "certValidityHours", "caValidityHours",
+    "storageClassName", "storageProvisioner", "storageParameters",
+    "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
+    "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
+    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas",
+    # aws
+    "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
+    "publicEndpointCidrs", "nodeGroups",
+    # private / local
+    "kubeconfig", "kubeContext", "renderDirectory",
+    # global
+    "regionStacks", "acceleratorName", "healthCheckIntervalSeconds", "dnsZoneId",
+    "mqttDomainName", "apiDomainName",
+)
+
+
+class _Reader:
+    """Typed access to the raw config; every failure is a SettingsError with the key path."""
+
+    def __init__(self, raw: Mapping[str, object]) -> None:
+        self.raw = {k.split(":", 1)[1] if k.startswith("ems:") else k: v for k, v in raw.items()}
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def get(self, key: str, parse: Callable[[str, object], T], default: T) -> T:
+        value = self.raw.get(key)
+        if value is None:
+            return default
+        return parse(key, value)
+
+    def require(self, key: str, parse: Callable[[str, object], T], why: str) -> T:
+        value = self.raw.get(key)
+        if value is None or value == "":
+            raise SettingsError(key, _MISSING, f"is required {why}")
+        return parse(key, value)
+
+
+def _structured(key: str, value: object, kind: type, what: str) -> Any:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise SettingsError(key, value, f"must be {what} (JSON/YAML {kind.__name__})") from None
+    if not isinstance(value, kind):
+        raise SettingsError(key, value, f"must be {what}")
+    return value
+
+
+def _string(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(key, value, "must be a string")
+    return value
+
+
+def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, object], int]:
+    def parse(key: str, value: object) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise SettingsError(key, value, "must be an integer")
+        if isinstance(value, str):
+            if not re.fullmatch(r"-?\d+", value.strip()):
+                raise SettingsError(key, value, "must be an integer")
+            value = int(value)
+        if low is not None and value < low:
+            raise SettingsError(key, value, f"must be at least {low}")
+        if high is not None and value > high:
+            raise SettingsError(key, value, f"must be at most {high}")
+        return value
+
+    return parse
+
+
+def _choice(options: Sequence[str]) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str) or value not in options:
+            raise SettingsError(key, value, f"is not one of {'|'.join(options)}")
+        return value
+
+    return parse
+
+
+def _pattern(regex: re.Pattern[str], what: str) -> Callable[[str, object], str]:
+    def parse(key: str, value: object) -> str:
+        if not isinstance(value, str) or not regex.fullmatch(value):
+            raise SettingsError(key, value, f"must be {what}")
+        return value
+
+    return parse
+
+
+def _list_of(item: Callable[[str, object], T], *, unique: bool = False, min_items: int = 0) -> Callable[[str, object], tuple[T, ...]]:
+    def parse(key: str, value: object) -> tuple[T, ...]:
+        items = _structured(key, value, list, "a list")
+        out = tuple(item(f"{key}[{i}]", v) for i, v in enumerate(items))
+        if len(out) < min_items:
+            raise SettingsError(key, items, f"must have at least {min_items} entries")
+        if unique:
+            seen: set[object] = set()
+            for i, v in enumerate(out):
+                if v in seen:
+                    raise SettingsError(f"{key}[{i}]", v, "is a duplicate; entries must be unique")
+                seen.add(v)
+        return out
+
+    return parse
+
+
+def _string_map(key: str, value: object) -> tuple[tuple[str, str], ...]:
+    obj = _structured(key, value, dict, "an object of string values")
+    for k, v in obj.items():
+        if not isinstance(v, str):
+            raise SettingsError(f"{key}.{k}", v, "must be a string")
+    return tuple(sorted(obj.items()))
+
+
+def _cidr(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(key, value, "must be a CIDR block such as 10.40.0.0/16")
+    try:
+        network = ipaddress.ip_network(value, strict=True)
+    except ValueError:
+        raise SettingsError(key, value, "is not a valid CIDR block (e.g. 10.40.0.0/16, host bits zero)") from None
+    return str(network)
+
+
+def _public_cidr(key: str, value: object) -> str:
+    cidr = _cidr(key, value)
+    if ipaddress.ip_network(cidr).prefixlen == 0:
+        raise SettingsError(key, value, "would open the Kubernetes API to the whole internet; list your operator networks")
+    return cidr
+
+
+def _ip_address(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(key, value, "must be an IP address")
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise SettingsError(key, value, "is not an IP address (NetworkPolicies allow Modbus egress by address)") from None
+
+
+def _kubernetes_version(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise SettingsError(key, value, 'must be a quoted string such as "1.29" (YAML reads 1.30 as the number 1.3)')
+    match = _K8S_VERSION.fullmatch(value)
+    if not match:
+        raise SettingsError(key, value, 'must look like "1.29"')
+    if (1, int(match.group(1))) < MIN_KUBERNETES:
+        raise SettingsError(key, value, f"is below the supported minimum {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}")
+    return value
+
+
+def _image(key: str, value: object) -> str:
+    if not isinstance(value, str) or not _IMAGE.fullmatch(value):
+        raise SettingsError(key, value, "must be an image reference such as quay.io/prometheus/prometheus:v2.53.2")
+    name, tag, digest = value, None, None
+    if "@" in name:
+        name, digest = name.split("@", 1)
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = name.rsplit(":", 1)
+    if digest is None and tag is None:
+        raise SettingsError(key, value, "needs an explicit tag or digest")
+    if digest is None and tag == "latest":
+        raise SettingsError(key, value, "uses the mutable tag latest; pin a version or digest")
+    first = name.split("/", 1)[0]
+    registry = first if ("." in first or ":" in first) and "/" in name else "docker.io"
+    if registry not in ALLOWED_REGISTRIES:
+        raise SettingsError(key, value, f"is not from an allowed registry ({', '.join(ALLOWED_REGISTRIES)})")
+    return value
+
+
+def _images(key: str, value: object) -> Images:
+    obj = _structured(key, value, dict, f"an object with keys {', '.join(IMAGE_KEYS)}")
+    fields: dict[str, str] = {}
+    for k, v in obj.items():
+        if k not in IMAGE_KEYS:
+            raise SettingsError(f"{key}.{k}", v, f"is not a known image; known: {', '.join(IMAGE_KEYS)}")
+        fields[re.sub(r"([A-Z])", r"_\1", k).lower()] = _image(f"{key}.{k}", v)
+    return Images(**fields)
+
+
+def _object(key: str, value: object, allowed: Sequence[str], required: Sequence[str]) -> dict[str, object]:
+    obj = _structured(key, value, dict, "an object")
+    for k in obj:
+        if k not in allowed:
+            raise SettingsError(f"{key}.{k}", obj[k], f"is not a known field; known: {', '.join(allowed)}")
+    for k in required:
+        if obj.get(k) is None:
+            raise SettingsError(f"{key}.{k}", _MISSING, "is required")
+    return obj
+
+
+def _gateway(key: str, value: object) -> ModbusGateway:
+    obj = _object(key, value, ("name", "host", "port", "unit"), ("name", "host"))
+    return ModbusGateway(
+        name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
+        host=_ip_address(f"{key}.host", obj["host"]),
+        port=_integer(1, 65535)(f"{key}.port", obj.get("port", 502)),
+        unit=_integer(0, 255)(f"{key}.unit", obj.get("unit", 1)),
+    )
+
+
+def _taint(key: str, value: object) -> Taint:
+    obj = _object(key, value, ("key", "value", "effect"), ("key", "effect"))
+    return Taint(
+        key=_pattern(re.compile(r"^([a-z0-9.-]+/)?[A-Za-z0-9._-]{1,63}$"), "a label key")(f"{key}.key", obj["key"]),
+        value=_string(f"{key}.value", obj.get("value", "")),
+        effect=_choice(TAINT_EFFECTS)(f"{key}.effect", obj["effect"]),
+    )
+
+
+def _node_group(key: str, value: object) -> NodeGroupSettings:
+    fields = ("name", "pool", "instanceTypes", "minSize", "maxSize", "desiredSize", "diskSizeGiB", "capacityType", "taints")
+    obj = _object(key, value, fields, ("name", "pool", "instanceTypes", "minSize", "maxSize"))
+    min_size = _integer(0, 450)(f"{key}.minSize", obj["minSize"])
+    max_size = _integer(1, 450)(f"{key}.maxSize", obj["maxSize"])
+    if min_size > max_size:
+        raise SettingsError(f"{key}.minSize", min_size, f"must not exceed maxSize {max_size}")
+    desired = _integer(0, 450)(f"{key}.desiredSize", obj.get("desiredSize", min_size))
+    if not min_size <= desired <= max_size:
+        raise SettingsError(f"{key}.desiredSize", desired, f"must be between minSize {min_size} and maxSize {max_size}")
+    return NodeGroupSettings(
+        name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
+        pool=_choice(POOLS)(f"{key}.pool", obj["pool"]),
+        instance_types=_list_of(_pattern(re.compile(r"^[a-z0-9-]+\.[a-z0-9]+$"), "an EC2 instance type such as m6i.large"), unique=True, min_items=1)(
+            f"{key}.instanceTypes", obj["instanceTypes"]
+        ),
+        min_size=min_size,
+        max_size=max_size,
+        desired_size=desired,
+        disk_size_gib=_integer(20, 16384)(f"{key}.diskSizeGiB", obj.get("diskSizeGiB", 100)),
+        capacity_type=_choice(CAPACITY_TYPES)(f"{key}.capacityType", obj.get("capacityType", "ON_DEMAND")),
+        taints=_list_of(_taint)(f"{key}.taints", obj.get("taints", [])),
+    )
+
+
+def _node_groups(key: str, value: object) -> tuple[NodeGroupSettings, ...]:
+    groups = _list_of(_node_group, min_items=1)(key, value)
+    seen: set[str] = set()
+    for i, group in enumerate(groups):
+        if group.name in seen:
+            raise SettingsError(f"{key}[{i}].name", group.name, "is a duplicate; node group names must be unique")
+        seen.add(group.name)
+    pools = {g.pool for g in groups}
+    for needed in ("interconnect", "nvme"):
+        if needed not in pools:
+            raise SettingsError(key, [g.name for g in groups], f"has no group with pool {needed}; the platform needs interconnect and nvme pools")
+    return groups
+
+
+_LABEL = _pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-', at most 63)")
+_HOSTNAME = _pattern(_DNS_NAME, "a DNS name such as mqtt.eu-west-1.ems.example.net")
+_GROUP = _pattern(re.compile(r"^[A-Za-z0-9:._@-]{1,128}$"), "a Kubernetes group name")
+_SIZE = _pattern(_QUANTITY, "a storage quantity such as 200Gi")
+_DURATION_P = _pattern(_DURATION, "a Prometheus duration such as 72h or 30d")
+
+
+# --------------------------------------------------------------------------- parse
+
+
+def parse_settings(raw: Mapping[str, object], stack: str) -> StackSettings:
+    """Validate the raw ``ems:`` config of ``stack`` (keys with or without the ``ems:`` prefix).
+
+    Raises SettingsError for the first problem found. Secret keys (``kubeconfig``) are not
+    read here; ``load_settings`` attaches them as Outputs.
+    """
+    r = _Reader(raw)
+    for key in r.raw:
+        if key not in KNOWN_KEYS:
+            raise SettingsError(key, r.raw[key], "is not a known key; see docs/stack-config.md")
+
+    cloud = r.require("cloud", _choice(CLOUDS), f"(one of {'|'.join(CLOUDS)})")
+    role = r.get("role", _choice(ROLES), "region")
+    version = r.get("kubernetesVersion", _kubernetes_version, "1.29")
+    tags = r.get("tags", _string_map, ())
+
+    if role == "global":
+        if cloud != "aws":
+            raise SettingsError("cloud", cloud, "must be aws for ems:role global (the global load balancer is AWS Global Accelerator)")
+        return StackSettings(stack, cloud, role, version, platform=None, global_=_parse_global(r), tags=tags)
+
+    platform = _parse_platform(r, cloud)
+    aws = private = local = None
+    if cloud == "aws":
+        aws = _parse_aws(r, tags)
+    elif cloud == "private":
+        private = PrivateSettings(kube_context=r.get("kubeContext", _string, None))
+    else:
+        local = LocalSettings(render_directory=r.get("renderDirectory", _string, LocalSettings.render_directory))
+    return StackSettings(stack, cloud, role, version, platform=platform, aws=aws, private=private, local=local, tags=tags)
+
+
+def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
+    d = PlatformSettings()
+    if cloud == "aws":
+        provisioner = r.get("storageProvisioner", _choice(("ebs.csi.aws.com",)), "ebs.csi.aws.com")
+    elif cloud == "private":
+        provisioner = r.require("storageProvisioner", _pattern(re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9.-]+)?$"), "a CSI driver name such as csi.trident.netapp.io"), "when ems:cloud is private (your CSI driver, e.g. csi.trident.netapp.io)")
+    else:
+        provisioner = r.get("storageProvisioner", _string, "rancher.io/local-path")
+    min_replicas = r.get("ingestMinReplicas", _integer(1, 1000), d.ingest_min_replicas)
+    max_replicas = r.get("ingestMaxReplicas", _integer(1, 1000), d.ingest_max_replicas)
+    if min_replicas > max_replicas:
+        raise SettingsError("ingestMinReplicas", min_replicas, f"must not exceed ems:ingestMaxReplicas {max_replicas}")
+    ca_hours = r.get("caValidityHours", _integer(24 * 30, 24 * 365 * 30), d.ca_validity_hours)
+    leaf_hours = r.get("certValidityHours", _integer(24, LEAF_MAX_HOURS), d.cert_validity_hours)
+    if leaf_hours > ca_hours:
+        raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
+    return PlatformSettings(
+        namespace=r.get("namespace", _LABEL, d.namespace),
+        images=r.get("images", _images, d.images),
+        edge_sites=r.get("edgeSites", _list_of(_LABEL, unique=True), ()),
+        modbus_gateways=_unique_names("modbusGateways", r.get("modbusGateways", _list_of(_gateway), ())),
+        broker_hostnames=r.get("brokerHostnames", _list_of(_HOSTNAME, unique=True), ()),
+        api_hostnames=r.get("apiHostnames", _list_of(_HOSTNAME, unique=True), ()),
+        operator_groups=r.get("operatorGroups", _list_of(_GROUP, unique=True), d.operator_groups),
+        viewer_groups=r.get("viewerGroups", _list_of(_GROUP, unique=True), d.viewer_groups),
+        cert_validity_hours=leaf_hours,
+        ca_validity_hours=ca_hours,
+        storage_class_name=r.get("storageClassName", _LABEL, d.storage_class_name),
+        storage_provisioner=provisioner,
+        storage_parameters=r.get("storageParameters", _string_map, ()),
+        tsdb_retention=r.get("tsdbRetention", _DURATION_P, d.tsdb_retention),
+        spool_horizon=r.get("spoolHorizon", _DURATION_P, d.spool_horizon),
+        tsdb_storage_size=r.get("tsdbStorageSize", _SIZE, d.tsdb_storage_size),
+        broker_storage_size=r.get("brokerStorageSize", _SIZE, d.broker_storage_size),
+        ingest_min_replicas=min_replicas,
+        ingest_max_replicas=max_replicas,
+        ingest_target_messages_per_second=r.get("ingestTargetMessagesPerSecond", _integer(1, 10_000_000), d.ingest_target_messages_per_second),
+        ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
+        api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
+    )
+
+
+def _unique_names(key: str, gateways: tuple[ModbusGateway, ...]) -> tuple[ModbusGateway, ...]:
+    seen: set[str] = set()
+    for i, g in enumerate(gateways):
+        if g.name in seen:
+            raise SettingsError(f"{key}[{i}].name", g.name, "is a duplicate; gateway names must be unique")
+        seen.add(g.name)
+    return gateways
+
+
+def _parse_aws(r: _Reader, tags: tuple[tuple[str, str], ...]) -> AwsSettings:
+    region = r.require("region", _pattern(_AWS_REGION, "an AWS region such as eu-west-1"), "when ems:cloud is aws (e.g. eu-west-1)")
+    subnet = _pattern(_SUBNET_ID, "a subnet id such as subnet-0123abcd")
+    private_ids = r.get("privateSubnetIds", _list_of(subnet, unique=True, min_items=2), ())
+    public_ids = r.get("publicSubnetIds", _list_of(subnet, unique=True, min_items=2), ())
+    vpc_id = r.get("vpcId", _pattern(re.compile(r"^vpc-[0-9a-f]{8,17}$"), "a VPC id such as vpc-0123abcd"), None)
+    given = [k for k, v in (("vpcId", vpc_id), ("privateSubnetIds", private_ids), ("publicSubnetIds", public_ids)) if v]
+    if given and len(given) != 3:
+        missing = [k for k in ("vpcId", "privateSubnetIds", "publicSubnetIds") if k not in given]
+        raise SettingsError(missing[0], _MISSING, f"is required when {', '.join('ems:' + g for g in given)} is set (bring all of vpcId, privateSubnetIds, publicSubnetIds, or none)")
+    zones: tuple[str, ...] = ()
+    vpc_cidr = r.get("vpcCidr", _cidr, AwsSettings.vpc_cidr)
+    if not given:
+        zones = r.get("availabilityZones", _list_of(_string, unique=True, min_items=2), (f"{region}a", f"{region}b"))
+        for i, zone in enumerate(zones):
+            if not re.fullmatch(re.escape(region) + r"[a-z]", zone):
+                raise SettingsError(f"availabilityZones[{i}]", zone, f"is not a zone of region {region} (e.g. {region}a)")
+        network = ipaddress.ip_network(vpc_cidr)
+        if network.version != 4 or network.prefixlen > 20:
+            raise SettingsError("vpcCidr", vpc_cidr, "must be an IPv4 block of /20 or larger (two /24 subnets per zone)")
+    return AwsSettings(
+        region=region,
+        vpc_cidr=vpc_cidr,
+        availability_zones=zones,
+        private_subnet_ids=private_ids,
+        public_subnet_ids=public_ids,
+        vpc_id=vpc_id,
+        public_endpoint_cidrs=r.get("publicEndpointCidrs", _list_of(_public_cidr, unique=True), ()),
+        node_groups=r.get("nodeGroups", _node_groups, DEFAULT_NODE_GROUPS),
+        tags=tags,
+    )
+
+
+def _parse_global(r: _Reader) -> GlobalSettings:
+    stacks = r.require("regionStacks", _list_of(_pattern(_STACK_NAME, "a stack name such as aws-us-east-1 or org/ems/aws-us-east-1"), unique=True, min_items=1), "when ems:role is global (the region stacks to join)")
+    zone = r.get("dnsZoneId", _pattern(re.compile(r"^Z[A-Z0-9]{4,32}$"), "a Route 53 hosted zone id such as Z0123456789ABC"), None)
+    mqtt = r.get("mqttDomainName", _HOSTNAME, None)
+    api = r.get("apiDomainName", _HOSTNAME, None)
+    if zone and not (mqtt and api):
+        raise SettingsError("mqttDomainName" if not mqtt else "apiDomainName", _MISSING, "is required when ems:dnsZoneId is set (Route 53 latency records)")
+    if (mqtt or api) and not zone:
+        raise SettingsError("dnsZoneId", _MISSING, "is required when ems:mqttDomainName/ems:apiDomainName are set")
+    return GlobalSettings(
+        region_stacks=stacks,
+        accelerator_name=r.get("acceleratorName", _pattern(re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,62}[A-Za-z0-9])?$"), "alphanumerics and '-', at most 64"), "ems-global"),
+        health_check_interval_seconds=r.get("healthCheckIntervalSeconds", _interval, 10),
+        dns_zone_id=zone,
+        mqtt_domain_name=mqtt,
+        api_domain_name=api,
+    )
+
+
+def _interval(key: str, value: object) -> int:
+    seconds = _integer()(key, value)
+    if seconds not in (10, 30):
+        raise SettingsError(key, seconds, "is not one of 10|30 (Global Accelerator health-check intervals)")
+    return seconds
+
+
+# --------------------------------------------------------------------------- runtime adapter
+
+
+def _raw_config() -> dict[str, object]:
+    """Every ``ems:*`` value the runtime holds (stack file, env, or mocks)."""
+    from pulumi.runtime import config as runtime_config
+
+    merged: dict[str, object] = {}
+    merged.update(runtime_config.get_config_env())
+    merged.update(runtime_config.CONFIG.get())
+    return {k: v for k, v in merged.items() if k.startswith("ems:")}
+
+
+def load_settings() -> StackSettings:
+    """Read ``pulumi.Config("ems")`` of the current stack and validate it."""
+    raw = _raw_config()
+    public = {k: v for k, v in raw.items() if k.split(":", 1)[1] not in SECRET_KEYS}
+    settings = parse_settings(public, pulumi.get_stack())
+    if settings.private is not None:
+        kubeconfig = pulumi.Config("ems").get_secret("kubeconfig")
+        settings = replace(settings, private=replace(settings.private, kubeconfig=kubeconfig))
+    return settings

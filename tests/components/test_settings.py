@@ -1,0 +1,121 @@
+"""Stack-config validation: the pure parser, messages asserted verbatim."""
+
+from __future__ import annotations
+
+import json
+
+import pulumi
+import pytest
+
+from components.settings import (
+    DEFAULT_NODE_GROUPS,
+    SettingsError,
+    parse_settings,
+)
+
+AWS = {"ems:cloud": "aws", "ems:region": "eu-west-1"}
+
+
+def error(raw: dict[str, object]) -> str:
+    with pytest.raises(SettingsError) as info:
+        parse_settings(raw, "test")
+    assert isinstance(info.value, pulumi.RunError)
+    return str(info.value)
+
+
+def test_minimal_aws_stack_gets_documented_defaults() -> None:
+    s = parse_settings(AWS, "aws-eu-west-1")
+    assert s.cloud == "aws" and s.role == "region" and s.kubernetes_version == "1.29"
+    assert s.aws is not None and s.aws.region == "eu-west-1"
+    assert s.aws.availability_zones == ("eu-west-1a", "eu-west-1b")
+    assert s.aws.node_groups == DEFAULT_NODE_GROUPS
+    assert s.aws.public_endpoint_cidrs == ()
+    assert s.platform is not None and s.platform.storage_provisioner == "ebs.csi.aws.com"
+    assert s.platform.ingest_scale_down_stabilization_seconds == 600
+
+
+def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
+    raw = {**AWS, "ems:edgeSites": json.dumps(["site-a", "site-b"]), "ems:ingestMinReplicas": "3"}
+    s = parse_settings(raw, "t")
+    assert s.platform.edge_sites == ("site-a", "site-b")
+    assert s.platform.ingest_min_replicas == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        ({}, "ems:cloud: is required (one of aws|private|local)"),
+        ({"ems:cloud": "gcp"}, "ems:cloud: gcp is not one of aws|private|local"),
+        ({"ems:cloud": "aws"}, "ems:region: is required when ems:cloud is aws (e.g. eu-west-1)"),
+        ({**AWS, "ems:kubernetesVersion": "1.24"}, "ems:kubernetesVersion: 1.24 is below the supported minimum 1.26"),
+        ({**AWS, "ems:kubernetesVersion": 1.3}, 'ems:kubernetesVersion: 1.3 must be a quoted string such as "1.29" (YAML reads 1.30 as the number 1.3)'),
+        ({**AWS, "ems:edgeSites": ["a", "b", "a"]}, "ems:edgeSites[2]: a is a duplicate; entries must be unique"),
+        ({**AWS, "ems:edgeSites": "not json"}, 'ems:edgeSites: "not json" must be a list (JSON/YAML list)'),
+        ({**AWS, "ems:edgeSites": ["Site_A"]}, "ems:edgeSites[0]: Site_A must be a DNS label (lowercase letters, digits, '-', at most 63)"),
+        ({**AWS, "ems:ingestMinReplicas": "two"}, "ems:ingestMinReplicas: two must be an integer"),
+        ({**AWS, "ems:ingestMinReplicas": True}, "ems:ingestMinReplicas: true must be an integer"),
+        ({**AWS, "ems:ingestMinReplicas": 5, "ems:ingestMaxReplicas": 2}, "ems:ingestMinReplicas: 5 must not exceed ems:ingestMaxReplicas 2"),
+        ({**AWS, "ems:ingestScaleDownStabilizationSeconds": 4000}, "ems:ingestScaleDownStabilizationSeconds: 4000 must be at most 3600"),
+        ({**AWS, "ems:vpcCidr": "10.40.0.1/16"}, "ems:vpcCidr: 10.40.0.1/16 is not a valid CIDR block (e.g. 10.40.0.0/16, host bits zero)"),
+        ({**AWS, "ems:publicEndpointCidrs": ["0.0.0.0/0"]}, "ems:publicEndpointCidrs[0]: 0.0.0.0/0 would open the Kubernetes API to the whole internet; list your operator networks"),
+        ({**AWS, "ems:availabilityZones": ["eu-west-1a"]}, 'ems:availabilityZones: ["eu-west-1a"] must have at least 2 entries'),
+        ({**AWS, "ems:availabilityZones": ["eu-west-1a", "us-east-1b"]}, "ems:availabilityZones[1]: us-east-1b is not a zone of region eu-west-1 (e.g. eu-west-1a)"),
+        ({**AWS, "ems:vpcId": "vpc-0123abcd"}, "ems:privateSubnetIds: is required when ems:vpcId is set (bring all of vpcId, privateSubnetIds, publicSubnetIds, or none)"),
+        ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus:latest"}}, "ems:images.tsdb: quay.io/prometheus/prometheus:latest uses the mutable tag latest; pin a version or digest"),
+        ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus"}}, "ems:images.tsdb: quay.io/prometheus/prometheus needs an explicit tag or digest"),
+        ({**AWS, "ems:images": {"tsdb": "evil.example.com/prom:1"}}, "ems:images.tsdb: evil.example.com/prom:1 is not from an allowed registry (docker.io, ghcr.io, quay.io, registry.k8s.io, public.ecr.aws)"),
+        ({**AWS, "ems:images": {"grafana": "grafana/grafana:10.0.0"}}, "ems:images.grafana: grafana/grafana:10.0.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "rtu.local"}]}, "ems:modbusGateways[0].host: rtu.local is not an IP address (NetworkPolicies allow Modbus egress by address)"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5"}, {"name": "gw1", "host": "10.0.0.6"}]}, "ems:modbusGateways[1].name: gw1 is a duplicate; gateway names must be unique"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1"}]}, "ems:modbusGateways[0].host: is required"),
+        ({**AWS, "ems:spoolHorizon": "3 days"}, 'ems:spoolHorizon: "3 days" must be a Prometheus duration such as 72h or 30d'),
+        ({**AWS, "ems:certValidityHours": 10000}, "ems:certValidityHours: 10000 must be at most 9552"),
+        ({**AWS, "ems:storageProvisioner": "csi.example.com"}, "ems:storageProvisioner: csi.example.com is not one of ebs.csi.aws.com"),
+        ({"ems:cloud": "private"}, "ems:storageProvisioner: is required when ems:cloud is private (your CSI driver, e.g. csi.trident.netapp.io)"),
+        ({**AWS, "ems:clodu": "aws"}, "ems:clodu: aws is not a known key; see docs/stack-config.md"),
+        ({"ems:cloud": "local", "ems:role": "global"}, "ems:cloud: local must be aws for ems:role global (the global load balancer is AWS Global Accelerator)"),
+        ({"ems:cloud": "aws", "ems:role": "global"}, "ems:regionStacks: is required when ems:role is global (the region stacks to join)"),
+        ({"ems:cloud": "aws", "ems:role": "global", "ems:regionStacks": ["a"], "ems:dnsZoneId": "Z0123456789ABC"}, "ems:mqttDomainName: is required when ems:dnsZoneId is set (Route 53 latency records)"),
+        ({"ems:cloud": "aws", "ems:role": "global", "ems:regionStacks": ["a"], "ems:healthCheckIntervalSeconds": 15}, "ems:healthCheckIntervalSeconds: 15 is not one of 10|30 (Global Accelerator health-check intervals)"),
+    ],
+)
+def test_bad_config_names_key_value_and_what_is_allowed(raw: dict[str, object], message: str) -> None:
+    assert error(raw) == message
+
+
+GROUP = {"name": "ic", "pool": "interconnect", "instanceTypes": ["c6in.xlarge"], "minSize": 1, "maxSize": 3}
+NVME = {"name": "nv", "pool": "nvme", "instanceTypes": ["i4i.xlarge"], "minSize": 1, "maxSize": 2}
+
+
+@pytest.mark.parametrize(
+    ("groups", "message"),
+    [
+        ([{**GROUP, "minSize": 5, "maxSize": 3}, NVME], "ems:nodeGroups[0].minSize: 5 must not exceed maxSize 3"),
+        ([{**GROUP, "desiredSize": 9}, NVME], "ems:nodeGroups[0].desiredSize: 9 must be between minSize 1 and maxSize 3"),
+        ([GROUP], 'ems:nodeGroups: ["ic"] has no group with pool nvme; the platform needs interconnect and nvme pools'),
+        ([GROUP, {**NVME, "name": "ic"}], "ems:nodeGroups[1].name: ic is a duplicate; node group names must be unique"),
+        ([{**GROUP, "pool": "gpu"}, NVME], "ems:nodeGroups[0].pool: gpu is not one of interconnect|nvme|general"),
+        ([{**GROUP, "taints": [{"key": "k", "effect": "NO_SCHEDULE"}]}, NVME], "ems:nodeGroups[0].taints[0].effect: NO_SCHEDULE is not one of NoSchedule|PreferNoSchedule|NoExecute"),
+        ([{**GROUP, "minSize": "1"}, NVME, {"name": "x"}], "ems:nodeGroups[2].pool: is required"),
+    ],
+)
+def test_node_group_errors(groups: list[object], message: str) -> None:
+    assert error({**AWS, "ems:nodeGroups": groups}) == message
+
+
+def test_node_groups_parse_taints_and_desired_default() -> None:
+    s = parse_settings({**AWS, "ems:nodeGroups": json.dumps([{**GROUP, "taints": [{"key": "ems.io/pool", "value": "interconnect", "effect": "NoSchedule"}]}, NVME])}, "t")
+    ic = s.aws.node_groups[0]
+    assert ic.desired_size == 1 and ic.taints[0].aws_effect == "NO_SCHEDULE"
+
+
+def test_global_stack_needs_no_platform() -> None:
+    s = parse_settings({"ems:cloud": "aws", "ems:role": "global", "ems:regionStacks": '["aws-us-east-1","aws-eu-west-1"]'}, "global")
+    assert s.platform is None and s.global_.region_stacks == ("aws-us-east-1", "aws-eu-west-1")
+
+
+def test_private_and_local() -> None:
+    p = parse_settings({"ems:cloud": "private", "ems:storageProvisioner": "csi.trident.netapp.io", "ems:kubeContext": "dc1"}, "p")
+    assert p.private.kube_context == "dc1" and p.aws is None and p.platform.storage_provisioner == "csi.trident.netapp.io"
+    loc = parse_settings({"ems:cloud": "local"}, "local")
+    assert loc.local.render_directory == "out/rendered/local"
