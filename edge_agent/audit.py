@@ -1,0 +1,227 @@
+"""Append-only telemetry audit log with a CRC32 per record, and its verifier.
+
+One line per record::
+
+    <crc32 of the JSON, 8 lowercase hex digits> <JSON object>\\n
+
+Record kinds (``k``):
+
+==========  ==================================================================
+``r``       one accepted reading: site, seq, ts_ms, asset, point, sensor, value,
+            unit, q (quality), at_ms (when it was spooled)
+``drop``    readings the full spool dropped (oldest first): seq_first, seq_last, count
+``quar``    a spool record that failed its checksum and was quarantined: seq, reason
+``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
+==========  ==================================================================
+
+The log is written only by the spool's I/O thread, in the same batch as the
+spool's commit: lines are buffered with :meth:`AuditLog.reading` /
+:meth:`AuditLog.event` and written and fsync'd together by :meth:`AuditLog.sync`,
+so one fsync covers a whole spool batch. A reading is audited after its spool
+commit; a crash between the two is repaired at the next start (the spool
+re-audits the rows above :attr:`AuditLog.last_seq`). :func:`verify` reports the
+totals and the first corrupt record (1-based line and byte offset).
+
+Defaults: path ``/var/log/ems/telemetry-audit.log``, file mode 0640.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_agent.errors import AuditCorrupt, AuditError
+
+__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "verify", "encode_record", "decode_record"]
+
+DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
+_TAIL_BYTES = 256 * 1024
+
+
+def encode_record(body: dict[str, Any]) -> bytes:
+    """One audit line (with its trailing newline) for ``body``."""
+    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return b"%08x %s\n" % (zlib.crc32(data), data)
+
+
+def decode_record(line: bytes) -> dict[str, Any]:
+    """Parse one audit line (without newline); raises ValueError saying what is wrong."""
+    if len(line) < 10 or line[8:9] != b" ":
+        raise ValueError("not '<crc32> <json>'")
+    try:
+        expected = int(line[:8], 16)
+    except ValueError:
+        raise ValueError("CRC field is not hexadecimal") from None
+    data = line[9:]
+    actual = zlib.crc32(data)
+    if actual != expected:
+        raise ValueError(f"CRC mismatch (stored {expected:08x}, computed {actual:08x})")
+    try:
+        body = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"CRC matches but JSON is invalid: {exc}") from None
+    if not isinstance(body, dict) or "k" not in body:
+        raise ValueError("record has no kind 'k'")
+    return body
+
+
+class AuditLog:
+    """The writer. Not thread-safe: one thread (the spool's) owns it.
+
+    ``open()`` creates the directory and file, cuts a torn last line (recorded
+    as a ``repair`` record) and finds :attr:`last_seq`, the highest audited
+    reading seq. Raises :class:`AuditError` when the file cannot be opened.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH, *, clock=time.time) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.last_seq = 0
+        self._fh = None
+        self._buffer: list[bytes] = []
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+        except OSError as exc:
+            raise AuditError(f"audit log {self.path}: cannot open ({exc.strerror or exc})") from exc
+        self._fh = os.fdopen(fd, "r+b", buffering=0)
+        size = os.fstat(fd).st_size
+        tail_start = max(0, size - _TAIL_BYTES)
+        self._fh.seek(tail_start)
+        tail = self._fh.read()
+        if tail and not tail.endswith(b"\n"):
+            # A write cut by power loss: keep every complete record, cut the torn one, and say so.
+            cut_at = tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start
+            os.ftruncate(fd, cut_at)
+            self.event("repair", bytes=size - cut_at, at_offset=cut_at)
+            tail = tail[: cut_at - tail_start]
+            self.sync()
+        for line in tail.split(b"\n"):
+            try:
+                body = decode_record(line)
+            except ValueError:
+                continue
+            if body.get("k") == "r" and isinstance(body.get("seq"), int):
+                self.last_seq = max(self.last_seq, body["seq"])
+
+    def reading(self, *, site: str, seq: int, ts_ms: int, asset: str, point: str, sensor: str,
+                value: float | None, unit: str, quality: str, at_ms: int) -> None:
+        """Buffer the record of one accepted reading (written by :meth:`sync`)."""
+        self._buffer.append(encode_record({
+            "k": "r", "site": site, "seq": seq, "ts_ms": ts_ms, "asset": asset, "point": point,
+            "sensor": sensor, "value": value, "unit": unit, "q": quality, "at_ms": at_ms}))
+        self.last_seq = max(self.last_seq, seq)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Buffer an event record (``drop``, ``quar``, ``repair``)."""
+        self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
+
+    def sync(self) -> None:
+        """Write the buffered records and fsync; raises AuditError on I/O failure."""
+        if self._fh is None:
+            raise AuditError(f"audit log {self.path}: not open")
+        if not self._buffer:
+            return
+        data = b"".join(self._buffer)
+        try:
+            view = memoryview(data)
+            while view:
+                written = self._fh.write(view)
+                view = view[written:]
+            os.fsync(self._fh.fileno())
+        except OSError as exc:
+            raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
+        self._buffer.clear()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            try:
+                self.sync()
+            finally:
+                self._fh.close()
+                self._fh = None
+
+
+@dataclass
+class AuditSummary:
+    """What :func:`verify` found. ``corrupt`` is the first bad record, or None."""
+
+    path: Path
+    records: int = 0
+    readings: int = 0
+    drops: int = 0
+    dropped_readings: int = 0
+    quarantined: int = 0
+    repairs: int = 0
+    seq_min: int | None = None
+    seq_max: int | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    corrupt: AuditCorrupt | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.corrupt is None
+
+    def lines(self) -> list[str]:
+        seq = f"{self.seq_min}..{self.seq_max}" if self.seq_min is not None else "none"
+        out = [f"audit log {self.path}: {self.records} records, {self.readings} readings (seq {seq}), "
+               f"{self.drops} drop events ({self.dropped_readings} readings dropped by the spool cap), "
+               f"{self.quarantined} quarantined, {self.repairs} torn-tail repairs"]
+        if self.corrupt is not None:
+            out.append(f"CORRUPT: line {self.corrupt.index + 1} (byte offset {self.corrupt.offset}): "
+                       f"{self.corrupt.reason}")
+        else:
+            out.append("OK: every record's CRC matches")
+        return out
+
+
+def verify(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditSummary:
+    """Check every record's CRC; count records by kind; keep the first corrupt one.
+
+    Raises AuditError when the file cannot be read. Records after the first
+    corrupt one are still counted when they are valid.
+    """
+    summary = AuditSummary(Path(path))
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc.strerror or exc})") from exc
+    offset = 0
+    with fh:
+        for index, raw in enumerate(fh):
+            line = raw[:-1] if raw.endswith(b"\n") else raw
+            try:
+                if not raw.endswith(b"\n"):
+                    raise ValueError("last record is cut short (no newline)")
+                body = decode_record(line)
+            except ValueError as exc:
+                if summary.corrupt is None:
+                    summary.corrupt = AuditCorrupt(index, offset, str(exc))
+                offset += len(raw)
+                summary.records += 1
+                continue
+            offset += len(raw)
+            summary.records += 1
+            kind = str(body["k"])
+            summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
+            if kind == "r":
+                summary.readings += 1
+                seq = body.get("seq")
+                if isinstance(seq, int):
+                    summary.seq_min = seq if summary.seq_min is None else min(summary.seq_min, seq)
+                    summary.seq_max = seq if summary.seq_max is None else max(summary.seq_max, seq)
+            elif kind == "drop":
+                summary.drops += 1
+                summary.dropped_readings += int(body.get("count", 0))
+            elif kind == "quar":
+                summary.quarantined += 1
+            elif kind == "repair":
+                summary.repairs += 1
+    return summary

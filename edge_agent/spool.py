@@ -1,0 +1,442 @@
+"""The durable spool: every accepted reading, on disk, until the broker's PUBACK.
+
+Why SQLite (WAL mode) rather than a hand-written segment log: SQLite gives
+atomic multi-row commits, crash recovery of a half-written commit, ordered
+range deletes and a persistent counter in one file, all well-tested; a segment
+log would need its own compaction, index and torn-write recovery.
+
+Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` for appends — in WAL
+mode FULL fsyncs the WAL on every commit, so a committed batch survives power
+loss (``NORMAL`` would survive only a process crash). Acks commit with
+``synchronous=NORMAL``: losing an ack to power loss only re-sends a reading,
+which the ingest de-duplicates by (site, seq); losing an append would lose data.
+
+Lifecycle of a reading::
+
+    append() ─ buffered in memory, seq assigned ─┐ every ``fsync_batch`` readings or
+                                                  │ ``flush_interval_s``, whichever first
+    commit: INSERT rows + next_seq in one transaction (fsync), then the audit
+            records of the batch and of any cap drop, one audit fsync
+    lease(n) ─ the next n committed rows in seq order (CRC checked; a bad row is
+               moved to the ``quarantine`` table, audited and counted — never dropped)
+    ack(first, last) ─ after PUBACK: rows deleted
+    release_leases() ─ after a disconnect: leased, unacked rows are leased again
+
+``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
+same transaction as the rows, so it is never reused — not after dropped rows,
+not after a restart or SIGKILL. (A seq assigned to a reading still in the
+memory buffer when the process dies was never committed, audited or
+published, so nothing ever saw it.)
+
+Size cap: when more than ``max_readings`` rows are spooled, the oldest rows are
+deleted in the same transaction, counted in ``ems_edge_spool_dropped_total``
+and audited as one ``drop`` record with the seq range.
+
+All SQLite and audit I/O runs on one dedicated thread (the connection is used
+by no other), so the event loop never blocks on disk.
+
+Defaults: ``max_readings=1_000_000``, ``fsync_batch=64``, ``flush_interval_s=0.05``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import sqlite3
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from edge_agent.audit import AuditLog
+from edge_agent.errors import SpoolCorrupt, SpoolError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.schema import Reading
+
+__all__ = ["Spool", "SpoolRow", "SPOOL_FILE"]
+
+log = logging.getLogger(__name__)
+
+SPOOL_FILE = "spool.db"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY, accepted_ms INTEGER NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+    seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
+    quarantined_ms INTEGER NOT NULL);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolRow:
+    """One spooled reading as leased for publishing."""
+
+    reading: Reading
+    sensor_id: str
+    accepted_ms: int
+
+    @property
+    def seq(self) -> int:
+        return self.reading.seq
+
+
+def _encode(reading: Reading, sensor_id: str) -> bytes:
+    return json.dumps([reading.ts_ms, reading.asset, reading.point, reading.value, reading.unit,
+                       reading.quality, sensor_id], separators=(",", ":"), allow_nan=False).encode()
+
+
+def _decode(seq: int, data: bytes) -> tuple[Reading, str]:
+    ts_ms, asset, point, value, unit, quality, sensor_id = json.loads(data)
+    return Reading(seq=seq, ts_ms=ts_ms, asset=asset, point=point, value=value, unit=unit,
+                   quality=quality), sensor_id
+
+
+class Spool:
+    """An async context manager over the on-disk spool in ``directory`` (file ``spool.db``).
+
+    ``audit`` (optional) receives one record per committed reading and per drop
+    or quarantine event, fsync'd with each spool batch. ``metrics`` (optional)
+    gets spool depth, oldest-unacked age, drops and quarantines.
+    Raises SpoolError when the directory or database cannot be used.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, site: str, max_readings: int = 1_000_000,
+                 fsync_batch: int = 64, flush_interval_s: float = 0.05, audit: AuditLog | None = None,
+                 metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        if max_readings < 1:
+            raise ValueError(f"max_readings must be >= 1 (got {max_readings})")
+        if fsync_batch < 1:
+            raise ValueError(f"fsync_batch must be >= 1 (got {fsync_batch})")
+        self.directory = Path(directory)
+        self.path = self.directory / SPOOL_FILE
+        self.site = site
+        self.max_readings = max_readings
+        self.fsync_batch = fsync_batch
+        self.flush_interval_s = flush_interval_s
+        self.audit = audit
+        self.metrics = metrics
+        self.clock = clock
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        self._next_seq = 1
+        self._buffer: list[tuple[Reading, str, int]] = []
+        self._lease_cursor = 0           # highest seq handed out by lease() since the last release
+        self._committed_seq = 0          # highest committed seq
+        self._depth = 0                  # committed rows not yet acked (nor dropped / quarantined)
+        self._oldest_ms: int | None = None
+        self._flush_lock = asyncio.Lock()
+        self._timer: asyncio.TimerHandle | None = None
+        self._flush_task: asyncio.Task | None = None
+        self.changed = asyncio.Event()   # set whenever new rows become leasable
+        self.dropped_total = 0
+        self.quarantined_total = 0
+
+    # -- lifecycle ---------------------------------------------------------
+    async def __aenter__(self) -> "Spool":
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def open(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool-io")
+        try:
+            await self._run(self._open_sync)
+        except BaseException:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
+        self._update_metrics()
+        if self._depth:
+            self.changed.set()
+        log.info("spool %s opened: %d unacked readings, next seq %d", self.path, self._depth, self._next_seq)
+
+    async def close(self) -> None:
+        """Commit what is buffered, then close the database and the audit log."""
+        if self._executor is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+            await self._run(self._close_sync)
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._executor is None:
+            raise SpoolError(f"spool {self.path}: not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _open_sync(self) -> None:
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
+            stats = db.execute("SELECT COUNT(*), MIN(accepted_ms), MAX(seq) FROM spool").fetchone()
+            quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise SpoolCorrupt(f"spool {self.path}: cannot open ({exc}); move the file aside to start a new "
+                               "spool (its seq counter would restart)") from exc
+        except OSError as exc:
+            raise SpoolError(f"spool {self.path}: cannot open ({exc.strerror or exc})") from exc
+        self._db = db
+        self._depth, self._oldest_ms, max_seq = stats[0], stats[1], stats[2] or 0
+        self._next_seq = max(row[0] if row else 1, max_seq + 1)
+        self._committed_seq = self._next_seq - 1
+        self.quarantined_total = quarantined
+        if self.audit is not None:
+            self.audit.open()
+            self._reaudit_sync()
+
+    def _reaudit_sync(self) -> None:
+        """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
+        assert self._db is not None and self.audit is not None
+        rows = self._db.execute("SELECT seq, accepted_ms, data, crc FROM spool WHERE seq > ? ORDER BY seq",
+                                (self.audit.last_seq,)).fetchall()
+        for seq, accepted_ms, data, crc in rows:
+            if zlib.crc32(data) != crc:
+                continue        # lease() quarantines and audits it
+            reading, sensor_id = _decode(seq, data)
+            self._audit_reading(reading, sensor_id, accepted_ms)
+        if rows:
+            log.warning("spool %s: audited %d spooled readings missing from the audit log (crash recovery)",
+                        self.path, len(rows))
+        self.audit.sync()
+
+    def _close_sync(self) -> None:
+        if self._db is not None:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.close()
+            self._db = None
+        if self.audit is not None:
+            self.audit.close()
+
+    # -- appending ---------------------------------------------------------
+    @property
+    def depth(self) -> int:
+        """Committed readings not yet acknowledged."""
+        return self._depth
+
+    @property
+    def pending(self) -> int:
+        """Committed readings not leased yet (an upper bound: seq gaps from drops count too)."""
+        return max(0, self._committed_seq - self._lease_cursor) if self._depth else 0
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def oldest_accepted_ms(self) -> int | None:
+        return self._oldest_ms
+
+    async def append(self, *, ts_ms: int, asset: str, point: str, value: float | None, unit: str,
+                     quality: str, sensor_id: str) -> int:
+        """Accept one reading: assign its seq and buffer it; returns the seq.
+
+        The reading is committed (and audited) within ``flush_interval_s`` or as
+        soon as ``fsync_batch`` readings are buffered — this call then waits for
+        that commit, which is the back-pressure on the pollers.
+        """
+        seq = self._next_seq
+        self._next_seq += 1
+        reading = Reading(seq=seq, ts_ms=int(ts_ms), asset=asset, point=point, value=value, unit=unit,
+                          quality=quality)
+        self._buffer.append((reading, sensor_id, int(self.clock() * 1000)))
+        if len(self._buffer) >= self.fsync_batch:
+            await self.flush()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
+        return seq
+
+    def _flush_soon(self) -> None:
+        self._timer = None
+        if self._buffer and (self._flush_task is None or self._flush_task.done()):
+            self._flush_task = asyncio.get_running_loop().create_task(self.flush())
+
+    async def flush(self) -> None:
+        """Commit (fsync) every buffered reading and write their audit records."""
+        async with self._flush_lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            if not self._buffer:
+                return
+            batch, self._buffer = self._buffer, []
+            try:
+                dropped = await self._run(self._commit_sync, batch, self._next_seq)
+            except BaseException:
+                self._buffer[:0] = batch       # keep them for the next attempt
+                raise
+            self._committed_seq = batch[-1][0].seq
+            if self.metrics is not None:
+                self.metrics.readings_accepted.inc(len(batch))
+                if dropped:
+                    self.metrics.spool_dropped.inc(dropped)
+            self._update_metrics()
+            self.changed.set()
+
+    def _commit_sync(self, batch: list[tuple[Reading, str, int]], next_seq: int) -> int:
+        db = self._db
+        assert db is not None
+        rows = []
+        for reading, sensor_id, accepted_ms in batch:
+            data = _encode(reading, sensor_id)
+            rows.append((reading.seq, accepted_ms, data, zlib.crc32(data)))
+        dropped_range: tuple[int, int, int] | None = None
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.executemany("INSERT INTO spool (seq, accepted_ms, data, crc) VALUES (?, ?, ?, ?)", rows)
+                db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                overflow = self._depth + len(rows) - self.max_readings
+                if overflow > 0:
+                    first, last, count = db.execute(
+                        "SELECT MIN(seq), MAX(seq), COUNT(*) FROM "
+                        "(SELECT seq FROM spool ORDER BY seq LIMIT ?)", (overflow,)).fetchone()
+                    db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
+                    dropped_range = (first, last, count)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: commit of {len(rows)} readings failed ({exc})") from exc
+        dropped = dropped_range[2] if dropped_range else 0
+        self._depth += len(rows) - dropped
+        if self._oldest_ms is None or dropped:
+            self._oldest_ms = self._min_accepted_sync()
+        if self.audit is not None:
+            for reading, sensor_id, accepted_ms in batch:
+                self._audit_reading(reading, sensor_id, accepted_ms)
+            if dropped_range:
+                self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
+                                 count=dropped_range[2])
+            self.audit.sync()
+        if dropped_range:
+            self.dropped_total += dropped
+            log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
+                        self.max_readings, dropped, dropped_range[0], dropped_range[1])
+        return dropped
+
+    def _audit_reading(self, reading: Reading, sensor_id: str, accepted_ms: int) -> None:
+        assert self.audit is not None
+        self.audit.reading(site=self.site, seq=reading.seq, ts_ms=reading.ts_ms, asset=reading.asset,
+                           point=reading.point, sensor=sensor_id, value=reading.value, unit=reading.unit,
+                           quality=reading.quality, at_ms=accepted_ms)
+
+    def _min_accepted_sync(self) -> int | None:
+        assert self._db is not None
+        row = self._db.execute("SELECT accepted_ms FROM spool ORDER BY seq LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    # -- leasing and acknowledging -----------------------------------------
+    async def lease(self, n: int) -> list[SpoolRow]:
+        """The next ``n`` committed, unleased rows in seq order (corrupt ones quarantined)."""
+        if n < 1 or not self.pending:
+            return []
+        rows, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
+        self._lease_cursor = max(self._lease_cursor, cursor)
+        if quarantined:
+            self._update_metrics()
+            if self.metrics is not None:
+                self.metrics.spool_quarantined.inc(quarantined)
+        return rows
+
+    def _lease_sync(self, after: int, n: int) -> tuple[list[SpoolRow], int, int]:
+        db = self._db
+        assert db is not None
+        out: list[SpoolRow] = []
+        cursor = after
+        quarantined = 0
+        while len(out) < n:
+            fetched = db.execute("SELECT seq, accepted_ms, data, crc FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
+                                 (cursor, n - len(out))).fetchall()
+            if not fetched:
+                cursor = max(cursor, self._committed_seq)
+                break
+            for seq, accepted_ms, data, crc in fetched:
+                cursor = seq
+                try:
+                    if not isinstance(data, bytes) or zlib.crc32(data) != crc:
+                        raise SpoolCorrupt(f"spool row seq {seq}: checksum mismatch")
+                    reading, sensor_id = _decode(seq, data)
+                except (SpoolCorrupt, ValueError, TypeError) as exc:
+                    self._quarantine_sync(seq, accepted_ms, data, crc, str(exc))
+                    quarantined += 1
+                    continue
+                out.append(SpoolRow(reading, sensor_id, accepted_ms))
+        return out, cursor, quarantined
+
+    def _quarantine_sync(self, seq: int, accepted_ms: int, data: Any, crc: int, reason: str) -> None:
+        db = self._db
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("INSERT INTO quarantine (seq, accepted_ms, data, crc, reason, quarantined_ms) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (seq, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
+            db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        self.quarantined_total += 1
+        self._oldest_ms = self._min_accepted_sync()
+        if self.audit is not None:
+            self.audit.event("quar", site=self.site, seq=seq, reason=reason)
+            self.audit.sync()
+        log.error("spool row seq %d is corrupt (%s): moved to the quarantine table (audited)", seq, reason)
+
+    def release_leases(self) -> None:
+        """Make every leased, unacked row leasable again (after a disconnect)."""
+        self._lease_cursor = 0
+        if self._depth:
+            self.changed.set()
+
+    async def ack(self, first: int, last: int) -> int:
+        """Delete rows ``first..last`` (inclusive) after the broker's PUBACK; returns how many."""
+        deleted = await self._run(self._ack_sync, first, last)
+        self._update_metrics()
+        return deleted
+
+    def _ack_sync(self, first: int, last: int) -> int:
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("PRAGMA synchronous=NORMAL")
+            deleted = db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: ack of seq {first}..{last} failed ({exc})") from exc
+        self._depth -= deleted
+        self._oldest_ms = self._min_accepted_sync() if self._depth else None
+        return deleted
+
+    async def quarantined(self) -> list[tuple[int, str]]:
+        """(seq, reason) of every quarantined row."""
+        return await self._run(lambda: self._db.execute(  # type: ignore[union-attr]
+            "SELECT seq, reason FROM quarantine ORDER BY seq").fetchall())
+
+    # -- metrics -----------------------------------------------------------
+    def oldest_age_s(self) -> float:
+        return 0.0 if self._oldest_ms is None else max(0.0, self.clock() - self._oldest_ms / 1000)
+
+    def _update_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.spool_depth.set(self._depth)
+            self.metrics.spool_oldest_age.set(self.oldest_age_s())

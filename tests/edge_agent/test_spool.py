@@ -1,0 +1,229 @@
+"""The durable spool: seq never reused, cap drops the oldest (counted and audited), corrupt rows quarantined."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edge_agent.audit import AuditLog, verify
+from edge_agent.metrics import AgentMetrics
+from edge_agent.spool import Spool
+
+
+def _add(spool: Spool, i: int) -> "asyncio.Future[int]":
+    return spool.append(ts_ms=1_764_000_000_000 + i, asset="tx1", point="oil_temp", value=50.0 + i,
+                        unit="degC", quality="good", sensor_id="SENSOR_01")
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_seq_is_monotonic_across_restarts_and_acked_rows(tmp_path: Path) -> None:
+    async def first() -> list[int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=4) as spool:
+            seqs = [await _add(spool, i) for i in range(10)]
+            await spool.flush()
+            rows = await spool.lease(100)
+            assert [r.seq for r in rows] == seqs
+            assert await spool.ack(1, 10) == 10      # everything acked: the table is empty now
+            assert spool.depth == 0
+            return seqs
+
+    async def second() -> list[int]:
+        async with Spool(tmp_path, site="s1") as spool:
+            return [await _add(spool, i) for i in range(3)]
+
+    assert run(first()) == list(range(1, 11))
+    assert run(second()) == [11, 12, 13]          # not 1..3: the counter is persisted, not max(seq)+1
+
+
+def test_unacked_rows_are_leased_again_after_restart_in_order(tmp_path: Path) -> None:
+    async def write() -> None:
+        async with Spool(tmp_path, site="s1", fsync_batch=8) as spool:
+            for i in range(20):
+                await _add(spool, i)
+            await spool.flush()
+            leased = await spool.lease(5)
+            await spool.ack(leased[0].seq, leased[-1].seq)
+            await spool.lease(5)                  # leased but never acked: must come back
+
+    async def read() -> list[int]:
+        async with Spool(tmp_path, site="s1") as spool:
+            assert spool.depth == 15
+            out = []
+            while batch := await spool.lease(4):
+                out += [r.seq for r in batch]
+            return out
+
+    run(write())
+    assert run(read()) == list(range(6, 21))
+
+
+def test_release_leases_hands_out_unacked_rows_again(tmp_path: Path) -> None:
+    async def go() -> tuple[list[int], list[int]]:
+        async with Spool(tmp_path, site="s1") as spool:
+            for i in range(6):
+                await _add(spool, i)
+            await spool.flush()
+            a = [r.seq for r in await spool.lease(3)]
+            await spool.ack(a[0], a[-1])
+            b = [r.seq for r in await spool.lease(2)]       # 4, 5 in flight, then the link drops
+            spool.release_leases()
+            return b, [r.seq for r in await spool.lease(10)]
+
+    in_flight, again = run(go())
+    assert in_flight == [4, 5]
+    assert again == [4, 5, 6]
+
+
+def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
+    """A child process appends and flushes, prints, then is SIGKILLed: every flushed row is there."""
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from edge_agent.spool import Spool
+        async def main():
+            spool = Spool({str(tmp_path)!r}, site="s1", fsync_batch=16)
+            await spool.open()
+            for i in range(100):
+                await spool.append(ts_ms=i, asset="a", point="p", value=float(i), unit="u",
+                                   quality="good", sensor_id="S")
+            await spool.flush()
+            print("flushed", flush=True)
+            await asyncio.sleep(60)
+        asyncio.run(main())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"flushed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+    async def read() -> list[int]:
+        async with Spool(tmp_path, site="s1") as spool:
+            rows = await spool.lease(1000)
+            assert await _add(spool, 0) == 101
+            return [r.seq for r in rows]
+
+    assert run(read()) == list(range(1, 101))
+
+
+def test_full_spool_drops_the_oldest_counts_and_audits(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    audit_path = tmp_path / "audit.log"
+
+    async def go() -> list[int]:
+        audit = AuditLog(audit_path)
+        async with Spool(tmp_path / "spool", site="s1", max_readings=10, fsync_batch=4, audit=audit,
+                         metrics=metrics) as spool:
+            for i in range(25):
+                await _add(spool, i)
+            await spool.flush()
+            assert spool.depth == 10
+            assert spool.dropped_total == 15
+            return [r.seq for r in await spool.lease(100)]
+
+    assert run(go()) == list(range(16, 26))        # the newest 10 stay
+    assert registry.get_sample_value("ems_edge_spool_dropped_total") == 15
+    assert registry.get_sample_value("ems_edge_spool_depth") == 10
+    assert registry.get_sample_value("ems_edge_readings_accepted_total") == 25
+    summary = verify(audit_path)
+    assert summary.ok, summary.lines()
+    assert summary.readings == 25
+    assert summary.dropped_readings == 15          # every drop is in the audit log, with its seq range
+    dropped_seqs = set()
+    for line in audit_path.read_bytes().splitlines():
+        if b'"k":"drop"' in line:
+            import json
+            body = json.loads(line[9:])
+            dropped_seqs |= set(range(body["seq_first"], body["seq_last"] + 1))
+    assert dropped_seqs == set(range(1, 16))
+
+
+def test_corrupt_row_is_quarantined_not_dropped(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    audit_path = tmp_path / "audit.log"
+
+    async def write() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            for i in range(5):
+                await _add(spool, i)
+
+    run(write())
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    data = db.execute("SELECT data FROM spool WHERE seq = 3").fetchone()[0]
+    flipped = bytearray(data)
+    flipped[5] ^= 0x01                              # one flipped bit in the stored reading
+    db.execute("UPDATE spool SET data = ? WHERE seq = 3", (bytes(flipped),))
+    db.commit()
+    db.close()
+
+    async def read() -> tuple[list[int], list[tuple[int, str]], int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), metrics=metrics) as spool:
+            rows = [r.seq for r in await spool.lease(10)]
+            return rows, await spool.quarantined(), spool.depth
+
+    rows, quarantined, depth = run(read())
+    assert rows == [1, 2, 4, 5]
+    assert [seq for seq, _ in quarantined] == [3]
+    assert "checksum" in quarantined[0][1]
+    assert depth == 4
+    assert registry.get_sample_value("ems_edge_spool_quarantined_total") == 1
+    summary = verify(audit_path)
+    assert summary.ok and summary.quarantined == 1 and summary.readings == 5
+
+
+def test_crash_between_commit_and_audit_is_reaudited(tmp_path: Path) -> None:
+    """Rows committed to the spool but missing from the audit log get their records at the next start."""
+    audit_path = tmp_path / "audit.log"
+
+    async def write_without_audit() -> None:
+        async with Spool(tmp_path / "spool", site="s1") as spool:
+            for i in range(7):
+                await _add(spool, i)
+
+    async def reopen() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)):
+            pass
+
+    run(write_without_audit())
+    run(reopen())
+    run(reopen())                                   # idempotent: nothing audited twice
+    summary = verify(audit_path)
+    assert (summary.readings, summary.seq_min, summary.seq_max) == (7, 1, 7)
+
+
+def test_metrics_depth_and_oldest_age(tmp_path: Path) -> None:
+    registry = CollectorRegistry()
+    now = [1000.0]
+
+    async def go() -> None:
+        async with Spool(tmp_path, site="s1", metrics=AgentMetrics(registry), clock=lambda: now[0]) as spool:
+            for i in range(3):
+                await _add(spool, i)
+            await spool.flush()
+            now[0] += 12.5
+            spool._update_metrics()
+            assert registry.get_sample_value("ems_edge_spool_oldest_unacked_age_seconds") == 12.5
+            rows = await spool.lease(3)
+            await spool.ack(rows[0].seq, rows[-1].seq)
+            assert registry.get_sample_value("ems_edge_spool_depth") == 0
+            assert registry.get_sample_value("ems_edge_spool_oldest_unacked_age_seconds") == 0
+
+    run(go())
+
+
+def test_bad_parameters_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="max_readings must be >= 1"):
+        Spool(tmp_path, site="s1", max_readings=0)
