@@ -1,0 +1,534 @@
+"""The agent's sensor config (``sensors.conf``, TOML) → frozen dataclasses, validated once.
+
+Where the file is: ``--config`` beats ``$EMS_SENSORS_CONF`` beats
+``/etc/ems/sensors.conf`` (``config_path()``). ``load_config(path)`` returns an
+``AgentConfig`` or raises ``ConfigError(path, value, reason)`` whose message is
+one line: ``devices[0].points[2].address: 70000 must be 0..65535``. Nothing
+downstream sees a raw dict. Relative file paths resolve against the folder of
+the config file.
+
+Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
+
+    site = "sub-07"                              # [required] matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63}
+    [broker]   host, port [8883], ca, cert, key [required files; key not world-readable],
+               client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
+               batch_max_readings [100], batch_max_delay_s [0.5]
+    [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [64]
+    [audit]    path [/var/log/ems/telemetry-audit.log]
+    [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
+    [http]     host [127.0.0.1], port [9108]
+    [[devices]]         name, host [required], port [502], unit [1], transport ["tcp"|"rtu-over-tcp"],
+                        timeout_s [1.0], retries [2], min_gap_s [0.0], poll_interval_s [1.0],
+                        max_read_gap [8], max_read_registers [125], max_read_bits [2000]
+    [[devices.points]]  id, asset, name, address [required], register ["holding"|"input"|"coil"|"discrete"],
+                        type ["uint16", "bool" on coils/discretes], byte_order ["big"], word_order ["big"],
+                        gain [1.0], offset [0.0], unit [""], deadband [0.0] or deadband_percent [0.0],
+                        heartbeat_s [60.0]
+    [devices.points.current_loop]  low, high [required: engineering values at 4 and 20 mA], ma_per_count [1.0]
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+import os
+import re
+import ssl
+import stat
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS
+from edge_agent.errors import ConfigError
+from edge_agent.schema import MAX_READINGS_PER_BATCH, valid_id
+
+__all__ = [
+    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
+    "MAX_READ_REGISTERS", "MAX_READ_BITS",
+    "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
+    "DeviceConfig", "PointConfig", "CurrentLoop",
+    "config_path", "load_config", "parse_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG_PATH = Path("/etc/ems/sensors.conf")
+CONFIG_ENV = "EMS_SENSORS_CONF"
+REGISTER_TYPES = ("holding", "input", "coil", "discrete")
+BIT_REGISTERS = frozenset({"coil", "discrete"})
+TRANSPORTS = ("tcp", "rtu-over-tcp")
+PROTOCOLS = ("auto", "mqttv5", "mqttv311")
+MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
+MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """MQTT broker. ``ca``/``cert``/``key`` are absolute paths of PEM files (mTLS)."""
+
+    host: str
+    ca: Path
+    cert: Path
+    key: Path
+    client_id: str
+    port: int = 8883
+    keepalive_s: int = 30
+    protocol: str = "auto"
+    batch_max_readings: int = 100
+    batch_max_delay_s: float = 0.5
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    """Durable spool folder, its cap in readings and how many appends share one fsync."""
+
+    path: Path = Path("/var/lib/ems/spool")
+    max_readings: int = 1_000_000
+    fsync_batch: int = 64
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    path: Path = Path("/var/log/ems/telemetry-audit.log")
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    cache_path: Path = Path("/var/lib/ems/twin.json")
+    publish_retained: bool = True
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    """Metrics at ``/metrics`` and health at ``/healthz``; port 0 picks a free port."""
+
+    host: str = "127.0.0.1"
+    port: int = 9108
+
+
+@dataclass(frozen=True)
+class CurrentLoop:
+    """4–20 mA scaling: ``low`` is the engineering value at 4 mA, ``high`` at 20 mA.
+
+    The decoded register times ``ma_per_count`` is the loop current in mA
+    (e.g. 0.001 for a register in µA); below 3.8 mA or above 20.5 mA the loop
+    is faulted (NAMUR NE 43).
+    """
+
+    low: float
+    high: float
+    ma_per_count: float = 1.0
+
+
+@dataclass(frozen=True)
+class PointConfig:
+    """One measured point. ``id`` is the sensor id (unique in the file); ``asset``/``name`` go on the wire."""
+
+    id: str
+    asset: str
+    name: str
+    register: str
+    address: int
+    type: str
+    byte_order: str = "big"
+    word_order: str = "big"
+    gain: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    deadband: float = 0.0
+    deadband_percent: float = 0.0
+    heartbeat_s: float = 60.0
+    current_loop: CurrentLoop | None = None
+
+    @property
+    def count(self) -> int:
+        """Registers (or bits, on coils and discrete inputs) this point occupies."""
+        return 1 if self.register in BIT_REGISTERS else REGISTER_COUNT[self.type]
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """One Modbus device (one TCP connection); ``unit`` is the Modbus device id behind a gateway."""
+
+    name: str
+    host: str
+    points: tuple[PointConfig, ...]
+    port: int = 502
+    unit: int = 1
+    transport: str = "tcp"
+    timeout_s: float = 1.0
+    retries: int = 2
+    min_gap_s: float = 0.0
+    poll_interval_s: float = 1.0
+    max_read_gap: int = 8
+    max_read_registers: int = MAX_READ_REGISTERS
+    max_read_bits: int = MAX_READ_BITS
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    site: str
+    broker: BrokerConfig
+    spool: SpoolConfig
+    audit: AuditConfig
+    twin: TwinConfig
+    http: HttpConfig
+    devices: tuple[DeviceConfig, ...]
+    source_path: Path
+
+    def point(self, sensor_id: str) -> PointConfig:
+        """The point with this sensor id; KeyError when there is none."""
+        for device in self.devices:
+            for point in device.points:
+                if point.id == sensor_id:
+                    return point
+        raise KeyError(sensor_id)
+
+
+def config_path(cli_value: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None) -> Path:
+    """The config file to use: ``--config`` value, else ``$EMS_SENSORS_CONF``, else ``/etc/ems/sensors.conf``."""
+    env = os.environ if environ is None else environ
+    if cli_value:
+        return Path(cli_value)
+    if env.get(CONFIG_ENV):
+        return Path(env[CONFIG_ENV])
+    return DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> AgentConfig:
+    """Read and validate ``path``. Raises ConfigError (one line: path in the config, value, what is allowed).
+
+    ``check_files=False`` skips the checks of the broker's certificate and key
+    files (used when only the points matter, e.g. a calibration update).
+    """
+    source = Path(path).absolute()
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise ConfigError("config file", str(source), f"cannot be read ({exc.strerror or exc})") from exc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError("config file", str(source), f"is not UTF-8 text (byte {exc.start})") from exc
+    return parse_config(text, source, check_files=check_files)
+
+
+_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)|\(at end of document\)")
+
+
+def parse_config(text: str, source_path: Path, *, check_files: bool = True) -> AgentConfig:
+    """Validate TOML ``text`` as if read from ``source_path`` (relative paths resolve against its folder)."""
+    source_path = Path(source_path).absolute()
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = str(exc)
+        found = _TOML_POSITION.search(message)
+        reason = _TOML_POSITION.sub("", message).strip()
+        if found and found.group(1):
+            line, column = int(found.group(1)), int(found.group(2))
+            lines = text.splitlines()
+            snippet = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+            raise ConfigError(f"{source_path}:{line}:{column}", snippet, f"is not valid TOML: {reason}") from exc
+        raise ConfigError(str(source_path), "end of file", f"is not valid TOML: {reason}") from exc
+    return _Loader(source_path, check_files).agent(raw)
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING: Any = _Missing()
+
+
+class _Table:
+    """One TOML table being read: remembers its path and which keys were taken, rejects the rest."""
+
+    def __init__(self, data: dict[str, Any], path: str, root_name: str) -> None:
+        self.data = data
+        self.path = path
+        self.root_name = root_name
+        self.taken: list[str] = []
+
+    def at(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def raw(self, key: str, default: Any = _MISSING, hint: str = "") -> Any:
+        self.taken.append(key)
+        if key in self.data:
+            return self.data[key]
+        if default is _MISSING:
+            raise ConfigError(self.at(key), _MISSING, f"is required{hint}")
+        return default
+
+    def text(self, key: str, default: Any = _MISSING, *, hint: str = "", max_len: int = 255) -> str:
+        value = self.raw(key, default, f" ({hint})" if hint else "")
+        if not isinstance(value, str) or not value.strip() and default is _MISSING or len(value) > max_len:
+            raise ConfigError(self.at(key), value, f"must be a {'non-empty ' if default is _MISSING else ''}"
+                                                   f"string of at most {max_len} characters")
+        return value
+
+    def id(self, key: str, what: str) -> str:
+        value = self.raw(key, hint=f" ({what})")
+        if not valid_id(value):
+            raise ConfigError(self.at(key), value, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} "
+                                                   "(letters, digits, '_', '.', '-'; at most 64 characters)")
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: Any = _MISSING) -> str:
+        value = self.raw(key, default)
+        if value not in allowed:
+            raise ConfigError(self.at(key), value, f"must be one of {', '.join(allowed)}")
+        return value
+
+    def integer(self, key: str, low: int, high: int, default: Any = _MISSING) -> int:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(self.at(key), value, f"must be an integer {low}..{high}")
+        if not low <= value <= high:
+            raise ConfigError(self.at(key), value, f"must be {low}..{high}")
+        return value
+
+    def number(self, key: str, default: Any = _MISSING, *, low: float | None = None, high: float | None = None,
+              positive: bool = False, nonzero: bool = False) -> float:
+        value = self.raw(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(self.at(key), value, "must be a finite number")
+        value = float(value)
+        if positive and value <= 0:
+            bound = f" (at most {high:g})" if high is not None else ""
+            raise ConfigError(self.at(key), value, f"must be greater than 0{bound}")
+        if nonzero and value == 0:
+            raise ConfigError(self.at(key), value, "must not be 0")
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is not None and high is not None:
+                raise ConfigError(self.at(key), value, f"must be {low:g}..{high:g}")
+            if low is not None:
+                raise ConfigError(self.at(key), value, f"must be at least {low:g}")
+            raise ConfigError(self.at(key), value, f"must be at most {high:g}")
+        return value
+
+    def flag(self, key: str, default: Any = _MISSING) -> bool:
+        value = self.raw(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(self.at(key), value, "must be true or false")
+        return value
+
+    def table(self, key: str, *, required: bool = False) -> "_Table | None":
+        value = self.raw(key, _MISSING if required else None)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ConfigError(self.at(key), value, f"must be a table ([{self.at(key)}])")
+        return _Table(value, self.at(key), self.root_name)
+
+    def tables(self, key: str) -> list["_Table"]:
+        value = self.raw(key, hint=f" (at least one [[{self.at(key)}]] table)")
+        if not isinstance(value, list) or not value or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(self.at(key), value, f"must be one or more [[{self.at(key)}]] tables")
+        return [_Table(v, f"{self.at(key)}[{i}]", self.root_name) for i, v in enumerate(value)]
+
+    def done(self) -> None:
+        """Reject keys nobody asked for, suggesting the closest known key."""
+        for key in self.data:
+            if key in self.taken:
+                continue
+            close = difflib.get_close_matches(key, self.taken, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(set(self.taken)))}"
+            raise ConfigError(self.path or self.root_name, key, f"is an unknown key; {hint}")
+
+
+class _Loader:
+    def __init__(self, source_path: Path, check_files: bool) -> None:
+        self.source = source_path
+        self.folder = source_path.parent
+        self.check_files = check_files
+
+    def path(self, table: _Table, key: str, default: Any = _MISSING) -> Path:
+        value = table.raw(key, default)
+        if isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(table.at(key), value, "must be a non-empty file path (relative to the config file's folder)")
+        return self.folder / Path(value).expanduser()
+
+    def agent(self, raw: dict[str, Any]) -> AgentConfig:
+        root = _Table(raw, "", self.source.name)
+        site = root.id("site", "the site id used in topics, e.g. \"sub-07\"")
+        broker = self.broker(root.table("broker", required=True), site)  # type: ignore[arg-type]
+        spool_t, audit_t, twin_t, http_t = (root.table(k) for k in ("spool", "audit", "twin", "http"))
+        spool = SpoolConfig()
+        if spool_t:
+            spool = SpoolConfig(path=self.path(spool_t, "path", SpoolConfig.path),
+                                max_readings=spool_t.integer("max_readings", 100, 1_000_000_000, SpoolConfig.max_readings),
+                                fsync_batch=spool_t.integer("fsync_batch", 1, 100_000, SpoolConfig.fsync_batch))
+            spool_t.done()
+        audit = AuditConfig()
+        if audit_t:
+            audit = AuditConfig(path=self.path(audit_t, "path", AuditConfig.path))
+            audit_t.done()
+        twin = TwinConfig()
+        if twin_t:
+            twin = TwinConfig(cache_path=self.path(twin_t, "cache_path", TwinConfig.cache_path),
+                              publish_retained=twin_t.flag("publish_retained", True))
+            twin_t.done()
+        http = HttpConfig()
+        if http_t:
+            http = HttpConfig(host=http_t.text("host", HttpConfig.host), port=http_t.integer("port", 0, 65535, HttpConfig.port))
+            http_t.done()
+        devices = tuple(self.device(t) for t in root.tables("devices"))
+        root.done()
+        _check_unique(devices)
+        return AgentConfig(site=site, broker=broker, spool=spool, audit=audit, twin=twin, http=http,
+                           devices=devices, source_path=self.source)
+
+    def broker(self, t: _Table, site: str) -> BrokerConfig:
+        host = t.text("host", hint="the broker's host name or IP address")
+        port = t.integer("port", 1, 65535, 8883)
+        ca = self.path(t, "ca")
+        cert = self.path(t, "cert")
+        key = self.path(t, "key")
+        client_id = t.text("client_id", f"edge-{site}", max_len=64)
+        if not client_id:
+            raise ConfigError(t.at("client_id"), client_id, "must be a non-empty string of at most 64 characters")
+        config = BrokerConfig(
+            host=host, port=port, ca=ca, cert=cert, key=key, client_id=client_id,
+            keepalive_s=t.integer("keepalive_s", 5, 65535, 30),
+            protocol=t.choice("protocol", PROTOCOLS, "auto"),
+            batch_max_readings=t.integer("batch_max_readings", 1, MAX_READINGS_PER_BATCH, 100),
+            batch_max_delay_s=t.number("batch_max_delay_s", 0.5, low=0.0, high=60.0),
+        )
+        t.done()
+        if self.check_files:
+            _check_tls_files(t, config)
+        return config
+
+    def device(self, t: _Table) -> DeviceConfig:
+        name = t.id("name", "the device name, e.g. \"tx1-relay\"")
+        host = t.text("host", hint="the device's or gateway's host name or IP address")
+        port = t.integer("port", 1, 65535, 502)
+        unit = t.integer("unit", 0, 255, 1)
+        transport = t.choice("transport", TRANSPORTS, "tcp")
+        timeout_s = t.number("timeout_s", 1.0, high=60.0, positive=True)
+        retries = t.integer("retries", 0, 10, 2)
+        min_gap_s = t.number("min_gap_s", 0.0, low=0.0, high=60.0)
+        poll_interval_s = t.number("poll_interval_s", 1.0, low=0.01, high=86400.0)
+        max_read_gap = t.integer("max_read_gap", 0, MAX_READ_REGISTERS, 8)
+        max_read_registers = t.integer("max_read_registers", 1, MAX_READ_REGISTERS, MAX_READ_REGISTERS)
+        max_read_bits = t.integer("max_read_bits", 1, MAX_READ_BITS, MAX_READ_BITS)
+        points = tuple(self.point(p) for p in t.tables("points"))
+        t.done()
+        _check_overlaps(t.path, name, points)
+        return DeviceConfig(name=name, host=host, port=port, unit=unit, transport=transport, timeout_s=timeout_s,
+                            retries=retries, min_gap_s=min_gap_s, poll_interval_s=poll_interval_s,
+                            max_read_gap=max_read_gap, max_read_registers=max_read_registers,
+                            max_read_bits=max_read_bits, points=points)
+
+    def point(self, t: _Table) -> PointConfig:
+        sensor_id = t.id("id", "the sensor id, e.g. \"SENSOR_01\"")
+        asset = t.id("asset", "the asset this point belongs to, e.g. \"tx1\"")
+        name = t.id("name", "the point name on the wire, e.g. \"oil_temp\"")
+        register = t.choice("register", REGISTER_TYPES, "holding")
+        bits = register in BIT_REGISTERS
+        data_type = t.choice("type", DATA_TYPES, "bool" if bits else "uint16")
+        if bits and data_type != "bool":
+            raise ConfigError(t.at("type"), data_type, f"is not allowed on a {register} register; {register}s hold only bool")
+        count = 1 if bits else REGISTER_COUNT[data_type]
+        address = t.integer("address", 0, 65535)
+        if address + count - 1 > 65535:
+            raise ConfigError(t.at("address"), address,
+                              f"must be 0..{65536 - count} for {data_type} ({count} registers end at 65535)")
+        byte_order = t.choice("byte_order", BYTE_ORDERS, "big")
+        word_order = t.choice("word_order", WORD_ORDERS, "big")
+        gain = t.number("gain", 1.0, nonzero=True)
+        offset = t.number("offset", 0.0)
+        unit = t.text("unit", "", max_len=32)
+        deadband = t.number("deadband", 0.0, low=0.0)
+        deadband_percent = t.number("deadband_percent", 0.0, low=0.0, high=100.0)
+        if deadband and deadband_percent:
+            raise ConfigError(t.at("deadband_percent"), deadband_percent,
+                              f"cannot be combined with deadband = {deadband:g}; set one of them")
+        heartbeat_s = t.number("heartbeat_s", 60.0, high=86400.0, positive=True)
+        loop = None
+        loop_t = t.table("current_loop")
+        if loop_t is not None:
+            if bits or data_type == "bool":
+                raise ConfigError(loop_t.path, register if bits else data_type,
+                                  "cannot carry a 4-20 mA loop; use a numeric type on a holding or input register")
+            low = loop_t.number("low")
+            high = loop_t.number("high")
+            if low == high:
+                raise ConfigError(loop_t.at("high"), high, "must differ from low (the values at 4 mA and at 20 mA)")
+            loop = CurrentLoop(low=low, high=high, ma_per_count=loop_t.number("ma_per_count", 1.0, positive=True))
+            loop_t.done()
+        t.done()
+        return PointConfig(id=sensor_id, asset=asset, name=name, register=register, address=address,
+                           type=data_type, byte_order=byte_order, word_order=word_order, gain=gain, offset=offset,
+                           unit=unit, deadband=deadband, deadband_percent=deadband_percent, heartbeat_s=heartbeat_s,
+                           current_loop=loop)
+
+
+def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfig, ...]) -> None:
+    """Two points of one device may not share a register (or bit) of the same register type."""
+    order = sorted(range(len(points)), key=lambda i: (points[i].register, points[i].address))
+    for before, after in zip(order, order[1:]):
+        a, b = points[before], points[after]
+        if a.register == b.register and b.address <= a.address + a.count - 1:
+            raise ConfigError(f"{device_path}.points[{after}].address", b.address,
+                              f"overlaps {device_path}.points[{before}] ({a.id!r}, {a.register} "
+                              f"{a.address}..{a.address + a.count - 1} of device {device_name!r})")
+
+
+def _check_unique(devices: tuple[DeviceConfig, ...]) -> None:
+    names: dict[str, int] = {}
+    ids: dict[str, str] = {}
+    wire: dict[tuple[str, str], str] = {}
+    for d, device in enumerate(devices):
+        if device.name in names:
+            raise ConfigError(f"devices[{d}].name", device.name,
+                              f"is already the name of devices[{names[device.name]}]; device names must be unique")
+        names[device.name] = d
+        for p, point in enumerate(device.points):
+            here = f"devices[{d}].points[{p}]"
+            if point.id in ids:
+                raise ConfigError(f"{here}.id", point.id,
+                                  f"is already used by {ids[point.id]}; sensor ids must be unique in the file")
+            ids[point.id] = here
+            if (point.asset, point.name) in wire:
+                raise ConfigError(f"{here}.name", point.name, f"is already a point of asset {point.asset!r} "
+                                                              f"({wire[(point.asset, point.name)]}); (asset, name) must be unique")
+            wire[(point.asset, point.name)] = here
+
+
+def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
+    """The CA, certificate and key must be readable PEM files; the key must not be world-readable."""
+    for key in ("ca", "cert", "key"):
+        path: Path = getattr(broker, key)
+        try:
+            info = path.stat()
+            if not stat.S_ISREG(info.st_mode):
+                raise ConfigError(t.at(key), str(path), "is not a regular file")
+            with path.open("rb") as fh:
+                fh.read(1)
+        except OSError as exc:
+            raise ConfigError(t.at(key), str(path), f"cannot be read ({exc.strerror or exc})") from exc
+    mode = stat.S_IMODE(broker.key.stat().st_mode)
+    if mode & 0o007:
+        raise ConfigError(t.at("key"), str(broker.key),
+                          f"is accessible to other users (mode {mode:04o}); run: chmod 600 {broker.key}")
+    if mode & 0o070:
+        log.warning("broker.key %s is readable by its group (mode %04o); 0600 is recommended", broker.key, mode)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=str(broker.ca))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(t.at("ca"), str(broker.ca), f"is not a PEM CA certificate ({exc})") from exc
+    try:
+        context.load_cert_chain(certfile=str(broker.cert), keyfile=str(broker.key))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ConfigError(t.at("key"), str(broker.key),
+                          f"is not the PEM private key of broker.cert {str(broker.cert)!r} ({exc})") from exc

@@ -1,0 +1,84 @@
+"""Registers → numbers: the data types and byte/word orders of ``sensors.conf``.
+
+A Modbus register is 16 bits sent big-endian on the wire; pymodbus hands us
+each register as an ``int`` 0..65535. Devices disagree about everything
+wider or differently ordered, so each point names:
+
+=============  ==========================================================
+``type``       ``int16 uint16 int32 uint32 float32 float64 bool``
+``byte_order`` ``big`` (AB, the Modbus norm) or ``little`` (BA) inside each register
+``word_order`` ``big`` (the first register holds the most significant word)
+               or ``little`` (the first register holds the least significant word)
+=============  ==========================================================
+
+So a float32 ``1.0`` (0x3F800000) reads as registers ``[0x3F80, 0x0000]``
+with big/big ("ABCD"), ``[0x0000, 0x3F80]`` with word_order little ("CDAB"),
+``[0x803F, 0x0000]`` with byte_order little ("BADC"), ``[0x0000, 0x803F]``
+with both little ("DCBA"). Plain ``struct``; no pymodbus here.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from typing import Sequence
+
+from edge_agent.errors import DecodeError
+
+__all__ = ["DATA_TYPES", "BYTE_ORDERS", "WORD_ORDERS", "REGISTER_COUNT", "decode_registers", "encode_registers"]
+
+#: data type → (struct format character, registers it occupies)
+_FORMATS: dict[str, tuple[str, int]] = {
+    "int16": ("h", 1),
+    "uint16": ("H", 1),
+    "int32": ("i", 2),
+    "uint32": ("I", 2),
+    "float32": ("f", 2),
+    "float64": ("d", 4),
+    "bool": ("H", 1),
+}
+DATA_TYPES: tuple[str, ...] = tuple(_FORMATS)
+BYTE_ORDERS = ("big", "little")
+WORD_ORDERS = ("big", "little")
+#: registers one value of each data type occupies (a bool on a coil or discrete input is one bit)
+REGISTER_COUNT: dict[str, int] = {name: count for name, (_, count) in _FORMATS.items()}
+
+
+def _to_bytes(registers: Sequence[int], byte_order: str, word_order: str) -> bytes:
+    words = list(registers) if word_order == "big" else list(reversed(registers))
+    out = bytearray()
+    for word in words:
+        hi, lo = (word >> 8) & 0xFF, word & 0xFF
+        out += bytes((hi, lo)) if byte_order == "big" else bytes((lo, hi))
+    return bytes(out)
+
+
+def decode_registers(registers: Sequence[int], data_type: str, byte_order: str = "big",
+                     word_order: str = "big", *, point: str = "?") -> float:
+    """The value of ``registers`` (each 0..65535) read as ``data_type``.
+
+    ``bool`` is 1.0 when the register is non-zero. Raises DecodeError for a
+    wrong register count or a NaN/infinite float (a device's "no value" marker
+    must not reach the telemetry as a number).
+    """
+    fmt, count = _FORMATS[data_type]
+    if len(registers) != count:
+        raise DecodeError(point, f"{data_type} needs {count} registers, got {len(registers)}")
+    if data_type == "bool":
+        return 1.0 if registers[0] else 0.0
+    (value,) = struct.unpack(">" + fmt, _to_bytes(registers, byte_order, word_order))
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DecodeError(point, f"{data_type} value is {value} (registers {[hex(r) for r in registers]})")
+    return float(value)
+
+
+def encode_registers(value: float, data_type: str, byte_order: str = "big", word_order: str = "big") -> list[int]:
+    """The registers a device would hold for ``value`` (used by the simulator)."""
+    fmt, count = _FORMATS[data_type]
+    if data_type == "bool":
+        return [1 if value else 0]
+    number = float(value) if fmt in "fd" else int(round(value))
+    raw = struct.pack(">" + fmt, number)
+    words = [(raw[i] << 8) | raw[i + 1] if byte_order == "big" else (raw[i + 1] << 8) | raw[i]
+             for i in range(0, len(raw), 2)]
+    return words if word_order == "big" else list(reversed(words))
