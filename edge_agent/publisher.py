@@ -1,0 +1,515 @@
+"""MQTT delivery: an asyncio link over paho-mqtt (the edge agent's only paho importer) and the spool drain.
+
+``MqttLink`` drives paho from the event loop the way aiomqtt does, with no paho
+network thread: only the blocking TCP connect and TLS handshake run in an
+executor thread (``Client.connect``); after that the socket is watched with
+``loop.add_reader`` / ``add_writer`` and ``loop_misc`` runs once a second for
+keepalive. A fresh paho ``Client`` is made for every connection attempt, so a
+message paho still holds from a dead connection is never re-sent behind our
+back: the spool is the only source of re-sends.
+
+* MQTT v5 first; with ``protocol="auto"`` a broker that answers "unsupported
+  protocol version" (or drops a v5 CONNECT) is retried with v3.1.1, and that
+  choice is kept.
+* mTLS: CA, client certificate and key (checked once by :meth:`MqttLink.open`).
+* Reconnect with exponential backoff and full jitter (``backoff_initial_s``
+  doubling up to ``backoff_max_s``).
+* ``publish()`` returns after the PUBACK for its message id, or raises
+  :class:`PublishError` when the connection drops first (the caller re-sends).
+* Last will ``offline`` and birth ``online``, retained, on ``status_topic(site)``.
+
+Errors: paho's return codes and socket/TLS errors become ``PublishError``
+(unreachable, lost, no PUBACK) or ``BrokerRefused`` (certificate or identity
+refused; one line naming the broker and the certificate).
+
+``drain()`` moves spooled readings to the broker: lease → ``encode_batch`` →
+publish (up to ``window`` messages in flight) → ack after PUBACK; on a
+disconnect it releases the leases and starts again once reconnected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edge_agent.errors import BrokerRefused, ConfigError, PublishError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.schema import encode_batch, status_topic, telemetry_topic
+from edge_agent.spool import Spool
+
+__all__ = ["TlsFiles", "MqttLink", "drain", "PROTOCOLS"]
+
+PROTOCOLS = ("auto", "mqttv5", "mqttv311")
+_UNSUPPORTED_PROTOCOL = 132          # MQTT v5 CONNACK "Unsupported Protocol Version" (paho maps v3 rc 1 to it)
+# TLS alerts a broker sends when it rejects the client certificate ("decrypt error": the signature does
+# not verify, e.g. a certificate from a different CA that carries the trusted CA's name).
+_CERT_ALERTS = ("unknown ca", "bad certificate", "decrypt error", "certificate required", "certificate unknown",
+                "certificate expired", "certificate revoked", "unsupported certificate", "access denied")
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for mTLS: the CA that signed the broker's certificate, our certificate and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A client context verifying the broker (hostname included) and presenting our certificate."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("broker.ca", str(tls.ca), f"is not a readable PEM CA certificate ({_reason(exc)})") from exc
+    try:
+        context.load_cert_chain(str(tls.cert), str(tls.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("broker.cert", str(tls.cert),
+                          f"and broker.key {str(tls.key)!r} are not a readable, matching PEM certificate and key "
+                          f"({_reason(exc)})") from exc
+    return context
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).replace("_", " ").lower()
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+class MqttLink:
+    """One logical MQTT connection that keeps reconnecting; an async context manager.
+
+    Parameters: ``host``, ``port``, ``client_id``, ``site`` (for the status
+    topic), ``tls`` (None = plain MQTT, for local tests only), ``keepalive_s``
+    (default 30), ``protocol`` (``auto`` | ``mqttv5`` | ``mqttv311``),
+    ``inflight_max`` (QoS 1 messages awaiting PUBACK, default 32),
+    ``connect_timeout_s`` (default 10), ``backoff_initial_s`` (0.5) and
+    ``backoff_max_s`` (30), ``rng`` (for the jitter), ``metrics``, ``logger``.
+    Constructing does no I/O; ``open()`` checks the TLS files (ConfigError).
+    """
+
+    def __init__(self, *, host: str, port: int, client_id: str, site: str, tls: TlsFiles | None,
+                 keepalive_s: int = 30, protocol: str = "auto", inflight_max: int = 32,
+                 connect_timeout_s: float = 10.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
+                 rng: random.Random | None = None, metrics: AgentMetrics | None = None,
+                 logger: logging.Logger | None = None) -> None:
+        if protocol not in PROTOCOLS:
+            raise ConfigError("broker.protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}")
+        self.host, self.port, self.client_id, self.site, self.tls = host, port, client_id, site, tls
+        self.keepalive_s = keepalive_s
+        self.protocol = protocol
+        self.inflight_max = inflight_max
+        self.connect_timeout_s = connect_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self.rng = rng or random.Random()
+        self.metrics = metrics
+        self.log = logger or logging.getLogger(__name__)
+        self.status_topic = status_topic(site)
+        self.protocol_in_use: str | None = None
+        self._v311_only = protocol == "mqttv311"
+        self._context: ssl.SSLContext | None = None
+        self._client: paho.Client | None = None
+        self._pending: dict[int, asyncio.Future[None]] = {}
+        self._connected = asyncio.Event()
+        self._connack: asyncio.Future[ReasonCode] | None = None
+        self._lost: asyncio.Future[None] | None = None
+        self._socket_errors: list[str] = []
+        self._misc_task: asyncio.Task | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._closing = False
+        self.last_error: Exception | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+    async def __aenter__(self) -> "MqttLink":
+        self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def open(self) -> None:
+        """Check the TLS files and build the TLS context (raises ConfigError naming the file)."""
+        if self.tls is not None and self._context is None:
+            self._context = _ssl_context(self.tls)
+
+    def start(self) -> None:
+        """Keep connected in the background (reconnecting with backoff) until close()."""
+        if self._supervisor is None:
+            self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="mqtt-link")
+
+    async def close(self, timeout: float = 3.0) -> None:
+        """Publish ``offline`` (retained), disconnect cleanly (no last will) and stop reconnecting."""
+        self._closing = True
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+            self._supervisor = None
+        client = self._client
+        if client is not None and self._connected.is_set():
+            try:
+                await asyncio.wait_for(self.publish(self.status_topic, b"offline", retain=True), timeout)
+            except (PublishError, asyncio.TimeoutError):
+                pass
+            lost = self._lost
+            client.disconnect()
+            if lost is not None:
+                try:
+                    await asyncio.wait_for(asyncio.shield(lost), timeout)
+                except asyncio.TimeoutError:
+                    pass
+        self._drop(client, PublishError("link closed"))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self, timeout: float | None = None) -> None:
+        """Wait until connected (CONNACK received); raises asyncio.TimeoutError after ``timeout``."""
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    # -- connecting --------------------------------------------------------
+    async def _supervise(self) -> None:
+        attempt = 0
+        while not self._closing:
+            if not self._connected.is_set():
+                try:
+                    await self.connect()
+                except PublishError as exc:      # BrokerRefused included: the broker may be fixed later
+                    self.last_error = exc
+                    delay = self.rng.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
+                    attempt += 1
+                    self.log.warning("broker %s:%d: %s; retrying in %.1fs", self.host, self.port, exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+            attempt = 0
+            assert self._lost is not None
+            await asyncio.shield(self._lost)
+
+    async def connect(self) -> None:
+        """One connection attempt (with the v3.1.1 fallback under ``auto``); returns once connected.
+
+        Raises BrokerRefused (certificate or identity refused, protocol not
+        supported) or PublishError (unreachable, dropped before CONNACK).
+        """
+        if self._connected.is_set():
+            return
+        try:
+            await self._connect_once(MQTTProtocolVersion.MQTTv311 if self._v311_only else MQTTProtocolVersion.MQTTv5)
+        except _ProtocolUnsupported as exc:
+            if self.protocol != "auto" or self._v311_only:
+                raise BrokerRefused(f"broker {self.host}:{self.port} does not support MQTT "
+                                    f"{'3.1.1' if self._v311_only else 'v5'} ({exc})") from None
+            self.log.info("broker %s:%d does not speak MQTT v5 (%s); falling back to 3.1.1", self.host, self.port, exc)
+            self._v311_only = True
+            try:
+                await self._connect_once(MQTTProtocolVersion.MQTTv311)
+            except _ProtocolUnsupported as exc2:
+                raise BrokerRefused(f"broker {self.host}:{self.port} refused MQTT v5 and 3.1.1 ({exc2})") from None
+
+    async def _connect_once(self, protocol: MQTTProtocolVersion) -> None:
+        loop = asyncio.get_running_loop()
+        self.open()
+        v5 = protocol == MQTTProtocolVersion.MQTTv5
+        client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             clean_session=None if v5 else True, protocol=protocol)
+        client.connect_timeout = self.connect_timeout_s
+        client.max_inflight_messages_set(self.inflight_max)
+        client.max_queued_messages_set(0)
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        if self._context is not None:
+            client.tls_set_context(self._context)
+        client.on_log = self._on_log
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        self._socket_errors = []
+        self._connack = loop.create_future()
+        self._lost = loop.create_future()
+        self._client = client
+        where = f"broker {self.host}:{self.port}"
+        try:
+            kwargs: dict[str, Any] = {"clean_start": True} if v5 else {}
+            rc = await loop.run_in_executor(None, lambda: client.connect(self.host, self.port, self.keepalive_s,
+                                                                          **kwargs))
+        except ssl.SSLCertVerificationError as exc:
+            self._count("refused")
+            raise BrokerRefused(f"{where}: its certificate is not trusted ({exc.verify_message}; "
+                                f"CA file {self.tls.ca if self.tls else '-'})") from exc
+        except ssl.SSLError as exc:
+            self._count("refused")
+            raise BrokerRefused(self._tls_refusal(_reason(exc))) from exc
+        except (OSError, socket.timeout) as exc:
+            self._count("unreachable")
+            raise PublishError(f"{where} unreachable ({_reason(exc)})") from exc
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._count("error")
+            raise PublishError(f"{where}: connect failed ({paho.error_string(rc)})")
+        sock = client.socket()
+        assert sock is not None
+        loop.add_reader(sock, self._on_readable, client)
+        client.on_socket_close = self._on_socket_close
+        client.on_socket_register_write = self._on_register_write
+        client.on_socket_unregister_write = self._on_unregister_write
+        if client.want_write():
+            loop.add_writer(sock, client.loop_write)
+        try:
+            reason = await asyncio.wait_for(asyncio.shield(self._connack), self.connect_timeout_s)
+        except asyncio.TimeoutError:
+            self._drop(client, PublishError("no CONNACK"))
+            self._count("error")
+            raise PublishError(f"{where}: no CONNACK within {self.connect_timeout_s:.0f}s") from None
+        except _ConnectionLostEarly:
+            self._count("refused" if self._cert_alert() else "error")
+            alert = self._cert_alert()
+            if alert:
+                raise BrokerRefused(self._tls_refusal(alert)) from None
+            if v5 and self.protocol == "auto":
+                raise _ProtocolUnsupported("connection closed after the v5 CONNECT") from None
+            errors = "; ".join(self._socket_errors) or "connection closed"
+            raise PublishError(f"{where}: connection lost before CONNACK ({errors})") from None
+        if reason.is_failure:
+            self._drop(client, PublishError("refused"))
+            self._count("refused")
+            if reason.value == _UNSUPPORTED_PROTOCOL:
+                raise _ProtocolUnsupported(str(reason))
+            raise BrokerRefused(f"{where} refused the connection: {reason} (client id {self.client_id!r}"
+                                f"{', certificate ' + str(self.tls.cert) if self.tls else ''})")
+        self.protocol_in_use = "mqttv5" if v5 else "mqttv311"
+        self._misc_task = loop.create_task(self._misc_loop(client))
+        self._connected.set()
+        self._count("ok")
+        if self.metrics is not None:
+            self.metrics.broker_connected.set(1)
+        self.log.info("connected to broker %s:%d as %s (%s)", self.host, self.port, self.client_id,
+                      self.protocol_in_use)
+        try:
+            await asyncio.wait_for(self.publish(self.status_topic, b"online", retain=True), self.connect_timeout_s)
+        except asyncio.TimeoutError:
+            self.abort("no PUBACK for the birth message")
+            raise PublishError(f"{where}: no PUBACK for the birth message") from None
+
+    def _tls_refusal(self, reason: str) -> str:
+        cert = f" {self.tls.cert}" if self.tls else ""
+        return f"broker {self.host}:{self.port} refused the client certificate{cert} (TLS: {reason})"
+
+    def _cert_alert(self) -> str | None:
+        """The TLS alert text when the broker rejected our certificate during the handshake, else None."""
+        for line in self._socket_errors:
+            low = line.lower()
+            if "alert" in low and any(word in low for word in _CERT_ALERTS):
+                found = re.search(r"\]\s*([^\[\]()]*alert[^\[\]()]*?)\s*(\(|$)", low)
+                return found.group(1) if found else low
+        return None
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.broker_connects.labels(outcome).inc()
+
+    async def _misc_loop(self, client: paho.Client) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return
+
+    def abort(self, why: str) -> None:
+        """Drop the current connection now (e.g. a PUBACK never came); the supervisor reconnects."""
+        if self._client is not None:
+            self.log.warning("broker %s:%d: dropping the connection: %s", self.host, self.port, why)
+            self._drop(self._client, PublishError(why))
+
+    def _drop(self, client: paho.Client | None, exc: PublishError) -> None:
+        if client is not None:
+            sock = client.socket()
+            if sock is not None:
+                self._on_socket_close(client, None, sock)
+                client._sock_close()  # noqa: SLF001 — paho has no public "close without DISCONNECT"
+        self._lost_connection(exc)
+
+    def _lost_connection(self, exc: PublishError) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if self.metrics is not None:
+            self.metrics.broker_connected.set(0)
+        if self._misc_task is not None:
+            self._misc_task.cancel()
+            self._misc_task = None
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(PublishError(f"connection lost before PUBACK ({exc})"))
+                future.exception()          # retrieved: a caller that gave up must not log "never retrieved"
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(_ConnectionLostEarly())
+            self._connack.exception()
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(None)
+        if was_connected:
+            self.log.warning("connection to broker %s:%d lost (%s)", self.host, self.port, exc)
+
+    # -- paho callbacks (all on the event loop thread) ------------------------
+    def _on_readable(self, client: paho.Client) -> None:
+        client.loop_read()
+        sock = client.socket()
+        # TLS may hold decrypted bytes the OS socket no longer signals: read them too.
+        while isinstance(sock, ssl.SSLSocket) and sock.pending() and client.socket() is sock:
+            client.loop_read()
+
+    def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        asyncio.get_running_loop().add_writer(sock, client.loop_write)
+
+    def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        asyncio.get_running_loop().remove_writer(sock)
+
+    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(sock)
+        loop.remove_writer(sock)
+
+    def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
+        if level == paho.MQTT_LOG_ERR:
+            self._socket_errors.append(message)
+
+    def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                    properties: Any) -> None:
+        if client is self._client and self._connack is not None and not self._connack.done():
+            self._connack.set_result(reason)
+
+    def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
+                       properties: Any) -> None:
+        if client is self._client:
+            self._lost_connection(PublishError(str(reason)))
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
+        future = self._pending.pop(mid, None) if client is self._client else None
+        if future is None or future.done():
+            return
+        if reason.is_failure:
+            future.set_exception(PublishError(f"broker rejected the message: {reason}"))
+        else:
+            future.set_result(None)
+
+    # -- publishing --------------------------------------------------------
+    def start_publish(self, topic: str, payload: bytes, *, retain: bool = False) -> "asyncio.Future[None]":
+        """Queue one QoS 1 message; the future completes at its PUBACK or fails with PublishError."""
+        client = self._client
+        if client is None or not self._connected.is_set():
+            raise PublishError(f"not connected to broker {self.host}:{self.port}")
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise PublishError(f"publish to {topic} failed ({paho.error_string(info.rc)})")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending[info.mid] = future
+        return future
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish with QoS 1 and return after the broker's PUBACK; raises PublishError otherwise."""
+        await self.start_publish(topic, payload, retain=retain)
+
+
+class _ProtocolUnsupported(Exception):
+    """Internal: the broker does not speak the protocol version we tried."""
+
+
+class _ConnectionLostEarly(Exception):
+    """Internal: the socket closed before CONNACK."""
+
+
+async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: int = 100,
+                batch_max_delay_s: float = 0.5, window: int = 8, ack_timeout_s: float = 30.0,
+                metrics: AgentMetrics | None = None, flushing: asyncio.Event | None = None,
+                clock: Callable[[], float] = time.time, logger: logging.Logger | None = None) -> None:
+    """Publish spooled readings forever, oldest first; a row leaves the spool only after its PUBACK.
+
+    A message carries up to ``batch_max_readings`` readings and waits at most
+    ``batch_max_delay_s`` for a batch to fill (no wait once ``flushing`` is
+    set). Up to ``window`` messages are in flight. A lost connection or a
+    missing PUBACK (``ack_timeout_s``) releases every lease, and the same rows
+    go out again after reconnecting — at-least-once; the ingest de-duplicates
+    by (site, seq).
+    """
+    log = logger or logging.getLogger(__name__)
+    topic = telemetry_topic(site)
+    flushing = flushing or asyncio.Event()
+
+    async def next_batch() -> list:
+        waiting_since: float | None = None
+        while True:
+            spool.changed.clear()
+            pending = spool.pending
+            if pending:
+                waiting_since = waiting_since or clock()
+                due = pending >= batch_max_readings or flushing.is_set() or \
+                    clock() - waiting_since >= batch_max_delay_s
+                if due:
+                    rows = await spool.lease(batch_max_readings)
+                    if rows:
+                        return rows
+                    continue
+                timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
+            else:
+                timeout = None
+            waiter = asyncio.ensure_future(spool.changed.wait())
+            flush_waiter = asyncio.ensure_future(flushing.wait())
+            try:
+                await asyncio.wait({waiter, flush_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                flush_waiter.cancel()
+
+    async def sender(queue: asyncio.Queue) -> None:
+        while True:
+            rows = await next_batch()
+            payload = encode_batch(site, [row.reading for row in rows], sent_ms=int(clock() * 1000))
+            future = link.start_publish(topic, payload)
+            await queue.put((rows[0].seq, rows[-1].seq, len(rows), future, time.monotonic()))
+
+    async def acker(queue: asyncio.Queue) -> None:
+        while True:
+            first, last, count, future, started = await queue.get()
+            try:
+                await asyncio.wait_for(asyncio.shield(future), ack_timeout_s)
+            except asyncio.TimeoutError:
+                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {first}..{last}")
+                raise PublishError(f"no PUBACK for seq {first}..{last}") from None
+            await spool.ack(first, last)
+            if metrics is not None:
+                metrics.publish_latency.observe(time.monotonic() - started)
+                metrics.messages_published.inc()
+                metrics.readings_published.inc(count)
+
+    while True:
+        await link.wait_connected()
+        queue: asyncio.Queue = asyncio.Queue(maxsize=window)
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(sender(queue))
+                group.create_task(acker(queue))
+        except* PublishError as errors:
+            log.info("delivery interrupted (%s); unacknowledged readings will be sent again",
+                     errors.exceptions[0])
+        while not queue.empty():
+            _, _, _, future, _ = queue.get_nowait()
+            future.cancel()
+        spool.release_leases()
+        if link.connected:
+            await asyncio.sleep(0.1)    # a rejected message: do not spin

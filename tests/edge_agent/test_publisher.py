@@ -1,0 +1,194 @@
+"""MqttLink and drain against a real Mosquitto with mTLS (certificates from the suite's PKI)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from devenv.mosquitto import MosquittoBroker, free_port
+from devenv.pki import LocalPki, make_pki
+from edge_agent.errors import BrokerRefused, ConfigError, PublishError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.publisher import MqttLink, TlsFiles, drain
+from edge_agent.schema import status_topic, telemetry_topic
+from edge_agent.spool import Spool
+from tests.edge_agent.delivery_helpers import Subscriber
+
+pytestmark = pytest.mark.integration
+
+
+def _link(broker: MosquittoBroker, pki: LocalPki, *, site: str = "site1", client: str = "edge-site1",
+          **kwargs) -> MqttLink:
+    pair = pki.client(client)
+    return MqttLink(host="127.0.0.1", port=broker.tls_port, client_id=client, site=site,
+                    tls=TlsFiles(pki.ca, pair.cert, pair.key), keepalive_s=5, connect_timeout_s=5,
+                    backoff_initial_s=0.1, backoff_max_s=0.5, **kwargs)
+
+
+def test_publish_returns_after_puback_and_status_is_retained(broker: MosquittoBroker, pki: LocalPki) -> None:
+    sub = Subscriber(broker.plain_port).start()
+    registry = CollectorRegistry()
+
+    async def go() -> str | None:
+        async with _link(broker, pki, metrics=AgentMetrics(registry)) as link:
+            await link.connect()
+            for i in range(5):
+                await link.publish("ems/v1/site1/test", f"m{i}".encode())
+            assert registry.get_sample_value("ems_edge_broker_connected") == 1
+            return link.protocol_in_use
+
+    try:
+        assert asyncio.run(go()) == "mqttv5"
+        assert sub.wait_for(lambda r: len(r.on_topic("ems/v1/site1/test")) == 5)
+        assert [p for p, _ in sub.received.on_topic("ems/v1/site1/test")] == [f"m{i}".encode() for i in range(5)]
+        # birth then the clean-shutdown "offline", both retained for late subscribers
+        assert sub.wait_for(lambda r: [p for p, _ in r.on_topic(status_topic("site1"))] == [b"online", b"offline"])
+        assert registry.get_sample_value("ems_edge_broker_connects_total", {"outcome": "ok"}) == 1
+    finally:
+        sub.stop()
+    late = Subscriber(broker.plain_port, topic=status_topic("site1"), client_id="late").start()
+    try:
+        assert late.wait_for(lambda r: r.on_topic(status_topic("site1")) == [(b"offline", True)], timeout=5)
+    finally:
+        late.stop()
+
+
+def test_last_will_says_offline_when_the_connection_dies(broker: MosquittoBroker, pki: LocalPki) -> None:
+    sub = Subscriber(broker.plain_port, topic=status_topic("site1")).start()
+
+    async def go() -> None:
+        link = _link(broker, pki)
+        link.open()
+        await link.connect()
+        link.abort("test: socket closed without DISCONNECT")
+
+    try:
+        asyncio.run(go())
+        assert sub.wait_for(lambda r: [p for p, _ in r.on_topic(status_topic("site1"))] == [b"online", b"offline"])
+    finally:
+        sub.stop()
+
+
+@pytest.mark.parametrize("ca_name, alert", [("rogue-ca", "unknown ca"), ("ems-dev-ca", "decrypt error")])
+def test_untrusted_client_certificate_is_one_clear_error(broker: MosquittoBroker, pki: LocalPki,
+                                                         tmp_path: Path, ca_name: str, alert: str) -> None:
+    # signed by a CA the broker does not trust (second case: a forged CA with the trusted CA's name)
+    rogue = make_pki(tmp_path / "rogue", ca_name=ca_name).client("edge-site1")
+    link = MqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
+                    tls=TlsFiles(pki.ca, rogue.cert, rogue.key), connect_timeout_s=5)
+
+    async def go() -> None:
+        async with link:
+            await link.connect()
+
+    with pytest.raises(BrokerRefused) as err:
+        asyncio.run(go())
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"broker 127.0.0.1:{broker.tls_port} refused the client certificate {rogue.cert}" in message
+    assert message.endswith(f"(TLS: tlsv1 alert {alert})")
+
+
+def test_untrusted_broker_certificate_is_refused(broker: MosquittoBroker, pki: LocalPki, tmp_path: Path) -> None:
+    other = make_pki(tmp_path / "other", ca_name="other-ca")
+    pair = pki.client("edge-site1")
+    link = MqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
+                    tls=TlsFiles(other.ca, pair.cert, pair.key), connect_timeout_s=5)
+
+    async def go() -> None:
+        async with link:
+            await link.connect()
+
+    with pytest.raises(BrokerRefused, match=r"its certificate is not trusted \(self-signed certificate in certificate chain; CA file .*other/ca.crt\)$"):
+        asyncio.run(go())
+
+
+def test_unreadable_key_is_a_config_error(pki: LocalPki, tmp_path: Path) -> None:
+    pair = pki.client("edge-site1")
+    link = MqttLink(host="127.0.0.1", port=1, client_id="x", site="site1",
+                    tls=TlsFiles(pki.ca, pair.cert, tmp_path / "missing.key"))
+    with pytest.raises(ConfigError, match=r"^broker.cert: '.*edge-site1.crt' and broker.key '.*missing.key' are not"):
+        link.open()
+
+
+def test_unreachable_broker_is_a_publish_error() -> None:
+    link = MqttLink(host="127.0.0.1", port=free_port(), client_id="x", site="site1", tls=None, connect_timeout_s=2)
+
+    async def go() -> None:
+        await link.connect()
+
+    with pytest.raises(PublishError, match=r"unreachable \(Connection refused\)"):
+        asyncio.run(go())
+
+
+def test_publish_raises_when_the_connection_drops_before_puback(broker: MosquittoBroker, pki: LocalPki) -> None:
+    async def go() -> None:
+        async with _link(broker, pki) as link:
+            await link.connect()
+            assert broker.proc is not None
+            os.kill(broker.proc.pid, signal.SIGSTOP)        # the broker can no longer answer
+            try:
+                future = link.start_publish("ems/v1/site1/test", b"x")
+                await asyncio.sleep(0.2)
+                assert not future.done()
+            finally:
+                os.kill(broker.proc.pid, signal.SIGKILL)
+            with pytest.raises(PublishError, match="connection lost before PUBACK"):
+                await asyncio.wait_for(future, 10)
+            assert not link.connected
+
+    asyncio.run(go())
+
+
+def test_link_reconnects_after_a_broker_restart(broker: MosquittoBroker, pki: LocalPki) -> None:
+    async def go() -> None:
+        async with _link(broker, pki) as link:
+            link.start()
+            await link.wait_connected(10)
+            await asyncio.get_running_loop().run_in_executor(None, lambda: broker.restart(kill=True))
+            await asyncio.sleep(0.3)
+            await link.wait_connected(15)
+            await link.publish("ems/v1/site1/test", b"after restart")
+
+    asyncio.run(go())
+
+
+def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker, pki: LocalPki,
+                                                         tmp_path: Path) -> None:
+    sub = Subscriber(broker.plain_port, topic=telemetry_topic("site1")).start()
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+
+    async def go() -> int:
+        async with Spool(tmp_path, site="site1", fsync_batch=50, metrics=metrics) as spool, \
+                _link(broker, pki, metrics=metrics) as link:
+            for i in range(730):
+                await spool.append(ts_ms=1_764_000_000_000 + i, asset="tx1", point=f"p{i % 7}", value=float(i),
+                                   unit="kW", quality="good", sensor_id="S1")
+            link.start()
+            task = asyncio.create_task(drain(spool, link, site="site1", batch_max_readings=100,
+                                             batch_max_delay_s=0.2, metrics=metrics))
+            for _ in range(200):
+                if spool.depth == 0:
+                    break
+                await asyncio.sleep(0.05)
+            task.cancel()
+            return spool.depth
+
+    try:
+        assert asyncio.run(go()) == 0
+        assert sub.wait_for(lambda r: len(r.telemetry()) >= 730)
+        counts = sub.received.seq_counts()
+        assert set(counts) == set(range(1, 731))
+        assert max(counts.values()) == 1
+        sizes = [len(p) for _, p, _ in sub.received.messages]
+        assert len(sizes) == 8                       # 7 full batches of 100 and one of 30
+        assert registry.get_sample_value("ems_edge_readings_published_total") == 730
+        assert registry.get_sample_value("ems_edge_messages_published_total") == 8
+    finally:
+        sub.stop()
