@@ -30,6 +30,10 @@ class AgentMetrics:
                                          **common)
         self.readings_suppressed = Counter("readings_suppressed", "Samples inside their deadband and heartbeat.", **common)
         self.loop_faults = Counter("loop_faults", "4-20 mA samples outside 3.8..20.5 mA.", ["device", "point"], **common)
+        self.read_retries = Counter("read_retries", "Modbus requests repeated after a timeout, lost connection or busy device.",
+                                    ["device"], **common)
+        self.device_connects = Counter("device_connects", "TCP connection attempts to Modbus devices by outcome.",
+                                       ["device", "outcome"], **common)
         # Spool and publishing side
         self.readings_published = Counter("readings_published", "Readings acknowledged by the broker (PUBACK).", **common)
         self.messages_published = Counter("messages_published", "MQTT messages acknowledged by the broker.", **common)
@@ -47,6 +51,9 @@ class AgentMetrics:
     def init_device(self, device: str) -> None:
         """Create the device's label values at zero so dashboards see them before the first error."""
         self.polls.labels(device)
+        self.read_retries.labels(device)
+        for outcome in ("ok", "failed"):
+            self.device_connects.labels(device, outcome)
         for outcome in READ_OUTCOMES:
             self.reads.labels(device, outcome)
         self.device_up.labels(device).set(0)
