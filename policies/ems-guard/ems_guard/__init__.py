@@ -1,0 +1,29 @@
+"""Validators of the `ems-guard` CrossGuard pack, one module per domain.
+
+* ``props``         reading properties as the engine sends them (camelCase keys, float numbers,
+                    read-only proxies, unknown values during preview) and building policies
+* ``ports``         Service / Ingress / NetworkPolicy / security-group / Global Accelerator ports
+* ``network``       default-deny and NetworkPolicy coverage (stack policies)
+* ``rbac``          Roles, ClusterRoles, bindings, ServiceAccount token automount
+* ``workloads``     container and pod hardening for every pod-bearing kind
+* ``placement``     EMS node placement, TSDB storage, thermal autoscaling
+* ``pki``           pulumi-tls keys and certificates
+* ``aws``           EKS, EBS, StorageClass and KMS encryption/exposure
+* ``private_cloud`` private/local stacks: no AWS, explicit Kubernetes providers
+
+``ALL_POLICIES`` lists every policy in pack order; only ``__main__.py`` builds the PolicyPack.
+"""
+
+from __future__ import annotations
+
+from pulumi_policy import Policy
+
+
+def all_policies() -> list[Policy]:
+    """Every policy of the pack, grouped by domain (imported lazily so each module stays standalone)."""
+    from . import aws, network, pki, placement, ports, private_cloud, rbac, workloads
+
+    policies: list[Policy] = []
+    for module in (ports, network, rbac, workloads, placement, pki, aws, private_cloud):
+        policies.extend(module.POLICIES)
+    return policies
