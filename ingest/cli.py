@@ -1,0 +1,137 @@
+"""``ems-ingest``: the ingest worker and the digital-twin read API.
+
+    ems-ingest run --config FILE            consume telemetry into the TSDB (metrics on [metrics] port)
+    ems-ingest twin-api --config FILE       serve GET /v1/assets/<site>/<asset> and /v1/query over HTTPS
+    ems-ingest check-config --config FILE   validate the config and exit
+
+Exit codes: 0 done, 2 bad usage or config (one line on stderr, no traceback),
+1 a runtime failure (broker or TSDB unreachable at start, state dir in use).
+Only this module configures logging: readable on a TTY, JSON lines otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from ingest.config import IngestConfig, load_config
+from ingest.errors import ConfigError, IngestError
+
+log = logging.getLogger("ingest")
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
+               "msg": record.getMessage()}
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc)
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if sys.stderr.isatty():
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+
+
+def _lock_state_dir(config: IngestConfig) -> int:
+    """Hold an exclusive lock on the state dir for the process lifetime: one worker per dedup database."""
+    config.state.dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(config.state.dir / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError("state.dir", str(config.state.dir), "is in use by another ingest worker") from None
+    return fd
+
+
+def run(config: IngestConfig) -> int:
+    from prometheus_client import start_http_server
+
+    from edge_agent.schema import telemetry_subscription
+    from ingest.dedup import SeenSeqs
+    from ingest.metrics import IngestMetrics
+    from ingest.mqtt import MqttLink, TlsFiles
+    from ingest.remote_write import RemoteWriter
+    from ingest.worker import IngestWorker
+
+    lock = _lock_state_dir(config)
+    seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site)
+    metrics = IngestMetrics()
+    server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host, registry=metrics.registry)
+    b = config.broker
+    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key), b.client_id,
+                    subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
+                    session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
+                    on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0))
+    writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca)
+    worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,
+                          max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
+                          max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: worker.request_stop())
+    log.info("ingest worker %s: broker %s:%d, subscription %s, TSDB %s, metrics :%d, state %s",
+             b.client_id, b.host, b.port, telemetry_subscription(b.group), config.tsdb.remote_write_url,
+             server.server_port, config.state.dir)
+    link.start()
+    try:
+        worker.run()
+    finally:
+        link.stop()
+        writer.close()
+        seen.close()
+        server.shutdown()
+        os.close(lock)
+    log.info("ingest worker %s stopped", b.client_id)
+    return 0
+
+
+def twin_api(config: IngestConfig) -> int:
+    from ingest.twin_api import serve_forever
+
+    if config.twin_api is None:
+        raise ConfigError("twin_api", None, "section is required for `ems-ingest twin-api`")
+    return serve_forever(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ems-ingest", description="EMS telemetry ingest (MQTT → Prometheus).")
+    parser.add_argument("--log-level", default=os.environ.get("EMS_LOG_LEVEL", "info"),
+                        choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("run", "consume telemetry into the TSDB"), ("twin-api", "serve the digital-twin read API"),
+                       ("check-config", "validate the config file and exit")):
+        cmd = sub.add_parser(name, help=text)
+        cmd.add_argument("--config", required=True, type=Path, help="ingest config (TOML)")
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+        if args.command == "check-config":
+            print(f"{args.config}: ok")
+            return 0
+        return run(config) if args.command == "run" else twin_api(config)
+    except ConfigError as exc:
+        print(f"ems-ingest: {exc}", file=sys.stderr)
+        return 2
+    except IngestError as exc:
+        print(f"ems-ingest: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"ems-ingest: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

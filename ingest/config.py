@@ -1,0 +1,269 @@
+"""The ingest config: one TOML file, parsed once into frozen dataclasses.
+
+Every error is a ``ConfigError`` naming the field path, the value and what is
+allowed; unknown keys are errors too (a typo must not silently fall back to a
+default). Example (``docs/ingest.md`` has the full table)::
+
+    [broker]
+    host = "mqtt.ems.svc"          # required
+    port = 8883                    # mTLS; the client certificate's CN is the username
+    ca = "/etc/ems/tls/ca.crt"     # required
+    cert = "/etc/ems/tls/tls.crt"  # required
+    key = "/etc/ems/tls/tls.key"   # required
+    client_id = "ems-ingest-0"     # default "ems-ingest-<hostname>"; must be stable per worker
+    group = "ems-ingest"           # shared-subscription group
+    session_expiry_s = 604800      # the broker keeps a crashed worker's unacked messages this long
+    receive_maximum = 1000         # unacknowledged messages the broker may have in flight to us
+
+    [tsdb]
+    remote_write_url = "http://tsdb.ems.svc:9090/api/v1/write"   # required
+    query_url = "http://tsdb.ems.svc:9090"                       # default: origin of remote_write_url
+
+    [batch]
+    max_readings = 2000
+    max_delay_s = 0.2
+
+    [state]
+    dir = "/var/lib/ems-ingest"    # required; the de-duplication database lives here
+
+    [metrics]
+    port = 9100
+"""
+
+from __future__ import annotations
+
+import socket
+import tomllib
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edge_agent.schema import valid_id
+from ingest.errors import ConfigError
+
+__all__ = ["IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",
+           "TwinApiConfig", "load_config", "parse_config"]
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    host: str
+    ca: Path
+    cert: Path
+    key: Path
+    port: int = 8883
+    client_id: str = ""
+    group: str = "ems-ingest"
+    keepalive_s: int = 30
+    session_expiry_s: int = 7 * 24 * 3600
+    receive_maximum: int = 1000
+
+
+@dataclass(frozen=True)
+class TsdbConfig:
+    remote_write_url: str
+    query_url: str
+    timeout_s: float = 10.0
+    max_backoff_s: float = 30.0
+    ca: Path | None = None
+
+
+@dataclass(frozen=True)
+class BatchConfig:
+    max_readings: int = 2000
+    max_delay_s: float = 0.2
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    dir: Path
+    max_intervals_per_site: int = 1024
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "0.0.0.0"
+    port: int = 9100
+
+
+@dataclass(frozen=True)
+class TwinApiConfig:
+    cert: Path
+    key: Path
+    host: str = "0.0.0.0"
+    port: int = 443
+    client_ca: Path | None = None
+    client_id: str = ""
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    broker: BrokerConfig
+    tsdb: TsdbConfig
+    state: StateConfig
+    batch: BatchConfig = BatchConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    twin_api: TwinApiConfig | None = None
+    shutdown_grace_s: float = 20.0
+    source_path: Path | None = None
+
+
+class _Section:
+    """Typed, path-naming accessors over one TOML table; ``done()`` rejects unknown keys."""
+
+    def __init__(self, name: str, table: object, base: Path) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(name, table, "must be a table")
+        self.name, self.table, self.base, self.used = name, table, base, set()
+
+    def _p(self, key: str) -> str:
+        return f"{self.name}.{key}" if self.name else key
+
+    def _get(self, key: str, required: bool) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if required:
+                raise ConfigError(self._p(key), None, "is required")
+            return None
+        return self.table[key]
+
+    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(key, required)
+        if value is None:
+            return default  # type: ignore[return-value]
+        if not isinstance(value, str) or not value:
+            raise ConfigError(self._p(key), value, "must be a non-empty string")
+        return value
+
+    def int(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise ConfigError(self._p(key), value, f"must be an integer {lo}..{hi}")
+        return value
+
+    def float(self, key: str, default: float, lo: float, hi: float) -> float:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            raise ConfigError(self._p(key), value, f"must be a number {lo}..{hi}")
+        return float(value)
+
+    def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
+        value = self.str(key, required=required)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = self.base / path
+        if must_exist and not path.is_file():
+            raise ConfigError(self._p(key), value, "must be an existing file")
+        return path
+
+    def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.str(key, default, required=required)
+        if value is None:
+            return value  # type: ignore[return-value]
+        parsed = urllib.parse.urlsplit(value)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ConfigError(self._p(key), value, "must be an http:// or https:// URL with a host")
+        return value
+
+    def done(self) -> None:
+        unknown = sorted(set(self.table) - self.used)
+        if unknown:
+            raise ConfigError(self._p(unknown[0]), self.table[unknown[0]], "is not a known setting")
+
+
+def _client_id(section: _Section, prefix: str) -> str:
+    default = f"{prefix}-{socket.gethostname()}"[:64]
+    value = section.str("client_id", default)
+    if not valid_id(value):
+        raise ConfigError(f"{section.name}.client_id", value, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    return value
+
+
+def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> IngestConfig:
+    """Validate a parsed TOML document; relative paths are taken relative to ``base``."""
+    root = _Section("", raw, base)
+
+    def section(key: str, required: bool = True) -> _Section | None:
+        root.used.add(key)
+        if key not in raw:
+            if required:
+                raise ConfigError(key, None, "section is required")
+            return None
+        return _Section(key, raw[key], base)
+
+    b = section("broker")
+    assert b is not None
+    group = b.str("group", "ems-ingest")
+    if not valid_id(group):
+        raise ConfigError("broker.group", group, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    broker = BrokerConfig(
+        host=b.str("host", required=True), port=b.int("port", 8883, 1, 65535),
+        ca=b.path("ca", required=True), cert=b.path("cert", required=True), key=b.path("key", required=True),
+        client_id=_client_id(b, "ems-ingest"), group=group, keepalive_s=b.int("keepalive_s", 30, 5, 3600),
+        session_expiry_s=b.int("session_expiry_s", 7 * 24 * 3600, 60, 0xFFFFFFFE),
+        receive_maximum=b.int("receive_maximum", 1000, 1, 65535),
+    )
+    b.done()
+
+    t = section("tsdb")
+    assert t is not None
+    write_url = t.url("remote_write_url", required=True)
+    parsed = urllib.parse.urlsplit(write_url)
+    tsdb = TsdbConfig(
+        remote_write_url=write_url, query_url=t.url("query_url", f"{parsed.scheme}://{parsed.netloc}"),
+        timeout_s=t.float("timeout_s", 10.0, 0.1, 300.0), max_backoff_s=t.float("max_backoff_s", 30.0, 0.1, 3600.0),
+        ca=t.path("ca"),
+    )
+    t.done()
+
+    s = section("state")
+    assert s is not None
+    state_dir = s.str("dir", required=True)
+    state = StateConfig(dir=(base / state_dir) if not Path(state_dir).is_absolute() else Path(state_dir),
+                        max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000))
+    s.done()
+
+    batch = BatchConfig()
+    if (bt := section("batch", required=False)) is not None:
+        batch = BatchConfig(max_readings=bt.int("max_readings", 2000, 1, 100_000),
+                            max_delay_s=bt.float("max_delay_s", 0.2, 0.0, 60.0))
+        bt.done()
+
+    metrics = MetricsConfig()
+    if (m := section("metrics", required=False)) is not None:
+        metrics = MetricsConfig(host=m.str("host", "0.0.0.0"), port=m.int("port", 9100, 0, 65535))
+        m.done()
+
+    twin = None
+    if (tw := section("twin_api", required=False)) is not None:
+        twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
+                             host=tw.str("host", "0.0.0.0"), port=tw.int("port", 443, 0, 65535),
+                             client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"))
+        tw.done()
+
+    grace = root.float("shutdown_grace_s", 20.0, 0.0, 3600.0)
+    root.done()
+    return IngestConfig(broker=broker, tsdb=tsdb, state=state, batch=batch, metrics=metrics, twin_api=twin,
+                        shutdown_grace_s=grace)
+
+
+def load_config(path: str | Path) -> IngestConfig:
+    """Read and validate the TOML file at ``path``; raises ConfigError."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError("--config", str(path), "file does not exist") from None
+    except OSError as exc:
+        raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("--config", str(path), f"is not valid TOML: {exc}") from exc
+    config = parse_config(raw, path.parent.resolve())
+    return IngestConfig(**{**config.__dict__, "source_path": path})

@@ -1,0 +1,194 @@
+"""De-duplication by (site, seq): which readings this worker has already written.
+
+Per site the worker keeps the set of seqs it has written (or dead-lettered) as
+sorted, disjoint, inclusive intervals. On an in-order stream that is a single
+interval ``[first, high-water mark]``; replays, redeliveries and out-of-order
+arrivals only add or fill intervals. The state lives in SQLite
+(``<state dir>/dedup.sqlite3``, WAL, ``synchronous=FULL``) and is committed in one
+transaction per batch, *after* the TSDB accepted that batch and *before* the
+broker gets the PUBACKs, so:
+
+* crash before the commit: the broker redelivers, the samples are written
+  again, and Prometheus ignores identical samples (same series, timestamp and
+  value) — nothing doubles;
+* crash after the commit, before the acks: the redelivered readings are
+  recognised and dropped here.
+
+The window is bounded: beyond ``max_intervals`` per site the *oldest* intervals
+are forgotten. Forgetting never loses data — a forgotten seq that arrives again
+is simply written again, which Prometheus ignores as an identical duplicate.
+So a seq is dropped only when this worker itself wrote it before; this is what
+makes two workers sharing one subscription safe (docs/ingest.md).
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+__all__ = ["SeqIntervals", "SeenSeqs"]
+
+
+class SeqIntervals:
+    """A set of positive integers stored as sorted disjoint inclusive intervals."""
+
+    __slots__ = ("los", "his")
+
+    def __init__(self, pairs: list[tuple[int, int]] | None = None) -> None:
+        self.los: list[int] = []
+        self.his: list[int] = []
+        for lo, hi in pairs or ():
+            self.add_range(lo, hi)
+
+    def __contains__(self, seq: int) -> bool:
+        i = bisect.bisect_right(self.los, seq) - 1
+        return i >= 0 and self.his[i] >= seq
+
+    def __len__(self) -> int:
+        return len(self.los)
+
+    def pairs(self) -> list[tuple[int, int]]:
+        return list(zip(self.los, self.his))
+
+    @property
+    def high_water_mark(self) -> int:
+        return self.his[-1] if self.his else 0
+
+    def add(self, seq: int) -> None:
+        self.add_range(seq, seq)
+
+    def add_range(self, lo: int, hi: int) -> None:
+        """Add every seq in ``lo..hi`` (inclusive), merging touching intervals."""
+        # first interval that could touch [lo, hi]: its hi >= lo - 1
+        start = bisect.bisect_left(self.his, lo - 1)
+        end = start
+        while end < len(self.los) and self.los[end] <= hi + 1:
+            end += 1
+        if start < end:
+            lo = min(lo, self.los[start])
+            hi = max(hi, self.his[end - 1])
+        self.los[start:end] = [lo]
+        self.his[start:end] = [hi]
+
+    def forget_oldest(self, keep: int) -> int:
+        """Drop the lowest intervals so at most ``keep`` remain; returns how many were dropped."""
+        drop = len(self.los) - keep
+        if drop <= 0:
+            return 0
+        del self.los[:drop]
+        del self.his[:drop]
+        return drop
+
+    def copy(self) -> "SeqIntervals":
+        out = SeqIntervals()
+        out.los, out.his = list(self.los), list(self.his)
+        return out
+
+    def to_blob(self) -> bytes:
+        flat = array.array("q")
+        for lo, hi in zip(self.los, self.his):
+            flat.extend((lo, hi))
+        return flat.tobytes()
+
+    @classmethod
+    def from_blob(cls, blob: bytes) -> "SeqIntervals":
+        flat = array.array("q")
+        flat.frombytes(blob)
+        out = cls()
+        out.los = list(flat[0::2])
+        out.his = list(flat[1::2])
+        return out
+
+
+class SeenSeqs:
+    """Durable per-site seen-seq sets with a pending (uncommitted) layer for the batch in hand."""
+
+    def __init__(self, state_dir: str | os.PathLike[str], *, max_intervals_per_site: int = 1024) -> None:
+        self.path = Path(state_dir) / "dedup.sqlite3"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.max_intervals = max_intervals_per_site
+        self._db = sqlite3.connect(self.path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS seen (site TEXT PRIMARY KEY, intervals BLOB NOT NULL, "
+                         "updated_ms INTEGER NOT NULL)")
+        self._sites: dict[str, SeqIntervals] = {
+            site: SeqIntervals.from_blob(blob) for site, blob in self._db.execute("SELECT site, intervals FROM seen")}
+        self._pending: dict[str, set[int]] = {}
+        self.forgotten = 0
+
+    def seen(self, site: str, seq: int) -> bool:
+        """True when (site, seq) was committed before or is pending in the batch in hand."""
+        committed = self._sites.get(site)
+        if committed is not None and seq in committed:
+            return True
+        pending = self._pending.get(site)
+        return pending is not None and seq in pending
+
+    def mark(self, site: str, seq: int) -> None:
+        self._pending.setdefault(site, set()).add(seq)
+
+    def commit(self) -> None:
+        """Persist the pending seqs in one transaction (call after the TSDB accepted them)."""
+        if not self._pending:
+            return
+        now_ms = int(time.time() * 1000)
+        updated: dict[str, SeqIntervals] = {}
+        for site, seqs in self._pending.items():
+            intervals = self._sites.get(site)
+            intervals = intervals.copy() if intervals is not None else SeqIntervals()
+            for lo, hi in _runs(sorted(seqs)):
+                intervals.add_range(lo, hi)
+            self.forgotten += intervals.forget_oldest(self.max_intervals)
+            updated[site] = intervals
+        with _transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
+                "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
+                [(site, iv.to_blob(), now_ms) for site, iv in updated.items()])
+        self._sites.update(updated)
+        self._pending.clear()
+
+    def rollback(self) -> None:
+        """Forget the pending seqs (the batch was not written; the broker will redeliver it)."""
+        self._pending.clear()
+
+    def high_water_mark(self, site: str) -> int:
+        intervals = self._sites.get(site)
+        return intervals.high_water_mark if intervals else 0
+
+    def intervals(self, site: str) -> list[tuple[int, int]]:
+        intervals = self._sites.get(site)
+        return intervals.pairs() if intervals else []
+
+    @property
+    def site_count(self) -> int:
+        return len(self._sites)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _runs(seqs: list[int]) -> list[tuple[int, int]]:
+    runs: list[tuple[int, int]] = []
+    for seq in seqs:
+        if runs and runs[-1][1] == seq - 1:
+            runs[-1] = (runs[-1][0], seq)
+        else:
+            runs.append((seq, seq))
+    return runs
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

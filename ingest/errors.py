@@ -1,0 +1,48 @@
+"""Ingest errors.
+
+* IngestError
+  * ConfigError        bad ingest config: names the field path, the value and what is allowed
+  * TsdbError          the time-series database did not take a write
+    * TsdbUnavailable  connection refused, timeout, 5xx: retried with backoff, messages stay unacked
+    * TsdbRejected     4xx (and Prometheus' "too old sample"): permanent, those samples are dead-lettered
+  * BrokerError        the MQTT broker could not be reached or refused us
+"""
+
+from __future__ import annotations
+
+__all__ = ["IngestError", "ConfigError", "TsdbError", "TsdbUnavailable", "TsdbRejected", "BrokerError"]
+
+
+class IngestError(Exception):
+    """Base class of every error the ingest raises on purpose."""
+
+
+class ConfigError(IngestError):
+    """A config value is missing or invalid; ``field`` is its dotted path (``broker.port``)."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        super().__init__(f"{field}: {reason} (got {value!r})")
+        self.field = field
+        self.value = value
+        self.reason = reason
+
+
+class TsdbError(IngestError):
+    """A remote write did not succeed."""
+
+    def __init__(self, detail: str, status: int | None = None) -> None:
+        super().__init__(f"remote write failed: {detail}" + (f" (HTTP {status})" if status else ""))
+        self.detail = detail
+        self.status = status
+
+
+class TsdbUnavailable(TsdbError):
+    """Transient: the same request may succeed later."""
+
+
+class TsdbRejected(TsdbError):
+    """Permanent: the TSDB refused the samples (out of bounds, too old, duplicate timestamp...)."""
+
+
+class BrokerError(IngestError):
+    """The MQTT broker could not be reached, refused the connection or a publish."""

@@ -1,0 +1,216 @@
+"""The MQTT boundary of the ingest: the only module that imports paho.
+
+``MqttLink`` is one paho 2.x client (MQTT v5, mTLS) whose network loop runs in
+paho's own thread (``loop_start``) and reconnects with backoff. Incoming
+messages go to a ``queue.Queue`` as ``Incoming`` records; nothing else of paho
+leaves this module.
+
+Telemetry consumers use ``manual_ack=True``: a message is acknowledged
+(PUBACK) only when the worker calls ``ack(incoming)`` after the TSDB accepted
+its samples. The session is persistent (``clean_start=False`` and a session
+expiry), so unacknowledged messages of a crashed worker are redelivered when it
+reconnects with the same client id. ``receive_maximum`` bounds how many
+unacknowledged messages the broker sends us, which bounds the queue.
+
+A PUBACK is only sent on the connection the message arrived on: after a
+reconnect the broker redelivers every unacknowledged message (same packet id,
+DUP set), and acknowledging the stale copy could acknowledge a *different*
+message that reused the packet id. The redelivered copy is then processed
+(de-duplicated) and acknowledged normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from ingest.errors import BrokerError
+
+__all__ = ["Incoming", "MqttLink", "TlsFiles"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(slots=True)
+class Incoming:
+    """One received PUBLISH."""
+
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    generation: int                       # which connection it arrived on
+    received: float = field(default_factory=time.monotonic)
+
+
+class MqttLink:
+    """One MQTT v5 client over mTLS, with subscriptions restored on every (re)connect.
+
+    ``manual_ack``: the caller acknowledges QoS 1 messages with ``ack``.
+    ``persistent``: ``clean_start=False`` with ``session_expiry_s``; otherwise a clean session.
+    """
+
+    def __init__(self, host: str, port: int, tls: TlsFiles, client_id: str, *, subscriptions: tuple[str, ...],
+                 manual_ack: bool, persistent: bool, session_expiry_s: int = 0, receive_maximum: int = 1000,
+                 keepalive_s: int = 30, incoming: "queue.Queue[Incoming] | None" = None,
+                 on_connection_change=None) -> None:
+        self.host, self.port, self.client_id = host, port, client_id
+        self.subscriptions = subscriptions
+        self.incoming: queue.Queue[Incoming] = incoming if incoming is not None else queue.Queue()
+        self._persistent = persistent
+        self._session_expiry_s = session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._keepalive_s = keepalive_s
+        self._on_connection_change = on_connection_change
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._connected = threading.Event()
+        self._subscribed = threading.Event()
+        self._last_error = ""
+        self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
+                                   manual_ack=manual_ack)
+        self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
+                             cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self._client.reconnect_delay_set(min_delay=1, max_delay=10)
+        self._client.max_queued_messages_set(0)
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_message = self._on_message
+        self._client.on_subscribe = self._on_subscribe
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start connecting in the background (paho's thread); see ``wait_connected``."""
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self._session_expiry_s if self._persistent else 0
+        props.ReceiveMaximum = self._receive_maximum
+        self._client.connect_async(self.host, self.port, keepalive=self._keepalive_s,
+                                   clean_start=not self._persistent, properties=props)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout: float) -> None:
+        """Block until connected and subscribed; raises BrokerError naming the last failure."""
+        if not (self._connected.wait(timeout) and self._subscribed.wait(max(0.1, timeout))):
+            raise BrokerError(f"not connected to {self.host}:{self.port} after {timeout:.0f}s"
+                              + (f": {self._last_error}" if self._last_error else ""))
+
+    def unsubscribe_all(self, timeout: float = 5.0) -> bool:
+        """Stop new deliveries (used on graceful shutdown); True when the broker confirmed."""
+        if not self.connected or not self.subscriptions:
+            return False
+        rc, mid = self._client.unsubscribe(list(self.subscriptions))
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def stop(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    # -- operations ------------------------------------------------------------------------------
+    def ack(self, message: Incoming) -> bool:
+        """PUBACK ``message`` if it arrived on the current connection; False when it was not sent."""
+        if message.qos == 0:
+            return True
+        with self._lock:
+            if message.generation != self._generation or not self._connected.is_set():
+                return False
+            rc = self._client.ack(message.mid, message.qos)
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
+                timeout: float = 10.0, stop: threading.Event | None = None) -> None:
+        """Publish and wait for the broker's PUBACK (QoS 1), across reconnects, up to ``timeout``.
+
+        Raises BrokerError on timeout, on ``stop`` or when paho refuses the message.
+        """
+        deadline = time.monotonic() + timeout
+
+        def expired() -> bool:
+            return time.monotonic() > deadline or (stop is not None and stop.is_set())
+
+        while True:
+            while not self._connected.wait(0.2):
+                if expired():
+                    raise BrokerError(f"publish to {topic}: not connected to the broker within {timeout:.0f}s")
+            info = self._client.publish(topic, payload, qos=qos, retain=retain)
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                continue                      # lost the connection in between; publish again once back
+            if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                raise BrokerError(f"publish to {topic} failed: {paho.error_string(info.rc)}")
+            while not expired():
+                try:
+                    info.wait_for_publish(0.5)
+                except (RuntimeError, ValueError) as exc:
+                    raise BrokerError(f"publish to {topic} failed: {exc}") from exc
+                if info.is_published():
+                    return
+            raise BrokerError(f"publish to {topic} not acknowledged within {timeout:.0f}s")
+
+    # -- paho callbacks (paho's thread) ------------------------------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._last_error = f"connection refused: {reason_code}"
+            log.warning("broker %s:%s refused %s: %s", self.host, self.port, self.client_id, reason_code)
+            return
+        with self._lock:
+            self._generation += 1
+            self._connected.set()
+        log.info("connected to %s:%s as %s (session present: %s)", self.host, self.port, self.client_id,
+                 flags.session_present)
+        if self.subscriptions:
+            options = SubscribeOptions(qos=1)
+            client.subscribe([(topic, options) for topic in self.subscriptions])
+        else:
+            self._subscribed.set()
+        if self._on_connection_change:
+            self._on_connection_change(True)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [str(rc) for rc in reason_codes if rc.is_failure]
+        if failed:
+            self._last_error = f"subscription refused: {', '.join(failed)}"
+            log.error("broker refused subscription %s: %s", self.subscriptions, ", ".join(failed))
+            return
+        self._subscribed.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        with self._lock:
+            was = self._connected.is_set()
+            self._connected.clear()
+            self._subscribed.clear()
+        if was:
+            log.warning("disconnected from %s:%s: %s", self.host, self.port, reason_code)
+            if self._on_connection_change:
+                self._on_connection_change(False)
+        else:
+            self._last_error = str(reason_code)
+
+    def _on_message(self, client, userdata, message) -> None:
+        self.incoming.put(Incoming(message.topic, message.payload, message.mid, message.qos, message.retain,
+                                   self._generation))

@@ -1,0 +1,129 @@
+"""Readings → Prometheus remote-write 1.0 (protobuf ``WriteRequest`` + snappy block compression).
+
+Every reading with a value becomes one float sample of the series::
+
+    ems_reading{site="sub-07", asset="tx1", point="oil_temp", unit="degC", quality="good"}  61.25  @ts_ms
+
+The timestamp is the reading's ``ts_ms`` (time of measurement), never rewritten.
+Readings whose value is null (quality ``device_error``/``stale``) have no sample.
+
+``RemoteWriter`` is the HTTP boundary: it owns ``http.client`` and maps every
+outcome to ``None`` (accepted), ``TsdbUnavailable`` (retry later: connection
+errors, timeouts, 429, 5xx) or ``TsdbRejected`` (permanent: other 4xx, and the
+500 "too old sample" that Prometheus 2.42 returns for samples older than its
+out-of-order window). Prometheus applies a request atomically (one bad sample
+rolls back the whole request), so the caller bisects a rejected batch to find
+the bad samples (``ingest.worker``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import time
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cramjam
+
+from edge_agent.schema import Reading
+from ingest.errors import TsdbRejected, TsdbUnavailable
+from ingest.prompb import WriteRequest
+
+__all__ = ["METRIC", "Sample", "series_labels", "encode_write_request", "RemoteWriter"]
+
+METRIC = "ems_reading"
+Labels = tuple[tuple[str, str], ...]
+# Prometheus 2.42 answers these with HTTP 500 although retrying can never help.
+_PERMANENT_5XX = ("too old sample", "out of bounds")
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One sample to write, with the (site, seq) of the reading it came from."""
+
+    labels: Labels
+    ts_ms: int
+    value: float
+    site: str
+    seq: int
+
+
+def series_labels(site: str, reading: Reading) -> Labels:
+    """The label set of a reading's series, sorted by name as remote-write requires."""
+    return (("__name__", METRIC), ("asset", reading.asset), ("point", reading.point),
+            ("quality", reading.quality), ("site", site), ("unit", reading.unit))
+
+
+def encode_write_request(samples: Sequence[Sample]) -> bytes:
+    """The snappy-compressed protobuf body for ``samples`` (grouped per series, in time order)."""
+    by_series: dict[Labels, list[Sample]] = {}
+    for sample in samples:
+        by_series.setdefault(sample.labels, []).append(sample)
+    request = WriteRequest()
+    for labels, items in by_series.items():
+        series = request.timeseries.add()
+        for name, value in labels:
+            series.labels.add(name=name, value=value)
+        for item in sorted(items, key=lambda s: s.ts_ms):
+            series.samples.add(value=item.value, timestamp=item.ts_ms)
+    return bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+
+
+class RemoteWriter:
+    """POSTs write requests to one remote-write URL over a kept-alive HTTP(S) connection."""
+
+    def __init__(self, url: str, *, timeout_s: float = 10.0, ca: Path | None = None,
+                 user_agent: str = "ems-ingest/0.1") -> None:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"remote write URL must be http(s)://host[:port]/path (got {url!r})")
+        self.url = url
+        self._https = parsed.scheme == "https"
+        self._host = parsed.hostname
+        self._port = parsed.port or (443 if self._https else 80)
+        self._path = (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+        self._timeout = timeout_s
+        self._ssl = ssl.create_default_context(cafile=str(ca) if ca else None) if self._https else None
+        self._headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                         "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": user_agent}
+        self._conn: http.client.HTTPConnection | None = None
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._https:
+                self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
+                                                         context=self._ssl)
+            else:
+                self._conn = http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
+        return self._conn
+
+    def write(self, samples: Sequence[Sample]) -> float:
+        """Write ``samples`` in one request; returns the seconds it took. Raises TsdbUnavailable/TsdbRejected."""
+        body = encode_write_request(samples)
+        started = time.perf_counter()
+        try:
+            conn = self._connection()
+            conn.request("POST", self._path, body=body, headers=self._headers)
+            resp = conn.getresponse()
+            detail = resp.read(2048).decode(errors="replace").strip()
+            status = resp.status
+            if resp.will_close:
+                self.close()
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise TsdbUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        if 200 <= status < 300:
+            return time.perf_counter() - started
+        if status == 429 or status >= 500:
+            if status >= 500 and any(marker in detail for marker in _PERMANENT_5XX):
+                raise TsdbRejected(detail, status)
+            raise TsdbUnavailable(detail or "no detail", status)
+        raise TsdbRejected(detail or "no detail", status)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None

@@ -1,0 +1,223 @@
+"""Test helpers for the ingest area: a config writer, an ingest process handle and an edge-side publisher.
+
+The publisher speaks the real wire format (``edge_agent.schema.encode_batch``) over
+mTLS with QoS 1 and waits for each PUBACK, as the edge agent does.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
+from devenv.pki import LocalPki
+from devenv.prometheus import PrometheusServer
+from edge_agent.schema import Reading, encode_batch, telemetry_topic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
+                 client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
+                 max_readings: int = 500, max_delay_s: float = 0.05, extra: str = "") -> Path:
+    pair = pki.client(client_id)
+    path.write_text(f"""
+shutdown_grace_s = 5
+[broker]
+host = "127.0.0.1"
+port = {broker.tls_port}
+ca = "{pki.ca}"
+cert = "{pair.cert}"
+key = "{pair.key}"
+client_id = "{client_id}"
+group = "{group}"
+session_expiry_s = 3600
+receive_maximum = 200
+[tsdb]
+remote_write_url = "{prometheus.remote_write_url}"
+timeout_s = 2
+max_backoff_s = 0.5
+[batch]
+max_readings = {max_readings}
+max_delay_s = {max_delay_s}
+[state]
+dir = "{state_dir}"
+[metrics]
+host = "127.0.0.1"
+port = {metrics_port}
+{extra}
+""")
+    return path
+
+
+class IngestProcess:
+    """``ems-ingest run`` as a subprocess (so SIGKILL is a real crash)."""
+
+    def __init__(self, workdir: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
+                 client_id: str = "ingest-0", **config: object) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.metrics_port = free_port()
+        self.config_path = write_config(workdir / "ingest.toml", broker=broker, pki=pki, prometheus=prometheus,
+                                        client_id=client_id, state_dir=workdir / "state",
+                                        metrics_port=self.metrics_port, **config)  # type: ignore[arg-type]
+        self.log_path = workdir / "ingest.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "IngestProcess":
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "--log-level", "debug", "run",
+                                      "--config", str(self.config_path)], cwd=REPO, stdout=log,
+                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
+        log.close()
+        wait_for_port(self.metrics_port, 15, self.proc)
+        self.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=15)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples as ``{'name{labels}': value}``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def metric(self, key: str) -> float:
+        return self.metrics().get(key, 0.0)
+
+    def wait_metric(self, key: str, predicate, timeout: float = 20) -> float:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                value = self.metric(key)
+                if predicate(value):
+                    return value
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{key} = {value} after {timeout}s\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+class EdgePublisher:
+    """Publishes telemetry batches like the edge agent: mTLS, QoS 1, waits for PUBACK."""
+
+    def __init__(self, broker: MosquittoBroker, pki: LocalPki, name: str = "edge-test") -> None:
+        pair = pki.client(name)
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
+        self.client.tls_set(ca_certs=str(pki.ca), certfile=str(pair.cert), keyfile=str(pair.key),
+                            tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        self.client.connect("127.0.0.1", broker.tls_port, keepalive=30)
+        self.client.loop_start()
+
+    def publish_raw(self, topic: str, payload: bytes) -> None:
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(10)
+        assert info.is_published(), f"no PUBACK for {topic}"
+
+    def publish(self, site: str, readings: list[Reading]) -> None:
+        self.publish_raw(telemetry_topic(site), encode_batch(site, readings, int(time.time() * 1000)))
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@dataclass(frozen=True)
+class Stream:
+    """A deterministic reading stream of one site: seq 1..n, several series, values derived from seq."""
+
+    site: str
+    base_ms: int
+    assets: tuple[str, ...] = ("tx1", "tx2")
+    points: tuple[str, ...] = ("oil_temp", "load")
+
+    def reading(self, seq: int) -> Reading:
+        series = (seq - 1) % (len(self.assets) * len(self.points))
+        asset = self.assets[series // len(self.points)]
+        point = self.points[series % len(self.points)]
+        # each series gets one sample per "round"; rounds are 1 s apart so timestamps never collide
+        ts = self.base_ms + ((seq - 1) // (len(self.assets) * len(self.points))) * 1000
+        return Reading(seq=seq, ts_ms=ts, asset=asset, point=point, value=round(seq * 0.25 + 10, 3),
+                       unit="degC" if point == "oil_temp" else "A", quality="good")
+
+    def batches(self, first: int, last: int, size: int) -> list[list[Reading]]:
+        return [[self.reading(s) for s in range(lo, min(lo + size, last + 1))] for lo in range(first, last + 1, size)]
+
+    def expected(self, first: int, last: int) -> dict[tuple[str, str], dict[int, float]]:
+        out: dict[tuple[str, str], dict[int, float]] = {}
+        for seq in range(first, last + 1):
+            r = self.reading(seq)
+            out.setdefault((r.asset, r.point), {})[r.ts_ms] = r.value  # type: ignore[assignment]
+        return out
+
+
+def stored(prometheus: PrometheusServer, site: str, start_ms: int, end_ms: int) -> dict[tuple[str, str], list[tuple[int, float]]]:
+    """Raw samples of ``ems_reading{site=...}`` per (asset, point)."""
+    raw = prometheus.client().raw_samples(f'ems_reading{{site="{site}"}}', start_ms, end_ms)
+    out: dict[tuple[str, str], list[tuple[int, float]]] = {}
+    for key, samples in raw.items():
+        labels = dict(key)
+        out.setdefault((labels["asset"], labels["point"]), []).extend(samples)
+    return out
+
+
+def lost_and_duplicated(prometheus: PrometheusServer, stream: Stream, last_seq: int) -> tuple[int, int, int]:
+    """(lost, duplicated, wrong) samples of seqs 1..last_seq; a duplicate is a second sample at one timestamp."""
+    expected = stream.expected(1, last_seq)
+    end_ms = stream.base_ms + (last_seq // 4 + 2) * 1000
+    got = stored(prometheus, stream.site, stream.base_ms - 1, end_ms)
+    lost = duplicated = wrong = 0
+    for series, points in expected.items():
+        samples = got.get(series, [])
+        seen: dict[int, int] = {}
+        for ts, value in samples:
+            seen[ts] = seen.get(ts, 0) + 1
+            if ts in points and points[ts] != value:
+                wrong += 1
+        for ts in points:
+            if ts not in seen:
+                lost += 1
+        duplicated += sum(c - 1 for c in seen.values())
+        wrong += sum(1 for ts in seen if ts not in points)
+    # the count PromQL itself reports (count_over_time over raw samples) must agree
+    return lost, duplicated, wrong
+
+
+def promql_count(prometheus: PrometheusServer, site: str, end_ms: int, window_s: int = 3600) -> int:
+    result = prometheus.client().query(f'sum(count_over_time(ems_reading{{site="{site}"}}[{window_s}s]))',
+                                       at=end_ms / 1000)
+    return int(float(result[0]["value"][1])) if result else 0
