@@ -66,10 +66,22 @@ def decode_registers(registers: Sequence[int], data_type: str, byte_order: str =
         raise DecodeError(point, f"{data_type} needs {count} registers, got {len(registers)}")
     if data_type == "bool":
         return 1.0 if registers[0] else 0.0
-    (value,) = struct.unpack(">" + fmt, _to_bytes(registers, byte_order, word_order))
+    raw = _to_bytes(registers, byte_order, word_order)
+    (value,) = struct.unpack(">" + fmt, raw)
     if isinstance(value, float) and not math.isfinite(value):
         raise DecodeError(point, f"{data_type} value is {value} (registers {[hex(r) for r in registers]})")
+    if fmt == "f":
+        return _shortest_float32(value, raw)
     return float(value)
+
+
+def _shortest_float32(value: float, raw: bytes) -> float:
+    """The shortest decimal that is the same float32 (58.2, not 58.20000076293945)."""
+    for digits in range(6, 9):
+        candidate = float(f"{value:.{digits}g}")
+        if struct.pack(">f", candidate) == raw:
+            return candidate
+    return value
 
 
 def encode_registers(value: float, data_type: str, byte_order: str = "big", word_order: str = "big") -> list[int]:

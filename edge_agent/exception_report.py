@@ -1,0 +1,68 @@
+"""Report by exception: which samples of a point are worth sending.
+
+A sample is reported when
+
+* it is the point's first sample,
+* its quality differs from the last reported one (good → loop_fault →
+  device_error → stale … are always reported),
+* the heartbeat interval since the last report has expired (liveness, even
+  for a value that never moves), or
+* its value moved beyond the deadband from the last *reported* value (not the
+  last sample, so a slow drift is reported once it adds up): ``deadband`` is
+  absolute (engineering units); ``deadband_percent`` is a percentage of the
+  last reported value's magnitude. With both 0, any change is reported.
+
+The comparison is strict: a move of exactly the deadband is suppressed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["ExceptionFilter"]
+
+
+@dataclass
+class _Last:
+    value: float | None
+    quality: str
+    at: float
+
+
+class ExceptionFilter:
+    """Per-point state of report-by-exception. ``offer(...)`` says whether to report a sample."""
+
+    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "_last")
+
+    def __init__(self, deadband: float = 0.0, deadband_percent: float = 0.0, heartbeat_s: float = 60.0) -> None:
+        if deadband < 0 or deadband_percent < 0 or heartbeat_s <= 0:
+            raise ValueError(f"deadband {deadband!r} and deadband_percent {deadband_percent!r} must be >= 0 "
+                             f"and heartbeat_s {heartbeat_s!r} > 0")
+        self.deadband = deadband
+        self.deadband_percent = deadband_percent
+        self.heartbeat_s = heartbeat_s
+        self._last: _Last | None = None
+
+    @property
+    def last_reported(self) -> tuple[float | None, str, float] | None:
+        """(value, quality, time) of the last reported sample, or None before the first."""
+        last = self._last
+        return None if last is None else (last.value, last.quality, last.at)
+
+    def offer(self, value: float | None, quality: str, now: float) -> bool:
+        """True when the sample (``now`` in seconds, any monotonic-enough clock) must be reported."""
+        last = self._last
+        if last is None or quality != last.quality or now - last.at >= self.heartbeat_s or self._moved(last.value, value):
+            self._last = _Last(value, quality, now)
+            return True
+        return False
+
+    def _moved(self, before: float | None, value: float | None) -> bool:
+        if before is None or value is None:
+            return before is not value
+        change = abs(value - before)
+        if self.deadband:
+            return change > self.deadband
+        if self.deadband_percent:
+            return change > abs(before) * self.deadband_percent / 100.0
+        return change > 0.0

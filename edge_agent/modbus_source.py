@@ -1,0 +1,294 @@
+"""The Modbus adapter: the only module of the agent that imports pymodbus (besides the simulator).
+
+Everything pymodbus-specific stops here (STYLE §2): its exceptions become
+``DeviceTimeout`` / ``DeviceUnreachable``, an exception *response* (which
+pymodbus returns, not raises) becomes ``DeviceExceptionResponse``, and its own
+retry and reconnect machinery is switched off (``retries=0``,
+``reconnect_delay=0``) so that our policy is the only one, visible and counted:
+
+* one TCP connection per device (``ModbusSource``), opened lazily, closed
+  after a timeout (a late answer must not be taken for the next request's)
+  or a broken connection, and reopened on the next attempt;
+* a read plan computed once per device (``plan_reads``): points of one
+  register type sorted by address and merged into blocks while the gap
+  between them is at most ``max_read_gap`` registers (``16 ×`` that for bits)
+  and the block stays within ``max_read_registers`` (≤125) or
+  ``max_read_bits`` (≤2000);
+* a minimum gap of ``min_gap_s`` between the end of one request and the start
+  of the next (the request budget of legacy PLCs), retries included;
+* per request ``1 + retries`` attempts, exponential backoff between them;
+  exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
+  are not (the device answered; asking again gives the same answer).
+
+Metrics: ``reads{device,outcome}`` per attempt (ok, timeout, unreachable,
+exception), ``read_retries{device}``, ``device_connects{device,outcome}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerType
+
+from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
+from edge_agent.errors import DeviceExceptionResponse, DeviceTimeout, DeviceUnreachable
+from edge_agent.metrics import AgentMetrics
+
+__all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", "measure_modbus_ceiling"]
+
+log = logging.getLogger(__name__)
+
+_BUSY = 6   # ServerDeviceBusy: worth asking again later
+
+
+@dataclass(frozen=True)
+class ReadBlock:
+    """One Modbus request: ``count`` registers (or bits) of ``register`` from ``address``, serving ``points``."""
+
+    register: str
+    address: int
+    count: int
+    points: tuple[PointConfig, ...]
+
+    def slice(self, values: Sequence[int] | Sequence[bool], point: PointConfig) -> Sequence[int] | Sequence[bool]:
+        """The part of this block's response that belongs to ``point``."""
+        start = point.address - self.address
+        return values[start:start + point.count]
+
+
+def plan_reads(device: DeviceConfig) -> tuple[ReadBlock, ...]:
+    """Merge the device's points into as few requests as the limits allow (computed once per device).
+
+    Within one register type, the next point (by address) joins the current
+    block when the unread gap before it is at most ``device.max_read_gap``
+    registers (``16 ×`` for coils/discretes, which are cheap) and the block's
+    span stays within ``max_read_registers`` / ``max_read_bits``.
+    """
+    blocks: list[ReadBlock] = []
+    for register in ("holding", "input", "coil", "discrete"):
+        points = sorted((p for p in device.points if p.register == register), key=lambda p: p.address)
+        bits = register in BIT_REGISTERS
+        limit = device.max_read_bits if bits else device.max_read_registers
+        max_gap = device.max_read_gap * (16 if bits else 1)
+        current: list[PointConfig] = []
+        start = end = 0
+        for point in points:
+            point_end = point.address + point.count
+            if current and point.address - end <= max_gap and max(end, point_end) - start <= limit:
+                current.append(point)
+                end = max(end, point_end)
+                continue
+            if current:
+                blocks.append(ReadBlock(register, start, end - start, tuple(current)))
+            current, start, end = [point], point.address, point_end
+        if current:
+            blocks.append(ReadBlock(register, start, end - start, tuple(current)))
+    return tuple(blocks)
+
+
+def split_block(block: ReadBlock) -> tuple[ReadBlock, ...]:
+    """One block per point: used when a merged read hit an address the device does not have."""
+    return tuple(ReadBlock(block.register, p.address, p.count, (p,)) for p in block.points)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: ``base_s × 2**attempt``, at most ``max_s``, ±``jitter`` fraction."""
+
+    base_s: float = 0.1
+    max_s: float = 5.0
+    jitter: float = 0.2
+
+    def delay(self, attempt: int) -> float:
+        delay = min(self.base_s * (2 ** attempt), self.max_s)
+        return delay * (1.0 + random.uniform(-self.jitter, self.jitter))
+
+
+class ModbusSource:
+    """One device's connection, request budget and retry policy. An async context manager.
+
+    ``read(block)`` returns the block's registers (``list[int]``) or bits
+    (``list[bool]``, exactly ``block.count``), or raises ``DeviceTimeout``,
+    ``DeviceUnreachable`` (after the retries) or ``DeviceExceptionResponse``.
+    The constructor does no I/O; the connection opens on the first read.
+    """
+
+    def __init__(self, device: DeviceConfig, *, metrics: AgentMetrics | None = None,
+                 backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.device = device
+        self.metrics = metrics
+        self.backoff = backoff
+        self._monotonic = monotonic
+        self._client: AsyncModbusTcpClient | None = None
+        self._last_request_end = -float("inf")
+        self.requests_sent = 0
+
+    async def __aenter__(self) -> "ModbusSource":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def close(self) -> None:
+        """Drop the connection (the next read reconnects)."""
+        if self._client is not None:
+            client, self._client = self._client, None
+            client.close()
+
+    async def connect(self) -> None:
+        """Open the TCP connection; raises DeviceTimeout or DeviceUnreachable."""
+        device = self.device
+        self.close()
+        client = AsyncModbusTcpClient(
+            device.host, port=device.port,
+            framer=FramerType.RTU if device.transport == "rtu-over-tcp" else FramerType.SOCKET,
+            timeout=device.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
+            name=f"ems-{device.name}",
+        )
+        started = self._monotonic()
+        try:
+            ok = await client.connect()
+        except (ModbusException, OSError) as exc:
+            client.close()
+            self._count_connect("failed")
+            raise DeviceUnreachable(device.name, f"cannot connect to {device.host}:{device.port}: {exc}") from exc
+        if not ok:
+            client.close()
+            self._count_connect("failed")
+            elapsed = self._monotonic() - started
+            if elapsed >= device.timeout_s * 0.9:
+                raise DeviceTimeout(device.name, f"no TCP connection to {device.host}:{device.port} "
+                                                 f"within {device.timeout_s:g}s")
+            raise DeviceUnreachable(device.name, f"cannot connect to {device.host}:{device.port} (refused or unreachable)")
+        self._count_connect("ok")
+        log.info("device %s: connected to %s:%s", device.name, device.host, device.port)
+        self._client = client
+
+    async def read(self, block: ReadBlock) -> list[int] | list[bool]:
+        """Read ``block`` with the device's retries and request budget."""
+        attempts = 1 + self.device.retries
+        for attempt in range(attempts):
+            if attempt:
+                if self.metrics is not None:
+                    self.metrics.read_retries.labels(self.device.name).inc()
+                await asyncio.sleep(self.backoff.delay(attempt - 1))
+            try:
+                return await self._read_once(block)
+            except DeviceExceptionResponse as exc:
+                if exc.code != _BUSY or attempt == attempts - 1:
+                    raise
+                log.debug("device %s: busy at %s %d, retrying", self.device.name, block.register, block.address)
+            except DeviceUnreachable as exc:     # includes DeviceTimeout
+                self.close()
+                if attempt == attempts - 1:
+                    raise
+                log.debug("device %s: %s; retry %d of %d", self.device.name, exc.detail, attempt + 1, attempts - 1)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _wait_budget(self) -> None:
+        wait = self._last_request_end + self.device.min_gap_s - self._monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _read_once(self, block: ReadBlock) -> list[int] | list[bool]:
+        device = self.device
+        if self._client is None or not self._client.connected:
+            await self._wait_budget()
+            try:
+                await self.connect()
+            except DeviceUnreachable as exc:
+                self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
+                raise
+        client = self._client
+        assert client is not None
+        await self._wait_budget()
+        self.requests_sent += 1
+        try:
+            if block.register == "holding":
+                response = await client.read_holding_registers(block.address, count=block.count, device_id=device.unit)
+            elif block.register == "input":
+                response = await client.read_input_registers(block.address, count=block.count, device_id=device.unit)
+            elif block.register == "coil":
+                response = await client.read_coils(block.address, count=block.count, device_id=device.unit)
+            else:
+                response = await client.read_discrete_inputs(block.address, count=block.count, device_id=device.unit)
+        except ModbusIOException as exc:
+            # pymodbus raises this after its (disabled) retries when no answer came in time,
+            # and for an answer with the wrong transaction or device id
+            timed_out = "No response" in str(exc)
+            self._count_read("timeout" if timed_out else "unreachable")
+            if timed_out:
+                raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
+                                                 f"within {device.timeout_s:g}s") from exc
+            raise DeviceUnreachable(device.name, f"bad answer to {block.register} {block.address}: {exc}") from exc
+        except (ConnectionException, ModbusException, OSError) as exc:
+            self._count_read("unreachable")
+            raise DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {exc}") from exc
+        finally:
+            self._last_request_end = self._monotonic()
+        if response.isError():
+            self._count_read("exception")
+            raise DeviceExceptionResponse(device.name, block.address, int(getattr(response, "exception_code", 0)))
+        self._count_read("ok")
+        if block.register in BIT_REGISTERS:
+            bits = list(response.bits)
+            if len(bits) < block.count:
+                raise DeviceUnreachable(device.name, f"{len(bits)} bits in the answer, {block.count} asked")
+            return bits[:block.count]
+        registers = list(response.registers)
+        if len(registers) != block.count:
+            raise DeviceUnreachable(device.name, f"{len(registers)} registers in the answer, {block.count} asked")
+        return registers
+
+    def _count_read(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.reads.labels(self.device.name, outcome).inc()
+
+    def _count_connect(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.device_connects.labels(self.device.name, outcome).inc()
+
+
+async def _ceiling(host: str, port: int, seconds: float, unit: int, count: int, clients: int) -> float:
+    async def one(client: AsyncModbusTcpClient, deadline: float) -> int:
+        done = 0
+        while time.monotonic() < deadline:
+            response = await client.read_holding_registers(0, count=count, device_id=unit)
+            if response.isError():
+                raise DeviceExceptionResponse("ceiling", 0, int(getattr(response, "exception_code", 0)))
+            done += 1
+        return done
+
+    pool = [AsyncModbusTcpClient(host, port=port, timeout=5, retries=0, reconnect_delay=0) for _ in range(clients)]
+    try:
+        for client in pool:
+            if not await client.connect():
+                raise DeviceUnreachable("ceiling", f"cannot connect to {host}:{port}")
+        started = time.monotonic()
+        totals = await asyncio.gather(*(one(c, started + seconds) for c in pool))
+        return sum(totals) / (time.monotonic() - started)
+    finally:
+        for client in pool:
+            client.close()
+
+
+def measure_modbus_ceiling(host: str, port: int, seconds: float, *, unit: int = 1, count: int = 100,
+                           clients: int = 1) -> float:
+    """Reads per second a bare pymodbus client achieves against a server (the Modbus read ceiling).
+
+    Back-to-back ``read_holding_registers(0, count)`` on ``clients`` connections
+    for ``seconds``, in a fresh event loop (call it from synchronous code, e.g.
+    a benchmark, with the server running in another process or thread).
+    """
+    return asyncio.run(_ceiling(host, port, seconds, unit, count, clients))

@@ -1,0 +1,191 @@
+"""Poll one Modbus device forever: read plan → decode → calibrate → report by exception → ``emit``.
+
+``run_device`` is one asyncio task per device (the agent starts one for each
+``DeviceConfig``), so a device that stops answering only delays itself. Each
+cycle reads the device's blocks (``modbus_source.plan_reads``) through its
+``ModbusSource`` and turns every point into a sample:
+
+=================  ==================================================================
+``good``           decoded, calibrated value
+``loop_fault``     4–20 mA current below 3.8 mA or above 20.5 mA (value still scaled)
+``device_error``   the device could not be read (value None); a Modbus exception
+                   response or an undecodable value marks just the points concerned
+``stale``          the device is still unreachable after a failed poll (value None)
+=================  ==================================================================
+
+Samples pass through the point's ``ExceptionFilter`` (deadband, heartbeat,
+quality changes), and only reported ones are emitted, so when a device dies
+its points emit ``device_error`` once, then ``stale`` once, then ``stale`` at
+each heartbeat — never silently absent. A merged read that hits an address
+the device lacks (exception code 2) is split into one read per point for the
+rest of the run, so one bad point does not blank its neighbours.
+
+After a failed poll the next one waits ``poll_interval_s × 2**(failures-1)``
+(at most ``max(poll_interval_s, reconnect_max_s)``): a dead device is retried
+with backoff, not hammered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Awaitable, Callable
+
+from edge_agent.calibration import Calibrations, calibrate
+from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
+from edge_agent.decode import decode_registers
+from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
+from edge_agent.exception_report import ExceptionFilter
+from edge_agent.metrics import AgentMetrics
+from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
+
+__all__ = ["Observation", "run_device", "DevicePoller"]
+
+log = logging.getLogger(__name__)
+
+_ILLEGAL_DATA_ADDRESS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """A reported sample of one point. ``value`` is None only for ``device_error`` and ``stale``."""
+
+    asset: str
+    point: str
+    value: float | None
+    unit: str
+    quality: str
+    ts_ms: int
+    sensor_id: str
+
+
+Emit = Callable[[Observation], Awaitable[None]]
+
+
+class DevicePoller:
+    """The state of one device's polling: its read plan, its points' filters and its connection.
+
+    ``poll_once()`` runs one cycle and returns True when the device answered
+    (exception responses count as answers). ``run_device`` loops it.
+    """
+
+    def __init__(self, device: DeviceConfig, source: ModbusSource, emit: Emit, *, metrics: AgentMetrics,
+                 calibrations: Calibrations, clock: Callable[[], float] = time.time,
+                 reconnect_max_s: float = 30.0) -> None:
+        self.device = device
+        self.reconnect_max_s = reconnect_max_s
+        self.source = source
+        self.emit = emit
+        self.metrics = metrics
+        self.calibrations = calibrations
+        self.clock = clock
+        self.plan: tuple[ReadBlock, ...] = plan_reads(device)
+        self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
+        self.failed_polls = 0
+        metrics.init_device(device.name)
+
+    async def poll_once(self) -> bool:
+        device = self.device
+        started = time.monotonic()
+        plan = list(self.plan)
+        index = 0
+        answered = True
+        while index < len(plan):
+            block = plan[index]
+            index += 1
+            try:
+                values = await self.source.read(block)
+            except DeviceExceptionResponse as exc:
+                if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
+                    log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
+                                "one by one from now on", device.name, block.register, block.address, block.count,
+                                exc.code_name, len(block.points))
+                    parts = split_block(block)
+                    self.plan = tuple(p for b in self.plan for p in (parts if b == block else (b,)))
+                    plan[index:index] = parts
+                    continue
+                log.warning("device %s: %s", device.name, exc)
+                for point in block.points:
+                    self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
+                    await self._offer(point, None, "device_error")
+                continue
+            except DeviceUnreachable as exc:
+                answered = False
+                quality = "device_error" if self.failed_polls == 0 else "stale"
+                if self.failed_polls == 0:
+                    log.warning("device %s: %s", device.name, exc)
+                for rest in [block, *plan[index:]]:
+                    for point in rest.points:
+                        await self._offer(point, None, quality)
+                break
+            now = self.clock()
+            for point in block.points:
+                await self._sample(block, values, point, now)
+        self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
+        self.metrics.polls.labels(device.name).inc()
+        self.metrics.device_up.labels(device.name).set(1 if answered else 0)
+        if answered:
+            if self.failed_polls:
+                log.info("device %s: answering again after %d failed polls", device.name, self.failed_polls)
+            self.failed_polls = 0
+        else:
+            self.failed_polls += 1
+        return answered
+
+    async def _sample(self, block: ReadBlock, values: list[int] | list[bool], point: PointConfig, now: float) -> None:
+        part = block.slice(values, point)
+        try:
+            if point.register in BIT_REGISTERS:
+                raw = 1.0 if part[0] else 0.0
+            else:
+                raw = decode_registers(part, point.type, point.byte_order, point.word_order, point=point.id)  # type: ignore[arg-type]
+        except DecodeError as exc:
+            log.warning("device %s: %s", self.device.name, exc)
+            self.metrics.reads.labels(self.device.name, "decode_error").inc()
+            await self._offer(point, None, "device_error", now)
+            return
+        value, quality = calibrate(point, raw, self.calibrations.get(point.id))
+        if quality == "loop_fault":
+            self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+        await self._offer(point, value, quality, now)
+
+    async def _offer(self, point: PointConfig, value: float | None, quality: str, now: float | None = None) -> None:
+        now = self.clock() if now is None else now
+        if self.filters[point.id].offer(value, quality, now):
+            await self.emit(Observation(point.asset, point.name, value, point.unit, quality, int(now * 1000), point.id))
+        else:
+            self.metrics.readings_suppressed.inc()
+
+    def next_delay(self) -> float:
+        """Seconds from the start of this cycle to the start of the next."""
+        interval = self.device.poll_interval_s
+        if not self.failed_polls:
+            return interval
+        return min(interval * 2 ** (self.failed_polls - 1), max(interval, self.reconnect_max_s))
+
+
+async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
+                     stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
+                     reconnect_max_s: float = 30.0) -> None:
+    """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting reported observations.
+
+    Cycles start on a fixed schedule (no drift); a cycle that overruns its
+    interval starts the next one immediately but never two at once.
+    ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
+    wait between polls of a device that does not answer.
+    """
+    async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
+        poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
+                              reconnect_max_s=reconnect_max_s)
+        next_start = time.monotonic()
+        while not stop.is_set():
+            cycle_start = time.monotonic()
+            await poller.poll_once()
+            next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
+                else cycle_start + poller.next_delay()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_start - time.monotonic()))
+            except asyncio.TimeoutError:
+                pass
