@@ -129,6 +129,12 @@ class ModbusGateway:
     host: str
     port: int = 502
     unit: int = 1
+    points_json: str = "[]"
+    """The device's ``[[devices.points]]`` tables (edge agent sensors.conf schema) as JSON text."""
+
+    @property
+    def points(self) -> list[dict[str, Any]]:
+        return json.loads(self.points_json)
 
 
 @dataclass(frozen=True)
@@ -445,12 +451,16 @@ def _object(key: str, value: object, allowed: Sequence[str], required: Sequence[
 
 
 def _gateway(key: str, value: object) -> ModbusGateway:
-    obj = _object(key, value, ("name", "host", "port", "unit"), ("name", "host"))
+    obj = _object(key, value, ("name", "host", "port", "unit", "points"), ("name", "host", "points"))
+    points = _structured(f"{key}.points", obj["points"], list, "a list of point tables (edge agent sensors.conf schema)")
+    if not points or not all(isinstance(p, dict) for p in points):
+        raise SettingsError(f"{key}.points", points, "must be a non-empty list of point objects (id, asset, name, address, ...)")
     return ModbusGateway(
         name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
         host=_ip_address(f"{key}.host", obj["host"]),
         port=_integer(1, 65535)(f"{key}.port", obj.get("port", 502)),
         unit=_integer(0, 255)(f"{key}.unit", obj.get("unit", 1)),
+        points_json=json.dumps(points, sort_keys=True),
     )
 
 

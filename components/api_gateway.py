@@ -1,0 +1,144 @@
+"""The API gateway: Envoy terminating TLS on 443 and exposing the read-only PromQL API.
+
+Envoy runs as a non-root user with every capability dropped; binding 443 is allowed by the
+*safe* namespaced sysctl ``net.ipv4.ip_unprivileged_port_start=443`` instead of
+``NET_BIND_SERVICE``. Only ``GET``/``POST`` on ``/api/v1/query*``, ``/api/v1/series`` and
+``/api/v1/label*`` reach the TSDB; remote write and admin paths are not routed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s_common import (
+    ComponentArgsError, Resources, child, config_volume, container, labels, metadata, pod_spec,
+    secret_volume, selector,
+)
+
+APP = "api-gateway"
+PORT = 443
+ENVOY_UID = 101
+
+
+def envoy_config(tsdb_host: str, tsdb_port: int) -> str:
+    """Envoy bootstrap: one TLS listener on 443, one upstream cluster (the TSDB)."""
+    return f"""\
+static_resources:
+  listeners:
+    - name: https
+      address: {{socket_address: {{address: 0.0.0.0, port_value: {PORT}}}}}
+      filter_chains:
+        - transport_socket:
+            name: envoy.transport_sockets.tls
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+              common_tls_context:
+                tls_params: {{tls_minimum_protocol_version: TLSv1_2}}
+                tls_certificates:
+                  - certificate_chain: {{filename: /etc/envoy/tls/tls.crt}}
+                    private_key: {{filename: /etc/envoy/tls/tls.key}}
+          filters:
+            - name: envoy.filters.network.http_connection_manager
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+                stat_prefix: api
+                http_filters:
+                  - name: envoy.filters.http.router
+                    typed_config:
+                      "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+                route_config:
+                  virtual_hosts:
+                    - name: api
+                      domains: ["*"]
+                      routes:
+                        - match: {{safe_regex: {{regex: "^/api/v1/(query|query_range|query_exemplars|series|labels|label/[^/]+/values)$"}}}}
+                          route: {{cluster: tsdb, timeout: 30s}}
+                        - match: {{path: "/healthz"}}
+                          direct_response: {{status: 200, body: {{inline_string: "ok"}}}}
+  clusters:
+    - name: tsdb
+      type: STRICT_DNS
+      connect_timeout: 2s
+      load_assignment:
+        cluster_name: tsdb
+        endpoints:
+          - lb_endpoints:
+              - endpoint: {{address: {{socket_address: {{address: {tsdb_host}, port_value: {tsdb_port}}}}}}}
+"""
+
+
+@dataclass(frozen=True)
+class ApiGatewayArgs:
+    namespace: pulumi.Input[str]
+    """Namespace of every object."""
+    image: str
+    """Envoy image with an explicit tag."""
+    tls_secret: pulumi.Input[str]
+    """``kubernetes.io/tls`` Secret of the gateway's server certificate."""
+    tsdb_host: str
+    """TSDB Service DNS name."""
+    tsdb_port: int = 9090
+    """TSDB port. Defaults to 9090."""
+    replicas: int = 2
+    """Replicas. Defaults to 2."""
+    external_service_type: str = "LoadBalancer"
+    """Type of the 443 Service: LoadBalancer or ClusterIP (AWS: bound to the region NLB). Defaults to LoadBalancer."""
+    resources: Resources = Resources("100m", "128Mi", "1", "512Mi")
+    """Container requests/limits. Defaults to 100m/128Mi, limits 1 CPU/512Mi."""
+
+
+class ApiGateway(pulumi.ComponentResource):
+    """Envoy Deployment, its config, the 443 Service and a PodDisruptionBudget."""
+
+    service_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: ApiGatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.replicas < 1:
+            raise ComponentArgsError(name, "replicas", args.replicas, "must be at least 1")
+        if args.external_service_type not in ("LoadBalancer", "ClusterIP"):
+            raise ComponentArgsError(name, "external_service_type", args.external_service_type, "must be LoadBalancer or ClusterIP")
+        super().__init__("ems:workloads:ApiGateway", name, None, opts)
+        o = child(self)
+        ns = args.namespace
+        sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
+                                     data={"envoy.yaml": envoy_config(args.tsdb_host, args.tsdb_port)}, opts=o)
+        spec: dict[str, object] = {
+            "type": args.external_service_type,
+            "selector": selector(APP),
+            "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}],
+        }
+        if args.external_service_type == "LoadBalancer":
+            spec["externalTrafficPolicy"] = "Local"
+        svc = k8s.core.v1.Service(f"{name}-svc", metadata=metadata(APP, ns, APP), spec=spec, opts=o)
+        envoy = container(
+            "envoy", args.image, args.resources,
+            args=["-c", "/etc/envoy/config/envoy.yaml", "--log-level", "warn"],
+            ports=[("https", PORT)],
+            mounts=[("config", "/etc/envoy/config"), ("tls", "/etc/envoy/tls")],
+            run_as_user=ENVOY_UID,
+            probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
+        )
+        k8s.apps.v1.Deployment(
+            f"{name}-deploy", metadata=metadata(APP, ns, APP),
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": selector(APP)},
+                "template": {
+                    "metadata": {"labels": labels(APP)},
+                    "spec": pod_spec([envoy], service_account=sa.metadata.name, fs_group=ENVOY_UID,
+                                     sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
+                                     volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)]),
+                },
+            },
+            opts=o,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb", metadata=metadata(APP, ns, APP),
+            spec={"minAvailable": 1, "selector": {"matchLabels": selector(APP)}}, opts=o,
+        )
+        self.service_name = svc.metadata.name
+        self.register_outputs({"service_name": self.service_name})

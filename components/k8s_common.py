@@ -1,0 +1,174 @@
+"""Shared building blocks for the in-cluster components: errors, labels and hardened pod specs.
+
+Every container the platform declares goes through :func:`container`, so the hardening of
+the cross-team contract (non-root, read-only root filesystem, no privilege escalation, all
+capabilities dropped, RuntimeDefault seccomp, requests and limits) lives in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import pulumi
+
+PART_OF = "ems-platform"
+POOL_LABEL = "ems.io/pool"
+LATENCY_LABEL = "ems.io/latency-critical"
+THERMAL_LABEL = "ems.io/thermal-asset"
+NEEDS_TOKEN_ANNOTATION = "ems.io/needs-api-token"
+SECRET_FILE_MODE = 0o440  # decimal 288: the contract's ceiling for secret volumes
+
+
+class ComponentArgsError(pulumi.RunError):
+    """Bad component arguments; the CLI prints the message as one line, without a traceback."""
+
+    def __init__(self, component: str, field: str, value: object, reason: str) -> None:
+        self.component, self.field, self.value = component, field, value
+        super().__init__(f"{component}: {field} {reason} (got {value!r})")
+
+
+def labels(app: str, **extra: str) -> dict[str, str]:
+    """The labels every object of ``app`` carries (the selector uses only the first two)."""
+    return {"app.kubernetes.io/name": app, "app.kubernetes.io/part-of": PART_OF, **extra}
+
+
+def selector(app: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": app, "app.kubernetes.io/part-of": PART_OF}
+
+
+def metadata(name: str, namespace: pulumi.Input[str] | None, app: str, *, annotations: Mapping[str, str] | None = None, **extra: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "labels": labels(app, **extra)}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return meta
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Requests and limits of one container (both always set)."""
+
+    cpu_request: str
+    memory_request: str
+    cpu_limit: str
+    memory_limit: str
+
+    def spec(self) -> dict[str, dict[str, str]]:
+        return {
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+        }
+
+
+def container(
+    name: str,
+    image: str,
+    resources: Resources,
+    *,
+    ports: Sequence[tuple[str, int]] = (),
+    args: Sequence[str] | None = None,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, pulumi.Input[str]] | None = None,
+    mounts: Sequence[tuple[str, str]] = (),
+    writable: Sequence[str] = (),
+    run_as_user: int = 65532,
+    probe_port: int | None = None,
+    probe_path: str | None = None,
+    probe_scheme: str = "HTTP",
+) -> dict[str, Any]:
+    """A hardened container: ``mounts`` are (volume, path) pairs, read-only unless the volume is in ``writable``."""
+    spec: dict[str, Any] = {
+        "name": name,
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "resources": resources.spec(),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": run_as_user,
+            "runAsGroup": run_as_user,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if ports:
+        spec["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports]
+    if command is not None:
+        spec["command"] = list(command)
+    if args is not None:
+        spec["args"] = list(args)
+    if env:
+        spec["env"] = [{"name": k, "value": v} for k, v in env.items()]
+    if mounts:
+        spec["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": v not in writable} for v, p in mounts]
+    if probe_port is not None:
+        if probe_path is not None:
+            action: dict[str, Any] = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": probe_scheme}}
+        else:
+            action = {"tcpSocket": {"port": probe_port}}
+        spec["readinessProbe"] = {**action, "periodSeconds": 10, "timeoutSeconds": 3}
+        spec["livenessProbe"] = {**action, "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 6}
+    return spec
+
+
+def pod_spec(
+    containers: Sequence[dict[str, Any]],
+    *,
+    service_account: pulumi.Input[str],
+    volumes: Sequence[dict[str, Any]] = (),
+    pool: str | None = None,
+    required_pool: bool = False,
+    sysctls: Mapping[str, str] | None = None,
+    fs_group: int = 65532,
+    automount_token: bool = False,
+) -> dict[str, Any]:
+    """A pod spec: RuntimeDefault seccomp at pod level too, token automount off unless asked.
+
+    ``pool`` adds a toleration for the pool's taint and node affinity to ``ems.io/pool``:
+    required when ``required_pool`` (latency-critical), preferred otherwise.
+    """
+    spec: dict[str, Any] = {
+        "serviceAccountName": service_account,
+        "automountServiceAccountToken": automount_token,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "fsGroup": fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": list(containers),
+    }
+    if sysctls:
+        spec["securityContext"]["sysctls"] = [{"name": k, "value": v} for k, v in sysctls.items()]
+    if volumes:
+        spec["volumes"] = list(volumes)
+    if pool is not None:
+        term = {"matchExpressions": [{"key": POOL_LABEL, "operator": "In", "values": [pool]}]}
+        if required_pool:
+            affinity = {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [term]}}
+        else:
+            affinity = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference": term}]}
+        spec["affinity"] = {"nodeAffinity": affinity}
+        spec["tolerations"] = [{"key": POOL_LABEL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}]
+    return spec
+
+
+def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:
+    return {"name": name, "secret": {"secretName": secret_name, "defaultMode": SECRET_FILE_MODE}}
+
+
+def config_volume(name: str, config_map: pulumi.Input[str]) -> dict[str, Any]:
+    return {"name": name, "configMap": {"name": config_map, "defaultMode": 0o444}}
+
+
+def empty_dir(name: str, size: str = "64Mi") -> dict[str, Any]:
+    return {"name": name, "emptyDir": {"sizeLimit": size}}
+
+
+def child(parent: pulumi.Resource, **kwargs: Any) -> pulumi.ResourceOptions:
+    """Options for a child resource: parented, provider inherited from the component."""
+    return pulumi.ResourceOptions(parent=parent, **kwargs)

@@ -1,0 +1,161 @@
+"""EmsPlatform: everything the EMS needs inside one Kubernetes cluster, on any provider.
+
+It composes the per-area components (PKI, storage class, TSDB, broker, Modbus bridge,
+ingest + autoscaling, API gateway, NetworkPolicies, RBAC). The caller passes the cluster's
+Kubernetes provider with ``providers=[provider]``; every child inherits it, so the same
+component runs on EKS, a private cluster, or the local renderer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.api_gateway import ApiGateway, ApiGatewayArgs
+from components.broker import MqttBroker, BrokerArgs
+from components.ingest import IngestArgs, IngestWorkers
+from components.k8s_common import ComponentArgsError, child, labels
+from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
+from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs
+from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
+from components.pki import Pki, PkiArgs, ServerCert
+from components.rbac import AccessControl, AccessControlArgs
+from components.settings import PlatformSettings
+from components.tsdb import Tsdb, TsdbArgs
+
+AWS_EBS_PARAMETERS = {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"}
+
+
+@dataclass(frozen=True)
+class EmsPlatformArgs:
+    settings: PlatformSettings
+    """Validated platform settings (``ems:`` config)."""
+    cloud: str
+    """``aws``, ``private`` or ``local``: selects storage parameters and how 8883/443 are exposed."""
+    storage_kms_key_arn: pulumi.Input[str] | None = None
+    """AWS only: KMS key for EBS volume encryption. Defaults to the account's EBS default key."""
+
+
+class EmsPlatform(pulumi.ComponentResource):
+    """Namespaces, PKI, storage, workloads, NetworkPolicies and RBAC of one region."""
+
+    namespace: pulumi.Output[str]
+    ca_cert_pem: pulumi.Output[str]
+    storage_class_name: pulumi.Output[str]
+    broker_service_name: pulumi.Output[str]
+    broker_external_service_name: pulumi.Output[str]
+    api_gateway_service_name: pulumi.Output[str]
+    edge_client_secrets: pulumi.Output[dict[str, str]]
+
+    def __init__(self, name: str, args: EmsPlatformArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        s = args.settings
+        if args.cloud not in ("aws", "private", "local"):
+            raise ComponentArgsError(name, "cloud", args.cloud, "must be aws, private or local")
+        if args.cloud == "aws" and s.storage_provisioner != "ebs.csi.aws.com":
+            raise ComponentArgsError(name, "settings.storage_provisioner", s.storage_provisioner, "must be ebs.csi.aws.com on AWS")
+        bridge_site = f"{s.namespace}-bridge"
+        if bridge_site in s.edge_sites:
+            raise ComponentArgsError(name, "settings.edge_sites", bridge_site, "is reserved for the in-cluster Modbus bridge")
+        super().__init__("ems:platform:EmsPlatform", name, None, opts)
+        o = child(self)
+        ns_name, creds_name = s.namespace, f"{s.namespace}-edge-credentials"
+        # Pod Security "baseline"/"restricted" reject the unsafe sysctl net.core.somaxconn that
+        # the ingest tier sets (DESIGN §5), so the workload namespace warns and audits against
+        # "restricted" instead of enforcing it; the policy packs enforce the hardening.
+        pss_audit = {"pod-security.kubernetes.io/warn": "restricted", "pod-security.kubernetes.io/audit": "restricted"}
+        pss_enforce = {"pod-security.kubernetes.io/enforce": "restricted", **pss_audit}
+        ns = k8s.core.v1.Namespace(f"{name}-ns", metadata={"name": ns_name, "labels": {**labels("ems"), **pss_audit}}, opts=o)
+        creds = k8s.core.v1.Namespace(f"{name}-credentials-ns", metadata={"name": creds_name, "labels": {**labels("ems-edge-credentials"), **pss_enforce}}, opts=o)
+        namespace = ns.metadata.name
+
+        parameters = dict(s.storage_parameters)
+        if args.cloud == "aws":
+            parameters = {**AWS_EBS_PARAMETERS, **parameters}
+            if args.storage_kms_key_arn is not None:
+                parameters["kmsKeyId"] = args.storage_kms_key_arn  # type: ignore[assignment]
+        storage = k8s.storage.v1.StorageClass(
+            f"{name}-storage",
+            metadata={"name": s.storage_class_name, "labels": labels("storage")},
+            provisioner=s.storage_provisioner,
+            parameters=parameters or None,
+            volume_binding_mode="WaitForFirstConsumer",
+            allow_volume_expansion=True,
+            reclaim_policy="Retain",
+            opts=o,
+        )
+        storage_class = storage.metadata.name
+
+        svc_names = lambda svc: (svc, f"{svc}.{ns_name}", f"{svc}.{ns_name}.svc", f"{svc}.{ns_name}.svc.cluster.local")  # noqa: E731
+        early = min(720, s.cert_validity_hours // 3)
+        pki = Pki(f"{name}-pki", PkiArgs(
+            namespace=namespace,
+            client_namespace=creds.metadata.name,
+            servers=(
+                ServerCert("broker", s.broker_hostnames[0] if s.broker_hostnames else f"broker.{ns_name}.svc",
+                           (*s.broker_hostnames, *svc_names("broker"), *svc_names("broker-external")), "broker-tls"),
+                ServerCert("api-gateway", s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc",
+                           (*s.api_hostnames, *svc_names("api-gateway")), "api-gateway-tls"),
+                ServerCert("metrics-adapter", f"metrics-adapter.{ns_name}.svc", svc_names("metrics-adapter"), "metrics-adapter-tls"),
+            ),
+            edge_sites=s.edge_sites,
+            in_cluster_clients=(bridge_site,),
+            leaf_validity_hours=s.cert_validity_hours,
+            ca_validity_hours=s.ca_validity_hours,
+            early_renewal_hours=early,
+        ), opts=o)
+        external_type = "ClusterIP" if args.cloud == "aws" else "LoadBalancer"
+        tsdb = Tsdb(f"{name}-tsdb", TsdbArgs(
+            namespace=namespace, image=s.images.tsdb, storage_class=storage_class,
+            scrape_dns_name=f"ingest-metrics.{ns_name}.svc.cluster.local",
+            out_of_order_window=s.spool_horizon, retention=s.tsdb_retention, storage_size=s.tsdb_storage_size,
+        ), opts=o)
+        broker = MqttBroker(f"{name}-broker", BrokerArgs(
+            namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
+            storage_size=s.broker_storage_size, external_service_type=external_type,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(
+            namespace=namespace, image=s.images.edge_agent, site=bridge_site,
+            broker_host=f"broker.{ns_name}.svc.cluster.local", tls_secret=f"edge-{bridge_site}-tls",
+            storage_class=storage_class, gateways=s.modbus_gateways,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        IngestWorkers(f"{name}-ingest", IngestArgs(
+            namespace=namespace, image=s.images.ingest, broker_host=broker.service_name,
+            remote_write_url=tsdb.remote_write_url,
+            min_replicas=s.ingest_min_replicas, max_replicas=s.ingest_max_replicas,
+            target_messages_per_second=s.ingest_target_messages_per_second,
+            scale_down_stabilization_seconds=s.ingest_scale_down_stabilization_seconds,
+        ), opts=o)
+        MetricsAdapter(f"{name}-adapter", MetricsAdapterArgs(
+            namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,
+            tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_cert_pem,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
+            namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
+            tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
+            external_service_type=external_type,
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(
+            namespace=namespace, extra_namespaces=(("credentials", creds.metadata.name),), gateways=s.modbus_gateways,
+        ), opts=o)
+        AccessControl(f"{name}-rbac", AccessControlArgs(
+            namespace=namespace, operator_groups=s.operator_groups, viewer_groups=s.viewer_groups,
+        ), opts=o)
+
+        self.namespace = namespace
+        self.ca_cert_pem = pki.ca_cert_pem
+        self.storage_class_name = storage_class
+        self.broker_service_name = broker.service_name
+        self.broker_external_service_name = broker.external_service_name
+        self.api_gateway_service_name = gateway.service_name
+        self.edge_client_secrets = pki.client_secrets
+        self.register_outputs({
+            "namespace": self.namespace,
+            "ca_cert_pem": self.ca_cert_pem,
+            "storage_class_name": self.storage_class_name,
+            "broker_service_name": self.broker_service_name,
+            "broker_external_service_name": self.broker_external_service_name,
+            "api_gateway_service_name": self.api_gateway_service_name,
+            "edge_client_secrets": self.edge_client_secrets,
+        })

@@ -1,0 +1,138 @@
+"""The PromQL time-series database: Prometheus as a StatefulSet on NVMe nodes.
+
+The ingest writes through the remote-write receiver (``--web.enable-remote-write-receiver``)
+with the readings' own timestamps; a spool replayed after an outage therefore arrives late,
+so ``storage.tsdb.out_of_order_time_window`` is the edge spool's horizon. Prometheus scrapes
+the ingest workers' metrics through DNS service discovery of their headless Service, so it
+needs no Kubernetes API token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s_common import (
+    Resources, child, config_volume, container, labels, metadata, pod_spec, selector,
+)
+
+APP = "tsdb"
+PORT = 9090
+PROMETHEUS_UID = 65534
+
+
+def prometheus_config(out_of_order_window: str, scrape_dns_name: str, metrics_port: int) -> str:
+    """prometheus.yml: out-of-order window and the ingest scrape job."""
+    return f"""\
+global:
+  scrape_interval: 15s
+  evaluation_interval: 15s
+storage:
+  tsdb:
+    out_of_order_time_window: {out_of_order_window}
+scrape_configs:
+  - job_name: ems-ingest
+    dns_sd_configs:
+      - names: ["{scrape_dns_name}"]
+        type: A
+        port: {metrics_port}
+"""
+
+
+@dataclass(frozen=True)
+class TsdbArgs:
+    namespace: pulumi.Input[str]
+    """Namespace of every object."""
+    image: str
+    """Prometheus image with an explicit tag."""
+    storage_class: pulumi.Input[str]
+    """StorageClass of the data volumes (volumeClaimTemplates)."""
+    scrape_dns_name: str
+    """DNS name of the ingest workers' headless metrics Service."""
+    metrics_port: int = 9100
+    """Port of the ingest workers' /metrics. Defaults to 9100."""
+    out_of_order_window: str = "72h"
+    """Accept samples this far in the past (the edge spool horizon). Defaults to 72h."""
+    retention: str = "30d"
+    """How long samples are kept. Defaults to 30d."""
+    storage_size: str = "200Gi"
+    """Size of each data volume. Defaults to 200Gi."""
+    resources: Resources = Resources("500m", "2Gi", "2", "8Gi")
+    """Container requests/limits. Defaults to 500m/2Gi, limits 2 CPU/8Gi."""
+
+
+class Tsdb(pulumi.ComponentResource):
+    """Prometheus StatefulSet pinned to ``ems.io/pool=nvme`` with a headless Service on 9090."""
+
+    service_name: pulumi.Output[str]
+    remote_write_url: pulumi.Output[str]
+    query_url: pulumi.Output[str]
+
+    def __init__(self, name: str, args: TsdbArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("ems:workloads:Tsdb", name, None, opts)
+        o = child(self)
+        ns = args.namespace
+        sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
+        conf = k8s.core.v1.ConfigMap(
+            f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
+            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_dns_name, args.metrics_port)},
+            opts=o,
+        )
+        svc = k8s.core.v1.Service(
+            f"{name}-svc", metadata=metadata(APP, ns, APP),
+            spec={"type": "ClusterIP", "selector": selector(APP),
+                  "ports": [{"name": "tsdb", "port": PORT, "targetPort": "tsdb", "protocol": "TCP"}]},
+            opts=o,
+        )
+        prometheus = container(
+            "prometheus", args.image, args.resources,
+            args=[
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                f"--storage.tsdb.retention.time={args.retention}",
+                "--web.enable-remote-write-receiver",
+                f"--web.listen-address=:{PORT}",
+            ],
+            ports=[("tsdb", PORT)],
+            mounts=[("config", "/etc/prometheus"), ("data", "/prometheus")],
+            writable=["data"],
+            run_as_user=PROMETHEUS_UID,
+            probe_port=PORT, probe_path="/-/ready",
+        )
+        k8s.apps.v1.StatefulSet(
+            f"{name}-sts",
+            metadata=metadata(APP, ns, APP),
+            spec={
+                "serviceName": svc.metadata.name,
+                "replicas": 1,
+                "selector": {"matchLabels": selector(APP)},
+                "template": {
+                    "metadata": {"labels": labels(APP)},
+                    "spec": pod_spec(
+                        [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
+                        volumes=[config_volume("config", conf.metadata.name)],
+                        pool="nvme", required_pool=True,
+                    ),
+                },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "data", "labels": labels(APP)},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": args.storage_class,
+                        "resources": {"requests": {"storage": args.storage_size}},
+                    },
+                }],
+            },
+            opts=o,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb", metadata=metadata(APP, ns, APP),
+            spec={"maxUnavailable": 1, "selector": {"matchLabels": selector(APP)}}, opts=o,
+        )
+        self.service_name = svc.metadata.name
+        base = pulumi.Output.concat("http://", svc.metadata.name, ".", ns, ".svc:", str(PORT))
+        self.remote_write_url = pulumi.Output.concat(base, "/api/v1/write")
+        self.query_url = base
+        self.register_outputs({"service_name": self.service_name, "remote_write_url": self.remote_write_url, "query_url": self.query_url})
