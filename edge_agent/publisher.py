@@ -363,7 +363,9 @@ class MqttLink:
             self._connack.exception()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-        if was_connected:
+        if was_connected and self._closing:
+            self.log.info("disconnected from broker %s:%d", self.host, self.port)
+        elif was_connected:
             self.log.warning("connection to broker %s:%d lost (%s)", self.host, self.port, exc)
 
     # -- paho callbacks (all on the event loop thread) ------------------------
