@@ -262,6 +262,9 @@ class _Table:
         if key in self.data:
             return self.data[key]
         if default is _MISSING:
+            typo = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1, cutoff=0.75)
+            if typo:
+                raise ConfigError(self.path or self.root_name, typo[0], f"is an unknown key; did you mean {key!r}?")
             raise ConfigError(self.at(key), _MISSING, f"is required{hint}")
         return default
 

@@ -1,0 +1,301 @@
+"""sensors.conf validation: each bad input a new user might write → the exact one-line message."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from devenv.pki import LocalPki
+from edge_agent.config import (DEFAULT_CONFIG_PATH, AgentConfig, CurrentLoop, config_path, load_config,
+                               parse_config)
+from edge_agent.errors import ConfigError
+from edge_agent.simulator import EXAMPLE_CONFIG
+
+BASE = """\
+site = "sub-07"
+
+[broker]
+host = "127.0.0.1"
+ca = "pki/ca.crt"
+cert = "pki/edge.crt"
+key = "pki/edge.key"
+
+[[devices]]
+name = "tx1"
+host = "127.0.0.1"
+
+[[devices.points]]
+id = "SENSOR_01"
+asset = "tx1"
+name = "oil_temp"
+address = 0
+type = "float32"
+"""
+
+POINT2 = """
+[[devices.points]]
+id = "SENSOR_02"
+asset = "tx1"
+name = "winding_temp"
+{body}
+"""
+
+
+@pytest.fixture
+def folder(tmp_path: Path, pki: LocalPki) -> Path:
+    """A config folder with a ``pki/`` beside it (CA, client certificate, key at 0600)."""
+    (tmp_path / "pki").mkdir()
+    client = pki.client("edge")
+    shutil.copy(pki.ca, tmp_path / "pki" / "ca.crt")
+    shutil.copy(client.cert, tmp_path / "pki" / "edge.crt")
+    shutil.copy(client.key, tmp_path / "pki" / "edge.key")
+    shutil.copy(pki.server.key, tmp_path / "pki" / "other.key")
+    os.chmod(tmp_path / "pki" / "edge.key", 0o600)
+    os.chmod(tmp_path / "pki" / "other.key", 0o600)
+    return tmp_path
+
+
+def write(folder: Path, text: str) -> Path:
+    path = folder / "sensors.conf"
+    path.write_text(text)
+    return path
+
+
+def error_of(folder: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(folder, text))
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_valid_minimal_config_gets_documented_defaults(folder: Path) -> None:
+    config = load_config(write(folder, BASE))
+    assert isinstance(config, AgentConfig)
+    assert config.site == "sub-07"
+    assert config.source_path == folder / "sensors.conf"
+    broker = config.broker
+    assert (broker.port, broker.client_id, broker.keepalive_s, broker.protocol) == (8883, "edge-sub-07", 30, "auto")
+    assert (broker.batch_max_readings, broker.batch_max_delay_s) == (100, 0.5)
+    assert broker.key == folder / "pki" / "edge.key"          # relative to the config file's folder
+    assert config.spool.path == Path("/var/lib/ems/spool") and config.spool.max_readings == 1_000_000
+    assert config.audit.path == Path("/var/log/ems/telemetry-audit.log")
+    assert (config.http.host, config.http.port) == ("127.0.0.1", 9108)
+    (device,) = config.devices
+    assert (device.port, device.unit, device.transport, device.retries, device.min_gap_s) == (502, 1, "tcp", 2, 0.0)
+    (point,) = device.points
+    assert (point.register, point.type, point.byte_order, point.word_order) == ("holding", "float32", "big", "big")
+    assert (point.gain, point.offset, point.deadband, point.heartbeat_s, point.count) == (1.0, 0.0, 0.0, 60.0, 2)
+
+
+def test_relative_paths_resolve_against_the_config_folder_not_the_cwd(folder: Path, tmp_path_factory, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    text = BASE.replace("[[devices]]", '[spool]\npath = "state/spool"\n[audit]\npath = "../audit.log"\n\n[[devices]]')
+    config = load_config(write(folder, text))
+    assert config.spool.path == folder / "state" / "spool"
+    assert config.audit.path == folder / ".." / "audit.log"
+
+
+def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: LocalPki) -> None:
+    config = load_config(EXAMPLE_CONFIG, check_files=False)
+    points = [p for d in config.devices for p in d.points]
+    assert {p.type for p in points} == {"int16", "uint16", "int32", "uint32", "float32", "float64", "bool"}
+    assert {p.register for p in points} == {"holding", "input", "coil", "discrete"}
+    assert {(p.byte_order, p.word_order) for p in points} >= {("big", "big"), ("big", "little"), ("little", "little")}
+    assert sum(1 for p in points if p.current_loop) == 3
+    assert config.point("SENSOR_16").current_loop == CurrentLoop(low=0.0, high=10.0, ma_per_count=0.001)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (BASE.replace('address = 0', 'address = 70000'),
+     "devices[0].points[0].address: 70000 must be 0..65535"),
+    (BASE.replace('address = 0', 'address = 65535'),
+     "devices[0].points[0].address: 65535 must be 0..65534 for float32 (2 registers end at 65535)"),
+    (BASE.replace('type = "float32"', 'type = "float64"\naddress = 65533').replace("address = 0\n", ""),
+     "devices[0].points[0].address: 65533 must be 0..65532 for float64 (4 registers end at 65535)"),
+    (BASE.replace('type = "float32"', 'type = "float16"'),
+     "devices[0].points[0].type: 'float16' must be one of int16, uint16, int32, uint32, float32, float64, bool"),
+    (BASE.replace('address = 0', 'adress = 0'),
+     "devices[0].points[0]: 'adress' is an unknown key; did you mean 'address'?"),
+    (BASE.replace('address = 0', 'address = 0\ndeadbnd = 0.5'),
+     "devices[0].points[0]: 'deadbnd' is an unknown key; did you mean 'deadband'?"),
+    (BASE.replace('site = "sub-07"', 'site = "sub-07"\ncolour = "blue"'),
+     "sensors.conf: 'colour' is an unknown key; allowed: audit, broker, devices, http, site, spool, twin"),
+    (BASE.replace('host = "127.0.0.1"\n\n[[devices.points]]', 'host = "127.0.0.1"\nport = "502"\n\n[[devices.points]]'),
+     "devices[0].port: '502' must be an integer 1..65535"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\nunit = true\n'),
+     "devices[0].unit: True must be an integer 0..255"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntimeout_s = "1s"\n'),
+     "devices[0].timeout_s: '1s' must be a finite number"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntimeout_s = 0\n'),
+     "devices[0].timeout_s: 0.0 must be greater than 0 (at most 60)"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntransport = "rtu"\n'),
+     "devices[0].transport: 'rtu' must be one of tcp, rtu-over-tcp"),
+    (BASE.replace('type = "float32"', 'type = "float32"\nbyte_order = "middle"'),
+     "devices[0].points[0].byte_order: 'middle' must be one of big, little"),
+    (BASE.replace('type = "float32"', 'type = "float32"\nword_order = "BADC"'),
+     "devices[0].points[0].word_order: 'BADC' must be one of big, little"),
+    (BASE.replace('type = "float32"', 'type = "float32"\nregister = "coil"'),
+     "devices[0].points[0].type: 'float32' is not allowed on a coil register; coils hold only bool"),
+    (BASE.replace('type = "float32"', 'type = "int16"\nregister = "discrete"'),
+     "devices[0].points[0].type: 'int16' is not allowed on a discrete register; discretes hold only bool"),
+    (BASE.replace('type = "float32"', 'type = "float32"\ndeadband = -0.1'),
+     "devices[0].points[0].deadband: -0.1 must be at least 0"),
+    (BASE.replace('type = "float32"', 'type = "float32"\ndeadband = 0.5\ndeadband_percent = 2'),
+     "devices[0].points[0].deadband_percent: 2.0 cannot be combined with deadband = 0.5; set one of them"),
+    (BASE.replace('type = "float32"', 'type = "float32"\ngain = 0'),
+     "devices[0].points[0].gain: 0.0 must not be 0"),
+    (BASE.replace('type = "float32"', 'type = "float32"\nheartbeat_s = -5'),
+     "devices[0].points[0].heartbeat_s: -5.0 must be greater than 0 (at most 86400)"),
+    (BASE + '[devices.points.current_loop]\nlow = 10.0\nhigh = 10.0\n',
+     "devices[0].points[0].current_loop.high: 10.0 must differ from low (the values at 4 mA and at 20 mA)"),
+    (BASE + '[devices.points.current_loop]\nlow = 0.0\n',
+     "devices[0].points[0].current_loop.high: <missing> is required"),
+    (BASE + '[devices.points.current_loop]\nlow = 0.0\nhigh = 10.0\nma_per_count = -1\n',
+     "devices[0].points[0].current_loop.ma_per_count: -1.0 must be greater than 0"),
+    (BASE.replace('type = "float32"', 'type = "bool"\nregister = "coil"')
+     + '[devices.points.current_loop]\nlow = 0.0\nhigh = 10.0\n',
+     "devices[0].points[0].current_loop: 'coil' cannot carry a 4-20 mA loop; use a numeric type on a holding "
+     "or input register"),
+    (BASE.replace('site = "sub-07"', 'site = "sub 07"'),
+     "site: 'sub 07' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} (letters, digits, '_', '.', '-'; at most 64 characters)"),
+    (BASE.replace('site = "sub-07"\n', ''),
+     "site: <missing> is required (the site id used in topics, e.g. \"sub-07\")"),
+    (BASE.replace('asset = "tx1"', 'asset = "tx1/hv"'),
+     "devices[0].points[0].asset: 'tx1/hv' must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} (letters, digits, '_', '.', "
+     "'-'; at most 64 characters)"),
+    (BASE.split("[[devices]]")[0],
+     "devices: <missing> is required (at least one [[devices]] table)"),
+    (BASE.replace('[broker]', '[mqtt]'),
+     "broker: <missing> is required"),
+    (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nprotocol = "mqttv4"\nca'),
+     "broker.protocol: 'mqttv4' must be one of auto, mqttv5, mqttv311"),
+    (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nbatch_max_readings = 5000\nca'),
+     "broker.batch_max_readings: 5000 must be 1..1000"),
+    (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nport = 70000\nca'),
+     "broker.port: 70000 must be 1..65535"),
+])
+def test_bad_input_gives_one_exact_line(folder: Path, text: str, expected: str) -> None:
+    assert error_of(folder, text) == expected
+
+
+def test_broker_given_as_a_string(folder: Path) -> None:
+    text = BASE.replace('[broker]', 'broker = "mqtt.example"\n[mqtt]')
+    assert error_of(folder, text) == "broker: 'mqtt.example' must be a table ([broker])"
+
+
+def test_overlapping_points_on_one_device(folder: Path) -> None:
+    text = BASE + POINT2.format(body='address = 1\ntype = "uint16"')
+    assert error_of(folder, text) == ("devices[0].points[1].address: 1 overlaps devices[0].points[0] "
+                                      "('SENSOR_01', holding 0..1 of device 'tx1')")
+
+
+def test_same_address_in_different_register_types_is_fine(folder: Path) -> None:
+    text = BASE + POINT2.format(body='address = 0\nregister = "input"\ntype = "uint16"')
+    config = load_config(write(folder, text))
+    assert [p.register for p in config.devices[0].points] == ["holding", "input"]
+
+
+def test_adjacent_points_do_not_overlap(folder: Path) -> None:
+    load_config(write(folder, BASE + POINT2.format(body='address = 2\ntype = "float64"')))
+
+
+def test_duplicate_sensor_id_across_devices(folder: Path) -> None:
+    second = BASE.split("[[devices]]", 1)[1].replace('name = "tx1"', 'name = "tx2"', 1).replace('"oil_temp"', '"load"')
+    assert error_of(folder, BASE + "[[devices]]" + second) == (
+        "devices[1].points[0].id: 'SENSOR_01' is already used by devices[0].points[0]; sensor ids must be unique in the file")
+
+
+def test_duplicate_device_name(folder: Path) -> None:
+    second = BASE.split("[[devices]]", 1)[1].replace("SENSOR_01", "SENSOR_02")
+    assert error_of(folder, BASE + "[[devices]]" + second) == (
+        "devices[1].name: 'tx1' is already the name of devices[0]; device names must be unique")
+
+
+def test_duplicate_asset_and_point_name(folder: Path) -> None:
+    text = BASE + POINT2.format(body='address = 10').replace('"winding_temp"', '"oil_temp"')
+    assert error_of(folder, text) == ("devices[0].points[1].name: 'oil_temp' is already a point of asset 'tx1' "
+                                      "(devices[0].points[0]); (asset, name) must be unique")
+
+
+def test_broken_toml_names_line_column_and_text(folder: Path) -> None:
+    text = BASE.replace("address = 0", "address = ")
+    line = text.splitlines().index("address = ") + 1
+    assert error_of(folder, text) == f"{folder / 'sensors.conf'}:{line}:11: 'address =' is not valid TOML: Invalid value"
+
+
+def test_unclosed_string(folder: Path) -> None:
+    text = BASE.replace('name = "oil_temp"', 'name = "oil_temp')
+    line = text.splitlines().index('name = "oil_temp') + 1
+    message = error_of(folder, text)
+    assert message.startswith(f"{folder / 'sensors.conf'}:{line}:")
+    assert message.endswith("'name = \"oil_temp' is not valid TOML: Illegal character '\\n'")
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "nope.conf")
+    assert str(caught.value) == f"config file: '{tmp_path / 'nope.conf'}' cannot be read (No such file or directory)"
+
+
+def test_unreadable_key_file(folder: Path) -> None:
+    text = BASE.replace("pki/edge.key", "pki/missing.key")
+    assert error_of(folder, text) == (f"broker.key: '{folder / 'pki' / 'missing.key'}' cannot be read "
+                                      f"(No such file or directory)")
+
+
+def test_key_path_that_is_a_folder(folder: Path) -> None:
+    text = BASE.replace('"pki/edge.key"', '"pki"')
+    assert error_of(folder, text) == f"broker.key: '{folder / 'pki'}' is not a regular file"
+
+
+def test_world_readable_key_is_refused_with_the_chmod_hint(folder: Path) -> None:
+    key = folder / "pki" / "edge.key"
+    os.chmod(key, 0o644)
+    assert error_of(folder, BASE) == (f"broker.key: '{key}' is accessible to other users (mode 0644); "
+                                      f"run: chmod 600 {key}")
+
+
+def test_group_readable_key_is_accepted_with_a_warning(folder: Path, caplog) -> None:
+    os.chmod(folder / "pki" / "edge.key", 0o640)    # Kubernetes secret volumes mount keys 0440
+    load_config(write(folder, BASE))
+    assert "readable by its group (mode 0640)" in caplog.text
+
+
+def test_key_that_does_not_belong_to_the_certificate(folder: Path) -> None:
+    message = error_of(folder, BASE.replace("pki/edge.key", "pki/other.key"))
+    assert message.startswith(f"broker.key: '{folder / 'pki' / 'other.key'}' is not the PEM private key of "
+                              f"broker.cert '{folder / 'pki' / 'edge.crt'}' (")
+
+
+def test_ca_that_is_not_a_certificate(folder: Path) -> None:
+    (folder / "pki" / "junk.crt").write_text("not a certificate\n")
+    message = error_of(folder, BASE.replace("pki/ca.crt", "pki/junk.crt"))
+    assert message.startswith(f"broker.ca: '{folder / 'pki' / 'junk.crt'}' is not a PEM CA certificate (")
+
+
+def test_check_files_false_skips_the_tls_files(folder: Path) -> None:
+    text = BASE.replace("pki/edge.key", "pki/missing.key")
+    config = load_config(write(folder, text), check_files=False)
+    assert config.broker.key == folder / "pki" / "missing.key"
+
+
+def test_config_error_carries_its_fields(folder: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(write(folder, BASE.replace("address = 0", "address = -1")))
+    assert (caught.value.path, caught.value.value, caught.value.reason) == (
+        "devices[0].points[0].address", -1, "must be 0..65535")
+
+
+def test_parse_config_from_text(folder: Path) -> None:
+    config = parse_config(BASE, folder / "virtual.conf")
+    assert config.source_path == folder / "virtual.conf"
+
+
+def test_config_path_precedence() -> None:
+    assert config_path("/a.conf", {"EMS_SENSORS_CONF": "/b.conf"}) == Path("/a.conf")
+    assert config_path(None, {"EMS_SENSORS_CONF": "/b.conf"}) == Path("/b.conf")
+    assert config_path(None, {}) == DEFAULT_CONFIG_PATH == Path("/etc/ems/sensors.conf")
