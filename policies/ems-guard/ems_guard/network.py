@@ -95,7 +95,7 @@ def _workloads(resources: list[PolicyResource]) -> Iterator[tuple[PolicyResource
             if labels is not UNKNOWN and any(v is UNKNOWN for _, v in labels):
                 labels = UNKNOWN
             yield res, namespace_of(res, get(template.obj, "metadata")), (
-                UNKNOWN if labels is UNKNOWN else {k: v for k, v in labels})
+                UNKNOWN if labels is UNKNOWN else {k: v for k, v in sorted(labels)})
 
 
 def _is_default_deny(spec: Any) -> Any:

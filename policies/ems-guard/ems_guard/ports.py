@@ -76,7 +76,8 @@ def _service_ports(res: Resource, cfg: dict) -> Iterator[str]:
             if port is UNKNOWN:
                 yield unknown_message(res.subject, f"spec.ports[{i}].port")
             elif port not in allowed:
-                yield (f"{res.subject}: spec.ports[{i}].port is {get(entry, 'port')!r}, which is not an allowed port; "
+                shown = port if port is not None else repr(get(entry, "port"))
+                yield (f"{res.subject}: spec.ports[{i}].port is {shown}, which is not an allowed port; "
                        f"use {_allowed_text(cfg)}, or add it to the policy config internalPorts by name.")
 
 
@@ -259,7 +260,7 @@ def _network_policy_ports(res: Resource, cfg: dict) -> Iterator[str]:
                 elif port is not None and port not in allowed:
                     yield f"{res.subject}: {where}.port is {port}, which is not allowed; use {_allowed_text(cfg)}."
                 elif end is not None and end != port:
-                    yield (f"{res.subject}: {where} opens the range {raw}-{end}; "
+                    yield (f"{res.subject}: {where} opens the range {port}-{end}; "
                            "list single allowed ports instead of a range.")
 
 
