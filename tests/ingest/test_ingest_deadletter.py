@@ -1,0 +1,122 @@
+"""Bad payloads and TSDB rejections are dead-lettered with their reason; the worker keeps going."""
+
+from __future__ import annotations
+
+import json
+import queue
+import time
+
+import paho.mqtt.client as paho
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.schema import MAX_PAYLOAD_BYTES, Reading, encode_batch, telemetry_topic
+from ingest_support import Stream, stored
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def dead_letters(broker):
+    """Messages on ems/v1/deadletter/# as (topic, decoded JSON), observed on the plain listener."""
+    got: queue.Queue = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="deadletter-observer", protocol=paho.MQTTv5)
+    client.on_message = lambda c, u, m: got.put((m.topic, json.loads(m.payload)))
+    subscribed = queue.Queue()
+    client.on_subscribe = lambda *a: subscribed.put(True)
+    client.connect("127.0.0.1", broker.plain_port)
+    client.loop_start()
+    client.subscribe("ems/v1/deadletter/#", qos=1)
+    subscribed.get(timeout=10)
+    yield got
+    client.disconnect()
+    client.loop_stop()
+
+
+def _good(site: str, seq: int, ts_ms: int, **overrides: object) -> dict:
+    body = json.loads(encode_batch(site, [Reading(seq, ts_ms, "tx1", "oil_temp", 50.0 + seq, "degC")], ts_ms))
+    body.update(overrides)
+    return body
+
+
+def test_bad_payloads_are_dead_lettered_with_reasons_and_the_worker_keeps_going(ingest_factory, edge, dead_letters,
+                                                                                 prometheus):
+    ingest = ingest_factory()
+    site = "sub-bad"
+    topic = telemetry_topic(site)
+    now = int(time.time() * 1000) - 60_000
+    missing_seq = _good(site, 1, now)
+    del missing_seq["readings"][0]["seq"]
+    nan = json.dumps(_good(site, 2, now)).replace("52.0", "NaN").encode()
+    cases = [
+        ("bad_version", json.dumps(_good(site, 3, now, v=2)).encode()),
+        ("bad_field", json.dumps(missing_seq).encode()),
+        ("bad_value", nan),
+        ("oversized", b"{" + b" " * (MAX_PAYLOAD_BYTES + 10) + b"}"),
+        ("not_json", b"\xff\xfe definitely not json"),
+        ("site_mismatch", json.dumps(_good("other-site", 4, now)).encode()),
+    ]
+    for _, payload in cases:
+        edge.publish_raw(topic, payload)
+    edge.publish(site, [Reading(10, now + 1000, "tx1", "oil_temp", 61.5, "degC")])   # a good one after them
+
+    received = [dead_letters.get(timeout=10) for _ in cases]
+    assert [t for t, _ in received] == [f"ems/v1/deadletter/{reason}" for reason, _ in cases]
+    for (reason, payload), (_, letter) in zip(cases, received):
+        assert letter["reason"] == reason
+        assert letter["topic"] == topic
+        assert letter["payload_bytes"] == len(payload)
+        assert letter["detail"]
+    assert received[3][1]["truncated"] is True
+    assert "payload_b64" in received[4][1]
+    assert json.loads(received[0][1]["payload"])["v"] == 2
+
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 1)
+    assert stored(prometheus, site, now - 1, now + 5000) == {("tx1", "oil_temp"): [(now + 1000, 61.5)]}
+    metrics = ingest.metrics()
+    for reason, _ in cases:
+        assert metrics[f'ems_ingest_dead_letters_total{{reason="{reason}"}}'] == 1
+    assert metrics["ems_ingest_messages_total"] == len(cases) + 1
+    assert ingest.proc.poll() is None
+
+
+def test_samples_the_tsdb_refuses_are_dead_lettered_and_the_rest_written(ingest_factory, edge, dead_letters,
+                                                                         prometheus):
+    ingest = ingest_factory()
+    site = "sub-old"
+    now = int(time.time() * 1000)
+    too_old = now - 40 * 24 * 3600 * 1000            # beyond the 30d out-of-order window
+    # an empty TSDB accepts any first sample; once it holds recent data, 40 days ago is too old
+    edge.publish(site, [Reading(100, now - 1000, "tx2", "load", 1.0, "A")])
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 1)
+    readings = [Reading(1, now - 5000, "tx1", "oil_temp", 40.0, "degC"),
+                Reading(2, too_old, "tx1", "oil_temp", 41.0, "degC"),
+                Reading(3, now - 4000, "tx1", "load", 12.0, "A"),
+                Reading(4, now - 3000, "tx1", "load", None, "A", "device_error")]
+    edge.publish(site, readings)
+    topic, letter = dead_letters.get(timeout=15)
+    assert topic == "ems/v1/deadletter/tsdb_rejected"
+    assert letter["topic"] == telemetry_topic(site)
+    assert [(r["seq"], r["ts_ms"], r["value"]) for r in letter["readings"]] == [(2, too_old, 41.0)]
+    assert "too old" in letter["detail"]
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 3)
+    assert ingest.metric('ems_ingest_readings_total{outcome="rejected"}') == 1
+    assert ingest.metric('ems_ingest_readings_total{outcome="null"}') == 1
+    assert stored(prometheus, site, now - 60_000, now) == {("tx1", "oil_temp"): [(now - 5000, 40.0)],
+                                                           ("tx1", "load"): [(now - 4000, 12.0)],
+                                                           ("tx2", "load"): [(now - 1000, 1.0)]}
+    # a replay of the same message is recognised: nothing is written or dead-lettered again
+    edge.publish(site, readings)
+    ingest.wait_metric("ems_ingest_duplicates_total", lambda v: v == 4)
+    with pytest.raises(queue.Empty):
+        dead_letters.get(timeout=0.5)
+
+
+def test_null_values_are_counted_not_written(ingest_factory, edge, prometheus):
+    ingest = ingest_factory()
+    stream = Stream("sub-null", base_ms=int(time.time() * 1000) - 60_000)
+    readings = [stream.reading(1), Reading(2, stream.base_ms, "tx9", "load", None, "A", "stale")]
+    edge.publish(stream.site, readings)
+    ingest.wait_metric('ems_ingest_readings_total{outcome="null"}', lambda v: v == 1)
+    assert ingest.metric('ems_ingest_readings_total{outcome="written"}') == 1
+    assert set(stored(prometheus, stream.site, stream.base_ms - 1, stream.base_ms + 5000)) == {("tx1", "oil_temp")}
