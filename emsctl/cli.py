@@ -168,12 +168,20 @@ def _load_pack_configs(args: argparse.Namespace, packs: list[str]) -> list[dict[
     return configs
 
 
+def _default_pack() -> str:
+    """``policies/ems-guard`` of the current directory, else of the checkout emsctl runs from."""
+    for base in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (base / DEFAULT_PACK / "PulumiPolicy.yaml").is_file():
+            return str(base / DEFAULT_PACK)
+    return DEFAULT_PACK
+
+
 def _policy(args: argparse.Namespace) -> int:
     from .capture import evaluate_stack, list_stacks, load_project
     from .gate import run_pack
 
     load_project(args.project)  # a bad project is one clean error before anything starts
-    packs = args.pack or [str(Path(args.project) / DEFAULT_PACK)]
+    packs = args.pack or [_default_pack()]
     for pack in packs:
         if not (Path(pack) / "PulumiPolicy.yaml").is_file():
             raise ConfigError("--pack", pack, "is not a policy pack directory (no PulumiPolicy.yaml)")
@@ -182,16 +190,28 @@ def _policy(args: argparse.Namespace) -> int:
     if not stacks:
         raise ConfigError("--all-stacks", args.project, "the project has no stack files")
     started = time.monotonic()
-    runs = []
+    runs, failures = [], []
     for stack in stacks:
-        capture = evaluate_stack(args.project, stack)
+        try:
+            capture = evaluate_stack(args.project, stack)
+        except (ProgramError, ConfigError) as exc:
+            if not args.all_stacks:
+                raise
+            # One broken stack must not hide the others' violations; it still fails the gate.
+            failures.append({"stack": stack, "error": str(exc),
+                             "exit": EXIT_USAGE if getattr(exc, "kind", "run") == "run" else EXIT_CRASH})
+            _err(str(exc))
+            continue
         for pack, config in zip(packs, configs):
             runs.append(run_pack(pack, capture, user_config=config))
-    report = gate_report(runs, len(stacks), time.monotonic() - started)
+    report = gate_report(runs, len(stacks) - len(failures), time.monotonic() - started)
+    report["failedStacks"] = failures
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         _print_gate(report, runs, verbose=args.verbose)
+    if failures:
+        return max(f["exit"] for f in failures)
     return EXIT_VIOLATIONS if report["mandatory"] else EXIT_OK
 
 
