@@ -125,7 +125,8 @@ def _storage_class(res: Resource, _cfg: dict) -> Iterator[str]:
         if value is UNKNOWN:
             yield unknown_message(res.subject, "parameters.encrypted")
         elif as_bool(value) is not True:
-            yield (f"{res.subject}: provisioner {provisioner} with parameters.encrypted {value!r}; set "
+            shown = "unset" if value is None else repr(value)
+            yield (f"{res.subject}: provisioner {provisioner} with parameters.encrypted {shown}; set "
                    "parameters.encrypted: \"true\" (and kmsKeyId) so EBS volumes are encrypted.")
 
 

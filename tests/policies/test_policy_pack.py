@@ -1,0 +1,120 @@
+"""The pack as a whole: metadata conventions, pins, and the pack started as the Pulumi CLI starts it."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+import yaml
+from google.protobuf import empty_pb2, struct_pb2
+from pulumi.runtime.proto import analyzer_pb2, analyzer_pb2_grpc
+from pulumi_policy import EnforcementLevel
+
+from policy_engine import PACK_DIR, POLICIES
+
+ROOT = PACK_DIR.parents[1]
+TESTS = Path(__file__).parent
+VERB = re.compile(r"^(Prohibits|Requires|Restricts|Limits) ")
+
+
+def test_names_descriptions_levels_and_config_defaults() -> None:
+    assert len(POLICIES) >= 40
+    for name, policy in POLICIES.items():
+        assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", name), name
+        assert VERB.match(policy.description), (name, policy.description)
+        assert policy.description.endswith("."), name
+        assert policy.enforcement_level is EnforcementLevel.MANDATORY, name
+        for key, prop in (policy.config_schema.properties.items() if policy.config_schema else []):
+            assert "default" in prop and "type" in prop, (name, key)
+
+
+def test_every_policy_has_tests() -> None:
+    """Each policy name appears in a test module (the tests assert its messages)."""
+    text = "\n".join(p.read_text() for p in TESTS.glob("test_policy_*.py") if p.name != "test_policy_pack.py")
+    missing = [name for name in POLICIES if f'"{name}"' not in text]
+    assert missing == []
+
+
+def test_requirements_pins_match_the_project() -> None:
+    def pins(path: Path) -> dict[str, str]:
+        out = {}
+        for line in path.read_text().splitlines():
+            if "==" in line and not line.startswith("#"):
+                name, version = line.strip().split("==")
+                out[name.lower()] = version
+        return out
+
+    pack, project = pins(PACK_DIR / "requirements.txt"), pins(ROOT / "requirements.txt")
+    assert set(pack) == {"pulumi", "pulumi-policy"}
+    assert {k: project[k] for k in pack} == pack
+
+
+def test_pulumi_policy_yaml() -> None:
+    doc = yaml.safe_load((PACK_DIR / "PulumiPolicy.yaml").read_text())
+    assert doc["runtime"]["name"] == "python"
+    venv = (PACK_DIR / doc["runtime"]["options"]["virtualenv"]).resolve()
+    assert venv == (ROOT / ".venv").resolve()
+    assert (venv / "bin" / "python").exists()
+
+
+def test_main_only_builds_the_pack() -> None:
+    source = (PACK_DIR / "__main__.py").read_text()
+    assert source.count("PolicyPack(") == 1
+    assert "def " not in source
+
+
+@pytest.fixture(scope="module")
+def pack_port() -> int:
+    """Start the pack exactly as the CLI does: `python -u -m pulumi.policy <engine> <pack dir>`."""
+    env = dict(os.environ, PULUMI_CONFIG='{"ems:cloud": "private"}', PULUMI_PROJECT="ems", PULUMI_STACK="dev",
+               PULUMI_DRY_RUN="true")
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", str(PACK_DIR)],
+                            cwd=PACK_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode().strip()  # the SDK prints the port first
+        if not line.isdigit():
+            proc.kill()
+            pytest.fail(f"pack printed {line!r}; stderr: {proc.stderr.read().decode()[-2000:]}")
+        yield int(line)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+def _stub(port: int) -> analyzer_pb2_grpc.AnalyzerStub:
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    grpc.channel_ready_future(channel).result(timeout=20)
+    return analyzer_pb2_grpc.AnalyzerStub(channel)
+
+
+def test_pack_starts_and_describes_every_policy(pack_port: int) -> None:
+    info = _stub(pack_port).GetAnalyzerInfo(empty_pb2.Empty(), timeout=20)
+    assert info.name == "ems-guard"
+    assert sorted(p.name for p in info.policies) == sorted(POLICIES)
+    assert {p.enforcementLevel for p in info.policies} == {analyzer_pb2.MANDATORY}
+
+
+def test_unknown_during_preview_is_a_mandatory_violation_over_grpc(pack_port: int) -> None:
+    props = struct_pb2.Struct()
+    props.update({"metadata": {"name": "x"}, "automountServiceAccountToken": "1c4a061d-8072-4f0a-a4cb-0ff528b18fe7"})
+    request = analyzer_pb2.AnalyzeRequest(type="kubernetes:core/v1:ServiceAccount", properties=props,
+                                          urn="urn:pulumi:dev::ems::kubernetes:core/v1:ServiceAccount::x", name="x")
+    response = _stub(pack_port).Analyze(request, timeout=20)
+    found = [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
+    assert found == [("serviceaccount-token-automount", analyzer_pb2.MANDATORY,
+                      "Requires ServiceAccounts and pods to disable API token automount unless annotated "
+                      "ems.io/needs-api-token: \"true\".\nServiceAccount 'x': cannot verify automountServiceAccountToken "
+                      "because it is unknown during preview; set it from a literal or stack config, or run `pulumi up` "
+                      "only after a preview shows it")]
+
+
+def test_stack_config_reaches_the_pack_process(pack_port: int) -> None:
+    aws = analyzer_pb2.AnalyzerResource(type="aws:s3/bucketV2:BucketV2", urn="urn:pulumi:dev::ems::aws:s3/bucketV2:BucketV2::b",
+                                        name="b", properties=struct_pb2.Struct())
+    response = _stub(pack_port).AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[aws]), timeout=20)
+    assert [d.policyName for d in response.diagnostics] == ["private-cloud-no-aws"]
