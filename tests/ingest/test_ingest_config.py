@@ -1,0 +1,103 @@
+"""Config validation: every error names the field, the value and what is allowed; the CLI exits 2 without a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ingest.config import load_config, parse_config
+from ingest.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
+    for name in ("ca.crt", "tls.crt", "tls.key"):
+        (tmp_path / name).write_text("pem")
+    return tmp_path
+
+
+def _raw(**sections: dict) -> dict:
+    raw = {
+        "broker": {"host": "mqtt.ems.svc", "ca": "ca.crt", "cert": "tls.crt", "key": "tls.key"},
+        "tsdb": {"remote_write_url": "http://tsdb.ems.svc:9090/api/v1/write"},
+        "state": {"dir": "/var/lib/ems-ingest"},
+    }
+    for name, values in sections.items():
+        raw.setdefault(name, {}).update(values)
+    return raw
+
+
+def test_minimal_config_gets_documented_defaults(files: Path) -> None:
+    config = parse_config(_raw(), files)
+    assert config.broker.port == 8883
+    assert config.broker.group == "ems-ingest"
+    assert config.broker.ca == files / "ca.crt"
+    assert config.broker.client_id.startswith("ems-ingest-")
+    assert config.broker.session_expiry_s == 7 * 24 * 3600
+    assert config.tsdb.query_url == "http://tsdb.ems.svc:9090"
+    assert config.metrics.port == 9100
+    assert config.batch.max_readings == 2000
+    assert config.twin_api is None
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"broker": {"port": 70000}}, "broker.port: must be an integer 1..65535 (got 70000)"),
+    ({"broker": {"port": True}}, "broker.port: must be an integer 1..65535 (got True)"),
+    ({"broker": {"group": "a/b"}}, "broker.group: must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} (got 'a/b')"),
+    ({"broker": {"ca": "missing.crt"}}, "broker.ca: must be an existing file (got 'missing.crt')"),
+    ({"broker": {"prot": 1}}, "broker.prot: is not a known setting (got 1)"),
+    ({"tsdb": {"remote_write_url": "tsdb:9090"}},
+     "tsdb.remote_write_url: must be an http:// or https:// URL with a host (got 'tsdb:9090')"),
+    ({"batch": {"max_delay_s": -1}}, "batch.max_delay_s: must be a number 0.0..60.0 (got -1)"),
+    ({"metrics": {"port": "9100"}}, "metrics.port: must be an integer 0..65535 (got '9100')"),
+    ({"twin_api": {"cert": "tls.crt"}}, "twin_api.key: is required (got None)"),
+    ({"extra": {}}, "extra: is not a known setting (got {})"),
+])
+def test_bad_values_name_field_value_and_allowed(files: Path, sections: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_raw(**sections), files)
+    assert str(info.value) == message
+
+
+def test_missing_required_fields(files: Path) -> None:
+    raw = _raw()
+    del raw["broker"]["host"]
+    with pytest.raises(ConfigError, match=r"^broker\.host: is required \(got None\)$"):
+        parse_config(raw, files)
+    raw = _raw()
+    del raw["state"]
+    with pytest.raises(ConfigError, match=r"^state: section is required \(got None\)$"):
+        parse_config(raw, files)
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ingest.cli", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=30)
+
+
+def test_cli_reports_bad_config_in_one_line_with_exit_2(files: Path) -> None:
+    path = files / "ingest.toml"
+    path.write_text('[broker]\nhost = "h"\nca = "ca.crt"\ncert = "tls.crt"\nkey = "tls.key"\nport = 0\n'
+                    '[tsdb]\nremote_write_url = "http://t:9090/api/v1/write"\n[state]\ndir = "s"\n')
+    result = _cli("check-config", "--config", str(path))
+    assert result.returncode == 2
+    assert result.stderr == "ems-ingest: broker.port: must be an integer 1..65535 (got 0)\n"
+    path.write_text(path.read_text().replace("port = 0\n", ""))
+    result = _cli("check-config", "--config", str(path))
+    assert (result.returncode, result.stdout) == (0, f"{path}: ok\n")
+    assert load_config(path).source_path == path
+
+
+def test_cli_reports_unreadable_and_invalid_toml(files: Path) -> None:
+    result = _cli("run", "--config", str(files / "nope.toml"))
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"ems-ingest: --config: file does not exist (got '{files / 'nope.toml'}')"
+    bad = files / "bad.toml"
+    bad.write_text("[broker\n")
+    result = _cli("run", "--config", str(bad))
+    assert result.returncode == 2 and "is not valid TOML" in result.stderr and "Traceback" not in result.stderr

@@ -1,0 +1,65 @@
+"""(site, seq) de-duplication state: interval arithmetic, the pending layer, durability, bounded size."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from ingest.dedup import SeenSeqs, SeqIntervals
+
+
+def test_intervals_merge_touching_ranges() -> None:
+    iv = SeqIntervals()
+    for seq in (5, 7, 6, 1, 2, 10):
+        iv.add(seq)
+    assert iv.pairs() == [(1, 2), (5, 7), (10, 10)]
+    iv.add_range(3, 4)
+    assert iv.pairs() == [(1, 7), (10, 10)]
+    iv.add_range(8, 20)
+    assert iv.pairs() == [(1, 20)]
+    assert 20 in iv and 21 not in iv and 0 not in iv
+    assert iv.high_water_mark == 20
+
+
+def test_intervals_match_a_plain_set_on_random_arrivals() -> None:
+    rng = random.Random(7)
+    iv, reference = SeqIntervals(), set()
+    for _ in range(3000):
+        lo = rng.randint(1, 2000)
+        hi = lo + rng.randint(0, 5)
+        iv.add_range(lo, hi)
+        reference.update(range(lo, hi + 1))
+    assert all((seq in iv) == (seq in reference) for seq in range(0, 2100))
+    pairs = iv.pairs()
+    assert all(a[1] + 1 < b[0] for a, b in zip(pairs, pairs[1:]))      # disjoint and not touching
+    assert SeqIntervals.from_blob(iv.to_blob()).pairs() == pairs
+
+
+def test_pending_is_visible_until_rollback_and_durable_after_commit(tmp_path: Path) -> None:
+    seen = SeenSeqs(tmp_path)
+    seen.mark("s1", 1)
+    seen.mark("s1", 2)
+    assert seen.seen("s1", 2) and not seen.seen("s2", 2)
+    seen.rollback()
+    assert not seen.seen("s1", 1)
+    for seq in (1, 2, 3, 7):
+        seen.mark("s1", seq)
+    seen.mark("s2", 40)
+    seen.commit()
+    seen.close()
+    again = SeenSeqs(tmp_path)
+    assert again.intervals("s1") == [(1, 3), (7, 7)]
+    assert again.high_water_mark("s2") == 40
+    assert again.seen("s1", 3) and not again.seen("s1", 5)
+    assert again.site_count == 2
+
+
+def test_window_is_bounded_by_forgetting_the_oldest_intervals(tmp_path: Path) -> None:
+    seen = SeenSeqs(tmp_path, max_intervals_per_site=3)
+    for seq in (1, 3, 5, 7, 9):                      # five separate intervals (another worker has the gaps)
+        seen.mark("s", seq)
+    seen.commit()
+    assert seen.intervals("s") == [(5, 5), (7, 7), (9, 9)]
+    assert seen.forgotten == 2
+    # a forgotten seq is no longer known: it would be written again (Prometheus ignores the identical sample)
+    assert not seen.seen("s", 1) and seen.seen("s", 9)
