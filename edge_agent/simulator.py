@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from pymodbus.constants import ExcCodes
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -161,13 +162,16 @@ class Simulator:
     """A pymodbus TCP server simulating ``devices`` (each by its ``unit``; host/port are ignored).
 
     Use as ``async with``; ``port=0`` picks a free port (read ``.port`` after start).
-    ``spare`` extra registers (and bits) are readable after each unit's last point.
+    ``spare`` extra registers (and bits) are readable after each unit's last point; beyond
+    them the server answers IllegalDataAddress. ``rtu=True`` speaks RTU framing over TCP
+    (an RS-485 gateway in transparent mode; ``transport = "rtu-over-tcp"`` in the config).
     """
 
     def __init__(self, devices: Sequence[DeviceConfig], *, host: str = "127.0.0.1", port: int = 0,
-                 behaviours: Mapping[int, Behaviour] | None = None, spare: int = 16,
+                 behaviours: Mapping[int, Behaviour] | None = None, spare: int = 16, rtu: bool = False,
                  clock: Callable[[], float] = time.time) -> None:
         self.host = host
+        self.rtu = rtu
         self.port = port
         self.clock = clock
         self.requests: list[RequestRecord] = []
@@ -183,7 +187,7 @@ class Simulator:
                 end = point.address + point.count
                 unit.sizes[point.register] = max(unit.sizes.get(point.register, 0), end)
             for register in ("coil", "discrete", "holding", "input"):
-                unit.sizes[register] = min(unit.sizes.get(register, 0) + spare, 65536)
+                unit.sizes[register] = max(1, min(unit.sizes.get(register, 0) + spare, 65536))
             self._units[device.unit] = unit
         self._server: ModbusTcpServer | None = None
 
@@ -209,7 +213,8 @@ class Simulator:
             )
             for unit in self._units.values()
         ]
-        server = ModbusTcpServer(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu)
+        server = ModbusTcpServer(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu,
+                                 framer=FramerType.RTU if self.rtu else FramerType.SOCKET)
         await server.serve_forever(background=True)
         self._server = server
         sockets = getattr(server.transport, "sockets", None)
