@@ -70,10 +70,10 @@ def test_main_only_builds_the_pack() -> None:
 
 @pytest.fixture(scope="module")
 def pack_port() -> int:
-    """Start the pack exactly as the CLI does: `python -u -m pulumi.policy <engine> <pack dir>`."""
+    """Start the pack exactly as the CLI does: `python -u -m pulumi.policy <engine> .` in the pack directory."""
     env = dict(os.environ, PULUMI_CONFIG='{"ems:cloud": "private"}', PULUMI_PROJECT="ems", PULUMI_STACK="dev",
                PULUMI_DRY_RUN="true")
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", str(PACK_DIR)],
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
                             cwd=PACK_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         line = proc.stdout.readline().decode().strip()  # the SDK prints the port first
@@ -118,3 +118,25 @@ def test_stack_config_reaches_the_pack_process(pack_port: int) -> None:
                                         name="b", properties=struct_pb2.Struct())
     response = _stub(pack_port).AnalyzeStack(analyzer_pb2.AnalyzeStackRequest(resources=[aws]), timeout=20)
     assert [d.policyName for d in response.diagnostics] == ["private-cloud-no-aws"]
+
+
+def test_github_workflow_runs_the_offline_gate_and_the_real_preview() -> None:
+    doc = yaml.safe_load((ROOT / ".github" / "workflows" / "policy.yml").read_text())
+    jobs = doc["jobs"]
+    offline = " ".join(step.get("run", "") for step in jobs["offline-gate"]["steps"])
+    assert "make setup" in offline and ".venv/bin/emsctl policy --all-stacks" in offline
+    preview = jobs["pulumi-preview"]
+    assert any(step.get("uses", "").startswith("pulumi/actions@") for step in preview["steps"])
+    assert "--policy-pack policies/ems-guard" in " ".join(step.get("run", "") for step in preview["steps"])
+    assert preview["strategy"]["matrix"]["stack"] == "${{ fromJSON(needs.stacks.outputs.stacks) }}"
+    assert "needs.stacks.outputs.backend == 'true'" in preview["if"]
+
+
+def test_docs_list_every_policy_with_its_config_defaults() -> None:
+    import json
+
+    doc = (ROOT / "docs" / "policies.md").read_text()
+    for name, policy in POLICIES.items():
+        assert f"`{name}`" in doc, name
+        for key, prop in (policy.config_schema.properties.items() if policy.config_schema else []):
+            assert f"`{key}` = `{json.dumps(prop['default'])}`" in doc, (name, key)

@@ -194,6 +194,7 @@ POLICIES = [
         check=_tsdb_storage,
         config={"tsdbLabels": {"type": "array", "items": {"type": "object"},
                                "default": [{"ems.io/component": "tsdb"}, {"app.kubernetes.io/component": "tsdb"},
+                                           {"app.kubernetes.io/name": "tsdb"},
                                            {"app.kubernetes.io/name": "prometheus"}],
                                "description": "Label sets (any one matching) that mark the TSDB or its claims."},
                 "csiProvisioners": {"type": "array", "items": {"type": "string"},
