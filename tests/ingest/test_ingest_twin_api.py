@@ -1,0 +1,97 @@
+"""The twin read API over real TLS: retained twin topics in, JSON out; PromQL passed through to Prometheus."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from devenv.mosquitto import free_port
+from edge_agent.schema import Reading, encode_twin, twin_topic
+from ingest.mqtt import MqttLink, TlsFiles
+from ingest.remote_write import RemoteWriter, Sample, series_labels
+from ingest.twin_api import TWIN_SUBSCRIPTION, TwinApi
+from ingest_support import EdgePublisher
+
+pytestmark = pytest.mark.integration
+
+
+def _api(broker, pki, prometheus, *, client_ca=None) -> TwinApi:
+    pair = pki.client("twin-api")
+    link = MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, pair.cert, pair.key), "twin-api",
+                    subscriptions=(TWIN_SUBSCRIPTION,), manual_ack=False, persistent=False)
+    return TwinApi(link=link, query_url=prometheus.url, host="127.0.0.1", port=free_port(),
+                   cert=pki.server.cert, key=pki.server.key, client_ca=client_ca)
+
+
+def _get(api: TwinApi, path: str, context: ssl.SSLContext) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{api.port}{path}", context=context, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def _wait(api: TwinApi, path: str, context: ssl.SSLContext, status: int = 200) -> dict:
+    deadline = time.monotonic() + 10
+    while True:
+        got_status, body = _get(api, path, context)
+        if got_status == status or time.monotonic() > deadline:
+            assert got_status == status, body
+            return body
+        time.sleep(0.1)
+
+
+def test_latest_twin_state_and_promql_pass_through_over_tls(broker, pki, prometheus):
+    edge = EdgePublisher(broker, pki, "edge-twin")
+    points = {"oil_temp": {"value": 61.25, "unit": "degC", "quality": "good", "ts_ms": 1_000}}
+    edge.client.publish(twin_topic("sub-07", "tx1"), encode_twin("sub-07", "tx1", 1_000, points), qos=1,
+                        retain=True).wait_for_publish(10)      # retained before the API even starts
+    now = int(time.time() * 1000)
+    reading = Reading(1, now - 1000, "tx1", "oil_temp", 61.25, "degC")
+    RemoteWriter(prometheus.remote_write_url).write([Sample(series_labels("sub-07", reading), reading.ts_ms,
+                                                            reading.value, "sub-07", 1)])
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    with _api(broker, pki, prometheus) as api:
+        twin = _wait(api, "/v1/assets/sub-07/tx1", client)
+        assert (twin["site"], twin["asset"], twin["points"]) == ("sub-07", "tx1", points)
+        points2 = {"oil_temp": {"value": 62.0, "unit": "degC", "quality": "good", "ts_ms": 2_000}}
+        edge.client.publish(twin_topic("sub-07", "tx1"), encode_twin("sub-07", "tx1", 2_000, points2), qos=1,
+                            retain=True).wait_for_publish(10)
+        deadline = time.monotonic() + 10
+        while _get(api, "/v1/assets/sub-07/tx1", client)[1]["ts_ms"] != 2_000 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _get(api, "/v1/assets/sub-07/tx1", client)[1]["points"] == points2
+        assert _get(api, "/v1/assets/sub-07", client) == (200, {"site": "sub-07", "assets": ["tx1"]})
+        assert _get(api, "/v1/assets/sub-07/tx9", client)[0] == 404
+        assert _get(api, "/v1/assets/bad%20site/tx1", client)[0] == 400
+        assert _get(api, "/healthz", client) == (200, {"status": "ok"})
+
+        query = urllib.parse.urlencode({"query": 'ems_reading{site="sub-07"}', "time": f"{now / 1000:.3f}"})
+        status, body = _get(api, f"/v1/query?{query}", client)
+        assert status == 200 and body["status"] == "success"
+        [series] = body["data"]["result"]
+        assert series["metric"]["asset"] == "tx1" and float(series["value"][1]) == 61.25
+        status, body = _get(api, "/v1/query?query=sum(", client)
+        assert status == 400 and body["errorType"] == "bad_data"      # Prometheus' own error, passed through
+        assert _get(api, "/v1/query", client)[0] == 400
+    edge.close()
+
+
+def test_client_certificates_are_required_when_a_client_ca_is_set(broker, pki, prometheus):
+    with _api(broker, pki, prometheus, client_ca=pki.ca) as api:
+        anonymous = ssl.create_default_context(cafile=str(pki.ca))
+        with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+            _get(api, "/healthz", anonymous)
+        pair = pki.client("operator")
+        authenticated = ssl.create_default_context(cafile=str(pki.ca))
+        authenticated.load_cert_chain(str(pair.cert), str(pair.key))
+        assert _wait(api, "/healthz", authenticated) == {"status": "ok"}
+        untrusted = ssl.create_default_context()                   # the system trust store does not know our CA
+        with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+            _get(api, "/healthz", untrusted)
