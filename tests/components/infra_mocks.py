@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import runpy
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pulumi
+import yaml
 
 
 @dataclass
@@ -59,3 +65,70 @@ class RecordingMocks(pulumi.runtime.Mocks):
 
     def of_type(self, typ: str) -> list[Registered]:
         return [r for r in self.resources if r.typ == typ]
+
+
+# --------------------------------------------------------------------------- whole stacks
+
+ROOT = Path(__file__).resolve().parents[2]
+STACKS = ("local", "private-dc1", "aws-us-east-1", "aws-eu-west-1", "global")
+
+
+def stack_config(stack: str) -> dict[str, Any]:
+    """The stack file's config as the Pulumi runtime delivers it: structured values as JSON text."""
+    doc = yaml.safe_load((ROOT / "stacks" / f"Pulumi.{stack}.yaml").read_text()) or {}
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (doc.get("config") or {}).items()}
+
+
+@dataclass
+class Evaluation:
+    stack: str
+    mocks: RecordingMocks
+    outputs: dict[str, Any]
+    secret_outputs: set[str]
+
+    @property
+    def resources(self) -> list[Registered]:
+        return self.mocks.resources
+
+    def of_type(self, typ: str) -> list[Registered]:
+        return self.mocks.of_type(typ)
+
+
+def evaluate_stack(stack: str, overrides: dict[str, Any] | None = None,
+                   stack_outputs: dict[str, dict[str, Any]] | None = None) -> Evaluation:
+    """Run ``__main__.py`` for ``stack`` under mocks; return every resource and the stack outputs."""
+    config = stack_config(stack)
+    for k, v in (overrides or {}).items():
+        if v is None:
+            config.pop(k, None)
+        else:
+            config[k] = v if isinstance(v, str) else json.dumps(v)
+    mocks = RecordingMocks(stack_outputs=stack_outputs or {})
+    pulumi.runtime.set_mocks(mocks, project="ems", stack=stack, preview=False, organization="organization")
+    pulumi.runtime.set_all_config(config)
+    exports: dict[str, Any] = {}
+
+    async def collect() -> tuple[dict[str, Any], set[str]]:
+        values, secrets = {}, set()
+        for key, value in exports.items():
+            out = pulumi.Output.from_input(value)
+            values[key] = await out.future()
+            if await out.is_secret():
+                secrets.add(key)
+        return values, secrets
+
+    def run() -> pulumi.Output[Any]:
+        with mock.patch("pulumi.export", side_effect=exports.__setitem__):
+            runpy.run_path(str(ROOT / "__main__.py"), run_name="__pulumi_main__")
+        return pulumi.Output.from_input(asyncio.ensure_future(collect()))
+
+    result: dict[str, Any] = {}
+    wrapped = pulumi.runtime.test(lambda: run().apply(lambda r: result.update(values=r[0], secrets=r[1])))
+    wrapped()
+    return Evaluation(stack, mocks, result["values"], result["secrets"])
+
+
+def region_outputs_for_global() -> dict[str, dict[str, Any]]:
+    """Evaluate the region stacks named by the global stack file; key their outputs by full name."""
+    names = json.loads(stack_config("global")["ems:regionStacks"])
+    return {f"organization/ems/{n}": evaluate_stack(n).outputs for n in names}
