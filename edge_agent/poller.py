@@ -73,9 +73,11 @@ class DevicePoller:
 
     def __init__(self, device: DeviceConfig, source: ModbusSource, emit: Emit, *, metrics: AgentMetrics,
                  calibrations: Calibrations, clock: Callable[[], float] = time.time,
-                 reconnect_max_s: float = 30.0) -> None:
+                 reconnect_max_s: float = 30.0, stop: asyncio.Event | None = None) -> None:
         self.device = device
         self.reconnect_max_s = reconnect_max_s
+        self.stop = stop
+        self._stopped: asyncio.Future | None = None
         self.source = source
         self.emit = emit
         self.metrics = metrics
@@ -86,7 +88,28 @@ class DevicePoller:
         self.failed_polls = 0
         metrics.init_device(device.name)
 
+    async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
+        """The block's values, or None when ``stop`` was set while waiting for the device
+        (a slow or silent device must not hold up shutdown for its timeouts and retries)."""
+        if self.stop is None:
+            return await self.source.read(block)
+        if self._stopped is None:
+            self._stopped = asyncio.ensure_future(self.stop.wait())
+        read = asyncio.ensure_future(self.source.read(block))
+        await asyncio.wait((read, self._stopped), return_when=asyncio.FIRST_COMPLETED)
+        if read.done():
+            return read.result()
+        read.cancel()
+        await asyncio.gather(read, return_exceptions=True)
+        return None
+
+    def close(self) -> None:
+        if self._stopped is not None:
+            self._stopped.cancel()
+
     async def poll_once(self) -> bool:
+        """One cycle over the read plan; True when the device answered. Returns early (False,
+        nothing counted) when ``stop`` is set while a read is outstanding."""
         device = self.device
         started = time.monotonic()
         plan = list(self.plan)
@@ -96,7 +119,9 @@ class DevicePoller:
             block = plan[index]
             index += 1
             try:
-                values = await self.source.read(block)
+                values = await self._read(block)
+                if values is None:
+                    return False
             except DeviceExceptionResponse as exc:
                 if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
                     log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
@@ -178,14 +203,24 @@ async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics,
     """
     async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
         poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
-                              reconnect_max_s=reconnect_max_s)
-        next_start = time.monotonic()
-        while not stop.is_set():
-            cycle_start = time.monotonic()
-            await poller.poll_once()
-            next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
-                else cycle_start + poller.next_delay()
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_start - time.monotonic()))
-            except asyncio.TimeoutError:
-                pass
+                              reconnect_max_s=reconnect_max_s, stop=stop)
+        try:
+            await _loop(poller, stop)
+        finally:
+            poller.close()
+
+
+async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
+    """Run cycles on a fixed schedule; after failures, wait with backoff from the failed cycle's start."""
+    next_start = time.monotonic()
+    while not stop.is_set():
+        cycle_start = time.monotonic()
+        await poller.poll_once()
+        if stop.is_set():
+            break
+        next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
+            else cycle_start + poller.next_delay()
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_start - time.monotonic()))
+        except asyncio.TimeoutError:
+            pass

@@ -192,10 +192,11 @@ class Simulator:
         self._server: ModbusTcpServer | None = None
 
     @classmethod
-    def default(cls, *, host: str = "127.0.0.1", port: int = 0, config: Path = EXAMPLE_CONFIG) -> "Simulator":
+    def default(cls, *, host: str = "127.0.0.1", port: int = 0, config: Path = EXAMPLE_CONFIG,
+                clock: Callable[[], float] = time.time) -> "Simulator":
         """The devices of the example config, with its legacy PLC (unit 5) slow and rate-limited."""
         devices = load_config(config, check_files=False).devices
-        return cls(devices, host=host, port=port, behaviours=default_behaviours(devices))
+        return cls(devices, host=host, port=port, behaviours=default_behaviours(devices), clock=clock)
 
     # -- lifecycle -------------------------------------------------------------------------
 

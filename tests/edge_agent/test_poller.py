@@ -1,0 +1,285 @@
+"""The poller end to end against the real pymodbus simulator: every type decoded and calibrated,
+loop faults, report by exception, device_error then stale, bad addresses isolated, a dead device
+not slowing the others, reconnect, live calibration."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from edge_agent.calibration import Calibrations, apply_calibration
+from edge_agent.config import AgentConfig, DeviceConfig, load_config
+from edge_agent.metrics import AgentMetrics
+from edge_agent.modbus_source import Backoff, ModbusSource
+from edge_agent.poller import DevicePoller, Observation, run_device
+from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
+from tests.edge_agent.modbus_helpers import device, points, silent_listener
+
+pytestmark = pytest.mark.integration
+FAST = Backoff(base_s=0.02, max_s=0.1, jitter=0.0)
+T_OK = 1_800_000_020.0            # a simulator time when no loop is broken (t % 60 == 20)
+T_BROKEN = 1_800_000_055.0        # t % 60 == 55: the cable_temp loop is in its 10 s wire break
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def example() -> AgentConfig:
+    return load_config(EXAMPLE_CONFIG, check_files=False)
+
+
+def at_port(devices: tuple[DeviceConfig, ...], port: int) -> list[DeviceConfig]:
+    return [dataclasses.replace(d, port=port, retries=0, timeout_s=1.0) for d in devices]
+
+
+async def poll_all(devices: list[DeviceConfig], calibrations: Calibrations, clock: Clock,
+                   metrics: AgentMetrics, rounds: int = 1, between=None) -> list[Observation]:
+    out: list[Observation] = []
+
+    async def emit(o: Observation) -> None:
+        out.append(o)
+
+    sources = [ModbusSource(d, metrics=metrics, backoff=FAST) for d in devices]
+    pollers = [DevicePoller(d, s, emit, metrics=metrics, calibrations=calibrations, clock=clock)
+               for d, s in zip(devices, sources)]
+    try:
+        for r in range(rounds):
+            if between and r:
+                await between(r)
+            for poller in pollers:
+                await poller.poll_once()
+    finally:
+        for s in sources:
+            s.close()
+    return out
+
+
+def tolerance(point) -> float:
+    if point.current_loop:
+        loop = point.current_loop
+        return abs(loop.high - loop.low) / 16 * loop.ma_per_count * point.gain + 1e-9
+    return abs(point.gain) * 0.5 + 1e-4 * abs(signal_for(point)(T_OK)) + 1e-9
+
+
+def test_every_point_of_the_example_decodes_to_the_simulated_value() -> None:
+    config = example()
+    metrics = AgentMetrics(CollectorRegistry())
+
+    async def scenario() -> list[Observation]:
+        async with Simulator.default(clock=Clock(T_OK)) as sim:
+            return await poll_all(at_port(config.devices, sim.port), Calibrations.from_config(config), Clock(T_OK),
+                                  metrics)
+
+    out = asyncio.run(scenario())
+    by_id = {o.sensor_id: o for o in out}
+    every = [(d, p) for d in config.devices for p in d.points]
+    assert sorted(by_id) == sorted(p.id for _, p in every) and len(out) == len(every)
+    for index_device, point in every:
+        index = index_device.points.index(point)
+        expected = signal_for(point, index)(T_OK)
+        got = by_id[point.id]
+        assert got.quality == "good", got
+        assert got.value == pytest.approx(expected, abs=tolerance(point)), (point.id, point.type, got.value, expected)
+        assert (got.asset, got.point, got.unit, got.ts_ms) == (point.asset, point.name, point.unit, int(T_OK * 1000))
+
+
+def test_a_broken_loop_is_reported_as_loop_fault() -> None:
+    config = example()
+    metrics = AgentMetrics(CollectorRegistry())
+    aio = [d for d in config.devices if d.name == "aio1-card"]
+
+    async def scenario() -> list[Observation]:
+        async with Simulator.default(clock=Clock(T_BROKEN)) as sim:
+            return await poll_all(at_port(tuple(aio), sim.port), Calibrations.from_config(config), Clock(T_BROKEN),
+                                  metrics)
+
+    out = {o.sensor_id: o for o in asyncio.run(scenario())}
+    assert out["SENSOR_18"].quality == "loop_fault"
+    assert out["SENSOR_18"].value == pytest.approx(-37.5)        # 2 mA on a -20..120 degC loop
+    assert out["SENSOR_16"].quality == out["SENSOR_17"].quality == "good"
+    assert metrics.registry.get_sample_value("ems_edge_loop_faults_total",
+                                             {"device": "aio1-card", "point": "SENSOR_18"}) == 1.0
+
+
+def test_report_by_exception_and_heartbeat_in_the_poller() -> None:
+    config = example()
+    metrics = AgentMetrics(CollectorRegistry())
+    clock = Clock(T_OK)
+    tx1 = [d for d in config.devices if d.name == "tx1-relay"]
+
+    async def advance(round_no: int) -> None:
+        clock.now += 1.0 if round_no < 3 else 300.0        # rounds 1, 2: a second later; round 3: past every heartbeat
+
+    async def scenario() -> list[Observation]:
+        async with Simulator.default(clock=Clock(T_OK)) as sim:            # the device's values stand still
+            return await poll_all(at_port(tuple(tx1), sim.port), Calibrations.from_config(config), clock, metrics,
+                                  rounds=4, between=advance)
+
+    out = asyncio.run(scenario())
+    per_round = [sum(1 for o in out if o.ts_ms == int(t * 1000)) for t in (T_OK, T_OK + 1, T_OK + 2, T_OK + 302)]
+    assert per_round == [8, 0, 0, 8]
+    assert metrics.registry.get_sample_value("ems_edge_readings_suppressed_total") == 16.0
+
+
+def test_dead_device_emits_device_error_once_then_stale_then_recovers() -> None:
+    dev_points = points(3, type="float32")
+    sim_device = device("d", 0, dev_points)
+    metrics = AgentMetrics(CollectorRegistry())
+    clock = Clock(1000.0)
+    rounds: list[list[Observation]] = []
+
+    async def scenario() -> None:
+        sim = Simulator([sim_device])
+        await sim.start()
+        port = sim.port
+        out: list[Observation] = []
+
+        async def emit(o: Observation) -> None:
+            out.append(o)
+
+        dev = device("d", port, dev_points, retries=1)
+        async with ModbusSource(dev, metrics=metrics, backoff=FAST) as source:
+            poller = DevicePoller(dev, source, emit, metrics=metrics, calibrations=Calibrations(Path("/nonexistent"), {}),
+                                  clock=clock)
+
+            async def poll(advance: float = 1.0) -> None:
+                clock.now += advance
+                out.clear()
+                await poller.poll_once()
+                rounds.append(list(out))
+
+            await poll()                               # good
+            await sim.stop()
+            await poll()                               # device_error
+            await poll()                               # stale
+            await poll()                               # nothing new
+            await poll(advance=61.0)                   # heartbeat: stale again
+            assert poller.failed_polls == 4
+            sim2 = Simulator([sim_device], port=port)
+            await sim2.start()
+            try:
+                await poll()                           # good again
+            finally:
+                await sim2.stop()
+
+    asyncio.run(scenario())
+    summary = [sorted({(o.quality, o.value is None) for o in r}) for r in rounds]
+    assert summary == [[("good", False)], [("device_error", True)], [("stale", True)], [],
+                       [("stale", True)], [("good", False)]]
+    assert [len(r) for r in rounds] == [3, 3, 3, 0, 3, 3]
+    assert metrics.registry.get_sample_value("ems_edge_device_up", {"device": "d"}) == 1.0
+
+
+def test_a_missing_address_is_isolated_and_counted_per_point() -> None:
+    served = points(3)                                  # the device has registers 0..2
+    asked = served + points(1, start=5, prefix="X")     # the config also wants 5: merged into one 0..5 read
+    metrics = AgentMetrics(CollectorRegistry())
+
+    async def scenario() -> tuple[list[Observation], list[int]]:
+        async with Simulator([device("d", 0, served)], spare=0) as sim:
+            out: list[Observation] = []
+
+            async def emit(o: Observation) -> None:
+                out.append(o)
+
+            dev = device("d", sim.port, asked)
+            counts = []
+            async with ModbusSource(dev, metrics=metrics) as source:
+                poller = DevicePoller(dev, source, emit, metrics=metrics,
+                                      calibrations=Calibrations(Path("/nonexistent"), {}), clock=Clock(5.0))
+                assert len(poller.plan) == 1
+                for _ in range(2):
+                    before = sim.request_count()
+                    await poller.poll_once()
+                    counts.append(sim.request_count() - before)
+                assert len(poller.plan) == 4
+            return out, counts
+
+    out, counts = asyncio.run(scenario())
+    assert counts == [5, 4]                             # 1 merged read + 4 single reads, then 4 per poll
+    first = {o.sensor_id: o.quality for o in out[:4]}
+    assert first == {"P000": "good", "P001": "good", "P002": "good", "X000": "device_error"}
+    assert metrics.registry.get_sample_value("ems_edge_modbus_exceptions_total",
+                                             {"device": "d", "point": "X000", "code": "2"}) == 2.0
+    assert metrics.registry.get_sample_value("ems_edge_modbus_exceptions_total",
+                                             {"device": "d", "point": "P000", "code": "2"}) is None
+
+
+def test_a_dead_device_does_not_slow_the_others() -> None:
+    metrics = AgentMetrics(CollectorRegistry())
+    live_points = points(10)
+
+    async def scenario() -> tuple[list[Observation], float]:
+        out: list[Observation] = []
+
+        async def emit(o: Observation) -> None:
+            out.append(o)
+
+        async with Simulator([device("live", 0, live_points)]) as sim, silent_listener() as (mute_port, _):
+            live = device("live", sim.port, live_points, poll_interval_s=0.1)
+            mute = device("mute", mute_port, points(2, prefix="M"), timeout_s=0.5, retries=1, poll_interval_s=0.1)
+            stop = asyncio.Event()
+            cal = Calibrations(Path("/nonexistent"), {})
+            tasks = [asyncio.create_task(run_device(d, emit, metrics=metrics, calibrations=cal, stop=stop, backoff=FAST))
+                     for d in (live, mute)]
+            await asyncio.sleep(1.6)
+            stop.set()
+            started = asyncio.get_running_loop().time()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+            return out, asyncio.get_running_loop().time() - started
+
+    out, stop_latency = asyncio.run(scenario())
+    live_polls = metrics.registry.get_sample_value("ems_edge_polls_total", {"device": "live"})
+    mute_polls = metrics.registry.get_sample_value("ems_edge_polls_total", {"device": "mute"})
+    assert live_polls >= 8, live_polls             # ~16 at 0.1 s; polled one after the other it would be ~2
+    assert mute_polls == 1                         # two 0.5 s timeouts per poll; the second poll is cut by stop
+    assert [(o.sensor_id, o.quality) for o in out if o.sensor_id.startswith("M")] == [
+        ("M000", "device_error"), ("M001", "device_error")]
+    assert metrics.registry.get_sample_value("ems_edge_reads_total", {"device": "mute", "outcome": "timeout"}) >= 2
+    assert stop_latency < 0.4                      # stop does not wait for the mute device's timeouts
+
+
+def test_run_device_follows_calibration_changes_without_restart(tmp_path: Path) -> None:
+    conf = tmp_path / "sensors.conf"
+    shutil.copy(EXAMPLE_CONFIG, conf)
+    config = load_config(conf, check_files=False)
+    cal = Calibrations.from_config(config)
+    metrics = AgentMetrics(CollectorRegistry())
+    tx1 = dataclasses.replace(config.devices[0], poll_interval_s=0.05)
+
+    async def scenario() -> list[Observation]:
+        out: list[Observation] = []
+
+        async def emit(o: Observation) -> None:
+            out.append(o)
+
+        async with Simulator.default(clock=Clock(T_OK)) as sim:
+            stop = asyncio.Event()
+            task = asyncio.create_task(run_device(dataclasses.replace(tx1, port=sim.port), emit, metrics=metrics,
+                                                  calibrations=cal, stop=stop))
+            watcher = asyncio.create_task(cal.watch(stop, interval_s=0.02, metrics=metrics))
+            for _ in range(100):
+                if any(o.sensor_id == "SENSOR_05" for o in out):
+                    break
+                await asyncio.sleep(0.02)
+            await asyncio.to_thread(apply_calibration, conf, "SENSOR_05", offset=10.0)
+            for _ in range(200):
+                if sum(1 for o in out if o.sensor_id == "SENSOR_05") >= 2:
+                    break
+                await asyncio.sleep(0.02)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(task, watcher), 5)
+            return out
+
+    taps = [o.value for o in asyncio.run(scenario()) if o.sensor_id == "SENSOR_05"]
+    assert len(taps) == 2 and taps[1] == taps[0] + 10.0
