@@ -44,7 +44,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
             meta.setdefault("name", f"{name}-x1y2z3")
             outputs["metadata"] = meta
         elif typ.startswith("aws:"):
-            outputs.setdefault("arn", f"arn:aws:{typ.split(':')[1]}:us-east-1:123456789012:{name}")
+            service = typ.split(":")[1].split("/")[0]
+            outputs.setdefault("arn", f"arn:aws:{service}:{pulumi.get_stack()}:123456789012:{name}")
             if typ == "aws:eks/cluster:Cluster":
                 outputs.update(endpoint=f"https://{name}.eks.amazonaws.com", name=outputs.get("name") or name,
                                certificateAuthority={"data": "Q0E="},

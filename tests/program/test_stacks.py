@@ -1,0 +1,258 @@
+"""Every stack file evaluated under Pulumi mocks; assertions on the resource graph."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterator
+
+import pytest
+
+from infra_mocks import STACKS, Evaluation, Registered, evaluate_stack, region_outputs_for_global
+
+WORKLOAD_KINDS = ("kubernetes:apps/v1:Deployment", "kubernetes:apps/v1:StatefulSet")
+HARDENING = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "privileged": False}
+
+_cache: dict[str, Evaluation] = {}
+
+
+def stack(name: str) -> Evaluation:
+    if name not in _cache:
+        outputs = region_outputs_for_global() if name == "global" else None
+        _cache[name] = evaluate_stack(name, stack_outputs=outputs)
+    return _cache[name]
+
+
+REGION_STACKS = [s for s in STACKS if s != "global"]
+
+
+def workloads(ev: Evaluation) -> Iterator[Registered]:
+    for typ in WORKLOAD_KINDS:
+        yield from ev.of_type(typ)
+
+
+def pod_labels(r: Registered) -> dict[str, str]:
+    return r.inputs["spec"]["template"]["metadata"]["labels"]
+
+
+def selects(selector: dict[str, Any], lbls: dict[str, str]) -> bool:
+    return all(lbls.get(k) == v for k, v in (selector.get("matchLabels") or {}).items())
+
+
+@pytest.mark.parametrize("name", STACKS)
+def test_every_stack_evaluates(name: str) -> None:
+    ev = stack(name)
+    assert ev.resources, f"{name}: nothing registered"
+    assert all(r.typ.split(":")[0] in ("aws", "kubernetes", "tls", "ems", "pulumi") for r in ev.resources)
+
+
+@pytest.mark.parametrize("name", ["private-dc1", "local"])
+def test_private_stacks_create_no_aws_resource_and_use_explicit_providers(name: str) -> None:
+    ev = stack(name)
+    aws = [r.urn for r in ev.resources if r.typ.startswith("aws:") or r.typ == "pulumi:providers:aws"]
+    assert aws == [], f"{name}: AWS resources {aws}"
+    k8s = [r for r in ev.resources if r.typ.startswith("kubernetes:")]
+    assert k8s and all(r.provider and "pulumi:providers:kubernetes" in r.provider for r in k8s), \
+        [r.urn for r in k8s if not r.provider]
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_no_external_service_on_1883_or_502(name: str) -> None:
+    for svc in stack(name).of_type("kubernetes:core/v1:Service"):
+        spec = svc.inputs["spec"]
+        ports = {p["port"] for p in spec["ports"]}
+        if spec.get("type") in ("LoadBalancer", "NodePort"):
+            assert ports <= {8883, 443}, f"{svc.urn}: external ports {ports}"
+        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53}, f"{svc.urn}: {ports}"
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_every_workload_pod_is_selected_by_a_non_default_network_policy(name: str) -> None:
+    ev = stack(name)
+    policies = ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    by_ns: dict[str, list[dict[str, Any]]] = {}
+    for p in policies:
+        by_ns.setdefault(p.inputs["metadata"]["namespace"], []).append(p.inputs["spec"])
+    ns = "ems"
+    deny = [s for s in by_ns[ns] if s["podSelector"] == {} and s["policyTypes"] == ["Ingress", "Egress"] and s["ingress"] == [] and s["egress"] == []]
+    assert deny, f"{name}: no default-deny policy in {ns}"
+    for w in workloads(ev):
+        lbls = pod_labels(w)
+        specific = [s for s in by_ns[w.inputs["metadata"]["namespace"]] if s["podSelector"] and selects(s["podSelector"], lbls)]
+        assert specific, f"{w.urn}: no NetworkPolicy selects pods {lbls}"
+    assert "ems-edge-credentials" in by_ns, f"{name}: credentials namespace has no default deny"
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_latency_critical_workloads_require_interconnect_nodes(name: str) -> None:
+    critical = [w for w in workloads(stack(name)) if pod_labels(w).get("ems.io/latency-critical") == "true"]
+    assert critical, f"{name}: the Modbus bridge must be latency-critical"
+    for w in critical:
+        required = w.inputs["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+        expr = required["nodeSelectorTerms"][0]["matchExpressions"][0]
+        assert expr == {"key": "ems.io/pool", "operator": "In", "values": ["interconnect"]}, w.urn
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_tsdb_claims_storage_from_the_csi_class_on_nvme_nodes(name: str) -> None:
+    ev = stack(name)
+    [sc] = ev.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert sc.inputs["volumeBindingMode"] == "WaitForFirstConsumer" and sc.inputs["allowVolumeExpansion"] is True
+    [tsdb] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "tsdb"]
+    [claim] = tsdb.inputs["spec"]["volumeClaimTemplates"]
+    assert claim["spec"]["storageClassName"] == sc.inputs["metadata"]["name"]
+    pod = tsdb.inputs["spec"]["template"]["spec"]
+    assert pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"] == ["nvme"]
+    conf = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "tsdb-config"][0]
+    assert "out_of_order_time_window:" in conf.inputs["data"]["prometheus.yml"]
+    assert "--web.enable-remote-write-receiver" in pod["containers"][0]["args"]
+
+
+def test_aws_storage_class_is_encrypted_gp3_on_the_ebs_csi_driver() -> None:
+    [sc] = stack("aws-us-east-1").of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert sc.inputs["provisioner"] == "ebs.csi.aws.com"
+    assert sc.inputs["parameters"]["type"] == "gp3" and sc.inputs["parameters"]["encrypted"] == "true"
+    [sc] = stack("private-dc1").of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    assert sc.inputs["provisioner"] == "csi.trident.netapp.io"
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_every_container_is_hardened(name: str) -> None:
+    for w in workloads(stack(name)):
+        pod = w.inputs["spec"]["template"]["spec"]
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, w.urn
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert {k: sc[k] for k in HARDENING} == HARDENING, f"{w.urn}/{c['name']}"
+            assert sc["capabilities"] == {"drop": ["ALL"]}, w.urn
+            for part in ("requests", "limits"):
+                assert set(c["resources"][part]) == {"cpu", "memory"}, w.urn
+            assert ":" in c["image"].rsplit("/", 1)[-1] and not c["image"].endswith(":latest"), c["image"]
+        for v in pod.get("volumes", []):
+            if "secret" in v:
+                assert v["secret"]["defaultMode"] <= 0o440, w.urn
+        token = pod["automountServiceAccountToken"]
+        annotated = (w.inputs["spec"]["template"]["metadata"].get("annotations") or {}).get("ems.io/needs-api-token") == "true"
+        assert token is annotated, w.urn
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_service_accounts_mount_tokens_only_when_annotated(name: str) -> None:
+    for sa in stack(name).of_type("kubernetes:core/v1:ServiceAccount"):
+        annotated = (sa.inputs["metadata"].get("annotations") or {}).get("ems.io/needs-api-token") == "true"
+        assert sa.inputs["automountServiceAccountToken"] is annotated, sa.urn
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_rbac_has_no_wildcards(name: str) -> None:
+    ev = stack(name)
+    for typ in ("kubernetes:rbac.authorization.k8s.io/v1:Role", "kubernetes:rbac.authorization.k8s.io/v1:ClusterRole"):
+        for role in ev.of_type(typ):
+            for rule in role.inputs["rules"]:
+                for field in ("apiGroups", "resources", "verbs"):
+                    assert "*" not in rule[field], f"{role.urn}: {field} {rule[field]}"
+            assert all("secrets" not in rule["resources"] for rule in role.inputs["rules"]), role.urn
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_ingest_tier_sysctls_and_thermal_hpa(name: str) -> None:
+    ev = stack(name)
+    [ingest] = [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "ingest"]
+    sysctls = {s["name"]: s["value"] for s in ingest.inputs["spec"]["template"]["spec"]["securityContext"]["sysctls"]}
+    assert sysctls == {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}
+    assert not any("tcp_low_latency" in json.dumps(r.inputs) for r in ev.resources)
+    [hpa] = ev.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa.inputs["metadata"]["labels"]["ems.io/thermal-asset"] == "true"
+    assert hpa.inputs["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    [metric] = hpa.inputs["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == "ems_ingest_messages_per_second"
+    assert metric["pods"]["target"]["type"] == "AverageValue"
+
+
+def test_hpa_target_and_window_come_from_config() -> None:
+    ev = evaluate_stack("local", {"ems:ingestTargetMessagesPerSecond": 1234, "ems:ingestScaleDownStabilizationSeconds": 900})
+    [hpa] = ev.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa.inputs["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 900
+    assert hpa.inputs["spec"]["metrics"][0]["pods"]["target"]["averageValue"] == "1234"
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_one_client_certificate_per_edge_site_and_no_key_in_plain_outputs(name: str) -> None:
+    ev = stack(name)
+    sites = json.loads(evaluate_config(name)["ems:edgeSites"])
+    secrets = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["namespace"] == "ems-edge-credentials"]
+    assert sorted(s.inputs["metadata"]["labels"]["ems.io/edge-site"] for s in secrets) == sorted(sites)
+    assert all(s.inputs["type"] == "kubernetes.io/tls" for s in secrets)
+    cas = [c for c in ev.of_type("tls:index/selfSignedCert:SelfSignedCert")]
+    assert len(cas) == 1 and cas[0].inputs["isCaCertificate"] is True
+    for cert in ev.of_type("tls:index/locallySignedCert:LocallySignedCert"):
+        assert cert.inputs["validityPeriodHours"] <= 398 * 24 and not cert.inputs.get("isCaCertificate")
+    for key, value in ev.outputs.items():
+        assert "PRIVATE KEY" not in json.dumps(value, default=str) or key in ev.secret_outputs, key
+
+
+def evaluate_config(name: str) -> dict[str, str]:
+    from infra_mocks import stack_config
+
+    return stack_config(name)
+
+
+def test_aws_cluster_control_plane_settings() -> None:
+    ev = stack("aws-us-east-1")
+    [cluster] = ev.of_type("aws:eks/cluster:Cluster")
+    vpc = cluster.inputs["vpcConfig"]
+    assert vpc["endpointPrivateAccess"] is True
+    assert "0.0.0.0/0" not in vpc.get("publicAccessCidrs", [])
+    assert cluster.inputs["enabledClusterLogTypes"] == ["api", "audit", "authenticator"]
+    assert cluster.inputs["encryptionConfig"]["resources"] == ["secrets"]
+    [key] = ev.of_type("aws:kms/key:Key")
+    assert key.inputs["enableKeyRotation"] is True
+    assert float(cluster.inputs["version"]) >= 1.26
+    groups = {g.inputs["labels"]["ems.io/pool"]: g for g in ev.of_type("aws:eks/nodeGroup:NodeGroup")}
+    assert {"interconnect", "nvme"} <= set(groups)
+    assert groups["interconnect"].inputs["taints"][0]["effect"] == "NO_SCHEDULE"
+    for lt in ev.of_type("aws:ec2/launchTemplate:LaunchTemplate"):
+        import base64
+        assert "allowedUnsafeSysctls" in base64.b64decode(lt.inputs["userData"]).decode()
+        assert "net.core.somaxconn" in base64.b64decode(lt.inputs["userData"]).decode()
+    [addon] = ev.of_type("aws:eks/addon:Addon")
+    assert addon.inputs["addonName"] == "aws-ebs-csi-driver" and addon.inputs["serviceAccountRoleArn"]
+    subnets = ev.of_type("aws:ec2/subnet:Subnet")
+    assert len({s.inputs["availabilityZone"] for s in subnets if "private" in s.name}) >= 2
+    [provider] = [r for r in ev.resources if r.typ == "pulumi:providers:kubernetes"]
+    assert "kubeconfig" in ev.secret_outputs
+
+
+def test_region_stack_binds_broker_and_gateway_to_its_nlb() -> None:
+    ev = stack("aws-eu-west-1")
+    bindings = ev.of_type("kubernetes:elbv2.k8s.aws/v1beta1:TargetGroupBinding")
+    assert sorted(b.inputs["spec"]["serviceRef"]["port"] for b in bindings) == [443, 8883]
+    assert sorted(l.inputs["port"] for l in ev.of_type("aws:lb/listener:Listener")) == [443, 8883]
+    [nlb] = ev.of_type("aws:lb/loadBalancer:LoadBalancer")
+    assert nlb.inputs["loadBalancerType"] == "network"
+    assert {"nlb_arn", "nlb_dns_name", "nlb_zone_id", "region"} <= set(ev.outputs)
+
+
+def test_global_stack_joins_every_region() -> None:
+    ev = stack("global")
+    refs = ev.of_type("pulumi:pulumi:StackReference")
+    assert sorted(r.inputs["name"] for r in refs) == ["organization/ems/aws-eu-west-1", "organization/ems/aws-us-east-1"]
+    listeners = ev.of_type("aws:globalaccelerator/listener:Listener")
+    assert sorted(l.inputs["portRanges"][0]["fromPort"] for l in listeners) == [443, 8883]
+    groups = ev.of_type("aws:globalaccelerator/endpointGroup:EndpointGroup")
+    assert len(groups) == 4
+    assert {g.inputs["endpointGroupRegion"] for g in groups} == {"us-east-1", "eu-west-1"}
+    assert all(g.inputs["healthCheckProtocol"] == "TCP" for g in groups)
+    regions = region_outputs_for_global()
+    assert {g.inputs["endpointConfigurations"][0]["endpointId"] for g in groups} == {o["nlb_arn"] for o in regions.values()}
+    assert len({o["nlb_arn"] for o in regions.values()}) == 2
+    [provider] = [r for r in ev.resources if r.typ == "pulumi:providers:aws"]
+    assert provider.inputs["region"] == "us-west-2"
+    records = ev.of_type("aws:route53/record:Record")
+    assert len(records) == 4 and all(r.inputs["healthCheckId"] for r in records)
+
+
+def test_bad_stack_config_fails_with_one_clean_line() -> None:
+    import pulumi
+
+    with pytest.raises(pulumi.RunError, match=r"^ems:kubernetesVersion: 1\.24 is below the supported minimum 1\.26$"):
+        evaluate_stack("aws-us-east-1", {"ems:kubernetesVersion": "1.24"})
