@@ -1,4 +1,6 @@
-"""Test helpers for the ingest area: a config writer, an ingest process handle and an edge-side publisher.
+"""Test helpers for the ingest area: an edge-side publisher, a deterministic stream and exact sample checks.
+
+``IngestProcess`` (``ems-ingest run`` as a subprocess) comes from ``devenv.demo_pipeline``.
 
 The publisher speaks the real wire format (``edge_agent.schema.encode_batch``) over
 mTLS with QoS 1 and waits for each PUBACK, as the edge agent does.
@@ -6,130 +8,20 @@ mTLS with QoS 1 and waits for each PUBACK, as the edge agent does.
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
+from devenv.demo_pipeline import IngestProcess
+from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki
 from devenv.prometheus import PrometheusServer
 from edge_agent.schema import Reading, encode_batch, telemetry_topic
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def write_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
-                 client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
-                 max_readings: int = 500, max_delay_s: float = 0.05, extra: str = "") -> Path:
-    pair = pki.client(client_id)
-    path.write_text(f"""
-shutdown_grace_s = 5
-[broker]
-host = "127.0.0.1"
-port = {broker.tls_port}
-ca = "{pki.ca}"
-cert = "{pair.cert}"
-key = "{pair.key}"
-client_id = "{client_id}"
-group = "{group}"
-session_expiry_s = 3600
-receive_maximum = 200
-[tsdb]
-remote_write_url = "{prometheus.remote_write_url}"
-timeout_s = 2
-max_backoff_s = 0.5
-[batch]
-max_readings = {max_readings}
-max_delay_s = {max_delay_s}
-[state]
-dir = "{state_dir}"
-[metrics]
-host = "127.0.0.1"
-port = {metrics_port}
-{extra}
-""")
-    return path
-
-
-class IngestProcess:
-    """``ems-ingest run`` as a subprocess (so SIGKILL is a real crash)."""
-
-    def __init__(self, workdir: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
-                 client_id: str = "ingest-0", **config: object) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.workdir = workdir
-        self.metrics_port = free_port()
-        self.config_path = write_config(workdir / "ingest.toml", broker=broker, pki=pki, prometheus=prometheus,
-                                        client_id=client_id, state_dir=workdir / "state",
-                                        metrics_port=self.metrics_port, **config)  # type: ignore[arg-type]
-        self.log_path = workdir / "ingest.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> "IngestProcess":
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "--log-level", "debug", "run",
-                                      "--config", str(self.config_path)], cwd=REPO, stdout=log,
-                                     stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
-        log.close()
-        wait_for_port(self.metrics_port, 15, self.proc)
-        self.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=15)
-        return self
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def metrics(self) -> dict[str, float]:
-        """The /metrics samples as ``{'name{labels}': value}``."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
-
-    def metric(self, key: str) -> float:
-        return self.metrics().get(key, 0.0)
-
-    def wait_metric(self, key: str, predicate, timeout: float = 20) -> float:
-        deadline = time.monotonic() + timeout
-        value = None
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                value = self.metric(key)
-                if predicate(value):
-                    return value
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{key} = {value} after {timeout}s\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+__all__ = ["IngestProcess", "EdgePublisher", "Stream", "stored", "lost_and_duplicated", "promql_count"]
 
 
 class EdgePublisher:
@@ -213,7 +105,6 @@ def lost_and_duplicated(prometheus: PrometheusServer, stream: Stream, last_seq: 
                 lost += 1
         duplicated += sum(c - 1 for c in seen.values())
         wrong += sum(1 for ts in seen if ts not in points)
-    # the count PromQL itself reports (count_over_time over raw samples) must agree
     return lost, duplicated, wrong
 
 

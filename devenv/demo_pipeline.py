@@ -1,0 +1,283 @@
+"""Pipeline demo: simulator → edge agent → Mosquitto (mTLS) → ems-ingest → Prometheus → PromQL.
+
+    python -m devenv.demo_pipeline [--seconds 12] [--workdir DIR]
+
+Starts, all on 127.0.0.1 and free ports: a throw-away PKI, Mosquitto, a real
+Prometheus (remote-write receiver, 30d out-of-order window), the Modbus
+simulator, the edge agent with ``edge_agent/examples/sensors.conf`` (copied into
+the work folder with its ports and paths rewritten), one ingest worker
+(``ems-ingest run``) and the twin API (``ems-ingest twin-api``). After
+``--seconds`` it stops the agent (SIGTERM flushes its spool), waits for the
+ingest to drain, and prints PromQL results with their values, the comparison
+with the agent's audit log (lost / duplicated), the ingest's own metrics and
+one asset's twin read over HTTPS.
+
+``write_ingest_config()`` and ``IngestProcess`` are reused by the ingest tests
+and benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
+from devenv.pki import LocalPki, make_pki
+from devenv.prometheus import PrometheusServer
+
+__all__ = ["write_ingest_config", "IngestProcess", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
+                        client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
+                        max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
+                        twin_api_port: int | None = None) -> Path:
+    """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``."""
+    pair = pki.client(client_id)
+    twin = ""
+    if twin_api_port is not None:
+        twin = (f'[twin_api]\nhost = "127.0.0.1"\nport = {twin_api_port}\ncert = "{pki.server.cert}"\n'
+                f'key = "{pki.server.key}"\nclient_id = "{client_id}-twin"\n')
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"""shutdown_grace_s = 5
+[broker]
+host = "127.0.0.1"
+port = {broker.tls_port}
+ca = "{pki.ca}"
+cert = "{pair.cert}"
+key = "{pair.key}"
+client_id = "{client_id}"
+group = "{group}"
+session_expiry_s = 3600
+receive_maximum = {receive_maximum}
+[tsdb]
+remote_write_url = "{prometheus.remote_write_url}"
+timeout_s = 2
+max_backoff_s = 0.5
+[batch]
+max_readings = {max_readings}
+max_delay_s = {max_delay_s}
+[state]
+dir = "{state_dir}"
+[metrics]
+host = "127.0.0.1"
+port = {metrics_port}
+{twin}""")
+    return path
+
+
+def _ems_ingest() -> list[str]:
+    script = Path(sys.executable).parent / "ems-ingest"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "ingest.cli"]
+
+
+class IngestProcess:
+    """``ems-ingest run`` as a subprocess (SIGKILL is a real crash), with its /metrics readable."""
+
+    def __init__(self, workdir: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
+                 client_id: str = "ingest-0", **config: object) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir = workdir
+        self.metrics_port = free_port()
+        self.config_path = write_ingest_config(workdir / "ingest.toml", broker=broker, pki=pki,
+                                               prometheus=prometheus, client_id=client_id,
+                                               state_dir=workdir / "state", metrics_port=self.metrics_port,
+                                               **config)  # type: ignore[arg-type]
+        self.log_path = workdir / "ingest.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, command: str = "run") -> "IngestProcess":
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        self.proc = subprocess.Popen(_ems_ingest() + ["--log-level", "debug", command, "--config",
+                                                      str(self.config_path)],
+                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
+        log.close()
+        if command == "run":
+            wait_for_port(self.metrics_port, 15, self.proc)
+            self.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=15)
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples as ``{'name{labels}': value}``."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def metric(self, key: str) -> float:
+        return self.metrics().get(key, 0.0)
+
+    def wait_metric(self, key: str, predicate: Callable[[float], bool], timeout: float = 20) -> float:
+        deadline = time.monotonic() + timeout
+        value = None
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                value = self.metric(key)
+                if predicate(value):
+                    return value
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"{key} = {value} after {timeout}s\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
+
+
+def _audited(path: Path) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for line in path.read_bytes().splitlines():
+        body = json.loads(line[9:])
+        if body["k"] == "r":
+            out[body["seq"]] = body
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=12.0)
+    parser.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ems-demo-pipeline-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    print(f"work folder: {workdir}")
+    pki = make_pki(workdir / "pki")
+    broker = MosquittoBroker(workdir / "broker", pki)
+    prometheus = PrometheusServer(workdir / "prometheus")
+    sim_port = free_port()
+    sim = SimulatorProcess(workdir, sim_port)
+    site_config = write_agent_config(workdir / "site", pki, broker_port=broker.tls_port, modbus_port=sim_port)
+    agent = AgentProcess(site_config)
+    twin_port = free_port()
+    ingest = IngestProcess(workdir / "ingest", broker=broker, pki=pki, prometheus=prometheus,
+                           twin_api_port=twin_port)
+    twin_api = IngestProcess(workdir / "twin-api", broker=broker, pki=pki, prometheus=prometheus,
+                             client_id="twin-api", twin_api_port=twin_port)
+    try:
+        broker.start()
+        print(f"mosquitto:  mTLS on 127.0.0.1:{broker.tls_port}")
+        prometheus.start()
+        print(f"prometheus: {prometheus.url} (remote write {prometheus.remote_write_url})")
+        sim.start()
+        print(f"simulator:  Modbus TCP on 127.0.0.1:{sim_port}")
+        ingest.start()
+        print(f"ingest:     ems-ingest run --config {ingest.config_path} (metrics :{ingest.metrics_port})")
+        twin_api.start("twin-api")
+        wait_for_port(twin_port, 15, twin_api.proc)
+        print(f"twin API:   https://127.0.0.1:{twin_port}")
+        agent.start()
+        print(f"edge agent: ems-edge run --config {site_config} (for {args.seconds:.0f}s)")
+        time.sleep(args.seconds)
+        code = agent.stop()
+        print(f"edge agent exited with code {code} after SIGTERM")
+        audited = _audited(site_config.parent / "telemetry-audit.log")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            handled = sum(ingest.metric(f'ems_ingest_readings_total{{outcome="{o}"}}') for o in ("written", "null"))
+            if handled >= len(audited):
+                break
+            time.sleep(0.2)
+        return _report(prometheus, ingest, audited, twin_port, pki)
+    finally:
+        agent.stop()
+        twin_api.stop()
+        ingest.stop()
+        sim.stop()
+        prometheus.stop()
+        broker.stop()
+
+
+def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[int, dict], twin_port: int,
+            pki: LocalPki) -> int:
+    client = prometheus.client()
+    now = time.time()
+    query = 'ems_reading{site="sub-07"}'
+    print(f"\nPromQL> {query}")
+    for item in sorted(client.query(query, at=now), key=lambda i: (i["metric"]["asset"], i["metric"]["point"])):
+        m = item["metric"]
+        ts, value = item["value"]
+        print(f"  {m['asset']:<8} {m['point']:<20} {float(value):>12.4g} {m.get('unit', ''):<5} "
+              f"quality={m['quality']:<10} ts={time.strftime('%H:%M:%S', time.gmtime(float(ts)))}")
+    count_q = 'sum by (asset) (count_over_time(ems_reading{site="sub-07"}[10m]))'
+    print(f"\nPromQL> {count_q}")
+    for item in sorted(client.query(count_q, at=now), key=lambda i: i["metric"]["asset"]):
+        print(f"  {item['metric']['asset']:<8} {int(float(item['value'][1])):>5} samples")
+
+    expected = {(r["asset"], r["point"], r["q"], r["ts_ms"]): float(r["value"])
+                for r in audited.values() if r["value"] is not None}
+    times = [r["ts_ms"] for r in audited.values()] or [int(now * 1000)]
+    raw = client.raw_samples('ems_reading{site="sub-07"}', min(times) - 1, max(times) + 1)
+    stored: dict[tuple[str, str, str, int], list[float]] = {}
+    for key, samples in raw.items():
+        labels = dict(key)
+        for ts, value in samples:
+            stored.setdefault((labels["asset"], labels["point"], labels["quality"], ts), []).append(value)
+    lost = sum(1 for k in expected if k not in stored)
+    duplicated = sum(len(v) - 1 for v in stored.values())
+    wrong = sum(1 for k, v in expected.items() if k in stored and stored[k][0] != v)
+    nulls = sum(1 for r in audited.values() if r["value"] is None)
+    print(f"\naudited readings: {len(audited)} ({nulls} null, not written); samples expected: {len(expected)}; "
+          f"stored: {sum(len(v) for v in stored.values())}; lost: {lost}; duplicated: {duplicated}; "
+          f"wrong value: {wrong}")
+    m = ingest.metrics()
+    print("ingest: " + ", ".join(f"{k}={m.get(k, 0):g}" for k in (
+        "ems_ingest_messages_total", 'ems_ingest_readings_total{outcome="written"}',
+        'ems_ingest_readings_total{outcome="null"}', "ems_ingest_duplicates_total",
+        "ems_ingest_messages_per_second", "ems_ingest_write_duration_seconds_count")))
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    try:
+        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/assets/sub-07/tx1", context=context,
+                                    timeout=5) as resp:
+            twin = json.load(resp)
+        points = ", ".join(f"{p}={v.get('value')}" for p, v in sorted(twin["points"].items()))
+        print(f"twin API> GET /v1/assets/sub-07/tx1 → {points}")
+        q = urllib.parse.urlencode({"query": 'count(ems_reading{site="sub-07"})'})
+        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/query?{q}", context=context,
+                                    timeout=5) as resp:
+            print(f"twin API> GET /v1/query?{q} → {json.load(resp)['data']['result'][0]['value'][1]} series")
+    except (OSError, KeyError, IndexError) as exc:
+        print(f"twin API: {exc}")
+    ok = bool(expected) and lost == 0 and duplicated == 0 and wrong == 0
+    print("RESULT:", "OK" if ok else "PROBLEM")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
