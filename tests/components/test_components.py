@@ -1,0 +1,149 @@
+"""Components under Pulumi mocks: validation first (messages verbatim), children, providers, outputs."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pulumi
+import pytest
+
+from infra_mocks import RecordingMocks
+
+MOCKS = RecordingMocks()
+pulumi.runtime.set_mocks(MOCKS, project="ems", stack="test", preview=False)
+
+import pulumi_kubernetes as k8s  # noqa: E402  (after the mocks)
+
+from components.api_gateway import ApiGateway, ApiGatewayArgs  # noqa: E402
+from components.aws_ingress import Backend, RegionalIngress, RegionalIngressArgs  # noqa: E402
+from components.aws_network import plan_subnets  # noqa: E402
+from components.eks_cluster import EksCluster, EksClusterArgs, node_user_data  # noqa: E402
+from components.global_lb import GlobalLoadBalancer, GlobalLoadBalancerArgs  # noqa: E402
+from components.ingest import IngestArgs, IngestWorkers  # noqa: E402
+from components.k8s_common import ComponentArgsError  # noqa: E402
+from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs  # noqa: E402
+from components.pki import Pki, PkiArgs, ServerCert  # noqa: E402
+from components.settings import DEFAULT_NODE_GROUPS, ModbusGateway, NodeGroupSettings  # noqa: E402
+
+SERVER = ServerCert("broker", "broker.ems.svc", ("broker.ems.svc",), "broker-tls")
+
+
+@pytest.fixture(autouse=True)
+def fresh() -> None:
+    MOCKS.resources.clear()
+
+
+def test_ingest_rejects_min_above_max() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^ingest: min_replicas must not exceed max_replicas 2 \(got 5\)$"):
+        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker",
+                                           remote_write_url="http://tsdb", min_replicas=5, max_replicas=2))
+    assert MOCKS.resources == []
+
+
+def test_pki_rejects_leaf_longer_than_398_days() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^pki: leaf_validity_hours must be 1\.\.9552 \(398 days\) \(got 10000\)$"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), leaf_validity_hours=10000))
+
+
+def test_pki_rejects_duplicate_identities() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique \(including in_cluster_clients\)"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), edge_sites=("a",), in_cluster_clients=("a",)))
+
+
+def test_gateway_rejects_node_port() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^api: external_service_type must be LoadBalancer or ClusterIP \(got 'NodePort'\)$"):
+        ApiGateway("api", ApiGatewayArgs(namespace="ems", image="envoyproxy/envoy:v1", tls_secret="t", tsdb_host="tsdb",
+                                         external_service_type="NodePort"))
+
+
+def test_bridge_checks_sensors_conf_with_the_edge_agent_parser() -> None:
+    bad = ModbusGateway("gw", "10.0.0.1", points_json=json.dumps([{"id": "S1", "asset": "a", "name": "n", "address": 70000}]))
+    with pytest.raises(ComponentArgsError, match=r"devices\[0\]\.points\[0\]\.address: 70000 must be 0\.\.65535"):
+        ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                                broker_host="broker", tls_secret="t", storage_class="sc", gateways=(bad,)))
+
+
+def test_eks_rejects_old_versions_open_endpoints_and_missing_pools() -> None:
+    base = dict(region="eu-west-1", vpc_id="vpc-1", private_subnet_ids=["subnet-a", "subnet-b"], node_groups=DEFAULT_NODE_GROUPS)
+    with pytest.raises(ComponentArgsError, match=r"^cluster: version is below the supported minimum 1\.26 \(got '1\.25'\)$"):
+        EksCluster("cluster", EksClusterArgs(**base, version="1.25"))
+    with pytest.raises(ComponentArgsError, match=r"public_endpoint_cidrs must not open the API to the whole internet"):
+        EksCluster("cluster", EksClusterArgs(**base, public_endpoint_cidrs=("0.0.0.0/0",)))
+    only_general = (NodeGroupSettings("g", "general", ("m6i.large",), 1, 2, 1),)
+    with pytest.raises(ComponentArgsError, match=r"node_groups must include a interconnect pool"):
+        EksCluster("cluster", EksClusterArgs(**{**base, "node_groups": only_general}))
+    assert MOCKS.resources == []
+
+
+def test_ingress_exposes_only_8883_and_443() -> None:
+    with pytest.raises(ComponentArgsError, match=r"backends\[broker\]\.port must be 8883 or 443"):
+        RegionalIngress("ingress", RegionalIngressArgs(
+            cluster_name="c", region="eu-west-1", vpc_id="v", vpc_cidr="10.0.0.0/16", public_subnet_ids=["s"],
+            node_security_group_id="sg", lb_controller_role_arn="r", namespace="ems", backends=(Backend("broker", 1883, "broker"),)))
+
+
+def test_global_lb_needs_a_region() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^global: regions must list at least one region \(got \(\)\)$"):
+        GlobalLoadBalancer("global", GlobalLoadBalancerArgs(regions=()))
+
+
+def test_subnet_plan_stays_inside_the_vpc_without_overlap() -> None:
+    import ipaddress
+
+    private, public = plan_subnets("10.40.0.0/16", 3)
+    nets = [ipaddress.ip_network(c) for c in private + public]
+    assert all(n.subnet_of(ipaddress.ip_network("10.40.0.0/16")) for n in nets)
+    assert not any(a.overlaps(b) for i, a in enumerate(nets) for b in nets[i + 1:])
+    assert private[0] == "10.40.0.0/19" and public[0] == "10.40.128.0/21"
+
+
+def test_node_user_data_allows_somaxconn() -> None:
+    text = base64.b64decode(node_user_data(["net.core.somaxconn"])).decode()
+    assert "kind: NodeConfig" in text and "allowedUnsafeSysctls:\n        - net.core.somaxconn" in text
+
+
+def run(build) -> None:
+    """Build under the mock runtime and wait until every registration has finished."""
+    pulumi.runtime.test(lambda: pulumi.Output.from_input(build()))()
+
+
+def test_pki_children_are_parented_named_and_keys_stay_secret() -> None:
+    def build():
+        provider = k8s.Provider("k", render_yaml_to_directory="out/test")
+        pki = Pki("pki", PkiArgs(namespace="ems", client_namespace="creds", servers=(SERVER,), edge_sites=("s1", "s2")),
+                  opts=pulumi.ResourceOptions(providers=[provider]))
+        return pki.client_secrets
+
+    run(build)
+    names = [r.name for r in MOCKS.resources]
+    assert {"pki-ca-key", "pki-ca", "pki-broker-cert", "pki-site-s1-cert", "pki-site-s2-secret"} <= set(names)
+    secrets = [r for r in MOCKS.of_type("kubernetes:core/v1:Secret")]
+    assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in secrets), [r.urn for r in secrets]
+    client = [r for r in secrets if r.inputs["metadata"]["namespace"] == "creds"]
+    assert len(client) == 2 and all(r.inputs["type"] == "kubernetes.io/tls" for r in client)
+    certs = MOCKS.of_type("tls:index/locallySignedCert:LocallySignedCert")
+    uses = {r.name: r.inputs["allowedUses"] for r in certs}
+    assert "server_auth" in uses["pki-broker-cert"] and "client_auth" in uses["pki-site-s1-cert"]
+    keys = MOCKS.of_type("tls:index/privateKey:PrivateKey")
+    assert all(k.inputs["algorithm"] == "ECDSA" for k in keys)
+
+
+def test_bridge_is_latency_critical_and_pinned_to_interconnect() -> None:
+    gw = ModbusGateway("gw", "10.0.0.1", 502, 1, json.dumps([{"id": "S1", "asset": "a", "name": "n", "address": 3}]))
+    got: list[object] = []
+
+    def build():
+        bridge = ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                                         broker_host="broker", tls_secret="t", storage_class="sc", gateways=(gw,)))
+        return bridge.gateway_addresses.apply(got.append)
+
+    run(build)
+    assert got == [["10.0.0.1:502"]]
+    [sts] = MOCKS.of_type("kubernetes:apps/v1:StatefulSet")
+    pod = sts.inputs["spec"]["template"]
+    assert pod["metadata"]["labels"]["ems.io/latency-critical"] == "true"
+    terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [{"matchExpressions": [{"key": "ems.io/pool", "operator": "In", "values": ["interconnect"]}]}]
+    [conf] = MOCKS.of_type("kubernetes:core/v1:ConfigMap")
+    assert 'host = "10.0.0.1"' in conf.inputs["data"]["sensors.conf"]
