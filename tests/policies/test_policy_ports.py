@@ -171,3 +171,31 @@ def test_global_accelerator_listener() -> None:
     assert check("global-accelerator-listener-ports", GA,
                  {"protocol": "TCP", "portRanges": [{"fromPort": 1, "toPort": 65535}]}, name="l") == [
         "Listener 'l': portRanges[0] is 1-65535; a listener may only accept [443, 8883], one port per range."]
+
+
+def test_split_internet_cidrs_count_as_public() -> None:
+    props = {"ingress": [{"protocol": "tcp", "fromPort": 22, "toPort": 22,
+                          "cidrBlocks": ["0.0.0.0/1", "128.0.0.0/1"]}]}
+    assert check("security-group-public-ingress", SG, props, name="sg") == [
+        "SecurityGroup 'sg': ingress[0] opens port 22 to ['0.0.0.0/1', '128.0.0.0/1']; only [443, 8883] may be open "
+        "to the internet. Restrict the CIDRs to known networks or use an allowed port."]
+    private = {"ingress": [{"protocol": "tcp", "fromPort": 22, "toPort": 22, "cidrBlocks": ["10.0.0.0/8"]}]}
+    assert check("security-group-public-ingress", SG, private) == []
+
+
+def test_gateway_listeners() -> None:
+    gw = "kubernetes:gateway.networking.k8s.io/v1:Gateway"
+    ok = {"spec": {"gatewayClassName": "x", "listeners": [{"name": "https", "port": 443, "protocol": "HTTPS"}]}}
+    assert check("ingress-ports", gw, ok) == []
+    bad = {"spec": {"listeners": [{"name": "https", "port": 443}, {"name": "mqtt", "port": 1883, "protocol": "TCP"}]}}
+    assert check("ingress-ports", gw, bad, name="gw") == [
+        "Gateway 'gw': spec.listeners[1].port is 1883; a Gateway may only expose [443, 8883]."]
+
+
+def test_lb_listener_ports() -> None:
+    listener = "aws:lb/listener:Listener"
+    assert check("lb-listener-ports", listener, {"port": 8883, "protocol": "TCP"}) == []
+    assert check("lb-listener-ports", listener, {"port": 1883, "protocol": "TCP"}, name="mqtt") == [
+        "Listener 'mqtt': port is 1883; load balancer listeners may only accept [443, 8883] (1883/502 never leave "
+        "the cluster)."]
+    assert "cannot verify port" in check("lb-listener-ports", listener, {"port": UNKNOWN_NUMBER_VALUE})[0]

@@ -276,3 +276,41 @@ def test_container_fixture_is_compliant_for_other_images() -> None:
     # guards the fixtures: the init container uses a bare Docker Hub name
     assert container("x", "eclipse-mosquitto:2.0.18")["image"] == "eclipse-mosquitto:2.0.18"
     assert template_spec(workload("Pod"), "Pod")["containers"][0]["name"] == "app"
+
+
+@pytest.mark.parametrize("where,ctx,expected", [
+    ("container", {"procMount": "Unmasked"}, "securityContext.procMount is 'Unmasked'"),
+    ("container", {"seLinuxOptions": {"type": "spc_t"}}, "seLinuxOptions.type is 'spc_t' at the container level"),
+    ("pod", {"seLinuxOptions": {"type": "unconfined_t"}}, "seLinuxOptions.type is 'unconfined_t' at the pod level"),
+    ("container", {"appArmorProfile": {"type": "Unconfined"}}, "appArmorProfile.type is 'Unconfined'"),
+    ("container", {"windowsOptions": {"hostProcess": True}}, "windowsOptions.hostProcess is set"),
+])
+def test_privileged_equivalents(where: str, ctx: dict, expected: str) -> None:
+    obj = workload()
+    target = first_container(obj)["securityContext"] if where == "container" else template_spec(obj)["securityContext"]
+    target.update(ctx)
+    msgs = check("container-privileged", DEPLOY, obj)
+    assert msgs and expected in msgs[0], msgs
+
+
+def test_apparmor_annotation_unconfined() -> None:
+    obj = workload()
+    obj["spec"]["template"]["metadata"]["annotations"] = {
+        "container.apparmor.security.beta.kubernetes.io/app": "unconfined"}
+    assert "remove it (use runtime/default)" in check("container-privileged", DEPLOY, obj)[0]
+
+
+def test_host_path_persistent_volume() -> None:
+    pv = {"spec": {"capacity": {"storage": "1Gi"}, "hostPath": {"path": "/etc"}, "accessModes": ["ReadWriteOnce"]}}
+    assert check("pod-host-access", "kubernetes:core/v1:PersistentVolume", pv, name="pv") == [
+        "PersistentVolume 'pv': spec.hostPath '/etc' exposes a node directory to any claim bound to it; use a CSI "
+        "StorageClass (or a local volume with node affinity)."]
+
+
+def test_custom_resource_with_pod_template_is_checked() -> None:
+    rollout = workload()
+    first_container(rollout)["securityContext"]["privileged"] = True
+    msgs = check("container-privileged", "kubernetes:argoproj.io/v1alpha1:Rollout", rollout, name="r")
+    assert msgs == ["Rollout 'r': container 'app' (spec.template.spec.containers[0]): securityContext.privileged is "
+                    "true; remove it or set it to false."]
+    assert check("container-privileged", "kubernetes:core/v1:ConfigMap", {"data": {"a": "b"}}) == []

@@ -13,7 +13,7 @@ from .props import (
     UNKNOWN, Resource, as_int, dig, elements, get, label_is_true, of_kinds, resource_policy, stack_policy,
     strings, unknown_message,
 )
-from .workloads import WORKLOAD_KINDS, pod_templates
+from .workloads import applies_to_pods, pod_templates
 
 LATENCY_CRITICAL = "ems.io/latency-critical"
 THERMAL_ASSET = "ems.io/thermal-asset"
@@ -177,7 +177,7 @@ POLICIES = [
         name="latency-critical-node-affinity",
         description=("Requires workloads labelled ems.io/latency-critical to require node affinity "
                      "to the interconnect pool."),
-        applies=of_kinds(*WORKLOAD_KINDS), check=_latency_critical,
+        applies=applies_to_pods, check=_latency_critical,
         config={"poolLabel": {"type": "string", "default": "ems.io/pool", "description": "Node pool label."},
                 "pool": {"type": "string", "default": "interconnect",
                          "description": "Pool latency-critical pods must run on."}}),

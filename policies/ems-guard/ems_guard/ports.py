@@ -100,11 +100,22 @@ def _internal_lb(annotations: Any) -> Any:
     return False
 
 
+_PRIVATE_NETS = [ipaddress.ip_network(n) for n in (
+    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")]
+
+
 def _is_public_cidr(cidr: str) -> bool:
+    """True for /0 and for any internet-scale public block (IPv4 /8 or wider, IPv6 /16 or wider):
+    0.0.0.0/1 + 128.0.0.0/1 is the whole internet in two rules."""
     try:
-        return ipaddress.ip_network(cidr.strip(), strict=False).prefixlen == 0
+        net = ipaddress.ip_network(str(cidr).strip(), strict=False)
     except ValueError:
         return True  # unparseable: treat as the worst case
+    if net.prefixlen == 0:
+        return True
+    if any(net.version == p.version and net.subnet_of(p) for p in _PRIVATE_NETS):
+        return False
+    return net.prefixlen <= (8 if net.version == 4 else 16)
 
 
 def _service_external(res: Resource, cfg: dict) -> Iterator[str]:
@@ -188,9 +199,26 @@ def _ingress_backend_ports(spec: Any) -> Iterator[tuple[str, Any]]:
             yield f"spec.rules[{r}].http.paths[{p}].backend", get(path, "backend")
 
 
+def _gateway(res: Resource, obj: Any, external: set[int]) -> Iterator[str]:
+    listeners = elements(dig(obj, "spec", "listeners"))
+    if listeners is UNKNOWN:
+        yield unknown_message(res.subject, "spec.listeners")
+        return
+    for i, listener in enumerate(listeners):
+        port = as_int(get(listener, "port"))
+        if port is UNKNOWN:
+            yield unknown_message(res.subject, f"spec.listeners[{i}].port")
+        elif port not in external:
+            yield (f"{res.subject}: spec.listeners[{i}].port is {port}; a Gateway may only expose "
+                   f"{sorted(external)}.")
+
+
 def _ingress(res: Resource, cfg: dict) -> Iterator[str]:
     external = _int_set(cfg.get("externalPorts"))
-    for _, ing in k8s_objects(res.resource_type, res.props):
+    for kind, ing in k8s_objects(res.resource_type, res.props):
+        if kind == "Gateway":
+            yield from _gateway(res, ing, external)
+            continue
         spec = get(ing, "spec")
         tls = elements(get(spec, "tls"))
         if tls is UNKNOWN:
@@ -219,8 +247,9 @@ def _ingress(res: Resource, cfg: dict) -> Iterator[str]:
 
 ingress_ports = resource_policy(
     name="ingress-ports",
-    description="Requires every Ingress to terminate TLS and to route only to backend ports 8883 and 443.",
-    applies=of_kinds("Ingress"),
+    description=("Requires every Ingress to terminate TLS and to route only to backend ports 8883 and 443, "
+                 "and Gateway listeners to use only those ports."),
+    applies=lambda t: of_kinds("Ingress")(t) or of_kinds("Gateway", group="gateway.networking.k8s.io")(t),
     check=_ingress,
     config={"externalPorts": _EXTERNAL_CONFIG["externalPorts"]},
 )
@@ -378,6 +407,24 @@ global_accelerator_listener_ports = resource_policy(
     config={"externalPorts": _EXTERNAL_CONFIG["externalPorts"]},
 )
 
+def _lb_listener(res: Resource, cfg: dict) -> Iterator[str]:
+    allowed = _int_set(cfg.get("externalPorts"))
+    port = as_int(get(res.props, "port"))
+    if port is UNKNOWN:
+        yield unknown_message(res.subject, "port")
+    elif port not in allowed:
+        yield (f"{res.subject}: port is {port}; load balancer listeners may only accept {sorted(allowed)} "
+               "(1883/502 never leave the cluster).")
+
+
+lb_listener_ports = resource_policy(
+    name="lb-listener-ports",
+    description="Restricts AWS load balancer listeners to ports 8883 and 443.",
+    applies=of_types("aws:lb/listener:Listener", "aws:alb/listener:Listener"),
+    check=_lb_listener,
+    config={"externalPorts": _EXTERNAL_CONFIG["externalPorts"]},
+)
+
 POLICIES = [
     service_ports_allowed,
     service_external_ports,
@@ -385,4 +432,5 @@ POLICIES = [
     network_policy_ingress_ports,
     security_group_public_ingress,
     global_accelerator_listener_ports,
+    lb_listener_ports,
 ]

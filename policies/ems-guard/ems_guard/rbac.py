@@ -13,7 +13,7 @@ from .props import (
     UNKNOWN, Resource, dig, elements, entries, get, k8s_objects, label_is_true, of_kinds, resource_policy,
     strings, unknown_message,
 )
-from .workloads import NEEDS_API_TOKEN, WORKLOAD_KINDS, pod_token_messages
+from .workloads import NEEDS_API_TOKEN, applies_to_pods, pod_token_messages
 
 RBAC = "rbac.authorization.k8s.io"
 ROLE_KINDS = ("Role", "ClusterRole")
@@ -164,8 +164,7 @@ def _token_automount(res: Resource, _cfg: dict) -> Iterator[str]:
             state = "unset (defaults to true)" if raw is None else repr(raw)
             yield (f"{res.subject}: automountServiceAccountToken is {state}; set it to false, or annotate the "
                    f"ServiceAccount {NEEDS_API_TOKEN}: \"true\" if its pods call the Kubernetes API.")
-    if of_kinds(*WORKLOAD_KINDS)(res.resource_type):
-        yield from pod_token_messages(res)
+    yield from pod_token_messages(res)
 
 
 POLICIES = [
@@ -206,6 +205,6 @@ POLICIES = [
         name="serviceaccount-token-automount",
         description=("Requires ServiceAccounts and pods to disable API token automount unless annotated "
                      "ems.io/needs-api-token: \"true\"."),
-        applies=lambda t: of_kinds("ServiceAccount", group="core")(t) or of_kinds(*WORKLOAD_KINDS)(t),
+        applies=lambda t: of_kinds("ServiceAccount", group="core")(t) or applies_to_pods(t),
         check=_token_automount),
 ]

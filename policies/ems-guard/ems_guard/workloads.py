@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from .props import (
-    UNKNOWN, Resource, as_bool, as_int, dig, elements, entries, get, k8s_objects, label_is_true,
+    UNKNOWN, Resource, as_bool, as_int, dig, elements, entries, get, k8s_objects, k8s_type, label_is_true,
     of_kinds, resource_policy, strings, unknown_message,
 )
 
@@ -40,6 +40,13 @@ def pod_templates(resource_type: str, props: Any) -> list[PodTemplate]:
     out = []
     for kind, obj in k8s_objects(resource_type, props):
         if kind not in WORKLOAD_KINDS:
+            # A custom resource that embeds a pod template (Argo Rollout, OpenKruise CloneSet, …)
+            # gets the same checks as a Deployment.
+            for path in (("spec", "template"), ("spec", "jobTemplate", "spec", "template")):
+                template = dig(obj, *path)
+                if template is not UNKNOWN and get(get(template, "spec"), "containers") is not None:
+                    out.append(PodTemplate(kind, obj, get(template, "metadata"), get(template, "spec"),
+                                           ".".join(path) + ".spec"))
             continue
         if kind == "Pod":
             out.append(PodTemplate(kind, obj, get(obj, "metadata"), get(obj, "spec"), "spec"))
@@ -97,19 +104,53 @@ def _for_each_container(res: Resource, rule) -> Iterator[str]:
             yield from rule(subject, path, container, pod_ctx, template)
 
 
-def _applies(resource_type: str) -> bool:
-    return of_kinds(*WORKLOAD_KINDS)(resource_type)
+def applies_to_pods(resource_type: str) -> bool:
+    """Every Kubernetes type: the standard workload kinds, and custom kinds embedding a pod template."""
+    return k8s_type(resource_type) is not None
+
+
+_applies = applies_to_pods
 
 
 # --------------------------------------------------------------------------- securityContext rules
 
+SELINUX_TYPES = ("container_t", "container_init_t", "container_kvm_t", "container_engine_t")
+
+
 def _privileged(res: Resource, _cfg: dict) -> Iterator[str]:
-    def rule(subject, path, container, _pod, _t):
-        value = as_bool(dig(container, "securityContext", "privileged"))
+    """privileged, and its equivalents Pod Security "baseline" also forbids."""
+    def rule(subject, path, container, pod_ctx, template):
+        ctx = get(container, "securityContext")
+        value = as_bool(get(ctx, "privileged"))
         if value is UNKNOWN:
             yield unknown_message(subject, f"{path}.securityContext.privileged")
         elif value:
             yield f"{subject}: securityContext.privileged is true; remove it or set it to false."
+        proc = get(ctx, "procMount")
+        if proc is UNKNOWN or proc not in (None, "Default"):
+            yield f"{subject}: securityContext.procMount is {proc!r}; remove it (Default masks /proc)."
+        host_process, _ = _effective(container, pod_ctx, "windowsOptions")
+        if as_bool(get(host_process, "hostProcess")) is not False and get(host_process, "hostProcess") is not None:
+            yield f"{subject}: windowsOptions.hostProcess is set; host processes are privileged — remove it."
+        selinux, level = _effective(container, pod_ctx, "seLinuxOptions")
+        se_type = get(selinux, "type")
+        if se_type is UNKNOWN or (se_type is not None and se_type not in SELINUX_TYPES):
+            yield (f"{subject}: seLinuxOptions.type is {se_type!r} at the {level} level; use one of "
+                   f"{list(SELINUX_TYPES)} or leave it unset.")
+        for key in ("user", "role"):
+            if get(selinux, key) is not None:
+                yield f"{subject}: seLinuxOptions.{key} is set at the {level} level; remove it."
+        apparmor, level = _effective(container, pod_ctx, "appArmorProfile")
+        aa_type = get(apparmor, "type")
+        if aa_type is UNKNOWN or aa_type == "Unconfined":
+            yield (f"{subject}: appArmorProfile.type is {aa_type!r} at the {level} level; use RuntimeDefault "
+                   "or leave it unset.")
+        annotations = get(template.metadata, "annotations")
+        name = get(container, "name")
+        note = get(annotations, f"container.apparmor.security.beta.kubernetes.io/{name}")
+        if note is UNKNOWN or note == "unconfined":
+            yield (f"{subject}: annotation container.apparmor.security.beta.kubernetes.io/{name} is {note!r}; "
+                   "remove it (use runtime/default).")
     yield from _for_each_container(res, rule)
 
 
@@ -218,6 +259,14 @@ def _seccomp(res: Resource, _cfg: dict) -> Iterator[str]:
 
 def _host_access(res: Resource, cfg: dict) -> Iterator[str]:
     exempt = {str(e) for e in cfg.get("exemptions") or []}
+    for kind, obj in k8s_objects(res.resource_type, res.props):
+        if kind == "PersistentVolume" and res.name not in exempt:
+            host_path = dig(obj, "spec", "hostPath")
+            if host_path is UNKNOWN:
+                yield unknown_message(res.subject, "spec.hostPath")
+            elif host_path is not None:
+                yield (f"{res.subject}: spec.hostPath {get(host_path, 'path')!r} exposes a node directory to any "
+                       "claim bound to it; use a CSI StorageClass (or a local volume with node affinity).")
     for template in pod_templates(res.resource_type, res.props):
         if workload_identity(res, template) & exempt:
             continue
@@ -465,7 +514,9 @@ _EXEMPTIONS = {"exemptions": {
 DEFAULT_REGISTRIES = ["docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws"]
 
 _SPEC = [
-    ("container-privileged", "Prohibits privileged containers.", _privileged, None),
+    ("container-privileged",
+     "Prohibits privileged containers and their equivalents (Unmasked procMount, hostProcess, unconfined AppArmor, "
+     "privileged SELinux types).", _privileged, None),
     ("container-privilege-escalation",
      "Requires every container to set securityContext.allowPrivilegeEscalation to false (unset counts as true).",
      _escalation, None),
