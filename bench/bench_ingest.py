@@ -1,0 +1,146 @@
+"""Ingest throughput: messages/s and readings/s one worker sustains into a real Prometheus, CPU, peak RSS, 1 vs 2 workers.
+
+    python -m bench ingest          (or: python -m bench.bench_ingest [--messages N] [--readings-per-message R])
+
+Method: real Mosquitto (mTLS) and Prometheus on 127.0.0.1. The workers first
+connect once to create their persistent sessions on the shared subscription and
+are then SIGKILLed; the broker queues the whole load for those sessions
+(``N`` messages of ``R`` readings in the edge wire format, published with QoS 1).
+The workers are then started again and timed from start to the moment every
+reading is written (``ems_ingest_readings_total{outcome="written"}``; process start-up
+included), so the
+figure is the ingest's sustained drain rate, not the publisher's. CPU time and
+peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped.
+Prometheus, Mosquitto and the workers share this machine's cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import ssl
+import tempfile
+import time
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+from devenv.demo_pipeline import IngestProcess
+from devenv.mosquitto import MosquittoBroker
+from devenv.pki import LocalPki, make_pki
+from devenv.prometheus import PrometheusServer
+from edge_agent.schema import Reading, encode_batch, telemetry_topic
+
+_CLK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK          # utime + stime
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_message: int, sites: int) -> float:
+    """Publish the load with QoS 1 (pipelined, waits for every PUBACK); returns seconds taken."""
+    pair = pki.client("bench-edge")
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge", protocol=paho.MQTTv5)
+    client.tls_set(ca_certs=str(pki.ca), certfile=str(pair.cert), keyfile=str(pair.key),
+                   tls_version=ssl.PROTOCOL_TLS_CLIENT)
+    client.max_inflight_messages_set(500)
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", broker.tls_port)
+    client.loop_start()
+    base_ms = int(time.time() * 1000) - 3_600_000
+    started = time.perf_counter()
+    infos = []
+    seqs = [0] * sites
+    for m in range(messages):
+        site_index = m % sites
+        site = f"bench-{site_index:02d}"
+        readings = []
+        for r in range(per_message):
+            seqs[site_index] += 1
+            seq = seqs[site_index]
+            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
+        infos.append(client.publish(telemetry_topic(site), encode_batch(site, readings, base_ms), qos=1))
+    for info in infos:
+        info.wait_for_publish(60)
+    took = time.perf_counter() - started
+    client.disconnect()
+    client.loop_stop()
+    return took
+
+
+def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_message: int,
+             sites: int = 4) -> dict[str, float]:
+    broker = MosquittoBroker(workdir / "broker", pki, autosave_on_changes=False)
+    prometheus = PrometheusServer(workdir / "prometheus")
+    procs = [IngestProcess(workdir / f"ingest-{i}", broker=broker, pki=pki, prometheus=prometheus,
+                           client_id=f"bench-ingest-{i}", max_readings=5000, max_delay_s=0.05,
+                           receive_maximum=1000) for i in range(workers)]
+    try:
+        broker.start()
+        prometheus.start()
+        for proc in procs:                    # create the persistent sessions, then crash them
+            proc.start()
+        for proc in procs:
+            proc.kill()
+        publish_s = _publish_load(broker, pki, messages, per_message, sites)
+        started = time.perf_counter()
+        for proc in procs:
+            proc.start()
+        total = messages * per_message
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            written = sum(p.metric('ems_ingest_readings_total{outcome="written"}') for p in procs)
+            if written >= total:
+                break
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - started
+        cpu = [_cpu_seconds(p.proc.pid) for p in procs]
+        rss = [_peak_rss_mib(p.proc.pid) for p in procs]
+        handled = [p.metric("ems_ingest_messages_total") for p in procs]
+        stored = prometheus.client().query('sum(count_over_time(ems_reading[2h]))')
+        return {"workers": workers, "messages": messages, "readings": total, "publish_s": publish_s,
+                "elapsed_s": elapsed, "written": written, "stored": float(stored[0]["value"][1]) if stored else 0,
+                "cpu_s": sum(cpu), "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
+    finally:
+        for proc in procs:
+            proc.stop()
+        prometheus.stop(kill=True)
+        broker.stop(kill=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="ingest throughput benchmark")
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--readings-per-message", type=int, default=100)
+    args = parser.parse_args(argv or [])
+    with tempfile.TemporaryDirectory(prefix="ems-bench-ingest-") as tmp:
+        root = Path(tmp)
+        pki = make_pki(root / "pki")
+        results = [run_case(root / f"w{n}", pki, n, args.messages, args.readings_per_message) for n in (1, 2)]
+    print(f"load: {args.messages} messages × {args.readings_per_message} readings, 4 sites, QoS 1 over mTLS, "
+          f"queued in the broker before the workers start; {os.cpu_count()} cores shared with broker and TSDB")
+    for r in results:
+        print(f"{r['workers']} worker(s): {r['messages'] / r['elapsed_s']:8.0f} messages/s  "
+              f"{r['readings'] / r['elapsed_s']:9.0f} readings/s  drain {r['elapsed_s']:.2f}s  "
+              f"CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of one core)  "
+              f"peak RSS {r['peak_rss_mib']:.0f} MiB/worker  stored {r['stored']:.0f}/{r['readings']}  "
+              f"split {r['share']:.2f}")
+    one, two = results
+    print(f"scaling 1 → 2 workers: {one['elapsed_s'] / two['elapsed_s']:.2f}x readings/s "
+          f"(publisher alone: {one['messages'] / one['publish_s']:.0f} messages/s)")
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
