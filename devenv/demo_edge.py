@@ -40,14 +40,26 @@ from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from edge_agent.schema import decode_batch
 
-__all__ = ["write_agent_config", "AgentProcess", "SimulatorProcess", "Observer", "main", "EXAMPLE_CONFIG"]
+__all__ = ["write_agent_config", "bench_device_tables", "AgentProcess", "SimulatorProcess", "Observer", "main", "EXAMPLE_CONFIG"]
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE_CONFIG = ROOT / "edge_agent" / "examples" / "sensors.conf"
 
 
 def _ems_edge() -> list[str]:
-    return [sys.executable, "-m", "edge_agent.cli"]
+    """The ``ems-edge`` console script of this interpreter's environment (``-m edge_agent.cli`` without it)."""
+    script = Path(sys.executable).parent / "ems-edge"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "edge_agent.cli"]
+
+
+def bench_device_tables(devices: int, points: int, *, poll_interval_s: float = 1.0) -> list[dict[str, Any]]:
+    """TOML-ready ``[[devices]]`` matching ``ems-edge simulate --profile bench:<devices>x<points>``."""
+    return [{"name": f"bench{d:03d}", "host": "127.0.0.1", "port": 0, "unit": d + 1, "timeout_s": 2.0,
+             "retries": 1, "poll_interval_s": poll_interval_s,
+             "points": [{"id": f"B{d:03d}_{p:03d}", "asset": f"bench{d:03d}", "name": f"p{p:03d}",
+                         "register": "holding", "address": p, "type": "uint16", "heartbeat_s": 3600.0}
+                        for p in range(points)]}
+            for d in range(devices)]
 
 
 def write_agent_config(workdir: Path, pki: LocalPki, *, broker_port: int, modbus_port: int,

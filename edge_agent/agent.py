@@ -208,7 +208,8 @@ class Agent:
                     task.cancel()
             await spool.flush()
             flushing.set()
-            while spool.depth and link.connected and time.monotonic() - started < self.shutdown_grace_s:
+            # The link keeps reconnecting in the background meanwhile; what is not acked in time stays spooled.
+            while spool.depth and time.monotonic() - started < self.shutdown_grace_s:
                 await asyncio.sleep(0.05)
             drain_stop.set()
             drain_task.cancel()

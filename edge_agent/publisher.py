@@ -9,8 +9,9 @@ message paho still holds from a dead connection is never re-sent behind our
 back: the spool is the only source of re-sends.
 
 * MQTT v5 first; with ``protocol="auto"`` a broker that answers "unsupported
-  protocol version" (or drops a v5 CONNECT) is retried with v3.1.1, and that
-  choice is kept.
+  protocol version" (CONNACK code 1, as MQTT 3.1.1 prescribes) is retried with
+  v3.1.1, and that choice is kept. A connection merely cut before CONNACK is a
+  link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked once by :meth:`MqttLink.open`).
 * Reconnect with exponential backoff and full jitter (``backoff_initial_s``
   doubling up to ``backoff_max_s``).
@@ -198,7 +199,7 @@ class MqttLink:
                     self.last_error = exc
                     delay = self.rng.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
                     attempt += 1
-                    self.log.warning("broker %s:%d: %s; retrying in %.1fs", self.host, self.port, exc, delay)
+                    self.log.warning("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     continue
             attempt = 0
@@ -256,13 +257,22 @@ class MqttLink:
             raise BrokerRefused(f"{where}: its certificate is not trusted ({exc.verify_message}; "
                                 f"CA file {self.tls.ca if self.tls else '-'})") from exc
         except ssl.SSLError as exc:
-            self._count("refused")
-            raise BrokerRefused(self._tls_refusal(_reason(exc))) from exc
+            # A certificate alert in the handshake (TLS 1.2) is a refusal; anything else (EOF, reset) is the link.
+            self._socket_errors.append(str(exc))
+            alert = self._cert_alert()
+            if alert:
+                self._count("refused")
+                raise BrokerRefused(self._tls_refusal(alert)) from exc
+            self._count("unreachable")
+            raise PublishError(f"{where}: TLS handshake failed ({_reason(exc)})") from exc
         except (OSError, socket.timeout) as exc:
             self._count("unreachable")
             raise PublishError(f"{where} unreachable ({_reason(exc)})") from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            self._count("error")
+            alert = await self._diagnose()
+            self._count("refused" if alert else "error")
+            if alert:
+                raise BrokerRefused(self._tls_refusal(alert))
             raise PublishError(f"{where}: connect failed ({paho.error_string(rc)})")
         sock = client.socket()
         assert sock is not None
@@ -279,12 +289,10 @@ class MqttLink:
             self._count("error")
             raise PublishError(f"{where}: no CONNACK within {self.connect_timeout_s:.0f}s") from None
         except _ConnectionLostEarly:
-            self._count("refused" if self._cert_alert() else "error")
-            alert = self._cert_alert()
+            alert = await self._diagnose()
+            self._count("refused" if alert else "error")
             if alert:
                 raise BrokerRefused(self._tls_refusal(alert)) from None
-            if v5 and self.protocol == "auto":
-                raise _ProtocolUnsupported("connection closed after the v5 CONNECT") from None
             errors = "; ".join(self._socket_errors) or "connection closed"
             raise PublishError(f"{where}: connection lost before CONNACK ({errors})") from None
         if reason.is_failure:
@@ -307,6 +315,33 @@ class MqttLink:
         except asyncio.TimeoutError:
             self.abort("no PUBACK for the birth message")
             raise PublishError(f"{where}: no PUBACK for the birth message") from None
+
+    async def _diagnose(self) -> str | None:
+        """Why did a TLS connection die before CONNACK? The broker's certificate alert, or None.
+
+        The alert may have been lost in a race (our CONNECT write hit the reset
+        first), so when the log has none, one probe connection asks again: after
+        the handshake, a broker that accepted our certificate sends nothing
+        until CONNECT, one that refused it sends the alert.
+        """
+        alert = self._cert_alert()
+        if alert or self._context is None:
+            return alert
+        return await asyncio.get_running_loop().run_in_executor(None, self._probe_tls)
+
+    def _probe_tls(self) -> str | None:
+        assert self._context is not None
+        try:
+            with socket.create_connection((self.host, self.port), timeout=min(self.connect_timeout_s, 3.0)) as raw:
+                with self._context.wrap_socket(raw, server_hostname=self.host) as tls:
+                    tls.settimeout(1.0)
+                    tls.recv(1)
+        except ssl.SSLError as exc:
+            self._socket_errors.append(str(exc))
+            return self._cert_alert()
+        except OSError:
+            return None
+        return None
 
     def _tls_refusal(self, reason: str) -> str:
         cert = f" {self.tls.cert}" if self.tls else ""
@@ -399,7 +434,7 @@ class MqttLink:
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
         if client is self._client:
-            self._lost_connection(PublishError(str(reason)))
+            self._lost_connection(PublishError(self._socket_errors[-1] if self._socket_errors else str(reason)))
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         future = self._pending.pop(mid, None) if client is self._client else None
