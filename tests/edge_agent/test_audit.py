@@ -1,0 +1,104 @@
+"""The audit log: CRC per record, verify finds the first corrupt record, torn tails repaired at start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from edge_agent.audit import AuditLog, decode_record, encode_record, verify
+from edge_agent.errors import AuditError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _write(path: Path, n: int = 10) -> None:
+    log = AuditLog(path, clock=lambda: 1_764_000_000.0)
+    log.open()
+    for seq in range(1, n + 1):
+        log.reading(site="s1", seq=seq, ts_ms=1_764_000_000_000 + seq, asset="tx1", point="oil_temp",
+                    sensor="SENSOR_01", value=60.0 + seq, unit="degC", quality="good", at_ms=1_764_000_000_100)
+    log.event("drop", site="s1", seq_first=1, seq_last=2, count=2)
+    log.close()
+
+
+def _verify_cli(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "audit", "verify", "--path", str(path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+
+
+def test_record_round_trip_and_crc() -> None:
+    line = encode_record({"k": "r", "seq": 7})
+    assert line.endswith(b"\n") and line[8:9] == b" "
+    assert decode_record(line[:-1]) == {"k": "r", "seq": 7}
+    with pytest.raises(ValueError, match="CRC mismatch"):
+        decode_record(line[:-1].replace(b"7", b"8"))
+
+
+def test_verify_counts_a_clean_log(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    _write(path)
+    summary = verify(path)
+    assert summary.ok
+    assert (summary.records, summary.readings, summary.drops, summary.dropped_readings) == (11, 10, 1, 2)
+    assert (summary.seq_min, summary.seq_max) == (1, 10)
+    result = _verify_cli(path)
+    assert result.returncode == 0, result.stderr
+    assert "11 records, 10 readings (seq 1..10), 1 drop events (2 readings dropped" in result.stdout
+
+
+def test_verify_finds_the_first_flipped_byte(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    _write(path)
+    data = bytearray(path.read_bytes())
+    lines = data.split(b"\n")
+    offset_of_line_5 = sum(len(line) + 1 for line in lines[:4])
+    target = offset_of_line_5 + 40                  # inside the JSON of the 5th record
+    data[target] ^= 0x04
+    later = sum(len(line) + 1 for line in lines[:8]) + 30
+    data[later] ^= 0x01                              # a second corruption further on: not the one reported
+    path.write_bytes(bytes(data))
+
+    summary = verify(path)
+    assert not summary.ok
+    assert summary.corrupt is not None
+    assert (summary.corrupt.index, summary.corrupt.offset) == (4, offset_of_line_5)
+    assert summary.records == 11                     # it still reads to the end and counts
+    result = _verify_cli(path)
+    assert result.returncode == 1
+    assert f"CORRUPT: line 5 (byte offset {offset_of_line_5}): CRC mismatch" in result.stdout
+
+
+def test_unreadable_log_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = _verify_cli(tmp_path / "missing.log")
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"ems-edge audit: error: audit log {tmp_path / 'missing.log'}: cannot read " \
+                                    "(No such file or directory)"
+    with pytest.raises(AuditError):
+        verify(tmp_path / "missing.log")
+
+
+def test_torn_last_line_is_cut_and_recorded_at_open(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    _write(path, 3)
+    whole = path.read_bytes()
+    torn = encode_record({"k": "r", "seq": 4})[:20]   # power loss in the middle of a write
+    path.write_bytes(whole + torn)
+    assert not verify(path).ok                        # before repair: the torn record is reported
+
+    log = AuditLog(path)
+    log.open()
+    assert log.last_seq == 3                          # the spool re-audits seq 4 if it was committed
+    log.close()
+    summary = verify(path)
+    assert summary.ok and summary.repairs == 1 and summary.readings == 3
+    assert path.read_bytes().startswith(whole)        # nothing before the torn record changed
+
+
+def test_unwritable_location_is_an_audit_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(AuditError, match=r"audit log .*file/audit.log: cannot open"):
+        AuditLog(blocker / "audit.log").open()
