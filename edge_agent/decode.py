@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import math
 import struct
-from typing import Sequence
+from typing import Callable, Sequence
 
 from edge_agent.errors import DecodeError
 
-__all__ = ["DATA_TYPES", "BYTE_ORDERS", "WORD_ORDERS", "REGISTER_COUNT", "decode_registers", "encode_registers"]
+__all__ = ["DATA_TYPES", "BYTE_ORDERS", "WORD_ORDERS", "REGISTER_COUNT", "Decoder", "decode_registers",
+           "encode_registers", "make_decoder", "register_bytes"]
 
 #: data type → (struct format character, registers it occupies)
 _FORMATS: dict[str, tuple[str, int]] = {
@@ -44,13 +45,48 @@ WORD_ORDERS = ("big", "little")
 REGISTER_COUNT: dict[str, int] = {name: count for name, (_, count) in _FORMATS.items()}
 
 
-def _to_bytes(registers: Sequence[int], byte_order: str, word_order: str) -> bytes:
-    words = list(registers) if word_order == "big" else list(reversed(registers))
-    out = bytearray()
-    for word in words:
-        hi, lo = (word >> 8) & 0xFF, word & 0xFF
-        out += bytes((hi, lo)) if byte_order == "big" else bytes((lo, hi))
-    return bytes(out)
+def register_bytes(registers: Sequence[int]) -> bytes:
+    """Registers as they travel on the wire: two big-endian bytes each."""
+    return struct.pack(f">{len(registers)}H", *registers)
+
+
+Decoder = Callable[[bytes, int], float]
+
+
+def make_decoder(data_type: str, byte_order: str = "big", word_order: str = "big", *, point: str = "?") -> Decoder:
+    """A function ``(block_bytes, register_offset) -> value`` for one point, prepared once.
+
+    ``block_bytes`` is ``register_bytes(...)`` of a whole read; the poller
+    converts each response once and decodes every point from it. Raises
+    DecodeError for NaN or infinite floats.
+    """
+    fmt, count = _FORMATS[data_type]
+    if data_type == "bool":
+        return lambda buf, off: 1.0 if buf[2 * off] or buf[2 * off + 1] else 0.0
+    codec = struct.Struct(">" + fmt)
+    size = 2 * count
+    plain = byte_order == "big" and word_order == "big"
+
+    def decode(buf: bytes, off: int) -> float:
+        start = 2 * off
+        if plain:
+            raw = buf[start:start + size]
+        else:
+            words = [buf[i:i + 2] for i in range(start, start + size, 2)]
+            if word_order == "little":
+                words.reverse()
+            if byte_order == "little":
+                words = [w[::-1] for w in words]
+            raw = b"".join(words)
+        (value,) = codec.unpack(raw)
+        if fmt == "f" or fmt == "d":
+            if not math.isfinite(value):
+                raise DecodeError(point, f"{data_type} value is {value} (bytes {raw.hex()})")
+            if fmt == "f":
+                return _shortest_float32(value, raw)
+        return float(value)
+
+    return decode
 
 
 def decode_registers(registers: Sequence[int], data_type: str, byte_order: str = "big",
@@ -61,18 +97,10 @@ def decode_registers(registers: Sequence[int], data_type: str, byte_order: str =
     wrong register count or a NaN/infinite float (a device's "no value" marker
     must not reach the telemetry as a number).
     """
-    fmt, count = _FORMATS[data_type]
+    count = _FORMATS[data_type][1]
     if len(registers) != count:
         raise DecodeError(point, f"{data_type} needs {count} registers, got {len(registers)}")
-    if data_type == "bool":
-        return 1.0 if registers[0] else 0.0
-    raw = _to_bytes(registers, byte_order, word_order)
-    (value,) = struct.unpack(">" + fmt, raw)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DecodeError(point, f"{data_type} value is {value} (registers {[hex(r) for r in registers]})")
-    if fmt == "f":
-        return _shortest_float32(value, raw)
-    return float(value)
+    return make_decoder(data_type, byte_order, word_order, point=point)(register_bytes(registers), 0)
 
 
 def _shortest_float32(value: float, raw: bytes) -> float:

@@ -35,7 +35,7 @@ from typing import Awaitable, Callable
 
 from edge_agent.calibration import Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
-from edge_agent.decode import decode_registers
+from edge_agent.decode import Decoder, make_decoder, register_bytes
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
 from edge_agent.exception_report import ExceptionFilter
 from edge_agent.metrics import AgentMetrics
@@ -86,6 +86,7 @@ class DevicePoller:
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
         self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
         self.failed_polls = 0
+        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, Decoder | None]]] = {}
         metrics.init_device(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
@@ -145,9 +146,7 @@ class DevicePoller:
                     for point in rest.points:
                         await self._offer(point, None, quality)
                 break
-            now = self.clock()
-            for point in block.points:
-                await self._sample(block, values, point, now)
+            await self._samples(block, values, self.clock())
         self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
         self.metrics.polls.labels(device.name).inc()
         self.metrics.device_up.labels(device.name).set(1 if answered else 0)
@@ -159,22 +158,42 @@ class DevicePoller:
             self.failed_polls += 1
         return answered
 
-    async def _sample(self, block: ReadBlock, values: list[int] | list[bool], point: PointConfig, now: float) -> None:
-        part = block.slice(values, point)
-        try:
-            if point.register in BIT_REGISTERS:
-                raw = 1.0 if part[0] else 0.0
+    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, Decoder | None]]:
+        """(point, offset in the block, decoder) per point of ``block``, prepared once per block."""
+        key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
+        layout = self._layouts.get(key)
+        if layout is None:
+            bits = block.register in BIT_REGISTERS
+            layout = [(p, p.address - block.address,
+                       None if bits else make_decoder(p.type, p.byte_order, p.word_order, point=p.id))
+                      for p in block.points]
+            self._layouts[key] = layout
+        return layout
+
+    async def _samples(self, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
+        """Decode, calibrate and filter every point of one block's response (the hot path)."""
+        buf = None if block.register in BIT_REGISTERS else register_bytes(values)  # type: ignore[arg-type]
+        calibration = self.calibrations.get
+        filters = self.filters
+        ts_ms = int(now * 1000)
+        suppressed = 0
+        for point, offset, decoder in self._layout(block):
+            try:
+                raw = (1.0 if values[offset] else 0.0) if decoder is None else decoder(buf, offset)  # type: ignore[arg-type]
+            except DecodeError as exc:
+                log.warning("device %s: %s", self.device.name, exc)
+                self.metrics.reads.labels(self.device.name, "decode_error").inc()
+                await self._offer(point, None, "device_error", now)
+                continue
+            value, quality = calibrate(point, raw, calibration(point.id))
+            if quality == "loop_fault":
+                self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+            if filters[point.id].offer(value, quality, now):
+                await self.emit(Observation(point.asset, point.name, value, point.unit, quality, ts_ms, point.id))
             else:
-                raw = decode_registers(part, point.type, point.byte_order, point.word_order, point=point.id)  # type: ignore[arg-type]
-        except DecodeError as exc:
-            log.warning("device %s: %s", self.device.name, exc)
-            self.metrics.reads.labels(self.device.name, "decode_error").inc()
-            await self._offer(point, None, "device_error", now)
-            return
-        value, quality = calibrate(point, raw, self.calibrations.get(point.id))
-        if quality == "loop_fault":
-            self.metrics.loop_faults.labels(self.device.name, point.id).inc()
-        await self._offer(point, value, quality, now)
+                suppressed += 1
+        if suppressed:
+            self.metrics.readings_suppressed.inc(suppressed)
 
     async def _offer(self, point: PointConfig, value: float | None, quality: str, now: float | None = None) -> None:
         now = self.clock() if now is None else now
@@ -220,7 +239,11 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
             break
         next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
             else cycle_start + poller.next_delay()
+        wait = next_start - time.monotonic()
+        if wait <= 0:
+            await asyncio.sleep(0)                     # overran the interval: go again, but let others run
+            continue
         try:
-            await asyncio.wait_for(stop.wait(), timeout=max(0.0, next_start - time.monotonic()))
+            await asyncio.wait_for(stop.wait(), timeout=wait)
         except asyncio.TimeoutError:
             pass
