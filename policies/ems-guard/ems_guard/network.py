@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional
 from pulumi_policy import PolicyResource
 
 from .props import (
-    UNKNOWN, as_int, dig, elements, entries, get, k8s_type, stack_policy, strings, unknown_message,
+    UNKNOWN, dig, elements, entries, get, k8s_type, stack_policy, strings, unknown_message,
 )
 from .workloads import WORKLOAD_KINDS, pod_templates
 

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Optional
 from pulumi_policy import PolicyResource
 
 from .props import (
-    UNKNOWN, Resource, as_bool, as_int, elements, get, of_types, resource_policy, stack_policy, strings,
+    UNKNOWN, Resource, as_bool, as_int, get, of_types, resource_policy, stack_policy, strings,
     unknown_message,
 )
 

@@ -19,10 +19,11 @@ catch any unknown that escapes a rule as a reported violation.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Optional
 
 from pulumi_policy import (
     EnforcementLevel,
@@ -207,6 +208,7 @@ class K8sType:
 _K8S_TOKEN = re.compile(r"^kubernetes:(?P<group>[^/:]+)/(?P<version>[^:]+):(?P<kind>[A-Za-z0-9]+)$")
 
 
+@functools.lru_cache(maxsize=4096)
 def k8s_type(resource_type: str) -> Optional[K8sType]:
     """Parse a Kubernetes custom-resource token, whatever its API version; None for anything else."""
     match = _K8S_TOKEN.match(resource_type)
@@ -338,8 +340,3 @@ def of_types(*types: str) -> Callable[[str], bool]:
     """``applies`` predicate: exact type tokens."""
     wanted = frozenset(types)
     return lambda resource_type: resource_type in wanted
-
-
-def iter_checks(*checks: Iterable[str]) -> Iterator[str]:
-    for messages in checks:
-        yield from messages

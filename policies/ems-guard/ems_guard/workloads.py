@@ -14,7 +14,7 @@ from typing import Any, Iterator, Optional
 
 from .props import (
     UNKNOWN, Resource, as_bool, as_int, dig, elements, entries, get, k8s_objects, k8s_type, label_is_true,
-    of_kinds, resource_policy, strings, unknown_message,
+    resource_policy, strings, unknown_message,
 )
 
 WORKLOAD_KINDS = ("Pod", "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController",
