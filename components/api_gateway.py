@@ -14,13 +14,12 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, labels, metadata, pod_spec,
-    secret_volume, selector,
+    ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec,
+    secret_volume, selector, template_metadata,
 )
 
 APP = "api-gateway"
 PORT = 443
-ENVOY_UID = 101
 
 
 def envoy_config(tsdb_host: str, tsdb_port: int) -> str:
@@ -119,7 +118,6 @@ class ApiGateway(pulumi.ComponentResource):
             args=["-c", "/etc/envoy/config/envoy.yaml", "--log-level", "warn"],
             ports=[("https", PORT)],
             mounts=[("config", "/etc/envoy/config"), ("tls", "/etc/envoy/tls")],
-            run_as_user=ENVOY_UID,
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
         )
         k8s.apps.v1.Deployment(
@@ -128,8 +126,8 @@ class ApiGateway(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": labels(APP)},
-                    "spec": pod_spec([envoy], service_account=sa.metadata.name, fs_group=ENVOY_UID,
+                    "metadata": template_metadata(APP, [envoy]),
+                    "spec": pod_spec([envoy], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
                                      volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)]),
                 },

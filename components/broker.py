@@ -17,13 +17,12 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
-    pod_spec, secret_volume, selector,
+    pod_spec, secret_volume, selector, template_metadata,
 )
 
 APP = "broker"
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
-MOSQUITTO_UID = 1883
 
 MOSQUITTO_CONF = f"""\
 per_listener_settings true
@@ -105,6 +104,14 @@ class MqttBroker(pulumi.ComponentResource):
             },
             opts=o,
         )
+        # The StatefulSet's governing Service must be headless (stable pod DNS names).
+        headless = k8s.core.v1.Service(
+            f"{name}-headless",
+            metadata=metadata(f"{APP}-headless", ns, APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
+                  "ports": [{"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt", "protocol": "TCP"}]},
+            opts=o,
+        )
         external_spec: dict[str, object] = {
             "type": args.external_service_type,
             "selector": selector(APP),
@@ -120,20 +127,19 @@ class MqttBroker(pulumi.ComponentResource):
             ports=[("mqtt", MQTT_PORT), ("mqtts", MQTTS_PORT)],
             mounts=[("config", "/mosquitto/config"), ("tls", "/mosquitto/tls"), ("data", "/mosquitto/data")],
             writable=["data"],
-            run_as_user=MOSQUITTO_UID,
             probe_port=MQTT_PORT,
         )
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",
             metadata=metadata(APP, ns, APP),
             spec={
-                "serviceName": internal.metadata.name,
+                "serviceName": headless.metadata.name,
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": labels(APP)},
+                    "metadata": template_metadata(APP, [broker]),
                     "spec": pod_spec(
-                        [broker], service_account=sa.metadata.name, fs_group=MOSQUITTO_UID,
+                        [broker], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],
                     ),
                 },

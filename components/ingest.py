@@ -21,8 +21,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    THERMAL_LABEL, ComponentArgsError, Resources, child, container, empty_dir, labels, metadata,
-    pod_spec, selector,
+    THERMAL_LABEL, ComponentArgsError, Resources, child, container, empty_dir, metadata,
+    pod_spec, selector, template_metadata,
 )
 
 APP = "ingest"
@@ -89,7 +89,6 @@ class IngestWorkers(pulumi.ComponentResource):
             mounts=[("tmp", "/tmp")], writable=["tmp"],
             probe_port=METRICS_PORT, probe_path="/metrics",
         )
-        pod_labels = labels(APP, **{THERMAL_LABEL: "true"})
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy",
             metadata=metadata(APP, ns, APP, **{THERMAL_LABEL: "true"}),
@@ -97,9 +96,9 @@ class IngestWorkers(pulumi.ComponentResource):
                 "replicas": args.min_replicas,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": pod_labels},
+                    "metadata": template_metadata(APP, [worker], **{THERMAL_LABEL: "true"}),
                     "spec": pod_spec([worker], service_account=sa.metadata.name, volumes=[empty_dir("tmp")],
-                                     sysctls=SYSCTLS, pool="general"),
+                                     sysctls=SYSCTLS, pool="general", spread_app=APP),
                 },
             },
             opts=o,

@@ -18,6 +18,8 @@ LATENCY_LABEL = "ems.io/latency-critical"
 THERMAL_LABEL = "ems.io/thermal-asset"
 NEEDS_TOKEN_ANNOTATION = "ems.io/needs-api-token"
 SECRET_FILE_MODE = 0o440  # decimal 288: the contract's ceiling for secret volumes
+# High, non-system ids (scanners flag ids below 10000: they may collide with host users).
+DEFAULT_UID = 10001
 
 
 class ComponentArgsError(pulumi.RunError):
@@ -54,11 +56,13 @@ class Resources:
     memory_request: str
     cpu_limit: str
     memory_limit: str
+    ephemeral_request: str = "64Mi"
+    ephemeral_limit: str = "512Mi"
 
     def spec(self) -> dict[str, dict[str, str]]:
         return {
-            "requests": {"cpu": self.cpu_request, "memory": self.memory_request},
-            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit},
+            "requests": {"cpu": self.cpu_request, "memory": self.memory_request, "ephemeral-storage": self.ephemeral_request},
+            "limits": {"cpu": self.cpu_limit, "memory": self.memory_limit, "ephemeral-storage": self.ephemeral_limit},
         }
 
 
@@ -73,7 +77,7 @@ def container(
     env: Mapping[str, pulumi.Input[str]] | None = None,
     mounts: Sequence[tuple[str, str]] = (),
     writable: Sequence[str] = (),
-    run_as_user: int = 65532,
+    run_as_user: int = DEFAULT_UID,
     probe_port: int | None = None,
     probe_path: str | None = None,
     probe_scheme: str = "HTTP",
@@ -82,7 +86,9 @@ def container(
     spec: dict[str, Any] = {
         "name": name,
         "image": image,
-        "imagePullPolicy": "IfNotPresent",
+        # Tags are pinned, but Always re-checks them against the registry (a re-pushed tag
+        # or a node-local image another pod pulled with other credentials is not trusted).
+        "imagePullPolicy": "Always",
         "resources": resources.spec(),
         "securityContext": {
             "runAsNonRoot": True,
@@ -111,7 +117,9 @@ def container(
         else:
             action = {"tcpSocket": {"port": probe_port}}
         spec["readinessProbe"] = {**action, "periodSeconds": 10, "timeoutSeconds": 3}
-        spec["livenessProbe"] = {**action, "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 6}
+        # Liveness only asks "is the process listening": a busy dependency must not restart it.
+        spec["livenessProbe"] = {"tcpSocket": {"port": probe_port}, "initialDelaySeconds": 10, "periodSeconds": 20,
+                                 "timeoutSeconds": 3, "failureThreshold": 6}
     return spec
 
 
@@ -123,13 +131,15 @@ def pod_spec(
     pool: str | None = None,
     required_pool: bool = False,
     sysctls: Mapping[str, str] | None = None,
-    fs_group: int = 65532,
+    fs_group: int = DEFAULT_UID,
     automount_token: bool = False,
+    spread_app: str | None = None,
 ) -> dict[str, Any]:
     """A pod spec: RuntimeDefault seccomp at pod level too, token automount off unless asked.
 
     ``pool`` adds a toleration for the pool's taint and node affinity to ``ems.io/pool``:
-    required when ``required_pool`` (latency-critical), preferred otherwise.
+    required when ``required_pool`` (latency-critical), preferred otherwise. ``spread_app``
+    prefers replicas of that app on different nodes.
     """
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
@@ -154,7 +164,23 @@ def pod_spec(
             affinity = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "preference": term}]}
         spec["affinity"] = {"nodeAffinity": affinity}
         spec["tolerations"] = [{"key": POOL_LABEL, "operator": "Equal", "value": pool, "effect": "NoSchedule"}]
+    if spread_app is not None:
+        spec.setdefault("affinity", {})["podAntiAffinity"] = {"preferredDuringSchedulingIgnoredDuringExecution": [{
+            "weight": 100,
+            "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": selector(spread_app)}},
+        }]}
     return spec
+
+
+def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotations: Mapping[str, str] | None = None,
+                      **extra: str) -> dict[str, Any]:
+    """Pod template metadata: labels plus the AppArmor runtime/default profile per container.
+
+    Kubernetes 1.29 has no ``securityContext.appArmorProfile`` field yet (1.30), so the
+    profile is set with the beta annotation that 1.30+ still honours.
+    """
+    notes = {f"container.apparmor.security.beta.kubernetes.io/{c['name']}": "runtime/default" for c in containers}
+    return {"labels": labels(app, **extra), "annotations": {**notes, **(annotations or {})}}
 
 
 def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:

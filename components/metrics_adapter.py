@@ -16,8 +16,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    NEEDS_TOKEN_ANNOTATION, Resources, child, config_volume, container, empty_dir, labels, metadata,
-    pod_spec, secret_volume, selector,
+    NEEDS_TOKEN_ANNOTATION, Resources, child, config_volume, container, empty_dir, metadata,
+    pod_spec, secret_volume, selector, template_metadata,
 )
 
 APP = "metrics-adapter"
@@ -128,8 +128,8 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "replicas": 2,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": labels(APP), "annotations": {NEEDS_TOKEN_ANNOTATION: "true"}},
-                    "spec": pod_spec([adapter], service_account=sa.metadata.name, automount_token=True,
+                    "metadata": template_metadata(APP, [adapter], annotations={NEEDS_TOKEN_ANNOTATION: "true"}),
+                    "spec": pod_spec([adapter], service_account=sa.metadata.name, automount_token=True, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               secret_volume("serving-cert", args.tls_secret), empty_dir("tmp")]),
                 },

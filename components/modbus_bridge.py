@@ -19,7 +19,7 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
     LATENCY_LABEL, ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
-    pod_spec, secret_volume, selector,
+    pod_spec, secret_volume, selector, template_metadata,
 )
 from components.settings import ModbusGateway
 
@@ -129,15 +129,22 @@ class ModbusBridge(pulumi.ComponentResource):
             writable=["data"],
             probe_port=HTTP_PORT, probe_path="/healthz",
         )
+        # Governing headless Service of the StatefulSet; it also names the metrics endpoint.
+        headless = k8s.core.v1.Service(
+            f"{name}-headless", metadata=metadata(APP, ns, APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
+                  "ports": [{"name": "metrics", "port": HTTP_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
+            opts=o,
+        )
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",
             metadata=metadata(APP, ns, APP, **extra),
             spec={
-                "serviceName": APP,
+                "serviceName": headless.metadata.name,
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": labels(APP, **extra)},
+                    "metadata": template_metadata(APP, [agent], **extra),
                     "spec": pod_spec(
                         [agent], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],

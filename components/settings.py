@@ -561,7 +561,7 @@ def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
     elif cloud == "private":
         provisioner = r.require("storageProvisioner", _pattern(re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9.-]+)?$"), "a CSI driver name such as csi.trident.netapp.io"), "when ems:cloud is private (your CSI driver, e.g. csi.trident.netapp.io)")
     else:
-        provisioner = r.get("storageProvisioner", _string, "rancher.io/local-path")
+        provisioner = r.get("storageProvisioner", _string, "hostpath.csi.k8s.io")
     min_replicas = r.get("ingestMinReplicas", _integer(1, 1000), d.ingest_min_replicas)
     max_replicas = r.get("ingestMaxReplicas", _integer(1, 1000), d.ingest_max_replicas)
     if min_replicas > max_replicas:

@@ -15,7 +15,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    Resources, child, config_volume, container, labels, metadata, pod_spec, selector,
+    Resources, child, config_volume, container, labels, metadata, pod_spec, selector, template_metadata,
 )
 
 APP = "tsdb"
@@ -82,7 +82,7 @@ class Tsdb(pulumi.ComponentResource):
         )
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
-            spec={"type": "ClusterIP", "selector": selector(APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
                   "ports": [{"name": "tsdb", "port": PORT, "targetPort": "tsdb", "protocol": "TCP"}]},
             opts=o,
         )
@@ -109,7 +109,7 @@ class Tsdb(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": {"labels": labels(APP)},
+                    "metadata": template_metadata(APP, [prometheus]),
                     "spec": pod_spec(
                         [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
                         volumes=[config_volume("config", conf.metadata.name)],
