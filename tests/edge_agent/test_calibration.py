@@ -242,3 +242,21 @@ def test_calibrate_sensor_script_maps_the_field_manual_arguments(tmp_path: Path)
         "calibrate|--id|SENSOR_01|--offset|0.05|--config|/x.conf|"
     usage = run("SENSOR_01")
     assert usage.returncode == 2 and usage.stderr.startswith("usage: ")
+
+
+def test_calibrate_sensor_script_end_to_end_with_ems_edge(conf: Path) -> None:
+    """The field manual's command against the real `ems-edge calibrate`: updates, then is idempotent."""
+    env = {**os.environ, "EMS_SENSORS_CONF": str(conf)}
+    script = REPO / "scripts" / "calibrate_sensor.sh"
+    first = subprocess.run([str(script), "SENSOR_03", "0.05", "1.02"], env=env, capture_output=True, text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "updated" in first.stdout
+    point3 = load_config(conf, check_files=False).point("SENSOR_03")
+    assert (point3.gain, point3.offset) == (1.02, 0.05)
+    content = conf.read_bytes()
+    again = subprocess.run([str(script), "SENSOR_03", "0.05", "1.02"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "unchanged" in again.stdout
+    assert conf.read_bytes() == content
+    bad = subprocess.run([str(script), "SENSOR_3", "0.05"], env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("ems-edge calibrate: error: --id: 'SENSOR_3' is not a sensor id")

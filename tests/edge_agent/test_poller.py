@@ -283,3 +283,35 @@ def test_run_device_follows_calibration_changes_without_restart(tmp_path: Path) 
 
     taps = [o.value for o in asyncio.run(scenario()) if o.sensor_id == "SENSOR_05"]
     assert len(taps) == 2 and taps[1] == taps[0] + 10.0
+
+
+def test_a_nan_from_the_device_is_a_device_error_not_a_number() -> None:
+    served = points(2)                                    # the simulator drives registers 0..1; 10..11 are spare
+    asked = served + points(1, type="float32", start=10, prefix="F")
+    metrics = AgentMetrics(CollectorRegistry())
+
+    async def scenario() -> list[Observation]:
+        async with Simulator([device("d", 0, served)], spare=16) as sim:
+            from pymodbus.client import AsyncModbusTcpClient
+            writer = AsyncModbusTcpClient("127.0.0.1", port=sim.port, timeout=2, retries=0, reconnect_delay=0)
+            assert await writer.connect()
+            try:
+                assert not (await writer.write_registers(10, [0x7FC0, 0x0000], device_id=1)).isError()   # float32 NaN
+            finally:
+                writer.close()
+            out: list[Observation] = []
+
+            async def emit(o: Observation) -> None:
+                out.append(o)
+
+            dev = device("d", sim.port, asked, max_read_gap=8)
+            async with ModbusSource(dev, metrics=metrics) as source:
+                poller = DevicePoller(dev, source, emit, metrics=metrics,
+                                      calibrations=Calibrations(Path("/nonexistent"), {}), clock=Clock(7.0))
+                assert await poller.poll_once() is True
+            return out
+
+    out = {o.sensor_id: o for o in asyncio.run(scenario())}
+    assert (out["F000"].quality, out["F000"].value) == ("device_error", None)
+    assert out["P000"].quality == out["P001"].quality == "good"
+    assert metrics.registry.get_sample_value("ems_edge_reads_total", {"device": "d", "outcome": "decode_error"}) == 1.0
