@@ -1,8 +1,10 @@
 """``ems-ingest``: the ingest worker and the digital-twin read API.
 
-    ems-ingest run --config FILE            consume telemetry into the TSDB (metrics on [metrics] port)
-    ems-ingest twin-api --config FILE       serve GET /v1/assets/<site>/<asset> and /v1/query over HTTPS
-    ems-ingest check-config --config FILE   validate the config and exit
+    ems-ingest run [--config FILE]          consume telemetry into the TSDB (metrics on [metrics] port)
+    ems-ingest twin-api [--config FILE]     serve GET /v1/assets/<site>/<asset> and /v1/query over HTTPS
+    ems-ingest check-config [--config FILE] validate the config and exit
+
+The config defaults to ``$EMS_INGEST_CONFIG``, else ``/etc/ems/ingest.toml``.
 
 Exit codes: 0 done, 2 bad usage or config (one line on stderr, no traceback),
 1 a runtime failure (broker or TSDB unreachable at start, state dir in use).
@@ -24,6 +26,7 @@ from ingest.config import IngestConfig, load_config
 from ingest.errors import ConfigError, IngestError
 
 log = logging.getLogger("ingest")
+DEFAULT_CONFIG = "/etc/ems/ingest.toml"
 
 
 class _JsonFormatter(logging.Formatter):
@@ -71,7 +74,7 @@ def run(config: IngestConfig) -> int:
     metrics = IngestMetrics()
     server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host, registry=metrics.registry)
     b = config.broker
-    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key), b.client_id,
+    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,
                     subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
                     session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
                     on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0))
@@ -113,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("run", "consume telemetry into the TSDB"), ("twin-api", "serve the digital-twin read API"),
                        ("check-config", "validate the config file and exit")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--config", required=True, type=Path, help="ingest config (TOML)")
+        cmd.add_argument("--config", type=Path, default=Path(os.environ.get("EMS_INGEST_CONFIG", DEFAULT_CONFIG)),
+                         help=f"ingest config (TOML; default $EMS_INGEST_CONFIG or {DEFAULT_CONFIG})")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:

@@ -6,10 +6,11 @@ default). Example (``docs/ingest.md`` has the full table)::
 
     [broker]
     host = "mqtt.ems.svc"          # required
-    port = 8883                    # mTLS; the client certificate's CN is the username
-    ca = "/etc/ems/tls/ca.crt"     # required
-    cert = "/etc/ems/tls/tls.crt"  # required
-    key = "/etc/ems/tls/tls.key"   # required
+    tls = true                     # mTLS (default); false = plain MQTT, only inside the namespace
+    port = 8883                    # default 8883 with TLS, 1883 without
+    ca = "/etc/ems/tls/ca.crt"     # required with TLS (and not allowed without)
+    cert = "/etc/ems/tls/tls.crt"  # required with TLS; the certificate's CN is the username
+    key = "/etc/ems/tls/tls.key"   # required with TLS
     client_id = "ems-ingest-0"     # default "ems-ingest-<hostname>"; must be stable per worker
     group = "ems-ingest"           # shared-subscription group
     session_expiry_s = 604800      # the broker keeps a crashed worker's unacked messages this long
@@ -49,9 +50,10 @@ __all__ = ["IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateCo
 @dataclass(frozen=True)
 class BrokerConfig:
     host: str
-    ca: Path
-    cert: Path
-    key: Path
+    ca: Path | None
+    cert: Path | None
+    key: Path | None
+    tls: bool = True
     port: int = 8883
     client_id: str = ""
     group: str = "ems-ingest"
@@ -144,6 +146,14 @@ class _Section:
             raise ConfigError(self._p(key), value, f"must be an integer {lo}..{hi}")
         return value
 
+    def bool(self, key: str, default: bool) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise ConfigError(self._p(key), value, "must be true or false")
+        return value
+
     def float(self, key: str, default: float, lo: float, hi: float) -> float:
         value = self._get(key, False)
         if value is None:
@@ -203,9 +213,17 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> IngestConfig:
     group = b.str("group", "ems-ingest")
     if not valid_id(group):
         raise ConfigError("broker.group", group, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    tls = b.bool("tls", True)
+    if tls:
+        ca, cert, key = b.path("ca", required=True), b.path("cert", required=True), b.path("key", required=True)
+    else:
+        for name in ("ca", "cert", "key"):
+            if name in b.table:
+                raise ConfigError(f"broker.{name}", b.table[name], "must not be set when broker.tls is false")
+        ca = cert = key = None
     broker = BrokerConfig(
-        host=b.str("host", required=True), port=b.int("port", 8883, 1, 65535),
-        ca=b.path("ca", required=True), cert=b.path("cert", required=True), key=b.path("key", required=True),
+        host=b.str("host", required=True), port=b.int("port", 8883 if tls else 1883, 1, 65535), tls=tls,
+        ca=ca, cert=cert, key=key,
         client_id=_client_id(b, "ems-ingest"), group=group, keepalive_s=b.int("keepalive_s", 30, 5, 3600),
         session_expiry_s=b.int("session_expiry_s", 7 * 24 * 3600, 60, 0xFFFFFFFE),
         receive_maximum=b.int("receive_maximum", 1000, 1, 65535),

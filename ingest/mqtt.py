@@ -63,13 +63,13 @@ class Incoming:
 
 
 class MqttLink:
-    """One MQTT v5 client over mTLS, with subscriptions restored on every (re)connect.
+    """One MQTT v5 client (mTLS unless ``tls`` is None), with subscriptions restored on every (re)connect.
 
     ``manual_ack``: the caller acknowledges QoS 1 messages with ``ack``.
     ``persistent``: ``clean_start=False`` with ``session_expiry_s``; otherwise a clean session.
     """
 
-    def __init__(self, host: str, port: int, tls: TlsFiles, client_id: str, *, subscriptions: tuple[str, ...],
+    def __init__(self, host: str, port: int, tls: TlsFiles | None, client_id: str, *, subscriptions: tuple[str, ...],
                  manual_ack: bool, persistent: bool, session_expiry_s: int = 0, receive_maximum: int = 1000,
                  keepalive_s: int = 30, incoming: "queue.Queue[Incoming] | None" = None,
                  on_connection_change=None) -> None:
@@ -88,8 +88,9 @@ class MqttLink:
         self._last_error = ""
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
-        self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
-                             cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+        if tls is not None:
+            self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
+                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect

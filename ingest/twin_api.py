@@ -217,7 +217,7 @@ def build(config: IngestConfig) -> TwinApi:
     tw = config.twin_api
     assert tw is not None
     b = config.broker
-    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key), tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
+    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
                     manual_ack=False, persistent=False, keepalive_s=b.keepalive_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
                    client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s)

@@ -101,3 +101,13 @@ def test_cli_reports_unreadable_and_invalid_toml(files: Path) -> None:
     bad.write_text("[broker\n")
     result = _cli("run", "--config", str(bad))
     assert result.returncode == 2 and "is not valid TOML" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_plain_mqtt_inside_the_namespace_needs_no_certificates(files: Path) -> None:
+    config = parse_config({"broker": {"host": "mqtt", "tls": False}, "tsdb": _raw()["tsdb"],
+                           "state": {"dir": "s"}}, files)
+    assert (config.broker.tls, config.broker.port, config.broker.ca) == (False, 1883, None)
+    with pytest.raises(ConfigError, match=r"^broker\.ca: must not be set when broker\.tls is false \(got 'ca\.crt'\)$"):
+        parse_config(_raw(broker={"tls": False}), files)
+    with pytest.raises(ConfigError, match=r"^broker\.tls: must be true or false \(got 'no'\)$"):
+        parse_config(_raw(broker={"tls": "no"}), files)

@@ -130,3 +130,24 @@ def test_two_workers_share_the_subscription_and_replays(prometheus, ingest_facto
     # each worker rewrites replayed readings it did not write itself: Prometheus keeps one sample
     assert written >= 1000
     _assert_exact(prometheus, stream, 1000)
+
+
+def test_scale_down_one_of_two_workers_mid_stream_loses_nothing(prometheus, ingest_factory, pki, broker):
+    first = ingest_factory("ingest-a")
+    second = ingest_factory("ingest-b")
+    stream = Stream("sub-scale", base_ms=int(time.time() * 1000) - 900_000)
+    edge = EdgePublisher(broker, pki, "edge-scale")
+    try:
+        publisher = _publish_in_background(edge, stream, 1, 3000, 20, pause_s=0.003)
+        second.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v >= 300)
+        assert second.terminate() == 0               # what the HPA does: SIGTERM, unsubscribe, drain, exit
+        publisher.join(30)
+        assert not publisher.is_alive()
+    finally:
+        edge.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and promql_count(prometheus, stream.site, stream.base_ms + 800_000) < 3000:
+        time.sleep(0.2)
+    _assert_exact(prometheus, stream, 3000)
+    assert first.metric('ems_ingest_readings_total{outcome="written"}') > 0
+    assert "unacknowledged" not in second.log_tail(100_000)
