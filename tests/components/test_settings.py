@@ -65,9 +65,10 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus"}}, "ems:images.tsdb: quay.io/prometheus/prometheus needs an explicit tag or digest"),
         ({**AWS, "ems:images": {"tsdb": "evil.example.com/prom:1"}}, "ems:images.tsdb: evil.example.com/prom:1 is not from an allowed registry (docker.io, ghcr.io, quay.io, registry.k8s.io, public.ecr.aws)"),
         ({**AWS, "ems:images": {"grafana": "grafana/grafana:10.0.0"}}, "ems:images.grafana: grafana/grafana:10.0.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter"),
-        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "rtu.local"}]}, "ems:modbusGateways[0].host: rtu.local is not an IP address (NetworkPolicies allow Modbus egress by address)"),
-        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5"}, {"name": "gw1", "host": "10.0.0.6"}]}, "ems:modbusGateways[1].name: gw1 is a duplicate; gateway names must be unique"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "rtu.local", "points": [{"id": "S1"}]}]}, "ems:modbusGateways[0].host: rtu.local is not an IP address (NetworkPolicies allow Modbus egress by address)"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5", "points": [{"id": "S1"}]}, {"name": "gw1", "host": "10.0.0.6", "points": [{"id": "S2"}]}]}, "ems:modbusGateways[1].name: gw1 is a duplicate; gateway names must be unique"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1"}]}, "ems:modbusGateways[0].host: is required"),
+        ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5", "points": []}]}, "ems:modbusGateways[0].points: [] must be a non-empty list of point objects (id, asset, name, address, ...)"),
         ({**AWS, "ems:spoolHorizon": "3 days"}, 'ems:spoolHorizon: "3 days" must be a Prometheus duration such as 72h or 30d'),
         ({**AWS, "ems:certValidityHours": 10000}, "ems:certValidityHours: 10000 must be at most 9552"),
         ({**AWS, "ems:storageProvisioner": "csi.example.com"}, "ems:storageProvisioner: csi.example.com is not one of ebs.csi.aws.com"),
@@ -119,3 +120,16 @@ def test_private_and_local() -> None:
     assert p.private.kube_context == "dc1" and p.aws is None and p.platform.storage_provisioner == "csi.trident.netapp.io"
     loc = parse_settings({"ems:cloud": "local"}, "local")
     assert loc.local.render_directory == "out/rendered/local"
+
+
+def test_docs_table_documents_exactly_the_known_keys() -> None:
+    import re
+    from pathlib import Path
+
+    from components.settings import KNOWN_KEYS, Images
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "stack-config.md").read_text()
+    rows = set(re.findall(r"^\| `([A-Za-z]+)` \|", doc, re.M))
+    assert rows == set(KNOWN_KEYS), (rows ^ set(KNOWN_KEYS))
+    for image in vars(Images()).values():
+        assert image in doc, image
