@@ -123,8 +123,8 @@ class Calibrations:
     async def watch(self, stop: asyncio.Event, *, interval_s: float = 1.0, metrics: AgentMetrics | None = None) -> None:
         """Poll the file every ``interval_s`` until ``stop`` is set; count reloads (``ok``/``unchanged``/``invalid``)."""
         while not stop.is_set():
-            try:
-                outcome = "ok" if self.reload_if_changed() else None
+            try:   # stat and parse off the event loop; the swap of the values is a single assignment
+                outcome = "ok" if await asyncio.to_thread(self.reload_if_changed) else None
             except ConfigError as exc:
                 log.error("calibration reload rejected, keeping the previous values: %s", exc)
                 outcome = "invalid"

@@ -240,16 +240,15 @@ class ModbusSource:
         if response.isError():
             self._count_read("exception")
             raise DeviceExceptionResponse(device.name, block.address, int(getattr(response, "exception_code", 0)))
+        # bits come padded to whole bytes; registers must match exactly
+        values = list(response.bits)[:block.count] if block.register in BIT_REGISTERS else list(response.registers)
+        if len(values) != block.count:
+            self._count_read("unreachable")
+            self.close()
+            raise DeviceUnreachable(device.name, f"{len(values)} values in the answer to {block.register} "
+                                                 f"{block.address}+{block.count}")
         self._count_read("ok")
-        if block.register in BIT_REGISTERS:
-            bits = list(response.bits)
-            if len(bits) < block.count:
-                raise DeviceUnreachable(device.name, f"{len(bits)} bits in the answer, {block.count} asked")
-            return bits[:block.count]
-        registers = list(response.registers)
-        if len(registers) != block.count:
-            raise DeviceUnreachable(device.name, f"{len(registers)} registers in the answer, {block.count} asked")
-        return registers
+        return values
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:

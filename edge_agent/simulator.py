@@ -77,7 +77,7 @@ def _wave(mean: float, amplitude: float, period_s: float, phase: float = 0.0) ->
 
 
 def _counter(start: float, per_s: float) -> Signal:
-    return lambda t: start + per_s * (t % 1e6)
+    return lambda t: start + per_s * max(t - 1.7e9, 0.0)     # grows for ever, like a real meter
 
 
 def _loop_with_break(mean: float, amplitude: float, low: float, high: float) -> Signal:
