@@ -199,3 +199,15 @@ def test_lb_listener_ports() -> None:
         "Listener 'mqtt': port is 1883; load balancer listeners may only accept [443, 8883] (1883/502 never leave "
         "the cluster)."]
     assert "cannot verify port" in check("lb-listener-ports", listener, {"port": UNKNOWN_NUMBER_VALUE})[0]
+
+
+def test_allowed_external_port_forwarding_to_plain_mqtt() -> None:
+    svc = service([443], "LoadBalancer")
+    svc["spec"]["ports"][0]["targetPort"] = 1883
+    assert check("service-external-ports", SVC, svc, name="sneaky") == [
+        "Service 'sneaky': spec.ports[0].targetPort 1883 is exposed outside the cluster (as port 443) by spec.type "
+        "LoadBalancer; 1883 may only use an internal load balancer (annotation "
+        "service.beta.kubernetes.io/aws-load-balancer-scheme: internal) with loadBalancerSourceRanges, or a "
+        "ClusterIP Service."]
+    svc["spec"]["ports"][0]["targetPort"] = "https"  # a named port: the pod decides, 443 is what is exposed
+    assert check("service-external-ports", SVC, svc) == []

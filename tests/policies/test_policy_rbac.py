@@ -96,7 +96,7 @@ def test_cluster_admin_binding_unknown_role_is_reported() -> None:
     assert "cannot verify roleRef.name" in check("rbac-cluster-admin-binding", CRB, b)[0]
 
 
-@pytest.mark.parametrize("name", ["system:anonymous", "system:unauthenticated", "system:masters",
+@pytest.mark.parametrize("name", ["system:anonymous", "system:unauthenticated", "system:masters", "system:serviceaccounts",
                                   "system:authenticated"])
 def test_forbidden_subjects(name: str) -> None:
     b = binding("view", {"kind": "Group", "name": name})

@@ -142,12 +142,19 @@ def _service_external(res: Resource, cfg: dict) -> Iterator[str]:
             continue
         for i, entry in enumerate(ports):
             port = as_int(get(entry, "port"))
-            if port is UNKNOWN:
-                yield unknown_message(res.subject, f"spec.ports[{i}].port")
+            target = as_int(get(entry, "targetPort"))
+            if port is UNKNOWN or target is UNKNOWN:
+                yield unknown_message(res.subject, f"spec.ports[{i}].port/targetPort")
                 continue
-            if port in external:
+            if port in external and target in internal_only:
+                # 443 → 1883 would publish plain MQTT (or Modbus) under an allowed number.
+                port = target
+                where = (f"{res.subject}: spec.ports[{i}].targetPort {target} is exposed outside the cluster "
+                         f"(as port {as_int(get(entry, 'port'))}) by {exposure}")
+            elif port in external:
                 continue
-            where = f"{res.subject}: spec.ports[{i}].port {port} is exposed outside the cluster by {exposure}"
+            else:
+                where = f"{res.subject}: spec.ports[{i}].port {port} is exposed outside the cluster by {exposure}"
             if port not in internal_only:
                 yield (f"{where}; only {sorted(external)} may leave the cluster. "
                        "Use a ClusterIP Service for this port.")

@@ -195,11 +195,13 @@ POLICIES = [
                                "description": "The only Group that may be bound to cluster-admin."}}),
     resource_policy(
         name="rbac-forbidden-subjects",
-        description="Prohibits bindings to system:anonymous, system:unauthenticated, system:authenticated and system:masters.",
+        description=("Prohibits bindings to system:anonymous, system:unauthenticated, system:authenticated, "
+                     "system:masters and system:serviceaccounts."),
         applies=of_kinds(*BINDING_KINDS, group=RBAC), check=_forbidden_subjects,
         config={"forbiddenSubjects": {"type": "array", "items": {"type": "string"},
                                       "default": ["system:anonymous", "system:unauthenticated",
-                                                  "system:authenticated", "system:masters"],
+                                                  "system:authenticated", "system:masters",
+                                                  "system:serviceaccounts"],
                                       "description": "Subject names no binding may name."}}),
     resource_policy(
         name="serviceaccount-token-automount",
