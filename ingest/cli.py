@@ -90,6 +90,12 @@ def run(config: IngestConfig) -> int:
     link.start()
     try:
         worker.run()
+    except Exception:
+        # Crash-only: the batch in hand is unacknowledged, and only a reconnect makes the broker
+        # redeliver it, so a worker that hit an unexpected error exits and lets its supervisor restart it.
+        log.exception("ingest worker %s failed; exiting so that the broker redelivers its unacknowledged messages",
+                      b.client_id)
+        return 1
     finally:
         link.stop()
         writer.close()

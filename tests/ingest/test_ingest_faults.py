@@ -151,3 +151,47 @@ def test_scale_down_one_of_two_workers_mid_stream_loses_nothing(prometheus, inge
     _assert_exact(prometheus, stream, 3000)
     assert first.metric('ems_ingest_readings_total{outcome="written"}') > 0
     assert "unacknowledged" not in second.log_tail(100_000)
+
+
+def test_broker_killed_and_restarted_while_messages_are_unacknowledged(prometheus, ingest_factory, pki, broker):
+    ingest = ingest_factory()
+    stream = Stream("sub-broker", base_ms=int(time.time() * 1000) - 900_000)
+    edge = EdgePublisher(broker, pki, "edge-broker")
+    for batch in stream.batches(1, 1000, 20):
+        edge.publish(stream.site, batch)
+    edge.close()
+    broker.restart(kill=True)                        # SIGKILL: in-flight PUBACKs are lost; the session persists
+    ingest.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=20)
+    edge = EdgePublisher(broker, pki, "edge-broker")
+    try:
+        for batch in stream.batches(1001, 2000, 20):
+            edge.publish(stream.site, batch)
+    finally:
+        edge.close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and promql_count(prometheus, stream.site, stream.base_ms + 800_000) < 2000:
+        time.sleep(0.2)
+    ingest.wait_metric("ems_ingest_queue_depth", lambda v: v == 0)
+    _assert_exact(prometheus, stream, 2000)
+
+
+def test_sigterm_while_the_tsdb_is_down_leaves_the_batch_to_the_broker(prometheus, ingest_factory, edge):
+    ingest = ingest_factory()
+    stream = Stream("sub-term", base_ms=int(time.time() * 1000) - 900_000)
+    for batch in stream.batches(1, 100, 20):
+        edge.publish(stream.site, batch)
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v >= 100)
+    prometheus.stop()
+    for batch in stream.batches(101, 300, 20):
+        edge.publish(stream.site, batch)
+    ingest.wait_metric("ems_ingest_write_retries_total", lambda v: v >= 1)
+    started = time.monotonic()
+    assert ingest.terminate() == 0                   # gives up after shutdown_grace_s (5 s), acks nothing unwritten
+    assert time.monotonic() - started < 10
+    assert "left unacknowledged" in ingest.log_tail(100_000)
+    prometheus.start()
+    ingest.start()                                   # the broker redelivers the batch and the rest
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and promql_count(prometheus, stream.site, stream.base_ms + 800_000) < 300:
+        time.sleep(0.2)
+    _assert_exact(prometheus, stream, 300)

@@ -95,3 +95,29 @@ def test_client_certificates_are_required_when_a_client_ca_is_set(broker, pki, p
         untrusted = ssl.create_default_context()                   # the system trust store does not know our CA
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             _get(api, "/healthz", untrusted)
+
+
+def test_twin_api_command_serves_over_tls(tmp_path, broker, pki, prometheus):
+    from devenv.demo_pipeline import IngestProcess
+    from devenv.mosquitto import wait_for_port
+
+    port = free_port()
+    proc = IngestProcess(tmp_path / "twin", broker=broker, pki=pki, prometheus=prometheus, client_id="twin-cli",
+                         twin_api_port=port)
+    proc.start("twin-api")
+    try:
+        wait_for_port(port, 15, proc.proc)
+        context = ssl.create_default_context(cafile=str(pki.ca))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/healthz", context=context, timeout=5) as resp:
+                    assert json.load(resp) == {"status": "ok"}
+                    break
+            except urllib.error.HTTPError:
+                assert time.monotonic() < deadline, proc.log_tail()
+                time.sleep(0.1)
+        proc.proc.terminate()
+        assert proc.proc.wait(10) == 0
+    finally:
+        proc.stop()
