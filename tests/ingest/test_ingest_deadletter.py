@@ -120,3 +120,27 @@ def test_null_values_are_counted_not_written(ingest_factory, edge, prometheus):
     ingest.wait_metric('ems_ingest_readings_total{outcome="null"}', lambda v: v == 1)
     assert ingest.metric('ems_ingest_readings_total{outcome="written"}') == 1
     assert set(stored(prometheus, stream.site, stream.base_ms - 1, stream.base_ms + 5000)) == {("tx1", "oil_temp")}
+
+
+def test_bisection_isolates_every_refused_sample_in_a_large_batch(ingest_factory, edge, dead_letters, prometheus):
+    ingest = ingest_factory()
+    site = "sub-bisect"
+    now = int(time.time() * 1000)
+    edge.publish(site, [Reading(1000, now - 100, "tx1", "load", 1.0, "A")])
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 1)
+    too_old = now - 40 * 24 * 3600 * 1000
+    readings = [Reading(seq, now - 60_000 + seq * 10, "tx1", "oil_temp", float(seq), "degC") for seq in range(1, 101)]
+    readings[6] = Reading(7, too_old, "tx1", "oil_temp", 7.0, "degC")
+    readings[32] = Reading(33, too_old + 1, "tx2", "oil_temp", 33.0, "degC")
+    # same series and timestamp as seq 1000 but another value: Prometheus refuses it (400)
+    readings[90] = Reading(91, now - 100, "tx1", "load", 2.0, "A")
+    edge.publish(site, readings)
+    letters = [dead_letters.get(timeout=15) for _ in range(2)]
+    rejected = sorted((r["seq"], r["ts_ms"]) for _, letter in letters for r in letter["readings"])
+    assert rejected == [(7, too_old), (33, too_old + 1), (91, now - 100)]
+    details = sorted(letter["detail"] for _, letter in letters)
+    assert "duplicate sample for timestamp" in details[0] and "too old sample" in details[1]
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 98)
+    assert ingest.metric('ems_ingest_readings_total{outcome="rejected"}') == 3
+    got = stored(prometheus, site, now - 120_000, now)
+    assert len(got[("tx1", "oil_temp")]) == 97 and got[("tx1", "load")] == [(now - 100, 1.0)]
