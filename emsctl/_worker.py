@@ -19,9 +19,11 @@ import asyncio
 import json
 import logging
 import os
+import resource
 import runpy
 import sys
 import threading
+import time
 import traceback
 from typing import Any
 
@@ -227,8 +229,37 @@ def _find(exc: BaseException | None, kind: type) -> BaseException | None:
     return None
 
 
+async def _drain_outputs() -> None:
+    """Wait for every pending Output task with one ``asyncio.wait`` per round.
+
+    The SDK's ``wait_for_rpcs`` waits on all pending outputs with ``FIRST_COMPLETED`` in a loop,
+    which re-registers a callback on every pending task per completion — quadratic in the number
+    of resources (36 of 60 seconds for 4,000 resources). Draining them here first, with
+    ``ALL_COMPLETED``, is linear and awaits exactly the same tasks; a failed task is handed back to
+    the SDK, whose loop then raises it exactly as it would have.
+    """
+    while True:
+        with pulumi_settings.SETTINGS.lock:
+            pending = list(pulumi_settings.SETTINGS.outputs)
+            pulumi_settings.SETTINGS.outputs.clear()
+        if not pending:
+            return
+        await asyncio.wait(pending)
+        failed = [t for t in pending if t.cancelled() or t.exception() is not None]
+        if failed:
+            with pulumi_settings.SETTINGS.lock:
+                pulumi_settings.SETTINGS.outputs.update(failed)
+            return
+
+
+def _program(main_path: str):
+    runpy.run_path(main_path, run_name="__main__")
+    return _drain_outputs()
+
+
 def run(request: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the program described by ``request``; return the JSON-able result."""
+    started = time.monotonic()
     monitor = CapturingMonitor(request)
     engine_log = logging.getLogger("emsctl.program")
     engine_log.propagate = False
@@ -249,7 +280,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     asyncio.set_event_loop(loop)
     result: dict[str, Any] = {"ok": True}
     try:
-        loop.run_until_complete(run_in_stack(lambda: runpy.run_path(request["main"], run_name="__main__")))
+        loop.run_until_complete(run_in_stack(lambda: _program(request["main"])))
     except BaseException as exc:  # noqa: BLE001 every failure is reported to the parent
         engine = _find(exc, EngineError)
         run_error = _find(exc, pulumi.RunError)
@@ -270,6 +301,8 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     result.update({
         "stack_urn": monitor.stack_urn, "resources": monitor.records, "outputs": monitor.stack_outputs,
         "diagnostics": handler.records, "unemulated_calls": sorted(monitor.unemulated_calls),
+        "stats": {"seconds": round(time.monotonic() - started, 4),
+                  "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss},
     })
     return result
 

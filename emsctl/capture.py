@@ -301,6 +301,10 @@ class Capture:
     diagnostics: list[dict[str, str]]
     unemulated_calls: list[str]
     seconds: float
+    program_seconds: float = 0.0
+    """Time the program itself took in its evaluation process (0.0 when served from the cache)."""
+    max_rss_kb: int = 0
+    """Peak resident memory of the evaluation process, in KiB."""
 
     @property
     def secure_keys(self) -> tuple[str, ...]:
@@ -440,7 +444,9 @@ def _to_capture(project: Project, stack_cfg: StackConfig, result: dict[str, Any]
     return Capture(project=project.name, stack=stack_cfg.stack, project_dir=project.dir, stack_urn=result["stack_urn"],
                    resources=resources, outputs=decode(result["outputs"]), outputs_wire=result["outputs"],
                    config=stack_cfg, diagnostics=result.get("diagnostics", []),
-                   unemulated_calls=result.get("unemulated_calls", []), seconds=seconds)
+                   unemulated_calls=result.get("unemulated_calls", []), seconds=seconds,
+                   program_seconds=result.get("stats", {}).get("seconds", 0.0),
+                   max_rss_kb=result.get("stats", {}).get("max_rss_kb", 0))
 
 
 def is_secret_wire(value: Any) -> bool:
