@@ -211,3 +211,9 @@ def test_allowed_external_port_forwarding_to_plain_mqtt() -> None:
         "ClusterIP Service."]
     svc["spec"]["ports"][0]["targetPort"] = "https"  # a named port: the pod decides, 443 is what is exposed
     assert check("service-external-ports", SVC, svc) == []
+
+
+def test_ingress_unknown_backend_is_reported() -> None:
+    ing = ingress({"number": 443})
+    ing["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {"resource": UNKNOWN_STRING_VALUE}
+    assert "cannot verify spec.rules[0].http.paths[0].backend.resource" in check("ingress-ports", ING, ing)[0]

@@ -51,12 +51,14 @@ def selector_matches(selector: Any, labels: dict) -> Any:
     for key, value in match_labels:
         if value is UNKNOWN:
             return UNKNOWN
-        if labels.get(key) != value:
+        if not isinstance(value, str) or labels.get(key) != value:
             return False
     for expr in expressions:
         key, op, values = get(expr, "key"), get(expr, "operator"), strings(get(expr, "values"))
         if UNKNOWN in (key, op, values):
             return UNKNOWN
+        if not isinstance(key, str):
+            return False  # not a valid selector: it selects nothing
         present = key in labels
         if op == "In" and not (present and labels[key] in values):
             return False

@@ -158,6 +158,9 @@ def _tsdb_storage(resources: list[PolicyResource], cfg: dict) -> Iterator[tuple[
                 yield (f"{subject(res)}: TSDB claim {path}.storageClassName is unset (the cluster default class may "
                        "not be CSI-backed); name a StorageClass whose provisioner is a CSI driver."), res.urn
                 continue
+            elif not isinstance(name, str):
+                yield f"{subject(res)}: TSDB claim {path}.storageClassName is {name!r}, not a name.", res.urn
+                continue
             else:
                 if name not in classes:
                     yield (f"{subject(res)}: TSDB claim {path}.storageClassName {name!r} is not a StorageClass of this "

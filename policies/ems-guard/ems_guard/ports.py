@@ -237,7 +237,11 @@ def _ingress(res: Resource, cfg: dict) -> Iterator[str]:
             if backend is UNKNOWN:
                 yield unknown_message(res.subject, where)
                 continue
-            if get(backend, "resource") is not None:
+            resource_backend = get(backend, "resource")
+            if resource_backend is UNKNOWN:
+                yield unknown_message(res.subject, f"{where}.resource")
+                continue
+            if resource_backend is not None:
                 continue  # a resource backend (e.g. a bucket) has no port
             port = get(dig(backend, "service"), "port")
             number = as_int(get(port, "number"))

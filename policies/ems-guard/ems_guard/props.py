@@ -281,6 +281,14 @@ Check = Callable[[Resource, dict], Iterable[str]]
 StackCheck = Callable[[list[PolicyResource], dict], Iterable[tuple[str, Optional[str]]]]
 
 
+INTERNAL_ERROR = "ems-guard could not evaluate"
+
+
+def _internal_error(subject: str, exc: Exception) -> str:
+    return (f"{subject}: {INTERNAL_ERROR} this resource ({type(exc).__name__}: {exc}); a property has a shape "
+            "the Kubernetes/AWS schema does not allow — fix the property or report the pack bug.")
+
+
 def _escaped_unknown(subject: str, exc: UnknownValueError) -> str:
     return unknown_message(subject, "." + ".".join(exc.props))
 
@@ -302,6 +310,9 @@ def resource_policy(*, name: str, description: str, check: Check,
                 report(message, None)
         except UnknownValueError as exc:
             report(_escaped_unknown(resource.subject, exc), None)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            # A shape no valid resource has: fail closed (a crash would abort the whole Analyze call).
+            report(_internal_error(resource.subject, exc), None)
 
     return ResourceValidationPolicy(name=name, description=description, validate=validate,
                                     enforcement_level=level, config_schema=config_schema)
@@ -320,6 +331,8 @@ def stack_policy(*, name: str, description: str, check: StackCheck,
                 report(message, urn)
         except UnknownValueError as exc:
             report(_escaped_unknown("stack", exc), None)
+        except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+            report(_internal_error("stack", exc), None)
 
     return StackValidationPolicy(name=name, description=description, validate=validate,
                                  enforcement_level=level, config_schema=config_schema)

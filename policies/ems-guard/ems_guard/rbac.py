@@ -60,7 +60,9 @@ def _escalation_verbs(res: Resource, cfg: dict) -> Iterator[str]:
             yield (f"{res.subject}: {path}.verbs grants {bad}, which let a subject raise its own privileges; "
                    "remove them.")
         resources = strings(get(rule, "resources"))
-        if resources is not UNKNOWN and "serviceaccounts/token" in resources and "create" in verbs:
+        if resources is UNKNOWN and "create" in verbs:
+            yield unknown_message(res.subject, f"{path}.resources", "needed to rule out minting service-account tokens")
+        elif resources is not UNKNOWN and "serviceaccounts/token" in resources and "create" in verbs:
             yield (f"{res.subject}: {path} grants create on serviceaccounts/token (minting tokens for any service "
                    "account); remove it.")
 
@@ -115,7 +117,7 @@ def _cluster_admin(res: Resource, cfg: dict) -> Iterator[str]:
         if role is UNKNOWN:
             yield unknown_message(res.subject, "roleRef.name")
             continue
-        if role not in SECRET_READING_ROLES:
+        if not isinstance(role, str) or role not in SECRET_READING_ROLES:
             continue
         if kind == "ClusterRoleBinding" and role in ("admin", "edit"):
             yield (f"{res.subject}: binds the built-in ClusterRole {role!r} cluster-wide, which reads every Secret; "
