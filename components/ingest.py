@@ -1,5 +1,10 @@
 """Ingest workers: shared-subscription MQTT consumers that write to the TSDB, autoscaled on msg/s.
 
+A StatefulSet, not a Deployment: each worker keeps its de-duplication database on its own
+volume and needs a stable MQTT client id (the pod name) so the broker's persistent session
+— and the QoS 1 messages it holds for a crashed worker — survive a restart. Its
+``ingest.toml`` is generated here and checked with the ingest's own parser.
+
 The HPA (``autoscaling/v2``) targets the pods metric ``ems_ingest_messages_per_second``
 (served by prometheus-adapter from ``rate(ems_ingest_messages_total[1m])``) as an
 AverageValue, and waits ``scale_down_stabilization_seconds`` before scaling down so that
@@ -15,19 +20,44 @@ a no-op (or an error) on current kernels.
 
 from __future__ import annotations
 
+import json
+import tomllib
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    THERMAL_LABEL, ComponentArgsError, Resources, child, container, empty_dir, metadata,
+    THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels, metadata,
     pod_spec, selector, template_metadata,
 )
 
 APP = "ingest"
 METRICS_PORT = 9100
 METRIC = "ems_ingest_messages_per_second"
+STATE_DIR = "/var/lib/ems-ingest"
+
+
+def ingest_toml(broker_host: str, remote_write_url: str) -> str:
+    """The workers' ingest.toml: plain MQTT on 1883 inside the namespace, remote write to the TSDB."""
+    q = json.dumps
+    return "\n".join([
+        "[broker]", f"host = {q(broker_host)}", "tls = false", "port = 1883", 'group = "ems-ingest"', "",
+        "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
+        "[state]", f"dir = {q(STATE_DIR)}", "",
+        "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
+    ])
+
+
+def validate_ingest_toml(name: str, text: str) -> None:
+    """Check the generated file with the ingest's own parser (one source of truth)."""
+    from ingest.config import parse_config
+    from ingest.errors import ConfigError
+
+    try:
+        parse_config(tomllib.loads(text))
+    except ConfigError as exc:
+        raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
 SYSCTLS = {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}
 
 
@@ -37,10 +67,14 @@ class IngestArgs:
     """Namespace of every object."""
     image: str
     """Ingest image with an explicit tag."""
-    broker_host: pulumi.Input[str]
-    """In-namespace broker Service name (plain MQTT on 1883)."""
-    remote_write_url: pulumi.Input[str]
+    broker_host: str
+    """In-namespace broker Service DNS name (plain MQTT on 1883)."""
+    remote_write_url: str
     """TSDB remote-write endpoint."""
+    storage_class: pulumi.Input[str]
+    """StorageClass of each worker's de-duplication volume."""
+    state_size: str = "5Gi"
+    """Size of each worker's state volume. Defaults to 5Gi."""
     min_replicas: int = 2
     """HPA lower bound. Defaults to 2."""
     max_replicas: int = 10
@@ -54,9 +88,9 @@ class IngestArgs:
 
 
 class IngestWorkers(pulumi.ComponentResource):
-    """Deployment, headless metrics Service, HPA and PodDisruptionBudget of the ingest tier."""
+    """StatefulSet, config, headless metrics Service, HPA and PodDisruptionBudget of the ingest tier."""
 
-    deployment_name: pulumi.Output[str]
+    statefulset_name: pulumi.Output[str]
     metrics_service_name: pulumi.Output[str]
     hpa_name: pulumi.Output[str]
 
@@ -67,6 +101,8 @@ class IngestWorkers(pulumi.ComponentResource):
             raise ComponentArgsError(name, "min_replicas", args.min_replicas, f"must not exceed max_replicas {args.max_replicas}")
         if not 0 <= args.scale_down_stabilization_seconds <= 3600:
             raise ComponentArgsError(name, "scale_down_stabilization_seconds", args.scale_down_stabilization_seconds, "must be 0..3600")
+        conf_text = ingest_toml(args.broker_host, args.remote_write_url)
+        validate_ingest_toml(name, conf_text)
         super().__init__("ems:workloads:IngestWorkers", name, None, opts)
         o = child(self)
         ns = args.namespace
@@ -77,29 +113,37 @@ class IngestWorkers(pulumi.ComponentResource):
                   "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
             opts=o,
         )
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
+                                     data={"ingest.toml": conf_text}, opts=o)
         worker = container(
             "ingest", args.image, args.resources,
+            args=["run", "--config", "/etc/ems/ingest/ingest.toml"],
             ports=[("metrics", METRICS_PORT)],
-            env={
-                "EMS_BROKER_HOST": args.broker_host,
-                "EMS_BROKER_PORT": "1883",
-                "EMS_REMOTE_WRITE_URL": args.remote_write_url,
-                "EMS_METRICS_PORT": str(METRICS_PORT),
-            },
-            mounts=[("tmp", "/tmp")], writable=["tmp"],
+            mounts=[("config", "/etc/ems/ingest"), ("state", STATE_DIR), ("tmp", "/tmp")], writable=["state", "tmp"],
             probe_port=METRICS_PORT, probe_path="/metrics",
         )
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deploy",
+        workers = k8s.apps.v1.StatefulSet(
+            f"{name}-sts",
             metadata=metadata(APP, ns, APP, **{THERMAL_LABEL: "true"}),
             spec={
+                "serviceName": metrics_svc.metadata.name,
                 "replicas": args.min_replicas,
+                "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     "metadata": template_metadata(APP, [worker], **{THERMAL_LABEL: "true"}),
-                    "spec": pod_spec([worker], service_account=sa.metadata.name, volumes=[empty_dir("tmp")],
+                    "spec": pod_spec([worker], service_account=sa.metadata.name,
+                                     volumes=[config_volume("config", conf.metadata.name), empty_dir("tmp")],
                                      sysctls=SYSCTLS, pool="general", spread_app=APP),
                 },
+                "volumeClaimTemplates": [{
+                    "metadata": {"name": "state", "labels": labels(APP)},
+                    "spec": {
+                        "accessModes": ["ReadWriteOnce"],
+                        "storageClassName": args.storage_class,
+                        "resources": {"requests": {"storage": args.state_size}},
+                    },
+                }],
             },
             opts=o,
         )
@@ -107,7 +151,7 @@ class IngestWorkers(pulumi.ComponentResource):
             f"{name}-hpa",
             metadata=metadata(APP, ns, APP, **{THERMAL_LABEL: "true"}),
             spec={
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment.metadata.name},
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": workers.metadata.name},
                 "minReplicas": args.min_replicas,
                 "maxReplicas": args.max_replicas,
                 "metrics": [{
@@ -134,11 +178,11 @@ class IngestWorkers(pulumi.ComponentResource):
             f"{name}-pdb", metadata=metadata(APP, ns, APP),
             spec={"minAvailable": 1, "selector": {"matchLabels": selector(APP)}}, opts=o,
         )
-        self.deployment_name = deployment.metadata.name
+        self.statefulset_name = workers.metadata.name
         self.metrics_service_name = metrics_svc.metadata.name
         self.hpa_name = hpa.metadata.name
         self.register_outputs({
-            "deployment_name": self.deployment_name,
+            "statefulset_name": self.statefulset_name,
             "metrics_service_name": self.metrics_service_name,
             "hpa_name": self.hpa_name,
         })

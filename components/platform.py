@@ -121,8 +121,8 @@ class EmsPlatform(pulumi.ComponentResource):
             storage_class=storage_class, gateways=s.modbus_gateways,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         IngestWorkers(f"{name}-ingest", IngestArgs(
-            namespace=namespace, image=s.images.ingest, broker_host=broker.service_name,
-            remote_write_url=tsdb.remote_write_url,
+            namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
+            remote_write_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090/api/v1/write", storage_class=storage_class,
             min_replicas=s.ingest_min_replicas, max_replicas=s.ingest_max_replicas,
             target_messages_per_second=s.ingest_target_messages_per_second,
             scale_down_stabilization_seconds=s.ingest_scale_down_stabilization_seconds,

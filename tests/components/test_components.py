@@ -36,7 +36,7 @@ def fresh() -> None:
 
 def test_ingest_rejects_min_above_max() -> None:
     with pytest.raises(ComponentArgsError, match=r"^ingest: min_replicas must not exceed max_replicas 2 \(got 5\)$"):
-        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker",
+        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", storage_class="sc",
                                            remote_write_url="http://tsdb", min_replicas=5, max_replicas=2))
     assert MOCKS.resources == []
 
@@ -147,3 +147,11 @@ def test_bridge_is_latency_critical_and_pinned_to_interconnect() -> None:
     assert terms == [{"matchExpressions": [{"key": "ems.io/pool", "operator": "In", "values": ["interconnect"]}]}]
     [conf] = MOCKS.of_type("kubernetes:core/v1:ConfigMap")
     assert 'host = "10.0.0.1"' in conf.inputs["data"]["sensors.conf"]
+
+
+def test_ingest_config_is_checked_with_the_ingest_parser() -> None:
+    from components.ingest import ingest_toml, validate_ingest_toml
+
+    validate_ingest_toml("ingest", ingest_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090/api/v1/write"))
+    with pytest.raises(ComponentArgsError, match=r"^ingest: ingest\.toml is invalid \(got \"tsdb\.remote_write_url: must be an http"):
+        validate_ingest_toml("ingest", ingest_toml("broker", "ftp://tsdb/x"))

@@ -156,7 +156,7 @@ def test_rbac_has_no_wildcards(name: str) -> None:
 @pytest.mark.parametrize("name", REGION_STACKS)
 def test_ingest_tier_sysctls_and_thermal_hpa(name: str) -> None:
     ev = stack(name)
-    [ingest] = [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "ingest"]
+    [ingest] = [d for d in ev.of_type("kubernetes:apps/v1:StatefulSet") if d.inputs["metadata"]["name"] == "ingest"]
     sysctls = {s["name"]: s["value"] for s in ingest.inputs["spec"]["template"]["spec"]["securityContext"]["sysctls"]}
     assert sysctls == {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}
     assert not any("tcp_low_latency" in json.dumps(r.inputs) for r in ev.resources)
