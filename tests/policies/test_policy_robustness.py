@@ -171,3 +171,44 @@ def test_every_unknown_subtree_of_a_violating_deployment_is_still_reported() -> 
             current = current[key]
         mutated = _replace(bad, prefix, _unknown_for(current))
         assert check("container-privileged", KIND_TYPES["Deployment"], mutated), prefix
+
+
+def _with(obj: dict, path: tuple, value: Any) -> dict:
+    return _replace(obj, path, value)
+
+
+C0 = ("spec", "template", "spec", "containers", 0)
+POD = ("spec", "template", "spec")
+VIOLATIONS = [
+    ("container-privilege-escalation", KIND_TYPES["Deployment"], workload(), C0 + ("securityContext", "allowPrivilegeEscalation"), True),
+    ("container-run-as-non-root", KIND_TYPES["Deployment"], workload(), POD + ("securityContext", "runAsNonRoot"), False),
+    ("container-capabilities", KIND_TYPES["Deployment"], workload(), C0 + ("securityContext", "capabilities", "drop"), ["NET_RAW"]),
+    ("container-image-pinned", KIND_TYPES["Deployment"], workload(), C0 + ("image",), "ghcr.io/x/y:latest"),
+    ("pod-host-access", KIND_TYPES["Deployment"], workload(), POD + ("hostNetwork",), True),
+    ("secret-volume-mode", KIND_TYPES["Deployment"], workload(), POD + ("volumes", 0, "secret", "defaultMode"), 420),
+    ("serviceaccount-token-automount", KIND_TYPES["Deployment"], workload(), POD + ("automountServiceAccountToken",), True),
+    ("service-external-ports", SAMPLES["service"][0], SAMPLES["service"][1], ("spec", "loadBalancerSourceRanges"), []),
+    ("service-ports-allowed", SAMPLES["service"][0], SAMPLES["service"][1], ("spec", "ports", 0, "port"), 22),
+    ("networkpolicy-ingress-ports", SAMPLES["netpol"][0], SAMPLES["netpol"][1], ("spec", "ingress", 0, "ports", 0, "port"), 22),
+    ("rbac-no-wildcards", SAMPLES["clusterrole"][0], SAMPLES["clusterrole"][1], ("rules", 0, "verbs"), ["*"]),
+    ("rbac-cluster-admin-binding", SAMPLES["binding"][0], SAMPLES["binding"][1], ("subjects", 0, "name"), "devs"),
+    ("security-group-public-ingress", SAMPLES["sg"][0], SAMPLES["sg"][1], ("ingress", 0, "fromPort"), 22),
+    ("eks-endpoint-not-public", SAMPLES["eks"][0], SAMPLES["eks"][1], ("vpcConfig", "publicAccessCidrs"), ["0.0.0.0/0"]),
+    ("tls-key-strength", SAMPLES["key"][0], SAMPLES["key"][1], ("rsaBits",), 2048),
+    ("tls-cert-lifetime", SAMPLES["cert"][0], SAMPLES["cert"][1], ("validityPeriodHours",), 87600),
+    ("thermal-hpa-cooldown", SAMPLES["hpa"][0], SAMPLES["hpa"][1], ("spec", "behavior", "scaleDown", "stabilizationWindowSeconds"), 10),
+    ("kms-key-rotation", SAMPLES["kms"][0], SAMPLES["kms"][1], ("enableKeyRotation",), False),
+]
+
+
+@pytest.mark.parametrize("policy,resource_type,props,path,bad", VIOLATIONS, ids=[v[0] for v in VIOLATIONS])
+def test_unknown_anywhere_above_a_violation_is_still_reported(policy: str, resource_type: str, props: dict,
+                                                              path: tuple, bad: Any) -> None:
+    violating = _with(props, path, bad)
+    assert check(policy, resource_type, violating), "the violation itself must be caught"
+    for depth in range(1, len(path) + 1):
+        prefix = path[:depth]
+        current = violating
+        for key in prefix:
+            current = current[key]
+        assert check(policy, resource_type, _with(violating, prefix, _unknown_for(current))), prefix
