@@ -37,6 +37,7 @@ import re
 import socket
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -488,7 +489,8 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
     topic = telemetry_topic(site)
     flushing = flushing or asyncio.Event()
 
-    async def next_batch() -> list:
+    async def next_rows(limit: int) -> list:
+        """Up to ``limit`` rows once a full batch is pending, the oldest waited ``batch_max_delay_s``, or flushing."""
         waiting_since: float | None = None
         while True:
             spool.changed.clear()
@@ -498,7 +500,7 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                 due = pending >= batch_max_readings or flushing.is_set() or \
                     clock() - waiting_since >= batch_max_delay_s
                 if due:
-                    rows = await spool.lease(batch_max_readings)
+                    rows = await spool.lease(limit)
                     if rows:
                         return rows
                     continue
@@ -513,40 +515,62 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                 waiter.cancel()
                 flush_waiter.cancel()
 
-    async def sender(queue: asyncio.Queue) -> None:
-        while True:
-            rows = await next_batch()
-            payload = encode_batch(site, [row.reading for row in rows], sent_ms=int(clock() * 1000))
-            future = link.start_publish(topic, payload)
-            await queue.put((rows[0].seq, rows[-1].seq, len(rows), future, time.monotonic()))
+    # In flight, oldest first: (first seq, last seq, readings, PUBACK future, monotonic start).
+    # The sender fills free slots several messages at a time and the acker acks every consecutive
+    # confirmed message with one spool delete: fewer awaits per reading, so a drain competing with
+    # many busy pollers for the event loop still moves readings in bulk.
+    inflight: deque[tuple[int, int, int, asyncio.Future, float]] = deque()
+    added, freed = asyncio.Event(), asyncio.Event()
 
-    async def acker(queue: asyncio.Queue) -> None:
+    async def sender() -> None:
         while True:
-            first, last, count, future, started = await queue.get()
+            while len(inflight) >= window:
+                freed.clear()
+                await freed.wait()
+            rows = await next_rows(batch_max_readings * (window - len(inflight)))
+            sent_ms = int(clock() * 1000)
+            for i in range(0, len(rows), batch_max_readings):
+                chunk = rows[i:i + batch_max_readings]
+                payload = encode_batch(site, [row.reading for row in chunk], sent_ms=sent_ms)
+                future = link.start_publish(topic, payload)
+                inflight.append((chunk[0].seq, chunk[-1].seq, len(chunk), future, time.monotonic()))
+            added.set()
+
+    async def acker() -> None:
+        while True:
+            while not inflight:
+                added.clear()
+                await added.wait()
+            first, last, _, future, _ = inflight[0]
             try:
                 await asyncio.wait_for(asyncio.shield(future), ack_timeout_s)
             except asyncio.TimeoutError:
                 link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {first}..{last}")
                 raise PublishError(f"no PUBACK for seq {first}..{last}") from None
-            await spool.ack(first, last)
+            confirmed = []
+            while inflight and inflight[0][3].done() and not inflight[0][3].cancelled() \
+                    and inflight[0][3].exception() is None:
+                confirmed.append(inflight.popleft())
+            await spool.ack(confirmed[0][0], confirmed[-1][1])
+            freed.set()
             if metrics is not None:
-                metrics.publish_latency.observe(time.monotonic() - started)
-                metrics.messages_published.inc()
-                metrics.readings_published.inc(count)
+                now = time.monotonic()
+                for _, _, count, _, started in confirmed:
+                    metrics.publish_latency.observe(now - started)
+                metrics.messages_published.inc(len(confirmed))
+                metrics.readings_published.inc(sum(item[2] for item in confirmed))
 
     while True:
         await link.wait_connected()
-        queue: asyncio.Queue = asyncio.Queue(maxsize=window)
         try:
             async with asyncio.TaskGroup() as group:
-                group.create_task(sender(queue))
-                group.create_task(acker(queue))
+                group.create_task(sender())
+                group.create_task(acker())
         except* PublishError as errors:
             log.info("delivery interrupted (%s); unacknowledged readings will be sent again",
                      errors.exceptions[0])
-        while not queue.empty():
-            _, _, _, future, _ = queue.get_nowait()
-            future.cancel()
+        while inflight:
+            inflight.popleft()[3].cancel()
         spool.release_leases()
         if link.connected:
             await asyncio.sleep(0.1)    # a rejected message: do not spin

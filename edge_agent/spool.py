@@ -17,6 +17,9 @@ Lifecycle of a reading::
                                                   │ ``flush_interval_s``, whichever first
     commit: INSERT rows + next_seq in one transaction (fsync), then the audit
             records of the batch and of any cap drop, one audit fsync
+            (group commit: readings that arrive during an fsync go in the next
+            one; ``append`` waits for the disk only when ``max_buffered`` —
+            16 × ``fsync_batch``, at least 1024 — readings are waiting)
     lease(n) ─ the next n committed rows in seq order (CRC checked; a bad row is
                moved to the ``quarantine`` table, audited and counted — never dropped)
     ack(first, last) ─ after PUBACK: rows deleted
@@ -118,6 +121,7 @@ class Spool:
         self.site = site
         self.max_readings = max_readings
         self.fsync_batch = fsync_batch
+        self.max_buffered = max(16 * fsync_batch, 1024)
         self.flush_interval_s = flush_interval_s
         self.audit = audit
         self.metrics = metrics
@@ -255,17 +259,29 @@ class Spool:
         reading = Reading(seq=seq, ts_ms=int(ts_ms), asset=asset, point=point, value=value, unit=unit,
                           quality=quality)
         self._buffer.append((reading, sensor_id, int(self.clock() * 1000)))
-        if len(self._buffer) >= self.fsync_batch:
-            await self.flush()
+        if len(self._buffer) >= self.max_buffered:
+            await self.flush()                  # the disk is behind: make the pollers wait
+        elif len(self._buffer) >= self.fsync_batch:
+            self._flush_soon()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
         return seq
 
     def _flush_soon(self) -> None:
+        """Group commit: one background task commits whatever accumulated while the last fsync ran."""
         self._timer = None
         if self._buffer and (self._flush_task is None or self._flush_task.done()):
-            self._flush_task = asyncio.get_running_loop().create_task(self.flush())
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def _flush_loop(self) -> None:
+        while self._buffer:
+            try:
+                await self.flush()
+            except SpoolError as exc:
+                # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
+                log.error("%s; will retry", exc)
+                return
 
     async def flush(self) -> None:
         """Commit (fsync) every buffered reading and write their audit records."""

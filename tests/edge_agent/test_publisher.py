@@ -170,6 +170,8 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
             for i in range(730):
                 await spool.append(ts_ms=1_764_000_000_000 + i, asset="tx1", point=f"p{i % 7}", value=float(i),
                                    unit="kW", quality="good", sensor_id="S1")
+            await spool.flush()
+            assert spool.depth == 730
             link.start()
             task = asyncio.create_task(drain(spool, link, site="site1", batch_max_readings=100,
                                              batch_max_delay_s=0.2, metrics=metrics))

@@ -227,3 +227,30 @@ def test_metrics_depth_and_oldest_age(tmp_path: Path) -> None:
 def test_bad_parameters_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="max_readings must be >= 1"):
         Spool(tmp_path, site="s1", max_readings=0)
+
+
+def test_nothing_is_leased_before_it_is_committed(tmp_path: Path) -> None:
+    """Written (fsync'd) before published: lease() only sees committed rows; the timer commits a partial batch."""
+    async def go() -> tuple[list[int], list[int], int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=64, flush_interval_s=0.05) as spool:
+            for i in range(10):
+                await _add(spool, i)
+            before = [r.seq for r in await spool.lease(100)]
+            await asyncio.sleep(0.3)                  # the flush timer fires
+            after = [r.seq for r in await spool.lease(100)]
+            return before, after, spool.depth
+
+    before, after, depth = run(go())
+    assert before == [] and after == list(range(1, 11)) and depth == 10
+
+
+def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> None:
+    async def go() -> tuple[int, int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=8) as spool:
+            for i in range(5000):
+                await _add(spool, i)
+            await spool.flush()
+            rows = await spool.lease(10_000)
+            return len(rows), rows[-1].seq
+
+    assert run(go()) == (5000, 5000)
