@@ -109,10 +109,28 @@ def _is_default_deny(spec: Any) -> Any:
     return bool(empty and {"Ingress", "Egress"} <= set(types) and not ingress and not egress)
 
 
+def _undoes_default_deny(spec: Any) -> list[str]:
+    """Rule lists of an every-pod policy that allow everything (no peers, no ports)."""
+    if selector_is_empty(get(spec, "podSelector")) is not True:
+        return []
+    found = []
+    for direction, peers in (("ingress", "from"), ("egress", "to")):
+        rules = elements(get(spec, direction))
+        if rules is UNKNOWN:
+            continue
+        for i, rule in enumerate(rules):
+            if rule is not UNKNOWN and get(rule, peers) is None and get(rule, "ports") is None:
+                found.append(f"spec.{direction}[{i}]")
+    return found
+
+
 def _default_deny(resources: list[PolicyResource], _cfg: dict) -> Iterator[tuple[str, Optional[str]]]:
     denied: set[str] = set()
     undecided = []
     for res, namespace, spec in _network_policies(resources):
+        for where in _undoes_default_deny(spec):
+            yield (f"{subject(res)}: {where} allows all traffic for every pod of its namespace (empty podSelector, "
+                   "no peers, no ports), which undoes the default deny; name the peers and ports."), res.urn
         verdict = _is_default_deny(spec)
         if verdict is UNKNOWN:
             undecided.append(res)
