@@ -194,3 +194,62 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
         assert registry.get_sample_value("ems_edge_messages_published_total") == 8
     finally:
         sub.stop()
+
+
+class _V311OnlyFront:
+    """In front of the real broker's plain listener: answers an MQTT v5 CONNECT the way a 3.1.1-only broker
+    must (CONNACK return code 1, "unacceptable protocol version", then close) and pipes everything else."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.refused = 0
+        self.server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.read(64)                 # CONNECT: fixed header, "MQTT", protocol level
+        level = head[head.find(b"MQTT") + 4] if b"MQTT" in head else None
+        if level == 5:
+            self.refused += 1
+            writer.write(b"\x20\x02\x00\x01")
+            await writer.drain()
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        up_writer.write(head)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                dst.write(data)
+                await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True)
+
+
+def test_auto_protocol_falls_back_to_311_and_mqttv5_only_refuses(broker: MosquittoBroker) -> None:
+    sub = Subscriber(broker.plain_port, topic="ems/v1/site1/test").start()
+
+    async def go() -> tuple[str | None, int, str]:
+        front = _V311OnlyFront(broker.plain_port)
+        port = await front.start()
+        link = MqttLink(host="127.0.0.1", port=port, client_id="edge-old", site="site1", tls=None)
+        await link.connect()
+        await link.publish("ems/v1/site1/test", b"via 3.1.1")
+        await link.close()
+        strict = MqttLink(host="127.0.0.1", port=port, client_id="edge-v5", site="site1", tls=None,
+                          protocol="mqttv5")
+        with pytest.raises(BrokerRefused) as err:
+            await strict.connect()
+        return link.protocol_in_use, front.refused, str(err.value)
+
+    try:
+        protocol, refused, message = asyncio.run(go())
+        assert protocol == "mqttv311" and refused == 2
+        assert message.startswith("broker 127.0.0.1:") and "does not support MQTT v5" in message
+        assert sub.wait_for(lambda r: [p for p, _ in r.on_topic("ems/v1/site1/test")] == [b"via 3.1.1"])
+    finally:
+        sub.stop()
