@@ -75,6 +75,8 @@ class PackRun:
     not_applicable: int = 0
     logs: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    analyze_seconds: float = 0.0
+    analyze_stack_seconds: float = 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,12 +448,16 @@ def run_pack(pack_dir: str | os.PathLike[str], capture: Capture, *, user_config:
                 policyConfig=effective_config(info, user_config, info.name or pack.label)))
         violations: list[Violation] = []
         not_applicable = 0
+        t0 = time.monotonic()
         for req in analyze_requests(resources, provider_of):
             resp = pack.call("Analyze", req)
             violations.extend(_violations(resp, capture.stack, req.urn))
             not_applicable += len(resp.not_applicable)
+        t1 = time.monotonic()
         resp = pack.call("AnalyzeStack", analyze_stack_request(resources, provider_of))
         violations.extend(_violations(resp, capture.stack, capture.stack_urn))
+        t2 = time.monotonic()
         logs = list(pack.engine.logs)
     return PackRun(pack=info.name or pack.label, version=info.version, stack=capture.stack, resources=len(resources),
-                   violations=violations, not_applicable=not_applicable, logs=logs, seconds=time.monotonic() - started)
+                   violations=violations, not_applicable=not_applicable, logs=logs, seconds=time.monotonic() - started,
+                   analyze_seconds=t1 - t0, analyze_stack_seconds=t2 - t1)
