@@ -46,18 +46,21 @@ def _aws_region(settings: StackSettings) -> None:
     a = settings.aws
     assert a is not None and settings.platform is not None
     cluster_name = f"ems-{a.region}"
-    tags = (*a.tags, ("ems.io/stack", settings.stack))
-    provider = aws.Provider("aws", region=a.region, default_tags={"tags": dict(tags)})
+    # Tags go on every AWS resource through the provider's default_tags (not per resource).
+    tags = {**dict(a.tags), "ems.io/stack": settings.stack}
+    provider = aws.Provider("aws", region=a.region, default_tags={"tags": tags})
     on_aws = pulumi.ResourceOptions(providers=[provider])
     if a.vpc_id:
-        vpc_id, vpc_cidr = pulumi.Output.from_input(a.vpc_id), pulumi.Output.from_input(a.vpc_cidr)
+        # Bring-your-own network: the VPC's real CIDR feeds the node security-group rules.
+        vpc = aws.ec2.get_vpc_output(id=a.vpc_id, opts=pulumi.InvokeOutputOptions(provider=provider))
+        vpc_id, vpc_cidr = pulumi.Output.from_input(a.vpc_id), vpc.cidr_block
         private_ids, public_ids = pulumi.Output.from_input(list(a.private_subnet_ids)), pulumi.Output.from_input(list(a.public_subnet_ids))
     else:
-        network = RegionNetwork("network", RegionNetworkArgs(a.availability_zones, a.vpc_cidr, cluster_name, tags), opts=on_aws)
+        network = RegionNetwork("network", RegionNetworkArgs(a.availability_zones, a.vpc_cidr, cluster_name), opts=on_aws)
         vpc_id, vpc_cidr, private_ids, public_ids = network.vpc_id, network.vpc_cidr, network.private_subnet_ids, network.public_subnet_ids
     cluster = EksCluster("cluster", EksClusterArgs(
         region=a.region, vpc_id=vpc_id, private_subnet_ids=private_ids, node_groups=a.node_groups,
-        version=settings.kubernetes_version, public_endpoint_cidrs=a.public_endpoint_cidrs, tags=tags,
+        version=settings.kubernetes_version, public_endpoint_cidrs=a.public_endpoint_cidrs,
     ), opts=on_aws)
     platform = EmsPlatform("ems", EmsPlatformArgs(settings.platform, "aws"),
                            opts=pulumi.ResourceOptions(providers=[cluster.provider]))
@@ -67,7 +70,6 @@ def _aws_region(settings: StackSettings) -> None:
         lb_controller_role_arn=cluster.lb_controller_role_arn, namespace=platform.namespace,
         backends=(Backend("broker", 8883, platform.broker_external_service_name),
                   Backend("api-gateway", 443, platform.api_gateway_service_name)),
-        tags=tags,
     ), opts=pulumi.ResourceOptions(providers=[provider, cluster.provider]))
     _export_platform(platform)
     pulumi.export("region", a.region)

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec,
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
     secret_volume, selector, template_metadata,
 )
 
@@ -117,7 +117,8 @@ class ApiGateway(pulumi.ComponentResource):
             "envoy", args.image, args.resources,
             args=["-c", "/etc/envoy/config/envoy.yaml", "--log-level", "warn"],
             ports=[("https", PORT)],
-            mounts=[("config", "/etc/envoy/config"), ("tls", "/etc/envoy/tls")],
+            mounts=[("config", "/etc/envoy/config"), ("tls", "/etc/envoy/tls"), ("tmp", "/tmp")],
+            writable=["tmp"],
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
         )
         k8s.apps.v1.Deployment(
@@ -129,7 +130,8 @@ class ApiGateway(pulumi.ComponentResource):
                     "metadata": template_metadata(APP, [envoy]),
                     "spec": pod_spec([envoy], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
-                                     volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)]),
+                                     volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret),
+                                              empty_dir("tmp")]),
                 },
             },
             opts=o,

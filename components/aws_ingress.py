@@ -20,7 +20,7 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import ComponentArgsError, labels
 
-LBC_CHART_VERSION = "1.8.3"
+LBC_CHART_VERSION = "1.8.1"
 LBC_REPOSITORY = "https://aws.github.io/eks-charts"
 
 
@@ -90,6 +90,9 @@ class RegionalIngress(pulumi.ComponentResource):
                 # Only TargetGroupBindings: the controller must not provision load balancers itself.
                 "enableServiceMutatorWebhook": False,
                 "createIngressClassResource": False,
+                "enableShield": False,
+                "enableWaf": False,
+                "enableWafv2": False,
             },
             opts=o,
         )

@@ -161,7 +161,7 @@ class EksCluster(pulumi.ComponentResource):
             tags=tags,
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster_policy]),
         )
-        issuer = cluster.identities.apply(lambda ids: ids[0]["oidcs"][0]["issuer"] if isinstance(ids[0], dict) else ids[0].oidcs[0].issuer)
+        issuer = cluster.identities[0].oidcs[0].issuer
         oidc = aws.iam.OpenIdConnectProvider(f"{name}-oidc", url=issuer, client_id_lists=["sts.amazonaws.com"], tags=tags, opts=o)
 
         node_role = aws.iam.Role(f"{name}-node-role", assume_role_policy=_assume("ec2.amazonaws.com"), tags=tags, opts=o)
@@ -195,7 +195,9 @@ class EksCluster(pulumi.ComponentResource):
                 {"Effect": "Allow", "Resource": "*", "Action": [
                     "elasticloadbalancing:DescribeTargetGroups", "elasticloadbalancing:DescribeTargetHealth",
                     "elasticloadbalancing:DescribeLoadBalancers", "elasticloadbalancing:DescribeListeners",
-                    "elasticloadbalancing:DescribeTags", "ec2:DescribeInstances", "ec2:DescribeSubnets",
+                    "elasticloadbalancing:DescribeTags", "elasticloadbalancing:DescribeTargetGroupAttributes",
+                    "elasticloadbalancing:DescribeLoadBalancerAttributes", "ec2:DescribeAvailabilityZones",
+                    "ec2:DescribeInstances", "ec2:DescribeSubnets",
                     "ec2:DescribeVpcs", "ec2:DescribeSecurityGroups", "ec2:DescribeNetworkInterfaces"]},
                 {"Effect": "Allow", "Resource": "arn:aws:elasticloadbalancing:*:*:targetgroup/*/*", "Action": [
                     "elasticloadbalancing:RegisterTargets", "elasticloadbalancing:DeregisterTargets"]},
@@ -204,7 +206,7 @@ class EksCluster(pulumi.ComponentResource):
 
         self.cluster_name = cluster.name
         self.endpoint = cluster.endpoint
-        self.certificate_authority = cluster.certificate_authority.apply(lambda ca: ca["data"] if isinstance(ca, dict) else ca.data)
+        self.certificate_authority = cluster.certificate_authority.data
         self.kubeconfig = pulumi.Output.secret(pulumi.Output.all(cluster.name, cluster.endpoint, self.certificate_authority).apply(
             lambda v: kubeconfig(v[0], v[1], v[2], args.region)))
         self.provider = k8s.Provider(
@@ -212,8 +214,7 @@ class EksCluster(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=groups),
         )
         self.oidc_provider_arn = oidc.arn
-        self.cluster_security_group_id = cluster.vpc_config.apply(
-            lambda v: v["cluster_security_group_id"] if isinstance(v, dict) else v.cluster_security_group_id)
+        self.cluster_security_group_id = cluster.vpc_config.cluster_security_group_id
         self.lb_controller_role_arn = lbc_role.arn
         self.kms_key_arn = key.arn
         self.register_outputs({

@@ -84,7 +84,8 @@ class NetworkPolicies(pulumi.ComponentResource):
         }])
         same_namespace = [{"podSelector": {}}]
         policy("broker", ns, _pods("broker")["podSelector"], ingress=[
-            {"from": ANYWHERE, "ports": _tcp(8883)},
+            # ipBlock may not match pod addresses (CNI-dependent): in-cluster clients explicitly.
+            {"from": [*ANYWHERE, *same_namespace], "ports": _tcp(8883)},
             {"from": same_namespace, "ports": _tcp(1883)},
         ])
         gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]

@@ -256,3 +256,33 @@ def test_bad_stack_config_fails_with_one_clean_line() -> None:
 
     with pytest.raises(pulumi.RunError, match=r"^ems:kubernetesVersion: 1\.24 is below the supported minimum 1\.26$"):
         evaluate_stack("aws-us-east-1", {"ems:kubernetesVersion": "1.24"})
+
+
+def test_bring_your_own_network_creates_no_vpc_and_admits_the_real_vpc_cidr() -> None:
+    ev = evaluate_stack("aws-eu-west-1", {
+        "ems:vpcId": "vpc-0a1b2c3d4e5f60718",
+        "ems:privateSubnetIds": ["subnet-0aaa1111", "subnet-0bbb2222"],
+        "ems:publicSubnetIds": ["subnet-0ccc3333", "subnet-0ddd4444"],
+    })
+    assert ev.of_type("aws:ec2/vpc:Vpc") == [] and ev.of_type("aws:ec2/subnet:Subnet") == []
+    [cluster] = ev.of_type("aws:eks/cluster:Cluster")
+    assert cluster.inputs["vpcConfig"]["subnetIds"] == ["subnet-0aaa1111", "subnet-0bbb2222"]
+    [nlb] = ev.of_type("aws:lb/loadBalancer:LoadBalancer")
+    assert nlb.inputs["subnets"] == ["subnet-0ccc3333", "subnet-0ddd4444"]
+    rules = ev.of_type("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+    assert {r.inputs["cidrIpv4"] for r in rules} == {"10.99.0.0/16"}
+
+
+def test_public_endpoint_is_off_without_cidrs() -> None:
+    ev = evaluate_stack("aws-eu-west-1", {"ems:publicEndpointCidrs": None})
+    [cluster] = ev.of_type("aws:eks/cluster:Cluster")
+    assert cluster.inputs["vpcConfig"]["endpointPublicAccess"] is False
+    assert "publicAccessCidrs" not in cluster.inputs["vpcConfig"]
+
+
+def test_aws_tags_reach_every_resource_through_the_provider() -> None:
+    ev = stack("aws-us-east-1")
+    [provider] = [r for r in ev.resources if r.typ == "pulumi:providers:aws"]
+    tags = json.loads(provider.inputs["defaultTags"])["tags"] if isinstance(provider.inputs["defaultTags"], str) else provider.inputs["defaultTags"]["tags"]
+    assert tags == {"owner": "ems-platform", "cost-centre": "grid-ops", "ems.io/stack": "aws-us-east-1"}
+    assert all(r.provider and "pulumi:providers:aws::aws" in r.provider for r in ev.resources if r.typ.startswith("aws:"))
