@@ -1,0 +1,38 @@
+# ems-platform runtime images: the edge agent (also the in-cluster Modbus bridge) and the
+# ingest workers. One build context, two targets:
+#
+#   docker build --target edge-agent -t ghcr.io/ems-platform/edge-agent:0.1.0 .
+#   docker build --target ingest     -t ghcr.io/ems-platform/ingest:0.1.0 .
+#
+# The images match what components/ deploys: non-root uid/gid 10001 (the pods also set it),
+# nothing written outside mounted volumes (read-only root filesystem), entrypoint = the
+# console script, so the pod's `args` are its subcommand (`run --config …`).
+# Only the runtime dependencies are installed, at the pins of requirements.txt; Pulumi and
+# the test tooling stay out of the images.
+
+FROM docker.io/library/python:3.11.10-slim-bookworm AS base
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /opt/ems
+COPY requirements.txt pyproject.toml ./
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+ && pip install -r runtime-requirements.txt
+COPY edge_agent ./edge_agent
+COPY ingest ./ingest
+RUN pip install --no-deps . \
+ && groupadd --gid 10001 ems \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
+USER 10001:10001
+
+FROM base AS edge-agent
+# Metrics and health (the Modbus bridge serves them on 9100; an edge node defaults to 9108).
+EXPOSE 9100
+ENTRYPOINT ["ems-edge"]
+CMD ["run", "--config", "/etc/ems/sensors.conf"]
+
+FROM base AS ingest
+EXPOSE 9100
+ENTRYPOINT ["ems-ingest"]
+CMD ["run", "--config", "/etc/ems/ingest.toml"]
