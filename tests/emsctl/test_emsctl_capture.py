@@ -108,6 +108,20 @@ def test_disabled_default_provider_fails_loudly() -> None:
         "explicit provider (stack config pulumi:disable-default-providers)")
 
 
+def test_disabled_default_provider_also_guards_function_calls() -> None:
+    with pytest.raises(ProgramError) as err:
+        evaluate_stack(REFS, "nodefault")
+    assert err.value.kind == "run" and err.value.message == (
+        "Default provider for 'aws' disabled. 'aws:index/getAvailabilityZones:getAvailabilityZones' function call "
+        "must use an explicit provider (stack config pulumi:disable-default-providers)")
+
+
+def test_an_error_logged_by_the_program_fails_the_evaluation() -> None:
+    with pytest.raises(ProgramError) as err:
+        evaluate_stack(MINI, "logerror")
+    assert (err.value.kind, err.value.message) == ("run", "mini: refusing to deploy on a Friday")
+
+
 def test_run_error_is_one_line_and_a_crash_keeps_its_traceback() -> None:
     with pytest.raises(ProgramError) as err:
         evaluate_stack(MINI, "badcfg")
@@ -121,15 +135,15 @@ def test_run_error_is_one_line_and_a_crash_keeps_its_traceback() -> None:
 def test_typed_project_config_and_missing_stack_are_config_errors() -> None:
     with pytest.raises(ConfigError, match=r"^Pulumi.wrongtype.yaml: mini:replicas: 'many' must be of type integer"):
         evaluate_stack(MINI, "wrongtype")
-    with pytest.raises(ConfigError, match=r"^--stack: 'nope' has no stack file .*\(stacks of mini: badcfg, crash, dev, slip, wrongtype\)"):
+    with pytest.raises(ConfigError, match=r"^--stack: 'nope' has no stack file .*\(stacks of mini: badcfg, crash, dev, logerror, slip, wrongtype\)"):
         evaluate_stack(MINI, "nope")
     with pytest.raises(ConfigError, match="is not a Pulumi project"):
         load_project(FIXTURES)
 
 
 def test_list_stacks_reads_the_stack_config_dir() -> None:
-    assert list_stacks(MINI) == ["badcfg", "crash", "dev", "slip", "wrongtype"]
-    assert list_stacks(REFS) == ["east", "global", "loop", "west"]
+    assert list_stacks(MINI) == ["badcfg", "crash", "dev", "logerror", "slip", "wrongtype"]
+    assert list_stacks(REFS) == ["east", "global", "loop", "nodefault", "west"]
 
 
 def test_stack_reference_evaluates_the_referenced_stacks(refs_global: Capture) -> None:

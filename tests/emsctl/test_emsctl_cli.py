@@ -99,5 +99,6 @@ def test_all_stacks_checks_the_others_when_one_fails(capsys: pytest.CaptureFixtu
     report = json.loads(captured.out)
     assert code == 2
     assert report["stacks"] == 3 and sorted(report["packs"][0]["stacks"]) == ["east", "global", "west"]
-    assert [f["stack"] for f in report["failedStacks"]] == ["loop"]
-    assert captured.err.splitlines() == ["emsctl: error: refs/loop: StackReference cycle: loop -> loop"]
+    assert [f["stack"] for f in report["failedStacks"]] == ["loop", "nodefault"]
+    assert captured.err.splitlines()[0] == "emsctl: error: refs/loop: StackReference cycle: loop -> loop"
+    assert captured.err.splitlines()[1].startswith("emsctl: error: refs/nodefault: Default provider for 'aws' disabled.")
