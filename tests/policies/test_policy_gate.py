@@ -81,6 +81,7 @@ EXPECTED = {
     "eks-public-default": {"eks-endpoint-not-public", "eks-secrets-encryption", "eks-control-plane-logging"},
     "kms-no-rotation": {"kms-key-rotation"},
     "ebs-unencrypted": {"ebs-encryption"},
+    "imdsv1-template": {"launch-template-imdsv2"},
     "ga-udp-all": {"global-accelerator-listener-ports"},
     "rsa-2048": {"tls-key-strength"},
     "ecdsa-default-curve": {"tls-key-strength"},
@@ -116,6 +117,7 @@ def test_good_resources_pass_every_policy(hostile_aws: dict) -> None:
 def test_private_stack_flags_every_aws_resource_and_nothing_on_the_explicit_provider() -> None:
     found = _by_resource(gate("--project", str(HOSTILE), "--stack", "private"))
     aws = {"sg-ssh-world", "sg-rule-all-v6", "good-sg", "eks-public-default", "kms-no-rotation", "ebs-unencrypted",
+           "imdsv1-template",
            "ga-udp-all"}
     flagged = {name for name, policies in found.items() if "private-cloud-no-aws" in policies}
     providers = {name for name in flagged if name.startswith("default_")}  # the engine's default aws provider

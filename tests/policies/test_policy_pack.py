@@ -19,6 +19,7 @@ from policy_engine import PACK_DIR, POLICIES
 
 ROOT = PACK_DIR.parents[1]
 TESTS = Path(__file__).parent
+ADVICE = {"node-unsafe-sysctls-allowed"}  # operational advice: a violation breaks pods, not security
 VERB = re.compile(r"^(Prohibits|Requires|Restricts|Limits) ")
 
 
@@ -28,7 +29,8 @@ def test_names_descriptions_levels_and_config_defaults() -> None:
         assert re.fullmatch(r"[a-z0-9]+(-[a-z0-9]+)+", name), name
         assert VERB.match(policy.description), (name, policy.description)
         assert policy.description.endswith("."), name
-        assert policy.enforcement_level is EnforcementLevel.MANDATORY, name
+        expected = EnforcementLevel.ADVISORY if name in ADVICE else EnforcementLevel.MANDATORY
+        assert policy.enforcement_level is expected, name
         for key, prop in (policy.config_schema.properties.items() if policy.config_schema else []):
             assert "default" in prop and "type" in prop, (name, key)
 
@@ -96,7 +98,9 @@ def test_pack_starts_and_describes_every_policy(pack_port: int) -> None:
     info = _stub(pack_port).GetAnalyzerInfo(empty_pb2.Empty(), timeout=20)
     assert info.name == "ems-guard"
     assert sorted(p.name for p in info.policies) == sorted(POLICIES)
-    assert {p.enforcementLevel for p in info.policies} == {analyzer_pb2.MANDATORY}
+    levels = {p.name: p.enforcementLevel for p in info.policies}
+    assert {n for n, level in levels.items() if level == analyzer_pb2.ADVISORY} == ADVICE
+    assert {level for n, level in levels.items() if n not in ADVICE} == {analyzer_pb2.MANDATORY}
 
 
 def test_unknown_during_preview_is_a_mandatory_violation_over_grpc(pack_port: int) -> None:

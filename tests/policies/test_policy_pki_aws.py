@@ -158,3 +158,45 @@ def test_kms_rotation() -> None:
     assert check("kms-key-rotation", key, {"description": "eks"}, name="k") == [
         "Key 'k': enableKeyRotation is unset (false); set it to true."]
     assert check("kms-key-rotation", key, {"customerMasterKeySpec": "RSA_4096"}) == []
+
+
+LT = "aws:ec2/launchTemplate:LaunchTemplate"
+
+
+def test_launch_template_imdsv2() -> None:
+    assert check("launch-template-imdsv2", LT, {"metadataOptions": {"httpTokens": "required",
+                                                                   "httpEndpoint": "enabled"}}) == []
+    assert check("launch-template-imdsv2", LT, {}, name="lt") == [
+        "LaunchTemplate 'lt': metadataOptions.httpTokens is unset (IMDSv1 allowed); set httpTokens: required (IMDSv2) "
+        "and httpPutResponseHopLimit: 1 so pods cannot steal the node role's credentials."]
+    assert check("launch-template-imdsv2", LT, {"metadataOptions": {"httpTokens": "optional"}})
+    assert check("launch-template-imdsv2", LT, {"metadataOptions": {"httpEndpoint": "disabled"}}) == []
+
+
+def _sysctl_stack(user_data: str | None) -> list[StackResource]:
+    import base64
+
+    from workload_fixtures import KIND_TYPES, pod_spec, workload
+
+    spec = pod_spec()
+    spec["securityContext"]["sysctls"] = [{"name": "net.core.somaxconn", "value": "1024"},
+                                          {"name": "net.ipv4.tcp_fin_timeout", "value": "15"}]
+    out = [StackResource(KIND_TYPES["Deployment"], "ingest", workload(spec=spec))]
+    deps = []
+    if user_data is not None:
+        lt = StackResource(LT, "lt", {"userData": base64.b64encode(user_data.encode()).decode()})
+        out.append(lt)
+        deps = [lt]
+    out.append(StackResource("aws:eks/nodeGroup:NodeGroup", "general", {"clusterName": "c"},
+                             property_dependencies={"launchTemplate": deps}))
+    return out
+
+
+def test_node_groups_allow_unsafe_sysctls() -> None:
+    allowing = "kind: NodeConfig\nspec:\n  kubelet:\n    config:\n      allowedUnsafeSysctls:\n        - net.core.somaxconn\n"
+    assert check_stack("node-unsafe-sysctls-allowed", _sysctl_stack(allowing)) == []
+    found = check_stack("node-unsafe-sysctls-allowed", _sysctl_stack("#!/bin/bash\n"))
+    assert [m for m, _ in found] == [
+        "NodeGroup 'general': its launch template's user data does not allow ['net.core.somaxconn'], which pods set "
+        "(e.g. ingest); add them to the kubelet's allowedUnsafeSysctls or the pods fail with SysctlForbidden."]
+    assert "has no launch template" in check_stack("node-unsafe-sysctls-allowed", _sysctl_stack(None))[0][0]

@@ -48,7 +48,8 @@ SAMPLES: dict[str, tuple[str, dict]] = {
         "vpcConfig": {"endpointPublicAccess": True, "publicAccessCidrs": ["203.0.113.0/24"]},
         "encryptionConfig": {"provider": {"keyArn": "arn"}, "resources": ["secrets"]},
         "enabledClusterLogTypes": ["api", "audit", "authenticator"]}),
-    "lt": ("aws:ec2/launchTemplate:LaunchTemplate", {"blockDeviceMappings": [{"ebs": {"encrypted": "true"}}]}),
+    "lt": ("aws:ec2/launchTemplate:LaunchTemplate", {"blockDeviceMappings": [{"ebs": {"encrypted": "true"}}],
+                                                     "metadataOptions": {"httpTokens": "required"}}),
     "kms": ("aws:kms/key:Key", {"enableKeyRotation": True}),
     "key": ("tls:index/privateKey:PrivateKey", {"algorithm": "RSA", "rsaBits": 4096}),
     "cert": ("tls:index/locallySignedCert:LocallySignedCert", {

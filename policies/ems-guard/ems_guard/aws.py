@@ -7,12 +7,16 @@ AWS defaults are the trap: ``vpcConfig.endpointPublicAccess`` defaults to true a
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Mapping
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
+
+from pulumi_policy import EnforcementLevel, PolicyResource
 
 from .ports import _is_public_cidr
 from .props import (
-    UNKNOWN, Resource, as_bool, dig, elements, get, is_unknown, k8s_objects, of_kinds, of_types, resource_policy, strings,
+    UNKNOWN, Resource, as_bool, dig, elements, get, is_unknown, k8s_objects, of_kinds, of_types, resource_policy, stack_policy, strings,
     unknown_message,
 )
 
@@ -144,6 +148,64 @@ def _kms_rotation(res: Resource, _cfg: dict) -> Iterator[str]:
         yield f"{res.subject}: enableKeyRotation is {value if value is not None else 'unset (false)'}; set it to true."
 
 
+def _imdsv2(res: Resource, _cfg: dict) -> Iterator[str]:
+    options = _one(get(res.props, "metadataOptions"))
+    tokens = get(options, "httpTokens")
+    endpoint = get(options, "httpEndpoint")
+    if tokens is UNKNOWN or endpoint is UNKNOWN:
+        yield unknown_message(res.subject, "metadataOptions")
+    elif endpoint != "disabled" and tokens != "required":
+        shown = "unset (IMDSv1 allowed)" if tokens is None else repr(tokens)
+        yield (f"{res.subject}: metadataOptions.httpTokens is {shown}; set httpTokens: required (IMDSv2) and "
+               "httpPutResponseHopLimit: 1 so pods cannot steal the node role's credentials.")
+
+
+def _decode_user_data(value: Any) -> Any:
+    if value is UNKNOWN:
+        return UNKNOWN
+    if not isinstance(value, str):
+        return ""
+    try:
+        return base64.b64decode(value, validate=False).decode("utf-8", "replace") + "\n" + value
+    except (ValueError, binascii.Error):
+        return value
+
+
+def _node_sysctls(resources: list[PolicyResource], cfg: dict) -> Iterator[tuple[str, Optional[str]]]:
+    from .workloads import SAFE_SYSCTLS, pod_templates  # local: aws must not depend on workloads at import
+
+    needed: dict[str, str] = {}
+    for res in resources:
+        for template in pod_templates(res.resource_type, res.props):
+            for item in elements(dig(template.spec, "securityContext", "sysctls")) or []:
+                name = get(item, "name")
+                if isinstance(name, str) and name.replace("/", ".") not in SAFE_SYSCTLS:
+                    needed.setdefault(name.replace("/", "."), res.name)
+    if not needed:
+        return
+    templates = {r.urn: r for r in resources if r.resource_type == "aws:ec2/launchTemplate:LaunchTemplate"}
+    for group in resources:
+        if group.resource_type != "aws:eks/nodeGroup:NodeGroup":
+            continue
+        subject = f"NodeGroup '{group.name}'"
+        deps = [d for d in group.property_dependencies.get("launchTemplate", []) + group.dependencies
+                if d.urn in templates]
+        if not deps:
+            yield (f"{subject} has no launch template, so its kubelet rejects the unsafe sysctls "
+                   f"{sorted(needed)} pods set (e.g. {next(iter(needed.values()))}); give it a launch template whose "
+                   "user data sets kubelet allowedUnsafeSysctls."), group.urn
+            continue
+        text = _decode_user_data(get(deps[0].props, "userData"))
+        if text is UNKNOWN:
+            yield unknown_message(subject, "launch template userData"), group.urn
+            continue
+        missing = sorted(s for s in needed if s not in text)
+        if missing:
+            yield (f"{subject}: its launch template's user data does not allow {missing}, which pods set "
+                   f"(e.g. {needed[missing[0]]}); add them to the kubelet's allowedUnsafeSysctls or the pods fail "
+                   "with SysctlForbidden."), group.urn
+
+
 POLICIES = [
     resource_policy(
         name="eks-endpoint-not-public",
@@ -168,6 +230,15 @@ POLICIES = [
         name="storageclass-ebs-encryption",
         description="Requires EBS StorageClasses to set parameters.encrypted to \"true\".",
         applies=of_kinds("StorageClass"), check=_storage_class),
+    resource_policy(
+        name="launch-template-imdsv2",
+        description="Requires launch templates to enforce IMDSv2 (metadataOptions.httpTokens required).",
+        applies=of_types("aws:ec2/launchTemplate:LaunchTemplate"), check=_imdsv2),
+    stack_policy(
+        name="node-unsafe-sysctls-allowed",
+        description=("Requires EKS node groups to allow, in their kubelet config, the unsafe sysctls pods set "
+                     "(advice: otherwise the pods fail to start)."),
+        check=_node_sysctls, level=EnforcementLevel.ADVISORY),
     resource_policy(
         name="kms-key-rotation",
         description="Requires symmetric KMS keys to rotate automatically.",

@@ -128,3 +128,5 @@ tls.LocallySignedCert("server-without-server-auth", cert_request_pem=csr.cert_re
 tls.LocallySignedCert("good-server-cert", cert_request_pem=csr.cert_request_pem,
                       ca_private_key_pem=ca_key.private_key_pem, ca_cert_pem=ca.cert_pem, validity_period_hours=2160,
                       allowed_uses=["digital_signature", "key_encipherment", "server_auth"])
+aws.ec2.LaunchTemplate("imdsv1-template", block_device_mappings=[{
+    "device_name": "/dev/xvda", "ebs": {"volume_size": 20, "encrypted": "true"}}])
