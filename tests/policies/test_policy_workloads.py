@@ -314,3 +314,9 @@ def test_custom_resource_with_pod_template_is_checked() -> None:
     assert msgs == ["Rollout 'r': container 'app' (spec.template.spec.containers[0]): securityContext.privileged is "
                     "true; remove it or set it to false."]
     assert check("container-privileged", "kubernetes:core/v1:ConfigMap", {"data": {"a": "b"}}) == []
+
+
+def test_patch_without_pod_template_is_not_a_pod() -> None:
+    patch = {"metadata": {"name": "ingest"}, "spec": {"replicas": 3}}
+    for policy in WORKLOAD_POLICIES:
+        assert check(policy, "kubernetes:apps/v1:DeploymentPatch", patch) == [], policy

@@ -11,7 +11,7 @@
 * ``aws``           EKS, EBS, StorageClass and KMS encryption/exposure
 * ``private_cloud`` private/local stacks: no AWS, explicit Kubernetes providers
 
-``ALL_POLICIES`` lists every policy in pack order; only ``__main__.py`` builds the PolicyPack.
+``all_policies()`` lists every policy in pack order; only ``__main__.py`` builds the PolicyPack.
 """
 
 from __future__ import annotations

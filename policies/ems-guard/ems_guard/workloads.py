@@ -571,6 +571,8 @@ def pod_token_messages(res: Resource) -> Iterator[str]:
         if template.spec is UNKNOWN:
             yield unknown_message(res.subject, template.path)
             continue
+        if template.spec is None:
+            continue  # a patch that leaves the pod template alone
         needs = label_is_true(get(template.metadata, "annotations"), NEEDS_API_TOKEN)
         value = as_bool(get(template.spec, "automountServiceAccountToken"))
         if value is UNKNOWN or needs is UNKNOWN:
