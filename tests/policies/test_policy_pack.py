@@ -144,3 +144,16 @@ def test_docs_list_every_policy_with_its_config_defaults() -> None:
         assert f"`{name}`" in doc, name
         for key, prop in (policy.config_schema.properties.items() if policy.config_schema else []):
             assert f"`{key}` = `{json.dumps(prop['default'])}`" in doc, (name, key)
+
+
+def test_pack_also_starts_from_the_repository_root() -> None:
+    """`python -u -m pulumi.policy <addr> policies/ems-guard` from the checkout prints a port too."""
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "policies/ems-guard"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stdout.readline().decode().strip()
+        assert line.isdigit() and 0 < int(line) < 65536, (line, proc.stderr.read(2000) if not line else b"")
+        assert proc.poll() is None  # serving until killed
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
