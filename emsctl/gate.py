@@ -164,9 +164,12 @@ def _provider_msg(p: CapturedResource | None) -> analyzer_pb2.AnalyzerProviderRe
 
 
 def analyze_requests(resources: list[CapturedResource], provider_of: dict[str, CapturedResource]) -> list[analyzer_pb2.AnalyzeRequest]:
-    """One ``AnalyzeRequest`` per resource, as the engine builds them."""
+    """One ``AnalyzeRequest`` per registered resource (stack, providers, components, custom
+    resources — not reads), as the engine builds them."""
     requests = []
     for r in resources:
+        if r.read:  # reads (.get, StackReference) are not analyzed one by one; they do appear in AnalyzeStack
+            continue
         req = analyzer_pb2.AnalyzeRequest(type=r.type, urn=r.urn, name=r.name, properties=_struct(_properties(r)),
                                           options=_options(r))
         prov = _provider_msg(provider_of.get(r.urn))

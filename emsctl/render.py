@@ -13,10 +13,13 @@ Layout mirrors pulumi-kubernetes ``renderYamlToDirectory``::
     DIR/0-crd/<apiVersion>-<kind>-<namespace>-<name>.yaml        CustomResourceDefinitions
     DIR/1-manifest/<apiVersion>-<kind>-<namespace>-<name>.yaml   everything else
 
-(``/`` in apiVersion becomes ``_``; cluster-scoped objects use ``cluster`` as namespace part).
+(``/`` and ``:`` become ``_``; an object without ``metadata.namespace`` — cluster-scoped ones
+included — gets ``default`` as namespace part, as in pulumi-kubernetes).
 When objects go to more than one Kubernetes provider (cluster), each provider gets its own
 ``DIR/<provider name>/`` tree. Two objects with the same kind, namespace and name on one
 cluster are a program error (:class:`RenderError`): the second would fail at apply time.
+Earlier ``*.yaml`` files in the manifest folders written to are removed first, so a render
+shows exactly the current program.
 """
 
 from __future__ import annotations
@@ -135,9 +138,14 @@ def to_yaml(manifest: dict[str, Any]) -> str:
     return yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True, width=4096)
 
 
+def _sanitise(part: str) -> str:
+    return part.replace("/", "_").replace(":", "_")
+
+
 def _file_name(obj: KubeObject) -> str:
-    namespace = "cluster" if obj.kind in CLUSTER_SCOPED_KINDS else (obj.namespace or "default")
-    return f"{obj.api_version.replace('/', '_')}-{obj.kind.lower()}-{namespace}-{obj.name}.yaml".replace(os.sep, "_")
+    # pulumi-kubernetes renderPathForResource: "<apiVersion>-<kind>-<namespace or default>-<name>.yaml"
+    namespace = obj.manifest.get("metadata", {}).get("namespace") or "default"
+    return f"{_sanitise(obj.api_version)}-{obj.kind.lower()}-{_sanitise(namespace)}-{_sanitise(obj.name)}.yaml"
 
 
 def render(capture: Capture, directory: str | os.PathLike[str]) -> list[Path]:
@@ -152,13 +160,19 @@ def render(capture: Capture, directory: str | os.PathLike[str]) -> list[Path]:
             raise RenderError(f"{obj.kind} {obj.name!r}{ns} is declared twice on one cluster: {seen[key]} and {obj.urn}")
         seen[key] = obj.urn
     root = Path(directory)
-    written = []
+    targets = []
     for obj in objects:
         base = root
         if len(providers) > 1:
             base = root / (obj.provider.split("::")[-1] if obj.provider else "default")
         sub = "0-crd" if obj.kind == "CustomResourceDefinition" else "1-manifest"
-        path = base / sub / _file_name(obj)
+        targets.append((obj, base / sub / _file_name(obj)))
+    # A manifest left from an earlier render would look declared: clear the manifest folders we write.
+    for folder in {path.parent for _, path in targets}:
+        for stale in folder.glob("*.yaml") if folder.is_dir() else ():
+            stale.unlink()
+    written = []
+    for obj, path in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(to_yaml(obj.manifest), encoding="utf-8")
         written.append(path)

@@ -42,7 +42,7 @@ def test_one_file_per_object_named_like_render_yaml_to_directory(rendered: dict,
     cm = mini_dev.by_type("kubernetes:core/v1:ConfigMap")[0]
     dep = mini_dev.by_type("kubernetes:apps/v1:Deployment")[0]
     assert sorted(rendered) == sorted([
-        "1-manifest/v1-namespace-cluster-edge.yaml",
+        "1-manifest/v1-namespace-default-edge.yaml",
         "1-manifest/v1-service-edge-ingest.yaml",
         f"1-manifest/v1-configmap-edge-{kubernetes_auto_name('settings', cm.urn)}.yaml",
         f"1-manifest/apps_v1-deployment-edge-{kubernetes_auto_name('ingest-deploy', dep.urn)}.yaml",
@@ -105,3 +105,18 @@ def test_non_kubernetes_resources_and_components_are_not_rendered(mini_dev: Capt
     for r in mini_dev.resources:
         if r.type in ("mini:app:App", "pulumi:providers:kubernetes", "tls:index/privateKey:PrivateKey"):
             assert manifest_of(r) is None, r.urn
+
+
+def test_objects_on_two_clusters_get_a_tree_each_and_stale_files_go(mini_dev: Capture, tmp_path: Path) -> None:
+    svc = mini_dev.by_type("kubernetes:core/v1:Service")[0]
+    other = "urn:pulumi:dev::mini::pulumi:pulumi:Stack$pulumi:providers:kubernetes::dr-site"
+    moved = type(svc)(**{**svc.__dict__, "provider": other})
+    clone = type(mini_dev)(**{**mini_dev.__dict__, "resources": [moved if r is svc else r for r in mini_dev.resources]})
+    stale = tmp_path / "k8s" / "1-manifest" / "v1-service-edge-removed.yaml"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("kind: Service\n")
+    files = render(clone, tmp_path)
+    assert [f.relative_to(tmp_path).as_posix() for f in files if "/dr-site/" in f.as_posix()] == \
+        ["dr-site/1-manifest/v1-service-edge-ingest.yaml"]
+    assert len([f for f in files if f.relative_to(tmp_path).parts[0] == "k8s"]) == 4
+    assert not stale.exists()
