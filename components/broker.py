@@ -29,7 +29,11 @@ per_listener_settings true
 persistence true
 persistence_location /mosquitto/data/
 autosave_interval 30
-max_queued_messages 100000
+# Never drop QoS 1 messages queued for an offline ingest session: an edge site deletes a
+# reading from its spool once the broker acknowledged it, so a drop here would be a loss.
+max_queued_messages 0
+max_packet_size 1048576
+connection_messages true
 log_dest stdout
 log_type error
 log_type warning

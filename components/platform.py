@@ -108,7 +108,7 @@ class EmsPlatform(pulumi.ComponentResource):
         external_type = "ClusterIP" if args.cloud == "aws" else "LoadBalancer"
         tsdb = Tsdb(f"{name}-tsdb", TsdbArgs(
             namespace=namespace, image=s.images.tsdb, storage_class=storage_class,
-            scrape_dns_name=f"ingest-metrics.{ns_name}.svc.cluster.local",
+            namespace_name=ns_name,
             out_of_order_window=s.spool_horizon, retention=s.tsdb_retention, storage_size=s.tsdb_storage_size,
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(

@@ -3,12 +3,15 @@
 The ingest writes through the remote-write receiver (``--web.enable-remote-write-receiver``)
 with the readings' own timestamps; a spool replayed after an outage therefore arrives late,
 so ``storage.tsdb.out_of_order_time_window`` is the edge spool's horizon. Prometheus scrapes
-the ingest workers' metrics through DNS service discovery of their headless Service, so it
-needs no Kubernetes API token.
+the ingest workers' metrics through DNS SRV discovery of their headless Service, so it needs
+no Kubernetes API token: the SRV targets are the StatefulSet pods' stable names
+(``ingest-0.ingest-metrics.<ns>.svc.cluster.local``), from which relabelling derives the
+``pod`` and ``namespace`` labels that prometheus-adapter maps onto Kubernetes objects.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pulumi
@@ -23,8 +26,14 @@ PORT = 9090
 PROMETHEUS_UID = 65534
 
 
-def prometheus_config(out_of_order_window: str, scrape_dns_name: str, metrics_port: int) -> str:
-    """prometheus.yml: out-of-order window and the ingest scrape job."""
+def pod_address_regex(service: str) -> str:
+    """RE2 (fully anchored) over a SRV target ``<pod>.<service>.<namespace>.svc…:<port>``."""
+    return rf"([^.]+)\.{re.escape(service)}\.([^.]+)\.svc(\.[^:]*)?:[0-9]+"
+
+
+def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str) -> str:
+    """prometheus.yml: out-of-order window and the ingest scrape job (SRV discovery + pod/namespace labels)."""
+    regex = pod_address_regex(service)
     return f"""\
 global:
   scrape_interval: 15s
@@ -35,9 +44,18 @@ storage:
 scrape_configs:
   - job_name: ems-ingest
     dns_sd_configs:
-      - names: ["{scrape_dns_name}"]
-        type: A
-        port: {metrics_port}
+      - names: ["_{port_name}._tcp.{service}.{namespace}.svc.cluster.local"]
+        type: SRV
+        refresh_interval: 30s
+    relabel_configs:
+      - source_labels: [__address__]
+        regex: '{regex}'
+        target_label: pod
+        replacement: '$1'
+      - source_labels: [__address__]
+        regex: '{regex}'
+        target_label: namespace
+        replacement: '$2'
 """
 
 
@@ -49,10 +67,12 @@ class TsdbArgs:
     """Prometheus image with an explicit tag."""
     storage_class: pulumi.Input[str]
     """StorageClass of the data volumes (volumeClaimTemplates)."""
-    scrape_dns_name: str
-    """DNS name of the ingest workers' headless metrics Service."""
-    metrics_port: int = 9100
-    """Port of the ingest workers' /metrics. Defaults to 9100."""
+    namespace_name: str
+    """The namespace's name (plain text, for DNS names in the Prometheus config)."""
+    scrape_service: str = "ingest-metrics"
+    """Headless Service governing the ingest StatefulSet. Defaults to ``ingest-metrics``."""
+    scrape_port_name: str = "metrics"
+    """Name of its metrics port (the SRV record's service). Defaults to ``metrics``."""
     out_of_order_window: str = "72h"
     """Accept samples this far in the past (the edge spool horizon). Defaults to 72h."""
     retention: str = "30d"
@@ -77,7 +97,7 @@ class Tsdb(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         conf = k8s.core.v1.ConfigMap(
             f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_dns_name, args.metrics_port)},
+            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name, args.scrape_port_name)},
             opts=o,
         )
         svc = k8s.core.v1.Service(

@@ -155,3 +155,55 @@ def test_ingest_config_is_checked_with_the_ingest_parser() -> None:
     validate_ingest_toml("ingest", ingest_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090/api/v1/write"))
     with pytest.raises(ComponentArgsError, match=r"^ingest: ingest\.toml is invalid \(got \"tsdb\.remote_write_url: must be an http"):
         validate_ingest_toml("ingest", ingest_toml("broker", "ftp://tsdb/x"))
+
+
+def test_tsdb_scrape_config_labels_ingest_series_with_pod_and_namespace() -> None:
+    import re
+
+    import yaml
+
+    from components.tsdb import pod_address_regex, prometheus_config
+
+    conf = yaml.safe_load(prometheus_config("72h", "ingest-metrics", "ems", "metrics"))
+    assert conf["storage"]["tsdb"]["out_of_order_time_window"] == "72h"
+    [job] = conf["scrape_configs"]
+    assert job["dns_sd_configs"] == [{"names": ["_metrics._tcp.ingest-metrics.ems.svc.cluster.local"], "type": "SRV", "refresh_interval": "30s"}]
+    regex = re.compile(pod_address_regex("ingest-metrics"))
+    for address in ("ingest-3.ingest-metrics.ems.svc.cluster.local:9100", "ingest-3.ingest-metrics.ems.svc.cluster.local.:9100"):
+        match = regex.fullmatch(address)
+        assert match and match.expand(r"\1 \2") == "ingest-3 ems", address
+    assert regex.fullmatch("ingest-3.other.ems.svc.cluster.local:9100") is None
+    labels = {r["target_label"]: r["replacement"] for r in job["relabel_configs"]}
+    assert labels == {"pod": "$1", "namespace": "$2"}
+
+
+def test_prometheus_accepts_the_generated_config(tmp_path) -> None:
+    import shutil
+    import subprocess
+
+    from components.tsdb import prometheus_config
+
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/install-system-packages.sh installs Prometheus"
+    path = tmp_path / "prometheus.yml"
+    path.write_text(prometheus_config("168h", "ingest-metrics", "ems", "metrics"))
+    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
+    import yaml
+
+    from components.api_gateway import envoy_config
+
+    conf = yaml.safe_load(envoy_config("tsdb.ems.svc.cluster.local", 9090))
+    [listener] = conf["static_resources"]["listeners"]
+    assert listener["address"]["socket_address"]["port_value"] == 443
+    assert listener["filter_chains"][0]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    import re
+    pattern = re.compile(routes[0]["match"]["safe_regex"]["regex"])
+    assert pattern.fullmatch("/api/v1/query_range") and not pattern.fullmatch("/api/v1/write")
+    [cluster] = conf["static_resources"]["clusters"]
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
+        {"address": "tsdb.ems.svc.cluster.local", "port_value": 9090}
