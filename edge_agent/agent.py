@@ -96,7 +96,7 @@ class Agent:
         while not stop.is_set():
             self._heartbeat = time.monotonic()
             if self._spool is not None:
-                self._spool._update_metrics()
+                self._spool.refresh_metrics()
             try:
                 await asyncio.wait_for(stop.wait(), 1.0)
             except asyncio.TimeoutError:

@@ -38,6 +38,7 @@ import socket
 import ssl
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,6 +138,9 @@ class MqttLink:
         self._supervisor: asyncio.Task | None = None
         self._closing = False
         self.last_error: Exception | None = None
+        # Connects (TCP + TLS handshake) block: they run here. Our own pool, so close() need not wait
+        # for a connect stuck on a dead link (asyncio.run waits for the default executor's threads).
+        self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-connect")
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "MqttLink":
@@ -180,6 +184,7 @@ class MqttLink:
                 except asyncio.TimeoutError:
                     pass
         self._drop(client, PublishError("link closed"))
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
     @property
     def connected(self) -> bool:
@@ -251,7 +256,7 @@ class MqttLink:
         where = f"broker {self.host}:{self.port}"
         try:
             kwargs: dict[str, Any] = {"clean_start": True} if v5 else {}
-            rc = await loop.run_in_executor(None, lambda: client.connect(self.host, self.port, self.keepalive_s,
+            rc = await loop.run_in_executor(self._executor, lambda: client.connect(self.host, self.port, self.keepalive_s,
                                                                           **kwargs))
         except ssl.SSLCertVerificationError as exc:
             self._count("refused")
@@ -328,7 +333,7 @@ class MqttLink:
         alert = self._cert_alert()
         if alert or self._context is None:
             return alert
-        return await asyncio.get_running_loop().run_in_executor(None, self._probe_tls)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._probe_tls)
 
     def _probe_tls(self) -> str | None:
         assert self._context is not None
@@ -374,11 +379,17 @@ class MqttLink:
             self._drop(self._client, PublishError(why))
 
     def _drop(self, client: paho.Client | None, exc: PublishError) -> None:
+        """Close the socket without DISCONNECT (so the broker sends our will) and retire this paho client."""
         if client is not None:
             sock = client.socket()
             if sock is not None:
                 self._on_socket_close(client, None, sock)
-                client._sock_close()  # noqa: SLF001 — paho has no public "close without DISCONNECT"
+                # paho still holds the closed socket and closes it again when collected: detach first
+                client.on_socket_close = client.on_socket_register_write = None
+                client.on_socket_unregister_write = None
+                sock.close()
+            if client is self._client:
+                self._client = None      # a fresh Client is made for the next connection
         self._lost_connection(exc)
 
     def _lost_connection(self, exc: PublishError) -> None:
@@ -560,8 +571,11 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                 metrics.messages_published.inc(len(confirmed))
                 metrics.readings_published.inc(sum(item[2] for item in confirmed))
 
+    backoff = 0.1
     while True:
         await link.wait_connected()
+        spool.release_leases()          # whatever an earlier session leased and did not ack goes out again
+        started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as group:
                 group.create_task(sender())
@@ -569,8 +583,10 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
         except* PublishError as errors:
             log.info("delivery interrupted (%s); unacknowledged readings will be sent again",
                      errors.exceptions[0])
-        while inflight:
-            inflight.popleft()[3].cancel()
-        spool.release_leases()
+        finally:
+            while inflight:
+                inflight.popleft()[3].cancel()
         if link.connected:
-            await asyncio.sleep(0.1)    # a rejected message: do not spin
+            # Still connected: the broker rejected a message (e.g. not authorised). Retry, but slower each time.
+            backoff = 0.1 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)

@@ -452,6 +452,10 @@ class Spool:
     def oldest_age_s(self) -> float:
         return 0.0 if self._oldest_ms is None else max(0.0, self.clock() - self._oldest_ms / 1000)
 
+    def refresh_metrics(self) -> None:
+        """Set the depth and oldest-unacked-age gauges (the age grows while nothing happens: call it periodically)."""
+        self._update_metrics()
+
     def _update_metrics(self) -> None:
         if self.metrics is not None:
             self.metrics.spool_depth.set(self._depth)

@@ -214,7 +214,7 @@ def test_metrics_depth_and_oldest_age(tmp_path: Path) -> None:
                 await _add(spool, i)
             await spool.flush()
             now[0] += 12.5
-            spool._update_metrics()
+            spool.refresh_metrics()
             assert registry.get_sample_value("ems_edge_spool_oldest_unacked_age_seconds") == 12.5
             rows = await spool.lease(3)
             await spool.ack(rows[0].seq, rows[-1].seq)
