@@ -97,3 +97,54 @@ def test_agent_applies_calibration_live_serves_health_and_keeps_the_twin(
     for line in agent.tail(100000).splitlines():          # not a TTY: JSON lines, no key material, no payloads
         record = json.loads(line)
         assert "PRIVATE KEY" not in record["msg"] and '"readings"' not in record["msg"]
+
+
+def test_health_endpoint_reports_a_stalled_loop_as_503() -> None:
+    """/healthz is served from its own thread, so it can say the event loop stopped ticking."""
+    from prometheus_client import CollectorRegistry, Counter
+
+    from edge_agent.http import HttpEndpoint
+
+    registry = CollectorRegistry()
+    Counter("probe", "A metric to find in the scrape.", registry=registry).inc(3)
+    state = {"ok": True}
+    endpoint = HttpEndpoint("127.0.0.1", 0, registry, lambda: (state["ok"], {"loop_heartbeat_age_s": 0.1}))
+    endpoint.start()
+    try:
+        base = f"http://127.0.0.1:{endpoint.port}"
+        status, body = _get(f"{base}/healthz")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+        state["ok"] = False
+        status, body = _get(f"{base}/healthz")
+        assert status == 503 and json.loads(body)["status"] == "unhealthy"
+        assert _sample(_get(f"{base}/metrics")[1].decode(), "probe_total") == 3
+    finally:
+        endpoint.stop()
+
+
+def test_agent_health_follows_the_loop_heartbeat(tmp_path: Path, pki: LocalPki) -> None:
+    from edge_agent.agent import Agent
+    from edge_agent.config import load_config
+
+    config = load_config(write_agent_config(tmp_path, pki, broker_port=free_port(), modbus_port=free_port()))
+    agent = Agent(config)
+    ok, details = agent.health()
+    assert ok and details["site"] == "sub-07" and details["broker_connected"] is False
+    agent._heartbeat -= 10                      # as if the event loop had been stuck for 10 s
+    assert agent.health()[0] is False
+
+
+def test_http_port_in_use_is_a_config_error() -> None:
+    import socket
+
+    from prometheus_client import CollectorRegistry
+
+    from edge_agent.errors import ConfigError
+    from edge_agent.http import HttpEndpoint
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=rf"^http.port: {port} cannot be bound on 127.0.0.1 \(Address already in use\)"):
+            HttpEndpoint("127.0.0.1", port, CollectorRegistry(), lambda: (True, {})).start()
