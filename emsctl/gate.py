@@ -218,8 +218,8 @@ class _Engine(engine_pb2_grpc.EngineServicer):
         return engine_pb2.SetRootResourceResponse()
 
 
-def pack_python(pack_dir: Path) -> tuple[str, str | None]:
-    """(interpreter, virtualenv) for a pack: ``PulumiPolicy.yaml`` runtime.options.virtualenv, else ours."""
+def pack_metadata(pack_dir: Path) -> dict[str, Any]:
+    """``PulumiPolicy.yaml`` of a pack (ConfigError if missing or not YAML)."""
     meta = pack_dir / "PulumiPolicy.yaml"
     if not meta.is_file():
         raise ConfigError("--pack", str(pack_dir), "is not a policy pack (no PulumiPolicy.yaml)")
@@ -227,7 +227,14 @@ def pack_python(pack_dir: Path) -> tuple[str, str | None]:
         doc = yaml.safe_load(meta.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(str(meta), None, f"is not valid YAML ({exc})") from exc
-    runtime = doc.get("runtime") if isinstance(doc, dict) else None
+    return doc if isinstance(doc, dict) else {}
+
+
+def pack_python(pack_dir: Path) -> tuple[str, str | None]:
+    """(interpreter, virtualenv) for a pack: ``PulumiPolicy.yaml`` runtime.options.virtualenv, else ours."""
+    meta = pack_dir / "PulumiPolicy.yaml"
+    doc = pack_metadata(pack_dir)
+    runtime = doc.get("runtime")
     name = runtime.get("name") if isinstance(runtime, dict) else runtime
     if name != "python":
         raise ConfigError(f"{meta}: runtime", name, "is not supported offline (only python packs)")
@@ -461,6 +468,8 @@ def run_pack(pack_dir: str | os.PathLike[str], capture: Capture, *, user_config:
         violations.extend(_violations(resp, capture.stack, capture.stack_urn))
         t2 = time.monotonic()
         logs = list(pack.engine.logs)
-    return PackRun(pack=info.name or pack.label, version=info.version, stack=capture.stack, resources=len(resources),
+    # As the CLI does, the version in PulumiPolicy.yaml wins over the SDK's placeholder "0.0.1".
+    version = str(pack_metadata(Path(pack_dir).resolve()).get("version") or info.version)
+    return PackRun(pack=info.name or pack.label, version=version, stack=capture.stack, resources=len(resources),
                    violations=violations, not_applicable=not_applicable, logs=logs, seconds=time.monotonic() - started,
                    analyze_seconds=t1 - t0, analyze_stack_seconds=t2 - t1)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
+import yaml
 from google.protobuf import empty_pb2, json_format
 from pulumi.runtime.proto import analyzer_pb2
 
@@ -11,7 +14,7 @@ from emsctl.errors import ConfigError, PolicyPackError
 from emsctl.gate import PackProcess, analyze_requests, analyze_stack_request, effective_config, engine_view, run_pack
 from emsctl.values import SECRET_SIG, SIG_KEY
 
-from emsctl_paths import BROKEN_PACK, TINY_GUARD
+from emsctl_paths import BROKEN_PACK, EMS_GUARD, TINY_GUARD
 
 
 def test_a_compliant_stack_passes_every_protocol_check(mini_dev: Capture) -> None:
@@ -121,3 +124,20 @@ def test_the_pack_process_is_ended_after_the_run(mini_dev: Capture) -> None:
         assert info.name == "tiny-guard"
         assert pack.environment()["PULUMI_STACK"] == "dev" and pack.environment()["PULUMI_DRY_RUN"] == "true"
     assert pack.proc.poll() is not None
+
+
+def test_the_pack_virtualenv_comes_from_pulumipolicy_yaml(mini_dev: Capture) -> None:
+    meta = yaml.safe_load((EMS_GUARD / "PulumiPolicy.yaml").read_text())
+    venv = (EMS_GUARD / meta["runtime"]["options"]["virtualenv"]).absolute()
+    pack = PackProcess(EMS_GUARD, mini_dev)
+    assert pack.python == str(venv / "bin" / "python")
+    assert pack.environment()["PULUMI_RUNTIME_VIRTUALENV"] == str(venv)
+    # tiny-guard names no virtualenv: emsctl's own interpreter, and no PULUMI_RUNTIME_VIRTUALENV
+    plain_pack = PackProcess(TINY_GUARD, mini_dev)
+    assert plain_pack.python == sys.executable and "PULUMI_RUNTIME_VIRTUALENV" not in plain_pack.environment()
+
+
+def test_the_pack_version_is_the_one_in_pulumipolicy_yaml(mini_dev: Capture) -> None:
+    meta = yaml.safe_load((EMS_GUARD / "PulumiPolicy.yaml").read_text())
+    assert run_pack(EMS_GUARD, mini_dev).version == str(meta["version"])
+    assert run_pack(TINY_GUARD, mini_dev).version == "0.0.1"  # no version in its yaml: the SDK's
