@@ -305,6 +305,8 @@ class Capture:
     """Time the program itself took in its evaluation process (0.0 when served from the cache)."""
     max_rss_kb: int = 0
     """Peak resident memory of the evaluation process, in KiB."""
+    program_output: str = ""
+    """What the program printed (stdout, then stderr) during its evaluation."""
 
     @property
     def secure_keys(self) -> tuple[str, ...]:
@@ -446,7 +448,8 @@ def _to_capture(project: Project, stack_cfg: StackConfig, result: dict[str, Any]
                    config=stack_cfg, diagnostics=result.get("diagnostics", []),
                    unemulated_calls=result.get("unemulated_calls", []), seconds=seconds,
                    program_seconds=result.get("stats", {}).get("seconds", 0.0),
-                   max_rss_kb=result.get("stats", {}).get("max_rss_kb", 0))
+                   max_rss_kb=result.get("stats", {}).get("max_rss_kb", 0),
+                   program_output=(result.get("program_stdout") or "") + (result.get("program_stderr") or ""))
 
 
 def is_secret_wire(value: Any) -> bool:

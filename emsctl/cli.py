@@ -117,11 +117,19 @@ def _preview(args: argparse.Namespace) -> int:
         out = capture_program_output(capture)
         if out:
             print(out, file=sys.stderr)
+    else:  # warnings are shown as the CLI shows them; the rest only with --verbose
+        for d in capture.diagnostics:
+            if d["level"] == "warning":
+                print(f"emsctl: warning: {capture.project}/{capture.stack}: {d['message'].strip()}", file=sys.stderr)
     return EXIT_OK
 
 
 def capture_program_output(capture: Any) -> str:
-    return "\n".join(f"[{d['level']}] {d['message']}" for d in capture.diagnostics)
+    """The program's log lines (pulumi.log) and what it printed, for --verbose."""
+    lines = [f"[{d['level']}] {d['message']}" for d in capture.diagnostics]
+    if capture.program_output.strip():
+        lines.append(capture.program_output.rstrip())
+    return "\n".join(lines)
 
 
 def _print_summary(s: dict[str, Any]) -> None:
