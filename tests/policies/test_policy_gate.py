@@ -67,6 +67,8 @@ EXPECTED = {
     "writable-root": {"container-readonly-root-filesystem"},
     "no-limits": {"container-resources"},
     "evil-registry": {"container-image-registry"},
+    "ssh-port": {"container-ports-allowed"},
+    "lb-443-to-22": {"service-ports-allowed"},
     "unsafe-sysctl": {"pod-sysctls-allowed"},
     "wildcard-second-rule": {"rbac-no-wildcards"},
     "aggregated": {"rbac-no-aggregation"},

@@ -34,7 +34,7 @@ def test_service_port_unknown_is_reported() -> None:
     svc = service([8883])
     svc["spec"]["ports"][0]["port"] = UNKNOWN_NUMBER_VALUE
     assert check("service-ports-allowed", SVC, svc, name="broker") == [
-        "Service 'broker': cannot verify spec.ports[0].port because it is unknown during preview; set it from a "
+        "Service 'broker': cannot verify spec.ports[0].port/targetPort because it is unknown during preview; set it from a "
         "literal or stack config, or run `pulumi up` only after a preview shows it"]
 
 
@@ -217,3 +217,25 @@ def test_ingress_unknown_backend_is_reported() -> None:
     ing = ingress({"number": 443})
     ing["spec"]["rules"][0]["http"]["paths"][0]["backend"] = {"resource": UNKNOWN_STRING_VALUE}
     assert "cannot verify spec.rules[0].http.paths[0].backend.resource" in check("ingress-ports", ING, ing)[0]
+
+
+def test_service_target_port_must_be_allowed_when_numeric() -> None:
+    svc = service([443])
+    svc["spec"]["ports"][0]["targetPort"] = 22
+    assert check("service-ports-allowed", SVC, svc, name="api") == [
+        "Service 'api': spec.ports[0].targetPort is 22, which is not an allowed port; forward only to 443, 502, 1883, "
+        "8883 or a named internal port (adapter=6443, dns=53, metrics=9100, tsdb=9090) (or a named container port)."]
+    svc["spec"]["ports"][0]["targetPort"] = "https"
+    assert check("service-ports-allowed", SVC, svc) == []
+
+
+def test_container_ports_allowed() -> None:
+    from workload_fixtures import KIND_TYPES, first_container, workload
+
+    obj = workload()
+    assert check("container-ports-allowed", KIND_TYPES["Deployment"], obj) == []
+    first_container(obj)["ports"] = [{"containerPort": 8883}, {"name": "ssh", "containerPort": 22}]
+    assert check("container-ports-allowed", KIND_TYPES["Deployment"], obj, name="x") == [
+        "Deployment 'x': container 'app' spec.template.spec.containers[0].ports[1].containerPort is 22, which is not "
+        "an allowed port; listen on 443, 502, 1883, 8883 or a named internal port (adapter=6443, dns=53, "
+        "metrics=9100, tsdb=9090)."]

@@ -8,6 +8,7 @@ from policy_engine import POLICIES, UNKNOWN_BOOLEAN_VALUE, UNKNOWN_STRING_VALUE,
 from workload_fixtures import KIND_TYPES, container, first_container, pod_spec, template_spec, workload
 
 WORKLOAD_POLICIES = [
+    "container-ports-allowed",
     "container-privileged", "container-privilege-escalation", "container-run-as-non-root",
     "container-readonly-root-filesystem", "container-capabilities", "pod-seccomp-runtime-default",
     "pod-host-access", "container-resources", "container-image-pinned", "container-image-registry",

@@ -10,7 +10,7 @@ import ipaddress
 from typing import Any, Iterator
 
 from .props import (
-    UNKNOWN, Resource, as_int, elements, get, dig, k8s_objects, of_kinds, of_types,
+    UNKNOWN, Resource, as_int, elements, get, dig, k8s_objects, k8s_type, of_kinds, of_types,
     resource_policy, strings, unknown_message,
 )
 
@@ -73,12 +73,17 @@ def _service_ports(res: Resource, cfg: dict) -> Iterator[str]:
             continue
         for i, entry in enumerate(ports):
             port = as_int(get(entry, "port"))
-            if port is UNKNOWN:
-                yield unknown_message(res.subject, f"spec.ports[{i}].port")
+            target = as_int(get(entry, "targetPort"))
+            if port is UNKNOWN or target is UNKNOWN:
+                yield unknown_message(res.subject, f"spec.ports[{i}].port/targetPort")
             elif port not in allowed:
                 shown = port if port is not None else repr(get(entry, "port"))
                 yield (f"{res.subject}: spec.ports[{i}].port is {shown}, which is not an allowed port; "
                        f"use {_allowed_text(cfg)}, or add it to the policy config internalPorts by name.")
+            elif target is not None and target not in allowed:
+                # 443 → 22 would publish another service under an allowed number.
+                yield (f"{res.subject}: spec.ports[{i}].targetPort is {target}, which is not an allowed port; "
+                       f"forward only to {_allowed_text(cfg)} (or a named container port).")
 
 
 service_ports_allowed = resource_policy(
@@ -304,6 +309,38 @@ def _network_policy_ports(res: Resource, cfg: dict) -> Iterator[str]:
                            "list single allowed ports instead of a range.")
 
 
+def _container_ports(res: Resource, cfg: dict) -> Iterator[str]:
+    from .workloads import containers, pod_templates  # local import: workloads imports nothing from here
+
+    allowed = allowed_ports(cfg)
+    for template in pod_templates(res.resource_type, res.props):
+        if template.spec is UNKNOWN:
+            yield unknown_message(res.subject, template.path)
+            continue
+        for path, name, container in containers(template):
+            ports = elements(get(container, "ports"))
+            if container is UNKNOWN or ports is UNKNOWN:
+                yield unknown_message(res.subject, f"{path}.ports")
+                continue
+            for p, entry in enumerate(ports):
+                port = as_int(get(entry, "containerPort"))
+                if port is UNKNOWN:
+                    yield unknown_message(res.subject, f"{path}.ports[{p}].containerPort")
+                elif port not in allowed:
+                    yield (f"{res.subject}: container '{name}' {path}.ports[{p}].containerPort is "
+                           f"{get(entry, 'containerPort') if port is None else port}, which is not an allowed port; "
+                           f"listen on {_allowed_text(cfg)}.")
+
+
+container_ports_allowed = resource_policy(
+    name="container-ports-allowed",
+    description="Requires every declared container port to be in the EMS allow-list or a named internal port.",
+    applies=lambda t: k8s_type(t) is not None,
+    check=_container_ports,
+    config=_PORTS_CONFIG,
+)
+
+
 network_policy_ingress_ports = resource_policy(
     name="networkpolicy-ingress-ports",
     description="Requires NetworkPolicy ingress rules to name only allowed ports (no open rules, no ranges).",
@@ -440,6 +477,7 @@ POLICIES = [
     service_ports_allowed,
     service_external_ports,
     ingress_ports,
+    container_ports_allowed,
     network_policy_ingress_ports,
     security_group_public_ingress,
     global_accelerator_listener_ports,

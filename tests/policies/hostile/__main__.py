@@ -67,6 +67,7 @@ deployment("secret-default-mode-unset", volumes=[{"name": "tls", "secret": {"sec
 deployment("pod-level-only-nonroot-container-root", {"security_context": {"run_as_non_root": False}})
 deployment("writable-root", {"security_context": {"read_only_root_filesystem": False}})
 deployment("no-limits", {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}})
+deployment("ssh-port", {"ports": [{"container_port": 22, "name": "ssh"}]})
 deployment("evil-registry", {"image": "ghcr.io.evil.example/x/y:1.0"})
 deployment("unsafe-sysctl", security_context={**GOOD_POD["security_context"],
                                                "sysctls": [{"name": "kernel.msgmax", "value": "65536"}]})
@@ -88,6 +89,8 @@ k8s.core.v1.Service("nodeport-1883", opts=on_cluster, metadata={"namespace": NS}
 k8s.core.v1.Service("lb-502-no-ranges", opts=on_cluster, metadata={
     "namespace": NS, "annotations": {"service.beta.kubernetes.io/aws-load-balancer-scheme": "internal"}},
     spec={"type": "LoadBalancer", "selector": {"app": "bridge"}, "ports": [{"port": 502}]})
+k8s.core.v1.Service("lb-443-to-22", opts=on_cluster, metadata={"namespace": NS}, spec={
+    "type": "LoadBalancer", "selector": {"app": "ssh-port"}, "ports": [{"port": 443, "target_port": 22}]})
 k8s.core.v1.Service("good-lb-8883", opts=on_cluster, metadata={"namespace": NS}, spec={
     "type": "LoadBalancer", "selector": {"app": "broker"}, "ports": [{"port": 8883}]})
 
