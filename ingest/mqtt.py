@@ -86,6 +86,8 @@ class MqttLink:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._last_error = ""
+        self._unsubscribing = False
+        self._unsubscribed = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
         if tls is not None:
@@ -97,6 +99,7 @@ class MqttLink:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
         self._client.on_subscribe = self._on_subscribe
+        self._client.on_unsubscribe = lambda *args: self._unsubscribed.set()
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,11 +118,17 @@ class MqttLink:
                               + (f": {self._last_error}" if self._last_error else ""))
 
     def unsubscribe_all(self, timeout: float = 5.0) -> bool:
-        """Stop new deliveries (used on graceful shutdown); True when the broker confirmed."""
+        """Stop new deliveries (graceful shutdown): unsubscribe, and do not subscribe again on reconnect.
+
+        Returns True when the broker confirmed (UNSUBACK) within ``timeout``. Messages the broker
+        routed to us before still arrive and are processed.
+        """
+        self._unsubscribing = True
         if not self.connected or not self.subscriptions:
             return False
-        rc, mid = self._client.unsubscribe(list(self.subscriptions))
-        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS
+        self._unsubscribed.clear()
+        rc, _mid = self._client.unsubscribe(list(self.subscriptions))
+        return rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._unsubscribed.wait(timeout)
 
     def stop(self) -> None:
         self._client.disconnect()
@@ -184,7 +193,7 @@ class MqttLink:
             self._connected.set()
         log.info("connected to %s:%s as %s (session present: %s)", self.host, self.port, self.client_id,
                  flags.session_present)
-        if self.subscriptions:
+        if self.subscriptions and not self._unsubscribing:
             options = SubscribeOptions(qos=1)
             client.subscribe([(topic, options) for topic in self.subscriptions])
         else:
