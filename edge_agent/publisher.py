@@ -36,6 +36,7 @@ import random
 import re
 import socket
 import ssl
+import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +141,8 @@ class MqttLink:
         self.last_error: Exception | None = None
         # Connects (TCP + TLS handshake) block: they run here. Our own pool, so close() need not wait
         # for a connect stuck on a dead link (asyncio.run waits for the default executor's threads).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-connect")
 
     # -- lifecycle ---------------------------------------------------------
@@ -235,6 +238,7 @@ class MqttLink:
 
     async def _connect_once(self, protocol: MQTTProtocolVersion) -> None:
         loop = asyncio.get_running_loop()
+        self._loop, self._loop_thread = loop, threading.get_ident()
         self.open()
         v5 = protocol == MQTTProtocolVersion.MQTTv5
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
@@ -256,8 +260,8 @@ class MqttLink:
         where = f"broker {self.host}:{self.port}"
         try:
             kwargs: dict[str, Any] = {"clean_start": True} if v5 else {}
-            rc = await loop.run_in_executor(self._executor, lambda: client.connect(self.host, self.port, self.keepalive_s,
-                                                                          **kwargs))
+            rc = await loop.run_in_executor(
+                self._executor, lambda: client.connect(self.host, self.port, self.keepalive_s, **kwargs))
         except ssl.SSLCertVerificationError as exc:
             self._count("refused")
             raise BrokerRefused(f"{where}: its certificate is not trusted ({exc.verify_message}; "
@@ -445,8 +449,14 @@ class MqttLink:
 
     def _on_disconnect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                        properties: Any) -> None:
-        if client is self._client:
-            self._lost_connection(PublishError(self._socket_errors[-1] if self._socket_errors else str(reason)))
+        if client is not self._client:
+            return
+        error = PublishError(self._socket_errors[-1] if self._socket_errors else str(reason))
+        if threading.get_ident() == self._loop_thread:
+            self._lost_connection(error)
+        else:       # paho failed the CONNECT write inside connect(), on the executor thread
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._lost_connection, error)
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any) -> None:
         future = self._pending.pop(mid, None) if client is self._client else None
