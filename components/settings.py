@@ -273,6 +273,40 @@ KNOWN_KEYS: tuple[str, ...] = (
 )
 
 
+COMMON_KEYS = frozenset({"cloud", "role", "kubernetesVersion", "tags"})
+AWS_KEYS = frozenset({"region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
+                      "publicEndpointCidrs", "nodeGroups"})
+PRIVATE_KEYS = frozenset({"kubeconfig", "kubeContext"})
+LOCAL_KEYS = frozenset({"renderDirectory"})
+GLOBAL_KEYS = frozenset({"regionStacks", "acceleratorName", "healthCheckIntervalSeconds", "dnsZoneId",
+                         "mqttDomainName", "apiDomainName"})
+PLATFORM_KEYS = frozenset(KNOWN_KEYS) - COMMON_KEYS - AWS_KEYS - PRIVATE_KEYS - LOCAL_KEYS - GLOBAL_KEYS
+
+
+def _scope(key: str) -> str:
+    """Where ``key`` applies, in words (for the 'does not apply' error)."""
+    if key in GLOBAL_KEYS:
+        return "ems:role global"
+    if key in AWS_KEYS:
+        return "ems:cloud aws region stacks"
+    if key in PRIVATE_KEYS:
+        return "ems:cloud private"
+    if key in LOCAL_KEYS:
+        return "ems:cloud local"
+    return "region stacks (ems:role region)"
+
+
+def _check_scope(raw: Mapping[str, object], cloud: str, role: str) -> None:
+    """A key that the stack's cloud/role ignores is an error, not a silent no-op."""
+    if role == "global":
+        allowed = COMMON_KEYS | GLOBAL_KEYS
+    else:
+        allowed = COMMON_KEYS | PLATFORM_KEYS | {"aws": AWS_KEYS, "private": PRIVATE_KEYS, "local": LOCAL_KEYS}[cloud]
+    for key, value in raw.items():
+        if key not in allowed and value is not None:
+            raise SettingsError(key, value, f"does not apply to this stack (ems:cloud {cloud}, ems:role {role}); it is for {_scope(key)}")
+
+
 class _Reader:
     """Typed access to the raw config; every failure is a SettingsError with the key path."""
 
@@ -535,6 +569,7 @@ def parse_settings(raw: Mapping[str, object], stack: str) -> StackSettings:
 
     cloud = r.require("cloud", _choice(CLOUDS), f"(one of {'|'.join(CLOUDS)})")
     role = r.get("role", _choice(ROLES), "region")
+    _check_scope(r.raw, cloud, role)
     version = r.get("kubernetesVersion", _kubernetes_version, "1.29")
     tags = r.get("tags", _string_map, ())
 
