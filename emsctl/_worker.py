@@ -75,6 +75,7 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
         self.request = request
         self.disabled = set(request.get("disabled_default_providers") or [])
         self.default_region = request.get("region") or "us-east-1"
+        self.dry_run = bool(request.get("dry_run"))
         self.lock = threading.Lock()
         self.records: list[dict[str, Any]] = []
         self.seen_urns: set[str] = set()
@@ -107,6 +108,10 @@ class CapturingMonitor(pulumi_mocks.MockMonitor):
         inputs = _wire(request.object)
         if request.type == STACK_REFERENCE_TYPE:
             res_id, state = self._stack_reference(inputs)
+        elif self.dry_run:
+            # A first `pulumi preview`: a create returns its checked inputs; everything the cloud
+            # computes (ids, ARNs, endpoints, PEMs) stays unknown.
+            res_id, state = "", providers.check_inputs(request.type, request.name, urn, inputs)
         else:
             res_id, state = providers.mock_outputs(request.type, request.name, urn, inputs,
                                                    self._region_for(request.provider))
@@ -269,7 +274,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     settings = pulumi_mocks.MockSettings(
         monitor=monitor, monitor_features=set(monitor.GetDeploymentInfo(None).supportedFeatures),
         engine=pulumi_mocks.MockEngine(engine_log), project=request["project"], stack=request["stack"],
-        dry_run=False, organization=request.get("organization") or "organization", callbacks=None)
+        dry_run=bool(request.get("dry_run")), organization=request.get("organization") or "organization", callbacks=None)
     pulumi_settings.configure(settings)
     set_all_config(request["config"], request.get("secret_keys") or [])
 

@@ -32,8 +32,9 @@ What is emulated, and how (see ``docs/offline-preview-and-policy-gate.md``):
   ``pulumi:pulumi:StackReference`` (the referenced stack of the same project is evaluated in the
   same run and its outputs returned);
 * the providers — :mod:`emsctl.providers` (deterministic Kubernetes auto-names, plausible ids,
-  ARNs, endpoints and PEM placeholders). Every output is known (the mock runs as an update, not a
-  preview), so nothing is ``unknown``.
+  ARNs, endpoints and PEM placeholders). Every output is known (the mock runs as an update),
+  unless ``preview=True``: then the program runs as a first ``pulumi preview`` and every
+  cloud-computed value, and whatever derives from it, is ``UNKNOWN``.
 
 Inputs are plain Python (:func:`emsctl.values.decode`): secrets wrapped in
 :class:`emsctl.values.Secret`, integral numbers as ``int``. Results are memoised per process
@@ -358,17 +359,22 @@ def _fingerprint(project: Project, stack_cfg: StackConfig) -> str:
     return h.hexdigest()[:20]
 
 
-def evaluate_stack(project_dir: str | os.PathLike[str], stack: str, *, use_cache: bool = True,
+def evaluate_stack(project_dir: str | os.PathLike[str], stack: str, *, preview: bool = False, use_cache: bool = True,
                    timeout_s: float = 900.0, _chain: list[str] | None = None,
                    _cache_dir: str | None = None) -> Capture:
     """Run ``stack`` of the project in ``project_dir`` under mocks and return what it declared.
+
+    By default every output is known (mock values, as after an update). ``preview=True`` runs the
+    program as a first ``pulumi preview`` does (``is_dry_run()`` true; a created resource returns
+    only its checked inputs, so every cloud-computed output and whatever is derived from it is
+    :data:`emsctl.values.UNKNOWN`).
 
     Raises :class:`ConfigError` for bad project/stack files and :class:`ProgramError` when the
     program fails (``exc.message`` is the one line the Pulumi CLI would print).
     """
     project = load_project(project_dir)
     stack_cfg = load_stack_config(project, stack)
-    key = (str(project.dir), stack, _fingerprint(project, stack_cfg))
+    key = (str(project.dir), stack, _fingerprint(project, stack_cfg) + ("-preview" if preview else ""))
     if use_cache:
         with _memo_lock:
             if key in _memo:
@@ -380,7 +386,8 @@ def evaluate_stack(project_dir: str | os.PathLike[str], stack: str, *, use_cache
     if use_cache and cache_file.is_file():
         result = json.loads(cache_file.read_text(encoding="utf-8"))
     if result is None:
-        result = _run_worker(project, stack_cfg, chain=_chain or [], cache_dir=cache_dir, timeout_s=timeout_s)
+        result = _run_worker(project, stack_cfg, chain=_chain or [], cache_dir=cache_dir, timeout_s=timeout_s,
+                             preview=preview)
         if result.get("ok"):
             tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
             tmp.write_text(json.dumps(result), encoding="utf-8")
@@ -396,18 +403,19 @@ def evaluate_stack(project_dir: str | os.PathLike[str], stack: str, *, use_cache
 
 
 def _run_worker(project: Project, stack_cfg: StackConfig, *, chain: list[str], cache_dir: str,
-                timeout_s: float) -> dict[str, Any]:
+                timeout_s: float, preview: bool) -> dict[str, Any]:
     request = {
         "project_dir": str(project.dir), "program_dir": str(project.program_dir), "main": str(project.main),
         "project": project.name, "stack": stack_cfg.stack, "organization": "organization",
         "config": stack_cfg.values, "secret_keys": list(stack_cfg.secret_keys),
         "disabled_default_providers": list(stack_cfg.disabled_default_providers), "region": stack_cfg.region,
-        "chain": chain, "cache_dir": cache_dir,
+        "chain": chain, "cache_dir": cache_dir, "dry_run": preview,
     }
     env = dict(os.environ)
     env.update({
         "PULUMI_CONFIG": json.dumps(stack_cfg.values), "PULUMI_CONFIG_SECRET_KEYS": json.dumps(list(stack_cfg.secret_keys)),
-        "PULUMI_PROJECT": project.name, "PULUMI_STACK": stack_cfg.stack, "PULUMI_DRY_RUN": "false",
+        "PULUMI_PROJECT": project.name, "PULUMI_STACK": stack_cfg.stack,
+        "PULUMI_DRY_RUN": "true" if preview else "false",
         "PULUMI_ORGANIZATION": "organization", "PYTHONUNBUFFERED": "1",
     })
     package_root = str(Path(__file__).resolve().parent.parent)

@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--project", default=".", metavar="DIR", help="Pulumi project directory (default: .)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
     common.add_argument("-v", "--verbose", action="store_true", help="show tracebacks, program output and pack logs")
+    common.add_argument("--unknowns", action="store_true",
+                        help="evaluate as a first `pulumi preview`: values the cloud computes are unknown")
 
     pv = sub.add_parser("preview", parents=[common], help="evaluate a stack under mocks; summarise; render manifests")
     pv.add_argument("--stack", required=True, metavar="NAME")
@@ -71,9 +73,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def _redacted(value: Any) -> Any:
-    from .values import Secret
+    from .values import UNKNOWN, Secret
     if isinstance(value, Secret):
         return "[secret]"
+    if value is UNKNOWN:
+        return "[unknown]"
     if isinstance(value, dict):
         return {k: _redacted(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -104,7 +108,7 @@ def _preview(args: argparse.Namespace) -> int:
     from .capture import evaluate_stack
     from .render import render
 
-    capture = evaluate_stack(args.project, args.stack)
+    capture = evaluate_stack(args.project, args.stack, preview=args.unknowns)
     summary = summarise(capture)
     if args.render:
         files = render(capture, args.render)
@@ -201,7 +205,7 @@ def _policy(args: argparse.Namespace) -> int:
     runs, failures = [], []
     for stack in stacks:
         try:
-            capture = evaluate_stack(args.project, stack)
+            capture = evaluate_stack(args.project, stack, preview=args.unknowns)
         except (ProgramError, ConfigError) as exc:
             if not args.all_stacks:
                 raise
