@@ -31,6 +31,8 @@ SERVER = ServerCert("broker", "broker.ems.svc", ("broker.ems.svc",), "broker-tls
 
 @pytest.fixture(autouse=True)
 def fresh() -> None:
+    # Other test modules install their own mocks when collected or run; re-install ours.
+    pulumi.runtime.set_mocks(MOCKS, project="ems", stack="test", preview=False)
     MOCKS.resources.clear()
 
 
