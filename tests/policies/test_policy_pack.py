@@ -110,9 +110,9 @@ def test_unknown_during_preview_is_a_mandatory_violation_over_grpc(pack_port: in
                                           urn="urn:pulumi:dev::ems::kubernetes:core/v1:ServiceAccount::x", name="x")
     response = _stub(pack_port).Analyze(request, timeout=20)
     found = [(d.policyName, d.enforcementLevel, d.message) for d in response.diagnostics]
+    description = POLICIES["serviceaccount-token-automount"].description  # the SDK prefixes it
     assert found == [("serviceaccount-token-automount", analyzer_pb2.MANDATORY,
-                      "Requires ServiceAccounts and pods to disable API token automount unless annotated "
-                      "ems.io/needs-api-token: \"true\".\nServiceAccount 'x': cannot verify automountServiceAccountToken "
+                      f"{description}\nServiceAccount 'x': cannot verify automountServiceAccountToken "
                       "because it is unknown during preview; set it from a literal or stack config, or run `pulumi up` "
                       "only after a preview shows it")]
 

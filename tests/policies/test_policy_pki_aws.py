@@ -47,7 +47,7 @@ def test_leaf_lifetime() -> None:
     ten_years = dict(LEAF, validityPeriodHours=87600)
     assert check("tls-cert-lifetime", LOCAL, ten_years, name="broker") == [
         "LocallySignedCert 'broker': validityPeriodHours is 87600 (3650 days) for a leaf certificate; the maximum is "
-        "9552 hours (398 days, policy config maxLeafValidityHours). Shorten it and renew (earlyRenewalHours) instead."]
+        "9552 hours (398 days, policy config maxLeafValidityHours). Shorten it and renew before expiry instead."]
     assert check("tls-cert-lifetime", LOCAL, dict(LEAF, validityPeriodHours=9553))
     ca = {"isCaCertificate": True, "validityPeriodHours": 87600, "allowedUses": ["cert_signing"]}
     assert check("tls-cert-lifetime", SELF, ca) == []
@@ -200,3 +200,25 @@ def test_node_groups_allow_unsafe_sysctls() -> None:
         "NodeGroup 'general': its launch template's user data does not allow ['net.core.somaxconn'], which pods set "
         "(e.g. ingest); add them to the kubelet's allowedUnsafeSysctls or the pods fail with SysctlForbidden."]
     assert "has no launch template" in check_stack("node-unsafe-sysctls-allowed", _sysctl_stack(None))[0][0]
+
+
+CM = "kubernetes:cert-manager.io/v1:Certificate"
+
+
+def test_cert_manager_certificates() -> None:
+    good = {"spec": {"secretName": "s", "duration": "2160h", "privateKey": {"algorithm": "ECDSA", "size": 256},
+                     "dnsNames": ["mqtt.example.net"], "issuerRef": {"name": "ca"}}}
+    assert check("tls-key-strength", CM, good) == []
+    assert check("tls-cert-lifetime", CM, good) == []
+    default_key = {"spec": {"secretName": "s", "issuerRef": {"name": "ca"}}}
+    assert check("tls-key-strength", CM, default_key, name="c") == [
+        "Certificate 'c': spec.privateKey is RSA with size unset (cert-manager defaults to 2048); RSA keys need at "
+        "least 3072 bits (or use algorithm: ECDSA, size: 256)."]
+    assert check("tls-cert-lifetime", CM, default_key) == []  # the default is 90 days
+    long = {"spec": {"duration": "87600h0m0s", "privateKey": {"algorithm": "ECDSA", "size": 384}}}
+    assert check("tls-cert-lifetime", CM, long, name="c") == [
+        "Certificate 'c': spec.duration is '87600h0m0s' (3650 days) for a leaf certificate; the maximum is 9552 hours "
+        "(398 days, policy config maxLeafValidityHours). Shorten it and renew before expiry instead."]
+    assert check("tls-cert-lifetime", CM, {"spec": {"duration": "365d"}})  # not a Go duration: rejected
+    assert check("tls-key-strength", CM, {"spec": {"privateKey": {"algorithm": "ECDSA", "size": 224}}})
+    assert check("tls-cert-lifetime", CM, {"spec": {"duration": UNKNOWN_STRING_VALUE}})

@@ -239,3 +239,14 @@ def test_container_ports_allowed() -> None:
         "Deployment 'x': container 'app' spec.template.spec.containers[0].ports[1].containerPort is 22, which is not "
         "an allowed port; listen on 443, 502, 1883, 8883 or a named internal port (adapter=6443, dns=53, "
         "metrics=9100, tsdb=9090)."]
+
+
+def test_classic_elb_listeners() -> None:
+    elb = "aws:elb/loadBalancer:LoadBalancer"
+    ok = {"listeners": [{"lbPort": 443, "lbProtocol": "tcp", "instancePort": 30443, "instanceProtocol": "tcp"}]}
+    assert check("lb-listener-ports", elb, ok) == []
+    bad = {"listeners": [ok["listeners"][0], {"lbPort": 502, "lbProtocol": "tcp", "instancePort": 30502,
+                                               "instanceProtocol": "tcp"}]}
+    assert check("lb-listener-ports", elb, bad, name="elb") == [
+        "LoadBalancer 'elb': listeners[1].lbPort is 502; load balancer listeners may only accept [443, 8883] "
+        "(1883/502 never leave the cluster)."]

@@ -114,3 +114,29 @@ def test_service_account_automount() -> None:
     assert check("serviceaccount-token-automount", SA, {
         "metadata": {"annotations": {"ems.io/needs-api-token": "true"}}, "automountServiceAccountToken": True}) == []
     assert check("serviceaccount-token-automount", SA, {"automountServiceAccountToken": True})
+
+
+def test_node_proxy() -> None:
+    r = role({"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]})
+    assert check("rbac-no-escalation-verbs", CROLE, r, name="r") == [
+        "ClusterRole 'r': rules[0] grants ['get'] on nodes/proxy, which reaches the kubelet API (exec in any pod of "
+        "the node); remove it."]
+
+
+def test_projected_token_and_legacy_token_secret() -> None:
+    from workload_fixtures import KIND_TYPES, pod_spec, workload
+
+    spec = pod_spec(volumes=[{"name": "tok", "projected": {"defaultMode": 256, "sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}}])
+    obj = workload(spec=spec)
+    assert check("serviceaccount-token-automount", KIND_TYPES["Deployment"], obj, name="x") == [
+        "Deployment 'x': spec.template.spec.volumes[0].projected.sources[0] mounts a service account token, which "
+        "automountServiceAccountToken: false was meant to prevent; remove it, or annotate the pod template "
+        "ems.io/needs-api-token: \"true\" if it calls the Kubernetes API."]
+    obj["spec"]["template"]["metadata"]["annotations"] = {"ems.io/needs-api-token": "true"}
+    assert check("serviceaccount-token-automount", KIND_TYPES["Deployment"], obj) == []
+    secret = {"metadata": {"annotations": {"kubernetes.io/service-account.name": "ci"}},
+              "type": "kubernetes.io/service-account-token"}
+    assert "creates a long-lived API token" in check("serviceaccount-token-automount", "kubernetes:core/v1:Secret",
+                                                     secret)[0]
+    assert check("serviceaccount-token-automount", "kubernetes:core/v1:Secret", {"type": "Opaque"}) == []

@@ -6,12 +6,13 @@ unset field is a weak key and is reported as such.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Iterator, Optional
 
 from pulumi_policy import PolicyResource
 
 from .props import (
-    UNKNOWN, Resource, as_bool, as_int, get, of_types, resource_policy, stack_policy, strings,
+    UNKNOWN, Resource, as_bool, as_int, dig, get, of_types, resource_policy, stack_policy, strings,
     unknown_message,
 )
 
@@ -26,7 +27,43 @@ def _subject(resource_type: str, name: str) -> str:
     return f"{resource_type.rsplit(':', 1)[-1]} '{name}'"
 
 
+CERT_MANAGER = "kubernetes:cert-manager.io/v1:Certificate"
+_GO_DURATION = re.compile(r"(\d+(?:\.\d+)?)(h|m|s|ms|us|µs|ns)")
+_UNIT_HOURS = {"h": 1.0, "m": 1 / 60, "s": 1 / 3600, "ms": 1 / 3.6e6, "us": 1 / 3.6e9, "µs": 1 / 3.6e9, "ns": 1 / 3.6e12}
+
+
+def go_duration_hours(text: str) -> Optional[float]:
+    """"2160h", "8760h0m0s" → hours; None when it is not a Go duration (cert-manager's format)."""
+    text = text.strip()
+    if not text or _GO_DURATION.sub("", text) != "":
+        return None
+    return sum(float(n) * _UNIT_HOURS[u] for n, u in _GO_DURATION.findall(text))
+
+
+def _cert_manager_key(res: Resource, cfg: dict) -> Iterator[str]:
+    """cert-manager defaults: RSA 2048 when privateKey is unset, ECDSA 256."""
+    key = dig(res.props, "spec", "privateKey")
+    algorithm = get(key, "algorithm", "RSA")
+    size = as_int(get(key, "size"))
+    curves = {"P256": 256, "P384": 384, "P521": 521}
+    allowed_sizes = [curves[c] for c in (str(c) for c in cfg.get("allowedEcdsaCurves") or []) if c in curves]
+    min_bits = as_int(cfg.get("minRsaBits"))
+    if UNKNOWN in (algorithm, size):
+        yield unknown_message(res.subject, "spec.privateKey")
+    elif algorithm == "RSA" and (size or 2048) < min_bits:
+        shown = "unset (cert-manager defaults to 2048)" if size is None else str(size)
+        yield (f"{res.subject}: spec.privateKey is RSA with size {shown}; RSA keys need at least {min_bits} bits "
+               "(or use algorithm: ECDSA, size: 256).")
+    elif algorithm == "ECDSA" and (size or 256) not in allowed_sizes:
+        yield f"{res.subject}: spec.privateKey is ECDSA size {size}; use one of {allowed_sizes}."
+    elif algorithm not in ("RSA", "ECDSA") and not (algorithm == "Ed25519" and cfg.get("allowEd25519")):
+        yield f"{res.subject}: spec.privateKey.algorithm is {algorithm!r}; use ECDSA (256+) or RSA ({min_bits}+)."
+
+
 def _key_strength(res: Resource, cfg: dict) -> Iterator[str]:
+    if res.resource_type == CERT_MANAGER:
+        yield from _cert_manager_key(res, cfg)
+        return
     algorithm = get(res.props, "algorithm")
     curves = [str(c) for c in cfg.get("allowedEcdsaCurves") or []]
     min_bits = as_int(cfg.get("minRsaBits"))
@@ -54,20 +91,30 @@ def _key_strength(res: Resource, cfg: dict) -> Iterator[str]:
 
 
 def _lifetime(res: Resource, cfg: dict) -> Iterator[str]:
-    is_ca = as_bool(get(res.props, "isCaCertificate"))
-    hours = as_int(get(res.props, "validityPeriodHours"))
+    if res.resource_type == CERT_MANAGER:
+        field = "spec.duration"
+        is_ca = as_bool(dig(res.props, "spec", "isCA"))
+        duration = dig(res.props, "spec", "duration", default="2160h")  # cert-manager's default: 90 days
+        parsed = go_duration_hours(duration) if isinstance(duration, str) else None
+        hours = UNKNOWN if duration is UNKNOWN else (round(parsed) if parsed is not None else None)
+        shown = repr(duration)
+    else:
+        field = "validityPeriodHours"
+        is_ca = as_bool(get(res.props, "isCaCertificate"))
+        hours = as_int(get(res.props, "validityPeriodHours"))
+        shown = str(hours)
     if is_ca is UNKNOWN:
-        yield unknown_message(res.subject, "isCaCertificate")
+        yield unknown_message(res.subject, "isCaCertificate" if field == "validityPeriodHours" else "spec.isCA")
         return
     limit_key = "maxCaValidityHours" if is_ca else "maxLeafValidityHours"
     limit = as_int(cfg.get(limit_key))
     if hours is UNKNOWN:
-        yield unknown_message(res.subject, "validityPeriodHours")
+        yield unknown_message(res.subject, field)
     elif hours is None or hours <= 0 or hours > limit:
         role = "CA" if is_ca else "leaf"
-        yield (f"{res.subject}: validityPeriodHours is {hours} ({(hours or 0) / 24:.0f} days) for a {role} certificate; "
+        yield (f"{res.subject}: {field} is {shown} ({(hours or 0) / 24:.0f} days) for a {role} certificate; "
                f"the maximum is {limit} hours ({limit / 24:.0f} days, policy config {limit_key}). "
-               "Shorten it and renew (earlyRenewalHours) instead.")
+               "Shorten it and renew before expiry instead.")
 
 
 def _ca_usage(res: Resource, cfg: dict) -> Iterator[str]:
@@ -152,7 +199,7 @@ POLICIES = [
     resource_policy(
         name="tls-key-strength",
         description="Requires private keys to be ECDSA P256/P384/P521 or RSA with at least 3072 bits.",
-        applies=of_types(PRIVATE_KEY), check=_key_strength,
+        applies=of_types(PRIVATE_KEY, CERT_MANAGER), check=_key_strength,
         config={"minRsaBits": {"type": "integer", "default": 3072, "description": "Minimum RSA key size."},
                 "allowedEcdsaCurves": {"type": "array", "items": {"type": "string"},
                                        "default": ["P256", "P384", "P521"], "description": "Allowed ECDSA curves."},
@@ -161,7 +208,7 @@ POLICIES = [
     resource_policy(
         name="tls-cert-lifetime",
         description="Limits certificate validity: leaves to 398 days, the CA to the configured maximum.",
-        applies=of_types(*CERTS), check=_lifetime,
+        applies=of_types(*CERTS, CERT_MANAGER), check=_lifetime,
         config={"maxLeafValidityHours": {"type": "integer", "default": 398 * 24,
                                          "description": "Maximum leaf validityPeriodHours (398 days)."},
                 "maxCaValidityHours": {"type": "integer", "default": 10 * 365 * 24,

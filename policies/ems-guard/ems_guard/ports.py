@@ -457,6 +457,19 @@ global_accelerator_listener_ports = resource_policy(
 
 def _lb_listener(res: Resource, cfg: dict) -> Iterator[str]:
     allowed = _int_set(cfg.get("externalPorts"))
+    if res.resource_type == "aws:elb/loadBalancer:LoadBalancer":
+        listeners = elements(get(res.props, "listeners"))
+        if listeners is UNKNOWN:
+            yield unknown_message(res.subject, "listeners")
+            return
+        for i, listener in enumerate(listeners):
+            port = as_int(get(listener, "lbPort"))
+            if port is UNKNOWN:
+                yield unknown_message(res.subject, f"listeners[{i}].lbPort")
+            elif port not in allowed:
+                yield (f"{res.subject}: listeners[{i}].lbPort is {port}; load balancer listeners may only accept "
+                       f"{sorted(allowed)} (1883/502 never leave the cluster).")
+        return
     port = as_int(get(res.props, "port"))
     if port is UNKNOWN:
         yield unknown_message(res.subject, "port")
@@ -468,7 +481,7 @@ def _lb_listener(res: Resource, cfg: dict) -> Iterator[str]:
 lb_listener_ports = resource_policy(
     name="lb-listener-ports",
     description="Restricts AWS load balancer listeners to ports 8883 and 443.",
-    applies=of_types("aws:lb/listener:Listener", "aws:alb/listener:Listener"),
+    applies=of_types("aws:lb/listener:Listener", "aws:alb/listener:Listener", "aws:elb/loadBalancer:LoadBalancer"),
     check=_lb_listener,
     config={"externalPorts": _EXTERNAL_CONFIG["externalPorts"]},
 )

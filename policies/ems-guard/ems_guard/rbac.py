@@ -60,6 +60,9 @@ def _escalation_verbs(res: Resource, cfg: dict) -> Iterator[str]:
             yield (f"{res.subject}: {path}.verbs grants {bad}, which let a subject raise its own privileges; "
                    "remove them.")
         resources = strings(get(rule, "resources"))
+        if resources is not UNKNOWN and "nodes/proxy" in resources:
+            yield (f"{res.subject}: {path} grants {verbs} on nodes/proxy, which reaches the kubelet API (exec in any "
+                   "pod of the node); remove it.")
         if resources is UNKNOWN and "create" in verbs:
             yield unknown_message(res.subject, f"{path}.resources", "needed to rule out minting service-account tokens")
         elif resources is not UNKNOWN and "serviceaccounts/token" in resources and "create" in verbs:
@@ -156,6 +159,15 @@ def _forbidden_subjects(res: Resource, cfg: dict) -> Iterator[str]:
 
 def _token_automount(res: Resource, _cfg: dict) -> Iterator[str]:
     for kind, obj in k8s_objects(res.resource_type, res.props):
+        if kind == "Secret":
+            secret_type = get(obj, "type")
+            if secret_type is UNKNOWN:
+                yield unknown_message(res.subject, "type")
+            elif secret_type == "kubernetes.io/service-account-token":
+                yield (f"{res.subject}: type kubernetes.io/service-account-token creates a long-lived API token; "
+                       "use short-lived projected tokens (and only for pods annotated "
+                       f"{NEEDS_API_TOKEN}: \"true\").")
+            continue
         if kind != "ServiceAccount":
             continue
         needs = label_is_true(dig(obj, "metadata", "annotations"), NEEDS_API_TOKEN)
@@ -176,7 +188,8 @@ POLICIES = [
         applies=of_kinds(*ROLE_KINDS, group=RBAC), check=_wildcards),
     resource_policy(
         name="rbac-no-escalation-verbs",
-        description="Prohibits the bind, escalate and impersonate verbs and minting service-account tokens.",
+        description=("Prohibits the bind, escalate and impersonate verbs, minting service-account tokens and "
+                     "nodes/proxy."),
         applies=of_kinds(*ROLE_KINDS, group=RBAC), check=_escalation_verbs,
         config={"forbiddenVerbs": {"type": "array", "items": {"type": "string"},
                                    "default": ["bind", "escalate", "impersonate"],
@@ -208,7 +221,7 @@ POLICIES = [
     resource_policy(
         name="serviceaccount-token-automount",
         description=("Requires ServiceAccounts and pods to disable API token automount unless annotated "
-                     "ems.io/needs-api-token: \"true\"."),
-        applies=lambda t: of_kinds("ServiceAccount", group="core")(t) or applies_to_pods(t),
+                     "ems.io/needs-api-token: \"true\" (projected tokens and legacy token Secrets included)."),
+        applies=applies_to_pods,
         check=_token_automount),
 ]

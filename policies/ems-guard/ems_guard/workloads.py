@@ -565,6 +565,23 @@ POLICIES = [
 
 # --------------------------------------------------------------------------- token automount (pods)
 
+def _projected_tokens(res: Resource, template: PodTemplate) -> Iterator[str]:
+    volumes = elements(get(template.spec, "volumes"))
+    if volumes is UNKNOWN:
+        yield unknown_message(res.subject, f"{template.path}.volumes")
+        return
+    for i, volume in enumerate(volumes):
+        sources = elements(dig(volume, "projected", "sources"))
+        if sources is UNKNOWN:
+            yield unknown_message(res.subject, f"{template.path}.volumes[{i}].projected.sources")
+            continue
+        for s, source in enumerate(sources):
+            if get(source, "serviceAccountToken") is not None:
+                yield (f"{res.subject}: {template.path}.volumes[{i}].projected.sources[{s}] mounts a service account "
+                       f"token, which automountServiceAccountToken: false was meant to prevent; remove it, or annotate "
+                       f"the pod template {NEEDS_API_TOKEN}: \"true\" if it calls the Kubernetes API.")
+
+
 def pod_token_messages(res: Resource) -> Iterator[str]:
     """Pods must not automount the API token unless their template is annotated as needing it."""
     for template in pod_templates(res.resource_type, res.props):
@@ -574,6 +591,8 @@ def pod_token_messages(res: Resource) -> Iterator[str]:
         if template.spec is None:
             continue  # a patch that leaves the pod template alone
         needs = label_is_true(get(template.metadata, "annotations"), NEEDS_API_TOKEN)
+        if needs is not True:
+            yield from _projected_tokens(res, template)
         value = as_bool(get(template.spec, "automountServiceAccountToken"))
         if value is UNKNOWN or needs is UNKNOWN:
             yield unknown_message(res.subject, f"{template.path}.automountServiceAccountToken")
