@@ -76,7 +76,8 @@ def _unique(observer: Observer) -> int:
 
 def run_scenario(root: Path, pki, devices: int) -> dict[str, float]:
     work = root / f"{devices}x{POINTS}"
-    broker = MosquittoBroker(work / "broker", pki)
+    # Persistence saved every 60 s, as a production broker would, not after every message (the fault tests do that)
+    broker = MosquittoBroker(work / "broker", pki, autosave_on_changes=False)
     sim = SimulatorProcess(work, free_port(), profile=f"bench:{devices}x{POINTS}")
     tables = bench_device_tables(devices, POINTS, poll_interval_s=0.01)
     for table in tables:
