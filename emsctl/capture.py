@@ -411,7 +411,9 @@ def _run_worker(project: Project, stack_cfg: StackConfig, *, chain: list[str], c
         "disabled_default_providers": list(stack_cfg.disabled_default_providers), "region": stack_cfg.region,
         "chain": chain, "cache_dir": cache_dir, "dry_run": preview,
     }
-    env = dict(os.environ)
+    # The stack's config only: stray PULUMI_CONFIG_<KEY> variables of the caller's shell would
+    # otherwise answer for keys the stack file does not set.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PULUMI_CONFIG")}
     env.update({
         "PULUMI_CONFIG": json.dumps(stack_cfg.values), "PULUMI_CONFIG_SECRET_KEYS": json.dumps(list(stack_cfg.secret_keys)),
         "PULUMI_PROJECT": project.name, "PULUMI_STACK": stack_cfg.stack,
