@@ -250,3 +250,13 @@ def test_classic_elb_listeners() -> None:
     assert check("lb-listener-ports", elb, bad, name="elb") == [
         "LoadBalancer 'elb': listeners[1].lbPort is 502; load balancer listeners may only accept [443, 8883] "
         "(1883/502 never leave the cluster)."]
+
+
+def test_eks_node_group_ssh_open_to_the_world() -> None:
+    ng = "aws:eks/nodeGroup:NodeGroup"
+    assert check("security-group-public-ingress", ng, {"clusterName": "c"}) == []
+    assert check("security-group-public-ingress", ng, {"remoteAccess": {"ec2SshKey": "ops"}}, name="ng") == [
+        "NodeGroup 'ng': remoteAccess.ec2SshKey is set without sourceSecurityGroupIds, so EKS opens port 22 to "
+        "0.0.0.0/0; remove remoteAccess (use SSM) or list sourceSecurityGroupIds."]
+    assert check("security-group-public-ingress", ng, {"remoteAccess": {
+        "ec2SshKey": "ops", "sourceSecurityGroupIds": ["sg-bastion"]}}) == []

@@ -381,8 +381,27 @@ def _public_rule(res: Resource, where: str, cfg: dict, cidrs: Any, protocol: Any
                "the internet. Restrict the CIDRs to known networks or use an allowed port.")
 
 
+def _node_group_ssh(res: Resource) -> Iterator[str]:
+    """An EKS node group with remoteAccess and no sourceSecurityGroupIds opens SSH to 0.0.0.0/0."""
+    remote = get(res.props, "remoteAccess")
+    if remote is UNKNOWN:
+        yield unknown_message(res.subject, "remoteAccess")
+        return
+    if remote is None or get(remote, "ec2SshKey") is None:
+        return
+    sources = strings(get(remote, "sourceSecurityGroupIds"))
+    if sources is UNKNOWN:
+        yield unknown_message(res.subject, "remoteAccess.sourceSecurityGroupIds")
+    elif not sources:
+        yield (f"{res.subject}: remoteAccess.ec2SshKey is set without sourceSecurityGroupIds, so EKS opens port 22 "
+               "to 0.0.0.0/0; remove remoteAccess (use SSM) or list sourceSecurityGroupIds.")
+
+
 def _security_group(res: Resource, cfg: dict) -> Iterator[str]:
     props = res.props
+    if res.resource_type == "aws:eks/nodeGroup:NodeGroup":
+        yield from _node_group_ssh(res)
+        return
     if res.resource_type in ("aws:ec2/securityGroup:SecurityGroup", "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup"):
         rules = elements(get(props, "ingress"))
         if rules is UNKNOWN:
@@ -416,7 +435,7 @@ security_group_public_ingress = resource_policy(
     description="Prohibits security-group ingress from 0.0.0.0/0 or ::/0 except TCP 8883 and 443.",
     applies=of_types("aws:ec2/securityGroup:SecurityGroup", "aws:ec2/defaultSecurityGroup:DefaultSecurityGroup",
                      "aws:ec2/securityGroupRule:SecurityGroupRule",
-                     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule"),
+                     "aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule", "aws:eks/nodeGroup:NodeGroup"),
     check=_security_group,
     config=_SG_CONFIG,
 )
