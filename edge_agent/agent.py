@@ -35,10 +35,12 @@ from typing import Any, Awaitable, Callable
 from prometheus_client import CollectorRegistry
 
 from edge_agent.audit import AuditLog
+from edge_agent.calibration import Calibrations
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
+from edge_agent.poller import Observation, run_device
 from edge_agent.publisher import MqttLink, TlsFiles, drain
 from edge_agent.schema import Reading
 from edge_agent.spool import Spool
@@ -125,9 +127,6 @@ class Agent:
 
     # -- running -----------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        from edge_agent.calibration import Calibrations
-        from edge_agent.poller import run_device
-
         cfg = self.config
         check_permissions(cfg)
         broker = cfg.broker
@@ -149,7 +148,7 @@ class Agent:
                 self._spool = spool
                 await self._first_connect(link)
                 link.start()
-                await self._run_tasks(spool, link, twin, calibrations, run_device, stop)
+                await self._run_tasks(spool, link, twin, calibrations, stop)
         finally:
             await link.close()
             self.http.stop()
@@ -164,12 +163,12 @@ class Agent:
         except PublishError as exc:
             log.warning("%s; spooling readings and retrying in the background", exc)
 
-    async def _run_tasks(self, spool: Spool, link: MqttLink, twin: TwinStore, calibrations: Any,
-                         run_device: Callable[..., Awaitable[None]], stop: asyncio.Event) -> None:
+    async def _run_tasks(self, spool: Spool, link: MqttLink, twin: TwinStore, calibrations: Calibrations,
+                         stop: asyncio.Event) -> None:
         cfg = self.config
         poll_stop, drain_stop, twin_stop, flushing = (asyncio.Event() for _ in range(4))
 
-        async def emit(obs: Any) -> None:
+        async def emit(obs: Observation) -> None:
             seq = await spool.append(ts_ms=obs.ts_ms, asset=obs.asset, point=obs.point, value=obs.value,
                                      unit=obs.unit, quality=obs.quality, sensor_id=obs.sensor_id)
             twin.update(Reading(seq=seq, ts_ms=obs.ts_ms, asset=obs.asset, point=obs.point, value=obs.value,
