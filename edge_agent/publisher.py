@@ -54,7 +54,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.schema import encode_batch, status_topic, telemetry_topic
 from edge_agent.spool import Spool
 
-__all__ = ["TlsFiles", "MqttLink", "drain", "PROTOCOLS"]
+__all__ = ["TlsFiles", "MqttLink", "drain", "backoff_delay", "PROTOCOLS"]
 
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 _UNSUPPORTED_PROTOCOL = 132          # MQTT v5 CONNACK "Unsupported Protocol Version" (paho maps v3 rc 1 to it)
@@ -94,6 +94,15 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     return str(exc) or type(exc).__name__
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(max_s, initial_s × 2**attempt)].
+
+    Full jitter keeps a fleet of agents that lost the same broker from
+    reconnecting in lock-step when it comes back.
+    """
+    return rng.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 32)))
 
 
 class MqttLink:
@@ -206,7 +215,7 @@ class MqttLink:
                     await self.connect()
                 except PublishError as exc:      # BrokerRefused included: the broker may be fixed later
                     self.last_error = exc
-                    delay = self.rng.uniform(0, min(self.backoff_max_s, self.backoff_initial_s * 2 ** attempt))
+                    delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, self.rng)
                     attempt += 1
                     self.log.warning("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)

@@ -68,6 +68,7 @@ SPOOL_FILE = "spool.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS owner (site TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY, accepted_ms INTEGER NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -187,6 +188,14 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.executescript(_SCHEMA)
+            owner = db.execute("SELECT site FROM owner").fetchone()
+            if owner is None:
+                with db:
+                    db.execute("INSERT INTO owner (site) VALUES (?)", (self.site,))
+            elif owner[0] != self.site:
+                db.close()
+                raise SpoolError(f"spool {self.path} holds readings of site {owner[0]!r}, not {self.site!r}: "
+                                 "deliver or move it, or set another spool.path")
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             stats = db.execute("SELECT COUNT(*), MIN(accepted_ms), MAX(seq) FROM spool").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]

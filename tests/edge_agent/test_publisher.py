@@ -253,3 +253,15 @@ def test_auto_protocol_falls_back_to_311_and_mqttv5_only_refuses(broker: Mosquit
         assert sub.wait_for(lambda r: [p for p, _ in r.on_topic("ems/v1/site1/test")] == [b"via 3.1.1"])
     finally:
         sub.stop()
+
+
+def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
+    import random
+
+    from edge_agent.publisher import backoff_delay
+
+    rng = random.Random(42)
+    for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (60, 30.0)]:
+        delays = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(200)]
+        assert all(0 <= d <= ceiling for d in delays)
+        assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling    # spread over the whole range

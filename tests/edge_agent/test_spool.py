@@ -254,3 +254,15 @@ def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> 
             return len(rows), rows[-1].seq
 
     assert run(go()) == (5000, 5000)
+
+
+def test_a_spool_belongs_to_one_site(tmp_path: Path) -> None:
+    from edge_agent.errors import SpoolError
+
+    async def open_as(site: str) -> None:
+        async with Spool(tmp_path, site=site):
+            pass
+
+    run(open_as("sub-07"))
+    with pytest.raises(SpoolError, match=r"holds readings of site 'sub-07', not 'sub-08'"):
+        run(open_as("sub-08"))
