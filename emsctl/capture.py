@@ -61,7 +61,7 @@ from typing import Any, Iterator
 import yaml
 
 from .errors import ConfigError, ProgramError
-from .values import SECRET_SIG, SIG_KEY, decode
+from .values import decode
 
 __all__ = [
     "Capture", "CapturedResource", "ConfigError", "ProgramError", "Project", "StackConfig", "SECURE_PLACEHOLDER",
@@ -461,7 +461,3 @@ def _to_capture(project: Project, stack_cfg: StackConfig, result: dict[str, Any]
                    max_rss_kb=result.get("stats", {}).get("max_rss_kb", 0),
                    program_output=(result.get("program_stdout") or "") + (result.get("program_stderr") or ""))
 
-
-def is_secret_wire(value: Any) -> bool:
-    """True if a wire value is an engine-encoded secret."""
-    return isinstance(value, dict) and value.get(SIG_KEY) == SECRET_SIG

@@ -73,8 +73,7 @@ def decode(wire: Any) -> Any:
     if isinstance(wire, dict):
         if wire.get(SIG_KEY) == SECRET_SIG:
             return Secret(decode(wire.get("value")))
-        if SIG_KEY in wire:  # assets, archives, resource references: kept as the engine sent them
-            return {k: decode(v) for k, v in wire.items()}
+        # plain objects, and assets/archives/resource references (kept as the engine sent them)
         return {k: decode(v) for k, v in wire.items()}
     return wire
 
