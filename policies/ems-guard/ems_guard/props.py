@@ -263,7 +263,7 @@ def effective_config(configured: Optional[Mapping[str, Any]], config_schema: Opt
 
 @dataclass(frozen=True)
 class Resource:
-    """One resource under validation: type, logical name, URN, properties and provider."""
+    """One resource under validation: type, logical name, URN and (engine-shaped) properties."""
 
     resource_type: str
     name: str
