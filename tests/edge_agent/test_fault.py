@@ -204,3 +204,30 @@ def _safe_metric(port: int, name: str) -> float:
         return _metric(port, name)
     except OSError:
         return 0.0
+
+
+def test_sigterm_during_an_outage_keeps_the_spool_for_the_next_start(site: Site) -> None:
+    site.broker.stop()
+    config = site.config()
+    agent = AgentProcess(config, grace_s=1)
+    agent.start()
+    _wait_for(lambda: (config.parent / "telemetry-audit.log").exists()
+              and len(_audit(config.parent / "telemetry-audit.log")[0]) > 150, 20, "readings spooled offline")
+    started = time.monotonic()
+    assert agent.stop(timeout=20) == 0, agent.tail()
+    assert time.monotonic() - started < 10                      # the grace bounds the shutdown
+    db = sqlite3.connect(config.parent / "spool" / "spool.db")
+    left = db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+    db.close()
+    assert left == len(_audit(config.parent / "telemetry-audit.log")[0]) > 150   # all still there, nothing sent
+    assert "stay in the spool for the next start" in agent.tail(50000)
+
+    site.broker.start()
+    agent = AgentProcess(config)
+    agent.start()
+    try:
+        _wait_for(lambda: len(site.observer.readings()) > left + 100, 25, "the backlog and new readings")
+    finally:
+        assert agent.stop(timeout=25) == 0, agent.tail()
+    counts = _check_delivery(site, config, agent)
+    assert counts["received_unique"] == counts["accepted"]
