@@ -136,6 +136,13 @@ def capture_program_output(capture: Any) -> str:
     return "\n".join(lines)
 
 
+def _short(token: str) -> str:
+    """``kubernetes:apps/v1:Deployment`` → ``Deployment``; ``pulumi:providers:kubernetes`` → ``provider kubernetes``."""
+    if token.startswith("pulumi:providers:"):
+        return f"provider {token.rsplit(':', 1)[-1]}"
+    return token.rsplit(":", 1)[-1]
+
+
 def _print_summary(s: dict[str, Any]) -> None:
     print(f"Stack {s['project']}/{s['stack']}: {s['total']} resources "
           f"({s['custom']} custom, {len(s['components'])} component{'' if len(s['components']) == 1 else 's'}) evaluated offline in {s['seconds']:.2f}s")
@@ -146,8 +153,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     if s["components"]:
         print("\nPer component:")
         for c in s["components"]:
-            kinds = ", ".join(f"{t.split(':')[-1]} {n}" for t, n in c["byType"].items())
-            print(f"  {c['type']} {c['name']}: {c['resources']} resources" + (f" ({kinds})" if kinds else ""))
+            kinds = ", ".join(f"{_short(t)} {n}" for t, n in c["byType"].items())
+            noun = "resource" if c["resources"] == 1 else "resources"
+            print(f"  {c['type']} {c['name']}: {c['resources']} {noun}" + (f" ({kinds})" if kinds else ""))
     if s["outputs"]:
         print("\nOutputs: " + ", ".join(s["outputs"]))
     for key in s["secureConfigPlaceholders"]:
