@@ -116,7 +116,7 @@ def test_good_resources_pass_every_policy(hostile_aws: dict) -> None:
     assert set(found) <= set(EXPECTED)
 
 
-def test_private_stack_flags_every_aws_resource_and_nothing_on_the_explicit_provider() -> None:
+def test_private_stack_flags_every_aws_resource_and_only_the_default_provider_resource() -> None:
     found = _by_resource(gate("--project", str(HOSTILE), "--stack", "private"))
     aws = {"sg-ssh-world", "sg-rule-all-v6", "good-sg", "eks-public-default", "kms-no-rotation", "ebs-unencrypted",
            "imdsv1-template",
@@ -124,4 +124,5 @@ def test_private_stack_flags_every_aws_resource_and_nothing_on_the_explicit_prov
     flagged = {name for name, policies in found.items() if "private-cloud-no-aws" in policies}
     providers = {name for name in flagged if name.startswith("default_")}  # the engine's default aws provider
     assert len(providers) == 1 and flagged - providers == aws
-    assert not any("private-cloud-explicit-provider" in policies for policies in found.values())
+    explicit = {name for name, policies in found.items() if "private-cloud-explicit-provider" in policies}
+    assert {n for n in explicit if not n.startswith("default_")} == {"default-provider-cm"}

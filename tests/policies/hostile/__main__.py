@@ -15,6 +15,8 @@ cluster = k8s.Provider("cluster", context="offline")
 on_cluster = pulumi.ResourceOptions(provider=cluster)
 NS = "ems"
 
+# Fine in an AWS stack; in a private stack the default provider is a violation.
+k8s.core.v1.ConfigMap("default-provider-cm", metadata={"namespace": NS}, data={"mode": "demo"})
 k8s.core.v1.Namespace("good-ns", metadata={"name": NS}, opts=on_cluster)
 k8s.networking.v1.NetworkPolicy("good-default-deny", opts=on_cluster, metadata={"namespace": NS}, spec={
     "podSelector": {}, "policyTypes": ["Ingress", "Egress"]})
