@@ -31,7 +31,8 @@ def broker(tmp_path: Path, pki: LocalPki):
             .replace("/mosquitto/data/", f"{tmp_path}/data/")
             .replace("/mosquitto/config/acl", str(tmp_path / "acl"))
             .replace(f"listener {MQTTS_PORT}\n", f"listener {tls_port} 127.0.0.1\n")
-            .replace(f"listener {MQTT_PORT}\n", f"listener {plain_port} 127.0.0.1\n"))
+            .replace(f"listener {MQTT_PORT}\n", f"listener {plain_port} 127.0.0.1\n")
+            .replace("log_dest stdout", f"log_dest file {tmp_path}/broker.log\nlog_type all"))
     assert str(tls_port) in conf and str(plain_port) in conf
     if os.geteuid() == 0:  # in the pod it runs as uid 10001; as root it would switch to "mosquitto"
         conf = "user root\n" + conf
@@ -48,8 +49,8 @@ def broker(tmp_path: Path, pki: LocalPki):
         log.close()
 
 
-def _client(name: str) -> mqtt.Client:
-    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+def _client(name: str, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
+    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=protocol)
 
 
 def test_site_publishes_only_its_own_topics_and_consumers_read_on_1883(broker, pki: LocalPki) -> None:
@@ -63,15 +64,24 @@ def test_site_publishes_only_its_own_topics_and_consumers_read_on_1883(broker, p
     consumer.connect("127.0.0.1", plain_port)
     consumer.subscribe("ems/v1/#", qos=1)
     consumer.loop_start()
-    site = _client("edge-sub-07")
+    # MQTT v5 (what the edge agent negotiates first): a refused PUBLISH gets PUBACK reason 135.
+    site = _client("edge-sub-07", mqtt.MQTTv5)
     cert = pki.client("sub-07")
     site.tls_set(ca_certs=str(pki.ca), certfile=str(cert.cert), keyfile=str(cert.key))
+    site_connected = threading.Event()
+    acks: dict[int, int] = {}
+    site.on_connect = lambda c, u, flags, rc, props=None: site_connected.set() if not rc.is_failure else None
+    site.on_publish = lambda c, u, mid, rc, props=None: acks.__setitem__(mid, rc.value)
     site.connect("127.0.0.1", tls_port)
     site.loop_start()
     try:
         assert subscribed.wait(5)
-        site.publish("ems/v1/sub-99/telemetry", b"forged", qos=1).wait_for_publish(5)
-        site.publish("ems/v1/sub-07/telemetry", b"mine", qos=1).wait_for_publish(5)
+        assert site_connected.wait(5), "the site's mTLS connection was not accepted"
+        forged = site.publish("ems/v1/sub-99/telemetry", b"forged", qos=1)
+        mine = site.publish("ems/v1/sub-07/telemetry", b"mine", qos=1)
+        forged.wait_for_publish(5)
+        mine.wait_for_publish(5)
+        assert acks == {forged.mid: 135, mine.mid: 0}, acks   # 135: not authorized
         assert got.wait(5)
         consumer.publish("ems/v1/probe", b"x", qos=1).wait_for_publish(5)  # a marker after both
         for _ in range(50):
