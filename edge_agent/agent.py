@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import stat
 import time
 from typing import Any, Awaitable, Callable
