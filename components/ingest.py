@@ -127,7 +127,7 @@ class IngestWorkers(pulumi.ComponentResource):
             metadata=metadata(APP, ns, APP, **{THERMAL_LABEL: "true"}),
             spec={
                 "serviceName": metrics_svc.metadata.name,
-                "replicas": args.min_replicas,
+                # No "replicas": the HPA owns the count (a value here would be reset on every update).
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": selector(APP)},
                 "template": {

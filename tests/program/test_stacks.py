@@ -286,3 +286,12 @@ def test_aws_tags_reach_every_resource_through_the_provider() -> None:
     tags = json.loads(provider.inputs["defaultTags"])["tags"] if isinstance(provider.inputs["defaultTags"], str) else provider.inputs["defaultTags"]["tags"]
     assert tags == {"owner": "ems-platform", "cost-centre": "grid-ops", "ems.io/stack": "aws-us-east-1"}
     assert all(r.provider and "pulumi:providers:aws::aws" in r.provider for r in ev.resources if r.typ.startswith("aws:"))
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_hpa_scaled_workloads_leave_replicas_to_the_hpa(name: str) -> None:
+    ev = stack(name)
+    targets = {h.inputs["spec"]["scaleTargetRef"]["name"] for h in ev.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")}
+    for w in workloads(ev):
+        if w.inputs["metadata"]["name"] in targets:
+            assert "replicas" not in w.inputs["spec"], w.urn
