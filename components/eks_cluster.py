@@ -9,6 +9,7 @@ resource here must be visible to both. What it builds:
 * one managed node group per configured group (label ``ems.io/pool``, taints), each with a
   launch template whose AL2023 ``NodeConfig`` lets the kubelet accept the unsafe sysctl
   ``net.core.somaxconn`` (DESIGN §5), IMDSv2 only, hop limit 1, encrypted root volume;
+* the VPC CNI add-on with its network-policy agent on (so NetworkPolicies are enforced);
 * the IAM OIDC provider, the EBS CSI driver add-on with its IRSA role, and the IRSA role of
   the AWS Load Balancer Controller (``TargetGroupBinding``, see ``aws_ingress.py``);
 * a ``pulumi_kubernetes.Provider`` from a kubeconfig (a secret) that authenticates with
@@ -172,6 +173,13 @@ class EksCluster(pulumi.ComponentResource):
         ]
         groups = [self._node_group(name, g, cluster, node_role, args, tags, attachments) for g in args.node_groups]
 
+        # NetworkPolicies are only enforced on EKS when the VPC CNI's policy agent is on.
+        aws.eks.Addon(
+            f"{name}-vpc-cni", cluster_name=cluster.name, addon_name="vpc-cni",
+            configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
+            resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
+            tags=tags, opts=o,
+        )
         ebs_role = aws.iam.Role(
             f"{name}-ebs-csi-role",
             assume_role_policy=pulumi.Output.all(oidc.arn, issuer).apply(lambda v: _irsa_trust(v[0], v[1], EBS_CSI_SA)),

@@ -214,8 +214,9 @@ def test_aws_cluster_control_plane_settings() -> None:
         import base64
         assert "allowedUnsafeSysctls" in base64.b64decode(lt.inputs["userData"]).decode()
         assert "net.core.somaxconn" in base64.b64decode(lt.inputs["userData"]).decode()
-    [addon] = ev.of_type("aws:eks/addon:Addon")
-    assert addon.inputs["addonName"] == "aws-ebs-csi-driver" and addon.inputs["serviceAccountRoleArn"]
+    addons = {a.inputs["addonName"]: a for a in ev.of_type("aws:eks/addon:Addon")}
+    assert addons["aws-ebs-csi-driver"].inputs["serviceAccountRoleArn"]
+    assert json.loads(addons["vpc-cni"].inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
     subnets = ev.of_type("aws:ec2/subnet:Subnet")
     assert len({s.inputs["availabilityZone"] for s in subnets if "private" in s.name}) >= 2
     [provider] = [r for r in ev.resources if r.typ == "pulumi:providers:kubernetes"]
