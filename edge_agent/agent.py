@@ -72,6 +72,8 @@ class Agent:
                  shutdown_grace_s: float = 10.0, clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.metrics = AgentMetrics(registry)
+        for outcome in ("ok", "invalid"):
+            self.metrics.config_reloads.labels(outcome)
         self.shutdown_grace_s = shutdown_grace_s
         self.clock = clock
         self._heartbeat = time.monotonic()

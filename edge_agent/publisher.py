@@ -57,6 +57,7 @@ from edge_agent.spool import Spool
 __all__ = ["TlsFiles", "MqttLink", "drain", "backoff_delay", "PROTOCOLS"]
 
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
+CONNECT_OUTCOMES = ("ok", "refused", "unreachable", "error")
 _UNSUPPORTED_PROTOCOL = 132          # MQTT v5 CONNACK "Unsupported Protocol Version" (paho maps v3 rc 1 to it)
 # TLS alerts a broker sends when it rejects the client certificate ("decrypt error": the signature does
 # not verify, e.g. a certificate from a different CA that carries the trusted CA's name).
@@ -135,6 +136,9 @@ class MqttLink:
         self.metrics = metrics
         self.log = logger or logging.getLogger(__name__)
         self.status_topic = status_topic(site)
+        if metrics is not None:
+            for outcome in CONNECT_OUTCOMES:        # known label values start at zero (dashboards, rate())
+                metrics.broker_connects.labels(outcome)
         self.protocol_in_use: str | None = None
         self._v311_only = protocol == "mqttv311"
         self._context: ssl.SSLContext | None = None
