@@ -266,3 +266,23 @@ def test_a_spool_belongs_to_one_site(tmp_path: Path) -> None:
     run(open_as("sub-07"))
     with pytest.raises(SpoolError, match=r"holds readings of site 'sub-07', not 'sub-08'"):
         run(open_as("sub-08"))
+
+
+def test_audit_fsyncs_are_batched_with_the_spool_commits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """640 readings with fsync_batch=64: a handful of audit fsyncs, not one per reading."""
+    import edge_agent.audit as audit_module
+
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(audit_module.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+
+    async def go() -> int:
+        async with Spool(tmp_path / "spool", site="s1", fsync_batch=64, audit=AuditLog(tmp_path / "audit.log")) as spool:
+            for i in range(640):
+                await _add(spool, i)
+            await spool.flush()
+            return spool.depth
+
+    assert run(go()) == 640
+    assert 1 <= len(calls) <= 640 // 64 + 2, len(calls)
+    assert verify(tmp_path / "audit.log").readings == 640
