@@ -59,7 +59,7 @@ def _aws_region(settings: StackSettings) -> None:
         network = RegionNetwork("network", RegionNetworkArgs(a.availability_zones, a.vpc_cidr, cluster_name), opts=on_aws)
         vpc_id, vpc_cidr, private_ids, public_ids = network.vpc_id, network.vpc_cidr, network.private_subnet_ids, network.public_subnet_ids
     cluster = EksCluster("cluster", EksClusterArgs(
-        region=a.region, vpc_id=vpc_id, private_subnet_ids=private_ids, node_groups=a.node_groups,
+        region=a.region, vpc_id=vpc_id, private_subnet_ids=private_ids, node_groups=a.node_groups, cluster_name=cluster_name,
         version=settings.kubernetes_version, public_endpoint_cidrs=a.public_endpoint_cidrs,
     ), opts=on_aws)
     platform = EmsPlatform("ems", EmsPlatformArgs(settings.platform, "aws"),

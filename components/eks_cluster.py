@@ -98,6 +98,8 @@ class EksClusterArgs:
     """Managed node groups; at least one ``interconnect`` and one ``nvme`` pool."""
     version: str = "1.29"
     """Kubernetes version (>= 1.26). Defaults to 1.29."""
+    cluster_name: str | None = None
+    """EKS cluster name (must match the subnets' ``kubernetes.io/cluster/<name>`` tags). Defaults to an auto-name."""
     public_endpoint_cidrs: tuple[str, ...] = ()
     """CIDRs allowed on the public API endpoint. Defaults to none: the public endpoint is off."""
     tags: tuple[tuple[str, str], ...] = ()
@@ -148,6 +150,7 @@ class EksCluster(pulumi.ComponentResource):
         public = bool(args.public_endpoint_cidrs)
         cluster = aws.eks.Cluster(
             f"{name}-eks",
+            name=args.cluster_name,
             role_arn=cluster_role.arn,
             version=args.version,
             vpc_config={
