@@ -218,6 +218,8 @@ def test_aws_cluster_control_plane_settings() -> None:
     assert addons["aws-ebs-csi-driver"].inputs["serviceAccountRoleArn"]
     assert json.loads(addons["vpc-cni"].inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
     subnets = ev.of_type("aws:ec2/subnet:Subnet")
+    assert cluster.inputs["name"] == "ems-us-east-1"
+    assert all(s.inputs["tags"].get("kubernetes.io/cluster/ems-us-east-1") == "shared" for s in subnets)
     assert len({s.inputs["availabilityZone"] for s in subnets if "private" in s.name}) >= 2
     [provider] = [r for r in ev.resources if r.typ == "pulumi:providers:kubernetes"]
     assert "kubeconfig" in ev.secret_outputs
