@@ -298,3 +298,21 @@ def test_hpa_scaled_workloads_leave_replicas_to_the_hpa(name: str) -> None:
     for w in workloads(ev):
         if w.inputs["metadata"]["name"] in targets:
             assert "replicas" not in w.inputs["spec"], w.urn
+
+
+def _rules(ev: Evaluation, direction: str) -> Iterator[tuple[str, dict[str, Any], int]]:
+    for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy"):
+        for rule in p.inputs["spec"].get(direction, []):
+            for port in rule.get("ports", []):
+                yield p.inputs["metadata"]["name"], rule, port["port"]
+
+
+def test_modbus_and_plain_mqtt_stay_inside() -> None:
+    ev = stack("private-dc1")
+    modbus = [(name, rule) for name, rule, port in _rules(ev, "egress") if port == 502]
+    assert [name for name, _ in modbus] == ["modbus-bridge", "modbus-bridge"]
+    assert sorted(r["to"][0]["ipBlock"]["cidr"] for _, r in modbus) == ["10.60.4.21/32", "10.60.4.22/32"]
+    assert not [name for name, _, port in _rules(ev, "ingress") if port == 502]
+    plain = [(name, rule) for name, rule, port in _rules(ev, "ingress") if port == 1883]
+    assert plain == [("broker", {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 1883}]})]
+    assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == {"ingest"}
