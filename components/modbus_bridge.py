@@ -91,7 +91,7 @@ class ModbusBridgeArgs:
     storage_class: pulumi.Input[str]
     """StorageClass of the spool volume."""
     gateways: tuple[ModbusGateway, ...] = ()
-    """RS-485 gateways to poll. Defaults to none (the bridge then only serves health)."""
+    """RS-485 gateways to poll (at least one)."""
     spool_size: str = "10Gi"
     """Spool volume size. Defaults to 10Gi."""
     resources: Resources = Resources("100m", "128Mi", "500m", "256Mi")
@@ -105,12 +105,13 @@ class ModbusBridge(pulumi.ComponentResource):
     gateway_addresses: pulumi.Output[list[str]]
 
     def __init__(self, name: str, args: ModbusBridgeArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if not args.gateways:
+            raise ComponentArgsError(name, "gateways", args.gateways, "must list at least one RS-485 gateway")
         names = [g.name for g in args.gateways]
         if len(set(names)) != len(names):
             raise ComponentArgsError(name, "gateways", names, "must have unique names")
         conf_text = sensors_conf(args.site, args.broker_host, args.gateways)
-        if args.gateways:
-            validate_sensors_conf(name, conf_text)
+        validate_sensors_conf(name, conf_text)
         super().__init__("ems:workloads:ModbusBridge", name, None, opts)
         o = child(self)
         ns = args.namespace

@@ -49,7 +49,7 @@ class NetworkPoliciesArgs:
     extra_namespaces: tuple[tuple[str, pulumi.Input[str]], ...] = ()
     """(role, namespace) pairs without workloads: default deny only. Defaults to none."""
     gateways: tuple[ModbusGateway, ...] = ()
-    """RS-485 gateways the bridge may reach. Defaults to none."""
+    """RS-485 gateways the bridge may reach; without any there is no bridge and no bridge policy. Defaults to none."""
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -88,9 +88,10 @@ class NetworkPolicies(pulumi.ComponentResource):
             {"from": [*ANYWHERE, *same_namespace], "ports": _tcp(8883)},
             {"from": same_namespace, "ports": _tcp(1883)},
         ])
-        gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]
-        policy("modbus-bridge", ns, _pods("modbus-bridge")["podSelector"], ingress=[],
-               egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
+        if args.gateways:
+            gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]
+            policy("modbus-bridge", ns, _pods("modbus-bridge")["podSelector"], ingress=[],
+                   egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
         policy("ingest", ns, _pods("ingest")["podSelector"],
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                egress=[{"to": [_pods("broker")], "ports": _tcp(1883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])

@@ -100,7 +100,7 @@ class EmsPlatform(pulumi.ComponentResource):
                 ServerCert("metrics-adapter", f"metrics-adapter.{ns_name}.svc", svc_names("metrics-adapter"), "metrics-adapter-tls"),
             ),
             edge_sites=s.edge_sites,
-            in_cluster_clients=(bridge_site,),
+            in_cluster_clients=(bridge_site,) if s.modbus_gateways else (),
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
@@ -115,11 +115,12 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
             storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
-        ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(
-            namespace=namespace, image=s.images.edge_agent, site=bridge_site,
-            broker_host=f"broker.{ns_name}.svc.cluster.local", tls_secret=f"edge-{bridge_site}-tls",
-            storage_class=storage_class, gateways=s.modbus_gateways,
-        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        if s.modbus_gateways:  # no RS-485 gateway configured: nothing to bridge
+            ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(
+                namespace=namespace, image=s.images.edge_agent, site=bridge_site,
+                broker_host=f"broker.{ns_name}.svc.cluster.local", tls_secret=f"edge-{bridge_site}-tls",
+                storage_class=storage_class, gateways=s.modbus_gateways,
+            ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         IngestWorkers(f"{name}-ingest", IngestArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
             remote_write_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090/api/v1/write", storage_class=storage_class,

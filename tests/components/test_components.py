@@ -209,3 +209,9 @@ def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
     [cluster] = conf["static_resources"]["clusters"]
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
         {"address": "tsdb.ems.svc.cluster.local", "port_value": 9090}
+
+
+def test_bridge_needs_a_gateway() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^bridge: gateways must list at least one RS-485 gateway \(got \(\)\)$"):
+        ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                                broker_host="broker", tls_secret="t", storage_class="sc"))

@@ -316,3 +316,10 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     plain = [(name, rule) for name, rule, port in _rules(ev, "ingress") if port == 1883]
     assert plain == [("broker", {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 1883}]})]
     assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == {"ingest"}
+
+
+def test_without_gateways_there_is_no_bridge() -> None:
+    ev = evaluate_stack("local", {"ems:modbusGateways": None})
+    names = {r.inputs["metadata"]["name"] for r in ev.resources if r.typ.startswith("kubernetes:") and "metadata" in r.inputs}
+    assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
+    assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
