@@ -153,26 +153,45 @@ def test_scale_down_one_of_two_workers_mid_stream_loses_nothing(prometheus, inge
     assert "unacknowledged" not in second.log_tail(100_000)
 
 
-def test_broker_killed_and_restarted_while_messages_are_unacknowledged(prometheus, ingest_factory, pki, broker):
+@pytest.mark.parametrize("kill", [True, False], ids=["SIGKILL", "SIGTERM"])
+def test_broker_restarted_while_messages_are_unacknowledged(prometheus, ingest_factory, pki, broker, kill):
     ingest = ingest_factory()
     stream = Stream("sub-broker", base_ms=int(time.time() * 1000) - 900_000)
     edge = EdgePublisher(broker, pki, "edge-broker")
-    for batch in stream.batches(1, 1000, 20):
+    for batch in stream.batches(1, 600, 20):
+        edge.publish(stream.site, batch)
+    ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v >= 600)
+    prometheus.stop()                                # the worker now holds a batch it cannot write (unacked)
+    for batch in stream.batches(601, 1000, 20):
         edge.publish(stream.site, batch)
     edge.close()
-    broker.restart(kill=True)                        # SIGKILL: in-flight PUBACKs are lost; the session persists
+    ingest.wait_metric("ems_ingest_write_retries_total", lambda v: v >= 1)
+    # Mosquitto persists its state periodically, not before each PUBACK: give it a moment, so this
+    # test measures the ingest across a broker crash and not the broker's own durability window.
+    time.sleep(1.5)
+    broker.restart(kill=kill)
+    prometheus.start()
     ingest.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=20)
     edge = EdgePublisher(broker, pki, "edge-broker")
     try:
-        for batch in stream.batches(1001, 2000, 20):
+        for batch in stream.batches(1001, 1400, 20):
             edge.publish(stream.site, batch)
     finally:
         edge.close()
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and promql_count(prometheus, stream.site, stream.base_ms + 800_000) < 2000:
+    while time.monotonic() < deadline and promql_count(prometheus, stream.site, stream.base_ms + 800_000) < 1400:
         time.sleep(0.2)
     ingest.wait_metric("ems_ingest_queue_depth", lambda v: v == 0)
-    _assert_exact(prometheus, stream, 2000)
+    _assert_exact(prometheus, stream, 1400)
+    # the batch held across the restart arrived on the old connection: written once, not acked there
+    assert "arrived on an earlier connection" in ingest.log_tail(100_000)
+    assert ingest.metric('ems_ingest_readings_total{outcome="written"}') == 1400
+    if not kill:
+        # a clean broker restart keeps in-flight messages and redelivers them: recognised as duplicates
+        assert ingest.metric("ems_ingest_duplicates_total") > 0
+    # After SIGKILL, Mosquitto 2.0.11 forgets messages that were in flight to a connected subscriber
+    # (its autosave counts only messages queued for offline clients), so nothing is redelivered: the
+    # held batch survives only because the worker writes every message it has received.
 
 
 def test_sigterm_while_the_tsdb_is_down_leaves_the_batch_to_the_broker(prometheus, ingest_factory, edge):
