@@ -259,9 +259,11 @@ class Spool:
                      quality: str, sensor_id: str) -> int:
         """Accept one reading: assign its seq and buffer it; returns the seq.
 
-        The reading is committed (and audited) within ``flush_interval_s`` or as
-        soon as ``fsync_batch`` readings are buffered — this call then waits for
-        that commit, which is the back-pressure on the pollers.
+        The reading is committed (and audited) within ``flush_interval_s``, or
+        as soon as ``fsync_batch`` readings are buffered, by a background group
+        commit; it cannot be leased (published) before. This call waits for the
+        disk only when ``max_buffered`` readings are waiting: the back-pressure
+        on the pollers when the disk cannot keep up.
         """
         seq = self._next_seq
         self._next_seq += 1
