@@ -8,10 +8,11 @@ The timestamp is the reading's ``ts_ms`` (time of measurement), never rewritten.
 Readings whose value is null (quality ``device_error``/``stale``) have no sample.
 
 ``RemoteWriter`` is the HTTP boundary: it owns ``http.client`` and maps every
-outcome to ``None`` (accepted), ``TsdbUnavailable`` (retry later: connection
-errors, timeouts, 429, 5xx) or ``TsdbRejected`` (permanent: other 4xx, and the
-500 "too old sample" that Prometheus 2.42 returns for samples older than its
-out-of-order window). Prometheus applies a request atomically (one bad sample
+outcome to success, ``TsdbUnavailable`` (retry later: connection errors,
+timeouts, 429, 5xx, and 401/403/404-style answers of a misconfigured endpoint,
+which say nothing about the data) or ``TsdbRejected`` (permanent: 400, 409,
+413, 422, and the 500 "too old sample" that Prometheus 2.42 returns for samples
+older than its out-of-order window). Prometheus applies a request atomically (one bad sample
 rolls back the whole request), so the caller bisects a rejected batch to find
 the bad samples (``ingest.worker``).
 """
@@ -38,6 +39,8 @@ METRIC = "ems_reading"
 Labels = tuple[tuple[str, str], ...]
 # Prometheus 2.42 answers these with HTTP 500 although retrying can never help.
 _PERMANENT_5XX = ("too old sample", "out of bounds")
+# Statuses that reject the samples themselves (bad data, duplicate timestamp, too large): bisect and dead-letter.
+_REJECTS_DATA = frozenset({400, 409, 413, 422})
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,11 +120,11 @@ class RemoteWriter:
             raise TsdbUnavailable(f"{type(exc).__name__}: {exc}") from exc
         if 200 <= status < 300:
             return time.perf_counter() - started
-        if status == 429 or status >= 500:
-            if status >= 500 and any(marker in detail for marker in _PERMANENT_5XX):
-                raise TsdbRejected(detail, status)
-            raise TsdbUnavailable(detail or "no detail", status)
-        raise TsdbRejected(detail or "no detail", status)
+        if status in _REJECTS_DATA or (status >= 500 and any(marker in detail for marker in _PERMANENT_5XX)):
+            raise TsdbRejected(detail or "no detail", status)
+        # 429, 5xx, and the 4xx of a misconfigured endpoint (401, 403, 404, ...): the data is fine,
+        # so keep it and retry rather than dead-letter everything until someone fixes the config.
+        raise TsdbUnavailable(detail or "no detail", status)
 
     def close(self) -> None:
         if self._conn is not None:

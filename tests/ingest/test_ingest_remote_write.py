@@ -70,6 +70,9 @@ def tsdb_stub():
     (500, b"too old sample\n", TsdbRejected),           # Prometheus 2.42's answer beyond the OOO window
     (400, b"out of bounds", TsdbRejected),
     (400, b"duplicate sample for timestamp", TsdbRejected),
+    (413, b"request too large", TsdbRejected),
+    (401, b"unauthorized", TsdbUnavailable),          # a config problem: keep the data and retry
+    (404, b"remote write receiver needs to be enabled", TsdbUnavailable),
 ])
 def test_http_outcomes_map_to_retry_or_permanent(tsdb_stub, status: int, body: bytes, error) -> None:
     _Answers.answers = [(status, body)]
