@@ -62,7 +62,7 @@ class IngestMetrics:
     def __init__(self, registry: CollectorRegistry | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         common = {"namespace": "ems", "subsystem": "ingest", "registry": self.registry}
-        self.messages = Counter("messages", "Telemetry messages consumed and acknowledged (valid or dead-lettered).",
+        self.messages = Counter("messages", "Telemetry messages handled: written or dead-lettered (a redelivered copy counts again).",
                                 **common)
         self.readings = Counter("readings", "Readings by outcome.", ["outcome"], **common)
         self.duplicates = Counter("duplicates", "Readings dropped because their (site, seq) was already written.",

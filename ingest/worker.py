@@ -80,7 +80,6 @@ class IngestWorker:
         self.sleep = sleep
         self.stopping = threading.Event()
         self._deadline: float | None = None
-        self._in_hand = 0
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -129,7 +128,6 @@ class IngestWorker:
             item = self._decode(message)
             items.append(item)
             readings += len(item.batch.readings) if item.batch else 0
-        self._in_hand = len(items)
         self.metrics.queue_depth.set(incoming.qsize() + len(items))
         return items
 
@@ -170,7 +168,7 @@ class IngestWorker:
             return False
         self.seen.commit()
         acked = sum(1 for item in items if self.link.ack(item.incoming))
-        self.metrics.messages_done(acked)
+        self.metrics.messages_done(len(items))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
         self.metrics.readings.labels("duplicate").inc(counts["duplicate"])
@@ -181,8 +179,8 @@ class IngestWorker:
         self.metrics.sites.set(self.seen.site_count)
         self.metrics.queue_depth.set(self.link.incoming.qsize())
         if acked < len(items):
-            log.info("%d of %d messages arrived on an earlier connection; their redelivered copies are acked instead",
-                     len(items) - acked, len(items))
+            log.info("%d of %d messages arrived on an earlier connection and are not acknowledged on this one; "
+                     "copies the broker redelivers are recognised as duplicates", len(items) - acked, len(items))
         return True
 
     def _remaining(self, default: float) -> float:
