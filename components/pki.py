@@ -51,6 +51,10 @@ class PkiArgs:
     """Validity of the root CA. Defaults to 87600 (10 years)."""
     early_renewal_hours: int = 720
     """Re-issue leaves this long before expiry on the next ``pulumi up``. Defaults to 720 (30 days)."""
+    ca_cert_pem: pulumi.Input[str] | None = None
+    """A shared CA certificate to sign with (with ``ca_private_key_pem``). Defaults to a CA generated here."""
+    ca_private_key_pem: pulumi.Input[str] | None = None
+    """The shared CA's key (a secret). Defaults to none (generate the CA)."""
 
 
 class Pki(pulumi.ComponentResource):
@@ -64,19 +68,24 @@ class Pki(pulumi.ComponentResource):
         validate_pki_args(name, args)
         super().__init__("ems:pki:Pki", name, None, opts)
         o = child(self)
-        ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P384", opts=o)
-        ca = tls.SelfSignedCert(
-            f"{name}-ca",
-            private_key_pem=ca_key.private_key_pem,
-            is_ca_certificate=True,
-            subject={"common_name": f"{args.organization} root CA", "organization": args.organization},
-            validity_period_hours=args.ca_validity_hours,
-            early_renewal_hours=args.early_renewal_hours,
-            allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
-            opts=o,
-        )
-        self.ca_cert_pem = ca.cert_pem
-        self._ca_key, self._ca = ca_key, ca
+        if args.ca_cert_pem is not None and args.ca_private_key_pem is not None:
+            # One CA across regions: a site's certificate works behind the global load balancer.
+            self._ca_cert_pem = pulumi.Output.from_input(args.ca_cert_pem)
+            self._ca_key_pem = pulumi.Output.secret(args.ca_private_key_pem)
+        else:
+            ca_key = tls.PrivateKey(f"{name}-ca-key", algorithm="ECDSA", ecdsa_curve="P384", opts=o)
+            ca = tls.SelfSignedCert(
+                f"{name}-ca",
+                private_key_pem=ca_key.private_key_pem,
+                is_ca_certificate=True,
+                subject={"common_name": f"{args.organization} root CA", "organization": args.organization},
+                validity_period_hours=args.ca_validity_hours,
+                early_renewal_hours=args.early_renewal_hours,
+                allowed_uses=["cert_signing", "crl_signing", "digital_signature"],
+                opts=o,
+            )
+            self._ca_cert_pem, self._ca_key_pem = ca.cert_pem, ca_key.private_key_pem
+        self.ca_cert_pem = self._ca_cert_pem
 
         servers: dict[str, str] = {}
         for server in args.servers:
@@ -111,8 +120,8 @@ class Pki(pulumi.ComponentResource):
         cert = tls.LocallySignedCert(
             f"{prefix}-cert",
             cert_request_pem=csr.cert_request_pem,
-            ca_private_key_pem=self._ca_key.private_key_pem,
-            ca_cert_pem=self._ca.cert_pem,
+            ca_private_key_pem=self._ca_key_pem,
+            ca_cert_pem=self._ca_cert_pem,
             validity_period_hours=args.leaf_validity_hours,
             early_renewal_hours=args.early_renewal_hours,
             allowed_uses=uses,
@@ -126,7 +135,7 @@ class Pki(pulumi.ComponentResource):
             string_data={
                 "tls.crt": cert.cert_pem,
                 "tls.key": pulumi.Output.secret(key.private_key_pem),
-                "ca.crt": self._ca.cert_pem,
+                "ca.crt": self._ca_cert_pem,
             },
             opts=o,
         )
@@ -140,6 +149,9 @@ def validate_pki_args(name: str, args: PkiArgs) -> None:
         raise ComponentArgsError(name, "leaf_validity_hours", args.leaf_validity_hours, "must not exceed ca_validity_hours")
     if args.early_renewal_hours >= args.leaf_validity_hours:
         raise ComponentArgsError(name, "early_renewal_hours", args.early_renewal_hours, "must be shorter than leaf_validity_hours")
+    if (args.ca_cert_pem is None) != (args.ca_private_key_pem is None):
+        raise ComponentArgsError(name, "ca_cert_pem", "(set)" if args.ca_cert_pem is not None else None,
+                                 "and ca_private_key_pem must be given together")
     roles = [s.role for s in args.servers]
     if len(set(roles)) != len(roles):
         raise ComponentArgsError(name, "servers", roles, "must have distinct roles")

@@ -104,6 +104,8 @@ class EmsPlatform(pulumi.ComponentResource):
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
+            ca_cert_pem=s.ca_certificate,
+            ca_private_key_pem=s.ca_private_key,
         ), opts=o)
         external_type = "ClusterIP" if args.cloud == "aws" else "LoadBalancer"
         tsdb = Tsdb(f"{name}-tsdb", TsdbArgs(

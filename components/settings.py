@@ -79,12 +79,14 @@ class SettingsError(pulumi.RunError):
 
 def _show(value: object) -> str:
     if isinstance(value, str):
-        return value if value and not re.search(r"\s", value) else json.dumps(value)
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)) or value is None:
-        return json.dumps(value)
-    return json.dumps(value, separators=(",", ":"), default=str)
+        text = value if value and not re.search(r"\s", value) else json.dumps(value)
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, float)) or value is None:
+        text = json.dumps(value)
+    else:
+        text = json.dumps(value, separators=(",", ":"), default=str)
+    return text if len(text) <= 120 else text[:60] + "…" + text[-20:]  # one line, even for a PEM
 
 
 # --------------------------------------------------------------------------- dataclasses
@@ -163,6 +165,10 @@ class PlatformSettings:
     viewer_groups: tuple[str, ...] = ("ems-viewers",)
     cert_validity_hours: int = 2160
     ca_validity_hours: int = 87600
+    ca_certificate: str | None = None
+    """A shared root CA (PEM) to sign with instead of generating one per stack (multi-region)."""
+    ca_private_key: pulumi.Output[str] | None = None
+    """Its key, a secret (set by ``load_settings`` from ``ems:caPrivateKey``)."""
     storage_class_name: str = "ems-block"
     storage_provisioner: str = "ebs.csi.aws.com"
     storage_parameters: tuple[tuple[str, str], ...] = ()
@@ -251,13 +257,13 @@ DEFAULT_NODE_GROUPS = (
     ),
 )
 
-SECRET_KEYS = frozenset({"kubeconfig"})
+SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey"})
 
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
     # platform
     "images", "edgeSites", "modbusGateways", "brokerHostnames", "apiHostnames",
-    "operatorGroups", "viewerGroups", "certValidityHours", "caValidityHours",
+    "operatorGroups", "viewerGroups", "certValidityHours", "caValidityHours", "caCertificate", "caPrivateKey",
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
@@ -556,13 +562,17 @@ _DURATION_P = _pattern(_DURATION, "a Prometheus duration such as 72h or 30d")
 # --------------------------------------------------------------------------- parse
 
 
-def parse_settings(raw: Mapping[str, object], stack: str) -> StackSettings:
+def parse_settings(raw: Mapping[str, object], stack: str, secrets_set: frozenset[str] = frozenset()) -> StackSettings:
     """Validate the raw ``ems:`` config of ``stack`` (keys with or without the ``ems:`` prefix).
 
-    Raises SettingsError for the first problem found. Secret keys (``kubeconfig``) are not
-    read here; ``load_settings`` attaches them as Outputs.
+    Raises SettingsError for the first problem found. Secret keys (``kubeconfig``,
+    ``caPrivateKey``) are never read here: ``secrets_set`` names those that are set, and
+    ``load_settings`` attaches their values as secret Outputs.
     """
     r = _Reader(raw)
+    for key in r.raw:
+        if key in SECRET_KEYS:
+            raise SettingsError(key, "(hidden)", "must be set as a secret: pulumi config set --secret ems:" + key)
     for key in r.raw:
         if key not in KNOWN_KEYS:
             raise SettingsError(key, r.raw[key], "is not a known key; see docs/stack-config.md")
@@ -578,7 +588,7 @@ def parse_settings(raw: Mapping[str, object], stack: str) -> StackSettings:
             raise SettingsError("cloud", cloud, "must be aws for ems:role global (the global load balancer is AWS Global Accelerator)")
         return StackSettings(stack, cloud, role, version, platform=None, global_=_parse_global(r), tags=tags)
 
-    platform = _parse_platform(r, cloud)
+    platform = _parse_platform(r, cloud, secrets_set)
     aws = private = local = None
     if cloud == "aws":
         aws = _parse_aws(r, tags)
@@ -589,7 +599,7 @@ def parse_settings(raw: Mapping[str, object], stack: str) -> StackSettings:
     return StackSettings(stack, cloud, role, version, platform=platform, aws=aws, private=private, local=local, tags=tags)
 
 
-def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
+def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> PlatformSettings:
     d = PlatformSettings()
     if cloud == "aws":
         provisioner = r.get("storageProvisioner", _choice(("ebs.csi.aws.com",)), "ebs.csi.aws.com")
@@ -602,6 +612,11 @@ def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
     if min_replicas > max_replicas:
         raise SettingsError("ingestMinReplicas", min_replicas, f"must not exceed ems:ingestMaxReplicas {max_replicas}")
     ca_hours = r.get("caValidityHours", _integer(24 * 30, 24 * 365 * 30), d.ca_validity_hours)
+    ca_cert = r.get("caCertificate", _ca_certificate, None)
+    if ca_cert is not None and "caPrivateKey" not in secrets_set:
+        raise SettingsError("caPrivateKey", _MISSING, "is required when ems:caCertificate is set: pulumi config set --secret ems:caPrivateKey < ca.key")
+    if ca_cert is None and "caPrivateKey" in secrets_set:
+        raise SettingsError("caCertificate", _MISSING, "is required when ems:caPrivateKey is set (the CA certificate, PEM)")
     leaf_hours = r.get("certValidityHours", _integer(24, LEAF_MAX_HOURS), d.cert_validity_hours)
     if leaf_hours > ca_hours:
         raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
@@ -616,6 +631,7 @@ def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
         viewer_groups=r.get("viewerGroups", _list_of(_GROUP, unique=True), d.viewer_groups),
         cert_validity_hours=leaf_hours,
         ca_validity_hours=ca_hours,
+        ca_certificate=ca_cert,
         storage_class_name=r.get("storageClassName", _LABEL, d.storage_class_name),
         storage_provisioner=provisioner,
         storage_parameters=r.get("storageParameters", _string_map, ()),
@@ -629,6 +645,22 @@ def _parse_platform(r: _Reader, cloud: str) -> PlatformSettings:
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
     )
+
+
+def _ca_certificate(key: str, value: object) -> str:
+    """A PEM CA certificate (checked with ``cryptography``: parses, basicConstraints CA)."""
+    from cryptography import x509
+
+    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+        raise SettingsError(key, value, "must be a PEM certificate (-----BEGIN CERTIFICATE----- …)")
+    try:
+        cert = x509.load_pem_x509_certificate(value.encode())
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (ValueError, x509.ExtensionNotFound):
+        raise SettingsError(key, value, "is not a readable X.509 CA certificate (PEM with basicConstraints CA:TRUE)") from None
+    if not is_ca:
+        raise SettingsError(key, value, "is not a CA certificate (basicConstraints CA:FALSE)")
+    return value
 
 
 def _unique_names(key: str, gateways: tuple[ModbusGateway, ...]) -> tuple[ModbusGateway, ...]:
@@ -716,8 +748,14 @@ def load_settings() -> StackSettings:
     """Read ``pulumi.Config("ems")`` of the current stack and validate it."""
     raw = _raw_config()
     public = {k: v for k, v in raw.items() if k.split(":", 1)[1] not in SECRET_KEYS}
-    settings = parse_settings(public, pulumi.get_stack())
+    present = frozenset(k.split(":", 1)[1] for k, v in raw.items() if k.split(":", 1)[1] in SECRET_KEYS and v not in (None, ""))
+    for key in sorted(present):
+        if not pulumi.runtime.is_config_secret(f"ems:{key}"):
+            raise SettingsError(key, "(hidden)", f"must be stored as a secret: pulumi config set --secret ems:{key}")
+    settings = parse_settings(public, pulumi.get_stack(), present)
+    config = pulumi.Config("ems")
     if settings.private is not None:
-        kubeconfig = pulumi.Config("ems").get_secret("kubeconfig")
-        settings = replace(settings, private=replace(settings.private, kubeconfig=kubeconfig))
+        settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))
+    if settings.platform is not None and settings.platform.ca_certificate is not None:
+        settings = replace(settings, platform=replace(settings.platform, ca_private_key=config.require_secret("caPrivateKey")))
     return settings

@@ -98,7 +98,8 @@ class Evaluation:
 
 
 def evaluate_stack(stack: str, overrides: dict[str, Any] | None = None,
-                   stack_outputs: dict[str, dict[str, Any]] | None = None) -> Evaluation:
+                   stack_outputs: dict[str, dict[str, Any]] | None = None,
+                   secret_keys: tuple[str, ...] = ()) -> Evaluation:
     """Run ``__main__.py`` for ``stack`` under mocks; return every resource and the stack outputs."""
     config = stack_config(stack)
     for k, v in (overrides or {}).items():
@@ -108,7 +109,7 @@ def evaluate_stack(stack: str, overrides: dict[str, Any] | None = None,
             config[k] = v if isinstance(v, str) else json.dumps(v)
     mocks = RecordingMocks(stack_outputs=stack_outputs or {})
     pulumi.runtime.set_mocks(mocks, project="ems", stack=stack, preview=False, organization="organization")
-    pulumi.runtime.set_all_config(config)
+    pulumi.runtime.set_all_config(config, list(secret_keys))
     exports: dict[str, Any] = {}
 
     async def collect() -> tuple[dict[str, Any], set[str]]:
@@ -135,3 +136,22 @@ def region_outputs_for_global() -> dict[str, dict[str, Any]]:
     """Evaluate the region stacks named by the global stack file; key their outputs by full name."""
     names = json.loads(stack_config("global")["ems:regionStacks"])
     return {f"organization/ems/{n}": evaluate_stack(n).outputs for n in names}
+
+
+def make_ca_pem(is_ca: bool = True) -> str:
+    """A self-signed certificate (a CA unless ``is_ca`` is False), PEM."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "utility root")])
+    now = dt.datetime.now(dt.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -7,6 +7,8 @@ import json
 import pulumi
 import pytest
 
+from infra_mocks import make_ca_pem
+
 from components.settings import (
     DEFAULT_NODE_GROUPS,
     SettingsError,
@@ -137,3 +139,19 @@ def test_docs_table_documents_exactly_the_known_keys() -> None:
     assert rows == set(KNOWN_KEYS), (rows ^ set(KNOWN_KEYS))
     for image in vars(Images()).values():
         assert image in doc, image
+
+
+def test_shared_ca_needs_its_key_as_a_secret() -> None:
+    pem = make_ca_pem()
+    assert error({**AWS, "ems:caCertificate": pem}) == \
+        "ems:caPrivateKey: is required when ems:caCertificate is set: pulumi config set --secret ems:caPrivateKey < ca.key"
+    assert parse_settings({**AWS, "ems:caCertificate": pem}, "t", frozenset({"caPrivateKey"})).platform.ca_certificate == pem
+    with pytest.raises(SettingsError, match=r"^ems:caCertificate: is required when ems:caPrivateKey is set"):
+        parse_settings(AWS, "t", frozenset({"caPrivateKey"}))
+    with pytest.raises(SettingsError, match=r"^ems:caCertificate: .* is not a CA certificate \(basicConstraints CA:FALSE\)$"):
+        parse_settings({**AWS, "ems:caCertificate": make_ca_pem(is_ca=False)}, "t", frozenset({"caPrivateKey"}))
+    with pytest.raises(SettingsError, match=r"^ems:caCertificate: hello must be a PEM certificate"):
+        parse_settings({**AWS, "ems:caCertificate": "hello"}, "t", frozenset({"caPrivateKey"}))
+    message = str(pytest.raises(SettingsError, parse_settings, {**AWS, "ems:caCertificate": make_ca_pem(is_ca=False)}, "t",
+                                frozenset({"caPrivateKey"})).value)
+    assert "\n" not in message and len(message) < 250, message

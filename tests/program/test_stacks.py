@@ -323,3 +323,22 @@ def test_without_gateways_there_is_no_bridge() -> None:
     names = {r.inputs["metadata"]["name"] for r in ev.resources if r.typ.startswith("kubernetes:") and "metadata" in r.inputs}
     assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
     assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
+
+
+def test_regions_can_share_one_ca() -> None:
+    from infra_mocks import make_ca_pem
+
+    pem = make_ca_pem()
+    ev = evaluate_stack("aws-eu-west-1", {"ems:caCertificate": pem, "ems:caPrivateKey": "-----BEGIN PRIVATE KEY-----shared"},
+                        secret_keys=("ems:caPrivateKey",))
+    assert ev.of_type("tls:index/selfSignedCert:SelfSignedCert") == []
+    certs = ev.of_type("tls:index/locallySignedCert:LocallySignedCert")
+    assert certs and all(c.inputs["caCertPem"] == pem for c in certs)
+    assert ev.outputs["ca_bundle_pem"] == pem
+
+
+def test_a_plain_text_secret_is_rejected() -> None:
+    import pulumi
+
+    with pytest.raises(pulumi.RunError, match=r"^ems:kubeconfig: \(hidden\) must be stored as a secret: pulumi config set --secret ems:kubeconfig$"):
+        evaluate_stack("private-dc1", {"ems:kubeconfig": "apiVersion: v1"})
