@@ -4,7 +4,9 @@
     ems-ingest twin-api [--config FILE]     serve GET /v1/assets/<site>/<asset> and /v1/query over HTTPS
     ems-ingest check-config [--config FILE] validate the config and exit
 
-The config defaults to ``$EMS_INGEST_CONFIG``, else ``/etc/ems/ingest.toml``.
+The config file defaults to ``$EMS_INGEST_CONFIG``, else ``/etc/ems/ingest.toml`` when it
+exists; ``EMS_*`` variables (``ingest.config.ENV_OVERRIDES``) override single settings or,
+without a file, provide them all.
 
 Exit codes: 0 done, 2 bad usage or config (one line on stderr, no traceback),
 1 a runtime failure (broker or TSDB unreachable at start, state dir in use).
@@ -122,14 +124,17 @@ def main(argv: list[str] | None = None) -> int:
     for name, text in (("run", "consume telemetry into the TSDB"), ("twin-api", "serve the digital-twin read API"),
                        ("check-config", "validate the config file and exit")):
         cmd = sub.add_parser(name, help=text)
-        cmd.add_argument("--config", type=Path, default=Path(os.environ.get("EMS_INGEST_CONFIG", DEFAULT_CONFIG)),
-                         help=f"ingest config (TOML; default $EMS_INGEST_CONFIG or {DEFAULT_CONFIG})")
+        cmd.add_argument("--config", type=Path, help=f"ingest config (TOML; default $EMS_INGEST_CONFIG, else "
+                                                     f"{DEFAULT_CONFIG} when it exists, else only EMS_* variables)")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     try:
-        config = load_config(args.config)
+        path = args.config or (Path(os.environ["EMS_INGEST_CONFIG"]) if os.environ.get("EMS_INGEST_CONFIG") else None)
+        if path is None and Path(DEFAULT_CONFIG).exists():
+            path = Path(DEFAULT_CONFIG)
+        config = load_config(path)
         if args.command == "check-config":
-            print(f"{args.config}: ok")
+            print(f"{path or 'environment'}: ok")
             return 0
         return run(config) if args.command == "run" else twin_api(config)
     except ConfigError as exc:

@@ -33,17 +33,18 @@ default). Example (``docs/ingest.md`` has the full table)::
 
 from __future__ import annotations
 
+import os
 import socket
 import tomllib
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from edge_agent.schema import valid_id
 from ingest.errors import ConfigError
 
-__all__ = ["IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",
+__all__ = ["ENV_OVERRIDES", "IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",
            "TwinApiConfig", "load_config", "parse_config"]
 
 
@@ -272,16 +273,63 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> IngestConfig:
                         shutdown_grace_s=grace)
 
 
-def load_config(path: str | Path) -> IngestConfig:
-    """Read and validate the TOML file at ``path``; raises ConfigError."""
-    path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError("--config", str(path), "file does not exist") from None
-    except OSError as exc:
-        raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("--config", str(path), f"is not valid TOML: {exc}") from exc
-    config = parse_config(raw, path.parent.resolve())
+# Environment variables that override (or, without a file, provide) single settings — for
+# deployments that template env rather than files. Values are strings converted to the key's type.
+ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
+    "EMS_BROKER_HOST": ("broker", "host", str),
+    "EMS_BROKER_PORT": ("broker", "port", int),
+    "EMS_BROKER_TLS": ("broker", "tls", bool),
+    "EMS_BROKER_CA": ("broker", "ca", str),
+    "EMS_BROKER_CERT": ("broker", "cert", str),
+    "EMS_BROKER_KEY": ("broker", "key", str),
+    "EMS_BROKER_CLIENT_ID": ("broker", "client_id", str),
+    "EMS_BROKER_GROUP": ("broker", "group", str),
+    "EMS_REMOTE_WRITE_URL": ("tsdb", "remote_write_url", str),
+    "EMS_STATE_DIR": ("state", "dir", str),
+    "EMS_METRICS_PORT": ("metrics", "port", int),
+}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    for name, (section, key, kind) in ENV_OVERRIDES.items():
+        if name not in env:
+            continue
+        text = env[name]
+        value: object = text
+        if kind is int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise ConfigError(name, text, f"must be an integer ({section}.{key})") from None
+        elif kind is bool:
+            if text.lower() not in ("true", "false"):
+                raise ConfigError(name, text, f"must be true or false ({section}.{key})")
+            value = text.lower() == "true"
+        table = raw.setdefault(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(section, table, "must be a table")
+        table[key] = value
+
+
+def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> IngestConfig:
+    """Read and validate the TOML file at ``path`` plus ``ENV_OVERRIDES``; raises ConfigError.
+
+    ``path`` None means no file: every required setting must then come from the environment.
+    """
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("--config", str(path), "file does not exist") from None
+        except OSError as exc:
+            raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("--config", str(path), f"is not valid TOML: {exc}") from exc
+        base = path.parent.resolve()
+    _apply_env(raw, env)
+    config = parse_config(raw, base)
     return IngestConfig(**{**config.__dict__, "source_path": path})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,29 @@ def test_plain_mqtt_inside_the_namespace_needs_no_certificates(files: Path) -> N
         parse_config(_raw(broker={"tls": False}), files)
     with pytest.raises(ConfigError, match=r"^broker\.tls: must be true or false \(got 'no'\)$"):
         parse_config(_raw(broker={"tls": "no"}), files)
+
+
+def test_environment_overrides_or_replaces_the_file(files: Path) -> None:
+    env = {"EMS_BROKER_HOST": "mqtt", "EMS_BROKER_PORT": "1883", "EMS_BROKER_TLS": "false",
+           "EMS_REMOTE_WRITE_URL": "http://tsdb:9090/api/v1/write", "EMS_STATE_DIR": str(files / "state"),
+           "EMS_METRICS_PORT": "9100"}
+    config = load_config(None, env)
+    assert (config.broker.host, config.broker.port, config.broker.tls) == ("mqtt", 1883, False)
+    assert (config.tsdb.remote_write_url, config.state.dir) == ("http://tsdb:9090/api/v1/write", files / "state")
+    with pytest.raises(ConfigError, match=r"^EMS_BROKER_PORT: must be an integer \(broker\.port\) \(got 'x'\)$"):
+        load_config(None, {**env, "EMS_BROKER_PORT": "x"})
+    with pytest.raises(ConfigError, match=r"^tsdb: section is required \(got None\)$"):
+        load_config(None, {k: v for k, v in env.items() if k != "EMS_REMOTE_WRITE_URL"})
+    path = files / "ingest.toml"
+    path.write_text('[broker]\nhost = "file-host"\nca = "ca.crt"\ncert = "tls.crt"\nkey = "tls.key"\n'
+                    '[tsdb]\nremote_write_url = "http://t:9090/api/v1/write"\n[state]\ndir = "s"\n')
+    assert load_config(path, {}).broker.host == "file-host"
+    assert load_config(path, {"EMS_BROKER_HOST": "env-host"}).broker.host == "env-host"
+
+
+def test_cli_runs_from_environment_only(files: Path) -> None:
+    env = {"EMS_BROKER_HOST": "mqtt", "EMS_BROKER_TLS": "false", "EMS_REMOTE_WRITE_URL": "http://t:9090/api/v1/write",
+           "EMS_STATE_DIR": str(files / "state")}
+    result = subprocess.run([sys.executable, "-m", "ingest.cli", "check-config"], cwd=REPO, capture_output=True,
+                            text=True, timeout=30, env={**os.environ, **env})
+    assert (result.returncode, result.stdout) == (0, "environment: ok\n"), result.stderr
