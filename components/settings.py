@@ -749,8 +749,10 @@ def load_settings() -> StackSettings:
     raw = _raw_config()
     public = {k: v for k, v in raw.items() if k.split(":", 1)[1] not in SECRET_KEYS}
     present = frozenset(k.split(":", 1)[1] for k, v in raw.items() if k.split(":", 1)[1] in SECRET_KEYS and v not in (None, ""))
+    # The language host lists the secret keys in PULUMI_CONFIG_SECRET_KEYS; mocks/emsctl set them directly.
+    env_secret = set(pulumi.runtime.get_config_secret_keys_env() or [])
     for key in sorted(present):
-        if not pulumi.runtime.is_config_secret(f"ems:{key}"):
+        if not (pulumi.runtime.is_config_secret(f"ems:{key}") or f"ems:{key}" in env_secret):
             raise SettingsError(key, "(hidden)", f"must be stored as a secret: pulumi config set --secret ems:{key}")
     settings = parse_settings(public, pulumi.get_stack(), present)
     config = pulumi.Config("ems")
