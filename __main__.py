@@ -23,13 +23,11 @@ from components.settings import StackSettings, load_settings
 GLOBAL_ACCELERATOR_REGION = "us-west-2"
 
 
-def region_stack(settings: StackSettings) -> None:
+def cluster_region_stack(settings: StackSettings) -> None:
+    """A private or local region: an existing cluster's (or the renderer's) provider + the platform."""
     platform_settings = settings.platform
     assert platform_settings is not None
     cluster: ExistingCluster | LocalRender
-    if settings.cloud == "aws":
-        _aws_region(settings)
-        return
     if settings.cloud == "private":
         assert settings.private is not None
         cluster = ExistingCluster("cluster", ExistingClusterArgs(kubeconfig=settings.private.kubeconfig, context=settings.private.kube_context))
@@ -42,7 +40,8 @@ def region_stack(settings: StackSettings) -> None:
     _export_platform(platform)
 
 
-def _aws_region(settings: StackSettings) -> None:
+def aws_region_stack(settings: StackSettings) -> None:
+    """An AWS region: VPC (or given subnets), EKS, the platform on it, and the regional NLB."""
     a = settings.aws
     assert a is not None and settings.platform is not None
     cluster_name = f"ems-{a.region}"
@@ -94,6 +93,7 @@ def _export_platform(platform: EmsPlatform) -> None:
 
 
 def global_stack(settings: StackSettings) -> None:
+    """Global Accelerator (+ Route 53) over the region stacks named by ems:regionStacks."""
     g = settings.global_
     assert g is not None
     regions = []
@@ -128,8 +128,10 @@ def main() -> None:
     settings = load_settings()
     if settings.role == "global":
         global_stack(settings)
+    elif settings.cloud == "aws":
+        aws_region_stack(settings)
     else:
-        region_stack(settings)
+        cluster_region_stack(settings)
 
 
 main()
