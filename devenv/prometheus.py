@@ -100,7 +100,7 @@ class PromClient:
         for item in result:
             key = tuple(sorted(item["metric"].items()))
             out[key] = [(round(float(ts) * 1000), float(v)) for ts, v in item["values"]
-                        if round(float(ts) * 1000) > end_ms - seconds * 1000]
+                        if round(float(ts) * 1000) > start_ms]
         return out
 
 
