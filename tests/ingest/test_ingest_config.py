@@ -138,3 +138,15 @@ def test_cli_runs_from_environment_only(files: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "ingest.cli", "check-config"], cwd=REPO, capture_output=True,
                             text=True, timeout=30, env={**os.environ, **env})
     assert (result.returncode, result.stdout) == (0, "environment: ok\n"), result.stderr
+
+
+def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
+    text = (REPO / "docs" / "ingest.md").read_text()
+    example = text.split("## Configuration\n\n```toml\n", 1)[1].split("```", 1)[0]
+    for name in ("ca.crt", "tls.crt", "tls.key", "api.crt", "api.key"):
+        (tmp_path / name).write_text("pem")
+    path = tmp_path / "ingest.toml"
+    path.write_text(example.replace("/etc/ems/tls/", f"{tmp_path}/"))
+    config = load_config(path, {})
+    assert config.broker.client_id == "ems-ingest-0" and config.twin_api is not None
+    assert config.twin_api.client_ca == tmp_path / "ca.crt"
