@@ -93,6 +93,7 @@ class RemoteWriter:
         self._headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
                          "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": user_agent}
         self._conn: http.client.HTTPConnection | None = None
+        self._reused = False
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -108,13 +109,18 @@ class RemoteWriter:
         body = encode_write_request(samples)
         started = time.perf_counter()
         try:
-            conn = self._connection()
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            resp = conn.getresponse()
-            detail = resp.read(2048).decode(errors="replace").strip()
-            status = resp.status
-            if resp.will_close:
+            status, detail = self._post(body)
+        except (ConnectionResetError, BrokenPipeError, http.client.RemoteDisconnected):
+            if not self._reused:
                 self.close()
+                raise TsdbUnavailable("connection closed by the TSDB") from None
+            # a kept-alive connection the server closed while idle: one immediate retry on a fresh one
+            self.close()
+            try:
+                status, detail = self._post(body)
+            except (OSError, http.client.HTTPException) as exc:
+                self.close()
+                raise TsdbUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise TsdbUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -125,6 +131,16 @@ class RemoteWriter:
         # 429, 5xx, and the 4xx of a misconfigured endpoint (401, 403, 404, ...): the data is fine,
         # so keep it and retry rather than dead-letter everything until someone fixes the config.
         raise TsdbUnavailable(detail or "no detail", status)
+
+    def _post(self, body: bytes) -> tuple[int, str]:
+        self._reused = self._conn is not None
+        conn = self._connection()
+        conn.request("POST", self._path, body=body, headers=self._headers)
+        resp = conn.getresponse()
+        detail = resp.read(2048).decode(errors="replace").strip()
+        if resp.will_close:
+            self.close()
+        return resp.status, detail
 
     def close(self) -> None:
         if self._conn is not None:

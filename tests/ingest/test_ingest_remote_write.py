@@ -106,3 +106,33 @@ def test_rate_window_averages_over_the_last_minute() -> None:
     now[0] += 100
     window.add(120)
     assert window.rate() == pytest.approx(120 / 60)     # the first 50 fell out of the window
+
+
+class _ClosesAfterOne(http.server.BaseHTTPRequestHandler):
+    """Answers HTTP/1.1 keep-alive style, then drops the connection (as an idle timeout would)."""
+
+    protocol_version = "HTTP/1.1"
+    requests = 0
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server API
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests += 1
+        self.send_response(204)
+        self.end_headers()
+        self.close_connection = True
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_retried_once_at_once() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ClosesAfterOne)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        writer = RemoteWriter(f"http://127.0.0.1:{server.server_port}/api/v1/write", timeout_s=2)
+        for _ in range(3):
+            writer.write([_sample(1, 1000, 1.0)])          # no TsdbUnavailable for a stale connection
+        assert _ClosesAfterOne.requests == 3
+    finally:
+        server.shutdown()
+        server.server_close()
