@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# `make demo`: the main job on the embedded default, after `make setup`.
+#   1. the offline preview of the `local` stack (Pulumi mock runtime, no CLI, no cluster),
+#      rendering every Kubernetes manifest to out/local/;
+#   2. the offline policy gate: the ems-guard pack over the Analyzer gRPC protocol, every stack;
+#   3. the telemetry pipeline for real on 127.0.0.1: Modbus simulator → edge agent →
+#      Mosquitto (mTLS) → ingest → Prometheus → PromQL, with lost/duplicated counts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=.venv/bin
+seconds=${DEMO_SECONDS:-12}
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1/3 Offline preview of the embedded 'local' stack (manifests → out/local)"
+"$bin/emsctl" preview --stack local --render out/local
+
+step "2/3 Policy gate: ems-guard on every stack, as 'pulumi preview --policy-pack' would run it"
+"$bin/emsctl" policy --all-stacks
+
+step "3/3 Telemetry: simulator → edge agent → Mosquitto (mTLS) → ingest → Prometheus → PromQL (${seconds}s)"
+"$bin/python" -m devenv.demo_pipeline --seconds "$seconds"
