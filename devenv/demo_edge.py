@@ -19,11 +19,8 @@ and the edge benchmark.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,8 +33,10 @@ import paho.mqtt.client as paho
 import tomlkit
 from paho.mqtt.enums import CallbackAPIVersion
 
+from devenv.process import ManagedProcess
 from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
+from edge_agent.audit import read_audit
 from edge_agent.schema import decode_batch
 
 __all__ = ["write_agent_config", "bench_device_tables", "AgentProcess", "SimulatorProcess", "Observer", "main", "EXAMPLE_CONFIG"]
@@ -97,22 +96,16 @@ def write_agent_config(workdir: Path, pki: LocalPki, *, broker_port: int, modbus
     return path
 
 
-class _Process:
+class _Process(ManagedProcess):
+    """A command of this project (``ems-edge …``) run from the checkout, output in ``log_path``."""
+
     def __init__(self, args: list[str], log_path: Path) -> None:
+        super().__init__(log_path)
         self.args = args
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env,
-                                     start_new_session=True)
-        log.close()
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
+        self.spawn(self.args, cwd=ROOT, env=env)
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None
@@ -120,24 +113,7 @@ class _Process:
 
     def stop(self, timeout: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.signal(signal.SIGKILL)
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        if self.proc is not None:
-            self.proc.wait(10)
-
-    def tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        return self.terminate(timeout)
 
 
 class AgentProcess(_Process):
@@ -213,18 +189,6 @@ class Observer:
             time.sleep(quiet_s)
 
 
-def _audited_seqs(audit_path: Path) -> tuple[set[int], set[int]]:
-    """(seqs of accepted readings, seqs the spool cap dropped) from the audit log."""
-    accepted, dropped = set(), set()
-    for line in audit_path.read_bytes().splitlines():
-        body = json.loads(line[9:])
-        if body["k"] == "r":
-            accepted.add(body["seq"])
-        elif body["k"] == "drop":
-            dropped |= set(range(body["seq_first"], body["seq_last"] + 1))
-    return accepted, dropped
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=15.0)
@@ -271,8 +235,8 @@ def _report(observer: Observer | None, site_dir: Path, code: int | None) -> int:
     latest: dict[tuple[str, str], Any] = {}
     for r in sorted(readings, key=lambda r: r.seq):
         latest[(r.asset, r.point)] = r
-    accepted, dropped = _audited_seqs(site_dir / "telemetry-audit.log")
-    lost = accepted - set(counts) - dropped
+    audit = read_audit(site_dir / "telemetry-audit.log")
+    lost = set(audit.readings) - set(counts) - audit.dropped
     dupes = sum(c - 1 for c in counts.values())
     print(f"\ntelemetry: {len([m for m in observer.messages if m[0].endswith('/telemetry')])} messages, "
           f"{len(readings)} readings, {len(counts)} unique seqs"
@@ -282,8 +246,8 @@ def _report(observer: Observer | None, site_dir: Path, code: int | None) -> int:
                             f"{'' if r.quality == 'good' else ' [' + r.quality + ']'}"
                             for (a, p), r in sorted(latest.items()) if a == asset)
         print(f"  {asset:<8} {n:>5} readings   latest: {samples}")
-    print(f"audited readings: {len(accepted)}; lost: {len(lost)}; duplicates on the wire: {dupes} "
-          f"(removed by de-duplication on (site, seq)); dropped by the spool cap: {len(dropped)}")
+    print(f"audited readings: {len(audit.readings)}; lost: {len(lost)}; duplicates on the wire: {dupes} "
+          f"(removed by de-duplication on (site, seq)); dropped by the spool cap: {len(audit.dropped)}")
     twins = sorted({t for t, _, _ in observer.messages if "/twin/" in t})
     status = [p.decode() for t, p, _ in observer.messages if t.endswith("/status")]
     print(f"twin topics: {', '.join(twins) or 'none'}")

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import ssl
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from edge_agent.audit import read_audit
+from devenv.process import ManagedProcess
 from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
@@ -84,47 +84,32 @@ def _ems_ingest() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "ingest.cli"]
 
 
-class IngestProcess:
+class IngestProcess(ManagedProcess):
     """``ems-ingest run`` as a subprocess (SIGKILL is a real crash), with its /metrics readable."""
 
     def __init__(self, workdir: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
                  client_id: str = "ingest-0", **config: object) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
+        super().__init__(workdir / "ingest.log")
         self.workdir = workdir
         self.metrics_port = free_port()
         self.config_path = write_ingest_config(workdir / "ingest.toml", broker=broker, pki=pki,
                                                prometheus=prometheus, client_id=client_id,
                                                state_dir=workdir / "state", metrics_port=self.metrics_port,
                                                **config)  # type: ignore[arg-type]
-        self.log_path = workdir / "ingest.log"
-        self.proc: subprocess.Popen | None = None
 
     def start(self, command: str = "run") -> "IngestProcess":
-        log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(_ems_ingest() + ["--log-level", "debug", command, "--config",
-                                                      str(self.config_path)],
-                                     cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
-        log.close()
+        self.spawn(_ems_ingest() + ["--log-level", "debug", command, "--config", str(self.config_path)],
+                   cwd=ROOT, env=env)
         if command == "run":
             wait_for_port(self.metrics_port, 15, self.proc)
             self.wait_metric("ems_ingest_broker_connected", lambda v: v == 1, timeout=15)
         return self
 
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def terminate(self, timeout: float = 20) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout)
-
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """Clean-up after a test or the demo: SIGKILL (a graceful stop is ``terminate``)."""
+        self.kill()
 
     def metrics(self) -> dict[str, float]:
         """The /metrics samples as ``{'name{labels}': value}``."""
@@ -145,7 +130,7 @@ class IngestProcess:
         value = None
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.log_tail()}")
+                raise AssertionError(f"ingest exited with {self.proc.returncode}:\n{self.tail()}")
             try:
                 value = self.metric(key)
                 if predicate(value):
@@ -153,19 +138,8 @@ class IngestProcess:
             except OSError:
                 pass
             time.sleep(0.1)
-        raise AssertionError(f"{key} = {value} after {timeout}s\n{self.log_tail()}")
+        raise AssertionError(f"{key} = {value} after {timeout}s\n{self.tail()}")
 
-    def log_tail(self, n: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-
-def _audited(path: Path) -> dict[int, dict]:
-    out: dict[int, dict] = {}
-    for line in path.read_bytes().splitlines():
-        body = json.loads(line[9:])
-        if body["k"] == "r":
-            out[body["seq"]] = body
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         time.sleep(args.seconds)
         code = agent.stop()
         print(f"edge agent exited with code {code} after SIGTERM")
-        audited = _audited(site_config.parent / "telemetry-audit.log")
+        audited = read_audit(site_config.parent / "telemetry-audit.log").readings
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             handled = sum(ingest.metric(f'ems_ingest_readings_total{{outcome="{o}"}}') for o in ("written", "null"))

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
 from devenv.pki import LocalPki
+from devenv.process import ManagedProcess
 
 __all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto"]
 
@@ -55,18 +55,18 @@ def find_mosquitto() -> str:
     return path
 
 
-class MosquittoBroker:
+class MosquittoBroker(ManagedProcess):
     """A Mosquitto process with its own config, persistence and log in ``workdir``."""
 
     def __init__(self, workdir: str | os.PathLike[str], pki: LocalPki, *, plain: bool = True,
                  tls_port: int | None = None, plain_port: int | None = None,
                  autosave_on_changes: bool = True) -> None:
+        super().__init__(Path(workdir) / "mosquitto.stderr")
         self.workdir = Path(workdir)
         self.pki = pki
         self.tls_port = tls_port or free_port()
         self.plain_port = (plain_port or free_port()) if plain else None
         self.autosave_on_changes = autosave_on_changes
-        self.proc: subprocess.Popen | None = None
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
 
@@ -102,13 +102,10 @@ class MosquittoBroker:
         self.config_path.write_text("\n".join(line for line in lines if line) + "\n")
 
     def start(self, timeout: float = 10.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        if self.running:
             return
         self._write_config()
-        log = open(self.workdir / "mosquitto.stderr", "ab")
-        self.proc = subprocess.Popen([find_mosquitto(), "-c", str(self.config_path)],
-                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        self.spawn([find_mosquitto(), "-c", str(self.config_path)])
         try:
             wait_for_port(self.tls_port, timeout, self.proc)
             if self.plain_port:
@@ -120,24 +117,12 @@ class MosquittoBroker:
 
     def stop(self, kill: bool = False, timeout: float = 10.0) -> None:
         """Stop the broker: SIGTERM (it saves its state) or, with ``kill``, SIGKILL."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        self.terminate(timeout, kill=kill)
         self.proc = None
 
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def __enter__(self) -> "MosquittoBroker":
         self.start()

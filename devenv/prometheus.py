@@ -21,8 +21,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +28,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from devenv.process import ManagedProcess
 from devenv.mosquitto import free_port
 
 __all__ = ["PrometheusServer", "PromClient", "PromQueryError", "find_prometheus"]
@@ -104,7 +103,7 @@ class PromClient:
         return out
 
 
-class PrometheusServer:
+class PrometheusServer(ManagedProcess):
     """A Prometheus process with its own config, data directory and log in ``workdir``.
 
     Defaults: out-of-order window 30d, retention 90d, no scrape targets except
@@ -115,6 +114,7 @@ class PrometheusServer:
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  out_of_order_window: str = "30d", retention: str = "90d",
                  scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s") -> None:
+        super().__init__(Path(workdir) / "prometheus.log")
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.out_of_order_window = out_of_order_window
@@ -123,8 +123,6 @@ class PrometheusServer:
         self.scrape_interval = scrape_interval
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
-        self.log_path = self.workdir / "prometheus.log"
-        self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
@@ -158,17 +156,14 @@ class PrometheusServer:
             return
         self._write_config()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        self.spawn(
             [find_prometheus(), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir}",
              f"--storage.tsdb.retention.time={self.retention}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.enable-remote-write-receiver", "--web.enable-lifecycle", "--log.level=warn"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+             "--web.enable-remote-write-receiver", "--web.enable-lifecycle", "--log.level=warn"])
         try:
             self.wait_ready(timeout)
         except Exception as exc:
-            tail = self.log_path.read_text(errors="replace")[-2000:] if self.log_path.exists() else ""
+            tail = self.tail(2000)
             self.stop(kill=True)
             raise RuntimeError(f"prometheus did not become ready: {exc}\n{tail}") from exc
 
@@ -189,24 +184,12 @@ class PrometheusServer:
 
     def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
         """Stop the server: SIGTERM (clean shutdown) or, with ``kill``, SIGKILL (WAL replay on start)."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
+        self.terminate(timeout, kill=kill)
         self.proc = None
 
     def restart(self, kill: bool = False) -> None:
         self.stop(kill=kill)
         self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def __enter__(self) -> "PrometheusServer":
         self.start()

@@ -37,7 +37,8 @@ from typing import Any
 
 from edge_agent.errors import AuditCorrupt, AuditError
 
-__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "verify", "encode_record", "decode_record"]
+__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "AuditContents", "verify", "read_audit",
+           "encode_record", "decode_record"]
 
 DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
 _TAIL_BYTES = 256 * 1024
@@ -225,3 +226,34 @@ def verify(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditSummary:
             elif kind == "repair":
                 summary.repairs += 1
     return summary
+
+
+@dataclass(frozen=True)
+class AuditContents:
+    """What an audit log says was accepted: readings by seq, and the seqs the spool cap dropped."""
+
+    readings: dict[int, dict[str, Any]]
+    dropped: frozenset[int]
+
+
+def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditContents:
+    """Every accepted reading (a seq re-audited after a crash is the same reading) and every dropped seq.
+
+    Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
+    """
+    readings: dict[int, dict[str, Any]] = {}
+    dropped: set[int] = set()
+    try:
+        lines = Path(path).read_bytes().splitlines()
+    except OSError as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc.strerror or exc})") from exc
+    for index, line in enumerate(lines):
+        try:
+            body = decode_record(line)
+        except ValueError as exc:
+            raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from exc
+        if body["k"] == "r":
+            readings[body["seq"]] = body
+        elif body["k"] == "drop":
+            dropped.update(range(body["seq_first"], body["seq_last"] + 1))
+    return AuditContents(readings, frozenset(dropped))

@@ -6,6 +6,7 @@ collide); `make test` installs them. A missing binary fails loudly.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -13,6 +14,18 @@ import pytest
 
 from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki, make_pki
+
+
+# The Pulumi SDK's mock runtime runs programs on the thread's current event loop and binds the futures
+# of modules imported at collection to it; asyncio.run() in other tests leaves no current loop behind.
+# Every test starts with this one loop current again, whatever ran before it.
+_SESSION_LOOP = asyncio.new_event_loop()
+asyncio.set_event_loop(_SESSION_LOOP)
+
+
+@pytest.fixture(autouse=True)
+def _current_event_loop() -> None:
+    asyncio.set_event_loop(_SESSION_LOOP)
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ record, the spool is empty after SIGTERM, and ``ems-edge audit verify`` passes.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, bench_dev
 from devenv.lossy_proxy import LossyProxy, ProxyThread
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki
+from edge_agent.audit import read_audit
 
 pytestmark = pytest.mark.integration
 
@@ -57,15 +57,9 @@ def site(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker) -> Iterator[Sit
         sim.stop()
 
 
-def _audit(path: Path) -> tuple[dict[int, dict], set[int]]:
-    readings, dropped = {}, set()
-    for line in path.read_bytes().splitlines():
-        body = json.loads(line[9:])
-        if body["k"] == "r":
-            readings[body["seq"]] = body
-        elif body["k"] == "drop":
-            dropped |= set(range(body["seq_first"], body["seq_last"] + 1))
-    return readings, dropped
+def _audit(path: Path) -> tuple[dict[int, dict], frozenset[int]]:
+    contents = read_audit(path)
+    return contents.readings, contents.dropped
 
 
 def _metric(http_port: int, name: str) -> float:
@@ -131,7 +125,7 @@ def test_broker_killed_and_restarted_mid_stream(site: Site) -> None:
     finally:
         code = agent.stop(timeout=25)
     assert code == 0, agent.tail()
-    counts = _check_delivery(site, config, agent)
+    _check_delivery(site, config, agent)
     assert "connection to broker" in agent.tail(20000) and "lost" in agent.tail(20000)
 
 
@@ -169,7 +163,7 @@ def test_lossy_slow_link(site: Site) -> None:
         finally:
             code = agent.stop(timeout=30)
     assert code == 0, agent.tail()
-    counts = _check_delivery(site, config, agent)
+    _check_delivery(site, config, agent)
     print(f"proxy: {proxy.connections} connections, {proxy.cuts} cuts, {proxy.refusals} refusals")
     assert proxy.connections >= 3
 

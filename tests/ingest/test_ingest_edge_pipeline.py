@@ -8,26 +8,15 @@ also when the agent is SIGKILLed mid-stream and replays its spool on restart.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 
 from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
 from devenv.mosquitto import free_port
+from edge_agent.audit import read_audit
 
 pytestmark = pytest.mark.integration
-
-
-def _audited(path: Path) -> dict[int, dict]:
-    """Accepted readings by seq (a seq re-audited after a crash is the same reading)."""
-    out: dict[int, dict] = {}
-    for line in path.read_bytes().splitlines():
-        body = json.loads(line[9:])
-        if body["k"] == "r":
-            out[body["seq"]] = body
-    return out
 
 
 def _compare(prometheus, audited: dict[int, dict], site: str) -> tuple[int, int, int, int]:
@@ -71,7 +60,7 @@ def test_simulator_agent_ingest_prometheus_with_an_agent_crash(tmp_path, pki, br
     finally:
         agent.stop()
         sim.stop()
-    audited = _audited(config.parent / "telemetry-audit.log")
+    audited = read_audit(config.parent / "telemetry-audit.log").readings
     # wait until the ingest has handled every audited reading
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

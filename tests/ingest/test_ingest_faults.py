@@ -150,7 +150,7 @@ def test_scale_down_one_of_two_workers_mid_stream_loses_nothing(prometheus, inge
         time.sleep(0.2)
     _assert_exact(prometheus, stream, 3000)
     assert first.metric('ems_ingest_readings_total{outcome="written"}') > 0
-    assert "unacknowledged" not in second.log_tail(100_000)
+    assert "unacknowledged" not in second.tail(100_000)
 
 
 @pytest.mark.parametrize("kill", [True, False], ids=["SIGKILL", "SIGTERM"])
@@ -184,7 +184,7 @@ def test_broker_restarted_while_messages_are_unacknowledged(prometheus, ingest_f
     ingest.wait_metric("ems_ingest_queue_depth", lambda v: v == 0)
     _assert_exact(prometheus, stream, 1400)
     # the batch held across the restart arrived on the old connection: written once, not acked there
-    assert "arrived on an earlier connection" in ingest.log_tail(100_000)
+    assert "arrived on an earlier connection" in ingest.tail(100_000)
     assert ingest.metric('ems_ingest_readings_total{outcome="written"}') == 1400
     if not kill:
         # a clean broker restart keeps in-flight messages and redelivers them: recognised as duplicates
@@ -207,7 +207,7 @@ def test_sigterm_while_the_tsdb_is_down_leaves_the_batch_to_the_broker(prometheu
     started = time.monotonic()
     assert ingest.terminate() == 0                   # gives up after shutdown_grace_s (5 s), acks nothing unwritten
     assert time.monotonic() - started < 10
-    assert "left unacknowledged" in ingest.log_tail(100_000)
+    assert "left unacknowledged" in ingest.tail(100_000)
     prometheus.start()
     ingest.start()                                   # the broker redelivers the batch and the rest
     deadline = time.monotonic() + 20

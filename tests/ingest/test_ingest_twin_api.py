@@ -115,7 +115,7 @@ def test_twin_api_command_serves_over_tls(tmp_path, broker, pki, prometheus):
                     assert json.load(resp) == {"status": "ok"}
                     break
             except urllib.error.HTTPError:
-                assert time.monotonic() < deadline, proc.log_tail()
+                assert time.monotonic() < deadline, proc.tail()
                 time.sleep(0.1)
         proc.proc.terminate()
         assert proc.proc.wait(10) == 0

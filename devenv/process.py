@@ -1,0 +1,61 @@
+"""One local process (broker, TSDB, agent, ingest worker) for the demo, tests and benchmarks.
+
+Its stdout and stderr go to ``output_path``; it runs in its own session so a
+signal reaches only it. ``terminate`` is SIGTERM with a deadline, then SIGKILL;
+``kill`` is SIGKILL at once — a real crash, for fault tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["ManagedProcess"]
+
+
+class ManagedProcess:
+    """Base of the launchers in ``devenv``; subclasses build the command line and call ``spawn``."""
+
+    def __init__(self, output_path: str | os.PathLike[str]) -> None:
+        self.output_path = Path(output_path)
+        self.proc: subprocess.Popen | None = None
+
+    def spawn(self, args: Sequence[str], *, cwd: str | os.PathLike[str] | None = None,
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.output_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.output_path, "ab") as out:
+            self.proc = subprocess.Popen(list(args), stdout=out, stderr=subprocess.STDOUT, cwd=cwd, env=env,
+                                         start_new_session=True)
+        return self.proc
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.running:
+            self.proc.send_signal(sig)  # type: ignore[union-attr]
+
+    def terminate(self, timeout: float = 20.0, *, kill: bool = False) -> int | None:
+        """SIGTERM (SIGKILL with ``kill``), wait up to ``timeout``, then SIGKILL; the exit code (None: never started)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> int | None:
+        """SIGKILL now: no flush, no clean-up — a crash."""
+        return self.terminate(kill=True)
+
+    def tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` characters of the process's output."""
+        return self.output_path.read_text(errors="replace")[-chars:] if self.output_path.exists() else ""
