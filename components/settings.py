@@ -445,7 +445,8 @@ def _kubernetes_version(key: str, value: object) -> str:
     if not match:
         raise SettingsError(key, value, 'must look like "1.29"')
     if (1, int(match.group(1))) < MIN_KUBERNETES:
-        raise SettingsError(key, value, f"is below the supported minimum {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}")
+        hint = f" (an unquoted {value}0 in YAML arrives as {value}: quote it)" if len(match.group(1)) == 1 else ""
+        raise SettingsError(key, value, f"is below the supported minimum {MIN_KUBERNETES[0]}.{MIN_KUBERNETES[1]}{hint}")
     return value
 
 

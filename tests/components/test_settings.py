@@ -50,6 +50,8 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({"ems:cloud": "gcp"}, "ems:cloud: gcp is not one of aws|private|local"),
         ({"ems:cloud": "aws"}, "ems:region: is required when ems:cloud is aws (e.g. eu-west-1)"),
         ({**AWS, "ems:kubernetesVersion": "1.24"}, "ems:kubernetesVersion: 1.24 is below the supported minimum 1.26"),
+        ({**AWS, "ems:kubernetesVersion": "1.3"},
+         "ems:kubernetesVersion: 1.3 is below the supported minimum 1.26 (an unquoted 1.30 in YAML arrives as 1.3: quote it)"),
         ({**AWS, "ems:kubernetesVersion": 1.3}, 'ems:kubernetesVersion: 1.3 must be a quoted string such as "1.29" (YAML reads 1.30 as the number 1.3)'),
         ({**AWS, "ems:edgeSites": ["a", "b", "a"]}, "ems:edgeSites[2]: a is a duplicate; entries must be unique"),
         ({**AWS, "ems:edgeSites": "not json"}, 'ems:edgeSites: "not json" must be a list (JSON/YAML list)'),
