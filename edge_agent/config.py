@@ -25,6 +25,15 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         gain [1.0], offset [0.0], unit [""], deadband [0.0] or deadband_percent [0.0],
                         heartbeat_s [60.0]
     [devices.points.current_loop]  low, high [required: engineering values at 4 and 20 mA], ma_per_count [1.0]
+    [assets.<asset>]    optional, one per thermal asset (a digital twin with an IEC 60076-7 thermal model):
+                        kind ["transformer"], rated_load [required, > 0, in the load point's unit],
+                        load_point, ambient_point [required: point names of this asset], top_oil_point [none],
+                        size ["distribution"|"power"], cooling ["ONAN"|"ONAF"; distribution: ONAN only],
+                        paper ["non_upgraded"|"upgraded"], max_gap_s [3600.0], and overrides of the
+                        model constants: top_oil_rise, hot_spot_gradient, loss_ratio [typical 55, 23, 5
+                        for distribution; required for power], oil_exponent, winding_exponent, k11, k21,
+                        k22, oil_time_constant_min, winding_time_constant_min [the standard's table row
+                        for size and cooling] (see ``edge_agent.thermal``)
 """
 
 from __future__ import annotations
@@ -44,12 +53,13 @@ from typing import Any, Mapping
 from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS
 from edge_agent.errors import ConfigError
 from edge_agent.schema import MAX_READINGS_PER_BATCH, valid_id
+from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
     "MAX_READ_REGISTERS", "MAX_READ_BITS",
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
-    "DeviceConfig", "PointConfig", "CurrentLoop",
+    "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
     "config_path", "load_config", "parse_config",
 ]
 
@@ -63,6 +73,7 @@ TRANSPORTS = ("tcp", "rtu-over-tcp")
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
+ASSET_KINDS = ("transformer",)
 
 
 @dataclass(frozen=True)
@@ -169,6 +180,26 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class ThermalAssetConfig:
+    """A thermal asset's twin model: which of its points carry load, ambient and (optionally) top-oil.
+
+    The load factor is ``abs(load) / rated_load`` (``rated_load`` in the load
+    point's unit); ``params`` are the IEC 60076-7 constants (``edge_agent.thermal``).
+    """
+
+    asset: str
+    kind: str
+    rated_load: float
+    load_point: str
+    ambient_point: str
+    params: ThermalParams
+    top_oil_point: str | None = None
+    size: str = "distribution"
+    cooling: str = "ONAN"
+    max_gap_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     site: str
     broker: BrokerConfig
@@ -178,6 +209,7 @@ class AgentConfig:
     http: HttpConfig
     devices: tuple[DeviceConfig, ...]
     source_path: Path
+    assets: tuple[ThermalAssetConfig, ...] = ()
 
     def point(self, sensor_id: str) -> PointConfig:
         """The point with this sensor id; KeyError when there is none."""
@@ -384,10 +416,78 @@ class _Loader:
             http = HttpConfig(host=http_t.text("host", HttpConfig.host), port=http_t.integer("port", 0, 65535, HttpConfig.port))
             http_t.done()
         devices = tuple(self.device(t) for t in root.tables("devices"))
+        assets_t = root.table("assets")
         root.done()
         _check_unique(devices)
+        assets = self.assets(assets_t, devices) if assets_t else ()
         return AgentConfig(site=site, broker=broker, spool=spool, audit=audit, twin=twin, http=http,
-                           devices=devices, source_path=self.source)
+                           devices=devices, source_path=self.source, assets=assets)
+
+    def assets(self, t: _Table, devices: tuple[DeviceConfig, ...]) -> tuple[ThermalAssetConfig, ...]:
+        points: dict[str, dict[str, PointConfig]] = {}
+        for device in devices:
+            for point in device.points:
+                points.setdefault(point.asset, {})[point.name] = point
+        out = []
+        for name in list(t.data):
+            if not valid_id(name):
+                raise ConfigError(t.at(name), name, "must match [A-Za-z0-9][A-Za-z0-9_.-]{0,63} "
+                                                    "(letters, digits, '_', '.', '-'; at most 64 characters)")
+            if name not in points:
+                raise ConfigError(t.at(name), name, f"has no points in [[devices.points]] "
+                                                    f"(assets with points: {', '.join(sorted(points))})")
+            asset_t = t.table(name)
+            assert asset_t is not None
+            out.append(self.thermal_asset(asset_t, name, points[name]))
+        t.done()
+        return tuple(out)
+
+    def thermal_asset(self, t: _Table, asset: str, points: dict[str, PointConfig]) -> ThermalAssetConfig:
+        kind = t.choice("kind", ASSET_KINDS)
+        rated_load = t.number("rated_load", positive=True)
+
+        def point_name(key: str, required: bool) -> str | None:
+            value = t.raw(key, _MISSING if required else None,
+                          f" (the name of a point of asset {asset!r}, e.g. \"load\")" if required else "")
+            if value is None:
+                return None
+            if value not in points:
+                close = difflib.get_close_matches(str(value), list(points), n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}?" if close else f"its points: {', '.join(sorted(points))}"
+                raise ConfigError(t.at(key), value, f"is not a point of asset {asset!r}; {hint}")
+            if points[value].type == "bool":
+                raise ConfigError(t.at(key), value, f"is a bool point of asset {asset!r}; a numeric point is needed")
+            return value
+
+        load_point = point_name("load_point", True)
+        ambient_point = point_name("ambient_point", True)
+        top_oil_point = point_name("top_oil_point", False)
+        size = t.choice("size", SIZES, "distribution")
+        cooling = t.choice("cooling", COOLING_MODES, "ONAN")
+        if (size, cooling) not in PRESETS:
+            raise ConfigError(t.at("cooling"), cooling, f"has no row for {size} transformers in IEC 60076-7's table "
+                                                        f"(allowed: {', '.join(c for s, c in PRESETS if s == size)})")
+        preset = PRESETS[(size, cooling)]
+        paper = t.choice("paper", PAPERS, "non_upgraded")
+        max_gap_s = t.number("max_gap_s", 3600.0, high=30 * 86400.0, positive=True)
+        values: dict[str, float] = {}
+        for key, low, high in (("top_oil_rise", 0.0, 150.0), ("hot_spot_gradient", 0.0, 100.0),
+                               ("loss_ratio", 0.0, 1000.0)):
+            default = preset[key]
+            hint = "" if default is not None else f" for size = {size!r} (from the transformer's heat-run test report)"
+            if default is None and key not in t.data:
+                t.raw(key, hint=hint)
+            values[key] = t.number(key, default, low=low, high=high)
+        for key, low, high in (("oil_exponent", 0.1, 3.0), ("winding_exponent", 0.1, 3.0), ("k21", 1.0, 10.0)):
+            values[key] = t.number(key, preset[key], low=low, high=high)
+        for key, high in (("k11", 10.0), ("k22", 10.0), ("oil_time_constant_min", 10_000.0),
+                          ("winding_time_constant_min", 10_000.0)):
+            values[key] = t.number(key, preset[key], high=high, positive=True)
+        t.done()
+        return ThermalAssetConfig(asset=asset, kind=kind, rated_load=rated_load, load_point=load_point,  # type: ignore[arg-type]
+                                  ambient_point=ambient_point, top_oil_point=top_oil_point,  # type: ignore[arg-type]
+                                  size=size, cooling=cooling, max_gap_s=max_gap_s,
+                                  params=ThermalParams(paper=paper, **values))
 
     def broker(self, t: _Table, site: str) -> BrokerConfig:
         host = t.text("host", hint="the broker's host name or IP address")

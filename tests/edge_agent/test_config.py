@@ -13,6 +13,7 @@ from edge_agent.config import (DEFAULT_CONFIG_PATH, AgentConfig, CurrentLoop, co
                                parse_config)
 from edge_agent.errors import ConfigError
 from edge_agent.simulator import EXAMPLE_CONFIG
+from edge_agent.thermal import PRESETS, ThermalParams
 
 BASE = """\
 site = "sub-07"
@@ -123,7 +124,7 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
     (BASE.replace('address = 0', 'address = 0\ndeadbnd = 0.5'),
      "devices[0].points[0]: 'deadbnd' is an unknown key; did you mean 'deadband'?"),
     (BASE.replace('site = "sub-07"', 'site = "sub-07"\ncolour = "blue"'),
-     "sensors.conf: 'colour' is an unknown key; allowed: audit, broker, devices, http, site, spool, twin"),
+     "sensors.conf: 'colour' is an unknown key; allowed: assets, audit, broker, devices, http, site, spool, twin"),
     (BASE.replace('host = "127.0.0.1"\n\n[[devices.points]]', 'host = "127.0.0.1"\nport = "502"\n\n[[devices.points]]'),
      "devices[0].port: '502' must be an integer 1..65535"),
     (BASE.replace('name = "tx1"\n', 'name = "tx1"\nunit = true\n'),
@@ -299,3 +300,115 @@ def test_config_path_precedence() -> None:
     assert config_path("/a.conf", {"EMS_SENSORS_CONF": "/b.conf"}) == Path("/a.conf")
     assert config_path(None, {"EMS_SENSORS_CONF": "/b.conf"}) == Path("/b.conf")
     assert config_path(None, {}) == DEFAULT_CONFIG_PATH == Path("/etc/ems/sensors.conf")
+
+
+# -- thermal assets ([assets.<asset>]) -------------------------------------------------------------
+
+THERMAL_POINTS = """
+[[devices.points]]
+id = "SENSOR_02"
+asset = "tx1"
+name = "load"
+address = 2
+type = "float32"
+unit = "MVA"
+
+[[devices.points]]
+id = "SENSOR_03"
+asset = "tx1"
+name = "ambient_temp"
+address = 4
+type = "int16"
+
+[[devices.points]]
+id = "SENSOR_04"
+asset = "tx1"
+name = "breaker_closed"
+register = "coil"
+address = 0
+"""
+
+ASSET = """
+[assets.tx1]
+kind = "transformer"
+rated_load = 2.5
+load_point = "load"
+ambient_point = "ambient_temp"
+"""
+
+THERMAL = BASE + THERMAL_POINTS + ASSET
+
+
+def test_config_without_assets_has_no_thermal_assets(folder: Path) -> None:
+    assert load_config(write(folder, BASE)).assets == ()
+
+
+def test_thermal_asset_gets_the_distribution_onan_defaults(folder: Path) -> None:
+    (asset,) = load_config(write(folder, THERMAL)).assets
+    assert (asset.asset, asset.kind, asset.rated_load, asset.load_point, asset.ambient_point, asset.top_oil_point) == (
+        "tx1", "transformer", 2.5, "load", "ambient_temp", None)
+    assert (asset.size, asset.cooling, asset.max_gap_s) == ("distribution", "ONAN", 3600.0)
+    assert asset.params == ThermalParams()
+
+
+def test_thermal_asset_power_preset_with_overrides(folder: Path) -> None:
+    text = THERMAL + ('top_oil_point = "oil_temp"\nsize = "power"\ncooling = "ONAF"\npaper = "upgraded"\n'
+                      'top_oil_rise = 52\nhot_spot_gradient = 26.0\nloss_ratio = 6\nwinding_time_constant_min = 9\n'
+                      'max_gap_s = 600\n')
+    (asset,) = load_config(write(folder, text)).assets
+    preset = {**PRESETS[("power", "ONAF")], "top_oil_rise": 52.0, "hot_spot_gradient": 26.0, "loss_ratio": 6.0,
+              "winding_time_constant_min": 9.0}
+    assert asset.params == ThermalParams(paper="upgraded", **preset)
+    assert (asset.top_oil_point, asset.cooling, asset.max_gap_s) == ("oil_temp", "ONAF", 600.0)
+
+
+@pytest.mark.parametrize("text,expected", [
+    (THERMAL.replace('kind = "transformer"', 'kind = "breaker"'),
+     "assets.tx1.kind: 'breaker' must be one of transformer"),
+    (THERMAL.replace('rated_load = 2.5', 'rated_load = 0'),
+     "assets.tx1.rated_load: 0.0 must be greater than 0"),
+    (THERMAL.replace('rated_load = 2.5\n', ''),
+     "assets.tx1.rated_load: <missing> is required"),
+    (THERMAL.replace('load_point = "load"', 'load_point = "lod"'),
+     "assets.tx1.load_point: 'lod' is not a point of asset 'tx1'; did you mean 'load'?"),
+    (THERMAL.replace('ambient_point = "ambient_temp"', 'ambient_point = "weather"'),
+     "assets.tx1.ambient_point: 'weather' is not a point of asset 'tx1'; its points: ambient_temp, breaker_closed, "
+     "load, oil_temp"),
+    (THERMAL.replace('load_point = "load"', 'load_point = "breaker_closed"'),
+     "assets.tx1.load_point: 'breaker_closed' is a bool point of asset 'tx1'; a numeric point is needed"),
+    (THERMAL.replace('ambient_point = "ambient_temp"\n', ''),
+     "assets.tx1.ambient_point: <missing> is required (the name of a point of asset 'tx1', e.g. \"load\")"),
+    (THERMAL + 'cooling = "OFAF"\n',
+     "assets.tx1.cooling: 'OFAF' must be one of ONAN, ONAF"),
+    (THERMAL + 'cooling = "ONAF"\n',
+     "assets.tx1.cooling: 'ONAF' has no row for distribution transformers in IEC 60076-7's table (allowed: ONAN)"),
+    (THERMAL + 'size = "power"\n',
+     "assets.tx1.top_oil_rise: <missing> is required for size = 'power' (from the transformer's heat-run test report)"),
+    (THERMAL + 'paper = "kraft"\n',
+     "assets.tx1.paper: 'kraft' must be one of non_upgraded, upgraded"),
+    (THERMAL + 'k21 = 0.5\n',
+     "assets.tx1.k21: 0.5 must be 1..10"),
+    (THERMAL + 'oil_time_constant_min = -180\n',
+     "assets.tx1.oil_time_constant_min: -180.0 must be greater than 0 (at most 10000)"),
+    (THERMAL + 'top_oil_rise = "55K"\n',
+     "assets.tx1.top_oil_rise: '55K' must be a finite number"),
+    (THERMAL + 'tau_oil = 180\n',
+     "assets.tx1: 'tau_oil' is an unknown key; allowed: ambient_point, cooling, hot_spot_gradient, k11, k21, k22, "
+     "kind, load_point, loss_ratio, max_gap_s, oil_exponent, oil_time_constant_min, paper, rated_load, size, "
+     "top_oil_point, top_oil_rise, winding_exponent, winding_time_constant_min"),
+    (THERMAL + 'top_oil_rice = 50\n',
+     "assets.tx1: 'top_oil_rice' is an unknown key; did you mean 'top_oil_rise'?"),
+    (THERMAL.replace('[assets.tx1]', '[assets.tx9]'),
+     "assets.tx9: 'tx9' has no points in [[devices.points]] (assets with points: tx1)"),
+    (BASE.replace('site = "sub-07"', 'site = "sub-07"\nassets = "tx1"'),
+     "assets: 'tx1' must be a table ([assets])"),
+])
+def test_bad_thermal_asset_gives_one_exact_line(folder: Path, text: str, expected: str) -> None:
+    assert error_of(folder, text) == expected
+
+
+def test_example_config_declares_tx1_as_a_thermal_asset() -> None:
+    config = load_config(EXAMPLE_CONFIG, check_files=False)
+    (tx1,) = config.assets
+    names = {p.name for d in config.devices for p in d.points if p.asset == "tx1"}
+    assert tx1.asset == "tx1" and {tx1.load_point, tx1.ambient_point, tx1.top_oil_point} <= names
