@@ -152,10 +152,16 @@ def encode_batch(site: str, readings: Iterable[Reading], sent_ms: int) -> bytes:
     return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
 
 
-def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, Any]]) -> bytes:
-    """Serialise an asset's latest state: ``points`` maps point → {value, unit, quality, ts_ms}."""
-    body = {"v": SCHEMA_VERSION, "site": _check_id("site", site), "asset": _check_id("asset", asset),
-            "ts_ms": int(ts_ms), "points": points}
+def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, Any]],
+                thermal: dict[str, Any] | None = None) -> bytes:
+    """Serialise an asset's latest state: ``points`` maps point → {value, unit, quality, ts_ms}.
+
+    ``thermal`` (thermal assets only) is the optional thermal-model block, added as key ``thermal``.
+    """
+    body: dict[str, Any] = {"v": SCHEMA_VERSION, "site": _check_id("site", site),
+                            "asset": _check_id("asset", asset), "ts_ms": int(ts_ms), "points": points}
+    if thermal is not None:
+        body["thermal"] = thermal
     return json.dumps(body, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
 
 

@@ -12,6 +12,21 @@ changed, also across restarts.
 ``run_twin()`` is the agent's task: save when dirty and publish changed assets
 retained (QoS 1) on ``twin_topic(site, asset)`` about once a second.
 
+Thermal assets (``[assets.<asset>]`` in sensors.conf, ``ThermalAssetConfig``)
+also carry an IEC 60076-7 thermal model (``edge_agent.thermal``). Every newer
+reading of the asset advances the model to the reading's measurement time with
+the load factor and ambient held since the previous one (report by exception:
+a value holds until the next report); then a load or ambient reading becomes
+the new input. Only ``good`` readings are inputs; a load factor above
+``MAX_LOAD_FACTOR`` or an ambient outside -70..80 °C is refused (logged once)
+and, like a ``device_error``, leaves the input unknown: the model waits. The
+model starts in the steady state of its first inputs. Its state is part of the
+cache, so it survives restarts. The payload gains ``thermal``::
+
+    {"load_factor": 0.86, "top_oil_degC": 54.31, "hot_spot_degC": 74.02, "ageing_rate": 0.1523,
+     "loss_of_life_h": 0.0021, "since_ms": ..., "updated_ms": ..., "restarts": 0,
+     "top_oil_residual_K": 3.69}            # the residual only with a good measured top-oil point
+
 A cache file that cannot be parsed is moved aside (``<name>.corrupt-<time>``)
 with a warning and the twin starts empty: it is a cache, rebuilt from the next
 readings. A cache that cannot be written raises TwinError.
@@ -23,11 +38,14 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
+from edge_agent import thermal
+from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError, TwinError
 from edge_agent.schema import Reading, encode_twin, twin_topic
 
@@ -35,18 +53,112 @@ __all__ = ["TwinStore", "run_twin"]
 
 log = logging.getLogger(__name__)
 _VERSION = 1
+AMBIENT_RANGE = (-70.0, 80.0)
+
+
+class _ThermalRun:
+    """One thermal asset's model state and its current inputs (None: unknown)."""
+
+    def __init__(self, config: ThermalAssetConfig) -> None:
+        self.config = config
+        self.state: thermal.ThermalState | None = None
+        self.load_factor: float | None = None
+        self.ambient: float | None = None
+        self.refused: set[str] = set()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"state": self.state.to_json() if self.state else None, "load_factor": self.load_factor,
+                "ambient": self.ambient}
+
+    def restore(self, raw: dict[str, Any]) -> None:
+        state = raw["state"]
+        self.state = thermal.ThermalState.from_json(state) if state is not None else None
+        self.load_factor = _finite_or_none(raw["load_factor"])
+        self.ambient = _finite_or_none(raw["ambient"])
+
+    def take(self, reading: Reading) -> None:
+        """Advance the model to the reading's time, then take it as an input if it is one."""
+        cfg = self.config
+        if self.state is not None and self.load_factor is not None and self.ambient is not None:
+            self.state = thermal.advance(cfg.params, self.state, self.load_factor, self.ambient, reading.ts_ms,
+                                         max_gap_s=cfg.max_gap_s)
+        if reading.point == cfg.load_point:
+            value = self._usable(reading)
+            k = abs(value) / cfg.rated_load if value is not None else None
+            self.load_factor = self._check(reading, k, k is not None and k <= thermal.MAX_LOAD_FACTOR,
+                                           f"a load factor above {thermal.MAX_LOAD_FACTOR:g}")
+        elif reading.point == cfg.ambient_point:
+            value = self._usable(reading)
+            low, high = AMBIENT_RANGE
+            self.ambient = self._check(reading, value, value is not None and low <= value <= high,
+                                       f"outside {low:g}..{high:g} degC")
+        if self.state is None and self.load_factor is not None and self.ambient is not None:
+            self.state = thermal.start(cfg.params, self.load_factor, self.ambient, reading.ts_ms)
+
+    @staticmethod
+    def _usable(reading: Reading) -> float | None:
+        if reading.quality != "good" or reading.value is None or not math.isfinite(reading.value):
+            return None
+        return float(reading.value)
+
+    def _check(self, reading: Reading, value: float | None, ok: bool, why: str) -> float | None:
+        if value is None:
+            return None
+        if ok:
+            self.refused.discard(reading.point)
+            return value
+        if reading.point not in self.refused:
+            self.refused.add(reading.point)
+            log.warning("twin %s: %s = %r is %s; the thermal model waits for a plausible value",
+                        reading.asset, reading.point, reading.value, why)
+        return None
+
+    def block(self, points: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The payload's ``thermal`` object, or None before the model has started."""
+        state = self.state
+        if state is None:
+            return None
+        params = self.config.params
+        out: dict[str, Any] = {
+            "top_oil_degC": round(state.top_oil, 2),
+            "hot_spot_degC": round(state.hot_spot, 2),
+            "ageing_rate": float(f"{thermal.ageing_rate(state.hot_spot, params.paper):.4g}"),
+            "loss_of_life_h": round(state.loss_of_life_h, 4),
+            "since_ms": state.since_ms,
+            "updated_ms": state.t_ms,
+            "restarts": state.restarts,
+        }
+        if self.load_factor is not None:
+            out["load_factor"] = round(self.load_factor, 4)
+        measured = points.get(self.config.top_oil_point or "")
+        if measured and measured["quality"] == "good" and measured["value"] is not None:
+            out["top_oil_residual_K"] = round(measured["value"] - state.top_oil, 2)
+        return out
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"thermal input {value!r} is not a finite number")
+    return float(value)
 
 
 class TwinStore:
-    """Latest state per asset for ``site``, cached in ``cache_path`` (JSON)."""
+    """Latest state per asset for ``site``, cached in ``cache_path`` (JSON).
+
+    ``thermal_assets`` (default none) get a thermal model each (module docstring).
+    """
 
     def __init__(self, cache_path: str | os.PathLike[str], *, site: str,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 thermal_assets: Iterable[ThermalAssetConfig] = ()) -> None:
         self.path = Path(cache_path)
         self.site = site
         self.clock = clock
         self._assets: dict[str, dict[str, dict[str, Any]]] = {}
         self._published: dict[str, str] = {}
+        self._thermal = {cfg.asset: _ThermalRun(cfg) for cfg in thermal_assets}
         self.dirty = False
 
     def load(self) -> None:
@@ -64,12 +176,16 @@ class TwinStore:
                                  f"{_VERSION}/{self.site!r}")
             assets = {str(a): {str(p): dict(s) for p, s in points.items()} for a, points in body["assets"].items()}
             published = {str(a): str(d) for a, d in body.get("published", {}).items()}
+            runs = {a: _ThermalRun(r.config) for a, r in self._thermal.items()}
+            for asset, raw in body.get("thermal", {}).items():
+                if asset in runs:               # an asset no longer declared thermal: its model is dropped
+                    runs[asset].restore(raw)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self.clock())}")
             os.replace(self.path, aside)
             log.warning("twin cache %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
             return
-        self._assets, self._published = assets, published
+        self._assets, self._published, self._thermal = assets, published, runs
 
     def update(self, reading: Reading) -> bool:
         """Take a reading into its asset's state; True when the state changed."""
@@ -81,6 +197,9 @@ class TwinStore:
         if held == state:
             return False
         points[reading.point] = state
+        run = self._thermal.get(reading.asset)
+        if run is not None:
+            run.take(reading)
         self.dirty = True
         return True
 
@@ -91,10 +210,15 @@ class TwinStore:
         """point → {value, unit, quality, ts_ms} of one asset (a copy)."""
         return {p: dict(s) for p, s in self._assets.get(asset, {}).items()}
 
+    def thermal(self, asset: str) -> dict[str, Any] | None:
+        """The asset's ``thermal`` payload block; None when it is not a thermal asset or has no estimate yet."""
+        run = self._thermal.get(asset)
+        return run.block(self._assets.get(asset, {})) if run is not None else None
+
     def payload(self, asset: str) -> bytes:
         points = self._assets[asset]
         ts_ms = max(s["ts_ms"] for s in points.values())
-        return encode_twin(self.site, asset, ts_ms, points)
+        return encode_twin(self.site, asset, ts_ms, points, thermal=self.thermal(asset))
 
     def changed(self) -> list[tuple[str, bytes]]:
         """(asset, payload) for every asset whose payload differs from the last acknowledged one."""
@@ -112,7 +236,7 @@ class TwinStore:
     def save(self) -> None:
         """Write the cache atomically; raises TwinError on I/O failure."""
         body = {"v": _VERSION, "site": self.site, "saved_ms": int(self.clock() * 1000), "assets": self._assets,
-                "published": self._published}
+                "published": self._published, "thermal": {a: r.to_json() for a, r in self._thermal.items()}}
         data = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:

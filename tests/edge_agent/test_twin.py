@@ -6,8 +6,12 @@ import asyncio
 import json
 from pathlib import Path
 
+import pytest
+
+from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError
 from edge_agent.schema import Reading
+from edge_agent.thermal import ThermalParams, steady_state
 from edge_agent.twin import TwinStore, run_twin
 
 
@@ -82,3 +86,102 @@ def test_run_twin_publishes_changed_assets_once_and_retries_failures(tmp_path: P
     assert sent == [("ems/v1/s1/twin/tx1", True), ("ems/v1/s1/twin/tx1", True)]
     saved = json.loads((tmp_path / "twin.json").read_text())
     assert saved["assets"]["tx1"]["oil_temp"]["value"] == 62.0
+
+
+# -- thermal assets --------------------------------------------------------------------------------
+
+TX1 = ThermalAssetConfig(asset="tx1", kind="transformer", rated_load=2.0, load_point="load",
+                         ambient_point="ambient_temp", top_oil_point="oil_temp", params=ThermalParams())
+MIN = 60_000
+
+
+def _p(seq: int, point: str, value: float | None, ts_ms: int, quality: str = "good") -> Reading:
+    return Reading(seq=seq, ts_ms=ts_ms, asset="tx1", point=point, value=value, unit="", quality=quality)
+
+
+def test_thermal_asset_twin_carries_the_thermal_block(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "oil_temp", 60.0, 0))
+    assert "thermal" not in json.loads(twin.payload("tx1"))           # no load and ambient yet: no estimate
+    twin.update(_p(2, "load", 2.0, 0))                                  # K = 1
+    twin.update(_p(3, "ambient_temp", 20.0, 0))
+    body = json.loads(twin.payload("tx1"))
+    assert body["thermal"] == {"load_factor": 1.0, "top_oil_degC": 75.0, "hot_spot_degC": 98.0, "ageing_rate": 1.0,
+                               "loss_of_life_h": 0.0, "since_ms": 0, "updated_ms": 0, "restarts": 0,
+                               "top_oil_residual_K": -15.0}
+    assert body["points"]["load"]["value"] == 2.0                       # the points are still there
+    # Ten minutes at rated load and 20 °C: steady, V = 1 → ten minutes of normal ageing.
+    twin.update(_p(4, "oil_temp", 74.0, 10 * MIN))
+    thermal = json.loads(twin.payload("tx1"))["thermal"]
+    assert (thermal["top_oil_degC"], thermal["updated_ms"], thermal["top_oil_residual_K"]) == (75.0, 10 * MIN, -1.0)
+    assert thermal["loss_of_life_h"] == pytest.approx(10 / 60, abs=1e-4)
+
+
+def test_a_load_step_moves_the_twin_estimate_gradually(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "load", 1.0, 0))                                  # K = 0.5
+    twin.update(_p(2, "ambient_temp", 20.0, 0))
+    start = twin.thermal("tx1")
+    twin.update(_p(3, "load", 2.0, MIN))                                # step to K = 1 at one minute
+    twin.update(_p(4, "ambient_temp", 20.0, 2 * MIN))                   # one minute later
+    after = twin.thermal("tx1")
+    final_top, final_hot = steady_state(TX1.params, 1.0, 20.0)
+    assert start is not None and after is not None
+    assert start["top_oil_degC"] < after["top_oil_degC"] < start["top_oil_degC"] + 0.01 * (final_top - start["top_oil_degC"])
+    assert after["hot_spot_degC"] < final_hot - 5
+
+
+def test_bad_inputs_are_not_used_and_the_model_waits(tmp_path: Path, caplog) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "load", None, 0, quality="device_error"))
+    twin.update(_p(2, "ambient_temp", 20.0, 0))
+    twin.update(_p(3, "load", 50.0, 1000))                                # K = 25: a bad reading, not a load
+    assert twin.thermal("tx1") is None
+    assert "load = 50.0 is a load factor above 5" in caplog.text
+    twin.update(_p(4, "load", 2.0, 2000))
+    assert twin.thermal("tx1")["hot_spot_degC"] == 98.0                   # type: ignore[index]
+    twin.update(_p(5, "oil_temp", 70.0, 3000, quality="loop_fault"))
+    assert "top_oil_residual_K" not in twin.thermal("tx1")                # type: ignore[operator]
+
+
+def test_thermal_model_survives_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "twin.json"
+    twin = TwinStore(path, site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "load", 1.0, 0))
+    twin.update(_p(2, "ambient_temp", 20.0, 0))
+    twin.update(_p(3, "load", 2.4, 30 * MIN))
+    twin.update(_p(4, "ambient_temp", 25.0, 60 * MIN))
+    twin.save()
+    before = twin.thermal("tx1")
+
+    again = TwinStore(path, site="s1", thermal_assets=[TX1])
+    again.load()
+    assert again.thermal("tx1") == before
+    # Both continue identically: the state, the held inputs and the loss of life came back.
+    for store in (twin, again):
+        store.update(_p(5, "oil_temp", 80.0, 90 * MIN))
+    assert again.thermal("tx1") == twin.thermal("tx1") != before
+    # A store without thermal assets reads the same cache and publishes no thermal block.
+    plain = TwinStore(path, site="s1")
+    plain.load()
+    assert "thermal" not in json.loads(plain.payload("tx1"))
+
+
+def test_run_twin_publishes_the_thermal_block_retained(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    sent: list[tuple[str, bytes, bool]] = []
+
+    async def publish(topic: str, payload: bytes, *, retain: bool) -> None:
+        sent.append((topic, payload, retain))
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        twin.update(_p(1, "load", 2.0, 0))
+        twin.update(_p(2, "ambient_temp", 20.0, 0))
+        stop.set()
+        await run_twin(twin, publish, interval_s=0.01, stop=stop)
+
+    asyncio.run(go())
+    [(topic, payload, retain)] = sent
+    assert (topic, retain) == ("ems/v1/s1/twin/tx1", True)
+    assert json.loads(payload)["thermal"]["hot_spot_degC"] == 98.0
