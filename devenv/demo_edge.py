@@ -10,7 +10,8 @@ ports rewritten (its relative paths then put the spool, audit log and twin
 cache there). An observer subscribes to ``ems/v1/#`` with QoS 1 and a
 persistent session; after SIGTERM to the agent it prints readings per asset,
 sample values, the seq range, lost and duplicated readings, the twin and
-status messages, and the audit verification.
+status messages (with the thermal estimate of thermal assets), and the audit
+verification.
 
 ``write_agent_config()`` and ``AgentProcess`` are reused by the fault tests
 and the edge benchmark.
@@ -19,6 +20,7 @@ and the edge benchmark.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -251,6 +253,11 @@ def _report(observer: Observer | None, site_dir: Path, code: int | None) -> int:
     twins = sorted({t for t, _, _ in observer.messages if "/twin/" in t})
     status = [p.decode() for t, p, _ in observer.messages if t.endswith("/status")]
     print(f"twin topics: {', '.join(twins) or 'none'}")
+    last_twin = {t: p for t, p, _ in observer.messages if "/twin/" in t}
+    for topic in twins:
+        thermal = json.loads(last_twin[topic]).get("thermal")
+        if thermal:
+            print(f"  {topic} thermal: " + ", ".join(f"{k}={v}" for k, v in sorted(thermal.items())))
     print(f"status messages: {' → '.join(status) or 'none'}")
     for line in verify(site_dir / "telemetry-audit.log").lines():
         print(line)
