@@ -115,10 +115,11 @@ class IngestConfig:
 class _Section:
     """Typed, path-naming accessors over one TOML table; ``done()`` rejects unknown keys."""
 
-    def __init__(self, name: str, table: object, base: Path) -> None:
+    def __init__(self, name: str, table: object, base: Path, check_files: bool = True) -> None:
         if not isinstance(table, dict):
             raise ConfigError(name, table, "must be a table")
         self.name, self.table, self.base, self.used = name, table, base, set()
+        self.check_files = check_files
 
     def _p(self, key: str) -> str:
         return f"{self.name}.{key}" if self.name else key
@@ -170,7 +171,7 @@ class _Section:
         path = Path(value)
         if not path.is_absolute():
             path = self.base / path
-        if must_exist and not path.is_file():
+        if must_exist and self.check_files and not path.is_file():
             raise ConfigError(self._p(key), value, "must be an existing file")
         return path
 
@@ -197,9 +198,13 @@ def _client_id(section: _Section, prefix: str) -> str:
     return value
 
 
-def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> IngestConfig:
-    """Validate a parsed TOML document; relative paths are taken relative to ``base``."""
-    root = _Section("", raw, base)
+def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bool = True) -> IngestConfig:
+    """Validate a parsed TOML document; relative paths are taken relative to ``base``.
+
+    ``check_files=False`` skips "must be an existing file" (a config generated for a pod whose
+    certificate files are mounted later); every other rule still applies.
+    """
+    root = _Section("", raw, base, check_files)
 
     def section(key: str, required: bool = True) -> _Section | None:
         root.used.add(key)
@@ -207,7 +212,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path(".")) -> IngestConfig:
             if required:
                 raise ConfigError(key, None, "section is required")
             return None
-        return _Section(key, raw[key], base)
+        return _Section(key, raw[key], base, check_files)
 
     b = section("broker")
     assert b is not None

@@ -65,6 +65,18 @@ def test_bad_values_name_field_value_and_allowed(files: Path, sections: dict, me
     assert str(info.value) == message
 
 
+def test_a_config_for_another_machine_is_checked_without_its_files(tmp_path: Path) -> None:
+    # The infra program validates the pods' ingest.toml, whose certificates exist only in the pod.
+    raw = _raw(broker={"ca": "/etc/ems/tls/ca.crt", "cert": "/etc/ems/tls/tls.crt", "key": "/etc/ems/tls/tls.key"})
+    config = parse_config(raw, tmp_path, check_files=False)
+    assert config.broker.key == Path("/etc/ems/tls/tls.key")
+    with pytest.raises(ConfigError, match=r"^broker\.ca: must be an existing file \(got '/etc/ems/tls/ca\.crt'\)$"):
+        parse_config(raw, tmp_path)
+    del raw["broker"]["cert"]
+    with pytest.raises(ConfigError, match=r"^broker\.cert: is required \(got None\)$"):
+        parse_config(raw, tmp_path, check_files=False)
+
+
 def test_missing_required_fields(files: Path) -> None:
     raw = _raw()
     del raw["broker"]["host"]
