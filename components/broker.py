@@ -1,19 +1,48 @@
-"""The MQTT broker (Mosquitto): 8883 mTLS for edge sites, 1883 plain for in-namespace clients.
+"""The MQTT broker (Mosquitto): 8883 mTLS for every workload client, 1883 plain for in-namespace tools.
 
 Two Services keep the contract obvious: ``broker`` (ClusterIP, 1883 + 8883) for the
 cluster, and ``broker-external`` (8883 only) for edge sites — a ``LoadBalancer`` on private
 clusters, a ``ClusterIP`` bound to the region's NLB target group on AWS (see
-``components/aws_ingress.py``). Clients authenticate with certificates whose CN is the site
-id (``use_identity_as_username``); the ACL lets a site write only under ``ems/v1/<site>/``.
-Sessions and in-flight QoS 1 messages persist on a volume from the CSI class.
+``components/aws_ingress.py``). Sessions and in-flight QoS 1 messages persist on a volume
+from the CSI class.
+
+Who uses what:
+
+| client | listener | identity (certificate CN = MQTT username) | ACL |
+|---|---|---|---|
+| edge sites | 8883 (``broker-external``) | the site id | read/write ``ems/v1/<site>/#`` only |
+| Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
+| ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | read ``ems/v1/+/telemetry``, write ``ems/v1/deadletter/#`` |
+| operators' tools | 1883, from inside the namespace | anonymous | none (no workload's NetworkPolicy allows egress to 1883) |
+
+``use_identity_as_username``: the username is the certificate's CN and a CONNECT username is
+ignored; the client id stays the client's own (each ingest worker keeps its pod-derived id and
+its persistent session while all workers share one certificate identity).
+
+Mosquitto 2.0's ``acl_file`` (verified against Debian's 2.0.11 in ``tests/components/
+test_broker_config.py``) grants every SUBSCRIBE, shared or not — the SUBACK never refuses —
+and applies ``read`` when it delivers a message, against the message's own topic: the
+ingest's ``$share/<group>/ems/v1/+/telemetry`` is served by ``topic read ems/v1/+/telemetry``
+(the read check sees the message's topic, never the ``$share/...`` filter). A site that subscribes to another site's topics,
+directly or through any ``$share`` group, is sent nothing. A refused QoS 1 PUBLISH gets PUBACK
+135 and then (with ``max_queued_messages 0``) the broker closes that client's connection.
+
+Known limit (observed with 2.0.11, not fixed here): the broker picks the member of a shared
+subscription *before* the read check, so a certificate holder that subscribes with the
+ingest's exact group and filter is picked for its share of the messages and the broker drops
+them (5 of 10 in our probe). Keeping edge certificates to edge sites, and an ACL mechanism that
+checks SUBSCRIBE, are the defences; the file ACL cannot express it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+
+from edge_agent.schema import TOPIC_ROOT, deadletter_topic, telemetry_subscription
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
@@ -39,7 +68,7 @@ log_type error
 log_type warning
 log_type notice
 
-# Edge sites and the in-cluster bridge: mutual TLS, CN = username.
+# Every workload client (edge sites, the Modbus bridge, the ingest workers): mutual TLS, CN = username.
 listener {MQTTS_PORT}
 cafile /mosquitto/tls/ca.crt
 certfile /mosquitto/tls/tls.crt
@@ -49,16 +78,34 @@ use_identity_as_username true
 tls_version tlsv1.2
 acl_file /mosquitto/config/acl
 
-# In-namespace consumers (ingest workers); NetworkPolicy keeps it inside the namespace.
+# In-namespace tools only (no workload uses it); NetworkPolicy keeps it inside the namespace.
 listener {MQTT_PORT}
 allow_anonymous true
 """
 
-# On 8883 a site may read and write only its own subtree ems/v1/<site>/ (CN = username).
-# The 1883 listener has no ACL: only in-namespace pods (the ingest) reach it.
-ACL = """\
-pattern readwrite ems/v1/%u/#
-"""
+DEADLETTERS = deadletter_topic("#")            # ems/v1/deadletter/#
+RESERVED_IDENTITY = DEADLETTERS.split("/")[2]   # a site named "deadletter" could write dead letters
+_IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def broker_acl(ingest_identity: str) -> str:
+    """The 8883 listener's ACL (the 1883 listener has none).
+
+    Every identity may read and write its own subtree ``ems/v1/<CN>/`` (edge sites, the
+    bridge). The ingest identity also reads every site's telemetry — which is what its
+    ``$share/<group>/ems/v1/+/telemetry`` subscription is checked against on delivery — and
+    writes dead letters. Nothing else: no twins, no status, no other site's subtree.
+    """
+    return "\n".join([
+        "# Each identity: its own subtree only (CN = username).",
+        f"pattern readwrite {TOPIC_ROOT}/%u/#",
+        "",
+        "# Ingest workers: every site's telemetry (via their shared subscription), dead letters.",
+        f"user {ingest_identity}",
+        f"topic read {telemetry_subscription()}",
+        f"topic write {DEADLETTERS}",
+        "",
+    ])
 
 
 @dataclass(frozen=True)
@@ -71,6 +118,8 @@ class BrokerArgs:
     """``kubernetes.io/tls`` Secret with tls.crt, tls.key, ca.crt of the broker."""
     storage_class: pulumi.Input[str]
     """StorageClass of the persistence volume."""
+    ingest_identity: str
+    """Certificate CN (= MQTT username) of the ingest workers: reads all telemetry, writes dead letters."""
     storage_size: str = "20Gi"
     """Size of the persistence volume. Defaults to 20Gi."""
     external_service_type: str = "LoadBalancer"
@@ -89,12 +138,15 @@ class MqttBroker(pulumi.ComponentResource):
     def __init__(self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if args.external_service_type not in ("LoadBalancer", "ClusterIP"):
             raise ComponentArgsError(name, "external_service_type", args.external_service_type, "must be LoadBalancer or ClusterIP")
+        if not _IDENTITY.fullmatch(args.ingest_identity) or args.ingest_identity == RESERVED_IDENTITY:
+            raise ComponentArgsError(name, "ingest_identity", args.ingest_identity,
+                                     f"must be a DNS label other than {RESERVED_IDENTITY!r}")
         super().__init__("ems:workloads:MqttBroker", name, None, opts)
         o = child(self)
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-                                     data={"mosquitto.conf": MOSQUITTO_CONF, "acl": ACL}, opts=o)
+                                     data={"mosquitto.conf": MOSQUITTO_CONF, "acl": broker_acl(args.ingest_identity)}, opts=o)
         internal = k8s.core.v1.Service(
             f"{name}-svc",
             metadata=metadata(APP, ns, APP),

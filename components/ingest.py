@@ -1,9 +1,15 @@
 """Ingest workers: shared-subscription MQTT consumers that write to the TSDB, autoscaled on msg/s.
 
 A StatefulSet, not a Deployment: each worker keeps its de-duplication database on its own
-volume and needs a stable MQTT client id (the pod name) so the broker's persistent session
-— and the QoS 1 messages it holds for a crashed worker — survive a restart. Its
-``ingest.toml`` is generated here and checked with the ingest's own parser.
+volume and needs a stable MQTT client id (``ems-ingest-<pod name>``, the ingest's default
+from the hostname) so the broker's persistent session — and the QoS 1 messages it holds for
+a crashed worker — survive a restart. Its ``ingest.toml`` is generated here and checked with
+the ingest's own parser.
+
+The workers connect to the broker with mTLS on 8883, all with one client certificate from the
+platform PKI (``tls_secret``, CN = the broker's ingest identity; mounted with mode 0440 and
+read through the pod's fsGroup). The certificate is the MQTT username, not the client id:
+each worker keeps its own id and session.
 
 The HPA (``autoscaling/v2``) targets the pods metric ``ems_ingest_messages_per_second``
 (served by prometheus-adapter from ``rate(ems_ingest_messages_total[1m])``) as an
@@ -29,7 +35,7 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
     THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels, metadata,
-    pod_spec, selector, template_metadata,
+    pod_spec, secret_volume, selector, template_metadata,
 )
 
 APP = "ingest"
@@ -38,11 +44,21 @@ METRIC = "ems_ingest_messages_per_second"
 STATE_DIR = "/var/lib/ems-ingest"
 
 
+TLS_DIR = "/etc/ems/tls"
+MQTTS_PORT = 8883
+
+
 def ingest_toml(broker_host: str, remote_write_url: str) -> str:
-    """The workers' ingest.toml: plain MQTT on 1883 inside the namespace, remote write to the TSDB."""
+    """The workers' ingest.toml: mTLS to the broker on 8883 (files from the mounted Secret), remote write to the TSDB.
+
+    No ``client_id``: one file serves every pod, and the ingest's default
+    (``ems-ingest-<hostname>``, the StatefulSet pod name) is the stable per-worker id.
+    """
     q = json.dumps
     return "\n".join([
-        "[broker]", f"host = {q(broker_host)}", "tls = false", "port = 1883", 'group = "ems-ingest"', "",
+        "[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
+        f"ca = {q(TLS_DIR + '/ca.crt')}", f"cert = {q(TLS_DIR + '/tls.crt')}", f"key = {q(TLS_DIR + '/tls.key')}",
+        'group = "ems-ingest"', "",
         "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
         "[state]", f"dir = {q(STATE_DIR)}", "",
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
@@ -55,7 +71,7 @@ def validate_ingest_toml(name: str, text: str) -> None:
     from ingest.errors import ConfigError
 
     try:
-        parse_config(tomllib.loads(text))
+        parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
     except ConfigError as exc:
         raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
 SYSCTLS = {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}
@@ -68,7 +84,9 @@ class IngestArgs:
     image: str
     """Ingest image with an explicit tag."""
     broker_host: str
-    """In-namespace broker Service DNS name (plain MQTT on 1883)."""
+    """Broker Service DNS name (mTLS on 8883); must be one of the broker certificate's DNS SANs."""
+    tls_secret: pulumi.Input[str]
+    """``kubernetes.io/tls`` Secret with the workers' client certificate (tls.crt, tls.key, ca.crt)."""
     remote_write_url: str
     """TSDB remote-write endpoint."""
     storage_class: pulumi.Input[str]
@@ -119,7 +137,8 @@ class IngestWorkers(pulumi.ComponentResource):
             "ingest", args.image, args.resources,
             args=["run", "--config", "/etc/ems/ingest/ingest.toml"],
             ports=[("metrics", METRICS_PORT)],
-            mounts=[("config", "/etc/ems/ingest"), ("state", STATE_DIR), ("tmp", "/tmp")], writable=["state", "tmp"],
+            mounts=[("config", "/etc/ems/ingest"), ("tls", TLS_DIR), ("state", STATE_DIR), ("tmp", "/tmp")],
+            writable=["state", "tmp"],
             probe_port=METRICS_PORT, probe_path="/metrics",
         )
         workers = k8s.apps.v1.StatefulSet(
@@ -133,7 +152,8 @@ class IngestWorkers(pulumi.ComponentResource):
                 "template": {
                     "metadata": template_metadata(APP, [worker], **{THERMAL_LABEL: "true"}),
                     "spec": pod_spec([worker], service_account=sa.metadata.name,
-                                     volumes=[config_volume("config", conf.metadata.name), empty_dir("tmp")],
+                                     volumes=[config_volume("config", conf.metadata.name),
+                                              secret_volume("tls", args.tls_secret), empty_dir("tmp")],
                                      sysctls=SYSCTLS, pool="general", spread_app=APP),
                 },
                 "volumeClaimTemplates": [{

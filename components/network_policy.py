@@ -5,7 +5,8 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | from → to                     | port  |
 |-------------------------------|-------|
 | anywhere → broker             | 8883  |
-| namespace pods → broker       | 1883, 8883 |
+| ingest, bridge → broker       | 8883 (egress; mTLS, each with its own certificate identity) |
+| namespace pods → broker       | 1883 (ingress only: in-namespace tools; no workload has egress to it) |
 | bridge → RS-485 gateways      | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
 | anywhere (API server) → adapter | 6443 |
@@ -94,7 +95,7 @@ class NetworkPolicies(pulumi.ComponentResource):
                    egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
         policy("ingest", ns, _pods("ingest")["podSelector"],
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
-               egress=[{"to": [_pods("broker")], "ports": _tcp(1883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
+               egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter")], "ports": _tcp(9090)}],
                egress=[{"to": [_pods("ingest")], "ports": _tcp(9100)}])

@@ -14,7 +14,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.api_gateway import ApiGateway, ApiGatewayArgs
-from components.broker import MqttBroker, BrokerArgs
+from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
 from components.ingest import IngestArgs, IngestWorkers
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
@@ -55,9 +55,11 @@ class EmsPlatform(pulumi.ComponentResource):
             raise ComponentArgsError(name, "cloud", args.cloud, "must be aws, private or local")
         if args.cloud == "aws" and s.storage_provisioner != "ebs.csi.aws.com":
             raise ComponentArgsError(name, "settings.storage_provisioner", s.storage_provisioner, "must be ebs.csi.aws.com on AWS")
-        bridge_site = f"{s.namespace}-bridge"
-        if bridge_site in s.edge_sites:
-            raise ComponentArgsError(name, "settings.edge_sites", bridge_site, "is reserved for the in-cluster Modbus bridge")
+        bridge_site, ingest_identity = f"{s.namespace}-bridge", f"{s.namespace}-ingest"
+        for reserved, why in ((bridge_site, "the in-cluster Modbus bridge"), (ingest_identity, "the ingest workers"),
+                              (RESERVED_IDENTITY, "dead letters (ems/v1/deadletter/)")):
+            if reserved in s.edge_sites:
+                raise ComponentArgsError(name, "settings.edge_sites", reserved, f"is reserved for {why}")
         super().__init__("ems:platform:EmsPlatform", name, None, opts)
         o = child(self)
         ns_name, creds_name = s.namespace, f"{s.namespace}-edge-credentials"
@@ -100,7 +102,8 @@ class EmsPlatform(pulumi.ComponentResource):
                 ServerCert("metrics-adapter", f"metrics-adapter.{ns_name}.svc", svc_names("metrics-adapter"), "metrics-adapter-tls"),
             ),
             edge_sites=s.edge_sites,
-            in_cluster_clients=(bridge_site,) if s.modbus_gateways else (),
+            # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
+            in_cluster_clients=(ingest_identity, *((bridge_site,) if s.modbus_gateways else ())),
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
@@ -115,7 +118,7 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
-            storage_size=s.broker_storage_size, external_service_type=external_type,
+            ingest_identity=ingest_identity, storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.modbus_gateways:  # no RS-485 gateway configured: nothing to bridge
             ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(
@@ -125,11 +128,12 @@ class EmsPlatform(pulumi.ComponentResource):
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         IngestWorkers(f"{name}-ingest", IngestArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
+            tls_secret=f"edge-{ingest_identity}-tls",
             remote_write_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090/api/v1/write", storage_class=storage_class,
             min_replicas=s.ingest_min_replicas, max_replicas=s.ingest_max_replicas,
             target_messages_per_second=s.ingest_target_messages_per_second,
             scale_down_stabilization_seconds=s.ingest_scale_down_stabilization_seconds,
-        ), opts=o)
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         MetricsAdapter(f"{name}-adapter", MetricsAdapterArgs(
             namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,
             tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_cert_pem,

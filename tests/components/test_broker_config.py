@@ -1,29 +1,41 @@
 """The broker's generated mosquitto.conf and ACL, run by a real Mosquitto (paths and ports
-rewritten to a temp dir): mTLS on the edge listener, CN = username, a site confined to
-ems/v1/<its site>/, plain MQTT for in-namespace consumers."""
+rewritten to a temp dir): mTLS on 8883 for every workload client, CN = username, a site
+confined to ems/v1/<its site>/, the ingest identity reading every site's telemetry through
+its shared subscription and writing dead letters — and the generated ingest.toml driving the
+ingest's own MQTT client against it."""
 
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import threading
+import time
+import tomllib
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from components.broker import ACL, MOSQUITTO_CONF, MQTT_PORT, MQTTS_PORT
+from components.broker import MOSQUITTO_CONF, MQTT_PORT, MQTTS_PORT, broker_acl
+from components.ingest import TLS_DIR, ingest_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
-from devenv.pki import LocalPki
+from devenv.pki import LocalPki, make_pki
+from edge_agent.schema import deadletter_topic, telemetry_subscription, telemetry_topic
+from ingest.config import parse_config
+from ingest.mqtt import Incoming, MqttLink, TlsFiles
 
 pytestmark = pytest.mark.integration
+
+INGEST = "ems-ingest"            # the platform's ingest identity for namespace "ems"
+REFUSED = 135                    # MQTT v5 PUBACK reason "Not authorized"
 
 
 @pytest.fixture
 def broker(tmp_path: Path, pki: LocalPki):
     tls_port, plain_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
-    (tmp_path / "acl").write_text(ACL)
+    (tmp_path / "acl").write_text(broker_acl(INGEST))
     conf = (MOSQUITTO_CONF
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
             .replace("/mosquitto/tls/tls.crt", str(pki.server.cert))
@@ -49,58 +61,176 @@ def broker(tmp_path: Path, pki: LocalPki):
         log.close()
 
 
-def _client(name: str, protocol: int = mqtt.MQTTv311) -> mqtt.Client:
-    return mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=name, protocol=protocol)
+class Peer:
+    """A raw MQTT v5 client (over mTLS with ``identity``'s certificate, or plain without one)
+    that records PUBACK reasons and received topics."""
+
+    def __init__(self, pki: LocalPki, port: int, identity: str | None, client_id: str, *, username: str | None = None) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        if identity is not None:
+            pair = pki.client(identity)
+            self.client.tls_set(ca_certs=str(pki.ca), certfile=str(pair.cert), keyfile=str(pair.key))
+        if username is not None:
+            self.client.username_pw_set(username)
+        self.acks: dict[int, int] = {}
+        self.received: "queue.Queue[str]" = queue.Queue()
+        connected, self._subacks = threading.Event(), threading.Semaphore(0)
+        self.client.on_connect = lambda c, u, flags, rc, props=None: connected.set() if not rc.is_failure else None
+        self.client.on_publish = lambda c, u, mid, rc, props=None: self.acks.__setitem__(mid, rc.value)
+        self.granted: list[int] = []
+        self.client.on_subscribe = lambda c, u, mid, rcs, props=None: (self.granted.extend(r.value for r in rcs),
+                                                                        self._subacks.release())
+        self.client.on_message = lambda c, u, msg: self.received.put(msg.topic)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert connected.wait(5), f"{identity}: the mTLS connection was not accepted"
+
+    def subscribe(self, *filters: str) -> None:
+        for f in filters:
+            self.client.subscribe(f, qos=1)
+            assert self._subacks.acquire(timeout=5), f"no SUBACK for {f}"
+
+    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+        """Publish QoS 1 and return the broker's PUBACK reason code."""
+        info = self.client.publish(topic, payload, qos=1)
+        info.wait_for_publish(5)
+        return self.acks[info.mid]
+
+    def topics_until(self, marker: str) -> list[str]:
+        """Everything received before (and including) ``marker``, which must arrive within 5 s."""
+        seen: list[str] = []
+        while marker not in seen:
+            seen.append(self.received.get(timeout=5))
+        return seen
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
 
 
-def test_site_publishes_only_its_own_topics_and_consumers_read_on_1883(broker, pki: LocalPki) -> None:
-    tls_port, plain_port = broker
-    received: list[str] = []
-    got = threading.Event()
-    subscribed = threading.Event()
-    consumer = _client("ingest-0")
-    consumer.on_subscribe = lambda *a: subscribed.set()
-    consumer.on_message = lambda c, u, msg: (received.append(msg.topic), got.set())
-    consumer.connect("127.0.0.1", plain_port)
-    consumer.subscribe("ems/v1/#", qos=1)
-    consumer.loop_start()
-    # MQTT v5 (what the edge agent negotiates first): a refused PUBLISH gets PUBACK reason 135.
-    site = _client("edge-sub-07", mqtt.MQTTv5)
-    cert = pki.client("sub-07")
-    site.tls_set(ca_certs=str(pki.ca), certfile=str(cert.cert), keyfile=str(cert.key))
-    site_connected = threading.Event()
-    acks: dict[int, int] = {}
-    site.on_connect = lambda c, u, flags, rc, props=None: site_connected.set() if not rc.is_failure else None
-    site.on_publish = lambda c, u, mid, rc, props=None: acks.__setitem__(mid, rc.value)
-    site.connect("127.0.0.1", tls_port)
-    site.loop_start()
+def _publish_once(pki: LocalPki, port: int, identity: str, topic: str) -> int:
+    """PUBACK reason of one QoS 1 publish on a fresh connection. (Mosquitto 2.0.11 with
+    ``max_queued_messages 0`` closes a client's connection after refusing its publish.)"""
+    peer = Peer(pki, port, identity, f"{identity}-once")
     try:
-        assert subscribed.wait(5)
-        assert site_connected.wait(5), "the site's mTLS connection was not accepted"
-        forged = site.publish("ems/v1/sub-99/telemetry", b"forged", qos=1)
-        mine = site.publish("ems/v1/sub-07/telemetry", b"mine", qos=1)
-        forged.wait_for_publish(5)
-        mine.wait_for_publish(5)
-        assert acks == {forged.mid: 135, mine.mid: 0}, acks   # 135: not authorized
-        assert got.wait(5)
-        consumer.publish("ems/v1/probe", b"x", qos=1).wait_for_publish(5)  # a marker after both
-        for _ in range(50):
-            if "ems/v1/probe" in received:
-                break
-            threading.Event().wait(0.1)
-        assert received == ["ems/v1/sub-07/telemetry", "ems/v1/probe"]
+        return peer.publish(topic, b"forged")
     finally:
-        site.loop_stop()
-        consumer.loop_stop()
+        peer.close()
 
 
-def test_edge_listener_rejects_clients_without_a_certificate(broker, pki: LocalPki) -> None:
+def _ingest_worker(pki: LocalPki, port: int, pod: str, tmp_path: Path) -> MqttLink:
+    """The ingest's own MQTT client, configured from the generated ingest.toml (cert paths and port
+    rewritten to this test's files), with the client id the pod's hostname gives it."""
+    pair = pki.client(INGEST)
+    text = (ingest_toml("localhost", "http://127.0.0.1:9/api/v1/write")
+            .replace(f"{TLS_DIR}/ca.crt", str(pki.ca)).replace(f"{TLS_DIR}/tls.crt", str(pair.cert))
+            .replace(f"{TLS_DIR}/tls.key", str(pair.key)).replace(f"port = {MQTTS_PORT}", f"port = {port}"))
+    raw = tomllib.loads(text)
+    raw["broker"]["client_id"] = f"ems-ingest-{pod}"     # what the default gives on host <pod>
+    b = parse_config(raw, tmp_path).broker
+    assert b.tls and b.cert == pair.cert
+    link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key), b.client_id,
+                    subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
+                    session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum)
+    link.start()
+    link.wait_connected(10)
+    return link
+
+
+def test_ingest_workers_share_the_telemetry_of_every_site_over_mtls(broker, pki: LocalPki, tmp_path: Path) -> None:
     tls_port, _ = broker
-    anonymous = _client("anon")
+    workers = [_ingest_worker(pki, tls_port, f"ingest-{i}", tmp_path) for i in range(2)]
+    sites = [Peer(pki, tls_port, site, f"edge-{site}") for site in ("sub-07", "sub-08")]
+    try:
+        for i in range(4):
+            for site, name in zip(sites, ("sub-07", "sub-08")):
+                assert site.publish(telemetry_topic(name), str(i).encode()) == 0
+        per_worker: list[list[Incoming]] = [[], []]
+        deadline = time.monotonic() + 10
+        while sum(map(len, per_worker)) < 8 and time.monotonic() < deadline:
+            for w, link in enumerate(workers):
+                try:
+                    message = link.incoming.get(timeout=0.05)
+                except queue.Empty:
+                    continue
+                assert link.ack(message)
+                per_worker[w].append(message)
+        # One certificate identity, two client ids: neither session took the other over.
+        assert all(link.connected for link in workers)
+        topics = sorted(m.topic for w in per_worker for m in w)
+        assert topics == sorted([telemetry_topic("sub-07")] * 4 + [telemetry_topic("sub-08")] * 4)
+        assert per_worker[0] and per_worker[1], "the shared subscription did not split the load"
+        assert workers[0].incoming.empty() and workers[1].incoming.empty()
+    finally:
+        for peer in sites:
+            peer.close()
+        for link in workers:
+            link.stop()
+
+
+def test_the_ingest_identity_writes_dead_letters_and_nothing_else(broker, pki: LocalPki) -> None:
+    tls_port, plain_port = broker
+    tool = Peer(pki, plain_port, None, "operator-tool")     # 1883: an in-namespace tool watching everything
+    ingest = Peer(pki, tls_port, INGEST, "ems-ingest-ingest-0")
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        tool.subscribe("ems/v1/#")
+        ingest.subscribe("ems/v1/+/twin/+", "ems/v1/sub-07/status", "ems/v1/deadletter/#")
+        assert ingest.publish(deadletter_topic("bad_json")) == 0
+        assert _publish_once(pki, tls_port, INGEST, telemetry_topic("sub-07")) == REFUSED   # cannot forge readings
+        assert _publish_once(pki, tls_port, INGEST, "ems/v1/sub-07/twin/tx1") == REFUSED
+        assert site.publish("ems/v1/sub-07/twin/tx1") == 0
+        assert site.publish("ems/v1/sub-07/status") == 0
+        assert ingest.publish(f"ems/v1/{INGEST}/marker") == 0               # its own subtree, like every identity
+        assert tool.topics_until(f"ems/v1/{INGEST}/marker") == [
+            deadletter_topic("bad_json"), "ems/v1/sub-07/twin/tx1", "ems/v1/sub-07/status", f"ems/v1/{INGEST}/marker"]
+        ingest.subscribe(f"ems/v1/{INGEST}/marker")
+        assert ingest.publish(f"ems/v1/{INGEST}/marker") == 0
+        # Neither twins, nor status, nor dead letters (even its own) are delivered to the ingest identity.
+        assert ingest.topics_until(f"ems/v1/{INGEST}/marker") == [f"ems/v1/{INGEST}/marker"]
+    finally:
+        for peer in (site, ingest, tool):
+            peer.close()
+
+
+def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> None:
+    tls_port, plain_port = broker
+    tool = Peer(pki, plain_port, None, "operator-tool")
+    victim = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    # Presenting the ingest's name as the CONNECT username changes nothing: the CN is the username.
+    spy = Peer(pki, tls_port, "sub-09", "edge-sub-09", username=INGEST)
+    try:
+        tool.subscribe("ems/v1/#")
+        # Mosquitto 2.0's acl_file answers every SUBSCRIBE with a grant; what it enforces is
+        # that nothing the identity may not read is delivered.
+        spy.subscribe(telemetry_topic("sub-07"), telemetry_subscription(), "$share/spies/ems/v1/+/telemetry",
+                      "$share/spies/#", "#", "ems/v1/sub-09/#")
+        assert spy.granted == [1] * 6                       # QoS 1 granted to every filter
+        assert victim.publish(telemetry_topic("sub-07")) == 0
+        assert victim.publish("ems/v1/sub-07/twin/tx1") == 0
+        assert _publish_once(pki, tls_port, "sub-09", telemetry_topic("sub-07")) == REFUSED
+        assert _publish_once(pki, tls_port, "sub-09", deadletter_topic("bad_json")) == REFUSED
+        assert spy.publish(telemetry_topic("sub-09")) == 0
+        assert set(spy.topics_until(telemetry_topic("sub-09"))) == {telemetry_topic("sub-09")}
+        assert tool.topics_until(telemetry_topic("sub-09")) == [
+            telemetry_topic("sub-07"), "ems/v1/sub-07/twin/tx1", telemetry_topic("sub-09")]
+    finally:
+        for peer in (spy, victim, tool):
+            peer.close()
+
+
+def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(broker, pki: LocalPki, tmp_path: Path) -> None:
+    tls_port, _ = broker
+    anonymous = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon", protocol=mqtt.MQTTv5)
     anonymous.tls_set(ca_certs=str(pki.ca))
-    with pytest.raises(OSError):
-        anonymous.connect("127.0.0.1", tls_port)
-        anonymous.loop(2)
-        anonymous.loop(2)
-        if not anonymous.is_connected():
-            raise ConnectionRefusedError("not connected")
+    foreign_pki = make_pki(tmp_path / "foreign")                  # a valid chain, but not the platform's CA
+    foreign_pair = foreign_pki.client(INGEST)
+    foreign = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="foreign", protocol=mqtt.MQTTv5)
+    foreign.tls_set(ca_certs=str(pki.ca), certfile=str(foreign_pair.cert), keyfile=str(foreign_pair.key))
+    for client in (anonymous, foreign):
+        with pytest.raises(OSError):
+            client.connect("127.0.0.1", tls_port)
+            client.loop(2)
+            client.loop(2)
+            if not client.is_connected():
+                raise ConnectionRefusedError("not connected")

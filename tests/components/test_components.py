@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
+import tomllib
 
 import pulumi
 import pytest
@@ -18,6 +20,7 @@ import pulumi_kubernetes as k8s  # noqa: E402  (after the mocks)
 from components.api_gateway import ApiGateway, ApiGatewayArgs  # noqa: E402
 from components.aws_ingress import Backend, RegionalIngress, RegionalIngressArgs  # noqa: E402
 from components.aws_network import plan_subnets  # noqa: E402
+from components.broker import BrokerArgs, MqttBroker  # noqa: E402
 from components.eks_cluster import EksCluster, EksClusterArgs, node_user_data  # noqa: E402
 from components.global_lb import GlobalLoadBalancer, GlobalLoadBalancerArgs  # noqa: E402
 from components.ingest import IngestArgs, IngestWorkers  # noqa: E402
@@ -38,8 +41,8 @@ def fresh() -> None:
 
 def test_ingest_rejects_min_above_max() -> None:
     with pytest.raises(ComponentArgsError, match=r"^ingest: min_replicas must not exceed max_replicas 2 \(got 5\)$"):
-        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", storage_class="sc",
-                                           remote_write_url="http://tsdb", min_replicas=5, max_replicas=2))
+        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", tls_secret="t",
+                                           storage_class="sc", remote_write_url="http://tsdb", min_replicas=5, max_replicas=2))
     assert MOCKS.resources == []
 
 
@@ -153,8 +156,15 @@ def test_bridge_is_latency_critical_and_pinned_to_interconnect() -> None:
 
 def test_ingest_config_is_checked_with_the_ingest_parser() -> None:
     from components.ingest import ingest_toml, validate_ingest_toml
+    from ingest.config import parse_config
 
-    validate_ingest_toml("ingest", ingest_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090/api/v1/write"))
+    text = ingest_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090/api/v1/write")
+    validate_ingest_toml("ingest", text)
+    broker = parse_config(tomllib.loads(text), check_files=False).broker
+    assert (broker.tls, broker.port, broker.group) == (True, 8883, "ems-ingest")
+    assert (str(broker.ca), str(broker.cert), str(broker.key)) == ("/etc/ems/tls/ca.crt", "/etc/ems/tls/tls.crt", "/etc/ems/tls/tls.key")
+    # One file for every pod: the client id is the ingest's per-host default, never a shared value.
+    assert "client_id" not in tomllib.loads(text)["broker"] and broker.client_id == f"ems-ingest-{socket.gethostname()}"[:64]
     with pytest.raises(ComponentArgsError, match=r"^ingest: ingest\.toml is invalid \(got \"tsdb\.remote_write_url: must be an http"):
         validate_ingest_toml("ingest", ingest_toml("broker", "ftp://tsdb/x"))
 
@@ -209,6 +219,14 @@ def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
     [cluster] = conf["static_resources"]["clusters"]
     assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
         {"address": "tsdb.ems.svc.cluster.local", "port_value": 9090}
+
+
+@pytest.mark.parametrize("identity", ["deadletter", "Ingest", "ems-ingest\n", "ems-ingest\nuser x", ""])
+def test_broker_rejects_an_ingest_identity_that_is_not_a_plain_label(identity: str) -> None:
+    with pytest.raises(ComponentArgsError, match=r"^broker: ingest_identity must be a DNS label other than 'deadletter' \(got "):
+        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
+                                        ingest_identity=identity))
+    assert MOCKS.resources == []
 
 
 def test_bridge_needs_a_gateway() -> None:

@@ -315,7 +315,52 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     assert not [name for name, _, port in _rules(ev, "ingress") if port == 502]
     plain = [(name, rule) for name, rule, port in _rules(ev, "ingress") if port == 1883]
     assert plain == [("broker", {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 1883}]})]
-    assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == {"ingest"}
+    # No workload talks plain MQTT: the listener is left to in-namespace tools.
+    assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == set()
+    mqtts = {name: rule for name, rule, port in _rules(ev, "egress") if port == 8883}
+    assert set(mqtts) == {"ingest", "modbus-bridge"}
+    [broker] = [w for w in workloads(ev) if w.inputs["metadata"]["name"] == "broker"]
+    for rule in mqtts.values():
+        [peer] = rule["to"]
+        assert set(peer) == {"podSelector"} and selects(peer["podSelector"], pod_labels(broker)), rule
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) -> None:
+    import tomllib
+
+    from ingest.config import parse_config
+
+    ev = stack(name)
+    ns = evaluate_config(name).get("ems:namespace", "ems")
+    identity = f"{ns}-ingest"
+    [ingest] = [d for d in ev.of_type("kubernetes:apps/v1:StatefulSet") if d.inputs["metadata"]["name"] == "ingest"]
+    pod = ingest.inputs["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": f"edge-{identity}-tls", "defaultMode": 0o440}
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True}
+    [conf] = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "ingest-config"]
+    broker = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False).broker
+    assert (broker.tls, broker.port, broker.host) == (True, 8883, f"broker.{ns}.svc.cluster.local")
+    assert {str(broker.ca), str(broker.cert), str(broker.key)} == {f"/etc/ems/tls/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
+    # The certificate: CN = the identity, client auth, a kubernetes.io/tls Secret in the workload namespace.
+    [secret] = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == f"edge-{identity}-tls"]
+    assert secret.inputs["type"] == "kubernetes.io/tls" and secret.inputs["metadata"]["namespace"] == ns
+    [csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.inputs["subject"]["commonName"] == identity]
+    [cert] = [c for c in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if c.name == csr.name.replace("-csr", "-cert")]
+    assert "client_auth" in cert.inputs["allowedUses"] and "server_auth" not in cert.inputs["allowedUses"]
+    # The broker's server certificate names the host the ingest connects to (hostname verification).
+    [server_csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.name.endswith("-pki-broker-csr")]
+    assert broker.host in server_csr.inputs["dnsNames"]
+    [acl] = [c.inputs["data"]["acl"] for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "broker-config"]
+    assert f"\nuser {identity}\ntopic read ems/v1/+/telemetry\ntopic write ems/v1/deadletter/#\n" in acl
+
+
+@pytest.mark.parametrize("site", ["ems-ingest", "ems-bridge", "deadletter"])
+def test_reserved_identities_are_not_edge_sites(site: str) -> None:
+    with pytest.raises(Exception, match=rf"settings\.edge_sites .*\(got '{site}'\)"):
+        evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
 
 
 def test_without_gateways_there_is_no_bridge() -> None:
