@@ -69,7 +69,8 @@ def write_agent_config(workdir: Path, pki: LocalPki, *, broker_port: int, modbus
     """Copy ``source`` into ``workdir/sensors.conf`` with our ports, PKI and overrides; returns its path.
 
     ``sections`` override keys per table, e.g. ``spool={"max_readings": 100}``;
-    ``devices`` replaces the device list (TOML-ready dicts).
+    ``devices`` replaces the device list (TOML-ready dicts) and drops the
+    source's ``[assets.*]`` thermal assets, whose points it no longer has.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     pki_dir = workdir / "pki"
@@ -90,6 +91,8 @@ def write_agent_config(workdir: Path, pki: LocalPki, *, broker_port: int, modbus
             doc[name][key_name] = value
     if devices is not None:
         doc["devices"] = devices
+        # The example's thermal assets name points of its own devices; replaced devices have none of them.
+        doc.pop("assets", None)
     for device in doc["devices"]:
         device["port"] = modbus_port
     path = workdir / "sensors.conf"
