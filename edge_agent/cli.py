@@ -130,7 +130,8 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     check_permissions(config)
     points = sum(len(d.points) for d in config.devices)
     print(f"{config.source_path}: OK — site {config.site}, {len(config.devices)} devices, {points} points, "
-          f"broker {config.broker.host}:{config.broker.port} ({config.broker.protocol})")
+          f"broker {config.broker.host}:{config.broker.port} ({config.broker.protocol})"
+          + (f", thermal assets: {', '.join(a.asset for a in config.assets)}" if config.assets else ""))
     return 0
 
 

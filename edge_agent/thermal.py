@@ -5,9 +5,10 @@ transformer in the steady state of its inputs, ``advance()`` moves the state
 to a later time with the inputs held over the interval (readings are reported
 by exception, so the last reported value holds until the next one).
 
-The model is the standard's difference-equation form of its differential
-equations (IEC 60076-7:2018, 8.2: "differential equations solution"), with
-load factor ``K`` (load ÷ rated load) and ambient temperature ``θa``::
+The model is the difference-equation form of the standard's differential
+equations (IEC 60076-7:2018, 8.2 "Top-oil and hot-spot temperatures at varying
+ambient temperature and load conditions", differential equations solution),
+with load factor ``K`` (load ÷ rated load) and ambient temperature ``θa``::
 
     Dθo   = Dt / (k11·τo)    · [((1 + R·K²)/(1 + R))^x · Δθor − (θo − θa)]
     DΔθh1 = Dt / (k22·τw)    · [k21 · Hgr · K^y − Δθh1]
@@ -23,7 +24,7 @@ interval into equal sub-steps of at most ``ThermalParams.max_step_min``
 intervals — 1 s polls, 60 s heartbeats, a 20-minute outage — follow the same
 trajectory.
 
-Ageing (IEC 60076-7:2018, clause 6, relative ageing rate and loss of life)::
+Ageing (IEC 60076-7:2018, clause 6: relative ageing rate and loss of life)::
 
     non-upgraded paper:  V = 2^((θh − 98)/6)                       (V = 1 at 98 °C, doubles every 6 K)
     upgraded paper:      V = exp(15000/(110 + 273) − 15000/(θh + 273))   (V = 1 at 110 °C)
@@ -32,8 +33,10 @@ Ageing (IEC 60076-7:2018, clause 6, relative ageing rate and loss of life)::
 Defaults (``ThermalParams()``): a distribution transformer, ONAN, from the
 standard's table of recommended thermal characteristics for the exponential
 and difference equations ("distribution transformers, ONAN": x = 0.8,
-y = 1.6, k11 = 1.0, k21 = 1.0, k22 = 2.0, τo = 180 min, τw = 4 min; the
-table's number differs between editions — check it in your licensed copy).
+y = 1.6, k11 = 1.0, k21 = 1.0, k22 = 2.0, τo = 180 min, τw = 4 min; these
+values were checked against two independent implementations of the standard,
+the clause, table and equation numbers were not checked against the 2018
+text — verify them in a licensed copy).
 ``PRESETS`` also holds the table's "medium and large power transformers" ONAN
 and ONAF rows. The rated top-oil rise Δθor, hot-spot-to-top-oil gradient Hgr
 and loss ratio R are properties of one transformer (its heat-run test report),
