@@ -13,7 +13,7 @@ Who uses what:
 | edge sites | 8883 (``broker-external``) | the site id | read/write ``ems/v1/<site>/#`` only |
 | Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
 | ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | read ``ems/v1/+/telemetry``, write ``ems/v1/deadletter/#`` |
-| operators' tools | 1883, from inside the namespace | anonymous | none (no workload's NetworkPolicy allows egress to 1883) |
+| operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
 
 ``use_identity_as_username``: the username is the certificate's CN and a CONNECT username is
 ignored; the client id stays the client's own (each ingest worker keeps its pod-derived id and
@@ -79,8 +79,10 @@ tls_version tlsv1.2
 acl_file /mosquitto/config/acl
 
 # In-namespace tools only (no workload uses it); NetworkPolicy keeps it inside the namespace.
+# Anonymous and read-only: a tool observes every site's messages but cannot forge any.
 listener {MQTT_PORT}
 allow_anonymous true
+acl_file /mosquitto/config/acl-plain
 """
 
 DEADLETTERS = deadletter_topic("#")            # ems/v1/deadletter/#
@@ -88,8 +90,14 @@ RESERVED_IDENTITY = DEADLETTERS.split("/")[2]   # a site named "deadletter" coul
 _IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
+def plain_acl() -> str:
+    """The 1883 listener's ACL: anonymous clients (the lines before any ``user``) read
+    everything under ``ems/v1/`` and write nothing — a refused QoS 1 publish gets PUBACK 135."""
+    return "\n".join(["# Anonymous in-namespace tools: observe only.", f"topic read {TOPIC_ROOT}/#", ""])
+
+
 def broker_acl(ingest_identity: str) -> str:
-    """The 8883 listener's ACL (the 1883 listener has none).
+    """The 8883 listener's ACL (the 1883 listener has :func:`plain_acl`).
 
     Every identity may read and write its own subtree ``ems/v1/<CN>/`` (edge sites, the
     bridge). The ingest identity also reads every site's telemetry — which is what its
@@ -146,7 +154,8 @@ class MqttBroker(pulumi.ComponentResource):
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-                                     data={"mosquitto.conf": MOSQUITTO_CONF, "acl": broker_acl(args.ingest_identity)}, opts=o)
+                                     data={"mosquitto.conf": MOSQUITTO_CONF, "acl": broker_acl(args.ingest_identity),
+                                           "acl-plain": plain_acl()}, opts=o)
         internal = k8s.core.v1.Service(
             f"{name}-svc",
             metadata=metadata(APP, ns, APP),

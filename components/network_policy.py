@@ -6,7 +6,7 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 |-------------------------------|-------|
 | anywhere → broker             | 8883  |
 | ingest, bridge → broker       | 8883 (egress; mTLS, each with its own certificate identity) |
-| namespace pods → broker       | 1883 (ingress only: in-namespace tools; no workload has egress to it) |
+| namespace pods → broker       | 1883 (ingress only: in-namespace tools, read-only by the broker's ACL; no workload has egress to it) |
 | bridge → RS-485 gateways      | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
 | anywhere (API server) → adapter | 6443 |

@@ -17,7 +17,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from components.broker import MOSQUITTO_CONF, MQTT_PORT, MQTTS_PORT, broker_acl
+from components.broker import MOSQUITTO_CONF, MQTT_PORT, MQTTS_PORT, broker_acl, plain_acl
 from components.ingest import TLS_DIR, ingest_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
@@ -36,16 +36,18 @@ def broker(tmp_path: Path, pki: LocalPki):
     tls_port, plain_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
     (tmp_path / "acl").write_text(broker_acl(INGEST))
+    (tmp_path / "acl-plain").write_text(plain_acl())
     conf = (MOSQUITTO_CONF
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
             .replace("/mosquitto/tls/tls.crt", str(pki.server.cert))
             .replace("/mosquitto/tls/tls.key", str(pki.server.key))
             .replace("/mosquitto/data/", f"{tmp_path}/data/")
-            .replace("/mosquitto/config/acl", str(tmp_path / "acl"))
+            .replace("/mosquitto/config/acl-plain", str(tmp_path / "acl-plain"))
+            .replace("/mosquitto/config/acl\n", f"{tmp_path / 'acl'}\n")
             .replace(f"listener {MQTTS_PORT}\n", f"listener {tls_port} 127.0.0.1\n")
             .replace(f"listener {MQTT_PORT}\n", f"listener {plain_port} 127.0.0.1\n")
             .replace("log_dest stdout", f"log_dest file {tmp_path}/broker.log\nlog_type all"))
-    assert str(tls_port) in conf and str(plain_port) in conf
+    assert str(tls_port) in conf and str(plain_port) in conf and "/mosquitto/" not in conf
     if os.geteuid() == 0:  # in the pod it runs as uid 10001; as root it would switch to "mosquitto"
         conf = "user root\n" + conf
     (tmp_path / "mosquitto.conf").write_text(conf)
@@ -217,6 +219,39 @@ def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> 
     finally:
         for peer in (spy, victim, tool):
             peer.close()
+
+
+def test_anonymous_tools_on_1883_observe_telemetry_but_cannot_forge_it(broker, pki: LocalPki, tmp_path: Path) -> None:
+    tls_port, plain_port = broker
+    worker = _ingest_worker(pki, tls_port, "ingest-0", tmp_path)
+    tool = Peer(pki, plain_port, None, "operator-tool")
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        tool.subscribe("ems/v1/#")
+        assert _publish_plain_once(pki, plain_port, telemetry_topic("sub-08")) == REFUSED
+        assert _publish_plain_once(pki, plain_port, deadletter_topic("bad_json")) == REFUSED
+        assert site.publish(telemetry_topic("sub-07"), b"real") == 0
+        # The tool sees the real reading and nothing forged; the ingest receives only the real one.
+        assert tool.topics_until(telemetry_topic("sub-07")) == [telemetry_topic("sub-07")]
+        message = worker.incoming.get(timeout=5)
+        assert (message.topic, message.payload) == (telemetry_topic("sub-07"), b"real")
+        assert worker.ack(message)
+        assert site.publish("ems/v1/sub-07/marker") == 0
+        assert tool.topics_until("ems/v1/sub-07/marker") == ["ems/v1/sub-07/marker"]
+        assert worker.incoming.empty()
+    finally:
+        for peer in (site, tool):
+            peer.close()
+        worker.stop()
+
+
+def _publish_plain_once(pki: LocalPki, port: int, topic: str) -> int:
+    """PUBACK reason of one anonymous QoS 1 publish on 1883, on a fresh connection."""
+    peer = Peer(pki, port, None, "anonymous-once")
+    try:
+        return peer.publish(topic, b"forged")
+    finally:
+        peer.close()
 
 
 def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(broker, pki: LocalPki, tmp_path: Path) -> None:

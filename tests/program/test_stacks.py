@@ -353,8 +353,11 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     # The broker's server certificate names the host the ingest connects to (hostname verification).
     [server_csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.name.endswith("-pki-broker-csr")]
     assert broker.host in server_csr.inputs["dnsNames"]
-    [acl] = [c.inputs["data"]["acl"] for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "broker-config"]
-    assert f"\nuser {identity}\ntopic read ems/v1/+/telemetry\ntopic write ems/v1/deadletter/#\n" in acl
+    [data] = [c.inputs["data"] for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "broker-config"]
+    assert f"\nuser {identity}\ntopic read ems/v1/+/telemetry\ntopic write ems/v1/deadletter/#\n" in data["acl"]
+    # 1883 (anonymous tools): read-only, its own ACL file.
+    assert "listener 1883\nallow_anonymous true\nacl_file /mosquitto/config/acl-plain\n" in data["mosquitto.conf"]
+    assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
 
 
 @pytest.mark.parametrize("site", ["ems-ingest", "ems-bridge", "deadletter"])
