@@ -8,36 +8,53 @@ from the CSI class.
 
 Who uses what:
 
-| client | listener | identity (certificate CN = MQTT username) | ACL |
+| client | listener | identity (certificate CN = MQTT username) | may |
 |---|---|---|---|
-| edge sites | 8883 (``broker-external``) | the site id | read/write ``ems/v1/<site>/#`` only |
+| edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only |
 | Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
-| ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | read ``ems/v1/+/telemetry``, write ``ems/v1/deadletter/#`` |
+| ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
+| any other certificate of the CA | 8883 | its CN | connects, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
 | operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
 
 ``use_identity_as_username``: the username is the certificate's CN and a CONNECT username is
 ignored; the client id stays the client's own (each ingest worker keeps its pod-derived id and
-its persistent session while all workers share one certificate identity).
+its persistent session while all workers share one certificate identity). There is no
+password check on 8883: the certificate authenticates the client.
 
-Mosquitto 2.0's ``acl_file`` (verified against Debian's 2.0.11 in ``tests/components/
-test_broker_config.py``) grants every SUBSCRIBE, shared or not — the SUBACK never refuses —
-and applies ``read`` when it delivers a message, against the message's own topic: the
-ingest's ``$share/<group>/ems/v1/+/telemetry`` is served by ``topic read ems/v1/+/telemetry``
-(the read check sees the message's topic, never the ``$share/...`` filter). A site that subscribes to another site's topics,
-directly or through any ``$share`` group, is sent nothing. A refused QoS 1 PUBLISH gets PUBACK
-135 and then (with ``max_queued_messages 0``) the broker closes that client's connection.
+8883 is governed by the dynamic-security plugin (``per_listener_settings true``: on that
+listener only), from the JSON :func:`dynsec_config` generates out of the stack's clients.
+Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.py``):
 
-Known limit (observed with 2.0.11, not fixed here): the broker picks the member of a shared
-subscription *before* the read check, so a certificate holder that subscribes with the
-ingest's exact group and filter is picked for its share of the messages and the broker drops
-them (5 of 10 in our probe). Keeping edge certificates to edge sites, and an ACL mechanism that
-checks SUBSCRIBE, are the defences; the file ACL cannot express it.
+* A dynsec client is found by username, so a certificate identity needs a client entry
+  without a password; a CN the file does not list is refused every SUBSCRIBE and PUBLISH.
+* SUBSCRIBE is checked against the whole filter, ``$share/<group>/`` included, and a refused
+  filter gets SUBACK reason 135 — this is what keeps a site certificate out of the ingest's
+  shared group (with the plain ``acl_file`` every SUBSCRIBE was granted; a site joining
+  ``$share/ems-ingest/ems/v1/+/telemetry`` was picked for its share of the messages, which
+  the broker then dropped on its read check: 5 of 10 beside one worker, 3 of 10 beside two).
+* Delivery (``publishClientReceive``) is checked against the message's topic; a refused
+  QoS 1 PUBLISH gets PUBACK 135, and then (``max_queued_messages 0``) the broker closes that
+  client's connection.
+* The plugin only reads its file, once, at start (no write at start, run or SIGTERM), so
+  the read-only ConfigMap mount is enough. A change of the file needs a broker restart: the
+  pod template carries the config's hash, so a new edge site rolls the broker (sessions and
+  queued messages survive on the volume). If the file were unreadable the broker would
+  still start and refuse everything on 8883 (fail closed).
+
+1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing.
+
+The plugin's path differs between builds: ``/usr/lib/mosquitto_dynamic_security.so`` in the
+``eclipse-mosquitto`` image (:data:`DYNSEC_PLUGIN`), ``/usr/lib/<triplet>/`` in Debian's
+package (the tests pass theirs).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from dataclasses import dataclass
+from typing import Any, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -53,7 +70,13 @@ APP = "broker"
 MQTT_PORT = 1883
 MQTTS_PORT = 8883
 
-MOSQUITTO_CONF = f"""\
+DYNSEC_PLUGIN = "/usr/lib/mosquitto_dynamic_security.so"   # in the eclipse-mosquitto image
+CONFIG_DIR = "/mosquitto/config"
+
+
+def mosquitto_conf(dynsec_plugin: str = DYNSEC_PLUGIN) -> str:
+    """mosquitto.conf: 8883 governed by the dynamic-security plugin at ``dynsec_plugin``, 1883 read-only."""
+    return f"""\
 per_listener_settings true
 persistence true
 persistence_location /mosquitto/data/
@@ -76,44 +99,75 @@ keyfile /mosquitto/tls/tls.key
 require_certificate true
 use_identity_as_username true
 tls_version tlsv1.2
-acl_file /mosquitto/config/acl
+# Who may subscribe, publish and receive what, per certificate identity (read once, at start).
+plugin {dynsec_plugin}
+plugin_opt_config_file {CONFIG_DIR}/dynamic-security.json
 
 # In-namespace tools only (no workload uses it); NetworkPolicy keeps it inside the namespace.
 # Anonymous and read-only: a tool observes every site's messages but cannot forge any.
 listener {MQTT_PORT}
 allow_anonymous true
-acl_file /mosquitto/config/acl-plain
+acl_file {CONFIG_DIR}/acl-plain
 """
+
 
 DEADLETTERS = deadletter_topic("#")            # ems/v1/deadletter/#
 RESERVED_IDENTITY = DEADLETTERS.split("/")[2]   # a site named "deadletter" could write dead letters
 _IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_PLUGIN_PATH = re.compile(r"^/[^\s]+\.so$")
+CONFIG_HASH_ANNOTATION = "ems.io/config-sha256"
+
+
+def config_hash(files: dict[str, str]) -> str:
+    """SHA-256 over the config files (names and contents, in name order)."""
+    h = hashlib.sha256()
+    for key in sorted(files):
+        h.update(key.encode() + b"\0" + files[key].encode() + b"\0")
+    return h.hexdigest()
+
+
+def _acl(kind: str, topic: str) -> dict[str, Any]:
+    return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
+
+
+def _own_subtree(identity: str) -> dict[str, Any]:
+    subtree = f"{TOPIC_ROOT}/{identity}/#"
+    return {"rolename": f"own-{identity}", "acls": [
+        _acl("publishClientSend", subtree), _acl("publishClientReceive", subtree), _acl("subscribePattern", subtree)]}
+
+
+def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: str) -> str:
+    """The 8883 listener's dynamic-security file.
+
+    Default deny for publish, receive and subscribe (``$CONTROL`` included: nobody
+    administers the plugin, the program does). Every identity in ``clients`` and the ingest
+    identity get a role for their own subtree ``ems/v1/<CN>/#``. The ingest identity also
+    subscribes to exactly ``$share/<ingest_group>/ems/v1/+/telemetry`` (a literal filter:
+    no other group, no unshared filter), receives every site's telemetry and publishes dead
+    letters. Nothing else: no twins, no status, no other site's subtree.
+    """
+    ingest_role = f"{ingest_identity}-shared-telemetry"
+    roles = [_own_subtree(cn) for cn in (*clients, ingest_identity)]
+    roles.append({"rolename": ingest_role, "acls": [
+        _acl("subscribeLiteral", telemetry_subscription(ingest_group)),
+        _acl("publishClientReceive", telemetry_subscription()),
+        _acl("publishClientSend", DEADLETTERS)]})
+    entries = [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}]} for cn in clients]
+    entries.append({"username": ingest_identity, "roles": [{"rolename": f"own-{ingest_identity}", "priority": 0},
+                                                           {"rolename": ingest_role, "priority": 0}]})
+    return json.dumps({
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
+                             "subscribe": False, "unsubscribe": True},
+        "clients": entries,
+        "groups": [],
+        "roles": roles,
+    }, indent=2) + "\n"
 
 
 def plain_acl() -> str:
     """The 1883 listener's ACL: anonymous clients (the lines before any ``user``) read
     everything under ``ems/v1/`` and write nothing — a refused QoS 1 publish gets PUBACK 135."""
     return "\n".join(["# Anonymous in-namespace tools: observe only.", f"topic read {TOPIC_ROOT}/#", ""])
-
-
-def broker_acl(ingest_identity: str) -> str:
-    """The 8883 listener's ACL (the 1883 listener has :func:`plain_acl`).
-
-    Every identity may read and write its own subtree ``ems/v1/<CN>/`` (edge sites, the
-    bridge). The ingest identity also reads every site's telemetry — which is what its
-    ``$share/<group>/ems/v1/+/telemetry`` subscription is checked against on delivery — and
-    writes dead letters. Nothing else: no twins, no status, no other site's subtree.
-    """
-    return "\n".join([
-        "# Each identity: its own subtree only (CN = username).",
-        f"pattern readwrite {TOPIC_ROOT}/%u/#",
-        "",
-        "# Ingest workers: every site's telemetry (via their shared subscription), dead letters.",
-        f"user {ingest_identity}",
-        f"topic read {telemetry_subscription()}",
-        f"topic write {DEADLETTERS}",
-        "",
-    ])
 
 
 @dataclass(frozen=True)
@@ -128,6 +182,12 @@ class BrokerArgs:
     """StorageClass of the persistence volume."""
     ingest_identity: str
     """Certificate CN (= MQTT username) of the ingest workers: reads all telemetry, writes dead letters."""
+    ingest_group: str
+    """The ingest workers' shared-subscription group: only ``ingest_identity`` may join ``$share/<group>/ems/v1/+/telemetry``."""
+    clients: tuple[str, ...]
+    """Certificate CNs confined to their own subtree ``ems/v1/<CN>/#`` (edge sites, the Modbus bridge); any other CN may do nothing."""
+    dynsec_plugin: str = DYNSEC_PLUGIN
+    """Path of ``mosquitto_dynamic_security.so`` in the image. Defaults to the eclipse-mosquitto image's."""
     storage_size: str = "20Gi"
     """Size of the persistence volume. Defaults to 20Gi."""
     external_service_type: str = "LoadBalancer"
@@ -149,13 +209,24 @@ class MqttBroker(pulumi.ComponentResource):
         if not _IDENTITY.fullmatch(args.ingest_identity) or args.ingest_identity == RESERVED_IDENTITY:
             raise ComponentArgsError(name, "ingest_identity", args.ingest_identity,
                                      f"must be a DNS label other than {RESERVED_IDENTITY!r}")
+        if not _IDENTITY.fullmatch(args.ingest_group):
+            raise ComponentArgsError(name, "ingest_group", args.ingest_group, "must be a DNS label")
+        for cn in args.clients:
+            if not _IDENTITY.fullmatch(cn) or cn in (RESERVED_IDENTITY, args.ingest_identity) or args.clients.count(cn) > 1:
+                raise ComponentArgsError(name, "clients", cn, f"must be distinct DNS labels other than {RESERVED_IDENTITY!r} "
+                                         f"and the ingest identity {args.ingest_identity!r}")
+        if not _PLUGIN_PATH.fullmatch(args.dynsec_plugin):
+            raise ComponentArgsError(name, "dynsec_plugin", args.dynsec_plugin, "must be an absolute path to a .so file, without spaces")
         super().__init__("ems:workloads:MqttBroker", name, None, opts)
         o = child(self)
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
-        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-                                     data={"mosquitto.conf": MOSQUITTO_CONF, "acl": broker_acl(args.ingest_identity),
-                                           "acl-plain": plain_acl()}, opts=o)
+        config = {
+            "mosquitto.conf": mosquitto_conf(args.dynsec_plugin),
+            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identity, args.ingest_group),
+            "acl-plain": plain_acl(),
+        }
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)
         internal = k8s.core.v1.Service(
             f"{name}-svc",
             metadata=metadata(APP, ns, APP),
@@ -202,7 +273,8 @@ class MqttBroker(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [broker]),
+                    # Mosquitto reads the dynsec file only at start: a changed config rolls the pod.
+                    "metadata": template_metadata(APP, [broker], annotations={CONFIG_HASH_ANNOTATION: config_hash(config)}),
                     "spec": pod_spec(
                         [broker], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],

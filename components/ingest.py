@@ -46,6 +46,8 @@ STATE_DIR = "/var/lib/ems-ingest"
 
 TLS_DIR = "/etc/ems/tls"
 MQTTS_PORT = 8883
+SHARED_GROUP = "ems-ingest"
+"""The workers' shared-subscription group: ``$share/ems-ingest/ems/v1/+/telemetry`` (the broker lets only the ingest identity join it)."""
 
 
 def ingest_toml(broker_host: str, remote_write_url: str) -> str:
@@ -58,7 +60,7 @@ def ingest_toml(broker_host: str, remote_write_url: str) -> str:
     return "\n".join([
         "[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
         f"ca = {q(TLS_DIR + '/ca.crt')}", f"cert = {q(TLS_DIR + '/tls.crt')}", f"key = {q(TLS_DIR + '/tls.key')}",
-        'group = "ems-ingest"', "",
+        f"group = {q(SHARED_GROUP)}", "",
         "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
         "[state]", f"dir = {q(STATE_DIR)}", "",
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",

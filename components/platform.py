@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components.api_gateway import ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
-from components.ingest import IngestArgs, IngestWorkers
+from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs
@@ -118,7 +118,9 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
-            ingest_identity=ingest_identity, storage_size=s.broker_storage_size, external_service_type=external_type,
+            ingest_identity=ingest_identity, ingest_group=SHARED_GROUP,
+            clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
+            storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.modbus_gateways:  # no RS-485 gateway configured: nothing to bridge
             ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(

@@ -1,24 +1,30 @@
-"""The broker's generated mosquitto.conf and ACL, run by a real Mosquitto (paths and ports
-rewritten to a temp dir): mTLS on 8883 for every workload client, CN = username, a site
-confined to ems/v1/<its site>/, the ingest identity reading every site's telemetry through
-its shared subscription and writing dead letters — and the generated ingest.toml driving the
-ingest's own MQTT client against it."""
+"""The broker's generated mosquitto.conf, dynamic-security file and 1883 ACL, run by the real
+Mosquitto with Debian's dynsec plugin (paths and ports rewritten to a temp dir): mTLS on 8883
+for every workload client, CN = username, a site confined to ems/v1/<its site>/, only the
+ingest identity in the ingest's shared group (a site's attempt refused with SUBACK 135, no
+message lost to it), dead letters written by the ingest, unknown identities refused, 1883
+read-only for anonymous tools — and the generated ingest.toml driving the ingest's own MQTT
+client against it."""
 
 from __future__ import annotations
 
+import glob
+import json
 import os
 import queue
+import signal
 import subprocess
 import threading
 import time
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
 
-from components.broker import MOSQUITTO_CONF, MQTT_PORT, MQTTS_PORT, broker_acl, plain_acl
-from components.ingest import TLS_DIR, ingest_toml
+from components.broker import CONFIG_DIR, MQTT_PORT, MQTTS_PORT, dynsec_config, mosquitto_conf, plain_acl
+from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from edge_agent.schema import deadletter_topic, telemetry_subscription, telemetry_topic
@@ -28,22 +34,45 @@ from ingest.mqtt import Incoming, MqttLink, TlsFiles
 pytestmark = pytest.mark.integration
 
 INGEST = "ems-ingest"            # the platform's ingest identity for namespace "ems"
-REFUSED = 135                    # MQTT v5 PUBACK reason "Not authorized"
+BRIDGE = "ems-bridge"
+SITES = ("sub-07", "sub-08", "sub-09")    # the stack's edge sites
+REFUSED = 135                    # MQTT v5 PUBACK / SUBACK reason "Not authorized"
+GRANTED_QOS1 = 1
 
 
-@pytest.fixture
-def broker(tmp_path: Path, pki: LocalPki):
+def find_dynsec_plugin() -> str:
+    """Debian's dynamic-security plugin (the image's path differs: the config takes it as a parameter)."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    if not found:
+        raise RuntimeError("mosquitto_dynamic_security.so not found: run `make setup` (scripts/install-system-packages.sh)")
+    return found[0]
+
+
+@dataclass
+class RunningBroker:
+    proc: subprocess.Popen
+    tls_port: int
+    plain_port: int
+    config_dir: Path
+
+    def __iter__(self):
+        return iter((self.tls_port, self.plain_port))
+
+
+def _start_broker(tmp_path: Path, pki: LocalPki) -> RunningBroker:
+    """The generated config files (for SITES, BRIDGE and INGEST) in ``tmp_path/config``, run by the real Mosquitto."""
     tls_port, plain_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
-    (tmp_path / "acl").write_text(broker_acl(INGEST))
-    (tmp_path / "acl-plain").write_text(plain_acl())
-    conf = (MOSQUITTO_CONF
+    config_dir = tmp_path / "config"
+    config_dir.mkdir()
+    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), INGEST, SHARED_GROUP))
+    (config_dir / "acl-plain").write_text(plain_acl())
+    conf = (mosquitto_conf(find_dynsec_plugin())
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
             .replace("/mosquitto/tls/tls.crt", str(pki.server.cert))
             .replace("/mosquitto/tls/tls.key", str(pki.server.key))
             .replace("/mosquitto/data/", f"{tmp_path}/data/")
-            .replace("/mosquitto/config/acl-plain", str(tmp_path / "acl-plain"))
-            .replace("/mosquitto/config/acl\n", f"{tmp_path / 'acl'}\n")
+            .replace(f"{CONFIG_DIR}/", f"{config_dir}/")
             .replace(f"listener {MQTTS_PORT}\n", f"listener {tls_port} 127.0.0.1\n")
             .replace(f"listener {MQTT_PORT}\n", f"listener {plain_port} 127.0.0.1\n")
             .replace("log_dest stdout", f"log_dest file {tmp_path}/broker.log\nlog_type all"))
@@ -51,16 +80,26 @@ def broker(tmp_path: Path, pki: LocalPki):
     if os.geteuid() == 0:  # in the pod it runs as uid 10001; as root it would switch to "mosquitto"
         conf = "user root\n" + conf
     (tmp_path / "mosquitto.conf").write_text(conf)
-    log = open(tmp_path / "stdout", "wb")
-    proc = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    with open(tmp_path / "stdout", "wb") as log:
+        proc = subprocess.Popen([find_mosquitto(), "-c", str(tmp_path / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_for_port(tls_port, 10, proc)
         wait_for_port(plain_port, 10, proc)
-        yield tls_port, plain_port
-    finally:
+    except Exception:
         proc.kill()
         proc.wait(10)
-        log.close()
+        raise
+    return RunningBroker(proc, tls_port, plain_port, config_dir)
+
+
+@pytest.fixture
+def broker(tmp_path: Path, pki: LocalPki):
+    running = _start_broker(tmp_path, pki)
+    try:
+        yield running
+    finally:
+        running.proc.kill()
+        running.proc.wait(10)
 
 
 class Peer:
@@ -177,7 +216,10 @@ def test_the_ingest_identity_writes_dead_letters_and_nothing_else(broker, pki: L
     site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
     try:
         tool.subscribe("ems/v1/#")
-        ingest.subscribe("ems/v1/+/twin/+", "ems/v1/sub-07/status", "ems/v1/deadletter/#")
+        # Not twins, status or dead letters; not telemetry outside its group, nor through another group.
+        ingest.subscribe("ems/v1/+/twin/+", "ems/v1/sub-07/status", "ems/v1/deadletter/#", telemetry_subscription(),
+                         telemetry_subscription("other"), "$share/ems-ingest/ems/v1/#", telemetry_subscription(SHARED_GROUP))
+        assert ingest.granted == [REFUSED] * 6 + [GRANTED_QOS1]
         assert ingest.publish(deadletter_topic("bad_json")) == 0
         assert _publish_once(pki, tls_port, INGEST, telemetry_topic("sub-07")) == REFUSED   # cannot forge readings
         assert _publish_once(pki, tls_port, INGEST, "ems/v1/sub-07/twin/tx1") == REFUSED
@@ -187,6 +229,7 @@ def test_the_ingest_identity_writes_dead_letters_and_nothing_else(broker, pki: L
         assert tool.topics_until(f"ems/v1/{INGEST}/marker") == [
             deadletter_topic("bad_json"), "ems/v1/sub-07/twin/tx1", "ems/v1/sub-07/status", f"ems/v1/{INGEST}/marker"]
         ingest.subscribe(f"ems/v1/{INGEST}/marker")
+        assert ingest.granted[-1] == GRANTED_QOS1
         assert ingest.publish(f"ems/v1/{INGEST}/marker") == 0
         # Neither twins, nor status, nor dead letters (even its own) are delivered to the ingest identity.
         assert ingest.topics_until(f"ems/v1/{INGEST}/marker") == [f"ems/v1/{INGEST}/marker"]
@@ -203,11 +246,10 @@ def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> 
     spy = Peer(pki, tls_port, "sub-09", "edge-sub-09", username=INGEST)
     try:
         tool.subscribe("ems/v1/#")
-        # Mosquitto 2.0's acl_file answers every SUBSCRIBE with a grant; what it enforces is
-        # that nothing the identity may not read is delivered.
+        # Dynamic security checks every SUBSCRIBE: only the site's own subtree is granted.
         spy.subscribe(telemetry_topic("sub-07"), telemetry_subscription(), "$share/spies/ems/v1/+/telemetry",
                       "$share/spies/#", "#", "ems/v1/sub-09/#")
-        assert spy.granted == [1] * 6                       # QoS 1 granted to every filter
+        assert spy.granted == [REFUSED] * 5 + [GRANTED_QOS1]
         assert victim.publish(telemetry_topic("sub-07")) == 0
         assert victim.publish("ems/v1/sub-07/twin/tx1") == 0
         assert _publish_once(pki, tls_port, "sub-09", telemetry_topic("sub-07")) == REFUSED
@@ -219,6 +261,91 @@ def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> 
     finally:
         for peer in (spy, victim, tool):
             peer.close()
+
+
+def _drain(workers: list[MqttLink], count: int, timeout: float = 10) -> list[Incoming]:
+    """Up to ``count`` messages from the workers (each acknowledged), within ``timeout`` seconds."""
+    got: list[Incoming] = []
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        for link in workers:
+            try:
+                message = link.incoming.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            assert link.ack(message)
+            got.append(message)
+    return got
+
+
+def test_a_site_certificate_cannot_join_the_ingest_group(broker, pki: LocalPki, tmp_path: Path) -> None:
+    tls_port, _ = broker
+    workers = [_ingest_worker(pki, tls_port, f"ingest-{i}", tmp_path) for i in range(2)]
+    victim = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    names = ("sub-09", BRIDGE)
+    hijackers = [Peer(pki, tls_port, cn, f"edge-{cn}") for cn in names]
+    try:
+        for hijacker, cn in zip(hijackers, names):
+            # The ingest's exact shared subscription, one site's telemetry in its group, and a
+            # share of the hijacker's own subtree: all refused.
+            hijacker.subscribe(telemetry_subscription(SHARED_GROUP), f"$share/{SHARED_GROUP}/ems/v1/sub-07/telemetry",
+                               f"$share/{SHARED_GROUP}/ems/v1/{cn}/#")
+            assert hijacker.granted == [REFUSED] * 3
+        for i in range(10):
+            assert victim.publish(telemetry_topic("sub-07"), str(i).encode()) == 0
+        got = _drain(workers, 10)
+        assert sorted(m.payload for m in got) == [str(i).encode() for i in range(10)]   # 10 of 10, each once
+        assert {m.topic for m in got} == {telemetry_topic("sub-07")}
+        assert _drain(workers, 1, timeout=0.5) == []
+        for hijacker, cn in zip(hijackers, names):
+            hijacker.subscribe(f"ems/v1/{cn}/marker")
+            assert hijacker.granted == [REFUSED] * 3 + [GRANTED_QOS1]
+            assert hijacker.publish(f"ems/v1/{cn}/marker") == 0
+            assert hijacker.topics_until(f"ems/v1/{cn}/marker") == [f"ems/v1/{cn}/marker"]   # none of the telemetry
+    finally:
+        for peer in (victim, *hijackers):
+            peer.close()
+        for link in workers:
+            link.stop()
+
+
+def test_a_certificate_the_stack_does_not_list_may_do_nothing(broker, pki: LocalPki) -> None:
+    tls_port, plain_port = broker
+    tool = Peer(pki, plain_port, None, "operator-tool")
+    stranger = Peer(pki, tls_port, "sub-99", "edge-sub-99")      # signed by the CA, not an edge site of the stack
+    try:
+        tool.subscribe("ems/v1/#")
+        stranger.subscribe("ems/v1/sub-99/#", telemetry_subscription(SHARED_GROUP))
+        assert stranger.granted == [REFUSED, REFUSED]
+        assert _publish_once(pki, tls_port, "sub-99", telemetry_topic("sub-99")) == REFUSED
+        assert _publish_once(pki, tls_port, "sub-99", "$CONTROL/dynamic-security/v1") == REFUSED
+        assert _publish_once(pki, tls_port, "sub-07", "$CONTROL/dynamic-security/v1") == REFUSED
+        site = Peer(pki, tls_port, "sub-08", "edge-sub-08")
+        try:
+            assert site.publish(telemetry_topic("sub-08")) == 0
+        finally:
+            site.close()
+        assert tool.topics_until(telemetry_topic("sub-08")) == [telemetry_topic("sub-08")]
+    finally:
+        for peer in (stranger, tool):
+            peer.close()
+
+
+def test_the_dynsec_file_is_only_read(tmp_path: Path, pki: LocalPki) -> None:
+    """The plugin never writes its file (start, traffic, SIGTERM): a read-only ConfigMap mount is enough."""
+    running = _start_broker(tmp_path, pki)
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in running.config_dir.iterdir()}
+    try:
+        site = Peer(pki, running.tls_port, "sub-07", "edge-sub-07")
+        site.subscribe(telemetry_subscription(SHARED_GROUP), "ems/v1/sub-07/#")
+        assert site.granted == [REFUSED, GRANTED_QOS1] and site.publish(telemetry_topic("sub-07")) == 0
+        site.close()
+    finally:
+        running.proc.send_signal(signal.SIGTERM)
+        assert running.proc.wait(10) == 0
+    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in running.config_dir.iterdir()}
+    assert after == before
+    assert json.loads(before["dynamic-security.json"][0])["defaultACLAccess"]["subscribe"] is False
 
 
 def test_anonymous_tools_on_1883_observe_telemetry_but_cannot_forge_it(broker, pki: LocalPki, tmp_path: Path) -> None:

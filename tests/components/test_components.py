@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import socket
 import tomllib
 
@@ -225,7 +226,25 @@ def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
 def test_broker_rejects_an_ingest_identity_that_is_not_a_plain_label(identity: str) -> None:
     with pytest.raises(ComponentArgsError, match=r"^broker: ingest_identity must be a DNS label other than 'deadletter' \(got "):
         MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
-                                        ingest_identity=identity))
+                                        ingest_identity=identity, ingest_group="ems-ingest", clients=("s1",)))
+    assert MOCKS.resources == []
+
+
+@pytest.mark.parametrize(("field", "value", "allowed"), [
+    ("clients", ("s1", "deadletter"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
+    ("clients", ("s1", "ems-ingest"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
+    ("clients", ("s1", "s1"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
+    ("clients", ("s1", "s/#"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
+    ("ingest_group", "ems-ingest/x", "must be a DNS label"),
+    ("dynsec_plugin", "mosquitto_dynamic_security.so", "must be an absolute path to a .so file, without spaces"),
+    ("dynsec_plugin", "/usr/lib/x.so\nallow_anonymous true\n/y.so", "must be an absolute path to a .so file, without spaces"),
+])
+def test_broker_rejects_bad_access_control_arguments(field: str, value: object, allowed: str) -> None:
+    args = {"ingest_group": "ems-ingest", "clients": ("s1",), field: value}
+    bad = value[-1] if field == "clients" else value  # type: ignore[index]
+    with pytest.raises(ComponentArgsError, match=rf"^broker: {field} {re.escape(allowed)} \(got {re.escape(repr(bad))}\)$"):
+        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
+                                        ingest_identity="ems-ingest", **args))  # type: ignore[arg-type]
     assert MOCKS.resources == []
 
 

@@ -329,6 +329,7 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
 def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) -> None:
     import tomllib
 
+    from components.broker import config_hash
     from ingest.config import parse_config
 
     ev = stack(name)
@@ -354,7 +355,22 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     [server_csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.name.endswith("-pki-broker-csr")]
     assert broker.host in server_csr.inputs["dnsNames"]
     [data] = [c.inputs["data"] for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "broker-config"]
-    assert f"\nuser {identity}\ntopic read ems/v1/+/telemetry\ntopic write ems/v1/deadletter/#\n" in data["acl"]
+    # 8883: dynamic security from the stack's identities; only the ingest may join the group its ingest.toml names.
+    assert "\nplugin /usr/lib/mosquitto_dynamic_security.so\nplugin_opt_config_file /mosquitto/config/dynamic-security.json\n" \
+        in data["mosquitto.conf"]
+    dynsec = json.loads(data["dynamic-security.json"])
+    roles = {r["rolename"]: r["acls"] for r in dynsec["roles"]}
+    grants = {c["username"]: [(a["acltype"], a["topic"]) for r in c["roles"] for a in roles[r["rolename"]]] for c in dynsec["clients"]}
+    sites = json.loads(evaluate_config(name)["ems:edgeSites"])
+    bridge = [f"{ns}-bridge"] if evaluate_config(name).get("ems:modbusGateways") else []
+    assert sorted(grants) == sorted([*sites, *bridge, identity])
+    own = lambda cn: [(kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]  # noqa: E731
+    assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
+    assert grants[identity] == [*own(identity), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
+                                ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
+    assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
+    [sts] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "broker"]
+    assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == config_hash(data)
     # 1883 (anonymous tools): read-only, its own ACL file.
     assert "listener 1883\nallow_anonymous true\nacl_file /mosquitto/config/acl-plain\n" in data["mosquitto.conf"]
     assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
@@ -370,6 +386,9 @@ def test_without_gateways_there_is_no_bridge() -> None:
     ev = evaluate_stack("local", {"ems:modbusGateways": None})
     names = {r.inputs["metadata"]["name"] for r in ev.resources if r.typ.startswith("kubernetes:") and "metadata" in r.inputs}
     assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
+    [dynsec] = [json.loads(c.inputs["data"]["dynamic-security.json"]) for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+                if c.inputs["metadata"]["name"] == "broker-config"]
+    assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest"]
     assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
 
 
