@@ -13,6 +13,7 @@ Who uses what:
 | edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only |
 | Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
 | ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
+| twin API | 8883 (``broker``) | ``twin_identity`` (e.g. ``ems-twin-api``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
 | any other certificate of the CA | 8883 | its CN | connects, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
 | operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
 
@@ -60,6 +61,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from edge_agent.schema import TOPIC_ROOT, deadletter_topic, telemetry_subscription
+from ingest.twin_api import TWIN_SUBSCRIPTION   # ems/v1/+/twin/+, exactly what the twin API subscribes to
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
@@ -136,7 +138,7 @@ def _own_subtree(identity: str) -> dict[str, Any]:
         _acl("publishClientSend", subtree), _acl("publishClientReceive", subtree), _acl("subscribePattern", subtree)]}
 
 
-def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: str) -> str:
+def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: str, twin_identity: str | None = None) -> str:
     """The 8883 listener's dynamic-security file.
 
     Default deny for publish, receive and subscribe (``$CONTROL`` included: nobody
@@ -145,6 +147,9 @@ def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: st
     subscribes to exactly ``$share/<ingest_group>/ems/v1/+/telemetry`` (a literal filter:
     no other group, no unshared filter), receives every site's telemetry and publishes dead
     letters. Nothing else: no twins, no status, no other site's subtree.
+
+    ``twin_identity`` (the twin read API) subscribes to exactly ``ems/v1/+/twin/+`` and
+    receives every site's twins; it publishes nothing and has no subtree of its own.
     """
     ingest_role = f"{ingest_identity}-shared-telemetry"
     roles = [_own_subtree(cn) for cn in (*clients, ingest_identity)]
@@ -155,6 +160,11 @@ def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: st
     entries = [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}]} for cn in clients]
     entries.append({"username": ingest_identity, "roles": [{"rolename": f"own-{ingest_identity}", "priority": 0},
                                                            {"rolename": ingest_role, "priority": 0}]})
+    if twin_identity is not None:
+        twin_role = f"{twin_identity}-read-twins"
+        roles.append({"rolename": twin_role, "acls": [
+            _acl("subscribeLiteral", TWIN_SUBSCRIPTION), _acl("publishClientReceive", TWIN_SUBSCRIPTION)]})
+        entries.append({"username": twin_identity, "roles": [{"rolename": twin_role, "priority": 0}]})
     return json.dumps({
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
                              "subscribe": False, "unsubscribe": True},
@@ -186,6 +196,8 @@ class BrokerArgs:
     """The ingest workers' shared-subscription group: only ``ingest_identity`` may join ``$share/<group>/ems/v1/+/telemetry``."""
     clients: tuple[str, ...]
     """Certificate CNs confined to their own subtree ``ems/v1/<CN>/#`` (edge sites, the Modbus bridge); any other CN may do nothing."""
+    twin_identity: str | None = None
+    """Certificate CN of the twin read API: subscribes to and receives ``ems/v1/+/twin/+`` only. Defaults to none (no such client)."""
     dynsec_plugin: str = DYNSEC_PLUGIN
     """Path of ``mosquitto_dynamic_security.so`` in the image. Defaults to the eclipse-mosquitto image's."""
     storage_size: str = "20Gi"
@@ -215,6 +227,10 @@ class MqttBroker(pulumi.ComponentResource):
             if not _IDENTITY.fullmatch(cn) or cn in (RESERVED_IDENTITY, args.ingest_identity) or args.clients.count(cn) > 1:
                 raise ComponentArgsError(name, "clients", cn, f"must be distinct DNS labels other than {RESERVED_IDENTITY!r} "
                                          f"and the ingest identity {args.ingest_identity!r}")
+        if args.twin_identity is not None and (not _IDENTITY.fullmatch(args.twin_identity)
+                                               or args.twin_identity in (RESERVED_IDENTITY, args.ingest_identity, *args.clients)):
+            raise ComponentArgsError(name, "twin_identity", args.twin_identity,
+                                     f"must be a DNS label other than {RESERVED_IDENTITY!r}, the ingest identity and the clients")
         if not _PLUGIN_PATH.fullmatch(args.dynsec_plugin):
             raise ComponentArgsError(name, "dynsec_plugin", args.dynsec_plugin, "must be an absolute path to a .so file, without spaces")
         super().__init__("ems:workloads:MqttBroker", name, None, opts)
@@ -223,7 +239,7 @@ class MqttBroker(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         config = {
             "mosquitto.conf": mosquitto_conf(args.dynsec_plugin),
-            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identity, args.ingest_group),
+            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identity, args.ingest_group, args.twin_identity),
             "acl-plain": plain_acl(),
         }
         conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)

@@ -5,12 +5,13 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | from → to                     | port  |
 |-------------------------------|-------|
 | anywhere → broker             | 8883  |
-| ingest, bridge → broker       | 8883 (egress; mTLS, each with its own certificate identity) |
+| ingest, bridge, twin-api → broker | 8883 (egress; mTLS, each with its own certificate identity) |
 | namespace pods → broker       | 1883 (ingress only: in-namespace tools, read-only by the broker's ACL; no workload has egress to it) |
 | bridge → RS-485 gateways      | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
+| api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``) |
 | anywhere (API server) → adapter | 6443 |
-| ingest, api-gateway, adapter → tsdb | 9090 |
+| ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
 | tsdb → ingest                 | 9100  |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
@@ -26,6 +27,7 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import child, metadata, selector
 from components.settings import ModbusGateway
+from components.twin_api import PORT as TWIN_API_PORT
 
 APP = "network-policy"
 ANYWHERE = [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
@@ -97,11 +99,15 @@ class NetworkPolicies(pulumi.ComponentResource):
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
-               ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter")], "ports": _tcp(9090)}],
+               ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
+                         "ports": _tcp(9090)}],
                egress=[{"to": [_pods("ingest")], "ports": _tcp(9100)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
-               egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}])
+               egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])
+        policy("twin-api", ns, _pods("twin-api")["podSelector"],
+               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)}],
+               egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
         policy("metrics-adapter", ns, _pods("metrics-adapter")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(6443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": ANYWHERE, "ports": _tcp(443, 6443)}])

@@ -1,7 +1,7 @@
 """EmsPlatform: everything the EMS needs inside one Kubernetes cluster, on any provider.
 
 It composes the per-area components (PKI, storage class, TSDB, broker, Modbus bridge,
-ingest + autoscaling, API gateway, NetworkPolicies, RBAC). The caller passes the cluster's
+ingest + autoscaling, twin read API, API gateway, NetworkPolicies, RBAC). The caller passes the cluster's
 Kubernetes provider with ``providers=[provider]``; every child inherits it, so the same
 component runs on EKS, a private cluster, or the local renderer.
 """
@@ -24,6 +24,7 @@ from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import Tsdb, TsdbArgs
+from components.twin_api import PORT as TWIN_API_PORT, TwinApi, TwinApiArgs
 
 AWS_EBS_PARAMETERS = {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"}
 
@@ -56,7 +57,9 @@ class EmsPlatform(pulumi.ComponentResource):
         if args.cloud == "aws" and s.storage_provisioner != "ebs.csi.aws.com":
             raise ComponentArgsError(name, "settings.storage_provisioner", s.storage_provisioner, "must be ebs.csi.aws.com on AWS")
         bridge_site, ingest_identity = f"{s.namespace}-bridge", f"{s.namespace}-ingest"
+        twin_identity = f"{s.namespace}-twin-api"
         for reserved, why in ((bridge_site, "the in-cluster Modbus bridge"), (ingest_identity, "the ingest workers"),
+                              (twin_identity, "the twin read API"),
                               (RESERVED_IDENTITY, "dead letters (ems/v1/deadletter/)")):
             if reserved in s.edge_sites:
                 raise ComponentArgsError(name, "settings.edge_sites", reserved, f"is reserved for {why}")
@@ -100,10 +103,11 @@ class EmsPlatform(pulumi.ComponentResource):
                 ServerCert("api-gateway", s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc",
                            (*s.api_hostnames, *svc_names("api-gateway")), "api-gateway-tls"),
                 ServerCert("metrics-adapter", f"metrics-adapter.{ns_name}.svc", svc_names("metrics-adapter"), "metrics-adapter-tls"),
+                ServerCert("twin-api", f"twin-api.{ns_name}.svc", svc_names("twin-api"), "twin-api-tls"),
             ),
             edge_sites=s.edge_sites,
             # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
-            in_cluster_clients=(ingest_identity, *((bridge_site,) if s.modbus_gateways else ())),
+            in_cluster_clients=(ingest_identity, twin_identity, *((bridge_site,) if s.modbus_gateways else ())),
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
@@ -118,7 +122,7 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
-            ingest_identity=ingest_identity, ingest_group=SHARED_GROUP,
+            ingest_identity=ingest_identity, ingest_group=SHARED_GROUP, twin_identity=twin_identity,
             clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
             storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
@@ -140,9 +144,15 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,
             tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_cert_pem,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        TwinApi(f"{name}-twin", TwinApiArgs(
+            namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
+            mqtt_tls_secret=f"edge-{twin_identity}-tls", server_tls_secret="twin-api-tls",
+            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090",
+        ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
             tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
+            twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(

@@ -3,8 +3,8 @@ Mosquitto with Debian's dynsec plugin (paths and ports rewritten to a temp dir):
 for every workload client, CN = username, a site confined to ems/v1/<its site>/, only the
 ingest identity in the ingest's shared group (a site's attempt refused with SUBACK 135, no
 message lost to it), dead letters written by the ingest, unknown identities refused, 1883
-read-only for anonymous tools — and the generated ingest.toml driving the ingest's own MQTT
-client against it."""
+read-only for anonymous tools, the twin API's identity reading retained twins only — and the
+generated ingest.toml files driving the ingest's own MQTT client against it."""
 
 from __future__ import annotations
 
@@ -25,16 +25,19 @@ import pytest
 
 from components.broker import CONFIG_DIR, MQTT_PORT, MQTTS_PORT, dynsec_config, mosquitto_conf, plain_acl
 from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml
+from components.twin_api import MQTT_TLS_DIR, twin_api_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
-from edge_agent.schema import deadletter_topic, telemetry_subscription, telemetry_topic
+from edge_agent.schema import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
 from ingest.config import parse_config
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
+from ingest.twin_api import TWIN_SUBSCRIPTION, TwinStore
 
 pytestmark = pytest.mark.integration
 
 INGEST = "ems-ingest"            # the platform's ingest identity for namespace "ems"
 BRIDGE = "ems-bridge"
+TWIN = "ems-twin-api"            # the twin read API's identity
 SITES = ("sub-07", "sub-08", "sub-09")    # the stack's edge sites
 REFUSED = 135                    # MQTT v5 PUBACK / SUBACK reason "Not authorized"
 GRANTED_QOS1 = 1
@@ -65,7 +68,7 @@ def _start_broker(tmp_path: Path, pki: LocalPki) -> RunningBroker:
     (tmp_path / "data").mkdir()
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), INGEST, SHARED_GROUP))
+    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), INGEST, SHARED_GROUP, TWIN))
     (config_dir / "acl-plain").write_text(plain_acl())
     conf = (mosquitto_conf(find_dynsec_plugin())
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
@@ -131,9 +134,9 @@ class Peer:
             self.client.subscribe(f, qos=1)
             assert self._subacks.acquire(timeout=5), f"no SUBACK for {f}"
 
-    def publish(self, topic: str, payload: bytes = b"{}") -> int:
+    def publish(self, topic: str, payload: bytes = b"{}", *, retain: bool = False) -> int:
         """Publish QoS 1 and return the broker's PUBACK reason code."""
-        info = self.client.publish(topic, payload, qos=1)
+        info = self.client.publish(topic, payload, qos=1, retain=retain)
         info.wait_for_publish(5)
         return self.acks[info.mid]
 
@@ -396,3 +399,79 @@ def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(
             client.loop(2)
             if not client.is_connected():
                 raise ConnectionRefusedError("not connected")
+
+
+def _twin_api(pki: LocalPki, port: int, tmp_path: Path):
+    """The real twin API (``ingest.twin_api.build``) from the generated twin-api ingest.toml: the
+    twin identity's certificate towards the broker, HTTPS on a free port with the test server certificate."""
+    from components.twin_api import PORT, SERVER_TLS_DIR
+    from ingest.twin_api import build
+
+    pair = pki.client(TWIN)
+    text = (twin_api_toml("localhost", "http://127.0.0.1:9")
+            .replace(f"{MQTT_TLS_DIR}/ca.crt", str(pki.ca)).replace(f"{MQTT_TLS_DIR}/tls.crt", str(pair.cert))
+            .replace(f"{MQTT_TLS_DIR}/tls.key", str(pair.key)).replace(f"port = {MQTTS_PORT}", f"port = {port}")
+            .replace(f"{SERVER_TLS_DIR}/tls.crt", str(pki.server.cert)).replace(f"{SERVER_TLS_DIR}/tls.key", str(pki.server.key))
+            .replace(f"port = {PORT}", f"port = {free_port()}").replace('host = "0.0.0.0"', 'host = "127.0.0.1"'))
+    config = parse_config(tomllib.loads(text), tmp_path)
+    assert config.broker.cert == pair.cert and config.twin_api is not None and config.twin_api.cert == pki.server.cert
+    return build(config)
+
+
+def _get_twin(api, path: str, pki: LocalPki) -> tuple[int, dict]:
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    try:
+        with urllib.request.urlopen(f"https://localhost:{api.port}{path}", context=context, timeout=5) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_the_twin_identity_receives_retained_twins_and_nothing_else(broker, pki: LocalPki, tmp_path: Path) -> None:
+    tls_port, plain_port = broker
+    tool = Peer(pki, plain_port, None, "operator-tool")
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    twin_doc = encode_twin("sub-07", "tx1", 1_700_000_000_000, {"oil_temp": {"value": 61.5, "unit": "Cel", "quality": "good",
+                                                                              "ts_ms": 1_700_000_000_000}})
+    try:
+        tool.subscribe("ems/v1/#")
+        # Retained before the twin API exists: it must get it on subscribe.
+        assert site.publish(twin_topic("sub-07", "tx1"), twin_doc, retain=True) == 0
+        assert site.publish(telemetry_topic("sub-07"), b"reading") == 0
+        with _twin_api(pki, tls_port, tmp_path) as api:
+            deadline = time.monotonic() + 10
+            while (got := _get_twin(api, "/v1/assets/sub-07/tx1", pki))[0] != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert got == (200, {**json.loads(twin_doc), "received_ms": got[1].get("received_ms")})
+            assert _get_twin(api, "/healthz", pki) == (200, {"status": "ok"})
+            assert api.store.rejected == 0
+
+        spy = Peer(pki, tls_port, TWIN, "ems-twin-api-spy")
+        try:
+            # Exactly the twin filter: not telemetry, status, dead letters, a wider or narrower twin filter, or a share.
+            spy.subscribe(telemetry_subscription(), telemetry_subscription(SHARED_GROUP), "ems/v1/#", "ems/v1/sub-07/status",
+                          deadletter_topic("#"), "ems/v1/+/twin/#", "ems/v1/sub-07/twin/+", f"$share/twins/{TWIN_SUBSCRIPTION}",
+                          f"ems/v1/{TWIN}/#", TWIN_SUBSCRIPTION)
+            assert spy.granted == [REFUSED] * 9 + [GRANTED_QOS1]
+            assert site.publish(telemetry_topic("sub-07"), b"reading") == 0
+            assert site.publish("ems/v1/sub-07/status") == 0
+            assert _publish_once(pki, tls_port, "sub-07", twin_topic("sub-08", "tx2")) == REFUSED   # only its own twins
+            assert site.publish(twin_topic("sub-07", "tx2"), b"marker") == 0
+            # The retained twin, then the marker twin: no telemetry or status in between.
+            assert spy.topics_until(twin_topic("sub-07", "tx2")) == [twin_topic("sub-07", "tx1"), twin_topic("sub-07", "tx2")]
+        finally:
+            spy.close()
+        # No publish at all: not a twin (retained or not), not telemetry, not dead letters, not a subtree of its own.
+        for topic in (twin_topic("sub-07", "tx1"), telemetry_topic("sub-07"), deadletter_topic("bad_json"), f"ems/v1/{TWIN}/x"):
+            assert _publish_once(pki, tls_port, TWIN, topic) == REFUSED, topic
+        assert site.publish("ems/v1/sub-07/marker") == 0
+        assert tool.topics_until("ems/v1/sub-07/marker") == [
+            twin_topic("sub-07", "tx1"), telemetry_topic("sub-07"), telemetry_topic("sub-07"), "ems/v1/sub-07/status",
+            twin_topic("sub-07", "tx2"), "ems/v1/sub-07/marker"]
+    finally:
+        for peer in (site, tool):
+            peer.close()

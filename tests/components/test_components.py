@@ -29,6 +29,7 @@ from components.k8s_common import ComponentArgsError  # noqa: E402
 from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs  # noqa: E402
 from components.pki import Pki, PkiArgs, ServerCert  # noqa: E402
 from components.settings import DEFAULT_NODE_GROUPS, ModbusGateway, NodeGroupSettings  # noqa: E402
+from components.twin_api import TwinApi, TwinApiArgs, twin_api_toml  # noqa: E402
 
 SERVER = ServerCert("broker", "broker.ems.svc", ("broker.ems.svc",), "broker-tls")
 
@@ -252,3 +253,64 @@ def test_bridge_needs_a_gateway() -> None:
     with pytest.raises(ComponentArgsError, match=r"^bridge: gateways must list at least one RS-485 gateway \(got \(\)\)$"):
         ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
                                                 broker_host="broker", tls_secret="t", storage_class="sc"))
+
+
+TWIN_ARGS = dict(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker.ems.svc.cluster.local",
+                 mqtt_tls_secret="edge-ems-twin-api-tls", server_tls_secret="twin-api-tls", tsdb_url="http://tsdb:9090")
+
+
+def test_twin_api_rejects_zero_replicas() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^twin: replicas must be at least 1 \(got 0\)$"):
+        TwinApi("twin", TwinApiArgs(**TWIN_ARGS, replicas=0))  # type: ignore[arg-type]
+    assert MOCKS.resources == []
+
+
+def test_twin_api_config_is_checked_with_the_ingest_parser() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^twin: ingest\.toml is invalid \(got \"tsdb\.remote_write_url: must be an "
+                                                 r"http:// or https:// URL with a host \(got 'ftp://tsdb/api/v1/write'\)\"\)$"):
+        TwinApi("twin", TwinApiArgs(**{**TWIN_ARGS, "tsdb_url": "ftp://tsdb"}))  # type: ignore[arg-type]
+    assert MOCKS.resources == []
+
+
+def test_twin_api_children_and_outputs() -> None:
+    got: list[object] = []
+
+    def build():
+        provider = k8s.Provider("k", render_yaml_to_directory="out/test")
+        api = TwinApi("twin", TwinApiArgs(**TWIN_ARGS), opts=pulumi.ResourceOptions(providers=[provider]))  # type: ignore[arg-type]
+        return pulumi.Output.all(api.service_name, api.deployment_name).apply(got.append)
+
+    run(build)
+    assert got == [["twin-api", "twin-api"]]
+    children = [r for r in MOCKS.resources if r.typ.startswith("kubernetes:") and r.typ != "pulumi:providers:kubernetes"]
+    assert sorted(r.typ for r in children) == sorted([
+        "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Service",
+        "kubernetes:apps/v1:Deployment", "kubernetes:policy/v1:PodDisruptionBudget"])
+    # Parented: every child inherits the component's provider.
+    assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in children), [r.urn for r in children]
+    [deploy] = MOCKS.of_type("kubernetes:apps/v1:Deployment")
+    [conf] = MOCKS.of_type("kubernetes:core/v1:ConfigMap")
+    assert conf.inputs["data"]["ingest.toml"] == twin_api_toml(TWIN_ARGS["broker_host"], "http://tsdb:9090")
+    assert deploy.inputs["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/x/ingest:1"
+
+
+@pytest.mark.parametrize("identity", ["ems-ingest", "s1", "deadletter", "Twin", "ems-twin-api\nuser x"])
+def test_broker_rejects_a_twin_identity_that_collides_or_is_not_a_label(identity: str) -> None:
+    with pytest.raises(ComponentArgsError, match=r"^broker: twin_identity must be a DNS label other than 'deadletter', the ingest "
+                                                 r"identity and the clients \(got "):
+        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
+                                        ingest_identity="ems-ingest", ingest_group="ems-ingest", clients=("s1",),
+                                        twin_identity=identity))
+    assert MOCKS.resources == []
+
+
+def test_envoy_without_a_twin_api_has_no_twin_route_or_cluster() -> None:
+    import yaml
+
+    from components.api_gateway import envoy_config
+
+    with_twin = yaml.safe_load(envoy_config("tsdb", 9090, "twin-api.ems.svc.cluster.local", 8443))
+    without = yaml.safe_load(envoy_config("tsdb", 9090))
+    assert [c["name"] for c in with_twin["static_resources"]["clusters"]] == ["tsdb", "twin_api"]
+    assert [c["name"] for c in without["static_resources"]["clusters"]] == ["tsdb"]
+    assert "/v1/" not in envoy_config("tsdb", 9090).replace("/api/v1/", "")

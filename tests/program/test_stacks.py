@@ -62,7 +62,7 @@ def test_no_external_service_on_1883_or_502(name: str) -> None:
         ports = {p["port"] for p in spec["ports"]}
         if spec.get("type") in ("LoadBalancer", "NodePort"):
             assert ports <= {8883, 443}, f"{svc.urn}: external ports {ports}"
-        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53}, f"{svc.urn}: {ports}"
+        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443}, f"{svc.urn}: {ports}"
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)
@@ -318,7 +318,7 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     # No workload talks plain MQTT: the listener is left to in-namespace tools.
     assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == set()
     mqtts = {name: rule for name, rule, port in _rules(ev, "egress") if port == 8883}
-    assert set(mqtts) == {"ingest", "modbus-bridge"}
+    assert set(mqtts) == {"ingest", "modbus-bridge", "twin-api"}
     [broker] = [w for w in workloads(ev) if w.inputs["metadata"]["name"] == "broker"]
     for rule in mqtts.values():
         [peer] = rule["to"]
@@ -363,11 +363,12 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     grants = {c["username"]: [(a["acltype"], a["topic"]) for r in c["roles"] for a in roles[r["rolename"]]] for c in dynsec["clients"]}
     sites = json.loads(evaluate_config(name)["ems:edgeSites"])
     bridge = [f"{ns}-bridge"] if evaluate_config(name).get("ems:modbusGateways") else []
-    assert sorted(grants) == sorted([*sites, *bridge, identity])
+    assert sorted(grants) == sorted([*sites, *bridge, identity, f"{ns}-twin-api"])
     own = lambda cn: [(kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]  # noqa: E731
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
     assert grants[identity] == [*own(identity), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
                                 ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
+    assert grants[f"{ns}-twin-api"] == [("subscribeLiteral", "ems/v1/+/twin/+"), ("publishClientReceive", "ems/v1/+/twin/+")]
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
     [sts] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "broker"]
     assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == config_hash(data)
@@ -376,7 +377,7 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
 
 
-@pytest.mark.parametrize("site", ["ems-ingest", "ems-bridge", "deadletter"])
+@pytest.mark.parametrize("site", ["ems-ingest", "ems-bridge", "ems-twin-api", "deadletter"])
 def test_reserved_identities_are_not_edge_sites(site: str) -> None:
     with pytest.raises(Exception, match=rf"settings\.edge_sites .*\(got '{site}'\)"):
         evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
@@ -388,7 +389,7 @@ def test_without_gateways_there_is_no_bridge() -> None:
     assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
     [dynsec] = [json.loads(c.inputs["data"]["dynamic-security.json"]) for c in ev.of_type("kubernetes:core/v1:ConfigMap")
                 if c.inputs["metadata"]["name"] == "broker-config"]
-    assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest"]
+    assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest", "ems-twin-api"]
     assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
 
 
@@ -409,3 +410,104 @@ def test_a_plain_text_secret_is_rejected() -> None:
 
     with pytest.raises(pulumi.RunError, match=r"^ems:kubeconfig: \(hidden\) must be stored as a secret: pulumi config set --secret ems:kubeconfig$"):
         evaluate_stack("private-dc1", {"ems:kubeconfig": "apiVersion: v1"})
+
+
+def _named(ev: Evaluation, typ: str, name: str) -> Registered:
+    [found] = [r for r in ev.of_type(typ) if r.inputs["metadata"]["name"] == name]
+    return found
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
+    import re
+    import tomllib
+
+    import yaml
+
+    from ingest.config import parse_config
+
+    ev, config = stack(name), evaluate_config(name)
+    ns = config.get("ems:namespace", "ems")
+    host, identity = f"twin-api.{ns}.svc.cluster.local", f"{ns}-twin-api"
+    # The Deployment: the ingest image running `ems-ingest twin-api`, hardened, two replicas, its own SA without a token.
+    deploy = _named(ev, "kubernetes:apps/v1:Deployment", "twin-api")
+    [ingest] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "ingest"]
+    pod = deploy.inputs["spec"]["template"]["spec"]
+    [c] = pod["containers"]
+    assert c["image"] == ingest.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert c["args"] == ["twin-api", "--config", "/etc/ems/twin-api/ingest.toml"] and "command" not in c
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert {k: c["securityContext"][k] for k in HARDENING} == HARDENING and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8443, "scheme": "HTTPS"}
+    assert pod["automountServiceAccountToken"] is False and deploy.inputs["spec"]["replicas"] == 2
+    sa = _named(ev, "kubernetes:core/v1:ServiceAccount", "twin-api")
+    assert sa.inputs["automountServiceAccountToken"] is False
+    # Mounts: config read-only, the broker client identity and the server certificate as 0440 Secrets, /tmp writable.
+    mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in c["volumeMounts"]}
+    assert mounts == {"/etc/ems/twin-api": ("config", True), "/etc/ems/mqtt-tls": ("mqtt-tls", True),
+                      "/etc/ems/server-tls": ("server-tls", True), "/tmp": ("tmp", False)}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["mqtt-tls"]["secret"] == {"secretName": f"edge-{identity}-tls", "defaultMode": 0o440}
+    assert volumes["server-tls"]["secret"] == {"secretName": "twin-api-tls", "defaultMode": 0o440}
+    pdb = _named(ev, "kubernetes:policy/v1:PodDisruptionBudget", "twin-api")
+    assert pdb.inputs["spec"]["selector"]["matchLabels"] == deploy.inputs["spec"]["selector"]["matchLabels"]
+    # Its config, read back with the ingest's own parser: mTLS to the broker, HTTPS on 8443 with the mounted files.
+    conf = _named(ev, "kubernetes:core/v1:ConfigMap", "twin-api-config")
+    parsed = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False)
+    assert (parsed.broker.tls, parsed.broker.port, parsed.broker.host) == (True, 8883, f"broker.{ns}.svc.cluster.local")
+    assert str(parsed.broker.cert) == "/etc/ems/mqtt-tls/tls.crt" and str(parsed.broker.ca) == "/etc/ems/mqtt-tls/ca.crt"
+    assert parsed.twin_api is not None and parsed.twin_api.port == 8443
+    assert (str(parsed.twin_api.cert), str(parsed.twin_api.key)) == ("/etc/ems/server-tls/tls.crt", "/etc/ems/server-tls/tls.key")
+    assert parsed.tsdb.query_url == f"http://tsdb.{ns}.svc.cluster.local:9090"
+    # Certificates: a client identity (client_auth) and a server certificate naming the host Envoy connects to.
+    [client_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == identity]
+    [client_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == client_csr.name.replace("-csr", "-cert")]
+    assert "client_auth" in client_cert.inputs["allowedUses"] and "server_auth" not in client_cert.inputs["allowedUses"]
+    [server_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.name.endswith("-pki-twin-api-csr")]
+    assert host in server_csr.inputs["dnsNames"]
+    [server_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == server_csr.name.replace("-csr", "-cert")]
+    assert "server_auth" in server_cert.inputs["allowedUses"]
+    assert _named(ev, "kubernetes:core/v1:Secret", "twin-api-tls").inputs["type"] == "kubernetes.io/tls"
+    # The Service: ClusterIP only, 8443, selecting the Deployment's pods.
+    svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
+    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
+    assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
+    # The gateway routes the twin paths (and nothing else) to it over TLS that verifies the CA and the name.
+    envoy = yaml.safe_load(_named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["envoy.yaml"])
+    routes = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
+        "virtual_hosts"][0]["routes"]
+    def target(path: str) -> str | None:
+        for route in routes:
+            match = route["match"]
+            if match.get("path") == path or ("safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path)):
+                return route.get("route", {}).get("cluster", "direct")
+        return None
+    assert [target(p) for p in ("/v1/assets/sub-07/tx1", "/v1/assets/sub-07", "/v1/query", "/api/v1/query", "/healthz")] == \
+        ["twin_api", "twin_api", "twin_api", "tsdb", "direct"]
+    assert [target(p) for p in ("/v1/assets", "/v1/assets/a/b/c", "/v1/admin", "/api/v1/write")] == [None] * 4
+    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "twin_api"]
+    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
+        {"address": host, "port_value": 8443}
+    tls = cluster["transport_socket"]["typed_config"]
+    assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == host
+    assert tls["common_tls_context"]["validation_context"] == {
+        "trusted_ca": {"filename": "/etc/envoy/tls/ca.crt"},
+        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}]}
+    gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
+    gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
+    assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
+    # NetworkPolicies: gateway → twin-api 8443 only; twin-api → broker 8883 and tsdb 9090; nothing else in or out.
+    policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                if p.inputs["metadata"]["namespace"] == ns}
+    selecting = [n for n, s in policies.items() if s["podSelector"] and selects(s["podSelector"], pod_labels(deploy))]
+    assert selecting == ["twin-api"]
+    twin_policy = policies["twin-api"]
+    peer = lambda rule: [(selects(p["podSelector"], pod_labels(gateway)), p) for p in rule["from" if "from" in rule else "to"]]  # noqa: E731
+    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [([{"protocol": "TCP", "port": 8443}], [True])]
+    egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in r["to"]]) for r in twin_policy["egress"]]
+    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"])]
+    assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
+            "ports": [{"protocol": "TCP", "port": 8443}]} in policies["api-gateway"]["egress"]
+    [tsdb_in] = policies["tsdb"]["ingress"]
+    assert any(selects(p["podSelector"], pod_labels(deploy)) for p in tsdb_in["from"])

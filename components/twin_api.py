@@ -1,0 +1,148 @@
+"""The digital-twin read API (``ems-ingest twin-api``) behind the API gateway.
+
+A Deployment of the ingest image serving HTTPS on the internal port :data:`PORT` (the policy
+pack's named internal port ``twin-api``): ``GET /v1/assets/<site>[/<asset>]`` from the
+retained twin topics ``ems/v1/<site>/twin/<asset>`` and ``GET /v1/query`` passed through to
+the TSDB. Only Envoy reaches it (NetworkPolicy), over TLS that verifies the platform CA and
+the Service's DNS name; the server certificate (``server_tls_secret``) names the Service.
+
+It subscribes to the broker over mTLS on 8883 with its own client identity
+(``mqtt_tls_secret``, CN = the broker's twin identity, which may subscribe to and receive
+``ems/v1/+/twin/+`` and nothing else). Each replica subscribes with a clean session and gets
+every retained twin on (re)connect, so replicas are stateless and interchangeable; the client
+id is the ingest's default ``ems-twin-api-<pod name>``. ``/healthz`` answers 503 until the
+subscription stands, so a pod takes traffic only once it holds the twins.
+
+Its ``ingest.toml`` is generated here and checked with the ingest's own parser. The parser
+requires ``[tsdb] remote_write_url`` and ``[state] dir`` for every command; ``twin-api`` writes
+to neither (it only reads ``tsdb.query_url``), so they point at the TSDB's write endpoint and
+an emptyDir.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_kubernetes as k8s
+
+from components.k8s_common import (
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
+    secret_volume, selector, template_metadata,
+)
+
+APP = "twin-api"
+PORT = 8443
+"""HTTPS port of the twin API (policy config ``internalPorts["twin-api"]``)."""
+MQTTS_PORT = 8883
+CONFIG_DIR = "/etc/ems/twin-api"
+MQTT_TLS_DIR = "/etc/ems/mqtt-tls"      # client identity towards the broker
+SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
+UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never written by twin-api
+
+
+def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
+    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``.
+
+    No client ids: the ingest's default (``ems-twin-api-<hostname>``) differs per pod.
+    """
+    q = json.dumps
+    base = tsdb_url.rstrip("/")
+    return "\n".join([
+        "[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
+        f"ca = {q(MQTT_TLS_DIR + '/ca.crt')}", f"cert = {q(MQTT_TLS_DIR + '/tls.crt')}", f"key = {q(MQTT_TLS_DIR + '/tls.key')}", "",
+        "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
+        "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
+        "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
+        f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
+    ])
+
+
+def validate_twin_api_toml(name: str, text: str) -> None:
+    """Check the generated file with the ingest's own parser, as ``ems-ingest twin-api`` will."""
+    from ingest.config import parse_config
+    from ingest.errors import ConfigError
+
+    try:
+        config = parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
+    except ConfigError as exc:
+        raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
+    if config.twin_api is None or config.twin_api.port != PORT:
+        raise ComponentArgsError(name, "ingest.toml", text, f"must serve [twin_api] on {PORT}")
+
+
+@dataclass(frozen=True)
+class TwinApiArgs:
+    namespace: pulumi.Input[str]
+    """Namespace of every object."""
+    image: str
+    """Ingest image (it carries ``ems-ingest``) with an explicit tag."""
+    broker_host: str
+    """Broker Service DNS name (mTLS on 8883); must be one of the broker certificate's DNS SANs."""
+    mqtt_tls_secret: pulumi.Input[str]
+    """``kubernetes.io/tls`` Secret with the twin identity's client certificate (tls.crt, tls.key, ca.crt)."""
+    server_tls_secret: pulumi.Input[str]
+    """``kubernetes.io/tls`` Secret with the API's server certificate (SANs: the ``twin-api`` Service's DNS names)."""
+    tsdb_url: str
+    """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
+    replicas: int = 2
+    """Replicas (each holds every twin). Defaults to 2."""
+    resources: Resources = Resources("50m", "64Mi", "500m", "256Mi")
+    """Container requests/limits. Defaults to 50m/64Mi, limits 0.5 CPU/256Mi."""
+
+
+class TwinApi(pulumi.ComponentResource):
+    """Deployment, config, ClusterIP Service on :data:`PORT`, ServiceAccount and PodDisruptionBudget of the twin API."""
+
+    service_name: pulumi.Output[str]
+    deployment_name: pulumi.Output[str]
+
+    def __init__(self, name: str, args: TwinApiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.replicas < 1:
+            raise ComponentArgsError(name, "replicas", args.replicas, "must be at least 1")
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url)
+        validate_twin_api_toml(name, conf_text)
+        super().__init__("ems:workloads:TwinApi", name, None, opts)
+        o = child(self)
+        ns = args.namespace
+        sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
+                                     data={"ingest.toml": conf_text}, opts=o)
+        svc = k8s.core.v1.Service(
+            f"{name}-svc", metadata=metadata(APP, ns, APP),
+            spec={"type": "ClusterIP", "selector": selector(APP),
+                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
+            opts=o,
+        )
+        api = container(
+            "twin-api", args.image, args.resources,
+            args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
+            ports=[("https", PORT)],
+            mounts=[("config", CONFIG_DIR), ("mqtt-tls", MQTT_TLS_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
+            writable=["tmp"],
+            probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
+        )
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deploy", metadata=metadata(APP, ns, APP),
+            spec={
+                "replicas": args.replicas,
+                "selector": {"matchLabels": selector(APP)},
+                "template": {
+                    "metadata": template_metadata(APP, [api]),
+                    "spec": pod_spec([api], service_account=sa.metadata.name, spread_app=APP,
+                                     volumes=[config_volume("config", conf.metadata.name),
+                                              secret_volume("mqtt-tls", args.mqtt_tls_secret),
+                                              secret_volume("server-tls", args.server_tls_secret), empty_dir("tmp")]),
+                },
+            },
+            opts=o,
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb", metadata=metadata(APP, ns, APP),
+            spec={"minAvailable": 1, "selector": {"matchLabels": selector(APP)}}, opts=o,
+        )
+        self.service_name = svc.metadata.name
+        self.deployment_name = deployment.metadata.name
+        self.register_outputs({"service_name": self.service_name, "deployment_name": self.deployment_name})
