@@ -242,6 +242,9 @@ def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[i
             twin = json.load(resp)
         points = ", ".join(f"{p}={v.get('value')}" for p, v in sorted(twin["points"].items()))
         print(f"twin API> GET /v1/assets/sub-07/tx1 → {points}")
+        thermal = twin.get("thermal")
+        if thermal:
+            print("           thermal model → " + ", ".join(f"{k}={v}" for k, v in sorted(thermal.items())))
         q = urllib.parse.urlencode({"query": 'count(ems_reading{site="sub-07"})'})
         with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/query?{q}", context=context,
                                     timeout=5) as resp:

@@ -192,10 +192,17 @@ def ageing_rate(hot_spot: float, paper: str = "non_upgraded") -> float:
     raise ValueError(f"paper must be one of {', '.join(PAPERS)} (got {paper!r})")
 
 
-def start(params: ThermalParams, k: float, ambient: float, t_ms: int, *,
+def start(params: ThermalParams, k: float, ambient: float, t_ms: int, *, measured_top_oil: float | None = None,
           loss_of_life_h: float = 0.0, since_ms: int | None = None, restarts: int = 0) -> ThermalState:
-    """A state in the steady state of (``k``, ``ambient``) at ``t_ms``; loss of life counted from ``since_ms``."""
+    """A state in the steady state of (``k``, ``ambient``) at ``t_ms``; loss of life counted from ``since_ms``.
+
+    With ``measured_top_oil`` the top-oil state starts from that measurement instead of the
+    steady state: a transformer is rarely in equilibrium when its agent starts, and starting
+    from the steady state would show a residual that is only the model's own start-up error.
+    """
     top_oil, dh1, dh2 = _ultimate(params, abs(k), ambient)
+    if measured_top_oil is not None:
+        top_oil = measured_top_oil
     return ThermalState(t_ms=int(t_ms), top_oil=top_oil, dh1=dh1, dh2=dh2, loss_of_life_h=loss_of_life_h,
                         since_ms=int(t_ms) if since_ms is None else since_ms, restarts=restarts)
 

@@ -20,7 +20,8 @@ a value holds until the next report); then a load or ambient reading becomes
 the new input. Only ``good`` readings are inputs; a load factor above
 ``MAX_LOAD_FACTOR`` or an ambient outside -70..80 °C is refused (logged once)
 and, like a ``device_error``, leaves the input unknown: the model waits. The
-model starts in the steady state of its first inputs. Its state is part of the
+model starts from the latest good measured top-oil when the asset has that point
+(else in the steady state of its first inputs). Its state is part of the
 cache, so it survives restarts. The payload gains ``thermal``::
 
     {"load_factor": 0.86, "top_oil_degC": 54.31, "hot_spot_degC": 74.02, "ageing_rate": 0.1523,
@@ -64,6 +65,7 @@ class _ThermalRun:
         self.state: thermal.ThermalState | None = None
         self.load_factor: float | None = None
         self.ambient: float | None = None
+        self.top_oil: float | None = None       # the latest good measured top-oil, when the asset has one
         self.refused: set[str] = set()
 
     def to_json(self) -> dict[str, Any]:
@@ -87,13 +89,16 @@ class _ThermalRun:
             k = abs(value) / cfg.rated_load if value is not None else None
             self.load_factor = self._check(reading, k, k is not None and k <= thermal.MAX_LOAD_FACTOR,
                                            f"a load factor above {thermal.MAX_LOAD_FACTOR:g}")
+        elif reading.point == cfg.top_oil_point:
+            self.top_oil = self._usable(reading)
         elif reading.point == cfg.ambient_point:
             value = self._usable(reading)
             low, high = AMBIENT_RANGE
             self.ambient = self._check(reading, value, value is not None and low <= value <= high,
                                        f"outside {low:g}..{high:g} degC")
         if self.state is None and self.load_factor is not None and self.ambient is not None:
-            self.state = thermal.start(cfg.params, self.load_factor, self.ambient, reading.ts_ms)
+            self.state = thermal.start(cfg.params, self.load_factor, self.ambient, reading.ts_ms,
+                                       measured_top_oil=self.top_oil)
 
     @staticmethod
     def _usable(reading: Reading) -> float | None:

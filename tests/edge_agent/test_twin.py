@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -101,20 +102,35 @@ def _p(seq: int, point: str, value: float | None, ts_ms: int, quality: str = "go
 
 def test_thermal_asset_twin_carries_the_thermal_block(tmp_path: Path) -> None:
     twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
-    twin.update(_p(1, "oil_temp", 60.0, 0))
-    assert "thermal" not in json.loads(twin.payload("tx1"))           # no load and ambient yet: no estimate
-    twin.update(_p(2, "load", 2.0, 0))                                  # K = 1
-    twin.update(_p(3, "ambient_temp", 20.0, 0))
+    twin.update(_p(1, "load", 2.0, 0))                                  # K = 1
+    assert "thermal" not in json.loads(twin.payload("tx1"))           # no ambient yet: no estimate
+    twin.update(_p(2, "ambient_temp", 20.0, 0))
     body = json.loads(twin.payload("tx1"))
+    # No measured top-oil to start from: the estimate starts in the steady state (98 °C hot-spot, V = 1).
     assert body["thermal"] == {"load_factor": 1.0, "top_oil_degC": 75.0, "hot_spot_degC": 98.0, "ageing_rate": 1.0,
-                               "loss_of_life_h": 0.0, "since_ms": 0, "updated_ms": 0, "restarts": 0,
-                               "top_oil_residual_K": -15.0}
+                               "loss_of_life_h": 0.0, "since_ms": 0, "updated_ms": 0, "restarts": 0}
     assert body["points"]["load"]["value"] == 2.0                       # the points are still there
     # Ten minutes at rated load and 20 °C: steady, V = 1 → ten minutes of normal ageing.
-    twin.update(_p(4, "oil_temp", 74.0, 10 * MIN))
+    twin.update(_p(3, "oil_temp", 74.0, 10 * MIN))
     thermal = json.loads(twin.payload("tx1"))["thermal"]
     assert (thermal["top_oil_degC"], thermal["updated_ms"], thermal["top_oil_residual_K"]) == (75.0, 10 * MIN, -1.0)
     assert thermal["loss_of_life_h"] == pytest.approx(10 / 60, abs=1e-4)
+
+
+def test_a_measured_top_oil_is_the_starting_point(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "oil_temp", 60.0, 0))                             # the transformer is cooler than steady
+    twin.update(_p(2, "load", 2.0, 0))                                  # K = 1
+    twin.update(_p(3, "ambient_temp", 20.0, 0))
+    first = twin.thermal("tx1")
+    assert first is not None and (first["top_oil_degC"], first["top_oil_residual_K"]) == (60.0, 0.0)
+    # At constant K the top-oil estimate approaches its steady state (75 °C) exponentially with k11·τo.
+    twin.update(_p(4, "oil_temp", 61.0, 10 * MIN))
+    later = twin.thermal("tx1")
+    tau_min = TX1.params.k11 * TX1.params.oil_time_constant_min
+    expected = 75.0 - 15.0 * math.exp(-10.0 / tau_min)
+    assert later is not None and later["top_oil_degC"] == pytest.approx(expected, abs=0.05)
+    assert later["top_oil_residual_K"] == pytest.approx(61.0 - expected, abs=0.05)
 
 
 def test_a_load_step_moves_the_twin_estimate_gradually(tmp_path: Path) -> None:
