@@ -212,18 +212,24 @@ def _ingress_backend_ports(spec: Any) -> Iterator[tuple[str, Any]]:
             yield f"spec.rules[{r}].http.paths[{p}].backend", get(path, "backend")
 
 
-def _gateway(res: Resource, obj: Any, external: set[int]) -> Iterator[str]:
-    listeners = elements(dig(obj, "spec", "listeners"))
+def _listener_ports(res: Resource, listeners: Any, path: str, port_key: str, allowed: set[int],
+                    rule: str) -> Iterator[str]:
+    """Each listener's ``port_key`` must be in ``allowed``; ``rule`` ends the violation message."""
     if listeners is UNKNOWN:
-        yield unknown_message(res.subject, "spec.listeners")
+        yield unknown_message(res.subject, path)
         return
     for i, listener in enumerate(listeners):
-        port = as_int(get(listener, "port"))
+        where = f"{path}[{i}].{port_key}"
+        port = as_int(get(listener, port_key))
         if port is UNKNOWN:
-            yield unknown_message(res.subject, f"spec.listeners[{i}].port")
-        elif port not in external:
-            yield (f"{res.subject}: spec.listeners[{i}].port is {port}; a Gateway may only expose "
-                   f"{sorted(external)}.")
+            yield unknown_message(res.subject, where)
+        elif port not in allowed:
+            yield f"{res.subject}: {where} is {port}; {rule}"
+
+
+def _gateway(res: Resource, obj: Any, external: set[int]) -> Iterator[str]:
+    yield from _listener_ports(res, elements(dig(obj, "spec", "listeners")), "spec.listeners", "port", external,
+                               f"a Gateway may only expose {sorted(external)}.")
 
 
 def _ingress(res: Resource, cfg: dict) -> Iterator[str]:
@@ -477,25 +483,15 @@ global_accelerator_listener_ports = resource_policy(
 
 def _lb_listener(res: Resource, cfg: dict) -> Iterator[str]:
     allowed = _int_set(cfg.get("externalPorts"))
+    rule = f"load balancer listeners may only accept {sorted(allowed)} (1883/502 never leave the cluster)."
     if res.resource_type == "aws:elb/loadBalancer:LoadBalancer":
-        listeners = elements(get(res.props, "listeners"))
-        if listeners is UNKNOWN:
-            yield unknown_message(res.subject, "listeners")
-            return
-        for i, listener in enumerate(listeners):
-            port = as_int(get(listener, "lbPort"))
-            if port is UNKNOWN:
-                yield unknown_message(res.subject, f"listeners[{i}].lbPort")
-            elif port not in allowed:
-                yield (f"{res.subject}: listeners[{i}].lbPort is {port}; load balancer listeners may only accept "
-                       f"{sorted(allowed)} (1883/502 never leave the cluster).")
+        yield from _listener_ports(res, elements(get(res.props, "listeners")), "listeners", "lbPort", allowed, rule)
         return
     port = as_int(get(res.props, "port"))
     if port is UNKNOWN:
         yield unknown_message(res.subject, "port")
     elif port not in allowed:
-        yield (f"{res.subject}: port is {port}; load balancer listeners may only accept {sorted(allowed)} "
-               "(1883/502 never leave the cluster).")
+        yield f"{res.subject}: port is {port}; {rule}"
 
 
 lb_listener_ports = resource_policy(
