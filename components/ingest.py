@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import tomllib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -37,6 +38,9 @@ from components.k8s_common import (
     THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels, metadata,
     pod_spec, secret_volume, selector, template_metadata,
 )
+
+if TYPE_CHECKING:                      # the parser is imported lazily: only validation needs it
+    from ingest.config import IngestConfig
 
 APP = "ingest"
 METRICS_PORT = 9100
@@ -50,6 +54,14 @@ SHARED_GROUP = "ems-ingest"
 """The workers' shared-subscription group: ``$share/ems-ingest/ems/v1/+/telemetry`` (the broker lets only the ingest identity join it)."""
 
 
+def mtls_broker_section(broker_host: str, tls_dir: str) -> list[str]:
+    """The ``[broker]`` lines of an in-cluster ``ems-ingest`` config: mTLS on 8883 with the
+    ``kubernetes.io/tls`` Secret mounted at ``tls_dir`` (ca.crt, tls.crt, tls.key)."""
+    q = json.dumps
+    return ["[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
+            f"ca = {q(tls_dir + '/ca.crt')}", f"cert = {q(tls_dir + '/tls.crt')}", f"key = {q(tls_dir + '/tls.key')}"]
+
+
 def ingest_toml(broker_host: str, remote_write_url: str) -> str:
     """The workers' ingest.toml: mTLS to the broker on 8883 (files from the mounted Secret), remote write to the TSDB.
 
@@ -58,8 +70,7 @@ def ingest_toml(broker_host: str, remote_write_url: str) -> str:
     """
     q = json.dumps
     return "\n".join([
-        "[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
-        f"ca = {q(TLS_DIR + '/ca.crt')}", f"cert = {q(TLS_DIR + '/tls.crt')}", f"key = {q(TLS_DIR + '/tls.key')}",
+        *mtls_broker_section(broker_host, TLS_DIR),
         f"group = {q(SHARED_GROUP)}", "",
         "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
         "[state]", f"dir = {q(STATE_DIR)}", "",
@@ -67,13 +78,13 @@ def ingest_toml(broker_host: str, remote_write_url: str) -> str:
     ])
 
 
-def validate_ingest_toml(name: str, text: str) -> None:
-    """Check the generated file with the ingest's own parser (one source of truth)."""
+def validate_ingest_toml(name: str, text: str) -> IngestConfig:
+    """Check a generated file with the ingest's own parser (one source of truth); returns the parsed config."""
     from ingest.config import parse_config
     from ingest.errors import ConfigError
 
     try:
-        parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
+        return parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
     except ConfigError as exc:
         raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
 SYSCTLS = {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}

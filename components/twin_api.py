@@ -22,12 +22,12 @@ an emptyDir.
 from __future__ import annotations
 
 import json
-import tomllib
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.ingest import mtls_broker_section, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
     secret_volume, selector, template_metadata,
@@ -36,7 +36,6 @@ from components.k8s_common import (
 APP = "twin-api"
 PORT = 8443
 """HTTPS port of the twin API (policy config ``internalPorts["twin-api"]``)."""
-MQTTS_PORT = 8883
 CONFIG_DIR = "/etc/ems/twin-api"
 MQTT_TLS_DIR = "/etc/ems/mqtt-tls"      # client identity towards the broker
 SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
@@ -51,8 +50,7 @@ def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
     q = json.dumps
     base = tsdb_url.rstrip("/")
     return "\n".join([
-        "[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
-        f"ca = {q(MQTT_TLS_DIR + '/ca.crt')}", f"cert = {q(MQTT_TLS_DIR + '/tls.crt')}", f"key = {q(MQTT_TLS_DIR + '/tls.key')}", "",
+        *mtls_broker_section(broker_host, MQTT_TLS_DIR), "",
         "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
@@ -62,13 +60,7 @@ def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
 
 def validate_twin_api_toml(name: str, text: str) -> None:
     """Check the generated file with the ingest's own parser, as ``ems-ingest twin-api`` will."""
-    from ingest.config import parse_config
-    from ingest.errors import ConfigError
-
-    try:
-        config = parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
-    except ConfigError as exc:
-        raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
+    config = validate_ingest_toml(name, text)
     if config.twin_api is None or config.twin_api.port != PORT:
         raise ComponentArgsError(name, "ingest.toml", text, f"must serve [twin_api] on {PORT}")
 
