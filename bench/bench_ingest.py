@@ -30,7 +30,7 @@ from devenv.demo_pipeline import IngestProcess
 from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
-from edge_agent.schema import Reading, encode_batch, telemetry_topic
+from ems_contract.telemetry import Reading, encode_batch, telemetry_topic
 
 _CLK = os.sysconf("SC_CLK_TCK")
 

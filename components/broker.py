@@ -60,8 +60,7 @@ from typing import Any, Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
-from edge_agent.schema import TOPIC_ROOT, deadletter_topic, telemetry_subscription
-from ingest.twin_api import TWIN_SUBSCRIPTION   # ems/v1/+/twin/+, exactly what the twin API subscribes to
+from ems_contract.telemetry import TOPIC_ROOT, TWIN_SUBSCRIPTION, deadletter_topic, telemetry_subscription
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,

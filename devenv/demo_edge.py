@@ -39,7 +39,7 @@ from devenv.process import ManagedProcess
 from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from edge_agent.audit import read_audit
-from edge_agent.schema import decode_batch
+from ems_contract.telemetry import decode_batch
 
 __all__ = ["write_agent_config", "bench_device_tables", "AgentProcess", "SimulatorProcess", "Observer", "main", "EXAMPLE_CONFIG"]
 

@@ -41,7 +41,7 @@ from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
 from edge_agent.poller import Observation, run_device
 from edge_agent.publisher import MqttLink, TlsFiles, drain
-from edge_agent.schema import Reading
+from ems_contract.telemetry import Reading
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
 

@@ -52,7 +52,7 @@ from typing import Any, Mapping
 
 from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS
 from edge_agent.errors import ConfigError
-from edge_agent.schema import MAX_READINGS_PER_BATCH, valid_id
+from ems_contract.telemetry import MAX_READINGS_PER_BATCH, valid_id
 from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [

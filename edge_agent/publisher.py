@@ -51,7 +51,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.schema import encode_batch, status_topic, telemetry_topic
+from ems_contract.telemetry import encode_batch, status_topic, telemetry_topic
 from edge_agent.spool import Spool
 
 __all__ = ["TlsFiles", "MqttLink", "drain", "backoff_delay", "PROTOCOLS"]

@@ -58,7 +58,7 @@ from typing import Any, Callable
 from edge_agent.audit import AuditLog
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.schema import Reading
+from ems_contract.telemetry import Reading
 
 __all__ = ["Spool", "SpoolRow", "SPOOL_FILE"]
 

@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 from edge_agent import thermal
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError, TwinError
-from edge_agent.schema import Reading, encode_twin, twin_topic
+from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
 __all__ = ["TwinStore", "run_twin"]
 

@@ -64,7 +64,7 @@ def _lock_state_dir(config: IngestConfig) -> int:
 def run(config: IngestConfig) -> int:
     from prometheus_client import start_http_server
 
-    from edge_agent.schema import telemetry_subscription
+    from ems_contract.telemetry import telemetry_subscription
     from ingest.dedup import SeenSeqs
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from edge_agent.schema import valid_id
+from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 
 __all__ = ["ENV_OVERRIDES", "IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",

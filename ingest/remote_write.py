@@ -29,7 +29,7 @@ from typing import Sequence
 
 import cramjam
 
-from edge_agent.schema import Reading
+from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.prompb import WriteRequest
 

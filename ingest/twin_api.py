@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from edge_agent.schema import SCHEMA_VERSION, TOPIC_ROOT, valid_id
+from ems_contract.telemetry import SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, valid_id
 from ingest.config import IngestConfig
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 
@@ -37,7 +37,6 @@ __all__ = ["TwinStore", "TwinApi", "TWIN_SUBSCRIPTION", "serve_forever"]
 
 log = logging.getLogger(__name__)
 
-TWIN_SUBSCRIPTION = f"{TOPIC_ROOT}/+/twin/+"
 _ASSET_PATH = re.compile(r"^/v1/assets/([^/]+)(?:/([^/]+))?$")
 
 

@@ -4,7 +4,7 @@ One thread runs the pipeline; paho's thread only queues messages. A batch is
 the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
-1. validate each payload (``edge_agent.schema.decode_batch``); a bad one becomes
+1. validate each payload (``ems_contract.telemetry.decode_batch``); a bad one becomes
    a dead letter ``{reason, detail, topic, payload}`` on ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
    count null values, turn the rest into samples of ``ems_reading``;
@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from edge_agent.schema import MAX_PAYLOAD_BYTES, Batch, SchemaError, deadletter_topic, decode_batch, telemetry_topic
+from ems_contract.telemetry import MAX_PAYLOAD_BYTES, Batch, SchemaError, deadletter_topic, decode_batch, telemetry_topic
 from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics

@@ -28,7 +28,7 @@ from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml
 from components.twin_api import MQTT_TLS_DIR, twin_api_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
-from edge_agent.schema import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
+from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
 from ingest.config import parse_config
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 from ingest.twin_api import TWIN_SUBSCRIPTION, TwinStore

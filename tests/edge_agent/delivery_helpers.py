@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.schema import Reading, decode_batch
+from ems_contract.telemetry import Reading, decode_batch
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki
-from edge_agent.schema import twin_topic
+from ems_contract.telemetry import twin_topic
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

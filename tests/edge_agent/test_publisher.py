@@ -15,7 +15,7 @@ from devenv.pki import LocalPki, make_pki
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.publisher import MqttLink, TlsFiles, drain
-from edge_agent.schema import status_topic, telemetry_topic
+from ems_contract.telemetry import status_topic, telemetry_topic
 from edge_agent.spool import Spool
 from tests.edge_agent.delivery_helpers import Subscriber
 

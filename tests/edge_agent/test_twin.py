@@ -11,7 +11,7 @@ import pytest
 
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError
-from edge_agent.schema import Reading
+from ems_contract.telemetry import Reading
 from edge_agent.thermal import ThermalParams, steady_state
 from edge_agent.twin import TwinStore, run_twin
 

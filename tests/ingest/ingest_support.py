@@ -2,7 +2,7 @@
 
 ``IngestProcess`` (``ems-ingest run`` as a subprocess) comes from ``devenv.demo_pipeline``.
 
-The publisher speaks the real wire format (``edge_agent.schema.encode_batch``) over
+The publisher speaks the real wire format (``ems_contract.telemetry.encode_batch``) over
 mTLS with QoS 1 and waits for each PUBACK, as the edge agent does.
 """
 
@@ -19,7 +19,7 @@ from devenv.demo_pipeline import IngestProcess
 from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki
 from devenv.prometheus import PrometheusServer
-from edge_agent.schema import Reading, encode_batch, telemetry_topic
+from ems_contract.telemetry import Reading, encode_batch, telemetry_topic
 
 __all__ = ["IngestProcess", "EdgePublisher", "Stream", "stored", "lost_and_duplicated", "promql_count"]
 

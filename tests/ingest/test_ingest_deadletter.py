@@ -10,7 +10,7 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from edge_agent.schema import MAX_PAYLOAD_BYTES, Reading, encode_batch, telemetry_topic
+from ems_contract.telemetry import MAX_PAYLOAD_BYTES, Reading, encode_batch, telemetry_topic
 from ingest_support import Stream, stored
 
 pytestmark = pytest.mark.integration

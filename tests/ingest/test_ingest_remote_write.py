@@ -9,7 +9,7 @@ import cramjam
 import pytest
 
 from devenv.mosquitto import free_port
-from edge_agent.schema import Reading
+from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.metrics import RateWindow
 from ingest.prompb import WriteRequest

@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from devenv.mosquitto import free_port
-from edge_agent.schema import Reading, encode_twin, twin_topic
+from ems_contract.telemetry import Reading, encode_twin, twin_topic
 from ingest.mqtt import MqttLink, TlsFiles
 from ingest.remote_write import RemoteWriter, Sample, series_labels
 from ingest.twin_api import TWIN_SUBSCRIPTION, TwinApi

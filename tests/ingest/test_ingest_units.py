@@ -6,7 +6,7 @@ import json
 
 from prometheus_client import CollectorRegistry
 
-from edge_agent.schema import encode_twin
+from ems_contract.telemetry import encode_twin
 from ingest.metrics import DEAD_LETTER_REASONS, READING_OUTCOMES, IngestMetrics
 from ingest.twin_api import TwinStore
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from edge_agent.schema import (Reading, SchemaError, decode_batch, encode_batch, site_from_topic,
+from ems_contract.telemetry import (Reading, SchemaError, decode_batch, encode_batch, site_from_topic,
                                telemetry_subscription, telemetry_topic)
 
 

@@ -1,8 +1,9 @@
 """Topics and payloads, version 1 — the one contract between edge and cloud.
 
 Documented for humans in ``docs/telemetry-schema.md``; this module is the
-executable form, imported by the edge agent (to build messages) and by the
-ingest workers (to validate them). It imports nothing outside the standard
+executable form, imported by the edge agent (to build messages), by the
+ingest workers and the twin API (to validate them) and by the Pulumi program
+(topic filters in the broker's roles). It imports nothing outside the standard
 library.
 
 Topics (``<site>`` and ``<asset>`` match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``)::
@@ -48,7 +49,7 @@ __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
-    "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
+    "TWIN_SUBSCRIPTION", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
 ]
 
 
@@ -120,6 +121,10 @@ def status_topic(site: str) -> str:
 
 def deadletter_topic(reason: str) -> str:
     return f"{TOPIC_ROOT}/deadletter/{reason}"
+
+
+TWIN_SUBSCRIPTION = f"{TOPIC_ROOT}/+/twin/+"
+"""Every site's twins: what the twin read API subscribes to, and all its broker role grants."""
 
 
 def telemetry_subscription(group: str | None = None) -> str:
