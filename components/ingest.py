@@ -27,6 +27,7 @@ a no-op (or an error) on current kernels.
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -62,8 +63,20 @@ def mtls_broker_section(broker_host: str, tls_dir: str) -> list[str]:
             f"ca = {q(tls_dir + '/ca.crt')}", f"cert = {q(tls_dir + '/tls.crt')}", f"key = {q(tls_dir + '/tls.key')}"]
 
 
-def ingest_toml(broker_host: str, remote_write_url: str) -> str:
+_DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
+
+
+def duration_s(text: str) -> float:
+    """Seconds of a Prometheus duration such as ``72h`` or ``1d12h`` (validated by the stack settings)."""
+    return float(sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text)))
+
+
+def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 * 3600.0) -> str:
     """The workers' ingest.toml: mTLS to the broker on 8883 (files from the mounted Secret), remote write to the TSDB.
+
+    ``max_age_s`` is the TSDB's out-of-order window: older readings are dead-lettered by the
+    worker instead of being refused by the TSDB.
 
     No ``client_id``: one file serves every pod, and the ingest's default
     (``ems-ingest-<hostname>``, the StatefulSet pod name) is the stable per-worker id.
@@ -75,6 +88,7 @@ def ingest_toml(broker_host: str, remote_write_url: str) -> str:
         "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
         "[state]", f"dir = {q(STATE_DIR)}", "",
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
+        "[time]", f"max_age_s = {max_age_s:g}", "",
     ])
 
 
@@ -116,6 +130,8 @@ class IngestArgs:
     """Scale-down stabilisation window (thermal cooldown). Defaults to 600."""
     resources: Resources = Resources("250m", "256Mi", "1", "512Mi")
     """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/512Mi."""
+    reading_window: str = "72h"
+    """The TSDB's out-of-order window (Prometheus duration): older readings are dead-lettered by the workers. Defaults to 72h."""
 
 
 class IngestWorkers(pulumi.ComponentResource):
@@ -132,7 +148,7 @@ class IngestWorkers(pulumi.ComponentResource):
             raise ComponentArgsError(name, "min_replicas", args.min_replicas, f"must not exceed max_replicas {args.max_replicas}")
         if not 0 <= args.scale_down_stabilization_seconds <= 3600:
             raise ComponentArgsError(name, "scale_down_stabilization_seconds", args.scale_down_stabilization_seconds, "must be 0..3600")
-        conf_text = ingest_toml(args.broker_host, args.remote_write_url)
+        conf_text = ingest_toml(args.broker_host, args.remote_write_url, duration_s(args.reading_window))
         validate_ingest_toml(name, conf_text)
         super().__init__("ems:workloads:IngestWorkers", name, None, opts)
         o = child(self)
@@ -152,7 +168,7 @@ class IngestWorkers(pulumi.ComponentResource):
             ports=[("metrics", METRICS_PORT)],
             mounts=[("config", "/etc/ems/ingest"), ("tls", TLS_DIR), ("state", STATE_DIR), ("tmp", "/tmp")],
             writable=["state", "tmp"],
-            probe_port=METRICS_PORT, probe_path="/metrics",
+            probe_port=METRICS_PORT, probe_path="/metrics", liveness_path="/healthz",
         )
         workers = k8s.apps.v1.StatefulSet(
             f"{name}-sts",

@@ -81,8 +81,14 @@ def container(
     probe_port: int | None = None,
     probe_path: str | None = None,
     probe_scheme: str = "HTTP",
+    liveness_path: str | None = None,
 ) -> dict[str, Any]:
-    """A hardened container: ``mounts`` are (volume, path) pairs, read-only unless the volume is in ``writable``."""
+    """A hardened container: ``mounts`` are (volume, path) pairs, read-only unless the volume is in ``writable``.
+
+    ``probe_port`` gets a readiness probe (``probe_path`` over ``probe_scheme``, else TCP) and a TCP
+    liveness probe; ``liveness_path`` makes liveness an HTTP check of that path instead, for
+    processes whose health endpoint reports a dead or stalled worker (not a busy dependency).
+    """
     spec: dict[str, Any] = {
         "name": name,
         "image": image,
@@ -117,8 +123,11 @@ def container(
         else:
             action = {"tcpSocket": {"port": probe_port}}
         spec["readinessProbe"] = {**action, "periodSeconds": 10, "timeoutSeconds": 3}
-        # Liveness only asks "is the process listening": a busy dependency must not restart it.
-        spec["livenessProbe"] = {"tcpSocket": {"port": probe_port}, "initialDelaySeconds": 10, "periodSeconds": 20,
+        # Liveness asks "is the process listening" or, with liveness_path, "is its worker alive":
+        # never about a dependency, whose outage a restart would not cure.
+        alive: dict[str, Any] = ({"httpGet": {"path": liveness_path, "port": probe_port, "scheme": probe_scheme}}
+                                 if liveness_path else {"tcpSocket": {"port": probe_port}})
+        spec["livenessProbe"] = {**alive, "initialDelaySeconds": 10, "periodSeconds": 20,
                                  "timeoutSeconds": 3, "failureThreshold": 6}
     return spec
 

@@ -139,6 +139,7 @@ class EmsPlatform(pulumi.ComponentResource):
             min_replicas=s.ingest_min_replicas, max_replicas=s.ingest_max_replicas,
             target_messages_per_second=s.ingest_target_messages_per_second,
             scale_down_stabilization_seconds=s.ingest_scale_down_stabilization_seconds,
+            reading_window=s.spool_horizon,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         MetricsAdapter(f"{name}-adapter", MetricsAdapterArgs(
             namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,

@@ -114,7 +114,7 @@ class TwinApi(pulumi.ComponentResource):
             ports=[("https", PORT)],
             mounts=[("config", CONFIG_DIR), ("mqtt-tls", MQTT_TLS_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
             writable=["tmp"],
-            probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
+            probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS", liveness_path="/livez",
         )
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deploy", metadata=metadata(APP, ns, APP),

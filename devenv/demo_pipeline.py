@@ -44,13 +44,19 @@ ROOT = Path(__file__).resolve().parents[1]
 def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, prometheus: PrometheusServer,
                         client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
                         max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
-                        twin_api_port: int | None = None) -> Path:
-    """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``."""
+                        twin_api_port: int | None = None, max_age_s: float | None = None,
+                        max_future_s: float | None = None) -> Path:
+    """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``.
+
+    ``max_age_s`` / ``max_future_s`` set the ``[time]`` window (the ingest's defaults otherwise).
+    """
     pair = pki.client(client_id)
     twin = ""
     if twin_api_port is not None:
         twin = (f'[twin_api]\nhost = "127.0.0.1"\nport = {twin_api_port}\ncert = "{pki.server.cert}"\n'
                 f'key = "{pki.server.key}"\nclient_id = "{client_id}-twin"\n')
+    times = "".join(f"{key} = {value}\n" for key, value in (("max_age_s", max_age_s), ("max_future_s", max_future_s))
+                    if value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(f"""shutdown_grace_s = 5
 [broker]
@@ -75,7 +81,8 @@ dir = "{state_dir}"
 [metrics]
 host = "127.0.0.1"
 port = {metrics_port}
-{twin}""")
+[time]
+{times}{twin}""")
     return path
 
 

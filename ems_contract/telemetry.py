@@ -41,12 +41,21 @@ SCHEMA_VERSION = 1
 TOPIC_ROOT = f"ems/v{SCHEMA_VERSION}"
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS_PER_BATCH = 1000
+MAX_INT64 = 2**63 - 1
+"""``seq``, ``ts_ms`` and ``sent_ms`` become int64 (SQLite, protobuf, Prometheus): nothing larger is accepted."""
+MAX_UNIT_CHARS = 32
+MAX_INT_LITERAL_DIGITS = 320
+"""An integer literal longer than this cannot be a finite float64 or an int64: refused before ``int()`` runs."""
 QUALITIES = ("good", "loop_fault", "device_error", "stale")
 _NULL_OK = frozenset({"device_error", "stale"})
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# Characters a unit may not contain although printable: quoting and escaping characters of label
+# values, PromQL and JSON, so a unit can be pasted into a selector or a log line as it is.
+_UNIT_FORBIDDEN = frozenset('"\\\'`{}')
+_SHOWN_CHARS = 60
 
 __all__ = [
-    "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "QUALITIES",
+    "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
     "TWIN_SUBSCRIPTION", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
@@ -96,6 +105,30 @@ class Batch:
     readings: tuple[Reading, ...]
 
 
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message, bounded: containers by type and size, long values clipped.
+
+    Hostile payloads carry megabyte strings and deeply nested lists; an error message (and the
+    dead letter that carries it) must stay short whatever the value was.
+    """
+    if isinstance(value, (dict, list, tuple)):
+        return f"<{type(value).__name__} of {len(value)}>"
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<integer of {value.bit_length()} bits>"
+    text = repr(value)
+    if len(text) > _SHOWN_CHARS:
+        return f"{text[:_SHOWN_CHARS]}…({len(text)} chars)"
+    return text
+
+
+def valid_unit(value: object) -> bool:
+    """True when ``value`` may be a reading's unit (a label value): at most 32 printable characters,
+    valid Unicode (no lone surrogates), no control or format characters (RTL overrides), no
+    quotes, backslashes or braces, no leading or trailing space. Empty means dimensionless."""
+    return (isinstance(value, str) and len(value) <= MAX_UNIT_CHARS and value.isprintable()
+            and value == value.strip() and not _UNIT_FORBIDDEN.intersection(value))
+
+
 def valid_id(value: object) -> bool:
     """True when ``value`` may be used as a site, asset or point id in topics and labels."""
     return isinstance(value, str) and bool(_ID.match(value))
@@ -103,7 +136,7 @@ def valid_id(value: object) -> bool:
 
 def _check_id(kind: str, value: object) -> str:
     if not valid_id(value):
-        raise SchemaError("bad_id", f"{kind} {value!r} must match {_ID.pattern}")
+        raise SchemaError("bad_id", f"{kind} {shown(value)} must match {_ID.pattern}")
     return value  # type: ignore[return-value]
 
 
@@ -172,17 +205,17 @@ def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, A
 
 def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise SchemaError("bad_field", f"{where}{key} must be an integer (got {value!r})")
-    if value < minimum:
-        raise SchemaError("bad_field", f"{where}{key} must be >= {minimum} (got {value!r})")
+    if type(value) is not int:                           # bool is an int subclass: not accepted
+        raise SchemaError("bad_field", f"{where}{key} must be an integer (got {shown(value)})")
+    if not minimum <= value <= MAX_INT64:
+        raise SchemaError("bad_field", f"{where}{key} must be in {minimum}..{MAX_INT64} (got {shown(value)})")
     return value
 
 
 def _str(obj: dict[str, Any], key: str, where: str) -> str:
     value = obj.get(key)
     if not isinstance(value, str) or not value or len(value) > 64:
-        raise SchemaError("bad_field", f"{where}{key} must be a non-empty string of at most 64 characters (got {value!r})")
+        raise SchemaError("bad_field", f"{where}{key} must be a non-empty string of at most 64 characters (got {shown(value)})")
     return value
 
 
@@ -191,23 +224,37 @@ def _reading(raw: object, index: int) -> Reading:
     if not isinstance(raw, dict):
         raise SchemaError("bad_field", f"readings[{index}] must be an object (got {type(raw).__name__})")
     quality = raw.get("quality")
-    if quality not in QUALITIES:
-        raise SchemaError("bad_field", f"{where}quality must be one of {', '.join(QUALITIES)} (got {quality!r})")
-    value = raw.get("value")
-    if value is None:
-        if quality not in _NULL_OK:
-            raise SchemaError("bad_value", f"{where}value is null but quality is {quality!r}")
-    elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SchemaError("bad_value", f"{where}value must be a finite number (got {value!r})")
+    if not isinstance(quality, str) or quality not in QUALITIES:
+        raise SchemaError("bad_field", f"{where}quality must be one of {', '.join(QUALITIES)} (got {shown(quality)})")
+    value = _value(raw.get("value"), where)
+    if value is None and quality not in _NULL_OK:
+        raise SchemaError("bad_value", f"{where}value is null but quality is {quality!r}")
     asset = _check_id(f"{where}asset", raw.get("asset"))
     point = _check_id(f"{where}point", raw.get("point"))
     unit = raw.get("unit")
-    if not isinstance(unit, str) or len(unit) > 32:
-        raise SchemaError("bad_field", f"{where}unit must be a string of at most 32 characters (got {unit!r})")
-    return Reading(
-        seq=_int(raw, "seq", where, 1), ts_ms=_int(raw, "ts_ms", where, 0), asset=asset, point=point,
-        value=None if value is None else float(value), unit=unit, quality=quality,
-    )
+    if not valid_unit(unit):
+        raise SchemaError("bad_field", f"{where}unit must be at most {MAX_UNIT_CHARS} printable characters without "
+                                       f"quotes, backslashes, braces or surrounding spaces (got {shown(unit)})")
+    return Reading(seq=_int(raw, "seq", where, 1), ts_ms=_int(raw, "ts_ms", where, 0), asset=asset, point=point,
+                   value=value, unit=unit, quality=quality)
+
+
+def _value(value: object, where: str) -> float | None:
+    """A reading's value as the finite float64 it becomes, or None."""
+    if value is None:
+        return None
+    if type(value) is float:
+        number = value
+    elif type(value) is int:
+        try:
+            number = float(value)
+        except OverflowError:                            # beyond float64: 1 followed by 400 zeros
+            number = math.inf
+    else:
+        raise SchemaError("bad_value", f"{where}value must be a finite number (got {shown(value)})")
+    if not math.isfinite(number):
+        raise SchemaError("bad_value", f"{where}value must be a finite float64 (got {shown(value)})")
+    return number
 
 
 def decode_batch(payload: bytes, topic: str | None = None) -> Batch:
@@ -217,20 +264,15 @@ def decode_batch(payload: bytes, topic: str | None = None) -> Batch:
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SchemaError("oversized", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-    try:
-        body = json.loads(payload, parse_constant=_reject_constant)
-    except SchemaError:
-        raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise SchemaError("not_json", str(exc)) from exc
+    body = parse_json(payload)
     if not isinstance(body, dict):
         raise SchemaError("bad_field", f"payload must be a JSON object (got {type(body).__name__})")
     version = body.get("v")
-    if version != SCHEMA_VERSION:
-        raise SchemaError("bad_version", f"v must be {SCHEMA_VERSION} (got {version!r})")
+    if type(version) is not int or version != SCHEMA_VERSION:   # `true == 1` in Python: not a version
+        raise SchemaError("bad_version", f"v must be {SCHEMA_VERSION} (got {shown(version)})")
     site = _check_id("site", body.get("site"))
     if topic is not None and site_from_topic(topic) != site:
-        raise SchemaError("site_mismatch", f"payload site {site!r} differs from topic {topic!r}")
+        raise SchemaError("site_mismatch", f"payload site {site!r} differs from topic {shown(topic)}")
     raw_readings = body.get("readings")
     if not isinstance(raw_readings, list) or not raw_readings:
         raise SchemaError("bad_field", "readings must be a non-empty list")
@@ -246,6 +288,65 @@ def decode_batch(payload: bytes, topic: str | None = None) -> Batch:
         raise SchemaError("bad_seq", "a seq appears twice in one batch")
     return Batch(site=site, seq_first=seq_first, seq_last=seq_last,
                  sent_ms=_int(body, "sent_ms", "", 0), readings=readings)
+
+
+def parse_json(payload: bytes) -> Any:
+    """Parse untrusted JSON: UTF-8 only, no NaN/Infinity, integer literals bounded.
+
+    Raises SchemaError (``not_json``, ``too_deep``, ``bad_value``) and nothing else: a document
+    nested beyond the interpreter's recursion limit is ``too_deep`` (the C parser stops there),
+    a 5,000-digit integer ``bad_value`` before ``int()`` spends time on it. Strings may still hold
+    lone surrogates and containers may be deep: the caller validates the shape it expects
+    (``decode_batch``) or calls ``check_tree``.
+    """
+    try:
+        return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
+    except SchemaError:
+        raise
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError("not_json", shown(str(exc))) from exc
+    except RecursionError as exc:
+        raise SchemaError("too_deep", "JSON nesting is deeper than the parser allows") from exc
+
+
+def check_tree(body: Any, *, max_depth: int, max_nodes: int) -> None:
+    """Bound a parsed document: nesting depth, number of values, and every string (keys too)
+    valid Unicode (JSON's ``\\ud800`` escapes decode to lone surrogates that no encoder accepts).
+
+    Iterative, so a deep document cannot exhaust the stack. Raises SchemaError.
+    """
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    nodes = 0
+    while stack:
+        item, depth = stack.pop()
+        nodes += 1
+        if nodes > max_nodes:
+            raise SchemaError("oversized", f"more than {max_nodes} JSON values")
+        if isinstance(item, str):
+            if not _utf8(item):
+                raise SchemaError("bad_encoding", f"string {shown(item)} holds a lone UTF-16 surrogate")
+        elif isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise SchemaError("too_deep", f"JSON nesting is deeper than {max_depth} levels")
+            if isinstance(item, dict):
+                stack.extend((key, depth + 1) for key in item)
+                stack.extend((value, depth + 1) for value in item.values())
+            else:
+                stack.extend((value, depth + 1) for value in item)
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal) > MAX_INT_LITERAL_DIGITS:
+        raise SchemaError("bad_value", f"an integer of {len(literal)} digits is out of every range")
+    return int(literal)
 
 
 def _reject_constant(name: str) -> None:

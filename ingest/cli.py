@@ -62,10 +62,9 @@ def _lock_state_dir(config: IngestConfig) -> int:
 
 
 def run(config: IngestConfig) -> int:
-    from prometheus_client import start_http_server
-
     from ems_contract.telemetry import telemetry_subscription
     from ingest.dedup import SeenSeqs
+    from ingest.http import MetricsAndHealth
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
     from ingest.remote_write import RemoteWriter
@@ -74,7 +73,6 @@ def run(config: IngestConfig) -> int:
     lock = _lock_state_dir(config)
     seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site)
     metrics = IngestMetrics()
-    server, _thread = start_http_server(config.metrics.port, addr=config.metrics.host, registry=metrics.registry)
     b = config.broker
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,
                     subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
@@ -83,12 +81,14 @@ def run(config: IngestConfig) -> int:
     writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca)
     worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,
                           max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
-                          max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s)
+                          max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s,
+                          max_future_s=config.time.max_future_s, max_age_s=config.time.max_age_s)
+    server = MetricsAndHealth(config.metrics.host, config.metrics.port, metrics.registry, worker.health).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     log.info("ingest worker %s: broker %s:%d, subscription %s, TSDB %s, metrics :%d, state %s",
              b.client_id, b.host, b.port, telemetry_subscription(b.group), config.tsdb.remote_write_url,
-             server.server_port, config.state.dir)
+             server.port, config.state.dir)
     link.start()
     try:
         worker.run()
@@ -102,7 +102,7 @@ def run(config: IngestConfig) -> int:
         link.stop()
         writer.close()
         seen.close()
-        server.shutdown()
+        server.stop()
         os.close(lock)
     log.info("ingest worker %s stopped", b.client_id)
     return 0

@@ -29,6 +29,10 @@ default). Example (``docs/ingest.md`` has the full table)::
 
     [metrics]
     port = 9100
+
+    [time]
+    max_future_s = 300             # readings further ahead of this worker's clock are dead-lettered
+    max_age_s = 259200             # older ones too: the TSDB's out-of-order window (72h)
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 
 __all__ = ["ENV_OVERRIDES", "IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",
-           "TwinApiConfig", "load_config", "parse_config"]
+           "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,16 @@ class TwinApiConfig:
 
 
 @dataclass(frozen=True)
+class TimeConfig:
+    """Which measurement times the worker passes to the TSDB (older or newer ones are dead-lettered)."""
+
+    max_future_s: float = 300.0
+    """How far a reading's ts_ms may be ahead of this worker's clock (site clock skew). Defaults to 300."""
+    max_age_s: float = 72 * 3600.0
+    """How old a reading may be: the TSDB's out-of-order window (the edge spool's horizon). Defaults to 72 h."""
+
+
+@dataclass(frozen=True)
 class IngestConfig:
     broker: BrokerConfig
     tsdb: TsdbConfig
@@ -108,6 +122,7 @@ class IngestConfig:
     batch: BatchConfig = BatchConfig()
     metrics: MetricsConfig = MetricsConfig()
     twin_api: TwinApiConfig | None = None
+    time: TimeConfig = TimeConfig()
     shutdown_grace_s: float = 20.0
     source_path: Path | None = None
 
@@ -272,10 +287,16 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"))
         tw.done()
 
+    times = TimeConfig()
+    if (tm := section("time", required=False)) is not None:
+        times = TimeConfig(max_future_s=tm.float("max_future_s", times.max_future_s, 1.0, 7 * 86400.0),
+                           max_age_s=tm.float("max_age_s", times.max_age_s, 60.0, 3650 * 86400.0))
+        tm.done()
+
     grace = root.float("shutdown_grace_s", 20.0, 0.0, 3600.0)
     root.done()
     return IngestConfig(broker=broker, tsdb=tsdb, state=state, batch=batch, metrics=metrics, twin_api=twin,
-                        shutdown_grace_s=grace)
+                        time=times, shutdown_grace_s=grace)
 
 
 # Environment variables that override (or, without a file, provide) single settings — for

@@ -132,6 +132,12 @@ class SeenSeqs:
     def mark(self, site: str, seq: int) -> None:
         self._pending.setdefault(site, set()).add(seq)
 
+    def unmark(self, site: str, seqs: list[int]) -> None:
+        """Take back pending marks (a message of the batch in hand is left for redelivery)."""
+        pending = self._pending.get(site)
+        if pending is not None:
+            pending.difference_update(seqs)
+
     def commit(self) -> None:
         """Persist the pending seqs in one transaction (call after the TSDB accepted them)."""
         if not self._pending:

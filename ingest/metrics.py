@@ -20,13 +20,16 @@ from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-__all__ = ["IngestMetrics", "READING_OUTCOMES", "DEAD_LETTER_REASONS", "RateWindow"]
+__all__ = ["IngestMetrics", "READING_OUTCOMES", "CLOCK_REASONS", "DEAD_LETTER_REASONS", "RateWindow"]
 
 # written: accepted by the TSDB; duplicate: (site, seq) already written; null: value null (device_error/stale),
-# counted and not written; rejected: the TSDB refused it permanently (dead-lettered).
-READING_OUTCOMES = ("written", "duplicate", "null", "rejected")
-DEAD_LETTER_REASONS = ("oversized", "not_json", "bad_version", "bad_id", "bad_topic", "site_mismatch", "bad_field",
-                       "bad_value", "bad_seq", "tsdb_rejected")
+# counted and not written; rejected: the TSDB refused it permanently (dead-lettered); future_timestamp /
+# too_old: measured outside the window the ingest passes to the TSDB (dead-lettered, counted per site too).
+READING_OUTCOMES = ("written", "duplicate", "null", "rejected", "future_timestamp", "too_old")
+CLOCK_REASONS = ("future_timestamp", "too_old")
+DEAD_LETTER_REASONS = ("oversized", "not_json", "too_deep", "bad_encoding", "bad_version", "bad_id", "bad_topic",
+                       "site_mismatch", "bad_field", "bad_value", "bad_seq", "unprocessable", "tsdb_rejected",
+                       *CLOCK_REASONS)
 
 
 class RateWindow:
@@ -69,6 +72,16 @@ class IngestMetrics:
                                   **common)
         self.dead_letters = Counter("dead_letters", "Messages or readings dead-lettered, by reason.", ["reason"],
                                     **common)
+        self.dead_letters_undelivered = Counter(
+            "dead_letters_undelivered", "Dead letters the broker did not take in time (their message stays unacknowledged).",
+            **common)
+        # Per site: the broker lets only the stack's sites publish telemetry, so the label is bounded.
+        self.clock_rejected = Counter("clock_rejected_readings", "Readings dead-lettered for their measurement time, "
+                                      "by site and reason (future_timestamp: the site's clock is ahead).",
+                                      ["site", "reason"], **common)
+        self.site_clock_skew = Gauge("site_clock_skew", "A site's sent_ms minus this worker's clock at receipt, "
+                                     "latest message (positive: the site's clock is ahead; includes transit time).",
+                                     ["site"], unit="seconds", **common)
         self.write_duration = Histogram("write_duration", "Time of one successful remote write to the TSDB.",
                                         unit="seconds", buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
                                         **common)

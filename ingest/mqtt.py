@@ -139,6 +139,12 @@ class MqttLink:
         return self._connected.is_set()
 
     @property
+    def network_alive(self) -> bool:
+        """True while paho's network thread (``loop_start``) runs: it reads, reconnects and acknowledges."""
+        thread = getattr(self._client, "_thread", None)     # paho 2.x keeps loop_start's thread here
+        return thread is not None and thread.is_alive()
+
+    @property
     def generation(self) -> int:
         return self._generation
 
@@ -222,5 +228,12 @@ class MqttLink:
             self._last_error = str(reason_code)
 
     def _on_message(self, client, userdata, message) -> None:
-        self.incoming.put(Incoming(message.topic, message.payload, message.mid, message.qos, message.retain,
+        # Runs on paho's network thread: an exception here would end that thread (no more reads,
+        # acks or reconnects), so nothing a message carries may raise. A topic that is not valid
+        # UTF-8 (the broker should refuse it) is passed on escaped, for the consumer to reject.
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = bytes(message._topic).decode("utf-8", "backslashreplace")  # noqa: SLF001 - paho keeps raw bytes
+        self.incoming.put(Incoming(topic, message.payload, message.mid, message.qos, message.retain,
                                    self._generation))

@@ -106,7 +106,12 @@ class RemoteWriter:
 
     def write(self, samples: Sequence[Sample]) -> float:
         """Write ``samples`` in one request; returns the seconds it took. Raises TsdbUnavailable/TsdbRejected."""
-        body = encode_write_request(samples)
+        try:
+            body = encode_write_request(samples)
+        except (ValueError, TypeError, OverflowError, UnicodeError) as exc:
+            # A sample protobuf cannot carry (validation should make this unreachable): permanent for
+            # these samples, so the caller's bisection isolates and dead-letters the culprit.
+            raise TsdbRejected(f"sample cannot be encoded: {type(exc).__name__}: {str(exc)[:200]}") from exc
         started = time.perf_counter()
         try:
             status, detail = self._post(body)

@@ -3,13 +3,23 @@
     GET /v1/assets/<site>/<asset>   latest twin of one asset (from the retained ems/v1/<site>/twin/<asset>)
     GET /v1/assets/<site>           the site's assets with a twin
     GET /v1/query?query=…[&time=…]  PromQL instant query, passed through to the TSDB's /api/v1/query
-    GET /healthz                    200 while subscribed to the twin topics, else 503
+    GET /healthz                    200 while subscribed and the twin consumer is alive and current, else 503
+    GET /livez                      200 while the consumer and MQTT threads live (the liveness probe: a
+                                    broker outage, which a restart cannot cure, does not fail it)
 
 The state comes from the retained twin topics, subscribed with a clean session
 (the broker sends every retained twin on subscribe, then each update). The
 server is ``http.server.ThreadingHTTPServer`` behind stdlib ``ssl`` (TLS 1.2+);
 with ``twin_api.client_ca`` set, clients must present a certificate signed by
 it (mTLS). It sits behind the API gateway on 443 (DESIGN.md §4).
+
+Twins are hostile input (any site may publish its own, retained): a twin is parsed
+with bounded size (``MAX_TWIN_BYTES``), depth and value count, its strings must be
+valid Unicode and its shape that of ``encode_twin``; a site keeps at most
+``MAX_ASSETS_PER_SITE`` twins. A bad twin is counted and ignored, never raised: the
+consumer thread survives any message, and ``/healthz`` fails (so Kubernetes restarts
+the pod) if that thread ever stops or stalls. At most ``max_connections`` requests
+are served at once; further connections are closed at accept.
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import queue
 import re
 import signal
 import ssl
+import sys
 import threading
 import time
 import urllib.error
@@ -29,7 +40,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from ems_contract.telemetry import SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, valid_id
+from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
+                                    parse_json, shown, valid_id)
 from ingest.config import IngestConfig
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 
@@ -39,40 +51,69 @@ log = logging.getLogger(__name__)
 
 _ASSET_PATH = re.compile(r"^/v1/assets/([^/]+)(?:/([^/]+))?$")
 
+MAX_TWIN_BYTES = 64 * 1024
+MAX_TWIN_DEPTH = 5            # {points: {point: {value, ...}}} is 3; the thermal block 2
+MAX_TWIN_VALUES = 4096
+MAX_ASSETS_PER_SITE = 256
+
 
 class TwinStore:
-    """Latest twin document per (site, asset); thread-safe."""
+    """Latest twin document per (site, asset), bounded per site; thread-safe.
 
-    def __init__(self) -> None:
+    ``rejected`` counts invalid twins by reason (``bad_topic``, ``oversized``, ``too_deep``,
+    ``not_json``, ``bad_shape``, ``too_many_assets``, …).
+    """
+
+    def __init__(self, max_assets_per_site: int = MAX_ASSETS_PER_SITE) -> None:
         self._lock = threading.Lock()
         self._twins: dict[tuple[str, str], dict[str, Any]] = {}
-        self.rejected = 0
+        self._per_site: dict[str, int] = {}
+        self.max_assets_per_site = max_assets_per_site
+        self.rejected: dict[str, int] = {}
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
 
     def update(self, topic: str, payload: bytes) -> bool:
         """Apply one twin message; an empty payload (retained delete) removes the asset. False if invalid."""
         parts = topic.split("/")
         if len(parts) != 5 or f"{parts[0]}/{parts[1]}" != TOPIC_ROOT or parts[3] != "twin" \
                 or not valid_id(parts[2]) or not valid_id(parts[4]):
-            self.rejected += 1
-            return False
+            return self._reject("bad_topic", topic)
         site, asset = parts[2], parts[4]
         if not payload:
             with self._lock:
-                self._twins.pop((site, asset), None)
+                if self._twins.pop((site, asset), None) is not None:
+                    self._per_site[site] -= 1
             return True
+        if len(payload) > MAX_TWIN_BYTES:
+            return self._reject("oversized", topic, f"{len(payload)} bytes; the limit is {MAX_TWIN_BYTES}")
         try:
-            doc = json.loads(payload)
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            doc = None
-        if not isinstance(doc, dict) or doc.get("v") != SCHEMA_VERSION or doc.get("site") != site \
-                or doc.get("asset") != asset or not isinstance(doc.get("points"), dict):
-            self.rejected += 1
-            log.warning("ignored an invalid twin message on %s", topic)
-            return False
+            doc = parse_json(payload)
+            check_tree(doc, max_depth=MAX_TWIN_DEPTH, max_nodes=MAX_TWIN_VALUES)
+            _check_twin(doc, site, asset)
+        except SchemaError as exc:
+            return self._reject(exc.reason, topic, exc.detail)
         doc = {**doc, "received_ms": int(time.time() * 1000)}
         with self._lock:
-            self._twins[(site, asset)] = doc
+            known = (site, asset) in self._twins
+            if not known and self._per_site.get(site, 0) >= self.max_assets_per_site:
+                too_many = True
+            else:
+                too_many = False
+                self._twins[(site, asset)] = doc
+                if not known:
+                    self._per_site[site] = self._per_site.get(site, 0) + 1
+        if too_many:
+            return self._reject("too_many_assets", topic, f"site {site} has {self.max_assets_per_site} twins already")
         return True
+
+    def _reject(self, reason: str, topic: str, detail: str = "") -> bool:
+        with self._lock:
+            self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        log.warning("ignored a twin message on %s: %s %s", shown(topic), reason, detail)
+        return False
 
     def get(self, site: str, asset: str) -> dict[str, Any] | None:
         with self._lock:
@@ -81,6 +122,33 @@ class TwinStore:
     def assets(self, site: str) -> list[str]:
         with self._lock:
             return sorted(a for s, a in self._twins if s == site)
+
+
+def _check_twin(doc: Any, site: str, asset: str) -> None:
+    """The shape ``encode_twin`` writes; raises SchemaError ``bad_shape`` naming the field."""
+    def bad(field: str, value: object) -> SchemaError:
+        return SchemaError("bad_shape", f"{field} {shown(value)} is not what a twin holds")
+
+    if not isinstance(doc, dict):
+        raise bad("document", doc)
+    if type(doc.get("v")) is not int or doc["v"] != SCHEMA_VERSION:
+        raise bad("v", doc.get("v"))
+    if doc.get("site") != site or doc.get("asset") != asset:
+        raise bad("site/asset", (doc.get("site"), doc.get("asset")))
+    ts_ms = doc.get("ts_ms")
+    if type(ts_ms) is not int or not 0 <= ts_ms <= MAX_INT64:
+        raise bad("ts_ms", ts_ms)
+    points = doc.get("points")
+    if not isinstance(points, dict):
+        raise bad("points", points)
+    for name, point in points.items():
+        if not valid_id(name) or not isinstance(point, dict):
+            raise bad(f"points.{shown(name)}", point)
+        value = point.get("value")
+        if value is not None and (type(value) not in (int, float) or not -1e308 < value < 1e308):
+            raise bad(f"points.{name}.value", value)
+    if "thermal" in doc and not isinstance(doc["thermal"], dict):
+        raise bad("thermal", doc["thermal"])
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -96,9 +164,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
         url = urllib.parse.urlsplit(self.path)
-        if url.path == "/healthz":
-            ok = self.server.api.link.connected
-            return self._json(200 if ok else 503, {"status": "ok" if ok else "not subscribed"})
+        if url.path in ("/healthz", "/livez"):
+            ok, why = self.server.api.health(need_broker=url.path == "/healthz")
+            return self._json(200 if ok else 503, {"status": why})
         if url.path == "/v1/query":
             return self._query(urllib.parse.parse_qs(url.query))
         match = _ASSET_PATH.match(url.path)
@@ -150,20 +218,49 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 
 class _Server(http.server.ThreadingHTTPServer):
+    """Threading server with a cap on concurrent connections (beyond it, a connection is closed at accept)."""
+
     daemon_threads = True
     api: "TwinApi"
+    slots: threading.BoundedSemaphore
+    refused = 0
+
+    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        if not self.slots.acquire(blocking=False):
+            self.refused += 1
+            log.warning("connection from %s refused: %d requests in progress", client_address[0],
+                        self.api.max_connections)
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     def handle_error(self, request: object, client_address: object) -> None:
-        log.info("request from %s failed (TLS handshake or connection)", client_address, exc_info=True)
+        # A failed TLS handshake or a dropped connection is routine on an exposed port: one line, no traceback.
+        exc = sys.exc_info()[1]
+        log.debug("request from %s failed: %s: %s", client_address, type(exc).__name__, exc)
 
 
 class TwinApi:
     """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager."""
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
-                 client_ca: Path | None = None, query_timeout_s: float = 10.0) -> None:
+                 client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
+                 stall_after_s: float = 30.0) -> None:
         self.link = link
         self.store = TwinStore()
+        self.max_connections = max_connections
+        self.stall_after_s = stall_after_s
+        self._beat = time.monotonic()
         self.query_url = query_url.rstrip("/")
         self.query_timeout_s = query_timeout_s
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -176,6 +273,7 @@ class TwinApi:
         self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
                                                    do_handshake_on_connect=False)
         self._server.api = self
+        self._server.slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -190,13 +288,29 @@ class TwinApi:
         for thread in self._threads:
             thread.start()
 
+    def health(self, need_broker: bool = True) -> tuple[bool, str]:
+        """(ok, why): the consumer thread alive and beating, paho's thread alive, and (``need_broker``) subscribed."""
+        if not self._threads or not self._threads[0].is_alive():
+            return False, "twin consumer not running"
+        if time.monotonic() - self._beat > self.stall_after_s:
+            return False, "twin consumer stalled"
+        if not self.link.network_alive:
+            return False, "MQTT network thread not running"
+        if need_broker and not self.link.connected:
+            return False, "not subscribed"
+        return True, "ok"
+
     def _consume(self) -> None:
         while not self._stop.is_set():
+            self._beat = time.monotonic()
             try:
                 message: Incoming = self.link.incoming.get(timeout=0.2)
             except queue.Empty:
                 continue
-            self.store.update(message.topic, message.payload)
+            try:
+                self.store.update(message.topic, message.payload)
+            except Exception:  # noqa: BLE001 - no twin may stop the consumer; update() validates, this is the backstop
+                log.exception("twin message on %s could not be applied; ignored", shown(message.topic))
 
     def stop(self) -> None:
         self._stop.set()

@@ -5,18 +5,30 @@ the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
 1. validate each payload (``ems_contract.telemetry.decode_batch``); a bad one becomes
-   a dead letter ``{reason, detail, topic, payload}`` on ``ems/v1/deadletter/<reason>``;
+   a dead letter ``{reason, detail, topic, payload excerpt, size, sha256}`` on
+   ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
-   count null values, turn the rest into samples of ``ems_reading``;
+   count null values, dead-letter readings whose measurement time is further in the
+   future than ``max_future_s`` or older than ``max_age_s`` (``future_timestamp`` /
+   ``too_old``, counted per site: nothing a site sends may move the TSDB's "now"),
+   turn the rest into samples of ``ems_reading``;
 3. remote-write the samples in one request, retrying transient failures with
    exponential backoff (capped at ``tsdb.max_backoff_s``) for as long as it
    takes; a permanent rejection is bisected down to the offending samples,
    which are dead-lettered as ``tsdb_rejected`` while the rest is written;
-4. publish the dead letters (QoS 1, waits for the broker's PUBACK);
-5. commit the seen seqs (SQLite), then PUBACK every message of the batch in order.
+4. publish the dead letters (QoS 1, waits for the broker's PUBACK), each bounded to
+   ``MAX_DEADLETTER_BYTES`` whatever the message was; a message whose dead letter cannot
+   be published within ``deadletter_timeout_s`` is left unacknowledged (and its seqs
+   unmarked), so the broker redelivers it after a reconnect — the others go on;
+5. commit the seen seqs (SQLite), then PUBACK every other message of the batch in order.
 
-Anything that stops the batch before step 5 leaves its messages unacknowledged:
-the broker redelivers them and the rewrite is idempotent. On SIGTERM the worker
+One message can never stop the worker: any failure while handling it (not only a
+``SchemaError``) dead-letters that message as ``unprocessable`` and the batch goes
+on; a sample the TSDB client cannot even encode is isolated by the same bisection
+as one the TSDB refuses. Anything that stops the batch before step 5 leaves its
+messages unacknowledged: the broker redelivers them and the rewrite is idempotent.
+``health()`` is what the liveness probe asks: the loop beats at least every few
+seconds (also while it retries an unavailable TSDB) and paho's network thread lives. On SIGTERM the worker
 unsubscribes, finishes the batch in hand and what the broker already sent
 (bounded by ``shutdown_grace_s``), acknowledges, and exits.
 """
@@ -24,24 +36,31 @@ unsubscribes, finishes the batch in hand and what the broker already sent
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
-from ems_contract.telemetry import MAX_PAYLOAD_BYTES, Batch, SchemaError, deadletter_topic, decode_batch, telemetry_topic
+from ems_contract.telemetry import Batch, SchemaError, deadletter_topic, decode_batch, shown, telemetry_topic
 from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
 from ingest.remote_write import RemoteWriter, Sample, series_labels
 
-__all__ = ["IngestWorker", "DeadLetter"]
+__all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES"]
 
 log = logging.getLogger(__name__)
+
+MAX_DEADLETTER_BYTES = 128 * 1024
+"""Upper bound of one dead letter: far below the broker's 1 MiB ``max_packet_size``."""
+_EXCERPT_BYTES = 16 * 1024          # of the original payload; JSON escaping may grow it at most 6x
+_MAX_LISTED_READINGS = 300          # per dead letter of refused readings (each entry is < 300 bytes)
+_DETAIL_CHARS = 1000
 
 
 @dataclass(frozen=True)
@@ -56,9 +75,14 @@ class _Abandoned(Exception):
 
 @dataclass(slots=True)
 class _Item:
+    """One received message on its way through a batch."""
+
     incoming: Incoming
     batch: Batch | None
     error: SchemaError | None
+    seqs: list[int] = field(default_factory=list)          # marked seen by this batch
+    letters: list[DeadLetter] = field(default_factory=list)
+    undelivered: bool = False                               # a dead letter of it could not be published
 
 
 class IngestWorker:
@@ -66,7 +90,9 @@ class IngestWorker:
 
     def __init__(self, *, link: MqttLink, writer: RemoteWriter, seen: SeenSeqs, metrics: IngestMetrics,
                  max_readings: int = 2000, max_delay_s: float = 0.2, max_backoff_s: float = 30.0,
-                 shutdown_grace_s: float = 20.0, clock: Callable[[], float] = time.monotonic,
+                 shutdown_grace_s: float = 20.0, max_future_s: float = 300.0, max_age_s: float = 72 * 3600.0,
+                 deadletter_timeout_s: float = 30.0, stall_after_s: float = 120.0,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.link = link
         self.writer = writer
@@ -76,10 +102,17 @@ class IngestWorker:
         self.max_delay_s = max_delay_s
         self.max_backoff_s = max_backoff_s
         self.shutdown_grace_s = shutdown_grace_s
+        self.max_future_ms = int(max_future_s * 1000)
+        self.max_age_ms = int(max_age_s * 1000)
+        self.deadletter_timeout_s = deadletter_timeout_s
+        self.stall_after_s = stall_after_s
         self.clock = clock
+        self.wall = wall
         self.sleep = sleep
         self.stopping = threading.Event()
         self._deadline: float | None = None
+        self._beat = clock()
+        self._running = False
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -88,9 +121,28 @@ class IngestWorker:
             self._deadline = self.clock() + self.shutdown_grace_s
             self.stopping.set()
 
+    def health(self) -> tuple[bool, str]:
+        """(alive, why): False when the loop stopped beating or paho's network thread died."""
+        if not self._running:
+            return False, "worker loop not running"
+        stalled = self.clock() - self._beat
+        if stalled > self.stall_after_s:
+            return False, f"worker loop made no progress for {stalled:.0f}s"
+        if not self.link.network_alive:
+            return False, "MQTT network thread is not running"
+        return True, "ok"
+
     def run(self) -> None:
         """Process batches until ``request_stop``; then drain what was delivered, and return."""
+        self._running = True
+        try:
+            self._run()
+        finally:
+            self._running = False
+
+    def _run(self) -> None:
         while not self.stopping.is_set():
+            self._beat = self.clock()
             items = self._collect()
             if items:
                 self.process(items)
@@ -98,6 +150,7 @@ class IngestWorker:
         self.link.unsubscribe_all()
         quiet_since = self.clock()
         while self._deadline is not None and self.clock() < self._deadline:
+            self._beat = self.clock()
             items = self._collect()
             if items:
                 if not self.process(items):
@@ -137,51 +190,125 @@ class IngestWorker:
             return _Item(message, decode_batch(message.payload, message.topic), None)
         except SchemaError as exc:
             return _Item(message, None, exc)
+        except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
+            log.exception("unexpected failure decoding a message on %s; dead-lettering it", shown(message.topic))
+            return _Item(message, None, SchemaError("unprocessable", f"{type(exc).__name__}: {shown(str(exc))}"))
 
     def process(self, items: list[_Item]) -> bool:
         """Write, dead-letter, commit and acknowledge one batch; False when it was left unacknowledged."""
         samples: list[Sample] = []
-        dead: list[DeadLetter] = []
-        counts = {"duplicate": 0, "null": 0}
+        owner: dict[tuple[str, int], _Item] = {}
+        counts = {"duplicate": 0, "null": 0, "future_timestamp": 0, "too_old": 0}
+        now_ms = int(self.wall() * 1000)
         for item in items:
+            if item.error is None:
+                try:
+                    samples.extend(self._samples(item, now_ms, counts))
+                except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
+                    log.exception("unexpected failure handling a message of site %s; dead-lettering it",
+                                  item.batch.site if item.batch else "?")
+                    self._unmark(item)
+                    item.letters.clear()
+                    item.error = SchemaError("unprocessable", f"{type(exc).__name__}: {shown(str(exc))}")
             if item.error is not None:
-                dead.append(_bad_message(item.incoming, item.error))
-                continue
-            site = item.batch.site
-            for reading in item.batch.readings:
-                if self.seen.seen(site, reading.seq):
-                    counts["duplicate"] += 1
-                    continue
-                self.seen.mark(site, reading.seq)
-                if reading.value is None:
-                    counts["null"] += 1
-                    continue
-                samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, reading.seq))
+                item.letters.append(_bad_message(item.incoming, item.error))
+        for item in items:
+            if item.batch is not None and item.error is None:
+                for seq in item.seqs:
+                    owner[(item.batch.site, seq)] = item
         try:
             rejected = self._write(samples)
-            dead.extend(_rejected_samples(rejected))
-            for letter in dead:
-                self._publish_retrying(letter)
+            for item, letter in _rejected_samples(rejected, owner):
+                item.letters.append(letter)
+            self._publish_letters(items)
         except _Abandoned as exc:
             self.seen.rollback()
             log.warning("batch of %d messages left unacknowledged: %s", len(items), exc)
             return False
+        for item in items:
+            if item.undelivered:
+                self._unmark(item)
         self.seen.commit()
-        acked = sum(1 for item in items if self.link.ack(item.incoming))
-        self.metrics.messages_done(len(items))
+        done = [item for item in items if not item.undelivered]
+        acked = sum(1 for item in done if self.link.ack(item.incoming))
+        self.metrics.messages_done(len(done))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
         self.metrics.readings.labels("duplicate").inc(counts["duplicate"])
         self.metrics.readings.labels("null").inc(counts["null"])
+        self.metrics.readings.labels("future_timestamp").inc(counts["future_timestamp"])
+        self.metrics.readings.labels("too_old").inc(counts["too_old"])
         self.metrics.duplicates.inc(counts["duplicate"])
-        for letter in dead:
-            self.metrics.dead_letters.labels(letter.reason).inc()
+        for item in done:
+            for letter in item.letters:
+                self.metrics.dead_letters.labels(letter.reason).inc()
         self.metrics.sites.set(self.seen.site_count)
         self.metrics.queue_depth.set(self.link.incoming.qsize())
-        if acked < len(items):
+        if acked < len(done):
             log.info("%d of %d messages arrived on an earlier connection and are not acknowledged on this one; "
-                     "copies the broker redelivers are recognised as duplicates", len(items) - acked, len(items))
+                     "copies the broker redelivers are recognised as duplicates", len(done) - acked, len(done))
         return True
+    def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
+        """The samples of one valid message; marks its new seqs seen and dead-letters its readings
+        whose measurement time the TSDB must not see."""
+        assert item.batch is not None
+        site = item.batch.site
+        samples: list[Sample] = []
+        clock_rejected: dict[str, list] = {}
+        self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
+        earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
+        for reading in item.batch.readings:
+            if self.seen.seen(site, reading.seq):
+                counts["duplicate"] += 1
+                continue
+            self.seen.mark(site, reading.seq)
+            item.seqs.append(reading.seq)
+            if not earliest <= reading.ts_ms <= latest:
+                clock_rejected.setdefault("future_timestamp" if reading.ts_ms > latest else "too_old", []).append(reading)
+                continue
+            if reading.value is None:
+                counts["null"] += 1
+                continue
+            samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, reading.seq))
+        for reason, readings in clock_rejected.items():
+            counts[reason] += len(readings)
+            self.metrics.clock_rejected.labels(site, reason).inc(len(readings))
+            limit = "ahead of" if reason == "future_timestamp" else "older than"
+            allowed = self.max_future_ms if reason == "future_timestamp" else self.max_age_ms
+            detail = (f"{len(readings)} readings measured {limit} the ingest's clock allows "
+                      f"({allowed // 1000}s; clock {now_ms} ms)")
+            item.letters.extend(_readings_letters(reason, detail, site,
+                                                  [_reading_doc(site, r.seq, r.ts_ms, r.value, r.asset, r.point,
+                                                                r.unit, r.quality) for r in readings]))
+            log.warning("site %s: %d readings dead-lettered as %s (ts_ms %d..%d, worker clock %d)", site,
+                        len(readings), reason, min(r.ts_ms for r in readings), max(r.ts_ms for r in readings), now_ms)
+        return samples
+
+    def _unmark(self, item: _Item) -> None:
+        if item.batch is not None and item.seqs:
+            self.seen.unmark(item.batch.site, item.seqs)
+        item.seqs.clear()
+
+    def _publish_letters(self, items: list[_Item]) -> None:
+        """Publish every item's dead letters; an item whose letter cannot go out is marked undelivered.
+
+        After the first failure the batch's remaining letters are not tried (the broker is away or
+        refusing us: each would wait as long); their items stay unacknowledged and come back.
+        """
+        failed = False
+        for item in items:
+            for letter in item.letters:
+                if failed:
+                    item.undelivered = True
+                    break
+                try:
+                    self._publish_retrying(letter)
+                except BrokerError as exc:
+                    failed = item.undelivered = True
+                    self.metrics.dead_letters_undelivered.inc()
+                    log.error("dead letter (%s, %d bytes) not delivered: %s; its message stays unacknowledged "
+                              "and comes back after a reconnect", letter.reason, len(letter.payload), exc)
+                    break
 
     def _remaining(self, default: float) -> float:
         if self._deadline is None:
@@ -189,14 +316,19 @@ class IngestWorker:
         return max(0.0, self._deadline - self.clock())
 
     def _publish_retrying(self, letter: DeadLetter) -> None:
+        """Publish one dead letter, retrying for up to ``deadletter_timeout_s``; raises BrokerError after."""
+        give_up = self.clock() + self.deadletter_timeout_s
         while True:
+            self._beat = self.clock()
             try:
                 self.link.publish(deadletter_topic(letter.reason), letter.payload, qos=1,
-                                  timeout=min(30.0, self._remaining(default=30.0)))
+                                  timeout=max(0.1, min(give_up - self.clock(), self._remaining(default=30.0))))
                 return
             except BrokerError as exc:
                 if self.stopping.is_set() and self._remaining(0.0) <= 0:
                     raise _Abandoned(f"dead letter not delivered at shutdown: {exc}") from exc
+                if self.clock() >= give_up:
+                    raise
                 log.warning("dead letter (%s) not delivered yet, retrying: %s", letter.reason, exc)
                 self.sleep(0.5)
 
@@ -218,6 +350,7 @@ class IngestWorker:
     def _write_retrying(self, samples: list[Sample]) -> None:
         backoff = 0.1
         while True:
+            self._beat = self.clock()
             try:
                 self.metrics.write_duration.observe(self.writer.write(samples))
                 return
@@ -231,27 +364,61 @@ class IngestWorker:
 
 
 def _bad_message(message: Incoming, error: SchemaError) -> DeadLetter:
-    body: dict[str, object] = {"reason": error.reason, "detail": error.detail, "topic": message.topic,
-                               "received_ms": int(time.time() * 1000), "payload_bytes": len(message.payload)}
-    original = message.payload[:MAX_PAYLOAD_BYTES]
-    body["truncated"] = len(original) < len(message.payload)
+    """The dead letter of a message that could not be taken: bounded, whatever the message was."""
+    payload = message.payload
+    body: dict[str, object] = {"reason": error.reason, "detail": _clip(error.detail), "topic": _clip(message.topic, 300),
+                               "received_ms": int(time.time() * 1000), "payload_bytes": len(payload),
+                               "payload_sha256": hashlib.sha256(payload).hexdigest()}
+    excerpt = payload[:_EXCERPT_BYTES]
+    body["truncated"] = len(excerpt) < len(payload)
     try:
-        body["payload"] = original.decode("utf-8")
+        text = excerpt.decode("utf-8")
+        body["payload"] = text
     except UnicodeDecodeError:
-        body["payload_b64"] = base64.b64encode(original).decode()
-    return DeadLetter(error.reason, json.dumps(body, separators=(",", ":")).encode())
+        body["payload_b64"] = base64.b64encode(excerpt).decode()
+    doc = json.dumps(body, separators=(",", ":")).encode()
+    if len(doc) > MAX_DEADLETTER_BYTES:                  # cannot happen with the bounds above; never exceed it
+        body.pop("payload", None)
+        body.pop("payload_b64", None)
+        body["truncated"] = True
+        doc = json.dumps(body, separators=(",", ":")).encode()
+    return DeadLetter(error.reason, doc)
 
 
-def _rejected_samples(rejected: list[tuple[Sample, TsdbRejected]]) -> list[DeadLetter]:
-    """One dead letter per site and TSDB answer, listing the rejected readings."""
-    groups: dict[tuple[str, str], list[Sample]] = {}
-    for sample, exc in rejected:
-        groups.setdefault((sample.site, str(exc)), []).append(sample)
+def _clip(text: str, limit: int = _DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}…({len(text)} chars)"
+
+
+def _reading_doc(site: str, seq: int, ts_ms: int, value: float | None, asset: str, point: str, unit: str,
+                 quality: str) -> dict[str, object]:
+    return {"site": site, "asset": asset, "point": point, "unit": unit, "quality": quality, "seq": seq,
+            "ts_ms": ts_ms, "value": value}
+
+
+def _readings_letters(reason: str, detail: str, site: str, readings: list[dict[str, object]]) -> list[DeadLetter]:
+    """Dead letters listing refused readings, at most ``_MAX_LISTED_READINGS`` each (so each stays bounded)."""
     letters = []
-    for (site, detail), samples in groups.items():
-        readings = [{**{k: v for k, v in s.labels if k != "__name__"}, "seq": s.seq, "ts_ms": s.ts_ms,
-                     "value": s.value} for s in samples]
-        body = {"reason": "tsdb_rejected", "detail": detail, "topic": telemetry_topic(site),
-                "received_ms": int(time.time() * 1000), "readings": readings}
-        letters.append(DeadLetter("tsdb_rejected", json.dumps(body, separators=(",", ":")).encode()))
+    for start in range(0, len(readings), _MAX_LISTED_READINGS):
+        chunk = readings[start:start + _MAX_LISTED_READINGS]
+        body = {"reason": reason, "detail": _clip(detail), "topic": telemetry_topic(site),
+                "received_ms": int(time.time() * 1000), "readings": chunk}
+        letters.append(DeadLetter(reason, json.dumps(body, separators=(",", ":")).encode()))
     return letters
+
+
+def _rejected_samples(rejected: list[tuple[Sample, TsdbRejected]],
+                      owner: dict[tuple[str, int], _Item]) -> list[tuple[_Item, DeadLetter]]:
+    """Dead letters ``tsdb_rejected``: per message and TSDB answer, listing the rejected readings."""
+    groups: dict[tuple[int, str], tuple[_Item, list[Sample]]] = {}
+    for sample, exc in rejected:
+        item = owner[(sample.site, sample.seq)]
+        groups.setdefault((id(item), str(exc)), (item, []))[1].append(sample)
+    out = []
+    for (_, detail), (item, samples) in groups.items():
+        docs = []
+        for s in samples:
+            labels = dict(s.labels)
+            docs.append(_reading_doc(s.site, s.seq, s.ts_ms, s.value, labels["asset"], labels["point"],
+                                     labels["unit"], labels["quality"]))
+        out.extend((item, letter) for letter in _readings_letters("tsdb_rejected", detail, samples[0].site, docs))
+    return out

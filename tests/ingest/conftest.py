@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import queue
+
 from pathlib import Path
 from typing import Callable, Iterator
 
+import paho.mqtt.client as paho
 import pytest
+from paho.mqtt.enums import CallbackAPIVersion
 
 from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki
@@ -44,3 +49,20 @@ def edge(broker: MosquittoBroker, pki: LocalPki) -> Iterator[EdgePublisher]:
     publisher = EdgePublisher(broker, pki)
     yield publisher
     publisher.close()
+
+
+@pytest.fixture
+def dead_letters(broker):
+    """Messages on ems/v1/deadletter/# as (topic, decoded JSON), observed on the plain listener."""
+    got: queue.Queue = queue.Queue()
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="deadletter-observer", protocol=paho.MQTTv5)
+    client.on_message = lambda c, u, m: got.put((m.topic, json.loads(m.payload)))
+    subscribed = queue.Queue()
+    client.on_subscribe = lambda *a: subscribed.put(True)
+    client.connect("127.0.0.1", broker.plain_port)
+    client.loop_start()
+    client.subscribe("ems/v1/deadletter/#", qos=1)
+    subscribed.get(timeout=10)
+    yield got
+    client.disconnect()
+    client.loop_stop()

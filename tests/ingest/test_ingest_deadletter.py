@@ -6,31 +6,12 @@ import json
 import queue
 import time
 
-import paho.mqtt.client as paho
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from ems_contract.telemetry import MAX_PAYLOAD_BYTES, Reading, encode_batch, telemetry_topic
 from ingest_support import Stream, stored
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def dead_letters(broker):
-    """Messages on ems/v1/deadletter/# as (topic, decoded JSON), observed on the plain listener."""
-    got: queue.Queue = queue.Queue()
-    client = paho.Client(CallbackAPIVersion.VERSION2, client_id="deadletter-observer", protocol=paho.MQTTv5)
-    client.on_message = lambda c, u, m: got.put((m.topic, json.loads(m.payload)))
-    subscribed = queue.Queue()
-    client.on_subscribe = lambda *a: subscribed.put(True)
-    client.connect("127.0.0.1", broker.plain_port)
-    client.loop_start()
-    client.subscribe("ems/v1/deadletter/#", qos=1)
-    subscribed.get(timeout=10)
-    yield got
-    client.disconnect()
-    client.loop_stop()
 
 
 def _good(site: str, seq: int, ts_ms: int, **overrides: object) -> dict:
@@ -80,9 +61,14 @@ def test_bad_payloads_are_dead_lettered_with_reasons_and_the_worker_keeps_going(
     assert ingest.proc.poll() is None
 
 
+# The ingest's own time window would dead-letter 40-day-old readings as too_old before the TSDB saw
+# them; these tests widen it beyond the test TSDB's 30d out-of-order window to exercise the TSDB's refusal.
+BEYOND_TSDB_WINDOW_S = 60 * 86400
+
+
 def test_samples_the_tsdb_refuses_are_dead_lettered_and_the_rest_written(ingest_factory, edge, dead_letters,
                                                                          prometheus):
-    ingest = ingest_factory()
+    ingest = ingest_factory(max_age_s=BEYOND_TSDB_WINDOW_S)
     site = "sub-old"
     now = int(time.time() * 1000)
     too_old = now - 40 * 24 * 3600 * 1000            # beyond the 30d out-of-order window
@@ -123,7 +109,7 @@ def test_null_values_are_counted_not_written(ingest_factory, edge, prometheus):
 
 
 def test_bisection_isolates_every_refused_sample_in_a_large_batch(ingest_factory, edge, dead_letters, prometheus):
-    ingest = ingest_factory()
+    ingest = ingest_factory(max_age_s=BEYOND_TSDB_WINDOW_S)
     site = "sub-bisect"
     now = int(time.time() * 1000)
     edge.publish(site, [Reading(1000, now - 100, "tx1", "load", 1.0, "A")])

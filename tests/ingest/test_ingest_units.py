@@ -38,7 +38,7 @@ def test_twin_store_keeps_the_latest_valid_document_per_asset() -> None:
     assert not store.update("ems/v1/s1/twin/tx1", json.dumps({"v": 2, "site": "s1", "asset": "tx1",
                                                                 "points": {}}).encode())
     assert not store.update("ems/v1/s1/telemetry", encode_twin("s1", "tx1", 6, points))
-    assert store.rejected == 4
+    assert store.rejected_total == 4
     assert store.get("s1", "tx1")["ts_ms"] == 5
     assert store.assets("s1") == ["tx1"]
     assert store.update("ems/v1/s1/twin/tx1", b"")          # retained message cleared: the twin is gone
