@@ -1,17 +1,18 @@
 # ems-platform — the two front-door commands are `make demo` and `make test`.
+# `make test` runs `make lint` first (scripts/lint.sh), so CI (.ci/run → make test) runs it too.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages demo test bench clean
+.PHONY: setup system-packages demo lint test bench clean
 
 setup: $(STAMP) system-packages
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
 	touch $@
 
@@ -21,7 +22,10 @@ system-packages:
 demo: setup
 	./scripts/demo.sh
 
-test: setup
+lint: $(STAMP)
+	./scripts/lint.sh
+
+test: setup lint
 	$(BIN)/pytest
 
 bench: setup

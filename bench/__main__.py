@@ -25,7 +25,7 @@ def main(argv: list[str]) -> int:
         started = time.monotonic()
         try:
             importlib.import_module(f"bench.{name}").main()
-        except Exception as exc:  # one broken benchmark must not hide the others' figures
+        except Exception as exc:  # noqa: BLE001 one broken benchmark must not hide the others' figures
             failed.append(name)
             print(f"!!! {name} failed: {exc!r}", flush=True)
         print(f"--- {name}: {time.monotonic() - started:.1f}s", flush=True)

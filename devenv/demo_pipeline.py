@@ -120,7 +120,7 @@ class IngestProcess(ManagedProcess):
 
     def metrics(self) -> dict[str, float]:
         """The /metrics samples as ``{'name{labels}': value}``."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as resp:  # nosec B310 # a fixed 127.0.0.1 URL built here
             text = resp.read().decode()
         out = {}
         for line in text.splitlines():
@@ -244,7 +244,7 @@ def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[i
         "ems_ingest_messages_per_second", "ems_ingest_write_duration_seconds_count")))
     context = ssl.create_default_context(cafile=str(pki.ca))
     try:
-        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/assets/sub-07/tx1", context=context,
+        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/assets/sub-07/tx1", context=context,  # nosec B310 # a fixed 127.0.0.1 URL built here
                                     timeout=5) as resp:
             twin = json.load(resp)
         points = ", ".join(f"{p}={v.get('value')}" for p, v in sorted(twin["points"].items()))
@@ -253,7 +253,7 @@ def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[i
         if thermal:
             print("           thermal model → " + ", ".join(f"{k}={v}" for k, v in sorted(thermal.items())))
         q = urllib.parse.urlencode({"query": 'count(ems_reading{site="sub-07"})'})
-        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/query?{q}", context=context,
+        with urllib.request.urlopen(f"https://127.0.0.1:{twin_port}/v1/query?{q}", context=context,  # nosec B310 # a fixed 127.0.0.1 URL built here
                                     timeout=5) as resp:
             print(f"twin API> GET /v1/query?{q} → {json.load(resp)['data']['result'][0]['value'][1]} series")
     except (OSError, KeyError, IndexError) as exc:

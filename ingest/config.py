@@ -90,7 +90,7 @@ class StateConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # nosec B104 # in a pod the server must listen on the pod IP; NetworkPolicy limits who connects
     port: int = 9100
 
 
@@ -98,7 +98,7 @@ class MetricsConfig:
 class TwinApiConfig:
     cert: Path
     key: Path
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # nosec B104 # in a pod the server must listen on the pod IP; NetworkPolicy limits who connects
     port: int = 443
     client_ca: Path | None = None
     client_id: str = ""
@@ -277,13 +277,13 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
 
     metrics = MetricsConfig()
     if (m := section("metrics", required=False)) is not None:
-        metrics = MetricsConfig(host=m.str("host", "0.0.0.0"), port=m.int("port", 9100, 0, 65535))
+        metrics = MetricsConfig(host=m.str("host", MetricsConfig.host), port=m.int("port", 9100, 0, 65535))
         m.done()
 
     twin = None
     if (tw := section("twin_api", required=False)) is not None:
         twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
-                             host=tw.str("host", "0.0.0.0"), port=tw.int("port", 443, 0, 65535),
+                             host=tw.str("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"))
         tw.done()
 

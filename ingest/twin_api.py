@@ -196,7 +196,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             forward["time"] = params["time"][0]
         url = f"{self.server.api.query_url}/api/v1/query?{urllib.parse.urlencode(forward)}"
         try:
-            with urllib.request.urlopen(url, timeout=self.server.api.query_timeout_s) as resp:
+            with urllib.request.urlopen(url, timeout=self.server.api.query_timeout_s) as resp:  # nosec B310 # query_url: http(s) only, checked by the config parser
                 return self._raw(resp.status, resp.read())
         except urllib.error.HTTPError as exc:           # Prometheus' own 400/422/503 with its JSON error
             return self._raw(exc.code, exc.read())

@@ -31,7 +31,7 @@ from devenv.pki import LocalPki, make_pki
 from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
 from ingest.config import parse_config
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
-from ingest.twin_api import TWIN_SUBSCRIPTION, TwinStore
+from ingest.twin_api import TWIN_SUBSCRIPTION
 
 pytestmark = pytest.mark.integration
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import threading
+from typing import ClassVar
 
 import cramjam
 import pytest
@@ -36,8 +37,8 @@ def test_write_request_groups_series_sorts_samples_and_keeps_timestamps() -> Non
 
 
 class _Answers(http.server.BaseHTTPRequestHandler):
-    answers: list[tuple[int, bytes]] = []
-    seen: list[dict[str, str]] = []
+    answers: ClassVar[list[tuple[int, bytes]]] = []     # shared by the per-request handler instances
+    seen: ClassVar[list[dict[str, str]]] = []
 
     def do_POST(self) -> None:  # noqa: N802 - http.server API
         self.rfile.read(int(self.headers["Content-Length"]))
