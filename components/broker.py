@@ -6,26 +6,42 @@ clusters, a ``ClusterIP`` bound to the region's NLB target group on AWS (see
 ``components/aws_ingress.py``). Sessions and in-flight QoS 1 messages persist on a volume
 from the CSI class.
 
-Who uses what:
+Who uses what (on 8883 the certificate's CN is the MQTT username *and* the client id):
 
-| client | listener | identity (certificate CN = MQTT username) | may |
+| client | listener | identity (certificate CN = username = client id) | may |
 |---|---|---|---|
 | edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only |
 | Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
-| ingest workers | 8883 (``broker``) | ``ingest_identity`` (e.g. ``ems-ingest``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
-| twin API | 8883 (``broker``) | ``twin_identity`` (e.g. ``ems-twin-api``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
-| any other certificate of the CA | 8883 | its CN | connects, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
+| ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``<namespace>-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
+| twin API | 8883 (``broker``) | one per replica: ``<namespace>-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
+| north-bound client (planned) | 8883 (``broker``) | its own CN, added like ``twin_identities`` with its own role | (DESIGN §2: publish ``ems/v1/<site>/command`` for its sites only) |
+| any other certificate of the CA | 8883 | its CN | connects under its own CN as client id, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
 | operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
 
-``use_identity_as_username``: the username is the certificate's CN and a CONNECT username is
-ignored; the client id stays the client's own (each ingest worker keeps its pod-derived id and
-its persistent session while all workers share one certificate identity). There is no
-password check on 8883: the certificate authenticates the client.
+A session belongs to a certificate: ``use_identity_as_username`` makes the CN the username
+(a CONNECT username is ignored) and ``use_username_as_clientid`` makes it the client id (the
+client id a client sends is replaced, and the CONNACK does not tell it so). A persistent
+session — an ingest worker's, with its unacknowledged and queued readings — can therefore be
+resumed or wiped only with that worker's own certificate, so every worker needs its own CN
+and every twin API replica too (two connections with one CN would take the session from
+each other in turn). There is no password check on 8883: the certificate authenticates.
 
 8883 is governed by the dynamic-security plugin (``per_listener_settings true``: on that
 listener only), from the JSON :func:`dynsec_config` generates out of the stack's clients.
 Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.py``):
 
+* Without ``use_username_as_clientid`` any certificate of the CA — a listed site's or a CN
+  in no stack — could connect with a worker's client id: with ``clean_start`` it wiped the
+  worker's session, without it took the session over (its reads are refused, so the queued
+  readings were dropped): 0 of 5 reached the worker afterwards. With it, the intruder gets a
+  session under its own CN and the worker receives 5 of 5.
+* What does *not* bind a client id to a certificate in 2.0.11: a dynsec client's
+  ``clientid`` field (the plugin's username/password check is never called for
+  ``use_identity_as_username`` listeners: the identity connected with another client id and
+  was granted its SUBSCRIBE, and other identities still took the worker's id; a client's
+  ``"disabled": true`` is ignored too), and ``clientid_prefixes`` (one global prefix,
+  deprecated, not per listener and not per identity). Nor can the plugin refuse an unlisted
+  CN at CONNECT: it connects and is refused every SUBSCRIBE and PUBLISH instead.
 * A dynsec client is found by username, so a certificate identity needs a client entry
   without a password; a CN the file does not list is refused every SUBSCRIBE and PUBLISH.
 * SUBSCRIBE is checked against the whole filter, ``$share/<group>/`` included, and a refused
@@ -42,7 +58,11 @@ Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.p
   queued messages survive on the volume). If the file were unreadable the broker would
   still start and refuse everything on 8883 (fail closed).
 
-1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing.
+1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing. Client
+ids are one namespace across listeners, and an anonymous client has no identity to bind its
+id to: a 1883 client that sends a worker's client id takes that worker's session (see
+``docs/deploy.md``, the 1883 listener), which is why 1883 stays reachable from inside the
+namespace only.
 
 The plugin's path differs between builds: ``/usr/lib/mosquitto_dynamic_security.so`` in the
 ``eclipse-mosquitto`` image (:data:`DYNSEC_PLUGIN`), ``/usr/lib/<triplet>/`` in Debian's
@@ -99,6 +119,8 @@ certfile /mosquitto/tls/tls.crt
 keyfile /mosquitto/tls/tls.key
 require_certificate true
 use_identity_as_username true
+# The CN is the client id too: a session (and the readings queued in it) belongs to one certificate.
+use_username_as_clientid true
 tls_version tlsv1.2
 # Who may subscribe, publish and receive what, per certificate identity (read once, at start).
 plugin {dynsec_plugin}
@@ -127,6 +149,11 @@ def config_hash(files: dict[str, str]) -> str:
     return h.hexdigest()
 
 
+# Role names of the shared grants; a site's role is "own-<CN>", so these cannot collide with one.
+INGEST_ROLE = "ingest-shared-telemetry"
+TWIN_ROLE = "twin-api-read-twins"
+
+
 def _acl(kind: str, topic: str) -> dict[str, Any]:
     return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
 
@@ -137,33 +164,34 @@ def _own_subtree(identity: str) -> dict[str, Any]:
         _acl("publishClientSend", subtree), _acl("publishClientReceive", subtree), _acl("subscribePattern", subtree)]}
 
 
-def dynsec_config(clients: Sequence[str], ingest_identity: str, ingest_group: str, twin_identity: str | None = None) -> str:
+def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], ingest_group: str,
+                  twin_identities: Sequence[str] = ()) -> str:
     """The 8883 listener's dynamic-security file.
 
     Default deny for publish, receive and subscribe (``$CONTROL`` included: nobody
-    administers the plugin, the program does). Every identity in ``clients`` and the ingest
-    identity get a role for their own subtree ``ems/v1/<CN>/#``. The ingest identity also
-    subscribes to exactly ``$share/<ingest_group>/ems/v1/+/telemetry`` (a literal filter:
-    no other group, no unshared filter), receives every site's telemetry and publishes dead
-    letters. Nothing else: no twins, no status, no other site's subtree.
+    administers the plugin, the program does). Every identity in ``clients`` and every
+    ingest worker's identity get a role for their own subtree ``ems/v1/<CN>/#``. The ingest
+    workers (``ingest_identities``, one CN per worker) share a role: subscribe to exactly
+    ``$share/<ingest_group>/ems/v1/+/telemetry`` (a literal filter: no other group, no
+    unshared filter), receive every site's telemetry and publish dead letters. Nothing else:
+    no twins, no status, no other site's subtree.
 
-    ``twin_identity`` (the twin read API) subscribes to exactly ``ems/v1/+/twin/+`` and
-    receives every site's twins; it publishes nothing and has no subtree of its own.
+    The twin read API's replicas (``twin_identities``) share a role: subscribe to exactly
+    ``ems/v1/+/twin/+`` and receive every site's twins; they publish nothing and have no
+    subtree of their own. A north-bound identity gets its own role here when it exists.
     """
-    ingest_role = f"{ingest_identity}-shared-telemetry"
-    roles = [_own_subtree(cn) for cn in (*clients, ingest_identity)]
-    roles.append({"rolename": ingest_role, "acls": [
+    roles = [_own_subtree(cn) for cn in (*clients, *ingest_identities)]
+    roles.append({"rolename": INGEST_ROLE, "acls": [
         _acl("subscribeLiteral", telemetry_subscription(ingest_group)),
         _acl("publishClientReceive", telemetry_subscription()),
         _acl("publishClientSend", DEADLETTERS)]})
     entries = [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}]} for cn in clients]
-    entries.append({"username": ingest_identity, "roles": [{"rolename": f"own-{ingest_identity}", "priority": 0},
-                                                           {"rolename": ingest_role, "priority": 0}]})
-    if twin_identity is not None:
-        twin_role = f"{twin_identity}-read-twins"
-        roles.append({"rolename": twin_role, "acls": [
+    entries += [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}, {"rolename": INGEST_ROLE, "priority": 0}]}
+                for cn in ingest_identities]
+    if twin_identities:
+        roles.append({"rolename": TWIN_ROLE, "acls": [
             _acl("subscribeLiteral", TWIN_SUBSCRIPTION), _acl("publishClientReceive", TWIN_SUBSCRIPTION)]})
-        entries.append({"username": twin_identity, "roles": [{"rolename": twin_role, "priority": 0}]})
+        entries += [{"username": cn, "roles": [{"rolename": TWIN_ROLE, "priority": 0}]} for cn in twin_identities]
     return json.dumps({
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
                              "subscribe": False, "unsubscribe": True},
@@ -189,14 +217,17 @@ class BrokerArgs:
     """``kubernetes.io/tls`` Secret with tls.crt, tls.key, ca.crt of the broker."""
     storage_class: pulumi.Input[str]
     """StorageClass of the persistence volume."""
-    ingest_identity: str
-    """Certificate CN (= MQTT username) of the ingest workers: reads all telemetry, writes dead letters."""
+    ingest_identities: tuple[str, ...]
+    """Certificate CNs of the ingest workers, one per StatefulSet ordinal (at least one): each is that worker's
+    username and client id, so its persistent session is usable only with its own certificate. All of them read
+    all telemetry through the shared group and write dead letters."""
     ingest_group: str
-    """The ingest workers' shared-subscription group: only ``ingest_identity`` may join ``$share/<group>/ems/v1/+/telemetry``."""
+    """The ingest workers' shared-subscription group: only ``ingest_identities`` may join ``$share/<group>/ems/v1/+/telemetry``."""
     clients: tuple[str, ...]
     """Certificate CNs confined to their own subtree ``ems/v1/<CN>/#`` (edge sites, the Modbus bridge); any other CN may do nothing."""
-    twin_identity: str | None = None
-    """Certificate CN of the twin read API: subscribes to and receives ``ems/v1/+/twin/+`` only. Defaults to none (no such client)."""
+    twin_identities: tuple[str, ...] = ()
+    """Certificate CNs of the twin read API's replicas, one per replica: subscribe to and receive ``ems/v1/+/twin/+`` only.
+    Defaults to none (no such client)."""
     dynsec_plugin: str = DYNSEC_PLUGIN
     """Path of ``mosquitto_dynamic_security.so`` in the image. Defaults to the eclipse-mosquitto image's."""
     storage_size: str = "20Gi"
@@ -205,6 +236,24 @@ class BrokerArgs:
     """Type of ``broker-external`` (8883 only): LoadBalancer or ClusterIP. Defaults to LoadBalancer."""
     resources: Resources = Resources("250m", "256Mi", "1", "1Gi")
     """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/1Gi."""
+
+
+def validate_identities(name: str, args: BrokerArgs) -> None:
+    """Every certificate identity is a DNS label other than :data:`RESERVED_IDENTITY`, and distinct across all roles
+    (one CN is one username, one client id and one session). Raises ComponentArgsError naming the field and the CN."""
+    if not _IDENTITY.fullmatch(args.ingest_group):
+        raise ComponentArgsError(name, "ingest_group", args.ingest_group, "must be a DNS label")
+    if not args.ingest_identities:
+        raise ComponentArgsError(name, "ingest_identities", args.ingest_identities, "must name at least one worker")
+    seen: dict[str, str] = {}
+    for field, identities in (("clients", args.clients), ("ingest_identities", args.ingest_identities),
+                              ("twin_identities", args.twin_identities)):
+        for cn in identities:
+            if not _IDENTITY.fullmatch(cn) or cn == RESERVED_IDENTITY:
+                raise ComponentArgsError(name, field, cn, f"must be DNS labels other than {RESERVED_IDENTITY!r}")
+            if cn in seen:
+                raise ComponentArgsError(name, field, cn, f"must be distinct certificate identities ({cn!r} is already in {seen[cn]})")
+            seen[cn] = field
 
 
 class MqttBroker(pulumi.ComponentResource):
@@ -217,19 +266,7 @@ class MqttBroker(pulumi.ComponentResource):
     def __init__(self, name: str, args: BrokerArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if args.external_service_type not in ("LoadBalancer", "ClusterIP"):
             raise ComponentArgsError(name, "external_service_type", args.external_service_type, "must be LoadBalancer or ClusterIP")
-        if not _IDENTITY.fullmatch(args.ingest_identity) or args.ingest_identity == RESERVED_IDENTITY:
-            raise ComponentArgsError(name, "ingest_identity", args.ingest_identity,
-                                     f"must be a DNS label other than {RESERVED_IDENTITY!r}")
-        if not _IDENTITY.fullmatch(args.ingest_group):
-            raise ComponentArgsError(name, "ingest_group", args.ingest_group, "must be a DNS label")
-        for cn in args.clients:
-            if not _IDENTITY.fullmatch(cn) or cn in (RESERVED_IDENTITY, args.ingest_identity) or args.clients.count(cn) > 1:
-                raise ComponentArgsError(name, "clients", cn, f"must be distinct DNS labels other than {RESERVED_IDENTITY!r} "
-                                         f"and the ingest identity {args.ingest_identity!r}")
-        if args.twin_identity is not None and (not _IDENTITY.fullmatch(args.twin_identity)
-                                               or args.twin_identity in (RESERVED_IDENTITY, args.ingest_identity, *args.clients)):
-            raise ComponentArgsError(name, "twin_identity", args.twin_identity,
-                                     f"must be a DNS label other than {RESERVED_IDENTITY!r}, the ingest identity and the clients")
+        validate_identities(name, args)
         if not _PLUGIN_PATH.fullmatch(args.dynsec_plugin):
             raise ComponentArgsError(name, "dynsec_plugin", args.dynsec_plugin, "must be an absolute path to a .so file, without spaces")
         super().__init__("ems:workloads:MqttBroker", name, None, opts)
@@ -238,7 +275,7 @@ class MqttBroker(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         config = {
             "mosquitto.conf": mosquitto_conf(args.dynsec_plugin),
-            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identity, args.ingest_group, args.twin_identity),
+            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identities, args.ingest_group, args.twin_identities),
             "acl-plain": plain_acl(),
         }
         conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)

@@ -6,10 +6,16 @@ from the hostname) so the broker's persistent session — and the QoS 1 messages
 a crashed worker — survive a restart. Its ``ingest.toml`` is generated here and checked with
 the ingest's own parser.
 
-The workers connect to the broker with mTLS on 8883, all with one client certificate from the
-platform PKI (``tls_secret``, CN = the broker's ingest identity; mounted with mode 0440 and
-read through the pod's fsGroup). The certificate is the MQTT username, not the client id:
-each worker keeps its own id and session.
+The workers connect to the broker with mTLS on 8883, each with its own client certificate from
+the platform PKI: worker ``ingest-<n>`` presents CN ``<identity>-ingest-<n>`` (see
+:func:`worker_identities`), which the broker takes as its MQTT username *and* client id
+(``use_username_as_clientid``, ``components/broker.py``), so a worker's persistent session — and
+the readings queued in it while the worker is down — can be resumed or wiped only with that
+worker's certificate. One certificate per ordinal up to the HPA's ``max_replicas``; the Secrets
+(``tls_secrets``) are projected into one volume, one directory per pod name, and each pod mounts
+only its own directory (``subPathExpr``) at ``/etc/ems/tls``, mode 0440, read through the pod's
+fsGroup. A pod with an ordinal beyond ``max_replicas`` has no certificate and does not start. The
+client id the worker sends (``EMS_BROKER_CLIENT_ID`` = its CN) only keeps its logs honest.
 
 The HPA (``autoscaling/v2``) targets the pods metric ``ems_ingest_messages_per_second``
 (served by prometheus-adapter from ``rate(ems_ingest_messages_total[1m])``) as an
@@ -36,8 +42,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels, metadata,
-    pod_spec, secret_volume, selector, template_metadata,
+    POD_NAME_ENV, THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels,
+    metadata, per_pod_secrets_volume, pod_spec, selector, template_metadata,
 )
 
 if TYPE_CHECKING:                      # the parser is imported lazily: only validation needs it
@@ -52,7 +58,7 @@ STATE_DIR = "/var/lib/ems-ingest"
 TLS_DIR = "/etc/ems/tls"
 MQTTS_PORT = 8883
 SHARED_GROUP = "ems-ingest"
-"""The workers' shared-subscription group: ``$share/ems-ingest/ems/v1/+/telemetry`` (the broker lets only the ingest identity join it)."""
+"""The workers' shared-subscription group: ``$share/ems-ingest/ems/v1/+/telemetry`` (the broker lets only the ingest workers' identities join it)."""
 
 
 def mtls_broker_section(broker_host: str, tls_dir: str) -> list[str]:
@@ -78,8 +84,8 @@ def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 *
     ``max_age_s`` is the TSDB's out-of-order window: older readings are dead-lettered by the
     worker instead of being refused by the TSDB.
 
-    No ``client_id``: one file serves every pod, and the ingest's default
-    (``ems-ingest-<hostname>``, the StatefulSet pod name) is the stable per-worker id.
+    No ``client_id``: one file serves every pod; the broker takes each worker's certificate CN as
+    its client id, and the pod's environment (``EMS_BROKER_CLIENT_ID``) says the same.
     """
     q = json.dumps
     return "\n".join([
@@ -90,6 +96,12 @@ def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 *
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[time]", f"max_age_s = {max_age_s:g}", "",
     ])
+
+
+def worker_identities(identity: str, count: int) -> tuple[str, ...]:
+    """Certificate CN of worker ``ingest-<n>`` for n < ``count``: ``<identity>-ingest-<n>`` (the pod name after the
+    role's identity, e.g. ``ems-ingest-ingest-0`` — the client id the workers used before ids were bound to certificates)."""
+    return tuple(f"{identity}-{APP}-{n}" for n in range(count))
 
 
 def validate_ingest_toml(name: str, text: str) -> IngestConfig:
@@ -112,8 +124,11 @@ class IngestArgs:
     """Ingest image with an explicit tag."""
     broker_host: str
     """Broker Service DNS name (mTLS on 8883); must be one of the broker certificate's DNS SANs."""
-    tls_secret: pulumi.Input[str]
-    """``kubernetes.io/tls`` Secret with the workers' client certificate (tls.crt, tls.key, ca.crt)."""
+    identity: str
+    """The workers' identity prefix: worker ``ingest-<n>`` is CN (= MQTT username and client id) ``<identity>-ingest-<n>``."""
+    tls_secrets: tuple[pulumi.Input[str], ...]
+    """``kubernetes.io/tls`` Secrets (tls.crt, tls.key, ca.crt), one per worker: index n is pod ``ingest-<n>``'s
+    certificate, CN ``worker_identities(identity, max_replicas)[n]``. Exactly ``max_replicas`` of them."""
     remote_write_url: str
     """TSDB remote-write endpoint."""
     storage_class: pulumi.Input[str]
@@ -148,6 +163,9 @@ class IngestWorkers(pulumi.ComponentResource):
             raise ComponentArgsError(name, "min_replicas", args.min_replicas, f"must not exceed max_replicas {args.max_replicas}")
         if not 0 <= args.scale_down_stabilization_seconds <= 3600:
             raise ComponentArgsError(name, "scale_down_stabilization_seconds", args.scale_down_stabilization_seconds, "must be 0..3600")
+        if len(args.tls_secrets) != args.max_replicas:
+            raise ComponentArgsError(name, "tls_secrets", len(args.tls_secrets),
+                                     f"must hold one Secret per worker up to max_replicas {args.max_replicas}")
         conf_text = ingest_toml(args.broker_host, args.remote_write_url, duration_s(args.reading_window))
         validate_ingest_toml(name, conf_text)
         super().__init__("ems:workloads:IngestWorkers", name, None, opts)
@@ -166,7 +184,9 @@ class IngestWorkers(pulumi.ComponentResource):
             "ingest", args.image, args.resources,
             args=["run", "--config", "/etc/ems/ingest/ingest.toml"],
             ports=[("metrics", METRICS_PORT)],
-            mounts=[("config", "/etc/ems/ingest"), ("tls", TLS_DIR), ("state", STATE_DIR), ("tmp", "/tmp")],
+            env={"EMS_BROKER_CLIENT_ID": f"{args.identity}-$({POD_NAME_ENV})"},
+            mounts=[("config", "/etc/ems/ingest"), ("state", STATE_DIR), ("tmp", "/tmp")],
+            own_dir_mounts=[("tls", TLS_DIR)],
             writable=["state", "tmp"],
             probe_port=METRICS_PORT, probe_path="/metrics", liveness_path="/healthz",
         )
@@ -182,7 +202,9 @@ class IngestWorkers(pulumi.ComponentResource):
                     "metadata": template_metadata(APP, [worker], **{THERMAL_LABEL: "true"}),
                     "spec": pod_spec([worker], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
-                                              secret_volume("tls", args.tls_secret), empty_dir("tmp")],
+                                              per_pod_secrets_volume("tls", [(f"{APP}-{n}", secret) for n, secret
+                                                                              in enumerate(args.tls_secrets)]),
+                                              empty_dir("tmp")],
                                      sysctls=SYSCTLS, pool="general", spread_app=APP),
                 },
                 "volumeClaimTemplates": [{

@@ -17,6 +17,7 @@ POOL_LABEL = "ems.io/pool"
 LATENCY_LABEL = "ems.io/latency-critical"
 THERMAL_LABEL = "ems.io/thermal-asset"
 NEEDS_TOKEN_ANNOTATION = "ems.io/needs-api-token"
+POD_NAME_ENV = "POD_NAME"  # set from the downward API for per-pod mounts (see container)
 SECRET_FILE_MODE = 0o440  # decimal 288: the contract's ceiling for secret volumes
 # High, non-system ids (scanners flag ids below 10000: they may collide with host users).
 DEFAULT_UID = 10001
@@ -76,6 +77,7 @@ def container(
     command: Sequence[str] | None = None,
     env: Mapping[str, pulumi.Input[str]] | None = None,
     mounts: Sequence[tuple[str, str]] = (),
+    own_dir_mounts: Sequence[tuple[str, str]] = (),
     writable: Sequence[str] = (),
     run_as_user: int = DEFAULT_UID,
     probe_port: int | None = None,
@@ -88,6 +90,11 @@ def container(
     ``probe_port`` gets a readiness probe (``probe_path`` over ``probe_scheme``, else TCP) and a TCP
     liveness probe; ``liveness_path`` makes liveness an HTTP check of that path instead, for
     processes whose health endpoint reports a dead or stalled worker (not a busy dependency).
+
+    ``own_dir_mounts`` are (volume, path) pairs of which only the directory named after the pod is mounted
+    (``subPathExpr: $(POD_NAME)``, the pod name from the downward API): with :func:`per_pod_secrets_volume`,
+    each pod of a StatefulSet sees its own certificate and no other. A pod whose directory does not exist
+    does not start.
     """
     spec: dict[str, Any] = {
         "name": name,
@@ -115,8 +122,11 @@ def container(
         spec["args"] = list(args)
     if env:
         spec["env"] = [{"name": k, "value": v} for k, v in env.items()]
-    if mounts:
-        spec["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": v not in writable} for v, p in mounts]
+    if own_dir_mounts:
+        spec["env"] = [{"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, *spec.get("env", [])]
+    if mounts or own_dir_mounts:
+        spec["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": v not in writable} for v, p in mounts] + [
+            {"name": v, "mountPath": p, "readOnly": True, "subPathExpr": f"$({POD_NAME_ENV})"} for v, p in own_dir_mounts]
     if probe_port is not None:
         if probe_path is not None:
             action: dict[str, Any] = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": probe_scheme}}
@@ -194,6 +204,17 @@ def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotat
 
 def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:
     return {"name": name, "secret": {"secretName": secret_name, "defaultMode": SECRET_FILE_MODE}}
+
+
+def per_pod_secrets_volume(name: str, secrets: Sequence[tuple[str, pulumi.Input[str]]]) -> dict[str, Any]:
+    """One projected volume holding each pod's ``kubernetes.io/tls`` Secret in a directory named after the pod.
+
+    ``secrets`` are (pod name, Secret name) pairs; pod ``p`` finds ``p/ca.crt``, ``p/tls.crt`` and ``p/tls.key``
+    (mode 0440). Mount it with ``own_dir_mounts`` of :func:`container` so a pod sees only its own directory.
+    """
+    return {"name": name, "projected": {"defaultMode": SECRET_FILE_MODE, "sources": [
+        {"secret": {"name": secret, "items": [{"key": key, "path": f"{pod}/{key}"} for key in ("ca.crt", "tls.crt", "tls.key")]}}
+        for pod, secret in secrets]}}
 
 
 def config_volume(name: str, config_map: pulumi.Input[str]) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components.api_gateway import ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
-from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers
+from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_identities
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs
@@ -24,7 +24,7 @@ from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import Tsdb, TsdbArgs
-from components.twin_api import PORT as TWIN_API_PORT, TwinApi, TwinApiArgs
+from components.twin_api import PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
 
 AWS_EBS_PARAMETERS = {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"}
 
@@ -56,13 +56,22 @@ class EmsPlatform(pulumi.ComponentResource):
             raise ComponentArgsError(name, "cloud", args.cloud, "must be aws, private or local")
         if args.cloud == "aws" and s.storage_provisioner != "ebs.csi.aws.com":
             raise ComponentArgsError(name, "settings.storage_provisioner", s.storage_provisioner, "must be ebs.csi.aws.com on AWS")
+        # Certificate identities (CN = MQTT username = client id, components/broker.py): one per ingest worker up to
+        # the HPA's maximum and one per twin API replica, so that a session belongs to one certificate.
         bridge_site, ingest_identity = f"{s.namespace}-bridge", f"{s.namespace}-ingest"
         twin_identity = f"{s.namespace}-twin-api"
-        for reserved, why in ((bridge_site, "the in-cluster Modbus bridge"), (ingest_identity, "the ingest workers"),
-                              (twin_identity, "the twin read API"),
-                              (RESERVED_IDENTITY, "dead letters (ems/v1/deadletter/)")):
-            if reserved in s.edge_sites:
-                raise ComponentArgsError(name, "settings.edge_sites", reserved, f"is reserved for {why}")
+        ingest_workers = worker_identities(ingest_identity, s.ingest_max_replicas)
+        twin_replicas = replica_identities(twin_identity, TWIN_API_REPLICAS)
+        # Not yet deployed, reserved now so that no edge site takes its name first (DESIGN §2, north-bound client).
+        northbound_identity = f"{s.namespace}-northbound"
+        for site in s.edge_sites:
+            for reserved, family, why in ((bridge_site, False, "the in-cluster Modbus bridge"),
+                                          (ingest_identity, True, "the ingest workers"),
+                                          (twin_identity, True, "the twin read API"),
+                                          (northbound_identity, True, "the north-bound client"),
+                                          (RESERVED_IDENTITY, False, "dead letters (ems/v1/deadletter/)")):
+                if site == reserved or (family and site.startswith(f"{reserved}-")):
+                    raise ComponentArgsError(name, "settings.edge_sites", site, f"is reserved for {why}")
         super().__init__("ems:platform:EmsPlatform", name, None, opts)
         o = child(self)
         ns_name, creds_name = s.namespace, f"{s.namespace}-edge-credentials"
@@ -107,7 +116,7 @@ class EmsPlatform(pulumi.ComponentResource):
             ),
             edge_sites=s.edge_sites,
             # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
-            in_cluster_clients=(ingest_identity, twin_identity, *((bridge_site,) if s.modbus_gateways else ())),
+            in_cluster_clients=(*ingest_workers, *twin_replicas, *((bridge_site,) if s.modbus_gateways else ())),
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
@@ -122,7 +131,7 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
-            ingest_identity=ingest_identity, ingest_group=SHARED_GROUP, twin_identity=twin_identity,
+            ingest_identities=ingest_workers, ingest_group=SHARED_GROUP, twin_identities=twin_replicas,
             clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
             storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
@@ -134,7 +143,7 @@ class EmsPlatform(pulumi.ComponentResource):
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         IngestWorkers(f"{name}-ingest", IngestArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
-            tls_secret=f"edge-{ingest_identity}-tls",
+            identity=ingest_identity, tls_secrets=tuple(f"edge-{cn}-tls" for cn in ingest_workers),
             remote_write_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090/api/v1/write", storage_class=storage_class,
             min_replicas=s.ingest_min_replicas, max_replicas=s.ingest_max_replicas,
             target_messages_per_second=s.ingest_target_messages_per_second,
@@ -147,7 +156,8 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         TwinApi(f"{name}-twin", TwinApiArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
-            mqtt_tls_secret=f"edge-{twin_identity}-tls", server_tls_secret="twin-api-tls",
+            replicas=TWIN_API_REPLICAS, mqtt_tls_secrets=tuple(f"edge-{cn}-tls" for cn in twin_replicas),
+            server_tls_secret="twin-api-tls",
             tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090",
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(

@@ -1,17 +1,24 @@
 """The digital-twin read API (``ems-ingest twin-api``) behind the API gateway.
 
-A Deployment of the ingest image serving HTTPS on the internal port :data:`PORT` (the policy
+A StatefulSet of the ingest image serving HTTPS on the internal port :data:`PORT` (the policy
 pack's named internal port ``twin-api``): ``GET /v1/assets/<site>[/<asset>]`` from the
 retained twin topics ``ems/v1/<site>/twin/<asset>`` and ``GET /v1/query`` passed through to
 the TSDB. Only Envoy reaches it (NetworkPolicy), over TLS that verifies the platform CA and
 the Service's DNS name; the server certificate (``server_tls_secret``) names the Service.
 
-It subscribes to the broker over mTLS on 8883 with its own client identity
-(``mqtt_tls_secret``, CN = the broker's twin identity, which may subscribe to and receive
-``ems/v1/+/twin/+`` and nothing else). Each replica subscribes with a clean session and gets
-every retained twin on (re)connect, so replicas are stateless and interchangeable; the client
-id is the ingest's default ``ems-twin-api-<pod name>``. ``/healthz`` answers 503 until the
-subscription stands, so a pod takes traffic only once it holds the twins.
+It subscribes to the broker over mTLS on 8883, each replica with its own client certificate
+(CN ``<identity>-twin-api-<n>`` for pod ``twin-api-<n>``, see :func:`replica_identities`; the
+broker lets those identities subscribe to and receive ``ems/v1/+/twin/+`` and nothing else).
+Each replica subscribes with a clean session and gets every retained twin on (re)connect, so
+replicas are stateless and interchangeable — but not one identity: the broker takes the CN as
+the client id (``use_username_as_clientid``, ``components/broker.py``), and two replicas with
+one certificate would take the connection from each other in turn (observed with Mosquitto
+2.0.11: "already connected, closing old connection", then the other reconnects). Hence a
+StatefulSet, not a Deployment: stable ordinals give each pod its own certificate, projected
+from ``mqtt_tls_secrets`` into one volume with a directory per pod name, of which each pod
+mounts only its own (``subPathExpr``). No PersistentVolumeClaim: nothing is kept.
+``/healthz`` answers 503 until the subscription stands, so a pod takes traffic only once it
+holds the twins.
 
 Its ``ingest.toml`` is generated here and checked with the ingest's own parser. The parser
 requires ``[tsdb] remote_write_url`` and ``[state] dir`` for every command; ``twin-api`` writes
@@ -29,11 +36,13 @@ import pulumi_kubernetes as k8s
 
 from components.ingest import mtls_broker_section, validate_ingest_toml
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
     secret_volume, selector, template_metadata,
 )
 
 APP = "twin-api"
+REPLICAS = 2
+"""Default replica count; each replica has its own client certificate (:func:`replica_identities`)."""
 PORT = 8443
 """HTTPS port of the twin API (policy config ``internalPorts["twin-api"]``)."""
 CONFIG_DIR = "/etc/ems/twin-api"
@@ -45,7 +54,8 @@ UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never w
 def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
     """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``.
 
-    No client ids: the ingest's default (``ems-twin-api-<hostname>``) differs per pod.
+    No client id: the broker takes each replica's certificate CN as its client id (the ingest's
+    default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
     """
     q = json.dumps
     base = tsdb_url.rstrip("/")
@@ -56,6 +66,12 @@ def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
     ])
+
+
+def replica_identities(identity: str, count: int) -> tuple[str, ...]:
+    """Certificate CN of replica ``twin-api-<n>`` for n < ``count``: ``<identity>-twin-api-<n>`` (the role's identity
+    followed by the pod name: for namespace ``ems`` the ingest's default client id of that pod)."""
+    return tuple(f"{identity}-{APP}-{n}" for n in range(count))
 
 
 def validate_twin_api_toml(name: str, text: str) -> None:
@@ -73,27 +89,31 @@ class TwinApiArgs:
     """Ingest image (it carries ``ems-ingest``) with an explicit tag."""
     broker_host: str
     """Broker Service DNS name (mTLS on 8883); must be one of the broker certificate's DNS SANs."""
-    mqtt_tls_secret: pulumi.Input[str]
-    """``kubernetes.io/tls`` Secret with the twin identity's client certificate (tls.crt, tls.key, ca.crt)."""
+    mqtt_tls_secrets: tuple[pulumi.Input[str], ...]
+    """``kubernetes.io/tls`` Secrets (tls.crt, tls.key, ca.crt), one per replica: index n is pod ``twin-api-<n>``'s
+    client certificate. Exactly ``replicas`` of them."""
     server_tls_secret: pulumi.Input[str]
     """``kubernetes.io/tls`` Secret with the API's server certificate (SANs: the ``twin-api`` Service's DNS names)."""
     tsdb_url: str
     """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
-    replicas: int = 2
-    """Replicas (each holds every twin). Defaults to 2."""
+    replicas: int = REPLICAS
+    """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
     resources: Resources = Resources("50m", "64Mi", "500m", "256Mi")
     """Container requests/limits. Defaults to 50m/64Mi, limits 0.5 CPU/256Mi."""
 
 
 class TwinApi(pulumi.ComponentResource):
-    """Deployment, config, ClusterIP Service on :data:`PORT`, ServiceAccount and PodDisruptionBudget of the twin API."""
+    """StatefulSet, config, ClusterIP Service on :data:`PORT`, ServiceAccount and PodDisruptionBudget of the twin API."""
 
     service_name: pulumi.Output[str]
-    deployment_name: pulumi.Output[str]
+    statefulset_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: TwinApiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if args.replicas < 1:
             raise ComponentArgsError(name, "replicas", args.replicas, "must be at least 1")
+        if len(args.mqtt_tls_secrets) != args.replicas:
+            raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
+                                     f"must hold one Secret per replica ({args.replicas})")
         conf_text = twin_api_toml(args.broker_host, args.tsdb_url)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
@@ -112,20 +132,25 @@ class TwinApi(pulumi.ComponentResource):
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
             ports=[("https", PORT)],
-            mounts=[("config", CONFIG_DIR), ("mqtt-tls", MQTT_TLS_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
+            mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
+            own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
             writable=["tmp"],
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS", liveness_path="/livez",
         )
-        deployment = k8s.apps.v1.Deployment(
-            f"{name}-deploy", metadata=metadata(APP, ns, APP),
+        replicas = k8s.apps.v1.StatefulSet(
+            f"{name}-sts", metadata=metadata(APP, ns, APP),
             spec={
+                "serviceName": svc.metadata.name,
                 "replicas": args.replicas,
+                # Stateless replicas need not start one after the other (updates still roll one pod at a time).
+                "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     "metadata": template_metadata(APP, [api]),
                     "spec": pod_spec([api], service_account=sa.metadata.name, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
-                                              secret_volume("mqtt-tls", args.mqtt_tls_secret),
+                                              per_pod_secrets_volume("mqtt-tls", [(f"{APP}-{n}", secret) for n, secret
+                                                                                   in enumerate(args.mqtt_tls_secrets)]),
                                               secret_volume("server-tls", args.server_tls_secret), empty_dir("tmp")]),
                 },
             },
@@ -136,5 +161,5 @@ class TwinApi(pulumi.ComponentResource):
             spec={"minAvailable": 1, "selector": {"matchLabels": selector(APP)}}, opts=o,
         )
         self.service_name = svc.metadata.name
-        self.deployment_name = deployment.metadata.name
-        self.register_outputs({"service_name": self.service_name, "deployment_name": self.deployment_name})
+        self.statefulset_name = replicas.metadata.name
+        self.register_outputs({"service_name": self.service_name, "statefulset_name": self.statefulset_name})

@@ -1,10 +1,11 @@
 """The broker's generated mosquitto.conf, dynamic-security file and 1883 ACL, run by the real
 Mosquitto with Debian's dynsec plugin (paths and ports rewritten to a temp dir): mTLS on 8883
-for every workload client, CN = username, a site confined to ems/v1/<its site>/, only the
-ingest identity in the ingest's shared group (a site's attempt refused with SUBACK 135, no
-message lost to it), dead letters written by the ingest, unknown identities refused, 1883
-read-only for anonymous tools, the twin API's identity reading retained twins only — and the
-generated ingest.toml files driving the ingest's own MQTT client against it."""
+for every workload client, CN = username = client id, a site confined to ems/v1/<its site>/,
+only the ingest workers' identities in the ingest's shared group (a site's attempt refused with
+SUBACK 135, no message lost to it), dead letters written by the ingest, unknown identities
+refused, a worker's session (in-flight and queued readings) out of reach of every other
+certificate, 1883 read-only for anonymous tools, the twin API's identities reading retained
+twins only — and the generated ingest.toml files driving the ingest's own MQTT client against it."""
 
 from __future__ import annotations
 
@@ -22,10 +23,12 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from components.broker import CONFIG_DIR, MQTT_PORT, MQTTS_PORT, dynsec_config, mosquitto_conf, plain_acl
-from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml
-from components.twin_api import MQTT_TLS_DIR, twin_api_toml
+from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml, worker_identities
+from components.twin_api import MQTT_TLS_DIR, replica_identities, twin_api_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
@@ -35,12 +38,15 @@ from ingest.twin_api import TWIN_SUBSCRIPTION
 
 pytestmark = pytest.mark.integration
 
-INGEST = "ems-ingest"            # the platform's ingest identity for namespace "ems"
+INGEST = "ems-ingest"            # the platform's ingest identity prefix for namespace "ems"
+WORKERS = worker_identities(INGEST, 2)      # ems-ingest-ingest-0 and -1: one certificate per worker
 BRIDGE = "ems-bridge"
-TWIN = "ems-twin-api"            # the twin read API's identity
+TWIN = "ems-twin-api"            # the twin read API's identity prefix
+TWINS = replica_identities(TWIN, 2)         # ems-twin-api-twin-api-0 and -1: one certificate per replica
 SITES = ("sub-07", "sub-08", "sub-09")    # the stack's edge sites
 REFUSED = 135                    # MQTT v5 PUBACK / SUBACK reason "Not authorized"
 GRANTED_QOS1 = 1
+NO_SUBSCRIBERS = 16              # MQTT v5 PUBACK reason "No matching subscribers" (a success)
 
 
 def find_dynsec_plugin() -> str:
@@ -63,12 +69,12 @@ class RunningBroker:
 
 
 def _start_broker(tmp_path: Path, pki: LocalPki) -> RunningBroker:
-    """The generated config files (for SITES, BRIDGE and INGEST) in ``tmp_path/config``, run by the real Mosquitto."""
+    """The generated config files (for SITES, BRIDGE, WORKERS and TWINS) in ``tmp_path/config``, run by the real Mosquitto."""
     tls_port, plain_port = free_port(), free_port()
     (tmp_path / "data").mkdir()
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), INGEST, SHARED_GROUP, TWIN))
+    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), WORKERS, SHARED_GROUP, TWINS))
     (config_dir / "acl-plain").write_text(plain_acl())
     conf = (mosquitto_conf(find_dynsec_plugin())
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
@@ -107,9 +113,13 @@ def broker(tmp_path: Path, pki: LocalPki):
 
 class Peer:
     """A raw MQTT v5 client (over mTLS with ``identity``'s certificate, or plain without one)
-    that records PUBACK reasons and received topics."""
+    that records PUBACK reasons, received topics and whether the broker had a session for it.
 
-    def __init__(self, pki: LocalPki, port: int, identity: str | None, client_id: str, *, username: str | None = None) -> None:
+    On 8883 the broker replaces ``client_id`` by the certificate's CN, and one CN holds one
+    connection: a second Peer with the same certificate takes the first one's connection."""
+
+    def __init__(self, pki: LocalPki, port: int, identity: str | None, client_id: str, *, username: str | None = None,
+                 clean_start: bool = True, session_expiry_s: int = 0) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if identity is not None:
             pair = pki.client(identity)
@@ -119,13 +129,21 @@ class Peer:
         self.acks: dict[int, int] = {}
         self.received: "queue.Queue[str]" = queue.Queue()
         connected, self._subacks = threading.Event(), threading.Semaphore(0)
-        self.client.on_connect = lambda c, u, flags, rc, props=None: connected.set() if not rc.is_failure else None
+        self.session_present: bool | None = None
+
+        def on_connect(c, u, flags, rc, props=None) -> None:
+            if not rc.is_failure:
+                self.session_present = flags.session_present
+                connected.set()
+        self.client.on_connect = on_connect
         self.client.on_publish = lambda c, u, mid, rc, props=None: self.acks.__setitem__(mid, rc.value)
         self.granted: list[int] = []
         self.client.on_subscribe = lambda c, u, mid, rcs, props=None: (self.granted.extend(r.value for r in rcs),
                                                                         self._subacks.release())
         self.client.on_message = lambda c, u, msg: self.received.put(msg.topic)
-        self.client.connect("127.0.0.1", port)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = session_expiry_s
+        self.client.connect("127.0.0.1", port, clean_start=clean_start, properties=props)
         self.client.loop_start()
         assert connected.wait(5), f"{identity}: the mTLS connection was not accepted"
 
@@ -154,7 +172,8 @@ class Peer:
 
 def _publish_once(pki: LocalPki, port: int, identity: str, topic: str) -> int:
     """PUBACK reason of one QoS 1 publish on a fresh connection. (Mosquitto 2.0.11 with
-    ``max_queued_messages 0`` closes a client's connection after refusing its publish.)"""
+    ``max_queued_messages 0`` closes a client's connection after refusing its publish.) No other
+    connection of ``identity`` may be open: this one would take it over."""
     peer = Peer(pki, port, identity, f"{identity}-once")
     try:
         return peer.publish(topic, b"forged")
@@ -164,13 +183,13 @@ def _publish_once(pki: LocalPki, port: int, identity: str, topic: str) -> int:
 
 def _ingest_worker(pki: LocalPki, port: int, pod: str, tmp_path: Path) -> MqttLink:
     """The ingest's own MQTT client, configured from the generated ingest.toml (cert paths and port
-    rewritten to this test's files), with the client id the pod's hostname gives it."""
-    pair = pki.client(INGEST)
+    rewritten to this test's files), with pod ``pod``'s own certificate and the client id its pod gets."""
+    pair = pki.client(f"{INGEST}-{pod}")
     text = (ingest_toml("localhost", "http://127.0.0.1:9/api/v1/write")
             .replace(f"{TLS_DIR}/ca.crt", str(pki.ca)).replace(f"{TLS_DIR}/tls.crt", str(pair.cert))
             .replace(f"{TLS_DIR}/tls.key", str(pair.key)).replace(f"port = {MQTTS_PORT}", f"port = {port}"))
     raw = tomllib.loads(text)
-    raw["broker"]["client_id"] = f"ems-ingest-{pod}"     # what the default gives on host <pod>
+    raw["broker"]["client_id"] = f"{INGEST}-{pod}"      # what EMS_BROKER_CLIENT_ID gives pod <pod>
     b = parse_config(raw, tmp_path).broker
     assert b.tls and b.cert == pair.cert
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key), b.client_id,
@@ -199,7 +218,7 @@ def test_ingest_workers_share_the_telemetry_of_every_site_over_mtls(broker, pki:
                     continue
                 assert link.ack(message)
                 per_worker[w].append(message)
-        # One certificate identity, two client ids: neither session took the other over.
+        # Two certificates, two client ids: neither session took the other over.
         assert all(link.connected for link in workers)
         topics = sorted(m.topic for w in per_worker for m in w)
         assert topics == sorted([telemetry_topic("sub-07")] * 4 + [telemetry_topic("sub-08")] * 4)
@@ -215,7 +234,8 @@ def test_ingest_workers_share_the_telemetry_of_every_site_over_mtls(broker, pki:
 def test_the_ingest_identity_writes_dead_letters_and_nothing_else(broker, pki: LocalPki) -> None:
     tls_port, plain_port = broker
     tool = Peer(pki, plain_port, None, "operator-tool")     # 1883: an in-namespace tool watching everything
-    ingest = Peer(pki, tls_port, INGEST, "ems-ingest-ingest-0")
+    ingest, other = Peer(pki, tls_port, WORKERS[0], WORKERS[0]), WORKERS[1]   # two workers, one role
+    own = f"ems/v1/{WORKERS[0]}/marker"
     site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
     try:
         tool.subscribe("ems/v1/#")
@@ -224,18 +244,17 @@ def test_the_ingest_identity_writes_dead_letters_and_nothing_else(broker, pki: L
                          telemetry_subscription("other"), "$share/ems-ingest/ems/v1/#", telemetry_subscription(SHARED_GROUP))
         assert ingest.granted == [REFUSED] * 6 + [GRANTED_QOS1]
         assert ingest.publish(deadletter_topic("bad_json")) == 0
-        assert _publish_once(pki, tls_port, INGEST, telemetry_topic("sub-07")) == REFUSED   # cannot forge readings
-        assert _publish_once(pki, tls_port, INGEST, "ems/v1/sub-07/twin/tx1") == REFUSED
+        assert _publish_once(pki, tls_port, other, telemetry_topic("sub-07")) == REFUSED   # cannot forge readings
+        assert _publish_once(pki, tls_port, other, "ems/v1/sub-07/twin/tx1") == REFUSED
         assert site.publish("ems/v1/sub-07/twin/tx1") == 0
         assert site.publish("ems/v1/sub-07/status") == 0
-        assert ingest.publish(f"ems/v1/{INGEST}/marker") == 0               # its own subtree, like every identity
-        assert tool.topics_until(f"ems/v1/{INGEST}/marker") == [
-            deadletter_topic("bad_json"), "ems/v1/sub-07/twin/tx1", "ems/v1/sub-07/status", f"ems/v1/{INGEST}/marker"]
-        ingest.subscribe(f"ems/v1/{INGEST}/marker")
+        assert ingest.publish(own) == 0                                      # its own subtree, like every identity
+        assert tool.topics_until(own) == [deadletter_topic("bad_json"), "ems/v1/sub-07/twin/tx1", "ems/v1/sub-07/status", own]
+        ingest.subscribe(own)
         assert ingest.granted[-1] == GRANTED_QOS1
-        assert ingest.publish(f"ems/v1/{INGEST}/marker") == 0
+        assert ingest.publish(own) == 0
         # Neither twins, nor status, nor dead letters (even its own) are delivered to the ingest identity.
-        assert ingest.topics_until(f"ems/v1/{INGEST}/marker") == [f"ems/v1/{INGEST}/marker"]
+        assert ingest.topics_until(own) == [own]
     finally:
         for peer in (site, ingest, tool):
             peer.close()
@@ -245,18 +264,18 @@ def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> 
     tls_port, plain_port = broker
     tool = Peer(pki, plain_port, None, "operator-tool")
     victim = Peer(pki, tls_port, "sub-07", "edge-sub-07")
-    # Presenting the ingest's name as the CONNECT username changes nothing: the CN is the username.
-    spy = Peer(pki, tls_port, "sub-09", "edge-sub-09", username=INGEST)
+    tool.subscribe("ems/v1/#")
+    assert _publish_once(pki, tls_port, "sub-09", telemetry_topic("sub-07")) == REFUSED
+    assert _publish_once(pki, tls_port, "sub-09", deadletter_topic("bad_json")) == REFUSED
+    # Presenting a worker's name as the CONNECT username and client id changes nothing: the CN is both.
+    spy = Peer(pki, tls_port, "sub-09", WORKERS[0], username=WORKERS[0])
     try:
-        tool.subscribe("ems/v1/#")
         # Dynamic security checks every SUBSCRIBE: only the site's own subtree is granted.
         spy.subscribe(telemetry_topic("sub-07"), telemetry_subscription(), "$share/spies/ems/v1/+/telemetry",
                       "$share/spies/#", "#", "ems/v1/sub-09/#")
         assert spy.granted == [REFUSED] * 5 + [GRANTED_QOS1]
         assert victim.publish(telemetry_topic("sub-07")) == 0
         assert victim.publish("ems/v1/sub-07/twin/tx1") == 0
-        assert _publish_once(pki, tls_port, "sub-09", telemetry_topic("sub-07")) == REFUSED
-        assert _publish_once(pki, tls_port, "sub-09", deadletter_topic("bad_json")) == REFUSED
         assert spy.publish(telemetry_topic("sub-09")) == 0
         assert set(spy.topics_until(telemetry_topic("sub-09"))) == {telemetry_topic("sub-09")}
         assert tool.topics_until(telemetry_topic("sub-09")) == [
@@ -320,6 +339,7 @@ def test_a_certificate_the_stack_does_not_list_may_do_nothing(broker, pki: Local
         tool.subscribe("ems/v1/#")
         stranger.subscribe("ems/v1/sub-99/#", telemetry_subscription(SHARED_GROUP))
         assert stranger.granted == [REFUSED, REFUSED]
+        stranger.close()
         assert _publish_once(pki, tls_port, "sub-99", telemetry_topic("sub-99")) == REFUSED
         assert _publish_once(pki, tls_port, "sub-99", "$CONTROL/dynamic-security/v1") == REFUSED
         assert _publish_once(pki, tls_port, "sub-07", "$CONTROL/dynamic-security/v1") == REFUSED
@@ -331,7 +351,7 @@ def test_a_certificate_the_stack_does_not_list_may_do_nothing(broker, pki: Local
         assert tool.topics_until(telemetry_topic("sub-08")) == [telemetry_topic("sub-08")]
     finally:
         for peer in (stranger, tool):
-            peer.close()
+            peer.close()          # a second disconnect of the stranger is a no-op
 
 
 def test_the_dynsec_file_is_only_read(tmp_path: Path, pki: LocalPki) -> None:
@@ -389,7 +409,7 @@ def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(
     anonymous = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="anon", protocol=mqtt.MQTTv5)
     anonymous.tls_set(ca_certs=str(pki.ca))
     foreign_pki = make_pki(tmp_path / "foreign")                  # a valid chain, but not the platform's CA
-    foreign_pair = foreign_pki.client(INGEST)
+    foreign_pair = foreign_pki.client(WORKERS[0])
     foreign = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="foreign", protocol=mqtt.MQTTv5)
     foreign.tls_set(ca_certs=str(pki.ca), certfile=str(foreign_pair.cert), keyfile=str(foreign_pair.key))
     for client in (anonymous, foreign):
@@ -401,13 +421,13 @@ def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(
                 raise ConnectionRefusedError("not connected")
 
 
-def _twin_api(pki: LocalPki, port: int, tmp_path: Path):
-    """The real twin API (``ingest.twin_api.build``) from the generated twin-api ingest.toml: the
-    twin identity's certificate towards the broker, HTTPS on a free port with the test server certificate."""
+def _twin_api(pki: LocalPki, port: int, tmp_path: Path, identity: str = TWINS[0]):
+    """The real twin API (``ingest.twin_api.build``) from the generated twin-api ingest.toml: replica
+    ``identity``'s certificate towards the broker, HTTPS on a free port with the test server certificate."""
     from components.twin_api import PORT, SERVER_TLS_DIR
     from ingest.twin_api import build
 
-    pair = pki.client(TWIN)
+    pair = pki.client(identity)
     text = (twin_api_toml("localhost", "http://127.0.0.1:9")
             .replace(f"{MQTT_TLS_DIR}/ca.crt", str(pki.ca)).replace(f"{MQTT_TLS_DIR}/tls.crt", str(pair.cert))
             .replace(f"{MQTT_TLS_DIR}/tls.key", str(pair.key)).replace(f"port = {MQTTS_PORT}", f"port = {port}")
@@ -439,6 +459,7 @@ def test_the_twin_identity_receives_retained_twins_and_nothing_else(broker, pki:
                                                                               "ts_ms": 1_700_000_000_000}})
     try:
         tool.subscribe("ems/v1/#")
+        assert _publish_once(pki, tls_port, "sub-08", twin_topic("sub-07", "tx2")) == REFUSED   # only its own twins
         # Retained before the twin API exists: it must get it on subscribe.
         assert site.publish(twin_topic("sub-07", "tx1"), twin_doc, retain=True) == 0
         assert site.publish(telemetry_topic("sub-07"), b"reading") == 0
@@ -450,24 +471,23 @@ def test_the_twin_identity_receives_retained_twins_and_nothing_else(broker, pki:
             assert _get_twin(api, "/healthz", pki) == (200, {"status": "ok"})
             assert api.store.rejected_total == 0
 
-        spy = Peer(pki, tls_port, TWIN, "ems-twin-api-spy")
+        spy = Peer(pki, tls_port, TWINS[1], "ems-twin-api-spy")
         try:
             # Exactly the twin filter: not telemetry, status, dead letters, a wider or narrower twin filter, or a share.
             spy.subscribe(telemetry_subscription(), telemetry_subscription(SHARED_GROUP), "ems/v1/#", "ems/v1/sub-07/status",
                           deadletter_topic("#"), "ems/v1/+/twin/#", "ems/v1/sub-07/twin/+", f"$share/twins/{TWIN_SUBSCRIPTION}",
-                          f"ems/v1/{TWIN}/#", TWIN_SUBSCRIPTION)
+                          f"ems/v1/{TWINS[1]}/#", TWIN_SUBSCRIPTION)
             assert spy.granted == [REFUSED] * 9 + [GRANTED_QOS1]
             assert site.publish(telemetry_topic("sub-07"), b"reading") == 0
             assert site.publish("ems/v1/sub-07/status") == 0
-            assert _publish_once(pki, tls_port, "sub-07", twin_topic("sub-08", "tx2")) == REFUSED   # only its own twins
             assert site.publish(twin_topic("sub-07", "tx2"), b"marker") == 0
             # The retained twin, then the marker twin: no telemetry or status in between.
             assert spy.topics_until(twin_topic("sub-07", "tx2")) == [twin_topic("sub-07", "tx1"), twin_topic("sub-07", "tx2")]
         finally:
             spy.close()
         # No publish at all: not a twin (retained or not), not telemetry, not dead letters, not a subtree of its own.
-        for topic in (twin_topic("sub-07", "tx1"), telemetry_topic("sub-07"), deadletter_topic("bad_json"), f"ems/v1/{TWIN}/x"):
-            assert _publish_once(pki, tls_port, TWIN, topic) == REFUSED, topic
+        for topic in (twin_topic("sub-07", "tx1"), telemetry_topic("sub-07"), deadletter_topic("bad_json"), f"ems/v1/{TWINS[1]}/x"):
+            assert _publish_once(pki, tls_port, TWINS[1], topic) == REFUSED, topic
         assert site.publish("ems/v1/sub-07/marker") == 0
         assert tool.topics_until("ems/v1/sub-07/marker") == [
             twin_topic("sub-07", "tx1"), telemetry_topic("sub-07"), telemetry_topic("sub-07"), "ems/v1/sub-07/status",
@@ -475,3 +495,109 @@ def test_the_twin_identity_receives_retained_twins_and_nothing_else(broker, pki:
     finally:
         for peer in (site, tool):
             peer.close()
+
+
+# --------------------------------------------------------------------------- sessions belong to certificates
+
+def _strand_readings(pki: LocalPki, port: int, tmp_path: Path, site: Peer) -> None:
+    """Leave 10 readings in worker ingest-0's persistent session: 5 delivered and never acknowledged
+    (the worker stopped before writing them), then 5 queued while it is offline."""
+    worker = _ingest_worker(pki, port, "ingest-0", tmp_path)
+    try:
+        for i in range(5):
+            assert site.publish(telemetry_topic("sub-07"), f"in-flight-{i}".encode()) == 0
+        in_flight = [worker.incoming.get(timeout=5) for _ in range(5)]
+        assert sorted(m.payload for m in in_flight) == [f"in-flight-{i}".encode() for i in range(5)]
+    finally:
+        worker.stop()                  # no PUBACK for any of them: the session holds all five
+    for i in range(5):
+        assert site.publish(telemetry_topic("sub-07"), f"queued-{i}".encode()) == 0
+
+
+def _resume_worker(pki: LocalPki, port: int, tmp_path: Path) -> list[bytes]:
+    """Worker ingest-0 back with its own certificate: every reading it receives (acknowledged), sorted."""
+    worker = _ingest_worker(pki, port, "ingest-0", tmp_path)
+    try:
+        got = _drain([worker], 10)
+        assert _drain([worker], 1, timeout=0.5) == [], "more than the stranded readings"
+        return sorted(m.payload for m in got)
+    finally:
+        worker.stop()
+
+
+STRANDED = sorted([f"in-flight-{i}".encode() for i in range(5)] + [f"queued-{i}".encode() for i in range(5)])
+
+
+def test_a_worker_resumes_its_own_session_with_every_stranded_reading(broker, pki: LocalPki, tmp_path: Path) -> None:
+    """The control: nobody interferes, the worker gets its 10 readings back (the in-flight ones redelivered)."""
+    tls_port, _ = broker
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        _strand_readings(pki, tls_port, tmp_path, site)
+        assert _resume_worker(pki, tls_port, tmp_path) == STRANDED
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize("clean_start", [True, False], ids=["clean-start", "resume"])
+@pytest.mark.parametrize("intruder", ["sub-08", "sub-99", BRIDGE, TWINS[0], WORKERS[1]],
+                         ids=["listed-site", "unlisted-cn", "bridge", "twin-api", "other-worker"])
+def test_no_other_certificate_can_take_or_wipe_a_worker_session(broker, pki: LocalPki, tmp_path: Path, intruder: str,
+                                                                clean_start: bool) -> None:
+    """A certificate of the CA — a listed site, a CN in no stack, another workload, even another ingest
+    worker — connecting with worker ingest-0's client id gets a session of its own CN: it neither
+    resumes the worker's session (no session present, nothing delivered) nor wipes it (clean start),
+    and the worker afterwards receives all 10 stranded readings, each once. (Without
+    ``use_username_as_clientid`` the worker got 0 of 5.)"""
+    tls_port, _ = broker
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        _strand_readings(pki, tls_port, tmp_path, site)
+        thief = Peer(pki, tls_port, intruder, f"{INGEST}-ingest-0", username=f"{INGEST}-ingest-0",
+                     clean_start=clean_start, session_expiry_s=3600)
+        try:
+            assert thief.session_present is False          # not the worker's session: a new one of its own CN
+            thief.subscribe(telemetry_subscription(SHARED_GROUP))
+            # Only an ingest worker's certificate may join the group; none gets the worker's readings.
+            assert thief.granted == [GRANTED_QOS1 if intruder in WORKERS else REFUSED]
+            with pytest.raises(queue.Empty):
+                thief.received.get(timeout=1)
+        finally:
+            thief.close()
+        assert _resume_worker(pki, tls_port, tmp_path) == STRANDED
+    finally:
+        site.close()
+
+
+def test_one_certificate_holds_one_connection_so_each_twin_replica_has_its_own(broker, pki: LocalPki, tmp_path: Path) -> None:
+    """Two connections with one certificate take the client id from each other (why every twin API
+    replica and every ingest worker has its own); two replicas with their own certificates both hold
+    the retained twin and keep their connection."""
+    tls_port, _ = broker
+    first = Peer(pki, tls_port, TWINS[0], "replica-a")
+    lost = threading.Event()
+    first.client.on_disconnect = lambda *args: lost.set()
+    first.client.reconnect_delay_set(30, 30)                        # no reconnect (and takeover back) during the test
+    second = Peer(pki, tls_port, TWINS[0], "replica-b")             # another client id, the same certificate
+    try:
+        assert lost.wait(5), "the broker kept both connections of one certificate"
+    finally:
+        for peer in (second, first):
+            peer.close()
+
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    twin_doc = encode_twin("sub-07", "tx1", 1_700_000_000_000, {"oil_temp": {"value": 61.5, "unit": "Cel", "quality": "good",
+                                                                              "ts_ms": 1_700_000_000_000}})
+    try:
+        assert site.publish(twin_topic("sub-07", "tx1"), twin_doc, retain=True) == NO_SUBSCRIBERS   # retained all the same
+        with _twin_api(pki, tls_port, tmp_path / "a", TWINS[0]) as api_a, _twin_api(pki, tls_port, tmp_path / "b", TWINS[1]) as api_b:
+            for api in (api_a, api_b):
+                deadline = time.monotonic() + 10
+                while _get_twin(api, "/v1/assets/sub-07/tx1", pki)[0] != 200 and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert _get_twin(api, "/v1/assets/sub-07/tx1", pki)[0] == 200
+            time.sleep(2)                                        # a takeover would show as a reconnect here
+            assert (api_a.link.generation, api_b.link.generation) == (1, 1)
+            assert api_a.link.connected and api_b.link.connected
+    finally:
+        site.close()
