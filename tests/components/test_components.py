@@ -43,8 +43,9 @@ def fresh() -> None:
 
 def test_ingest_rejects_min_above_max() -> None:
     with pytest.raises(ComponentArgsError, match=r"^ingest: min_replicas must not exceed max_replicas 2 \(got 5\)$"):
-        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", tls_secret="t",
-                                           storage_class="sc", remote_write_url="http://tsdb", min_replicas=5, max_replicas=2))
+        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", identity="ems-ingest",
+                                           tls_secrets=("t0", "t1"), storage_class="sc", remote_write_url="http://tsdb",
+                                           min_replicas=5, max_replicas=2))
     assert MOCKS.resources == []
 
 
@@ -165,7 +166,7 @@ def test_ingest_config_is_checked_with_the_ingest_parser() -> None:
     broker = parse_config(tomllib.loads(text), check_files=False).broker
     assert (broker.tls, broker.port, broker.group) == (True, 8883, "ems-ingest")
     assert (str(broker.ca), str(broker.cert), str(broker.key)) == ("/etc/ems/tls/ca.crt", "/etc/ems/tls/tls.crt", "/etc/ems/tls/tls.key")
-    # One file for every pod: the client id is the ingest's per-host default, never a shared value.
+    # One file for every pod: no shared client id (the broker takes each worker's certificate CN as its id).
     assert "client_id" not in tomllib.loads(text)["broker"] and broker.client_id == f"ems-ingest-{socket.gethostname()}"[:64]
     with pytest.raises(ComponentArgsError, match=r"^ingest: ingest\.toml is invalid \(got \"tsdb\.remote_write_url: must be an http"):
         validate_ingest_toml("ingest", ingest_toml("broker", "ftp://tsdb/x"))
@@ -223,29 +224,33 @@ def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
         {"address": "tsdb.ems.svc.cluster.local", "port_value": 9090}
 
 
-@pytest.mark.parametrize("identity", ["deadletter", "Ingest", "ems-ingest\n", "ems-ingest\nuser x", ""])
-def test_broker_rejects_an_ingest_identity_that_is_not_a_plain_label(identity: str) -> None:
-    with pytest.raises(ComponentArgsError, match=r"^broker: ingest_identity must be a DNS label other than 'deadletter' \(got "):
-        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
-                                        ingest_identity=identity, ingest_group="ems-ingest", clients=("s1",)))
-    assert MOCKS.resources == []
+BROKER_ARGS = dict(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc", ingest_group="ems-ingest",
+                   ingest_identities=("ems-ingest-ingest-0", "ems-ingest-ingest-1"), clients=("s1",),
+                   twin_identities=("ems-twin-api-twin-api-0",))
+LABELS = "must be DNS labels other than 'deadletter'"
 
 
-@pytest.mark.parametrize(("field", "value", "allowed"), [
-    ("clients", ("s1", "deadletter"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
-    ("clients", ("s1", "ems-ingest"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
-    ("clients", ("s1", "s1"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
-    ("clients", ("s1", "s/#"), "must be distinct DNS labels other than 'deadletter' and the ingest identity 'ems-ingest'"),
-    ("ingest_group", "ems-ingest/x", "must be a DNS label"),
-    ("dynsec_plugin", "mosquitto_dynamic_security.so", "must be an absolute path to a .so file, without spaces"),
-    ("dynsec_plugin", "/usr/lib/x.so\nallow_anonymous true\n/y.so", "must be an absolute path to a .so file, without spaces"),
+@pytest.mark.parametrize(("field", "value", "bad", "allowed"), [
+    ("ingest_identities", (), (), "must name at least one worker"),
+    *[("ingest_identities", (cn,), cn, LABELS) for cn in ("deadletter", "Ingest", "ems-ingest\n", "ems-ingest\nuser x", "")],
+    ("ingest_identities", ("w0", "w0"), "w0", "must be distinct certificate identities ('w0' is already in ingest_identities)"),
+    ("ingest_identities", ("s1",), "s1", "must be distinct certificate identities ('s1' is already in clients)"),
+    *[("clients", ("s1", cn), cn, LABELS) for cn in ("deadletter", "s/#", "s1\nuser x")],
+    ("clients", ("s1", "s1"), "s1", "must be distinct certificate identities ('s1' is already in clients)"),
+    *[("twin_identities", (cn,), cn, LABELS) for cn in ("deadletter", "Twin", "ems-twin-api\nuser x")],
+    ("twin_identities", ("s1",), "s1", "must be distinct certificate identities ('s1' is already in clients)"),
+    ("twin_identities", ("ems-ingest-ingest-1",), "ems-ingest-ingest-1",
+     "must be distinct certificate identities ('ems-ingest-ingest-1' is already in ingest_identities)"),
+    ("twin_identities", ("t0", "t0"), "t0", "must be distinct certificate identities ('t0' is already in twin_identities)"),
+    ("ingest_group", "ems-ingest/x", "ems-ingest/x", "must be a DNS label"),
+    ("dynsec_plugin", "mosquitto_dynamic_security.so", "mosquitto_dynamic_security.so", "must be an absolute path to a .so file, without spaces"),
+    ("dynsec_plugin", "/usr/lib/x.so\nallow_anonymous true\n/y.so", "/usr/lib/x.so\nallow_anonymous true\n/y.so",
+     "must be an absolute path to a .so file, without spaces"),
 ])
-def test_broker_rejects_bad_access_control_arguments(field: str, value: object, allowed: str) -> None:
-    args = {"ingest_group": "ems-ingest", "clients": ("s1",), field: value}
-    bad = value[-1] if field == "clients" else value  # type: ignore[index]
+def test_broker_rejects_bad_identities_and_access_control_arguments(field: str, value: object, bad: object, allowed: str) -> None:
+    """One CN is one username, one client id and one session: identities are plain labels, distinct across roles."""
     with pytest.raises(ComponentArgsError, match=rf"^broker: {field} {re.escape(allowed)} \(got {re.escape(repr(bad))}\)$"):
-        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
-                                        ingest_identity="ems-ingest", **args))  # type: ignore[arg-type]
+        MqttBroker("broker", BrokerArgs(**{**BROKER_ARGS, field: value}))  # type: ignore[arg-type]
     assert MOCKS.resources == []
 
 
@@ -256,12 +261,28 @@ def test_bridge_needs_a_gateway() -> None:
 
 
 TWIN_ARGS = dict(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker.ems.svc.cluster.local",
-                 mqtt_tls_secret="edge-ems-twin-api-tls", server_tls_secret="twin-api-tls", tsdb_url="http://tsdb:9090")
+                 mqtt_tls_secrets=("edge-ems-twin-api-twin-api-0-tls", "edge-ems-twin-api-twin-api-1-tls"),
+                 server_tls_secret="twin-api-tls", tsdb_url="http://tsdb:9090")
 
 
 def test_twin_api_rejects_zero_replicas() -> None:
     with pytest.raises(ComponentArgsError, match=r"^twin: replicas must be at least 1 \(got 0\)$"):
         TwinApi("twin", TwinApiArgs(**TWIN_ARGS, replicas=0))  # type: ignore[arg-type]
+    assert MOCKS.resources == []
+
+
+def test_twin_api_needs_one_certificate_per_replica() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^twin: mqtt_tls_secrets must hold one Secret per replica \(3\) \(got 2\)$"):
+        TwinApi("twin", TwinApiArgs(**TWIN_ARGS, replicas=3))  # type: ignore[arg-type]
+    assert MOCKS.resources == []
+
+
+def test_ingest_needs_one_certificate_per_worker_up_to_the_maximum() -> None:
+    with pytest.raises(ComponentArgsError, match=r"^ingest: tls_secrets must hold one Secret per worker up to max_replicas 3 "
+                                                 r"\(got 2\)$"):
+        IngestWorkers("ingest", IngestArgs(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker", identity="ems-ingest",
+                                           tls_secrets=("t0", "t1"), storage_class="sc", remote_write_url="http://tsdb",
+                                           min_replicas=1, max_replicas=3))
     assert MOCKS.resources == []
 
 
@@ -278,30 +299,31 @@ def test_twin_api_children_and_outputs() -> None:
     def build():
         provider = k8s.Provider("k", render_yaml_to_directory="out/test")
         api = TwinApi("twin", TwinApiArgs(**TWIN_ARGS), opts=pulumi.ResourceOptions(providers=[provider]))  # type: ignore[arg-type]
-        return pulumi.Output.all(api.service_name, api.deployment_name).apply(got.append)
+        return pulumi.Output.all(api.service_name, api.statefulset_name).apply(got.append)
 
     run(build)
     assert got == [["twin-api", "twin-api"]]
     children = [r for r in MOCKS.resources if r.typ.startswith("kubernetes:") and r.typ != "pulumi:providers:kubernetes"]
     assert sorted(r.typ for r in children) == sorted([
         "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Service",
-        "kubernetes:apps/v1:Deployment", "kubernetes:policy/v1:PodDisruptionBudget"])
+        "kubernetes:apps/v1:StatefulSet", "kubernetes:policy/v1:PodDisruptionBudget"])
     # Parented: every child inherits the component's provider.
     assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in children), [r.urn for r in children]
-    [deploy] = MOCKS.of_type("kubernetes:apps/v1:Deployment")
+    [sts] = MOCKS.of_type("kubernetes:apps/v1:StatefulSet")
     [conf] = MOCKS.of_type("kubernetes:core/v1:ConfigMap")
     assert conf.inputs["data"]["ingest.toml"] == twin_api_toml(TWIN_ARGS["broker_host"], "http://tsdb:9090")
-    assert deploy.inputs["spec"]["template"]["spec"]["containers"][0]["image"] == "ghcr.io/x/ingest:1"
-
-
-@pytest.mark.parametrize("identity", ["ems-ingest", "s1", "deadletter", "Twin", "ems-twin-api\nuser x"])
-def test_broker_rejects_a_twin_identity_that_collides_or_is_not_a_label(identity: str) -> None:
-    with pytest.raises(ComponentArgsError, match=r"^broker: twin_identity must be a DNS label other than 'deadletter', the ingest "
-                                                 r"identity and the clients \(got "):
-        MqttBroker("broker", BrokerArgs(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc",
-                                        ingest_identity="ems-ingest", ingest_group="ems-ingest", clients=("s1",),
-                                        twin_identity=identity))
-    assert MOCKS.resources == []
+    pod = sts.inputs["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "ghcr.io/x/ingest:1"
+    # Each replica mounts only its own client certificate: the directory named after its pod.
+    [mqtt_tls] = [v for v in pod["volumes"] if v["name"] == "mqtt-tls"]
+    assert [(src["secret"]["name"], [i["path"] for i in src["secret"]["items"]]) for src in mqtt_tls["projected"]["sources"]] == [
+        (secret, [f"twin-api-{n}/ca.crt", f"twin-api-{n}/tls.crt", f"twin-api-{n}/tls.key"])
+        for n, secret in enumerate(TWIN_ARGS["mqtt_tls_secrets"])]
+    assert mqtt_tls["projected"]["defaultMode"] == 0o440
+    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "mqtt-tls"]
+    assert mount == {"name": "mqtt-tls", "mountPath": "/etc/ems/mqtt-tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
+    assert pod["containers"][0]["env"][0] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api")
 
 
 def test_envoy_without_a_twin_api_has_no_twin_route_or_cluster() -> None:

@@ -333,42 +333,60 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     from ingest.config import parse_config
 
     ev = stack(name)
-    ns = evaluate_config(name).get("ems:namespace", "ems")
+    config = evaluate_config(name)
+    ns = config.get("ems:namespace", "ems")
     identity = f"{ns}-ingest"
+    # One certificate per worker up to the HPA's maximum: CN <identity>-ingest-<n> for pod ingest-<n>.
+    [hpa] = [h for h in ev.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler") if h.inputs["metadata"]["name"] == "ingest"]
+    workers = [f"{identity}-ingest-{n}" for n in range(int(hpa.inputs["spec"]["maxReplicas"]))]
+    assert len(workers) == int(config.get("ems:ingestMaxReplicas", 10))
     [ingest] = [d for d in ev.of_type("kubernetes:apps/v1:StatefulSet") if d.inputs["metadata"]["name"] == "ingest"]
     pod = ingest.inputs["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["tls"]["secret"] == {"secretName": f"edge-{identity}-tls", "defaultMode": 0o440}
-    [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "tls"]
-    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True}
+    assert volumes["tls"]["projected"] == {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"ingest-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
+        for n, cn in enumerate(workers)]}
+    # Each pod mounts only its own directory, and sends its CN as its client id (the broker would use it anyway).
+    [c] = pod["containers"]
+    [mount] = [m for m in c["volumeMounts"] if m["name"] == "tls"]
+    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
+    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"}]
     [conf] = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "ingest-config"]
     broker = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False).broker
     assert (broker.tls, broker.port, broker.host) == (True, 8883, f"broker.{ns}.svc.cluster.local")
     assert {str(broker.ca), str(broker.cert), str(broker.key)} == {f"/etc/ems/tls/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
-    # The certificate: CN = the identity, client auth, a kubernetes.io/tls Secret in the workload namespace.
-    [secret] = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == f"edge-{identity}-tls"]
-    assert secret.inputs["type"] == "kubernetes.io/tls" and secret.inputs["metadata"]["namespace"] == ns
-    [csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.inputs["subject"]["commonName"] == identity]
-    [cert] = [c for c in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if c.name == csr.name.replace("-csr", "-cert")]
-    assert "client_auth" in cert.inputs["allowedUses"] and "server_auth" not in cert.inputs["allowedUses"]
+    # The certificates: CN = the worker's identity, client auth, kubernetes.io/tls Secrets in the workload namespace.
+    for cn in workers:
+        [secret] = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == f"edge-{cn}-tls"]
+        assert secret.inputs["type"] == "kubernetes.io/tls" and secret.inputs["metadata"]["namespace"] == ns
+        [csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.inputs["subject"]["commonName"] == cn]
+        [cert] = [c for c in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if c.name == csr.name.replace("-csr", "-cert")]
+        assert "client_auth" in cert.inputs["allowedUses"] and "server_auth" not in cert.inputs["allowedUses"]
+    assert not [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.inputs["subject"]["commonName"] == identity]
     # The broker's server certificate names the host the ingest connects to (hostname verification).
     [server_csr] = [c for c in ev.of_type("tls:index/certRequest:CertRequest") if c.name.endswith("-pki-broker-csr")]
     assert broker.host in server_csr.inputs["dnsNames"]
     [data] = [c.inputs["data"] for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "broker-config"]
-    # 8883: dynamic security from the stack's identities; only the ingest may join the group its ingest.toml names.
+    # 8883: the certificate's CN is username and client id; dynamic security from the stack's identities; only the
+    # ingest workers may join the group their ingest.toml names.
+    assert "\nuse_identity_as_username true\n" in data["mosquitto.conf"]
+    assert "\nuse_username_as_clientid true\n" in data["mosquitto.conf"].split("listener 1883")[0].split("listener 8883")[1]
     assert "\nplugin /usr/lib/mosquitto_dynamic_security.so\nplugin_opt_config_file /mosquitto/config/dynamic-security.json\n" \
         in data["mosquitto.conf"]
     dynsec = json.loads(data["dynamic-security.json"])
     roles = {r["rolename"]: r["acls"] for r in dynsec["roles"]}
     grants = {c["username"]: [(a["acltype"], a["topic"]) for r in c["roles"] for a in roles[r["rolename"]]] for c in dynsec["clients"]}
-    sites = json.loads(evaluate_config(name)["ems:edgeSites"])
-    bridge = [f"{ns}-bridge"] if evaluate_config(name).get("ems:modbusGateways") else []
-    assert sorted(grants) == sorted([*sites, *bridge, identity, f"{ns}-twin-api"])
+    sites = json.loads(config["ems:edgeSites"])
+    bridge = [f"{ns}-bridge"] if config.get("ems:modbusGateways") else []
+    twins = [f"{ns}-twin-api-twin-api-{n}" for n in range(2)]
+    assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins])
     own = lambda cn: [(kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]  # noqa: E731
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
-    assert grants[identity] == [*own(identity), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
-                                ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
-    assert grants[f"{ns}-twin-api"] == [("subscribeLiteral", "ems/v1/+/twin/+"), ("publishClientReceive", "ems/v1/+/twin/+")]
+    assert all(grants[cn] == [*own(cn), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
+                              ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
+               for cn in workers)
+    assert all(grants[cn] == [("subscribeLiteral", "ems/v1/+/twin/+"), ("publishClientReceive", "ems/v1/+/twin/+")] for cn in twins)
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
     [sts] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "broker"]
     assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == config_hash(data)
@@ -377,7 +395,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
 
 
-@pytest.mark.parametrize("site", ["ems-ingest", "ems-bridge", "ems-twin-api", "deadletter"])
+@pytest.mark.parametrize("site", ["ems-ingest", "ems-ingest-ingest-2", "ems-ingest-ingest-99", "ems-bridge", "ems-twin-api",
+                                  "ems-twin-api-twin-api-0", "ems-northbound", "ems-northbound-1", "deadletter"])
 def test_reserved_identities_are_not_edge_sites(site: str) -> None:
     with pytest.raises(Exception, match=rf"settings\.edge_sites .*\(got '{site}'\)"):
         evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
@@ -389,7 +408,8 @@ def test_without_gateways_there_is_no_bridge() -> None:
     assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
     [dynsec] = [json.loads(c.inputs["data"]["dynamic-security.json"]) for c in ev.of_type("kubernetes:core/v1:ConfigMap")
                 if c.inputs["metadata"]["name"] == "broker-config"]
-    assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest", "ems-twin-api"]
+    assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest-ingest-0", "ems-ingest-ingest-1",
+                                                          "ems-ingest-ingest-2", "ems-twin-api-twin-api-0", "ems-twin-api-twin-api-1"]
     assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
 
 
@@ -429,8 +449,12 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     ev, config = stack(name), evaluate_config(name)
     ns = config.get("ems:namespace", "ems")
     host, identity = f"twin-api.{ns}.svc.cluster.local", f"{ns}-twin-api"
-    # The Deployment: the ingest image running `ems-ingest twin-api`, hardened, two replicas, its own SA without a token.
-    deploy = _named(ev, "kubernetes:apps/v1:Deployment", "twin-api")
+    replicas = [f"{identity}-twin-api-{n}" for n in range(2)]
+    # A StatefulSet (a stable ordinal, hence its own client certificate, per replica): the ingest image running
+    # `ems-ingest twin-api`, hardened, two replicas, its own SA without a token, no volume claim.
+    deploy = _named(ev, "kubernetes:apps/v1:StatefulSet", "twin-api")
+    assert "volumeClaimTemplates" not in deploy.inputs["spec"] and deploy.inputs["spec"]["serviceName"] == "twin-api"
+    assert not [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "twin-api"]
     [ingest] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "ingest"]
     pod = deploy.inputs["spec"]["template"]["spec"]
     [c] = pod["containers"]
@@ -443,12 +467,16 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert pod["automountServiceAccountToken"] is False and deploy.inputs["spec"]["replicas"] == 2
     sa = _named(ev, "kubernetes:core/v1:ServiceAccount", "twin-api")
     assert sa.inputs["automountServiceAccountToken"] is False
-    # Mounts: config read-only, the broker client identity and the server certificate as 0440 Secrets, /tmp writable.
-    mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in c["volumeMounts"]}
-    assert mounts == {"/etc/ems/twin-api": ("config", True), "/etc/ems/mqtt-tls": ("mqtt-tls", True),
-                      "/etc/ems/server-tls": ("server-tls", True), "/tmp": ("tmp", False)}
+    # Mounts: config read-only, the replica's own broker client identity (its pod's directory of a projected volume)
+    # and the server certificate as 0440 Secrets, /tmp writable.
+    mounts = {m["mountPath"]: (m["name"], m["readOnly"], m.get("subPathExpr")) for m in c["volumeMounts"]}
+    assert mounts == {"/etc/ems/twin-api": ("config", True, None), "/etc/ems/mqtt-tls": ("mqtt-tls", True, "$(POD_NAME)"),
+                      "/etc/ems/server-tls": ("server-tls", True, None), "/tmp": ("tmp", False, None)}
+    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["mqtt-tls"]["secret"] == {"secretName": f"edge-{identity}-tls", "defaultMode": 0o440}
+    assert volumes["mqtt-tls"]["projected"] == {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"twin-api-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
+        for n, cn in enumerate(replicas)]}
     assert volumes["server-tls"]["secret"] == {"secretName": "twin-api-tls", "defaultMode": 0o440}
     pdb = _named(ev, "kubernetes:policy/v1:PodDisruptionBudget", "twin-api")
     assert pdb.inputs["spec"]["selector"]["matchLabels"] == deploy.inputs["spec"]["selector"]["matchLabels"]
@@ -461,15 +489,17 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert (str(parsed.twin_api.cert), str(parsed.twin_api.key)) == ("/etc/ems/server-tls/tls.crt", "/etc/ems/server-tls/tls.key")
     assert parsed.tsdb.query_url == f"http://tsdb.{ns}.svc.cluster.local:9090"
     # Certificates: a client identity (client_auth) and a server certificate naming the host Envoy connects to.
-    [client_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == identity]
-    [client_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == client_csr.name.replace("-csr", "-cert")]
-    assert "client_auth" in client_cert.inputs["allowedUses"] and "server_auth" not in client_cert.inputs["allowedUses"]
+    for cn in replicas:
+        [client_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == cn]
+        [client_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert")
+                         if r.name == client_csr.name.replace("-csr", "-cert")]
+        assert "client_auth" in client_cert.inputs["allowedUses"] and "server_auth" not in client_cert.inputs["allowedUses"]
     [server_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.name.endswith("-pki-twin-api-csr")]
     assert host in server_csr.inputs["dnsNames"]
     [server_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == server_csr.name.replace("-csr", "-cert")]
     assert "server_auth" in server_cert.inputs["allowedUses"]
     assert _named(ev, "kubernetes:core/v1:Secret", "twin-api-tls").inputs["type"] == "kubernetes.io/tls"
-    # The Service: ClusterIP only, 8443, selecting the Deployment's pods.
+    # The Service: ClusterIP only, 8443, selecting the StatefulSet's pods.
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
     assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
