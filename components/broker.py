@@ -60,9 +60,11 @@ Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.p
 
 1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing. Client
 ids are one namespace across listeners, and an anonymous client has no identity to bind its
-id to: a 1883 client that sends a worker's client id takes that worker's session (see
-``docs/deploy.md``, the 1883 listener), which is why 1883 stays reachable from inside the
-namespace only.
+id to: a 1883 client that sends a worker's client id takes that worker's session and, with
+its read access, the readings queued in it (observed: 5 of 5 to the 1883 client, 0 to the
+worker). Only ``kubectl port-forward``/``exec`` on the broker pod, or a pod some NetworkPolicy
+lets out to it (none of the platform's: default deny), reaches 1883 — access to it is access
+to the broker pod.
 
 The plugin's path differs between builds: ``/usr/lib/mosquitto_dynamic_security.so`` in the
 ``eclipse-mosquitto`` image (:data:`DYNSEC_PLUGIN`), ``/usr/lib/<triplet>/`` in Debian's
