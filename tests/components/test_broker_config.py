@@ -601,3 +601,45 @@ def test_one_certificate_holds_one_connection_so_each_twin_replica_has_its_own(b
             assert api_a.link.connected and api_b.link.connected
     finally:
         site.close()
+
+
+def test_edge_agents_get_their_site_id_as_client_id_whatever_they_send(broker, pki: LocalPki, tmp_path: Path) -> None:
+    """The edge agent's own MQTT link (as in the field and the Modbus bridge) with its default client id
+    ``edge-<site>``: two sites that both send ``edge-sub-07`` keep their own connections (the broker uses
+    each certificate's CN), and every reading of both reaches the ingest."""
+    import asyncio
+
+    from edge_agent.publisher import MqttLink as EdgeLink, TlsFiles as EdgeTls
+
+    tls_port, _ = broker
+    worker = _ingest_worker(pki, tls_port, "ingest-0", tmp_path)
+
+    async def publish_from_both() -> list[int]:
+        links = []
+        for site in ("sub-07", BRIDGE):
+            pair = pki.client(site)
+            link = EdgeLink(host="127.0.0.1", port=tls_port, client_id="edge-sub-07", site=site,
+                            tls=EdgeTls(pki.ca, pair.cert, pair.key))
+            link.open()
+            link.start()
+            links.append(link)
+        try:
+            for link in links:
+                await link.wait_connected(10)
+            for i in range(3):
+                for link in links:
+                    await asyncio.wait_for(link.publish(telemetry_topic(link.site), f"{link.site}-{i}".encode()), 10)
+            return [int(link.connected) for link in links]
+        finally:
+            for link in links:
+                await link.close()
+
+    try:
+        assert asyncio.run(publish_from_both()) == [1, 1]
+        got = _drain([worker], 6)
+        assert sorted(m.payload for m in got) == sorted(f"{site}-{i}".encode() for site in ("sub-07", BRIDGE) for i in range(3))
+    finally:
+        worker.stop()
+    log = (tmp_path / "broker.log").read_text()
+    assert " as sub-07 (" in log and f" as {BRIDGE} (" in log and " as edge-sub-07 (" not in log
+    assert "already connected" not in log
