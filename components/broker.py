@@ -33,8 +33,9 @@ Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.p
 * Without ``use_username_as_clientid`` any certificate of the CA — a listed site's or a CN
   in no stack — could connect with a worker's client id: with ``clean_start`` it wiped the
   worker's session, without it took the session over (its reads are refused, so the queued
-  readings were dropped): 0 of 5 reached the worker afterwards. With it, the intruder gets a
-  session under its own CN and the worker receives 5 of 5.
+  readings were dropped): 0 of 5 reached the worker afterwards either way (and 0 of 10, 5
+  of them in flight, after a clean start). With it, the intruder gets a session under its own CN and the worker receives
+  every one (5 of 5; 10 of 10).
 * What does *not* bind a client id to a certificate in 2.0.11: a dynsec client's
   ``clientid`` field (the plugin's username/password check is never called for
   ``use_identity_as_username`` listeners: the identity connected with another client id and

@@ -548,7 +548,7 @@ def test_no_other_certificate_can_take_or_wipe_a_worker_session(broker, pki: Loc
     worker — connecting with worker ingest-0's client id gets a session of its own CN: it neither
     resumes the worker's session (no session present, nothing delivered) nor wipes it (clean start),
     and the worker afterwards receives all 10 stranded readings, each once. (Without
-    ``use_username_as_clientid`` the worker got 0 of 5.)"""
+    ``use_username_as_clientid`` the worker got none of them back.)"""
     tls_port, _ = broker
     site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
     try:
