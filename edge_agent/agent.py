@@ -57,7 +57,7 @@ def check_permissions(config: AgentConfig) -> None:
     """
     mode = stat.S_IMODE(config.source_path.stat().st_mode)
     if mode & 0o002:
-        raise ConfigError("config file", str(config.source_path),
+        raise ConfigError("config file", config.source_path,
                           f"is writable by other users (mode {mode:04o}); run: chmod o-w {config.source_path}")
 
 

@@ -11,7 +11,9 @@
 * ``Calibrations``: the current gain/offset per sensor id, read from the
   config; ``reload_if_changed()`` re-reads the file when it changed (inode,
   size or mtime), ``watch()`` does so periodically for the running agent.
-* ``apply_calibration(path, sensor_id, offset=, gain=)`` edits the point's
+* ``apply_calibration(path, sensor_id, offset=, gain=)`` reads the config
+  with the loader's limits (a regular file of at most 1 MiB of UTF-8; a FIFO
+  or device is refused without blocking), edits the point's
   ``gain``/``offset`` in the TOML file in place (tomlkit keeps every other
   line and comment), validates the result, and replaces the file atomically
   (write a temp file, fsync, rename, fsync the folder). Idempotent: returns
@@ -33,7 +35,7 @@ from typing import Mapping
 import tomlkit
 from tomlkit.exceptions import TOMLKitError
 
-from edge_agent.config import AgentConfig, PointConfig, load_config, parse_config
+from edge_agent.config import AgentConfig, PointConfig, load_config, parse_config, read_config_file
 from edge_agent.errors import ConfigError
 from edge_agent.metrics import AgentMetrics
 
@@ -168,7 +170,10 @@ def apply_calibration(config_path: str | os.PathLike[str], sensor_id: str, *, of
 
 
 def _apply_locked(path: Path, folder_fd: int, sensor_id: str, offset: float | None, gain: float | None) -> bool:
-    config = load_config(path, check_files=False)     # the file must be valid before we touch it
+    # Read once, with the loader's limits (regular file, 1 MiB, UTF-8, bounded nesting), and edit
+    # exactly the text that was validated: the file must be valid before we touch it.
+    text = read_config_file(path)
+    config = parse_config(text, path, check_files=False)
     try:
         config.point(sensor_id)
     except KeyError:
@@ -176,7 +181,6 @@ def _apply_locked(path: Path, folder_fd: int, sensor_id: str, offset: float | No
         close = [k for k in known if k.lower() == str(sensor_id).lower()]
         hint = f"did you mean {close[0]!r}?" if close else f"known ids: {', '.join(known[:12])}{' …' if len(known) > 12 else ''}"
         raise ConfigError("--id", sensor_id, f"is not a sensor id in {path}; {hint}") from None
-    text = path.read_text(encoding="utf-8")
     try:
         document = tomlkit.parse(text)
     except TOMLKitError as exc:  # tomllib accepted it, so this is a tomlkit limitation

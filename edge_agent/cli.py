@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
+from ems_contract.config_file import shorten
 
 __all__ = ["main"]
 
@@ -88,9 +89,9 @@ def _finite(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        raise argparse.ArgumentTypeError(f"{shorten(text)} is not a number") from None
     if value != value or value in (float("inf"), float("-inf")):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number")
+        raise argparse.ArgumentTypeError(f"{shorten(text)} must be a finite number")
     return value
 
 
@@ -98,7 +99,7 @@ def _port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+        raise argparse.ArgumentTypeError(f"{shorten(text)} is not a port number") from None
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{value} must be 0..65535")
     return value

@@ -7,6 +7,13 @@ one line: ``devices[0].points[2].address: 70000 must be 0..65535``. Nothing
 downstream sees a raw dict. Relative file paths resolve against the folder of
 the config file.
 
+The file is hostile until checked (``ems_contract.config_file``): a regular
+file of at most 1 MiB of UTF-8 TOML, nesting at most 32 deep, integers within
+64 bits; FIFOs, devices and directories are refused without blocking; every
+value is range-checked for what it becomes; strings are printable, host names
+are host names, paths at most 4096 characters; messages quote at most about
+60 characters of a value. ``docs/edge-config.md`` lists the limits.
+
 Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
 
     site = "sub-07"                              # [required] matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63}
@@ -42,16 +49,16 @@ import difflib
 import logging
 import math
 import os
-import re
 import ssl
 import stat
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS
 from edge_agent.errors import ConfigError
+from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileError, parse_toml, read_config_text,
+                                      valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, valid_id
 from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
 
@@ -60,7 +67,7 @@ __all__ = [
     "MAX_READ_REGISTERS", "MAX_READ_BITS",
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
     "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
-    "config_path", "load_config", "parse_config",
+    "config_path", "load_config", "parse_config", "read_config_file",
 ]
 
 log = logging.getLogger(__name__)
@@ -74,6 +81,8 @@ PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
 ASSET_KINDS = ("transformer",)
+MAX_PEM_BYTES = MAX_CONFIG_BYTES   # a CA bundle, certificate or key file; the system CA bundle is ~200 KiB
+_UNIT_FORBIDDEN = frozenset("\"'\\`")  # a unit becomes a label value on the wire and in PromQL
 
 
 @dataclass(frozen=True)
@@ -235,37 +244,34 @@ def load_config(path: str | os.PathLike[str], *, check_files: bool = True) -> Ag
 
     ``check_files=False`` skips the checks of the broker's certificate and key
     files (used when only the points matter, e.g. a calibration update).
+    A FIFO, device or directory, a file over 1 MiB or not UTF-8 is a
+    ConfigError too, raised without blocking or reading past the limit.
     """
     source = Path(path).absolute()
-    try:
-        data = source.read_bytes()
-    except OSError as exc:
-        raise ConfigError("config file", str(source), f"cannot be read ({exc.strerror or exc})") from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError("config file", str(source), f"is not UTF-8 text (byte {exc.start})") from exc
-    return parse_config(text, source, check_files=check_files)
+    return parse_config(read_config_file(source), source, check_files=check_files)
 
 
-_TOML_POSITION = re.compile(r"\(at line (\d+), column (\d+)\)|\(at end of document\)")
+def read_config_file(path: str | os.PathLike[str]) -> str:
+    """The text of the config file at ``path``: a regular file of at most 1 MiB of UTF-8; else ConfigError.
+
+    Never blocks on a FIFO and never reads past the limit (``ems_contract.config_file``).
+    """
+    try:
+        return read_config_text(path)
+    except ConfigFileError as exc:
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
 
 
 def parse_config(text: str, source_path: Path, *, check_files: bool = True) -> AgentConfig:
-    """Validate TOML ``text`` as if read from ``source_path`` (relative paths resolve against its folder)."""
+    """Validate TOML ``text`` as if read from ``source_path`` (relative paths resolve against its folder).
+
+    Raises ConfigError, and only ConfigError, for any text.
+    """
     source_path = Path(source_path).absolute()
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        found = _TOML_POSITION.search(message)
-        reason = _TOML_POSITION.sub("", message).strip()
-        if found and found.group(1):
-            line, column = int(found.group(1)), int(found.group(2))
-            lines = text.splitlines()
-            snippet = lines[line - 1].strip() if 0 < line <= len(lines) else ""
-            raise ConfigError(f"{source_path}:{line}:{column}", snippet, f"is not valid TOML: {reason}") from exc
-        raise ConfigError(str(source_path), "end of file", f"is not valid TOML: {reason}") from exc
+        raw = parse_toml(text, str(source_path))
+    except ConfigFileError as exc:
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
     return _Loader(source_path, check_files).agent(raw)
 
 
@@ -294,7 +300,9 @@ class _Table:
         if key in self.data:
             return self.data[key]
         if default is _MISSING:
-            typo = difflib.get_close_matches(key, [k for k in self.data if isinstance(k, str)], n=1, cutoff=0.75)
+            # a hint costs a comparison per key: offer one only among a plausible number of short keys
+            keys = [k for k in self.data if len(k) <= 64][:256]
+            typo = difflib.get_close_matches(key, keys, n=1, cutoff=0.75)
             if typo:
                 raise ConfigError(self.path or self.root_name, typo[0], f"is an unknown key; did you mean {key!r}?")
             raise ConfigError(self.at(key), _MISSING, f"is required{hint}")
@@ -302,9 +310,16 @@ class _Table:
 
     def text(self, key: str, default: Any = _MISSING, *, hint: str = "", max_len: int = 255) -> str:
         value = self.raw(key, default, f" ({hint})" if hint else "")
-        if not isinstance(value, str) or not value.strip() and default is _MISSING or len(value) > max_len:
+        if (not isinstance(value, str) or not value.strip() and default is _MISSING or len(value) > max_len
+                or not value.isprintable()):
             raise ConfigError(self.at(key), value, f"must be a {'non-empty ' if default is _MISSING else ''}"
-                                                   f"string of at most {max_len} characters")
+                                                   f"string of at most {max_len} printable characters")
+        return value
+
+    def host(self, key: str, default: Any = _MISSING, *, hint: str = "") -> str:
+        value = self.raw(key, default, f" ({hint})" if hint else "")
+        if not valid_host(value):
+            raise ConfigError(self.at(key), value, HOST_RULE)
         return value
 
     def id(self, key: str, what: str) -> str:
@@ -331,7 +346,11 @@ class _Table:
     def number(self, key: str, default: Any = _MISSING, *, low: float | None = None, high: float | None = None,
               positive: bool = False, nonzero: bool = False) -> float:
         value = self.raw(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+        except OverflowError:     # an integer too large for a float
+            finite = False
+        if not finite:
             raise ConfigError(self.at(key), value, "must be a finite number")
         value = float(value)
         if positive and value <= 0:
@@ -372,7 +391,7 @@ class _Table:
         for key in self.data:
             if key in self.taken:
                 continue
-            close = difflib.get_close_matches(key, self.taken, n=1, cutoff=0.6)
+            close = difflib.get_close_matches(key, self.taken, n=1, cutoff=0.6) if len(key) <= 64 else []
             hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(sorted(set(self.taken)))}"
             raise ConfigError(self.path or self.root_name, key, f"is an unknown key; {hint}")
 
@@ -387,8 +406,9 @@ class _Loader:
         value = table.raw(key, default)
         if isinstance(value, Path):
             return value
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(table.at(key), value, "must be a non-empty file path (relative to the config file's folder)")
+        if not valid_path_text(value):
+            raise ConfigError(table.at(key), value, "must be a non-empty file path of at most 4096 printable "
+                                                    "characters (relative to the config file's folder)")
         return self.folder / Path(value).expanduser()
 
     def agent(self, raw: dict[str, Any]) -> AgentConfig:
@@ -413,7 +433,7 @@ class _Loader:
             twin_t.done()
         http = HttpConfig()
         if http_t:
-            http = HttpConfig(host=http_t.text("host", HttpConfig.host), port=http_t.integer("port", 0, 65535, HttpConfig.port))
+            http = HttpConfig(host=http_t.host("host", HttpConfig.host), port=http_t.integer("port", 0, 65535, HttpConfig.port))
             http_t.done()
         devices = tuple(self.device(t) for t in root.tables("devices"))
         assets_t = root.table("assets")
@@ -451,8 +471,10 @@ class _Loader:
                           f" (the name of a point of asset {asset!r}, e.g. \"load\")" if required else "")
             if value is None:
                 return None
+            if not isinstance(value, str):
+                raise ConfigError(t.at(key), value, f"must be the name of a point of asset {asset!r} (a string)")
             if value not in points:
-                close = difflib.get_close_matches(str(value), list(points), n=1, cutoff=0.6)
+                close = difflib.get_close_matches(value, list(points), n=1, cutoff=0.6) if len(value) <= 64 else []
                 hint = f"did you mean {close[0]!r}?" if close else f"its points: {', '.join(sorted(points))}"
                 raise ConfigError(t.at(key), value, f"is not a point of asset {asset!r}; {hint}")
             if points[value].type == "bool":
@@ -490,7 +512,7 @@ class _Loader:
                                   params=ThermalParams(paper=paper, **values))
 
     def broker(self, t: _Table, site: str) -> BrokerConfig:
-        host = t.text("host", hint="the broker's host name or IP address")
+        host = t.host("host", hint="the broker's host name or IP address")
         port = t.integer("port", 1, 65535, 8883)
         ca = self.path(t, "ca")
         cert = self.path(t, "cert")
@@ -512,7 +534,7 @@ class _Loader:
 
     def device(self, t: _Table) -> DeviceConfig:
         name = t.id("name", "the device name, e.g. \"tx1-relay\"")
-        host = t.text("host", hint="the device's or gateway's host name or IP address")
+        host = t.host("host", hint="the device's or gateway's host name or IP address")
         port = t.integer("port", 1, 65535, 502)
         unit = t.integer("unit", 0, 255, 1)
         transport = t.choice("transport", TRANSPORTS, "tcp")
@@ -550,6 +572,8 @@ class _Loader:
         gain = t.number("gain", 1.0, nonzero=True)
         offset = t.number("offset", 0.0)
         unit = t.text("unit", "", max_len=32)
+        if _UNIT_FORBIDDEN.intersection(unit):
+            raise ConfigError(t.at("unit"), unit, "must not contain quotes, backquotes or backslashes")
         deadband = t.number("deadband", 0.0, low=0.0)
         deadband_percent = t.number("deadband_percent", 0.0, low=0.0, high=100.0)
         if deadband and deadband_percent:
@@ -614,24 +638,27 @@ def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
         try:
             info = path.stat()
             if not stat.S_ISREG(info.st_mode):
-                raise ConfigError(t.at(key), str(path), "is not a regular file")
+                raise ConfigError(t.at(key), path, "is not a regular file")
+            if info.st_size > MAX_PEM_BYTES:
+                raise ConfigError(t.at(key), path, f"is {info.st_size} bytes; a PEM file may be at most "
+                                                        f"{MAX_PEM_BYTES} bytes")
             with path.open("rb") as fh:
                 fh.read(1)
         except OSError as exc:
-            raise ConfigError(t.at(key), str(path), f"cannot be read ({exc.strerror or exc})") from exc
+            raise ConfigError(t.at(key), path, f"cannot be read ({exc.strerror or exc})") from exc
     mode = stat.S_IMODE(broker.key.stat().st_mode)
     if mode & 0o007:
-        raise ConfigError(t.at("key"), str(broker.key),
+        raise ConfigError(t.at("key"), broker.key,
                           f"is accessible to other users (mode {mode:04o}); run: chmod 600 {broker.key}")
     if mode & 0o070:
         log.warning("broker.key %s is readable by its group (mode %04o); 0600 is recommended", broker.key, mode)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_verify_locations(cafile=str(broker.ca))
+        context.load_verify_locations(cafile=broker.ca)
     except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(t.at("ca"), str(broker.ca), f"is not a PEM CA certificate ({exc})") from exc
+        raise ConfigError(t.at("ca"), broker.ca, f"is not a PEM CA certificate ({exc})") from exc
     try:
-        context.load_cert_chain(certfile=str(broker.cert), keyfile=str(broker.key))
+        context.load_cert_chain(certfile=str(broker.cert), keyfile=broker.key)
     except (ssl.SSLError, ValueError) as exc:
-        raise ConfigError(t.at("key"), str(broker.key),
+        raise ConfigError(t.at("key"), broker.key,
                           f"is not the PEM private key of broker.cert {str(broker.cert)!r} ({exc})") from exc

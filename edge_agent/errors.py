@@ -24,6 +24,8 @@ Adapters end with ``raise <ours>(...) from exc`` so third-party exceptions
 
 from __future__ import annotations
 
+from ems_contract.config_file import one_line, shorten
+
 __all__ = [
     "EdgeAgentError", "ConfigError",
     "DeviceError", "DeviceUnreachable", "DeviceTimeout", "DeviceExceptionResponse", "MODBUS_EXCEPTION_NAMES",
@@ -54,11 +56,14 @@ class ConfigError(EdgeAgentError):
 
     ``path`` is the field path in the config (``devices[0].points[2].address``,
     or the file path for file-level problems), ``value`` the offending value,
-    ``reason`` what is allowed. ``str()`` is ``<path>: <value!r> <reason>``.
+    ``reason`` what is allowed. ``str()`` is ``<path>: <value!r> <reason>``,
+    one line whatever the file held: the value's repr is shortened (a 10 MB
+    string is quoted by its first 60 characters and its length) and the path
+    and reason are clipped (``ems_contract.config_file.shorten``).
     """
 
     def __init__(self, path: str, value: object, reason: str) -> None:
-        super().__init__(f"{path}: {value!r} {reason}")
+        super().__init__(f"{one_line(path, 160)}: {shorten(value)} {one_line(reason, 400)}")
         self.path = path
         self.value = value
         self.reason = reason

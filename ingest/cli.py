@@ -57,7 +57,7 @@ def _lock_state_dir(config: IngestConfig) -> int:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise ConfigError("state.dir", str(config.state.dir), "is in use by another ingest worker") from None
+        raise ConfigError("state.dir", config.state.dir, "is in use by another ingest worker") from None
     return fd
 
 

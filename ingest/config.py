@@ -33,23 +33,39 @@ default). Example (``docs/ingest.md`` has the full table)::
     [time]
     max_future_s = 300             # readings further ahead of this worker's clock are dead-lettered
     max_age_s = 259200             # older ones too: the TSDB's out-of-order window (72h)
+
+The file is hostile until checked (``ems_contract.config_file``): a regular
+file of at most 1 MiB of UTF-8 TOML, nested at most 32 deep, integers within
+64 bits; FIFOs, devices and directories are refused without blocking. Every
+value is range-checked for what it becomes (ports 1..65535, finite numbers in
+their range, host names, URLs, paths of at most 4096 printable characters),
+and so is every ``EMS_*`` environment override. Messages quote at most about
+60 characters of a value, so they stay one short line.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import socket
-import tomllib
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from ems_contract.config_file import (HOST_RULE, ConfigFileError, parse_toml, read_config_text, valid_host,
+                                      valid_path_text)
 from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 
-__all__ = ["ENV_OVERRIDES", "IngestConfig", "BrokerConfig", "TsdbConfig", "BatchConfig", "StateConfig", "MetricsConfig",
-           "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
+__all__ = ["ENV_OVERRIDES", "MAX_ENV_CHARS", "MAX_URL_CHARS", "IngestConfig", "BrokerConfig", "TsdbConfig",
+           "BatchConfig", "StateConfig", "MetricsConfig", "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
+
+
+MAX_TEXT_CHARS = 1024      # any other string setting
+MAX_URL_CHARS = 2048       # what HTTP clients and servers reliably accept in a request line
+MAX_ENV_CHARS = 4096       # one EMS_* environment override (a path may be 4096 characters)
+_PATH_RULE = "must be a file path of 1..4096 printable characters"
 
 
 @dataclass(frozen=True)
@@ -151,9 +167,25 @@ class _Section:
         value = self._get(key, required)
         if value is None:
             return default  # type: ignore[return-value]
-        if not isinstance(value, str) or not value:
-            raise ConfigError(self._p(key), value, "must be a non-empty string")
+        if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS or not value.isprintable():
+            raise ConfigError(self._p(key), value, f"must be a non-empty string of at most {MAX_TEXT_CHARS} "
+                                                   f"printable characters")
         return value
+
+    def host(self, key: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self._get(key, required)
+        if value is None:
+            return default  # type: ignore[return-value]
+        if not valid_host(value):
+            raise ConfigError(self._p(key), value, HOST_RULE)
+        return value
+
+    def dir(self, key: str) -> Path:
+        value = self._get(key, True)
+        if not valid_path_text(value):
+            raise ConfigError(self._p(key), value, _PATH_RULE)
+        path = Path(value)
+        return path if path.is_absolute() else self.base / path
 
     def int(self, key: str, default: int, lo: int, hi: int) -> int:
         value = self._get(key, False)
@@ -180,9 +212,11 @@ class _Section:
         return float(value)
 
     def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
-        value = self.str(key, required=required)
+        value = self._get(key, required)
         if value is None:
             return None
+        if not valid_path_text(value):
+            raise ConfigError(self._p(key), value, _PATH_RULE)
         path = Path(value)
         if not path.is_absolute():
             path = self.base / path
@@ -191,18 +225,37 @@ class _Section:
         return path
 
     def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self.str(key, default, required=required)
+        value = self._get(key, required)
         if value is None:
-            return value  # type: ignore[return-value]
-        parsed = urllib.parse.urlsplit(value)
-        if parsed.scheme not in ("http", "https") or not parsed.hostname:
-            raise ConfigError(self._p(key), value, "must be an http:// or https:// URL with a host")
+            return default  # type: ignore[return-value]
+        rule = "must be an http:// or https:// URL with a host"
+        if not isinstance(value, str):
+            raise ConfigError(self._p(key), value, rule)
+        if len(value) > MAX_URL_CHARS:
+            raise ConfigError(self._p(key), value, f"{rule} of at most {MAX_URL_CHARS} characters")
+        if not _URL_CHARS.fullmatch(value):
+            raise ConfigError(self._p(key), value, f"{rule}, in printable ASCII without spaces (percent-encode others)")
+        try:
+            parsed = urllib.parse.urlsplit(value)
+        except ValueError:          # e.g. an unclosed IPv6 bracket
+            raise ConfigError(self._p(key), value, rule) from None
+        try:
+            port = parsed.port      # raises ValueError outside 0..65535
+        except ValueError:
+            port = 0
+        if parsed.scheme not in ("http", "https") or not valid_host(parsed.hostname):
+            raise ConfigError(self._p(key), value, rule)
+        if port == 0:
+            raise ConfigError(self._p(key), value, f"{rule} and a port 1..65535")
         return value
 
     def done(self) -> None:
         unknown = sorted(set(self.table) - self.used)
         if unknown:
             raise ConfigError(self._p(unknown[0]), self.table[unknown[0]], "is not a known setting")
+
+
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")   # printable ASCII without space: a URL's characters, percent-encoded
 
 
 def _client_id(section: _Section, prefix: str) -> str:
@@ -243,7 +296,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
                 raise ConfigError(f"broker.{name}", b.table[name], "must not be set when broker.tls is false")
         ca = cert = key = None
     broker = BrokerConfig(
-        host=b.str("host", required=True), port=b.int("port", 8883 if tls else 1883, 1, 65535), tls=tls,
+        host=b.host("host", required=True), port=b.int("port", 8883 if tls else 1883, 1, 65535), tls=tls,
         ca=ca, cert=cert, key=key,
         client_id=_client_id(b, "ems-ingest"), group=group, keepalive_s=b.int("keepalive_s", 30, 5, 3600),
         session_expiry_s=b.int("session_expiry_s", 7 * 24 * 3600, 60, 0xFFFFFFFE),
@@ -264,9 +317,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
 
     s = section("state")
     assert s is not None
-    state_dir = s.str("dir", required=True)
-    state = StateConfig(dir=(base / state_dir) if not Path(state_dir).is_absolute() else Path(state_dir),
-                        max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000))
+    state = StateConfig(dir=s.dir("dir"), max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000))
     s.done()
 
     batch = BatchConfig()
@@ -277,13 +328,13 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
 
     metrics = MetricsConfig()
     if (m := section("metrics", required=False)) is not None:
-        metrics = MetricsConfig(host=m.str("host", MetricsConfig.host), port=m.int("port", 9100, 0, 65535))
+        metrics = MetricsConfig(host=m.host("host", MetricsConfig.host), port=m.int("port", 9100, 0, 65535))
         m.done()
 
     twin = None
     if (tw := section("twin_api", required=False)) is not None:
         twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
-                             host=tw.str("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
+                             host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"))
         tw.done()
 
@@ -316,17 +367,31 @@ ENV_OVERRIDES: dict[str, tuple[str, str, type]] = {
 }
 
 
-def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+_ENV_INT = re.compile(r"[+-]?[0-9]{1,19}")
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, str]:
+    """Put the ``EMS_*`` overrides into ``raw``; returns ``{"broker.port": "EMS_BROKER_PORT", ...}`` for messages.
+
+    Only the form is checked here (length, encoding, integer or boolean
+    syntax); ``parse_config`` then applies the same rules as to the file.
+    """
+    applied: dict[str, str] = {}
     for name, (section, key, kind) in ENV_OVERRIDES.items():
         if name not in env:
             continue
         text = env[name]
+        if len(text) > MAX_ENV_CHARS:
+            raise ConfigError(name, text, f"must be at most {MAX_ENV_CHARS} characters ({section}.{key})")
+        try:
+            text.encode("utf-8")        # undecodable bytes arrive as lone surrogates (surrogateescape)
+        except UnicodeEncodeError:
+            raise ConfigError(name, text, f"must be UTF-8 text ({section}.{key})") from None
         value: object = text
         if kind is int:
-            try:
-                value = int(text)
-            except ValueError:
-                raise ConfigError(name, text, f"must be an integer ({section}.{key})") from None
+            if not _ENV_INT.fullmatch(text):
+                raise ConfigError(name, text, f"must be an integer ({section}.{key})")
+            value = int(text)
         elif kind is bool:
             if text.lower() not in ("true", "false"):
                 raise ConfigError(name, text, f"must be true or false ({section}.{key})")
@@ -335,12 +400,18 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> None:
         if not isinstance(table, dict):
             raise ConfigError(section, table, "must be a table")
         table[key] = value
+        applied[f"{section}.{key}"] = name
+    return applied
 
 
 def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -> IngestConfig:
     """Read and validate the TOML file at ``path`` plus ``ENV_OVERRIDES``; raises ConfigError.
 
     ``path`` None means no file: every required setting must then come from the environment.
+    An error in a value that came from the environment names the variable
+    (``EMS_BROKER_PORT (broker.port): must be an integer 1..65535 (got 70000)``).
+    A FIFO, device or directory, a file over 1 MiB or not UTF-8 is a ConfigError
+    too, raised without blocking or reading past the limit.
     """
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
@@ -348,14 +419,15 @@ def load_config(path: str | Path | None, env: Mapping[str, str] | None = None) -
     if path is not None:
         path = Path(path)
         try:
-            raw = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError("--config", str(path), "file does not exist") from None
-        except OSError as exc:
-            raise ConfigError("--config", str(path), f"cannot be read: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError("--config", str(path), f"is not valid TOML: {exc}") from exc
+            raw = parse_toml(read_config_text(path), str(path))
+        except ConfigFileError as exc:
+            raise ConfigError(exc.field, exc.value, exc.reason) from exc
         base = path.parent.resolve()
-    _apply_env(raw, env)
-    config = parse_config(raw, base)
+    from_env = _apply_env(raw, env)
+    try:
+        config = parse_config(raw, base)
+    except ConfigError as exc:
+        if exc.field not in from_env:
+            raise
+        raise ConfigError(f"{from_env[exc.field]} ({exc.field})", exc.value, exc.reason) from exc
     return IngestConfig(**{**config.__dict__, "source_path": path})

@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from ems_contract.config_file import one_line, shorten
+
 __all__ = ["IngestError", "ConfigError", "TsdbError", "TsdbUnavailable", "TsdbRejected", "BrokerError"]
 
 
@@ -18,10 +20,15 @@ class IngestError(Exception):
 
 
 class ConfigError(IngestError):
-    """A config value is missing or invalid; ``field`` is its dotted path (``broker.port``)."""
+    """A config value is missing or invalid; ``field`` is its dotted path (``broker.port``).
+
+    ``str()`` is ``<field>: <reason> (got <value!r>)`` on one line whatever the
+    value: its repr is shortened (a 10 MB string is quoted by its first 60
+    characters and its length) and field and reason are clipped.
+    """
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field}: {reason} (got {value!r})")
+        super().__init__(f"{one_line(field, 160)}: {one_line(reason, 400)} (got {shorten(value)})")
         self.field = field
         self.value = value
         self.reason = reason

@@ -109,7 +109,8 @@ def test_cli_reports_bad_config_in_one_line_with_exit_2(files: Path) -> None:
 def test_cli_reports_unreadable_and_invalid_toml(files: Path) -> None:
     result = _cli("run", "--config", str(files / "nope.toml"))
     assert result.returncode == 2
-    assert result.stderr.strip() == f"ems-ingest: --config: file does not exist (got '{files / 'nope.toml'}')"
+    assert result.stderr.strip() == (f"ems-ingest: config file: cannot be read (No such file or directory) "
+                                     f"(got '{files / 'nope.toml'}')")
     bad = files / "bad.toml"
     bad.write_text("[broker\n")
     result = _cli("run", "--config", str(bad))
