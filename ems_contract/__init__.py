@@ -3,4 +3,9 @@
 Imported by the edge agent (to build messages), by the ingest and the twin API (to
 validate them) and by the Pulumi program (for topic filters in the broker's roles), so
 none of those depends on another's runtime. Standard library only.
+
+``ems_contract.config_file`` is the other shared rule book: what an operator's
+config file may be (a regular file of at most 1 MiB of UTF-8 TOML, nested at
+most 32 deep, 64-bit integers) and how a bad value is quoted in an error, for
+the edge agent's ``sensors.conf`` and the ingest's ``ingest.toml`` alike.
 """

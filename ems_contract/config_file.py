@@ -23,8 +23,8 @@ integers                64-bit signed (TOML 1.0 §Integer); larger ones are an
 
 ``shorten(value)`` and ``one_line(text)`` keep error messages short and on one
 line whatever the file holds (a 10 MB host name is quoted by its first 60
-characters and its length). ``valid_host``, ``valid_path_text`` and
-``printable`` are the string rules the loaders share. Standard library only.
+characters and its length). ``valid_host`` and ``valid_path_text`` are the
+string rules the loaders share. Standard library only.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from typing import Any
 __all__ = [
     "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_PATH_CHARS", "MAX_HOST_CHARS", "INT64_MIN", "INT64_MAX",
     "HOST_RULE", "ConfigFileError", "read_config_text", "parse_toml", "shorten", "one_line",
-    "printable", "valid_host", "valid_path_text",
+    "valid_host", "valid_path_text",
 ]
 
 MAX_CONFIG_BYTES = 1024 * 1024
@@ -155,7 +155,7 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
     except ValueError as exc:            # an integer beyond Python's 4,300-digit conversion limit
         raise ConfigFileError(source, "an integer", f"is not valid TOML: {one_line(str(exc), 80)} "
                                                     f"(integers must fit in 64 bits)") from None
-    except RecursionError:               # not reachable after _check_nesting; kept as the last guard
+    except RecursionError:               # the last guard, should the scan below and tomllib ever disagree
         raise ConfigFileError(source, "the document", f"nests deeper than {MAX_NESTING} levels") from None
     _check_values(raw)
     return raw
@@ -357,9 +357,12 @@ def shorten(value: object, limit: int = _VALUE_CHARS) -> str:
         path = os.fspath(value)
         return shorten(path if isinstance(path, str) else os.fsdecode(path), max(limit, _PATH_CHARS))
     if isinstance(value, str):
-        if len(value) <= limit:
-            return repr(value)
-        return f"{value[:limit]!r}… ({len(value)} characters)"
+        head = value[:limit]
+        text = repr(head)
+        while len(text) > 2 * limit + 2:   # escapes (\x00, \U000e0001) make a repr up to 10 times longer
+            head = head[:len(head) // 2]
+            text = repr(head)
+        return text if head == value else f"{text}… ({len(value)} characters)"
     if isinstance(value, int) and not isinstance(value, bool):
         if value.bit_length() > 4000:   # about 1,200 digits: beyond this str() may refuse (4,300-digit limit)
             return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
@@ -376,23 +379,20 @@ def shorten(value: object, limit: int = _VALUE_CHARS) -> str:
 
 
 def one_line(text: str, limit: int) -> str:
-    """``text`` without line breaks or control characters (escaped), clipped to ``limit`` characters."""
-    if len(text) > limit:
-        text = text[:limit] + "…"
-    if text.isprintable():
-        return text
-    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
-                   for c in text)
+    """``text`` without line breaks or control characters (escaped), clipped to ``limit`` characters and "…"."""
+    clipped = len(text) > limit
+    text = text[:limit]
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace").decode("ascii")
+                       for c in text)
+        clipped = clipped or len(text) > limit
+        text = text[:limit]
+    return text + "…" if clipped else text
 
 
 # -- string rules shared by the loaders -----------------------------------------------------------
 
-_HOST = re.compile(r"[A-Za-z0-9_.:%-]{1,253}")
-
-
-def printable(value: str) -> bool:
-    """True when ``value`` has no control, format or other non-printable characters."""
-    return value.isprintable()
+_HOST = re.compile(rf"[A-Za-z0-9_.:%-]{{1,{MAX_HOST_CHARS}}}")
 
 
 def valid_host(value: object) -> bool:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
@@ -220,8 +221,13 @@ class _Section:
         path = Path(value)
         if not path.is_absolute():
             path = self.base / path
-        if must_exist and self.check_files and not path.is_file():
-            raise ConfigError(self._p(key), value, "must be an existing file")
+        if must_exist and self.check_files:
+            try:
+                regular = stat.S_ISREG(path.stat().st_mode)
+            except OSError:       # missing, but also a name too long, a loop of links, a path through a file
+                regular = False
+            if not regular:
+                raise ConfigError(self._p(key), value, "must be an existing file")
         return path
 
     def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:

@@ -179,6 +179,8 @@ def test_syntax_errors_name_line_and_column_and_quote_the_line_shortened() -> No
 def test_shorten_bounds_every_kind_of_value() -> None:
     assert shorten("h" * 10_000_000) == repr("h" * 60) + "… (10000000 characters)"
     assert shorten("short") == "'short'"
+    assert shorten("\x00" * 10_000_000) == repr("\x00" * 30) + "… (10000000 characters)"
+    assert len(shorten("\U000e0001" * 1000)) < 150
     assert shorten(10 ** 5000) == "<an integer of about 5001 digits>"
     assert shorten(-10 ** 100).endswith("… (101 digits)")
     deep: list = []
@@ -195,6 +197,7 @@ def test_shorten_bounds_every_kind_of_value() -> None:
 def test_one_line_escapes_line_breaks_and_control_characters() -> None:
     assert one_line("a\nb\x1b[31m\u202e", 100) == "a\\nb\\x1b[31m\\u202e"
     assert one_line("x" * 500, 10) == "x" * 10 + "…"
+    assert one_line("\x01" * 500, 10) == "\\x01\\x01\\x" + "…"      # ten characters, escapes included
 
 
 def test_host_and_path_rules() -> None:
