@@ -654,11 +654,11 @@ def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
         log.warning("broker.key %s is readable by its group (mode %04o); 0600 is recommended", broker.key, mode)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
-        context.load_verify_locations(cafile=broker.ca)
+        context.load_verify_locations(cafile=str(broker.ca))
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(t.at("ca"), broker.ca, f"is not a PEM CA certificate ({exc})") from exc
     try:
-        context.load_cert_chain(certfile=str(broker.cert), keyfile=broker.key)
+        context.load_cert_chain(certfile=str(broker.cert), keyfile=str(broker.key))
     except (ssl.SSLError, ValueError) as exc:
         raise ConfigError(t.at("key"), broker.key,
                           f"is not the PEM private key of broker.cert {str(broker.cert)!r} ({exc})") from exc
