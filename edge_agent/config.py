@@ -59,7 +59,7 @@ from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDE
 from edge_agent.errors import ConfigError
 from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileError, parse_toml, read_config_text,
                                       valid_host, valid_path_text)
-from ems_contract.telemetry import MAX_READINGS_PER_BATCH, valid_id
+from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
 from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
@@ -82,7 +82,6 @@ MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
 ASSET_KINDS = ("transformer",)
 MAX_PEM_BYTES = MAX_CONFIG_BYTES   # a CA bundle, certificate or key file; the system CA bundle is ~200 KiB
-_UNIT_FORBIDDEN = frozenset("\"'\\`")  # a unit becomes a label value on the wire and in PromQL
 
 
 @dataclass(frozen=True)
@@ -571,9 +570,10 @@ class _Loader:
         word_order = t.choice("word_order", WORD_ORDERS, "big")
         gain = t.number("gain", 1.0, nonzero=True)
         offset = t.number("offset", 0.0)
-        unit = t.text("unit", "", max_len=32)
-        if _UNIT_FORBIDDEN.intersection(unit):
-            raise ConfigError(t.at("unit"), unit, "must not contain quotes, backquotes or backslashes")
+        unit = t.raw("unit", "")
+        if not valid_unit(unit):     # the contract's rule: a unit the ingest would dead-letter is refused here
+            raise ConfigError(t.at("unit"), unit, f"must be at most {MAX_UNIT_CHARS} printable characters without "
+                                                  f"quotes, backslashes, braces or surrounding spaces")
         deadband = t.number("deadband", 0.0, low=0.0)
         deadband_percent = t.number("deadband_percent", 0.0, low=0.0, high=100.0)
         if deadband and deadband_percent:

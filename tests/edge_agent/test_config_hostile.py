@@ -91,6 +91,17 @@ def test_calibration_of_an_edited_config_changes_nothing_unless_the_config_is_va
     assert load_config(path, check_files=False).point("SENSOR_01").offset == offset
 
 
+@pytest.mark.parametrize("unit, shown", [('deg"C', "'deg\"C'"), ("degC\u202e", "'degC\\u202e'"), ("a\nb", "'a\\nb'"),
+                                         ("{x}", "'{x}'"), (" degC", "' degC'"), ("u" * 33, "'" + "u" * 33 + "'")])
+def test_a_unit_the_ingest_would_dead_letter_is_refused_in_the_config(tmp_path: Path, unit: str, shown: str) -> None:
+    doc = tomllib.loads(EXAMPLE_CONFIG.read_text())
+    doc["devices"][0]["points"][0]["unit"] = unit
+    with pytest.raises(ConfigError) as caught:
+        parse_config(toml_document(doc), tmp_path / "sensors.conf", check_files=False)
+    assert str(caught.value) == (f"devices[0].points[0].unit: {shown} must be at most 32 printable characters "
+                                 f"without quotes, backslashes, braces or surrounding spaces")
+
+
 # -- the TLS files the config names ---------------------------------------------------------
 
 @pytest.fixture

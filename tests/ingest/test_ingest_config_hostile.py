@@ -35,6 +35,7 @@ BASE = {
     "batch": {"max_readings": 2000, "max_delay_s": 0.2},
     "state": {"dir": "state", "max_intervals_per_site": 1024},
     "metrics": {"host": "0.0.0.0", "port": 9100},
+    "time": {"max_future_s": 300, "max_age_s": 259200},
     "twin_api": {"host": "0.0.0.0", "port": 443, "cert": "api.crt", "key": "api.key", "client_ca": "ca.crt",
                  "client_id": "ems-twin-api-0"},
 }
