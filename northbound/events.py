@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Iterable, Mapping
 
+from ems_contract.command import CONTROLS
 from northbound import sep2
 from northbound.errors import Sep2Error
 
@@ -37,9 +38,8 @@ __all__ = [
     "ResponseDue", "control_event", "default_control", "control_values", "window", "select", "responses_due",
 ]
 
-CONTROL_KINDS = ("exp_lim_w", "imp_lim_w", "gen_lim_w", "load_lim_w", "connect", "energize")
-"""The controls this client carries to the field: CSIP-AUS opModExpLimW, opModImpLimW, opModGenLimW,
-opModLoadLimW (watts) and 2030.5 opModConnect, opModEnergize (booleans)."""
+CONTROL_KINDS = CONTROLS
+"""The controls this client carries to the field (``ems_contract.command.CONTROLS``)."""
 
 _POWER_FIELDS = {"exp_lim_w": "opModExpLimW", "imp_lim_w": "opModImpLimW",
                  "gen_lim_w": "opModGenLimW", "load_lim_w": "opModLoadLimW"}

@@ -1,0 +1,313 @@
+"""The north-bound client's config: one TOML file, parsed once into frozen dataclasses.
+
+Every error is a ``ConfigError`` naming the field path, the value and what is
+allowed, as one line; unknown keys are errors too. Example (``docs/northbound.md``
+has the full table)::
+
+    [server]
+    url = "https://dercs.utility.example"   # required, https only; the origin of every link
+    dcap = "/dcap"                          # DeviceCapability, the one path a client is given
+    ca = "/etc/ems/northbound/utility-ca.pem"       # required: the utility's CA
+    timeout_s = 10
+    allow_tls13 = false                     # TLS 1.2 only by default (1.3 never uses CCM8)
+
+    [client]
+    cert = "/etc/ems/northbound/client.pem"         # required: the platform's 2030.5 certificate
+    key = "/etc/ems/northbound/client.key"          # required
+
+    [polling]
+    max_poll_s = 900          # re-read every resource at min(server pollRate, this)
+    default_post_s = 300      # mirror readings when the server states no postRate
+    backoff_initial_s = 1     # after a failed request: doubled up to backoff_max_s, with jitter
+    backoff_max_s = 300
+
+    [readings]
+    twin_api = "https://twin-api.ems.svc:8443"      # where the sites' latest readings come from
+    ca = "/etc/ems/tls/ca.crt"                      # required with twin_api
+    cert = "/etc/ems/tls/tls.crt"                   # optional client certificate (mTLS)
+    key = "/etc/ems/tls/tls.key"
+
+    [http]
+    host = "0.0.0.0"
+    port = 9110               # /metrics and /healthz
+
+    [sites.sub-07]
+    lfdi = "…40 hex digits…"  # optional; default derived from the client certificate and the site id
+    pin = 111115              # optional; the Registration PIN the server must show
+
+    [[mirror]]                # one per mirrored point
+    site = "sub-07"           # must be a [sites] entry
+    asset = "meter1"
+    point = "p_total"
+    reading = "active_power"  # a kind of northbound.mirror.READING_KINDS
+    multiplier = 0            # optional powerOfTenMultiplier, -9..9 (default: the kind's)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+from urllib.parse import urlsplit
+
+from ems_contract.telemetry import valid_id
+from northbound.errors import ConfigError
+from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
+from northbound.mirror import READING_KINDS
+
+__all__ = ["NorthboundConfig", "ServerConfig", "ClientConfig", "PollingConfig", "ReadingsConfig", "HttpConfig",
+           "SiteConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError"]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    url: str
+    ca: Path
+    dcap: str = "/dcap"
+    timeout_s: float = 10.0
+    allow_tls13: bool = False
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    cert: Path
+    key: Path
+    lfdi: str               # computed from ``cert``
+    sfdi: int
+
+
+@dataclass(frozen=True)
+class PollingConfig:
+    max_poll_s: int = 900
+    default_post_s: int = 300
+    backoff_initial_s: float = 1.0
+    backoff_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class ReadingsConfig:
+    twin_api: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 9110
+
+
+@dataclass(frozen=True)
+class MirrorPoint:
+    site: str
+    asset: str
+    point: str
+    reading: str
+    multiplier: int
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """One site = one EndDevice: its LFDI/SFDI and optional Registration PIN."""
+
+    site: str
+    lfdi: str
+    sfdi: int
+    pin: int | None = None
+
+
+@dataclass(frozen=True)
+class NorthboundConfig:
+    server: ServerConfig
+    client: ClientConfig
+    sites: tuple[SiteConfig, ...]
+    mirror: tuple[MirrorPoint, ...] = ()
+    polling: PollingConfig = field(default_factory=PollingConfig)
+    readings: ReadingsConfig = field(default_factory=ReadingsConfig)
+    http: HttpConfig = field(default_factory=HttpConfig)
+
+    def summary(self) -> str:
+        lines = [f"server {self.server.url}{self.server.dcap} (CA {self.server.ca})",
+                 f"client lfdi {self.client.lfdi} sfdi {self.client.sfdi}"]
+        for site in self.sites:
+            points = [m for m in self.mirror if m.site == site.site]
+            lines.append(f"site {site.site}: lfdi {site.lfdi} sfdi {site.sfdi}, {len(points)} mirrored point(s)")
+        return "\n".join(lines)
+
+
+def _table(raw: Mapping[str, Any], key: str, where: str, allowed: set[str], required: bool = False) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}{key}", None, "is required")
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}{key}", value, "must be a table")
+    unknown = sorted(set(value) - allowed)
+    if unknown:
+        raise ConfigError(f"{where}{key}.{unknown[0]}", value[unknown[0]], f"is not a known key ({', '.join(sorted(allowed))})")
+    return value
+
+
+def _int(table: Mapping[str, Any], key: str, where: str, default: int | None, low: int, high: int) -> int:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}.{key}", None, "is required")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError(f"{where}.{key}", value, f"must be an integer in {low}..{high}")
+    return value
+
+
+def _float(table: Mapping[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
+    value = table.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{where}.{key}", value, f"must be a number in {low:g}..{high:g}")
+    return float(value)
+
+
+def _path(table: Mapping[str, Any], key: str, where: str, base: Path, required: bool = True) -> Path | None:
+    value = table.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}.{key}", None, "is required")
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}.{key}", value, "must be a file path")
+    path = Path(value) if Path(value).is_absolute() else base / value
+    if not path.is_file():
+        raise ConfigError(f"{where}.{key}", value, "does not exist or is not a file")
+    return path
+
+
+def _https(value: object, field_name: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(field_name, value, "must be an https:// URL")
+    parts = urlsplit(value)
+    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(field_name, value, "must be an https:// URL (scheme https, a host, no query)")
+    return value.rstrip("/")
+
+
+def _site_lfdi(client_lfdi: str, site: str) -> str:
+    # A site has no certificate of its own: its LFDI is derived from the platform's and the site id,
+    # so it is stable, unique per site and distinct from the aggregator's own LFDI.
+    return hashlib.sha256(f"ems-site:{client_lfdi}:{site}".encode()).hexdigest()[:40].upper()
+
+
+def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundConfig:
+    """Validate a parsed TOML document; relative paths are relative to ``base``; the files must exist."""
+    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "sites", "mirror"})
+    if unknown:
+        raise ConfigError(unknown[0], raw[unknown[0]], "is not a known section "
+                          "(server, client, polling, readings, http, sites, mirror)")
+    s = _table(raw, "server", "", {"url", "dcap", "ca", "timeout_s", "allow_tls13"}, required=True)
+    dcap = s.get("dcap", "/dcap")
+    if not isinstance(dcap, str) or not dcap.startswith("/") or len(dcap) > 256:
+        raise ConfigError("server.dcap", dcap, "must be an absolute path such as /dcap")
+    allow_tls13 = s.get("allow_tls13", False)
+    if not isinstance(allow_tls13, bool):
+        raise ConfigError("server.allow_tls13", allow_tls13, "must be true or false")
+    server = ServerConfig(url=_https(s.get("url"), "server.url"), dcap=dcap,
+                          ca=_path(s, "ca", "server", base),  # type: ignore[arg-type]
+                          timeout_s=_float(s, "timeout_s", "server", 10.0, 0.5, 120.0), allow_tls13=allow_tls13)
+
+    c = _table(raw, "client", "", {"cert", "key"}, required=True)
+    cert = _path(c, "cert", "client", base)
+    key = _path(c, "key", "client", base)
+    try:
+        ident = identity_from_certificate(cert.read_bytes())  # type: ignore[union-attr]
+    except (OSError, IdentityError) as exc:
+        raise ConfigError("client.cert", str(cert), f"is not a readable certificate ({exc})") from exc
+    lfdi = ident.lfdi
+    client = ClientConfig(cert=cert, key=key, lfdi=lfdi, sfdi=ident.sfdi)  # type: ignore[arg-type]
+
+    p = _table(raw, "polling", "", {"max_poll_s", "default_post_s", "backoff_initial_s", "backoff_max_s"})
+    polling = PollingConfig(max_poll_s=_int(p, "max_poll_s", "polling", 900, 1, 86400),
+                            default_post_s=_int(p, "default_post_s", "polling", 300, 1, 86400),
+                            backoff_initial_s=_float(p, "backoff_initial_s", "polling", 1.0, 0.01, 3600),
+                            backoff_max_s=_float(p, "backoff_max_s", "polling", 300.0, 0.01, 86400))
+    if polling.backoff_max_s < polling.backoff_initial_s:
+        raise ConfigError("polling.backoff_max_s", polling.backoff_max_s, "must be at least polling.backoff_initial_s")
+
+    r = _table(raw, "readings", "", {"twin_api", "ca", "cert", "key"})
+    twin_api = _https(r["twin_api"], "readings.twin_api") if "twin_api" in r else None
+    readings = ReadingsConfig(twin_api=twin_api,
+                              ca=_path(r, "ca", "readings", base, required=twin_api is not None),
+                              cert=_path(r, "cert", "readings", base, required="key" in r),
+                              key=_path(r, "key", "readings", base, required="cert" in r))
+
+    h = _table(raw, "http", "", {"host", "port"})
+    host = h.get("host", "0.0.0.0")
+    if not isinstance(host, str) or not host:
+        raise ConfigError("http.host", host, "must be a host name or address")
+    http = HttpConfig(host=host, port=_int(h, "port", "http", 9110, 0, 65535))
+
+    raw_sites = raw.get("sites")
+    if not isinstance(raw_sites, dict) or not raw_sites:
+        raise ConfigError("sites", raw_sites, "must be a table with at least one [sites.<site>]")
+    sites = []
+    for name, body in raw_sites.items():
+        if not valid_id(name):
+            raise ConfigError(f"sites.{name}", name, "is not a valid site id ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
+        t = _table(raw_sites, name, "sites.", {"lfdi", "pin"})
+        if "lfdi" in t:
+            try:
+                site_lfdi = parse_lfdi(t["lfdi"])
+            except IdentityError as exc:
+                raise ConfigError(f"sites.{name}.lfdi", t["lfdi"], "must be exactly 40 hex digits") from exc
+        else:
+            site_lfdi = _site_lfdi(lfdi, name)
+        pin = _int(t, "pin", f"sites.{name}", 0, 0, 999999) if "pin" in t else None
+        sites.append(SiteConfig(site=name, lfdi=site_lfdi, sfdi=sfdi_from_lfdi(site_lfdi), pin=pin))
+    lfdis = [s.lfdi for s in sites]
+    if len(set(lfdis)) != len(lfdis) or lfdi in lfdis:
+        raise ConfigError("sites", lfdis, "must have distinct LFDIs, none equal to the client's own")
+
+    raw_mirror = raw.get("mirror", [])
+    if not isinstance(raw_mirror, list):
+        raise ConfigError("mirror", raw_mirror, "must be an array of tables ([[mirror]])")
+    known_sites = {s.site for s in sites}
+    points = []
+    seen: set[tuple[str, str, str]] = set()
+    for index, entry in enumerate(raw_mirror):
+        where = f"mirror[{index}]"
+        if not isinstance(entry, dict):
+            raise ConfigError(where, entry, "must be a table")
+        unknown = sorted(set(entry) - {"site", "asset", "point", "reading", "multiplier"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}", entry[unknown[0]], "is not a known key "
+                              "(site, asset, point, reading, multiplier)")
+        site = entry.get("site")
+        if site not in known_sites:
+            raise ConfigError(f"{where}.site", site, f"is not a configured site ({', '.join(sorted(known_sites))})")
+        for key in ("asset", "point"):
+            if not valid_id(entry.get(key)):
+                raise ConfigError(f"{where}.{key}", entry.get(key), "must be an asset/point id of the telemetry")
+        reading = entry.get("reading")
+        if reading not in READING_KINDS:
+            raise ConfigError(f"{where}.reading", reading, f"must name a ReadingType mapping ({', '.join(READING_KINDS)})")
+        multiplier = _int(entry, "multiplier", where, READING_KINDS[reading].multiplier, -9, 9)
+        key3 = (site, entry["asset"], entry["point"])
+        if key3 in seen:
+            raise ConfigError(f"{where}.point", entry["point"], f"is mirrored twice for site {site}")
+        seen.add(key3)
+        points.append(MirrorPoint(site=site, asset=entry["asset"], point=entry["point"], reading=reading,
+                                  multiplier=multiplier))
+    return NorthboundConfig(server=server, client=client, sites=tuple(sites), mirror=tuple(points),
+                            polling=polling, readings=readings, http=http)
+
+
+def load_config(path: Path) -> NorthboundConfig:
+    """Read and validate the TOML file at ``path``; raises ConfigError (one line) for anything wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", str(path), f"cannot be read ({exc})") from exc
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from exc
+    return parse_config(raw, path.parent)

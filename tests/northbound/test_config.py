@@ -1,0 +1,87 @@
+"""The north-bound config: one-line errors naming field and value, as a new user meets them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devenv.pki import CertPair, LocalPki
+from northbound.cli import main
+from northbound.config import ConfigError, load_config
+from northbound.identity import identity_from_certificate, parse_sfdi
+
+
+def write_config(path: Path, pki: LocalPki, client: CertPair, *, url: str = "https://127.0.0.1:8443",
+                 extra: str = "", mirror: str | None = None) -> Path:
+    mirror = mirror if mirror is not None else (
+        '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p_total"\nreading = "active_power"\n')
+    path.write_text(f"""
+[server]
+url = "{url}"
+ca = "{pki.ca}"
+
+[client]
+cert = "{client.cert}"
+key = "{client.key}"
+
+[sites.sub-07]
+pin = 111115
+
+[sites.sub-08]
+{extra}
+{mirror}
+""")
+    return path
+
+
+def test_valid_config(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> None:
+    config = load_config(write_config(tmp_path / "nb.toml", pki, aggregator))
+    own = identity_from_certificate(aggregator.cert.read_bytes())
+    assert (config.client.lfdi, config.client.sfdi) == (own.lfdi, own.sfdi)
+    assert [s.site for s in config.sites] == ["sub-07", "sub-08"]
+    a, b = config.sites
+    assert a.lfdi != b.lfdi and own.lfdi not in (a.lfdi, b.lfdi) and parse_sfdi(a.sfdi) == a.sfdi
+    assert a.pin == 111115 and config.mirror[0].multiplier == 0 and config.server.dcap == "/dcap"
+    # Derived LFDIs are stable across loads.
+    assert load_config(tmp_path / "nb.toml").sites == config.sites
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"url": "http://127.0.0.1:8443"}, "server.url must be an https:// URL (scheme https, a host, no query) "
+                                       "(got 'http://127.0.0.1:8443')"),
+    ({"mirror": '[[mirror]]\nsite = "sub-99"\nasset = "m"\npoint = "p"\nreading = "active_power"\n'},
+     "mirror[0].site is not a configured site (sub-07, sub-08) (got 'sub-99')"),
+    ({"mirror": '[[mirror]]\nsite = "sub-07"\nasset = "m"\npoint = "p"\n'},
+     "mirror[0].reading must name a ReadingType mapping (active_power, reactive_power, voltage, frequency, "
+     "energy_import, energy_export) (got None)"),
+    ({"mirror": '[[mirror]]\nsite = "sub-07"\nasset = "m"\npoint = "p"\nreading = "temperature"\n'},
+     "mirror[0].reading must name a ReadingType mapping"),
+    ({"mirror": '[[mirror]]\nsite = "sub-07"\nasset = "m"\npoint = "p"\nreading = "voltage"\nmultiplier = 12\n'},
+     "mirror[0].multiplier must be an integer in -9..9 (got 12)"),
+    ({"extra": 'lfdi = "12345"'}, "sites.sub-08.lfdi must be exactly 40 hex digits (got '12345')"),
+    ({"extra": "colour = 1"}, "sites.sub-08.colour is not a known key (lfdi, pin) (got 1)"),
+    ({"extra": "pin = 1234567"}, "sites.sub-08.pin must be an integer in 0..999999 (got 1234567)"),
+])
+def test_config_errors(tmp_path: Path, pki: LocalPki, aggregator: CertPair, kwargs: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path / "nb.toml", pki, aggregator, **kwargs))
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_certificate(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> None:
+    missing = CertPair(tmp_path / "nope.crt", aggregator.key)
+    with pytest.raises(ConfigError, match=r"^client.cert does not exist or is not a file \(got '.*nope.crt'\)$"):
+        load_config(write_config(tmp_path / "nb.toml", pki, missing))
+
+
+def test_check_config_command(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    good = write_config(tmp_path / "nb.toml", pki, aggregator)
+    assert main(["check-config", "--config", str(good)]) == 0
+    assert "site sub-07: lfdi" in capsys.readouterr().out
+    bad = write_config(tmp_path / "bad.toml", pki, aggregator, url="ftp://x")
+    assert main(["check-config", "--config", str(bad)]) == 2
+    assert capsys.readouterr().err.strip() == ("ems-northbound: server.url must be an https:// URL "
+                                               "(scheme https, a host, no query) (got 'ftp://x')")
