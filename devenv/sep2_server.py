@@ -247,7 +247,7 @@ def _end_devices(state: ServerState, method: str, rest: list[str], query: dict[s
         if method == "POST":
             if not state.in_band_registration:
                 return 403, b"", None
-            posted = sep2.parse(sep2.EndDevice, body)
+            posted = sep2.parse(sep2.EndDeviceRequest, body)
             lfdi = (posted.lFDI or "").upper()
             existing = next((d for d in state.devices if d.lfdi == lfdi or d.sfdi == posted.sFDI), None)
             if existing is None:

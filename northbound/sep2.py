@@ -53,7 +53,7 @@ __all__ = [
     "NAMESPACE", "CSIPAUS_NAMESPACE", "MEDIA_TYPE", "MAX_DOCUMENT_BYTES", "MAX_DEPTH", "MAX_ELEMENTS",
     "parse", "parse_list", "render", "list_items", "ListPage", "RejectedItem",
     "ActivePower", "DateTimeInterval", "DefaultDERControl", "DERControl", "DERControlBase", "DERControlList",
-    "DERProgram", "DERProgramList", "DERControlReply", "DeviceCapability", "EndDevice", "EndDeviceList",
+    "DERProgram", "DERProgramList", "DERControlReply", "DeviceCapability", "EndDevice", "EndDeviceList", "EndDeviceRequest",
     "EventStatus", "FunctionSetAssignments", "FunctionSetAssignmentsList", "Link", "ListLink",
     "MirrorMeterReading", "MirrorMeterReadingList", "MirrorReadingSet", "MirrorUsagePoint", "MirrorUsagePointList",
     "Reading", "ReadingType", "Registration", "Response", "ResponseList", "Time",
@@ -72,6 +72,8 @@ _INTEGER = re.compile(r"^\s*[-+]?\d+\s*$")
 DeviceCapability = _dcap.DeviceCapabilityResponse
 Time = _time.TimeResponse
 EndDevice = _edev.EndDeviceResponse
+EndDeviceRequest = _edev.EndDeviceRequest
+"""An EndDevice as a client POSTs it (sFDI, lFDI, changedTime; no links)."""
 EndDeviceList = _edev.EndDeviceListResponse
 Registration = _edev.RegistrationResponse
 FunctionSetAssignments = _fsa.FunctionSetAssignmentsResponse
@@ -128,7 +130,12 @@ def parse(model: type[Model], body: bytes) -> Model:
     try:
         return model.from_xml_tree(root)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise Sep2Error("invalid", f"{model.__xml_tag__}: {_summary(exc)}") from exc
+        raise Sep2Error("invalid", f"{_tag(model)}: {_summary(exc)}") from exc
+
+
+def _tag(model: type[BaseXmlModel]) -> str:
+    # pydantic-xml names an element after its class when the model declares no tag.
+    return model.__xml_tag__ or model.__name__
 
 
 def _checked_root(model: type[BaseXmlModel], body: bytes) -> etree._Element:
@@ -148,9 +155,9 @@ def _checked_root(model: type[BaseXmlModel], body: bytes) -> etree._Element:
     if docinfo.doctype or docinfo.internalDTD is not None or docinfo.externalDTD is not None:
         raise Sep2Error("dtd", "documents with a DOCTYPE are refused")
     _check_tree(root)
-    expected = f"{{{NAMESPACE}}}{model.__xml_tag__}"
-    if root.tag != expected:
-        raise Sep2Error("wrong_root", f"expected <{model.__xml_tag__}> in {NAMESPACE}, got {str(root.tag)[:120]}")
+    tag = _tag(model)
+    if root.tag != f"{{{NAMESPACE}}}{tag}":
+        raise Sep2Error("wrong_root", f"expected <{tag}> in {NAMESPACE}, got {str(root.tag)[:120]}")
     return root
 
 
@@ -186,14 +193,14 @@ def parse_list(model: type[BaseXmlModel], item: type[Model], body: bytes) -> Lis
     Raises Sep2Error when the document itself (size, DTD, root, list attributes) is refused.
     """
     root = _checked_root(model, body)
-    item_tag = f"{{{NAMESPACE}}}{item.__xml_tag__}"
+    item_tag = f"{{{NAMESPACE}}}{_tag(item)}"
     children = [child for child in root if child.tag == item_tag]
     for child in children:
         root.remove(child)
     try:
         page = model.from_xml_tree(root)
     except (ValidationError, ValueError, TypeError) as exc:
-        raise Sep2Error("invalid", f"{model.__xml_tag__}: {_summary(exc)}") from exc
+        raise Sep2Error("invalid", f"{_tag(model)}: {_summary(exc)}") from exc
     items: list[Model] = []
     rejected: list[RejectedItem] = []
     for index, child in enumerate(children):
@@ -202,7 +209,7 @@ def parse_list(model: type[BaseXmlModel], item: type[Model], body: bytes) -> Lis
         except (ValidationError, ValueError, TypeError) as exc:
             mrid = child.findtext(f"{{{NAMESPACE}}}mRID")
             rejected.append(RejectedItem(
-                error=Sep2Error("invalid", f"{item.__xml_tag__}[{index}]: {_summary(exc)}"),
+                error=Sep2Error("invalid", f"{_tag(item)}[{index}]: {_summary(exc)}"),
                 mrid=mrid.strip() if mrid and _HEX_ID.match(mrid.strip()) else None,
                 href=_bounded(child.get("href")), reply_to=_bounded(child.get("replyTo")),
                 response_required=_bounded(child.get("responseRequired"))))
