@@ -126,19 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "identity":
         return _identity(args)
     _configure_logging(args.log_level)
-    from northbound.config import ConfigError, load_config   # only the commands that need it pay the import
+    from northbound.config import load_config
+    from northbound.errors import NorthboundError
     try:
         config = load_config(Path(args.config))
-    except ConfigError as exc:
+        if args.command == "check-config":
+            print(config.summary())
+            return 0
+        return _run(config)
+    except NorthboundError as exc:
         print(f"ems-northbound: {exc}", file=sys.stderr)
         return 2
-    if args.command == "check-config":
-        print(config.summary())
-        return 0
-    return _run(config)
 
 
 def _run(config: Any) -> int:
+    """Run the client until SIGTERM or SIGINT; 0 on a clean stop."""
     from northbound.service import NorthboundService
 
     async def serve() -> None:

@@ -20,6 +20,7 @@ has the full table)::
     default_post_s = 300      # mirror readings when the server states no postRate
     backoff_initial_s = 1     # after a failed request: doubled up to backoff_max_s, with jitter
     backoff_max_s = 300
+    command_ttl_s = 300       # a command expires after this (or at its event's end); re-issued at half-life
 
     [readings]
     twin_api = "https://twin-api.ems.svc:8443"      # where the sites' latest readings come from
@@ -84,6 +85,7 @@ class PollingConfig:
     default_post_s: int = 300
     backoff_initial_s: float = 1.0
     backoff_max_s: float = 300.0
+    command_ttl_s: int = 300
 
 
 @dataclass(frozen=True)
@@ -224,11 +226,13 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     lfdi = ident.lfdi
     client = ClientConfig(cert=cert, key=key, lfdi=lfdi, sfdi=ident.sfdi)  # type: ignore[arg-type]
 
-    p = _table(raw, "polling", "", {"max_poll_s", "default_post_s", "backoff_initial_s", "backoff_max_s"})
+    p = _table(raw, "polling", "", {"max_poll_s", "default_post_s", "backoff_initial_s", "backoff_max_s",
+                                    "command_ttl_s"})
     polling = PollingConfig(max_poll_s=_int(p, "max_poll_s", "polling", 900, 1, 86400),
                             default_post_s=_int(p, "default_post_s", "polling", 300, 1, 86400),
                             backoff_initial_s=_float(p, "backoff_initial_s", "polling", 1.0, 0.01, 3600),
-                            backoff_max_s=_float(p, "backoff_max_s", "polling", 300.0, 0.01, 86400))
+                            backoff_max_s=_float(p, "backoff_max_s", "polling", 300.0, 0.01, 86400),
+                            command_ttl_s=_int(p, "command_ttl_s", "polling", 300, 10, 86400))
     if polling.backoff_max_s < polling.backoff_initial_s:
         raise ConfigError("polling.backoff_max_s", polling.backoff_max_s, "must be at least polling.backoff_initial_s")
 

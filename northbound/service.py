@@ -1,0 +1,294 @@
+"""``ems-northbound run``: one loop that schedules the function sets, backs off, decides and issues commands.
+
+Tasks and when they run (server rates capped by ``polling.max_poll_s``)::
+
+    discovery           DeviceCapability + Time, at DeviceCapability's pollRate
+    register:<site>     until the site's EndDevice is registered (then again at the discovery rate)
+    controls:<site>     FSA → programs → controls, at the DERProgramList's pollRate
+    mirror:<site>       the site's latest readings as MirrorMeterReadings, at the server's postRate
+    responses:<site>    every tick while Responses are due
+
+Each tick (1 s) also decides every registered site's controls at server time; a control
+whose value or source changed, or whose last command is half-way to expiry, becomes a
+new ``ems_contract.command.Command`` handed to the ``CommandSink`` (expiry: the event's
+effective end or ``polling.command_ttl_s``, whichever comes first). A failing task —
+refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
+backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
+one failure never stops the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import random
+import ssl
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+
+import httpx
+
+from ems_contract.command import Command
+from northbound import tls
+from northbound.client import PointValue, Sep2Client, SiteSession
+from northbound.config import MirrorPoint, NorthboundConfig, ReadingsConfig
+from northbound.errors import NorthboundError, TransportError
+from northbound.events import window
+from northbound.http import StatusEndpoint
+from northbound.metrics import NorthboundMetrics
+from northbound.transport import Sep2Transport
+
+__all__ = ["NorthboundService", "Backoff", "ReadingSource", "TwinApiSource", "CommandSink", "LogCommandSink"]
+
+log = logging.getLogger(__name__)
+
+TICK_S = 1.0
+MAX_TWIN_BYTES = 256 * 1024
+
+
+class Backoff:
+    """Exponential back-off with jitter: initial × 2^failures, capped, times a random factor in [0.5, 1]."""
+
+    def __init__(self, initial: float, maximum: float, rng: Callable[[], float] = random.random) -> None:
+        self.initial, self.maximum, self.rng = initial, maximum, rng
+        self.failures = 0
+
+    def failed(self) -> float:
+        delay = min(self.maximum, self.initial * 2 ** min(self.failures, 32)) * (0.5 + 0.5 * self.rng())
+        self.failures += 1
+        return delay
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+
+class ReadingSource(Protocol):
+    """Where the sites' latest readings come from."""
+
+    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]: ...
+
+
+class CommandSink(Protocol):
+    """Where commands for the sites go."""
+
+    async def issue(self, command: Command) -> None: ...
+
+
+class LogCommandSink:
+    """Logs each command and keeps the last ``keep``; stands where the MQTT publisher of the control path goes."""
+
+    def __init__(self, keep: int = 100) -> None:
+        self.keep = keep
+        self.issued: list[Command] = []
+
+    async def issue(self, command: Command) -> None:
+        log.info("command %s site %s %s=%s until %d (event %s)", command.id, command.site, command.control,
+                 command.value, command.expires_ms, command.event or "default")
+        self.issued = [*self.issued[-(self.keep - 1):], command]
+
+
+class TwinApiSource:
+    """Latest readings from the platform's twin read API (``GET /v1/assets/<site>/<asset>``)."""
+
+    def __init__(self, config: ReadingsConfig, timeout: float = 5.0) -> None:
+        assert config.twin_api is not None and config.ca is not None
+        context = ssl.create_default_context(cafile=str(config.ca))
+        if config.cert is not None and config.key is not None:
+            context.load_cert_chain(config.cert, config.key)
+        self._client = httpx.AsyncClient(base_url=config.twin_api, verify=context, timeout=timeout, trust_env=False)
+
+    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]:
+        found: dict[tuple[str, str], PointValue] = {}
+        for asset in sorted({p.asset for p in points}):
+            try:
+                response = await self._client.get(f"/v1/assets/{site}/{asset}")
+            except httpx.HTTPError as exc:
+                raise TransportError(f"twin api {site}/{asset}", f"{type(exc).__name__}: {exc}") from exc
+            if response.status_code == 404 or len(response.content) > MAX_TWIN_BYTES:
+                continue
+            try:
+                twin = json.loads(response.content)
+                for name, state in twin["points"].items():
+                    value = state.get("value")
+                    if state.get("quality") != "good" or isinstance(value, bool) \
+                            or not isinstance(value, (int, float)) or not math.isfinite(value):
+                        continue
+                    found[(asset, name)] = PointValue(float(value), str(state.get("unit", "")), int(state["ts_ms"]))
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                log.warning("twin %s/%s unreadable: %s", site, asset, exc)
+        return found
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+@dataclass
+class _Issued:
+    value: float | bool
+    mrid: str
+    issued: float
+    expires: float
+
+
+class NorthboundService:
+    """The running client: owns the transport, the status endpoint and the schedule."""
+
+    def __init__(self, config: NorthboundConfig, *, metrics: NorthboundMetrics | None = None,
+                 source: ReadingSource | None = None, sink: CommandSink | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.metrics = metrics or NorthboundMetrics()
+        self.source = source
+        self.sink: CommandSink = sink or LogCommandSink()
+        self.clock = clock
+        self.client: Sep2Client | None = None
+        self.endpoint: StatusEndpoint | None = None
+        self._due: dict[str, float] = {"discovery": 0.0}
+        self._backoff: dict[str, Backoff] = {}
+        self._issued: dict[tuple[str, str], _Issued] = {}
+        self._last_tick = time.monotonic()
+        self._discovered_at: float | None = None
+        for site in config.sites:
+            self.metrics.init_site(site.site)
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """Healthy while the loop ticks and DeviceCapability was read within three poll periods."""
+        now = time.monotonic()
+        client = self.client
+        poll = client.dcap_poll_s if client else 900
+        fresh = self._discovered_at is not None and now - self._discovered_at < 3 * poll + 60
+        alive = now - self._last_tick < 30
+        sessions = client.sessions.values() if client else ()
+        return fresh and alive, {
+            "discovered": self._discovered_at is not None, "loop_alive": alive,
+            "registered": {s.site: s.registered for s in sessions},
+            "backing_off": sorted(k for k, b in self._backoff.items() if b.failures)}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set."""
+        context = tls.client_context(self.config.server.ca, self.config.client.cert, self.config.client.key,
+                                     allow_tls13=self.config.server.allow_tls13)
+        if self.source is None and self.config.readings.twin_api is not None:
+            self.source = TwinApiSource(self.config.readings)
+        self.endpoint = StatusEndpoint(self.config.http.host, self.config.http.port, self.metrics.registry, self.health)
+        self.endpoint.start()
+        observe = lambda function_set, outcome: self.metrics.requests.labels(function_set, outcome).inc()  # noqa: E731
+        try:
+            async with Sep2Transport(self.config.server.url, context, timeout=self.config.server.timeout_s,
+                                     observe=observe) as transport:
+                self.client = Sep2Client(transport, self.config, self.metrics, clock=self.clock)
+                log.info("north-bound client lfdi %s sfdi %s → %s", self.config.client.lfdi, self.config.client.sfdi,
+                         self.config.server.url)
+                while not stop.is_set():
+                    await self.tick()
+                    wait = max(0.0, min(TICK_S, min(self._due.values()) - time.monotonic()))
+                    try:
+                        await asyncio.wait_for(stop.wait(), wait)
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self.endpoint.stop()
+            if isinstance(self.source, TwinApiSource):
+                await self.source.aclose()
+
+    async def tick(self) -> None:
+        """Run every task that is due, then decide controls and post due Responses."""
+        assert self.client is not None
+        self._last_tick = time.monotonic()
+        for task in sorted(t for t, due in self._due.items() if due <= self._last_tick and not t.startswith("responses")):
+            await self._attempt(task, self._run_task)
+        for session in self.client.sessions.values():
+            if session.registered:
+                self.client.decide(session)
+                await self._issue_commands(session)
+                task = f"responses:{session.site}"
+                if self._due.get(task, 0.0) <= time.monotonic():
+                    await self._attempt(task, self._run_task)
+
+    async def _attempt(self, task: str, step: Callable[[str], Awaitable[float]]) -> None:
+        backoff = self._backoff.setdefault(task, Backoff(self.config.polling.backoff_initial_s,
+                                                         self.config.polling.backoff_max_s))
+        try:
+            next_in = await step(task)
+        except NorthboundError as exc:
+            delay = backoff.failed()
+            self._due[task] = time.monotonic() + delay
+            self.metrics.backoff.labels(task).set(delay)
+            log.warning("%s failed (%s); retrying in %.1f s", task, exc, delay)
+            return
+        except Exception:   # the supervisor: a bug in one task must not stop the others
+            delay = backoff.failed()
+            self._due[task] = time.monotonic() + delay
+            self.metrics.backoff.labels(task).set(delay)
+            log.exception("%s crashed; retrying in %.1f s", task, delay)
+            return
+        backoff.succeeded()
+        self.metrics.backoff.labels(task).set(0)
+        self._due[task] = time.monotonic() + next_in
+
+    async def _run_task(self, task: str) -> float:
+        client = self.client
+        assert client is not None
+        kind, _, site = task.partition(":")
+        if kind == "discovery":
+            await client.discover()
+            self._discovered_at = time.monotonic()
+            for name in client.sessions:
+                if not client.sessions[name].registered:
+                    self._due.setdefault(f"register:{name}", 0.0)
+            return client.dcap_poll_s
+        session = client.sessions[site]
+        if kind == "register":
+            await client.register(session)
+            self._due.setdefault(f"controls:{site}", 0.0)
+            if session.points and self.source is not None:
+                self._due.setdefault(f"mirror:{site}", 0.0)
+            return client.dcap_poll_s
+        if kind == "controls":
+            await client.poll_controls(session)
+            self._due[f"responses:{site}"] = 0.0
+            return session.poll_s
+        if kind == "mirror":
+            assert self.source is not None
+            values = await self.source.latest(site, session.points)
+            await client.mirror(session, values)
+            return client.post_interval(session)
+        if kind == "responses":
+            await client.post_responses(session)
+            return 0.0
+        raise ValueError(f"unknown task {task!r}")
+
+    async def _issue_commands(self, session: SiteSession) -> None:
+        assert self.client is not None and session.selection is not None
+        now = self.clock()
+        ttl = self.config.polling.command_ttl_s
+        by_mrid = {e.mrid: e for e in session.events}
+        for control, applied in session.selection.controls.items():
+            gauge_value = float(applied.value)
+            self.metrics.active_control.labels(session.site, control).set(gauge_value)
+            self.metrics.control_from_event.labels(session.site, control).set(1 if applied.source == "event" else 0)
+            previous = self._issued.get((session.site, control))
+            if previous is not None and previous.value == applied.value and previous.mrid == applied.mrid \
+                    and now < previous.issued + (previous.expires - previous.issued) / 2:
+                continue
+            expires = now + ttl
+            event = by_mrid.get(applied.mrid) if applied.source == "event" else None
+            if event is not None:
+                _, end = window(event, session.config.lfdi)
+                expires = min(expires, end - self.client.offset)
+            if expires - now < 1.0:      # ends within the second: let it lapse rather than command it
+                continue
+            command = Command(id=uuid.uuid4().hex, site=session.site, issued_ms=int(now * 1000),
+                              expires_ms=int(expires * 1000), event=event.mrid if event else None,
+                              control=control, value=applied.value)
+            await self.sink.issue(command)
+            self.metrics.commands.labels(session.site, control).inc()
+            self._issued[(session.site, control)] = _Issued(applied.value, applied.mrid, now, expires)
+        for control in set(c for s, c in self._issued if s == session.site) - set(session.selection.controls):
+            del self._issued[(session.site, control)]
+            self.metrics.active_control.labels(session.site, control).set(math.nan)
+            self.metrics.control_from_event.labels(session.site, control).set(0)

@@ -1,0 +1,124 @@
+"""The running client against the test server: faults back off without a crash, controls become commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from devenv.pki import CertPair, LocalPki
+from devenv.sep2_server import Sep2TestServer
+from ems_contract.command import Command, decode_command, encode_command
+from northbound import sep2
+from northbound.client import PointValue
+from northbound.config import MirrorPoint, load_config
+from northbound.metrics import NorthboundMetrics
+from northbound.service import Backoff, NorthboundService
+from tests.northbound.test_config import write_config
+
+POLLING = """
+[polling]
+backoff_initial_s = 0.05
+backoff_max_s = 0.4
+max_poll_s = 2
+default_post_s = 1
+[http]
+host = "127.0.0.1"
+port = 0
+"""
+MIRROR = '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p"\nreading = "active_power"\n'
+
+
+class FixedSource:
+    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]:
+        return {("meter1", "p"): PointValue(2.5, "kW", int(time.time() * 1000))}
+
+
+class RecordingSink:
+    def __init__(self) -> None:
+        self.commands: list[Command] = []
+
+    async def issue(self, command: Command) -> None:
+        decode_command(encode_command(command))          # what goes out satisfies the contract
+        self.commands.append(command)
+
+
+def test_backoff_is_exponential_capped_and_jittered() -> None:
+    backoff = Backoff(1.0, 8.0, rng=lambda: 1.0)
+    assert [backoff.failed() for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    backoff.succeeded()
+    assert Backoff(1.0, 8.0, rng=lambda: 0.0).failed() == 0.5 and backoff.failed() == 1.0
+
+
+def test_faults_back_off_then_controls_become_commands(sep2_server: Sep2TestServer, pki: LocalPki,
+                                                       aggregator: CertPair, tmp_path: Path) -> None:
+    path = write_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url, mirror=MIRROR)
+    path.write_text(path.read_text().replace("pin = 111115\n", "pin = 111115\n" + POLLING, 1))
+    config = load_config(path)
+    now = sep2_server.state.now()
+    program = sep2_server.add_program(primacy=1, default=sep2.DERControlBase(opModConnect=True))
+    limit = sep2_server.add_control(program, sep2.DERControlBase(opModExpLimW=sep2.ActivePower(value=5, multiplier=3)),
+                                    start=now - 5, duration=120)
+    sep2_server.state.fail_next = [500, 500, 503]      # the server is unwell at first
+    metrics, sink = NorthboundMetrics(), RecordingSink()
+    service = NorthboundService(config, metrics=metrics, source=FixedSource(), sink=sink)
+
+    async def go() -> dict:
+        stop = asyncio.Event()
+        runner = asyncio.create_task(service.run(stop))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (sink.commands and sep2_server.state.mirror_readings
+                                                   and len(sep2_server.state.responses) >= 2):
+            await asyncio.sleep(0.1)
+        health = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{service.endpoint.port}/healthz")
+        stop.set()
+        await asyncio.wait_for(runner, 10)
+        return health
+    health = asyncio.run(go())
+    assert health["status"] == "ok" and health["registered"] == {"sub-07": True, "sub-08": True}
+    sample = metrics.registry.get_sample_value
+    assert sample("ems_northbound_requests_total", {"function_set": "dcap", "outcome": "500"}) == 2
+    assert sample("ems_northbound_requests_total", {"function_set": "dcap", "outcome": "503"}) == 1
+    by_control = {c.control: c for c in sink.commands if c.site == "sub-07"}
+    assert by_control["exp_lim_w"].value == 5000.0 and by_control["exp_lim_w"].event == limit.mRID
+    assert by_control["exp_lim_w"].expires_ms <= (now + 120 - service.client.offset + 1) * 1000   # the event's end
+    assert by_control["connect"].value is True and by_control["connect"].event is None
+    assert sample("ems_northbound_active_control", {"site": "sub-07", "control": "exp_lim_w"}) == 5000.0
+    assert sample("ems_northbound_control_from_event", {"site": "sub-07", "control": "exp_lim_w"}) == 1
+    [(index, reading)] = sep2_server.state.mirror_readings[:1]
+    assert reading.reading.value == 2500 and reading.readingType.uom == 38
+    assert {r.status for r in sep2_server.state.responses if r.subject == limit.mRID} >= {1, 2}
+
+
+def _get_json(url: str) -> dict:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return json.loads(exc.read())
+
+
+def test_run_command_stops_cleanly_on_sigterm(sep2_server: Sep2TestServer, pki: LocalPki, aggregator: CertPair,
+                                              tmp_path: Path) -> None:
+    path = write_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url, mirror="")
+    path.write_text(path.read_text().replace("pin = 111115\n", "pin = 111115\n" + POLLING, 1))
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "northbound.cli", "run", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(sep2_server.state.devices) < 2:
+            time.sleep(0.1)
+        assert len(sep2_server.state.devices) == 2, "the client did not register both sites"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"Traceback" not in out
