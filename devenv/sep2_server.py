@@ -375,16 +375,20 @@ class Sep2TestServer:
             return program
 
     def add_control(self, program: Program, base: Any, *, start: int, duration: int, creation: int | None = None,
-                    status: int = 0, response_required: str | None = "03", randomize_start: int | None = None,
+                    status: int | None = None, response_required: str | None = "03", randomize_start: int | None = None,
                     randomize_duration: int | None = None) -> Any:
-        """A DERControl in ``program``; ``start`` in server time; Responses go to ``/rsps/<program>/rsp``."""
+        """A DERControl in ``program``; ``start`` in server time; Responses go to ``/rsps/<program>/rsp``.
+
+        ``status`` defaults as the standard says: Active when the start has passed, else Scheduled.
+        """
         with self.state.lock:
             index = self.state.programs.index(program) + 1
             mrid = f"{0xC0000000 + next(self._mrids):08X}"
             control = sep2.DERControl(
                 href=f"/derp/{index}/derc/{mrid}", mRID=mrid, replyTo=f"/rsps/{index}/rsp",
                 responseRequired=response_required, creationTime=self.state.now() if creation is None else creation,
-                EventStatus_=sep2.EventStatus(currentStatus=status, dateTime=self.state.now(),
+                EventStatus_=sep2.EventStatus(currentStatus=(int(start <= self.state.now()) if status is None
+                                                             else status), dateTime=self.state.now(),
                                               potentiallySuperseded=False),
                 interval=sep2.DateTimeInterval(start=start, duration=duration),
                 randomizeStart=randomize_start, randomizeDuration=randomize_duration, DERControlBase_=base)

@@ -122,3 +122,49 @@ def test_run_command_stops_cleanly_on_sigterm(sep2_server: Sep2TestServer, pki: 
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out.decode()[-2000:]
     assert b"Traceback" not in out
+
+
+def test_twin_api_source_reads_good_points_only(pki: LocalPki, tmp_path: Path) -> None:
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from northbound.config import ReadingsConfig
+    from northbound.service import TwinApiSource
+
+    twins = {"/v1/assets/sub-07/meter1": {"v": 1, "site": "sub-07", "asset": "meter1", "ts_ms": 5, "points": {
+        "p": {"value": -1.5, "unit": "kW", "quality": "good", "ts_ms": 1000},
+        "q": {"value": None, "unit": "kvar", "quality": "device_error", "ts_ms": 1000},
+        "v": {"value": 231.0, "unit": "V", "quality": "stale", "ts_ms": 1000}}},
+        "/v1/assets/sub-07/broken": "not an object"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            body = json.dumps(twins[self.path]).encode() if self.path in twins else b"{}"
+            self.send_response(200 if self.path in twins else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki.server.cert, pki.server.key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        source = TwinApiSource(ReadingsConfig(twin_api=f"https://localhost:{server.server_address[1]}", ca=pki.ca))
+        points = [MirrorPoint("sub-07", asset, point, "active_power", 0)
+                  for asset, point in (("meter1", "p"), ("meter1", "q"), ("broken", "x"), ("absent", "y"))]
+
+        async def go() -> Mapping:
+            try:
+                return await source.latest("sub-07", points)
+            finally:
+                await source.aclose()
+        assert asyncio.run(go()) == {("meter1", "p"): PointValue(-1.5, "kW", 1000)}
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,25 @@
+"""ems-northbound runs in its own image: it must never import pulumi (nor the edge agent or the ingest)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+PROBE = r"""
+import importlib, pkgutil, sys
+import northbound
+for info in pkgutil.walk_packages(northbound.__path__, "northbound."):
+    importlib.import_module(info.name)
+print(" ".join(sorted({name.split(".")[0] for name in sys.modules})))
+"""
+
+
+def test_northbound_imports_no_pulumi_nor_other_runtimes() -> None:
+    out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert {"httpx", "envoy_schema", "lxml", "prometheus_client", "northbound"} <= loaded   # the probe saw them
+    assert not loaded & {"pulumi", "pulumi_kubernetes", "pulumi_aws", "edge_agent", "ingest", "pymodbus", "paho"}
