@@ -51,7 +51,7 @@ from northbound.errors import Sep2Error
 
 __all__ = [
     "NAMESPACE", "CSIPAUS_NAMESPACE", "MEDIA_TYPE", "MAX_DOCUMENT_BYTES", "MAX_DEPTH", "MAX_ELEMENTS",
-    "parse", "parse_list", "render", "list_items", "ListPage", "RejectedItem",
+    "parse", "parse_list", "render", "ListPage", "RejectedItem",
     "ActivePower", "DateTimeInterval", "DefaultDERControl", "DERControl", "DERControlBase", "DERControlList",
     "DERProgram", "DERProgramList", "DERControlReply", "DeviceCapability", "EndDevice", "EndDeviceList", "EndDeviceRequest",
     "EventStatus", "FunctionSetAssignments", "FunctionSetAssignmentsList", "Link", "ListLink",
@@ -232,14 +232,3 @@ def _summary(exc: Exception) -> str:
 def render(resource: BaseXmlModel) -> bytes:
     """The resource as a UTF-8 2030.5 document (no XML declaration), empty optional fields left out."""
     return resource.to_xml(skip_empty=True)  # type: ignore[return-value]
-
-
-def list_items(page: BaseXmlModel | None) -> list:
-    """The items of a parsed 2030.5 list page (whatever the list's item field is called); [] for None."""
-    if page is None:
-        return []
-    for name in type(page).model_fields:
-        value = getattr(page, name)
-        if isinstance(value, list):
-            return value
-    return []
