@@ -17,7 +17,7 @@ from northbound.errors import RegistrationError, Sep2Error, ServerStatusError, T
 from northbound.events import ResponseStatus as R
 from northbound.metrics import NorthboundMetrics
 from northbound.transport import Sep2Transport
-from tests.northbound.test_config import write_config
+from tests.northbound.nb_helpers import write_config
 
 MIRROR = """
 [[mirror]]

@@ -21,7 +21,7 @@ from northbound.client import PointValue
 from northbound.config import MirrorPoint, load_config
 from northbound.metrics import NorthboundMetrics
 from northbound.service import Backoff, NorthboundService
-from tests.northbound.test_config import write_config
+from tests.northbound.nb_helpers import write_config
 
 POLLING = """
 [polling]
