@@ -15,6 +15,7 @@ Resources (the client finds every one by following links from ``/dcap``)::
     /edev/<n>                       EndDevice: RegistrationLink, FunctionSetAssignmentsListLink
     /edev/<n>/rg                    Registration with the device's PIN
     /edev/<n>/fsa                   FunctionSetAssignmentsList (one FSA linking the DERProgramList)
+    /edev/<n>/der                   DERList with one DER: dercap, derg, ders accept PUT (recorded)
     /derp                           DERProgramList (paged), primacy as set
     /derp/<p>/dderc                 DefaultDERControl
     /derp/<p>/derc                  DERControlList (paged; start ascending, then creationTime descending)
@@ -90,6 +91,7 @@ class ServerState:
     responses: list[Any] = field(default_factory=list)          # sep2.Response (as DERControlReply)
     mirror_usage_points: list[Any] = field(default_factory=list)
     mirror_readings: list[tuple[int, Any]] = field(default_factory=list)   # (mup index, MirrorMeterReading)
+    der_reports: dict[tuple[int, str], list[Any]] = field(default_factory=dict)  # (device, dercap|derg|ders) → PUTs
     requests: list[tuple[str, str, int]] = field(default_factory=list)     # (method, path, status)
     ciphers: set[str] = field(default_factory=set)                         # negotiated, per connection
     fail_next: list[int] = field(default_factory=list)
@@ -258,9 +260,13 @@ def _end_devices(state: ServerState, method: str, rest: list[str], query: dict[s
         page, total = _page(query, state.devices)
         return _ok(sep2.EndDeviceList(href="/edev", all_=total, results=len(page), pollRate=state.poll_rate,
                                       EndDevice=[_end_device(d) for d in page]))
-    if not rest[0].isdigit() or not 1 <= int(rest[0]) <= len(state.devices) or method != "GET":
+    if not rest[0].isdigit() or not 1 <= int(rest[0]) <= len(state.devices):
         return 404, b"", None
     device = state.devices[int(rest[0]) - 1]
+    if rest[1:2] == ["der"]:
+        return _der(state, device, method, rest[2:], query, body)
+    if method != "GET":
+        return 405, b"", None
     if rest[1:] == []:
         return _ok(_end_device(device))
     if rest[1:] == ["rg"]:
@@ -276,9 +282,31 @@ def _end_devices(state: ServerState, method: str, rest: list[str], query: dict[s
     return 404, b"", None
 
 
+_DER_PARTS = {"dercap": sep2.DERCapability, "derg": sep2.DERSettings, "ders": sep2.DERStatus}
+
+
+def _der(state: ServerState, device: Device, method: str, rest: list[str], query: dict[str, str],
+         body: bytes) -> tuple[int, bytes, str | None]:
+    base = f"/edev/{device.index}/der"
+    if method == "GET" and not rest:
+        der = sep2.DER(href=f"{base}/1", DERCapabilityLink=sep2.Link(href=f"{base}/1/dercap"),
+                       DERSettingsLink=sep2.Link(href=f"{base}/1/derg"), DERStatusLink=sep2.Link(href=f"{base}/1/ders"))
+        page, total = _page(query, [der])
+        return _ok(sep2.DERList(href=base, all_=total, results=len(page), pollRate=state.poll_rate, DER_=page))
+    if len(rest) == 2 and rest[0] == "1" and rest[1] in _DER_PARTS:
+        key = (device.index, rest[1])
+        if method == "PUT":
+            state.der_reports.setdefault(key, []).append(sep2.parse(_DER_PARTS[rest[1]], body))
+            return 204, b"", None
+        if method == "GET" and key in state.der_reports:
+            return _ok(state.der_reports[key][-1])
+    return 404, b"", None
+
+
 def _end_device(device: Device) -> Any:
     return sep2.EndDevice(
-        href=f"/edev/{device.index}", lFDI=device.lfdi, sFDI=device.sfdi, changedTime=device.changed_time,
+        href=f"/edev/{device.index}", DERListLink=sep2.ListLink(href=f"/edev/{device.index}/der", all_=1),
+        lFDI=device.lfdi, sFDI=device.sfdi, changedTime=device.changed_time,
         enabled=True, RegistrationLink=sep2.Link(href=f"/edev/{device.index}/rg"),
         FunctionSetAssignmentsListLink=sep2.ListLink(href=f"/edev/{device.index}/fsa", all_=1))
 

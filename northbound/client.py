@@ -16,6 +16,8 @@ when to run them and how to back off. In order::
     decide(site)        events.select at server_now(): the controls in force
     post_responses(site) Responses due (events.responses_due, plus rejections) to each event's replyTo
     mirror(site, values) MirrorUsagePoint (POST once, then its postRate) and MirrorMeterReadings
+    report_der(site, values) DERList → DER → PUT DERCapability, DERSettings (once per registration
+                        check) and DERStatus (at the postRate), when the site has a ``der`` config
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-from northbound import events, mirror, sep2
+from northbound import der, events, mirror, sep2
 from northbound.config import MirrorPoint, NorthboundConfig, SiteConfig
 from northbound.errors import RegistrationError, Sep2Error, ServerStatusError
 from northbound.events import ControlEvent, DefaultControl, ResponseDue, ResponseStatus, Selection
@@ -57,6 +59,9 @@ class SiteSession:
     points: tuple[MirrorPoint, ...] = ()
     end_device: str | None = None
     fsa_list: str | None = None
+    der_list: str | None = None
+    der: sep2.DER | None = None
+    der_reported: bool = False
     registered: bool = False
     events: list[ControlEvent] = field(default_factory=list)
     defaults: list[DefaultControl] = field(default_factory=list)
@@ -146,6 +151,8 @@ class Sep2Client:
                 raise RegistrationError(session.site, "the server's Registration PIN differs from the configured one")
         session.end_device = href
         session.fsa_list = device.FunctionSetAssignmentsListLink.href if device.FunctionSetAssignmentsListLink else None
+        session.der_list = device.DERListLink.href if device.DERListLink else None
+        session.der, session.der_reported = None, False      # re-read after every registration check
         session.registered = True
         self.metrics.registered.labels(session.site).set(1)
 
@@ -248,6 +255,35 @@ class Sep2Client:
             log.info("site %s: Response %s for event %s", session.site, response.status.name.lower(), response.mrid)
             posted.append(response)
         return posted
+
+    async def report_der(self, session: SiteSession, values: Mapping[tuple[str, str], PointValue]) -> bool:
+        """PUT DERCapability and DERSettings once per registration check, DERStatus on every call.
+
+        False when the site has no ``der`` config or its EndDevice links no DERList.
+        """
+        config = session.config.der
+        if config is None or session.der_list is None:
+            return False
+        if session.der is None:
+            page = await self.transport.get_list("der", session.der_list, sep2.DERList, sep2.DER)
+            self._count_rejected(page.rejected)
+            session.der = next((d for d in page.items if d.href), None)
+            if session.der is None:
+                raise Sep2Error("invalid", f"site {session.site}: the DERList {session.der_list} lists no DER")
+        resource, now = session.der, self.server_now()
+        if not session.der_reported:
+            if resource.DERCapabilityLink is not None:
+                await self.transport.put("dercap", resource.DERCapabilityLink.href,
+                                         der.capability(config.type, config.rated_w, config.rated_var))
+            if resource.DERSettingsLink is not None:
+                await self.transport.put("derg", resource.DERSettingsLink.href,
+                                         der.settings(config.max_w, config.grad_w, now))
+            session.der_reported = True
+        if resource.DERStatusLink is not None:
+            latest = values.get(config.connected_point) if config.connected_point else None
+            await self.transport.put("ders", resource.DERStatusLink.href,
+                                     der.status(now, None if latest is None else latest.value != 0))
+        return True
 
     async def ensure_mirror(self, session: SiteSession) -> str | None:
         """The site's MirrorUsagePoint href (POSTed with its MirrorMeterReadings' ReadingTypes once)."""

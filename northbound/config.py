@@ -36,6 +36,14 @@ has the full table)::
     lfdi = "…40 hex digits…"  # optional; default derived from the client certificate and the site id
     pin = 111115              # optional; the Registration PIN the server must show
 
+    [sites.sub-07.der]        # optional: DERCapability/DERSettings/DERStatus for the site's DER
+    type = 4                  # DERType (4 photovoltaic, 80 storage, 83 PV + storage, …)
+    rated_w = 250000          # required: rtgMaxW
+    max_w = 200000            # setMaxW (default rated_w)
+    rated_var = 100000        # optional rtgMaxVar
+    grad_w = 0                # setGradW, hundredths of %/s (0 = no limit)
+    connected_point = "inv1/connected"   # optional: non-zero = connected (genConnectStatus)
+
     [[mirror]]                # one per mirrored point
     site = "sub-07"           # must be a [sites] entry
     asset = "meter1"
@@ -56,10 +64,11 @@ from urllib.parse import urlsplit
 from ems_contract.telemetry import valid_id
 from northbound.errors import ConfigError
 from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
+from northbound.der import DER_TYPES
 from northbound.mirror import READING_KINDS
 
 __all__ = ["NorthboundConfig", "ServerConfig", "ClientConfig", "PollingConfig", "ReadingsConfig", "HttpConfig",
-           "SiteConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError"]
+           "SiteConfig", "DerConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError"]
 
 
 @dataclass(frozen=True)
@@ -112,13 +121,26 @@ class MirrorPoint:
 
 
 @dataclass(frozen=True)
+class DerConfig:
+    """The site's DER as reported in DERCapability/DERSettings/DERStatus (``northbound.der``)."""
+
+    type: int
+    rated_w: float
+    max_w: float
+    rated_var: float | None = None
+    grad_w: int = 0
+    connected_point: tuple[str, str] | None = None     # (asset, point): non-zero = connected
+
+
+@dataclass(frozen=True)
 class SiteConfig:
-    """One site = one EndDevice: its LFDI/SFDI and optional Registration PIN."""
+    """One site = one EndDevice: its LFDI/SFDI, optional Registration PIN and optional DER description."""
 
     site: str
     lfdi: str
     sfdi: int
     pin: int | None = None
+    der: DerConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +221,25 @@ def _site_lfdi(client_lfdi: str, site: str) -> str:
     return hashlib.sha256(f"ems-site:{client_lfdi}:{site}".encode()).hexdigest()[:40].upper()
 
 
+def _der(t: Mapping[str, Any], where: str) -> DerConfig:
+    der_type = _int(t, "type", where, 4, 0, 255)
+    if der_type not in DER_TYPES:
+        raise ConfigError(f"{where}.type", der_type, f"must be a 2030.5 DERType ({', '.join(map(str, sorted(DER_TYPES)))})")
+    if "rated_w" not in t:
+        raise ConfigError(f"{where}.rated_w", None, "is required")
+    rated_w = _float(t, "rated_w", where, 0.0, 1.0, 3e10)
+    max_w = _float(t, "max_w", where, rated_w, 1.0, rated_w)
+    rated_var = _float(t, "rated_var", where, 0.0, 1.0, 3e10) if "rated_var" in t else None
+    connected = t.get("connected_point")
+    if connected is not None:
+        parts = connected.split("/") if isinstance(connected, str) else []
+        if len(parts) != 2 or not all(valid_id(p) for p in parts):
+            raise ConfigError(f"{where}.connected_point", connected, "must be \"<asset>/<point>\"")
+        connected = (parts[0], parts[1])
+    return DerConfig(type=der_type, rated_w=rated_w, max_w=max_w, rated_var=rated_var,
+                     grad_w=_int(t, "grad_w", where, 0, 0, 10000), connected_point=connected)
+
+
 def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundConfig:
     """Validate a parsed TOML document; relative paths are relative to ``base``; the files must exist."""
     unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "sites", "mirror"})
@@ -256,7 +297,7 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     for name, body in raw_sites.items():
         if not valid_id(name):
             raise ConfigError(f"sites.{name}", name, "is not a valid site id ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
-        t = _table(raw_sites, name, "sites.", {"lfdi", "pin"})
+        t = _table(raw_sites, name, "sites.", {"lfdi", "pin", "der"})
         if "lfdi" in t:
             try:
                 site_lfdi = parse_lfdi(t["lfdi"])
@@ -265,7 +306,9 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
         else:
             site_lfdi = _site_lfdi(lfdi, name)
         pin = _int(t, "pin", f"sites.{name}", 0, 0, 999999) if "pin" in t else None
-        sites.append(SiteConfig(site=name, lfdi=site_lfdi, sfdi=sfdi_from_lfdi(site_lfdi), pin=pin))
+        der = _der(_table(t, "der", f"sites.{name}.", {"type", "rated_w", "max_w", "rated_var", "grad_w",
+                                                      "connected_point"}), f"sites.{name}.der") if "der" in t else None
+        sites.append(SiteConfig(site=name, lfdi=site_lfdi, sfdi=sfdi_from_lfdi(site_lfdi), pin=pin, der=der))
     lfdis = [s.lfdi for s in sites]
     if len(set(lfdis)) != len(lfdis) or lfdi in lfdis:
         raise ConfigError("sites", lfdis, "must have distinct LFDIs, none equal to the client's own")

@@ -17,7 +17,8 @@ from northbound.events import ResponseStatus
 
 __all__ = ["NorthboundMetrics", "FUNCTION_SETS"]
 
-FUNCTION_SETS = ("dcap", "time", "edev", "rg", "fsa", "derp", "dderc", "derc", "rsp", "mup", "mmr")
+FUNCTION_SETS = ("dcap", "time", "edev", "rg", "fsa", "derp", "dderc", "derc", "rsp", "mup", "mmr",
+                 "der", "dercap", "derg", "ders")
 
 
 class NorthboundMetrics:

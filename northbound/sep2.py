@@ -40,7 +40,7 @@ from envoy_schema.server.schema.sep2 import metering_mirror as _mirror
 from envoy_schema.server.schema.sep2 import response as _response
 from envoy_schema.server.schema.sep2 import time as _time
 from envoy_schema.server.schema.sep2 import types as _types
-from envoy_schema.server.schema.sep2.der_control_types import ActivePower
+from envoy_schema.server.schema.sep2.der_control_types import ActivePower, ReactivePower
 from envoy_schema.server.schema.sep2.event import EventStatus
 from envoy_schema.server.schema.sep2.identification import Link, ListLink
 from lxml import etree
@@ -52,7 +52,8 @@ from northbound.errors import Sep2Error
 __all__ = [
     "NAMESPACE", "CSIPAUS_NAMESPACE", "MEDIA_TYPE", "MAX_DOCUMENT_BYTES", "MAX_DEPTH", "MAX_ELEMENTS",
     "parse", "parse_list", "render", "ListPage", "RejectedItem",
-    "ActivePower", "DateTimeInterval", "DefaultDERControl", "DERControl", "DERControlBase", "DERControlList",
+    "ActivePower", "ReactivePower", "ConnectStatus", "OperationalModeStatus",
+    "DER", "DERList", "DERCapability", "DERSettings", "DERStatus", "DateTimeInterval", "DefaultDERControl", "DERControl", "DERControlBase", "DERControlList",
     "DERProgram", "DERProgramList", "DERControlReply", "DeviceCapability", "EndDevice", "EndDeviceList", "EndDeviceRequest",
     "EventStatus", "FunctionSetAssignments", "FunctionSetAssignmentsList", "Link", "ListLink",
     "MirrorMeterReading", "MirrorMeterReadingList", "MirrorReadingSet", "MirrorUsagePoint", "MirrorUsagePointList",
@@ -84,6 +85,13 @@ DefaultDERControl = _der.DefaultDERControl
 DERControl = _der.DERControlResponse
 DERControlBase = _der.DERControlBase
 DERControlList = _der.DERControlListResponse
+DER = _der.DER
+DERList = _der.DERListResponse
+DERCapability = _der.DERCapability
+DERSettings = _der.DERSettings
+DERStatus = _der.DERStatus
+ConnectStatus = _der.ConnectStatusTypeValue
+OperationalModeStatus = _der.OperationalModeStatusTypeValue
 DERControlReply = _response.DERControlResponse
 """The 2030.5 ``DERControlResponse`` resource: a client's Response to a DERControl."""
 Response = _response.Response

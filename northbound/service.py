@@ -6,6 +6,7 @@ Tasks and when they run (server rates capped by ``polling.max_poll_s``)::
     register:<site>     until the site's EndDevice is registered (then again at the discovery rate)
     controls:<site>     FSA → programs → controls, at the DERProgramList's pollRate
     mirror:<site>       the site's latest readings as MirrorMeterReadings, at the server's postRate
+    der:<site>          DERCapability and DERSettings, then DERStatus at the postRate (sites with ``der``)
     responses:<site>    every tick while Responses are due
 
 Each tick (1 s) also decides every registered site's controls at server time; a control
@@ -28,14 +29,14 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Mapping, Protocol, Sequence
+from typing import Awaitable, Callable, Collection, Mapping, Protocol
 
 import httpx
 
 from ems_contract.command import Command
 from northbound import tls
 from northbound.client import PointValue, Sep2Client, SiteSession
-from northbound.config import MirrorPoint, NorthboundConfig, ReadingsConfig
+from northbound.config import NorthboundConfig, ReadingsConfig
 from northbound.errors import NorthboundError, TransportError
 from northbound.events import window
 from northbound.http import StatusEndpoint
@@ -69,7 +70,9 @@ class Backoff:
 class ReadingSource(Protocol):
     """Where the sites' latest readings come from."""
 
-    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]: ...
+    async def latest(self, site: str, assets: Collection[str]) -> Mapping[tuple[str, str], PointValue]:
+        """The latest good value of every point of the site's ``assets``, by (asset, point)."""
+        ...
 
 
 class CommandSink(Protocol):
@@ -101,9 +104,9 @@ class TwinApiSource:
             context.load_cert_chain(config.cert, config.key)
         self._client = httpx.AsyncClient(base_url=config.twin_api, verify=context, timeout=timeout, trust_env=False)
 
-    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]:
+    async def latest(self, site: str, assets: Collection[str]) -> Mapping[tuple[str, str], PointValue]:
         found: dict[tuple[str, str], PointValue] = {}
-        for asset in sorted({p.asset for p in points}):
+        for asset in sorted(assets):
             try:
                 response = await self._client.get(f"/v1/assets/{site}/{asset}")
             except httpx.HTTPError as exc:
@@ -247,6 +250,8 @@ class NorthboundService:
             self._due.setdefault(f"controls:{site}", 0.0)
             if session.points and self.source is not None:
                 self._due.setdefault(f"mirror:{site}", 0.0)
+            if session.config.der is not None:
+                self._due.setdefault(f"der:{site}", 0.0)
             return client.dcap_poll_s
         if kind == "controls":
             await client.poll_controls(session)
@@ -254,8 +259,15 @@ class NorthboundService:
             return session.poll_s
         if kind == "mirror":
             assert self.source is not None
-            values = await self.source.latest(site, session.points)
+            values = await self.source.latest(site, {p.asset for p in session.points})
             await client.mirror(session, values)
+            return client.post_interval(session)
+        if kind == "der":
+            point = session.config.der.connected_point if session.config.der else None
+            values: Mapping[tuple[str, str], PointValue] = {}
+            if point is not None and self.source is not None:
+                values = await self.source.latest(site, {point[0]})
+            await client.report_der(session, values)
             return client.post_interval(session)
         if kind == "responses":
             await client.post_responses(session)

@@ -257,3 +257,25 @@ def test_mirror_usage_point_and_scaled_readings(sep2_server: Sep2TestServer, pki
     assert got == {"meter1/p_total": (-4250, 0, 38), "meter1/v_an": (2305, -1, 29),
                    "meter1/f": (4999, -2, 33), "meter1/e_imp": (1234, 3, 72)}
     assert {m.reading.timePeriod.start for _, m in sep2_server.state.mirror_readings} == {1_764_000_000 + offset}
+
+
+def test_der_capability_settings_and_status(sep2_server: Sep2TestServer, pki: LocalPki, aggregator: CertPair,
+                                            tmp_path: Path) -> None:
+    der = ('[sites.sub-08.der]\ntype = 83\nrated_w = 250000\nmax_w = 200000\nrated_var = 1000\ngrad_w = 27\n'
+           'connected_point = "inv1/connected"\n')
+
+    async def body(client: Sep2Client) -> Any:
+        session = await registered(client, "sub-08")
+        assert await client.report_der(session, {("inv1", "connected"): PointValue(1.0, "", 0)})
+        assert await client.report_der(session, {("inv1", "connected"): PointValue(0.0, "", 0)})
+        assert not await client.report_der(client.sessions["sub-07"], {})     # no [der]: nothing to report
+        return session
+    run(sep2_server, pki, aggregator, tmp_path, body, extra=der)
+    reports = sep2_server.state.der_reports
+    [cap] = reports[(1, "dercap")]
+    assert (cap.type_, cap.rtgMaxW.value, cap.rtgMaxW.multiplier, cap.modesSupported, cap.doeModesSupported) == \
+        (83, 25000, 1, "0C", "0F")
+    [settings] = reports[(1, "derg")]
+    assert (settings.setMaxW.value, settings.setMaxW.multiplier, settings.setGradW) == (20000, 1, 27)
+    assert [s.genConnectStatus.value for s in reports[(1, "ders")]] == ["07", "02"]
+    assert all(s.operationalModeStatus.value == 2 for s in reports[(1, "ders")])

@@ -38,7 +38,13 @@ def test_valid_config(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> No
     ({"mirror": '[[mirror]]\nsite = "sub-07"\nasset = "m"\npoint = "p"\nreading = "voltage"\nmultiplier = 12\n'},
      "mirror[0].multiplier must be an integer in -9..9 (got 12)"),
     ({"extra": 'lfdi = "12345"'}, "sites.sub-08.lfdi must be exactly 40 hex digits (got '12345')"),
-    ({"extra": "colour = 1"}, "sites.sub-08.colour is not a known key (lfdi, pin) (got 1)"),
+    ({"extra": "colour = 1"}, "sites.sub-08.colour is not a known key (der, lfdi, pin) (got 1)"),
+    ({"extra": "[sites.sub-08.der]\ntype = 4\n"}, "sites.sub-08.der.rated_w is required (got None)"),
+    ({"extra": "[sites.sub-08.der]\ntype = 7\nrated_w = 5000\n"}, "sites.sub-08.der.type must be a 2030.5 DERType"),
+    ({"extra": "[sites.sub-08.der]\nrated_w = 5000\nmax_w = 6000\n"},
+     "sites.sub-08.der.max_w must be a number in 1..5000 (got 6000)"),
+    ({"extra": "[sites.sub-08.der]\nrated_w = 5000\nconnected_point = \"inv1\"\n"},
+     "sites.sub-08.der.connected_point must be \"<asset>/<point>\" (got 'inv1')"),
     ({"extra": "pin = 1234567"}, "sites.sub-08.pin must be an integer in 0..999999 (got 1234567)"),
 ])
 def test_config_errors(tmp_path: Path, pki: LocalPki, aggregator: CertPair, kwargs: dict, message: str) -> None:

@@ -11,14 +11,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Collection, Mapping
 
 from devenv.pki import CertPair, LocalPki
 from devenv.sep2_server import Sep2TestServer
 from ems_contract.command import Command, decode_command, encode_command
 from northbound import sep2
 from northbound.client import PointValue
-from northbound.config import MirrorPoint, load_config
+from northbound.config import load_config
 from northbound.metrics import NorthboundMetrics
 from northbound.service import Backoff, NorthboundService
 from tests.northbound.nb_helpers import write_config
@@ -37,8 +37,9 @@ MIRROR = '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p"\nreading = 
 
 
 class FixedSource:
-    async def latest(self, site: str, points: Sequence[MirrorPoint]) -> Mapping[tuple[str, str], PointValue]:
-        return {("meter1", "p"): PointValue(2.5, "kW", int(time.time() * 1000))}
+    async def latest(self, site: str, assets: Collection[str]) -> Mapping[tuple[str, str], PointValue]:
+        return {("meter1", "p"): PointValue(2.5, "kW", int(time.time() * 1000)),
+                ("inv1", "connected"): PointValue(1.0, "", int(time.time() * 1000))}
 
 
 class RecordingSink:
@@ -60,7 +61,8 @@ def test_backoff_is_exponential_capped_and_jittered() -> None:
 def test_faults_back_off_then_controls_become_commands(sep2_server: Sep2TestServer, pki: LocalPki,
                                                        aggregator: CertPair, tmp_path: Path) -> None:
     path = write_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url, mirror=MIRROR)
-    path.write_text(path.read_text().replace("pin = 111115\n", "pin = 111115\n" + POLLING, 1))
+    der = '[sites.sub-07.der]\nrated_w = 5000\nconnected_point = "inv1/connected"\n'
+    path.write_text(path.read_text().replace("pin = 111115\n", "pin = 111115\n" + POLLING + der, 1))
     config = load_config(path)
     now = sep2_server.state.now()
     program = sep2_server.add_program(primacy=1, default=sep2.DERControlBase(opModConnect=True))
@@ -75,7 +77,8 @@ def test_faults_back_off_then_controls_become_commands(sep2_server: Sep2TestServ
         runner = asyncio.create_task(service.run(stop))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not (sink.commands and sep2_server.state.mirror_readings
-                                                   and len(sep2_server.state.responses) >= 2):
+                                                   and len(sep2_server.state.responses) >= 2
+                                                   and sep2_server.state.der_reports):
             await asyncio.sleep(0.1)
         health = await asyncio.to_thread(_get_json, f"http://127.0.0.1:{service.endpoint.port}/healthz")
         stop.set()
@@ -95,6 +98,8 @@ def test_faults_back_off_then_controls_become_commands(sep2_server: Sep2TestServ
     [(index, reading)] = sep2_server.state.mirror_readings[:1]
     assert reading.reading.value == 2500 and reading.readingType.uom == 38
     assert {r.status for r in sep2_server.state.responses if r.subject == limit.mRID} >= {1, 2}
+    device = next(d.index for d in sep2_server.state.devices if d.lfdi == config.sites[0].lfdi)
+    assert sep2_server.state.der_reports[(device, "ders")][0].genConnectStatus.value == "07"
 
 
 def _get_json(url: str) -> dict:
@@ -156,12 +161,9 @@ def test_twin_api_source_reads_good_points_only(pki: LocalPki, tmp_path: Path) -
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         source = TwinApiSource(ReadingsConfig(twin_api=f"https://localhost:{server.server_address[1]}", ca=pki.ca))
-        points = [MirrorPoint("sub-07", asset, point, "active_power", 0)
-                  for asset, point in (("meter1", "p"), ("meter1", "q"), ("broken", "x"), ("absent", "y"))]
-
         async def go() -> Mapping:
             try:
-                return await source.latest("sub-07", points)
+                return await source.latest("sub-07", {"meter1", "broken", "absent"})
             finally:
                 await source.aclose()
         assert asyncio.run(go()) == {("meter1", "p"): PointValue(-1.5, "kW", 1000)}
