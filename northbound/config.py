@@ -107,7 +107,7 @@ class ReadingsConfig:
 
 @dataclass(frozen=True)
 class HttpConfig:
-    host: str = "0.0.0.0"
+    host: str = "0.0.0.0"  # nosec B104 # in a pod the endpoint must listen on the pod IP; NetworkPolicy limits who connects
     port: int = 9110
 
 
@@ -285,7 +285,7 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
                               key=_path(r, "key", "readings", base, required="cert" in r))
 
     h = _table(raw, "http", "", {"host", "port"})
-    host = h.get("host", "0.0.0.0")
+    host = h.get("host", HttpConfig.host)
     if not isinstance(host, str) or not host:
         raise ConfigError("http.host", host, "must be a host name or address")
     http = HttpConfig(host=host, port=_int(h, "port", "http", 9110, 0, 65535))
