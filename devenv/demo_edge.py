@@ -39,7 +39,7 @@ from devenv.process import ManagedProcess
 from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from edge_agent.audit import read_audit
-from ems_contract.telemetry import decode_batch
+from ems_contract.telemetry_v2 import decode_telemetry
 
 __all__ = ["write_agent_config", "bench_device_tables", "AgentProcess", "SimulatorProcess", "Observer", "main", "EXAMPLE_CONFIG"]
 
@@ -179,7 +179,7 @@ class Observer:
         with self.lock:
             msgs = list(self.messages)
         return [r for topic, payload, _ in msgs if topic.endswith("/telemetry")
-                for r in decode_batch(payload, topic=topic).readings]
+                for r in decode_telemetry(payload, topic=topic).readings]
 
     def wait_quiet(self, quiet_s: float = 1.0, timeout: float = 15.0) -> None:
         """Return once no message arrived for ``quiet_s`` (or after ``timeout``)."""

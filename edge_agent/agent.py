@@ -177,8 +177,8 @@ class Agent:
 
         def drain_factory() -> Awaitable[None]:
             return drain(spool, link, site=cfg.site, batch_max_readings=cfg.broker.batch_max_readings,
-                         batch_max_delay_s=cfg.broker.batch_max_delay_s, metrics=self.metrics, flushing=flushing,
-                         clock=self.clock)
+                         batch_max_delay_s=cfg.broker.batch_max_delay_s, payload_format=cfg.broker.payload_format,
+                         metrics=self.metrics, flushing=flushing, clock=self.clock)
 
         publish = link.publish if cfg.twin.publish_retained else None
         async with asyncio.TaskGroup() as group:

@@ -19,7 +19,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
     site = "sub-07"                              # [required] matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63}
     [broker]   host, port [8883], ca, cert, key [required files; key not world-readable],
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
-               batch_max_readings [100], batch_max_delay_s [0.5]
+               batch_max_readings [100], batch_max_delay_s [0.5],
+               payload_format ["v1"|"v2": JSON per reading, or columnar, ~20 bytes a reading]
     [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [64]
     [audit]    path [/var/log/ems/telemetry-audit.log]
     [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
@@ -60,6 +61,7 @@ from edge_agent.errors import ConfigError
 from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileError, parse_toml, read_config_text,
                                       valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
+from ems_contract.telemetry_v2 import PAYLOAD_VERSIONS
 from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
@@ -98,6 +100,7 @@ class BrokerConfig:
     protocol: str = "auto"
     batch_max_readings: int = 100
     batch_max_delay_s: float = 0.5
+    payload_format: str = "v1"
 
 
 @dataclass(frozen=True)
@@ -525,6 +528,7 @@ class _Loader:
             protocol=t.choice("protocol", PROTOCOLS, "auto"),
             batch_max_readings=t.integer("batch_max_readings", 1, MAX_READINGS_PER_BATCH, 100),
             batch_max_delay_s=t.number("batch_max_delay_s", 0.5, low=0.0, high=60.0),
+            payload_format=t.choice("payload_format", PAYLOAD_VERSIONS, "v1"),
         )
         t.done()
         if self.check_files:

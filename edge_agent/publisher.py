@@ -52,6 +52,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from ems_contract.telemetry import encode_batch, status_topic, telemetry_topic
+from ems_contract.telemetry_v2 import contiguous_runs, encode_batch_v2
 from edge_agent.spool import Spool
 
 __all__ = ["TlsFiles", "MqttLink", "drain", "backoff_delay", "PROTOCOLS"]
@@ -507,14 +508,16 @@ class _ConnectionLostEarly(Exception):
 
 
 async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: int = 100,
-                batch_max_delay_s: float = 0.5, window: int = 8, ack_timeout_s: float = 30.0,
+                batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
+                ack_timeout_s: float = 30.0,
                 metrics: AgentMetrics | None = None, flushing: asyncio.Event | None = None,
                 clock: Callable[[], float] = time.time, logger: logging.Logger | None = None) -> None:
     """Publish spooled readings forever, oldest first; a row leaves the spool only after its PUBACK.
 
     A message carries up to ``batch_max_readings`` readings and waits at most
     ``batch_max_delay_s`` for a batch to fill (no wait once ``flushing`` is
-    set). Up to ``window`` messages are in flight. A lost connection or a
+    set), encoded as ``payload_format`` (``v1``, or ``v2``: one message per run of
+    consecutive seqs). Up to ``window`` messages are in flight. A lost connection or a
     missing PUBACK (``ack_timeout_s``) releases every lease, and the same rows
     go out again after reconnecting — at-least-once; the ingest de-duplicates
     by (site, seq).
@@ -565,8 +568,14 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
             sent_ms = int(clock() * 1000)
             for i in range(0, len(rows), batch_max_readings):
                 chunk = rows[i:i + batch_max_readings]
-                payload = encode_batch(site, [row.reading for row in chunk], sent_ms=sent_ms)
-                future = link.start_publish(topic, payload)
+                readings = [row.reading for row in chunk]
+                if payload_format == "v2":
+                    parts = [readings[a:b] for a, b in contiguous_runs([r.seq for r in readings])]
+                    payloads = [encode_batch_v2(site, part, sent_ms=sent_ms) for part in parts]
+                else:
+                    payloads = [encode_batch(site, readings, sent_ms=sent_ms)]
+                futures = [link.start_publish(topic, payload) for payload in payloads]
+                future = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
                 inflight.append((chunk[0].seq, chunk[-1].seq, len(chunk), future, time.monotonic()))
             added.set()
 

@@ -4,7 +4,7 @@ One thread runs the pipeline; paho's thread only queues messages. A batch is
 the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
-1. validate each payload (``ems_contract.telemetry.decode_batch``); a bad one becomes
+1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry``); a bad one becomes
    a dead letter ``{reason, detail, topic, payload excerpt, size, sha256}`` on
    ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ems_contract.telemetry import Batch, SchemaError, deadletter_topic, decode_batch, shown, telemetry_topic
+from ems_contract.telemetry import Batch, SchemaError, deadletter_topic, shown, telemetry_topic
+from ems_contract.telemetry_v2 import decode_telemetry
 from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
@@ -187,7 +188,7 @@ class IngestWorker:
     @staticmethod
     def _decode(message: Incoming) -> _Item:
         try:
-            return _Item(message, decode_batch(message.payload, message.topic), None)
+            return _Item(message, decode_telemetry(message.payload, message.topic), None)
         except SchemaError as exc:
             return _Item(message, None, exc)
         except Exception as exc:  # noqa: BLE001 - one message must never stop the worker

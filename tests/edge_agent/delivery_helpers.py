@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from ems_contract.telemetry import Reading, decode_batch
+from ems_contract.telemetry import Reading
+from ems_contract.telemetry_v2 import decode_telemetry
 
 
 @dataclass
@@ -30,7 +31,7 @@ class Received:
         out: list[Reading] = []
         for topic, payload, _ in msgs:
             if topic.endswith("/telemetry"):
-                out.extend(decode_batch(payload, topic=topic).readings)
+                out.extend(decode_telemetry(payload, topic=topic).readings)
         return out
 
     def seq_counts(self) -> Counter:

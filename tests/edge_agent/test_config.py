@@ -80,7 +80,7 @@ def test_valid_minimal_config_gets_documented_defaults(folder: Path) -> None:
     assert config.source_path == folder / "sensors.conf"
     broker = config.broker
     assert (broker.port, broker.client_id, broker.keepalive_s, broker.protocol) == (8883, "edge-sub-07", 30, "auto")
-    assert (broker.batch_max_readings, broker.batch_max_delay_s) == (100, 0.5)
+    assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (100, 0.5, "v1")
     assert broker.key == folder / "pki" / "edge.key"          # relative to the config file's folder
     assert config.spool.path == Path("/var/lib/ems/spool") and config.spool.max_readings == 1_000_000
     assert config.audit.path == Path("/var/log/ems/telemetry-audit.log")
@@ -174,6 +174,8 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
      "broker: <missing> is required"),
     (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nprotocol = "mqttv4"\nca'),
      "broker.protocol: 'mqttv4' must be one of auto, mqttv5, mqttv311"),
+    (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\npayload_format = "v3"\nca'),
+     "broker.payload_format: 'v3' must be one of v1, v2"),
     (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nbatch_max_readings = 5000\nca'),
      "broker.batch_max_readings: 5000 must be 1..1000"),
     (BASE.replace('host = "127.0.0.1"\nca', 'host = "127.0.0.1"\nport = 70000\nca'),

@@ -1,5 +1,6 @@
 """Fault tests with counts: real Mosquitto (mTLS), real pymodbus simulator, the agent as a subprocess.
 
+Every test runs with each payload format (``broker.payload_format`` v1 and v2).
 After each fault: every reading the audit log accepted reached the observer
 (lost = 0, except those the spool cap dropped — and those are in the audit log
 and the metrics), no seq carries two different readings (after de-duplication
@@ -9,6 +10,7 @@ record, the spool is empty after SIGTERM, and ``ems-edge audit verify`` passes.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import subprocess
 import sys
@@ -38,20 +40,23 @@ class Site:
     sim: SimulatorProcess
     observer: Observer
     pki: LocalPki
+    payload_format: str
 
     def config(self, *, broker_port: int | None = None, **sections) -> Path:
+        broker = {"payload_format": self.payload_format, **sections.pop("broker", {})}
         return write_agent_config(self.workdir / "site", self.pki, broker_port=broker_port or self.broker.tls_port,
                                   modbus_port=self.sim.port, client="edge-sub-07",
-                                  devices=bench_device_tables(DEVICES, POINTS, poll_interval_s=0.2), **sections)
+                                  devices=bench_device_tables(DEVICES, POINTS, poll_interval_s=0.2), broker=broker,
+                                  **sections)
 
 
-@pytest.fixture
-def site(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker) -> Iterator[Site]:
+@pytest.fixture(params=["v1", "v2"])
+def site(request: pytest.FixtureRequest, tmp_path: Path, pki: LocalPki, broker: MosquittoBroker) -> Iterator[Site]:
     sim = SimulatorProcess(tmp_path, free_port(), profile=f"bench:{DEVICES}x{POINTS}")
     sim.start()
     observer = Observer(broker.plain_port, client_id=f"fault-observer-{tmp_path.name}").start()
     try:
-        yield Site(tmp_path, broker, sim, observer, pki)
+        yield Site(tmp_path, broker, sim, observer, pki, request.param)
     finally:
         observer.stop()
         sim.stop()
@@ -98,6 +103,8 @@ def _check_delivery(site: Site, config: Path, agent: AgentProcess, *, expect_dro
               "unaudited": len(unaudited), "mismatched": len(mismatched)}
     print("counts:", counts)
     assert counts["accepted"] > 100, (counts, agent.tail())
+    versions = {json.loads(p)["v"] for t, p, _ in site.observer.messages if t.endswith("/telemetry")}
+    assert versions == {int(site.payload_format[1:])}, versions
     assert not lost, f"{len(lost)} readings lost, e.g. seq {sorted(lost)[:10]}; {counts}\n{agent.tail()}"
     assert not conflicting and not unaudited and not mismatched, counts
     assert bool(dropped) == expect_drops, counts
@@ -171,10 +178,7 @@ def test_lossy_slow_link(site: Site) -> None:
 def test_full_spool_drops_oldest_counted_and_audited(site: Site) -> None:
     site.broker.stop()                                  # the link is down from the start
     http_port = free_port()
-    config = write_agent_config(site.workdir / "site", site.pki, broker_port=site.broker.tls_port,
-                                modbus_port=site.sim.port, http_port=http_port,
-                                devices=bench_device_tables(DEVICES, POINTS, poll_interval_s=0.2),
-                                spool={"max_readings": 100, "fsync_batch": 16})
+    config = site.config(http={"port": http_port}, spool={"max_readings": 100, "fsync_batch": 16})
     agent = AgentProcess(config)
     agent.start()
     try:

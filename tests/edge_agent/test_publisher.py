@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -158,8 +159,9 @@ def test_link_reconnects_after_a_broker_restart(broker: MosquittoBroker, pki: Lo
     asyncio.run(go())
 
 
+@pytest.mark.parametrize("payload_format", ["v1", "v2"])
 def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker, pki: LocalPki,
-                                                         tmp_path: Path) -> None:
+                                                         tmp_path: Path, payload_format: str) -> None:
     sub = Subscriber(broker.plain_port, topic=telemetry_topic("site1")).start()
     registry = CollectorRegistry()
     metrics = AgentMetrics(registry)
@@ -174,7 +176,7 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
             assert spool.depth == 730
             link.start()
             task = asyncio.create_task(drain(spool, link, site="site1", batch_max_readings=100,
-                                             batch_max_delay_s=0.2, metrics=metrics))
+                                             batch_max_delay_s=0.2, payload_format=payload_format, metrics=metrics))
             for _ in range(200):
                 if spool.depth == 0:
                     break
@@ -190,6 +192,7 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
         assert max(counts.values()) == 1
         sizes = [len(p) for _, p, _ in sub.received.messages]
         assert len(sizes) == 8                       # 7 full batches of 100 and one of 30
+        assert {json.loads(p)["v"] for _, p, _ in sub.received.messages} == {int(payload_format[1:])}
         assert registry.get_sample_value("ems_edge_readings_published_total") == 730
         assert registry.get_sample_value("ems_edge_messages_published_total") == 8
     finally:

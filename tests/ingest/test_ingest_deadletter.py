@@ -30,7 +30,7 @@ def test_bad_payloads_are_dead_lettered_with_reasons_and_the_worker_keeps_going(
     del missing_seq["readings"][0]["seq"]
     nan = json.dumps(_good(site, 2, now)).replace("52.0", "NaN").encode()
     cases = [
-        ("bad_version", json.dumps(_good(site, 3, now, v=2)).encode()),
+        ("bad_version", json.dumps(_good(site, 3, now, v=3)).encode()),
         ("bad_field", json.dumps(missing_seq).encode()),
         ("bad_value", nan),
         ("oversized", b"{" + b" " * (MAX_PAYLOAD_BYTES + 10) + b"}"),
@@ -50,7 +50,7 @@ def test_bad_payloads_are_dead_lettered_with_reasons_and_the_worker_keeps_going(
         assert letter["detail"]
     assert received[3][1]["truncated"] is True
     assert "payload_b64" in received[4][1]
-    assert json.loads(received[0][1]["payload"])["v"] == 2
+    assert json.loads(received[0][1]["payload"])["v"] == 3
 
     ingest.wait_metric('ems_ingest_readings_total{outcome="written"}', lambda v: v == 1)
     assert stored(prometheus, site, now - 1, now + 5000) == {("tx1", "oil_temp"): [(now + 1000, 61.5)]}
