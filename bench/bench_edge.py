@@ -38,6 +38,7 @@ from pathlib import Path
 from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, bench_device_tables, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import make_pki
+from edge_agent.audit import verify
 from edge_agent.modbus_source import measure_modbus_ceiling
 
 SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "8"))
@@ -60,7 +61,7 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _audited(path: Path) -> int:
-    return path.read_bytes().count(b'"k":"r"')
+    return verify(path).readings
 
 
 def _unique(observer: Observer) -> int:
@@ -70,7 +71,8 @@ def _unique(observer: Observer) -> int:
     for topic, payload, _ in messages:
         if topic.endswith("/telemetry"):
             body = json.loads(payload)
-            seen.update(r["seq"] for r in body["readings"])
+            seen.update(range(body["seq_first"], body["seq_last"] + 1) if body["v"] == 2
+                        else (r["seq"] for r in body["readings"]))
     return len(seen)
 
 
@@ -111,7 +113,7 @@ def run_scenario(root: Path, pki, devices: int) -> dict[str, float]:
             raw = sum(len(json.loads(p)["readings"]) for t, p, _ in observer.messages if t.endswith("/telemetry"))
         unique = _unique(observer)
         db = sqlite3.connect(work / "site" / "spool" / "spool.db")
-        left = db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]      # sent at the next start, not lost
+        left = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0) FROM batches").fetchone()[0]      # sent at the next start, not lost
         db.close()
         return {"devices": devices, "readings_per_s": rate, "accepted_per_s": (a1 - a0) / (t1 - t0), "cpu_s_per_1000": (cpu1 - cpu0) / max(readings, 1) * 1000,
                 "peak_rss_mb": rss, "ceiling_reads_per_s": ceiling_reads, "ceiling_points_per_s": ceiling_reads * POINTS,

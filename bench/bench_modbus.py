@@ -9,7 +9,7 @@ uint16 holding registers) in a separate process on 127.0.0.1, then measures
   from a bare pymodbus client (1 connection, and 10 connections), reads/s;
 * our poller (``run_device`` per device, poll interval 0 so it runs flat
   out) for 10 devices × 100 points and 100 devices × 100 points: reads/s,
-  points decoded/s, observations emitted/s, CPU seconds of the agent
+  points decoded/s, readings emitted/s, CPU seconds of the agent
   process per 1,000 points, and the ratio to the ceiling measured with the
   same number of connections.
 
@@ -33,7 +33,8 @@ from devenv.mosquitto import free_port, wait_for_port
 from edge_agent.calibration import Calibrations
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import measure_modbus_ceiling
-from edge_agent.poller import Observation, run_device
+from edge_agent.batch import ReadingBatch
+from edge_agent.poller import run_device
 from edge_agent.simulator import bench_devices
 
 SECONDS = float(os.environ.get("BENCH_MODBUS_SECONDS", "4"))
@@ -56,9 +57,9 @@ def poller_run(port: int, n_devices: int, seconds: float) -> dict[str, float]:
     devices = bench_devices(n_devices, POINTS, port=port, poll_interval_s=0.0)   # flat out
     emitted = 0
 
-    async def emit(_: Observation) -> None:
+    async def emit(batch: ReadingBatch) -> None:
         nonlocal emitted
-        emitted += 1
+        emitted += len(batch)
 
     def reads_ok() -> float:
         return sum(metrics.registry.get_sample_value("ems_edge_reads_total", {"device": d.name, "outcome": "ok"}) or 0.0
@@ -100,7 +101,7 @@ def main() -> None:
             figures = poller_run(port, n_devices, SECONDS)
             print(f"{n_devices:>3} devices x {POINTS} points: ceiling {ceiling:,.0f} reads/s on {n_devices} connections; "
                   f"poller {figures['reads_per_s']:,.0f} reads/s, {figures['points_per_s']:,.0f} points/s, "
-                  f"{figures['emitted_per_s']:,.0f} observations/s emitted, "
+                  f"{figures['emitted_per_s']:,.0f} readings/s emitted, "
                   f"{figures['cpu_s_per_1000_points']:.4f} CPU s per 1,000 points, read errors {figures['errors']:.0f}; "
                   f"ratio poller/ceiling {figures['reads_per_s'] / ceiling:.2f}", flush=True)
     finally:

@@ -3,8 +3,9 @@
 ::
 
     pollers (one task per device, edge_agent.poller.run_device)
-      └─ emit(observation) ─▶ Spool.append: seq, commit (fsync), audit ─▶ TwinStore.update
-    drain (publisher.drain):  lease ─▶ encode_batch ─▶ MqttLink.publish ─▶ PUBACK ─▶ ack
+      └─ emit(batch), one per poll ─▶ Spool.append: seq range, commit (fsync), audit
+                                   ─▶ TwinStore.take(the sequenced batch)
+    drain (publisher.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack
     twin (twin.run_twin):      changed assets ─▶ retained QoS 1, cache saved atomically
     calibration watch:         Calibrations.watch(), about once a second
     metrics refresh + loop heartbeat (for /healthz)
@@ -39,9 +40,9 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
-from edge_agent.poller import Observation, run_device
+from edge_agent.batch import ReadingBatch
+from edge_agent.poller import run_device
 from edge_agent.publisher import MqttLink, TlsFiles, drain
-from ems_contract.telemetry import Reading
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
 
@@ -169,11 +170,8 @@ class Agent:
         cfg = self.config
         poll_stop, drain_stop, twin_stop, flushing = (asyncio.Event() for _ in range(4))
 
-        async def emit(obs: Observation) -> None:
-            seq = await spool.append(ts_ms=obs.ts_ms, asset=obs.asset, point=obs.point, value=obs.value,
-                                     unit=obs.unit, quality=obs.quality, sensor_id=obs.sensor_id)
-            twin.update(Reading(seq=seq, ts_ms=obs.ts_ms, asset=obs.asset, point=obs.point, value=obs.value,
-                                unit=obs.unit, quality=obs.quality))
+        async def emit(batch: ReadingBatch) -> None:
+            twin.take(await spool.append(batch))
 
         def drain_factory() -> Awaitable[None]:
             return drain(spool, link, site=cfg.site, batch_max_readings=cfg.broker.batch_max_readings,

@@ -7,10 +7,14 @@ One line per record::
 Record kinds (``k``):
 
 ==========  ==================================================================
-``r``       one accepted reading: site, seq, ts_ms, asset, point, sensor, value,
-            unit, q (quality), at_ms (when it was spooled)
+``b``       one accepted batch (one spool row): site, seq_first, seq_last, at_ms
+            (when it was spooled) and one list per field with an entry per
+            reading, in seq order: ts_ms, asset, point, sensor, value, unit, q
+``r``       one accepted reading (written by agents before batches; still read):
+            site, seq, ts_ms, asset, point, sensor, value, unit, q, at_ms
 ``drop``    readings the full spool dropped (oldest first): seq_first, seq_last, count
-``quar``    a spool record that failed its checksum and was quarantined: seq, reason
+``quar``    a spool row that failed its checksum and was quarantined: seq (its
+            first), seq_last, reason
 ``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
 ==========  ==================================================================
 
@@ -20,7 +24,8 @@ spool's commit: lines are buffered with :meth:`AuditLog.reading` /
 so one fsync covers a whole spool batch. A reading is audited after its spool
 commit; a crash between the two is repaired at the next start (the spool
 re-audits the rows above :attr:`AuditLog.last_seq`). :func:`verify` reports the
-totals and the first corrupt record (1-based line and byte offset).
+totals (readings counted one by one, whatever records carry them) and the first
+corrupt record (1-based line and byte offset).
 
 Defaults: path ``/var/log/ems/telemetry-audit.log``, file mode 0640.
 """
@@ -35,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edge_agent.batch import ReadingBatch
 from edge_agent.errors import AuditCorrupt, AuditError
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "AuditContents", "verify", "read_audit",
@@ -109,16 +115,17 @@ class AuditLog:
                 body = decode_record(line)
             except ValueError:
                 continue
-            if body.get("k") == "r" and isinstance(body.get("seq"), int):
-                self.last_seq = max(self.last_seq, body["seq"])
+            last = _last_seq(body)
+            if last is not None:
+                self.last_seq = max(self.last_seq, last)
 
-    def reading(self, *, site: str, seq: int, ts_ms: int, asset: str, point: str, sensor: str,
-                value: float | None, unit: str, quality: str, at_ms: int) -> None:
-        """Buffer the record of one accepted reading (written by :meth:`sync`)."""
+    def batch(self, site: str, batch: ReadingBatch) -> None:
+        """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
         self._buffer.append(encode_record({
-            "k": "r", "site": site, "seq": seq, "ts_ms": ts_ms, "asset": asset, "point": point,
-            "sensor": sensor, "value": value, "unit": unit, "q": quality, "at_ms": at_ms}))
-        self.last_seq = max(self.last_seq, seq)
+            "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
+            "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,
+            "sensor": batch.sensor, "value": batch.value, "unit": batch.unit, "q": batch.quality}))
+        self.last_seq = max(self.last_seq, batch.seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Buffer an event record (``drop``, ``quar``, ``repair``)."""
@@ -212,12 +219,13 @@ def verify(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditSummary:
             summary.records += 1
             kind = str(body["k"])
             summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
-            if kind == "r":
-                summary.readings += 1
-                seq = body.get("seq")
-                if isinstance(seq, int):
-                    summary.seq_min = seq if summary.seq_min is None else min(summary.seq_min, seq)
-                    summary.seq_max = seq if summary.seq_max is None else max(summary.seq_max, seq)
+            if kind in ("r", "b"):
+                first, last = (body.get("seq"), body.get("seq")) if kind == "r" else \
+                    (body.get("seq_first"), body.get("seq_last"))
+                if isinstance(first, int) and isinstance(last, int) and first <= last:
+                    summary.readings += last - first + 1
+                    summary.seq_min = first if summary.seq_min is None else min(summary.seq_min, first)
+                    summary.seq_max = last if summary.seq_max is None else max(summary.seq_max, last)
             elif kind == "drop":
                 summary.drops += 1
                 summary.dropped_readings += int(body.get("count", 0))
@@ -236,8 +244,19 @@ class AuditContents:
     dropped: frozenset[int]
 
 
+_BATCH_COLUMNS = ("ts_ms", "asset", "point", "sensor", "value", "unit", "q")
+
+
+def _last_seq(body: dict[str, Any]) -> int | None:
+    """The highest reading seq a record audits (``r`` and ``b``), else None."""
+    last = body.get("seq") if body.get("k") == "r" else body.get("seq_last") if body.get("k") == "b" else None
+    return last if isinstance(last, int) else None
+
+
 def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditContents:
     """Every accepted reading (a seq re-audited after a crash is the same reading) and every dropped seq.
+
+    Readings come as ``r`` record bodies (``b`` records are expanded into one per reading).
 
     Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
     """
@@ -254,6 +273,12 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
             raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from exc
         if body["k"] == "r":
             readings[body["seq"]] = body
+        elif body["k"] == "b":
+            common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
+            columns = [body[key] for key in _BATCH_COLUMNS]
+            for i, values in enumerate(zip(*columns)):
+                readings[body["seq_first"] + i] = {**common, "seq": body["seq_first"] + i,
+                                                   **dict(zip(_BATCH_COLUMNS, values))}
         elif body["k"] == "drop":
             dropped.update(range(body["seq_first"], body["seq_last"] + 1))
     return AuditContents(readings, frozenset(dropped))

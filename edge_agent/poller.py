@@ -1,4 +1,4 @@
-"""Poll one Modbus device forever: read plan → decode → calibrate → report by exception → ``emit``.
+"""Poll one Modbus device forever: read plan → decode → calibrate → report by exception → ``emit(batch)``.
 
 ``run_device`` is one asyncio task per device (the agent starts one for each
 ``DeviceConfig``), so a device that stops answering only delays itself. Each
@@ -14,7 +14,8 @@ cycle reads the device's blocks (``modbus_source.plan_reads``) through its
 =================  ==================================================================
 
 Samples pass through the point's ``ExceptionFilter`` (deadband, heartbeat,
-quality changes), and only reported ones are emitted, so when a device dies
+quality changes), and the reported ones of one poll go out together as one
+``ReadingBatch`` (one ``emit`` per poll, none when nothing is reported), so when a device dies
 its points emit ``device_error`` once, then ``stale`` once, then ``stale`` at
 each heartbeat — never silently absent. A merged read that hits an address
 the device lacks (exception code 2) is split into one read per point for the
@@ -30,9 +31,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
+from edge_agent.batch import ReadingBatch
 from edge_agent.calibration import Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
 from edge_agent.decode import Decoder, make_decoder, register_bytes
@@ -41,27 +42,15 @@ from edge_agent.exception_report import ExceptionFilter
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
 
-__all__ = ["Observation", "run_device", "DevicePoller"]
+__all__ = ["Emit", "run_device", "DevicePoller"]
 
 log = logging.getLogger(__name__)
 
 _ILLEGAL_DATA_ADDRESS = 2
 
 
-@dataclass(frozen=True, slots=True)
-class Observation:
-    """A reported sample of one point. ``value`` is None only for ``device_error`` and ``stale``."""
-
-    asset: str
-    point: str
-    value: float | None
-    unit: str
-    quality: str
-    ts_ms: int
-    sensor_id: str
-
-
-Emit = Callable[[Observation], Awaitable[None]]
+Emit = Callable[[ReadingBatch], Awaitable[None]]
+"""Takes the reported readings of one poll (``value`` None only for ``device_error`` and ``stale``)."""
 
 
 class DevicePoller:
@@ -116,12 +105,15 @@ class DevicePoller:
         plan = list(self.plan)
         index = 0
         answered = True
+        batch = ReadingBatch()
         while index < len(plan):
             block = plan[index]
             index += 1
             try:
                 values = await self._read(block)
                 if values is None:
+                    if len(batch):
+                        await self.emit(batch)
                     return False
             except DeviceExceptionResponse as exc:
                 if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
@@ -135,7 +127,7 @@ class DevicePoller:
                 log.warning("device %s: %s", device.name, exc)
                 for point in block.points:
                     self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
-                    await self._offer(point, None, "device_error")
+                    self._offer(batch, point, None, "device_error")
                 continue
             except DeviceUnreachable as exc:
                 answered = False
@@ -144,9 +136,11 @@ class DevicePoller:
                     log.warning("device %s: %s", device.name, exc)
                 for rest in [block, *plan[index:]]:
                     for point in rest.points:
-                        await self._offer(point, None, quality)
+                        self._offer(batch, point, None, quality)
                 break
-            await self._samples(block, values, self.clock())
+            self._samples(batch, block, values, self.clock())
+        if len(batch):
+            await self.emit(batch)
         self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
         self.metrics.polls.labels(device.name).inc()
         self.metrics.device_up.labels(device.name).set(1 if answered else 0)
@@ -170,12 +164,13 @@ class DevicePoller:
             self._layouts[key] = layout
         return layout
 
-    async def _samples(self, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response (the hot path)."""
+    def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
+        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path)."""
         buf = None if block.register in BIT_REGISTERS else register_bytes(values)  # type: ignore[arg-type]
         calibration = self.calibrations.get
         filters = self.filters
         ts_ms = int(now * 1000)
+        add = batch.add
         suppressed = 0
         for point, offset, decoder in self._layout(block):
             try:
@@ -183,22 +178,23 @@ class DevicePoller:
             except DecodeError as exc:
                 log.warning("device %s: %s", self.device.name, exc)
                 self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                await self._offer(point, None, "device_error", now)
+                self._offer(batch, point, None, "device_error", now)
                 continue
             value, quality = calibrate(point, raw, calibration(point.id))
             if quality == "loop_fault":
                 self.metrics.loop_faults.labels(self.device.name, point.id).inc()
             if filters[point.id].offer(value, quality, now):
-                await self.emit(Observation(point.asset, point.name, value, point.unit, quality, ts_ms, point.id))
+                add(ts_ms, point.asset, point.name, value, point.unit, quality, point.id)
             else:
                 suppressed += 1
         if suppressed:
             self.metrics.readings_suppressed.inc(suppressed)
 
-    async def _offer(self, point: PointConfig, value: float | None, quality: str, now: float | None = None) -> None:
+    def _offer(self, batch: ReadingBatch, point: PointConfig, value: float | None, quality: str,
+               now: float | None = None) -> None:
         now = self.clock() if now is None else now
         if self.filters[point.id].offer(value, quality, now):
-            await self.emit(Observation(point.asset, point.name, value, point.unit, quality, int(now * 1000), point.id))
+            batch.add(int(now * 1000), point.asset, point.name, value, point.unit, quality, point.id)
         else:
             self.metrics.readings_suppressed.inc()
 
@@ -213,7 +209,7 @@ class DevicePoller:
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
                      reconnect_max_s: float = 30.0) -> None:
-    """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting reported observations.
+    """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
     interval starts the next one immediately but never two at once.

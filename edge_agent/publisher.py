@@ -51,11 +51,12 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
+from edge_agent.batch import ReadingBatch
 from ems_contract.telemetry import encode_batch, status_topic, telemetry_topic
-from ems_contract.telemetry_v2 import contiguous_runs, encode_batch_v2
+from ems_contract.telemetry_v2 import encode_columns
 from edge_agent.spool import Spool
 
-__all__ = ["TlsFiles", "MqttLink", "drain", "backoff_delay", "PROTOCOLS"]
+__all__ = ["TlsFiles", "MqttLink", "InFlight", "drain", "payloads", "backoff_delay", "PROTOCOLS"]
 
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 CONNECT_OUTCOMES = ("ok", "refused", "unreachable", "error")
@@ -507,27 +508,69 @@ class _ConnectionLostEarly(Exception):
     """Internal: the socket closed before CONNACK."""
 
 
+@dataclass(slots=True)
+class InFlight:
+    """Published spool rows awaiting their PUBACK: seqs ``first..last`` in one or more messages."""
+
+    first: int
+    last: int
+    readings: int
+    messages: int
+    acked: "asyncio.Future[Any]"       # completes when every message of the entry is acknowledged
+    started: float                     # time.monotonic() at publish
+
+
+def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max_readings: int,
+             sent_ms: int) -> list[bytes]:
+    """The messages that carry ``batches`` (sequenced, ascending): at most ``max_readings`` readings each.
+
+    v1 messages fill up across batches and seq gaps; v2 messages hold one run of
+    consecutive seqs each, so a gap starts a new one.
+    """
+    if payload_format == "v1":
+        readings = [r for b in batches for r in b.readings()]
+        return [encode_batch(site, readings[i:i + max_readings], sent_ms=sent_ms)
+                for i in range(0, len(readings), max_readings)]
+    out = []
+    runs: list[list[ReadingBatch]] = []
+    for b in batches:
+        if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    for run in runs:
+        joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
+        for i in range(0, len(joined), max_readings):
+            part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
+            out.append(encode_columns(site, part.seq_first, part.ts_ms, part.asset, part.point, part.unit,
+                                      part.value, part.quality, sent_ms))
+    return out
+
+
 async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: int = 100,
                 batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
-                ack_timeout_s: float = 30.0,
-                metrics: AgentMetrics | None = None, flushing: asyncio.Event | None = None,
-                clock: Callable[[], float] = time.time, logger: logging.Logger | None = None) -> None:
-    """Publish spooled readings forever, oldest first; a row leaves the spool only after its PUBACK.
+                ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
+                flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
+                logger: logging.Logger | None = None) -> None:
+    """Publish spooled batches forever, oldest first; a row leaves the spool only after its PUBACK.
 
     A message carries up to ``batch_max_readings`` readings and waits at most
-    ``batch_max_delay_s`` for a batch to fill (no wait once ``flushing`` is
-    set), encoded as ``payload_format`` (``v1``, or ``v2``: one message per run of
-    consecutive seqs). Up to ``window`` messages are in flight. A lost connection or a
-    missing PUBACK (``ack_timeout_s``) releases every lease, and the same rows
-    go out again after reconnecting — at-least-once; the ingest de-duplicates
-    by (site, seq).
+    ``batch_max_delay_s`` for enough readings to fill one (no wait once
+    ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
+    rows are never split between in-flight entries: an entry holds whole rows
+    (one message, or several for a row larger than a message), so its PUBACKs
+    release exactly those rows. Up to ``window`` entries are in flight. A lost
+    connection or a missing PUBACK (``ack_timeout_s``) releases every lease, and
+    the same rows go out again after reconnecting — at-least-once; the ingest
+    de-duplicates by (site, seq).
     """
     log = logger or logging.getLogger(__name__)
     topic = telemetry_topic(site)
     flushing = flushing or asyncio.Event()
 
-    async def next_rows(limit: int) -> list:
-        """Up to ``limit`` rows once a full batch is pending, the oldest waited ``batch_max_delay_s``, or flushing."""
+    async def next_batches(limit: int) -> list[ReadingBatch]:
+        """Up to about ``limit`` readings once a full message is pending, the oldest waited
+        ``batch_max_delay_s``, or flushing."""
         waiting_since: float | None = None
         while True:
             spool.changed.clear()
@@ -537,9 +580,9 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                 due = pending >= batch_max_readings or flushing.is_set() or \
                     clock() - waiting_since >= batch_max_delay_s
                 if due:
-                    rows = await spool.lease(limit)
-                    if rows:
-                        return rows
+                    batches = await spool.lease(limit)
+                    if batches:
+                        return batches
                     continue
                 timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
             else:
@@ -552,31 +595,37 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                 waiter.cancel()
                 flush_waiter.cancel()
 
-    # In flight, oldest first: (first seq, last seq, readings, PUBACK future, monotonic start).
-    # The sender fills free slots several messages at a time and the acker acks every consecutive
-    # confirmed message with one spool delete: fewer awaits per reading, so a drain competing with
-    # many busy pollers for the event loop still moves readings in bulk.
-    inflight: deque[tuple[int, int, int, asyncio.Future, float]] = deque()
+    # Oldest first. The sender fills free slots several entries at a time and the acker acks every
+    # consecutive confirmed entry with one spool delete: fewer awaits per reading.
+    inflight: deque[InFlight] = deque()
     added, freed = asyncio.Event(), asyncio.Event()
+
+    def entries(batches: list[ReadingBatch]) -> list[list[ReadingBatch]]:
+        """Whole rows grouped into entries of about ``batch_max_readings`` readings."""
+        groups: list[list[ReadingBatch]] = []
+        size = 0
+        for b in batches:
+            if not groups or size + len(b) > batch_max_readings:
+                groups.append([])
+                size = 0
+            groups[-1].append(b)
+            size += len(b)
+        return groups
 
     async def sender() -> None:
         while True:
             while len(inflight) >= window:
                 freed.clear()
                 await freed.wait()
-            rows = await next_rows(batch_max_readings * (window - len(inflight)))
+            batches = await next_batches(batch_max_readings * (window - len(inflight)))
             sent_ms = int(clock() * 1000)
-            for i in range(0, len(rows), batch_max_readings):
-                chunk = rows[i:i + batch_max_readings]
-                readings = [row.reading for row in chunk]
-                if payload_format == "v2":
-                    parts = [readings[a:b] for a, b in contiguous_runs([r.seq for r in readings])]
-                    payloads = [encode_batch_v2(site, part, sent_ms=sent_ms) for part in parts]
-                else:
-                    payloads = [encode_batch(site, readings, sent_ms=sent_ms)]
-                futures = [link.start_publish(topic, payload) for payload in payloads]
-                future = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
-                inflight.append((chunk[0].seq, chunk[-1].seq, len(chunk), future, time.monotonic()))
+            for group in entries(batches):
+                futures = [link.start_publish(topic, payload) for payload in
+                           payloads(site, group, payload_format=payload_format, max_readings=batch_max_readings,
+                                    sent_ms=sent_ms)]
+                acked = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+                inflight.append(InFlight(group[0].seq_first, group[-1].seq_last, sum(len(b) for b in group),
+                                         len(futures), acked, time.monotonic()))
             added.set()
 
     async def acker() -> None:
@@ -584,24 +633,24 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
             while not inflight:
                 added.clear()
                 await added.wait()
-            first, last, _, future, _ = inflight[0]
+            head = inflight[0]
             try:
-                await asyncio.wait_for(asyncio.shield(future), ack_timeout_s)
+                await asyncio.wait_for(asyncio.shield(head.acked), ack_timeout_s)
             except asyncio.TimeoutError:
-                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {first}..{last}")
-                raise PublishError(f"no PUBACK for seq {first}..{last}") from None
-            confirmed = []
-            while inflight and inflight[0][3].done() and not inflight[0][3].cancelled() \
-                    and inflight[0][3].exception() is None:
+                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {head.first}..{head.last}")
+                raise PublishError(f"no PUBACK for seq {head.first}..{head.last}") from None
+            confirmed: list[InFlight] = []
+            while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
+                    and inflight[0].acked.exception() is None:
                 confirmed.append(inflight.popleft())
-            await spool.ack(confirmed[0][0], confirmed[-1][1])
+            await spool.ack(confirmed[0].first, confirmed[-1].last)
             freed.set()
             if metrics is not None:
                 now = time.monotonic()
-                for _, _, count, _, started in confirmed:
-                    metrics.publish_latency.observe(now - started)
-                metrics.messages_published.inc(len(confirmed))
-                metrics.readings_published.inc(sum(item[2] for item in confirmed))
+                for entry in confirmed:
+                    metrics.publish_latency.observe(now - entry.started)
+                metrics.messages_published.inc(sum(entry.messages for entry in confirmed))
+                metrics.readings_published.inc(sum(entry.readings for entry in confirmed))
 
     backoff = 0.1
     while True:
@@ -617,7 +666,7 @@ async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: 
                      errors.exceptions[0])
         finally:
             while inflight:
-                inflight.popleft()[3].cancel()
+                inflight.popleft().acked.cancel()
         if link.connected:
             # Still connected: the broker rejected a message (e.g. not authorised). Retry, but slower each time.
             backoff = 0.1 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)

@@ -1,4 +1,4 @@
-"""The durable spool: every accepted reading, on disk, until the broker's PUBACK.
+"""The durable spool: every accepted batch of readings, on disk, until the broker's PUBACK.
 
 Why SQLite (WAL mode) rather than a hand-written segment log: SQLite gives
 atomic multi-row commits, crash recovery of a half-written commit, ordered
@@ -8,32 +8,39 @@ log would need its own compaction, index and torn-write recovery.
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` for appends — in WAL
 mode FULL fsyncs the WAL on every commit, so a committed batch survives power
 loss (``NORMAL`` would survive only a process crash). Acks commit with
-``synchronous=NORMAL``: losing an ack to power loss only re-sends a reading,
+``synchronous=NORMAL``: losing an ack to power loss only re-sends readings,
 which the ingest de-duplicates by (site, seq); losing an append would lose data.
 
-Lifecycle of a reading::
+The unit is the batch (``ReadingBatch``, one device read): one row, one seq
+range, one audit record. Lifecycle::
 
-    append() ─ buffered in memory, seq assigned ─┐ every ``fsync_batch`` readings or
-                                                  │ ``flush_interval_s``, whichever first
-    commit: INSERT rows + next_seq in one transaction (fsync), then the audit
-            records of the batch and of any cap drop, one audit fsync
-            (group commit: readings that arrive during an fsync go in the next
+    append(batch) ─ seq range assigned, buffered in memory; returns the sequenced batch
+                    │ every ``fsync_batch`` readings or ``flush_interval_s``, whichever first
+    commit: INSERT one row per batch + next_seq in one transaction (fsync), then
+            one audit record per batch and per cap drop, one audit fsync
+            (group commit: batches that arrive during an fsync go in the next
             one; ``append`` waits for the disk only when ``max_buffered`` —
             16 × ``fsync_batch``, at least 1024 — readings are waiting)
-    lease(n) ─ the next n committed rows in seq order (CRC checked; a bad row is
-               moved to the ``quarantine`` table, audited and counted — never dropped)
-    ack(first, last) ─ after PUBACK: rows deleted
+    lease(n) ─ the next committed batches in seq order, about n readings (CRC
+               checked; a bad row is moved to the ``quarantine`` table, audited
+               and counted — never dropped)
+    ack(first, last) ─ after PUBACK: the rows inside seq first..last deleted
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
 ``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
 same transaction as the rows, so it is never reused — not after dropped rows,
-not after a restart or SIGKILL. (A seq assigned to a reading still in the
-memory buffer when the process dies was never committed, audited or
-published, so nothing ever saw it.)
+not after a restart or SIGKILL. (A seq assigned to a batch still in the memory
+buffer when the process dies was never committed, audited or published, so
+nothing ever saw it.) A SIGKILL during a commit leaves the row either whole or
+absent (SQLite's journal), never half.
 
-Size cap: when more than ``max_readings`` rows are spooled, the oldest rows are
-deleted in the same transaction, counted in ``ems_edge_spool_dropped_total``
-and audited as one ``drop`` record with the seq range.
+Size cap: when more than ``max_readings`` readings are spooled, the oldest
+batches are deleted whole in the same transaction (never the newest one, so a
+batch larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
+``drop`` record with the seq range.
+
+A spool written by an older agent (one row per reading, table ``spool``) is
+converted at open, in one transaction, into one-reading batches.
 
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
@@ -51,16 +58,15 @@ import sqlite3
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from edge_agent.audit import AuditLog
+from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
-from ems_contract.telemetry import Reading
 
-__all__ = ["Spool", "SpoolRow", "SPOOL_FILE"]
+__all__ = ["Spool", "SPOOL_FILE"]
 
 log = logging.getLogger(__name__)
 
@@ -69,43 +75,31 @@ SPOOL_FILE = "spool.db"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS owner (site TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS spool (
-    seq INTEGER PRIMARY KEY, accepted_ms INTEGER NOT NULL, data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS batches (
+    seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, accepted_ms INTEGER NOT NULL,
+    data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
-    quarantined_ms INTEGER NOT NULL);
+    quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
 """
 
 
-@dataclass(frozen=True, slots=True)
-class SpoolRow:
-    """One spooled reading as leased for publishing."""
-
-    reading: Reading
-    sensor_id: str
-    accepted_ms: int
-
-    @property
-    def seq(self) -> int:
-        return self.reading.seq
+def _encode(batch: ReadingBatch) -> bytes:
+    return json.dumps(batch.columns(), separators=(",", ":"), allow_nan=False).encode()
 
 
-def _encode(reading: Reading, sensor_id: str) -> bytes:
-    return json.dumps([reading.ts_ms, reading.asset, reading.point, reading.value, reading.unit,
-                       reading.quality, sensor_id], separators=(",", ":"), allow_nan=False).encode()
-
-
-def _decode(seq: int, data: bytes) -> tuple[Reading, str]:
-    ts_ms, asset, point, value, unit, quality, sensor_id = json.loads(data)
-    return Reading(seq=seq, ts_ms=ts_ms, asset=asset, point=point, value=value, unit=unit,
-                   quality=quality), sensor_id
+def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
+    batch = ReadingBatch.from_columns(json.loads(data), seq_first, accepted_ms)
+    if batch.seq_last != seq_last:
+        raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
+    return batch
 
 
 class Spool:
     """An async context manager over the on-disk spool in ``directory`` (file ``spool.db``).
 
-    ``audit`` (optional) receives one record per committed reading and per drop
-    or quarantine event, fsync'd with each spool batch. ``metrics`` (optional)
+    ``audit`` (optional) receives one record per committed batch and per drop
+    or quarantine event, fsync'd with each commit. ``metrics`` (optional)
     gets spool depth, oldest-unacked age, drops and quarantines.
     Raises SpoolError when the directory or database cannot be used.
     """
@@ -130,10 +124,11 @@ class Spool:
         self._executor: ThreadPoolExecutor | None = None
         self._db: sqlite3.Connection | None = None
         self._next_seq = 1
-        self._buffer: list[tuple[Reading, str, int]] = []
+        self._buffer: list[ReadingBatch] = []
+        self._buffered = 0               # readings in _buffer
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
-        self._depth = 0                  # committed rows not yet acked (nor dropped / quarantined)
+        self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
         self._oldest_ms: int | None = None
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
@@ -196,8 +191,11 @@ class Spool:
                 db.close()
                 raise SpoolError(f"spool {self.path} holds readings of site {owner[0]!r}, not {self.site!r}: "
                                  "deliver or move it, or set another spool.path")
+            _upgrade_sync(db)
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
-            stats = db.execute("SELECT COUNT(*), MIN(accepted_ms), MAX(seq) FROM spool").fetchone()
+            stats = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0), MAX(seq_last) "
+                               "FROM batches").fetchone()
+            first = db.execute("SELECT accepted_ms FROM batches ORDER BY seq_first LIMIT 1").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"spool {self.path}: cannot open ({exc}); move the file aside to start a new "
@@ -205,7 +203,8 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"spool {self.path}: cannot open ({exc.strerror or exc})") from exc
         self._db = db
-        self._depth, self._oldest_ms, max_seq = stats[0], stats[1], stats[2] or 0
+        self._depth, max_seq = stats[0], stats[1] or 0
+        self._oldest_ms = first[0] if first else None
         self._next_seq = max(row[0] if row else 1, max_seq + 1)
         self._committed_seq = self._next_seq - 1
         self.quarantined_total = quarantined
@@ -216,15 +215,17 @@ class Spool:
     def _reaudit_sync(self) -> None:
         """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
         assert self._db is not None and self.audit is not None
-        rows = self._db.execute("SELECT seq, accepted_ms, data, crc FROM spool WHERE seq > ? ORDER BY seq",
-                                (self.audit.last_seq,)).fetchall()
-        for seq, accepted_ms, data, crc in rows:
-            if zlib.crc32(data) != crc:
-                continue        # lease() quarantines and audits it
-            reading, sensor_id = _decode(seq, data)
-            self._audit_reading(reading, sensor_id, accepted_ms)
+        rows = self._db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
+                                "WHERE seq_first > ? ORDER BY seq_first", (self.audit.last_seq,)).fetchall()
+        for seq_first, seq_last, accepted_ms, data, crc in rows:
+            try:
+                if zlib.crc32(data) != crc:
+                    continue        # lease() quarantines and audits it
+                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data))
+            except (ValueError, TypeError):
+                continue
         if rows:
-            log.warning("spool %s: audited %d spooled readings missing from the audit log (crash recovery)",
+            log.warning("spool %s: audited %d spooled batches missing from the audit log (crash recovery)",
                         self.path, len(rows))
         self.audit.sync()
 
@@ -255,29 +256,30 @@ class Spool:
     def oldest_accepted_ms(self) -> int | None:
         return self._oldest_ms
 
-    async def append(self, *, ts_ms: int, asset: str, point: str, value: float | None, unit: str,
-                     quality: str, sensor_id: str) -> int:
-        """Accept one reading: assign its seq and buffer it; returns the seq.
+    async def append(self, batch: ReadingBatch) -> ReadingBatch:
+        """Accept one batch: assign its seq range and buffer it; returns the sequenced batch.
 
-        The reading is committed (and audited) within ``flush_interval_s``, or
-        as soon as ``fsync_batch`` readings are buffered, by a background group
+        The batch is committed (and audited) within ``flush_interval_s``, or as
+        soon as ``fsync_batch`` readings are buffered, by a background group
         commit; it cannot be leased (published) before. This call waits for the
         disk only when ``max_buffered`` readings are waiting: the back-pressure
-        on the pollers when the disk cannot keep up.
+        on the pollers when the disk cannot keep up. Raises ValueError for an
+        empty batch.
         """
-        seq = self._next_seq
-        self._next_seq += 1
-        reading = Reading(seq=seq, ts_ms=int(ts_ms), asset=asset, point=point, value=value, unit=unit,
-                          quality=quality)
-        self._buffer.append((reading, sensor_id, int(self.clock() * 1000)))
-        if len(self._buffer) >= self.max_buffered:
+        if not len(batch):
+            raise ValueError("an empty batch cannot be spooled")
+        sequenced = batch.sequenced(self._next_seq, int(self.clock() * 1000))
+        self._next_seq += len(batch)
+        self._buffer.append(sequenced)
+        self._buffered += len(batch)
+        if self._buffered >= self.max_buffered:
             await self.flush()                  # the disk is behind: make the pollers wait
-        elif len(self._buffer) >= self.fsync_batch:
+        elif self._buffered >= self.fsync_batch:
             self._flush_soon()
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
-        return seq
+        return sequenced
 
     def _flush_soon(self) -> None:
         """Group commit: one background task commits whatever accumulated while the last fsync ran."""
@@ -295,62 +297,63 @@ class Spool:
                 return
 
     async def flush(self) -> None:
-        """Commit (fsync) every buffered reading and write their audit records."""
+        """Commit (fsync) every buffered batch and write their audit records."""
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if not self._buffer:
                 return
-            batch, self._buffer = self._buffer, []
+            batches, self._buffer = self._buffer, []
+            readings, self._buffered = self._buffered, 0
             try:
-                dropped = await self._run(self._commit_sync, batch, self._next_seq)
+                dropped = await self._run(self._commit_sync, batches, self._next_seq)
             except BaseException:
-                self._buffer[:0] = batch       # keep them for the next attempt
+                self._buffer[:0] = batches       # keep them for the next attempt
+                self._buffered += readings
                 raise
-            self._committed_seq = batch[-1][0].seq
+            self._committed_seq = batches[-1].seq_last
             if self.metrics is not None:
-                self.metrics.readings_accepted.inc(len(batch))
+                self.metrics.readings_accepted.inc(readings)
                 if dropped:
                     self.metrics.spool_dropped.inc(dropped)
             self._update_metrics()
             self.changed.set()
 
-    def _commit_sync(self, batch: list[tuple[Reading, str, int]], next_seq: int) -> int:
+    def _commit_sync(self, batches: list[ReadingBatch], next_seq: int) -> int:
         db = self._db
         assert db is not None
         rows = []
-        for reading, sensor_id, accepted_ms in batch:
-            data = _encode(reading, sensor_id)
-            rows.append((reading.seq, accepted_ms, data, zlib.crc32(data)))
+        added = 0
+        for batch in batches:
+            data = _encode(batch)
+            rows.append((batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)))
+            added += len(batch)
         dropped_range: tuple[int, int, int] | None = None
         try:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("BEGIN IMMEDIATE")
             try:
-                db.executemany("INSERT INTO spool (seq, accepted_ms, data, crc) VALUES (?, ?, ?, ?)", rows)
+                db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
+                               "VALUES (?, ?, ?, ?, ?)", rows)
                 db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                            "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
-                overflow = self._depth + len(rows) - self.max_readings
+                overflow = self._depth + added - self.max_readings
                 if overflow > 0:
-                    first, last, count = db.execute(
-                        "SELECT MIN(seq), MAX(seq), COUNT(*) FROM "
-                        "(SELECT seq FROM spool ORDER BY seq LIMIT ?)", (overflow,)).fetchone()
-                    db.execute("DELETE FROM spool WHERE seq <= ?", (last,))
-                    dropped_range = (first, last, count)
+                    dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: commit of {len(rows)} readings failed ({exc})") from exc
+            raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches failed ({exc})") from exc
         dropped = dropped_range[2] if dropped_range else 0
-        self._depth += len(rows) - dropped
+        self._depth += added - dropped
         if self._oldest_ms is None or dropped:
             self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
-            for reading, sensor_id, accepted_ms in batch:
-                self._audit_reading(reading, sensor_id, accepted_ms)
+            for batch in batches:
+                self.audit.batch(self.site, batch)
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
@@ -361,74 +364,95 @@ class Spool:
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
         return dropped
 
-    def _audit_reading(self, reading: Reading, sensor_id: str, accepted_ms: int) -> None:
-        assert self.audit is not None
-        self.audit.reading(site=self.site, seq=reading.seq, ts_ms=reading.ts_ms, asset=reading.asset,
-                           point=reading.point, sensor=sensor_id, value=reading.value, unit=reading.unit,
-                           quality=reading.quality, at_ms=accepted_ms)
+    def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
+        """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
+        db = self._db
+        assert db is not None
+        first = last = None
+        count = 0
+        for seq_first, seq_last in db.execute("SELECT seq_first, seq_last FROM batches WHERE seq_first < ? "
+                                              "ORDER BY seq_first", (below,)):
+            first = seq_first if first is None else first
+            last = seq_last
+            count += seq_last - seq_first + 1
+            if count >= overflow:
+                break
+        if first is None:
+            return None
+        db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
+        return first, last, count
 
     def _min_accepted_sync(self) -> int | None:
         assert self._db is not None
-        row = self._db.execute("SELECT accepted_ms FROM spool ORDER BY seq LIMIT 1").fetchone()
+        row = self._db.execute("SELECT accepted_ms FROM batches ORDER BY seq_first LIMIT 1").fetchone()
         return row[0] if row else None
 
     # -- leasing and acknowledging -----------------------------------------
-    async def lease(self, n: int) -> list[SpoolRow]:
-        """The next ``n`` committed, unleased rows in seq order (corrupt ones quarantined)."""
+    async def lease(self, n: int) -> list[ReadingBatch]:
+        """The next committed, unleased batches in seq order: at most ``n`` readings, but at least one
+        batch even when it alone is larger (corrupt rows are quarantined)."""
         if n < 1 or not self.pending:
             return []
-        rows, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
+        batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
         self._lease_cursor = max(self._lease_cursor, cursor)
         if quarantined:
             self._update_metrics()
             if self.metrics is not None:
                 self.metrics.spool_quarantined.inc(quarantined)
-        return rows
+        return batches
 
-    def _lease_sync(self, after: int, n: int) -> tuple[list[SpoolRow], int, int]:
+    def _lease_sync(self, after: int, n: int) -> tuple[list[ReadingBatch], int, int]:
         db = self._db
         assert db is not None
-        out: list[SpoolRow] = []
+        out: list[ReadingBatch] = []
+        taken = 0
         cursor = after
         quarantined = 0
-        while len(out) < n:
-            fetched = db.execute("SELECT seq, accepted_ms, data, crc FROM spool WHERE seq > ? ORDER BY seq LIMIT ?",
-                                 (cursor, n - len(out))).fetchall()
+        while taken < n:
+            fetched = db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
+                                 "WHERE seq_first > ? ORDER BY seq_first LIMIT ?", (cursor, n - taken)).fetchall()
             if not fetched:
                 cursor = max(cursor, self._committed_seq)
                 break
-            for seq, accepted_ms, data, crc in fetched:
-                cursor = seq
+            for seq_first, seq_last, accepted_ms, data, crc in fetched:
+                if out and taken + seq_last - seq_first + 1 > n:
+                    return out, cursor, quarantined
                 try:
                     if not isinstance(data, bytes) or zlib.crc32(data) != crc:
-                        raise SpoolCorrupt(f"spool row seq {seq}: checksum mismatch")
-                    reading, sensor_id = _decode(seq, data)
+                        raise SpoolCorrupt(f"spool row seq {seq_first}..{seq_last}: checksum mismatch")
+                    batch = _decode(seq_first, seq_last, accepted_ms, data)
                 except (SpoolCorrupt, ValueError, TypeError) as exc:
-                    self._quarantine_sync(seq, accepted_ms, data, crc, str(exc))
+                    cursor = seq_last
+                    self._quarantine_sync(seq_first, seq_last, accepted_ms, data, crc, str(exc))
                     quarantined += 1
                     continue
-                out.append(SpoolRow(reading, sensor_id, accepted_ms))
+                cursor = seq_last
+                out.append(batch)
+                taken += len(batch)
         return out, cursor, quarantined
 
-    def _quarantine_sync(self, seq: int, accepted_ms: int, data: Any, crc: int, reason: str) -> None:
+    def _quarantine_sync(self, seq_first: int, seq_last: int, accepted_ms: int, data: Any, crc: int,
+                         reason: str) -> None:
         db = self._db
         assert db is not None
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute("INSERT INTO quarantine (seq, accepted_ms, data, crc, reason, quarantined_ms) "
-                       "VALUES (?, ?, ?, ?, ?, ?)", (seq, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
-            db.execute("DELETE FROM spool WHERE seq = ?", (seq,))
+            db.execute("INSERT INTO quarantine (seq, seq_last, accepted_ms, data, crc, reason, quarantined_ms) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (seq_first, seq_last, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
+            db.execute("DELETE FROM batches WHERE seq_first = ?", (seq_first,))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._depth -= 1
+        self._depth -= seq_last - seq_first + 1
         self.quarantined_total += 1
         self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
-            self.audit.event("quar", site=self.site, seq=seq, reason=reason)
+            self.audit.event("quar", site=self.site, seq=seq_first, seq_last=seq_last, reason=reason)
             self.audit.sync()
-        log.error("spool row seq %d is corrupt (%s): moved to the quarantine table (audited)", seq, reason)
+        log.error("spool row seq %d..%d is corrupt (%s): moved to the quarantine table (audited)",
+                  seq_first, seq_last, reason)
 
     def release_leases(self) -> None:
         """Make every leased, unacked row leasable again (after a disconnect)."""
@@ -437,7 +461,8 @@ class Spool:
             self.changed.set()
 
     async def ack(self, first: int, last: int) -> int:
-        """Delete rows ``first..last`` (inclusive) after the broker's PUBACK; returns how many."""
+        """Delete the rows within seq ``first..last`` (inclusive) after the broker's PUBACK; returns
+        how many readings they held. A row that reaches outside the range stays."""
         deleted = await self._run(self._ack_sync, first, last)
         self._update_metrics()
         return deleted
@@ -447,7 +472,9 @@ class Spool:
         assert db is not None
         try:
             db.execute("PRAGMA synchronous=NORMAL")
-            deleted = db.execute("DELETE FROM spool WHERE seq BETWEEN ? AND ?", (first, last)).rowcount
+            deleted = sum(n for (n,) in db.execute(
+                "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? RETURNING seq_last - seq_first + 1",
+                (first, last)).fetchall())
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: ack of seq {first}..{last} failed ({exc})") from exc
         self._depth -= deleted
@@ -455,7 +482,7 @@ class Spool:
         return deleted
 
     async def quarantined(self) -> list[tuple[int, str]]:
-        """(seq, reason) of every quarantined row."""
+        """(first seq, reason) of every quarantined row."""
         return await self._run(lambda: self._db.execute(  # type: ignore[union-attr]
             "SELECT seq, reason FROM quarantine ORDER BY seq").fetchall())
 
@@ -471,3 +498,36 @@ class Spool:
         if self.metrics is not None:
             self.metrics.spool_depth.set(self._depth)
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
+
+
+def _upgrade_sync(db: sqlite3.Connection) -> None:
+    """Convert a spool of an older agent (one row per reading in table ``spool``) into one-reading batches."""
+    if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='spool'").fetchone():
+        return
+    columns = {row[1] for row in db.execute("PRAGMA table_info(quarantine)")}
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "seq_last" not in columns:
+            db.execute("ALTER TABLE quarantine ADD COLUMN seq_last INTEGER")
+        rows = db.execute("SELECT seq, accepted_ms, data, crc FROM spool ORDER BY seq").fetchall()
+        converted = []
+        for seq, accepted_ms, data, crc in rows:
+            try:
+                if zlib.crc32(data) != crc:
+                    raise ValueError("checksum mismatch")
+                ts_ms, asset, point, value, unit, quality, sensor = json.loads(data)
+                data = json.dumps([[ts_ms], [asset], [point], [value], [unit], [quality], [sensor]],
+                                  separators=(",", ":"), allow_nan=False).encode()
+                crc = zlib.crc32(data)
+            except (ValueError, TypeError):
+                pass              # kept as it is: lease() finds the bad checksum or shape and quarantines it
+            converted.append((seq, seq, accepted_ms, data, crc))
+        db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) VALUES (?, ?, ?, ?, ?)",
+                       converted)
+        db.execute("DROP TABLE spool")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    if converted:
+        log.info("spool: converted %d readings of an older agent into one-reading batches", len(converted))

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from edge_agent import thermal
+from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError, TwinError
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
@@ -192,21 +193,34 @@ class TwinStore:
             return
         self._assets, self._published, self._thermal = assets, published, runs
 
+    def take(self, batch: ReadingBatch) -> int:
+        """Take a sequenced batch (``Spool.append``'s result) into the assets' state; returns how many
+        points changed."""
+        changed = 0
+        for ts_ms, asset, point, value, unit, quality in zip(batch.ts_ms, batch.asset, batch.point, batch.value,
+                                                             batch.unit, batch.quality):
+            points = self._assets.get(asset)
+            if points is None:
+                points = self._assets[asset] = {}
+            held = points.get(point)
+            if held is not None and (held["ts_ms"] > ts_ms or (
+                    held["ts_ms"] == ts_ms and held["value"] == value and held["quality"] == quality
+                    and held["unit"] == unit)):
+                continue
+            points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+            changed += 1
+            run = self._thermal.get(asset)
+            if run is not None:
+                run.take(Reading(0, ts_ms, asset, point, value, unit, quality))
+        if changed:
+            self.dirty = True
+        return changed
+
     def update(self, reading: Reading) -> bool:
-        """Take a reading into its asset's state; True when the state changed."""
-        points = self._assets.setdefault(reading.asset, {})
-        held = points.get(reading.point)
-        if held is not None and held["ts_ms"] > reading.ts_ms:
-            return False
-        state = {"value": reading.value, "unit": reading.unit, "quality": reading.quality, "ts_ms": reading.ts_ms}
-        if held == state:
-            return False
-        points[reading.point] = state
-        run = self._thermal.get(reading.asset)
-        if run is not None:
-            run.take(reading)
-        self.dirty = True
-        return True
+        """Take one reading into its asset's state; True when the state changed."""
+        batch = ReadingBatch([reading.ts_ms], [reading.asset], [reading.point], [reading.value], [reading.unit],
+                             [reading.quality], [""], reading.seq)
+        return self.take(batch) == 1
 
     def assets(self) -> list[str]:
         return sorted(self._assets)

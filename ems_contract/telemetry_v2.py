@@ -42,7 +42,7 @@ from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_P
                                     Batch, Reading, SchemaError, decode_batch, parse_json, shown, site_from_topic,
                                     valid_id, valid_unit)
 
-__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "encode_batch_v2", "decode_batch_v2", "decode_telemetry",
+__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "encode_batch_v2", "encode_columns", "decode_batch_v2", "decode_telemetry",
            "contiguous_runs"]
 
 PAYLOAD_VERSIONS = ("v1", "v2")
@@ -85,19 +85,33 @@ def encode_batch_v2(site: str, readings: Iterable[Reading], sent_ms: int) -> byt
     items = list(readings)
     if not items:
         raise SchemaError("empty", "a batch needs at least one reading")
-    if not valid_id(site):
-        raise SchemaError("bad_id", f"site {site!r} is not a valid id")
     seq_first = items[0].seq
-    if items[-1].seq != seq_first + len(items) - 1 or any(r.seq != seq_first + i for i, r in enumerate(items)):
+    if any(r.seq != seq_first + i for i, r in enumerate(items)):
         raise SchemaError("bad_seq", f"a v2 message needs consecutive seqs (got {seq_first}..{items[-1].seq} "
                                      f"for {len(items)} readings)")
-    base = min(r.ts_ms for r in items)
+    return encode_columns(site, seq_first, [r.ts_ms for r in items], [r.asset for r in items],
+                          [r.point for r in items], [r.unit for r in items], [r.value for r in items],
+                          [r.quality for r in items], sent_ms)
+
+
+def encode_columns(site: str, seq_first: int, ts_ms: Sequence[int], asset: Sequence[str], point: Sequence[str],
+                   unit: Sequence[str], value: Sequence[float | None], quality: Sequence[str], sent_ms: int) -> bytes:
+    """One v2 payload from columns (one entry per reading; reading ``i`` has seq ``seq_first + i``).
+
+    What the edge agent calls with a batch's columns; raises SchemaError like ``encode_batch_v2``.
+    """
+    n = len(ts_ms)
+    if not n:
+        raise SchemaError("empty", "a batch needs at least one reading")
+    if not valid_id(site):
+        raise SchemaError("bad_id", f"site {site!r} is not a valid id")
+    base = min(ts_ms)
     assets: dict[str, int] = {}
     units: dict[str, int] = {}
     groups: dict[tuple[int, int], list[str]] = {}
-    for key in dict.fromkeys((r.asset, r.point, r.unit) for r in items):     # distinct, in order
-        asset, point, unit = key
-        groups.setdefault((assets.setdefault(asset, len(assets)), units.setdefault(unit, len(units))), []).append(point)
+    keys = list(zip(asset, point, unit))
+    for a, name, u in dict.fromkeys(keys):                  # distinct points, in order of appearance
+        groups.setdefault((assets.setdefault(a, len(assets)), units.setdefault(u, len(units))), []).append(name)
     index: dict[tuple[str, str, str], int] = {}
     table: list[list[Any]] = []
     asset_names, unit_names = list(assets), list(units)
@@ -105,13 +119,13 @@ def encode_batch_v2(site: str, readings: Iterable[Reading], sent_ms: int) -> byt
         for name in names:
             index[(asset_names[a], name, unit_names[u])] = len(index)
         table.append([a, u, *names])
-    p = [index[(r.asset, r.point, r.unit)] for r in items]
     body = {
-        "v": 2, "site": site, "seq_first": seq_first, "seq_last": items[-1].seq, "sent_ms": int(sent_ms),
-        "ts_ms": base, "assets": list(assets), "units": list(units), "points": table, "p": p,
-        "dt": [r.ts_ms - base for r in items],
-        "val": [_compact(r.value) for r in items],
-        "q": [_QUALITY_INDEX[r.quality] for r in items],
+        "v": 2, "site": site, "seq_first": seq_first, "seq_last": seq_first + n - 1, "sent_ms": int(sent_ms),
+        "ts_ms": base, "assets": asset_names, "units": unit_names, "points": table,
+        "p": [index[k] for k in keys],
+        "dt": [t - base for t in ts_ms],
+        "val": [_compact(v) for v in value],
+        "q": [_QUALITY_INDEX[q] for q in quality],
     }
     try:
         return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()

@@ -8,18 +8,21 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.audit import AuditLog, decode_record, encode_record, verify
+from edge_agent.audit import AuditLog, decode_record, encode_record, read_audit, verify
+from edge_agent.batch import ReadingBatch
 from edge_agent.errors import AuditError
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(path: Path, n: int = 10) -> None:
+    """``n`` one-reading batches (seq 1..n) and a drop record."""
     log = AuditLog(path, clock=lambda: 1_764_000_000.0)
     log.open()
     for seq in range(1, n + 1):
-        log.reading(site="s1", seq=seq, ts_ms=1_764_000_000_000 + seq, asset="tx1", point="oil_temp",
-                    sensor="SENSOR_01", value=60.0 + seq, unit="degC", quality="good", at_ms=1_764_000_000_100)
+        batch = ReadingBatch()
+        batch.add(1_764_000_000_000 + seq, "tx1", "oil_temp", 60.0 + seq, "degC", "good", "SENSOR_01")
+        log.batch("s1", batch.sequenced(seq, 1_764_000_000_100))
     log.event("drop", site="s1", seq_first=1, seq_last=2, count=2)
     log.close()
 
@@ -102,3 +105,28 @@ def test_unwritable_location_is_an_audit_error(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(AuditError, match=r"audit log .*file/audit.log: cannot open"):
         AuditLog(blocker / "audit.log").open()
+
+
+def test_batch_records_count_every_reading_and_older_reading_records_still_read(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    older = encode_record({"k": "r", "site": "s1", "seq": 1, "ts_ms": 5, "asset": "tx1", "point": "p0",
+                           "sensor": "S0", "value": 1.5, "unit": "kW", "q": "good", "at_ms": 6})
+    path.write_bytes(older)                           # a log an agent wrote before batches
+    log = AuditLog(path)
+    log.open()
+    assert log.last_seq == 1
+    batch = ReadingBatch()
+    for k in range(3):
+        batch.add(10 + k, "tx1", f"p{k}", None if k == 1 else float(k), "kW", "stale" if k == 1 else "good", f"S{k}")
+    log.batch("s1", batch.sequenced(2, 99))
+    log.close()
+    summary = verify(path)
+    assert (summary.ok, summary.records, summary.readings, summary.seq_min, summary.seq_max) == (True, 2, 4, 1, 4)
+    readings = read_audit(path).readings
+    assert sorted(readings) == [1, 2, 3, 4]
+    assert readings[3] == {"k": "r", "site": "s1", "seq": 3, "ts_ms": 11, "asset": "tx1", "point": "p1",
+                           "sensor": "S1", "value": None, "unit": "kW", "q": "stale", "at_ms": 99}
+    again = AuditLog(path)
+    again.open()
+    assert again.last_seq == 4
+    again.close()

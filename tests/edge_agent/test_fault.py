@@ -67,6 +67,15 @@ def _audit(path: Path) -> tuple[dict[int, dict], frozenset[int]]:
     return contents.readings, contents.dropped
 
 
+def _spooled(workdir: Path) -> int:
+    """Readings in the agent's spool (rows are batches)."""
+    db = sqlite3.connect(workdir / "spool" / "spool.db")
+    try:
+        return db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0) FROM batches").fetchone()[0]
+    finally:
+        db.close()
+
+
 def _metric(http_port: int, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
     for line in text.splitlines():
@@ -109,7 +118,7 @@ def _check_delivery(site: Site, config: Path, agent: AgentProcess, *, expect_dro
     assert not conflicting and not unaudited and not mismatched, counts
     assert bool(dropped) == expect_drops, counts
     assert sorted(accepted) == list(range(1, max(accepted) + 1)), "the audited seqs have a gap"
-    depth = sqlite3.connect(workdir / "spool" / "spool.db").execute("SELECT COUNT(*) FROM spool").fetchone()[0]
+    depth = _spooled(workdir)
     assert depth == 0, f"{depth} readings left in the spool after SIGTERM"
     verify = subprocess.run([sys.executable, "-m", "edge_agent.cli", "audit", "verify", "--path",
                              str(workdir / "telemetry-audit.log")], capture_output=True, text=True, timeout=60)
@@ -214,9 +223,7 @@ def test_sigterm_during_an_outage_keeps_the_spool_for_the_next_start(site: Site)
     started = time.monotonic()
     assert agent.stop(timeout=20) == 0, agent.tail()
     assert time.monotonic() - started < 10                      # the grace bounds the shutdown
-    db = sqlite3.connect(config.parent / "spool" / "spool.db")
-    left = db.execute("SELECT COUNT(*) FROM spool").fetchone()[0]
-    db.close()
+    left = _spooled(config.parent)
     assert left == len(_audit(config.parent / "telemetry-audit.log")[0]) > 150   # all still there, nothing sent
     assert "stay in the spool for the next start" in agent.tail(50000)
 

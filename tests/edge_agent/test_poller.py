@@ -15,8 +15,9 @@ from prometheus_client import CollectorRegistry
 from edge_agent.calibration import Calibrations, apply_calibration
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource
-from edge_agent.poller import DevicePoller, Observation, run_device
+from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
+from edge_agent.batch import ReadingBatch
+from edge_agent.poller import DevicePoller, run_device
 from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -24,6 +25,29 @@ pytestmark = pytest.mark.integration
 FAST = Backoff(base_s=0.02, max_s=0.1, jitter=0.0)
 T_OK = 1_800_000_020.0            # a simulator time when no loop is broken (t % 60 == 20)
 T_BROKEN = 1_800_000_055.0        # t % 60 == 55: the cable_temp loop is in its 10 s wire break
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """One reported reading of an emitted batch, as the assertions look at it."""
+
+    asset: str
+    point: str
+    value: float | None
+    unit: str
+    quality: str
+    ts_ms: int
+    sensor_id: str
+
+
+def collector(out: list[Observation], batches: list[ReadingBatch] | None = None):
+    """An ``emit`` that records each batch's readings in ``out`` (and the batches in ``batches``)."""
+    async def emit(batch: ReadingBatch) -> None:
+        assert len(batch) > 0
+        if batches is not None:
+            batches.append(batch)
+        out.extend(Observation(a, p, v, u, q, t, s) for t, a, p, v, u, q, s in zip(*batch.columns()))
+    return emit
 
 
 class Clock:
@@ -43,12 +67,10 @@ def at_port(devices: tuple[DeviceConfig, ...], port: int) -> list[DeviceConfig]:
 
 
 async def poll_all(devices: list[DeviceConfig], calibrations: Calibrations, clock: Clock,
-                   metrics: AgentMetrics, rounds: int = 1, between=None) -> list[Observation]:
+                   metrics: AgentMetrics, rounds: int = 1, between=None,
+                   batches: list[ReadingBatch] | None = None) -> list[Observation]:
     out: list[Observation] = []
-
-    async def emit(o: Observation) -> None:
-        out.append(o)
-
+    emit = collector(out, batches)
     sources = [ModbusSource(d, metrics=metrics, backoff=FAST) for d in devices]
     pollers = [DevicePoller(d, s, emit, metrics=metrics, calibrations=calibrations, clock=clock)
                for d, s in zip(devices, sources)]
@@ -91,6 +113,23 @@ def test_every_point_of_the_example_decodes_to_the_simulated_value() -> None:
         assert got.quality == "good", got
         assert got.value == pytest.approx(expected, abs=tolerance(point)), (point.id, point.type, got.value, expected)
         assert (got.asset, got.point, got.unit, got.ts_ms) == (point.asset, point.name, point.unit, int(T_OK * 1000))
+
+
+def test_one_poll_of_a_device_is_one_batch_whatever_its_read_plan() -> None:
+    config = example()
+    metrics = AgentMetrics(CollectorRegistry())
+    batches: list[ReadingBatch] = []
+
+    async def scenario() -> list[Observation]:
+        async with Simulator.default(clock=Clock(T_OK)) as sim:
+            return await poll_all(at_port(config.devices, sim.port), Calibrations.from_config(config), Clock(T_OK),
+                                  metrics, batches=batches)
+
+    out = asyncio.run(scenario())
+    assert len(batches) == len(config.devices) < len(out)
+    assert any(len(plan_reads(d)) > 1 for d in config.devices)     # some device needs several requests
+    assert [sorted(b.sensor) for b in batches] == [sorted(p.id for p in d.points) for d in config.devices]
+    assert all(b.seq_first == 0 for b in batches)                 # the spool gives the seqs
 
 
 def test_a_broken_loop_is_reported_as_loop_fault() -> None:
@@ -143,9 +182,7 @@ def test_dead_device_emits_device_error_once_then_stale_then_recovers() -> None:
         await sim.start()
         port = sim.port
         out: list[Observation] = []
-
-        async def emit(o: Observation) -> None:
-            out.append(o)
+        emit = collector(out)
 
         dev = device("d", port, dev_points, retries=1)
         async with ModbusSource(dev, metrics=metrics, backoff=FAST) as source:
@@ -188,9 +225,7 @@ def test_a_missing_address_is_isolated_and_counted_per_point() -> None:
     async def scenario() -> tuple[list[Observation], list[int]]:
         async with Simulator([device("d", 0, served)], spare=0) as sim:
             out: list[Observation] = []
-
-            async def emit(o: Observation) -> None:
-                out.append(o)
+            emit = collector(out)
 
             dev = device("d", sim.port, asked)
             counts = []
@@ -221,9 +256,7 @@ def test_a_dead_device_does_not_slow_the_others() -> None:
 
     async def scenario() -> tuple[list[Observation], float]:
         out: list[Observation] = []
-
-        async def emit(o: Observation) -> None:
-            out.append(o)
+        emit = collector(out)
 
         async with Simulator([device("live", 0, live_points)]) as sim, silent_listener() as (mute_port, _):
             live = device("live", sim.port, live_points, poll_interval_s=0.1)
@@ -259,9 +292,7 @@ def test_run_device_follows_calibration_changes_without_restart(tmp_path: Path) 
 
     async def scenario() -> list[Observation]:
         out: list[Observation] = []
-
-        async def emit(o: Observation) -> None:
-            out.append(o)
+        emit = collector(out)
 
         async with Simulator.default(clock=Clock(T_OK)) as sim:
             stop = asyncio.Event()
@@ -300,9 +331,7 @@ def test_a_nan_from_the_device_is_a_device_error_not_a_number() -> None:
             finally:
                 writer.close()
             out: list[Observation] = []
-
-            async def emit(o: Observation) -> None:
-                out.append(o)
+            emit = collector(out)
 
             dev = device("d", sim.port, asked, max_read_gap=8)
             async with ModbusSource(dev, metrics=metrics) as source:

@@ -13,10 +13,12 @@ from prometheus_client import CollectorRegistry
 
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki, make_pki
+from edge_agent.batch import ReadingBatch
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.publisher import MqttLink, TlsFiles, drain
 from ems_contract.telemetry import status_topic, telemetry_topic
+from ems_contract.telemetry_v2 import decode_telemetry
 from edge_agent.spool import Spool
 from tests.edge_agent.delivery_helpers import Subscriber
 
@@ -169,9 +171,11 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
     async def go() -> int:
         async with Spool(tmp_path, site="site1", fsync_batch=50, metrics=metrics) as spool, \
                 _link(broker, pki, metrics=metrics) as link:
-            for i in range(730):
-                await spool.append(ts_ms=1_764_000_000_000 + i, asset="tx1", point=f"p{i % 7}", value=float(i),
-                                   unit="kW", quality="good", sensor_id="S1")
+            for first in range(0, 730, 73):           # ten device reads of 73 readings
+                batch = ReadingBatch()
+                for i in range(first, first + 73):
+                    batch.add(1_764_000_000_000 + i, "tx1", f"p{i % 7}", float(i), "kW", "good", "S1")
+                await spool.append(batch)
             await spool.flush()
             assert spool.depth == 730
             link.start()
@@ -190,13 +194,34 @@ def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker
         counts = sub.received.seq_counts()
         assert set(counts) == set(range(1, 731))
         assert max(counts.values()) == 1
-        sizes = [len(p) for _, p, _ in sub.received.messages]
-        assert len(sizes) == 8                       # 7 full batches of 100 and one of 30
+        per_message = [decode_telemetry(p).seq_last - decode_telemetry(p).seq_first + 1
+                       for _, p, _ in sub.received.messages]
+        assert per_message == [73] * 10              # whole spool rows: one row of 73 per message of at most 100
         assert {json.loads(p)["v"] for _, p, _ in sub.received.messages} == {int(payload_format[1:])}
         assert registry.get_sample_value("ems_edge_readings_published_total") == 730
-        assert registry.get_sample_value("ems_edge_messages_published_total") == 8
+        assert registry.get_sample_value("ems_edge_messages_published_total") == 10
     finally:
         sub.stop()
+
+
+def _sequenced(seq_first: int, n: int) -> ReadingBatch:
+    batch = ReadingBatch()
+    for i in range(n):
+        batch.add(1_764_000_000_000 + i, "tx1", f"p{i}", float(i), "kW", "good", f"S{i}")
+    return batch.sequenced(seq_first, 1)
+
+
+def test_payloads_fill_v1_messages_and_split_v2_at_seq_gaps_and_size() -> None:
+    from edge_agent.publisher import payloads
+
+    batches = [_sequenced(1, 250), _sequenced(251, 30), _sequenced(300, 30)]     # 281..299 dropped: a gap
+    v1 = [decode_telemetry(p) for p in payloads("s1", batches, payload_format="v1", max_readings=100, sent_ms=5)]
+    v2 = [decode_telemetry(p) for p in payloads("s1", batches, payload_format="v2", max_readings=100, sent_ms=5)]
+    assert [(m.seq_first, m.seq_last, len(m.readings)) for m in v1] == \
+        [(1, 100, 100), (101, 200, 100), (201, 319, 100), (320, 329, 10)]
+    assert [(m.seq_first, m.seq_last) for m in v2] == [(1, 100), (101, 200), (201, 280), (300, 329)]
+    everything = [r for b in batches for r in b.readings()]
+    assert [r for m in v1 for r in m.readings] == everything == [r for m in v2 for r in m.readings]
 
 
 class _V311OnlyFront:

@@ -1,4 +1,5 @@
-"""The durable spool: seq never reused, cap drops the oldest (counted and audited), corrupt rows quarantined."""
+"""The durable spool: one row per batch, seq never reused, cap drops the oldest (counted and audited),
+corrupt rows quarantined, an older agent's per-reading spool converted."""
 
 from __future__ import annotations
 
@@ -15,13 +16,25 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from edge_agent.audit import AuditLog, read_audit, verify
+from edge_agent.batch import ReadingBatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.spool import Spool
 
 
-def _add(spool: Spool, i: int) -> "asyncio.Future[int]":
-    return spool.append(ts_ms=1_764_000_000_000 + i, asset="tx1", point="oil_temp", value=50.0 + i,
-                        unit="degC", quality="good", sensor_id="SENSOR_01")
+def _batch(i: int, n: int = 1) -> ReadingBatch:
+    batch = ReadingBatch()
+    for k in range(n):
+        batch.add(1_764_000_000_000 + i, "tx1", f"p{k}", 50.0 + i + k, "degC", "good", f"SENSOR_{k:02d}")
+    return batch
+
+
+async def _add(spool: Spool, i: int, n: int = 1) -> int:
+    """Append a batch of ``n`` readings; its first seq."""
+    return (await spool.append(_batch(i, n))).seq_first
+
+
+def _seqs(batches: list[ReadingBatch]) -> list[int]:
+    return [b.seq_first + k for b in batches for k in range(len(b))]
 
 
 def run(coro):
@@ -34,7 +47,7 @@ def test_seq_is_monotonic_across_restarts_and_acked_rows(tmp_path: Path) -> None
             seqs = [await _add(spool, i) for i in range(10)]
             await spool.flush()
             rows = await spool.lease(100)
-            assert [r.seq for r in rows] == seqs
+            assert _seqs(rows) == seqs
             assert await spool.ack(1, 10) == 10      # everything acked: the table is empty now
             assert spool.depth == 0
             return seqs
@@ -54,7 +67,7 @@ def test_unacked_rows_are_leased_again_after_restart_in_order(tmp_path: Path) ->
                 await _add(spool, i)
             await spool.flush()
             leased = await spool.lease(5)
-            await spool.ack(leased[0].seq, leased[-1].seq)
+            await spool.ack(leased[0].seq_first, leased[-1].seq_last)
             await spool.lease(5)                  # leased but never acked: must come back
 
     async def read() -> list[int]:
@@ -62,7 +75,7 @@ def test_unacked_rows_are_leased_again_after_restart_in_order(tmp_path: Path) ->
             assert spool.depth == 15
             out = []
             while batch := await spool.lease(4):
-                out += [r.seq for r in batch]
+                out += _seqs(batch)
             return out
 
     run(write())
@@ -75,11 +88,11 @@ def test_release_leases_hands_out_unacked_rows_again(tmp_path: Path) -> None:
             for i in range(6):
                 await _add(spool, i)
             await spool.flush()
-            a = [r.seq for r in await spool.lease(3)]
+            a = _seqs(await spool.lease(3))
             await spool.ack(a[0], a[-1])
-            b = [r.seq for r in await spool.lease(2)]       # 4, 5 in flight, then the link drops
+            b = _seqs(await spool.lease(2))                 # 4, 5 in flight, then the link drops
             spool.release_leases()
-            return b, [r.seq for r in await spool.lease(10)]
+            return b, _seqs(await spool.lease(10))
 
     in_flight, again = run(go())
     assert in_flight == [4, 5]
@@ -90,13 +103,15 @@ def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
     """A child process appends and flushes, prints, then is SIGKILLed: every flushed row is there."""
     script = textwrap.dedent(f"""
         import asyncio, sys
+        from edge_agent.batch import ReadingBatch
         from edge_agent.spool import Spool
         async def main():
             spool = Spool({str(tmp_path)!r}, site="s1", fsync_batch=16)
             await spool.open()
             for i in range(100):
-                await spool.append(ts_ms=i, asset="a", point="p", value=float(i), unit="u",
-                                   quality="good", sensor_id="S")
+                batch = ReadingBatch()
+                batch.add(i, "a", "p", float(i), "u", "good", "S")
+                await spool.append(batch)
             await spool.flush()
             print("flushed", flush=True)
             await asyncio.sleep(60)
@@ -112,7 +127,7 @@ def test_committed_rows_survive_sigkill(tmp_path: Path) -> None:
         async with Spool(tmp_path, site="s1") as spool:
             rows = await spool.lease(1000)
             assert await _add(spool, 0) == 101
-            return [r.seq for r in rows]
+            return _seqs(rows)
 
     assert run(read()) == list(range(1, 101))
 
@@ -131,7 +146,7 @@ def test_full_spool_drops_the_oldest_counts_and_audits(tmp_path: Path) -> None:
             await spool.flush()
             assert spool.depth == 10
             assert spool.dropped_total == 15
-            return [r.seq for r in await spool.lease(100)]
+            return _seqs(await spool.lease(100))
 
     assert run(go()) == list(range(16, 26))        # the newest 10 stay
     assert registry.get_sample_value("ems_edge_spool_dropped_total") == 15
@@ -156,16 +171,16 @@ def test_corrupt_row_is_quarantined_not_dropped(tmp_path: Path) -> None:
 
     run(write())
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
-    data = db.execute("SELECT data FROM spool WHERE seq = 3").fetchone()[0]
+    data = db.execute("SELECT data FROM batches WHERE seq_first = 3").fetchone()[0]
     flipped = bytearray(data)
     flipped[5] ^= 0x01                              # one flipped bit in the stored reading
-    db.execute("UPDATE spool SET data = ? WHERE seq = 3", (bytes(flipped),))
+    db.execute("UPDATE batches SET data = ? WHERE seq_first = 3", (bytes(flipped),))
     db.commit()
     db.close()
 
     async def read() -> tuple[list[int], list[tuple[int, str]], int]:
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), metrics=metrics) as spool:
-            rows = [r.seq for r in await spool.lease(10)]
+            rows = _seqs(await spool.lease(10))
             return rows, await spool.quarantined(), spool.depth
 
     rows, quarantined, depth = run(read())
@@ -211,7 +226,7 @@ def test_metrics_depth_and_oldest_age(tmp_path: Path) -> None:
             spool.refresh_metrics()
             assert registry.get_sample_value("ems_edge_spool_oldest_unacked_age_seconds") == 12.5
             rows = await spool.lease(3)
-            await spool.ack(rows[0].seq, rows[-1].seq)
+            await spool.ack(rows[0].seq_first, rows[-1].seq_last)
             assert registry.get_sample_value("ems_edge_spool_depth") == 0
             assert registry.get_sample_value("ems_edge_spool_oldest_unacked_age_seconds") == 0
 
@@ -229,9 +244,9 @@ def test_nothing_is_leased_before_it_is_committed(tmp_path: Path) -> None:
         async with Spool(tmp_path, site="s1", fsync_batch=64, flush_interval_s=0.05) as spool:
             for i in range(10):
                 await _add(spool, i)
-            before = [r.seq for r in await spool.lease(100)]
+            before = _seqs(await spool.lease(100))
             await asyncio.sleep(0.3)                  # the flush timer fires
-            after = [r.seq for r in await spool.lease(100)]
+            after = _seqs(await spool.lease(100))
             return before, after, spool.depth
 
     before, after, depth = run(go())
@@ -244,8 +259,8 @@ def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> 
             for i in range(5000):
                 await _add(spool, i)
             await spool.flush()
-            rows = await spool.lease(10_000)
-            return len(rows), rows[-1].seq
+            rows = _seqs(await spool.lease(10_000))
+            return len(rows), rows[-1]
 
     assert run(go()) == (5000, 5000)
 
@@ -280,3 +295,99 @@ def test_audit_fsyncs_are_batched_with_the_spool_commits(tmp_path: Path, monkeyp
     assert run(go()) == 640
     assert 1 <= len(calls) <= 640 // 64 + 2, len(calls)
     assert verify(tmp_path / "audit.log").readings == 640
+
+
+def test_a_batch_is_one_row_one_seq_range_and_one_audit_record(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+
+    async def go() -> tuple[list[ReadingBatch], list[ReadingBatch], int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            appended = [await spool.append(_batch(i, n)) for i, n in enumerate((100, 1, 250))]
+            await spool.flush()
+            return appended, await spool.lease(10_000), spool.depth
+
+    appended, leased, depth = run(go())
+    assert [(b.seq_first, b.seq_last) for b in appended] == [(1, 100), (101, 101), (102, 351)]
+    assert [(b.seq_first, b.seq_last, b.value, b.sensor) for b in leased] == \
+        [(b.seq_first, b.seq_last, b.value, b.sensor) for b in appended]
+    assert depth == 351
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT seq_first, seq_last FROM batches ORDER BY seq_first").fetchall() == \
+        [(1, 100), (101, 101), (102, 351)]
+    assert audit_path.read_bytes().count(b"\n") == 3
+    summary = verify(audit_path)
+    assert (summary.ok, summary.records, summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
+    readings = read_audit(audit_path).readings
+    assert readings[102]["value"] == appended[2].value[0] and readings[351]["sensor"] == "SENSOR_249"
+
+
+def test_lease_takes_whole_batches_and_ack_deletes_only_rows_inside_the_range(tmp_path: Path) -> None:
+    async def go() -> None:
+        async with Spool(tmp_path, site="s1") as spool:
+            for i, n in enumerate((60, 60, 300, 10)):
+                await spool.append(_batch(i, n))
+            await spool.flush()
+            first = await spool.lease(100)
+            assert [len(b) for b in first] == [60]                 # a second batch would exceed 100
+            second = await spool.lease(100)
+            assert [len(b) for b in second] == [60]
+            third = await spool.lease(100)
+            assert [len(b) for b in third] == [300]                # larger than n alone: still handed out
+            assert await spool.ack(1, 100) == 60                   # 61..120 reaches outside 1..100: stays
+            assert spool.depth == 370
+            assert await spool.ack(61, 420) == 360
+            assert [b.seq_first for b in await spool.lease(100)] == [421]
+
+    run(go())
+
+
+def test_the_cap_drops_whole_batches_never_the_newest(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+
+    async def go() -> tuple[int, list[int]]:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=100, audit=AuditLog(audit_path)) as spool:
+            await spool.append(_batch(0, 40))
+            await spool.flush()
+            await spool.append(_batch(1, 40))
+            await spool.flush()
+            await spool.append(_batch(2, 150))         # alone above the cap: the older ones go, it stays
+            await spool.flush()
+            return spool.depth, [b.seq_first for b in await spool.lease(1000)]
+
+    assert run(go()) == (150, [81])
+    assert read_audit(audit_path).dropped == set(range(1, 81))
+
+
+def test_a_spool_of_an_older_agent_is_converted_and_delivered(tmp_path: Path) -> None:
+    """One row per reading in table ``spool`` (the format before batches): every reading comes out, in order."""
+    import json
+    import zlib
+
+    tmp_path.mkdir(exist_ok=True)
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE owner (site TEXT NOT NULL);
+        CREATE TABLE spool (seq INTEGER PRIMARY KEY, accepted_ms INTEGER NOT NULL, data BLOB NOT NULL,
+                            crc INTEGER NOT NULL);
+        CREATE TABLE quarantine (seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER,
+                                 reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL);
+        INSERT INTO owner VALUES ('s1');
+        INSERT INTO meta VALUES ('next_seq', 8);
+    """)
+    for seq in (5, 6, 7):
+        data = json.dumps([1000 + seq, "tx1", "oil_temp", 50.5 + seq, "degC", "good", "SENSOR_01"]).encode()
+        db.execute("INSERT INTO spool VALUES (?, ?, ?, ?)", (seq, 99, data, zlib.crc32(data) ^ (seq == 6)))
+    db.commit()
+    db.close()
+
+    async def go() -> tuple[list, list, int]:
+        async with Spool(tmp_path, site="s1") as spool:
+            rows = await spool.lease(100)
+            return [(r.seq, r.ts_ms, r.value) for b in rows for r in b.readings()], await spool.quarantined(), \
+                await _add(spool, 0)
+
+    rows, quarantined, next_seq = run(go())
+    assert rows == [(5, 1005, 55.5), (7, 1007, 57.5)]
+    assert [seq for seq, _ in quarantined] == [6]                  # the corrupt one is quarantined, not lost
+    assert next_seq == 8
