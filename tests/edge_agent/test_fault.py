@@ -11,6 +11,9 @@ record, the spool is empty after SIGTERM, and ``ems-edge audit verify`` passes.
 from __future__ import annotations
 
 import json
+import os
+import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +29,7 @@ from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, bench_dev
 from devenv.lossy_proxy import LossyProxy, ProxyThread
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki
-from edge_agent.audit import read_audit
+from edge_agent.audit import read_audit, verify
 
 pytestmark = pytest.mark.integration
 
@@ -164,6 +167,83 @@ def test_agent_sigkilled_and_restarted(site: Site) -> None:
     statuses = [p for t, p, _ in site.observer.messages if t.endswith("/status")]
     assert statuses.count(b"offline") >= 2 and statuses.count(b"online") == 2, statuses   # will + clean stop
     assert counts["received_unique"] == counts["accepted"]
+
+
+# syscalls (x86-64) that write or sync a file: write, pwrite64, fsync, fdatasync
+_WRITE_SYSCALLS = {"1": "write", "18": "pwrite64", "74": "fsync", "75": "fdatasync"}
+
+
+def _kill_during_commit(pid: int, files: set[str], budget_s: float = 30.0) -> str:
+    """SIGKILL ``pid`` while one of its threads writes or syncs one of ``files`` (basenames); returns what it did.
+
+    The process is stopped (SIGSTOP) at random moments and each thread's current
+    syscall read from ``/proc/<pid>/task/<tid>/syscall``; a thread caught writing
+    or syncing one of the files gets the process killed right there, still stopped.
+    Raises AssertionError when no such moment came within ``budget_s``.
+    """
+    deadline = time.monotonic() + budget_s
+    rng = random.Random(7)
+    while time.monotonic() < deadline:
+        os.kill(pid, signal.SIGSTOP)
+        caught = None
+        try:
+            time.sleep(0.002)                                     # let every thread reach its stop
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                try:
+                    fields = Path(f"/proc/{pid}/task/{tid}/syscall").read_text().split()
+                    if fields[0] in _WRITE_SYSCALLS:
+                        target = os.path.basename(os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}"))
+                        if target in files:
+                            caught = f"{_WRITE_SYSCALLS[fields[0]]}({target})"
+                            break
+                except (OSError, IndexError, ValueError):
+                    continue
+            if caught:
+                os.kill(pid, signal.SIGKILL)
+                return caught
+        finally:
+            if not caught:
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(rng.uniform(0.001, 0.02))
+    raise AssertionError(f"the agent was never caught writing {sorted(files)} within {budget_s:.0f}s")
+
+
+def test_agent_sigkilled_while_a_large_batch_is_being_committed(site: Site) -> None:
+    """One device of 1000 points reported whole at every poll: 1000-reading batches, one spool row and one
+    audit record each. The agent is killed while its spool thread writes or fsyncs the spool's WAL (inside
+    the commit of a batch, before its audit record); after a restart nothing is lost, nothing conflicts,
+    the audit verifies."""
+    sim = SimulatorProcess(site.workdir / "big", free_port(), profile="bench:1x1000")
+    sim.start()
+    try:
+        devices = bench_device_tables(1, 1000, poll_interval_s=0.25)
+        for point in devices[0]["points"]:
+            point["heartbeat_s"] = 0.1                         # every poll reports every point: 1000 a batch
+        config = write_agent_config(site.workdir / "site", site.pki, broker_port=site.broker.tls_port,
+                                    modbus_port=sim.port, devices=devices,
+                                    broker={"payload_format": site.payload_format})
+        agent = AgentProcess(config)
+        agent.start()
+        try:
+            _wait_for(lambda: len(site.observer.readings()) >= 3000, 30, "readings before the kill")
+            assert agent.proc is not None
+            caught = _kill_during_commit(agent.proc.pid, {"spool.db-wal"})
+            agent.proc.wait(10)
+            print("killed in", caught)
+            first_run_max = max(_audit(config.parent / "telemetry-audit.log")[0])
+            agent = AgentProcess(config)
+            agent.start()
+            _wait_for(lambda: max(r.seq for r in site.observer.readings()) > first_run_max + 3000, 30,
+                      "readings from the second run")
+        finally:
+            code = agent.stop(timeout=30)
+        assert code == 0, agent.tail()
+        counts = _check_delivery(site, config, agent)
+        assert counts["received_unique"] == counts["accepted"]
+        summary = verify(config.parent / "telemetry-audit.log")
+        assert summary.readings / summary.kinds["b"] > 500, f"the batches were not large: {summary.lines()}"
+    finally:
+        sim.stop()
 
 
 def test_lossy_slow_link(site: Site) -> None:
