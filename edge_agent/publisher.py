@@ -13,8 +13,11 @@ back: the spool is the only source of re-sends.
   v3.1.1, and that choice is kept. A connection merely cut before CONNACK is a
   link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked once by :meth:`MqttLink.open`).
-* Reconnect with exponential backoff and full jitter (``backoff_initial_s``
-  doubling up to ``backoff_max_s``).
+* Reconnect matched to the outage (``reconnect_delay``): during the first
+  ``fast_window_s`` of an outage, retries every ``fast_retry_s`` (± half, jitter),
+  so a broker restart costs seconds, not a grown backoff; after that,
+  exponential backoff with full jitter (``backoff_initial_s`` doubling up to
+  ``backoff_max_s``), so a long outage or a refusing broker is not hammered.
 * ``publish()`` returns after the PUBACK for its message id, or raises
   :class:`PublishError` when the connection drops first (the caller re-sends).
 * Last will ``offline`` and birth ``online``, retained, on ``status_topic(site)``.
@@ -56,7 +59,7 @@ from ems_contract.telemetry import encode_batch, status_topic, telemetry_topic
 from ems_contract.telemetry_v2 import encode_columns
 from edge_agent.spool import Spool
 
-__all__ = ["TlsFiles", "MqttLink", "InFlight", "drain", "payloads", "backoff_delay", "PROTOCOLS"]
+__all__ = ["TlsFiles", "MqttLink", "InFlight", "drain", "payloads", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
 
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 CONNECT_OUTCOMES = ("ok", "refused", "unreachable", "error")
@@ -108,6 +111,20 @@ def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Rand
     return rng.uniform(0, min(max_s, initial_s * 2 ** min(attempt, 32)))
 
 
+def reconnect_delay(attempt: int, outage_s: float, rng: random.Random, *, fast_retry_s: float = 0.5,
+                    fast_window_s: float = 10.0, initial_s: float = 0.5, max_s: float = 30.0) -> float:
+    """Seconds before reconnect attempt ``attempt`` (0-based) of an outage that began ``outage_s`` ago.
+
+    Within ``fast_window_s``: uniform in [fast_retry_s / 2, fast_retry_s × 1.5] (short outages end
+    quickly; the jitter keeps a fleet from retrying in step). After it: ``backoff_delay`` counted
+    from the first attempt past the window.
+    """
+    if outage_s < fast_window_s:
+        return rng.uniform(fast_retry_s / 2, fast_retry_s * 1.5)
+    fast_attempts = int(fast_window_s / fast_retry_s)
+    return backoff_delay(max(0, attempt - fast_attempts), initial_s, max_s, rng)
+
+
 class MqttLink:
     """One logical MQTT connection that keeps reconnecting; an async context manager.
 
@@ -115,15 +132,17 @@ class MqttLink:
     topic), ``tls`` (None = plain MQTT, for local tests only), ``keepalive_s``
     (default 30), ``protocol`` (``auto`` | ``mqttv5`` | ``mqttv311``),
     ``inflight_max`` (QoS 1 messages awaiting PUBACK, default 32),
-    ``connect_timeout_s`` (default 10), ``backoff_initial_s`` (0.5) and
-    ``backoff_max_s`` (30), ``rng`` (for the jitter), ``metrics``, ``logger``.
+    ``connect_timeout_s`` (default 10), ``fast_retry_s`` (0.5) and ``fast_window_s``
+    (10) for the first retries of an outage, ``backoff_initial_s`` (0.5) and
+    ``backoff_max_s`` (30) after them (``reconnect_delay``), ``rng`` (for the
+    jitter), ``metrics``, ``logger``.
     Constructing does no I/O; ``open()`` checks the TLS files (ConfigError).
     """
 
     def __init__(self, *, host: str, port: int, client_id: str, site: str, tls: TlsFiles | None,
                  keepalive_s: int = 30, protocol: str = "auto", inflight_max: int = 32,
-                 connect_timeout_s: float = 10.0, backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0,
-                 rng: random.Random | None = None, metrics: AgentMetrics | None = None,
+                 connect_timeout_s: float = 10.0, fast_retry_s: float = 0.5, fast_window_s: float = 10.0,
+                 backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, rng: random.Random | None = None, metrics: AgentMetrics | None = None,
                  logger: logging.Logger | None = None) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError("broker.protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}")
@@ -132,6 +151,8 @@ class MqttLink:
         self.protocol = protocol
         self.inflight_max = inflight_max
         self.connect_timeout_s = connect_timeout_s
+        self.fast_retry_s = fast_retry_s
+        self.fast_window_s = fast_window_s
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.rng = rng or random.Random()
@@ -215,20 +236,25 @@ class MqttLink:
     # -- connecting --------------------------------------------------------
     async def _supervise(self) -> None:
         attempt = 0
+        outage_since = time.monotonic()
         while not self._closing:
             if not self._connected.is_set():
                 try:
                     await self.connect()
                 except PublishError as exc:      # BrokerRefused included: the broker may be fixed later
                     self.last_error = exc
-                    delay = backoff_delay(attempt, self.backoff_initial_s, self.backoff_max_s, self.rng)
+                    delay = reconnect_delay(attempt, time.monotonic() - outage_since, self.rng,
+                                            fast_retry_s=self.fast_retry_s, fast_window_s=self.fast_window_s,
+                                            initial_s=self.backoff_initial_s, max_s=self.backoff_max_s)
                     attempt += 1
-                    self.log.warning("%s; retrying in %.1fs", exc, delay)
+                    say = self.log.warning if attempt == 1 or delay >= 5 else self.log.debug   # no log flood
+                    say("%s; retrying in %.1fs", exc, delay)
                     await asyncio.sleep(delay)
                     continue
             attempt = 0
             assert self._lost is not None
             await asyncio.shield(self._lost)
+            outage_since = time.monotonic()
 
     async def connect(self) -> None:
         """One connection attempt (with the v3.1.1 fallback under ``auto``); returns once connected.

@@ -148,6 +148,34 @@ def test_broker_killed_and_restarted_mid_stream(site: Site) -> None:
     assert "connection to broker" in agent.tail(20000) and "lost" in agent.tail(20000)
 
 
+def test_delivery_resumes_within_5_s_of_a_short_broker_restart(site: Site) -> None:
+    """The broker is down ~4 s; the first telemetry after it is back arrives within 5 s (not after a grown backoff)."""
+    config = site.config()
+    agent = AgentProcess(config)
+    agent.start()
+    try:
+        _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the restart")
+        site.broker.stop(kill=True)
+        time.sleep(4)
+        site.broker.start()
+        back = time.monotonic()
+        with site.observer.lock:
+            seen = len(site.observer.messages)
+
+        def telemetry_after_restart() -> bool:
+            with site.observer.lock:
+                return any(t.endswith("/telemetry") for t, _, _ in site.observer.messages[seen:])
+
+        _wait_for(telemetry_after_restart, 20, "telemetry after the restart")
+        resumed_s = time.monotonic() - back
+    finally:
+        code = agent.stop(timeout=25)
+    assert code == 0, agent.tail()
+    print(f"delivery resumed {resumed_s:.2f} s after the broker was back")
+    assert resumed_s <= 5.0, agent.tail(20000)
+    _check_delivery(site, config, agent)
+
+
 def test_agent_sigkilled_and_restarted(site: Site) -> None:
     config = site.config()
     agent = AgentProcess(config)

@@ -293,3 +293,22 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
         delays = [backoff_delay(attempt, 0.5, 30.0, rng) for _ in range(200)]
         assert all(0 <= d <= ceiling for d in delays)
         assert max(delays) > 0.8 * ceiling and min(delays) < 0.2 * ceiling    # spread over the whole range
+
+
+def test_reconnect_retries_fast_through_a_short_outage_then_backs_off() -> None:
+    import random
+
+    from edge_agent.publisher import reconnect_delay
+
+    rng = random.Random(3)
+    elapsed, attempt, schedule = 0.0, 0, []
+    while elapsed < 120:
+        delay = reconnect_delay(attempt, elapsed, rng)
+        schedule.append((elapsed, delay))
+        elapsed += delay
+        attempt += 1
+    early = [d for t, d in schedule if t < 10]
+    late = [d for t, d in schedule if t >= 40]
+    assert len(early) >= 13 and all(0.25 <= d <= 0.75 for d in early)   # a broker back after 4 s is found in < 1 s
+    assert max(late) > 5 and all(d <= 30 for d in late)                 # a long outage is not hammered
+    assert len(schedule) < 60
