@@ -5,7 +5,7 @@
     pollers (one task per device, edge_agent.poller.run_device)
       └─ emit(batch), one per poll ─▶ Spool.append: seq range, commit (fsync), audit
                                    ─▶ TwinStore.take(the sequenced batch)
-    drain (publisher.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack
+    drain (delivery.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack
     twin (twin.run_twin):      changed assets ─▶ retained QoS 1, cache saved atomically
     calibration watch:         Calibrations.watch(), about once a second
     metrics refresh + loop heartbeat (for /healthz)
@@ -42,7 +42,8 @@ from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
 from edge_agent.poller import run_device
-from edge_agent.publisher import MqttLink, TlsFiles, drain
+from edge_agent.delivery import drain
+from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
 
@@ -79,7 +80,7 @@ class Agent:
         self.clock = clock
         self._heartbeat = time.monotonic()
         self._spool: Spool | None = None
-        self._link: MqttLink | None = None
+        self._link: EdgeMqttLink | None = None
         self.http: HttpEndpoint | None = None
 
     # -- health ------------------------------------------------------------
@@ -132,7 +133,7 @@ class Agent:
         cfg = self.config
         check_permissions(cfg)
         broker = cfg.broker
-        link = MqttLink(host=broker.host, port=broker.port, client_id=broker.client_id, site=cfg.site,
+        link = EdgeMqttLink(host=broker.host, port=broker.port, client_id=broker.client_id, site=cfg.site,
                         tls=TlsFiles(broker.ca, broker.cert, broker.key), keepalive_s=broker.keepalive_s,
                         protocol=broker.protocol, metrics=self.metrics)
         link.open()
@@ -157,7 +158,7 @@ class Agent:
             self._spool = None
         log.info("agent stopped")
 
-    async def _first_connect(self, link: MqttLink) -> None:
+    async def _first_connect(self, link: EdgeMqttLink) -> None:
         try:
             await link.connect()
         except BrokerRefused:
@@ -165,7 +166,7 @@ class Agent:
         except PublishError as exc:
             log.warning("%s; spooling readings and retrying in the background", exc)
 
-    async def _run_tasks(self, spool: Spool, link: MqttLink, twin: TwinStore, calibrations: Calibrations,
+    async def _run_tasks(self, spool: Spool, link: EdgeMqttLink, twin: TwinStore, calibrations: Calibrations,
                          stop: asyncio.Event) -> None:
         cfg = self.config
         poll_stop, drain_stop, twin_stop, flushing = (asyncio.Event() for _ in range(4))

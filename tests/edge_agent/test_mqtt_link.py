@@ -1,9 +1,8 @@
-"""MqttLink and drain against a real Mosquitto with mTLS (certificates from the suite's PKI)."""
+"""EdgeMqttLink against a real Mosquitto with mTLS (certificates from the suite's PKI)."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 from pathlib import Path
@@ -13,22 +12,19 @@ from prometheus_client import CollectorRegistry
 
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki, make_pki
-from edge_agent.batch import ReadingBatch
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.publisher import MqttLink, TlsFiles, drain
-from ems_contract.telemetry import status_topic, telemetry_topic
-from ems_contract.telemetry_v2 import decode_telemetry
-from edge_agent.spool import Spool
+from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
+from ems_contract.telemetry import status_topic
 from tests.edge_agent.delivery_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
 
 def _link(broker: MosquittoBroker, pki: LocalPki, *, site: str = "site1", client: str = "edge-site1",
-          **kwargs) -> MqttLink:
+          **kwargs) -> EdgeMqttLink:
     pair = pki.client(client)
-    return MqttLink(host="127.0.0.1", port=broker.tls_port, client_id=client, site=site,
+    return EdgeMqttLink(host="127.0.0.1", port=broker.tls_port, client_id=client, site=site,
                     tls=TlsFiles(pki.ca, pair.cert, pair.key), keepalive_s=5, connect_timeout_s=5,
                     backoff_initial_s=0.1, backoff_max_s=0.5, **kwargs)
 
@@ -82,7 +78,7 @@ def test_untrusted_client_certificate_is_one_clear_error(broker: MosquittoBroker
                                                          tmp_path: Path, ca_name: str, alert: str) -> None:
     # signed by a CA the broker does not trust (second case: a forged CA with the trusted CA's name)
     rogue = make_pki(tmp_path / "rogue", ca_name=ca_name).client("edge-site1")
-    link = MqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
+    link = EdgeMqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
                     tls=TlsFiles(pki.ca, rogue.cert, rogue.key), connect_timeout_s=5)
 
     async def go() -> None:
@@ -100,7 +96,7 @@ def test_untrusted_client_certificate_is_one_clear_error(broker: MosquittoBroker
 def test_untrusted_broker_certificate_is_refused(broker: MosquittoBroker, pki: LocalPki, tmp_path: Path) -> None:
     other = make_pki(tmp_path / "other", ca_name="other-ca")
     pair = pki.client("edge-site1")
-    link = MqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
+    link = EdgeMqttLink(host="127.0.0.1", port=broker.tls_port, client_id="edge-site1", site="site1",
                     tls=TlsFiles(other.ca, pair.cert, pair.key), connect_timeout_s=5)
 
     async def go() -> None:
@@ -113,14 +109,14 @@ def test_untrusted_broker_certificate_is_refused(broker: MosquittoBroker, pki: L
 
 def test_unreadable_key_is_a_config_error(pki: LocalPki, tmp_path: Path) -> None:
     pair = pki.client("edge-site1")
-    link = MqttLink(host="127.0.0.1", port=1, client_id="x", site="site1",
+    link = EdgeMqttLink(host="127.0.0.1", port=1, client_id="x", site="site1",
                     tls=TlsFiles(pki.ca, pair.cert, tmp_path / "missing.key"))
     with pytest.raises(ConfigError, match=r"^broker.cert: '.*edge-site1.crt' and broker.key '.*missing.key' are not"):
         link.open()
 
 
 def test_unreachable_broker_is_a_publish_error() -> None:
-    link = MqttLink(host="127.0.0.1", port=free_port(), client_id="x", site="site1", tls=None, connect_timeout_s=2)
+    link = EdgeMqttLink(host="127.0.0.1", port=free_port(), client_id="x", site="site1", tls=None, connect_timeout_s=2)
 
     async def go() -> None:
         await link.connect()
@@ -160,68 +156,6 @@ def test_link_reconnects_after_a_broker_restart(broker: MosquittoBroker, pki: Lo
 
     asyncio.run(go())
 
-
-@pytest.mark.parametrize("payload_format", ["v1", "v2"])
-def test_drain_delivers_every_spooled_reading_in_batches(broker: MosquittoBroker, pki: LocalPki,
-                                                         tmp_path: Path, payload_format: str) -> None:
-    sub = Subscriber(broker.plain_port, topic=telemetry_topic("site1")).start()
-    registry = CollectorRegistry()
-    metrics = AgentMetrics(registry)
-
-    async def go() -> int:
-        async with Spool(tmp_path, site="site1", fsync_batch=50, metrics=metrics) as spool, \
-                _link(broker, pki, metrics=metrics) as link:
-            for first in range(0, 730, 73):           # ten device reads of 73 readings
-                batch = ReadingBatch()
-                for i in range(first, first + 73):
-                    batch.add(1_764_000_000_000 + i, "tx1", f"p{i % 7}", float(i), "kW", "good", "S1")
-                await spool.append(batch)
-            await spool.flush()
-            assert spool.depth == 730
-            link.start()
-            task = asyncio.create_task(drain(spool, link, site="site1", batch_max_readings=100,
-                                             batch_max_delay_s=0.2, payload_format=payload_format, metrics=metrics))
-            for _ in range(200):
-                if spool.depth == 0:
-                    break
-                await asyncio.sleep(0.05)
-            task.cancel()
-            return spool.depth
-
-    try:
-        assert asyncio.run(go()) == 0
-        assert sub.wait_for(lambda r: len(r.telemetry()) >= 730)
-        counts = sub.received.seq_counts()
-        assert set(counts) == set(range(1, 731))
-        assert max(counts.values()) == 1
-        per_message = [decode_telemetry(p).seq_last - decode_telemetry(p).seq_first + 1
-                       for _, p, _ in sub.received.messages]
-        assert per_message == [73] * 10              # whole spool rows: one row of 73 per message of at most 100
-        assert {json.loads(p)["v"] for _, p, _ in sub.received.messages} == {int(payload_format[1:])}
-        assert registry.get_sample_value("ems_edge_readings_published_total") == 730
-        assert registry.get_sample_value("ems_edge_messages_published_total") == 10
-    finally:
-        sub.stop()
-
-
-def _sequenced(seq_first: int, n: int) -> ReadingBatch:
-    batch = ReadingBatch()
-    for i in range(n):
-        batch.add(1_764_000_000_000 + i, "tx1", f"p{i}", float(i), "kW", "good", f"S{i}")
-    return batch.sequenced(seq_first, 1)
-
-
-def test_payloads_fill_v1_messages_and_split_v2_at_seq_gaps_and_size() -> None:
-    from edge_agent.publisher import payloads
-
-    batches = [_sequenced(1, 250), _sequenced(251, 30), _sequenced(300, 30)]     # 281..299 dropped: a gap
-    v1 = [decode_telemetry(p) for p in payloads("s1", batches, payload_format="v1", max_readings=100, sent_ms=5)]
-    v2 = [decode_telemetry(p) for p in payloads("s1", batches, payload_format="v2", max_readings=100, sent_ms=5)]
-    assert [(m.seq_first, m.seq_last, len(m.readings)) for m in v1] == \
-        [(1, 100, 100), (101, 200, 100), (201, 319, 100), (320, 329, 10)]
-    assert [(m.seq_first, m.seq_last) for m in v2] == [(1, 100), (101, 200), (201, 280), (300, 329)]
-    everything = [r for b in batches for r in b.readings()]
-    assert [r for m in v1 for r in m.readings] == everything == [r for m in v2 for r in m.readings]
 
 
 class _V311OnlyFront:
@@ -264,11 +198,11 @@ def test_auto_protocol_falls_back_to_311_and_mqttv5_only_refuses(broker: Mosquit
     async def go() -> tuple[str | None, int, str]:
         front = _V311OnlyFront(broker.plain_port)
         port = await front.start()
-        link = MqttLink(host="127.0.0.1", port=port, client_id="edge-old", site="site1", tls=None)
+        link = EdgeMqttLink(host="127.0.0.1", port=port, client_id="edge-old", site="site1", tls=None)
         await link.connect()
         await link.publish("ems/v1/site1/test", b"via 3.1.1")
         await link.close()
-        strict = MqttLink(host="127.0.0.1", port=port, client_id="edge-v5", site="site1", tls=None,
+        strict = EdgeMqttLink(host="127.0.0.1", port=port, client_id="edge-v5", site="site1", tls=None,
                           protocol="mqttv5")
         with pytest.raises(BrokerRefused) as err:
             await strict.connect()
@@ -286,7 +220,7 @@ def test_auto_protocol_falls_back_to_311_and_mqttv5_only_refuses(broker: Mosquit
 def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
     import random
 
-    from edge_agent.publisher import backoff_delay
+    from edge_agent.mqtt_link import backoff_delay
 
     rng = random.Random(42)
     for attempt, ceiling in [(0, 0.5), (1, 1.0), (3, 4.0), (6, 30.0), (60, 30.0)]:
@@ -298,7 +232,7 @@ def test_backoff_is_exponential_with_full_jitter_and_capped() -> None:
 def test_reconnect_retries_fast_through_a_short_outage_then_backs_off() -> None:
     import random
 
-    from edge_agent.publisher import reconnect_delay
+    from edge_agent.mqtt_link import reconnect_delay
 
     rng = random.Random(3)
     elapsed, attempt, schedule = 0.0, 0, []

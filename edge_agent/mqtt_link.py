@@ -1,7 +1,8 @@
-"""MQTT delivery: an asyncio link over paho-mqtt (the edge agent's only paho importer) and the spool drain.
+"""The edge agent's MQTT link: an asyncio connection over paho-mqtt (the edge agent's only paho importer).
 
-``MqttLink`` drives paho from the event loop the way aiomqtt does, with no paho
-network thread: only the blocking TCP connect and TLS handshake run in an
+``EdgeMqttLink`` (named for its side; the ingest's consuming link is
+``ingest.mqtt.MqttLink``) drives paho from the event loop the way aiomqtt does,
+with no paho network thread: only the blocking TCP connect and TLS handshake run in an
 executor thread (``Client.connect``); after that the socket is watched with
 ``loop.add_reader`` / ``add_writer`` and ``loop_misc`` runs once a second for
 keepalive. A fresh paho ``Client`` is made for every connection attempt, so a
@@ -12,7 +13,7 @@ back: the spool is the only source of re-sends.
   protocol version" (CONNACK code 1, as MQTT 3.1.1 prescribes) is retried with
   v3.1.1, and that choice is kept. A connection merely cut before CONNACK is a
   link problem, not a reason to downgrade.
-* mTLS: CA, client certificate and key (checked once by :meth:`MqttLink.open`).
+* mTLS: CA, client certificate and key (checked once by :meth:`EdgeMqttLink.open`).
 * Reconnect matched to the outage (``reconnect_delay``): during the first
   ``fast_window_s`` of an outage, retries every ``fast_retry_s`` (± half, jitter),
   so a broker restart costs seconds, not a grown backoff; after that,
@@ -26,9 +27,7 @@ Errors: paho's return codes and socket/TLS errors become ``PublishError``
 (unreachable, lost, no PUBACK) or ``BrokerRefused`` (certificate or identity
 refused; one line naming the broker and the certificate).
 
-``drain()`` moves spooled readings to the broker: lease → ``encode_batch`` →
-publish (up to ``window`` messages in flight) → ack after PUBACK; on a
-disconnect it releases the leases and starts again once reconnected.
+What is published when, and when the spool lets go of it, is ``edge_agent.delivery``.
 """
 
 from __future__ import annotations
@@ -41,9 +40,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,12 +51,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.batch import ReadingBatch
-from ems_contract.telemetry import encode_batch, status_topic, telemetry_topic
-from ems_contract.telemetry_v2 import encode_columns
-from edge_agent.spool import Spool
+from ems_contract.telemetry import status_topic
 
-__all__ = ["TlsFiles", "MqttLink", "InFlight", "drain", "payloads", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
+__all__ = ["TlsFiles", "EdgeMqttLink", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
 
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 CONNECT_OUTCOMES = ("ok", "refused", "unreachable", "error")
@@ -125,7 +119,7 @@ def reconnect_delay(attempt: int, outage_s: float, rng: random.Random, *, fast_r
     return backoff_delay(max(0, attempt - fast_attempts), initial_s, max_s, rng)
 
 
-class MqttLink:
+class EdgeMqttLink:
     """One logical MQTT connection that keeps reconnecting; an async context manager.
 
     Parameters: ``host``, ``port``, ``client_id``, ``site`` (for the status
@@ -182,7 +176,7 @@ class MqttLink:
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mqtt-connect")
 
     # -- lifecycle ---------------------------------------------------------
-    async def __aenter__(self) -> "MqttLink":
+    async def __aenter__(self) -> "EdgeMqttLink":
         self.open()
         return self
 
@@ -532,168 +526,3 @@ class _ProtocolUnsupported(Exception):
 
 class _ConnectionLostEarly(Exception):
     """Internal: the socket closed before CONNACK."""
-
-
-@dataclass(slots=True)
-class InFlight:
-    """Published spool rows awaiting their PUBACK: seqs ``first..last`` in one or more messages."""
-
-    first: int
-    last: int
-    readings: int
-    messages: int
-    acked: "asyncio.Future[Any]"       # completes when every message of the entry is acknowledged
-    started: float                     # time.monotonic() at publish
-
-
-def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max_readings: int,
-             sent_ms: int) -> list[bytes]:
-    """The messages that carry ``batches`` (sequenced, ascending): at most ``max_readings`` readings each.
-
-    v1 messages fill up across batches and seq gaps; v2 messages hold one run of
-    consecutive seqs each, so a gap starts a new one.
-    """
-    if payload_format == "v1":
-        readings = [r for b in batches for r in b.readings()]
-        return [encode_batch(site, readings[i:i + max_readings], sent_ms=sent_ms)
-                for i in range(0, len(readings), max_readings)]
-    out = []
-    runs: list[list[ReadingBatch]] = []
-    for b in batches:
-        if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
-            runs[-1].append(b)
-        else:
-            runs.append([b])
-    for run in runs:
-        joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
-        for i in range(0, len(joined), max_readings):
-            part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
-            out.append(encode_columns(site, part.seq_first, part.ts_ms, part.asset, part.point, part.unit,
-                                      part.value, part.quality, sent_ms))
-    return out
-
-
-async def drain(spool: Spool, link: MqttLink, *, site: str, batch_max_readings: int = 100,
-                batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
-                ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
-                flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
-                logger: logging.Logger | None = None) -> None:
-    """Publish spooled batches forever, oldest first; a row leaves the spool only after its PUBACK.
-
-    A message carries up to ``batch_max_readings`` readings and waits at most
-    ``batch_max_delay_s`` for enough readings to fill one (no wait once
-    ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
-    rows are never split between in-flight entries: an entry holds whole rows
-    (one message, or several for a row larger than a message), so its PUBACKs
-    release exactly those rows. Up to ``window`` entries are in flight. A lost
-    connection or a missing PUBACK (``ack_timeout_s``) releases every lease, and
-    the same rows go out again after reconnecting — at-least-once; the ingest
-    de-duplicates by (site, seq).
-    """
-    log = logger or logging.getLogger(__name__)
-    topic = telemetry_topic(site)
-    flushing = flushing or asyncio.Event()
-
-    async def next_batches(limit: int) -> list[ReadingBatch]:
-        """Up to about ``limit`` readings once a full message is pending, the oldest waited
-        ``batch_max_delay_s``, or flushing."""
-        waiting_since: float | None = None
-        while True:
-            spool.changed.clear()
-            pending = spool.pending
-            if pending:
-                waiting_since = waiting_since or clock()
-                due = pending >= batch_max_readings or flushing.is_set() or \
-                    clock() - waiting_since >= batch_max_delay_s
-                if due:
-                    batches = await spool.lease(limit)
-                    if batches:
-                        return batches
-                    continue
-                timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
-            else:
-                timeout = None
-            waiter = asyncio.ensure_future(spool.changed.wait())
-            flush_waiter = asyncio.ensure_future(flushing.wait())
-            try:
-                await asyncio.wait({waiter, flush_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                waiter.cancel()
-                flush_waiter.cancel()
-
-    # Oldest first. The sender fills free slots several entries at a time and the acker acks every
-    # consecutive confirmed entry with one spool delete: fewer awaits per reading.
-    inflight: deque[InFlight] = deque()
-    added, freed = asyncio.Event(), asyncio.Event()
-
-    def entries(batches: list[ReadingBatch]) -> list[list[ReadingBatch]]:
-        """Whole rows grouped into entries of about ``batch_max_readings`` readings."""
-        groups: list[list[ReadingBatch]] = []
-        size = 0
-        for b in batches:
-            if not groups or size + len(b) > batch_max_readings:
-                groups.append([])
-                size = 0
-            groups[-1].append(b)
-            size += len(b)
-        return groups
-
-    async def sender() -> None:
-        while True:
-            while len(inflight) >= window:
-                freed.clear()
-                await freed.wait()
-            batches = await next_batches(batch_max_readings * (window - len(inflight)))
-            sent_ms = int(clock() * 1000)
-            for group in entries(batches):
-                futures = [link.start_publish(topic, payload) for payload in
-                           payloads(site, group, payload_format=payload_format, max_readings=batch_max_readings,
-                                    sent_ms=sent_ms)]
-                acked = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
-                inflight.append(InFlight(group[0].seq_first, group[-1].seq_last, sum(len(b) for b in group),
-                                         len(futures), acked, time.monotonic()))
-            added.set()
-
-    async def acker() -> None:
-        while True:
-            while not inflight:
-                added.clear()
-                await added.wait()
-            head = inflight[0]
-            try:
-                await asyncio.wait_for(asyncio.shield(head.acked), ack_timeout_s)
-            except asyncio.TimeoutError:
-                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {head.first}..{head.last}")
-                raise PublishError(f"no PUBACK for seq {head.first}..{head.last}") from None
-            confirmed: list[InFlight] = []
-            while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
-                    and inflight[0].acked.exception() is None:
-                confirmed.append(inflight.popleft())
-            await spool.ack(confirmed[0].first, confirmed[-1].last)
-            freed.set()
-            if metrics is not None:
-                now = time.monotonic()
-                for entry in confirmed:
-                    metrics.publish_latency.observe(now - entry.started)
-                metrics.messages_published.inc(sum(entry.messages for entry in confirmed))
-                metrics.readings_published.inc(sum(entry.readings for entry in confirmed))
-
-    backoff = 0.1
-    while True:
-        await link.wait_connected()
-        spool.release_leases()          # whatever an earlier session leased and did not ack goes out again
-        started = time.monotonic()
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(sender())
-                group.create_task(acker())
-        except* PublishError as errors:
-            log.info("delivery interrupted (%s); unacknowledged readings will be sent again",
-                     errors.exceptions[0])
-        finally:
-            while inflight:
-                inflight.popleft().acked.cancel()
-        if link.connected:
-            # Still connected: the broker rejected a message (e.g. not authorised). Retry, but slower each time.
-            backoff = 0.1 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
-            await asyncio.sleep(backoff)

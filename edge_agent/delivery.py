@@ -1,0 +1,198 @@
+"""Delivery: spooled batches → MQTT messages → PUBACK → the spool lets go (``drain``).
+
+::
+
+    lease whole spool rows ─▶ group them into InFlight entries (about batch_max_readings readings)
+      ─▶ payloads(): v1 messages, or v2 messages split at seq gaps ─▶ EdgeMqttLink.start_publish
+      ─▶ PUBACK of every message of the oldest entries ─▶ Spool.ack(first, last)
+
+A row leaves the spool only after the broker acknowledged all of its readings;
+a lost connection or a missing PUBACK releases every lease, and the same rows
+go out again after reconnecting (at-least-once; the ingest de-duplicates by
+(site, seq)).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from edge_agent.batch import ReadingBatch
+from edge_agent.errors import PublishError
+from edge_agent.metrics import AgentMetrics
+from edge_agent.mqtt_link import EdgeMqttLink
+from edge_agent.spool import Spool
+from ems_contract.telemetry import encode_batch, telemetry_topic
+from ems_contract.telemetry_v2 import encode_columns
+
+__all__ = ["InFlight", "drain", "payloads"]
+
+
+@dataclass(slots=True)
+class InFlight:
+    """Published spool rows awaiting their PUBACK: seqs ``first..last`` in one or more messages."""
+
+    first: int
+    last: int
+    readings: int
+    messages: int
+    acked: "asyncio.Future[Any]"       # completes when every message of the entry is acknowledged
+    started: float                     # time.monotonic() at publish
+
+
+def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max_readings: int,
+             sent_ms: int) -> list[bytes]:
+    """The messages that carry ``batches`` (sequenced, ascending): at most ``max_readings`` readings each.
+
+    v1 messages fill up across batches and seq gaps; v2 messages hold one run of
+    consecutive seqs each, so a gap starts a new one.
+    """
+    if payload_format == "v1":
+        readings = [r for b in batches for r in b.readings()]
+        return [encode_batch(site, readings[i:i + max_readings], sent_ms=sent_ms)
+                for i in range(0, len(readings), max_readings)]
+    out = []
+    runs: list[list[ReadingBatch]] = []
+    for b in batches:
+        if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
+            runs[-1].append(b)
+        else:
+            runs.append([b])
+    for run in runs:
+        joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
+        for i in range(0, len(joined), max_readings):
+            part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
+            out.append(encode_columns(site, part.seq_first, part.ts_ms, part.asset, part.point, part.unit,
+                                      part.value, part.quality, sent_ms))
+    return out
+
+
+async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 100,
+                batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
+                ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
+                flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
+                logger: logging.Logger | None = None) -> None:
+    """Publish spooled batches forever, oldest first; a row leaves the spool only after its PUBACK.
+
+    A message carries up to ``batch_max_readings`` readings and waits at most
+    ``batch_max_delay_s`` for enough readings to fill one (no wait once
+    ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
+    rows are never split between in-flight entries: an entry holds whole rows
+    (one message, or several for a row larger than a message), so its PUBACKs
+    release exactly those rows. Up to ``window`` entries are in flight. A lost
+    connection or a missing PUBACK (``ack_timeout_s``) releases every lease, and
+    the same rows go out again after reconnecting — at-least-once; the ingest
+    de-duplicates by (site, seq).
+    """
+    log = logger or logging.getLogger(__name__)
+    topic = telemetry_topic(site)
+    flushing = flushing or asyncio.Event()
+
+    async def next_batches(limit: int) -> list[ReadingBatch]:
+        """Up to about ``limit`` readings once a full message is pending, the oldest waited
+        ``batch_max_delay_s``, or flushing."""
+        waiting_since: float | None = None
+        while True:
+            spool.changed.clear()
+            pending = spool.pending
+            if pending:
+                waiting_since = waiting_since or clock()
+                due = pending >= batch_max_readings or flushing.is_set() or \
+                    clock() - waiting_since >= batch_max_delay_s
+                if due:
+                    batches = await spool.lease(limit)
+                    if batches:
+                        return batches
+                    continue
+                timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
+            else:
+                timeout = None
+            waiter = asyncio.ensure_future(spool.changed.wait())
+            flush_waiter = asyncio.ensure_future(flushing.wait())
+            try:
+                await asyncio.wait({waiter, flush_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                flush_waiter.cancel()
+
+    # Oldest first. The sender fills free slots several entries at a time and the acker acks every
+    # consecutive confirmed entry with one spool delete: fewer awaits per reading.
+    inflight: deque[InFlight] = deque()
+    added, freed = asyncio.Event(), asyncio.Event()
+
+    def entries(batches: list[ReadingBatch]) -> list[list[ReadingBatch]]:
+        """Whole rows grouped into entries of about ``batch_max_readings`` readings."""
+        groups: list[list[ReadingBatch]] = []
+        size = 0
+        for b in batches:
+            if not groups or size + len(b) > batch_max_readings:
+                groups.append([])
+                size = 0
+            groups[-1].append(b)
+            size += len(b)
+        return groups
+
+    async def sender() -> None:
+        while True:
+            while len(inflight) >= window:
+                freed.clear()
+                await freed.wait()
+            batches = await next_batches(batch_max_readings * (window - len(inflight)))
+            sent_ms = int(clock() * 1000)
+            for group in entries(batches):
+                futures = [link.start_publish(topic, payload) for payload in
+                           payloads(site, group, payload_format=payload_format, max_readings=batch_max_readings,
+                                    sent_ms=sent_ms)]
+                acked = futures[0] if len(futures) == 1 else asyncio.gather(*futures)
+                inflight.append(InFlight(group[0].seq_first, group[-1].seq_last, sum(len(b) for b in group),
+                                         len(futures), acked, time.monotonic()))
+            added.set()
+
+    async def acker() -> None:
+        while True:
+            while not inflight:
+                added.clear()
+                await added.wait()
+            head = inflight[0]
+            try:
+                await asyncio.wait_for(asyncio.shield(head.acked), ack_timeout_s)
+            except asyncio.TimeoutError:
+                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {head.first}..{head.last}")
+                raise PublishError(f"no PUBACK for seq {head.first}..{head.last}") from None
+            confirmed: list[InFlight] = []
+            while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
+                    and inflight[0].acked.exception() is None:
+                confirmed.append(inflight.popleft())
+            await spool.ack(confirmed[0].first, confirmed[-1].last)
+            freed.set()
+            if metrics is not None:
+                now = time.monotonic()
+                for entry in confirmed:
+                    metrics.publish_latency.observe(now - entry.started)
+                metrics.messages_published.inc(sum(entry.messages for entry in confirmed))
+                metrics.readings_published.inc(sum(entry.readings for entry in confirmed))
+
+    backoff = 0.1
+    while True:
+        await link.wait_connected()
+        spool.release_leases()          # whatever an earlier session leased and did not ack goes out again
+        started = time.monotonic()
+        try:
+            async with asyncio.TaskGroup() as group:
+                group.create_task(sender())
+                group.create_task(acker())
+        except* PublishError as errors:
+            log.info("delivery interrupted (%s); unacknowledged readings will be sent again",
+                     errors.exceptions[0])
+        finally:
+            while inflight:
+                inflight.popleft().acked.cancel()
+        if link.connected:
+            # Still connected: the broker rejected a message (e.g. not authorised). Retry, but slower each time.
+            backoff = 0.1 if time.monotonic() - started > 60 else min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff)
