@@ -609,7 +609,7 @@ def test_edge_agents_get_their_site_id_as_client_id_whatever_they_send(broker, p
     each certificate's CN), and every reading of both reaches the ingest."""
     import asyncio
 
-    from edge_agent.publisher import MqttLink as EdgeLink, TlsFiles as EdgeTls
+    from edge_agent.mqtt_link import EdgeMqttLink as EdgeLink, TlsFiles as EdgeTls
 
     tls_port, _ = broker
     worker = _ingest_worker(pki, tls_port, "ingest-0", tmp_path)
