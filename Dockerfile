@@ -20,6 +20,7 @@ COPY requirements.txt pyproject.toml ./
 RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
  && pip install -r runtime-requirements.txt
 COPY ems_contract ./ems_contract
+COPY ems_runtime ./ems_runtime
 COPY edge_agent ./edge_agent
 COPY ingest ./ingest
 RUN pip install --no-deps . \

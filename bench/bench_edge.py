@@ -61,7 +61,8 @@ def _peak_rss_mb(pid: int) -> float:
 
 
 def _audited(path: Path) -> int:
-    return verify(path).readings
+    """Readings the agent accepted so far (0 before it wrote its first audit record)."""
+    return verify(path).readings if path.exists() else 0
 
 
 def _unique(observer: Observer) -> int:

@@ -1,82 +1,19 @@
-"""The agent's HTTP endpoint: Prometheus metrics at ``/metrics`` and health at ``/healthz``.
-
-A stdlib ``ThreadingHTTPServer`` on its own daemon thread: scrapes must work
-even when the event loop is stuck — which is exactly what ``/healthz`` reports.
-``health()`` (supplied by the agent) returns ``(ok, details)``; ``/healthz``
-answers 200 with the details as JSON when ok, else 503. Binds ``HttpConfig``'s
-host and port (default 127.0.0.1:9108); a port in use raises ConfigError.
-"""
+"""The agent's status endpoint (``ems_runtime.status_http``) on ``HttpConfig``'s host and port
+(default 127.0.0.1:9108); a port that cannot be bound is a ConfigError naming ``http.port``."""
 
 from __future__ import annotations
 
-import json
-import logging
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
-
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from ems_runtime.status_http import StatusEndpoint
 
 from edge_agent.errors import ConfigError
 
 __all__ = ["HttpEndpoint"]
 
-log = logging.getLogger(__name__)
 
-HealthFn = Callable[[], "tuple[bool, dict[str, Any]]"]
-
-
-class HttpEndpoint:
-    """Serve ``registry`` and ``health`` on ``host:port`` (port 0 = any free port; see ``.port``)."""
-
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthFn) -> None:
-        self.host = host
-        self.requested_port = port
-        self.registry = registry
-        self.health = health
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return self._server.server_address[1]
-
+class HttpEndpoint(StatusEndpoint):
     def start(self) -> None:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (stdlib name)
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    body, status, ctype = generate_latest(endpoint.registry), 200, CONTENT_TYPE_LATEST
-                elif path == "/healthz":
-                    ok, details = endpoint.health()
-                    body = json.dumps({"status": "ok" if ok else "unhealthy", **details}).encode()
-                    status, ctype = (200 if ok else 503), "application/json"
-                else:
-                    body, status, ctype = b"not found: try /metrics or /healthz\n", 404, "text/plain"
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, fmt: str, *args: Any) -> None:
-                log.debug("http %s", fmt % args)
-
         try:
-            self._server = ThreadingHTTPServer((self.host, self.requested_port), Handler)
+            super().start()
         except OSError as exc:
             raise ConfigError("http.port", self.requested_port,
                               f"cannot be bound on {self.host} ({exc.strerror or exc})") from exc
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
-        self._thread.start()
-        log.info("metrics on http://%s:%d/metrics, health on /healthz", self.host, self.port)
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None

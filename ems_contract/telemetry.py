@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ems_contract.config_file import shorten as shown   # one bounded repr for every error message
+
 SCHEMA_VERSION = 1
 TOPIC_ROOT = f"ems/v{SCHEMA_VERSION}"
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -52,7 +54,6 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Characters a unit may not contain although printable: quoting and escaping characters of label
 # values, PromQL and JSON, so a unit can be pasted into a selector or a log line as it is.
 _UNIT_FORBIDDEN = frozenset('"\\\'`{}')
-_SHOWN_CHARS = 60
 
 __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
@@ -103,22 +104,6 @@ class Batch:
     seq_last: int
     sent_ms: int
     readings: tuple[Reading, ...]
-
-
-def shown(value: object) -> str:
-    """``repr(value)`` for an error message, bounded: containers by type and size, long values clipped.
-
-    Hostile payloads carry megabyte strings and deeply nested lists; an error message (and the
-    dead letter that carries it) must stay short whatever the value was.
-    """
-    if isinstance(value, (dict, list, tuple)):
-        return f"<{type(value).__name__} of {len(value)}>"
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
-        return f"<integer of {value.bit_length()} bits>"
-    text = repr(value)
-    if len(text) > _SHOWN_CHARS:
-        return f"{text[:_SHOWN_CHARS]}…({len(text)} chars)"
-    return text
 
 
 def valid_unit(value: object) -> bool:

@@ -64,7 +64,7 @@ def _lock_state_dir(config: IngestConfig) -> int:
 def run(config: IngestConfig) -> int:
     from ems_contract.telemetry import telemetry_subscription
     from ingest.dedup import SeenSeqs
-    from ingest.http import MetricsAndHealth
+    from ems_runtime.status_http import StatusEndpoint
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
     from ingest.remote_write import RemoteWriter
@@ -83,7 +83,13 @@ def run(config: IngestConfig) -> int:
                           max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
                           max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s,
                           max_future_s=config.time.max_future_s, max_age_s=config.time.max_age_s)
-    server = MetricsAndHealth(config.metrics.host, config.metrics.port, metrics.registry, worker.health).start()
+    def health() -> tuple[bool, dict[str, str]]:
+        alive, why = worker.health()
+        return alive, {"detail": why}
+
+    # /healthz is the StatefulSet's liveness probe: 503 when the worker loop stalls or paho's thread died.
+    server = StatusEndpoint(config.metrics.host, config.metrics.port, metrics.registry, health)
+    server.start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: worker.request_stop())
     log.info("ingest worker %s: broker %s:%d, subscription %s, TSDB %s, metrics :%d, state %s",

@@ -198,7 +198,6 @@ class IngestWorker:
     def process(self, items: list[_Item]) -> bool:
         """Write, dead-letter, commit and acknowledge one batch; False when it was left unacknowledged."""
         samples: list[Sample] = []
-        owner: dict[tuple[str, int], _Item] = {}
         counts = {"duplicate": 0, "null": 0, "future_timestamp": 0, "too_old": 0}
         now_ms = int(self.wall() * 1000)
         for item in items:
@@ -213,13 +212,9 @@ class IngestWorker:
                     item.error = SchemaError("unprocessable", f"{type(exc).__name__}: {shown(str(exc))}")
             if item.error is not None:
                 item.letters.append(_bad_message(item.incoming, item.error))
-        for item in items:
-            if item.batch is not None and item.error is None:
-                for seq in item.seqs:
-                    owner[(item.batch.site, seq)] = item
         try:
             rejected = self._write(samples)
-            for item, letter in _rejected_samples(rejected, owner):
+            for item, letter in _rejected_samples(rejected, items):
                 item.letters.append(letter)
             self._publish_letters(items)
         except _Abandoned as exc:
@@ -408,8 +403,12 @@ def _readings_letters(reason: str, detail: str, site: str, readings: list[dict[s
 
 
 def _rejected_samples(rejected: list[tuple[Sample, TsdbRejected]],
-                      owner: dict[tuple[str, int], _Item]) -> list[tuple[_Item, DeadLetter]]:
+                      items: list[_Item]) -> list[tuple[_Item, DeadLetter]]:
     """Dead letters ``tsdb_rejected``: per message and TSDB answer, listing the rejected readings."""
+    if not rejected:                     # the usual case: no (site, seq) → message index to build
+        return []
+    owner = {(item.batch.site, seq): item for item in items if item.batch is not None and item.error is None
+             for seq in item.seqs}
     groups: dict[tuple[int, str], tuple[_Item, list[Sample]]] = {}
     for sample, exc in rejected:
         item = owner[(sample.site, sample.seq)]

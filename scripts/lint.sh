@@ -21,7 +21,7 @@ root=$(cd "${1:-$here}" && pwd)
 export PATH="${LINT_BIN:-$here/.venv/bin}:$PATH"
 cd "$root"
 
-bandit_targets=(edge_agent ingest ems_contract northbound emsctl devenv policies/ems-guard)
+bandit_targets=(edge_agent ingest ems_contract ems_runtime northbound emsctl devenv policies/ems-guard)
 only=" ${LINT_ONLY:-ruff shellcheck hadolint actionlint zizmor bandit} "
 failed=()
 

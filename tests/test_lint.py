@@ -19,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LINT = ROOT / "scripts" / "lint.sh"
-BANDIT_TARGETS = ("edge_agent", "ingest", "ems_contract", "northbound", "emsctl", "devenv", "policies/ems-guard")
+BANDIT_TARGETS = ("edge_agent", "ingest", "ems_contract", "ems_runtime", "northbound", "emsctl", "devenv", "policies/ems-guard")
 CHECKOUT = re.compile(r"actions/checkout@[0-9a-f]{40} # v[0-9.]+")
 
 

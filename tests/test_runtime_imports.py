@@ -1,6 +1,6 @@
 """The edge agent and ingest images carry only their runtime dependencies (Dockerfile).
 
-Every module of ``ems_contract``, ``edge_agent`` and ``ingest`` is imported in a fresh interpreter;
+Every module of ``ems_contract``, ``ems_runtime``, ``edge_agent`` and ``ingest`` is imported in a fresh interpreter;
 the third-party top-level packages it loads must be among those the Dockerfile
 installs — in particular never ``pulumi`` (the edge image stays small).
 """
@@ -20,13 +20,13 @@ RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "tomlkit", "googl
 PROBE = r"""
 import importlib, pkgutil, sys
 before = set(sys.modules)
-for package in ("ems_contract", "edge_agent", "ingest"):
+for package in ("ems_contract", "ems_runtime", "edge_agent", "ingest"):
     root = importlib.import_module(package)
     for info in pkgutil.walk_packages(root.__path__, package + "."):
         importlib.import_module(info.name)
 stdlib = set(sys.stdlib_module_names)
 loaded = {name.split(".")[0] for name in set(sys.modules) - before}
-print(" ".join(sorted(n for n in loaded if n not in stdlib and not n.startswith("_") and n not in ("ems_contract", "edge_agent", "ingest"))))
+print(" ".join(sorted(n for n in loaded if n not in stdlib and not n.startswith("_") and n not in ("ems_contract", "ems_runtime", "edge_agent", "ingest"))))
 """
 
 
