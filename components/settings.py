@@ -715,7 +715,7 @@ def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Cal
         if cert is not None:
             cert = _leaf_certificate(f"{key}.clientCertificate", cert)
             if "northboundClientKey" not in secrets_set and enabled in (True, "true"):
-                raise SettingsError("northboundClientKey", _MISSING, f"is required with {key}.clientCertificate: "
+                raise SettingsError("northboundClientKey", _MISSING, f"is required with ems:{key}.clientCertificate: "
                                     "pulumi config set --secret ems:northboundClientKey < client.key")
         sites = _list_of(_LABEL, unique=True, min_items=1)(f"{key}.sites", obj.get("sites", list(edge_sites)))
         for i, site in enumerate(sites):
