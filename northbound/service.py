@@ -178,7 +178,8 @@ class NorthboundService:
         return fresh and alive, {
             "discovered": self._discovered_at is not None, "loop_alive": alive,
             "registered": {s.site: s.registered for s in sessions},
-            "backing_off": sorted(k for k, b in self._backoff.items() if b.failures)}
+            "backing_off": sorted(k for k, b in self._backoff.items() if b.failures),
+            "broker_connected": None if self.link is None else self.link.connected}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
