@@ -12,7 +12,8 @@ Tasks and when they run (server rates capped by ``polling.max_poll_s``)::
 Each tick (1 s) also decides every registered site's controls at server time; a control
 whose value or source changed, or whose last command is half-way to expiry, becomes a
 new ``ems_contract.command.Command`` (a new id every time) handed to the ``CommandSink``
-(expiry: the event's effective end or ``polling.command_ttl_s``, whichever comes first).
+(expiry: the event's effective end or ``polling.command_ttl_s``, whichever comes first;
+a renewal that would expire no later than the last command is not sent).
 With a ``[broker]`` section the sink is ``commands.MqttCommandSink``: commands go out on
 ``ems/v1/<site>/command`` and each tick first takes the sites' results, which become
 Responses (``commands.response_status``; *started* waits for the site's *applied*). A
@@ -333,14 +334,15 @@ class NorthboundService:
             self.metrics.active_control.labels(session.site, control).set(gauge_value)
             self.metrics.control_from_event.labels(session.site, control).set(1 if applied.source == "event" else 0)
             previous = self._issued.get((session.site, control))
-            if previous is not None and previous.value == applied.value and previous.mrid == applied.mrid \
-                    and now < previous.issued + (previous.expires - previous.issued) / 2:
-                continue
             expires = now + ttl
             event = by_mrid.get(applied.mrid) if applied.source == "event" else None
             if event is not None:
                 _, end = window(event, session.config.lfdi)
                 expires = min(expires, end - self.client.offset)
+            if previous is not None and previous.value == applied.value and previous.mrid == applied.mrid \
+                    and (now < previous.issued + (previous.expires - previous.issued) / 2
+                         or expires <= previous.expires + 1.0):   # a renewal would not outlast it: the event ends then
+                continue
             if expires - now < 1.0:      # ends within the second: let it lapse rather than command it
                 continue
             command = Command(id=uuid.uuid4().hex, site=session.site, issued_ms=int(now * 1000),

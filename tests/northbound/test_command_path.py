@@ -112,7 +112,7 @@ def test_a_der_control_reaches_the_sites_and_their_results_come_back_as_response
     now = sep2_server.state.now()
     program = sep2_server.add_program(primacy=1, default=sep2.DERControlBase(opModConnect=True))
     limit = sep2_server.add_control(program, sep2.DERControlBase(opModExpLimW=sep2.ActivePower(value=5, multiplier=3)),
-                                    start=now - 5, duration=120)
+                                    start=now - 5, duration=20)
     edge = FakeEdge(broker, pki)
     metrics = NorthboundMetrics()
     service = NorthboundService(config, metrics=metrics)
@@ -127,6 +127,7 @@ def test_a_der_control_reaches_the_sites_and_their_results_come_back_as_response
             seen_before_release["sub-07"] = _statuses(sep2_server, lfdi["sub-07"], limit.mRID)
             edge.release.set()
             await _until(lambda: all(len(_statuses(sep2_server, lfdi[s], limit.mRID)) >= 2 for s in SITES), 30)
+            await _until(lambda: 3 in _statuses(sep2_server, lfdi["sub-07"], limit.mRID), 30)   # the event's end
             await asyncio.sleep(1.5)                  # anything posted twice would show up now
         finally:
             stop.set()
@@ -137,7 +138,7 @@ def test_a_der_control_reaches_the_sites_and_their_results_come_back_as_response
     finally:
         edge.stop()
     assert seen_before_release["sub-07"] == [1]       # received, and not started before the site applied it
-    assert _statuses(sep2_server, lfdi["sub-07"], limit.mRID) == [1, 2]
+    assert _statuses(sep2_server, lfdi["sub-07"], limit.mRID) == [1, 2, 3]    # received, started, completed
     assert _statuses(sep2_server, lfdi["sub-08"], limit.mRID) == [1, 252]
     assert _statuses(sep2_server, lfdi["sub-09"], limit.mRID) == [1, 254]
     by_site = {}
@@ -145,9 +146,9 @@ def test_a_der_control_reaches_the_sites_and_their_results_come_back_as_response
         by_site.setdefault((c.site, c.control), []).append(c)
     assert len({c.id for c in edge.commands}) == len(edge.commands)        # no id published twice
     for site in SITES:
-        [exp] = by_site[(site, "exp_lim_w")]                               # not re-sent while unchanged
+        [exp] = by_site[(site, "exp_lim_w")]          # not re-sent: a renewal could not outlast the event's end
         assert exp.value == 5000.0 and exp.event == limit.mRID
-        assert exp.expires_ms <= (now + 120 - service.client.offset + 1) * 1000 and exp.expires_ms > exp.issued_ms
+        assert exp.expires_ms <= (now + 15 - service.client.offset + 1) * 1000 and exp.expires_ms > exp.issued_ms
         [connect] = by_site[(site, "connect")]
         assert connect.value is True and connect.event is None
     sample = metrics.registry.get_sample_value
@@ -169,7 +170,7 @@ async def _until(condition, timeout: float) -> None:
         await asyncio.sleep(0.1)
 
 
-def test_broker_down_backs_off_then_commands_flow_and_are_renewed_before_expiry(
+def test_broker_down_backs_off_then_commands_flow_are_renewed_and_follow_a_changed_control(
         sep2_server: Sep2TestServer, broker: MosquittoBroker, pki: LocalPki, aggregator: CertPair,
         tmp_path: Path) -> None:
     path = _config(tmp_path, pki, aggregator, sep2_server.url, broker)
@@ -182,7 +183,9 @@ def test_broker_down_backs_off_then_commands_flow_and_are_renewed_before_expiry(
     broker.stop()
     metrics = NorthboundMetrics()
     service = NorthboundService(config, metrics=metrics)
+    sub07 = next(s.lfdi for s in config.sites if s.site == "sub-07")
     edge: list[FakeEdge] = []
+    changed: list = []
 
     async def go() -> None:
         stop = asyncio.Event()
@@ -195,6 +198,13 @@ def test_broker_down_backs_off_then_commands_flow_and_are_renewed_before_expiry(
             edge.append(FakeEdge(broker, pki))
             edge[0].release.set()
             await _until(lambda: len([c for c in edge[0].commands if c.site == "sub-07"]) >= 2, 40)
+            urgent = sep2_server.add_program(primacy=0)                # the utility tightens the limit
+            changed.append(sep2_server.add_control(
+                urgent, sep2.DERControlBase(opModExpLimW=sep2.ActivePower(value=3, multiplier=3)),
+                start=sep2_server.state.now() - 1, duration=300))
+            await _until(lambda: any(c.value == 3000.0 for c in edge[0].commands if c.site == "sub-07"), 30)
+            await _until(lambda: 2 in _statuses(sep2_server, sub07, changed[0].mRID)
+                         and 14 in _statuses(sep2_server, sub07, limit.mRID), 30)
         finally:
             stop.set()
             await asyncio.wait_for(runner, 15)
@@ -207,4 +217,8 @@ def test_broker_down_backs_off_then_commands_flow_and_are_renewed_before_expiry(
     first, second = [c for c in edge[0].commands if c.site == "sub-07"][:2]
     assert first.id != second.id and first.value == second.value == 4000.0 and first.event == second.event == limit.mRID
     assert second.issued_ms < first.expires_ms <= first.issued_ms + 10_000       # renewed before the first expired
-    assert _statuses(sep2_server, next(s.lfdi for s in config.sites if s.site == "sub-07"), limit.mRID) == [1, 2]
+    tighter = [c for c in edge[0].commands if c.site == "sub-07" and c.value == 3000.0]
+    assert tighter and tighter[0].event == changed[0].mRID and tighter[0].id not in (first.id, second.id)
+    # The first event: received, started, then aborted by the other program's event, which started once applied.
+    assert _statuses(sep2_server, sub07, limit.mRID) == [1, 2, 14]
+    assert _statuses(sep2_server, sub07, changed[0].mRID) == [1, 2]
