@@ -99,7 +99,7 @@ class CommandLink:
         self._keepalive_s = keepalive_s
         self._connected = threading.Event()
         self._lock = threading.Lock()
-        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None], str]] = {}
         self._early: dict[int, str | None] = {}      # PUBACKs that arrived before publish() registered the mid
         self._abandoned: dict[int, None] = {}        # mids whose publish() timed out (oldest first)
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
@@ -129,7 +129,7 @@ class CommandLink:
         self._client.loop_stop()
         with self._lock:
             waiting, self._waiting = self._waiting, {}
-        for loop, future in waiting.values():
+        for loop, future, _ in waiting.values():
             loop.call_soon_threadsafe(_fail, future, BrokerError("unreachable", "the link was closed"))
 
     def wait_connected(self, timeout: float) -> bool:
@@ -151,7 +151,7 @@ class CommandLink:
             if info.mid in self._early:
                 _settle(future, self._early.pop(info.mid), topic)
             else:
-                self._waiting[info.mid] = (loop, future)
+                self._waiting[info.mid] = (loop, future, topic)
         try:
             await asyncio.wait_for(future, self.publish_timeout_s)
         except asyncio.TimeoutError:
@@ -196,8 +196,8 @@ class CommandLink:
             if waiting is None:
                 self._early[mid] = failure
                 return
-        loop, future = waiting
-        loop.call_soon_threadsafe(_settle, future, failure, "the command topic")
+        loop, future, topic = waiting
+        loop.call_soon_threadsafe(_settle, future, failure, topic)
 
     def _on_message(self, client, userdata, message) -> None:
         try:

@@ -151,3 +151,11 @@ def test_hostile_results_never_raise_and_every_message_is_accounted_for(items: l
     ignored = sum(s.value for f in families if f.name == "ems_northbound_command_results_ignored"
                   for s in f.samples if s.name.endswith("_total"))
     assert ignored + len(outcomes) == len(items)
+
+
+def test_results_dropped_by_a_full_link_queue_are_counted_once() -> None:
+    link, metrics = FakeLink(), NorthboundMetrics()
+    sink = sink_with(link, metrics)
+    link.dropped = 3
+    assert sink.results() == [] and sink.results() == []
+    assert metrics.registry.get_sample_value("ems_northbound_command_results_ignored_total", {"reason": "queue_full"}) == 3
