@@ -183,3 +183,14 @@ def test_a_client_certificate_needs_its_key_as_a_secret() -> None:
         "is a CA certificate; give the client's own certificate")
     with pytest.raises(SettingsError, match=r"^ems:northboundClientKey: \(hidden\) must be set as a secret"):
         parse_settings({**PRIVATE, "ems:northboundClientKey": "-----BEGIN PRIVATE KEY-----"}, "t")
+
+
+@pytest.mark.parametrize(("port", "violations"), [(443, 0), (8443, 1)])
+def test_the_generated_network_policy_meets_the_egress_rule_only_on_443(port: int, violations: int) -> None:
+    from tests.policies.policy_engine import check
+
+    settings = replace(SETTINGS, server_url=f"https://dercs.utility.example.net:{port}", server_port=port)
+    run(lambda: NorthboundClient("nb", NorthboundArgs(**{**ARGS, "settings": settings})).deployment_name)
+    [np] = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    found = check("northbound-egress-utility-only", np.typ, np.inputs, name=np.name)
+    assert len(found) == violations, found
