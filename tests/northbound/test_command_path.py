@@ -222,3 +222,34 @@ def test_broker_down_backs_off_then_commands_flow_are_renewed_and_follow_a_chang
     # The first event: received, started, then aborted by the other program's event, which started once applied.
     assert _statuses(sep2_server, sub07, limit.mRID) == [1, 2, 14]
     assert _statuses(sep2_server, sub07, changed[0].mRID) == [1, 2]
+
+
+def test_the_run_command_publishes_commands_and_stops_cleanly_on_sigterm(
+        sep2_server: Sep2TestServer, broker: MosquittoBroker, pki: LocalPki, aggregator: CertPair,
+        tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = _config(tmp_path, pki, aggregator, sep2_server.url, broker)
+    program = sep2_server.add_program(primacy=1)
+    sep2_server.add_control(program, sep2.DERControlBase(opModExpLimW=sep2.ActivePower(value=2, multiplier=3)),
+                            start=sep2_server.state.now() - 1, duration=300)
+    edge = FakeEdge(broker, pki)
+    edge.release.set()
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "northbound.cli", "run", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len({c.site for c in edge.commands}) < len(SITES):
+            time.sleep(0.1)
+        assert {c.site for c in edge.commands} == set(SITES), "not every site got its command"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        edge.stop()
+    assert proc.returncode == 0, out.decode()[-2000:]
+    assert b"Traceback" not in out and b"PRIVATE KEY" not in out
+    assert all(c.value == 2000.0 for c in edge.commands)
