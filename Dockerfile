@@ -3,6 +3,7 @@
 #
 #   docker build --target edge-agent -t ghcr.io/ems-platform/edge-agent:0.1.0 .
 #   docker build --target ingest     -t ghcr.io/ems-platform/ingest:0.1.0 .
+#   docker build --target northbound -t ghcr.io/ems-platform/northbound:0.1.0 .
 #
 # The images match what components/ deploys: non-root uid/gid 10001 (the pods also set it),
 # nothing written outside mounted volumes (read-only root filesystem), entrypoint = the
@@ -38,3 +39,26 @@ FROM base AS ingest
 EXPOSE 9100
 ENTRYPOINT ["ems-ingest"]
 CMD ["run", "--config", "/etc/ems/ingest.toml"]
+
+# The IEEE 2030.5 north-bound client: its own dependencies (HTTP, the 2030.5 XML models,
+# certificates, MQTT for commands), not the edge's Modbus stack; still no Pulumi.
+FROM docker.io/library/python:3.11.10-slim-bookworm AS northbound
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /opt/ems
+COPY requirements.txt pyproject.toml ./
+RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client)==' requirements.txt > runtime-requirements.txt \
+ && pip install --no-deps -r runtime-requirements.txt
+COPY ems_contract ./ems_contract
+COPY ems_runtime ./ems_runtime
+COPY northbound ./northbound
+RUN pip install --no-deps . \
+ && groupadd --gid 10001 ems \
+ && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
+USER 10001:10001
+# Metrics and /healthz (components/northbound.py serves them on 9100).
+EXPOSE 9100
+ENTRYPOINT ["ems-northbound"]
+CMD ["run", "--config", "/etc/ems/northbound/config/northbound.toml"]

@@ -12,7 +12,7 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``) |
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
-| tsdb → ingest                 | 9100  |
+| tsdb → ingest, northbound     | 9100 (metrics; the north-bound client's own NetworkPolicy is in components/northbound.py) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
 """
@@ -101,7 +101,7 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
                          "ports": _tcp(9090)}],
-               egress=[{"to": [_pods("ingest")], "ports": _tcp(9100)}])
+               egress=[{"to": [_pods("ingest"), _pods("northbound")], "ports": _tcp(9100)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])

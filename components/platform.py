@@ -20,6 +20,7 @@ from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
+from components.northbound import NorthboundArgs, NorthboundClient
 from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
@@ -62,7 +63,7 @@ class EmsPlatform(pulumi.ComponentResource):
         twin_identity = f"{s.namespace}-twin-api"
         ingest_workers = worker_identities(ingest_identity, s.ingest_max_replicas)
         twin_replicas = replica_identities(twin_identity, TWIN_API_REPLICAS)
-        # Not yet deployed, reserved now so that no edge site takes its name first (DESIGN §2, north-bound client).
+        # Reserved whether or not ems:northbound is set, so that no edge site takes its name first.
         northbound_identity = f"{s.namespace}-northbound"
         for site in s.edge_sites:
             for reserved, family, why in ((bridge_site, False, "the in-cluster Modbus bridge"),
@@ -116,7 +117,8 @@ class EmsPlatform(pulumi.ComponentResource):
             ),
             edge_sites=s.edge_sites,
             # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
-            in_cluster_clients=(*ingest_workers, *twin_replicas, *((bridge_site,) if s.modbus_gateways else ())),
+            in_cluster_clients=(*ingest_workers, *twin_replicas, *((bridge_site,) if s.modbus_gateways else ()),
+                                *((northbound_identity,) if s.northbound else ())),
             leaf_validity_hours=s.cert_validity_hours,
             ca_validity_hours=s.ca_validity_hours,
             early_renewal_hours=early,
@@ -166,6 +168,12 @@ class EmsPlatform(pulumi.ComponentResource):
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        if s.northbound is not None:   # the IEEE 2030.5 client, only where a utility server is configured
+            NorthboundClient(f"{name}-northbound", NorthboundArgs(
+                namespace=namespace, image=s.images.northbound, settings=s.northbound,
+                broker_host=f"broker.{ns_name}.svc.cluster.local", broker_tls_secret=f"edge-{northbound_identity}-tls",
+                identity=northbound_identity,
+            ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(
             namespace=namespace, extra_namespaces=(("credentials", creds.metadata.name),), gateways=s.modbus_gateways,
         ), opts=o)

@@ -21,6 +21,7 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import urlsplit
 
 import pulumi
 
@@ -32,6 +33,7 @@ __all__ = [
     "LocalSettings",
     "ModbusGateway",
     "NodeGroupSettings",
+    "NorthboundSettings",
     "PlatformSettings",
     "PrivateSettings",
     "SettingsError",
@@ -48,7 +50,7 @@ ROLES = ("region", "global")
 POOLS = ("interconnect", "nvme", "general")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
-IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter")
+IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -149,6 +151,28 @@ class Images:
     ingest: str = "ghcr.io/ems-platform/ingest:0.1.0"
     api_gateway: str = "docker.io/envoyproxy/envoy:v1.31.2"
     metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
+    northbound: str = "ghcr.io/ems-platform/northbound:0.1.0"
+
+
+@dataclass(frozen=True)
+class NorthboundSettings:
+    """The IEEE 2030.5 north-bound client (``ems:northbound``): the utility's server and the platform's identity.
+
+    The client certificate is either an existing ``kubernetes.io/tls`` Secret (``client_secret``) or
+    ``client_certificate`` (PEM) with its key in the secret config ``ems:northboundClientKey``.
+    """
+
+    server_url: str
+    server_address: str
+    """The server's IP address: the only address the NetworkPolicy lets the client reach outside the cluster."""
+    utility_ca_certificate: str
+    sites: tuple[str, ...]
+    server_port: int = 443
+    dcap: str = "/dcap"
+    client_secret: str | None = None
+    client_certificate: str | None = None
+    client_key: pulumi.Output[str] | None = None
+    """Set by ``load_settings`` from ``ems:northboundClientKey`` (a secret) when ``client_certificate`` is used."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +205,8 @@ class PlatformSettings:
     ingest_target_messages_per_second: int = 500
     ingest_scale_down_stabilization_seconds: int = 600
     api_gateway_replicas: int = 2
+    northbound: NorthboundSettings | None = None
+    """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +283,7 @@ DEFAULT_NODE_GROUPS = (
     ),
 )
 
-SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey"})
+SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey"})
 
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
@@ -267,7 +293,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
-    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas",
+    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -618,13 +644,18 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         raise SettingsError("caPrivateKey", _MISSING, "is required when ems:caCertificate is set: pulumi config set --secret ems:caPrivateKey < ca.key")
     if ca_cert is None and "caPrivateKey" in secrets_set:
         raise SettingsError("caCertificate", _MISSING, "is required when ems:caPrivateKey is set (the CA certificate, PEM)")
+    edge_sites = r.get("edgeSites", _list_of(_LABEL, unique=True), ())
+    northbound = r.get("northbound", _northbound(edge_sites, secrets_set), None)
+    if northbound is None and "northboundClientKey" in secrets_set:
+        raise SettingsError("northboundClientKey", "(hidden)", "is set but ems:northbound is not enabled with a "
+                            "clientCertificate; remove it or configure ems:northbound")
     leaf_hours = r.get("certValidityHours", _integer(24, LEAF_MAX_HOURS), d.cert_validity_hours)
     if leaf_hours > ca_hours:
         raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
     return PlatformSettings(
         namespace=r.get("namespace", _LABEL, d.namespace),
         images=r.get("images", _images, d.images),
-        edge_sites=r.get("edgeSites", _list_of(_LABEL, unique=True), ()),
+        edge_sites=edge_sites,
         modbus_gateways=_unique_names("modbusGateways", r.get("modbusGateways", _list_of(_gateway), ())),
         broker_hostnames=r.get("brokerHostnames", _list_of(_HOSTNAME, unique=True), ()),
         api_hostnames=r.get("apiHostnames", _list_of(_HOSTNAME, unique=True), ()),
@@ -645,7 +676,77 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_target_messages_per_second=r.get("ingestTargetMessagesPerSecond", _integer(1, 10_000_000), d.ingest_target_messages_per_second),
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
+        northbound=northbound,
     )
+
+
+_NORTHBOUND_FIELDS = ("enabled", "serverUrl", "serverAddress", "serverPort", "dcap", "utilityCaCertificate",
+                      "clientSecret", "clientCertificate", "sites")
+
+
+def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Callable[[str, object], NorthboundSettings | None]:
+    """``ems:northbound``: checked in full even when ``enabled: false`` (so enabling it later is no surprise)."""
+
+    def parse(key: str, value: object) -> NorthboundSettings | None:
+        obj = _object(key, value, _NORTHBOUND_FIELDS, ("serverUrl", "serverAddress", "utilityCaCertificate"))
+        enabled = obj.get("enabled", True)
+        if not isinstance(enabled, bool) and enabled not in ("true", "false"):
+            raise SettingsError(f"{key}.enabled", enabled, "must be true or false")
+        url = _string(f"{key}.serverUrl", obj["serverUrl"])
+        parts = urlsplit(url)
+        try:
+            url_port = parts.port
+        except ValueError:
+            raise SettingsError(f"{key}.serverUrl", url, "has an invalid port") from None
+        if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment or parts.username:
+            raise SettingsError(f"{key}.serverUrl", url, "must be an https:// URL with a host and no query "
+                                "(IEEE 2030.5 runs over TLS)")
+        port = _integer(1, 65535)(f"{key}.serverPort", obj.get("serverPort", url_port or 443))
+        if (url_port or 443) != port:
+            raise SettingsError(f"{key}.serverPort", port, f"differs from the port of serverUrl {url} ({url_port or 443})")
+        dcap = _pattern(re.compile(r"^/[A-Za-z0-9._~/-]{0,255}$"), "an absolute path such as /dcap")(f"{key}.dcap",
+                                                                                                   obj.get("dcap", "/dcap"))
+        secret = obj.get("clientSecret")
+        cert = obj.get("clientCertificate")
+        if (secret is None) == (cert is None):
+            raise SettingsError(f"{key}.clientSecret", secret, "or clientCertificate: exactly one is required (an "
+                                "existing kubernetes.io/tls Secret, or the PEM certificate with its key in the secret "
+                                "ems:northboundClientKey)")
+        if cert is not None:
+            cert = _leaf_certificate(f"{key}.clientCertificate", cert)
+            if "northboundClientKey" not in secrets_set and enabled in (True, "true"):
+                raise SettingsError("northboundClientKey", _MISSING, f"is required with ems:{key}.clientCertificate: "
+                                    "pulumi config set --secret ems:northboundClientKey < client.key")
+        sites = _list_of(_LABEL, unique=True, min_items=1)(f"{key}.sites", obj.get("sites", list(edge_sites)))
+        for i, site in enumerate(sites):
+            if site not in edge_sites:
+                raise SettingsError(f"{key}.sites[{i}]", site, f"is not one of ems:edgeSites ({', '.join(edge_sites) or 'none'})")
+        settings = NorthboundSettings(
+            server_url=url.rstrip("/"), server_address=_ip_address(f"{key}.serverAddress", obj["serverAddress"]),
+            utility_ca_certificate=_ca_certificate(f"{key}.utilityCaCertificate", obj["utilityCaCertificate"]),
+            sites=sites, server_port=port, dcap=dcap,
+            client_secret=None if secret is None else _LABEL(f"{key}.clientSecret", secret), client_certificate=cert)
+        return settings if enabled in (True, "true") else None
+
+    return parse
+
+
+def _leaf_certificate(key: str, value: object) -> str:
+    """A PEM end-entity certificate (the 2030.5 client certificate: parses, not a CA)."""
+    from cryptography import x509
+
+    if not isinstance(value, str) or "-----BEGIN CERTIFICATE-----" not in value:
+        raise SettingsError(key, value, "must be a PEM certificate (-----BEGIN CERTIFICATE----- …)")
+    try:
+        cert = x509.load_pem_x509_certificate(value.encode())
+    except ValueError:
+        raise SettingsError(key, value, "is not a readable X.509 certificate (PEM)") from None
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            raise SettingsError(key, value, "is a CA certificate; give the client's own certificate")
+    except x509.ExtensionNotFound:
+        pass
+    return value
 
 
 def _ca_certificate(key: str, value: object) -> str:
@@ -761,4 +862,8 @@ def load_settings() -> StackSettings:
         settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))
     if settings.platform is not None and settings.platform.ca_certificate is not None:
         settings = replace(settings, platform=replace(settings.platform, ca_private_key=config.require_secret("caPrivateKey")))
+    northbound = settings.platform.northbound if settings.platform is not None else None
+    if northbound is not None and northbound.client_certificate is not None:
+        northbound = replace(northbound, client_key=config.require_secret("northboundClientKey"))
+        settings = replace(settings, platform=replace(settings.platform, northbound=northbound))
     return settings

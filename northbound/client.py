@@ -36,6 +36,7 @@ from northbound.transport import Sep2Transport
 
 __all__ = ["Sep2Client", "SiteSession", "PointValue", "DEFAULT_POLL_S"]
 
+
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 900
@@ -67,6 +68,8 @@ class SiteSession:
     defaults: list[DefaultControl] = field(default_factory=list)
     rejected: list[ResponseDue] = field(default_factory=list)
     sent: dict[str, frozenset[int]] = field(default_factory=dict)
+    confirmed: set[str] = field(default_factory=set)            # events the site reported applied
+    site_refusals: dict[str, ResponseDue] = field(default_factory=dict)   # events the site refused, failed or got late
     poll_s: int = DEFAULT_POLL_S
     mup: str | None = None
     post_s: int | None = None
@@ -91,6 +94,8 @@ class Sep2Client:
         self.dcap_poll_s = DEFAULT_POLL_S
         self.sessions = {s.site: SiteSession(s, tuple(m for m in config.mirror if m.site == s.site))
                          for s in config.sites}
+        self.confirm_started = False
+        """True when a control path reports back: *started* is posted once the site applied the event."""
 
     def server_now(self) -> int:
         """Server time in seconds: the local clock plus the offset the Time resource gave."""
@@ -219,6 +224,8 @@ class Sep2Client:
         session.poll_s = self._poll_s(min((r for r in poll_rates if r), default=None))
         known = {e.mrid for e in found_events} | {r.mrid for r in rejected}
         session.sent = {m: s for m, s in session.sent.items() if m in known}
+        session.confirmed &= known
+        session.site_refusals = {m: r for m, r in session.site_refusals.items() if m in known}
         self.metrics.last_poll.labels(session.site).set(self.clock())
 
     @staticmethod
@@ -240,10 +247,33 @@ class Sep2Client:
         session.selection = selection
         return selection
 
+    def site_outcome(self, session: SiteSession, mrid: str, status: ResponseStatus) -> bool:
+        """Record what the site did with a command of event ``mrid`` (``commands.response_status``).
+
+        *started* confirms the event; a rejection becomes that event's final Response unless it
+        already started (a later refusal cannot undo *started*: it is logged only). False when the
+        event is no longer known.
+        """
+        event = next((e for e in session.events if e.mrid == mrid), None)
+        if event is None:
+            return False
+        if status == ResponseStatus.STARTED:
+            session.confirmed.add(mrid)
+        elif ResponseStatus.STARTED in session.sent.get(mrid, frozenset()):
+            log.warning("site %s: event %s started, then a command of it was %s", session.site, mrid,
+                        status.name.lower())
+        elif event.reply_to is not None and event.response_required & 0x02:
+            session.site_refusals.setdefault(mrid, ResponseDue(mrid, event.reply_to, status))
+        return True
+
     async def post_responses(self, session: SiteSession) -> list[ResponseDue]:
         """Post every Response now due; each is recorded as sent only after the server accepted it."""
         selection = session.selection or self.decide(session)
-        due = events.responses_due(session.events, selection, session.sent, session.config.lfdi)
+        due = events.responses_due(session.events, selection, session.sent, session.config.lfdi,
+                                   confirmed=session.confirmed if self.confirm_started else None)
+        refusals = [r for m, r in session.site_refusals.items() if not session.sent.get(m, frozenset()) & events.FINAL_STATUSES]
+        refused = {r.mrid for r in refusals}
+        due = [r for r in due if not (r.mrid in refused and r.status == ResponseStatus.STARTED)] + refusals
         due += [r for r in session.rejected if r.status not in session.sent.get(r.mrid, frozenset())]
         posted = []
         for response in due:

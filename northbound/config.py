@@ -22,6 +22,16 @@ has the full table)::
     backoff_max_s = 300
     command_ttl_s = 300       # a command expires after this (or at its event's end); re-issued at half-life
 
+    [broker]                  # optional: without it commands are only logged (no control path)
+    host = "broker.ems.svc"   # the platform's MQTT broker (mTLS)
+    port = 8883
+    ca = "/etc/ems/broker/ca.crt"                   # required: the platform CA
+    cert = "/etc/ems/broker/tls.crt"                # required: the north-bound identity's certificate
+    key = "/etc/ems/broker/tls.key"                 # required
+    client_id = "ems-northbound"
+    publish_timeout_s = 5     # a command not acknowledged (PUBACK) by then is re-issued under a new id
+    keepalive_s = 30
+
     [readings]
     twin_api = "https://twin-api.ems.svc:8443"      # where the sites' latest readings come from
     ca = "/etc/ems/tls/ca.crt"                      # required with twin_api
@@ -55,6 +65,7 @@ has the full table)::
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,12 +73,14 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit
 
 from ems_contract.telemetry import valid_id
+from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
 from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
 from northbound.der import DER_TYPES
 from northbound.mirror import READING_KINDS
 
 __all__ = ["NorthboundConfig", "ServerConfig", "ClientConfig", "PollingConfig", "ReadingsConfig", "HttpConfig",
+           "BrokerConfig",
            "SiteConfig", "DerConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError"]
 
 
@@ -103,6 +116,20 @@ class ReadingsConfig:
     ca: Path | None = None
     cert: Path | None = None
     key: Path | None = None
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """The platform's MQTT broker, where commands go and results come from (mTLS)."""
+
+    host: str
+    ca: Path
+    cert: Path
+    key: Path
+    port: int = 8883
+    client_id: str = "ems-northbound"
+    publish_timeout_s: float = 5.0
+    keepalive_s: int = 30
 
 
 @dataclass(frozen=True)
@@ -152,10 +179,13 @@ class NorthboundConfig:
     polling: PollingConfig = field(default_factory=PollingConfig)
     readings: ReadingsConfig = field(default_factory=ReadingsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
+    broker: BrokerConfig | None = None
 
     def summary(self) -> str:
         lines = [f"server {self.server.url}{self.server.dcap} (CA {self.server.ca})",
-                 f"client lfdi {self.client.lfdi} sfdi {self.client.sfdi}"]
+                 f"client lfdi {self.client.lfdi} sfdi {self.client.sfdi}",
+                 f"commands to mqtts://{self.broker.host}:{self.broker.port} as {self.broker.client_id}"
+                 if self.broker else "commands: logged only (no [broker] section)"]
         for site in self.sites:
             points = [m for m in self.mirror if m.site == site.site]
             lines.append(f"site {site.site}: lfdi {site.lfdi} sfdi {site.sfdi}, {len(points)} mirrored point(s)")
@@ -240,12 +270,34 @@ def _der(t: Mapping[str, Any], where: str) -> DerConfig:
                      grad_w=_int(t, "grad_w", where, 0, 0, 10000), connected_point=connected)
 
 
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]{2,45}\]?$")
+_CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+def _broker(t: Mapping[str, Any], base: Path) -> BrokerConfig:
+    host = t.get("host")
+    if not isinstance(host, str) or not _HOST.match(host):
+        raise ConfigError("broker.host", host, "must be a host name or IP address")
+    client_id = t.get("client_id", BrokerConfig.client_id)
+    if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+        raise ConfigError("broker.client_id", client_id, "must be 1-64 characters of [A-Za-z0-9_.-]")
+    config = BrokerConfig(host=host, port=_int(t, "port", "broker", 8883, 1, 65535),
+                          ca=_path(t, "ca", "broker", base),  # type: ignore[arg-type]
+                          cert=_path(t, "cert", "broker", base),  # type: ignore[arg-type]
+                          key=_path(t, "key", "broker", base),  # type: ignore[arg-type]
+                          client_id=client_id,
+                          publish_timeout_s=_float(t, "publish_timeout_s", "broker", 5.0, 0.1, 60.0),
+                          keepalive_s=_int(t, "keepalive_s", "broker", 30, 5, 3600))
+    broker_context(BrokerTls(config.ca, config.cert, config.key))     # unreadable or mismatched files: ConfigError
+    return config
+
+
 def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundConfig:
     """Validate a parsed TOML document; relative paths are relative to ``base``; the files must exist."""
-    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "sites", "mirror"})
+    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "broker", "sites", "mirror"})
     if unknown:
         raise ConfigError(unknown[0], raw[unknown[0]], "is not a known section "
-                          "(server, client, polling, readings, http, sites, mirror)")
+                          "(server, client, polling, readings, http, broker, sites, mirror)")
     s = _table(raw, "server", "", {"url", "dcap", "ca", "timeout_s", "allow_tls13"}, required=True)
     dcap = s.get("dcap", "/dcap")
     if not isinstance(dcap, str) or not dcap.startswith("/") or len(dcap) > 256:
@@ -289,6 +341,9 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     if not isinstance(host, str) or not host:
         raise ConfigError("http.host", host, "must be a host name or address")
     http = HttpConfig(host=host, port=_int(h, "port", "http", 9110, 0, 65535))
+
+    broker = _broker(_table(raw, "broker", "", {"host", "port", "ca", "cert", "key", "client_id",
+                                                "publish_timeout_s", "keepalive_s"}), base) if "broker" in raw else None
 
     raw_sites = raw.get("sites")
     if not isinstance(raw_sites, dict) or not raw_sites:
@@ -344,7 +399,7 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
         points.append(MirrorPoint(site=site, asset=entry["asset"], point=entry["point"], reading=reading,
                                   multiplier=multiplier))
     return NorthboundConfig(server=server, client=client, sites=tuple(sites), mirror=tuple(points),
-                            polling=polling, readings=readings, http=http)
+                            polling=polling, readings=readings, http=http, broker=broker)
 
 
 def load_config(path: Path) -> NorthboundConfig:

@@ -8,7 +8,9 @@
     │                               well-formed, wrong root element, a missing or out-of-range field
     ├── TransportError              the server could not be reached: refused, timeout, TLS failure
     │   └── ServerStatusError       the server answered with an HTTP status we cannot use (``status``)
-    └── RegistrationError           the server neither lists nor accepts our EndDevice, or its PIN differs
+    ├── RegistrationError           the server neither lists nor accepts our EndDevice, or its PIN differs
+    └── BrokerError                 a command could not be handed to the platform's MQTT broker (``kind``:
+                                    unreachable, refused, timeout)
 
 ``identity.IdentityError`` (a ``ValueError``) stays beside the pure identity functions.
 Adapters end with ``raise <ours>(...) from exc``: httpx, lxml and pydantic exceptions
@@ -17,7 +19,8 @@ never leave ``transport`` and ``sep2``.
 
 from __future__ import annotations
 
-__all__ = ["NorthboundError", "ConfigError", "Sep2Error", "TransportError", "ServerStatusError", "RegistrationError"]
+__all__ = ["NorthboundError", "ConfigError", "Sep2Error", "TransportError", "ServerStatusError", "RegistrationError",
+           "BrokerError"]
 
 
 class NorthboundError(Exception):
@@ -66,4 +69,15 @@ class RegistrationError(NorthboundError):
     def __init__(self, site: str, detail: str) -> None:
         super().__init__(f"site {site}: {detail}")
         self.site = site
+        self.detail = detail
+
+
+class BrokerError(NorthboundError):
+    """A publish to the platform broker did not complete; ``kind`` is unreachable, refused or timeout."""
+
+    KINDS = ("unreachable", "refused", "timeout")
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"broker {kind}: {detail}")
+        self.kind = kind
         self.detail = detail

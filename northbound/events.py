@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from ems_contract.command import CONTROLS
 from northbound import sep2
@@ -35,7 +35,7 @@ from northbound.errors import Sep2Error
 
 __all__ = [
     "EventStatus", "ResponseStatus", "CONTROL_KINDS", "ControlEvent", "DefaultControl", "Applied", "Selection",
-    "ResponseDue", "control_event", "default_control", "control_values", "window", "select", "responses_due",
+    "ResponseDue", "FINAL_STATUSES", "control_event", "default_control", "control_values", "window", "select", "responses_due",
 ]
 
 CONTROL_KINDS = CONTROLS
@@ -68,11 +68,14 @@ class ResponseStatus(IntEnum):
     ABORTED_ALTERNATE_PROGRAM = 14
     REJECTED_NOT_APPLICABLE = 252
     REJECTED_INVALID = 253
+    REJECTED_LATE = 254
 
 
 _FINAL = frozenset({ResponseStatus.COMPLETED, ResponseStatus.CANCELLED, ResponseStatus.SUPERSEDED,
                     ResponseStatus.ABORTED_ALTERNATE_PROGRAM, ResponseStatus.REJECTED_NOT_APPLICABLE,
-                    ResponseStatus.REJECTED_INVALID})
+                    ResponseStatus.REJECTED_INVALID, ResponseStatus.REJECTED_LATE})
+FINAL_STATUSES = _FINAL
+"""The Response statuses after which an event needs no further Response."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,11 +240,13 @@ def select(events: Iterable[ControlEvent], defaults: Iterable[DefaultControl], n
 
 
 def responses_due(events: Iterable[ControlEvent], selection: Selection, sent: Mapping[str, frozenset[int]],
-                  seed: str) -> list[ResponseDue]:
+                  seed: str, confirmed: Collection[str] | None = None) -> list[ResponseDue]:
     """The Responses the events' states call for that ``sent`` (mRID → statuses posted) does not hold yet.
 
     responseRequired bit 0 asks for *received*; bit 1 for the others (started, completed, cancelled,
     superseded, aborted, rejected). An event no longer needs anything once a final status went out.
+    With ``confirmed`` (the mRIDs the sites reported applied), *started* waits for that confirmation;
+    without it (no control path), an event is started when it wins.
     """
     due: list[ResponseDue] = []
     events = list(events)
@@ -254,7 +259,8 @@ def responses_due(events: Iterable[ControlEvent], selection: Selection, sent: Ma
         if event.response_required & 0x01:
             wanted.append(ResponseStatus.RECEIVED)
         if event.response_required & 0x02:
-            wanted.extend(_progress(event, selection, already, by_mrid, seed))
+            wanted.extend(s for s in _progress(event, selection, already, by_mrid, seed)
+                          if s != ResponseStatus.STARTED or confirmed is None or event.mrid in confirmed)
         due.extend(ResponseDue(event.mrid, event.reply_to, s) for s in wanted if s not in already)
     return due
 

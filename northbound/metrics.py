@@ -12,7 +12,8 @@ import math
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from ems_contract.command import CONTROLS
+from ems_contract.command import CONTROLS, OUTCOMES
+from northbound.errors import BrokerError
 from northbound.events import ResponseStatus
 
 __all__ = ["NorthboundMetrics", "FUNCTION_SETS"]
@@ -38,6 +39,14 @@ class NorthboundMetrics:
         self.control_from_event = Gauge("control_from_event", "1 when the control comes from a DERControl event, "
                                         "0 from a DefaultDERControl or none.", ["site", "control"], **common)
         self.commands = Counter("commands", "Commands issued toward the site.", ["site", "control"], **common)
+        self.command_publishes = Counter("command_publishes", "Commands handed to the broker, by outcome "
+                                         "(ok, or why not: unreachable, refused, timeout).", ["outcome"], **common)
+        self.command_results = Counter("command_results", "Results the sites reported for our commands, by outcome.",
+                                       ["site", "outcome"], **common)
+        self.command_results_ignored = Counter("command_results_ignored", "Command-result messages ignored, by "
+                                               "reason (a contract reason code, unknown_command, wrong_site, "
+                                               "duplicate, queue_full).", ["reason"], **common)
+        self.broker_connected = Gauge("broker_connected", "1 while connected to the platform's MQTT broker.", **common)
         self.last_poll = Gauge("last_poll_timestamp", "When the site's DER controls were last read in full.", ["site"],
                                unit="seconds", **common)
         self.last_post = Gauge("last_post_timestamp", "When the site's mirror readings were last accepted.", ["site"],
@@ -50,6 +59,8 @@ class NorthboundMetrics:
                              unit="seconds", **common)
         for status in ResponseStatus:
             self.responses.labels(status.name.lower())
+        for outcome in ("ok", *BrokerError.KINDS):
+            self.command_publishes.labels(outcome)
 
     def init_site(self, site: str) -> None:
         """Create the site's label values so dashboards see them before the first event."""
@@ -58,3 +69,5 @@ class NorthboundMetrics:
             self.active_control.labels(site, control).set(math.nan)
             self.control_from_event.labels(site, control).set(0)
             self.commands.labels(site, control)
+        for outcome in OUTCOMES:
+            self.command_results.labels(site, outcome)

@@ -11,8 +11,13 @@ Tasks and when they run (server rates capped by ``polling.max_poll_s``)::
 
 Each tick (1 s) also decides every registered site's controls at server time; a control
 whose value or source changed, or whose last command is half-way to expiry, becomes a
-new ``ems_contract.command.Command`` handed to the ``CommandSink`` (expiry: the event's
-effective end or ``polling.command_ttl_s``, whichever comes first). A failing task —
+new ``ems_contract.command.Command`` (a new id every time) handed to the ``CommandSink``
+(expiry: the event's effective end or ``polling.command_ttl_s``, whichever comes first;
+a renewal that would expire no later than the last command is not sent).
+With a ``[broker]`` section the sink is ``commands.MqttCommandSink``: commands go out on
+``ems/v1/<site>/command`` and each tick first takes the sites' results, which become
+Responses (``commands.response_status``; *started* waits for the site's *applied*). A
+command the broker did not take is retried under ``commands:<site>`` with back-off. A failing task —
 refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
 backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
 one failure never stops the loop.
@@ -36,6 +41,8 @@ import httpx
 from ems_contract.command import Command
 from northbound import tls
 from northbound.client import PointValue, Sep2Client, SiteSession
+from northbound.command_link import BrokerTls, CommandLink
+from northbound.commands import MqttCommandSink, response_status, result_subscriptions
 from northbound.config import NorthboundConfig, ReadingsConfig
 from northbound.errors import NorthboundError, TransportError
 from northbound.events import window
@@ -76,13 +83,15 @@ class ReadingSource(Protocol):
 
 
 class CommandSink(Protocol):
-    """Where commands for the sites go."""
+    """Where commands for the sites go; raises a NorthboundError when a command could not be handed on."""
 
     async def issue(self, command: Command) -> None: ...
 
 
 class LogCommandSink:
-    """Logs each command and keeps the last ``keep``; stands where the MQTT publisher of the control path goes."""
+    """Logs each command and keeps the last ``keep``: the sink when no broker is configured (no control path)."""
+
+    confirms = False
 
     def __init__(self, keep: int = 100) -> None:
         self.keep = keep
@@ -146,7 +155,8 @@ class NorthboundService:
         self.config = config
         self.metrics = metrics or NorthboundMetrics()
         self.source = source
-        self.sink: CommandSink = sink or LogCommandSink()
+        self.sink: CommandSink | None = sink
+        self.link: CommandLink | None = None
         self.clock = clock
         self.client: Sep2Client | None = None
         self.endpoint: StatusEndpoint | None = None
@@ -169,7 +179,8 @@ class NorthboundService:
         return fresh and alive, {
             "discovered": self._discovered_at is not None, "loop_alive": alive,
             "registered": {s.site: s.registered for s in sessions},
-            "backing_off": sorted(k for k, b in self._backoff.items() if b.failures)}
+            "backing_off": sorted(k for k, b in self._backoff.items() if b.failures),
+            "broker_connected": None if self.link is None else self.link.connected}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
@@ -177,6 +188,8 @@ class NorthboundService:
                                      allow_tls13=self.config.server.allow_tls13)
         if self.source is None and self.config.readings.twin_api is not None:
             self.source = TwinApiSource(self.config.readings)
+        if self.sink is None:
+            self.sink = self._command_sink()
         self.endpoint = StatusEndpoint(self.config.http.host, self.config.http.port, self.metrics.registry, self.health)
         self.endpoint.start()
         observe = lambda function_set, outcome: self.metrics.requests.labels(function_set, outcome).inc()  # noqa: E731
@@ -195,19 +208,53 @@ class NorthboundService:
                         pass
         finally:
             self.endpoint.stop()
+            if self.link is not None:
+                await asyncio.to_thread(self.link.stop)
             if isinstance(self.source, TwinApiSource):
                 await self.source.aclose()
 
+    def _command_sink(self) -> CommandSink:
+        broker = self.config.broker
+        if broker is None:
+            return LogCommandSink()
+        sites = [s.site for s in self.config.sites]
+        self.link = CommandLink(broker.host, broker.port, BrokerTls(broker.ca, broker.cert, broker.key),
+                                client_id=broker.client_id, subscriptions=result_subscriptions(sites),
+                                keepalive_s=broker.keepalive_s, publish_timeout_s=broker.publish_timeout_s)
+        self.link.start()
+        return MqttCommandSink(self.link, self.metrics, sites, clock=self.clock)
+
+    def _take_results(self) -> None:
+        """Turn the sites' command results into Responses due (DefaultDERControl results: metrics only)."""
+        assert self.client is not None
+        if self.link is not None:
+            self.metrics.broker_connected.set(1 if self.link.connected else 0)
+        if not isinstance(self.sink, MqttCommandSink):
+            return
+        for outcome in self.sink.results():
+            session = self.client.sessions.get(outcome.command.site)
+            if session is None or outcome.command.event is None:
+                continue
+            status = response_status(outcome.result.outcome)
+            if not self.client.site_outcome(session, outcome.command.event, status):
+                log.info("site %s: result for event %s, which the server no longer lists", session.site,
+                         outcome.command.event)
+
     async def tick(self) -> None:
-        """Run every task that is due, then decide controls and post due Responses."""
+        """Run every task that is due, take command results, then decide controls and post due Responses."""
         assert self.client is not None
         self._last_tick = time.monotonic()
-        for task in sorted(t for t, due in self._due.items() if due <= self._last_tick and not t.startswith("responses")):
+        self.client.confirm_started = bool(getattr(self.sink, "confirms", False))
+        for task in sorted(t for t, due in self._due.items() if due <= self._last_tick
+                           and not t.startswith(("responses", "commands"))):
             await self._attempt(task, self._run_task)
+        self._take_results()
         for session in self.client.sessions.values():
             if session.registered:
                 self.client.decide(session)
-                await self._issue_commands(session)
+                task = f"commands:{session.site}"
+                if self._due.get(task, 0.0) <= time.monotonic():
+                    await self._attempt(task, self._run_task)
                 task = f"responses:{session.site}"
                 if self._due.get(task, 0.0) <= time.monotonic():
                     await self._attempt(task, self._run_task)
@@ -272,6 +319,9 @@ class NorthboundService:
         if kind == "responses":
             await client.post_responses(session)
             return 0.0
+        if kind == "commands":
+            await self._issue_commands(session)
+            return 0.0
         raise ValueError(f"unknown task {task!r}")
 
     async def _issue_commands(self, session: SiteSession) -> None:
@@ -284,19 +334,21 @@ class NorthboundService:
             self.metrics.active_control.labels(session.site, control).set(gauge_value)
             self.metrics.control_from_event.labels(session.site, control).set(1 if applied.source == "event" else 0)
             previous = self._issued.get((session.site, control))
-            if previous is not None and previous.value == applied.value and previous.mrid == applied.mrid \
-                    and now < previous.issued + (previous.expires - previous.issued) / 2:
-                continue
             expires = now + ttl
             event = by_mrid.get(applied.mrid) if applied.source == "event" else None
             if event is not None:
                 _, end = window(event, session.config.lfdi)
                 expires = min(expires, end - self.client.offset)
+            if previous is not None and previous.value == applied.value and previous.mrid == applied.mrid \
+                    and (now < previous.issued + (previous.expires - previous.issued) / 2
+                         or expires <= previous.expires + 1.0):   # a renewal would not outlast it: the event ends then
+                continue
             if expires - now < 1.0:      # ends within the second: let it lapse rather than command it
                 continue
             command = Command(id=uuid.uuid4().hex, site=session.site, issued_ms=int(now * 1000),
                               expires_ms=int(expires * 1000), event=event.mrid if event else None,
                               control=control, value=applied.value)
+            assert self.sink is not None
             await self.sink.issue(command)
             self.metrics.commands.labels(session.site, control).inc()
             self._issued[(session.site, control)] = _Issued(applied.value, applied.mrid, now, expires)

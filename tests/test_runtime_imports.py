@@ -1,8 +1,9 @@
-"""The edge agent and ingest images carry only their runtime dependencies (Dockerfile).
+"""The edge agent, ingest and north-bound images carry only their runtime dependencies (Dockerfile).
 
 Every module of ``ems_contract``, ``ems_runtime``, ``edge_agent`` and ``ingest`` is imported in a fresh interpreter;
 the third-party top-level packages it loads must be among those the Dockerfile
-installs — in particular never ``pulumi`` (the edge image stays small).
+installs — in particular never ``pulumi`` (the edge image stays small). The same for
+``northbound`` (its own image target) against the distributions its stage installs.
 """
 
 from __future__ import annotations
@@ -17,17 +18,34 @@ ROOT = Path(__file__).resolve().parents[1]
 # Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps).
 RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "tomlkit", "google"}
 
-PROBE = r"""
+# Top-level import names of the north-bound stage's distributions (cython_runtime: lxml's compiled modules).
+NORTHBOUND_RUNTIME = {"httpx", "httpcore", "h11", "anyio", "idna", "certifi", "envoy_schema", "pydantic", "pydantic_core",
+                      "pydantic_xml", "lxml", "annotated_types", "typing_inspection", "typing_extensions",
+                      "cryptography", "cffi", "paho", "prometheus_client", "cython_runtime"}
+
+PROBE_TEMPLATE = r"""
 import importlib, pkgutil, sys
 before = set(sys.modules)
-for package in ("ems_contract", "ems_runtime", "edge_agent", "ingest"):
+packages = PACKAGES
+for package in packages:
     root = importlib.import_module(package)
     for info in pkgutil.walk_packages(root.__path__, package + "."):
         importlib.import_module(info.name)
 stdlib = set(sys.stdlib_module_names)
 loaded = {name.split(".")[0] for name in set(sys.modules) - before}
-print(" ".join(sorted(n for n in loaded if n not in stdlib and not n.startswith("_") and n not in ("ems_contract", "ems_runtime", "edge_agent", "ingest"))))
+print(" ".join(sorted(n for n in loaded if n not in stdlib and not n.startswith("_") and n not in packages)))
 """
+PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "edge_agent", "ingest")))
+NORTHBOUND_PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "northbound")))
+
+
+def test_northbound_imports_only_its_image_dependencies() -> None:
+    out = subprocess.run([sys.executable, "-c", NORTHBOUND_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    third_party = set(out.stdout.split())
+    assert not third_party & {"pulumi", "pymodbus", "edge_agent", "ingest"}
+    assert third_party <= NORTHBOUND_RUNTIME, f"imports outside the image's dependencies: {sorted(third_party - NORTHBOUND_RUNTIME)}"
+    assert {"httpx", "envoy_schema", "lxml", "paho", "cryptography", "prometheus_client"} <= third_party
 
 
 def test_runtime_packages_import_only_their_image_dependencies() -> None:
@@ -42,9 +60,15 @@ def test_runtime_packages_import_only_their_image_dependencies() -> None:
 
 def test_dockerfile_installs_exactly_those_distributions() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    pattern = re.search(r"grep -E '\^\(([^)]*)\)==' requirements\.txt", dockerfile)
-    assert pattern, "the Dockerfile no longer selects runtime pins from requirements.txt"
-    wanted = set(pattern.group(1).split("|"))
+    patterns = re.findall(r"grep -E '\^\(([^)]*)\)==' requirements\.txt", dockerfile)
+    assert len(patterns) == 2, "the Dockerfile no longer selects runtime pins from requirements.txt (base, northbound)"
     pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
-    assert wanted <= pinned, f"the Dockerfile selects unpinned distributions: {sorted(wanted - pinned)}"
+    for pattern in patterns:
+        wanted = set(pattern.split("|"))
+        assert wanted <= pinned, f"the Dockerfile selects unpinned distributions: {sorted(wanted - pinned)}"
+    # The north-bound stage installs with --no-deps: every distribution its imports need must be listed.
+    from importlib.metadata import packages_distributions
+    dists = packages_distributions()
+    needed = {d.lower().replace("_", "-") for name in NORTHBOUND_RUNTIME - {"cython_runtime"} for d in dists.get(name, [name])}
+    assert needed <= set(patterns[1].split("|")), sorted(needed - set(patterns[1].split("|")))

@@ -155,3 +155,18 @@ def test_out_of_range_event_fields_are_invalid() -> None:
         control_event("P1", 1, control)
     with pytest.raises(Sep2Error, match=r"primacy must be an integer in 0..255"):
         control_event("P1", 256, _control(opModConnect=True))
+
+
+def test_started_waits_for_the_sites_confirmation_then_completed_follows() -> None:
+    events = [ev("A1")]
+    running = select(events, [], 150, SEED)
+    assert [d.status for d in responses_due(events, running, {}, SEED, confirmed=set())] == [R.RECEIVED]
+    assert [d.status for d in responses_due(events, running, {}, SEED, confirmed={"A1"})] == [R.RECEIVED, R.STARTED]
+    assert [d.status for d in responses_due(events, running, {}, SEED)] == [R.RECEIVED, R.STARTED]   # no control path
+    ended = select(events, [], 200, SEED)
+    assert [d.status for d in responses_due(events, ended, {"A1": frozenset({1, 2})}, SEED, confirmed={"A1"})] \
+        == [R.COMPLETED]
+    # Never confirmed, now over: nothing claims it started or completed.
+    assert responses_due(events, ended, {"A1": frozenset({1})}, SEED, confirmed=set()) == []
+    # A rejection posted by the site path is final: nothing after it.
+    assert responses_due(events, running, {"A1": frozenset({1, int(R.REJECTED_LATE)})}, SEED, confirmed={"A1"}) == []

@@ -1,4 +1,6 @@
-"""ems-northbound runs in its own image: it must never import pulumi (nor the edge agent or the ingest)."""
+"""ems-northbound runs in its own image: it must never import pulumi (nor the edge agent or the ingest).
+
+paho is its own dependency since the control path: commands go to the broker (``northbound.command_link``)."""
 
 from __future__ import annotations
 
@@ -21,5 +23,5 @@ def test_northbound_imports_no_pulumi_nor_other_runtimes() -> None:
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     loaded = set(out.stdout.split())
-    assert {"httpx", "envoy_schema", "lxml", "prometheus_client", "northbound"} <= loaded   # the probe saw them
-    assert not loaded & {"pulumi", "pulumi_kubernetes", "pulumi_aws", "edge_agent", "ingest", "pymodbus", "paho"}
+    assert {"httpx", "envoy_schema", "lxml", "prometheus_client", "paho", "northbound"} <= loaded   # the probe saw them
+    assert not loaded & {"pulumi", "pulumi_kubernetes", "pulumi_aws", "edge_agent", "ingest", "pymodbus"}

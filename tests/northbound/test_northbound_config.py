@@ -69,3 +69,46 @@ def test_check_config_command(tmp_path: Path, pki: LocalPki, aggregator: CertPai
     assert main(["check-config", "--config", str(bad)]) == 2
     assert capsys.readouterr().err.strip() == ("ems-northbound: server.url must be an https:// URL "
                                                "(scheme https, a host, no query) (got 'ftp://x')")
+
+
+def _with_broker(path: Path, body: str) -> Path:
+    text = path.read_text()
+    path.write_text(text.replace("[sites.sub-07]", f"[broker]\n{body}\n[sites.sub-07]", 1))
+    return path
+
+
+def test_broker_section(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
+                        capsys: pytest.CaptureFixture[str]) -> None:
+    pair = pki.client("ems-northbound-mqtt")
+    path = _with_broker(write_config(tmp_path / "nb.toml", pki, aggregator),
+                        f'host = "broker.ems.svc"\nca = "{pki.ca}"\ncert = "{pair.cert}"\nkey = "{pair.key}"\n')
+    broker = load_config(path).broker
+    assert broker is not None and (broker.port, broker.client_id, broker.publish_timeout_s) == (8883, "ems-northbound", 5.0)
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert "commands to mqtts://broker.ems.svc:8883 as ems-northbound" in capsys.readouterr().out
+    assert load_config(write_config(tmp_path / "plain.toml", pki, aggregator)).broker is None
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ('ca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.host must be a host name or IP address (got None)"),
+    ('host = "broker ems"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.host must be a host name or IP address "
+                                                                     "(got 'broker ems')"),
+    ('host = "b"\nport = 0\nca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.port must be an integer in 1..65535 (got 0)"),
+    ('host = "b"\nca = "CA"\nkey = "KEY"\n', "broker.cert is required (got None)"),
+    ('host = "b"\nca = "CA"\ncert = "/nope.crt"\nkey = "KEY"\n', "broker.cert does not exist or is not a file "
+                                                                  "(got '/nope.crt')"),
+    ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "OTHERKEY"\n', "broker.cert "),
+    ('host = "b"\nca = "CERT"\ncert = "CERT"\nkey = "KEY"\npublish_timeout_s = 0\n',
+     "broker.publish_timeout_s must be a number in 0.1..60 (got 0)"),
+    ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\nclient_id = "a b"\n',
+     "broker.client_id must be 1-64 characters of [A-Za-z0-9_.-] (got 'a b')"),
+    ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\nuser = "x"\n', "broker.user is not a known key"),
+])
+def test_broker_errors(tmp_path: Path, pki: LocalPki, aggregator: CertPair, body: str, message: str) -> None:
+    pair, other = pki.client("ems-northbound-mqtt"), pki.client("someone-else")
+    body = (body.replace('"CA"', f'"{pki.ca}"').replace('"CERT"', f'"{pair.cert}"').replace('"KEY"', f'"{pair.key}"')
+            .replace('"OTHERKEY"', f'"{other.key}"'))
+    with pytest.raises(ConfigError) as info:
+        load_config(_with_broker(write_config(tmp_path / "nb.toml", pki, aggregator), body))
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value) and "PRIVATE" not in str(info.value)

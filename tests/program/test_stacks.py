@@ -318,7 +318,7 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     # No workload talks plain MQTT: the listener is left to in-namespace tools.
     assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == set()
     mqtts = {name: rule for name, rule, port in _rules(ev, "egress") if port == 8883}
-    assert set(mqtts) == {"ingest", "modbus-bridge", "twin-api"}
+    assert set(mqtts) == {"ingest", "modbus-bridge", "twin-api", "northbound"}   # northbound: ems:northbound is set
     [broker] = [w for w in workloads(ev) if w.inputs["metadata"]["name"] == "broker"]
     for rule in mqtts.values():
         [peer] = rule["to"]

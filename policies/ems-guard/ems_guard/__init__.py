@@ -4,6 +4,7 @@
                     read-only proxies, unknown values during preview) and building policies
 * ``ports``         Service / Ingress / NetworkPolicy / security-group / Global Accelerator ports
 * ``network``       default-deny and NetworkPolicy coverage (stack policies)
+* ``egress``        the north-bound client leaves the cluster only to its 2030.5 server on 443
 * ``rbac``          Roles, ClusterRoles, bindings, ServiceAccount token automount
 * ``workloads``     container and pod hardening for every pod-bearing kind
 * ``placement``     EMS node placement, TSDB storage, thermal autoscaling
@@ -21,9 +22,9 @@ from pulumi_policy import Policy
 
 def all_policies() -> list[Policy]:
     """Every policy of the pack, grouped by domain (imported lazily so each module stays standalone)."""
-    from . import aws, network, pki, placement, ports, private_cloud, rbac, workloads
+    from . import aws, egress, network, pki, placement, ports, private_cloud, rbac, workloads
 
     policies: list[Policy] = []
-    for module in (ports, network, rbac, workloads, placement, pki, aws, private_cloud):
+    for module in (ports, network, egress, rbac, workloads, placement, pki, aws, private_cloud):
         policies.extend(module.POLICIES)
     return policies
