@@ -45,6 +45,7 @@ __all__ = [
 
 MIN_KUBERNETES = (1, 26)
 LEAF_MAX_HOURS = 398 * 24
+MAX_INGEST_REPLICAS = 64
 CLOUDS = ("aws", "private", "local")
 ROLES = ("region", "global")
 POOLS = ("interconnect", "nvme", "general")
@@ -634,8 +635,11 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         provisioner = r.require("storageProvisioner", _pattern(re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9.-]+)?$"), "a CSI driver name such as csi.trident.netapp.io"), "when ems:cloud is private (your CSI driver, e.g. csi.trident.netapp.io)")
     else:
         provisioner = r.get("storageProvisioner", _string, "hostpath.csi.k8s.io")
-    min_replicas = r.get("ingestMinReplicas", _integer(1, 1000), d.ingest_min_replicas)
-    max_replicas = r.get("ingestMaxReplicas", _integer(1, 1000), d.ingest_max_replicas)
+    # One broker certificate per worker ordinal up to the maximum, all in one projected volume and
+    # one dynsec client each: the cap keeps that bounded (64 workers × ~110k readings/s is far
+    # beyond one Mosquitto anyway).
+    min_replicas = r.get("ingestMinReplicas", _integer(1, MAX_INGEST_REPLICAS), d.ingest_min_replicas)
+    max_replicas = r.get("ingestMaxReplicas", _integer(1, MAX_INGEST_REPLICAS), d.ingest_max_replicas)
     if min_replicas > max_replicas:
         raise SettingsError("ingestMinReplicas", min_replicas, f"must not exceed ems:ingestMaxReplicas {max_replicas}")
     ca_hours = r.get("caValidityHours", _integer(24 * 30, 24 * 365 * 30), d.ca_validity_hours)

@@ -59,6 +59,7 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({**AWS, "ems:ingestMinReplicas": "two"}, "ems:ingestMinReplicas: two must be an integer"),
         ({**AWS, "ems:ingestMinReplicas": True}, "ems:ingestMinReplicas: true must be an integer"),
         ({**AWS, "ems:ingestMinReplicas": 5, "ems:ingestMaxReplicas": 2}, "ems:ingestMinReplicas: 5 must not exceed ems:ingestMaxReplicas 2"),
+        ({**AWS, "ems:ingestMaxReplicas": 1000}, "ems:ingestMaxReplicas: 1000 must be at most 64"),
         ({**AWS, "ems:ingestScaleDownStabilizationSeconds": 4000}, "ems:ingestScaleDownStabilizationSeconds: 4000 must be at most 3600"),
         ({**AWS, "ems:vpcCidr": "10.40.0.1/16"}, "ems:vpcCidr: 10.40.0.1/16 is not a valid CIDR block (e.g. 10.40.0.0/16, host bits zero)"),
         ({**AWS, "ems:publicEndpointCidrs": ["0.0.0.0/0"]}, "ems:publicEndpointCidrs[0]: 0.0.0.0/0 would open the Kubernetes API to the whole internet; list your operator networks"),
