@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import pulumi
 
+from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
+
 __all__ = [
     "AwsSettings",
     "GlobalSettings",
@@ -43,7 +45,6 @@ __all__ = [
     "parse_settings",
 ]
 
-MIN_KUBERNETES = (1, 26)
 LEAF_MAX_HOURS = 398 * 24
 MAX_INGEST_REPLICAS = 64
 CLOUDS = ("aws", "private", "local")
@@ -613,7 +614,9 @@ def parse_settings(raw: Mapping[str, object], stack: str, secrets_set: frozenset
     cloud = r.require("cloud", _choice(CLOUDS), f"(one of {'|'.join(CLOUDS)})")
     role = r.get("role", _choice(ROLES), "region")
     _check_scope(r.raw, cloud, role)
-    version = r.get("kubernetesVersion", _kubernetes_version, "1.29")
+    version = r.get("kubernetesVersion", _kubernetes_version, DEFAULT_KUBERNETES)
+    if cloud == "aws" and role == "region" and (refused := eks_refusal(version)):
+        raise SettingsError("kubernetesVersion", version, refused)
     tags = r.get("tags", _string_map, ())
 
     if role == "global":
