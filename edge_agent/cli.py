@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
 from ems_contract.config_file import shorten
+from ems_runtime.version import version_text
 
 __all__ = ["main"]
 
@@ -60,6 +61,7 @@ def _configure_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ems-edge", description="EMS edge agent: Modbus → MQTT/mTLS.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=version_text("ems-edge"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ingest.config import IngestConfig, load_config
 from ingest.errors import ConfigError, IngestError
+from ems_runtime.version import version_text
 
 log = logging.getLogger("ingest")
 DEFAULT_CONFIG = "/etc/ems/ingest.toml"
@@ -126,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ems-ingest", description="EMS telemetry ingest (MQTT → Prometheus).")
     parser.add_argument("--log-level", default=os.environ.get("EMS_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=version_text("ems-ingest"))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "consume telemetry into the TSDB"), ("twin-api", "serve the digital-twin read API"),
                        ("check-config", "validate the config file and exit")):
