@@ -79,7 +79,8 @@ def run(config: IngestConfig) -> int:
                     subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
                     session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
                     on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0))
-    writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca)
+    writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca,
+                          auth=config.tsdb.auth)
     worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,
                           max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
                           max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s,
