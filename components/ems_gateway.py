@@ -6,8 +6,8 @@ The field manual addresses it as ``kubectl logs -f deployment/ems-gateway -n ems
 restart stops the old pod (SIGTERM flushes what it can) before the new one mounts the same
 spool claim, so the spool is never shared and never lost; readings that were spooled but
 not yet acknowledged are published by the new pod. The audit log is where the manual says,
-``/var/log/ems/telemetry-audit.log``, on a volume of its own. The agent logs to the
-container's standard streams (``kubectl logs``), never to a file.
+``/var/log/ems/telemetry-audit.log``, on a volume of its own. The agent logs JSON
+lines to stdout (``kubectl logs``), never to a file.
 
 It is latency-critical (``ems.io/latency-critical: "true"``) and therefore carries a
 *required* node affinity to ``ems.io/pool In [interconnect]``. Its sensors.conf is generated
@@ -152,7 +152,8 @@ class EmsGateway(pulumi.ComponentResource):
         audit = _claim(f"{name}-audit", f"{APP}-audit", args, args.audit_size, o)
         agent = container(
             "edge-agent", args.image, args.resources,
-            args=["run", "--config", CONFIG_PATH],
+            # Log lines to stdout: collectors that rank stderr as errors would file every line as one.
+            args=["--log-stream", "stdout", "run", "--config", CONFIG_PATH],
             ports=[("metrics", HTTP_PORT)],
             env={"EMS_RS485_GATEWAYS": ",".join(f"{g.host}:{g.port}" for g in args.gateways)},
             mounts=[("config", "/etc/ems/conf"), ("tls", "/etc/ems/tls"), ("spool", SPOOL_DIR), ("audit", AUDIT_DIR)],

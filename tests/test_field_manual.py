@@ -137,7 +137,7 @@ def check_gateway_logs(site: Path, rendered: dict) -> None:
     deploy, conf = _gateway(rendered)
     assert deploy["kind"] == "Deployment" and deploy["metadata"]["namespace"] == NS
     [container] = deploy["spec"]["template"]["spec"]["containers"]
-    assert container["args"][0] == "run"
+    assert container["args"][:3] == ["--log-stream", "stdout", "run"]
     # The agent writes no log file: nothing in its config names one.
     assert "log" not in re.sub(r"(telemetry-audit\.log|/var/log/ems)", "", conf["data"]["sensors.conf"])
 

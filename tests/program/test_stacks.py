@@ -575,7 +575,7 @@ def test_the_manual_s_ems_gateway_is_a_recreated_deployment_in_ems_system(name: 
     mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in c["volumeMounts"]}
     assert mounts["/var/lib/ems"] == ("spool", False) and mounts["/var/log/ems"] == ("audit", False)
     assert mounts["/etc/ems/conf"] == ("config", True) and mounts["/etc/ems/tls"] == ("tls", True)
-    assert c["args"] == ["run", "--config", "/etc/ems/conf/sensors.conf"]
+    assert c["args"] == ["--log-stream", "stdout", "run", "--config", "/etc/ems/conf/sensors.conf"]
     assert conf["audit"]["path"] == "/var/log/ems/telemetry-audit.log"
     assert conf["spool"]["path"].startswith("/var/lib/ems/")
     assert deploy.inputs["metadata"]["labels"]["ems.io/latency-critical"] == "true"
