@@ -1,4 +1,4 @@
-# ems-platform runtime images: the edge agent (also the in-cluster Modbus bridge) and the
+# ems-platform runtime images: the edge agent (also the in-cluster protocol gateway, deployment/ems-gateway) and the
 # ingest workers. One build context, two targets:
 #
 #   docker build --target edge-agent -t ghcr.io/ems-platform/edge-agent:0.1.0 .
@@ -30,7 +30,7 @@ RUN pip install --no-deps . \
 USER 10001:10001
 
 FROM base AS edge-agent
-# Metrics and health (the Modbus bridge serves them on 9100; an edge node defaults to 9108).
+# Metrics and health (ems-gateway serves them on 9100; an edge node defaults to 9108).
 EXPOSE 9100
 ENTRYPOINT ["ems-edge"]
 CMD ["run", "--config", "/etc/ems/sensors.conf"]

@@ -19,8 +19,9 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import ComponentArgsError, labels
+from components.kubernetes_versions import CHART_KUBERNETES
 
-LBC_CHART_VERSION = "1.8.1"
+LBC_CHART_VERSION = CHART_KUBERNETES["aws-load-balancer-controller"][0]
 LBC_REPOSITORY = "https://aws.github.io/eks-charts"
 
 

@@ -11,9 +11,9 @@ Who uses what (on 8883 the certificate's CN is the MQTT username *and* the clien
 | client | listener | identity (certificate CN = username = client id) | may |
 |---|---|---|---|
 | edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only |
-| Modbus bridge | 8883 (``broker``) | ``<namespace>-bridge`` | like a site |
-| ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``<namespace>-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
-| twin API | 8883 (``broker``) | one per replica: ``<namespace>-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
+| ems-gateway (the protocol gateway) | 8883 (``broker``) | ``ems-bridge`` | like a site |
+| ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``ems-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
+| twin API | 8883 (``broker``) | one per replica: ``ems-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
 | north-bound client (planned) | 8883 (``broker``) | its own CN, added like ``twin_identities`` with its own role | (DESIGN §2: publish ``ems/v1/<site>/command`` for its sites only) |
 | any other certificate of the CA | 8883 | its CN | connects under its own CN as client id, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
 | operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
@@ -115,7 +115,7 @@ log_type error
 log_type warning
 log_type notice
 
-# Every workload client (edge sites, the Modbus bridge, the ingest workers): mutual TLS, CN = username.
+# Every workload client (edge sites, ems-gateway, the ingest workers): mutual TLS, CN = username.
 listener {MQTTS_PORT}
 cafile /mosquitto/tls/ca.crt
 certfile /mosquitto/tls/tls.crt
@@ -227,7 +227,7 @@ class BrokerArgs:
     ingest_group: str
     """The ingest workers' shared-subscription group: only ``ingest_identities`` may join ``$share/<group>/ems/v1/+/telemetry``."""
     clients: tuple[str, ...]
-    """Certificate CNs confined to their own subtree ``ems/v1/<CN>/#`` (edge sites, the Modbus bridge); any other CN may do nothing."""
+    """Certificate CNs confined to their own subtree ``ems/v1/<CN>/#`` (edge sites, ems-gateway); any other CN may do nothing."""
     twin_identities: tuple[str, ...] = ()
     """Certificate CNs of the twin read API's replicas, one per replica: subscribe to and receive ``ems/v1/+/twin/+`` only.
     Defaults to none (no such client)."""

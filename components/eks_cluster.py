@@ -27,7 +27,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import POOL_LABEL, ComponentArgsError
-from components.settings import MIN_KUBERNETES, NodeGroupSettings
+from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES
+from components.settings import NodeGroupSettings
 
 LOG_TYPES = ["api", "audit", "authenticator"]
 UNSAFE_SYSCTLS = ["net.core.somaxconn"]
@@ -53,6 +54,17 @@ def node_user_data(unsafe_sysctls: list[str]) -> str:
         f"--EMS\nContent-Type: application/node.eks.aws\n\n{node_config}\n\n--EMS--\n"
     )
     return base64.b64encode(mime.encode()).decode()
+
+
+def addon_version(addon: str, kubernetes_version: pulumi.Input[str], parent: pulumi.Resource) -> pulumi.Output[str]:
+    """The version of EKS add-on ``addon`` that EKS publishes as the default for ``kubernetes_version``.
+
+    Pinned this way, the add-ons follow ``ems:kubernetesVersion``: raising it upgrades them in the same
+    ``pulumi up`` instead of leaving add-ons built for the old control plane. The lookup runs on
+    ``parent``'s AWS provider (the stacks disable the default one).
+    """
+    return aws.eks.get_addon_version_output(addon_name=addon, kubernetes_version=kubernetes_version,
+                                            opts=pulumi.InvokeOutputOptions(parent=parent)).version
 
 
 def kubeconfig(cluster_name: str, endpoint: str, ca_data: str, region: str) -> str:
@@ -96,8 +108,8 @@ class EksClusterArgs:
     """Private subnets (>= 2 zones) for the control-plane ENIs and the nodes."""
     node_groups: tuple[NodeGroupSettings, ...]
     """Managed node groups; at least one ``interconnect`` and one ``nvme`` pool."""
-    version: str = "1.29"
-    """Kubernetes version (>= 1.26). Defaults to 1.29."""
+    version: str = DEFAULT_KUBERNETES
+    """Kubernetes version (>= 1.26; see components/kubernetes_versions.py). Defaults to DEFAULT_KUBERNETES (1.36)."""
     cluster_name: str | None = None
     """EKS cluster name (must match the subnets' ``kubernetes.io/cluster/<name>`` tags). Defaults to an auto-name."""
     public_endpoint_cidrs: tuple[str, ...] = ()
@@ -179,6 +191,7 @@ class EksCluster(pulumi.ComponentResource):
         # NetworkPolicies are only enforced on EKS when the VPC CNI's policy agent is on.
         aws.eks.Addon(
             f"{name}-vpc-cni", cluster_name=cluster.name, addon_name="vpc-cni",
+            addon_version=addon_version("vpc-cni", cluster.version, self),
             configuration_values=json.dumps({"enableNetworkPolicy": "true"}),
             resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="OVERWRITE",
             tags=tags, opts=o,
@@ -192,6 +205,7 @@ class EksCluster(pulumi.ComponentResource):
                                                   policy_arn=f"{POLICY}/service-role/AmazonEBSCSIDriverPolicy", opts=o)
         aws.eks.Addon(
             f"{name}-ebs-csi", cluster_name=cluster.name, addon_name="aws-ebs-csi-driver",
+            addon_version=addon_version("aws-ebs-csi-driver", cluster.version, self),
             service_account_role_arn=ebs_role.arn, resolve_conflicts_on_create="OVERWRITE", resolve_conflicts_on_update="PRESERVE",
             tags=tags, opts=pulumi.ResourceOptions(parent=self, depends_on=[ebs_policy, *groups]),
         )

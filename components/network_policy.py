@@ -5,9 +5,9 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | from → to                     | port  |
 |-------------------------------|-------|
 | anywhere → broker             | 8883  |
-| ingest, bridge, twin-api → broker | 8883 (egress; mTLS, each with its own certificate identity) |
+| ingest, ems-gateway, twin-api → broker | 8883 (egress; mTLS, each with its own certificate identity) |
 | namespace pods → broker       | 1883 (ingress only: in-namespace tools, read-only by the broker's ACL; no workload has egress to it) |
-| bridge → RS-485 gateways      | 502 (the configured port, per gateway address) |
+| ems-gateway → RS-485 gateways | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
 | api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``) |
 | anywhere (API server) → adapter | 6443 |
@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.ems_gateway import APP as GATEWAY_APP
 from components.k8s_common import child, metadata, selector
 from components.settings import ModbusGateway
 from components.twin_api import PORT as TWIN_API_PORT
@@ -52,7 +53,7 @@ class NetworkPoliciesArgs:
     extra_namespaces: tuple[tuple[str, pulumi.Input[str]], ...] = ()
     """(role, namespace) pairs without workloads: default deny only. Defaults to none."""
     gateways: tuple[ModbusGateway, ...] = ()
-    """RS-485 gateways the bridge may reach; without any there is no bridge and no bridge policy. Defaults to none."""
+    """RS-485 gateways ems-gateway may reach; without any there is no ems-gateway and no policy for it. Defaults to none."""
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -93,7 +94,7 @@ class NetworkPolicies(pulumi.ComponentResource):
         ])
         if args.gateways:
             gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]
-            policy("modbus-bridge", ns, _pods("modbus-bridge")["podSelector"], ingress=[],
+            policy(GATEWAY_APP, ns, _pods(GATEWAY_APP)["podSelector"], ingress=[],
                    egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
         policy("ingest", ns, _pods("ingest")["podSelector"],
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],

@@ -6,7 +6,7 @@ and DNS allow):
 | direction | peer | port |
 |---|---|---|
 | egress | the utility's 2030.5 server, by address (``ems:northbound.serverAddress``) | ``serverPort`` (443; the policy pack's ``northbound-egress-utility-only`` allows only 443) |
-| egress | broker pods | 8883 (mTLS, its own certificate identity ``<namespace>-northbound``) |
+| egress | broker pods | 8883 (mTLS, its own certificate identity ``ems-northbound``) |
 | ingress | TSDB pods (scrape) | :data:`METRICS_PORT` (``/metrics``; ``/healthz`` for the kubelet) |
 
 One replica and the ``Recreate`` strategy: two clients would register, mirror and command the

@@ -42,7 +42,7 @@ class PkiArgs:
     edge_sites: tuple[str, ...] = ()
     """Edge site ids; each gets a client certificate with CN = site id, in ``client_namespace``. Defaults to none."""
     in_cluster_clients: tuple[str, ...] = ()
-    """Client identities used by in-cluster workloads (e.g. the Modbus bridge), stored in ``namespace``. Defaults to none."""
+    """Client identities used by in-cluster workloads (e.g. ems-gateway), stored in ``namespace``. Defaults to none."""
     organization: str = "ems-platform"
     """Subject organisation of every certificate. Defaults to ``ems-platform``."""
     leaf_validity_hours: int = 2160

@@ -1,6 +1,6 @@
 """EmsPlatform: everything the EMS needs inside one Kubernetes cluster, on any provider.
 
-It composes the per-area components (PKI, storage class, TSDB, broker, Modbus bridge,
+It composes the per-area components (PKI, storage class, TSDB, broker, protocol gateway,
 ingest + autoscaling, twin read API, API gateway, NetworkPolicies, RBAC). The caller passes the cluster's
 Kubernetes provider with ``providers=[provider]``; every child inherits it, so the same
 component runs on EKS, a private cluster, or the local renderer.
@@ -15,10 +15,10 @@ import pulumi_kubernetes as k8s
 
 from components.api_gateway import ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
+from components.ems_gateway import EmsGateway, EmsGatewayArgs
 from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_identities
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
-from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.northbound import NorthboundArgs, NorthboundClient
 from components.pki import Pki, PkiArgs, ServerCert
@@ -27,6 +27,9 @@ from components.settings import PlatformSettings
 from components.tsdb import Tsdb, TsdbArgs
 from components.twin_api import PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
 
+# Prefix of the MQTT identities (certificate CN = username = client id) of the in-cluster clients. It does not
+# follow ems:namespace: a site id or a worker's identity stays the same when the workloads move namespace.
+IDENTITY_PREFIX = "ems"
 AWS_EBS_PARAMETERS = {"type": "gp3", "encrypted": "true", "csi.storage.k8s.io/fstype": "ext4"}
 
 
@@ -59,14 +62,14 @@ class EmsPlatform(pulumi.ComponentResource):
             raise ComponentArgsError(name, "settings.storage_provisioner", s.storage_provisioner, "must be ebs.csi.aws.com on AWS")
         # Certificate identities (CN = MQTT username = client id, components/broker.py): one per ingest worker up to
         # the HPA's maximum and one per twin API replica, so that a session belongs to one certificate.
-        bridge_site, ingest_identity = f"{s.namespace}-bridge", f"{s.namespace}-ingest"
-        twin_identity = f"{s.namespace}-twin-api"
+        bridge_site, ingest_identity = f"{IDENTITY_PREFIX}-bridge", f"{IDENTITY_PREFIX}-ingest"
+        twin_identity = f"{IDENTITY_PREFIX}-twin-api"
         ingest_workers = worker_identities(ingest_identity, s.ingest_max_replicas)
         twin_replicas = replica_identities(twin_identity, TWIN_API_REPLICAS)
         # Reserved whether or not ems:northbound is set, so that no edge site takes its name first.
-        northbound_identity = f"{s.namespace}-northbound"
+        northbound_identity = f"{IDENTITY_PREFIX}-northbound"
         for site in s.edge_sites:
-            for reserved, family, why in ((bridge_site, False, "the in-cluster Modbus bridge"),
+            for reserved, family, why in ((bridge_site, False, "the protocol gateway (ems-gateway)"),
                                           (ingest_identity, True, "the ingest workers"),
                                           (twin_identity, True, "the twin read API"),
                                           (northbound_identity, True, "the north-bound client"),
@@ -137,8 +140,8 @@ class EmsPlatform(pulumi.ComponentResource):
             clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
             storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
-        if s.modbus_gateways:  # no RS-485 gateway configured: nothing to bridge
-            ModbusBridge(f"{name}-bridge", ModbusBridgeArgs(
+        if s.modbus_gateways:  # no RS-485 gateway configured: nothing to poll
+            EmsGateway(f"{name}-bridge", EmsGatewayArgs(
                 namespace=namespace, image=s.images.edge_agent, site=bridge_site,
                 broker_host=f"broker.{ns_name}.svc.cluster.local", tls_secret=f"edge-{bridge_site}-tls",
                 storage_class=storage_class, gateways=s.modbus_gateways,

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import pulumi
 
+from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
+
 __all__ = [
     "AwsSettings",
     "GlobalSettings",
@@ -43,7 +45,6 @@ __all__ = [
     "parse_settings",
 ]
 
-MIN_KUBERNETES = (1, 26)
 LEAF_MAX_HOURS = 398 * 24
 MAX_INGEST_REPLICAS = 64
 CLOUDS = ("aws", "private", "local")
@@ -51,6 +52,7 @@ ROLES = ("region", "global")
 POOLS = ("interconnect", "nvme", "general")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
+GATEWAY_TRANSPORTS = ("tcp", "rtu-over-tcp")
 IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
@@ -128,7 +130,7 @@ class NodeGroupSettings:
 
 @dataclass(frozen=True)
 class ModbusGateway:
-    """An RS-485 → Modbus/TCP gateway the in-cluster bridge polls."""
+    """An RS-485 gateway the in-cluster protocol gateway (``deployment/ems-gateway``) polls."""
 
     name: str
     host: str
@@ -136,6 +138,8 @@ class ModbusGateway:
     unit: int = 1
     points_json: str = "[]"
     """The device's ``[[devices.points]]`` tables (edge agent sensors.conf schema) as JSON text."""
+    transport: str = "tcp"
+    """Framing the gateway speaks: ``tcp`` (Modbus TCP, MBAP header) or ``rtu-over-tcp`` (RTU frames with CRC)."""
 
     @property
     def points(self) -> list[dict[str, Any]]:
@@ -180,7 +184,8 @@ class NorthboundSettings:
 class PlatformSettings:
     """What ``EmsPlatform`` builds inside a cluster (region stacks only)."""
 
-    namespace: str = "ems"
+    namespace: str = "ems-system"
+    """Namespace of the workloads (the field manual's ``-n ems-system``)."""
     images: Images = field(default_factory=Images)
     edge_sites: tuple[str, ...] = ()
     modbus_gateways: tuple[ModbusGateway, ...] = ()
@@ -519,7 +524,7 @@ def _object(key: str, value: object, allowed: Sequence[str], required: Sequence[
 
 
 def _gateway(key: str, value: object) -> ModbusGateway:
-    obj = _object(key, value, ("name", "host", "port", "unit", "points"), ("name", "host", "points"))
+    obj = _object(key, value, ("name", "host", "port", "unit", "transport", "points"), ("name", "host", "points"))
     points = _structured(f"{key}.points", obj["points"], list, "a list of point tables (edge agent sensors.conf schema)")
     if not points or not all(isinstance(p, dict) for p in points):
         raise SettingsError(f"{key}.points", points, "must be a non-empty list of point objects (id, asset, name, address, ...)")
@@ -529,6 +534,7 @@ def _gateway(key: str, value: object) -> ModbusGateway:
         port=_integer(1, 65535)(f"{key}.port", obj.get("port", 502)),
         unit=_integer(0, 255)(f"{key}.unit", obj.get("unit", 1)),
         points_json=json.dumps(points, sort_keys=True),
+        transport=_choice(GATEWAY_TRANSPORTS)(f"{key}.transport", obj.get("transport", "tcp")),
     )
 
 
@@ -608,7 +614,9 @@ def parse_settings(raw: Mapping[str, object], stack: str, secrets_set: frozenset
     cloud = r.require("cloud", _choice(CLOUDS), f"(one of {'|'.join(CLOUDS)})")
     role = r.get("role", _choice(ROLES), "region")
     _check_scope(r.raw, cloud, role)
-    version = r.get("kubernetesVersion", _kubernetes_version, "1.29")
+    version = r.get("kubernetesVersion", _kubernetes_version, DEFAULT_KUBERNETES)
+    if cloud == "aws" and role == "region" and (refused := eks_refusal(version)):
+        raise SettingsError("kubernetesVersion", version, refused)
     tags = r.get("tags", _string_map, ())
 
     if role == "global":

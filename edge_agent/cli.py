@@ -15,7 +15,7 @@ Exit codes: 0 ok, 1 audit corruption, 2 any expected error (bad config,
 unreadable key, broker refusing the certificate, ...) printed as one line on
 stderr without a traceback. This is the only module that configures logging:
 readable lines on a terminal, JSON lines otherwise (``--log-level``, default
-info). Secrets and payloads are never logged.
+info), on stderr or, with ``--log-stream stdout``, on stdout. Secrets and payloads are never logged.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
 from ems_contract.config_file import shorten
+from ems_runtime.version import version_text
 
 __all__ = ["main"]
 
@@ -46,9 +47,10 @@ class _JsonFormatter(logging.Formatter):
         return json.dumps(body, ensure_ascii=False)
 
 
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
+def _configure_logging(level: str, stream_name: str = "stderr") -> None:
+    stream = sys.stdout if stream_name == "stdout" else sys.stderr
+    handler = logging.StreamHandler(stream)
+    if stream.isatty():
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
     else:
         handler.setFormatter(_JsonFormatter())
@@ -60,6 +62,9 @@ def _configure_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ems-edge", description="EMS edge agent: Modbus → MQTT/mTLS.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=version_text("ems-edge"))
+    parser.add_argument("--log-stream", default="stderr", choices=["stderr", "stdout"],
+                        help="where log lines go (default stderr; containers whose collectors rank stderr as errors: stdout)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -186,7 +191,7 @@ _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "calibrate": _c
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.log_level)
+    _configure_logging(args.log_level, args.log_stream)
     command = _cmd_audit_verify if args.command == "audit" else _COMMANDS[args.command]
     try:
         return command(args)

@@ -11,12 +11,15 @@ Exit codes: 0 success (policy: no mandatory violation); 1 policy: mandatory viol
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Sequence
+
+from ems_runtime.version import version_text
 
 from .errors import ConfigError, EmsctlError, PolicyPackError, ProgramError
 
@@ -26,6 +29,7 @@ DEFAULT_PACK = "policies/ems-guard"
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="emsctl", description="Offline preview and policy gate for Pulumi (no CLI, no credentials).")
+    p.add_argument("--version", action="version", version=version_text("emsctl"))
     sub = p.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--project", default=".", metavar="DIR", help="Pulumi project directory (default: .)")
@@ -52,9 +56,22 @@ def _err(message: str) -> None:
     print(f"emsctl: error: {message}", file=sys.stderr)
 
 
+# What the Pulumi program needs in this interpreter: the ems-platform[pulumi] extra (pyproject.toml).
+PULUMI_MODULES = ("pulumi", "pulumi_aws", "pulumi_kubernetes", "pulumi_tls", "pulumi_policy")
+
+
+def _require_pulumi() -> None:
+    """The preview and the gate run the program and the packs with this interpreter: their SDKs must be here."""
+    missing = [name for name in PULUMI_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError("this environment", None, f"lacks the Pulumi SDK and providers (missing {', '.join(missing)}); "
+                                                    "install them with: pip install 'ems-platform[pulumi]'")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        _require_pulumi()
         if args.command == "preview":
             return _preview(args)
         return _policy(args)

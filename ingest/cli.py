@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ingest.config import IngestConfig, load_config
 from ingest.errors import ConfigError, IngestError
+from ems_runtime.version import version_text
 
 log = logging.getLogger("ingest")
 DEFAULT_CONFIG = "/etc/ems/ingest.toml"
@@ -78,7 +79,8 @@ def run(config: IngestConfig) -> int:
                     subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
                     session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
                     on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0))
-    writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca)
+    writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca,
+                          auth=config.tsdb.auth)
     worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,
                           max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
                           max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s,
@@ -126,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ems-ingest", description="EMS telemetry ingest (MQTT → Prometheus).")
     parser.add_argument("--log-level", default=os.environ.get("EMS_LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=version_text("ems-ingest"))
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "consume telemetry into the TSDB"), ("twin-api", "serve the digital-twin read API"),
                        ("check-config", "validate the config file and exit")):

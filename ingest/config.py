@@ -19,6 +19,11 @@ default). Example (``docs/ingest.md`` has the full table)::
     [tsdb]
     remote_write_url = "http://tsdb.ems.svc:9090/api/v1/write"   # required
     query_url = "http://tsdb.ems.svc:9090"                       # default: origin of remote_write_url
+    # A managed TSDB (Mimir, Cortex, Thanos Receive, a managed Prometheus): credentials from files,
+    # read on every new connection, and only over https; at most one of bearer token and basic auth.
+    # bearer_token_file = "/etc/ems/tsdb-auth/token"
+    # basic_auth_username = "ems"  with  basic_auth_password_file = "/etc/ems/tsdb-auth/password"
+    # tenant_id = "grid-ops"       # sent as tenant_header (default X-Scope-OrgID; Thanos: THANOS-TENANT)
 
     [batch]
     max_readings = 2000
@@ -58,6 +63,7 @@ from ems_contract.config_file import (HOST_RULE, ConfigFileError, parse_toml, re
                                       valid_path_text)
 from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
+from ingest.remote_write import RemoteWriteAuth
 
 __all__ = ["ENV_OVERRIDES", "MAX_ENV_CHARS", "MAX_URL_CHARS", "IngestConfig", "BrokerConfig", "TsdbConfig",
            "BatchConfig", "StateConfig", "MetricsConfig", "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
@@ -91,6 +97,8 @@ class TsdbConfig:
     timeout_s: float = 10.0
     max_backoff_s: float = 30.0
     ca: Path | None = None
+    auth: RemoteWriteAuth | None = None
+    """Credentials and tenant of the remote write; None sends neither."""
 
 
 @dataclass(frozen=True)
@@ -272,6 +280,38 @@ def _client_id(section: _Section, prefix: str) -> str:
     return value
 
 
+_VISIBLE = re.compile(r"[\x21-\x7e]{1,256}")
+_HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+def _remote_write_auth(t: _Section, scheme: str) -> RemoteWriteAuth | None:
+    """``[tsdb]`` credentials and tenant; None when none is set. Files must exist; their content is read later."""
+    bearer = t.path("bearer_token_file")
+    user = t.str("basic_auth_username")
+    password = t.path("basic_auth_password_file")
+    tenant = t.str("tenant_id")
+    header = t.str("tenant_header", "X-Scope-OrgID")
+    if bearer is not None and (user is not None or password is not None):
+        raise ConfigError("tsdb.bearer_token_file", str(bearer), "excludes basic_auth_username and "
+                                                                 "basic_auth_password_file: set one kind of credentials")
+    if (user is None) != (password is None):
+        missing, given = ("basic_auth_password_file", user) if password is None else ("basic_auth_username", str(password))
+        raise ConfigError(f"tsdb.{missing}", None, f"is required with the other basic auth setting (got {given!r})")
+    if user is not None and ":" in user:
+        raise ConfigError("tsdb.basic_auth_username", user, "must not contain ':' (basic auth separates user and password with it)")
+    if tenant is not None and not _VISIBLE.fullmatch(tenant):
+        raise ConfigError("tsdb.tenant_id", tenant, "must be 1..256 visible ASCII characters")
+    if not _HEADER.fullmatch(header):
+        raise ConfigError("tsdb.tenant_header", header, "must be an HTTP header name (letters, digits, '-', ...)")
+    if (bearer is not None or user is not None) and scheme != "https":
+        raise ConfigError("tsdb.remote_write_url", f"{scheme}://…", "must be https:// when credentials are set "
+                                                                     "(they would cross the network in clear text)")
+    if bearer is None and user is None and tenant is None:
+        return None
+    return RemoteWriteAuth(bearer_token_file=bearer, basic_username=user, basic_password_file=password,
+                           tenant=tenant, tenant_header=header)
+
+
 def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bool = True) -> IngestConfig:
     """Validate a parsed TOML document; relative paths are taken relative to ``base``.
 
@@ -317,7 +357,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
     tsdb = TsdbConfig(
         remote_write_url=write_url, query_url=t.url("query_url", f"{parsed.scheme}://{parsed.netloc}"),
         timeout_s=t.float("timeout_s", 10.0, 0.1, 300.0), max_backoff_s=t.float("max_backoff_s", 30.0, 0.1, 3600.0),
-        ca=t.path("ca"),
+        ca=t.path("ca"), auth=_remote_write_auth(t, parsed.scheme),
     )
     t.done()
 

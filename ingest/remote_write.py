@@ -15,11 +15,19 @@ which say nothing about the data) or ``TsdbRejected`` (permanent: 400, 409,
 older than its out-of-order window). Prometheus applies a request atomically (one bad sample
 rolls back the whole request), so the caller bisects a rejected batch to find
 the bad samples (``ingest.worker``).
+
+Managed stores (Mimir, Cortex, Thanos Receive, a managed Prometheus) want credentials and a
+tenant: ``RemoteWriteAuth`` adds a bearer token or basic auth, read from files (Kubernetes
+Secrets mounted as files), and an optional tenant header. The files are read whenever a
+connection opens, and a 401/403 closes the connection, so a rotated Secret applies without a
+restart. Credentials never appear in an error, a log line or a ``repr``.
 """
 
 from __future__ import annotations
 
+import base64
 import http.client
+import re
 import ssl
 import time
 import urllib.parse
@@ -33,7 +41,7 @@ from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.prompb import WriteRequest
 
-__all__ = ["METRIC", "Sample", "series_labels", "encode_write_request", "RemoteWriter"]
+__all__ = ["METRIC", "RemoteWriteAuth", "Sample", "series_labels", "encode_write_request", "RemoteWriter"]
 
 METRIC = "ems_reading"
 Labels = tuple[tuple[str, str], ...]
@@ -41,6 +49,85 @@ Labels = tuple[tuple[str, str], ...]
 _PERMANENT_5XX = ("too old sample", "out of bounds")
 # Statuses that reject the samples themselves (bad data, duplicate timestamp, too large): bisect and dead-letter.
 _REJECTS_DATA = frozenset({400, 409, 413, 422})
+
+
+MAX_SECRET_BYTES = 4096
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
+
+
+@dataclass(frozen=True)
+class RemoteWriteAuth:
+    """Credentials and tenant for the remote-write endpoint; at most one of bearer token and basic auth.
+
+    | field | header |
+    |---|---|
+    | ``bearer_token_file`` | ``Authorization: Bearer <file's first line>`` (visible ASCII) |
+    | ``basic_username`` + ``basic_password_file`` | ``Authorization: Basic base64(user:password)`` (UTF-8, no control characters) |
+    | ``tenant`` | ``<tenant_header>: <tenant>``; the header defaults to ``X-Scope-OrgID`` (Mimir, Cortex; Thanos: ``THANOS-TENANT``) |
+
+    A file holds the secret on its first line (one trailing newline is dropped), at most 4 KiB.
+    """
+
+    bearer_token_file: Path | None = None
+    basic_username: str | None = None
+    basic_password_file: Path | None = None
+    tenant: str | None = None
+    tenant_header: str = "X-Scope-OrgID"
+
+    def __post_init__(self) -> None:
+        if self.bearer_token_file is not None and (self.basic_username is not None or self.basic_password_file is not None):
+            raise ValueError("bearer_token_file and basic auth exclude each other")
+        if (self.basic_username is None) != (self.basic_password_file is None):
+            raise ValueError("basic auth needs both basic_username and basic_password_file")
+        if self.basic_username is not None and (":" in self.basic_username or _CONTROL.search(self.basic_username)
+                                                or not 0 < len(self.basic_username) <= 256):
+            raise ValueError("basic_username must be 1..256 characters without ':' or control characters")
+        if self.tenant is not None and not (_VISIBLE_ASCII.fullmatch(self.tenant) and len(self.tenant) <= 256):
+            raise ValueError("tenant must be 1..256 visible ASCII characters")
+        if not _HEADER_NAME.fullmatch(self.tenant_header):
+            raise ValueError("tenant_header must be an HTTP header name")
+
+    def headers(self) -> dict[str, str]:
+        """The headers to send, with the secrets read now. Raises TsdbUnavailable naming the file, never its content."""
+        out: dict[str, str] = {}
+        if self.bearer_token_file is not None:
+            token = _read_secret(self.bearer_token_file, "bearer_token_file")
+            if not _VISIBLE_ASCII.fullmatch(token):
+                raise TsdbUnavailable(f"bearer_token_file {self.bearer_token_file}: the token must be visible ASCII on one line")
+            out["Authorization"] = f"Bearer {token}"
+        if self.basic_username is not None and self.basic_password_file is not None:
+            password = _read_secret(self.basic_password_file, "basic_password_file")
+            if _CONTROL.search(password):
+                raise TsdbUnavailable(f"basic_password_file {self.basic_password_file}: the password has control characters")
+            pair = base64.b64encode(f"{self.basic_username}:{password}".encode()).decode("ascii")
+            out["Authorization"] = f"Basic {pair}"
+        if self.tenant is not None:
+            out[self.tenant_header] = self.tenant
+        return out
+
+
+def _read_secret(path: Path, field: str) -> str:
+    """The first line of a secret file: bounded, UTF-8, not empty. The content never reaches a message."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_SECRET_BYTES + 1)
+    except OSError as exc:
+        raise TsdbUnavailable(f"{field} {path}: cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise TsdbUnavailable(f"{field} {path}: larger than {MAX_SECRET_BYTES} bytes")
+    if data.endswith(b"\r\n"):
+        data = data[:-2]
+    elif data.endswith(b"\n"):
+        data = data[:-1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TsdbUnavailable(f"{field} {path}: not UTF-8") from None
+    if not text or "\n" in text or "\r" in text:
+        raise TsdbUnavailable(f"{field} {path}: must hold the secret on exactly one non-empty line")
+    return text
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +166,7 @@ class RemoteWriter:
     """POSTs write requests to one remote-write URL over a kept-alive HTTP(S) connection."""
 
     def __init__(self, url: str, *, timeout_s: float = 10.0, ca: Path | None = None,
-                 user_agent: str = "ems-ingest/0.1") -> None:
+                 user_agent: str = "ems-ingest/0.1", auth: RemoteWriteAuth | None = None) -> None:
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"remote write URL must be http(s)://host[:port]/path (got {url!r})")
@@ -92,11 +179,15 @@ class RemoteWriter:
         self._ssl = ssl.create_default_context(cafile=str(ca) if ca else None) if self._https else None
         self._headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
                          "X-Prometheus-Remote-Write-Version": "0.1.0", "User-Agent": user_agent}
+        self._auth = auth
+        self._auth_headers: dict[str, str] = {}
         self._conn: http.client.HTTPConnection | None = None
         self._reused = False
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
+            # Credentials are read per connection: a rotated Secret applies from the next one.
+            self._auth_headers = self._auth.headers() if self._auth is not None else {}
             if self._https:
                 self._conn = http.client.HTTPSConnection(self._host, self._port, timeout=self._timeout,
                                                          context=self._ssl)
@@ -135,12 +226,14 @@ class RemoteWriter:
             raise TsdbRejected(detail or "no detail", status)
         # 429, 5xx, and the 4xx of a misconfigured endpoint (401, 403, 404, ...): the data is fine,
         # so keep it and retry rather than dead-letter everything until someone fixes the config.
+        if status in (401, 403):
+            self.close()  # the retry opens a new connection, with the credentials read again
         raise TsdbUnavailable(detail or "no detail", status)
 
     def _post(self, body: bytes) -> tuple[int, str]:
         self._reused = self._conn is not None
         conn = self._connection()
-        conn.request("POST", self._path, body=body, headers=self._headers)
+        conn.request("POST", self._path, body=body, headers={**self._headers, **self._auth_headers})
         resp = conn.getresponse()
         detail = resp.read(2048).decode(errors="replace").strip()
         if resp.will_close:

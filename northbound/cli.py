@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ems_runtime.version import version_text
 from northbound.identity import (
     DeviceIdentity, IdentityError, identity_from_certificate, identity_from_fingerprint, parse_fingerprint,
     parse_lfdi, parse_sfdi, sfdi_from_lfdi,
@@ -61,6 +62,7 @@ def _configure_logging(level: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ems-northbound", description="IEEE 2030.5 north-bound client.")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--version", action="version", version=version_text("ems-northbound"))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     ident = sub.add_parser("identity", help="compute or check LFDI/SFDI (IEEE 2030.5 §6.3.4)")
     source = ident.add_mutually_exclusive_group()

@@ -29,6 +29,8 @@ class RecordingMocks(pulumi.runtime.Mocks):
     """Records every registered resource; fills in the outputs real providers would compute."""
 
     resources: list[Registered] = field(default_factory=list)
+    calls: list[tuple[str, dict[str, Any], str | None]] = field(default_factory=list)
+    """Every provider function invoked: (token, arguments, provider reference)."""
     stack_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -62,6 +64,11 @@ class RecordingMocks(pulumi.runtime.Mocks):
         return f"{name}-id", outputs
 
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        with self._lock:
+            self.calls.append((args.token, dict(args.args), args.provider))
+        if args.token == "aws:eks/getAddonVersion:getAddonVersion":
+            addon, version = args.args.get("addonName"), args.args.get("kubernetesVersion")
+            return {"id": addon, "addonName": addon, "kubernetesVersion": version, "version": f"v{version}-{addon}-eksbuild.1"}, []
         if args.token == "aws:ec2/getVpc:getVpc":
             return {"id": args.args.get("id"), "cidrBlock": "10.99.0.0/16"}, []
         return {}, []

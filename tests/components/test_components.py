@@ -26,7 +26,7 @@ from components.eks_cluster import EksCluster, EksClusterArgs, node_user_data  #
 from components.global_lb import GlobalLoadBalancer, GlobalLoadBalancerArgs  # noqa: E402
 from components.ingest import IngestArgs, IngestWorkers  # noqa: E402
 from components.k8s_common import ComponentArgsError  # noqa: E402
-from components.modbus_bridge import ModbusBridge, ModbusBridgeArgs  # noqa: E402
+from components.ems_gateway import EmsGateway, EmsGatewayArgs  # noqa: E402
 from components.pki import Pki, PkiArgs, ServerCert  # noqa: E402
 from components.settings import DEFAULT_NODE_GROUPS, ModbusGateway, NodeGroupSettings  # noqa: E402
 from components.twin_api import TwinApi, TwinApiArgs, twin_api_toml  # noqa: E402
@@ -68,8 +68,8 @@ def test_gateway_rejects_node_port() -> None:
 def test_bridge_checks_sensors_conf_with_the_edge_agent_parser() -> None:
     bad = ModbusGateway("gw", "10.0.0.1", points_json=json.dumps([{"id": "S1", "asset": "a", "name": "n", "address": 70000}]))
     with pytest.raises(ComponentArgsError, match=r"devices\[0\]\.points\[0\]\.address: 70000 must be 0\.\.65535"):
-        ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
-                                                broker_host="broker", tls_secret="t", storage_class="sc", gateways=(bad,)))
+        EmsGateway("bridge", EmsGatewayArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                            broker_host="broker", tls_secret="t", storage_class="sc", gateways=(bad,)))
 
 
 def test_eks_rejects_old_versions_open_endpoints_and_missing_pools() -> None:
@@ -142,14 +142,15 @@ def test_bridge_is_latency_critical_and_pinned_to_interconnect() -> None:
     got: list[object] = []
 
     def build():
-        bridge = ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
-                                                         broker_host="broker", tls_secret="t", storage_class="sc", gateways=(gw,)))
+        bridge = EmsGateway("bridge", EmsGatewayArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                                     broker_host="broker", tls_secret="t", storage_class="sc", gateways=(gw,)))
         return bridge.gateway_addresses.apply(got.append)
 
     run(build)
     assert got == [["10.0.0.1:502"]]
-    [sts] = MOCKS.of_type("kubernetes:apps/v1:StatefulSet")
-    pod = sts.inputs["spec"]["template"]
+    [deploy] = MOCKS.of_type("kubernetes:apps/v1:Deployment")
+    assert MOCKS.of_type("kubernetes:apps/v1:StatefulSet") == []
+    pod = deploy.inputs["spec"]["template"]
     assert pod["metadata"]["labels"]["ems.io/latency-critical"] == "true"
     terms = pod["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [{"matchExpressions": [{"key": "ems.io/pool", "operator": "In", "values": ["interconnect"]}]}]
@@ -256,8 +257,8 @@ def test_broker_rejects_bad_identities_and_access_control_arguments(field: str, 
 
 def test_bridge_needs_a_gateway() -> None:
     with pytest.raises(ComponentArgsError, match=r"^bridge: gateways must list at least one RS-485 gateway \(got \(\)\)$"):
-        ModbusBridge("bridge", ModbusBridgeArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
-                                                broker_host="broker", tls_secret="t", storage_class="sc"))
+        EmsGateway("bridge", EmsGatewayArgs(namespace="ems", image="ghcr.io/x/agent:1", site="ems-bridge",
+                                            broker_host="broker", tls_secret="t", storage_class="sc"))
 
 
 TWIN_ARGS = dict(namespace="ems", image="ghcr.io/x/ingest:1", broker_host="broker.ems.svc.cluster.local",

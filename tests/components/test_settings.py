@@ -27,7 +27,7 @@ def error(raw: dict[str, object]) -> str:
 
 def test_minimal_aws_stack_gets_documented_defaults() -> None:
     s = parse_settings(AWS, "aws-eu-west-1")
-    assert s.cloud == "aws" and s.role == "region" and s.kubernetes_version == "1.29"
+    assert s.cloud == "aws" and s.role == "region" and s.kubernetes_version == "1.36"
     assert s.aws is not None and s.aws.region == "eu-west-1"
     assert s.aws.availability_zones == ("eu-west-1a", "eu-west-1b")
     assert s.aws.node_groups == DEFAULT_NODE_GROUPS

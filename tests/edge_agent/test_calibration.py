@@ -224,7 +224,8 @@ def test_watch_applies_changes_without_restart(conf: Path) -> None:
 
 
 def test_calibrate_sensor_script_maps_the_field_manual_arguments(tmp_path: Path) -> None:
-    """The wrapper turns `ID OFFSET [GAIN] [options]` into `ems-edge calibrate ...` (a recording stand-in for ems-edge)."""
+    """The wrapper turns the manual's `--id ID --offset X [--gain G]` and the short `ID OFFSET [GAIN] [options]`
+    into `ems-edge calibrate ...` (a recording stand-in for ems-edge)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     recorder = bin_dir / "ems-edge"
@@ -240,8 +241,13 @@ def test_calibrate_sensor_script_maps_the_field_manual_arguments(tmp_path: Path)
     assert run("SENSOR_01", "-0.05", "1.02").stdout == "calibrate|--id|SENSOR_01|--offset|-0.05|--gain|1.02|"
     assert run("SENSOR_01", "0.05", "--config", "/x.conf").stdout == \
         "calibrate|--id|SENSOR_01|--offset|0.05|--config|/x.conf|"
-    usage = run("SENSOR_01")
-    assert usage.returncode == 2 and usage.stderr.startswith("usage: ")
+    assert run("--id", "SENSOR_01", "--offset", "0.05").stdout == "calibrate|--id|SENSOR_01|--offset|0.05|"
+    assert run("--id", "SENSOR_01", "--offset", "-0.05", "--gain", "1.02", "--config", "/x.conf").stdout == \
+        "calibrate|--id|SENSOR_01|--offset|-0.05|--gain|1.02|--config|/x.conf|"
+    assert run("--offset=0.05", "--id=SENSOR_01").stdout == "calibrate|--offset=0.05|--id=SENSOR_01|"
+    for bad in (("SENSOR_01",), (), ("--help",)):
+        usage = run(*bad)
+        assert usage.returncode == 2 and usage.stderr.startswith("usage: "), bad
 
 
 def test_calibrate_sensor_script_end_to_end_with_ems_edge(conf: Path) -> None:
@@ -257,6 +263,13 @@ def test_calibrate_sensor_script_end_to_end_with_ems_edge(conf: Path) -> None:
     again = subprocess.run([str(script), "SENSOR_03", "0.05", "1.02"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "unchanged" in again.stdout
     assert conf.read_bytes() == content
+    manual = subprocess.run([str(script), "--id", "SENSOR_03", "--offset", "0.07"], env=env, capture_output=True,
+                            text=True, timeout=60)
+    assert manual.returncode == 0 and "updated" in manual.stdout, manual.stderr
+    point3 = load_config(conf, check_files=False).point("SENSOR_03")
+    assert (point3.gain, point3.offset) == (1.02, 0.07)
+    missing = subprocess.run([str(script), "--id", "SENSOR_03", "--offset"], env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "argument --offset: expected one argument" in missing.stderr
     bad = subprocess.run([str(script), "SENSOR_3", "0.05"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("ems-edge calibrate: error: --id: 'SENSOR_3' is not a sensor id")

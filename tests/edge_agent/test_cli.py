@@ -87,6 +87,21 @@ def test_run_against_a_broker_refusing_the_certificate(tmp_path: Path, broker: M
                     f"{config.parent / 'pki' / 'edge.crt'} (TLS: tlsv1 alert unknown ca)")
 
 
+def test_log_stream_stdout_moves_the_log_lines_and_leaves_errors_on_stderr(tmp_path: Path,
+                                                                            broker: MosquittoBroker) -> None:
+    """The in-cluster gateway runs with `--log-stream stdout`: JSON log lines on stdout, the one-line error on stderr."""
+    import json
+
+    rogue = make_pki(tmp_path / "rogue", ca_name="rogue-ca")
+    config = write_agent_config(tmp_path / "site", rogue, broker_port=broker.tls_port, modbus_port=free_port())
+    (config.parent / "pki" / "ca.crt").write_bytes(broker.pki.ca.read_bytes())
+    result = ems_edge("--log-stream", "stdout", "run", "--config", str(config), timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("ems-edge run: error: broker 127.0.0.1:") and len(result.stderr.strip().splitlines()) == 1
+    logs = [json.loads(line) for line in result.stdout.splitlines()]
+    assert logs and all({"ts", "level", "logger", "msg"} <= set(entry) for entry in logs)
+
+
 def test_calibrate_is_atomic_idempotent_and_checked(config: Path) -> None:
     result = ems_edge("calibrate", "--config", str(config), "--id", "SENSOR_01", "--offset", "0.05")
     assert result.returncode == 0, result.stderr

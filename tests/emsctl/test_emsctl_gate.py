@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -126,12 +128,20 @@ def test_the_pack_process_is_ended_after_the_run(mini_dev: Capture) -> None:
     assert pack.proc.poll() is not None
 
 
-def test_the_pack_virtualenv_comes_from_pulumipolicy_yaml(mini_dev: Capture) -> None:
-    meta = yaml.safe_load((EMS_GUARD / "PulumiPolicy.yaml").read_text())
-    venv = (EMS_GUARD / meta["runtime"]["options"]["virtualenv"]).absolute()
-    pack = PackProcess(EMS_GUARD, mini_dev)
+def test_the_pack_virtualenv_comes_from_pulumipolicy_yaml(mini_dev: Capture, tmp_path: Path) -> None:
+    # ems-guard's virtualenv lives inside the pack (created by the Pulumi CLI): once it exists, it runs the pack.
+    pack_dir = tmp_path / "ems-guard"
+    shutil.copytree(EMS_GUARD, pack_dir, ignore=shutil.ignore_patterns("__pycache__", "venv"))
+    meta = yaml.safe_load((pack_dir / "PulumiPolicy.yaml").read_text())
+    venv = (pack_dir / meta["runtime"]["options"]["virtualenv"]).absolute()
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").symlink_to(sys.executable)
+    pack = PackProcess(pack_dir, mini_dev)
     assert pack.python == str(venv / "bin" / "python")
     assert pack.environment()["PULUMI_RUNTIME_VIRTUALENV"] == str(venv)
+    # Before it exists (a checkout), the pack runs with emsctl's interpreter, the project's virtualenv.
+    shutil.rmtree(venv)
+    assert PackProcess(pack_dir, mini_dev).python == sys.executable
     # tiny-guard names no virtualenv: emsctl's own interpreter, and no PULUMI_RUNTIME_VIRTUALENV
     plain_pack = PackProcess(TINY_GUARD, mini_dev)
     assert plain_pack.python == sys.executable and "PULUMI_RUNTIME_VIRTUALENV" not in plain_pack.environment()

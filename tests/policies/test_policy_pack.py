@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +57,55 @@ def test_requirements_pins_match_the_project() -> None:
     assert {k: project[k] for k in pack} == pack
 
 
-def test_pulumi_policy_yaml() -> None:
+def test_pulumi_policy_yaml_keeps_the_virtualenv_inside_the_pack() -> None:
+    """`pulumi policy publish` uploads the pack directory: a virtualenv path outside it would not exist where it lands."""
     doc = yaml.safe_load((PACK_DIR / "PulumiPolicy.yaml").read_text())
-    assert doc["runtime"]["name"] == "python"
+    assert doc["runtime"]["name"] == "python" and doc["runtime"]["options"]["toolchain"] == "pip"
     venv = (PACK_DIR / doc["runtime"]["options"]["virtualenv"]).resolve()
-    assert venv == (ROOT / ".venv").resolve()
-    assert (venv / "bin" / "python").exists()
+    assert venv.parent == PACK_DIR.resolve(), venv
+    assert "/policies/ems-guard/venv/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def _start_pack(python: str, pack_dir: Path, env: dict[str, str]) -> tuple[subprocess.Popen, int]:
+    """Start a pack exactly as the CLI does: `python -u -m pulumi.policy <engine> .` in the pack directory."""
+    proc = subprocess.Popen([python, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
+                            cwd=pack_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    line = proc.stdout.readline().decode().strip()  # the SDK prints the port first
+    if not line.isdigit():
+        proc.kill()
+        pytest.fail(f"pack printed {line!r}; stderr: {proc.stderr.read().decode()[-2000:]}")
+    return proc, int(line)
+
+
+def test_the_pack_starts_from_its_own_virtualenv_built_from_its_requirements(tmp_path: Path) -> None:
+    """What a CLI does with the published pack: a venv inside it from requirements.txt alone, then the pack.
+
+    Offline: the wheels come from this virtualenv (tests/wheelhouse.py), pip sees no index and no
+    machine-wide configuration.
+    """
+    from wheelhouse import build_wheelhouse
+
+    pack = tmp_path / "ems-guard"
+    shutil.copytree(PACK_DIR, pack, ignore=shutil.ignore_patterns("__pycache__", "venv"))
+    requirements = [line.strip() for line in (pack / "requirements.txt").read_text().splitlines()
+                    if line.strip() and not line.startswith("#")]
+    build_wheelhouse(requirements, tmp_path / "wheels")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_") and k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    venv = pack / yaml.safe_load((pack / "PulumiPolicy.yaml").read_text())["runtime"]["options"]["virtualenv"]
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120, env=env)
+    installed = subprocess.run([str(venv / "bin" / "pip"), "install", "--no-index", "--find-links", str(tmp_path / "wheels"),
+                                "-r", str(pack / "requirements.txt")], capture_output=True, text=True, timeout=300, env=env)
+    assert installed.returncode == 0, installed.stdout[-2000:] + installed.stderr[-2000:]
+    proc, port = _start_pack(str(venv / "bin" / "python"), pack,
+                             {**env, "PULUMI_CONFIG": '{"ems:cloud": "private"}', "PULUMI_PROJECT": "ems",
+                              "PULUMI_STACK": "dev", "PULUMI_DRY_RUN": "true"})
+    try:
+        info = _stub(port).GetAnalyzerInfo(empty_pb2.Empty(), timeout=20)
+        assert info.name == "ems-guard" and sorted(p.name for p in info.policies) == sorted(POLICIES)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
 
 
 def test_main_only_builds_the_pack() -> None:
@@ -75,14 +119,9 @@ def pack_port() -> int:
     """Start the pack exactly as the CLI does: `python -u -m pulumi.policy <engine> .` in the pack directory."""
     env = dict(os.environ, PULUMI_CONFIG='{"ems:cloud": "private"}', PULUMI_PROJECT="ems", PULUMI_STACK="dev",
                PULUMI_DRY_RUN="true")
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "pulumi.policy", "127.0.0.1:1", "."],
-                            cwd=PACK_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, port = _start_pack(sys.executable, PACK_DIR, env)
     try:
-        line = proc.stdout.readline().decode().strip()  # the SDK prints the port first
-        if not line.isdigit():
-            proc.kill()
-            pytest.fail(f"pack printed {line!r}; stderr: {proc.stderr.read().decode()[-2000:]}")
-        yield int(line)
+        yield port
     finally:
         proc.kill()
         proc.wait(timeout=10)

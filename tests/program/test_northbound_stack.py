@@ -22,7 +22,7 @@ def test_private_dc1_deploys_it_with_its_own_identity_and_egress() -> None:
     assert volumes["broker-tls"]["secret"]["secretName"] == "edge-ems-northbound-tls"
     assert volumes["client-tls"]["secret"]["secretName"] == "utility-2030-5-client"
     secrets = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == "edge-ems-northbound-tls"]
-    assert [s.inputs["metadata"]["namespace"] for s in secrets] == ["ems"]    # the platform PKI issued its identity
+    assert [s.inputs["metadata"]["namespace"] for s in secrets] == ["ems-system"]   # the platform PKI issued its identity (default ems:namespace)
     [policy] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
     assert {"to": [{"ipBlock": {"cidr": "198.51.100.20/32"}}], "ports": [{"protocol": "TCP", "port": 443}]} \
         in policy.inputs["spec"]["egress"]

@@ -72,20 +72,20 @@ def test_every_workload_pod_is_selected_by_a_non_default_network_policy(name: st
     by_ns: dict[str, list[dict[str, Any]]] = {}
     for p in policies:
         by_ns.setdefault(p.inputs["metadata"]["namespace"], []).append(p.inputs["spec"])
-    ns = "ems"
+    ns = "ems-system"  # the default ems:namespace
     deny = [s for s in by_ns[ns] if s["podSelector"] == {} and s["policyTypes"] == ["Ingress", "Egress"] and s["ingress"] == [] and s["egress"] == []]
     assert deny, f"{name}: no default-deny policy in {ns}"
     for w in workloads(ev):
         lbls = pod_labels(w)
         specific = [s for s in by_ns[w.inputs["metadata"]["namespace"]] if s["podSelector"] and selects(s["podSelector"], lbls)]
         assert specific, f"{w.urn}: no NetworkPolicy selects pods {lbls}"
-    assert "ems-edge-credentials" in by_ns, f"{name}: credentials namespace has no default deny"
+    assert "ems-system-edge-credentials" in by_ns, f"{name}: credentials namespace has no default deny"
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)
 def test_latency_critical_workloads_require_interconnect_nodes(name: str) -> None:
     critical = [w for w in workloads(stack(name)) if pod_labels(w).get("ems.io/latency-critical") == "true"]
-    assert critical, f"{name}: the Modbus bridge must be latency-critical"
+    assert critical, f"{name}: ems-gateway must be latency-critical"
     for w in critical:
         required = w.inputs["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
         expr = required["nodeSelectorTerms"][0]["matchExpressions"][0]
@@ -179,7 +179,7 @@ def test_hpa_target_and_window_come_from_config() -> None:
 def test_one_client_certificate_per_edge_site_and_no_key_in_plain_outputs(name: str) -> None:
     ev = stack(name)
     sites = json.loads(evaluate_config(name)["ems:edgeSites"])
-    secrets = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["namespace"] == "ems-edge-credentials"]
+    secrets = [s for s in ev.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["namespace"] == "ems-system-edge-credentials"]
     assert sorted(s.inputs["metadata"]["labels"]["ems.io/edge-site"] for s in secrets) == sorted(sites)
     assert all(s.inputs["type"] == "kubernetes.io/tls" for s in secrets)
     cas = [c for c in ev.of_type("tls:index/selfSignedCert:SelfSignedCert")]
@@ -310,7 +310,7 @@ def _rules(ev: Evaluation, direction: str) -> Iterator[tuple[str, dict[str, Any]
 def test_modbus_and_plain_mqtt_stay_inside() -> None:
     ev = stack("private-dc1")
     modbus = [(name, rule) for name, rule, port in _rules(ev, "egress") if port == 502]
-    assert [name for name, _ in modbus] == ["modbus-bridge", "modbus-bridge"]
+    assert [name for name, _ in modbus] == ["ems-gateway", "ems-gateway"]
     assert sorted(r["to"][0]["ipBlock"]["cidr"] for _, r in modbus) == ["10.60.4.21/32", "10.60.4.22/32"]
     assert not [name for name, _, port in _rules(ev, "ingress") if port == 502]
     plain = [(name, rule) for name, rule, port in _rules(ev, "ingress") if port == 1883]
@@ -318,7 +318,7 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     # No workload talks plain MQTT: the listener is left to in-namespace tools.
     assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == set()
     mqtts = {name: rule for name, rule, port in _rules(ev, "egress") if port == 8883}
-    assert set(mqtts) == {"ingest", "modbus-bridge", "twin-api", "northbound"}   # northbound: ems:northbound is set
+    assert set(mqtts) == {"ingest", "ems-gateway", "twin-api", "northbound"}   # northbound: ems:northbound is set
     [broker] = [w for w in workloads(ev) if w.inputs["metadata"]["name"] == "broker"]
     for rule in mqtts.values():
         [peer] = rule["to"]
@@ -334,8 +334,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
 
     ev = stack(name)
     config = evaluate_config(name)
-    ns = config.get("ems:namespace", "ems")
-    identity = f"{ns}-ingest"
+    ns = config.get("ems:namespace", "ems-system")
+    identity = "ems-ingest"  # identities do not follow the namespace (components/platform.py IDENTITY_PREFIX)
     # One certificate per worker up to the HPA's maximum: CN <identity>-ingest-<n> for pod ingest-<n>.
     [hpa] = [h for h in ev.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler") if h.inputs["metadata"]["name"] == "ingest"]
     workers = [f"{identity}-ingest-{n}" for n in range(int(hpa.inputs["spec"]["maxReplicas"]))]
@@ -378,8 +378,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     roles = {r["rolename"]: r["acls"] for r in dynsec["roles"]}
     grants = {c["username"]: [(a["acltype"], a["topic"]) for r in c["roles"] for a in roles[r["rolename"]]] for c in dynsec["clients"]}
     sites = json.loads(config["ems:edgeSites"])
-    bridge = [f"{ns}-bridge"] if config.get("ems:modbusGateways") else []
-    twins = [f"{ns}-twin-api-twin-api-{n}" for n in range(2)]
+    bridge = ["ems-bridge"] if config.get("ems:modbusGateways") else []
+    twins = [f"ems-twin-api-twin-api-{n}" for n in range(2)]
     assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins])
     own = lambda cn: [(kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]  # noqa: E731
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
@@ -402,15 +402,15 @@ def test_reserved_identities_are_not_edge_sites(site: str) -> None:
         evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
 
 
-def test_without_gateways_there_is_no_bridge() -> None:
+def test_without_gateways_there_is_no_ems_gateway() -> None:
     ev = evaluate_stack("local", {"ems:modbusGateways": None})
     names = {r.inputs["metadata"]["name"] for r in ev.resources if r.typ.startswith("kubernetes:") and "metadata" in r.inputs}
-    assert "modbus-bridge" not in names and "edge-ems-bridge-tls" not in names
+    assert "ems-gateway" not in names and "edge-ems-bridge-tls" not in names
     [dynsec] = [json.loads(c.inputs["data"]["dynamic-security.json"]) for c in ev.of_type("kubernetes:core/v1:ConfigMap")
                 if c.inputs["metadata"]["name"] == "broker-config"]
     assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest-ingest-0", "ems-ingest-ingest-1",
                                                           "ems-ingest-ingest-2", "ems-twin-api-twin-api-0", "ems-twin-api-twin-api-1"]
-    assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
+    assert not [r for r in ev.resources if r.typ == "ems:workloads:EmsGateway"]
 
 
 def test_regions_can_share_one_ca() -> None:
@@ -447,8 +447,8 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     from ingest.config import parse_config
 
     ev, config = stack(name), evaluate_config(name)
-    ns = config.get("ems:namespace", "ems")
-    host, identity = f"twin-api.{ns}.svc.cluster.local", f"{ns}-twin-api"
+    ns = config.get("ems:namespace", "ems-system")
+    host, identity = f"twin-api.{ns}.svc.cluster.local", "ems-twin-api"
     replicas = [f"{identity}-twin-api-{n}" for n in range(2)]
     # A StatefulSet (a stable ordinal, hence its own client certificate, per replica): the ingest image running
     # `ems-ingest twin-api`, hardened, two replicas, its own SA without a token, no volume claim.
@@ -541,3 +541,67 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
             "ports": [{"protocol": "TCP", "port": 8443}]} in policies["api-gateway"]["egress"]
     [tsdb_in] = policies["tsdb"]["ingress"]
     assert any(selects(p["podSelector"], pod_labels(deploy)) for p in tsdb_in["from"])
+
+
+def _ems_gateway(ev: Evaluation) -> tuple[Registered, dict[str, Any]]:
+    """The field manual's ``deployment/ems-gateway`` and its parsed sensors.conf."""
+    import tomllib
+
+    deploy = _named(ev, "kubernetes:apps/v1:Deployment", "ems-gateway")
+    conf = _named(ev, "kubernetes:core/v1:ConfigMap", "ems-gateway-config")
+    return deploy, tomllib.loads(conf.inputs["data"]["sensors.conf"])
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_the_manual_s_ems_gateway_is_a_recreated_deployment_in_ems_system(name: str) -> None:
+    """`kubectl logs -f deployment/ems-gateway -n ems-system` and `rollout restart` address it; its spool and
+    audit log survive the restart on claims that one pod at a time mounts."""
+    ev = stack(name)
+    deploy, conf = _ems_gateway(ev)
+    assert deploy.inputs["metadata"]["namespace"] == "ems-system"
+    spec = deploy.inputs["spec"]
+    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    assert not [s for s in ev.of_type("kubernetes:apps/v1:StatefulSet") if "gateway" in s.inputs["metadata"]["name"]]
+    pod = spec["template"]["spec"]
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"spool": "ems-gateway-spool", "audit": "ems-gateway-audit"}
+    pvcs = {p.inputs["metadata"]["name"]: p.inputs for p in ev.of_type("kubernetes:core/v1:PersistentVolumeClaim")}
+    [sc] = ev.of_type("kubernetes:storage.k8s.io/v1:StorageClass")
+    for claim in claims.values():
+        assert pvcs[claim]["metadata"]["namespace"] == "ems-system"
+        assert pvcs[claim]["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert pvcs[claim]["spec"]["storageClassName"] == sc.inputs["metadata"]["name"]
+    [c] = pod["containers"]
+    mounts = {m["mountPath"]: (m["name"], m["readOnly"]) for m in c["volumeMounts"]}
+    assert mounts["/var/lib/ems"] == ("spool", False) and mounts["/var/log/ems"] == ("audit", False)
+    assert mounts["/etc/ems/conf"] == ("config", True) and mounts["/etc/ems/tls"] == ("tls", True)
+    assert c["args"] == ["--log-stream", "stdout", "run", "--config", "/etc/ems/conf/sensors.conf"]
+    assert conf["audit"]["path"] == "/var/log/ems/telemetry-audit.log"
+    assert conf["spool"]["path"].startswith("/var/lib/ems/")
+    assert deploy.inputs["metadata"]["labels"]["ems.io/latency-critical"] == "true"
+
+
+def test_the_workload_namespace_stays_configurable() -> None:
+    ev = evaluate_stack("local", {"ems:namespace": "grid-ops"})
+    deploy, conf = _ems_gateway(ev)
+    assert deploy.inputs["metadata"]["namespace"] == "grid-ops"
+    assert conf["broker"]["host"] == "broker.grid-ops.svc.cluster.local"
+    assert {n.inputs["metadata"]["name"] for n in ev.of_type("kubernetes:core/v1:Namespace")} == {"grid-ops", "grid-ops-edge-credentials"}
+    # The MQTT identities (certificate CNs) do not move with the namespace.
+    assert conf["site"] == "ems-bridge"
+
+
+def test_each_gateway_keeps_its_framing() -> None:
+    gateways = [
+        {"name": "gw-tcp", "host": "10.20.0.10", "points": [{"id": "S1", "asset": "a", "name": "n", "address": 0}]},
+        {"name": "gw-rtu", "host": "10.20.0.11", "port": 4001, "unit": 7, "transport": "rtu-over-tcp",
+         "points": [{"id": "S2", "asset": "a", "name": "m", "address": 1}, {"id": "S3", "asset": "b", "name": "k", "address": 5}]},
+    ]
+    _, conf = _ems_gateway(evaluate_stack("local", {"ems:modbusGateways": json.dumps(gateways)}))
+    devices = {d["name"]: d for d in conf["devices"]}
+    assert (devices["gw-tcp"]["transport"], devices["gw-tcp"]["port"], devices["gw-tcp"]["unit"]) == ("tcp", 502, 1)
+    assert (devices["gw-rtu"]["transport"], devices["gw-rtu"]["port"], devices["gw-rtu"]["unit"]) == ("rtu-over-tcp", 4001, 7)
+    assert [p["id"] for p in devices["gw-tcp"]["points"]] == ["S1"]
+    assert [p["id"] for p in devices["gw-rtu"]["points"]] == ["S2", "S3"]
+    with pytest.raises(Exception, match=r"^ems:modbusGateways\[0\]\.transport: rtu is not one of tcp\|rtu-over-tcp$"):
+        evaluate_stack("local", {"ems:modbusGateways": json.dumps([{**gateways[0], "transport": "rtu"}])})

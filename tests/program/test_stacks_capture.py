@@ -48,7 +48,10 @@ def project_copy(tmp_path: Path) -> Path:
 
 
 @pytest.mark.parametrize(("edit", "message"), [
-    (("ems:kubernetesVersion: \"1.29\"", "ems:kubernetesVersion: \"1.24\""), "ems:kubernetesVersion: 1.24 is below the supported minimum 1.26"),
+    (("ems:kubernetesVersion: \"1.36\"", "ems:kubernetesVersion: \"1.24\""), "ems:kubernetesVersion: 1.24 is below the supported minimum 1.26"),
+    (("ems:kubernetesVersion: \"1.36\"", "ems:kubernetesVersion: \"1.29\""),
+     "ems:kubernetesVersion: 1.29 is no longer offered by EKS (extended support ended 2026-03-23); new clusters: 1.32–1.36, "
+     "standard support 1.35, 1.36 (EKS calendar as of 2026-12-06, components/kubernetes_versions.py)"),
     (("ems:cloud: aws", "ems:cloud: gcp"), "ems:cloud: gcp is not one of aws|private|local"),
     (("  ems:region: eu-west-1\n", ""), "ems:region: is required when ems:cloud is aws (e.g. eu-west-1)"),
     (("ems:edgeSites: [\"sub-eu-01\", \"sub-eu-02\"]", "ems:edgeSites: [\"sub-eu-01\", \"sub-eu-01\"]"), "ems:edgeSites[1]: sub-eu-01 is a duplicate; entries must be unique"),
