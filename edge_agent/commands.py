@@ -291,6 +291,8 @@ class CommandHandler:
         self._failsafe_done: dict[str, bool] = {c: False for c in self.points}
         self._failsafe_retry_at: dict[str, float] = {}
         self._results_ready = asyncio.Event()
+        self.handled = 0
+        """Messages taken from the queue and handled so far."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def __aenter__(self) -> "CommandHandler":
@@ -342,6 +344,7 @@ class CommandHandler:
                     message = None
                 if message is not None:
                     await self.handle(message.topic, message.payload)
+                    self.handled += 1
                 await self.failsafe_tick()
         finally:
             sender.cancel()
@@ -489,7 +492,7 @@ class CommandHandler:
     # -- outcomes ------------------------------------------------------------------------------------
     async def _malformed(self, payload: bytes, exc: SchemaError) -> None:
         command_id = _salvage_id(payload)
-        reason = f"malformed ({exc.code}): {exc}"[:200]
+        reason = f"malformed: {exc}"[:200]
         await self._audit("cmd", id=command_id, decision="rejected", reason=reason, bytes=len(payload),
                           sha256=hashlib.sha256(payload).hexdigest())
         if command_id is None or await self._db(self.store.seen, command_id) is not None:
