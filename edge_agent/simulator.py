@@ -127,6 +127,7 @@ def signal_for(point: PointConfig, index: int = 0) -> Signal:
         "voltage": _wave(11.0, 0.15, 100.0, phase),
         "power_factor": _wave(0.95, 0.02, 400.0, phase),
         "breaker_trips": lambda t: 3.0,
+        "active_power": lambda t: max(0.0, 42_000.0 * math.sin(math.pi * ((t / 3600.0) % 24.0 - 6.0) / 12.0)),
     }
     if point.current_loop is not None and name == "cable_temp":
         loop = point.current_loop
