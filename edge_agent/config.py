@@ -667,6 +667,8 @@ class _Loader:
                                                               f"(its points: {', '.join(sorted(points)[:8])})")
             if not boolean and points[readback].type == "bool":
                 raise ConfigError(t.at("readback"), readback, f"is a bool point; {control} needs a numeric read-back")
+            if points[readback].current_loop is not None:
+                raise ConfigError(t.at("readback"), readback, "is a 4-20 mA point; a read-back must be a plain register")
         if boolean:
             for key in ("min", "max", "max_rate_per_s", "scale"):
                 if key in t.data:

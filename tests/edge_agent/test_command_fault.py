@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 import tomllib
 import uuid
@@ -24,7 +23,6 @@ from paho.mqtt.enums import CallbackAPIVersion
 from devenv.demo_edge import AgentProcess, Observer, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki
-from edge_agent.audit import verify
 from edge_agent.simulator import Behaviour
 from ems_contract.command import Command, CommandResult, command_result_topic, command_topic, decode_result, encode_command
 from ems_contract.telemetry import status_topic
@@ -144,7 +142,7 @@ def test_commands_in_bounds_are_applied_and_the_rest_never_written(control: Cont
         wrong_site.update(id="other-site", site="sub-08")
         control.northbound.send(json.dumps(wrong_site).encode())
         for command_id in (out_of_bounds.id, expired.id, "bad-1", "other-site"):
-            _wait_for(lambda: control.results(command_id), 20, lambda: f"the result of {command_id}\n{agent.tail()}")
+            _wait_for(lambda c=command_id: control.results(c), 20, lambda c=command_id: f"the result of {c}\n{agent.tail()}")
         _wait_for(lambda: len(control.results(applied.id)) == 2, 20, "the duplicate's result")
         time.sleep(0.5)
         assert sim.write_count(UNIT) == writes == 1, "a rejected command reached the device"
