@@ -97,6 +97,7 @@ BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
 #: raw integer range of each integer data type (a written value must fit)
 TYPE_LIMITS: dict[str, tuple[int, int]] = {"int16": (-2**15, 2**15 - 1), "uint16": (0, 2**16 - 1),
                                            "int32": (-2**31, 2**31 - 1), "uint32": (0, 2**32 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
 MAX_PEM_BYTES = MAX_CONFIG_BYTES   # a CA bundle, certificate or key file; the system CA bundle is ~200 KiB
 
 
@@ -682,10 +683,14 @@ class _Loader:
                                  silence_timeout_s=silence, register=register, type=data_type, byte_order=byte_order,
                                  word_order=word_order, readback=readback, tolerance=tolerance)
         scale = t.number("scale", 1.0, nonzero=True, low=-1e6, high=1e6)
+        if abs(scale) < 1e-9:
+            raise ConfigError(t.at("scale"), scale, "must be at least 1e-09 in magnitude")
         low = t.number("min", low=-MAX_WATTS, high=MAX_WATTS)
         high = t.number("max", low=-MAX_WATTS, high=MAX_WATTS)
         if not low < high:
             raise ConfigError(t.at("max"), high, f"must be greater than min = {low:g}")
+        if data_type == "float32" and max(abs(low), abs(high)) / abs(scale) > _FLOAT32_MAX:
+            raise ConfigError(t.at("scale"), scale, "is too small: max / scale does not fit a float32 register")
         if data_type in TYPE_LIMITS:
             raw_low, raw_high = TYPE_LIMITS[data_type]
             for key, bound in (("min", low), ("max", high)):
