@@ -76,7 +76,7 @@ _RESULT_TIMEOUT_S = 5.0
 _OUTBOX_MAX = 10_000
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (id TEXT PRIMARY KEY, n INTEGER NOT NULL, expires_ms INTEGER NOT NULL,
-                                 state TEXT NOT NULL, payload BLOB);
+                                 state TEXT NOT NULL, payload BLOB, writing_ms INTEGER);
 CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_ms);
 CREATE TABLE IF NOT EXISTS outbox (n INTEGER PRIMARY KEY AUTOINCREMENT, payload BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS controls (control TEXT PRIMARY KEY, last_value REAL, last_written_ms INTEGER,
@@ -138,8 +138,8 @@ class CommandStore:
                    (command_id, n, expires_ms, payload))
         return True
 
-    def mark_writing(self, command_id: str) -> None:
-        self.db.execute("UPDATE seen SET state = 'writing' WHERE id = ?", (command_id,))
+    def mark_writing(self, command_id: str, now_ms: int) -> None:
+        self.db.execute("UPDATE seen SET state = 'writing', writing_ms = ? WHERE id = ?", (now_ms, command_id))
 
     def finish(self, command_id: str | None, result: bytes | None, control: str | None = None,
                state: ControlState | None = None) -> None:
@@ -161,9 +161,10 @@ class CommandStore:
                            (control, state.last_value, state.last_written_ms, state.active_id,
                             state.active_issued_ms, state.active_expires_ms))
 
-    def unfinished(self) -> list[tuple[str, str, bytes]]:
-        """(id, state, payload) of commands a crash interrupted, oldest first."""
-        return self.db.execute("SELECT id, state, payload FROM seen WHERE state != 'done' ORDER BY n").fetchall()
+    def unfinished(self) -> list[tuple[str, str, bytes, int | None]]:
+        """(id, state, payload, writing_ms) of commands a crash interrupted, oldest first."""
+        return self.db.execute("SELECT id, state, payload, writing_ms FROM seen WHERE state != 'done' "
+                               "ORDER BY n").fetchall()
 
     def controls(self) -> dict[str, ControlState]:
         rows = self.db.execute("SELECT * FROM controls").fetchall()
@@ -308,8 +309,8 @@ class CommandHandler:
         await self._db(self.store.open)
         self._controls = await self._db(self.store.controls)
         self._last_valid = self.monotonic()
-        for command_id, state, payload in await self._db(self.store.unfinished):
-            await self._recover(command_id, state, payload)
+        for command_id, state, payload, writing_ms in await self._db(self.store.unfinished):
+            await self._recover(command_id, state, payload, writing_ms)
         self._results_ready.set()
 
     async def close(self) -> None:
@@ -405,7 +406,7 @@ class CommandHandler:
                     await self._reject(command, f"too fast: change {change:g} in {elapsed:.1f} s exceeds "
                                                 f"max_rate_per_s {point.max_rate_per_s:g} of point {point.id}")
                     return
-        await self._db(self.store.mark_writing, command.id)
+        await self._db(self.store.mark_writing, command.id, int(self.clock() * 1000))
         await self._audit_cmd(command, "accepted", None)
         outcome, reason, readback = await self._write(device, point, value, command.id, failsafe=False)
         if outcome == "applied":
@@ -452,8 +453,12 @@ class CommandHandler:
         values = await source.read(ReadBlock(point.register, point.address, point.count, ()))
         return decode_value(point, values)
 
-    async def _recover(self, command_id: str, state: str, payload: bytes | None) -> None:
-        """A command a crash interrupted: ``received`` is handled now; ``writing`` is read back, never rewritten."""
+    async def _recover(self, command_id: str, state: str, payload: bytes | None, writing_ms: int | None) -> None:
+        """A command a crash interrupted: ``received`` is handled now; ``writing`` is read back, never rewritten.
+
+        The read-back waits until the device's ``timeout_s`` has passed since the write was sent: a write
+        still in flight when the agent died lands (or is lost) within it, as our own write would have.
+        """
         try:
             command = decode_command(payload or b"", self.topic)
         except SchemaError:
@@ -472,6 +477,9 @@ class CommandHandler:
             await self._db(self.store.finish, command_id, None)
             return
         device, point = found
+        in_flight_s = ((writing_ms or 0) + device.timeout_s * 1000 - int(self.clock() * 1000)) / 1000
+        if in_flight_s > 0:
+            await asyncio.sleep(min(in_flight_s, device.timeout_s))
         try:
             readback: float | bool | None = await self._read_back(device, point)
         except (DeviceError, DecodeError) as exc:

@@ -282,13 +282,15 @@ def test_a_command_interrupted_while_writing_is_read_back_not_rewritten(tmp_path
                 lost = command(8_000.0, now_ms=clock.ms + 1000, issued_ms=clock.ms + 1000)
             # Forge the crash: a recorded 'writing' command whose write reached the device, result never made.
             db = sqlite3.connect(config.commands.state_path)
-            db.execute("INSERT INTO seen VALUES (?, 99, ?, 'writing', ?)", (lost.id, lost.expires_ms, payload(lost)))
+            db.execute("INSERT INTO seen (id, n, expires_ms, state, payload, writing_ms) VALUES (?, 99, ?, 'writing', ?, ?)",
+                       (lost.id, lost.expires_ms, payload(lost), clock.ms))
             db.commit()
             db.close()
             await sim_write(sim, config, 8_000.0)
             never = command(9_000.0, now_ms=clock.ms + 2000, issued_ms=clock.ms + 2000)
             db = sqlite3.connect(config.commands.state_path)
-            db.execute("INSERT INTO seen VALUES (?, 100, ?, 'writing', ?)", (never.id, never.expires_ms, payload(never)))
+            db.execute("INSERT INTO seen (id, n, expires_ms, state, payload, writing_ms) VALUES (?, 100, ?, 'writing', ?, ?)",
+                       (never.id, never.expires_ms, payload(never), clock.ms - 5000))
             db.commit()
             db.close()
             writes = sim.write_count(UNIT)
@@ -322,7 +324,8 @@ def test_a_recorded_command_not_yet_written_is_applied_after_a_restart(tmp_path:
                 pass
             cmd = command(4_000.0, now_ms=clock.ms)
             db = sqlite3.connect(config.commands.state_path)
-            db.execute("INSERT INTO seen VALUES (?, 1, ?, 'received', ?)", (cmd.id, cmd.expires_ms, payload(cmd)))
+            db.execute("INSERT INTO seen (id, n, expires_ms, state, payload) VALUES (?, 1, ?, 'received', ?)",
+                       (cmd.id, cmd.expires_ms, payload(cmd)))
             db.commit()
             db.close()
             async with bench(tmp_path, clock=clock, sim=sim) as b:
