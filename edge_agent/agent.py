@@ -85,6 +85,7 @@ class Agent:
         self._heartbeat = time.monotonic()
         self._spool: Spool | None = None
         self._link: EdgeMqttLink | None = None
+        self._commands: CommandHandler | None = None
         self.http: HttpEndpoint | None = None
 
     # -- health ------------------------------------------------------------
@@ -99,6 +100,8 @@ class Agent:
             "spool_depth": spool.depth if spool else None,
             "spool_oldest_unacked_age_s": round(spool.oldest_age_s(), 3) if spool else None,
         }
+        if self._commands is not None:
+            details["commands"] = self._commands.status()
         return lag < 5.0, details
 
     async def _tick(self, stop: asyncio.Event) -> None:
@@ -159,12 +162,14 @@ class Agent:
                                               connected=lambda: link.connected, metrics=self.metrics, clock=self.clock)
                     link.subscribe(commands.topic, commands.submit)
                     await commands.open()
+                    self._commands = commands
                 try:
                     await self._first_connect(link)
                     link.start()
                     await self._run_tasks(spool, link, twin, calibrations, stop, commands)
                 finally:
                     if commands is not None:
+                        self._commands = None
                         await commands.close()
         finally:
             await link.close()

@@ -325,6 +325,12 @@ class CommandHandler:
         assert self._executor is not None, "command handler not open"
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    def status(self) -> dict[str, Any]:
+        """For /healthz: seconds since the last valid command, and the command in force per control."""
+        return {"last_valid_command_age_s": round(self.monotonic() - self._last_valid, 1),
+                "controls": {c: {"command": st.active_id, "expires_ms": st.active_expires_ms,
+                                 "last_value": st.last_value} for c, st in self._controls.items()}}
+
     # -- input -------------------------------------------------------------------------------------
     def submit(self, topic: str, payload: bytes) -> None:
         """Queue one message (called from the MQTT link's callback); a full queue drops it, counted."""

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,13 @@ def test_commands_in_bounds_are_applied_and_the_rest_never_written(control: Cont
         time.sleep(0.5)
         assert sim.write_count(UNIT) == writes == 1, "a rejected command reached the device"
         assert sim.setpoint(UNIT, "EXPORT_LIMIT") == 12_000.0
+        http = f"http://127.0.0.1:{tomllib.loads(control.config.read_text())['http']['port']}"
+        health = json.loads(urllib.request.urlopen(f"{http}/healthz", timeout=5).read())
+        assert health["commands"]["controls"]["exp_lim_w"]["command"] == applied.id, health
+        metrics = urllib.request.urlopen(f"{http}/metrics", timeout=5).read().decode()
+        assert 'ems_edge_commands_total{outcome="rejected"} 4.0' in metrics
+        assert 'ems_edge_command_writes_total{kind="command",outcome="applied"} 1.0' in metrics
+        assert 'ems_edge_control_value{control="exp_lim_w"} 12000.0' in metrics
     finally:
         assert agent.stop(timeout=25) == 0, agent.tail()
     first, again = control.results(applied.id)
