@@ -54,7 +54,7 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from edge_agent.config import AgentConfig, DeviceConfig, PointConfig, TYPE_LIMITS, WritablePoint
 from edge_agent.decode import decode_registers, encode_registers
-from edge_agent.errors import AuditError, DecodeError, DeviceError, PublishError
+from edge_agent.errors import AuditError, CommandStateError, DecodeError, DeviceError, PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import ModbusSource, ReadBlock
 from ems_contract.command import (MAX_PAYLOAD_BYTES, Command, CommandResult, command_result_topic, command_topic,
@@ -105,12 +105,17 @@ class CommandStore:
         self._db: sqlite3.Connection | None = None
 
     def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        os.chmod(self.path, 0o600)
+        """Create or open the file (mode 0600); raises CommandStateError naming it."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            os.chmod(self.path, 0o600)
+        except (OSError, sqlite3.Error) as exc:
+            self.close()
+            raise CommandStateError(f"command state {self.path}: cannot open ({exc})") from exc
 
     def close(self) -> None:
         if self._db is not None:
@@ -306,7 +311,12 @@ class CommandHandler:
     async def open(self) -> None:
         """Open the store, then finish what a crash interrupted (never writing a ``writing`` command again)."""
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands-db")
-        await self._db(self.store.open)
+        try:
+            await self._db(self.store.open)
+        except CommandStateError:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+            raise
         self._controls = await self._db(self.store.controls)
         self._last_valid = self.monotonic()
         for command_id, state, payload, writing_ms in await self._db(self.store.unfinished):

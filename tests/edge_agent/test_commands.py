@@ -23,6 +23,7 @@ from devenv.mosquitto import free_port
 from edge_agent.audit import AuditLog, verify
 from edge_agent.commands import CommandHandler, decode_value, encode_value
 from edge_agent.config import AgentConfig
+from edge_agent.errors import CommandStateError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.simulator import Behaviour, Simulator
 from ems_contract.command import CommandResult, command_topic, decode_result
@@ -446,4 +447,19 @@ def test_any_bytes_are_rejected_or_ignored_never_written(tmp_path_factory: pytes
             answered = {r.id for r in b.results()}
             assert b.handler.metrics.registry.get_sample_value("ems_edge_commands_total",
                                                                 {"outcome": "ignored"}) or answered or not messages
+    run(scenario())
+
+
+def test_an_unusable_state_file_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "state").write_text("a file where the folder should be")
+
+    async def scenario() -> None:
+        config = writable_config(tmp_path, free_port(), state_path="state/commands.db")
+
+        async def audit(kind: str, fields: dict) -> None:
+            pass
+
+        with pytest.raises(CommandStateError, match=r"command state .*state/commands\.db: cannot open"):
+            async with CommandHandler(config, audit=audit):
+                pass
     run(scenario())
