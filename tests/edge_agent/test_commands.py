@@ -356,6 +356,24 @@ def test_the_safe_value_is_written_when_a_control_ends(tmp_path: Path) -> None:
     run(scenario())
 
 
+def test_a_control_that_ended_while_the_agent_was_stopped_gets_its_safe_value_at_start(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        config = writable_config(tmp_path, free_port())
+        async with Simulator(config.devices, port=config.devices[0].port) as sim:
+            async with bench(tmp_path, clock=clock, sim=sim) as b:
+                await b.send(payload(command(30_000.0, now_ms=clock.ms, ttl_ms=10_000)))
+            assert sim.write_count(UNIT) == 1 and sim.setpoint(UNIT, "EXPORT_LIMIT") == 30_000.0
+            clock.advance(20)                                      # stopped past the command's expiry
+            async with bench(tmp_path, clock=clock, sim=sim) as b2:
+                await b2.ticks()
+                await b2.settle()
+                assert sim.write_count(UNIT) == 2 and sim.setpoint(UNIT, "EXPORT_LIMIT") == 0.0
+                [failsafe] = b2.results()
+                assert failsafe.reason.startswith("fail-safe: control exp_lim_w ended")
+    run(scenario())
+
+
 def test_the_safe_value_is_written_once_when_the_cloud_is_silent(tmp_path: Path) -> None:
     async def scenario() -> None:
         async with bench(tmp_path, silence_s=30.0) as b:
