@@ -380,17 +380,20 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     sites = json.loads(config["ems:edgeSites"])
     bridge = [f"{ns}-bridge"] if config.get("ems:modbusGateways") else []
     twins = [f"{ns}-twin-api-twin-api-{n}" for n in range(2)]
-    northbound = f"{ns}-northbound"
-    assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins, northbound])
+    # The north-bound identity exists (and may command its sites) only where ems:northbound is enabled.
+    nb_config = json.loads(config["ems:northbound"]) if "ems:northbound" in config else {"enabled": False}
+    northbound = [f"{ns}-northbound"] if nb_config.get("enabled", True) else []
+    assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins, *northbound])
     # Every subtree denies publishing a command to itself (the deny comes first): only the north-bound client commands.
     own = lambda cn: [("publishClientSend", f"ems/v1/{cn}/command")] + [  # noqa: E731
         (kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]
     denies = [(a["topic"], a["priority"]) for r in dynsec["roles"] for a in r["acls"] if not a["allow"]]
-    assert sorted(denies) == sorted((f"ems/v1/{cn}/command", 1) for cn in (*sites, *bridge, *workers, northbound))
-    assert grants[northbound] == [*own(northbound), ("subscribeLiteral", "ems/v1/+/command-result")] + [
-        grant for site in sites for grant in (("publishClientSend", f"ems/v1/{site}/command"),
-                                              ("subscribeLiteral", f"ems/v1/{site}/command-result"),
-                                              ("publishClientReceive", f"ems/v1/{site}/command-result"))]
+    assert sorted(denies) == sorted((f"ems/v1/{cn}/command", 1) for cn in (*sites, *bridge, *workers, *northbound))
+    for cn in northbound:
+        assert grants[cn] == [*own(cn), ("subscribeLiteral", "ems/v1/+/command-result")] + [
+            grant for site in nb_config.get("sites", sites) for grant in (
+                ("publishClientSend", f"ems/v1/{site}/command"), ("subscribeLiteral", f"ems/v1/{site}/command-result"),
+                ("publishClientReceive", f"ems/v1/{site}/command-result"))]
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
     assert all(grants[cn] == [*own(cn), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
                               ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
@@ -418,8 +421,7 @@ def test_without_gateways_there_is_no_bridge() -> None:
     [dynsec] = [json.loads(c.inputs["data"]["dynamic-security.json"]) for c in ev.of_type("kubernetes:core/v1:ConfigMap")
                 if c.inputs["metadata"]["name"] == "broker-config"]
     assert [c["username"] for c in dynsec["clients"]] == ["sub-07", "sub-12", "ems-ingest-ingest-0", "ems-ingest-ingest-1",
-                                                          "ems-ingest-ingest-2", "ems-twin-api-twin-api-0", "ems-twin-api-twin-api-1",
-                                                          "ems-northbound"]
+                                                          "ems-ingest-ingest-2", "ems-twin-api-twin-api-0", "ems-twin-api-twin-api-1"]
     assert not [r for r in ev.resources if r.typ == "ems:workloads:ModbusBridge"]
 
 
