@@ -10,11 +10,11 @@ Who uses what (on 8883 the certificate's CN is the MQTT username *and* the clien
 
 | client | listener | identity (certificate CN = username = client id) | may |
 |---|---|---|---|
-| edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only |
+| edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only, but never publish ``ems/v1/<site>/command`` |
 | ems-gateway (the protocol gateway) | 8883 (``broker``) | ``ems-bridge`` | like a site |
 | ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``ems-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
 | twin API | 8883 (``broker``) | one per replica: ``ems-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
-| north-bound client (planned) | 8883 (``broker``) | its own CN, added like ``twin_identities`` with its own role | (DESIGN §2: publish ``ems/v1/<site>/command`` for its sites only) |
+| north-bound client | 8883 (``broker``) | ``northbound_identities`` (``ems-northbound``) | publish ``ems/v1/<site>/command`` and subscribe to and receive ``ems/v1/<site>/command-result`` for each of ``northbound_sites`` only (subscribing to ``ems/v1/+/command-result`` is granted; delivery stays per site); its own subtree like a site |
 | any other certificate of the CA | 8883 | its CN | connects under its own CN as client id, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
 | operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
 
@@ -155,20 +155,38 @@ def config_hash(files: dict[str, str]) -> str:
 # Role names of the shared grants; a site's role is "own-<CN>", so these cannot collide with one.
 INGEST_ROLE = "ingest-shared-telemetry"
 TWIN_ROLE = "twin-api-read-twins"
+NORTHBOUND_ROLE = "northbound-commands"
 
 
-def _acl(kind: str, topic: str) -> dict[str, Any]:
-    return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
+def _acl(kind: str, topic: str, *, allow: bool = True) -> dict[str, Any]:
+    # A deny is checked before the allows of its role (higher priority first).
+    return {"acltype": kind, "topic": topic, "priority": 0 if allow else 1, "allow": allow}
+
+
+def _command_topic(site: str) -> str:
+    return f"{TOPIC_ROOT}/{site}/command"
 
 
 def _own_subtree(identity: str) -> dict[str, Any]:
+    """Everything under ``ems/v1/<CN>/`` except publishing a command to itself: only ems-northbound commands."""
     subtree = f"{TOPIC_ROOT}/{identity}/#"
     return {"rolename": f"own-{identity}", "acls": [
+        _acl("publishClientSend", _command_topic(identity), allow=False),
         _acl("publishClientSend", subtree), _acl("publishClientReceive", subtree), _acl("subscribePattern", subtree)]}
 
 
+def _northbound_role(sites: Sequence[str]) -> dict[str, Any]:
+    acls = [_acl("subscribeLiteral", f"{TOPIC_ROOT}/+/command-result")]
+    for site in sites:
+        result = _command_topic(site) + "-result"
+        acls += [_acl("publishClientSend", _command_topic(site)), _acl("subscribeLiteral", result),
+                 _acl("publishClientReceive", result)]
+    return {"rolename": NORTHBOUND_ROLE, "acls": acls}
+
+
 def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], ingest_group: str,
-                  twin_identities: Sequence[str] = ()) -> str:
+                  twin_identities: Sequence[str] = (), northbound_identities: Sequence[str] = (),
+                  northbound_sites: Sequence[str] = ()) -> str:
     """The 8883 listener's dynamic-security file.
 
     Default deny for publish, receive and subscribe (``$CONTROL`` included: nobody
@@ -181,9 +199,17 @@ def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], inge
 
     The twin read API's replicas (``twin_identities``) share a role: subscribe to exactly
     ``ems/v1/+/twin/+`` and receive every site's twins; they publish nothing and have no
-    subtree of their own. A north-bound identity gets its own role here when it exists.
+    subtree of their own.
+
+    Commands: no identity may publish to ``ems/v1/<its own CN>/command`` (a deny in every
+    subtree role), so a site reads its commands and publishes its results but cannot command
+    itself or anyone. The north-bound identities (``northbound_identities``) share a role:
+    publish ``ems/v1/<site>/command`` and subscribe to and receive
+    ``ems/v1/<site>/command-result`` for each of ``northbound_sites``, one literal topic per
+    site; they may also subscribe to ``ems/v1/+/command-result``, whose delivery the receive
+    check still limits to those sites. They have their own subtree, like a site.
     """
-    roles = [_own_subtree(cn) for cn in (*clients, *ingest_identities)]
+    roles = [_own_subtree(cn) for cn in (*clients, *ingest_identities, *northbound_identities)]
     roles.append({"rolename": INGEST_ROLE, "acls": [
         _acl("subscribeLiteral", telemetry_subscription(ingest_group)),
         _acl("publishClientReceive", telemetry_subscription()),
@@ -195,6 +221,11 @@ def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], inge
         roles.append({"rolename": TWIN_ROLE, "acls": [
             _acl("subscribeLiteral", TWIN_SUBSCRIPTION), _acl("publishClientReceive", TWIN_SUBSCRIPTION)]})
         entries += [{"username": cn, "roles": [{"rolename": TWIN_ROLE, "priority": 0}]} for cn in twin_identities]
+    if northbound_identities:
+        roles.append(_northbound_role(northbound_sites))
+        entries += [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0},
+                                               {"rolename": NORTHBOUND_ROLE, "priority": 0}]}
+                    for cn in northbound_identities]
     return json.dumps({
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False,
                              "subscribe": False, "unsubscribe": True},
@@ -231,6 +262,10 @@ class BrokerArgs:
     twin_identities: tuple[str, ...] = ()
     """Certificate CNs of the twin read API's replicas, one per replica: subscribe to and receive ``ems/v1/+/twin/+`` only.
     Defaults to none (no such client)."""
+    northbound_identities: tuple[str, ...] = ()
+    """Certificate CNs of the north-bound client: the only identities that may publish commands. Defaults to none."""
+    northbound_sites: tuple[str, ...] = ()
+    """The sites (each one of ``clients``) the north-bound client may command and read results of. Defaults to none."""
     dynsec_plugin: str = DYNSEC_PLUGIN
     """Path of ``mosquitto_dynamic_security.so`` in the image. Defaults to the eclipse-mosquitto image's."""
     storage_size: str = "20Gi"
@@ -250,13 +285,17 @@ def validate_identities(name: str, args: BrokerArgs) -> None:
         raise ComponentArgsError(name, "ingest_identities", args.ingest_identities, "must name at least one worker")
     seen: dict[str, str] = {}
     for field, identities in (("clients", args.clients), ("ingest_identities", args.ingest_identities),
-                              ("twin_identities", args.twin_identities)):
+                              ("twin_identities", args.twin_identities),
+                              ("northbound_identities", args.northbound_identities)):
         for cn in identities:
             if not _IDENTITY.fullmatch(cn) or cn == RESERVED_IDENTITY:
                 raise ComponentArgsError(name, field, cn, f"must be DNS labels other than {RESERVED_IDENTITY!r}")
             if cn in seen:
                 raise ComponentArgsError(name, field, cn, f"must be distinct certificate identities ({cn!r} is already in {seen[cn]})")
             seen[cn] = field
+    for site in args.northbound_sites:
+        if site not in args.clients:
+            raise ComponentArgsError(name, "northbound_sites", site, "must each be one of clients (an edge site)")
 
 
 class MqttBroker(pulumi.ComponentResource):
@@ -278,7 +317,8 @@ class MqttBroker(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         config = {
             "mosquitto.conf": mosquitto_conf(args.dynsec_plugin),
-            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identities, args.ingest_group, args.twin_identities),
+            "dynamic-security.json": dynsec_config(args.clients, args.ingest_identities, args.ingest_group, args.twin_identities,
+                                                   args.northbound_identities, args.northbound_sites),
             "acl-plain": plain_acl(),
         }
         conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)

@@ -66,7 +66,8 @@ class EmsPlatform(pulumi.ComponentResource):
         twin_identity = f"{IDENTITY_PREFIX}-twin-api"
         ingest_workers = worker_identities(ingest_identity, s.ingest_max_replicas)
         twin_replicas = replica_identities(twin_identity, TWIN_API_REPLICAS)
-        # Reserved whether or not ems:northbound is set, so that no edge site takes its name first.
+        # Reserved whether or not ems:northbound is set, so that no edge site takes its name first; the only identity
+        # the broker lets publish commands, for ems:northbound's sites (components/broker.py).
         northbound_identity = f"{IDENTITY_PREFIX}-northbound"
         for site in s.edge_sites:
             for reserved, family, why in ((bridge_site, False, "the protocol gateway (ems-gateway)"),
@@ -137,6 +138,8 @@ class EmsPlatform(pulumi.ComponentResource):
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
             ingest_identities=ingest_workers, ingest_group=SHARED_GROUP, twin_identities=twin_replicas,
+            northbound_identities=(northbound_identity,) if s.northbound else (),
+            northbound_sites=s.northbound.sites if s.northbound else (),
             clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
             storage_size=s.broker_storage_size, external_service_type=external_type,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))

@@ -8,6 +8,9 @@
     drain (delivery.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack
     twin (twin.run_twin):      changed assets ─▶ retained QoS 1, cache saved atomically
     calibration watch:         Calibrations.watch(), about once a second
+    commands (when sensors.conf has writable points, edge_agent.commands):
+                               ems/v1/<site>/command ─▶ checks ─▶ Modbus write ─▶ read-back ─▶ audit
+                               ─▶ ems/v1/<site>/command-result; the fail-safe
     metrics refresh + loop heartbeat (for /healthz)
 
 ``Agent.run(stop)`` owns the resources (spool, audit log, MQTT link, HTTP
@@ -36,6 +39,7 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.audit import AuditLog
 from edge_agent.calibration import Calibrations
+from edge_agent.commands import CommandHandler
 from edge_agent.config import AgentConfig
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.http import HttpEndpoint
@@ -81,6 +85,7 @@ class Agent:
         self._heartbeat = time.monotonic()
         self._spool: Spool | None = None
         self._link: EdgeMqttLink | None = None
+        self._commands: CommandHandler | None = None
         self.http: HttpEndpoint | None = None
 
     # -- health ------------------------------------------------------------
@@ -95,6 +100,8 @@ class Agent:
             "spool_depth": spool.depth if spool else None,
             "spool_oldest_unacked_age_s": round(spool.oldest_age_s(), 3) if spool else None,
         }
+        if self._commands is not None:
+            details["commands"] = self._commands.status()
         return lag < 5.0, details
 
     async def _tick(self, stop: asyncio.Event) -> None:
@@ -149,9 +156,21 @@ class Agent:
         try:
             async with spool:
                 self._spool = spool
-                await self._first_connect(link)
-                link.start()
-                await self._run_tasks(spool, link, twin, calibrations, stop)
+                commands = None
+                if cfg.writable_points():
+                    commands = CommandHandler(cfg, audit=spool.audit_event, publish=link.publish,
+                                              connected=lambda: link.connected, metrics=self.metrics, clock=self.clock)
+                    link.subscribe(commands.topic, commands.submit)
+                    await commands.open()
+                    self._commands = commands
+                try:
+                    await self._first_connect(link)
+                    link.start()
+                    await self._run_tasks(spool, link, twin, calibrations, stop, commands)
+                finally:
+                    if commands is not None:
+                        self._commands = None
+                        await commands.close()
         finally:
             await link.close()
             self.http.stop()
@@ -167,7 +186,7 @@ class Agent:
             log.warning("%s; spooling readings and retrying in the background", exc)
 
     async def _run_tasks(self, spool: Spool, link: EdgeMqttLink, twin: TwinStore, calibrations: Calibrations,
-                         stop: asyncio.Event) -> None:
+                         stop: asyncio.Event, commands: CommandHandler | None = None) -> None:
         cfg = self.config
         poll_stop, drain_stop, twin_stop, flushing = (asyncio.Event() for _ in range(4))
 
@@ -194,6 +213,9 @@ class Agent:
                                                           twin_stop), name="twin")
             group.create_task(calibrations.watch(poll_stop, interval_s=1.0, metrics=self.metrics), name="calibration")
             group.create_task(self._tick(twin_stop), name="tick")
+            if commands is not None:
+                group.create_task(self._supervise("commands", lambda: commands.run(twin_stop), twin_stop),
+                                  name="commands")
             log.info("agent for site %s running: %d devices, %d points", cfg.site, len(cfg.devices),
                      sum(len(d.points) for d in cfg.devices))
 

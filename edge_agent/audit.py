@@ -16,6 +16,12 @@ Record kinds (``k``):
 ``quar``    a spool row that failed its checksum and was quarantined: seq (its
             first), seq_last, reason
 ``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
+``cmd``     one command message and what was decided (``edge_agent.commands``): id (null when
+            the payload had none), control, value, issued_ms, expires_ms, event, decision
+            (accepted, rejected, expired), reason; a malformed one carries bytes and sha256
+``write``   one Modbus write for a command or the fail-safe: id, control, device, unit,
+            register, address, registers (raw), value, failsafe, outcome (applied, failed),
+            readback, reason; ``recovered`` when a restart found the write's outcome
 ==========  ==================================================================
 
 The log is written only by the spool's I/O thread, in the same batch as the
@@ -128,7 +134,7 @@ class AuditLog:
         self.last_seq = max(self.last_seq, batch.seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``)."""
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``)."""
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
     def sync(self) -> None:
@@ -168,6 +174,8 @@ class AuditSummary:
     dropped_readings: int = 0
     quarantined: int = 0
     repairs: int = 0
+    commands: int = 0
+    writes: int = 0
     seq_min: int | None = None
     seq_max: int | None = None
     kinds: dict[str, int] = field(default_factory=dict)
@@ -181,7 +189,8 @@ class AuditSummary:
         seq = f"{self.seq_min}..{self.seq_max}" if self.seq_min is not None else "none"
         out = [f"audit log {self.path}: {self.records} records, {self.readings} readings (seq {seq}), "
                f"{self.drops} drop events ({self.dropped_readings} readings dropped by the spool cap), "
-               f"{self.quarantined} quarantined, {self.repairs} torn-tail repairs"]
+               f"{self.quarantined} quarantined, {self.repairs} torn-tail repairs, "
+               f"{self.commands} commands, {self.writes} writes"]
         if self.corrupt is not None:
             out.append(f"CORRUPT: line {self.corrupt.index + 1} (byte offset {self.corrupt.offset}): "
                        f"{self.corrupt.reason}")
@@ -233,6 +242,10 @@ def verify(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditSummary:
                 summary.quarantined += 1
             elif kind == "repair":
                 summary.repairs += 1
+            elif kind == "cmd":
+                summary.commands += 1
+            elif kind == "write":
+                summary.writes += 1
     return summary
 
 

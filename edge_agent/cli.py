@@ -137,7 +137,9 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     points = sum(len(d.points) for d in config.devices)
     print(f"{config.source_path}: OK — site {config.site}, {len(config.devices)} devices, {points} points, "
           f"broker {config.broker.host}:{config.broker.port} ({config.broker.protocol})"
-          + (f", thermal assets: {', '.join(a.asset for a in config.assets)}" if config.assets else ""))
+          + (f", thermal assets: {', '.join(a.asset for a in config.assets)}" if config.assets else "")
+          + (f", writable: {', '.join(f'{c} → {w.id}' for c, (_, w) in config.writable_points().items())}"
+             if config.writable_points() else ""))
     return 0
 
 

@@ -28,11 +28,18 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
     [[devices]]         name, host [required], port [502], unit [1], transport ["tcp"|"rtu-over-tcp"],
                         timeout_s [1.0], retries [2], min_gap_s [0.0], poll_interval_s [1.0],
                         max_read_gap [8], max_read_registers [125], max_read_bits [2000]
+    [commands] state_path [/var/lib/ems/commands.db], max_seen_ids [10000] (see ``edge_agent.commands``)
     [[devices.points]]  id, asset, name, address [required], register ["holding"|"input"|"coil"|"discrete"],
                         type ["uint16", "bool" on coils/discretes], byte_order ["big"], word_order ["big"],
                         gain [1.0], offset [0.0], unit [""], deadband [0.0] or deadband_percent [0.0],
                         heartbeat_s [60.0]
     [devices.points.current_loop]  low, high [required: engineering values at 4 and 20 mA], ma_per_count [1.0]
+    [[devices.writable]]  optional, one per control the site accepts (``docs/commands.md``):
+                        id, control [one of ems_contract.command.CONTROLS, once per file], address,
+                        safe_value, silence_timeout_s [required], register ["holding"|"coil"],
+                        type ["uint16"; "bool" on coils], byte_order, word_order ["big"], scale [1.0:
+                        watts per register count], readback [none: a point id of the same device],
+                        tolerance [half a count]; numeric controls also min, max, max_rate_per_s [required]
     [assets.<asset>]    optional, one per thermal asset (a digital twin with an IEC 60076-7 thermal model):
                         kind ["transformer"], rated_load [required, > 0, in the load point's unit],
                         load_point, ambient_point [required: point names of this asset], top_oil_point [none],
@@ -58,6 +65,7 @@ from typing import Any, Mapping
 
 from edge_agent.decode import BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS
 from edge_agent.errors import ConfigError
+from ems_contract.command import CONTROLS, MAX_WATTS
 from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileError, parse_toml, read_config_text,
                                       valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
@@ -69,6 +77,7 @@ __all__ = [
     "MAX_READ_REGISTERS", "MAX_READ_BITS",
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
     "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
+    "CommandsConfig", "WritablePoint", "WRITABLE_REGISTERS", "BOOLEAN_CONTROLS", "TYPE_LIMITS",
     "config_path", "load_config", "parse_config", "read_config_file",
 ]
 
@@ -83,6 +92,12 @@ PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
 ASSET_KINDS = ("transformer",)
+WRITABLE_REGISTERS = ("holding", "coil")
+BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
+#: raw integer range of each integer data type (a written value must fit)
+TYPE_LIMITS: dict[str, tuple[int, int]] = {"int16": (-2**15, 2**15 - 1), "uint16": (0, 2**16 - 1),
+                                           "int32": (-2**31, 2**31 - 1), "uint32": (0, 2**32 - 1)}
+_FLOAT32_MAX = 3.4028234663852886e38
 MAX_PEM_BYTES = MAX_CONFIG_BYTES   # a CA bundle, certificate or key file; the system CA bundle is ~200 KiB
 
 
@@ -172,6 +187,55 @@ class PointConfig:
 
 
 @dataclass(frozen=True)
+class WritablePoint:
+    """One register the site writes for a control (``ems_contract.command.CONTROLS``).
+
+    The register holds ``value / scale`` (rounded for integer types; a
+    boolean control writes 1/0, or on/off on a coil). A numeric command is
+    applied only within ``min``..``max`` and when its change from the last
+    written value is at most ``max_rate_per_s`` times the seconds since that
+    write. ``readback`` names a point of the same device read after the write
+    (default: the written register itself); the write counts as applied when
+    the read-back value is within ``tolerance`` of the command. ``safe_value``
+    is written when the control ends or the cloud is silent for
+    ``silence_timeout_s`` (the fail-safe).
+    """
+
+    id: str
+    control: str
+    address: int
+    safe_value: float | bool
+    silence_timeout_s: float
+    register: str = "holding"
+    type: str = "uint16"
+    byte_order: str = "big"
+    word_order: str = "big"
+    scale: float = 1.0
+    min: float | None = None
+    max: float | None = None
+    max_rate_per_s: float | None = None
+    readback: str | None = None
+    tolerance: float = 0.5
+
+    @property
+    def boolean(self) -> bool:
+        return self.control in BOOLEAN_CONTROLS
+
+    @property
+    def count(self) -> int:
+        """Registers (or coils) the value occupies."""
+        return 1 if self.register in BIT_REGISTERS else REGISTER_COUNT[self.type]
+
+
+@dataclass(frozen=True)
+class CommandsConfig:
+    """Where the command handler keeps the ids it has seen, its results to send and its controls' state."""
+
+    state_path: Path = Path("/var/lib/ems/commands.db")
+    max_seen_ids: int = 10_000
+
+
+@dataclass(frozen=True)
 class DeviceConfig:
     """One Modbus device (one TCP connection); ``unit`` is the Modbus device id behind a gateway."""
 
@@ -188,6 +252,7 @@ class DeviceConfig:
     max_read_gap: int = 8
     max_read_registers: int = MAX_READ_REGISTERS
     max_read_bits: int = MAX_READ_BITS
+    writable: tuple[WritablePoint, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -221,6 +286,11 @@ class AgentConfig:
     devices: tuple[DeviceConfig, ...]
     source_path: Path
     assets: tuple[ThermalAssetConfig, ...] = ()
+    commands: CommandsConfig = CommandsConfig()
+
+    def writable_points(self) -> dict[str, tuple[DeviceConfig, WritablePoint]]:
+        """Control name → (device, writable point) of every writable point in the file."""
+        return {w.control: (d, w) for d in self.devices for w in d.writable}
 
     def point(self, sensor_id: str) -> PointConfig:
         """The point with this sensor id; KeyError when there is none."""
@@ -437,13 +507,20 @@ class _Loader:
         if http_t:
             http = HttpConfig(host=http_t.host("host", HttpConfig.host), port=http_t.integer("port", 0, 65535, HttpConfig.port))
             http_t.done()
+        commands_t = root.table("commands")
+        commands = CommandsConfig()
+        if commands_t:
+            commands = CommandsConfig(state_path=self.path(commands_t, "state_path", CommandsConfig.state_path),
+                                      max_seen_ids=commands_t.integer("max_seen_ids", 100, 1_000_000,
+                                                                      CommandsConfig.max_seen_ids))
+            commands_t.done()
         devices = tuple(self.device(t) for t in root.tables("devices"))
         assets_t = root.table("assets")
         root.done()
         _check_unique(devices)
         assets = self.assets(assets_t, devices) if assets_t else ()
         return AgentConfig(site=site, broker=broker, spool=spool, audit=audit, twin=twin, http=http,
-                           devices=devices, source_path=self.source, assets=assets)
+                           devices=devices, source_path=self.source, assets=assets, commands=commands)
 
     def assets(self, t: _Table, devices: tuple[DeviceConfig, ...]) -> tuple[ThermalAssetConfig, ...]:
         points: dict[str, dict[str, PointConfig]] = {}
@@ -549,12 +626,87 @@ class _Loader:
         max_read_registers = t.integer("max_read_registers", 1, MAX_READ_REGISTERS, MAX_READ_REGISTERS)
         max_read_bits = t.integer("max_read_bits", 1, MAX_READ_BITS, MAX_READ_BITS)
         points = tuple(self.point(p) for p in t.tables("points"))
+        writable_raw = t.raw("writable", None)
+        if writable_raw is not None and (not isinstance(writable_raw, list)
+                                         or not all(isinstance(v, dict) for v in writable_raw)):
+            raise ConfigError(t.at("writable"), writable_raw, f"must be [[{t.at('writable')}]] tables")
+        by_id = {p.id: p for p in points}
+        writable = tuple(self.writable(_Table(v, f"{t.at('writable')}[{i}]", t.root_name), by_id)
+                         for i, v in enumerate(writable_raw or ()))
         t.done()
         _check_overlaps(t.path, name, points)
+        _check_overlaps(t.path, name, writable, "writable")  # type: ignore[arg-type]
         return DeviceConfig(name=name, host=host, port=port, unit=unit, transport=transport, timeout_s=timeout_s,
                             retries=retries, min_gap_s=min_gap_s, poll_interval_s=poll_interval_s,
                             max_read_gap=max_read_gap, max_read_registers=max_read_registers,
-                            max_read_bits=max_read_bits, points=points)
+                            max_read_bits=max_read_bits, points=points, writable=writable)
+
+    def writable(self, t: _Table, points: dict[str, PointConfig]) -> WritablePoint:
+        point_id = t.id("id", "the writable point's id, e.g. \"EXPORT_LIMIT\"")
+        control = t.choice("control", CONTROLS)
+        boolean = control in BOOLEAN_CONTROLS
+        register = t.choice("register", WRITABLE_REGISTERS, "holding")
+        if register == "coil" and not boolean:
+            raise ConfigError(t.at("register"), register, f"cannot hold {control} (watts); use a holding register")
+        numeric_types = tuple(k for k in DATA_TYPES if k != "bool")
+        data_type = t.choice("type", ("bool",) if register == "coil" else numeric_types,
+                             "bool" if register == "coil" else "uint16")
+        if boolean and data_type.startswith("float"):
+            raise ConfigError(t.at("type"), data_type, f"cannot hold {control} (on/off); use an integer type or a coil")
+        count = 1 if register == "coil" else REGISTER_COUNT[data_type]
+        address = t.integer("address", 0, 65535)
+        if address + count - 1 > 65535:
+            raise ConfigError(t.at("address"), address,
+                              f"must be 0..{65536 - count} for {data_type} ({count} registers end at 65535)")
+        byte_order = t.choice("byte_order", BYTE_ORDERS, "big")
+        word_order = t.choice("word_order", WORD_ORDERS, "big")
+        silence = t.number("silence_timeout_s", low=1.0, high=7 * 86400.0)
+        readback = t.raw("readback", None)
+        if readback is not None:
+            if not isinstance(readback, str) or readback not in points:
+                raise ConfigError(t.at("readback"), readback, f"must be the id of a point of this device "
+                                                              f"(its points: {', '.join(sorted(points)[:8])})")
+            if not boolean and points[readback].type == "bool":
+                raise ConfigError(t.at("readback"), readback, f"is a bool point; {control} needs a numeric read-back")
+            if points[readback].current_loop is not None:
+                raise ConfigError(t.at("readback"), readback, "is a 4-20 mA point; a read-back must be a plain register")
+        if boolean:
+            for key in ("min", "max", "max_rate_per_s", "scale"):
+                if key in t.data:
+                    raise ConfigError(t.at(key), t.data[key], f"does not apply to the on/off control {control}")
+            safe = t.raw("safe_value", hint=" (true or false: the state written by the fail-safe)")
+            if not isinstance(safe, bool):
+                raise ConfigError(t.at("safe_value"), safe, f"must be true or false for {control}")
+            tolerance = t.number("tolerance", 0.5, low=0.0, high=0.99)
+            t.done()
+            return WritablePoint(id=point_id, control=control, address=address, safe_value=safe,
+                                 silence_timeout_s=silence, register=register, type=data_type, byte_order=byte_order,
+                                 word_order=word_order, readback=readback, tolerance=tolerance)
+        scale = t.number("scale", 1.0, nonzero=True, low=-1e6, high=1e6)
+        if abs(scale) < 1e-9:
+            raise ConfigError(t.at("scale"), scale, "must be at least 1e-09 in magnitude")
+        low = t.number("min", low=-MAX_WATTS, high=MAX_WATTS)
+        high = t.number("max", low=-MAX_WATTS, high=MAX_WATTS)
+        if not low < high:
+            raise ConfigError(t.at("max"), high, f"must be greater than min = {low:g}")
+        if data_type == "float32" and max(abs(low), abs(high)) / abs(scale) > _FLOAT32_MAX:
+            raise ConfigError(t.at("scale"), scale, "is too small: max / scale does not fit a float32 register")
+        if data_type in TYPE_LIMITS:
+            raw_low, raw_high = TYPE_LIMITS[data_type]
+            for key, bound in (("min", low), ("max", high)):
+                if not raw_low <= round(bound / scale) <= raw_high:
+                    raise ConfigError(t.at(key), bound, f"/ scale {scale:g} does not fit a {data_type} register "
+                                                        f"({raw_low}..{raw_high})")
+        rate = t.number("max_rate_per_s", positive=True, high=MAX_WATTS)
+        safe = t.raw("safe_value", hint=" (a number in min..max: the value written by the fail-safe)")
+        if isinstance(safe, bool) or not isinstance(safe, (int, float)) or not low <= safe <= high:
+            raise ConfigError(t.at("safe_value"), safe, f"must be a number in min..max ({low:g}..{high:g})")
+        tolerance = t.number("tolerance", abs(scale) / 2, low=0.0, high=MAX_WATTS)
+        t.done()
+        return WritablePoint(id=point_id, control=control, address=address, safe_value=float(safe),
+                             silence_timeout_s=silence, register=register, type=data_type, byte_order=byte_order,
+                             word_order=word_order, scale=scale, min=low, max=high, max_rate_per_s=rate,
+                             readback=readback, tolerance=tolerance)
 
     def point(self, t: _Table) -> PointConfig:
         sensor_id = t.id("id", "the sensor id, e.g. \"SENSOR_01\"")
@@ -603,14 +755,17 @@ class _Loader:
                            current_loop=loop)
 
 
-def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfig, ...]) -> None:
-    """Two points of one device may not share a register (or bit) of the same register type."""
+def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfig, ...], table: str = "points") -> None:
+    """Two points (or two writable points) of one device may not share a register (or bit) of the same type.
+
+    A writable point may share its register with a read point (a setpoint the device also reports).
+    """
     order = sorted(range(len(points)), key=lambda i: (points[i].register, points[i].address))
     for before, after in zip(order, order[1:]):
         a, b = points[before], points[after]
         if a.register == b.register and b.address <= a.address + a.count - 1:
-            raise ConfigError(f"{device_path}.points[{after}].address", b.address,
-                              f"overlaps {device_path}.points[{before}] ({a.id!r}, {a.register} "
+            raise ConfigError(f"{device_path}.{table}[{after}].address", b.address,
+                              f"overlaps {device_path}.{table}[{before}] ({a.id!r}, {a.register} "
                               f"{a.address}..{a.address + a.count - 1} of device {device_name!r})")
 
 
@@ -618,7 +773,17 @@ def _check_unique(devices: tuple[DeviceConfig, ...]) -> None:
     names: dict[str, int] = {}
     ids: dict[str, str] = {}
     wire: dict[tuple[str, str], str] = {}
+    controls: dict[str, str] = {}
     for d, device in enumerate(devices):
+        for w, writable in enumerate(device.writable):
+            here = f"devices[{d}].writable[{w}]"
+            if writable.control in controls:
+                raise ConfigError(f"{here}.control", writable.control,
+                                  f"is already served by {controls[writable.control]}; one writable point per control")
+            controls[writable.control] = here
+            if writable.id in ids:
+                raise ConfigError(f"{here}.id", writable.id, f"is already used by {ids[writable.id]}; ids must be unique")
+            ids[writable.id] = here
         if device.name in names:
             raise ConfigError(f"devices[{d}].name", device.name,
                               f"is already the name of devices[{names[device.name]}]; device names must be unique")

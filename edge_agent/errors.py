@@ -15,7 +15,8 @@
     │   └── BrokerRefused              the broker refused the connection (bad certificate, not authorised)
     ├── AuditError                     the audit log cannot be written
     │   └── AuditCorrupt               a record fails its CRC: ``index`` and ``offset`` of the first bad one
-    └── TwinError                      the digital-twin cache cannot be read or written
+    ├── TwinError                      the digital-twin cache cannot be read or written
+    └── CommandStateError              the command handler's state file cannot be opened
 
 Adapters end with ``raise <ours>(...) from exc`` so third-party exceptions
 (pymodbus, paho, OSError) never cross a module boundary. The CLI prints
@@ -30,7 +31,7 @@ __all__ = [
     "EdgeAgentError", "ConfigError",
     "DeviceError", "DeviceUnreachable", "DeviceTimeout", "DeviceExceptionResponse", "MODBUS_EXCEPTION_NAMES",
     "DecodeError", "SpoolError", "SpoolCorrupt", "PublishError", "BrokerRefused",
-    "AuditError", "AuditCorrupt", "TwinError",
+    "AuditError", "AuditCorrupt", "TwinError", "CommandStateError",
 ]
 
 #: Modbus exception codes (Modbus Application Protocol v1.1b3, section 7).
@@ -157,3 +158,7 @@ class AuditCorrupt(AuditError):
 
 class TwinError(EdgeAgentError):
     """The digital-twin cache cannot be read or written."""
+
+
+class CommandStateError(EdgeAgentError):
+    """The command handler's state file (``[commands] state_path``) cannot be opened."""

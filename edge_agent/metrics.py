@@ -47,6 +47,15 @@ class AgentMetrics:
         self.broker_connects = Counter("broker_connects", "Connection attempts to the broker by outcome.", ["outcome"],
                                        **common)
         self.config_reloads = Counter("config_reloads", "Calibration reloads by outcome.", ["outcome"], **common)
+        # Control side (edge_agent.commands)
+        self.commands = Counter("commands", "Command messages by outcome (applied, rejected, expired, failed, "
+                                "ignored: unreadable without an id, or the queue was full).", ["outcome"], **common)
+        self.command_writes = Counter("command_writes", "Modbus writes for commands and the fail-safe by outcome.",
+                                      ["kind", "outcome"], **common)
+        self.control_value = Gauge("control_value", "Last value written for each control (1/0 for on/off).",
+                                   ["control"], **common)
+        self.command_results_pending = Gauge("command_results_pending", "Command results waiting for the broker.",
+                                             **common)
 
     def init_device(self, device: str) -> None:
         """Create the device's label values at zero so dashboards see them before the first error."""

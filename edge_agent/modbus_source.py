@@ -250,6 +250,43 @@ class ModbusSource:
         self._count_read("ok")
         return values
 
+    async def write(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
+        """One write request, never retried (a repeated write could apply twice).
+
+        ``register`` ``coil`` writes ``values[0]`` with function code 5; ``holding``
+        writes one register with code 6 and several with code 16. Raises
+        DeviceTimeout, DeviceUnreachable or DeviceExceptionResponse; after a
+        timeout the connection is dropped (a late answer is not taken for the next).
+        """
+        device = self.device
+        if self._client is None or not self._client.connected:
+            await self._wait_budget()
+            await self.connect()
+        client = self._client
+        assert client is not None
+        await self._wait_budget()
+        self.requests_sent += 1
+        try:
+            if register == "coil":
+                response = await client.write_coil(address, bool(values[0]), device_id=device.unit)
+            elif len(values) == 1:
+                response = await client.write_register(address, int(values[0]), device_id=device.unit)
+            else:
+                response = await client.write_registers(address, [int(v) for v in values], device_id=device.unit)
+        except ModbusIOException as exc:
+            self.close()
+            if "No response" in str(exc):
+                raise DeviceTimeout(device.name, f"no answer to the write of {register} {address} "
+                                                 f"within {device.timeout_s:g}s") from exc
+            raise DeviceUnreachable(device.name, f"bad answer to the write of {register} {address}: {exc}") from exc
+        except (ConnectionException, ModbusException, OSError) as exc:
+            self.close()
+            raise DeviceUnreachable(device.name, f"connection lost writing {register} {address}: {exc}") from exc
+        finally:
+            self._last_request_end = self._monotonic()
+        if response.isError():
+            raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)))
+
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:
             self.metrics.reads.labels(self.device.name, outcome).inc()

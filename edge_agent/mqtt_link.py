@@ -22,6 +22,9 @@ back: the spool is the only source of re-sends.
 * ``publish()`` returns after the PUBACK for its message id, or raises
   :class:`PublishError` when the connection drops first (the caller re-sends).
 * Last will ``offline`` and birth ``online``, retained, on ``status_topic(site)``.
+* ``subscribe(topic, handler)``: QoS 1 on every connection (each starts clean); each message
+  on that exact topic is handed to ``handler(topic, payload)`` on the event loop (the command
+  path, ``edge_agent.commands``). A refused subscription is logged as an error.
 
 Errors: paho's return codes and socket/TLS errors become ``PublishError``
 (unreachable, lost, no PUBACK) or ``BrokerRefused`` (certificate or identity
@@ -43,7 +46,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
@@ -168,6 +171,7 @@ class EdgeMqttLink:
         self._misc_task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self._closing = False
+        self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         self.last_error: Exception | None = None
         # Connects (TCP + TLS handshake) block: they run here. Our own pool, so close() need not wait
         # for a connect stuck on a dead link (asyncio.run waits for the default executor's threads).
@@ -218,6 +222,10 @@ class EdgeMqttLink:
                     pass
         self._drop(client, PublishError("link closed"))
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+    def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
+        """Subscribe to ``topic`` (exact, QoS 1) from the next connection on; ``handler`` gets its messages."""
+        self._subscriptions[topic] = handler
 
     @property
     def connected(self) -> bool:
@@ -288,6 +296,8 @@ class EdgeMqttLink:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         self._socket_errors = []
         self._connack = loop.create_future()
         self._lost = loop.create_future()
@@ -348,6 +358,8 @@ class EdgeMqttLink:
             raise BrokerRefused(f"{where} refused the connection: {reason} (client id {self.client_id!r}"
                                 f"{', certificate ' + str(self.tls.cert) if self.tls else ''})")
         self.protocol_in_use = "mqttv5" if v5 else "mqttv311"
+        if self._subscriptions:
+            client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._misc_task = loop.create_task(self._misc_loop(client))
         self._connected.set()
         self._count("ok")
@@ -501,6 +513,18 @@ class EdgeMqttLink:
             future.set_exception(PublishError(f"broker rejected the message: {reason}"))
         else:
             future.set_result(None)
+
+    def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
+        handler = self._subscriptions.get(message.topic) if client is self._client else None
+        if handler is not None:
+            handler(message.topic, bytes(message.payload))
+
+    def _on_subscribe(self, client: paho.Client, userdata: Any, mid: int, reasons: list[ReasonCode],
+                      properties: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self.log.error("broker %s:%d refused the subscription to %s (%s)", self.host, self.port,
+                           ", ".join(self._subscriptions), ", ".join(refused))
 
     # -- publishing --------------------------------------------------------
     def start_publish(self, topic: str, payload: bytes, *, retain: bool = False) -> "asyncio.Future[None]":

@@ -13,7 +13,11 @@ Per unit ``Behaviour``: a response delay, and a minimum gap between requests
 below which the device answers "ServerDeviceBusy" (code 6) like an overloaded
 legacy PLC. Every request the server receives is logged server-side
 (``requests``: monotonic time, unit, function code, address, count) — also the
-ones it rejects — so tests can count reads and measure the gaps between them.
+ones it rejects — so tests can count reads and measure the gaps between them — and every write
+(function codes 5, 6, 15, 16; ``write_count``). A device's ``[[devices.writable]]`` registers
+keep what is written; a writable point's ``readback`` point reports the value last written
+(its ``safe_value`` before any write), as an inverter reports its active export limit.
+Behaviour ``write_delay_s`` holds each write's answer (the value is stored after the delay).
 
     async with Simulator.default(port=0) as sim:     # the example config's devices
         sim.port, sim.request_count(unit=1), sim.requests
@@ -37,8 +41,8 @@ from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig, load_config
-from edge_agent.decode import encode_registers
+from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig, WritablePoint, load_config
+from edge_agent.decode import decode_registers, encode_registers
 
 __all__ = ["Behaviour", "RequestRecord", "Simulator", "EXAMPLE_CONFIG", "default_behaviours", "serve",
            "signal_for", "bench_devices"]
@@ -47,6 +51,7 @@ log = logging.getLogger(__name__)
 
 EXAMPLE_CONFIG = Path(__file__).parent / "examples" / "sensors.conf"
 _FUNCTION_CODES = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+WRITE_FUNCTION_CODES = {5: "coil", 6: "holding", 15: "coil", 16: "holding"}
 _TYPE_LIMITS = {"int16": (-32768, 32767), "uint16": (0, 65535), "int32": (-2**31, 2**31 - 1),
                 "uint32": (0, 2**32 - 1)}
 
@@ -58,6 +63,7 @@ class Behaviour:
 
     delay_s: float = 0.0
     min_gap_s: float = 0.0
+    write_delay_s: float = 0.0
 
 
 class RequestRecord(NamedTuple):
@@ -121,6 +127,7 @@ def signal_for(point: PointConfig, index: int = 0) -> Signal:
         "voltage": _wave(11.0, 0.15, 100.0, phase),
         "power_factor": _wave(0.95, 0.02, 400.0, phase),
         "breaker_trips": lambda t: 3.0,
+        "active_power": lambda t: max(0.0, 42_000.0 * math.sin(math.pi * ((t / 3600.0) % 24.0 - 6.0) / 12.0)),
     }
     if point.current_loop is not None and name == "cable_temp":
         loop = point.current_loop
@@ -158,6 +165,8 @@ class _Unit:
     points: dict[str, list[tuple[PointConfig, Signal]]] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
     last_request: float = -math.inf
+    writable: tuple[WritablePoint, ...] = ()
+    setpoints: dict[str, float] = field(default_factory=dict)
 
 
 class Simulator:
@@ -183,9 +192,16 @@ class Simulator:
         for device in devices:
             if device.unit in self._units:
                 raise ValueError(f"devices {device.name!r} and another device share unit id {device.unit}")
-            unit = _Unit(device.unit, behaviours.get(device.unit, Behaviour()))
+            unit = _Unit(device.unit, behaviours.get(device.unit, Behaviour()), writable=device.writable)
+            readbacks = {w.readback: w for w in device.writable if w.readback}
+            for w in device.writable:
+                unit.setpoints[w.id] = float(w.safe_value)
+                unit.sizes[w.register] = max(unit.sizes.get(w.register, 0), w.address + w.count)
             for index, point in enumerate(device.points):
-                unit.points.setdefault(point.register, []).append((point, signal_for(point, index)))
+                signal = signal_for(point, index)
+                if point.id in readbacks:
+                    signal = functools.partial(_setpoint, unit.setpoints, readbacks[point.id].id)
+                unit.points.setdefault(point.register, []).append((point, signal))
                 end = point.address + point.count
                 unit.sizes[point.register] = max(unit.sizes.get(point.register, 0), end)
             for register in ("coil", "discrete", "holding", "input"):
@@ -245,13 +261,22 @@ class Simulator:
         return sum(1 for r in self.requests
                    if (unit is None or r.unit == unit) and (function_code is None or r.function_code == function_code))
 
+    def write_count(self, unit: int | None = None) -> int:
+        """Write requests received (function codes 5, 6, 15, 16), for ``unit`` when given."""
+        return sum(1 for r in self.requests
+                   if r.function_code in WRITE_FUNCTION_CODES and (unit is None or r.unit == unit))
+
+    def setpoint(self, unit: int, point_id: str) -> float:
+        """The value last written to writable point ``point_id`` of ``unit`` (its safe value before any write)."""
+        return self._units[unit].setpoints[point_id]
+
     def request_times(self, unit: int) -> list[float]:
         return [r.at for r in self.requests if r.unit == unit]
 
     # -- pymodbus hooks ----------------------------------------------------------------------
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU:
-        if not sending and pdu.function_code in _FUNCTION_CODES:
+        if not sending and (pdu.function_code in _FUNCTION_CODES or pdu.function_code in WRITE_FUNCTION_CODES):
             self.requests.append(RequestRecord(time.monotonic(), pdu.dev_id, pdu.function_code,
                                                getattr(pdu, "address", 0), getattr(pdu, "count", 0)))
         return pdu
@@ -268,6 +293,11 @@ class Simulator:
         unit.last_request = now
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
+        if function_code in WRITE_FUNCTION_CODES and values is not None:
+            if behaviour.write_delay_s:
+                await asyncio.sleep(behaviour.write_delay_s)
+            self._store_setpoints(unit, WRITE_FUNCTION_CODES[function_code], address, list(values))
+            return None
         register = _FUNCTION_CODES.get(function_code)
         if register is None or values is not None:
             return None
@@ -288,6 +318,24 @@ class Simulator:
                 offset = point.address - start_address
                 registers[offset:offset + point.count] = _encode(point, signal(t))
         return None
+
+
+    @staticmethod
+    def _store_setpoints(unit: _Unit, register: str, address: int, values: list[int] | list[bool]) -> None:
+        for w in unit.writable:
+            if w.register != register or not address <= w.address < address + len(values):
+                continue
+            start = w.address - address
+            if register == "coil":
+                unit.setpoints[w.id] = 1.0 if values[start] else 0.0
+            elif start + w.count <= len(values):
+                raw = decode_registers([int(v) for v in values[start:start + w.count]], w.type, w.byte_order,
+                                       w.word_order, point=w.id)
+                unit.setpoints[w.id] = raw if w.boolean else raw * w.scale
+
+
+def _setpoint(setpoints: dict[str, float], point_id: str, t: float) -> float:
+    return setpoints[point_id]
 
 
 def default_behaviours(devices: Iterable[DeviceConfig]) -> dict[int, Behaviour]:

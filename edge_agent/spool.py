@@ -388,6 +388,17 @@ class Spool:
         return row[0] if row else None
 
     # -- leasing and acknowledging -----------------------------------------
+    async def audit_event(self, kind: str, fields: dict[str, Any]) -> None:
+        """Write one event record (e.g. a command or a Modbus write) to the audit log now, fsync'd,
+        on the spool's I/O thread (the audit log's only writer). Raises AuditError; no-op without a log."""
+        if self.audit is not None:
+            await self._run(self._audit_event_sync, kind, fields)
+
+    def _audit_event_sync(self, kind: str, fields: dict[str, Any]) -> None:
+        assert self.audit is not None
+        self.audit.event(kind, **fields)
+        self.audit.sync()
+
     async def lease(self, n: int) -> list[ReadingBatch]:
         """The next committed, unleased batches in seq order: at most ``n`` readings, but at least one
         batch even when it alone is larger (corrupt rows are quarantined)."""

@@ -31,6 +31,7 @@ from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml, worker_identit
 from components.twin_api import MQTT_TLS_DIR, replica_identities, twin_api_toml
 from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
+from ems_contract.command import command_result_topic, command_topic
 from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
 from ingest.config import parse_config
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
@@ -44,6 +45,8 @@ BRIDGE = "ems-bridge"
 TWIN = "ems-twin-api"            # the twin read API's identity prefix
 TWINS = replica_identities(TWIN, 2)         # ems-twin-api-twin-api-0 and -1: one certificate per replica
 SITES = ("sub-07", "sub-08", "sub-09")    # the stack's edge sites
+NORTHBOUND = "ems-northbound"             # the north-bound client's identity
+NORTHBOUND_SITES = ("sub-07", "sub-08")   # the sites it may command (sub-09 is not one of them)
 REFUSED = 135                    # MQTT v5 PUBACK / SUBACK reason "Not authorized"
 GRANTED_QOS1 = 1
 NO_SUBSCRIBERS = 16              # MQTT v5 PUBACK reason "No matching subscribers" (a success)
@@ -74,7 +77,8 @@ def _start_broker(tmp_path: Path, pki: LocalPki) -> RunningBroker:
     (tmp_path / "data").mkdir()
     config_dir = tmp_path / "config"
     config_dir.mkdir()
-    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), WORKERS, SHARED_GROUP, TWINS))
+    (config_dir / "dynamic-security.json").write_text(dynsec_config((*SITES, BRIDGE), WORKERS, SHARED_GROUP, TWINS,
+                                                                     (NORTHBOUND,), NORTHBOUND_SITES))
     (config_dir / "acl-plain").write_text(plain_acl())
     conf = (mosquitto_conf(find_dynsec_plugin())
             .replace("/mosquitto/tls/ca.crt", str(pki.ca))
@@ -283,6 +287,49 @@ def test_a_site_reads_and_writes_only_its_own_subtree(broker, pki: LocalPki) -> 
     finally:
         for peer in (spy, victim, tool):
             peer.close()
+
+
+def test_only_the_northbound_identity_publishes_commands_and_only_for_its_sites(broker, pki: LocalPki) -> None:
+    tls_port, plain_port = broker
+    tool = Peer(pki, plain_port, None, "operator-tool")
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    other = Peer(pki, tls_port, "sub-09", "edge-sub-09")
+    northbound = Peer(pki, tls_port, NORTHBOUND, NORTHBOUND)
+    try:
+        tool.subscribe("ems/v1/#")
+        # A site reads its own command topic and no other.
+        site.subscribe(command_topic("sub-07"), command_topic("sub-08"), "ems/v1/+/command", command_result_topic("sub-08"))
+        assert site.granted == [GRANTED_QOS1, REFUSED, REFUSED, REFUSED]
+        # The north-bound client reads results (all through one filter, or per site), never commands or telemetry.
+        northbound.subscribe("ems/v1/+/command-result", command_result_topic("sub-07"), command_result_topic("sub-09"),
+                             command_topic("sub-07"), "ems/v1/+/telemetry", "ems/v1/#")
+        assert northbound.granted == [GRANTED_QOS1, GRANTED_QOS1, REFUSED, REFUSED, REFUSED, REFUSED]
+        assert northbound.publish(command_topic("sub-07"), b"set") == 0
+        assert site.topics_until(command_topic("sub-07")) == [command_topic("sub-07")]
+        assert other.publish(command_result_topic("sub-09")) == 0          # its own result: allowed, not delivered
+        assert site.publish(command_result_topic("sub-07")) == 0
+        assert set(northbound.topics_until(command_result_topic("sub-07"))) == {command_result_topic("sub-07")}
+        assert tool.topics_until(command_result_topic("sub-07")) == [
+            command_topic("sub-07"), command_result_topic("sub-09"), command_result_topic("sub-07")]
+    finally:
+        for peer in (northbound, other, site):
+            peer.close()
+    try:
+        # Sites never publish commands (not even to themselves) nor another site's results; other identities neither;
+        # the north-bound client commands only its own sites and cannot forge results.
+        for identity, topic in (("sub-07", command_topic("sub-07")), ("sub-07", command_topic("sub-08")),
+                                ("sub-09", command_topic("sub-09")), ("sub-09", command_result_topic("sub-07")),
+                                (BRIDGE, command_topic(BRIDGE)), (WORKERS[0], command_topic("sub-07")),
+                                (TWINS[0], command_topic("sub-07")), ("sub-99", command_topic("sub-07")),
+                                (NORTHBOUND, command_topic("sub-09")), (NORTHBOUND, command_topic(NORTHBOUND)),
+                                (NORTHBOUND, command_result_topic("sub-07")), (NORTHBOUND, telemetry_topic("sub-07"))):
+            assert _publish_once(pki, tls_port, identity, topic) == REFUSED, (identity, topic)
+        assert _publish_once(pki, tls_port, NORTHBOUND, command_topic("sub-08")) in (0, NO_SUBSCRIBERS)
+        marker = "ems/v1/sub-08/marker"
+        assert _publish_once(pki, tls_port, "sub-08", marker) == 0
+        assert tool.topics_until(marker) == [command_topic("sub-08"), marker]     # nothing forged got through
+    finally:
+        tool.close()
 
 
 def _drain(workers: list[MqttLink], count: int, timeout: float = 10) -> list[Incoming]:

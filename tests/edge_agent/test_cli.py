@@ -39,8 +39,8 @@ def config(tmp_path: Path, pki: LocalPki) -> Path:
 def test_check_config_ok(config: Path) -> None:
     result = ems_edge("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert f"{config}: OK — site sub-07, 5 devices" in result.stdout
-    assert result.stdout.rstrip().endswith(", thermal assets: tx1")
+    assert f"{config}: OK — site sub-07, 6 devices" in result.stdout
+    assert result.stdout.rstrip().endswith(", thermal assets: tx1, writable: exp_lim_w → PV1_EXPORT_LIMIT")
 
 
 def test_config_from_environment_variable(config: Path) -> None:

@@ -124,7 +124,7 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
     (BASE.replace('address = 0', 'address = 0\ndeadbnd = 0.5'),
      "devices[0].points[0]: 'deadbnd' is an unknown key; did you mean 'deadband'?"),
     (BASE.replace('site = "sub-07"', 'site = "sub-07"\ncolour = "blue"'),
-     "sensors.conf: 'colour' is an unknown key; allowed: assets, audit, broker, devices, http, site, spool, twin"),
+     "sensors.conf: 'colour' is an unknown key; allowed: assets, audit, broker, commands, devices, http, site, spool, twin"),
     (BASE.replace('host = "127.0.0.1"\n\n[[devices.points]]', 'host = "127.0.0.1"\nport = "502"\n\n[[devices.points]]'),
      "devices[0].port: '502' must be an integer 1..65535"),
     (BASE.replace('name = "tx1"\n', 'name = "tx1"\nunit = true\n'),

@@ -106,9 +106,12 @@ def test_every_point_of_the_example_decodes_to_the_simulated_value() -> None:
     by_id = {o.sensor_id: o for o in out}
     every = [(d, p) for d in config.devices for p in d.points]
     assert sorted(by_id) == sorted(p.id for _, p in every) and len(out) == len(every)
+    # A writable point's read-back reports the value last written: its safe value before any command.
+    readback = {w.readback: float(w.safe_value) for d in config.devices for w in d.writable if w.readback}
+    assert readback, "the example has a read-back point"
     for index_device, point in every:
         index = index_device.points.index(point)
-        expected = signal_for(point, index)(T_OK)
+        expected = readback.get(point.id, signal_for(point, index)(T_OK))
         got = by_id[point.id]
         assert got.quality == "good", got
         assert got.value == pytest.approx(expected, abs=tolerance(point)), (point.id, point.type, got.value, expected)

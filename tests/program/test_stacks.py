@@ -380,8 +380,20 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     sites = json.loads(config["ems:edgeSites"])
     bridge = ["ems-bridge"] if config.get("ems:modbusGateways") else []
     twins = [f"ems-twin-api-twin-api-{n}" for n in range(2)]
-    assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins])
-    own = lambda cn: [(kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]  # noqa: E731
+    # The north-bound identity exists (and may command its sites) only where ems:northbound is enabled.
+    nb_config = json.loads(config["ems:northbound"]) if "ems:northbound" in config else {"enabled": False}
+    northbound = ["ems-northbound"] if nb_config.get("enabled", True) else []
+    assert sorted(grants) == sorted([*sites, *bridge, *workers, *twins, *northbound])
+    # Every subtree denies publishing a command to itself (the deny comes first): only the north-bound client commands.
+    own = lambda cn: [("publishClientSend", f"ems/v1/{cn}/command")] + [  # noqa: E731
+        (kind, f"ems/v1/{cn}/#") for kind in ("publishClientSend", "publishClientReceive", "subscribePattern")]
+    denies = [(a["topic"], a["priority"]) for r in dynsec["roles"] for a in r["acls"] if not a["allow"]]
+    assert sorted(denies) == sorted((f"ems/v1/{cn}/command", 1) for cn in (*sites, *bridge, *workers, *northbound))
+    for cn in northbound:
+        assert grants[cn] == [*own(cn), ("subscribeLiteral", "ems/v1/+/command-result")] + [
+            grant for site in nb_config.get("sites", sites) for grant in (
+                ("publishClientSend", f"ems/v1/{site}/command"), ("subscribeLiteral", f"ems/v1/{site}/command-result"),
+                ("publishClientReceive", f"ems/v1/{site}/command-result"))]
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
     assert all(grants[cn] == [*own(cn), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
                               ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
