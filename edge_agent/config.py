@@ -26,8 +26,10 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
     [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
     [http]     host [127.0.0.1], port [9108]
     [[devices]]         name, host [required], port [502], unit [1], transport ["tcp"|"rtu-over-tcp"],
-                        timeout_s [1.0], retries [2], min_gap_s [0.0], poll_interval_s [1.0],
-                        max_read_gap [8], max_read_registers [125], max_read_bits [2000]
+                        timeout_s [1.0], retries [2], min_gap_s [0.0], poll_interval_s [1.0; 0.001..86400,
+                        at least min_gap_s], max_inflight [1; up to 16 pipelined requests on the connection,
+                        tcp transport and min_gap_s = 0 only], max_read_gap [8], max_read_registers [125],
+                        max_read_bits [2000]
     [commands] state_path [/var/lib/ems/commands.db], max_seen_ids [10000] (see ``edge_agent.commands``)
     [[devices.points]]  id, asset, name, address [required], register ["holding"|"input"|"coil"|"discrete"],
                         type ["uint16", "bool" on coils/discretes], byte_order ["big"], word_order ["big"],
@@ -74,7 +76,7 @@ from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalPar
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
-    "MAX_READ_REGISTERS", "MAX_READ_BITS",
+    "MAX_READ_REGISTERS", "MAX_READ_BITS", "MIN_POLL_INTERVAL_S", "MAX_INFLIGHT",
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
     "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
     "CommandsConfig", "WritablePoint", "WRITABLE_REGISTERS", "BOOLEAN_CONTROLS", "TYPE_LIMITS",
@@ -91,6 +93,8 @@ TRANSPORTS = ("tcp", "rtu-over-tcp")
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
+MIN_POLL_INTERVAL_S = 0.001
+MAX_INFLIGHT = 16          # pipelined requests per connection; devices that queue more are rare
 ASSET_KINDS = ("transformer",)
 WRITABLE_REGISTERS = ("holding", "coil")
 BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
@@ -237,7 +241,11 @@ class CommandsConfig:
 
 @dataclass(frozen=True)
 class DeviceConfig:
-    """One Modbus device (one TCP connection); ``unit`` is the Modbus device id behind a gateway."""
+    """One Modbus device (one TCP connection); ``unit`` is the Modbus device id behind a gateway.
+
+    ``max_inflight`` requests may be outstanding on the connection at once
+    (Modbus TCP pipelining, matched by transaction id); 1 waits for each answer.
+    """
 
     name: str
     host: str
@@ -249,6 +257,7 @@ class DeviceConfig:
     retries: int = 2
     min_gap_s: float = 0.0
     poll_interval_s: float = 1.0
+    max_inflight: int = 1
     max_read_gap: int = 8
     max_read_registers: int = MAX_READ_REGISTERS
     max_read_bits: int = MAX_READ_BITS
@@ -621,7 +630,20 @@ class _Loader:
         timeout_s = t.number("timeout_s", 1.0, high=60.0, positive=True)
         retries = t.integer("retries", 0, 10, 2)
         min_gap_s = t.number("min_gap_s", 0.0, low=0.0, high=60.0)
-        poll_interval_s = t.number("poll_interval_s", 1.0, low=0.01, high=86400.0)
+        poll_interval_s = t.number("poll_interval_s", 1.0, low=MIN_POLL_INTERVAL_S, high=86400.0)
+        if poll_interval_s < min_gap_s:
+            raise ConfigError(t.at("poll_interval_s"), poll_interval_s,
+                              f"is shorter than min_gap_s = {min_gap_s:g}, the device's minimum gap between "
+                              f"requests; poll at most that often")
+        max_inflight = t.integer("max_inflight", 1, MAX_INFLIGHT, 1)
+        if max_inflight > 1 and transport != "tcp":
+            raise ConfigError(t.at("max_inflight"), max_inflight,
+                              f"needs transport = \"tcp\" (Modbus TCP transaction ids match pipelined answers; "
+                              f"{transport} has none); use 1")
+        if max_inflight > 1 and min_gap_s:
+            raise ConfigError(t.at("max_inflight"), max_inflight,
+                              f"cannot be combined with min_gap_s = {min_gap_s:g} (a request budget sends one "
+                              f"request at a time); use 1, or min_gap_s = 0")
         max_read_gap = t.integer("max_read_gap", 0, MAX_READ_REGISTERS, 8)
         max_read_registers = t.integer("max_read_registers", 1, MAX_READ_REGISTERS, MAX_READ_REGISTERS)
         max_read_bits = t.integer("max_read_bits", 1, MAX_READ_BITS, MAX_READ_BITS)
@@ -638,7 +660,8 @@ class _Loader:
         _check_overlaps(t.path, name, writable, "writable")  # type: ignore[arg-type]
         return DeviceConfig(name=name, host=host, port=port, unit=unit, transport=transport, timeout_s=timeout_s,
                             retries=retries, min_gap_s=min_gap_s, poll_interval_s=poll_interval_s,
-                            max_read_gap=max_read_gap, max_read_registers=max_read_registers,
+                            max_inflight=max_inflight, max_read_gap=max_read_gap,
+                            max_read_registers=max_read_registers,
                             max_read_bits=max_read_bits, points=points, writable=writable)
 
     def writable(self, t: _Table, points: dict[str, PointConfig]) -> WritablePoint:

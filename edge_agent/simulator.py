@@ -9,6 +9,12 @@ PLC), encoded with the point's type and byte/word order and the inverse of its
 gain/offset, so the agent reading it with the same config gets plausible
 engineering values back.
 
+``pipelining=True`` makes the server answer every request of a TCP segment
+(each with its transaction id, as soon as it is ready), like a device that
+accepts ``max_inflight`` > 1; without it the server is pymodbus 3.16's as is,
+which answers the first request of a segment and leaves the rest unanswered
+until more data arrives — a device that does not accept pipelining.
+
 Per unit ``Behaviour``: a response delay, and a minimum gap between requests
 below which the device answers "ServerDeviceBusy" (code 6) like an overloaded
 legacy PLC. Every request the server receives is logged server-side
@@ -36,9 +42,12 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException, NoSuchIdException
 from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transaction import TransactionManager
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig, WritablePoint, load_config
@@ -169,6 +178,40 @@ class _Unit:
     setpoints: dict[str, float] = field(default_factory=dict)
 
 
+class _PipeliningHandler(ServerRequestHandler):
+    """A connection that answers every request it receives, each on its own (see the module doc)."""
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:
+                cut = TransactionManager.callback_data(self, data[used:], addr)
+            except ModbusIOException as exc:
+                self.server_send(ExceptionResponse(exc.fcode or 0, exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                                   device_id=exc.dev_id, transaction=exc.transaction_id), addr)
+                return len(data)
+            if not cut:
+                break
+            used += cut
+            if self.last_pdu is not None:
+                asyncio.ensure_future(self._answer(self.last_pdu, self.last_addr))
+        return used
+
+    async def _answer(self, pdu: ModbusPDU, addr: tuple | None) -> None:
+        try:
+            response = await pdu.datastore_update(self.server.context, pdu.dev_id)
+        except NoSuchIdException:
+            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.server_send(response, addr)
+
+
+class _PipeliningTcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _PipeliningHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
 class Simulator:
     """A pymodbus TCP server simulating ``devices`` (each by its ``unit``; host/port are ignored).
 
@@ -176,13 +219,17 @@ class Simulator:
     ``spare`` extra registers (and bits) are readable after each unit's last point; beyond
     them the server answers IllegalDataAddress. ``rtu=True`` speaks RTU framing over TCP
     (an RS-485 gateway in transparent mode; ``transport = "rtu-over-tcp"`` in the config).
+    ``pipelining=True`` answers pipelined requests (TCP framing only).
     """
 
     def __init__(self, devices: Sequence[DeviceConfig], *, host: str = "127.0.0.1", port: int = 0,
                  behaviours: Mapping[int, Behaviour] | None = None, spare: int = 16, rtu: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pipelining: bool = False) -> None:
+        if pipelining and rtu:
+            raise ValueError("pipelining needs Modbus TCP framing (transaction ids); rtu=True has none")
         self.host = host
         self.rtu = rtu
+        self.pipelining = pipelining
         self.port = port
         self.clock = clock
         self.requests: list[RequestRecord] = []
@@ -232,7 +279,8 @@ class Simulator:
             )
             for unit in self._units.values()
         ]
-        server = ModbusTcpServer(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu,
+        server_class = _PipeliningTcpServer if self.pipelining else ModbusTcpServer
+        server = server_class(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu,
                                  framer=FramerType.RTU if self.rtu else FramerType.SOCKET)
         await server.serve_forever(background=True)
         self._server = server
