@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/ems
 COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
  && pip install -r runtime-requirements.txt
 COPY ems_contract ./ems_contract
 COPY ems_runtime ./ems_runtime

@@ -34,13 +34,14 @@ to ``decode_batch_v2``, anything else to v1's ``decode_batch`` unchanged.
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any, Iterable, Sequence
 
+import orjson
+
 from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, QUALITIES,
-                                    Batch, Reading, SchemaError, decode_batch, parse_json, shown, site_from_topic,
-                                    valid_id, valid_unit)
+                                    Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
+                                    site_from_topic, valid_id, valid_unit)
 
 __all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "encode_batch_v2", "encode_columns", "decode_batch_v2", "decode_telemetry",
            "contiguous_runs"]
@@ -128,9 +129,10 @@ def encode_columns(site: str, seq_first: int, ts_ms: Sequence[int], asset: Seque
         "q": [_QUALITY_INDEX[q] for q in quality],
     }
     try:
-        return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+        check_finite(value)
     except ValueError as exc:
         raise SchemaError("bad_value", f"a value is not a finite number ({exc})") from None
+    return orjson.dumps(body)
 
 
 # -- decoding ------------------------------------------------------------------------------------
