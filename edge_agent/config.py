@@ -19,7 +19,7 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
     site = "sub-07"                              # [required] matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63}
     [broker]   host, port [8883], ca, cert, key [required files; key not world-readable],
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
-               batch_max_readings [100], batch_max_delay_s [0.5],
+               batch_max_readings [1000], batch_max_delay_s [0.5],
                payload_format ["v1"|"v2": JSON per reading, or columnar, ~20 bytes a reading]
     [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [64]
     [audit]    path [/var/log/ems/telemetry-audit.log]
@@ -117,7 +117,7 @@ class BrokerConfig:
     port: int = 8883
     keepalive_s: int = 30
     protocol: str = "auto"
-    batch_max_readings: int = 100
+    batch_max_readings: int = 1000
     batch_max_delay_s: float = 0.5
     payload_format: str = "v1"
 
@@ -612,7 +612,7 @@ class _Loader:
             host=host, port=port, ca=ca, cert=cert, key=key, client_id=client_id,
             keepalive_s=t.integer("keepalive_s", 5, 65535, 30),
             protocol=t.choice("protocol", PROTOCOLS, "auto"),
-            batch_max_readings=t.integer("batch_max_readings", 1, MAX_READINGS_PER_BATCH, 100),
+            batch_max_readings=t.integer("batch_max_readings", 1, MAX_READINGS_PER_BATCH, 1000),
             batch_max_delay_s=t.number("batch_max_delay_s", 0.5, low=0.0, high=60.0),
             payload_format=t.choice("payload_format", PAYLOAD_VERSIONS, "v1"),
         )

@@ -72,16 +72,17 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
     return out
 
 
-async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 100,
+async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 1000,
                 batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
                 ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
                 flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
                 logger: logging.Logger | None = None) -> None:
     """Publish spooled batches forever, oldest first; a row leaves the spool only after its PUBACK.
 
-    A message carries up to ``batch_max_readings`` readings and waits at most
-    ``batch_max_delay_s`` for enough readings to fill one (no wait once
-    ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
+    A message carries up to ``batch_max_readings`` readings. It goes at once
+    when the link has nothing in flight; otherwise it waits for the PUBACKs of
+    earlier messages, for enough readings to fill it, or ``batch_max_delay_s``,
+    whichever comes first (no wait once ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
     rows are never split between in-flight entries: an entry holds whole rows
     (one message, or several for a row larger than a message), so its PUBACKs
     release exactly those rows. Up to ``window`` entries are in flight. A lost
@@ -94,15 +95,18 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
     flushing = flushing or asyncio.Event()
 
     async def next_batches(limit: int) -> list[ReadingBatch]:
-        """Up to about ``limit`` readings once a full message is pending, the oldest waited
-        ``batch_max_delay_s``, or flushing."""
+        """Up to about ``limit`` readings once a full message is pending, nothing is in flight
+        (an idle link sends at once: low latency at low load), the oldest waited
+        ``batch_max_delay_s``, or flushing. Under load, readings gather while earlier
+        messages await their PUBACK, so messages grow towards ``batch_max_readings``."""
         waiting_since: float | None = None
         while True:
             spool.changed.clear()
+            freed.clear()
             pending = spool.pending
             if pending:
                 waiting_since = waiting_since or clock()
-                due = pending >= batch_max_readings or flushing.is_set() or \
+                due = pending >= batch_max_readings or not inflight or flushing.is_set() or \
                     clock() - waiting_since >= batch_max_delay_s
                 if due:
                     batches = await spool.lease(limit)
@@ -112,13 +116,12 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
                 timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
             else:
                 timeout = None
-            waiter = asyncio.ensure_future(spool.changed.wait())
-            flush_waiter = asyncio.ensure_future(flushing.wait())
+            waiters = [asyncio.ensure_future(event.wait()) for event in (spool.changed, flushing, freed)]
             try:
-                await asyncio.wait({waiter, flush_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
-                flush_waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
 
     # Oldest first. The sender fills free slots several entries at a time and the acker acks every
     # consecutive confirmed entry with one spool delete: fewer awaits per reading.
@@ -168,8 +171,8 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
             while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
                     and inflight[0].acked.exception() is None:
                 confirmed.append(inflight.popleft())
+            freed.set()                 # the window has room (and may be idle) while the spool deletes
             await spool.ack(confirmed[0].first, confirmed[-1].last)
-            freed.set()
             if metrics is not None:
                 now = time.monotonic()
                 for entry in confirmed:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 
 _ILLEGAL_DATA_ADDRESS = 2
 _SHORT_WAIT_S = 0.05
+_BIT, _UINT16, _INT16, _DECODER = range(4)     # how _samples decodes a point
 
 
 Emit = Callable[[ReadingBatch], Awaitable[None]]
@@ -77,7 +78,7 @@ class DevicePoller:
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
         self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
         self.failed_polls = 0
-        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, Decoder | None]]] = {}
+        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]] = {}
         metrics.init_device(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
@@ -174,39 +175,65 @@ class DevicePoller:
             self.failed_polls += 1
         return answered
 
-    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, Decoder | None]]:
-        """(point, offset in the block, decoder) per point of ``block``, prepared once per block."""
+    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]:
+        """(point, offset in the block, how to decode, decoder, filter) per point of ``block``, prepared once
+        per block. How: ``_BIT``, ``_UINT16``/``_INT16`` (a big-endian register taken as it is) or ``_DECODER``."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            bits = block.register in BIT_REGISTERS
-            layout = [(p, p.address - block.address,
-                       None if bits else make_decoder(p.type, p.byte_order, p.word_order, point=p.id))
-                      for p in block.points]
+            layout = []
+            for p in block.points:
+                if block.register in BIT_REGISTERS:
+                    how, decoder = _BIT, None
+                elif p.type in ("uint16", "int16") and p.byte_order == "big":
+                    how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
+                else:
+                    how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
+                layout.append((p, p.address - block.address, how, decoder, self.filters[p.id]))
             self._layouts[key] = layout
         return layout
 
     def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path)."""
-        buf = None if block.register in BIT_REGISTERS else register_bytes(values)  # type: ignore[arg-type]
+        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
+        one pass over the block, the batch's columns appended directly)."""
+        layout = self._layout(block)
+        buf = register_bytes(values) if any(entry[2] == _DECODER for entry in layout) else b""  # type: ignore[arg-type]
         calibration = self.calibrations.get
-        filters = self.filters
         ts_ms = int(now * 1000)
-        add = batch.add
+        add_ts, add_asset, add_point = batch.ts_ms.append, batch.asset.append, batch.point.append
+        add_value, add_unit, add_quality = batch.value.append, batch.unit.append, batch.quality.append
+        add_sensor = batch.sensor.append
         suppressed = 0
-        for point, offset, decoder in self._layout(block):
-            try:
-                raw = (1.0 if values[offset] else 0.0) if decoder is None else decoder(buf, offset)  # type: ignore[arg-type]
-            except DecodeError as exc:
-                log.warning("device %s: %s", self.device.name, exc)
-                self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                self._offer(batch, point, None, "device_error", now)
-                continue
-            value, quality = calibrate(point, raw, calibration(point.id))
-            if quality == "loop_fault":
-                self.metrics.loop_faults.labels(self.device.name, point.id).inc()
-            if filters[point.id].offer(value, quality, now):
-                add(ts_ms, point.asset, point.name, value, point.unit, quality, point.id)
+        for point, offset, how, decoder, exception_filter in layout:
+            if how == _UINT16:
+                raw = float(values[offset])
+            elif how == _INT16:
+                raw = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
+            elif how == _BIT:
+                raw = 1.0 if values[offset] else 0.0
+            else:
+                try:
+                    raw = decoder(buf, offset)  # type: ignore[misc]
+                except DecodeError as exc:
+                    log.warning("device %s: %s", self.device.name, exc)
+                    self.metrics.reads.labels(self.device.name, "decode_error").inc()
+                    self._offer(batch, point, None, "device_error", now)
+                    continue
+            cal = calibration(point.id)
+            if point.current_loop is None:
+                value, quality = raw * cal.gain + cal.offset, "good"
+            else:
+                value, quality = calibrate(point, raw, cal)
+                if quality == "loop_fault":
+                    self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+            if exception_filter.offer(value, quality, now):
+                add_ts(ts_ms)
+                add_asset(point.asset)
+                add_point(point.name)
+                add_value(value)
+                add_unit(point.unit)
+                add_quality(quality)
+                add_sensor(point.id)
             else:
                 suppressed += 1
         if suppressed:

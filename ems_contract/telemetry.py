@@ -205,9 +205,23 @@ def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, A
     """
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "site": _check_id("site", site),
                             "asset": _check_id("asset", asset), "ts_ms": int(ts_ms), "points": points}
+    check_finite(state.get("value") for state in points.values())
     if thermal is not None:
+        _check_finite_tree(thermal)
         body["thermal"] = thermal
-    return json.dumps(body, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _check_finite_tree(item: Any) -> None:
+    """ValueError for a NaN or infinite float anywhere in a small document (the twin's thermal block)."""
+    if isinstance(item, float):
+        check_finite((item,))
+    elif isinstance(item, dict):
+        for value in item.values():
+            _check_finite_tree(value)
+    elif isinstance(item, list):
+        for value in item:
+            _check_finite_tree(value)
 
 
 def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
