@@ -20,7 +20,7 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
     [broker]   host, port [8883], ca, cert, key [required files; key not world-readable],
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
                batch_max_readings [1000], batch_max_delay_s [0.5],
-               payload_format ["v1"|"v2": JSON per reading, or columnar, ~20 bytes a reading]
+               payload_format ["v2"|"v1": columnar, ~21 bytes a reading, or JSON per reading, ~110]
     [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [64]
     [audit]    path [/var/log/ems/telemetry-audit.log]
     [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
@@ -119,7 +119,7 @@ class BrokerConfig:
     protocol: str = "auto"
     batch_max_readings: int = 1000
     batch_max_delay_s: float = 0.5
-    payload_format: str = "v1"
+    payload_format: str = "v2"
 
 
 @dataclass(frozen=True)
@@ -614,7 +614,7 @@ class _Loader:
             protocol=t.choice("protocol", PROTOCOLS, "auto"),
             batch_max_readings=t.integer("batch_max_readings", 1, MAX_READINGS_PER_BATCH, 1000),
             batch_max_delay_s=t.number("batch_max_delay_s", 0.5, low=0.0, high=60.0),
-            payload_format=t.choice("payload_format", PAYLOAD_VERSIONS, "v1"),
+            payload_format=t.choice("payload_format", PAYLOAD_VERSIONS, "v2"),
         )
         t.done()
         if self.check_files:

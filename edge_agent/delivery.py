@@ -73,7 +73,7 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
 
 
 async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 1000,
-                batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
+                batch_max_delay_s: float = 0.5, payload_format: str = "v2", window: int = 8,
                 ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
                 flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
                 logger: logging.Logger | None = None) -> None:

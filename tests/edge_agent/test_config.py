@@ -80,7 +80,7 @@ def test_valid_minimal_config_gets_documented_defaults(folder: Path) -> None:
     assert config.source_path == folder / "sensors.conf"
     broker = config.broker
     assert (broker.port, broker.client_id, broker.keepalive_s, broker.protocol) == (8883, "edge-sub-07", 30, "auto")
-    assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (1000, 0.5, "v1")
+    assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (1000, 0.5, "v2")
     assert broker.key == folder / "pki" / "edge.key"          # relative to the config file's folder
     assert config.spool.path == Path("/var/lib/ems/spool") and config.spool.max_readings == 1_000_000
     assert config.audit.path == Path("/var/log/ems/telemetry-audit.log")
