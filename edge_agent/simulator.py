@@ -193,6 +193,10 @@ class _Unit:
 class _PipeliningHandler(ServerRequestHandler):
     """A connection that answers every request it receives, each on its own (see the module doc)."""
 
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self._answering: set[asyncio.Future] = set()
+
     def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
         used = 0
         while used < len(data):
@@ -206,7 +210,9 @@ class _PipeliningHandler(ServerRequestHandler):
                 break
             used += cut
             if self.last_pdu is not None:
-                asyncio.ensure_future(self._answer(self.last_pdu, self.last_addr))
+                task = asyncio.ensure_future(self._answer(self.last_pdu, self.last_addr))
+                self._answering.add(task)           # held until done: the loop keeps only weak references
+                task.add_done_callback(self._answering.discard)
         return used
 
     async def _answer(self, pdu: ModbusPDU, addr: tuple | None) -> None:
