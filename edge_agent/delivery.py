@@ -27,7 +27,7 @@ from edge_agent.errors import PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink
 from edge_agent.spool import Spool
-from ems_contract.telemetry import encode_batch, telemetry_topic
+from ems_contract.telemetry import MAX_PAYLOAD_BYTES, encode_batch, telemetry_topic
 from ems_contract.telemetry_v2 import encode_columns
 
 __all__ = ["InFlight", "drain", "payloads"]
@@ -50,13 +50,17 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
     """The messages that carry ``batches`` (sequenced, ascending): at most ``max_readings`` readings each.
 
     v1 messages fill up across batches and seq gaps; v2 messages hold one run of
-    consecutive seqs each, so a gap starts a new one.
+    consecutive seqs each, so a gap starts a new one. A message over the
+    contract's ``MAX_PAYLOAD_BYTES`` (long names in v1 reach it below 1000
+    readings) is split in halves until each fits, so the ingest never refuses one as oversized.
     """
+    out: list[bytes] = []
     if payload_format == "v1":
         readings = [r for b in batches for r in b.readings()]
-        return [encode_batch(site, readings[i:i + max_readings], sent_ms=sent_ms)
-                for i in range(0, len(readings), max_readings)]
-    out = []
+        for i in range(0, len(readings), max_readings):
+            _fit(lambda lo, hi, chunk=readings[i:i + max_readings]: encode_batch(site, chunk[lo:hi], sent_ms=sent_ms),
+                 0, min(max_readings, len(readings) - i), out)
+        return out
     runs: list[list[ReadingBatch]] = []
     for b in batches:
         if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
@@ -67,9 +71,24 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
         joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
         for i in range(0, len(joined), max_readings):
             part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
-            out.append(encode_columns(site, part.seq_first, part.ts_ms, part.asset, part.point, part.unit,
-                                      part.value, part.quality, sent_ms))
+
+            def encode(lo: int, hi: int, part: ReadingBatch = part) -> bytes:
+                piece = part if (lo, hi) == (0, len(part)) else part.slice(lo, hi)
+                return encode_columns(site, piece.seq_first, piece.ts_ms, piece.asset, piece.point, piece.unit,
+                                      piece.value, piece.quality, sent_ms)
+            _fit(encode, 0, len(part), out)
     return out
+
+
+def _fit(encode: Callable[[int, int], bytes], lo: int, hi: int, out: list[bytes]) -> None:
+    """Append ``encode(lo, hi)``, or the encodings of its halves when it exceeds ``MAX_PAYLOAD_BYTES``."""
+    payload = encode(lo, hi)
+    if len(payload) <= MAX_PAYLOAD_BYTES or hi - lo == 1:
+        out.append(payload)
+        return
+    middle = (lo + hi) // 2
+    _fit(encode, lo, middle, out)
+    _fit(encode, middle, hi, out)
 
 
 async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 1000,
