@@ -138,7 +138,9 @@ class AuditLog:
         self.last_seq = max(self.last_seq, batch.seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``)."""
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``); ValueError for a
+        NaN or infinite number among ``fields``, as for a batch."""
+        check_finite(v for v in fields.values() if isinstance(v, float))
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
     def sync(self) -> None:
