@@ -18,7 +18,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/ems
 COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
  && pip install -r runtime-requirements.txt
 COPY ems_contract ./ems_contract
 COPY ems_runtime ./ems_runtime
@@ -49,7 +49,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /opt/ems
 COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson)==' requirements.txt > runtime-requirements.txt \
  && pip install --no-deps -r runtime-requirements.txt
 COPY ems_contract ./ems_contract
 COPY ems_runtime ./ems_runtime

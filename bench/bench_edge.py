@@ -1,33 +1,32 @@
-"""End to end through the edge agent: simulator → ``ems-edge run`` → Mosquitto (mTLS) → subscriber.
+"""End to end through the edge agent on the issue-9 rig: simulator → ``ems-edge run`` → Mosquitto (mTLS, QoS 1) → subscriber.
 
-    python -m bench edge            (BENCH_EDGE_SECONDS=8 by default per scenario)
+    python -m bench edge        (BENCH_EDGE_SECONDS=10 per measured window, BENCH_EDGE_FORMATS=v2,v1)
 
-For 10 devices × 100 points and 60 devices × 100 points (the simulator's
-``bench:<devices>x100`` profile in its own process, one Modbus unit per device),
-the agent runs as a subprocess with every point reported at every poll
-(``heartbeat_s`` below the poll interval, so report-by-exception does not hide
-load) and polls flat out (``poll_interval_s`` 0.01). A QoS 1 subscriber on the
-broker's plain port counts what arrives. Figures, measured after a warm-up:
+The rig (``bench.rig``): one pymodbus simulator with 10 units × 100 holding
+registers whose values change every 10 ms, its clock in registers 0–1. The
+agent polls every unit at 100 ms, 10 ms and flat out (``poll_interval_s`` =
+0.001, the minimum: as fast as the simulator answers), with the heartbeat
+forced to every poll (``heartbeat_s`` = 0.001, so report-by-exception hides
+nothing), and publishes over mTLS with QoS 1 to a local Mosquitto; a QoS 1
+subscriber on the broker's plain port stamps each message's arrival. For each
+poll interval, after a warm-up, over the measured window:
 
-* readings/s delivered end to end (unique (site, seq) at the subscriber), and
-  readings/s accepted into the spool in the same window (when the polling side
-  outruns delivery the difference waits in the spool);
-* CPU seconds of the agent process per 1,000 readings (user + system, /proc);
-* peak RSS of the agent process (VmHWM);
-* the Modbus read ceiling measured in the same run against the same simulator
-  (``measure_modbus_ceiling``: a bare pymodbus client, back-to-back 100-register
-  reads, as many connections as devices up to 10), as reads/s and as points/s,
-  and the ratio end-to-end readings/s ÷ ceiling points/s;
-* lost and duplicated readings after SIGTERM (lost must be 0), and how many were
-  still spooled when the shutdown grace ended (sent at the next start).
+* delivered ÷ offered readings/s (offered: 10 × 99 readings per poll interval;
+  flat out: what the bare client reads flat out);
+* agent CPU in % of one core and in µs per delivered reading (/proc, all threads);
+* p50/p99 latency: arrival at the subscriber − the simulator clock reading of the same read;
+* peak RSS of the agent (VmHWM); bytes per reading on the wire (MQTT PUBLISH, before TLS);
+* after SIGTERM: readings lost (accepted into the spool and audited, never
+  delivered, not left in the spool) — must be 0.
 
-All processes share the machine: on a small box the simulator and the broker
-take much of the CPU, so the ratio is the figure to compare across machines.
+The same figures for a bare pymodbus client (``bench.bare_modbus``) polling the
+same simulator on the same schedule are the ceiling. The first payload format
+in ``BENCH_EDGE_FORMATS`` runs every interval, the others the 10 ms interval.
+All processes share this machine's cores; a missing service fails the benchmark.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import sys
@@ -35,122 +34,117 @@ import tempfile
 import time
 from pathlib import Path
 
-from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, bench_device_tables, write_agent_config
+from bench.rig import RigError, RigSubscriber, cpu_seconds, peak_rss_mb, percentile, rig_device_tables, run_bare_client
+from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
-from devenv.pki import make_pki
+from devenv.pki import LocalPki, make_pki
 from edge_agent.audit import verify
-from edge_agent.modbus_source import measure_modbus_ceiling
 
-SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "8"))
+SECONDS = float(os.environ.get("BENCH_EDGE_SECONDS", "10"))
+FORMATS = tuple(os.environ.get("BENCH_EDGE_FORMATS", "v2,v1").split(","))
 WARMUP = 3.0
-POINTS = 100
-# 60, not 100 devices: 100 × 100 points make a 1.4 MB sensors.conf, over the config reader's 1 MiB limit.
-SCENARIOS = (10, 60)
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK           # utime + stime
-
-
-def _peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+DEVICES, REGISTERS = 10, 100
+READINGS_PER_POLL = DEVICES * (REGISTERS - 1)          # the clock takes two registers
+INTERVALS = ((0.1, "100 ms"), (0.01, "10 ms"), (0.001, "flat out"))
 
 
 def _audited(path: Path) -> int:
-    """Readings the agent accepted so far (0 before it wrote its first audit record)."""
     return verify(path).readings if path.exists() else 0
 
 
-def _unique(observer: Observer) -> int:
-    seen: set[int] = set()
-    with observer.lock:
-        messages = list(observer.messages)
-    for topic, payload, _ in messages:
-        if topic.endswith("/telemetry"):
-            body = json.loads(payload)
-            seen.update(range(body["seq_first"], body["seq_last"] + 1) if body["v"] == 2
-                        else (r["seq"] for r in body["readings"]))
-    return len(seen)
-
-
-def run_scenario(root: Path, pki, devices: int) -> dict[str, float]:
-    work = root / f"{devices}x{POINTS}"
-    # Persistence saved every 60 s, as a production broker would, not after every message (the fault tests do that)
+def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str) -> dict[str, float]:
     broker = MosquittoBroker(work / "broker", pki, autosave_on_changes=False)
-    sim = SimulatorProcess(work, free_port(), profile=f"bench:{devices}x{POINTS}")
-    tables = bench_device_tables(devices, POINTS, poll_interval_s=0.01)
-    for table in tables:
-        for point in table["points"]:
-            point["heartbeat_s"] = 0.001
-    observer = None
-    agent = None
+    sim = SimulatorProcess(work, free_port(), profile=f"rig:{DEVICES}x{REGISTERS}")
+    subscriber = agent = None
     try:
         broker.start()
         sim.start()
         config = write_agent_config(work / "site", pki, broker_port=broker.tls_port, modbus_port=sim.port,
-                                    devices=tables)
-        ceiling_reads = measure_modbus_ceiling("127.0.0.1", sim.port, 3.0, unit=1, count=POINTS,
-                                               clients=min(devices, 10))
-        observer = Observer(broker.plain_port, client_id=f"bench-{devices}").start()
+                                    devices=rig_device_tables(DEVICES, REGISTERS, interval),
+                                    broker={"payload_format": payload_format})
+        subscriber = RigSubscriber(broker.plain_port, client_id=f"rig-{work.name}").start()
         agent = AgentProcess(config, grace_s=30)
         agent.start()
         assert agent.proc is not None
+        pid = agent.proc.pid
         time.sleep(WARMUP)
-        audit = work / "site" / "telemetry-audit.log"
-        n0, a0, cpu0, t0 = _unique(observer), _audited(audit), _cpu_seconds(agent.proc.pid), time.monotonic()
+        if agent.proc.poll() is not None:
+            raise RigError(f"the agent exited with {agent.proc.returncode}; see {config.parent / 'agent.log'}")
+        if not subscriber.count():
+            raise RigError(f"nothing reached the subscriber in the {WARMUP:.0f}s warm-up; "
+                           f"see {config.parent / 'agent.log'}")
+        cpu0, t0 = cpu_seconds(pid), time.time()
         time.sleep(SECONDS)
-        n1, a1, cpu1, t1 = _unique(observer), _audited(audit), _cpu_seconds(agent.proc.pid), time.monotonic()
-        rss = _peak_rss_mb(agent.proc.pid)
+        cpu1, t1 = cpu_seconds(pid), time.time()
+        rss = peak_rss_mb(pid)
         code = agent.stop(timeout=40)
-        observer.wait_quiet(quiet_s=1.0, timeout=30)
-        readings = n1 - n0
-        rate = readings / (t1 - t0)
+        subscriber.wait_quiet(quiet_s=1.0, timeout=30)
+        window = subscriber.window(t0, t1)
+        everything = subscriber.window()
+        audit = work / "site" / "telemetry-audit.log"
         accepted = _audited(audit)
-        with observer.lock:
-            raw = sum(len(json.loads(p)["readings"]) for t, p, _ in observer.messages if t.endswith("/telemetry"))
-        unique = _unique(observer)
         db = sqlite3.connect(work / "site" / "spool" / "spool.db")
-        left = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0) FROM batches").fetchone()[0]      # sent at the next start, not lost
+        left = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0) FROM batches").fetchone()[0]
         db.close()
-        return {"devices": devices, "readings_per_s": rate, "accepted_per_s": (a1 - a0) / (t1 - t0), "cpu_s_per_1000": (cpu1 - cpu0) / max(readings, 1) * 1000,
-                "peak_rss_mb": rss, "ceiling_reads_per_s": ceiling_reads, "ceiling_points_per_s": ceiling_reads * POINTS,
-                "ratio": rate / (ceiling_reads * POINTS) if ceiling_reads else float("nan"),
-                "accepted": accepted, "left_in_spool": left, "lost": accepted - unique - left,
-                "duplicates": raw - unique, "exit_code": code}
+        if not window.readings:
+            raise RigError("no readings arrived in the measured window")
+        cpu = cpu1 - cpu0
+        return {"readings_per_s": window.readings / window.seconds, "cpu_percent": 100 * cpu / window.seconds,
+                "cpu_us_per_reading": 1e6 * cpu / window.readings, "p50_ms": percentile(window.latencies_ms, 0.5),
+                "p99_ms": percentile(window.latencies_ms, 0.99), "peak_rss_mb": rss,
+                "bytes_per_reading": window.wire_bytes / window.readings, "accepted": accepted, "left": left,
+                "lost": accepted - everything.readings - left, "exit_code": code}
     finally:
-        if observer is not None:
-            observer.stop()
+        if subscriber is not None:
+            subscriber.stop()
         if agent is not None:
             agent.stop()
         sim.stop()
         broker.stop()
 
 
+def bare(work: Path, interval: float) -> dict[str, float]:
+    sim = SimulatorProcess(work, free_port(), profile=f"rig:{DEVICES}x{REGISTERS}")
+    try:
+        sim.start()
+        return run_bare_client(sim.port, DEVICES, REGISTERS, 0.0 if interval <= 0.001 else interval,
+                               warmup_s=2.0, seconds=min(SECONDS, 5.0))
+    finally:
+        sim.stop()
+
+
+def _row(label: str, r: dict[str, float], offered: float) -> str:
+    wire = f"{r['bytes_per_reading']:>6.1f}" if "bytes_per_reading" in r else f"{'-':>6}"
+    return (f"  {label:<22} {r['readings_per_s']:>9,.0f} {r['readings_per_s'] / offered:>6.1%} "
+            f"{r['cpu_percent']:>6.1f}% {r['cpu_us_per_reading']:>7.2f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} "
+            f"{r['peak_rss_mb']:>6.0f}MB {wire}")
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ems-bench-edge-") as tmp:
         root = Path(tmp)
         pki = make_pki(root / "pki")
-        print(f"edge end to end, {SECONDS:.0f}s per scenario after {WARMUP:.0f}s warm-up, "
-              f"{os.cpu_count()} CPUs (shared with simulator and broker)")
-        print(f"{'scenario':>10} {'readings/s':>11} {'spooled/s':>10} {'CPU s/1k':>9} {'peak RSS':>9} {'Modbus ceiling':>22} "
-              f"{'ratio':>6} {'lost':>5} {'dup':>5} {'spooled':>8}")
-        for devices in SCENARIOS:
-            r = run_scenario(root, pki, devices)
-            print(f"{devices:>4}×{POINTS:<5} {r['readings_per_s']:>11.0f} {r['accepted_per_s']:>10.0f} "
-                  f"{r['cpu_s_per_1000']:>9.3f} "
-                  f"{r['peak_rss_mb']:>7.1f}MB {r['ceiling_reads_per_s']:>8.0f} reads/s "
-                  f"({r['ceiling_points_per_s']:>7.0f} pts/s) {r['ratio']:>6.2f} {r['lost']:>5} {r['duplicates']:>5} {r['left_in_spool']:>8}",
-                  flush=True)
-            if r["lost"] or r["exit_code"] != 0:
-                print(f"  !! agent exit code {r['exit_code']}, {r['lost']} readings lost "
-                      f"(of {r['accepted']} accepted)", flush=True)
-        print("readings/s = delivered to the subscriber; spooled/s = accepted into the spool (polling side)")
-        print("ratio = end-to-end readings/s ÷ (bare pymodbus 100-register reads/s × 100 points)")
+        print(f"edge rig: {DEVICES} units × {REGISTERS} registers (values change every 10 ms, clock in 0–1), "
+              f"heartbeat every poll, QoS 1 over mTLS; {SECONDS:.0f}s windows after {WARMUP:.0f}s warm-up; "
+              f"{os.cpu_count()} CPUs shared by simulator, broker, agent and subscriber")
+        print(f"  {'':<22} {'readings/s':>9} {'÷offer':>6} {'CPU':>7} {'µs/rdg':>7} {'p50 ms':>7} {'p99 ms':>7} "
+              f"{'RSS':>8} {'B/rdg':>6}")
+        failures = []
+        for interval, label in INTERVALS:
+            ceiling = bare(root / f"bare-{label.replace(' ', '')}", interval)
+            offered = READINGS_PER_POLL / interval if interval > 0.001 else ceiling["readings_per_s"]
+            print(f"poll {label}: offered {offered:,.0f} readings/s", flush=True)
+            print(_row("bare pymodbus client", ceiling, offered), flush=True)
+            for payload_format in FORMATS if interval == 0.01 else FORMATS[:1]:
+                r = run_agent(root / f"agent-{label.replace(' ', '')}-{payload_format}", pki, interval, payload_format)
+                print(_row(f"ems-edge ({payload_format})", r, offered), flush=True)
+                if r["lost"] or r["exit_code"] != 0:
+                    failures.append(f"{label} {payload_format}: exit {r['exit_code']}, {r['lost']} lost "
+                                    f"of {r['accepted']} accepted")
+        print("÷offer = delivered ÷ offered; flat out offers what the bare client reads flat out. "
+              "CPU = % of one core; B/rdg = MQTT PUBLISH bytes per reading before TLS")
+        if failures:
+            raise RigError("; ".join(failures))
 
 
 if __name__ == "__main__":

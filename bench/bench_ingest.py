@@ -1,4 +1,5 @@
-"""Ingest throughput: messages/s and readings/s one worker sustains into a real Prometheus, CPU, peak RSS, 1 vs 2 workers.
+"""Ingest throughput: readings/s one worker sustains into a real Prometheus with v1 and v2 payloads, CPU,
+peak RSS, 1 vs 2 workers, and Prometheus' own remote-write receive ceiling as the denominator.
 
     python -m bench ingest          (or: python -m bench.bench_ingest [--messages N] [--readings-per-message R])
 
@@ -12,15 +13,24 @@ included), so the
 figure is the ingest's sustained drain rate, not the publisher's. CPU time and
 peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped.
 Prometheus, Mosquitto and the workers share this machine's cores.
+
+The ceiling: the same Prometheus alone, fed pre-encoded remote-write requests
+(5,000 samples each, the label sets and time order of the load, encoded before
+the clock starts) from two threads over kept-alive connections, no broker and
+no worker — samples/s it accepts. A worker's readings/s divided by it is the
+share of the TSDB's own limit the ingest reaches.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import ssl
 import tempfile
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -31,6 +41,8 @@ from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
 from ems_contract.telemetry import Reading, encode_batch, telemetry_topic
+from ems_contract.telemetry_v2 import encode_batch_v2
+from ingest.remote_write import Sample, encode_write_request, series_labels
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -47,7 +59,12 @@ def _peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_message: int, sites: int) -> float:
+class BenchError(RuntimeError):
+    """A service did not run or answered nothing: the benchmark fails instead of printing zeros."""
+
+
+def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_message: int, sites: int,
+                  payload_format: str = "v1") -> float:
     """Publish the load with QoS 1 (pipelined, waits for every PUBACK); returns seconds taken."""
     pair = pki.client("bench-edge")
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="bench-edge", protocol=paho.MQTTv5)
@@ -69,7 +86,8 @@ def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_mes
             seqs[site_index] += 1
             seq = seqs[site_index]
             readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
-        infos.append(client.publish(telemetry_topic(site), encode_batch(site, readings, base_ms), qos=1))
+        encode = encode_batch if payload_format == "v1" else encode_batch_v2
+        infos.append(client.publish(telemetry_topic(site), encode(site, readings, base_ms), qos=1))
     for info in infos:
         info.wait_for_publish(60)
     took = time.perf_counter() - started
@@ -79,7 +97,7 @@ def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_mes
 
 
 def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_message: int,
-             sites: int = 4) -> dict[str, float]:
+             sites: int = 4, payload_format: str = "v1") -> dict[str, float]:
     broker = MosquittoBroker(workdir / "broker", pki, autosave_on_changes=False)
     prometheus = PrometheusServer(workdir / "prometheus")
     procs = [IngestProcess(workdir / f"ingest-{i}", broker=broker, pki=pki, prometheus=prometheus,
@@ -92,7 +110,7 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
             proc.start()
         for proc in procs:
             proc.kill()
-        publish_s = _publish_load(broker, pki, messages, per_message, sites)
+        publish_s = _publish_load(broker, pki, messages, per_message, sites, payload_format)
         started = time.perf_counter()
         for proc in procs:
             proc.start()
@@ -104,11 +122,14 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
                 break
             time.sleep(0.05)
         elapsed = time.perf_counter() - started
+        if written < total:
+            raise BenchError(f"{payload_format}, {workers} worker(s): {written:.0f} of {total} readings written "
+                             f"within 600 s")
         cpu = [_cpu_seconds(p.proc.pid) for p in procs]
         rss = [_peak_rss_mib(p.proc.pid) for p in procs]
         handled = [p.metric("ems_ingest_messages_total") for p in procs]
         stored = prometheus.client().query('sum(count_over_time(ems_reading[2h]))')
-        return {"workers": workers, "messages": messages, "readings": total, "publish_s": publish_s,
+        return {"format": payload_format, "workers": workers, "messages": messages, "readings": total, "publish_s": publish_s,
                 "elapsed_s": elapsed, "written": written, "stored": float(stored[0]["value"][1]) if stored else 0,
                 "cpu_s": sum(cpu), "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
     finally:
@@ -116,6 +137,63 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
             proc.stop()
         prometheus.stop(kill=True)
         broker.stop(kill=True)
+
+
+def prometheus_ceiling(workdir: Path, requests: int = 240, per_request: int = 5000, sites: int = 4,
+                       threads: int = 2) -> dict[str, float]:
+    """Samples/s a lone Prometheus accepts from pre-encoded remote-write requests (module docstring)."""
+    prometheus = PrometheusServer(workdir / "prometheus")
+    base_ms = int(time.time() * 1000) - 3_600_000
+    # thread t writes the sites t, t + threads, ...: each series stays in time order within one connection
+    bodies: list[list[bytes]] = [[] for _ in range(threads)]
+    seqs = [0] * sites
+    for n in range(requests):
+        site_index = n % sites
+        site = f"ceiling-{site_index:02d}"
+        samples = []
+        for r in range(per_request):
+            seqs[site_index] += 1
+            seq = seqs[site_index]
+            reading = Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW")
+            samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, seq))
+        bodies[site_index % threads].append(encode_write_request(samples))
+    errors: list[str] = []
+
+    def post_all(chunk: list[bytes]) -> None:
+        url = urllib.parse.urlsplit(prometheus.remote_write_url)
+        conn = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+        headers = {"Content-Encoding": "snappy", "Content-Type": "application/x-protobuf",
+                   "X-Prometheus-Remote-Write-Version": "0.1.0"}
+        try:
+            for body in chunk:
+                conn.request("POST", url.path, body=body, headers=headers)
+                response = conn.getresponse()
+                detail = response.read()
+                if response.status >= 300:
+                    errors.append(f"HTTP {response.status}: {detail[:200]!r}")
+                    return
+        except (OSError, http.client.HTTPException) as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    try:
+        prometheus.start()
+        workers = [threading.Thread(target=post_all, args=(chunk,)) for chunk in bodies]
+        started = time.perf_counter()
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - started
+        if errors:
+            raise BenchError(f"Prometheus refused the ceiling load: {errors[0]}")
+        stored = prometheus.client().query('sum(count_over_time(ems_reading[2h]))')
+        return {"samples": requests * per_request, "elapsed_s": elapsed,
+                "samples_per_s": requests * per_request / elapsed,
+                "stored": float(stored[0]["value"][1]) if stored else 0.0}
+    finally:
+        prometheus.stop(kill=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,19 +205,29 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="ems-bench-ingest-") as tmp:
         root = Path(tmp)
         pki = make_pki(root / "pki")
-        results = [run_case(root / f"w{n}", pki, n, args.messages, args.readings_per_message) for n in (1, 2)]
-        small = run_case(root / "small", pki, 1, args.small_messages, 10)
+        ceiling = prometheus_ceiling(root / "ceiling")
+        results = [run_case(root / f"{fmt}-w{n}", pki, n, args.messages, args.readings_per_message, payload_format=fmt)
+                   for fmt, n in (("v1", 1), ("v2", 1), ("v2", 2))]
+        small = run_case(root / "small", pki, 1, args.small_messages, 10, payload_format="v2")
     print(f"{os.cpu_count()} cores shared by the workers, Mosquitto and Prometheus; QoS 1 over mTLS; the load is "
           f"queued in the broker before the workers start (start-up included)")
+    print(f"Prometheus remote-write receive ceiling (pre-encoded requests of 5,000 samples, 2 threads, no broker): "
+          f"{ceiling['samples_per_s']:,.0f} samples/s ({ceiling['samples']:,} in {ceiling['elapsed_s']:.1f}s, "
+          f"stored {ceiling['stored']:,.0f})")
     for r in results + [small]:
-        print(f"{r['workers']} worker(s), {r['messages']} msgs × {r['readings'] // r['messages']} readings: "
-              f"{r['messages'] / r['elapsed_s']:7.0f} messages/s {r['readings'] / r['elapsed_s']:8.0f} readings/s  "
+        rate = r["readings"] / r["elapsed_s"]
+        print(f"{r['format']} {r['workers']} worker(s), {r['messages']} msgs × {r['readings'] // r['messages']} readings: "
+              f"{r['messages'] / r['elapsed_s']:7.0f} messages/s {rate:8.0f} readings/s "
+              f"({rate / r['workers']:,.0f}/worker, {rate / ceiling['samples_per_s']:.0%} of the ceiling)  "
               f"drain {r['elapsed_s']:.2f}s  CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of a core)  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB/worker  stored {r['stored']:.0f}/{r['readings']}  "
               f"share {r['share']:.2f}")
-    one, two = results
-    print(f"scaling 1 → 2 workers: {one['elapsed_s'] / two['elapsed_s']:.2f}x readings/s; "
-          f"publisher alone: {one['messages'] / one['publish_s']:.0f} messages/s")
+        if r["stored"] != r["readings"]:
+            print(f"  !! Prometheus holds {r['stored']:.0f} samples for {r['readings']} readings", flush=True)
+    one_v1, one_v2, two_v2 = results
+    print(f"v2 ÷ v1 (1 worker): {one_v1['elapsed_s'] / one_v2['elapsed_s']:.2f}x readings/s; "
+          f"scaling 1 → 2 workers (v2): {one_v2['elapsed_s'] / two_v2['elapsed_s']:.2f}x; "
+          f"publisher alone: {one_v1['messages'] / one_v1['publish_s']:.0f} messages/s")
 
 
 if __name__ == "__main__":

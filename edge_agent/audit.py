@@ -38,7 +38,6 @@ Defaults: path ``/var/log/ems/telemetry-audit.log``, file mode 0640.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import zlib
@@ -46,7 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from edge_agent.batch import ReadingBatch
+from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "AuditContents", "verify", "read_audit",
@@ -57,8 +59,9 @@ _TAIL_BYTES = 256 * 1024
 
 
 def encode_record(body: dict[str, Any]) -> bytes:
-    """One audit line (with its trailing newline) for ``body``."""
-    data = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    """One audit line (with its trailing newline) for ``body``; a batch's values must be finite
+    (``AuditLog.batch`` checks them: orjson would write NaN as null)."""
+    data = orjson.dumps(body)
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 
@@ -75,8 +78,8 @@ def decode_record(line: bytes) -> dict[str, Any]:
     if actual != expected:
         raise ValueError(f"CRC mismatch (stored {expected:08x}, computed {actual:08x})")
     try:
-        body = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise ValueError(f"CRC matches but JSON is invalid: {exc}") from None
     if not isinstance(body, dict) or "k" not in body:
         raise ValueError("record has no kind 'k'")
@@ -127,6 +130,7 @@ class AuditLog:
 
     def batch(self, site: str, batch: ReadingBatch) -> None:
         """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
+        check_finite(batch.value)
         self._buffer.append(encode_record({
             "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
             "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,
@@ -134,7 +138,9 @@ class AuditLog:
         self.last_seq = max(self.last_seq, batch.seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``)."""
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``); ValueError for a
+        NaN or infinite number among ``fields``, as for a batch."""
+        check_finite(v for v in fields.values() if isinstance(v, float))
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
     def sync(self) -> None:

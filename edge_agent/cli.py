@@ -8,7 +8,7 @@
                                                 update one sensor atomically; the running agent picks it up
     ems-edge audit verify   [--path PATH | --config PATH]
                                                 check every audit record's CRC; exit 1 on corruption
-    ems-edge simulate       [--host H] [--port P] [--profile default|bench:DxP] [--config PATH]
+    ems-edge simulate       [--host H] [--port P] [--profile default|bench:DxP|rig:DxR] [--config PATH]
 
 The config is ``--config``, else ``$EMS_SENSORS_CONF``, else ``/etc/ems/sensors.conf``.
 Exit codes: 0 ok, 1 audit corruption, 2 any expected error (bad config,
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     sim = with_config(sub.add_parser("simulate", help="serve simulated Modbus devices"))
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=_port, default=5020)
-    sim.add_argument("--profile", default="default", help="default | bench:<devices>x<points>")
+    sim.add_argument("--profile", default="default", help="default | bench:<devices>x<points> | rig:<devices>x<registers>")
     return parser
 
 

@@ -27,7 +27,7 @@ from edge_agent.errors import PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink
 from edge_agent.spool import Spool
-from ems_contract.telemetry import encode_batch, telemetry_topic
+from ems_contract.telemetry import MAX_PAYLOAD_BYTES, encode_batch, telemetry_topic
 from ems_contract.telemetry_v2 import encode_columns
 
 __all__ = ["InFlight", "drain", "payloads"]
@@ -50,13 +50,17 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
     """The messages that carry ``batches`` (sequenced, ascending): at most ``max_readings`` readings each.
 
     v1 messages fill up across batches and seq gaps; v2 messages hold one run of
-    consecutive seqs each, so a gap starts a new one.
+    consecutive seqs each, so a gap starts a new one. A message over the
+    contract's ``MAX_PAYLOAD_BYTES`` (long names in v1 reach it below 1000
+    readings) is split in halves until each fits, so the ingest never refuses one as oversized.
     """
+    out: list[bytes] = []
     if payload_format == "v1":
         readings = [r for b in batches for r in b.readings()]
-        return [encode_batch(site, readings[i:i + max_readings], sent_ms=sent_ms)
-                for i in range(0, len(readings), max_readings)]
-    out = []
+        for i in range(0, len(readings), max_readings):
+            _fit(lambda lo, hi, chunk=readings[i:i + max_readings]: encode_batch(site, chunk[lo:hi], sent_ms=sent_ms),
+                 0, min(max_readings, len(readings) - i), out)
+        return out
     runs: list[list[ReadingBatch]] = []
     for b in batches:
         if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
@@ -67,21 +71,37 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
         joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
         for i in range(0, len(joined), max_readings):
             part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
-            out.append(encode_columns(site, part.seq_first, part.ts_ms, part.asset, part.point, part.unit,
-                                      part.value, part.quality, sent_ms))
+
+            def encode(lo: int, hi: int, part: ReadingBatch = part) -> bytes:
+                piece = part if (lo, hi) == (0, len(part)) else part.slice(lo, hi)
+                return encode_columns(site, piece.seq_first, piece.ts_ms, piece.asset, piece.point, piece.unit,
+                                      piece.value, piece.quality, sent_ms)
+            _fit(encode, 0, len(part), out)
     return out
 
 
-async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 100,
-                batch_max_delay_s: float = 0.5, payload_format: str = "v1", window: int = 8,
+def _fit(encode: Callable[[int, int], bytes], lo: int, hi: int, out: list[bytes]) -> None:
+    """Append ``encode(lo, hi)``, or the encodings of its halves when it exceeds ``MAX_PAYLOAD_BYTES``."""
+    payload = encode(lo, hi)
+    if len(payload) <= MAX_PAYLOAD_BYTES or hi - lo == 1:
+        out.append(payload)
+        return
+    middle = (lo + hi) // 2
+    _fit(encode, lo, middle, out)
+    _fit(encode, middle, hi, out)
+
+
+async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readings: int = 1000,
+                batch_max_delay_s: float = 0.5, payload_format: str = "v2", window: int = 8,
                 ack_timeout_s: float = 30.0, metrics: AgentMetrics | None = None,
                 flushing: asyncio.Event | None = None, clock: Callable[[], float] = time.time,
                 logger: logging.Logger | None = None) -> None:
     """Publish spooled batches forever, oldest first; a row leaves the spool only after its PUBACK.
 
-    A message carries up to ``batch_max_readings`` readings and waits at most
-    ``batch_max_delay_s`` for enough readings to fill one (no wait once
-    ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
+    A message carries up to ``batch_max_readings`` readings. It goes at once
+    when the link has nothing in flight; otherwise it waits for the PUBACKs of
+    earlier messages, for enough readings to fill it, or ``batch_max_delay_s``,
+    whichever comes first (no wait once ``flushing`` is set), encoded as ``payload_format`` (``payloads``). Spool
     rows are never split between in-flight entries: an entry holds whole rows
     (one message, or several for a row larger than a message), so its PUBACKs
     release exactly those rows. Up to ``window`` entries are in flight. A lost
@@ -94,15 +114,18 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
     flushing = flushing or asyncio.Event()
 
     async def next_batches(limit: int) -> list[ReadingBatch]:
-        """Up to about ``limit`` readings once a full message is pending, the oldest waited
-        ``batch_max_delay_s``, or flushing."""
+        """Up to about ``limit`` readings once a full message is pending, nothing is in flight
+        (an idle link sends at once: low latency at low load), the oldest waited
+        ``batch_max_delay_s``, or flushing. Under load, readings gather while earlier
+        messages await their PUBACK, so messages grow towards ``batch_max_readings``."""
         waiting_since: float | None = None
         while True:
             spool.changed.clear()
+            freed.clear()
             pending = spool.pending
             if pending:
                 waiting_since = waiting_since or clock()
-                due = pending >= batch_max_readings or flushing.is_set() or \
+                due = pending >= batch_max_readings or not inflight or flushing.is_set() or \
                     clock() - waiting_since >= batch_max_delay_s
                 if due:
                     batches = await spool.lease(limit)
@@ -112,13 +135,12 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
                 timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
             else:
                 timeout = None
-            waiter = asyncio.ensure_future(spool.changed.wait())
-            flush_waiter = asyncio.ensure_future(flushing.wait())
+            waiters = [asyncio.ensure_future(event.wait()) for event in (spool.changed, flushing, freed)]
             try:
-                await asyncio.wait({waiter, flush_waiter}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                waiter.cancel()
-                flush_waiter.cancel()
+                for waiter in waiters:
+                    waiter.cancel()
 
     # Oldest first. The sender fills free slots several entries at a time and the acker acks every
     # consecutive confirmed entry with one spool delete: fewer awaits per reading.
@@ -168,8 +190,8 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
             while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
                     and inflight[0].acked.exception() is None:
                 confirmed.append(inflight.popleft())
+            freed.set()                 # the window has room (and may be idle) while the spool deletes
             await spool.ack(confirmed[0].first, confirmed[-1].last)
-            freed.set()
             if metrics is not None:
                 now = time.monotonic()
                 for entry in confirmed:

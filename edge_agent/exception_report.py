@@ -17,22 +17,13 @@ The comparison is strict: a move of exactly the deadband is suppressed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 __all__ = ["ExceptionFilter"]
-
-
-@dataclass
-class _Last:
-    value: float | None
-    quality: str
-    at: float
 
 
 class ExceptionFilter:
     """Per-point state of report-by-exception. ``offer(...)`` says whether to report a sample."""
 
-    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "_last")
+    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "_reported", "_value", "_quality", "_at")
 
     def __init__(self, deadband: float = 0.0, deadband_percent: float = 0.0, heartbeat_s: float = 60.0) -> None:
         if deadband < 0 or deadband_percent < 0 or heartbeat_s <= 0:
@@ -41,19 +32,23 @@ class ExceptionFilter:
         self.deadband = deadband
         self.deadband_percent = deadband_percent
         self.heartbeat_s = heartbeat_s
-        self._last: _Last | None = None
+        # the last reported sample, kept as three fields: offer() runs once per point and poll
+        self._reported = False
+        self._value: float | None = None
+        self._quality = ""
+        self._at = 0.0
 
     @property
     def last_reported(self) -> tuple[float | None, str, float] | None:
         """(value, quality, time) of the last reported sample, or None before the first."""
-        last = self._last
-        return None if last is None else (last.value, last.quality, last.at)
+        return (self._value, self._quality, self._at) if self._reported else None
 
     def offer(self, value: float | None, quality: str, now: float) -> bool:
         """True when the sample (``now`` in seconds, any monotonic-enough clock) must be reported."""
-        last = self._last
-        if last is None or quality != last.quality or now - last.at >= self.heartbeat_s or self._moved(last.value, value):
-            self._last = _Last(value, quality, now)
+        if not self._reported or quality != self._quality or now - self._at >= self.heartbeat_s \
+                or self._moved(self._value, value):
+            self._reported = True
+            self._value, self._quality, self._at = value, quality, now
             return True
         return False
 

@@ -16,6 +16,12 @@ retry and reconnect machinery is switched off (``retries=0``,
   ``max_read_bits`` (≤2000);
 * a minimum gap of ``min_gap_s`` between the end of one request and the start
   of the next (the request budget of legacy PLCs), retries included;
+* with ``max_inflight`` > 1 (Modbus TCP only), up to that many requests
+  outstanding on the connection, answers matched by transaction id
+  (``PipelinedTcpClient``: pymodbus 3.16's client holds a lock across each
+  round trip, so it cannot pipeline; we frame pymodbus' own request and
+  response PDUs over an asyncio stream instead). One timeout closes the
+  connection and fails every outstanding request, as with one;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
   are not (the device answered; asking again gives the same answer).
@@ -31,17 +37,21 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Awaitable, Callable, Sequence
 
 from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client.mixin import ModbusClientMixin
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
+from pymodbus.framer.socket import FramerSocket
+from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
 from edge_agent.errors import DeviceExceptionResponse, DeviceTimeout, DeviceUnreachable
 from edge_agent.metrics import AgentMetrics
 
-__all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", "measure_modbus_ceiling"]
+__all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", "PipelinedTcpClient",
+           "measure_modbus_ceiling"]
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +121,99 @@ class Backoff:
         return delay * (1.0 + random.uniform(-self.jitter, self.jitter))
 
 
+class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
+    """A Modbus TCP client with up to ``limit`` requests outstanding on one connection.
+
+    The request methods (``read_holding_registers`` …) are pymodbus' own
+    (``ModbusClientMixin``); ``execute`` sends each request with the next
+    transaction id and returns the answer carrying that id. No answer within
+    ``timeout_s`` raises ``asyncio.TimeoutError`` after closing the connection
+    (a late answer must not be taken for a later request's); a lost connection
+    or a malformed frame raises ``ConnectionException`` for every outstanding
+    request. Not thread-safe; the constructor does no I/O.
+    """
+
+    _MAX_PDU = 253          # Modbus TCP: unit id + PDU fit in the 2-byte MBAP length, at most 254
+
+    def __init__(self, host: str, port: int, *, timeout_s: float, limit: int) -> None:
+        super().__init__()
+        self.host, self.port, self.timeout_s = host, port, timeout_s
+        self._slots = asyncio.Semaphore(limit)
+        self._framer = FramerSocket(DecodePDU(is_server=False))
+        self._writer: asyncio.StreamWriter | None = None
+        self._reader_task: asyncio.Task[None] | None = None
+        self._waiting: dict[int, asyncio.Future[ModbusPDU]] = {}
+        self._next_tid = 0
+
+    @property
+    def connected(self) -> bool:
+        return self._writer is not None and not self._writer.is_closing()
+
+    async def connect(self) -> bool:
+        """Open the connection; False when refused or not open within ``timeout_s``."""
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
+        except (OSError, asyncio.TimeoutError):
+            return False
+        self._writer = writer
+        self._reader_task = asyncio.ensure_future(self._read_answers(reader))
+        return True
+
+    def close(self) -> None:
+        """Drop the connection; outstanding requests raise ConnectionException."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.close()
+        if self._reader_task is not None:
+            self._reader_task.cancel()
+            self._reader_task = None
+        self._fail_all("connection closed")
+
+    def _fail_all(self, why: str) -> None:
+        waiting, self._waiting = self._waiting, {}
+        for future in waiting.values():
+            if not future.done():
+                future.set_exception(ConnectionException(why))
+
+    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(7)
+                length = int.from_bytes(header[4:6], "big")
+                if header[2:4] != b"\0\0" or not 2 <= length <= self._MAX_PDU + 1:
+                    raise ConnectionException(f"malformed Modbus TCP header {header.hex()}")
+                frame = header + await reader.readexactly(length - 1)
+                _, pdu = self._framer.handleFrame(frame, 0, 0)
+                future = self._waiting.pop(int.from_bytes(header[0:2], "big"), None)
+                if pdu is not None and future is not None and not future.done():
+                    future.set_result(pdu)
+        except (OSError, EOFError, asyncio.IncompleteReadError, ModbusException) as exc:
+            self._fail_all(f"connection to {self.host}:{self.port} lost ({exc!r})")
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+    async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
+        async with self._slots:
+            writer = self._writer
+            if writer is None or writer.is_closing():
+                raise ConnectionException(f"not connected to {self.host}:{self.port}")
+            self._next_tid = self._next_tid % 65535 + 1
+            request.transaction_id = self._next_tid
+            future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
+            self._waiting[request.transaction_id] = future
+            writer.write(self._framer.buildFrame(request))
+            try:
+                response = await asyncio.wait_for(future, self.timeout_s)
+            except asyncio.TimeoutError:
+                self.close()
+                raise
+            if request.dev_id and response.dev_id != request.dev_id:
+                self.close()
+                raise ConnectionException(f"answer from device id {response.dev_id} to a request for {request.dev_id}")
+            return response
+
+
 class ModbusSource:
     """One device's connection, request budget and retry policy. An async context manager.
 
@@ -126,7 +229,8 @@ class ModbusSource:
         self.metrics = metrics
         self.backoff = backoff
         self._monotonic = monotonic
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: AsyncModbusTcpClient | PipelinedTcpClient | None = None
+        self._connecting = asyncio.Lock()
         self._last_request_end = -float("inf")
         self.requests_sent = 0
 
@@ -150,12 +254,16 @@ class ModbusSource:
         """Open the TCP connection; raises DeviceTimeout or DeviceUnreachable."""
         device = self.device
         self.close()
-        client = AsyncModbusTcpClient(
-            device.host, port=device.port,
-            framer=FramerType.RTU if device.transport == "rtu-over-tcp" else FramerType.SOCKET,
-            timeout=device.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
-            name=f"ems-{device.name}",
-        )
+        client: AsyncModbusTcpClient | PipelinedTcpClient
+        if device.max_inflight > 1:
+            client = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s, limit=device.max_inflight)
+        else:
+            client = AsyncModbusTcpClient(
+                device.host, port=device.port,
+                framer=FramerType.RTU if device.transport == "rtu-over-tcp" else FramerType.SOCKET,
+                timeout=device.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
+                name=f"ems-{device.name}",
+            )
         started = self._monotonic()
         try:
             ok = await client.connect()
@@ -204,12 +312,14 @@ class ModbusSource:
     async def _read_once(self, block: ReadBlock) -> list[int] | list[bool]:
         device = self.device
         if self._client is None or not self._client.connected:
-            await self._wait_budget()
-            try:
-                await self.connect()
-            except DeviceUnreachable as exc:
-                self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
-                raise
+            async with self._connecting:          # pipelined reads share one connection attempt
+                if self._client is None or not self._client.connected:
+                    await self._wait_budget()
+                    try:
+                        await self.connect()
+                    except DeviceUnreachable as exc:
+                        self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
+                        raise
         client = self._client
         assert client is not None
         await self._wait_budget()
@@ -223,6 +333,10 @@ class ModbusSource:
                 response = await client.read_coils(block.address, count=block.count, device_id=device.unit)
             else:
                 response = await client.read_discrete_inputs(block.address, count=block.count, device_id=device.unit)
+        except asyncio.TimeoutError as exc:      # PipelinedTcpClient: no answer in time (connection closed)
+            self._count_read("timeout")
+            raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
+                                             f"within {device.timeout_s:g}s") from exc
         except ModbusIOException as exc:
             # pymodbus raises this after its (disabled) retries when no answer came in time,
             # and for an answer with the wrong transaction or device id

@@ -331,6 +331,9 @@ class EdgeMqttLink:
             raise PublishError(f"{where}: connect failed ({paho.error_string(rc)})")
         sock = client.socket()
         assert sock is not None
+        # A message larger than one TLS record leaves a short last segment; Nagle would hold it
+        # until the broker's delayed ACK (~40 ms on Linux) and every large message would wait for it.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         loop.add_reader(sock, self._on_readable, client)
         client.on_socket_close = self._on_socket_close
         client.on_socket_register_write = self._on_register_write

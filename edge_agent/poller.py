@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import Awaitable, Callable
 
 from edge_agent.batch import ReadingBatch
@@ -47,6 +48,8 @@ __all__ = ["Emit", "run_device", "DevicePoller"]
 log = logging.getLogger(__name__)
 
 _ILLEGAL_DATA_ADDRESS = 2
+_SHORT_WAIT_S = 0.05
+_BIT, _UINT16, _INT16, _DECODER = range(4)     # how _samples decodes a point
 
 
 Emit = Callable[[ReadingBatch], Awaitable[None]]
@@ -75,7 +78,7 @@ class DevicePoller:
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
         self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
         self.failed_polls = 0
-        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, Decoder | None]]] = {}
+        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]] = {}
         metrics.init_device(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
@@ -99,46 +102,66 @@ class DevicePoller:
 
     async def poll_once(self) -> bool:
         """One cycle over the read plan; True when the device answered. Returns early (False,
-        nothing counted) when ``stop`` is set while a read is outstanding."""
+        nothing counted) when ``stop`` is set while a read is outstanding.
+
+        With ``max_inflight`` > 1 the next reads of the plan are already on the
+        wire while one block is decoded; blocks are still handled in plan order.
+        """
         device = self.device
         started = time.monotonic()
         plan = list(self.plan)
         index = 0
+        window = device.max_inflight
+        ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
         batch = ReadingBatch()
-        while index < len(plan):
-            block = plan[index]
-            index += 1
-            try:
-                values = await self._read(block)
-                if values is None:
-                    if len(batch):
-                        await self.emit(batch)
-                    return False
-            except DeviceExceptionResponse as exc:
-                if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
-                    log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
-                                "one by one from now on", device.name, block.register, block.address, block.count,
-                                exc.code_name, len(block.points))
-                    parts = split_block(block)
-                    self.plan = tuple(p for b in self.plan for p in (parts if b == block else (b,)))
-                    plan[index:index] = parts
-                    continue
-                log.warning("device %s: %s", device.name, exc)
-                for point in block.points:
-                    self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
-                    self._offer(batch, point, None, "device_error")
-                continue
-            except DeviceUnreachable as exc:
-                answered = False
-                quality = "device_error" if self.failed_polls == 0 else "stale"
-                if self.failed_polls == 0:
+        try:
+            while index < len(plan) or ahead:
+                if window > 1:
+                    while index < len(plan) and len(ahead) < window:
+                        ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
+                        index += 1
+                    block, pending = ahead.popleft()
+                    read: Awaitable[list[int] | list[bool] | None] = pending
+                else:
+                    block = plan[index]
+                    index += 1
+                    read = self._read(block)
+                try:
+                    values = await read
+                    if values is None:
+                        if len(batch):
+                            await self.emit(batch)
+                        return False
+                except DeviceExceptionResponse as exc:
+                    if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
+                        log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
+                                    "one by one from now on", device.name, block.register, block.address, block.count,
+                                    exc.code_name, len(block.points))
+                        parts = split_block(block)
+                        self.plan = tuple(p for b in self.plan for p in (parts if b == block else (b,)))
+                        plan[index:index] = parts
+                        continue
                     log.warning("device %s: %s", device.name, exc)
-                for rest in [block, *plan[index:]]:
-                    for point in rest.points:
-                        self._offer(batch, point, None, quality)
-                break
-            self._samples(batch, block, values, self.clock())
+                    for point in block.points:
+                        self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
+                        self._offer(batch, point, None, "device_error")
+                    continue
+                except DeviceUnreachable as exc:
+                    answered = False
+                    quality = "device_error" if self.failed_polls == 0 else "stale"
+                    if self.failed_polls == 0:
+                        log.warning("device %s: %s", device.name, exc)
+                    for rest in [block, *(b for b, _ in ahead), *plan[index:]]:
+                        for point in rest.points:
+                            self._offer(batch, point, None, quality)
+                    break
+                self._samples(batch, block, values, self.clock())
+        finally:
+            for _, pending in ahead:
+                pending.cancel()
+            if ahead:
+                await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
         if len(batch):
             await self.emit(batch)
         self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
@@ -152,39 +175,65 @@ class DevicePoller:
             self.failed_polls += 1
         return answered
 
-    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, Decoder | None]]:
-        """(point, offset in the block, decoder) per point of ``block``, prepared once per block."""
+    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]:
+        """(point, offset in the block, how to decode, decoder, filter) per point of ``block``, prepared once
+        per block. How: ``_BIT``, ``_UINT16``/``_INT16`` (a big-endian register taken as it is) or ``_DECODER``."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            bits = block.register in BIT_REGISTERS
-            layout = [(p, p.address - block.address,
-                       None if bits else make_decoder(p.type, p.byte_order, p.word_order, point=p.id))
-                      for p in block.points]
+            layout = []
+            for p in block.points:
+                if block.register in BIT_REGISTERS:
+                    how, decoder = _BIT, None
+                elif p.type in ("uint16", "int16") and p.byte_order == "big":
+                    how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
+                else:
+                    how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
+                layout.append((p, p.address - block.address, how, decoder, self.filters[p.id]))
             self._layouts[key] = layout
         return layout
 
     def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path)."""
-        buf = None if block.register in BIT_REGISTERS else register_bytes(values)  # type: ignore[arg-type]
+        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
+        one pass over the block, the batch's columns appended directly)."""
+        layout = self._layout(block)
+        buf = register_bytes(values) if any(entry[2] == _DECODER for entry in layout) else b""  # type: ignore[arg-type]
         calibration = self.calibrations.get
-        filters = self.filters
         ts_ms = int(now * 1000)
-        add = batch.add
+        add_ts, add_asset, add_point = batch.ts_ms.append, batch.asset.append, batch.point.append
+        add_value, add_unit, add_quality = batch.value.append, batch.unit.append, batch.quality.append
+        add_sensor = batch.sensor.append
         suppressed = 0
-        for point, offset, decoder in self._layout(block):
-            try:
-                raw = (1.0 if values[offset] else 0.0) if decoder is None else decoder(buf, offset)  # type: ignore[arg-type]
-            except DecodeError as exc:
-                log.warning("device %s: %s", self.device.name, exc)
-                self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                self._offer(batch, point, None, "device_error", now)
-                continue
-            value, quality = calibrate(point, raw, calibration(point.id))
-            if quality == "loop_fault":
-                self.metrics.loop_faults.labels(self.device.name, point.id).inc()
-            if filters[point.id].offer(value, quality, now):
-                add(ts_ms, point.asset, point.name, value, point.unit, quality, point.id)
+        for point, offset, how, decoder, exception_filter in layout:
+            if how == _UINT16:
+                raw = float(values[offset])
+            elif how == _INT16:
+                raw = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
+            elif how == _BIT:
+                raw = 1.0 if values[offset] else 0.0
+            else:
+                try:
+                    raw = decoder(buf, offset)  # type: ignore[misc]
+                except DecodeError as exc:
+                    log.warning("device %s: %s", self.device.name, exc)
+                    self.metrics.reads.labels(self.device.name, "decode_error").inc()
+                    self._offer(batch, point, None, "device_error", now)
+                    continue
+            cal = calibration(point.id)
+            if point.current_loop is None:
+                value, quality = raw * cal.gain + cal.offset, "good"
+            else:
+                value, quality = calibrate(point, raw, cal)
+                if quality == "loop_fault":
+                    self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+            if exception_filter.offer(value, quality, now):
+                add_ts(ts_ms)
+                add_asset(point.asset)
+                add_point(point.name)
+                add_value(value)
+                add_unit(point.unit)
+                add_quality(quality)
+                add_sensor(point.id)
             else:
                 suppressed += 1
         if suppressed:
@@ -238,6 +287,10 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
         wait = next_start - time.monotonic()
         if wait <= 0:
             await asyncio.sleep(0)                     # overran the interval: go again, but let others run
+            continue
+        if wait < _SHORT_WAIT_S:
+            # a plain sleep costs one timer; stop is seen at the next cycle, within a few milliseconds
+            await asyncio.sleep(wait)
             continue
         try:
             await asyncio.wait_for(stop.wait(), timeout=wait)

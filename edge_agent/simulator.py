@@ -9,6 +9,12 @@ PLC), encoded with the point's type and byte/word order and the inverse of its
 gain/offset, so the agent reading it with the same config gets plausible
 engineering values back.
 
+``pipelining=True`` makes the server answer every request of a TCP segment
+(each with its transaction id, as soon as it is ready), like a device that
+accepts ``max_inflight`` > 1; without it the server is pymodbus 3.16's as is,
+which answers the first request of a segment and leaves the rest unanswered
+until more data arrives — a device that does not accept pipelining.
+
 Per unit ``Behaviour``: a response delay, and a minimum gap between requests
 below which the device answers "ServerDeviceBusy" (code 6) like an overloaded
 legacy PLC. Every request the server receives is logged server-side
@@ -36,16 +42,19 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusIOException, NoSuchIdException
 from pymodbus.framer import FramerType
-from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
+from pymodbus.transaction import TransactionManager
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig, WritablePoint, load_config
 from edge_agent.decode import decode_registers, encode_registers
 
 __all__ = ["Behaviour", "RequestRecord", "Simulator", "EXAMPLE_CONFIG", "default_behaviours", "serve",
-           "signal_for", "bench_devices"]
+           "signal_for", "bench_devices", "rig_devices", "rig_signal", "RIG_CLOCK_MODULUS"]
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +150,18 @@ def signal_for(point: PointConfig, index: int = 0) -> Signal:
     return _wave(50.0 * point.gain + point.offset, 10.0 * abs(point.gain), 60.0 + index, phase)
 
 
+RIG_CLOCK_MODULUS = 2 ** 32
+"""The rig's clock point holds the simulator's wall clock in ms modulo this (a uint32)."""
+
+
+def rig_signal(point: PointConfig, index: int = 0) -> Signal:
+    """The benchmark rig's signals: point 0 is the simulator's clock (wall time in ms modulo
+    ``RIG_CLOCK_MODULUS``, for latency), the others uint16 values that change every 10 ms."""
+    if index == 0:
+        return lambda t: float(int(t * 1000) % RIG_CLOCK_MODULUS)
+    return lambda t: float((int(t * 100) * 31 + index * 257) % 65536)
+
+
 def _raw_value(point: PointConfig, value: float) -> float:
     """Invert the agent's calibration (and 4–20 mA scaling): the number the device holds."""
     loop = point.current_loop
@@ -169,6 +190,46 @@ class _Unit:
     setpoints: dict[str, float] = field(default_factory=dict)
 
 
+class _PipeliningHandler(ServerRequestHandler):
+    """A connection that answers every request it receives, each on its own (see the module doc)."""
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self._answering: set[asyncio.Future] = set()
+
+    def callback_data(self, data: bytes, addr: tuple | None = None) -> int:
+        used = 0
+        while used < len(data):
+            try:
+                cut = TransactionManager.callback_data(self, data[used:], addr)
+            except ModbusIOException as exc:
+                self.server_send(ExceptionResponse(exc.fcode or 0, exception_code=ExcCodes.ILLEGAL_FUNCTION,
+                                                   device_id=exc.dev_id, transaction=exc.transaction_id), addr)
+                return len(data)
+            if not cut:
+                break
+            used += cut
+            if self.last_pdu is not None:
+                task = asyncio.ensure_future(self._answer(self.last_pdu, self.last_addr))
+                self._answering.add(task)           # held until done: the loop keeps only weak references
+                task.add_done_callback(self._answering.discard)
+        return used
+
+    async def _answer(self, pdu: ModbusPDU, addr: tuple | None) -> None:
+        try:
+            response = await pdu.datastore_update(self.server.context, pdu.dev_id)
+        except NoSuchIdException:
+            response = ExceptionResponse(pdu.function_code, ExcCodes.GATEWAY_NO_RESPONSE)
+        response.transaction_id = pdu.transaction_id
+        response.dev_id = pdu.dev_id
+        self.server_send(response, addr)
+
+
+class _PipeliningTcpServer(ModbusTcpServer):
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _PipeliningHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+
+
 class Simulator:
     """A pymodbus TCP server simulating ``devices`` (each by its ``unit``; host/port are ignored).
 
@@ -176,13 +237,19 @@ class Simulator:
     ``spare`` extra registers (and bits) are readable after each unit's last point; beyond
     them the server answers IllegalDataAddress. ``rtu=True`` speaks RTU framing over TCP
     (an RS-485 gateway in transparent mode; ``transport = "rtu-over-tcp"`` in the config).
+    ``pipelining=True`` answers pipelined requests (TCP framing only). ``signals(point, index)``
+    gives each point's value over time (default ``signal_for``).
     """
 
     def __init__(self, devices: Sequence[DeviceConfig], *, host: str = "127.0.0.1", port: int = 0,
                  behaviours: Mapping[int, Behaviour] | None = None, spare: int = 16, rtu: bool = False,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, pipelining: bool = False,
+                 signals: Callable[[PointConfig, int], Signal] = signal_for) -> None:
+        if pipelining and rtu:
+            raise ValueError("pipelining needs Modbus TCP framing (transaction ids); rtu=True has none")
         self.host = host
         self.rtu = rtu
+        self.pipelining = pipelining
         self.port = port
         self.clock = clock
         self.requests: list[RequestRecord] = []
@@ -198,7 +265,7 @@ class Simulator:
                 unit.setpoints[w.id] = float(w.safe_value)
                 unit.sizes[w.register] = max(unit.sizes.get(w.register, 0), w.address + w.count)
             for index, point in enumerate(device.points):
-                signal = signal_for(point, index)
+                signal = signals(point, index)
                 if point.id in readbacks:
                     signal = functools.partial(_setpoint, unit.setpoints, readbacks[point.id].id)
                 unit.points.setdefault(point.register, []).append((point, signal))
@@ -232,7 +299,8 @@ class Simulator:
             )
             for unit in self._units.values()
         ]
-        server = ModbusTcpServer(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu,
+        server_class = _PipeliningTcpServer if self.pipelining else ModbusTcpServer
+        server = server_class(sim_devices, address=(self.host, self.port), trace_pdu=self._trace_pdu,
                                  framer=FramerType.RTU if self.rtu else FramerType.SOCKET)
         await server.serve_forever(background=True)
         self._server = server
@@ -360,27 +428,52 @@ def bench_devices(count: int, points: int, *, host: str = "127.0.0.1", port: int
     )
 
 
+def rig_devices(count: int = 10, registers: int = 100, *, host: str = "127.0.0.1", port: int = 5020,
+                poll_interval_s: float = 1.0) -> tuple[DeviceConfig, ...]:
+    """The benchmark rig (``rig:<devices>x<registers>``): units 1..``count``, each with ``registers``
+    holding registers: 0–1 the clock (uint32, ``rig_signal``), then one uint16 point per register."""
+    return tuple(
+        DeviceConfig(
+            name=f"rig{d:02d}", host=host, port=port, unit=d + 1, poll_interval_s=poll_interval_s,
+            timeout_s=2.0, retries=1,
+            points=(PointConfig(id=f"R{d:02d}_CLK", asset=f"rig{d:02d}", name="clock", register="holding",
+                                address=0, type="uint32"),)
+            + tuple(PointConfig(id=f"R{d:02d}_{a:03d}", asset=f"rig{d:02d}", name=f"r{a:03d}", register="holding",
+                                address=a, type="uint16") for a in range(2, registers)),
+        )
+        for d in range(count)
+    )
+
+
 async def serve(host: str = "127.0.0.1", port: int = 5020, *, profile: str = "default",
                 config: Path | None = None, stop: asyncio.Event | None = None) -> None:
     """Run the simulator until ``stop`` is set (forever when None).
 
     ``profile``: ``default`` (the example config, or ``config``'s devices), or
-    ``bench:<devices>x<points>`` (contiguous uint16 holding registers, units 1..N).
+    ``bench:<devices>x<points>`` (contiguous uint16 holding registers, units 1..N), or
+    ``rig:<devices>x<registers>`` (the benchmark rig: ``rig_devices``, values changing every
+    10 ms and the simulator's clock in registers 0–1).
     """
     if profile == "default":
         source = config or EXAMPLE_CONFIG
         devices = load_config(source, check_files=False).devices
         sim = Simulator(devices, host=host, port=port, behaviours=default_behaviours(devices))
-    elif profile.startswith("bench:"):
+    elif profile.startswith(("bench:", "rig:")):
+        kind, _, size = profile.partition(":")
         try:
-            n_devices, n_points = (int(x) for x in profile[len("bench:"):].split("x"))
+            n_devices, n_points = (int(x) for x in size.split("x"))
         except ValueError:
-            raise ValueError(f"profile {profile!r} must look like bench:10x100") from None
-        if not (1 <= n_devices <= 247 and 1 <= n_points <= 10000):
-            raise ValueError(f"profile {profile!r}: devices must be 1..247 and points 1..10000")
-        sim = Simulator(bench_devices(n_devices, n_points), host=host, port=port)
+            raise ValueError(f"profile {profile!r} must look like {kind}:10x100") from None
+        if not (1 <= n_devices <= 247 and (1 if kind == "bench" else 3) <= n_points <= 10000):
+            raise ValueError(f"profile {profile!r}: devices must be 1..247 and points "
+                             f"{1 if kind == 'bench' else 3}..10000")
+        if kind == "bench":
+            sim = Simulator(bench_devices(n_devices, n_points), host=host, port=port)
+        else:
+            sim = Simulator(rig_devices(n_devices, n_points), host=host, port=port, signals=rig_signal)
     else:
-        raise ValueError(f"profile {profile!r} must be 'default' or 'bench:<devices>x<points>'")
+        raise ValueError(f"profile {profile!r} must be 'default', 'bench:<devices>x<points>' or "
+                         f"'rig:<devices>x<registers>'")
     async with sim:
         print(f"Modbus simulator on {sim.host}:{sim.port}, units {sorted(sim._units)}", flush=True)
         await (stop.wait() if stop is not None else asyncio.Event().wait())

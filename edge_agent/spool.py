@@ -61,10 +61,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+import orjson
+
 from edge_agent.audit import AuditLog
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
+from ems_contract.telemetry import check_finite
 
 __all__ = ["Spool", "SPOOL_FILE"]
 
@@ -85,11 +88,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 
 def _encode(batch: ReadingBatch) -> bytes:
-    return json.dumps(batch.columns(), separators=(",", ":"), allow_nan=False).encode()
+    """The stored row: the batch's columns as compact JSON; ValueError for a NaN or infinite value."""
+    check_finite(batch.value)
+    return orjson.dumps(batch.columns())
 
 
 def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
-    batch = ReadingBatch.from_columns(json.loads(data), seq_first, accepted_ms)
+    try:
+        columns = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"row {seq_first}..{seq_last} is not JSON ({exc})") from None
+    batch = ReadingBatch.from_columns(columns, seq_first, accepted_ms)
     if batch.seq_last != seq_last:
         raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
     return batch

@@ -207,7 +207,10 @@ class TwinStore:
                     held["ts_ms"] == ts_ms and held["value"] == value and held["quality"] == quality
                     and held["unit"] == unit)):
                 continue
-            points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+            if held is None:
+                points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+            else:               # in place: the state of a point is updated at every poll
+                held["value"], held["unit"], held["quality"], held["ts_ms"] = value, unit, quality, ts_ms
             changed += 1
             run = self._thermal.get(asset)
             if run is not None:

@@ -37,6 +37,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import orjson
+
 from ems_contract.config_file import shorten as shown   # one bounded repr for every error message
 
 SCHEMA_VERSION = 1
@@ -54,12 +56,14 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Characters a unit may not contain although printable: quoting and escaping characters of label
 # values, PromQL and JSON, so a unit can be pasted into a selector or a log line as it is.
 _UNIT_FORBIDDEN = frozenset('"\\\'`{}')
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
 
 __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
     "TWIN_SUBSCRIPTION", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
+    "check_finite", "dump_json",
 ]
 
 
@@ -159,11 +163,29 @@ def site_from_topic(topic: str) -> str:
     return _check_id("site", parts[2])
 
 
+def check_finite(values: Iterable[float | None]) -> None:
+    """Raise ValueError when a value is NaN or infinite (None is fine).
+
+    ``json.dumps(allow_nan=False)`` raised for them; orjson writes them as ``null``,
+    which would change a reading's meaning, so every encoder checks first.
+    """
+    isfinite = math.isfinite
+    for value in values:
+        if value is not None and not isfinite(value):
+            raise ValueError(f"value {value!r} is not a finite number")
+
+
+def dump_json(body: Any) -> bytes:
+    """Compact JSON of ``body`` (orjson; the caller has checked its floats with ``check_finite``)."""
+    return orjson.dumps(body)
+
+
 def encode_batch(site: str, readings: Iterable[Reading], sent_ms: int) -> bytes:
-    """Serialise readings (ascending seq) into one telemetry payload."""
+    """Serialise readings (ascending seq) into one telemetry payload; ValueError for a non-finite value."""
     items = list(readings)
     if not items:
         raise SchemaError("empty", "a batch needs at least one reading")
+    check_finite(r.value for r in items)
     body = {
         "v": SCHEMA_VERSION,
         "site": _check_id("site", site),
@@ -172,7 +194,7 @@ def encode_batch(site: str, readings: Iterable[Reading], sent_ms: int) -> bytes:
         "sent_ms": int(sent_ms),
         "readings": [r.to_json() for r in items],
     }
-    return json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
+    return orjson.dumps(body)
 
 
 def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, Any]],
@@ -183,9 +205,23 @@ def encode_twin(site: str, asset: str, ts_ms: int, points: dict[str, dict[str, A
     """
     body: dict[str, Any] = {"v": SCHEMA_VERSION, "site": _check_id("site", site),
                             "asset": _check_id("asset", asset), "ts_ms": int(ts_ms), "points": points}
+    check_finite(state.get("value") for state in points.values())
     if thermal is not None:
+        _check_finite_tree(thermal)
         body["thermal"] = thermal
-    return json.dumps(body, separators=(",", ":"), allow_nan=False, sort_keys=True).encode()
+    return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+
+
+def _check_finite_tree(item: Any) -> None:
+    """ValueError for a NaN or infinite float anywhere in a small document (the twin's thermal block)."""
+    if isinstance(item, float):
+        check_finite((item,))
+    elif isinstance(item, dict):
+        for value in item.values():
+            _check_finite_tree(value)
+    elif isinstance(item, list):
+        for value in item:
+            _check_finite_tree(value)
 
 
 def _int(obj: dict[str, Any], key: str, where: str, minimum: int = 0) -> int:
@@ -283,7 +319,17 @@ def parse_json(payload: bytes) -> Any:
     a 5,000-digit integer ``bad_value`` before ``int()`` spends time on it. Strings may still hold
     lone surrogates and containers may be deep: the caller validates the shape it expects
     (``decode_batch``) or calls ``check_tree``.
+
+    orjson parses first; whatever it refuses goes to the standard library's parser, which
+    gives the error above (or accepts what orjson refuses but ``json`` takes, such as a lone
+    surrogate escape). A run of 19 or more digits skips orjson: it reads integers beyond
+    64 bits as floats, which would change an out-of-range seq's message.
     """
+    if not _LONG_DIGITS.search(payload):
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
     try:
         return json.loads(payload.decode("utf-8"), parse_constant=_reject_constant, parse_int=_parse_int)
     except SchemaError:

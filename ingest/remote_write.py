@@ -33,7 +33,7 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import cramjam
 
@@ -130,9 +130,9 @@ def _read_secret(path: Path, field: str) -> str:
     return text
 
 
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One sample to write, with the (site, seq) of the reading it came from."""
+class Sample(NamedTuple):
+    """One sample to write, with the (site, seq) of the reading it came from (a tuple: one is built
+    per reading, and a frozen dataclass costs several times as much to build)."""
 
     labels: Labels
     ts_ms: int

@@ -253,19 +253,26 @@ class IngestWorker:
         clock_rejected: dict[str, list] = {}
         self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
         earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
+        seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
+        series: dict[tuple[str, str, str, str], tuple] = {}     # one label set per series of the message
         for reading in item.batch.readings:
-            if self.seen.seen(site, reading.seq):
+            seq = reading.seq
+            if seen(site, seq):
                 counts["duplicate"] += 1
                 continue
-            self.seen.mark(site, reading.seq)
-            item.seqs.append(reading.seq)
+            mark(site, seq)
+            taken(seq)
             if not earliest <= reading.ts_ms <= latest:
                 clock_rejected.setdefault("future_timestamp" if reading.ts_ms > latest else "too_old", []).append(reading)
                 continue
             if reading.value is None:
                 counts["null"] += 1
                 continue
-            samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, reading.seq))
+            key = (reading.asset, reading.point, reading.quality, reading.unit)
+            labels = series.get(key)
+            if labels is None:
+                labels = series[key] = series_labels(site, reading)
+            add(Sample(labels, reading.ts_ms, reading.value, site, seq))
         for reason, readings in clock_rejected.items():
             counts[reason] += len(readings)
             self.metrics.clock_rejected.labels(site, reason).inc(len(readings))

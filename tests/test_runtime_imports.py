@@ -16,12 +16,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps).
-RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "tomlkit", "google"}
+RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "tomlkit", "google"}
 
 # Top-level import names of the north-bound stage's distributions (cython_runtime: lxml's compiled modules).
 NORTHBOUND_RUNTIME = {"httpx", "httpcore", "h11", "anyio", "idna", "certifi", "envoy_schema", "pydantic", "pydantic_core",
                       "pydantic_xml", "lxml", "annotated_types", "typing_inspection", "typing_extensions",
-                      "cryptography", "cffi", "paho", "prometheus_client", "cython_runtime"}
+                      "cryptography", "cffi", "paho", "prometheus_client", "orjson", "cython_runtime"}
 
 PROBE_TEMPLATE = r"""
 import importlib, pkgutil, sys

@@ -80,13 +80,14 @@ def test_valid_minimal_config_gets_documented_defaults(folder: Path) -> None:
     assert config.source_path == folder / "sensors.conf"
     broker = config.broker
     assert (broker.port, broker.client_id, broker.keepalive_s, broker.protocol) == (8883, "edge-sub-07", 30, "auto")
-    assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (100, 0.5, "v1")
+    assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (1000, 0.5, "v2")
     assert broker.key == folder / "pki" / "edge.key"          # relative to the config file's folder
     assert config.spool.path == Path("/var/lib/ems/spool") and config.spool.max_readings == 1_000_000
     assert config.audit.path == Path("/var/log/ems/telemetry-audit.log")
     assert (config.http.host, config.http.port) == ("127.0.0.1", 9108)
     (device,) = config.devices
     assert (device.port, device.unit, device.transport, device.retries, device.min_gap_s) == (502, 1, "tcp", 2, 0.0)
+    assert (device.poll_interval_s, device.max_inflight) == (1.0, 1)
     (point,) = device.points
     assert (point.register, point.type, point.byte_order, point.word_order) == ("holding", "float32", "big", "big")
     assert (point.gain, point.offset, point.deadband, point.heartbeat_s, point.count) == (1.0, 0.0, 0.0, 60.0, 2)
@@ -133,6 +134,21 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
      "devices[0].timeout_s: '1s' must be a finite number"),
     (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntimeout_s = 0\n'),
      "devices[0].timeout_s: 0.0 must be greater than 0 (at most 60)"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\npoll_interval_s = 0.0005\n'),
+     "devices[0].poll_interval_s: 0.0005 must be 0.001..86400"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\nmin_gap_s = 0.2\npoll_interval_s = 0.1\n'),
+     "devices[0].poll_interval_s: 0.1 is shorter than min_gap_s = 0.2, the device's minimum gap between requests; "
+     "poll at most that often"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\nmax_inflight = 0\n'),
+     "devices[0].max_inflight: 0 must be 1..16"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\nmax_inflight = 17\n'),
+     "devices[0].max_inflight: 17 must be 1..16"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntransport = "rtu-over-tcp"\nmax_inflight = 4\n'),
+     "devices[0].max_inflight: 4 needs transport = \"tcp\" (Modbus TCP transaction ids match pipelined answers; "
+     "rtu-over-tcp has none); use 1"),
+    (BASE.replace('name = "tx1"\n', 'name = "tx1"\nmin_gap_s = 0.05\nmax_inflight = 2\n'),
+     "devices[0].max_inflight: 2 cannot be combined with min_gap_s = 0.05 (a request budget sends one request at a "
+     "time); use 1, or min_gap_s = 0"),
     (BASE.replace('name = "tx1"\n', 'name = "tx1"\ntransport = "rtu"\n'),
      "devices[0].transport: 'rtu' must be one of tcp, rtu-over-tcp"),
     (BASE.replace('type = "float32"', 'type = "float32"\nbyte_order = "middle"'),
@@ -183,6 +199,12 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
 ])
 def test_bad_input_gives_one_exact_line(folder: Path, text: str, expected: str) -> None:
     assert error_of(folder, text) == expected
+
+
+def test_fast_polling_and_pipelining_are_accepted(folder: Path) -> None:
+    text = BASE.replace('name = "tx1"\n', 'name = "tx1"\npoll_interval_s = 0.001\nmax_inflight = 16\n')
+    (device,) = load_config(write(folder, text)).devices
+    assert (device.poll_interval_s, device.max_inflight) == (0.001, 16)
 
 
 def test_broker_given_as_a_string(folder: Path) -> None:

@@ -16,7 +16,7 @@ from edge_agent.delivery import drain, payloads
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
-from ems_contract.telemetry import telemetry_topic
+from ems_contract.telemetry import MAX_PAYLOAD_BYTES, telemetry_topic
 from ems_contract.telemetry_v2 import decode_telemetry
 from tests.edge_agent.delivery_helpers import Subscriber
 
@@ -90,3 +90,18 @@ def test_payloads_fill_v1_messages_and_split_v2_at_seq_gaps_and_size() -> None:
     everything = [r for b in batches for r in b.readings()]
     assert [r for m in v1 for r in m.readings] == everything == [r for m in v2 for r in m.readings]
 
+
+
+@pytest.mark.parametrize("payload_format", ["v1", "v2"])
+def test_a_message_over_the_size_limit_is_split_until_every_part_fits(payload_format: str) -> None:
+    """1000 readings with 64-character names are ~300 KB as v1, over MAX_PAYLOAD_BYTES: never sent as one."""
+    batch = ReadingBatch()
+    for i in range(1000):
+        batch.add(1_764_000_000_000 + i, f"{'a' * 60}{i % 7:04d}", f"{'p' * 60}{i:04d}", i + 0.123456789, "u" * 32,
+                  "good", f"S{i}")
+    sent = payloads("s1", [batch.sequenced(1, 1)], payload_format=payload_format, max_readings=1000, sent_ms=5)
+    assert all(len(p) <= MAX_PAYLOAD_BYTES for p in sent)
+    if payload_format == "v1":
+        assert len(sent) > 1                          # one message would have been refused as oversized
+    decoded = [decode_telemetry(p) for p in sent]
+    assert [r for m in decoded for r in m.readings] == list(batch.sequenced(1, 1).readings())

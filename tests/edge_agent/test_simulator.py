@@ -10,7 +10,7 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from edge_agent.decode import decode_registers
-from edge_agent.simulator import Behaviour, Simulator, bench_devices, serve
+from edge_agent.simulator import RIG_CLOCK_MODULUS, Behaviour, Simulator, bench_devices, serve
 from devenv.mosquitto import free_port
 from tests.edge_agent.modbus_helpers import device, points
 
@@ -147,7 +147,38 @@ def test_serve_runs_a_bench_profile_until_stopped() -> None:
     assert asyncio.run(scenario()) == [50, 1]
 
 
-@pytest.mark.parametrize("profile", ["bench:0x10", "bench:ten", "fancy"])
+def test_rig_profile_serves_its_clock_and_values_that_change_every_10_ms() -> None:
+    port = free_port()
+
+    async def scenario() -> tuple[list[int], list[int], float, float]:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve("127.0.0.1", port, profile="rig:10x100", stop=stop))
+        for _ in range(100):
+            try:
+                client = await client_for(port)
+                break
+            except AssertionError:
+                await asyncio.sleep(0.02)
+        try:
+            before = time.time()
+            first = await client.read_holding_registers(0, count=100, device_id=10)
+            after = time.time()
+            await asyncio.sleep(0.03)
+            second = await client.read_holding_registers(0, count=100, device_id=10)
+        finally:
+            client.close()
+        stop.set()
+        await asyncio.wait_for(task, 5)
+        return first.registers, second.registers, before, after
+
+    first, second, before, after = asyncio.run(scenario())
+    assert len(first) == 100
+    clock_ms = (first[0] << 16) | first[1]
+    assert int(before * 1000) % RIG_CLOCK_MODULUS <= clock_ms <= int(after * 1000) % RIG_CLOCK_MODULUS + 1
+    assert first[2:] != second[2:]                      # 30 ms later every value moved on
+
+
+@pytest.mark.parametrize("profile", ["bench:0x10", "bench:ten", "fancy", "rig:10x2"])
 def test_serve_rejects_unknown_profiles(profile: str) -> None:
     with pytest.raises(ValueError, match="profile"):
         asyncio.run(serve("127.0.0.1", free_port(), profile=profile))
