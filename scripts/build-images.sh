@@ -11,6 +11,7 @@
 #                     tests/wheelhouse.py), `index` downloads the requirements.txt pins (CI). Default venv.
 #   --push            push each image (REGISTRY, default ghcr.io/ems-platform; log in first) and write
 #                     `target image@digest` lines to --digests (default build/digests.txt).
+#   --push-only       push the images built before, without building (the bytes that were scanned).
 #
 # Environment: REGISTRY, VERSION (default: pyproject.toml's), REVISION (default: git HEAD),
 # OCI_RUNTIME (default: runc when installed: crun refuses cgroup v1 hybrid hosts).
@@ -24,12 +25,13 @@ python=${PYTHON:-$root/.venv/bin/python}
 registry=${REGISTRY:-ghcr.io/ems-platform}
 version=${VERSION:-$("$python" -c 'import tomllib; print(tomllib.load(open("pyproject.toml","rb"))["project"]["version"])')}
 revision=${REVISION:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
-local_base=0 wheels_from=venv push=0 digests=build/digests.txt targets=()
+local_base=0 wheels_from=venv push=0 build=1 digests=build/digests.txt targets=()
 while (($#)); do
     case $1 in
         --local-base) local_base=1 ;;
         --wheels-from) wheels_from=$2; shift ;;
         --push) push=1 ;;
+        --push-only) push=1 build=0 ;;
         --digests) digests=$2; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         -*) echo "error: unknown option $1" >&2; exit 2 ;;
@@ -50,11 +52,12 @@ if [[ -z $runtime ]] && command -v runc >/dev/null 2>&1; then runtime=runc; fi
 build_flags=(--layers --network host --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096)
 [[ -n $runtime ]] && build_flags+=(--runtime "$runtime")
 
-# The wheelhouse the builder stage installs from (the build reaches no Python package index).
-rm -rf build/wheels && mkdir -p build/wheels
-case $wheels_from in
-    venv)
-        "$python" - <<'PY'
+if ((build)); then
+    # The wheelhouse the builder stage installs from (the build reaches no Python package index).
+    rm -rf build/wheels && mkdir -p build/wheels
+    case $wheels_from in
+        venv)
+            "$python" - <<'PY'
 import sys, tomllib
 sys.path.insert(0, "tests")
 from pathlib import Path
@@ -62,25 +65,26 @@ from wheelhouse import build_wheelhouse
 deps = tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]
 print(f"wheelhouse: {len(build_wheelhouse(deps, Path('build/wheels')))} wheels rebuilt from the virtualenv")
 PY
-        "$python" -m pip wheel -q --no-deps --no-build-isolation --no-index -w build/wheels . ;;
-    index)
-        mapfile -t deps < <("$python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))')
-        "$python" -m pip download -q --only-binary=:all: -c requirements.txt -d build/wheels "${deps[@]}"
-        "$python" -m pip wheel -q --no-deps -w build/wheels . ;;
-    *) echo "error: --wheels-from must be venv or index, not '$wheels_from'" >&2; exit 2 ;;
-esac
+            "$python" -m pip wheel -q --no-deps --no-build-isolation --no-index -w build/wheels . ;;
+        index)
+            mapfile -t deps < <("$python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml","rb"))["project"]["dependencies"]))')
+            "$python" -m pip download -q --only-binary=:all: -c requirements.txt -d build/wheels "${deps[@]}"
+            "$python" -m pip wheel -q --no-deps -w build/wheels . ;;
+        *) echo "error: --wheels-from must be venv or index, not '$wheels_from'" >&2; exit 2 ;;
+    esac
 
-base_args=()
-if ((local_base)); then
-    base=localhost/ems-debian-base:bookworm
-    if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
-        echo "building $base from Debian packages (mmdebstrap --variant=minbase bookworm)"
-        tar=$(mktemp --suffix=.tar)
-        mmdebstrap --quiet --variant=minbase bookworm "$tar"
-        podman import --quiet "$tar" "$base" >/dev/null
-        rm -f "$tar"
+    base_args=()
+    if ((local_base)); then
+        base=localhost/ems-debian-base:bookworm
+        if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
+            echo "building $base from Debian packages (mmdebstrap --variant=minbase bookworm)"
+            tar=$(mktemp --suffix=.tar)
+            mmdebstrap --quiet --variant=minbase bookworm "$tar"
+            podman import --quiet "$tar" "$base" >/dev/null
+            rm -f "$tar"
+        fi
+        base_args=(--build-arg "BASE=$base")
     fi
-    base_args=(--build-arg "BASE=$base")
 fi
 
 created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
@@ -88,9 +92,11 @@ created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 for target in "${targets[@]}"; do
     image="$registry/$target:$version"
     echo "== $image"
-    buildah build "${build_flags[@]}" "${base_args[@]}" --target "$target" \
-        --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
-        --tag "$image" .
+    if ((build)); then
+        buildah build "${build_flags[@]}" "${base_args[@]}" --target "$target" \
+            --build-arg "VERSION=$version" --build-arg "REVISION=$revision" --build-arg "CREATED=$created" \
+            --tag "$image" .
+    fi
     if ((push)); then
         digest_file=$(mktemp)
         buildah push --digestfile "$digest_file" "$image" "docker://$image"
@@ -99,4 +105,5 @@ for target in "${targets[@]}"; do
     fi
 done
 ((push)) && cat "$digests"
-echo "built: ${targets[*]}"
+((build)) && echo "built: ${targets[*]}"
+exit 0
