@@ -79,7 +79,12 @@ PY
         if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
             echo "building $base from Debian packages (mmdebstrap --variant=minbase bookworm)"
             tar=$(mktemp --suffix=.tar)
-            mmdebstrap --quiet --variant=minbase bookworm "$tar"
+            # The path filters of debian:bookworm-slim: no manuals, translations or docs but the
+            # copyright files (they stay in the rootfs' dpkg config, so later apt installs follow them).
+            mmdebstrap --quiet --variant=minbase \
+                --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
+                --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+                --dpkgopt='path-exclude=/usr/share/info/*' bookworm "$tar"
             podman import --quiet "$tar" "$base" >/dev/null
             rm -f "$tar"
         fi
