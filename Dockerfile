@@ -1,62 +1,111 @@
-# ems-platform runtime images: the edge agent (also the in-cluster protocol gateway, deployment/ems-gateway) and the
-# ingest workers. One build context, two targets:
+# ems-platform runtime images: the edge agent (also the in-cluster protocol gateway, deployment/ems-gateway),
+# the ingest workers (also the twin read API) and the IEEE 2030.5 north-bound client. One build context,
+# three targets; scripts/build-images.sh builds them (locally with buildah, in .github/workflows/images.yml
+# on tags), e.g.
 #
-#   docker build --target edge-agent -t ghcr.io/ems-platform/edge-agent:0.1.0 .
-#   docker build --target ingest     -t ghcr.io/ems-platform/ingest:0.1.0 .
-#   docker build --target northbound -t ghcr.io/ems-platform/northbound:0.1.0 .
+#   scripts/build-images.sh                       # all three, tagged ghcr.io/ems-platform/<name>:<version>
+#   buildah build --target edge-agent --build-arg BASE=… -t ghcr.io/ems-platform/edge-agent:0.1.0 .
 #
-# The images match what components/ deploys: non-root uid/gid 10001 (the pods also set it),
-# nothing written outside mounted volumes (read-only root filesystem), entrypoint = the
-# console script, so the pod's `args` are its subcommand (`run --config …`).
-# Only the runtime dependencies are installed, at the pins of requirements.txt; Pulumi and
-# the test tooling stay out of the images.
+# Two stages per image. The builder installs Debian's python3 and python3-venv and creates the virtualenv
+# /opt/ems/venv from a wheelhouse (build/wheels: the exact pins of requirements.txt and the project's own
+# wheel, prepared by scripts/build-images.sh; the build itself reaches no Python package index). The
+# runtime stage installs only Debian's python3 and copies the virtualenv: no pip, no ensurepip, no
+# setuptools, no compiler. Both stages start FROM the same Debian base, pinned by digest, so the
+# virtualenv's interpreter is the runtime's /usr/bin/python3. Where the base image cannot be pulled,
+# scripts/build-images.sh builds an equivalent one from Debian packages (mmdebstrap) and passes it as BASE.
+#
+# The images match what components/ deploys: non-root uid/gid 10001 (the pods also set it), nothing
+# written outside mounted volumes (read-only root filesystem), entrypoint = the console script, so the
+# pod's `args` are its subcommand (`run --config …`). Each carries an SPDX SBOM of its Debian packages
+# and Python distributions at /usr/share/doc/ems-platform/sbom.spdx.json (scripts/image_sbom.py).
 
-FROM docker.io/library/python:3.11.10-slim-bookworm AS base
+ARG BASE=docker.io/library/debian:bookworm-slim@sha256:4b50eb66f977b4062683ff434ef18ac191da862dbe966961bc11990cf5791a8d
+
+# ---- builders ---------------------------------------------------------------------------------------
+FROM ${BASE} AS builder
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_INDEX=1 \
+    PIP_FIND_LINKS=/opt/ems/wheels
+# The base's digest fixes the Debian release; apt takes that release's current security updates.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 python3-venv \
+ && rm -rf /var/lib/apt/lists/* \
+ && python3 -m venv /opt/ems/venv
+WORKDIR /opt/ems
+COPY build/wheels ./wheels
+COPY requirements.txt ./
+
+FROM builder AS edge-build
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+ && venv/bin/pip install -r runtime-requirements.txt \
+ && venv/bin/pip install --no-deps ems-platform \
+ && venv/bin/pip uninstall -y pip setuptools
+
+# The north-bound client: its own dependencies (HTTP, the 2030.5 XML models, certificates, MQTT for
+# commands), not the edge's Modbus stack; still no Pulumi.
+FROM builder AS northbound-build
+RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson)==' requirements.txt > runtime-requirements.txt \
+ && venv/bin/pip install --no-deps -r runtime-requirements.txt \
+ && venv/bin/pip install --no-deps ems-platform \
+ && venv/bin/pip uninstall -y pip setuptools
+
+# ---- runtime ----------------------------------------------------------------------------------------
+FROM ${BASE} AS runtime
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+ARG SOURCE=https://github.com/ems-platform/ems-platform
+LABEL org.opencontainers.image.vendor="ems-platform" \
+      org.opencontainers.image.source="${SOURCE}" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="debian:bookworm-slim"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /opt/ems
-COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
- && pip install -r runtime-requirements.txt
-COPY ems_contract ./ems_contract
-COPY ems_runtime ./ems_runtime
-COPY edge_agent ./edge_agent
-COPY ingest ./ingest
-RUN pip install --no-deps . \
+    PATH=/opt/ems/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 ca-certificates \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
  && groupadd --gid 10001 ems \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
-USER 10001:10001
+WORKDIR /opt/ems
 
-FROM base AS edge-agent
+FROM runtime AS edge-agent
+LABEL org.opencontainers.image.title="ems edge agent" \
+      org.opencontainers.image.description="Modbus polling, spool and MQTT/mTLS publishing (ems-edge); also the in-cluster gateway"
+COPY --from=edge-build /opt/ems/venv /opt/ems/venv
+RUN --mount=type=bind,source=scripts/image_sbom.py,target=/tmp/image_sbom.py \
+    mkdir -p /usr/share/doc/ems-platform \
+ && python3 /tmp/image_sbom.py --name edge-agent --venv /opt/ems/venv > /usr/share/doc/ems-platform/sbom.spdx.json
+USER 10001:10001
 # Metrics and health (ems-gateway serves them on 9100; an edge node defaults to 9108).
 EXPOSE 9100
 ENTRYPOINT ["ems-edge"]
 CMD ["run", "--config", "/etc/ems/sensors.conf"]
 
-FROM base AS ingest
+FROM runtime AS ingest
+LABEL org.opencontainers.image.title="ems ingest" \
+      org.opencontainers.image.description="MQTT to Prometheus remote write and the twin read API (ems-ingest)"
+COPY --from=edge-build /opt/ems/venv /opt/ems/venv
+RUN --mount=type=bind,source=scripts/image_sbom.py,target=/tmp/image_sbom.py \
+    mkdir -p /usr/share/doc/ems-platform \
+ && python3 /tmp/image_sbom.py --name ingest --venv /opt/ems/venv > /usr/share/doc/ems-platform/sbom.spdx.json
+USER 10001:10001
 EXPOSE 9100
 ENTRYPOINT ["ems-ingest"]
 CMD ["run", "--config", "/etc/ems/ingest.toml"]
 
-# The IEEE 2030.5 north-bound client: its own dependencies (HTTP, the 2030.5 XML models,
-# certificates, MQTT for commands), not the edge's Modbus stack; still no Pulumi.
-FROM docker.io/library/python:3.11.10-slim-bookworm AS northbound
-ENV PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /opt/ems
-COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson)==' requirements.txt > runtime-requirements.txt \
- && pip install --no-deps -r runtime-requirements.txt
-COPY ems_contract ./ems_contract
-COPY ems_runtime ./ems_runtime
-COPY northbound ./northbound
-RUN pip install --no-deps . \
- && groupadd --gid 10001 ems \
- && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
+FROM runtime AS northbound
+LABEL org.opencontainers.image.title="ems north-bound" \
+      org.opencontainers.image.description="IEEE 2030.5 client of the utility's server (ems-northbound)"
+COPY --from=northbound-build /opt/ems/venv /opt/ems/venv
+RUN --mount=type=bind,source=scripts/image_sbom.py,target=/tmp/image_sbom.py \
+    mkdir -p /usr/share/doc/ems-platform \
+ && python3 /tmp/image_sbom.py --name northbound --venv /opt/ems/venv > /usr/share/doc/ems-platform/sbom.spdx.json
 USER 10001:10001
 # Metrics and /healthz (components/northbound.py serves them on 9100).
 EXPOSE 9100

@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages demo lint test bench clean
+.PHONY: setup system-packages demo lint test bench images clean
 
 setup: $(STAMP) system-packages
 
@@ -30,6 +30,13 @@ test: setup lint
 
 bench: setup
 	$(BIN)/python -m bench
+
+# Builds the container images here (base from Debian packages, see README "Container images") and runs
+# them: tests/test_images.py -m images (the agent image against the test broker). A few minutes.
+images: setup
+	./scripts/install-system-packages.sh --images
+	./scripts/build-images.sh --local-base
+	$(BIN)/pytest -q -p no:cacheprovider -m images tests/test_images.py
 
 clean:
 	rm -rf $(VENV) out .demo .bench

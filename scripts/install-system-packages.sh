@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo, tests and benchmarks run for real:
 # Mosquitto (MQTT broker, also mosquitto_pub/sub) and Prometheus (the TSDB).
+# With --images (make images), also what builds and runs the container images: buildah, podman,
+# runc (crun refuses cgroup v1 hybrid hosts), mmdebstrap (the Debian base from Debian packages).
 # Idempotent: does nothing when every binary is already there.
 set -euo pipefail
 
 need=()
+if [ "${1:-}" = "--images" ]; then
+  for tool in buildah podman runc mmdebstrap; do
+    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+  done
+fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
