@@ -4,7 +4,9 @@
 
     ems-edge run            [--config PATH]     run the agent until SIGTERM/SIGINT (flushes, exits 0);
                                                 SIGHUP reopens the audit log (after logrotate)
-    ems-edge check-config   [--config PATH]     validate sensors.conf and the TLS files, print a summary
+    ems-edge check-config   [--config PATH] [--user NAME]
+                                                validate sensors.conf and the TLS files, and that the key
+                                                files are 0600 and owned by NAME; print a summary
     ems-edge calibrate      --id SENSOR_01 [--offset X] [--gain G] [--config PATH]
                                                 update one sensor atomically; the running agent picks it up
     ems-edge audit verify   [--path PATH ... | --config PATH] [--rotated]
@@ -77,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(sub.add_parser("run", help="run the agent"))
     run.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                      help="how long SIGTERM may spend flushing the spool (default 10)")
-    with_config(sub.add_parser("check-config", help="validate the config and exit"))
+    check = with_config(sub.add_parser("check-config", help="validate the config and the key files' owner and mode"))
+    check.add_argument("--user", help="the service user who must own the key files (default: the user running "
+                                      "this; as root, give the package's: --user ems)")
     cal = with_config(sub.add_parser("calibrate", help="set a sensor's offset and/or gain"))
     cal.add_argument("--id", required=True, dest="sensor_id", help="sensor id, e.g. SENSOR_01")
     cal.add_argument("--offset", type=_finite, help="new offset (engineering units)")
@@ -138,10 +142,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import check_permissions
     from edge_agent.config import config_path, load_config
+    from edge_agent.layout import check_key_files, service_user
 
-    config = load_config(config_path(args.config))
+    path = config_path(args.config)
+    keys = check_key_files(load_config(path, check_files=False), args.user)
+    config = load_config(path)
     check_permissions(config)
     points = sum(len(d.points) for d in config.devices)
+    print(f"key files: {', '.join(map(str, keys))}: mode 0600, owner {service_user(args.user).pw_name}")
     print(f"{config.source_path}: OK — site {config.site}, {len(config.devices)} devices, {points} points, "
           f"broker {config.broker.host}:{config.broker.port} ({config.broker.protocol})"
           + (f", thermal assets: {', '.join(a.asset for a in config.assets)}" if config.assets else "")
