@@ -70,3 +70,15 @@ def test_keys_not_owned_by_the_service_user_are_refused_all_at_once(config: Path
 def test_an_unknown_service_user_is_named(config: Path) -> None:
     result = check_config(config, "--user", "no-such-user-ems")
     assert result.returncode == 2 and "--user: 'no-such-user-ems' is not a user on this machine" in result.stderr
+
+
+def test_calibrate_as_root_keeps_the_owner_and_group_of_sensors_conf(config: Path) -> None:
+    """root runs `ems-edge calibrate` on /etc/ems/sensors.conf (root:ems 0640): the agent's group keeps reading it."""
+    os.chown(config, ME.pw_uid, OTHER.pw_gid)
+    result = subprocess.run([sys.executable, "-m", "edge_agent.cli", "calibrate", "--config", str(config),
+                             "--id", "SENSOR_01", "--offset", "0.25"], capture_output=True, text=True, cwd=ROOT,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    info = config.stat()
+    assert (info.st_uid, info.st_gid, info.st_mode & 0o777) == (ME.pw_uid, OTHER.pw_gid, 0o640)
+    assert "offset = 0.25" in config.read_text()
