@@ -136,6 +136,54 @@ def machine_lock() -> Iterator[None]:
         yield
 
 
+# What systemd would set up for the unit, as far as it can be done without systemd as PID 1, in a
+# mount namespace of its own: every top-level folder read-only (ProtectSystem=strict), a private
+# /tmp (PrivateTmp), the StateDirectory and LogsDirectory writable; then the unit's user and group
+# with no new privileges and no capabilities (NoNewPrivileges, CapabilityBoundingSet=).
+_SANDBOX = r"""
+set -e
+for d in /*/; do
+  d=${d%/}
+  case $d in /proc|/sys|/dev|/tmp) continue;; esac
+  [ -L "$d" ] && continue
+  mount --rbind "$d" "$d"
+  mount -o remount,bind,ro "$d"
+done
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+for w in $EMS_WRITABLE; do mount --bind "$w" "$w"; mount -o remount,bind,rw "$w"; done
+exec setpriv --reuid="$EMS_USER" --regid="$EMS_GROUP" --init-groups --no-new-privs \
+     --bounding-set=-all --inh-caps=-all -- "$@"
+"""
+
+
+def _as_the_unit(service: configparser.SectionProxy) -> list[str]:
+    writable = [f"/var/lib/{service['StateDirectory']}", f"/var/log/{service['LogsDirectory']}"]
+    return ["env", f"EMS_WRITABLE={' '.join(writable)}", f"EMS_USER={service['User']}",
+            f"EMS_GROUP={service['Group']}", "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", _SANDBOX, "sandbox"]
+
+
+def test_the_sandbox_leaves_only_the_unit_s_folders_writable(tmp_path: Path) -> None:
+    service = {"StateDirectory": "ems-sbx-test", "LogsDirectory": "ems-sbx-test", "User": "nobody", "Group": "nogroup"}
+    made = [Path("/var/lib/ems-sbx-test"), Path("/var/log/ems-sbx-test")]
+    try:
+        for folder in made:
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+        name = f"ems-sbx-probe-{os.getpid()}"
+        places = [f"/var/lib/ems-sbx-test/{name}", f"/var/log/ems-sbx-test/{name}", f"/tmp/{name}",
+                  f"/var/tmp/{name}", f"/etc/{name}", f"/opt/{name}"]
+        probe = (f"for p in {' '.join(places)}; do touch $p 2>/dev/null && echo rw $p || echo ro $p; done; "
+                 "grep CapBnd /proc/self/status")
+        result = sh(*_as_the_unit(service), "sh", "-c", probe)   # type: ignore[arg-type]
+        assert result.stdout.split("\n")[:6] == [f"{mode} {p}" for mode, p in zip(["rw"] * 3 + ["ro"] * 3, places)]
+        assert "CapBnd:\t0000000000000000" in result.stdout
+        assert not Path(f"/tmp/{name}").exists()                  # the sandbox's /tmp was its own
+    finally:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _audited_seqs(files: list[Path]) -> set[int]:
     seqs: set[int] = set()
     for path in files:
@@ -170,9 +218,8 @@ def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: Lo
         audit_doc = sh("/usr/bin/ems-edge", "check-config", "--user", "ems").stdout
         assert "key files: /etc/ems/pki/edge.key: mode 0600, owner ems" in audit_doc
 
+        as_service = _as_the_unit(_unit(UNIT)["Service"])
         unit = _unit(UNIT)["Service"]
-        as_service = ["setpriv", f"--reuid={unit['User']}", f"--regid={unit['Group']}", "--init-groups",
-                      "--no-new-privs", "--"]
         pre = subprocess.run(as_service + shlex.split(unit["ExecStartPre"]), capture_output=True, text=True,
                              timeout=60, cwd="/")
         assert pre.returncode == 0, pre.stderr
