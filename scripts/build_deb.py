@@ -87,6 +87,8 @@ def example_config(target: Path) -> None:
     doc["spool"]["path"] = "/var/lib/ems/spool"
     doc["audit"]["path"] = "/var/log/ems/telemetry-audit.log"
     doc["twin"]["cache_path"] = "/var/lib/ems/twin.json"
+    if "commands" in doc:
+        doc["commands"]["state_path"] = "/var/lib/ems/commands.db"
     header = ("# ems-edge: copy to /etc/ems/sensors.conf (root:ems, 0640), set the site, broker and devices,\n"
               "# put the CA, certificate and key in /etc/ems/pki (key: ems:ems, 0600), then\n"
               "# `ems-edge check-config --user ems` and `systemctl enable --now ems-edge`.\n")

@@ -93,7 +93,7 @@ def test_the_package_holds_the_kit(deb: Path, tmp_path: Path) -> None:
     assert staged == []                                   # no file names the build's staging folder
     example = (root / "etc/ems/sensors.conf.example").read_text()
     for path in ('"/etc/ems/pki/edge.key"', '"/var/lib/ems/spool"', '"/var/log/ems/telemetry-audit.log"',
-                 '"/var/lib/ems/twin.json"'):
+                 '"/var/lib/ems/twin.json"', '"/var/lib/ems/commands.db"'):
         assert path in example
 
 
