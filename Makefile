@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages demo lint test bench images clean
+.PHONY: setup system-packages demo lint test bench images deb clean
 
 setup: $(STAMP) system-packages
 
@@ -37,6 +37,10 @@ images: setup
 	./scripts/install-system-packages.sh --images
 	./scripts/build-images.sh --local-base
 	$(BIN)/pytest -q -p no:cacheprovider -m images tests/test_images.py
+
+# The edge box's Debian package (out/deb/ems-edge_<version>_<arch>.deb); see docs/edge-install.md.
+deb: setup
+	$(BIN)/python scripts/build_deb.py --out out/deb
 
 clean:
 	rm -rf $(VENV) out .demo .bench

@@ -41,7 +41,7 @@ from edge_agent.audit import AuditLog
 from edge_agent.calibration import Calibrations
 from edge_agent.commands import CommandHandler
 from edge_agent.config import AgentConfig
-from edge_agent.errors import BrokerRefused, ConfigError, PublishError
+from edge_agent.errors import AuditError, BrokerRefused, ConfigError, PublishError, SpoolError
 from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
@@ -87,6 +87,7 @@ class Agent:
         self._link: EdgeMqttLink | None = None
         self._commands: CommandHandler | None = None
         self.http: HttpEndpoint | None = None
+        self._background: set[asyncio.Task] = set()
 
     # -- health ------------------------------------------------------------
     def health(self) -> tuple[bool, dict[str, Any]]:
@@ -176,6 +177,30 @@ class Agent:
             self.http.stop()
             self._spool = None
         log.info("agent stopped")
+
+    def reopen_logs(self) -> None:
+        """Reopen the audit log after logrotate renamed it (the CLI calls this on SIGHUP).
+
+        Runs in the event loop (a loop signal handler); the reopen itself runs on
+        the spool's I/O thread, between commits. A failure is logged and the
+        agent keeps writing to the file it has open.
+        """
+        spool = self._spool
+        if spool is None:
+            log.info("SIGHUP before the spool is open: nothing to reopen")
+            return
+        task = asyncio.get_running_loop().create_task(self._reopen(spool), name="reopen-audit")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reopen(self, spool: Spool) -> None:
+        try:
+            reopened = await spool.reopen_audit()
+        except (AuditError, SpoolError) as exc:
+            log.error("SIGHUP: %s; still writing to the audit file open before", exc)
+            return
+        log.info("SIGHUP: audit log %s", "reopened (a new file, linked to the rotated one)" if reopened
+                 else "unchanged (not rotated)")
 
     async def _first_connect(self, link: EdgeMqttLink) -> None:
         try:

@@ -22,6 +22,8 @@ Record kinds (``k``):
 ``write``   one Modbus write for a command or the fail-safe: id, control, device, unit,
             register, address, registers (raw), value, failsafe, outcome (applied, failed),
             readback, reason; ``recovered`` when a restart found the write's outcome
+``cont``    the first record of a file opened after rotation: prev_crc (the CRC of the
+            previous file's last record), last_seq (the highest seq audited before it)
 ==========  ==================================================================
 
 The log is written only by the spool's I/O thread, in the same batch as the
@@ -33,17 +35,27 @@ re-audits the rows above :attr:`AuditLog.last_seq`). :func:`verify` reports the
 totals (readings counted one by one, whatever records carry them) and the first
 corrupt record (1-based line and byte offset).
 
+Rotation (logrotate renames the file, then sends SIGHUP): :meth:`AuditLog.reopen`
+opens the new file at the same path and starts it with a ``cont`` record, so
+the files form one chain. :func:`verify` given every file oldest first checks
+each link (the ``cont`` record names the previous file's last CRC and the seq
+reached) besides every record; :func:`rotated_files` lists a log's rotations
+(``NAME.1``, ``NAME.2.gz``, ...) oldest first. Files ending in ``.gz`` are read
+through gzip.
+
 Defaults: path ``/var/log/ems/telemetry-audit.log``, file mode 0640.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import orjson
 
@@ -52,7 +64,7 @@ from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "AuditContents", "verify", "read_audit",
-           "encode_record", "decode_record"]
+           "rotated_files", "encode_record", "decode_record"]
 
 DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
 _TAIL_BYTES = 256 * 1024
@@ -98,6 +110,7 @@ class AuditLog:
         self.path = Path(path)
         self.clock = clock
         self.last_seq = 0
+        self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
 
@@ -124,6 +137,7 @@ class AuditLog:
                 body = decode_record(line)
             except ValueError:
                 continue
+            self.last_crc = line[:8].decode()
             last = _last_seq(body)
             if last is not None:
                 self.last_seq = max(self.last_seq, last)
@@ -158,7 +172,42 @@ class AuditLog:
             os.fsync(self._fh.fileno())
         except OSError as exc:
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
+        self.last_crc = self._buffer[-1][:8].decode()
         self._buffer.clear()
+
+    def reopen(self) -> bool:
+        """Reopen the file at :attr:`path` after rotation; True when it is a new file.
+
+        Writes what is buffered to the old file first. When the path now names
+        another file (renamed away by logrotate, a new one created or not), the
+        new file starts with a ``cont`` record linking it to the old one. When
+        the path still names the open file, nothing changes. Raises AuditError
+        when the new file cannot be opened; the old one then stays open and in use.
+        """
+        if self._fh is None:
+            raise AuditError(f"audit log {self.path}: not open")
+        self.sync()
+        try:
+            current = os.stat(self.path)
+        except FileNotFoundError:
+            current = None
+        except OSError as exc:
+            raise AuditError(f"audit log {self.path}: cannot stat ({exc.strerror or exc})") from exc
+        held = os.fstat(self._fh.fileno())
+        if current is not None and (current.st_dev, current.st_ino) == (held.st_dev, held.st_ino):
+            return False
+        old, self._fh = self._fh, None
+        prev_crc = self.last_crc
+        try:
+            self.open()
+        except AuditError:
+            self._fh = old          # keep appending to the renamed file: nothing is lost, the chain holds
+            raise
+        old.close()
+        if prev_crc is not None and os.fstat(self._fh.fileno()).st_size == 0:
+            self.event("cont", prev_crc=prev_crc, last_seq=self.last_seq)
+            self.sync()
+        return True
 
     def close(self) -> None:
         if self._fh is not None:
@@ -171,9 +220,14 @@ class AuditLog:
 
 @dataclass
 class AuditSummary:
-    """What :func:`verify` found. ``corrupt`` is the first bad record, or None."""
+    """What :func:`verify` found. ``corrupt`` is the first bad record (in ``corrupt_path``), or None.
+
+    ``path`` is the newest file verified; ``files`` all of them, oldest first;
+    ``links`` how many files began with a ``cont`` record matching their predecessor.
+    """
 
     path: Path
+    files: list[Path] = field(default_factory=list)
     records: int = 0
     readings: int = 0
     drops: int = 0
@@ -182,10 +236,12 @@ class AuditSummary:
     repairs: int = 0
     commands: int = 0
     writes: int = 0
+    links: int = 0
     seq_min: int | None = None
     seq_max: int | None = None
     kinds: dict[str, int] = field(default_factory=dict)
     corrupt: AuditCorrupt | None = None
+    corrupt_path: Path | None = None
 
     @property
     def ok(self) -> bool:
@@ -193,66 +249,147 @@ class AuditSummary:
 
     def lines(self) -> list[str]:
         seq = f"{self.seq_min}..{self.seq_max}" if self.seq_min is not None else "none"
-        out = [f"audit log {self.path}: {self.records} records, {self.readings} readings (seq {seq}), "
+        where = f"audit log {self.path}"
+        if len(self.files) > 1:
+            where += f" and {len(self.files) - 1} rotated files before it ({self.links} links checked)"
+        out = [f"{where}: {self.records} records, {self.readings} readings (seq {seq}), "
                f"{self.drops} drop events ({self.dropped_readings} readings dropped by the spool cap), "
                f"{self.quarantined} quarantined, {self.repairs} torn-tail repairs, "
                f"{self.commands} commands, {self.writes} writes"]
         if self.corrupt is not None:
-            out.append(f"CORRUPT: line {self.corrupt.index + 1} (byte offset {self.corrupt.offset}): "
+            where = f"{self.corrupt_path} " if len(self.files) > 1 else ""
+            out.append(f"CORRUPT: {where}line {self.corrupt.index + 1} "
+                       f"(byte offset {self.corrupt.offset}{' uncompressed' if _gzipped(self.corrupt_path) else ''}): "
                        f"{self.corrupt.reason}")
         else:
-            out.append("OK: every record's CRC matches")
+            out.append("OK: every record's CRC matches" + (" and every file continues the one before"
+                                                            if len(self.files) > 1 else ""))
         return out
 
 
-def verify(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditSummary:
-    """Check every record's CRC; count records by kind; keep the first corrupt one.
+def _gzipped(path: Path | None) -> bool:
+    return path is not None and path.suffix == ".gz"
 
-    Raises AuditError when the file cannot be read. Records after the first
+
+def rotated_files(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> list[Path]:
+    """``path``'s rotations as logrotate names them (``NAME.1``, ``NAME.2.gz``, ...), oldest first, then ``path``.
+
+    ``path`` itself is included when it exists. Raises AuditError when its folder cannot be listed.
+    """
+    path = Path(path)
+    pattern = re.compile(re.escape(path.name) + r"\.([0-9]{1,6})(\.gz)?")
+    try:
+        names = os.listdir(path.parent)
+    except OSError as exc:
+        raise AuditError(f"audit log folder {path.parent}: cannot list ({exc.strerror or exc})") from exc
+    numbered = [(int(m.group(1)), name) for name in names if (m := pattern.fullmatch(name))]
+    files = [path.parent / name for _, name in sorted(numbered, reverse=True)]
+    return files + [path] if path.exists() else files
+
+
+def verify(paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] = DEFAULT_AUDIT_PATH) -> AuditSummary:
+    """Check every record's CRC and, over several files (oldest first), that each continues the one before.
+
+    A file after the first must begin with a ``cont`` record naming the previous
+    file's last CRC and the highest seq audited so far; one written by an agent
+    started after the rotation has none, and then its readings must not skip a
+    seq. Counts records by kind; keeps the first corrupt record or broken link.
+    Raises AuditError when a file cannot be read. Records after the first
     corrupt one are still counted when they are valid.
     """
-    summary = AuditSummary(Path(path))
+    files = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    if not files:
+        raise AuditError("no audit log to verify")
+    summary = AuditSummary(files[-1], files=files)
+    prev_crc: str | None = None
+    for number, path in enumerate(files):
+        prev_crc = _verify_file(path, summary, prev_crc if number else None, files[number - 1] if number else None)
+    return summary
+
+
+def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_path: Path | None) -> str | None:
+    """Add ``path``'s records to ``summary``; the CRC of its last record (None when empty)."""
+
+    def corrupt(index: int, offset: int, reason: str) -> None:
+        if summary.corrupt is None:
+            summary.corrupt, summary.corrupt_path = AuditCorrupt(index, offset, reason), path
+
     try:
-        fh = open(path, "rb")
+        fh = gzip.open(path, "rb") if _gzipped(path) else open(path, "rb")
     except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc.strerror or exc})") from exc
     offset = 0
-    with fh:
-        for index, raw in enumerate(fh):
-            line = raw[:-1] if raw.endswith(b"\n") else raw
-            try:
-                if not raw.endswith(b"\n"):
-                    raise ValueError("last record is cut short (no newline)")
-                body = decode_record(line)
-            except ValueError as exc:
-                if summary.corrupt is None:
-                    summary.corrupt = AuditCorrupt(index, offset, str(exc))
-                offset += len(raw)
+    last_crc: str | None = None
+    seq_before = summary.seq_max
+    try:
+        with fh:
+            for index, raw in enumerate(fh):
+                line = raw[:-1] if raw.endswith(b"\n") else raw
                 summary.records += 1
-                continue
-            offset += len(raw)
-            summary.records += 1
-            kind = str(body["k"])
-            summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
-            if kind in ("r", "b"):
-                first, last = (body.get("seq"), body.get("seq")) if kind == "r" else \
-                    (body.get("seq_first"), body.get("seq_last"))
-                if isinstance(first, int) and isinstance(last, int) and first <= last:
-                    summary.readings += last - first + 1
-                    summary.seq_min = first if summary.seq_min is None else min(summary.seq_min, first)
-                    summary.seq_max = last if summary.seq_max is None else max(summary.seq_max, last)
-            elif kind == "drop":
-                summary.drops += 1
-                summary.dropped_readings += int(body.get("count", 0))
-            elif kind == "quar":
-                summary.quarantined += 1
-            elif kind == "repair":
-                summary.repairs += 1
-            elif kind == "cmd":
-                summary.commands += 1
-            elif kind == "write":
-                summary.writes += 1
-    return summary
+                last_crc = line[:8].decode("ascii", "replace")
+                try:
+                    if not raw.endswith(b"\n"):
+                        raise ValueError("last record is cut short (no newline)")
+                    body = decode_record(line)
+                except ValueError as exc:
+                    corrupt(index, offset, str(exc))
+                    offset += len(raw)
+                    continue
+                if prev_path is not None and index == 0:
+                    _check_link(body, prev_crc, prev_path, seq_before, summary, lambda r: corrupt(0, 0, r))
+                offset += len(raw)
+                _count(body, summary)
+                if prev_path is not None and index == 0 and body["k"] != "cont" and seq_before is not None:
+                    first = _first_seq(body)
+                    if first is not None and first > seq_before + 1:
+                        corrupt(0, 0, f"does not continue {prev_path}: no 'cont' record and readings resume at "
+                                      f"seq {first} after seq {seq_before} (a rotated file is missing?)")
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise AuditError(f"audit log {path}: cannot read ({exc})") from exc
+    return last_crc
+
+
+def _check_link(body: dict[str, Any], prev_crc: str | None, prev_path: Path, seq_before: int | None,
+                summary: AuditSummary, corrupt: Callable[[str], None]) -> None:
+    """A file's first record against the file before it."""
+    if body["k"] != "cont":
+        return                  # an agent started on a fresh file: the seq check in _verify_file applies
+    if body.get("prev_crc") != prev_crc:
+        corrupt(f"does not continue {prev_path}: its 'cont' record names CRC {body.get('prev_crc')}, "
+                f"the last record there has {prev_crc} (files missing or out of order?)")
+    elif seq_before is not None and body.get("last_seq") != seq_before:
+        corrupt(f"does not continue {prev_path}: its 'cont' record says seq {body.get('last_seq')} was audited "
+                f"last, the files before it end at seq {seq_before}")
+    else:
+        summary.links += 1
+
+
+def _first_seq(body: dict[str, Any]) -> int | None:
+    first = body.get("seq") if body.get("k") == "r" else body.get("seq_first") if body.get("k") == "b" else None
+    return first if isinstance(first, int) else None
+
+
+def _count(body: dict[str, Any], summary: AuditSummary) -> None:
+    kind = str(body["k"])
+    summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
+    if kind in ("r", "b"):
+        first, last = (body.get("seq"), body.get("seq")) if kind == "r" else \
+            (body.get("seq_first"), body.get("seq_last"))
+        if isinstance(first, int) and isinstance(last, int) and first <= last:
+            summary.readings += last - first + 1
+            summary.seq_min = first if summary.seq_min is None else min(summary.seq_min, first)
+            summary.seq_max = last if summary.seq_max is None else max(summary.seq_max, last)
+    elif kind == "drop":
+        summary.drops += 1
+        summary.dropped_readings += int(body.get("count", 0))
+    elif kind == "quar":
+        summary.quarantined += 1
+    elif kind == "repair":
+        summary.repairs += 1
+    elif kind == "cmd":
+        summary.commands += 1
+    elif kind == "write":
+        summary.writes += 1
 
 
 @dataclass(frozen=True)

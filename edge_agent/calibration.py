@@ -211,7 +211,8 @@ def _find_point(document: tomlkit.TOMLDocument, sensor_id: str):
 
 def _replace_atomically(path: Path, folder_fd: int, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``, fsync the folder."""
-    mode = path.stat().st_mode & 0o7777
+    info = path.stat()
+    mode = info.st_mode & 0o7777
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
@@ -222,6 +223,7 @@ def _replace_atomically(path: Path, folder_fd: int, data: bytes) -> None:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         with os.fdopen(fd, "wb") as fh:
+            _keep_owner(fh.fileno(), info, path)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -231,3 +233,17 @@ def _replace_atomically(path: Path, folder_fd: int, data: bytes) -> None:
         temp.unlink(missing_ok=True)
         raise
     os.fsync(folder_fd)
+
+
+def _keep_owner(fd: int, info: os.stat_result, path: Path) -> None:
+    """Give the new file the old one's owner and group (root calibrating /etc/ems/sensors.conf, root:ems).
+
+    Without it the agent's group would lose read access to its own config.
+    """
+    if (info.st_uid, info.st_gid) == (os.geteuid(), os.getegid()):
+        return
+    try:
+        os.fchown(fd, info.st_uid, info.st_gid)
+    except PermissionError:
+        log.warning("%s: rewritten by uid %d, which cannot keep its owner uid %d, group gid %d",
+                    path, os.geteuid(), info.st_uid, info.st_gid)

@@ -2,12 +2,17 @@
 
 ::
 
-    ems-edge run            [--config PATH]     run the agent until SIGTERM/SIGINT (flushes, exits 0)
-    ems-edge check-config   [--config PATH]     validate sensors.conf and the TLS files, print a summary
+    ems-edge run            [--config PATH]     run the agent until SIGTERM/SIGINT (flushes, exits 0);
+                                                SIGHUP reopens the audit log (after logrotate)
+    ems-edge check-config   [--config PATH] [--user NAME]
+                                                validate sensors.conf and the TLS files, and that the key
+                                                files are 0600 and owned by NAME; print a summary
     ems-edge calibrate      --id SENSOR_01 [--offset X] [--gain G] [--config PATH]
                                                 update one sensor atomically; the running agent picks it up
-    ems-edge audit verify   [--path PATH | --config PATH]
-                                                check every audit record's CRC; exit 1 on corruption
+    ems-edge audit verify   [--path PATH ... | --config PATH] [--rotated]
+                                                check every audit record's CRC and, over several files
+                                                (oldest first; --rotated adds logrotate's NAME.1, NAME.2.gz
+                                                ...), that each file continues the one before; exit 1 if not
     ems-edge simulate       [--host H] [--port P] [--profile default|bench:DxP|rig:DxR] [--config PATH]
 
 The config is ``--config``, else ``$EMS_SENSORS_CONF``, else ``/etc/ems/sensors.conf``.
@@ -74,7 +79,9 @@ def _parser() -> argparse.ArgumentParser:
     run = with_config(sub.add_parser("run", help="run the agent"))
     run.add_argument("--shutdown-grace", type=float, default=10.0, metavar="SECONDS",
                      help="how long SIGTERM may spend flushing the spool (default 10)")
-    with_config(sub.add_parser("check-config", help="validate the config and exit"))
+    check = with_config(sub.add_parser("check-config", help="validate the config and the key files' owner and mode"))
+    check.add_argument("--user", help="the service user who must own the key files (default: the user running "
+                                      "this; as root, give the package's: --user ems)")
     cal = with_config(sub.add_parser("calibrate", help="set a sensor's offset and/or gain"))
     cal.add_argument("--id", required=True, dest="sensor_id", help="sensor id, e.g. SENSOR_01")
     cal.add_argument("--offset", type=_finite, help="new offset (engineering units)")
@@ -82,7 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     audit = sub.add_parser("audit", help="audit log tools")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     verify = with_config(audit_sub.add_parser("verify", help="check the audit log's CRCs"))
-    verify.add_argument("--path", help="audit log (default: the config's audit.path)")
+    verify.add_argument("--path", action="append", help="audit log (default: the config's audit.path); "
+                        "repeat it to verify rotated files as one chain, oldest first")
+    verify.add_argument("--rotated", action="store_true",
+                        help="with the file, verify its rotations (NAME.1, NAME.2.gz, ...) before it, oldest first")
     sim = with_config(sub.add_parser("simulate", help="serve simulated Modbus devices"))
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=_port, default=5020)
@@ -122,6 +132,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, agent.reopen_logs)     # logrotate's postrotate
         await agent.run(stop)
 
     asyncio.run(main())
@@ -131,10 +142,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from edge_agent.agent import check_permissions
     from edge_agent.config import config_path, load_config
+    from edge_agent.layout import check_key_files, service_user
 
-    config = load_config(config_path(args.config))
+    path = config_path(args.config)
+    keys = check_key_files(load_config(path, check_files=False), args.user)
+    config = load_config(path)
     check_permissions(config)
     points = sum(len(d.points) for d in config.devices)
+    print(f"key files: {', '.join(map(str, keys))}: mode 0600, owner {service_user(args.user).pw_name}")
     print(f"{config.source_path}: OK — site {config.site}, {len(config.devices)} devices, {points} points, "
           f"broker {config.broker.host}:{config.broker.port} ({config.broker.protocol})"
           + (f", thermal assets: {', '.join(a.asset for a in config.assets)}" if config.assets else "")
@@ -159,11 +174,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit_verify(args: argparse.Namespace) -> int:
-    from edge_agent.audit import verify
+    from edge_agent.audit import rotated_files, verify
     from edge_agent.config import config_path, load_config
 
-    path = Path(args.path) if args.path else load_config(config_path(args.config), check_files=False).audit.path
-    summary = verify(path)
+    paths = [Path(p) for p in args.path] if args.path else \
+        [load_config(config_path(args.config), check_files=False).audit.path]
+    if args.rotated:
+        if len(paths) != 1:
+            raise EdgeAgentError("--rotated takes one audit log (its rotations are found beside it)")
+        live = paths[0]
+        paths = rotated_files(live)
+        if not paths:
+            raise EdgeAgentError(f"audit log {live}: neither it nor rotations of it exist")
+    summary = verify(paths)
     for line in summary.lines():
         print(line)
     return 0 if summary.ok else 1

@@ -238,6 +238,12 @@ class Spool:
                         self.path, len(rows))
         self.audit.sync()
 
+    async def reopen_audit(self) -> bool:
+        """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened."""
+        if self.audit is None:
+            return False
+        return await self._run(self.audit.reopen)
+
     def _close_sync(self) -> None:
         if self._db is not None:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo, tests and benchmarks run for real:
-# Mosquitto (MQTT broker, also mosquitto_pub/sub) and Prometheus (the TSDB).
+# Mosquitto (MQTT broker, also mosquitto_pub/sub) and Prometheus (the TSDB), and what the
+# edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
 # With --images (make images), also what builds and runs the container images: buildah, podman,
 # runc (crun refuses cgroup v1 hybrid hosts), mmdebstrap (the Debian base from Debian packages).
 # Idempotent: does nothing when every binary is already there.
@@ -16,6 +17,11 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The edge install kit (make deb, its tests): dpkg-deb, Debian's python3.11 venv, logrotate, systemd-analyze.
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg-dev)
+[ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
+command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"

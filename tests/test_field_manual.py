@@ -118,6 +118,9 @@ def check_key_files(site: Path, rendered: dict) -> None:
     os.chmod(key, 0o600)
     accepted = _run([str(BIN / "ems-edge"), "check-config", "--config", str(site)])
     assert accepted.returncode == 0, accepted.stderr
+    other = "nobody"                      # not the owner: the service user of the box would be `ems`
+    refused = _run([str(BIN / "ems-edge"), "check-config", "--config", str(site), "--user", other])
+    assert refused.returncode == 2 and f"run: chown {other}:" in refused.stderr and str(key) in refused.stderr
 
 
 def check_audit_log(site: Path, rendered: dict) -> None:
@@ -131,6 +134,25 @@ def check_audit_log(site: Path, rendered: dict) -> None:
     [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
     claim = volume["persistentVolumeClaim"]["claimName"]
     assert ("PersistentVolumeClaim", NS, claim) in rendered and not mount.get("readOnly")
+    _audit_log_on_the_box()
+
+
+def _edge_unit() -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for line in (ROOT / "packaging" / "edge-deb" / "ems-edge.service").read_text().splitlines():
+        if "=" in line and not line.startswith("#"):
+            name, value = line.split("=", 1)
+            keys[name] = value
+    return keys
+
+
+def _audit_log_on_the_box() -> None:
+    unit = _edge_unit()
+    assert unit["User"] == "ems" and unit["ProtectSystem"] == "strict" and unit["LogsDirectory"] == "ems"
+    rotate = (ROOT / "packaging" / "edge-deb" / "ems-edge.logrotate").read_text()
+    assert rotate.startswith("# ") and "\n/var/log/ems/telemetry-audit.log {" in rotate
+    assert "create 0640 ems ems" in rotate and "copytruncate" not in rotate.split("{", 1)[1]
+    assert "/usr/lib/ems-edge/reopen-audit-log" in rotate
 
 
 def check_gateway_logs(site: Path, rendered: dict) -> None:

@@ -1,0 +1,313 @@
+"""The edge install kit: ``make deb``'s package, installed on this machine, run, rotated and removed.
+
+One build per module (about 30 s). The install test needs root and installs the
+package for real (dpkg -i, then dpkg -r and --purge): it refuses to run when
+``ems-edge`` is already installed, and holds a lock so two runs never
+interleave. PID 1 here is not systemd, so the agent is started as the unit
+says (its ``User``, ``ExecStartPre`` and ``ExecStart``, read from the
+installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
+unit file itself. Logrotate runs with the installed config and a scratch state
+file; its postrotate SIGHUPs the agent, which starts a linked file.
+"""
+
+from __future__ import annotations
+
+import configparser
+import fcntl
+import gzip
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from devenv.demo_edge import write_agent_config
+from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
+from devenv.pki import LocalPki
+from edge_agent.audit import decode_record
+from tests.edge_agent.delivery_helpers import Subscriber
+
+ROOT = Path(__file__).resolve().parents[1]
+UNIT = Path("/lib/systemd/system/ems-edge.service")
+LOGROTATE = Path("/etc/logrotate.d/ems-edge")
+AUDIT = Path("/var/log/ems/telemetry-audit.log")
+LOCK = Path("/run/lock/ems-edge-deb-test.lock")
+
+pytestmark = pytest.mark.integration
+
+
+def sh(*cmd: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{shlex.join(cmd)} -> {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("deb")
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_deb.py"), "--out", str(out)],
+                            capture_output=True, text=True, timeout=480)
+    assert result.returncode == 0, result.stdout + result.stderr
+    path = Path(result.stdout.strip().splitlines()[-1])
+    assert path.is_file() and path.parent == out
+    return path
+
+
+def test_the_package_holds_the_kit(deb: Path, tmp_path: Path) -> None:
+    info = sh("dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture", "Depends").stdout
+    assert "Package: ems-edge" in info and "Depends: python3.11, adduser" in info
+    assert f"Architecture: {sh('dpkg', '--print-architecture').stdout.strip()}" in info
+    listing = sh("dpkg-deb", "--contents", str(deb)).stdout
+    for entry in ("-rw-r--r-- root/root .* ./lib/systemd/system/ems-edge.service",
+                  "-rw-r--r-- root/root .* ./etc/logrotate.d/ems-edge",
+                  "-rw-r--r-- root/root .* ./etc/ems/sensors.conf.example",
+                  "-rwxr-xr-x root/root .* ./usr/lib/ems-edge/reopen-audit-log",
+                  "-rwxr-xr-x root/root .* ./opt/ems/venv/bin/ems-edge",
+                  "lrwxrwxrwx root/root .* ./opt/ems/venv/bin/python3.11 -> /usr/bin/python3.11",
+                  "lrwxrwxrwx root/root .* ./usr/bin/ems-edge -> /opt/ems/venv/bin/ems-edge"):
+        assert re.search(entry, listing), entry
+    assert "/pip/" not in listing and "/setuptools/" not in listing     # nothing to build or fetch with
+    assert not re.search(r"\.py[co]?$", "\n".join(l for l in listing.splitlines() if "/ems-edge/" in l))
+    assert re.search(r"site-packages/edge_agent/examples/sensors\.conf$", listing, re.M)
+    sh("dpkg-deb", "--extract", str(deb), str(tmp_path / "root"))
+    sh("dpkg-deb", "--control", str(deb), str(tmp_path / "DEBIAN"))
+    assert (tmp_path / "DEBIAN" / "conffiles").read_text().split() == ["/etc/logrotate.d/ems-edge",
+                                                                       "/etc/ems/sensors.conf.example"]
+    for script in ("postinst", "prerm", "postrm"):
+        assert os.access(tmp_path / "DEBIAN" / script, os.X_OK)
+        sh("sh", "-n", str(tmp_path / "DEBIAN" / script))
+    root = tmp_path / "root"
+    assert (root / "opt/ems/venv/bin/ems-edge").read_text().startswith("#!/opt/ems/venv/bin/python\n")
+    staged = [p for p in root.rglob("*") if p.is_file() and not p.is_symlink() and b"ems-deb-" in p.read_bytes()]
+    assert staged == []                                   # no file names the build's staging folder
+    example = (root / "etc/ems/sensors.conf.example").read_text()
+    for path in ('"/etc/ems/pki/edge.key"', '"/var/lib/ems/spool"', '"/var/log/ems/telemetry-audit.log"',
+                 '"/var/lib/ems/twin.json"', '"/var/lib/ems/commands.db"'):
+        assert path in example
+
+
+def test_the_unit_is_hardened() -> None:
+    unit = _unit(ROOT / "packaging" / "edge-deb" / "ems-edge.service")
+    service = unit["Service"]
+    assert service["User"] == "ems" and service["ProtectSystem"] == "strict"
+    assert service["NoNewPrivileges"] == "yes" and service["CapabilityBoundingSet"] == ""
+    assert (service["StateDirectory"], service["LogsDirectory"]) == ("ems", "ems")
+    assert "ReadWritePaths" not in service                # writable: /var/lib/ems and /var/log/ems only
+    assert service["Restart"] == "on-failure"
+    report = sh("systemd-analyze", "security", "--offline=true", "--no-pager",
+                str(ROOT / "packaging" / "edge-deb" / "ems-edge.service"), check=False)
+    exposure = re.search(r"Overall exposure level for ems-edge.service: ([0-9.]+)", report.stdout)
+    assert exposure, report.stdout + report.stderr
+    assert float(exposure.group(1)) <= 2.0, report.stdout   # systemd's scale: 0 (locked down) .. 10 (exposed)
+
+
+def _unit(path: Path) -> configparser.ConfigParser:
+    """A unit file as sections of keys (a key given twice keeps its last value, enough for these checks)."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False, delimiters=("=",))
+    parser.optionxform = str                             # keys are case-sensitive
+    parser.read_string(path.read_text())
+    return parser
+
+
+@pytest.fixture
+def machine_lock() -> Iterator[None]:
+    assert os.geteuid() == 0, "installing the package needs root"
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK, "w") as fh:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                assert time.monotonic() < deadline, f"another run holds {LOCK}"
+                time.sleep(1)
+        yield
+
+
+# What systemd would set up for the unit, as far as it can be done without systemd as PID 1, in a
+# mount namespace of its own: every top-level folder read-only (ProtectSystem=strict), a private
+# /tmp (PrivateTmp), the StateDirectory and LogsDirectory writable; then the unit's user and group
+# with no new privileges and no capabilities (NoNewPrivileges, CapabilityBoundingSet=).
+_SANDBOX = r"""
+set -e
+for d in /*/; do
+  d=${d%/}
+  case $d in /proc|/sys|/dev|/tmp) continue;; esac
+  [ -L "$d" ] && continue
+  mount --rbind "$d" "$d"
+  mount -o remount,bind,ro "$d"
+done
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
+for w in $EMS_WRITABLE; do mount --bind "$w" "$w"; mount -o remount,bind,rw "$w"; done
+exec setpriv --reuid="$EMS_USER" --regid="$EMS_GROUP" --init-groups --no-new-privs \
+     --bounding-set=-all --inh-caps=-all -- "$@"
+"""
+
+
+def _as_the_unit(service: configparser.SectionProxy) -> list[str]:
+    writable = [f"/var/lib/{service['StateDirectory']}", f"/var/log/{service['LogsDirectory']}"]
+    return ["env", f"EMS_WRITABLE={' '.join(writable)}", f"EMS_USER={service['User']}",
+            f"EMS_GROUP={service['Group']}", "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c", _SANDBOX, "sandbox"]
+
+
+def test_the_sandbox_leaves_only_the_unit_s_folders_writable(tmp_path: Path) -> None:
+    service = {"StateDirectory": "ems-sbx-test", "LogsDirectory": "ems-sbx-test", "User": "nobody", "Group": "nogroup"}
+    made = [Path("/var/lib/ems-sbx-test"), Path("/var/log/ems-sbx-test")]
+    try:
+        for folder in made:
+            folder.mkdir(exist_ok=True)
+            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
+        name = f"ems-sbx-probe-{os.getpid()}"
+        places = [f"/var/lib/ems-sbx-test/{name}", f"/var/log/ems-sbx-test/{name}", f"/tmp/{name}",
+                  f"/var/tmp/{name}", f"/etc/{name}", f"/opt/{name}"]
+        probe = (f"for p in {' '.join(places)}; do touch $p 2>/dev/null && echo rw $p || echo ro $p; done; "
+                 "grep CapBnd /proc/self/status")
+        result = sh(*_as_the_unit(service), "sh", "-c", probe)   # type: ignore[arg-type]
+        assert result.stdout.split("\n")[:6] == [f"{mode} {p}" for mode, p in zip(["rw"] * 3 + ["ro"] * 3, places)]
+        assert "CapBnd:\t0000000000000000" in result.stdout
+        assert not Path(f"/tmp/{name}").exists()                  # the sandbox's /tmp was its own
+    finally:
+        for folder in made:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _audited_seqs(files: list[Path]) -> set[int]:
+    seqs: set[int] = set()
+    for path in files:
+        data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        for line in data.splitlines():
+            body = decode_record(line)
+            if body["k"] == "b":
+                seqs.update(range(body["seq_first"], body["seq_last"] + 1))
+    return seqs
+
+
+@pytest.mark.timeout(600)
+def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: LocalPki,
+                                          broker: MosquittoBroker, tmp_path: Path) -> None:
+    installed = sh("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False)
+    assert "installed" not in installed.stdout, "ems-edge is installed on this machine; remove it before this test"
+    processes: list[subprocess.Popen] = []
+    try:
+        sh("dpkg", "-i", str(deb), timeout=300)
+        _check_installed_layout()
+        verify = sh("systemd-analyze", "verify", str(UNIT), check=False)
+        assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
+
+        modbus_port = free_port()
+        config = write_agent_config(Path("/etc/ems"), pki, broker_port=broker.tls_port, modbus_port=modbus_port,
+                                    source=Path("/etc/ems/sensors.conf.example"))
+        assert config == Path("/etc/ems/sensors.conf")
+        # The install doc's steps: the key to the service user, the config readable by its group.
+        ems = pwd.getpwnam("ems")
+        os.chown("/etc/ems/pki/edge.key", ems.pw_uid, ems.pw_gid)
+        os.chown(config, 0, ems.pw_gid)
+        audit_doc = sh("/usr/bin/ems-edge", "check-config", "--user", "ems").stdout
+        assert "key files: /etc/ems/pki/edge.key: mode 0600, owner ems" in audit_doc
+
+        as_service = _as_the_unit(_unit(UNIT)["Service"])
+        unit = _unit(UNIT)["Service"]
+        pre = subprocess.run(as_service + shlex.split(unit["ExecStartPre"]), capture_output=True, text=True,
+                             timeout=60, cwd="/")
+        assert pre.returncode == 0, pre.stderr
+
+        simulator = subprocess.Popen(["/usr/bin/ems-edge", "simulate", "--port", str(modbus_port),
+                                      "--config", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(tmp_path / "simulator.log", "w"))
+        processes.append(simulator)
+        wait_for_port(modbus_port, timeout=30, proc=simulator)
+        subscriber = Subscriber(broker.plain_port, topic="ems/v1/+/telemetry").start()
+        agent_log = open(tmp_path / "agent.log", "w")
+        agent = subprocess.Popen(as_service + shlex.split(unit["ExecStart"]), stdout=agent_log,
+                                 stderr=subprocess.STDOUT, cwd="/")
+        processes.append(agent)
+
+        def delivered_at_least(n: int) -> None:
+            assert subscriber.wait_for(lambda r: len(r.unique_seqs()) >= n, timeout=60), \
+                (tmp_path / "agent.log").read_text()[-3000:]
+
+        delivered_at_least(20)
+        state = tmp_path / "logrotate.state"
+        for rotation in (1, 2):
+            before = AUDIT.stat().st_ino
+            rotated = sh("logrotate", "--force", "--state", str(state), str(LOGROTATE), check=False)
+            assert rotated.returncode == 0, rotated.stdout + rotated.stderr
+            assert AUDIT.stat().st_ino != before                 # renamed, and a new file created
+            # The postrotate SIGHUP'd the agent: it reopens the path, and the new file starts with the link.
+            assert _wait(lambda: decode_record(AUDIT.read_bytes().split(b"\n", 1)[0])["k"] == "cont"), \
+                (tmp_path / "agent.log").read_text()[-3000:]
+            assert agent.poll() is None
+            delivered_at_least(20 + 20 * rotation)
+        files = [Path("/var/log/ems/telemetry-audit.log.2.gz"), Path("/var/log/ems/telemetry-audit.log.1"), AUDIT]
+        assert all(f.exists() for f in files), sorted(os.listdir("/var/log/ems"))
+        assert stat.S_IMODE(AUDIT.stat().st_mode) == 0o640 and AUDIT.stat().st_uid == ems.pw_uid
+
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
+        audited = _audited_seqs(files)
+        assert subscriber.wait_for(lambda r: r.unique_seqs() >= audited, timeout=30)
+        subscriber.stop()
+        received = subscriber.received.unique_seqs()
+        assert audited - received == set()                   # 0 lost
+        assert received <= audited                           # nothing delivered that was not audited
+        assert len(audited) >= 60 and audited == set(range(min(audited), max(audited) + 1))
+
+        result = subprocess.run(as_service + ["/usr/bin/ems-edge", "audit", "verify", "--rotated"],
+                                capture_output=True, text=True, timeout=60, cwd="/")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "and 2 rotated files before it (2 links checked): " in result.stdout
+        assert f"{len(audited)} readings" in result.stdout and "OK: every record's CRC matches" in result.stdout
+    finally:
+        for proc in processes:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        for path in ("/etc/ems/sensors.conf", "/etc/ems/pki/ca.crt", "/etc/ems/pki/edge.crt", "/etc/ems/pki/edge.key"):
+            Path(path).unlink(missing_ok=True)
+        removed = sh("dpkg", "-r", "ems-edge", check=False, timeout=300)
+        purged = sh("dpkg", "--purge", "ems-edge", check=False, timeout=300)
+    assert removed.returncode == 0, removed.stdout + removed.stderr
+    assert purged.returncode == 0, purged.stdout + purged.stderr
+    for gone in ("/opt/ems", "/usr/bin/ems-edge", str(UNIT), str(LOGROTATE), "/etc/ems", "/var/lib/ems", "/var/log/ems"):
+        assert not os.path.lexists(gone), gone
+    assert "installed" not in sh("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False).stdout
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return True
+        except (OSError, ValueError):
+            pass                                   # not written yet
+        time.sleep(0.2)
+    return False
+
+
+def _check_installed_layout() -> None:
+    ems = pwd.getpwnam("ems")
+    assert ems.pw_shell == "/usr/sbin/nologin" and ems.pw_uid < 1000
+    for path, mode, owner, group in (("/etc/ems", 0o750, "root", "ems"), ("/etc/ems/pki", 0o750, "root", "ems"),
+                                     ("/var/lib/ems", 0o750, "ems", "ems"), ("/var/log/ems", 0o750, "ems", "ems"),
+                                     (str(UNIT), 0o644, "root", "root"), (str(LOGROTATE), 0o644, "root", "root")):
+        info = os.stat(path)
+        assert (stat.S_IMODE(info.st_mode), pwd.getpwuid(info.st_uid).pw_name) == (mode, owner), path
+        assert info.st_gid == (ems.pw_gid if group == "ems" else 0), path
+    version = sh("/usr/bin/ems-edge", "--version").stdout
+    release = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert version.startswith(f"ems-edge {release} (ems-platform, Python 3.11")
+    assert shutil.which("logrotate") and not Path("/etc/ems/sensors.conf").exists()
