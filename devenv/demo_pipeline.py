@@ -45,7 +45,7 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
                         client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
                         max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
                         twin_api_port: int | None = None, max_age_s: float | None = None,
-                        max_future_s: float | None = None) -> Path:
+                        max_future_s: float | None = None, alertmanager_url: str | None = None) -> Path:
     """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``.
 
     ``max_age_s`` / ``max_future_s`` set the ``[time]`` window (the ingest's defaults otherwise).
@@ -55,6 +55,8 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
     if twin_api_port is not None:
         twin = (f'[twin_api]\nhost = "127.0.0.1"\nport = {twin_api_port}\ncert = "{pki.server.cert}"\n'
                 f'key = "{pki.server.key}"\nclient_id = "{client_id}-twin"\n')
+        if alertmanager_url is not None:
+            twin += f'alertmanager_url = "{alertmanager_url}"\n'
     times = "".join(f"{key} = {value}\n" for key, value in (("max_age_s", max_age_s), ("max_future_s", max_future_s))
                     if value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
