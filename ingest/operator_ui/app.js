@@ -138,11 +138,11 @@
       if (f && typeof f === "object") items.push(faultItem(String(f.code ?? ""), String(f.text ?? ""), String(f.severity ?? ""), `${state.asset} ${f.point ?? ""}`));
     }
     if (state.site) {
-      const q = `ems_edge_fault_code_active{site=${promString(state.site)}} == 1`;
+      const q = `ems_twin_fault_active{site=${promString(state.site)}} == 1`;
       const body = await getOk(`/v1/query?${new URLSearchParams({ query: q })}`);
       for (const r of (body.data && Array.isArray(body.data.result) ? body.data.result : []).slice(0, MAX_ITEMS)) {
         const m = r.metric || {};
-        items.push(faultItem(m.code || "", m.text || "", m.severity || "", `${m.device || ""} ${m.point || ""}`));
+        items.push(faultItem(m.code || "", m.text || "", m.severity || "", `${m.asset || ""} ${m.point || ""}`));
       }
     }
     $("faults").replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));

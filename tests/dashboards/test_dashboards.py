@@ -35,11 +35,13 @@ VALUES = {"$site": SITE, "$asset": "tx1"}
 # name → (label names, kind): metrics other work is adding (issue 10: packet loss, PLC fault codes, the twin's
 # thermal state and prediction). Their names and labels are the shape the dashboards expect.
 PENDING: dict[str, tuple[tuple[str, ...], str]] = {
-    "ems_ingest_lost_readings_total": (("site",), "counter"),
-    "ems_edge_fault_code_active": (("site", "device", "point", "code", "severity", "text"), "gauge"),
+    "ems_ingest_site_readings_lost_total": (("site",), "counter"),
+    "ems_ingest_site_readings_received_total": (("site",), "counter"),
+    "ems_ingest_site_last_message_timestamp_seconds": (("site",), "timestamp"),
+    "ems_twin_fault_active": (("site", "asset", "point", "code", "severity", "text"), "gauge"),
     **{f"ems_twin_thermal_{what}": (("site", "asset"), "gauge") for what in (
-        "top_oil_celsius", "hot_spot_celsius", "ageing_rate", "loss_of_life_hours", "top_oil_residual_kelvin",
-        "time_to_limit_seconds", "load_factor")},
+        "top_oil_celsius", "hot_spot_celsius", "hot_spot_limit_celsius", "ageing_rate", "loss_of_life_hours",
+        "top_oil_residual_kelvin", "time_to_hot_spot_limit_seconds", "load_factor")},
 }
 
 # A rule that fires while the pipeline runs, so Prometheus has an ALERTS series for the alert panels.
@@ -146,11 +148,11 @@ def _feed_pending(client: PromClient, url: str) -> None:
     now_ms = int(time.time() * 1000)
     samples = []
     for name, (labels, kind) in PENDING.items():
-        values = {"site": SITE, "asset": "tx1", "device": "tx1-relay", "point": "status", "code": "E04",
-                  "severity": "critical", "text": "over-voltage"}
+        values = {"site": SITE, "asset": "tx1", "point": "status", "code": "E04", "severity": "critical",
+                  "text": "over-voltage"}
         series = tuple(sorted([("__name__", name), *((label, values[label]) for label in labels)]))
         for i in range(13):
-            value = float(i) if kind == "counter" else 1.0
+            value = {"counter": float(i), "timestamp": now_ms / 1000 - (12 - i) * 5}.get(kind, 1.0)
             samples.append(Sample(series, now_ms - (12 - i) * 5000, value, SITE, i))
     request = urllib.request.Request(url, data=encode_write_request(samples), method="POST", headers={
         "Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
