@@ -211,3 +211,63 @@ def test_alertmanager_url_is_checked_by_the_config_parser() -> None:
     assert parsed("http://alertmanager.ems.svc:9093").twin_api.alertmanager_url == "http://alertmanager.ems.svc:9093"
     with pytest.raises(ConfigError, match=r"twin_api\.alertmanager_url.*file:///etc/passwd"):
         parsed("file:///etc/passwd")
+
+
+class _FakeAlertmanager:
+    """127.0.0.1 HTTP server answering /api/v2/alerts with a fixed body (to test hostile answers)."""
+
+    def __init__(self, body: bytes) -> None:
+        import http.server
+        import threading
+
+        payload = body
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("body, error", [
+    (b"{}", "not a list of alerts"),
+    (b"not json", "Expecting value"),
+    (b" " * (operator_page.MAX_ALERTS_BYTES + 1), "more than"),
+])
+def test_a_bad_alertmanager_answer_is_an_error_not_a_crash(body: bytes, error: str) -> None:
+    fake = _FakeAlertmanager(body)
+    try:
+        with pytest.raises(ValueError, match=error):
+            operator_page.firing_alerts(fake.url, 5.0)
+    finally:
+        fake.close()
+
+
+def test_only_string_labels_and_known_annotations_of_well_formed_alerts_pass() -> None:
+    alerts = [
+        {"labels": {"alertname": "A", "severity": "critical", "n": 5, "x": "y" * 5000}, "startsAt": "2026-12-06T10:00:00Z",
+         "annotations": {"summary": "s", "secret_note": "dropped", "runbook": 7}, "fingerprint": "f1"},
+        {"labels": "not a dict"}, 42, {"labels": {"alertname": "B"}, "startsAt": 5},
+    ]
+    fake = _FakeAlertmanager(json.dumps(alerts + [{"labels": {"alertname": f"C{i}"}} for i in range(600)]).encode())
+    try:
+        got = operator_page.firing_alerts(fake.url, 5.0)
+    finally:
+        fake.close()
+    assert got["configured"] is True and len(got["alerts"]) == operator_page.MAX_ALERTS - 2
+    first = got["alerts"][0]
+    assert first == {"labels": {"alertname": "A", "severity": "critical", "x": "y" * operator_page.MAX_LABEL_CHARS},
+                     "annotations": {"summary": "s"}, "startsAt": "2026-12-06T10:00:00Z", "fingerprint": "f1"}
+    assert {"labels": {"alertname": "B"}, "annotations": {}, "startsAt": "", "fingerprint": ""} in got["alerts"]
