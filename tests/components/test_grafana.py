@@ -146,3 +146,12 @@ def test_admin_password_comes_only_from_a_secret_config_value() -> None:
             if s.inputs["metadata"]["name"] == "grafana-admin"] == ["grafana-admin"]
     with pytest.raises(Exception, match=r"grafanaAdminPassword: \(hidden\) must be stored as a secret"):
         evaluate_stack("local", {"ems:grafanaAdminPassword": "plain"})
+
+
+def test_twin_api_config_takes_the_alertmanager_url_for_the_operator_page() -> None:
+    from components.twin_api import twin_api_toml, validate_twin_api_toml
+
+    text = twin_api_toml("broker.ems.svc", "http://tsdb:9090", "http://alertmanager.ems.svc:9093")
+    validate_twin_api_toml("twin", text)        # the ingest's own parser accepts it
+    assert 'alertmanager_url = "http://alertmanager.ems.svc:9093"' in text
+    assert "alertmanager_url" not in twin_api_toml("broker.ems.svc", "http://tsdb:9090")
