@@ -8,8 +8,8 @@
 Starts a throw-away PKI, Mosquitto, Prometheus, the Modbus simulator, the edge
 agent with ``edge_agent/examples/sensors.conf``, one ingest worker and the twin
 API. Prometheus stores the readings by remote write and scrapes the edge
-agent's and the ingest's ``/metrics`` every second, so every series a
-dashboard reads comes from the real processes. ``rule_files`` are passed to
+agent's, the ingest's and the twin API's ``/metrics`` every second, so every
+series a dashboard reads comes from the real processes. ``rule_files`` are passed to
 Prometheus as they are (its ``ALERTS`` series exist only with rules), and
 ``alertmanager_url`` to the twin API. ``stop()`` kills everything it started.
 """
@@ -47,11 +47,13 @@ class LivePipeline:
         self.agent = AgentProcess(self.site_config)
         self.prometheus = PrometheusServer(workdir / "prometheus", rule_files=rule_files)
         self.ingest = IngestProcess(workdir / "ingest", broker=self.broker, pki=self.pki, prometheus=self.prometheus)
-        # Prometheus writes its config at start(): the ingest's metrics port is known by then.
-        self.prometheus.scrape_targets = (f"127.0.0.1:{self.agent_http_port}", f"127.0.0.1:{self.ingest.metrics_port}")
         self.twin_api = IngestProcess(workdir / "twin-api", broker=self.broker, pki=self.pki,
                                       prometheus=self.prometheus, client_id="twin-api", twin_api_port=self.twin_port,
                                       alertmanager_url=alertmanager_url)
+        # Prometheus writes its config at start(): the ports are known by then. The twin API's metrics port is
+        # scraped too, for the twin-derived metrics of twin APIs that serve them (it may answer nothing).
+        self.required_targets = (f"127.0.0.1:{self.agent_http_port}", f"127.0.0.1:{self.ingest.metrics_port}")
+        self.prometheus.scrape_targets = (*self.required_targets, f"127.0.0.1:{self.twin_api.metrics_port}")
 
     @property
     def twin_api_url(self) -> str:
@@ -72,15 +74,15 @@ class LivePipeline:
         return self
 
     def wait_for_data(self, timeout: float = 60.0) -> None:
-        """Until the TSDB holds readings of every example asset and both scrape targets are up."""
+        """Until the TSDB holds readings of every example asset and the agent's and the ingest's targets are up."""
         client = self.prometheus.client()
         deadline = time.monotonic() + timeout
         last = None
         while time.monotonic() < deadline:
             assets = {i["metric"]["asset"] for i in client.query(f'count by (asset) (ems_reading{{site="{SITE}"}})')}
-            up = [float(i["value"][1]) for i in client.query("up")]
+            up = {i["metric"]["instance"]: float(i["value"][1]) for i in client.query("up")}
             last = (sorted(assets), up)
-            if {"tx1", "tx2", "flow1", "feeder1"} <= assets and len(up) == 2 and all(v == 1 for v in up):
+            if {"tx1", "tx2", "flow1", "feeder1"} <= assets and all(up.get(t) == 1 for t in self.required_targets):
                 return
             time.sleep(0.5)
         raise AssertionError(f"pipeline not delivering after {timeout:.0f}s (assets, up) = {last}\n"

@@ -103,8 +103,9 @@
       const p = points[name] || {};
       const tr = el("tr");
       const quality = typeof p.quality === "string" ? p.quality : "";
+      const fault = p.fault && typeof p.fault === "object" && typeof p.fault.code === "string" ? ` ${p.fault.code}` : "";
       tr.append(el("td", name), el("td", formatValue(p.value), "value"), el("td", typeof p.unit === "string" ? p.unit : ""),
-        el("td", quality, ID.test(quality) ? `quality-${quality}` : ""), el("td", age(p.ts_ms), "muted"));
+        el("td", quality + fault, ID.test(quality) ? `quality-${quality}${fault ? " fault" : ""}` : ""), el("td", age(p.ts_ms), "muted"));
       tr.dataset.point = name;
       return tr;
     });
@@ -132,17 +133,27 @@
   }
 
   async function renderFaults() {
+    // The chosen asset's faults from its twin (a point's "fault": {code, text, severity, since_ms}), then the
+    // site's other active faults from the TSDB; each (asset, point, code) once.
     const items = [];
-    const twinFaults = state.twin && Array.isArray(state.twin.faults) ? state.twin.faults : [];
-    for (const f of twinFaults.slice(0, MAX_ITEMS)) {
-      if (f && typeof f === "object") items.push(faultItem(String(f.code ?? ""), String(f.text ?? ""), String(f.severity ?? ""), `${state.asset} ${f.point ?? ""}`));
+    const seen = new Set();
+    const add = (asset, point, code, text, severity) => {
+      const key = `${asset}/${point}/${code}`;
+      if (seen.has(key) || items.length >= MAX_ITEMS) return;
+      seen.add(key);
+      items.push(faultItem(code, text, severity, `${asset} ${point}`));
+    };
+    const points = state.twin && state.twin.points && typeof state.twin.points === "object" ? state.twin.points : {};
+    for (const [point, p] of Object.entries(points)) {
+      const f = p && p.fault;
+      if (f && typeof f === "object") add(state.asset, point, String(f.code ?? ""), String(f.text ?? ""), String(f.severity ?? ""));
     }
     if (state.site) {
       const q = `ems_twin_fault_active{site=${promString(state.site)}} == 1`;
       const body = await getOk(`/v1/query?${new URLSearchParams({ query: q })}`);
       for (const r of (body.data && Array.isArray(body.data.result) ? body.data.result : []).slice(0, MAX_ITEMS)) {
         const m = r.metric || {};
-        items.push(faultItem(m.code || "", m.text || "", m.severity || "", `${m.asset || ""} ${m.point || ""}`));
+        add(m.asset || "", m.point || "", m.code || "", m.text || "", m.severity || "");
       }
     }
     $("faults").replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));

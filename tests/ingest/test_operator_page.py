@@ -117,11 +117,12 @@ def test_page_endpoints_and_headers(page_stack: tuple[LivePipeline, Alertmanager
 
 
 def _publish_hostile_twin(live: LivePipeline) -> None:
-    """A site's retained twin whose unit is markup: the page must show it as text."""
+    """A site's retained twin whose unit is markup and whose point shows a PLC fault: the page shows both as text."""
     client = paho.Client(CallbackAPIVersion.VERSION2, client_id="hostile-site", protocol=paho.MQTTv5)
     client.connect("127.0.0.1", live.broker.plain_port)
     client.loop_start()
-    points = {"p1": {"value": 1.5, "unit": "<img src=x onerror=window.pwned=1>", "quality": "good", "ts_ms": 1_000}}
+    points = {"p1": {"value": 1.5, "unit": "<img src=x onerror=window.pwned=1>", "quality": "good", "ts_ms": 1_000,
+                     "fault": {"code": "E04", "text": "over-voltage <b>", "severity": "critical", "since_ms": 1_000}}}
     client.publish(twin_topic("zz-hostile", "a1"), encode_twin("zz-hostile", "a1", 1_000, points), qos=1,
                    retain=True).wait_for_publish(10)
     client.disconnect()
@@ -135,6 +136,7 @@ _PAGE_STATE = """JSON.stringify({
   rows: [...document.querySelectorAll('#points tbody tr')].map(tr => [...tr.cells].map(td => td.textContent)),
   thermal: [...document.querySelectorAll('#thermal-values dd[data-field]')].map(dd => dd.dataset.field),
   alerts: [...document.querySelectorAll('#alerts li')].map(li => li.dataset.alertname || li.textContent),
+  faults: [...document.querySelectorAll('#faults li')].map(li => li.textContent),
   canvas: !!document.querySelector('#plot canvas'),
   plotted: [...document.querySelectorAll('#plot .u-legend .u-series .u-label')].map(l => l.textContent),
   images: document.images.length, pwned: !!window.pwned,
@@ -189,13 +191,14 @@ def test_page_in_headless_chromium(page_stack: tuple[LivePipeline, AlertmanagerP
     for point, samples in stored.items():
         _, value, labels = max(samples, key=lambda s: s[0])
         name, text, unit, quality, _ = shown[point]
-        assert quality == labels["quality"] and unit == labels.get("unit", ""), shown[point]
+        assert quality.split()[0] == labels["quality"] and unit == labels.get("unit", ""), shown[point]
         assert _number(text) == pytest.approx(value, abs=5e-4, rel=1e-3), (point, text, value)
     assert {"oil_temp", "winding_temp", "ambient_temp"} <= set(state["plotted"]), state["plotted"]
     assert "EmsPlcFaultCode" in state["alerts"]
     # The hostile unit is text on the page, not an element.
     assert hostile["rows"][0][2] == "<img src=x onerror=window.pwned=1>" and hostile["images"] == 0
     assert not hostile["pwned"]
+    assert hostile["rows"][0][3] == "good E04" and hostile["faults"] == ["E04 over-voltage <b>a1 p1"], hostile
     assert errors == [], errors
 
 
