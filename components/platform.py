@@ -1,7 +1,7 @@
 """EmsPlatform: everything the EMS needs inside one Kubernetes cluster, on any provider.
 
 It composes the per-area components (PKI, storage class, TSDB, broker, protocol gateway,
-ingest + autoscaling, twin read API, API gateway, NetworkPolicies, RBAC). The caller passes the cluster's
+ingest + autoscaling, twin read API, API gateway, Grafana, NetworkPolicies, RBAC). The caller passes the cluster's
 Kubernetes provider with ``providers=[provider]``; every child inherits it, so the same
 component runs on EKS, a private cluster, or the local renderer.
 """
@@ -16,6 +16,7 @@ import pulumi_kubernetes as k8s
 from components.api_gateway import ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
 from components.ems_gateway import EmsGateway, EmsGatewayArgs
+from components.grafana import Grafana, GrafanaArgs
 from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_identities
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
@@ -180,6 +181,13 @@ class EmsPlatform(pulumi.ComponentResource):
                 broker_host=f"broker.{ns_name}.svc.cluster.local", broker_tls_secret=f"edge-{northbound_identity}-tls",
                 identity=northbound_identity,
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
+        if s.grafana.enabled:      # behind the gateway at /grafana/, users from its auth-proxy headers
+            api_host = s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc"
+            Grafana(f"{name}-grafana", GrafanaArgs(
+                namespace=namespace, image=s.images.grafana, tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090",
+                root_url=s.grafana.root_url or f"https://{api_host}/grafana/", user_header=s.grafana.user_header,
+                role_header=s.grafana.role_header, admin_password=s.grafana.admin_password, replicas=s.grafana.replicas,
+            ), opts=o)
         NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(
             namespace=namespace, extra_namespaces=(("credentials", creds.metadata.name),), gateways=s.modbus_gateways,
         ), opts=o)

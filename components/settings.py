@@ -30,6 +30,7 @@ from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, e
 __all__ = [
     "AwsSettings",
     "GlobalSettings",
+    "GrafanaSettings",
     "Images",
     "KNOWN_KEYS",
     "LocalSettings",
@@ -53,7 +54,7 @@ POOLS = ("interconnect", "nvme", "general")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 GATEWAY_TRANSPORTS = ("tcp", "rtu-over-tcp")
-IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound")
+IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound", "grafana")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -157,6 +158,7 @@ class Images:
     api_gateway: str = "docker.io/envoyproxy/envoy:v1.31.2"
     metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
     northbound: str = "ghcr.io/ems-platform/northbound:0.1.0"
+    grafana: str = "docker.io/grafana/grafana:11.3.0"
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,22 @@ class NorthboundSettings:
     client_certificate: str | None = None
     client_key: pulumi.Output[str] | None = None
     """Set by ``load_settings`` from ``ems:northboundClientKey`` (a secret) when ``client_certificate`` is used."""
+
+
+@dataclass(frozen=True)
+class GrafanaSettings:
+    """Grafana behind the API gateway (``ems:grafana``; components/grafana.py)."""
+
+    enabled: bool = True
+    replicas: int = 1
+    user_header: str = "X-Ems-User"
+    """Header the gateway sets to the authenticated user (Grafana's auth proxy)."""
+    role_header: str = "X-Ems-Grafana-Role"
+    """Header the gateway sets to Viewer, Editor or Admin from the user's EMS role."""
+    root_url: str | None = None
+    """Public URL of Grafana; default ``https://<first apiHostname or api-gateway.<namespace>.svc>/grafana/``."""
+    admin_password: pulumi.Output[str] | None = None
+    """Break-glass admin password (secret ``ems:grafanaAdminPassword``); without it the login form is off."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,7 @@ class PlatformSettings:
     api_gateway_replicas: int = 2
     northbound: NorthboundSettings | None = None
     """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
+    grafana: GrafanaSettings = field(default_factory=GrafanaSettings)
 
 
 @dataclass(frozen=True)
@@ -289,7 +308,7 @@ DEFAULT_NODE_GROUPS = (
     ),
 )
 
-SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey"})
+SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey", "grafanaAdminPassword"})
 
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
@@ -299,7 +318,8 @@ KNOWN_KEYS: tuple[str, ...] = (
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
-    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey",
+    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "grafana",
+    "grafanaAdminPassword",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -689,6 +709,35 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
         northbound=northbound,
+        grafana=r.get("grafana", _grafana, d.grafana),
+    )
+
+
+_HEADER = _pattern(re.compile(r"^[A-Za-z0-9-]{1,64}$"), "an HTTP header name (letters, digits, '-')")
+_HTTPS_URL = _pattern(re.compile(r"^https://[a-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"),
+                      "an https:// URL such as https://api.ems.example.net/grafana/")
+
+
+def _boolean(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value in ("true", "false"):
+        return value == "true"
+    raise SettingsError(key, value, "must be true or false")
+
+
+def _grafana(key: str, value: object) -> GrafanaSettings:
+    obj = _object(key, value, ("enabled", "replicas", "userHeader", "roleHeader", "rootUrl"), ())
+    d = GrafanaSettings()
+    user = _HEADER(f"{key}.userHeader", obj["userHeader"]) if obj.get("userHeader") is not None else d.user_header
+    role = _HEADER(f"{key}.roleHeader", obj["roleHeader"]) if obj.get("roleHeader") is not None else d.role_header
+    if user.lower() == role.lower():
+        raise SettingsError(f"{key}.roleHeader", role, f"must differ from {key}.userHeader")
+    return GrafanaSettings(
+        enabled=_boolean(f"{key}.enabled", obj["enabled"]) if obj.get("enabled") is not None else d.enabled,
+        replicas=_integer(1, 10)(f"{key}.replicas", obj["replicas"]) if obj.get("replicas") is not None else d.replicas,
+        user_header=user, role_header=role,
+        root_url=_HTTPS_URL(f"{key}.rootUrl", obj["rootUrl"]) if obj.get("rootUrl") is not None else None,
     )
 
 
@@ -872,6 +921,9 @@ def load_settings() -> StackSettings:
     config = pulumi.Config("ems")
     if settings.private is not None:
         settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))
+    if settings.platform is not None and "grafanaAdminPassword" in present:
+        grafana = replace(settings.platform.grafana, admin_password=config.require_secret("grafanaAdminPassword"))
+        settings = replace(settings, platform=replace(settings.platform, grafana=grafana))
     if settings.platform is not None and settings.platform.ca_certificate is not None:
         settings = replace(settings, platform=replace(settings.platform, ca_private_key=config.require_secret("caPrivateKey")))
     northbound = settings.platform.northbound if settings.platform is not None else None

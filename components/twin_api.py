@@ -51,8 +51,9 @@ SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
 UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never written by twin-api
 
 
-def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
-    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``.
+def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None) -> str:
+    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
+    and the operator page's alerts from ``alertmanager_url`` (none without it).
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -64,7 +65,8 @@ def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
         "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
-        f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
+        f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
+        *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
     ])
 
 
@@ -98,6 +100,9 @@ class TwinApiArgs:
     """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
     replicas: int = REPLICAS
     """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
+    alertmanager_url: str | None = None
+    """Alertmanager base URL whose firing alerts the operator page lists (the caller then allows twin-api → it in
+    the NetworkPolicies). Defaults to none: the page shows no alerts."""
     resources: Resources = Resources("50m", "64Mi", "500m", "256Mi")
     """Container requests/limits. Defaults to 50m/64Mi, limits 0.5 CPU/256Mi."""
 
@@ -114,7 +119,7 @@ class TwinApi(pulumi.ComponentResource):
         if len(args.mqtt_tls_secrets) != args.replicas:
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
-        conf_text = twin_api_toml(args.broker_host, args.tsdb_url)
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
         o = child(self)

@@ -10,7 +10,8 @@ the work folder with its ports and paths rewritten), one ingest worker
 ``--seconds`` it stops the agent (SIGTERM flushes its spool), waits for the
 ingest to drain, and prints PromQL results with their values, the comparison
 with the agent's audit log (lost / duplicated), the ingest's own metrics and
-one asset's twin read over HTTPS.
+one asset's twin read over HTTPS, then the address of the operator page (``--hold SECONDS`` keeps
+everything running that long afterwards, the edge agent restarted, to look at it).
 
 ``write_ingest_config()`` and ``IngestProcess`` are reused by the ingest tests
 and benchmark.
@@ -45,7 +46,7 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
                         client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
                         max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
                         twin_api_port: int | None = None, max_age_s: float | None = None,
-                        max_future_s: float | None = None) -> Path:
+                        max_future_s: float | None = None, alertmanager_url: str | None = None) -> Path:
     """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``.
 
     ``max_age_s`` / ``max_future_s`` set the ``[time]`` window (the ingest's defaults otherwise).
@@ -55,6 +56,8 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
     if twin_api_port is not None:
         twin = (f'[twin_api]\nhost = "127.0.0.1"\nport = {twin_api_port}\ncert = "{pki.server.cert}"\n'
                 f'key = "{pki.server.key}"\nclient_id = "{client_id}-twin"\n')
+        if alertmanager_url is not None:
+            twin += f'alertmanager_url = "{alertmanager_url}"\n'
     times = "".join(f"{key} = {value}\n" for key, value in (("max_age_s", max_age_s), ("max_future_s", max_future_s))
                     if value is not None)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0)
     parser.add_argument("--workdir", help="keep everything here (default: a temporary folder)")
+    parser.add_argument("--hold", type=float, default=0.0, metavar="SECONDS",
+                        help="after the report, keep the services (and the edge agent) running this long, "
+                             "to look at the operator page")
     args = parser.parse_args(argv)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="ems-demo-pipeline-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +201,19 @@ def main(argv: list[str] | None = None) -> int:
             if handled >= len(audited):
                 break
             time.sleep(0.2)
-        return _report(prometheus, ingest, audited, twin_port, pki)
+        result = _report(prometheus, ingest, audited, twin_port, pki)
+        print(f"\noperator page: https://127.0.0.1:{twin_port}/#site=sub-07&asset=tx1 "
+              f"(TLS from the demo CA {pki.ca}; same server and authentication as the twin API)")
+        print(f"Grafana:       not run locally (no Debian package); the stacks deploy it behind the gateway at "
+              f"https://<api host>/grafana/ with dashboards/*.json, and Prometheus here is {prometheus.url}")
+        if args.hold > 0:
+            agent.start()
+            print(f"holding for {args.hold:.0f}s with the edge agent running again (Ctrl-C ends it)", flush=True)
+            try:
+                time.sleep(args.hold)
+            except KeyboardInterrupt:
+                pass
+        return result
     finally:
         agent.stop()
         twin_api.stop()

@@ -35,6 +35,11 @@ default). Example (``docs/ingest.md`` has the full table)::
     [metrics]
     port = 9100
 
+    [twin_api]                     # only for `ems-ingest twin-api` (docs/ingest.md)
+    cert = "/etc/ems/tls/tls.crt"
+    key = "/etc/ems/tls/tls.key"
+    alertmanager_url = "http://alertmanager.ems.svc:9093"   # default: none; the operator page shows no alerts
+
     [time]
     max_future_s = 300             # readings further ahead of this worker's clock are dead-lettered
     max_age_s = 259200             # older ones too: the TSDB's out-of-order window (72h)
@@ -127,6 +132,7 @@ class TwinApiConfig:
     port: int = 443
     client_ca: Path | None = None
     client_id: str = ""
+    alertmanager_url: str | None = None   # the operator page lists its firing alerts; None: no alerts shown
 
 
 @dataclass(frozen=True)
@@ -381,7 +387,8 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
     if (tw := section("twin_api", required=False)) is not None:
         twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
                              host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
-                             client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"))
+                             client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"),
+                             alertmanager_url=tw.url("alertmanager_url"))
         tw.done()
 
     times = TimeConfig()

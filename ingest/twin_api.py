@@ -2,8 +2,10 @@
 
     GET /v1/assets/<site>/<asset>   latest twin of one asset (from the retained ems/v1/<site>/twin/<asset>)
     GET /v1/assets/<site>           the site's assets with a twin
+    GET /v1/sites                   the sites with at least one twin
     GET /v1/query?query=…[&time=…]  PromQL instant query, passed through to the TSDB's /api/v1/query
     GET /healthz                    200 while subscribed and the twin consumer is alive and current, else 503
+    GET /, /ui/…, /v1/alerts, /v1/query_range   the operator page and what it reads (``ingest.operator_page``)
     GET /livez                      200 while the consumer and MQTT threads live (the liveness probe: a
                                     broker outage, which a restart cannot cure, does not fail it)
 
@@ -42,6 +44,7 @@ from typing import Any
 
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
+from ingest import operator_page
 from ingest.config import IngestConfig
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 
@@ -123,6 +126,10 @@ class TwinStore:
         with self._lock:
             return sorted(a for s, a in self._twins if s == site)
 
+    def sites(self) -> list[str]:
+        with self._lock:
+            return sorted(self._per_site)
+
 
 def _check_twin(doc: Any, site: str, asset: str) -> None:
     """The shape ``encode_twin`` writes; raises SchemaError ``bad_shape`` naming the field."""
@@ -169,6 +176,15 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._json(200 if ok else 503, {"status": why})
         if url.path == "/v1/query":
             return self._query(urllib.parse.parse_qs(url.query))
+        if url.path == "/v1/query_range":
+            return self._query_range(urllib.parse.parse_qs(url.query))
+        if url.path == "/v1/sites":
+            return self._json(200, {"sites": self.server.api.store.sites()})
+        if url.path == "/v1/alerts":
+            return self._alerts()
+        if url.path in self.server.api.static:
+            body, kind = self.server.api.static[url.path]
+            return self._raw(200, body, kind)
         match = _ASSET_PATH.match(url.path)
         if match:
             site, asset = match.groups()
@@ -194,7 +210,24 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         forward = {"query": params["query"][0]}
         if params.get("time"):
             forward["time"] = params["time"][0]
-        url = f"{self.server.api.query_url}/api/v1/query?{urllib.parse.urlencode(forward)}"
+        self._forward(f"{self.server.api.query_url}/api/v1/query?{urllib.parse.urlencode(forward)}")
+
+    def _query_range(self, params: dict[str, list[str]]) -> None:
+        try:
+            forward = operator_page.range_query_params(params)
+        except operator_page.PageError as exc:
+            return self._json(400, {"status": "error", "errorType": "bad_data", "error": str(exc)})
+        self._forward(f"{self.server.api.query_url}/api/v1/query_range?{urllib.parse.urlencode(forward)}")
+
+    def _alerts(self) -> None:
+        api = self.server.api
+        try:
+            return self._json(200, operator_page.firing_alerts(api.alertmanager_url, api.query_timeout_s))
+        except (OSError, ValueError, RecursionError) as exc:    # urllib: OSError; a bad answer: ValueError, too deep: RecursionError
+            log.warning("alerts from %s unavailable: %s", api.alertmanager_url, exc)
+            return self._json(502, operator_page.alert_error(exc))
+
+    def _forward(self, url: str) -> None:
         try:
             with urllib.request.urlopen(url, timeout=self.server.api.query_timeout_s) as resp:  # nosec B310 # query_url: http(s) only, checked by the config parser
                 return self._raw(resp.status, resp.read())
@@ -206,10 +239,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _json(self, status: int, doc: dict[str, Any]) -> None:
         self._raw(status, json.dumps(doc, separators=(",", ":")).encode())
 
-    def _raw(self, status: int, body: bytes) -> None:
+    def _raw(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for name, value in operator_page.SECURITY_HEADERS.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
@@ -255,7 +290,7 @@ class TwinApi:
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
-                 stall_after_s: float = 30.0) -> None:
+                 stall_after_s: float = 30.0, alertmanager_url: str | None = None) -> None:
         self.link = link
         self.store = TwinStore()
         self.max_connections = max_connections
@@ -263,6 +298,8 @@ class TwinApi:
         self._beat = time.monotonic()
         self.query_url = query_url.rstrip("/")
         self.query_timeout_s = query_timeout_s
+        self.alertmanager_url = alertmanager_url
+        self.static = operator_page.static_files()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(cert), str(key))
@@ -333,7 +370,7 @@ def build(config: IngestConfig) -> TwinApi:
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
                     manual_ack=False, persistent=False, keepalive_s=b.keepalive_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
-                   client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s)
+                   client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url)
 
 
 def serve_forever(config: IngestConfig) -> int:

@@ -4,7 +4,8 @@
 #      rendering every Kubernetes manifest to out/local/;
 #   2. the offline policy gate: the ems-guard pack over the Analyzer gRPC protocol, every stack;
 #   3. the telemetry pipeline for real on 127.0.0.1: Modbus simulator → edge agent →
-#      Mosquitto (mTLS) → ingest → Prometheus → PromQL, with lost/duplicated counts.
+#      Mosquitto (mTLS) → ingest → Prometheus → PromQL, with lost/duplicated counts, ending with the
+#      address of the operator page (DEMO_HOLD=600 make demo keeps it up for 10 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=.venv/bin
@@ -19,4 +20,4 @@ step "2/3 Policy gate: ems-guard on every stack, as 'pulumi preview --policy-pac
 "$bin/emsctl" policy --all-stacks
 
 step "3/3 Telemetry: simulator → edge agent → Mosquitto (mTLS) → ingest → Prometheus → PromQL (${seconds}s)"
-"$bin/python" -m devenv.demo_pipeline --seconds "$seconds"
+"$bin/python" -m devenv.demo_pipeline --seconds "$seconds" --hold "${DEMO_HOLD:-0}"

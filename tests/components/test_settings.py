@@ -69,7 +69,7 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus:latest"}}, "ems:images.tsdb: quay.io/prometheus/prometheus:latest uses the mutable tag latest; pin a version or digest"),
         ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus"}}, "ems:images.tsdb: quay.io/prometheus/prometheus needs an explicit tag or digest"),
         ({**AWS, "ems:images": {"tsdb": "evil.example.com/prom:1"}}, "ems:images.tsdb: evil.example.com/prom:1 is not from an allowed registry (docker.io, ghcr.io, quay.io, registry.k8s.io, public.ecr.aws)"),
-        ({**AWS, "ems:images": {"grafana": "grafana/grafana:10.0.0"}}, "ems:images.grafana: grafana/grafana:10.0.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter, northbound"),
+        ({**AWS, "ems:images": {"kibana": "elastic/kibana:8.15.0"}}, "ems:images.kibana: elastic/kibana:8.15.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter, northbound, grafana"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "rtu.local", "points": [{"id": "S1"}]}]}, "ems:modbusGateways[0].host: rtu.local is not an IP address (NetworkPolicies allow Modbus egress by address)"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5", "points": [{"id": "S1"}]}, {"name": "gw1", "host": "10.0.0.6", "points": [{"id": "S2"}]}]}, "ems:modbusGateways[1].name: gw1 is a duplicate; gateway names must be unique"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1"}]}, "ems:modbusGateways[0].host: is required"),

@@ -1,8 +1,8 @@
 """Port rules: which ports a Service, Ingress, NetworkPolicy, security group or accelerator may open.
 
 The EMS port plan (DESIGN.md §4): 8883 MQTT/mTLS and 443 API are external; 1883 MQTT plain and
-502 Modbus stay inside the cluster; metrics, TSDB, adapter, DNS and the twin API (behind the gateway)
-are internal and allowed by name.
+502 Modbus stay inside the cluster; metrics, TSDB, adapter, DNS, the twin API and Grafana (both behind
+the gateway) are internal and allowed by name.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from .props import (
 )
 
 DEFAULT_ALLOWED_PORTS = [1883, 8883, 502, 443]
-DEFAULT_INTERNAL_PORTS = {"tsdb": 9090, "metrics": 9100, "adapter": 6443, "dns": 53, "twin-api": 8443}
+DEFAULT_INTERNAL_PORTS = {"tsdb": 9090, "metrics": 9100, "adapter": 6443, "dns": 53, "twin-api": 8443, "grafana": 3000}
 DEFAULT_EXTERNAL_PORTS = [8883, 443]
 
 # Annotations that make a cloud load balancer internal (reachable only from the VPC/VNet).
