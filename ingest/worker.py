@@ -21,6 +21,16 @@ the messages that arrived within ``batch.max_delay_s`` (up to
    be published within ``deadletter_timeout_s`` is left unacknowledged (and its seqs
    unmarked), so the broker redelivers it after a reconnect — the others go on;
 5. commit the seen seqs (SQLite), then PUBACK every other message of the batch in order.
+   The commit is pipelined: the worker stages batch N's seqs in memory, hands the
+   durable write (the fsync) to its commit thread and goes on with batch N+1 (collect,
+   decode, remote write); before N+1's own commit, and whenever the queue runs dry, it
+   waits for N's write to finish and only then PUBACKs N's messages. So a message is
+   still acknowledged only after its samples are in the TSDB *and* its seqs are on disk;
+   commits are written one at a time, and acknowledgements go out in batch order. A
+   crash while N's write is in flight leaves N (and N+1) unacknowledged: the broker
+   redelivers, the dedup file does not hold them, the samples are written again and
+   Prometheus ignores identical samples. A failing write stops the worker (nothing of
+   that batch acknowledged).
 
 One message can never stop the worker: any failure while handling it (not only a
 ``SchemaError``) dead-letters that message as ``unprocessable`` and the batch goes
@@ -39,9 +49,11 @@ import base64
 import hashlib
 import json
 import logging
+import operator
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -86,6 +98,18 @@ class _Item:
     undelivered: bool = False                               # a dead letter of it could not be published
 
 
+@dataclass(slots=True)
+class _Commit:
+    """A written batch whose seqs are being made durable on the commit thread; acked when done."""
+
+    done: list[_Item]
+    write: Future
+
+
+_SEQ = operator.attrgetter("seq")
+_MAX_CACHED_SERIES = 100_000    # label sets kept across messages; the cache starts over beyond it
+
+
 class IngestWorker:
     """Drains ``link.incoming`` into the TSDB until ``request_stop()``; see the module docstring."""
 
@@ -114,6 +138,9 @@ class IngestWorker:
         self._deadline: float | None = None
         self._beat = clock()
         self._running = False
+        self._series: dict[tuple[str, str, str, str, str], tuple] = {}
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-commit")
+        self._committing: _Commit | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -138,12 +165,16 @@ class IngestWorker:
         self._running = True
         try:
             self._run()
+            self._finish_commit()
         finally:
             self._running = False
+            self._committer.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self.stopping.is_set():
             self._beat = self.clock()
+            if self._committing is not None and self.link.incoming.empty():
+                self._finish_commit()               # nothing to overlap with: acknowledge now
             items = self._collect()
             if items:
                 self.process(items)
@@ -152,6 +183,8 @@ class IngestWorker:
         quiet_since = self.clock()
         while self._deadline is not None and self.clock() < self._deadline:
             self._beat = self.clock()
+            if self._committing is not None and self.link.incoming.empty():
+                self._finish_commit()
             items = self._collect()
             if items:
                 if not self.process(items):
@@ -219,14 +252,16 @@ class IngestWorker:
             self._publish_letters(items)
         except _Abandoned as exc:
             self.seen.rollback()
+            self._finish_commit()
             log.warning("batch of %d messages left unacknowledged: %s", len(items), exc)
             return False
         for item in items:
             if item.undelivered:
                 self._unmark(item)
-        self.seen.commit()
+        self._finish_commit()                   # the previous batch: durable, then acked (order kept)
+        rows = self.seen.stage()
         done = [item for item in items if not item.undelivered]
-        acked = sum(1 for item in done if self.link.ack(item.incoming))
+        self._committing = _Commit(done, self._committer.submit(self.seen.persist, rows))
         self.metrics.messages_done(len(done))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
@@ -240,10 +275,22 @@ class IngestWorker:
                 self.metrics.dead_letters.labels(letter.reason).inc()
         self.metrics.sites.set(self.seen.site_count)
         self.metrics.queue_depth.set(self.link.incoming.qsize())
+        return True
+
+    def _finish_commit(self) -> None:
+        """Wait until the batch in the commit thread is durable, then PUBACK its messages in order.
+
+        A failed write raises (the worker stops; none of that batch is acknowledged)."""
+        commit, self._committing = self._committing, None
+        if commit is None:
+            return
+        commit.write.result()
+        done = commit.done
+        acked = sum(1 for item in done if self.link.ack(item.incoming))
         if acked < len(done):
             log.info("%d of %d messages arrived on an earlier connection and are not acknowledged on this one; "
                      "copies the broker redelivers are recognised as duplicates", len(done) - acked, len(done))
-        return True
+
     def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
         """The samples of one valid message; marks its new seqs seen and dead-letters its readings
         whose measurement time the TSDB must not see."""
@@ -254,21 +301,33 @@ class IngestWorker:
         self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
         earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
         seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
-        series: dict[tuple[str, str, str, str], tuple] = {}     # one label set per series of the message
-        for reading in item.batch.readings:
+        series = self._series
+        if len(series) > _MAX_CACHED_SERIES:
+            series.clear()
+        readings = item.batch.readings
+        lo, hi = item.batch.seq_first, item.batch.seq_last
+        # The usual message: seqs exactly lo..hi in order (always so in v2), none seen before. Check and
+        # mark the range at once instead of two set operations per reading.
+        fresh = (len(readings) == hi - lo + 1 and readings[0].seq == lo and readings[-1].seq == hi
+                 and list(map(_SEQ, readings)) == list(range(lo, hi + 1))
+                 and self.seen.mark_new_range(site, lo, hi))
+        if fresh:
+            item.seqs.extend(range(lo, hi + 1))
+        for reading in readings:
             seq = reading.seq
-            if seen(site, seq):
-                counts["duplicate"] += 1
-                continue
-            mark(site, seq)
-            taken(seq)
+            if not fresh:
+                if seen(site, seq):
+                    counts["duplicate"] += 1
+                    continue
+                mark(site, seq)
+                taken(seq)
             if not earliest <= reading.ts_ms <= latest:
                 clock_rejected.setdefault("future_timestamp" if reading.ts_ms > latest else "too_old", []).append(reading)
                 continue
             if reading.value is None:
                 counts["null"] += 1
                 continue
-            key = (reading.asset, reading.point, reading.quality, reading.unit)
+            key = (site, reading.asset, reading.point, reading.quality, reading.unit)
             labels = series.get(key)
             if labels is None:
                 labels = series[key] = series_labels(site, reading)
