@@ -4,7 +4,8 @@ One thread runs the pipeline; paho's thread only queues messages. A batch is
 the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
-1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry``); a bad one becomes
+1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry_columns``: a v2
+   message stays columns, and its samples are built per column); a bad one becomes
    a dead letter ``{reason, detail, topic, payload excerpt, size, sha256}`` on
    ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
@@ -57,13 +58,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ems_contract.telemetry import Batch, SchemaError, deadletter_topic, shown, telemetry_topic
-from ems_contract.telemetry_v2 import decode_telemetry
+from ems_contract.telemetry import QUALITIES, Batch, SchemaError, deadletter_topic, shown, telemetry_topic
+from ems_contract.telemetry_v2 import Columns, decode_telemetry_columns
 from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
-from ingest.remote_write import RemoteWriter, Sample, series_labels
+from ingest.remote_write import RemoteWriter, Sample, labels_of
 
 __all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES"]
 
@@ -91,7 +92,7 @@ class _Item:
     """One received message on its way through a batch."""
 
     incoming: Incoming
-    batch: Batch | None
+    batch: Batch | Columns | None
     error: SchemaError | None
     seqs: list[int] = field(default_factory=list)          # marked seen by this batch
     letters: list[DeadLetter] = field(default_factory=list)
@@ -107,6 +108,7 @@ class _Commit:
 
 
 _SEQ = operator.attrgetter("seq")
+_QUALITY_COUNT = len(QUALITIES)
 _MAX_CACHED_SERIES = 100_000    # label sets kept across messages; the cache starts over beyond it
 
 
@@ -204,7 +206,7 @@ class IngestWorker:
         except queue.Empty:
             return []
         items = [self._decode(first)]
-        readings = len(items[0].batch.readings) if items[0].batch else 0
+        readings = _size(items[0].batch)
         deadline = self.clock() + self.max_delay_s
         while readings < self.max_readings:
             remaining = deadline - self.clock()
@@ -214,14 +216,14 @@ class IngestWorker:
                 break
             item = self._decode(message)
             items.append(item)
-            readings += len(item.batch.readings) if item.batch else 0
+            readings += _size(item.batch)
         self.metrics.queue_depth.set(incoming.qsize() + len(items))
         return items
 
     @staticmethod
     def _decode(message: Incoming) -> _Item:
         try:
-            return _Item(message, decode_telemetry(message.payload, message.topic), None)
+            return _Item(message, decode_telemetry_columns(message.payload, message.topic), None)
         except SchemaError as exc:
             return _Item(message, None, exc)
         except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
@@ -294,18 +296,24 @@ class IngestWorker:
     def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
         """The samples of one valid message; marks its new seqs seen and dead-letters its readings
         whose measurement time the TSDB must not see."""
-        assert item.batch is not None
-        site = item.batch.site
-        samples: list[Sample] = []
-        clock_rejected: dict[str, list] = {}
-        self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
+        batch = item.batch
+        assert batch is not None
+        site = batch.site
+        self.metrics.site_clock_skew.labels(site).set((batch.sent_ms - now_ms) / 1000)
         earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
-        seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
         series = self._series
         if len(series) > _MAX_CACHED_SERIES:
             series.clear()
-        readings = item.batch.readings
-        lo, hi = item.batch.seq_first, item.batch.seq_last
+        if isinstance(batch, Columns):
+            fast = self._column_samples(item, batch, earliest, latest, counts)
+            if fast is not None:
+                return fast
+            batch = batch.batch()
+        samples: list[Sample] = []
+        clock_rejected: dict[str, list] = {}
+        seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
+        readings = batch.readings
+        lo, hi = batch.seq_first, batch.seq_last
         # The usual message: seqs exactly lo..hi in order (always so in v2), none seen before. Check and
         # mark the range at once instead of two set operations per reading.
         fresh = (len(readings) == hi - lo + 1 and readings[0].seq == lo and readings[-1].seq == hi
@@ -330,7 +338,7 @@ class IngestWorker:
             key = (site, reading.asset, reading.point, reading.quality, reading.unit)
             labels = series.get(key)
             if labels is None:
-                labels = series[key] = series_labels(site, reading)
+                labels = series[key] = labels_of(*key)
             add(Sample(labels, reading.ts_ms, reading.value, site, seq))
         for reason, readings in clock_rejected.items():
             counts[reason] += len(readings)
@@ -344,6 +352,37 @@ class IngestWorker:
                                                                 r.unit, r.quality) for r in readings]))
             log.warning("site %s: %d readings dead-lettered as %s (ts_ms %d..%d, worker clock %d)", site,
                         len(readings), reason, min(r.ts_ms for r in readings), max(r.ts_ms for r in readings), now_ms)
+        return samples
+
+    def _column_samples(self, item: _Item, columns: Columns, earliest: int, latest: int,
+                        counts: dict[str, int]) -> list[Sample] | None:
+        """The samples of a v2 message built per column, when all of it is new and inside the clock
+        window (the usual case); None, with nothing marked, when a reading needs the per-reading path."""
+        site, lo, hi, base, dt = columns.site, columns.seq_first, columns.seq_last, columns.base_ms, columns.dt
+        if not (earliest <= base + min(dt) and base + max(dt) <= latest):
+            return None
+        if not self.seen.mark_new_range(site, lo, hi):
+            return None
+        item.seqs.extend(range(lo, hi + 1))
+        series, points = self._series, columns.points
+        per_message: dict[int, tuple] = {}        # point index * len(QUALITIES) + quality → labels
+        samples: list[Sample] = []
+        add = samples.append
+        nulls = 0
+        for i, (pi, d, value, qi) in enumerate(zip(columns.p, dt, columns.val, columns.q)):
+            if value is None:
+                nulls += 1
+                continue
+            labels = per_message.get(pi * _QUALITY_COUNT + qi)
+            if labels is None:
+                asset, point, unit = points[pi]
+                key = (site, asset, point, QUALITIES[qi], unit)
+                labels = series.get(key)
+                if labels is None:
+                    labels = series[key] = labels_of(*key)
+                per_message[pi * _QUALITY_COUNT + qi] = labels
+            add(Sample(labels, base + d, value, site, lo + i))
+        counts["null"] += nulls
         return samples
 
     def _unmark(self, item: _Item) -> None:
@@ -423,6 +462,13 @@ class IngestWorker:
                 log.warning("remote write of %d samples failed, retrying in %.1fs: %s", len(samples), backoff, exc)
                 self.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+
+def _size(batch: Batch | Columns | None) -> int:
+    """Readings in a decoded message (0 for one that failed validation)."""
+    if batch is None:
+        return 0
+    return batch.count if isinstance(batch, Columns) else len(batch.readings)
 
 
 def _bad_message(message: Incoming, error: SchemaError) -> DeadLetter:
