@@ -263,7 +263,12 @@ class IngestWorker:
         self._finish_commit()                   # the previous batch: durable, then acked (order kept)
         rows = self.seen.stage()
         done = [item for item in items if not item.undelivered]
-        self._committing = _Commit(done, self._committer.submit(self.seen.persist, rows))
+        if rows:
+            write = self._committer.submit(self.seen.persist, rows)
+        else:                                   # nothing new to record (all duplicates or dead letters)
+            write = Future()
+            write.set_result(None)
+        self._committing = _Commit(done, write)
         self.metrics.messages_done(len(done))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
