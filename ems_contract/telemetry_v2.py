@@ -30,11 +30,16 @@ columns), ``bad_field``, ``bad_value``, ``bad_id``, ``not_json``, ``oversized``,
 
 ``decode_telemetry(payload, topic)`` is what consumers call: a v2 payload goes
 to ``decode_batch_v2``, anything else to v1's ``decode_batch`` unchanged.
+``decode_telemetry_columns`` validates exactly the same way but hands a v2
+payload back as its validated ``Columns`` (no ``Reading`` per reading; the ingest
+builds remote-write samples from them); ``Columns.batch()`` is the ``Batch``
+``decode_telemetry`` would have returned.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 import orjson
@@ -43,8 +48,8 @@ from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_P
                                     Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
                                     site_from_topic, valid_id, valid_unit)
 
-__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "encode_batch_v2", "encode_columns", "decode_batch_v2", "decode_telemetry",
-           "contiguous_runs"]
+__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "decode_batch_v2",
+           "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
 
 PAYLOAD_VERSIONS = ("v1", "v2")
 MAX_TS_MS = MAX_INT64              # seqs and times become int64, as in v1
@@ -158,15 +163,51 @@ def _indexes(values: list[Any], key: str, size: int) -> None:
 
 def decode_batch_v2(payload: bytes, topic: str | None = None) -> Batch:
     """Validate a v2 payload (module docstring); raises SchemaError naming the reason and field."""
+    return _columns(_v2_body(payload), topic).batch()
+
+
+def _v2_body(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SchemaError("oversized", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     body = parse_json(payload)
     if not isinstance(body, dict):
         raise SchemaError("bad_field", f"payload must be a JSON object (got {type(body).__name__})")
-    return _decode_body(body, topic)
+    return body
 
 
-def _decode_body(body: dict[str, Any], topic: str | None) -> Batch:
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A validated v2 message as its columns: reading ``i`` has seq ``seq_first + i``, time
+    ``base_ms + dt[i]``, point ``points[p[i]]`` (asset, point, unit), value ``val[i]`` (a float or
+    None) and quality ``QUALITIES[q[i]]``; every column has ``count`` entries."""
+
+    site: str
+    seq_first: int
+    seq_last: int
+    sent_ms: int
+    base_ms: int
+    points: list[tuple[str, str, str]]
+    p: list[int]
+    dt: list[int]
+    val: list[float | None]
+    q: list[int]
+
+    @property
+    def count(self) -> int:
+        return self.seq_last - self.seq_first + 1
+
+    def batch(self) -> Batch:
+        """The same message as ``decode_batch_v2`` returns it: one ``Reading`` per reading."""
+        points, base, seq_first = self.points, self.base_ms, self.seq_first
+        readings = []
+        for i, (pi, d, value, quality) in enumerate(zip(self.p, self.dt, self.val, self.q)):
+            asset, point, unit = points[pi]
+            readings.append(Reading(seq_first + i, base + d, asset, point, value, unit, QUALITIES[quality]))
+        return Batch(site=self.site, seq_first=seq_first, seq_last=self.seq_last, sent_ms=self.sent_ms,
+                     readings=tuple(readings))
+
+
+def _columns(body: dict[str, Any], topic: str | None) -> Columns:
     if type(body.get("v")) is not int or body.get("v") != 2:
         raise SchemaError("bad_version", f"v must be 2 (got {shown(body.get('v'))})")
     site = body.get("site")
@@ -224,7 +265,7 @@ def _decode_body(body: dict[str, Any], topic: str | None) -> Batch:
     for i, d in enumerate(dt):
         if type(d) is not int or not 0 <= d <= span:
             raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
-    readings = []
+    values: list[float | None] = []
     for i in range(count):
         value = val[i]
         quality = q[i]
@@ -240,9 +281,24 @@ def _decode_body(body: dict[str, Any], topic: str | None) -> Batch:
             value = float(value)
         else:
             raise SchemaError("bad_value", f"val[{i}] must be a finite number or null (got {shown(value)})")
-        asset, point, unit = points[p[i]]
-        readings.append(Reading(seq_first + i, base + dt[i], asset, point, value, unit, QUALITIES[quality]))
-    return Batch(site=site, seq_first=seq_first, seq_last=seq_last, sent_ms=sent_ms, readings=tuple(readings))
+        values.append(value)
+    return Columns(site, seq_first, seq_last, sent_ms, base, points, p, dt, values, q)
+
+
+def decode_telemetry_columns(payload: bytes, topic: str | None = None) -> Batch | Columns:
+    """``decode_telemetry``, except that a v2 payload comes back as its ``Columns``."""
+    if payload[:len(_PREFIX)] == _PREFIX:
+        return _columns(_v2_body(payload), topic)
+    try:
+        return decode_batch(payload, topic)
+    except SchemaError as exc:
+        if exc.reason != "bad_version":
+            raise
+        body = parse_json(payload)          # v1 parsed it already: this cannot fail
+        version = body.get("v") if isinstance(body, dict) else None
+        if version == 2:
+            return _columns(body, topic)
+        raise SchemaError("bad_version", f"v must be 1 or 2 (got {shown(version)})") from None
 
 
 def decode_telemetry(payload: bytes, topic: str | None = None) -> Batch:
@@ -253,15 +309,5 @@ def decode_telemetry(payload: bytes, topic: str | None = None) -> Batch:
     version the payload is looked at once more: ``v`` 2 written differently
     (other spacing or key order) is still v2; any other ``v`` is ``bad_version``.
     """
-    if payload[:len(_PREFIX)] == _PREFIX:
-        return decode_batch_v2(payload, topic)
-    try:
-        return decode_batch(payload, topic)
-    except SchemaError as exc:
-        if exc.reason != "bad_version":
-            raise
-        body = parse_json(payload)          # v1 parsed it already: this cannot fail
-        version = body.get("v") if isinstance(body, dict) else None
-        if version == 2:
-            return _decode_body(body, topic)
-        raise SchemaError("bad_version", f"v must be 1 or 2 (got {shown(version)})") from None
+    decoded = decode_telemetry_columns(payload, topic)
+    return decoded.batch() if isinstance(decoded, Columns) else decoded

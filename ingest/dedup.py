@@ -14,6 +14,14 @@ broker gets the PUBACKs, so:
 * crash after the commit, before the acks: the redelivered readings are
   recognised and dropped here.
 
+A commit has two halves so the worker can overlap the slow one with its next batch:
+``stage()`` folds the pending seqs into the in-memory sets at once (the next batch
+is de-duplicated against them) and returns the rows; ``persist(rows)`` makes them
+durable (one SQLite transaction, an fsync; safe on another thread, one at a time).
+Memory may run ahead of the file only until ``persist`` returns or raises; a worker
+whose ``persist`` raised must stop without acknowledging, and the file is what a
+restart reads. ``commit()`` is both halves in one call.
+
 The window is bounded: beyond ``max_intervals`` per site the *oldest* intervals
 are forgotten. Forgetting never loses data — a forgotten seq that arrives again
 is simply written again, which Prometheus ignores as an identical duplicate.
@@ -57,6 +65,11 @@ class SeqIntervals:
     @property
     def high_water_mark(self) -> int:
         return self.his[-1] if self.his else 0
+
+    def overlaps(self, lo: int, hi: int) -> bool:
+        """True when any seq in ``lo..hi`` (inclusive) is in the set."""
+        i = bisect.bisect_left(self.his, lo)         # first interval ending at or after lo
+        return i < len(self.los) and self.los[i] <= hi
 
     def add(self, seq: int) -> None:
         self.add_range(seq, seq)
@@ -111,7 +124,8 @@ class SeenSeqs:
         self.path = Path(state_dir) / "dedup.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_intervals = max_intervals_per_site
-        self._db = sqlite3.connect(self.path, isolation_level=None)
+        # persist() may run on the worker's commit thread (one call at a time, never concurrently).
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("CREATE TABLE IF NOT EXISTS seen (site TEXT PRIMARY KEY, intervals BLOB NOT NULL, "
@@ -132,6 +146,22 @@ class SeenSeqs:
     def mark(self, site: str, seq: int) -> None:
         self._pending.setdefault(site, set()).add(seq)
 
+    def mark_new_range(self, site: str, lo: int, hi: int) -> bool:
+        """Mark every seq in ``lo..hi`` pending and return True when none of them was seen; else
+        change nothing and return False (the caller then checks seq by seq)."""
+        committed = self._sites.get(site)
+        if committed is not None and committed.overlaps(lo, hi):
+            return False
+        span = range(lo, hi + 1)
+        pending = self._pending.get(site)
+        if pending is None:
+            self._pending[site] = set(span)
+            return True
+        if not pending.isdisjoint(span):
+            return False
+        pending.update(span)
+        return True
+
     def unmark(self, site: str, seqs: list[int]) -> None:
         """Take back pending marks (a message of the batch in hand is left for redelivery)."""
         pending = self._pending.get(site)
@@ -140,24 +170,37 @@ class SeenSeqs:
 
     def commit(self) -> None:
         """Persist the pending seqs in one transaction (call after the TSDB accepted them)."""
+        rows = self.stage()
+        if rows:
+            self.persist(rows)
+
+    def stage(self) -> list[tuple[str, bytes, int]]:
+        """Fold the pending seqs into the in-memory sets and return the rows ``persist`` writes
+        (empty when nothing is pending); see the module docstring for the contract."""
         if not self._pending:
-            return
+            return []
         now_ms = int(time.time() * 1000)
-        updated: dict[str, SeqIntervals] = {}
+        rows = []
         for site, seqs in self._pending.items():
+            if not seqs:
+                continue
             intervals = self._sites.get(site)
             intervals = intervals.copy() if intervals is not None else SeqIntervals()
             for lo, hi in _runs(sorted(seqs)):
                 intervals.add_range(lo, hi)
             self.forgotten += intervals.forget_oldest(self.max_intervals)
-            updated[site] = intervals
+            self._sites[site] = intervals
+            rows.append((site, intervals.to_blob(), now_ms))
+        self._pending.clear()
+        return rows
+
+    def persist(self, rows: list[tuple[str, bytes, int]]) -> None:
+        """Write ``stage()``'s rows durably in one transaction (WAL, synchronous=FULL)."""
         with _transaction(self._db):
             self._db.executemany(
                 "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
-                [(site, iv.to_blob(), now_ms) for site, iv in updated.items()])
-        self._sites.update(updated)
-        self._pending.clear()
+                rows)
 
     def rollback(self) -> None:
         """Forget the pending seqs (the batch was not written; the broker will redeliver it)."""

@@ -41,7 +41,7 @@ from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.prompb import WriteRequest
 
-__all__ = ["METRIC", "RemoteWriteAuth", "Sample", "series_labels", "encode_write_request", "RemoteWriter"]
+__all__ = ["METRIC", "RemoteWriteAuth", "Sample", "labels_of", "series_labels", "encode_write_request", "RemoteWriter"]
 
 METRIC = "ems_reading"
 Labels = tuple[tuple[str, str], ...]
@@ -143,8 +143,13 @@ class Sample(NamedTuple):
 
 def series_labels(site: str, reading: Reading) -> Labels:
     """The label set of a reading's series, sorted by name as remote-write requires."""
-    return (("__name__", METRIC), ("asset", reading.asset), ("point", reading.point),
-            ("quality", reading.quality), ("site", site), ("unit", reading.unit))
+    return labels_of(site, reading.asset, reading.point, reading.quality, reading.unit)
+
+
+def labels_of(site: str, asset: str, point: str, quality: str, unit: str) -> Labels:
+    """The label set of one series, sorted by name as remote-write requires."""
+    return (("__name__", METRIC), ("asset", asset), ("point", point), ("quality", quality), ("site", site),
+            ("unit", unit))
 
 
 def encode_write_request(samples: Sequence[Sample]) -> bytes:

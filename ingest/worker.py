@@ -4,7 +4,8 @@ One thread runs the pipeline; paho's thread only queues messages. A batch is
 the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
-1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry``); a bad one becomes
+1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry_columns``: a v2
+   message stays columns, and its samples are built per column); a bad one becomes
    a dead letter ``{reason, detail, topic, payload excerpt, size, sha256}`` on
    ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
@@ -21,6 +22,16 @@ the messages that arrived within ``batch.max_delay_s`` (up to
    be published within ``deadletter_timeout_s`` is left unacknowledged (and its seqs
    unmarked), so the broker redelivers it after a reconnect — the others go on;
 5. commit the seen seqs (SQLite), then PUBACK every other message of the batch in order.
+   The commit is pipelined: the worker stages batch N's seqs in memory, hands the
+   durable write (the fsync) to its commit thread and goes on with batch N+1 (collect,
+   decode, remote write); before N+1's own commit, and whenever the queue runs dry, it
+   waits for N's write to finish and only then PUBACKs N's messages. So a message is
+   still acknowledged only after its samples are in the TSDB *and* its seqs are on disk;
+   commits are written one at a time, and acknowledgements go out in batch order. A
+   crash while N's write is in flight leaves N (and N+1) unacknowledged: the broker
+   redelivers, the dedup file does not hold them, the samples are written again and
+   Prometheus ignores identical samples. A failing write stops the worker (nothing of
+   that batch acknowledged).
 
 One message can never stop the worker: any failure while handling it (not only a
 ``SchemaError``) dead-letters that message as ``unprocessable`` and the batch goes
@@ -39,19 +50,21 @@ import base64
 import hashlib
 import json
 import logging
+import operator
 import queue
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ems_contract.telemetry import Batch, SchemaError, deadletter_topic, shown, telemetry_topic
-from ems_contract.telemetry_v2 import decode_telemetry
+from ems_contract.telemetry import QUALITIES, Batch, SchemaError, deadletter_topic, shown, telemetry_topic
+from ems_contract.telemetry_v2 import Columns, decode_telemetry_columns
 from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
-from ingest.remote_write import RemoteWriter, Sample, series_labels
+from ingest.remote_write import RemoteWriter, Sample, labels_of
 
 __all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES"]
 
@@ -79,11 +92,24 @@ class _Item:
     """One received message on its way through a batch."""
 
     incoming: Incoming
-    batch: Batch | None
+    batch: Batch | Columns | None
     error: SchemaError | None
     seqs: list[int] = field(default_factory=list)          # marked seen by this batch
     letters: list[DeadLetter] = field(default_factory=list)
     undelivered: bool = False                               # a dead letter of it could not be published
+
+
+@dataclass(slots=True)
+class _Commit:
+    """A written batch whose seqs are being made durable on the commit thread; acked when done."""
+
+    done: list[_Item]
+    write: Future
+
+
+_SEQ = operator.attrgetter("seq")
+_QUALITY_COUNT = len(QUALITIES)
+_MAX_CACHED_SERIES = 100_000    # label sets kept across messages; the cache starts over beyond it
 
 
 class IngestWorker:
@@ -114,6 +140,9 @@ class IngestWorker:
         self._deadline: float | None = None
         self._beat = clock()
         self._running = False
+        self._series: dict[tuple[str, str, str, str, str], tuple] = {}
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-commit")
+        self._committing: _Commit | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -138,12 +167,16 @@ class IngestWorker:
         self._running = True
         try:
             self._run()
+            self._finish_commit()
         finally:
             self._running = False
+            self._committer.shutdown(wait=True)
 
     def _run(self) -> None:
         while not self.stopping.is_set():
             self._beat = self.clock()
+            if self._committing is not None and self.link.incoming.empty():
+                self._finish_commit()               # nothing to overlap with: acknowledge now
             items = self._collect()
             if items:
                 self.process(items)
@@ -152,6 +185,8 @@ class IngestWorker:
         quiet_since = self.clock()
         while self._deadline is not None and self.clock() < self._deadline:
             self._beat = self.clock()
+            if self._committing is not None and self.link.incoming.empty():
+                self._finish_commit()
             items = self._collect()
             if items:
                 if not self.process(items):
@@ -171,7 +206,7 @@ class IngestWorker:
         except queue.Empty:
             return []
         items = [self._decode(first)]
-        readings = len(items[0].batch.readings) if items[0].batch else 0
+        readings = _size(items[0].batch)
         deadline = self.clock() + self.max_delay_s
         while readings < self.max_readings:
             remaining = deadline - self.clock()
@@ -181,14 +216,14 @@ class IngestWorker:
                 break
             item = self._decode(message)
             items.append(item)
-            readings += len(item.batch.readings) if item.batch else 0
+            readings += _size(item.batch)
         self.metrics.queue_depth.set(incoming.qsize() + len(items))
         return items
 
     @staticmethod
     def _decode(message: Incoming) -> _Item:
         try:
-            return _Item(message, decode_telemetry(message.payload, message.topic), None)
+            return _Item(message, decode_telemetry_columns(message.payload, message.topic), None)
         except SchemaError as exc:
             return _Item(message, None, exc)
         except Exception as exc:  # noqa: BLE001 - one message must never stop the worker
@@ -219,14 +254,21 @@ class IngestWorker:
             self._publish_letters(items)
         except _Abandoned as exc:
             self.seen.rollback()
+            self._finish_commit()
             log.warning("batch of %d messages left unacknowledged: %s", len(items), exc)
             return False
         for item in items:
             if item.undelivered:
                 self._unmark(item)
-        self.seen.commit()
+        self._finish_commit()                   # the previous batch: durable, then acked (order kept)
+        rows = self.seen.stage()
         done = [item for item in items if not item.undelivered]
-        acked = sum(1 for item in done if self.link.ack(item.incoming))
+        if rows:
+            write = self._committer.submit(self.seen.persist, rows)
+        else:                                   # nothing new to record (all duplicates or dead letters)
+            write = Future()
+            write.set_result(None)
+        self._committing = _Commit(done, write)
         self.metrics.messages_done(len(done))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
@@ -240,38 +282,68 @@ class IngestWorker:
                 self.metrics.dead_letters.labels(letter.reason).inc()
         self.metrics.sites.set(self.seen.site_count)
         self.metrics.queue_depth.set(self.link.incoming.qsize())
+        return True
+
+    def _finish_commit(self) -> None:
+        """Wait until the batch in the commit thread is durable, then PUBACK its messages in order.
+
+        A failed write raises (the worker stops; none of that batch is acknowledged)."""
+        commit, self._committing = self._committing, None
+        if commit is None:
+            return
+        commit.write.result()
+        done = commit.done
+        acked = sum(1 for item in done if self.link.ack(item.incoming))
         if acked < len(done):
             log.info("%d of %d messages arrived on an earlier connection and are not acknowledged on this one; "
                      "copies the broker redelivers are recognised as duplicates", len(done) - acked, len(done))
-        return True
+
     def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
         """The samples of one valid message; marks its new seqs seen and dead-letters its readings
         whose measurement time the TSDB must not see."""
-        assert item.batch is not None
-        site = item.batch.site
+        batch = item.batch
+        assert batch is not None
+        site = batch.site
+        self.metrics.site_clock_skew.labels(site).set((batch.sent_ms - now_ms) / 1000)
+        earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
+        series = self._series
+        if len(series) > _MAX_CACHED_SERIES:
+            series.clear()
+        if isinstance(batch, Columns):
+            fast = self._column_samples(item, batch, earliest, latest, counts)
+            if fast is not None:
+                return fast
+            batch = batch.batch()
         samples: list[Sample] = []
         clock_rejected: dict[str, list] = {}
-        self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
-        earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
         seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
-        series: dict[tuple[str, str, str, str], tuple] = {}     # one label set per series of the message
-        for reading in item.batch.readings:
+        readings = batch.readings
+        lo, hi = batch.seq_first, batch.seq_last
+        # The usual message: seqs exactly lo..hi in order (always so in v2), none seen before. Check and
+        # mark the range at once instead of two set operations per reading.
+        fresh = (len(readings) == hi - lo + 1 and readings[0].seq == lo and readings[-1].seq == hi
+                 and list(map(_SEQ, readings)) == list(range(lo, hi + 1))
+                 and self.seen.mark_new_range(site, lo, hi))
+        if fresh:
+            item.seqs.extend(range(lo, hi + 1))
+        for reading in readings:
             seq = reading.seq
-            if seen(site, seq):
-                counts["duplicate"] += 1
-                continue
-            mark(site, seq)
-            taken(seq)
+            if not fresh:
+                if seen(site, seq):
+                    counts["duplicate"] += 1
+                    continue
+                mark(site, seq)
+                taken(seq)
             if not earliest <= reading.ts_ms <= latest:
                 clock_rejected.setdefault("future_timestamp" if reading.ts_ms > latest else "too_old", []).append(reading)
                 continue
             if reading.value is None:
                 counts["null"] += 1
                 continue
-            key = (reading.asset, reading.point, reading.quality, reading.unit)
+            key = (site, reading.asset, reading.point, reading.quality, reading.unit)
             labels = series.get(key)
             if labels is None:
-                labels = series[key] = series_labels(site, reading)
+                labels = series[key] = labels_of(*key)
             add(Sample(labels, reading.ts_ms, reading.value, site, seq))
         for reason, readings in clock_rejected.items():
             counts[reason] += len(readings)
@@ -285,6 +357,37 @@ class IngestWorker:
                                                                 r.unit, r.quality) for r in readings]))
             log.warning("site %s: %d readings dead-lettered as %s (ts_ms %d..%d, worker clock %d)", site,
                         len(readings), reason, min(r.ts_ms for r in readings), max(r.ts_ms for r in readings), now_ms)
+        return samples
+
+    def _column_samples(self, item: _Item, columns: Columns, earliest: int, latest: int,
+                        counts: dict[str, int]) -> list[Sample] | None:
+        """The samples of a v2 message built per column, when all of it is new and inside the clock
+        window (the usual case); None, with nothing marked, when a reading needs the per-reading path."""
+        site, lo, hi, base, dt = columns.site, columns.seq_first, columns.seq_last, columns.base_ms, columns.dt
+        if not (earliest <= base + min(dt) and base + max(dt) <= latest):
+            return None
+        if not self.seen.mark_new_range(site, lo, hi):
+            return None
+        item.seqs.extend(range(lo, hi + 1))
+        series, points = self._series, columns.points
+        per_message: dict[int, tuple] = {}        # point index * len(QUALITIES) + quality → labels
+        samples: list[Sample] = []
+        add = samples.append
+        nulls = 0
+        for i, (pi, d, value, qi) in enumerate(zip(columns.p, dt, columns.val, columns.q)):
+            if value is None:
+                nulls += 1
+                continue
+            labels = per_message.get(pi * _QUALITY_COUNT + qi)
+            if labels is None:
+                asset, point, unit = points[pi]
+                key = (site, asset, point, QUALITIES[qi], unit)
+                labels = series.get(key)
+                if labels is None:
+                    labels = series[key] = labels_of(*key)
+                per_message[pi * _QUALITY_COUNT + qi] = labels
+            add(Sample(labels, base + d, value, site, lo + i))
+        counts["null"] += nulls
         return samples
 
     def _unmark(self, item: _Item) -> None:
@@ -364,6 +467,13 @@ class IngestWorker:
                 log.warning("remote write of %d samples failed, retrying in %.1fs: %s", len(samples), backoff, exc)
                 self.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+
+
+def _size(batch: Batch | Columns | None) -> int:
+    """Readings in a decoded message (0 for one that failed validation)."""
+    if batch is None:
+        return 0
+    return batch.count if isinstance(batch, Columns) else len(batch.readings)
 
 
 def _bad_message(message: Incoming, error: SchemaError) -> DeadLetter:

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from ems_contract.telemetry import (MAX_READINGS_PER_BATCH, QUALITIES, Reading, SchemaError, encode_batch,
                                     telemetry_topic, valid_unit)
-from ems_contract.telemetry_v2 import (MAX_TS_MS, contiguous_runs, decode_batch_v2, decode_telemetry,
-                                       encode_batch_v2)
+from ems_contract.telemetry_v2 import (MAX_TS_MS, Columns, contiguous_runs, decode_batch_v2, decode_telemetry,
+                                       decode_telemetry_columns, encode_batch_v2)
 
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 units = st.text(max_size=32).filter(valid_unit)
@@ -44,6 +44,19 @@ def test_round_trip_keeps_every_reading(readings: list[Reading], sent_ms: int) -
     assert (batch.site, batch.seq_first, batch.seq_last, batch.sent_ms) == \
         ("sub-07", readings[0].seq, readings[-1].seq, sent_ms)
     assert decode_batch_v2(payload) == batch
+    columns = decode_telemetry_columns(payload, telemetry_topic("sub-07"))
+    assert isinstance(columns, Columns) and columns.count == len(readings)
+    assert columns.batch() == batch
+
+
+@settings(max_examples=100, deadline=None)
+@given(reading_runs())
+def test_the_columns_decoder_keeps_v1_as_a_batch_and_v2_written_differently_as_columns(readings: list[Reading]) -> None:
+    v1 = encode_batch("s1", readings, 5)
+    assert decode_telemetry_columns(v1) == decode_telemetry(v1)
+    reordered = json.dumps(dict(reversed(json.loads(encode_batch_v2("s1", readings, 5)).items()))).encode()
+    columns = decode_telemetry_columns(reordered)
+    assert isinstance(columns, Columns) and columns.batch() == decode_telemetry(v1)
 
 
 @settings(max_examples=100, deadline=None)
@@ -203,5 +216,9 @@ def test_fuzz_mutated_valid_payloads_only_ever_raise_schema_error(data: st.DataO
     try:
         batch = decode_telemetry(payload)
     except SchemaError:
+        with pytest.raises(SchemaError):
+            decode_telemetry_columns(payload)
         return
     assert len(batch.readings) == batch.seq_last - batch.seq_first + 1 <= MAX_READINGS_PER_BATCH
+    decoded = decode_telemetry_columns(payload)
+    assert (decoded.batch() if isinstance(decoded, Columns) else decoded) == batch
