@@ -81,6 +81,10 @@ class TsdbArgs:
     """Size of each data volume. Defaults to 200Gi."""
     resources: Resources = Resources("500m", "2Gi", "2", "8Gi")
     """Container requests/limits. Defaults to 500m/2Gi, limits 2 CPU/8Gi."""
+    query_timeout_seconds: int = 30
+    """PromQL evaluation timeout (``--query.timeout``; a query's own ``timeout`` is capped by it). Defaults to 30."""
+    query_max_samples: int = 5_000_000
+    """Samples one query may load (``--query.max-samples``; beyond → 422). Defaults to 5,000,000."""
 
 
 class Tsdb(pulumi.ComponentResource):
@@ -114,6 +118,8 @@ class Tsdb(pulumi.ComponentResource):
                 f"--storage.tsdb.retention.time={args.retention}",
                 "--web.enable-remote-write-receiver",
                 f"--web.listen-address=:{PORT}",
+                f"--query.timeout={args.query_timeout_seconds}s",
+                f"--query.max-samples={args.query_max_samples}",
             ],
             ports=[("tsdb", PORT)],
             mounts=[("config", "/etc/prometheus"), ("data", "/prometheus")],

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.gateway_settings import GatewayAuthSettings
 from components.ingest import mtls_broker_section, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
@@ -51,9 +52,31 @@ SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
 UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never written by twin-api
 
 
+<<<<<<< HEAD
 def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None) -> str:
     """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
     and the operator page's alerts from ``alertmanager_url`` (none without it).
+=======
+def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
+    """``[twin_api.auth]`` (and ``.oidc``): the gateway verifier's half of ``ems:apiAuth``."""
+    q = json.dumps
+
+    def table(pairs: tuple[tuple[str, str], ...]) -> str:
+        return "{ " + ", ".join(f"{q(k)} = {q(v)}" for k, v in pairs) + " }" if pairs else "{}"
+
+    lines = ["[twin_api.auth]", f"cert_ou_roles = {table(auth.cert_ou_roles)}", f"cert_cn_roles = {table(auth.cert_cn_roles)}", ""]
+    if auth.oidc is not None:
+        o = auth.oidc
+        lines += ["[twin_api.auth.oidc]", f"issuer = {q(o.issuer)}", f"audience = {q(o.audience)}", f"jwks_url = {q(o.jwks_url)}",
+                  f"claim_roles = {table(o.claim_roles)}", f"role_claim = {q(o.role_claim)}",
+                  f"username_claim = {q(o.username_claim)}", f"algorithms = {q(list(o.algorithms))}", ""]
+    return lines
+
+
+def twin_api_toml(broker_host: str, tsdb_url: str, auth: GatewayAuthSettings | None = None) -> str:
+    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``;
+    with ``auth``, the gateway's verifier at ``/v1/authz`` (``[twin_api.auth]``).
+>>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -65,8 +88,13 @@ def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None 
         "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
+<<<<<<< HEAD
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
         *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
+=======
+        f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
+        *(_auth_tables(auth) if auth is not None else []),
+>>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
     ])
 
 
@@ -98,6 +126,8 @@ class TwinApiArgs:
     """``kubernetes.io/tls`` Secret with the API's server certificate (SANs: the ``twin-api`` Service's DNS names)."""
     tsdb_url: str
     """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
+    auth: GatewayAuthSettings | None = None
+    """The gateway's authentication (``ems:apiAuth``): the API then serves the gateway's verifier. Defaults to none."""
     replicas: int = REPLICAS
     """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
     alertmanager_url: str | None = None
@@ -119,7 +149,11 @@ class TwinApi(pulumi.ComponentResource):
         if len(args.mqtt_tls_secrets) != args.replicas:
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
+<<<<<<< HEAD
         conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url)
+=======
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.auth)
+>>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
         o = child(self)

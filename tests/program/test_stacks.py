@@ -515,27 +515,21 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
     assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
-    # The gateway routes the twin paths (and nothing else) to it over TLS that verifies the CA and the name.
-    envoy = yaml.safe_load(_named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["envoy.yaml"])
-    routes = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
-        "virtual_hosts"][0]["routes"]
+    # The gateway routes the twin paths (and nothing else) to it, and asks its verifier about every caller, over TLS
+    # that verifies the CA and the name.
+    nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
+    locations = re.findall(r"location ~ (\S+) \{.*?proxy_pass \w+://ems_(\w+);", nginx, re.S)
+
     def target(path: str) -> str | None:
-        for route in routes:
-            match = route["match"]
-            if match.get("path") == path or ("safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path)):
-                return route.get("route", {}).get("cluster", "direct")
-        return None
+        found = [up for regex, up in locations if re.search(regex, path)]
+        return found[0] if found else ("direct" if path == "/healthz" and "location = /healthz" in nginx else None)
     assert [target(p) for p in ("/v1/assets/sub-07/tx1", "/v1/assets/sub-07", "/v1/query", "/api/v1/query", "/healthz")] == \
         ["twin_api", "twin_api", "twin_api", "tsdb", "direct"]
-    assert [target(p) for p in ("/v1/assets", "/v1/assets/a/b/c", "/v1/admin", "/api/v1/write")] == [None] * 4
-    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "twin_api"]
-    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
-        {"address": host, "port_value": 8443}
-    tls = cluster["transport_socket"]["typed_config"]
-    assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == host
-    assert tls["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": "/etc/envoy/tls/ca.crt"},
-        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}]}
+    assert [target(p) for p in ("/v1/assets", "/v1/assets/a/b/c", "/v1/admin", "/api/v1/write", "/v1/authz")] == [None] * 5
+    assert f"upstream ems_twin_api {{\n        server {host}:8443 max_fails=0;" in nginx
+    assert "proxy_pass https://ems_twin_api/v1/authz;" in nginx
+    assert f"proxy_ssl_name {host};" in nginx and "proxy_ssl_trusted_certificate /etc/nginx/tls/ca.crt;" in nginx
+    assert parsed.twin_api.auth is not None          # the twin API serves the verifier the gateway asks
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
