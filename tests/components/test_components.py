@@ -365,3 +365,16 @@ def test_operator_and_grafana_routes_exist_only_with_their_upstreams() -> None:
     routes = {(role, up) for _, role, up in _locations(conf)}
     assert ("operator", "alertmanager") in routes and ("viewer", "grafana") in routes
     assert "proxy_set_header X-Ems-Grafana-Role $ems_grafana_role;" in conf
+
+def test_gateway_declares_the_client_authentication_its_config_requires() -> None:
+    from components.api_gateway import NginxPlan, Upstream, _client_auth, nginx_config
+    from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+
+    oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
+    for settings, annotation, verify in ((GatewayAuthSettings(client_certs="required"), "mtls-required", "on"),
+                                         (GatewayAuthSettings(), "mtls", "optional"),
+                                         (GatewayAuthSettings(oidc=oidc), "mtls+oidc", "optional"),
+                                         (GatewayAuthSettings(client_certs="off", oidc=oidc), "oidc", "off")):
+        assert _client_auth(settings) == annotation
+        conf = nginx_config(NginxPlan(auth=settings, tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w")))
+        assert f"ssl_verify_client {verify};" in conf
