@@ -23,7 +23,7 @@ namespaced sysctl ``net.ipv4.ip_unprivileged_port_start=443`` instead of ``NET_B
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -299,7 +299,7 @@ class ApiGatewayArgs:
     """TSDB Service DNS name."""
     twin_api_host: str
     """Twin API Service DNS name (also its certificate's DNS SAN and the SNI); it serves the twin routes and the verifier."""
-    auth: GatewayAuthSettings = GatewayAuthSettings()
+    auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication and limits. Defaults to client certificates optional, no OIDC, the documented limits."""
     tsdb_port: int = 9090
     """TSDB port. Defaults to 9090."""

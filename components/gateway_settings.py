@@ -28,7 +28,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CLIENT_CERT_MODES", "GatewayAuthError", "GatewayAuthSettings", "GatewayOidc", "parse_gateway_auth"]
+__all__ = ["CLIENT_CERT_MODES", "MISSING", "GatewayAuthError", "GatewayAuthSettings", "GatewayOidc", "parse_gateway_auth"]
 
 ROLES = ("viewer", "operator", "admin")
 ALGORITHMS = ("RS256", "ES256")
@@ -38,6 +38,10 @@ _NAME = re.compile(r"^[A-Za-z0-9 _.@:/+=-]{1,128}$")   # an OU, CN or group: no 
 _KEYS = {"clientCerts", "certOuRoles", "certCnRoles", "oidc", "ratePerSecond", "burst", "perAddressRatePerSecond",
          "maxBodyBytes", "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples"}
 _OIDC_KEYS = {"issuer", "audience", "jwksUrl", "roleClaim", "usernameClaim", "claimRoles", "algorithms"}
+
+
+MISSING = object()
+"""The ``value`` of a GatewayAuthError for a required key that is absent."""
 
 
 class GatewayAuthError(ValueError):
@@ -123,7 +127,7 @@ def _oidc(value: Any) -> GatewayOidc:
             raise GatewayAuthError(f"oidc.{key}", value[key], f"is not a known key; known: {', '.join(sorted(_OIDC_KEYS))}")
     for key in ("issuer", "audience", "jwksUrl", "claimRoles"):
         if key not in value:
-            raise GatewayAuthError(f"oidc.{key}", None, "is required")
+            raise GatewayAuthError(f"oidc.{key}", MISSING, "is required")
     audience = value["audience"]
     if not isinstance(audience, str) or not _NAME.fullmatch(audience):
         raise GatewayAuthError("oidc.audience", audience, "must be 1..128 of A-Z a-z 0-9 space _ . @ : / + = -")

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 import pulumi
 
-from components.gateway_settings import GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
+from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 
 __all__ = [
@@ -759,7 +759,8 @@ def _api_auth(key: str, value: object) -> GatewayAuthSettings:
     try:
         return parse_gateway_auth(_structured(key, value, dict, "a map (clientCerts, oidc, ratePerSecond, …)"))
     except GatewayAuthError as exc:
-        raise SettingsError(f"{key}.{exc.field}" if exc.field else key, exc.value, exc.reason) from None
+        value = _MISSING if exc.value is AUTH_MISSING else exc.value
+        raise SettingsError(f"{key}.{exc.field}" if exc.field else key, value, exc.reason) from None
 
 
 _NORTHBOUND_FIELDS = ("enabled", "serverUrl", "serverAddress", "serverPort", "dcap", "utilityCaCertificate",

@@ -52,10 +52,10 @@ class NginxGateway(ManagedProcess):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return self
-            except OSError:
+            except OSError as exc:
                 if time.monotonic() > deadline:
                     self.terminate(kill=True)
-                    raise RuntimeError(f"nginx did not listen on {self.port} within {timeout}s:\n{self.tail()}")
+                    raise RuntimeError(f"nginx did not listen on {self.port} within {timeout}s:\n{self.tail()}") from exc
                 time.sleep(0.05)
 
     def stop(self) -> None:

@@ -69,12 +69,14 @@ class OidcIssuer:
     def kid(self, alg: str = "RS256") -> str:
         return next(k for k, (a, _) in self.keys.items() if a == alg)
 
-    def token(self, sub: str = "alice", groups: tuple[str, ...] = ("ems-viewers",), *, alg: str = "RS256",
+    def token(self, sub: str = "alice", groups: Any = ("ems-viewers",), *, alg: str = "RS256",
               lifetime_s: int = 300, headers: dict[str, Any] | None = None, signing_key: Any = None,
               **claims: Any) -> str:
-        """A signed JWT for ``sub`` in ``groups``; ``claims`` override or add (``None`` removes a claim)."""
+        """A signed JWT for ``sub`` in ``groups`` (a sequence becomes a list; a str or dict is sent as it is);
+        ``claims`` override or add (``None`` removes a claim)."""
         now = int(time.time())
-        body: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "sub": sub, "groups": list(groups),
+        body: dict[str, Any] = {"iss": self.issuer, "aud": self.audience, "sub": sub,
+                                "groups": groups if isinstance(groups, (str, dict)) else list(groups),
                                 "iat": now, "nbf": now - 5, "exp": now + lifetime_s}
         body.update(claims)
         body = {k: v for k, v in body.items() if v is not None}

@@ -454,8 +454,6 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     import re
     import tomllib
 
-    import yaml
-
     from ingest.config import parse_config
 
     ev, config = stack(name), evaluate_config(name)
