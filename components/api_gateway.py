@@ -123,7 +123,7 @@ def _location(route: Route, up: Upstream, plan: NginxPlan) -> str:
     clear = "".join(f'            proxy_set_header {h} "";\n' for h in _VERIFIER_HEADERS)
     read_timeout = plan.auth.promql_timeout_seconds + 5 if route.upstream == "tsdb" else 60
     return f"""
-        location ~ {route.pattern} {{
+        location ~ "{route.pattern}" {{
             set $ems_required {route.role};
             if ($request_method !~ ^({methods})$) {{ return 405; }}
             limit_req zone=ems_client burst={plan.auth.burst} nodelay;

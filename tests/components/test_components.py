@@ -210,7 +210,7 @@ def test_prometheus_accepts_the_generated_config(tmp_path) -> None:
 def _locations(conf: str) -> list[tuple[str, str, str]]:
     """(regex, required role, upstream) of every routed location in a rendered nginx.conf."""
     import re
-    return re.findall(r"location ~ (\S+) \{\n\s+set \$ems_required (\w+);.*?proxy_pass \w+://ems_(\w+);", conf, re.S)
+    return re.findall(r"location ~ \"([^\"]+)\" \{\n\s+set \$ems_required (\w+);.*?proxy_pass \w+://ems_(\w+);", conf, re.S)
 
 
 def test_nginx_config_authenticates_every_route_and_routes_nothing_else() -> None:

@@ -1,10 +1,12 @@
 """The gateway as deployed, on 127.0.0.1: nginx on the generated config, the real twin API (verifier included),
-a real Prometheus with the PromQL limits, a real Mosquitto for the twin API, and a test OIDC issuer."""
+a real Prometheus with the PromQL limits, a real Alertmanager (the operators' silences), a real Mosquitto for the
+twin API, and a test OIDC issuer."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 import tomllib
 import ssl
 import urllib.error
@@ -21,6 +23,7 @@ from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.nginx import NginxGateway
 from devenv.oidc_issuer import OidcIssuer
 from devenv.pki import LocalPki
+from devenv.process import ManagedProcess
 from devenv.prometheus import PrometheusServer
 from components.twin_api import twin_api_toml
 from ingest.config import parse_config
@@ -96,9 +99,46 @@ def limited_prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
     server.stop(kill=True)
 
 
+class Alertmanager(ManagedProcess):
+    """Debian's prometheus-alertmanager on 127.0.0.1 (no cluster), an empty route: the operators' silences API."""
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir / "alertmanager.log")
+        self.workdir, self.port = workdir, free_port()
+
+    def start(self) -> "Alertmanager":
+        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+        if binary is None:
+            raise FileNotFoundError("prometheus-alertmanager not found: run scripts/install-system-packages.sh")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        config = self.workdir / "alertmanager.yml"
+        config.write_text("route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
+        self.spawn([binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                pass
+            if not self.running or time.monotonic() > deadline:
+                self.terminate(kill=True)
+                raise RuntimeError(f"alertmanager did not become ready:\n{self.tail()}")
+            time.sleep(0.1)
+
+
+@pytest.fixture
+def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
+    server = Alertmanager(tmp_path / "alertmanager").start()
+    yield server
+    server.terminate(kill=True)
+
+
 @pytest.fixture
 def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issuer: OidcIssuer,
-                    limited_prometheus: PrometheusServer) -> Iterator[Callable[..., Gateway]]:
+                    limited_prometheus: PrometheusServer, alertmanager: Alertmanager) -> Iterator[Callable[..., Gateway]]:
     """``gateway_factory(**settings)`` → a started gateway whose ``GatewayAuthSettings`` are overridden by ``settings``."""
     running: list[tuple[TwinApi, NginxGateway]] = []
 
@@ -117,7 +157,8 @@ def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issu
             shutil.copy(source, tls_dir / target)
         port = free_port()
         plan = NginxPlan(auth=auth, tsdb=Upstream("127.0.0.1", limited_prometheus.port),
-                         twin_api=Upstream("127.0.0.1", twin.port, "localhost"), listen=f"127.0.0.1:{port}",
+                         twin_api=Upstream("127.0.0.1", twin.port, "localhost"),
+                         alertmanager=Upstream("127.0.0.1", alertmanager.port), listen=f"127.0.0.1:{port}",
                          tls_dir=str(tls_dir), tmp_dir=str(tmp_path / f"gateway{n}"), worker_processes="1",
                          user="root" if os.geteuid() == 0 else None)
         nginx = NginxGateway(tmp_path / f"gateway{n}", nginx_config(plan), port)

@@ -63,6 +63,23 @@ def test_every_role_reaches_its_routes_and_no_more(gateway):
     assert gateway.get("/v1/whoami", cert=admin, method="DELETE")[0] == 405
 
 
+def test_operators_silence_alerts_viewers_may_not(gateway):
+    silence = json.dumps({"matchers": [{"name": "alertname", "value": "SiteSilent", "isRegex": False}],
+                          "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2036-01-01T00:00:00Z",
+                          "createdBy": "test", "comment": "maintenance"}).encode()
+    post = {"method": "POST", "data": silence, "headers": {"Content-Type": "application/json"}}
+    viewer = gateway.issuer.token(groups=("ems-viewers",))
+    assert gateway.get("/api/v2/silences", token=viewer, **post)[0] == 403
+    assert gateway.get("/api/v2/silences", cert=gateway.cert("ada", "viewer"))[0] == 403
+    status, body, _ = gateway.get("/api/v2/silences", token=gateway.issuer.token(groups=("ems-operators",)), **post)
+    assert status == 200 and json.loads(body)["silenceID"]
+    for who in ({"cert": gateway.cert("otto", "operator")}, {"cert": gateway.cert("root", "admin")},
+                {"token": gateway.issuer.token(groups=("ems-admins",))}):
+        status, body, _ = gateway.get("/api/v2/silences", **who)
+        assert status == 200 and [s["comment"] for s in json.loads(body)] == ["maintenance"], who
+    assert gateway.get("/api/v2/status", cert=gateway.cert("root", "admin"))[0] == 404       # only silences are routed
+
+
 def test_a_certificate_without_a_mapped_role_or_token_without_a_group_is_forbidden(gateway):
     assert gateway.get("/v1/whoami", cert=gateway.cert("stranger", "sales"))[0] == 403
     assert gateway.get("/v1/whoami", token=gateway.issuer.token(groups=("sales",)))[0] == 403

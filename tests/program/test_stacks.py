@@ -516,7 +516,7 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     # The gateway routes the twin paths (and nothing else) to it, and asks its verifier about every caller, over TLS
     # that verifies the CA and the name.
     nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
-    locations = re.findall(r"location ~ (\S+) \{.*?proxy_pass \w+://ems_(\w+);", nginx, re.S)
+    locations = re.findall(r"location ~ \"([^\"]+)\" \{.*?proxy_pass \w+://ems_(\w+);", nginx, re.S)
 
     def target(path: str) -> str | None:
         found = [up for regex, up in locations if re.search(regex, path)]
