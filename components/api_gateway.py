@@ -65,8 +65,8 @@ ROUTES = (
           "tsdb", "viewer", ("GET", "HEAD", "POST")),
     Route("rules", r"^/api/v1/(rules|alerts)$", "tsdb", "viewer"),
     Route("tsdb-status", r"^/api/v1/(status/(config|flags|runtimeinfo|buildinfo|tsdb)|targets)$", "tsdb", "admin"),
-    Route("twin", r"^/v1/(assets/[^/]+(/[^/]+)?|query|whoami)$", "twin_api", "viewer"),
-    Route("operator-page", r"^/$", "twin_api", "viewer"),
+    Route("twin", r"^/v1/(assets/[^/]+(/[^/]+)?|query|query_range|sites|alerts|whoami)$", "twin_api", "viewer"),
+    Route("operator-page", r"^/(ui/[A-Za-z0-9._-]{1,64})?$", "twin_api", "viewer"),
     Route("silences", r"^/api/v2/silences?(/[0-9a-f-]{1,64})?$", "alertmanager", "operator", ("GET", "HEAD", "POST", "DELETE")),
     Route("grafana", r"^/grafana(/.*)?$", "grafana", "viewer", ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")),
 )

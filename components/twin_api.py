@@ -3,7 +3,8 @@
 A StatefulSet of the ingest image serving HTTPS on the internal port :data:`PORT` (the policy
 pack's named internal port ``twin-api``): ``GET /v1/assets/<site>[/<asset>]`` from the
 retained twin topics ``ems/v1/<site>/twin/<asset>`` and ``GET /v1/query`` passed through to
-the TSDB. Only Envoy reaches it (NetworkPolicy), over TLS that verifies the platform CA and
+the TSDB; with ``auth`` it also serves the gateway's token verifier (``/v1/authz``). Only the
+gateway (nginx) reaches it (NetworkPolicy), over TLS that verifies the platform CA and
 the Service's DNS name; the server certificate (``server_tls_secret``) names the Service.
 
 It subscribes to the broker over mTLS on 8883, each replica with its own client certificate
