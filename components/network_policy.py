@@ -13,7 +13,7 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | twin-api → identity provider  | 443, only with ``ems:apiAuth.oidc`` (the verifier fetches the issuer's JWKS) |
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
-| tsdb → ingest, northbound     | 9100 (metrics; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → ingest, northbound, twin-api | 9100 (metrics; twin-api: the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
 """
@@ -105,12 +105,13 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
                          "ports": _tcp(9090)}],
-               egress=[{"to": [_pods("ingest"), _pods("northbound")], "ports": _tcp(9100)}])
+               egress=[{"to": [_pods("ingest"), _pods("northbound"), _pods("twin-api")], "ports": _tcp(9100)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])
         policy("twin-api", ns, _pods("twin-api")["podSelector"],
-               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)}],
+               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)},
+                        {"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)},
                        *([{"to": ANYWHERE, "ports": _tcp(443)}] if args.identity_provider else [])])
         policy("metrics-adapter", ns, _pods("metrics-adapter")["podSelector"],

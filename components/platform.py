@@ -26,7 +26,7 @@ from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import Tsdb, TsdbArgs
-from components.twin_api import PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
+from components.twin_api import METRICS_SERVICE as TWIN_API_METRICS_SERVICE, PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
 
 # Prefix of the MQTT identities (certificate CN = username = client id) of the in-cluster clients. It does not
 # follow ems:namespace: a site id or a worker's identity stays the same when the workloads move namespace.
@@ -136,6 +136,7 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace_name=ns_name,
             out_of_order_window=s.spool_horizon, retention=s.tsdb_retention, storage_size=s.tsdb_storage_size,
             query_timeout_seconds=s.api_auth.promql_timeout_seconds, query_max_samples=s.api_auth.promql_max_samples,
+            twin_api_scrape_service=TWIN_API_METRICS_SERVICE,
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,

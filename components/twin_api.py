@@ -36,7 +36,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.gateway_settings import GatewayAuthSettings
-from components.ingest import mtls_broker_section, validate_ingest_toml
+from components.ingest import METRICS_PORT, mtls_broker_section, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
     secret_volume, selector, template_metadata,
@@ -51,6 +51,8 @@ CONFIG_DIR = "/etc/ems/twin-api"
 MQTT_TLS_DIR = "/etc/ems/mqtt-tls"      # client identity towards the broker
 SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
 UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never written by twin-api
+METRICS_SERVICE = f"{APP}-metrics"
+"""Headless Service of the replicas' metrics port (:data:`components.ingest.METRICS_PORT`)."""
 
 
 <<<<<<< HEAD
@@ -88,6 +90,7 @@ def twin_api_toml(broker_host: str, tsdb_url: str, auth: GatewayAuthSettings | N
         *mtls_broker_section(broker_host, MQTT_TLS_DIR), "",
         "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
+        "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
 <<<<<<< HEAD
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
@@ -168,10 +171,17 @@ class TwinApi(pulumi.ComponentResource):
                   "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
             opts=o,
         )
+        # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts).
+        k8s.core.v1.Service(
+            f"{name}-metrics", metadata=metadata(METRICS_SERVICE, ns, APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
+                  "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
+            opts=o,
+        )
         api = container(
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
-            ports=[("https", PORT)],
+            ports=[("https", PORT), ("metrics", METRICS_PORT)],
             mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
             own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
             writable=["tmp"],

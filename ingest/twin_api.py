@@ -7,7 +7,6 @@
     GET /v1/authz                   the gateway's auth_request verifier (``ingest/gateway_auth.py``): 200 with the
                                     identity headers, 401 or 403; 404 when the API has no verifier configured
     GET /v1/whoami                  the identity the gateway forwarded (``X-Ems-User``, ``X-Ems-Role``, ``X-Ems-Auth``)
-    GET /metrics                    Prometheus text: the verifier's allow/deny counters (never routed by the gateway)
     GET /healthz                    200 while subscribed and the twin consumer is alive and current, else 503
     GET /, /ui/…, /v1/alerts, /v1/query_range   the operator page and what it reads (``ingest.operator_page``)
     GET /livez                      200 while the consumer and MQTT threads live (the liveness probe: a
@@ -46,7 +45,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
@@ -197,9 +196,6 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if url.path == "/v1/whoami":
             return self._json(200, {"user": self.headers.get("X-Ems-User", ""), "role": self.headers.get("X-Ems-Role", ""),
                                     "auth": self.headers.get("X-Ems-Auth", "")})
-        if url.path == "/metrics":
-            body = generate_latest(self.server.api.registry)
-            return self._raw(200, body, CONTENT_TYPE_LATEST)
         match = _ASSET_PATH.match(url.path)
         if match:
             site, asset = match.groups()
@@ -404,14 +400,25 @@ def build(config: IngestConfig) -> TwinApi:
 
 
 def serve_forever(config: IngestConfig) -> int:
-    """``ems-ingest twin-api``: serve until SIGTERM/SIGINT."""
+    """``ems-ingest twin-api``: serve until SIGTERM/SIGINT; metrics (the verifier's counters) on ``[metrics]`` port."""
+    from ems_runtime.status_http import StatusEndpoint
+
     api = build(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     api.start()
-    log.info("twin API on https://%s:%d (client certificates %s), TSDB %s", config.twin_api.host, api.port,
-             "required" if config.twin_api.client_ca else "not required", config.tsdb.query_url)
+
+    def health() -> tuple[bool, dict[str, str]]:
+        ok, why = api.health(need_broker=False)
+        return ok, {"detail": why}
+
+    status = StatusEndpoint(config.metrics.host, config.metrics.port, api.registry, health)
+    status.start()
+    log.info("twin API on https://%s:%d (client certificates %s, gateway verifier %s), TSDB %s, metrics :%d",
+             config.twin_api.host, api.port, "required" if config.twin_api.client_ca else "not required",
+             "on" if api.verifier else "off", config.tsdb.query_url, status.port)
     stop.wait()
+    status.stop()
     api.stop()
     return 0

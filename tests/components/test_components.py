@@ -202,9 +202,12 @@ def test_prometheus_accepts_the_generated_config(tmp_path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/install-system-packages.sh installs Prometheus"
     path = tmp_path / "prometheus.yml"
-    path.write_text(prometheus_config("168h", "ingest-metrics", "ems", "metrics"))
-    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for twin in (None, "twin-api-metrics"):
+        text = prometheus_config("168h", "ingest-metrics", "ems", "metrics", twin)
+        path.write_text(text)
+        result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("_metrics._tcp.twin-api-metrics.ems.svc.cluster.local" in text) == (twin is not None)
 
 
 def _locations(conf: str) -> list[tuple[str, str, str]]:
@@ -336,7 +339,10 @@ def test_twin_api_children_and_outputs() -> None:
     children = [r for r in MOCKS.resources if r.typ.startswith("kubernetes:") and r.typ != "pulumi:providers:kubernetes"]
     assert sorted(r.typ for r in children) == sorted([
         "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Service",
-        "kubernetes:apps/v1:StatefulSet", "kubernetes:policy/v1:PodDisruptionBudget"])
+        "kubernetes:core/v1:Service", "kubernetes:apps/v1:StatefulSet", "kubernetes:policy/v1:PodDisruptionBudget"])
+    # The second Service is headless: the TSDB scrapes each replica's metrics port (the verifier's counters).
+    [metrics_svc] = [r for r in MOCKS.of_type("kubernetes:core/v1:Service") if r.inputs["metadata"]["name"] == "twin-api-metrics"]
+    assert metrics_svc.inputs["spec"]["clusterIP"] == "None" and metrics_svc.inputs["spec"]["ports"][0]["port"] == 9100
     # Parented: every child inherits the component's provider.
     assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in children), [r.urn for r in children]
     [sts] = MOCKS.of_type("kubernetes:apps/v1:StatefulSet")

@@ -470,7 +470,8 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     [c] = pod["containers"]
     assert c["image"] == ingest.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
     assert c["args"] == ["twin-api", "--config", "/etc/ems/twin-api/ingest.toml"] and "command" not in c
-    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
     assert {k: c["securityContext"][k] for k in HARDENING} == HARDENING and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8443, "scheme": "HTTPS"}
@@ -538,7 +539,10 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert selecting == ["twin-api"]
     twin_policy = policies["twin-api"]
     peer = lambda rule: [(selects(p["podSelector"], pod_labels(gateway)), p) for p in rule["from" if "from" in rule else "to"]]  # noqa: E731
-    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [([{"protocol": "TCP", "port": 8443}], [True])]
+    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [
+        ([{"protocol": "TCP", "port": 8443}], [True]), ([{"protocol": "TCP", "port": 9100}], [False])]
+    [scrape] = [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in twin_policy["ingress"][1]["from"]]
+    assert scrape == "tsdb"                               # the TSDB scrapes the verifier's counters, nobody else
     egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in r["to"]]) for r in twin_policy["egress"]]
     assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"])]
     assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
