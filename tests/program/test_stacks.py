@@ -543,8 +543,11 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
         ([{"protocol": "TCP", "port": 8443}], [True]), ([{"protocol": "TCP", "port": 9100}], [False])]
     [scrape] = [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in twin_policy["ingress"][1]["from"]]
     assert scrape == "tsdb"                               # the TSDB scrapes the verifier's counters, nobody else
-    egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in r["to"]]) for r in twin_policy["egress"]]
-    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"])]
+    egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] if "podSelector" in p else p["ipBlock"]["cidr"]
+                            for p in r["to"]]) for r in twin_policy["egress"]]
+    # With an OIDC issuer (ems:apiAuth.oidc) the verifier fetches its JWKS over HTTPS, and only then.
+    idp = [([{"protocol": "TCP", "port": 443}], ["0.0.0.0/0"])] if "oidc" in json.loads(config.get("ems:apiAuth") or "{}") else []
+    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"]), *idp]
     assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
             "ports": [{"protocol": "TCP", "port": 8443}]} in policies["api-gateway"]["egress"]
     [tsdb_in] = policies["tsdb"]["ingress"]
@@ -613,3 +616,31 @@ def test_each_gateway_keeps_its_framing() -> None:
     assert [p["id"] for p in devices["gw-rtu"]["points"]] == ["S2", "S3"]
     with pytest.raises(Exception, match=r"^ems:modbusGateways\[0\]\.transport: rtu is not one of tcp\|rtu-over-tcp$"):
         evaluate_stack("local", {"ems:modbusGateways": json.dumps([{**gateways[0], "transport": "rtu"}])})
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_gateway_authentication_follows_the_stack(name: str) -> None:
+    import tomllib
+
+    from components.gateway_settings import parse_gateway_auth
+    from ingest.config import parse_config
+
+    ev, config = stack(name), evaluate_config(name)
+    auth = parse_gateway_auth(json.loads(config.get("ems:apiAuth") or "null"))
+    gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
+    nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
+    verify = {"required": "on", "optional": "optional", "off": "off"}[auth.client_certs]
+    assert f"ssl_verify_client {verify};" in nginx and f"rate={auth.rate_per_second}r/s;" in nginx
+    expected = "mtls-required" if auth.client_certs == "required" else "+".join(
+        m for m, on in (("mtls", auth.client_certs != "off"), ("oidc", auth.oidc is not None)) if on)
+    assert gateway.inputs["metadata"]["annotations"]["ems.io/client-auth"] == expected
+    # The verifier in the twin API gets the same issuer and mappings.
+    twin = parse_config(tomllib.loads(_named(ev, "kubernetes:core/v1:ConfigMap", "twin-api-config").inputs["data"]["ingest.toml"]),
+                        check_files=False).twin_api
+    assert twin.auth.cert_cn_roles == auth.cert_cn_roles
+    assert (twin.auth.oidc.issuer, twin.auth.oidc.audience, twin.auth.oidc.jwks_url) == \
+        (auth.oidc.issuer, auth.oidc.audience, auth.oidc.jwks_url) if auth.oidc else twin.auth.oidc is None
+    # PromQL limits on the TSDB itself.
+    tsdb = _named(ev, "kubernetes:apps/v1:StatefulSet", "tsdb")
+    args = tsdb.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--query.timeout={auth.promql_timeout_seconds}s" in args and f"--query.max-samples={auth.promql_max_samples}" in args
