@@ -96,7 +96,8 @@ class NginxPlan:
     tls_dir: str = TLS_DIR
     """Holds ``tls.crt``/``tls.key`` (the gateway's server certificate) and ``ca.crt`` (the platform CA)."""
     tmp_dir: str = TMP_DIR
-    worker_processes: str = "auto"
+    worker_processes: str = "2"
+    """nginx workers. Defaults to 2 (``auto`` would count the node's CPUs, not the pod's limit)."""
     user: str | None = None
     """``user`` directive (only for a root master, as in a test). Defaults to none: the pod runs as NGINX_UID."""
 
@@ -183,8 +184,12 @@ def nginx_config(plan: NginxPlan) -> str:
     if plan.twin_api.tls_name is None:
         raise ValueError("twin_api must be an HTTPS upstream (tls_name set): it carries the verifier")
     upstreams = _upstreams(plan)
+    # Idle connections kept per worker. The twin API serves at most 64 connections at once, each idle one holding a
+    # thread until its 30 s socket timeout: few, and closed by nginx first (20 s).
+    keep = {name: (4, 20) if name == "twin_api" else (16, 60) for name in upstreams}
     upstream_blocks = "".join(
-        f"    upstream ems_{name} {{\n        server {up.host}:{up.port} max_fails=0;\n        keepalive 16;\n    }}\n"
+        f"    upstream ems_{name} {{\n        server {up.host}:{up.port} max_fails=0;\n"
+        f"        keepalive {keep[name][0]};\n        keepalive_timeout {keep[name][1]}s;\n    }}\n"
         for name, up in upstreams.items())
     locations = "".join(_location(r, upstreams[r.upstream], plan) for r in ROUTES if r.upstream in upstreams)
     verify = {"required": "on", "optional": "optional", "off": "off"}[auth.client_certs]
