@@ -45,6 +45,7 @@ class Gateway:
     twin: TwinApi
     prometheus: PrometheusServer
     nginx: NginxGateway
+    query_max_samples: int = QUERY_MAX_SAMPLES
 
     def get(self, path: str, *, cert: tuple[Path, Path] | None = None, token: str | None = None,
             method: str = "GET", headers: dict[str, str] | None = None, data: bytes | None = None,

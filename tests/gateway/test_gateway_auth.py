@@ -13,8 +13,6 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devenv.pki import make_pki
 
-from conftest import QUERY_MAX_SAMPLES
-
 pytestmark = pytest.mark.integration
 
 VIEWER_ROUTES = ("/api/v1/query?query=up", "/api/v1/query_range?query=up&start=0&end=60&step=15", "/api/v1/series?match[]=up",
@@ -167,7 +165,7 @@ def test_request_size_limits(gateway_factory):
 
 def test_expensive_query_is_refused_and_the_tsdb_keeps_serving(gateway):
     viewer = gateway.cert("ada", "viewer")
-    steps = QUERY_MAX_SAMPLES * 2
+    steps = gateway.query_max_samples * 2
     status, body, _ = gateway.get(f"/api/v1/query_range?query=vector(1)&start=0&end={steps}&step=1", cert=viewer)
     assert status == 400 and b"exceeded maximum resolution" in body      # Prometheus' 11,000 points per series
     status, body, _ = gateway.get("/api/v1/query?query=count(count_over_time(vector(1)[%ds:1s]))" % steps, cert=viewer)
