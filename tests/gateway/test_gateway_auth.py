@@ -180,3 +180,11 @@ def test_remote_write_admin_and_internal_paths_are_never_routed(gateway, method,
     assert gateway.get(path, cert=admin, method=method, data=b"" if method == "POST" else None)[0] == 404, path
     assert gateway.get(path, token=gateway.issuer.token(groups=("ems-admins",)), method=method,
                        data=b"" if method == "POST" else None)[0] == 404, path
+
+
+def test_the_token_rate_limit_is_per_token(gateway_factory):
+    gw = gateway_factory(rate_per_second=1, burst=2)
+    greedy = gw.issuer.token(sub="greedy")
+    statuses = [gw.get("/v1/whoami", token=greedy)[0] for _ in range(10)]
+    assert statuses[:2] == [200, 200] and statuses.count(429) >= 5, statuses
+    assert gw.get("/v1/whoami", token=gw.issuer.token(sub="patient"))[0] == 200
