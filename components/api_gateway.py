@@ -7,8 +7,9 @@ per-client 429s, both in the stock build. (Envoy has no Debian package; Caddy's 
 no rate limiting; HAProxy's JWT check needs the JWKS converted to PEM files by a sidecar.)
 
 Every request except ``/healthz`` is authenticated: a client certificate from the platform CA
-(``ssl_verify_client`` optional or required per stack) or an OIDC bearer token, both decided by
-the verifier, which also checks the route's role (:data:`ROUTES`). Only the paths below are
+(asked for in the handshake; with ``clientCerts: required`` every route refuses a request without
+one, while ``/healthz`` stays open to the kubelet's probe) or an OIDC bearer token, both decided
+by the verifier, which also checks the route's role (:data:`ROUTES`). Only the paths below are
 routed; everything else, including the TSDB's remote-write and admin APIs, is 404 before any
 credential is looked at. nginx passes the verified identity upstream as trusted headers
 (:data:`IDENTITY_HEADERS`) and removes any copy the client sent, plus its ``Authorization``.
@@ -121,12 +122,15 @@ def _scheme(up: Upstream) -> str:
 
 def _location(route: Route, up: Upstream, plan: NginxPlan) -> str:
     methods = "|".join(route.methods)
+    # clientCerts required: enforced per route, not in the handshake, so the kubelet's probe of /healthz
+    # (which has no certificate) still gets its 200. 496 goes to the refused-certificate handler (401).
+    need_cert = "            if ($ssl_client_verify != SUCCESS) { return 496; }\n" if plan.auth.client_certs == "required" else ""
     clear = "".join(f'            proxy_set_header {h} "";\n' for h in _VERIFIER_HEADERS)
     read_timeout = plan.auth.promql_timeout_seconds + 5 if route.upstream == "tsdb" else 60
     return f"""
         location ~ "{route.pattern}" {{
             set $ems_required {route.role};
-            if ($request_method !~ ^({methods})$) {{ return 405; }}
+{need_cert}            if ($request_method !~ ^({methods})$) {{ return 405; }}
             limit_req zone=ems_client burst={plan.auth.burst} nodelay;
             limit_req zone=ems_address burst={plan.auth.burst * 5} nodelay;
             auth_request /_ems_authz;
@@ -192,7 +196,7 @@ def nginx_config(plan: NginxPlan) -> str:
         f"        keepalive {keep[name][0]};\n        keepalive_timeout {keep[name][1]}s;\n    }}\n"
         for name, up in upstreams.items())
     locations = "".join(_location(r, upstreams[r.upstream], plan) for r in ROUTES if r.upstream in upstreams)
-    verify = {"required": "on", "optional": "optional", "off": "off"}[auth.client_certs]
+    verify = "off" if auth.client_certs == "off" else "optional"
     client_ca = f"        ssl_client_certificate {plan.tls_dir}/ca.crt;\n        ssl_verify_depth 2;\n" if verify != "off" else ""
     user = f"user {plan.user};\n" if plan.user else ""
     t = plan.tmp_dir
@@ -273,7 +277,7 @@ http {{
         set $ems_role "";
         set $ems_auth "";
 
-        # 495: the certificate failed verification (another CA, expired); 496: none where one is required.
+        # 495: the certificate failed verification (another CA, expired); 496: none where one is required (a route's check).
         error_page 495 496 = /_ems_refused_certificate;
         error_page 404 = @ems_not_found;
 

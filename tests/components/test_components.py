@@ -247,7 +247,9 @@ def test_nginx_config_follows_the_client_certificate_mode_and_limits() -> None:
 
     oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
     plan = lambda **kw: NginxPlan(auth=GatewayAuthSettings(**kw), tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w"))  # noqa: E731
-    assert "ssl_verify_client on;" in nginx_config(plan(client_certs="required"))
+    required = nginx_config(plan(client_certs="required"))
+    assert "ssl_verify_client optional;" in required           # the handshake admits the kubelet's probe of /healthz
+    assert required.count("if ($ssl_client_verify != SUCCESS) { return 496; }") == len(_locations(required)) == 5
     off = nginx_config(plan(client_certs="off", oidc=oidc))
     assert "ssl_verify_client off;" in off and "ssl_client_certificate" not in off
     limited = nginx_config(plan(rate_per_second=7, burst=9, max_body_bytes=2048, max_header_bytes=4096, promql_timeout_seconds=12))
@@ -377,7 +379,7 @@ def test_gateway_declares_the_client_authentication_its_config_requires() -> Non
     from components.gateway_settings import GatewayAuthSettings, GatewayOidc
 
     oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
-    for settings, annotation, verify in ((GatewayAuthSettings(client_certs="required"), "mtls-required", "on"),
+    for settings, annotation, verify in ((GatewayAuthSettings(client_certs="required"), "mtls-required", "optional"),
                                          (GatewayAuthSettings(), "mtls", "optional"),
                                          (GatewayAuthSettings(oidc=oidc), "mtls+oidc", "optional"),
                                          (GatewayAuthSettings(client_certs="off", oidc=oidc), "oidc", "off")):

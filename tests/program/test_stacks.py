@@ -629,8 +629,9 @@ def test_gateway_authentication_follows_the_stack(name: str) -> None:
     auth = parse_gateway_auth(json.loads(config.get("ems:apiAuth") or "null"))
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
-    verify = {"required": "on", "optional": "optional", "off": "off"}[auth.client_certs]
+    verify = "off" if auth.client_certs == "off" else "optional"
     assert f"ssl_verify_client {verify};" in nginx and f"rate={auth.rate_per_second}r/s;" in nginx
+    assert ("return 496;" in nginx) == (auth.client_certs == "required")
     expected = "mtls-required" if auth.client_certs == "required" else "+".join(
         m for m, on in (("mtls", auth.client_certs != "off"), ("oidc", auth.oidc is not None)) if on)
     assert gateway.inputs["metadata"]["annotations"]["ems.io/client-auth"] == expected
