@@ -113,7 +113,10 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
 
 
 def _https_url(field: str, value: Any) -> str:
-    parsed = urllib.parse.urlsplit(value) if isinstance(value, str) and len(value) <= 2048 else None
+    try:
+        parsed = urllib.parse.urlsplit(value) if isinstance(value, str) and len(value) <= 2048 else None
+    except ValueError:          # e.g. an unclosed IPv6 bracket
+        parsed = None
     if parsed is None or parsed.scheme != "https" or not parsed.hostname or not value.isprintable() or " " in value:
         raise GatewayAuthError(field, value, "must be an https:// URL with a host")
     return value

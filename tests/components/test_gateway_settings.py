@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
-from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+from components.gateway_settings import GatewayAuthError, GatewayAuthSettings, GatewayOidc, parse_gateway_auth
 from components.settings import SettingsError, parse_settings
 
 AWS = {"ems:cloud": "aws", "ems:region": "eu-west-1"}
@@ -29,6 +30,7 @@ def test_json_text_as_the_pulumi_runtime_sends_it() -> None:
     ({"clientCerts": "maybe"}, "ems:apiAuth.clientCerts: maybe must be one of required, optional, off"),
     ({"clientCerts": "off"}, "ems:apiAuth.clientCerts: off leaves no way to authenticate: configure oidc or allow client certificates"),
     ({"oidc": {**OIDC, "jwksUrl": "http://idp.example/jwks"}}, "ems:apiAuth.oidc.jwksUrl: http://idp.example/jwks must be an https:// URL with a host"),
+    ({"oidc": {**OIDC, "issuer": "https://[::1"}}, "ems:apiAuth.oidc.issuer: https://[::1 must be an https:// URL with a host"),
     ({"oidc": {**OIDC, "claimRoles": {"g": "superuser"}}}, "ems:apiAuth.oidc.claimRoles.g: superuser must be one of viewer, operator, admin"),
     ({"oidc": {**OIDC, "claimRoles": {}}}, "ems:apiAuth.oidc.claimRoles: {} must map at least one claim value to a role"),
     ({"oidc": {**OIDC, "algorithms": ["HS256"]}}, 'ems:apiAuth.oidc.algorithms: ["HS256"] must be a non-empty list of RS256, ES256'),
@@ -51,3 +53,24 @@ def test_bad_values_name_field_and_value(value: object, message: str) -> None:
     with pytest.raises(SettingsError) as info:
         parse_settings({**AWS, "ems:apiAuth": value}, "s")
     assert str(info.value) == message
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                     max_leaves=20)
+_keys = st.sampled_from(["clientCerts", "certOuRoles", "certCnRoles", "oidc", "ratePerSecond", "burst", "maxBodyBytes",
+                         "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples", "perAddressRatePerSecond"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.one_of(_json, st.dictionaries(_keys, _json, max_size=5),
+                       st.fixed_dictionaries({"oidc": st.dictionaries(st.sampled_from(
+                           ["issuer", "audience", "jwksUrl", "claimRoles", "roleClaim", "usernameClaim", "algorithms"]),
+                           _json, max_size=7)})))
+def test_any_value_parses_or_fails_naming_the_field(value: object) -> None:
+    try:
+        auth = parse_gateway_auth(value)
+    except GatewayAuthError as exc:
+        assert exc.reason and isinstance(exc.field, str)
+        return
+    assert auth.client_certs in ("required", "optional", "off") and 1 <= auth.rate_per_second <= 10_000
