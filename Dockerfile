@@ -38,7 +38,7 @@ COPY build/wheels ./wheels
 COPY requirements.txt ./
 
 FROM builder AS edge-build
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
  && venv/bin/pip install -r runtime-requirements.txt \
  && venv/bin/pip install --no-deps ems-platform \
  && venv/bin/pip uninstall -y pip setuptools
@@ -65,25 +65,11 @@ LABEL org.opencontainers.image.vendor="ems-platform" \
       org.opencontainers.image.base.name="debian:bookworm-slim"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-<<<<<<< HEAD
     PATH=/opt/ems/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
-=======
-    PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-WORKDIR /opt/ems
-COPY requirements.txt pyproject.toml ./
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
- && pip install -r runtime-requirements.txt
-COPY ems_contract ./ems_contract
-COPY ems_runtime ./ems_runtime
-COPY edge_agent ./edge_agent
-COPY ingest ./ingest
-RUN pip install --no-deps . \
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
  && groupadd --gid 10001 ems \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
 WORKDIR /opt/ems

@@ -232,12 +232,9 @@ class PlatformSettings:
     api_gateway_replicas: int = 2
     northbound: NorthboundSettings | None = None
     """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
-<<<<<<< HEAD
     grafana: GrafanaSettings = field(default_factory=GrafanaSettings)
-=======
     api_auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication, roles and limits of the gateway on 443 (``ems:apiAuth``, ``components/gateway_settings.py``)."""
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
 
 
 @dataclass(frozen=True)
@@ -324,12 +321,8 @@ KNOWN_KEYS: tuple[str, ...] = (
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
-<<<<<<< HEAD
     "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "grafana",
-    "grafanaAdminPassword",
-=======
-    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "apiAuth",
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
+    "grafanaAdminPassword", "apiAuth",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -719,7 +712,7 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
         northbound=northbound,
-<<<<<<< HEAD
+        api_auth=r.get("apiAuth", _api_auth, d.api_auth),
         grafana=r.get("grafana", _grafana, d.grafana),
     )
 
@@ -749,9 +742,6 @@ def _grafana(key: str, value: object) -> GrafanaSettings:
         replicas=_integer(1, 10)(f"{key}.replicas", obj["replicas"]) if obj.get("replicas") is not None else d.replicas,
         user_header=user, role_header=role,
         root_url=_HTTPS_URL(f"{key}.rootUrl", obj["rootUrl"]) if obj.get("rootUrl") is not None else None,
-=======
-        api_auth=r.get("apiAuth", _api_auth, d.api_auth),
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
     )
 
 

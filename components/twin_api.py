@@ -55,11 +55,6 @@ METRICS_SERVICE = f"{APP}-metrics"
 """Headless Service of the replicas' metrics port (:data:`components.ingest.METRICS_PORT`)."""
 
 
-<<<<<<< HEAD
-def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None) -> str:
-    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
-    and the operator page's alerts from ``alertmanager_url`` (none without it).
-=======
 def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
     """``[twin_api.auth]`` (and ``.oidc``): the gateway verifier's half of ``ems:apiAuth``."""
     q = json.dumps
@@ -76,10 +71,11 @@ def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
     return lines
 
 
-def twin_api_toml(broker_host: str, tsdb_url: str, auth: GatewayAuthSettings | None = None) -> str:
-    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``;
-    with ``auth``, the gateway's verifier at ``/v1/authz`` (``[twin_api.auth]``).
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
+def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None, *,
+                  auth: GatewayAuthSettings | None = None) -> str:
+    """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
+    the operator page's alerts from ``alertmanager_url`` (none without it), and with ``auth`` the gateway's verifier
+    at ``/v1/authz`` (``[twin_api.auth]``).
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -92,13 +88,9 @@ def twin_api_toml(broker_host: str, tsdb_url: str, auth: GatewayAuthSettings | N
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
-<<<<<<< HEAD
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
         *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
-=======
-        f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
         *(_auth_tables(auth) if auth is not None else []),
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
     ])
 
 
@@ -153,11 +145,7 @@ class TwinApi(pulumi.ComponentResource):
         if len(args.mqtt_tls_secrets) != args.replicas:
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
-<<<<<<< HEAD
-        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url)
-=======
-        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.auth)
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url, auth=args.auth)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
         o = child(self)

@@ -114,11 +114,8 @@ class PrometheusServer(ManagedProcess):
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  out_of_order_window: str = "30d", retention: str = "90d",
                  scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s",
-<<<<<<< HEAD
-                 rule_files: tuple[str, ...] = ()) -> None:
-=======
+                 rule_files: tuple[str, ...] = (),
                  query_timeout: str | None = None, query_max_samples: int | None = None) -> None:
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
         super().__init__(Path(workdir) / "prometheus.log")
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -126,12 +123,9 @@ class PrometheusServer(ManagedProcess):
         self.retention = retention
         self.scrape_targets = scrape_targets
         self.scrape_interval = scrape_interval
-<<<<<<< HEAD
         self.rule_files = rule_files
-=======
         self.query_limits = ([f"--query.timeout={query_timeout}"] if query_timeout else []) + \
             ([f"--query.max-samples={query_max_samples}"] if query_max_samples else [])
->>>>>>> ea2f504 (Gateway on 443 moves from Envoy (never executed here) to nginx (Debian nginx-core), with authentication and roles on every route but /healthz)
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
 

@@ -79,7 +79,7 @@ def gateway_settings(issuer: OidcIssuer, **overrides: object) -> GatewayAuthSett
 
 def verifier_settings(auth: GatewayAuthSettings) -> AuthSettings:
     """The verifier's settings as the pods get them: components/twin_api.py's ingest.toml, read by the ingest's parser."""
-    text = twin_api_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090", auth)
+    text = twin_api_toml("broker.ems.svc.cluster.local", "http://tsdb.ems.svc.cluster.local:9090", auth=auth)
     twin = parse_config(tomllib.loads(text), check_files=False).twin_api
     assert twin is not None and twin.auth is not None
     return twin.auth
