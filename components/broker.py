@@ -362,7 +362,8 @@ class MqttBroker(pulumi.ComponentResource):
         )
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",
-            metadata=metadata(APP, ns, APP),
+            # 8883 has require_certificate true (mosquitto_conf): declared for the policy external-listener-client-auth.
+            metadata=metadata(APP, ns, APP, annotations={"ems.io/client-auth": "mtls-required"}),
             spec={
                 "serviceName": headless.metadata.name,
                 "replicas": 1,

@@ -9,10 +9,11 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | namespace pods → broker       | 1883 (ingress only: in-namespace tools, read-only by the broker's ACL; no workload has egress to it) |
 | ems-gateway → RS-485 gateways | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
-| api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``) |
+| api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``): routes and the token verifier |
+| twin-api → identity provider  | 443, only with ``ems:apiAuth.oidc`` (the verifier fetches the issuer's JWKS) |
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
-| tsdb → ingest, northbound     | 9100 (metrics; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → ingest, northbound, twin-api | 9100 (metrics; twin-api: the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
 """
@@ -54,6 +55,8 @@ class NetworkPoliciesArgs:
     """(role, namespace) pairs without workloads: default deny only. Defaults to none."""
     gateways: tuple[ModbusGateway, ...] = ()
     """RS-485 gateways ems-gateway may reach; without any there is no ems-gateway and no policy for it. Defaults to none."""
+    identity_provider: bool = False
+    """The twin API (the gateway's token verifier) fetches an OIDC issuer's JWKS over HTTPS: egress 443. Defaults to off."""
 
 
 class NetworkPolicies(pulumi.ComponentResource):
@@ -102,13 +105,15 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
                          "ports": _tcp(9090)}],
-               egress=[{"to": [_pods("ingest"), _pods("northbound")], "ports": _tcp(9100)}])
+               egress=[{"to": [_pods("ingest"), _pods("northbound"), _pods("twin-api")], "ports": _tcp(9100)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])
         policy("twin-api", ns, _pods("twin-api")["podSelector"],
-               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)}],
-               egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
+               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)},
+                        {"from": [_pods("tsdb")], "ports": _tcp(9100)}],
+               egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)},
+                       *([{"to": ANYWHERE, "ports": _tcp(443)}] if args.identity_provider else [])])
         policy("metrics-adapter", ns, _pods("metrics-adapter")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(6443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": ANYWHERE, "ports": _tcp(443, 6443)}])

@@ -26,7 +26,7 @@ from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import Tsdb, TsdbArgs
-from components.twin_api import PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
+from components.twin_api import METRICS_SERVICE as TWIN_API_METRICS_SERVICE, PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
 
 # Prefix of the MQTT identities (certificate CN = username = client id) of the in-cluster clients. It does not
 # follow ems:namespace: a site id or a worker's identity stays the same when the workloads move namespace.
@@ -135,6 +135,8 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace=namespace, image=s.images.tsdb, storage_class=storage_class,
             namespace_name=ns_name,
             out_of_order_window=s.spool_horizon, retention=s.tsdb_retention, storage_size=s.tsdb_storage_size,
+            query_timeout_seconds=s.api_auth.promql_timeout_seconds, query_max_samples=s.api_auth.promql_max_samples,
+            twin_api_scrape_service=TWIN_API_METRICS_SERVICE,
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,
@@ -167,13 +169,13 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
             replicas=TWIN_API_REPLICAS, mqtt_tls_secrets=tuple(f"edge-{cn}-tls" for cn in twin_replicas),
             server_tls_secret="twin-api-tls",
-            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090",
+            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
             tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
-            external_service_type=external_type,
+            external_service_type=external_type, auth=s.api_auth,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.northbound is not None:   # the IEEE 2030.5 client, only where a utility server is configured
             NorthboundClient(f"{name}-northbound", NorthboundArgs(
@@ -190,6 +192,7 @@ class EmsPlatform(pulumi.ComponentResource):
             ), opts=o)
         NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(
             namespace=namespace, extra_namespaces=(("credentials", creds.metadata.name),), gateways=s.modbus_gateways,
+            identity_provider=s.api_auth.oidc is not None,
         ), opts=o)
         AccessControl(f"{name}-rbac", AccessControlArgs(
             namespace=namespace, operator_groups=s.operator_groups, viewer_groups=s.viewer_groups,

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 
 import pulumi
 
+from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 
 __all__ = [
@@ -155,7 +156,7 @@ class Images:
     tsdb: str = "quay.io/prometheus/prometheus:v2.53.2"
     edge_agent: str = "ghcr.io/ems-platform/edge-agent:0.1.0"
     ingest: str = "ghcr.io/ems-platform/ingest:0.1.0"
-    api_gateway: str = "docker.io/envoyproxy/envoy:v1.31.2"
+    api_gateway: str = "docker.io/nginxinc/nginx-unprivileged:1.26.2"
     metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
     northbound: str = "ghcr.io/ems-platform/northbound:0.1.0"
     grafana: str = "docker.io/grafana/grafana:11.3.0"
@@ -232,6 +233,8 @@ class PlatformSettings:
     northbound: NorthboundSettings | None = None
     """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
     grafana: GrafanaSettings = field(default_factory=GrafanaSettings)
+    api_auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
+    """Authentication, roles and limits of the gateway on 443 (``ems:apiAuth``, ``components/gateway_settings.py``)."""
 
 
 @dataclass(frozen=True)
@@ -319,7 +322,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
     "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "grafana",
-    "grafanaAdminPassword",
+    "grafanaAdminPassword", "apiAuth",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -709,6 +712,7 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
         northbound=northbound,
+        api_auth=r.get("apiAuth", _api_auth, d.api_auth),
         grafana=r.get("grafana", _grafana, d.grafana),
     )
 
@@ -739,6 +743,14 @@ def _grafana(key: str, value: object) -> GrafanaSettings:
         user_header=user, role_header=role,
         root_url=_HTTPS_URL(f"{key}.rootUrl", obj["rootUrl"]) if obj.get("rootUrl") is not None else None,
     )
+
+
+def _api_auth(key: str, value: object) -> GatewayAuthSettings:
+    try:
+        return parse_gateway_auth(_structured(key, value, dict, "a map (clientCerts, oidc, ratePerSecond, …)"))
+    except GatewayAuthError as exc:
+        value = _MISSING if exc.value is AUTH_MISSING else exc.value
+        raise SettingsError(f"{key}.{exc.field}" if exc.field else key, value, exc.reason) from None
 
 
 _NORTHBOUND_FIELDS = ("enabled", "serverUrl", "serverAddress", "serverPort", "dcap", "utilityCaCertificate",

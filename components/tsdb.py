@@ -31,8 +31,31 @@ def pod_address_regex(service: str) -> str:
     return rf"([^.]+)\.{re.escape(service)}\.([^.]+)\.svc(\.[^:]*)?:[0-9]+"
 
 
-def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str) -> str:
-    """prometheus.yml: out-of-order window and the ingest scrape job (SRV discovery + pod/namespace labels)."""
+def _srv_job(job: str, service: str, namespace: str, port_name: str) -> str:
+    regex = pod_address_regex(service)
+    return f"""\
+  - job_name: {job}
+    dns_sd_configs:
+      - names: ["_{port_name}._tcp.{service}.{namespace}.svc.cluster.local"]
+        type: SRV
+        refresh_interval: 30s
+    relabel_configs:
+      - source_labels: [__address__]
+        regex: '{regex}'
+        target_label: pod
+        replacement: '$1'
+      - source_labels: [__address__]
+        regex: '{regex}'
+        target_label: namespace
+        replacement: '$2'
+"""
+
+
+def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str,
+                      twin_api_service: str | None = None) -> str:
+    """prometheus.yml: out-of-order window, the ingest scrape job and (``twin_api_service``) the twin API's
+    (SRV discovery + pod/namespace labels)."""
+    twin_job = _srv_job("ems-twin-api", twin_api_service, namespace, port_name) if twin_api_service else ""
     regex = pod_address_regex(service)
     return f"""\
 global:
@@ -56,7 +79,7 @@ scrape_configs:
         regex: '{regex}'
         target_label: namespace
         replacement: '$2'
-"""
+{twin_job}"""
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,8 @@ class TsdbArgs:
     """Headless Service governing the ingest StatefulSet. Defaults to ``ingest-metrics``."""
     scrape_port_name: str = "metrics"
     """Name of its metrics port (the SRV record's service). Defaults to ``metrics``."""
+    twin_api_scrape_service: str | None = None
+    """Headless Service of the twin API's metrics (same port name), scraped as job ``ems-twin-api``. Defaults to none."""
     out_of_order_window: str = "72h"
     """Accept samples this far in the past (the edge spool horizon). Defaults to 72h."""
     retention: str = "30d"
@@ -81,6 +106,10 @@ class TsdbArgs:
     """Size of each data volume. Defaults to 200Gi."""
     resources: Resources = Resources("500m", "2Gi", "2", "8Gi")
     """Container requests/limits. Defaults to 500m/2Gi, limits 2 CPU/8Gi."""
+    query_timeout_seconds: int = 30
+    """PromQL evaluation timeout (``--query.timeout``; a query's own ``timeout`` is capped by it). Defaults to 30."""
+    query_max_samples: int = 5_000_000
+    """Samples one query may load (``--query.max-samples``; beyond → 422). Defaults to 5,000,000."""
 
 
 class Tsdb(pulumi.ComponentResource):
@@ -97,7 +126,8 @@ class Tsdb(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         conf = k8s.core.v1.ConfigMap(
             f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name, args.scrape_port_name)},
+            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
+                                                      args.scrape_port_name, args.twin_api_scrape_service)},
             opts=o,
         )
         svc = k8s.core.v1.Service(
@@ -114,6 +144,8 @@ class Tsdb(pulumi.ComponentResource):
                 f"--storage.tsdb.retention.time={args.retention}",
                 "--web.enable-remote-write-receiver",
                 f"--web.listen-address=:{PORT}",
+                f"--query.timeout={args.query_timeout_seconds}s",
+                f"--query.max-samples={args.query_max_samples}",
             ],
             ports=[("tsdb", PORT)],
             mounts=[("config", "/etc/prometheus"), ("data", "/prometheus")],

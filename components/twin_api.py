@@ -3,7 +3,8 @@
 A StatefulSet of the ingest image serving HTTPS on the internal port :data:`PORT` (the policy
 pack's named internal port ``twin-api``): ``GET /v1/assets/<site>[/<asset>]`` from the
 retained twin topics ``ems/v1/<site>/twin/<asset>`` and ``GET /v1/query`` passed through to
-the TSDB. Only Envoy reaches it (NetworkPolicy), over TLS that verifies the platform CA and
+the TSDB; with ``auth`` it also serves the gateway's token verifier (``/v1/authz``). Only the
+gateway (nginx) reaches it (NetworkPolicy), over TLS that verifies the platform CA and
 the Service's DNS name; the server certificate (``server_tls_secret``) names the Service.
 
 It subscribes to the broker over mTLS on 8883, each replica with its own client certificate
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
-from components.ingest import mtls_broker_section, validate_ingest_toml
+from components.gateway_settings import GatewayAuthSettings
+from components.ingest import METRICS_PORT, mtls_broker_section, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
     secret_volume, selector, template_metadata,
@@ -49,11 +51,31 @@ CONFIG_DIR = "/etc/ems/twin-api"
 MQTT_TLS_DIR = "/etc/ems/mqtt-tls"      # client identity towards the broker
 SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
 UNUSED_STATE_DIR = "/tmp/state"         # required by the shared parser, never written by twin-api
+METRICS_SERVICE = f"{APP}-metrics"
+"""Headless Service of the replicas' metrics port (:data:`components.ingest.METRICS_PORT`)."""
 
 
-def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None) -> str:
+def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
+    """``[twin_api.auth]`` (and ``.oidc``): the gateway verifier's half of ``ems:apiAuth``."""
+    q = json.dumps
+
+    def table(pairs: tuple[tuple[str, str], ...]) -> str:
+        return "{ " + ", ".join(f"{q(k)} = {q(v)}" for k, v in pairs) + " }" if pairs else "{}"
+
+    lines = ["[twin_api.auth]", f"cert_ou_roles = {table(auth.cert_ou_roles)}", f"cert_cn_roles = {table(auth.cert_cn_roles)}", ""]
+    if auth.oidc is not None:
+        o = auth.oidc
+        lines += ["[twin_api.auth.oidc]", f"issuer = {q(o.issuer)}", f"audience = {q(o.audience)}", f"jwks_url = {q(o.jwks_url)}",
+                  f"claim_roles = {table(o.claim_roles)}", f"role_claim = {q(o.role_claim)}",
+                  f"username_claim = {q(o.username_claim)}", f"algorithms = {q(list(o.algorithms))}", ""]
+    return lines
+
+
+def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None, *,
+                  auth: GatewayAuthSettings | None = None) -> str:
     """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
-    and the operator page's alerts from ``alertmanager_url`` (none without it).
+    the operator page's alerts from ``alertmanager_url`` (none without it), and with ``auth`` the gateway's verifier
+    at ``/v1/authz`` (``[twin_api.auth]``).
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -64,9 +86,11 @@ def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None 
         *mtls_broker_section(broker_host, MQTT_TLS_DIR), "",
         "[tsdb]", f"query_url = {q(base)}", f"remote_write_url = {q(base + '/api/v1/write')}", "",
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
+        "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
         *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
+        *(_auth_tables(auth) if auth is not None else []),
     ])
 
 
@@ -98,6 +122,8 @@ class TwinApiArgs:
     """``kubernetes.io/tls`` Secret with the API's server certificate (SANs: the ``twin-api`` Service's DNS names)."""
     tsdb_url: str
     """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
+    auth: GatewayAuthSettings | None = None
+    """The gateway's authentication (``ems:apiAuth``): the API then serves the gateway's verifier. Defaults to none."""
     replicas: int = REPLICAS
     """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
     alertmanager_url: str | None = None
@@ -119,7 +145,7 @@ class TwinApi(pulumi.ComponentResource):
         if len(args.mqtt_tls_secrets) != args.replicas:
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
-        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url)
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url, auth=args.auth)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
         o = child(self)
@@ -133,10 +159,17 @@ class TwinApi(pulumi.ComponentResource):
                   "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
             opts=o,
         )
+        # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts).
+        k8s.core.v1.Service(
+            f"{name}-metrics", metadata=metadata(METRICS_SERVICE, ns, APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
+                  "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
+            opts=o,
+        )
         api = container(
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
-            ports=[("https", PORT)],
+            ports=[("https", PORT), ("metrics", METRICS_PORT)],
             mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
             own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
             writable=["tmp"],

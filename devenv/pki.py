@@ -36,13 +36,17 @@ class LocalPki:
     ca_key: Path
     server: CertPair
 
-    def client(self, name: str) -> CertPair:
-        """A client certificate for ``name`` (created on first use, reused after)."""
-        pair = CertPair(self.directory / f"{name}.crt", self.directory / f"{name}.key")
+    def client(self, name: str, ou: str | None = None, *, valid_days: float = 30) -> CertPair:
+        """A client certificate for CN ``name`` (subject OU ``ou`` if given), created on first use, reused after.
+
+        ``valid_days`` below zero makes one that has already expired (for refusal tests).
+        """
+        stem = name if ou is None else f"{name}.{ou}"
+        pair = CertPair(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
         if not pair.cert.exists():
             ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
             ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
-            _issue(pair, name, ca_cert, ca_key, server=False)
+            _issue(pair, name, ca_cert, ca_key, server=False, ou=ou, valid_days=valid_days)
         return pair
 
 
@@ -56,17 +60,21 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _issue(pair: CertPair, common_name: str, ca_cert: x509.Certificate,
-           ca_key, *, server: bool) -> None:
+           ca_key, *, server: bool, ou: str | None = None, valid_days: float = 30) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if ou is not None:
+        subject.append(x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou))
+    start = now - dt.timedelta(minutes=5) if valid_days > 0 else now - dt.timedelta(days=2)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .subject_name(x509.Name(subject))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=30))
+        .not_valid_before(start)
+        .not_valid_after(now + dt.timedelta(days=valid_days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_encipherment=False, content_commitment=False,
                                      data_encipherment=False, key_agreement=True, key_cert_sign=False,

@@ -114,7 +114,8 @@ class PrometheusServer(ManagedProcess):
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  out_of_order_window: str = "30d", retention: str = "90d",
                  scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s",
-                 rule_files: tuple[str, ...] = ()) -> None:
+                 rule_files: tuple[str, ...] = (),
+                 query_timeout: str | None = None, query_max_samples: int | None = None) -> None:
         super().__init__(Path(workdir) / "prometheus.log")
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -123,6 +124,8 @@ class PrometheusServer(ManagedProcess):
         self.scrape_targets = scrape_targets
         self.scrape_interval = scrape_interval
         self.rule_files = rule_files
+        self.query_limits = ([f"--query.timeout={query_timeout}"] if query_timeout else []) + \
+            ([f"--query.max-samples={query_max_samples}"] if query_max_samples else [])
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
 
@@ -163,7 +166,7 @@ class PrometheusServer(ManagedProcess):
         self.spawn(
             [find_prometheus(), f"--config.file={self.config_path}", f"--storage.tsdb.path={self.data_dir}",
              f"--storage.tsdb.retention.time={self.retention}", f"--web.listen-address=127.0.0.1:{self.port}",
-             "--web.enable-remote-write-receiver", "--web.enable-lifecycle", "--log.level=warn"])
+             "--web.enable-remote-write-receiver", "--web.enable-lifecycle", "--log.level=warn", *self.query_limits])
         try:
             self.wait_ready(timeout)
         except Exception as exc:

@@ -40,6 +40,17 @@ default). Example (``docs/ingest.md`` has the full table)::
     key = "/etc/ems/tls/tls.key"
     alertmanager_url = "http://alertmanager.ems.svc:9093"   # default: none; the operator page shows no alerts
 
+    [twin_api.auth]                # the gateway's verifier (ingest/gateway_auth.py); absent: no /v1/authz
+    cert_ou_roles = { viewer = "viewer", operator = "operator", admin = "admin" }   # the default
+    cert_cn_roles = { "scada-1" = "operator" }                                       # CN wins over OU
+
+    [twin_api.auth.oidc]           # absent: bearer tokens are refused
+    issuer = "https://idp.example.net/realms/ems"
+    audience = "ems-gateway"
+    jwks_url = "https://idp.example.net/realms/ems/protocol/openid-connect/certs"
+    claim_roles = { "ems-viewers" = "viewer", "ems-operators" = "operator", "ems-admins" = "admin" }
+    role_claim = "groups"          # default; username_claim = "sub", algorithms = ["RS256", "ES256"]
+
     [time]
     max_future_s = 300             # readings further ahead of this worker's clock are dead-lettered
     max_age_s = 259200             # older ones too: the TSDB's out-of-order window (72h)
@@ -69,6 +80,7 @@ from ems_contract.config_file import (HOST_RULE, ConfigFileError, parse_toml, re
 from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 from ingest.remote_write import RemoteWriteAuth
+from ingest.gateway_auth import ALGORITHMS, ROLES, AuthSettings, OidcSettings
 
 __all__ = ["ENV_OVERRIDES", "MAX_ENV_CHARS", "MAX_URL_CHARS", "IngestConfig", "BrokerConfig", "TsdbConfig",
            "BatchConfig", "StateConfig", "MetricsConfig", "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
@@ -133,6 +145,7 @@ class TwinApiConfig:
     client_ca: Path | None = None
     client_id: str = ""
     alertmanager_url: str | None = None   # the operator page lists its firing alerts; None: no alerts shown
+    auth: AuthSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -318,6 +331,53 @@ def _remote_write_auth(t: _Section, scheme: str) -> RemoteWriteAuth | None:
                            tenant=tenant, tenant_header=header)
 
 
+def _roles(section: _Section, key: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """A table ``{name = "<role>"}`` of at most 256 entries; names non-empty printable, roles viewer|operator|admin."""
+    value = section._get(key, False)
+    if value is None:
+        return default
+    if not isinstance(value, dict) or len(value) > 256:
+        raise ConfigError(section._p(key), value, "must be a table of at most 256 name = role entries")
+    for name, role in value.items():
+        if not name or len(name) > MAX_TEXT_CHARS or not name.isprintable():
+            raise ConfigError(f"{section._p(key)}.{name}", role, "must be named by 1..1024 printable characters")
+        if role not in ROLES:
+            raise ConfigError(f"{section._p(key)}.{name}", role, f"must be one of {', '.join(ROLES)}")
+    return tuple(value.items())
+
+
+def _auth(twin: _Section, base: Path, check_files: bool) -> AuthSettings | None:
+    twin.used.add("auth")
+    if "auth" not in twin.table:
+        return None
+    a = _Section(twin._p("auth"), twin.table["auth"], base, check_files)
+    oidc = None
+    a.used.add("oidc")
+    if "oidc" in a.table:
+        o = _Section(a._p("oidc"), a.table["oidc"], base, check_files)
+        algorithms = o._get("algorithms", False)
+        if algorithms is None:
+            algorithms = list(ALGORITHMS)
+        if not isinstance(algorithms, list) or not algorithms or any(x not in ALGORITHMS for x in algorithms):
+            raise ConfigError(o._p("algorithms"), algorithms, f"must be a non-empty list of {', '.join(ALGORITHMS)}")
+        claim_roles = _roles(o, "claim_roles", ())
+        if not claim_roles:
+            raise ConfigError(o._p("claim_roles"), None, "is required: which claim values grant which role")
+        oidc = OidcSettings(
+            issuer=o.str("issuer", required=True), audience=o.str("audience", required=True),
+            jwks_url=o.url("jwks_url", required=True), claim_roles=claim_roles,
+            role_claim=o.str("role_claim", "groups"), username_claim=o.str("username_claim", "sub"),
+            algorithms=tuple(algorithms), leeway_s=o.float("leeway_s", 30.0, 0.0, 300.0),
+            jwks_refresh_s=o.float("jwks_refresh_s", 300.0, 10.0, 86400.0),
+            jwks_min_refetch_s=o.float("jwks_min_refetch_s", 30.0, 1.0, 3600.0),
+            jwks_timeout_s=o.float("jwks_timeout_s", 5.0, 0.5, 60.0), jwks_ca=o.path("jwks_ca"))
+        o.done()
+    auth = AuthSettings(oidc=oidc, cert_ou_roles=_roles(a, "cert_ou_roles", AuthSettings.cert_ou_roles),
+                        cert_cn_roles=_roles(a, "cert_cn_roles", ()))
+    a.done()
+    return auth
+
+
 def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bool = True) -> IngestConfig:
     """Validate a parsed TOML document; relative paths are taken relative to ``base``.
 
@@ -388,7 +448,8 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
         twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
                              host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"),
-                             alertmanager_url=tw.url("alertmanager_url"))
+                             alertmanager_url=tw.url("alertmanager_url"),
+                             auth=_auth(tw, base, check_files))
         tw.done()
 
     times = TimeConfig()

@@ -4,6 +4,9 @@
     GET /v1/assets/<site>           the site's assets with a twin
     GET /v1/sites                   the sites with at least one twin
     GET /v1/query?query=…[&time=…]  PromQL instant query, passed through to the TSDB's /api/v1/query
+    GET /v1/authz                   the gateway's auth_request verifier (``ingest/gateway_auth.py``): 200 with the
+                                    identity headers, 401 or 403; 404 when the API has no verifier configured
+    GET /v1/whoami                  the identity the gateway forwarded (``X-Ems-User``, ``X-Ems-Role``, ``X-Ems-Auth``)
     GET /healthz                    200 while subscribed and the twin consumer is alive and current, else 503
     GET /, /ui/…, /v1/alerts, /v1/query_range   the operator page and what it reads (``ingest.operator_page``)
     GET /livez                      200 while the consumer and MQTT threads live (the liveness probe: a
@@ -42,10 +45,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
 from ingest import operator_page
 from ingest.config import IngestConfig
+from ingest.gateway_auth import AuthRequest, AuthSettings, Verifier
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 
 __all__ = ["TwinStore", "TwinApi", "TWIN_SUBSCRIPTION", "serve_forever"]
@@ -185,6 +191,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if url.path in self.server.api.static:
             body, kind = self.server.api.static[url.path]
             return self._raw(200, body, kind)
+        if url.path == "/v1/authz" and self.server.api.verifier is not None:
+            return self._authz()
+        if url.path == "/v1/whoami":
+            return self._json(200, {"user": self.headers.get("X-Ems-User", ""), "role": self.headers.get("X-Ems-Role", ""),
+                                    "auth": self.headers.get("X-Ems-Auth", "")})
         match = _ASSET_PATH.match(url.path)
         if match:
             site, asset = match.groups()
@@ -236,12 +247,23 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         except (urllib.error.URLError, OSError) as exc:
             return self._json(502, {"status": "error", "errorType": "unavailable", "error": f"TSDB: {exc}"})
 
-    def _json(self, status: int, doc: dict[str, Any]) -> None:
-        self._raw(status, json.dumps(doc, separators=(",", ":")).encode())
+    def _authz(self) -> None:
+        decision = self.server.api.verifier.decide(AuthRequest.from_headers(self.headers))  # type: ignore[union-attr]
+        if decision.status == 200:
+            return self._raw(200, b"", headers={"X-Ems-User": decision.user, "X-Ems-Role": decision.role,
+                                                "X-Ems-Auth": decision.method})
+        challenge = {"WWW-Authenticate": 'Bearer realm="ems"'} if decision.status == 401 else {}
+        return self._json(decision.status, {"error": decision.reason}, challenge)
 
-    def _raw(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def _json(self, status: int, doc: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        self._raw(status, json.dumps(doc, separators=(",", ":")).encode(), headers=headers)
+
+    def _raw(self, status: int, body: bytes, content_type: str = "application/json",
+             headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         for name, value in operator_page.SECURITY_HEADERS.items():
             self.send_header(name, value)
@@ -290,8 +312,11 @@ class TwinApi:
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
-                 stall_after_s: float = 30.0, alertmanager_url: str | None = None) -> None:
+                 stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
+                 registry: CollectorRegistry | None = None) -> None:
         self.link = link
+        self.registry = registry or CollectorRegistry()
+        self.verifier = Verifier(auth, self.registry) if auth is not None else None
         self.store = TwinStore()
         self.max_connections = max_connections
         self.stall_after_s = stall_after_s
@@ -370,18 +395,30 @@ def build(config: IngestConfig) -> TwinApi:
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
                     manual_ack=False, persistent=False, keepalive_s=b.keepalive_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
-                   client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url)
+                   client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url,
+                   auth=tw.auth)
 
 
 def serve_forever(config: IngestConfig) -> int:
-    """``ems-ingest twin-api``: serve until SIGTERM/SIGINT."""
+    """``ems-ingest twin-api``: serve until SIGTERM/SIGINT; metrics (the verifier's counters) on ``[metrics]`` port."""
+    from ems_runtime.status_http import StatusEndpoint
+
     api = build(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     api.start()
-    log.info("twin API on https://%s:%d (client certificates %s), TSDB %s", config.twin_api.host, api.port,
-             "required" if config.twin_api.client_ca else "not required", config.tsdb.query_url)
+
+    def health() -> tuple[bool, dict[str, str]]:
+        ok, why = api.health(need_broker=False)
+        return ok, {"detail": why}
+
+    status = StatusEndpoint(config.metrics.host, config.metrics.port, api.registry, health)
+    status.start()
+    log.info("twin API on https://%s:%d (client certificates %s, gateway verifier %s), TSDB %s, metrics :%d",
+             config.twin_api.host, api.port, "required" if config.twin_api.client_ca else "not required",
+             "on" if api.verifier else "off", config.tsdb.query_url, status.port)
     stop.wait()
+    status.stop()
     api.stop()
     return 0

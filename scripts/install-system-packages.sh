@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo, tests and benchmarks run for real:
-# Mosquitto (MQTT broker, also mosquitto_pub/sub), Prometheus (the TSDB, also promtool),
+# Mosquitto (MQTT broker, also mosquitto_pub/sub), Prometheus (the TSDB, also promtool), nginx (the
+# API gateway on 443; nginx-core carries the auth_request module its token checks use),
 # Alertmanager (prometheus-alertmanager), Chromium (the operator page's headless browser test), and
 # what the edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
 # With --images (make images), also what builds and runs the container images: buildah, podman,
@@ -25,6 +26,7 @@ command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg-dev)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-core)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"

@@ -61,8 +61,8 @@ def test_pki_rejects_duplicate_identities() -> None:
 
 def test_gateway_rejects_node_port() -> None:
     with pytest.raises(ComponentArgsError, match=r"^api: external_service_type must be LoadBalancer or ClusterIP \(got 'NodePort'\)$"):
-        ApiGateway("api", ApiGatewayArgs(namespace="ems", image="envoyproxy/envoy:v1", tls_secret="t", tsdb_host="tsdb",
-                                         external_service_type="NodePort"))
+        ApiGateway("api", ApiGatewayArgs(namespace="ems", image="nginxinc/nginx-unprivileged:1", tls_secret="t", tsdb_host="tsdb",
+                                         twin_api_host="twin-api", external_service_type="NodePort"))
 
 
 def test_bridge_checks_sensors_conf_with_the_edge_agent_parser() -> None:
@@ -202,27 +202,61 @@ def test_prometheus_accepts_the_generated_config(tmp_path) -> None:
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/install-system-packages.sh installs Prometheus"
     path = tmp_path / "prometheus.yml"
-    path.write_text(prometheus_config("168h", "ingest-metrics", "ems", "metrics"))
-    result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
+    for twin in (None, "twin-api-metrics"):
+        text = prometheus_config("168h", "ingest-metrics", "ems", "metrics", twin)
+        path.write_text(text)
+        result = subprocess.run([promtool, "check", "config", str(path)], capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert ("_metrics._tcp.twin-api-metrics.ems.svc.cluster.local" in text) == (twin is not None)
 
 
-def test_envoy_config_is_yaml_with_one_tls_listener_on_443() -> None:
-    import yaml
-
-    from components.api_gateway import envoy_config
-
-    conf = yaml.safe_load(envoy_config("tsdb.ems.svc.cluster.local", 9090))
-    [listener] = conf["static_resources"]["listeners"]
-    assert listener["address"]["socket_address"]["port_value"] == 443
-    assert listener["filter_chains"][0]["transport_socket"]["name"] == "envoy.transport_sockets.tls"
-    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+def _locations(conf: str) -> list[tuple[str, str, str]]:
+    """(regex, required role, upstream) of every routed location in a rendered nginx.conf."""
     import re
-    pattern = re.compile(routes[0]["match"]["safe_regex"]["regex"])
-    assert pattern.fullmatch("/api/v1/query_range") and not pattern.fullmatch("/api/v1/write")
-    [cluster] = conf["static_resources"]["clusters"]
-    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
-        {"address": "tsdb.ems.svc.cluster.local", "port_value": 9090}
+    return re.findall(r"location ~ \"([^\"]+)\" \{\n\s+set \$ems_required (\w+);.*?proxy_pass \w+://ems_(\w+);", conf, re.S)
+
+
+def test_nginx_config_authenticates_every_route_and_routes_nothing_else() -> None:
+    import re
+
+    from components.api_gateway import NginxPlan, Upstream, nginx_config
+    from components.gateway_settings import GatewayAuthSettings
+
+    conf = nginx_config(NginxPlan(auth=GatewayAuthSettings(), tsdb=Upstream("tsdb.ems.svc.cluster.local", 9090),
+                                  twin_api=Upstream("twin-api.ems.svc.cluster.local", 8443, "twin-api.ems.svc.cluster.local")))
+    assert "listen 443 ssl;" in conf and "ssl_verify_client optional;" in conf
+    locations = _locations(conf)
+    assert conf.count("auth_request /_ems_authz;") == len(locations) == 5     # no alertmanager or grafana configured
+
+    def route(path: str) -> tuple[str, str] | None:
+        found = [(role, up) for regex, role, up in locations if re.search(regex, path)]
+        assert len(found) <= 1, path
+        return found[0] if found else None
+    assert route("/api/v1/query_range") == ("viewer", "tsdb") and route("/v1/assets/sub-07/tx1") == ("viewer", "twin_api")
+    assert route("/api/v1/status/flags") == ("admin", "tsdb")
+    assert [route(p) for p in ("/api/v1/write", "/api/v1/admin/tsdb/snapshot", "/v1/authz", "/metrics", "/federate",
+                               "/-/reload", "/v1/assets/a/b/c", "/api/v2/silences")] == [None] * 8
+    # The verifier is asked over TLS that checks the platform CA and the twin API's name; Authorization never goes upstream.
+    assert "proxy_ssl_name twin-api.ems.svc.cluster.local;" in conf and "proxy_ssl_trusted_certificate /etc/nginx/tls/ca.crt;" in conf
+    assert conf.count('proxy_set_header Authorization "";') == len(locations)
+
+
+def test_nginx_config_follows_the_client_certificate_mode_and_limits() -> None:
+    from components.api_gateway import NginxPlan, Upstream, nginx_config
+    from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+
+    oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
+    plan = lambda **kw: NginxPlan(auth=GatewayAuthSettings(**kw), tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w"))  # noqa: E731
+    required = nginx_config(plan(client_certs="required"))
+    assert "ssl_verify_client optional;" in required           # the handshake admits the kubelet's probe of /healthz
+    assert required.count("if ($ssl_client_verify != SUCCESS) { return 496; }") == len(_locations(required)) == 5
+    off = nginx_config(plan(client_certs="off", oidc=oidc))
+    assert "ssl_verify_client off;" in off and "ssl_client_certificate" not in off
+    limited = nginx_config(plan(rate_per_second=7, burst=9, max_body_bytes=2048, max_header_bytes=4096, promql_timeout_seconds=12))
+    assert "rate=7r/s;" in limited and "burst=9 nodelay;" in limited and "client_max_body_size 2048;" in limited
+    assert "large_client_header_buffers 4 4k;" in limited and "proxy_read_timeout 17s;" in limited
+    with pytest.raises(ValueError, match="twin_api must be an HTTPS upstream"):
+        nginx_config(NginxPlan(auth=GatewayAuthSettings(), tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443)))
 
 
 BROKER_ARGS = dict(namespace="ems", image="eclipse-mosquitto:2", tls_secret="t", storage_class="sc", ingest_group="ems-ingest",
@@ -307,7 +341,10 @@ def test_twin_api_children_and_outputs() -> None:
     children = [r for r in MOCKS.resources if r.typ.startswith("kubernetes:") and r.typ != "pulumi:providers:kubernetes"]
     assert sorted(r.typ for r in children) == sorted([
         "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Service",
-        "kubernetes:apps/v1:StatefulSet", "kubernetes:policy/v1:PodDisruptionBudget"])
+        "kubernetes:core/v1:Service", "kubernetes:apps/v1:StatefulSet", "kubernetes:policy/v1:PodDisruptionBudget"])
+    # The second Service is headless: the TSDB scrapes each replica's metrics port (the verifier's counters).
+    [metrics_svc] = [r for r in MOCKS.of_type("kubernetes:core/v1:Service") if r.inputs["metadata"]["name"] == "twin-api-metrics"]
+    assert metrics_svc.inputs["spec"]["clusterIP"] == "None" and metrics_svc.inputs["spec"]["ports"][0]["port"] == 9100
     # Parented: every child inherits the component's provider.
     assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in children), [r.urn for r in children]
     [sts] = MOCKS.of_type("kubernetes:apps/v1:StatefulSet")
@@ -327,13 +364,25 @@ def test_twin_api_children_and_outputs() -> None:
     assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api")
 
 
-def test_envoy_without_a_twin_api_has_no_twin_route_or_cluster() -> None:
-    import yaml
+def test_operator_and_grafana_routes_exist_only_with_their_upstreams() -> None:
+    from components.api_gateway import NginxPlan, Upstream, nginx_config
+    from components.gateway_settings import GatewayAuthSettings
 
-    from components.api_gateway import envoy_config
+    conf = nginx_config(NginxPlan(auth=GatewayAuthSettings(), tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w"),
+                                  alertmanager=Upstream("am", 9093), grafana=Upstream("gf", 3000)))
+    routes = {(role, up) for _, role, up in _locations(conf)}
+    assert ("operator", "alertmanager") in routes and ("viewer", "grafana") in routes
+    assert "proxy_set_header X-Ems-Grafana-Role $ems_grafana_role;" in conf
 
-    with_twin = yaml.safe_load(envoy_config("tsdb", 9090, "twin-api.ems.svc.cluster.local", 8443))
-    without = yaml.safe_load(envoy_config("tsdb", 9090))
-    assert [c["name"] for c in with_twin["static_resources"]["clusters"]] == ["tsdb", "twin_api"]
-    assert [c["name"] for c in without["static_resources"]["clusters"]] == ["tsdb"]
-    assert "/v1/" not in envoy_config("tsdb", 9090).replace("/api/v1/", "")
+def test_gateway_declares_the_client_authentication_its_config_requires() -> None:
+    from components.api_gateway import NginxPlan, Upstream, _client_auth, nginx_config
+    from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+
+    oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
+    for settings, annotation, verify in ((GatewayAuthSettings(client_certs="required"), "mtls-required", "optional"),
+                                         (GatewayAuthSettings(), "mtls", "optional"),
+                                         (GatewayAuthSettings(oidc=oidc), "mtls+oidc", "optional"),
+                                         (GatewayAuthSettings(client_certs="off", oidc=oidc), "oidc", "off")):
+        assert _client_auth(settings) == annotation
+        conf = nginx_config(NginxPlan(auth=settings, tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w")))
+        assert f"ssl_verify_client {verify};" in conf

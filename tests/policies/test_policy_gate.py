@@ -67,7 +67,7 @@ EXPECTED = {
     "writable-root": {"container-readonly-root-filesystem"},
     "no-limits": {"container-resources"},
     "evil-registry": {"container-image-registry"},
-    "ssh-port": {"container-ports-allowed"},
+    "ssh-port": {"container-ports-allowed", "external-listener-client-auth"},  # its 443 LoadBalancer: no client auth declared
     "lb-443-to-22": {"service-ports-allowed"},
     "unsafe-sysctl": {"pod-sysctls-allowed"},
     "wildcard-second-rule": {"rbac-no-wildcards"},

@@ -454,8 +454,6 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     import re
     import tomllib
 
-    import yaml
-
     from ingest.config import parse_config
 
     ev, config = stack(name), evaluate_config(name)
@@ -472,7 +470,8 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     [c] = pod["containers"]
     assert c["image"] == ingest.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
     assert c["args"] == ["twin-api", "--config", "/etc/ems/twin-api/ingest.toml"] and "command" not in c
-    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
     assert {k: c["securityContext"][k] for k in HARDENING} == HARDENING and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8443, "scheme": "HTTPS"}
@@ -515,27 +514,21 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
     assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
-    # The gateway routes the twin paths (and nothing else) to it over TLS that verifies the CA and the name.
-    envoy = yaml.safe_load(_named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["envoy.yaml"])
-    routes = envoy["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"][
-        "virtual_hosts"][0]["routes"]
+    # The gateway routes the twin paths (and nothing else) to it, and asks its verifier about every caller, over TLS
+    # that verifies the CA and the name.
+    nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
+    locations = re.findall(r"location ~ \"([^\"]+)\" \{.*?proxy_pass \w+://ems_(\w+);", nginx, re.S)
+
     def target(path: str) -> str | None:
-        for route in routes:
-            match = route["match"]
-            if match.get("path") == path or ("safe_regex" in match and re.fullmatch(match["safe_regex"]["regex"], path)):
-                return route.get("route", {}).get("cluster", "direct")
-        return None
+        found = [up for regex, up in locations if re.search(regex, path)]
+        return found[0] if found else ("direct" if path == "/healthz" and "location = /healthz" in nginx else None)
     assert [target(p) for p in ("/v1/assets/sub-07/tx1", "/v1/assets/sub-07", "/v1/query", "/api/v1/query", "/healthz")] == \
         ["twin_api", "twin_api", "twin_api", "tsdb", "direct"]
-    assert [target(p) for p in ("/v1/assets", "/v1/assets/a/b/c", "/v1/admin", "/api/v1/write")] == [None] * 4
-    [cluster] = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "twin_api"]
-    assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] == \
-        {"address": host, "port_value": 8443}
-    tls = cluster["transport_socket"]["typed_config"]
-    assert tls["@type"].endswith("UpstreamTlsContext") and tls["sni"] == host
-    assert tls["common_tls_context"]["validation_context"] == {
-        "trusted_ca": {"filename": "/etc/envoy/tls/ca.crt"},
-        "match_typed_subject_alt_names": [{"san_type": "DNS", "matcher": {"exact": host}}]}
+    assert [target(p) for p in ("/v1/assets", "/v1/assets/a/b/c", "/v1/admin", "/api/v1/write", "/v1/authz")] == [None] * 5
+    assert f"upstream ems_twin_api {{\n        server {host}:8443 max_fails=0;" in nginx
+    assert "proxy_pass https://ems_twin_api/v1/authz;" in nginx
+    assert f"proxy_ssl_name {host};" in nginx and "proxy_ssl_trusted_certificate /etc/nginx/tls/ca.crt;" in nginx
+    assert parsed.twin_api.auth is not None          # the twin API serves the verifier the gateway asks
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
@@ -546,9 +539,15 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert selecting == ["twin-api"]
     twin_policy = policies["twin-api"]
     peer = lambda rule: [(selects(p["podSelector"], pod_labels(gateway)), p) for p in rule["from" if "from" in rule else "to"]]  # noqa: E731
-    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [([{"protocol": "TCP", "port": 8443}], [True])]
-    egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in r["to"]]) for r in twin_policy["egress"]]
-    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"])]
+    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [
+        ([{"protocol": "TCP", "port": 8443}], [True]), ([{"protocol": "TCP", "port": 9100}], [False])]
+    [scrape] = [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in twin_policy["ingress"][1]["from"]]
+    assert scrape == "tsdb"                               # the TSDB scrapes the verifier's counters, nobody else
+    egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] if "podSelector" in p else p["ipBlock"]["cidr"]
+                            for p in r["to"]]) for r in twin_policy["egress"]]
+    # With an OIDC issuer (ems:apiAuth.oidc) the verifier fetches its JWKS over HTTPS, and only then.
+    idp = [([{"protocol": "TCP", "port": 443}], ["0.0.0.0/0"])] if "oidc" in json.loads(config.get("ems:apiAuth") or "{}") else []
+    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"]), *idp]
     assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
             "ports": [{"protocol": "TCP", "port": 8443}]} in policies["api-gateway"]["egress"]
     [tsdb_in] = policies["tsdb"]["ingress"]
@@ -617,3 +616,32 @@ def test_each_gateway_keeps_its_framing() -> None:
     assert [p["id"] for p in devices["gw-rtu"]["points"]] == ["S2", "S3"]
     with pytest.raises(Exception, match=r"^ems:modbusGateways\[0\]\.transport: rtu is not one of tcp\|rtu-over-tcp$"):
         evaluate_stack("local", {"ems:modbusGateways": json.dumps([{**gateways[0], "transport": "rtu"}])})
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_gateway_authentication_follows_the_stack(name: str) -> None:
+    import tomllib
+
+    from components.gateway_settings import parse_gateway_auth
+    from ingest.config import parse_config
+
+    ev, config = stack(name), evaluate_config(name)
+    auth = parse_gateway_auth(json.loads(config.get("ems:apiAuth") or "null"))
+    gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
+    nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
+    verify = "off" if auth.client_certs == "off" else "optional"
+    assert f"ssl_verify_client {verify};" in nginx and f"rate={auth.rate_per_second}r/s;" in nginx
+    assert ("return 496;" in nginx) == (auth.client_certs == "required")
+    expected = "mtls-required" if auth.client_certs == "required" else "+".join(
+        m for m, on in (("mtls", auth.client_certs != "off"), ("oidc", auth.oidc is not None)) if on)
+    assert gateway.inputs["metadata"]["annotations"]["ems.io/client-auth"] == expected
+    # The verifier in the twin API gets the same issuer and mappings.
+    twin = parse_config(tomllib.loads(_named(ev, "kubernetes:core/v1:ConfigMap", "twin-api-config").inputs["data"]["ingest.toml"]),
+                        check_files=False).twin_api
+    assert twin.auth.cert_cn_roles == auth.cert_cn_roles
+    assert (twin.auth.oidc.issuer, twin.auth.oidc.audience, twin.auth.oidc.jwks_url) == \
+        (auth.oidc.issuer, auth.oidc.audience, auth.oidc.jwks_url) if auth.oidc else twin.auth.oidc is None
+    # PromQL limits on the TSDB itself.
+    tsdb = _named(ev, "kubernetes:apps/v1:StatefulSet", "tsdb")
+    args = tsdb.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert f"--query.timeout={auth.promql_timeout_seconds}s" in args and f"--query.max-samples={auth.promql_max_samples}" in args

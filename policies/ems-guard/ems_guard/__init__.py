@@ -5,6 +5,7 @@
 * ``ports``         Service / Ingress / NetworkPolicy / security-group / Global Accelerator ports
 * ``network``       default-deny and NetworkPolicy coverage (stack policies)
 * ``egress``        the north-bound client leaves the cluster only to its 2030.5 server on 443
+* ``client_auth``   internet-facing 443/8883 listeners front workloads that require client authentication
 * ``rbac``          Roles, ClusterRoles, bindings, ServiceAccount token automount
 * ``workloads``     container and pod hardening for every pod-bearing kind
 * ``placement``     EMS node placement, TSDB storage, thermal autoscaling
@@ -22,9 +23,9 @@ from pulumi_policy import Policy
 
 def all_policies() -> list[Policy]:
     """Every policy of the pack, grouped by domain (imported lazily so each module stays standalone)."""
-    from . import aws, egress, network, pki, placement, ports, private_cloud, rbac, workloads
+    from . import aws, client_auth, egress, network, pki, placement, ports, private_cloud, rbac, workloads
 
     policies: list[Policy] = []
-    for module in (ports, network, egress, rbac, workloads, placement, pki, aws, private_cloud):
+    for module in (ports, network, egress, client_auth, rbac, workloads, placement, pki, aws, private_cloud):
         policies.extend(module.POLICIES)
     return policies
