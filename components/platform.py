@@ -176,6 +176,7 @@ class EmsPlatform(pulumi.ComponentResource):
             tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type, auth=s.api_auth,
+            grafana_host=f"grafana.{ns_name}.svc.cluster.local" if s.grafana.enabled else None,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.northbound is not None:   # the IEEE 2030.5 client, only where a utility server is configured
             NorthboundClient(f"{name}-northbound", NorthboundArgs(

@@ -645,3 +645,13 @@ def test_gateway_authentication_follows_the_stack(name: str) -> None:
     tsdb = _named(ev, "kubernetes:apps/v1:StatefulSet", "tsdb")
     args = tsdb.inputs["spec"]["template"]["spec"]["containers"][0]["args"]
     assert f"--query.timeout={auth.promql_timeout_seconds}s" in args and f"--query.max-samples={auth.promql_max_samples}" in args
+
+
+@pytest.mark.parametrize("name", REGION_STACKS)
+def test_grafana_is_routed_by_the_gateway_where_it_is_deployed(name: str) -> None:
+    ev, config = stack(name), evaluate_config(name)
+    enabled = json.loads(config.get("ems:grafana") or "{}").get("enabled", True)
+    nginx = _named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["nginx.conf"]
+    grafana = [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "grafana"]
+    assert bool(grafana) == enabled
+    assert ("grafana.ems-system.svc.cluster.local:3000" in nginx) == enabled
