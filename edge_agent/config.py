@@ -46,7 +46,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         kind ["transformer"], rated_load [required, > 0, in the load point's unit],
                         load_point, ambient_point [required: point names of this asset], top_oil_point [none],
                         size ["distribution"|"power"], cooling ["ONAN"|"ONAF"; distribution: ONAN only],
-                        paper ["non_upgraded"|"upgraded"], max_gap_s [3600.0], and overrides of the
+                        paper ["non_upgraded"|"upgraded"], max_gap_s [3600.0], model ["iec"|"ieee"],
+                        hot_spot_limit [120.0 degC, IEC 60076-7 normal cyclic loading], and overrides of the
                         model constants: top_oil_rise, hot_spot_gradient, loss_ratio [typical 55, 23, 5
                         for distribution; required for power], oil_exponent, winding_exponent, k11, k21,
                         k22, oil_time_constant_min, winding_time_constant_min [the standard's table row
@@ -72,7 +73,7 @@ from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileErr
                                       valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
 from ems_contract.telemetry_v2 import PAYLOAD_VERSIONS
-from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
+from edge_agent.thermal import COOLING_MODES, HOT_SPOT_LIMIT_DEGC, MODELS, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
@@ -282,6 +283,7 @@ class ThermalAssetConfig:
     size: str = "distribution"
     cooling: str = "ONAN"
     max_gap_s: float = 3600.0
+    hot_spot_limit: float = HOT_SPOT_LIMIT_DEGC
 
 
 @dataclass(frozen=True)
@@ -580,6 +582,8 @@ class _Loader:
         preset = PRESETS[(size, cooling)]
         paper = t.choice("paper", PAPERS, "non_upgraded")
         max_gap_s = t.number("max_gap_s", 3600.0, high=30 * 86400.0, positive=True)
+        model = t.choice("model", MODELS, "iec")
+        hot_spot_limit = t.number("hot_spot_limit", HOT_SPOT_LIMIT_DEGC, low=40.0, high=200.0)
         values: dict[str, float] = {}
         for key, low, high in (("top_oil_rise", 0.0, 150.0), ("hot_spot_gradient", 0.0, 100.0),
                                ("loss_ratio", 0.0, 1000.0)):
@@ -596,8 +600,8 @@ class _Loader:
         t.done()
         return ThermalAssetConfig(asset=asset, kind=kind, rated_load=rated_load, load_point=load_point,  # type: ignore[arg-type]
                                   ambient_point=ambient_point, top_oil_point=top_oil_point,  # type: ignore[arg-type]
-                                  size=size, cooling=cooling, max_gap_s=max_gap_s,
-                                  params=ThermalParams(paper=paper, **values))
+                                  size=size, cooling=cooling, max_gap_s=max_gap_s, hot_spot_limit=hot_spot_limit,
+                                  params=ThermalParams(paper=paper, model=model, **values))
 
     def broker(self, t: _Table, site: str) -> BrokerConfig:
         host = t.host("host", hint="the broker's host name or IP address")

@@ -21,11 +21,15 @@ the new input. Only ``good`` readings are inputs; a load factor above
 ``MAX_LOAD_FACTOR`` or an ambient outside -70..80 °C is refused (logged once)
 and, like a ``device_error``, leaves the input unknown: the model waits. The
 model starts from the latest good measured top-oil when the asset has that point
-(else in the steady state of its first inputs). Its state is part of the
-cache, so it survives restarts. The payload gains ``thermal``::
+(else in the steady state of its first inputs). After a gap longer than
+``max_gap_s`` it restarts from the measured top-oil of the reading that ends the
+gap, or of the first good top-oil reading within ``RESUME_WINDOW_S`` after it.
+Its state is part of the cache, so it survives restarts. The payload gains ``thermal``::
 
     {"load_factor": 0.86, "top_oil_degC": 54.31, "hot_spot_degC": 74.02, "ageing_rate": 0.1523,
      "loss_of_life_h": 0.0021, "since_ms": ..., "updated_ms": ..., "restarts": 0,
+     "model": "iec", "hot_spot_limit_degC": 120.0,
+     "time_to_hot_spot_limit_s": 5400.0,    # at the present inputs; null: never reached
      "top_oil_residual_K": 3.69}            # the residual only with a good measured top-oil point
 
 A cache file that cannot be parsed is moved aside (``<name>.corrupt-<time>``)
@@ -56,6 +60,7 @@ __all__ = ["TwinStore", "run_twin"]
 log = logging.getLogger(__name__)
 _VERSION = 1
 AMBIENT_RANGE = (-70.0, 80.0)
+RESUME_WINDOW_S = 300.0
 
 
 class _ThermalRun:
@@ -67,6 +72,7 @@ class _ThermalRun:
         self.load_factor: float | None = None
         self.ambient: float | None = None
         self.top_oil: float | None = None       # the latest good measured top-oil, when the asset has one
+        self.resume_until_ms: int | None = None  # after a restart without a measurement: snap to the next one
         self.refused: set[str] = set()
 
     def to_json(self) -> dict[str, Any]:
@@ -82,9 +88,17 @@ class _ThermalRun:
     def take(self, reading: Reading) -> None:
         """Advance the model to the reading's time, then take it as an input if it is one."""
         cfg = self.config
+        measured = self._usable(reading) if reading.point == cfg.top_oil_point else None
         if self.state is not None and self.load_factor is not None and self.ambient is not None:
+            restarts = self.state.restarts
             self.state = thermal.advance(cfg.params, self.state, self.load_factor, self.ambient, reading.ts_ms,
-                                         max_gap_s=cfg.max_gap_s)
+                                         max_gap_s=cfg.max_gap_s, measured_top_oil=measured)
+            if self.state.restarts != restarts and measured is None and cfg.top_oil_point:
+                self.resume_until_ms = reading.ts_ms + int(min(cfg.max_gap_s, RESUME_WINDOW_S) * 1000)
+        if measured is not None and self.state is not None and self.resume_until_ms is not None:
+            if reading.ts_ms <= self.resume_until_ms:
+                self.state = thermal.with_top_oil(cfg.params, self.state, measured)
+            self.resume_until_ms = None
         if reading.point == cfg.load_point:
             value = self._usable(reading)
             k = abs(value) / cfg.rated_load if value is not None else None
@@ -133,9 +147,14 @@ class _ThermalRun:
             "since_ms": state.since_ms,
             "updated_ms": state.t_ms,
             "restarts": state.restarts,
+            "model": params.model,
+            "hot_spot_limit_degC": self.config.hot_spot_limit,
         }
         if self.load_factor is not None:
             out["load_factor"] = round(self.load_factor, 4)
+        if self.load_factor is not None and self.ambient is not None:
+            seconds = thermal.time_to_limit(params, state, self.load_factor, self.ambient, self.config.hot_spot_limit)
+            out["time_to_hot_spot_limit_s"] = None if seconds is None else round(seconds, 1)
         measured = points.get(self.config.top_oil_point or "")
         if measured and measured["quality"] == "good" and measured["value"] is not None:
             out["top_oil_residual_K"] = round(measured["value"] - state.top_oil, 2)
