@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the demo, tests and benchmarks run for real:
-# Mosquitto (MQTT broker, also mosquitto_pub/sub) and Prometheus (the TSDB), and what the
-# edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
+# Mosquitto (MQTT broker, also mosquitto_pub/sub), Prometheus (the TSDB, also promtool), Alertmanager
+# (prometheus-alertmanager), and what the edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
 # With --images (make images), also what builds and runs the container images: buildah, podman,
 # runc (crun refuses cgroup v1 hybrid hosts), mmdebstrap (the Debian base from Debian packages).
 # Idempotent: does nothing when every binary is already there.
@@ -16,6 +16,7 @@ fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # The edge install kit (make deb, its tests): dpkg-deb, Debian's python3.11 venv, logrotate, systemd-analyze.
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg-dev)
