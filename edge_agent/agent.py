@@ -148,7 +148,8 @@ class Agent:
         spool = Spool(cfg.spool.path, site=cfg.site, max_readings=cfg.spool.max_readings,
                       fsync_batch=cfg.spool.fsync_batch, audit=AuditLog(cfg.audit.path), metrics=self.metrics,
                       clock=self.clock)
-        twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets)
+        twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets,
+                         fault_points={(p.asset, p.name): p.faults for d in cfg.devices for p in d.points if p.faults})
         await asyncio.get_running_loop().run_in_executor(None, twin.load)
         calibrations = Calibrations.from_config(cfg)
         self.http = HttpEndpoint(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)

@@ -36,6 +36,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         gain [1.0], offset [0.0], unit [""], deadband [0.0] or deadband_percent [0.0],
                         heartbeat_s [60.0]
     [devices.points.current_loop]  low, high [required: engineering values at 4 and 20 mA], ma_per_count [1.0]
+    [devices.points.faults]        optional PLC fault-code map (integer types): "<register value>" =
+                                   { code, text, severity ["warning"] } (see ``edge_agent.faults``)
     [[devices.writable]]  optional, one per control the site accepts (``docs/commands.md``):
                         id, control [one of ems_contract.command.CONTROLS, once per file], address,
                         safe_value, silence_timeout_s [required], register ["holding"|"coil"],
@@ -73,6 +75,7 @@ from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileErr
                                       valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
 from ems_contract.telemetry_v2 import PAYLOAD_VERSIONS
+from edge_agent.faults import FaultCode, parse_faults
 from edge_agent.thermal import COOLING_MODES, HOT_SPOT_LIMIT_DEGC, MODELS, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
@@ -184,6 +187,8 @@ class PointConfig:
     deadband_percent: float = 0.0
     heartbeat_s: float = 60.0
     current_loop: CurrentLoop | None = None
+    faults: tuple[FaultCode, ...] = ()
+    """PLC fault-code map (``edge_agent.faults``); empty: the point carries no fault codes."""
 
     @property
     def count(self) -> int:
@@ -356,6 +361,9 @@ def parse_config(text: str, source_path: Path, *, check_files: bool = True) -> A
     except ConfigFileError as exc:
         raise ConfigError(exc.field, exc.value, exc.reason) from exc
     return _Loader(source_path, check_files).agent(raw)
+
+
+_INTEGER_RANGES = {"int16": (0, 32767), "uint16": (0, 65535), "int32": (0, 2**31 - 1), "uint32": (0, 2**32 - 1)}
 
 
 class _Missing:
@@ -775,11 +783,17 @@ class _Loader:
                 raise ConfigError(loop_t.at("high"), high, "must differ from low (the values at 4 mA and at 20 mA)")
             loop = CurrentLoop(low=low, high=high, ma_per_count=loop_t.number("ma_per_count", 1.0, positive=True))
             loop_t.done()
+        faults: tuple[FaultCode, ...] = ()
+        if "faults" in t.data:
+            if data_type not in _INTEGER_RANGES:
+                raise ConfigError(t.at("faults"), data_type, "needs an integer point type (int16, uint16, int32, uint32): "
+                                                             "fault codes are register values")
+            faults = parse_faults(t.at("faults"), t.raw("faults"), _INTEGER_RANGES[data_type])
         t.done()
         return PointConfig(id=sensor_id, asset=asset, name=name, register=register, address=address,
                            type=data_type, byte_order=byte_order, word_order=word_order, gain=gain, offset=offset,
                            unit=unit, deadband=deadband, deadband_percent=deadband_percent, heartbeat_s=heartbeat_s,
-                           current_loop=loop)
+                           current_loop=loop, faults=faults)
 
 
 def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfig, ...], table: str = "points") -> None:

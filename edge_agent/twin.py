@@ -32,6 +32,11 @@ Its state is part of the cache, so it survives restarts. The payload gains ``the
      "time_to_hot_spot_limit_s": 5400.0,    # at the present inputs; null: never reached
      "top_oil_residual_K": 3.69}            # the residual only with a good measured top-oil point
 
+Points with a PLC fault-code map (``edge_agent.faults``) carry the active fault in
+their state, ``"fault": {"code": "E04", "text": "over-voltage", "severity": "critical",
+"since_ms": ...}``, while the latest good reading shows a mapped code; ``since_ms`` is the
+measurement time of the first reading that showed it.
+
 A cache file that cannot be parsed is moved aside (``<name>.corrupt-<time>``)
 with a warning and the twin starts empty: it is a cache, rebuilt from the next
 readings. A cache that cannot be written raises TwinError.
@@ -47,11 +52,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from edge_agent import thermal
 from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
+from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
@@ -172,18 +178,21 @@ def _finite_or_none(value: Any) -> float | None:
 class TwinStore:
     """Latest state per asset for ``site``, cached in ``cache_path`` (JSON).
 
-    ``thermal_assets`` (default none) get a thermal model each (module docstring).
+    ``thermal_assets`` (default none) get a thermal model each; ``fault_points`` maps
+    (asset, point) to its fault-code map (default none; module docstring).
     """
 
     def __init__(self, cache_path: str | os.PathLike[str], *, site: str,
                  clock: Callable[[], float] = time.time,
-                 thermal_assets: Iterable[ThermalAssetConfig] = ()) -> None:
+                 thermal_assets: Iterable[ThermalAssetConfig] = (),
+                 fault_points: Mapping[tuple[str, str], tuple[FaultCode, ...]] | None = None) -> None:
         self.path = Path(cache_path)
         self.site = site
         self.clock = clock
         self._assets: dict[str, dict[str, dict[str, Any]]] = {}
         self._published: dict[str, str] = {}
         self._thermal = {cfg.asset: _ThermalRun(cfg) for cfg in thermal_assets}
+        self._faults = dict(fault_points or {})
         self.dirty = False
 
     def load(self) -> None:
@@ -227,9 +236,17 @@ class TwinStore:
                     and held["unit"] == unit)):
                 continue
             if held is None:
-                points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+                held = points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
             else:               # in place: the state of a point is updated at every poll
                 held["value"], held["unit"], held["quality"], held["ts_ms"] = value, unit, quality, ts_ms
+            codes = self._faults.get((asset, point)) if self._faults else None
+            if codes:
+                fault = active_fault(codes, value, quality)
+                before = held.get("fault") or {}
+                if fault is None:
+                    held.pop("fault", None)
+                else:
+                    held["fault"] = fault_block(fault, before["since_ms"] if before.get("code") == fault.code else ts_ms)
             changed += 1
             run = self._thermal.get(asset)
             if run is not None:
