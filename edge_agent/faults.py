@@ -22,7 +22,7 @@ active fault in the point's state as ``"fault": {"code", "text", "severity",
 alert ``EmsPlcFault`` names code and text while it lasts.
 
 Codes and texts become Prometheus label values and alert text, so they are
-checked here: a code is 1..16 of ``[A-Za-z0-9_.-]``, a text 1..80 printable
+checked here: a code is 1..16 of ``[A-Za-z0-9_.-]`` starting with a letter or digit, a text 1..80 printable
 characters without quotes, backslashes or braces, at most ``MAX_FAULTS`` per point.
 """
 
@@ -38,7 +38,7 @@ __all__ = ["FaultCode", "SEVERITIES", "MAX_FAULTS", "parse_faults", "active_faul
 
 SEVERITIES = ("critical", "warning", "info")
 MAX_FAULTS = 256
-_CODE = re.compile(r"^[A-Za-z0-9_.-]{1,16}$")
+_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,15}$")
 _TEXT_FORBIDDEN = frozenset('"\\\'`{}')
 _KEY = re.compile(r"^(0|[1-9][0-9]{0,9})$")
 
@@ -91,7 +91,8 @@ def parse_faults(path: str, raw: Any, value_range: tuple[int, int]) -> tuple[Fau
             raise ConfigError(f"{where}.{unknown[0]}", entry[unknown[0]], "is an unknown key; allowed: code, severity, text")
         code, text, severity = entry.get("code"), entry.get("text"), entry.get("severity", "warning")
         if not valid_code(code):
-            raise ConfigError(f"{where}.code", code, "must be 1..16 characters of letters, digits, '_', '.', '-'")
+            raise ConfigError(f"{where}.code", code, "must be 1..16 characters of letters, digits, '_', '.', '-' "
+                                                     "starting with a letter or digit")
         if not valid_text(text):
             raise ConfigError(f"{where}.text", text, "must be 1..80 printable characters without quotes, "
                                                      "backslashes, braces or surrounding spaces")

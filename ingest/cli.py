@@ -65,6 +65,7 @@ def _lock_state_dir(config: IngestConfig) -> int:
 def run(config: IngestConfig) -> int:
     from ems_contract.telemetry import telemetry_subscription
     from ingest.dedup import SeenSeqs
+    from ems_runtime.cert_expiry import register_certificates
     from ems_runtime.status_http import StatusEndpoint
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
@@ -89,6 +90,7 @@ def run(config: IngestConfig) -> int:
         alive, why = worker.health()
         return alive, {"detail": why}
 
+    register_certificates(metrics.registry, "ingest", {"broker-client": b.cert if b.tls else None})
     # /healthz is the StatefulSet's liveness probe: 503 when the worker loop stalls or paho's thread died.
     server = StatusEndpoint(config.metrics.host, config.metrics.port, metrics.registry, health)
     server.start()

@@ -40,10 +40,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry
+
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
+from ems_runtime.cert_expiry import register_certificates
+from ems_runtime.status_http import StatusEndpoint
 from ingest.config import IngestConfig
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
+from ingest.twin_metrics import TwinCollector
 
 __all__ = ["TwinStore", "TwinApi", "TWIN_SUBSCRIPTION", "serve_forever"]
 
@@ -118,6 +123,11 @@ class TwinStore:
     def get(self, site: str, asset: str) -> dict[str, Any] | None:
         with self._lock:
             return self._twins.get((site, asset))
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every twin held (the documents themselves: callers only read them)."""
+        with self._lock:
+            return list(self._twins.values())
 
     def assets(self, site: str) -> list[str]:
         with self._lock:
@@ -343,8 +353,27 @@ def serve_forever(config: IngestConfig) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     api.start()
-    log.info("twin API on https://%s:%d (client certificates %s), TSDB %s", config.twin_api.host, api.port,
-             "required" if config.twin_api.client_ca else "not required", config.tsdb.query_url)
+    status = _status_endpoint(config, api)
+    log.info("twin API on https://%s:%d (client certificates %s), TSDB %s, metrics :%d", config.twin_api.host, api.port,
+             "required" if config.twin_api.client_ca else "not required", config.tsdb.query_url, status.port)
     stop.wait()
+    status.stop()
     api.stop()
     return 0
+
+
+def _status_endpoint(config: IngestConfig, api: TwinApi) -> StatusEndpoint:
+    """Plain-HTTP ``/metrics`` (twin-derived metrics, ``ingest/twin_metrics.py``; certificate expiry) on [metrics]."""
+    assert config.twin_api is not None
+    registry = CollectorRegistry()
+    registry.register(TwinCollector(api.store.documents, lambda: dict(api.store.rejected)))
+    register_certificates(registry, "twin", {"server": config.twin_api.cert,
+                                             "broker-client": config.broker.cert if config.broker.tls else None})
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        ok, why = api.health(need_broker=False)
+        return ok, {"detail": why}
+
+    status = StatusEndpoint(config.metrics.host, config.metrics.port, registry, health)
+    status.start()
+    return status

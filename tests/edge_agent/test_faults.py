@@ -60,7 +60,8 @@ def test_a_fault_map_is_read_into_the_point(folder: Path) -> None:
      "devices[0].points[1].faults.4: 'E04 over-voltage' must be a table { code = \"E04\", text = \"over-voltage\", "
      "severity = \"critical\" }"),
     ('4 = { code = "E 04", text = "x" }', "uint16",
-     "devices[0].points[1].faults.4.code: 'E 04' must be 1..16 characters of letters, digits, '_', '.', '-'"),
+     "devices[0].points[1].faults.4.code: 'E 04' must be 1..16 characters of letters, digits, '_', '.', '-' "
+     "starting with a letter or digit"),
     ('4 = { code = "E04", text = "over\\"voltage" }', "uint16",
      "devices[0].points[1].faults.4.text: 'over\"voltage' must be 1..80 printable characters without quotes, "
      "backslashes, braces or surrounding spaces"),
