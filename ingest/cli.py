@@ -73,7 +73,8 @@ def run(config: IngestConfig) -> int:
     from ingest.worker import IngestWorker
 
     lock = _lock_state_dir(config)
-    seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site)
+    seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site,
+                    loss_horizon_ms=config.state.loss_horizon_s * 1000)
     metrics = IngestMetrics()
     b = config.broker
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,

@@ -224,7 +224,17 @@ class IngestWorker:
         for item in items:
             if item.undelivered:
                 self._unmark(item)
-        self.seen.commit()
+        self.seen.commit(now_ms)
+        received: dict[str, int] = {}
+        for item in items:
+            if item.batch is not None and item.seqs and not item.undelivered:
+                received[item.batch.site] = received.get(item.batch.site, 0) + len(item.seqs)
+        for site, n in received.items():
+            self.metrics.site_received.labels(site).inc(n)
+        for site, n in self.seen.account_losses(now_ms).items():
+            self.metrics.site_lost.labels(site).inc(n)
+            log.warning("site %s: %d readings lost (seq gaps not filled within %d s)", site, n,
+                        self.seen.loss_horizon_ms // 1000)
         done = [item for item in items if not item.undelivered]
         acked = sum(1 for item in done if self.link.ack(item.incoming))
         self.metrics.messages_done(len(done))
@@ -252,6 +262,7 @@ class IngestWorker:
         samples: list[Sample] = []
         clock_rejected: dict[str, list] = {}
         self.metrics.site_clock_skew.labels(site).set((item.batch.sent_ms - now_ms) / 1000)
+        self.metrics.site_last_message.labels(site).set(now_ms / 1000)
         earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
         seen, mark, taken, add = self.seen.seen, self.seen.mark, item.seqs.append, samples.append
         series: dict[tuple[str, str, str, str], tuple] = {}     # one label set per series of the message
