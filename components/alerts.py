@@ -26,9 +26,21 @@ from dataclasses import dataclass
 
 import yaml
 
-__all__ = ["AlertThresholds", "alert_rules", "ALERT_NAMES", "SITE_SILENT"]
+__all__ = ["AlertThresholds", "AlertReceiver", "alert_rules", "ALERT_NAMES", "SITE_SILENT", "SEVERITIES"]
 
 SITE_SILENT = "EmsSiteSilent"
+SEVERITIES = ("critical", "warning", "info")
+
+
+@dataclass(frozen=True)
+class AlertReceiver:
+    """A webhook receiver (``ems:alertReceivers`` entry); its URL is in the secret ``ems:alertReceiverUrls``."""
+
+    name: str
+    severities: tuple[str, ...] = ("critical", "warning")
+    """Severities it receives. Defaults to critical and warning."""
+    send_resolved: bool = True
+    """Also notify when an alert resolves. Defaults to true."""
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``) |
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
-| tsdb → ingest, northbound     | 9100 (metrics; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → ingest, northbound, twin-api, ems-gateway | 9100 (metrics; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → alertmanager           | 9093  |
+| alertmanager → receivers      | 443 (webhooks over HTTPS) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
 """
@@ -94,7 +96,8 @@ class NetworkPolicies(pulumi.ComponentResource):
         ])
         if args.gateways:
             gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]
-            policy(GATEWAY_APP, ns, _pods(GATEWAY_APP)["podSelector"], ingress=[],
+            policy(GATEWAY_APP, ns, _pods(GATEWAY_APP)["podSelector"],
+                   ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                    egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
         policy("ingest", ns, _pods("ingest")["podSelector"],
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
@@ -102,12 +105,18 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
                          "ports": _tcp(9090)}],
-               egress=[{"to": [_pods("ingest"), _pods("northbound")], "ports": _tcp(9100)}])
+               egress=[{"to": [_pods("ingest"), _pods("northbound"), _pods("twin-api"),
+                               *([_pods(GATEWAY_APP)] if args.gateways else [])], "ports": _tcp(9100)},
+                       {"to": [_pods("alertmanager")], "ports": _tcp(9093)}])
+        policy("alertmanager", ns, _pods("alertmanager")["podSelector"],
+               ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9093)}],
+               egress=[{"to": ANYWHERE, "ports": _tcp(443)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])
         policy("twin-api", ns, _pods("twin-api")["podSelector"],
-               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)}],
+               ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)},
+                        {"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)}])
         policy("metrics-adapter", ns, _pods("metrics-adapter")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(6443)}],

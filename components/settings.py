@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pulumi
 
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
+from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
 
 __all__ = [
     "AwsSettings",
@@ -53,7 +54,8 @@ POOLS = ("interconnect", "nvme", "general")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 GATEWAY_TRANSPORTS = ("tcp", "rtu-over-tcp")
-IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound")
+IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound",
+              "alertmanager")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -157,6 +159,7 @@ class Images:
     api_gateway: str = "docker.io/envoyproxy/envoy:v1.31.2"
     metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
     northbound: str = "ghcr.io/ems-platform/northbound:0.1.0"
+    alertmanager: str = "quay.io/prometheus/alertmanager:v0.27.0"
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,12 @@ class PlatformSettings:
     api_gateway_replicas: int = 2
     northbound: NorthboundSettings | None = None
     """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    """Thresholds of the generated alert rules (``ems:alerts``)."""
+    alert_receivers: tuple[AlertReceiver, ...] = ()
+    """Alertmanager webhook receivers (``ems:alertReceivers``)."""
+    alert_receiver_urls: pulumi.Output[Any] | None = None
+    """Their URLs, a secret (set by ``load_settings`` from ``ems:alertReceiverUrls``)."""
 
 
 @dataclass(frozen=True)
@@ -289,7 +298,7 @@ DEFAULT_NODE_GROUPS = (
     ),
 )
 
-SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey"})
+SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey", "alertReceiverUrls"})
 
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
@@ -300,6 +309,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
     "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey",
+    "alerts", "alertReceivers", "alertReceiverUrls",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -538,6 +548,51 @@ def _gateway(key: str, value: object) -> ModbusGateway:
     )
 
 
+_ALERT_FIELDS: dict[str, tuple[str, type, float, float]] = {
+    # stack key: (AlertThresholds field, type, low, high)
+    "siteSilentMinutes": ("site_silent_minutes", int, 1, 1440),
+    "clockSkewSeconds": ("clock_skew_seconds", int, 1, 86400),
+    "lossRatio": ("loss_ratio", float, 0.0, 1.0),
+    "duplicateRatio": ("duplicate_ratio", float, 0.0, 1.0),
+    "deadLettersPer10m": ("dead_letters_per_10m", int, 0, 1_000_000),
+    "spoolDepth": ("spool_depth", int, 1, 1_000_000_000),
+    "spoolOldestSeconds": ("spool_oldest_seconds", int, 1, 30 * 86400),
+    "modbusExceptionRatio": ("modbus_exception_ratio", float, 0.0, 1.0),
+    "deviceDownMinutes": ("device_down_minutes", int, 1, 1440),
+    "hotSpotLimitCelsius": ("hot_spot_limit_celsius", float, 40.0, 200.0),
+    "ageingMinutes": ("ageing_minutes", int, 1, 10080),
+    "topOilResidualKelvin": ("top_oil_residual_kelvin", float, 0.1, 100.0),
+    "timeToLimitMinutes": ("time_to_limit_minutes", int, 1, 10080),
+    "certificateDays": ("certificate_days", int, 1, 365),
+}
+
+
+def _alerts(key: str, value: object) -> AlertThresholds:
+    """``ems:alerts``: an object of threshold overrides (docs/stack-config.md); each checked for type and range."""
+    obj = _object(key, value, tuple(_ALERT_FIELDS), ())
+    fields: dict[str, object] = {}
+    for k, v in obj.items():
+        name, kind, low, high = _ALERT_FIELDS[k]
+        if kind is int:
+            fields[name] = _integer(int(low), int(high))(f"{key}.{k}", v)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not low <= v <= high:
+            raise SettingsError(f"{key}.{k}", v, f"must be a number in {low:g}..{high:g}")
+        fields[name] = float(v)
+    return AlertThresholds(**fields)  # type: ignore[arg-type]
+
+
+def _receiver(key: str, value: object) -> AlertReceiver:
+    obj = _object(key, value, ("name", "severities", "sendResolved"), ("name",))
+    severities = _list_of(_choice(SEVERITIES), unique=True, min_items=1)(f"{key}.severities",
+                                                                      obj.get("severities", ["critical", "warning"]))
+    send_resolved = obj.get("sendResolved", True)
+    if not isinstance(send_resolved, bool):
+        raise SettingsError(f"{key}.sendResolved", send_resolved, "must be true or false")
+    return AlertReceiver(name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
+                         severities=severities, send_resolved=send_resolved)
+
+
 def _taint(key: str, value: object) -> Taint:
     obj = _object(key, value, ("key", "value", "effect"), ("key", "effect"))
     return Taint(
@@ -661,6 +716,16 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
     if northbound is None and "northboundClientKey" in secrets_set:
         raise SettingsError("northboundClientKey", "(hidden)", "is set but ems:northbound is not enabled with a "
                             "clientCertificate; remove it or configure ems:northbound")
+    receivers = r.get("alertReceivers", _list_of(_receiver), ())
+    names = [x.name for x in receivers]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise SettingsError(f"alertReceivers[{i}].name", n, "is a duplicate; receiver names must be unique")
+    if receivers and "alertReceiverUrls" not in secrets_set:
+        raise SettingsError("alertReceiverUrls", _MISSING, "is required when ems:alertReceivers is set: pulumi config "
+                            "set --secret ems:alertReceiverUrls '{\"<receiver>\": \"https://…\"}'")
+    if not receivers and "alertReceiverUrls" in secrets_set:
+        raise SettingsError("alertReceivers", _MISSING, "is required when ems:alertReceiverUrls is set (the receivers)")
     leaf_hours = r.get("certValidityHours", _integer(24, LEAF_MAX_HOURS), d.cert_validity_hours)
     if leaf_hours > ca_hours:
         raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
@@ -689,6 +754,8 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
         northbound=northbound,
+        alerts=r.get("alerts", _alerts, d.alerts),
+        alert_receivers=receivers,
     )
 
 
@@ -872,6 +939,9 @@ def load_settings() -> StackSettings:
     config = pulumi.Config("ems")
     if settings.private is not None:
         settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))
+    if settings.platform is not None and settings.platform.alert_receivers:
+        settings = replace(settings, platform=replace(settings.platform, alert_receiver_urls=config.require_secret_object(
+            "alertReceiverUrls")))
     if settings.platform is not None and settings.platform.ca_certificate is not None:
         settings = replace(settings, platform=replace(settings.platform, ca_private_key=config.require_secret("caPrivateKey")))
     northbound = settings.platform.northbound if settings.platform is not None else None

@@ -7,6 +7,14 @@ the ingest workers' metrics through DNS SRV discovery of their headless Service,
 no Kubernetes API token: the SRV targets are the StatefulSet pods' stable names
 (``ingest-0.ingest-metrics.<ns>.svc.cluster.local``), from which relabelling derives the
 ``pod`` and ``namespace`` labels that prometheus-adapter maps onto Kubernetes objects.
+
+Alerting: the rules file ``ems-alerts.yml`` (``components/alerts.py``, from the stack's
+thresholds) sits beside ``prometheus.yml`` in the ConfigMap and is loaded through
+``rule_files``; ``alerting`` points at the Alertmanager Service. Two more scrape jobs feed
+the alerts: ``ems-twin-api`` (twin-derived metrics: thermal state, PLC faults, point
+quality; any replica holds every twin, so the ClusterIP Service is the target) and
+``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
+exceptions), labelled with its site.
 """
 
 from __future__ import annotations
@@ -31,9 +39,58 @@ def pod_address_regex(service: str) -> str:
     return rf"([^.]+)\.{re.escape(service)}\.([^.]+)\.svc(\.[^:]*)?:[0-9]+"
 
 
-def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str) -> str:
-    """prometheus.yml: out-of-order window and the ingest scrape job (SRV discovery + pod/namespace labels)."""
+RULES_FILE = "ems-alerts.yml"
+
+
+@dataclass(frozen=True)
+class AlertingTargets:
+    """What the TSDB alerts through and scrapes for the alert rules (all DNS names inside the cluster)."""
+
+    rules: str
+    """The rules file text (``components.alerts.alert_rules``)."""
+    alertmanager: str
+    """Alertmanager ``host:port``."""
+    twin_api: str | None = None
+    """Twin API metrics ``host:port``; None: not scraped. Defaults to None."""
+    gateway: str | None = None
+    """The protocol gateway's (ems-gateway) metrics ``host:port``; None: no gateway. Defaults to None."""
+    gateway_site: str = ""
+    """The gateway's site id (label ``site`` of its metrics). Defaults to empty."""
+
+
+def _alerting_sections(targets: AlertingTargets) -> str:
+    jobs = ""
+    if targets.twin_api:
+        jobs += f"""\
+  - job_name: ems-twin-api
+    static_configs:
+      - targets: ["{targets.twin_api}"]
+"""
+    if targets.gateway:
+        jobs += f"""\
+  - job_name: ems-gateway
+    static_configs:
+      - targets: ["{targets.gateway}"]
+    relabel_configs:
+      - target_label: site
+        replacement: '{targets.gateway_site}'
+"""
+    return jobs
+
+
+def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str,
+                      alerting: AlertingTargets | None = None) -> str:
+    """prometheus.yml: out-of-order window, the ingest scrape job (SRV discovery + pod/namespace labels) and,
+    with ``alerting``, the rules file, the Alertmanager and the jobs the alerts read."""
     regex = pod_address_regex(service)
+    alert_head = "" if alerting is None else f"""\
+rule_files:
+  - {RULES_FILE}
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["{alerting.alertmanager}"]
+"""
     return f"""\
 global:
   scrape_interval: 15s
@@ -41,7 +98,7 @@ global:
 storage:
   tsdb:
     out_of_order_time_window: {out_of_order_window}
-scrape_configs:
+{alert_head}scrape_configs:
   - job_name: ems-ingest
     dns_sd_configs:
       - names: ["_{port_name}._tcp.{service}.{namespace}.svc.cluster.local"]
@@ -56,7 +113,7 @@ scrape_configs:
         regex: '{regex}'
         target_label: namespace
         replacement: '$2'
-"""
+""" + ("" if alerting is None else _alerting_sections(alerting))
 
 
 @dataclass(frozen=True)
@@ -81,6 +138,8 @@ class TsdbArgs:
     """Size of each data volume. Defaults to 200Gi."""
     resources: Resources = Resources("500m", "2Gi", "2", "8Gi")
     """Container requests/limits. Defaults to 500m/2Gi, limits 2 CPU/8Gi."""
+    alerting: AlertingTargets | None = None
+    """Alert rules, Alertmanager and the alert scrape jobs; None: no alerting. Defaults to None."""
 
 
 class Tsdb(pulumi.ComponentResource):
@@ -97,7 +156,9 @@ class Tsdb(pulumi.ComponentResource):
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
         conf = k8s.core.v1.ConfigMap(
             f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name, args.scrape_port_name)},
+            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
+                                                      args.scrape_port_name, args.alerting),
+                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})},
             opts=o,
         )
         svc = k8s.core.v1.Service(

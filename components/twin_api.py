@@ -45,6 +45,8 @@ REPLICAS = 2
 """Default replica count; each replica has its own client certificate (:func:`replica_identities`)."""
 PORT = 8443
 """HTTPS port of the twin API (policy config ``internalPorts["twin-api"]``)."""
+METRICS_PORT = 9100
+"""Plain-HTTP ``/metrics`` (twin-derived metrics for the alert rules; policy config ``internalPorts["metrics"]``)."""
 CONFIG_DIR = "/etc/ems/twin-api"
 MQTT_TLS_DIR = "/etc/ems/mqtt-tls"      # client identity towards the broker
 SERVER_TLS_DIR = "/etc/ems/server-tls"  # the API's server certificate
@@ -65,6 +67,7 @@ def twin_api_toml(broker_host: str, tsdb_url: str) -> str:
         "[state]", f"dir = {q(UNUSED_STATE_DIR)}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}", "",
+        "[metrics]", f"port = {METRICS_PORT}", "",
     ])
 
 
@@ -125,13 +128,14 @@ class TwinApi(pulumi.ComponentResource):
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
             spec={"type": "ClusterIP", "selector": selector(APP),
-                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
+                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"},
+                            {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
             opts=o,
         )
         api = container(
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
-            ports=[("https", PORT)],
+            ports=[("https", PORT), ("metrics", METRICS_PORT)],
             mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
             own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
             writable=["tmp"],

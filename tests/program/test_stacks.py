@@ -62,7 +62,7 @@ def test_no_external_service_on_1883_or_502(name: str) -> None:
         ports = {p["port"] for p in spec["ports"]}
         if spec.get("type") in ("LoadBalancer", "NodePort"):
             assert ports <= {8883, 443}, f"{svc.urn}: external ports {ports}"
-        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443}, f"{svc.urn}: {ports}"
+        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443, 9093}, f"{svc.urn}: {ports}"
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)
@@ -472,7 +472,8 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     [c] = pod["containers"]
     assert c["image"] == ingest.inputs["spec"]["template"]["spec"]["containers"][0]["image"]
     assert c["args"] == ["twin-api", "--config", "/etc/ems/twin-api/ingest.toml"] and "command" not in c
-    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "https", "containerPort": 8443, "protocol": "TCP"},
+                          {"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
     assert {k: c["securityContext"][k] for k in HARDENING} == HARDENING and c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8443, "scheme": "HTTPS"}
@@ -513,7 +514,7 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert _named(ev, "kubernetes:core/v1:Secret", "twin-api-tls").inputs["type"] == "kubernetes.io/tls"
     # The Service: ClusterIP only, 8443, selecting the StatefulSet's pods.
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
-    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
+    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443, 9100]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
     # The gateway routes the twin paths (and nothing else) to it over TLS that verifies the CA and the name.
     envoy = yaml.safe_load(_named(ev, "kubernetes:core/v1:ConfigMap", "api-gateway-config").inputs["data"]["envoy.yaml"])
@@ -539,14 +540,17 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
-    # NetworkPolicies: gateway → twin-api 8443 only; twin-api → broker 8883 and tsdb 9090; nothing else in or out.
+    # NetworkPolicies: gateway → twin-api 8443, tsdb → twin-api 9100 (metrics); twin-api → broker 8883 and tsdb 9090.
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
                 if p.inputs["metadata"]["namespace"] == ns}
     selecting = [n for n, s in policies.items() if s["podSelector"] and selects(s["podSelector"], pod_labels(deploy))]
     assert selecting == ["twin-api"]
     twin_policy = policies["twin-api"]
     peer = lambda rule: [(selects(p["podSelector"], pod_labels(gateway)), p) for p in rule["from" if "from" in rule else "to"]]  # noqa: E731
-    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [([{"protocol": "TCP", "port": 8443}], [True])]
+    assert [(r["ports"], [ok for ok, _ in peer(r)]) for r in twin_policy["ingress"]] == [
+        ([{"protocol": "TCP", "port": 8443}], [True]), ([{"protocol": "TCP", "port": 9100}], [False])]
+    # The second ingress rule is the TSDB's metrics scrape (twin-derived metrics for the alert rules).
+    assert [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in twin_policy["ingress"][1]["from"]] == ["tsdb"]
     egress = [(r["ports"], [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in r["to"]]) for r in twin_policy["egress"]]
     assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"])]
     assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
