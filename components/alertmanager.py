@@ -52,8 +52,12 @@ def check_url(receiver: str, url: object) -> str:
     return url
 
 
-def alertmanager_config(receivers: tuple[Receiver, ...], urls: Mapping[str, str]) -> str:
-    """alertmanager.yml for ``receivers``, their webhook URLs from ``urls`` (ValueError when one is missing or bad)."""
+def alertmanager_config(receivers: tuple[Receiver, ...], urls: Mapping[str, str], *, group_wait: str = "30s",
+                        group_interval: str = "5m", repeat_interval: str = "4h") -> str:
+    """alertmanager.yml for ``receivers``, their webhook URLs from ``urls`` (ValueError when one is missing or bad).
+
+    The timings default to Alertmanager's usual 30s / 5m / 4h; tests shorten them.
+    """
     missing = [r.name for r in receivers if r.name not in urls]
     if missing:
         raise ValueError(f"ems:alertReceiverUrls has no URL for receiver(s) {', '.join(missing)}")
@@ -66,9 +70,9 @@ def alertmanager_config(receivers: tuple[Receiver, ...], urls: Mapping[str, str]
         "route": {
             "receiver": "ems-null",
             "group_by": ["alertname", "site"],
-            "group_wait": "30s",
-            "group_interval": "5m",
-            "repeat_interval": "4h",
+            "group_wait": group_wait,
+            "group_interval": group_interval,
+            "repeat_interval": repeat_interval,
             "routes": routes,
         },
         "inhibit_rules": [

@@ -108,12 +108,15 @@ class PrometheusServer(ManagedProcess):
 
     Defaults: out-of-order window 30d, retention 90d, no scrape targets except
     those passed in ``scrape_targets`` (``host:port`` strings, scraped every
-    ``scrape_interval``).
+    ``scrape_interval``, job ``ems``), no rules. ``rule_files`` are loaded and
+    evaluated every ``scrape_interval``; ``alertmanagers`` (``host:port``)
+    receive the alerts.
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  out_of_order_window: str = "30d", retention: str = "90d",
-                 scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s") -> None:
+                 scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s",
+                 rule_files: tuple[Path, ...] = (), alertmanagers: tuple[str, ...] = ()) -> None:
         super().__init__(Path(workdir) / "prometheus.log")
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -121,6 +124,8 @@ class PrometheusServer(ManagedProcess):
         self.retention = retention
         self.scrape_targets = scrape_targets
         self.scrape_interval = scrape_interval
+        self.rule_files = rule_files
+        self.alertmanagers = alertmanagers
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
 
@@ -145,6 +150,11 @@ class PrometheusServer(ManagedProcess):
             "  tsdb:",
             f"    out_of_order_time_window: {self.out_of_order_window}",
         ]
+        if self.rule_files:
+            lines += ["rule_files:", *(f"  - {json.dumps(str(p))}" for p in self.rule_files)]
+        if self.alertmanagers:
+            managers = ", ".join(json.dumps(a) for a in self.alertmanagers)
+            lines += ["alerting:", "  alertmanagers:", "    - static_configs:", f"        - targets: [{managers}]"]
         if self.scrape_targets:
             targets = ", ".join(json.dumps(t) for t in self.scrape_targets)
             lines += ["scrape_configs:", "  - job_name: ems", "    static_configs:", f"      - targets: [{targets}]"]
