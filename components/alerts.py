@@ -117,7 +117,7 @@ def _rules(t: AlertThresholds, ingest_max_replicas: int) -> list[dict[str, objec
                "critical", "site", f"{site} lost {{{{ $value | humanizePercentage }}}} of its readings in 15 min "
                "(seq gaps not filled within the replay horizon)",
                "Readings were dropped for good: check ems_edge_spool_dropped_total (spool cap) and the "
-               "site's outage length against spool.max_rows; raise the cap or fix the uplink."),
+               "site's outage length against spool.max_readings; raise the cap or fix the uplink."),
         _alert("EmsDuplicateReadings",
                "sum(increase(ems_ingest_duplicates_total[30m])) / clamp_min("
                f"sum(increase(ems_ingest_readings_total[30m])), 1) > {t.duplicate_ratio:g}",
@@ -138,7 +138,7 @@ def _rules(t: AlertThresholds, ingest_max_replicas: int) -> list[dict[str, objec
                "Readings wait in the spool: check the broker connection (ems_edge_broker_connected).", "5m"),
         _alert("EmsEdgeSpoolDrops", "sum by (site) (increase(ems_edge_spool_dropped_total[15m])) > 0",
                "critical", "site", f"{site} spool dropped {{{{ $value }}}} readings (spool full)",
-               "Data is being lost at the edge: restore the uplink, then raise spool.max_rows if outages "
+               "Data is being lost at the edge: restore the uplink, then raise spool.max_readings if outages "
                "are this long."),
         # --- devices -------------------------------------------------------------------------------------------
         _alert("EmsDeviceDown", "max by (site, device) (ems_edge_device_up) == 0",

@@ -271,3 +271,10 @@ def test_every_rule_has_severity_scope_summary_and_runbook(alert: str) -> None:
     assert rule["labels"]["scope"] in ("site", "device", "asset", "platform")
     assert rule["labels"].get("severity") in ("critical", "warning", "info") or alert == "EmsPlcFault"
     assert rule["annotations"]["summary"] and rule["annotations"]["runbook"]
+
+
+def test_docs_list_every_alert_with_its_runbook_line() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text()
+    for alert, runbook in _runbooks(alert_rules()).items():
+        assert f"| `{alert}` |" in doc, alert
+        assert runbook in doc, alert
