@@ -38,7 +38,7 @@ COPY build/wheels ./wheels
 COPY requirements.txt ./
 
 FROM builder AS edge-build
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
  && venv/bin/pip install -r runtime-requirements.txt \
  && venv/bin/pip install --no-deps ems-platform \
  && venv/bin/pip uninstall -y pip setuptools
