@@ -15,7 +15,7 @@ Where the metrics come from (``docs/alerts.md``):
 ``ems_twin_*`` (thermal state, PLC faults, point        twin API, derived from every site's retained
 quality)                                                twins (scrape job ``ems-twin-api``)
 ``ems_edge_*`` (spool, devices, Modbus exceptions)      edge agents that Prometheus can scrape: the
-                                                        in-cluster Modbus bridge (job ``ems-modbus-bridge``)
+                                                        in-cluster protocol gateway (job ``ems-gateway``)
 ``ems_<component>_certificate_expiry_timestamp_seconds`` every process that loads a certificate
 =====================================================  ==========================================
 """

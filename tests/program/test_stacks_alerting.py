@@ -38,7 +38,7 @@ def test_a_stack_with_receivers_and_thresholds_deploys_rules_alertmanager_and_po
     prom = yaml.safe_load(tsdb_conf["prometheus.yml"])
     assert prom["rule_files"] == ["ems-alerts.yml"]
     assert prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
-        "alertmanager.ems.svc.cluster.local:9093"]
+        "alertmanager.ems-system.svc.cluster.local:9093"]
     rules = {r["alert"]: r for r in yaml.safe_load(tsdb_conf["ems-alerts.yml"])["groups"][0]["rules"]}
     assert set(rules) == set(ALERT_NAMES) and rules["EmsSiteSilent"]["expr"].endswith("> 1800")
     secret = _named(ev, "kubernetes:core/v1:Secret", "alertmanager-config")
@@ -53,7 +53,7 @@ def test_a_stack_with_receivers_and_thresholds_deploys_rules_alertmanager_and_po
     assert c["ports"] == [{"name": "http", "containerPort": 9093, "protocol": "TCP"}]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
-                if p.inputs["metadata"]["namespace"] == "ems"}
+                if p.inputs["metadata"]["namespace"] == "ems-system"}
     def peers(rule: dict) -> list[str]:
         return [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule.get("from", rule.get("to", []))]
 
