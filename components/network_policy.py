@@ -13,7 +13,9 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | twin-api → identity provider  | 443, only with ``ems:apiAuth.oidc`` (the verifier fetches the issuer's JWKS) |
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
-| tsdb → ingest, northbound, twin-api | 9100 (metrics; twin-api: the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → ingest, northbound, twin-api, ems-gateway | 9100 (metrics; twin-api: twin metrics and the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
+| tsdb → alertmanager           | 9093  |
+| alertmanager → receivers      | 443 (webhooks over HTTPS) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
 """
@@ -97,7 +99,8 @@ class NetworkPolicies(pulumi.ComponentResource):
         ])
         if args.gateways:
             gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]
-            policy(GATEWAY_APP, ns, _pods(GATEWAY_APP)["podSelector"], ingress=[],
+            policy(GATEWAY_APP, ns, _pods(GATEWAY_APP)["podSelector"],
+                   ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                    egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, *gateway_rules])
         policy("ingest", ns, _pods("ingest")["podSelector"],
                ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9100)}],
@@ -105,7 +108,12 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("tsdb", ns, _pods("tsdb")["podSelector"],
                ingress=[{"from": [_pods("ingest"), _pods("api-gateway"), _pods("metrics-adapter"), _pods("twin-api")],
                          "ports": _tcp(9090)}],
-               egress=[{"to": [_pods("ingest"), _pods("northbound"), _pods("twin-api")], "ports": _tcp(9100)}])
+               egress=[{"to": [_pods("ingest"), _pods("northbound"), _pods("twin-api"),
+                               *([_pods(GATEWAY_APP)] if args.gateways else [])], "ports": _tcp(9100)},
+                       {"to": [_pods("alertmanager")], "ports": _tcp(9093)}])
+        policy("alertmanager", ns, _pods("alertmanager")["podSelector"],
+               ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9093)}],
+               egress=[{"to": ANYWHERE, "ports": _tcp(443)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
                egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])

@@ -1,7 +1,7 @@
 """EmsPlatform: everything the EMS needs inside one Kubernetes cluster, on any provider.
 
-It composes the per-area components (PKI, storage class, TSDB, broker, protocol gateway,
-ingest + autoscaling, twin read API, API gateway, Grafana, NetworkPolicies, RBAC). The caller passes the cluster's
+It composes the per-area components (PKI, storage class, TSDB with the alert rules, Alertmanager, broker,
+protocol gateway, ingest + autoscaling, twin read API, API gateway, Grafana, NetworkPolicies, RBAC). The caller passes the cluster's
 Kubernetes provider with ``providers=[provider]``; every child inherits it, so the same
 component runs on EKS, a private cluster, or the local renderer.
 """
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.alertmanager import PORT as ALERTMANAGER_PORT, Alertmanager, AlertmanagerArgs
+from components.alerts import alert_rules
 from components.api_gateway import ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
-from components.ems_gateway import EmsGateway, EmsGatewayArgs
+from components.ems_gateway import APP as GATEWAY_APP, HTTP_PORT as GATEWAY_HTTP_PORT, EmsGateway, EmsGatewayArgs
 from components.grafana import Grafana, GrafanaArgs
 from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_identities
 from components.k8s_common import ComponentArgsError, child, labels
@@ -25,7 +27,7 @@ from components.northbound import NorthboundArgs, NorthboundClient
 from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
-from components.tsdb import Tsdb, TsdbArgs
+from components.tsdb import AlertingTargets, Tsdb, TsdbArgs
 from components.twin_api import METRICS_SERVICE as TWIN_API_METRICS_SERVICE, PORT as TWIN_API_PORT, REPLICAS as TWIN_API_REPLICAS, TwinApi, TwinApiArgs, replica_identities
 
 # Prefix of the MQTT identities (certificate CN = username = client id) of the in-cluster clients. It does not
@@ -137,6 +139,15 @@ class EmsPlatform(pulumi.ComponentResource):
             out_of_order_window=s.spool_horizon, retention=s.tsdb_retention, storage_size=s.tsdb_storage_size,
             query_timeout_seconds=s.api_auth.promql_timeout_seconds, query_max_samples=s.api_auth.promql_max_samples,
             twin_api_scrape_service=TWIN_API_METRICS_SERVICE,
+            alerting=AlertingTargets(
+                rules=alert_rules(s.alerts, s.ingest_max_replicas),
+                alertmanager=f"alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
+                gateway=f"{GATEWAY_APP}.{ns_name}.svc.cluster.local:{GATEWAY_HTTP_PORT}" if s.modbus_gateways else None,
+                gateway_site=bridge_site),
+        ), opts=o)
+        Alertmanager(f"{name}-alertmanager", AlertmanagerArgs(
+            namespace=namespace, image=s.images.alertmanager, receivers=s.alert_receivers,
+            receiver_urls=s.alert_receiver_urls,
         ), opts=o)
         broker = MqttBroker(f"{name}-broker", BrokerArgs(
             namespace=namespace, image=s.images.broker, tls_secret="broker-tls", storage_class=storage_class,

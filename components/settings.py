@@ -27,6 +27,7 @@ import pulumi
 
 from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
+from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
 
 __all__ = [
     "AwsSettings",
@@ -55,7 +56,8 @@ POOLS = ("interconnect", "nvme", "general")
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 GATEWAY_TRANSPORTS = ("tcp", "rtu-over-tcp")
-IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound", "grafana")
+IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound", "grafana",
+              "alertmanager")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -160,6 +162,7 @@ class Images:
     metrics_adapter: str = "registry.k8s.io/prometheus-adapter/prometheus-adapter:v0.12.0"
     northbound: str = "ghcr.io/ems-platform/northbound:0.1.0"
     grafana: str = "docker.io/grafana/grafana:11.3.0"
+    alertmanager: str = "quay.io/prometheus/alertmanager:v0.27.0"
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,12 @@ class PlatformSettings:
     grafana: GrafanaSettings = field(default_factory=GrafanaSettings)
     api_auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication, roles and limits of the gateway on 443 (``ems:apiAuth``, ``components/gateway_settings.py``)."""
+    alerts: AlertThresholds = field(default_factory=AlertThresholds)
+    """Thresholds of the generated alert rules (``ems:alerts``)."""
+    alert_receivers: tuple[AlertReceiver, ...] = ()
+    """Alertmanager webhook receivers (``ems:alertReceivers``)."""
+    alert_receiver_urls: pulumi.Output[Any] | None = None
+    """Their URLs, a secret (set by ``load_settings`` from ``ems:alertReceiverUrls``)."""
 
 
 @dataclass(frozen=True)
@@ -311,7 +320,8 @@ DEFAULT_NODE_GROUPS = (
     ),
 )
 
-SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey", "grafanaAdminPassword"})
+SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey", "grafanaAdminPassword",
+                         "alertReceiverUrls"})
 
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
@@ -323,6 +333,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
     "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "grafana",
     "grafanaAdminPassword", "apiAuth",
+    "alerts", "alertReceivers", "alertReceiverUrls",
     # aws
     "region", "vpcCidr", "availabilityZones", "vpcId", "privateSubnetIds", "publicSubnetIds",
     "publicEndpointCidrs", "nodeGroups",
@@ -561,6 +572,51 @@ def _gateway(key: str, value: object) -> ModbusGateway:
     )
 
 
+_ALERT_FIELDS: dict[str, tuple[str, type, float, float]] = {
+    # stack key: (AlertThresholds field, type, low, high)
+    "siteSilentMinutes": ("site_silent_minutes", int, 1, 1440),
+    "clockSkewSeconds": ("clock_skew_seconds", int, 1, 86400),
+    "lossRatio": ("loss_ratio", float, 0.0, 1.0),
+    "duplicateRatio": ("duplicate_ratio", float, 0.0, 1.0),
+    "deadLettersPer10m": ("dead_letters_per_10m", int, 0, 1_000_000),
+    "spoolDepth": ("spool_depth", int, 1, 1_000_000_000),
+    "spoolOldestSeconds": ("spool_oldest_seconds", int, 1, 30 * 86400),
+    "modbusExceptionRatio": ("modbus_exception_ratio", float, 0.0, 1.0),
+    "deviceDownMinutes": ("device_down_minutes", int, 1, 1440),
+    "hotSpotLimitCelsius": ("hot_spot_limit_celsius", float, 40.0, 200.0),
+    "ageingMinutes": ("ageing_minutes", int, 1, 10080),
+    "topOilResidualKelvin": ("top_oil_residual_kelvin", float, 0.1, 100.0),
+    "timeToLimitMinutes": ("time_to_limit_minutes", int, 1, 10080),
+    "certificateDays": ("certificate_days", int, 1, 365),
+}
+
+
+def _alerts(key: str, value: object) -> AlertThresholds:
+    """``ems:alerts``: an object of threshold overrides (docs/stack-config.md); each checked for type and range."""
+    obj = _object(key, value, tuple(_ALERT_FIELDS), ())
+    fields: dict[str, object] = {}
+    for k, v in obj.items():
+        name, kind, low, high = _ALERT_FIELDS[k]
+        if kind is int:
+            fields[name] = _integer(int(low), int(high))(f"{key}.{k}", v)
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v != v or not low <= v <= high:
+            raise SettingsError(f"{key}.{k}", v, f"must be a number in {low:g}..{high:g}")
+        fields[name] = float(v)
+    return AlertThresholds(**fields)  # type: ignore[arg-type]
+
+
+def _receiver(key: str, value: object) -> AlertReceiver:
+    obj = _object(key, value, ("name", "severities", "sendResolved"), ("name",))
+    severities = _list_of(_choice(SEVERITIES), unique=True, min_items=1)(f"{key}.severities",
+                                                                      obj.get("severities", ["critical", "warning"]))
+    send_resolved = obj.get("sendResolved", True)
+    if not isinstance(send_resolved, bool):
+        raise SettingsError(f"{key}.sendResolved", send_resolved, "must be true or false")
+    return AlertReceiver(name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
+                         severities=severities, send_resolved=send_resolved)
+
+
 def _taint(key: str, value: object) -> Taint:
     obj = _object(key, value, ("key", "value", "effect"), ("key", "effect"))
     return Taint(
@@ -684,6 +740,16 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
     if northbound is None and "northboundClientKey" in secrets_set:
         raise SettingsError("northboundClientKey", "(hidden)", "is set but ems:northbound is not enabled with a "
                             "clientCertificate; remove it or configure ems:northbound")
+    receivers = r.get("alertReceivers", _list_of(_receiver), ())
+    names = [x.name for x in receivers]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise SettingsError(f"alertReceivers[{i}].name", n, "is a duplicate; receiver names must be unique")
+    if receivers and "alertReceiverUrls" not in secrets_set:
+        raise SettingsError("alertReceiverUrls", _MISSING, "is required when ems:alertReceivers is set: pulumi config "
+                            "set --secret ems:alertReceiverUrls '{\"<receiver>\": \"https://…\"}'")
+    if not receivers and "alertReceiverUrls" in secrets_set:
+        raise SettingsError("alertReceivers", _MISSING, "is required when ems:alertReceiverUrls is set (the receivers)")
     leaf_hours = r.get("certValidityHours", _integer(24, LEAF_MAX_HOURS), d.cert_validity_hours)
     if leaf_hours > ca_hours:
         raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
@@ -714,6 +780,8 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         northbound=northbound,
         api_auth=r.get("apiAuth", _api_auth, d.api_auth),
         grafana=r.get("grafana", _grafana, d.grafana),
+        alerts=r.get("alerts", _alerts, d.alerts),
+        alert_receivers=receivers,
     )
 
 
@@ -936,6 +1004,9 @@ def load_settings() -> StackSettings:
     if settings.platform is not None and "grafanaAdminPassword" in present:
         grafana = replace(settings.platform.grafana, admin_password=config.require_secret("grafanaAdminPassword"))
         settings = replace(settings, platform=replace(settings.platform, grafana=grafana))
+    if settings.platform is not None and settings.platform.alert_receivers:
+        settings = replace(settings, platform=replace(settings.platform, alert_receiver_urls=config.require_secret_object(
+            "alertReceiverUrls")))
     if settings.platform is not None and settings.platform.ca_certificate is not None:
         settings = replace(settings, platform=replace(settings.platform, ca_private_key=config.require_secret("caPrivateKey")))
     northbound = settings.platform.northbound if settings.platform is not None else None

@@ -7,6 +7,14 @@ the ingest workers' metrics through DNS SRV discovery of their headless Service,
 no Kubernetes API token: the SRV targets are the StatefulSet pods' stable names
 (``ingest-0.ingest-metrics.<ns>.svc.cluster.local``), from which relabelling derives the
 ``pod`` and ``namespace`` labels that prometheus-adapter maps onto Kubernetes objects.
+
+Alerting: the rules file ``ems-alerts.yml`` (``components/alerts.py``, from the stack's
+thresholds) sits beside ``prometheus.yml`` in the ConfigMap and is loaded through
+``rule_files``; ``alerting`` points at the Alertmanager Service. Two more scrape jobs feed
+the alerts: ``ems-twin-api`` (twin-derived metrics: thermal state, PLC faults, point
+quality; any replica holds every twin, so the ClusterIP Service is the target) and
+``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
+exceptions), labelled with its site.
 """
 
 from __future__ import annotations
@@ -51,12 +59,53 @@ def _srv_job(job: str, service: str, namespace: str, port_name: str) -> str:
 """
 
 
+RULES_FILE = "ems-alerts.yml"
+
+
+@dataclass(frozen=True)
+class AlertingTargets:
+    """What the TSDB alerts through and scrapes for the alert rules (all DNS names inside the cluster); the twin
+    API's metrics come from its own SRV job (``twin_api_service``)."""
+
+    rules: str
+    """The rules file text (``components.alerts.alert_rules``)."""
+    alertmanager: str
+    """Alertmanager ``host:port``."""
+    gateway: str | None = None
+    """The protocol gateway's (ems-gateway) metrics ``host:port``; None: no gateway. Defaults to None."""
+    gateway_site: str = ""
+    """The gateway's site id (label ``site`` of its metrics). Defaults to empty."""
+
+
+def _alerting_sections(targets: AlertingTargets) -> str:
+    jobs = ""
+    if targets.gateway:
+        jobs += f"""\
+  - job_name: ems-gateway
+    static_configs:
+      - targets: ["{targets.gateway}"]
+    relabel_configs:
+      - target_label: site
+        replacement: '{targets.gateway_site}'
+"""
+    return jobs
+
+
 def prometheus_config(out_of_order_window: str, service: str, namespace: str, port_name: str,
-                      twin_api_service: str | None = None) -> str:
+                      twin_api_service: str | None = None, alerting: AlertingTargets | None = None) -> str:
     """prometheus.yml: out-of-order window, the ingest scrape job and (``twin_api_service``) the twin API's
-    (SRV discovery + pod/namespace labels)."""
+    (SRV discovery + pod/namespace labels) and, with ``alerting``, the rules file, the Alertmanager and the
+    jobs the alerts read."""
     twin_job = _srv_job("ems-twin-api", twin_api_service, namespace, port_name) if twin_api_service else ""
     regex = pod_address_regex(service)
+    alert_head = "" if alerting is None else f"""\
+rule_files:
+  - {RULES_FILE}
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["{alerting.alertmanager}"]
+"""
     return f"""\
 global:
   scrape_interval: 15s
@@ -64,7 +113,7 @@ global:
 storage:
   tsdb:
     out_of_order_time_window: {out_of_order_window}
-scrape_configs:
+{alert_head}scrape_configs:
   - job_name: ems-ingest
     dns_sd_configs:
       - names: ["_{port_name}._tcp.{service}.{namespace}.svc.cluster.local"]
@@ -79,7 +128,7 @@ scrape_configs:
         regex: '{regex}'
         target_label: namespace
         replacement: '$2'
-{twin_job}"""
+{twin_job}""" + ("" if alerting is None else _alerting_sections(alerting))
 
 
 @dataclass(frozen=True)
@@ -110,6 +159,8 @@ class TsdbArgs:
     """PromQL evaluation timeout (``--query.timeout``; a query's own ``timeout`` is capped by it). Defaults to 30."""
     query_max_samples: int = 5_000_000
     """Samples one query may load (``--query.max-samples``; beyond → 422). Defaults to 5,000,000."""
+    alerting: AlertingTargets | None = None
+    """Alert rules, Alertmanager and the alert scrape jobs; None: no alerting. Defaults to None."""
 
 
 class Tsdb(pulumi.ComponentResource):
@@ -127,7 +178,9 @@ class Tsdb(pulumi.ComponentResource):
         conf = k8s.core.v1.ConfigMap(
             f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
             data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
-                                                      args.scrape_port_name, args.twin_api_scrape_service)},
+                                                      args.scrape_port_name, args.twin_api_scrape_service,
+                                                      args.alerting),
+                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})},
             opts=o,
         )
         svc = k8s.core.v1.Service(

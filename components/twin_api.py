@@ -156,7 +156,8 @@ class TwinApi(pulumi.ComponentResource):
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
             spec={"type": "ClusterIP", "selector": selector(APP),
-                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
+                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"},
+                            {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
             opts=o,
         )
         # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts).

@@ -46,10 +46,12 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
                         client_id: str, state_dir: Path, metrics_port: int, group: str = "ems-ingest",
                         max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
                         twin_api_port: int | None = None, max_age_s: float | None = None,
-                        max_future_s: float | None = None, alertmanager_url: str | None = None) -> Path:
+                        max_future_s: float | None = None, alertmanager_url: str | None = None,
+                        loss_horizon_s: int | None = None) -> Path:
     """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``.
 
-    ``max_age_s`` / ``max_future_s`` set the ``[time]`` window (the ingest's defaults otherwise).
+    ``max_age_s`` / ``max_future_s`` set the ``[time]`` window, ``loss_horizon_s`` the ``[state]`` loss
+    horizon (the ingest's defaults otherwise).
     """
     pair = pki.client(client_id)
     twin = ""
@@ -81,6 +83,7 @@ max_readings = {max_readings}
 max_delay_s = {max_delay_s}
 [state]
 dir = "{state_dir}"
+{f"loss_horizon_s = {loss_horizon_s}" if loss_horizon_s is not None else ""}
 [metrics]
 host = "127.0.0.1"
 port = {metrics_port}

@@ -108,13 +108,14 @@ class PrometheusServer(ManagedProcess):
 
     Defaults: out-of-order window 30d, retention 90d, no scrape targets except
     those passed in ``scrape_targets`` (``host:port`` strings, scraped every
-    ``scrape_interval``), and the rule files in ``rule_files`` (evaluated as often).
+    ``scrape_interval``), the rule files in ``rule_files`` (evaluated as often), and
+    ``alertmanagers`` (``host:port``) receive the alerts.
     """
 
     def __init__(self, workdir: str | os.PathLike[str], *, port: int | None = None,
                  out_of_order_window: str = "30d", retention: str = "90d",
                  scrape_targets: tuple[str, ...] = (), scrape_interval: str = "1s",
-                 rule_files: tuple[str, ...] = (),
+                 rule_files: tuple[str | Path, ...] = (), alertmanagers: tuple[str, ...] = (),
                  query_timeout: str | None = None, query_max_samples: int | None = None) -> None:
         super().__init__(Path(workdir) / "prometheus.log")
         self.workdir = Path(workdir)
@@ -126,6 +127,7 @@ class PrometheusServer(ManagedProcess):
         self.rule_files = rule_files
         self.query_limits = ([f"--query.timeout={query_timeout}"] if query_timeout else []) + \
             ([f"--query.max-samples={query_max_samples}"] if query_max_samples else [])
+        self.alertmanagers = alertmanagers
         self.data_dir = self.workdir / "data"
         self.config_path = self.workdir / "prometheus.yml"
 
@@ -151,7 +153,10 @@ class PrometheusServer(ManagedProcess):
             f"    out_of_order_time_window: {self.out_of_order_window}",
         ]
         if self.rule_files:
-            lines += ["rule_files:", *(f"  - {json.dumps(str(f))}" for f in self.rule_files)]
+            lines += ["rule_files:", *(f"  - {json.dumps(str(p))}" for p in self.rule_files)]
+        if self.alertmanagers:
+            managers = ", ".join(json.dumps(a) for a in self.alertmanagers)
+            lines += ["alerting:", "  alertmanagers:", "    - static_configs:", f"        - targets: [{managers}]"]
         if self.scrape_targets:
             targets = ", ".join(json.dumps(t) for t in self.scrape_targets)
             lines += ["scrape_configs:", "  - job_name: ems", "    static_configs:", f"      - targets: [{targets}]"]

@@ -50,6 +50,7 @@ from edge_agent.delivery import drain
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
+from ems_runtime.cert_expiry import register_certificates
 
 __all__ = ["Agent", "check_permissions"]
 
@@ -148,9 +149,11 @@ class Agent:
         spool = Spool(cfg.spool.path, site=cfg.site, max_readings=cfg.spool.max_readings,
                       fsync_batch=cfg.spool.fsync_batch, audit=AuditLog(cfg.audit.path), metrics=self.metrics,
                       clock=self.clock)
-        twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets)
+        twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets,
+                         fault_points={(p.asset, p.name): p.faults for d in cfg.devices for p in d.points if p.faults})
         await asyncio.get_running_loop().run_in_executor(None, twin.load)
         calibrations = Calibrations.from_config(cfg)
+        register_certificates(self.metrics.registry, "edge", {"broker-client": cfg.broker.cert})
         self.http = HttpEndpoint(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
         self.http.start()
         self._link = link

@@ -36,6 +36,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         gain [1.0], offset [0.0], unit [""], deadband [0.0] or deadband_percent [0.0],
                         heartbeat_s [60.0]
     [devices.points.current_loop]  low, high [required: engineering values at 4 and 20 mA], ma_per_count [1.0]
+    [devices.points.faults]        optional PLC fault-code map (integer types): "<register value>" =
+                                   { code, text, severity ["warning"] } (see ``edge_agent.faults``)
     [[devices.writable]]  optional, one per control the site accepts (``docs/commands.md``):
                         id, control [one of ems_contract.command.CONTROLS, once per file], address,
                         safe_value, silence_timeout_s [required], register ["holding"|"coil"],
@@ -46,7 +48,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         kind ["transformer"], rated_load [required, > 0, in the load point's unit],
                         load_point, ambient_point [required: point names of this asset], top_oil_point [none],
                         size ["distribution"|"power"], cooling ["ONAN"|"ONAF"; distribution: ONAN only],
-                        paper ["non_upgraded"|"upgraded"], max_gap_s [3600.0], and overrides of the
+                        paper ["non_upgraded"|"upgraded"], max_gap_s [3600.0], model ["iec"|"ieee"],
+                        hot_spot_limit [120.0 degC, IEC 60076-7 normal cyclic loading], and overrides of the
                         model constants: top_oil_rise, hot_spot_gradient, loss_ratio [typical 55, 23, 5
                         for distribution; required for power], oil_exponent, winding_exponent, k11, k21,
                         k22, oil_time_constant_min, winding_time_constant_min [the standard's table row
@@ -72,7 +75,8 @@ from ems_contract.config_file import (HOST_RULE, MAX_CONFIG_BYTES, ConfigFileErr
                                       valid_host, valid_path_text)
 from ems_contract.telemetry import MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, valid_id, valid_unit
 from ems_contract.telemetry_v2 import PAYLOAD_VERSIONS
-from edge_agent.thermal import COOLING_MODES, PAPERS, PRESETS, SIZES, ThermalParams
+from edge_agent.faults import FaultCode, parse_faults
+from edge_agent.thermal import COOLING_MODES, HOT_SPOT_LIMIT_DEGC, MODELS, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
     "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
@@ -183,6 +187,8 @@ class PointConfig:
     deadband_percent: float = 0.0
     heartbeat_s: float = 60.0
     current_loop: CurrentLoop | None = None
+    faults: tuple[FaultCode, ...] = ()
+    """PLC fault-code map (``edge_agent.faults``); empty: the point carries no fault codes."""
 
     @property
     def count(self) -> int:
@@ -282,6 +288,7 @@ class ThermalAssetConfig:
     size: str = "distribution"
     cooling: str = "ONAN"
     max_gap_s: float = 3600.0
+    hot_spot_limit: float = HOT_SPOT_LIMIT_DEGC
 
 
 @dataclass(frozen=True)
@@ -354,6 +361,9 @@ def parse_config(text: str, source_path: Path, *, check_files: bool = True) -> A
     except ConfigFileError as exc:
         raise ConfigError(exc.field, exc.value, exc.reason) from exc
     return _Loader(source_path, check_files).agent(raw)
+
+
+_INTEGER_RANGES = {"int16": (0, 32767), "uint16": (0, 65535), "int32": (0, 2**31 - 1), "uint32": (0, 2**32 - 1)}
 
 
 class _Missing:
@@ -580,6 +590,8 @@ class _Loader:
         preset = PRESETS[(size, cooling)]
         paper = t.choice("paper", PAPERS, "non_upgraded")
         max_gap_s = t.number("max_gap_s", 3600.0, high=30 * 86400.0, positive=True)
+        model = t.choice("model", MODELS, "iec")
+        hot_spot_limit = t.number("hot_spot_limit", HOT_SPOT_LIMIT_DEGC, low=40.0, high=200.0)
         values: dict[str, float] = {}
         for key, low, high in (("top_oil_rise", 0.0, 150.0), ("hot_spot_gradient", 0.0, 100.0),
                                ("loss_ratio", 0.0, 1000.0)):
@@ -596,8 +608,8 @@ class _Loader:
         t.done()
         return ThermalAssetConfig(asset=asset, kind=kind, rated_load=rated_load, load_point=load_point,  # type: ignore[arg-type]
                                   ambient_point=ambient_point, top_oil_point=top_oil_point,  # type: ignore[arg-type]
-                                  size=size, cooling=cooling, max_gap_s=max_gap_s,
-                                  params=ThermalParams(paper=paper, **values))
+                                  size=size, cooling=cooling, max_gap_s=max_gap_s, hot_spot_limit=hot_spot_limit,
+                                  params=ThermalParams(paper=paper, model=model, **values))
 
     def broker(self, t: _Table, site: str) -> BrokerConfig:
         host = t.host("host", hint="the broker's host name or IP address")
@@ -771,11 +783,17 @@ class _Loader:
                 raise ConfigError(loop_t.at("high"), high, "must differ from low (the values at 4 mA and at 20 mA)")
             loop = CurrentLoop(low=low, high=high, ma_per_count=loop_t.number("ma_per_count", 1.0, positive=True))
             loop_t.done()
+        faults: tuple[FaultCode, ...] = ()
+        if "faults" in t.data:
+            if data_type not in _INTEGER_RANGES:
+                raise ConfigError(t.at("faults"), data_type, "needs an integer point type (int16, uint16, int32, uint32): "
+                                                             "fault codes are register values")
+            faults = parse_faults(t.at("faults"), t.raw("faults"), _INTEGER_RANGES[data_type])
         t.done()
         return PointConfig(id=sensor_id, asset=asset, name=name, register=register, address=address,
                            type=data_type, byte_order=byte_order, word_order=word_order, gain=gain, offset=offset,
                            unit=unit, deadband=deadband, deadband_percent=deadband_percent, heartbeat_s=heartbeat_s,
-                           current_loop=loop)
+                           current_loop=loop, faults=faults)
 
 
 def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfig, ...], table: str = "points") -> None:

@@ -17,7 +17,9 @@ until more data arrives — a device that does not accept pipelining.
 
 Per unit ``Behaviour``: a response delay, and a minimum gap between requests
 below which the device answers "ServerDeviceBusy" (code 6) like an overloaded
-legacy PLC. Every request the server receives is logged server-side
+legacy PLC. A point with a PLC fault-code map reads 0 (no fault) until
+``raise_fault(asset, point, "E04")`` makes it hold that code's register value;
+``clear_fault`` returns it to 0. Every request the server receives is logged server-side
 (``requests``: monotonic time, unit, function code, address, count) — also the
 ones it rejects — so tests can count reads and measure the gaps between them — and every write
 (function codes 5, 6, 15, 16; ``write_count``). A device's ``[[devices.writable]]`` registers
@@ -113,6 +115,8 @@ def signal_for(point: PointConfig, index: int = 0) -> Signal:
     # The asset's id shifts the phase, so two transformers of the same model do not read alike.
     phase = index * 0.7 + (zlib.crc32(point.asset.encode()) % 628) / 100.0
     name = point.name
+    if point.faults:
+        return lambda t: 0.0                                 # a fault-code register: no fault (Simulator.raise_fault)
     if point.type == "bool":
         if "closed" in name:
             return lambda t: 1.0
@@ -255,6 +259,7 @@ class Simulator:
         self.requests: list[RequestRecord] = []
         self.busy_responses = 0
         self._units: dict[int, _Unit] = {}
+        self._held: dict[tuple[str, str], float] = {}      # (asset, point) → value held instead of the signal
         behaviours = behaviours or {}
         for device in devices:
             if device.unit in self._units:
@@ -322,6 +327,35 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
+    # -- faults on demand --------------------------------------------------------------------
+
+    def raise_fault(self, asset: str, point: str, code: str) -> None:
+        """Make the fault-code point ``asset``/``point`` report ``code`` (from its fault map) until cleared."""
+        config = self._fault_point(asset, point)
+        values = [f.value for f in config.faults if f.code == code]
+        if not values:
+            raise ValueError(f"{asset}/{point} has no fault code {code!r} "
+                             f"(its codes: {', '.join(f.code for f in config.faults)})")
+        self._held[(asset, point)] = float(values[0])
+
+    def clear_fault(self, asset: str, point: str) -> None:
+        """Return the fault-code point to 0 (no fault)."""
+        self._fault_point(asset, point)
+        self._held.pop((asset, point), None)
+
+    def _fault_point(self, asset: str, point: str) -> PointConfig:
+        for unit in self._units.values():
+            for entries in unit.points.values():
+                for config, _ in entries:
+                    if (config.asset, config.name) == (asset, point) and config.faults:
+                        return config
+        raise ValueError(f"no simulated point {asset}/{point} with a fault-code map")
+
+    def _value(self, point: PointConfig, signal: Signal, t: float) -> float:
+        if point.faults:
+            return self._held.get((point.asset, point.name), 0.0)
+        return signal(t)
+
     # -- what tests read --------------------------------------------------------------------
 
     def request_count(self, unit: int | None = None, function_code: int | None = None) -> int:
@@ -384,7 +418,7 @@ class Simulator:
         for point, signal in unit.points.get(register, ()):
             if point.address < end and point.address + point.count > address:
                 offset = point.address - start_address
-                registers[offset:offset + point.count] = _encode(point, signal(t))
+                registers[offset:offset + point.count] = _encode(point, self._value(point, signal, t))
         return None
 
 

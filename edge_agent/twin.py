@@ -21,12 +21,21 @@ the new input. Only ``good`` readings are inputs; a load factor above
 ``MAX_LOAD_FACTOR`` or an ambient outside -70..80 °C is refused (logged once)
 and, like a ``device_error``, leaves the input unknown: the model waits. The
 model starts from the latest good measured top-oil when the asset has that point
-(else in the steady state of its first inputs). Its state is part of the
-cache, so it survives restarts. The payload gains ``thermal``::
+(else in the steady state of its first inputs). After a gap longer than
+``max_gap_s`` it restarts from the measured top-oil of the reading that ends the
+gap, or of the first good top-oil reading within ``RESUME_WINDOW_S`` after it.
+Its state is part of the cache, so it survives restarts. The payload gains ``thermal``::
 
     {"load_factor": 0.86, "top_oil_degC": 54.31, "hot_spot_degC": 74.02, "ageing_rate": 0.1523,
      "loss_of_life_h": 0.0021, "since_ms": ..., "updated_ms": ..., "restarts": 0,
+     "model": "iec", "hot_spot_limit_degC": 120.0,
+     "time_to_hot_spot_limit_s": 5400.0,    # at the present inputs; null: never reached
      "top_oil_residual_K": 3.69}            # the residual only with a good measured top-oil point
+
+Points with a PLC fault-code map (``edge_agent.faults``) carry the active fault in
+their state, ``"fault": {"code": "E04", "text": "over-voltage", "severity": "critical",
+"since_ms": ...}``, while the latest good reading shows a mapped code; ``since_ms`` is the
+measurement time of the first reading that showed it.
 
 A cache file that cannot be parsed is moved aside (``<name>.corrupt-<time>``)
 with a warning and the twin starts empty: it is a cache, rebuilt from the next
@@ -43,11 +52,12 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from edge_agent import thermal
 from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
+from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
@@ -56,6 +66,7 @@ __all__ = ["TwinStore", "run_twin"]
 log = logging.getLogger(__name__)
 _VERSION = 1
 AMBIENT_RANGE = (-70.0, 80.0)
+RESUME_WINDOW_S = 300.0
 
 
 class _ThermalRun:
@@ -67,6 +78,7 @@ class _ThermalRun:
         self.load_factor: float | None = None
         self.ambient: float | None = None
         self.top_oil: float | None = None       # the latest good measured top-oil, when the asset has one
+        self.resume_until_ms: int | None = None  # after a restart without a measurement: snap to the next one
         self.refused: set[str] = set()
 
     def to_json(self) -> dict[str, Any]:
@@ -82,9 +94,17 @@ class _ThermalRun:
     def take(self, reading: Reading) -> None:
         """Advance the model to the reading's time, then take it as an input if it is one."""
         cfg = self.config
+        measured = self._usable(reading) if reading.point == cfg.top_oil_point else None
         if self.state is not None and self.load_factor is not None and self.ambient is not None:
+            restarts = self.state.restarts
             self.state = thermal.advance(cfg.params, self.state, self.load_factor, self.ambient, reading.ts_ms,
-                                         max_gap_s=cfg.max_gap_s)
+                                         max_gap_s=cfg.max_gap_s, measured_top_oil=measured)
+            if self.state.restarts != restarts and measured is None and cfg.top_oil_point:
+                self.resume_until_ms = reading.ts_ms + int(min(cfg.max_gap_s, RESUME_WINDOW_S) * 1000)
+        if measured is not None and self.state is not None and self.resume_until_ms is not None:
+            if reading.ts_ms <= self.resume_until_ms:
+                self.state = thermal.with_top_oil(cfg.params, self.state, measured)
+            self.resume_until_ms = None
         if reading.point == cfg.load_point:
             value = self._usable(reading)
             k = abs(value) / cfg.rated_load if value is not None else None
@@ -133,9 +153,14 @@ class _ThermalRun:
             "since_ms": state.since_ms,
             "updated_ms": state.t_ms,
             "restarts": state.restarts,
+            "model": params.model,
+            "hot_spot_limit_degC": self.config.hot_spot_limit,
         }
         if self.load_factor is not None:
             out["load_factor"] = round(self.load_factor, 4)
+        if self.load_factor is not None and self.ambient is not None:
+            seconds = thermal.time_to_limit(params, state, self.load_factor, self.ambient, self.config.hot_spot_limit)
+            out["time_to_hot_spot_limit_s"] = None if seconds is None else round(seconds, 1)
         measured = points.get(self.config.top_oil_point or "")
         if measured and measured["quality"] == "good" and measured["value"] is not None:
             out["top_oil_residual_K"] = round(measured["value"] - state.top_oil, 2)
@@ -153,18 +178,21 @@ def _finite_or_none(value: Any) -> float | None:
 class TwinStore:
     """Latest state per asset for ``site``, cached in ``cache_path`` (JSON).
 
-    ``thermal_assets`` (default none) get a thermal model each (module docstring).
+    ``thermal_assets`` (default none) get a thermal model each; ``fault_points`` maps
+    (asset, point) to its fault-code map (default none; module docstring).
     """
 
     def __init__(self, cache_path: str | os.PathLike[str], *, site: str,
                  clock: Callable[[], float] = time.time,
-                 thermal_assets: Iterable[ThermalAssetConfig] = ()) -> None:
+                 thermal_assets: Iterable[ThermalAssetConfig] = (),
+                 fault_points: Mapping[tuple[str, str], tuple[FaultCode, ...]] | None = None) -> None:
         self.path = Path(cache_path)
         self.site = site
         self.clock = clock
         self._assets: dict[str, dict[str, dict[str, Any]]] = {}
         self._published: dict[str, str] = {}
         self._thermal = {cfg.asset: _ThermalRun(cfg) for cfg in thermal_assets}
+        self._faults = dict(fault_points or {})
         self.dirty = False
 
     def load(self) -> None:
@@ -208,9 +236,17 @@ class TwinStore:
                     and held["unit"] == unit)):
                 continue
             if held is None:
-                points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+                held = points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
             else:               # in place: the state of a point is updated at every poll
                 held["value"], held["unit"], held["quality"], held["ts_ms"] = value, unit, quality, ts_ms
+            codes = self._faults.get((asset, point)) if self._faults else None
+            if codes:
+                fault = active_fault(codes, value, quality)
+                before = held.get("fault") or {}
+                if fault is None:
+                    held.pop("fault", None)
+                else:
+                    held["fault"] = fault_block(fault, before["since_ms"] if before.get("code") == fault.code else ts_ms)
             changed += 1
             run = self._thermal.get(asset)
             if run is not None:

@@ -65,6 +65,7 @@ def _lock_state_dir(config: IngestConfig) -> int:
 def run(config: IngestConfig) -> int:
     from ems_contract.telemetry import telemetry_subscription
     from ingest.dedup import SeenSeqs
+    from ems_runtime.cert_expiry import register_certificates
     from ems_runtime.status_http import StatusEndpoint
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
@@ -72,7 +73,8 @@ def run(config: IngestConfig) -> int:
     from ingest.worker import IngestWorker
 
     lock = _lock_state_dir(config)
-    seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site)
+    seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site,
+                    loss_horizon_ms=config.state.loss_horizon_s * 1000)
     metrics = IngestMetrics()
     b = config.broker
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,
@@ -89,6 +91,7 @@ def run(config: IngestConfig) -> int:
         alive, why = worker.health()
         return alive, {"detail": why}
 
+    register_certificates(metrics.registry, "ingest", {"broker-client": b.cert if b.tls else None})
     # /healthz is the StatefulSet's liveness probe: 503 when the worker loop stalls or paho's thread died.
     server = StatusEndpoint(config.metrics.host, config.metrics.port, metrics.registry, health)
     server.start()

@@ -31,6 +31,7 @@ default). Example (``docs/ingest.md`` has the full table)::
 
     [state]
     dir = "/var/lib/ems-ingest"    # required; the de-duplication database lives here
+    loss_horizon_s = 259200        # a seq gap not filled this long after the stream passed it is lost (72h)
 
     [metrics]
     port = 9100
@@ -128,6 +129,7 @@ class BatchConfig:
 class StateConfig:
     dir: Path
     max_intervals_per_site: int = 1024
+    loss_horizon_s: int = 259200
 
 
 @dataclass(frozen=True)
@@ -429,7 +431,8 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
 
     s = section("state")
     assert s is not None
-    state = StateConfig(dir=s.dir("dir"), max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000))
+    state = StateConfig(dir=s.dir("dir"), max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000),
+                        loss_horizon_s=s.int("loss_horizon_s", 259200, 1, 30 * 86400))
     s.done()
 
     batch = BatchConfig()

@@ -27,6 +27,19 @@ are forgotten. Forgetting never loses data — a forgotten seq that arrives agai
 is simply written again, which Prometheus ignores as an identical duplicate.
 So a seq is dropped only when this worker itself wrote it before; this is what
 makes two workers sharing one subscription safe (docs/ingest.md).
+
+Loss: ``account_losses(now_ms)`` counts, per site, the seqs in holes between the
+intervals that the stream passed more than ``loss_horizon_ms`` ago (the edge's
+replay horizon: a reading the spool still held would have arrived by then). The
+time the high-water mark passed a seq is known from checkpoints (at most about
+100 per horizon per site, so a gap is counted up to 1 % of the horizon late); the
+seq up to which losses were counted is kept in SQLite, so a restart never counts a
+gap twice (it only waits one horizon before counting new ones). A seq that arrives
+after it was counted lost is still written; it is not taken back from the counter.
+Holes below a site's lowest interval are not gaps: the worker did not see the
+start of the stream (or forgot it). The count is this worker's view: with several
+workers on one shared subscription each sees the others' messages as gaps
+(docs/alerts.md, packet loss).
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ import os
 import sqlite3
 import time
 from pathlib import Path
+from typing import Callable
 
 __all__ = ["SeqIntervals", "SeenSeqs"]
 
@@ -120,7 +134,8 @@ class SeqIntervals:
 class SeenSeqs:
     """Durable per-site seen-seq sets with a pending (uncommitted) layer for the batch in hand."""
 
-    def __init__(self, state_dir: str | os.PathLike[str], *, max_intervals_per_site: int = 1024) -> None:
+    def __init__(self, state_dir: str | os.PathLike[str], *, max_intervals_per_site: int = 1024,
+                 loss_horizon_ms: int = 259_200_000, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(state_dir) / "dedup.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_intervals = max_intervals_per_site
@@ -134,6 +149,11 @@ class SeenSeqs:
             site: SeqIntervals.from_blob(blob) for site, blob in self._db.execute("SELECT site, intervals FROM seen")}
         self._pending: dict[str, set[int]] = {}
         self.forgotten = 0
+        self.loss_horizon_ms = loss_horizon_ms
+        self.clock = clock
+        self._db.execute("CREATE TABLE IF NOT EXISTS loss (site TEXT PRIMARY KEY, counted_through INTEGER NOT NULL)")
+        self._counted: dict[str, int] = dict(self._db.execute("SELECT site, counted_through FROM loss"))
+        self._passed: dict[str, list[tuple[int, int]]] = {}     # site → [(high-water mark, when it was reached)]
 
     def seen(self, site: str, seq: int) -> bool:
         """True when (site, seq) was committed before or is pending in the batch in hand."""
@@ -168,19 +188,22 @@ class SeenSeqs:
         if pending is not None:
             pending.difference_update(seqs)
 
-    def commit(self) -> None:
-        """Persist the pending seqs in one transaction (call after the TSDB accepted them)."""
-        rows = self.stage()
+    def commit(self, now_ms: int | None = None) -> None:
+        """Persist the pending seqs in one transaction (call after the TSDB accepted them); ``now_ms``
+        (default: the clock) is when, for the loss horizon."""
+        rows = self.stage(now_ms)
         if rows:
             self.persist(rows)
 
-    def stage(self) -> list[tuple[str, bytes, int]]:
+    def stage(self, now_ms: int | None = None) -> list[tuple[str, bytes, int]]:
         """Fold the pending seqs into the in-memory sets and return the rows ``persist`` writes
-        (empty when nothing is pending); see the module docstring for the contract."""
+        (empty when nothing is pending); see the module docstring for the contract. ``now_ms``
+        (default: the clock) is when, for the loss horizon."""
         if not self._pending:
             return []
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         rows = []
+        step = max(self.loss_horizon_ms // 100, 1000)
         for site, seqs in self._pending.items():
             if not seqs:
                 continue
@@ -191,6 +214,9 @@ class SeenSeqs:
             self.forgotten += intervals.forget_oldest(self.max_intervals)
             self._sites[site] = intervals
             rows.append((site, intervals.to_blob(), now_ms))
+            marks = self._passed.setdefault(site, [])
+            if not marks or (intervals.high_water_mark > marks[-1][0] and now_ms - marks[-1][1] >= step):
+                marks.append((intervals.high_water_mark, now_ms))
         self._pending.clear()
         return rows
 
@@ -201,6 +227,35 @@ class SeenSeqs:
                 "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
                 rows)
+
+    def account_losses(self, now_ms: int | None = None) -> dict[str, int]:
+        """Seqs newly counted as lost, per site (holes the stream passed more than the horizon ago).
+        Uses the database: call it only while no ``persist`` is running (one transaction at a time)."""
+        now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
+        cutoff = now_ms - self.loss_horizon_ms
+        lost: dict[str, int] = {}
+        changed = False
+        for site, marks in self._passed.items():
+            due = [hwm for hwm, at in marks if at <= cutoff]
+            if not due:
+                continue
+            del marks[:len(due) - 1]                        # keep the last due checkpoint: later ones build on it
+            through = due[-1]
+            start = self._counted.get(site, 0)
+            if through <= start:
+                continue
+            missing = _holes(self._sites[site], start, through)
+            self._counted[site] = through
+            changed = True
+            if missing:
+                lost[site] = missing
+        if changed:
+            with _transaction(self._db):
+                self._db.executemany(
+                    "INSERT INTO loss (site, counted_through) VALUES (?, ?) "
+                    "ON CONFLICT(site) DO UPDATE SET counted_through = excluded.counted_through",
+                    sorted(self._counted.items()))
+        return lost
 
     def rollback(self) -> None:
         """Forget the pending seqs (the batch was not written; the broker will redeliver it)."""
@@ -220,6 +275,16 @@ class SeenSeqs:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _holes(intervals: SeqIntervals, after: int, through: int) -> int:
+    """How many seqs in ``after+1 .. through`` lie in holes between ``intervals`` (not below the first one)."""
+    missing = 0
+    for (_, hi), (lo, _) in zip(intervals.pairs(), intervals.pairs()[1:]):
+        first, last = max(hi + 1, after + 1), min(lo - 1, through)
+        if first <= last:
+            missing += last - first + 1
+    return missing
 
 
 def _runs(seqs: list[int]) -> list[tuple[int, int]]:

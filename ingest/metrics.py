@@ -82,6 +82,12 @@ class IngestMetrics:
         self.site_clock_skew = Gauge("site_clock_skew", "A site's sent_ms minus this worker's clock at receipt, "
                                      "latest message (positive: the site's clock is ahead; includes transit time).",
                                      ["site"], unit="seconds", **common)
+        self.site_last_message = Gauge("site_last_message_timestamp", "When this worker last received a telemetry "
+                                       "message of the site (its wall clock).", ["site"], unit="seconds", **common)
+        self.site_received = Counter("site_readings_received", "Readings of the site this worker saw for the first "
+                                     "time (new seqs).", ["site"], **common)
+        self.site_lost = Counter("site_readings_lost", "Seqs of the site in gaps not filled within the loss horizon "
+                                 "(dedup.SeenSeqs.account_losses).", ["site"], **common)
         self.write_duration = Histogram("write_duration", "Time of one successful remote write to the TSDB.",
                                         unit="seconds", buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
                                         **common)

@@ -49,10 +49,13 @@ from prometheus_client import CollectorRegistry
 
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
+from ems_runtime.cert_expiry import register_certificates
+from ems_runtime.status_http import StatusEndpoint
 from ingest import operator_page
 from ingest.config import IngestConfig
 from ingest.gateway_auth import AuthRequest, AuthSettings, Verifier
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
+from ingest.twin_metrics import TwinCollector
 
 __all__ = ["TwinStore", "TwinApi", "TWIN_SUBSCRIPTION", "serve_forever"]
 
@@ -127,6 +130,11 @@ class TwinStore:
     def get(self, site: str, asset: str) -> dict[str, Any] | None:
         with self._lock:
             return self._twins.get((site, asset))
+
+    def documents(self) -> list[dict[str, Any]]:
+        """Every twin held (the documents themselves: callers only read them)."""
+        with self._lock:
+            return list(self._twins.values())
 
     def assets(self, site: str) -> list[str]:
         with self._lock:
@@ -401,20 +409,13 @@ def build(config: IngestConfig) -> TwinApi:
 
 def serve_forever(config: IngestConfig) -> int:
     """``ems-ingest twin-api``: serve until SIGTERM/SIGINT; metrics (the verifier's counters) on ``[metrics]`` port."""
-    from ems_runtime.status_http import StatusEndpoint
 
     api = build(config)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     api.start()
-
-    def health() -> tuple[bool, dict[str, str]]:
-        ok, why = api.health(need_broker=False)
-        return ok, {"detail": why}
-
-    status = StatusEndpoint(config.metrics.host, config.metrics.port, api.registry, health)
-    status.start()
+    status = _status_endpoint(config, api)
     log.info("twin API on https://%s:%d (client certificates %s, gateway verifier %s), TSDB %s, metrics :%d",
              config.twin_api.host, api.port, "required" if config.twin_api.client_ca else "not required",
              "on" if api.verifier else "off", config.tsdb.query_url, status.port)
@@ -422,3 +423,21 @@ def serve_forever(config: IngestConfig) -> int:
     status.stop()
     api.stop()
     return 0
+
+
+def _status_endpoint(config: IngestConfig, api: TwinApi) -> StatusEndpoint:
+    """Plain-HTTP ``/metrics`` on [metrics]: the API's registry (gateway verifier counters), the twin-derived
+    metrics (``ingest/twin_metrics.py``) and certificate expiry."""
+    assert config.twin_api is not None
+    registry = api.registry           # the gateway verifier's counters are in it already
+    registry.register(TwinCollector(api.store.documents, lambda: dict(api.store.rejected)))
+    register_certificates(registry, "twin", {"server": config.twin_api.cert,
+                                             "broker-client": config.broker.cert if config.broker.tls else None})
+
+    def health() -> tuple[bool, dict[str, Any]]:
+        ok, why = api.health(need_broker=False)
+        return ok, {"detail": why}
+
+    status = StatusEndpoint(config.metrics.host, config.metrics.port, registry, health)
+    status.start()
+    return status

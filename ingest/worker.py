@@ -261,7 +261,17 @@ class IngestWorker:
             if item.undelivered:
                 self._unmark(item)
         self._finish_commit()                   # the previous batch: durable, then acked (order kept)
-        rows = self.seen.stage()
+        received: dict[str, int] = {}
+        for item in items:
+            if item.batch is not None and item.seqs and not item.undelivered:
+                received[item.batch.site] = received.get(item.batch.site, 0) + len(item.seqs)
+        for site, n in received.items():
+            self.metrics.site_received.labels(site).inc(n)
+        for site, n in self.seen.account_losses(now_ms).items():   # no persist is running now
+            self.metrics.site_lost.labels(site).inc(n)
+            log.warning("site %s: %d readings lost (seq gaps not filled within %d s)", site, n,
+                        self.seen.loss_horizon_ms // 1000)
+        rows = self.seen.stage(now_ms)
         done = [item for item in items if not item.undelivered]
         if rows:
             write = self._committer.submit(self.seen.persist, rows)
@@ -305,6 +315,7 @@ class IngestWorker:
         assert batch is not None
         site = batch.site
         self.metrics.site_clock_skew.labels(site).set((batch.sent_ms - now_ms) / 1000)
+        self.metrics.site_last_message.labels(site).set(now_ms / 1000)
         earliest, latest = now_ms - self.max_age_ms, now_ms + self.max_future_ms
         series = self._series
         if len(series) > _MAX_CACHED_SERIES:

@@ -15,7 +15,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps).
+# Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps);
+# cryptography also reads certificate expiry (ems_runtime/cert_expiry.py).
 RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "tomlkit", "google", "jwt", "cryptography"}
 
 # Top-level import names of the north-bound stage's distributions (cython_runtime: lxml's compiled modules).

@@ -69,7 +69,7 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus:latest"}}, "ems:images.tsdb: quay.io/prometheus/prometheus:latest uses the mutable tag latest; pin a version or digest"),
         ({**AWS, "ems:images": {"tsdb": "quay.io/prometheus/prometheus"}}, "ems:images.tsdb: quay.io/prometheus/prometheus needs an explicit tag or digest"),
         ({**AWS, "ems:images": {"tsdb": "evil.example.com/prom:1"}}, "ems:images.tsdb: evil.example.com/prom:1 is not from an allowed registry (docker.io, ghcr.io, quay.io, registry.k8s.io, public.ecr.aws)"),
-        ({**AWS, "ems:images": {"kibana": "elastic/kibana:8.15.0"}}, "ems:images.kibana: elastic/kibana:8.15.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter, northbound, grafana"),
+        ({**AWS, "ems:images": {"kibana": "elastic/kibana:8.15.0"}}, "ems:images.kibana: elastic/kibana:8.15.0 is not a known image; known: broker, tsdb, edgeAgent, ingest, apiGateway, metricsAdapter, northbound, grafana, alertmanager"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "rtu.local", "points": [{"id": "S1"}]}]}, "ems:modbusGateways[0].host: rtu.local is not an IP address (NetworkPolicies allow Modbus egress by address)"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1", "host": "10.0.0.5", "points": [{"id": "S1"}]}, {"name": "gw1", "host": "10.0.0.6", "points": [{"id": "S2"}]}]}, "ems:modbusGateways[1].name: gw1 is a duplicate; gateway names must be unique"),
         ({**AWS, "ems:modbusGateways": [{"name": "gw1"}]}, "ems:modbusGateways[0].host: is required"),
@@ -158,3 +158,33 @@ def test_shared_ca_needs_its_key_as_a_secret() -> None:
     message = str(pytest.raises(SettingsError, parse_settings, {**AWS, "ems:caCertificate": make_ca_pem(is_ca=False)}, "t",
                                 frozenset({"caPrivateKey"})).value)
     assert "\n" not in message and len(message) < 250, message
+
+
+# -- alerting: thresholds and receivers ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw,message", [
+    ({**AWS, "ems:alerts": {"siteSilentMinutes": 0}}, "ems:alerts.siteSilentMinutes: 0 must be at least 1"),
+    ({**AWS, "ems:alerts": {"lossRatio": 2}}, "ems:alerts.lossRatio: 2 must be a number in 0..1"),
+    ({**AWS, "ems:alerts": {"hotSpotLimitCelsius": "hot"}}, "ems:alerts.hotSpotLimitCelsius: hot must be a number in 40..200"),
+    ({**AWS, "ems:alerts": {"silentMinutes": 5}}, "ems:alerts.silentMinutes: 5 is not a known field; known: "
+     "siteSilentMinutes, clockSkewSeconds, lossRatio, duplicateRatio, deadLettersPer10m, spoolDepth, spoolOldestSeconds, "
+     "modbusExceptionRatio, deviceDownMinutes, hotSpotLimitCelsius, ageingMinutes, topOilResidualKelvin, "
+     "timeToLimitMinutes, certificateDays"),
+    ({**AWS, "ems:alertReceivers": [{"name": "Ops"}]}, "ems:alertReceivers[0].name: Ops must be a DNS label (lowercase letters, digits, '-')"),
+    ({**AWS, "ems:alertReceivers": [{"name": "ops", "severities": ["page"]}]},
+     "ems:alertReceivers[0].severities[0]: page is not one of critical|warning|info"),
+    ({**AWS, "ems:alertReceivers": [{"name": "ops"}]},
+     "ems:alertReceiverUrls: is required when ems:alertReceivers is set: pulumi config set --secret "
+     "ems:alertReceiverUrls '{\"<receiver>\": \"https://…\"}'"),
+])
+def test_bad_alert_settings_name_the_field_and_value(raw: dict[str, object], message: str) -> None:
+    assert error(raw) == message
+
+
+def test_alert_settings_reach_the_platform_settings() -> None:
+    s = parse_settings({**AWS, "ems:alerts": {"siteSilentMinutes": 30, "lossRatio": 0.01},
+                        "ems:alertReceivers": [{"name": "ops", "severities": ["critical"]}]}, "t",
+                       frozenset({"alertReceiverUrls"}))
+    assert s.platform is not None
+    assert (s.platform.alerts.site_silent_minutes, s.platform.alerts.loss_ratio) == (30, 0.01)
+    assert s.platform.alert_receivers[0].severities == ("critical",)

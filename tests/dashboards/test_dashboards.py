@@ -35,13 +35,10 @@ VALUES = {"$site": SITE, "$asset": "tx1"}
 # name → (label names, kind): metrics other work is adding (issue 10: packet loss, PLC fault codes, the twin's
 # thermal state and prediction). Their names and labels are the shape the dashboards expect.
 PENDING: dict[str, tuple[tuple[str, ...], str]] = {
+    # Exported only after seq gaps aged past the loss horizon (hours): fed here so its panels have data.
     "ems_ingest_site_readings_lost_total": (("site",), "counter"),
-    "ems_ingest_site_readings_received_total": (("site",), "counter"),
-    "ems_ingest_site_last_message_timestamp_seconds": (("site",), "timestamp"),
+    # Exported only while a point shows a PLC fault code; the demo simulator raises none during this test.
     "ems_twin_fault_active": (("site", "asset", "point", "code", "severity", "text"), "gauge"),
-    **{f"ems_twin_thermal_{what}": (("site", "asset"), "gauge") for what in (
-        "top_oil_celsius", "hot_spot_celsius", "hot_spot_limit_celsius", "ageing_rate", "loss_of_life_hours",
-        "top_oil_residual_kelvin", "time_to_hot_spot_limit_seconds", "load_factor")},
 }
 
 # A rule that fires while the pipeline runs, so Prometheus has an ALERTS series for the alert panels.

@@ -122,8 +122,8 @@ def test_apply_is_atomic_keeps_mode_and_leaves_no_temp_file(conf: Path) -> None:
 
 @pytest.mark.parametrize("kwargs,expected", [
     ({"sensor_id": "SENSOR_99", "offset": 1.0}, "--id: 'SENSOR_99' is not a sensor id in {conf}; known ids: "
-     "SENSOR_01, SENSOR_02, SENSOR_03, SENSOR_04, SENSOR_05, SENSOR_06, SENSOR_07, SENSOR_08, SENSOR_09, SENSOR_10, "
-     "SENSOR_11, SENSOR_12 …"),
+     "SENSOR_01, SENSOR_02, SENSOR_03, SENSOR_04, SENSOR_05, SENSOR_06, SENSOR_07, SENSOR_08, TX1_RELAY_FAULT, SENSOR_09, "
+     "SENSOR_10, SENSOR_11 …"),
     ({"sensor_id": "sensor_01", "offset": 1.0}, "--id: 'sensor_01' is not a sensor id in {conf}; did you mean 'SENSOR_01'?"),
     ({"sensor_id": "SENSOR_01", "gain": 0.0}, "--gain: 0.0 must be a finite number other than 0"),
     ({"sensor_id": "SENSOR_01", "offset": float("nan")}, "--offset: nan must be a finite number"),

@@ -417,9 +417,14 @@ def test_thermal_asset_power_preset_with_overrides(folder: Path) -> None:
     (THERMAL + 'top_oil_rise = "55K"\n',
      "assets.tx1.top_oil_rise: '55K' must be a finite number"),
     (THERMAL + 'tau_oil = 180\n',
-     "assets.tx1: 'tau_oil' is an unknown key; allowed: ambient_point, cooling, hot_spot_gradient, k11, k21, k22, "
-     "kind, load_point, loss_ratio, max_gap_s, oil_exponent, oil_time_constant_min, paper, rated_load, size, "
+     "assets.tx1: 'tau_oil' is an unknown key; allowed: ambient_point, cooling, hot_spot_gradient, hot_spot_limit, "
+     "k11, k21, k22, kind, load_point, loss_ratio, max_gap_s, model, oil_exponent, oil_time_constant_min, paper, "
+     "rated_load, size, "
      "top_oil_point, top_oil_rise, winding_exponent, winding_time_constant_min"),
+    (THERMAL + 'model = "iec60076"\n',
+     "assets.tx1.model: 'iec60076' must be one of iec, ieee"),
+    (THERMAL + 'hot_spot_limit = 400\n',
+     "assets.tx1.hot_spot_limit: 400.0 must be 40..200"),
     (THERMAL + 'top_oil_rice = 50\n',
      "assets.tx1: 'top_oil_rice' is an unknown key; did you mean 'top_oil_rise'?"),
     (THERMAL.replace('[assets.tx1]', '[assets.tx9]'),

@@ -169,8 +169,9 @@ def test_report_by_exception_and_heartbeat_in_the_poller() -> None:
 
     out = asyncio.run(scenario())
     per_round = [sum(1 for o in out if o.ts_ms == int(t * 1000)) for t in (T_OK, T_OK + 1, T_OK + 2, T_OK + 302)]
-    assert per_round == [8, 0, 0, 8]
-    assert metrics.registry.get_sample_value("ems_edge_readings_suppressed_total") == 16.0
+    points = len(tx1[0].points)                             # 9: eight measurements and the relay's fault code
+    assert per_round == [points, 0, 0, points]
+    assert metrics.registry.get_sample_value("ems_edge_readings_suppressed_total") == 2.0 * points
 
 
 def test_dead_device_emits_device_error_once_then_stale_then_recovers() -> None:

@@ -7,7 +7,9 @@ import random
 
 import pytest
 
-from edge_agent.thermal import PRESETS, ThermalParams, ThermalState, advance, ageing_rate, start, steady_state
+from edge_agent.thermal import (
+    PRESETS, ThermalParams, ThermalState, advance, ageing_rate, start, steady_state, time_to_limit,
+)
 
 MIN = 60_000           # one minute in ms
 T0 = 1_764_000_000_000
@@ -167,3 +169,105 @@ def test_params_reject_impossible_constants() -> None:
         ThermalParams(k21=0.5)
     with pytest.raises(ValueError, match="paper must be one of non_upgraded, upgraded"):
         ThermalParams(paper="kraft")
+
+
+# --- exact integration, long gaps, the IEEE variant, the time-to-limit prediction ---------------------------------
+
+IEEE = ThermalParams(model="ieee")
+
+
+@pytest.mark.parametrize("params", [DIST, POWER, IEEE], ids=["iec-distribution", "iec-power", "ieee"])
+def test_the_estimate_is_the_same_within_a_hundredth_of_a_kelvin_called_every_second_minute_or_half_hour(
+        params: ThermalParams) -> None:
+    end = T0 + 24 * 3_600_000
+
+    def trajectory(step_ms: int) -> dict[int, ThermalState]:
+        k, ambient = _profile(T0)
+        state = start(params, k, ambient, T0)
+        out = {}
+        for t in range(T0 + step_ms, end + 1, step_ms):
+            state = advance(params, state, k, ambient, t)
+            k, ambient = _profile(t)            # the profile changes on whole hours: every pattern sees them
+            if (t - T0) % 1_800_000 == 0:
+                out[t] = state
+        return out
+
+    second, minute, half_hour = trajectory(1000), trajectory(60_000), trajectory(1_800_000)
+    assert second.keys() == minute.keys() == half_hour.keys() and len(second) == 48
+    for t in second:
+        for other in (minute[t], half_hour[t]):
+            assert abs(other.top_oil - second[t].top_oil) < 0.01, t
+            assert abs(other.hot_spot - second[t].hot_spot) < 0.01, t
+    assert half_hour[end].loss_of_life_h == pytest.approx(second[end].loss_of_life_h, rel=1e-4)
+    # And the inputs did move the state: it is not flat.
+    assert max(s.hot_spot for s in second.values()) - min(s.hot_spot for s in second.values()) > 20
+
+
+def test_after_a_long_gap_the_estimate_continues_from_the_measured_top_oil() -> None:
+    state = run(DIST, start(DIST, 1.0, 20.0, T0), 1.0, 20.0, T0 + 60 * MIN, MIN)
+    later = advance(DIST, state, 0.5, 10.0, T0 + 60 * MIN + 7_200_000, max_gap_s=3600, measured_top_oil=47.5)
+    assert later.top_oil == 47.5 and later.restarts == 1
+    assert later.hot_spot - later.top_oil == pytest.approx(steady_state(DIST, 0.5, 10.0)[1]
+                                                           - steady_state(DIST, 0.5, 10.0)[0])
+    # From there it relaxes with the oil time constant, not from a jump to the steady state.
+    after = advance(DIST, later, 0.5, 10.0, later.t_ms + 10 * MIN)
+    assert 47.5 > after.top_oil > steady_state(DIST, 0.5, 10.0)[0]
+
+
+def test_ieee_clause_7_step_from_no_load_to_rated_uses_the_rated_oil_time_constant() -> None:
+    before = start(IEEE, 0.0, 20.0, T0)
+    assert before.top_oil == pytest.approx(20.0 + IEEE.top_oil_rise * (1 / 6) ** 0.8)
+    final_top, final_hot = steady_state(IEEE, 1.0, 20.0)
+    assert (final_top, final_hot) == pytest.approx((75.0, 98.0))
+    tau = IEEE.oil_time_constant_min
+    initial_rise, ultimate_rise = before.top_oil - 20.0, final_top - 20.0
+    a, b, n = ultimate_rise / 55.0, initial_rise / 55.0, IEEE.oil_exponent
+    expected_tau = tau * (a - b) / (a ** (1 / n) - b ** (1 / n))          # clause 7, variable time constant
+    assert expected_tau != pytest.approx(tau, rel=0.01)                    # it does vary with the step
+    after = advance(IEEE, before, 1.0, 20.0, T0 + int(expected_tau * MIN))
+    assert (after.top_oil - before.top_oil) / (final_top - before.top_oil) == pytest.approx(1 - math.exp(-1))
+    # The hot-spot gradient follows with the winding time constant alone (no k21/k22 overshoot terms).
+    assert after.dh2 == 0.0
+    stepped = run(IEEE, before, 1.0, 20.0, T0 + int(expected_tau * MIN), 7_000)
+    assert stepped.top_oil == pytest.approx(after.top_oil, abs=1e-6)
+
+
+def test_ieee_with_oil_exponent_one_is_a_plain_exponential() -> None:
+    linear = ThermalParams(model="ieee", oil_exponent=1.0)
+    before = start(linear, 0.3, 20.0, T0)
+    final_top, _ = steady_state(linear, 1.2, 20.0)
+    after = advance(linear, before, 1.2, 20.0, T0 + 180 * MIN)
+    assert (after.top_oil - before.top_oil) / (final_top - before.top_oil) == pytest.approx(1 - math.exp(-1))
+
+
+@pytest.mark.parametrize("params", [DIST, POWER, IEEE], ids=["iec-distribution", "iec-power", "ieee"])
+def test_after_a_load_step_the_predicted_time_to_the_hot_spot_limit_is_when_the_model_gets_there(
+        params: ThermalParams) -> None:
+    state = start(params, 0.6, 30.0, T0)
+    limit = 120.0
+    assert steady_state(params, 1.5, 30.0)[1] > limit                       # the step will exceed the limit
+    predicted_s = time_to_limit(params, state, 1.5, 30.0, limit)
+    assert predicted_s is not None and predicted_s > 600
+    t, reached_ms = T0, None
+    while reached_ms is None and t < T0 + 48 * 3_600_000:
+        t += 10_000
+        state = advance(params, state, 1.5, 30.0, t)
+        if state.hot_spot >= limit:
+            reached_ms = t - T0
+    assert reached_ms is not None
+    assert predicted_s == pytest.approx(reached_ms / 1000.0, rel=0.05)
+    assert abs(predicted_s - reached_ms / 1000.0) <= 10.0                  # in fact to the 10 s step of the run
+
+
+def test_time_to_limit_is_zero_above_the_limit_and_none_when_it_is_never_reached() -> None:
+    cool = start(DIST, 0.5, 20.0, T0)
+    assert time_to_limit(DIST, cool, 0.5, 20.0, 120.0) is None
+    assert time_to_limit(DIST, cool, 0.5, 20.0, cool.hot_spot - 1) == 0.0
+    hot = start(DIST, 1.3, 30.0, T0)
+    assert time_to_limit(DIST, hot, 1.3, 30.0, steady_state(DIST, 1.3, 30.0)[1] + 0.01) is None
+
+
+def test_state_from_an_older_cache_without_segment_fields_loads() -> None:
+    state = start(DIST, 0.7, 18.0, T0)
+    old = {k: v for k, v in state.to_json().items() if not k.startswith("segment_")}
+    assert ThermalState.from_json(old).top_oil == state.top_oil

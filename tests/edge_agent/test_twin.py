@@ -108,7 +108,8 @@ def test_thermal_asset_twin_carries_the_thermal_block(tmp_path: Path) -> None:
     body = json.loads(twin.payload("tx1"))
     # No measured top-oil to start from: the estimate starts in the steady state (98 °C hot-spot, V = 1).
     assert body["thermal"] == {"load_factor": 1.0, "top_oil_degC": 75.0, "hot_spot_degC": 98.0, "ageing_rate": 1.0,
-                               "loss_of_life_h": 0.0, "since_ms": 0, "updated_ms": 0, "restarts": 0}
+                               "loss_of_life_h": 0.0, "since_ms": 0, "updated_ms": 0, "restarts": 0,
+                               "model": "iec", "hot_spot_limit_degC": 120.0, "time_to_hot_spot_limit_s": None}
     assert body["points"]["load"]["value"] == 2.0                       # the points are still there
     # Ten minutes at rated load and 20 °C: steady, V = 1 → ten minutes of normal ageing.
     twin.update(_p(3, "oil_temp", 74.0, 10 * MIN))
@@ -201,3 +202,37 @@ def test_run_twin_publishes_the_thermal_block_retained(tmp_path: Path) -> None:
     [(topic, payload, retain)] = sent
     assert (topic, retain) == ("ems/v1/s1/twin/tx1", True)
     assert json.loads(payload)["thermal"]["hot_spot_degC"] == 98.0
+
+
+def test_the_twin_predicts_the_time_to_the_hot_spot_limit_after_a_load_step(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "load", 1.0, 0))                                  # K = 0.5
+    twin.update(_p(2, "ambient_temp", 30.0, 0))
+    twin.update(_p(3, "load", 3.0, MIN))                                # K = 1.5: the steady hot-spot is far above 120
+    block = twin.thermal("tx1")
+    assert block is not None and block["hot_spot_degC"] < 120.0
+    predicted = block["time_to_hot_spot_limit_s"]
+    assert predicted is not None and 600 < predicted < 4 * 3600
+    t = MIN
+    while twin.thermal("tx1")["hot_spot_degC"] < 120.0:                 # type: ignore[index]
+        t += 30_000
+        twin.update(_p(4, "ambient_temp", 30.0, t))
+    assert (t - MIN) / 1000 == pytest.approx(predicted, rel=0.05)
+    assert twin.thermal("tx1")["time_to_hot_spot_limit_s"] == 0.0      # type: ignore[index]
+
+
+def test_after_a_long_gap_the_twin_continues_from_the_measured_top_oil(tmp_path: Path) -> None:
+    twin = TwinStore(tmp_path / "twin.json", site="s1", thermal_assets=[TX1])
+    twin.update(_p(1, "load", 2.0, 0))
+    twin.update(_p(2, "ambient_temp", 20.0, 0))
+    gap_end = 3 * 3600 * 1000                                          # longer than max_gap_s (3600)
+    twin.update(_p(3, "load", 1.0, gap_end))                           # the gap ends with a load reading
+    twin.update(_p(4, "oil_temp", 52.5, gap_end + 2000))               # and the oil is measured 2 s later
+    block = twin.thermal("tx1")
+    assert block is not None and block["restarts"] == 1
+    assert block["top_oil_degC"] == pytest.approx(52.5, abs=0.01)      # not the steady state of K = 0.5
+    # A top-oil reading long after the restart is a measurement to compare, not a restart point.
+    twin.update(_p(5, "load", 1.0, 2 * gap_end))
+    twin.update(_p(6, "oil_temp", 30.0, 2 * gap_end + 600_000))
+    late = twin.thermal("tx1")
+    assert late is not None and late["restarts"] == 2 and late["top_oil_residual_K"] != 0.0

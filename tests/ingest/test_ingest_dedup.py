@@ -63,3 +63,52 @@ def test_window_is_bounded_by_forgetting_the_oldest_intervals(tmp_path: Path) ->
     assert seen.forgotten == 2
     # a forgotten seq is no longer known: it would be written again (Prometheus ignores the identical sample)
     assert not seen.seen("s", 1) and seen.seen("s", 9)
+
+
+# -- loss: seq gaps not filled within the horizon ------------------------------------------------------------------
+
+class _Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _commit(seen: SeenSeqs, site: str, seqs: range | list[int]) -> None:
+    for seq in seqs:
+        seen.mark(site, seq)
+    seen.commit()
+
+
+def test_a_gap_is_counted_lost_once_the_horizon_passed_and_only_once(tmp_path: Path) -> None:
+    clock = _Clock(1_000_000.0)
+    seen = SeenSeqs(tmp_path, loss_horizon_ms=600_000, clock=clock)
+    _commit(seen, "s1", range(1, 101))
+    clock.now += 10
+    _commit(seen, "s1", range(131, 201))                      # 101..130 missing: 30 seqs
+    _commit(seen, "s2", range(1, 51))
+    assert seen.account_losses() == {}                        # the horizon has not passed
+    clock.now += 300
+    _commit(seen, "s1", range(111, 116))                      # a late replay fills 5 of them
+    clock.now += 301
+    assert seen.account_losses() == {"s1": 25}
+    assert seen.account_losses() == {}                        # never twice
+    clock.now += 3600
+    assert seen.account_losses() == {}
+    seen.close()
+    again = SeenSeqs(tmp_path, loss_horizon_ms=600_000, clock=clock)   # nor after a restart
+    _commit(again, "s1", range(201, 300))
+    clock.now += 601
+    assert again.account_losses() == {}
+
+
+def test_a_gap_filled_within_the_horizon_is_not_lost_and_the_start_of_the_stream_is_no_gap(tmp_path: Path) -> None:
+    clock = _Clock(1_000_000.0)
+    seen = SeenSeqs(tmp_path, loss_horizon_ms=600_000, clock=clock)
+    _commit(seen, "s1", range(500, 600))                      # the worker joined mid-stream: 1..499 is not a gap
+    _commit(seen, "s1", range(610, 700))
+    clock.now += 100
+    _commit(seen, "s1", range(600, 610))                      # the broker redelivered the rest in time
+    clock.now += 600
+    assert seen.account_losses() == {}

@@ -62,7 +62,7 @@ def test_no_external_service_on_1883_or_502(name: str) -> None:
         ports = {p["port"] for p in spec["ports"]}
         if spec.get("type") in ("LoadBalancer", "NodePort"):
             assert ports <= {8883, 443}, f"{svc.urn}: external ports {ports}"
-        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443, 3000}, f"{svc.urn}: {ports}"
+        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443, 3000, 9093}, f"{svc.urn}: {ports}"
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)
@@ -512,7 +512,7 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert _named(ev, "kubernetes:core/v1:Secret", "twin-api-tls").inputs["type"] == "kubernetes.io/tls"
     # The Service: ClusterIP only, 8443, selecting the StatefulSet's pods.
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
-    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
+    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443, 9100]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
     # The gateway routes the twin paths (and nothing else) to it, and asks its verifier about every caller, over TLS
     # that verifies the CA and the name.
@@ -532,7 +532,7 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
-    # NetworkPolicies: gateway → twin-api 8443 only; twin-api → broker 8883 and tsdb 9090; nothing else in or out.
+    # NetworkPolicies: gateway → twin-api 8443, tsdb → twin-api 9100 (metrics); twin-api → broker 8883 and tsdb 9090.
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
                 if p.inputs["metadata"]["namespace"] == ns}
     selecting = [n for n, s in policies.items() if s["podSelector"] and selects(s["podSelector"], pod_labels(deploy))]
