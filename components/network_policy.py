@@ -14,7 +14,7 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | anywhere (API server) → adapter | 6443 |
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
 | tsdb → ingest, northbound, twin-api, ems-gateway | 9100 (metrics; twin-api: twin metrics and the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
-| tsdb → alertmanager           | 9093  |
+| tsdb, twin-api, api-gateway → alertmanager | 9093 (alerts in; the operator page's firing alerts; operators' silences through the gateway) |
 | alertmanager → receivers      | 443 (webhooks over HTTPS) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |
@@ -112,15 +112,17 @@ class NetworkPolicies(pulumi.ComponentResource):
                                *([_pods(GATEWAY_APP)] if args.gateways else [])], "ports": _tcp(9100)},
                        {"to": [_pods("alertmanager")], "ports": _tcp(9093)}])
         policy("alertmanager", ns, _pods("alertmanager")["podSelector"],
-               ingress=[{"from": [_pods("tsdb")], "ports": _tcp(9093)}],
+               ingress=[{"from": [_pods("tsdb"), _pods("twin-api"), _pods("api-gateway")], "ports": _tcp(9093)}],
                egress=[{"to": ANYWHERE, "ports": _tcp(443)}])
         policy("api-gateway", ns, _pods("api-gateway")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(443)}],
-               egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)}])
+               egress=[{"to": [_pods("tsdb")], "ports": _tcp(9090)}, {"to": [_pods("twin-api")], "ports": _tcp(TWIN_API_PORT)},
+                       {"to": [_pods("alertmanager")], "ports": _tcp(9093)}])
         policy("twin-api", ns, _pods("twin-api")["podSelector"],
                ingress=[{"from": [_pods("api-gateway")], "ports": _tcp(TWIN_API_PORT)},
                         {"from": [_pods("tsdb")], "ports": _tcp(9100)}],
                egress=[{"to": [_pods("broker")], "ports": _tcp(8883)}, {"to": [_pods("tsdb")], "ports": _tcp(9090)},
+                       {"to": [_pods("alertmanager")], "ports": _tcp(9093)},
                        *([{"to": ANYWHERE, "ports": _tcp(443)}] if args.identity_provider else [])])
         policy("metrics-adapter", ns, _pods("metrics-adapter")["podSelector"],
                ingress=[{"from": ANYWHERE, "ports": _tcp(6443)}],

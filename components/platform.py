@@ -181,6 +181,7 @@ class EmsPlatform(pulumi.ComponentResource):
             replicas=TWIN_API_REPLICAS, mqtt_tls_secrets=tuple(f"edge-{cn}-tls" for cn in twin_replicas),
             server_tls_secret="twin-api-tls",
             tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth,
+            alertmanager_url=f"http://alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
@@ -188,6 +189,7 @@ class EmsPlatform(pulumi.ComponentResource):
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type, auth=s.api_auth,
             grafana_host=f"grafana.{ns_name}.svc.cluster.local" if s.grafana.enabled else None,
+            alertmanager_host=f"alertmanager.{ns_name}.svc.cluster.local",
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.northbound is not None:   # the IEEE 2030.5 client, only where a utility server is configured
             NorthboundClient(f"{name}-northbound", NorthboundArgs(

@@ -547,7 +547,12 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
                             for p in r["to"]]) for r in twin_policy["egress"]]
     # With an OIDC issuer (ems:apiAuth.oidc) the verifier fetches its JWKS over HTTPS, and only then.
     idp = [([{"protocol": "TCP", "port": 443}], ["0.0.0.0/0"])] if "oidc" in json.loads(config.get("ems:apiAuth") or "{}") else []
-    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"]), *idp]
+    # The operator page's firing alerts come from the Alertmanager.
+    alerts = [([{"protocol": "TCP", "port": 9093}], ["alertmanager"])]
+    assert egress == [([{"protocol": "TCP", "port": 8883}], ["broker"]), ([{"protocol": "TCP", "port": 9090}], ["tsdb"]),
+                      *alerts, *idp]
+    twin_toml = _named(ev, "kubernetes:core/v1:ConfigMap", "twin-api-config").inputs["data"]["ingest.toml"]
+    assert 'alertmanager_url = "http://alertmanager.ems-system.svc.cluster.local:9093"' in twin_toml
     assert {"to": [{"podSelector": {"matchLabels": deploy.inputs["spec"]["selector"]["matchLabels"]}}],
             "ports": [{"protocol": "TCP", "port": 8443}]} in policies["api-gateway"]["egress"]
     [tsdb_in] = policies["tsdb"]["ingress"]
@@ -655,3 +660,5 @@ def test_grafana_is_routed_by_the_gateway_where_it_is_deployed(name: str) -> Non
     grafana = [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "grafana"]
     assert bool(grafana) == enabled
     assert ("grafana.ems-system.svc.cluster.local:3000" in nginx) == enabled
+    # Operators' silences go to the Alertmanager (the route is off without an upstream).
+    assert "alertmanager.ems-system.svc.cluster.local:9093" in nginx

@@ -57,7 +57,9 @@ def test_a_stack_with_receivers_and_thresholds_deploys_rules_alertmanager_and_po
     def peers(rule: dict) -> list[str]:
         return [p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule.get("from", rule.get("to", []))]
 
-    assert [(peers(r), [p["port"] for p in r["ports"]]) for r in policies["alertmanager"]["ingress"]] == [(["tsdb"], [9093])]
+    assert [(peers(r), [p["port"] for p in r["ports"]]) for r in policies["alertmanager"]["ingress"]] == [
+        (["tsdb", "twin-api", "api-gateway"], [9093])]
+    assert (["alertmanager"], [9093]) in [(peers(r), [p["port"] for p in r["ports"]]) for r in policies["api-gateway"]["egress"]]
     assert (["alertmanager"], [9093]) in [(peers(r), [p["port"] for p in r["ports"]]) for r in policies["tsdb"]["egress"]]
     assert [p["port"] for r in policies["alertmanager"]["egress"] for p in r["ports"]] == [443]
 
