@@ -344,3 +344,35 @@ def test_sigterm_during_an_outage_keeps_the_spool_for_the_next_start(site: Site)
         assert agent.stop(timeout=25) == 0, agent.tail()
     counts = _check_delivery(site, config, agent)
     assert counts["received_unique"] == counts["accepted"]
+
+
+def test_client_certificate_rotated_while_publishing(site: Site) -> None:
+    """A half-written certificate is refused (logged once, old one kept); the new pair is then used
+    (the broker logs the new certificate's identity) with 0 readings lost and 0 sent twice."""
+    config = site.config()
+    pki_dir = config.parent / "pki"
+    new = site.pki.client("edge-sub-07-rotated")        # the broker's username is the certificate's CN
+    agent = AgentProcess(config)
+    agent.start()
+    try:
+        _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the rotation")
+        text = new.cert.read_bytes()
+        (pki_dir / "edge.crt").write_bytes(text[: len(text) // 2])       # a writer caught half-way
+        _wait_for(lambda: "cannot be used" in agent.tail(20000), 15, "the half-written certificate refused")
+        received = len(site.observer.readings())
+        _wait_for(lambda: len(site.observer.readings()) > received + 100, 20, "readings on the old certificate")
+        (pki_dir / "edge.key").write_bytes(new.key.read_bytes())
+        (pki_dir / "edge.crt").write_bytes(text)
+        _wait_for(lambda: "u'edge-sub-07-rotated'" in site.broker.log_path.read_text(), 20,
+                  lambda: "the broker to see the new certificate\n" + agent.tail())
+        received = len(site.observer.readings())
+        _wait_for(lambda: len(site.observer.readings()) > received + 150, 20, "readings on the new certificate")
+    finally:
+        code = agent.stop(timeout=25)
+    assert code == 0, agent.tail()
+    counts = _check_delivery(site, config, agent)
+    assert counts["received_raw"] == counts["received_unique"], f"readings sent twice: {counts}"
+    log = agent.tail(200000)
+    assert log.count("cannot be used") == 1, log
+    assert "to switch the certificate" in log, log
+    assert "delivery interrupted" not in log and "connection to broker" not in log, log    # no re-send
