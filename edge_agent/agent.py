@@ -50,6 +50,7 @@ from edge_agent.delivery import drain
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
+from ems_runtime.cert_expiry import register_certificates
 
 __all__ = ["Agent", "check_permissions"]
 
@@ -151,6 +152,7 @@ class Agent:
         twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets)
         await asyncio.get_running_loop().run_in_executor(None, twin.load)
         calibrations = Calibrations.from_config(cfg)
+        register_certificates(self.metrics.registry, "edge", {"broker-client": cfg.broker.cert})
         self.http = HttpEndpoint(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
         self.http.start()
         self._link = link

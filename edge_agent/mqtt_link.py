@@ -640,6 +640,7 @@ class EdgeMqttLink:
         new connection: none is lost and none is sent twice.
         """
         self._switching = True
+        in_flight = len(self._pending)
         deadline = time.monotonic() + self.switch_drain_s
         while self._pending and self._connected.is_set() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -648,6 +649,8 @@ class EdgeMqttLink:
             self.log.warning("broker %s:%d: %d messages still without PUBACK after %.0fs; switching anyway "
                              "(they will be sent again)", self.host, self.port, len(self._pending),
                              self.switch_drain_s)
+        self.log.info("switching the certificate: %d messages were in flight, %d held for the new connection",
+                      in_flight, len(self._held))
         if client is not None and self._connected.is_set():
             client.disconnect()          # clean: no last will; the new connection publishes "online"
         elif not self._connected.is_set() and not self._held:
