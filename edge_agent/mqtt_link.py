@@ -14,8 +14,8 @@ back: the spool is the only source of re-sends.
   v3.1.1, and that choice is kept. A connection merely cut before CONNACK is a
   link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked by :meth:`EdgeMqttLink.open`). Rotation: every
-  ``cert_check_s`` the files' inode, mtime and size are compared (cheap); when they changed and
-  the content differs, a fresh context is built. A pair that does not load or match (half
+  ``cert_check_s`` the inode, mtime and size of the CA, certificate and key files are compared
+  (cheap); when they changed and the content differs, a fresh context is built. A pair that does not load or match (half
   written, key of another certificate) is logged once, naming the files, and the loaded one kept.
   A good pair switches the connection without loss or duplicates: new publishes are held, the
   messages in flight get their PUBACKs, the link disconnects cleanly and reconnects with the new
@@ -100,9 +100,9 @@ def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
 
 
 def _tls_signature(tls: TlsFiles) -> tuple:
-    """Cheap change detector for the certificate and key files: (device, inode, mtime, size) of each."""
+    """Cheap change detector for the CA, certificate and key files: (device, inode, mtime, size) of each."""
     signature = []
-    for path in (tls.cert, tls.key):
+    for path in (tls.ca, tls.cert, tls.key):
         try:
             st = os.stat(path)
         except OSError as exc:
@@ -113,10 +113,10 @@ def _tls_signature(tls: TlsFiles) -> tuple:
 
 
 def _tls_digest(tls: TlsFiles) -> str | None:
-    """SHA-256 over the certificate and key files' bytes, or None when one cannot be read."""
+    """SHA-256 over the CA, certificate and key files' bytes, or None when one cannot be read."""
     digest = hashlib.sha256()
     try:
-        for path in (tls.cert, tls.key):
+        for path in (tls.ca, tls.cert, tls.key):
             digest.update(Path(path).read_bytes())
             digest.update(b"\0")
     except OSError:
