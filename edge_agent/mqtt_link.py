@@ -13,7 +13,13 @@ back: the spool is the only source of re-sends.
   protocol version" (CONNACK code 1, as MQTT 3.1.1 prescribes) is retried with
   v3.1.1, and that choice is kept. A connection merely cut before CONNACK is a
   link problem, not a reason to downgrade.
-* mTLS: CA, client certificate and key (checked once by :meth:`EdgeMqttLink.open`).
+* mTLS: CA, client certificate and key (checked by :meth:`EdgeMqttLink.open`). Rotation: every
+  ``cert_check_s`` the inode, mtime and size of the CA, certificate and key files are compared
+  (cheap); when they changed and the content differs, a fresh context is built. A pair that does not load or match (half
+  written, key of another certificate) is logged once, naming the files, and the loaded one kept.
+  A good pair switches the connection without loss or duplicates: new publishes are held, the
+  messages in flight get their PUBACKs, the link disconnects cleanly and reconnects with the new
+  context, then the held messages go out on the new connection.
 * Reconnect matched to the outage (``reconnect_delay``): during the first
   ``fast_window_s`` of an outage, retries every ``fast_retry_s`` (± half, jitter),
   so a broker restart costs seconds, not a grown backoff; after that,
@@ -36,7 +42,9 @@ What is published when, and when the spool lets go of it, is ``edge_agent.delive
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 import random
 import re
 import socket
@@ -91,6 +99,31 @@ def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     return context
 
 
+def _tls_signature(tls: TlsFiles) -> tuple:
+    """Cheap change detector for the CA, certificate and key files: (device, inode, mtime, size) of each."""
+    signature = []
+    for path in (tls.ca, tls.cert, tls.key):
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            signature.append(("missing", exc.errno))
+        else:
+            signature.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
+    return tuple(signature)
+
+
+def _tls_digest(tls: TlsFiles) -> str | None:
+    """SHA-256 over the CA, certificate and key files' bytes, or None when one cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        for path in (tls.ca, tls.cert, tls.key):
+            digest.update(Path(path).read_bytes())
+            digest.update(b"\0")
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).replace("_", " ").lower()
@@ -132,7 +165,9 @@ class EdgeMqttLink:
     ``connect_timeout_s`` (default 10), ``fast_retry_s`` (0.5) and ``fast_window_s``
     (10) for the first retries of an outage, ``backoff_initial_s`` (0.5) and
     ``backoff_max_s`` (30) after them (``reconnect_delay``), ``rng`` (for the
-    jitter), ``metrics``, ``logger``.
+    jitter), ``metrics``, ``logger``, ``cert_check_s`` (5: how often the certificate and key
+    files are checked for a rotation), ``switch_drain_s`` (10: how long a certificate switch
+    waits for the PUBACKs of the messages in flight before it disconnects anyway).
     Constructing does no I/O; ``open()`` checks the TLS files (ConfigError).
     """
 
@@ -140,7 +175,8 @@ class EdgeMqttLink:
                  keepalive_s: int = 30, protocol: str = "auto", inflight_max: int = 32,
                  connect_timeout_s: float = 10.0, fast_retry_s: float = 0.5, fast_window_s: float = 10.0,
                  backoff_initial_s: float = 0.5, backoff_max_s: float = 30.0, rng: random.Random | None = None, metrics: AgentMetrics | None = None,
-                 logger: logging.Logger | None = None) -> None:
+                 logger: logging.Logger | None = None, cert_check_s: float = 5.0,
+                 switch_drain_s: float = 10.0) -> None:
         if protocol not in PROTOCOLS:
             raise ConfigError("broker.protocol", protocol, f"must be one of {', '.join(PROTOCOLS)}")
         self.host, self.port, self.client_id, self.site, self.tls = host, port, client_id, site, tls
@@ -155,6 +191,8 @@ class EdgeMqttLink:
         self.rng = rng or random.Random()
         self.metrics = metrics
         self.log = logger or logging.getLogger(__name__)
+        self.cert_check_s = cert_check_s
+        self.switch_drain_s = switch_drain_s
         self.status_topic = status_topic(site)
         if metrics is not None:
             for outcome in CONNECT_OUTCOMES:        # known label values start at zero (dashboards, rate())
@@ -172,6 +210,15 @@ class EdgeMqttLink:
         self._supervisor: asyncio.Task | None = None
         self._closing = False
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
+        # Certificate rotation: the loaded files' signature and digest, the signature last refused,
+        # and the publishes held while the connection switches to the new certificate.
+        self._tls_signature: tuple | None = None
+        self._tls_digest: str | None = None
+        self._refused_signature: tuple | None = None
+        self._switching = False
+        self._held: list[tuple[str, bytes, bool, asyncio.Future[None]]] = []
+        self._watcher: asyncio.Task | None = None
+        self.certificate_switches = 0
         self.last_error: Exception | None = None
         # Connects (TCP + TLS handshake) block: they run here. Our own pool, so close() need not wait
         # for a connect stuck on a dead link (asyncio.run waits for the default executor's threads).
@@ -190,16 +237,23 @@ class EdgeMqttLink:
     def open(self) -> None:
         """Check the TLS files and build the TLS context (raises ConfigError naming the file)."""
         if self.tls is not None and self._context is None:
+            signature, digest = _tls_signature(self.tls), _tls_digest(self.tls)
             self._context = _ssl_context(self.tls)
+            self._tls_signature, self._tls_digest = signature, digest
 
     def start(self) -> None:
         """Keep connected in the background (reconnecting with backoff) until close()."""
         if self._supervisor is None:
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="mqtt-link")
+        if self._watcher is None and self.tls is not None and self.cert_check_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_certificate(), name="mqtt-tls-watch")
 
     async def close(self, timeout: float = 3.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly (no last will) and stop reconnecting."""
         self._closing = True
+        if self._watcher is not None:
+            self._watcher.cancel()
+            self._watcher = None
         if self._supervisor is not None:
             self._supervisor.cancel()
             try:
@@ -221,6 +275,7 @@ class EdgeMqttLink:
                 except asyncio.TimeoutError:
                     pass
         self._drop(client, PublishError("link closed"))
+        self._release_held(PublishError("link closed"))
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def subscribe(self, topic: str, handler: Callable[[str, bytes], None]) -> None:
@@ -245,6 +300,7 @@ class EdgeMqttLink:
                     await self.connect()
                 except PublishError as exc:      # BrokerRefused included: the broker may be fixed later
                     self.last_error = exc
+                    self._release_held(exc)     # never sent: the caller sends them again
                     delay = reconnect_delay(attempt, time.monotonic() - outage_since, self.rng,
                                             fast_retry_s=self.fast_retry_s, fast_window_s=self.fast_window_s,
                                             initial_s=self.backoff_initial_s, max_s=self.backoff_max_s)
@@ -365,6 +421,10 @@ class EdgeMqttLink:
             client.subscribe([(topic, 1) for topic in self._subscriptions])
         self._misc_task = loop.create_task(self._misc_loop(client))
         self._connected.set()
+        self._switching = False
+        held, self._held = self._held, []
+        for topic, payload, retain, future in held:      # held during a certificate switch: send them now
+            self._send(client, topic, payload, retain, future)
         self._count("ok")
         if self.metrics is not None:
             self.metrics.broker_connected.set(1)
@@ -464,7 +524,9 @@ class EdgeMqttLink:
             self._connack.exception()
         if self._lost is not None and not self._lost.done():
             self._lost.set_result(None)
-        if was_connected and self._closing:
+        if was_connected and self._switching:
+            self.log.info("disconnected from broker %s:%d to switch the certificate", self.host, self.port)
+        elif was_connected and self._closing:
             self.log.info("disconnected from broker %s:%d", self.host, self.port)
         elif was_connected:
             self.log.warning("connection to broker %s:%d lost (%s)", self.host, self.port, exc)
@@ -529,18 +591,106 @@ class EdgeMqttLink:
             self.log.error("broker %s:%d refused the subscription to %s (%s)", self.host, self.port,
                            ", ".join(self._subscriptions), ", ".join(refused))
 
+    # -- certificate rotation ----------------------------------------------
+    async def _watch_certificate(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.cert_check_s)
+            try:
+                await self.check_certificate()
+            except Exception:                # the watcher must outlive any one bad check
+                self.log.exception("certificate check failed")
+
+    async def check_certificate(self) -> bool:
+        """Switch to the certificate and key on disk if they changed and load as a matching pair.
+
+        Returns True when a switch was started. A changed pair that does not load is logged once
+        per state of the files, and the loaded certificate stays in use.
+        """
+        assert self.tls is not None
+        signature = _tls_signature(self.tls)
+        if signature == self._tls_signature or signature == self._refused_signature:
+            return False
+        digest = _tls_digest(self.tls)
+        if digest is not None and digest == self._tls_digest:       # touched, not changed
+            self._tls_signature = signature
+            return False
+        try:
+            context = _ssl_context(self.tls)
+        except ConfigError as exc:
+            self._refused_signature = signature
+            why = _reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
+            self.log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching "
+                             "PEM pair: %s); keeping the loaded certificate", self.tls.cert, self.tls.key, why)
+            return False
+        if _tls_signature(self.tls) != signature:      # still being written: look again next time
+            return False
+        self._context, self._tls_signature, self._tls_digest = context, signature, digest
+        self._refused_signature = None
+        self.certificate_switches += 1
+        self.log.info("certificate %s and key %s changed; reconnecting to broker %s:%d with them",
+                      self.tls.cert, self.tls.key, self.host, self.port)
+        if self._connected.is_set():
+            await self._switch_connection()
+        return True
+
+    async def _switch_connection(self) -> None:
+        """Hold new publishes, let the ones in flight get their PUBACKs, disconnect cleanly.
+
+        The supervisor then reconnects with the new context and the held messages go out on the
+        new connection: none is lost and none is sent twice.
+        """
+        self._switching = True
+        in_flight = len(self._pending)
+        deadline = time.monotonic() + self.switch_drain_s
+        while self._pending and self._connected.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        client = self._client
+        if self._pending:
+            self.log.warning("broker %s:%d: %d messages still without PUBACK after %.0fs; switching anyway "
+                             "(they will be sent again)", self.host, self.port, len(self._pending),
+                             self.switch_drain_s)
+        self.log.info("switching the certificate: %d messages were in flight, %d held for the new connection",
+                      in_flight, len(self._held))
+        if client is not None and self._connected.is_set():
+            client.disconnect()          # clean: no last will; the new connection publishes "online"
+        elif not self._connected.is_set() and not self._held:
+            self._switching = False
+
+    def _release_held(self, exc: PublishError) -> None:
+        """Fail the publishes held for a switch that did not connect (never sent: the caller re-sends)."""
+        self._switching = False
+        held, self._held = self._held, []
+        for _, _, _, future in held:
+            if not future.done():
+                future.set_exception(PublishError(f"not sent: {exc}"))
+                future.exception()
+
     # -- publishing --------------------------------------------------------
     def start_publish(self, topic: str, payload: bytes, *, retain: bool = False) -> "asyncio.Future[None]":
-        """Queue one QoS 1 message; the future completes at its PUBACK or fails with PublishError."""
+        """Queue one QoS 1 message; the future completes at its PUBACK or fails with PublishError.
+
+        During a certificate switch the message is held and sent on the new connection.
+        """
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._switching:
+            self._held.append((topic, payload, retain, future))
+            return future
         client = self._client
         if client is None or not self._connected.is_set():
             raise PublishError(f"not connected to broker {self.host}:{self.port}")
+        self._send(client, topic, payload, retain, future)
+        if future.done():
+            future.result()          # raises the PublishError
+        return future
+
+    def _send(self, client: paho.Client, topic: str, payload: bytes, retain: bool,
+              future: "asyncio.Future[None]") -> None:
         info = client.publish(topic, payload, qos=1, retain=retain)
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise PublishError(f"publish to {topic} failed ({paho.error_string(info.rc)})")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            future.set_exception(PublishError(f"publish to {topic} failed ({paho.error_string(info.rc)})"))
+            future.exception()
+            return
         self._pending[info.mid] = future
-        return future
 
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish with QoS 1 and return after the broker's PUBACK; raises PublishError otherwise."""

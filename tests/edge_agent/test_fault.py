@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
+from cryptography import x509
 
 from devenv.demo_edge import AgentProcess, Observer, SimulatorProcess, bench_device_tables, write_agent_config
 from devenv.lossy_proxy import LossyProxy, ProxyThread
@@ -344,3 +346,49 @@ def test_sigterm_during_an_outage_keeps_the_spool_for_the_next_start(site: Site)
         assert agent.stop(timeout=25) == 0, agent.tail()
     counts = _check_delivery(site, config, agent)
     assert counts["received_unique"] == counts["accepted"]
+
+
+def test_client_certificate_rotated_while_publishing(site: Site) -> None:
+    """A half-written certificate is refused (logged once, old one kept); the new pair is then used
+    (the broker logs the new certificate's identity) with 0 readings lost and 0 sent twice."""
+    http_port = free_port()
+    # 0.3 s each way: PUBACKs are always outstanding when the switch comes, so it must wait for them.
+    proxy = LossyProxy("127.0.0.1", site.broker.tls_port, latency_s=0.3, jitter_s=0.0, cut_probability=0.0,
+                       refuse_probability=0.0, max_faults=0, seed=1)
+    with ProxyThread(proxy):
+        config = site.config(broker_port=proxy.port, http={"port": http_port})
+        agent = AgentProcess(config)
+        agent.start()
+        try:
+            _rotate(site, agent, config, http_port)
+        finally:
+            code = agent.stop(timeout=25)
+    assert code == 0, agent.tail()
+    counts = _check_delivery(site, config, agent)
+    assert counts["received_raw"] == counts["received_unique"], f"readings sent twice: {counts}"
+    log = agent.tail(200000)
+    assert log.count("cannot be used") == 1, log
+    in_flight = [int(n) for n in re.findall(r"switching the certificate: (\d+) messages were in flight", log)]
+    assert len(in_flight) == 1 and in_flight[0] > 0, log
+    assert "delivery interrupted" not in log and "connection to broker" not in log, log    # no re-send
+
+
+def _rotate(site: Site, agent: AgentProcess, config: Path, http_port: int) -> None:
+    """Half-write a new certificate, then write the new key and certificate; wait for the broker to see it."""
+    pki_dir = config.parent / "pki"
+    new = site.pki.client("edge-sub-07-rotated")        # the broker's username is the certificate's CN
+    _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the rotation")
+    text = new.cert.read_bytes()
+    (pki_dir / "edge.crt").write_bytes(text[: len(text) // 2])       # a writer caught half-way
+    _wait_for(lambda: "cannot be used" in agent.tail(20000), 15, "the half-written certificate refused")
+    received = len(site.observer.readings())
+    _wait_for(lambda: len(site.observer.readings()) > received + 100, 20, "readings on the old certificate")
+    (pki_dir / "edge.key").write_bytes(new.key.read_bytes())
+    (pki_dir / "edge.crt").write_bytes(text)
+    _wait_for(lambda: "u'edge-sub-07-rotated'" in site.broker.log_path.read_text(), 20,
+              lambda: "the broker to see the new certificate\n" + agent.tail())
+    received = len(site.observer.readings())
+    _wait_for(lambda: len(site.observer.readings()) > received + 150, 20, "readings on the new certificate")
+    expiry = x509.load_pem_x509_certificate(text).not_valid_after_utc.timestamp()
+    assert _metric(http_port, 'ems_edge_certificate_expiry_timestamp_seconds{certificate="broker-client"}') \
+        == expiry
