@@ -67,7 +67,10 @@ def test_the_tsdb_scrapes_it_through_its_metrics_service_where_it_runs(tmp_path:
     assert [(p["protocol"], int(p["port"])) for p in rule["ports"]] == [("TCP", port["port"])]
     promtool = shutil.which("promtool")
     assert promtool, "promtool missing: scripts/install-system-packages.sh installs Prometheus"
-    (tmp_path / "prometheus.yml").write_text(text)
+    [data] = [c.inputs["data"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+              if c.inputs["metadata"]["name"] == "tsdb-config"]
+    for name, content in data.items():      # prometheus.yml and the rules file it loads, as mounted
+        (tmp_path / name).write_text(content)
     result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
