@@ -40,6 +40,11 @@ from components.settings import NorthboundSettings
 
 APP = "northbound"
 METRICS_PORT = 9100
+
+
+def northbound_metrics_target(namespace: str) -> str:
+    """``host:port`` of the metrics Service (``northbound-metrics``) in ``namespace``: the TSDB's scrape target."""
+    return f"{APP}-metrics.{namespace}.svc.cluster.local:{METRICS_PORT}"
 """``/metrics`` and ``/healthz`` (the policy pack's named internal port ``metrics``)."""
 MQTTS_PORT = 8883
 BASE = "/etc/ems/northbound"

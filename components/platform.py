@@ -23,7 +23,7 @@ from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_id
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
-from components.northbound import NorthboundArgs, NorthboundClient
+from components.northbound import NorthboundArgs, NorthboundClient, northbound_metrics_target
 from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
@@ -144,6 +144,7 @@ class EmsPlatform(pulumi.ComponentResource):
                 alertmanager=f"alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
                 gateway=f"{GATEWAY_APP}.{ns_name}.svc.cluster.local:{GATEWAY_HTTP_PORT}" if s.modbus_gateways else None,
                 gateway_site=bridge_site),
+            northbound_metrics=northbound_metrics_target(ns_name) if s.northbound else None,
         ), opts=o)
         Alertmanager(f"{name}-alertmanager", AlertmanagerArgs(
             namespace=namespace, image=s.images.alertmanager, receivers=s.alert_receivers,

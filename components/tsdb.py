@@ -14,7 +14,8 @@ thresholds) sits beside ``prometheus.yml`` in the ConfigMap and is loaded throug
 the alerts: ``ems-twin-api`` (twin-derived metrics: thermal state, PLC faults, point
 quality; any replica holds every twin, so the ClusterIP Service is the target) and
 ``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
-exceptions), labelled with its site.
+exceptions), labelled with its site. Where the stack deploys ``ems-northbound``, the job
+``ems-northbound`` scrapes its single replica through its metrics Service.
 """
 
 from __future__ import annotations
@@ -131,6 +132,16 @@ storage:
 {twin_job}""" + ("" if alerting is None else _alerting_sections(alerting))
 
 
+def northbound_scrape_job(target: str) -> str:
+    """The ``ems-northbound`` scrape job (one replica behind its ClusterIP Service ``host:port``), to append
+    to the ``scrape_configs`` list that ends :func:`prometheus_config`'s text."""
+    return f"""\
+  - job_name: ems-northbound
+    static_configs:
+      - targets: ["{target}"]
+"""
+
+
 @dataclass(frozen=True)
 class TsdbArgs:
     namespace: pulumi.Input[str]
@@ -161,6 +172,8 @@ class TsdbArgs:
     """Samples one query may load (``--query.max-samples``; beyond → 422). Defaults to 5,000,000."""
     alerting: AlertingTargets | None = None
     """Alert rules, Alertmanager and the alert scrape jobs; None: no alerting. Defaults to None."""
+    northbound_metrics: str | None = None
+    """The north-bound client's metrics ``host:port`` to scrape; None: not deployed. Defaults to None."""
 
 
 class Tsdb(pulumi.ComponentResource):
@@ -179,7 +192,8 @@ class Tsdb(pulumi.ComponentResource):
             f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
             data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
                                                       args.scrape_port_name, args.twin_api_scrape_service,
-                                                      args.alerting),
+                                                      args.alerting)
+                  + (northbound_scrape_job(args.northbound_metrics) if args.northbound_metrics else ""),
                   **({RULES_FILE: args.alerting.rules} if args.alerting else {})},
             opts=o,
         )

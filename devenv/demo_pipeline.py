@@ -1,8 +1,12 @@
-"""Pipeline demo: simulator → edge agent → Mosquitto (mTLS) → ems-ingest → Prometheus → PromQL.
+"""Pipeline demo: simulator → edge agent → Mosquitto (mTLS) → ems-ingest → Prometheus → PromQL,
+and the north-bound step: a 2030.5 export limit → ems-northbound → the site's register → Responses.
 
     python -m devenv.demo_pipeline [--seconds 12] [--workdir DIR]
 
-Starts, all on 127.0.0.1 and free ports: a throw-away PKI, Mosquitto, a real
+Starts, all on 127.0.0.1 and free ports: a throw-away PKI, Mosquitto (its mTLS
+listener governed by the platform's generated dynamic-security roles for this
+demo's identities: site ``sub-07``, ingest ``ingest-0``, twin API ``twin-api`` and
+``ems-northbound``, which alone may command ``sub-07``), a real
 Prometheus (remote-write receiver, 30d out-of-order window), the Modbus
 simulator, the edge agent with ``edge_agent/examples/sensors.conf`` (copied into
 the work folder with its ports and paths rewritten), one ingest worker
@@ -11,7 +15,10 @@ the work folder with its ports and paths rewritten), one ingest worker
 ingest to drain, and prints PromQL results with their values, the comparison
 with the agent's audit log (lost / duplicated), the ingest's own metrics and
 one asset's twin read over HTTPS, then the address of the operator page (``--hold SECONDS`` keeps
-everything running that long afterwards, the edge agent restarted, to look at it).
+everything running that long afterwards, the edge agent restarted, to look at it). Meanwhile
+``devenv.demo_northbound`` runs the 2030.5 test server and ``ems-northbound`` against the same
+broker, twin API and simulator, and prints registration, mirrored readings, the register read
+back and the Responses the server recorded.
 
 ``write_ingest_config()`` and ``IngestProcess`` are reused by the ingest tests
 and benchmark.
@@ -36,6 +43,7 @@ from devenv.process import ManagedProcess
 from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
+from northbound import tls
 
 __all__ = ["write_ingest_config", "IngestProcess", "main"]
 
@@ -155,8 +163,21 @@ class IngestProcess(ManagedProcess):
 
 
 
+SITE = "sub-07"
+INGEST_ID, TWIN_ID = "ingest-0", "twin-api"
+
+
+def demo_roles() -> str:
+    """The broker's dynamic-security file for this demo's identities, as ``components.broker`` generates it."""
+    from components.broker import dynsec_config
+    from devenv.demo_northbound import NORTHBOUND_IDENTITY
+
+    return dynsec_config((SITE,), (INGEST_ID,), "ems-ingest", (TWIN_ID,), (NORTHBOUND_IDENTITY,), (SITE,))
+
+
 def main(argv: list[str] | None = None) -> int:
     from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
+    from devenv.demo_northbound import ExportLimitPoint, NorthboundDemo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0)
@@ -169,17 +190,21 @@ def main(argv: list[str] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     print(f"work folder: {workdir}")
     pki = make_pki(workdir / "pki")
-    broker = MosquittoBroker(workdir / "broker", pki)
+    broker = MosquittoBroker(workdir / "broker", pki, dynsec=demo_roles())
     prometheus = PrometheusServer(workdir / "prometheus")
     sim_port = free_port()
     sim = SimulatorProcess(workdir, sim_port)
-    site_config = write_agent_config(workdir / "site", pki, broker_port=broker.tls_port, modbus_port=sim_port)
+    site_config = write_agent_config(workdir / "site", pki, broker_port=broker.tls_port, modbus_port=sim_port,
+                                     client=SITE)
     agent = AgentProcess(site_config)
     twin_port = free_port()
     ingest = IngestProcess(workdir / "ingest", broker=broker, pki=pki, prometheus=prometheus,
-                           twin_api_port=twin_port)
+                           client_id=INGEST_ID, twin_api_port=twin_port)
     twin_api = IngestProcess(workdir / "twin-api", broker=broker, pki=pki, prometheus=prometheus,
-                             client_id="twin-api", twin_api_port=twin_port)
+                             client_id=TWIN_ID, twin_api_port=twin_port)
+    northbound = NorthboundDemo(workdir / "northbound", pki, site=SITE, broker_port=broker.tls_port,
+                                twin_port=twin_port, modbus_port=sim_port,
+                                export_limit=ExportLimitPoint.from_config(site_config))
     try:
         broker.start()
         print(f"mosquitto:  mTLS on 127.0.0.1:{broker.tls_port}")
@@ -194,7 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"twin API:   https://127.0.0.1:{twin_port}")
         agent.start()
         print(f"edge agent: ems-edge run --config {site_config} (for {args.seconds:.0f}s)")
+        northbound.start()
+        print(f"north-bound: ems-northbound run --config {northbound.config_path} → {northbound.server.url} "
+              f"(2030.5 test server, mutual TLS, {tls.CCM8} only)")
         time.sleep(args.seconds)
+        northbound_ok = northbound.report()
         code = agent.stop()
         print(f"edge agent exited with code {code} after SIGTERM")
         audited = read_audit(site_config.parent / "telemetry-audit.log").readings
@@ -204,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
             if handled >= len(audited):
                 break
             time.sleep(0.2)
-        result = _report(prometheus, ingest, audited, twin_port, pki)
+        print(f"ems-northbound exited with code {northbound.stop()} after SIGTERM")
+        result = _report(prometheus, ingest, audited, twin_port, pki, northbound_ok)
         print(f"\noperator page: https://127.0.0.1:{twin_port}/#site=sub-07&asset=tx1 "
               f"(TLS from the demo CA {pki.ca}; same server and authentication as the twin API)")
         print(f"Grafana:       not run locally (no Debian package); the stacks deploy it behind the gateway at "
@@ -218,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                 pass
         return result
     finally:
+        northbound.stop()
         agent.stop()
         twin_api.stop()
         ingest.stop()
@@ -227,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[int, dict], twin_port: int,
-            pki: LocalPki) -> int:
+            pki: LocalPki, northbound_ok: bool) -> int:
     client = prometheus.client()
     now = time.time()
     query = 'ems_reading{site="sub-07"}'
@@ -279,7 +310,9 @@ def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[i
             print(f"twin API> GET /v1/query?{q} → {json.load(resp)['data']['result'][0]['value'][1]} series")
     except (OSError, KeyError, IndexError) as exc:
         print(f"twin API: {exc}")
-    ok = bool(expected) and lost == 0 and duplicated == 0 and wrong == 0
+    ok = bool(expected) and lost == 0 and duplicated == 0 and wrong == 0 and northbound_ok
+    if not northbound_ok:
+        print("north-bound step: PROBLEM (see above)")
     print("RESULT:", "OK" if ok else "PROBLEM")
     return 0 if ok else 1
 

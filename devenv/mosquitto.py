@@ -4,6 +4,9 @@ The broker listens with mTLS (client certificate required, the certificate's
 CN becomes the username) on one free port and, optionally, plain MQTT on
 another (for test subscribers that only observe). Persistence is on, so a
 broker stopped and started again keeps sessions and queued QoS 1 messages.
+With ``dynsec`` (the text of a dynamic-security file, e.g. the platform's own from
+``components.broker.dynsec_config``) the mTLS listener is governed as in the cluster:
+the CN is also the client id and the file says who may publish, subscribe and receive what.
 
     with MosquittoBroker(workdir, pki) as broker:
         broker.tls_port, broker.plain_port
@@ -12,6 +15,7 @@ broker stopped and started again keeps sessions and queued QoS 1 messages.
 
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import socket
@@ -22,7 +26,7 @@ from pathlib import Path
 from devenv.pki import LocalPki
 from devenv.process import ManagedProcess
 
-__all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto"]
+__all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto", "find_dynsec_plugin"]
 
 
 def free_port() -> int:
@@ -55,18 +59,27 @@ def find_mosquitto() -> str:
     return path
 
 
+def find_dynsec_plugin() -> str:
+    """Debian's dynamic-security plugin; raises with the install hint when missing."""
+    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
+    if not found:
+        raise RuntimeError("mosquitto_dynamic_security.so not found: run `make setup` (scripts/install-system-packages.sh)")
+    return found[0]
+
+
 class MosquittoBroker(ManagedProcess):
     """A Mosquitto process with its own config, persistence and log in ``workdir``."""
 
     def __init__(self, workdir: str | os.PathLike[str], pki: LocalPki, *, plain: bool = True,
                  tls_port: int | None = None, plain_port: int | None = None,
-                 autosave_on_changes: bool = True) -> None:
+                 autosave_on_changes: bool = True, dynsec: str | None = None) -> None:
         super().__init__(Path(workdir) / "mosquitto.stderr")
         self.workdir = Path(workdir)
         self.pki = pki
         self.tls_port = tls_port or free_port()
         self.plain_port = (plain_port or free_port()) if plain else None
         self.autosave_on_changes = autosave_on_changes
+        self.dynsec = dynsec
         self.config_path = self.workdir / "mosquitto.conf"
         self.log_path = self.workdir / "mosquitto.log"
 
@@ -97,6 +110,11 @@ class MosquittoBroker(ManagedProcess):
             "use_identity_as_username true",
             "allow_anonymous false",
         ]
+        if self.dynsec is not None:
+            dynsec_path = self.workdir / "dynamic-security.json"
+            dynsec_path.write_text(self.dynsec)
+            lines += ["use_username_as_clientid true", f"plugin {find_dynsec_plugin()}",
+                      f"plugin_opt_config_file {dynsec_path}"]
         if self.plain_port:
             lines += [f"listener {self.plain_port} 127.0.0.1", "allow_anonymous true"]
         self.config_path.write_text("\n".join(line for line in lines if line) + "\n")

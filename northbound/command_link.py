@@ -7,10 +7,13 @@ reconnects with backoff (1..30 s). It does two things:
 * ``publish(topic, payload)`` — a coroutine that returns once the broker sent its
   PUBACK (QoS 1) and raises ``BrokerError`` when it cannot: ``unreachable`` (not
   connected: nothing is handed to paho, so nothing is queued behind our back),
-  ``refused`` (PUBACK with a failure reason code, e.g. 135 not authorised) or
-  ``timeout`` (no PUBACK within ``publish_timeout_s``; paho may still deliver it
-  after a reconnect — a command carries its expiry, so a late copy is refused by
-  the edge, and its id is never reused).
+  ``refused`` (PUBACK with a failure reason code, e.g. 135 not authorised),
+  ``no_subscribers`` (PUBACK reason 16: the broker took the message and delivered
+  it to nobody — the site is not connected or has not subscribed yet; sessions
+  of the edge start clean, so nothing was queued for it) or ``timeout`` (no
+  PUBACK within ``publish_timeout_s``; paho may still deliver it after a
+  reconnect — a command carries its expiry, so a late copy is refused by the
+  edge, and its id is never reused).
 * every message on the ``subscriptions`` (re-subscribed on each connect, QoS 1)
   goes to ``incoming``, a bounded ``queue.Queue`` of ``Received``; when it is full
   the message is dropped and counted (``dropped``), never blocking paho's thread.
@@ -40,6 +43,9 @@ from northbound.errors import BrokerError, ConfigError
 __all__ = ["BrokerTls", "CommandLink", "Received", "broker_context"]
 
 log = logging.getLogger(__name__)
+
+NO_MATCHING_SUBSCRIBERS = 16
+"""MQTT v5 PUBACK reason "No matching subscribers": a success for the broker, a lost command for us."""
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ class CommandLink:
         self._connected = threading.Event()
         self._lock = threading.Lock()
         self._waiting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None], str]] = {}
-        self._early: dict[int, str | None] = {}      # PUBACKs that arrived before publish() registered the mid
+        self._early: dict[int, tuple[str, str] | None] = {}      # PUBACKs that arrived before publish() registered the mid
         self._abandoned: dict[int, None] = {}        # mids whose publish() timed out (oldest first)
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5)
         if tls is not None:
@@ -188,7 +194,11 @@ class CommandLink:
         self.last_error = str(reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        failure = str(reason_code) if reason_code.is_failure else None
+        failure: tuple[str, str] | None = None
+        if reason_code.is_failure:
+            failure = ("refused", f"PUBACK {reason_code}")
+        elif reason_code.value == NO_MATCHING_SUBSCRIBERS:
+            failure = ("no_subscribers", f"PUBACK {reason_code}: no site is subscribed")
         with self._lock:
             if self._abandoned.pop(mid, 0) is None:
                 return
@@ -210,13 +220,14 @@ class CommandLink:
             self.dropped += 1
 
 
-def _settle(future: asyncio.Future[None], failure: str | None, topic: str) -> None:
+def _settle(future: asyncio.Future[None], failure: tuple[str, str] | None, topic: str) -> None:
     if future.done():
         return
     if failure is None:
         future.set_result(None)
     else:
-        future.set_exception(BrokerError("refused", f"publish to {topic}: PUBACK {failure}"))
+        kind, detail = failure
+        future.set_exception(BrokerError(kind, f"publish to {topic}: {detail}"))
 
 
 def _fail(future: asyncio.Future[None], exc: BaseException) -> None:

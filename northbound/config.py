@@ -31,6 +31,7 @@ has the full table)::
     client_id = "ems-northbound"
     publish_timeout_s = 5     # a command not acknowledged (PUBACK) by then is re-issued under a new id
     keepalive_s = 30
+    no_subscriber_retry_max_s = 5   # PUBACK 16 (no site subscribed): re-issued after at most this long
 
     [readings]
     twin_api = "https://twin-api.ems.svc:8443"      # where the sites' latest readings come from
@@ -130,6 +131,7 @@ class BrokerConfig:
     client_id: str = "ems-northbound"
     publish_timeout_s: float = 5.0
     keepalive_s: int = 30
+    no_subscriber_retry_max_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -287,7 +289,8 @@ def _broker(t: Mapping[str, Any], base: Path) -> BrokerConfig:
                           key=_path(t, "key", "broker", base),  # type: ignore[arg-type]
                           client_id=client_id,
                           publish_timeout_s=_float(t, "publish_timeout_s", "broker", 5.0, 0.1, 60.0),
-                          keepalive_s=_int(t, "keepalive_s", "broker", 30, 5, 3600))
+                          keepalive_s=_int(t, "keepalive_s", "broker", 30, 5, 3600),
+                          no_subscriber_retry_max_s=_float(t, "no_subscriber_retry_max_s", "broker", 5.0, 0.1, 300.0))
     broker_context(BrokerTls(config.ca, config.cert, config.key))     # unreadable or mismatched files: ConfigError
     return config
 
@@ -343,7 +346,8 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     http = HttpConfig(host=host, port=_int(h, "port", "http", 9110, 0, 65535))
 
     broker = _broker(_table(raw, "broker", "", {"host", "port", "ca", "cert", "key", "client_id",
-                                                "publish_timeout_s", "keepalive_s"}), base) if "broker" in raw else None
+                                                "publish_timeout_s", "keepalive_s", "no_subscriber_retry_max_s"}),
+                      base) if "broker" in raw else None
 
     raw_sites = raw.get("sites")
     if not isinstance(raw_sites, dict) or not raw_sites:

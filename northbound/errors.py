@@ -10,7 +10,8 @@
     │   └── ServerStatusError       the server answered with an HTTP status we cannot use (``status``)
     ├── RegistrationError           the server neither lists nor accepts our EndDevice, or its PIN differs
     └── BrokerError                 a command could not be handed to the platform's MQTT broker (``kind``:
-                                    unreachable, refused, timeout)
+                                    unreachable, refused, timeout), or no site was listening for it
+                                    (``no_subscribers``: PUBACK reason 16, nothing was delivered)
 
 ``identity.IdentityError`` (a ``ValueError``) stays beside the pure identity functions.
 Adapters end with ``raise <ours>(...) from exc``: httpx, lxml and pydantic exceptions
@@ -73,9 +74,9 @@ class RegistrationError(NorthboundError):
 
 
 class BrokerError(NorthboundError):
-    """A publish to the platform broker did not complete; ``kind`` is unreachable, refused or timeout."""
+    """A command did not reach a site: ``kind`` is unreachable, refused, timeout or no_subscribers."""
 
-    KINDS = ("unreachable", "refused", "timeout")
+    KINDS = ("unreachable", "refused", "timeout", "no_subscribers")
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(f"broker {kind}: {detail}")

@@ -40,7 +40,7 @@ class NorthboundMetrics:
                                         "0 from a DefaultDERControl or none.", ["site", "control"], **common)
         self.commands = Counter("commands", "Commands issued toward the site.", ["site", "control"], **common)
         self.command_publishes = Counter("command_publishes", "Commands handed to the broker, by outcome "
-                                         "(ok, or why not: unreachable, refused, timeout).", ["outcome"], **common)
+                                         "(ok, or why not: unreachable, refused, timeout, no_subscribers).", ["outcome"], **common)
         self.command_results = Counter("command_results", "Results the sites reported for our commands, by outcome.",
                                        ["site", "outcome"], **common)
         self.command_results_ignored = Counter("command_results_ignored", "Command-result messages ignored, by "

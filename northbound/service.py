@@ -17,7 +17,11 @@ a renewal that would expire no later than the last command is not sent).
 With a ``[broker]`` section the sink is ``commands.MqttCommandSink``: commands go out on
 ``ems/v1/<site>/command`` and each tick first takes the sites' results, which become
 Responses (``commands.response_status``; *started* waits for the site's *applied*). A
-command the broker did not take is retried under ``commands:<site>`` with back-off. A failing task —
+command the broker did not take is retried under ``commands:<site>`` with back-off; one that
+no site was subscribed to (PUBACK 16: the site is disconnected or not subscribed yet, and
+its session starts clean, so nothing waits for it) is retried under a new id with the
+same back-off capped at ``broker.no_subscriber_retry_max_s``, so a site that comes back
+gets the control in force within that time. A failing task —
 refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
 backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
 one failure never stops the loop.
@@ -44,7 +48,7 @@ from northbound.client import PointValue, Sep2Client, SiteSession
 from northbound.command_link import BrokerTls, CommandLink
 from northbound.commands import MqttCommandSink, response_status, result_subscriptions
 from northbound.config import NorthboundConfig, ReadingsConfig
-from northbound.errors import NorthboundError, TransportError
+from northbound.errors import BrokerError, NorthboundError, TransportError
 from northbound.events import window
 from northbound.http import StatusEndpoint
 from northbound.metrics import NorthboundMetrics
@@ -266,9 +270,15 @@ class NorthboundService:
             next_in = await step(task)
         except NorthboundError as exc:
             delay = backoff.failed()
+            level = logging.WARNING
+            if isinstance(exc, BrokerError) and exc.kind == "no_subscribers" and self.config.broker is not None:
+                # The site is not listening: retry soon, so it gets the control within a bounded time once back;
+                # say so once per outage, not at every retry.
+                delay = min(delay, self.config.broker.no_subscriber_retry_max_s)
+                level = logging.WARNING if backoff.failures == 1 else logging.DEBUG
             self._due[task] = time.monotonic() + delay
             self.metrics.backoff.labels(task).set(delay)
-            log.warning("%s failed (%s); retrying in %.1f s", task, exc, delay)
+            log.log(level, "%s failed (%s); retrying in %.1f s", task, exc, delay)
             return
         except Exception:   # the supervisor: a bug in one task must not stop the others
             delay = backoff.failed()

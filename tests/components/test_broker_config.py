@@ -9,7 +9,6 @@ twins only — and the generated ingest.toml files driving the ingest's own MQTT
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import queue
@@ -29,7 +28,7 @@ from paho.mqtt.properties import Properties
 from components.broker import CONFIG_DIR, MQTT_PORT, MQTTS_PORT, dynsec_config, mosquitto_conf, plain_acl
 from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml, worker_identities
 from components.twin_api import MQTT_TLS_DIR, replica_identities, twin_api_toml
-from devenv.mosquitto import find_mosquitto, free_port, wait_for_port
+from devenv.mosquitto import find_dynsec_plugin, find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from ems_contract.command import command_result_topic, command_topic
 from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
@@ -50,14 +49,6 @@ NORTHBOUND_SITES = ("sub-07", "sub-08")   # the sites it may command (sub-09 is 
 REFUSED = 135                    # MQTT v5 PUBACK / SUBACK reason "Not authorized"
 GRANTED_QOS1 = 1
 NO_SUBSCRIBERS = 16              # MQTT v5 PUBACK reason "No matching subscribers" (a success)
-
-
-def find_dynsec_plugin() -> str:
-    """Debian's dynamic-security plugin (the image's path differs: the config takes it as a parameter)."""
-    found = sorted(glob.glob("/usr/lib/*/mosquitto_dynamic_security.so"))
-    if not found:
-        raise RuntimeError("mosquitto_dynamic_security.so not found: run `make setup` (scripts/install-system-packages.sh)")
-    return found[0]
 
 
 @dataclass

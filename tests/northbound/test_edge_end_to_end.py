@@ -87,8 +87,9 @@ key = "{aggregator.key}"
             await asyncio.sleep(0.1)
 
     async def go() -> None:
-        # The agent's sessions start clean: a command published before it subscribed would not reach it
-        # (the north-bound client re-issues only at half the command's lifetime).
+        # The agent's sessions start clean: a command published before it subscribed would not reach it, and
+        # the observer on ems/v1/<site>/# counts as a subscriber, so the broker would not answer PUBACK 16 and
+        # the client would re-issue only at half the command's lifetime (test_command_delivery has no observer).
         await until(online, 30, "the edge agent online (subscribed)")
         stop = asyncio.Event()
         runner = asyncio.create_task(service.run(stop))

@@ -84,6 +84,7 @@ def test_broker_section(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
                         f'host = "broker.ems.svc"\nca = "{pki.ca}"\ncert = "{pair.cert}"\nkey = "{pair.key}"\n')
     broker = load_config(path).broker
     assert broker is not None and (broker.port, broker.client_id, broker.publish_timeout_s) == (8883, "ems-northbound", 5.0)
+    assert broker.no_subscriber_retry_max_s == 5.0
     assert main(["check-config", "--config", str(path)]) == 0
     assert "commands to mqtts://broker.ems.svc:8883 as ems-northbound" in capsys.readouterr().out
     assert load_config(write_config(tmp_path / "plain.toml", pki, aggregator)).broker is None
@@ -100,6 +101,8 @@ def test_broker_section(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
     ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "OTHERKEY"\n', "broker.cert "),
     ('host = "b"\nca = "CERT"\ncert = "CERT"\nkey = "KEY"\npublish_timeout_s = 0\n',
      "broker.publish_timeout_s must be a number in 0.1..60 (got 0)"),
+    ('host = "b"\nca = "CERT"\ncert = "CERT"\nkey = "KEY"\nno_subscriber_retry_max_s = 301\n',
+     "broker.no_subscriber_retry_max_s must be a number in 0.1..300 (got 301)"),
     ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\nclient_id = "a b"\n',
      "broker.client_id must be 1-64 characters of [A-Za-z0-9_.-] (got 'a b')"),
     ('host = "b"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\nuser = "x"\n', "broker.user is not a known key"),

@@ -1,14 +1,25 @@
 """The north-bound client in the stack files: deployed where a utility server is configured (private-dc1),
-absent where it is disabled (local) or unset (AWS stacks), with its own broker certificate identity."""
+absent where it is disabled (local) or unset (AWS stacks), with its own broker certificate identity, and
+scraped by the TSDB where it runs (the rendered prometheus.yml checked by promtool)."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
+import yaml
 
 from infra_mocks import evaluate_stack
 
 DEPLOY = "kubernetes:apps/v1:Deployment"
 NP = "kubernetes:networking.k8s.io/v1:NetworkPolicy"
+
+
+def _prometheus_yml(ev) -> str:
+    return next(c.inputs["data"]["prometheus.yml"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+                if c.inputs["metadata"]["name"] == "tsdb-config")
 
 
 def _northbound(ev) -> list:
@@ -36,3 +47,36 @@ def test_no_client_without_a_configured_server(name: str) -> None:
     ev = evaluate_stack(name)
     assert _northbound(ev) == []
     assert not [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
+
+
+def test_the_tsdb_scrapes_it_through_its_metrics_service_where_it_runs(tmp_path: Path) -> None:
+    ev = evaluate_stack("private-dc1")
+    text = _prometheus_yml(ev)
+    jobs = {job["job_name"]: job for job in yaml.safe_load(text)["scrape_configs"]}
+    [service] = [s for s in ev.of_type("kubernetes:core/v1:Service") if s.inputs["metadata"]["name"] == "northbound-metrics"]
+    namespace = service.inputs["metadata"]["namespace"]
+    [spec] = service.inputs["spec"]["ports"]
+    port = {"port": int(spec["port"])}       # the mocks hand numbers back as floats
+    assert jobs["ems-northbound"]["static_configs"] == [
+        {"targets": [f"northbound-metrics.{namespace}.svc.cluster.local:{port['port']}"]}]
+    assert "ems-ingest" in jobs
+    # The client's NetworkPolicy lets the TSDB pods in on that port.
+    [policy] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
+    [rule] = policy.inputs["spec"]["ingress"]
+    assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]] == ["tsdb"]
+    assert [(p["protocol"], int(p["port"])) for p in rule["ports"]] == [("TCP", port["port"])]
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool missing: scripts/install-system-packages.sh installs Prometheus"
+    [data] = [c.inputs["data"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+              if c.inputs["metadata"]["name"] == "tsdb-config"]
+    for name, content in data.items():      # prometheus.yml and the rules file it loads, as mounted
+        (tmp_path / name).write_text(content)
+    result = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("name", ["local", "aws-eu-west-1"])
+def test_no_scrape_job_without_the_client(name: str) -> None:
+    jobs = [job["job_name"] for job in yaml.safe_load(_prometheus_yml(evaluate_stack(name)))["scrape_configs"]]
+    assert "ems-northbound" not in jobs and "ems-ingest" in jobs
