@@ -457,10 +457,10 @@ def build(config: IngestConfig) -> TwinApi:
     assert tw is not None
     b = config.broker
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
-                    manual_ack=False, persistent=False, keepalive_s=b.keepalive_s)
+                    manual_ack=False, persistent=False, keepalive_s=b.keepalive_s, cert_check_s=b.cert_check_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
                    client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url,
-                   auth=tw.auth)
+                   auth=tw.auth, cert_check_s=b.cert_check_s)
 
 
 def serve_forever(config: IngestConfig) -> int:
