@@ -15,8 +15,8 @@ back: the spool is the only source of re-sends.
   link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked by :meth:`EdgeMqttLink.open`). Rotation: every
   ``cert_check_s`` the inode, mtime and size of the CA, certificate and key files are compared
-  (``ems_runtime.file_watch.FileSetWatch``, shared with the ingest and the twin API)
-  (cheap); when they changed and the content differs, a fresh context is built. A pair that does not load or match (half
+  (cheap; ``ems_runtime.file_watch.FileSetWatch``, shared with the ingest and the twin API); when
+  they changed and the content differs, a fresh context is built. A pair that does not load or match (half
   written, key of another certificate) is logged once, naming the files, and the loaded one kept.
   A good pair switches the connection without loss or duplicates: new publishes are held, the
   messages in flight get their PUBACKs, the link disconnects cleanly and reconnects with the new
