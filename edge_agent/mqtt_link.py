@@ -15,7 +15,8 @@ back: the spool is the only source of re-sends.
   link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked by :meth:`EdgeMqttLink.open`). Rotation: every
   ``cert_check_s`` the inode, mtime and size of the CA, certificate and key files are compared
-  (cheap); when they changed and the content differs, a fresh context is built. A pair that does not load or match (half
+  (cheap; ``ems_runtime.file_watch.FileSetWatch``, shared with the ingest and the twin API); when
+  they changed and the content differs, a fresh context is built. A pair that does not load or match (half
   written, key of another certificate) is logged once, naming the files, and the loaded one kept.
   A good pair switches the connection without loss or duplicates: new publishes are held, the
   messages in flight get their PUBACKs, the link disconnects cleanly and reconnects with the new
@@ -42,9 +43,7 @@ What is published when, and when the spool lets go of it, is ``edge_agent.delive
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 import random
 import re
 import socket
@@ -63,6 +62,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from ems_contract.telemetry import status_topic
+from ems_runtime.file_watch import FileSetWatch
 
 __all__ = ["TlsFiles", "EdgeMqttLink", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
 
@@ -97,31 +97,6 @@ def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
                           f"and broker.key {str(tls.key)!r} are not a readable, matching PEM certificate and key "
                           f"({_reason(exc)})") from exc
     return context
-
-
-def _tls_signature(tls: TlsFiles) -> tuple:
-    """Cheap change detector for the CA, certificate and key files: (device, inode, mtime, size) of each."""
-    signature = []
-    for path in (tls.ca, tls.cert, tls.key):
-        try:
-            st = os.stat(path)
-        except OSError as exc:
-            signature.append(("missing", exc.errno))
-        else:
-            signature.append((st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size))
-    return tuple(signature)
-
-
-def _tls_digest(tls: TlsFiles) -> str | None:
-    """SHA-256 over the CA, certificate and key files' bytes, or None when one cannot be read."""
-    digest = hashlib.sha256()
-    try:
-        for path in (tls.ca, tls.cert, tls.key):
-            digest.update(Path(path).read_bytes())
-            digest.update(b"\0")
-    except OSError:
-        return None
-    return digest.hexdigest()
 
 
 def _reason(exc: BaseException) -> str:
@@ -210,11 +185,9 @@ class EdgeMqttLink:
         self._supervisor: asyncio.Task | None = None
         self._closing = False
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
-        # Certificate rotation: the loaded files' signature and digest, the signature last refused,
-        # and the publishes held while the connection switches to the new certificate.
-        self._tls_signature: tuple | None = None
-        self._tls_digest: str | None = None
-        self._refused_signature: tuple | None = None
+        # Certificate rotation: the watch on the loaded files, and the publishes held while the
+        # connection switches to the new certificate.
+        self._tls_watch = FileSetWatch((tls.ca, tls.cert, tls.key)) if tls is not None else None
         self._switching = False
         self._held: list[tuple[str, bytes, bool, asyncio.Future[None]]] = []
         self._watcher: asyncio.Task | None = None
@@ -237,9 +210,8 @@ class EdgeMqttLink:
     def open(self) -> None:
         """Check the TLS files and build the TLS context (raises ConfigError naming the file)."""
         if self.tls is not None and self._context is None:
-            signature, digest = _tls_signature(self.tls), _tls_digest(self.tls)
-            self._context = _ssl_context(self.tls)
-            self._tls_signature, self._tls_digest = signature, digest
+            tls = self.tls
+            self._context = self._tls_watch.load(lambda: _ssl_context(tls))
 
     def start(self) -> None:
         """Keep connected in the background (reconnecting with backoff) until close()."""
@@ -607,25 +579,17 @@ class EdgeMqttLink:
         per state of the files, and the loaded certificate stays in use.
         """
         assert self.tls is not None
-        signature = _tls_signature(self.tls)
-        if signature == self._tls_signature or signature == self._refused_signature:
-            return False
-        digest = _tls_digest(self.tls)
-        if digest is not None and digest == self._tls_digest:       # touched, not changed
-            self._tls_signature = signature
-            return False
+        tls = self.tls
         try:
-            context = _ssl_context(self.tls)
+            context = self._tls_watch.poll(lambda: _ssl_context(tls))
         except ConfigError as exc:
-            self._refused_signature = signature
             why = _reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
             self.log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching "
-                             "PEM pair: %s); keeping the loaded certificate", self.tls.cert, self.tls.key, why)
+                             "PEM pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
             return False
-        if _tls_signature(self.tls) != signature:      # still being written: look again next time
+        if context is None:
             return False
-        self._context, self._tls_signature, self._tls_digest = context, signature, digest
-        self._refused_signature = None
+        self._context = context
         self.certificate_switches += 1
         self.log.info("certificate %s and key %s changed; reconnecting to broker %s:%d with them",
                       self.tls.cert, self.tls.key, self.host, self.port)

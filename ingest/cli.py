@@ -80,7 +80,8 @@ def run(config: IngestConfig) -> int:
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,
                     subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
                     session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
-                    on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0))
+                    on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0),
+                    cert_check_s=b.cert_check_s)
     writer = RemoteWriter(config.tsdb.remote_write_url, timeout_s=config.tsdb.timeout_s, ca=config.tsdb.ca,
                           auth=config.tsdb.auth)
     worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,

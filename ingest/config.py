@@ -106,6 +106,7 @@ class BrokerConfig:
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
     receive_maximum: int = 1000
+    cert_check_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -415,6 +416,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
         client_id=_client_id(b, "ems-ingest"), group=group, keepalive_s=b.int("keepalive_s", 30, 5, 3600),
         session_expiry_s=b.int("session_expiry_s", 7 * 24 * 3600, 60, 0xFFFFFFFE),
         receive_maximum=b.int("receive_maximum", 1000, 1, 65535),
+        cert_check_s=b.float("cert_check_s", 5.0, 0.0, 3600.0),
     )
     b.done()
 

@@ -17,6 +17,16 @@ reconnect the broker redelivers every unacknowledged message (same packet id,
 DUP set), and acknowledging the stale copy could acknowledge a *different*
 message that reused the packet id. The redelivered copy is then processed
 (de-duplicated) and acknowledged normally.
+
+The client certificate rotates without a restart: every ``cert_check_s`` the CA,
+certificate and key files are checked (``ems_runtime.file_watch``, as the edge
+agent does); when their content changed and loads as a matching pair, the link
+disconnects cleanly (DISCONNECT: the persistent session stays) and connects
+again with the new certificate. Messages received on the old connection and not
+yet acknowledged are not acknowledged on the new one (above): the broker
+redelivers them and the worker's (site, seq) de-duplication drops the copies. A
+pair that does not load (half written, key of another certificate) is logged
+once and the loaded certificate stays in use.
 """
 
 from __future__ import annotations
@@ -35,6 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ems_runtime.file_watch import FileSetWatch
 from ingest.errors import BrokerError
 
 __all__ = ["Incoming", "MqttLink", "TlsFiles"]
@@ -47,6 +58,13 @@ class TlsFiles:
     ca: Path
     cert: Path
     key: Path
+
+
+def client_context(tls: TlsFiles) -> ssl.SSLContext:
+    """A client context verifying the broker (hostname included) and presenting our certificate and key."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
+    context.load_cert_chain(str(tls.cert), str(tls.key))
+    return context
 
 
 @dataclass(slots=True)
@@ -67,13 +85,17 @@ class MqttLink:
 
     ``manual_ack``: the caller acknowledges QoS 1 messages with ``ack``.
     ``persistent``: ``clean_start=False`` with ``session_expiry_s``; otherwise a clean session.
+    ``cert_check_s``: how often the TLS files are checked for a rotation (0: never).
     """
 
     def __init__(self, host: str, port: int, tls: TlsFiles | None, client_id: str, *, subscriptions: tuple[str, ...],
                  manual_ack: bool, persistent: bool, session_expiry_s: int = 0, receive_maximum: int = 1000,
                  keepalive_s: int = 30, incoming: "queue.Queue[Incoming] | None" = None,
-                 on_connection_change=None) -> None:
+                 on_connection_change=None, cert_check_s: float = 5.0) -> None:
         self.host, self.port, self.client_id = host, port, client_id
+        self.tls = tls
+        self.cert_check_s = cert_check_s
+        self.certificate_switches = 0
         self.subscriptions = subscriptions
         self.incoming: queue.Queue[Incoming] = incoming if incoming is not None else queue.Queue()
         self._persistent = persistent
@@ -90,9 +112,13 @@ class MqttLink:
         self._unsubscribed = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
+        self._tls_watch = FileSetWatch((tls.ca, tls.cert, tls.key)) if tls is not None else None
         if tls is not None:
-            self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key),
-                                 cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
+            self._client.tls_set_context(self._tls_watch.load(lambda: client_context(tls)))
+        self._running = False
+        self._lifecycle = threading.Lock()       # start/stop vs. a certificate switch
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
         self._client.reconnect_delay_set(min_delay=1, max_delay=10)
         self._client.max_queued_messages_set(0)
         self._client.on_connect = self._on_connect
@@ -104,6 +130,14 @@ class MqttLink:
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Start connecting in the background (paho's thread); see ``wait_connected``."""
+        with self._lifecycle:
+            self._connect_in_background()
+            self._running = True
+        if self._watcher is None and self._tls_watch is not None and self.cert_check_s > 0:
+            self._watcher = threading.Thread(target=self._watch_certificate, name="mqtt-tls-watch", daemon=True)
+            self._watcher.start()
+
+    def _connect_in_background(self) -> None:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self._session_expiry_s if self._persistent else 0
         props.ReceiveMaximum = self._receive_maximum
@@ -131,8 +165,57 @@ class MqttLink:
         return rc == MQTTErrorCode.MQTT_ERR_SUCCESS and self._unsubscribed.wait(timeout)
 
     def stop(self) -> None:
-        self._client.disconnect()
-        self._client.loop_stop()
+        self._stopping.set()
+        with self._lifecycle:
+            self._running = False
+            self._client.disconnect()
+            self._client.loop_stop()
+        if self._watcher is not None:
+            self._watcher.join(5)
+
+    # -- client certificate rotation ---------------------------------------------------------------
+    def check_certificate(self) -> bool:
+        """Reconnect with the CA, certificate and key on disk if they changed and load as a matching pair.
+
+        Returns True when the link switched. A changed pair that does not load is logged once per state
+        of the files, and the loaded certificate stays in use.
+        """
+        assert self.tls is not None and self._tls_watch is not None
+        tls = self.tls
+        try:
+            context = self._tls_watch.poll(lambda: client_context(tls))
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching PEM "
+                        "pair: %s); keeping the loaded certificate", tls.cert, tls.key,
+                        getattr(exc, "reason", None) or exc.strerror or exc)
+            return False
+        if context is None:
+            return False
+        with self._lifecycle:
+            if not self._running:
+                return False
+            log.info("certificate %s and key %s changed; reconnecting to %s:%s with them", tls.cert, tls.key,
+                     self.host, self.port)
+            # paho offers no way to replace a configured context; it reads this one at every connect.
+            self._client._ssl_context = context  # noqa: SLF001
+            self._client.disconnect()        # clean: the broker keeps the session and its unacknowledged messages
+            deadline = time.monotonic() + 5
+            while self._connected.is_set() and time.monotonic() < deadline:
+                time.sleep(0.01)             # paho's thread sends DISCONNECT and closes the socket
+            self._client.loop_stop()
+            with self._lock:                 # nothing of the old connection is acknowledged from here on
+                self._connected.clear()
+                self._subscribed.clear()
+            self._connect_in_background()
+            self.certificate_switches += 1
+        return True
+
+    def _watch_certificate(self) -> None:
+        while not self._stopping.wait(self.cert_check_s):
+            try:
+                self.check_certificate()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+                log.exception("certificate check failed")
 
     @property
     def connected(self) -> bool:

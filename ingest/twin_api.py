@@ -18,6 +18,15 @@ server is ``http.server.ThreadingHTTPServer`` behind stdlib ``ssl`` (TLS 1.2+);
 with ``twin_api.client_ca`` set, clients must present a certificate signed by
 it (mTLS). It sits behind the API gateway on 443 (DESIGN.md §4).
 
+The server certificate rotates without a restart: every ``cert_check_s`` the
+certificate, key (and client CA) files are checked (``ems_runtime.file_watch``);
+when their content changed and loads as a matching pair, a new TLS context is
+built and every handshake from then on uses it (the listening socket's SNI
+callback, called for every ClientHello with or without SNI, hands the connection
+the current context); connections already open keep theirs. A pair that does
+not load (half written, key of another certificate) is logged once and the
+loaded certificate stays in use.
+
 Twins are hostile input (any site may publish its own, retained): a twin is parsed
 with bounded size (``MAX_TWIN_BYTES``), depth and value count, its strings must be
 valid Unicode and its shape that of ``encode_twin``; a site keeps at most
@@ -50,6 +59,7 @@ from prometheus_client import CollectorRegistry
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
 from ems_runtime.cert_expiry import register_certificates
+from ems_runtime.file_watch import FileSetWatch
 from ems_runtime.status_http import StatusEndpoint
 from ingest import operator_page
 from ingest.config import IngestConfig
@@ -321,7 +331,7 @@ class TwinApi:
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, cert_check_s: float = 5.0) -> None:
         self.link = link
         self.registry = registry or CollectorRegistry()
         self.verifier = Verifier(auth, self.registry) if auth is not None else None
@@ -333,15 +343,16 @@ class TwinApi:
         self.query_timeout_s = query_timeout_s
         self.alertmanager_url = alertmanager_url
         self.static = operator_page.static_files()
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(cert), str(key))
-        if client_ca is not None:
-            context.load_verify_locations(str(client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
+        self.cert, self.key, self.client_ca = Path(cert), Path(key), client_ca
+        self.cert_check_s = cert_check_s
+        self.certificate_switches = 0
+        self._tls_watch = FileSetWatch((self.cert, self.key) + ((Path(client_ca),) if client_ca else ()))
+        self._context = self._tls_watch.load(self._server_context)
+        listening = self._server_context()
+        listening.sni_callback = self._choose_context
         self._server = _Server((host, port), _Handler, bind_and_activate=True)
-        self._server.socket = context.wrap_socket(self._server.socket, server_side=True,
-                                                   do_handshake_on_connect=False)
+        self._server.socket = listening.wrap_socket(self._server.socket, server_side=True,
+                                                    do_handshake_on_connect=False)
         self._server.api = self
         self._server.slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
@@ -351,10 +362,55 @@ class TwinApi:
     def port(self) -> int:
         return self._server.server_address[1]
 
+    # -- server certificate rotation ---------------------------------------------------------------
+    def _server_context(self) -> ssl.SSLContext:
+        """A server context with the certificate and key (and client CA) on disk now; raises on a bad pair."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.cert), str(self.key))
+        if self.client_ca is not None:
+            context.load_verify_locations(str(self.client_ca))
+            context.verify_mode = ssl.CERT_REQUIRED
+        return context
+
+    def _choose_context(self, connection: ssl.SSLObject, server_name: str | None,
+                        listening: ssl.SSLContext) -> None:
+        # Every handshake gets the context loaded last (an attribute read: no lock needed).
+        connection.context = self._context
+
+    def check_certificate(self) -> bool:
+        """Load the server certificate and key on disk if they changed; True when new handshakes use them.
+
+        A changed pair that does not load is logged once per state of the files and the loaded one kept.
+        """
+        try:
+            context = self._tls_watch.poll(self._server_context)
+        except (OSError, ssl.SSLError) as exc:
+            log.warning("server certificate %s and key %s changed but cannot be used (not a readable, matching "
+                        "PEM pair: %s); keeping the loaded certificate", self.cert, self.key,
+                        getattr(exc, "reason", None) or exc.strerror or exc)
+            return False
+        if context is None:
+            return False
+        self._context = context
+        self.certificate_switches += 1
+        log.info("server certificate %s and key %s changed; new connections use them", self.cert, self.key)
+        return True
+
+    def _watch_certificate(self) -> None:
+        while not self._stop.wait(self.cert_check_s):
+            try:
+                self.check_certificate()
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+                log.exception("server certificate check failed")
+
     def start(self) -> None:
         self.link.start()
         self._threads = [threading.Thread(target=self._consume, name="twin-consume", daemon=True),
                          threading.Thread(target=self._server.serve_forever, name="twin-http", daemon=True)]
+        if self.cert_check_s > 0:
+            self._threads.append(threading.Thread(target=self._watch_certificate, name="twin-tls-watch",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -401,10 +457,10 @@ def build(config: IngestConfig) -> TwinApi:
     assert tw is not None
     b = config.broker
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
-                    manual_ack=False, persistent=False, keepalive_s=b.keepalive_s)
+                    manual_ack=False, persistent=False, keepalive_s=b.keepalive_s, cert_check_s=b.cert_check_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
                    client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url,
-                   auth=tw.auth)
+                   auth=tw.auth, cert_check_s=b.cert_check_s)
 
 
 def serve_forever(config: IngestConfig) -> int:
