@@ -65,7 +65,7 @@ class ThreadedSimulator:
             self._loop = asyncio.new_event_loop()
             try:
                 self._loop.run_until_complete(serve())
-            except BaseException as exc:  # reported by start(); the thread must not die silently
+            except Exception as exc:  # noqa: BLE001 reported by start(); the thread must not die silently
                 self._error = exc
             finally:
                 ready.set()
