@@ -24,8 +24,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable
 
-from components.alertmanager import alertmanager_config
-from components.alerts import alert_rules
 from devenv.alertmanager import AlertmanagerServer
 from devenv.mosquitto import wait_for_port
 from devenv.prometheus import PrometheusServer
@@ -98,6 +96,10 @@ class AlertStep:
     """The generated rules file and an Alertmanager (routes from ``components.alertmanager``, no receiver)."""
 
     def __init__(self, workdir: Path) -> None:
+        # The Pulumi program's generators, imported here: devenv is installed with the commands, components is not.
+        from components.alertmanager import alertmanager_config
+        from components.alerts import alert_rules
+
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.rules = workdir / "ems-alerts.yml"
