@@ -7,11 +7,15 @@ Starts, all on 127.0.0.1 and free ports: a throw-away PKI, Mosquitto (its mTLS
 listener governed by the platform's generated dynamic-security roles for this
 demo's identities: site ``sub-07``, ingest ``ingest-0``, twin API ``twin-api`` and
 ``ems-northbound``, which alone may command ``sub-07``), a real
-Prometheus (remote-write receiver, 30d out-of-order window), the Modbus
-simulator, the edge agent with ``edge_agent/examples/sensors.conf`` (copied into
+Prometheus (remote-write receiver, 30d out-of-order window; the generated alert rules,
+scraping the twin API's metrics), an Alertmanager, the Modbus simulator (in-process,
+``devenv.demo_alert``), the edge agent with ``edge_agent/examples/sensors.conf`` (copied into
 the work folder with its ports and paths rewritten), one ingest worker
-(``ems-ingest run``) and the twin API (``ems-ingest twin-api``). After
-``--seconds`` it stops the agent (SIGTERM flushes its spool), waits for the
+(``ems-ingest run``) and the twin API (``ems-ingest twin-api``, its operator page reading that
+Alertmanager). While the agent runs, the simulator raises E04 on tx1's relay; the demo waits
+(at most 60 s) for ``EmsPlcFault`` to fire in Alertmanager and on the page's alert list, then
+clears it and waits for it to resolve (with ``--hold`` it stays firing). After
+``--seconds`` (or the alert step, if longer) it stops the agent (SIGTERM flushes its spool), waits for the
 ingest to drain, and prints PromQL results with their values, the comparison
 with the agent's audit log (lost / duplicated), the ingest's own metrics and
 one asset's twin read over HTTPS, then the address of the operator page (``--hold SECONDS`` keeps
@@ -36,7 +40,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from edge_agent.audit import read_audit
 from devenv.process import ManagedProcess
@@ -44,6 +48,9 @@ from devenv.mosquitto import MosquittoBroker, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
 from northbound import tls
+
+if TYPE_CHECKING:
+    from devenv.demo_alert import AlertStep, ThreadedSimulator
 
 __all__ = ["write_ingest_config", "IngestProcess", "main"]
 
@@ -176,7 +183,8 @@ def demo_roles() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
+    from devenv.demo_alert import AlertStep, ThreadedSimulator
+    from devenv.demo_edge import AgentProcess, write_agent_config
     from devenv.demo_northbound import ExportLimitPoint, NorthboundDemo
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -193,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     broker = MosquittoBroker(workdir / "broker", pki, dynsec=demo_roles())
     prometheus = PrometheusServer(workdir / "prometheus")
     sim_port = free_port()
-    sim = SimulatorProcess(workdir, sim_port)
+    sim = ThreadedSimulator(sim_port)
+    alerting = AlertStep(workdir / "alertmanager")
     site_config = write_agent_config(workdir / "site", pki, broker_port=broker.tls_port, modbus_port=sim_port,
                                      client=SITE)
     agent = AgentProcess(site_config)
@@ -201,15 +210,19 @@ def main(argv: list[str] | None = None) -> int:
     ingest = IngestProcess(workdir / "ingest", broker=broker, pki=pki, prometheus=prometheus,
                            client_id=INGEST_ID, twin_api_port=twin_port)
     twin_api = IngestProcess(workdir / "twin-api", broker=broker, pki=pki, prometheus=prometheus,
-                             client_id=TWIN_ID, twin_api_port=twin_port)
+                             client_id=TWIN_ID, twin_api_port=twin_port, alertmanager_url=alerting.url)
+    alerting.configure(prometheus, twin_api.metrics_port)
     northbound = NorthboundDemo(workdir / "northbound", pki, site=SITE, broker_port=broker.tls_port,
                                 twin_port=twin_port, modbus_port=sim_port,
                                 export_limit=ExportLimitPoint.from_config(site_config))
     try:
         broker.start()
         print(f"mosquitto:  mTLS on 127.0.0.1:{broker.tls_port}")
+        alerting.start()
+        print(f"alertmanager: {alerting.url} (no receiver; the operator page reads it)")
         prometheus.start()
-        print(f"prometheus: {prometheus.url} (remote write {prometheus.remote_write_url})")
+        print(f"prometheus: {prometheus.url} (remote write {prometheus.remote_write_url}; the generated alert "
+              f"rules {alerting.rules}, scraping the twin API's metrics :{twin_api.metrics_port})")
         sim.start()
         print(f"simulator:  Modbus TCP on 127.0.0.1:{sim_port}")
         ingest.start()
@@ -222,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         northbound.start()
         print(f"north-bound: ems-northbound run --config {northbound.config_path} → {northbound.server.url} "
               f"(2030.5 test server, mutual TLS, {tls.CCM8} only)")
-        time.sleep(args.seconds)
+        alert_ok = _alert_step(alerting, sim, twin_port, pki, args.seconds, keep_firing=args.hold > 0)
         northbound_ok = northbound.report()
         code = agent.stop()
         print(f"edge agent exited with code {code} after SIGTERM")
@@ -234,11 +247,12 @@ def main(argv: list[str] | None = None) -> int:
                 break
             time.sleep(0.2)
         print(f"ems-northbound exited with code {northbound.stop()} after SIGTERM")
-        result = _report(prometheus, ingest, audited, twin_port, pki, northbound_ok)
+        result = _report(prometheus, ingest, audited, twin_port, pki, northbound_ok, alert_ok)
         print(f"\noperator page: https://127.0.0.1:{twin_port}/#site=sub-07&asset=tx1 "
               f"(TLS from the demo CA {pki.ca}; same server and authentication as the twin API)")
         print(f"Grafana:       not run locally (no Debian package); the stacks deploy it behind the gateway at "
               f"https://<api host>/grafana/ with dashboards/*.json, and Prometheus here is {prometheus.url}")
+        print(f"Alertmanager:  {alerting.url}/#/alerts")
         if args.hold > 0:
             agent.start()
             print(f"holding for {args.hold:.0f}s with the edge agent running again (Ctrl-C ends it)", flush=True)
@@ -254,11 +268,29 @@ def main(argv: list[str] | None = None) -> int:
         ingest.stop()
         sim.stop()
         prometheus.stop()
+        alerting.stop()
         broker.stop()
 
 
+def _alert_step(alerting: AlertStep, sim: ThreadedSimulator, twin_port: int, pki: LocalPki, seconds: float, *,
+                keep_firing: bool) -> bool:
+    """While the agent runs ``seconds`` (longer if the alert takes longer): E04 raised, its alert firing in
+    Alertmanager and on the operator page's list, then cleared and resolved unless ``keep_firing``."""
+    started = time.monotonic()
+    time.sleep(min(2.0, seconds / 2))            # telemetry flows first; E04 then arrives as a change
+    ok = alerting.raise_and_wait(sim, timeout=60) is not None and alerting.on_operator_page(twin_port, pki.ca)
+    print(f"see it on the operator page https://127.0.0.1:{twin_port}/#site=sub-07&asset=tx1 "
+          f"and in Alertmanager {alerting.url}/#/alerts")
+    if ok and keep_firing:
+        print("E04 stays raised while the demo holds")
+    elif ok:
+        ok = alerting.clear_and_wait(sim, timeout=60)
+    time.sleep(max(0.0, seconds - (time.monotonic() - started)))
+    return ok
+
+
 def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[int, dict], twin_port: int,
-            pki: LocalPki, northbound_ok: bool) -> int:
+            pki: LocalPki, northbound_ok: bool, alert_ok: bool) -> int:
     client = prometheus.client()
     now = time.time()
     query = 'ems_reading{site="sub-07"}'
@@ -310,9 +342,11 @@ def _report(prometheus: PrometheusServer, ingest: IngestProcess, audited: dict[i
             print(f"twin API> GET /v1/query?{q} → {json.load(resp)['data']['result'][0]['value'][1]} series")
     except (OSError, KeyError, IndexError) as exc:
         print(f"twin API: {exc}")
-    ok = bool(expected) and lost == 0 and duplicated == 0 and wrong == 0 and northbound_ok
+    ok = bool(expected) and lost == 0 and duplicated == 0 and wrong == 0 and northbound_ok and alert_ok
     if not northbound_ok:
         print("north-bound step: PROBLEM (see above)")
+    if not alert_ok:
+        print("alert step: PROBLEM (see above)")
     print("RESULT:", "OK" if ok else "PROBLEM")
     return 0 if ok else 1
 
