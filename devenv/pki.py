@@ -36,7 +36,7 @@ class LocalPki:
     ca_key: Path
     server: CertPair
 
-    def client(self, name: str, ou: str | None = None, *, valid_days: float = 30) -> CertPair:
+    def client(self, name: str, ou: str | None = None, *, valid_days: float = 90) -> CertPair:
         """A client certificate for CN ``name`` (subject OU ``ou`` if given), created on first use, reused after.
 
         ``valid_days`` below zero makes one that has already expired (for refusal tests).
@@ -60,7 +60,7 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
 
 
 def _issue(pair: CertPair, common_name: str, ca_cert: x509.Certificate,
-           ca_key, *, server: bool, ou: str | None = None, valid_days: float = 30) -> None:
+           ca_key, *, server: bool, ou: str | None = None, valid_days: float = 90) -> None:
     key = ec.generate_private_key(ec.SECP256R1())
     now = dt.datetime.now(dt.timezone.utc)
     subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
