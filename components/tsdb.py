@@ -98,7 +98,6 @@ def prometheus_config(out_of_order_window: str, service: str, namespace: str, po
     (SRV discovery + pod/namespace labels) and, with ``alerting``, the rules file, the Alertmanager and the
     jobs the alerts read."""
     twin_job = _srv_job("ems-twin-api", twin_api_service, namespace, port_name) if twin_api_service else ""
-    regex = pod_address_regex(service)
     alert_head = "" if alerting is None else f"""\
 rule_files:
   - {RULES_FILE}
@@ -115,21 +114,7 @@ storage:
   tsdb:
     out_of_order_time_window: {out_of_order_window}
 {alert_head}scrape_configs:
-  - job_name: ems-ingest
-    dns_sd_configs:
-      - names: ["_{port_name}._tcp.{service}.{namespace}.svc.cluster.local"]
-        type: SRV
-        refresh_interval: 30s
-    relabel_configs:
-      - source_labels: [__address__]
-        regex: '{regex}'
-        target_label: pod
-        replacement: '$1'
-      - source_labels: [__address__]
-        regex: '{regex}'
-        target_label: namespace
-        replacement: '$2'
-{twin_job}""" + ("" if alerting is None else _alerting_sections(alerting))
+{_srv_job("ems-ingest", service, namespace, port_name)}{twin_job}""" + ("" if alerting is None else _alerting_sections(alerting))
 
 
 def northbound_scrape_job(target: str) -> str:
