@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import CommandStateError
+from ems_runtime.sqlite import transaction
 
 __all__ = ["CommandStore", "ControlState"]
 
@@ -104,7 +105,7 @@ class CommandStore:
                state: ControlState | None = None) -> None:
         """In one transaction: the id is done (payload dropped), the result joins the outbox, the control's state."""
         db = self.db
-        with _transaction(db):
+        with transaction(db):
             if command_id is not None:
                 db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE id = ?", (command_id,))
             if result is not None:
@@ -137,14 +138,3 @@ class CommandStore:
 
     def sent(self, n: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE n = ?", (n,))
-
-
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")

@@ -52,6 +52,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ems_runtime.sqlite import transaction
+
 __all__ = ["SeqIntervals", "SeenSeqs"]
 
 
@@ -222,7 +224,7 @@ class SeenSeqs:
 
     def persist(self, rows: list[tuple[str, bytes, int]]) -> None:
         """Write ``stage()``'s rows durably in one transaction (WAL, synchronous=FULL)."""
-        with _transaction(self._db):
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
                 "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
@@ -250,7 +252,7 @@ class SeenSeqs:
             if missing:
                 lost[site] = missing
         if changed:
-            with _transaction(self._db):
+            with transaction(self._db):
                 self._db.executemany(
                     "INSERT INTO loss (site, counted_through) VALUES (?, ?) "
                     "ON CONFLICT(site) DO UPDATE SET counted_through = excluded.counted_through",
@@ -295,14 +297,3 @@ def _runs(seqs: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((seq, seq))
     return runs
-
-
-class _transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
