@@ -21,7 +21,9 @@ command the broker did not take is retried under ``commands:<site>`` with back-o
 no site was subscribed to (PUBACK 16: the site is disconnected or not subscribed yet, and
 its session starts clean, so nothing waits for it) is retried under a new id with the
 same back-off capped at ``broker.no_subscriber_retry_max_s``, so a site that comes back
-gets the control in force within that time. A failing task —
+gets the control in force within that time. With ``[operator_api]`` the same sink also
+carries operators' manual commands (``northbound.operator_api``, behind the API gateway);
+their results are handed to its ``CommandDesk`` as they arrive. A failing task —
 refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
 backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
 one failure never stops the loop.
