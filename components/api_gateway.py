@@ -40,6 +40,10 @@ PORT = 443
 TLS_DIR = "/etc/nginx/tls"
 CONFIG_DIR = "/etc/nginx/ems"
 TMP_DIR = "/tmp"
+NORTHBOUND_COMMAND_PORT = 8444
+"""The north-bound client's manual-command listener (``components/northbound.py``)."""
+COMMAND_BURST = 5
+"""Manual commands a client may send at once above ``commandRatePerMinute``."""
 NGINX_UID = 101
 """The nginx-unprivileged image's user."""
 
@@ -59,6 +63,10 @@ class Route:
     upstream: str
     role: str
     methods: tuple[str, ...] = ("GET", "HEAD")
+    max_body_bytes: int | None = None
+    """A tighter body limit than the server's (→ 413). Defaults to none: ``maxBodyBytes``."""
+    command_zone: bool = False
+    """Also limited by the per-client command rate (``commandRatePerMinute``). Defaults to off."""
 
 
 ROUTES = (
@@ -70,6 +78,8 @@ ROUTES = (
     Route("operator-page", r"^/(ui/[A-Za-z0-9._-]{1,64})?$", "twin_api", "viewer"),
     Route("silences", r"^/api/v2/silences?(/[0-9a-f-]{1,64})?$", "alertmanager", "operator", ("GET", "HEAD", "POST", "DELETE")),
     Route("grafana", r"^/grafana(/.*)?$", "grafana", "viewer", ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")),
+    Route("commands", r"^/v1/commands(/[A-Za-z0-9_-]{1,64})?$", "northbound", "operator", ("GET", "HEAD", "POST"),
+          max_body_bytes=4096, command_zone=True),
 )
 """Every routed path. A route whose upstream is not configured is left out (its path is then 404)."""
 
@@ -93,6 +103,8 @@ class NginxPlan:
     """The twin API: upstream of the twin routes and the verifier (``/v1/authz``); must be HTTPS."""
     alertmanager: Upstream | None = None
     grafana: Upstream | None = None
+    northbound: Upstream | None = None
+    """The north-bound client's manual-command listener (``/v1/commands``, operators). Defaults to none."""
     listen: str = f"{PORT}"
     tls_dir: str = TLS_DIR
     """Holds ``tls.crt``/``tls.key`` (the gateway's server certificate) and ``ca.crt`` (the platform CA)."""
@@ -104,7 +116,8 @@ class NginxPlan:
 
 
 def _upstreams(plan: NginxPlan) -> dict[str, Upstream]:
-    found = {"tsdb": plan.tsdb, "twin_api": plan.twin_api, "alertmanager": plan.alertmanager, "grafana": plan.grafana}
+    found = {"tsdb": plan.tsdb, "twin_api": plan.twin_api, "alertmanager": plan.alertmanager, "grafana": plan.grafana,
+             "northbound": plan.northbound}
     return {name: up for name, up in found.items() if up is not None}
 
 
@@ -133,7 +146,7 @@ def _location(route: Route, up: Upstream, plan: NginxPlan) -> str:
 {need_cert}            if ($request_method !~ ^({methods})$) {{ return 405; }}
             limit_req zone=ems_client burst={plan.auth.burst} nodelay;
             limit_req zone=ems_address burst={plan.auth.burst * 5} nodelay;
-            auth_request /_ems_authz;
+{_route_limits(route)}            auth_request /_ems_authz;
             auth_request_set $ems_user $upstream_http_x_ems_user;
             auth_request_set $ems_role $upstream_http_x_ems_role;
             auth_request_set $ems_auth $upstream_http_x_ems_auth;
@@ -151,6 +164,13 @@ def _location(route: Route, up: Upstream, plan: NginxPlan) -> str:
 {clear}            proxy_read_timeout {read_timeout}s;
 {_proxy_tls(up, plan.tls_dir + "/ca.crt")}        }}
 """
+
+
+def _route_limits(route: Route) -> str:
+    body = f"            client_max_body_size {route.max_body_bytes};\n" if route.max_body_bytes else ""
+    # Manual commands act on the grid: a client gets a few a minute, however fast it may read.
+    zone = f"            limit_req zone=ems_commands burst={COMMAND_BURST} nodelay;\n" if route.command_zone else ""
+    return body + zone
 
 
 def _verifier_location(path: str, plan: NginxPlan, *, refused_certificate: bool) -> str:
@@ -180,6 +200,13 @@ def _verifier_location(path: str, plan: NginxPlan, *, refused_certificate: bool)
             proxy_read_timeout 10s;
 {_proxy_tls(up, plan.tls_dir + "/ca.crt")}        }}
 """
+
+
+def _command_zone(plan: NginxPlan) -> str:
+    if plan.northbound is None:
+        return ""
+    return (f'    limit_req_zone "$ems_cert_key$ems_token_key" zone=ems_commands:1m '
+            f'rate={plan.auth.command_rate_per_minute}r/m;\n')
 
 
 def nginx_config(plan: NginxPlan) -> str:
@@ -248,7 +275,7 @@ http {{
     }}
     limit_req_zone "$ems_cert_key$ems_token_key" zone=ems_client:10m rate={auth.rate_per_second}r/s;
     limit_req_zone $binary_remote_addr zone=ems_address:10m rate={auth.per_address_rate_per_second}r/s;
-    limit_req_status 429;
+{_command_zone(plan)}    limit_req_status 429;
     limit_req_log_level warn;
 
     map $ems_role $ems_grafana_role {{
@@ -323,6 +350,8 @@ class ApiGatewayArgs:
     """Alertmanager Service DNS name (port 9093): routes ``/api/v2/silences`` for operators. Defaults to none."""
     grafana_host: str | None = None
     """Grafana Service DNS name (port 3000, auth proxy on the identity headers): routes ``/grafana/``. Defaults to none."""
+    northbound_host: str | None = None
+    """North-bound Service DNS name (port NORTHBOUND_COMMAND_PORT): routes ``/v1/commands`` for operators. Defaults to none."""
     replicas: int = 2
     """Replicas. Defaults to 2."""
     external_service_type: str = "LoadBalancer"
@@ -339,6 +368,7 @@ def gateway_plan(args: ApiGatewayArgs) -> NginxPlan:
         twin_api=Upstream(args.twin_api_host, args.twin_api_port, args.twin_api_host),
         alertmanager=Upstream(args.alertmanager_host, 9093) if args.alertmanager_host else None,
         grafana=Upstream(args.grafana_host, 3000) if args.grafana_host else None,
+        northbound=Upstream(args.northbound_host, NORTHBOUND_COMMAND_PORT) if args.northbound_host else None,
     )
 
 

@@ -19,6 +19,7 @@ Example (every key optional; ``docs/gateway-auth.md`` explains each)::
       maxHeaderBytes: 8192
       promqlTimeoutSeconds: 30
       promqlMaxSamples: 5000000
+      commandRatePerMinute: 30       # manual commands (POST/GET /v1/commands) per client; burst 5
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ CLIENT_CERT_MODES = ("required", "optional", "off")
 _CLAIM = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _NAME = re.compile(r"^[A-Za-z0-9 _.@:/+=-]{1,128}$")   # an OU, CN or group: no quotes, braces or control characters
 _KEYS = {"clientCerts", "certOuRoles", "certCnRoles", "oidc", "ratePerSecond", "burst", "perAddressRatePerSecond",
-         "maxBodyBytes", "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples"}
+         "maxBodyBytes", "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples", "commandRatePerMinute"}
 _OIDC_KEYS = {"issuer", "audience", "jwksUrl", "roleClaim", "usernameClaim", "claimRoles", "algorithms"}
 
 
@@ -91,6 +92,9 @@ class GatewayAuthSettings:
     """PromQL evaluation timeout (the TSDB's ``--query.timeout``). Defaults to 30 s."""
     promql_max_samples: int = 5_000_000
     """Samples one query may load (the TSDB's ``--query.max-samples``); beyond → 422. Defaults to 5,000,000."""
+    command_rate_per_minute: int = 30
+    """Requests per minute per client on the manual-command route (``/v1/commands``), burst 5; excess → 429.
+    Defaults to 30."""
 
 
 def _mapping(field: str, value: Any, key_rule: re.Pattern[str], what: str) -> tuple[tuple[str, str], ...]:
@@ -179,4 +183,6 @@ def parse_gateway_auth(value: Any) -> GatewayAuthSettings:
         max_header_bytes=_integer("maxHeaderBytes", value.get("maxHeaderBytes", d.max_header_bytes), 1024, 65536),
         promql_timeout_seconds=_integer("promqlTimeoutSeconds", value.get("promqlTimeoutSeconds", d.promql_timeout_seconds), 1, 600),
         promql_max_samples=_integer("promqlMaxSamples", value.get("promqlMaxSamples", d.promql_max_samples), 1000, 500_000_000),
+        command_rate_per_minute=_integer("commandRatePerMinute",
+                                         value.get("commandRatePerMinute", d.command_rate_per_minute), 1, 600),
     )

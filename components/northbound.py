@@ -8,6 +8,11 @@ and DNS allow):
 | egress | the utility's 2030.5 server, by address (``ems:northbound.serverAddress``) | ``serverPort`` (443; the policy pack's ``northbound-egress-utility-only`` allows only 443) |
 | egress | broker pods | 8883 (mTLS, its own certificate identity ``ems-northbound``) |
 | ingress | TSDB pods (scrape) | :data:`METRICS_PORT` (``/metrics``; ``/healthz`` for the kubelet) |
+| ingress | API gateway pods only | :data:`COMMAND_PORT` (operators' manual commands, ``northbound.operator_api``) |
+
+The command listener trusts the gateway's identity headers because nothing else can reach that
+port: a port of its own (not the metrics port the TSDB reaches), admitted by this NetworkPolicy
+from the ``api-gateway`` pods alone, and the gateway's own egress policy to it.
 
 One replica and the ``Recreate`` strategy: two clients would register, mirror and command the
 same sites twice, so an update stops the old pod before the new one starts. Readiness is
@@ -32,6 +37,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components.api_gateway import APP as API_GATEWAY_APP, NORTHBOUND_COMMAND_PORT
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec, secret_volume, selector,
     template_metadata,
@@ -40,14 +46,21 @@ from components.settings import NorthboundSettings
 
 APP = "northbound"
 METRICS_PORT = 9100
+"""``/metrics`` and ``/healthz`` (the policy pack's named internal port ``metrics``)."""
+COMMAND_PORT = NORTHBOUND_COMMAND_PORT
+"""``/v1/commands`` behind the API gateway (the policy pack's named internal port ``northbound-commands``)."""
+MQTTS_PORT = 8883
+BASE = "/etc/ems/northbound"
 
 
 def northbound_metrics_target(namespace: str) -> str:
     """``host:port`` of the metrics Service (``northbound-metrics``) in ``namespace``: the TSDB's scrape target."""
     return f"{APP}-metrics.{namespace}.svc.cluster.local:{METRICS_PORT}"
-"""``/metrics`` and ``/healthz`` (the policy pack's named internal port ``metrics``)."""
-MQTTS_PORT = 8883
-BASE = "/etc/ems/northbound"
+
+
+def northbound_commands_host(namespace: str) -> str:
+    """DNS name of the command Service (``northbound-commands``) in ``namespace``: the API gateway's upstream."""
+    return f"{APP}-commands.{namespace}.svc.cluster.local"
 
 
 def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: str) -> str:
@@ -59,6 +72,7 @@ def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: s
         "", "[broker]", f"host = {q(broker_host)}", f"port = {MQTTS_PORT}", f"ca = {q(BASE + '/broker/ca.crt')}",
         f"cert = {q(BASE + '/broker/tls.crt')}", f"key = {q(BASE + '/broker/tls.key')}", f"client_id = {q(client_id)}",
         "", "[http]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
+        "[operator_api]", 'host = "0.0.0.0"', f"port = {COMMAND_PORT}", "",
     ]
     for site in settings.sites:
         lines += [f"[sites.{site}]", ""]
@@ -96,10 +110,11 @@ def validate_args(name: str, args: NorthboundArgs) -> None:
 
 
 class NorthboundClient(pulumi.ComponentResource):
-    """Deployment, config, ServiceAccount, metrics Service and NetworkPolicy of ``ems-northbound``."""
+    """Deployment, config, ServiceAccount, metrics and command Services and NetworkPolicies of ``ems-northbound``."""
 
     deployment_name: pulumi.Output[str]
     metrics_service_name: pulumi.Output[str]
+    commands_service_name: pulumi.Output[str]
 
     def __init__(self, name: str, args: NorthboundArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(name, args)
@@ -127,10 +142,16 @@ class NorthboundClient(pulumi.ComponentResource):
             spec={"type": "ClusterIP", "selector": selector(APP),
                   "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
             opts=o)
+        commands = k8s.core.v1.Service(
+            f"{name}-commands", metadata=metadata(f"{APP}-commands", ns, APP),
+            spec={"type": "ClusterIP", "selector": selector(APP),
+                  "ports": [{"name": "northbound-commands", "port": COMMAND_PORT, "targetPort": "commands",
+                             "protocol": "TCP"}]},
+            opts=o)
         client = container(
             "northbound", args.image, args.resources,
             args=["run", "--config", f"{BASE}/config/northbound.toml"],
-            ports=[("metrics", METRICS_PORT)],
+            ports=[("metrics", METRICS_PORT), ("commands", COMMAND_PORT)],
             mounts=[("config", BASE + "/config"), ("utility-ca", BASE + "/utility"), ("client-tls", BASE + "/client"),
                     ("broker-tls", BASE + "/broker")],
             probe_port=METRICS_PORT, probe_path="/healthz",
@@ -155,16 +176,26 @@ class NorthboundClient(pulumi.ComponentResource):
             f"{name}-netpol", metadata=metadata(APP, ns, APP),
             spec={"podSelector": {"matchLabels": selector(APP)}, "policyTypes": ["Ingress", "Egress"],
                   "ingress": [{"from": [{"podSelector": {"matchLabels": selector("tsdb")}}],
-                               "ports": [{"protocol": "TCP", "port": METRICS_PORT}]}],
+                               "ports": [{"protocol": "TCP", "port": METRICS_PORT}]},
+                              {"from": [{"podSelector": {"matchLabels": selector(API_GATEWAY_APP)}}],
+                               "ports": [{"protocol": "TCP", "port": COMMAND_PORT}]}],
                   "egress": [{"to": [{"podSelector": {"matchLabels": selector("broker")}}],
                               "ports": [{"protocol": "TCP", "port": MQTTS_PORT}]},
                              {"to": [{"ipBlock": {"cidr": _host(s.server_address)}}],
                               "ports": [{"protocol": "TCP", "port": s.server_port}]}]},
             opts=o)
+        k8s.networking.v1.NetworkPolicy(   # the gateway's side: its own policy allows only the egress it names
+            f"{name}-netpol-gateway", metadata=metadata(f"{API_GATEWAY_APP}-to-{APP}", ns, APP),
+            spec={"podSelector": {"matchLabels": selector(API_GATEWAY_APP)}, "policyTypes": ["Egress"],
+                  "egress": [{"to": [{"podSelector": {"matchLabels": selector(APP)}}],
+                              "ports": [{"protocol": "TCP", "port": COMMAND_PORT}]}]},
+            opts=o)
         self.deployment_name = deployment.metadata.name
         self.metrics_service_name = svc.metadata.name
+        self.commands_service_name = commands.metadata.name
         self.register_outputs({"deployment_name": self.deployment_name,
-                               "metrics_service_name": self.metrics_service_name})
+                               "metrics_service_name": self.metrics_service_name,
+                               "commands_service_name": self.commands_service_name})
 
 
 def _host(address: str) -> str:

@@ -23,7 +23,7 @@ from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_id
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
-from components.northbound import NorthboundArgs, NorthboundClient, northbound_metrics_target
+from components.northbound import NorthboundArgs, NorthboundClient, northbound_commands_host, northbound_metrics_target
 from components.pki import Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
@@ -191,6 +191,7 @@ class EmsPlatform(pulumi.ComponentResource):
             external_service_type=external_type, auth=s.api_auth,
             grafana_host=f"grafana.{ns_name}.svc.cluster.local" if s.grafana.enabled else None,
             alertmanager_host=f"alertmanager.{ns_name}.svc.cluster.local",
+            northbound_host=northbound_commands_host(ns_name) if s.northbound else None,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.northbound is not None:   # the IEEE 2030.5 client, only where a utility server is configured
             NorthboundClient(f"{name}-northbound", NorthboundArgs(

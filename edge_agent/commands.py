@@ -421,9 +421,10 @@ class CommandHandler:
         self._results_ready.set()
 
     async def _audit_cmd(self, command: Command, decision: str, reason: str | None) -> None:
+        manual = {"issuer": command.issuer} if command.issuer is not None else {}    # an operator's manual command
         await self._audit("cmd", id=command.id, control=command.control, value=command.value,
                           issued_ms=command.issued_ms, expires_ms=command.expires_ms, event=command.event,
-                          decision=decision, reason=reason)
+                          decision=decision, reason=reason, **manual)
 
     async def _audit(self, kind: str, **fields: Any) -> None:
         try:

@@ -18,6 +18,9 @@ Command payload (UTF-8 JSON object, exactly these keys)::
   ``null`` when a DefaultDERControl did.
 * ``control`` is one of ``CONTROLS``; ``value`` is a finite number of watts (``|value| <=
   MAX_WATTS``) for the ``*_w`` limits and a boolean for ``connect`` / ``energize``.
+* ``issuer`` (optional key) names the person or system that issued a manual command through the
+  operator route (``X-Ems-User`` from the API gateway, ``ISSUER_PATTERN``); commands decided from
+  2030.5 controls carry no ``issuer`` key.
 
 Result payload::
 
@@ -41,7 +44,7 @@ from typing import Any
 
 from ems_contract.telemetry import SCHEMA_VERSION, TOPIC_ROOT, SchemaError, valid_id
 
-__all__ = ["CONTROLS", "OUTCOMES", "MAX_PAYLOAD_BYTES", "MAX_VALIDITY_MS", "MAX_WATTS", "Command", "CommandResult",
+__all__ = ["CONTROLS", "OUTCOMES", "ISSUER_PATTERN", "COMMAND_ID_PATTERN", "MAX_PAYLOAD_BYTES", "MAX_VALIDITY_MS", "MAX_WATTS", "Command", "CommandResult",
            "command_topic", "command_result_topic", "encode_command", "decode_command", "encode_result",
            "decode_result"]
 
@@ -53,7 +56,11 @@ OUTCOMES = ("applied", "rejected", "expired", "failed")
 MAX_PAYLOAD_BYTES = 4096
 MAX_VALIDITY_MS = 24 * 3600 * 1000
 MAX_WATTS = 1e9
-_COMMAND_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+COMMAND_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ISSUER_PATTERN = r"^[A-Za-z0-9@._:+=/-]{1,128}$"
+"""An issuer: the API gateway's user names (``ingest/gateway_auth.py`` cleans them to this set)."""
+_COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
+_ISSUER = re.compile(ISSUER_PATTERN)
 _MRID = re.compile(r"^[0-9A-Fa-f]{1,32}$")
 _COMMAND_KEYS = frozenset({"v", "id", "site", "issued_ms", "expires_ms", "event", "control", "value"})
 _RESULT_KEYS = frozenset({"v", "id", "site", "ts_ms", "outcome", "reason", "readback"})
@@ -71,6 +78,8 @@ class Command:
     event: str | None
     control: str
     value: float | bool
+    issuer: str | None = None
+    """Who issued a manual command (``None``: decided from the utility's 2030.5 controls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +104,7 @@ def command_result_topic(site: str) -> str:
     return command_topic(site) + "-result"
 
 
-def _object(payload: bytes, keys: frozenset[str]) -> dict[str, Any]:
+def _object(payload: bytes, keys: frozenset[str], optional: frozenset[str] = frozenset()) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SchemaError("oversized", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
     try:
@@ -108,8 +117,8 @@ def _object(payload: bytes, keys: frozenset[str]) -> dict[str, Any]:
         raise SchemaError("bad_field", f"payload must be a JSON object (got {type(body).__name__})")
     if body.get("v") != SCHEMA_VERSION:
         raise SchemaError("bad_version", f"v must be {SCHEMA_VERSION} (got {body.get('v')!r})")
-    if set(body) != keys:
-        extra, missing = sorted(set(body) - keys), sorted(keys - set(body))
+    if not keys <= set(body) <= keys | optional:
+        extra, missing = sorted(set(body) - keys - optional), sorted(keys - set(body))
         raise SchemaError("bad_field", f"unknown keys {extra[:3]}" if extra else f"missing keys {missing}")
     return body
 
@@ -158,6 +167,8 @@ def encode_command(command: Command) -> bytes:
     body = {"v": SCHEMA_VERSION, "id": command.id, "site": command.site, "issued_ms": command.issued_ms,
             "expires_ms": command.expires_ms, "event": command.event, "control": command.control,
             "value": command.value}
+    if command.issuer is not None:
+        body["issuer"] = command.issuer
     payload = json.dumps(body, separators=(",", ":"), allow_nan=False).encode()
     decode_command(payload)
     return payload
@@ -165,7 +176,7 @@ def encode_command(command: Command) -> bytes:
 
 def decode_command(payload: bytes, topic: str | None = None) -> Command:
     """Validate a command payload (and, given ``topic``, that it is this site's command topic)."""
-    body = _object(payload, _COMMAND_KEYS)
+    body = _object(payload, _COMMAND_KEYS, frozenset({"issuer"}))
     command_id = _id(body)
     site = _site(body, topic, "command")
     issued, expires = _ms(body, "issued_ms"), _ms(body, "expires_ms")
@@ -178,8 +189,12 @@ def decode_command(payload: bytes, topic: str | None = None) -> Command:
     control = body["control"]
     if control not in CONTROLS:
         raise SchemaError("bad_field", f"control must be one of {', '.join(CONTROLS)} (got {str(control)[:40]!r})")
+    issuer = body.get("issuer")
+    if issuer is not None and (not isinstance(issuer, str) or not _ISSUER.match(issuer)):
+        raise SchemaError("bad_field", f"issuer must match {ISSUER_PATTERN} (got {str(issuer)[:80]!r})")
     return Command(id=command_id, site=site, issued_ms=issued, expires_ms=expires,
-                   event=event.upper() if event else None, control=control, value=_value(control, body["value"], "value"))
+                   event=event.upper() if event else None, control=control, value=_value(control, body["value"], "value"),
+                   issuer=issuer)
 
 
 def encode_result(result: CommandResult) -> bytes:

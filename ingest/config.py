@@ -149,6 +149,7 @@ class TwinApiConfig:
     client_id: str = ""
     alertmanager_url: str | None = None   # the operator page lists its firing alerts; None: no alerts shown
     auth: AuthSettings | None = None
+    max_query_answer_bytes: int = 8 * 1024 * 1024   # /v1/query(_range): a bigger TSDB answer → 502, not relayed
 
 
 @dataclass(frozen=True)
@@ -454,7 +455,9 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
                              host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"),
                              alertmanager_url=tw.url("alertmanager_url"),
-                             auth=_auth(tw, base, check_files))
+                             auth=_auth(tw, base, check_files),
+                             max_query_answer_bytes=tw.int("max_query_answer_bytes", TwinApiConfig.max_query_answer_bytes,
+                                                           1024, 256 * 1024 * 1024))
         tw.done()
 
     times = TimeConfig()

@@ -3,7 +3,8 @@
     GET /v1/assets/<site>/<asset>   latest twin of one asset (from the retained ems/v1/<site>/twin/<asset>)
     GET /v1/assets/<site>           the site's assets with a twin
     GET /v1/sites                   the sites with at least one twin
-    GET /v1/query?query=…[&time=…]  PromQL instant query, passed through to the TSDB's /api/v1/query
+    GET /v1/query?query=…[&time=…]  PromQL instant query, passed through to the TSDB's /api/v1/query (an answer larger
+                                    than ``max_query_answer_bytes`` is not relayed: 502 ``too_large``)
     GET /v1/authz                   the gateway's auth_request verifier (``ingest/gateway_auth.py``): 200 with the
                                     identity headers, 401 or 403; 404 when the API has no verifier configured
     GET /v1/whoami                  the identity the gateway forwarded (``X-Ems-User``, ``X-Ems-Role``, ``X-Ems-Auth``)
@@ -257,13 +258,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._json(502, operator_page.alert_error(exc))
 
     def _forward(self, url: str) -> None:
+        limit = self.server.api.max_query_answer_bytes
         try:
             with urllib.request.urlopen(url, timeout=self.server.api.query_timeout_s) as resp:  # nosec B310 # query_url: http(s) only, checked by the config parser
-                return self._raw(resp.status, resp.read())
+                status, body = resp.status, resp.read(limit + 1)
         except urllib.error.HTTPError as exc:           # Prometheus' own 400/422/503 with its JSON error
-            return self._raw(exc.code, exc.read())
+            status, body = exc.code, exc.read(limit + 1)
         except (urllib.error.URLError, OSError) as exc:
             return self._json(502, {"status": "error", "errorType": "unavailable", "error": f"TSDB: {exc}"})
+        if len(body) > limit:       # read no further: the rest is dropped with the connection
+            log.warning("TSDB answer to %s larger than %d bytes: not relayed", url[:200], limit)
+            return self._json(502, {"status": "error", "errorType": "too_large",
+                                    "error": f"the TSDB's answer is larger than {limit} bytes; narrow the query "
+                                             "(fewer series, a shorter range or a longer step)"})
+        return self._raw(status, body)
 
     def _authz(self) -> None:
         decision = self.server.api.verifier.decide(AuthRequest.from_headers(self.headers))  # type: ignore[union-attr]
@@ -331,8 +339,10 @@ class TwinApi:
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
-                 registry: CollectorRegistry | None = None, cert_check_s: float = 5.0) -> None:
+                 registry: CollectorRegistry | None = None, cert_check_s: float = 5.0,
+                 max_query_answer_bytes: int = 8 * 1024 * 1024) -> None:
         self.link = link
+        self.max_query_answer_bytes = max_query_answer_bytes
         self.registry = registry or CollectorRegistry()
         self.verifier = Verifier(auth, self.registry) if auth is not None else None
         self.store = TwinStore()
@@ -460,7 +470,7 @@ def build(config: IngestConfig) -> TwinApi:
                     manual_ack=False, persistent=False, keepalive_s=b.keepalive_s, cert_check_s=b.cert_check_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
                    client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url,
-                   auth=tw.auth, cert_check_s=b.cert_check_s)
+                   auth=tw.auth, cert_check_s=b.cert_check_s, max_query_answer_bytes=tw.max_query_answer_bytes)
 
 
 def serve_forever(config: IngestConfig) -> int:

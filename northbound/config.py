@@ -43,6 +43,12 @@ has the full table)::
     host = "0.0.0.0"
     port = 9110               # /metrics and /healthz
 
+    [operator_api]            # optional, needs [broker]: POST /v1/commands behind the API gateway
+    host = "0.0.0.0"          # a port of its own: NetworkPolicy lets only the gateway's pods reach it
+    port = 8444
+    default_ttl_s = 300       # a manual command without ttl_s expires after this
+    max_ttl_s = 3600          # the longest ttl_s a request may ask for
+
     [sites.sub-07]
     lfdi = "…40 hex digits…"  # optional; default derived from the client certificate and the site id
     pin = 111115              # optional; the Registration PIN the server must show
@@ -141,6 +147,16 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
+class OperatorApiConfig:
+    """The manual-command listener (``northbound.operator_api``), reached only through the API gateway."""
+
+    host: str = "0.0.0.0"  # nosec B104 # the gateway reaches the pod IP; NetworkPolicy admits only the gateway
+    port: int = 8444
+    default_ttl_s: int = 300
+    max_ttl_s: int = 3600
+
+
+@dataclass(frozen=True)
 class MirrorPoint:
     site: str
     asset: str
@@ -182,12 +198,16 @@ class NorthboundConfig:
     readings: ReadingsConfig = field(default_factory=ReadingsConfig)
     http: HttpConfig = field(default_factory=HttpConfig)
     broker: BrokerConfig | None = None
+    operator_api: OperatorApiConfig | None = None
 
     def summary(self) -> str:
         lines = [f"server {self.server.url}{self.server.dcap} (CA {self.server.ca})",
                  f"client lfdi {self.client.lfdi} sfdi {self.client.sfdi}",
                  f"commands to mqtts://{self.broker.host}:{self.broker.port} as {self.broker.client_id}"
                  if self.broker else "commands: logged only (no [broker] section)"]
+        if self.operator_api is not None:
+            lines.append(f"manual commands on http://{self.operator_api.host}:{self.operator_api.port}/v1/commands "
+                         f"(ttl {self.operator_api.default_ttl_s} s, at most {self.operator_api.max_ttl_s} s)")
         for site in self.sites:
             points = [m for m in self.mirror if m.site == site.site]
             lines.append(f"site {site.site}: lfdi {site.lfdi} sfdi {site.sfdi}, {len(points)} mirrored point(s)")
@@ -297,10 +317,11 @@ def _broker(t: Mapping[str, Any], base: Path) -> BrokerConfig:
 
 def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundConfig:
     """Validate a parsed TOML document; relative paths are relative to ``base``; the files must exist."""
-    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "broker", "sites", "mirror"})
+    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "broker", "sites", "mirror",
+                                 "operator_api"})
     if unknown:
         raise ConfigError(unknown[0], raw[unknown[0]], "is not a known section "
-                          "(server, client, polling, readings, http, broker, sites, mirror)")
+                          "(server, client, polling, readings, http, broker, sites, mirror, operator_api)")
     s = _table(raw, "server", "", {"url", "dcap", "ca", "timeout_s", "allow_tls13"}, required=True)
     dcap = s.get("dcap", "/dcap")
     if not isinstance(dcap, str) or not dcap.startswith("/") or len(dcap) > 256:
@@ -348,6 +369,11 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     broker = _broker(_table(raw, "broker", "", {"host", "port", "ca", "cert", "key", "client_id",
                                                 "publish_timeout_s", "keepalive_s", "no_subscriber_retry_max_s"}),
                       base) if "broker" in raw else None
+
+    operator_api = _operator_api(_table(raw, "operator_api", "", {"host", "port", "default_ttl_s", "max_ttl_s"})) \
+        if "operator_api" in raw else None
+    if operator_api is not None and broker is None:
+        raise ConfigError("operator_api", "[operator_api]", "needs a [broker] section: commands travel over it")
 
     raw_sites = raw.get("sites")
     if not isinstance(raw_sites, dict) or not raw_sites:
@@ -403,7 +429,19 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
         points.append(MirrorPoint(site=site, asset=entry["asset"], point=entry["point"], reading=reading,
                                   multiplier=multiplier))
     return NorthboundConfig(server=server, client=client, sites=tuple(sites), mirror=tuple(points),
-                            polling=polling, readings=readings, http=http, broker=broker)
+                            polling=polling, readings=readings, http=http, broker=broker,
+                            operator_api=operator_api)
+
+
+def _operator_api(t: Mapping[str, Any]) -> OperatorApiConfig:
+    host = t.get("host", OperatorApiConfig.host)
+    if not isinstance(host, str) or not host:
+        raise ConfigError("operator_api.host", host, "must be a host name or address")
+    max_ttl = _int(t, "max_ttl_s", "operator_api", OperatorApiConfig.max_ttl_s, 1, 24 * 3600)
+    return OperatorApiConfig(host=host, port=_int(t, "port", "operator_api", OperatorApiConfig.port, 0, 65535),
+                             default_ttl_s=_int(t, "default_ttl_s", "operator_api", min(OperatorApiConfig.default_ttl_s,
+                                                                                        max_ttl), 1, max_ttl),
+                             max_ttl_s=max_ttl)
 
 
 def load_config(path: Path) -> NorthboundConfig:

@@ -46,6 +46,9 @@ class NorthboundMetrics:
         self.command_results_ignored = Counter("command_results_ignored", "Command-result messages ignored, by "
                                                "reason (a contract reason code, unknown_command, wrong_site, "
                                                "duplicate, queue_full).", ["reason"], **common)
+        self.manual_commands = Counter("manual_commands", "Operators' manual command requests (POST /v1/commands) "
+                                       "by the caller's role and outcome (published, bad_request, unauthenticated, "
+                                       "forbidden, not_published).", ["role", "outcome"], **common)
         self.broker_connected = Gauge("broker_connected", "1 while connected to the platform's MQTT broker.", **common)
         self.last_poll = Gauge("last_poll_timestamp", "When the site's DER controls were last read in full.", ["site"],
                                unit="seconds", **common)

@@ -21,7 +21,9 @@ command the broker did not take is retried under ``commands:<site>`` with back-o
 no site was subscribed to (PUBACK 16: the site is disconnected or not subscribed yet, and
 its session starts clean, so nothing waits for it) is retried under a new id with the
 same back-off capped at ``broker.no_subscriber_retry_max_s``, so a site that comes back
-gets the control in force within that time. A failing task —
+gets the control in force within that time. With ``[operator_api]`` the same sink also
+carries operators' manual commands (``northbound.operator_api``, behind the API gateway);
+their results are handed to its ``CommandDesk`` as they arrive. A failing task —
 refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
 backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
 one failure never stops the loop.
@@ -48,10 +50,11 @@ from northbound.client import PointValue, Sep2Client, SiteSession
 from northbound.command_link import BrokerTls, CommandLink
 from northbound.commands import MqttCommandSink, response_status, result_subscriptions
 from northbound.config import NorthboundConfig, ReadingsConfig
-from northbound.errors import BrokerError, NorthboundError, TransportError
+from northbound.errors import BrokerError, ConfigError, NorthboundError, TransportError
 from northbound.events import window
 from northbound.http import StatusEndpoint
 from northbound.metrics import NorthboundMetrics
+from northbound.operator_api import CommandDesk, OperatorApi
 from northbound.transport import Sep2Transport
 
 __all__ = ["NorthboundService", "Backoff", "ReadingSource", "TwinApiSource", "CommandSink", "LogCommandSink"]
@@ -164,6 +167,8 @@ class NorthboundService:
         self.clock = clock
         self.client: Sep2Client | None = None
         self.endpoint: StatusEndpoint | None = None
+        self.desk: CommandDesk | None = None
+        self.operator_api: OperatorApi | None = None
         self._due: dict[str, float] = {"discovery": 0.0}
         self._backoff: dict[str, Backoff] = {}
         self._issued: dict[tuple[str, str], _Issued] = {}
@@ -196,6 +201,7 @@ class NorthboundService:
             self.sink = self._command_sink()
         self.endpoint = StatusEndpoint(self.config.http.host, self.config.http.port, self.metrics.registry, self.health)
         self.endpoint.start()
+        self._start_operator_api()
         observe = lambda function_set, outcome: self.metrics.requests.labels(function_set, outcome).inc()  # noqa: E731
         try:
             async with Sep2Transport(self.config.server.url, context, timeout=self.config.server.timeout_s,
@@ -211,6 +217,8 @@ class NorthboundService:
                     except asyncio.TimeoutError:
                         pass
         finally:
+            if self.operator_api is not None:
+                self.operator_api.stop()
             self.endpoint.stop()
             if self.link is not None:
                 await asyncio.to_thread(self.link.stop)
@@ -228,6 +236,22 @@ class NorthboundService:
         self.link.start()
         return MqttCommandSink(self.link, self.metrics, sites, clock=self.clock)
 
+    def _start_operator_api(self) -> None:
+        """With ``[operator_api]``: operators' manual commands go out through the same sink as the controls."""
+        settings, broker = self.config.operator_api, self.config.broker
+        if settings is None or broker is None or self.sink is None:
+            return
+        self.desk = CommandDesk(issue=self.sink.issue, loop=asyncio.get_running_loop(),
+                                sites=[s.site for s in self.config.sites], metrics=self.metrics,
+                                default_ttl_s=settings.default_ttl_s, max_ttl_s=settings.max_ttl_s,
+                                publish_timeout_s=broker.publish_timeout_s, clock=self.clock)
+        self.operator_api = OperatorApi(settings.host, settings.port, self.desk)
+        try:
+            self.operator_api.start()
+        except OSError as exc:
+            raise ConfigError("operator_api.port", settings.port,
+                              f"cannot be bound on {settings.host} ({exc.strerror or exc})") from exc
+
     def _take_results(self) -> None:
         """Turn the sites' command results into Responses due (DefaultDERControl results: metrics only)."""
         assert self.client is not None
@@ -236,6 +260,8 @@ class NorthboundService:
         if not isinstance(self.sink, MqttCommandSink):
             return
         for outcome in self.sink.results():
+            if self.desk is not None:
+                self.desk.observe(outcome)
             session = self.client.sessions.get(outcome.command.site)
             if session is None or outcome.command.event is None:
                 continue

@@ -43,10 +43,11 @@ def test_json_text_as_the_pulumi_runtime_sends_it() -> None:
     ({"maxHeaderBytes": 100}, "ems:apiAuth.maxHeaderBytes: 100 must be an integer 1024..65536"),
     ({"promqlTimeoutSeconds": 3600}, "ems:apiAuth.promqlTimeoutSeconds: 3600 must be an integer 1..600"),
     ({"promqlMaxSamples": 10}, "ems:apiAuth.promqlMaxSamples: 10 must be an integer 1000..500000000"),
+    ({"commandRatePerMinute": 0}, "ems:apiAuth.commandRatePerMinute: 0 must be an integer 1..600"),
     ({"certOuRoles": {"ops{": "admin"}}, "ems:apiAuth.certOuRoles.ops{: ops{ is not a valid OU (1..128 of A-Z a-z 0-9 space _ . @ : / + = -)"),
     ({"certCnRoles": ["scada"]}, 'ems:apiAuth.certCnRoles: ["scada"] must be a map of at most 256 CN → role entries'),
     ({"rateLimit": 5}, "ems:apiAuth.rateLimit: 5 is not a known key; known: burst, certCnRoles, certOuRoles, clientCerts, "
-                       "maxBodyBytes, maxHeaderBytes, oidc, perAddressRatePerSecond, promqlMaxSamples, promqlTimeoutSeconds, ratePerSecond"),
+                       "commandRatePerMinute, maxBodyBytes, maxHeaderBytes, oidc, perAddressRatePerSecond, promqlMaxSamples, promqlTimeoutSeconds, ratePerSecond"),
     ("notjson", "ems:apiAuth: notjson must be a map (clientCerts, oidc, ratePerSecond, …) (JSON/YAML dict)"),
 ])
 def test_bad_values_name_field_and_value(value: object, message: str) -> None:
@@ -59,7 +60,8 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                      lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
                      max_leaves=20)
 _keys = st.sampled_from(["clientCerts", "certOuRoles", "certCnRoles", "oidc", "ratePerSecond", "burst", "maxBodyBytes",
-                         "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples", "perAddressRatePerSecond"])
+                         "maxHeaderBytes", "promqlTimeoutSeconds", "promqlMaxSamples", "perAddressRatePerSecond",
+                         "commandRatePerMinute"])
 
 
 @settings(max_examples=400, deadline=None)

@@ -23,7 +23,7 @@ pulumi.runtime.set_mocks(MOCKS, project="ems", stack="test", preview=False)
 import pulumi_kubernetes as k8s  # noqa: E402  (after the mocks)
 
 from components.k8s_common import ComponentArgsError  # noqa: E402
-from components.northbound import BASE, METRICS_PORT, NorthboundArgs, NorthboundClient, northbound_toml  # noqa: E402
+from components.northbound import BASE, COMMAND_PORT, METRICS_PORT, NorthboundArgs, NorthboundClient, northbound_toml  # noqa: E402
 from components.settings import NorthboundSettings, SettingsError, parse_settings  # noqa: E402
 from devenv.pki import make_pki  # noqa: E402
 
@@ -68,7 +68,8 @@ def test_children_probes_and_network_policy() -> None:
     children = [r for r in MOCKS.resources if r.typ.startswith("kubernetes:")]
     assert sorted(r.typ for r in children) == sorted([
         "kubernetes:core/v1:ServiceAccount", "kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:ConfigMap",
-        "kubernetes:core/v1:Service", "kubernetes:apps/v1:Deployment", "kubernetes:networking.k8s.io/v1:NetworkPolicy"])
+        "kubernetes:core/v1:Service", "kubernetes:core/v1:Service", "kubernetes:apps/v1:Deployment",
+        "kubernetes:networking.k8s.io/v1:NetworkPolicy", "kubernetes:networking.k8s.io/v1:NetworkPolicy"])
     assert all(r.provider and "pulumi:providers:kubernetes::k" in r.provider for r in children)
     [deploy] = MOCKS.of_type("kubernetes:apps/v1:Deployment")
     spec = deploy.inputs["spec"]
@@ -78,18 +79,30 @@ def test_children_probes_and_network_policy() -> None:
     assert c["args"] == ["run", "--config", f"{BASE}/config/northbound.toml"]
     assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": METRICS_PORT, "scheme": "HTTP"}
     assert c["livenessProbe"]["tcpSocket"] == {"port": METRICS_PORT}          # a utility outage is no reason to restart
-    assert c["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "metrics", "containerPort": 9100, "protocol": "TCP"},
+                          {"name": "commands", "containerPort": COMMAND_PORT, "protocol": "TCP"}]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["client-tls"]["secret"]["secretName"] == "utility-client"
     assert volumes["broker-tls"]["secret"]["secretName"] == "edge-ems-northbound-tls"
     assert pod["automountServiceAccountToken"] is False
-    [np] = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    np, gateway_np = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     assert np.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert np.inputs["spec"]["egress"] == [
         {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "broker", "app.kubernetes.io/part-of": "ems-platform"}}}],
          "ports": [{"protocol": "TCP", "port": 8883}]},
         {"to": [{"ipBlock": {"cidr": "198.51.100.20/32"}}], "ports": [{"protocol": "TCP", "port": 443}]}]
     assert np.inputs["spec"]["ingress"][0]["ports"] == [{"protocol": "TCP", "port": 9100}]
+    # The command port: the API gateway's pods alone, on both sides (its ingress here, the gateway's egress).
+    gateway_pods = {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "api-gateway",
+                                                    "app.kubernetes.io/part-of": "ems-platform"}}}
+    assert np.inputs["spec"]["ingress"][1] == {"from": [gateway_pods], "ports": [{"protocol": "TCP", "port": COMMAND_PORT}]}
+    assert gateway_np.inputs["spec"] == {**gateway_pods, "policyTypes": ["Egress"], "egress": [
+        {"to": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "northbound",
+                                                 "app.kubernetes.io/part-of": "ems-platform"}}}],
+         "ports": [{"protocol": "TCP", "port": COMMAND_PORT}]}]}
+    [commands] = [r for r in MOCKS.of_type("kubernetes:core/v1:Service") if r.inputs["metadata"]["name"] == "northbound-commands"]
+    assert commands.inputs["spec"]["ports"] == [{"name": "northbound-commands", "port": COMMAND_PORT,
+                                                 "targetPort": "commands", "protocol": "TCP"}]
     configs = {r.inputs["metadata"]["name"]: r.inputs["data"] for r in MOCKS.of_type("kubernetes:core/v1:ConfigMap")}
     assert configs["northbound-utility-ca"] == {"ca.crt": CA}
     assert configs["northbound-config"]["northbound.toml"] == northbound_toml(SETTINGS, ARGS["broker_host"], "ems-northbound")
@@ -191,6 +204,7 @@ def test_the_generated_network_policy_meets_the_egress_rule_only_on_443(port: in
 
     settings = replace(SETTINGS, server_url=f"https://dercs.utility.example.net:{port}", server_port=port)
     run(lambda: NorthboundClient("nb", NorthboundArgs(**{**ARGS, "settings": settings})).deployment_name)
-    [np] = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    np, gateway_np = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     found = check("northbound-egress-utility-only", np.typ, np.inputs, name=np.name)
     assert len(found) == violations, found
+    assert check("northbound-egress-utility-only", gateway_np.typ, gateway_np.inputs, name=gateway_np.name) == []

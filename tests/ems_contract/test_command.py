@@ -86,3 +86,17 @@ def test_random_objects_raise_only_schema_error(body: dict) -> None:
             decode(payload)
         except SchemaError:
             pass
+
+
+def test_a_manual_command_carries_its_issuer_and_a_control_decided_command_none() -> None:
+    manual = Command(id="m-1", site="sub-07", issued_ms=1, expires_ms=2, event=None, control="exp_lim_w", value=1.0,
+                     issuer="cert:otto")
+    assert json.loads(encode_command(manual))["issuer"] == "cert:otto"
+    assert decode_command(encode_command(manual)) == manual
+    assert "issuer" not in json.loads(encode_command(GOOD))          # the 2030.5 path's payload is unchanged
+    for bad in ("", "mallory\nadmin", "a" * 129, 7, None.__class__.__name__ + " x"):
+        with pytest.raises(SchemaError, match="issuer must match") as info:
+            decode_command(_payload(issuer=bad))
+        assert info.value.reason == "bad_field"
+    with pytest.raises(SchemaError, match="issuer must match"):
+        encode_command(Command(**{**{f: getattr(manual, f) for f in Command.__slots__}, "issuer": "a b"}))

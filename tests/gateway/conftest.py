@@ -140,10 +140,11 @@ def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
 @pytest.fixture
 def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issuer: OidcIssuer,
                     limited_prometheus: PrometheusServer, alertmanager: Alertmanager) -> Iterator[Callable[..., Gateway]]:
-    """``gateway_factory(**settings)`` → a started gateway whose ``GatewayAuthSettings`` are overridden by ``settings``."""
+    """``gateway_factory(northbound=None, **settings)`` → a started gateway whose ``GatewayAuthSettings`` are overridden
+    by ``settings``; ``northbound`` is the upstream of the manual-command route (none: the route is 404)."""
     running: list[tuple[TwinApi, NginxGateway]] = []
 
-    def start(**overrides: object) -> Gateway:
+    def start(*, northbound: Upstream | None = None, **overrides: object) -> Gateway:
         auth = gateway_settings(issuer, **overrides)
         n = len(running)
         pair = pki.client(f"twin-api-{n}")
@@ -159,7 +160,8 @@ def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issu
         port = free_port()
         plan = NginxPlan(auth=auth, tsdb=Upstream("127.0.0.1", limited_prometheus.port),
                          twin_api=Upstream("127.0.0.1", twin.port, "localhost"),
-                         alertmanager=Upstream("127.0.0.1", alertmanager.port), listen=f"127.0.0.1:{port}",
+                         alertmanager=Upstream("127.0.0.1", alertmanager.port), northbound=northbound,
+                         listen=f"127.0.0.1:{port}",
                          tls_dir=str(tls_dir), tmp_dir=str(tmp_path / f"gateway{n}"), worker_processes="1",
                          user="root" if os.geteuid() == 0 else None)
         nginx = NginxGateway(tmp_path / f"gateway{n}", nginx_config(plan), port)

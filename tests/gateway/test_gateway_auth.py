@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import time
+import urllib.parse
 
 import jwt
 import pytest
@@ -189,3 +190,29 @@ def test_the_token_rate_limit_is_per_token(gateway_factory):
     statuses = [gw.get("/v1/whoami", token=greedy)[0] for _ in range(10)]
     assert statuses[:2] == [200, 200] and statuses.count(429) >= 5, statuses
     assert gw.get("/v1/whoami", token=gw.issuer.token(sub="patient"))[0] == 200
+
+
+def _slow_query(doublings: int, steps: int) -> str:
+    """A query that stays far below the sample limit but takes long: ``steps`` subquery steps, each rebuilding a label
+    of 2**(doublings + 1) characters with ``doublings`` regex replacements (``time()`` keeps every step its own work;
+    a constant expression would be computed once). Unlimited, 21 doublings over 8,000 steps took 14 s here."""
+    expr = 'label_replace(vector(time()), "x", "ab", "", "")'
+    for _ in range(doublings):
+        expr = f'label_replace({expr}, "x", "$1$1", "x", "(.*)")'
+    return f"count_over_time({expr}[{steps}ms:1ms])"
+
+
+def test_an_expensive_query_is_cut_off_by_the_query_timeout_and_the_tsdb_keeps_serving(gateway):
+    viewer = gateway.cert("ada", "viewer")
+    pid = gateway.prometheus.proc.pid
+    started = time.monotonic()
+    status, body, _ = gateway.get("/api/v1/query", cert=viewer, method="POST",
+                                  data=urllib.parse.urlencode({"query": _slow_query(22, 8000)}).encode(),
+                                  headers={"Content-Type": "application/x-www-form-urlencoded"})
+    took = time.monotonic() - started
+    assert status == 503 and json.loads(body)["errorType"] == "timeout", body        # the TSDB's --query.timeout (5 s)
+    assert took < 20, took
+    started = time.monotonic()
+    assert gateway.get("/api/v1/query?query=vector(2)", cert=viewer)[0] == 200
+    assert time.monotonic() - started < 5
+    assert gateway.prometheus.proc.pid == pid and gateway.prometheus.proc.poll() is None

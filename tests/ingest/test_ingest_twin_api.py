@@ -121,3 +121,22 @@ def test_twin_api_command_serves_over_tls(tmp_path, broker, pki, prometheus):
         assert proc.proc.wait(10) == 0
     finally:
         proc.stop()
+
+
+def test_a_tsdb_answer_above_the_cap_is_refused_not_relayed(broker, pki, prometheus):
+    pair = pki.client("twin-api-capped")
+    link = MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, pair.cert, pair.key), "twin-api-capped",
+                    subscriptions=(TWIN_SUBSCRIPTION,), manual_ack=False, persistent=False)
+    api = TwinApi(link=link, query_url=prometheus.url, host="127.0.0.1", port=free_port(), cert=pki.server.cert,
+                  key=pki.server.key, max_query_answer_bytes=4096)
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    with api:
+        # 1,000 points of one series: about 20 KB of JSON from Prometheus, five times the cap.
+        status, body = _get(api, "/v1/query_range?query=vector(1)&start=0&end=999&step=1", client)
+        assert (status, body["errorType"]) == (502, "too_large") and "4096 bytes" in body["error"], body
+        big = "label_replace(vector(1), \"x\", \"" + "y" * 5000 + "\", \"\", \"\")"
+        status, body = _get(api, f"/v1/query?{urllib.parse.urlencode({'query': big})}", client)
+        assert (status, body["errorType"]) == (502, "too_large"), body
+        status, body = _get(api, "/v1/query_range?query=vector(1)&start=0&end=9&step=1", client)
+        assert status == 200 and len(body["data"]["result"][0]["values"]) == 10
+        assert _get(api, "/v1/query?query=sum(", client)[0] == 400            # the TSDB's own error, still relayed

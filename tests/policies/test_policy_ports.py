@@ -20,7 +20,7 @@ def test_service_ports_allowed() -> None:
     assert check("service-ports-allowed", SVC, service([1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443])) == []
     assert check("service-ports-allowed", SVC, service([8883, 22]), name="broker") == [
         "Service 'broker': spec.ports[1].port is 22, which is not an allowed port; use 443, 502, 1883, 8883 or a "
-        "named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, tsdb=9090, twin-api=8443), or add it to the policy config "
+        "named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, northbound-commands=8444, tsdb=9090, twin-api=8443), or add it to the policy config "
         "internalPorts by name."]
 
 
@@ -105,11 +105,11 @@ def test_network_policy_ports() -> None:
     assert check("networkpolicy-ingress-ports", NP, ok) == []
     assert check("networkpolicy-ingress-ports", NP, netpol([{"from": [{"podSelector": {}}]}]), name="np") == [
         "NetworkPolicy 'np': spec.ingress[0] has no ports, so it opens every port; list the ports it allows (443, "
-        "502, 1883, 8883 or a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, tsdb=9090, twin-api=8443))."]
+        "502, 1883, 8883 or a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, northbound-commands=8444, tsdb=9090, twin-api=8443))."]
     bad = netpol([{"ports": [{"port": 8883}]}, {"ports": [{"port": 22}]}])  # hidden in the second rule
     assert check("networkpolicy-ingress-ports", NP, bad) == [
         "NetworkPolicy 'res': spec.ingress[1].ports[0].port is 22, which is not allowed; use 443, 502, 1883, 8883 or "
-        "a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, tsdb=9090, twin-api=8443)."]
+        "a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, northbound-commands=8444, tsdb=9090, twin-api=8443)."]
     rng = netpol([{"ports": [{"port": 443, "endPort": 9000}]}])
     assert "opens the range 443-9000" in check("networkpolicy-ingress-ports", NP, rng)[0]
     named = netpol([{"ports": [{"port": "ssh"}]}])
@@ -224,7 +224,7 @@ def test_service_target_port_must_be_allowed_when_numeric() -> None:
     svc["spec"]["ports"][0]["targetPort"] = 22
     assert check("service-ports-allowed", SVC, svc, name="api") == [
         "Service 'api': spec.ports[0].targetPort is 22, which is not an allowed port; forward only to 443, 502, 1883, "
-        "8883 or a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, tsdb=9090, twin-api=8443) (or a named container port)."]
+        "8883 or a named internal port (adapter=6443, alertmanager=9093, dns=53, grafana=3000, metrics=9100, northbound-commands=8444, tsdb=9090, twin-api=8443) (or a named container port)."]
     svc["spec"]["ports"][0]["targetPort"] = "https"
     assert check("service-ports-allowed", SVC, svc) == []
 
@@ -238,7 +238,7 @@ def test_container_ports_allowed() -> None:
     assert check("container-ports-allowed", KIND_TYPES["Deployment"], obj, name="x") == [
         "Deployment 'x': container 'app' spec.template.spec.containers[0].ports[1].containerPort is 22, which is not "
         "an allowed port; listen on 443, 502, 1883, 8883 or a named internal port (adapter=6443, alertmanager=9093, dns=53, "
-        "grafana=3000, metrics=9100, tsdb=9090, twin-api=8443)."]
+        "grafana=3000, metrics=9100, northbound-commands=8444, tsdb=9090, twin-api=8443)."]
 
 
 def test_classic_elb_listeners() -> None:

@@ -62,7 +62,7 @@ def test_the_tsdb_scrapes_it_through_its_metrics_service_where_it_runs(tmp_path:
     assert "ems-ingest" in jobs
     # The client's NetworkPolicy lets the TSDB pods in on that port.
     [policy] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
-    [rule] = policy.inputs["spec"]["ingress"]
+    [rule] = [r for r in policy.inputs["spec"]["ingress"] if int(r["ports"][0]["port"]) == port["port"]]
     assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]] == ["tsdb"]
     assert [(p["protocol"], int(p["port"])) for p in rule["ports"]] == [("TCP", port["port"])]
     promtool = shutil.which("promtool")
@@ -80,3 +80,35 @@ def test_the_tsdb_scrapes_it_through_its_metrics_service_where_it_runs(tmp_path:
 def test_no_scrape_job_without_the_client(name: str) -> None:
     jobs = [job["job_name"] for job in yaml.safe_load(_prometheus_yml(evaluate_stack(name)))["scrape_configs"]]
     assert "ems-northbound" not in jobs and "ems-ingest" in jobs
+
+
+def _gateway_conf(ev) -> str:
+    return next(c.inputs["data"]["nginx.conf"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+                if c.inputs["metadata"]["name"] == "api-gateway-config")
+
+
+def test_the_gateway_routes_manual_commands_to_it_and_only_the_gateway_reaches_that_port() -> None:
+    ev = evaluate_stack("private-dc1")
+    [service] = [s for s in ev.of_type("kubernetes:core/v1:Service") if s.inputs["metadata"]["name"] == "northbound-commands"]
+    namespace = service.inputs["metadata"]["namespace"]
+    [spec] = service.inputs["spec"]["ports"]
+    port = int(spec["port"])
+    conf = _gateway_conf(ev)
+    assert f"server northbound-commands.{namespace}.svc.cluster.local:{port} max_fails=0;" in conf
+    assert 'location ~ "^/v1/commands(/[A-Za-z0-9_-]{1,64})?$"' in conf and "zone=ems_commands" in conf
+    toml = next(c.inputs["data"]["northbound.toml"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+                if c.inputs["metadata"]["name"] == "northbound-config")
+    assert f"[operator_api]\nhost = \"0.0.0.0\"\nport = {port}" in toml
+    [policy] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
+    [rule] = [r for r in policy.inputs["spec"]["ingress"] if int(r["ports"][0]["port"]) == port]
+    assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]] == ["api-gateway"]
+    [egress] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "api-gateway-to-northbound"]
+    assert egress.inputs["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "api-gateway"
+    assert [(p["protocol"], int(p["port"])) for r in egress.inputs["spec"]["egress"] for p in r["ports"]] == [("TCP", port)]
+
+
+@pytest.mark.parametrize("name", ["local", "aws-eu-west-1"])
+def test_no_command_route_without_the_client(name: str) -> None:
+    ev = evaluate_stack(name)
+    conf = _gateway_conf(ev)
+    assert "/v1/commands" not in conf and "northbound" not in conf and "ems_commands" not in conf

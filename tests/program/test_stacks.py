@@ -62,7 +62,7 @@ def test_no_external_service_on_1883_or_502(name: str) -> None:
         ports = {p["port"] for p in spec["ports"]}
         if spec.get("type") in ("LoadBalancer", "NodePort"):
             assert ports <= {8883, 443}, f"{svc.urn}: external ports {ports}"
-        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443, 3000, 9093}, f"{svc.urn}: {ports}"
+        assert ports <= {1883, 8883, 502, 443, 9090, 9100, 6443, 53, 8443, 3000, 9093, 8444}, f"{svc.urn}: {ports}"
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)

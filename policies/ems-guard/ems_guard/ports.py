@@ -17,7 +17,7 @@ from .props import (
 
 DEFAULT_ALLOWED_PORTS = [1883, 8883, 502, 443]
 DEFAULT_INTERNAL_PORTS = {"tsdb": 9090, "metrics": 9100, "adapter": 6443, "dns": 53, "twin-api": 8443, "grafana": 3000,
-                          "alertmanager": 9093}
+                          "alertmanager": 9093, "northbound-commands": 8444}
 DEFAULT_EXTERNAL_PORTS = [8883, 443]
 
 # Annotations that make a cloud load balancer internal (reachable only from the VPC/VNet).
