@@ -57,6 +57,10 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # values, PromQL and JSON, so a unit can be pasted into a selector or a log line as it is.
 _UNIT_FORBIDDEN = frozenset('"\\\'`{}')
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Ids already matched: every message names the same few hundred assets and points, and a set
+# lookup costs a tenth of the regex. Only exact ``str`` enters (a subclass could redefine equality).
+_VALID_IDS: set[str] = set()
+_MAX_VALID_IDS = 65_536
 
 __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
@@ -120,7 +124,14 @@ def valid_unit(value: object) -> bool:
 
 def valid_id(value: object) -> bool:
     """True when ``value`` may be used as a site, asset or point id in topics and labels."""
-    return isinstance(value, str) and bool(_ID.match(value))
+    if type(value) is str and value in _VALID_IDS:
+        return True
+    if not (isinstance(value, str) and _ID.match(value)):
+        return False
+    if len(_VALID_IDS) >= _MAX_VALID_IDS:                # hostile input may only cost the cache, never memory
+        _VALID_IDS.clear()
+    _VALID_IDS.add(value)
+    return True
 
 
 def _check_id(kind: str, value: object) -> str:

@@ -57,6 +57,9 @@ _PREFIX = b'{"v":2,'               # what encode_batch_v2 writes first: the deco
 _QUALITY_INDEX = {q: i for i, q in enumerate(QUALITIES)}
 _EXACT = 2**53                     # integers up to this are exact as float64
 _NULL_OK = frozenset(i for i, q in enumerate(QUALITIES) if q in ("device_error", "stale"))
+_INT = {int}
+_NUMBER = frozenset({float, int})
+_FLOAT = {float}
 
 
 def contiguous_runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -154,8 +157,17 @@ def _list(body: dict[str, Any], key: str, *, low: int = 1, high: int = MAX_READI
     return value
 
 
+def _ints_within(values: list[Any], low: int, high: int) -> bool:
+    """True when every entry is an int (not a bool) in ``low..high``: C loops over the column
+    (``map``, ``min``, ``max``), no bytecode per entry. False sends the caller to its entry-by-entry
+    check, which names the offending entry."""
+    return set(map(type, values)) == _INT and low <= min(values) and max(values) <= high
+
+
 def _indexes(values: list[Any], key: str, size: int) -> None:
     """Every entry an int index into a table of ``size`` entries."""
+    if _ints_within(values, 0, size - 1):
+        return
     for i, v in enumerate(values):
         if type(v) is not int or not 0 <= v < size:
             raise SchemaError("bad_field", f"{key}[{i}] must be an index 0..{size - 1} (got {shown(v)})")
@@ -262,11 +274,24 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
     _indexes(p, "p", len(points))
     _indexes(q, "q", len(QUALITIES))
     span = MAX_TS_MS - base
-    for i, d in enumerate(dt):
-        if type(d) is not int or not 0 <= d <= span:
-            raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
+    if not _ints_within(dt, 0, span):
+        for i, d in enumerate(dt):
+            if type(d) is not int or not 0 <= d <= span:
+                raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
+    return Columns(site, seq_first, seq_last, sent_ms, base, points, p, dt, _values(val, q), q)
+
+
+def _values(val: list[Any], q: list[int]) -> list[float | None]:
+    """The value column as floats: each a finite float64, an int exact as one, or null where the
+    quality allows it (the qualities are checked already)."""
+    # The usual column, numbers only, checked by C loops: every magnitude below 2**53 (so no
+    # infinity and every int exact as a float64), and a finite sum (a NaN, which max() may not
+    # see, makes the sum NaN; with every magnitude below 2**53 the sum cannot overflow).
+    types = set(map(type, val))
+    if types <= _NUMBER and max(map(abs, val)) < _EXACT and math.isfinite(sum(val)):
+        return val if types == _FLOAT else list(map(float, val))
     values: list[float | None] = []
-    for i in range(count):
+    for i in range(len(val)):
         value = val[i]
         quality = q[i]
         if value is None:
@@ -282,7 +307,7 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
         else:
             raise SchemaError("bad_value", f"val[{i}] must be a finite number or null (got {shown(value)})")
         values.append(value)
-    return Columns(site, seq_first, seq_last, sent_ms, base, points, p, dt, values, q)
+    return values
 
 
 def decode_telemetry_columns(payload: bytes, topic: str | None = None) -> Batch | Columns:
