@@ -65,6 +65,7 @@ from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
 from ingest.remote_write import RemoteWriter, Sample, labels_of
+from ingest.seq_share import GroupRole, PeerSeen, decode_seen, encode_seen, seen_topic, worker_of_seen_topic
 
 __all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES"]
 
@@ -95,6 +96,7 @@ class _Item:
     batch: Batch | Columns | None
     error: SchemaError | None
     seqs: list[int] = field(default_factory=list)          # marked seen by this batch
+    peer: PeerSeen | None = None                            # another worker's seen seqs (the accountant's)
     letters: list[DeadLetter] = field(default_factory=list)
     undelivered: bool = False                               # a dead letter of it could not be published
 
@@ -105,6 +107,7 @@ class _Commit:
 
     done: list[_Item]
     write: Future
+    share: list[tuple[list[str], bytes]] = field(default_factory=list)   # seen messages to publish once durable
 
 
 _SEQ = operator.attrgetter("seq")
@@ -120,8 +123,10 @@ class IngestWorker:
                  shutdown_grace_s: float = 20.0, max_future_s: float = 300.0, max_age_s: float = 72 * 3600.0,
                  deadletter_timeout_s: float = 30.0, stall_after_s: float = 120.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, role: GroupRole | None = None) -> None:
         self.link = link
+        self.role = role
+        self._unshared: set[str] = set()        # sites whose last seen message did not reach the broker
         self.writer = writer
         self.seen = seen
         self.metrics = metrics
@@ -220,9 +225,10 @@ class IngestWorker:
         self.metrics.queue_depth.set(incoming.qsize() + len(items))
         return items
 
-    @staticmethod
-    def _decode(message: Incoming) -> _Item:
+    def _decode(self, message: Incoming) -> _Item:
         try:
+            if self.role is not None and self.role.shared and worker_of_seen_topic(message.topic) is not None:
+                return _Item(message, None, None, peer=decode_seen(message.payload, message.topic))
             return _Item(message, decode_telemetry_columns(message.payload, message.topic), None)
         except SchemaError as exc:
             return _Item(message, None, exc)
@@ -236,6 +242,10 @@ class IngestWorker:
         counts = {"duplicate": 0, "null": 0, "future_timestamp": 0, "too_old": 0}
         now_ms = int(self.wall() * 1000)
         for item in items:
+            if item.peer is not None:
+                for site, pairs in item.peer.sites.items():
+                    self.seen.merge_peer(site, pairs)
+                continue
             if item.error is None:
                 try:
                     samples.extend(self._samples(item, now_ms, counts))
@@ -278,7 +288,7 @@ class IngestWorker:
         else:                                   # nothing new to record (all duplicates or dead letters)
             write = Future()
             write.set_result(None)
-        self._committing = _Commit(done, write)
+        self._committing = _Commit(done, write, self._seen_messages(rows))
         self.metrics.messages_done(len(done))
         self.metrics.readings.labels("written").inc(len(samples) - len(rejected))
         self.metrics.readings.labels("rejected").inc(len(rejected))
@@ -303,10 +313,32 @@ class IngestWorker:
             return
         commit.write.result()
         done = commit.done
+        for sites, payload in commit.share:
+            self._share(sites, payload)
         acked = sum(1 for item in done if self.link.ack(item.incoming))
         if acked < len(done):
             log.info("%d of %d messages arrived on an earlier connection and are not acknowledged on this one; "
                      "copies the broker redelivers are recognised as duplicates", len(done) - acked, len(done))
+
+    def _seen_messages(self, rows: list) -> list[tuple[list[str], bytes]]:
+        """The seen messages of a staged commit: this worker's intervals of every site the commit
+        touched (and of those whose last message failed), when it shares with an accountant."""
+        if self.role is None or not self.role.shared or self.role.accountant:
+            return []
+        sites = {row[1] for row in rows if row[0] == "seen"} | self._unshared
+        self._unshared.clear()
+        return list(encode_seen(self.role.worker, {site: self.seen.intervals(site) for site in sorted(sites)}))
+
+    def _share(self, sites: list[str], payload: bytes) -> None:
+        """Publish one seen message; on failure its sites go into the next one (a whole set each time)."""
+        assert self.role is not None
+        try:
+            self.link.publish(seen_topic(self.role.worker), payload, qos=1,
+                              timeout=max(0.1, self._remaining(default=10.0)))
+        except BrokerError as exc:
+            self._unshared.update(sites)
+            log.warning("seen seqs of %d sites not shared with the accountant yet (%s); they go with the next commit",
+                        len(sites), exc)
 
     def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
         """The samples of one valid message; marks its new seqs seen and dead-letters its readings
