@@ -12,6 +12,7 @@ Topics (``<site>`` and ``<asset>`` match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``)::
     ems/v1/<site>/twin/<asset>     latest calibrated state of one asset, QoS 1, retained
     ems/v1/<site>/status           "online" / "offline" (last will), QoS 1, retained
     ems/v1/deadletter/<reason>     payloads the ingest rejected, with the reason
+    ems/v1/<worker>/seen           seqs an ingest worker wrote, for its group's loss accountant
 
 Telemetry payload (UTF-8 JSON object)::
 
@@ -66,7 +67,7 @@ __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
-    "TWIN_SUBSCRIPTION", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
+    "TWIN_SUBSCRIPTION", "seen_topic", "worker_of_seen_topic", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
     "check_finite", "dump_json",
 ]
 
@@ -154,6 +155,20 @@ def status_topic(site: str) -> str:
 
 def deadletter_topic(reason: str) -> str:
     return f"{TOPIC_ROOT}/deadletter/{reason}"
+
+
+def seen_topic(worker: str) -> str:
+    """Where ingest worker ``worker`` (its client id) publishes the seqs it wrote, for the group's
+    packet-loss accountant (``ingest.seq_share``); in the worker's own subtree."""
+    return f"{TOPIC_ROOT}/{_check_id('worker', worker)}/seen"
+
+
+def worker_of_seen_topic(topic: str) -> str | None:
+    """The worker id of a ``seen_topic``; None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == TOPIC_ROOT and parts[3] == "seen" and valid_id(parts[2]):
+        return parts[2]
+    return None
 
 
 TWIN_SUBSCRIPTION = f"{TOPIC_ROOT}/+/twin/+"

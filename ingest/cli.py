@@ -63,14 +63,14 @@ def _lock_state_dir(config: IngestConfig) -> int:
 
 
 def run(config: IngestConfig) -> int:
-    from ems_contract.telemetry import telemetry_subscription
+    from ems_contract.telemetry import seen_topic, telemetry_subscription
     from ingest.dedup import SeenSeqs
     from ems_runtime.cert_expiry import register_certificates
     from ems_runtime.status_http import StatusEndpoint
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
     from ingest.remote_write import RemoteWriter
-    from ingest.seq_share import GroupRole, seen_topic
+    from ingest.seq_share import GroupRole
     from ingest.worker import IngestWorker
 
     b = config.broker

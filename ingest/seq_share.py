@@ -29,31 +29,14 @@ from typing import Iterator
 
 import orjson
 
-from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, TOPIC_ROOT, SchemaError, parse_json, shown,
-                                    valid_id)
+from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, SchemaError, parse_json, shown, valid_id,
+                                    worker_of_seen_topic)
 
-__all__ = ["MAX_SEEN_BYTES", "GroupRole", "PeerSeen", "seen_topic", "worker_of_seen_topic", "encode_seen",
-           "decode_seen"]
+__all__ = ["MAX_SEEN_BYTES", "GroupRole", "PeerSeen", "encode_seen", "decode_seen"]
 
 MAX_SEEN_BYTES = MAX_PAYLOAD_BYTES
 MAX_SITES_PER_MESSAGE = 1000
 MAX_INTERVALS_PER_SITE = 100_000
-_SUFFIX = "seen"
-
-
-def seen_topic(worker: str) -> str:
-    """The topic on which ingest worker ``worker`` (its client id) publishes its seen seqs."""
-    if not valid_id(worker):
-        raise SchemaError("bad_id", f"worker {shown(worker)} is not a valid id")
-    return f"{TOPIC_ROOT}/{worker}/{_SUFFIX}"
-
-
-def worker_of_seen_topic(topic: str) -> str | None:
-    """The worker id of a ``seen_topic``; None for any other topic."""
-    parts = topic.split("/")
-    if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == TOPIC_ROOT and parts[3] == _SUFFIX and valid_id(parts[2]):
-        return parts[2]
-    return None
 
 
 @dataclass(frozen=True)

@@ -65,7 +65,8 @@ from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
 from ingest.remote_write import RemoteWriter, Sample, labels_of
-from ingest.seq_share import GroupRole, PeerSeen, decode_seen, encode_seen, seen_topic, worker_of_seen_topic
+from ems_contract.telemetry import seen_topic, worker_of_seen_topic
+from ingest.seq_share import GroupRole, PeerSeen, decode_seen, encode_seen
 
 __all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES"]
 
