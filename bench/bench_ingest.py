@@ -11,7 +11,9 @@ The workers are then started again and timed from start to the moment every
 reading is written (``ems_ingest_readings_total{outcome="written"}``; process start-up
 included), so the
 figure is the ingest's sustained drain rate, not the publisher's. CPU time and
-peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped.
+peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped; the CPU
+per reading leaves out what a worker's start-up costs (its CPU when it first connected, before the
+load was queued).
 Prometheus, Mosquitto and the workers share this machine's cores.
 
 The ceiling: the same Prometheus alone, fed pre-encoded remote-write requests
@@ -108,6 +110,8 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
         prometheus.start()
         for proc in procs:                    # create the persistent sessions, then crash them
             proc.start()
+        # what start-up (imports, TLS, connect) costs a worker, so the CPU of the drain can be told apart
+        startup_cpu = sum(_cpu_seconds(p.proc.pid) for p in procs) / len(procs)
         for proc in procs:
             proc.kill()
         publish_s = _publish_load(broker, pki, messages, per_message, sites, payload_format)
@@ -131,7 +135,7 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
         stored = prometheus.client().query('sum(count_over_time(ems_reading[2h]))')
         return {"format": payload_format, "workers": workers, "messages": messages, "readings": total, "publish_s": publish_s,
                 "elapsed_s": elapsed, "written": written, "stored": float(stored[0]["value"][1]) if stored else 0,
-                "cpu_s": sum(cpu), "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
+                "cpu_s": sum(cpu), "startup_cpu_s": startup_cpu, "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
     finally:
         for proc in procs:
             proc.stop()
@@ -219,7 +223,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['format']} {r['workers']} worker(s), {r['messages']} msgs × {r['readings'] // r['messages']} readings: "
               f"{r['messages'] / r['elapsed_s']:7.0f} messages/s {rate:8.0f} readings/s "
               f"({rate / r['workers']:,.0f}/worker, {rate / ceiling['samples_per_s']:.0%} of the ceiling)  "
-              f"drain {r['elapsed_s']:.2f}s  CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of a core)  "
+              f"drain {r['elapsed_s']:.2f}s  CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of a core; "
+              f"{(r['cpu_s'] - r['workers'] * r['startup_cpu_s']) / r['readings'] * 1e6:.2f} µs/reading after "
+              f"{r['startup_cpu_s']:.2f}s start-up each)  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB/worker  stored {r['stored']:.0f}/{r['readings']}  "
               f"share {r['share']:.2f}")
         if r["stored"] != r["readings"]:

@@ -33,6 +33,12 @@ the messages that arrived within ``batch.max_delay_s`` (up to
    Prometheus ignores identical samples. A failing write stops the worker (nothing of
    that batch acknowledged).
 
+In a group of workers (``role``, ``[state] workers``; ``ingest.seq_share``) every worker but the
+first publishes, once a commit is durable, its seq intervals of the sites that commit touched on
+``ems/v1/<its client id>/seen``; the first, the packet-loss accountant, receives those messages
+with its telemetry, folds them into its group view in the same commit and acknowledges them after
+it, like any message.
+
 One message can never stop the worker: any failure while handling it (not only a
 ``SchemaError``) dead-letters that message as ``unprocessable`` and the batch goes
 on; a sample the TSDB client cannot even encode is isolated by the same bisection
@@ -56,6 +62,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from typing import Callable
 
 from ems_contract.telemetry import QUALITIES, Batch, SchemaError, deadletter_topic, shown, telemetry_topic
@@ -413,26 +420,25 @@ class IngestWorker:
         if not self.seen.mark_new_range(site, lo, hi):
             return None
         item.seqs.extend(range(lo, hi + 1))
-        series, points = self._series, columns.points
-        per_message: dict[int, tuple] = {}        # point index * len(QUALITIES) + quality → labels
-        samples: list[Sample] = []
-        add = samples.append
-        nulls = 0
-        for i, (pi, d, value, qi) in enumerate(zip(columns.p, dt, columns.val, columns.q)):
-            if value is None:
-                nulls += 1
-                continue
-            labels = per_message.get(pi * _QUALITY_COUNT + qi)
+        series, points, values = self._series, columns.points, columns.val
+        # point index * len(QUALITIES) + quality, per reading: the key of its label set. The columns
+        # go through map/zip/compress (C loops), so no bytecode runs per reading.
+        keys = list(map(operator.add, map(operator.mul, columns.p, repeat(_QUALITY_COUNT)), columns.q))
+        labels_by_key: dict[int, tuple] = {}
+        for key in set(keys):
+            point_index, quality = divmod(key, _QUALITY_COUNT)
+            asset, point, unit = points[point_index]
+            name = (site, asset, point, QUALITIES[quality], unit)
+            labels = series.get(name)
             if labels is None:
-                asset, point, unit = points[pi]
-                key = (site, asset, point, QUALITIES[qi], unit)
-                labels = series.get(key)
-                if labels is None:
-                    labels = series[key] = labels_of(*key)
-                per_message[pi * _QUALITY_COUNT + qi] = labels
-            add(Sample(labels, base + d, value, site, lo + i))
+                labels = series[name] = labels_of(*name)
+            labels_by_key[key] = labels
+        rows = zip(map(labels_by_key.__getitem__, keys), map(base.__add__, dt), values, repeat(site), range(lo, hi + 1))
+        nulls = values.count(None)
+        if nulls:                                   # a null value has no sample
+            rows = compress(rows, map(operator.is_not, values, repeat(None)))
         counts["null"] += nulls
-        return samples
+        return list(map(Sample._make, rows))
 
     def _unmark(self, item: _Item) -> None:
         if item.batch is not None and item.seqs:
