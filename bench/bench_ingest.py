@@ -26,8 +26,10 @@ share of the TSDB's own limit the ingest reaches.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import os
+import queue
 import ssl
 import tempfile
 import threading
@@ -44,7 +46,11 @@ from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
 from ems_contract.telemetry import Reading, encode_batch, telemetry_topic
 from ems_contract.telemetry_v2 import encode_batch_v2
+from ingest.dedup import SeenSeqs
+from ingest.metrics import IngestMetrics
+from ingest.mqtt import Incoming
 from ingest.remote_write import Sample, encode_write_request, series_labels
+from ingest.worker import IngestWorker, tune_gc
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -200,6 +206,80 @@ def prometheus_ceiling(workdir: Path, requests: int = 240, per_request: int = 50
         prometheus.stop(kill=True)
 
 
+class _QueuedLink:
+    """The worker's side of the broker with the load already received: a queue in, acks counted."""
+
+    network_alive = True
+
+    def __init__(self, messages: list[Incoming], on_all_acked) -> None:  # type: ignore[no-untyped-def]
+        self.incoming: queue.Queue[Incoming] = queue.Queue()
+        for message in messages:
+            self.incoming.put(message)
+        self.left, self.on_all_acked = len(messages), on_all_acked
+
+    def ack(self, message: Incoming) -> bool:
+        self.left -= 1
+        if not self.left:
+            self.on_all_acked()
+        return True
+
+    def unsubscribe_all(self) -> None:
+        pass
+
+
+class _EncodingWriter:
+    """Encodes every write request as the real writer does (protobuf + snappy) and sends it nowhere."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def write(self, samples) -> float:  # type: ignore[no-untyped-def]
+        encode_write_request(samples)
+        self.samples += len(samples)
+        return 0.0
+
+
+def worker_pipeline_cpu(workdir: Path, messages: int, per_message: int, payload_format: str,
+                        sites: int = 4) -> dict[str, float]:
+    """CPU seconds of the worker's own pipeline (decode, de-dup, samples, request encoding, the
+    durable commit) for the load already received: no broker, no TSDB, no other process, so the
+    figure depends on this code and the CPU, not on what else the machine runs."""
+    base_ms = int(time.time() * 1000) - 3_600_000
+    encode = encode_batch if payload_format == "v1" else encode_batch_v2
+    seqs = [0] * sites
+    load = []
+    for m in range(messages):
+        site_index = m % sites
+        site = f"bench-{site_index:02d}"
+        readings = []
+        for r in range(per_message):
+            seqs[site_index] += 1
+            seq = seqs[site_index]
+            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
+        load.append(Incoming(telemetry_topic(site), encode(site, readings, base_ms), m + 1, 1, False, 0))
+    writer = _EncodingWriter()
+    seen = SeenSeqs(workdir)
+    worker: IngestWorker
+
+    def stop() -> None:
+        worker.request_stop()
+
+    worker = IngestWorker(link=_QueuedLink(load, stop), writer=writer, seen=seen,  # type: ignore[arg-type]
+                          metrics=IngestMetrics(), max_readings=5000, max_delay_s=0.05, shutdown_grace_s=0)
+    previous = tune_gc()                     # as ``ems-ingest run`` does
+    try:
+        cpu, started = time.process_time(), time.perf_counter()
+        worker.run()
+        cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+    seen.close()
+    if writer.samples != messages * per_message:
+        raise BenchError(f"pipeline {payload_format}: {writer.samples} of {messages * per_message} samples written")
+    return {"format": payload_format, "readings": messages * per_message, "cpu_s": cpu, "elapsed_s": elapsed}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ingest throughput benchmark")
     parser.add_argument("--messages", type=int, default=3000)
@@ -210,6 +290,8 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         pki = make_pki(root / "pki")
         ceiling = prometheus_ceiling(root / "ceiling")
+        pipeline = [worker_pipeline_cpu(root / f"pipeline-{fmt}", args.messages, args.readings_per_message, fmt)
+                    for fmt in ("v1", "v2")]
         results = [run_case(root / f"{fmt}-w{n}", pki, n, args.messages, args.readings_per_message, payload_format=fmt)
                    for fmt, n in (("v1", 1), ("v2", 1), ("v2", 2))]
         small = run_case(root / "small", pki, 1, args.small_messages, 10, payload_format="v2")
@@ -218,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Prometheus remote-write receive ceiling (pre-encoded requests of 5,000 samples, 2 threads, no broker): "
           f"{ceiling['samples_per_s']:,.0f} samples/s ({ceiling['samples']:,} in {ceiling['elapsed_s']:.1f}s, "
           f"stored {ceiling['stored']:,.0f})")
+    for r in pipeline:
+        print(f"worker pipeline alone ({r['format']}, load already received, no broker or TSDB; request encoded, not "
+              f"sent): {r['cpu_s'] / r['readings'] * 1e6:.2f} µs CPU/reading, {r['readings'] / r['cpu_s']:,.0f} "
+              f"readings per CPU-second")
     for r in results + [small]:
         rate = r["readings"] / r["elapsed_s"]
         print(f"{r['format']} {r['workers']} worker(s), {r['messages']} msgs × {r['readings'] // r['messages']} readings: "

@@ -67,8 +67,8 @@ __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
-    "TWIN_SUBSCRIPTION", "seen_topic", "worker_of_seen_topic", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
-    "check_finite", "dump_json",
+    "TWIN_SUBSCRIPTION", "seen_topic", "worker_of_seen_topic", "site_from_topic", "valid_id", "valid_ids",
+    "encode_batch", "decode_batch", "encode_twin", "check_finite", "dump_json",
 ]
 
 
@@ -133,6 +133,16 @@ def valid_id(value: object) -> bool:
         _VALID_IDS.clear()
     _VALID_IDS.add(value)
     return True
+
+
+def valid_ids(values: list[object]) -> bool:
+    """True when every entry of ``values`` is a ``valid_id``; one set operation when all were seen before."""
+    try:
+        if _VALID_IDS.issuperset(values):
+            return True
+    except TypeError:                                    # an unhashable entry (a list, a dict) is no id
+        return False
+    return all(map(valid_id, values))
 
 
 def _check_id(kind: str, value: object) -> str:

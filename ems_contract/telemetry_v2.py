@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterable, Sequence
 
 import orjson
 
 from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, QUALITIES,
                                     Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
-                                    site_from_topic, valid_id, valid_unit)
+                                    site_from_topic, valid_id, valid_ids, valid_unit)
 
 __all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "decode_batch_v2",
            "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
@@ -244,7 +245,7 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
         raise SchemaError("bad_seq", f"seq_first..seq_last {seq_first}..{seq_last} is {count} readings; "
                                      f"the columns hold {len(p)}")
     assets = _list(body, "assets")
-    for i, a in enumerate(assets):
+    for i, a in enumerate(assets if not valid_ids(assets) else ()):
         if not valid_id(a):
             raise SchemaError("bad_id", f"assets[{i}] {shown(a)} is not a valid id")
     units = _list(body, "units")
@@ -265,11 +266,12 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
             raise SchemaError("bad_field", f"points[{i}][1] must be an index 0..{len(units) - 1} (got {shown(u)})")
         if len(points) + len(group) - 2 > count:
             raise SchemaError("bad_shape", f"points name more than the {count} readings need")
-        for j in range(2, len(group)):
-            name = group[j]
-            if not valid_id(name):
-                raise SchemaError("bad_id", f"points[{i}][{j}] {shown(name)} is not a valid id")
-            points.append((assets[a], name, units[u]))
+        names = group[2:]
+        if not valid_ids(names):
+            for j, name in enumerate(names, 2):
+                if not valid_id(name):
+                    raise SchemaError("bad_id", f"points[{i}][{j}] {shown(name)} is not a valid id")
+        points.extend(zip(repeat(assets[a]), names, repeat(units[u])))
 
     _indexes(p, "p", len(points))
     _indexes(q, "q", len(QUALITIES))

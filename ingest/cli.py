@@ -71,7 +71,7 @@ def run(config: IngestConfig) -> int:
     from ingest.mqtt import MqttLink, TlsFiles
     from ingest.remote_write import RemoteWriter
     from ingest.seq_share import GroupRole
-    from ingest.worker import IngestWorker
+    from ingest.worker import IngestWorker, tune_gc
 
     b = config.broker
     if config.state.workers and b.client_id not in config.state.workers:
@@ -109,6 +109,7 @@ def run(config: IngestConfig) -> int:
     log.info("ingest worker %s: broker %s:%d, subscription %s, TSDB %s, metrics :%d, state %s",
              b.client_id, b.host, b.port, telemetry_subscription(b.group), config.tsdb.remote_write_url,
              server.port, config.state.dir)
+    tune_gc()
     link.start()
     try:
         worker.run()

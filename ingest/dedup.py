@@ -56,6 +56,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ems_runtime.sqlite import transaction
 
 __all__ = ["SeqIntervals", "SeenSeqs"]
@@ -232,7 +234,7 @@ class SeenSeqs:
         for site, seqs in self._pending.items():
             if not seqs:
                 continue
-            runs = _runs(sorted(seqs))
+            runs = _runs(seqs)
             intervals = self._sites.get(site)
             intervals = intervals.copy() if intervals is not None else SeqIntervals()
             for lo, hi in runs:
@@ -272,7 +274,7 @@ class SeenSeqs:
         with transaction(self._db):
             for table in ("seen", "group_seen"):
                 self._db.executemany(
-                    f"INSERT INTO {table} (site, intervals, updated_ms) VALUES (?, ?, ?) "   # nosec B608 # fixed names
+                    f"INSERT INTO {table} (site, intervals, updated_ms) VALUES (?, ?, ?) "
                     "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
                     [row[1:] for row in rows if row[0] == table])
 
@@ -336,11 +338,11 @@ def _holes(intervals: SeqIntervals, after: int, through: int) -> int:
     return missing
 
 
-def _runs(seqs: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for seq in seqs:
-        if runs and runs[-1][1] == seq - 1:
-            runs[-1] = (runs[-1][0], seq)
-        else:
-            runs.append((seq, seq))
-    return runs
+def _runs(seqs: set[int]) -> list[tuple[int, int]]:
+    """``(first, last)`` of each run of consecutive seqs in ``seqs`` (ascending), sorted and split by
+    numpy: the set holds every seq of a batch, thousands, and seqs are int64 (the schema's bound)."""
+    ordered = np.sort(np.fromiter(seqs, np.int64, len(seqs)))
+    breaks = np.flatnonzero(np.diff(ordered) != 1)
+    firsts = ordered[np.concatenate(([0], breaks + 1))].tolist()
+    lasts = ordered[np.concatenate((breaks, [len(ordered) - 1]))].tolist()
+    return list(zip(firsts, lasts))
