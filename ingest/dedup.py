@@ -63,6 +63,12 @@ from ems_runtime.sqlite import transaction
 __all__ = ["SeqIntervals", "SeenSeqs"]
 
 _LOSS_VIEWS = ("own", "group", "none")
+_UPSERTS = {
+    "seen": "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
+    "group_seen": "INSERT INTO group_seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
+                  "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
+}
 
 
 class SeqIntervals:
@@ -272,11 +278,8 @@ class SeenSeqs:
     def persist(self, rows: list[tuple[str, str, bytes, int]]) -> None:
         """Write ``stage()``'s rows durably in one transaction (WAL, synchronous=FULL)."""
         with transaction(self._db):
-            for table in ("seen", "group_seen"):
-                self._db.executemany(
-                    f"INSERT INTO {table} (site, intervals, updated_ms) VALUES (?, ?, ?) "
-                    "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
-                    [row[1:] for row in rows if row[0] == table])
+            for table, upsert in _UPSERTS.items():
+                self._db.executemany(upsert, [row[1:] for row in rows if row[0] == table])
 
     def account_losses(self, now_ms: int | None = None) -> dict[str, int]:
         """Seqs newly counted as lost, per site (holes the stream passed more than the horizon ago).
