@@ -36,6 +36,7 @@ import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Iterator
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -71,6 +72,28 @@ class BenchError(RuntimeError):
     """A service did not run or answered nothing: the benchmark fails instead of printing zeros."""
 
 
+def _batches(count: int, per_batch: int, sites: int, prefix: str) -> Iterator[tuple[int, str, list[Reading]]]:
+    """``(site index, site, readings)``: ``count`` batches of ``per_batch`` readings (10 assets × 7
+    points, consecutive seqs per site), round robin over ``sites``, measured an hour ago."""
+    base_ms = int(time.time() * 1000) - 3_600_000
+    seqs = [0] * sites
+    for n in range(count):
+        site_index = n % sites
+        readings = []
+        for r in range(per_batch):
+            seqs[site_index] += 1
+            seq = seqs[site_index]
+            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
+        yield site_index, f"{prefix}-{site_index:02d}", readings
+
+
+def _load(messages: int, per_message: int, sites: int, payload_format: str) -> Iterator[tuple[str, bytes]]:
+    """``(topic, payload)`` of the load, in the edge's wire format."""
+    encode = encode_batch if payload_format == "v1" else encode_batch_v2
+    for _, site, readings in _batches(messages, per_message, sites, "bench"):
+        yield telemetry_topic(site), encode(site, readings, readings[0].ts_ms)
+
+
 def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_message: int, sites: int,
                   payload_format: str = "v1") -> float:
     """Publish the load with QoS 1 (pipelined, waits for every PUBACK); returns seconds taken."""
@@ -82,20 +105,9 @@ def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_mes
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", broker.tls_port)
     client.loop_start()
-    base_ms = int(time.time() * 1000) - 3_600_000
     started = time.perf_counter()
-    infos = []
-    seqs = [0] * sites
-    for m in range(messages):
-        site_index = m % sites
-        site = f"bench-{site_index:02d}"
-        readings = []
-        for r in range(per_message):
-            seqs[site_index] += 1
-            seq = seqs[site_index]
-            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
-        encode = encode_batch if payload_format == "v1" else encode_batch_v2
-        infos.append(client.publish(telemetry_topic(site), encode(site, readings, base_ms), qos=1))
+    infos = [client.publish(topic, payload, qos=1)
+             for topic, payload in _load(messages, per_message, sites, payload_format)]
     for info in infos:
         info.wait_for_publish(60)
     took = time.perf_counter() - started
@@ -153,19 +165,10 @@ def prometheus_ceiling(workdir: Path, requests: int = 240, per_request: int = 50
                        threads: int = 2) -> dict[str, float]:
     """Samples/s a lone Prometheus accepts from pre-encoded remote-write requests (module docstring)."""
     prometheus = PrometheusServer(workdir / "prometheus")
-    base_ms = int(time.time() * 1000) - 3_600_000
     # thread t writes the sites t, t + threads, ...: each series stays in time order within one connection
     bodies: list[list[bytes]] = [[] for _ in range(threads)]
-    seqs = [0] * sites
-    for n in range(requests):
-        site_index = n % sites
-        site = f"ceiling-{site_index:02d}"
-        samples = []
-        for r in range(per_request):
-            seqs[site_index] += 1
-            seq = seqs[site_index]
-            reading = Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW")
-            samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, seq))
+    for site_index, site, readings in _batches(requests, per_request, sites, "ceiling"):
+        samples = [Sample(series_labels(site, r), r.ts_ms, r.value, site, r.seq) for r in readings]
         bodies[site_index % threads].append(encode_write_request(samples))
     errors: list[str] = []
 
@@ -244,19 +247,8 @@ def worker_pipeline_cpu(workdir: Path, messages: int, per_message: int, payload_
     """CPU seconds of the worker's own pipeline (decode, de-dup, samples, request encoding, the
     durable commit) for the load already received: no broker, no TSDB, no other process, so the
     figure depends on this code and the CPU, not on what else the machine runs."""
-    base_ms = int(time.time() * 1000) - 3_600_000
-    encode = encode_batch if payload_format == "v1" else encode_batch_v2
-    seqs = [0] * sites
-    load = []
-    for m in range(messages):
-        site_index = m % sites
-        site = f"bench-{site_index:02d}"
-        readings = []
-        for r in range(per_message):
-            seqs[site_index] += 1
-            seq = seqs[site_index]
-            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
-        load.append(Incoming(telemetry_topic(site), encode(site, readings, base_ms), m + 1, 1, False, 0))
+    load = [Incoming(topic, payload, mid, 1, False, 0)
+            for mid, (topic, payload) in enumerate(_load(messages, per_message, sites, payload_format), 1)]
     writer = _EncodingWriter()
     seen = SeenSeqs(workdir)
     worker: IngestWorker
