@@ -136,7 +136,9 @@ def valid_id(value: object) -> bool:
 
 
 def valid_ids(values: list[object]) -> bool:
-    """True when every entry of ``values`` is a ``valid_id``; one set operation when all were seen before."""
+    """True when every entry of ``values`` is a ``valid_id``; one set operation when all were seen before.
+
+    For parsed JSON (exact ``str`` entries): a ``str`` subclass could redefine its equality."""
     try:
         if _VALID_IDS.issuperset(values):
             return True
