@@ -38,7 +38,7 @@ COPY build/wheels ./wheels
 COPY requirements.txt ./
 
 FROM builder AS edge-build
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
+RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|numpy|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
  && venv/bin/pip install -r runtime-requirements.txt \
  && venv/bin/pip install --no-deps ems-platform \
  && venv/bin/pip uninstall -y pip setuptools

@@ -11,7 +11,9 @@ The workers are then started again and timed from start to the moment every
 reading is written (``ems_ingest_readings_total{outcome="written"}``; process start-up
 included), so the
 figure is the ingest's sustained drain rate, not the publisher's. CPU time and
-peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped.
+peak RSS come from ``/proc/<pid>`` of each worker just before it is stopped; the CPU
+per reading leaves out what a worker's start-up costs (its CPU when it first connected, before the
+load was queued).
 Prometheus, Mosquitto and the workers share this machine's cores.
 
 The ceiling: the same Prometheus alone, fed pre-encoded remote-write requests
@@ -24,14 +26,17 @@ share of the TSDB's own limit the ingest reaches.
 from __future__ import annotations
 
 import argparse
+import gc
 import http.client
 import os
+import queue
 import ssl
 import tempfile
 import threading
 import time
 import urllib.parse
 from pathlib import Path
+from typing import Iterator
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -42,7 +47,11 @@ from devenv.pki import LocalPki, make_pki
 from devenv.prometheus import PrometheusServer
 from ems_contract.telemetry import Reading, encode_batch, telemetry_topic
 from ems_contract.telemetry_v2 import encode_batch_v2
+from ingest.dedup import SeenSeqs
+from ingest.metrics import IngestMetrics
+from ingest.mqtt import Incoming
 from ingest.remote_write import Sample, encode_write_request, series_labels
+from ingest.worker import IngestWorker, tune_gc
 
 _CLK = os.sysconf("SC_CLK_TCK")
 
@@ -63,6 +72,28 @@ class BenchError(RuntimeError):
     """A service did not run or answered nothing: the benchmark fails instead of printing zeros."""
 
 
+def _batches(count: int, per_batch: int, sites: int, prefix: str) -> Iterator[tuple[int, str, list[Reading]]]:
+    """``(site index, site, readings)``: ``count`` batches of ``per_batch`` readings (10 assets × 7
+    points, consecutive seqs per site), round robin over ``sites``, measured an hour ago."""
+    base_ms = int(time.time() * 1000) - 3_600_000
+    seqs = [0] * sites
+    for n in range(count):
+        site_index = n % sites
+        readings = []
+        for r in range(per_batch):
+            seqs[site_index] += 1
+            seq = seqs[site_index]
+            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
+        yield site_index, f"{prefix}-{site_index:02d}", readings
+
+
+def _load(messages: int, per_message: int, sites: int, payload_format: str) -> Iterator[tuple[str, bytes]]:
+    """``(topic, payload)`` of the load, in the edge's wire format."""
+    encode = encode_batch if payload_format == "v1" else encode_batch_v2
+    for _, site, readings in _batches(messages, per_message, sites, "bench"):
+        yield telemetry_topic(site), encode(site, readings, readings[0].ts_ms)
+
+
 def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_message: int, sites: int,
                   payload_format: str = "v1") -> float:
     """Publish the load with QoS 1 (pipelined, waits for every PUBACK); returns seconds taken."""
@@ -74,20 +105,9 @@ def _publish_load(broker: MosquittoBroker, pki: LocalPki, messages: int, per_mes
     client.max_queued_messages_set(0)
     client.connect("127.0.0.1", broker.tls_port)
     client.loop_start()
-    base_ms = int(time.time() * 1000) - 3_600_000
     started = time.perf_counter()
-    infos = []
-    seqs = [0] * sites
-    for m in range(messages):
-        site_index = m % sites
-        site = f"bench-{site_index:02d}"
-        readings = []
-        for r in range(per_message):
-            seqs[site_index] += 1
-            seq = seqs[site_index]
-            readings.append(Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW"))
-        encode = encode_batch if payload_format == "v1" else encode_batch_v2
-        infos.append(client.publish(telemetry_topic(site), encode(site, readings, base_ms), qos=1))
+    infos = [client.publish(topic, payload, qos=1)
+             for topic, payload in _load(messages, per_message, sites, payload_format)]
     for info in infos:
         info.wait_for_publish(60)
     took = time.perf_counter() - started
@@ -108,6 +128,8 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
         prometheus.start()
         for proc in procs:                    # create the persistent sessions, then crash them
             proc.start()
+        # what start-up (imports, TLS, connect) costs a worker, so the CPU of the drain can be told apart
+        startup_cpu = sum(_cpu_seconds(p.proc.pid) for p in procs) / len(procs)
         for proc in procs:
             proc.kill()
         publish_s = _publish_load(broker, pki, messages, per_message, sites, payload_format)
@@ -131,7 +153,7 @@ def run_case(workdir: Path, pki: LocalPki, workers: int, messages: int, per_mess
         stored = prometheus.client().query('sum(count_over_time(ems_reading[2h]))')
         return {"format": payload_format, "workers": workers, "messages": messages, "readings": total, "publish_s": publish_s,
                 "elapsed_s": elapsed, "written": written, "stored": float(stored[0]["value"][1]) if stored else 0,
-                "cpu_s": sum(cpu), "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
+                "cpu_s": sum(cpu), "startup_cpu_s": startup_cpu, "peak_rss_mib": max(rss), "share": min(handled) / max(max(handled), 1)}
     finally:
         for proc in procs:
             proc.stop()
@@ -143,19 +165,10 @@ def prometheus_ceiling(workdir: Path, requests: int = 240, per_request: int = 50
                        threads: int = 2) -> dict[str, float]:
     """Samples/s a lone Prometheus accepts from pre-encoded remote-write requests (module docstring)."""
     prometheus = PrometheusServer(workdir / "prometheus")
-    base_ms = int(time.time() * 1000) - 3_600_000
     # thread t writes the sites t, t + threads, ...: each series stays in time order within one connection
     bodies: list[list[bytes]] = [[] for _ in range(threads)]
-    seqs = [0] * sites
-    for n in range(requests):
-        site_index = n % sites
-        site = f"ceiling-{site_index:02d}"
-        samples = []
-        for r in range(per_request):
-            seqs[site_index] += 1
-            seq = seqs[site_index]
-            reading = Reading(seq, base_ms + seq, f"asset{r % 10}", f"p{r % 7}", seq * 0.5, "kW")
-            samples.append(Sample(series_labels(site, reading), reading.ts_ms, reading.value, site, seq))
+    for site_index, site, readings in _batches(requests, per_request, sites, "ceiling"):
+        samples = [Sample(series_labels(site, r), r.ts_ms, r.value, site, r.seq) for r in readings]
         bodies[site_index % threads].append(encode_write_request(samples))
     errors: list[str] = []
 
@@ -196,6 +209,69 @@ def prometheus_ceiling(workdir: Path, requests: int = 240, per_request: int = 50
         prometheus.stop(kill=True)
 
 
+class _QueuedLink:
+    """The worker's side of the broker with the load already received: a queue in, acks counted."""
+
+    network_alive = True
+
+    def __init__(self, messages: list[Incoming], on_all_acked) -> None:  # type: ignore[no-untyped-def]
+        self.incoming: queue.Queue[Incoming] = queue.Queue()
+        for message in messages:
+            self.incoming.put(message)
+        self.left, self.on_all_acked = len(messages), on_all_acked
+
+    def ack(self, message: Incoming) -> bool:
+        self.left -= 1
+        if not self.left:
+            self.on_all_acked()
+        return True
+
+    def unsubscribe_all(self) -> None:
+        pass
+
+
+class _EncodingWriter:
+    """Encodes every write request as the real writer does (protobuf + snappy) and sends it nowhere."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+
+    def write(self, samples) -> float:  # type: ignore[no-untyped-def]
+        encode_write_request(samples)
+        self.samples += len(samples)
+        return 0.0
+
+
+def worker_pipeline_cpu(workdir: Path, messages: int, per_message: int, payload_format: str,
+                        sites: int = 4) -> dict[str, float]:
+    """CPU seconds of the worker's own pipeline (decode, de-dup, samples, request encoding, the
+    durable commit) for the load already received: no broker, no TSDB, no other process, so the
+    figure depends on this code and the CPU, not on what else the machine runs."""
+    load = [Incoming(topic, payload, mid, 1, False, 0)
+            for mid, (topic, payload) in enumerate(_load(messages, per_message, sites, payload_format), 1)]
+    writer = _EncodingWriter()
+    seen = SeenSeqs(workdir)
+    worker: IngestWorker
+
+    def stop() -> None:
+        worker.request_stop()
+
+    worker = IngestWorker(link=_QueuedLink(load, stop), writer=writer, seen=seen,  # type: ignore[arg-type]
+                          metrics=IngestMetrics(), max_readings=5000, max_delay_s=0.05, shutdown_grace_s=0)
+    previous = tune_gc()                     # as ``ems-ingest run`` does
+    try:
+        cpu, started = time.process_time(), time.perf_counter()
+        worker.run()
+        cpu, elapsed = time.process_time() - cpu, time.perf_counter() - started
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+    seen.close()
+    if writer.samples != messages * per_message:
+        raise BenchError(f"pipeline {payload_format}: {writer.samples} of {messages * per_message} samples written")
+    return {"format": payload_format, "readings": messages * per_message, "cpu_s": cpu, "elapsed_s": elapsed}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ingest throughput benchmark")
     parser.add_argument("--messages", type=int, default=3000)
@@ -206,6 +282,8 @@ def main(argv: list[str] | None = None) -> None:
         root = Path(tmp)
         pki = make_pki(root / "pki")
         ceiling = prometheus_ceiling(root / "ceiling")
+        pipeline = [worker_pipeline_cpu(root / f"pipeline-{fmt}", args.messages, args.readings_per_message, fmt)
+                    for fmt in ("v1", "v2")]
         results = [run_case(root / f"{fmt}-w{n}", pki, n, args.messages, args.readings_per_message, payload_format=fmt)
                    for fmt, n in (("v1", 1), ("v2", 1), ("v2", 2))]
         small = run_case(root / "small", pki, 1, args.small_messages, 10, payload_format="v2")
@@ -214,12 +292,18 @@ def main(argv: list[str] | None = None) -> None:
     print(f"Prometheus remote-write receive ceiling (pre-encoded requests of 5,000 samples, 2 threads, no broker): "
           f"{ceiling['samples_per_s']:,.0f} samples/s ({ceiling['samples']:,} in {ceiling['elapsed_s']:.1f}s, "
           f"stored {ceiling['stored']:,.0f})")
+    for r in pipeline:
+        print(f"worker pipeline alone ({r['format']}, load already received, no broker or TSDB; request encoded, not "
+              f"sent): {r['cpu_s'] / r['readings'] * 1e6:.2f} µs CPU/reading, {r['readings'] / r['cpu_s']:,.0f} "
+              f"readings per CPU-second")
     for r in results + [small]:
         rate = r["readings"] / r["elapsed_s"]
         print(f"{r['format']} {r['workers']} worker(s), {r['messages']} msgs × {r['readings'] // r['messages']} readings: "
               f"{r['messages'] / r['elapsed_s']:7.0f} messages/s {rate:8.0f} readings/s "
               f"({rate / r['workers']:,.0f}/worker, {rate / ceiling['samples_per_s']:.0%} of the ceiling)  "
-              f"drain {r['elapsed_s']:.2f}s  CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of a core)  "
+              f"drain {r['elapsed_s']:.2f}s  CPU {r['cpu_s']:.2f}s ({r['cpu_s'] / r['elapsed_s'] * 100:.0f}% of a core; "
+              f"{(r['cpu_s'] - r['workers'] * r['startup_cpu_s']) / r['readings'] * 1e6:.2f} µs/reading after "
+              f"{r['startup_cpu_s']:.2f}s start-up each)  "
               f"peak RSS {r['peak_rss_mib']:.0f} MiB/worker  stored {r['stored']:.0f}/{r['readings']}  "
               f"share {r['share']:.2f}")
         if r["stored"] != r["readings"]:

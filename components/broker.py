@@ -12,7 +12,7 @@ Who uses what (on 8883 the certificate's CN is the MQTT username *and* the clien
 |---|---|---|---|
 | edge sites | 8883 (``broker-external``) | the site id | publish/subscribe/receive ``ems/v1/<site>/#`` only, but never publish ``ems/v1/<site>/command`` |
 | ems-gateway (the protocol gateway) | 8883 (``broker``) | ``ems-bridge`` | like a site |
-| ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``ems-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``; its own subtree like a site |
+| ingest workers | 8883 (``broker``) | one per StatefulSet ordinal: ``ems-ingest-ingest-<n>``, n below the HPA's maximum (``ingest_identities``) | subscribe exactly ``$share/<ingest_group>/ems/v1/+/telemetry``, receive ``ems/v1/+/telemetry``, publish ``ems/v1/deadletter/#``, subscribe and receive every worker's ``ems/v1/<worker>/seen``; its own subtree like a site |
 | twin API | 8883 (``broker``) | one per replica: ``ems-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
 | north-bound client | 8883 (``broker``) | ``northbound_identities`` (``ems-northbound``) | publish ``ems/v1/<site>/command`` and subscribe to and receive ``ems/v1/<site>/command-result`` for each of ``northbound_sites`` only (subscribing to ``ems/v1/+/command-result`` is granted; delivery stays per site); its own subtree like a site |
 | any other certificate of the CA | 8883 | its CN | connects under its own CN as client id, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
@@ -83,7 +83,7 @@ from typing import Any, Sequence
 import pulumi
 import pulumi_kubernetes as k8s
 
-from ems_contract.telemetry import TOPIC_ROOT, TWIN_SUBSCRIPTION, deadletter_topic, telemetry_subscription
+from ems_contract.telemetry import TOPIC_ROOT, TWIN_SUBSCRIPTION, deadletter_topic, seen_topic, telemetry_subscription
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
@@ -194,8 +194,9 @@ def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], inge
     ingest worker's identity get a role for their own subtree ``ems/v1/<CN>/#``. The ingest
     workers (``ingest_identities``, one CN per worker) share a role: subscribe to exactly
     ``$share/<ingest_group>/ems/v1/+/telemetry`` (a literal filter: no other group, no
-    unshared filter), receive every site's telemetry and publish dead letters. Nothing else:
-    no twins, no status, no other site's subtree.
+    unshared filter), receive every site's telemetry, publish dead letters, and subscribe to and
+    receive every worker's ``ems/v1/<worker>/seen`` (the seqs each wrote, for the group's loss
+    accountant). Nothing else: no twins, no status, no other site's subtree.
 
     The twin read API's replicas (``twin_identities``) share a role: subscribe to exactly
     ``ems/v1/+/twin/+`` and receive every site's twins; they publish nothing and have no
@@ -213,7 +214,9 @@ def dynsec_config(clients: Sequence[str], ingest_identities: Sequence[str], inge
     roles.append({"rolename": INGEST_ROLE, "acls": [
         _acl("subscribeLiteral", telemetry_subscription(ingest_group)),
         _acl("publishClientReceive", telemetry_subscription()),
-        _acl("publishClientSend", DEADLETTERS)]})
+        _acl("publishClientSend", DEADLETTERS),
+        # the group's packet-loss accountant reads what the other workers wrote (each publishes in its own subtree)
+        *(_acl(kind, seen_topic(cn)) for cn in ingest_identities for kind in ("subscribeLiteral", "publishClientReceive"))]})
     entries = [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}]} for cn in clients]
     entries += [{"username": cn, "roles": [{"rolename": f"own-{cn}", "priority": 0}, {"rolename": INGEST_ROLE, "priority": 0}]}
                 for cn in ingest_identities]

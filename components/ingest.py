@@ -36,7 +36,7 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -78,11 +78,15 @@ def duration_s(text: str) -> float:
     return float(sum(int(n) * _UNIT_S[unit] for n, unit in _DURATION_PART.findall(text)))
 
 
-def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 * 3600.0) -> str:
+def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 * 3600.0,
+                workers: Sequence[str] = ()) -> str:
     """The workers' ingest.toml: mTLS to the broker on 8883 (files from the mounted Secret), remote write to the TSDB.
 
     ``max_age_s`` is the TSDB's out-of-order window: older readings are dead-lettered by the
     worker instead of being refused by the TSDB.
+
+    ``workers`` (every worker's client id, ``worker_identities``) makes the first of them count the
+    group's packet loss over what all of them wrote (``[state] workers``, ``ingest.seq_share``).
 
     No ``client_id``: one file serves every pod; the broker takes each worker's certificate CN as
     its client id, and the pod's environment (``EMS_BROKER_CLIENT_ID``) says the same.
@@ -92,7 +96,7 @@ def ingest_toml(broker_host: str, remote_write_url: str, max_age_s: float = 72 *
         *mtls_broker_section(broker_host, TLS_DIR),
         f"group = {q(SHARED_GROUP)}", "",
         "[tsdb]", f"remote_write_url = {q(remote_write_url)}", "",
-        "[state]", f"dir = {q(STATE_DIR)}", "",
+        "[state]", f"dir = {q(STATE_DIR)}", *([f"workers = {q(list(workers))}"] if workers else []), "",
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[time]", f"max_age_s = {max_age_s:g}", "",
     ])
@@ -166,7 +170,8 @@ class IngestWorkers(pulumi.ComponentResource):
         if len(args.tls_secrets) != args.max_replicas:
             raise ComponentArgsError(name, "tls_secrets", len(args.tls_secrets),
                                      f"must hold one Secret per worker up to max_replicas {args.max_replicas}")
-        conf_text = ingest_toml(args.broker_host, args.remote_write_url, duration_s(args.reading_window))
+        conf_text = ingest_toml(args.broker_host, args.remote_write_url, duration_s(args.reading_window),
+                                worker_identities(args.identity, args.max_replicas))
         validate_ingest_toml(name, conf_text)
         super().__init__("ems:workloads:IngestWorkers", name, None, opts)
         o = child(self)

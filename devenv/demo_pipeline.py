@@ -62,11 +62,12 @@ def write_ingest_config(path: Path, *, broker: MosquittoBroker, pki: LocalPki, p
                         max_readings: int = 500, max_delay_s: float = 0.05, receive_maximum: int = 200,
                         twin_api_port: int | None = None, max_age_s: float | None = None,
                         max_future_s: float | None = None, alertmanager_url: str | None = None,
-                        loss_horizon_s: int | None = None) -> Path:
+                        loss_horizon_s: int | None = None, workers: tuple[str, ...] = ()) -> Path:
     """An ingest config (TOML) for local services; the client certificate is issued for ``client_id``.
 
     ``max_age_s`` / ``max_future_s`` set the ``[time]`` window, ``loss_horizon_s`` the ``[state]`` loss
-    horizon (the ingest's defaults otherwise).
+    horizon (the ingest's defaults otherwise); ``workers`` the ``[state]`` group of workers (client
+    ids, the first counts packet loss for all).
     """
     pair = pki.client(client_id)
     twin = ""
@@ -99,6 +100,7 @@ max_delay_s = {max_delay_s}
 [state]
 dir = "{state_dir}"
 {f"loss_horizon_s = {loss_horizon_s}" if loss_horizon_s is not None else ""}
+{f"workers = {json.dumps(list(workers))}" if workers else ""}
 [metrics]
 host = "127.0.0.1"
 port = {metrics_port}

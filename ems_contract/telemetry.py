@@ -12,6 +12,7 @@ Topics (``<site>`` and ``<asset>`` match ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``)::
     ems/v1/<site>/twin/<asset>     latest calibrated state of one asset, QoS 1, retained
     ems/v1/<site>/status           "online" / "offline" (last will), QoS 1, retained
     ems/v1/deadletter/<reason>     payloads the ingest rejected, with the reason
+    ems/v1/<worker>/seen           seqs an ingest worker wrote, for its group's loss accountant
 
 Telemetry payload (UTF-8 JSON object)::
 
@@ -57,13 +58,17 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # values, PromQL and JSON, so a unit can be pasted into a selector or a log line as it is.
 _UNIT_FORBIDDEN = frozenset('"\\\'`{}')
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+# Ids already matched: every message names the same few hundred assets and points, and a set
+# lookup costs a tenth of the regex. Only exact ``str`` enters (a subclass could redefine equality).
+_VALID_IDS: set[str] = set()
+_MAX_VALID_IDS = 65_536
 
 __all__ = [
     "SCHEMA_VERSION", "TOPIC_ROOT", "MAX_PAYLOAD_BYTES", "MAX_READINGS_PER_BATCH", "MAX_INT64", "QUALITIES",
     "SchemaError", "Reading", "Batch",
     "telemetry_topic", "twin_topic", "status_topic", "deadletter_topic", "telemetry_subscription",
-    "TWIN_SUBSCRIPTION", "site_from_topic", "valid_id", "encode_batch", "decode_batch", "encode_twin",
-    "check_finite", "dump_json",
+    "TWIN_SUBSCRIPTION", "seen_topic", "worker_of_seen_topic", "site_from_topic", "valid_id", "valid_ids",
+    "encode_batch", "decode_batch", "encode_twin", "check_finite", "dump_json",
 ]
 
 
@@ -120,7 +125,26 @@ def valid_unit(value: object) -> bool:
 
 def valid_id(value: object) -> bool:
     """True when ``value`` may be used as a site, asset or point id in topics and labels."""
-    return isinstance(value, str) and bool(_ID.match(value))
+    if type(value) is str and value in _VALID_IDS:
+        return True
+    if not (isinstance(value, str) and _ID.match(value)):
+        return False
+    if len(_VALID_IDS) >= _MAX_VALID_IDS:                # hostile input may only cost the cache, never memory
+        _VALID_IDS.clear()
+    _VALID_IDS.add(value)
+    return True
+
+
+def valid_ids(values: list[object]) -> bool:
+    """True when every entry of ``values`` is a ``valid_id``; one set operation when all were seen before.
+
+    For parsed JSON (exact ``str`` entries): a ``str`` subclass could redefine its equality."""
+    try:
+        if _VALID_IDS.issuperset(values):
+            return True
+    except TypeError:                                    # an unhashable entry (a list, a dict) is no id
+        return False
+    return all(map(valid_id, values))
 
 
 def _check_id(kind: str, value: object) -> str:
@@ -143,6 +167,20 @@ def status_topic(site: str) -> str:
 
 def deadletter_topic(reason: str) -> str:
     return f"{TOPIC_ROOT}/deadletter/{reason}"
+
+
+def seen_topic(worker: str) -> str:
+    """Where ingest worker ``worker`` (its client id) publishes the seqs it wrote, for the group's
+    packet-loss accountant (``ingest.seq_share``); in the worker's own subtree."""
+    return f"{TOPIC_ROOT}/{_check_id('worker', worker)}/seen"
+
+
+def worker_of_seen_topic(topic: str) -> str | None:
+    """The worker id of a ``seen_topic``; None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and f"{parts[0]}/{parts[1]}" == TOPIC_ROOT and parts[3] == "seen" and valid_id(parts[2]):
+        return parts[2]
+    return None
 
 
 TWIN_SUBSCRIPTION = f"{TOPIC_ROOT}/+/twin/+"

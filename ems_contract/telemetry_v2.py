@@ -40,13 +40,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Any, Iterable, Sequence
 
 import orjson
 
 from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_PER_BATCH, MAX_UNIT_CHARS, QUALITIES,
                                     Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
-                                    site_from_topic, valid_id, valid_unit)
+                                    site_from_topic, valid_id, valid_ids, valid_unit)
 
 __all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "decode_batch_v2",
            "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
@@ -57,6 +58,9 @@ _PREFIX = b'{"v":2,'               # what encode_batch_v2 writes first: the deco
 _QUALITY_INDEX = {q: i for i, q in enumerate(QUALITIES)}
 _EXACT = 2**53                     # integers up to this are exact as float64
 _NULL_OK = frozenset(i for i, q in enumerate(QUALITIES) if q in ("device_error", "stale"))
+_INT = {int}
+_NUMBER = frozenset({float, int})
+_FLOAT = {float}
 
 
 def contiguous_runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -154,8 +158,17 @@ def _list(body: dict[str, Any], key: str, *, low: int = 1, high: int = MAX_READI
     return value
 
 
+def _ints_within(values: list[Any], low: int, high: int) -> bool:
+    """True when every entry is an int (not a bool) in ``low..high``: C loops over the column
+    (``map``, ``min``, ``max``), no bytecode per entry. False sends the caller to its entry-by-entry
+    check, which names the offending entry."""
+    return set(map(type, values)) == _INT and low <= min(values) and max(values) <= high
+
+
 def _indexes(values: list[Any], key: str, size: int) -> None:
     """Every entry an int index into a table of ``size`` entries."""
+    if _ints_within(values, 0, size - 1):
+        return
     for i, v in enumerate(values):
         if type(v) is not int or not 0 <= v < size:
             raise SchemaError("bad_field", f"{key}[{i}] must be an index 0..{size - 1} (got {shown(v)})")
@@ -232,7 +245,7 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
         raise SchemaError("bad_seq", f"seq_first..seq_last {seq_first}..{seq_last} is {count} readings; "
                                      f"the columns hold {len(p)}")
     assets = _list(body, "assets")
-    for i, a in enumerate(assets):
+    for i, a in enumerate(assets if not valid_ids(assets) else ()):
         if not valid_id(a):
             raise SchemaError("bad_id", f"assets[{i}] {shown(a)} is not a valid id")
     units = _list(body, "units")
@@ -253,20 +266,34 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
             raise SchemaError("bad_field", f"points[{i}][1] must be an index 0..{len(units) - 1} (got {shown(u)})")
         if len(points) + len(group) - 2 > count:
             raise SchemaError("bad_shape", f"points name more than the {count} readings need")
-        for j in range(2, len(group)):
-            name = group[j]
-            if not valid_id(name):
-                raise SchemaError("bad_id", f"points[{i}][{j}] {shown(name)} is not a valid id")
-            points.append((assets[a], name, units[u]))
+        names = group[2:]
+        if not valid_ids(names):
+            for j, name in enumerate(names, 2):
+                if not valid_id(name):
+                    raise SchemaError("bad_id", f"points[{i}][{j}] {shown(name)} is not a valid id")
+        points.extend(zip(repeat(assets[a]), names, repeat(units[u])))
 
     _indexes(p, "p", len(points))
     _indexes(q, "q", len(QUALITIES))
     span = MAX_TS_MS - base
-    for i, d in enumerate(dt):
-        if type(d) is not int or not 0 <= d <= span:
-            raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
+    if not _ints_within(dt, 0, span):
+        for i, d in enumerate(dt):
+            if type(d) is not int or not 0 <= d <= span:
+                raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
+    return Columns(site, seq_first, seq_last, sent_ms, base, points, p, dt, _values(val, q), q)
+
+
+def _values(val: list[Any], q: list[int]) -> list[float | None]:
+    """The value column as floats: each a finite float64, an int exact as one, or null where the
+    quality allows it (the qualities are checked already)."""
+    # The usual column, numbers only, checked by C loops: every magnitude below 2**53 (so no
+    # infinity and every int exact as a float64), and a finite sum (a NaN, which max() may not
+    # see, makes the sum NaN; with every magnitude below 2**53 the sum cannot overflow).
+    types = set(map(type, val))
+    if types <= _NUMBER and max(map(abs, val)) < _EXACT and math.isfinite(sum(val)):
+        return val if types == _FLOAT else list(map(float, val))
     values: list[float | None] = []
-    for i in range(count):
+    for i in range(len(val)):
         value = val[i]
         quality = q[i]
         if value is None:
@@ -282,7 +309,7 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
         else:
             raise SchemaError("bad_value", f"val[{i}] must be a finite number or null (got {shown(value)})")
         values.append(value)
-    return Columns(site, seq_first, seq_last, sent_ms, base, points, p, dt, values, q)
+    return values
 
 
 def decode_telemetry_columns(payload: bytes, topic: str | None = None) -> Batch | Columns:

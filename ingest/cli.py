@@ -63,22 +63,30 @@ def _lock_state_dir(config: IngestConfig) -> int:
 
 
 def run(config: IngestConfig) -> int:
-    from ems_contract.telemetry import telemetry_subscription
+    from ems_contract.telemetry import seen_topic, telemetry_subscription
     from ingest.dedup import SeenSeqs
     from ems_runtime.cert_expiry import register_certificates
     from ems_runtime.status_http import StatusEndpoint
     from ingest.metrics import IngestMetrics
     from ingest.mqtt import MqttLink, TlsFiles
     from ingest.remote_write import RemoteWriter
-    from ingest.worker import IngestWorker
+    from ingest.seq_share import GroupRole
+    from ingest.worker import IngestWorker, tune_gc
 
+    b = config.broker
+    if config.state.workers and b.client_id not in config.state.workers:
+        raise ConfigError("state.workers", list(config.state.workers),
+                          f"must include this worker's client_id {b.client_id!r}")
+    role = GroupRole(b.client_id, config.state.workers)
     lock = _lock_state_dir(config)
     seen = SeenSeqs(config.state.dir, max_intervals_per_site=config.state.max_intervals_per_site,
-                    loss_horizon_ms=config.state.loss_horizon_s * 1000)
+                    loss_horizon_ms=config.state.loss_horizon_s * 1000,
+                    losses=("group" if role.accountant else "none") if role.shared else "own")
     metrics = IngestMetrics()
-    b = config.broker
+    # the accountant of a group also takes every other worker's seen seqs (its own session: they wait for it)
+    peers = tuple(seen_topic(w) for w in role.peers) if role.shared and role.accountant else ()
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, b.client_id,
-                    subscriptions=(telemetry_subscription(b.group),), manual_ack=True, persistent=True,
+                    subscriptions=(telemetry_subscription(b.group), *peers), manual_ack=True, persistent=True,
                     session_expiry_s=b.session_expiry_s, receive_maximum=b.receive_maximum, keepalive_s=b.keepalive_s,
                     on_connection_change=lambda up: metrics.broker_connected.set(1 if up else 0),
                     cert_check_s=b.cert_check_s)
@@ -87,7 +95,7 @@ def run(config: IngestConfig) -> int:
     worker = IngestWorker(link=link, writer=writer, seen=seen, metrics=metrics,
                           max_readings=config.batch.max_readings, max_delay_s=config.batch.max_delay_s,
                           max_backoff_s=config.tsdb.max_backoff_s, shutdown_grace_s=config.shutdown_grace_s,
-                          max_future_s=config.time.max_future_s, max_age_s=config.time.max_age_s)
+                          max_future_s=config.time.max_future_s, max_age_s=config.time.max_age_s, role=role)
     def health() -> tuple[bool, dict[str, str]]:
         alive, why = worker.health()
         return alive, {"detail": why}
@@ -101,6 +109,7 @@ def run(config: IngestConfig) -> int:
     log.info("ingest worker %s: broker %s:%d, subscription %s, TSDB %s, metrics :%d, state %s",
              b.client_id, b.host, b.port, telemetry_subscription(b.group), config.tsdb.remote_write_url,
              server.port, config.state.dir)
+    tune_gc()
     link.start()
     try:
         worker.run()

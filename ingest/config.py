@@ -131,6 +131,9 @@ class StateConfig:
     dir: Path
     max_intervals_per_site: int = 1024
     loss_horizon_s: int = 259200
+    workers: tuple[str, ...] = ()
+    """Client ids of every worker of the shared group (this one's too); the first counts packet loss over all
+    of them (``ingest.seq_share``). Empty (default): this worker is alone and counts from its own view."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,17 @@ class _Section:
 _URL_CHARS = re.compile(r"[\x21-\x7e]+")   # printable ASCII without space: a URL's characters, percent-encoded
 
 
+def _workers(section: _Section) -> tuple[str, ...]:
+    value = section._get("workers", False)
+    if value is None:
+        return ()
+    if (not isinstance(value, list) or not 1 <= len(value) <= 1000 or not all(valid_id(w) for w in value)
+            or len(set(value)) != len(value)):
+        raise ConfigError(section._p("workers"), value, "must be a list of 1..1000 distinct client ids "
+                                                        "matching [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+    return tuple(value)
+
+
 def _client_id(section: _Section, prefix: str) -> str:
     default = f"{prefix}-{socket.gethostname()}"[:64]
     value = section.str("client_id", default)
@@ -435,7 +449,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
     s = section("state")
     assert s is not None
     state = StateConfig(dir=s.dir("dir"), max_intervals_per_site=s.int("max_intervals_per_site", 1024, 1, 1_000_000),
-                        loss_horizon_s=s.int("loss_horizon_s", 259200, 1, 30 * 86400))
+                        loss_horizon_s=s.int("loss_horizon_s", 259200, 1, 30 * 86400), workers=_workers(s))
     s.done()
 
     batch = BatchConfig()

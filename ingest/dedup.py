@@ -37,9 +37,13 @@ seq up to which losses were counted is kept in SQLite, so a restart never counts
 gap twice (it only waits one horizon before counting new ones). A seq that arrives
 after it was counted lost is still written; it is not taken back from the counter.
 Holes below a site's lowest interval are not gaps: the worker did not see the
-start of the stream (or forgot it). The count is this worker's view: with several
-workers on one shared subscription each sees the others' messages as gaps
-(docs/alerts.md, packet loss).
+start of the stream (or forgot it).
+
+Whose view is counted is ``losses``: ``"own"`` (one worker alone: its own intervals), ``"group"``
+(the accountant of several workers, ``ingest.seq_share``: its own intervals merged with the
+intervals the other workers publish, ``merge_peer``, kept in the table ``group_seen`` and
+committed with the batch that brought them) or ``"none"`` (a worker of a group that is not the
+accountant: it keeps no checkpoints and ``account_losses`` counts nothing).
 """
 
 from __future__ import annotations
@@ -52,9 +56,19 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ems_runtime.sqlite import transaction
 
 __all__ = ["SeqIntervals", "SeenSeqs"]
+
+_LOSS_VIEWS = ("own", "group", "none")
+_UPSERTS = {
+    "seen": "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
+            "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
+    "group_seen": "INSERT INTO group_seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
+                  "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
+}
 
 
 class SeqIntervals:
@@ -137,7 +151,11 @@ class SeenSeqs:
     """Durable per-site seen-seq sets with a pending (uncommitted) layer for the batch in hand."""
 
     def __init__(self, state_dir: str | os.PathLike[str], *, max_intervals_per_site: int = 1024,
-                 loss_horizon_ms: int = 259_200_000, clock: Callable[[], float] = time.time) -> None:
+                 loss_horizon_ms: int = 259_200_000, clock: Callable[[], float] = time.time,
+                 losses: str = "own") -> None:
+        if losses not in _LOSS_VIEWS:
+            raise ValueError(f"losses must be one of {', '.join(_LOSS_VIEWS)} (got {losses!r})")
+        self.losses = losses
         self.path = Path(state_dir) / "dedup.sqlite3"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_intervals = max_intervals_per_site
@@ -156,6 +174,13 @@ class SeenSeqs:
         self._db.execute("CREATE TABLE IF NOT EXISTS loss (site TEXT PRIMARY KEY, counted_through INTEGER NOT NULL)")
         self._counted: dict[str, int] = dict(self._db.execute("SELECT site, counted_through FROM loss"))
         self._passed: dict[str, list[tuple[int, int]]] = {}     # site → [(high-water mark, when it was reached)]
+        self._db.execute("CREATE TABLE IF NOT EXISTS group_seen (site TEXT PRIMARY KEY, intervals BLOB NOT NULL, "
+                         "updated_ms INTEGER NOT NULL)")
+        self._group: dict[str, SeqIntervals] = {}
+        if losses == "group":
+            self._group = {site: SeqIntervals.from_blob(blob)
+                           for site, blob in self._db.execute("SELECT site, intervals FROM group_seen")}
+        self._peer_pending: dict[str, list[tuple[int, int]]] = {}
 
     def seen(self, site: str, seq: int) -> bool:
         """True when (site, seq) was committed before or is pending in the batch in hand."""
@@ -184,6 +209,12 @@ class SeenSeqs:
         pending.update(span)
         return True
 
+    def merge_peer(self, site: str, pairs: list[tuple[int, int]]) -> None:
+        """Add another worker's intervals of ``site`` to the group view, pending like ``mark``
+        (``losses="group"`` only; otherwise ignored)."""
+        if self.losses == "group":
+            self._peer_pending.setdefault(site, []).extend(pairs)
+
     def unmark(self, site: str, seqs: list[int]) -> None:
         """Take back pending marks (a message of the batch in hand is left for redelivery)."""
         pending = self._pending.get(site)
@@ -197,38 +228,58 @@ class SeenSeqs:
         if rows:
             self.persist(rows)
 
-    def stage(self, now_ms: int | None = None) -> list[tuple[str, bytes, int]]:
-        """Fold the pending seqs into the in-memory sets and return the rows ``persist`` writes
-        (empty when nothing is pending); see the module docstring for the contract. ``now_ms``
-        (default: the clock) is when, for the loss horizon."""
-        if not self._pending:
+    def stage(self, now_ms: int | None = None) -> list[tuple[str, str, bytes, int]]:
+        """Fold the pending seqs (and peers' intervals) into the in-memory sets and return the rows
+        ``persist`` writes (empty when nothing is pending); see the module docstring for the
+        contract. ``now_ms`` (default: the clock) is when, for the loss horizon."""
+        if not self._pending and not self._peer_pending:
             return []
         now_ms = int(self.clock() * 1000) if now_ms is None else now_ms
         rows = []
-        step = max(self.loss_horizon_ms // 100, 1000)
+        group_new: dict[str, list[tuple[int, int]]] = {}
         for site, seqs in self._pending.items():
             if not seqs:
                 continue
+            runs = _runs(seqs)
             intervals = self._sites.get(site)
             intervals = intervals.copy() if intervals is not None else SeqIntervals()
-            for lo, hi in _runs(sorted(seqs)):
+            for lo, hi in runs:
                 intervals.add_range(lo, hi)
             self.forgotten += intervals.forget_oldest(self.max_intervals)
             self._sites[site] = intervals
-            rows.append((site, intervals.to_blob(), now_ms))
-            marks = self._passed.setdefault(site, [])
-            if not marks or (intervals.high_water_mark > marks[-1][0] and now_ms - marks[-1][1] >= step):
-                marks.append((intervals.high_water_mark, now_ms))
+            rows.append(("seen", site, intervals.to_blob(), now_ms))
+            if self.losses == "own":
+                self._checkpoint(site, intervals.high_water_mark, now_ms)
+            elif self.losses == "group":
+                group_new.setdefault(site, []).extend(runs)
+        for site, pairs in self._peer_pending.items():
+            group_new.setdefault(site, []).extend(pairs)
+        for site, pairs in group_new.items():
+            view = self._group.get(site)
+            view = view.copy() if view is not None else SeqIntervals()
+            for lo, hi in pairs:
+                view.add_range(lo, hi)
+            view.forget_oldest(self.max_intervals)
+            self._group[site] = view
+            rows.append(("group_seen", site, view.to_blob(), now_ms))
+            self._checkpoint(site, view.high_water_mark, now_ms)
         self._pending.clear()
+        self._peer_pending.clear()
         return rows
 
-    def persist(self, rows: list[tuple[str, bytes, int]]) -> None:
+    def _checkpoint(self, site: str, high_water_mark: int, now_ms: int) -> None:
+        """Remember when the counted view's high-water mark reached ``high_water_mark`` (at most one
+        mark per 1 % of the horizon)."""
+        marks = self._passed.setdefault(site, [])
+        step = max(self.loss_horizon_ms // 100, 1000)
+        if not marks or (high_water_mark > marks[-1][0] and now_ms - marks[-1][1] >= step):
+            marks.append((high_water_mark, now_ms))
+
+    def persist(self, rows: list[tuple[str, str, bytes, int]]) -> None:
         """Write ``stage()``'s rows durably in one transaction (WAL, synchronous=FULL)."""
         with transaction(self._db):
-            self._db.executemany(
-                "INSERT INTO seen (site, intervals, updated_ms) VALUES (?, ?, ?) "
-                "ON CONFLICT(site) DO UPDATE SET intervals = excluded.intervals, updated_ms = excluded.updated_ms",
-                rows)
+            for table, upsert in _UPSERTS.items():
+                self._db.executemany(upsert, [row[1:] for row in rows if row[0] == table])
 
     def account_losses(self, now_ms: int | None = None) -> dict[str, int]:
         """Seqs newly counted as lost, per site (holes the stream passed more than the horizon ago).
@@ -246,7 +297,7 @@ class SeenSeqs:
             start = self._counted.get(site, 0)
             if through <= start:
                 continue
-            missing = _holes(self._sites[site], start, through)
+            missing = _holes((self._group if self.losses == "group" else self._sites)[site], start, through)
             self._counted[site] = through
             changed = True
             if missing:
@@ -262,6 +313,7 @@ class SeenSeqs:
     def rollback(self) -> None:
         """Forget the pending seqs (the batch was not written; the broker will redeliver it)."""
         self._pending.clear()
+        self._peer_pending.clear()
 
     def high_water_mark(self, site: str) -> int:
         intervals = self._sites.get(site)
@@ -289,11 +341,11 @@ def _holes(intervals: SeqIntervals, after: int, through: int) -> int:
     return missing
 
 
-def _runs(seqs: list[int]) -> list[tuple[int, int]]:
-    runs: list[tuple[int, int]] = []
-    for seq in seqs:
-        if runs and runs[-1][1] == seq - 1:
-            runs[-1] = (runs[-1][0], seq)
-        else:
-            runs.append((seq, seq))
-    return runs
+def _runs(seqs: set[int]) -> list[tuple[int, int]]:
+    """``(first, last)`` of each run of consecutive seqs in ``seqs`` (ascending), sorted and split by
+    numpy: the set holds every seq of a batch, thousands, and seqs are int64 (the schema's bound)."""
+    ordered = np.sort(np.fromiter(seqs, np.int64, len(seqs)))
+    breaks = np.flatnonzero(np.diff(ordered) != 1)
+    firsts = ordered[np.concatenate(([0], breaks + 1))].tolist()
+    lasts = ordered[np.concatenate((breaks, [len(ordered) - 1]))].tolist()
+    return list(zip(firsts, lasts))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import operator
 import re
 import ssl
 import time
@@ -36,10 +37,12 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import cramjam
+import numpy as np
 
 from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.prompb import WriteRequest
+from ingest.prompb_fast import serialize_write_request
 
 __all__ = ["METRIC", "RemoteWriteAuth", "Sample", "labels_of", "series_labels", "encode_write_request", "RemoteWriter"]
 
@@ -130,6 +133,10 @@ def _read_secret(path: Path, field: str) -> str:
     return text
 
 
+_LABELS, _TS, _VALUE = operator.itemgetter(0), operator.itemgetter(1), operator.itemgetter(2)
+_FLOAT, _INT = {float}, {int}
+
+
 class Sample(NamedTuple):
     """One sample to write, with the (site, seq) of the reading it came from (a tuple: one is built
     per reading, and a frozen dataclass costs several times as much to build)."""
@@ -153,7 +160,33 @@ def labels_of(site: str, asset: str, point: str, quality: str, unit: str) -> Lab
 
 
 def encode_write_request(samples: Sequence[Sample]) -> bytes:
-    """The snappy-compressed protobuf body for ``samples`` (grouped per series, in time order)."""
+    """The snappy-compressed protobuf body for ``samples``: one time series per label set, in the
+    order the label sets first appear, each with its samples in time order (stable).
+
+    Raises ValueError, TypeError, OverflowError or UnicodeError for a sample protobuf cannot carry.
+    """
+    n = len(samples)
+    values = list(map(_VALUE, samples))
+    stamps = list(map(_TS, samples))
+    # columns of exactly float and int (numpy would turn a str or a bool into a number): else the
+    # generated classes decide, with their own checks and errors
+    if not n or set(map(type, values)) != _FLOAT or set(map(type, stamps)) != _INT:
+        return _encode_one_by_one(samples)
+    labels = list(map(_LABELS, samples))
+    # series in order of first appearance; grouped by object identity first (a label tuple's hash
+    # is recomputed on every lookup, an int's is not), then equal tuples made one series
+    first = dict(zip(map(id, labels), labels))
+    index: dict[Labels, int] = {}
+    by_id = {key: index.setdefault(item, len(index)) for key, item in first.items()}
+    sid = np.fromiter(map(by_id.__getitem__, map(id, labels)), np.intp, n)
+    ts = np.fromiter(stamps, np.int64, n)                  # OverflowError beyond int64
+    order = np.lexsort((ts, sid))                          # by series, then time; stable
+    body = serialize_write_request(list(index), sid[order], ts[order], np.fromiter(values, np.float64, n)[order])
+    return bytes(cramjam.snappy.compress_raw(body))
+
+
+def _encode_one_by_one(samples: Sequence[Sample]) -> bytes:
+    """``encode_write_request`` through the generated classes (one message object per sample)."""
     by_series: dict[Labels, list[Sample]] = {}
     for sample in samples:
         by_series.setdefault(sample.labels, []).append(sample)

@@ -26,12 +26,13 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from components.broker import CONFIG_DIR, MQTT_PORT, MQTTS_PORT, dynsec_config, mosquitto_conf, plain_acl
-from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml, worker_identities
+from components.ingest import SHARED_GROUP, TLS_DIR, ingest_toml, validate_ingest_toml, worker_identities
 from components.twin_api import MQTT_TLS_DIR, replica_identities, twin_api_toml
 from devenv.mosquitto import find_dynsec_plugin, find_mosquitto, free_port, wait_for_port
 from devenv.pki import LocalPki, make_pki
 from ems_contract.command import command_result_topic, command_topic
-from ems_contract.telemetry import deadletter_topic, encode_twin, telemetry_subscription, telemetry_topic, twin_topic
+from ems_contract.telemetry import (deadletter_topic, encode_twin, seen_topic, telemetry_subscription, telemetry_topic,
+                                    twin_topic)
 from ingest.config import parse_config
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 from ingest.twin_api import TWIN_SUBSCRIPTION
@@ -681,3 +682,22 @@ def test_edge_agents_get_their_site_id_as_client_id_whatever_they_send(broker, p
     log = (tmp_path / "broker.log").read_text()
     assert " as sub-07 (" in log and f" as {BRIDGE} (" in log and " as edge-sub-07 (" not in log
     assert "already connected" not in log
+
+
+def test_the_loss_accountant_reads_what_the_other_workers_wrote_and_nobody_forges_it(broker, pki: LocalPki) -> None:
+    tls_port, _ = broker
+    text = ingest_toml("localhost", "http://127.0.0.1:9/api/v1/write", workers=WORKERS)
+    assert validate_ingest_toml("ingest", text).state.workers == WORKERS      # the generated file names the group
+    accountant = Peer(pki, tls_port, WORKERS[0], WORKERS[0])
+    writer = Peer(pki, tls_port, WORKERS[1], WORKERS[1])
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        accountant.subscribe(seen_topic(WORKERS[1]))
+        site.subscribe(seen_topic(WORKERS[1]), seen_topic(WORKERS[0]))
+        assert accountant.granted == [GRANTED_QOS1] and site.granted == [REFUSED, REFUSED]
+        assert _publish_once(pki, tls_port, "sub-07", seen_topic(WORKERS[1])) == REFUSED   # a site cannot forge it
+        assert writer.publish(seen_topic(WORKERS[1])) == 0                              # a worker's own subtree
+        assert accountant.topics_until(seen_topic(WORKERS[1])) == [seen_topic(WORKERS[1])]
+    finally:
+        for peer in (accountant, writer, site):
+            peer.close()

@@ -222,3 +222,62 @@ def test_fuzz_mutated_valid_payloads_only_ever_raise_schema_error(data: st.DataO
     assert len(batch.readings) == batch.seq_last - batch.seq_first + 1 <= MAX_READINGS_PER_BATCH
     decoded = decode_telemetry_columns(payload)
     assert (decoded.batch() if isinstance(decoded, Columns) else decoded) == batch
+
+
+_column_entries = (st.integers(-3, 8) | st.integers(-10**30, 10**30) | st.booleans() | st.none() | st.text(max_size=2)
+                   | st.sampled_from([2**53 - 1, -(2**53 - 1), 2**53, -(2**53), 2**63, 10**300])
+                   | st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from([0.5, -0.0, 1e300, 2.0**53]))
+
+
+def _first_bad(key: str, column: list, ok) -> str | None:
+    """The message prefix of the first entry ``ok`` refuses, as the decoder must name it."""
+    for i, v in enumerate(column):
+        if not ok(i, v):
+            return f"{key}[{i}]"
+    return None
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.data())
+def test_the_column_checks_accept_exactly_what_the_schema_allows_and_name_the_first_offender(
+        data: st.DataObject) -> None:
+    """The decoder checks whole columns at once; whatever it is given, it must take what the
+    per-entry rules take, with every value as its float64, and refuse the rest at the same entry."""
+    body = _body()                                        # 4 readings, 4 points, QUALITIES indexes 0..3
+    columns = {key: list(body[key]) for key in ("p", "q", "dt", "val")}
+    for _ in range(data.draw(st.integers(0, 6))):
+        key = data.draw(st.sampled_from(sorted(columns)))
+        columns[key][data.draw(st.integers(0, 3))] = data.draw(_column_entries)
+    body.update(columns)
+    p, q, dt, val = columns["p"], columns["q"], columns["dt"], columns["val"]
+    span = MAX_TS_MS - body["ts_ms"]
+    is_int = lambda v: type(v) is int                     # noqa: E731 - bool is not an index
+    expected = (_first_bad("p", p, lambda i, v: is_int(v) and 0 <= v < 4)
+                or _first_bad("q", q, lambda i, v: is_int(v) and 0 <= v < len(QUALITIES))
+                or _first_bad("dt", dt, lambda i, v: is_int(v) and 0 <= v <= span)
+                or _first_bad("val", val, lambda i, v: (v is None and QUALITIES[q[i]] in ("device_error", "stale"))
+                              or type(v) is float or (is_int(v) and -2**53 < v < 2**53)))
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    if expected is None:
+        columns_out = decode_telemetry_columns(payload)
+        assert isinstance(columns_out, Columns)
+        assert columns_out.val == [None if v is None else float(v) for v in val]
+        assert all(v is None or type(v) is float for v in columns_out.val)
+        assert (columns_out.p, columns_out.q, columns_out.dt) == (p, q, dt)
+    else:
+        with pytest.raises(SchemaError) as err:
+            decode_telemetry_columns(payload)
+        assert err.value.reason in ("bad_field", "bad_value"), err.value
+        assert err.value.detail.startswith(expected), (expected, err.value)
+
+
+@pytest.mark.parametrize("column", [[1e999, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, -1e999], [1.7e308, 1.7e308, 1.0, 1.0]])
+def test_an_infinite_value_is_refused_and_a_large_finite_one_is_not(column: list) -> None:
+    body = _body()
+    text = json.dumps({**body, "val": "@"}, separators=(",", ":")).replace('"@"', "[" + ",".join(map(repr, column))
+                                                                           .replace("inf", "1e999") + "]")
+    if all(abs(v) < float("inf") for v in column):
+        assert decode_telemetry_columns(text.encode()).val == column
+    else:
+        with pytest.raises(SchemaError, match=r"val\[[03]\] must be a finite number"):
+            decode_telemetry_columns(text.encode())

@@ -44,6 +44,8 @@ def test_minimal_config_gets_documented_defaults(files: Path) -> None:
     assert config.metrics.port == 9100
     assert config.batch.max_readings == 2000
     assert config.twin_api is None
+    assert config.state.workers == ()
+    assert parse_config(_raw(state={"workers": ["w-0", "w-1"]}), files).state.workers == ("w-0", "w-1")
 
 
 @pytest.mark.parametrize("sections, message", [
@@ -58,6 +60,10 @@ def test_minimal_config_gets_documented_defaults(files: Path) -> None:
     ({"metrics": {"port": "9100"}}, "metrics.port: must be an integer 0..65535 (got '9100')"),
     ({"twin_api": {"cert": "tls.crt"}}, "twin_api.key: is required (got None)"),
     ({"extra": {}}, "extra: is not a known setting (got {})"),
+    ({"state": {"workers": ["a", "a"]}}, "state.workers: must be a list of 1..1000 distinct client ids matching "
+                                         "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (got ['a', 'a'])"),
+    ({"state": {"workers": "a"}}, "state.workers: must be a list of 1..1000 distinct client ids matching "
+                                  "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (got 'a')"),
 ])
 def test_bad_values_name_field_value_and_allowed(files: Path, sections: dict, message: str) -> None:
     with pytest.raises(ConfigError) as info:
@@ -163,3 +169,14 @@ def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
     config = load_config(path, {})
     assert config.broker.client_id == "ems-ingest-0" and config.twin_api is not None
     assert config.twin_api.client_ca == tmp_path / "ca.crt"
+
+
+def test_a_worker_must_be_one_of_its_group(files: Path) -> None:
+    path = files / "ingest.toml"
+    path.write_text('[broker]\nhost = "127.0.0.1"\nca = "ca.crt"\ncert = "tls.crt"\nkey = "tls.key"\nclient_id = "w-9"\n'
+                    '[tsdb]\nremote_write_url = "http://127.0.0.1:9/api/v1/write"\n'
+                    f'[state]\ndir = "{files / "state"}"\nworkers = ["w-0", "w-1"]\n')
+    result = _cli("run", "--config", str(path))
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.endswith("ems-ingest: state.workers: must include this worker's client_id 'w-9' "
+                                  "(got ['w-0', 'w-1'])\n")

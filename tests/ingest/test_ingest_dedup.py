@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import pytest
+
 from ingest.dedup import SeenSeqs, SeqIntervals
 
 
@@ -112,3 +114,35 @@ def test_a_gap_filled_within_the_horizon_is_not_lost_and_the_start_of_the_stream
     _commit(seen, "s1", range(600, 610))                      # the broker redelivered the rest in time
     clock.now += 600
     assert seen.account_losses() == {}
+
+
+def test_the_group_view_counts_only_what_no_worker_wrote_and_survives_a_restart(tmp_path: Path) -> None:
+    clock = _Clock(1_000_000.0)
+    accountant = SeenSeqs(tmp_path / "a", loss_horizon_ms=600_000, clock=clock, losses="group")
+    alone = SeenSeqs(tmp_path / "b", loss_horizon_ms=600_000, clock=clock)     # the same share, its own view
+    for seen in (accountant, alone):
+        _commit(seen, "s1", [s for s in range(1, 301) if s % 20 < 10])         # its share: half the stream
+    accountant.merge_peer("s1", [(s, s + 9) for s in range(10, 300, 20) if s != 150])   # the other worker's
+    accountant.commit()                                                        # ... but for 150..159: lost
+    clock.now += 601
+    assert accountant.account_losses() == {"s1": 10}
+    assert alone.account_losses() == {"s1": 150}          # what one worker alone would count: the other's half
+    accountant.close()
+    again = SeenSeqs(tmp_path / "a", loss_horizon_ms=600_000, clock=clock, losses="group")
+    again.merge_peer("s1", [(301, 400)])
+    again.commit()
+    clock.now += 601
+    assert again.account_losses() == {}                   # nothing new lost, nothing counted twice
+    assert again.intervals("s1")[-2:] == [(280, 289), (300, 300)]   # its own de-dup state: only what it wrote
+
+
+def test_a_worker_that_is_not_the_accountant_counts_nothing(tmp_path: Path) -> None:
+    clock = _Clock(1_000_000.0)
+    seen = SeenSeqs(tmp_path, loss_horizon_ms=600_000, clock=clock, losses="none")
+    _commit(seen, "s1", range(1, 11))
+    _commit(seen, "s1", range(50, 60))
+    seen.merge_peer("s1", [(11, 49)])                     # ignored: it keeps no group view
+    clock.now += 601
+    assert seen.account_losses() == {} and seen.intervals("s1") == [(1, 10), (50, 59)]
+    with pytest.raises(ValueError, match="losses must be one of own, group, none"):
+        SeenSeqs(tmp_path / "x", losses="all")

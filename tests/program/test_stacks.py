@@ -353,7 +353,9 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                         {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"}]
     [conf] = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "ingest-config"]
-    broker = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False).broker
+    ingest_config = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False)
+    broker = ingest_config.broker
+    assert list(ingest_config.state.workers) == list(workers)     # the first of them counts the group's packet loss
     assert (broker.tls, broker.port, broker.host) == (True, 8883, f"broker.{ns}.svc.cluster.local")
     assert {str(broker.ca), str(broker.cert), str(broker.key)} == {f"/etc/ems/tls/{f}" for f in ("ca.crt", "tls.crt", "tls.key")}
     # The certificates: CN = the worker's identity, client auth, kubernetes.io/tls Secrets in the workload namespace.
@@ -397,6 +399,7 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert all(grants[cn] == own(cn) for cn in (*sites, *bridge))
     assert all(grants[cn] == [*own(cn), ("subscribeLiteral", f"$share/{broker.group}/ems/v1/+/telemetry"),
                               ("publishClientReceive", "ems/v1/+/telemetry"), ("publishClientSend", "ems/v1/deadletter/#")]
+               + [(kind, f"ems/v1/{peer}/seen") for peer in workers for kind in ("subscribeLiteral", "publishClientReceive")]
                for cn in workers)
     assert all(grants[cn] == [("subscribeLiteral", "ems/v1/+/twin/+"), ("publishClientReceive", "ems/v1/+/twin/+")] for cn in twins)
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
