@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["ErrorFactory", "broker_client_context", "error_reason"]
+from ems_runtime import ErrorFactory
 
-ErrorFactory = Callable[[str, object, str], Exception]
-"""Builds a config error from the field (``broker.ca``), its value and the reason."""
+__all__ = ["broker_client_context", "error_reason"]
 
 
 def broker_client_context(ca: Path, cert: Path, key: Path, error: ErrorFactory) -> ssl.SSLContext:
