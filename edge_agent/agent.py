@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 def check_permissions(config: AgentConfig) -> None:
     """Refuse a config file that other users can write (they could point us at their broker).
 
-    The broker key's mode is checked by ``load_config`` (world-readable → ConfigError).
+    The broker key's mode is checked by ``load_config`` (``config.key_mode_problem``: owner only, as check-config).
     """
     mode = stat.S_IMODE(config.source_path.stat().st_mode)
     if mode & 0o002:
