@@ -3,7 +3,8 @@
 ``broker_client_context(ca, cert, key, error)`` verifies the broker (its name
 included) against ``ca`` and presents ``cert`` with ``key``. A file that does not
 load becomes the caller's config error, built by ``error(field, value, reason)``
-(each package has its own ``ConfigError`` with that signature) and naming the
+(each package has its own ``ConfigError`` with that signature; the value is the
+file's ``Path``, which their messages quote up to 256 characters) and naming the
 file: ``broker.ca`` for the CA, ``broker.cert`` (with the key's path in the
 reason) for the pair. The edge agent, the ingest and the north-bound client call
 it at start and again on every certificate rotation.
@@ -27,11 +28,11 @@ def broker_client_context(ca: Path, cert: Path, key: Path, error: ErrorFactory) 
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
     except (OSError, ssl.SSLError) as exc:
-        raise error("broker.ca", str(ca), f"is not a readable PEM CA certificate ({error_reason(exc)})") from exc
+        raise error("broker.ca", Path(ca), f"is not a readable PEM CA certificate ({error_reason(exc)})") from exc
     try:
         context.load_cert_chain(str(cert), str(key))
     except (OSError, ssl.SSLError) as exc:
-        raise error("broker.cert", str(cert), f"and broker.key {str(key)!r} are not a readable, matching PEM "
+        raise error("broker.cert", Path(cert), f"and broker.key {str(key)!r} are not a readable, matching PEM "
                                               f"certificate and key ({error_reason(exc)})") from exc
     return context
 

@@ -73,12 +73,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlsplit
 
+from ems_contract.config_file import (
+    HOST_RULE, ConfigFileError, parse_toml, read_config_text, valid_host, valid_path_text,
+)
 from ems_contract.telemetry import valid_id
 from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
@@ -250,11 +252,11 @@ def _path(table: Mapping[str, Any], key: str, where: str, base: Path, required: 
         if required:
             raise ConfigError(f"{where}.{key}", None, "is required")
         return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}.{key}", value, "must be a file path")
+    if not valid_path_text(value):
+        raise ConfigError(f"{where}.{key}", value, "must be a file path (1-4096 printable characters)")
     path = Path(value) if Path(value).is_absolute() else base / value
     if not path.is_file():
-        raise ConfigError(f"{where}.{key}", value, "does not exist or is not a file")
+        raise ConfigError(f"{where}.{key}", Path(value), "does not exist or is not a file")
     return path
 
 
@@ -292,14 +294,13 @@ def _der(t: Mapping[str, Any], where: str) -> DerConfig:
                      grad_w=_int(t, "grad_w", where, 0, 0, 10000), connected_point=connected)
 
 
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]{2,45}\]?$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
 def _broker(t: Mapping[str, Any], base: Path) -> BrokerConfig:
     host = t.get("host")
-    if not isinstance(host, str) or not _HOST.match(host):
-        raise ConfigError("broker.host", host, "must be a host name or IP address")
+    if not valid_host(host):
+        raise ConfigError("broker.host", host, HOST_RULE)
     client_id = t.get("client_id", BrokerConfig.client_id)
     if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
         raise ConfigError("broker.client_id", client_id, "must be 1-64 characters of [A-Za-z0-9_.-]")
@@ -339,7 +340,7 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
     try:
         ident = identity_from_certificate(cert.read_bytes())  # type: ignore[union-attr]
     except (OSError, IdentityError) as exc:
-        raise ConfigError("client.cert", str(cert), f"is not a readable certificate ({exc})") from exc
+        raise ConfigError("client.cert", cert, f"is not a readable certificate ({exc})") from exc
     lfdi = ident.lfdi
     client = ClientConfig(cert=cert, key=key, lfdi=lfdi, sfdi=ident.sfdi)  # type: ignore[arg-type]
 
@@ -445,13 +446,13 @@ def _operator_api(t: Mapping[str, Any]) -> OperatorApiConfig:
 
 
 def load_config(path: Path) -> NorthboundConfig:
-    """Read and validate the TOML file at ``path``; raises ConfigError (one line) for anything wrong."""
+    """Read and validate the TOML file at ``path``; raises ConfigError (one line) for anything wrong.
+
+    The file is read as the edge's and the ingest's are (``ems_contract.config_file``): a FIFO, device or
+    directory, more than 1 MiB, not UTF-8 or nested too deep is a ConfigError, without blocking.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", str(path), f"cannot be read ({exc})") from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from exc
+        raw = parse_toml(read_config_text(path), str(path))
+    except ConfigFileError as exc:
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
     return parse_config(raw, path.parent)

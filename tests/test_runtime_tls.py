@@ -32,7 +32,7 @@ def test_unreadable_ca_names_broker_ca_and_the_file(pki: LocalPki, tmp_path: Pat
     pair = pki.client("edge-site1")
     with pytest.raises(_Refused) as caught:
         broker_client_context(tmp_path / "absent-ca.crt", pair.cert, pair.key, _Refused)
-    assert (caught.value.field, caught.value.value) == ("broker.ca", str(tmp_path / "absent-ca.crt"))
+    assert (caught.value.field, caught.value.value) == ("broker.ca", tmp_path / "absent-ca.crt")
     assert caught.value.reason == "is not a readable PEM CA certificate (No such file or directory)"
     assert isinstance(caught.value.__cause__, OSError)
 
@@ -41,7 +41,7 @@ def test_key_of_another_certificate_names_both_files(pki: LocalPki) -> None:
     pair, other = pki.client("edge-site1"), pki.client("edge-site2")
     with pytest.raises(_Refused) as caught:
         broker_client_context(pki.ca, pair.cert, other.key, _Refused)
-    assert (caught.value.field, caught.value.value) == ("broker.cert", str(pair.cert))
+    assert (caught.value.field, caught.value.value) == ("broker.cert", pair.cert)
     assert caught.value.reason == (f"and broker.key {str(other.key)!r} are not a readable, matching PEM certificate "
                                    f"and key (key values mismatch)")
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from devenv.pki import CertPair, LocalPki
+from ems_contract.config_file import HOST_RULE
 from northbound.cli import main
 from northbound.config import ConfigError, load_config
 from northbound.identity import identity_from_certificate, parse_sfdi
@@ -91,9 +93,8 @@ def test_broker_section(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    ('ca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.host must be a host name or IP address (got None)"),
-    ('host = "broker ems"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.host must be a host name or IP address "
-                                                                     "(got 'broker ems')"),
+    ('ca = "CA"\ncert = "CERT"\nkey = "KEY"\n', f"broker.host {HOST_RULE} (got None)"),
+    ('host = "broker ems"\nca = "CA"\ncert = "CERT"\nkey = "KEY"\n', f"broker.host {HOST_RULE} (got 'broker ems')"),
     ('host = "b"\nport = 0\nca = "CA"\ncert = "CERT"\nkey = "KEY"\n', "broker.port must be an integer in 1..65535 (got 0)"),
     ('host = "b"\nca = "CA"\nkey = "KEY"\n', "broker.cert is required (got None)"),
     ('host = "b"\nca = "CA"\ncert = "/nope.crt"\nkey = "KEY"\n', "broker.cert does not exist or is not a file "
@@ -115,3 +116,31 @@ def test_broker_errors(tmp_path: Path, pki: LocalPki, aggregator: CertPair, body
         load_config(_with_broker(write_config(tmp_path / "nb.toml", pki, aggregator), body))
     assert str(info.value).startswith(message), str(info.value)
     assert "\n" not in str(info.value) and "PRIVATE" not in str(info.value)
+
+
+def test_a_fifo_or_an_oversized_file_is_refused_without_blocking(tmp_path: Path) -> None:
+    fifo = tmp_path / "nb.toml"
+    os.mkfifo(fifo)                            # nobody writes: a plain read would block for ever
+    with pytest.raises(ConfigError, match=r"^config file is a FIFO \(named pipe\); a regular file is needed \(got '.*nb\.toml'\)$"):
+        load_config(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (2 * 1024 * 1024) + "\n")
+    with pytest.raises(ConfigError, match=r"^config file is larger than 1048576 bytes \(1 MiB\), the most a config "
+                                          r"file may be \(got '.*big\.toml'\)$"):
+        load_config(big)
+
+
+def test_a_huge_value_is_quoted_shortened_on_one_line(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> None:
+    path = write_config(tmp_path / "nb.toml", pki, aggregator)
+    path.write_text(path.read_text().replace("[server]\n", '[server]\ndcap = "' + "d" * 500_000 + '"\n', 1))
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith("server.dcap must be an absolute path such as /dcap (got 'ddd")
+    assert message.endswith("… (500000 characters))") and len(message) < 200 and "\n" not in message
+
+
+def test_a_file_path_with_a_nul_is_a_config_error(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> None:
+    missing = CertPair(Path("nope\\u0000.crt"), aggregator.key)      # TOML's escape: the path holds a NUL
+    with pytest.raises(ConfigError, match=r"^client.cert must be a file path \(1-4096 printable characters\)"):
+        load_config(write_config(tmp_path / "nb.toml", pki, missing))
