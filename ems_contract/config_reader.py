@@ -17,20 +17,16 @@ library only.
 
 from __future__ import annotations
 
-import re
 import stat
-import urllib.parse
 from pathlib import Path
 from typing import Any, Callable
 
-from ems_contract.config_file import HOST_RULE, valid_host, valid_path_text
+from ems_contract.config_file import MAX_URL_CHARS, HOST_RULE, url_problem, valid_host, valid_path_text
 
 __all__ = ["MAX_TEXT_CHARS", "MAX_URL_CHARS", "PATH_RULE", "ErrorFactory", "Section"]
 
 MAX_TEXT_CHARS = 1024      # any string setting
-MAX_URL_CHARS = 2048       # what HTTP clients and servers reliably accept in a request line
 PATH_RULE = "must be a file path of 1..4096 printable characters"
-_URL_CHARS = re.compile(r"[\x21-\x7e]+")   # printable ASCII without space: a URL's characters, percent-encoded
 
 ErrorFactory = Callable[[str, object, str], Exception]
 
@@ -136,29 +132,13 @@ class Section:
         return path
 
     def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        """An http:// or https:// URL with a host and a valid port, in printable ASCII."""
+        """An http:// or https:// URL with a host (``config_file.url_problem``)."""
         value = self.get(key, required)
         if value is None:
             return default  # type: ignore[return-value]
-        rule = "must be an http:// or https:// URL with a host"
-        if not isinstance(value, str):
-            raise self.error(self.at(key), value, rule)
-        if len(value) > MAX_URL_CHARS:
-            raise self.error(self.at(key), value, f"{rule} of at most {MAX_URL_CHARS} characters")
-        if not _URL_CHARS.fullmatch(value):
-            raise self.error(self.at(key), value, f"{rule}, in printable ASCII without spaces (percent-encode others)")
-        try:
-            parsed = urllib.parse.urlsplit(value)
-        except ValueError:          # e.g. an unclosed IPv6 bracket
-            raise self.error(self.at(key), value, rule) from None
-        try:
-            port = parsed.port      # raises ValueError outside 0..65535
-        except ValueError:
-            port = 0
-        if parsed.scheme not in ("http", "https") or not valid_host(parsed.hostname):
-            raise self.error(self.at(key), value, rule)
-        if port == 0:
-            raise self.error(self.at(key), value, f"{rule} and a port 1..65535")
+        problem = url_problem(value, ("http", "https"))
+        if problem is not None:
+            raise self.error(self.at(key), value, f"must be an http:// or https:// URL with a host{problem}")
         return value
 
     def done(self) -> None:

@@ -78,9 +78,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
-from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text
+from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text, url_problem
 from ems_contract.config_reader import Section
 from ems_contract.telemetry import valid_id
 from northbound.command_link import BrokerTls, broker_context
@@ -218,12 +217,10 @@ class NorthboundConfig:
 
 
 def _https(value: object, field_name: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(field_name, value, "must be an https:// URL")
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(field_name, value, "must be an https:// URL (scheme https, a host, no query)")
-    return value.rstrip("/")
+    problem = url_problem(value, ("https",), query=False)
+    if problem is not None:
+        raise ConfigError(field_name, value, f"must be an https:// URL (scheme https, a host, no query){problem}")
+    return value.rstrip("/")  # type: ignore[union-attr]
 
 
 def _site_lfdi(client_lfdi: str, site: str) -> str:

@@ -77,3 +77,12 @@ def test_values_of_the_wrong_type_are_config_errors(tmp_path: Path, base: dict, 
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert str(info.value).startswith(message), str(info.value)
+
+
+def test_a_url_that_urlsplit_refuses_is_a_config_error(tmp_path: Path, base: dict) -> None:
+    base["server"]["url"] = "https://[::1"            # an unclosed IPv6 bracket: urlsplit raised ValueError
+    path = tmp_path / "nb.toml"
+    path.write_text(toml_document(base))
+    with pytest.raises(ConfigError, match=r"^server\.url must be an https:// URL \(scheme https, a host, no query\) "
+                                          r"\(got 'https://\[::1'\)$"):
+        load_config(path)
