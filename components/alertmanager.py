@@ -20,7 +20,6 @@ an emptyDir: state is lost with the pod, alerts are not — the TSDB re-sends th
 
 from __future__ import annotations
 
-import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
@@ -28,6 +27,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import yaml
 
+from ems_contract.config_file import url_problem
 from components.alerts import SEVERITIES, SITE_SILENT, AlertReceiver as Receiver
 from components.k8s_common import (
     ComponentArgsError, Resources, child, container, empty_dir, metadata, pod_spec, secret_volume, selector,
@@ -44,12 +44,10 @@ CONFIG_DIR = "/etc/alertmanager"
 def check_url(receiver: str, url: object) -> str:
     """A webhook URL (http or https, with a host); raises ValueError naming the receiver, never the URL
     (it may hold a token)."""
-    if not isinstance(url, str) or len(url) > 2048:
-        raise ValueError(f"ems:alertReceiverUrls.{receiver} must be a URL string of at most 2048 characters")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in url):
-        raise ValueError(f"ems:alertReceiverUrls.{receiver} must be an http:// or https:// URL with a host")
-    return url
+    problem = url_problem(url, ("http", "https"))
+    if problem is not None:
+        raise ValueError(f"ems:alertReceiverUrls.{receiver} must be an http:// or https:// URL with a host{problem}")
+    return url  # type: ignore[return-value]
 
 
 def alertmanager_config(receivers: tuple[Receiver, ...], urls: Mapping[str, str], *, group_wait: str = "30s",

@@ -1,6 +1,6 @@
-"""The MQTT broker (Mosquitto): 8883 mTLS for every workload client, 1883 plain for in-namespace tools.
+"""The MQTT broker (Mosquitto): 8883 mTLS for every workload client, 1883 plain on the pod's loopback for operators.
 
-Two Services keep the contract obvious: ``broker`` (ClusterIP, 1883 + 8883) for the
+Two Services keep the contract obvious: ``broker`` (ClusterIP, 8883) for the
 cluster, and ``broker-external`` (8883 only) for edge sites — a ``LoadBalancer`` on private
 clusters, a ``ClusterIP`` bound to the region's NLB target group on AWS (see
 ``components/aws_ingress.py``). Sessions and in-flight QoS 1 messages persist on a volume
@@ -16,7 +16,7 @@ Who uses what (on 8883 the certificate's CN is the MQTT username *and* the clien
 | twin API | 8883 (``broker``) | one per replica: ``ems-twin-api-twin-api-<n>`` (``twin_identities``) | subscribe exactly ``ems/v1/+/twin/+`` and receive those twins (retained ones included); no publish, no subtree of its own |
 | north-bound client | 8883 (``broker``) | ``northbound_identities`` (``ems-northbound``) | publish ``ems/v1/<site>/command`` and subscribe to and receive ``ems/v1/<site>/command-result`` for each of ``northbound_sites`` only (subscribing to ``ems/v1/+/command-result`` is granted; delivery stays per site); its own subtree like a site |
 | any other certificate of the CA | 8883 | its CN | connects under its own CN as client id, and may do nothing (no SUBSCRIBE granted, no PUBLISH accepted) |
-| operators' tools | 1883, from inside the namespace | anonymous | read ``ems/v1/#`` only (no workload's NetworkPolicy allows egress to 1883) |
+| operators' tools | 1883 on 127.0.0.1 of the broker pod (``kubectl exec`` / ``port-forward``) | anonymous | read ``ems/v1/#`` only |
 
 A session belongs to a certificate: ``use_identity_as_username`` makes the CN the username
 (a CONNECT username is ignored) and ``use_username_as_clientid`` makes it the client id (the
@@ -59,13 +59,21 @@ Observed with Debian's Mosquitto 2.0.11 (``tests/components/test_broker_config.p
   queued messages survive on the volume). If the file were unreadable the broker would
   still start and refuse everything on 8883 (fail closed).
 
-1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing. Client
-ids are one namespace across listeners, and an anonymous client has no identity to bind its
-id to: a 1883 client that sends a worker's client id takes that worker's session and, with
-its read access, the readings queued in it (observed: 5 of 5 to the 1883 client, 0 to the
-worker). Only ``kubectl port-forward``/``exec`` on the broker pod, or a pod some NetworkPolicy
-lets out to it (none of the platform's: default deny), reaches 1883 — access to it is access
-to the broker pod.
+1883 keeps the ``acl_file``: anonymous clients read ``ems/v1/#`` and write nothing. It
+listens on 127.0.0.1 only, so nothing on the pod network reaches it — whatever the
+NetworkPolicies say and whether the CNI enforces them — only ``kubectl exec`` or
+``kubectl port-forward`` on the broker pod (which connects to the pod's loopback). Two
+reasons, both observed with 2.0.11 (``tests/components/test_broker_config.py``): client ids
+are one namespace across listeners and an anonymous client has no identity to bind its id
+to, so a 1883 client that sends a worker's client id takes that worker's session and, with
+its read access, the readings queued in it (5 of 5 to the 1883 client, 0 to the worker);
+and any subscription matching ``ems/v1/<site>/command`` (``ems/v1/#``: the ACL refuses
+delivery, not the SUBSCRIBE) makes the broker answer the north-bound's command for an
+offline site with PUBACK 0 instead of 16 (no matching subscribers), which hides the outage
+from its re-issue. Both now need access to the broker pod itself; an operator watching there
+subscribes to ``ems/v1/+/telemetry`` (or the topic at hand) rather than ``ems/v1/#``. The
+probes use 8883 (a TCP connect; Mosquitto logs one "connection failed: unexpected eof" notice
+per probe, as it does for a load balancer's TCP health check).
 
 The plugin's path differs between builds: ``/usr/lib/mosquitto_dynamic_security.so`` in the
 ``eclipse-mosquitto`` image (:data:`DYNSEC_PLUGIN`), ``/usr/lib/<triplet>/`` in Debian's
@@ -99,7 +107,7 @@ CONFIG_DIR = "/mosquitto/config"
 
 
 def mosquitto_conf(dynsec_plugin: str = DYNSEC_PLUGIN) -> str:
-    """mosquitto.conf: 8883 governed by the dynamic-security plugin at ``dynsec_plugin``, 1883 read-only."""
+    """mosquitto.conf: 8883 governed by the dynamic-security plugin at ``dynsec_plugin``, 1883 read-only on loopback."""
     return f"""\
 per_listener_settings true
 persistence true
@@ -129,9 +137,10 @@ tls_version tlsv1.2
 plugin {dynsec_plugin}
 plugin_opt_config_file {CONFIG_DIR}/dynamic-security.json
 
-# In-namespace tools only (no workload uses it); NetworkPolicy keeps it inside the namespace.
-# Anonymous and read-only: a tool observes every site's messages but cannot forge any.
-listener {MQTT_PORT}
+# Operators' tools inside the broker pod only (kubectl exec / port-forward; no workload uses it).
+# Anonymous and read-only: a tool observes every site's messages but cannot forge any. Loopback:
+# an anonymous client on the pod network could take a worker's session by its client id.
+listener {MQTT_PORT} 127.0.0.1
 allow_anonymous true
 acl_file {CONFIG_DIR}/acl-plain
 """
@@ -331,10 +340,7 @@ class MqttBroker(pulumi.ComponentResource):
             spec={
                 "type": "ClusterIP",
                 "selector": selector(APP),
-                "ports": [
-                    {"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt", "protocol": "TCP"},
-                    {"name": "mqtts", "port": MQTTS_PORT, "targetPort": "mqtts", "protocol": "TCP"},
-                ],
+                "ports": [{"name": "mqtts", "port": MQTTS_PORT, "targetPort": "mqtts", "protocol": "TCP"}],
             },
             opts=o,
         )
@@ -343,7 +349,7 @@ class MqttBroker(pulumi.ComponentResource):
             f"{name}-headless",
             metadata=metadata(f"{APP}-headless", ns, APP),
             spec={"clusterIP": "None", "selector": selector(APP),
-                  "ports": [{"name": "mqtt", "port": MQTT_PORT, "targetPort": "mqtt", "protocol": "TCP"}]},
+                  "ports": [{"name": "mqtts", "port": MQTTS_PORT, "targetPort": "mqtts", "protocol": "TCP"}]},
             opts=o,
         )
         external_spec: dict[str, object] = {
@@ -358,10 +364,10 @@ class MqttBroker(pulumi.ComponentResource):
         broker = container(
             "mosquitto", args.image, args.resources,
             command=["mosquitto", "-c", "/mosquitto/config/mosquitto.conf"],
-            ports=[("mqtt", MQTT_PORT), ("mqtts", MQTTS_PORT)],
+            ports=[("mqtts", MQTTS_PORT)],          # 1883 listens on the pod's loopback only
             mounts=[("config", "/mosquitto/config"), ("tls", "/mosquitto/tls"), ("data", "/mosquitto/data")],
             writable=["data"],
-            probe_port=MQTT_PORT,
+            probe_port=MQTTS_PORT,
         )
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",

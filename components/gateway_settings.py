@@ -25,9 +25,10 @@ Example (every key optional; ``docs/gateway-auth.md`` explains each)::
 from __future__ import annotations
 
 import re
-import urllib.parse
 from dataclasses import dataclass
 from typing import Any
+
+from ems_contract.config_file import url_problem
 
 __all__ = ["CLIENT_CERT_MODES", "MISSING", "GatewayAuthError", "GatewayAuthSettings", "GatewayOidc", "parse_gateway_auth"]
 
@@ -117,12 +118,9 @@ def _integer(field: str, value: Any, lo: int, hi: int) -> int:
 
 
 def _https_url(field: str, value: Any) -> str:
-    try:
-        parsed = urllib.parse.urlsplit(value) if isinstance(value, str) and len(value) <= 2048 else None
-    except ValueError:          # e.g. an unclosed IPv6 bracket
-        parsed = None
-    if parsed is None or parsed.scheme != "https" or not parsed.hostname or not value.isprintable() or " " in value:
-        raise GatewayAuthError(field, value, "must be an https:// URL with a host")
+    problem = url_problem(value, ("https",))
+    if problem is not None:
+        raise GatewayAuthError(field, value, f"must be an https:// URL with a host{problem}")
     return value
 
 

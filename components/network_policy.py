@@ -4,9 +4,8 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 
 | from → to                     | port  |
 |-------------------------------|-------|
-| anywhere → broker             | 8883  |
+| anywhere → broker             | 8883 (1883 is on the broker pod's loopback only: nothing to allow) |
 | ingest, ems-gateway, twin-api → broker | 8883 (egress; mTLS, each with its own certificate identity) |
-| namespace pods → broker       | 1883 (ingress only: in-namespace tools, read-only by the broker's ACL; no workload has egress to it) |
 | ems-gateway → RS-485 gateways | 502 (the configured port, per gateway address) |
 | anywhere → api-gateway        | 443   |
 | api-gateway → twin-api        | 8443 (upstream TLS; the policy pack's internal port ``twin-api``): routes and the token verifier |
@@ -95,7 +94,6 @@ class NetworkPolicies(pulumi.ComponentResource):
         policy("broker", ns, _pods("broker")["podSelector"], ingress=[
             # ipBlock may not match pod addresses (CNI-dependent): in-cluster clients explicitly.
             {"from": [*ANYWHERE, *same_namespace], "ports": _tcp(8883)},
-            {"from": same_namespace, "ports": _tcp(1883)},
         ])
         if args.gateways:
             gateway_rules = [{"to": [{"ipBlock": {"cidr": _host(g.host)}}], "ports": _tcp(g.port)} for g in args.gateways]

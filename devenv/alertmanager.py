@@ -13,14 +13,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from devenv.mosquitto import free_port
-from devenv.process import ManagedProcess
+from devenv.process import ManagedProcess, http_ok, wait_until
 
 __all__ = ["AlertmanagerServer", "find_alertmanager"]
 
@@ -63,22 +62,12 @@ class AlertmanagerServer(ManagedProcess):
         (self.workdir / "data").mkdir(exist_ok=True)
         self.spawn([find_alertmanager(), f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
                     f"--web.listen-address={self.address}", "--cluster.listen-address=", "--log.level=warn"])
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                tail = self.tail(2000)
-                raise RuntimeError(f"alertmanager exited with code {self.proc.returncode}:\n{tail}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:  # nosec B310 # http://127.0.0.1
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                tail = self.tail(2000)
-                self.terminate(kill=True)
-                raise RuntimeError(f"alertmanager not ready after {timeout:.0f}s:\n{tail}")
-            time.sleep(0.1)
+        try:
+            wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout, f"ready ({self.url}/-/ready 200)", self.proc, 0.1)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = self.tail(2000)
+            self.terminate(kill=True)
+            raise RuntimeError(f"alertmanager did not become ready: {exc}\n{tail}") from exc
 
     def alerts(self) -> list[dict[str, Any]]:
         """The alerts Alertmanager holds (``/api/v2/alerts``), inhibited and silenced ones included."""

@@ -20,11 +20,10 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 from devenv.pki import LocalPki
-from devenv.process import ManagedProcess
+from devenv.process import ManagedProcess, port_open, wait_until
 
 __all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto", "find_dynsec_plugin"]
 
@@ -37,18 +36,8 @@ def free_port() -> int:
 
 
 def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    """Block until something accepts TCP connections on 127.0.0.1:port."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with code {proc.returncode} before listening on port {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s") from None
-            time.sleep(0.05)
+    """Block until something accepts TCP connections on 127.0.0.1:port (``devenv.process.wait_until``)."""
+    wait_until(lambda: port_open(port), timeout, f"listening on 127.0.0.1:{port}", proc)
 
 
 def find_mosquitto() -> str:

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from devenv.process import ManagedProcess
+from devenv.process import ManagedProcess, port_open, wait_until
 
 __all__ = ["NginxGateway", "find_nginx"]
 
@@ -45,18 +43,12 @@ class NginxGateway(ManagedProcess):
         if check.returncode != 0:
             raise RuntimeError(f"nginx -t refused the generated config:\n{check.stderr}")
         self.spawn(command)
-        deadline = time.monotonic() + timeout
-        while True:
-            if not self.running:
-                raise RuntimeError(f"nginx exited with {self.proc.returncode}:\n{self.tail()}")  # type: ignore[union-attr]
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                return self
-            except OSError as exc:
-                if time.monotonic() > deadline:
-                    self.terminate(kill=True)
-                    raise RuntimeError(f"nginx did not listen on {self.port} within {timeout}s:\n{self.tail()}") from exc
-                time.sleep(0.05)
+        try:
+            wait_until(lambda: port_open(self.port), timeout, f"listening on 127.0.0.1:{self.port}", self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.terminate(kill=True)
+            raise RuntimeError(f"nginx did not start: {exc}\n{self.tail()}") from exc
+        return self
 
     def stop(self) -> None:
         # SIGQUIT is nginx's graceful stop; SIGTERM its fast one: a test wants it gone.

@@ -3,17 +3,57 @@
 Its stdout and stderr go to ``output_path``; it runs in its own session so a
 signal reaches only it. ``terminate`` is SIGTERM with a deadline, then SIGKILL;
 ``kill`` is SIGKILL at once — a real crash, for fault tests.
+
+``wait_until(ready, timeout, what, proc)`` is every launcher's start-and-wait loop:
+it polls ``ready`` (``port_open``, ``http_ok``) until it says yes, and fails as soon
+as the process exits or the time is up, naming what it waited for.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
+import urllib.request
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
-__all__ = ["ManagedProcess"]
+__all__ = ["ManagedProcess", "http_ok", "port_open", "wait_until"]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts a TCP connection on ``host:port`` now (refused raises OSError)."""
+    socket.create_connection((host, port), timeout=0.5).close()
+    return True
+
+
+def http_ok(url: str) -> bool:
+    """Whether ``GET url`` answers 200 now (refused, timeouts and error statuses raise OSError)."""
+    with urllib.request.urlopen(url, timeout=1.0) as resp:  # nosec B310 # the launchers' http://127.0.0.1 URLs
+        return resp.status == 200
+
+
+def wait_until(ready: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,
+               interval: float = 0.05) -> None:
+    """Poll ``ready()`` (an OSError counts as "not yet") until it returns True.
+
+    Raises RuntimeError when ``proc`` exits first (``process exited with code N before <what>``) and
+    TimeoutError after ``timeout`` seconds (``not <what> after Ns``).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with code {proc.returncode} before {what}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"not {what} after {timeout:.0f}s")
+        time.sleep(interval)
 
 
 class ManagedProcess:

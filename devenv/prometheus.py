@@ -21,14 +21,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from devenv.process import ManagedProcess
+from devenv.process import ManagedProcess, http_ok, wait_until
 from devenv.mosquitto import free_port
 
 __all__ = ["PrometheusServer", "PromClient", "PromQueryError", "find_prometheus"]
@@ -180,19 +179,7 @@ class PrometheusServer(ManagedProcess):
             raise RuntimeError(f"prometheus did not become ready: {exc}\n{tail}") from exc
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"prometheus exited with code {self.proc.returncode}")
-            try:
-                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1.0) as resp:  # nosec B310 # http://127.0.0.1
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.url}/-/ready not 200 after {timeout:.0f}s")
-            time.sleep(0.1)
+        wait_until(lambda: http_ok(f"{self.url}/-/ready"), timeout, f"ready ({self.url}/-/ready 200)", self.proc, 0.1)
 
     def stop(self, kill: bool = False, timeout: float = 20.0) -> None:
         """Stop the server: SIGTERM (clean shutdown) or, with ``kill``, SIGKILL (WAL replay on start)."""

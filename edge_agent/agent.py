@@ -42,7 +42,6 @@ from edge_agent.calibration import Calibrations
 from edge_agent.commands import CommandHandler
 from edge_agent.config import AgentConfig
 from edge_agent.errors import AuditError, BrokerRefused, ConfigError, PublishError, SpoolError
-from edge_agent.http import HttpEndpoint
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
 from edge_agent.poller import run_device
@@ -51,6 +50,7 @@ from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
 from edge_agent.twin import TwinStore, run_twin
 from ems_runtime.cert_expiry import register_certificates
+from ems_runtime.status_http import StatusEndpoint
 
 __all__ = ["Agent", "check_permissions"]
 
@@ -60,7 +60,7 @@ log = logging.getLogger(__name__)
 def check_permissions(config: AgentConfig) -> None:
     """Refuse a config file that other users can write (they could point us at their broker).
 
-    The broker key's mode is checked by ``load_config`` (world-readable → ConfigError).
+    The broker key's mode is checked by ``load_config`` (``config.key_mode_problem``: owner only, as check-config).
     """
     mode = stat.S_IMODE(config.source_path.stat().st_mode)
     if mode & 0o002:
@@ -87,7 +87,7 @@ class Agent:
         self._spool: Spool | None = None
         self._link: EdgeMqttLink | None = None
         self._commands: CommandHandler | None = None
-        self.http: HttpEndpoint | None = None
+        self.http: StatusEndpoint | None = None
         self._background: set[asyncio.Task] = set()
 
     # -- health ------------------------------------------------------------
@@ -154,7 +154,8 @@ class Agent:
         await asyncio.get_running_loop().run_in_executor(None, twin.load)
         calibrations = Calibrations.from_config(cfg)
         register_certificates(self.metrics.registry, "edge", {"broker-client": cfg.broker.cert})
-        self.http = HttpEndpoint(cfg.http.host, cfg.http.port, self.metrics.registry, self.health)
+        self.http = StatusEndpoint(cfg.http.host, cfg.http.port, self.metrics.registry, self.health,
+                                   config_error=ConfigError)
         self.http.start()
         self._link = link
         try:

@@ -27,41 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 from edge_agent.errors import EdgeAgentError
 from ems_contract.config_file import shorten
+from ems_runtime.log_setup import configure_logging
 from ems_runtime.version import version_text
 
 __all__ = ["main"]
 
 log = logging.getLogger("edge_agent.cli")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, ensure_ascii=False)
-
-
-def _configure_logging(level: str, stream_name: str = "stderr") -> None:
-    stream = sys.stdout if stream_name == "stdout" else sys.stderr
-    handler = logging.StreamHandler(stream)
-    if stream.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-    else:
-        handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -216,7 +194,7 @@ _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "calibrate": _c
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _configure_logging(args.log_level, args.log_stream)
+    configure_logging(args.log_level, sys.stdout if args.log_stream == "stdout" else sys.stderr)
     command = _cmd_audit_verify if args.command == "audit" else _COMMANDS[args.command]
     try:
         return command(args)

@@ -17,7 +17,7 @@ are host names, paths at most 4096 characters; messages quote at most about
 Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
 
     site = "sub-07"                              # [required] matches [A-Za-z0-9][A-Za-z0-9_.-]{0,63}
-    [broker]   host, port [8883], ca, cert, key [required files; key not world-readable],
+    [broker]   host, port [8883], ca, cert, key [required files; key readable by its owner only],
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
                batch_max_readings [1000], batch_max_delay_s [0.5],
                payload_format ["v2"|"v1": columnar, ~21 bytes a reading, or JSON per reading, ~110]
@@ -59,7 +59,6 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
 from __future__ import annotations
 
 import difflib
-import logging
 import math
 import os
 import ssl
@@ -84,10 +83,9 @@ __all__ = [
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
     "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
     "CommandsConfig", "WritablePoint", "WRITABLE_REGISTERS", "BOOLEAN_CONTROLS", "TYPE_LIMITS",
-    "config_path", "load_config", "parse_config", "read_config_file",
+    "config_path", "load_config", "parse_config", "read_config_file", "key_mode_problem",
 ]
 
-log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = Path("/etc/ems/sensors.conf")
 CONFIG_ENV = "EMS_SENSORS_CONF"
@@ -841,8 +839,28 @@ def _check_unique(devices: tuple[DeviceConfig, ...]) -> None:
             wire[(point.asset, point.name)] = here
 
 
+def key_mode_problem(path: Path, mode: int) -> str | None:
+    """What is wrong with the permission bits ``mode`` of private key ``path``, or None: the one rule of the
+    agent at start and of ``ems-edge check-config`` (``edge_agent.layout``), so neither accepts what the other refuses.
+
+    The field manual's 0600 (or 0400): nobody but the owner may read a key. One exception, read-only group
+    access on a Kubernetes Secret volume (``path`` is kubelet's ``..data/<name>`` link): there kubelet gives the
+    pod's fsGroup read (0440) whatever the Secret asks for, and a non-root agent can read its key no other way.
+    """
+    if mode & 0o007:
+        return f"accessible to other users (mode {mode:04o})"
+    if mode & 0o070 and not (mode & 0o070 == 0o040 and _on_secret_volume(path)):
+        return f"accessible to its group (mode {mode:04o})"
+    return None
+
+
+def _on_secret_volume(path: Path) -> bool:
+    # kubelet's atomic writer: NAME -> ..data/NAME, ..data -> ..<timestamp>/ (Secret, ConfigMap and projected volumes).
+    return path.is_symlink() and os.readlink(path) == f"..data/{path.name}" and (path.parent / "..data").is_symlink()
+
+
 def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
-    """The CA, certificate and key must be readable PEM files; the key must not be world-readable."""
+    """The CA, certificate and key must be readable PEM files; the key readable by its owner only (``key_mode_problem``)."""
     for key in ("ca", "cert", "key"):
         path: Path = getattr(broker, key)
         try:
@@ -856,12 +874,9 @@ def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
                 fh.read(1)
         except OSError as exc:
             raise ConfigError(t.at(key), path, f"cannot be read ({exc.strerror or exc})") from exc
-    mode = stat.S_IMODE(broker.key.stat().st_mode)
-    if mode & 0o007:
-        raise ConfigError(t.at("key"), broker.key,
-                          f"is accessible to other users (mode {mode:04o}); run: chmod 600 {broker.key}")
-    if mode & 0o070:
-        log.warning("broker.key %s is readable by its group (mode %04o); 0600 is recommended", broker.key, mode)
+    problem = key_mode_problem(broker.key, stat.S_IMODE(broker.key.stat().st_mode))
+    if problem is not None:
+        raise ConfigError(t.at("key"), broker.key, f"is {problem}; run: chmod 600 {broker.key}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cafile=str(broker.ca))

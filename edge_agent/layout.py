@@ -6,6 +6,9 @@ The field manual's audit of ``/etc/ems`` is ``ems-edge check-config``'s job:
 those two, and refuses any that another user could read or that the service
 user does not own, naming the ``chown``/``chmod`` that fixes all of them at once.
 Run as root with ``--user ems`` (the package's service user), or as that user.
+Which modes are too open is ``edge_agent.config.key_mode_problem``: the agent
+applies the same rule to its broker key at start, so a key this audit refuses
+never runs.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import shlex
 import stat
 from pathlib import Path
 
-from edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig, key_mode_problem
 from edge_agent.errors import ConfigError
 
 __all__ = ["SECRET_KEY_FILE", "key_files", "check_key_files", "service_user"]
@@ -60,7 +63,7 @@ def check_key_files(config: AgentConfig, user: str | None = None) -> list[Path]:
             raise ConfigError("key file", path, f"cannot be read ({exc.strerror or exc})") from exc
         mode = stat.S_IMODE(info.st_mode)
         wrong = []
-        if mode & 0o077:
+        if key_mode_problem(path, mode) is not None:
             wrong.append(f"mode {mode:04o}")
             fixes["chmod"].append(shlex.quote(str(path)))
         if info.st_uid != account.pw_uid:

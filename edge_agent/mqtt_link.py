@@ -63,6 +63,7 @@ from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from ems_contract.telemetry import status_topic
 from ems_runtime.file_watch import FileSetWatch
+from ems_runtime.tls import broker_client_context, error_reason
 
 __all__ = ["TlsFiles", "EdgeMqttLink", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
 
@@ -86,25 +87,7 @@ class TlsFiles:
 
 def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
     """A client context verifying the broker (hostname included) and presenting our certificate."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("broker.ca", str(tls.ca), f"is not a readable PEM CA certificate ({_reason(exc)})") from exc
-    try:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("broker.cert", str(tls.cert),
-                          f"and broker.key {str(tls.key)!r} are not a readable, matching PEM certificate and key "
-                          f"({_reason(exc)})") from exc
-    return context
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+    return broker_client_context(tls.ca, tls.cert, tls.key, ConfigError)
 
 
 def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random) -> float:
@@ -347,10 +330,10 @@ class EdgeMqttLink:
                 self._count("refused")
                 raise BrokerRefused(self._tls_refusal(alert)) from exc
             self._count("unreachable")
-            raise PublishError(f"{where}: TLS handshake failed ({_reason(exc)})") from exc
+            raise PublishError(f"{where}: TLS handshake failed ({error_reason(exc)})") from exc
         except (OSError, socket.timeout) as exc:
             self._count("unreachable")
-            raise PublishError(f"{where} unreachable ({_reason(exc)})") from exc
+            raise PublishError(f"{where} unreachable ({error_reason(exc)})") from exc
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             alert = await self._diagnose()
             self._count("refused" if alert else "error")
@@ -583,7 +566,7 @@ class EdgeMqttLink:
         try:
             context = self._tls_watch.poll(lambda: _ssl_context(tls))
         except ConfigError as exc:
-            why = _reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
+            why = error_reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
             self.log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching "
                              "PEM pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
             return False

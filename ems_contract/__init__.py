@@ -7,5 +7,7 @@ none of those depends on another's runtime. Standard library only.
 ``ems_contract.config_file`` is the other shared rule book: what an operator's
 config file may be (a regular file of at most 1 MiB of UTF-8 TOML, nested at
 most 32 deep, 64-bit integers) and how a bad value is quoted in an error, for
-the edge agent's ``sensors.conf`` and the ingest's ``ingest.toml`` alike.
+the edge agent's ``sensors.conf``, the ingest's ``ingest.toml`` and the
+north-bound client's config alike; ``ems_contract.config_reader.Section`` is the
+typed reader of such a document that the ingest and the north-bound client share.
 """

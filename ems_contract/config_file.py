@@ -23,8 +23,9 @@ integers                64-bit signed (TOML 1.0 §Integer); larger ones are an
 
 ``shorten(value)`` and ``one_line(text)`` keep error messages short and on one
 line whatever the file holds (a 10 MB host name is quoted by its first 60
-characters and its length). ``valid_host`` and ``valid_path_text`` are the
-string rules the loaders share. Standard library only.
+characters and its length). ``valid_host``, ``valid_path_text`` and
+``url_problem`` are the string rules the loaders (and the stack settings) share.
+Standard library only.
 """
 
 from __future__ import annotations
@@ -34,19 +35,21 @@ import re
 import reprlib
 import stat
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 __all__ = [
     "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_PATH_CHARS", "MAX_HOST_CHARS", "INT64_MIN", "INT64_MAX",
     "HOST_RULE", "ConfigFileError", "read_config_text", "parse_toml", "shorten", "one_line",
-    "valid_host", "valid_path_text",
+    "valid_host", "valid_path_text", "url_problem", "MAX_URL_CHARS",
 ]
 
 MAX_CONFIG_BYTES = 1024 * 1024
 MAX_NESTING = 32
 MAX_PATH_CHARS = 4096          # PATH_MAX on Linux
 MAX_HOST_CHARS = 253           # the longest DNS name
+MAX_URL_CHARS = 2048           # what HTTP clients and servers reliably accept in a request line
 INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 HOST_RULE = "must be a host name or IP address (1..253 characters: letters, digits, '.', '-', '_', ':', '%')"
 _VALUE_CHARS = 60              # how much of a bad value an error message quotes
@@ -403,3 +406,37 @@ def valid_host(value: object) -> bool:
 def valid_path_text(value: object) -> bool:
     """A non-empty file path of at most ``MAX_PATH_CHARS`` printable characters (no NUL, no newline)."""
     return isinstance(value, str) and 0 < len(value) <= MAX_PATH_CHARS and value.strip() != "" and value.isprintable()
+
+
+_URL_CHARS = re.compile(r"[\x21-\x7e]+")   # printable ASCII without space: a URL's characters, percent-encoded
+
+
+def url_problem(value: object, schemes: tuple[str, ...] = ("https",), *, query: bool = True) -> str | None:
+    """None when ``value`` is an absolute URL of one of ``schemes``; else what the caller appends to its own rule.
+
+    The rule: a string of at most ``MAX_URL_CHARS`` printable ASCII characters without spaces (others
+    percent-encoded), a scheme in ``schemes``, a host ``valid_host`` accepts, a port 1..65535 when it names
+    one and, with ``query=False``, no query or fragment. The answer is ``""`` when the scheme, the host,
+    the type or the query is wrong, else a detail: ``" of at most 2048 characters"``, ``", in printable ASCII
+    without spaces (percent-encode others)"`` or ``" and a port 1..65535"`` — so a caller's message reads
+    ``must be an https:// URL with a host and a port 1..65535``. Never raises.
+    """
+    if not isinstance(value, str):
+        return ""
+    if len(value) > MAX_URL_CHARS:
+        return f" of at most {MAX_URL_CHARS} characters"
+    if not _URL_CHARS.fullmatch(value):
+        return ", in printable ASCII without spaces (percent-encode others)"
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:          # e.g. an unclosed IPv6 bracket
+        return ""
+    try:
+        port = parts.port       # raises ValueError outside 0..65535
+    except ValueError:
+        port = 0
+    if parts.scheme not in schemes or not valid_host(parts.hostname) or (not query and (parts.query or parts.fragment)):
+        return ""
+    if port == 0:
+        return " and a port 1..65535"
+    return None

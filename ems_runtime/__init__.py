@@ -1,5 +1,14 @@
 """Plumbing every EMS process shares (the edge agent, the ingest, the north-bound client).
 
-``status_http``: the metrics-and-health HTTP endpoint. Runtime dependencies only
-(prometheus-client), never pulumi.
+``status_http``: the metrics-and-health HTTP endpoint; ``tls``: the broker client
+context; ``log_setup``: the command lines' logging; ``file_watch``: certificate
+rotation checks; ``cert_expiry``, ``sqlite``, ``version``. Runtime dependencies
+only (prometheus-client), never pulumi.
+
+``ErrorFactory`` is how a shared helper raises the calling package's own error:
+each package's ``ConfigError(field, value, reason)`` fits it.
 """
+
+from typing import Callable
+
+ErrorFactory = Callable[[str, object, str], Exception]

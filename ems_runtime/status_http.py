@@ -5,7 +5,8 @@ even when the process's loop is stuck — which is exactly what ``/healthz`` rep
 ``health()`` returns ``(ok, details)``; ``/healthz`` answers 200 with
 ``{"status": "ok", **details}`` when ok, else 503 with ``"unhealthy"``. ``/metrics``
 negotiates the exposition format (OpenMetrics when asked). A port that cannot be
-bound raises ``OSError`` from ``start()``; callers map it to their own config error.
+bound raises ``OSError`` from ``start()``, or, given ``config_error``, that error
+naming ``port_field`` (default ``http.port``), the port and the host.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from ems_runtime import ErrorFactory
+
 __all__ = ["StatusEndpoint", "HealthFn"]
 
 log = logging.getLogger(__name__)
@@ -29,11 +32,14 @@ HealthFn = Callable[[], "tuple[bool, dict[str, Any]]"]
 class StatusEndpoint:
     """Serve ``registry`` and ``health`` on ``host:port`` (port 0 = any free port; see ``.port``)."""
 
-    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthFn) -> None:
+    def __init__(self, host: str, port: int, registry: CollectorRegistry, health: HealthFn, *,
+                 config_error: ErrorFactory | None = None, port_field: str = "http.port") -> None:
         self.host = host
         self.requested_port = port
         self.registry = registry
         self.health = health
+        self.config_error = config_error
+        self.port_field = port_field
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -66,7 +72,13 @@ class StatusEndpoint:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("http %s", fmt % args)
 
-        self._server = ThreadingHTTPServer((self.host, self.requested_port), Handler)
+        try:
+            self._server = ThreadingHTTPServer((self.host, self.requested_port), Handler)
+        except OSError as exc:
+            if self.config_error is None:
+                raise
+            raise self.config_error(self.port_field, self.requested_port,
+                                    f"cannot be bound on {self.host} ({exc.strerror or exc})") from exc
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="http", daemon=True)
         self._thread.start()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import json
 import logging
 import os
 import signal
@@ -26,28 +25,11 @@ from pathlib import Path
 
 from ingest.config import IngestConfig, load_config
 from ingest.errors import ConfigError, IngestError
+from ems_runtime.log_setup import configure_logging
 from ems_runtime.version import version_text
 
 log = logging.getLogger("ingest")
 DEFAULT_CONFIG = "/etc/ems/ingest.toml"
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-               "msg": record.getMessage()}
-        if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
-
-
-def _setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(_JsonFormatter())
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
 
 
 def _lock_state_dir(config: IngestConfig) -> int:
@@ -149,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         cmd.add_argument("--config", type=Path, help=f"ingest config (TOML; default $EMS_INGEST_CONFIG, else "
                                                      f"{DEFAULT_CONFIG} when it exists, else only EMS_* variables)")
     args = parser.parse_args(argv)
-    _setup_logging(args.log_level)
+    configure_logging(args.log_level)
     try:
         path = args.config or (Path(os.environ["EMS_INGEST_CONFIG"]) if os.environ.get("EMS_INGEST_CONFIG") else None)
         if path is None and Path(DEFAULT_CONFIG).exists():

@@ -70,14 +70,13 @@ from __future__ import annotations
 import os
 import re
 import socket
-import stat
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ems_contract.config_file import (HOST_RULE, ConfigFileError, parse_toml, read_config_text, valid_host,
-                                      valid_path_text)
+from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text
+from ems_contract.config_reader import MAX_TEXT_CHARS, MAX_URL_CHARS, Section
 from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 from ingest.remote_write import RemoteWriteAuth
@@ -87,10 +86,7 @@ __all__ = ["ENV_OVERRIDES", "MAX_ENV_CHARS", "MAX_URL_CHARS", "IngestConfig", "B
            "BatchConfig", "StateConfig", "MetricsConfig", "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
 
 
-MAX_TEXT_CHARS = 1024      # any other string setting
-MAX_URL_CHARS = 2048       # what HTTP clients and servers reliably accept in a request line
 MAX_ENV_CHARS = 4096       # one EMS_* environment override (a path may be 4096 characters)
-_PATH_RULE = "must be a file path of 1..4096 printable characters"
 
 
 @dataclass(frozen=True)
@@ -178,138 +174,20 @@ class IngestConfig:
     source_path: Path | None = None
 
 
-class _Section:
-    """Typed, path-naming accessors over one TOML table; ``done()`` rejects unknown keys."""
-
-    def __init__(self, name: str, table: object, base: Path, check_files: bool = True) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(name, table, "must be a table")
-        self.name, self.table, self.base, self.used = name, table, base, set()
-        self.check_files = check_files
-
-    def _p(self, key: str) -> str:
-        return f"{self.name}.{key}" if self.name else key
-
-    def _get(self, key: str, required: bool) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if required:
-                raise ConfigError(self._p(key), None, "is required")
-            return None
-        return self.table[key]
-
-    def str(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(key, required)
-        if value is None:
-            return default  # type: ignore[return-value]
-        if not isinstance(value, str) or not value or len(value) > MAX_TEXT_CHARS or not value.isprintable():
-            raise ConfigError(self._p(key), value, f"must be a non-empty string of at most {MAX_TEXT_CHARS} "
-                                                   f"printable characters")
-        return value
-
-    def host(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(key, required)
-        if value is None:
-            return default  # type: ignore[return-value]
-        if not valid_host(value):
-            raise ConfigError(self._p(key), value, HOST_RULE)
-        return value
-
-    def dir(self, key: str) -> Path:
-        value = self._get(key, True)
-        if not valid_path_text(value):
-            raise ConfigError(self._p(key), value, _PATH_RULE)
-        path = Path(value)
-        return path if path.is_absolute() else self.base / path
-
-    def int(self, key: str, default: int, lo: int, hi: int) -> int:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-            raise ConfigError(self._p(key), value, f"must be an integer {lo}..{hi}")
-        return value
-
-    def bool(self, key: str, default: bool) -> bool:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if not isinstance(value, bool):
-            raise ConfigError(self._p(key), value, "must be true or false")
-        return value
-
-    def float(self, key: str, default: float, lo: float, hi: float) -> float:
-        value = self._get(key, False)
-        if value is None:
-            return default
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-            raise ConfigError(self._p(key), value, f"must be a number {lo}..{hi}")
-        return float(value)
-
-    def path(self, key: str, *, required: bool = False, must_exist: bool = True) -> Path | None:
-        value = self._get(key, required)
-        if value is None:
-            return None
-        if not valid_path_text(value):
-            raise ConfigError(self._p(key), value, _PATH_RULE)
-        path = Path(value)
-        if not path.is_absolute():
-            path = self.base / path
-        if must_exist and self.check_files:
-            try:
-                regular = stat.S_ISREG(path.stat().st_mode)
-            except OSError:       # missing, but also a name too long, a loop of links, a path through a file
-                regular = False
-            if not regular:
-                raise ConfigError(self._p(key), value, "must be an existing file")
-        return path
-
-    def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(key, required)
-        if value is None:
-            return default  # type: ignore[return-value]
-        rule = "must be an http:// or https:// URL with a host"
-        if not isinstance(value, str):
-            raise ConfigError(self._p(key), value, rule)
-        if len(value) > MAX_URL_CHARS:
-            raise ConfigError(self._p(key), value, f"{rule} of at most {MAX_URL_CHARS} characters")
-        if not _URL_CHARS.fullmatch(value):
-            raise ConfigError(self._p(key), value, f"{rule}, in printable ASCII without spaces (percent-encode others)")
-        try:
-            parsed = urllib.parse.urlsplit(value)
-        except ValueError:          # e.g. an unclosed IPv6 bracket
-            raise ConfigError(self._p(key), value, rule) from None
-        try:
-            port = parsed.port      # raises ValueError outside 0..65535
-        except ValueError:
-            port = 0
-        if parsed.scheme not in ("http", "https") or not valid_host(parsed.hostname):
-            raise ConfigError(self._p(key), value, rule)
-        if port == 0:
-            raise ConfigError(self._p(key), value, f"{rule} and a port 1..65535")
-        return value
-
-    def done(self) -> None:
-        unknown = sorted(set(self.table) - self.used)
-        if unknown:
-            raise ConfigError(self._p(unknown[0]), self.table[unknown[0]], "is not a known setting")
 
 
-_URL_CHARS = re.compile(r"[\x21-\x7e]+")   # printable ASCII without space: a URL's characters, percent-encoded
-
-
-def _workers(section: _Section) -> tuple[str, ...]:
-    value = section._get("workers", False)
+def _workers(section: Section) -> tuple[str, ...]:
+    value = section.get("workers")
     if value is None:
         return ()
     if (not isinstance(value, list) or not 1 <= len(value) <= 1000 or not all(valid_id(w) for w in value)
             or len(set(value)) != len(value)):
-        raise ConfigError(section._p("workers"), value, "must be a list of 1..1000 distinct client ids "
+        raise ConfigError(section.at("workers"), value, "must be a list of 1..1000 distinct client ids "
                                                         "matching [A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
     return tuple(value)
 
 
-def _client_id(section: _Section, prefix: str) -> str:
+def _client_id(section: Section, prefix: str) -> str:
     default = f"{prefix}-{socket.gethostname()}"[:64]
     value = section.str("client_id", default)
     if not valid_id(value):
@@ -321,7 +199,7 @@ _VISIBLE = re.compile(r"[\x21-\x7e]{1,256}")
 _HEADER = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}")
 
 
-def _remote_write_auth(t: _Section, scheme: str) -> RemoteWriteAuth | None:
+def _remote_write_auth(t: Section, scheme: str) -> RemoteWriteAuth | None:
     """``[tsdb]`` credentials and tenant; None when none is set. Files must exist; their content is read later."""
     bearer = t.path("bearer_token_file")
     user = t.str("basic_auth_username")
@@ -349,38 +227,35 @@ def _remote_write_auth(t: _Section, scheme: str) -> RemoteWriteAuth | None:
                            tenant=tenant, tenant_header=header)
 
 
-def _roles(section: _Section, key: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+def _roles(section: Section, key: str, default: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
     """A table ``{name = "<role>"}`` of at most 256 entries; names non-empty printable, roles viewer|operator|admin."""
-    value = section._get(key, False)
+    value = section.get(key, False)
     if value is None:
         return default
     if not isinstance(value, dict) or len(value) > 256:
-        raise ConfigError(section._p(key), value, "must be a table of at most 256 name = role entries")
+        raise ConfigError(section.at(key), value, "must be a table of at most 256 name = role entries")
     for name, role in value.items():
         if not name or len(name) > MAX_TEXT_CHARS or not name.isprintable():
-            raise ConfigError(f"{section._p(key)}.{name}", role, "must be named by 1..1024 printable characters")
+            raise ConfigError(f"{section.at(key)}.{name}", role, "must be named by 1..1024 printable characters")
         if role not in ROLES:
-            raise ConfigError(f"{section._p(key)}.{name}", role, f"must be one of {', '.join(ROLES)}")
+            raise ConfigError(f"{section.at(key)}.{name}", role, f"must be one of {', '.join(ROLES)}")
     return tuple(value.items())
 
 
-def _auth(twin: _Section, base: Path, check_files: bool) -> AuthSettings | None:
-    twin.used.add("auth")
-    if "auth" not in twin.table:
+def _auth(twin: Section) -> AuthSettings | None:
+    a = twin.section("auth")
+    if a is None:
         return None
-    a = _Section(twin._p("auth"), twin.table["auth"], base, check_files)
     oidc = None
-    a.used.add("oidc")
-    if "oidc" in a.table:
-        o = _Section(a._p("oidc"), a.table["oidc"], base, check_files)
-        algorithms = o._get("algorithms", False)
+    if (o := a.section("oidc")) is not None:
+        algorithms = o.get("algorithms", False)
         if algorithms is None:
             algorithms = list(ALGORITHMS)
         if not isinstance(algorithms, list) or not algorithms or any(x not in ALGORITHMS for x in algorithms):
-            raise ConfigError(o._p("algorithms"), algorithms, f"must be a non-empty list of {', '.join(ALGORITHMS)}")
+            raise ConfigError(o.at("algorithms"), algorithms, f"must be a non-empty list of {', '.join(ALGORITHMS)}")
         claim_roles = _roles(o, "claim_roles", ())
         if not claim_roles:
-            raise ConfigError(o._p("claim_roles"), None, "is required: which claim values grant which role")
+            raise ConfigError(o.at("claim_roles"), None, "is required: which claim values grant which role")
         oidc = OidcSettings(
             issuer=o.str("issuer", required=True), audience=o.str("audience", required=True),
             jwks_url=o.url("jwks_url", required=True), claim_roles=claim_roles,
@@ -402,15 +277,10 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
     ``check_files=False`` skips "must be an existing file" (a config generated for a pod whose
     certificate files are mounted later); every other rule still applies.
     """
-    root = _Section("", raw, base, check_files)
+    root = Section("", raw, ConfigError, base, check_files)
 
-    def section(key: str, required: bool = True) -> _Section | None:
-        root.used.add(key)
-        if key not in raw:
-            if required:
-                raise ConfigError(key, None, "section is required")
-            return None
-        return _Section(key, raw[key], base, check_files)
+    def section(key: str, required: bool = True) -> Section | None:
+        return root.section(key, required=required)
 
     b = section("broker")
     assert b is not None
@@ -469,7 +339,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
                              host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
                              client_ca=tw.path("client_ca"), client_id=_client_id(tw, "ems-twin-api"),
                              alertmanager_url=tw.url("alertmanager_url"),
-                             auth=_auth(tw, base, check_files),
+                             auth=_auth(tw),
                              max_query_answer_bytes=tw.int("max_query_answer_bytes", TwinApiConfig.max_query_answer_bytes,
                                                            1024, 256 * 1024 * 1024))
         tw.done()

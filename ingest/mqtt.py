@@ -46,7 +46,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ems_runtime.file_watch import FileSetWatch
-from ingest.errors import BrokerError
+from ems_runtime.tls import broker_client_context, error_reason
+from ingest.errors import BrokerError, ConfigError
 
 __all__ = ["Incoming", "MqttLink", "TlsFiles"]
 
@@ -61,10 +62,11 @@ class TlsFiles:
 
 
 def client_context(tls: TlsFiles) -> ssl.SSLContext:
-    """A client context verifying the broker (hostname included) and presenting our certificate and key."""
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-    context.load_cert_chain(str(tls.cert), str(tls.key))
-    return context
+    """A client context verifying the broker (hostname included) and presenting our certificate and key.
+
+    Files that do not load raise ``ConfigError`` naming ``broker.ca`` or ``broker.cert``.
+    """
+    return broker_client_context(tls.ca, tls.cert, tls.key, ConfigError)
 
 
 @dataclass(slots=True)
@@ -184,10 +186,10 @@ class MqttLink:
         tls = self.tls
         try:
             context = self._tls_watch.poll(lambda: client_context(tls))
-        except (OSError, ssl.SSLError) as exc:
+        except ConfigError as exc:
+            why = error_reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
             log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching PEM "
-                        "pair: %s); keeping the loaded certificate", tls.cert, tls.key,
-                        getattr(exc, "reason", None) or exc.strerror or exc)
+                        "pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
             return False
         if context is None:
             return False

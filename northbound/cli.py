@@ -24,10 +24,10 @@ import json
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
+from ems_runtime.log_setup import configure_logging
 from ems_runtime.version import version_text
 from northbound.identity import (
     DeviceIdentity, IdentityError, identity_from_certificate, identity_from_fingerprint, parse_fingerprint,
@@ -37,26 +37,6 @@ from northbound.identity import (
 __all__ = ["main"]
 
 log = logging.getLogger("northbound.cli")
-
-
-class _JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        body = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
-        if record.exc_info:
-            body["exc"] = self.formatException(record.exc_info)
-        return json.dumps(body, ensure_ascii=False)
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if sys.stderr.isatty():
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
-    else:
-        handler.setFormatter(_JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "identity":
         return _identity(args)
-    _configure_logging(args.log_level)
+    configure_logging(args.log_level)
     from northbound.config import load_config
     from northbound.errors import NorthboundError
     try:

@@ -38,6 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from ems_runtime.tls import broker_client_context
 from northbound.errors import BrokerError, ConfigError
 
 __all__ = ["BrokerTls", "CommandLink", "Received", "broker_context"]
@@ -67,24 +68,7 @@ class Received:
 
 def broker_context(tls: BrokerTls) -> ssl.SSLContext:
     """A TLS client context verifying the broker and presenting our certificate; ConfigError naming the file."""
-    try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("broker.ca", str(tls.ca), f"is not a readable PEM CA certificate ({_reason(exc)})") from exc
-    try:
-        context.load_cert_chain(str(tls.cert), str(tls.key))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("broker.cert", str(tls.cert), f"and broker.key {str(tls.key)!r} are not a matching PEM "
-                          f"certificate and key ({_reason(exc)})") from exc
-    return context
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ssl.SSLError) and exc.reason:
-        return str(exc.reason).replace("_", " ").lower()
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+    return broker_client_context(tls.ca, tls.cert, tls.key, ConfigError)
 
 
 class CommandLink:

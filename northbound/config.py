@@ -1,7 +1,9 @@
 """The north-bound client's config: one TOML file, parsed once into frozen dataclasses.
 
 Every error is a ``ConfigError`` naming the field path, the value and what is
-allowed, as one line; unknown keys are errors too. Example (``docs/northbound.md``
+allowed, as one line; unknown keys are errors too. The file is read and the
+values are checked as the ingest's are (``ems_contract.config_file``,
+``ems_contract.config_reader.Section``). Example (``docs/northbound.md``
 has the full table)::
 
     [server]
@@ -73,12 +75,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlsplit
 
+from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text, url_problem
+from ems_contract.config_reader import Section
 from ems_contract.telemetry import valid_id
 from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
@@ -214,57 +216,11 @@ class NorthboundConfig:
         return "\n".join(lines)
 
 
-def _table(raw: Mapping[str, Any], key: str, where: str, allowed: set[str], required: bool = False) -> dict[str, Any]:
-    value = raw.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{where}{key}", None, "is required")
-        return {}
-    if not isinstance(value, dict):
-        raise ConfigError(f"{where}{key}", value, "must be a table")
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ConfigError(f"{where}{key}.{unknown[0]}", value[unknown[0]], f"is not a known key ({', '.join(sorted(allowed))})")
-    return value
-
-
-def _int(table: Mapping[str, Any], key: str, where: str, default: int | None, low: int, high: int) -> int:
-    value = table.get(key, default)
-    if value is None:
-        raise ConfigError(f"{where}.{key}", None, "is required")
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}", value, f"must be an integer in {low}..{high}")
-    return value
-
-
-def _float(table: Mapping[str, Any], key: str, where: str, default: float, low: float, high: float) -> float:
-    value = table.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise ConfigError(f"{where}.{key}", value, f"must be a number in {low:g}..{high:g}")
-    return float(value)
-
-
-def _path(table: Mapping[str, Any], key: str, where: str, base: Path, required: bool = True) -> Path | None:
-    value = table.get(key)
-    if value is None:
-        if required:
-            raise ConfigError(f"{where}.{key}", None, "is required")
-        return None
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}.{key}", value, "must be a file path")
-    path = Path(value) if Path(value).is_absolute() else base / value
-    if not path.is_file():
-        raise ConfigError(f"{where}.{key}", value, "does not exist or is not a file")
-    return path
-
-
 def _https(value: object, field_name: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(field_name, value, "must be an https:// URL")
-    parts = urlsplit(value)
-    if parts.scheme != "https" or not parts.hostname or parts.query or parts.fragment:
-        raise ConfigError(field_name, value, "must be an https:// URL (scheme https, a host, no query)")
-    return value.rstrip("/")
+    problem = url_problem(value, ("https",), query=False)
+    if problem is not None:
+        raise ConfigError(field_name, value, f"must be an https:// URL (scheme https, a host, no query){problem}")
+    return value.rstrip("/")  # type: ignore[union-attr]
 
 
 def _site_lfdi(client_lfdi: str, site: str) -> str:
@@ -273,185 +229,175 @@ def _site_lfdi(client_lfdi: str, site: str) -> str:
     return hashlib.sha256(f"ems-site:{client_lfdi}:{site}".encode()).hexdigest()[:40].upper()
 
 
-def _der(t: Mapping[str, Any], where: str) -> DerConfig:
-    der_type = _int(t, "type", where, 4, 0, 255)
+def _der(d: Section) -> DerConfig:
+    der_type = d.int("type", 4, 0, 255)
     if der_type not in DER_TYPES:
-        raise ConfigError(f"{where}.type", der_type, f"must be a 2030.5 DERType ({', '.join(map(str, sorted(DER_TYPES)))})")
-    if "rated_w" not in t:
-        raise ConfigError(f"{where}.rated_w", None, "is required")
-    rated_w = _float(t, "rated_w", where, 0.0, 1.0, 3e10)
-    max_w = _float(t, "max_w", where, rated_w, 1.0, rated_w)
-    rated_var = _float(t, "rated_var", where, 0.0, 1.0, 3e10) if "rated_var" in t else None
-    connected = t.get("connected_point")
+        raise ConfigError(d.at("type"), der_type, f"must be a 2030.5 DERType ({', '.join(map(str, sorted(DER_TYPES)))})")
+    d.get("rated_w", required=True)
+    rated_w = d.float("rated_w", None, 1.0, 3e10)
+    connected = d.get("connected_point")
     if connected is not None:
         parts = connected.split("/") if isinstance(connected, str) else []
         if len(parts) != 2 or not all(valid_id(p) for p in parts):
-            raise ConfigError(f"{where}.connected_point", connected, "must be \"<asset>/<point>\"")
+            raise ConfigError(d.at("connected_point"), connected, "must be \"<asset>/<point>\"")
         connected = (parts[0], parts[1])
-    return DerConfig(type=der_type, rated_w=rated_w, max_w=max_w, rated_var=rated_var,
-                     grad_w=_int(t, "grad_w", where, 0, 0, 10000), connected_point=connected)
+    der = DerConfig(type=der_type, rated_w=rated_w, max_w=d.float("max_w", rated_w, 1.0, rated_w),
+                    rated_var=d.float("rated_var", None, 1.0, 3e10), grad_w=d.int("grad_w", 0, 0, 10000),
+                    connected_point=connected)
+    d.done()
+    return der
 
 
-_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,252})$|^\[?[0-9A-Fa-f:.]{2,45}\]?$")
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _broker(t: Mapping[str, Any], base: Path) -> BrokerConfig:
-    host = t.get("host")
-    if not isinstance(host, str) or not _HOST.match(host):
-        raise ConfigError("broker.host", host, "must be a host name or IP address")
-    client_id = t.get("client_id", BrokerConfig.client_id)
-    if not isinstance(client_id, str) or not _CLIENT_ID.match(client_id):
+def _broker(b: Section) -> BrokerConfig:
+    client_id = b.str("client_id", BrokerConfig.client_id)
+    if not _CLIENT_ID.match(client_id):
         raise ConfigError("broker.client_id", client_id, "must be 1-64 characters of [A-Za-z0-9_.-]")
-    config = BrokerConfig(host=host, port=_int(t, "port", "broker", 8883, 1, 65535),
-                          ca=_path(t, "ca", "broker", base),  # type: ignore[arg-type]
-                          cert=_path(t, "cert", "broker", base),  # type: ignore[arg-type]
-                          key=_path(t, "key", "broker", base),  # type: ignore[arg-type]
-                          client_id=client_id,
-                          publish_timeout_s=_float(t, "publish_timeout_s", "broker", 5.0, 0.1, 60.0),
-                          keepalive_s=_int(t, "keepalive_s", "broker", 30, 5, 3600),
-                          no_subscriber_retry_max_s=_float(t, "no_subscriber_retry_max_s", "broker", 5.0, 0.1, 300.0))
+    config = BrokerConfig(host=b.host("host", required=True), port=b.int("port", 8883, 1, 65535),
+                          ca=b.path("ca", required=True), cert=b.path("cert", required=True),  # type: ignore[arg-type]
+                          key=b.path("key", required=True), client_id=client_id,  # type: ignore[arg-type]
+                          publish_timeout_s=b.float("publish_timeout_s", 5.0, 0.1, 60.0),
+                          keepalive_s=b.int("keepalive_s", 30, 5, 3600),
+                          no_subscriber_retry_max_s=b.float("no_subscriber_retry_max_s", 5.0, 0.1, 300.0))
+    b.done()
     broker_context(BrokerTls(config.ca, config.cert, config.key))     # unreadable or mismatched files: ConfigError
     return config
 
 
+def _mirror(m: Section, known_sites: set[str]) -> MirrorPoint:
+    site = m.str("site", required=True)
+    if site not in known_sites:
+        raise ConfigError(m.at("site"), site, f"is not a configured site ({', '.join(sorted(known_sites))})")
+    asset, point = m.get("asset"), m.get("point")
+    for key, value in (("asset", asset), ("point", point)):
+        if not valid_id(value):
+            raise ConfigError(m.at(key), value, "must be an asset/point id of the telemetry")
+    reading = m.str("reading", required=True)
+    if reading not in READING_KINDS:
+        raise ConfigError(m.at("reading"), reading, f"must name a ReadingType mapping ({', '.join(READING_KINDS)})")
+    mirrored = MirrorPoint(site=site, asset=asset, point=point, reading=reading,
+                           multiplier=m.int("multiplier", READING_KINDS[reading].multiplier, -9, 9))
+    m.done()
+    return mirrored
+
+
 def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundConfig:
     """Validate a parsed TOML document; relative paths are relative to ``base``; the files must exist."""
-    unknown = sorted(set(raw) - {"server", "client", "polling", "readings", "http", "broker", "sites", "mirror",
-                                 "operator_api"})
-    if unknown:
-        raise ConfigError(unknown[0], raw[unknown[0]], "is not a known section "
-                          "(server, client, polling, readings, http, broker, sites, mirror, operator_api)")
-    s = _table(raw, "server", "", {"url", "dcap", "ca", "timeout_s", "allow_tls13"}, required=True)
-    dcap = s.get("dcap", "/dcap")
-    if not isinstance(dcap, str) or not dcap.startswith("/") or len(dcap) > 256:
+    root = Section("", dict(raw), ConfigError, base)
+    s = root.section("server", required=True)
+    assert s is not None
+    dcap = s.str("dcap", "/dcap")
+    if not dcap.startswith("/") or len(dcap) > 256:
         raise ConfigError("server.dcap", dcap, "must be an absolute path such as /dcap")
-    allow_tls13 = s.get("allow_tls13", False)
-    if not isinstance(allow_tls13, bool):
-        raise ConfigError("server.allow_tls13", allow_tls13, "must be true or false")
-    server = ServerConfig(url=_https(s.get("url"), "server.url"), dcap=dcap,
-                          ca=_path(s, "ca", "server", base),  # type: ignore[arg-type]
-                          timeout_s=_float(s, "timeout_s", "server", 10.0, 0.5, 120.0), allow_tls13=allow_tls13)
+    server = ServerConfig(url=_https(s.get("url", required=True), "server.url"), dcap=dcap,
+                          ca=s.path("ca", required=True),  # type: ignore[arg-type]
+                          timeout_s=s.float("timeout_s", 10.0, 0.5, 120.0), allow_tls13=s.bool("allow_tls13", False))
+    s.done()
 
-    c = _table(raw, "client", "", {"cert", "key"}, required=True)
-    cert = _path(c, "cert", "client", base)
-    key = _path(c, "key", "client", base)
+    c = root.section("client", required=True)
+    assert c is not None
+    cert, key = c.path("cert", required=True), c.path("key", required=True)
+    c.done()
     try:
         ident = identity_from_certificate(cert.read_bytes())  # type: ignore[union-attr]
     except (OSError, IdentityError) as exc:
-        raise ConfigError("client.cert", str(cert), f"is not a readable certificate ({exc})") from exc
+        raise ConfigError("client.cert", cert, f"is not a readable certificate ({exc})") from exc
     lfdi = ident.lfdi
     client = ClientConfig(cert=cert, key=key, lfdi=lfdi, sfdi=ident.sfdi)  # type: ignore[arg-type]
 
-    p = _table(raw, "polling", "", {"max_poll_s", "default_post_s", "backoff_initial_s", "backoff_max_s",
-                                    "command_ttl_s"})
-    polling = PollingConfig(max_poll_s=_int(p, "max_poll_s", "polling", 900, 1, 86400),
-                            default_post_s=_int(p, "default_post_s", "polling", 300, 1, 86400),
-                            backoff_initial_s=_float(p, "backoff_initial_s", "polling", 1.0, 0.01, 3600),
-                            backoff_max_s=_float(p, "backoff_max_s", "polling", 300.0, 0.01, 86400),
-                            command_ttl_s=_int(p, "command_ttl_s", "polling", 300, 10, 86400))
+    p = root.section("polling", empty=True)
+    assert p is not None
+    polling = PollingConfig(max_poll_s=p.int("max_poll_s", 900, 1, 86400),
+                            default_post_s=p.int("default_post_s", 300, 1, 86400),
+                            backoff_initial_s=p.float("backoff_initial_s", 1.0, 0.01, 3600),
+                            backoff_max_s=p.float("backoff_max_s", 300.0, 0.01, 86400),
+                            command_ttl_s=p.int("command_ttl_s", 300, 10, 86400))
+    p.done()
     if polling.backoff_max_s < polling.backoff_initial_s:
         raise ConfigError("polling.backoff_max_s", polling.backoff_max_s, "must be at least polling.backoff_initial_s")
 
-    r = _table(raw, "readings", "", {"twin_api", "ca", "cert", "key"})
-    twin_api = _https(r["twin_api"], "readings.twin_api") if "twin_api" in r else None
-    readings = ReadingsConfig(twin_api=twin_api,
-                              ca=_path(r, "ca", "readings", base, required=twin_api is not None),
-                              cert=_path(r, "cert", "readings", base, required="key" in r),
-                              key=_path(r, "key", "readings", base, required="cert" in r))
+    r = root.section("readings", empty=True)
+    assert r is not None
+    twin_api = _https(r.get("twin_api"), "readings.twin_api") if "twin_api" in r.table else None
+    readings = ReadingsConfig(twin_api=twin_api, ca=r.path("ca", required=twin_api is not None),
+                              cert=r.path("cert", required="key" in r.table), key=r.path("key", required="cert" in r.table))
+    r.done()
 
-    h = _table(raw, "http", "", {"host", "port"})
-    host = h.get("host", HttpConfig.host)
-    if not isinstance(host, str) or not host:
-        raise ConfigError("http.host", host, "must be a host name or address")
-    http = HttpConfig(host=host, port=_int(h, "port", "http", 9110, 0, 65535))
+    h = root.section("http", empty=True)
+    assert h is not None
+    http = HttpConfig(host=h.host("host", HttpConfig.host), port=h.int("port", 9110, 0, 65535))
+    h.done()
 
-    broker = _broker(_table(raw, "broker", "", {"host", "port", "ca", "cert", "key", "client_id",
-                                                "publish_timeout_s", "keepalive_s", "no_subscriber_retry_max_s"}),
-                      base) if "broker" in raw else None
+    b = root.section("broker")
+    broker = _broker(b) if b is not None else None
 
-    operator_api = _operator_api(_table(raw, "operator_api", "", {"host", "port", "default_ttl_s", "max_ttl_s"})) \
-        if "operator_api" in raw else None
+    o = root.section("operator_api")
+    operator_api = _operator_api(o) if o is not None else None
     if operator_api is not None and broker is None:
         raise ConfigError("operator_api", "[operator_api]", "needs a [broker] section: commands travel over it")
 
-    raw_sites = raw.get("sites")
-    if not isinstance(raw_sites, dict) or not raw_sites:
-        raise ConfigError("sites", raw_sites, "must be a table with at least one [sites.<site>]")
+    raw_sites = root.section("sites", required=True)
+    assert raw_sites is not None
+    if not raw_sites.table:
+        raise ConfigError("sites", raw_sites.table, "must be a table with at least one [sites.<site>]")
     sites = []
-    for name, body in raw_sites.items():
+    for name in list(raw_sites.table):
         if not valid_id(name):
             raise ConfigError(f"sites.{name}", name, "is not a valid site id ([A-Za-z0-9][A-Za-z0-9_.-]{0,63})")
-        t = _table(raw_sites, name, "sites.", {"lfdi", "pin", "der"})
-        if "lfdi" in t:
+        t = raw_sites.section(name)
+        assert t is not None
+        if (given := t.get("lfdi")) is not None:
             try:
-                site_lfdi = parse_lfdi(t["lfdi"])
+                site_lfdi = parse_lfdi(given)
             except IdentityError as exc:
-                raise ConfigError(f"sites.{name}.lfdi", t["lfdi"], "must be exactly 40 hex digits") from exc
+                raise ConfigError(t.at("lfdi"), given, "must be exactly 40 hex digits") from exc
         else:
             site_lfdi = _site_lfdi(lfdi, name)
-        pin = _int(t, "pin", f"sites.{name}", 0, 0, 999999) if "pin" in t else None
-        der = _der(_table(t, "der", f"sites.{name}.", {"type", "rated_w", "max_w", "rated_var", "grad_w",
-                                                      "connected_point"}), f"sites.{name}.der") if "der" in t else None
-        sites.append(SiteConfig(site=name, lfdi=site_lfdi, sfdi=sfdi_from_lfdi(site_lfdi), pin=pin, der=der))
+        pin = t.int("pin", None, 0, 999999)
+        d = t.section("der")
+        t.done()
+        sites.append(SiteConfig(site=name, lfdi=site_lfdi, sfdi=sfdi_from_lfdi(site_lfdi), pin=pin,
+                                der=_der(d) if d is not None else None))
     lfdis = [s.lfdi for s in sites]
     if len(set(lfdis)) != len(lfdis) or lfdi in lfdis:
         raise ConfigError("sites", lfdis, "must have distinct LFDIs, none equal to the client's own")
 
-    raw_mirror = raw.get("mirror", [])
-    if not isinstance(raw_mirror, list):
+    raw_mirror = root.get("mirror")
+    if raw_mirror is not None and not isinstance(raw_mirror, list):
         raise ConfigError("mirror", raw_mirror, "must be an array of tables ([[mirror]])")
     known_sites = {s.site for s in sites}
-    points = []
-    seen: set[tuple[str, str, str]] = set()
-    for index, entry in enumerate(raw_mirror):
-        where = f"mirror[{index}]"
-        if not isinstance(entry, dict):
-            raise ConfigError(where, entry, "must be a table")
-        unknown = sorted(set(entry) - {"site", "asset", "point", "reading", "multiplier"})
-        if unknown:
-            raise ConfigError(f"{where}.{unknown[0]}", entry[unknown[0]], "is not a known key "
-                              "(site, asset, point, reading, multiplier)")
-        site = entry.get("site")
-        if site not in known_sites:
-            raise ConfigError(f"{where}.site", site, f"is not a configured site ({', '.join(sorted(known_sites))})")
-        for key in ("asset", "point"):
-            if not valid_id(entry.get(key)):
-                raise ConfigError(f"{where}.{key}", entry.get(key), "must be an asset/point id of the telemetry")
-        reading = entry.get("reading")
-        if reading not in READING_KINDS:
-            raise ConfigError(f"{where}.reading", reading, f"must name a ReadingType mapping ({', '.join(READING_KINDS)})")
-        multiplier = _int(entry, "multiplier", where, READING_KINDS[reading].multiplier, -9, 9)
-        key3 = (site, entry["asset"], entry["point"])
-        if key3 in seen:
-            raise ConfigError(f"{where}.point", entry["point"], f"is mirrored twice for site {site}")
-        seen.add(key3)
-        points.append(MirrorPoint(site=site, asset=entry["asset"], point=entry["point"], reading=reading,
-                                  multiplier=multiplier))
+    points: list[MirrorPoint] = []
+    for index, entry in enumerate(raw_mirror or []):
+        point = _mirror(Section(f"mirror[{index}]", entry, ConfigError, base), known_sites)
+        if any((m.site, m.asset, m.point) == (point.site, point.asset, point.point) for m in points):
+            raise ConfigError(f"mirror[{index}].point", point.point, f"is mirrored twice for site {point.site}")
+        points.append(point)
+    root.done()
     return NorthboundConfig(server=server, client=client, sites=tuple(sites), mirror=tuple(points),
                             polling=polling, readings=readings, http=http, broker=broker,
                             operator_api=operator_api)
 
 
-def _operator_api(t: Mapping[str, Any]) -> OperatorApiConfig:
-    host = t.get("host", OperatorApiConfig.host)
-    if not isinstance(host, str) or not host:
-        raise ConfigError("operator_api.host", host, "must be a host name or address")
-    max_ttl = _int(t, "max_ttl_s", "operator_api", OperatorApiConfig.max_ttl_s, 1, 24 * 3600)
-    return OperatorApiConfig(host=host, port=_int(t, "port", "operator_api", OperatorApiConfig.port, 0, 65535),
-                             default_ttl_s=_int(t, "default_ttl_s", "operator_api", min(OperatorApiConfig.default_ttl_s,
-                                                                                        max_ttl), 1, max_ttl),
-                             max_ttl_s=max_ttl)
+def _operator_api(o: Section) -> OperatorApiConfig:
+    max_ttl = o.int("max_ttl_s", OperatorApiConfig.max_ttl_s, 1, 24 * 3600)
+    config = OperatorApiConfig(host=o.host("host", OperatorApiConfig.host),
+                               port=o.int("port", OperatorApiConfig.port, 0, 65535),
+                               default_ttl_s=o.int("default_ttl_s", min(OperatorApiConfig.default_ttl_s, max_ttl), 1, max_ttl),
+                               max_ttl_s=max_ttl)
+    o.done()
+    return config
 
 
 def load_config(path: Path) -> NorthboundConfig:
-    """Read and validate the TOML file at ``path``; raises ConfigError (one line) for anything wrong."""
+    """Read and validate the TOML file at ``path``; raises ConfigError (one line) for anything wrong.
+
+    The file is read as the edge's and the ingest's are (``ems_contract.config_file``): a FIFO, device or
+    directory, more than 1 MiB, not UTF-8 or nested too deep is a ConfigError, without blocking.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError("config", str(path), f"cannot be read ({exc})") from exc
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError("config", str(path), f"is not valid TOML ({exc})") from exc
+        raw = parse_toml(read_config_text(path), str(path))
+    except ConfigFileError as exc:
+        raise ConfigError(exc.field, exc.value, exc.reason) from exc
     return parse_config(raw, path.parent)

@@ -20,6 +20,8 @@ never leave ``transport`` and ``sep2``.
 
 from __future__ import annotations
 
+from ems_contract.config_file import one_line, shorten
+
 __all__ = ["NorthboundError", "ConfigError", "Sep2Error", "TransportError", "ServerStatusError", "RegistrationError",
            "BrokerError"]
 
@@ -29,10 +31,11 @@ class NorthboundError(Exception):
 
 
 class ConfigError(NorthboundError):
-    """A config value that is not allowed; the message is one line naming field and value."""
+    """A config value that is not allowed; the message is one line naming field and value (shortened)."""
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{field} {reason} (got {value!r})")
+        # Bounded like the edge's and the ingest's: a 10 MB value is quoted by its first 60 characters.
+        super().__init__(f"{one_line(field, 160)} {one_line(reason, 400)} (got {shorten(value)})")
         self.field = field
         self.value = value
         self.reason = reason

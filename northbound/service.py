@@ -45,6 +45,7 @@ from typing import Awaitable, Callable, Collection, Mapping, Protocol
 import httpx
 
 from ems_contract.command import Command
+from ems_runtime.status_http import StatusEndpoint
 from northbound import tls
 from northbound.client import PointValue, Sep2Client, SiteSession
 from northbound.command_link import BrokerTls, CommandLink
@@ -52,7 +53,6 @@ from northbound.commands import MqttCommandSink, response_status, result_subscri
 from northbound.config import NorthboundConfig, ReadingsConfig
 from northbound.errors import BrokerError, ConfigError, NorthboundError, TransportError
 from northbound.events import window
-from northbound.http import StatusEndpoint
 from northbound.metrics import NorthboundMetrics
 from northbound.operator_api import CommandDesk, OperatorApi
 from northbound.transport import Sep2Transport
@@ -199,7 +199,8 @@ class NorthboundService:
             self.source = TwinApiSource(self.config.readings)
         if self.sink is None:
             self.sink = self._command_sink()
-        self.endpoint = StatusEndpoint(self.config.http.host, self.config.http.port, self.metrics.registry, self.health)
+        self.endpoint = StatusEndpoint(self.config.http.host, self.config.http.port, self.metrics.registry, self.health,
+                                       config_error=ConfigError)
         self.endpoint.start()
         self._start_operator_api()
         observe = lambda function_set, outcome: self.metrics.requests.labels(function_set, outcome).inc()  # noqa: E731

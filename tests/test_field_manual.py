@@ -189,8 +189,10 @@ def check_ports(site: Path, rendered: dict) -> None:
     services = [m for (kind, _, _), m in rendered.items() if kind == "Service"]
     external = {p["port"] for s in services if s["spec"].get("type") in ("LoadBalancer", "NodePort") for p in s["spec"]["ports"]}
     assert external == {8883, 443}
-    broker = rendered[("Service", NS, "broker")]
-    assert 1883 in {p["port"] for p in broker["spec"]["ports"]}
+    # 1883 plain MQTT stays inside: on the broker pod's loopback (kubectl exec / port-forward), in no Service.
+    assert 1883 not in {p["port"] for s in services for p in s["spec"]["ports"]}
+    conf = rendered[("ConfigMap", NS, "broker-config")]["data"]["mosquitto.conf"]
+    assert "\nlistener 1883 127.0.0.1\n" in conf
 
 
 def check_sysctls(site: Path, rendered: dict) -> None:

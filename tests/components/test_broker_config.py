@@ -4,7 +4,7 @@ for every workload client, CN = username = client id, a site confined to ems/v1/
 only the ingest workers' identities in the ingest's shared group (a site's attempt refused with
 SUBACK 135, no message lost to it), dead letters written by the ingest, unknown identities
 refused, a worker's session (in-flight and queued readings) out of reach of every other
-certificate, 1883 read-only for anonymous tools, the twin API's identities reading retained
+certificate, 1883 read-only for anonymous tools and on loopback only, the twin API's identities reading retained
 twins only — and the generated ingest.toml files driving the ingest's own MQTT client against it."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -79,7 +80,7 @@ def _start_broker(tmp_path: Path, pki: LocalPki) -> RunningBroker:
             .replace("/mosquitto/data/", f"{tmp_path}/data/")
             .replace(f"{CONFIG_DIR}/", f"{config_dir}/")
             .replace(f"listener {MQTTS_PORT}\n", f"listener {tls_port} 127.0.0.1\n")
-            .replace(f"listener {MQTT_PORT}\n", f"listener {plain_port} 127.0.0.1\n")
+            .replace(f"listener {MQTT_PORT} ", f"listener {plain_port} ")     # the generated bind address stays
             .replace("log_dest stdout", f"log_dest file {tmp_path}/broker.log\nlog_type all"))
     assert str(tls_port) in conf and str(plain_port) in conf and "/mosquitto/" not in conf
     if os.geteuid() == 0:  # in the pod it runs as uid 10001; as root it would switch to "mosquitto"
@@ -115,7 +116,7 @@ class Peer:
     connection: a second Peer with the same certificate takes the first one's connection."""
 
     def __init__(self, pki: LocalPki, port: int, identity: str | None, client_id: str, *, username: str | None = None,
-                 clean_start: bool = True, session_expiry_s: int = 0) -> None:
+                 clean_start: bool = True, session_expiry_s: int = 0, host: str = "127.0.0.1") -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
         if identity is not None:
             pair = pki.client(identity)
@@ -139,7 +140,7 @@ class Peer:
         self.client.on_message = lambda c, u, msg: self.received.put(msg.topic)
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry_s
-        self.client.connect("127.0.0.1", port, clean_start=clean_start, properties=props)
+        self.client.connect(host, port, clean_start=clean_start, properties=props)
         self.client.loop_start()
         assert connected.wait(5), f"{identity}: the mTLS connection was not accepted"
 
@@ -441,6 +442,54 @@ def _publish_plain_once(pki: LocalPki, port: int, topic: str) -> int:
         return peer.publish(topic, b"forged")
     finally:
         peer.close()
+
+
+POD_NETWORK = "127.0.0.2"     # another address of this host: stands for the broker pod's IP, which other pods dial
+
+
+def test_the_plain_listener_is_out_of_reach_of_the_pod_network(broker, pki: LocalPki, tmp_path: Path) -> None:
+    """1883 listens on loopback: a client dialling another address of the host (as a pod dials the broker pod's
+    IP) is refused at TCP, so it can neither take worker ingest-0's session by its client id nor subscribe at all;
+    the worker gets all 10 stranded readings back. The same client on loopback (kubectl exec / port-forward) still
+    takes the session — why the listener must not be reachable from anywhere else."""
+    tls_port, plain_port = broker
+    with socket.socket() as elsewhere:                  # the address works here: the refusal is the bind address's
+        elsewhere.bind((POD_NETWORK, 0))
+        elsewhere.listen()
+        socket.create_connection(elsewhere.getsockname(), timeout=2).close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((POD_NETWORK, plain_port), timeout=2)
+    site = Peer(pki, tls_port, "sub-07", "edge-sub-07")
+    try:
+        _strand_readings(pki, tls_port, tmp_path, site)
+        with pytest.raises(ConnectionRefusedError):
+            Peer(pki, plain_port, None, f"{INGEST}-ingest-0", clean_start=False, session_expiry_s=3600, host=POD_NETWORK)
+        assert _resume_worker(pki, tls_port, tmp_path) == STRANDED
+        _strand_readings(pki, tls_port, tmp_path, site)
+        thief = Peer(pki, plain_port, None, f"{INGEST}-ingest-0", clean_start=False, session_expiry_s=3600)
+        try:
+            assert thief.session_present is True            # on loopback the anonymous client resumes the worker's session
+            assert sorted(thief.received.get(timeout=5).encode() for _ in range(10)) == [
+                telemetry_topic("sub-07").encode()] * 10
+        finally:
+            thief.close()
+    finally:
+        site.close()
+
+
+def test_an_offline_site_gets_no_subscribers_unless_a_loopback_tool_watches_its_commands(broker, pki: LocalPki) -> None:
+    """The north-bound's re-issue for an offline site hangs on PUBACK 16. A subscription matching the command topic
+    hides it even though the 1883 ACL never delivers a command to the tool; one on telemetry does not."""
+    tls_port, plain_port = broker
+    assert _publish_once(pki, tls_port, NORTHBOUND, command_topic("sub-08")) == NO_SUBSCRIBERS
+    watcher = Peer(pki, plain_port, None, "operator-tool")
+    try:
+        watcher.subscribe(telemetry_subscription())
+        assert _publish_once(pki, tls_port, NORTHBOUND, command_topic("sub-08")) == NO_SUBSCRIBERS
+        watcher.subscribe("ems/v1/#")
+        assert _publish_once(pki, tls_port, NORTHBOUND, command_topic("sub-08")) == 0
+    finally:
+        watcher.close()
 
 
 def test_edge_listener_rejects_clients_without_a_certificate_of_the_platform_ca(broker, pki: LocalPki, tmp_path: Path) -> None:

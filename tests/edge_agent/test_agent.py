@@ -103,12 +103,12 @@ def test_health_endpoint_reports_a_stalled_loop_as_503() -> None:
     """/healthz is served from its own thread, so it can say the event loop stopped ticking."""
     from prometheus_client import CollectorRegistry, Counter
 
-    from edge_agent.http import HttpEndpoint
+    from ems_runtime.status_http import StatusEndpoint
 
     registry = CollectorRegistry()
     Counter("probe", "A metric to find in the scrape.", registry=registry).inc(3)
     state = {"ok": True}
-    endpoint = HttpEndpoint("127.0.0.1", 0, registry, lambda: (state["ok"], {"loop_heartbeat_age_s": 0.1}))
+    endpoint = StatusEndpoint("127.0.0.1", 0, registry, lambda: (state["ok"], {"loop_heartbeat_age_s": 0.1}))
     endpoint.start()
     try:
         base = f"http://127.0.0.1:{endpoint.port}"
@@ -140,11 +140,11 @@ def test_http_port_in_use_is_a_config_error() -> None:
     from prometheus_client import CollectorRegistry
 
     from edge_agent.errors import ConfigError
-    from edge_agent.http import HttpEndpoint
+    from ems_runtime.status_http import StatusEndpoint
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(ConfigError, match=rf"^http.port: {port} cannot be bound on 127.0.0.1 \(Address already in use\)"):
-            HttpEndpoint("127.0.0.1", port, CollectorRegistry(), lambda: (True, {})).start()
+            StatusEndpoint("127.0.0.1", port, CollectorRegistry(), lambda: (True, {}), config_error=ConfigError).start()

@@ -284,10 +284,42 @@ def test_world_readable_key_is_refused_with_the_chmod_hint(folder: Path) -> None
                                       f"run: chmod 600 {key}")
 
 
-def test_group_readable_key_is_accepted_with_a_warning(folder: Path, caplog) -> None:
-    os.chmod(folder / "pki" / "edge.key", 0o640)    # Kubernetes secret volumes mount keys 0440
-    load_config(write(folder, BASE))
-    assert "readable by its group (mode 0640)" in caplog.text
+def test_group_readable_key_is_refused_as_check_config_refuses_it(folder: Path) -> None:
+    key = folder / "pki" / "edge.key"
+    os.chmod(key, 0o640)
+    assert error_of(folder, BASE) == (f"broker.key: '{key}' is accessible to its group (mode 0640); "
+                                      f"run: chmod 600 {key}")
+
+
+def _secret_volume(folder: Path, mode: int) -> None:
+    """pki/ laid out as kubelet mounts a Secret: NAME -> ..data/NAME, ..data -> ..<timestamp>/, files ``mode``."""
+    pki = folder / "pki"
+    stamp = pki / "..2026_12_06_17_00_00.000000001"
+    stamp.mkdir()
+    for name in ("ca.crt", "edge.crt", "edge.key"):
+        (pki / name).rename(stamp / name)
+        os.chmod(stamp / name, mode)
+        (pki / name).symlink_to(f"..data/{name}")
+    (pki / "..data").symlink_to(stamp.name)
+
+
+def test_a_kubernetes_secret_volume_key_readable_by_the_pod_group_is_accepted(folder: Path) -> None:
+    _secret_volume(folder, 0o440)                # kubelet's mode for the pod's fsGroup
+    assert load_config(write(folder, BASE)).broker.key == folder / "pki" / "edge.key"
+
+
+@pytest.mark.parametrize("mode", [0o460, 0o444])
+def test_a_secret_volume_key_writable_by_its_group_or_readable_by_others_is_refused(folder: Path, mode: int) -> None:
+    _secret_volume(folder, mode)
+    key = folder / "pki" / "edge.key"
+    assert error_of(folder, BASE).startswith(f"broker.key: '{key}' is accessible to ")
+
+
+def test_a_group_readable_key_that_only_looks_like_a_secret_volume_is_refused(folder: Path) -> None:
+    key = folder / "pki" / "edge.key"
+    os.chmod(key, 0o440)
+    (folder / "pki" / "..data").symlink_to(".")      # a ..data link, but the key is a plain file
+    assert "accessible to its group (mode 0440)" in error_of(folder, BASE)
 
 
 def test_key_that_does_not_belong_to_the_certificate(folder: Path) -> None:

@@ -47,6 +47,17 @@ def test_a_group_readable_key_is_refused_with_the_fix(config: Path) -> None:
     assert result.stderr.startswith("ems-edge check-config: error: broker.key:")
 
 
+def test_the_agent_refuses_at_start_what_check_config_refuses(config: Path) -> None:
+    """One rule: a group-readable key stops check-config and ``ems-edge run`` alike (exit 2, the same chmod fix)."""
+    key = config.parent / "pki" / "edge.key"
+    os.chmod(key, 0o640)
+    run = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert (run.returncode, check_config(config).returncode) == (2, 2)
+    assert run.stderr.rstrip().endswith(f"ems-edge run: error: broker.key: '{key}' is accessible to its group "
+                                        f"(mode 0640); run: chmod 600 {key}")
+
+
 def test_keys_not_owned_by_the_service_user_are_refused_all_at_once(config: Path) -> None:
     """Runs as root (os.chown), like the rest of the install-kit tests."""
     key = config.parent / "pki" / "edge.key"

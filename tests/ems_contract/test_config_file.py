@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from ems_contract.config_file import (INT64_MAX, INT64_MIN, MAX_CONFIG_BYTES, MAX_NESTING, ConfigFileError, one_line,
-                                      parse_toml, read_config_text, shorten, valid_host, valid_path_text)
+                                      parse_toml, read_config_text, shorten, url_problem, valid_host,
+                                      valid_path_text)
 
 FAST = settings(max_examples=300, deadline=None, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -378,3 +379,23 @@ def test_arbitrary_bytes_from_a_file(tmp_path: Path, data: bytes) -> None:
     except ConfigFileError as exc:
         message = str(exc)
         assert "\n" not in message and len(message) < MAX_MESSAGE, message
+
+
+@pytest.mark.parametrize(("value", "schemes", "query", "problem"), [
+    ("https://idp.example/realms/ems", ("https",), True, None),
+    ("http://tsdb:9090/api/v1/write?x=1", ("http", "https"), True, None),
+    ("https://[::1]:8443/dcap", ("https",), False, None),
+    ("http://idp.example/jwks", ("https",), True, ""),                  # scheme
+    ("https:///path-only", ("https",), True, ""),                       # no host
+    ("https://[::1", ("https",), True, ""),                             # urlsplit raises: an answer, not a crash
+    ("https://a.example/x?q=1", ("https",), False, ""),                 # a query where none may be
+    ("https://a.example/#frag", ("https",), False, ""),
+    (b"https://a.example", ("https",), True, ""),                      # not a string
+    ("https://a.example:99999/", ("https",), True, " and a port 1..65535"),
+    ("https://a.example:0/", ("https",), True, " and a port 1..65535"),
+    ("https://a.example/a b", ("https",), True, ", in printable ASCII without spaces (percent-encode others)"),
+    ("https://bücher.example/", ("https",), True, ", in printable ASCII without spaces (percent-encode others)"),
+    ("https://a.example/" + "x" * 2048, ("https",), True, " of at most 2048 characters"),
+])
+def test_url_problem(value: object, schemes: tuple[str, ...], query: bool, problem: str | None) -> None:
+    assert url_problem(value, schemes, query=query) == problem

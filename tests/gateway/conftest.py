@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import tomllib
 import ssl
 import urllib.error
@@ -19,11 +18,11 @@ import pytest
 
 from components.api_gateway import NginxPlan, Upstream, nginx_config
 from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+from devenv.alertmanager import AlertmanagerServer
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.nginx import NginxGateway
 from devenv.oidc_issuer import OidcIssuer
 from devenv.pki import LocalPki
-from devenv.process import ManagedProcess
 from devenv.prometheus import PrometheusServer
 from components.twin_api import twin_api_toml
 from ingest.config import parse_config
@@ -100,46 +99,18 @@ def limited_prometheus(tmp_path: Path) -> Iterator[PrometheusServer]:
     server.stop(kill=True)
 
 
-class Alertmanager(ManagedProcess):
-    """Debian's prometheus-alertmanager on 127.0.0.1 (no cluster), an empty route: the operators' silences API."""
-
-    def __init__(self, workdir: Path) -> None:
-        super().__init__(workdir / "alertmanager.log")
-        self.workdir, self.port = workdir, free_port()
-
-    def start(self) -> "Alertmanager":
-        binary = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-        if binary is None:
-            raise FileNotFoundError("prometheus-alertmanager not found: run scripts/install-system-packages.sh")
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "alertmanager.yml"
-        config.write_text("route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
-        self.spawn([binary, f"--config.file={config}", f"--storage.path={self.workdir / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{self.port}", "--cluster.listen-address=", "--log.level=warn"])
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/-/ready", timeout=2) as resp:
-                    if resp.status == 200:
-                        return self
-            except OSError:
-                pass
-            if not self.running or time.monotonic() > deadline:
-                self.terminate(kill=True)
-                raise RuntimeError(f"alertmanager did not become ready:\n{self.tail()}")
-            time.sleep(0.1)
-
-
 @pytest.fixture
-def alertmanager(tmp_path: Path) -> Iterator[Alertmanager]:
-    server = Alertmanager(tmp_path / "alertmanager").start()
+def alertmanager(tmp_path: Path) -> Iterator[AlertmanagerServer]:
+    """Debian's prometheus-alertmanager on 127.0.0.1 (no cluster), an empty route: the operators' silences API."""
+    server = AlertmanagerServer(tmp_path / "alertmanager", "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n")
+    server.start()
     yield server
     server.terminate(kill=True)
 
 
 @pytest.fixture
 def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issuer: OidcIssuer,
-                    limited_prometheus: PrometheusServer, alertmanager: Alertmanager) -> Iterator[Callable[..., Gateway]]:
+                    limited_prometheus: PrometheusServer, alertmanager: AlertmanagerServer) -> Iterator[Callable[..., Gateway]]:
     """``gateway_factory(northbound=None, **settings)`` → a started gateway whose ``GatewayAuthSettings`` are overridden
     by ``settings``; ``northbound`` is the upstream of the manual-command route (none: the route is 404)."""
     running: list[tuple[TwinApi, NginxGateway]] = []

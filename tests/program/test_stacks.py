@@ -313,16 +313,23 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
     assert [name for name, _ in modbus] == ["ems-gateway", "ems-gateway"]
     assert sorted(r["to"][0]["ipBlock"]["cidr"] for _, r in modbus) == ["10.60.4.21/32", "10.60.4.22/32"]
     assert not [name for name, _, port in _rules(ev, "ingress") if port == 502]
-    plain = [(name, rule) for name, rule, port in _rules(ev, "ingress") if port == 1883]
-    assert plain == [("broker", {"from": [{"podSelector": {}}], "ports": [{"protocol": "TCP", "port": 1883}]})]
-    # No workload talks plain MQTT: the listener is left to in-namespace tools.
-    assert {name for name, _, port in _rules(ev, "egress") if port == 1883} == set()
+    # Plain MQTT listens on the broker pod's loopback (operators' kubectl exec/port-forward): no flow to allow.
+    assert [(name, port) for d in ("ingress", "egress") for name, _, port in _rules(ev, d) if port == 1883] == []
     mqtts = {name: rule for name, rule, port in _rules(ev, "egress") if port == 8883}
     assert set(mqtts) == {"ingest", "ems-gateway", "twin-api", "northbound"}   # northbound: ems:northbound is set
     [broker] = [w for w in workloads(ev) if w.inputs["metadata"]["name"] == "broker"]
     for rule in mqtts.values():
         [peer] = rule["to"]
         assert set(peer) == {"podSelector"} and selects(peer["podSelector"], pod_labels(broker)), rule
+    # The broker offers only 8883 to the network: Services, container ports and the kubelet's probes.
+    services = [s for s in ev.of_type("kubernetes:core/v1:Service") if s.inputs["metadata"]["name"].startswith("broker")]
+    assert len(services) == 3 and {p["port"] for s in services for p in s.inputs["spec"]["ports"]} == {8883}
+    [mosquitto] = broker.inputs["spec"]["template"]["spec"]["containers"]
+    assert [p["containerPort"] for p in mosquitto["ports"]] == [8883]
+    assert mosquitto["readinessProbe"]["tcpSocket"] == mosquitto["livenessProbe"]["tcpSocket"] == {"port": 8883}
+    [conf] = [c.inputs["data"]["mosquitto.conf"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
+              if c.inputs["metadata"]["name"] == "broker-config"]
+    assert [line for line in conf.splitlines() if line.startswith("listener ")] == ["listener 8883", "listener 1883 127.0.0.1"]
 
 
 @pytest.mark.parametrize("name", REGION_STACKS)
@@ -405,8 +412,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
     [sts] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "broker"]
     assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == config_hash(data)
-    # 1883 (anonymous tools): read-only, its own ACL file.
-    assert "listener 1883\nallow_anonymous true\nacl_file /mosquitto/config/acl-plain\n" in data["mosquitto.conf"]
+    # 1883 (anonymous tools): loopback only, read-only, its own ACL file.
+    assert "listener 1883 127.0.0.1\nallow_anonymous true\nacl_file /mosquitto/config/acl-plain\n" in data["mosquitto.conf"]
     assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
 
 
