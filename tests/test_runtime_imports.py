@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps);
 # cryptography also reads certificate expiry (ems_runtime/cert_expiry.py).
-RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "tomlkit", "google", "jwt", "cryptography"}
+RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "numpy", "tomlkit", "google", "jwt", "cryptography"}
 
 # Top-level import names of the north-bound stage's distributions (cython_runtime: lxml's compiled modules).
 NORTHBOUND_RUNTIME = {"httpx", "httpcore", "h11", "anyio", "idna", "certifi", "envoy_schema", "pydantic", "pydantic_core",
