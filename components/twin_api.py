@@ -16,8 +16,10 @@ the client id (``use_username_as_clientid``, ``components/broker.py``), and two 
 one certificate would take the connection from each other in turn (observed with Mosquitto
 2.0.11: "already connected, closing old connection", then the other reconnects). Hence a
 StatefulSet, not a Deployment: stable ordinals give each pod its own certificate, projected
-from ``mqtt_tls_secrets`` into one volume with a directory per pod name, of which each pod
-mounts only its own (``subPathExpr``). No PersistentVolumeClaim: nothing is kept.
+from ``mqtt_tls_secrets`` into one volume with a directory per pod name, mounted whole; each pod
+names its own files by path (:func:`components.ingest.pod_tls_env`), so a renewed certificate
+reaches the running replica (a ``subPath`` mount is never updated). No PersistentVolumeClaim:
+nothing is kept.
 ``/healthz`` answers 503 until the subscription stands, so a pod takes traffic only once it
 holds the twins.
 
@@ -36,7 +38,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.gateway_settings import GatewayAuthSettings
-from components.ingest import METRICS_PORT, mtls_broker_section, validate_ingest_toml
+from components.ingest import METRICS_PORT, mtls_broker_section, pod_tls_env, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
     secret_volume, selector, template_metadata,
@@ -171,8 +173,9 @@ class TwinApi(pulumi.ComponentResource):
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
             ports=[("https", PORT), ("metrics", METRICS_PORT)],
-            mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
-            own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
+            env=pod_tls_env(MQTT_TLS_DIR),
+            mounts=[("config", CONFIG_DIR), ("mqtt-tls", MQTT_TLS_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
+            pod_name_env=True,
             writable=["tmp"],
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS", liveness_path="/livez",
         )

@@ -352,15 +352,18 @@ def test_twin_api_children_and_outputs() -> None:
     assert conf.inputs["data"]["ingest.toml"] == twin_api_toml(TWIN_ARGS["broker_host"], "http://tsdb:9090")
     pod = sts.inputs["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "ghcr.io/x/ingest:1"
-    # Each replica mounts only its own client certificate: the directory named after its pod.
+    # Every replica's client certificate in one volume, a directory per pod; each replica names its own by path.
     [mqtt_tls] = [v for v in pod["volumes"] if v["name"] == "mqtt-tls"]
     assert [(src["secret"]["name"], [i["path"] for i in src["secret"]["items"]]) for src in mqtt_tls["projected"]["sources"]] == [
         (secret, [f"twin-api-{n}/ca.crt", f"twin-api-{n}/tls.crt", f"twin-api-{n}/tls.key"])
         for n, secret in enumerate(TWIN_ARGS["mqtt_tls_secrets"])]
     assert mqtt_tls["projected"]["defaultMode"] == 0o440
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "mqtt-tls"]
-    assert mount == {"name": "mqtt-tls", "mountPath": "/etc/ems/mqtt-tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
-    assert pod["containers"][0]["env"][0] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert mount == {"name": "mqtt-tls", "mountPath": "/etc/ems/mqtt-tls", "readOnly": True}    # whole: the kubelet updates it
+    assert pod["containers"][0]["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *({"name": f"EMS_BROKER_{k}", "value": f"/etc/ems/mqtt-tls/$(POD_NAME)/{f}"} for k, f in
+          (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")))]
     assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api")
 
 

@@ -353,12 +353,16 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert volumes["tls"]["projected"] == {"defaultMode": 0o440, "sources": [
         {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"ingest-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
         for n, cn in enumerate(workers)]}
-    # Each pod mounts only its own directory, and sends its CN as its client id (the broker would use it anyway).
+    # The volume is mounted whole (the kubelet updates it in place on renewal); each pod names its own directory's
+    # files, and sends its CN as its client id (the broker would use it anyway).
     [c] = pod["containers"]
     [mount] = [m for m in c["volumeMounts"] if m["name"] == "tls"]
-    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
+    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True}
     assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"}]
+                        {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"},
+                        {"name": "EMS_BROKER_CA", "value": "/etc/ems/tls/$(POD_NAME)/ca.crt"},
+                        {"name": "EMS_BROKER_CERT", "value": "/etc/ems/tls/$(POD_NAME)/tls.crt"},
+                        {"name": "EMS_BROKER_KEY", "value": "/etc/ems/tls/$(POD_NAME)/tls.key"}]
     [conf] = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "ingest-config"]
     ingest_config = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False)
     broker = ingest_config.broker
@@ -491,9 +495,11 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     # Mounts: config read-only, the replica's own broker client identity (its pod's directory of a projected volume)
     # and the server certificate as 0440 Secrets, /tmp writable.
     mounts = {m["mountPath"]: (m["name"], m["readOnly"], m.get("subPathExpr")) for m in c["volumeMounts"]}
-    assert mounts == {"/etc/ems/twin-api": ("config", True, None), "/etc/ems/mqtt-tls": ("mqtt-tls", True, "$(POD_NAME)"),
+    assert mounts == {"/etc/ems/twin-api": ("config", True, None), "/etc/ems/mqtt-tls": ("mqtt-tls", True, None),
                       "/etc/ems/server-tls": ("server-tls", True, None), "/tmp": ("tmp", False, None)}
-    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        *({"name": f"EMS_BROKER_{k}", "value": f"/etc/ems/mqtt-tls/$(POD_NAME)/{f}"}
+                          for k, f in (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")))]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["mqtt-tls"]["projected"] == {"defaultMode": 0o440, "sources": [
         {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"twin-api-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
