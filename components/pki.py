@@ -32,6 +32,15 @@ class ServerCert:
 
 
 @dataclass(frozen=True)
+class ClientCert:
+    """A service's client certificate (CN ``common_name``, client auth): stored as Secret ``secret_name`` in ``namespace``."""
+
+    role: str
+    common_name: str
+    secret_name: str
+
+
+@dataclass(frozen=True)
 class PkiArgs:
     namespace: pulumi.Input[str]
     """Namespace of the server-certificate Secrets."""
@@ -43,6 +52,9 @@ class PkiArgs:
     """Edge site ids; each gets a client certificate with CN = site id, in ``client_namespace``. Defaults to none."""
     in_cluster_clients: tuple[str, ...] = ()
     """Client identities used by in-cluster workloads (e.g. ems-gateway), stored in ``namespace``. Defaults to none."""
+    service_clients: tuple[ClientCert, ...] = ()
+    """Client certificates of services that call other services over mTLS (the API gateway towards the twin API),
+    stored in ``namespace``. Defaults to none."""
     organization: str = "ems-platform"
     """Subject organisation of every certificate. Defaults to ``ems-platform``."""
     leaf_validity_hours: int = 2160
@@ -100,6 +112,9 @@ class Pki(pulumi.ComponentResource):
         for client_id in args.in_cluster_clients:
             self._issue(f"{name}-client-{client_id}", args, client_id, (), CLIENT_USES, f"edge-{client_id}-tls", args.namespace, "edge-client", site=client_id)
 
+        for client in args.service_clients:
+            self._issue(f"{name}-{client.role}", args, client.common_name, (), CLIENT_USES, client.secret_name,
+                        args.namespace, client.role)
         self.server_secrets = pulumi.Output.from_input(servers)
         self.client_secrets = pulumi.Output.from_input(clients)
         self.register_outputs(
@@ -152,12 +167,12 @@ def validate_pki_args(name: str, args: PkiArgs) -> None:
     if (args.ca_cert_pem is None) != (args.ca_private_key_pem is None):
         raise ComponentArgsError(name, "ca_cert_pem", "(set)" if args.ca_cert_pem is not None else None,
                                  "and ca_private_key_pem must be given together")
-    roles = [s.role for s in args.servers]
+    roles = [s.role for s in (*args.servers, *args.service_clients)]
     if len(set(roles)) != len(roles):
-        raise ComponentArgsError(name, "servers", roles, "must have distinct roles")
+        raise ComponentArgsError(name, "servers", roles, "must have distinct roles (service_clients included)")
     for server in args.servers:
         if not server.dns_names:
             raise ComponentArgsError(name, f"servers[{server.role}].dns_names", server.dns_names, "must name at least one DNS SAN")
-    identities = (*args.edge_sites, *args.in_cluster_clients)
+    identities = (*args.edge_sites, *args.in_cluster_clients, *(c.common_name for c in args.service_clients))
     if len(set(identities)) != len(identities):
-        raise ComponentArgsError(name, "edge_sites", identities, "must be unique (including in_cluster_clients)")
+        raise ComponentArgsError(name, "edge_sites", identities, "must be unique (including in_cluster_clients and service_clients)")

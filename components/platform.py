@@ -24,7 +24,7 @@ from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.northbound import NorthboundArgs, NorthboundClient, northbound_commands_host, northbound_metrics_target
-from components.pki import Pki, PkiArgs, ServerCert
+from components.pki import ClientCert, Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import AlertingTargets, Tsdb, TsdbArgs
@@ -72,11 +72,14 @@ class EmsPlatform(pulumi.ComponentResource):
         # Reserved whether or not ems:northbound is set, so that no edge site takes its name first; the only identity
         # the broker lets publish commands, for ems:northbound's sites (components/broker.py).
         northbound_identity = f"{IDENTITY_PREFIX}-northbound"
+        # The API gateway's client certificate towards the twin API, the only caller the twin API serves.
+        gateway_identity = f"{IDENTITY_PREFIX}-api-gateway"
         for site in s.edge_sites:
             for reserved, family, why in ((bridge_site, False, "the protocol gateway (ems-gateway)"),
                                           (ingest_identity, True, "the ingest workers"),
                                           (twin_identity, True, "the twin read API"),
                                           (northbound_identity, True, "the north-bound client"),
+                                          (gateway_identity, False, "the API gateway's client certificate"),
                                           (RESERVED_IDENTITY, False, "dead letters (ems/v1/deadletter/)")):
                 if site == reserved or (family and site.startswith(f"{reserved}-")):
                     raise ComponentArgsError(name, "settings.edge_sites", site, f"is reserved for {why}")
@@ -123,6 +126,7 @@ class EmsPlatform(pulumi.ComponentResource):
                 ServerCert("twin-api", f"twin-api.{ns_name}.svc", svc_names("twin-api"), "twin-api-tls"),
             ),
             edge_sites=s.edge_sites,
+            service_clients=(ClientCert("api-gateway-client", gateway_identity, "api-gateway-client-tls"),),
             # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
             in_cluster_clients=(*ingest_workers, *twin_replicas, *((bridge_site,) if s.modbus_gateways else ()),
                                 *((northbound_identity,) if s.northbound else ())),
@@ -181,11 +185,12 @@ class EmsPlatform(pulumi.ComponentResource):
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
             replicas=TWIN_API_REPLICAS, mqtt_tls_secrets=tuple(f"edge-{cn}-tls" for cn in twin_replicas),
             server_tls_secret="twin-api-tls",
-            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth,
+            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth, caller_identity=gateway_identity,
             alertmanager_url=f"http://alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
+            upstream_client_secret="api-gateway-client-tls",
             tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type, auth=s.api_auth,

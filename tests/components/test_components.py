@@ -27,7 +27,7 @@ from components.global_lb import GlobalLoadBalancer, GlobalLoadBalancerArgs  # n
 from components.ingest import IngestArgs, IngestWorkers  # noqa: E402
 from components.k8s_common import ComponentArgsError  # noqa: E402
 from components.ems_gateway import EmsGateway, EmsGatewayArgs  # noqa: E402
-from components.pki import Pki, PkiArgs, ServerCert  # noqa: E402
+from components.pki import ClientCert, Pki, PkiArgs, ServerCert  # noqa: E402
 from components.settings import DEFAULT_NODE_GROUPS, ModbusGateway, NodeGroupSettings  # noqa: E402
 from components.twin_api import TwinApi, TwinApiArgs, twin_api_toml  # noqa: E402
 
@@ -55,8 +55,14 @@ def test_pki_rejects_leaf_longer_than_398_days() -> None:
 
 
 def test_pki_rejects_duplicate_identities() -> None:
-    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique \(including in_cluster_clients\)"):
+    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique \(including in_cluster_clients and service_clients\)"):
         Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), edge_sites=("a",), in_cluster_clients=("a",)))
+    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique .* \(got \('a', 'a'\)\)$"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), edge_sites=("a",),
+                           service_clients=(ClientCert("gw", "a", "gw-tls"),)))
+    with pytest.raises(ComponentArgsError, match=r"^pki: servers must have distinct roles \(service_clients included\)"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,),
+                           service_clients=(ClientCert(SERVER.role, "gw", "gw-tls"),)))
 
 
 def test_gateway_rejects_node_port() -> None:

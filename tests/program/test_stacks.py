@@ -422,7 +422,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
 
 
 @pytest.mark.parametrize("site", ["ems-ingest", "ems-ingest-ingest-2", "ems-ingest-ingest-99", "ems-bridge", "ems-twin-api",
-                                  "ems-twin-api-twin-api-0", "ems-northbound", "ems-northbound-1", "deadletter"])
+                                  "ems-twin-api-twin-api-0", "ems-northbound", "ems-northbound-1", "deadletter",
+                                  "ems-api-gateway"])
 def test_reserved_identities_are_not_edge_sites(site: str) -> None:
     with pytest.raises(Exception, match=rf"settings\.edge_sites .*\(got '{site}'\)"):
         evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
@@ -548,6 +549,19 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
+    # The gateway presents its own client certificate (CN ems-api-gateway, client auth only) to the twin API, which
+    # serves nobody else: no in-cluster client can go around the gateway and set the identity headers itself.
+    assert gw_volumes["upstream-tls"]["secret"]["secretName"] == "api-gateway-client-tls"
+    [gw_container] = gateway.inputs["spec"]["template"]["spec"]["containers"]
+    assert {"name": "upstream-tls", "mountPath": "/etc/nginx/upstream-tls", "readOnly": True} in gw_container["volumeMounts"]
+    assert nginx.count("proxy_ssl_certificate /etc/nginx/upstream-tls/tls.crt;\n") == nginx.count("proxy_pass https://ems_twin_api") >= 3
+    assert nginx.count("proxy_ssl_certificate_key /etc/nginx/upstream-tls/tls.key;\n") == nginx.count("proxy_pass https://ems_twin_api")
+    [gw_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == "ems-api-gateway"]
+    [gw_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == gw_csr.name.replace("-csr", "-cert")]
+    assert "client_auth" in gw_cert.inputs["allowedUses"] and "server_auth" not in gw_cert.inputs["allowedUses"]
+    gw_secret = _named(ev, "kubernetes:core/v1:Secret", "api-gateway-client-tls")
+    assert gw_secret.inputs["type"] == "kubernetes.io/tls" and gw_secret.inputs["metadata"]["namespace"] == ns
+    assert (str(parsed.twin_api.client_ca), parsed.twin_api.client_cns) == ("/etc/ems/server-tls/ca.crt", ("ems-api-gateway",))
     # NetworkPolicies: gateway → twin-api 8443, tsdb → twin-api 9100 (metrics); twin-api → broker 8883 and tsdb 9090.
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
                 if p.inputs["metadata"]["namespace"] == ns}
