@@ -35,7 +35,7 @@ import pulumi_kubernetes as k8s
 from components.gateway_settings import GatewayAuthSettings
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
-    secret_volume, selector, template_metadata,
+    secret_volume, selector, template_metadata, tls_annotation,
 )
 
 APP = "api-gateway"
@@ -351,6 +351,9 @@ class ApiGatewayArgs:
     """Twin API Service DNS name (also its certificate's DNS SAN and the SNI); it serves the twin routes and the verifier."""
     auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication and limits. Defaults to client certificates optional, no OIDC, the documented limits."""
+    tls_digest: pulumi.Input[str] | None = None
+    """Digest of the gateway's certificates and trust bundle (``components.pki.tls_digest``), a pod template annotation:
+    nginx reads them only at start, so a change rolls the replicas one by one. Defaults to none."""
     upstream_client_secret: pulumi.Input[str] | None = None
     """``kubernetes.io/tls`` Secret of the client certificate nginx presents to the twin API (mounted at
     :data:`UPSTREAM_TLS_DIR`). Defaults to none: no client certificate upstream."""
@@ -424,7 +427,7 @@ class ApiGateway(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [nginx]),
+                    "metadata": template_metadata(APP, [nginx], annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec([nginx], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
                                      volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret),

@@ -202,6 +202,14 @@ def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotat
     return {"labels": labels(app, **extra), "annotations": {**notes, **(annotations or {})}}
 
 
+TLS_HASH_ANNOTATION = "ems.io/tls-sha256"
+
+
+def tls_annotation(digest: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
+    """``{ems.io/tls-sha256: digest}`` for a pod template (a new certificate or trust bundle rolls the pods), or {}."""
+    return {} if digest is None else {TLS_HASH_ANNOTATION: digest}
+
+
 def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:
     return {"name": name, "secret": {"secretName": secret_name, "defaultMode": SECRET_FILE_MODE}}
 

@@ -452,6 +452,38 @@ def test_regions_can_share_one_ca() -> None:
     assert ev.outputs["ca_bundle_pem"] == pem
 
 
+def test_additional_cas_are_trusted_by_every_verifier_and_roll_the_processes_that_read_them_at_start() -> None:
+    import base64
+
+    from infra_mocks import make_ca_pem
+
+    signing, other = make_ca_pem(), make_ca_pem()
+    shared = {"ems:caCertificate": signing, "ems:caPrivateKey": "-----BEGIN PRIVATE KEY-----shared"}
+    alone = evaluate_stack("aws-eu-west-1", shared, secret_keys=("ems:caPrivateKey",))
+    both = evaluate_stack("aws-eu-west-1", {**shared, "ems:additionalCaCertificates": json.dumps([other])},
+                          secret_keys=("ems:caPrivateKey",))
+    bundle = signing.strip() + "\n" + other.strip() + "\n"
+    assert both.outputs["ca_bundle_pem"] == bundle and alone.outputs["ca_bundle_pem"] == signing
+    # Every certificate Secret (servers, sites, in-cluster clients, the gateway's client) carries the bundle as ca.crt;
+    # only the signing CA signs.
+    tls_data = {x.inputs["metadata"]["name"]: x.inputs["stringData"]["value"]      # secret: the key is in it
+                for x in both.of_type("kubernetes:core/v1:Secret") if x.inputs.get("type") == "kubernetes.io/tls"}
+    assert len(tls_data) > 10 and "api-gateway-client-tls" in tls_data and "edge-sub-eu-01-tls" in tls_data
+    assert [name for name, data in tls_data.items() if data["ca.crt"] != bundle] == []
+    assert all(c.inputs["caCertPem"] == signing for c in both.of_type("tls:index/locallySignedCert:LocallySignedCert"))
+    [api_service] = both.of_type("kubernetes:apiregistration.k8s.io/v1:APIService")
+    assert base64.b64decode(api_service.inputs["spec"]["caBundle"]).decode() == bundle
+    # Mosquitto and nginx read cafile / ssl_client_certificate only at start: the bundle is in their pod templates'
+    # tls annotation, so changing it rolls them; the ingest and twin API reload it in place and are not rolled.
+    def annotations(ev, kind: str, name: str) -> dict:
+        return _named(ev, kind, name).inputs["spec"]["template"]["metadata"]["annotations"]
+    for kind, name in (("kubernetes:apps/v1:StatefulSet", "broker"), ("kubernetes:apps/v1:Deployment", "api-gateway")):
+        before, after = annotations(alone, kind, name)["ems.io/tls-sha256"], annotations(both, kind, name)["ems.io/tls-sha256"]
+        assert len(before) == 64 and before != after, name
+    for name in ("ingest", "twin-api"):
+        assert "ems.io/tls-sha256" not in annotations(both, "kubernetes:apps/v1:StatefulSet", name)
+
+
 def test_a_plain_text_secret_is_rejected() -> None:
     import pulumi
 
