@@ -73,6 +73,7 @@ def _deployed(tmp: Path, trust: Path, leaves: LocalPki) -> Iterator[tuple[int, i
                        cert=leaves.server.cert, key=leaves.server.key, auth=verifier.auth, client_ca=trust,
                        client_cns=(GATEWAY_CN,))
         twin.start()
+        link.wait_connected(15)      # the ingest's MQTT client verifies the broker's certificate with the same ca.crt
         tls_dir, upstream_dir = tmp / "gateway" / "tls", tmp / "gateway" / "upstream-tls"
         tls_dir.mkdir(parents=True)
         upstream_dir.mkdir()
