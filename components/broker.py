@@ -285,10 +285,10 @@ class BrokerArgs:
     external_service_type: str = "LoadBalancer"
     """Type of ``broker-external`` (8883 only): LoadBalancer or ClusterIP. Defaults to LoadBalancer."""
     resources: Resources = Resources("250m", "256Mi", "1", "1Gi")
+    """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/1Gi."""
     tls_digest: pulumi.Input[str] | None = None
     """Digest of the broker's certificate and trust bundle (``components.pki.tls_digest``), a pod template annotation:
     Mosquitto reads ``cafile`` and its certificate only at start, so a change rolls the broker. Defaults to none."""
-    """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/1Gi."""
 
 
 def validate_identities(name: str, args: BrokerArgs) -> None:

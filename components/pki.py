@@ -139,10 +139,10 @@ class Pki(pulumi.ComponentResource):
             clients[site] = secret
         for client_id in args.in_cluster_clients:
             self._issue(f"{name}-client-{client_id}", args, client_id, (), CLIENT_USES, f"edge-{client_id}-tls", args.namespace, "edge-client", site=client_id)
-
         for client in args.service_clients:
             self._issue(f"{name}-{client.role}", args, client.common_name, (), CLIENT_USES, client.secret_name,
                         args.namespace, client.role)
+
         self.server_secrets = pulumi.Output.from_input(servers)
         self.client_secrets = pulumi.Output.from_input(clients)
         self.register_outputs({"ca_cert_pem": self.ca_cert_pem, "ca_bundle_pem": self.ca_bundle_pem,

@@ -740,8 +740,9 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
     if ca_cert is None and "caPrivateKey" in secrets_set:
         raise SettingsError("caCertificate", _MISSING, "is required when ems:caPrivateKey is set (the CA certificate, PEM)")
     additional_cas = r.get("additionalCaCertificates", _additional_cas, ())
-    if ca_cert is not None and _pem_body(ca_cert) in [_pem_body(c) for c in additional_cas]:
-        i = [_pem_body(c) for c in additional_cas].index(_pem_body(ca_cert))
+    bodies = [_pem_body(c) for c in additional_cas]
+    if ca_cert is not None and _pem_body(ca_cert) in bodies:
+        i = bodies.index(_pem_body(ca_cert))
         raise SettingsError(f"additionalCaCertificates[{i}]", additional_cas[i], "is ems:caCertificate itself, which is "
                             "trusted anyway; list only the other CA of a rotation (the old or the next one)")
     edge_sites = r.get("edgeSites", _list_of(_LABEL, unique=True), ())
