@@ -13,6 +13,9 @@ by the verifier, which also checks the route's role (:data:`ROUTES`). Only the p
 routed; everything else, including the TSDB's remote-write and admin APIs, is 404 before any
 credential is looked at. nginx passes the verified identity upstream as trusted headers
 (:data:`IDENTITY_HEADERS`) and removes any copy the client sent, plus its ``Authorization``.
+Towards the twin API (routes and verifier) nginx presents its own client certificate
+(``upstream_client_secret``, CN ``ems-api-gateway``), and the twin API serves no other caller, so
+no in-cluster client can go around the gateway and set those headers itself.
 
 Limits: ``limit_req`` per client (certificate fingerprint or bearer token) and per source address
 → 429; body size → 413; request/header line size → 400/414; timeouts on client and upstream; the
@@ -32,12 +35,13 @@ import pulumi_kubernetes as k8s
 from components.gateway_settings import GatewayAuthSettings
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
-    secret_volume, selector, template_metadata,
+    secret_volume, selector, template_metadata, tls_annotation,
 )
 
 APP = "api-gateway"
 PORT = 443
 TLS_DIR = "/etc/nginx/tls"
+UPSTREAM_TLS_DIR = "/etc/nginx/upstream-tls"
 CONFIG_DIR = "/etc/nginx/ems"
 TMP_DIR = "/tmp"
 NORTHBOUND_COMMAND_PORT = 8444
@@ -108,6 +112,8 @@ class NginxPlan:
     listen: str = f"{PORT}"
     tls_dir: str = TLS_DIR
     """Holds ``tls.crt``/``tls.key`` (the gateway's server certificate) and ``ca.crt`` (the platform CA)."""
+    upstream_client_dir: str | None = None
+    """Holds ``tls.crt``/``tls.key``: the client certificate presented to HTTPS upstreams (the twin API). Defaults to none."""
     tmp_dir: str = TMP_DIR
     worker_processes: str = "2"
     """nginx workers. Defaults to 2 (``auto`` would count the node's CPUs, not the pod's limit)."""
@@ -121,12 +127,15 @@ def _upstreams(plan: NginxPlan) -> dict[str, Upstream]:
     return {name: up for name, up in found.items() if up is not None}
 
 
-def _proxy_tls(up: Upstream, ca: str) -> str:
+def _proxy_tls(up: Upstream, plan: NginxPlan) -> str:
     if up.tls_name is None:
         return ""
-    return (f"            proxy_ssl_verify on;\n            proxy_ssl_trusted_certificate {ca};\n"
+    # The gateway's own client certificate: the twin API serves only it, so its identity headers cannot be forged.
+    client = (f"            proxy_ssl_certificate {plan.upstream_client_dir}/tls.crt;\n"
+              f"            proxy_ssl_certificate_key {plan.upstream_client_dir}/tls.key;\n") if plan.upstream_client_dir else ""
+    return (f"            proxy_ssl_verify on;\n            proxy_ssl_trusted_certificate {plan.tls_dir}/ca.crt;\n"
             f"            proxy_ssl_name {up.tls_name};\n            proxy_ssl_server_name on;\n"
-            f"            proxy_ssl_protocols TLSv1.2 TLSv1.3;\n")
+            f"            proxy_ssl_protocols TLSv1.2 TLSv1.3;\n{client}")
 
 
 def _scheme(up: Upstream) -> str:
@@ -162,7 +171,7 @@ def _location(route: Route, up: Upstream, plan: NginxPlan) -> str:
             proxy_set_header {IDENTITY_HEADERS["auth"]} $ems_auth;
             proxy_set_header {IDENTITY_HEADERS["grafana_role"]} $ems_grafana_role;
 {clear}            proxy_read_timeout {read_timeout}s;
-{_proxy_tls(up, plan.tls_dir + "/ca.crt")}        }}
+{_proxy_tls(up, plan)}        }}
 """
 
 
@@ -198,7 +207,7 @@ def _verifier_location(path: str, plan: NginxPlan, *, refused_certificate: bool)
             proxy_set_header X-Ems-Client-Verify $ssl_client_verify;
 {specific}            proxy_connect_timeout 2s;
             proxy_read_timeout 10s;
-{_proxy_tls(up, plan.tls_dir + "/ca.crt")}        }}
+{_proxy_tls(up, plan)}        }}
 """
 
 
@@ -342,6 +351,12 @@ class ApiGatewayArgs:
     """Twin API Service DNS name (also its certificate's DNS SAN and the SNI); it serves the twin routes and the verifier."""
     auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication and limits. Defaults to client certificates optional, no OIDC, the documented limits."""
+    tls_digest: pulumi.Input[str] | None = None
+    """Digest of the gateway's certificates and trust bundle (``components.pki.tls_digest``), a pod template annotation:
+    nginx reads them only at start, so a change rolls the replicas one by one. Defaults to none."""
+    upstream_client_secret: pulumi.Input[str] | None = None
+    """``kubernetes.io/tls`` Secret of the client certificate nginx presents to the twin API (mounted at
+    :data:`UPSTREAM_TLS_DIR`). Defaults to none: no client certificate upstream."""
     tsdb_port: int = 9090
     """TSDB port. Defaults to 9090."""
     twin_api_port: int = 8443
@@ -369,6 +384,7 @@ def gateway_plan(args: ApiGatewayArgs) -> NginxPlan:
         alertmanager=Upstream(args.alertmanager_host, 9093) if args.alertmanager_host else None,
         grafana=Upstream(args.grafana_host, 3000) if args.grafana_host else None,
         northbound=Upstream(args.northbound_host, NORTHBOUND_COMMAND_PORT) if args.northbound_host else None,
+        upstream_client_dir=UPSTREAM_TLS_DIR if args.upstream_client_secret is not None else None,
     )
 
 
@@ -396,11 +412,12 @@ class ApiGateway(pulumi.ComponentResource):
         if args.external_service_type == "LoadBalancer":
             spec["externalTrafficPolicy"] = "Local"      # keeps the client address: the per-address rate limit needs it
         svc = k8s.core.v1.Service(f"{name}-svc", metadata=metadata(APP, ns, APP), spec=spec, opts=o)
+        upstream_tls = [("upstream-tls", UPSTREAM_TLS_DIR)] if args.upstream_client_secret is not None else []
         nginx = container(
             "nginx", args.image, args.resources,
             command=["nginx", "-e", "stderr", "-c", f"{CONFIG_DIR}/nginx.conf"],
             ports=[("https", PORT)],
-            mounts=[("config", CONFIG_DIR), ("tls", TLS_DIR), ("tmp", TMP_DIR)],
+            mounts=[("config", CONFIG_DIR), ("tls", TLS_DIR), *upstream_tls, ("tmp", TMP_DIR)],
             writable=["tmp"], run_as_user=NGINX_UID,
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS",
         )
@@ -410,10 +427,12 @@ class ApiGateway(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [nginx]),
+                    "metadata": template_metadata(APP, [nginx], annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec([nginx], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
                                      volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret),
+                                              *([secret_volume("upstream-tls", args.upstream_client_secret)]
+                                                if args.upstream_client_secret is not None else []),
                                               empty_dir("tmp")]),
                 },
             },

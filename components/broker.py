@@ -95,7 +95,7 @@ from ems_contract.telemetry import TOPIC_ROOT, TWIN_SUBSCRIPTION, deadletter_top
 
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
-    pod_spec, secret_volume, selector, template_metadata,
+    pod_spec, secret_volume, selector, template_metadata, tls_annotation,
 )
 
 APP = "broker"
@@ -286,6 +286,9 @@ class BrokerArgs:
     """Type of ``broker-external`` (8883 only): LoadBalancer or ClusterIP. Defaults to LoadBalancer."""
     resources: Resources = Resources("250m", "256Mi", "1", "1Gi")
     """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/1Gi."""
+    tls_digest: pulumi.Input[str] | None = None
+    """Digest of the broker's certificate and trust bundle (``components.pki.tls_digest``), a pod template annotation:
+    Mosquitto reads ``cafile`` and its certificate only at start, so a change rolls the broker. Defaults to none."""
 
 
 def validate_identities(name: str, args: BrokerArgs) -> None:
@@ -379,7 +382,8 @@ class MqttBroker(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # Mosquitto reads the dynsec file only at start: a changed config rolls the pod.
-                    "metadata": template_metadata(APP, [broker], annotations={CONFIG_HASH_ANNOTATION: config_hash(config)}),
+                    "metadata": template_metadata(APP, [broker], annotations={CONFIG_HASH_ANNOTATION: config_hash(config),
+                                                                            **tls_annotation(args.tls_digest)}),
                     "spec": pod_spec(
                         [broker], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],

@@ -12,10 +12,13 @@ the platform PKI: worker ``ingest-<n>`` presents CN ``<identity>-ingest-<n>`` (s
 (``use_username_as_clientid``, ``components/broker.py``), so a worker's persistent session — and
 the readings queued in it while the worker is down — can be resumed or wiped only with that
 worker's certificate. One certificate per ordinal up to the HPA's ``max_replicas``; the Secrets
-(``tls_secrets``) are projected into one volume, one directory per pod name, and each pod mounts
-only its own directory (``subPathExpr``) at ``/etc/ems/tls``, mode 0440, read through the pod's
-fsGroup. A pod with an ordinal beyond ``max_replicas`` has no certificate and does not start. The
-client id the worker sends (``EMS_BROKER_CLIENT_ID`` = its CN) only keeps its logs honest.
+(``tls_secrets``) are projected into one volume, one directory per pod name, mounted whole at
+``/etc/ems/tls`` (mode 0440, read through the pod's fsGroup); each pod names its own files by path
+(``EMS_BROKER_CA``/``CERT``/``KEY`` = ``/etc/ems/tls/$(POD_NAME)/…``, :func:`pod_tls_env`), so the
+kubelet's in-place update of a renewed Secret reaches the running worker, which reloads it
+(``ems_runtime/file_watch.py``); a ``subPath`` mount would never be updated. A pod with an ordinal
+beyond ``max_replicas`` has no files and does not start. The client id the worker sends
+(``EMS_BROKER_CLIENT_ID`` = its CN) only keeps its logs honest.
 
 The HPA (``autoscaling/v2``) targets the pods metric ``ems_ingest_messages_per_second``
 (served by prometheus-adapter from ``rate(ems_ingest_messages_total[1m])``) as an
@@ -63,10 +66,19 @@ SHARED_GROUP = "ems-ingest"
 
 def mtls_broker_section(broker_host: str, tls_dir: str) -> list[str]:
     """The ``[broker]`` lines of an in-cluster ``ems-ingest`` config: mTLS on 8883 with the
-    ``kubernetes.io/tls`` Secret mounted at ``tls_dir`` (ca.crt, tls.crt, tls.key)."""
+    ``kubernetes.io/tls`` files under ``tls_dir`` (ca.crt, tls.crt, tls.key); in the pods
+    :func:`pod_tls_env` points them at the pod's own directory below it."""
     q = json.dumps
     return ["[broker]", f"host = {q(broker_host)}", "tls = true", f"port = {MQTTS_PORT}",
+            f"# in the pods EMS_BROKER_CA, EMS_BROKER_CERT and EMS_BROKER_KEY name the pod's own files: {tls_dir}/<pod name>/",
             f"ca = {q(tls_dir + '/ca.crt')}", f"cert = {q(tls_dir + '/tls.crt')}", f"key = {q(tls_dir + '/tls.key')}"]
+
+
+def pod_tls_env(tls_dir: str) -> dict[str, str]:
+    """The environment that points a pod's ``[broker]`` ca, cert and key at its own directory of a
+    :func:`~components.k8s_common.per_pod_secrets_volume` mounted whole at ``tls_dir`` (needs ``pod_name_env``)."""
+    own = f"{tls_dir}/$({POD_NAME_ENV})"
+    return {"EMS_BROKER_CA": f"{own}/ca.crt", "EMS_BROKER_CERT": f"{own}/tls.crt", "EMS_BROKER_KEY": f"{own}/tls.key"}
 
 
 _DURATION_PART = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
@@ -189,9 +201,9 @@ class IngestWorkers(pulumi.ComponentResource):
             "ingest", args.image, args.resources,
             args=["run", "--config", "/etc/ems/ingest/ingest.toml"],
             ports=[("metrics", METRICS_PORT)],
-            env={"EMS_BROKER_CLIENT_ID": f"{args.identity}-$({POD_NAME_ENV})"},
-            mounts=[("config", "/etc/ems/ingest"), ("state", STATE_DIR), ("tmp", "/tmp")],
-            own_dir_mounts=[("tls", TLS_DIR)],
+            env={"EMS_BROKER_CLIENT_ID": f"{args.identity}-$({POD_NAME_ENV})", **pod_tls_env(TLS_DIR)},
+            mounts=[("config", "/etc/ems/ingest"), ("state", STATE_DIR), ("tls", TLS_DIR), ("tmp", "/tmp")],
+            pod_name_env=True,
             writable=["state", "tmp"],
             probe_port=METRICS_PORT, probe_path="/metrics", liveness_path="/healthz",
         )

@@ -77,7 +77,7 @@ def container(
     command: Sequence[str] | None = None,
     env: Mapping[str, pulumi.Input[str]] | None = None,
     mounts: Sequence[tuple[str, str]] = (),
-    own_dir_mounts: Sequence[tuple[str, str]] = (),
+    pod_name_env: bool = False,
     writable: Sequence[str] = (),
     run_as_user: int = DEFAULT_UID,
     probe_port: int | None = None,
@@ -91,10 +91,11 @@ def container(
     liveness probe; ``liveness_path`` makes liveness an HTTP check of that path instead, for
     processes whose health endpoint reports a dead or stalled worker (not a busy dependency).
 
-    ``own_dir_mounts`` are (volume, path) pairs of which only the directory named after the pod is mounted
-    (``subPathExpr: $(POD_NAME)``, the pod name from the downward API): with :func:`per_pod_secrets_volume`,
-    each pod of a StatefulSet sees its own certificate and no other. A pod whose directory does not exist
-    does not start.
+    ``pod_name_env`` puts the pod's name (downward API) first in the environment as ``POD_NAME``, so
+    later values may say ``$(POD_NAME)``: with :func:`per_pod_secrets_volume` mounted whole, each pod of a
+    StatefulSet names its own files by path (:func:`components.ingest.pod_tls_env`). Mounted whole, not by
+    ``subPathExpr``: the kubelet never updates a ``subPath`` mount, but swaps a whole volume's files in place
+    when a Secret changes, so a renewed certificate reaches the running process.
     """
     spec: dict[str, Any] = {
         "name": name,
@@ -122,11 +123,10 @@ def container(
         spec["args"] = list(args)
     if env:
         spec["env"] = [{"name": k, "value": v} for k, v in env.items()]
-    if own_dir_mounts:
+    if pod_name_env:
         spec["env"] = [{"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}, *spec.get("env", [])]
-    if mounts or own_dir_mounts:
-        spec["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": v not in writable} for v, p in mounts] + [
-            {"name": v, "mountPath": p, "readOnly": True, "subPathExpr": f"$({POD_NAME_ENV})"} for v, p in own_dir_mounts]
+    if mounts:
+        spec["volumeMounts"] = [{"name": v, "mountPath": p, "readOnly": v not in writable} for v, p in mounts]
     if probe_port is not None:
         if probe_path is not None:
             action: dict[str, Any] = {"httpGet": {"path": probe_path, "port": probe_port, "scheme": probe_scheme}}
@@ -202,6 +202,14 @@ def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotat
     return {"labels": labels(app, **extra), "annotations": {**notes, **(annotations or {})}}
 
 
+TLS_HASH_ANNOTATION = "ems.io/tls-sha256"
+
+
+def tls_annotation(digest: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
+    """``{ems.io/tls-sha256: digest}`` for a pod template (a new certificate or trust bundle rolls the pods), or {}."""
+    return {} if digest is None else {TLS_HASH_ANNOTATION: digest}
+
+
 def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:
     return {"name": name, "secret": {"secretName": secret_name, "defaultMode": SECRET_FILE_MODE}}
 
@@ -210,7 +218,8 @@ def per_pod_secrets_volume(name: str, secrets: Sequence[tuple[str, pulumi.Input[
     """One projected volume holding each pod's ``kubernetes.io/tls`` Secret in a directory named after the pod.
 
     ``secrets`` are (pod name, Secret name) pairs; pod ``p`` finds ``p/ca.crt``, ``p/tls.crt`` and ``p/tls.key``
-    (mode 0440). Mount it with ``own_dir_mounts`` of :func:`container` so a pod sees only its own directory.
+    (mode 0440). Every pod that mounts it sees every pod's files: a StatefulSet's pods are one role (see
+    ``docs/deploy.md`` on what that costs); each picks its own by path (``pod_name_env`` of :func:`container`).
     """
     return {"name": name, "projected": {"defaultMode": SECRET_FILE_MODE, "sources": [
         {"secret": {"name": secret, "items": [{"key": key, "path": f"{pod}/{key}"} for key in ("ca.crt", "tls.crt", "tls.key")]}}

@@ -2,11 +2,17 @@
 
 Keys are ECDSA P-384 (the CA) and P-256 (leaves); the key PEMs are secret outputs of
 ``tls.PrivateKey`` and reach the cluster only as ``kubernetes.io/tls`` Secrets. The only
-public output is the CA certificate (the bundle edge sites trust).
+public output is the CA bundle edge sites trust.
+
+Trust is a bundle: the signing CA plus ``additional_ca_certificates`` (the old or the next CA
+of a rotation). Every Secret's ``ca.crt`` is that bundle, so every verifier that reads it (the
+broker's ``cafile``, nginx's client and upstream checks, the twin API's ``client_ca``, the ingest's
+and agents' ``broker.ca``) accepts leaves of either CA while both are listed.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -32,6 +38,15 @@ class ServerCert:
 
 
 @dataclass(frozen=True)
+class ClientCert:
+    """A service's client certificate (CN ``common_name``, client auth): stored as Secret ``secret_name`` in ``namespace``."""
+
+    role: str
+    common_name: str
+    secret_name: str
+
+
+@dataclass(frozen=True)
 class PkiArgs:
     namespace: pulumi.Input[str]
     """Namespace of the server-certificate Secrets."""
@@ -43,6 +58,9 @@ class PkiArgs:
     """Edge site ids; each gets a client certificate with CN = site id, in ``client_namespace``. Defaults to none."""
     in_cluster_clients: tuple[str, ...] = ()
     """Client identities used by in-cluster workloads (e.g. ems-gateway), stored in ``namespace``. Defaults to none."""
+    service_clients: tuple[ClientCert, ...] = ()
+    """Client certificates of services that call other services over mTLS (the API gateway towards the twin API),
+    stored in ``namespace``. Defaults to none."""
     organization: str = "ems-platform"
     """Subject organisation of every certificate. Defaults to ``ems-platform``."""
     leaf_validity_hours: int = 2160
@@ -55,14 +73,33 @@ class PkiArgs:
     """A shared CA certificate to sign with (with ``ca_private_key_pem``). Defaults to a CA generated here."""
     ca_private_key_pem: pulumi.Input[str] | None = None
     """The shared CA's key (a secret). Defaults to none (generate the CA)."""
+    additional_ca_certificates: tuple[pulumi.Input[str], ...] = ()
+    """CA certificates (PEM, one each) trusted beside the signing CA: in every ``ca.crt`` and the bundle. Defaults to none."""
+
+
+def ca_bundle(signing_ca: str, additional: Sequence[str] = ()) -> str:
+    """The trust bundle: the signing CA first, then each additional CA, one PEM after another."""
+    return "".join(pem.strip() + "\n" for pem in (signing_ca, *additional))
+
+
+def tls_digest(*pems: str) -> str:
+    """SHA-256 over certificates (and bundles): a pod template annotation that rolls a process which reads them only at start."""
+    digest = hashlib.sha256()
+    for pem in pems:
+        digest.update(pem.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
 
 
 class Pki(pulumi.ComponentResource):
     """Root CA + server and client certificates, stored as ``kubernetes.io/tls`` Secrets."""
 
     ca_cert_pem: pulumi.Output[str]
+    ca_bundle_pem: pulumi.Output[str]
     server_secrets: pulumi.Output[dict[str, str]]
     client_secrets: pulumi.Output[dict[str, str]]
+    certificates: dict[str, pulumi.Output[str]]
+    """Secret name → the certificate (PEM) in its ``tls.crt``, for :func:`tls_digest`."""
 
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_pki_args(name, args)
@@ -86,6 +123,9 @@ class Pki(pulumi.ComponentResource):
             )
             self._ca_cert_pem, self._ca_key_pem = ca.cert_pem, ca_key.private_key_pem
         self.ca_cert_pem = self._ca_cert_pem
+        self.ca_bundle_pem = pulumi.Output.all(self._ca_cert_pem, *args.additional_ca_certificates).apply(
+            lambda pems: ca_bundle(pems[0], pems[1:]))
+        self.certificates = {}
 
         servers: dict[str, str] = {}
         for server in args.servers:
@@ -99,12 +139,14 @@ class Pki(pulumi.ComponentResource):
             clients[site] = secret
         for client_id in args.in_cluster_clients:
             self._issue(f"{name}-client-{client_id}", args, client_id, (), CLIENT_USES, f"edge-{client_id}-tls", args.namespace, "edge-client", site=client_id)
+        for client in args.service_clients:
+            self._issue(f"{name}-{client.role}", args, client.common_name, (), CLIENT_USES, client.secret_name,
+                        args.namespace, client.role)
 
         self.server_secrets = pulumi.Output.from_input(servers)
         self.client_secrets = pulumi.Output.from_input(clients)
-        self.register_outputs(
-            {"ca_cert_pem": self.ca_cert_pem, "server_secrets": self.server_secrets, "client_secrets": self.client_secrets}
-        )
+        self.register_outputs({"ca_cert_pem": self.ca_cert_pem, "ca_bundle_pem": self.ca_bundle_pem,
+                               "server_secrets": self.server_secrets, "client_secrets": self.client_secrets})
 
     def _issue(self, prefix: str, args: PkiArgs, common_name: str, dns_names: Sequence[str], uses: list[str],
                secret_name: str, namespace: pulumi.Input[str], app: str, site: str | None = None) -> None:
@@ -135,10 +177,11 @@ class Pki(pulumi.ComponentResource):
             string_data={
                 "tls.crt": cert.cert_pem,
                 "tls.key": pulumi.Output.secret(key.private_key_pem),
-                "ca.crt": self._ca_cert_pem,
+                "ca.crt": self.ca_bundle_pem,
             },
             opts=o,
         )
+        self.certificates[secret_name] = cert.cert_pem
 
 
 def validate_pki_args(name: str, args: PkiArgs) -> None:
@@ -152,12 +195,12 @@ def validate_pki_args(name: str, args: PkiArgs) -> None:
     if (args.ca_cert_pem is None) != (args.ca_private_key_pem is None):
         raise ComponentArgsError(name, "ca_cert_pem", "(set)" if args.ca_cert_pem is not None else None,
                                  "and ca_private_key_pem must be given together")
-    roles = [s.role for s in args.servers]
+    roles = [s.role for s in (*args.servers, *args.service_clients)]
     if len(set(roles)) != len(roles):
-        raise ComponentArgsError(name, "servers", roles, "must have distinct roles")
+        raise ComponentArgsError(name, "servers", roles, "must have distinct roles (service_clients included)")
     for server in args.servers:
         if not server.dns_names:
             raise ComponentArgsError(name, f"servers[{server.role}].dns_names", server.dns_names, "must name at least one DNS SAN")
-    identities = (*args.edge_sites, *args.in_cluster_clients)
+    identities = (*args.edge_sites, *args.in_cluster_clients, *(c.common_name for c in args.service_clients))
     if len(set(identities)) != len(identities):
-        raise ComponentArgsError(name, "edge_sites", identities, "must be unique (including in_cluster_clients)")
+        raise ComponentArgsError(name, "edge_sites", identities, "must be unique (including in_cluster_clients and service_clients)")

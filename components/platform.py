@@ -24,7 +24,7 @@ from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.northbound import NorthboundArgs, NorthboundClient, northbound_commands_host, northbound_metrics_target
-from components.pki import Pki, PkiArgs, ServerCert
+from components.pki import ClientCert, Pki, PkiArgs, ServerCert, tls_digest
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import AlertingTargets, Tsdb, TsdbArgs
@@ -51,6 +51,7 @@ class EmsPlatform(pulumi.ComponentResource):
 
     namespace: pulumi.Output[str]
     ca_cert_pem: pulumi.Output[str]
+    """The trust bundle: the signing CA plus ``ems:additionalCaCertificates`` (the stack output ``ca_bundle_pem``)."""
     storage_class_name: pulumi.Output[str]
     broker_service_name: pulumi.Output[str]
     broker_external_service_name: pulumi.Output[str]
@@ -72,11 +73,14 @@ class EmsPlatform(pulumi.ComponentResource):
         # Reserved whether or not ems:northbound is set, so that no edge site takes its name first; the only identity
         # the broker lets publish commands, for ems:northbound's sites (components/broker.py).
         northbound_identity = f"{IDENTITY_PREFIX}-northbound"
+        # The API gateway's client certificate towards the twin API, the only caller the twin API serves.
+        gateway_identity = f"{IDENTITY_PREFIX}-api-gateway"
         for site in s.edge_sites:
             for reserved, family, why in ((bridge_site, False, "the protocol gateway (ems-gateway)"),
                                           (ingest_identity, True, "the ingest workers"),
                                           (twin_identity, True, "the twin read API"),
                                           (northbound_identity, True, "the north-bound client"),
+                                          (gateway_identity, False, "the API gateway's client certificate"),
                                           (RESERVED_IDENTITY, False, "dead letters (ems/v1/deadletter/)")):
                 if site == reserved or (family and site.startswith(f"{reserved}-")):
                     raise ComponentArgsError(name, "settings.edge_sites", site, f"is reserved for {why}")
@@ -123,6 +127,7 @@ class EmsPlatform(pulumi.ComponentResource):
                 ServerCert("twin-api", f"twin-api.{ns_name}.svc", svc_names("twin-api"), "twin-api-tls"),
             ),
             edge_sites=s.edge_sites,
+            service_clients=(ClientCert("api-gateway-client", gateway_identity, "api-gateway-client-tls"),),
             # Client certificates of in-cluster MQTT clients, Secret edge-<identity>-tls in the namespace.
             in_cluster_clients=(*ingest_workers, *twin_replicas, *((bridge_site,) if s.modbus_gateways else ()),
                                 *((northbound_identity,) if s.northbound else ())),
@@ -131,7 +136,13 @@ class EmsPlatform(pulumi.ComponentResource):
             early_renewal_hours=early,
             ca_cert_pem=s.ca_certificate,
             ca_private_key_pem=s.ca_private_key,
+            additional_ca_certificates=s.additional_ca_certificates,
         ), opts=o)
+
+        def rolls_on(*secrets: str) -> pulumi.Output[str]:
+            """A digest of these Secrets' certificates and the trust bundle: in a pod template, a new certificate or
+            bundle rolls the pods (Mosquitto and nginx read them only at start; the rolling update keeps them serving)."""
+            return pulumi.Output.all(pki.ca_bundle_pem, *(pki.certificates[n] for n in secrets)).apply(lambda p: tls_digest(*p))
         external_type = "ClusterIP" if args.cloud == "aws" else "LoadBalancer"
         tsdb = Tsdb(f"{name}-tsdb", TsdbArgs(
             namespace=namespace, image=s.images.tsdb, storage_class=storage_class,
@@ -157,6 +168,7 @@ class EmsPlatform(pulumi.ComponentResource):
             northbound_sites=s.northbound.sites if s.northbound else (),
             clients=(*s.edge_sites, *((bridge_site,) if s.modbus_gateways else ())),
             storage_size=s.broker_storage_size, external_service_type=external_type,
+            tls_digest=rolls_on("broker-tls"),
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.modbus_gateways:  # no RS-485 gateway configured: nothing to poll
             EmsGateway(f"{name}-bridge", EmsGatewayArgs(
@@ -175,17 +187,18 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         MetricsAdapter(f"{name}-adapter", MetricsAdapterArgs(
             namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,
-            tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_cert_pem,
+            tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_bundle_pem,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         TwinApi(f"{name}-twin", TwinApiArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
             replicas=TWIN_API_REPLICAS, mqtt_tls_secrets=tuple(f"edge-{cn}-tls" for cn in twin_replicas),
             server_tls_secret="twin-api-tls",
-            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth,
+            tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth, caller_identity=gateway_identity,
             alertmanager_url=f"http://alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",
+            upstream_client_secret="api-gateway-client-tls", tls_digest=rolls_on("api-gateway-tls", "api-gateway-client-tls"),
             tsdb_host=f"tsdb.{ns_name}.svc.cluster.local", replicas=s.api_gateway_replicas,
             twin_api_host=f"twin-api.{ns_name}.svc.cluster.local", twin_api_port=TWIN_API_PORT,
             external_service_type=external_type, auth=s.api_auth,
@@ -215,7 +228,7 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=o)
 
         self.namespace = namespace
-        self.ca_cert_pem = pki.ca_cert_pem
+        self.ca_cert_pem = pki.ca_bundle_pem
         self.storage_class_name = storage_class
         self.broker_service_name = broker.service_name
         self.broker_external_service_name = broker.external_service_name

@@ -221,6 +221,9 @@ class PlatformSettings:
     """A shared root CA (PEM) to sign with instead of generating one per stack (multi-region)."""
     ca_private_key: pulumi.Output[str] | None = None
     """Its key, a secret (set by ``load_settings`` from ``ems:caPrivateKey``)."""
+    additional_ca_certificates: tuple[str, ...] = ()
+    """CA certificates (PEM) every verifier trusts beside the signing CA, for a rotation without downtime
+    (``ems:additionalCaCertificates``, docs/deploy.md "Rotating certificates"). Defaults to none."""
     storage_class_name: str = "ems-block"
     storage_provisioner: str = "ebs.csi.aws.com"
     storage_parameters: tuple[tuple[str, str], ...] = ()
@@ -328,6 +331,7 @@ KNOWN_KEYS: tuple[str, ...] = (
     # platform
     "images", "edgeSites", "modbusGateways", "brokerHostnames", "apiHostnames",
     "operatorGroups", "viewerGroups", "certValidityHours", "caValidityHours", "caCertificate", "caPrivateKey",
+    "additionalCaCertificates",
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
@@ -735,6 +739,12 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         raise SettingsError("caPrivateKey", _MISSING, "is required when ems:caCertificate is set: pulumi config set --secret ems:caPrivateKey < ca.key")
     if ca_cert is None and "caPrivateKey" in secrets_set:
         raise SettingsError("caCertificate", _MISSING, "is required when ems:caPrivateKey is set (the CA certificate, PEM)")
+    additional_cas = r.get("additionalCaCertificates", _additional_cas, ())
+    bodies = [_pem_body(c) for c in additional_cas]
+    if ca_cert is not None and _pem_body(ca_cert) in bodies:
+        i = bodies.index(_pem_body(ca_cert))
+        raise SettingsError(f"additionalCaCertificates[{i}]", additional_cas[i], "is ems:caCertificate itself, which is "
+                            "trusted anyway; list only the other CA of a rotation (the old or the next one)")
     edge_sites = r.get("edgeSites", _list_of(_LABEL, unique=True), ())
     northbound = r.get("northbound", _northbound(edge_sites, secrets_set), None)
     if northbound is None and "northboundClientKey" in secrets_set:
@@ -765,6 +775,7 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         cert_validity_hours=leaf_hours,
         ca_validity_hours=ca_hours,
         ca_certificate=ca_cert,
+        additional_ca_certificates=additional_cas,
         storage_class_name=r.get("storageClassName", _LABEL, d.storage_class_name),
         storage_provisioner=provisioner,
         storage_parameters=r.get("storageParameters", _string_map, ()),
@@ -904,6 +915,38 @@ def _ca_certificate(key: str, value: object) -> str:
     if not is_ca:
         raise SettingsError(key, value, "is not a CA certificate (basicConstraints CA:FALSE)")
     return value
+
+
+MAX_ADDITIONAL_CAS = 4
+
+
+def _pem_body(pem: str) -> str:
+    """A PEM certificate without whitespace: equal for the same certificate however its lines were wrapped."""
+    return "".join(pem.split())
+
+
+def _additional_cas(key: str, value: object) -> tuple[str, ...]:
+    """``ems:additionalCaCertificates``: at most 4 distinct, unexpired PEM CA certificates, one per entry (a rotation's other CA)."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    items = _structured(key, value, list, "a list of PEM CA certificates")
+    if len(items) > MAX_ADDITIONAL_CAS:
+        raise SettingsError(key, items, f"holds {len(items)} certificates; at most {MAX_ADDITIONAL_CAS}: a rotation "
+                            "needs one besides the signing CA")
+    out: list[str] = []
+    for i, item in enumerate(items):
+        pem = _ca_certificate(f"{key}[{i}]", item)
+        if pem.count("-----BEGIN CERTIFICATE-----") != 1:
+            raise SettingsError(f"{key}[{i}]", pem, "must hold exactly one certificate (one list entry per CA)")
+        if _pem_body(pem) in map(_pem_body, out):
+            raise SettingsError(f"{key}[{i}]", pem, "is a duplicate; entries must be unique")
+        not_after = x509.load_pem_x509_certificate(pem.encode()).not_valid_after_utc
+        if not_after <= dt.datetime.now(dt.timezone.utc):
+            raise SettingsError(f"{key}[{i}]", pem, f"expired on {not_after:%Y-%m-%d}: it can no longer verify anything; remove it")
+        out.append(pem.strip() + "\n")
+    return tuple(out)
 
 
 def _unique_names(key: str, gateways: tuple[ModbusGateway, ...]) -> tuple[ModbusGateway, ...]:

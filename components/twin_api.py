@@ -16,8 +16,10 @@ the client id (``use_username_as_clientid``, ``components/broker.py``), and two 
 one certificate would take the connection from each other in turn (observed with Mosquitto
 2.0.11: "already connected, closing old connection", then the other reconnects). Hence a
 StatefulSet, not a Deployment: stable ordinals give each pod its own certificate, projected
-from ``mqtt_tls_secrets`` into one volume with a directory per pod name, of which each pod
-mounts only its own (``subPathExpr``). No PersistentVolumeClaim: nothing is kept.
+from ``mqtt_tls_secrets`` into one volume with a directory per pod name, mounted whole; each pod
+names its own files by path (:func:`components.ingest.pod_tls_env`), so a renewed certificate
+reaches the running replica (a ``subPath`` mount is never updated). No PersistentVolumeClaim:
+nothing is kept.
 ``/healthz`` answers 503 until the subscription stands, so a pod takes traffic only once it
 holds the twins.
 
@@ -36,7 +38,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.gateway_settings import GatewayAuthSettings
-from components.ingest import METRICS_PORT, mtls_broker_section, validate_ingest_toml
+from components.ingest import METRICS_PORT, mtls_broker_section, pod_tls_env, validate_ingest_toml
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
     secret_volume, selector, template_metadata,
@@ -72,10 +74,11 @@ def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
 
 
 def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None, *,
-                  auth: GatewayAuthSettings | None = None) -> str:
+                  auth: GatewayAuthSettings | None = None, caller_identity: str | None = None) -> str:
     """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
-    the operator page's alerts from ``alertmanager_url`` (none without it), and with ``auth`` the gateway's verifier
-    at ``/v1/authz`` (``[twin_api.auth]``).
+    the operator page's alerts from ``alertmanager_url`` (none without it), with ``auth`` the gateway's verifier
+    at ``/v1/authz`` (``[twin_api.auth]``), and with ``caller_identity`` only callers presenting a certificate of the
+    platform CA (``ca.crt`` of the server Secret) with that CN (``client_ca``, ``client_cns``).
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -89,6 +92,7 @@ def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None 
         "[metrics]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
+        *([f"client_ca = {q(SERVER_TLS_DIR + '/ca.crt')}", f"client_cns = [{q(caller_identity)}]"] if caller_identity else []),
         *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
         *(_auth_tables(auth) if auth is not None else []),
     ])
@@ -124,6 +128,9 @@ class TwinApiArgs:
     """TSDB base URL for the PromQL pass-through (``/api/v1/query`` is appended)."""
     auth: GatewayAuthSettings | None = None
     """The gateway's authentication (``ems:apiAuth``): the API then serves the gateway's verifier. Defaults to none."""
+    caller_identity: str | None = None
+    """CN of the only client certificate (of the platform CA) that may call the API: the gateway's, so that no one
+    who goes around the gateway can set its identity headers. Defaults to none: any caller the NetworkPolicy lets in."""
     replicas: int = REPLICAS
     """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
     alertmanager_url: str | None = None
@@ -145,7 +152,8 @@ class TwinApi(pulumi.ComponentResource):
         if len(args.mqtt_tls_secrets) != args.replicas:
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
-        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url, auth=args.auth)
+        conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url, auth=args.auth,
+                                  caller_identity=args.caller_identity)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)
         o = child(self)
@@ -171,8 +179,9 @@ class TwinApi(pulumi.ComponentResource):
             "twin-api", args.image, args.resources,
             args=["twin-api", "--config", f"{CONFIG_DIR}/ingest.toml"],
             ports=[("https", PORT), ("metrics", METRICS_PORT)],
-            mounts=[("config", CONFIG_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
-            own_dir_mounts=[("mqtt-tls", MQTT_TLS_DIR)],
+            env=pod_tls_env(MQTT_TLS_DIR),
+            mounts=[("config", CONFIG_DIR), ("mqtt-tls", MQTT_TLS_DIR), ("server-tls", SERVER_TLS_DIR), ("tmp", "/tmp")],
+            pod_name_env=True,
             writable=["tmp"],
             probe_port=PORT, probe_path="/healthz", probe_scheme="HTTPS", liveness_path="/livez",
         )

@@ -44,9 +44,18 @@ class LocalPki:
         stem = name if ou is None else f"{name}.{ou}"
         pair = CertPair(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
         if not pair.cert.exists():
-            ca_cert = x509.load_pem_x509_certificate(self.ca.read_bytes())
-            ca_key = serialization.load_pem_private_key(self.ca_key.read_bytes(), None)
-            _issue(pair, name, ca_cert, ca_key, server=False, ou=ou, valid_days=valid_days)
+            _issue(pair, name, *self._signer(), server=False, ou=ou, valid_days=valid_days)
+        return pair
+
+    def _signer(self) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        return (x509.load_pem_x509_certificate(self.ca.read_bytes()),
+                serialization.load_pem_private_key(self.ca_key.read_bytes(), None))  # type: ignore[return-value]
+
+    def server_pair(self, stem: str) -> CertPair:
+        """Another localhost server certificate of this CA (a renewal), with its own key: ``<stem>.crt``/``.key``."""
+        pair = CertPair(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
+        if not pair.cert.exists():
+            _issue(pair, "localhost", *self._signer(), server=True)
         return pair
 
 

@@ -15,9 +15,14 @@
 
 The state comes from the retained twin topics, subscribed with a clean session
 (the broker sends every retained twin on subscribe, then each update). The
-server is ``http.server.ThreadingHTTPServer`` behind stdlib ``ssl`` (TLS 1.2+);
-with ``twin_api.client_ca`` set, clients must present a certificate signed by
-it (mTLS). It sits behind the API gateway on 443 (DESIGN.md §4).
+server is ``http.server.ThreadingHTTPServer`` behind stdlib ``ssl`` (TLS 1.2+).
+It sits behind the API gateway on 443 (DESIGN.md §4), which sets the trusted
+identity headers (``X-Ems-Role``…); with ``twin_api.client_ca`` set, every path
+but the probes' ``/healthz`` and ``/livez`` answers 403 unless the caller presented
+a certificate signed by it and, with ``twin_api.client_cns``, one of those CNs (the
+gateway's own client certificate), so an in-cluster client that goes around the
+gateway cannot forge those headers. The handshake asks for a certificate without
+requiring one, so the kubelet's HTTPS probes, which have none, still get an answer.
 
 The server certificate rotates without a restart: every ``cert_check_s`` the
 certificate, key (and client CA) files are checked (``ems_runtime.file_watch``);
@@ -199,6 +204,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if url.path in ("/healthz", "/livez"):
             ok, why = self.server.api.health(need_broker=url.path == "/healthz")
             return self._json(200 if ok else 503, {"status": why})
+        if not self._caller_allowed(url.path):
+            return None
         if url.path == "/v1/query":
             return self._query(urllib.parse.parse_qs(url.query))
         if url.path == "/v1/query_range":
@@ -229,7 +236,17 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         return self._json(404, {"error": f"no route for {url.path}"})
 
     def do_POST(self) -> None:  # noqa: N802
-        self._json(405, {"error": "read-only API: use GET"})
+        if self._caller_allowed(urllib.parse.urlsplit(self.path).path):
+            self._json(405, {"error": "read-only API: use GET"})
+
+    def _caller_allowed(self, path: str) -> bool:
+        """True when the caller may be served; otherwise answers 403 (no or a wrong client certificate) and logs it."""
+        refusal = self.server.api.refusal(self.request.getpeercert())
+        if refusal is None:
+            return True
+        log.warning("refused %s %s from %s: %s", self.command, shown(path), self.client_address[0], refusal)
+        self._json(403, {"error": refusal})
+        return False
 
     do_PUT = do_DELETE = do_PATCH = do_POST
 
@@ -337,7 +354,8 @@ class TwinApi:
     """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager."""
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
-                 client_ca: Path | None = None, query_timeout_s: float = 10.0, max_connections: int = 64,
+                 client_ca: Path | None = None, client_cns: tuple[str, ...] = (), query_timeout_s: float = 10.0,
+                 max_connections: int = 64,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
                  registry: CollectorRegistry | None = None, cert_check_s: float = 5.0,
                  max_query_answer_bytes: int = 8 * 1024 * 1024) -> None:
@@ -354,6 +372,9 @@ class TwinApi:
         self.alertmanager_url = alertmanager_url
         self.static = operator_page.static_files()
         self.cert, self.key, self.client_ca = Path(cert), Path(key), client_ca
+        if client_cns and client_ca is None:
+            raise ValueError("client_cns needs client_ca: the CA that signs those certificates")
+        self.client_cns = frozenset(client_cns)
         self.cert_check_s = cert_check_s
         self.certificate_switches = 0
         self._tls_watch = FileSetWatch((self.cert, self.key) + ((Path(client_ca),) if client_ca else ()))
@@ -379,9 +400,23 @@ class TwinApi:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(str(self.cert), str(self.key))
         if self.client_ca is not None:
+            # Asked for, not required, in the handshake: the probes have none; every other path refuses (refusal()).
+            # A certificate that is presented must verify against client_ca (a bundle during a CA rotation).
             context.load_verify_locations(str(self.client_ca))
-            context.verify_mode = ssl.CERT_REQUIRED
+            context.verify_mode = ssl.CERT_OPTIONAL
         return context
+
+    def refusal(self, peer: dict[str, Any] | None) -> str | None:
+        """Why a caller whose verified certificate is ``peer`` (None or empty: none) may not be served, or None."""
+        if self.client_ca is None:
+            return None
+        if not peer:
+            return "a client certificate is required (the API gateway's)"
+        if self.client_cns:
+            names = [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
+            if not names or names[-1] not in self.client_cns:
+                return f"certificate CN {shown(names[-1] if names else '')} may not call this API"
+        return None
 
     def _choose_context(self, connection: ssl.SSLObject, server_name: str | None,
                         listening: ssl.SSLContext) -> None:
@@ -469,8 +504,9 @@ def build(config: IngestConfig) -> TwinApi:
     link = MqttLink(b.host, b.port, TlsFiles(b.ca, b.cert, b.key) if b.tls else None, tw.client_id, subscriptions=(TWIN_SUBSCRIPTION,),
                     manual_ack=False, persistent=False, keepalive_s=b.keepalive_s, cert_check_s=b.cert_check_s)
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
-                   client_ca=tw.client_ca, query_timeout_s=config.tsdb.timeout_s, alertmanager_url=tw.alertmanager_url,
-                   auth=tw.auth, cert_check_s=b.cert_check_s, max_query_answer_bytes=tw.max_query_answer_bytes)
+                   client_ca=tw.client_ca, client_cns=tw.client_cns, query_timeout_s=config.tsdb.timeout_s,
+                   alertmanager_url=tw.alertmanager_url, auth=tw.auth, cert_check_s=b.cert_check_s,
+                   max_query_answer_bytes=tw.max_query_answer_bytes)
 
 
 def serve_forever(config: IngestConfig) -> int:

@@ -70,3 +70,20 @@ def test_files_that_move_during_the_load_are_looked_at_again(tmp_path):
 
     assert watch.poll(load_while_writing) is None
     assert watch.poll(_read(cert, key)) == ("cert 2, complete", "key 1")
+
+
+def test_a_kubelet_data_swap_is_a_change(tmp_path):
+    """A Secret volume renewed by the kubelet: ``..data`` re-pointed, old files deleted, visible paths unchanged."""
+    from devenv.kubelet_volume import KubeletVolume
+
+    volume = KubeletVolume(tmp_path / "tls")
+    first = volume.publish({"pod-0/tls.crt": b"cert 1", "pod-0/tls.key": b"key 1"})
+    cert, key = volume.root / "pod-0" / "tls.crt", volume.root / "pod-0" / "tls.key"
+    watch = FileSetWatch((cert, key))
+    assert watch.load(_read(cert, key)) == ("cert 1", "key 1")
+    volume.publish({"pod-0/tls.crt": b"cert 1", "pod-0/tls.key": b"key 1"})      # re-projected, same bytes
+    assert watch.poll(lambda: pytest.fail("the same bytes are not a change")) is None
+    volume.publish({"pod-0/tls.crt": b"cert 2", "pod-0/tls.key": b"key 2"})
+    assert not first.exists()
+    assert watch.poll(_read(cert, key)) == ("cert 2", "key 2")
+    assert watch.poll(_read(cert, key)) is None

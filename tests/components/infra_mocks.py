@@ -145,8 +145,8 @@ def region_outputs_for_global() -> dict[str, dict[str, Any]]:
     return {f"organization/ems/{n}": evaluate_stack(n).outputs for n in names}
 
 
-def make_ca_pem(is_ca: bool = True) -> str:
-    """A self-signed certificate (a CA unless ``is_ca`` is False), PEM."""
+def make_ca_pem(is_ca: bool = True, valid_days: int = 30) -> str:
+    """A self-signed certificate (a CA unless ``is_ca`` is False), PEM; ``valid_days`` below zero: expired that long ago."""
     import datetime as dt
 
     from cryptography import x509
@@ -158,7 +158,8 @@ def make_ca_pem(is_ca: bool = True) -> str:
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "utility root")])
     now = dt.datetime.now(dt.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=30))
+            .serial_number(1).not_valid_before(now - dt.timedelta(days=max(0, -valid_days) + 1))
+            .not_valid_after(now + dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))
     return cert.public_bytes(serialization.Encoding.PEM).decode()

@@ -27,7 +27,7 @@ from components.global_lb import GlobalLoadBalancer, GlobalLoadBalancerArgs  # n
 from components.ingest import IngestArgs, IngestWorkers  # noqa: E402
 from components.k8s_common import ComponentArgsError  # noqa: E402
 from components.ems_gateway import EmsGateway, EmsGatewayArgs  # noqa: E402
-from components.pki import Pki, PkiArgs, ServerCert  # noqa: E402
+from components.pki import ClientCert, Pki, PkiArgs, ServerCert  # noqa: E402
 from components.settings import DEFAULT_NODE_GROUPS, ModbusGateway, NodeGroupSettings  # noqa: E402
 from components.twin_api import TwinApi, TwinApiArgs, twin_api_toml  # noqa: E402
 
@@ -55,8 +55,14 @@ def test_pki_rejects_leaf_longer_than_398_days() -> None:
 
 
 def test_pki_rejects_duplicate_identities() -> None:
-    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique \(including in_cluster_clients\)"):
+    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique \(including in_cluster_clients and service_clients\)"):
         Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), edge_sites=("a",), in_cluster_clients=("a",)))
+    with pytest.raises(ComponentArgsError, match=r"^pki: edge_sites must be unique .* \(got \('a', 'a'\)\)$"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,), edge_sites=("a",),
+                           service_clients=(ClientCert("gw", "a", "gw-tls"),)))
+    with pytest.raises(ComponentArgsError, match=r"^pki: servers must have distinct roles \(service_clients included\)"):
+        Pki("pki", PkiArgs(namespace="ems", client_namespace="c", servers=(SERVER,),
+                           service_clients=(ClientCert(SERVER.role, "gw", "gw-tls"),)))
 
 
 def test_gateway_rejects_node_port() -> None:
@@ -352,15 +358,18 @@ def test_twin_api_children_and_outputs() -> None:
     assert conf.inputs["data"]["ingest.toml"] == twin_api_toml(TWIN_ARGS["broker_host"], "http://tsdb:9090")
     pod = sts.inputs["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "ghcr.io/x/ingest:1"
-    # Each replica mounts only its own client certificate: the directory named after its pod.
+    # Every replica's client certificate in one volume, a directory per pod; each replica names its own by path.
     [mqtt_tls] = [v for v in pod["volumes"] if v["name"] == "mqtt-tls"]
     assert [(src["secret"]["name"], [i["path"] for i in src["secret"]["items"]]) for src in mqtt_tls["projected"]["sources"]] == [
         (secret, [f"twin-api-{n}/ca.crt", f"twin-api-{n}/tls.crt", f"twin-api-{n}/tls.key"])
         for n, secret in enumerate(TWIN_ARGS["mqtt_tls_secrets"])]
     assert mqtt_tls["projected"]["defaultMode"] == 0o440
     [mount] = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "mqtt-tls"]
-    assert mount == {"name": "mqtt-tls", "mountPath": "/etc/ems/mqtt-tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
-    assert pod["containers"][0]["env"][0] == {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    assert mount == {"name": "mqtt-tls", "mountPath": "/etc/ems/mqtt-tls", "readOnly": True}    # whole: the kubelet updates it
+    assert pod["containers"][0]["env"] == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        *({"name": f"EMS_BROKER_{k}", "value": f"/etc/ems/mqtt-tls/$(POD_NAME)/{f}"} for k, f in
+          (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")))]
     assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api")
 
 

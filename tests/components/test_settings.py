@@ -160,6 +160,30 @@ def test_shared_ca_needs_its_key_as_a_secret() -> None:
     assert "\n" not in message and len(message) < 250, message
 
 
+def test_additional_cas_are_checked_one_by_one() -> None:
+    signing, old, new = make_ca_pem(), make_ca_pem(), make_ca_pem()
+    shared = {**AWS, "ems:caCertificate": signing}
+    keys = frozenset({"caPrivateKey"})
+    parsed = parse_settings({**shared, "ems:additionalCaCertificates": json.dumps([old, new])}, "t", keys).platform
+    assert parsed.additional_ca_certificates == (old, new) and parsed.ca_certificate == signing
+    assert parse_settings(AWS, "t").platform.additional_ca_certificates == ()
+    cases = [
+        ([old, "hello"], r"^ems:additionalCaCertificates\[1\]: hello must be a PEM certificate"),
+        ([make_ca_pem(is_ca=False)], r"^ems:additionalCaCertificates\[0\]: .* is not a CA certificate \(basicConstraints CA:FALSE\)$"),
+        ([old, old.replace("\n", "\r\n")], r"^ems:additionalCaCertificates\[1\]: .* is a duplicate; entries must be unique$"),
+        ([old + new], r"^ems:additionalCaCertificates\[0\]: .* must hold exactly one certificate \(one list entry per CA\)$"),
+        ([make_ca_pem(valid_days=-1)], r"^ems:additionalCaCertificates\[0\]: .* expired on \d{4}-\d\d-\d\d: it can no longer"),
+        ([old, signing], r"^ems:additionalCaCertificates\[1\]: .* is ems:caCertificate itself, which is trusted anyway"),
+        ([make_ca_pem() for _ in range(5)], r"^ems:additionalCaCertificates: \[.* holds 5 certificates; at most 4: a rotation"),
+        ("not json", r"^ems:additionalCaCertificates: \"not json\" must be a list of PEM CA certificates"),
+    ]
+    for value, message in cases:
+        raw = value if isinstance(value, str) else json.dumps(value)
+        with pytest.raises(SettingsError, match=message) as caught:
+            parse_settings({**shared, "ems:additionalCaCertificates": raw}, "t", keys)
+        assert "\n" not in str(caught.value) and len(str(caught.value)) < 300, str(caught.value)
+
+
 # -- alerting: thresholds and receivers ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("raw,message", [

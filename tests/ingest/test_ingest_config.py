@@ -168,7 +168,7 @@ def test_the_documented_example_config_is_valid(tmp_path: Path) -> None:
     path.write_text(example.replace("/etc/ems/tls/", f"{tmp_path}/"))
     config = load_config(path, {})
     assert config.broker.client_id == "ems-ingest-0" and config.twin_api is not None
-    assert config.twin_api.client_ca == tmp_path / "ca.crt"
+    assert config.twin_api.client_ca == tmp_path / "ca.crt" and config.twin_api.client_cns == ("ems-api-gateway",)
 
 
 def test_a_worker_must_be_one_of_its_group(files: Path) -> None:
@@ -180,3 +180,17 @@ def test_a_worker_must_be_one_of_its_group(files: Path) -> None:
     assert result.returncode == 2, result.stderr
     assert result.stderr.endswith("ems-ingest: state.workers: must include this worker's client_id 'w-9' "
                                   "(got ['w-0', 'w-1'])\n")
+
+
+@pytest.mark.parametrize(("twin", "message"), [
+    ({"client_cns": ["ems-api-gateway"]}, r"^twin_api\.client_cns: needs twin_api\.client_ca .*\(got \['ems-api-gateway'\]\)$"),
+    ({"client_ca": "ca.crt", "client_cns": []}, r"^twin_api\.client_cns: must be a list of 1\.\.16 distinct"),
+    ({"client_ca": "ca.crt", "client_cns": ["a", "a"]}, r"^twin_api\.client_cns: must be a list of 1\.\.16 distinct"),
+    ({"client_ca": "ca.crt", "client_cns": "ems-api-gateway"}, r"^twin_api\.client_cns: must be a list"),
+    ({"client_ca": "ca.crt", "client_cns": ["x" * 65]}, r"^twin_api\.client_cns\[0\]: must be a list"),
+    ({"client_ca": "ca.crt", "client_cns": ["ok", "bad\nname"]}, r"^twin_api\.client_cns\[1\]: must be a list"),
+])
+def test_client_cns_are_checked(twin: dict, message: str) -> None:
+    raw = _raw(twin_api={"cert": "api.crt", "key": "api.key", **twin})
+    with pytest.raises(ConfigError, match=message):
+        parse_config(raw, Path("."), check_files=False)

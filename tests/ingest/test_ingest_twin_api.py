@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from devenv.mosquitto import free_port
+from devenv.pki import make_pki
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 from ingest.mqtt import MqttLink, TlsFiles
 from ingest.remote_write import RemoteWriter, Sample, series_labels
@@ -21,12 +22,12 @@ from ingest_support import EdgePublisher
 pytestmark = pytest.mark.integration
 
 
-def _api(broker, pki, prometheus, *, client_ca=None) -> TwinApi:
+def _api(broker, pki, prometheus, *, client_ca=None, client_cns=()) -> TwinApi:
     pair = pki.client("twin-api")
     link = MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, pair.cert, pair.key), "twin-api",
                     subscriptions=(TWIN_SUBSCRIPTION,), manual_ack=False, persistent=False)
     return TwinApi(link=link, query_url=prometheus.url, host="127.0.0.1", port=free_port(),
-                   cert=pki.server.cert, key=pki.server.key, client_ca=client_ca)
+                   cert=pki.server.cert, key=pki.server.key, client_ca=client_ca, client_cns=client_cns)
 
 
 def _get(api: TwinApi, path: str, context: ssl.SSLContext) -> tuple[int, dict]:
@@ -83,18 +84,40 @@ def test_latest_twin_state_and_promql_pass_through_over_tls(broker, pki, prometh
     edge.close()
 
 
-def test_client_certificates_are_required_when_a_client_ca_is_set(broker, pki, prometheus):
+def _client_context(pki, pair=None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if pair is not None:
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+    return context
+
+
+def test_client_certificates_are_required_when_a_client_ca_is_set(broker, pki, prometheus, tmp_path):
     with _api(broker, pki, prometheus, client_ca=pki.ca) as api:
-        anonymous = ssl.create_default_context(cafile=str(pki.ca))
+        anonymous = _client_context(pki)
+        assert _wait(api, "/healthz", anonymous) == {"status": "ok"}          # the kubelet's probe has no certificate
+        assert _get(api, "/livez", anonymous)[0] == 200
+        for path in ("/v1/sites", "/v1/whoami", "/v1/assets/site-1", "/"):
+            status, body = _get(api, path, anonymous)
+            assert (status, body["error"]) == (403, "a client certificate is required (the API gateway's)"), path
+        assert _get(api, "/v1/sites", _client_context(pki, pki.client("operator")))[0] == 200
+        # A certificate of another CA fails the handshake itself.
+        rogue = _client_context(pki, make_pki(tmp_path / "rogue", ca_name="rogue-ca").client("operator"))
         with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
-            _get(api, "/healthz", anonymous)
-        pair = pki.client("operator")
-        authenticated = ssl.create_default_context(cafile=str(pki.ca))
-        authenticated.load_cert_chain(str(pair.cert), str(pair.key))
-        assert _wait(api, "/healthz", authenticated) == {"status": "ok"}
+            _get(api, "/v1/sites", rogue)
         untrusted = ssl.create_default_context()                   # the system trust store does not know our CA
         with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
             _get(api, "/healthz", untrusted)
+
+
+def test_only_the_listed_client_cns_may_call(broker, pki, prometheus):
+    with _api(broker, pki, prometheus, client_ca=pki.ca, client_cns=("ems-api-gateway",)) as api:
+        gateway = _client_context(pki, pki.client("ems-api-gateway"))
+        assert _wait(api, "/v1/sites", gateway) == {"sites": []}
+        status, body = _get(api, "/v1/whoami", _client_context(pki, pki.client("site-1")))
+        assert (status, body["error"]) == (403, "certificate CN 'site-1' may not call this API")
+        assert _get(api, "/v1/sites", _client_context(pki))[0] == 403
+    with pytest.raises(ValueError, match="client_cns needs client_ca"):
+        _api(broker, pki, prometheus, client_cns=("ems-api-gateway",))
 
 
 def test_twin_api_command_serves_over_tls(tmp_path, broker, pki, prometheus):

@@ -353,12 +353,16 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert volumes["tls"]["projected"] == {"defaultMode": 0o440, "sources": [
         {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"ingest-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
         for n, cn in enumerate(workers)]}
-    # Each pod mounts only its own directory, and sends its CN as its client id (the broker would use it anyway).
+    # The volume is mounted whole (the kubelet updates it in place on renewal); each pod names its own directory's
+    # files, and sends its CN as its client id (the broker would use it anyway).
     [c] = pod["containers"]
     [mount] = [m for m in c["volumeMounts"] if m["name"] == "tls"]
-    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True, "subPathExpr": "$(POD_NAME)"}
+    assert mount == {"name": "tls", "mountPath": "/etc/ems/tls", "readOnly": True}
     assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                        {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"}]
+                        {"name": "EMS_BROKER_CLIENT_ID", "value": f"{identity}-$(POD_NAME)"},
+                        {"name": "EMS_BROKER_CA", "value": "/etc/ems/tls/$(POD_NAME)/ca.crt"},
+                        {"name": "EMS_BROKER_CERT", "value": "/etc/ems/tls/$(POD_NAME)/tls.crt"},
+                        {"name": "EMS_BROKER_KEY", "value": "/etc/ems/tls/$(POD_NAME)/tls.key"}]
     [conf] = [c for c in ev.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "ingest-config"]
     ingest_config = parse_config(tomllib.loads(conf.inputs["data"]["ingest.toml"]), check_files=False)
     broker = ingest_config.broker
@@ -418,7 +422,8 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
 
 
 @pytest.mark.parametrize("site", ["ems-ingest", "ems-ingest-ingest-2", "ems-ingest-ingest-99", "ems-bridge", "ems-twin-api",
-                                  "ems-twin-api-twin-api-0", "ems-northbound", "ems-northbound-1", "deadletter"])
+                                  "ems-twin-api-twin-api-0", "ems-northbound", "ems-northbound-1", "deadletter",
+                                  "ems-api-gateway"])
 def test_reserved_identities_are_not_edge_sites(site: str) -> None:
     with pytest.raises(Exception, match=rf"settings\.edge_sites .*\(got '{site}'\)"):
         evaluate_stack("local", {"ems:edgeSites": json.dumps(["sub-01", site])})
@@ -445,6 +450,38 @@ def test_regions_can_share_one_ca() -> None:
     certs = ev.of_type("tls:index/locallySignedCert:LocallySignedCert")
     assert certs and all(c.inputs["caCertPem"] == pem for c in certs)
     assert ev.outputs["ca_bundle_pem"] == pem
+
+
+def test_additional_cas_are_trusted_by_every_verifier_and_roll_the_processes_that_read_them_at_start() -> None:
+    import base64
+
+    from infra_mocks import make_ca_pem
+
+    signing, other = make_ca_pem(), make_ca_pem()
+    shared = {"ems:caCertificate": signing, "ems:caPrivateKey": "-----BEGIN PRIVATE KEY-----shared"}
+    alone = evaluate_stack("aws-eu-west-1", shared, secret_keys=("ems:caPrivateKey",))
+    both = evaluate_stack("aws-eu-west-1", {**shared, "ems:additionalCaCertificates": json.dumps([other])},
+                          secret_keys=("ems:caPrivateKey",))
+    bundle = signing.strip() + "\n" + other.strip() + "\n"
+    assert both.outputs["ca_bundle_pem"] == bundle and alone.outputs["ca_bundle_pem"] == signing
+    # Every certificate Secret (servers, sites, in-cluster clients, the gateway's client) carries the bundle as ca.crt;
+    # only the signing CA signs.
+    tls_data = {x.inputs["metadata"]["name"]: x.inputs["stringData"]["value"]      # secret: the key is in it
+                for x in both.of_type("kubernetes:core/v1:Secret") if x.inputs.get("type") == "kubernetes.io/tls"}
+    assert len(tls_data) > 10 and "api-gateway-client-tls" in tls_data and "edge-sub-eu-01-tls" in tls_data
+    assert [name for name, data in tls_data.items() if data["ca.crt"] != bundle] == []
+    assert all(c.inputs["caCertPem"] == signing for c in both.of_type("tls:index/locallySignedCert:LocallySignedCert"))
+    [api_service] = both.of_type("kubernetes:apiregistration.k8s.io/v1:APIService")
+    assert base64.b64decode(api_service.inputs["spec"]["caBundle"]).decode() == bundle
+    # Mosquitto and nginx read cafile / ssl_client_certificate only at start: the bundle is in their pod templates'
+    # tls annotation, so changing it rolls them; the ingest and twin API reload it in place and are not rolled.
+    def annotations(ev, kind: str, name: str) -> dict:
+        return _named(ev, kind, name).inputs["spec"]["template"]["metadata"]["annotations"]
+    for kind, name in (("kubernetes:apps/v1:StatefulSet", "broker"), ("kubernetes:apps/v1:Deployment", "api-gateway")):
+        before, after = annotations(alone, kind, name)["ems.io/tls-sha256"], annotations(both, kind, name)["ems.io/tls-sha256"]
+        assert len(before) == 64 and before != after, name
+    for name in ("ingest", "twin-api"):
+        assert "ems.io/tls-sha256" not in annotations(both, "kubernetes:apps/v1:StatefulSet", name)
 
 
 def test_a_plain_text_secret_is_rejected() -> None:
@@ -491,9 +528,11 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     # Mounts: config read-only, the replica's own broker client identity (its pod's directory of a projected volume)
     # and the server certificate as 0440 Secrets, /tmp writable.
     mounts = {m["mountPath"]: (m["name"], m["readOnly"], m.get("subPathExpr")) for m in c["volumeMounts"]}
-    assert mounts == {"/etc/ems/twin-api": ("config", True, None), "/etc/ems/mqtt-tls": ("mqtt-tls", True, "$(POD_NAME)"),
+    assert mounts == {"/etc/ems/twin-api": ("config", True, None), "/etc/ems/mqtt-tls": ("mqtt-tls", True, None),
                       "/etc/ems/server-tls": ("server-tls", True, None), "/tmp": ("tmp", False, None)}
-    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        *({"name": f"EMS_BROKER_{k}", "value": f"/etc/ems/mqtt-tls/$(POD_NAME)/{f}"}
+                          for k, f in (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")))]
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["mqtt-tls"]["projected"] == {"defaultMode": 0o440, "sources": [
         {"secret": {"name": f"edge-{cn}-tls", "items": [{"key": f, "path": f"twin-api-{n}/{f}"} for f in ("ca.crt", "tls.crt", "tls.key")]}}
@@ -542,6 +581,19 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     gateway = _named(ev, "kubernetes:apps/v1:Deployment", "api-gateway")
     gw_volumes = {v["name"]: v for v in gateway.inputs["spec"]["template"]["spec"]["volumes"]}
     assert gw_volumes["tls"]["secret"]["secretName"] == "api-gateway-tls"    # its Secret carries ca.crt (components/pki.py)
+    # The gateway presents its own client certificate (CN ems-api-gateway, client auth only) to the twin API, which
+    # serves nobody else: no in-cluster client can go around the gateway and set the identity headers itself.
+    assert gw_volumes["upstream-tls"]["secret"]["secretName"] == "api-gateway-client-tls"
+    [gw_container] = gateway.inputs["spec"]["template"]["spec"]["containers"]
+    assert {"name": "upstream-tls", "mountPath": "/etc/nginx/upstream-tls", "readOnly": True} in gw_container["volumeMounts"]
+    assert nginx.count("proxy_ssl_certificate /etc/nginx/upstream-tls/tls.crt;\n") == nginx.count("proxy_pass https://ems_twin_api") >= 3
+    assert nginx.count("proxy_ssl_certificate_key /etc/nginx/upstream-tls/tls.key;\n") == nginx.count("proxy_pass https://ems_twin_api")
+    [gw_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == "ems-api-gateway"]
+    [gw_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == gw_csr.name.replace("-csr", "-cert")]
+    assert "client_auth" in gw_cert.inputs["allowedUses"] and "server_auth" not in gw_cert.inputs["allowedUses"]
+    gw_secret = _named(ev, "kubernetes:core/v1:Secret", "api-gateway-client-tls")
+    assert gw_secret.inputs["type"] == "kubernetes.io/tls" and gw_secret.inputs["metadata"]["namespace"] == ns
+    assert (str(parsed.twin_api.client_ca), parsed.twin_api.client_cns) == ("/etc/ems/server-tls/ca.crt", ("ems-api-gateway",))
     # NetworkPolicies: gateway → twin-api 8443, tsdb → twin-api 9100 (metrics); twin-api → broker 8883 and tsdb 9090.
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
                 if p.inputs["metadata"]["namespace"] == ns}
