@@ -31,6 +31,7 @@ ENV PIP_NO_CACHE_DIR=1 \
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 python3-venv \
+ && apt-get clean \
  && rm -rf /var/lib/apt/lists/* \
  && python3 -m venv /opt/ems/venv
 WORKDIR /opt/ems
@@ -67,9 +68,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/ems/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 # hadolint ignore=DL3008
+# apt-get clean also drops apt's package caches (/var/cache/apt/*.bin, 80 MB for bookworm's lists): the
+# official base's apt config never writes them, a base made with mmdebstrap does.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
- && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 ems \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ems
 WORKDIR /opt/ems
