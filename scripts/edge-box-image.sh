@@ -5,13 +5,13 @@
 #   scripts/edge-box-image.sh          # prints the image name; builds it first if it is missing
 #
 # The root file system is made from Debian packages (mmdebstrap, minbase + systemd, systemd-sysv,
-# logrotate and the package's dependencies python3.11 and adduser; about 140 MB, 1-2 minutes) and
+# logrotate and the package's dependencies python3.11, adduser and procps; about 140 MB, 1-2 minutes) and
 # imported into podman; the tag carries a hash of the recipe, so a changed recipe builds a new image.
 # Run it with `podman run --systemd=always … /sbin/init`.
 set -euo pipefail
 
 recipe=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
-        --include=systemd,systemd-sysv,logrotate,python3.11,adduser
+        --include=systemd,systemd-sysv,logrotate,python3.11,adduser,procps
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
         bookworm)

@@ -51,8 +51,10 @@ class Box:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
-        return sh(*ENGINE, "exec", self.name, *cmd, check=check, timeout=timeout)
+    def run(self, *cmd: str, check: bool = True, timeout: float = 120, privileged: bool = False) -> subprocess.CompletedProcess:
+        # --privileged only to enter the agent's namespaces (the engine's default capabilities lack SYS_PTRACE).
+        extra = ["--privileged"] if privileged else []
+        return sh(*ENGINE, "exec", *extra, self.name, *cmd, check=check, timeout=timeout)
 
     def copy(self, source: str, target: str) -> None:
         sh(*ENGINE, "cp", source.replace("box:", f"{self.name}:", 1), target.replace("box:", f"{self.name}:", 1))
@@ -67,7 +69,11 @@ def box() -> Iterator[Box]:
     assert built.returncode == 0, built.stderr[-3000:]
     image = built.stdout.strip().splitlines()[-1]
     box = Box(f"ems-edge-box-{uuid.uuid4().hex[:10]}")
-    sh(*ENGINE, "run", "-d", "--name", box.name, "--systemd=always", "--network", "host", *LIMITS, image, "/sbin/init")
+    # CAP_SYS_ADMIN for systemd (PID 1 of a real box has every capability): without it systemd cannot build
+    # the unit's mount namespace and, "assuming containerized execution", silently runs the agent without
+    # ProtectSystem & co. (seen here: the agent's mount namespace was PID 1's, / writable).
+    sh(*ENGINE, "run", "-d", "--name", box.name, "--systemd=always", "--cap-add", "SYS_ADMIN", "--network", "host",
+       *LIMITS, image, "/sbin/init")
     try:
         # `degraded` is fine (a unit the box does not need may fail in a container); `starting` is not yet.
         assert _wait(lambda: box.run("systemctl", "is-system-running", check=False).stdout.strip()
@@ -178,10 +184,12 @@ def _assert_sandboxed(run, pid: str) -> None:
     assert status["Uid"].split()[:2] == [ems, ems], status["Uid"]
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2", status
     assert status["CapBnd"] == status["CapEff"] == status["CapPrm"] == "0000000000000000", status
-    # In the agent's mount namespace even root cannot write outside the unit's folders.
+    # The agent has a mount namespace of its own, where even root cannot write outside the unit's folders.
+    namespaces = run("readlink", "/proc/1/ns/mnt", f"/proc/{pid}/ns/mnt", privileged=True).stdout.split()
+    assert len(set(namespaces)) == 2, namespaces
     probe = ("for p in /var/lib/ems /var/log/ems /tmp /etc/ems /opt/ems /usr/local; do "
              "f=$p/.ems-probe-$$; if touch $f 2>/dev/null; then rm -f $f; echo rw $p; else echo ro $p; fi; done")
-    seen = run("nsenter", "--target", pid, "--mount", "sh", "-c", probe).stdout.splitlines()
+    seen = run("nsenter", "--target", pid, "--mount", "sh", "-c", probe, privileged=True).stdout.splitlines()
     assert seen == ["rw /var/lib/ems", "rw /var/log/ems", "rw /tmp", "ro /etc/ems", "ro /opt/ems", "ro /usr/local"], seen
     exposure = run("systemd-analyze", "security", "ems-edge.service", "--no-pager").stdout
     level = re.search(r"Overall exposure level for ems-edge.service: ([\d.]+)", exposure)
