@@ -67,9 +67,9 @@ LABEL org.opencontainers.image.vendor="ems-platform" \
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/ems/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# hadolint ignore=DL3008
 # apt-get clean also drops apt's package caches (/var/cache/apt/*.bin, 80 MB for bookworm's lists): the
 # official base's apt config never writes them, a base made with mmdebstrap does.
+# hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends python3 ca-certificates \
  && apt-get clean \

@@ -11,7 +11,7 @@
 set -euo pipefail
 
 recipe=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
-        --include=systemd,systemd-sysv,logrotate,python3.11,adduser,procps
+        '--include=systemd,systemd-sysv,logrotate,python3.11,adduser,procps'
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
         bookworm)
