@@ -125,3 +125,15 @@ def locked_defaults(images: Any, lock: ImageLock) -> Any:
 def unpublished(images: Any) -> dict[str, str]:
     """``{ems:images key: reference}`` of the built images that ``images`` still deploys without a digest."""
     return {key: getattr(images, snake(key)) for key in BUILT_IMAGES if "@" not in getattr(images, snake(key))}
+
+
+def digest_warning(images: Any, lock: ImageLock) -> str | None:
+    """What the program warns when a built image would deploy without a digest; None when all have one."""
+    tags = unpublished(images)
+    if not tags:
+        return None
+    why = (f"{LOCK_FILE.name} holds no digest: the release workflow has not published these images"
+           if not lock.published else "ems:images sets them by tag")
+    return (f"ems:images {', '.join(tags)}: no digest ({why}), so the stack deploys the tags "
+            f"{', '.join(tags.values())}; set ems:images to images you pushed, by @sha256 digest. "
+            "Production stacks refuse tag-only images (policy container-image-digest).")

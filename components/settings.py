@@ -1057,11 +1057,9 @@ def load_settings() -> StackSettings:
         if not (pulumi.runtime.is_config_secret(f"ems:{key}") or f"ems:{key}" in env_secret):
             raise SettingsError(key, "(hidden)", f"must be stored as a secret: pulumi config set --secret ems:{key}")
     settings = parse_settings(public, pulumi.get_stack(), present)
-    if settings.platform is not None and (tags := image_lock.unpublished(settings.platform.images)):
-        pulumi.log.warn(f"ems:images {', '.join(tags)}: no digest ({image_lock.LOCK_FILE.name} holds none: the release "
-                        f"workflow has not published these images), so the stack deploys the version tags "
-                        f"{', '.join(tags.values())}; set ems:images to images you pushed, by @sha256 digest. "
-                        "Production stacks refuse tag-only images (policy container-image-digest).")
+    if settings.platform is not None and (warning := image_lock.digest_warning(
+            settings.platform.images, image_lock.load_lock(image_lock.LOCK_FILE))):
+        pulumi.log.warn(warning)
     config = pulumi.Config("ems")
     if settings.private is not None:
         settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))

@@ -42,12 +42,19 @@ def test_published_lock_sets_the_defaults_and_overrides_still_win(use_lock) -> N
     partial = parse_settings({**AWS, "ems:images": {"ingest": override}}, "t").platform.images
     assert (partial.ingest, partial.edge_agent) == (override, EDGE)   # the other keys keep the lock's digest
     assert image_lock.unpublished(partial) == {"ingest": override}
+    published = image_lock.load_lock(image_lock.LOCK_FILE)
+    assert image_lock.digest_warning(images, published) is None
+    assert image_lock.digest_warning(partial, published).startswith(
+        "ems:images ingest: no digest (ems:images sets them by tag), so the stack deploys the tags ghcr.io/acme/ems-ingest:1.4.2;")
 
 
 def test_empty_lock_leaves_the_version_tags_and_names_them(use_lock) -> None:
     use_lock(lock())
     images = parse_settings(AWS, "t").platform.images
     assert images == Images()
+    assert image_lock.digest_warning(images, image_lock.load_lock(image_lock.LOCK_FILE)).startswith(
+        "ems:images edgeAgent, ingest, northbound: no digest (images.lock.json holds no digest: the release workflow "
+        "has not published these images), so the stack deploys the tags ghcr.io/ems-platform/edge-agent:0.1.0, ")
     assert image_lock.unpublished(images) == {"edgeAgent": "ghcr.io/ems-platform/edge-agent:0.1.0",
                                               "ingest": "ghcr.io/ems-platform/ingest:0.1.0",
                                               "northbound": "ghcr.io/ems-platform/northbound:0.1.0"}

@@ -60,7 +60,8 @@ def test_production_stack_with_tag_defaults_fails_the_gate(tmp_path: Path, capsy
     if not lock.published:
         capture = evaluate_stack(project, "prod-local", use_cache=False)
         warnings = [d["message"] for d in capture.diagnostics if "no digest" in d.get("message", "")]
-        assert warnings and "ems:images edgeAgent, ingest, northbound: no digest (images.lock.json holds none" \
+        assert warnings and "ems:images edgeAgent, ingest, northbound: no digest (images.lock.json holds no digest: the " \
+            "release workflow has not published these images), so the stack deploys the tags ghcr.io/ems-platform/" \
             in warnings[0], capture.diagnostics
 
 
