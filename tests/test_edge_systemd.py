@@ -12,7 +12,7 @@ every audited reading reached the broker.
 
 Opt-in (marker ``systemd``, deselected by ``make test``; ``make edge-systemd`` runs it): the first
 run builds the box image (1-2 minutes), the test itself takes about a minute. A missing podman,
-mmdebstrap or runc fails it.
+or mmdebstrap fails it.
 """
 
 from __future__ import annotations
@@ -34,11 +34,9 @@ from edge_agent.audit import decode_record
 from tests.edge_agent.delivery_helpers import Subscriber
 from tests import test_edge_deb
 from tests.test_edge_deb import _audited_seqs, _wait, sh
+from tests.test_images import ENGINE, LIMITS     # runc and explicit rlimits: this host refuses the engine's defaults
 
 ROOT = Path(__file__).resolve().parents[1]
-# The limits and runtime scripts/build-images.sh uses: this host refuses the engine's defaults.
-ENGINE = ["podman", "--runtime", "runc"]
-LIMITS = ["--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096"]
 AUDIT = "/var/log/ems/telemetry-audit.log"
 
 pytestmark = [pytest.mark.systemd, pytest.mark.integration]
@@ -63,7 +61,7 @@ class Box:
 @pytest.fixture(scope="module")
 def box() -> Iterator[Box]:
     """A running box: systemd as PID 1, the host's network (the broker and the simulator run there)."""
-    for tool in ("podman", "runc", "mmdebstrap"):
+    for tool in ("podman", "mmdebstrap"):
         assert shutil.which(tool), f"{tool} is missing: scripts/install-system-packages.sh --images"
     built = subprocess.run([str(ROOT / "scripts/edge-box-image.sh")], capture_output=True, text=True, timeout=600)
     assert built.returncode == 0, built.stderr[-3000:]
