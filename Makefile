@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages demo lint test bench images deb clean
+.PHONY: setup system-packages demo lint test bench images deb edge-systemd clean
 
 setup: $(STAMP) system-packages
 
@@ -41,6 +41,12 @@ images: setup
 # The edge box's Debian package (out/deb/ems-edge_<version>_<arch>.deb); see docs/edge-install.md.
 deb: setup
 	$(BIN)/python scripts/build_deb.py --out out/deb
+
+# The .deb under systemd: a Debian box with systemd as PID 1 in a container (scripts/edge-box-image.sh,
+# built once), the package installed, the unit started, reloaded, its log rotated. About 2 minutes.
+edge-systemd: setup
+	./scripts/install-system-packages.sh --images
+	$(BIN)/pytest -q -p no:cacheprovider -m systemd tests/test_edge_systemd.py
 
 clean:
 	rm -rf $(VENV) out .demo .bench

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import pulumi
 
 from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
+from components import image_lock
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
 
@@ -58,6 +59,7 @@ CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 GATEWAY_TRANSPORTS = ("tcp", "rtu-over-tcp")
 IMAGE_KEYS = ("broker", "tsdb", "edgeAgent", "ingest", "apiGateway", "metricsAdapter", "northbound", "grafana",
               "alertmanager")
+ENVIRONMENTS = ("production", "staging", "development")
 ALLOWED_REGISTRIES = ("docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "public.ecr.aws")
 
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -208,6 +210,9 @@ class PlatformSettings:
 
     namespace: str = "ems-system"
     """Namespace of the workloads (the field manual's ``-n ems-system``)."""
+    environment: str = "development"
+    """``production``, ``staging`` or ``development``: the ems-guard policy container-image-digest refuses
+    images without an @sha256 digest on production stacks."""
     images: Images = field(default_factory=Images)
     edge_sites: tuple[str, ...] = ()
     modbus_gateways: tuple[ModbusGateway, ...] = ()
@@ -329,7 +334,7 @@ SECRET_KEYS = frozenset({"kubeconfig", "caPrivateKey", "northboundClientKey", "g
 KNOWN_KEYS: tuple[str, ...] = (
     "cloud", "role", "kubernetesVersion", "namespace", "tags",
     # platform
-    "images", "edgeSites", "modbusGateways", "brokerHostnames", "apiHostnames",
+    "environment", "images", "edgeSites", "modbusGateways", "brokerHostnames", "apiHostnames",
     "operatorGroups", "viewerGroups", "certValidityHours", "caValidityHours", "caCertificate", "caPrivateKey",
     "additionalCaCertificates",
     "storageClassName", "storageProvisioner", "storageParameters",
@@ -540,14 +545,24 @@ def _image(key: str, value: object) -> str:
     return value
 
 
+def default_images() -> Images:
+    """The ``ems:images`` defaults: ``Images``' version tags, replaced by the digests the release workflow
+    wrote to images.lock.json (none until it has run: see components/image_lock.py)."""
+    try:
+        lock = image_lock.load_lock(image_lock.LOCK_FILE)
+    except image_lock.LockError as exc:
+        raise SettingsError("images", _MISSING, f"defaults cannot be read: {exc}") from None
+    return image_lock.locked_defaults(Images(), lock)
+
+
 def _images(key: str, value: object) -> Images:
     obj = _structured(key, value, dict, f"an object with keys {', '.join(IMAGE_KEYS)}")
     fields: dict[str, str] = {}
     for k, v in obj.items():
         if k not in IMAGE_KEYS:
             raise SettingsError(f"{key}.{k}", v, f"is not a known image; known: {', '.join(IMAGE_KEYS)}")
-        fields[re.sub(r"([A-Z])", r"_\1", k).lower()] = _image(f"{key}.{k}", v)
-    return Images(**fields)
+        fields[image_lock.snake(k)] = _image(f"{key}.{k}", v)
+    return replace(default_images(), **fields)
 
 
 def _object(key: str, value: object, allowed: Sequence[str], required: Sequence[str]) -> dict[str, object]:
@@ -765,7 +780,8 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         raise SettingsError("certValidityHours", leaf_hours, f"must not exceed ems:caValidityHours {ca_hours}")
     return PlatformSettings(
         namespace=r.get("namespace", _LABEL, d.namespace),
-        images=r.get("images", _images, d.images),
+        environment=r.get("environment", _choice(ENVIRONMENTS), d.environment),
+        images=r.get("images", _images, None) or default_images(),
         edge_sites=edge_sites,
         modbus_gateways=_unique_names("modbusGateways", r.get("modbusGateways", _list_of(_gateway), ())),
         broker_hostnames=r.get("brokerHostnames", _list_of(_HOSTNAME, unique=True), ()),
@@ -1041,6 +1057,9 @@ def load_settings() -> StackSettings:
         if not (pulumi.runtime.is_config_secret(f"ems:{key}") or f"ems:{key}" in env_secret):
             raise SettingsError(key, "(hidden)", f"must be stored as a secret: pulumi config set --secret ems:{key}")
     settings = parse_settings(public, pulumi.get_stack(), present)
+    if settings.platform is not None and (warning := image_lock.digest_warning(
+            settings.platform.images, image_lock.load_lock(image_lock.LOCK_FILE))):
+        pulumi.log.warn(warning)
     config = pulumi.Config("ems")
     if settings.private is not None:
         settings = replace(settings, private=replace(settings.private, kubeconfig=config.get_secret("kubeconfig")))

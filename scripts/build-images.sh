@@ -75,16 +75,20 @@ PY
 
     base_args=()
     if ((local_base)); then
-        base=localhost/ems-debian-base:bookworm
+        # The path filters of debian:bookworm-slim: no manuals, translations or docs but the copyright
+        # files (they stay in the rootfs' dpkg config, so later apt installs follow them). The merged-usr
+        # hook installs usr-is-merged, as the official image has: without it apt satisfies
+        # init-system-helpers' `usrmerge | usr-is-merged` with usrmerge, which pulls in perl (50 MB).
+        recipe=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
+                --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
+                --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
+                --dpkgopt='path-exclude=/usr/share/info/*' bookworm)
+        # Tagged by the recipe, so a changed recipe builds a new base instead of reusing the old one.
+        base=localhost/ems-debian-base:bookworm-$(printf '%s\n' "${recipe[@]}" | sha256sum | cut -c1-12)
         if ! buildah inspect --type image "$base" >/dev/null 2>&1; then
-            echo "building $base from Debian packages (mmdebstrap --variant=minbase bookworm)"
+            echo "building $base from Debian packages (mmdebstrap ${recipe[*]})"
             tar=$(mktemp --suffix=.tar)
-            # The path filters of debian:bookworm-slim: no manuals, translations or docs but the
-            # copyright files (they stay in the rootfs' dpkg config, so later apt installs follow them).
-            mmdebstrap --quiet --variant=minbase \
-                --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*' \
-                --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-                --dpkgopt='path-exclude=/usr/share/info/*' bookworm "$tar"
+            mmdebstrap --quiet "${recipe[@]}" "$tar"
             podman import --quiet "$tar" "$base" >/dev/null
             rm -f "$tar"
         fi

@@ -96,10 +96,12 @@ def example_config(target: Path) -> None:
 
 
 def control(stage: Path, arch: str) -> str:
+    """The package's control file. procps: the unit's ExecReload (/bin/kill) and reopen-audit-log's pkill;
+    a minimal Debian lacks it, and `systemctl reload ems-edge` (logrotate's postrotate) then fails."""
     size_kib = sum(p.lstat().st_size for p in stage.rglob("*") if not p.is_dir()) // 1024
     return (f"Package: {PACKAGE}\nVersion: {version()}\nArchitecture: {arch}\n"
             "Maintainer: ems-platform developers <ems-platform@users.noreply.github.com>\n"
-            f"Installed-Size: {size_kib}\nDepends: python3.11, adduser\nRecommends: logrotate\n"
+            f"Installed-Size: {size_kib}\nDepends: python3.11, adduser, procps\nRecommends: logrotate\n"
             "Section: net\nPriority: optional\nHomepage: https://github.com/ems-platform/ems-platform\n"
             "Description: EMS edge agent: Modbus polling to MQTT over mTLS\n"
             " Polls Modbus devices, calibrates, spools durably and publishes over MQTT/mTLS,\n"

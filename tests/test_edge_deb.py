@@ -66,7 +66,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_package_holds_the_kit(deb: Path, tmp_path: Path) -> None:
     info = sh("dpkg-deb", "--field", str(deb), "Package", "Version", "Architecture", "Depends").stdout
-    assert "Package: ems-edge" in info and "Depends: python3.11, adduser" in info
+    assert "Package: ems-edge" in info and "Depends: python3.11, adduser, procps" in info
     assert f"Architecture: {sh('dpkg', '--print-architecture').stdout.strip()}" in info
     listing = sh("dpkg-deb", "--contents", str(deb)).stdout
     for entry in ("-rw-r--r-- root/root .* ./lib/systemd/system/ems-edge.service",

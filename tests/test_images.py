@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from components.settings import _IMAGE, Images
+from components import image_lock
+from components.settings import _IMAGE, Images, default_images
 from devenv.demo_edge import Observer, SimulatorProcess, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki
@@ -141,22 +142,42 @@ def test_sbom_lists_debian_packages_and_python_distributions(tmp_path: Path) -> 
     assert empty.returncode == 1 and "no Python distribution under --venv" in empty.stderr
 
 
-def test_pin_image_digests_rewrites_the_defaults_to_valid_references(tmp_path: Path) -> None:
+def test_pin_image_digests_writes_the_lock_the_defaults_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     digest = "sha256:" + "ab" * 32
     lines = "".join(f"{t} ghcr.io/ems-platform/{t}:9.9.9@{digest}\n" for t in TARGETS)
     (tmp_path / "digests.txt").write_text(lines)
-    settings = tmp_path / "settings.py"
-    shutil.copyfile(ROOT / "components/settings.py", settings)
-    assert pin_image_digests.main([str(tmp_path / "digests.txt"), str(settings)]) == 0
-    text = settings.read_text()
+    lock = tmp_path / "images.lock.json"
+    assert pin_image_digests.main([str(tmp_path / "digests.txt"), "--release", "v9.9.9", "--revision", "c" * 40,
+                                   "--lock", str(lock)]) == 0
+    monkeypatch.setattr(image_lock, "LOCK_FILE", lock)
+    defaults = default_images()
     for field, target in BUILT.items():
-        ref = re.search(rf'^    {field}: str = "([^"]*)"$', text, re.MULTILINE).group(1)
+        ref = getattr(defaults, field)
         assert ref == f"ghcr.io/ems-platform/{target}:9.9.9@{digest}" and _IMAGE.fullmatch(ref), ref
-    assert 'broker: str = "docker.io/eclipse-mosquitto:2.0.18"' in text      # the others untouched
-    with pytest.raises(ValueError, match="line 1"):
+    assert defaults.broker == Images().broker                                # the upstream images untouched
+    assert image_lock.load_lock(lock).release == "v9.9.9"
+    with pytest.raises(ValueError, match=r"line 1: edge-agent: 'ghcr.io/ems-platform/edge-agent:1.0' has no digest"):
         pin_image_digests.parse_digests("edge-agent ghcr.io/ems-platform/edge-agent:1.0\n")
-    with pytest.raises(ValueError, match="Images.edge_agent: expected one default"):
-        pin_image_digests.pin("nothing here", {"edge_agent": "x"})
+    with pytest.raises(ValueError, match="no digest for ingest, northbound"):
+        pin_image_digests.parse_digests(lines.splitlines()[0])
+    with pytest.raises(ValueError, match="release"):
+        pin_image_digests.lock_text({"edgeAgent": f"ghcr.io/ems-platform/edge-agent@{digest}"}, "9.9.9", "c" * 40)
+    before = lock.read_text()
+    assert pin_image_digests.main([str(tmp_path / "digests.txt"), "--release", "v9", "--revision", "c" * 40,
+                                   "--lock", str(lock)]) == 1
+    assert lock.read_text() == before                                        # nothing written on an error
+
+
+def test_the_repository_lock_is_valid_and_says_whether_the_images_are_published() -> None:
+    lock = image_lock.load_lock()
+    defaults = default_images()
+    if lock.published:
+        assert set(lock.images) == set(image_lock.BUILT_IMAGES) and image_lock.unpublished(defaults) == {}
+    else:
+        # The workflow has not run: no digest anywhere, the defaults are Images' version tags.
+        assert lock.release is None and lock.revision is None
+        assert image_lock.unpublished(defaults) == {key: getattr(Images(), image_lock.snake(key))
+                                                    for key in image_lock.BUILT_IMAGES}
 
 
 # ---- the built images (make images) ---------------------------------------------------------------------
@@ -164,6 +185,12 @@ def test_pin_image_digests_rewrites_the_defaults_to_valid_references(tmp_path: P
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE).group(1)
 # The limits and runtime scripts/build-images.sh uses (see there: this host refuses the engine's defaults).
 ENGINE = ["podman", "--runtime", "runc"] if shutil.which("runc") else ["podman"]
+# Built here 2026-12-06 (debian-slim-equivalent base 78 MB, Debian's python3 and ca-certificates 48 MB,
+# then the virtualenv): edge-agent 155 MB, northbound 174 MB, ingest about 210 MB with numpy; they were
+# 267-302 MB (apt caches and perl). The bounds leave room for updates, not for those to come back.
+MAX_IMAGE_BYTES = {"edge-agent": 180_000_000, "ingest": 240_000_000, "northbound": 200_000_000}
+# What each image's command imports at run time beyond --version (numpy for the ingest's column paths).
+IMPORTS = {"edge-agent": "edge_agent.agent", "ingest": "ingest.remote_write, ingest.dedup", "northbound": "northbound.cli"}
 LIMITS = ["--ulimit", f"nofile={os.sysconf('SC_OPEN_MAX')}:{os.sysconf('SC_OPEN_MAX')}", "--ulimit", "nproc=4096:4096"]
 
 
@@ -187,11 +214,22 @@ def test_image_has_no_pip_no_compiler_and_its_sbom(target: str) -> None:
     probe = run_in(ref, "-c", "import os, shutil, importlib.util as u, json; "
                    "print(json.dumps([os.getuid(), os.getgid(), u.find_spec('pip') is None, u.find_spec('ensurepip') is None, "
                    "[t for t in ('pip', 'pip3', 'gcc', 'cc', 'make', 'apt-get') if shutil.which(t) and t != 'apt-get'], "
-                   "json.load(open('/usr/share/doc/ems-platform/sbom.spdx.json'))['name']]))", entrypoint="python3")
+                   "json.load(open('/usr/share/doc/ems-platform/sbom.spdx.json')), "
+                   "sorted(os.listdir('/var/cache/apt')), os.listdir('/var/lib/apt/lists')]))", entrypoint="python3")
     assert probe.returncode == 0, probe.stderr
-    uid, gid, no_pip, no_ensurepip, tools, sbom_name = json.loads(probe.stdout)
+    uid, gid, no_pip, no_ensurepip, tools, sbom, apt_cache, apt_lists = json.loads(probe.stdout)
     assert (uid, gid, no_pip, no_ensurepip, tools) == (10001, 10001, True, True, [])
-    assert sbom_name == f"ems-platform-{target}"
+    assert sbom["name"] == f"ems-platform-{target}"
+    # What made the images 270-300 MB: apt's package caches (80 MB, *.bin) and perl (50 MB, pulled in by
+    # usrmerge where the base lacked usr-is-merged). Neither is needed at run time.
+    assert apt_cache == ["archives"] and apt_lists in ([], ["partial"], ["lock", "partial"]), (apt_cache, apt_lists)
+    debs = {p["name"] for p in sbom["packages"] if p["externalRefs"][0]["referenceLocator"].startswith("pkg:deb/")}
+    assert "python3.11" in debs and not debs & {"usrmerge", "perl", "perl-modules-5.36"}, sorted(debs)
+    size = int(subprocess.run([*ENGINE, "image", "inspect", ref, "--format", "{{.Size}}"], capture_output=True,
+                              text=True, timeout=60, check=True).stdout)
+    assert size < MAX_IMAGE_BYTES[target], f"{ref} is {size / 1e6:.0f} MB (bound {MAX_IMAGE_BYTES[target] / 1e6:.0f} MB)"
+    imported = run_in(ref, "-c", f"import {IMPORTS[target]}", entrypoint="/opt/ems/venv/bin/python")
+    assert imported.returncode == 0, imported.stderr[-2000:]
     command = {"edge-agent": "ems-edge", "ingest": "ems-ingest", "northbound": "ems-northbound"}[target]
     version = run_in(ref, "--version")
     assert version.returncode == 0 and version.stdout.startswith(f"{command} {VERSION}"), (version.stdout, version.stderr)

@@ -1,6 +1,6 @@
 """The edge agent, ingest and north-bound images carry only their runtime dependencies (Dockerfile).
 
-Every module of ``ems_contract``, ``ems_runtime``, ``edge_agent`` and ``ingest`` is imported in a fresh interpreter;
+Every module of ``ems_contract``, ``ems_runtime`` and ``edge_agent`` (then ``ingest``) is imported in a fresh interpreter;
 the third-party top-level packages it loads must be among those the Dockerfile
 installs — in particular never ``pulumi`` (the edge image stays small). The same for
 ``northbound`` (its own image target) against the distributions its stage installs.
@@ -15,9 +15,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Top-level import names of the distributions the Dockerfile's base stage installs (and their own deps);
+# Top-level import names of the distributions the Dockerfile's edge stage installs (and their own deps);
 # cryptography also reads certificate expiry (ems_runtime/cert_expiry.py).
-RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "numpy", "tomlkit", "google", "jwt", "cryptography"}
+RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "tomlkit", "google", "jwt", "cryptography"}
+# The ingest stage adds numpy (its column paths); the edge agent's image does not carry it.
+INGEST_RUNTIME = RUNTIME | {"numpy"}
 
 # Top-level import names of the north-bound stage's distributions (cython_runtime: lxml's compiled modules).
 NORTHBOUND_RUNTIME = {"httpx", "httpcore", "h11", "anyio", "idna", "certifi", "envoy_schema", "pydantic", "pydantic_core",
@@ -36,7 +38,8 @@ stdlib = set(sys.stdlib_module_names)
 loaded = {name.split(".")[0] for name in set(sys.modules) - before}
 print(" ".join(sorted(n for n in loaded if n not in stdlib and not n.startswith("_") and n not in packages)))
 """
-PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "edge_agent", "ingest")))
+PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "edge_agent")))
+INGEST_PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "ingest")))
 NORTHBOUND_PROBE = PROBE_TEMPLATE.replace("PACKAGES", repr(("ems_contract", "ems_runtime", "northbound")))
 
 
@@ -59,10 +62,19 @@ def test_runtime_packages_import_only_their_image_dependencies() -> None:
     assert {"pymodbus", "paho", "prometheus_client"} <= third_party
 
 
+def test_ingest_imports_only_its_image_dependencies() -> None:
+    out = subprocess.run([sys.executable, "-c", INGEST_PROBE], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    third_party = set(out.stdout.split())
+    assert "pulumi" not in third_party
+    assert third_party <= INGEST_RUNTIME, f"imports outside the image's dependencies: {sorted(third_party - INGEST_RUNTIME)}"
+    assert {"numpy", "paho", "prometheus_client"} <= third_party
+
+
 def test_dockerfile_installs_exactly_those_distributions() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     patterns = re.findall(r"grep -E '\^\(([^)]*)\)==' requirements\.txt", dockerfile)
-    assert len(patterns) == 2, "the Dockerfile no longer selects runtime pins from requirements.txt (base, northbound)"
+    assert len(patterns) == 3, "the Dockerfile no longer selects runtime pins from requirements.txt (edge, ingest, northbound)"
     pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     for pattern in patterns:
@@ -72,4 +84,5 @@ def test_dockerfile_installs_exactly_those_distributions() -> None:
     from importlib.metadata import packages_distributions
     dists = packages_distributions()
     needed = {d.lower().replace("_", "-") for name in NORTHBOUND_RUNTIME - {"cython_runtime"} for d in dists.get(name, [name])}
-    assert needed <= set(patterns[1].split("|")), sorted(needed - set(patterns[1].split("|")))
+    assert needed <= set(patterns[2].split("|")), sorted(needed - set(patterns[2].split("|")))
+    assert set(patterns[1].split("|")) == set(patterns[0].split("|")) | {"numpy"}, "ingest = the edge's pins and numpy"

@@ -40,7 +40,7 @@ def test_global_endpoint_groups_point_at_the_region_nlbs() -> None:
 
 @pytest.fixture
 def project_copy(tmp_path: Path) -> Path:
-    for name in ("Pulumi.yaml", "__main__.py"):
+    for name in ("Pulumi.yaml", "__main__.py", "images.lock.json"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "components", tmp_path / "components", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / "stacks", tmp_path / "stacks")

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
+import pulumi.runtime
+
 from .props import (
     UNKNOWN, Resource, as_bool, as_int, dig, elements, entries, get, k8s_objects, k8s_type, label_is_true,
     resource_policy, strings, unknown_message,
@@ -415,6 +417,35 @@ def _image_registry(res: Resource, cfg: dict) -> Iterator[str]:
     yield from _for_each_container(res, rule)
 
 
+def stack_environment(cfg: dict) -> str:
+    """The stack's environment from its config (PULUMI_CONFIG, as the CLI hands it over), else the default."""
+    value = pulumi.runtime.get_config(str(cfg.get("environmentConfigKey")))
+    if isinstance(value, str) and value.strip():
+        return value.strip().strip('"')
+    return str(cfg.get("defaultEnvironment"))
+
+
+def _image_digest(res: Resource, cfg: dict) -> Iterator[str]:
+    environment = stack_environment(cfg)
+    if environment not in {str(e) for e in cfg.get("productionEnvironments") or []}:
+        return
+
+    def rule(subject, path, container, _pod, _t):
+        image = get(container, "image")
+        if image is UNKNOWN:
+            yield unknown_message(subject, f"{path}.image")
+            return
+        if not isinstance(image, str) or not image.strip():
+            return  # reported by container-image-pinned
+        digest = parse_image(image.strip()).digest
+        if digest is None or not _DIGEST.match(digest):
+            yield (f"{subject}: image {image!r} is not pinned by digest on a {environment!r} stack "
+                   f"({cfg.get('environmentConfigKey')}); a tag can be moved, so deploy IMAGE@sha256:<64 hex>: set "
+                   "ems:images, or take the release's digests (images.lock.json, written by the images workflow).")
+
+    yield from _for_each_container(res, rule)
+
+
 # --------------------------------------------------------------------------- sysctls
 
 # Namespaced sysctls Kubernetes (1.32) considers safe: allowed by every kubelet.
@@ -546,6 +577,15 @@ _SPEC = [
      _image_registry, {"allowedRegistries": {
          "type": "array", "items": {"type": "string"}, "default": DEFAULT_REGISTRIES,
          "description": "Registries (or registry/path prefixes); bare image names count as docker.io."}}),
+    ("container-image-digest",
+     "Requires every image on a production stack to be pinned by @sha256 digest (a tag can be moved).",
+     _image_digest, {
+         "environmentConfigKey": {"type": "string", "default": "ems:environment",
+                                  "description": "Stack config key naming the stack's environment."},
+         "defaultEnvironment": {"type": "string", "default": "development",
+                                "description": "Environment assumed when the stack does not set the key (the program's default)."},
+         "productionEnvironments": {"type": "array", "items": {"type": "string"}, "default": ["production"],
+                                    "description": "Environments whose images must all be pinned by digest."}}),
     ("pod-sysctls-allowed", "Restricts pod sysctls to the safe set and the configured unsafe allow-list.",
      _sysctls, {"allowedUnsafeSysctls": {
          "type": "array", "items": {"type": "string"}, "default": ["net.core.somaxconn"],
