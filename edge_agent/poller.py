@@ -32,14 +32,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
+from itertools import compress
+from operator import itemgetter
 from typing import Awaitable, Callable
 
 from edge_agent.batch import ReadingBatch
-from edge_agent.calibration import Calibrations, calibrate
+from edge_agent.calibration import Calibration, Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
 from edge_agent.decode import Decoder, make_decoder, register_bytes
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
-from edge_agent.exception_report import ExceptionFilter
+from edge_agent.exception_report import ExceptionFilter, offer_many
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
 
@@ -54,6 +57,29 @@ _BIT, _UINT16, _INT16, _DECODER = range(4)     # how _samples decodes a point
 
 Emit = Callable[[ReadingBatch], Awaitable[None]]
 """Takes the reported readings of one poll (``value`` None only for ``device_error`` and ``stale``)."""
+
+
+@dataclass(slots=True)
+class _Layout:
+    """How one block's response becomes samples, prepared once per block: per point (in block order)
+    its offset, how to decode it (``_BIT``, ``_UINT16``/``_INT16`` for a big-endian register taken
+    as it is, or ``_DECODER``), its decoder and filter; the batch columns that do not change between
+    polls; and the calibration of its points as of ``generation`` (None: every point an integer register
+    with gain 1 and offset 0, none a 4–20 mA loop: the raw values are the values)."""
+
+    points: tuple[PointConfig, ...]
+    offsets: tuple[int, ...]
+    hows: tuple[int, ...]
+    decoders: tuple[Decoder | None, ...]
+    filters: tuple[ExceptionFilter, ...]
+    asset: list[str]
+    point: list[str]
+    unit: list[str]
+    sensor: list[str]
+    integers: bool                     # every point an (u)int16 register: identity calibration is exact
+    loops: bool                        # some point is a 4–20 mA loop
+    generation: int = -1
+    calibration: tuple[Calibration, ...] | None = None
 
 
 class DevicePoller:
@@ -78,7 +104,7 @@ class DevicePoller:
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
         self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
         self.failed_polls = 0
-        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]] = {}
+        self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
@@ -175,13 +201,12 @@ class DevicePoller:
             self.failed_polls += 1
         return answered
 
-    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]:
-        """(point, offset in the block, how to decode, decoder, filter) per point of ``block``, prepared once
-        per block. How: ``_BIT``, ``_UINT16``/``_INT16`` (a big-endian register taken as it is) or ``_DECODER``."""
+    def _layout(self, block: ReadBlock) -> _Layout:
+        """The block's ``_Layout``, prepared at its first response, its calibration refreshed after a reload."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            layout = []
+            hows, decoders = [], []
             for p in block.points:
                 if block.register in BIT_REGISTERS:
                     how, decoder = _BIT, None
@@ -189,55 +214,83 @@ class DevicePoller:
                     how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
                 else:
                     how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
-                layout.append((p, p.address - block.address, how, decoder, self.filters[p.id]))
-            self._layouts[key] = layout
+                hows.append(how)
+                decoders.append(decoder)
+            points = block.points
+            layout = self._layouts[key] = _Layout(
+                points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
+                tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
+                [p.unit for p in points], [p.id for p in points], all(h in (_UINT16, _INT16) for h in hows),
+                any(p.current_loop is not None for p in points))
+        calibrations = self.calibrations
+        if layout.generation != calibrations.generation:
+            cals = tuple(calibrations.get(p.id) for p in layout.points)
+            identity = all(c.gain == 1.0 and c.offset == 0.0 for c in cals)
+            layout.calibration = None if identity and layout.integers and not layout.loops else cals
+            layout.generation = calibrations.generation
         return layout
 
-    def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
-        one pass over the block, the batch's columns appended directly)."""
-        layout = self._layout(block)
-        buf = register_bytes(values) if any(entry[2] == _DECODER for entry in layout) else b""  # type: ignore[arg-type]
-        calibration = self.calibrations.get
-        ts_ms = int(now * 1000)
-        add_ts, add_asset, add_point = batch.ts_ms.append, batch.asset.append, batch.point.append
-        add_value, add_unit, add_quality = batch.value.append, batch.unit.append, batch.quality.append
-        add_sensor = batch.sensor.append
-        suppressed = 0
-        for point, offset, how, decoder, exception_filter in layout:
+    def _raw(self, layout: _Layout, values: list[int] | list[bool]) -> list[float | None]:
+        """Each point's decoded number, None where it does not decode (logged and counted)."""
+        if all(how == _UINT16 for how in layout.hows):
+            picked = itemgetter(*layout.offsets)(values)
+            return list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
+        buf = register_bytes(values) if _DECODER in layout.hows else b""  # type: ignore[arg-type]
+        raws: list[float | None] = []
+        for point, offset, how, decoder in zip(layout.points, layout.offsets, layout.hows, layout.decoders):
             if how == _UINT16:
-                raw = float(values[offset])
+                raws.append(float(values[offset]))
             elif how == _INT16:
-                raw = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
+                raws.append(float(values[offset] - 65536 if values[offset] >= 32768 else values[offset]))
             elif how == _BIT:
-                raw = 1.0 if values[offset] else 0.0
+                raws.append(1.0 if values[offset] else 0.0)
             else:
                 try:
-                    raw = decoder(buf, offset)  # type: ignore[misc]
+                    raws.append(decoder(buf, offset))  # type: ignore[misc]
                 except DecodeError as exc:
                     log.warning("device %s: %s", self.device.name, exc)
                     self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                    self._offer(batch, point, None, "device_error", now)
-                    continue
-            cal = calibration(point.id)
-            if point.current_loop is None:
-                value, quality = raw * cal.gain + cal.offset, "good"
-            else:
-                value, quality = calibrate(point, raw, cal)
-                if quality == "loop_fault":
-                    self.metrics.loop_faults.labels(self.device.name, point.id).inc()
-            if exception_filter.offer(value, quality, now):
-                add_ts(ts_ms)
-                add_asset(point.asset)
-                add_point(point.name)
-                add_value(value)
-                add_unit(point.unit)
-                add_quality(quality)
-                add_sensor(point.id)
-            else:
-                suppressed += 1
-        if suppressed:
-            self.metrics.readings_suppressed.inc(suppressed)
+                    raws.append(None)
+        return raws
+
+    def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
+        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
+        whole-block steps; the batch's columns extended, not appended to point by point)."""
+        layout = self._layout(block)
+        raws = self._raw(layout, values)
+        n = len(raws)
+        cals = layout.calibration
+        if cals is None:
+            calibrated, qualities = raws, ["good"] * n
+        elif not layout.loops and None not in raws:
+            calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
+            qualities = ["good"] * n
+        else:
+            calibrated, qualities = [], []
+            for point, raw, cal in zip(layout.points, raws, cals):
+                if raw is None:
+                    value, quality = None, "device_error"
+                elif point.current_loop is None:
+                    value, quality = raw * cal.gain + cal.offset, "good"
+                else:
+                    value, quality = calibrate(point, raw, cal)
+                    if quality == "loop_fault":
+                        self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+                calibrated.append(value)
+                qualities.append(quality)
+        flags = offer_many(layout.filters, calibrated, qualities, now)
+        ts_ms = int(now * 1000)
+        reported = flags.count(True)
+        if reported == n:
+            columns = (layout.asset, layout.point, calibrated, layout.unit, qualities, layout.sensor)
+        else:
+            self.metrics.readings_suppressed.inc(n - reported)
+            columns = tuple(list(compress(column, flags)) for column in (layout.asset, layout.point, calibrated,
+                                                                           layout.unit, qualities, layout.sensor))
+        batch.ts_ms.extend([ts_ms] * reported)
+        for mine, theirs in zip((batch.asset, batch.point, batch.value, batch.unit, batch.quality, batch.sensor),
+                                columns):
+            mine.extend(theirs)
 
     def _offer(self, batch: ReadingBatch, point: PointConfig, value: float | None, quality: str,
                now: float | None = None) -> None:
