@@ -77,6 +77,7 @@ class _Layout:
     unit: list[str]
     sensor: list[str]
     integers: bool                     # every point an (u)int16 register: identity calibration is exact
+    redo: tuple[int, ...]              # the points that are not a uint16 register or a bit
     loops: bool                        # some point is a 4–20 mA loop
     generation: int = -1
     calibration: tuple[Calibration, ...] | None = None
@@ -221,6 +222,7 @@ class DevicePoller:
                 points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
                 tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
                 [p.unit for p in points], [p.id for p in points], all(h in (_UINT16, _INT16) for h in hows),
+                tuple(i for i, h in enumerate(hows) if h in (_INT16, _DECODER)),
                 any(p.current_loop is not None for p in points))
         calibrations = self.calibrations
         if layout.generation != calibrations.generation:
@@ -231,26 +233,26 @@ class DevicePoller:
         return layout
 
     def _raw(self, layout: _Layout, values: list[int] | list[bool]) -> list[float | None]:
-        """Each point's decoded number, None where it does not decode (logged and counted)."""
-        if all(how == _UINT16 for how in layout.hows):
-            picked = itemgetter(*layout.offsets)(values)
-            return list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
+        """Each point's decoded number, None where it does not decode (logged and counted).
+
+        Every point's first register (or bit) is taken as a number in one C-level pass, which is
+        the value of uint16 and bit points; int16 and wider or reordered points are then redone."""
+        picked = itemgetter(*layout.offsets)(values)
+        raws: list[float | None] = list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
+        if not layout.redo:
+            return raws
         buf = register_bytes(values) if _DECODER in layout.hows else b""  # type: ignore[arg-type]
-        raws: list[float | None] = []
-        for point, offset, how, decoder in zip(layout.points, layout.offsets, layout.hows, layout.decoders):
-            if how == _UINT16:
-                raws.append(float(values[offset]))
-            elif how == _INT16:
-                raws.append(float(values[offset] - 65536 if values[offset] >= 32768 else values[offset]))
-            elif how == _BIT:
-                raws.append(1.0 if values[offset] else 0.0)
-            else:
-                try:
-                    raws.append(decoder(buf, offset))  # type: ignore[misc]
-                except DecodeError as exc:
-                    log.warning("device %s: %s", self.device.name, exc)
-                    self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                    raws.append(None)
+        for i in layout.redo:
+            offset = layout.offsets[i]
+            if layout.hows[i] == _INT16:
+                raws[i] = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
+                continue
+            try:
+                raws[i] = layout.decoders[i](buf, offset)  # type: ignore[misc]
+            except DecodeError as exc:
+                log.warning("device %s: %s", self.device.name, exc)
+                self.metrics.reads.labels(self.device.name, "decode_error").inc()
+                raws[i] = None
         return raws
 
     def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
