@@ -301,6 +301,7 @@ class ModbusSource:
         self._client: AsyncModbusTcpClient | PipelinedTcpClient | None = None
         self._connecting = asyncio.Lock()
         self._last_request_end = -float("inf")
+        self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -484,7 +485,10 @@ class ModbusSource:
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.reads.labels(self.device.name, outcome).inc()
+            counter = self._read_counters.get(outcome)
+            if counter is None:
+                counter = self._read_counters[outcome] = self.metrics.reads.labels(self.device.name, outcome)
+            counter.inc()
 
     def _count_connect(self, outcome: str) -> None:
         if self.metrics is not None:

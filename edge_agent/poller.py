@@ -97,6 +97,8 @@ class DevicePoller:
         self.reconnect_max_s = reconnect_max_s
         self.stop = stop
         self._stopped: asyncio.Future | None = None
+        self._reading: set[asyncio.Task] = set()         # tasks inside a read, cancelled when stop is set
+        self._stop_cancelled: set[asyncio.Task] = set()
         self.source = source
         self.emit = emit
         self.metrics = metrics
@@ -107,21 +109,43 @@ class DevicePoller:
         self.failed_polls = 0
         self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
+        # this device's children of the per-poll metrics, looked up once
+        self._poll_duration = metrics.poll_duration.labels(device.name)
+        self._polls = metrics.polls.labels(device.name)
+        self._device_up = metrics.device_up.labels(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
         """The block's values, or None when ``stop`` was set while waiting for the device
-        (a slow or silent device must not hold up shutdown for its timeouts and retries)."""
+        (a slow or silent device must not hold up shutdown for its timeouts and retries).
+
+        The read runs in the calling task; setting ``stop`` cancels the tasks inside a read, and
+        this method takes that cancellation back (no task and no wait per request)."""
         if self.stop is None:
             return await self.source.read(block)
+        if self.stop.is_set():
+            return None
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self.stop.wait())
-        read = asyncio.ensure_future(self.source.read(block))
-        await asyncio.wait((read, self._stopped), return_when=asyncio.FIRST_COMPLETED)
-        if read.done():
-            return read.result()
-        read.cancel()
-        await asyncio.gather(read, return_exceptions=True)
-        return None
+            self._stopped.add_done_callback(self._cancel_reads)
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading.add(task)
+        try:
+            return await self.source.read(block)
+        except asyncio.CancelledError:
+            if task in self._stop_cancelled and task.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._reading.discard(task)
+            self._stop_cancelled.discard(task)
+
+    def _cancel_reads(self, stopped: asyncio.Future) -> None:
+        if stopped.cancelled():
+            return
+        for task in self._reading:
+            self._stop_cancelled.add(task)
+            task.cancel()
 
     def close(self) -> None:
         if self._stopped is not None:
@@ -191,9 +215,9 @@ class DevicePoller:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
         if len(batch):
             await self.emit(batch)
-        self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
-        self.metrics.polls.labels(device.name).inc()
-        self.metrics.device_up.labels(device.name).set(1 if answered else 0)
+        self._poll_duration.observe(time.monotonic() - started)
+        self._polls.inc()
+        self._device_up.set(1 if answered else 0)
         if answered:
             if self.failed_polls:
                 log.info("device %s: answering again after %d failed polls", device.name, self.failed_polls)
