@@ -67,7 +67,7 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import AuditLog
+from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
@@ -95,6 +95,12 @@ def _encode(batch: ReadingBatch) -> bytes:
     """The stored row: the batch's columns as compact JSON; ValueError for a NaN or infinite value."""
     check_finite(batch.value)
     return orjson.dumps(batch.columns())
+
+
+def _row(batch: ReadingBatch) -> tuple[int, int, int, bytes, int]:
+    """The stored row of a sequenced batch: seq_first, seq_last, accepted_ms, data, crc."""
+    data = _encode(batch)
+    return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
 
 
 def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
@@ -334,7 +340,11 @@ class Spool:
             batches, self._buffer = self._buffer, []
             readings, self._buffered = self._buffered, 0
             try:
-                dropped_range = await self._run(self._commit_sync, batches, self._next_seq)
+                # Encoded here, on the loop: the I/O thread then runs little Python between calls that
+                # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
+                rows = [_row(batch) for batch in batches]
+                records = [batch_record(self.site, batch) for batch in batches] if self.audit is not None else []
+                dropped_range = await self._run(self._commit_sync, rows, records, self._next_seq)
             except BaseException:
                 self._buffer[:0] = batches       # keep them for the next attempt
                 self._buffered += readings
@@ -362,15 +372,12 @@ class Spool:
             self._recent_readings -= len(recent.popleft())
             self._memory_from = recent[0].seq_first
 
-    def _commit_sync(self, batches: list[ReadingBatch], next_seq: int) -> tuple[int, int, int] | None:
+    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes],
+                     next_seq: int) -> tuple[int, int, int] | None:
+        """Insert ``rows`` (``_row``) and write their audit ``records`` (``batch_record``), in seq order."""
         db = self._db
         assert db is not None
-        rows = []
-        added = 0
-        for batch in batches:
-            data = _encode(batch)
-            rows.append((batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)))
-            added += len(batch)
+        added = sum(row[1] - row[0] + 1 for row in rows)
         dropped_range: tuple[int, int, int] | None = None
         try:
             db.execute("PRAGMA synchronous=FULL")
@@ -394,8 +401,8 @@ class Spool:
         if self._oldest_ms is None or dropped:
             self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
-            for batch in batches:
-                self.audit.batch(self.site, batch)
+            for record, row in zip(records, rows):
+                self.audit.add_batch_record(record, row[1])
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
