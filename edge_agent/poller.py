@@ -33,7 +33,7 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 from operator import itemgetter
 from typing import Awaitable, Callable
 
@@ -64,8 +64,8 @@ class _Layout:
     """How one block's response becomes samples, prepared once per block: per point (in block order)
     its offset, how to decode it (``_BIT``, ``_UINT16``/``_INT16`` for a big-endian register taken
     as it is, or ``_DECODER``), its decoder and filter; the batch columns that do not change between
-    polls; and the calibration of its points as of ``generation`` (None: every point an integer register
-    with gain 1 and offset 0, none a 4–20 mA loop: the raw values are the values)."""
+    polls; and the calibration of its points as of ``generation`` (None: every point with gain 1 and
+    offset 0, none a 4–20 mA loop: the raw values are the values)."""
 
     points: tuple[PointConfig, ...]
     offsets: tuple[int, ...]
@@ -76,7 +76,6 @@ class _Layout:
     point: list[str]
     unit: list[str]
     sensor: list[str]
-    integers: bool                     # every point an (u)int16 register: identity calibration is exact
     redo: tuple[int, ...]              # the points that are not a uint16 register or a bit
     loops: bool                        # some point is a 4–20 mA loop
     generation: int = -1
@@ -245,14 +244,14 @@ class DevicePoller:
             layout = self._layouts[key] = _Layout(
                 points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
                 tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
-                [p.unit for p in points], [p.id for p in points], all(h in (_UINT16, _INT16) for h in hows),
+                [p.unit for p in points], [p.id for p in points],
                 tuple(i for i, h in enumerate(hows) if h in (_INT16, _DECODER)),
                 any(p.current_loop is not None for p in points))
         calibrations = self.calibrations
         if layout.generation != calibrations.generation:
             cals = tuple(calibrations.get(p.id) for p in layout.points)
             identity = all(c.gain == 1.0 and c.offset == 0.0 for c in cals)
-            layout.calibration = None if identity and layout.integers and not layout.loops else cals
+            layout.calibration = None if identity and not layout.loops else cals
             layout.generation = calibrations.generation
         return layout
 
@@ -286,14 +285,17 @@ class DevicePoller:
         raws = self._raw(layout, values)
         n = len(raws)
         cals = layout.calibration
-        if cals is None:
+        if cals is None and None not in raws:
             calibrated, qualities = raws, ["good"] * n
-        elif not layout.loops and None not in raws:
+            for i in layout.redo:          # × 1 + 0 leaves every number as it is, except -0.0: it becomes 0.0
+                if raws[i] == 0.0:
+                    raws[i] = 0.0
+        elif cals is not None and not layout.loops and None not in raws:
             calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
             qualities = ["good"] * n
         else:
             calibrated, qualities = [], []
-            for point, raw, cal in zip(layout.points, raws, cals):
+            for point, raw, cal in zip(layout.points, raws, cals or repeat(Calibration())):
                 if raw is None:
                     value, quality = None, "device_error"
                 elif point.current_loop is None:
