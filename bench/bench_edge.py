@@ -1,6 +1,7 @@
 """End to end through the edge agent on the issue-9 rig: simulator → ``ems-edge run`` → Mosquitto (mTLS, QoS 1) → subscriber.
 
-    python -m bench edge        (BENCH_EDGE_SECONDS=10 per measured window, BENCH_EDGE_FORMATS=v2,v1)
+    python -m bench edge        (BENCH_EDGE_SECONDS=10 per measured window, BENCH_EDGE_FORMATS=v2,v1,
+                                 BENCH_EDGE_INTERVALS=100ms,10ms,flat to run some intervals only)
 
 The rig (``bench.rig``): one pymodbus simulator with 10 units × 100 holding
 registers whose values change every 10 ms, its clock in registers 0–1. The
@@ -45,7 +46,11 @@ FORMATS = tuple(os.environ.get("BENCH_EDGE_FORMATS", "v2,v1").split(","))
 WARMUP = 3.0
 DEVICES, REGISTERS = 10, 100
 READINGS_PER_POLL = DEVICES * (REGISTERS - 1)          # the clock takes two registers
-INTERVALS = ((0.1, "100 ms"), (0.01, "10 ms"), (0.001, "flat out"))
+_INTERVALS = {"100ms": (0.1, "100 ms"), "10ms": (0.01, "10 ms"), "flat": (0.001, "flat out")}
+_WANTED = os.environ.get("BENCH_EDGE_INTERVALS", "100ms,10ms,flat").split(",")
+if not set(_WANTED) <= set(_INTERVALS):
+    raise RigError(f"BENCH_EDGE_INTERVALS={','.join(_WANTED)}: each must be one of {', '.join(_INTERVALS)}")
+INTERVALS = tuple(_INTERVALS[name] for name in _WANTED)
 
 
 def _audited(path: Path) -> int:

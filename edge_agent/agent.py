@@ -271,4 +271,4 @@ class Agent:
                 await asyncio.wait_for(asyncio.shield(twin_task), remaining)
             except asyncio.TimeoutError:
                 twin_task.cancel()
-                await asyncio.get_running_loop().run_in_executor(None, twin.save)
+                await asyncio.get_running_loop().run_in_executor(None, twin.write, twin.snapshot())

@@ -63,7 +63,7 @@ from edge_agent.batch import ReadingBatch
 from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 
-__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditSummary", "AuditContents", "verify", "read_audit",
+__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
            "rotated_files", "encode_record", "decode_record"]
 
 DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
@@ -96,6 +96,15 @@ def decode_record(line: bytes) -> dict[str, Any]:
     if not isinstance(body, dict) or "k" not in body:
         raise ValueError("record has no kind 'k'")
     return body
+
+
+def batch_record(site: str, batch: ReadingBatch) -> bytes:
+    """The audit line of one accepted, sequenced batch; ValueError for a NaN or infinite value."""
+    check_finite(batch.value)
+    return encode_record({
+        "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
+        "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,
+        "sensor": batch.sensor, "value": batch.value, "unit": batch.unit, "q": batch.quality})
 
 
 class AuditLog:
@@ -144,12 +153,13 @@ class AuditLog:
 
     def batch(self, site: str, batch: ReadingBatch) -> None:
         """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
-        check_finite(batch.value)
-        self._buffer.append(encode_record({
-            "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
-            "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,
-            "sensor": batch.sensor, "value": batch.value, "unit": batch.unit, "q": batch.quality}))
-        self.last_seq = max(self.last_seq, batch.seq_last)
+        self.add_batch_record(batch_record(site, batch), batch.seq_last)
+
+    def add_batch_record(self, record: bytes, seq_last: int) -> None:
+        """Buffer ``batch_record(...)`` of a batch whose last seq is ``seq_last`` (encoded by the caller,
+        e.g. on another thread than the writer's)."""
+        self._buffer.append(record)
+        self.last_seq = max(self.last_seq, seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``); ValueError for a

@@ -13,7 +13,7 @@ seq ``seq_first + i`` (a batch's seqs are consecutive).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterator
 
 from ems_contract.telemetry import Reading
@@ -55,7 +55,8 @@ class ReadingBatch:
 
     def sequenced(self, seq_first: int, accepted_ms: int) -> "ReadingBatch":
         """The same readings (shared, not copied) with their seq range and acceptance time."""
-        return replace(self, seq_first=seq_first, accepted_ms=accepted_ms)
+        return ReadingBatch(self.ts_ms, self.asset, self.point, self.value, self.unit, self.quality, self.sensor,
+                            seq_first, accepted_ms)
 
     def columns(self) -> list[list]:
         """``[ts_ms, asset, point, value, unit, quality, sensor]``: the stored form (``from_columns``)."""

@@ -77,7 +77,8 @@ class Calibrations:
     """Current gain/offset per sensor id, re-read from the config file when it changes.
 
     Reads are plain dict look-ups on an immutable snapshot that a reload
-    swaps in whole, so a poll never sees half of an update.
+    swaps in whole, so a poll never sees half of an update. ``generation``
+    counts the swaps (a cache of the values is good while it is unchanged).
     """
 
     def __init__(self, source_path: Path, values: Mapping[str, Calibration]) -> None:
@@ -85,6 +86,7 @@ class Calibrations:
         self._values: dict[str, Calibration] = dict(values)
         self._stamp = _stamp(self.source_path)
         self._bad_stamp: tuple[int, int, int] | None = None
+        self.generation = 0
 
     @classmethod
     def from_config(cls, config: AgentConfig) -> "Calibrations":
@@ -118,6 +120,7 @@ class Calibrations:
             return False
         changed = sorted(k for k in values if values[k] != self._values.get(k))
         self._values = values
+        self.generation += 1
         log.info("calibration reloaded from %s: %d sensors changed (%s)", self.source_path, len(changed),
                  ", ".join(changed[:10]))
         return True

@@ -20,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any
 
 from edge_agent.batch import ReadingBatch
@@ -28,7 +29,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink
 from edge_agent.spool import Spool
 from ems_contract.telemetry import MAX_PAYLOAD_BYTES, encode_batch, telemetry_topic
-from ems_contract.telemetry_v2 import encode_columns
+from ems_contract.telemetry_v2 import encode_segments
 
 __all__ = ["InFlight", "drain", "payloads"]
 
@@ -68,15 +69,19 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
         else:
             runs.append([b])
     for run in runs:
-        joined = run[0] if len(run) == 1 else ReadingBatch.concat(run)
-        for i in range(0, len(joined), max_readings):
-            part = joined if len(joined) <= max_readings else joined.slice(i, i + max_readings)
+        starts = list(accumulate((len(b) for b in run), initial=0))
 
-            def encode(lo: int, hi: int, part: ReadingBatch = part) -> bytes:
-                piece = part if (lo, hi) == (0, len(part)) else part.slice(lo, hi)
-                return encode_columns(site, piece.seq_first, piece.ts_ms, piece.asset, piece.point, piece.unit,
-                                      piece.value, piece.quality, sent_ms)
-            _fit(encode, 0, len(part), out)
+        def encode(lo: int, hi: int, run: list[ReadingBatch] = run, starts: list[int] = starts) -> bytes:
+            """Readings ``lo:hi`` of the run, passed to the encoder batch by batch (no copy of the columns)."""
+            segments = []
+            for b, start in zip(run, starts):
+                first, stop = max(lo - start, 0), min(hi - start, len(b))
+                if first < stop:
+                    piece = b if stop - first == len(b) else b.slice(first, stop)
+                    segments.append((piece.ts_ms, piece.asset, piece.point, piece.unit, piece.value, piece.quality))
+            return encode_segments(site, run[0].seq_first + lo, segments, sent_ms)
+        for i in range(0, starts[-1], max_readings):
+            _fit(encode, i, min(i + max_readings, starts[-1]), out)
     return out
 
 

@@ -17,7 +17,9 @@ The comparison is strict: a move of exactly the deadband is suppressed.
 
 from __future__ import annotations
 
-__all__ = ["ExceptionFilter"]
+from typing import Iterable
+
+__all__ = ["ExceptionFilter", "offer_many"]
 
 
 class ExceptionFilter:
@@ -45,19 +47,32 @@ class ExceptionFilter:
 
     def offer(self, value: float | None, quality: str, now: float) -> bool:
         """True when the sample (``now`` in seconds, any monotonic-enough clock) must be reported."""
-        if not self._reported or quality != self._quality or now - self._at >= self.heartbeat_s \
-                or self._moved(self._value, value):
-            self._reported = True
-            self._value, self._quality, self._at = value, quality, now
-            return True
-        return False
+        return offer_many((self,), (value,), (quality,), now)[0]
 
-    def _moved(self, before: float | None, value: float | None) -> bool:
-        if before is None or value is None:
-            return before is not value
-        change = abs(value - before)
-        if self.deadband:
-            return change > self.deadband
-        if self.deadband_percent:
-            return change > abs(before) * self.deadband_percent / 100.0
-        return change > 0.0
+
+def offer_many(filters: Iterable[ExceptionFilter], values: Iterable[float | None], qualities: Iterable[str],
+               now: float) -> list[bool]:
+    """``offer`` for each (filter, value, quality) in turn, all at time ``now``: one report flag each.
+
+    The rule lives here alone, inline, because the poller runs it for every point of every read.
+    """
+    out = []
+    report = out.append
+    for f, value, quality in zip(filters, values, qualities):
+        if f._reported and quality == f._quality and now - f._at < f.heartbeat_s:
+            before = f._value
+            if before is None or value is None:
+                moved = before is not value
+            elif f.deadband:
+                moved = abs(value - before) > f.deadband
+            elif f.deadband_percent:
+                moved = abs(value - before) > abs(before) * f.deadband_percent / 100.0
+            else:
+                moved = value != before
+            if not moved:
+                report(False)
+                continue
+        f._reported = True
+        f._value, f._quality, f._at = value, quality, now
+        report(True)
+    return out

@@ -16,12 +16,15 @@ retry and reconnect machinery is switched off (``retries=0``,
   ``max_read_bits`` (≤2000);
 * a minimum gap of ``min_gap_s`` between the end of one request and the start
   of the next (the request budget of legacy PLCs), retries included;
-* with ``max_inflight`` > 1 (Modbus TCP only), up to that many requests
-  outstanding on the connection, answers matched by transaction id
-  (``PipelinedTcpClient``: pymodbus 3.16's client holds a lock across each
-  round trip, so it cannot pipeline; we frame pymodbus' own request and
-  response PDUs over an asyncio stream instead). One timeout closes the
-  connection and fails every outstanding request, as with one;
+* Modbus TCP devices use ``PipelinedTcpClient``: up to ``max_inflight``
+  requests outstanding on the connection (default 1), answers matched by
+  transaction id (pymodbus 3.16's client holds a lock across each round trip,
+  so it cannot pipeline). Reads are framed here, one ``struct`` call each way
+  (pymodbus builds and decodes a PDU object per request and a Python call per
+  register, the largest share of a poll's CPU); writes go as pymodbus' own
+  request and response PDUs over the same stream. One timeout closes the
+  connection and fails every outstanding request. RTU over TCP uses pymodbus'
+  ``AsyncModbusTcpClient`` with its RTU framer;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
   are not (the device answered; asking again gives the same answer).
@@ -35,9 +38,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
+from itertools import chain
+from typing import Any, Awaitable, Callable, Sequence
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.client.mixin import ModbusClientMixin
@@ -56,6 +61,17 @@ __all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", 
 log = logging.getLogger(__name__)
 
 _BUSY = 6   # ServerDeviceBusy: worth asking again later
+_READ_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}     # Modbus function codes
+_READ_REQUEST = struct.Struct(">HHHBBHH")    # MBAP (transaction, protocol 0, length 6, unit) + code, address, count
+_BYTE_BITS = [tuple(bool(byte >> i & 1) for i in range(8)) for byte in range(256)]    # LSB first, as on the wire
+
+
+class ModbusExceptionAnswer(Exception):
+    """A device answered a read with a Modbus exception ``code`` (``PipelinedTcpClient.read``)."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(f"exception code {code}")
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -124,9 +140,10 @@ class Backoff:
 class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
     """A Modbus TCP client with up to ``limit`` requests outstanding on one connection.
 
-    The request methods (``read_holding_registers`` …) are pymodbus' own
-    (``ModbusClientMixin``); ``execute`` sends each request with the next
-    transaction id and returns the answer carrying that id. No answer within
+    ``read(register, address, count, unit)`` frames a read itself and returns
+    the registers or bits. The other request methods (``write_register`` …)
+    are pymodbus' own (``ModbusClientMixin``); ``execute`` sends each request
+    with the next transaction id and returns the answer carrying that id. No answer within
     ``timeout_s`` raises ``asyncio.TimeoutError`` after closing the connection
     (a late answer must not be taken for a later request's); a lost connection
     or a malformed frame raises ``ConnectionException`` for every outstanding
@@ -142,8 +159,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._writer: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
-        self._waiting: dict[int, asyncio.Future[ModbusPDU]] = {}
+        # transaction id → (its future, the read's function code and count; code 0: a pymodbus request)
+        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int]] = {}
         self._next_tid = 0
+        self._unit_of: dict[asyncio.Future[Any], int] = {}      # the unit id each answer must carry
 
     @property
     def connected(self) -> bool:
@@ -171,7 +190,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
 
     def _fail_all(self, why: str) -> None:
         waiting, self._waiting = self._waiting, {}
-        for future in waiting.values():
+        for future, _, _ in waiting.values():
             if not future.done():
                 future.set_exception(ConnectionException(why))
 
@@ -182,36 +201,86 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
                 length = int.from_bytes(header[4:6], "big")
                 if header[2:4] != b"\0\0" or not 2 <= length <= self._MAX_PDU + 1:
                     raise ConnectionException(f"malformed Modbus TCP header {header.hex()}")
-                frame = header + await reader.readexactly(length - 1)
-                _, pdu = self._framer.handleFrame(frame, 0, 0)
-                future = self._waiting.pop(int.from_bytes(header[0:2], "big"), None)
-                if pdu is not None and future is not None and not future.done():
+                body = await reader.readexactly(length - 1)
+                waiting = self._waiting.pop(int.from_bytes(header[0:2], "big"), None)
+                if waiting is None or waiting[0].done():
+                    continue                    # an answer to a request given up on: never taken for another
+                future, code, count = waiting
+                try:
+                    if header[6] != self._unit_of.pop(future, header[6]):
+                        raise ValueError(f"answer from device id {header[6]} to a request for another")
+                    answer = _read_answer(code, count, body) if code else None
+                except ValueError as exc:       # the connection is out of step: drop it, fail them all
+                    future.set_exception(ConnectionException(str(exc)))
+                    raise
+                if code:
+                    future.set_result(answer)
+                    continue
+                _, pdu = self._framer.handleFrame(header + body, 0, 0)
+                if pdu is not None:
                     future.set_result(pdu)
-        except (OSError, EOFError, asyncio.IncompleteReadError, ModbusException) as exc:
+        except (OSError, EOFError, asyncio.IncompleteReadError, ModbusException, ValueError) as exc:
             self._fail_all(f"connection to {self.host}:{self.port} lost ({exc!r})")
             if self._writer is not None:
                 self._writer.close()
                 self._writer = None
 
+    async def read(self, register: str, address: int, count: int, unit: int) -> list[int] | list[bool]:
+        """``count`` registers (``holding``, ``input``) or bits (``coil``, ``discrete``) from ``address``.
+
+        Raises ModbusExceptionAnswer for an exception answer, ConnectionException or asyncio.TimeoutError
+        as ``execute`` does, and ConnectionException for an answer that does not fit the request.
+        """
+        code = _READ_CODES[register]
+        async with self._slots:
+            tid = self._next_tid = self._next_tid % 65535 + 1
+            future = self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
+            answer = await self._answer(future)
+        if isinstance(answer, ModbusExceptionAnswer):
+            raise answer
+        return answer
+
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
         async with self._slots:
-            writer = self._writer
-            if writer is None or writer.is_closing():
-                raise ConnectionException(f"not connected to {self.host}:{self.port}")
             self._next_tid = self._next_tid % 65535 + 1
             request.transaction_id = self._next_tid
-            future: asyncio.Future[ModbusPDU] = asyncio.get_running_loop().create_future()
-            self._waiting[request.transaction_id] = future
-            writer.write(self._framer.buildFrame(request))
-            try:
-                response = await asyncio.wait_for(future, self.timeout_s)
-            except asyncio.TimeoutError:
-                self.close()
-                raise
-            if request.dev_id and response.dev_id != request.dev_id:
-                self.close()
-                raise ConnectionException(f"answer from device id {response.dev_id} to a request for {request.dev_id}")
-            return response
+            future = self._send(request.transaction_id, 0, 0, request.dev_id, self._framer.buildFrame(request))
+            return await self._answer(future)
+
+    def _send(self, tid: int, code: int, count: int, unit: int, frame: bytes) -> "asyncio.Future[Any]":
+        writer = self._writer
+        if writer is None or writer.is_closing():
+            raise ConnectionException(f"not connected to {self.host}:{self.port}")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiting[tid] = (future, code, count)
+        if unit:
+            self._unit_of[future] = unit
+        writer.write(frame)
+        return future
+
+    async def _answer(self, future: "asyncio.Future[Any]") -> Any:
+        try:
+            return await asyncio.wait_for(future, self.timeout_s)
+        except asyncio.TimeoutError:
+            self.close()
+            raise
+        except ConnectionException:
+            self.close()
+            raise
+        finally:
+            self._unit_of.pop(future, None)
+
+
+def _read_answer(code: int, count: int, body: bytes) -> list[int] | list[bool] | ModbusExceptionAnswer:
+    """The values of a read's answer ``body`` (function code onwards), or the device's exception.
+    Raises ValueError for an answer that is not one to this read."""
+    if body[0] == code | 0x80 and len(body) == 2:
+        return ModbusExceptionAnswer(body[1])
+    if body[0] != code or len(body) < 2 or body[1] != len(body) - 2:
+        raise ValueError(f"answer {body[:8].hex()} does not fit a request of function {code}")
+    if code >= 3:
+        return list(struct.unpack(f">{body[1] // 2}H", body[2:2 + body[1] // 2 * 2]))
+    return list(chain.from_iterable(_BYTE_BITS[byte] for byte in body[2:]))[:count]
 
 
 class ModbusSource:
@@ -232,6 +301,7 @@ class ModbusSource:
         self._client: AsyncModbusTcpClient | PipelinedTcpClient | None = None
         self._connecting = asyncio.Lock()
         self._last_request_end = -float("inf")
+        self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -255,12 +325,12 @@ class ModbusSource:
         device = self.device
         self.close()
         client: AsyncModbusTcpClient | PipelinedTcpClient
-        if device.max_inflight > 1:
+        if device.transport != "rtu-over-tcp":
             client = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s, limit=device.max_inflight)
         else:
             client = AsyncModbusTcpClient(
                 device.host, port=device.port,
-                framer=FramerType.RTU if device.transport == "rtu-over-tcp" else FramerType.SOCKET,
+                framer=FramerType.RTU,
                 timeout=device.timeout_s, retries=0, reconnect_delay=0, reconnect_delay_max=0,
                 name=f"ems-{device.name}",
             )
@@ -325,14 +395,13 @@ class ModbusSource:
         await self._wait_budget()
         self.requests_sent += 1
         try:
-            if block.register == "holding":
-                response = await client.read_holding_registers(block.address, count=block.count, device_id=device.unit)
-            elif block.register == "input":
-                response = await client.read_input_registers(block.address, count=block.count, device_id=device.unit)
-            elif block.register == "coil":
-                response = await client.read_coils(block.address, count=block.count, device_id=device.unit)
+            if isinstance(client, PipelinedTcpClient):
+                values = await client.read(block.register, block.address, block.count, device.unit)
             else:
-                response = await client.read_discrete_inputs(block.address, count=block.count, device_id=device.unit)
+                values = self._values(block, await self._read_pymodbus(client, block))
+        except ModbusExceptionAnswer as exc:
+            self._count_read("exception")
+            raise DeviceExceptionResponse(device.name, block.address, exc.code) from None
         except asyncio.TimeoutError as exc:      # PipelinedTcpClient: no answer in time (connection closed)
             self._count_read("timeout")
             raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
@@ -351,11 +420,6 @@ class ModbusSource:
             raise DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {exc}") from exc
         finally:
             self._last_request_end = self._monotonic()
-        if response.isError():
-            self._count_read("exception")
-            raise DeviceExceptionResponse(device.name, block.address, int(getattr(response, "exception_code", 0)))
-        # bits come padded to whole bytes; registers must match exactly
-        values = list(response.bits)[:block.count] if block.register in BIT_REGISTERS else list(response.registers)
         if len(values) != block.count:
             self._count_read("unreachable")
             self.close()
@@ -363,6 +427,24 @@ class ModbusSource:
                                                  f"{block.address}+{block.count}")
         self._count_read("ok")
         return values
+
+    async def _read_pymodbus(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
+        unit = self.device.unit
+        if block.register == "holding":
+            return await client.read_holding_registers(block.address, count=block.count, device_id=unit)
+        if block.register == "input":
+            return await client.read_input_registers(block.address, count=block.count, device_id=unit)
+        if block.register == "coil":
+            return await client.read_coils(block.address, count=block.count, device_id=unit)
+        return await client.read_discrete_inputs(block.address, count=block.count, device_id=unit)
+
+    @staticmethod
+    def _values(block: ReadBlock, response: ModbusPDU) -> list[int] | list[bool]:
+        """A pymodbus answer's registers or bits; ModbusExceptionAnswer for an exception response."""
+        if response.isError():
+            raise ModbusExceptionAnswer(int(getattr(response, "exception_code", 0)))
+        # bits come padded to whole bytes; registers must match exactly
+        return list(response.bits)[:block.count] if block.register in BIT_REGISTERS else list(response.registers)
 
     async def write(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         """One write request, never retried (a repeated write could apply twice).
@@ -403,7 +485,10 @@ class ModbusSource:
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:
-            self.metrics.reads.labels(self.device.name, outcome).inc()
+            counter = self._read_counters.get(outcome)
+            if counter is None:
+                counter = self._read_counters[outcome] = self.metrics.reads.labels(self.device.name, outcome)
+            counter.inc()
 
     def _count_connect(self, outcome: str) -> None:
         if self.metrics is not None:

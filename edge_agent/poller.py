@@ -32,14 +32,17 @@ import asyncio
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
+from itertools import compress, repeat
+from operator import itemgetter
 from typing import Awaitable, Callable
 
 from edge_agent.batch import ReadingBatch
-from edge_agent.calibration import Calibrations, calibrate
+from edge_agent.calibration import Calibration, Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
 from edge_agent.decode import Decoder, make_decoder, register_bytes
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
-from edge_agent.exception_report import ExceptionFilter
+from edge_agent.exception_report import ExceptionFilter, offer_many
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
 
@@ -56,6 +59,29 @@ Emit = Callable[[ReadingBatch], Awaitable[None]]
 """Takes the reported readings of one poll (``value`` None only for ``device_error`` and ``stale``)."""
 
 
+@dataclass(slots=True)
+class _Layout:
+    """How one block's response becomes samples, prepared once per block: per point (in block order)
+    its offset, how to decode it (``_BIT``, ``_UINT16``/``_INT16`` for a big-endian register taken
+    as it is, or ``_DECODER``), its decoder and filter; the batch columns that do not change between
+    polls; and the calibration of its points as of ``generation`` (None: every point with gain 1 and
+    offset 0, none a 4–20 mA loop: the raw values are the values)."""
+
+    points: tuple[PointConfig, ...]
+    offsets: tuple[int, ...]
+    hows: tuple[int, ...]
+    decoders: tuple[Decoder | None, ...]
+    filters: tuple[ExceptionFilter, ...]
+    asset: list[str]
+    point: list[str]
+    unit: list[str]
+    sensor: list[str]
+    redo: tuple[int, ...]              # the points that are not a uint16 register or a bit
+    loops: bool                        # some point is a 4–20 mA loop
+    generation: int = -1
+    calibration: tuple[Calibration, ...] | None = None
+
+
 class DevicePoller:
     """The state of one device's polling: its read plan, its points' filters and its connection.
 
@@ -70,6 +96,8 @@ class DevicePoller:
         self.reconnect_max_s = reconnect_max_s
         self.stop = stop
         self._stopped: asyncio.Future | None = None
+        self._reading: set[asyncio.Task] = set()         # tasks inside a read, cancelled when stop is set
+        self._stop_cancelled: set[asyncio.Task] = set()
         self.source = source
         self.emit = emit
         self.metrics = metrics
@@ -78,23 +106,45 @@ class DevicePoller:
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
         self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
         self.failed_polls = 0
-        self._layouts: dict[tuple[str, int, int], list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]] = {}
+        self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
+        # this device's children of the per-poll metrics, looked up once
+        self._poll_duration = metrics.poll_duration.labels(device.name)
+        self._polls = metrics.polls.labels(device.name)
+        self._device_up = metrics.device_up.labels(device.name)
 
     async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
         """The block's values, or None when ``stop`` was set while waiting for the device
-        (a slow or silent device must not hold up shutdown for its timeouts and retries)."""
+        (a slow or silent device must not hold up shutdown for its timeouts and retries).
+
+        The read runs in the calling task; setting ``stop`` cancels the tasks inside a read, and
+        this method takes that cancellation back (no task and no wait per request)."""
         if self.stop is None:
             return await self.source.read(block)
+        if self.stop.is_set():
+            return None
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self.stop.wait())
-        read = asyncio.ensure_future(self.source.read(block))
-        await asyncio.wait((read, self._stopped), return_when=asyncio.FIRST_COMPLETED)
-        if read.done():
-            return read.result()
-        read.cancel()
-        await asyncio.gather(read, return_exceptions=True)
-        return None
+            self._stopped.add_done_callback(self._cancel_reads)
+        task = asyncio.current_task()
+        assert task is not None
+        self._reading.add(task)
+        try:
+            return await self.source.read(block)
+        except asyncio.CancelledError:
+            if task in self._stop_cancelled and task.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._reading.discard(task)
+            self._stop_cancelled.discard(task)
+
+    def _cancel_reads(self, stopped: asyncio.Future) -> None:
+        if stopped.cancelled():
+            return
+        for task in self._reading:
+            self._stop_cancelled.add(task)
+            task.cancel()
 
     def close(self) -> None:
         if self._stopped is not None:
@@ -164,9 +214,9 @@ class DevicePoller:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
         if len(batch):
             await self.emit(batch)
-        self.metrics.poll_duration.labels(device.name).observe(time.monotonic() - started)
-        self.metrics.polls.labels(device.name).inc()
-        self.metrics.device_up.labels(device.name).set(1 if answered else 0)
+        self._poll_duration.observe(time.monotonic() - started)
+        self._polls.inc()
+        self._device_up.set(1 if answered else 0)
         if answered:
             if self.failed_polls:
                 log.info("device %s: answering again after %d failed polls", device.name, self.failed_polls)
@@ -175,13 +225,12 @@ class DevicePoller:
             self.failed_polls += 1
         return answered
 
-    def _layout(self, block: ReadBlock) -> list[tuple[PointConfig, int, int, Decoder | None, ExceptionFilter]]:
-        """(point, offset in the block, how to decode, decoder, filter) per point of ``block``, prepared once
-        per block. How: ``_BIT``, ``_UINT16``/``_INT16`` (a big-endian register taken as it is) or ``_DECODER``."""
+    def _layout(self, block: ReadBlock) -> _Layout:
+        """The block's ``_Layout``, prepared at its first response, its calibration refreshed after a reload."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            layout = []
+            hows, decoders = [], []
             for p in block.points:
                 if block.register in BIT_REGISTERS:
                     how, decoder = _BIT, None
@@ -189,55 +238,87 @@ class DevicePoller:
                     how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
                 else:
                     how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
-                layout.append((p, p.address - block.address, how, decoder, self.filters[p.id]))
-            self._layouts[key] = layout
+                hows.append(how)
+                decoders.append(decoder)
+            points = block.points
+            layout = self._layouts[key] = _Layout(
+                points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
+                tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
+                [p.unit for p in points], [p.id for p in points],
+                tuple(i for i, h in enumerate(hows) if h in (_INT16, _DECODER)),
+                any(p.current_loop is not None for p in points))
+        calibrations = self.calibrations
+        if layout.generation != calibrations.generation:
+            cals = tuple(calibrations.get(p.id) for p in layout.points)
+            identity = all(c.gain == 1.0 and c.offset == 0.0 for c in cals)
+            layout.calibration = None if identity and not layout.loops else cals
+            layout.generation = calibrations.generation
         return layout
+
+    def _raw(self, layout: _Layout, values: list[int] | list[bool]) -> list[float | None]:
+        """Each point's decoded number, None where it does not decode (logged and counted).
+
+        Every point's first register (or bit) is taken as a number in one C-level pass, which is
+        the value of uint16 and bit points; int16 and wider or reordered points are then redone."""
+        picked = itemgetter(*layout.offsets)(values)
+        raws: list[float | None] = list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
+        if not layout.redo:
+            return raws
+        buf = register_bytes(values) if _DECODER in layout.hows else b""  # type: ignore[arg-type]
+        for i in layout.redo:
+            offset = layout.offsets[i]
+            if layout.hows[i] == _INT16:
+                raws[i] = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
+                continue
+            try:
+                raws[i] = layout.decoders[i](buf, offset)  # type: ignore[misc]
+            except DecodeError as exc:
+                log.warning("device %s: %s", self.device.name, exc)
+                self.metrics.reads.labels(self.device.name, "decode_error").inc()
+                raws[i] = None
+        return raws
 
     def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
         """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
-        one pass over the block, the batch's columns appended directly)."""
+        whole-block steps; the batch's columns extended, not appended to point by point)."""
         layout = self._layout(block)
-        buf = register_bytes(values) if any(entry[2] == _DECODER for entry in layout) else b""  # type: ignore[arg-type]
-        calibration = self.calibrations.get
+        raws = self._raw(layout, values)
+        n = len(raws)
+        cals = layout.calibration
+        if cals is None and None not in raws:
+            calibrated, qualities = raws, ["good"] * n
+            for i in layout.redo:          # × 1 + 0 leaves every number as it is, except -0.0: it becomes 0.0
+                if raws[i] == 0.0:
+                    raws[i] = 0.0
+        elif cals is not None and not layout.loops and None not in raws:
+            calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
+            qualities = ["good"] * n
+        else:
+            calibrated, qualities = [], []
+            for point, raw, cal in zip(layout.points, raws, cals or repeat(Calibration())):
+                if raw is None:
+                    value, quality = None, "device_error"
+                elif point.current_loop is None:
+                    value, quality = raw * cal.gain + cal.offset, "good"
+                else:
+                    value, quality = calibrate(point, raw, cal)
+                    if quality == "loop_fault":
+                        self.metrics.loop_faults.labels(self.device.name, point.id).inc()
+                calibrated.append(value)
+                qualities.append(quality)
+        flags = offer_many(layout.filters, calibrated, qualities, now)
         ts_ms = int(now * 1000)
-        add_ts, add_asset, add_point = batch.ts_ms.append, batch.asset.append, batch.point.append
-        add_value, add_unit, add_quality = batch.value.append, batch.unit.append, batch.quality.append
-        add_sensor = batch.sensor.append
-        suppressed = 0
-        for point, offset, how, decoder, exception_filter in layout:
-            if how == _UINT16:
-                raw = float(values[offset])
-            elif how == _INT16:
-                raw = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
-            elif how == _BIT:
-                raw = 1.0 if values[offset] else 0.0
-            else:
-                try:
-                    raw = decoder(buf, offset)  # type: ignore[misc]
-                except DecodeError as exc:
-                    log.warning("device %s: %s", self.device.name, exc)
-                    self.metrics.reads.labels(self.device.name, "decode_error").inc()
-                    self._offer(batch, point, None, "device_error", now)
-                    continue
-            cal = calibration(point.id)
-            if point.current_loop is None:
-                value, quality = raw * cal.gain + cal.offset, "good"
-            else:
-                value, quality = calibrate(point, raw, cal)
-                if quality == "loop_fault":
-                    self.metrics.loop_faults.labels(self.device.name, point.id).inc()
-            if exception_filter.offer(value, quality, now):
-                add_ts(ts_ms)
-                add_asset(point.asset)
-                add_point(point.name)
-                add_value(value)
-                add_unit(point.unit)
-                add_quality(quality)
-                add_sensor(point.id)
-            else:
-                suppressed += 1
-        if suppressed:
-            self.metrics.readings_suppressed.inc(suppressed)
+        reported = flags.count(True)
+        if reported == n:
+            columns = (layout.asset, layout.point, calibrated, layout.unit, qualities, layout.sensor)
+        else:
+            self.metrics.readings_suppressed.inc(n - reported)
+            columns = tuple(list(compress(column, flags)) for column in (layout.asset, layout.point, calibrated,
+                                                                           layout.unit, qualities, layout.sensor))
+        batch.ts_ms.extend([ts_ms] * reported)
+        for mine, theirs in zip((batch.asset, batch.point, batch.value, batch.unit, batch.quality, batch.sensor),
+                                columns):
+            mine.extend(theirs)
 
     def _offer(self, batch: ReadingBatch, point: PointConfig, value: float | None, quality: str,
                now: float | None = None) -> None:

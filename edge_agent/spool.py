@@ -21,9 +21,11 @@ range, one audit record. Lifecycle::
             (group commit: batches that arrive during an fsync go in the next
             one; ``append`` waits for the disk only when ``max_buffered`` —
             16 × ``fsync_batch``, at least 1024 — readings are waiting)
-    lease(n) ─ the next committed batches in seq order, about n readings (CRC
-               checked; a bad row is moved to the ``quarantine`` table, audited
-               and counted — never dropped)
+    lease(n) ─ the next committed batches in seq order, about n readings: from
+               memory while the committed, unacked batches after the lease
+               cursor are all still held there (up to ``memory_readings``), else
+               from the database (CRC checked; a bad row is moved to the
+               ``quarantine`` table, audited and counted — never dropped)
     ack(first, last) ─ after PUBACK: the rows inside seq first..last deleted
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
@@ -45,7 +47,8 @@ converted at open, in one transaction, into one-reading batches.
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
 
-Defaults: ``max_readings=1_000_000``, ``fsync_batch=64``, ``flush_interval_s=0.05``.
+Defaults: ``max_readings=1_000_000``, ``fsync_batch=64``, ``flush_interval_s=0.05``,
+``memory_readings=65_536``.
 """
 
 from __future__ import annotations
@@ -57,13 +60,14 @@ import os
 import sqlite3
 import time
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import AuditLog
+from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
@@ -93,6 +97,12 @@ def _encode(batch: ReadingBatch) -> bytes:
     return orjson.dumps(batch.columns())
 
 
+def _row(batch: ReadingBatch) -> tuple[int, int, int, bytes, int]:
+    """The stored row of a sequenced batch: seq_first, seq_last, accepted_ms, data, crc."""
+    data = _encode(batch)
+    return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
+
+
 def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
     try:
         columns = orjson.loads(data)
@@ -115,7 +125,8 @@ class Spool:
 
     def __init__(self, directory: str | os.PathLike[str], *, site: str, max_readings: int = 1_000_000,
                  fsync_batch: int = 64, flush_interval_s: float = 0.05, audit: AuditLog | None = None,
-                 metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time) -> None:
+                 metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time,
+                 memory_readings: int = 65_536) -> None:
         if max_readings < 1:
             raise ValueError(f"max_readings must be >= 1 (got {max_readings})")
         if fsync_batch < 1:
@@ -139,6 +150,12 @@ class Spool:
         self._committed_seq = 0          # highest committed seq
         self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
         self._oldest_ms: int | None = None
+        # Committed, unacked batches in seq order, newest last: lease() serves them without reading
+        # them back from disk. Every committed unacked row with seq_first >= _memory_from is here.
+        self.memory_readings = memory_readings
+        self._recent: deque[ReadingBatch] = deque()
+        self._recent_readings = 0
+        self._memory_from = 1
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
@@ -216,6 +233,7 @@ class Spool:
         self._oldest_ms = first[0] if first else None
         self._next_seq = max(row[0] if row else 1, max_seq + 1)
         self._committed_seq = self._next_seq - 1
+        self._memory_from = self._next_seq
         self.quarantined_total = quarantined
         if self.audit is not None:
             self.audit.open()
@@ -322,11 +340,17 @@ class Spool:
             batches, self._buffer = self._buffer, []
             readings, self._buffered = self._buffered, 0
             try:
-                dropped = await self._run(self._commit_sync, batches, self._next_seq)
+                # Encoded here, on the loop: the I/O thread then runs little Python between calls that
+                # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
+                rows = [_row(batch) for batch in batches]
+                records = [batch_record(self.site, batch) for batch in batches] if self.audit is not None else []
+                dropped_range = await self._run(self._commit_sync, rows, records, self._next_seq)
             except BaseException:
                 self._buffer[:0] = batches       # keep them for the next attempt
                 self._buffered += readings
                 raise
+            dropped = dropped_range[2] if dropped_range else 0
+            self._remember(batches, dropped_range)
             self._committed_seq = batches[-1].seq_last
             if self.metrics is not None:
                 self.metrics.readings_accepted.inc(readings)
@@ -335,15 +359,25 @@ class Spool:
             self._update_metrics()
             self.changed.set()
 
-    def _commit_sync(self, batches: list[ReadingBatch], next_seq: int) -> int:
+    def _remember(self, batches: list[ReadingBatch], dropped_range: tuple[int, int, int] | None) -> None:
+        """Hold newly committed batches for lease(); forget the ones the size cap dropped, and the
+        oldest beyond ``memory_readings`` (those are leased from the database)."""
+        recent = self._recent
+        recent.extend(batches)
+        self._recent_readings += sum(map(len, batches))
+        if dropped_range:             # the oldest rows, of this commit too (never its newest)
+            while recent and recent[0].seq_first <= dropped_range[1]:
+                self._recent_readings -= len(recent.popleft())
+        while self._recent_readings > self.memory_readings and len(recent) > 1:
+            self._recent_readings -= len(recent.popleft())
+            self._memory_from = recent[0].seq_first
+
+    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes],
+                     next_seq: int) -> tuple[int, int, int] | None:
+        """Insert ``rows`` (``_row``) and write their audit ``records`` (``batch_record``), in seq order."""
         db = self._db
         assert db is not None
-        rows = []
-        added = 0
-        for batch in batches:
-            data = _encode(batch)
-            rows.append((batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)))
-            added += len(batch)
+        added = sum(row[1] - row[0] + 1 for row in rows)
         dropped_range: tuple[int, int, int] | None = None
         try:
             db.execute("PRAGMA synchronous=FULL")
@@ -367,8 +401,8 @@ class Spool:
         if self._oldest_ms is None or dropped:
             self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
-            for batch in batches:
-                self.audit.batch(self.site, batch)
+            for record, row in zip(records, rows):
+                self.audit.add_batch_record(record, row[1])
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
@@ -377,7 +411,7 @@ class Spool:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
-        return dropped
+        return dropped_range
 
     def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
         """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
@@ -419,6 +453,8 @@ class Spool:
         batch even when it alone is larger (corrupt rows are quarantined)."""
         if n < 1 or not self.pending:
             return []
+        if self._lease_cursor + 1 >= self._memory_from:
+            return self._lease_memory(n)
         batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
         self._lease_cursor = max(self._lease_cursor, cursor)
         if quarantined:
@@ -426,6 +462,23 @@ class Spool:
             if self.metrics is not None:
                 self.metrics.spool_quarantined.inc(quarantined)
         return batches
+
+    def _lease_memory(self, n: int) -> list[ReadingBatch]:
+        out: list[ReadingBatch] = []
+        taken = 0
+        cursor = self._lease_cursor
+        for batch in self._recent:
+            if batch.seq_first <= cursor:
+                continue
+            if out and taken + len(batch) > n:
+                break
+            out.append(batch)
+            taken += len(batch)
+        if out:
+            self._lease_cursor = out[-1].seq_last
+        else:
+            self._lease_cursor = max(cursor, self._committed_seq)
+        return out
 
     def _lease_sync(self, after: int, n: int) -> tuple[list[ReadingBatch], int, int]:
         db = self._db
@@ -490,8 +543,18 @@ class Spool:
         """Delete the rows within seq ``first..last`` (inclusive) after the broker's PUBACK; returns
         how many readings they held. A row that reaches outside the range stays."""
         deleted = await self._run(self._ack_sync, first, last)
+        self._forget(first, last)
         self._update_metrics()
         return deleted
+
+    def _forget(self, first: int, last: int) -> None:
+        """Let go of the held batches within seq ``first..last`` (acked): usually the oldest ones."""
+        recent = self._recent
+        while recent and recent[0].seq_first >= first and recent[0].seq_last <= last:
+            self._recent_readings -= len(recent.popleft())
+        if recent and recent[0].seq_first < first <= recent[-1].seq_last:
+            kept = deque(b for b in recent if not first <= b.seq_first <= b.seq_last <= last)
+            self._recent, self._recent_readings = kept, sum(map(len, kept))
 
     def _ack_sync(self, first: int, last: int) -> int:
         db = self._db

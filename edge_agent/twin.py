@@ -12,6 +12,13 @@ changed, also across restarts.
 ``run_twin()`` is the agent's task: save when dirty and publish changed assets
 retained (QoS 1) on ``twin_topic(site, asset)`` about once a second.
 
+``take(batch)`` runs at every poll, so it defers: a batch is held and applied
+when the state is next looked at (or 1,024 batches are waiting), and then a
+held batch is skipped when a later one has the same assets and points, every
+one measured no earlier — applying it would change nothing that the later one
+does not overwrite. Batches of thermal assets and of points with fault codes,
+whose history matters, are applied at once.
+
 Thermal assets (``[assets.<asset>]`` in sensors.conf, ``ThermalAssetConfig``)
 also carry an IEC 60076-7 thermal model (``edge_agent.thermal``). Every newer
 reading of the asset advances the model to the reading's measurement time with
@@ -67,6 +74,7 @@ log = logging.getLogger(__name__)
 _VERSION = 1
 AMBIENT_RANGE = (-70.0, 80.0)
 RESUME_WINDOW_S = 300.0
+_MAX_PENDING = 1024
 
 
 class _ThermalRun:
@@ -193,7 +201,19 @@ class TwinStore:
         self._published: dict[str, str] = {}
         self._thermal = {cfg.asset: _ThermalRun(cfg) for cfg in thermal_assets}
         self._faults = dict(fault_points or {})
-        self.dirty = False
+        self._eager = {cfg.asset for cfg in thermal_assets} | {asset for asset, _ in self._faults}
+        self._pending: list[ReadingBatch] = []
+        self._dirty = False
+
+    @property
+    def dirty(self) -> bool:
+        """True when the state changed since the last ``save()``."""
+        self._settle()
+        return self._dirty
+
+    @dirty.setter
+    def dirty(self, value: bool) -> None:
+        self._dirty = value
 
     def load(self) -> None:
         """Read the cache if there is one (a corrupt one is moved aside, see the module doc)."""
@@ -221,65 +241,103 @@ class TwinStore:
             return
         self._assets, self._published, self._thermal = assets, published, runs
 
-    def take(self, batch: ReadingBatch) -> int:
-        """Take a sequenced batch (``Spool.append``'s result) into the assets' state; returns how many
-        points changed."""
+    def take(self, batch: ReadingBatch) -> None:
+        """Take a sequenced batch (``Spool.append``'s result) into the assets' state (see the module doc)."""
+        if self._eager and not self._eager.isdisjoint(batch.asset):
+            self._settle()
+            self._apply(batch)
+            return
+        self._pending.append(batch)
+        if len(self._pending) >= _MAX_PENDING:
+            self._settle()
+
+    def _settle(self) -> None:
+        """Apply the held batches, newest first decides which of them can be skipped (module doc)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        newer: list[tuple[int, list[str], list[str]]] = []      # (earliest ts_ms, assets, points) of kept ones
+        kept = []
+        for batch in reversed(pending):
+            latest = max(batch.ts_ms)
+            if any(earliest >= latest and points == batch.point and assets == batch.asset
+                   for earliest, assets, points in newer):
+                continue
+            newer.append((min(batch.ts_ms), batch.asset, batch.point))
+            kept.append(batch)
+        for batch in reversed(kept):
+            self._apply(batch)
+
+    def _apply(self, batch: ReadingBatch) -> int:
+        """Apply one batch now; how many points changed."""
         changed = 0
+        assets, faults, thermal = self._assets, self._faults, self._thermal
+        last_asset, points = None, {}
         for ts_ms, asset, point, value, unit, quality in zip(batch.ts_ms, batch.asset, batch.point, batch.value,
                                                              batch.unit, batch.quality):
-            points = self._assets.get(asset)
-            if points is None:
-                points = self._assets[asset] = {}
+            if asset is not last_asset:             # a batch is usually one device's: one asset, or a few in runs
+                points = assets.get(asset)
+                if points is None:
+                    points = assets[asset] = {}
+                last_asset = asset
             held = points.get(point)
-            if held is not None and (held["ts_ms"] > ts_ms or (
-                    held["ts_ms"] == ts_ms and held["value"] == value and held["quality"] == quality
-                    and held["unit"] == unit)):
-                continue
             if held is None:
                 held = points[point] = {"value": value, "unit": unit, "quality": quality, "ts_ms": ts_ms}
+            elif held["ts_ms"] > ts_ms or (held["ts_ms"] == ts_ms and held["value"] == value
+                                           and held["quality"] == quality and held["unit"] == unit):
+                continue
             else:               # in place: the state of a point is updated at every poll
                 held["value"], held["unit"], held["quality"], held["ts_ms"] = value, unit, quality, ts_ms
-            codes = self._faults.get((asset, point)) if self._faults else None
-            if codes:
-                fault = active_fault(codes, value, quality)
-                before = held.get("fault") or {}
-                if fault is None:
-                    held.pop("fault", None)
-                else:
-                    held["fault"] = fault_block(fault, before["since_ms"] if before.get("code") == fault.code else ts_ms)
             changed += 1
-            run = self._thermal.get(asset)
-            if run is not None:
-                run.take(Reading(0, ts_ms, asset, point, value, unit, quality))
+            if faults:
+                codes = faults.get((asset, point))
+                if codes:
+                    fault = active_fault(codes, value, quality)
+                    before = held.get("fault") or {}
+                    if fault is None:
+                        held.pop("fault", None)
+                    else:
+                        held["fault"] = fault_block(fault, before["since_ms"] if before.get("code") == fault.code
+                                                    else ts_ms)
+            if thermal:
+                run = thermal.get(asset)
+                if run is not None:
+                    run.take(Reading(0, ts_ms, asset, point, value, unit, quality))
         if changed:
-            self.dirty = True
+            self._dirty = True
         return changed
 
     def update(self, reading: Reading) -> bool:
         """Take one reading into its asset's state; True when the state changed."""
         batch = ReadingBatch([reading.ts_ms], [reading.asset], [reading.point], [reading.value], [reading.unit],
                              [reading.quality], [""], reading.seq)
-        return self.take(batch) == 1
+        self._settle()
+        return self._apply(batch) == 1
 
     def assets(self) -> list[str]:
+        self._settle()
         return sorted(self._assets)
 
     def state(self, asset: str) -> dict[str, dict[str, Any]]:
         """point → {value, unit, quality, ts_ms} of one asset (a copy)."""
+        self._settle()
         return {p: dict(s) for p, s in self._assets.get(asset, {}).items()}
 
     def thermal(self, asset: str) -> dict[str, Any] | None:
         """The asset's ``thermal`` payload block; None when it is not a thermal asset or has no estimate yet."""
+        self._settle()
         run = self._thermal.get(asset)
         return run.block(self._assets.get(asset, {})) if run is not None else None
 
     def payload(self, asset: str) -> bytes:
+        self._settle()
         points = self._assets[asset]
         ts_ms = max(s["ts_ms"] for s in points.values())
         return encode_twin(self.site, asset, ts_ms, points, thermal=self.thermal(asset))
 
     def changed(self) -> list[tuple[str, bytes]]:
         """(asset, payload) for every asset whose payload differs from the last acknowledged one."""
+        self._settle()
         out = []
         for asset in sorted(self._assets):
             payload = self.payload(asset)
@@ -293,9 +351,20 @@ class TwinStore:
 
     def save(self) -> None:
         """Write the cache atomically; raises TwinError on I/O failure."""
+        self.write(self.snapshot())
+
+    def snapshot(self) -> bytes:
+        """The cache file's content now, and the state counts as saved (``write`` it, from any thread)."""
+        self._settle()
         body = {"v": _VERSION, "site": self.site, "saved_ms": int(self.clock() * 1000), "assets": self._assets,
                 "published": self._published, "thermal": {a: r.to_json() for a, r in self._thermal.items()}}
         data = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+        self._dirty = False
+        return data
+
+    def write(self, data: bytes) -> None:
+        """Replace the cache file with ``snapshot()``'s ``data`` atomically; raises TwinError on I/O
+        failure (the state is then dirty again)."""
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -311,8 +380,8 @@ class TwinStore:
             finally:
                 os.close(dir_fd)
         except OSError as exc:
+            self._dirty = True
             raise TwinError(f"twin cache {self.path}: cannot write ({exc.strerror or exc})") from exc
-        self.dirty = False
 
 
 async def run_twin(twin: TwinStore, publish: Callable[..., Any] | None, *, interval_s: float = 1.0,
@@ -334,8 +403,8 @@ async def run_twin(twin: TwinStore, publish: Callable[..., Any] | None, *, inter
                     log.debug("twin %s not published yet (%s)", asset, exc)
                     break
                 twin.mark_published(asset, payload)
-        if twin.dirty:
-            await loop.run_in_executor(None, twin.save)
+        if twin.dirty:      # the state is read here, on the loop; only the file I/O leaves it
+            await loop.run_in_executor(None, twin.write, twin.snapshot())
         if stop.is_set():
             return
         try:

@@ -207,6 +207,12 @@ def check_finite(values: Iterable[float | None]) -> None:
     ``json.dumps(allow_nan=False)`` raised for them; orjson writes them as ``null``,
     which would change a reading's meaning, so every encoder checks first.
     """
+    values = values if isinstance(values, (list, tuple)) else list(values)
+    try:
+        if math.isfinite(sum(values)):          # NaN or infinity makes the sum so; one C loop for the usual case
+            return
+    except TypeError:                           # a None among them: look at each
+        pass
     isfinite = math.isfinite
     for value in values:
         if value is not None and not isfinite(value):

@@ -49,7 +49,7 @@ from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_P
                                     Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
                                     site_from_topic, valid_id, valid_ids, valid_unit)
 
-__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "decode_batch_v2",
+__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "encode_segments", "decode_batch_v2",
            "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
 
 PAYLOAD_VERSIONS = ("v1", "v2")
@@ -102,41 +102,112 @@ def encode_columns(site: str, seq_first: int, ts_ms: Sequence[int], asset: Seque
                    unit: Sequence[str], value: Sequence[float | None], quality: Sequence[str], sent_ms: int) -> bytes:
     """One v2 payload from columns (one entry per reading; reading ``i`` has seq ``seq_first + i``).
 
-    What the edge agent calls with a batch's columns; raises SchemaError like ``encode_batch_v2``.
+    Raises SchemaError like ``encode_batch_v2``. ``encode_segments`` with one segment.
     """
-    n = len(ts_ms)
-    if not n:
+    return encode_segments(site, seq_first, [(ts_ms, asset, point, unit, value, quality)], sent_ms)
+
+
+Segment = tuple[Sequence[int], Sequence[str], Sequence[str], Sequence[str], Sequence[float | None], Sequence[str]]
+"""Columns ``(ts_ms, asset, point, unit, value, quality)`` of consecutive readings, e.g. one device read."""
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Shape:
+    """The point table of one segment's (asset, point, unit) columns: groups in order of appearance,
+    and each reading's index into them (None: the identity, every point once and in table order).
+    Compared by identity: ``_shape`` returns one object per distinct columns."""
+
+    groups: tuple[tuple[str, str, tuple[str, ...]], ...]
+    size: int
+    p: tuple[int, ...] | None
+
+
+_SHAPES: dict[tuple[tuple[str, ...], ...], _Shape] = {}
+_MAX_SHAPES = 1024
+
+
+def _shape(key: tuple[tuple[str, ...], ...]) -> _Shape:
+    """The segment shape of ``key`` (its asset, point and unit columns), memoised: a device's reads repeat it."""
+    shape = _SHAPES.get(key)
+    if shape is None:
+        keys = list(zip(*key))
+        groups: dict[tuple[str, str], list[str]] = {}
+        for a, name, u in dict.fromkeys(keys):                  # distinct points, in order of appearance
+            groups.setdefault((a, u), []).append(name)
+        index = {(a, name, u): 0 for (a, u), names in groups.items() for name in names}
+        for i, k in enumerate(index):
+            index[k] = i
+        p = tuple(map(index.__getitem__, keys))
+        shape = _Shape(tuple((a, u, tuple(names)) for (a, u), names in groups.items()), len(index),
+                       None if p == tuple(range(len(index))) else p)
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        _SHAPES[key] = shape
+    return shape
+
+
+def encode_segments(site: str, seq_first: int, segments: Sequence[Segment], sent_ms: int) -> bytes:
+    """One v2 payload from consecutive segments (reading ``i`` over all of them has seq ``seq_first + i``).
+
+    The work is per segment where it can be: a segment's point table is
+    memoised by its columns, and a segment that repeats one earlier in the
+    message shares its table entries. Raises SchemaError like ``encode_batch_v2``.
+    """
+    segments = [s for s in segments if len(s[0])]
+    if not segments:
         raise SchemaError("empty", "a batch needs at least one reading")
     if not valid_id(site):
         raise SchemaError("bad_id", f"site {site!r} is not a valid id")
-    base = min(ts_ms)
+    base = min(min(s[0]) for s in segments)
     assets: dict[str, int] = {}
     units: dict[str, int] = {}
-    groups: dict[tuple[int, int], list[str]] = {}
-    keys = list(zip(asset, point, unit))
-    for a, name, u in dict.fromkeys(keys):                  # distinct points, in order of appearance
-        groups.setdefault((assets.setdefault(a, len(assets)), units.setdefault(u, len(units))), []).append(name)
-    index: dict[tuple[str, str, str], int] = {}
     table: list[list[Any]] = []
-    asset_names, unit_names = list(assets), list(units)
-    for (a, u), names in groups.items():
-        for name in names:
-            index[(asset_names[a], name, unit_names[u])] = len(index)
-        table.append([a, u, *names])
+    placed: dict[_Shape, int] = {}
+    p: list[int] = []
+    dt: list[int] = []
+    value: list[float | None] = []
+    quality: list[str] = []
+    for ts_ms, asset, point, unit, values, qualities in segments:
+        shape = _shape((tuple(asset), tuple(point), tuple(unit)))
+        offset = placed.get(shape)
+        if offset is None:
+            offset = placed[shape] = sum(len(row) - 2 for row in table)
+            for a, u, names in shape.groups:
+                table.append([assets.setdefault(a, len(assets)), units.setdefault(u, len(units)), *names])
+        p.extend(range(offset, offset + shape.size) if shape.p is None else [offset + i for i in shape.p])
+        first = ts_ms[0]
+        dt.extend([first - base] * len(ts_ms) if ts_ms.count(first) == len(ts_ms) else [t - base for t in ts_ms])
+        value.extend(values)
+        quality.extend(qualities)
+    n = len(p)
     body = {
         "v": 2, "site": site, "seq_first": seq_first, "seq_last": seq_first + n - 1, "sent_ms": int(sent_ms),
-        "ts_ms": base, "assets": asset_names, "units": unit_names, "points": table,
-        "p": [index[k] for k in keys],
-        "dt": [t - base for t in ts_ms],
-        # an integral float as an int (``24``, not ``24.0``: two bytes less); inline, as it runs per reading
-        "val": [int(v) if v is not None and v.is_integer() and -_EXACT < v < _EXACT else v for v in value],
-        "q": [_QUALITY_INDEX[q] for q in quality],
+        "ts_ms": base, "assets": list(assets), "units": list(units), "points": table,
+        "p": p, "dt": dt, "val": _compact_values(value),
+        "q": [0] * n if quality.count(QUALITIES[0]) == n else list(map(_QUALITY_INDEX.__getitem__, quality)),
     }
+    return orjson.dumps(body)
+
+
+def _compact_values(value: list[float | None]) -> list[float | int | None]:
+    """``value`` with each integral float as an int (``24``, not ``24.0``: two bytes less); SchemaError for
+    NaN or infinity. Whole-list C loops for the common cases: no None, and all or none integral."""
+    if None not in value:
+        try:
+            # a finite sum means every value is finite (NaN or infinity poison it); it may also overflow
+            if math.isfinite(sum(value)) or all(map(math.isfinite, value)):
+                integral = list(map(float.is_integer, value))
+                if all(integral) and -_EXACT < min(value) and max(value) < _EXACT:
+                    return list(map(math.trunc, value))
+                if not any(integral):
+                    return value
+        except TypeError:                            # not all floats: the general path below says what
+            pass
     try:
         check_finite(value)
     except ValueError as exc:
         raise SchemaError("bad_value", f"a value is not a finite number ({exc})") from None
-    return orjson.dumps(body)
+    return [int(v) if v is not None and v.is_integer() and -_EXACT < v < _EXACT else v for v in value]
 
 
 # -- decoding ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ exception codes, timeouts with retries and backoff, refused connections, RTU fra
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 
@@ -261,3 +262,35 @@ def test_measure_modbus_ceiling_counts_real_requests() -> None:
         thread.join(10)
     assert rate > 0
     assert served == pytest.approx(rate * 0.5, rel=0.2)
+
+
+@pytest.mark.parametrize("answer, why", [
+    (lambda tid, unit: struct.pack(">HHHBBB", tid, 0, 5, unit + 1, 3, 2) + b"\0\x07", "device id"),
+    (lambda tid, unit: struct.pack(">HHHBBB", tid, 0, 5, unit, 4, 2) + b"\0\x07", "does not fit"),
+    (lambda tid, unit: struct.pack(">HHHBBB", tid, 0, 5, unit, 3, 4) + b"\0\x07", "does not fit"),
+])
+def test_a_read_answer_that_does_not_fit_the_request_drops_the_connection(answer, why: str) -> None:
+    """Another unit, another function code or a byte count that disagrees with the frame: the
+    read fails as unreachable (not misread), and the next attempt uses a new connection."""
+    connections: list[int] = []
+
+    async def scenario() -> tuple[str, float]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            connections.append(1)
+            while request := await reader.read(12):
+                tid, _, _, unit = struct.unpack(">HHHB", request[:7])
+                writer.write(answer(tid, unit))
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        dev = device("odd", server.sockets[0].getsockname()[1], points(1), unit=5, retries=1, timeout_s=2.0)
+        metrics = AgentMetrics(CollectorRegistry())
+        try:
+            async with ModbusSource(dev, metrics=metrics, backoff=FAST) as source:
+                with pytest.raises(DeviceUnreachable) as err:
+                    await source.read(plan_reads(dev)[0])
+            return str(err.value), sample(metrics, "ems_edge_reads_total", device="odd", outcome="unreachable")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    message, unreachable = asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert why in message and unreachable == 2 and len(connections) == 2

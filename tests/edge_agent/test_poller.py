@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import math
 import shutil
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge_agent.calibration import Calibrations, apply_calibration
+from edge_agent.calibration import Calibration, Calibrations, apply_calibration
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
@@ -348,3 +349,37 @@ def test_a_nan_from_the_device_is_a_device_error_not_a_number() -> None:
     assert (out["F000"].quality, out["F000"].value) == ("device_error", None)
     assert out["P000"].quality == out["P001"].quality == "good"
     assert metrics.registry.get_sample_value("ems_edge_reads_total", {"device": "d", "outcome": "decode_error"}) == 1.0
+
+
+def test_a_block_reports_only_the_points_that_moved_with_their_own_columns(tmp_path: Path) -> None:
+    """Whole-block filtering keeps each reported reading's columns together: deadbands per point,
+    int16, uint16 and float32 side by side, a calibration reload picked up at the next response,
+    -0.0 reported as 0.0 with or without a calibration to apply."""
+    pts = (points(2, type="uint16", deadband=5.0) + points(2, type="int16", start=2, prefix="S")
+           + points(1, type="uint16", start=4, prefix="G", gain=2.0, offset=1.0)
+           + points(1, type="float32", start=5, prefix="F"))
+    dev = device("d", 0, pts, max_read_gap=0)
+    calibrations = Calibrations(tmp_path / "none.conf", {p.id: Calibration(p.gain, p.offset) for p in pts})
+    metrics = AgentMetrics(CollectorRegistry())
+    poller = DevicePoller(dev, None, None, metrics=metrics, calibrations=calibrations)  # type: ignore[arg-type]
+    (block,) = poller.plan
+
+    def sample(values: list[int], now: float) -> list[tuple[str, float | None, str, int]]:
+        batch = ReadingBatch()
+        poller._samples(batch, block, values, now)
+        return [(s, v, q, t) for s, v, q, t in zip(batch.sensor, batch.value, batch.quality, batch.ts_ms)]
+
+    first = sample([10, 20, 65535, 7, 3, 0x8000, 0], 1.0)                  # F000: float32 -0.0
+    assert first == [("P000", 10.0, "good", 1000), ("P001", 20.0, "good", 1000), ("S000", -1.0, "good", 1000),
+                     ("S001", 7.0, "good", 1000), ("G000", 7.0, "good", 1000), ("F000", 0.0, "good", 1000)]
+    assert math.copysign(1.0, first[-1][1]) == 1.0
+    # P000 moves by exactly its deadband (suppressed), P001 beyond it; S001, G000 and F000 stand still
+    assert sample([15, 26, 65534, 7, 3, 0x8000, 0], 2.0) == [("P001", 26.0, "good", 2000),
+                                                            ("S000", -2.0, "good", 2000)]
+    assert metrics.registry.get_sample_value("ems_edge_readings_suppressed_total") == 4.0
+    calibrations._values = {**calibrations.snapshot(), "G000": Calibration(1.0, 0.0)}   # as a reload swaps it
+    calibrations.generation += 1
+    later = sample([15, 26, 65534, 7, 3, 0x3F80, 0], 3.0)                 # now every calibration is 1 and 0
+    assert later == [("G000", 3.0, "good", 3000), ("F000", 1.0, "good", 3000)]
+    (last,) = sample([15, 26, 65534, 7, 3, 0x8000, 0], 4.0)
+    assert last == ("F000", 0.0, "good", 4000) and math.copysign(1.0, last[1]) == 1.0

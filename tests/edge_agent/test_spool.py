@@ -391,3 +391,37 @@ def test_a_spool_of_an_older_agent_is_converted_and_delivered(tmp_path: Path) ->
     assert rows == [(5, 1005, 55.5), (7, 1007, 57.5)]
     assert [seq for seq, _ in quarantined] == [6]                  # the corrupt one is quarantined, not lost
     assert next_seq == 8
+
+
+@pytest.mark.parametrize("memory_readings", [1, 7, 65_536])
+def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp_path: Path,
+                                                                            memory_readings: int) -> None:
+    """lease() serves recent batches from memory and older ones from the database: the same rows
+    in the same order either way, acked rows never again, the cap's drops never, contents intact."""
+
+    async def go() -> list[list[int]]:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=40, fsync_batch=4,
+                         memory_readings=memory_readings) as spool:
+            for i in range(12):
+                await _add(spool, i, n=3)               # 36 readings, seqs 1..36
+            await spool.flush()
+            leases = [_seqs(await spool.lease(7)), _seqs(await spool.lease(7))]
+            assert await spool.ack(1, 6) == 6
+            spool.release_leases()                       # a reconnect: unacked rows go out again
+            rows = await spool.lease(9)
+            assert [(r.value, r.sensor) for r in rows][:1] == [([52.0, 53.0, 54.0], ["SENSOR_00", "SENSOR_01",
+                                                                                    "SENSOR_02"])]
+            leases.append(_seqs(rows))
+            for i in range(12, 16):
+                await _add(spool, i, n=3)               # seqs 37..48: the cap (40) drops 7..9
+            await spool.flush()
+            leases.append(_seqs(await spool.lease(100)))
+            spool.release_leases()
+            leases.append(_seqs(await spool.lease(100)))
+            assert await spool.ack(10, 48) == 39 and spool.depth == 0
+            spool.release_leases()
+            leases.append(_seqs(await spool.lease(100)))
+            return leases
+
+    assert run(go()) == [list(range(1, 7)), list(range(7, 13)), list(range(7, 16)), list(range(16, 49)),
+                         list(range(10, 49)), []]

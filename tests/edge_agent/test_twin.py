@@ -8,7 +8,10 @@ import math
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.errors import PublishError
 from ems_contract.telemetry import Reading
@@ -236,3 +239,31 @@ def test_after_a_long_gap_the_twin_continues_from_the_measured_top_oil(tmp_path:
     twin.update(_p(6, "oil_temp", 30.0, 2 * gap_end + 600_000))
     late = twin.thermal("tx1")
     assert late is not None and late["restarts"] == 2 and late["top_oil_residual_K"] != 0.0
+
+
+_POINTS = (("tx1", "oil_temp"), ("tx1", "load"), ("fm1", "flow"))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.sampled_from(_POINTS), min_size=1, max_size=3), st.integers(0, 4),
+                          st.integers(0, 2), st.sampled_from(["good", "stale"])), max_size=25),
+       st.integers(1, 30))
+def test_held_batches_end_in_the_state_of_applying_every_reading(tmp_path_factory: pytest.TempPathFactory,
+                                                                  polls: list, look_every: int) -> None:
+    """Batches taken at every poll and applied only when the state is looked at (some skipped as
+    overwritten) give the state that applying each reading in turn gives: out-of-order times,
+    equal times with other values, batches of other points or assets in between."""
+    folder = tmp_path_factory.mktemp("twin")
+    held, each = TwinStore(folder / "held.json", site="s1"), TwinStore(folder / "each.json", site="s1")
+    seq = 1
+    for i, (keys, ts_step, value, quality) in enumerate(polls):
+        batch = ReadingBatch()
+        for asset, point in keys:
+            batch.add(1000 * ts_step, asset, point, float(value), "degC", quality, "")
+        held.take(batch.sequenced(seq, 0))
+        for reading in batch.sequenced(seq, 0).readings():
+            each.update(reading)
+        seq += len(batch)
+        if i % look_every == 0:
+            assert {a: held.state(a) for a in held.assets()} == {a: each.state(a) for a in each.assets()}
+    assert {a: held.state(a) for a in held.assets()} == {a: each.state(a) for a in each.assets()}

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ems_contract.telemetry import (Reading, SchemaError, decode_batch, encode_batch, site_from_topic,
+from ems_contract.telemetry import (Reading, SchemaError, check_finite, decode_batch, encode_batch, site_from_topic,
                                telemetry_subscription, telemetry_topic)
 
 
@@ -71,3 +71,15 @@ def test_site_must_match_topic() -> None:
 def test_null_value_allowed_for_device_error() -> None:
     r = Reading(seq=1, ts_ms=1, asset="a", point="p", value=None, unit="", quality="device_error")
     assert decode_batch(encode_batch("s", [r], 1)).readings[0].value is None
+
+
+@pytest.mark.parametrize("values, bad", [
+    ([1.0, None, 2.5], None), ([1e308, 1e308, -5.0], None),      # a None; finite values whose sum overflows
+    ([1.0, float("nan")], "nan"), ([None, float("-inf")], "-inf"), ((v for v in [2.0, float("inf")]), "inf"),
+])
+def test_check_finite_looks_at_each_value_when_the_sum_cannot_tell(values, bad: str | None) -> None:
+    if bad is None:
+        check_finite(values)
+    else:
+        with pytest.raises(ValueError, match=f"value {bad} is not a finite number"):
+            check_finite(values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from ems_contract.telemetry import (MAX_READINGS_PER_BATCH, QUALITIES, Reading, SchemaError, encode_batch,
                                     telemetry_topic, valid_unit)
 from ems_contract.telemetry_v2 import (MAX_TS_MS, Columns, contiguous_runs, decode_batch_v2, decode_telemetry,
-                                       decode_telemetry_columns, encode_batch_v2)
+                                       decode_telemetry_columns, encode_batch_v2, encode_segments)
 
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 units = st.text(max_size=32).filter(valid_unit)
@@ -281,3 +282,34 @@ def test_an_infinite_value_is_refused_and_a_large_finite_one_is_not(column: list
     else:
         with pytest.raises(SchemaError, match=r"val\[[03]\] must be a finite number"):
             decode_telemetry_columns(text.encode())
+
+
+def _segment(readings: list[Reading]) -> tuple[list, ...]:
+    return ([r.ts_ms for r in readings], [r.asset for r in readings], [r.point for r in readings],
+            [r.unit for r in readings], [r.value for r in readings], [r.quality for r in readings])
+
+
+@settings(max_examples=100, deadline=None)
+@given(reading_runs(), st.lists(st.integers(0, 150), max_size=6), st.integers(1, 4))
+def test_segments_round_trip_like_one_column_set(readings: list[Reading], cuts: list[int], repeat: int) -> None:
+    """Readings cut into segments (some empty), the run repeated with later seqs: every reading
+    decodes as it went in, and a repeated segment shares its point table entries."""
+    run = [replace(r, seq=r.seq + k * len(readings)) for k in range(repeat) for r in readings]
+    bounds = sorted({0, len(readings), *(c for c in cuts if c <= len(readings))})
+    pieces = [readings[a:b] for a, b in zip(bounds, bounds[1:])] + [[]]
+    segments = [_segment(piece) for _ in range(repeat) for piece in pieces]
+    payload = encode_segments("sub-07", run[0].seq, segments, 5)
+    assert decode_telemetry(payload).readings == tuple(run)
+    once = json.loads(encode_segments("sub-07", run[0].seq, [_segment(p) for p in pieces], 5))
+    assert json.loads(payload)["points"] == once["points"]
+
+
+def test_segments_refuse_what_one_column_set_refuses() -> None:
+    good = _segment(_device_read(3))
+    bad = _segment([Reading(9, 1, "a", "b", float("nan"), "kW", "good")])
+    with pytest.raises(SchemaError) as err:
+        encode_segments("sub-07", 1001, [good, bad], 1)
+    assert err.value.reason == "bad_value"
+    with pytest.raises(SchemaError) as err:
+        encode_segments("sub-07", 1001, [_segment([])], 1)
+    assert err.value.reason == "empty"
