@@ -90,7 +90,7 @@ def check_calibration_formula(site: Path, rendered: dict) -> None:
     from edge_agent.calibration import Calibration, calibrate
     from edge_agent.config import load_config
 
-    env = {"EMS_SENSORS_CONF": str(site)}
+    env = {"EMS_SENSORS_CONF": str(site), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     result = _run(["./scripts/calibrate_sensor.sh", "--id", "SENSOR_01", "--offset", "0.05", "--gain", "1.02"], env=env)
     assert result.returncode == 0, result.stderr
     point = load_config(site, check_files=False).point("SENSOR_01")

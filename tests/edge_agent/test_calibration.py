@@ -6,6 +6,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -252,7 +253,8 @@ def test_calibrate_sensor_script_maps_the_field_manual_arguments(tmp_path: Path)
 
 def test_calibrate_sensor_script_end_to_end_with_ems_edge(conf: Path) -> None:
     """The field manual's command against the real `ems-edge calibrate`: updates, then is idempotent."""
-    env = {**os.environ, "EMS_SENSORS_CONF": str(conf)}
+    # This tree's ems-edge, not a packaged one in /usr/bin (test_edge_deb.py installs one for a while).
+    env = {**os.environ, "EMS_SENSORS_CONF": str(conf), "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     script = REPO / "scripts" / "calibrate_sensor.sh"
     first = subprocess.run([str(script), "SENSOR_03", "0.05", "1.02"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr

@@ -135,8 +135,11 @@ def test_tls_files_that_are_special_huge_or_unnamable_are_refused(site: Path, ke
 # -- the CLI, issue 13's cases -------------------------------------------------------------------
 
 def _run(args: list[str], *, timeout: float = 60) -> subprocess.CompletedProcess:
+    # This tree's ems-edge first on PATH for calibrate_sensor.sh, not a packaged one in /usr/bin (which
+    # test_edge_deb.py installs for a while, on another worker or in another checkout's run).
     return subprocess.run(args, capture_output=True, text=True, cwd=ROOT, timeout=timeout,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"})
 
 
 def ems_edge(*args: str, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:

@@ -137,7 +137,7 @@ def test_broker_killed_and_restarted_mid_stream(site: Site) -> None:
     agent = AgentProcess(config)
     agent.start()
     try:
-        _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the fault")
+        _wait_for(lambda: len(site.observer.readings()) > 100, 60, "readings before the fault")
         site.broker.stop(kill=True)
         time.sleep(3)                                   # the agent keeps polling into its spool
         site.broker.start()
@@ -156,7 +156,7 @@ def test_delivery_resumes_within_5_s_of_a_short_broker_restart(site: Site) -> No
     agent = AgentProcess(config)
     agent.start()
     try:
-        _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the restart")
+        _wait_for(lambda: len(site.observer.readings()) > 100, 60, "readings before the restart")
         site.broker.stop(kill=True)
         time.sleep(4)
         site.broker.start()
@@ -183,7 +183,7 @@ def test_agent_sigkilled_and_restarted(site: Site) -> None:
     agent = AgentProcess(config)
     agent.start()
     try:
-        _wait_for(lambda: len(site.observer.readings()) > 150, 20, "readings before the kill")
+        _wait_for(lambda: len(site.observer.readings()) > 150, 60, "readings before the kill")
         agent.kill()                                    # no flush, no offline message: the last will says it
         first_run_max = max(_audit(config.parent / "telemetry-audit.log")[0])
         agent = AgentProcess(config)
@@ -255,7 +255,7 @@ def test_agent_sigkilled_while_a_large_batch_is_being_committed(site: Site) -> N
         agent = AgentProcess(config)
         agent.start()
         try:
-            _wait_for(lambda: len(site.observer.readings()) >= 3000, 30, "readings before the kill")
+            _wait_for(lambda: len(site.observer.readings()) >= 3000, 90, "readings before the kill")
             assert agent.proc is not None
             caught = _kill_during_commit(agent.proc.pid, {"spool.db-wal"})
             agent.proc.wait(10)
@@ -377,7 +377,7 @@ def _rotate(site: Site, agent: AgentProcess, config: Path, http_port: int) -> No
     """Half-write a new certificate, then write the new key and certificate; wait for the broker to see it."""
     pki_dir = config.parent / "pki"
     new = site.pki.client("edge-sub-07-rotated")        # the broker's username is the certificate's CN
-    _wait_for(lambda: len(site.observer.readings()) > 100, 20, "readings before the rotation")
+    _wait_for(lambda: len(site.observer.readings()) > 100, 60, "readings before the rotation")
     text = new.cert.read_bytes()
     (pki_dir / "edge.crt").write_bytes(text[: len(text) // 2])       # a writer caught half-way
     _wait_for(lambda: "cannot be used" in agent.tail(20000), 15, "the half-written certificate refused")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 import pwd
 import grp
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -26,8 +29,15 @@ def check_config(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def config(tmp_path: Path, pki: LocalPki) -> Path:
-    return write_agent_config(tmp_path / "site", pki, broker_port=free_port(), modbus_port=free_port())
+def config(pki: LocalPki) -> Iterator[Path]:
+    # A short folder of its own rather than tmp_path: the error's reason is clipped at 400 characters, and the
+    # "run: chown … && chmod …" fix names three key paths, which under pytest-xdist's longer tmp_path
+    # (…/popen-gw1/test_keys_not_owned_by_the_ser0/…) no longer fit.
+    folder = Path(tempfile.mkdtemp(prefix="ems-layout-"))
+    try:
+        yield write_agent_config(folder / "site", pki, broker_port=free_port(), modbus_port=free_port())
+    finally:
+        shutil.rmtree(folder)
 
 
 def test_keys_of_the_current_user_at_0600_pass(config: Path) -> None:
