@@ -36,7 +36,7 @@ bench: setup
 images: setup
 	./scripts/install-system-packages.sh --images
 	./scripts/build-images.sh --local-base
-	$(BIN)/pytest -q -p no:cacheprovider -m images tests/test_images.py
+	$(BIN)/pytest -q -p no:cacheprovider -n 0 -m images tests/test_images.py
 
 # The edge box's Debian package (out/deb/ems-edge_<version>_<arch>.deb); see docs/edge-install.md.
 deb: setup
@@ -46,7 +46,7 @@ deb: setup
 # built once), the package installed, the unit started, reloaded, its log rotated. About 2 minutes.
 edge-systemd: setup
 	./scripts/install-system-packages.sh --images
-	$(BIN)/pytest -q -p no:cacheprovider -m systemd tests/test_edge_systemd.py
+	$(BIN)/pytest -q -p no:cacheprovider -n 0 -m systemd tests/test_edge_systemd.py
 
 clean:
 	rm -rf $(VENV) out .demo .bench
