@@ -35,6 +35,7 @@ from tests.northbound.test_service import POLLING
 pytestmark = pytest.mark.integration
 
 JSON = {"Content-Type": "application/json"}
+GATEWAY_CN = "ems-api-gateway"      # the gateway's client certificate (components/platform.py), the listener's only caller
 
 
 def _until(condition: Callable[[], Any], timeout: float, what: str, tail: Callable[[], str] = lambda: "") -> Any:
@@ -91,6 +92,10 @@ key = "{aggregator.key}"
 host = "127.0.0.1"
 port = {operator_port}
 max_ttl_s = 600
+cert = "{pki.server.cert}"
+key = "{pki.server.key}"
+client_ca = "{pki.ca}"
+client_cns = ["{GATEWAY_CN}"]
 {POLLING}
 [sites.{SITE}]
 """)
@@ -125,6 +130,11 @@ def _post(gw: Gateway, doc: object, raw: bytes | None = None, **who: Any) -> tup
     return status, json.loads(body) if body.startswith(b"{") else {"raw": body[:200]}
 
 
+def _listener(path: ControlPath) -> Upstream:
+    """The command listener as nginx reaches it: HTTPS, its certificate verified for the name ``localhost``."""
+    return Upstream("127.0.0.1", path.operator_port, "localhost")
+
+
 def _outcome(gw: Gateway, command_id: str, path: ControlPath, **who: Any) -> dict[str, Any]:
     def answered() -> dict[str, Any] | None:
         status, body, _ = gw.get(f"/v1/commands/{command_id}", **who)
@@ -137,7 +147,7 @@ def _outcome(gw: Gateway, command_id: str, path: ControlPath, **who: Any) -> dic
 def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
         gateway_factory: Callable[..., Gateway], control_path: ControlPath) -> None:
     # The command rate limit out of the way here (its own check is below): 100 per second.
-    gw = gateway_factory(northbound=Upstream("127.0.0.1", control_path.operator_port), command_rate_per_minute=6000)
+    gw = gateway_factory(northbound=_listener(control_path), upstream_client=GATEWAY_CN, command_rate_per_minute=6000)
     otto = gw.cert("otto", "operator")
     # A client's own identity headers are dropped by the gateway: the issuer is who authenticated.
     forged = {"X-Ems-User": "mallory", "X-Ems-Role": "admin", "X-Ems-Auth": "mtls"}
@@ -207,7 +217,7 @@ def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
         "ems_northbound_manual_commands_total", {"role": "operator", "outcome": "bad_request"}) == 16
 
     # A client gets few commands a minute (here 1, burst 5), without holding back its reads or other clients.
-    limited = gateway_factory(northbound=Upstream("127.0.0.1", control_path.operator_port), command_rate_per_minute=1)
+    limited = gateway_factory(northbound=_listener(control_path), upstream_client=GATEWAY_CN, command_rate_per_minute=1)
     greedy = limited.cert("greedy", "operator")
     statuses = [limited.get("/v1/commands/0123abcd", cert=greedy)[0] for _ in range(10)]
     assert statuses[:6] == [404] * 6 and statuses.count(429) >= 3, statuses
