@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import shutil
 import ssl
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
@@ -124,15 +127,25 @@ class _Sink:
 GATEWAY_CN = "ems-api-gateway"
 
 
-@pytest.fixture
-def listener(pki: LocalPki) -> Iterator[tuple[OperatorApi, _Sink, NorthboundMetrics]]:
-    sink, metrics = _Sink(), NorthboundMetrics()
-    desk = CommandDesk(issue=sink.issue, loop=sink.loop, sites=SITES, metrics=metrics, default_ttl_s=300,
+def _desk(sink: _Sink, metrics: NorthboundMetrics) -> CommandDesk:
+    return CommandDesk(issue=sink.issue, loop=sink.loop, sites=SITES, metrics=metrics, default_ttl_s=300,
                        max_ttl_s=3600, publish_timeout_s=1.0, clock=lambda: 1_764_000_000.0)
+
+
+class _Listener(OperatorApi):
+    """The listener under test, with the client context of the gateway's certificate that the calls below use."""
+
+    gateway: ssl.SSLContext
+
+
+@pytest.fixture
+def listener(pki: LocalPki) -> Iterator[tuple[_Listener, _Sink, NorthboundMetrics]]:
+    sink, metrics = _Sink(), NorthboundMetrics()
+    desk = _desk(sink, metrics)
     tls = ServerTls(pki.server.cert, pki.server.key, pki.ca, (GATEWAY_CN,), require_client=True)
-    api = OperatorApi("127.0.0.1", 0, desk, tls, cert_check_s=0)
+    api = _Listener("127.0.0.1", 0, desk, tls, cert_check_s=0)
+    api.gateway = _client(pki, pki.client(GATEWAY_CN))
     api.start()
-    api.client = _client(pki, pki.client(GATEWAY_CN))  # type: ignore[attr-defined]
     yield api, sink, metrics
     api.stop()
     sink.loop.call_soon_threadsafe(sink.loop.stop)
@@ -149,12 +162,11 @@ def _client(pki: LocalPki, pair: CertPair | None) -> ssl.SSLContext:
     return context
 
 
-def _connection(api: OperatorApi, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
-    return http.client.HTTPSConnection("localhost", api.port, timeout=10,
-                                       context=context or api.client)  # type: ignore[attr-defined]
+def _connection(api: _Listener, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
+    return http.client.HTTPSConnection("localhost", api.port, timeout=10, context=context or api.gateway)
 
 
-def _call(api: OperatorApi, method: str, path: str, body: bytes | None = None,
+def _call(api: _Listener, method: str, path: str, body: bytes | None = None,
           headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None) -> tuple[int, dict[str, Any]]:
     conn = _connection(api, context)
     try:
@@ -240,3 +252,38 @@ def test_only_the_gateways_certificate_is_served_whatever_headers_it_forges(list
     assert metrics.registry.get_sample_value("ems_northbound_manual_commands_total",
                                              {"role": "none", "outcome": "wrong_caller"}) == 6
     assert _call(api, "POST", "/v1/commands", body, OPERATOR)[0] == 202          # the gateway's certificate: served
+
+
+def test_a_renewed_server_certificate_serves_new_connections_without_a_restart(pki, tmp_path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"       # as the kubelet projects the Secret
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    sink = _Sink()
+    api = _Listener("127.0.0.1", 0, _desk(sink, NorthboundMetrics()),
+                    ServerTls(cert, key, pki.ca, (GATEWAY_CN,), require_client=True), cert_check_s=0.05)
+    api.gateway = _client(pki, pki.client(GATEWAY_CN))
+    api.start()
+
+    def served() -> bytes:
+        conn = _connection(api)
+        try:
+            conn.connect()
+            return conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        finally:
+            conn.close()
+    try:
+        assert served() == ssl.PEM_cert_to_DER_cert(pki.server.cert.read_text())
+        renewed = pki.server_pair("northbound-commands-renewed")
+        shutil.copy(renewed.key, tmp_path / "next.key")
+        shutil.copy(renewed.cert, tmp_path / "next.crt")
+        os.replace(tmp_path / "next.key", key)
+        os.replace(tmp_path / "next.crt", cert)
+        deadline = time.monotonic() + 20
+        while api.tls.certificate_switches < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served() == ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())
+        assert _call(api, "GET", "/v1/commands/abc", headers=OPERATOR)[0] == 404       # still the gateway's alone
+    finally:
+        api.stop()
+        sink.loop.call_soon_threadsafe(sink.loop.stop)
+        sink.thread.join(5)
