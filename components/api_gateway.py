@@ -13,9 +13,10 @@ by the verifier, which also checks the route's role (:data:`ROUTES`). Only the p
 routed; everything else, including the TSDB's remote-write and admin APIs, is 404 before any
 credential is looked at. nginx passes the verified identity upstream as trusted headers
 (:data:`IDENTITY_HEADERS`) and removes any copy the client sent, plus its ``Authorization``.
-Towards the twin API (routes and verifier) nginx presents its own client certificate
-(``upstream_client_secret``, CN ``ems-api-gateway``), and the twin API serves no other caller, so
-no in-cluster client can go around the gateway and set those headers itself.
+Towards the twin API (routes and verifier) and the north-bound's command listener (``/v1/commands``)
+nginx speaks HTTPS, verifies their server certificates against the platform CA by Service name, and
+presents its own client certificate (``upstream_client_secret``, CN ``ems-api-gateway``); neither
+serves any other caller, so no in-cluster client can go around the gateway and set those headers itself.
 
 Limits: ``limit_req`` per client (certificate fingerprint or bearer token) and per source address
 → 429; body size → 413; request/header line size → 400/414; timeouts on client and upstream; the
@@ -366,7 +367,8 @@ class ApiGatewayArgs:
     grafana_host: str | None = None
     """Grafana Service DNS name (port 3000, auth proxy on the identity headers): routes ``/grafana/``. Defaults to none."""
     northbound_host: str | None = None
-    """North-bound Service DNS name (port NORTHBOUND_COMMAND_PORT): routes ``/v1/commands`` for operators. Defaults to none."""
+    """North-bound Service DNS name (port NORTHBOUND_COMMAND_PORT, HTTPS; its certificate's DNS SAN and the SNI): routes
+    ``/v1/commands`` for operators, presenting ``upstream_client_secret``. Defaults to none."""
     replicas: int = 2
     """Replicas. Defaults to 2."""
     external_service_type: str = "LoadBalancer"
@@ -383,7 +385,9 @@ def gateway_plan(args: ApiGatewayArgs) -> NginxPlan:
         twin_api=Upstream(args.twin_api_host, args.twin_api_port, args.twin_api_host),
         alertmanager=Upstream(args.alertmanager_host, 9093) if args.alertmanager_host else None,
         grafana=Upstream(args.grafana_host, 3000) if args.grafana_host else None,
-        northbound=Upstream(args.northbound_host, NORTHBOUND_COMMAND_PORT) if args.northbound_host else None,
+        # HTTPS, verified by name, with the gateway's client certificate: the listener serves no one else.
+        northbound=Upstream(args.northbound_host, NORTHBOUND_COMMAND_PORT, args.northbound_host)
+        if args.northbound_host else None,
         upstream_client_dir=UPSTREAM_TLS_DIR if args.upstream_client_secret is not None else None,
     )
 

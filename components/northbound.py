@@ -8,11 +8,16 @@ and DNS allow):
 | egress | the utility's 2030.5 server, by address (``ems:northbound.serverAddress``) | ``serverPort`` (443; the policy pack's ``northbound-egress-utility-only`` allows only 443) |
 | egress | broker pods | 8883 (mTLS, its own certificate identity ``ems-northbound``) |
 | ingress | TSDB pods (scrape) | :data:`METRICS_PORT` (``/metrics``; ``/healthz`` for the kubelet) |
-| ingress | API gateway pods only | :data:`COMMAND_PORT` (operators' manual commands, ``northbound.operator_api``) |
+| ingress | API gateway pods only | :data:`COMMAND_PORT` (operators' manual commands over mTLS, ``northbound.operator_api``) |
 
-The command listener trusts the gateway's identity headers because nothing else can reach that
-port: a port of its own (not the metrics port the TSDB reaches), admitted by this NetworkPolicy
-from the ``api-gateway`` pods alone, and the gateway's own egress policy to it.
+The command listener trusts the gateway's identity headers because only the gateway can send
+them: it serves HTTPS with the server certificate ``northbound-commands-tls`` (platform PKI, the
+Service's DNS names) and requires a client certificate of the platform CA bundle (that Secret's
+``ca.crt``) whose CN is the gateway's (``caller_identity``, ``ems-api-gateway``); any other
+certificate gets 403, none a refused handshake. Defence in depth: the port is one of its own (not
+the metrics port the TSDB reaches), admitted by this NetworkPolicy from the ``api-gateway`` pods
+alone, and the gateway's own egress policy to it. The listener re-reads the mounted Secret when
+the kubelet updates it (certificate rotation without a restart).
 
 One replica and the ``Recreate`` strategy: two clients would register, mirror and command the
 same sites twice, so an update stops the old pod before the new one starts. Readiness is
@@ -27,6 +32,8 @@ client's own parser in the tests):
     /etc/ems/northbound/client/tls.*        Secret: the 2030.5 client certificate and key — an existing
                                             Secret (``client_secret``) or one made from secret config
     /etc/ems/northbound/broker/{ca.crt,tls.*}  Secret ``edge-<identity>-tls`` from the platform PKI
+    /etc/ems/northbound/commands-tls/{ca.crt,tls.*}  Secret ``northbound-commands-tls``: the command
+                                            listener's server certificate and the CA bundle of its callers
 """
 
 from __future__ import annotations
@@ -51,6 +58,10 @@ COMMAND_PORT = NORTHBOUND_COMMAND_PORT
 """``/v1/commands`` behind the API gateway (the policy pack's named internal port ``northbound-commands``)."""
 MQTTS_PORT = 8883
 BASE = "/etc/ems/northbound"
+COMMANDS_SERVICE = f"{APP}-commands"
+"""The command Service's name (its DNS names are the SANs of the listener's certificate)."""
+COMMANDS_TLS_SECRET = f"{APP}-commands-tls"
+"""The platform PKI's Secret of the command listener's server certificate (``tls.crt``, ``tls.key``, ``ca.crt``)."""
 
 
 def northbound_metrics_target(namespace: str) -> str:
@@ -60,11 +71,12 @@ def northbound_metrics_target(namespace: str) -> str:
 
 def northbound_commands_host(namespace: str) -> str:
     """DNS name of the command Service (``northbound-commands``) in ``namespace``: the API gateway's upstream."""
-    return f"{APP}-commands.{namespace}.svc.cluster.local"
+    return f"{COMMANDS_SERVICE}.{namespace}.svc.cluster.local"
 
 
-def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: str) -> str:
-    """The pod's ``northbound.toml``: the server, the client certificate, the broker and one table per site."""
+def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: str, caller_identity: str) -> str:
+    """The pod's ``northbound.toml``: the server, the client certificate, the broker, the command listener (mTLS,
+    serving only ``caller_identity``'s certificate) and one table per site."""
     q = json.dumps
     lines = [
         "[server]", f"url = {q(settings.server_url)}", f"dcap = {q(settings.dcap)}", f"ca = {q(BASE + '/utility/ca.crt')}",
@@ -72,7 +84,9 @@ def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: s
         "", "[broker]", f"host = {q(broker_host)}", f"port = {MQTTS_PORT}", f"ca = {q(BASE + '/broker/ca.crt')}",
         f"cert = {q(BASE + '/broker/tls.crt')}", f"key = {q(BASE + '/broker/tls.key')}", f"client_id = {q(client_id)}",
         "", "[http]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
-        "[operator_api]", 'host = "0.0.0.0"', f"port = {COMMAND_PORT}", "",
+        "[operator_api]", 'host = "0.0.0.0"', f"port = {COMMAND_PORT}", f"cert = {q(BASE + '/commands-tls/tls.crt')}",
+        f"key = {q(BASE + '/commands-tls/tls.key')}", f"client_ca = {q(BASE + '/commands-tls/ca.crt')}",
+        f"client_cns = [{q(caller_identity)}]", "",
     ]
     for site in settings.sites:
         lines += [f"[sites.{site}]", ""]
@@ -93,6 +107,11 @@ class NorthboundArgs:
     """``kubernetes.io/tls`` Secret (tls.crt, tls.key, ca.crt) of the north-bound identity towards the broker."""
     identity: str
     """Its certificate CN at the broker (= MQTT username and client id), e.g. ``ems-northbound``."""
+    commands_tls_secret: pulumi.Input[str]
+    """``kubernetes.io/tls`` Secret (tls.crt, tls.key, ca.crt) of the command listener: its server certificate for
+    the command Service's DNS names, and the CA bundle its callers' certificates must chain to."""
+    caller_identity: str
+    """The only client-certificate CN the command listener serves: the API gateway's, e.g. ``ems-api-gateway``."""
     resources: Resources = Resources("50m", "64Mi", "500m", "256Mi")
     """Container requests/limits. Defaults to 50m/64Mi, limits 0.5 CPU/256Mi."""
 
@@ -119,7 +138,7 @@ class NorthboundClient(pulumi.ComponentResource):
     def __init__(self, name: str, args: NorthboundArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_args(name, args)
         s = args.settings
-        conf_text = northbound_toml(s, args.broker_host, args.identity)
+        conf_text = northbound_toml(s, args.broker_host, args.identity, args.caller_identity)
         super().__init__("ems:workloads:NorthboundClient", name, None, opts)
         o = child(self)
         ns = args.namespace
@@ -143,7 +162,7 @@ class NorthboundClient(pulumi.ComponentResource):
                   "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
             opts=o)
         commands = k8s.core.v1.Service(
-            f"{name}-commands", metadata=metadata(f"{APP}-commands", ns, APP),
+            f"{name}-commands", metadata=metadata(COMMANDS_SERVICE, ns, APP),
             spec={"type": "ClusterIP", "selector": selector(APP),
                   "ports": [{"name": "northbound-commands", "port": COMMAND_PORT, "targetPort": "commands",
                              "protocol": "TCP"}]},
@@ -153,7 +172,7 @@ class NorthboundClient(pulumi.ComponentResource):
             args=["run", "--config", f"{BASE}/config/northbound.toml"],
             ports=[("metrics", METRICS_PORT), ("commands", COMMAND_PORT)],
             mounts=[("config", BASE + "/config"), ("utility-ca", BASE + "/utility"), ("client-tls", BASE + "/client"),
-                    ("broker-tls", BASE + "/broker")],
+                    ("broker-tls", BASE + "/broker"), ("commands-tls", BASE + "/commands-tls")],
             probe_port=METRICS_PORT, probe_path="/healthz",
         )
         deployment = k8s.apps.v1.Deployment(
@@ -168,7 +187,8 @@ class NorthboundClient(pulumi.ComponentResource):
                                      volumes=[config_volume("config", conf.metadata.name),
                                               config_volume("utility-ca", utility_ca.metadata.name),
                                               secret_volume("client-tls", client_secret),
-                                              secret_volume("broker-tls", args.broker_tls_secret)]),
+                                              secret_volume("broker-tls", args.broker_tls_secret),
+                                              secret_volume("commands-tls", args.commands_tls_secret)]),
                 },
             },
             opts=o)

@@ -23,7 +23,10 @@ from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_id
 from components.k8s_common import ComponentArgsError, child, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
-from components.northbound import NorthboundArgs, NorthboundClient, northbound_commands_host, northbound_metrics_target
+from components.northbound import (
+    COMMANDS_SERVICE as NORTHBOUND_COMMANDS, COMMANDS_TLS_SECRET as NORTHBOUND_COMMANDS_TLS, NorthboundArgs,
+    NorthboundClient, northbound_commands_host, northbound_metrics_target,
+)
 from components.pki import ClientCert, Pki, PkiArgs, ServerCert, tls_digest
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
@@ -125,6 +128,8 @@ class EmsPlatform(pulumi.ComponentResource):
                            (*s.api_hostnames, *svc_names("api-gateway")), "api-gateway-tls"),
                 ServerCert("metrics-adapter", f"metrics-adapter.{ns_name}.svc", svc_names("metrics-adapter"), "metrics-adapter-tls"),
                 ServerCert("twin-api", f"twin-api.{ns_name}.svc", svc_names("twin-api"), "twin-api-tls"),
+                *((ServerCert("northbound-commands", f"{NORTHBOUND_COMMANDS}.{ns_name}.svc", svc_names(NORTHBOUND_COMMANDS),
+                              NORTHBOUND_COMMANDS_TLS),) if s.northbound else ()),
             ),
             edge_sites=s.edge_sites,
             service_clients=(ClientCert("api-gateway-client", gateway_identity, "api-gateway-client-tls"),),
@@ -210,7 +215,7 @@ class EmsPlatform(pulumi.ComponentResource):
             NorthboundClient(f"{name}-northbound", NorthboundArgs(
                 namespace=namespace, image=s.images.northbound, settings=s.northbound,
                 broker_host=f"broker.{ns_name}.svc.cluster.local", broker_tls_secret=f"edge-{northbound_identity}-tls",
-                identity=northbound_identity,
+                identity=northbound_identity, commands_tls_secret=NORTHBOUND_COMMANDS_TLS, caller_identity=gateway_identity,
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.grafana.enabled:      # behind the gateway at /grafana/, users from its auth-proxy headers
             api_host = s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc"

@@ -131,6 +131,21 @@ class Section:
                 raise self.error(self.at(key), value, "must be an existing file")
         return path
 
+    def common_names(self, key: str, ca_key: str, *, required: bool = False) -> tuple[str, ...]:
+        """1..16 distinct certificate CNs (1..64 printable characters, X.509's bound); they need ``ca_key`` set too."""
+        value = self.get(key, required)
+        if value is None:
+            return ()
+        rule = "must be a list of 1..16 distinct certificate CNs of 1..64 printable characters"
+        if not isinstance(value, list) or not 1 <= len(value) <= 16 or len(set(map(repr, value))) != len(value):
+            raise self.error(self.at(key), value, rule)
+        for i, cn in enumerate(value):
+            if not isinstance(cn, str) or not 1 <= len(cn) <= 64 or not cn.isprintable():
+                raise self.error(f"{self.at(key)}[{i}]", cn, rule)
+        if ca_key not in self.table:
+            raise self.error(self.at(key), value, f"needs {self.at(ca_key)} (the CA that signs those certificates)")
+        return tuple(value)
+
     def url(self, key: str, default: str | None = None, *, required: bool = False) -> str:
         """An http:// or https:// URL with a host (``config_file.url_problem``)."""
         value = self.get(key, required)

@@ -1,7 +1,8 @@
 """Plumbing every EMS process shares (the edge agent, the ingest, the north-bound client).
 
 ``status_http``: the metrics-and-health HTTP endpoint; ``tls``: the broker client
-context; ``log_setup``: the command lines' logging; ``file_watch``: certificate
+context; ``server_tls``: an HTTPS listener's certificate, client-certificate rule and
+rotation; ``log_setup``: the command lines' logging; ``file_watch``: certificate
 rotation checks; ``cert_expiry``, ``sqlite``, ``version``. Runtime dependencies
 only (prometheus-client), never pulumi.
 

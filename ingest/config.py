@@ -244,22 +244,6 @@ def _roles(section: Section, key: str, default: tuple[tuple[str, str], ...]) -> 
     return tuple(value.items())
 
 
-def _client_cns(twin: Section) -> tuple[str, ...]:
-    """``client_cns``: 1..16 distinct certificate CNs (1..64 printable characters, X.509's bound); needs ``client_ca``."""
-    value = twin.get("client_cns")
-    if value is None:
-        return ()
-    rule = "must be a list of 1..16 distinct certificate CNs of 1..64 printable characters"
-    if not isinstance(value, list) or not 1 <= len(value) <= 16 or len(set(map(repr, value))) != len(value):
-        raise ConfigError(twin.at("client_cns"), value, rule)
-    for i, cn in enumerate(value):
-        if not isinstance(cn, str) or not 1 <= len(cn) <= 64 or not cn.isprintable():
-            raise ConfigError(f"{twin.at('client_cns')}[{i}]", cn, rule)
-    if "client_ca" not in twin.table:
-        raise ConfigError(twin.at("client_cns"), value, "needs twin_api.client_ca (the CA that signs those certificates)")
-    return tuple(value)
-
-
 def _auth(twin: Section) -> AuthSettings | None:
     a = twin.section("auth")
     if a is None:
@@ -355,7 +339,7 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
     if (tw := section("twin_api", required=False)) is not None:
         twin = TwinApiConfig(cert=tw.path("cert", required=True), key=tw.path("key", required=True),
                              host=tw.host("host", TwinApiConfig.host), port=tw.int("port", 443, 0, 65535),
-                             client_ca=tw.path("client_ca"), client_cns=_client_cns(tw),
+                             client_ca=tw.path("client_ca"), client_cns=tw.common_names("client_cns", "client_ca"),
                              client_id=_client_id(tw, "ems-twin-api"),
                              alertmanager_url=tw.url("alertmanager_url"),
                              auth=_auth(tw),

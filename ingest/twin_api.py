@@ -25,7 +25,7 @@ gateway cannot forge those headers. The handshake asks for a certificate without
 requiring one, so the kubelet's HTTPS probes, which have none, still get an answer.
 
 The server certificate rotates without a restart: every ``cert_check_s`` the
-certificate, key (and client CA) files are checked (``ems_runtime.file_watch``);
+certificate, key (and client CA) files are checked (``ems_runtime.server_tls``);
 when their content changed and loads as a matching pair, a new TLS context is
 built and every handshake from then on uses it (the listening socket's SNI
 callback, called for every ClientHello with or without SNI, hands the connection
@@ -50,7 +50,6 @@ import logging
 import queue
 import re
 import signal
-import ssl
 import sys
 import threading
 import time
@@ -65,7 +64,7 @@ from prometheus_client import CollectorRegistry
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
 from ems_runtime.cert_expiry import register_certificates
-from ems_runtime.file_watch import FileSetWatch
+from ems_runtime.server_tls import ServerTls, handshake
 from ems_runtime.status_http import StatusEndpoint
 from ingest import operator_page
 from ingest.config import IngestConfig
@@ -195,8 +194,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         # the TLS handshake runs here, in the request's own thread, not in the accept loop
-        self.request.settimeout(self.timeout)
-        self.request.do_handshake()
+        handshake(self.request, self.timeout)
         super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
@@ -372,18 +370,12 @@ class TwinApi:
         self.alertmanager_url = alertmanager_url
         self.static = operator_page.static_files()
         self.cert, self.key, self.client_ca = Path(cert), Path(key), client_ca
-        if client_cns and client_ca is None:
-            raise ValueError("client_cns needs client_ca: the CA that signs those certificates")
-        self.client_cns = frozenset(client_cns)
+        # Asked for, not required, in the handshake: the probes have none; every other path refuses (refusal()).
+        self.tls = ServerTls(self.cert, self.key, client_ca, client_cns, logger=log)
+        self.client_cns = self.tls.client_cns
         self.cert_check_s = cert_check_s
-        self.certificate_switches = 0
-        self._tls_watch = FileSetWatch((self.cert, self.key) + ((Path(client_ca),) if client_ca else ()))
-        self._context = self._tls_watch.load(self._server_context)
-        listening = self._server_context()
-        listening.sni_callback = self._choose_context
         self._server = _Server((host, port), _Handler, bind_and_activate=True)
-        self._server.socket = listening.wrap_socket(self._server.socket, server_side=True,
-                                                    do_handshake_on_connect=False)
+        self.tls.install(self._server)
         self._server.api = self
         self._server.slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
@@ -393,69 +385,25 @@ class TwinApi:
     def port(self) -> int:
         return self._server.server_address[1]
 
-    # -- server certificate rotation ---------------------------------------------------------------
-    def _server_context(self) -> ssl.SSLContext:
-        """A server context with the certificate and key (and client CA) on disk now; raises on a bad pair."""
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.cert), str(self.key))
-        if self.client_ca is not None:
-            # Asked for, not required, in the handshake: the probes have none; every other path refuses (refusal()).
-            # A certificate that is presented must verify against client_ca (a bundle during a CA rotation).
-            context.load_verify_locations(str(self.client_ca))
-            context.verify_mode = ssl.CERT_OPTIONAL
-        return context
+    @property
+    def certificate_switches(self) -> int:
+        return self.tls.certificate_switches
 
     def refusal(self, peer: dict[str, Any] | None) -> str | None:
-        """Why a caller whose verified certificate is ``peer`` (None or empty: none) may not be served, or None."""
-        if self.client_ca is None:
-            return None
-        if not peer:
-            return "a client certificate is required (the API gateway's)"
-        if self.client_cns:
-            names = [value for rdn in peer.get("subject", ()) for key, value in rdn if key == "commonName"]
-            if not names or names[-1] not in self.client_cns:
-                return f"certificate CN {shown(names[-1] if names else '')} may not call this API"
-        return None
-
-    def _choose_context(self, connection: ssl.SSLObject, server_name: str | None,
-                        listening: ssl.SSLContext) -> None:
-        # Every handshake gets the context loaded last (an attribute read: no lock needed).
-        connection.context = self._context
+        """Why a caller whose verified certificate is ``peer`` may not be served, or None (``ServerTls.refusal``)."""
+        return self.tls.refusal(peer)
 
     def check_certificate(self) -> bool:
-        """Load the server certificate and key on disk if they changed; True when new handshakes use them.
-
-        A changed pair that does not load is logged once per state of the files and the loaded one kept.
-        """
-        try:
-            context = self._tls_watch.poll(self._server_context)
-        except (OSError, ssl.SSLError) as exc:
-            log.warning("server certificate %s and key %s changed but cannot be used (not a readable, matching "
-                        "PEM pair: %s); keeping the loaded certificate", self.cert, self.key,
-                        getattr(exc, "reason", None) or exc.strerror or exc)
-            return False
-        if context is None:
-            return False
-        self._context = context
-        self.certificate_switches += 1
-        log.info("server certificate %s and key %s changed; new connections use them", self.cert, self.key)
-        return True
-
-    def _watch_certificate(self) -> None:
-        while not self._stop.wait(self.cert_check_s):
-            try:
-                self.check_certificate()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
-                log.exception("server certificate check failed")
+        """Load the server certificate, key and client CA on disk if they changed (``ServerTls.check``)."""
+        return self.tls.check()
 
     def start(self) -> None:
         self.link.start()
         self._threads = [threading.Thread(target=self._consume, name="twin-consume", daemon=True),
                          threading.Thread(target=self._server.serve_forever, name="twin-http", daemon=True)]
         if self.cert_check_s > 0:
-            self._threads.append(threading.Thread(target=self._watch_certificate, name="twin-tls-watch",
-                                                  daemon=True))
+            self._threads.append(threading.Thread(target=self.tls.watch, args=(self._stop, self.cert_check_s),
+                                                  name="twin-tls-watch", daemon=True))
         for thread in self._threads:
             thread.start()
 

@@ -45,9 +45,14 @@ has the full table)::
     host = "0.0.0.0"
     port = 9110               # /metrics and /healthz
 
-    [operator_api]            # optional, needs [broker]: POST /v1/commands behind the API gateway
+    [operator_api]            # optional, needs [broker]: POST /v1/commands behind the API gateway, over mTLS
     host = "0.0.0.0"          # a port of its own: NetworkPolicy lets only the gateway's pods reach it
     port = 8444
+    cert = "/etc/ems/northbound/commands-tls/tls.crt"   # required: its server certificate (platform PKI)
+    key = "/etc/ems/northbound/commands-tls/tls.key"    # required
+    client_ca = "/etc/ems/northbound/commands-tls/ca.crt"   # required: the platform CA bundle callers must chain to
+    client_cns = ["ems-api-gateway"]    # required: the only certificate CNs served (the API gateway's)
+    cert_check_s = 5          # the files are re-read when they change (Secret rotation), without a restart
     default_ttl_s = 300       # a manual command without ttl_s expires after this
     max_ttl_s = 3600          # the longest ttl_s a request may ask for
 
@@ -75,6 +80,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -82,6 +88,8 @@ from typing import Any, Mapping
 from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text, url_problem
 from ems_contract.config_reader import Section
 from ems_contract.telemetry import valid_id
+from ems_runtime.server_tls import ServerTls
+from ems_runtime.tls import error_reason
 from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
 from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
@@ -90,7 +98,8 @@ from northbound.mirror import READING_KINDS
 
 __all__ = ["NorthboundConfig", "ServerConfig", "ClientConfig", "PollingConfig", "ReadingsConfig", "HttpConfig",
            "BrokerConfig",
-           "SiteConfig", "DerConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError"]
+           "SiteConfig", "DerConfig", "MirrorPoint", "load_config", "parse_config", "ConfigError",
+           "OperatorApiConfig", "operator_tls"]
 
 
 @dataclass(frozen=True)
@@ -150,12 +159,21 @@ class HttpConfig:
 
 @dataclass(frozen=True)
 class OperatorApiConfig:
-    """The manual-command listener (``northbound.operator_api``), reached only through the API gateway."""
+    """The manual-command listener (``northbound.operator_api``), reached only through the API gateway.
 
+    It serves TLS with ``cert``/``key`` and requires a client certificate chaining to ``client_ca`` whose CN is
+    one of ``client_cns`` (the gateway's), so the identity headers it trusts come from the gateway alone.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path
+    client_cns: tuple[str, ...]
     host: str = "0.0.0.0"  # nosec B104 # the gateway reaches the pod IP; NetworkPolicy admits only the gateway
     port: int = 8444
     default_ttl_s: int = 300
     max_ttl_s: int = 3600
+    cert_check_s: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +226,7 @@ class NorthboundConfig:
                  f"commands to mqtts://{self.broker.host}:{self.broker.port} as {self.broker.client_id}"
                  if self.broker else "commands: logged only (no [broker] section)"]
         if self.operator_api is not None:
-            lines.append(f"manual commands on http://{self.operator_api.host}:{self.operator_api.port}/v1/commands "
+            lines.append(f"manual commands on https://{self.operator_api.host}:{self.operator_api.port}/v1/commands "
                          f"(ttl {self.operator_api.default_ttl_s} s, at most {self.operator_api.max_ttl_s} s)")
         for site in self.sites:
             points = [m for m in self.mirror if m.site == site.site]
@@ -385,9 +403,28 @@ def _operator_api(o: Section) -> OperatorApiConfig:
     config = OperatorApiConfig(host=o.host("host", OperatorApiConfig.host),
                                port=o.int("port", OperatorApiConfig.port, 0, 65535),
                                default_ttl_s=o.int("default_ttl_s", min(OperatorApiConfig.default_ttl_s, max_ttl), 1, max_ttl),
-                               max_ttl_s=max_ttl)
+                               max_ttl_s=max_ttl,
+                               cert=o.path("cert", required=True), key=o.path("key", required=True),  # type: ignore[arg-type]
+                               client_ca=o.path("client_ca", required=True),  # type: ignore[arg-type]
+                               client_cns=o.common_names("client_cns", "client_ca", required=True),
+                               cert_check_s=o.float("cert_check_s", OperatorApiConfig.cert_check_s, 0.0, 3600.0))
     o.done()
+    operator_tls(config)                # unreadable or mismatched files: ConfigError
     return config
+
+
+def operator_tls(config: OperatorApiConfig) -> ServerTls:
+    """The listener's TLS from ``config``; ConfigError naming ``operator_api.client_ca`` or ``.cert`` when it does not load."""
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(config.client_ca))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("operator_api.client_ca", config.client_ca,
+                          f"is not a readable PEM CA certificate ({error_reason(exc)})") from exc
+    try:
+        return ServerTls(config.cert, config.key, config.client_ca, config.client_cns, require_client=True)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("operator_api.cert", config.cert, f"and operator_api.key {str(config.key)!r} are not a "
+                          f"readable, matching PEM certificate and key ({error_reason(exc)})") from exc
 
 
 def load_config(path: Path) -> NorthboundConfig:

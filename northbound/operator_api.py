@@ -8,9 +8,12 @@
 
 Who is asking comes only from the API gateway's identity headers (``X-Ems-User``, ``X-Ems-Role``,
 ``X-Ems-Auth``; ``components/api_gateway.py`` sets them after its verifier and drops any copy the
-client sent). They are trusted because this listener is a port of its own that only the gateway's
-pods may reach (the north-bound NetworkPolicy in ``components/northbound.py``), apart from the
-``/metrics`` port the TSDB scrapes. It still refuses what the gateway would never send: no or
+client sent). They are trusted because only the gateway can send them: the listener serves TLS
+(``ems_runtime.server_tls``, certificate rotation included) and its handshake requires a client
+certificate of the platform CA; a certificate whose CN is not in ``client_cns`` (the gateway's
+own, ``ems-api-gateway``) is answered 403 before any header is read. The port is also one of its
+own that only the gateway's pods may reach (the north-bound NetworkPolicy in
+``components/northbound.py``). It still refuses what the gateway would never send: no or
 malformed identity → 401, a role below operator → 403 (the gateway's route already needs
 operator). The issuer (``X-Ems-User``) travels in the command (``Command.issuer``), so the edge
 audits it; user, role and method are logged here with every decision, and
@@ -29,6 +32,7 @@ import concurrent.futures
 import json
 import logging
 import re
+import sys
 import threading
 import time
 import uuid
@@ -38,6 +42,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Awaitable, Callable, Collection
 
 from ems_contract.command import COMMAND_ID_PATTERN, ISSUER_PATTERN, Command, CommandResult
+from ems_runtime.server_tls import ServerTls, handshake
+from ems_runtime.tls import error_reason
 from northbound.commands import Outcome
 from northbound.errors import BrokerError
 from northbound.manual_command import MAX_BODY_BYTES, ManualRequest, RequestError, parse_request
@@ -50,7 +56,7 @@ log = logging.getLogger(__name__)
 MAX_KEPT = 1000
 ROLES = ("viewer", "operator", "admin")
 METHODS = ("mtls", "oidc")
-MANUAL_OUTCOMES = ("published", "bad_request", "unauthenticated", "forbidden", "not_published")
+MANUAL_OUTCOMES = ("published", "bad_request", "unauthenticated", "forbidden", "not_published", "wrong_caller")
 _USER = re.compile(ISSUER_PATTERN)
 _PATH = re.compile(r"^/v1/commands(?:/(?P<id>[^/?]*))?$")
 _ID = re.compile(COMMAND_ID_PATTERN)
@@ -193,13 +199,28 @@ class CommandDesk:
                 "reason": r.reason if r else None, "readback": r.readback if r else None}
 
 
-class OperatorApi:
-    """The HTTP listener in front of a :class:`CommandDesk` (module docstring). ``port`` 0 takes a free port."""
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
 
-    def __init__(self, host: str, port: int, desk: CommandDesk) -> None:
-        self.host, self.requested_port, self.desk = host, port, desk
+    def handle_error(self, request: object, client_address: object) -> None:
+        # A refused handshake (no or a foreign certificate) or a dropped connection: one line, no traceback.
+        exc = sys.exc_info()[1]
+        log.info("operator api: connection from %s failed: %s", client_address, error_reason(exc) if exc else "?")
+
+
+class OperatorApi:
+    """The HTTPS listener in front of a :class:`CommandDesk` (module docstring). ``port`` 0 takes a free port.
+
+    ``tls`` serves the certificate and decides who may call (``ServerTls.refusal``); with ``cert_check_s`` > 0 its
+    files are re-read every that many seconds and a changed, valid set takes over for new connections.
+    """
+
+    def __init__(self, host: str, port: int, desk: CommandDesk, tls: ServerTls, cert_check_s: float = 5.0) -> None:
+        self.host, self.requested_port, self.desk, self.tls = host, port, desk, tls
+        self.cert_check_s = cert_check_s
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
+        self._stop = threading.Event()
 
     @property
     def port(self) -> int:
@@ -207,13 +228,29 @@ class OperatorApi:
         return self._server.server_address[1]
 
     def start(self) -> None:
-        desk = self.desk
+        desk, tls = self.desk, self.tls
 
         class Handler(BaseHTTPRequestHandler):
             timeout = 10                    # a slow client holds a thread at most this long per read
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                handshake(self.request, self.timeout)      # in the request's own thread, not the accept loop
+                super().setup()
+
+            def _refused(self) -> bool:
+                refusal = tls.refusal(self.request.getpeercert())
+                if refusal is None:
+                    return False
+                desk.metrics.manual_commands.labels("none", "wrong_caller").inc()
+                log.warning("operator api: refused %s %s from %s: %s", self.command, self.path[:64],
+                            self.client_address[0], refusal)
+                self._answer(403, {"error": refusal}, close=True)
+                return True
+
             def do_POST(self) -> None:  # noqa: N802 (stdlib name)
+                if self._refused():
+                    return None
                 if self.path != "/v1/commands":
                     return self._answer(*((404, {"error": "no such route"}) if not _PATH.match(self.path)
                                           else (405, {"error": "POST only on /v1/commands"})))
@@ -228,6 +265,8 @@ class OperatorApi:
                 self._answer(*desk.post(self.headers, self.rfile.read(int(length))))
 
             def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+                if self._refused():
+                    return None
                 match = _PATH.match(self.path)
                 if match is None:
                     return self._answer(404, {"error": "no such route"})
@@ -251,13 +290,20 @@ class OperatorApi:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("operator api %s", fmt % args)
 
-        self._server = ThreadingHTTPServer((self.host, self.requested_port), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="operator-api", daemon=True)
-        self._thread.start()
-        log.info("manual commands on http://%s:%d/v1/commands (behind the API gateway)", self.host, self.port)
+        self._server = _Server((self.host, self.requested_port), Handler)
+        self.tls.install(self._server)
+        self._stop.clear()
+        self._threads = [threading.Thread(target=self._server.serve_forever, name="operator-api", daemon=True)]
+        if self.cert_check_s > 0:
+            self._threads.append(threading.Thread(target=self.tls.watch, args=(self._stop, self.cert_check_s),
+                                                  name="operator-api-tls-watch", daemon=True))
+        for thread in self._threads:
+            thread.start()
+        log.info("manual commands on https://%s:%d/v1/commands (behind the API gateway; client certificates: %s)",
+                 self.host, self.port, ", ".join(sorted(self.tls.client_cns)) or "any of the CA")
 
     def stop(self) -> None:
+        self._stop.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

@@ -32,7 +32,7 @@ SETTINGS = NorthboundSettings(server_url="https://dercs.utility.example.net", se
                               utility_ca_certificate=CA, sites=("sub-01", "sub-02"), client_secret="utility-client")
 ARGS = dict(namespace="ems", image="ghcr.io/ems-platform/northbound:0.1.0", settings=SETTINGS,
             broker_host="broker.ems.svc.cluster.local", broker_tls_secret="edge-ems-northbound-tls",
-            identity="ems-northbound")
+            identity="ems-northbound", commands_tls_secret="northbound-commands-tls", caller_identity="ems-api-gateway")
 
 
 @pytest.fixture(autouse=True)
@@ -84,6 +84,9 @@ def test_children_probes_and_network_policy() -> None:
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["client-tls"]["secret"]["secretName"] == "utility-client"
     assert volumes["broker-tls"]["secret"]["secretName"] == "edge-ems-northbound-tls"
+    # The command listener's server certificate and its callers' CA bundle, from the platform PKI.
+    assert volumes["commands-tls"]["secret"]["secretName"] == "northbound-commands-tls"
+    assert {"name": "commands-tls", "mountPath": f"{BASE}/commands-tls", "readOnly": True} in c["volumeMounts"]
     assert pod["automountServiceAccountToken"] is False
     np, gateway_np = MOCKS.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     assert np.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"]
@@ -105,7 +108,8 @@ def test_children_probes_and_network_policy() -> None:
                                                  "targetPort": "commands", "protocol": "TCP"}]
     configs = {r.inputs["metadata"]["name"]: r.inputs["data"] for r in MOCKS.of_type("kubernetes:core/v1:ConfigMap")}
     assert configs["northbound-utility-ca"] == {"ca.crt": CA}
-    assert configs["northbound-config"]["northbound.toml"] == northbound_toml(SETTINGS, ARGS["broker_host"], "ems-northbound")
+    assert configs["northbound-config"]["northbound.toml"] == northbound_toml(SETTINGS, ARGS["broker_host"], "ems-northbound",
+                                                                                  "ems-api-gateway")
 
 
 def test_a_client_certificate_from_secret_config_becomes_a_secret_resource() -> None:
@@ -133,8 +137,10 @@ def test_generated_config_is_accepted_by_the_clients_own_parser(tmp_path: Path) 
     broker_pair, client_pair = pki.client("ems-northbound"), pki.client("utility-client")
     files = {f"{BASE}/utility/ca.crt": pki.ca, f"{BASE}/client/tls.crt": client_pair.cert,
              f"{BASE}/client/tls.key": client_pair.key, f"{BASE}/broker/ca.crt": pki.ca,
-             f"{BASE}/broker/tls.crt": broker_pair.cert, f"{BASE}/broker/tls.key": broker_pair.key}
-    text = northbound_toml(SETTINGS, "broker.ems.svc.cluster.local", "ems-northbound")
+             f"{BASE}/broker/tls.crt": broker_pair.cert, f"{BASE}/broker/tls.key": broker_pair.key,
+             f"{BASE}/commands-tls/tls.crt": pki.server.cert, f"{BASE}/commands-tls/tls.key": pki.server.key,
+             f"{BASE}/commands-tls/ca.crt": pki.ca}
+    text = northbound_toml(SETTINGS, "broker.ems.svc.cluster.local", "ems-northbound", "ems-api-gateway")
     for path, real in files.items():
         assert f'"{path}"' in text, path
         text = text.replace(f'"{path}"', json.dumps(str(real)))
@@ -143,6 +149,8 @@ def test_generated_config_is_accepted_by_the_clients_own_parser(tmp_path: Path) 
     assert config.broker is not None and (config.broker.host, config.broker.port, config.broker.client_id) == (
         "broker.ems.svc.cluster.local", 8883, "ems-northbound")
     assert [s.site for s in config.sites] == ["sub-01", "sub-02"] and config.http.port == METRICS_PORT
+    assert config.operator_api is not None and (config.operator_api.port, config.operator_api.client_cns) == (
+        COMMAND_PORT, ("ems-api-gateway",))
 
 
 PRIVATE = {"ems:cloud": "private", "ems:storageProvisioner": "csi.example.com", "ems:edgeSites": ["sub-01", "sub-02"]}

@@ -111,11 +111,13 @@ def alertmanager(tmp_path: Path) -> Iterator[AlertmanagerServer]:
 @pytest.fixture
 def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issuer: OidcIssuer,
                     limited_prometheus: PrometheusServer, alertmanager: AlertmanagerServer) -> Iterator[Callable[..., Gateway]]:
-    """``gateway_factory(northbound=None, **settings)`` → a started gateway whose ``GatewayAuthSettings`` are overridden
-    by ``settings``; ``northbound`` is the upstream of the manual-command route (none: the route is 404)."""
+    """``gateway_factory(northbound=None, upstream_client=None, **settings)`` → a started gateway whose
+    ``GatewayAuthSettings`` are overridden by ``settings``; ``northbound`` is the upstream of the manual-command route
+    (none: the route is 404); ``upstream_client`` the CN of the client certificate nginx presents to HTTPS upstreams
+    (none: no certificate)."""
     running: list[tuple[TwinApi, NginxGateway]] = []
 
-    def start(*, northbound: Upstream | None = None, **overrides: object) -> Gateway:
+    def start(*, northbound: Upstream | None = None, upstream_client: str | None = None, **overrides: object) -> Gateway:
         auth = gateway_settings(issuer, **overrides)
         n = len(running)
         pair = pki.client(f"twin-api-{n}")
@@ -128,13 +130,21 @@ def gateway_factory(tmp_path: Path, pki: LocalPki, broker: MosquittoBroker, issu
         tls_dir.mkdir(parents=True)
         for source, target in ((pki.server.cert, "tls.crt"), (pki.server.key, "tls.key"), (pki.ca, "ca.crt")):
             shutil.copy(source, tls_dir / target)
+        upstream_dir = None
+        if upstream_client is not None:       # laid out as the pod mounts api-gateway-client-tls
+            upstream_dir = tmp_path / f"gateway{n}" / "upstream-tls"
+            upstream_dir.mkdir()
+            client = pki.client(upstream_client)
+            shutil.copy(client.cert, upstream_dir / "tls.crt")
+            shutil.copy(client.key, upstream_dir / "tls.key")
         port = free_port()
         plan = NginxPlan(auth=auth, tsdb=Upstream("127.0.0.1", limited_prometheus.port),
                          twin_api=Upstream("127.0.0.1", twin.port, "localhost"),
                          alertmanager=Upstream("127.0.0.1", alertmanager.port), northbound=northbound,
                          listen=f"127.0.0.1:{port}",
                          tls_dir=str(tls_dir), tmp_dir=str(tmp_path / f"gateway{n}"), worker_processes="1",
-                         user="root" if os.geteuid() == 0 else None)
+                         user="root" if os.geteuid() == 0 else None,
+                         upstream_client_dir=str(upstream_dir) if upstream_dir else None)
         nginx = NginxGateway(tmp_path / f"gateway{n}", nginx_config(plan), port)
         try:
             nginx.start()

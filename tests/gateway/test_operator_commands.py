@@ -6,7 +6,9 @@ a real edge agent process → a Modbus write at the pymodbus simulator, read bac
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
+import ssl
 import threading
 import time
 import tomllib
@@ -19,7 +21,7 @@ import pytest
 from components.api_gateway import Upstream
 from devenv.demo_edge import AgentProcess, Observer, write_agent_config
 from devenv.mosquitto import free_port
-from devenv.pki import CertPair, LocalPki
+from devenv.pki import CertPair, LocalPki, make_pki
 from devenv.sep2_server import Sep2TestServer
 from edge_agent.audit import decode_record
 from ems_contract.telemetry import status_topic
@@ -35,6 +37,7 @@ from tests.northbound.test_service import POLLING
 pytestmark = pytest.mark.integration
 
 JSON = {"Content-Type": "application/json"}
+GATEWAY_CN = "ems-api-gateway"      # the gateway's client certificate (components/platform.py), the listener's only caller
 
 
 def _until(condition: Callable[[], Any], timeout: float, what: str, tail: Callable[[], str] = lambda: "") -> Any:
@@ -91,6 +94,10 @@ key = "{aggregator.key}"
 host = "127.0.0.1"
 port = {operator_port}
 max_ttl_s = 600
+cert = "{pki.server.cert}"
+key = "{pki.server.key}"
+client_ca = "{pki.ca}"
+client_cns = ["{GATEWAY_CN}"]
 {POLLING}
 [sites.{SITE}]
 """)
@@ -125,6 +132,11 @@ def _post(gw: Gateway, doc: object, raw: bytes | None = None, **who: Any) -> tup
     return status, json.loads(body) if body.startswith(b"{") else {"raw": body[:200]}
 
 
+def _listener(path: ControlPath) -> Upstream:
+    """The command listener as nginx reaches it: HTTPS, its certificate verified for the name ``localhost``."""
+    return Upstream("127.0.0.1", path.operator_port, "localhost")
+
+
 def _outcome(gw: Gateway, command_id: str, path: ControlPath, **who: Any) -> dict[str, Any]:
     def answered() -> dict[str, Any] | None:
         status, body, _ = gw.get(f"/v1/commands/{command_id}", **who)
@@ -137,7 +149,7 @@ def _outcome(gw: Gateway, command_id: str, path: ControlPath, **who: Any) -> dic
 def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
         gateway_factory: Callable[..., Gateway], control_path: ControlPath) -> None:
     # The command rate limit out of the way here (its own check is below): 100 per second.
-    gw = gateway_factory(northbound=Upstream("127.0.0.1", control_path.operator_port), command_rate_per_minute=6000)
+    gw = gateway_factory(northbound=_listener(control_path), upstream_client=GATEWAY_CN, command_rate_per_minute=6000)
     otto = gw.cert("otto", "operator")
     # A client's own identity headers are dropped by the gateway: the issuer is who authenticated.
     forged = {"X-Ems-User": "mallory", "X-Ems-Role": "admin", "X-Ems-Auth": "mtls"}
@@ -207,7 +219,7 @@ def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
         "ems_northbound_manual_commands_total", {"role": "operator", "outcome": "bad_request"}) == 16
 
     # A client gets few commands a minute (here 1, burst 5), without holding back its reads or other clients.
-    limited = gateway_factory(northbound=Upstream("127.0.0.1", control_path.operator_port), command_rate_per_minute=1)
+    limited = gateway_factory(northbound=_listener(control_path), upstream_client=GATEWAY_CN, command_rate_per_minute=1)
     greedy = limited.cert("greedy", "operator")
     statuses = [limited.get("/v1/commands/0123abcd", cert=greedy)[0] for _ in range(10)]
     assert statuses[:6] == [404] * 6 and statuses.count(429) >= 3, statuses
@@ -220,3 +232,57 @@ def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
     issuers = {r.get("issuer") for r in records if r.get("k") == "cmd" and "issuer" in r}
     assert issuers == {"cert:otto", "olga", "cert:root"}, issuers
 
+
+
+def _direct(path: ControlPath, pki: LocalPki, pair: CertPair | None, method: str, url_path: str,
+            body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    """One request straight to the listener, around the gateway, with forged identity headers."""
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if pair is not None:
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+    conn = http.client.HTTPSConnection("localhost", path.operator_port, timeout=10, context=context)
+    try:
+        conn.request(method, url_path, body=body, headers={**JSON, **FORGED})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read() or b"{}")
+    finally:
+        conn.close()
+
+
+FORGED = {"X-Ems-User": "cert:mallory", "X-Ems-Role": "admin", "X-Ems-Auth": "mtls"}
+
+
+def test_only_the_gateways_certificate_reaches_the_command_listener(
+        gateway_factory: Callable[..., Gateway], control_path: ControlPath, pki: LocalPki, tmp_path: Path) -> None:
+    body = json.dumps({"site": SITE, "control": "exp_lim_w", "value": 9000}).encode()
+    published = control_path.service.metrics.command_publishes.labels("ok")._value.get()
+    # Around the gateway: no certificate, or one of another CA bearing the gateway's CN: the handshake is refused.
+    rogue = make_pki(tmp_path / "rogue", ca_name="rogue-ca").client(GATEWAY_CN)
+    for pair in (None, rogue):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _direct(control_path, pki, pair, "POST", "/v1/commands", body)
+    # Valid certificates of the platform CA that are not the gateway's (an operator's, an admin's, a site's, the
+    # north-bound's own broker identity): 403 whatever identity headers they forge, nothing published.
+    for who in (pki.client("otto", "operator"), pki.client("root", "admin"), pki.client(SITE), pki.client("ems-northbound")):
+        for method, url_path, data in (("POST", "/v1/commands", body), ("GET", "/v1/commands/0123abcd", None)):
+            status, doc = _direct(control_path, pki, who, method, url_path, data)
+            assert status == 403 and "may not call" in doc.get("error", ""), (who.cert.name, method, status, doc)
+    assert control_path.service.metrics.registry.get_sample_value(
+        "ems_northbound_manual_commands_total", {"role": "none", "outcome": "wrong_caller"}) == 8
+
+    # A gateway that does not present its certificate gets nothing from the listener, and neither does its caller.
+    without = gateway_factory(northbound=_listener(control_path))
+    otto = without.cert("otto", "operator")
+    assert _post(without, {"site": SITE, "control": "exp_lim_w", "value": 9000}, cert=otto)[0] == 502
+    # nginx verifies the listener's certificate: one that does not name the upstream is refused (502), nothing sent.
+    misnamed = gateway_factory(northbound=Upstream("127.0.0.1", control_path.operator_port, "northbound.elsewhere"),
+                               upstream_client=GATEWAY_CN)
+    assert _post(misnamed, {"site": SITE, "control": "exp_lim_w", "value": 9000}, cert=misnamed.cert("otto", "operator"))[0] == 502
+    assert control_path.service.metrics.command_publishes.labels("ok")._value.get() == published
+
+    # Through the real gateway with its certificate, the same operator is served.
+    gw = gateway_factory(northbound=_listener(control_path), upstream_client=GATEWAY_CN)
+    status, doc = _post(gw, {"site": SITE, "control": "exp_lim_w", "value": 9000}, cert=otto, headers=FORGED)
+    assert status == 202 and (doc["issuer"], doc["role"]) == ("cert:otto", "operator"), doc
+    assert _outcome(gw, doc["id"], control_path, cert=otto)["status"] == "applied"
+    assert control_path.setpoint() == 9000.0

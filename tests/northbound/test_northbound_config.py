@@ -143,3 +143,54 @@ def test_a_file_path_with_a_nul_is_a_config_error(tmp_path: Path, pki: LocalPki,
     missing = CertPair(Path("nope\\u0000.crt"), aggregator.key)      # TOML's escape: the path holds a NUL
     with pytest.raises(ConfigError, match=r"^client.cert must be a file path of 1..4096 printable characters"):
         load_config(write_config(tmp_path / "nb.toml", pki, missing))
+
+
+def _operator_config(tmp_path: Path, pki: LocalPki, aggregator: CertPair, operator_api: str) -> Path:
+    path = write_config(tmp_path / "nb.toml", pki, aggregator)
+    broker = f'[broker]\nhost = "127.0.0.1"\nca = "{pki.ca}"\ncert = "{aggregator.cert}"\nkey = "{aggregator.key}"\n'
+    path.write_text(path.read_text().replace("[sites.sub-07]", f"{broker}\n[operator_api]\n{operator_api}\n[sites.sub-07]"))
+    return path
+
+
+def test_the_operator_api_serves_mtls_to_the_listed_cns(tmp_path: Path, pki: LocalPki, aggregator: CertPair) -> None:
+    tls = (f'cert = "{pki.server.cert}"\nkey = "{pki.server.key}"\nclient_ca = "{pki.ca}"\n'
+           f'client_cns = ["ems-api-gateway"]\n')
+    config = load_config(_operator_config(tmp_path, pki, aggregator, tls)).operator_api
+    assert config is not None
+    assert (config.cert, config.key, config.client_ca, config.client_cns, config.cert_check_s) == \
+        (pki.server.cert, pki.server.key, pki.ca, ("ems-api-gateway",), 5.0)
+
+
+@pytest.mark.parametrize(("drop", "message"), [
+    ("cert", r"^operator_api\.cert is required \(got None\)$"),
+    ("key", r"^operator_api\.key is required \(got None\)$"),
+    ("client_ca", r"^operator_api\.client_ca is required \(got None\)$"),
+    ("client_cns", r"^operator_api\.client_cns is required \(got None\)$"),
+])
+def test_the_operator_api_has_no_plain_http(tmp_path: Path, pki: LocalPki, aggregator: CertPair, drop: str,
+                                            message: str) -> None:
+    settings = {"cert": f'"{pki.server.cert}"', "key": f'"{pki.server.key}"', "client_ca": f'"{pki.ca}"',
+                "client_cns": '["ems-api-gateway"]'}
+    del settings[drop]
+    text = "".join(f"{k} = {v}\n" for k, v in settings.items())
+    with pytest.raises(ConfigError, match=message):
+        load_config(_operator_config(tmp_path, pki, aggregator, text))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ({"client_cns": "[]"}, r"^operator_api\.client_cns must be a list of 1\.\.16 distinct certificate CNs"),
+    ({"client_cns": '["ok", "bad\\nname"]'}, r"^operator_api\.client_cns\[1\] must be a list"),
+    ({"key": "KEY_OF_ANOTHER"}, r"^operator_api\.cert and operator_api\.key '.*' are not a readable, matching PEM "
+                                r"certificate and key \(.+\) \(got '.*'\)$"),
+    ({"client_ca": "NOT_A_CA"}, r"^operator_api\.client_ca is not a readable PEM CA certificate \(.+\) \(got '.*'\)$"),
+    ({"cert_check_s": "-1"}, r"^operator_api\.cert_check_s must be a number 0\.0\.\.3600\.0 \(got -1\)$"),
+])
+def test_operator_api_tls_errors_name_the_field(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
+                                                override: dict[str, str], message: str) -> None:
+    (tmp_path / "not-a-ca.pem").write_text("not a certificate\n")
+    files = {"KEY_OF_ANOTHER": f'"{aggregator.key}"', "NOT_A_CA": f'"{tmp_path / "not-a-ca.pem"}"'}
+    settings = {"cert": f'"{pki.server.cert}"', "key": f'"{pki.server.key}"', "client_ca": f'"{pki.ca}"',
+                "client_cns": '["ems-api-gateway"]'}
+    settings.update({k: files.get(v, v) for k, v in override.items()})
+    with pytest.raises(ConfigError, match=message):
+        load_config(_operator_config(tmp_path, pki, aggregator, "".join(f"{k} = {v}\n" for k, v in settings.items())))

@@ -6,17 +6,23 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import shutil
+import ssl
 import threading
+import time
 from typing import Any, Iterator
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from devenv.pki import CertPair, LocalPki, make_pki
 from ems_contract.command import CONTROLS, MAX_WATTS, Command, CommandResult, decode_command, encode_command
 from northbound.commands import Outcome
 from northbound.errors import BrokerError
 from northbound.manual_command import FIELDS, MAX_BODY_BYTES, ManualRequest, RequestError, parse_request
 from northbound.metrics import NorthboundMetrics
+from ems_runtime.server_tls import ServerTls
 from northbound.operator_api import CommandDesk, OperatorApi
 
 SITES = ("sub-07", "sub-08")
@@ -118,12 +124,27 @@ class _Sink:
         self.issued.append(command)
 
 
-@pytest.fixture
-def listener() -> Iterator[tuple[OperatorApi, _Sink, NorthboundMetrics]]:
-    sink, metrics = _Sink(), NorthboundMetrics()
-    desk = CommandDesk(issue=sink.issue, loop=sink.loop, sites=SITES, metrics=metrics, default_ttl_s=300,
+GATEWAY_CN = "ems-api-gateway"
+
+
+def _desk(sink: _Sink, metrics: NorthboundMetrics) -> CommandDesk:
+    return CommandDesk(issue=sink.issue, loop=sink.loop, sites=SITES, metrics=metrics, default_ttl_s=300,
                        max_ttl_s=3600, publish_timeout_s=1.0, clock=lambda: 1_764_000_000.0)
-    api = OperatorApi("127.0.0.1", 0, desk)
+
+
+class _Listener(OperatorApi):
+    """The listener under test, with the client context of the gateway's certificate that the calls below use."""
+
+    gateway: ssl.SSLContext
+
+
+@pytest.fixture
+def listener(pki: LocalPki) -> Iterator[tuple[_Listener, _Sink, NorthboundMetrics]]:
+    sink, metrics = _Sink(), NorthboundMetrics()
+    desk = _desk(sink, metrics)
+    tls = ServerTls(pki.server.cert, pki.server.key, pki.ca, (GATEWAY_CN,), require_client=True)
+    api = _Listener("127.0.0.1", 0, desk, tls, cert_check_s=0)
+    api.gateway = _client(pki, pki.client(GATEWAY_CN))
     api.start()
     yield api, sink, metrics
     api.stop()
@@ -134,9 +155,20 @@ def listener() -> Iterator[tuple[OperatorApi, _Sink, NorthboundMetrics]]:
 OPERATOR = {"X-Ems-User": "cert:otto", "X-Ems-Role": "operator", "X-Ems-Auth": "mtls"}
 
 
-def _call(api: OperatorApi, method: str, path: str, body: bytes | None = None,
-          headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
-    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+def _client(pki: LocalPki, pair: CertPair | None) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if pair is not None:
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+    return context
+
+
+def _connection(api: _Listener, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
+    return http.client.HTTPSConnection("localhost", api.port, timeout=10, context=context or api.gateway)
+
+
+def _call(api: _Listener, method: str, path: str, body: bytes | None = None,
+          headers: dict[str, str] | None = None, context: ssl.SSLContext | None = None) -> tuple[int, dict[str, Any]]:
+    conn = _connection(api, context)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
@@ -180,7 +212,7 @@ def test_viewers_bad_bodies_and_broker_refusals_issue_nothing(listener) -> None:
     assert (status, doc["field"], doc["value"]) == (400, "value", "'yes'")
     status, doc = _call(api, "POST", "/v1/commands", b"x" * (MAX_BODY_BYTES + 1), OPERATOR)
     assert (status, doc["field"]) == (413, "body")
-    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    conn = _connection(api)
     conn.putrequest("POST", "/v1/commands")
     for name, value in {**OPERATOR, "Transfer-Encoding": "chunked"}.items():
         conn.putheader(name, value)
@@ -194,3 +226,64 @@ def test_viewers_bad_bodies_and_broker_refusals_issue_nothing(listener) -> None:
     status, doc = _call(api, "POST", "/v1/commands", body, OPERATOR)
     assert (status, doc["kind"]) == (503, "no_subscribers")
     assert _call(api, "GET", f"/v1/commands/{doc['id']}", headers=OPERATOR)[1]["status"] == "not_published"
+
+
+def test_only_the_gateways_certificate_is_served_whatever_headers_it_forges(listener, pki, tmp_path) -> None:
+    api, sink, metrics = listener
+    body = b'{"site": "sub-07", "control": "connect", "value": true}'
+    forged = {**OPERATOR, "X-Ems-Role": "admin"}
+    # No certificate, or one of another CA: the handshake itself is refused.
+    for context in (_client(pki, None), _client(pki, make_pki(tmp_path / "rogue", ca_name="rogue-ca").client(GATEWAY_CN))):
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            _call(api, "POST", "/v1/commands", body, forged, context=context)
+    # Plain HTTP is not spoken at all.
+    plain = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    with pytest.raises((http.client.HTTPException, ConnectionError)):
+        plain.request("POST", "/v1/commands", body=body, headers=forged)
+        plain.getresponse()
+    plain.close()
+    # A valid certificate of the platform CA that is not the gateway's (an operator's, a site's, the north-bound's
+    # own): 403 before any header is believed.
+    for who in ("otto", "sub-07", "ems-northbound"):
+        for method, path, data in (("POST", "/v1/commands", body), ("GET", "/v1/commands/abc", None)):
+            status, doc = _call(api, method, path, data, forged, context=_client(pki, pki.client(who, "operator")))
+            assert status == 403 and "may not call" in doc["error"], (who, method, doc)
+    assert sink.issued == []
+    assert metrics.registry.get_sample_value("ems_northbound_manual_commands_total",
+                                             {"role": "none", "outcome": "wrong_caller"}) == 6
+    assert _call(api, "POST", "/v1/commands", body, OPERATOR)[0] == 202          # the gateway's certificate: served
+
+
+def test_a_renewed_server_certificate_serves_new_connections_without_a_restart(pki, tmp_path) -> None:
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"       # as the kubelet projects the Secret
+    shutil.copy(pki.server.cert, cert)
+    shutil.copy(pki.server.key, key)
+    sink = _Sink()
+    api = _Listener("127.0.0.1", 0, _desk(sink, NorthboundMetrics()),
+                    ServerTls(cert, key, pki.ca, (GATEWAY_CN,), require_client=True), cert_check_s=0.05)
+    api.gateway = _client(pki, pki.client(GATEWAY_CN))
+    api.start()
+
+    def served() -> bytes:
+        conn = _connection(api)
+        try:
+            conn.connect()
+            return conn.sock.getpeercert(binary_form=True)  # type: ignore[union-attr]
+        finally:
+            conn.close()
+    try:
+        assert served() == ssl.PEM_cert_to_DER_cert(pki.server.cert.read_text())
+        renewed = pki.server_pair("northbound-commands-renewed")
+        shutil.copy(renewed.key, tmp_path / "next.key")
+        shutil.copy(renewed.cert, tmp_path / "next.crt")
+        os.replace(tmp_path / "next.key", key)
+        os.replace(tmp_path / "next.crt", cert)
+        deadline = time.monotonic() + 20
+        while api.tls.certificate_switches < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert served() == ssl.PEM_cert_to_DER_cert(renewed.cert.read_text())
+        assert _call(api, "GET", "/v1/commands/abc", headers=OPERATOR)[0] == 404       # still the gateway's alone
+    finally:
+        api.stop()
+        sink.loop.call_soon_threadsafe(sink.loop.stop)
+        sink.thread.join(5)

@@ -4,8 +4,10 @@ scraped by the TSDB where it runs (the rendered prometheus.yml checked by promto
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,28 @@ def test_the_gateway_routes_manual_commands_to_it_and_only_the_gateway_reaches_t
     toml = next(c.inputs["data"]["northbound.toml"] for c in ev.of_type("kubernetes:core/v1:ConfigMap")
                 if c.inputs["metadata"]["name"] == "northbound-config")
     assert f"[operator_api]\nhost = \"0.0.0.0\"\nport = {port}" in toml
+    # Over mTLS: nginx verifies the listener's certificate by the Service name and presents its own client certificate;
+    # the listener serves the gateway's CN alone, with the platform PKI's certificate for the command Service.
+    host = f"northbound-commands.{namespace}.svc.cluster.local"
+    [location] = re.findall(r'location ~ "\^/v1/commands[^"]*" \{(.*?)\n        \}', conf, re.S)
+    for directive in ("proxy_pass https://ems_northbound;", "proxy_ssl_verify on;", f"proxy_ssl_name {host};",
+                      "proxy_ssl_trusted_certificate /etc/nginx/tls/ca.crt;",
+                      "proxy_ssl_certificate /etc/nginx/upstream-tls/tls.crt;",
+                      "proxy_ssl_certificate_key /etc/nginx/upstream-tls/tls.key;"):
+        assert directive in location, directive
+    # (tests/components/test_northbound_component.py reads this file with the client's own parser)
+    operator_api = tomllib.loads(toml)["operator_api"]
+    assert (operator_api["client_cns"], operator_api["cert"], operator_api["key"], operator_api["client_ca"]) == (
+        ["ems-api-gateway"], *(f"/etc/ems/northbound/commands-tls/{f}" for f in ("tls.crt", "tls.key", "ca.crt")))
+    [deploy] = [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "northbound"]
+    volumes = {v["name"]: v for v in deploy.inputs["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["commands-tls"]["secret"]["secretName"] == "northbound-commands-tls"
+    [csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.name.endswith("-pki-northbound-commands-csr")]
+    assert host in csr.inputs["dnsNames"]
+    [cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == csr.name.replace("-csr", "-cert")]
+    assert "server_auth" in cert.inputs["allowedUses"]
+    [secret] = [r for r in ev.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == "northbound-commands-tls"]
+    assert secret.inputs["type"] == "kubernetes.io/tls" and secret.inputs["metadata"]["namespace"] == namespace
     [policy] = [p for p in ev.of_type(NP) if p.inputs["metadata"]["name"] == "northbound"]
     [rule] = [r for r in policy.inputs["spec"]["ingress"] if int(r["ports"][0]["port"]) == port]
     assert [peer["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for peer in rule["from"]] == ["api-gateway"]
@@ -112,3 +136,4 @@ def test_no_command_route_without_the_client(name: str) -> None:
     ev = evaluate_stack(name)
     conf = _gateway_conf(ev)
     assert "/v1/commands" not in conf and "northbound" not in conf and "ems_commands" not in conf
+    assert not [r for r in ev.of_type("kubernetes:core/v1:Secret") if r.inputs["metadata"]["name"] == "northbound-commands-tls"]

@@ -586,8 +586,10 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     assert gw_volumes["upstream-tls"]["secret"]["secretName"] == "api-gateway-client-tls"
     [gw_container] = gateway.inputs["spec"]["template"]["spec"]["containers"]
     assert {"name": "upstream-tls", "mountPath": "/etc/nginx/upstream-tls", "readOnly": True} in gw_container["volumeMounts"]
-    assert nginx.count("proxy_ssl_certificate /etc/nginx/upstream-tls/tls.crt;\n") == nginx.count("proxy_pass https://ems_twin_api") >= 3
-    assert nginx.count("proxy_ssl_certificate_key /etc/nginx/upstream-tls/tls.key;\n") == nginx.count("proxy_pass https://ems_twin_api")
+    # (and, where ems:northbound is set, to the north-bound's command listener: every HTTPS upstream gets it)
+    assert nginx.count("proxy_ssl_certificate /etc/nginx/upstream-tls/tls.crt;\n") == nginx.count("proxy_pass https://ems_") >= 3
+    assert nginx.count("proxy_ssl_certificate_key /etc/nginx/upstream-tls/tls.key;\n") == nginx.count("proxy_pass https://ems_")
+    assert nginx.count("proxy_pass https://ems_twin_api") >= 3
     [gw_csr] = [r for r in ev.of_type("tls:index/certRequest:CertRequest") if r.inputs["subject"]["commonName"] == "ems-api-gateway"]
     [gw_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == gw_csr.name.replace("-csr", "-cert")]
     assert "client_auth" in gw_cert.inputs["allowedUses"] and "server_auth" not in gw_cert.inputs["allowedUses"]
