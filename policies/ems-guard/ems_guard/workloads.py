@@ -400,21 +400,27 @@ def registry_allowed(ref: ImageRef, allowed: list[str]) -> bool:
     return False
 
 
-def _image_registry(res: Resource, cfg: dict) -> Iterator[str]:
-    allowed = [str(r) for r in cfg.get("allowedRegistries") or []]
-
+def _for_each_image(res: Resource, check) -> Iterator[str]:
+    """``check(subject, image)`` for every container's non-empty image; an unknown image is reported here,
+    an empty one is left to container-image-pinned."""
     def rule(subject, path, container, _pod, _t):
         image = get(container, "image")
         if image is UNKNOWN:
             yield unknown_message(subject, f"{path}.image")
-            return
-        if not isinstance(image, str) or not image.strip():
-            return  # reported by container-image-pinned
+        elif isinstance(image, str) and image.strip():
+            yield from check(subject, image)
+    yield from _for_each_container(res, rule)
+
+
+def _image_registry(res: Resource, cfg: dict) -> Iterator[str]:
+    allowed = [str(r) for r in cfg.get("allowedRegistries") or []]
+
+    def check(subject, image):
         ref = parse_image(image.strip())
         if not registry_allowed(ref, allowed):
             yield (f"{subject}: image {image!r} comes from registry {ref.registry!r}, which is not allowed; "
                    f"use one of {allowed} or add the registry to the policy config allowedRegistries.")
-    yield from _for_each_container(res, rule)
+    yield from _for_each_image(res, check)
 
 
 def stack_environment(cfg: dict) -> str:
@@ -430,20 +436,13 @@ def _image_digest(res: Resource, cfg: dict) -> Iterator[str]:
     if environment not in {str(e) for e in cfg.get("productionEnvironments") or []}:
         return
 
-    def rule(subject, path, container, _pod, _t):
-        image = get(container, "image")
-        if image is UNKNOWN:
-            yield unknown_message(subject, f"{path}.image")
-            return
-        if not isinstance(image, str) or not image.strip():
-            return  # reported by container-image-pinned
+    def check(subject, image):
         digest = parse_image(image.strip()).digest
         if digest is None or not _DIGEST.match(digest):
             yield (f"{subject}: image {image!r} is not pinned by digest on a {environment!r} stack "
                    f"({cfg.get('environmentConfigKey')}); a tag can be moved, so deploy IMAGE@sha256:<64 hex>: set "
                    "ems:images, or take the release's digests (images.lock.json, written by the images workflow).")
-
-    yield from _for_each_container(res, rule)
+    yield from _for_each_image(res, check)
 
 
 # --------------------------------------------------------------------------- sysctls
