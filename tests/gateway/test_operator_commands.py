@@ -32,7 +32,7 @@ from tests.components.test_broker_config import _start_broker
 from tests.edge_agent.command_helpers import SITE, UNIT, SimulatorThread, writable_config, writable_config_text
 from tests.gateway.conftest import Gateway
 from tests.northbound.conftest import aggregator, sep2_server  # noqa: F401 (fixtures)
-from tests.northbound.test_service import POLLING
+from tests.northbound.nb_helpers import write_broker_config
 
 pytestmark = pytest.mark.integration
 
@@ -76,21 +76,8 @@ def control_path(tmp_path: Path, pki: LocalPki, aggregator: CertPair,  # noqa: F
                                      client=SITE, devices=devices, commands={"state_path": "commands.db"})
     observer = Observer(broker.plain_port, topic=f"ems/v1/{SITE}/status", client_id=f"ops-{operator_port}").start()
     agent = AgentProcess(edge_config)
-    nb_path = tmp_path / "nb.toml"
-    nb_path.write_text(f"""
-[server]
-url = "{sep2_server.url}"
-ca = "{pki.ca}"
-[client]
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-[broker]
-host = "127.0.0.1"
-port = {broker.tls_port}
-ca = "{pki.ca}"
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-[operator_api]
+    nb_path = write_broker_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url,
+                                  broker_port=broker.tls_port, sites=(SITE,), extra=f"""[operator_api]
 host = "127.0.0.1"
 port = {operator_port}
 max_ttl_s = 600
@@ -98,8 +85,6 @@ cert = "{pki.server.cert}"
 key = "{pki.server.key}"
 client_ca = "{pki.ca}"
 client_cns = ["{GATEWAY_CN}"]
-{POLLING}
-[sites.{SITE}]
 """)
     service = NorthboundService(load_config(nb_path), metrics=NorthboundMetrics())
     loop = asyncio.new_event_loop()

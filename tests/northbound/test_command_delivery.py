@@ -28,7 +28,7 @@ from northbound.metrics import NorthboundMetrics
 from northbound.service import NorthboundService
 from tests.components.test_broker_config import _start_broker
 from tests.edge_agent.command_helpers import SITE, UNIT, SimulatorThread, writable_config, writable_config_text
-from tests.northbound.test_service import POLLING
+from tests.northbound.nb_helpers import write_broker_config
 
 pytestmark = pytest.mark.integration
 
@@ -46,24 +46,9 @@ def test_a_command_published_while_the_site_is_away_is_applied_once_after_it_ret
     edge_config = write_agent_config(tmp_path / "site", pki, broker_port=broker.tls_port, modbus_port=port,
                                      client=SITE, devices=devices, commands={"state_path": "commands.db"})
     status = Observer(broker.plain_port, topic=status_topic(SITE), client_id="delivery-status").start()
-    nb_path = tmp_path / "nb.toml"
-    nb_path.write_text(f"""
-[server]
-url = "{sep2_server.url}"
-ca = "{pki.ca}"
-[client]
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-[broker]
-host = "127.0.0.1"
-port = {broker.tls_port}
-ca = "{pki.ca}"
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-no_subscriber_retry_max_s = {RETRY_MAX_S}
-{POLLING}
-[sites.{SITE}]
-""")
+    nb_path = write_broker_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url,
+                                  broker_port=broker.tls_port, sites=(SITE,),
+                                  broker_extra=f"no_subscriber_retry_max_s = {RETRY_MAX_S}")
     config = load_config(nb_path)
     metrics = NorthboundMetrics()
     service = NorthboundService(config, metrics=metrics)

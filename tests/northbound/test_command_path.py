@@ -25,7 +25,7 @@ from northbound import sep2
 from northbound.config import load_config
 from northbound.metrics import NorthboundMetrics
 from northbound.service import NorthboundService
-from tests.northbound.test_service import POLLING
+from tests.northbound.nb_helpers import write_broker_config
 
 SITES = {"sub-07": "applied", "sub-08": "rejected", "sub-09": "expired"}
 
@@ -78,25 +78,8 @@ class FakeEdge:
 
 
 def _config(tmp_path: Path, pki: LocalPki, aggregator: CertPair, url: str, broker: MosquittoBroker) -> Path:
-    identity = pki.client("ems-northbound-mqtt")
-    sites = "".join(f"[sites.{site}]\n" for site in SITES)
-    path = tmp_path / "nb.toml"
-    path.write_text(f"""
-[server]
-url = "{url}"
-ca = "{pki.ca}"
-[client]
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-[broker]
-host = "127.0.0.1"
-port = {broker.tls_port}
-ca = "{pki.ca}"
-cert = "{identity.cert}"
-key = "{identity.key}"
-{POLLING}
-{sites}""")
-    return path
+    return write_broker_config(tmp_path / "nb.toml", pki, aggregator, url=url, broker_port=broker.tls_port,
+                               broker_client=pki.client("ems-northbound-mqtt"), sites=tuple(SITES))
 
 
 def _statuses(server: Sep2TestServer, lfdi: str, mrid: str) -> list[int]:

@@ -25,7 +25,7 @@ from northbound.metrics import NorthboundMetrics
 from northbound.service import NorthboundService
 from tests.components.test_broker_config import NORTHBOUND, _start_broker
 from tests.edge_agent.command_helpers import SITE, UNIT, SimulatorThread, writable_config, writable_config_text
-from tests.northbound.test_service import POLLING
+from tests.northbound.nb_helpers import write_broker_config
 
 pytestmark = pytest.mark.integration
 
@@ -42,23 +42,8 @@ def test_a_der_control_is_written_at_the_site_read_back_and_answered(
                                      client=SITE, devices=devices, commands={"state_path": "commands.db"})
     observer = Observer(broker.plain_port, topic=f"ems/v1/{SITE}/#", client_id="e2e-results").start()
     agent = AgentProcess(edge_config)
-    nb_path = tmp_path / "nb.toml"
-    nb_path.write_text(f"""
-[server]
-url = "{sep2_server.url}"
-ca = "{pki.ca}"
-[client]
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-[broker]
-host = "127.0.0.1"
-port = {broker.tls_port}
-ca = "{pki.ca}"
-cert = "{aggregator.cert}"
-key = "{aggregator.key}"
-{POLLING}
-[sites.{SITE}]
-""")
+    nb_path = write_broker_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url,
+                                  broker_port=broker.tls_port, sites=(SITE,))
     config = load_config(nb_path)
     lfdi = config.sites[0].lfdi
     now = sep2_server.state.now()

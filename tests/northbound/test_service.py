@@ -21,18 +21,8 @@ from northbound.client import PointValue
 from northbound.config import load_config
 from northbound.metrics import NorthboundMetrics
 from northbound.service import Backoff, NorthboundService
-from tests.northbound.nb_helpers import write_config
+from tests.northbound.nb_helpers import POLLING, write_config
 
-POLLING = """
-[polling]
-backoff_initial_s = 0.05
-backoff_max_s = 0.4
-max_poll_s = 2
-default_post_s = 1
-[http]
-host = "127.0.0.1"
-port = 0
-"""
 MIRROR = '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p"\nreading = "active_power"\n'
 
 
