@@ -21,7 +21,7 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
                batch_max_readings [1000], batch_max_delay_s [0.5],
                payload_format ["v2"|"v1": columnar, ~21 bytes a reading, or JSON per reading, ~110]
-    [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [64]
+    [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [1000]
     [audit]    path [/var/log/ems/telemetry-audit.log]
     [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
     [http]     host [127.0.0.1], port [9108]
@@ -130,7 +130,7 @@ class SpoolConfig:
 
     path: Path = Path("/var/lib/ems/spool")
     max_readings: int = 1_000_000
-    fsync_batch: int = 64
+    fsync_batch: int = 1000
 
 
 @dataclass(frozen=True)
