@@ -47,7 +47,7 @@ converted at open, in one transaction, into one-reading batches.
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
 
-Defaults: ``max_readings=1_000_000``, ``fsync_batch=1000``, ``flush_interval_s=0.05``,
+Defaults: ``max_readings=1_000_000``, ``fsync_batch=1000``, ``flush_interval_s=0.02``,
 ``memory_readings=65_536``.
 """
 
@@ -124,7 +124,7 @@ class Spool:
     """
 
     def __init__(self, directory: str | os.PathLike[str], *, site: str, max_readings: int = 1_000_000,
-                 fsync_batch: int = 1000, flush_interval_s: float = 0.05, audit: AuditLog | None = None,
+                 fsync_batch: int = 1000, flush_interval_s: float = 0.02, audit: AuditLog | None = None,
                  metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time,
                  memory_readings: int = 65_536) -> None:
         if max_readings < 1:
