@@ -15,7 +15,7 @@ import pulumi_kubernetes as k8s
 
 from components.alertmanager import PORT as ALERTMANAGER_PORT, Alertmanager, AlertmanagerArgs
 from components.alerts import alert_rules
-from components.api_gateway import ApiGateway, ApiGatewayArgs
+from components.api_gateway import IDENTITY_HEADERS, ApiGateway, ApiGatewayArgs
 from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
 from components.ems_gateway import APP as GATEWAY_APP, HTTP_PORT as GATEWAY_HTTP_PORT, EmsGateway, EmsGatewayArgs
 from components.grafana import Grafana, GrafanaArgs
@@ -221,8 +221,8 @@ class EmsPlatform(pulumi.ComponentResource):
             api_host = s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc"
             Grafana(f"{name}-grafana", GrafanaArgs(
                 namespace=namespace, image=s.images.grafana, tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090",
-                root_url=s.grafana.root_url or f"https://{api_host}/grafana/", user_header=s.grafana.user_header,
-                role_header=s.grafana.role_header, admin_password=s.grafana.admin_password, replicas=s.grafana.replicas,
+                root_url=s.grafana.root_url or f"https://{api_host}/grafana/", user_header=IDENTITY_HEADERS["user"],
+                role_header=IDENTITY_HEADERS["grafana_role"], admin_password=s.grafana.admin_password, replicas=s.grafana.replicas,
             ), opts=o)
         NetworkPolicies(f"{name}-netpol", NetworkPoliciesArgs(
             namespace=namespace, extra_namespaces=(("credentials", creds.metadata.name),), gateways=s.modbus_gateways,

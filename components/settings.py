@@ -194,10 +194,6 @@ class GrafanaSettings:
 
     enabled: bool = True
     replicas: int = 1
-    user_header: str = "X-Ems-User"
-    """Header the gateway sets to the authenticated user (Grafana's auth proxy)."""
-    role_header: str = "X-Ems-Grafana-Role"
-    """Header the gateway sets to Viewer, Editor or Admin from the user's EMS role."""
     root_url: str | None = None
     """Public URL of Grafana; default ``https://<first apiHostname or api-gateway.<namespace>.svc>/grafana/``."""
     admin_password: pulumi.Output[str] | None = None
@@ -812,7 +808,6 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
     )
 
 
-_HEADER = _pattern(re.compile(r"^[A-Za-z0-9-]{1,64}$"), "an HTTP header name (letters, digits, '-')")
 _HTTPS_URL = _pattern(re.compile(r"^https://[a-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~/-]*)?$"),
                       "an https:// URL such as https://api.ems.example.net/grafana/")
 
@@ -826,16 +821,11 @@ def _boolean(key: str, value: object) -> bool:
 
 
 def _grafana(key: str, value: object) -> GrafanaSettings:
-    obj = _object(key, value, ("enabled", "replicas", "userHeader", "roleHeader", "rootUrl"), ())
+    obj = _object(key, value, ("enabled", "replicas", "rootUrl"), ())
     d = GrafanaSettings()
-    user = _HEADER(f"{key}.userHeader", obj["userHeader"]) if obj.get("userHeader") is not None else d.user_header
-    role = _HEADER(f"{key}.roleHeader", obj["roleHeader"]) if obj.get("roleHeader") is not None else d.role_header
-    if user.lower() == role.lower():
-        raise SettingsError(f"{key}.roleHeader", role, f"must differ from {key}.userHeader")
     return GrafanaSettings(
         enabled=_boolean(f"{key}.enabled", obj["enabled"]) if obj.get("enabled") is not None else d.enabled,
         replicas=_integer(1, 10)(f"{key}.replicas", obj["replicas"]) if obj.get("replicas") is not None else d.replicas,
-        user_header=user, role_header=role,
         root_url=_HTTPS_URL(f"{key}.rootUrl", obj["rootUrl"]) if obj.get("rootUrl") is not None else None,
     )
 
