@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_kubernetes as k8s
 
+from components import alertmanager, grafana
 from components.gateway_settings import GatewayAuthSettings
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
@@ -383,8 +384,8 @@ def gateway_plan(args: ApiGatewayArgs) -> NginxPlan:
         auth=args.auth,
         tsdb=Upstream(args.tsdb_host, args.tsdb_port),
         twin_api=Upstream(args.twin_api_host, args.twin_api_port, args.twin_api_host),
-        alertmanager=Upstream(args.alertmanager_host, 9093) if args.alertmanager_host else None,
-        grafana=Upstream(args.grafana_host, 3000) if args.grafana_host else None,
+        alertmanager=Upstream(args.alertmanager_host, alertmanager.PORT) if args.alertmanager_host else None,
+        grafana=Upstream(args.grafana_host, grafana.PORT) if args.grafana_host else None,
         # HTTPS, verified by name, with the gateway's client certificate: the listener serves no one else.
         northbound=Upstream(args.northbound_host, NORTHBOUND_COMMAND_PORT, args.northbound_host)
         if args.northbound_host else None,

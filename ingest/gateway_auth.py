@@ -220,6 +220,7 @@ class Verifier:
         self.settings = settings
         self._cn_roles = dict(settings.cert_cn_roles)
         self._ou_roles = dict(settings.cert_ou_roles)
+        self._claim_roles = dict(settings.oidc.claim_roles) if settings.oidc else {}
         self.jwks = jwks or (JwksCache(settings.oidc) if settings.oidc else None)
         common: dict[str, Any] = {"namespace": "ems", "subsystem": "gateway_auth", "registry": registry}
         self.denials = Counter("denials", "Gateway requests refused by the verifier, by reason.", ["reason"], **common)
@@ -302,8 +303,7 @@ class Verifier:
         granted = claims.get(oidc.role_claim, [])
         values = [granted] if isinstance(granted, str) else [v for v in granted if isinstance(v, str)] \
             if isinstance(granted, list) else []
-        mapping = dict(oidc.claim_roles)
-        role = _highest([mapping[v] for v in values if v in mapping])
+        role = _highest([self._claim_roles[v] for v in values if v in self._claim_roles])
         if role is None:
             raise _Denied(403, "token_without_role", user, f"{oidc.role_claim} {shown(values)}")
         return user, role, "oidc"

@@ -239,7 +239,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _caller_allowed(self, path: str) -> bool:
         """True when the caller may be served; otherwise answers 403 (no or a wrong client certificate) and logs it."""
-        refusal = self.server.api.refusal(self.request.getpeercert())
+        refusal = self.server.api.tls.refusal(self.request.getpeercert())
         if refusal is None:
             return True
         log.warning("refused %s %s from %s: %s", self.command, shown(path), self.client_address[0], refusal)
@@ -369,10 +369,8 @@ class TwinApi:
         self.query_timeout_s = query_timeout_s
         self.alertmanager_url = alertmanager_url
         self.static = operator_page.static_files()
-        self.cert, self.key, self.client_ca = Path(cert), Path(key), client_ca
-        # Asked for, not required, in the handshake: the probes have none; every other path refuses (refusal()).
-        self.tls = ServerTls(self.cert, self.key, client_ca, client_cns, logger=log)
-        self.client_cns = self.tls.client_cns
+        # Asked for, not required, in the handshake: the probes have none; every other path refuses (tls.refusal()).
+        self.tls = ServerTls(Path(cert), Path(key), client_ca, client_cns, logger=log)
         self.cert_check_s = cert_check_s
         self._server = _Server((host, port), _Handler, bind_and_activate=True)
         self.tls.install(self._server)
@@ -388,14 +386,6 @@ class TwinApi:
     @property
     def certificate_switches(self) -> int:
         return self.tls.certificate_switches
-
-    def refusal(self, peer: dict[str, Any] | None) -> str | None:
-        """Why a caller whose verified certificate is ``peer`` may not be served, or None (``ServerTls.refusal``)."""
-        return self.tls.refusal(peer)
-
-    def check_certificate(self) -> bool:
-        """Load the server certificate, key and client CA on disk if they changed (``ServerTls.check``)."""
-        return self.tls.check()
 
     def start(self) -> None:
         self.link.start()
