@@ -72,6 +72,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
 from ems_contract.telemetry import check_finite
+from ems_runtime.sqlite import transaction
 
 __all__ = ["Spool", "SPOOL_FILE"]
 
@@ -381,8 +382,7 @@ class Spool:
         dropped_range: tuple[int, int, int] | None = None
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(db):
                 db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
                                "VALUES (?, ?, ?, ?, ?)", rows)
                 db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
@@ -390,10 +390,6 @@ class Spool:
                 overflow = self._depth + added - self.max_readings
                 if overflow > 0:
                     dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches failed ({exc})") from exc
         dropped = dropped_range[2] if dropped_range else 0
@@ -514,16 +510,11 @@ class Spool:
                          reason: str) -> None:
         db = self._db
         assert db is not None
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(db):
             db.execute("INSERT INTO quarantine (seq, seq_last, accepted_ms, data, crc, reason, quarantined_ms) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (seq_first, seq_last, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
             db.execute("DELETE FROM batches WHERE seq_first = ?", (seq_first,))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
         self._depth -= seq_last - seq_first + 1
         self.quarantined_total += 1
         self._oldest_ms = self._min_accepted_sync()
@@ -594,8 +585,7 @@ def _upgrade_sync(db: sqlite3.Connection) -> None:
     if not db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='spool'").fetchone():
         return
     columns = {row[1] for row in db.execute("PRAGMA table_info(quarantine)")}
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with transaction(db):
         if "seq_last" not in columns:
             db.execute("ALTER TABLE quarantine ADD COLUMN seq_last INTEGER")
         rows = db.execute("SELECT seq, accepted_ms, data, crc FROM spool ORDER BY seq").fetchall()
@@ -614,9 +604,5 @@ def _upgrade_sync(db: sqlite3.Connection) -> None:
         db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) VALUES (?, ?, ?, ?, ?)",
                        converted)
         db.execute("DROP TABLE spool")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
     if converted:
         log.info("spool: converted %d readings of an older agent into one-reading batches", len(converted))
