@@ -137,8 +137,8 @@ def _oidc(value: Any) -> OidcSettings:
     if not claim_roles:
         raise GatewayAuthError("oidc.claimRoles", value["claimRoles"], "must map at least one claim value to a role")
     return OidcSettings(issuer=_https_url("oidc.issuer", value["issuer"]), audience=audience,
-                      jwks_url=_https_url("oidc.jwksUrl", value["jwksUrl"]), claim_roles=claim_roles,
-                      role_claim=claims["roleClaim"], username_claim=claims["usernameClaim"], algorithms=tuple(algorithms))
+                        jwks_url=_https_url("oidc.jwksUrl", value["jwksUrl"]), claim_roles=claim_roles,
+                        role_claim=claims["roleClaim"], username_claim=claims["usernameClaim"], algorithms=tuple(algorithms))
 
 
 def parse_gateway_auth(value: Any) -> GatewayAuthSettings:

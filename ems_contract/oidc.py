@@ -5,8 +5,8 @@
 ``ingest/config.py`` reads that table back into the same class for the verifier
 (``ingest/gateway_auth.py``). The stack config sets the identity fields; the verifier's timing
 fields (``leeway_s``, ``jwks_*``) keep their defaults unless an ``ingest.toml`` written by hand sets
-them. Each parser checks its own text rules first and names its own keys (``oidc.claimRoles`` there,
-``twin_api.auth.oidc.claim_roles`` here); the rules both share are :func:`algorithms_problem` and
+them. Each parser checks its own text rules first and names its own keys (``ems:apiAuth.oidc.claimRoles``,
+``twin_api.auth.oidc.claim_roles``); the rules both share are :func:`algorithms_problem` and
 ``ems_contract.roles.role_problem``, and :class:`OidcSettings` itself refuses values that break them.
 Standard library only.
 """
