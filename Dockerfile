@@ -20,8 +20,15 @@
 # and Python distributions at /usr/share/doc/ems-platform/sbom.spdx.json (scripts/image_sbom.py).
 
 ARG BASE=docker.io/library/debian:bookworm-slim@sha256:4b50eb66f977b4062683ff434ef18ac191da862dbe966961bc11990cf5791a8d
+# The distributions of each image's virtualenv, as requirements.txt names them (it holds their exact pins).
+# The edge agent's Modbus, MQTT and metrics stack; the ingest has the same and numpy (below); the north-bound
+# client its HTTP, 2030.5 XML, certificate and MQTT stack, every dependency listed (installed --no-deps).
+ARG EDGE_PACKAGES=pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser
+ARG NORTHBOUND_PACKAGES=httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson
 
 # ---- builders ---------------------------------------------------------------------------------------
+# Each -build stage runs scripts/image-venv.sh with its package list: the exact pins, then the project's
+# own wheel; pip, setuptools and the distributions' test suites are dropped.
 FROM ${BASE} AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
@@ -36,33 +43,23 @@ RUN apt-get update \
  && python3 -m venv /opt/ems/venv
 WORKDIR /opt/ems
 COPY build/wheels ./wheels
-COPY requirements.txt ./
+COPY requirements.txt scripts/image-venv.sh ./
 
 FROM builder AS edge-build
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
- && venv/bin/pip install -r runtime-requirements.txt \
- && venv/bin/pip install --no-deps ems-platform \
- && venv/bin/pip uninstall -y pip setuptools \
- && find venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
+ARG EDGE_PACKAGES
+RUN sh image-venv.sh "${EDGE_PACKAGES}"
 
 # The ingest: the edge's dependencies and numpy (its column paths). numpy with its OpenBLAS is 73 MB
-# that the edge agent never imports, so it is not in the edge-agent image. Every stage drops the
-# distributions' own test suites (numpy's alone are 15 MB); nothing imports them at run time.
+# that the edge agent never imports, so it is not in the edge-agent image (numpy's own tests alone
+# are 15 MB: image-venv.sh drops every distribution's test suite).
 FROM builder AS ingest-build
-RUN grep -E '^(pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|numpy|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser)==' requirements.txt > runtime-requirements.txt \
- && venv/bin/pip install -r runtime-requirements.txt \
- && venv/bin/pip install --no-deps ems-platform \
- && venv/bin/pip uninstall -y pip setuptools \
- && find venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
+ARG EDGE_PACKAGES
+RUN sh image-venv.sh "${EDGE_PACKAGES}|numpy"
 
-# The north-bound client: its own dependencies (HTTP, the 2030.5 XML models, certificates, MQTT for
-# commands), not the edge's Modbus stack; still no Pulumi.
+# The north-bound client: its own dependencies, not the edge's Modbus stack; still no Pulumi.
 FROM builder AS northbound-build
-RUN grep -E '^(httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson)==' requirements.txt > runtime-requirements.txt \
- && venv/bin/pip install --no-deps -r runtime-requirements.txt \
- && venv/bin/pip install --no-deps ems-platform \
- && venv/bin/pip uninstall -y pip setuptools \
- && find venv/lib -depth -type d -name tests -path '*/site-packages/*' -exec rm -rf {} +
+ARG NORTHBOUND_PACKAGES
+RUN sh image-venv.sh "${NORTHBOUND_PACKAGES}" --no-deps
 
 # ---- runtime ----------------------------------------------------------------------------------------
 FROM ${BASE} AS runtime

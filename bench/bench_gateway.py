@@ -20,13 +20,14 @@ import time
 from pathlib import Path
 
 from components.api_gateway import NginxPlan, Upstream, nginx_config
-from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+from components.gateway_settings import GatewayAuthSettings
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.nginx import NginxGateway
 from devenv.oidc_issuer import OidcIssuer
 from devenv.pki import make_pki
 from devenv.prometheus import PrometheusServer
-from ingest.gateway_auth import AuthSettings, OidcSettings
+from ems_contract.oidc import OidcSettings
+from ingest.gateway_auth import AuthSettings
 from ingest.mqtt import MqttLink, TlsFiles
 from ingest.twin_api import TWIN_SUBSCRIPTION, TwinApi
 
@@ -71,7 +72,7 @@ def main(requests: int = 2000) -> None:
         broker.start()
         prometheus = PrometheusServer(root / "prometheus")
         prometheus.start()
-        oidc = GatewayOidc(issuer.issuer, issuer.audience, issuer.jwks_url, (("ems-viewers", "viewer"),))
+        oidc = OidcSettings(issuer.issuer, issuer.audience, issuer.jwks_url, (("ems-viewers", "viewer"),))
         auth = GatewayAuthSettings(oidc=oidc, rate_per_second=100_000, burst=100_000, per_address_rate_per_second=100_000)
         pair = pki.client("twin-bench")
         twin = TwinApi(link=MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, pair.cert, pair.key), "twin-bench",

@@ -2,6 +2,8 @@
 
 Pure (no Pulumi runtime); ``components/settings.py`` calls :func:`parse_gateway_auth` and turns a
 :class:`GatewayAuthError` into its ``SettingsError`` (``ems:apiAuth.<field>: <value> <reason>``).
+Roles are ``ems_contract.roles``'s; ``oidc`` becomes an ``ems_contract.oidc.OidcSettings``, the shape the
+gateway's verifier reads back from the twin API's config.
 Example (every key optional; ``docs/gateway-auth.md`` explains each)::
 
     ems:apiAuth:
@@ -29,11 +31,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ems_contract.config_file import url_problem
+from ems_contract.oidc import ALGORITHMS, OidcSettings, algorithms_problem
+from ems_contract.roles import DEFAULT_CERT_OU_ROLES, role_problem
 
-__all__ = ["CLIENT_CERT_MODES", "MISSING", "GatewayAuthError", "GatewayAuthSettings", "GatewayOidc", "parse_gateway_auth"]
+__all__ = ["CLIENT_CERT_MODES", "MISSING", "GatewayAuthError", "GatewayAuthSettings", "parse_gateway_auth"]
 
-ROLES = ("viewer", "operator", "admin")
-ALGORITHMS = ("RS256", "ES256")
 CLIENT_CERT_MODES = ("required", "optional", "off")
 _CLAIM = re.compile(r"^[A-Za-z0-9_.:/-]{1,128}$")
 _NAME = re.compile(r"^[A-Za-z0-9 _.@:/+=-]{1,128}$")   # an OU, CN or group: no quotes, braces or control characters
@@ -55,29 +57,16 @@ class GatewayAuthError(ValueError):
 
 
 @dataclass(frozen=True)
-class GatewayOidc:
-    """The identity provider whose tokens the gateway accepts."""
-
-    issuer: str
-    audience: str
-    jwks_url: str
-    claim_roles: tuple[tuple[str, str], ...]
-    role_claim: str = "groups"
-    username_claim: str = "sub"
-    algorithms: tuple[str, ...] = ALGORITHMS
-
-
-@dataclass(frozen=True)
 class GatewayAuthSettings:
     """Who may call the gateway on 443 and how much (defaults: client certificates optional, no OIDC)."""
 
     client_certs: str = "optional"
     """``required``: no request without a platform certificate; ``optional``: a certificate or a token; ``off``: tokens only."""
-    cert_ou_roles: tuple[tuple[str, str], ...] = tuple((r, r) for r in ROLES)
+    cert_ou_roles: tuple[tuple[str, str], ...] = DEFAULT_CERT_OU_ROLES
     """(subject OU, role). Defaults to OU viewer/operator/admin as that role."""
     cert_cn_roles: tuple[tuple[str, str], ...] = ()
     """(subject CN, role), before the OU. Defaults to none."""
-    oidc: GatewayOidc | None = None
+    oidc: OidcSettings | None = None
     """Bearer tokens from this issuer. Defaults to none (certificates only)."""
     rate_per_second: int = 20
     """Requests per second per client (certificate or token); excess → 429. Defaults to 20."""
@@ -104,8 +93,8 @@ def _mapping(field: str, value: Any, key_rule: re.Pattern[str], what: str) -> tu
     for name, role in value.items():
         if not isinstance(name, str) or not key_rule.fullmatch(name):
             raise GatewayAuthError(f"{field}.{name}", name, f"is not a valid {what} (1..128 of A-Z a-z 0-9 space _ . @ : / + = -)")
-        if role not in ROLES:
-            raise GatewayAuthError(f"{field}.{name}", role, f"must be one of {', '.join(ROLES)}")
+        if (problem := role_problem(role)) is not None:
+            raise GatewayAuthError(f"{field}.{name}", role, problem)
     return tuple(value.items())
 
 
@@ -124,7 +113,7 @@ def _https_url(field: str, value: Any) -> str:
     return value
 
 
-def _oidc(value: Any) -> GatewayOidc:
+def _oidc(value: Any) -> OidcSettings:
     if not isinstance(value, dict):
         raise GatewayAuthError("oidc", value, "must be a map with issuer, audience, jwksUrl and claimRoles")
     for key in value:
@@ -142,14 +131,14 @@ def _oidc(value: Any) -> GatewayOidc:
         if not isinstance(claims[key], str) or not _CLAIM.fullmatch(claims[key]):
             raise GatewayAuthError(f"oidc.{key}", claims[key], "must be a claim name (1..128 of A-Z a-z 0-9 _ . : / -)")
     algorithms = value.get("algorithms", list(ALGORITHMS))
-    if not isinstance(algorithms, list) or not algorithms or any(a not in ALGORITHMS for a in algorithms):
-        raise GatewayAuthError("oidc.algorithms", algorithms, f"must be a non-empty list of {', '.join(ALGORITHMS)}")
+    if (problem := algorithms_problem(algorithms)) is not None:
+        raise GatewayAuthError("oidc.algorithms", algorithms, problem)
     claim_roles = _mapping("oidc.claimRoles", value["claimRoles"], _NAME, "claim value")
     if not claim_roles:
         raise GatewayAuthError("oidc.claimRoles", value["claimRoles"], "must map at least one claim value to a role")
-    return GatewayOidc(issuer=_https_url("oidc.issuer", value["issuer"]), audience=audience,
-                       jwks_url=_https_url("oidc.jwksUrl", value["jwksUrl"]), claim_roles=claim_roles,
-                       role_claim=claims["roleClaim"], username_claim=claims["usernameClaim"], algorithms=tuple(algorithms))
+    return OidcSettings(issuer=_https_url("oidc.issuer", value["issuer"]), audience=audience,
+                        jwks_url=_https_url("oidc.jwksUrl", value["jwksUrl"]), claim_roles=claim_roles,
+                        role_claim=claims["roleClaim"], username_claim=claims["usernameClaim"], algorithms=tuple(algorithms))
 
 
 def parse_gateway_auth(value: Any) -> GatewayAuthSettings:

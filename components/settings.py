@@ -625,9 +625,7 @@ def _receiver(key: str, value: object) -> AlertReceiver:
     obj = _object(key, value, ("name", "severities", "sendResolved"), ("name",))
     severities = _list_of(_choice(SEVERITIES), unique=True, min_items=1)(f"{key}.severities",
                                                                       obj.get("severities", ["critical", "warning"]))
-    send_resolved = obj.get("sendResolved", True)
-    if not isinstance(send_resolved, bool):
-        raise SettingsError(f"{key}.sendResolved", send_resolved, "must be true or false")
+    send_resolved = _boolean(f"{key}.sendResolved", obj.get("sendResolved", True))
     return AlertReceiver(name=_pattern(_DNS_LABEL, "a DNS label (lowercase letters, digits, '-')")(f"{key}.name", obj["name"]),
                          severities=severities, send_resolved=send_resolved)
 
@@ -847,9 +845,7 @@ def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Cal
 
     def parse(key: str, value: object) -> NorthboundSettings | None:
         obj = _object(key, value, _NORTHBOUND_FIELDS, ("serverUrl", "serverAddress", "utilityCaCertificate"))
-        enabled = obj.get("enabled", True)
-        if not isinstance(enabled, bool) and enabled not in ("true", "false"):
-            raise SettingsError(f"{key}.enabled", enabled, "must be true or false")
+        enabled = _boolean(f"{key}.enabled", obj.get("enabled", True))
         url = _string(f"{key}.serverUrl", obj["serverUrl"])
         parts = urlsplit(url)
         try:
@@ -872,7 +868,7 @@ def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Cal
                                 "ems:northboundClientKey)")
         if cert is not None:
             cert = _leaf_certificate(f"{key}.clientCertificate", cert)
-            if "northboundClientKey" not in secrets_set and enabled in (True, "true"):
+            if "northboundClientKey" not in secrets_set and enabled:
                 raise SettingsError("northboundClientKey", _MISSING, f"is required with ems:{key}.clientCertificate: "
                                     "pulumi config set --secret ems:northboundClientKey < client.key")
         sites = _list_of(_LABEL, unique=True, min_items=1)(f"{key}.sites", obj.get("sites", list(edge_sites)))
@@ -884,7 +880,7 @@ def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Cal
             utility_ca_certificate=_ca_certificate(f"{key}.utilityCaCertificate", obj["utilityCaCertificate"]),
             sites=sites, server_port=port, dcap=dcap,
             client_secret=None if secret is None else _LABEL(f"{key}.clientSecret", secret), client_certificate=cert)
-        return settings if enabled in (True, "true") else None
+        return settings if enabled else None
 
     return parse
 

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 from devenv.alertmanager import AlertmanagerServer
 from devenv.mosquitto import wait_for_port
+from devenv.process import wait_until
 from devenv.prometheus import PrometheusServer
 from edge_agent.simulator import Simulator
 
@@ -174,7 +175,7 @@ class AlertStep:
         """Clear FAULT in the simulator; True once Alertmanager no longer lists its alert as active."""
         sim.clear_fault(FAULT["asset"], FAULT["point"])
         started = time.monotonic()
-        resolved = _wait(lambda: not self.fault_alerts(state=None), timeout)
+        resolved = bool(_wait(lambda: not self.fault_alerts(state=None), timeout))
         print(f"simulator: {FAULT['code']} cleared → {ALERT} "
               + (f"resolved in Alertmanager {time.monotonic() - started:.1f}s later" if resolved
                  else f"still active after {timeout:.0f}s: PROBLEM"))
@@ -182,13 +183,8 @@ class AlertStep:
 
 
 def _wait(check: Callable[[], Any], timeout: float) -> Any:
-    """``check()`` every 0.25 s until it is truthy (returned) or ``timeout`` passes (its last value)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = check()
-        except OSError:
-            value = None
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.25)
+    """``check()`` every 0.25 s until it is truthy (returned) or ``timeout`` passes (None)."""
+    try:
+        return wait_until(check, timeout, "seen", interval=0.25)
+    except TimeoutError:
+        return None

@@ -25,7 +25,7 @@ from pymodbus.client import ModbusTcpClient
 
 from devenv.mosquitto import free_port, wait_for_port
 from devenv.pki import LocalPki
-from devenv.process import ManagedProcess
+from devenv.process import ManagedProcess, wait_until
 from devenv.sep2_server import Sep2TestServer
 from northbound import sep2, tls
 from northbound.identity import identity_from_certificate
@@ -144,10 +144,11 @@ port = {self.metrics_port}
             return [r.status for r in self.server.state.responses if r.endDeviceLFDI == lfdi and r.subject == subject]
 
     def _until(self, condition: Callable[[], bool], deadline: float) -> bool:
-        while not condition():
-            if time.monotonic() > deadline or not self.running:
-                return False
-            time.sleep(0.2)
+        """Whether ``condition()`` came true by ``deadline`` (monotonic) while ems-northbound kept running."""
+        try:
+            wait_until(condition, deadline - time.monotonic(), "the step", self.proc, interval=0.2)
+        except (TimeoutError, RuntimeError):
+            return False
         return True
 
     def report(self, timeout: float = 40.0) -> bool:

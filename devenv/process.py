@@ -18,9 +18,11 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, TypeVar
 
 __all__ = ["ManagedProcess", "http_ok", "port_open", "wait_until"]
+
+T = TypeVar("T")
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -35,20 +37,21 @@ def http_ok(url: str) -> bool:
         return resp.status == 200
 
 
-def wait_until(ready: Callable[[], bool], timeout: float, what: str, proc: subprocess.Popen | None = None,
-               interval: float = 0.05) -> None:
-    """Poll ``ready()`` (an OSError counts as "not yet") until it returns True.
+def wait_until(ready: Callable[[], T], timeout: float, what: str, proc: subprocess.Popen | None = None,
+               interval: float = 0.05) -> T:
+    """Poll ``ready()`` (an OSError counts as "not yet") every ``interval`` s until its answer is truthy; return it.
 
     Raises RuntimeError when ``proc`` exits first (``process exited with code N before <what>``) and
-    TimeoutError after ``timeout`` seconds (``not <what> after Ns``).
+    TimeoutError after ``timeout`` seconds (``not <what> after Ns``); ``ready`` is asked at least once.
     """
     deadline = time.monotonic() + timeout
     while True:
         if proc is not None and proc.poll() is not None:
             raise RuntimeError(f"process exited with code {proc.returncode} before {what}")
         try:
-            if ready():
-                return
+            answer = ready()
+            if answer:
+                return answer
         except OSError:
             pass
         if time.monotonic() > deadline:

@@ -61,6 +61,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+import shlex
 import ssl
 import stat
 from dataclasses import dataclass
@@ -876,7 +877,7 @@ def _check_tls_files(t: _Table, broker: BrokerConfig) -> None:
             raise ConfigError(t.at(key), path, f"cannot be read ({exc.strerror or exc})") from exc
     problem = key_mode_problem(broker.key, stat.S_IMODE(broker.key.stat().st_mode))
     if problem is not None:
-        raise ConfigError(t.at("key"), broker.key, f"is {problem}; run: chmod 600 {broker.key}")
+        raise ConfigError(t.at("key"), broker.key, f"is {problem}", fix=f"chmod 600 {shlex.quote(str(broker.key))}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     try:
         context.load_verify_locations(cafile=str(broker.ca))

@@ -3,7 +3,7 @@
 ::
 
     EdgeAgentError                     base of everything the edge agent raises on purpose
-    ├── ConfigError                    bad sensors.conf: field path, bad value, what is allowed
+    ├── ConfigError                    bad sensors.conf: field path, bad value, what is allowed (and a ``fix``)
     ├── DeviceError                    a Modbus device could not be read (``device`` = its name)
     │   ├── DeviceUnreachable          refused / reset / closed connection: retried with backoff
     │   │   └── DeviceTimeout          no answer within the device's timeout: retried with backoff
@@ -60,17 +60,22 @@ class ConfigError(EdgeAgentError):
     ``reason`` what is allowed. ``str()`` is ``<path>: <value!r> <reason>``,
     one line whatever the file held: the value's repr is shortened (a 10 MB
     string is quoted by its first 60 characters and its length) and the path
-    and reason are clipped (``ems_contract.config_file.shorten``).
+    and reason are clipped (``ems_contract.config_file.shorten``). ``fix``, when
+    given, is a shell command that repairs the problem (its paths ``shlex``-quoted
+    by the caller); it follows as ``; run: <fix>`` and is never clipped: a cut
+    command could act on another file.
     """
 
-    def __init__(self, path: str, value: object, reason: str) -> None:
-        super().__init__(f"{one_line(path, 160)}: {shorten(value)} {one_line(reason, 400)}")
+    def __init__(self, path: str, value: object, reason: str, fix: str | None = None) -> None:
+        super().__init__(f"{one_line(path, 160)}: {shorten(value)} {one_line(reason, 400)}"
+                         + (f"; run: {fix}" if fix else ""))
         self.path = path
         self.value = value
         self.reason = reason
+        self.fix = fix
 
-    def __reduce__(self):  # keep the three fields across pickling (multiprocessing, executors)
-        return (type(self), (self.path, self.value, self.reason))
+    def __reduce__(self):  # keep the fields across pickling (multiprocessing, executors)
+        return (type(self), (self.path, self.value, self.reason, self.fix))
 
 
 class DeviceError(EdgeAgentError):

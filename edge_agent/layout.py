@@ -49,8 +49,8 @@ def key_files(config: AgentConfig) -> list[Path]:
 def check_key_files(config: AgentConfig, user: str | None = None) -> list[Path]:
     """Refuse key files that are not mode 0600 (or 0400) and owned by ``user``; return the files checked.
 
-    Raises ConfigError naming the first bad file, what is wrong with it, and one
-    ``chown``/``chmod`` command that fixes every bad file.
+    Raises ConfigError naming the first bad file, what is wrong with it, and (as its ``fix``, in
+    full however many files and however long their paths) the ``chown``/``chmod`` that fixes every bad file.
     """
     account = service_user(user)
     checked, bad, problems, fixes = key_files(config), [], [], {"chown": [], "chmod": []}
@@ -81,7 +81,7 @@ def check_key_files(config: AgentConfig, user: str | None = None) -> list[Path]:
         field = "broker.key" if bad[0] == config.broker.key.absolute() else "key file"
         others = f" ({len(bad) - 1} more key files too)" if len(bad) > 1 else ""
         raise ConfigError(field, bad[0], f"is {problems[0]}; key files must be 0600 and owned by the service user "
-                          f"{account.pw_name}{others}; run: {' && '.join(commands)}")
+                          f"{account.pw_name}{others}", fix=" && ".join(commands))
     return checked
 
 

@@ -10,4 +10,8 @@ most 32 deep, 64-bit integers) and how a bad value is quoted in an error, for
 the edge agent's ``sensors.conf``, the ingest's ``ingest.toml`` and the
 north-bound client's config alike; ``ems_contract.config_reader.Section`` is the
 typed reader of such a document that the ingest and the north-bound client share.
+
+``ems_contract.roles`` (the API gateway's roles, their order and its user names) and
+``ems_contract.oidc`` (the OIDC issuer whose tokens it accepts) are the access rules
+the Pulumi program, the gateway's verifier and the north-bound operator route share.
 """

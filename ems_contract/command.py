@@ -42,25 +42,26 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from ems_contract.roles import USER_PATTERN, valid_user
 from ems_contract.telemetry import SCHEMA_VERSION, TOPIC_ROOT, SchemaError, valid_id
 
-__all__ = ["CONTROLS", "OUTCOMES", "ISSUER_PATTERN", "COMMAND_ID_PATTERN", "MAX_PAYLOAD_BYTES", "MAX_VALIDITY_MS", "MAX_WATTS", "Command", "CommandResult",
+__all__ = ["CONTROLS", "BOOLEAN_CONTROLS", "OUTCOMES", "ISSUER_PATTERN", "COMMAND_ID_PATTERN", "MAX_PAYLOAD_BYTES", "MAX_VALIDITY_MS", "MAX_WATTS", "Command", "CommandResult",
            "command_topic", "command_result_topic", "encode_command", "decode_command", "encode_result",
            "decode_result"]
 
 CONTROLS = ("exp_lim_w", "imp_lim_w", "gen_lim_w", "load_lim_w", "connect", "energize")
 """Controls the platform carries to the field: CSIP-AUS opModExpLimW, opModImpLimW, opModGenLimW,
 opModLoadLimW (watts) and 2030.5 opModConnect, opModEnergize (booleans)."""
-_BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
+BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
+"""The controls whose value is a boolean; every other control's is a number of watts."""
 OUTCOMES = ("applied", "rejected", "expired", "failed")
 MAX_PAYLOAD_BYTES = 4096
 MAX_VALIDITY_MS = 24 * 3600 * 1000
 MAX_WATTS = 1e9
 COMMAND_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-ISSUER_PATTERN = r"^[A-Za-z0-9@._:+=/-]{1,128}$"
-"""An issuer: the API gateway's user names (``ingest/gateway_auth.py`` cleans them to this set)."""
+ISSUER_PATTERN = USER_PATTERN
+"""An issuer is a user name of the API gateway (``ems_contract.roles``; its verifier cleans names to this set)."""
 _COMMAND_ID = re.compile(COMMAND_ID_PATTERN)
-_ISSUER = re.compile(ISSUER_PATTERN)
 _MRID = re.compile(r"^[0-9A-Fa-f]{1,32}$")
 _COMMAND_KEYS = frozenset({"v", "id", "site", "issued_ms", "expires_ms", "event", "control", "value"})
 _RESULT_KEYS = frozenset({"v", "id", "site", "ts_ms", "outcome", "reason", "readback"})
@@ -136,7 +137,7 @@ def _ms(body: dict[str, Any], key: str) -> int:
 
 def _id(body: dict[str, Any]) -> str:
     value = body["id"]
-    if not isinstance(value, str) or not _COMMAND_ID.match(value):
+    if not isinstance(value, str) or not _COMMAND_ID.fullmatch(value):
         raise SchemaError("bad_id", f"id {str(value)[:80]!r} must match {_COMMAND_ID.pattern}")
     return value
 
@@ -151,7 +152,7 @@ def _site(body: dict[str, Any], topic: str | None, suffix: str) -> str:
 
 
 def _value(control: str, value: object, key: str) -> float | bool:
-    if control in _BOOLEAN_CONTROLS:
+    if control in BOOLEAN_CONTROLS:
         if not isinstance(value, bool):
             raise SchemaError("bad_value", f"{key} of {control} must be true or false (got {value!r})")
         return value
@@ -184,13 +185,13 @@ def decode_command(payload: bytes, topic: str | None = None) -> Command:
         raise SchemaError("bad_field", f"expires_ms must be after issued_ms and at most {MAX_VALIDITY_MS} ms later "
                                        f"(got {issued}..{expires})")
     event = body["event"]
-    if event is not None and (not isinstance(event, str) or not _MRID.match(event)):
+    if event is not None and (not isinstance(event, str) or not _MRID.fullmatch(event)):
         raise SchemaError("bad_field", f"event must be null or an mRID of 1-32 hex digits (got {str(event)[:80]!r})")
     control = body["control"]
     if control not in CONTROLS:
         raise SchemaError("bad_field", f"control must be one of {', '.join(CONTROLS)} (got {str(control)[:40]!r})")
     issuer = body.get("issuer")
-    if issuer is not None and (not isinstance(issuer, str) or not _ISSUER.match(issuer)):
+    if issuer is not None and not valid_user(issuer):
         raise SchemaError("bad_field", f"issuer must match {ISSUER_PATTERN} (got {str(issuer)[:80]!r})")
     return Command(id=command_id, site=site, issued_ms=issued, expires_ms=expires,
                    event=event.upper() if event else None, control=control, value=_value(control, body["value"], "value"),

@@ -127,7 +127,7 @@ def valid_id(value: object) -> bool:
     """True when ``value`` may be used as a site, asset or point id in topics and labels."""
     if type(value) is str and value in _VALID_IDS:
         return True
-    if not (isinstance(value, str) and _ID.match(value)):
+    if not (isinstance(value, str) and _ID.fullmatch(value)):
         return False
     if len(_VALID_IDS) >= _MAX_VALID_IDS:                # hostile input may only cost the cache, never memory
         _VALID_IDS.clear()

@@ -6,10 +6,11 @@ rotation; ``log_setup``: the command lines' logging; ``file_watch``: certificate
 rotation checks; ``cert_expiry``, ``sqlite``, ``version``. Runtime dependencies
 only (prometheus-client), never pulumi.
 
-``ErrorFactory`` is how a shared helper raises the calling package's own error:
-each package's ``ConfigError(field, value, reason)`` fits it.
+``ErrorFactory`` (defined in ``ems_contract.config_reader``, whose typed reader uses it too)
+is how a shared helper raises the calling package's own error: each package's
+``ConfigError(field, value, reason)`` fits it.
 """
 
-from typing import Callable
+from ems_contract.config_reader import ErrorFactory
 
-ErrorFactory = Callable[[str, object, str], Exception]
+__all__ = ["ErrorFactory"]

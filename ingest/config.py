@@ -77,10 +77,12 @@ from typing import Any, Mapping
 
 from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text
 from ems_contract.config_reader import MAX_TEXT_CHARS, MAX_URL_CHARS, Section
+from ems_contract.oidc import ALGORITHMS, OidcSettings, algorithms_problem
+from ems_contract.roles import role_problem
 from ems_contract.telemetry import valid_id
 from ingest.errors import ConfigError
 from ingest.remote_write import RemoteWriteAuth
-from ingest.gateway_auth import ALGORITHMS, ROLES, AuthSettings, OidcSettings
+from ingest.gateway_auth import AuthSettings
 
 __all__ = ["ENV_OVERRIDES", "MAX_ENV_CHARS", "MAX_URL_CHARS", "IngestConfig", "BrokerConfig", "TsdbConfig",
            "BatchConfig", "StateConfig", "MetricsConfig", "TimeConfig", "TwinApiConfig", "load_config", "parse_config"]
@@ -239,8 +241,8 @@ def _roles(section: Section, key: str, default: tuple[tuple[str, str], ...]) -> 
     for name, role in value.items():
         if not name or len(name) > MAX_TEXT_CHARS or not name.isprintable():
             raise ConfigError(f"{section.at(key)}.{name}", role, "must be named by 1..1024 printable characters")
-        if role not in ROLES:
-            raise ConfigError(f"{section.at(key)}.{name}", role, f"must be one of {', '.join(ROLES)}")
+        if (problem := role_problem(role)) is not None:
+            raise ConfigError(f"{section.at(key)}.{name}", role, problem)
     return tuple(value.items())
 
 
@@ -253,8 +255,8 @@ def _auth(twin: Section) -> AuthSettings | None:
         algorithms = o.get("algorithms", False)
         if algorithms is None:
             algorithms = list(ALGORITHMS)
-        if not isinstance(algorithms, list) or not algorithms or any(x not in ALGORITHMS for x in algorithms):
-            raise ConfigError(o.at("algorithms"), algorithms, f"must be a non-empty list of {', '.join(ALGORITHMS)}")
+        if (problem := algorithms_problem(algorithms)) is not None:
+            raise ConfigError(o.at("algorithms"), algorithms, problem)
         claim_roles = _roles(o, "claim_roles", ())
         if not claim_roles:
             raise ConfigError(o.at("claim_roles"), None, "is required: which claim values grant which role")

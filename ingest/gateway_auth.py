@@ -15,7 +15,7 @@ nginx itself (client-supplied copies never reach us: the auth location passes no
 Answer: 200 with ``X-Ems-User``, ``X-Ems-Role`` and ``X-Ems-Auth`` (mtls|oidc), which the
 gateway forwards upstream as trusted headers; 401 (no or bad credentials) or 403 (a role below
 the route's). A bearer token, when present, decides alone (a bad token with a good certificate
-is a 401); otherwise the certificate does. Roles are ordered viewer < operator < admin.
+is a 401); otherwise the certificate does. Roles (``ems_contract.roles``): viewer < operator < admin.
 
 Tokens: a JWT signed RS256 or ES256 (configurable subset) by a key of the issuer's JWKS, whose
 ``kid`` names it and whose ``alg`` matches the key; ``iss``, ``aud``, ``exp`` and ``sub`` are
@@ -33,14 +33,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import ssl
 import threading
 import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import jwt
@@ -48,61 +46,20 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry, Counter
 
+from ems_contract.oidc import OidcSettings
+from ems_contract.roles import DEFAULT_CERT_OU_ROLES, clean_user, highest_role, role_at_least, role_problem
 from ems_contract.telemetry import shown
 
-__all__ = ["ROLES", "AuthRequest", "AuthSettings", "Decision", "JwksCache", "OidcSettings", "Verifier", "role_at_least"]
+__all__ = ["AuthRequest", "AuthSettings", "Decision", "JwksCache", "Verifier"]
 
 log = logging.getLogger(__name__)
 
-ROLES = ("viewer", "operator", "admin")
-"""Roles, lowest first; a role may do everything a lower one may."""
-_RANK = {role: rank for rank, role in enumerate(ROLES)}
-ALGORITHMS = ("RS256", "ES256")
 MAX_TOKEN_CHARS = 8192
 MAX_CERT_CHARS = 16384
 MAX_JWKS_BYTES = 256 * 1024
 DENIAL_REASONS = ("no_credentials", "bad_certificate", "certificate_without_role", "bad_token", "unknown_key",
                   "bad_algorithm", "expired", "not_yet_valid", "wrong_audience", "wrong_issuer", "token_without_role",
                   "tokens_not_accepted", "insufficient_role", "bad_request")
-_USER = re.compile(r"[^A-Za-z0-9@._:+=/-]")
-
-
-def role_at_least(role: str, needed: str) -> bool:
-    return _RANK[role] >= _RANK[needed]
-
-
-def _highest(roles: list[str]) -> str | None:
-    return max(roles, key=_RANK.__getitem__) if roles else None
-
-
-@dataclass(frozen=True)
-class OidcSettings:
-    """An OIDC issuer whose access tokens the gateway accepts."""
-
-    issuer: str
-    """``iss`` the tokens must carry (the issuer URL)."""
-    audience: str
-    """``aud`` the tokens must name (the gateway's client id at the identity provider)."""
-    jwks_url: str
-    """Where the issuer publishes its signing keys (JWKS)."""
-    claim_roles: tuple[tuple[str, str], ...]
-    """(claim value, role): a token whose ``role_claim`` holds the value has the role; the highest wins."""
-    role_claim: str = "groups"
-    """Claim holding the user's groups or roles (a string or a list of strings). Defaults to ``groups``."""
-    username_claim: str = "sub"
-    """Claim naming the user in logs and upstream headers. Defaults to ``sub``."""
-    algorithms: tuple[str, ...] = ALGORITHMS
-    """Accepted signature algorithms, a subset of RS256/ES256. Defaults to both."""
-    leeway_s: float = 30.0
-    """Clock skew tolerated on ``exp``/``nbf``. Defaults to 30 s."""
-    jwks_refresh_s: float = 300.0
-    """How long fetched keys are used before the JWKS is fetched again. Defaults to 300 s."""
-    jwks_min_refetch_s: float = 30.0
-    """Least time between two fetches (an unknown ``kid`` refetches early). Defaults to 30 s."""
-    jwks_timeout_s: float = 5.0
-    """Timeout of one JWKS fetch. Defaults to 5 s."""
-    jwks_ca: Path | None = None
-    """CA bundle to verify the JWKS URL's server with. Defaults to the system's."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +68,7 @@ class AuthSettings:
 
     oidc: OidcSettings | None = None
     """Accept bearer tokens from this issuer. Defaults to none: certificates only."""
-    cert_ou_roles: tuple[tuple[str, str], ...] = tuple((role, role) for role in ROLES)
+    cert_ou_roles: tuple[tuple[str, str], ...] = DEFAULT_CERT_OU_ROLES
     """(subject OU, role) for client certificates. Defaults to OU ``viewer``/``operator``/``admin`` as that role."""
     cert_cn_roles: tuple[tuple[str, str], ...] = ()
     """(subject CN, role): takes precedence over the OU. Defaults to none."""
@@ -231,7 +188,7 @@ class Verifier:
     def decide(self, req: AuthRequest) -> Decision:
         who = "anonymous"
         try:
-            if req.required_role not in _RANK:
+            if role_problem(req.required_role) is not None:
                 raise _Denied(403, "bad_request", who, f"route role {shown(req.required_role)}")
             if req.authorization:
                 user, role, method = self._from_token(req.authorization)
@@ -261,8 +218,8 @@ class Verifier:
         cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
         ous = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
         cn = str(cns[0]) if cns else cert.subject.rfc4514_string()
-        user = _clean_user(f"cert:{cn}")
-        role = self._cn_roles.get(cn) or _highest([self._ou_roles[str(ou)] for ou in ous if str(ou) in self._ou_roles])
+        user = clean_user(f"cert:{cn}")
+        role = self._cn_roles.get(cn) or highest_role([self._ou_roles[str(ou)] for ou in ous if str(ou) in self._ou_roles])
         if role is None:
             raise _Denied(403, "certificate_without_role", user, f"OU {ous}")
         return user, role, "mtls"
@@ -299,11 +256,11 @@ class Verifier:
             raise _Denied(401, "wrong_issuer", _unverified_sub(token), str(exc)) from exc
         except jwt.PyJWTError as exc:               # bad signature, missing claim, malformed
             raise _Denied(401, "bad_token", _unverified_sub(token), str(exc)) from exc
-        user = _clean_user(str(claims.get(oidc.username_claim) or claims["sub"]))
+        user = clean_user(str(claims.get(oidc.username_claim) or claims["sub"]))
         granted = claims.get(oidc.role_claim, [])
         values = [granted] if isinstance(granted, str) else [v for v in granted if isinstance(v, str)] \
             if isinstance(granted, list) else []
-        role = _highest([self._claim_roles[v] for v in values if v in self._claim_roles])
+        role = highest_role([self._claim_roles[v] for v in values if v in self._claim_roles])
         if role is None:
             raise _Denied(403, "token_without_role", user, f"{oidc.role_claim} {shown(values)}")
         return user, role, "oidc"
@@ -315,9 +272,5 @@ def _unverified_sub(token: str) -> str:
         sub = jwt.decode(token, options={"verify_signature": False}).get("sub")
     except jwt.PyJWTError:
         return "anonymous"
-    return f"unverified:{_clean_user(str(sub))}" if sub else "anonymous"
+    return f"unverified:{clean_user(str(sub))}" if sub else "anonymous"
 
-
-def _clean_user(user: str) -> str:
-    """A user name safe for an HTTP header and a log line: bounded, in a small character set."""
-    return _USER.sub("_", user)[:128] or "_"

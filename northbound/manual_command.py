@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Collection
 
-from ems_contract.command import CONTROLS, MAX_WATTS
+from ems_contract.command import BOOLEAN_CONTROLS, CONTROLS, MAX_WATTS
 from ems_contract.telemetry import valid_id
 
 __all__ = ["FIELDS", "MAX_BODY_BYTES", "MAX_DEPTH", "ManualRequest", "RequestError", "parse_request"]
@@ -33,7 +33,6 @@ MAX_DEPTH = 1
 """One flat object: every value is a scalar."""
 FIELDS = ("site", "control", "value", "ttl_s")
 _REQUIRED = ("site", "control", "value")
-_BOOLEAN_CONTROLS = frozenset({"connect", "energize"})
 
 
 class RequestError(ValueError):
@@ -129,7 +128,7 @@ def parse_request(body: bytes, *, sites: Collection[str], default_ttl_s: int, ma
 
 
 def _value(control: str, value: object) -> float | bool:
-    if control in _BOOLEAN_CONTROLS:
+    if control in BOOLEAN_CONTROLS:
         if not isinstance(value, bool):
             raise RequestError("value", value, f"must be true or false for {control}")
         return value

@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Awaitable, Callable, Collection
 
-from ems_contract.command import COMMAND_ID_PATTERN, ISSUER_PATTERN, Command, CommandResult
+from ems_contract.command import COMMAND_ID_PATTERN, Command, CommandResult
+from ems_contract.roles import AUTH_METHODS, ROLES, role_at_least, valid_user
 from ems_runtime.server_tls import ServerTls, handshake
 from ems_runtime.tls import error_reason
 from northbound.commands import Outcome
@@ -54,10 +55,10 @@ __all__ = ["CommandDesk", "Identity", "OperatorApi", "MANUAL_OUTCOMES", "MAX_KEP
 log = logging.getLogger(__name__)
 
 MAX_KEPT = 1000
-ROLES = ("viewer", "operator", "admin")
-METHODS = ("mtls", "oidc")
+MANUAL_ROLE = "operator"
+"""The least role that may issue and read manual commands (the gateway's ``commands`` route needs it too)."""
+_NEEDS_ROLE = f"manual commands need the {' or '.join(ROLES[ROLES.index(MANUAL_ROLE):])} role"
 MANUAL_OUTCOMES = ("published", "bad_request", "unauthenticated", "forbidden", "not_published", "wrong_caller")
-_USER = re.compile(ISSUER_PATTERN)
 _PATH = re.compile(r"^/v1/commands(?:/(?P<id>[^/?]*))?$")
 _ID = re.compile(COMMAND_ID_PATTERN)
 
@@ -88,7 +89,7 @@ class _Refused(Exception):
 def identity_from(headers: Any) -> Identity:
     """The gateway's identity headers → Identity; _Refused 401 when absent or not what the gateway sends."""
     user, role, method = (headers.get(h, "") for h in ("X-Ems-User", "X-Ems-Role", "X-Ems-Auth"))
-    if not _USER.match(user) or role not in ROLES or method not in METHODS:
+    if not valid_user(user) or role not in ROLES or method not in AUTH_METHODS:
         raise _Refused(401, "unauthenticated", {"error": "no verified identity from the API gateway"})
     return Identity(user, role, method)
 
@@ -121,8 +122,8 @@ class CommandDesk:
         try:
             who = identity_from(headers)
             role = who.role
-            if role == "viewer":
-                raise _Refused(403, "forbidden", {"error": "manual commands need the operator or admin role"})
+            if not role_at_least(role, MANUAL_ROLE):
+                raise _Refused(403, "forbidden", {"error": _NEEDS_ROLE})
             try:
                 request = parse_request(body, sites=self.sites, default_ttl_s=self.default_ttl_s,
                                         max_ttl_s=self.max_ttl_s)
@@ -171,8 +172,8 @@ class CommandDesk:
             who = identity_from(headers)
         except _Refused as refused:
             return refused.status, refused.doc
-        if who.role == "viewer":
-            return 403, {"error": "manual commands need the operator or admin role"}
+        if not role_at_least(who.role, MANUAL_ROLE):
+            return 403, {"error": _NEEDS_ROLE}
         with self._lock:
             kept = self._kept.get(command_id) if _ID.match(command_id) else None
             doc = self._document(kept) if kept is not None else None

@@ -73,8 +73,12 @@ def test_ingest_imports_only_its_image_dependencies() -> None:
 
 def test_dockerfile_installs_exactly_those_distributions() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
-    patterns = re.findall(r"grep -E '\^\(([^)]*)\)==' requirements\.txt", dockerfile)
-    assert len(patterns) == 3, "the Dockerfile no longer selects runtime pins from requirements.txt (edge, ingest, northbound)"
+    # Each -build stage runs scripts/image-venv.sh with its package list, built from the global ARGs.
+    lists = dict(re.findall(r"^ARG (\w+_PACKAGES)=(\S+)$", dockerfile, re.MULTILINE))
+    calls = re.findall(r'^FROM builder AS (\S+)-build\n(?:ARG \w+\n)*RUN sh image-venv\.sh "([^"]+)"', dockerfile, re.MULTILINE)
+    assert [stage for stage, _ in calls] == ["edge", "ingest", "northbound"], \
+        "the Dockerfile no longer selects runtime pins with image-venv.sh (edge, ingest, northbound)"
+    patterns = [re.sub(r"\$\{(\w+)\}", lambda m: lists[m.group(1)], arg) for _, arg in calls]
     pinned = {line.split("==")[0].lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
               if "==" in line and not line.startswith("#")}
     for pattern in patterns:
@@ -86,3 +90,13 @@ def test_dockerfile_installs_exactly_those_distributions() -> None:
     needed = {d.lower().replace("_", "-") for name in NORTHBOUND_RUNTIME - {"cython_runtime"} for d in dists.get(name, [name])}
     assert needed <= set(patterns[2].split("|")), sorted(needed - set(patterns[2].split("|")))
     assert set(patterns[1].split("|")) == set(patterns[0].split("|")) | {"numpy"}, "ingest = the edge's pins and numpy"
+
+
+def test_image_venv_refuses_a_package_list_that_requirements_txt_does_not_pin(tmp_path: Path) -> None:
+    """A misspelt or unpinned name stops the image build before pip runs (grep alone would skip it silently)."""
+    (tmp_path / "requirements.txt").write_text("pymodbus==3.11.1\norjson==3.10.0\n")
+    out = subprocess.run(["sh", str(ROOT / "scripts/image-venv.sh"), "pymodbus|orjsn"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stderr.strip() == "image-venv.sh: requirements.txt pins 1 of the 2 distributions in 'pymodbus|orjsn'"
+    assert not (tmp_path / "venv").exists()

@@ -249,9 +249,10 @@ def test_nginx_config_authenticates_every_route_and_routes_nothing_else() -> Non
 
 def test_nginx_config_follows_the_client_certificate_mode_and_limits() -> None:
     from components.api_gateway import NginxPlan, Upstream, nginx_config
-    from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+    from components.gateway_settings import GatewayAuthSettings
+    from ems_contract.oidc import OidcSettings
 
-    oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
+    oidc = OidcSettings("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
     plan = lambda **kw: NginxPlan(auth=GatewayAuthSettings(**kw), tsdb=Upstream("t", 9090), twin_api=Upstream("w", 8443, "w"))  # noqa: E731
     required = nginx_config(plan(client_certs="required"))
     assert "ssl_verify_client optional;" in required           # the handshake admits the kubelet's probe of /healthz
@@ -385,9 +386,10 @@ def test_operator_and_grafana_routes_exist_only_with_their_upstreams() -> None:
 
 def test_gateway_declares_the_client_authentication_its_config_requires() -> None:
     from components.api_gateway import NginxPlan, Upstream, _client_auth, nginx_config
-    from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+    from components.gateway_settings import GatewayAuthSettings
+    from ems_contract.oidc import OidcSettings
 
-    oidc = GatewayOidc("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
+    oidc = OidcSettings("https://idp/r", "ems", "https://idp/jwks", (("g", "viewer"),))
     for settings, annotation, verify in ((GatewayAuthSettings(client_certs="required"), "mtls-required", "optional"),
                                          (GatewayAuthSettings(), "mtls", "optional"),
                                          (GatewayAuthSettings(oidc=oidc), "mtls+oidc", "optional"),

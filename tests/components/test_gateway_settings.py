@@ -7,7 +7,8 @@ import json
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from components.gateway_settings import GatewayAuthError, GatewayAuthSettings, GatewayOidc, parse_gateway_auth
+from components.gateway_settings import GatewayAuthError, GatewayAuthSettings, parse_gateway_auth
+from ems_contract.oidc import OidcSettings
 from components.settings import SettingsError, parse_settings
 
 AWS = {"ems:cloud": "aws", "ems:region": "eu-west-1"}
@@ -22,7 +23,7 @@ def test_defaults_are_optional_certificates_without_oidc() -> None:
 def test_json_text_as_the_pulumi_runtime_sends_it() -> None:
     auth = parse_settings({**AWS, "ems:apiAuth": json.dumps({"oidc": OIDC, "ratePerSecond": "7",
                                                               "certCnRoles": {"scada-main": "operator"}})}, "s").platform.api_auth
-    assert auth.oidc == GatewayOidc("https://idp.example/r", "ems", "https://idp.example/jwks", (("g", "viewer"),))
+    assert auth.oidc == OidcSettings("https://idp.example/r", "ems", "https://idp.example/jwks", (("g", "viewer"),))
     assert auth.rate_per_second == 7 and auth.cert_cn_roles == (("scada-main", "operator"),)
 
 

@@ -169,6 +169,10 @@ def test_settings_defaults_and_disabled() -> None:
     assert s is not None and (s.server_port, s.dcap, s.sites) == (443, "/dcap", ("sub-01", "sub-02"))
     assert parse_settings({**PRIVATE, "ems:northbound": {**GOOD, "enabled": False}}, "t").platform.northbound is None
     assert parse_settings(PRIVATE, "t").platform.northbound is None
+    # enabled is read like every boolean of the stack settings: true/false, or their text.
+    assert parse_settings({**PRIVATE, "ems:northbound": {**GOOD, "enabled": "false"}}, "t").platform.northbound is None
+    assert parse_settings({**PRIVATE, "ems:northbound": {**GOOD, "enabled": "true"}}, "t").platform.northbound is not None
+    assert settings_error({**GOOD, "enabled": "yes"}) == "ems:northbound.enabled: yes must be true or false"
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -197,6 +197,8 @@ def test_additional_cas_are_checked_one_by_one() -> None:
     ({**AWS, "ems:alertReceivers": [{"name": "Ops"}]}, "ems:alertReceivers[0].name: Ops must be a DNS label (lowercase letters, digits, '-')"),
     ({**AWS, "ems:alertReceivers": [{"name": "ops", "severities": ["page"]}]},
      "ems:alertReceivers[0].severities[0]: page is not one of critical|warning|info"),
+    ({**AWS, "ems:alertReceivers": [{"name": "ops", "sendResolved": "yes"}]},
+     "ems:alertReceivers[0].sendResolved: yes must be true or false"),
     ({**AWS, "ems:alertReceivers": [{"name": "ops"}]},
      "ems:alertReceiverUrls: is required when ems:alertReceivers is set: pulumi config set --secret "
      "ems:alertReceiverUrls '{\"<receiver>\": \"https://…\"}'"),
@@ -212,3 +214,6 @@ def test_alert_settings_reach_the_platform_settings() -> None:
     assert s.platform is not None
     assert (s.platform.alerts.site_silent_minutes, s.platform.alerts.loss_ratio) == (30, 0.01)
     assert s.platform.alert_receivers[0].severities == ("critical",)
+    quiet = parse_settings({**AWS, "ems:alertReceivers": [{"name": "ops", "sendResolved": "false"}]}, "t",
+                           frozenset({"alertReceiverUrls"}))
+    assert quiet.platform is not None and quiet.platform.alert_receivers[0].send_resolved is False

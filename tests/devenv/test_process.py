@@ -24,6 +24,13 @@ def test_returns_once_ready_treating_os_errors_as_not_yet() -> None:
     assert next(answers, "drained") == "drained"
 
 
+def test_returns_the_first_truthy_answer_and_asks_once_even_when_time_is_up() -> None:
+    answers = iter([[], None, [{"alert": "x"}]])
+    assert wait_until(lambda: next(answers), 5, "an alert", interval=0.01) == [{"alert": "x"}]
+    asked = []
+    assert wait_until(lambda: asked.append(1) or "now", -1.0, "at once") == "now" and asked == [1]
+
+
 def test_a_process_that_exits_first_is_named_with_its_code() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
     proc.wait(10)

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
-import shutil
+import shlex
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -29,15 +27,8 @@ def check_config(config: Path, *extra: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture
-def config(pki: LocalPki) -> Iterator[Path]:
-    # A short folder of its own rather than tmp_path: the error's reason is clipped at 400 characters, and the
-    # "run: chown … && chmod …" fix names three key paths, which under pytest-xdist's longer tmp_path
-    # (…/popen-gw1/test_keys_not_owned_by_the_ser0/…) no longer fit.
-    folder = Path(tempfile.mkdtemp(prefix="ems-layout-"))
-    try:
-        yield write_agent_config(folder / "site", pki, broker_port=free_port(), modbus_port=free_port())
-    finally:
-        shutil.rmtree(folder)
+def config(pki: LocalPki, tmp_path: Path) -> Path:
+    return write_agent_config(tmp_path / "site", pki, broker_port=free_port(), modbus_port=free_port())
 
 
 def test_keys_of_the_current_user_at_0600_pass(config: Path) -> None:
@@ -86,6 +77,24 @@ def test_keys_not_owned_by_the_service_user_are_refused_all_at_once(config: Path
     fixed = check_config(config, "--user", OTHER.pw_name)
     assert fixed.returncode == 0, fixed.stderr
     assert f"key files: {key}, {secret}: mode 0600, owner {OTHER.pw_name}" in fixed.stdout
+
+
+def test_the_fix_names_every_bad_key_in_full_however_long(config: Path) -> None:
+    """Twenty keys with 150-character names: the reason stays short, the chown/chmod command is not cut."""
+    pki_dir = config.parent / "pki"
+    keys = []
+    for i in range(20):
+        key = pki_dir / f"{i:02d}-{'k' * 140} 'odd'.key"
+        key.write_text("not a key\n")
+        os.chmod(key, 0o644)
+        keys.append(key)
+    result = check_config(config)
+    assert result.returncode == 2
+    quoted = " ".join(shlex.quote(str(k)) for k in sorted(keys))
+    assert result.stderr.rstrip().endswith(f"(19 more key files too); run: chmod 600 {quoted}"), result.stderr[-300:]
+    fix = result.stderr.rstrip().rpartition("; run: ")[2]
+    subprocess.run(["sh", "-c", fix], check=True, timeout=30)          # the hint, run as printed, fixes them all
+    assert check_config(config).returncode == 0
 
 
 def test_an_unknown_service_user_is_named(config: Path) -> None:

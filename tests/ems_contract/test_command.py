@@ -46,6 +46,12 @@ def test_round_trip_and_topics() -> None:
     ({"control": "connect", "value": 1}, "bad_value", "connect must be true or false"),
     ({"extra": 1}, "bad_field", "unknown keys ['extra']"),
     ({"issued_ms": -1}, "bad_field", "issued_ms must be an integer"),
+    # A trailing newline passed the old "$"-anchored match; ids, mRIDs and issuers are matched whole.
+    ({"id": "c-0001\n"}, "bad_id", "id 'c-0001\\n' must match"),
+    ({"site": "sub-07\n"}, "bad_id", "site 'sub-07\\n' is not a valid id"),
+    ({"event": "C0000001\n"}, "bad_field", "event must be null or an mRID"),
+    ({"issuer": "alice\n"}, "bad_field", "issuer must match"),
+    ({"issuer": "a" * 129}, "bad_field", "issuer must match"),
 ])
 def test_refusals_name_field_and_value(change: dict, reason: str, text: str) -> None:
     with pytest.raises(SchemaError) as info:

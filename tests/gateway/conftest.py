@@ -17,11 +17,12 @@ from typing import Callable, Iterator
 import pytest
 
 from components.api_gateway import NginxPlan, Upstream, nginx_config
-from components.gateway_settings import GatewayAuthSettings, GatewayOidc
+from components.gateway_settings import GatewayAuthSettings
 from devenv.alertmanager import AlertmanagerServer
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.nginx import NginxGateway
 from devenv.oidc_issuer import OidcIssuer
+from ems_contract.oidc import OidcSettings
 from devenv.pki import LocalPki
 from devenv.prometheus import PrometheusServer
 from components.twin_api import twin_api_toml
@@ -71,7 +72,7 @@ class Gateway:
 
 def gateway_settings(issuer: OidcIssuer, **overrides: object) -> GatewayAuthSettings:
     """The stack settings a test gateway runs with (the OIDC block as a stack would give it)."""
-    oidc = GatewayOidc(issuer=issuer.issuer, audience=issuer.audience, jwks_url=issuer.jwks_url,
+    oidc = OidcSettings(issuer=issuer.issuer, audience=issuer.audience, jwks_url=issuer.jwks_url,
                        claim_roles=tuple(GROUPS.items()))
     return replace(GatewayAuthSettings(oidc=oidc, cert_cn_roles=(("scada-main", "operator"),)), **overrides)  # type: ignore[arg-type]
 

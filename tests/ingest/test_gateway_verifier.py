@@ -10,7 +10,8 @@ from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
 from devenv.oidc_issuer import OidcIssuer
-from ingest.gateway_auth import AuthRequest, AuthSettings, JwksCache, OidcSettings, Verifier
+from ems_contract.oidc import OidcSettings
+from ingest.gateway_auth import AuthRequest, AuthSettings, JwksCache, Verifier
 
 GROUPS = (("ems-viewers", "viewer"), ("ems-operators", "operator"), ("ems-admins", "admin"))
 
