@@ -141,7 +141,8 @@ def test_an_operator_command_is_applied_at_the_device_and_bounds_and_roles_hold(
     status, doc = _post(gw, {"site": SITE, "control": "exp_lim_w", "value": 12000, "ttl_s": 120}, cert=otto,
                         headers=forged)
     assert status == 202, doc
-    assert (doc["issuer"], doc["role"], doc["status"]) == ("cert:otto", "operator", "pending")
+    # The edge may answer before the 202 is built (a local broker is fast): pending or already applied.
+    assert (doc["issuer"], doc["role"]) == ("cert:otto", "operator") and doc["status"] in ("pending", "applied"), doc
     assert doc["expires_ms"] - doc["issued_ms"] == 120_000
     done = _outcome(gw, doc["id"], control_path, cert=otto)
     assert (done["status"], done["readback"]) == ("applied", 12000.0), done
