@@ -15,7 +15,8 @@
 
 The component: Alertmanager as a one-replica StatefulSet (its silences and notification log on
 an emptyDir: state is lost with the pod, alerts are not — the TSDB re-sends them), a Service on
-:data:`PORT`, a ServiceAccount without a token.
+:data:`PORT`, a ServiceAccount without a token. A changed ``alertmanager.yml`` restarts the pod
+(``ems.io/config-sha256``, an HMAC under the child key ``<name>-digest-key``: the file holds secrets).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import yaml
 from ems_contract.config_file import url_problem
 from components.alerts import SEVERITIES, SITE_SILENT, AlertReceiver as Receiver
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, container, empty_dir, metadata, pod_spec, secret_volume, selector,
-    template_metadata,
+    ComponentArgsError, Resources, child, config_annotation, container, digest_key, empty_dir, metadata, pod_spec,
+    secret_volume, selector, template_metadata,
 )
 
 __all__ = ["APP", "PORT", "Receiver", "AlertmanagerArgs", "Alertmanager", "alertmanager_config", "check_url"]
@@ -150,7 +151,10 @@ class Alertmanager(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [am]),
+                    # Alertmanager reads its file only at start: a change restarts it (silences and the notification
+                    # log are on the emptyDir and go with the pod; docs/deploy.md). The file is a Secret: keyed digest.
+                    "metadata": template_metadata(APP, [am], annotations=config_annotation(
+                        {"alertmanager.yml": config_text}, key=digest_key(name, self))),
                     "spec": pod_spec([am], service_account=sa.metadata.name,
                                      volumes=[secret_volume("config", secret.metadata.name), empty_dir("data")]),
                 },

@@ -12,7 +12,8 @@ Alerting: the rules file ``ems-alerts.yml`` (``components/alerts.py``, from the 
 thresholds) sits beside ``prometheus.yml`` in the ConfigMap and is loaded through
 ``rule_files``; ``alerting`` points at the Alertmanager Service. Two more scrape jobs feed
 the alerts: ``ems-twin-api`` (twin-derived metrics: thermal state, PLC faults, point
-quality; any replica holds every twin, so the ClusterIP Service is the target) and
+quality, and each replica's verifier counters; SRV discovery of the headless
+``twin-api-metrics`` Service, like the ingest) and
 ``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
 exceptions), labelled with its site. Where the stack deploys ``ems-northbound``, the job
 ``ems-northbound`` scrapes its single replica through its metrics Service.
@@ -27,7 +28,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    Resources, child, config_volume, container, labels, metadata, pod_spec, selector, template_metadata,
+    Resources, child, config_annotation, config_volume, container, labels, metadata, pod_spec, selector,
+    template_metadata,
 )
 
 APP = "tsdb"
@@ -173,15 +175,11 @@ class Tsdb(pulumi.ComponentResource):
         o = child(self)
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
-        conf = k8s.core.v1.ConfigMap(
-            f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
-                                                      args.scrape_port_name, args.twin_api_scrape_service,
-                                                      args.alerting)
+        config = {"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
+                                                      args.scrape_port_name, args.twin_api_scrape_service, args.alerting)
                   + (northbound_scrape_job(args.northbound_metrics) if args.northbound_metrics else ""),
-                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})},
-            opts=o,
-        )
+                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})}
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
             spec={"clusterIP": "None", "selector": selector(APP),
@@ -213,7 +211,9 @@ class Tsdb(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [prometheus]),
+                    # Prometheus reads prometheus.yml and the rules only at start (no --web.enable-lifecycle, no
+                    # reloader): a change restarts it. Its data stays on the volume; docs/deploy.md says what it costs.
+                    "metadata": template_metadata(APP, [prometheus], annotations=config_annotation(config)),
                     "spec": pod_spec(
                         [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
                         volumes=[config_volume("config", conf.metadata.name)],
