@@ -251,7 +251,7 @@ def content_digest(files: Mapping[str, pulumi.Input[str]], *, key: pulumi.Input[
     def unkeyed(secret_and_contents: list[Any]) -> str:
         secret, texts = secret_and_contents
         if secret:
-            raise ValueError(f"content_digest: {', '.join(names)} hold a secret; digest it with a key (digest_key)")
+            raise ValueError(f"content_digest: {', '.join(names)}: secret content needs a key (digest_key)")
         return _digest(dict(zip(names, texts)), None)
     return pulumi.Output.all(pulumi.Output.from_input(contents.is_secret()), contents).apply(unkeyed)
 
