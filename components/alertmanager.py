@@ -31,7 +31,7 @@ import yaml
 from ems_contract.config_file import url_problem
 from components.alerts import SEVERITIES, SITE_SILENT, AlertReceiver as Receiver
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, container, digest_key, empty_dir, metadata, pod_spec,
+    ComponentArgsError, Resources, child, container, digest_key, empty_dir, metadata, pod_spec,
     secret_volume, selector, template_metadata,
 )
 
@@ -153,8 +153,8 @@ class Alertmanager(pulumi.ComponentResource):
                 "template": {
                     # Alertmanager reads its file only at start: a change restarts it (silences and the notification
                     # log are on the emptyDir and go with the pod; docs/deploy.md). The file is a Secret: keyed digest.
-                    "metadata": template_metadata(APP, [am], annotations=config_annotation(
-                        {"alertmanager.yml": config_text}, key=digest_key(name, self))),
+                    "metadata": template_metadata(APP, [am], config={"alertmanager.yml": config_text},
+                                                  config_key=digest_key(name, self)),
                     "spec": pod_spec([am], service_account=sa.metadata.name,
                                      volumes=[secret_volume("config", secret.metadata.name), empty_dir("data")]),
                 },

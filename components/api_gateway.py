@@ -36,7 +36,7 @@ import pulumi_kubernetes as k8s
 from components import alertmanager, grafana
 from components.gateway_settings import GatewayAuthSettings
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, config_volume, container, empty_dir, metadata, pod_spec,
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec,
     secret_volume, selector, template_metadata, tls_annotation,
 )
 
@@ -433,8 +433,7 @@ class ApiGateway(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # nginx reads its config and certificates only at start: a change rolls the replicas one by one.
-                    "metadata": template_metadata(APP, [nginx], annotations={**config_annotation(config),
-                                                                             **tls_annotation(args.tls_digest)}),
+                    "metadata": template_metadata(APP, [nginx], config=config, annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec([nginx], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
                                      volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret),

@@ -93,7 +93,7 @@ import pulumi_kubernetes as k8s
 from ems_contract.telemetry import TOPIC_ROOT, TWIN_SUBSCRIPTION, deadletter_topic, seen_topic, telemetry_subscription
 
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, config_volume, container, labels, metadata,
+    ComponentArgsError, Resources, child, config_volume, container, labels, metadata,
     pod_spec, secret_volume, selector, template_metadata, tls_annotation,
 )
 
@@ -372,8 +372,7 @@ class MqttBroker(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # Mosquitto reads the dynsec file only at start: a changed config rolls the pod.
-                    "metadata": template_metadata(APP, [broker], annotations={**config_annotation(config),
-                                                                            **tls_annotation(args.tls_digest)}),
+                    "metadata": template_metadata(APP, [broker], config=config, annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec(
                         [broker], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],

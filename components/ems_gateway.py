@@ -27,7 +27,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    LATENCY_LABEL, ComponentArgsError, Resources, child, config_annotation, config_volume, container, metadata,
+    LATENCY_LABEL, ComponentArgsError, Resources, child, config_volume, container, metadata,
     pod_spec, secret_volume, selector, template_metadata,
 )
 from components.settings import ModbusGateway
@@ -182,8 +182,7 @@ class EmsGateway(pulumi.ComponentResource):
                 "template": {
                     # The agent reloads only gain and offset in place; the rest of sensors.conf is read at start, so a
                     # change recreates the pod (the spool claim keeps every unacknowledged reading).
-                    "metadata": template_metadata(APP, [agent], annotations=config_annotation({"sensors.conf": conf_text}),
-                                                  **extra),
+                    "metadata": template_metadata(APP, [agent], config={"sensors.conf": conf_text}, **extra),
                     "spec": {**pod_spec([agent], service_account=sa.metadata.name, volumes=volumes,
                                         pool="interconnect", required_pool=True),
                              # Time for SIGTERM to flush the spool (the agent's --shutdown-grace is 10 s).

@@ -31,7 +31,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, config_volume, container, digest_key, empty_dir, metadata,
+    ComponentArgsError, Resources, child, config_volume, container, digest_key, empty_dir, metadata,
     pod_spec, secret_volume, selector, template_metadata,
 )
 
@@ -227,7 +227,7 @@ class Grafana(pulumi.ComponentResource):
         # is created, i.e. at every start). A change rolls the pods. Not the dashboards: the file provider re-reads them
         # every updateIntervalSeconds from the whole-mounted ConfigMap, which the kubelet updates in place.
         started_with = {**settings, **({"admin/password": args.admin_password} if args.admin_password is not None else {})}
-        annotation = config_annotation(started_with, key=digest_key(name, self) if args.admin_password is not None else None)
+        password_key = digest_key(name, self) if args.admin_password is not None else None
         svc = k8s.core.v1.Service(f"{name}-svc", metadata=metadata(APP, ns, APP), spec={
             "type": "ClusterIP", "selector": selector(APP),
             "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}, opts=o)
@@ -239,7 +239,7 @@ class Grafana(pulumi.ComponentResource):
         deploy = k8s.apps.v1.Deployment(f"{name}-deploy", metadata=metadata(APP, ns, APP), spec={
             "replicas": args.replicas,
             "selector": {"matchLabels": selector(APP)},
-            "template": {"metadata": template_metadata(APP, [grafana], annotations=annotation),
+            "template": {"metadata": template_metadata(APP, [grafana], config=started_with, config_key=password_key),
                          "spec": pod_spec([grafana], service_account=sa.metadata.name, volumes=volumes,
                                           fs_group=GRAFANA_UID, spread_app=APP)},
         }, opts=o)

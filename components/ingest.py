@@ -45,7 +45,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    POD_NAME_ENV, THERMAL_LABEL, ComponentArgsError, Resources, child, config_annotation, config_volume, container,
+    POD_NAME_ENV, THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container,
     empty_dir, labels, metadata, per_pod_secrets_volume, pod_spec, selector, template_metadata,
 )
 
@@ -217,8 +217,7 @@ class IngestWorkers(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # ingest.toml is read only at start: a change rolls the workers (sessions persist at the broker).
-                    "metadata": template_metadata(APP, [worker], annotations=config_annotation({"ingest.toml": conf_text}),
-                                                  **{THERMAL_LABEL: "true"}),
+                    "metadata": template_metadata(APP, [worker], config={"ingest.toml": conf_text}, **{THERMAL_LABEL: "true"}),
                     "spec": pod_spec([worker], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               per_pod_secrets_volume("tls", [(f"{APP}-{n}", secret) for n, secret

@@ -194,14 +194,24 @@ def pod_spec(
     return spec
 
 
-def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotations: Mapping[str, str] | None = None,
+def template_metadata(app: str, containers: Sequence[dict[str, Any]], *,
+                      annotations: Mapping[str, pulumi.Input[str]] | None = None,
+                      config: Mapping[str, pulumi.Input[str]] | None = None, config_key: pulumi.Input[str] | None = None,
                       **extra: str) -> dict[str, Any]:
     """Pod template metadata: labels plus the AppArmor runtime/default profile per container.
+
+    ``config`` (file name → content) is what the pod's processes read only at start: it adds
+    ``ems.io/config-sha256`` = :func:`content_digest` (under ``config_key`` for contents of a Secret), so a changed
+    file rolls the pods and an unchanged one leaves them alone. Defaults to none: the pod reads no config, or
+    reloads it in place.
 
     Kubernetes 1.29 has no ``securityContext.appArmorProfile`` field yet (1.30), so the
     profile is set with the beta annotation that 1.30+ still honours.
     """
-    notes = {f"container.apparmor.security.beta.kubernetes.io/{c['name']}": "runtime/default" for c in containers}
+    notes: dict[str, pulumi.Input[str]] = {
+        f"container.apparmor.security.beta.kubernetes.io/{c['name']}": "runtime/default" for c in containers}
+    if config is not None:
+        notes[CONFIG_HASH_ANNOTATION] = content_digest(config, key=config_key)
     return {"labels": labels(app, **extra), "annotations": {**notes, **(annotations or {})}}
 
 
@@ -212,13 +222,6 @@ CONFIG_HASH_ANNOTATION = "ems.io/config-sha256"
 def tls_annotation(digest: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
     """``{ems.io/tls-sha256: digest}`` for a pod template (a new certificate or trust bundle rolls the pods), or {}."""
     return {} if digest is None else {TLS_HASH_ANNOTATION: digest}
-
-
-def config_annotation(files: Mapping[str, pulumi.Input[str]], *, key: pulumi.Input[str] | None = None
-                      ) -> dict[str, pulumi.Input[str]]:
-    """``{ems.io/config-sha256: content_digest(files, key=key)}`` for the pod template of a process that reads
-    ``files`` only at start: a changed file rolls the pods, an unchanged one leaves them alone."""
-    return {CONFIG_HASH_ANNOTATION: content_digest(files, key=key)}
 
 
 def _digest(files: Mapping[str, str], key: str | None) -> str:

@@ -16,7 +16,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    NEEDS_TOKEN_ANNOTATION, Resources, child, config_annotation, config_volume, container, empty_dir, metadata,
+    NEEDS_TOKEN_ANNOTATION, Resources, child, config_volume, container, empty_dir, metadata,
     pod_spec, secret_volume, selector, template_metadata,
 )
 
@@ -130,8 +130,7 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # The adapter reads its rules only at start: a change rolls the two replicas one by one.
-                    "metadata": template_metadata(APP, [adapter], annotations={NEEDS_TOKEN_ANNOTATION: "true",
-                                                                               **config_annotation(config)}),
+                    "metadata": template_metadata(APP, [adapter], config=config, annotations={NEEDS_TOKEN_ANNOTATION: "true"}),
                     "spec": pod_spec([adapter], service_account=sa.metadata.name, automount_token=True, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               secret_volume("serving-cert", args.tls_secret), empty_dir("tmp")]),

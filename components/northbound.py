@@ -46,7 +46,7 @@ import pulumi_kubernetes as k8s
 
 from components.api_gateway import APP as API_GATEWAY_APP, NORTHBOUND_COMMAND_PORT
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, config_volume, container, metadata, pod_spec, secret_volume,
+    ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec, secret_volume,
     selector, template_metadata,
 )
 from components.settings import NorthboundSettings
@@ -186,7 +186,7 @@ class NorthboundClient(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [client], annotations=config_annotation(started_with)),
+                    "metadata": template_metadata(APP, [client], config=started_with),
                     "spec": pod_spec([client], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               config_volume("utility-ca", utility_ca.metadata.name),

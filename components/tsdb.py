@@ -28,7 +28,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    Resources, child, config_annotation, config_volume, container, labels, metadata, pod_spec, selector,
+    Resources, child, config_volume, container, labels, metadata, pod_spec, selector,
     template_metadata,
 )
 
@@ -213,7 +213,7 @@ class Tsdb(pulumi.ComponentResource):
                 "template": {
                     # Prometheus reads prometheus.yml and the rules only at start (no --web.enable-lifecycle, no
                     # reloader): a change restarts it. Its data stays on the volume; docs/deploy.md says what it costs.
-                    "metadata": template_metadata(APP, [prometheus], annotations=config_annotation(config)),
+                    "metadata": template_metadata(APP, [prometheus], config=config),
                     "spec": pod_spec(
                         [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
                         volumes=[config_volume("config", conf.metadata.name)],

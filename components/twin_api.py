@@ -40,7 +40,7 @@ import pulumi_kubernetes as k8s
 from components.gateway_settings import GatewayAuthSettings
 from components.ingest import METRICS_PORT, mtls_broker_section, pod_tls_env, validate_ingest_toml
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_annotation, config_volume, container, empty_dir, metadata,
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata,
     per_pod_secrets_volume, pod_spec, secret_volume, selector, template_metadata,
 )
 
@@ -196,7 +196,7 @@ class TwinApi(pulumi.ComponentResource):
                 "template": {
                     # ingest.toml (the verifier's role tables included) is read only at start; certificates reload in
                     # place. A changed file rolls the replicas one at a time.
-                    "metadata": template_metadata(APP, [api], annotations=config_annotation({"ingest.toml": conf_text})),
+                    "metadata": template_metadata(APP, [api], config={"ingest.toml": conf_text}),
                     "spec": pod_spec([api], service_account=sa.metadata.name, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               per_pod_secrets_volume("mqtt-tls", [(f"{APP}-{n}", secret) for n, secret
