@@ -156,12 +156,14 @@ def pod_spec(
     fs_group: int = DEFAULT_UID,
     automount_token: bool = False,
     spread_app: str | None = None,
+    share_process_namespace: bool = False,
 ) -> dict[str, Any]:
     """A pod spec: RuntimeDefault seccomp at pod level too, token automount off unless asked.
 
     ``pool`` adds a toleration for the pool's taint and node affinity to ``ems.io/pool``:
     required when ``required_pool`` (latency-critical), preferred otherwise. ``spread_app``
-    prefers replicas of that app on different nodes.
+    prefers replicas of that app on different nodes. ``share_process_namespace`` lets a sidecar
+    signal the main process (``components/config_reload.py``).
     """
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
@@ -174,6 +176,8 @@ def pod_spec(
         },
         "containers": list(containers),
     }
+    if share_process_namespace:
+        spec["shareProcessNamespace"] = True
     if sysctls:
         spec["securityContext"]["sysctls"] = [{"name": k, "value": v} for k, v in sysctls.items()]
     if volumes:

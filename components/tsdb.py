@@ -17,6 +17,9 @@ quality, and each replica's verifier counters; SRV discovery of the headless
 ``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
 exceptions), labelled with its site. Where the stack deploys ``ems-northbound``, the job
 ``ems-northbound`` scrapes its single replica through its metrics Service.
+
+A changed ``prometheus.yml`` or rules file is reloaded in place (``components/config_reload.py``: a sidecar
+sends SIGHUP), not by a restart, which would stop queries, rules and remote write until the WAL is replayed.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    Resources, child, config_volume, container, labels, metadata, pod_spec, selector,
-    template_metadata,
+    Resources, child, config_volume, container, labels, metadata, pod_spec, selector, template_metadata,
 )
+from components.config_reload import DEFAULT_CONTAINER_ANNOTATION, reloader_container
 
 APP = "tsdb"
 PORT = 9090
 PROMETHEUS_UID = 65534
+CONFIG_DIR = "/etc/prometheus"
 
 
 def pod_address_regex(service: str) -> str:
@@ -189,7 +193,7 @@ class Tsdb(pulumi.ComponentResource):
         prometheus = container(
             "prometheus", args.image, args.resources,
             args=[
-                "--config.file=/etc/prometheus/prometheus.yml",
+                f"--config.file={CONFIG_DIR}/prometheus.yml",
                 "--storage.tsdb.path=/prometheus",
                 f"--storage.tsdb.retention.time={args.retention}",
                 "--web.enable-remote-write-receiver",
@@ -198,11 +202,13 @@ class Tsdb(pulumi.ComponentResource):
                 f"--query.max-samples={args.query_max_samples}",
             ],
             ports=[("tsdb", PORT)],
-            mounts=[("config", "/etc/prometheus"), ("data", "/prometheus")],
+            mounts=[("config", CONFIG_DIR), ("data", "/prometheus")],
             writable=["data"],
             run_as_user=PROMETHEUS_UID,
             probe_port=PORT, probe_path="/-/ready",
         )
+        reloader = reloader_container(args.image, "prometheus", [f"{CONFIG_DIR}/{f}" for f in sorted(config)],
+                                      [("config", CONFIG_DIR)], run_as_user=PROMETHEUS_UID)
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",
             metadata=metadata(APP, ns, APP),
@@ -211,11 +217,13 @@ class Tsdb(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    # Prometheus reads prometheus.yml and the rules only at start (no --web.enable-lifecycle, no
-                    # reloader): a change restarts it. Its data stays on the volume; docs/deploy.md says what it costs.
-                    "metadata": template_metadata(APP, [prometheus], config=config),
+                    # prometheus.yml and the rules are reloaded in place (SIGHUP from the sidecar): a restart would
+                    # stop queries, rules and remote write until the WAL is replayed (docs/deploy.md).
+                    "metadata": template_metadata(APP, [prometheus, reloader],
+                                                  annotations={DEFAULT_CONTAINER_ANNOTATION: "prometheus"}),
                     "spec": pod_spec(
-                        [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
+                        [prometheus, reloader], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
+                        share_process_namespace=True,
                         volumes=[config_volume("config", conf.metadata.name)],
                         pool="nvme", required_pool=True,
                     ),

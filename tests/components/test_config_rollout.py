@@ -1,5 +1,6 @@
 """Config changes reach running pods: every pod template that reads config only at start carries
-``ems.io/config-sha256`` (``k8s_common.content_digest``), which follows that config and nothing else.
+``ems.io/config-sha256`` (``k8s_common.content_digest``), which follows that config and nothing else; the TSDB
+and Alertmanager reload theirs in place instead (a ``config-reloader`` sidecar, tests/components/test_config_reload.py).
 
 Whole stacks are evaluated under the Pulumi mocks twice, once with one ``ems:`` value changed; exactly the
 workloads that read the changed file must get a new annotation, and the same inputs must give the same one.
@@ -56,13 +57,20 @@ def baseline() -> Evaluation:
     return _evaluate(_with_secrets())
 
 
+def _config_files(ev: Evaluation) -> dict[str, Any]:
+    """ConfigMap and Secret name → its data (Secrets' secret-wrapped, compared as they are)."""
+    return {r.inputs["metadata"]["name"]: r.inputs.get("data") or r.inputs.get("stringData")
+            for typ in ("kubernetes:core/v1:ConfigMap", "kubernetes:core/v1:Secret") for r in ev.of_type(typ)
+            if r.inputs.get("type") != "kubernetes.io/tls"}
+
+
 def _changed(base: Evaluation, other: Evaluation) -> set[str]:
     before, after = _config_hashes(base), _config_hashes(other)
     assert before.keys() == after.keys()
     return {name for name in before if before[name] != after[name]}
 
 
-def test_every_workload_that_mounts_config_carries_a_plain_hex_config_hash(baseline: Evaluation) -> None:
+def test_every_workload_that_mounts_config_rolls_on_a_plain_hex_config_hash_or_reloads_in_place(baseline: Evaluation) -> None:
     config_maps = {c.inputs["metadata"]["name"] for c in baseline.of_type("kubernetes:core/v1:ConfigMap")}
     opaque = {s.inputs["metadata"]["name"] for s in baseline.of_type("kubernetes:core/v1:Secret")
               if s.inputs.get("type") != "kubernetes.io/tls"}
@@ -73,12 +81,26 @@ def test_every_workload_that_mounts_config_carries_a_plain_hex_config_hash(basel
                 name = (volume.get("configMap") or {}).get("name") or (volume.get("secret") or {}).get("secretName")
                 if name in config_maps | opaque:
                     mounting.add(w.inputs["metadata"]["name"])
-    assert mounting == {"tsdb", "alertmanager", "broker", "ems-gateway", "ingest", "metrics-adapter", "twin-api", "api-gateway",
+    reloading = {"tsdb": ("prometheus", ["ems-alerts.yml", "prometheus.yml"]), "alertmanager": ("alertmanager", ["alertmanager.yml"])}
+    assert mounting == {*reloading, "broker", "ems-gateway", "ingest", "metrics-adapter", "twin-api", "api-gateway",
                         "northbound", "grafana"}
     hashes = _config_hashes(baseline)
+    rolling = mounting - set(reloading)
     # A str, not a secret-wrapped value: the pod template (and its diff) stays readable.
-    assert {name: type(hashes[name]).__name__ for name in mounting} == {name: "str" for name in mounting}
-    assert all(len(hashes[name]) == 64 and int(hashes[name], 16) >= 0 for name in mounting)
+    assert {name: type(hashes[name]).__name__ for name in rolling} == {name: "str" for name in rolling}
+    assert all(len(hashes[name]) == 64 and int(hashes[name], 16) >= 0 for name in rolling)
+    # The two that reload: no hash, a reloader that shares the process namespace and watches every mounted file.
+    for w in (w for typ in WORKLOADS for w in baseline.of_type(typ) if w.inputs["metadata"]["name"] in reloading):
+        name, pod = w.inputs["metadata"]["name"], w.inputs["spec"]["template"]["spec"]
+        assert hashes[name] is None and pod["shareProcessNamespace"] is True
+        main, reloader = pod["containers"]
+        assert reloader["name"] == "config-reloader" and reloader["image"] == main["image"]
+        assert reloader["securityContext"]["runAsUser"] == main["securityContext"]["runAsUser"]
+        config_mount = next(m for m in main["volumeMounts"] if m["name"] == "config")
+        assert reloader["volumeMounts"] == [config_mount]
+        process, files = reloading[name]
+        watched = " ".join(f"{config_mount['mountPath']}/{f}" for f in files)
+        assert f"cat {watched} | sha256sum" in reloader["command"][2] and f"pidof {process}" in reloader["command"][2]
 
 
 def test_the_same_inputs_give_the_same_annotations(baseline: Evaluation) -> None:
@@ -88,22 +110,23 @@ def test_the_same_inputs_give_the_same_annotations(baseline: Evaluation) -> None
 
 
 @pytest.mark.parametrize(("overrides", "rolled"), [
-    ({"ems:alerts": {"siteSilentMinutes": 15}}, {"tsdb"}),                              # the rules file
+    ({"ems:alerts": {"siteSilentMinutes": 15}}, set()),                                 # the TSDB reloads its rules
     ({"ems:apiAuth": {"clientCerts": "required", "certCnRoles": {"scada-dc1": "operator"}, "ratePerSecond": 7}},
      {"api-gateway"}),                                                                  # nginx.conf only
     ({"ems:apiAuth": {"clientCerts": "required", "certCnRoles": {"scada-dc1": "viewer"}}}, {"twin-api"}),  # verifier tables
-    ({"ems:alertReceiverUrls": json.dumps({"ops": URL_B})}, {"alertmanager"}),           # the Secret's content
+    ({"ems:alertReceiverUrls": json.dumps({"ops": URL_B})}, set()),                    # Alertmanager reloads
     ({"ems:grafanaAdminPassword": PASSWORD_B}, {"grafana"}),
     ({"ems:grafana": {"rootUrl": "https://grafana.dc1.ems.example.net/grafana/"}}, {"grafana"}),
     ({"ems:edgeSites": ["sub-01", "sub-02", "sub-03", "sub-04", "sub-05"]}, {"broker"}),  # dynamic-security.json
-    # ingest.toml's reading window is the TSDB's out-of-order window: both files change, both pods roll.
-    ({"ems:spoolHorizon": "96h"}, {"ingest", "tsdb"}),
+    # ingest.toml's reading window is the TSDB's out-of-order window: both files change; the ingest rolls.
+    ({"ems:spoolHorizon": "96h"}, {"ingest"}),
 ], ids=["alerts", "gateway-limits", "verifier-roles", "receiver-url", "grafana-password", "grafana-root-url", "edge-sites",
         "spool-horizon"])
 def test_changing_one_config_rolls_exactly_the_pods_that_read_it(baseline: Evaluation, overrides: dict[str, Any],
                                                                  rolled: set[str]) -> None:
     changed = _evaluate(_with_secrets(**overrides))
     assert _changed(baseline, changed) == rolled
+    assert _config_files(baseline) != _config_files(changed)              # the change did reach a config file
     # Configuration is not certificates: no TLS annotation moves.
     assert {n: a.get(TLS_HASH_ANNOTATION) for n, a in _annotations(changed).items()} == \
         {n: a.get(TLS_HASH_ANNOTATION) for n, a in _annotations(baseline).items()}
@@ -131,16 +154,12 @@ def test_secrets_stay_out_of_plain_inputs_outputs_and_guessable_digests(baseline
     assert PASSWORD_A not in outputs and "a7Xq-token-one" not in outputs
     # Someone who reads the Deployment and guesses the secret right still cannot confirm the guess: the digests of
     # Secret contents are keyed. (The unkeyed digest of the true content is what a bare SHA-256 would have shown.)
-    [am_secret] = [s for s in baseline.of_type("kubernetes:core/v1:Secret") if s.inputs["metadata"]["name"] == "alertmanager-config"]
-    am_text = am_secret.inputs["stringData"]["value"]["alertmanager.yml"]
-    assert URL_A in am_text
     hashes = _config_hashes(baseline)
-    assert hashes["alertmanager"] != content_digest({"alertmanager.yml": am_text})
     [grafana_config] = [c for c in baseline.of_type("kubernetes:core/v1:ConfigMap") if c.inputs["metadata"]["name"] == "grafana-config"]
     assert hashes["grafana"] != content_digest({**grafana_config.inputs["data"], "admin/password": PASSWORD_A})
-    # The keys: one ECDSA key per component with secret config, kept secret in the state.
+    # The key: one ECDSA key per component with a secret in its digest (Alertmanager reloads: no digest, no key).
     keys = [k for k in baseline.of_type("tls:index/privateKey:PrivateKey") if k.name.endswith("-digest-key")]
-    assert sorted(k.name for k in keys) == ["ems-alertmanager-digest-key", "ems-grafana-digest-key"]
+    assert sorted(k.name for k in keys) == ["ems-grafana-digest-key"]
     assert all((k.inputs["algorithm"], k.inputs["ecdsaCurve"]) == ("ECDSA", "P256") for k in keys)
 
 
