@@ -13,8 +13,10 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import pytest
 import yaml
@@ -59,6 +61,38 @@ def _named_binary(tmp_path: Path, binary: str, stem: str) -> Path:
     return link
 
 
+@dataclass
+class Watched:
+    """A server started under a name of its own, on ``url``, with the reloader watching its files."""
+
+    url: str
+    server: ManagedProcess
+    reloader: ManagedProcess
+    pid: int
+
+    def same_process(self) -> bool:
+        return self.server.running and self.server.proc is not None and self.server.proc.pid == self.pid
+
+
+@contextmanager
+def _watched(tmp_path: Path, binary: str, args: Callable[[int], list[str]], files: list[Path]) -> Iterator[Watched]:
+    """Start ``binary`` (as ``<name>-<random>``) with ``args(port)``, wait for ``/-/ready``, then the reloader's script
+    under busybox sh for ``files``; stop both afterwards."""
+    named = _named_binary(tmp_path, binary, Path(binary).name)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server, reloader = ManagedProcess(tmp_path / "server.log"), ManagedProcess(tmp_path / "reloader.log")
+    try:
+        proc = server.spawn([str(named), *args(port)])
+        wait_until(lambda: http_ok(url + "/-/ready"), 30, f"{named.name} ready", proc)
+        reloader.spawn([_busybox(), "sh", "-c", reload_script(named.name, [str(f) for f in files], interval_s=1)])
+        wait_until(lambda: "watching" in reloader.tail(), 10, "the reloader started", reloader.proc)
+        yield Watched(url, server, reloader, proc.pid)
+    finally:
+        reloader.terminate(5)
+        server.terminate()
+
+
 def _rules(alert: str) -> bytes:
     return yaml.safe_dump({"groups": [{"name": "t", "rules": [{"alert": alert, "expr": "vector(1)"}]}]}).encode()
 
@@ -75,33 +109,24 @@ def test_prometheus_reloads_changed_rules_in_place_and_keeps_serving_a_bad_chang
     config = KubeletVolume(tmp_path / "config")
     conf, rules = config.root / "prometheus.yml", config.root / "ems-alerts.yml"
     config.publish({"prometheus.yml": _prometheus_yml(str(rules)), "ems-alerts.yml": _rules("First")})
-    binary = _named_binary(tmp_path, find_prometheus(), "prometheus")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    prom, reloader = ManagedProcess(tmp_path / "prometheus.log"), ManagedProcess(tmp_path / "reloader.log")
-    try:
-        proc = prom.spawn([str(binary), f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                           f"--web.listen-address=127.0.0.1:{port}", "--log.level=info"])
-        wait_until(lambda: http_ok(url + "/-/ready"), 30, "Prometheus ready", proc)
-        reloader.spawn([_busybox(), "sh", "-c", reload_script(binary.name, [str(conf), str(rules)], interval_s=1)])
-        assert _alert_names(url) == ["First"]
-        wait_until(lambda: "watching" in reloader.tail(), 10, "the reloader started", reloader.proc)
-        reloads = _metric(url, "prometheus_config_last_reload_success_timestamp_seconds")
+    args = lambda port: [f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'data'}",  # noqa: E731
+                         f"--web.listen-address=127.0.0.1:{port}"]
+    with _watched(tmp_path, find_prometheus(), args, [conf, rules]) as tsdb:
+        assert _alert_names(tsdb.url) == ["First"]
+        reloads = _metric(tsdb.url, "prometheus_config_last_reload_success_timestamp_seconds")
 
         config.publish({"prometheus.yml": _prometheus_yml(str(rules)), "ems-alerts.yml": _rules("Second")})
-        wait_until(lambda: _alert_names(url) == ["Second"], 30, "the new rule loaded", proc)
-        assert prom.running and proc.pid == prom.proc.pid                     # the same process: not restarted
-        assert _metric(url, "prometheus_config_last_reload_success_timestamp_seconds") > reloads
-        assert "SIGHUP sent to " + binary.name in reloader.tail()
+        wait_until(lambda: _alert_names(tsdb.url) == ["Second"], 30, "the new rule loaded", tsdb.server.proc)
+        assert tsdb.same_process()                                             # reloaded, not restarted
+        assert _metric(tsdb.url, "prometheus_config_last_reload_success_timestamp_seconds") > reloads
+        assert "SIGHUP sent to prometheus-" in tsdb.reloader.tail()
 
         # An invalid file: Prometheus refuses it, logs why and keeps the loaded rules; the reloader does not loop.
         config.publish({"prometheus.yml": _prometheus_yml(str(rules)), "ems-alerts.yml": b"groups: [{name: t, rules: [{alert: }]}]\n"})
-        wait_until(lambda: _metric(url, "prometheus_config_last_reload_successful") == 0, 30, "the bad change refused", proc)
-        assert _alert_names(url) == ["Second"] and prom.running
-        assert reloader.tail().count("SIGHUP sent") == 2
-    finally:
-        reloader.terminate(5)
-        prom.terminate()
+        wait_until(lambda: _metric(tsdb.url, "prometheus_config_last_reload_successful") == 0, 30, "the bad change refused",
+                   tsdb.server.proc)
+        assert _alert_names(tsdb.url) == ["Second"] and tsdb.same_process()
+        assert tsdb.reloader.tail().count("SIGHUP sent") == 2
 
 
 def _remote_write(url: str, ts_ms: int) -> int:
@@ -122,26 +147,16 @@ def test_a_longer_spool_horizon_reaches_the_running_tsdb(tmp_path: Path) -> None
     conf = config.root / "prometheus.yml"
     window = "storage:\n  tsdb:\n    out_of_order_time_window: {}\n"
     config.publish({"prometheus.yml": window.format("10m").encode()})
-    binary = _named_binary(tmp_path, find_prometheus(), "prometheus")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    prom, reloader = ManagedProcess(tmp_path / "prometheus.log"), ManagedProcess(tmp_path / "reloader.log")
-    try:
-        proc = prom.spawn([str(binary), f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'data'}",
-                           f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver"])
-        wait_until(lambda: http_ok(url + "/-/ready"), 30, "Prometheus ready", proc)
-        reloader.spawn([_busybox(), "sh", "-c", reload_script(binary.name, [str(conf)], interval_s=1)])
+    args = lambda port: [f"--config.file={conf}", f"--storage.tsdb.path={tmp_path / 'data'}",  # noqa: E731
+                         f"--web.listen-address=127.0.0.1:{port}", "--web.enable-remote-write-receiver"]
+    with _watched(tmp_path, find_prometheus(), args, [conf]) as tsdb:
         now_ms = int(time.time() * 1000)
-        assert _remote_write(url, now_ms) == 204
+        assert _remote_write(tsdb.url, now_ms) == 204
         five_hours_ago = now_ms - 5 * 3600 * 1000
-        assert _remote_write(url, five_hours_ago) >= 400                       # outside the 10m window: refused
-        wait_until(lambda: "watching" in reloader.tail(), 10, "the reloader started", reloader.proc)
+        assert _remote_write(tsdb.url, five_hours_ago) >= 400                  # outside the 10m window: refused
         config.publish({"prometheus.yml": window.format("72h").encode()})
-        wait_until(lambda: _remote_write(url, five_hours_ago) == 204, 30, "the old reading accepted", proc)
-        assert proc.pid == prom.proc.pid and prom.running
-    finally:
-        reloader.terminate(5)
-        prom.terminate()
+        wait_until(lambda: _remote_write(tsdb.url, five_hours_ago) == 204, 30, "the old reading accepted", tsdb.server.proc)
+        assert tsdb.same_process()
 
 
 def test_alertmanager_reloads_a_new_receiver_in_place_and_keeps_its_silences(tmp_path: Path) -> None:
@@ -150,34 +165,24 @@ def test_alertmanager_reloads_a_new_receiver_in_place_and_keeps_its_silences(tmp
         return alertmanager_config(receivers, {n: f"https://hooks.example.net/{n}" for n in names}).encode()
 
     config = KubeletVolume(tmp_path / "config")
+    conf = config.root / "alertmanager.yml"
     config.publish({"alertmanager.yml": config_file("ops")})
-    binary = _named_binary(tmp_path, find_alertmanager(), "alertmanager")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    am, reloader = ManagedProcess(tmp_path / "alertmanager.log"), ManagedProcess(tmp_path / "reloader.log")
-    try:
-        proc = am.spawn([str(binary), f"--config.file={config.root / 'alertmanager.yml'}",
-                         f"--storage.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}",
-                         "--cluster.listen-address="])
-        wait_until(lambda: http_ok(url + "/-/ready"), 30, "Alertmanager ready", proc)
-        reloader.spawn([_busybox(), "sh", "-c",
-                        reload_script(binary.name, [str(config.root / "alertmanager.yml")], interval_s=1)])
+    args = lambda port: [f"--config.file={conf}", f"--storage.path={tmp_path / 'data'}",  # noqa: E731
+                         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="]
+    with _watched(tmp_path, find_alertmanager(), args, [conf]) as am:
         silence = {"matchers": [{"name": "site", "value": "sub-01", "isRegex": False}], "startsAt": "2026-01-01T00:00:00Z",
                    "endsAt": "2099-01-01T00:00:00Z", "createdBy": "test", "comment": "maintenance"}
-        request = urllib.request.Request(url + "/api/v2/silences", data=json.dumps(silence).encode(), method="POST",
+        request = urllib.request.Request(am.url + "/api/v2/silences", data=json.dumps(silence).encode(), method="POST",
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=5) as resp:  # nosec B310 # the test's own server
             silence_id = json.loads(resp.read())["silenceID"]
-        wait_until(lambda: "watching" in reloader.tail(), 10, "the reloader started", reloader.proc)
-        assert "oncall" not in _get(url + "/api/v2/status")["config"]["original"]
+        assert "oncall" not in _get(am.url + "/api/v2/status")["config"]["original"]
 
         config.publish({"alertmanager.yml": config_file("ops", "oncall")})
-        wait_until(lambda: "oncall" in _get(url + "/api/v2/status")["config"]["original"], 30, "the new receiver loaded", proc)
-        assert am.running and proc.pid == am.proc.pid
-        assert [s["id"] for s in _get(url + "/api/v2/silences") if s["status"]["state"] == "active"] == [silence_id]
-    finally:
-        reloader.terminate(5)
-        am.terminate()
+        wait_until(lambda: "oncall" in _get(am.url + "/api/v2/status")["config"]["original"], 30, "the new receiver loaded",
+                   am.server.proc)
+        assert am.same_process()
+        assert [s["id"] for s in _get(am.url + "/api/v2/silences") if s["status"]["state"] == "active"] == [silence_id]
 
 
 def test_reload_script_needs_files_and_an_interval() -> None:
