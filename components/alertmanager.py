@@ -15,7 +15,8 @@
 
 The component: Alertmanager as a one-replica StatefulSet (its silences and notification log on
 an emptyDir: state is lost with the pod, alerts are not — the TSDB re-sends them), a Service on
-:data:`PORT`, a ServiceAccount without a token.
+:data:`PORT`, a ServiceAccount without a token. A changed ``alertmanager.yml`` is reloaded in place
+by the ``config-reloader`` sidecar (``components/config_reload.py``), so the silences survive it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ from components.k8s_common import (
     ComponentArgsError, Resources, child, container, empty_dir, metadata, pod_spec, secret_volume, selector,
     template_metadata,
 )
+from components.config_reload import DEFAULT_CONTAINER_ANNOTATION, reloader_container
 
 __all__ = ["APP", "PORT", "Receiver", "AlertmanagerArgs", "Alertmanager", "alertmanager_config", "check_url"]
 
 APP = "alertmanager"
 PORT = 9093
 CONFIG_DIR = "/etc/alertmanager"
+ALERTMANAGER_UID = 65534
 
 
 def check_url(receiver: str, url: object) -> str:
@@ -140,9 +143,11 @@ class Alertmanager(pulumi.ComponentResource):
             ports=[("http", PORT)],
             mounts=[("config", CONFIG_DIR), ("data", "/alertmanager")],
             writable=["data"],
-            run_as_user=65534,
+            run_as_user=ALERTMANAGER_UID,
             probe_port=PORT, probe_path="/-/ready",
         )
+        reloader = reloader_container(args.image, "alertmanager", [f"{CONFIG_DIR}/alertmanager.yml"], [("config", CONFIG_DIR)],
+                                      run_as_user=ALERTMANAGER_UID)
         k8s.apps.v1.StatefulSet(
             f"{name}-sts", metadata=metadata(APP, ns, APP),
             spec={
@@ -150,8 +155,10 @@ class Alertmanager(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [am]),
-                    "spec": pod_spec([am], service_account=sa.metadata.name,
+                    # A new alertmanager.yml is reloaded in place (SIGHUP from the sidecar): a restart would drop the
+                    # silences and the notification log, which live on the emptyDir (docs/deploy.md).
+                    "metadata": template_metadata(APP, [am, reloader], annotations={DEFAULT_CONTAINER_ANNOTATION: "alertmanager"}),
+                    "spec": pod_spec([am, reloader], service_account=sa.metadata.name, share_process_namespace=True,
                                      volumes=[secret_volume("config", secret.metadata.name), empty_dir("data")]),
                 },
             },

@@ -354,7 +354,7 @@ class ApiGatewayArgs:
     auth: GatewayAuthSettings = field(default_factory=GatewayAuthSettings)
     """Authentication and limits. Defaults to client certificates optional, no OIDC, the documented limits."""
     tls_digest: pulumi.Input[str] | None = None
-    """Digest of the gateway's certificates and trust bundle (``components.pki.tls_digest``), a pod template annotation:
+    """Digest of the gateway's certificates and trust bundle (``k8s_common.content_digest``), a pod template annotation:
     nginx reads them only at start, so a change rolls the replicas one by one. Defaults to none."""
     upstream_client_secret: pulumi.Input[str] | None = None
     """``kubernetes.io/tls`` Secret of the client certificate nginx presents to the twin API (mounted at
@@ -407,8 +407,8 @@ class ApiGateway(pulumi.ComponentResource):
         o = child(self)
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
-        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-                                     data={"nginx.conf": nginx_config(gateway_plan(args))}, opts=o)
+        config = {"nginx.conf": nginx_config(gateway_plan(args))}
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)
         spec: dict[str, object] = {
             "type": args.external_service_type,
             "selector": selector(APP),
@@ -432,7 +432,8 @@ class ApiGateway(pulumi.ComponentResource):
                 "replicas": args.replicas,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [nginx], annotations=tls_annotation(args.tls_digest)),
+                    # nginx reads its config and certificates only at start: a change rolls the replicas one by one.
+                    "metadata": template_metadata(APP, [nginx], config=config, annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec([nginx], service_account=sa.metadata.name, spread_app=APP,
                                      sysctls={"net.ipv4.ip_unprivileged_port_start": str(PORT)},
                                      volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret),

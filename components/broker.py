@@ -82,7 +82,6 @@ package (the tests pass theirs).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -150,15 +149,6 @@ DEADLETTERS = deadletter_topic("#")            # ems/v1/deadletter/#
 RESERVED_IDENTITY = DEADLETTERS.split("/")[2]   # a site named "deadletter" could write dead letters
 _IDENTITY = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PLUGIN_PATH = re.compile(r"^/[^\s]+\.so$")
-CONFIG_HASH_ANNOTATION = "ems.io/config-sha256"
-
-
-def config_hash(files: dict[str, str]) -> str:
-    """SHA-256 over the config files (names and contents, in name order)."""
-    h = hashlib.sha256()
-    for key in sorted(files):
-        h.update(key.encode() + b"\0" + files[key].encode() + b"\0")
-    return h.hexdigest()
 
 
 # Role names of the shared grants; a site's role is "own-<CN>", so these cannot collide with one.
@@ -287,7 +277,7 @@ class BrokerArgs:
     resources: Resources = Resources("250m", "256Mi", "1", "1Gi")
     """Container requests/limits. Defaults to 250m/256Mi, limits 1 CPU/1Gi."""
     tls_digest: pulumi.Input[str] | None = None
-    """Digest of the broker's certificate and trust bundle (``components.pki.tls_digest``), a pod template annotation:
+    """Digest of the broker's certificate and trust bundle (``k8s_common.content_digest``), a pod template annotation:
     Mosquitto reads ``cafile`` and its certificate only at start, so a change rolls the broker. Defaults to none."""
 
 
@@ -382,8 +372,7 @@ class MqttBroker(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # Mosquitto reads the dynsec file only at start: a changed config rolls the pod.
-                    "metadata": template_metadata(APP, [broker], annotations={CONFIG_HASH_ANNOTATION: config_hash(config),
-                                                                            **tls_annotation(args.tls_digest)}),
+                    "metadata": template_metadata(APP, [broker], config=config, annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec(
                         [broker], service_account=sa.metadata.name,
                         volumes=[config_volume("config", conf.metadata.name), secret_volume("tls", args.tls_secret)],

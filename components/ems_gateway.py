@@ -180,7 +180,9 @@ class EmsGateway(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [agent], **extra),
+                    # The agent reloads only gain and offset in place; the rest of sensors.conf is read at start, so a
+                    # change recreates the pod (the spool claim keeps every unacknowledged reading).
+                    "metadata": template_metadata(APP, [agent], config={"sensors.conf": conf_text}, **extra),
                     "spec": {**pod_spec([agent], service_account=sa.metadata.name, volumes=volumes,
                                         pool="interconnect", required_pool=True),
                              # Time for SIGTERM to flush the spool (the agent's --shutdown-grace is 10 s).

@@ -31,8 +31,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, pod_spec, secret_volume,
-    selector, template_metadata,
+    ComponentArgsError, Resources, child, config_volume, container, digest_key, empty_dir, metadata,
+    pod_spec, secret_volume, selector, template_metadata,
 )
 
 APP = "grafana"
@@ -199,11 +199,12 @@ class Grafana(pulumi.ComponentResource):
         login_form = args.admin_password is not None
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP),
                                         automount_service_account_token=False, opts=o)
-        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data={
+        settings: dict[str, pulumi.Input[str]] = {
             "grafana.ini": grafana_ini(args.root_url, args.user_header, args.role_header, login_form=login_form),
             "datasources.yaml": datasource_yaml(args.tsdb_url),
             "dashboards.yaml": dashboard_provider_yaml(),
-        }, opts=o)
+        }
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=settings, opts=o)
         boards = k8s.core.v1.ConfigMap(f"{name}-dashboards", metadata=metadata(f"{APP}-dashboards", ns, APP),
                                        data=dashboards, opts=o)
         volumes = [
@@ -222,6 +223,11 @@ class Grafana(pulumi.ComponentResource):
                                        opts=child(self, additional_secret_outputs=["stringData", "data"]))
             volumes.append(secret_volume("admin", admin.metadata.name))
             mounts.append(("admin", ADMIN_DIR))
+        # Read only at start: grafana.ini, the provisioning files and the admin password (used when the empty database
+        # is created, i.e. at every start). A change rolls the pods. Not the dashboards: the file provider re-reads them
+        # every updateIntervalSeconds from the whole-mounted ConfigMap, which the kubelet updates in place.
+        started_with = {**settings, **({"admin/password": args.admin_password} if args.admin_password is not None else {})}
+        password_key = digest_key(name, self) if args.admin_password is not None else None
         svc = k8s.core.v1.Service(f"{name}-svc", metadata=metadata(APP, ns, APP), spec={
             "type": "ClusterIP", "selector": selector(APP),
             "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]}, opts=o)
@@ -233,7 +239,7 @@ class Grafana(pulumi.ComponentResource):
         deploy = k8s.apps.v1.Deployment(f"{name}-deploy", metadata=metadata(APP, ns, APP), spec={
             "replicas": args.replicas,
             "selector": {"matchLabels": selector(APP)},
-            "template": {"metadata": template_metadata(APP, [grafana]),
+            "template": {"metadata": template_metadata(APP, [grafana], config=started_with, config_key=password_key),
                          "spec": pod_spec([grafana], service_account=sa.metadata.name, volumes=volumes,
                                           fs_group=GRAFANA_UID, spread_app=APP)},
         }, opts=o)

@@ -45,8 +45,8 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
-    POD_NAME_ENV, THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container, empty_dir, labels,
-    metadata, per_pod_secrets_volume, pod_spec, selector, template_metadata,
+    POD_NAME_ENV, THERMAL_LABEL, ComponentArgsError, Resources, child, config_volume, container,
+    empty_dir, labels, metadata, per_pod_secrets_volume, pod_spec, selector, template_metadata,
 )
 
 if TYPE_CHECKING:                      # the parser is imported lazily: only validation needs it
@@ -216,7 +216,8 @@ class IngestWorkers(pulumi.ComponentResource):
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [worker], **{THERMAL_LABEL: "true"}),
+                    # ingest.toml is read only at start: a change rolls the workers (sessions persist at the broker).
+                    "metadata": template_metadata(APP, [worker], config={"ingest.toml": conf_text}, **{THERMAL_LABEL: "true"}),
                     "spec": pod_spec([worker], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               per_pod_secrets_volume("tls", [(f"{APP}-{n}", secret) for n, secret

@@ -7,10 +7,13 @@ capabilities dropped, RuntimeDefault seccomp, requests and limits) lives in one 
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import pulumi
+import pulumi_tls as tls
 
 PART_OF = "ems-platform"
 POOL_LABEL = "ems.io/pool"
@@ -153,12 +156,14 @@ def pod_spec(
     fs_group: int = DEFAULT_UID,
     automount_token: bool = False,
     spread_app: str | None = None,
+    share_process_namespace: bool = False,
 ) -> dict[str, Any]:
     """A pod spec: RuntimeDefault seccomp at pod level too, token automount off unless asked.
 
     ``pool`` adds a toleration for the pool's taint and node affinity to ``ems.io/pool``:
     required when ``required_pool`` (latency-critical), preferred otherwise. ``spread_app``
-    prefers replicas of that app on different nodes.
+    prefers replicas of that app on different nodes. ``share_process_namespace`` lets a sidecar
+    signal the main process (``components/config_reload.py``).
     """
     spec: dict[str, Any] = {
         "serviceAccountName": service_account,
@@ -171,6 +176,8 @@ def pod_spec(
         },
         "containers": list(containers),
     }
+    if share_process_namespace:
+        spec["shareProcessNamespace"] = True
     if sysctls:
         spec["securityContext"]["sysctls"] = [{"name": k, "value": v} for k, v in sysctls.items()]
     if volumes:
@@ -191,23 +198,77 @@ def pod_spec(
     return spec
 
 
-def template_metadata(app: str, containers: Sequence[dict[str, Any]], *, annotations: Mapping[str, str] | None = None,
+def template_metadata(app: str, containers: Sequence[dict[str, Any]], *,
+                      annotations: Mapping[str, pulumi.Input[str]] | None = None,
+                      config: Mapping[str, pulumi.Input[str]] | None = None, config_key: pulumi.Input[str] | None = None,
                       **extra: str) -> dict[str, Any]:
     """Pod template metadata: labels plus the AppArmor runtime/default profile per container.
+
+    ``config`` (file name → content) is what the pod's processes read only at start: it adds
+    ``ems.io/config-sha256`` = :func:`content_digest` (under ``config_key`` for contents of a Secret), so a changed
+    file rolls the pods and an unchanged one leaves them alone. Defaults to none: the pod reads no config, or
+    reloads it in place.
 
     Kubernetes 1.29 has no ``securityContext.appArmorProfile`` field yet (1.30), so the
     profile is set with the beta annotation that 1.30+ still honours.
     """
-    notes = {f"container.apparmor.security.beta.kubernetes.io/{c['name']}": "runtime/default" for c in containers}
+    notes: dict[str, pulumi.Input[str]] = {
+        f"container.apparmor.security.beta.kubernetes.io/{c['name']}": "runtime/default" for c in containers}
+    if config is not None:
+        notes[CONFIG_HASH_ANNOTATION] = content_digest(config, key=config_key)
     return {"labels": labels(app, **extra), "annotations": {**notes, **(annotations or {})}}
 
 
 TLS_HASH_ANNOTATION = "ems.io/tls-sha256"
+CONFIG_HASH_ANNOTATION = "ems.io/config-sha256"
 
 
 def tls_annotation(digest: pulumi.Input[str] | None) -> dict[str, pulumi.Input[str]]:
     """``{ems.io/tls-sha256: digest}`` for a pod template (a new certificate or trust bundle rolls the pods), or {}."""
     return {} if digest is None else {TLS_HASH_ANNOTATION: digest}
+
+
+def _digest(files: Mapping[str, str], key: str | None) -> str:
+    h = hashlib.sha256() if key is None else hmac.new(key.encode(), digestmod=hashlib.sha256)
+    for name in sorted(files):
+        h.update(name.encode() + b"\0" + files[name].encode() + b"\0")
+    return h.hexdigest()
+
+
+def content_digest(files: Mapping[str, pulumi.Input[str]], *, key: pulumi.Input[str] | None = None) -> pulumi.Input[str]:
+    """Hex SHA-256 over ``files`` (file name → content): each name and content NUL-terminated, in name order.
+
+    Deterministic: the same files give the same digest on every run, whatever the mapping's order, so an
+    unchanged config never rolls a pod. Plain strings give a ``str``; any ``Output`` among them gives an ``Output``.
+
+    Contents of a Kubernetes Secret need ``key`` (a secret Output, :func:`digest_key`): the digest is then
+    HMAC-SHA256 under it and, revealing nothing without the key, a plain (not secret) value. A bare SHA-256 of a
+    short secret — a password, a token — could be found by guessing and hashing candidates, so a secret content
+    without ``key`` raises ValueError (in the apply: only Outputs are secret) rather than putting it in an annotation.
+    """
+    names = sorted(files)
+    values = [files[n] for n in names]
+    if key is None and all(isinstance(v, str) for v in values):
+        return _digest(dict(zip(names, values)), None)      # type: ignore[arg-type]
+    contents = pulumi.Output.all(*values)
+    if key is not None:
+        keyed = pulumi.Output.all(key, contents).apply(lambda kc: _digest(dict(zip(names, kc[1])), kc[0]))
+        return pulumi.Output.unsecret(keyed)
+
+    def unkeyed(secret_and_contents: list[Any]) -> str:
+        secret, texts = secret_and_contents
+        if secret:
+            raise ValueError(f"content_digest: {', '.join(names)}: secret content needs a key (digest_key)")
+        return _digest(dict(zip(names, texts)), None)
+    return pulumi.Output.all(pulumi.Output.from_input(contents.is_secret()), contents).apply(unkeyed)
+
+
+def digest_key(name: str, parent: pulumi.Resource) -> pulumi.Output[str]:
+    """A secret HMAC key for :func:`content_digest`: the PEM of ``tls.PrivateKey`` ``<name>-digest-key``, a child of
+    ``parent``. Random once, then kept in the stack's state (encrypted), so digests stay the same across runs.
+    pulumi-tls is the program's one source of stable secret randomness (no other provider plugin needed)."""
+    key = tls.PrivateKey(f"{name}-digest-key", algorithm="ECDSA", ecdsa_curve="P256", opts=child(parent))
+    return pulumi.Output.secret(key.private_key_pem)
 
 
 def secret_volume(name: str, secret_name: pulumi.Input[str]) -> dict[str, Any]:

@@ -100,7 +100,8 @@ class MetricsAdapter(pulumi.ComponentResource):
             subjects=[{"kind": "ServiceAccount", "name": "horizontal-pod-autoscaler", "namespace": "kube-system"}],
             opts=o,
         )
-        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data={"config.yaml": RULES}, opts=o)
+        config = {"config.yaml": RULES}
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
             spec={"type": "ClusterIP", "selector": selector(APP),
@@ -128,7 +129,8 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "replicas": 2,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [adapter], annotations={NEEDS_TOKEN_ANNOTATION: "true"}),
+                    # The adapter reads its rules only at start: a change rolls the two replicas one by one.
+                    "metadata": template_metadata(APP, [adapter], config=config, annotations={NEEDS_TOKEN_ANNOTATION: "true"}),
                     "spec": pod_spec([adapter], service_account=sa.metadata.name, automount_token=True, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               secret_volume("serving-cert", args.tls_secret), empty_dir("tmp")]),

@@ -14,6 +14,7 @@ Allowed flows (DESIGN §4 and the contract's internal ports):
 | ingest, api-gateway, adapter, twin-api → tsdb | 9090 (twin-api: its PromQL pass-through) |
 | tsdb → ingest, northbound, twin-api, ems-gateway | 9100 (metrics; twin-api: twin metrics and the gateway verifier's counters; the north-bound client's own NetworkPolicy is in components/northbound.py) |
 | tsdb, twin-api, api-gateway → alertmanager | 9093 (alerts in; the operator page's firing alerts; operators' silences through the gateway) |
+| api-gateway → grafana → tsdb  | 3000, 9090 (Grafana's own NetworkPolicies, in components/grafana.py, only where Grafana is deployed) |
 | alertmanager → receivers      | 443 (webhooks over HTTPS) |
 | adapter → Kubernetes API      | 443, 6443 |
 | every pod → cluster DNS       | 53 UDP/TCP |

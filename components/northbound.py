@@ -46,8 +46,8 @@ import pulumi_kubernetes as k8s
 
 from components.api_gateway import APP as API_GATEWAY_APP, NORTHBOUND_COMMAND_PORT
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec, secret_volume, selector,
-    template_metadata,
+    ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec, secret_volume,
+    selector, template_metadata,
 )
 from components.settings import NorthboundSettings
 
@@ -156,6 +156,10 @@ class NorthboundClient(pulumi.ComponentResource):
                 string_data={"tls.crt": s.client_certificate, "tls.key": pulumi.Output.secret(s.client_key)},
                 opts=child(self, additional_secret_outputs=["data", "stringData"]))
             client_secret = created.metadata.name
+        # Read only at start: the toml, the utility's CA and the 2030.5 client certificate made here (public: its key
+        # changes only with it). A change recreates the pod. An existing client_secret's content is not known here.
+        started_with = {"config/northbound.toml": conf_text, "utility/ca.crt": s.utility_ca_certificate,
+                        **({"client/tls.crt": s.client_certificate} if s.client_certificate is not None else {})}
         svc = k8s.core.v1.Service(
             f"{name}-metrics", metadata=metadata(f"{APP}-metrics", ns, APP),
             spec={"type": "ClusterIP", "selector": selector(APP),
@@ -182,7 +186,7 @@ class NorthboundClient(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [client]),
+                    "metadata": template_metadata(APP, [client], config=started_with),
                     "spec": pod_spec([client], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               config_volume("utility-ca", utility_ca.metadata.name),

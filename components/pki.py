@@ -12,7 +12,6 @@ and agents' ``broker.ca``) accepts leaves of either CA while both are listed.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -82,15 +81,6 @@ def ca_bundle(signing_ca: str, additional: Sequence[str] = ()) -> str:
     return "".join(pem.strip() + "\n" for pem in (signing_ca, *additional))
 
 
-def tls_digest(*pems: str) -> str:
-    """SHA-256 over certificates (and bundles): a pod template annotation that rolls a process which reads them only at start."""
-    digest = hashlib.sha256()
-    for pem in pems:
-        digest.update(pem.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()
-
-
 class Pki(pulumi.ComponentResource):
     """Root CA + server and client certificates, stored as ``kubernetes.io/tls`` Secrets."""
 
@@ -99,7 +89,8 @@ class Pki(pulumi.ComponentResource):
     server_secrets: pulumi.Output[dict[str, str]]
     client_secrets: pulumi.Output[dict[str, str]]
     certificates: dict[str, pulumi.Output[str]]
-    """Secret name → the certificate (PEM) in its ``tls.crt``, for :func:`tls_digest`."""
+    """Secret name → the certificate (PEM) in its ``tls.crt``, for a pod template's ``ems.io/tls-sha256``
+    (``k8s_common.content_digest``)."""
 
     def __init__(self, name: str, args: PkiArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         validate_pki_args(name, args)

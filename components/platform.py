@@ -20,14 +20,14 @@ from components.broker import RESERVED_IDENTITY, MqttBroker, BrokerArgs
 from components.ems_gateway import APP as GATEWAY_APP, HTTP_PORT as GATEWAY_HTTP_PORT, EmsGateway, EmsGatewayArgs
 from components.grafana import Grafana, GrafanaArgs
 from components.ingest import SHARED_GROUP, IngestArgs, IngestWorkers, worker_identities
-from components.k8s_common import ComponentArgsError, child, labels
+from components.k8s_common import ComponentArgsError, child, content_digest, labels
 from components.metrics_adapter import MetricsAdapter, MetricsAdapterArgs
 from components.network_policy import NetworkPolicies, NetworkPoliciesArgs
 from components.northbound import (
     COMMANDS_SERVICE as NORTHBOUND_COMMANDS, COMMANDS_TLS_SECRET as NORTHBOUND_COMMANDS_TLS, NorthboundArgs,
     NorthboundClient, northbound_commands_host, northbound_metrics_target,
 )
-from components.pki import ClientCert, Pki, PkiArgs, ServerCert, tls_digest
+from components.pki import ClientCert, Pki, PkiArgs, ServerCert
 from components.rbac import AccessControl, AccessControlArgs
 from components.settings import PlatformSettings
 from components.tsdb import AlertingTargets, Tsdb, TsdbArgs
@@ -144,10 +144,10 @@ class EmsPlatform(pulumi.ComponentResource):
             additional_ca_certificates=s.additional_ca_certificates,
         ), opts=o)
 
-        def rolls_on(*secrets: str) -> pulumi.Output[str]:
+        def rolls_on(*secrets: str) -> pulumi.Input[str]:
             """A digest of these Secrets' certificates and the trust bundle: in a pod template, a new certificate or
             bundle rolls the pods (Mosquitto and nginx read them only at start; the rolling update keeps them serving)."""
-            return pulumi.Output.all(pki.ca_bundle_pem, *(pki.certificates[n] for n in secrets)).apply(lambda p: tls_digest(*p))
+            return content_digest({"ca.crt": pki.ca_bundle_pem, **{f"{n}/tls.crt": pki.certificates[n] for n in secrets}})
         external_type = "ClusterIP" if args.cloud == "aws" else "LoadBalancer"
         tsdb = Tsdb(f"{name}-tsdb", TsdbArgs(
             namespace=namespace, image=s.images.tsdb, storage_class=storage_class,

@@ -12,10 +12,14 @@ Alerting: the rules file ``ems-alerts.yml`` (``components/alerts.py``, from the 
 thresholds) sits beside ``prometheus.yml`` in the ConfigMap and is loaded through
 ``rule_files``; ``alerting`` points at the Alertmanager Service. Two more scrape jobs feed
 the alerts: ``ems-twin-api`` (twin-derived metrics: thermal state, PLC faults, point
-quality; any replica holds every twin, so the ClusterIP Service is the target) and
+quality, and each replica's verifier counters; SRV discovery of the headless
+``twin-api-metrics`` Service, like the ingest) and
 ``ems-gateway`` (the in-cluster protocol gateway's edge agent: spool, devices, Modbus
 exceptions), labelled with its site. Where the stack deploys ``ems-northbound``, the job
 ``ems-northbound`` scrapes its single replica through its metrics Service.
+
+A changed ``prometheus.yml`` or rules file is reloaded in place (``components/config_reload.py``: a sidecar
+sends SIGHUP), not by a restart, which would stop queries, rules and remote write until the WAL is replayed.
 """
 
 from __future__ import annotations
@@ -29,10 +33,12 @@ import pulumi_kubernetes as k8s
 from components.k8s_common import (
     Resources, child, config_volume, container, labels, metadata, pod_spec, selector, template_metadata,
 )
+from components.config_reload import DEFAULT_CONTAINER_ANNOTATION, reloader_container
 
 APP = "tsdb"
 PORT = 9090
 PROMETHEUS_UID = 65534
+CONFIG_DIR = "/etc/prometheus"
 
 
 def pod_address_regex(service: str) -> str:
@@ -173,15 +179,11 @@ class Tsdb(pulumi.ComponentResource):
         o = child(self)
         ns = args.namespace
         sa = k8s.core.v1.ServiceAccount(f"{name}-sa", metadata=metadata(APP, ns, APP), automount_service_account_token=False, opts=o)
-        conf = k8s.core.v1.ConfigMap(
-            f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP),
-            data={"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
-                                                      args.scrape_port_name, args.twin_api_scrape_service,
-                                                      args.alerting)
+        config = {"prometheus.yml": prometheus_config(args.out_of_order_window, args.scrape_service, args.namespace_name,
+                                                      args.scrape_port_name, args.twin_api_scrape_service, args.alerting)
                   + (northbound_scrape_job(args.northbound_metrics) if args.northbound_metrics else ""),
-                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})},
-            opts=o,
-        )
+                  **({RULES_FILE: args.alerting.rules} if args.alerting else {})}
+        conf = k8s.core.v1.ConfigMap(f"{name}-config", metadata=metadata(f"{APP}-config", ns, APP), data=config, opts=o)
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
             spec={"clusterIP": "None", "selector": selector(APP),
@@ -191,7 +193,7 @@ class Tsdb(pulumi.ComponentResource):
         prometheus = container(
             "prometheus", args.image, args.resources,
             args=[
-                "--config.file=/etc/prometheus/prometheus.yml",
+                f"--config.file={CONFIG_DIR}/prometheus.yml",
                 "--storage.tsdb.path=/prometheus",
                 f"--storage.tsdb.retention.time={args.retention}",
                 "--web.enable-remote-write-receiver",
@@ -200,11 +202,13 @@ class Tsdb(pulumi.ComponentResource):
                 f"--query.max-samples={args.query_max_samples}",
             ],
             ports=[("tsdb", PORT)],
-            mounts=[("config", "/etc/prometheus"), ("data", "/prometheus")],
+            mounts=[("config", CONFIG_DIR), ("data", "/prometheus")],
             writable=["data"],
             run_as_user=PROMETHEUS_UID,
             probe_port=PORT, probe_path="/-/ready",
         )
+        reloader = reloader_container(args.image, "prometheus", [f"{CONFIG_DIR}/{f}" for f in sorted(config)],
+                                      [("config", CONFIG_DIR)], run_as_user=PROMETHEUS_UID)
         k8s.apps.v1.StatefulSet(
             f"{name}-sts",
             metadata=metadata(APP, ns, APP),
@@ -213,9 +217,13 @@ class Tsdb(pulumi.ComponentResource):
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [prometheus]),
+                    # prometheus.yml and the rules are reloaded in place (SIGHUP from the sidecar): a restart would
+                    # stop queries, rules and remote write until the WAL is replayed (docs/deploy.md).
+                    "metadata": template_metadata(APP, [prometheus, reloader],
+                                                  annotations={DEFAULT_CONTAINER_ANNOTATION: "prometheus"}),
                     "spec": pod_spec(
-                        [prometheus], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
+                        [prometheus, reloader], service_account=sa.metadata.name, fs_group=PROMETHEUS_UID,
+                        share_process_namespace=True,
                         volumes=[config_volume("config", conf.metadata.name)],
                         pool="nvme", required_pool=True,
                     ),

@@ -40,8 +40,8 @@ import pulumi_kubernetes as k8s
 from components.gateway_settings import GatewayAuthSettings
 from components.ingest import METRICS_PORT, mtls_broker_section, pod_tls_env, validate_ingest_toml
 from components.k8s_common import (
-    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata, per_pod_secrets_volume, pod_spec,
-    secret_volume, selector, template_metadata,
+    ComponentArgsError, Resources, child, config_volume, container, empty_dir, metadata,
+    per_pod_secrets_volume, pod_spec, secret_volume, selector, template_metadata,
 )
 
 APP = "twin-api"
@@ -163,9 +163,9 @@ class TwinApi(pulumi.ComponentResource):
                                      data={"ingest.toml": conf_text}, opts=o)
         svc = k8s.core.v1.Service(
             f"{name}-svc", metadata=metadata(APP, ns, APP),
+            # HTTPS only: the TSDB scrapes each replica through the headless metrics Service below.
             spec={"type": "ClusterIP", "selector": selector(APP),
-                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"},
-                            {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
+                  "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
             opts=o,
         )
         # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts).
@@ -194,7 +194,9 @@ class TwinApi(pulumi.ComponentResource):
                 "podManagementPolicy": "Parallel",
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [api]),
+                    # ingest.toml (the verifier's role tables included) is read only at start; certificates reload in
+                    # place. A changed file rolls the replicas one at a time.
+                    "metadata": template_metadata(APP, [api], config={"ingest.toml": conf_text}),
                     "spec": pod_spec([api], service_account=sa.metadata.name, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               per_pod_secrets_volume("mqtt-tls", [(f"{APP}-{n}", secret) for n, secret

@@ -2,7 +2,8 @@
 # Installs the Debian packages the demo, tests and benchmarks run for real:
 # Mosquitto (MQTT broker, also mosquitto_pub/sub), Prometheus (the TSDB, also promtool), nginx (the
 # API gateway on 443; nginx-core carries the auth_request module its token checks use),
-# Alertmanager (prometheus-alertmanager), Chromium (the operator page's headless browser test), and
+# Alertmanager (prometheus-alertmanager), Chromium (the operator page's headless browser test), busybox
+# (the config-reloader sidecar's shell), and
 # what the edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
 # With --images (make images), also what builds and runs the container images: buildah, podman,
 # runc (crun refuses cgroup v1 hybrid hosts), mmdebstrap (the Debian base from Debian packages).
@@ -27,6 +28,8 @@ command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(log
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-core)
+# The config-reloader sidecar's script runs under busybox sh in the Prometheus and Alertmanager images.
+command -v busybox >/dev/null 2>&1 || need+=(busybox)
 [ ${#need[@]} -eq 0 ] && exit 0
 
 echo "installing Debian packages: ${need[*]}"

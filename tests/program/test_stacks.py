@@ -336,7 +336,7 @@ def test_modbus_and_plain_mqtt_stay_inside() -> None:
 def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) -> None:
     import tomllib
 
-    from components.broker import config_hash
+    from components.k8s_common import content_digest
     from ingest.config import parse_config
 
     ev = stack(name)
@@ -415,7 +415,7 @@ def test_ingest_consumes_over_mtls_with_its_own_certificate_identity(name: str) 
     assert all(grants[cn] == [("subscribeLiteral", "ems/v1/+/twin/+"), ("publishClientReceive", "ems/v1/+/twin/+")] for cn in twins)
     assert dynsec["defaultACLAccess"] == {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True}
     [sts] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "broker"]
-    assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == config_hash(data)
+    assert sts.inputs["spec"]["template"]["metadata"]["annotations"]["ems.io/config-sha256"] == content_digest(data)
     # 1883 (anonymous tools): loopback only, read-only, its own ACL file.
     assert "listener 1883 127.0.0.1\nallow_anonymous true\nacl_file /mosquitto/config/acl-plain\n" in data["mosquitto.conf"]
     assert [line for line in data["acl-plain"].splitlines() if not line.startswith("#")] == ["topic read ems/v1/#"]
@@ -559,9 +559,9 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     [server_cert] = [r for r in ev.of_type("tls:index/locallySignedCert:LocallySignedCert") if r.name == server_csr.name.replace("-csr", "-cert")]
     assert "server_auth" in server_cert.inputs["allowedUses"]
     assert _named(ev, "kubernetes:core/v1:Secret", "twin-api-tls").inputs["type"] == "kubernetes.io/tls"
-    # The Service: ClusterIP only, 8443, selecting the StatefulSet's pods.
+    # The Service: ClusterIP only, 8443 only (metrics are scraped per replica through twin-api-metrics), selecting the pods.
     svc = _named(ev, "kubernetes:core/v1:Service", "twin-api")
-    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443, 9100]
+    assert svc.inputs["spec"]["type"] == "ClusterIP" and [p["port"] for p in svc.inputs["spec"]["ports"]] == [8443]
     assert selects({"matchLabels": svc.inputs["spec"]["selector"]}, pod_labels(deploy))
     # The gateway routes the twin paths (and nothing else) to it, and asks its verifier about every caller, over TLS
     # that verifies the CA and the name.

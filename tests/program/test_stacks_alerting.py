@@ -49,9 +49,11 @@ def test_a_stack_with_receivers_and_thresholds_deploys_rules_alertmanager_and_po
         if r is not secret:
             assert "T0K3N" not in json.dumps(r.inputs, default=str), r.urn
     sts = _named(ev, "kubernetes:apps/v1:StatefulSet", "alertmanager")
-    [c] = sts.inputs["spec"]["template"]["spec"]["containers"]
+    # Alertmanager, and the sidecar that makes it reload a changed alertmanager.yml (components/config_reload.py).
+    c, reloader = sts.inputs["spec"]["template"]["spec"]["containers"]
     assert c["ports"] == [{"name": "http", "containerPort": 9093, "protocol": "TCP"}]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert reloader["name"] == "config-reloader" and "ports" not in reloader
     policies = {p.inputs["metadata"]["name"]: p.inputs["spec"] for p in ev.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
                 if p.inputs["metadata"]["namespace"] == "ems-system"}
     def peers(rule: dict) -> list[str]:
