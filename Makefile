@@ -9,8 +9,10 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP) system-packages
 
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# The system packages come first: on a new Debian machine they bring the venv module (python3.11-venv).
+# A venv without pip is one that failed half-way (no ensurepip): make it again.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml | system-packages
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
