@@ -39,7 +39,7 @@ done
 commit=$(git rev-parse --verify "$rev^{commit}")
 
 recipe=(--variant=minbase --hook-dir=/usr/share/mmdebstrap/hooks/merged-usr
-        --include=ca-certificates,git,make,python3
+        '--include=ca-certificates,git,make,python3'
         --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/locale/*'
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright'
         bookworm)
@@ -51,6 +51,7 @@ if ! podman image exists "$image"; then
     echo "building $image (mmdebstrap ${recipe[*]})" >&2
     cas=()
     if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+        # shellcheck disable=SC2016  # "$1" is the root that mmdebstrap passes to its hook
         cas=(--customize-hook='copy-in /usr/local/share/ca-certificates /usr/local/share'
              --customize-hook='chroot "$1" update-ca-certificates --fresh >/dev/null')
     fi
