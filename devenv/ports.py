@@ -12,6 +12,7 @@ it again for ``ttl`` seconds, time enough for the caller's service to bind it.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import random
 import socket
@@ -44,7 +45,8 @@ class PortClaims:
     def claim(self) -> int:
         """A port that is free on 127.0.0.1 now and unclaimed; raises when every port is claimed or taken."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        candidates = random.sample(self.ports, len(self.ports))
+        start = random.randrange(len(self.ports))     # a random place, so callers rarely meet at one port
+        candidates = itertools.chain(self.ports[start:], self.ports[:start])
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)         # one claimer at a time, across processes
             now = time.time()
