@@ -45,7 +45,7 @@ class PortClaims:
     def claim(self) -> int:
         """A port that is free on 127.0.0.1 now and unclaimed; raises when every port is claimed or taken."""
         self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-        start = random.randrange(len(self.ports))     # a random place, so callers rarely meet at one port
+        start = random.randrange(len(self.ports))     # from a random place: fewer claimed ports to skip
         candidates = itertools.chain(self.ports[start:], self.ports[:start])
         with open(self.folder / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)         # one claimer at a time, across processes
