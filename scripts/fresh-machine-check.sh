@@ -71,13 +71,17 @@ mkdir -p out/fresh-machine
 log=out/fresh-machine/run.log
 echo "fresh machine: $image, clone of ${commit:0:12}, running: ${command[*]}" | tee "$log"
 start=$(date +%s)
+# /tmp (pytest's temp root: spools, TSDBs, brokers' persistence) is a folder of the host's disk: the
+# engine's overlay storage is mounted fsync=volatile, where fsync costs nothing, unlike a machine's
+# disk (tests/edge_agent/test_fault.py catches the agent inside its WAL writes and fsyncs).
+mkdir -m 1777 "$work/tmp"
 # --privileged: the suite mounts, unshares and installs a .deb as root, as it does on a real machine
 # (and, with CAP_SYS_RESOURCE, nproc counts no other root processes of the host). runc and explicit
 # rlimits: this host refuses crun and the engine's default rlimits (see tests/test_images.py LIMITS).
 status=0
 podman run --rm --runtime runc --privileged --network host --shm-size 1g \
     --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 \
-    -v "$work/ems.bundle:/src/ems.bundle:ro" "${trust[@]}" "$image" \
+    -v "$work/ems.bundle:/src/ems.bundle:ro" -v "$work/tmp:/tmp" "${trust[@]}" "$image" \
     bash -c 'git clone -q --no-checkout /src/ems.bundle /root/ems-platform && cd /root/ems-platform \
              && git -c advice.detachedHead=false checkout -q -b fresh-check "$0" && exec "$@"' \
     "$commit" "${command[@]}" 2>&1 | tee -a "$log" || status=$?
