@@ -6,9 +6,9 @@
 #
 #   scripts/fresh-machine-check.sh [REV] [-- COMMAND…]    # `make fresh-machine` runs it; needs root
 #
-# REV (default HEAD; a branch or tag) is what is cloned: its commits only, as CI clones them; uncommitted changes are
-# not seen. COMMAND (default `CI=true bash .ci/run`) runs in the clone, e.g. `-- make setup` while
-# iterating. The log is kept in out/fresh-machine/run.log.
+# REV (default HEAD; a branch or tag) is what is cloned: its commits only, as CI clones them;
+# uncommitted changes are not seen. COMMAND (default `CI=true bash .ci/run`) runs in the clone, e.g.
+# `-- make setup` while iterating. The log is kept in out/fresh-machine/run.log.
 #
 # The machine starts with what any machine that runs .ci/run has, no more: git, make, Debian's
 # python3 (without venv or pip), ca-certificates and the host's local CAs (/usr/local/share/
