@@ -5,9 +5,9 @@ package for real (dpkg -i, then dpkg -r and --purge), in a private root: this
 machine's root file system under a copy-on-write overlay, in a mount namespace
 of its own (``PrivateRoot``), so /etc, /var, /opt, the dpkg database and the
 user list of this machine are never written, and two runs (xdist workers,
-developers sharing a machine) never meet. PID 1 here is not systemd, so the agent is started as the unit
-says (its ``User``, ``ExecStartPre`` and ``ExecStart``, read from the
-installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
+developers sharing a machine) never meet. PID 1 here is not systemd, so the
+agent is started as the unit says (its ``User``, ``ExecStartPre`` and
+``ExecStart``, read from the installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
 unit file itself. Logrotate runs with the installed config and a scratch state
 file; its postrotate SIGHUPs the agent, which starts a linked file.
 """
@@ -153,13 +153,19 @@ class PrivateRoot:
         self.path = Path(f"/proc/{keeper.pid}/root")
 
     def __truediv__(self, path: str) -> Path:
+        self._alive()
         return self.path / path.lstrip("/")
 
     def cmd(self, *args: str) -> list[str]:
+        self._alive()
         return ["nsenter", f"--target={self.keeper.pid}", "--mount", "--root", "--wd=/", "--", *args]
 
     def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         return sh(*self.cmd(*args), timeout=timeout, check=check)
+
+    def _alive(self) -> None:
+        # A dead keeper's pid may be another process's, whose root is this machine's /.
+        assert self.keeper.poll() is None, f"the private root's keeper exited ({self.keeper.returncode})"
 
     def ids(self, user: str) -> tuple[int, int, str]:
         """``user``'s uid, gid and shell in the private root's /etc/passwd."""
