@@ -9,9 +9,10 @@ STAMP  := $(VENV)/.installed
 
 setup: $(STAMP) system-packages
 
-# The system packages come first: on a new Debian machine they bring the venv module (python3.11-venv).
+# On a new Debian machine python3 has no venv module until the system packages (python3.11-venv) are in.
 # A venv without pip is one that failed half-way (no ensurepip): make it again.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml | system-packages
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/pip || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || ./scripts/install-system-packages.sh
 	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
