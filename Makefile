@@ -5,12 +5,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup system-packages demo lint test bench images deb edge-systemd clean
+.PHONY: setup system-packages demo lint test bench images deb edge-systemd fresh-machine clean
 
 setup: $(STAMP) system-packages
 
+# On a new Debian machine python3 has no venv module until the system packages (python3.11-venv) are in.
+# A venv without pip is one that failed half-way (no ensurepip): make it again.
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || $(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || ./scripts/install-system-packages.sh
+	test -x $(BIN)/pip || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements.txt -r requirements-dev.txt
 	$(BIN)/pip install -q --no-deps -e .
@@ -47,6 +50,13 @@ deb: setup
 edge-systemd: setup
 	./scripts/install-system-packages.sh --images
 	$(BIN)/pytest -q -p no:cacheprovider -n 0 -m systemd tests/test_edge_systemd.py
+
+# CI's .ci/run on a machine that has never seen the project: a clone of HEAD's commits in a new Debian 12
+# root (mmdebstrap) in a podman container (scripts/fresh-machine-check.sh). Not part of `make test`; the
+# set-up takes about 2 minutes, then the whole suite runs; log in out/fresh-machine/run.log.
+fresh-machine:
+	./scripts/install-system-packages.sh --images
+	./scripts/fresh-machine-check.sh
 
 clean:
 	rm -rf $(VENV) out .demo .bench

@@ -18,21 +18,14 @@ from __future__ import annotations
 import glob
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
 from devenv.pki import LocalPki
+from devenv.ports import free_port
 from devenv.process import ManagedProcess, port_open, wait_until
 
 __all__ = ["MosquittoBroker", "free_port", "wait_for_port", "find_mosquitto", "find_dynsec_plugin"]
-
-
-def free_port() -> int:
-    """A TCP port that was free on 127.0.0.1 a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:

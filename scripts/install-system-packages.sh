@@ -26,6 +26,10 @@ command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg-dev)
 [ -x /usr/bin/python3.11 ] && /usr/bin/python3.11 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3.11-venv)
 command -v logrotate >/dev/null 2>&1 || [ -x /usr/sbin/logrotate ] || need+=(logrotate)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# What the .deb's test installs it with (its Depends: adduser, procps) and in (mount: its private root).
+command -v adduser >/dev/null 2>&1 || [ -x /usr/sbin/adduser ] || need+=(adduser)
+command -v pkill >/dev/null 2>&1 || need+=(procps)
+command -v mount >/dev/null 2>&1 || need+=(mount)
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx-core)
 # The config-reloader sidecar's script runs under busybox sh in the Prometheus and Alertmanager images.

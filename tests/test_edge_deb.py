@@ -1,11 +1,13 @@
-"""The edge install kit: ``make deb``'s package, installed on this machine, run, rotated and removed.
+"""The edge install kit: ``make deb``'s package, installed, run, rotated and removed.
 
 One build per module (about 30 s). The install test needs root and installs the
-package for real (dpkg -i, then dpkg -r and --purge): it refuses to run when
-``ems-edge`` is already installed, and holds a lock so two runs never
-interleave. PID 1 here is not systemd, so the agent is started as the unit
-says (its ``User``, ``ExecStartPre`` and ``ExecStart``, read from the
-installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
+package for real (dpkg -i, then dpkg -r and --purge), in a private root: this
+machine's root file system under a copy-on-write overlay, in a mount namespace
+of its own (``PrivateRoot``), so /etc, /var, /opt, the dpkg database and the
+user list of this machine are never written, and two runs (xdist workers,
+developers sharing a machine) never meet. PID 1 here is not systemd, so the
+agent is started as the unit says (its ``User``, ``ExecStartPre`` and
+``ExecStart``, read from the installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
 unit file itself. Logrotate runs with the installed config and a scratch state
 file; its postrotate SIGHUPs the agent, which starts a linked file.
 """
@@ -13,10 +15,8 @@ file; its postrotate SIGHUPs the agent, which starts a linked file.
 from __future__ import annotations
 
 import configparser
-import fcntl
 import gzip
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -38,10 +38,10 @@ from edge_agent.audit import decode_record
 from tests.edge_agent.delivery_helpers import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
-UNIT = Path("/lib/systemd/system/ems-edge.service")
-LOGROTATE = Path("/etc/logrotate.d/ems-edge")
-AUDIT = Path("/var/log/ems/telemetry-audit.log")
-LOCK = Path("/run/lock/ems-edge-deb-test.lock")
+# Paths inside the private root.
+UNIT = "/lib/systemd/system/ems-edge.service"
+LOGROTATE = "/etc/logrotate.d/ems-edge"
+AUDIT = "/var/log/ems/telemetry-audit.log"
 
 pytestmark = pytest.mark.integration
 
@@ -120,20 +120,79 @@ def _unit(path: Path) -> configparser.ConfigParser:
     return parser
 
 
+# The private root's keeper: a tmpfs (the overlay's upper layer) and the overlay of / mounted in a
+# mount namespace that only this process and the commands entered into it see, with its own /proc,
+# /tmp and /run and the machine's /dev and /sys; then it chroots there and sleeps. When it is killed,
+# the namespace and every file written in it are gone: nothing to clean up, nothing that can leak.
+_KEEPER = r"""
+set -e
+t=$1
+mount -t tmpfs -o mode=0755 ems-private-root "$t"
+mkdir "$t/upper" "$t/work" "$t/root"
+mount -t overlay ems-private-root -o "lowerdir=/,upperdir=$t/upper,workdir=$t/work" "$t/root"
+mount -t proc proc "$t/root/proc"
+mount --rbind /dev "$t/root/dev"
+mount --rbind /sys "$t/root/sys"
+mount -t tmpfs -o mode=1777 tmpfs "$t/root/tmp"
+mount -t tmpfs -o mode=0755 tmpfs "$t/root/run"
+mkdir -m 1777 "$t/root/run/lock"
+echo ready
+exec chroot "$t/root" sleep infinity
+"""
+
+
+class PrivateRoot:
+    """This machine's root file system, copy-on-write, seen by the commands of ``cmd`` only.
+
+    ``root / "etc/passwd"`` is that file as the private root has it (read and written from here
+    through ``/proc/<keeper>/root``); ``root.cmd("dpkg", "-i", …)`` is a command run inside it.
+    """
+
+    def __init__(self, keeper: subprocess.Popen) -> None:
+        self.keeper = keeper
+        self.path = Path(f"/proc/{keeper.pid}/root")
+
+    def __truediv__(self, path: str) -> Path:
+        self._alive()
+        return self.path / path.lstrip("/")
+
+    def cmd(self, *args: str) -> list[str]:
+        self._alive()
+        return ["nsenter", f"--target={self.keeper.pid}", "--mount", "--root", "--wd=/", "--", *args]
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        return sh(*self.cmd(*args), timeout=timeout, check=check)
+
+    def _alive(self) -> None:
+        # A dead keeper's pid may be another process's, whose root is this machine's /.
+        assert self.keeper.poll() is None, f"the private root's keeper exited ({self.keeper.returncode})"
+
+    def ids(self, user: str) -> tuple[int, int, str]:
+        """``user``'s uid, gid and shell in the private root's /etc/passwd."""
+        for line in (self / "etc/passwd").read_text().splitlines():
+            fields = line.split(":")
+            if fields[0] == user:
+                return int(fields[2]), int(fields[3]), fields[6]
+        raise KeyError(f"no user {user!r} in the private root's /etc/passwd")
+
+
 @pytest.fixture
-def machine_lock() -> Iterator[None]:
-    assert os.geteuid() == 0, "installing the package needs root"
-    LOCK.parent.mkdir(parents=True, exist_ok=True)
-    with open(LOCK, "w") as fh:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                assert time.monotonic() < deadline, f"another run holds {LOCK}"
-                time.sleep(1)
-        yield
+def private_root(tmp_path: Path) -> Iterator[PrivateRoot]:
+    assert os.geteuid() == 0, "the private root (mounts, chroot) and installing the package need root"
+    mountpoint = tmp_path / "private-root"
+    mountpoint.mkdir()
+    keeper = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _KEEPER,
+                               "keeper", str(mountpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready = keeper.stdout.readline()             # type: ignore[union-attr]
+        assert ready == "ready\n", f"the private root did not come up: {ready}{keeper.stderr.read()}"  # type: ignore[union-attr]
+        root = PrivateRoot(keeper)
+        # "ready" comes just before the chroot: until then /proc/<keeper>/root is this machine's /.
+        assert _wait(lambda: os.stat(root.path).st_dev != os.stat("/").st_dev, timeout=10), "the keeper did not chroot"
+        yield root
+    finally:
+        keeper.kill()
+        keeper.wait(timeout=30)
 
 
 # What systemd would set up for the unit, as far as it can be done without systemd as PID 1, in a
@@ -156,32 +215,29 @@ exec setpriv --reuid="$EMS_USER" --regid="$EMS_GROUP" --init-groups --no-new-pri
 """
 
 
-def _as_the_unit(service: configparser.SectionProxy) -> list[str]:
+def _as_the_unit(service: configparser.SectionProxy | dict[str, str]) -> list[str]:
     writable = [f"/var/lib/{service['StateDirectory']}", f"/var/log/{service['LogsDirectory']}"]
     return ["env", f"EMS_WRITABLE={' '.join(writable)}", f"EMS_USER={service['User']}",
             f"EMS_GROUP={service['Group']}", "unshare", "--mount", "--propagation", "private", "--",
             "sh", "-c", _SANDBOX, "sandbox"]
 
 
-def test_the_sandbox_leaves_only_the_unit_s_folders_writable(tmp_path: Path) -> None:
+def test_the_sandbox_leaves_only_the_unit_s_folders_writable(private_root: PrivateRoot) -> None:
     service = {"StateDirectory": "ems-sbx-test", "LogsDirectory": "ems-sbx-test", "User": "nobody", "Group": "nogroup"}
-    made = [Path("/var/lib/ems-sbx-test"), Path("/var/log/ems-sbx-test")]
-    try:
-        for folder in made:
-            folder.mkdir(exist_ok=True)
-            os.chown(folder, pwd.getpwnam("nobody").pw_uid, -1)
-        name = f"ems-sbx-probe-{os.getpid()}"
-        places = [f"/var/lib/ems-sbx-test/{name}", f"/var/log/ems-sbx-test/{name}", f"/tmp/{name}",
-                  f"/var/tmp/{name}", f"/etc/{name}", f"/opt/{name}"]
-        probe = (f"for p in {' '.join(places)}; do touch $p 2>/dev/null && echo rw $p || echo ro $p; done; "
-                 "grep CapBnd /proc/self/status")
-        result = sh(*_as_the_unit(service), "sh", "-c", probe)   # type: ignore[arg-type]
-        assert result.stdout.split("\n")[:6] == [f"{mode} {p}" for mode, p in zip(["rw"] * 3 + ["ro"] * 3, places)]
-        assert "CapBnd:\t0000000000000000" in result.stdout
-        assert not Path(f"/tmp/{name}").exists()                  # the sandbox's /tmp was its own
-    finally:
-        for folder in made:
-            shutil.rmtree(folder, ignore_errors=True)
+    for folder in ("var/lib/ems-sbx-test", "var/log/ems-sbx-test"):
+        (private_root / folder).mkdir(exist_ok=True)        # the machine may have one: this is a copy
+        os.chown(private_root / folder, private_root.ids("nobody")[0], -1)
+    name = "ems-sbx-probe"
+    places = [f"/var/lib/ems-sbx-test/{name}", f"/var/log/ems-sbx-test/{name}", f"/tmp/{name}",
+              f"/var/tmp/{name}", f"/etc/{name}", f"/opt/{name}"]
+    probe = (f"for p in {' '.join(places)}; do touch $p 2>/dev/null && echo rw $p || echo ro $p; done; "
+             "grep CapBnd /proc/self/status")
+    result = private_root.run(*_as_the_unit(service), "sh", "-c", probe)
+    assert result.stdout.split("\n")[:6] == [f"{mode} {p}" for mode, p in zip(["rw"] * 3 + ["ro"] * 3, places)]
+    assert "CapBnd:\t0000000000000000" in result.stdout
+    assert not (private_root / f"tmp/{name}").exists()            # the sandbox's /tmp was its own
+    assert (private_root / f"var/lib/ems-sbx-test/{name}").exists()
+    assert not Path(f"/var/lib/ems-sbx-test/{name}").exists()     # and the machine's /var was never written
 
 
 def _audited_seqs(files: list[Path]) -> set[int]:
@@ -196,43 +252,46 @@ def _audited_seqs(files: list[Path]) -> set[int]:
 
 
 @pytest.mark.timeout(600)
-def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: LocalPki,
+def test_install_run_rotate_verify_remove(deb: Path, private_root: PrivateRoot, pki: LocalPki,
                                           broker: MosquittoBroker, tmp_path: Path) -> None:
-    installed = sh("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False)
+    root = private_root
+    installed = root.run("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False)
     assert "installed" not in installed.stdout, "ems-edge is installed on this machine; remove it before this test"
+    shutil.copyfile(deb, root / f"tmp/{deb.name}")
     processes: list[subprocess.Popen] = []
     try:
-        sh("dpkg", "-i", str(deb), timeout=300)
-        _check_installed_layout()
-        verify = sh("systemd-analyze", "verify", str(UNIT), check=False)
+        root.run("dpkg", "-i", f"/tmp/{deb.name}", timeout=300)
+        assert not Path(UNIT).exists() and not Path("/opt/ems").exists()   # installed in the private root only
+        _check_installed_layout(root)
+        verify = root.run("systemd-analyze", "verify", UNIT, check=False)
         assert verify.returncode == 0 and verify.stdout + verify.stderr == "", verify.stdout + verify.stderr
 
         modbus_port = free_port()
-        config = write_agent_config(Path("/etc/ems"), pki, broker_port=broker.tls_port, modbus_port=modbus_port,
-                                    source=Path("/etc/ems/sensors.conf.example"))
-        assert config == Path("/etc/ems/sensors.conf")
+        config = write_agent_config(root / "etc/ems", pki, broker_port=broker.tls_port, modbus_port=modbus_port,
+                                    source=root / "etc/ems/sensors.conf.example")
+        assert config == root / "etc/ems/sensors.conf"
         # The install doc's steps: the key to the service user, the config readable by its group.
-        ems = pwd.getpwnam("ems")
-        os.chown("/etc/ems/pki/edge.key", ems.pw_uid, ems.pw_gid)
-        os.chown(config, 0, ems.pw_gid)
-        audit_doc = sh("/usr/bin/ems-edge", "check-config", "--user", "ems").stdout
+        ems_uid, ems_gid, _ = root.ids("ems")
+        os.chown(root / "etc/ems/pki/edge.key", ems_uid, ems_gid)
+        os.chown(config, 0, ems_gid)
+        audit_doc = root.run("/usr/bin/ems-edge", "check-config", "--user", "ems").stdout
         assert "key files: /etc/ems/pki/edge.key: mode 0600, owner ems" in audit_doc
 
-        as_service = _as_the_unit(_unit(UNIT)["Service"])
-        unit = _unit(UNIT)["Service"]
+        unit = _unit(root / UNIT)["Service"]
+        as_service = root.cmd(*_as_the_unit(unit))
         pre = subprocess.run(as_service + shlex.split(unit["ExecStartPre"]), capture_output=True, text=True,
-                             timeout=60, cwd="/")
+                             timeout=60)
         assert pre.returncode == 0, pre.stderr
 
-        simulator = subprocess.Popen(["/usr/bin/ems-edge", "simulate", "--port", str(modbus_port),
-                                      "--config", str(config)],
+        simulator = subprocess.Popen(root.cmd("/usr/bin/ems-edge", "simulate", "--port", str(modbus_port),
+                                              "--config", "/etc/ems/sensors.conf"),
                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "simulator.log", "w"))
         processes.append(simulator)
         wait_for_port(modbus_port, timeout=30, proc=simulator)
         subscriber = Subscriber(broker.plain_port, topic="ems/v1/+/telemetry").start()
         agent_log = open(tmp_path / "agent.log", "w")
         agent = subprocess.Popen(as_service + shlex.split(unit["ExecStart"]), stdout=agent_log,
-                                 stderr=subprocess.STDOUT, cwd="/")
+                                 stderr=subprocess.STDOUT)
         processes.append(agent)
 
         def delivered_at_least(n: int) -> None:
@@ -240,20 +299,20 @@ def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: Lo
                 (tmp_path / "agent.log").read_text()[-3000:]
 
         delivered_at_least(20)
-        state = tmp_path / "logrotate.state"
+        audit = root / AUDIT
         for rotation in (1, 2):
-            before = AUDIT.stat().st_ino
-            rotated = sh("logrotate", "--force", "--state", str(state), str(LOGROTATE), check=False)
+            before = audit.stat().st_ino
+            rotated = root.run("logrotate", "--force", "--state", "/tmp/logrotate.state", LOGROTATE, check=False)
             assert rotated.returncode == 0, rotated.stdout + rotated.stderr
-            assert AUDIT.stat().st_ino != before                 # renamed, and a new file created
+            assert audit.stat().st_ino != before                 # renamed, and a new file created
             # The postrotate SIGHUP'd the agent: it reopens the path, and the new file starts with the link.
-            assert _wait(lambda: decode_record(AUDIT.read_bytes().split(b"\n", 1)[0])["k"] == "cont"), \
+            assert _wait(lambda: decode_record(audit.read_bytes().split(b"\n", 1)[0])["k"] == "cont"), \
                 (tmp_path / "agent.log").read_text()[-3000:]
             assert agent.poll() is None
             delivered_at_least(20 + 20 * rotation)
-        files = [Path("/var/log/ems/telemetry-audit.log.2.gz"), Path("/var/log/ems/telemetry-audit.log.1"), AUDIT]
-        assert all(f.exists() for f in files), sorted(os.listdir("/var/log/ems"))
-        assert stat.S_IMODE(AUDIT.stat().st_mode) == 0o640 and AUDIT.stat().st_uid == ems.pw_uid
+        files = [root / "var/log/ems/telemetry-audit.log.2.gz", root / "var/log/ems/telemetry-audit.log.1", audit]
+        assert all(f.exists() for f in files), sorted(os.listdir(root / "var/log/ems"))
+        assert stat.S_IMODE(audit.stat().st_mode) == 0o640 and audit.stat().st_uid == ems_uid
 
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
@@ -266,7 +325,7 @@ def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: Lo
         assert len(audited) >= 60 and audited == set(range(min(audited), max(audited) + 1))
 
         result = subprocess.run(as_service + ["/usr/bin/ems-edge", "audit", "verify", "--rotated"],
-                                capture_output=True, text=True, timeout=60, cwd="/")
+                                capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
         assert "and 2 rotated files before it (2 links checked): " in result.stdout
         assert f"{len(audited)} readings" in result.stdout and "OK: every record's CRC matches" in result.stdout
@@ -275,15 +334,15 @@ def test_install_run_rotate_verify_remove(deb: Path, machine_lock: None, pki: Lo
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=30)
-        for path in ("/etc/ems/sensors.conf", "/etc/ems/pki/ca.crt", "/etc/ems/pki/edge.crt", "/etc/ems/pki/edge.key"):
-            Path(path).unlink(missing_ok=True)
-        removed = sh("dpkg", "-r", "ems-edge", check=False, timeout=300)
-        purged = sh("dpkg", "--purge", "ems-edge", check=False, timeout=300)
+        for path in ("etc/ems/sensors.conf", "etc/ems/pki/ca.crt", "etc/ems/pki/edge.crt", "etc/ems/pki/edge.key"):
+            (root / path).unlink(missing_ok=True)
+        removed = root.run("dpkg", "-r", "ems-edge", check=False, timeout=300)
+        purged = root.run("dpkg", "--purge", "ems-edge", check=False, timeout=300)
     assert removed.returncode == 0, removed.stdout + removed.stderr
     assert purged.returncode == 0, purged.stdout + purged.stderr
-    for gone in ("/opt/ems", "/usr/bin/ems-edge", str(UNIT), str(LOGROTATE), "/etc/ems", "/var/lib/ems", "/var/log/ems"):
-        assert not os.path.lexists(gone), gone
-    assert "installed" not in sh("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False).stdout
+    for gone in ("/opt/ems", "/usr/bin/ems-edge", UNIT, LOGROTATE, "/etc/ems", "/var/lib/ems", "/var/log/ems"):
+        assert not os.path.lexists(root / gone), gone
+    assert "installed" not in root.run("dpkg-query", "-W", "-f", "${Status}", "ems-edge", check=False).stdout
 
 
 def _wait(predicate, timeout: float = 30.0) -> bool:
@@ -298,16 +357,16 @@ def _wait(predicate, timeout: float = 30.0) -> bool:
     return False
 
 
-def _check_installed_layout() -> None:
-    ems = pwd.getpwnam("ems")
-    assert ems.pw_shell == "/usr/sbin/nologin" and ems.pw_uid < 1000
-    for path, mode, owner, group in (("/etc/ems", 0o750, "root", "ems"), ("/etc/ems/pki", 0o750, "root", "ems"),
-                                     ("/var/lib/ems", 0o750, "ems", "ems"), ("/var/log/ems", 0o750, "ems", "ems"),
-                                     (str(UNIT), 0o644, "root", "root"), (str(LOGROTATE), 0o644, "root", "root")):
-        info = os.stat(path)
-        assert (stat.S_IMODE(info.st_mode), pwd.getpwuid(info.st_uid).pw_name) == (mode, owner), path
-        assert info.st_gid == (ems.pw_gid if group == "ems" else 0), path
-    version = sh("/usr/bin/ems-edge", "--version").stdout
+def _check_installed_layout(root: PrivateRoot) -> None:
+    ems_uid, ems_gid, shell = root.ids("ems")
+    assert shell == "/usr/sbin/nologin" and ems_uid < 1000
+    for path, mode, owner, group in (("/etc/ems", 0o750, 0, "ems"), ("/etc/ems/pki", 0o750, 0, "ems"),
+                                     ("/var/lib/ems", 0o750, ems_uid, "ems"), ("/var/log/ems", 0o750, ems_uid, "ems"),
+                                     (UNIT, 0o644, 0, "root"), (LOGROTATE, 0o644, 0, "root")):
+        info = os.stat(root / path)
+        assert (stat.S_IMODE(info.st_mode), info.st_uid) == (mode, owner), path
+        assert info.st_gid == (ems_gid if group == "ems" else 0), path
+    version = root.run("/usr/bin/ems-edge", "--version").stdout
     release = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     assert version.startswith(f"ems-edge {release} (ems-platform, Python 3.11")
-    assert shutil.which("logrotate") and not Path("/etc/ems/sensors.conf").exists()
+    assert (root / "usr/sbin/logrotate").exists() and not (root / "etc/ems/sensors.conf").exists()
