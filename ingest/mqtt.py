@@ -19,8 +19,8 @@ message that reused the packet id. The redelivered copy is then processed
 (de-duplicated) and acknowledged normally.
 
 The client certificate rotates without a restart: every ``cert_check_s`` the CA,
-certificate and key files are checked (``ems_runtime.file_watch``, as the edge
-agent does); when their content changed and loads as a matching pair, the link
+certificate and key files are checked (``ems_runtime.file_watch.CertificateWatch``, as
+the edge agent does); when their content changed and loads as a matching pair, the link
 disconnects cleanly (DISCONNECT: the persistent session stays) and connects
 again with the new certificate. Messages received on the old connection and not
 yet acknowledged are not acknowledged on the new one (above): the broker
@@ -45,8 +45,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ems_runtime.file_watch import FileSetWatch
-from ems_runtime.tls import broker_client_context, error_reason
+from ems_runtime.file_watch import CertificateWatch
+from ems_runtime.tls import broker_client_context
 from ingest.errors import BrokerError, ConfigError
 
 __all__ = ["Incoming", "MqttLink", "TlsFiles"]
@@ -114,9 +114,10 @@ class MqttLink:
         self._unsubscribed = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
-        self._tls_watch = FileSetWatch((tls.ca, tls.cert, tls.key)) if tls is not None else None
-        if tls is not None:
-            self._client.tls_set_context(self._tls_watch.load(lambda: client_context(tls)))
+        self._rotation = CertificateWatch(tls.cert, tls.key, tls.ca, lambda: client_context(tls), errors=(ConfigError,),
+                                          logger=log) if tls is not None else None
+        if self._rotation is not None:
+            self._client.tls_set_context(self._rotation.first())
         self._running = False
         self._lifecycle = threading.Lock()       # start/stop vs. a certificate switch
         self._stopping = threading.Event()
@@ -135,8 +136,10 @@ class MqttLink:
         with self._lifecycle:
             self._connect_in_background()
             self._running = True
-        if self._watcher is None and self._tls_watch is not None and self.cert_check_s > 0:
-            self._watcher = threading.Thread(target=self._watch_certificate, name="mqtt-tls-watch", daemon=True)
+        if self._watcher is None and self._rotation is not None and self.cert_check_s > 0:
+            self._watcher = threading.Thread(target=self._rotation.watch, args=(self._stopping, self.cert_check_s,
+                                                                                self._switch_certificate),
+                                             name="mqtt-tls-watch", daemon=True)
             self._watcher.start()
 
     def _connect_in_background(self) -> None:
@@ -182,17 +185,14 @@ class MqttLink:
         Returns True when the link switched. A changed pair that does not load is logged once per state
         of the files, and the loaded certificate stays in use.
         """
-        assert self.tls is not None and self._tls_watch is not None
+        assert self._rotation is not None
+        context = self._rotation.check()
+        return context is not None and self._switch_certificate(context)
+
+    def _switch_certificate(self, context: ssl.SSLContext) -> bool:
+        """Reconnect with ``context`` (the rotated files); False when the link is stopped."""
         tls = self.tls
-        try:
-            context = self._tls_watch.poll(lambda: client_context(tls))
-        except ConfigError as exc:
-            why = error_reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
-            log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching PEM "
-                        "pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
-            return False
-        if context is None:
-            return False
+        assert tls is not None
         with self._lifecycle:
             if not self._running:
                 return False
@@ -211,13 +211,6 @@ class MqttLink:
             self._connect_in_background()
             self.certificate_switches += 1
         return True
-
-    def _watch_certificate(self) -> None:
-        while not self._stopping.wait(self.cert_check_s):
-            try:
-                self.check_certificate()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
-                log.exception("certificate check failed")
 
     @property
     def connected(self) -> bool:
