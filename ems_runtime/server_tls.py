@@ -8,7 +8,7 @@ the request must be answered 403 (no certificate, or, with ``client_cns``, a CN 
 
 ``install(server)`` wraps an ``http.server`` server's listening socket without handshaking on
 accept; the request handler calls ``handshake(request, timeout)`` in its ``setup``, so a slow
-handshake holds the request's own thread, not the accept loop. The listening socket's SNI callback
+handshake holds the request's own thread, not the accept loop, and for ``timeout`` at most. The listening socket's SNI callback
 (called for every ClientHello, with or without SNI) hands each new connection the context loaded
 last, so ``check()`` (every few seconds from ``watch``) rotates the certificate, key and client CA
 without a restart: files that changed and load as a matching pair take over for new connections; a
@@ -21,10 +21,12 @@ API and the north-bound command listener use it.
 from __future__ import annotations
 
 import logging
+import selectors
 import socket
 import socketserver
 import ssl
 import threading
+import time
 from pathlib import Path
 from typing import Any, Collection
 
@@ -126,6 +128,28 @@ class ServerTls:
 
 
 def handshake(request: socket.socket, timeout: float) -> None:
-    """The TLS handshake of an accepted connection, bounded by ``timeout`` per socket operation (handler ``setup``)."""
-    request.settimeout(timeout)
-    request.do_handshake()  # type: ignore[attr-defined]
+    """The TLS handshake of an accepted connection, done within ``timeout`` in all (handler ``setup``).
+
+    A client trickling its handshake cannot hold the thread longer: the socket is non-blocking during
+    the handshake and each wait gets only the time left. Raises ``TimeoutError`` past ``timeout``, the
+    TLS error of a refused handshake, or OSError; the socket is left with ``timeout`` per operation.
+    """
+    deadline = time.monotonic() + timeout
+    request.setblocking(False)
+    try:
+        with selectors.DefaultSelector() as selector:
+            selector.register(request, selectors.EVENT_READ)
+            while True:
+                try:
+                    request.do_handshake()  # type: ignore[attr-defined]
+                    return
+                except ssl.SSLWantReadError:
+                    events = selectors.EVENT_READ
+                except ssl.SSLWantWriteError:
+                    events = selectors.EVENT_WRITE
+                remaining = deadline - time.monotonic()
+                selector.modify(request, events)
+                if remaining <= 0 or not selector.select(remaining):
+                    raise TimeoutError(f"TLS handshake not done within {timeout:g} s")
+    finally:
+        request.settimeout(timeout)
