@@ -21,12 +21,10 @@ API and the north-bound command listener use it.
 from __future__ import annotations
 
 import logging
-import selectors
 import socket
 import socketserver
 import ssl
 import threading
-import time
 from pathlib import Path
 from typing import Any, Collection
 
@@ -130,26 +128,9 @@ class ServerTls:
 def handshake(request: socket.socket, timeout: float) -> None:
     """The TLS handshake of an accepted connection, done within ``timeout`` in all (handler ``setup``).
 
-    A client trickling its handshake cannot hold the thread longer: the socket is non-blocking during
-    the handshake and each wait gets only the time left. Raises ``TimeoutError`` past ``timeout``, the
-    TLS error of a refused handshake, or OSError; the socket is left with ``timeout`` per operation.
+    CPython counts an SSL socket's timeout once for the whole handshake, not per read, so a client
+    trickling its handshake cannot hold the thread longer. Raises ``TimeoutError`` past it, the TLS
+    error of a refused handshake, or OSError; the socket keeps ``timeout`` per operation after.
     """
-    deadline = time.monotonic() + timeout
-    request.setblocking(False)
-    try:
-        with selectors.DefaultSelector() as selector:
-            selector.register(request, selectors.EVENT_READ)
-            while True:
-                try:
-                    request.do_handshake()  # type: ignore[attr-defined]
-                    return
-                except ssl.SSLWantReadError:
-                    events = selectors.EVENT_READ
-                except ssl.SSLWantWriteError:
-                    events = selectors.EVENT_WRITE
-                remaining = deadline - time.monotonic()
-                selector.modify(request, events)
-                if remaining <= 0 or not selector.select(remaining):
-                    raise TimeoutError(f"TLS handshake not done within {timeout:g} s")
-    finally:
-        request.settimeout(timeout)
+    request.settimeout(timeout)
+    request.do_handshake()  # type: ignore[attr-defined]
