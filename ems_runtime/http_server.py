@@ -50,8 +50,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self.slots.acquire(blocking=False):
+            self._refused(client_address)       # counted before the client can see the close
             self.shutdown_request(request)
-            self._refused(client_address)
             return
         try:
             super().process_request(request, client_address)
