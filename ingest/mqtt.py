@@ -108,6 +108,7 @@ class MqttLink:
         self._lock = threading.Lock()
         self._generation = 0
         self._connected = threading.Event()
+        self._disconnected = threading.Event()   # paho's thread saw the connection end (a certificate switch waits)
         self._subscribed = threading.Event()
         self._last_error = ""
         self._unsubscribing = False
@@ -200,10 +201,11 @@ class MqttLink:
                      self.host, self.port)
             # paho offers no way to replace a configured context; it reads this one at every connect.
             self._client._ssl_context = context  # noqa: SLF001
+            self._disconnected.clear()
+            connected = self._connected.is_set()
             self._client.disconnect()        # clean: the broker keeps the session and its unacknowledged messages
-            deadline = time.monotonic() + 5
-            while self._connected.is_set() and time.monotonic() < deadline:
-                time.sleep(0.01)             # paho's thread sends DISCONNECT and closes the socket
+            if connected:
+                self._disconnected.wait(5)   # paho's thread sends DISCONNECT and closes the socket
             self._client.loop_stop()
             with self._lock:                 # nothing of the old connection is acknowledged from here on
                 self._connected.clear()
@@ -298,6 +300,7 @@ class MqttLink:
             was = self._connected.is_set()
             self._connected.clear()
             self._subscribed.clear()
+        self._disconnected.set()
         if was:
             log.warning("disconnected from %s:%s: %s", self.host, self.port, reason_code)
             if self._on_connection_change:
