@@ -195,7 +195,10 @@ class _Handler(DeadlineRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
     timeout = 30            # seconds per socket operation: the wait for a request, each write
-    request_timeout_s = REQUEST_TIMEOUT_S
+
+    @property
+    def request_timeout_s(self) -> float:  # type: ignore[override]
+        return self.server.api.request_timeout_s
 
     def setup(self) -> None:
         # the TLS handshake runs here, in the request's own thread, not in the accept loop
@@ -332,11 +335,15 @@ class _Server(BoundedHTTPServer):
 
 
 class TwinApi:
-    """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager."""
+    """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager.
+
+    ``max_connections`` (64) are served at once; ``request_timeout_s`` (``REQUEST_TIMEOUT_S``) bounds a TLS
+    handshake and the arrival of a request from its first byte (module docstring).
+    """
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, client_cns: tuple[str, ...] = (), query_timeout_s: float = 10.0,
-                 max_connections: int = 64,
+                 max_connections: int = 64, request_timeout_s: float = REQUEST_TIMEOUT_S,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
                  registry: CollectorRegistry | None = None, cert_check_s: float = 5.0,
                  max_query_answer_bytes: int = 8 * 1024 * 1024) -> None:
@@ -346,6 +353,7 @@ class TwinApi:
         self.verifier = Verifier(auth, self.registry) if auth is not None else None
         self.store = TwinStore()
         self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
         self.stall_after_s = stall_after_s
         self._beat = time.monotonic()
         self.query_url = query_url.rstrip("/")
