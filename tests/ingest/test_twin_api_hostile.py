@@ -14,6 +14,7 @@ from ems_contract.telemetry import encode_twin, twin_topic
 from ingest.twin_api import MAX_TWIN_BYTES, TwinApi
 from test_ingest_twin_api import _api, _get, _wait
 from ingest_support import EdgePublisher
+from tests.slow_client import trickle
 
 pytestmark = pytest.mark.integration
 
@@ -134,19 +135,6 @@ def test_a_request_trickled_byte_by_byte_is_closed_at_its_deadline(broker, pki, 
         _wait(api, "/healthz", client)
         raw = socket.create_connection(("127.0.0.1", api.port), timeout=5)
         with client.wrap_socket(raw, server_hostname="localhost") as sock:
-            sock.sendall(b"GET /v1/sites HTTP/1.1\r\nHost: localhost\r\n")
-            start, closed = time.monotonic(), False
-            for byte in b"X-Slow: " + b"a" * 40:      # one header byte every 0.1 s: no single read waits long
-                try:
-                    sock.sendall(bytes([byte]))
-                    sock.settimeout(0.1)
-                    closed = sock.recv(1) == b""
-                except TimeoutError:
-                    continue
-                except (ConnectionError, ssl.SSLError):
-                    closed = True
-                if closed:
-                    break
-            elapsed = time.monotonic() - start
+            closed, elapsed = trickle(sock, b"GET /v1/sites HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: " + b"a" * 40)
         assert closed and elapsed < 3.0, f"closed: {closed} after {elapsed:.1f} s (deadline 1 s)"
         assert _get(api, "/healthz", client) == (200, {"status": "ok"})

@@ -22,6 +22,7 @@ from northbound.metrics import NorthboundMetrics
 from northbound.service import NorthboundService
 from tests.northbound.nb_helpers import write_config
 from tests.northbound.test_operator_api import GATEWAY_CN, OPERATOR, _call, _client, _desk, _Listener, _Sink
+from tests.slow_client import trickle
 
 
 @pytest.fixture
@@ -78,21 +79,7 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_logged_once(limited: 
 def test_a_trickled_request_is_closed_at_its_deadline(limited: _Listener) -> None:
     raw = socket.create_connection(("127.0.0.1", limited.port), timeout=5)
     with limited.gateway.wrap_socket(raw, server_hostname="localhost") as sock:
-        sock.sendall(b"POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n")
-        start = time.monotonic()
-        closed = False
-        for byte in b"X-Slow: " + b"a" * 40:          # one header byte every 0.1 s: each read is quick, the request is not
-            try:
-                sock.sendall(bytes([byte]))
-                sock.settimeout(0.1)
-                closed = sock.recv(1) == b""
-            except TimeoutError:
-                continue
-            except (ConnectionError, ssl.SSLError):
-                closed = True
-            if closed:
-                break
-        elapsed = time.monotonic() - start
+        closed, elapsed = trickle(sock, b"POST /v1/commands HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: " + b"a" * 40)
     assert closed and elapsed < 3.0, f"closed: {closed} after {elapsed:.1f} s (deadline 1 s)"
     assert _call(limited, "GET", "/v1/commands/abc", headers=OPERATOR)[0] == 404      # and it keeps serving
 
