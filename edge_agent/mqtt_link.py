@@ -15,11 +15,11 @@ back: the spool is the only source of re-sends.
   link problem, not a reason to downgrade.
 * mTLS: CA, client certificate and key (checked by :meth:`EdgeMqttLink.open`). Rotation: every
   ``cert_check_s`` the inode, mtime and size of the CA, certificate and key files are compared
-  (cheap; ``ems_runtime.file_watch.FileSetWatch``, shared with the ingest and the twin API); when
+  (cheap; ``ems_runtime.file_watch.CertificateWatch``, shared with the ingest and the twin API); when
   they changed and the content differs, a fresh context is built. A pair that does not load or match (half
   written, key of another certificate) is logged once, naming the files, and the loaded one kept.
   A good pair switches the connection without loss or duplicates: new publishes are held, the
-  messages in flight get their PUBACKs, the link disconnects cleanly and reconnects with the new
+  messages in flight get their PUBACKs (awaited, not polled), the link disconnects cleanly and reconnects with the new
   context, then the held messages go out on the new connection.
 * Reconnect matched to the outage (``reconnect_delay``): during the first
   ``fast_window_s`` of an outage, retries every ``fast_retry_s`` (± half, jitter),
@@ -62,7 +62,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edge_agent.errors import BrokerRefused, ConfigError, PublishError
 from edge_agent.metrics import AgentMetrics
 from ems_contract.telemetry import status_topic
-from ems_runtime.file_watch import FileSetWatch
+from ems_runtime.file_watch import CertificateWatch
 from ems_runtime.tls import broker_client_context, error_reason
 
 __all__ = ["TlsFiles", "EdgeMqttLink", "backoff_delay", "reconnect_delay", "PROTOCOLS"]
@@ -170,7 +170,8 @@ class EdgeMqttLink:
         self._subscriptions: dict[str, Callable[[str, bytes], None]] = {}
         # Certificate rotation: the watch on the loaded files, and the publishes held while the
         # connection switches to the new certificate.
-        self._tls_watch = FileSetWatch((tls.ca, tls.cert, tls.key)) if tls is not None else None
+        self._rotation = CertificateWatch(tls.cert, tls.key, tls.ca, lambda: _ssl_context(tls), errors=(ConfigError,),
+                                          logger=self.log) if tls is not None else None
         self._switching = False
         self._held: list[tuple[str, bytes, bool, asyncio.Future[None]]] = []
         self._watcher: asyncio.Task | None = None
@@ -192,16 +193,16 @@ class EdgeMqttLink:
 
     def open(self) -> None:
         """Check the TLS files and build the TLS context (raises ConfigError naming the file)."""
-        if self.tls is not None and self._context is None:
-            tls = self.tls
-            self._context = self._tls_watch.load(lambda: _ssl_context(tls))
+        if self._rotation is not None and self._context is None:
+            self._context = self._rotation.first()
 
     def start(self) -> None:
         """Keep connected in the background (reconnecting with backoff) until close()."""
         if self._supervisor is None:
             self._supervisor = asyncio.get_running_loop().create_task(self._supervise(), name="mqtt-link")
-        if self._watcher is None and self.tls is not None and self.cert_check_s > 0:
-            self._watcher = asyncio.get_running_loop().create_task(self._watch_certificate(), name="mqtt-tls-watch")
+        if self._watcher is None and self._rotation is not None and self.cert_check_s > 0:
+            self._watcher = asyncio.get_running_loop().create_task(
+                self._rotation.watch_async(self.cert_check_s, self._switch_certificate), name="mqtt-tls-watch")
 
     async def close(self, timeout: float = 3.0) -> None:
         """Publish ``offline`` (retained), disconnect cleanly (no last will) and stop reconnecting."""
@@ -547,38 +548,27 @@ class EdgeMqttLink:
                            ", ".join(self._subscriptions), ", ".join(refused))
 
     # -- certificate rotation ----------------------------------------------
-    async def _watch_certificate(self) -> None:
-        while not self._closing:
-            await asyncio.sleep(self.cert_check_s)
-            try:
-                await self.check_certificate()
-            except Exception:                # the watcher must outlive any one bad check
-                self.log.exception("certificate check failed")
-
     async def check_certificate(self) -> bool:
         """Switch to the certificate and key on disk if they changed and load as a matching pair.
 
         Returns True when a switch was started. A changed pair that does not load is logged once
         per state of the files, and the loaded certificate stays in use.
         """
-        assert self.tls is not None
-        tls = self.tls
-        try:
-            context = self._tls_watch.poll(lambda: _ssl_context(tls))
-        except ConfigError as exc:
-            why = error_reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
-            self.log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching "
-                             "PEM pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
-            return False
+        assert self._rotation is not None
+        context = self._rotation.check()
         if context is None:
             return False
+        await self._switch_certificate(context)
+        return True
+
+    async def _switch_certificate(self, context: ssl.SSLContext) -> None:
+        assert self.tls is not None
         self._context = context
         self.certificate_switches += 1
         self.log.info("certificate %s and key %s changed; reconnecting to broker %s:%d with them",
                       self.tls.cert, self.tls.key, self.host, self.port)
         if self._connected.is_set():
             await self._switch_connection()
-        return True
 
     async def _switch_connection(self) -> None:
         """Hold new publishes, let the ones in flight get their PUBACKs, disconnect cleanly.
@@ -587,17 +577,18 @@ class EdgeMqttLink:
         new connection: none is lost and none is sent twice.
         """
         self._switching = True
-        in_flight = len(self._pending)
-        deadline = time.monotonic() + self.switch_drain_s
-        while self._pending and self._connected.is_set() and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
+        in_flight = list(self._pending.values())
+        if in_flight:
+            # Each future completes at its PUBACK, or fails when the connection drops: nothing to poll.
+            await asyncio.wait(in_flight, timeout=self.switch_drain_s)
         client = self._client
-        if self._pending:
+        unacknowledged = sum(not future.done() for future in in_flight)
+        if unacknowledged:
             self.log.warning("broker %s:%d: %d messages still without PUBACK after %.0fs; switching anyway "
-                             "(they will be sent again)", self.host, self.port, len(self._pending),
+                             "(they will be sent again)", self.host, self.port, unacknowledged,
                              self.switch_drain_s)
         self.log.info("switching the certificate: %d messages were in flight, %d held for the new connection",
-                      in_flight, len(self._held))
+                      len(in_flight), len(self._held))
         if client is not None and self._connected.is_set():
             client.disconnect()          # clean: no last will; the new connection publishes "online"
         elif not self._connected.is_set() and not self._held:

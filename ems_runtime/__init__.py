@@ -1,9 +1,10 @@
 """Plumbing every EMS process shares (the edge agent, the ingest, the north-bound client).
 
-``status_http``: the metrics-and-health HTTP endpoint; ``tls``: the broker client
+``status_http``: the metrics-and-health HTTP endpoint; ``http_server``: an HTTPS
+listener's connection cap and request deadline; ``tls``: the broker client
 context; ``server_tls``: an HTTPS listener's certificate, client-certificate rule and
 rotation; ``log_setup``: the command lines' logging; ``file_watch``: certificate
-rotation checks; ``cert_expiry``, ``sqlite``, ``version``. Runtime dependencies
+rotation checks and their poll loop; ``cert_expiry``, ``sqlite``, ``version``. Runtime dependencies
 only (prometheus-client), never pulumi.
 
 ``ErrorFactory`` (defined in ``ems_contract.config_reader``, whose typed reader uses it too)

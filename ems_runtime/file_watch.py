@@ -8,18 +8,28 @@ Then it calls ``load``; the result counts only if the files did not move while
 it ran (a pair still being written is looked at again next time). When ``load``
 raises, that state of the files is remembered and the exception re-raised once:
 the caller logs it once and keeps what it has, and nothing is retried until the
-files change again. Used by the edge agent's and the ingest's MQTT links and the
-twin API's HTTPS server.
+files change again.
+
+``CertificateWatch`` is the rotation check every EMS process runs on its certificate, key and
+CA: a ``FileSetWatch`` over them, one warning per state of the files that does not load, and the
+poll loop, as a thread's target (``watch``) or an asyncio task (``watch_async``). The edge agent's
+and the ingest's MQTT links and ``ems_runtime.server_tls`` (the twin API, the north-bound command
+listener) use it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
+import threading
 from pathlib import Path
-from typing import Callable, Sequence, TypeVar
+from typing import Awaitable, Callable, Generic, Sequence, TypeVar
 
-__all__ = ["FileSetWatch"]
+from ems_runtime.tls import error_reason
+
+__all__ = ["CertificateWatch", "FileSetWatch"]
 
 T = TypeVar("T")
 
@@ -87,3 +97,60 @@ class FileSetWatch:
             return None
         self._signature, self._digest, self._refused = signature, digest, None
         return loaded
+
+
+class CertificateWatch(Generic[T]):
+    """A certificate, its key and (optionally) a CA, watched for a rotation; ``load()`` builds what they serve.
+
+    ``load`` raises one of ``errors`` when the files are not a readable, matching set. ``first()`` is the
+    load at start (its exception propagates: a bad pair at start is the caller's error). ``check()``
+    returns a new build when the files changed and loaded, else None; a changed set that does not
+    load is logged once as a warning naming ``what``, the certificate and the key (never their
+    content), and None returned: the caller keeps what it has. ``watch`` and ``watch_async`` run
+    ``check()`` every ``every_s`` and hand each new build to ``switch``; they outlive any one failing
+    check or switch (logged with its traceback).
+    """
+
+    def __init__(self, cert: Path, key: Path, ca: Path | None, load: Callable[[], T], *,
+                 errors: tuple[type[BaseException], ...], logger: logging.Logger, what: str = "certificate") -> None:
+        self.cert, self.key, self.ca = Path(cert), Path(key), Path(ca) if ca is not None else None
+        self.what = what
+        self.log = logger
+        self._load = load
+        self._errors = errors
+        self._files = FileSetWatch(((self.ca,) if self.ca is not None else ()) + (self.cert, self.key))
+
+    def first(self) -> T:
+        """The build from the files as they are now (``load``'s exception propagates); later checks compare to it."""
+        return self._files.load(self._load)
+
+    def check(self) -> T | None:
+        """A new build when the files changed and load; None when unchanged or not loadable (logged once)."""
+        try:
+            return self._files.poll(self._load)
+        except self._errors as exc:
+            cause = exc.__cause__ if exc.__cause__ is not None else exc
+            self.log.warning("%s %s and key %s changed but cannot be used (not a readable, matching PEM pair: %s); "
+                             "keeping the loaded certificate", self.what, self.cert, self.key, error_reason(cause))
+            return None
+
+    def watch(self, stop: threading.Event, every_s: float, switch: Callable[[T], object]) -> None:
+        """Check every ``every_s`` until ``stop`` is set and ``switch`` to each new build (a thread's target)."""
+        while not stop.wait(every_s):
+            try:
+                loaded = self.check()
+                if loaded is not None:
+                    switch(loaded)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+                self.log.exception("%s check failed", self.what)
+
+    async def watch_async(self, every_s: float, switch: Callable[[T], Awaitable[object]]) -> None:
+        """Check every ``every_s`` until cancelled and await ``switch`` with each new build (a task's coroutine)."""
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                loaded = self.check()
+                if loaded is not None:
+                    await switch(loaded)
+            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
+                self.log.exception("%s check failed", self.what)

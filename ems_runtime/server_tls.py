@@ -8,12 +8,14 @@ the request must be answered 403 (no certificate, or, with ``client_cns``, a CN 
 
 ``install(server)`` wraps an ``http.server`` server's listening socket without handshaking on
 accept; the request handler calls ``handshake(request, timeout)`` in its ``setup``, so a slow
-handshake holds the request's own thread, not the accept loop. The listening socket's SNI callback
+handshake holds the request's own thread, not the accept loop, and for ``timeout`` at most. The listening socket's SNI callback
 (called for every ClientHello, with or without SNI) hands each new connection the context loaded
 last, so ``check()`` (every few seconds from ``watch``) rotates the certificate, key and client CA
 without a restart: files that changed and load as a matching pair take over for new connections; a
-pair that does not load is logged once and the loaded one stays. The twin API and the north-bound
-command listener use it.
+pair that does not load is logged once and the loaded one stays (``file_watch.CertificateWatch``).
+The files are loaded once at construction; ``install`` serves that context. A file that does not
+load raises :class:`TlsFileError`, which names it (``cert`` with the key, or ``client_ca``). The twin
+API and the north-bound command listener use it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,23 @@ import threading
 from pathlib import Path
 from typing import Any, Collection
 
-from ems_runtime.file_watch import FileSetWatch
+from ems_runtime.file_watch import CertificateWatch
 from ems_runtime.tls import error_reason
 
-__all__ = ["ServerTls", "handshake"]
+__all__ = ["ServerTls", "TlsFileError", "handshake"]
 
 log = logging.getLogger(__name__)
+
+
+class TlsFileError(OSError):
+    """A listener's TLS file that does not load: ``field`` is ``cert`` (the certificate and key) or ``client_ca``.
+
+    The message is the reason (``error_reason`` of the cause, which is chained).
+    """
+
+    def __init__(self, field: str, path: Path, reason: str) -> None:
+        super().__init__(reason)
+        self.field, self.path, self.reason = field, path, reason
 
 
 class ServerTls:
@@ -49,22 +62,33 @@ class ServerTls:
         self.require_client = require_client
         self.certificate_switches = 0
         self.log = logger or log
-        self._watch = FileSetWatch((self.cert, self.key) + ((self.client_ca,) if self.client_ca else ()))
-        self._context = self._watch.load(self.context)      # a bad pair at start is the caller's error
+        self._rotation = CertificateWatch(self.cert, self.key, self.client_ca, self.context, errors=(OSError,),
+                                          logger=self.log, what="server certificate")
+        self._context = self._rotation.first()      # a bad pair at start is the caller's error (TlsFileError)
 
     def context(self) -> ssl.SSLContext:
-        """A server context with the files on disk now; raises OSError or ssl.SSLError on a bad pair or CA."""
+        """A server context with the files on disk now; raises :class:`TlsFileError` naming the file that does not load."""
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        context.load_cert_chain(str(self.cert), str(self.key))
+        try:
+            context.load_cert_chain(str(self.cert), str(self.key))
+        except (OSError, ssl.SSLError) as exc:
+            raise TlsFileError("cert", self.cert, error_reason(exc)) from exc
         if self.client_ca is not None:
-            context.load_verify_locations(str(self.client_ca))
+            try:
+                context.load_verify_locations(str(self.client_ca))
+            except (OSError, ssl.SSLError) as exc:
+                raise TlsFileError("client_ca", self.client_ca, error_reason(exc)) from exc
             context.verify_mode = ssl.CERT_REQUIRED if self.require_client else ssl.CERT_OPTIONAL
         return context
 
     def install(self, server: socketserver.TCPServer) -> None:
-        """Wrap ``server``'s listening socket; every handshake (see :func:`handshake`) gets the current context."""
-        listening = self.context()
+        """Wrap ``server``'s listening socket; every handshake (see :func:`handshake`) gets the current context.
+
+        The listening socket uses the context loaded at construction (no second load); its SNI callback
+        hands each new connection the one loaded last.
+        """
+        listening = self._context
         listening.sni_callback = self._choose_context
         server.socket = listening.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
 
@@ -85,29 +109,28 @@ class ServerTls:
 
     def check(self) -> bool:
         """Load the files on disk if they changed; True when new handshakes use them (a bad pair: logged, kept)."""
-        try:
-            context = self._watch.poll(self.context)
-        except (OSError, ssl.SSLError) as exc:
-            self.log.warning("server certificate %s and key %s changed but cannot be used (not a readable, matching "
-                        "PEM pair: %s); keeping the loaded certificate", self.cert, self.key, error_reason(exc))
-            return False
+        context = self._rotation.check()
         if context is None:
             return False
+        self._switch(context)
+        return True
+
+    def _switch(self, context: ssl.SSLContext) -> None:
         self._context = context
         self.certificate_switches += 1
         self.log.info("server certificate %s and key %s changed; new connections use them", self.cert, self.key)
-        return True
 
     def watch(self, stop: threading.Event, every_s: float) -> None:
         """``check()`` every ``every_s`` until ``stop`` is set (a thread's target); survives any one bad check."""
-        while not stop.wait(every_s):
-            try:
-                self.check()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
-                self.log.exception("server certificate check failed")
+        self._rotation.watch(stop, every_s, self._switch)
 
 
 def handshake(request: socket.socket, timeout: float) -> None:
-    """The TLS handshake of an accepted connection, bounded by ``timeout`` per socket operation (handler ``setup``)."""
+    """The TLS handshake of an accepted connection, done within ``timeout`` in all (handler ``setup``).
+
+    CPython counts an SSL socket's timeout once for the whole handshake, not per read, so a client
+    trickling its handshake cannot hold the thread longer. Raises ``TimeoutError`` past it, the TLS
+    error of a refused handshake, or OSError; the socket keeps ``timeout`` per operation after.
+    """
     request.settimeout(timeout)
     request.do_handshake()  # type: ignore[attr-defined]

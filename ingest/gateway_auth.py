@@ -24,6 +24,10 @@ refused. The JWKS is fetched (bounded size and time) and cached for ``jwks_refre
 unknown ``kid`` refetches it at most once per ``jwks_min_refetch_s``, so forged tokens cannot
 turn the verifier into a flood against the identity provider.
 
+A client certificate is parsed once: its subject's CNs and OUs are kept by the SHA-256 of the PEM
+text nginx sent (at most ``CERT_CACHE_SIZE`` certificates, least recently used forgotten first);
+the role is looked up per request as before.
+
 Every denial is logged (who, method, URI, needed role, reason; never the token) and counted in
 ``ems_gateway_auth_denials_total{reason=…}``; allowed requests in
 ``ems_gateway_auth_allowed_total{role=…,method=…}``.
@@ -31,6 +35,7 @@ Every denial is logged (who, method, URI, needed role, reason; never the token) 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import ssl
@@ -38,6 +43,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
@@ -56,6 +62,7 @@ log = logging.getLogger(__name__)
 
 MAX_TOKEN_CHARS = 8192
 MAX_CERT_CHARS = 16384
+CERT_CACHE_SIZE = 256
 MAX_JWKS_BYTES = 256 * 1024
 DENIAL_REASONS = ("no_credentials", "bad_certificate", "certificate_without_role", "bad_token", "unknown_key",
                   "bad_algorithm", "expired", "not_yet_valid", "wrong_audience", "wrong_issuer", "token_without_role",
@@ -169,6 +176,47 @@ class JwksCache:
         return body
 
 
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What the verifier reads from a client certificate: its subject's CNs and OUs, and the whole subject."""
+
+    cns: tuple[str, ...]
+    ous: tuple[str, ...]
+    text: str
+
+
+class SubjectCache:
+    """Client certificates' subjects by the SHA-256 of their PEM text; at most ``size``, least recently used out first.
+
+    ``subject(escaped_pem)`` parses a certificate not seen (or forgotten) and raises ``ValueError`` when it
+    does not parse (nothing is kept then). ``parses`` counts the parses. Thread-safe.
+    """
+
+    def __init__(self, size: int = CERT_CACHE_SIZE) -> None:
+        self.size = size
+        self.parses = 0
+        self._lock = threading.Lock()
+        self._subjects: OrderedDict[bytes, _Subject] = OrderedDict()
+
+    def subject(self, escaped_pem: str) -> _Subject:
+        key = hashlib.sha256(escaped_pem.encode()).digest()
+        with self._lock:
+            known = self._subjects.get(key)
+            if known is not None:
+                self._subjects.move_to_end(key)
+                return known
+            self.parses += 1
+        cert = x509.load_pem_x509_certificate(urllib.parse.unquote(escaped_pem).encode())
+        subject = _Subject(tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)),
+                           tuple(str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)),
+                           cert.subject.rfc4514_string())
+        with self._lock:
+            self._subjects[key] = subject
+            while len(self._subjects) > self.size:
+                self._subjects.popitem(last=False)
+        return subject
+
+
 class Verifier:
     """Decides one :class:`AuthRequest`; logs and counts every denial. Thread-safe."""
 
@@ -179,6 +227,7 @@ class Verifier:
         self._ou_roles = dict(settings.cert_ou_roles)
         self._claim_roles = dict(settings.oidc.claim_roles) if settings.oidc else {}
         self.jwks = jwks or (JwksCache(settings.oidc) if settings.oidc else None)
+        self.certificates = SubjectCache()
         common: dict[str, Any] = {"namespace": "ems", "subsystem": "gateway_auth", "registry": registry}
         self.denials = Counter("denials", "Gateway requests refused by the verifier, by reason.", ["reason"], **common)
         self.allowed = Counter("allowed", "Gateway requests allowed, by role and method.", ["role", "method"], **common)
@@ -212,14 +261,13 @@ class Verifier:
         if not escaped_pem or len(escaped_pem) > MAX_CERT_CHARS:
             raise _Denied(401, "bad_certificate", "anonymous", "no certificate text from the gateway")
         try:
-            cert = x509.load_pem_x509_certificate(urllib.parse.unquote(escaped_pem).encode())
+            subject = self.certificates.subject(escaped_pem)
         except ValueError as exc:
             raise _Denied(401, "bad_certificate", "anonymous", str(exc)) from exc
-        cns = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        ous = [a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)]
-        cn = str(cns[0]) if cns else cert.subject.rfc4514_string()
+        cn = subject.cns[0] if subject.cns else subject.text
         user = clean_user(f"cert:{cn}")
-        role = self._cn_roles.get(cn) or highest_role([self._ou_roles[str(ou)] for ou in ous if str(ou) in self._ou_roles])
+        ous = list(subject.ous)
+        role = self._cn_roles.get(cn) or highest_role([self._ou_roles[ou] for ou in ous if ou in self._ou_roles])
         if role is None:
             raise _Denied(403, "certificate_without_role", user, f"OU {ous}")
         return user, role, "mtls"

@@ -19,8 +19,8 @@ message that reused the packet id. The redelivered copy is then processed
 (de-duplicated) and acknowledged normally.
 
 The client certificate rotates without a restart: every ``cert_check_s`` the CA,
-certificate and key files are checked (``ems_runtime.file_watch``, as the edge
-agent does); when their content changed and loads as a matching pair, the link
+certificate and key files are checked (``ems_runtime.file_watch.CertificateWatch``, as
+the edge agent does); when their content changed and loads as a matching pair, the link
 disconnects cleanly (DISCONNECT: the persistent session stays) and connects
 again with the new certificate. Messages received on the old connection and not
 yet acknowledged are not acknowledged on the new one (above): the broker
@@ -45,8 +45,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from ems_runtime.file_watch import FileSetWatch
-from ems_runtime.tls import broker_client_context, error_reason
+from ems_runtime.file_watch import CertificateWatch
+from ems_runtime.tls import broker_client_context
 from ingest.errors import BrokerError, ConfigError
 
 __all__ = ["Incoming", "MqttLink", "TlsFiles"]
@@ -108,15 +108,17 @@ class MqttLink:
         self._lock = threading.Lock()
         self._generation = 0
         self._connected = threading.Event()
+        self._disconnected = threading.Event()   # paho's thread saw the connection end (a certificate switch waits)
         self._subscribed = threading.Event()
         self._last_error = ""
         self._unsubscribing = False
         self._unsubscribed = threading.Event()
         self._client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=paho.MQTTv5,
                                    manual_ack=manual_ack)
-        self._tls_watch = FileSetWatch((tls.ca, tls.cert, tls.key)) if tls is not None else None
-        if tls is not None:
-            self._client.tls_set_context(self._tls_watch.load(lambda: client_context(tls)))
+        self._rotation = CertificateWatch(tls.cert, tls.key, tls.ca, lambda: client_context(tls), errors=(ConfigError,),
+                                          logger=log) if tls is not None else None
+        if self._rotation is not None:
+            self._client.tls_set_context(self._rotation.first())
         self._running = False
         self._lifecycle = threading.Lock()       # start/stop vs. a certificate switch
         self._stopping = threading.Event()
@@ -135,8 +137,10 @@ class MqttLink:
         with self._lifecycle:
             self._connect_in_background()
             self._running = True
-        if self._watcher is None and self._tls_watch is not None and self.cert_check_s > 0:
-            self._watcher = threading.Thread(target=self._watch_certificate, name="mqtt-tls-watch", daemon=True)
+        if self._watcher is None and self._rotation is not None and self.cert_check_s > 0:
+            self._watcher = threading.Thread(target=self._rotation.watch, args=(self._stopping, self.cert_check_s,
+                                                                                self._switch_certificate),
+                                             name="mqtt-tls-watch", daemon=True)
             self._watcher.start()
 
     def _connect_in_background(self) -> None:
@@ -182,17 +186,14 @@ class MqttLink:
         Returns True when the link switched. A changed pair that does not load is logged once per state
         of the files, and the loaded certificate stays in use.
         """
-        assert self.tls is not None and self._tls_watch is not None
+        assert self._rotation is not None
+        context = self._rotation.check()
+        return context is not None and self._switch_certificate(context)
+
+    def _switch_certificate(self, context: ssl.SSLContext) -> bool:
+        """Reconnect with ``context`` (the rotated files); False when the link is stopped."""
         tls = self.tls
-        try:
-            context = self._tls_watch.poll(lambda: client_context(tls))
-        except ConfigError as exc:
-            why = error_reason(exc.__cause__) if exc.__cause__ is not None else exc.reason
-            log.warning("certificate %s and key %s changed but cannot be used (not a readable, matching PEM "
-                        "pair: %s); keeping the loaded certificate", tls.cert, tls.key, why)
-            return False
-        if context is None:
-            return False
+        assert tls is not None
         with self._lifecycle:
             if not self._running:
                 return False
@@ -200,10 +201,11 @@ class MqttLink:
                      self.host, self.port)
             # paho offers no way to replace a configured context; it reads this one at every connect.
             self._client._ssl_context = context  # noqa: SLF001
+            self._disconnected.clear()
+            connected = self._connected.is_set()
             self._client.disconnect()        # clean: the broker keeps the session and its unacknowledged messages
-            deadline = time.monotonic() + 5
-            while self._connected.is_set() and time.monotonic() < deadline:
-                time.sleep(0.01)             # paho's thread sends DISCONNECT and closes the socket
+            if connected:
+                self._disconnected.wait(5)   # paho's thread sends DISCONNECT and closes the socket
             self._client.loop_stop()
             with self._lock:                 # nothing of the old connection is acknowledged from here on
                 self._connected.clear()
@@ -211,13 +213,6 @@ class MqttLink:
             self._connect_in_background()
             self.certificate_switches += 1
         return True
-
-    def _watch_certificate(self) -> None:
-        while not self._stopping.wait(self.cert_check_s):
-            try:
-                self.check_certificate()
-            except Exception:  # noqa: BLE001 - the watcher must outlive any one bad check
-                log.exception("certificate check failed")
 
     @property
     def connected(self) -> bool:
@@ -305,6 +300,7 @@ class MqttLink:
             was = self._connected.is_set()
             self._connected.clear()
             self._subscribed.clear()
+        self._disconnected.set()
         if was:
             log.warning("disconnected from %s:%s: %s", self.host, self.port, reason_code)
             if self._on_connection_change:

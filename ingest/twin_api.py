@@ -38,13 +38,15 @@ with bounded size (``MAX_TWIN_BYTES``), depth and value count, its strings must 
 valid Unicode and its shape that of ``encode_twin``; a site keeps at most
 ``MAX_ASSETS_PER_SITE`` twins. A bad twin is counted and ignored, never raised: the
 consumer thread survives any message, and ``/healthz`` fails (so Kubernetes restarts
-the pod) if that thread ever stops or stalls. At most ``max_connections`` requests
-are served at once; further connections are closed at accept.
+the pod) if that thread ever stops or stalls. At most ``max_connections`` connections
+are served at once; further connections are closed at accept (logged at most once per
+10 s, with their count: ``ems_runtime.http_server``). A TLS handshake must be done, and a
+request's line and headers arrive, within ``REQUEST_TIMEOUT_S`` of their first byte, however
+slowly a client sends them.
 """
 
 from __future__ import annotations
 
-import http.server
 import json
 import logging
 import queue
@@ -64,6 +66,7 @@ from prometheus_client import CollectorRegistry
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
 from ems_runtime.cert_expiry import register_certificates
+from ems_runtime.http_server import BoundedHTTPServer, DeadlineRequestHandler
 from ems_runtime.server_tls import ServerTls, handshake
 from ems_runtime.status_http import StatusEndpoint
 from ingest import operator_page
@@ -82,6 +85,7 @@ MAX_TWIN_BYTES = 64 * 1024
 MAX_TWIN_DEPTH = 5            # {points: {point: {value, ...}}} is 3; the thermal block 2
 MAX_TWIN_VALUES = 4096
 MAX_ASSETS_PER_SITE = 256
+REQUEST_TIMEOUT_S = 30.0
 
 
 class TwinStore:
@@ -187,14 +191,18 @@ def _check_twin(doc: Any, site: str, asset: str) -> None:
         raise bad("thermal", doc["thermal"])
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class _Handler(DeadlineRequestHandler):
     server: "_Server"
     protocol_version = "HTTP/1.1"
-    timeout = 30            # seconds per socket operation: a stalled client cannot hold a thread forever
+    timeout = 30            # seconds per socket operation: the wait for a request, each write
+
+    @property
+    def request_timeout_s(self) -> float:  # type: ignore[override]
+        return self.server.api.request_timeout_s
 
     def setup(self) -> None:
         # the TLS handshake runs here, in the request's own thread, not in the accept loop
-        handshake(self.request, self.timeout)
+        handshake(self.request, self.request_timeout_s)
         super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 - http.server API
@@ -315,32 +323,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), fmt % args)
 
 
-class _Server(http.server.ThreadingHTTPServer):
-    """Threading server with a cap on concurrent connections (beyond it, a connection is closed at accept)."""
+class _Server(BoundedHTTPServer):
+    """The twin API's server: at most ``max_connections`` connections at once (``ems_runtime.http_server``)."""
 
-    daemon_threads = True
     api: "TwinApi"
-    slots: threading.BoundedSemaphore
-    refused = 0
-
-    def process_request(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        if not self.slots.acquire(blocking=False):
-            self.refused += 1
-            log.warning("connection from %s refused: %d requests in progress", client_address[0],
-                        self.api.max_connections)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[no-untyped-def]
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A failed TLS handshake or a dropped connection is routine on an exposed port: one line, no traceback.
@@ -349,11 +335,15 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class TwinApi:
-    """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager."""
+    """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager.
+
+    ``max_connections`` (64) are served at once; ``request_timeout_s`` (``REQUEST_TIMEOUT_S``) bounds a TLS
+    handshake and the arrival of a request from its first byte (module docstring).
+    """
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, client_cns: tuple[str, ...] = (), query_timeout_s: float = 10.0,
-                 max_connections: int = 64,
+                 max_connections: int = 64, request_timeout_s: float = REQUEST_TIMEOUT_S,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
                  registry: CollectorRegistry | None = None, cert_check_s: float = 5.0,
                  max_query_answer_bytes: int = 8 * 1024 * 1024) -> None:
@@ -363,6 +353,7 @@ class TwinApi:
         self.verifier = Verifier(auth, self.registry) if auth is not None else None
         self.store = TwinStore()
         self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
         self.stall_after_s = stall_after_s
         self._beat = time.monotonic()
         self.query_url = query_url.rstrip("/")
@@ -372,10 +363,9 @@ class TwinApi:
         # Asked for, not required, in the handshake: the probes have none; every other path refuses (tls.refusal()).
         self.tls = ServerTls(Path(cert), Path(key), client_ca, client_cns, logger=log)
         self.cert_check_s = cert_check_s
-        self._server = _Server((host, port), _Handler, bind_and_activate=True)
+        self._server = _Server((host, port), _Handler, max_connections, name="twin api", logger=log)
         self.tls.install(self._server)
         self._server.api = self
-        self._server.slots = threading.BoundedSemaphore(max_connections)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

@@ -80,7 +80,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -88,8 +87,7 @@ from typing import Any, Mapping
 from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text, url_problem
 from ems_contract.config_reader import Section
 from ems_contract.telemetry import valid_id
-from ems_runtime.server_tls import ServerTls
-from ems_runtime.tls import error_reason
+from ems_runtime.server_tls import ServerTls, TlsFileError
 from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
 from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
@@ -163,12 +161,15 @@ class OperatorApiConfig:
 
     It serves TLS with ``cert``/``key`` and requires a client certificate chaining to ``client_ca`` whose CN is
     one of ``client_cns`` (the gateway's), so the identity headers it trusts come from the gateway alone.
+    ``tls`` is that TLS, loaded once while the config was checked (files that do not load are a ConfigError
+    then); the listener serves it and rotates it, without loading the files again.
     """
 
     cert: Path
     key: Path
     client_ca: Path
     client_cns: tuple[str, ...]
+    tls: ServerTls = field(compare=False, repr=False)
     host: str = "0.0.0.0"  # nosec B104 # the gateway reaches the pod IP; NetworkPolicy admits only the gateway
     port: int = 8444
     default_ttl_s: int = 300
@@ -400,31 +401,29 @@ def parse_config(raw: Mapping[str, Any], base: Path = Path(".")) -> NorthboundCo
 
 def _operator_api(o: Section) -> OperatorApiConfig:
     max_ttl = o.int("max_ttl_s", OperatorApiConfig.max_ttl_s, 1, 24 * 3600)
-    config = OperatorApiConfig(host=o.host("host", OperatorApiConfig.host),
-                               port=o.int("port", OperatorApiConfig.port, 0, 65535),
-                               default_ttl_s=o.int("default_ttl_s", min(OperatorApiConfig.default_ttl_s, max_ttl), 1, max_ttl),
-                               max_ttl_s=max_ttl,
-                               cert=o.path("cert", required=True), key=o.path("key", required=True),  # type: ignore[arg-type]
-                               client_ca=o.path("client_ca", required=True),  # type: ignore[arg-type]
-                               client_cns=o.common_names("client_cns", "client_ca", required=True),
-                               cert_check_s=o.float("cert_check_s", OperatorApiConfig.cert_check_s, 0.0, 3600.0))
+    host, port = o.host("host", OperatorApiConfig.host), o.int("port", OperatorApiConfig.port, 0, 65535)
+    default_ttl_s = o.int("default_ttl_s", min(OperatorApiConfig.default_ttl_s, max_ttl), 1, max_ttl)
+    cert, key = o.path("cert", required=True), o.path("key", required=True)
+    client_ca = o.path("client_ca", required=True)
+    client_cns = o.common_names("client_cns", "client_ca", required=True)
+    cert_check_s = o.float("cert_check_s", OperatorApiConfig.cert_check_s, 0.0, 3600.0)
     o.done()
-    operator_tls(config)                # unreadable or mismatched files: ConfigError
-    return config
+    return OperatorApiConfig(cert=cert, key=key, client_ca=client_ca, client_cns=client_cns,  # type: ignore[arg-type]
+                             tls=operator_tls(cert, key, client_ca, client_cns),  # type: ignore[arg-type]
+                             host=host, port=port, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl,
+                             cert_check_s=cert_check_s)
 
 
-def operator_tls(config: OperatorApiConfig) -> ServerTls:
-    """The listener's TLS from ``config``; ConfigError naming ``operator_api.client_ca`` or ``.cert`` when it does not load."""
+def operator_tls(cert: Path, key: Path, client_ca: Path, client_cns: tuple[str, ...]) -> ServerTls:
+    """The listener's TLS (files loaded once); ConfigError naming ``operator_api.client_ca`` or ``.cert`` when it does not load."""
     try:
-        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(config.client_ca))
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("operator_api.client_ca", config.client_ca,
-                          f"is not a readable PEM CA certificate ({error_reason(exc)})") from exc
-    try:
-        return ServerTls(config.cert, config.key, config.client_ca, config.client_cns, require_client=True)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError("operator_api.cert", config.cert, f"and operator_api.key {str(config.key)!r} are not a "
-                          f"readable, matching PEM certificate and key ({error_reason(exc)})") from exc
+        return ServerTls(cert, key, client_ca, client_cns, require_client=True)
+    except TlsFileError as exc:
+        if exc.field == "client_ca":
+            raise ConfigError("operator_api.client_ca", client_ca,
+                              f"is not a readable PEM CA certificate ({exc.reason})") from exc
+        raise ConfigError("operator_api.cert", cert, f"and operator_api.key {str(key)!r} are not a "
+                          f"readable, matching PEM certificate and key ({exc.reason})") from exc
 
 
 def load_config(path: Path) -> NorthboundConfig:

@@ -23,6 +23,11 @@ Answers: 400 names the field and value (``RequestError``); 401/403 as above; 404
 path; 405; 411 without Content-Length; 413 above ``MAX_BODY_BYTES``; 503 when the broker did not
 take the command (not connected, refused, no PUBACK, or no site subscribed: the site is offline).
 At most ``MAX_KEPT`` commands are remembered for ``GET`` (oldest forgotten first).
+
+Limits (``ems_runtime.http_server``): at most ``max_connections`` connections are served at once,
+further ones are closed at accept (logged at most once per 10 s, with their count); the TLS
+handshake must be done within ``REQUEST_TIMEOUT_S`` and a request's line, headers and body within
+``REQUEST_TIMEOUT_S`` of its first byte, however slowly a client sends them.
 """
 
 from __future__ import annotations
@@ -38,11 +43,11 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Awaitable, Callable, Collection
 
 from ems_contract.command import COMMAND_ID_PATTERN, Command, CommandResult
 from ems_contract.roles import AUTH_METHODS, ROLES, role_at_least, valid_user
+from ems_runtime.http_server import BoundedHTTPServer, DeadlineRequestHandler
 from ems_runtime.server_tls import ServerTls, handshake
 from ems_runtime.tls import error_reason
 from northbound.commands import Outcome
@@ -55,6 +60,8 @@ __all__ = ["CommandDesk", "Identity", "OperatorApi", "MANUAL_OUTCOMES", "MAX_KEP
 log = logging.getLogger(__name__)
 
 MAX_KEPT = 1000
+MAX_CONNECTIONS = 32
+REQUEST_TIMEOUT_S = 10.0
 MANUAL_ROLE = "operator"
 """The least role that may issue and read manual commands (the gateway's ``commands`` route needs it too)."""
 _NEEDS_ROLE = f"manual commands need the {' or '.join(ROLES[ROLES.index(MANUAL_ROLE):])} role"
@@ -200,9 +207,7 @@ class CommandDesk:
                 "reason": r.reason if r else None, "readback": r.readback if r else None}
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(BoundedHTTPServer):
     def handle_error(self, request: object, client_address: object) -> None:
         # A refused handshake (no or a foreign certificate) or a dropped connection: one line, no traceback.
         exc = sys.exc_info()[1]
@@ -214,12 +219,17 @@ class OperatorApi:
 
     ``tls`` serves the certificate and decides who may call (``ServerTls.refusal``); with ``cert_check_s`` > 0 its
     files are re-read every that many seconds and a changed, valid set takes over for new connections.
+    ``max_connections`` (default ``MAX_CONNECTIONS``) connections are served at once, further ones closed at accept;
+    ``request_timeout_s`` (default ``REQUEST_TIMEOUT_S``) bounds a TLS handshake and a request's arrival.
     """
 
-    def __init__(self, host: str, port: int, desk: CommandDesk, tls: ServerTls, cert_check_s: float = 5.0) -> None:
+    def __init__(self, host: str, port: int, desk: CommandDesk, tls: ServerTls, cert_check_s: float = 5.0, *,
+                 max_connections: int = MAX_CONNECTIONS, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
         self.host, self.requested_port, self.desk, self.tls = host, port, desk, tls
         self.cert_check_s = cert_check_s
-        self._server: ThreadingHTTPServer | None = None
+        self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
+        self._server: _Server | None = None
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -228,15 +238,20 @@ class OperatorApi:
         assert self._server is not None
         return self._server.server_address[1]
 
-    def start(self) -> None:
-        desk, tls = self.desk, self.tls
+    @property
+    def refused_connections(self) -> int:
+        """Connections closed at accept because ``max_connections`` were being served."""
+        return self._server.refused if self._server is not None else 0
 
-        class Handler(BaseHTTPRequestHandler):
-            timeout = 10                    # a slow client holds a thread at most this long per read
+    def start(self) -> None:
+        desk, tls, request_timeout_s = self.desk, self.tls, self.request_timeout_s
+
+        class Handler(DeadlineRequestHandler):
+            timeout = 10                    # per socket operation: the wait for a request, each write
             protocol_version = "HTTP/1.1"
 
             def setup(self) -> None:
-                handshake(self.request, self.timeout)      # in the request's own thread, not the accept loop
+                handshake(self.request, request_timeout_s)      # in the request's own thread, not the accept loop
                 super().setup()
 
             def _refused(self) -> bool:
@@ -291,7 +306,9 @@ class OperatorApi:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("operator api %s", fmt % args)
 
-        self._server = _Server((self.host, self.requested_port), Handler)
+        Handler.request_timeout_s = request_timeout_s
+        self._server = _Server((self.host, self.requested_port), Handler, self.max_connections,
+                               name="operator api", logger=log)
         self.tls.install(self._server)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._server.serve_forever, name="operator-api", daemon=True)]

@@ -50,7 +50,7 @@ from northbound import tls
 from northbound.client import PointValue, Sep2Client, SiteSession
 from northbound.command_link import BrokerTls, CommandLink
 from northbound.commands import MqttCommandSink, response_status, result_subscriptions
-from northbound.config import NorthboundConfig, ReadingsConfig, operator_tls
+from northbound.config import NorthboundConfig, ReadingsConfig
 from northbound.errors import BrokerError, ConfigError, NorthboundError, TransportError
 from northbound.events import window
 from northbound.metrics import NorthboundMetrics
@@ -246,7 +246,7 @@ class NorthboundService:
                                 sites=[s.site for s in self.config.sites], metrics=self.metrics,
                                 default_ttl_s=settings.default_ttl_s, max_ttl_s=settings.max_ttl_s,
                                 publish_timeout_s=broker.publish_timeout_s, clock=self.clock)
-        self.operator_api = OperatorApi(settings.host, settings.port, self.desk, operator_tls(settings),
+        self.operator_api = OperatorApi(settings.host, settings.port, self.desk, settings.tls,
                                         settings.cert_check_s)
         try:
             self.operator_api.start()

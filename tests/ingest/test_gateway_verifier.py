@@ -6,6 +6,7 @@ import json
 import urllib.parse
 
 import pytest
+from cryptography import x509
 from hypothesis import given, settings, strategies as st
 from prometheus_client import CollectorRegistry
 
@@ -100,6 +101,33 @@ def test_certificates_map_by_cn_first_then_the_highest_ou(pki) -> None:
     assert verifier.decide(AuthRequest(required_role="viewer", cert_verify="SUCCESS", cert_pem="garbage")).reason == "bad_certificate"
     assert verifier.decide(AuthRequest(required_role="viewer", cert_verify="FAILED:certificate has expired")).status == 401
     assert verifier.decide(AuthRequest(required_role="root")).reason == "bad_request"
+
+
+def test_each_distinct_certificate_is_parsed_once_and_checked_every_time(pki, monkeypatch) -> None:
+    registry = CollectorRegistry()
+    verifier = Verifier(AuthSettings(cert_cn_roles=(("scada-main", "admin"),)), registry)
+    verifier.certificates.size = 2
+    pems = {name: urllib.parse.quote(pki.client(name, ou).cert.read_text())
+            for name, ou in (("otto", "operator"), ("vera", "viewer"), ("scada-main", "viewer"))}
+    parses: list[bytes] = []
+    parse = x509.load_pem_x509_certificate
+    monkeypatch.setattr(x509, "load_pem_x509_certificate", lambda data, *a: parses.append(data) or parse(data, *a))
+
+    def ask(name: str, role: str):
+        return verifier.decide(AuthRequest(required_role=role, cert_verify="SUCCESS", cert_pem=pems[name]))
+    for _ in range(50):
+        assert (ask("otto", "operator").status, ask("vera", "viewer").status) == (200, 200)
+        assert ask("vera", "operator").reason == "insufficient_role"          # the role is checked every time
+    assert len(parses) == 2
+    assert ask("scada-main", "admin").role == "admin"                           # a third: the least recent goes
+    assert len(parses) == 3
+    assert ask("vera", "viewer").status == 200 and len(parses) == 3
+    assert ask("otto", "operator").status == 200 and len(parses) == 4
+    for _ in range(3):                                                          # garbage is parsed (and refused) each time, never kept
+        assert verifier.decide(AuthRequest(required_role="viewer", cert_verify="SUCCESS", cert_pem="garbage")).reason \
+            == "bad_certificate"
+    assert len(parses) == 7 and verifier.certificates.parses == 7
+    assert registry.get_sample_value("ems_gateway_auth_denials_total", {"reason": "bad_certificate"}) == 3
 
 
 def test_tokens_are_refused_when_no_issuer_is_configured(issuer: OidcIssuer) -> None:

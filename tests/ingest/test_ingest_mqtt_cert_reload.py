@@ -2,7 +2,8 @@
 
 Against the real Mosquitto (mTLS, identity from the certificate): a rotation to an *expired*
 certificate makes the broker refuse the reconnect — proof the new pair is the one presented — and a
-rotation to a valid one reconnects. A half-written pair is logged once and changes nothing.
+rotation to a valid one reconnects. A half-written pair is logged once and changes nothing. The switch waits for paho's disconnect on an
+event, not in 10 ms sleeps.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 import time
 
 import pytest
@@ -34,6 +36,13 @@ def _until(predicate, timeout: float = 15) -> bool:
     return predicate()
 
 
+def _started_link(broker, pki, live: CertPair, client_id: str, cert_check_s: float) -> MqttLink:
+    link = MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, live.cert, live.key), client_id,
+                    subscriptions=(), manual_ack=False, persistent=False, cert_check_s=cert_check_s)
+    link.start()
+    return link
+
+
 def test_the_rotated_certificate_is_the_one_presented(broker, pki, tmp_path, caplog):
     good = pki.client("reload-ok")
     expired = pki.client("reload-ok", "expired", valid_days=-1)     # same CN, already expired
@@ -41,9 +50,7 @@ def test_the_rotated_certificate_is_the_one_presented(broker, pki, tmp_path, cap
     live = CertPair(tmp_path / "tls.crt", tmp_path / "tls.key")
     _install(good, live)
     caplog.set_level(logging.INFO, logger="ingest.mqtt")
-    link = MqttLink("127.0.0.1", broker.tls_port, TlsFiles(pki.ca, live.cert, live.key), "reload-ok",
-                    subscriptions=(), manual_ack=False, persistent=False, cert_check_s=0.1)
-    link.start()
+    link = _started_link(broker, pki, live, "reload-ok", cert_check_s=0.1)
     try:
         link.wait_connected(15)
         first = link.generation
@@ -67,5 +74,31 @@ def test_the_rotated_certificate_is_the_one_presented(broker, pki, tmp_path, cap
         assert _until(lambda: link.certificate_switches == 2)
         assert _until(lambda: link.connected, 20), "not connected with the renewed certificate"
         assert link.generation > first
+    finally:
+        link.stop()
+
+
+def test_the_switch_waits_for_the_disconnect_without_sleeping(broker, pki, tmp_path, monkeypatch):
+    first, renewed = pki.client("switch-ok"), pki.client("switch-ok", "renewed")
+    live = CertPair(tmp_path / "tls.crt", tmp_path / "tls.key")
+    _install(first, live)
+    link = _started_link(broker, pki, live, "switch-ok", cert_check_s=0)    # the test calls check_certificate()
+    try:
+        link.wait_connected(15)
+        generation = link.generation
+        _install(renewed, live)
+        sleeps: list[float] = []
+        sleep, switching = time.sleep, threading.get_ident()
+
+        def counted(seconds: float) -> None:
+            if threading.get_ident() == switching:
+                sleeps.append(seconds)
+            sleep(seconds)
+        monkeypatch.setattr(time, "sleep", counted)
+        assert link.check_certificate()
+        monkeypatch.setattr(time, "sleep", sleep)
+        assert sleeps == [], f"the switch slept {len(sleeps)} times waiting for the disconnect"
+        link.wait_connected(15)
+        assert link.generation > generation and link.certificate_switches == 1
     finally:
         link.stop()

@@ -14,6 +14,7 @@ from ems_contract.telemetry import encode_twin, twin_topic
 from ingest.twin_api import MAX_TWIN_BYTES, TwinApi
 from test_ingest_twin_api import _api, _get, _wait
 from ingest_support import EdgePublisher
+from tests.slow_client import trickle
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +125,16 @@ def test_connections_beyond_the_cap_are_closed_and_handshake_failures_log_no_tra
     assert api._server.refused >= 1
     noisy = [r for r in caplog.records if r.levelno >= logging.INFO and r.exc_info]
     assert noisy == [], [r.getMessage() for r in noisy]
+
+
+def test_a_request_trickled_byte_by_byte_is_closed_at_its_deadline(broker, pki, prometheus):
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    api: TwinApi = _api(broker, pki, prometheus)
+    api.request_timeout_s = 1.0
+    with api:
+        _wait(api, "/healthz", client)
+        raw = socket.create_connection(("127.0.0.1", api.port), timeout=5)
+        with client.wrap_socket(raw, server_hostname="localhost") as sock:
+            closed, elapsed = trickle(sock, b"GET /v1/sites HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: " + b"a" * 40)
+        assert closed and elapsed < 3.0, f"closed: {closed} after {elapsed:.1f} s (deadline 1 s)"
+        assert _get(api, "/healthz", client) == (200, {"status": "ok"})
