@@ -266,6 +266,10 @@ class EdgeMqttLink:
                     await asyncio.sleep(delay)
                     continue
             attempt = 0
+            if self._closing:
+                # close() cancelled us, but on Python 3.11 a cancel that meets a wait_for whose inner
+                # future has just completed (the birth PUBACK) is swallowed: do not wait for a loss.
+                return
             assert self._lost is not None
             await asyncio.shield(self._lost)
             outage_since = time.monotonic()
