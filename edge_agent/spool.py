@@ -7,9 +7,10 @@ log would need its own compaction, index and torn-write recovery.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` for appends — in WAL
 mode FULL fsyncs the WAL on every commit, so a committed batch survives power
-loss (``NORMAL`` would survive only a process crash). Acks commit with
-``synchronous=NORMAL``: losing an ack to power loss only re-sends readings,
-which the ingest de-duplicates by (site, seq); losing an append would lose data.
+loss (``NORMAL`` would survive only a process crash). Acks ride on the next
+append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
+power loss only re-sends readings, which the ingest de-duplicates by (site,
+seq); losing an append would lose data.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -26,7 +27,10 @@ range, one audit record. Lifecycle::
                cursor are all still held there (up to ``memory_readings``), else
                from the database (CRC checked; a bad row is moved to the
                ``quarantine`` table, audited and counted — never dropped)
-    ack(first, last) ─ after PUBACK: the rows inside seq first..last deleted
+    ack(first, last), ack_nowait(first, last) ─ after PUBACK: the rows inside seq
+               first..last are not leased again, and are deleted in the
+               next group commit's transaction (acks need no fsync of their own:
+               one lost to power loss only re-sends rows the ingest de-duplicates)
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
 ``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
@@ -160,6 +164,8 @@ class Spool:
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
+        # acked seq ranges, deleted in the next commit, with the future of an awaiting ack() if any
+        self._acks: list[tuple[int, int, asyncio.Future[int] | None]] = []
         self.changed = asyncio.Event()   # set whenever new rows become leasable
         self.dropped_total = 0
         self.quarantined_total = 0
@@ -315,14 +321,17 @@ class Spool:
             self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
         return sequenced
 
+    def _busy(self) -> bool:
+        return self._timer is not None or (self._flush_task is not None and not self._flush_task.done())
+
     def _flush_soon(self) -> None:
         """Group commit: one background task commits whatever accumulated while the last fsync ran."""
         self._timer = None
-        if self._buffer and (self._flush_task is None or self._flush_task.done()):
+        if (self._buffer or self._acks) and (self._flush_task is None or self._flush_task.done()):
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        while self._buffer:
+        while self._buffer or self._acks:
             try:
                 await self.flush()
             except SpoolError as exc:
@@ -331,25 +340,42 @@ class Spool:
                 return
 
     async def flush(self) -> None:
-        """Commit (fsync) every buffered batch and write their audit records."""
+        """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows."""
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            if not self._buffer:
+            if not self._buffer and not self._acks:
                 return
             batches, self._buffer = self._buffer, []
             readings, self._buffered = self._buffered, 0
+            acks, self._acks = self._acks, []
             try:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
                 # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
                 rows = [_row(batch) for batch in batches]
                 records = [batch_record(self.site, batch) for batch in batches] if self.audit is not None else []
-                dropped_range = await self._run(self._commit_sync, rows, records, self._next_seq)
-            except BaseException:
-                self._buffer[:0] = batches       # keep them for the next attempt
+                dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
+                                                         [(first, last) for first, last, _ in acks])
+            except Exception as exc:
+                self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
+                self._acks[:0] = [(first, last, None) for first, last, _ in acks]
+                for _, _, waiter in acks:
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(exc)
                 raise
+            except BaseException:
+                self._buffer[:0] = batches
+                self._buffered += readings
+                self._acks[:0] = acks
+                raise
+            for (_, _, waiter), count in zip(acks, deleted):
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(count)
+            if not batches:
+                self._update_metrics()
+                return
             dropped = dropped_range[2] if dropped_range else 0
             self._remember(batches, dropped_range)
             self._committed_seq = batches[-1].seq_last
@@ -373,30 +399,44 @@ class Spool:
             self._recent_readings -= len(recent.popleft())
             self._memory_from = recent[0].seq_first
 
-    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes],
-                     next_seq: int) -> tuple[int, int, int] | None:
-        """Insert ``rows`` (``_row``) and write their audit ``records`` (``batch_record``), in seq order."""
+    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes], next_seq: int,
+                     acks: list[tuple[int, int]]) -> tuple[tuple[int, int, int] | None, list[int]]:
+        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``rows``
+        (``_row``); then write their audit ``records`` (``batch_record``), in seq order. Returns the
+        size cap's dropped range (or None) and how many readings each ack deleted.
+
+        With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
+        acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows)."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
         dropped_range: tuple[int, int, int] | None = None
+        deleted: list[int] = []
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
-                db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
-                               "VALUES (?, ?, ?, ?, ?)", rows)
-                db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
-                overflow = self._depth + added - self.max_readings
-                if overflow > 0:
-                    dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
+                for first, last in acks:
+                    deleted.append(sum(n for (n,) in db.execute(
+                        "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? "
+                        "RETURNING seq_last - seq_first + 1", (first, last)).fetchall()))
+                if rows:
+                    db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
+                                   "VALUES (?, ?, ?, ?, ?)", rows)
+                    db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                               "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                    overflow = self._depth - sum(deleted) + added - self.max_readings
+                    if overflow > 0:
+                        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches failed ({exc})") from exc
+            raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
+                             f"({exc})") from exc
         dropped = dropped_range[2] if dropped_range else 0
-        self._depth += added - dropped
-        if self._oldest_ms is None or dropped:
+        self._depth += added - dropped - sum(deleted)
+        if not self._depth:
+            self._oldest_ms = None
+        elif self._oldest_ms is None or dropped or any(deleted):
             self._oldest_ms = self._min_accepted_sync()
-        if self.audit is not None:
+        if self.audit is not None and rows:
             for record, row in zip(records, rows):
                 self.audit.add_batch_record(record, row[1])
             if dropped_range:
@@ -407,7 +447,7 @@ class Spool:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
-        return dropped_range
+        return dropped_range, deleted
 
     def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
         """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
@@ -451,6 +491,8 @@ class Spool:
             return []
         if self._lease_cursor + 1 >= self._memory_from:
             return self._lease_memory(n)
+        if self._acks:
+            await self.flush()                  # acked rows are still in the table until then: not again
         batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
         self._lease_cursor = max(self._lease_cursor, cursor)
         if quarantined:
@@ -532,11 +574,26 @@ class Spool:
 
     async def ack(self, first: int, last: int) -> int:
         """Delete the rows within seq ``first..last`` (inclusive) after the broker's PUBACK; returns
-        how many readings they held. A row that reaches outside the range stays."""
-        deleted = await self._run(self._ack_sync, first, last)
+        how many readings they held. A row that reaches outside the range stays. Raises SpoolError
+        when the commit fails (the delete is then retried with the next commit).
+
+        The delete rides on the next group commit (``ack_nowait``), so this returns within about
+        ``flush_interval_s``."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue_ack(first, last, waiter)
+        return await waiter
+
+    def ack_nowait(self, first: int, last: int) -> None:
+        """``ack`` without waiting: the rows within seq ``first..last`` are never leased again and are
+        deleted in the next commit's transaction (one transaction for the new rows and every ack
+        since the last one); when nothing else is waiting to be committed, a commit starts now."""
+        self._queue_ack(first, last, None)
+
+    def _queue_ack(self, first: int, last: int, waiter: "asyncio.Future[int] | None") -> None:
+        self._acks.append((first, last, waiter))
         self._forget(first, last)
-        self._update_metrics()
-        return deleted
+        if not self._busy():
+            self._flush_soon()
 
     def _forget(self, first: int, last: int) -> None:
         """Let go of the held batches within seq ``first..last`` (acked): usually the oldest ones."""
@@ -546,20 +603,6 @@ class Spool:
         if recent and recent[0].seq_first < first <= recent[-1].seq_last:
             kept = deque(b for b in recent if not first <= b.seq_first <= b.seq_last <= last)
             self._recent, self._recent_readings = kept, sum(map(len, kept))
-
-    def _ack_sync(self, first: int, last: int) -> int:
-        db = self._db
-        assert db is not None
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            deleted = sum(n for (n,) in db.execute(
-                "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? RETURNING seq_last - seq_first + 1",
-                (first, last)).fetchall())
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: ack of seq {first}..{last} failed ({exc})") from exc
-        self._depth -= deleted
-        self._oldest_ms = self._min_accepted_sync() if self._depth else None
-        return deleted
 
     async def quarantined(self) -> list[tuple[int, str]]:
         """(first seq, reason) of every quarantined row."""
