@@ -75,6 +75,7 @@ from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
+from edge_agent.point_table import Point, PointTable, Shape
 from ems_contract.telemetry import check_finite
 from ems_runtime.sqlite import transaction
 
@@ -90,33 +91,56 @@ CREATE TABLE IF NOT EXISTS owner (site TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, accepted_ms INTEGER NOT NULL,
     data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
     quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
 """
 
 
-def _encode(batch: ReadingBatch) -> bytes:
-    """The stored row: the batch's columns as compact JSON; ValueError for a NaN or infinite value."""
+def _encode(batch: ReadingBatch, shape: Shape) -> bytes:
+    """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``t``
+    and ``q`` one value when every reading shares it; ValueError for a NaN or infinite value."""
     check_finite(batch.value)
-    return orjson.dumps(batch.columns())
+    ts, quality = batch.ts_ms, batch.quality
+    return orjson.dumps({"p": shape.p_json, "t": ts[0] if ts.count(ts[0]) == len(ts) else ts, "v": batch.value,
+                         "q": quality[0] if quality.count(quality[0]) == len(quality) else quality})
 
 
-def _row(batch: ReadingBatch) -> tuple[int, int, int, bytes, int]:
+def _row(batch: ReadingBatch, shape: Shape) -> tuple[int, int, int, bytes, int]:
     """The stored row of a sequenced batch: seq_first, seq_last, accepted_ms, data, crc."""
-    data = _encode(batch)
+    data = _encode(batch, shape)
     return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
 
 
-def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
+def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points: PointTable) -> ReadingBatch:
+    """A stored row as a batch: the point form (``_encode``) or an older agent's 7 columns; ValueError
+    saying what is wrong (not JSON, wrong shape, an unknown point id, a count unlike the seq range)."""
     try:
-        columns = orjson.loads(data)
+        stored = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"row {seq_first}..{seq_last} is not JSON ({exc})") from None
-    batch = ReadingBatch.from_columns(columns, seq_first, accepted_ms)
+    if isinstance(stored, dict):
+        ids, ts, value, quality = (stored.get(key) for key in ("p", "t", "v", "q"))
+        if not isinstance(ids, list) or not ids or not isinstance(value, list) or len(value) != len(ids):
+            raise ValueError(f"row {seq_first}..{seq_last}: p and v must be lists of one length")
+        n = len(ids)
+        ts = ts if isinstance(ts, list) else [ts] * n
+        quality = quality if isinstance(quality, list) else [quality] * n
+        if len(ts) != n or len(quality) != n:
+            raise ValueError(f"row {seq_first}..{seq_last}: t and q must be one value or one per reading")
+        asset, point, unit, sensor = map(list, zip(*map(points.point, ids)))
+        batch = ReadingBatch(ts, asset, point, value, unit, quality, sensor, seq_first, accepted_ms)
+    else:
+        batch = ReadingBatch.from_columns(stored, seq_first, accepted_ms)
     if batch.seq_last != seq_last:
         raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
     return batch
+
+
+def _point_row(pid: int, point: Point) -> tuple[int, bytes, int]:
+    data = orjson.dumps(point)
+    return pid, data, zlib.crc32(data)
 
 
 class Spool:
@@ -164,6 +188,7 @@ class Spool:
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
+        self.points = PointTable()
         # acked seq ranges, deleted in the next commit, with the future of an awaiting ack() if any
         self._acks: list[tuple[int, int, asyncio.Future[int] | None]] = []
         self.changed = asyncio.Event()   # set whenever new rows become leasable
@@ -230,6 +255,7 @@ class Spool:
                                "FROM batches").fetchone()
             first = db.execute("SELECT accepted_ms FROM batches ORDER BY seq_first LIMIT 1").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            self._load_points_sync(db)
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"spool {self.path}: cannot open ({exc}); move the file aside to start a new "
                                "spool (its seq counter would restart)") from exc
@@ -246,6 +272,22 @@ class Spool:
             self.audit.open()
             self._reaudit_sync()
 
+    def _load_points_sync(self, db: sqlite3.Connection) -> None:
+        """Read the point table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
+        good: list[tuple[int, Point]] = []
+        highest = 0
+        for pid, data, crc in db.execute("SELECT id, data, crc FROM points"):
+            highest = max(highest, pid)
+            try:
+                point = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
+            except orjson.JSONDecodeError:
+                point = None
+            if not isinstance(point, list) or len(point) != 4 or not all(isinstance(x, str) for x in point):
+                log.error("spool %s: point id %d is corrupt; rows naming it will be quarantined", self.path, pid)
+                continue
+            good.append((pid, tuple(point)))  # type: ignore[arg-type]
+        self.points.load(good, highest)
+
     def _reaudit_sync(self) -> None:
         """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
         assert self._db is not None and self.audit is not None
@@ -255,7 +297,7 @@ class Spool:
             try:
                 if zlib.crc32(data) != crc:
                     continue        # lease() quarantines and audits it
-                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data))
+                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
             except (ValueError, TypeError):
                 continue
         if rows:
@@ -353,10 +395,17 @@ class Spool:
             try:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
                 # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
-                rows = [_row(batch) for batch in batches]
-                records = [batch_record(self.site, batch) for batch in batches] if self.audit is not None else []
-                dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
-                                                         [(first, last) for first, last, _ in acks])
+                shapes = list(map(self.points.shape, batches))
+                rows = list(map(_row, batches, shapes))
+                records = [(batch_record(self.site, batch, shape), shape) for batch, shape in zip(batches, shapes)] \
+                    if self.audit is not None else []
+                new_points = self.points.take_unsaved()
+                try:
+                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
+                                                             [(first, last) for first, last, _ in acks], new_points)
+                except BaseException:
+                    self.points.give_back(new_points)
+                    raise
             except Exception as exc:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
@@ -399,10 +448,12 @@ class Spool:
             self._recent_readings -= len(recent.popleft())
             self._memory_from = recent[0].seq_first
 
-    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes], next_seq: int,
-                     acks: list[tuple[int, int]]) -> tuple[tuple[int, int, int] | None, list[int]]:
-        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``rows``
-        (``_row``); then write their audit ``records`` (``batch_record``), in seq order. Returns the
+    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[tuple[bytes, Shape]],
+                     next_seq: int, acks: list[tuple[int, int]],
+                     new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
+        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
+        and ``rows`` (``_row``); then write their audit ``records`` (``batch_record`` and the batch's
+        shape), in seq order. Returns the
         size cap's dropped range (or None) and how many readings each ack deleted.
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
@@ -419,6 +470,9 @@ class Spool:
                     deleted.append(sum(n for (n,) in db.execute(
                         "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? "
                         "RETURNING seq_last - seq_first + 1", (first, last)).fetchall()))
+                if new_points:
+                    db.executemany("INSERT OR REPLACE INTO points (id, data, crc) VALUES (?, ?, ?)",
+                                   [_point_row(pid, point) for pid, point in new_points])
                 if rows:
                     db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
                                    "VALUES (?, ?, ?, ?, ?)", rows)
@@ -437,8 +491,8 @@ class Spool:
         elif self._oldest_ms is None or dropped or any(deleted):
             self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None and rows:
-            for record, row in zip(records, rows):
-                self.audit.add_batch_record(record, row[1])
+            for (record, shape), row in zip(records, rows):
+                self.audit.add_batch_record(record, row[1], shape, self.points)
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
@@ -537,7 +591,7 @@ class Spool:
                 try:
                     if not isinstance(data, bytes) or zlib.crc32(data) != crc:
                         raise SpoolCorrupt(f"spool row seq {seq_first}..{seq_last}: checksum mismatch")
-                    batch = _decode(seq_first, seq_last, accepted_ms, data)
+                    batch = _decode(seq_first, seq_last, accepted_ms, data, self.points)
                 except (SpoolCorrupt, ValueError, TypeError) as exc:
                     cursor = seq_last
                     self._quarantine_sync(seq_first, seq_last, accepted_ms, data, crc, str(exc))

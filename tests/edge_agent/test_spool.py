@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge_agent.audit import AuditLog, read_audit, verify
+from edge_agent.audit import AuditLog, decode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.spool import Spool
@@ -314,9 +314,13 @@ def test_a_batch_is_one_row_one_seq_range_and_one_audit_record(tmp_path: Path) -
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT seq_first, seq_last FROM batches ORDER BY seq_first").fetchall() == \
         [(1, 100), (101, 101), (102, 351)]
-    assert audit_path.read_bytes().count(b"\n") == 3
+    records = [decode_record(line) for line in audit_path.read_bytes().splitlines()]
+    # one record per batch; the point names once, in "pt" records before the first batch naming them
+    assert [r["k"] for r in records] == ["pt", "b", "b", "pt", "b"]
+    assert records[0]["id"] == list(range(1, 101)) and records[3]["id"] == list(range(101, 251))
+    assert [r["p"] for r in records if r["k"] == "b"] == [list(range(1, 101)), [1], list(range(1, 251))]
     summary = verify(audit_path)
-    assert (summary.ok, summary.records, summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
+    assert (summary.ok, summary.kinds["b"], summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
     readings = read_audit(audit_path).readings
     assert readings[102]["value"] == appended[2].value[0] and readings[351]["sensor"] == "SENSOR_249"
 
