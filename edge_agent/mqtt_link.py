@@ -656,7 +656,7 @@ class _PahoLog:
         if level >= logging.ERROR:
             self.link._socket_errors.append(fmt % args)
         elif self.debug:
-            self.link.log.log(level, "paho: " + fmt, *args)
+            self.link.log.log(level, "paho: %s", fmt % args)
 
 
 class _ProtocolUnsupported(Exception):

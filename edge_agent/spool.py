@@ -135,6 +135,11 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
         batch = ReadingBatch.from_columns(stored, seq_first, accepted_ms)
     if batch.seq_last != seq_last:
         raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
+    if not all(type(t) is int for t in batch.ts_ms) or not all(v is None or type(v) in (float, int) for v in batch.value) \
+            or not all(isinstance(x, str) for column in (batch.asset, batch.point, batch.unit, batch.quality,
+                                                         batch.sensor) for x in column):
+        raise ValueError(f"row {seq_first}..{seq_last}: times must be integers, values numbers or null, "
+                         f"names and qualities strings")
     return batch
 
 
