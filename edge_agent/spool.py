@@ -194,6 +194,7 @@ class Spool:
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
         self.points = PointTable()
+        self._closing = False
         # acked seq ranges, deleted in the next commit, with the future of an awaiting ack() if any
         self._acks: list[tuple[int, int, asyncio.Future[int] | None]] = []
         self.changed = asyncio.Event()   # set whenever new rows become leasable
@@ -225,6 +226,7 @@ class Spool:
         """Commit what is buffered, then close the database and the audit log."""
         if self._executor is None:
             return
+        self._closing = True
         try:
             await self.flush()
         finally:
@@ -233,6 +235,7 @@ class Spool:
             await self._run(self._close_sync)
             self._executor.shutdown(wait=True)
             self._executor = None
+            self._closing = False
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
@@ -374,7 +377,7 @@ class Spool:
     def _flush_soon(self) -> None:
         """Group commit: one background task commits whatever accumulated while the last fsync ran."""
         self._timer = None
-        if (self._buffer or self._acks) and (self._flush_task is None or self._flush_task.done()):
+        if (self._buffer or self._acks) and not self._closing and (self._flush_task is None or self._flush_task.done()):
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
@@ -649,6 +652,11 @@ class Spool:
         self._queue_ack(first, last, None)
 
     def _queue_ack(self, first: int, last: int, waiter: "asyncio.Future[int] | None") -> None:
+        if self._closing or self._executor is None:
+            # Closing: the last commit ran or is running. An ack lost only re-sends rows after the restart.
+            if waiter is not None:
+                waiter.set_exception(SpoolError(f"spool {self.path}: not open"))
+            return
         self._acks.append((first, last, waiter))
         self._forget(first, last)
         if not self._busy():
