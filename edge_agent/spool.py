@@ -378,9 +378,8 @@ class Spool:
             await self.flush()                  # the disk is behind: make the pollers wait
         elif self._buffered >= self.fsync_batch:
             self._flush_soon()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
+        else:
+            self._flush_later()
         return sequenced
 
     def _busy(self) -> bool:
@@ -393,13 +392,20 @@ class Spool:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        while self._buffer or self._acks:
-            try:
+        try:
+            await self.flush()              # what is due: the buffered batches, and the acks with them
+            while self._buffer:             # batches that arrived during that fsync: the next group
                 await self.flush()
-            except SpoolError as exc:
-                # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
-                log.error("%s; will retry", exc)
-                return
+        except SpoolError as exc:
+            # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
+            log.error("%s; will retry", exc)
+            return
+        if self._acks:                      # acked during the last commit: they wait for the next one
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._timer is None and not self._closing:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush_soon)
 
     async def flush(self) -> None:
         """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows."""
@@ -660,7 +666,7 @@ class Spool:
     def ack_nowait(self, first: int, last: int) -> None:
         """``ack`` without waiting: the rows within seq ``first..last`` are never leased again and are
         deleted in the next commit's transaction (one transaction for the new rows and every ack
-        since the last one); when nothing else is waiting to be committed, a commit starts now."""
+        since the last one); when nothing is waiting to be committed, within ``flush_interval_s``."""
         self._queue_ack(first, last, None)
 
     def _queue_ack(self, first: int, last: int, waiter: "asyncio.Future[int] | None") -> None:
@@ -672,7 +678,7 @@ class Spool:
         self._acks.append((first, last, waiter))
         self._forget(first, last)
         if not self._busy():
-            self._flush_soon()
+            self._flush_later()             # an ack alone never hurries a commit: it rides on the next one
 
     def _forget(self, first: int, last: int) -> None:
         """Let go of the held batches within seq ``first..last`` (acked): usually the oldest ones."""
