@@ -8,8 +8,16 @@ Record kinds (``k``):
 
 ==========  ==================================================================
 ``b``       one accepted batch (one spool row): site, seq_first, seq_last, at_ms
-            (when it was spooled) and one list per field with an entry per
-            reading, in seq order: ts_ms, asset, point, sensor, value, unit, q
+            (when it was spooled), then either the *point form* (written now):
+            ``p`` (each reading's point id, defined by a ``pt`` record earlier in
+            the same file), ``value`` (a list), ``ts_ms`` and ``q`` (a list, or
+            one value shared by every reading); or the *column form* (older
+            agents, and batches re-audited after a crash): one list per field,
+            ts_ms, asset, point, sensor, value, unit, q
+``pt``      point definitions: ``id`` (a list) and, per id, its ``asset``,
+            ``point``, ``unit`` and ``sensor`` (lists of the same length); an id
+            always names the same point (``edge_agent.point_table``); every
+            file defines the ids its records use before the first use
 ``r``       one accepted reading (written by agents before batches; still read):
             site, seq, ts_ms, asset, point, sensor, value, unit, q, at_ms
 ``drop``    readings the full spool dropped (oldest first): seq_first, seq_last, count
@@ -33,7 +41,9 @@ so one fsync covers a whole spool batch. A reading is audited after its spool
 commit; a crash between the two is repaired at the next start (the spool
 re-audits the rows above :attr:`AuditLog.last_seq`). :func:`verify` reports the
 totals (readings counted one by one, whatever records carry them) and the first
-corrupt record (1-based line and byte offset).
+corrupt record (1-based line and byte offset); a point-form ``b`` record whose
+ids no earlier ``pt`` record of its file defines is corrupt (the file would not
+say what was read).
 
 Rotation (logrotate renames the file, then sends SIGHUP): :meth:`AuditLog.reopen`
 opens the new file at the same path and starts it with a ``cont`` record, so
@@ -60,6 +70,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from edge_agent.batch import ReadingBatch
+from edge_agent.point_table import PointTable, Shape
 from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 
@@ -98,9 +109,19 @@ def decode_record(line: bytes) -> dict[str, Any]:
     return body
 
 
-def batch_record(site: str, batch: ReadingBatch) -> bytes:
-    """The audit line of one accepted, sequenced batch; ValueError for a NaN or infinite value."""
+def batch_record(site: str, batch: ReadingBatch, shape: Shape | None = None) -> bytes:
+    """The audit line of one accepted, sequenced batch; ValueError for a NaN or infinite value.
+
+    With the batch's ``shape`` (``PointTable.shape``) the point form, whose ids
+    :meth:`AuditLog.add_batch_record` defines in the file first; else the column form.
+    """
     check_finite(batch.value)
+    if shape is not None:
+        ts, quality = batch.ts_ms, batch.quality
+        return encode_record({
+            "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
+            "at_ms": batch.accepted_ms, "ts_ms": ts[0] if ts.count(ts[0]) == len(ts) else ts, "p": shape.p_json,
+            "value": batch.value, "q": quality[0] if quality.count(quality[0]) == len(quality) else quality})
     return encode_record({
         "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
         "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,
@@ -122,6 +143,8 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
+        self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
+        self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
     def open(self) -> None:
         try:
@@ -130,6 +153,8 @@ class AuditLog:
         except OSError as exc:
             raise AuditError(f"audit log {self.path}: cannot open ({exc.strerror or exc})") from exc
         self._fh = os.fdopen(fd, "r+b", buffering=0)
+        self._defined.clear()                  # each file defines the point ids it uses (again)
+        self._shapes.clear()
         size = os.fstat(fd).st_size
         tail_start = max(0, size - _TAIL_BYTES)
         self._fh.seek(tail_start)
@@ -155,14 +180,27 @@ class AuditLog:
         """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
         self.add_batch_record(batch_record(site, batch), batch.seq_last)
 
-    def add_batch_record(self, record: bytes, seq_last: int) -> None:
+    def add_batch_record(self, record: bytes, seq_last: int, shape: Shape | None = None,
+                         points: PointTable | None = None) -> None:
         """Buffer ``batch_record(...)`` of a batch whose last seq is ``seq_last`` (encoded by the caller,
-        e.g. on another thread than the writer's)."""
+        e.g. on another thread than the writer's). A point-form record comes with its ``shape`` and
+        the ``points`` table: a ``pt`` record defining the ids this file has not defined yet goes first."""
+        if shape is not None and shape not in self._shapes:
+            assert points is not None
+            missing = [pid for pid in shape.distinct if pid not in self._defined]
+            if missing:
+                named = [points.point(pid) for pid in missing]
+                self.event("pt", id=missing, asset=[p[0] for p in named], point=[p[1] for p in named],
+                           unit=[p[2] for p in named], sensor=[p[3] for p in named])
+                self._defined.update(missing)
+            if len(self._shapes) >= 4096:
+                self._shapes.clear()
+            self._shapes.add(shape)
         self._buffer.append(record)
         self.last_seq = max(self.last_seq, seq_last)
 
     def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``); ValueError for a
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``); ValueError for a
         NaN or infinite number among ``fields``, as for a batch."""
         check_finite(v for v in fields.values() if isinstance(v, float))
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
@@ -331,6 +369,7 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
     offset = 0
     last_crc: str | None = None
     seq_before = summary.seq_max
+    defined: set[int] = set()
     try:
         with fh:
             for index, raw in enumerate(fh):
@@ -347,8 +386,10 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
                     continue
                 if prev_path is not None and index == 0:
                     _check_link(body, prev_crc, prev_path, seq_before, summary, lambda r: corrupt(0, 0, r))
+                problem = _count(body, summary, defined)
+                if problem:
+                    corrupt(index, offset, problem)
                 offset += len(raw)
-                _count(body, summary)
                 if prev_path is not None and index == 0 and body["k"] != "cont" and seq_before is not None:
                     first = _first_seq(body)
                     if first is not None and first > seq_before + 1:
@@ -379,9 +420,24 @@ def _first_seq(body: dict[str, Any]) -> int | None:
     return first if isinstance(first, int) else None
 
 
-def _count(body: dict[str, Any], summary: AuditSummary) -> None:
+def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> str | None:
+    """Add one record to ``summary``; what is wrong with it (a point-form batch naming undefined
+    ids, a malformed ``pt`` record), or None. ``defined``: the point ids the file defined so far."""
     kind = str(body["k"])
     summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
+    problem = None
+    if kind == "pt":
+        try:
+            defined.update(_point_definitions(body))
+        except ValueError as exc:
+            problem = str(exc)
+    elif kind == "b" and "p" in body:
+        ids = body["p"]
+        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
+            problem = f"batch seq_first {body.get('seq_first')}: p must be a non-empty list of point ids"
+        elif not defined.issuperset(ids):
+            problem = (f"batch seq_first {body.get('seq_first')} names point ids that no earlier 'pt' record "
+                       f"of this file defines: {sorted(set(ids) - defined)[:10]}")
     if kind in ("r", "b"):
         first, last = (body.get("seq"), body.get("seq")) if kind == "r" else \
             (body.get("seq_first"), body.get("seq_last"))
@@ -400,6 +456,16 @@ def _count(body: dict[str, Any], summary: AuditSummary) -> None:
         summary.commands += 1
     elif kind == "write":
         summary.writes += 1
+    return problem
+
+
+def _point_definitions(body: dict[str, Any]) -> dict[int, tuple[str, str, str, str]]:
+    """The points a ``pt`` record defines, by id; ValueError saying what is malformed."""
+    columns = [body.get(key) for key in ("id", "asset", "point", "unit", "sensor")]
+    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1 \
+            or not all(type(i) is int for i in columns[0]):
+        raise ValueError("'pt' record must hold lists id (integers), asset, point, unit and sensor of one length")
+    return {pid: (a, p, u, s) for pid, a, p, u, s in zip(*columns)}
 
 
 @dataclass(frozen=True)
@@ -422,12 +488,14 @@ def _last_seq(body: dict[str, Any]) -> int | None:
 def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditContents:
     """Every accepted reading (a seq re-audited after a crash is the same reading) and every dropped seq.
 
-    Readings come as ``r`` record bodies (``b`` records are expanded into one per reading).
+    Readings come as ``r`` record bodies (``b`` records are expanded into one per reading, point-form
+    ones with the names their ``pt`` records define).
 
     Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
     """
     readings: dict[int, dict[str, Any]] = {}
     dropped: set[int] = set()
+    points: dict[int, tuple[str, str, str, str]] = {}
     try:
         lines = Path(path).read_bytes().splitlines()
     except OSError as exc:
@@ -439,6 +507,24 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
             raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from exc
         if body["k"] == "r":
             readings[body["seq"]] = body
+        elif body["k"] == "pt":
+            try:
+                points.update(_point_definitions(body))
+            except ValueError as exc:
+                raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from None
+        elif body["k"] == "b" and "p" in body:
+            first, ids = body["seq_first"], body["p"]
+            common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
+            ts, quality = body["ts_ms"], body["q"]
+            ts = ts if isinstance(ts, list) else [ts] * len(ids)
+            quality = quality if isinstance(quality, list) else [quality] * len(ids)
+            for i, (pid, t, value, q) in enumerate(zip(ids, ts, body["value"], quality)):
+                if pid not in points:
+                    raise AuditError(f"audit log {path}: record {index + 1} names point id {pid}, which no "
+                                     f"earlier 'pt' record defines")
+                asset, point, unit, sensor = points[pid]
+                readings[first + i] = {**common, "seq": first + i, "ts_ms": t, "asset": asset, "point": point,
+                                       "sensor": sensor, "value": value, "unit": unit, "q": q}
         elif body["k"] == "b":
             common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
             columns = [body[key] for key in _BATCH_COLUMNS]

@@ -4,7 +4,7 @@
 
     lease whole spool rows ─▶ group them into InFlight entries (about batch_max_readings readings)
       ─▶ payloads(): v1 messages, or v2 messages split at seq gaps ─▶ EdgeMqttLink.start_publish
-      ─▶ PUBACK of every message of the oldest entries ─▶ Spool.ack(first, last)
+      ─▶ PUBACK of every message of the oldest entries ─▶ Spool.ack_nowait(first, last)
 
 A row leaves the spool only after the broker acknowledged all of its readings;
 a lost connection or a missing PUBACK releases every lease, and the same rows
@@ -195,8 +195,9 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
             while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
                     and inflight[0].acked.exception() is None:
                 confirmed.append(inflight.popleft())
-            freed.set()                 # the window has room (and may be idle) while the spool deletes
-            await spool.ack(confirmed[0].first, confirmed[-1].last)
+            freed.set()                 # the window has room (and may be idle)
+            # The delete rides on the spool's next group commit; the acker goes on to the next PUBACKs.
+            spool.ack_nowait(confirmed[0].first, confirmed[-1].last)
             if metrics is not None:
                 now = time.monotonic()
                 for entry in confirmed:

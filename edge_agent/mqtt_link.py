@@ -308,7 +308,7 @@ class EdgeMqttLink:
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         if self._context is not None:
             client.tls_set_context(self._context)
-        client.on_log = self._on_log
+        client.enable_logger(_PahoLog(self, debug=self.log.isEnabledFor(logging.DEBUG)))  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -510,10 +510,6 @@ class EdgeMqttLink:
         loop.remove_reader(sock)
         loop.remove_writer(sock)
 
-    def _on_log(self, client: paho.Client, userdata: Any, level: int, message: str) -> None:
-        if level == paho.MQTT_LOG_ERR:
-            self._socket_errors.append(message)
-
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:
         if client is self._client and self._connack is not None and not self._connack.done():
@@ -637,6 +633,25 @@ class EdgeMqttLink:
     async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
         """Publish with QoS 1 and return after the broker's PUBACK; raises PublishError otherwise."""
         await self.start_publish(topic, payload, retain=retain)
+
+
+class _PahoLog:
+    """Takes paho's log calls (it calls ``log(level, fmt, *args)`` for every packet sent and received).
+
+    Error messages are kept in the link's ``_socket_errors`` (they explain a refused handshake or
+    a lost connection); the rest reach the link's logger only when it logs debug. Nothing is
+    formatted otherwise: paho's ``on_log`` callback would format a line for every PUBLISH and PUBACK.
+    """
+
+    def __init__(self, link: EdgeMqttLink, *, debug: bool) -> None:
+        self.link = link
+        self.debug = debug
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.ERROR:
+            self.link._socket_errors.append(fmt % args)
+        elif self.debug:
+            self.link.log.log(level, "paho: %s", fmt % args)
 
 
 class _ProtocolUnsupported(Exception):

@@ -7,17 +7,19 @@ log would need its own compaction, index and torn-write recovery.
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL`` for appends — in WAL
 mode FULL fsyncs the WAL on every commit, so a committed batch survives power
-loss (``NORMAL`` would survive only a process crash). Acks commit with
-``synchronous=NORMAL``: losing an ack to power loss only re-sends readings,
-which the ingest de-duplicates by (site, seq); losing an append would lose data.
+loss (``NORMAL`` would survive only a process crash). Acks ride on the next
+append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
+power loss only re-sends readings, which the ingest de-duplicates by (site,
+seq); losing an append would lose data.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
 
     append(batch) ─ seq range assigned, buffered in memory; returns the sequenced batch
                     │ every ``fsync_batch`` readings or ``flush_interval_s``, whichever first
-    commit: INSERT one row per batch + next_seq in one transaction (fsync), then
-            one audit record per batch and per cap drop, one audit fsync
+    commit: the acked rows' DELETE, new point-table entries, INSERT one row per
+            batch + next_seq in one transaction (fsync), then one audit record
+            per batch and per cap drop, one audit fsync
             (group commit: batches that arrive during an fsync go in the next
             one; ``append`` waits for the disk only when ``max_buffered`` —
             16 × ``fsync_batch``, at least 1024 — readings are waiting)
@@ -26,7 +28,10 @@ range, one audit record. Lifecycle::
                cursor are all still held there (up to ``memory_readings``), else
                from the database (CRC checked; a bad row is moved to the
                ``quarantine`` table, audited and counted — never dropped)
-    ack(first, last) ─ after PUBACK: the rows inside seq first..last deleted
+    ack(first, last), ack_nowait(first, last) ─ after PUBACK: the rows inside seq
+               first..last are not leased again, and are deleted in the
+               next group commit's transaction (acks need no fsync of their own:
+               one lost to power loss only re-sends rows the ingest de-duplicates)
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
 ``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
@@ -41,8 +46,19 @@ batches are deleted whole in the same transaction (never the newest one, so a
 batch larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
 ``drop`` record with the seq range.
 
-A spool written by an older agent (one row per reading, table ``spool``) is
-converted at open, in one transaction, into one-reading batches.
+The stored row (``data``, its CRC32 in ``crc``) is compact JSON
+``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
+and ``q`` a list instead when the readings differ — and names each reading's
+(asset, point, unit, sensor) by its id in the ``points`` table
+(``edge_agent.point_table``; each entry with its CRC32, written in the same
+transaction as the first row naming it, never deleted): about 11 bytes a
+reading for a 99-reading device read, where four strings a reading took about
+57. A row naming an id the table lacks (or whose entry fails its CRC) is
+quarantined like any corrupt row. Rows written before the point table (a JSON
+list of 7 columns: ts_ms, asset, point, value, unit, quality, sensor) are
+still read as they are; a spool written by an older agent still (one row per
+reading, table ``spool``) is converted at open, in one transaction, into
+one-reading batches of that 7-column form.
 
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
@@ -71,6 +87,7 @@ from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
+from edge_agent.point_table import Point, PointTable, Shape
 from ems_contract.telemetry import check_finite
 from ems_runtime.sqlite import transaction
 
@@ -86,33 +103,61 @@ CREATE TABLE IF NOT EXISTS owner (site TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS batches (
     seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, accepted_ms INTEGER NOT NULL,
     data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
     quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
 """
 
 
-def _encode(batch: ReadingBatch) -> bytes:
-    """The stored row: the batch's columns as compact JSON; ValueError for a NaN or infinite value."""
+def _encode(batch: ReadingBatch, shape: Shape) -> bytes:
+    """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``t``
+    and ``q`` one value when every reading shares it; ValueError for a NaN or infinite value."""
     check_finite(batch.value)
-    return orjson.dumps(batch.columns())
+    ts, quality = batch.ts_ms, batch.quality
+    return orjson.dumps({"p": shape.p_json, "t": ts[0] if ts.count(ts[0]) == len(ts) else ts, "v": batch.value,
+                         "q": quality[0] if quality.count(quality[0]) == len(quality) else quality})
 
 
-def _row(batch: ReadingBatch) -> tuple[int, int, int, bytes, int]:
+def _row(batch: ReadingBatch, shape: Shape) -> tuple[int, int, int, bytes, int]:
     """The stored row of a sequenced batch: seq_first, seq_last, accepted_ms, data, crc."""
-    data = _encode(batch)
+    data = _encode(batch, shape)
     return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
 
 
-def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes) -> ReadingBatch:
+def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points: PointTable) -> ReadingBatch:
+    """A stored row as a batch: the point form (``_encode``) or an older agent's 7 columns; ValueError
+    saying what is wrong (not JSON, wrong shape, an unknown point id, a count unlike the seq range)."""
     try:
-        columns = orjson.loads(data)
+        stored = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"row {seq_first}..{seq_last} is not JSON ({exc})") from None
-    batch = ReadingBatch.from_columns(columns, seq_first, accepted_ms)
+    if isinstance(stored, dict):
+        ids, ts, value, quality = (stored.get(key) for key in ("p", "t", "v", "q"))
+        if not isinstance(ids, list) or not ids or not isinstance(value, list) or len(value) != len(ids):
+            raise ValueError(f"row {seq_first}..{seq_last}: p and v must be lists of one length")
+        n = len(ids)
+        ts = ts if isinstance(ts, list) else [ts] * n
+        quality = quality if isinstance(quality, list) else [quality] * n
+        if len(ts) != n or len(quality) != n:
+            raise ValueError(f"row {seq_first}..{seq_last}: t and q must be one value or one per reading")
+        asset, point, unit, sensor = map(list, zip(*map(points.point, ids)))
+        batch = ReadingBatch(ts, asset, point, value, unit, quality, sensor, seq_first, accepted_ms)
+    else:
+        batch = ReadingBatch.from_columns(stored, seq_first, accepted_ms)
     if batch.seq_last != seq_last:
         raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
+    if not all(type(t) is int for t in batch.ts_ms) or not all(v is None or type(v) in (float, int) for v in batch.value) \
+            or not all(isinstance(x, str) for column in (batch.asset, batch.point, batch.unit, batch.quality,
+                                                         batch.sensor) for x in column):
+        raise ValueError(f"row {seq_first}..{seq_last}: times must be integers, values numbers or null, "
+                         f"names and qualities strings")
     return batch
+
+
+def _point_row(pid: int, point: Point) -> tuple[int, bytes, int]:
+    data = orjson.dumps(point)
+    return pid, data, zlib.crc32(data)
 
 
 class Spool:
@@ -160,6 +205,10 @@ class Spool:
         self._flush_lock = asyncio.Lock()
         self._timer: asyncio.TimerHandle | None = None
         self._flush_task: asyncio.Task | None = None
+        self.points = PointTable()
+        self._closing = False
+        # acked seq ranges, deleted in the next commit, with the future of an awaiting ack() if any
+        self._acks: list[tuple[int, int, asyncio.Future[int] | None]] = []
         self.changed = asyncio.Event()   # set whenever new rows become leasable
         self.dropped_total = 0
         self.quarantined_total = 0
@@ -189,6 +238,7 @@ class Spool:
         """Commit what is buffered, then close the database and the audit log."""
         if self._executor is None:
             return
+        self._closing = True
         try:
             await self.flush()
         finally:
@@ -197,6 +247,7 @@ class Spool:
             await self._run(self._close_sync)
             self._executor.shutdown(wait=True)
             self._executor = None
+            self._closing = False
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         if self._executor is None:
@@ -224,6 +275,7 @@ class Spool:
                                "FROM batches").fetchone()
             first = db.execute("SELECT accepted_ms FROM batches ORDER BY seq_first LIMIT 1").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            self._load_points_sync(db)
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"spool {self.path}: cannot open ({exc}); move the file aside to start a new "
                                "spool (its seq counter would restart)") from exc
@@ -240,6 +292,22 @@ class Spool:
             self.audit.open()
             self._reaudit_sync()
 
+    def _load_points_sync(self, db: sqlite3.Connection) -> None:
+        """Read the point table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
+        good: list[tuple[int, Point]] = []
+        highest = 0
+        for pid, data, crc in db.execute("SELECT id, data, crc FROM points"):
+            highest = max(highest, pid)
+            try:
+                point = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
+            except orjson.JSONDecodeError:
+                point = None
+            if not isinstance(point, list) or len(point) != 4 or not all(isinstance(x, str) for x in point):
+                log.error("spool %s: point id %d is corrupt; rows naming it will be quarantined", self.path, pid)
+                continue
+            good.append((pid, tuple(point)))  # type: ignore[arg-type]
+        self.points.load(good, highest)
+
     def _reaudit_sync(self) -> None:
         """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
         assert self._db is not None and self.audit is not None
@@ -249,7 +317,7 @@ class Spool:
             try:
                 if zlib.crc32(data) != crc:
                     continue        # lease() quarantines and audits it
-                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data))
+                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
             except (ValueError, TypeError):
                 continue
         if rows:
@@ -310,46 +378,79 @@ class Spool:
             await self.flush()                  # the disk is behind: make the pollers wait
         elif self._buffered >= self.fsync_batch:
             self._flush_soon()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self.flush_interval_s, self._flush_soon)
+        else:
+            self._flush_later()
         return sequenced
+
+    def _busy(self) -> bool:
+        return self._timer is not None or (self._flush_task is not None and not self._flush_task.done())
 
     def _flush_soon(self) -> None:
         """Group commit: one background task commits whatever accumulated while the last fsync ran."""
         self._timer = None
-        if self._buffer and (self._flush_task is None or self._flush_task.done()):
+        if (self._buffer or self._acks) and not self._closing and (self._flush_task is None or self._flush_task.done()):
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        while self._buffer:
-            try:
+        try:
+            await self.flush()              # what is due: the buffered batches, and the acks with them
+            while self._buffer:             # batches that arrived during that fsync: the next group
                 await self.flush()
-            except SpoolError as exc:
-                # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
-                log.error("%s; will retry", exc)
-                return
+        except SpoolError as exc:
+            # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
+            log.error("%s; will retry", exc)
+            return
+        if self._acks:                      # acked during the last commit: they wait for the next one
+            self._flush_later()
+
+    def _flush_later(self) -> None:
+        if self._timer is None and not self._closing:
+            self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush_soon)
 
     async def flush(self) -> None:
-        """Commit (fsync) every buffered batch and write their audit records."""
+        """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows."""
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
-            if not self._buffer:
+            if not self._buffer and not self._acks:
                 return
             batches, self._buffer = self._buffer, []
             readings, self._buffered = self._buffered, 0
+            acks, self._acks = self._acks, []
             try:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
                 # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
-                rows = [_row(batch) for batch in batches]
-                records = [batch_record(self.site, batch) for batch in batches] if self.audit is not None else []
-                dropped_range = await self._run(self._commit_sync, rows, records, self._next_seq)
-            except BaseException:
-                self._buffer[:0] = batches       # keep them for the next attempt
+                shapes = list(map(self.points.shape, batches))
+                rows = list(map(_row, batches, shapes))
+                records = [(batch_record(self.site, batch, shape), shape) for batch, shape in zip(batches, shapes)] \
+                    if self.audit is not None else []
+                new_points = self.points.take_unsaved()
+                try:
+                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
+                                                             [(first, last) for first, last, _ in acks], new_points)
+                except BaseException:
+                    self.points.give_back(new_points)
+                    raise
+            except Exception as exc:
+                self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
+                self._acks[:0] = [(first, last, None) for first, last, _ in acks]
+                for _, _, waiter in acks:
+                    if waiter is not None and not waiter.done():
+                        waiter.set_exception(exc)
                 raise
+            except BaseException:
+                self._buffer[:0] = batches
+                self._buffered += readings
+                self._acks[:0] = acks
+                raise
+            for (_, _, waiter), count in zip(acks, deleted):
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(count)
+            if not batches:
+                self._update_metrics()
+                return
             dropped = dropped_range[2] if dropped_range else 0
             self._remember(batches, dropped_range)
             self._committed_seq = batches[-1].seq_last
@@ -373,32 +474,51 @@ class Spool:
             self._recent_readings -= len(recent.popleft())
             self._memory_from = recent[0].seq_first
 
-    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[bytes],
-                     next_seq: int) -> tuple[int, int, int] | None:
-        """Insert ``rows`` (``_row``) and write their audit ``records`` (``batch_record``), in seq order."""
+    def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[tuple[bytes, Shape]],
+                     next_seq: int, acks: list[tuple[int, int]],
+                     new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
+        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
+        and ``rows`` (``_row``); then write their audit ``records`` (``batch_record`` and the batch's
+        shape), in seq order. Returns the
+        size cap's dropped range (or None) and how many readings each ack deleted.
+
+        With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
+        acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows)."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
         dropped_range: tuple[int, int, int] | None = None
+        deleted: list[int] = []
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
-                db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
-                               "VALUES (?, ?, ?, ?, ?)", rows)
-                db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-                           "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
-                overflow = self._depth + added - self.max_readings
-                if overflow > 0:
-                    dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
+                for first, last in acks:
+                    deleted.append(sum(n for (n,) in db.execute(
+                        "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? "
+                        "RETURNING seq_last - seq_first + 1", (first, last)).fetchall()))
+                if new_points:
+                    db.executemany("INSERT OR REPLACE INTO points (id, data, crc) VALUES (?, ?, ?)",
+                                   [_point_row(pid, point) for pid, point in new_points])
+                if rows:
+                    db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
+                                   "VALUES (?, ?, ?, ?, ?)", rows)
+                    db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
+                               "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                    overflow = self._depth - sum(deleted) + added - self.max_readings
+                    if overflow > 0:
+                        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
         except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches failed ({exc})") from exc
+            raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
+                             f"({exc})") from exc
         dropped = dropped_range[2] if dropped_range else 0
-        self._depth += added - dropped
-        if self._oldest_ms is None or dropped:
+        self._depth += added - dropped - sum(deleted)
+        if not self._depth:
+            self._oldest_ms = None
+        elif self._oldest_ms is None or dropped or any(deleted):
             self._oldest_ms = self._min_accepted_sync()
-        if self.audit is not None:
-            for record, row in zip(records, rows):
-                self.audit.add_batch_record(record, row[1])
+        if self.audit is not None and rows:
+            for (record, shape), row in zip(records, rows):
+                self.audit.add_batch_record(record, row[1], shape, self.points)
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
@@ -407,7 +527,7 @@ class Spool:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
-        return dropped_range
+        return dropped_range, deleted
 
     def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
         """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
@@ -451,6 +571,8 @@ class Spool:
             return []
         if self._lease_cursor + 1 >= self._memory_from:
             return self._lease_memory(n)
+        if self._acks:
+            await self.flush()                  # acked rows are still in the table until then: not again
         batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
         self._lease_cursor = max(self._lease_cursor, cursor)
         if quarantined:
@@ -495,7 +617,7 @@ class Spool:
                 try:
                     if not isinstance(data, bytes) or zlib.crc32(data) != crc:
                         raise SpoolCorrupt(f"spool row seq {seq_first}..{seq_last}: checksum mismatch")
-                    batch = _decode(seq_first, seq_last, accepted_ms, data)
+                    batch = _decode(seq_first, seq_last, accepted_ms, data, self.points)
                 except (SpoolCorrupt, ValueError, TypeError) as exc:
                     cursor = seq_last
                     self._quarantine_sync(seq_first, seq_last, accepted_ms, data, crc, str(exc))
@@ -532,11 +654,31 @@ class Spool:
 
     async def ack(self, first: int, last: int) -> int:
         """Delete the rows within seq ``first..last`` (inclusive) after the broker's PUBACK; returns
-        how many readings they held. A row that reaches outside the range stays."""
-        deleted = await self._run(self._ack_sync, first, last)
+        how many readings they held. A row that reaches outside the range stays. Raises SpoolError
+        when the commit fails (the delete is then retried with the next commit).
+
+        The delete rides on the next group commit (``ack_nowait``), so this returns within about
+        ``flush_interval_s``."""
+        waiter: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue_ack(first, last, waiter)
+        return await waiter
+
+    def ack_nowait(self, first: int, last: int) -> None:
+        """``ack`` without waiting: the rows within seq ``first..last`` are never leased again and are
+        deleted in the next commit's transaction (one transaction for the new rows and every ack
+        since the last one); when nothing is waiting to be committed, within ``flush_interval_s``."""
+        self._queue_ack(first, last, None)
+
+    def _queue_ack(self, first: int, last: int, waiter: "asyncio.Future[int] | None") -> None:
+        if self._closing or self._executor is None:
+            # Closing: the last commit ran or is running. An ack lost only re-sends rows after the restart.
+            if waiter is not None:
+                waiter.set_exception(SpoolError(f"spool {self.path}: not open"))
+            return
+        self._acks.append((first, last, waiter))
         self._forget(first, last)
-        self._update_metrics()
-        return deleted
+        if not self._busy():
+            self._flush_later()             # an ack alone never hurries a commit: it rides on the next one
 
     def _forget(self, first: int, last: int) -> None:
         """Let go of the held batches within seq ``first..last`` (acked): usually the oldest ones."""
@@ -546,20 +688,6 @@ class Spool:
         if recent and recent[0].seq_first < first <= recent[-1].seq_last:
             kept = deque(b for b in recent if not first <= b.seq_first <= b.seq_last <= last)
             self._recent, self._recent_readings = kept, sum(map(len, kept))
-
-    def _ack_sync(self, first: int, last: int) -> int:
-        db = self._db
-        assert db is not None
-        try:
-            db.execute("PRAGMA synchronous=NORMAL")
-            deleted = sum(n for (n,) in db.execute(
-                "DELETE FROM batches WHERE seq_first >= ? AND seq_last <= ? RETURNING seq_last - seq_first + 1",
-                (first, last)).fetchall())
-        except sqlite3.Error as exc:
-            raise SpoolError(f"spool {self.path}: ack of seq {first}..{last} failed ({exc})") from exc
-        self._depth -= deleted
-        self._oldest_ms = self._min_accepted_sync() if self._depth else None
-        return deleted
 
     async def quarantined(self) -> list[tuple[int, str]]:
         """(first seq, reason) of every quarantined row."""

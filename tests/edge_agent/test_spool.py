@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edge_agent.audit import AuditLog, read_audit, verify
+from edge_agent.audit import AuditLog, decode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
 from edge_agent.metrics import AgentMetrics
+from edge_agent.errors import SpoolError
 from edge_agent.spool import Spool
 
 
@@ -314,9 +315,13 @@ def test_a_batch_is_one_row_one_seq_range_and_one_audit_record(tmp_path: Path) -
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT seq_first, seq_last FROM batches ORDER BY seq_first").fetchall() == \
         [(1, 100), (101, 101), (102, 351)]
-    assert audit_path.read_bytes().count(b"\n") == 3
+    records = [decode_record(line) for line in audit_path.read_bytes().splitlines()]
+    # one record per batch; the point names once, in "pt" records before the first batch naming them
+    assert [r["k"] for r in records] == ["pt", "b", "b", "pt", "b"]
+    assert records[0]["id"] == list(range(1, 101)) and records[3]["id"] == list(range(101, 251))
+    assert [r["p"] for r in records if r["k"] == "b"] == [list(range(1, 101)), [1], list(range(1, 251))]
     summary = verify(audit_path)
-    assert (summary.ok, summary.records, summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
+    assert (summary.ok, summary.kinds["b"], summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
     readings = read_audit(audit_path).readings
     assert readings[102]["value"] == appended[2].value[0] and readings[351]["sensor"] == "SENSOR_249"
 
@@ -425,3 +430,51 @@ def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp
 
     assert run(go()) == [list(range(1, 7)), list(range(7, 13)), list(range(7, 16)), list(range(16, 49)),
                          list(range(10, 49)), []]
+
+
+def test_acks_ride_on_the_next_commit_and_acked_rows_are_not_leased_again(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    commits: list[tuple[int, int]] = []
+    original = Spool._commit_sync
+
+    def counting(self, rows, records, next_seq, acks, new_points):
+        commits.append((len(rows), len(acks)))
+        return original(self, rows, records, next_seq, acks, new_points)
+
+    monkeypatch.setattr(Spool, "_commit_sync", counting)
+
+    async def go() -> tuple[list[int], int, list[int]]:
+        async with Spool(tmp_path, site="s1") as spool:
+            for i in range(4):
+                await _add(spool, i)
+            await spool.flush()
+            leased = await spool.lease(2)
+            await _add(spool, 9)                        # buffered: its commit is due
+            spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            spool.release_leases()                      # a reconnect before the delete: 1..2 stay acked
+            again = _seqs(await spool.lease(10))
+            await spool.flush()
+            return again, spool.depth, [seq for (seq,) in sqlite3.connect(tmp_path / "spool.db").execute(
+                "SELECT seq_first FROM batches ORDER BY seq_first")]
+
+    again, depth, stored = run(go())
+    assert again == [3, 4]                              # 5 was not committed yet when leased
+    assert (depth, stored) == (3, [3, 4, 5])
+    assert commits == [(4, 0), (1, 1)]                  # the delete went with the next rows: one transaction
+
+
+def test_an_ack_while_the_spool_closes_is_dropped(tmp_path: Path) -> None:
+    async def go() -> int:
+        spool = Spool(tmp_path, site="s1")
+        await spool.open()
+        await _add(spool, 0)
+        closing = asyncio.ensure_future(spool.close())
+        await asyncio.sleep(0)                          # close() began: its last commit is running
+        spool.ack_nowait(1, 1)                          # no commit on the closing database
+        with pytest.raises(SpoolError, match="not open"):
+            await spool.ack(1, 1)
+        await closing
+        async with Spool(tmp_path, site="s1") as again:
+            return again.depth                          # the lost ack only means a re-send
+
+    assert run(go()) == 1

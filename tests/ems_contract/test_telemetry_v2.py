@@ -313,3 +313,20 @@ def test_segments_refuse_what_one_column_set_refuses() -> None:
     with pytest.raises(SchemaError) as err:
         encode_segments("sub-07", 1001, [_segment([])], 1)
     assert err.value.reason == "empty"
+
+
+_EDGE_VALUES = st.sampled_from([0.0, -0.0, 1.0, -1.0, 123.0, 0.5, 1e-7, 1e15, 9.5e15, 2.0**53 - 1, -(2.0**53 - 1),
+                                2.0**53, 1e16, -1e16, 1e300, 5e-324])
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_EDGE_VALUES | st.floats(allow_nan=False, allow_infinity=False)
+                | st.integers(-2**53 + 1, 2**53 - 1).map(float), min_size=1, max_size=40))
+def test_the_value_column_keeps_every_value_and_writes_integral_ones_as_integers(values: list[float]) -> None:
+    """The encoder cuts ``.0`` off integral values on the encoded bytes: the column must decode to
+    the same numbers, and an integral value below 2**53 must cost no ``.0``."""
+    readings = [Reading(1 + i, 5, "tx1", "p", v, "kW", "good") for i, v in enumerate(values)]
+    payload = encode_batch_v2("s1", readings, 9)
+    assert [r.value for r in decode_batch_v2(payload).readings] == values
+    column = json.loads(payload)["val"]
+    assert [type(v) for v in column] == [int if v.is_integer() and abs(v) < 2**53 else float for v in values]

@@ -1,0 +1,101 @@
+"""The point table: each distinct (asset, point, unit, sensor) the spool has stored, by a small integer id.
+
+A device read repeats the same names every poll; a spool row and an audit
+batch record therefore name each reading's point by its id (the ``p`` column)
+instead of carrying four strings per reading again. The spool keeps the table
+in its database (table ``points``, written in the same transaction as the first
+row that uses an id), the audit log defines the ids it uses in ``pt`` records
+(``edge_agent.audit``). An id is never reused for another point, and ids are
+never deleted (a quarantined row may still name them): the table grows only
+with the configured points, new ones after a configuration change.
+
+``PointTable.shape(batch)`` maps a batch's four name columns to its ids. It is
+memoised by the columns' contents, so a device read that repeats the previous
+one's points costs four tuple builds and one dictionary lookup, and its ``p``
+column is encoded to JSON once (``Shape.p_json``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import orjson
+
+from edge_agent.batch import ReadingBatch
+
+__all__ = ["PointTable", "Shape", "Point"]
+
+Point = tuple[str, str, str, str]
+"""(asset, point, unit, sensor)"""
+
+_MAX_SHAPES = 4096
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shape:
+    """The point ids of one batch's readings (``ids``, one per reading), the distinct ones in order of
+    appearance (``distinct``) and ``ids`` as a JSON fragment (``p_json``). Compared by identity."""
+
+    ids: tuple[int, ...]
+    distinct: tuple[int, ...]
+    p_json: orjson.Fragment
+
+
+class PointTable:
+    """Point ids, assigned from 1 in order of first use. Not thread-safe for writing: the event loop
+    assigns (``shape``); the spool's I/O thread only reads (``point``) ids committed or about to be."""
+
+    def __init__(self) -> None:
+        self._ids: dict[Point, int] = {}
+        self._points: dict[int, Point] = {}
+        self._next = 1
+        self._unsaved: list[tuple[int, Point]] = []
+        self._shapes: dict[tuple[tuple[str, ...], ...], Shape] = {}
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def load(self, points: Iterable[tuple[int, Point]], highest: int = 0) -> None:
+        """Add points read back from storage; ids up to ``highest`` (corrupt rows included) are taken."""
+        for pid, point in points:
+            self._ids[point] = pid
+            self._points[pid] = point
+        self._next = max(self._next, highest + 1, max(self._points, default=0) + 1)
+
+    def point(self, pid: int) -> Point:
+        """The point of id ``pid``; ValueError when there is none (a corrupt or foreign row)."""
+        point = self._points.get(pid) if type(pid) is int else None
+        if point is None:
+            raise ValueError(f"point id {pid!r} is not in the point table")
+        return point
+
+    def shape(self, batch: ReadingBatch) -> Shape:
+        """The ids of ``batch``'s points, assigning new ids to points never seen (``take_unsaved``)."""
+        key = (tuple(batch.asset), tuple(batch.point), tuple(batch.unit), tuple(batch.sensor))
+        shape = self._shapes.get(key)
+        if shape is None:
+            ids = tuple(map(self._id, zip(*key)))
+            shape = Shape(ids, tuple(dict.fromkeys(ids)), orjson.Fragment(orjson.dumps(ids)))
+            if len(self._shapes) >= _MAX_SHAPES:
+                self._shapes.clear()
+            self._shapes[key] = shape
+        return shape
+
+    def _id(self, point: Point) -> int:
+        pid = self._ids.get(point)
+        if pid is None:
+            pid = self._ids[point] = self._next
+            self._points[pid] = point
+            self._next += 1
+            self._unsaved.append((pid, point))
+        return pid
+
+    def take_unsaved(self) -> list[tuple[int, Point]]:
+        """The points assigned since the last call: the caller stores them with the rows that use them."""
+        unsaved, self._unsaved = self._unsaved, []
+        return unsaved
+
+    def give_back(self, unsaved: list[tuple[int, Point]]) -> None:
+        """Points whose storing failed: the next ``take_unsaved`` returns them again."""
+        self._unsaved[:0] = unsaved

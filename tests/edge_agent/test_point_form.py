@@ -1,0 +1,229 @@
+"""The point form of spool rows and audit batch records: names stored once per point id (``PointTable``).
+
+Round trips (hypothesis), corrupt rows and point-table entries quarantined, undefined ids in an audit
+file reported as corrupt, older 7-column rows still leased, and every audit file defining its own ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import zlib
+from pathlib import Path
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.audit import AuditLog, batch_record, decode_record, encode_record, read_audit, verify
+from edge_agent.batch import ReadingBatch
+from edge_agent.point_table import PointTable
+from edge_agent.spool import Spool, _decode, _row
+from ems_contract.telemetry import QUALITIES
+
+_names = st.sampled_from(["tx1", "tx2", "oil_temp", "load", "p0", "p1", "", "degC", "MVA", "S_01", "S_02"])
+_value = st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False), st.integers(-2**40, 2**40).map(float))
+
+
+@st.composite
+def batches(draw: st.DrawFn) -> ReadingBatch:
+    n = draw(st.integers(1, 40))
+    batch = ReadingBatch()
+    base = draw(st.integers(0, 2**50))
+    shared_ts = draw(st.booleans())
+    for _ in range(n):
+        batch.add(base if shared_ts else base + draw(st.integers(0, 10_000)), draw(_names), draw(_names),
+                  draw(_value), draw(_names), draw(st.sampled_from(QUALITIES)), draw(_names))
+    return batch.sequenced(draw(st.integers(1, 2**62)), draw(st.integers(0, 2**50)))
+
+
+def _fields(batch: ReadingBatch) -> tuple:
+    return (batch.seq_first, batch.seq_last, batch.accepted_ms, *batch.columns())
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(batches(), min_size=1, max_size=4))
+def test_a_row_round_trips_through_the_point_form(stored: list[ReadingBatch]) -> None:
+    points = PointTable()
+    for batch in stored:
+        seq_first, seq_last, accepted_ms, data, crc = _row(batch, points.shape(batch))
+        assert crc == zlib.crc32(data)
+        assert _fields(_decode(seq_first, seq_last, accepted_ms, data, points)) == _fields(batch)
+    reopened = PointTable()                              # what a restart reads back from the points table
+    reopened.load(points.take_unsaved())
+    last = stored[-1]
+    assert _fields(_decode(*_row(last, points.shape(last))[:4], reopened)) == _fields(last)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=200),
+                 st.recursive(st.none() | st.booleans() | st.integers(-2**63, 2**63 - 1) | st.floats(allow_nan=False) | st.text(max_size=5),
+                              lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+                                  st.sampled_from(["p", "t", "v", "q", "x"]), inner, max_size=5),
+                              max_leaves=20).map(orjson.dumps)))
+def test_a_corrupt_row_is_a_value_error_never_a_crash(data: bytes) -> None:
+    """What a corrupt (CRC-valid) row can do: ValueError (the spool quarantines the row), or decode
+    into a batch exactly as long as its seq range."""
+    points = PointTable()
+    points.shape(ReadingBatch([1], ["tx1"], ["load"], [1.0], ["MW"], ["good"], ["S1"]))
+    try:
+        batch = _decode(10, 12, 0, data, points)
+    except ValueError:
+        return
+    assert len(batch) == 3
+    assert all(type(t) is int for t in batch.ts_ms) and all(v is None or type(v) in (int, float) for v in batch.value)
+    assert all(isinstance(x, str) for x in (*batch.asset, *batch.point, *batch.unit, *batch.quality, *batch.sensor))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(batches(), min_size=1, max_size=4))
+def test_audit_point_form_records_read_back_as_every_reading(tmp_path_factory: pytest.TempPathFactory,
+                                                             stored: list[ReadingBatch]) -> None:
+    path = tmp_path_factory.mktemp("audit") / "audit.log"
+    points = PointTable()
+    log = AuditLog(path)
+    log.open()
+    seq = 1
+    expected = {}
+    for batch in stored:
+        batch = batch.sequenced(seq, batch.accepted_ms)
+        seq = batch.seq_last + 1
+        shape = points.shape(batch)
+        log.add_batch_record(batch_record("s1", batch, shape), batch.seq_last, shape, points)
+        for i, (ts, asset, point, value, unit, quality, sensor) in enumerate(zip(*batch.columns())):
+            expected[batch.seq_first + i] = {"k": "r", "site": "s1", "seq": batch.seq_first + i, "ts_ms": ts,
+                                             "asset": asset, "point": point, "sensor": sensor, "value": value,
+                                             "unit": unit, "q": quality, "at_ms": batch.accepted_ms}
+    log.close()
+    assert read_audit(path).readings == expected
+    summary = verify(path)
+    assert summary.ok and summary.readings == len(expected) and summary.kinds["b"] == len(stored)
+
+
+def _pt(ids: list[int]) -> bytes:
+    return encode_record({"k": "pt", "id": ids, "asset": ["tx1"] * len(ids), "point": [f"p{i}" for i in ids],
+                          "unit": ["kW"] * len(ids), "sensor": [f"S{i}" for i in ids], "at_ms": 1})
+
+
+def _b(seq_first: int, ids: list[int]) -> bytes:
+    return encode_record({"k": "b", "site": "s1", "seq_first": seq_first, "seq_last": seq_first + len(ids) - 1,
+                          "at_ms": 1, "ts_ms": 5, "p": ids, "value": [1.0] * len(ids), "q": "good"})
+
+
+def test_verify_reports_a_batch_naming_undefined_point_ids(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    path.write_bytes(_pt([1, 2]) + _b(1, [1, 2]) + _b(3, [2, 3]) + _b(5, [1]))
+    summary = verify(path)
+    assert not summary.ok and summary.readings == 5            # totals still count every record
+    assert summary.corrupt is not None and summary.corrupt.index == 2
+    assert summary.corrupt.offset == len(_pt([1, 2]) + _b(1, [1, 2]))
+    assert "point ids that no earlier 'pt' record of this file defines: [3]" in summary.corrupt.reason
+    with pytest.raises(Exception, match="record 3 names point id 3"):
+        read_audit(path)
+
+
+def test_verify_reports_a_malformed_point_definition(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    bad = encode_record({"k": "pt", "id": [1, 2], "asset": ["tx1"], "point": ["a", "b"], "unit": ["", ""],
+                         "sensor": ["S", "T"], "at_ms": 1})
+    path.write_bytes(bad + _b(1, [1]))
+    summary = verify(path)
+    assert summary.corrupt is not None and summary.corrupt.index == 0 and "'pt' record must hold" in summary.corrupt.reason
+
+
+def test_every_audit_file_defines_the_point_ids_it_uses(tmp_path: Path) -> None:
+    """After a rotation (reopen) and after a restart (open), the first batch re-defines its ids."""
+    path = tmp_path / "audit.log"
+    points = PointTable()
+    batch = ReadingBatch([7, 7], ["tx1", "tx1"], ["a", "b"], [1.0, 2.0], ["kW", "kW"], ["good", "good"], ["S1", "S2"])
+    log = AuditLog(path)
+    log.open()
+
+    def write(seq: int) -> None:
+        sequenced = batch.sequenced(seq, 9)
+        shape = points.shape(sequenced)
+        log.add_batch_record(batch_record("s1", sequenced, shape), sequenced.seq_last, shape, points)
+        log.sync()
+
+    write(1)
+    write(3)
+    path.rename(tmp_path / "audit.log.1")
+    assert log.reopen()
+    write(5)
+    log.close()
+    log = AuditLog(path)
+    log.open()                                              # a restart appends to the same file
+    write(7)
+    log.close()
+    old = [decode_record(line)["k"] for line in (tmp_path / "audit.log.1").read_bytes().splitlines()]
+    new = [decode_record(line)["k"] for line in path.read_bytes().splitlines()]
+    assert old == ["pt", "b", "b"]
+    assert new == ["cont", "pt", "b", "pt", "b"]
+    summary = verify([tmp_path / "audit.log.1", path])
+    assert summary.ok and summary.readings == 8 and summary.links == 1
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_rows_written_before_the_point_table_are_still_leased(tmp_path: Path) -> None:
+    """A spool of the previous format (7 columns per row, no points table) opens and delivers in order."""
+    db = sqlite3.connect(tmp_path / "spool.db")
+    db.executescript("""
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+        CREATE TABLE owner (site TEXT NOT NULL);
+        CREATE TABLE batches (seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, accepted_ms INTEGER NOT NULL,
+                              data BLOB NOT NULL, crc INTEGER NOT NULL);
+        CREATE TABLE quarantine (seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER,
+                                 reason TEXT NOT NULL, quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
+        INSERT INTO owner VALUES ('s1');
+        INSERT INTO meta VALUES ('next_seq', 3);
+    """)
+    data = orjson.dumps([[100, 100], ["tx1", "tx1"], ["a", "b"], [1.5, 2.5], ["kW", "kW"], ["good", "good"],
+                         ["S1", "S2"]])
+    db.execute("INSERT INTO batches VALUES (1, 2, 99, ?, ?)", (data, zlib.crc32(data)))
+    db.commit()
+    db.close()
+
+    async def go() -> list[tuple]:
+        async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
+            await spool.append(ReadingBatch([200], ["tx1"], ["a"], [3.5], ["kW"], ["good"], ["S1"]))
+            await spool.flush()
+            await spool.append(ReadingBatch([300], ["tx1"], ["c"], [4.5], ["kW"], ["good"], ["S3"]))
+        async with Spool(tmp_path, site="s1") as spool:      # read back from the database
+            return [(r.seq, r.ts_ms, r.asset, r.point, r.value) for b in await spool.lease(100) for r in b.readings()]
+
+    assert run(go()) == [(1, 100, "tx1", "a", 1.5), (2, 100, "tx1", "b", 2.5), (3, 200, "tx1", "a", 3.5),
+                         (4, 300, "tx1", "c", 4.5)]
+
+
+def test_rows_naming_a_corrupt_point_entry_are_quarantined(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+
+    async def write() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            await spool.append(ReadingBatch([1], ["tx1"], ["a"], [1.0], ["kW"], ["good"], ["S1"]))
+            await spool.flush()
+            await spool.append(ReadingBatch([2], ["tx1"], ["b"], [2.0], ["kW"], ["good"], ["S2"]))
+            await spool.append(ReadingBatch([3], ["tx1"], ["a"], [3.0], ["kW"], ["good"], ["S1"]))
+
+    run(write())
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    db.execute("UPDATE points SET data = CAST(? AS BLOB) WHERE id = 2", (b'["tx1","X","kW","S2"]',))   # CRC kept
+    db.commit()
+    db.close()
+
+    async def read() -> tuple[list[int], list[tuple[int, str]]]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            rows = [b.seq_first for b in await spool.lease(10)]
+            await spool.append(ReadingBatch([4], ["tx1"], ["b"], [4.0], ["kW"], ["good"], ["S2"]))
+            await spool.flush()
+            return rows + [b.seq_first for b in await spool.lease(10)], await spool.quarantined()
+
+    rows, quarantined = run(read())
+    assert rows == [1, 3, 4]                  # seq 4 names the point again: it gets a new id, not the corrupt one
+    assert quarantined == [(2, "point id 2 is not in the point table")]
+    summary = verify(audit_path)
+    assert summary.ok and summary.quarantined == 1 and summary.readings == 4
