@@ -13,8 +13,8 @@ cycle reads the device's blocks (``modbus_source.plan_reads``) through its
 ``stale``          the device is still unreachable after a failed poll (value None)
 =================  ==================================================================
 
-Samples pass through the point's ``ExceptionFilter`` (deadband, heartbeat,
-quality changes), and the reported ones of one poll go out together as one
+Samples pass through report by exception (``FilterBank``: deadband, heartbeat,
+quality changes, a whole block at once), and the reported ones of one poll go out together as one
 ``ReadingBatch`` (one ``emit`` per poll, none when nothing is reported), so when a device dies
 its points emit ``device_error`` once, then ``stale`` once, then ``stale`` at
 each heartbeat — never silently absent. A merged read that hits an address
@@ -30,21 +30,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import itemgetter
 from typing import Awaitable, Callable
 
 from edge_agent.batch import ReadingBatch
 from edge_agent.calibration import Calibration, Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
-from edge_agent.decode import Decoder, make_decoder, register_bytes
+from edge_agent.decode import Decoder, block_codec, make_decoder
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
-from edge_agent.exception_report import ExceptionFilter, offer_many
+from edge_agent.exception_report import FilterBank
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
+from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block, unpack_values
 
 __all__ = ["Emit", "run_device", "DevicePoller"]
 
@@ -52,38 +52,46 @@ log = logging.getLogger(__name__)
 
 _ILLEGAL_DATA_ADDRESS = 2
 _SHORT_WAIT_S = 0.05
-_BIT, _UINT16, _INT16, _DECODER = range(4)     # how _samples decodes a point
 
 
 Emit = Callable[[ReadingBatch], Awaitable[None]]
 """Takes the reported readings of one poll (``value`` None only for ``device_error`` and ``stale``)."""
 
 
+_Part = tuple[list[int], list[str], list[str], list[float | None], list[str], list[str], list[str]]
+"""The reported readings of one block, as ``ReadingBatch`` columns (ts_ms, asset, point, value, unit, quality, sensor)."""
+
+
 @dataclass(slots=True)
 class _Layout:
-    """How one block's response becomes samples, prepared once per block: per point (in block order)
-    its offset, how to decode it (``_BIT``, ``_UINT16``/``_INT16`` for a big-endian register taken
-    as it is, or ``_DECODER``), its decoder and filter; the batch columns that do not change between
-    polls; and the calibration of its points as of ``generation`` (None: every point with gain 1 and
-    offset 0, none a 4–20 mA loop: the raw values are the values)."""
+    """How one block's response becomes samples, prepared once per block: its points (in block order)
+    and their offsets; ``codec`` unpacks the whole response into one number per point (None: a bit
+    block, or registers that overlap), ``redo`` lists the points then decoded by their own decoder
+    (every register point when ``codec`` is None); ``start`` is the first point's index in the device's
+    ``FilterBank`` (a block's points are consecutive there); the batch columns that do not change
+    between polls (shared by the batches, never mutated); and the calibration of its points as of
+    ``generation`` (None: every point with gain 1 and offset 0, none a 4–20 mA loop: the raw values
+    are the values)."""
 
     points: tuple[PointConfig, ...]
     offsets: tuple[int, ...]
-    hows: tuple[int, ...]
+    bits: bool
+    codec: struct.Struct | None
+    redo: tuple[int, ...]
     decoders: tuple[Decoder | None, ...]
-    filters: tuple[ExceptionFilter, ...]
+    start: int
     asset: list[str]
     point: list[str]
     unit: list[str]
     sensor: list[str]
-    redo: tuple[int, ...]              # the points that are not a uint16 register or a bit
+    good: list[str]                    # "good" for each point
     loops: bool                        # some point is a 4–20 mA loop
     generation: int = -1
     calibration: tuple[Calibration, ...] | None = None
 
 
 class DevicePoller:
-    """The state of one device's polling: its read plan, its points' filters and its connection.
+    """The state of one device's polling: its read plan, its points' report-by-exception state and its connection.
 
     ``poll_once()`` runs one cycle and returns True when the device answered
     (exception responses count as answers). ``run_device`` loops it.
@@ -104,7 +112,10 @@ class DevicePoller:
         self.calibrations = calibrations
         self.clock = clock
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
-        self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
+        # report-by-exception state, one entry per point in plan order: every block (split ones too) is a run
+        ordered = [p for block in self.plan for p in block.points]
+        self.filters = FilterBank([(p.deadband, p.deadband_percent, p.heartbeat_s) for p in ordered])
+        self._index = {p.id: i for i, p in enumerate(ordered)}
         self.failed_polls = 0
         self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
@@ -113,24 +124,26 @@ class DevicePoller:
         self._polls = metrics.polls.labels(device.name)
         self._device_up = metrics.device_up.labels(device.name)
 
-    async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
-        """The block's values, or None when ``stop`` was set while waiting for the device
+    async def _read(self, block: ReadBlock, task: asyncio.Task | None = None) -> bytes | None:
+        """The block's data bytes, or None when ``stop`` was set while waiting for the device
         (a slow or silent device must not hold up shutdown for its timeouts and retries).
 
-        The read runs in the calling task; setting ``stop`` cancels the tasks inside a read, and
-        this method takes that cancellation back (no task and no wait per request)."""
+        The read runs in the calling task (``task``, when the caller knows it); setting ``stop``
+        cancels the tasks inside a read, and this method takes that cancellation back (no task
+        and no wait per request)."""
         if self.stop is None:
-            return await self.source.read(block)
+            return await self.source.read_raw(block)
         if self.stop.is_set():
             return None
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self.stop.wait())
             self._stopped.add_done_callback(self._cancel_reads)
-        task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None
         self._reading.add(task)
         try:
-            return await self.source.read(block)
+            return await self.source.read_raw(block)
         except asyncio.CancelledError:
             if task in self._stop_cancelled and task.uncancel() == 0:
                 return None
@@ -164,7 +177,8 @@ class DevicePoller:
         window = device.max_inflight
         ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
-        batch = ReadingBatch()
+        parts: list[_Part] = []
+        task = asyncio.current_task() if self.stop is not None and window == 1 else None
         try:
             while index < len(plan) or ahead:
                 if window > 1:
@@ -172,30 +186,30 @@ class DevicePoller:
                         ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
                         index += 1
                     block, pending = ahead.popleft()
-                    read: Awaitable[list[int] | list[bool] | None] = pending
+                    read: Awaitable[bytes | None] = pending
                 else:
                     block = plan[index]
                     index += 1
-                    read = self._read(block)
+                    read = self._read(block, task)
                 try:
-                    values = await read
-                    if values is None:
-                        if len(batch):
-                            await self.emit(batch)
+                    data = await read
+                    if data is None:
+                        if parts:
+                            await self.emit(_batch(parts))
                         return False
                 except DeviceExceptionResponse as exc:
                     if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
                         log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
                                     "one by one from now on", device.name, block.register, block.address, block.count,
                                     exc.code_name, len(block.points))
-                        parts = split_block(block)
-                        self.plan = tuple(p for b in self.plan for p in (parts if b == block else (b,)))
-                        plan[index:index] = parts
+                        split = split_block(block)
+                        self.plan = tuple(p for b in self.plan for p in (split if b == block else (b,)))
+                        plan[index:index] = split
                         continue
                     log.warning("device %s: %s", device.name, exc)
                     for point in block.points:
                         self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
-                        self._offer(batch, point, None, "device_error")
+                    self._missing(parts, block, "device_error")
                     continue
                 except DeviceUnreachable as exc:
                     answered = False
@@ -203,17 +217,16 @@ class DevicePoller:
                     if self.failed_polls == 0:
                         log.warning("device %s: %s", device.name, exc)
                     for rest in [block, *(b for b, _ in ahead), *plan[index:]]:
-                        for point in rest.points:
-                            self._offer(batch, point, None, quality)
+                        self._missing(parts, rest, quality)
                     break
-                self._samples(batch, block, values, self.clock())
+                self._samples(parts, block, data, self.clock())
         finally:
             for _, pending in ahead:
                 pending.cancel()
             if ahead:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
-        if len(batch):
-            await self.emit(batch)
+        if parts:
+            await self.emit(_batch(parts))
         self._poll_duration.observe(time.monotonic() - started)
         self._polls.inc()
         self._device_up.set(1 if answered else 0)
@@ -226,27 +239,24 @@ class DevicePoller:
         return answered
 
     def _layout(self, block: ReadBlock) -> _Layout:
-        """The block's ``_Layout``, prepared at its first response, its calibration refreshed after a reload."""
+        """The block's ``_Layout``, prepared at its first use, its calibration refreshed after a reload."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            hows, decoders = [], []
-            for p in block.points:
-                if block.register in BIT_REGISTERS:
-                    how, decoder = _BIT, None
-                elif p.type in ("uint16", "int16") and p.byte_order == "big":
-                    how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
-                else:
-                    how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
-                hows.append(how)
-                decoders.append(decoder)
             points = block.points
+            offsets = tuple(p.address - block.address for p in points)
+            bits = block.register in BIT_REGISTERS
+            codec = None if bits else block_codec([(o, p.type, p.byte_order, p.word_order)
+                                                   for o, p in zip(offsets, points)])
+            redo = codec[1] if codec is not None else () if bits else tuple(range(len(points)))
+            decoders = tuple(make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
+                             if i in redo and not bits else None for i, p in enumerate(points))
+            start = self._index[points[0].id]
+            assert [self._index[p.id] for p in points] == list(range(start, start + len(points)))
             layout = self._layouts[key] = _Layout(
-                points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
-                tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
-                [p.unit for p in points], [p.id for p in points],
-                tuple(i for i, h in enumerate(hows) if h in (_INT16, _DECODER)),
-                any(p.current_loop is not None for p in points))
+                points, offsets, bits, codec[0] if codec is not None else None, redo, decoders, start,
+                [p.asset for p in points], [p.name for p in points], [p.unit for p in points],
+                [p.id for p in points], ["good"] * len(points), any(p.current_loop is not None for p in points))
         calibrations = self.calibrations
         if layout.generation != calibrations.generation:
             cals = tuple(calibrations.get(p.id) for p in layout.points)
@@ -255,44 +265,41 @@ class DevicePoller:
             layout.generation = calibrations.generation
         return layout
 
-    def _raw(self, layout: _Layout, values: list[int] | list[bool]) -> list[float | None]:
+    def _raw(self, layout: _Layout, data: bytes) -> list[float | None]:
         """Each point's decoded number, None where it does not decode (logged and counted).
 
-        Every point's first register (or bit) is taken as a number in one C-level pass, which is
-        the value of uint16 and bit points; int16 and wider or reordered points are then redone."""
-        picked = itemgetter(*layout.offsets)(values)
-        raws: list[float | None] = list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
-        if not layout.redo:
-            return raws
-        buf = register_bytes(values) if _DECODER in layout.hows else b""  # type: ignore[arg-type]
+        One ``struct`` call unpacks the whole response (integers in the Modbus order are then their
+        value); floats, bools and other orders are redone by their decoders."""
+        if layout.bits:
+            bits = unpack_values("coil", len(data) * 8, data)
+            return [float(bits[offset]) for offset in layout.offsets]
+        codec = layout.codec
+        raws: list[float | None] = list(map(float, codec.unpack_from(data))) if codec is not None \
+            else [None] * len(layout.points)
         for i in layout.redo:
-            offset = layout.offsets[i]
-            if layout.hows[i] == _INT16:
-                raws[i] = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
-                continue
             try:
-                raws[i] = layout.decoders[i](buf, offset)  # type: ignore[misc]
+                raws[i] = layout.decoders[i](data, layout.offsets[i])  # type: ignore[misc]
             except DecodeError as exc:
                 log.warning("device %s: %s", self.device.name, exc)
                 self.metrics.reads.labels(self.device.name, "decode_error").inc()
                 raws[i] = None
         return raws
 
-    def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
-        whole-block steps; the batch's columns extended, not appended to point by point)."""
+    def _samples(self, parts: list[_Part], block: ReadBlock, data: bytes, now: float) -> None:
+        """Decode, calibrate and filter every point of one block's response (``data``, its data bytes)
+        into ``parts`` (the hot path: whole-block steps, nothing done point by point when every
+        point decodes to a number with no calibration to apply)."""
         layout = self._layout(block)
-        raws = self._raw(layout, values)
-        n = len(raws)
+        raws = self._raw(layout, data)
         cals = layout.calibration
         if cals is None and None not in raws:
-            calibrated, qualities = raws, ["good"] * n
+            calibrated, qualities = raws, layout.good
             for i in layout.redo:          # × 1 + 0 leaves every number as it is, except -0.0: it becomes 0.0
                 if raws[i] == 0.0:
                     raws[i] = 0.0
         elif cals is not None and not layout.loops and None not in raws:
             calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
-            qualities = ["good"] * n
+            qualities = layout.good
         else:
             calibrated, qualities = [], []
             for point, raw, cal in zip(layout.points, raws, cals or repeat(Calibration())):
@@ -306,27 +313,29 @@ class DevicePoller:
                         self.metrics.loop_faults.labels(self.device.name, point.id).inc()
                 calibrated.append(value)
                 qualities.append(quality)
-        flags = offer_many(layout.filters, calibrated, qualities, now)
-        ts_ms = int(now * 1000)
-        reported = flags.count(True)
-        if reported == n:
-            columns = (layout.asset, layout.point, calibrated, layout.unit, qualities, layout.sensor)
-        else:
-            self.metrics.readings_suppressed.inc(n - reported)
-            columns = tuple(list(compress(column, flags)) for column in (layout.asset, layout.point, calibrated,
-                                                                           layout.unit, qualities, layout.sensor))
-        batch.ts_ms.extend([ts_ms] * reported)
-        for mine, theirs in zip((batch.asset, batch.point, batch.value, batch.unit, batch.quality, batch.sensor),
-                                columns):
-            mine.extend(theirs)
+        self._report(parts, layout, calibrated, qualities, now)
 
-    def _offer(self, batch: ReadingBatch, point: PointConfig, value: float | None, quality: str,
-               now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        if self.filters[point.id].offer(value, quality, now):
-            batch.add(int(now * 1000), point.asset, point.name, value, point.unit, quality, point.id)
-        else:
-            self.metrics.readings_suppressed.inc()
+    def _missing(self, parts: list[_Part], block: ReadBlock, quality: str) -> None:
+        """The block's points without a value (``device_error`` or ``stale``) into ``parts``."""
+        n = len(block.points)
+        self._report(parts, self._layout(block), [None] * n, [quality] * n, self.clock())
+
+    def _report(self, parts: list[_Part], layout: _Layout, values: list[float | None], qualities: list[str],
+                now: float) -> None:
+        """Report by exception over the block's samples; the reported ones go into ``parts`` as columns."""
+        flags = self.filters.offer(layout.start, values, qualities, now)
+        n = len(values)
+        if flags is None:
+            parts.append(([int(now * 1000)] * n, layout.asset, layout.point, values, layout.unit, qualities,
+                          layout.sensor))
+            return
+        reported = flags.count(True)
+        if reported < n:
+            self.metrics.readings_suppressed.inc(n - reported)
+        if reported:
+            parts.append(([int(now * 1000)] * reported,  # type: ignore[arg-type]
+                          *(list(compress(column, flags)) for column in (layout.asset, layout.point, values,
+                                                                          layout.unit, qualities, layout.sensor))))
 
     def next_delay(self) -> float:
         """Seconds from the start of this cycle to the start of the next."""
@@ -377,3 +386,14 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=wait)
         except asyncio.TimeoutError:
             pass
+
+
+def _batch(parts: list[_Part]) -> ReadingBatch:
+    """One poll's reported readings as one batch (one block's columns are taken as they are)."""
+    if len(parts) == 1:
+        return ReadingBatch(*parts[0])
+    batch = ReadingBatch()
+    for mine, part in zip(batch.columns(), zip(*parts)):
+        for theirs in part:
+            mine.extend(theirs)
+    return batch

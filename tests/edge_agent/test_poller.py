@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.calibration import Calibration, Calibrations, apply_calibration
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
+from edge_agent.decode import register_bytes
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
 from edge_agent.batch import ReadingBatch
-from edge_agent.poller import DevicePoller, run_device
+from edge_agent.poller import DevicePoller, _batch, run_device
 from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -365,8 +366,9 @@ def test_a_block_reports_only_the_points_that_moved_with_their_own_columns(tmp_p
     (block,) = poller.plan
 
     def sample(values: list[int], now: float) -> list[tuple[str, float | None, str, int]]:
-        batch = ReadingBatch()
-        poller._samples(batch, block, values, now)
+        parts: list = []
+        poller._samples(parts, block, register_bytes(values), now)
+        batch = _batch(parts) if parts else ReadingBatch()
         return [(s, v, q, t) for s, v, q, t in zip(batch.sensor, batch.value, batch.quality, batch.ts_ms)]
 
     first = sample([10, 20, 65535, 7, 3, 0x8000, 0], 1.0)                  # F000: float32 -0.0
