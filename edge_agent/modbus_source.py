@@ -415,6 +415,7 @@ class ModbusSource:
         self._connecting = asyncio.Lock()
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
+        self._tally = metrics.tally(device.name) if metrics is not None else None
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -547,7 +548,8 @@ class ModbusSource:
             self.close()
             raise DeviceUnreachable(device.name, f"{len(data)} data bytes in the answer to {block.register} "
                                                  f"{block.address}+{block.count} (expected {expected})")
-        self._count_read("ok")
+        if self._tally is not None:
+            self._tally.reads_ok += 1             # added to reads{outcome="ok"} at the next scrape
         return data
 
     async def _read_pymodbus(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:

@@ -119,10 +119,9 @@ class DevicePoller:
         self.failed_polls = 0
         self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
-        # this device's children of the per-poll metrics, looked up once
-        self._poll_duration = metrics.poll_duration.labels(device.name)
-        self._polls = metrics.polls.labels(device.name)
+        self._tally = metrics.tally(device.name)        # polls, durations, suppressed samples: counted per poll
         self._device_up = metrics.device_up.labels(device.name)
+        self._up = 0                                    # init_device set device_up to 0
 
     async def _read(self, block: ReadBlock, task: asyncio.Task | None = None) -> bytes | None:
         """The block's data bytes, or None when ``stop`` was set while waiting for the device
@@ -227,9 +226,10 @@ class DevicePoller:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
         if parts:
             await self.emit(_batch(parts))
-        self._poll_duration.observe(time.monotonic() - started)
-        self._polls.inc()
-        self._device_up.set(1 if answered else 0)
+        self._tally.poll(time.monotonic() - started)
+        if answered != self._up:
+            self._up = answered
+            self._device_up.set(1 if answered else 0)
         if answered:
             if self.failed_polls:
                 log.info("device %s: answering again after %d failed polls", device.name, self.failed_polls)
@@ -331,7 +331,7 @@ class DevicePoller:
             return
         reported = flags.count(True)
         if reported < n:
-            self.metrics.readings_suppressed.inc(n - reported)
+            self._tally.suppressed += n - reported
         if reported:
             parts.append(([int(now * 1000)] * reported,  # type: ignore[arg-type]
                           *(list(compress(column, flags)) for column in (layout.asset, layout.point, values,
