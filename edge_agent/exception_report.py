@@ -21,8 +21,8 @@ whole block's samples at once (the poller has one bank per device);
 
 from __future__ import annotations
 
-from itertools import repeat
-from operator import ge, sub
+from itertools import compress, repeat
+from operator import ge, ne, or_, sub
 from typing import Sequence
 
 __all__ = ["ExceptionFilter", "FilterBank"]
@@ -34,7 +34,7 @@ class FilterBank:
     """Report-by-exception state of ``n`` points (one ``(deadband, deadband_percent, heartbeat_s)`` each),
     as columns indexed by point: the last reported value, quality and time of each."""
 
-    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "value", "quality", "at")
+    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "value", "quality", "at", "_together", "_runs")
 
     def __init__(self, specs: Sequence[tuple[float, float, float]]) -> None:
         for deadband, deadband_percent, heartbeat_s in specs:
@@ -48,6 +48,10 @@ class FilterBank:
         self.value: list[float | None] = [None] * n
         self.quality = [_NEVER] * n
         self.at = [-float("inf")] * n
+        # runs of points (start, stop) whose last reports were all at one time: that time
+        self._together: dict[tuple[int, int], float] = {}
+        # per run offered: its longest and shortest heartbeat, and whether it has no deadband at all
+        self._runs: dict[tuple[int, int], tuple[float, float, bool]] = {}
 
     def last_reported(self, index: int) -> tuple[float | None, str, float] | None:
         """(value, quality, time) of point ``index``'s last reported sample, or None before the first."""
@@ -59,17 +63,60 @@ class FilterBank:
         """Judge the samples of points ``start``, ``start + 1`` … (``now`` in seconds, any monotonic-enough
         clock) and remember the reported ones: one report flag per sample, or None when every one is reported.
 
-        Whole-block steps first (C-level list operations): when every point's heartbeat has expired,
-        all are reported; when nothing moved and none is due, none is. Otherwise point by point."""
+        Whole-run steps (C-level list operations) when every point's heartbeat has expired (all are
+        reported) or no point of the run has a deadband (reported: a changed value or quality, or an
+        expired heartbeat); point by point otherwise. Every time test is ``now - at >= heartbeat``
+        as the point-by-point rule computes it, or a bound that implies it exactly."""
         stop = start + len(values)
-        # now - at >= heartbeat, computed as the point-by-point rule computes it (no rounding apart)
-        if all(map(ge, map(sub, repeat(now), self.at[start:stop]), self.heartbeat_s[start:stop])):
+        run = (start, stop)
+        facts = self._runs.get(run)
+        if facts is None:
+            heartbeats = self.heartbeat_s[start:stop]
+            facts = self._runs[run] = (max(heartbeats), min(heartbeats),
+                                       not any(self.deadband[start:stop]) and not any(self.deadband_percent[start:stop]))
+        widest, shortest, plain = facts
+        together = self._together.get(run)
+        if together is not None:        # one report time for the whole run: now - at is one number
+            every_due = now - together >= widest
+        else:
+            every_due = all(map(ge, map(sub, repeat(now), self.at[start:stop]), self.heartbeat_s[start:stop]))
+        flags = None
+        if not every_due:
+            flags = self._judge(start, stop, values, qualities, now, shortest) if plain \
+                else self._judge_each(start, stop, values, qualities, now)
+        if flags is None:               # every sample reported
             self.value[start:stop] = values
             self.quality[start:stop] = qualities
             self.at[start:stop] = [now] * len(values)
+            self._forget(start, stop)
+            self._together[run] = now
+        return flags
+
+    def _judge(self, start: int, stop: int, values: list[float | None], qualities: list[str], now: float,
+               shortest: float) -> list[bool] | None:
+        """A run without deadbands: reported where the value or quality changed or the heartbeat expired.
+        Remembers the reported samples unless all are (then returns None)."""
+        last_values, last_qualities, at = self.value, self.quality, self.at
+        # now - min(at) < shortest heartbeat: no heartbeat due (subtraction rounds monotonically)
+        if now - min(at[start:stop]) < shortest:
+            flags = list(map(ne, values, last_values[start:stop]))
+            if qualities != last_qualities[start:stop]:
+                flags = list(map(or_, flags, map(ne, qualities, last_qualities[start:stop])))
+        else:
+            flags = list(map(or_, map(or_, map(ne, values, last_values[start:stop]),
+                                          map(ne, qualities, last_qualities[start:stop])),
+                             map(ge, map(sub, repeat(now), at[start:stop]), self.heartbeat_s[start:stop])))
+        if False not in flags:
             return None
-        if values == self.value[start:stop] and qualities == self.quality[start:stop]:
-            return [False] * len(values)                # nothing moved, nothing due
+        if True in flags:
+            for i in compress(range(start, stop), flags):
+                last_values[i], last_qualities[i], at[i] = values[i - start], qualities[i - start], now
+            self._forget(start, stop)
+        return flags
+
+    def _judge_each(self, start: int, stop: int, values: list[float | None], qualities: list[str],
+                    now: float) -> list[bool]:
+        """The rule point by point (deadbands); remembers the reported samples."""
         out = []
         report = out.append
         last_values, last_qualities, at = self.value, self.quality, self.at
@@ -90,7 +137,16 @@ class FilterBank:
                     continue
             last_values[i], last_qualities[i], at[i] = value, quality, now
             report(True)
+        if True in out:
+            self._forget(start, stop)
         return out
+
+    def _forget(self, start: int, stop: int) -> None:
+        """Points ``start:stop`` were reported: the runs overlapping them are no longer reported together."""
+        if not self._together:
+            return
+        for run in [run for run in self._together if run[0] < stop and start < run[1]]:
+            del self._together[run]
 
 
 class ExceptionFilter:

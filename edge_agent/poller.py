@@ -265,17 +265,19 @@ class DevicePoller:
             layout.generation = calibrations.generation
         return layout
 
-    def _raw(self, layout: _Layout, data: bytes) -> list[float | None]:
-        """Each point's decoded number, None where it does not decode (logged and counted).
+    def _raw(self, layout: _Layout, data: bytes) -> tuple[list[float | None], bool]:
+        """Each point's decoded number, None where it does not decode (logged and counted); and
+        whether every point decoded.
 
         One ``struct`` call unpacks the whole response (integers in the Modbus order are then their
         value); floats, bools and other orders are redone by their decoders."""
         if layout.bits:
             bits = unpack_values("coil", len(data) * 8, data)
-            return [float(bits[offset]) for offset in layout.offsets]
+            return [float(bits[offset]) for offset in layout.offsets], True
         codec = layout.codec
         raws: list[float | None] = list(map(float, codec.unpack_from(data))) if codec is not None \
             else [None] * len(layout.points)
+        complete = True
         for i in layout.redo:
             try:
                 raws[i] = layout.decoders[i](data, layout.offsets[i])  # type: ignore[misc]
@@ -283,21 +285,22 @@ class DevicePoller:
                 log.warning("device %s: %s", self.device.name, exc)
                 self.metrics.reads.labels(self.device.name, "decode_error").inc()
                 raws[i] = None
-        return raws
+                complete = False
+        return raws, complete
 
     def _samples(self, parts: list[_Part], block: ReadBlock, data: bytes, now: float) -> None:
         """Decode, calibrate and filter every point of one block's response (``data``, its data bytes)
         into ``parts`` (the hot path: whole-block steps, nothing done point by point when every
         point decodes to a number with no calibration to apply)."""
         layout = self._layout(block)
-        raws = self._raw(layout, data)
+        raws, complete = self._raw(layout, data)
         cals = layout.calibration
-        if cals is None and None not in raws:
+        if cals is None and complete:
             calibrated, qualities = raws, layout.good
             for i in layout.redo:          # × 1 + 0 leaves every number as it is, except -0.0: it becomes 0.0
                 if raws[i] == 0.0:
                     raws[i] = 0.0
-        elif cals is not None and not layout.loops and None not in raws:
+        elif cals is not None and not layout.loops and complete:
             calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
             qualities = layout.good
         else:
