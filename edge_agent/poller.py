@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import struct
 import time
 from collections import deque
@@ -46,7 +47,7 @@ from edge_agent.exception_report import FilterBank
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block, unpack_values
 
-__all__ = ["Emit", "run_device", "DevicePoller"]
+__all__ = ["Emit", "run_device", "DevicePoller", "PollTicks"]
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +163,10 @@ class DevicePoller:
         if self._stopped is not None:
             self._stopped.cancel()
 
-    async def poll_once(self) -> bool:
+    async def poll_once(self, *, task: asyncio.Task | None = None) -> bool:
         """One cycle over the read plan; True when the device answered. Returns early (False,
-        nothing counted) when ``stop`` is set while a read is outstanding.
+        nothing counted) when ``stop`` is set while a read is outstanding. ``task``: the task
+        running this call, when the caller knows it (else it is looked up).
 
         With ``max_inflight`` > 1 the next reads of the plan are already on the
         wire while one block is decoded; blocks are still handled in plan order.
@@ -177,7 +179,8 @@ class DevicePoller:
         ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
         parts: list[_Part] = []
-        task = asyncio.current_task() if self.stop is not None and window == 1 else None
+        if task is None and self.stop is not None and window == 1:
+            task = asyncio.current_task()
         try:
             while index < len(plan) or ahead:
                 if window > 1:
@@ -348,42 +351,85 @@ class DevicePoller:
         return min(interval * 2 ** (self.failed_polls - 1), max(interval, self.reconnect_max_s))
 
 
+class PollTicks:
+    """Shared wake-ups for the pollers of one agent: pollers waiting for the same instant share one timer.
+
+    Short waits between polls end on a grid of ``poll_interval_s`` steps from one origin (the
+    first use), so the pollers of one interval wake together at every tick: one timer per tick
+    for all of them, not one per device. Each waiter has its own future, so cancelling one
+    poller wakes no other.
+    """
+
+    def __init__(self) -> None:
+        self._origin: float | None = None
+        self._due: dict[float, list[asyncio.Future[None]]] = {}
+
+    def tick(self, when: float, interval: float) -> float:
+        """The first tick of ``interval`` at or after ``when`` (within a millionth of an interval), on the loop's clock."""
+        if self._origin is None:
+            self._origin = when
+        steps = math.ceil((when - self._origin) / interval - 1e-6)
+        return self._origin + steps * interval
+
+    def wait(self, tick: float) -> "asyncio.Future[None]":
+        """A future resolved at loop time ``tick`` (a ``tick()`` value, so that waiters share it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self._due.get(tick)
+        if waiting is None:
+            self._due[tick] = [future]
+            loop.call_at(tick, self._wake, tick)
+        else:
+            waiting.append(future)
+        return future
+
+    def _wake(self, tick: float) -> None:
+        for future in self._due.pop(tick):
+            if not future.done():
+                future.set_result(None)
+
+
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
-                     reconnect_max_s: float = 30.0) -> None:
+                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None) -> None:
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
     interval starts the next one immediately but never two at once.
     ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
-    wait between polls of a device that does not answer.
+    wait between polls of a device that does not answer. ``ticks`` (the
+    agent passes one ``PollTicks`` to every device) lets pollers of one
+    interval share their wake-ups.
     """
     async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
         poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
                               reconnect_max_s=reconnect_max_s, stop=stop)
         try:
-            await _loop(poller, stop)
+            await _loop(poller, stop, ticks if ticks is not None else PollTicks())
         finally:
             poller.close()
 
 
-async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
+async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> None:
     """Run cycles on a fixed schedule; after failures, wait with backoff from the failed cycle's start."""
+    task = asyncio.current_task()
     next_start = time.monotonic()
     while not stop.is_set():
         cycle_start = time.monotonic()
-        await poller.poll_once()
+        await poller.poll_once(task=task)
         if stop.is_set():
             break
-        next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
-            else cycle_start + poller.next_delay()
+        delay = poller.next_delay()
+        next_start = max(next_start + delay, time.monotonic()) if not poller.failed_polls \
+            else cycle_start + delay
         wait = next_start - time.monotonic()
         if wait <= 0:
             await asyncio.sleep(0)                     # overran the interval: go again, but let others run
             continue
         if wait < _SHORT_WAIT_S:
-            # a plain sleep costs one timer; stop is seen at the next cycle, within a few milliseconds
-            await asyncio.sleep(wait)
+            # a shared tick costs no timer of its own; stop is seen at the next cycle, within milliseconds
+            next_start = ticks.tick(next_start, delay)
+            await ticks.wait(next_start)
             continue
         try:
             await asyncio.wait_for(stop.wait(), timeout=wait)
