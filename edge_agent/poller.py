@@ -364,12 +364,13 @@ class PollTicks:
         self._origin: float | None = None
         self._due: dict[float, list[asyncio.Future[None]]] = {}
 
-    def tick(self, when: float, interval: float) -> float:
-        """The first tick of ``interval`` at or after ``when`` (within a millionth of an interval), on the loop's clock."""
+    def tick(self, when: float, interval: float, *, before: bool = False) -> float:
+        """The first tick of ``interval`` at or after ``when`` (``before``: the last one at or before it),
+        within a millionth of an interval, on the loop's clock."""
         if self._origin is None:
             self._origin = when
-        steps = math.ceil((when - self._origin) / interval - 1e-6)
-        return self._origin + steps * interval
+        steps = (when - self._origin) / interval
+        return self._origin + (math.floor(steps + 1e-6) if before else math.ceil(steps - 1e-6)) * interval
 
     def wait(self, tick: float) -> "asyncio.Future[None]":
         """A future resolved at loop time ``tick`` (a ``tick()`` value, so that waiters share it)."""
@@ -420,11 +421,14 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> 
         if stop.is_set():
             break
         delay = poller.next_delay()
-        next_start = max(next_start + delay, time.monotonic()) if not poller.failed_polls \
-            else cycle_start + delay
-        wait = next_start - time.monotonic()
+        now = time.monotonic()
+        next_start = max(next_start + delay, now) if not poller.failed_polls else cycle_start + delay
+        wait = next_start - now
         if wait <= 0:
-            await asyncio.sleep(0)                     # overran the interval: go again, but let others run
+            # overran the interval: go again, but let others run; short intervals keep to their ticks
+            if delay < _SHORT_WAIT_S:
+                next_start = ticks.tick(now, delay, before=True)
+            await asyncio.sleep(0)
             continue
         if wait < _SHORT_WAIT_S:
             # a shared tick costs no timer of its own; stop is seen at the next cycle, within milliseconds
