@@ -2,7 +2,7 @@
 
 ::
 
-    pollers (one task per device, edge_agent.poller.run_device)
+    pollers (one task per device, edge_agent.poller.run_device; those of one interval share ticks)
       └─ emit(batch), one per poll ─▶ Spool.append: seq range, commit (fsync), audit
                                    ─▶ TwinStore.take(the sequenced batch)
     drain (delivery.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack

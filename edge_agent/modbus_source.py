@@ -19,18 +19,23 @@ retry and reconnect machinery is switched off (``retries=0``,
 * Modbus TCP devices use ``PipelinedTcpClient``: up to ``max_inflight``
   requests outstanding on the connection (default 1), answers matched by
   transaction id (pymodbus 3.16's client holds a lock across each round trip,
-  so it cannot pipeline). Reads are framed here, one ``struct`` call each way
-  (pymodbus builds and decodes a PDU object per request and a Python call per
-  register, the largest share of a poll's CPU); writes go as pymodbus' own
-  request and response PDUs over the same stream. One timeout closes the
-  connection and fails every outstanding request. RTU over TCP uses pymodbus'
-  ``AsyncModbusTcpClient`` with its RTU framer;
+  so it cannot pipeline). It is an ``asyncio.Protocol``: reads are framed
+  here, one ``struct`` call each way, and a read returns the answer's data
+  bytes (``read_raw``; the poller decodes a whole block with one more
+  ``struct`` call) — pymodbus builds and decodes a PDU object per request
+  and a Python call per register, and its client wraps each request in
+  ``wait_for``. A request costs one future; one timer per connection keeps
+  the deadlines. Writes go as pymodbus' own request and response PDUs over
+  the same stream. One timeout closes the connection and fails every
+  outstanding request. RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
+  with its RTU framer;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
   are not (the device answered; asking again gives the same answer).
 
 Metrics: ``reads{device,outcome}`` per attempt (ok, timeout, unreachable,
-exception), ``read_retries{device}``, ``device_connects{device,outcome}``.
+exception; ``ok`` tallied per device and added at collection, ``metrics.DeviceTally``),
+``read_retries{device}``, ``device_connects{device,outcome}``.
 """
 
 from __future__ import annotations

@@ -396,7 +396,9 @@ async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics,
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
-    interval starts the next one immediately but never two at once.
+    interval starts the next one immediately but never two at once. Waits
+    under 50 ms end on ticks of the interval (``PollTicks``), so after an
+    overrun the cycle after the immediate one starts at the next tick.
     ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
     wait between polls of a device that does not answer. ``ticks`` (the
     agent passes one ``PollTicks`` to every device) lets pollers of one
