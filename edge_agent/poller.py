@@ -428,7 +428,7 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> 
         wait = next_start - now
         if wait <= 0:
             # overran the interval: go again, but let others run; short intervals keep to their ticks
-            if delay < _SHORT_WAIT_S:
+            if 0 < delay < _SHORT_WAIT_S:
                 next_start = ticks.tick(now, delay, before=True)
             await asyncio.sleep(0)
             continue

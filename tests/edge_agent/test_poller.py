@@ -409,3 +409,32 @@ def test_poll_ticks_wake_the_pollers_of_one_instant_together() -> None:
 
     timers, grid, late, cancelled = asyncio.run(scenario())
     assert timers == 1 and all(grid) and 0 <= late < 0.5 and cancelled
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.005])
+def test_devices_sharing_ticks_poll_on_schedule_and_flat_out(interval: float) -> None:
+    """Three devices with one ``PollTicks`` at 5 ms poll about every 5 ms each (the shared ticks
+    neither skip cycles nor bunch them); ``poll_interval_s = 0`` (flat out, as bench_modbus runs
+    it) polls back to back."""
+    metrics = AgentMetrics(CollectorRegistry())
+    pts = points(5)
+
+    seconds = 1.0
+
+    async def scenario() -> None:
+        async with Simulator([device("t", 0, pts)]) as sim:
+            devs = [device(f"t{i}", sim.port, pts, poll_interval_s=interval) for i in range(3)]
+            stop, ticks = asyncio.Event(), PollTicks()
+            cal = Calibrations(Path("/nonexistent"), {})
+            tasks = [asyncio.create_task(run_device(d, collector([]), metrics=metrics, calibrations=cal, stop=stop,
+                                                    ticks=ticks)) for d in devs]
+            await asyncio.sleep(seconds)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(scenario())
+    polls = [metrics.registry.get_sample_value("ems_edge_polls_total", {"device": f"t{i}"}) for i in range(3)]
+    if interval:
+        assert all(0.5 * seconds / interval <= p <= 1.05 * seconds / interval + 1 for p in polls), polls
+    else:
+        assert all(p >= 50 for p in polls), polls
