@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pymodbus.exceptions import ConnectionException
 
-from edge_agent.modbus_source import ModbusExceptionAnswer, PipelinedTcpClient, parse_frames
+from edge_agent.modbus_source import ModbusExceptionAnswer, PipelinedTcpClient, _Slots, parse_frames
 
 frames_st = st.lists(st.tuples(st.integers(0, 0xFFFF), st.integers(0, 0xFF), st.binary(min_size=1, max_size=253)),
                      max_size=8)
@@ -144,3 +144,30 @@ def test_a_request_times_out_at_its_deadline_and_fails_the_others_on_the_connect
 
     elapsed, late, behind, closed = asyncio.run(scenario())
     assert 0.19 <= elapsed < 1.0 and late is asyncio.TimeoutError and behind is ConnectionException and closed
+
+
+def test_request_slots_are_handed_on_in_order_and_never_lost_to_a_cancelled_waiter() -> None:
+    """``max_inflight`` slots: waiters get a released slot first come first served; a waiter cancelled
+    while waiting, or cancelled just after the slot was handed to it, passes it on."""
+    async def scenario() -> list[str]:
+        slots = _Slots(1)
+        order: list[str] = []
+        slots.free -= 1                                 # the first request holds the only slot
+
+        async def waiter(name: str) -> None:
+            await slots.wait()
+            order.append(name)
+            await asyncio.sleep(0)
+            slots.release()
+
+        b, c, d = (asyncio.ensure_future(waiter(n)) for n in "bcd")
+        await asyncio.sleep(0)
+        b.cancel()                                      # cancelled while waiting
+        await asyncio.sleep(0)
+        slots.release()                                 # handed to c ...
+        c.cancel()                                      # ... which is cancelled before it runs: d gets it
+        await asyncio.gather(b, c, d, return_exceptions=True)
+        order.append(f"free={slots.free}")
+        return order
+
+    assert asyncio.run(scenario()) == ["d", "free=1"]
