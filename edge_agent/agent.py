@@ -2,7 +2,7 @@
 
 ::
 
-    pollers (one task per device, edge_agent.poller.run_device)
+    pollers (one task per device, edge_agent.poller.run_device; those of one interval share ticks)
       └─ emit(batch), one per poll ─▶ Spool.append: seq range, commit (fsync), audit
                                    ─▶ TwinStore.take(the sequenced batch)
     drain (delivery.drain):  lease batches ─▶ v1/v2 payloads ─▶ publish ─▶ PUBACK ─▶ ack
@@ -44,7 +44,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AuditError, BrokerRefused, ConfigError, PublishError, SpoolError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
-from edge_agent.poller import run_device
+from edge_agent.poller import PollTicks, run_device
 from edge_agent.delivery import drain
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
@@ -228,6 +228,7 @@ class Agent:
                          metrics=self.metrics, flushing=flushing, clock=self.clock)
 
         publish = link.publish if cfg.twin.publish_retained else None
+        ticks = PollTicks()             # pollers of one interval wake together: one timer per tick
         async with asyncio.TaskGroup() as group:
             pollers = []
             for device in cfg.devices:
@@ -235,7 +236,7 @@ class Agent:
                 pollers.append(group.create_task(self._supervise(
                     f"poller {device.name}",
                     lambda d=device: run_device(d, emit, metrics=self.metrics, calibrations=calibrations,
-                                                stop=poll_stop, clock=self.clock),
+                                                stop=poll_stop, clock=self.clock, ticks=ticks),
                     poll_stop), name=f"poll-{device.name}"))
             drain_task = group.create_task(self._supervise("drain", drain_factory, drain_stop), name="drain")
             twin_task = group.create_task(self._supervise("twin", lambda: run_twin(twin, publish, stop=twin_stop),

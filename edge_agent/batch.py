@@ -6,6 +6,9 @@ and returns the sequenced batch, which the twin takes and which the spool
 stores as one row with one audit record; the drain publishes it. The readings
 are columns (one list per field, one entry per reading, the same order in
 each), so a batch moves as one object and nothing is rebuilt per reading.
+The column lists may be shared between batches (the poller hands every batch
+of one block the same asset, point, unit and sensor lists): once a batch has
+left the poller, its lists are read-only — build new ones, never mutate them.
 
 ``seq_first`` is 0 until the spool sequenced the batch; then reading ``i`` has
 seq ``seq_first + i`` (a batch's seqs are consecutive).

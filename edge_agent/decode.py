@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 from edge_agent.errors import DecodeError
 
-__all__ = ["DATA_TYPES", "BYTE_ORDERS", "WORD_ORDERS", "REGISTER_COUNT", "Decoder", "decode_registers",
+__all__ = ["DATA_TYPES", "BYTE_ORDERS", "WORD_ORDERS", "REGISTER_COUNT", "Decoder", "block_codec", "decode_registers",
            "encode_registers", "make_decoder", "register_bytes"]
 
 #: data type → (struct format character, registers it occupies)
@@ -122,3 +122,34 @@ def encode_registers(value: float, data_type: str, byte_order: str = "big", word
     words = [(raw[i] << 8) | raw[i + 1] if byte_order == "big" else (raw[i + 1] << 8) | raw[i]
              for i in range(0, len(raw), 2)]
     return words if word_order == "big" else list(reversed(words))
+
+
+#: data types a block codec unpacks directly (big-endian bytes and words), and their struct characters
+_DIRECT = {"int16": "h", "uint16": "H", "int32": "i", "uint32": "I"}
+#: a placeholder of the same size for a point that is then decoded by its own decoder
+_PLACEHOLDER = {1: "H", 2: "I", 4: "Q"}
+
+
+def block_codec(fields: Sequence[tuple[int, str, str, str]]) -> tuple[struct.Struct, tuple[int, ...]] | None:
+    """One ``struct.Struct`` that unpacks a block's bytes into one number per point, prepared once per block.
+
+    ``fields`` holds each point's ``(register offset in the block, type, byte_order, word_order)`` in
+    address order. Integer points in the Modbus byte and word order come out as their value; the
+    others (floats, bools, other orders) as a placeholder integer of their size, listed in the second
+    item: decode those with ``make_decoder``. None when points overlap (one struct cannot unpack them).
+    """
+    parts, redo = [">"], []
+    end = 0
+    for i, (offset, data_type, byte_order, word_order) in enumerate(fields):
+        count = _FORMATS[data_type][1]
+        if offset < end:
+            return None
+        if offset > end:
+            parts.append(f"{2 * (offset - end)}x")
+        char = _DIRECT.get(data_type)
+        if char is None or byte_order != "big" or (word_order != "big" and count > 1):
+            char = _PLACEHOLDER[count]
+            redo.append(i)
+        parts.append(char)
+        end = offset + count
+    return struct.Struct("".join(parts)), tuple(redo)

@@ -13,66 +13,156 @@ A sample is reported when
   last reported value's magnitude. With both 0, any change is reported.
 
 The comparison is strict: a move of exactly the deadband is suppressed.
+
+``FilterBank`` keeps this state for a run of points as columns and judges a
+whole block's samples at once (the poller has one bank per device);
+``ExceptionFilter`` is the same rule for one point.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from itertools import compress, repeat
+from operator import ge, ne, or_, sub
+from typing import Sequence
 
-__all__ = ["ExceptionFilter", "offer_many"]
+__all__ = ["ExceptionFilter", "FilterBank"]
+
+_NEVER = ""     # the quality "last reported" before the first report: differs from every real quality
+
+
+class FilterBank:
+    """Report-by-exception state of ``n`` points (one ``(deadband, deadband_percent, heartbeat_s)`` each),
+    as columns indexed by point: the last reported value, quality and time of each."""
+
+    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "value", "quality", "at", "_together", "_runs")
+
+    def __init__(self, specs: Sequence[tuple[float, float, float]]) -> None:
+        for deadband, deadband_percent, heartbeat_s in specs:
+            if deadband < 0 or deadband_percent < 0 or heartbeat_s <= 0:
+                raise ValueError(f"deadband {deadband!r} and deadband_percent {deadband_percent!r} must be >= 0 "
+                                 f"and heartbeat_s {heartbeat_s!r} > 0")
+        self.deadband = [float(s[0]) for s in specs]
+        self.deadband_percent = [float(s[1]) for s in specs]
+        self.heartbeat_s = [float(s[2]) for s in specs]
+        n = len(specs)
+        self.value: list[float | None] = [None] * n
+        self.quality = [_NEVER] * n
+        self.at = [-float("inf")] * n
+        # runs of points (start, stop) whose last reports were all at one time: that time
+        self._together: dict[tuple[int, int], float] = {}
+        # per run offered: its longest and shortest heartbeat, and whether it has no deadband at all
+        self._runs: dict[tuple[int, int], tuple[float, float, bool]] = {}
+
+    def last_reported(self, index: int) -> tuple[float | None, str, float] | None:
+        """(value, quality, time) of point ``index``'s last reported sample, or None before the first."""
+        if self.quality[index] == _NEVER:
+            return None
+        return self.value[index], self.quality[index], self.at[index]
+
+    def offer(self, start: int, values: list[float | None], qualities: list[str], now: float) -> list[bool] | None:
+        """Judge the samples of points ``start``, ``start + 1`` … (``now`` in seconds, any monotonic-enough
+        clock) and remember the reported ones: one report flag per sample, or None when every one is reported.
+
+        Whole-run steps (C-level list operations) when every point's heartbeat has expired (all are
+        reported) or no point of the run has a deadband (reported: a changed value or quality, or an
+        expired heartbeat); point by point otherwise. Every time test is ``now - at >= heartbeat``
+        as the point-by-point rule computes it, or a bound that implies it exactly."""
+        stop = start + len(values)
+        run = (start, stop)
+        facts = self._runs.get(run)
+        if facts is None:
+            heartbeats = self.heartbeat_s[start:stop]
+            facts = self._runs[run] = (max(heartbeats), min(heartbeats),
+                                       not any(self.deadband[start:stop]) and not any(self.deadband_percent[start:stop]))
+        widest, shortest, plain = facts
+        together = self._together.get(run)
+        if together is not None:        # one report time for the whole run: now - at is one number
+            every_due = now - together >= widest
+        else:
+            every_due = all(map(ge, map(sub, repeat(now), self.at[start:stop]), self.heartbeat_s[start:stop]))
+        flags = None
+        if not every_due:
+            flags = self._judge(start, stop, values, qualities, now, shortest) if plain \
+                else self._judge_each(start, stop, values, qualities, now)
+        if flags is None:               # every sample reported
+            self.value[start:stop] = values
+            self.quality[start:stop] = qualities
+            self.at[start:stop] = [now] * len(values)
+            self._forget(start, stop)
+            self._together[run] = now
+        return flags
+
+    def _judge(self, start: int, stop: int, values: list[float | None], qualities: list[str], now: float,
+               shortest: float) -> list[bool] | None:
+        """A run without deadbands: reported where the value or quality changed or the heartbeat expired.
+        Remembers the reported samples unless all are (then returns None)."""
+        last_values, last_qualities, at = self.value, self.quality, self.at
+        # now - min(at) < shortest heartbeat: no heartbeat due (subtraction rounds monotonically)
+        if now - min(at[start:stop]) < shortest:
+            flags = list(map(ne, values, last_values[start:stop]))
+            if qualities != last_qualities[start:stop]:
+                flags = list(map(or_, flags, map(ne, qualities, last_qualities[start:stop])))
+        else:
+            flags = list(map(or_, map(or_, map(ne, values, last_values[start:stop]),
+                                          map(ne, qualities, last_qualities[start:stop])),
+                             map(ge, map(sub, repeat(now), at[start:stop]), self.heartbeat_s[start:stop])))
+        if False not in flags:
+            return None
+        if True in flags:
+            for i in compress(range(start, stop), flags):
+                last_values[i], last_qualities[i], at[i] = values[i - start], qualities[i - start], now
+            self._forget(start, stop)
+        return flags
+
+    def _judge_each(self, start: int, stop: int, values: list[float | None], qualities: list[str],
+                    now: float) -> list[bool]:
+        """The rule point by point (deadbands); remembers the reported samples."""
+        out = []
+        report = out.append
+        last_values, last_qualities, at = self.value, self.quality, self.at
+        deadbands, percents, heartbeats = self.deadband, self.deadband_percent, self.heartbeat_s
+        for i, value, quality in zip(range(start, stop), values, qualities):
+            if quality == last_qualities[i] and now - at[i] < heartbeats[i]:
+                before = last_values[i]
+                if before is None or value is None:
+                    moved = before is not value
+                elif deadbands[i]:
+                    moved = abs(value - before) > deadbands[i]
+                elif percents[i]:
+                    moved = abs(value - before) > abs(before) * percents[i] / 100.0
+                else:
+                    moved = value != before
+                if not moved:
+                    report(False)
+                    continue
+            last_values[i], last_qualities[i], at[i] = value, quality, now
+            report(True)
+        if True in out:
+            self._forget(start, stop)
+        return out
+
+    def _forget(self, start: int, stop: int) -> None:
+        """Points ``start:stop`` were reported: the runs overlapping them are no longer reported together."""
+        if not self._together:
+            return
+        for run in [run for run in self._together if run[0] < stop and start < run[1]]:
+            del self._together[run]
 
 
 class ExceptionFilter:
-    """Per-point state of report-by-exception. ``offer(...)`` says whether to report a sample."""
+    """Report-by-exception state of one point. ``offer(...)`` says whether to report a sample."""
 
-    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "_reported", "_value", "_quality", "_at")
+    __slots__ = ("_bank",)
 
     def __init__(self, deadband: float = 0.0, deadband_percent: float = 0.0, heartbeat_s: float = 60.0) -> None:
-        if deadband < 0 or deadband_percent < 0 or heartbeat_s <= 0:
-            raise ValueError(f"deadband {deadband!r} and deadband_percent {deadband_percent!r} must be >= 0 "
-                             f"and heartbeat_s {heartbeat_s!r} > 0")
-        self.deadband = deadband
-        self.deadband_percent = deadband_percent
-        self.heartbeat_s = heartbeat_s
-        # the last reported sample, kept as three fields: offer() runs once per point and poll
-        self._reported = False
-        self._value: float | None = None
-        self._quality = ""
-        self._at = 0.0
+        self._bank = FilterBank([(deadband, deadband_percent, heartbeat_s)])
 
     @property
     def last_reported(self) -> tuple[float | None, str, float] | None:
         """(value, quality, time) of the last reported sample, or None before the first."""
-        return (self._value, self._quality, self._at) if self._reported else None
+        return self._bank.last_reported(0)
 
     def offer(self, value: float | None, quality: str, now: float) -> bool:
         """True when the sample (``now`` in seconds, any monotonic-enough clock) must be reported."""
-        return offer_many((self,), (value,), (quality,), now)[0]
-
-
-def offer_many(filters: Iterable[ExceptionFilter], values: Iterable[float | None], qualities: Iterable[str],
-               now: float) -> list[bool]:
-    """``offer`` for each (filter, value, quality) in turn, all at time ``now``: one report flag each.
-
-    The rule lives here alone, inline, because the poller runs it for every point of every read.
-    """
-    out = []
-    report = out.append
-    for f, value, quality in zip(filters, values, qualities):
-        if f._reported and quality == f._quality and now - f._at < f.heartbeat_s:
-            before = f._value
-            if before is None or value is None:
-                moved = before is not value
-            elif f.deadband:
-                moved = abs(value - before) > f.deadband
-            elif f.deadband_percent:
-                moved = abs(value - before) > abs(before) * f.deadband_percent / 100.0
-            else:
-                moved = value != before
-            if not moved:
-                report(False)
-                continue
-        f._reported = True
-        f._value, f._quality, f._at = value, quality, now
-        report(True)
-    return out
+        flags = self._bank.offer(0, [value], [quality], now)
+        return flags is None or flags[0]

@@ -19,18 +19,23 @@ retry and reconnect machinery is switched off (``retries=0``,
 * Modbus TCP devices use ``PipelinedTcpClient``: up to ``max_inflight``
   requests outstanding on the connection (default 1), answers matched by
   transaction id (pymodbus 3.16's client holds a lock across each round trip,
-  so it cannot pipeline). Reads are framed here, one ``struct`` call each way
-  (pymodbus builds and decodes a PDU object per request and a Python call per
-  register, the largest share of a poll's CPU); writes go as pymodbus' own
-  request and response PDUs over the same stream. One timeout closes the
-  connection and fails every outstanding request. RTU over TCP uses pymodbus'
-  ``AsyncModbusTcpClient`` with its RTU framer;
+  so it cannot pipeline). It is an ``asyncio.Protocol``: reads are framed
+  here, one ``struct`` call each way, and a read returns the answer's data
+  bytes (``read_raw``; the poller decodes a whole block with one more
+  ``struct`` call) — pymodbus builds and decodes a PDU object per request
+  and a Python call per register, and its client wraps each request in
+  ``wait_for``. A request costs one future; one timer per connection keeps
+  the deadlines. Writes go as pymodbus' own request and response PDUs over
+  the same stream. One timeout closes the connection and fails every
+  outstanding request. RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
+  with its RTU framer;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
   are not (the device answered; asking again gives the same answer).
 
 Metrics: ``reads{device,outcome}`` per attempt (ok, timeout, unreachable,
-exception), ``read_retries{device}``, ``device_connects{device,outcome}``.
+exception; ``ok`` tallied per device and added at collection, ``metrics.DeviceTally``),
+``read_retries{device}``, ``device_connects{device,outcome}``.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ import logging
 import random
 import struct
 import time
+from collections import deque
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Awaitable, Callable, Sequence
@@ -56,13 +62,15 @@ from edge_agent.errors import DeviceExceptionResponse, DeviceTimeout, DeviceUnre
 from edge_agent.metrics import AgentMetrics
 
 __all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", "PipelinedTcpClient",
-           "measure_modbus_ceiling"]
+           "parse_frames", "unpack_values", "measure_modbus_ceiling"]
 
 log = logging.getLogger(__name__)
 
 _BUSY = 6   # ServerDeviceBusy: worth asking again later
 _READ_CODES = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}     # Modbus function codes
 _READ_REQUEST = struct.Struct(">HHHBBHH")    # MBAP (transaction, protocol 0, length 6, unit) + code, address, count
+_MBAP = struct.Struct(">HHHB")               # transaction, protocol (0), length (of unit id + PDU), unit id
+_MAX_PDU = 253          # Modbus TCP: unit id + PDU fit in the 2-byte MBAP length, at most 254
 _BYTE_BITS = [tuple(bool(byte >> i & 1) for i in range(8)) for byte in range(256)]    # LSB first, as on the wire
 
 
@@ -137,150 +145,260 @@ class Backoff:
         return delay * (1.0 + random.uniform(-self.jitter, self.jitter))
 
 
-class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]]):
+def parse_frames(data: bytes | bytearray) -> tuple[list[tuple[int, int, bytes]], int]:
+    """The complete Modbus TCP frames at the start of ``data``: ``([(transaction id, unit id, PDU)], bytes used)``.
+
+    An incomplete frame at the end is left for the next call (``bytes used`` stops before it).
+    Raises ValueError for a header that cannot start a frame (protocol id not 0, length outside
+    2..254): the stream is out of step and nothing after it can be trusted.
+    """
+    frames = []
+    pos, end = 0, len(data)
+    unpack = _MBAP.unpack_from
+    while end - pos >= 7:
+        tid, protocol, length, unit = unpack(data, pos)
+        if protocol or not 2 <= length <= _MAX_PDU + 1:
+            raise ValueError(f"malformed Modbus TCP header {bytes(data[pos:pos + 7]).hex()}")
+        stop = pos + 6 + length
+        if stop > end:
+            break
+        frames.append((tid, unit, bytes(data[pos + 7:stop])))
+        pos = stop
+    return frames, pos
+
+
+class _Slots:
+    """At most ``limit`` holders at once, first come first served (an ``asyncio.Semaphore`` without its
+    per-acquire coroutine and waiter scan: a free slot is taken with no await)."""
+
+    __slots__ = ("free", "_queue")
+
+    def __init__(self, limit: int) -> None:
+        self.free = limit
+        self._queue: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Wait for a slot (call only when ``free`` is 0 or others wait); the slot is then the caller's."""
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(future)
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release()              # the slot was handed over as we were cancelled: pass it on
+            else:
+                self._queue.remove(future)
+            raise
+
+    def release(self) -> None:
+        while self._queue:
+            future = self._queue.popleft()
+            if not future.done():
+                future.set_result(None)     # the slot goes straight to the first waiter
+                return
+        self.free += 1
+
+
+class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protocol):
     """A Modbus TCP client with up to ``limit`` requests outstanding on one connection.
 
-    ``read(register, address, count, unit)`` frames a read itself and returns
-    the registers or bits. The other request methods (``write_register`` …)
-    are pymodbus' own (``ModbusClientMixin``); ``execute`` sends each request
-    with the next transaction id and returns the answer carrying that id. No answer within
-    ``timeout_s`` raises ``asyncio.TimeoutError`` after closing the connection
-    (a late answer must not be taken for a later request's); a lost connection
-    or a malformed frame raises ``ConnectionException`` for every outstanding
-    request. Not thread-safe; the constructor does no I/O.
-    """
+    ``read_raw(register, address, count, unit)`` frames a read itself and returns
+    the answer's data bytes (two big-endian bytes per register, or the bits
+    packed LSB first); ``read`` returns them as numbers. The other request
+    methods (``write_register`` …) are pymodbus' own (``ModbusClientMixin``);
+    ``execute`` sends each request with the next transaction id and returns
+    the answer carrying that id. No answer within ``timeout_s`` raises
+    ``asyncio.TimeoutError`` after closing the connection (a late answer must
+    not be taken for a later request's); a lost connection or a malformed
+    frame raises ``ConnectionException`` for every outstanding request. An
+    answer with a transaction id nobody waits for is ignored.
 
-    _MAX_PDU = 253          # Modbus TCP: unit id + PDU fit in the 2-byte MBAP length, at most 254
+    It is its own ``asyncio.Protocol``: answers are split into frames in
+    ``data_received`` and resolve the request's future there, so a request
+    costs one future and no task; deadlines are kept by one timer per
+    connection, armed for the oldest outstanding request (not one timer per
+    request). Not thread-safe; the constructor does no I/O.
+    """
 
     def __init__(self, host: str, port: int, *, timeout_s: float, limit: int) -> None:
         super().__init__()
         self.host, self.port, self.timeout_s = host, port, timeout_s
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = _Slots(limit)
         self._framer = FramerSocket(DecodePDU(is_server=False))
-        self._writer: asyncio.StreamWriter | None = None
-        self._reader_task: asyncio.Task[None] | None = None
-        # transaction id → (its future, the read's function code and count; code 0: a pymodbus request)
-        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int]] = {}
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        # transaction id → (its future, the read's function code and count (code 0: a pymodbus request),
+        # the unit id the answer must carry (None: not checked), its deadline on the loop's clock)
+        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int, int | None, float]] = {}
         self._next_tid = 0
-        self._unit_of: dict[asyncio.Future[Any], int] = {}      # the unit id each answer must carry
+        self._timer: asyncio.TimerHandle | None = None
 
     @property
     def connected(self) -> bool:
-        return self._writer is not None and not self._writer.is_closing()
+        return self._transport is not None and not self._transport.is_closing()
 
     async def connect(self) -> bool:
         """Open the connection; False when refused or not open within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port), self.timeout_s)
+            await asyncio.wait_for(loop.create_connection(lambda: self, self.host, self.port), self.timeout_s)
         except (OSError, asyncio.TimeoutError):
             return False
-        self._writer = writer
-        self._reader_task = asyncio.ensure_future(self._read_answers(reader))
-        return True
+        return self._transport is not None
 
     def close(self) -> None:
         """Drop the connection; outstanding requests raise ConnectionException."""
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.close()
-        if self._reader_task is not None:
-            self._reader_task.cancel()
-            self._reader_task = None
-        self._fail_all("connection closed")
+        self._drop("connection closed")
 
-    def _fail_all(self, why: str) -> None:
+    # -- asyncio.Protocol ----------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._drop(f"connection to {self.host}:{self.port} lost ({exc!r})")
+
+    def eof_received(self) -> bool:
+        self._drop(f"connection to {self.host}:{self.port} closed by the device")
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        if buffer:
+            buffer += data
+            data = buffer                   # type: ignore[assignment]
+        try:
+            frames, used = parse_frames(data)
+            for tid, unit, pdu in frames:
+                self._answer(tid, unit, pdu)
+        except (ValueError, ModbusException) as exc:     # the connection is out of step: drop it, fail them all
+            self._drop(f"connection to {self.host}:{self.port} dropped: {exc}")
+            return
+        if data is buffer:
+            del buffer[:used]
+        elif used < len(data):
+            buffer += data[used:]           # an incomplete frame (at most 259 bytes) waits for the rest
+
+    def _answer(self, tid: int, unit: int, pdu: bytes) -> None:
+        waiting = self._waiting.pop(tid, None)
+        if waiting is None:
+            return                          # an answer to a request given up on: never taken for another
+        future, code, count, want_unit, _ = waiting
+        if future.done():
+            return
+        try:
+            if want_unit is not None and unit != want_unit:
+                raise ValueError(f"answer from device id {unit} to a request for device id {want_unit}")
+            if code:
+                future.set_result(_read_answer(code, count, pdu))
+                return
+            _, answer = self._framer.handleFrame(_MBAP.pack(tid, 0, len(pdu) + 1, unit) + pdu, 0, 0)
+        except (ValueError, ModbusException) as exc:
+            future.set_exception(ConnectionException(str(exc)))
+            raise
+        if answer is not None:
+            future.set_result(answer)
+
+    def _drop(self, why: str) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._buffer.clear()
         waiting, self._waiting = self._waiting, {}
-        for future, _, _ in waiting.values():
+        for future, *_ in waiting.values():
             if not future.done():
                 future.set_exception(ConnectionException(why))
 
-    async def _read_answers(self, reader: asyncio.StreamReader) -> None:
-        try:
-            while True:
-                header = await reader.readexactly(7)
-                length = int.from_bytes(header[4:6], "big")
-                if header[2:4] != b"\0\0" or not 2 <= length <= self._MAX_PDU + 1:
-                    raise ConnectionException(f"malformed Modbus TCP header {header.hex()}")
-                body = await reader.readexactly(length - 1)
-                waiting = self._waiting.pop(int.from_bytes(header[0:2], "big"), None)
-                if waiting is None or waiting[0].done():
-                    continue                    # an answer to a request given up on: never taken for another
-                future, code, count = waiting
-                try:
-                    if header[6] != self._unit_of.pop(future, header[6]):
-                        raise ValueError(f"answer from device id {header[6]} to a request for another")
-                    answer = _read_answer(code, count, body) if code else None
-                except ValueError as exc:       # the connection is out of step: drop it, fail them all
-                    future.set_exception(ConnectionException(str(exc)))
-                    raise
-                if code:
-                    future.set_result(answer)
-                    continue
-                _, pdu = self._framer.handleFrame(header + body, 0, 0)
-                if pdu is not None:
-                    future.set_result(pdu)
-        except (OSError, EOFError, asyncio.IncompleteReadError, ModbusException, ValueError) as exc:
-            self._fail_all(f"connection to {self.host}:{self.port} lost ({exc!r})")
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
+    def _check_deadlines(self) -> None:
+        """The connection's timer: time out the oldest requests that are past their deadline, re-arm for the next."""
+        self._timer = None
+        now = asyncio.get_running_loop().time()
+        waiting = self._waiting
+        while waiting:
+            tid, (future, _, _, _, deadline) = next(iter(waiting.items()))     # the oldest request
+            if deadline > now:
+                self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
+                return
+            if future.done():               # given up on by its caller: forget it, the connection is fine
+                del waiting[tid]
+                continue
+            del waiting[tid]
+            future.set_exception(asyncio.TimeoutError())
+            self._drop(f"no answer from {self.host}:{self.port} within {self.timeout_s:g}s")
+            return
 
-    async def read(self, register: str, address: int, count: int, unit: int) -> list[int] | list[bool]:
-        """``count`` registers (``holding``, ``input``) or bits (``coil``, ``discrete``) from ``address``.
+    # -- requests --------------------------------------------------------------
+    async def read_raw(self, register: str, address: int, count: int, unit: int) -> bytes:
+        """The data bytes of ``count`` registers (``holding``, ``input``) or bits (``coil``, ``discrete``)
+        from ``address``, as the answer carries them.
 
         Raises ModbusExceptionAnswer for an exception answer, ConnectionException or asyncio.TimeoutError
         as ``execute`` does, and ConnectionException for an answer that does not fit the request.
         """
         code = _READ_CODES[register]
-        async with self._slots:
+        slots = self._slots
+        if slots.free > 0 and not slots._queue:
+            slots.free -= 1
+        else:
+            await slots.wait()
+        try:
             tid = self._next_tid = self._next_tid % 65535 + 1
-            future = self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
-            answer = await self._answer(future)
-        if isinstance(answer, ModbusExceptionAnswer):
+            answer = await self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
+        finally:
+            slots.release()
+        if answer.__class__ is ModbusExceptionAnswer:
             raise answer
         return answer
 
+    async def read(self, register: str, address: int, count: int, unit: int) -> list[int] | list[bool]:
+        """``read_raw``'s answer as numbers: ``count`` registers (ints) or bits (bools)."""
+        return unpack_values(register, count, await self.read_raw(register, address, count, unit))
+
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
-        async with self._slots:
+        slots = self._slots
+        if slots.free > 0 and not slots._queue:
+            slots.free -= 1
+        else:
+            await slots.wait()
+        try:
             self._next_tid = self._next_tid % 65535 + 1
             request.transaction_id = self._next_tid
-            future = self._send(request.transaction_id, 0, 0, request.dev_id, self._framer.buildFrame(request))
-            return await self._answer(future)
+            return await self._send(request.transaction_id, 0, 0, request.dev_id or None,
+                                    self._framer.buildFrame(request))
+        finally:
+            slots.release()
 
-    def _send(self, tid: int, code: int, count: int, unit: int, frame: bytes) -> "asyncio.Future[Any]":
-        writer = self._writer
-        if writer is None or writer.is_closing():
+    def _send(self, tid: int, code: int, count: int, unit: int | None, frame: bytes) -> "asyncio.Future[Any]":
+        transport = self._transport
+        if transport is None or transport.is_closing():
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._waiting[tid] = (future, code, count)
-        if unit:
-            self._unit_of[future] = unit
-        writer.write(frame)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        deadline = loop.time() + self.timeout_s
+        self._waiting[tid] = (future, code, count, unit, deadline)
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._check_deadlines)
+        transport.write(frame)
         return future
 
-    async def _answer(self, future: "asyncio.Future[Any]") -> Any:
-        try:
-            return await asyncio.wait_for(future, self.timeout_s)
-        except asyncio.TimeoutError:
-            self.close()
-            raise
-        except ConnectionException:
-            self.close()
-            raise
-        finally:
-            self._unit_of.pop(future, None)
 
-
-def _read_answer(code: int, count: int, body: bytes) -> list[int] | list[bool] | ModbusExceptionAnswer:
-    """The values of a read's answer ``body`` (function code onwards), or the device's exception.
-    Raises ValueError for an answer that is not one to this read."""
+def _read_answer(code: int, count: int, body: bytes) -> bytes | ModbusExceptionAnswer:
+    """The data bytes of a read's answer ``body`` (function code onwards), or the device's exception.
+    Raises ValueError for an answer that is not one to this read (its length is checked by the caller)."""
     if body[0] == code | 0x80 and len(body) == 2:
         return ModbusExceptionAnswer(body[1])
     if body[0] != code or len(body) < 2 or body[1] != len(body) - 2:
         raise ValueError(f"answer {body[:8].hex()} does not fit a request of function {code}")
-    if code >= 3:
-        return list(struct.unpack(f">{body[1] // 2}H", body[2:2 + body[1] // 2 * 2]))
-    return list(chain.from_iterable(_BYTE_BITS[byte] for byte in body[2:]))[:count]
+    return body[2:]
+
+
+def unpack_values(register: str, count: int, data: bytes) -> list[int] | list[bool]:
+    """A read's data bytes as ``count`` registers (ints 0..65535) or bits (bools)."""
+    if register in BIT_REGISTERS:
+        return list(chain.from_iterable(_BYTE_BITS[byte] for byte in data))[:count]
+    return list(struct.unpack(f">{len(data) // 2}H", data[:len(data) // 2 * 2]))
 
 
 class ModbusSource:
@@ -302,6 +420,7 @@ class ModbusSource:
         self._connecting = asyncio.Lock()
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
+        self._tally = metrics.tally(device.name) if metrics is not None else None
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -354,7 +473,12 @@ class ModbusSource:
         self._client = client
 
     async def read(self, block: ReadBlock) -> list[int] | list[bool]:
-        """Read ``block`` with the device's retries and request budget."""
+        """Read ``block`` with the device's retries and request budget: its registers or bits."""
+        return unpack_values(block.register, block.count, await self.read_raw(block))
+
+    async def read_raw(self, block: ReadBlock) -> bytes:
+        """Read ``block`` with the device's retries and request budget: the answer's data bytes, two
+        big-endian bytes per register or the bits packed LSB first (``unpack_values`` turns them into numbers)."""
         attempts = 1 + self.device.retries
         for attempt in range(attempts):
             if attempt:
@@ -379,9 +503,10 @@ class ModbusSource:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _read_once(self, block: ReadBlock) -> list[int] | list[bool]:
+    async def _read_once(self, block: ReadBlock) -> bytes:
         device = self.device
-        if self._client is None or not self._client.connected:
+        client = self._client
+        if client is None or not client.connected:
             async with self._connecting:          # pipelined reads share one connection attempt
                 if self._client is None or not self._client.connected:
                     await self._wait_budget()
@@ -390,15 +515,16 @@ class ModbusSource:
                     except DeviceUnreachable as exc:
                         self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
                         raise
-        client = self._client
-        assert client is not None
-        await self._wait_budget()
+            client = self._client
+            assert client is not None
+        if device.min_gap_s:                      # with no gap to keep, no clock to read
+            await self._wait_budget()
         self.requests_sent += 1
         try:
             if isinstance(client, PipelinedTcpClient):
-                values = await client.read(block.register, block.address, block.count, device.unit)
+                data = await client.read_raw(block.register, block.address, block.count, device.unit)  # type: ignore[union-attr]
             else:
-                values = self._values(block, await self._read_pymodbus(client, block))
+                data = self._data(block, await self._read_pymodbus(client, block))  # type: ignore[arg-type]
         except ModbusExceptionAnswer as exc:
             self._count_read("exception")
             raise DeviceExceptionResponse(device.name, block.address, exc.code) from None
@@ -419,14 +545,17 @@ class ModbusSource:
             self._count_read("unreachable")
             raise DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {exc}") from exc
         finally:
-            self._last_request_end = self._monotonic()
-        if len(values) != block.count:
+            if device.min_gap_s:
+                self._last_request_end = self._monotonic()
+        expected = (block.count + 7) // 8 if block.register in BIT_REGISTERS else 2 * block.count
+        if len(data) != expected:
             self._count_read("unreachable")
             self.close()
-            raise DeviceUnreachable(device.name, f"{len(values)} values in the answer to {block.register} "
-                                                 f"{block.address}+{block.count}")
-        self._count_read("ok")
-        return values
+            raise DeviceUnreachable(device.name, f"{len(data)} data bytes in the answer to {block.register} "
+                                                 f"{block.address}+{block.count} (expected {expected})")
+        if self._tally is not None:
+            self._tally.reads_ok += 1             # added to reads{outcome="ok"} at the next scrape
+        return data
 
     async def _read_pymodbus(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
         unit = self.device.unit
@@ -439,12 +568,15 @@ class ModbusSource:
         return await client.read_discrete_inputs(block.address, count=block.count, device_id=unit)
 
     @staticmethod
-    def _values(block: ReadBlock, response: ModbusPDU) -> list[int] | list[bool]:
-        """A pymodbus answer's registers or bits; ModbusExceptionAnswer for an exception response."""
+    def _data(block: ReadBlock, response: ModbusPDU) -> bytes:
+        """A pymodbus answer's registers or bits as the data bytes of the frame; ModbusExceptionAnswer
+        for an exception response."""
         if response.isError():
             raise ModbusExceptionAnswer(int(getattr(response, "exception_code", 0)))
-        # bits come padded to whole bytes; registers must match exactly
-        return list(response.bits)[:block.count] if block.register in BIT_REGISTERS else list(response.registers)
+        if block.register in BIT_REGISTERS:     # bits come padded to whole bytes, LSB first as on the wire
+            bits = list(response.bits)[:block.count]
+            return bytes(sum(1 << i for i, bit in enumerate(bits[k:k + 8]) if bit) for k in range(0, len(bits), 8))
+        return struct.pack(f">{len(response.registers)}H", *response.registers)
 
     async def write(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         """One write request, never retried (a repeated write could apply twice).

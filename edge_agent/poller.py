@@ -13,8 +13,8 @@ cycle reads the device's blocks (``modbus_source.plan_reads``) through its
 ``stale``          the device is still unreachable after a failed poll (value None)
 =================  ==================================================================
 
-Samples pass through the point's ``ExceptionFilter`` (deadband, heartbeat,
-quality changes), and the reported ones of one poll go out together as one
+Samples pass through report by exception (``FilterBank``: deadband, heartbeat,
+quality changes, a whole block at once), and the reported ones of one poll go out together as one
 ``ReadingBatch`` (one ``emit`` per poll, none when nothing is reported), so when a device dies
 its points emit ``device_error`` once, then ``stale`` once, then ``stale`` at
 each heartbeat — never silently absent. A merged read that hits an address
@@ -30,60 +30,69 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import struct
 import time
 from collections import deque
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import itemgetter
 from typing import Awaitable, Callable
 
 from edge_agent.batch import ReadingBatch
 from edge_agent.calibration import Calibration, Calibrations, calibrate
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
-from edge_agent.decode import Decoder, make_decoder, register_bytes
+from edge_agent.decode import Decoder, block_codec, make_decoder
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
-from edge_agent.exception_report import ExceptionFilter, offer_many
+from edge_agent.exception_report import FilterBank
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block
+from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block, unpack_values
 
-__all__ = ["Emit", "run_device", "DevicePoller"]
+__all__ = ["Emit", "run_device", "DevicePoller", "PollTicks"]
 
 log = logging.getLogger(__name__)
 
 _ILLEGAL_DATA_ADDRESS = 2
 _SHORT_WAIT_S = 0.05
-_BIT, _UINT16, _INT16, _DECODER = range(4)     # how _samples decodes a point
 
 
 Emit = Callable[[ReadingBatch], Awaitable[None]]
 """Takes the reported readings of one poll (``value`` None only for ``device_error`` and ``stale``)."""
 
 
+_Part = tuple[list[int], list[str], list[str], list[float | None], list[str], list[str], list[str]]
+"""The reported readings of one block, as ``ReadingBatch`` columns (ts_ms, asset, point, value, unit, quality, sensor)."""
+
+
 @dataclass(slots=True)
 class _Layout:
-    """How one block's response becomes samples, prepared once per block: per point (in block order)
-    its offset, how to decode it (``_BIT``, ``_UINT16``/``_INT16`` for a big-endian register taken
-    as it is, or ``_DECODER``), its decoder and filter; the batch columns that do not change between
-    polls; and the calibration of its points as of ``generation`` (None: every point with gain 1 and
-    offset 0, none a 4–20 mA loop: the raw values are the values)."""
+    """How one block's response becomes samples, prepared once per block: its points (in block order)
+    and their offsets; ``codec`` unpacks the whole response into one number per point (None: a bit
+    block, or registers that overlap), ``redo`` lists the points then decoded by their own decoder
+    (every register point when ``codec`` is None); ``start`` is the first point's index in the device's
+    ``FilterBank`` (a block's points are consecutive there); the batch columns that do not change
+    between polls (shared by the batches, never mutated); and the calibration of its points as of
+    ``generation`` (None: every point with gain 1 and offset 0, none a 4–20 mA loop: the raw values
+    are the values)."""
 
     points: tuple[PointConfig, ...]
     offsets: tuple[int, ...]
-    hows: tuple[int, ...]
+    bits: bool
+    codec: struct.Struct | None
+    redo: tuple[int, ...]
     decoders: tuple[Decoder | None, ...]
-    filters: tuple[ExceptionFilter, ...]
+    start: int
     asset: list[str]
     point: list[str]
     unit: list[str]
     sensor: list[str]
-    redo: tuple[int, ...]              # the points that are not a uint16 register or a bit
+    good: list[str]                    # "good" for each point
     loops: bool                        # some point is a 4–20 mA loop
     generation: int = -1
     calibration: tuple[Calibration, ...] | None = None
 
 
 class DevicePoller:
-    """The state of one device's polling: its read plan, its points' filters and its connection.
+    """The state of one device's polling: its read plan, its points' report-by-exception state and its connection.
 
     ``poll_once()`` runs one cycle and returns True when the device answered
     (exception responses count as answers). ``run_device`` loops it.
@@ -104,33 +113,37 @@ class DevicePoller:
         self.calibrations = calibrations
         self.clock = clock
         self.plan: tuple[ReadBlock, ...] = plan_reads(device)
-        self.filters = {p.id: ExceptionFilter(p.deadband, p.deadband_percent, p.heartbeat_s) for p in device.points}
+        # report-by-exception state, one entry per point in plan order: every block (split ones too) is a run
+        ordered = [p for block in self.plan for p in block.points]
+        self.filters = FilterBank([(p.deadband, p.deadband_percent, p.heartbeat_s) for p in ordered])
+        self._index = {p.id: i for i, p in enumerate(ordered)}
         self.failed_polls = 0
         self._layouts: dict[tuple[str, int, int], _Layout] = {}
         metrics.init_device(device.name)
-        # this device's children of the per-poll metrics, looked up once
-        self._poll_duration = metrics.poll_duration.labels(device.name)
-        self._polls = metrics.polls.labels(device.name)
+        self._tally = metrics.tally(device.name)        # polls, durations, suppressed samples: counted per poll
         self._device_up = metrics.device_up.labels(device.name)
+        self._up = 0                                    # init_device set device_up to 0
 
-    async def _read(self, block: ReadBlock) -> list[int] | list[bool] | None:
-        """The block's values, or None when ``stop`` was set while waiting for the device
+    async def _read(self, block: ReadBlock, task: asyncio.Task | None = None) -> bytes | None:
+        """The block's data bytes, or None when ``stop`` was set while waiting for the device
         (a slow or silent device must not hold up shutdown for its timeouts and retries).
 
-        The read runs in the calling task; setting ``stop`` cancels the tasks inside a read, and
-        this method takes that cancellation back (no task and no wait per request)."""
+        The read runs in the calling task (``task``, when the caller knows it); setting ``stop``
+        cancels the tasks inside a read, and this method takes that cancellation back (no task
+        and no wait per request)."""
         if self.stop is None:
-            return await self.source.read(block)
+            return await self.source.read_raw(block)
         if self.stop.is_set():
             return None
         if self._stopped is None:
             self._stopped = asyncio.ensure_future(self.stop.wait())
             self._stopped.add_done_callback(self._cancel_reads)
-        task = asyncio.current_task()
-        assert task is not None
+        if task is None:
+            task = asyncio.current_task()
+            assert task is not None
         self._reading.add(task)
         try:
-            return await self.source.read(block)
+            return await self.source.read_raw(block)
         except asyncio.CancelledError:
             if task in self._stop_cancelled and task.uncancel() == 0:
                 return None
@@ -150,9 +163,10 @@ class DevicePoller:
         if self._stopped is not None:
             self._stopped.cancel()
 
-    async def poll_once(self) -> bool:
+    async def poll_once(self, *, task: asyncio.Task | None = None) -> bool:
         """One cycle over the read plan; True when the device answered. Returns early (False,
-        nothing counted) when ``stop`` is set while a read is outstanding.
+        nothing counted) when ``stop`` is set while a read is outstanding. ``task``: the task
+        running this call, when the caller knows it (else it is looked up).
 
         With ``max_inflight`` > 1 the next reads of the plan are already on the
         wire while one block is decoded; blocks are still handled in plan order.
@@ -164,7 +178,9 @@ class DevicePoller:
         window = device.max_inflight
         ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
-        batch = ReadingBatch()
+        parts: list[_Part] = []
+        if task is None and self.stop is not None and window == 1:
+            task = asyncio.current_task()
         try:
             while index < len(plan) or ahead:
                 if window > 1:
@@ -172,30 +188,30 @@ class DevicePoller:
                         ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
                         index += 1
                     block, pending = ahead.popleft()
-                    read: Awaitable[list[int] | list[bool] | None] = pending
+                    read: Awaitable[bytes | None] = pending
                 else:
                     block = plan[index]
                     index += 1
-                    read = self._read(block)
+                    read = self._read(block, task)
                 try:
-                    values = await read
-                    if values is None:
-                        if len(batch):
-                            await self.emit(batch)
+                    data = await read
+                    if data is None:
+                        if parts:
+                            await self.emit(_batch(parts))
                         return False
                 except DeviceExceptionResponse as exc:
                     if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
                         log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
                                     "one by one from now on", device.name, block.register, block.address, block.count,
                                     exc.code_name, len(block.points))
-                        parts = split_block(block)
-                        self.plan = tuple(p for b in self.plan for p in (parts if b == block else (b,)))
-                        plan[index:index] = parts
+                        split = split_block(block)
+                        self.plan = tuple(p for b in self.plan for p in (split if b == block else (b,)))
+                        plan[index:index] = split
                         continue
                     log.warning("device %s: %s", device.name, exc)
                     for point in block.points:
                         self.metrics.exception_codes.labels(device.name, point.id, str(exc.code)).inc()
-                        self._offer(batch, point, None, "device_error")
+                    self._missing(parts, block, "device_error")
                     continue
                 except DeviceUnreachable as exc:
                     answered = False
@@ -203,20 +219,20 @@ class DevicePoller:
                     if self.failed_polls == 0:
                         log.warning("device %s: %s", device.name, exc)
                     for rest in [block, *(b for b, _ in ahead), *plan[index:]]:
-                        for point in rest.points:
-                            self._offer(batch, point, None, quality)
+                        self._missing(parts, rest, quality)
                     break
-                self._samples(batch, block, values, self.clock())
+                self._samples(parts, block, data, self.clock())
         finally:
             for _, pending in ahead:
                 pending.cancel()
             if ahead:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
-        if len(batch):
-            await self.emit(batch)
-        self._poll_duration.observe(time.monotonic() - started)
-        self._polls.inc()
-        self._device_up.set(1 if answered else 0)
+        if parts:
+            await self.emit(_batch(parts))
+        self._tally.poll(time.monotonic() - started)
+        if answered != self._up:
+            self._up = answered
+            self._device_up.set(1 if answered else 0)
         if answered:
             if self.failed_polls:
                 log.info("device %s: answering again after %d failed polls", device.name, self.failed_polls)
@@ -226,27 +242,24 @@ class DevicePoller:
         return answered
 
     def _layout(self, block: ReadBlock) -> _Layout:
-        """The block's ``_Layout``, prepared at its first response, its calibration refreshed after a reload."""
+        """The block's ``_Layout``, prepared at its first use, its calibration refreshed after a reload."""
         key = (block.register, block.address, block.count)     # cheap to hash, unlike the block's points
         layout = self._layouts.get(key)
         if layout is None:
-            hows, decoders = [], []
-            for p in block.points:
-                if block.register in BIT_REGISTERS:
-                    how, decoder = _BIT, None
-                elif p.type in ("uint16", "int16") and p.byte_order == "big":
-                    how, decoder = (_UINT16 if p.type == "uint16" else _INT16), None
-                else:
-                    how, decoder = _DECODER, make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
-                hows.append(how)
-                decoders.append(decoder)
             points = block.points
+            offsets = tuple(p.address - block.address for p in points)
+            bits = block.register in BIT_REGISTERS
+            codec = None if bits else block_codec([(o, p.type, p.byte_order, p.word_order)
+                                                   for o, p in zip(offsets, points)])
+            redo = codec[1] if codec is not None else () if bits else tuple(range(len(points)))
+            decoders = tuple(make_decoder(p.type, p.byte_order, p.word_order, point=p.id)
+                             if i in redo and not bits else None for i, p in enumerate(points))
+            start = self._index[points[0].id]
+            assert [self._index[p.id] for p in points] == list(range(start, start + len(points)))
             layout = self._layouts[key] = _Layout(
-                points, tuple(p.address - block.address for p in points), tuple(hows), tuple(decoders),
-                tuple(self.filters[p.id] for p in points), [p.asset for p in points], [p.name for p in points],
-                [p.unit for p in points], [p.id for p in points],
-                tuple(i for i, h in enumerate(hows) if h in (_INT16, _DECODER)),
-                any(p.current_loop is not None for p in points))
+                points, offsets, bits, codec[0] if codec is not None else None, redo, decoders, start,
+                [p.asset for p in points], [p.name for p in points], [p.unit for p in points],
+                [p.id for p in points], ["good"] * len(points), any(p.current_loop is not None for p in points))
         calibrations = self.calibrations
         if layout.generation != calibrations.generation:
             cals = tuple(calibrations.get(p.id) for p in layout.points)
@@ -255,44 +268,44 @@ class DevicePoller:
             layout.generation = calibrations.generation
         return layout
 
-    def _raw(self, layout: _Layout, values: list[int] | list[bool]) -> list[float | None]:
-        """Each point's decoded number, None where it does not decode (logged and counted).
+    def _raw(self, layout: _Layout, data: bytes) -> tuple[list[float | None], bool]:
+        """Each point's decoded number, None where it does not decode (logged and counted); and
+        whether every point decoded.
 
-        Every point's first register (or bit) is taken as a number in one C-level pass, which is
-        the value of uint16 and bit points; int16 and wider or reordered points are then redone."""
-        picked = itemgetter(*layout.offsets)(values)
-        raws: list[float | None] = list(map(float, picked)) if len(layout.offsets) > 1 else [float(picked)]
-        if not layout.redo:
-            return raws
-        buf = register_bytes(values) if _DECODER in layout.hows else b""  # type: ignore[arg-type]
+        One ``struct`` call unpacks the whole response (integers in the Modbus order are then their
+        value); floats, bools and other orders are redone by their decoders."""
+        if layout.bits:
+            bits = unpack_values("coil", len(data) * 8, data)
+            return [float(bits[offset]) for offset in layout.offsets], True
+        codec = layout.codec
+        raws: list[float | None] = list(map(float, codec.unpack_from(data))) if codec is not None \
+            else [None] * len(layout.points)
+        complete = True
         for i in layout.redo:
-            offset = layout.offsets[i]
-            if layout.hows[i] == _INT16:
-                raws[i] = float(values[offset] - 65536 if values[offset] >= 32768 else values[offset])
-                continue
             try:
-                raws[i] = layout.decoders[i](buf, offset)  # type: ignore[misc]
+                raws[i] = layout.decoders[i](data, layout.offsets[i])  # type: ignore[misc]
             except DecodeError as exc:
                 log.warning("device %s: %s", self.device.name, exc)
                 self.metrics.reads.labels(self.device.name, "decode_error").inc()
                 raws[i] = None
-        return raws
+                complete = False
+        return raws, complete
 
-    def _samples(self, batch: ReadingBatch, block: ReadBlock, values: list[int] | list[bool], now: float) -> None:
-        """Decode, calibrate and filter every point of one block's response into ``batch`` (the hot path:
-        whole-block steps; the batch's columns extended, not appended to point by point)."""
+    def _samples(self, parts: list[_Part], block: ReadBlock, data: bytes, now: float) -> None:
+        """Decode, calibrate and filter every point of one block's response (``data``, its data bytes)
+        into ``parts`` (the hot path: whole-block steps, nothing done point by point when every
+        point decodes to a number with no calibration to apply)."""
         layout = self._layout(block)
-        raws = self._raw(layout, values)
-        n = len(raws)
+        raws, complete = self._raw(layout, data)
         cals = layout.calibration
-        if cals is None and None not in raws:
-            calibrated, qualities = raws, ["good"] * n
+        if cals is None and complete:
+            calibrated, qualities = raws, layout.good
             for i in layout.redo:          # × 1 + 0 leaves every number as it is, except -0.0: it becomes 0.0
                 if raws[i] == 0.0:
                     raws[i] = 0.0
-        elif cals is not None and not layout.loops and None not in raws:
+        elif cals is not None and not layout.loops and complete:
             calibrated = [raw * cal.gain + cal.offset for raw, cal in zip(raws, cals)]  # type: ignore[operator]
-            qualities = ["good"] * n
+            qualities = layout.good
         else:
             calibrated, qualities = [], []
             for point, raw, cal in zip(layout.points, raws, cals or repeat(Calibration())):
@@ -306,27 +319,29 @@ class DevicePoller:
                         self.metrics.loop_faults.labels(self.device.name, point.id).inc()
                 calibrated.append(value)
                 qualities.append(quality)
-        flags = offer_many(layout.filters, calibrated, qualities, now)
-        ts_ms = int(now * 1000)
-        reported = flags.count(True)
-        if reported == n:
-            columns = (layout.asset, layout.point, calibrated, layout.unit, qualities, layout.sensor)
-        else:
-            self.metrics.readings_suppressed.inc(n - reported)
-            columns = tuple(list(compress(column, flags)) for column in (layout.asset, layout.point, calibrated,
-                                                                           layout.unit, qualities, layout.sensor))
-        batch.ts_ms.extend([ts_ms] * reported)
-        for mine, theirs in zip((batch.asset, batch.point, batch.value, batch.unit, batch.quality, batch.sensor),
-                                columns):
-            mine.extend(theirs)
+        self._report(parts, layout, calibrated, qualities, now)
 
-    def _offer(self, batch: ReadingBatch, point: PointConfig, value: float | None, quality: str,
-               now: float | None = None) -> None:
-        now = self.clock() if now is None else now
-        if self.filters[point.id].offer(value, quality, now):
-            batch.add(int(now * 1000), point.asset, point.name, value, point.unit, quality, point.id)
-        else:
-            self.metrics.readings_suppressed.inc()
+    def _missing(self, parts: list[_Part], block: ReadBlock, quality: str) -> None:
+        """The block's points without a value (``device_error`` or ``stale``) into ``parts``."""
+        n = len(block.points)
+        self._report(parts, self._layout(block), [None] * n, [quality] * n, self.clock())
+
+    def _report(self, parts: list[_Part], layout: _Layout, values: list[float | None], qualities: list[str],
+                now: float) -> None:
+        """Report by exception over the block's samples; the reported ones go into ``parts`` as columns."""
+        flags = self.filters.offer(layout.start, values, qualities, now)
+        n = len(values)
+        if flags is None:
+            parts.append(([int(now * 1000)] * n, layout.asset, layout.point, values, layout.unit, qualities,
+                          layout.sensor))
+            return
+        reported = flags.count(True)
+        if reported < n:
+            self._tally.suppressed += n - reported
+        if reported:
+            parts.append(([int(now * 1000)] * reported,  # type: ignore[arg-type]
+                          *(list(compress(column, flags)) for column in (layout.asset, layout.point, values,
+                                                                          layout.unit, qualities, layout.sensor))))
 
     def next_delay(self) -> float:
         """Seconds from the start of this cycle to the start of the next."""
@@ -336,44 +351,104 @@ class DevicePoller:
         return min(interval * 2 ** (self.failed_polls - 1), max(interval, self.reconnect_max_s))
 
 
+class PollTicks:
+    """Shared wake-ups for the pollers of one agent: pollers waiting for the same instant share one timer.
+
+    Short waits between polls end on a grid of ``poll_interval_s`` steps from one origin (the
+    first use), so the pollers of one interval wake together at every tick: one timer per tick
+    for all of them, not one per device. Each waiter has its own future, so cancelling one
+    poller wakes no other.
+    """
+
+    def __init__(self) -> None:
+        self._origin: float | None = None
+        self._due: dict[float, list[asyncio.Future[None]]] = {}
+
+    def tick(self, when: float, interval: float, *, before: bool = False) -> float:
+        """The first tick of ``interval`` at or after ``when`` (``before``: the last one at or before it),
+        within a millionth of an interval, on the loop's clock."""
+        if self._origin is None:
+            self._origin = when
+        steps = (when - self._origin) / interval
+        return self._origin + (math.floor(steps + 1e-6) if before else math.ceil(steps - 1e-6)) * interval
+
+    def wait(self, tick: float) -> "asyncio.Future[None]":
+        """A future resolved at loop time ``tick`` (a ``tick()`` value, so that waiters share it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiting = self._due.get(tick)
+        if waiting is None:
+            self._due[tick] = [future]
+            loop.call_at(tick, self._wake, tick)
+        else:
+            waiting.append(future)
+        return future
+
+    def _wake(self, tick: float) -> None:
+        for future in self._due.pop(tick):
+            if not future.done():
+                future.set_result(None)
+
+
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
-                     reconnect_max_s: float = 30.0) -> None:
+                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None) -> None:
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
-    interval starts the next one immediately but never two at once.
+    interval starts the next one immediately but never two at once. Waits
+    under 50 ms end on ticks of the interval (``PollTicks``), so after an
+    overrun the cycle after the immediate one starts at the next tick.
     ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
-    wait between polls of a device that does not answer.
+    wait between polls of a device that does not answer. ``ticks`` (the
+    agent passes one ``PollTicks`` to every device) lets pollers of one
+    interval share their wake-ups.
     """
     async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
         poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
                               reconnect_max_s=reconnect_max_s, stop=stop)
         try:
-            await _loop(poller, stop)
+            await _loop(poller, stop, ticks if ticks is not None else PollTicks())
         finally:
             poller.close()
 
 
-async def _loop(poller: DevicePoller, stop: asyncio.Event) -> None:
+async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> None:
     """Run cycles on a fixed schedule; after failures, wait with backoff from the failed cycle's start."""
+    task = asyncio.current_task()
     next_start = time.monotonic()
     while not stop.is_set():
         cycle_start = time.monotonic()
-        await poller.poll_once()
+        await poller.poll_once(task=task)
         if stop.is_set():
             break
-        next_start = max(next_start + poller.next_delay(), time.monotonic()) if not poller.failed_polls \
-            else cycle_start + poller.next_delay()
-        wait = next_start - time.monotonic()
+        delay = poller.next_delay()
+        now = time.monotonic()
+        next_start = max(next_start + delay, now) if not poller.failed_polls else cycle_start + delay
+        wait = next_start - now
         if wait <= 0:
-            await asyncio.sleep(0)                     # overran the interval: go again, but let others run
+            # overran the interval: go again, but let others run; short intervals keep to their ticks
+            if 0 < delay < _SHORT_WAIT_S:
+                next_start = ticks.tick(now, delay, before=True)
+            await asyncio.sleep(0)
             continue
         if wait < _SHORT_WAIT_S:
-            # a plain sleep costs one timer; stop is seen at the next cycle, within a few milliseconds
-            await asyncio.sleep(wait)
+            # a shared tick costs no timer of its own; stop is seen at the next cycle, within milliseconds
+            next_start = ticks.tick(next_start, delay)
+            await ticks.wait(next_start)
             continue
         try:
             await asyncio.wait_for(stop.wait(), timeout=wait)
         except asyncio.TimeoutError:
             pass
+
+
+def _batch(parts: list[_Part]) -> ReadingBatch:
+    """One poll's reported readings as one batch (one block's columns are taken as they are)."""
+    if len(parts) == 1:
+        return ReadingBatch(*parts[0])
+    batch = ReadingBatch()
+    for mine, part in zip(batch.columns(), zip(*parts)):
+        for theirs in part:
+            mine.extend(theirs)
+    return batch

@@ -256,14 +256,21 @@ class TwinStore:
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        newer: list[tuple[int, list[str], list[str]]] = []      # (earliest ts_ms, assets, points) of kept ones
+        # (earliest ts_ms, assets, points) of the kept ones, by a key that equal columns share
+        newer: dict[tuple, list[tuple[int, list[str], list[str]]]] = {}
         kept = []
         for batch in reversed(pending):
-            latest = max(batch.ts_ms)
-            if any(earliest >= latest and points == batch.point and assets == batch.asset
-                   for earliest, assets, points in newer):
-                continue
-            newer.append((min(batch.ts_ms), batch.asset, batch.point))
+            assets, points = batch.asset, batch.point
+            key = (len(points), points[0], points[-1], assets[0], assets[-1])
+            same = newer.get(key)
+            if same is None:
+                same = newer[key] = []
+            else:
+                latest = max(batch.ts_ms)
+                if any(earliest >= latest and theirs == points and their_assets == assets
+                       for earliest, their_assets, theirs in same):
+                    continue
+            same.append((min(batch.ts_ms), assets, points))
             kept.append(batch)
         for batch in reversed(kept):
             self._apply(batch)

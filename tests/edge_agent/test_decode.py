@@ -6,8 +6,11 @@ import math
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from edge_agent.decode import DATA_TYPES, REGISTER_COUNT, decode_registers, encode_registers
+from edge_agent.decode import (BYTE_ORDERS, DATA_TYPES, REGISTER_COUNT, WORD_ORDERS, block_codec, decode_registers,
+                               encode_registers, make_decoder, register_bytes)
 from edge_agent.errors import DecodeError
 
 # (type, struct format, sample values) — extremes and signs for the integers, awkward floats for the floats
@@ -87,3 +90,35 @@ def test_encode_is_the_inverse_used_by_the_simulator(data_type: str, byte_order:
     value = {"int16": -1234, "uint16": 54321, "int32": -7654321, "uint32": 3000000000,
              "float32": -12.5, "float64": 98765.4321}[data_type]
     assert encode_registers(value, data_type, byte_order, word_order) == wire_registers(fmt, value, byte_order, word_order)
+
+
+_field = st.tuples(st.integers(0, 3), st.sampled_from(DATA_TYPES), st.sampled_from(BYTE_ORDERS),
+                   st.sampled_from(WORD_ORDERS))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(_field, min_size=1, max_size=8), st.data())
+def test_a_block_codec_decodes_every_point_as_decode_registers_does(specs: list, data: st.DataObject) -> None:
+    """Points laid out with gaps (any type and order) in one block: the codec's numbers, with the
+    listed points redone by their decoders, equal ``decode_registers`` of each point's registers."""
+    fields, offset = [], 0
+    for gap, data_type, byte_order, word_order in specs:
+        fields.append((offset + gap, data_type, byte_order, word_order))
+        offset += gap + REGISTER_COUNT[data_type]
+    registers = data.draw(st.lists(st.integers(0, 0xFFFF), min_size=offset, max_size=offset))
+    buf = register_bytes(registers)
+    codec, redo = block_codec(fields)
+    numbers = list(map(float, codec.unpack_from(buf)))
+    for i, (start, data_type, byte_order, word_order) in enumerate(fields):
+        regs = registers[start:start + REGISTER_COUNT[data_type]]
+        try:
+            expected = decode_registers(regs, data_type, byte_order, word_order)
+        except DecodeError:
+            assert i in redo
+            continue
+        got = make_decoder(data_type, byte_order, word_order)(buf, start) if i in redo else numbers[i]
+        assert got == expected or (math.isnan(got) and math.isnan(expected))
+
+
+def test_overlapping_points_have_no_block_codec() -> None:
+    assert block_codec([(0, "uint32", "big", "big"), (1, "uint16", "big", "big")]) is None

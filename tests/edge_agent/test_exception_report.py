@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.exception_report import ExceptionFilter
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from edge_agent.exception_report import ExceptionFilter, FilterBank
 
 
 def run(f: ExceptionFilter, samples: list[tuple[float, float | None, str]]) -> list[float]:
@@ -82,3 +85,54 @@ def test_last_reported() -> None:
 def test_bad_parameters(kwargs) -> None:
     with pytest.raises(ValueError):
         ExceptionFilter(**kwargs)
+
+
+class Reference:
+    """The rule of the module docstring, point by point, written plainly."""
+
+    def __init__(self, deadband: float, deadband_percent: float, heartbeat_s: float) -> None:
+        self.deadband, self.deadband_percent, self.heartbeat_s = deadband, deadband_percent, heartbeat_s
+        self.last: tuple[float | None, str, float] | None = None
+
+    def offer(self, value: float | None, quality: str, now: float) -> bool:
+        last = self.last
+        if last is not None and quality == last[1] and now - last[2] < self.heartbeat_s:
+            before = last[0]
+            if before is None or value is None:
+                moved = before is not value
+            elif self.deadband:
+                moved = abs(value - before) > self.deadband
+            elif self.deadband_percent:
+                moved = abs(value - before) > abs(before) * self.deadband_percent / 100.0
+            else:
+                moved = value != before
+            if not moved:
+                return False
+        self.last = (value, quality, now)
+        return True
+
+
+_spec = st.tuples(st.sampled_from([0.0, 0.5, 2.0]), st.sampled_from([0.0, 10.0]), st.sampled_from([0.1, 0.25, 1.0]))
+_sample = st.tuples(st.one_of(st.none(), st.sampled_from([0.0, 1.4, -2.0])), st.sampled_from(["good", "good", "stale"]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_spec, min_size=1, max_size=6), st.data())
+def test_a_bank_judges_runs_of_points_as_each_point_alone_would(specs: list, data: st.DataObject) -> None:
+    """Offers over runs of a bank — whole blocks, single points split out of them, overlapping runs, at
+    times that step by heartbeat-sized amounts (0.1 + 0.2 is not 0.3) — flag each sample as the
+    plain point-by-point rule does (None: every sample reported)."""
+    bank = FilterBank(specs)
+    points = [Reference(*spec) for spec in specs]
+    now = 0.0
+    for _ in range(data.draw(st.integers(1, 25))):
+        now += data.draw(st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.25, 1.0]))
+        start = data.draw(st.integers(0, len(specs) - 1))
+        stop = data.draw(st.integers(start + 1, len(specs)))
+        samples = data.draw(st.lists(_sample, min_size=stop - start, max_size=stop - start))
+        flags = bank.offer(start, [v for v, _ in samples], [q for _, q in samples], now)
+        expected = [p.offer(v, q, now) for p, (v, q) in zip(points[start:stop], samples)]
+        assert (flags if flags is not None else [True] * len(samples)) == expected
+        if flags is None:
+            assert all(expected)
+    assert [bank.last_reported(i) for i in range(len(specs))] == [p.last for p in points]

@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.calibration import Calibration, Calibrations, apply_calibration
 from edge_agent.config import AgentConfig, DeviceConfig, load_config
+from edge_agent.decode import register_bytes
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
 from edge_agent.batch import ReadingBatch
-from edge_agent.poller import DevicePoller, run_device
+from edge_agent.poller import DevicePoller, PollTicks, _batch, run_device
 from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -365,8 +366,9 @@ def test_a_block_reports_only_the_points_that_moved_with_their_own_columns(tmp_p
     (block,) = poller.plan
 
     def sample(values: list[int], now: float) -> list[tuple[str, float | None, str, int]]:
-        batch = ReadingBatch()
-        poller._samples(batch, block, values, now)
+        parts: list = []
+        poller._samples(parts, block, register_bytes(values), now)
+        batch = _batch(parts) if parts else ReadingBatch()
         return [(s, v, q, t) for s, v, q, t in zip(batch.sensor, batch.value, batch.quality, batch.ts_ms)]
 
     first = sample([10, 20, 65535, 7, 3, 0x8000, 0], 1.0)                  # F000: float32 -0.0
@@ -383,3 +385,56 @@ def test_a_block_reports_only_the_points_that_moved_with_their_own_columns(tmp_p
     assert later == [("G000", 3.0, "good", 3000), ("F000", 1.0, "good", 3000)]
     (last,) = sample([15, 26, 65534, 7, 3, 0x8000, 0], 4.0)
     assert last == ("F000", 0.0, "good", 4000) and math.copysign(1.0, last[1]) == 1.0
+
+
+def test_poll_ticks_wake_the_pollers_of_one_instant_together() -> None:
+    """Waits for the same tick share one timer (the loop's schedule grows by one entry, not by one per
+    waiter) and end at the tick; cancelling one waiter leaves the others; ticks stay on the interval's
+    grid however the wanted instants are rounded (0.1 + 0.2 lands on the tick 0.3)."""
+    async def scenario() -> tuple[int, list[bool], float, bool]:
+        loop = asyncio.get_running_loop()
+        ticks = PollTicks()
+        start = loop.time()
+        tick = ticks.tick(start + 0.02, 0.01)
+        before = len(loop._scheduled)                   # type: ignore[attr-defined]
+        waits = [ticks.wait(ticks.tick(start + 0.015 + i * 0.001, 0.01)) for i in range(5)]
+        timers = len(loop._scheduled) - before          # type: ignore[attr-defined]
+        waits[1].cancel()
+        await asyncio.gather(*(w for i, w in enumerate(waits) if i != 1))
+        woke = loop.time()
+        grid = [ticks.tick(start + 0.1 + 0.2, 0.1) == ticks.tick(start + 0.3, 0.1),
+                ticks.tick(tick, 0.01) == tick, ticks.tick(tick + 1e-9, 0.01) == tick,
+                ticks.tick(tick + 0.0002, 0.01) == ticks.tick(start + 0.03, 0.01)]
+        return timers, grid, woke - tick, waits[1].cancelled()
+
+    timers, grid, late, cancelled = asyncio.run(scenario())
+    assert timers == 1 and all(grid) and 0 <= late < 0.5 and cancelled
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.005])
+def test_devices_sharing_ticks_poll_on_schedule_and_flat_out(interval: float) -> None:
+    """Three devices with one ``PollTicks`` at 5 ms poll about every 5 ms each (the shared ticks
+    neither skip cycles nor bunch them); ``poll_interval_s = 0`` (flat out, as bench_modbus runs
+    it) polls back to back."""
+    metrics = AgentMetrics(CollectorRegistry())
+    pts = points(5)
+
+    seconds = 1.0
+
+    async def scenario() -> None:
+        async with Simulator([device("t", 0, pts)]) as sim:
+            devs = [device(f"t{i}", sim.port, pts, poll_interval_s=interval) for i in range(3)]
+            stop, ticks = asyncio.Event(), PollTicks()
+            cal = Calibrations(Path("/nonexistent"), {})
+            tasks = [asyncio.create_task(run_device(d, collector([]), metrics=metrics, calibrations=cal, stop=stop,
+                                                    ticks=ticks)) for d in devs]
+            await asyncio.sleep(seconds)
+            stop.set()
+            await asyncio.wait_for(asyncio.gather(*tasks), 5)
+
+    asyncio.run(scenario())
+    polls = [metrics.registry.get_sample_value("ems_edge_polls_total", {"device": f"t{i}"}) for i in range(3)]
+    if interval:
+        assert all(0.5 * seconds / interval <= p <= 1.05 * seconds / interval + 1 for p in polls), polls
+    else:
+        assert all(p >= 50 for p in polls), polls
