@@ -9,6 +9,9 @@ running process (docs/deploy.md, "Config changes reach the pods").
 The sidecar :func:`reloader_container` runs the main container's own image (both images are busybox
 based: ``sh``, ``cat``, ``sha256sum``, ``pidof``, ``kill``, ``sleep``), as the same user, in a pod with
 ``shareProcessNamespace: true``, so it may signal that process and nothing it does not already share.
+An image without those applets (a distroless mirror set in ``ems:images``) gets a sidecar that says
+so once and idles, rather than crash-looping the pod out of its Service; config changes then wait
+for a rollout restart. A file briefly unreadable during the kubelet's swap is not a change.
 Every ``interval_s`` it hashes the watched files (read through the kubelet's ``..data`` symlink) and,
 when the hash changed, sends SIGHUP to every process named ``process``. Not the HTTP lifecycle API
 (``--web.enable-lifecycle``): it would also serve ``/-/quit`` to every pod allowed to reach the TSDB.
@@ -34,8 +37,14 @@ def reload_script(process: str, files: Sequence[str], interval_s: int = 10) -> s
     quoted = " ".join(shlex.quote(f) for f in files)
     name = shlex.quote(process)
     return f"""\
+set -o pipefail
+for applet in cat sha256sum pidof kill sleep; do
+  command -v "$applet" >/dev/null || {{
+    echo "config-reloader: this image has no $applet; config changes reach {name} only by a rollout restart" >&2
+    exec tail -f /dev/null; }}
+done
 state() {{ cat {quoted} | sha256sum; }}
-seen=$(state)
+seen=$(state) || seen=unreadable
 echo "config-reloader: watching {quoted} for {name}"
 while sleep {interval_s}; do
   now=$(state) || continue
