@@ -125,6 +125,12 @@ def _row(batch: ReadingBatch, shape: Shape) -> tuple[int, int, int, bytes, int]:
     return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
 
 
+def _log_orphan_failure(task: "asyncio.Task[None]") -> None:
+    """The outcome of a commit whose caller was cancelled: a failure is logged (the batches stay buffered)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("spool commit failed after its caller left: %s; will retry", task.exception())
+
+
 def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points: PointTable) -> ReadingBatch:
     """A stored row as a batch: the point form (``_encode``) or an older agent's 7 columns; ValueError
     saying what is wrong (not JSON, wrong shape, an unknown point id, a count unlike the seq range)."""
@@ -408,7 +414,21 @@ class Spool:
             self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush_soon)
 
     async def flush(self) -> None:
-        """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows."""
+        """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows.
+
+        A caller cancelled meanwhile (the drain's sender when its session ends, a poller at shutdown)
+        does not cancel the commit: the I/O thread cannot be stopped mid-commit, so the commit's
+        bookkeeping must run whatever the caller does, or the committed batches would be buffered
+        again and every later commit would fail on their seqs.
+        """
+        task = asyncio.ensure_future(self._flush_locked())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(_log_orphan_failure)
+            raise
+
+    async def _flush_locked(self) -> None:
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -478,3 +479,39 @@ def test_an_ack_while_the_spool_closes_is_dropped(tmp_path: Path) -> None:
             return again.depth                          # the lost ack only means a re-send
 
     assert run(go()) == 1
+
+
+def test_a_caller_cancelled_during_a_commit_does_not_jam_the_spool(tmp_path: Path) -> None:
+    # The drain's sender leases from the database (a backlog after a reconnect) while an ack is pending, so
+    # its lease commits; its session ends (a PUBACK timeout) during that commit and the sender is cancelled.
+    # The I/O thread still commits: the spool must account for it, not buffer those batches again (every
+    # later commit would then fail on their seqs and nothing more would be accepted).
+    async def go() -> tuple[list[int], int]:
+        async with Spool(tmp_path, site="s1", flush_interval_s=10, memory_readings=1) as spool:
+            for i in range(5):
+                await _add(spool, i)
+            await spool.flush()
+            leased = await spool.lease(100)
+            spool.ack_nowait(leased[0].seq_first, leased[0].seq_last)
+            for i in range(5, 8):
+                await _add(spool, i)
+            original = spool._commit_sync
+
+            def slow(*args: object) -> object:          # a commit on a slow card
+                time.sleep(0.2)
+                return original(*args)
+            spool._commit_sync = slow                   # type: ignore[method-assign]
+            spool.release_leases()
+            sender = asyncio.create_task(spool.lease(100))
+            await asyncio.sleep(0.05)
+            sender.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await sender
+            spool._commit_sync = original               # type: ignore[method-assign]
+            await _add(spool, 9)
+            await spool.flush()
+            await spool.flush()
+            seqs = [b.seq_first for b in await spool.lease(100)]
+            return seqs, spool.depth
+    seqs, depth = asyncio.run(go())
+    assert seqs == [2, 3, 4, 5, 6, 7, 8, 9] and depth == 8
