@@ -186,7 +186,7 @@ class _Slots:
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()              # the slot was handed over as we were cancelled: pass it on
-            else:
+            elif future in self._queue:     # a release() may have dropped it already (cancelled futures)
                 self._queue.remove(future)
             raise
 

@@ -432,8 +432,10 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> 
                 next_start = ticks.tick(now, delay, before=True)
             await asyncio.sleep(0)
             continue
-        if wait < _SHORT_WAIT_S:
-            # a shared tick costs no timer of its own; stop is seen at the next cycle, within milliseconds
+        if delay < _SHORT_WAIT_S and not poller.failed_polls:
+            # a short interval's wait ends on a shared tick (no timer of its own; stop is seen at the next
+            # cycle, within milliseconds). Not a long interval's short remainder, nor a backoff: the grid
+            # of another origin could push those by up to a whole interval.
             next_start = ticks.tick(next_start, delay)
             await ticks.wait(next_start)
             continue

@@ -171,3 +171,21 @@ def test_request_slots_are_handed_on_in_order_and_never_lost_to_a_cancelled_wait
         return order
 
     assert asyncio.run(scenario()) == ["d", "free=1"]
+
+
+def test_a_waiter_cancelled_just_before_a_release_gets_its_cancellation_not_a_value_error() -> None:
+    async def go() -> tuple[str, int, int]:
+        slots = _Slots(1)
+        slots.free -= 1                           # one holder
+        waiter = asyncio.create_task(slots.wait())
+        await asyncio.sleep(0)                    # queued
+        waiter.cancel()                           # cancelled, and the holder releases before the waiter runs:
+        slots.release()                           # release() drops the cancelled future from the queue
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+        except Exception as exc:                  # the old wait() raised ValueError (not in deque)
+            outcome = type(exc).__name__
+        return outcome, slots.free, len(slots._queue)
+    assert asyncio.run(go()) == ("cancelled", 1, 0)

@@ -5,6 +5,7 @@ not slowing the others, reconnect, live calibration."""
 from __future__ import annotations
 
 import asyncio
+import time
 import dataclasses
 import math
 import shutil
@@ -19,7 +20,7 @@ from edge_agent.decode import register_bytes
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
 from edge_agent.batch import ReadingBatch
-from edge_agent.poller import DevicePoller, PollTicks, _batch, run_device
+from edge_agent.poller import DevicePoller, PollTicks, _batch, _loop, run_device
 from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -438,3 +439,37 @@ def test_devices_sharing_ticks_poll_on_schedule_and_flat_out(interval: float) ->
         assert all(0.5 * seconds / interval <= p <= 1.05 * seconds / interval + 1 for p in polls), polls
     else:
         assert all(p >= 50 for p in polls), polls
+
+
+class _TimedPoller:
+    """A stand-in DevicePoller for the schedule alone: each poll takes ``duration`` seconds."""
+
+    def __init__(self, interval: float, duration: float) -> None:
+        self.interval, self.duration, self.failed_polls, self.starts = interval, duration, 0, []
+
+    async def poll_once(self, task: object = None) -> bool:
+        self.starts.append(time.monotonic())
+        await asyncio.sleep(self.duration)
+        return True
+
+    def next_delay(self) -> float:
+        return self.interval
+
+
+def test_a_long_interval_s_short_remainder_is_not_moved_onto_another_device_s_ticks() -> None:
+    # A 20 ms device sets the shared ticks' origin; a 1 s device in another phase whose poll takes 970 ms
+    # has 30 ms left to wait. Rounded onto the 20 ms device's grid (with a 1 s step) it waited a whole
+    # extra second: one poll and heartbeat missed.
+    async def go() -> list[float]:
+        ticks, stop = PollTicks(), asyncio.Event()
+        fast = _TimedPoller(0.02, 0.001)
+        fast_task = asyncio.create_task(_loop(fast, stop, ticks))    # type: ignore[arg-type]
+        await asyncio.sleep(0.03)
+        slow = _TimedPoller(1.0, 0.97)
+        slow_task = asyncio.create_task(_loop(slow, stop, ticks))    # type: ignore[arg-type]
+        await asyncio.sleep(3.2)
+        stop.set()
+        await asyncio.gather(fast_task, slow_task)
+        return [b - a for a, b in zip(slow.starts, slow.starts[1:])]
+    gaps = asyncio.run(go())
+    assert len(gaps) >= 2 and max(gaps) < 1.5, gaps
