@@ -227,8 +227,10 @@ def nginx_config(plan: NginxPlan) -> str:
         raise ValueError("twin_api must be an HTTPS upstream (tls_name set): it carries the verifier")
     upstreams = _upstreams(plan)
     # Idle connections kept per worker. The twin API serves at most 64 connections at once, each idle one holding a
-    # thread until its 30 s socket timeout: few, and closed by nginx first (20 s).
-    keep = {name: (4, 20) if name == "twin_api" else (16, 60) for name in upstreams}
+    # thread until its 30 s socket timeout: few, and closed by nginx first (20 s). The north-bound command listener
+    # closes an idle connection after 10 s (its request deadline): nginx lets go first (5 s), since it does not
+    # retry a POST on a kept connection the upstream has just closed (the operator would see a 502).
+    keep = {name: {"twin_api": (4, 20), "northbound": (4, 5)}.get(name, (16, 60)) for name in upstreams}
     upstream_blocks = "".join(
         f"    upstream ems_{name} {{\n        server {up.host}:{up.port} max_fails=0;\n"
         f"        keepalive {keep[name][0]};\n        keepalive_timeout {keep[name][1]}s;\n    }}\n"

@@ -182,7 +182,7 @@ class CommandDesk:
         if not role_at_least(who.role, MANUAL_ROLE):
             return 403, {"error": _NEEDS_ROLE}
         with self._lock:
-            kept = self._kept.get(command_id) if _ID.match(command_id) else None
+            kept = self._kept.get(command_id) if _ID.fullmatch(command_id) else None
             doc = self._document(kept) if kept is not None else None
         if doc is None:
             return 404, {"error": f"no manual command {command_id[:64]!r} is known here"}
