@@ -75,13 +75,17 @@ start=$(date +%s)
 # engine's overlay storage is mounted fsync=volatile, where fsync costs nothing, unlike a machine's
 # disk (tests/edge_agent/test_fault.py catches the agent inside its WAL writes and fsyncs).
 mkdir -m 1777 "$work/tmp"
+# The container shares the host's network: it takes its test ports from the host's claims folder
+# (devenv/ports.py), so a run here and one on the host at the same time never get the same port.
+claims="${TMPDIR:-/tmp}/ems-port-claims-$(id -u)"
+mkdir -m 0700 "$claims" 2>/dev/null || true
 # --privileged: the suite mounts, unshares and installs a .deb as root, as it does on a real machine
 # (and, with CAP_SYS_RESOURCE, nproc counts no other root processes of the host). runc and explicit
 # rlimits: this host refuses crun and the engine's default rlimits (see tests/test_images.py LIMITS).
 status=0
 podman run --rm --runtime runc --privileged --network host --shm-size 1g \
     --ulimit "nofile=$(ulimit -Hn):$(ulimit -Hn)" --ulimit nproc=4096:4096 \
-    -v "$work/ems.bundle:/src/ems.bundle:ro" -v "$work/tmp:/tmp" "${trust[@]}" "$image" \
+    -v "$work/ems.bundle:/src/ems.bundle:ro" -v "$work/tmp:/tmp" -v "$claims:/tmp/ems-port-claims-0" "${trust[@]}" "$image" \
     bash -c 'git clone -q --no-checkout /src/ems.bundle /root/ems-platform && cd /root/ems-platform \
              && git -c advice.detachedHead=false checkout -q -b fresh-check "$0" && exec "$@"' \
     "$commit" "${command[@]}" 2>&1 | tee -a "$log" || status=$?

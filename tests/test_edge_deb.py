@@ -5,7 +5,10 @@ package for real (dpkg -i, then dpkg -r and --purge), in a private root: this
 machine's root file system under a copy-on-write overlay, in a mount namespace
 of its own (``PrivateRoot``), so /etc, /var, /opt, the dpkg database and the
 user list of this machine are never written, and two runs (xdist workers,
-developers sharing a machine) never meet. PID 1 here is not systemd, so the
+developers sharing a machine) never see each other's files. The private root
+shares this machine's process and network namespaces: the package's
+logrotate postrotate (``pkill -HUP -u ems``) would also signal another run's
+agent, which only makes that agent open a new audit file. PID 1 here is not systemd, so the
 agent is started as the unit says (its ``User``, ``ExecStartPre`` and
 ``ExecStart``, read from the installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
 unit file itself. Logrotate runs with the installed config and a scratch state
@@ -123,7 +126,7 @@ def _unit(path: Path) -> configparser.ConfigParser:
 # The private root's keeper: a tmpfs (the overlay's upper layer) and the overlay of / mounted in a
 # mount namespace that only this process and the commands entered into it see, with its own /proc,
 # /tmp and /run and the machine's /dev and /sys; then it chroots there and sleeps. When it is killed,
-# the namespace and every file written in it are gone: nothing to clean up, nothing that can leak.
+# the namespace and every file written in it are gone: no file to clean up.
 _KEEPER = r"""
 set -e
 t=$1

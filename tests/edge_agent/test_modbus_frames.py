@@ -185,7 +185,7 @@ def test_a_waiter_cancelled_just_before_a_release_gets_its_cancellation_not_a_va
             await waiter
         except asyncio.CancelledError:
             outcome = "cancelled"
-        except Exception as exc:                  # the old wait() raised ValueError (not in deque)
+        except ValueError as exc:                 # what the old wait() raised (not in deque)
             outcome = type(exc).__name__
         return outcome, slots.free, len(slots._queue)
     assert asyncio.run(go()) == ("cancelled", 1, 0)
