@@ -162,7 +162,8 @@ class NorthboundClient(pulumi.ComponentResource):
             client_secret = created.metadata.name
         # Read only at start: the toml, the utility's CA and the 2030.5 client certificate made here (public: its key
         # changes only with it). A change recreates the pod, as a renewed broker certificate does (tls_digest); the
-        # command listener's certificate reloads in place. An existing client_secret's content is not known here.
+        # command listener's certificate reloads in place. An existing client_secret's content is not known here:
+        # the client itself exits when that certificate is renewed, and the kubelet restarts it (northbound.service).
         started_with = {"config/northbound.toml": conf_text, "utility/ca.crt": s.utility_ca_certificate,
                         **({"client/tls.crt": s.client_certificate} if s.client_certificate is not None else {})}
         svc = k8s.core.v1.Service(
