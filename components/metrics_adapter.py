@@ -17,7 +17,7 @@ import pulumi_kubernetes as k8s
 
 from components.k8s_common import (
     NEEDS_TOKEN_ANNOTATION, Resources, child, config_volume, container, empty_dir, metadata,
-    pod_spec, secret_volume, selector, template_metadata,
+    pod_spec, secret_volume, selector, template_metadata, tls_annotation,
 )
 
 APP = "metrics-adapter"
@@ -51,6 +51,11 @@ class MetricsAdapterArgs:
     """CA certificate that signed it; pinned in the APIService."""
     resources: Resources = Resources("100m", "128Mi", "500m", "512Mi")
     """Container requests/limits. Defaults to 100m/128Mi, limits 500m/512Mi."""
+    tls_digest: pulumi.Input[str] | None = None
+    """Digest of ``tls_secret``'s certificate and the trust bundle (``k8s_common.content_digest``), the pod template's
+    ``ems.io/tls-sha256``: a renewed serving certificate rolls the two replicas one by one. (The adapter's API-server
+    library may re-read its certificate files by itself; that is not verified here, and a roll is certain and cheap.)
+    Defaults to none (no annotation)."""
 
 
 class MetricsAdapter(pulumi.ComponentResource):
@@ -130,7 +135,8 @@ class MetricsAdapter(pulumi.ComponentResource):
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
                     # The adapter reads its rules only at start: a change rolls the two replicas one by one.
-                    "metadata": template_metadata(APP, [adapter], config=config, annotations={NEEDS_TOKEN_ANNOTATION: "true"}),
+                    "metadata": template_metadata(APP, [adapter], config=config,
+                                                  annotations={NEEDS_TOKEN_ANNOTATION: "true", **tls_annotation(args.tls_digest)}),
                     "spec": pod_spec([adapter], service_account=sa.metadata.name, automount_token=True, spread_app=APP,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               secret_volume("serving-cert", args.tls_secret), empty_dir("tmp")]),

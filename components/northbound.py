@@ -47,7 +47,7 @@ import pulumi_kubernetes as k8s
 from components.api_gateway import APP as API_GATEWAY_APP, NORTHBOUND_COMMAND_PORT
 from components.k8s_common import (
     ComponentArgsError, Resources, child, config_volume, container, metadata, pod_spec, secret_volume,
-    selector, template_metadata,
+    selector, template_metadata, tls_annotation,
 )
 from components.settings import NorthboundSettings
 
@@ -114,6 +114,10 @@ class NorthboundArgs:
     """The only client-certificate CN the command listener serves: the API gateway's, e.g. ``ems-api-gateway``."""
     resources: Resources = Resources("50m", "64Mi", "500m", "256Mi")
     """Container requests/limits. Defaults to 50m/64Mi, limits 0.5 CPU/256Mi."""
+    tls_digest: pulumi.Input[str] | None = None
+    """Digest of ``broker_tls_secret``'s certificate and the trust bundle (``k8s_common.content_digest``), the pod
+    template's ``ems.io/tls-sha256``: the client reads its broker certificate only at start, so a renewed one recreates
+    the pod. Defaults to none (no annotation)."""
 
 
 def validate_args(name: str, args: NorthboundArgs) -> None:
@@ -157,7 +161,9 @@ class NorthboundClient(pulumi.ComponentResource):
                 opts=child(self, additional_secret_outputs=["data", "stringData"]))
             client_secret = created.metadata.name
         # Read only at start: the toml, the utility's CA and the 2030.5 client certificate made here (public: its key
-        # changes only with it). A change recreates the pod. An existing client_secret's content is not known here.
+        # changes only with it). A change recreates the pod, as a renewed broker certificate does (tls_digest); the
+        # command listener's certificate reloads in place. An existing client_secret's content is not known here:
+        # the client itself exits when that certificate is renewed, and the kubelet restarts it (northbound.service).
         started_with = {"config/northbound.toml": conf_text, "utility/ca.crt": s.utility_ca_certificate,
                         **({"client/tls.crt": s.client_certificate} if s.client_certificate is not None else {})}
         svc = k8s.core.v1.Service(
@@ -186,7 +192,7 @@ class NorthboundClient(pulumi.ComponentResource):
                 "strategy": {"type": "Recreate"},
                 "selector": {"matchLabels": selector(APP)},
                 "template": {
-                    "metadata": template_metadata(APP, [client], config=started_with),
+                    "metadata": template_metadata(APP, [client], config=started_with, annotations=tls_annotation(args.tls_digest)),
                     "spec": pod_spec([client], service_account=sa.metadata.name,
                                      volumes=[config_volume("config", conf.metadata.name),
                                               config_volume("utility-ca", utility_ca.metadata.name),

@@ -192,7 +192,7 @@ class EmsPlatform(pulumi.ComponentResource):
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         MetricsAdapter(f"{name}-adapter", MetricsAdapterArgs(
             namespace=namespace, image=s.images.metrics_adapter, prometheus_url=tsdb.query_url,
-            tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_bundle_pem,
+            tls_secret="metrics-adapter-tls", ca_cert_pem=pki.ca_bundle_pem, tls_digest=rolls_on("metrics-adapter-tls"),
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         TwinApi(f"{name}-twin", TwinApiArgs(
             namespace=namespace, image=s.images.ingest, broker_host=f"broker.{ns_name}.svc.cluster.local",
@@ -216,6 +216,7 @@ class EmsPlatform(pulumi.ComponentResource):
                 namespace=namespace, image=s.images.northbound, settings=s.northbound,
                 broker_host=f"broker.{ns_name}.svc.cluster.local", broker_tls_secret=f"edge-{northbound_identity}-tls",
                 identity=northbound_identity, commands_tls_secret=NORTHBOUND_COMMANDS_TLS, caller_identity=gateway_identity,
+                tls_digest=rolls_on(f"edge-{northbound_identity}-tls"),
             ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         if s.grafana.enabled:      # behind the gateway at /grafana/, users from its auth-proxy headers
             api_host = s.api_hostnames[0] if s.api_hostnames else f"api-gateway.{ns_name}.svc"

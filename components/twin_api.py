@@ -168,8 +168,10 @@ class TwinApi(pulumi.ComponentResource):
                   "ports": [{"name": "https", "port": PORT, "targetPort": "https", "protocol": "TCP"}]},
             opts=o,
         )
-        # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts).
-        k8s.core.v1.Service(
+        # Headless: the TSDB scrapes each replica's own counters (the gateway verifier's allow/deny counts). It is also
+        # the StatefulSet's governing Service: only a headless one gives each pod its DNS name
+        # (twin-api-0.twin-api-metrics.<ns>.svc) and hence the SRV targets from which the scrape job takes ``pod``.
+        headless = k8s.core.v1.Service(
             f"{name}-metrics", metadata=metadata(METRICS_SERVICE, ns, APP),
             spec={"clusterIP": "None", "selector": selector(APP),
                   "ports": [{"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics", "protocol": "TCP"}]},
@@ -188,7 +190,7 @@ class TwinApi(pulumi.ComponentResource):
         replicas = k8s.apps.v1.StatefulSet(
             f"{name}-sts", metadata=metadata(APP, ns, APP),
             spec={
-                "serviceName": svc.metadata.name,
+                "serviceName": headless.metadata.name,
                 "replicas": args.replicas,
                 # Stateless replicas need not start one after the other (updates still roll one pod at a time).
                 "podManagementPolicy": "Parallel",

@@ -122,19 +122,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(config: Any) -> int:
-    """Run the client until SIGTERM or SIGINT; 0 on a clean stop."""
-    from northbound.service import NorthboundService
+    """Run the client until SIGTERM or SIGINT; 0 on a clean stop, ``RESTART_EXIT`` after a renewed client certificate."""
+    from northbound.service import RESTART_EXIT, NorthboundService
 
-    async def serve() -> None:
+    async def serve() -> bool:
         service = NorthboundService(config)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await service.run(stop)
+        return service.restart_required
 
-    asyncio.run(serve())
-    return 0
+    return RESTART_EXIT if asyncio.run(serve()) else 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ their results are handed to its ``CommandDesk`` as they arrive. A failing task �
 refused, timed out, HTTP 500, a document we refuse, registration not possible yet —
 backs off exponentially with jitter (``polling.backoff_*``) while the others go on;
 one failure never stops the loop.
+
+The 2030.5 client certificate is the client's identity at the server (its LFDI and SFDI are
+the certificate's hash), so a new one is not swapped under a running loop: every
+``cert_check_s`` the certificate, key and server CA are checked (``CertificateWatch``); when
+they changed and load as a matching pair, ``run`` stops cleanly and ``restart_required`` is
+set, and ``ems-northbound run`` exits with :data:`RESTART_EXIT` so its supervisor (the
+kubelet) starts it again with the new identity. A pair that does not load is logged once and
+the loop goes on with the old one.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ from typing import Awaitable, Callable, Collection, Mapping, Protocol
 import httpx
 
 from ems_contract.command import Command
+from ems_runtime.file_watch import CertificateWatch
 from ems_runtime.status_http import StatusEndpoint
 from northbound import tls
 from northbound.client import PointValue, Sep2Client, SiteSession
@@ -62,6 +71,10 @@ __all__ = ["NorthboundService", "Backoff", "ReadingSource", "TwinApiSource", "Co
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+CERT_CHECK_S = 5.0
+"""How often the 2030.5 client certificate, key and server CA are checked for a renewal."""
+RESTART_EXIT = 75
+"""``ems-northbound run``'s exit status after a renewed client certificate (EX_TEMPFAIL): start me again."""
 MAX_TWIN_BYTES = 256 * 1024
 
 
@@ -158,8 +171,11 @@ class NorthboundService:
 
     def __init__(self, config: NorthboundConfig, *, metrics: NorthboundMetrics | None = None,
                  source: ReadingSource | None = None, sink: CommandSink | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, cert_check_s: float = CERT_CHECK_S) -> None:
         self.config = config
+        self.cert_check_s = cert_check_s
+        self.restart_required = False
+        """Set when ``run`` stopped because the client certificate was renewed: the caller should start again."""
         self.metrics = metrics or NorthboundMetrics()
         self.source = source
         self.sink: CommandSink | None = sink
@@ -193,8 +209,13 @@ class NorthboundService:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set."""
-        context = tls.client_context(self.config.server.ca, self.config.client.cert, self.config.client.key,
-                                     allow_tls13=self.config.server.allow_tls13)
+        server, client = self.config.server, self.config.client
+        identity = CertificateWatch(client.cert, client.key, server.ca, errors=(ConfigError,), logger=log,
+                                    what="2030.5 client certificate",
+                                    load=lambda: tls.client_context(server.ca, client.cert, client.key,
+                                                                    allow_tls13=server.allow_tls13))
+        context = identity.first()
+        next_check = time.monotonic() + self.cert_check_s
         if self.source is None and self.config.readings.twin_api is not None:
             self.source = TwinApiSource(self.config.readings)
         if self.sink is None:
@@ -211,6 +232,13 @@ class NorthboundService:
                 log.info("north-bound client lfdi %s sfdi %s → %s", self.config.client.lfdi, self.config.client.sfdi,
                          self.config.server.url)
                 while not stop.is_set():
+                    if self.cert_check_s > 0 and time.monotonic() >= next_check:
+                        next_check = time.monotonic() + self.cert_check_s
+                        if await asyncio.to_thread(identity.check) is not None:
+                            log.warning("2030.5 client certificate %s changed; stopping so that the client starts "
+                                        "again with the new identity", client.cert)
+                            self.restart_required = True
+                            break
                     await self.tick()
                     wait = max(0.0, min(TICK_S, min(self._due.values()) - time.monotonic()))
                     try:

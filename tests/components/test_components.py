@@ -371,7 +371,7 @@ def test_twin_api_children_and_outputs() -> None:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         *({"name": f"EMS_BROKER_{k}", "value": f"/etc/ems/mqtt-tls/$(POD_NAME)/{f}"} for k, f in
           (("CA", "ca.crt"), ("CERT", "tls.crt"), ("KEY", "tls.key")))]
-    assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api")
+    assert (sts.inputs["spec"]["replicas"], sts.inputs["spec"]["serviceName"]) == (2, "twin-api-metrics")   # the headless one
 
 
 def test_operator_and_grafana_routes_exist_only_with_their_upstreams() -> None:

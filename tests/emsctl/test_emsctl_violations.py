@@ -39,6 +39,7 @@ EXPECTED = {
     "container-image-registry": {"foreign-registry"},
     "pod-sysctls-allowed": {"insecure-app"},
     "secret-volume-mode": {"insecure-app"},
+    "pod-config-change-rolls": {"insecure-app"},
     "latency-critical-node-affinity": {"insecure-app"},
     "thermal-hpa-cooldown": {"thermal-hpa"},
     "tsdb-csi-storage": {"tsdb-claim"},

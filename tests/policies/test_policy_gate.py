@@ -64,6 +64,7 @@ EXPECTED = {
     "pod-level-only-nonroot-container-root": {"container-run-as-non-root"},
     "secret-0644": {"secret-volume-mode"},
     "secret-default-mode-unset": {"secret-volume-mode"},
+    "config-no-rollout": {"pod-config-change-rolls"},
     "writable-root": {"container-readonly-root-filesystem"},
     "no-limits": {"container-resources"},
     "evil-registry": {"container-image-registry"},

@@ -187,6 +187,7 @@ VIOLATIONS = [
     ("container-image-pinned", KIND_TYPES["Deployment"], workload(), C0 + ("image",), "ghcr.io/x/y:latest"),
     ("pod-host-access", KIND_TYPES["Deployment"], workload(), POD + ("hostNetwork",), True),
     ("secret-volume-mode", KIND_TYPES["Deployment"], workload(), POD + ("volumes", 0, "secret", "defaultMode"), 420),
+    ("pod-config-change-rolls", KIND_TYPES["Deployment"], workload(), ("spec", "template", "metadata", "annotations"), {}),
     ("serviceaccount-token-automount", KIND_TYPES["Deployment"], workload(), POD + ("automountServiceAccountToken",), True),
     ("service-external-ports", SAMPLES["service"][0], SAMPLES["service"][1], ("spec", "loadBalancerSourceRanges"), []),
     ("service-ports-allowed", SAMPLES["service"][0], SAMPLES["service"][1], ("spec", "ports", 0, "port"), 22),

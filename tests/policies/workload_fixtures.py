@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+CONFIG_DIGEST = "ems.io/config-sha256"
 KIND_TYPES = {
     "Pod": "kubernetes:core/v1:Pod",
     "Deployment": "kubernetes:apps/v1:Deployment",
@@ -51,7 +52,8 @@ def workload(kind: str = "Deployment", spec: dict | None = None, labels: dict | 
     spec = copy.deepcopy(spec) if spec is not None else pod_spec()
     labels = labels if labels is not None else {"app.kubernetes.io/name": "ingest"}
     meta = {"name": "ingest", "namespace": namespace, "labels": dict(labels)}
-    template = {"metadata": {"labels": dict(labels)}, "spec": spec}
+    # The config digest: the pod mounts a Secret (policy pod-config-change-rolls).
+    template = {"metadata": {"labels": dict(labels), "annotations": {CONFIG_DIGEST: "0" * 64}}, "spec": spec}
     if kind == "Pod":
         return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
     if kind == "CronJob":

@@ -510,7 +510,7 @@ def test_twin_api_is_deployed_behind_the_gateway_over_tls(name: str) -> None:
     # A StatefulSet (a stable ordinal, hence its own client certificate, per replica): the ingest image running
     # `ems-ingest twin-api`, hardened, two replicas, its own SA without a token, no volume claim.
     deploy = _named(ev, "kubernetes:apps/v1:StatefulSet", "twin-api")
-    assert "volumeClaimTemplates" not in deploy.inputs["spec"] and deploy.inputs["spec"]["serviceName"] == "twin-api"
+    assert "volumeClaimTemplates" not in deploy.inputs["spec"] and deploy.inputs["spec"]["serviceName"] == "twin-api-metrics"
     assert not [d for d in ev.of_type("kubernetes:apps/v1:Deployment") if d.inputs["metadata"]["name"] == "twin-api"]
     [ingest] = [w for w in ev.of_type("kubernetes:apps/v1:StatefulSet") if w.inputs["metadata"]["name"] == "ingest"]
     pod = deploy.inputs["spec"]["template"]["spec"]

@@ -8,6 +8,7 @@
 * ``client_auth``   internet-facing 443/8883 listeners front workloads that require client authentication
 * ``rbac``          Roles, ClusterRoles, bindings, ServiceAccount token automount
 * ``workloads``     container and pod hardening for every pod-bearing kind
+* ``rollout``       a mounted ConfigMap or Secret rolls the pods on a change, or is reloaded in place
 * ``placement``     EMS node placement, TSDB storage, thermal autoscaling
 * ``pki``           pulumi-tls keys and certificates
 * ``aws``           EKS, EBS, StorageClass and KMS encryption/exposure
@@ -23,9 +24,9 @@ from pulumi_policy import Policy
 
 def all_policies() -> list[Policy]:
     """Every policy of the pack, grouped by domain (imported lazily so each module stays standalone)."""
-    from . import aws, client_auth, egress, network, pki, placement, ports, private_cloud, rbac, workloads
+    from . import aws, client_auth, egress, network, pki, placement, ports, private_cloud, rbac, rollout, workloads
 
     policies: list[Policy] = []
-    for module in (ports, network, egress, client_auth, rbac, workloads, placement, pki, aws, private_cloud):
+    for module in (ports, network, egress, client_auth, rbac, workloads, rollout, placement, pki, aws, private_cloud):
         policies.extend(module.POLICIES)
     return policies

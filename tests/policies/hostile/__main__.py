@@ -35,9 +35,10 @@ GOOD_POD = {
     "security_context": {"run_as_non_root": True, "run_as_user": 10001, "seccomp_profile": {"type": "RuntimeDefault"}},
     "volumes": [{"name": "tls", "secret": {"secret_name": "tls", "default_mode": 0o440}}],
 }
+CONFIG_DIGEST = {"ems.io/config-sha256": "0" * 64}     # the pod mounts a Secret: a change must roll it
 
 
-def deployment(name: str, container: dict | None = None, **pod: object) -> None:
+def deployment(name: str, container: dict | None = None, annotations: dict | None = None, **pod: object) -> None:
     c = copy.deepcopy(GOOD_CONTAINER)
     for key, value in (container or {}).items():
         if value is None:
@@ -49,7 +50,8 @@ def deployment(name: str, container: dict | None = None, **pod: object) -> None:
     spec = {**copy.deepcopy(GOOD_POD), **pod, "containers": [c]}
     k8s.apps.v1.Deployment(name, opts=on_cluster, metadata={"namespace": NS}, spec={
         "selector": {"match_labels": {"app": name}},
-        "template": {"metadata": {"labels": {"app": name}}, "spec": spec}})
+        "template": {"metadata": {"labels": {"app": name},
+                                  "annotations": CONFIG_DIGEST if annotations is None else annotations}, "spec": spec}})
 
 
 deployment("good-deploy")
@@ -71,6 +73,10 @@ deployment("writable-root", {"security_context": {"read_only_root_filesystem": F
 deployment("no-limits", {"resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}})
 deployment("ssh-port", {"ports": [{"container_port": 22, "name": "ssh"}]})
 deployment("evil-registry", {"image": "ghcr.io.evil.example/x/y:1.0"})
+deployment("config-no-rollout", annotations={})
+deployment("good-config-reloader", {"name": "config-reloader", "volume_mounts": [{"name": "tls", "mount_path": "/tls"}]},
+           annotations={},
+           share_process_namespace=True)
 deployment("unsafe-sysctl", security_context={**GOOD_POD["security_context"],
                                                "sysctls": [{"name": "kernel.msgmax", "value": "65536"}]})
 
