@@ -70,7 +70,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from edge_agent.batch import ReadingBatch
-from edge_agent.point_table import PointTable, Shape
+from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
 from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 
@@ -109,19 +109,19 @@ def decode_record(line: bytes) -> dict[str, Any]:
     return body
 
 
-def batch_record(site: str, batch: ReadingBatch, shape: Shape | None = None) -> bytes:
+def batch_record(site: str, batch: ReadingBatch, shape: Shape | None = None, columns: Columns | None = None) -> bytes:
     """The audit line of one accepted, sequenced batch; ValueError for a NaN or infinite value.
 
     With the batch's ``shape`` (``PointTable.shape``) the point form, whose ids
-    :meth:`AuditLog.add_batch_record` defines in the file first; else the column form.
+    :meth:`AuditLog.add_batch_record` defines in the file first (with ``columns``, the batch's
+    ``shared_columns`` already encoded for its spool row); else the column form.
     """
-    check_finite(batch.value)
     if shape is not None:
-        ts, quality = batch.ts_ms, batch.quality
+        ts, value, quality = columns or shared_columns(batch)
         return encode_record({
             "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
-            "at_ms": batch.accepted_ms, "ts_ms": ts[0] if ts.count(ts[0]) == len(ts) else ts, "p": shape.p_json,
-            "value": batch.value, "q": quality[0] if quality.count(quality[0]) == len(quality) else quality})
+            "at_ms": batch.accepted_ms, "ts_ms": ts, "p": shape.p_json, "value": value, "q": quality})
+    check_finite(batch.value)
     return encode_record({
         "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
         "at_ms": batch.accepted_ms, "ts_ms": batch.ts_ms, "asset": batch.asset, "point": batch.point,

@@ -125,32 +125,41 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
         messages await their PUBACK, so messages grow towards ``batch_max_readings``."""
         waiting_since: float | None = None
         while True:
-            spool.changed.clear()
-            freed.clear()
+            wake.clear()
             pending = spool.pending
-            if pending:
-                waiting_since = waiting_since or clock()
-                due = pending >= batch_max_readings or not inflight or flushing.is_set() or \
-                    clock() - waiting_since >= batch_max_delay_s
-                if due:
-                    batches = await spool.lease(limit)
-                    if batches:
-                        return batches
-                    continue
-                timeout: float | None = max(0.0, batch_max_delay_s - (clock() - waiting_since))
-            else:
-                timeout = None
-            waiters = [asyncio.ensure_future(event.wait()) for event in (spool.changed, flushing, freed)]
+            if not pending:
+                await wake.wait()
+                continue
+            waiting_since = waiting_since or clock()
+            due = pending >= batch_max_readings or not inflight or flushing.is_set() or \
+                clock() - waiting_since >= batch_max_delay_s
+            if due:
+                batches = await spool.lease(limit)
+                if batches:
+                    return batches
+                continue
+            timer = loop.call_later(max(0.0, batch_max_delay_s - (clock() - waiting_since)), wake.set)
             try:
-                await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                await wake.wait()
             finally:
-                for waiter in waiters:
-                    waiter.cancel()
+                timer.cancel()
+
+    async def relay(event: asyncio.Event, *, once: bool = False) -> None:
+        """Set ``wake`` whenever ``event`` is set: one task waits on it for the whole session, where a
+        wait on the three events took three new tasks (then cancelled) each time the sender idled."""
+        while True:
+            await event.wait()
+            wake.set()
+            if once:
+                return
+            event.clear()
 
     # Oldest first. The sender fills free slots several entries at a time and the acker acks every
     # consecutive confirmed entry with one spool delete: fewer awaits per reading.
     inflight: deque[InFlight] = deque()
     added, freed = asyncio.Event(), asyncio.Event()
+    wake = asyncio.Event()              # spool.changed, flushing or freed: next_batches looks again
+    loop = asyncio.get_running_loop()
 
     def entries(batches: list[ReadingBatch]) -> list[list[ReadingBatch]]:
         """Whole rows grouped into entries of about ``batch_max_readings`` readings."""
@@ -186,16 +195,18 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
                 added.clear()
                 await added.wait()
             head = inflight[0]
-            try:
-                await asyncio.wait_for(asyncio.shield(head.acked), ack_timeout_s)
-            except asyncio.TimeoutError:
-                link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {head.first}..{head.last}")
-                raise PublishError(f"no PUBACK for seq {head.first}..{head.last}") from None
+            if not head.acked.done():
+                await asyncio.wait((head.acked,), timeout=ack_timeout_s)   # no shield, no task: it stays
+                if not head.acked.done():
+                    link.abort(f"no PUBACK within {ack_timeout_s:.0f}s for seq {head.first}..{head.last}")
+                    raise PublishError(f"no PUBACK for seq {head.first}..{head.last}")
+            head.acked.result()         # raises what failed the publish (e.g. the connection was lost)
             confirmed: list[InFlight] = []
             while inflight and inflight[0].acked.done() and not inflight[0].acked.cancelled() \
                     and inflight[0].acked.exception() is None:
                 confirmed.append(inflight.popleft())
             freed.set()                 # the window has room (and may be idle)
+            wake.set()
             # The delete rides on the spool's next group commit; the acker goes on to the next PUBACKs.
             spool.ack_nowait(confirmed[0].first, confirmed[-1].last)
             if metrics is not None:
@@ -212,6 +223,8 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
         started = time.monotonic()
         try:
             async with asyncio.TaskGroup() as group:
+                group.create_task(relay(spool.changed))
+                group.create_task(relay(flushing, once=True))
                 group.create_task(sender())
                 group.create_task(acker())
         except* PublishError as errors:

@@ -500,7 +500,19 @@ class EdgeMqttLink:
             client.loop_read()
 
     def _on_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        asyncio.get_running_loop().add_writer(sock, client.loop_write)
+        # paho has bytes to send: write them on the loop's next pass rather than wait for the socket to
+        # signal writable (it nearly always is). Watching it cost two epoll_ctl calls and a loop pass per
+        # message; the messages published in one pass now go out in one loop_write.
+        asyncio.get_running_loop().call_soon(self._write_now, client, sock)
+
+    def _write_now(self, client: paho.Client, sock: Any) -> None:
+        if client.socket() is not sock:
+            return                          # that connection is gone; the next one writes its own
+        client.loop_write()
+        if client.want_write() and client.socket() is sock:
+            # The socket's buffer is full. paho registers a writer only once until everything is written,
+            # so watch the socket here; the unregister callback removes the watch.
+            asyncio.get_running_loop().add_writer(sock, client.loop_write)
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         asyncio.get_running_loop().remove_writer(sock)

@@ -87,8 +87,7 @@ from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
-from edge_agent.point_table import Point, PointTable, Shape
-from ems_contract.telemetry import check_finite
+from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
 from ems_runtime.sqlite import transaction
 
 __all__ = ["Spool", "SPOOL_FILE"]
@@ -110,18 +109,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
 """
 
 
-def _encode(batch: ReadingBatch, shape: Shape) -> bytes:
+def _encode(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -> bytes:
     """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``t``
-    and ``q`` one value when every reading shares it; ValueError for a NaN or infinite value."""
-    check_finite(batch.value)
-    ts, quality = batch.ts_ms, batch.quality
-    return orjson.dumps({"p": shape.p_json, "t": ts[0] if ts.count(ts[0]) == len(ts) else ts, "v": batch.value,
-                         "q": quality[0] if quality.count(quality[0]) == len(quality) else quality})
+    and ``q`` one value when every reading shares it (``shared_columns``, or ``columns`` it returned);
+    ValueError for a NaN or infinite value."""
+    ts, value, quality = columns or shared_columns(batch)
+    return orjson.dumps({"p": shape.p_json, "t": ts, "v": value, "q": quality})
 
 
-def _row(batch: ReadingBatch, shape: Shape) -> tuple[int, int, int, bytes, int]:
+def _row(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -> tuple[int, int, int, bytes, int]:
     """The stored row of a sequenced batch: seq_first, seq_last, accepted_ms, data, crc."""
-    data = _encode(batch, shape)
+    data = _encode(batch, shape, columns)
     return batch.seq_first, batch.seq_last, batch.accepted_ms, data, zlib.crc32(data)
 
 
@@ -442,9 +440,10 @@ class Spool:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
                 # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
                 shapes = list(map(self.points.shape, batches))
-                rows = list(map(_row, batches, shapes))
-                records = [(batch_record(self.site, batch, shape), shape) for batch, shape in zip(batches, shapes)] \
-                    if self.audit is not None else []
+                columns = list(map(shared_columns, batches))      # the row and the record share them
+                rows = list(map(_row, batches, shapes, columns))
+                records = [(batch_record(self.site, batch, shape, cols), shape)
+                           for batch, shape, cols in zip(batches, shapes, columns)] if self.audit is not None else []
                 new_points = self.points.take_unsaved()
                 try:
                     dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,

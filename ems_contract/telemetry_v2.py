@@ -197,13 +197,17 @@ def _values_json(value: list[float | None]) -> orjson.Fragment:
     as the float64 it becomes) is written by orjson and its integral floats cut on the bytes: in a
     list of numbers, ``.0`` before ``,`` or ``]`` ends an integral float and nothing else (orjson
     writes magnitudes from 1e16 in exponent form, and those are not below 2**53). C loops only,
-    where converting each value would cost a Python call per reading. Any other column (a null, a
-    NaN, an out-of-range or non-number value) goes through ``_compact_values``.
+    where converting each value would cost a Python call per reading. One ``math.hypot`` checks the
+    column: it is NaN or infinite when a value is, and no value's magnitude exceeds it (a column
+    whose hypot reaches 2**53 while every value is below takes the general path, which is exact
+    too). Any other column (a null, a NaN, an out-of-range or non-number value) goes through
+    ``_compact_values``.
     """
     try:
-        if math.isfinite(sum(value)) and -_EXACT < min(value) and max(value) < _EXACT:
-            return orjson.Fragment(orjson.dumps(value).replace(b".0,", b",").replace(b".0]", b"]"))
-    except TypeError:                                # a null or a non-number: the general path says what
+        if math.hypot(*value) < _EXACT:
+            data = orjson.dumps(value).replace(b".0,", b",")
+            return orjson.Fragment(data[:-3] + b"]" if data.endswith(b".0]") else data)
+    except (TypeError, OverflowError):               # a null or a non-number: the general path says what
         pass
     return orjson.Fragment(orjson.dumps(_compact_values(value)))
 

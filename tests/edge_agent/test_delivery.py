@@ -13,6 +13,7 @@ from devenv.mosquitto import MosquittoBroker
 from devenv.pki import LocalPki
 from edge_agent.batch import ReadingBatch
 from edge_agent.delivery import drain, payloads
+from edge_agent.errors import PublishError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
 from edge_agent.spool import Spool
@@ -105,3 +106,98 @@ def test_a_message_over_the_size_limit_is_split_until_every_part_fits(payload_fo
         assert len(sent) > 1                          # one message would have been refused as oversized
     decoded = [decode_telemetry(p) for p in sent]
     assert [r for m in decoded for r in m.readings] == list(batch.sequenced(1, 1).readings())
+
+
+class _FakeLink:
+    """What drain uses of EdgeMqttLink; the test completes each message's future (its PUBACK) itself."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[tuple[int, int], asyncio.Future[None]]] = []
+        self.aborted: list[str] = []
+        self.connected = True
+        self.up = asyncio.Event()
+        self.up.set()
+
+    async def wait_connected(self) -> None:
+        await self.up.wait()
+
+    def start_publish(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        message = decode_telemetry(payload)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sent.append(((message.seq_first, message.seq_last), future))
+        return future
+
+    def abort(self, why: str) -> None:
+        self.aborted.append(why)
+        self.connected = False
+        self.up.clear()
+
+    def ranges(self) -> list[tuple[int, int]]:
+        return [seqs for seqs, _ in self.sent]
+
+
+async def _until(condition, timeout: float = 5.0) -> bool:
+    for _ in range(int(timeout / 0.01)):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return condition()
+
+
+async def _spool_ten(spool: Spool) -> None:
+    await spool.append(_sequenced(0, 10).sequenced(0, 0))
+    await spool.flush()
+
+
+def test_drain_wakes_on_a_commit_a_puback_its_delay_and_flushing(tmp_path: Path) -> None:
+    """An idle link sends a commit at once; with a message in flight, fewer readings than a message wait
+    for its PUBACK, for batch_max_delay_s, or for flushing, whichever comes first."""
+
+    async def go() -> None:
+        link = _FakeLink()
+        flushing = asyncio.Event()
+        async with Spool(tmp_path, site="s1", fsync_batch=10_000, flush_interval_s=0.05) as spool:
+            task = asyncio.create_task(drain(spool, link, site="s1", batch_max_readings=100, batch_max_delay_s=0.5,
+                                             flushing=flushing))  # type: ignore[arg-type]
+            await _spool_ten(spool)
+            assert await _until(lambda: link.ranges() == [(1, 10)])         # idle link: at once
+            await _spool_ten(spool)
+            await asyncio.sleep(0.25)
+            assert link.ranges() == [(1, 10)]                                # in flight, 10 < 100: waits
+            link.sent[0][1].set_result(None)
+            assert await _until(lambda: link.ranges() == [(1, 10), (11, 20)])  # the PUBACK freed the link
+            assert await _until(lambda: spool.depth == 10)                    # 1..10 acked (next commit)
+            await _spool_ten(spool)
+            started = asyncio.get_running_loop().time()
+            assert await _until(lambda: len(link.sent) == 3)                  # 21..30 after batch_max_delay_s
+            assert asyncio.get_running_loop().time() - started >= 0.45
+            await _spool_ten(spool)
+            await asyncio.sleep(0.1)
+            assert len(link.sent) == 3
+            flushing.set()
+            assert await _until(lambda: link.ranges()[3:] == [(31, 40)])      # flushing: no wait
+            assert not link.aborted
+            task.cancel()
+
+    asyncio.run(go())
+
+
+def test_drain_sends_again_after_a_missing_puback_or_a_failed_publish(tmp_path: Path) -> None:
+    async def go() -> None:
+        link = _FakeLink()
+        async with Spool(tmp_path, site="s1", fsync_batch=10_000, flush_interval_s=0.05) as spool:
+            task = asyncio.create_task(drain(spool, link, site="s1", ack_timeout_s=0.3))  # type: ignore[arg-type]
+            await _spool_ten(spool)
+            assert await _until(lambda: len(link.aborted) == 1)               # no PUBACK within 0.3 s
+            assert "no PUBACK" in link.aborted[0]
+            link.connected = True
+            link.up.set()                                                     # reconnected: the same seqs again
+            assert await _until(lambda: link.ranges() == [(1, 10), (1, 10)])
+            link.sent[1][1].set_exception(PublishError("connection lost"))    # still connected: retried
+            assert await _until(lambda: link.ranges() == [(1, 10)] * 3)
+            link.sent[2][1].set_result(None)
+            assert await _until(lambda: spool.depth == 0)
+            assert len(link.aborted) == 1
+            task.cancel()
+
+    asyncio.run(go())

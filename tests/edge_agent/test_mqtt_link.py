@@ -246,3 +246,25 @@ def test_reconnect_retries_fast_through_a_short_outage_then_backs_off() -> None:
     assert len(early) >= 13 and all(0.25 <= d <= 0.75 for d in early)   # a broker back after 4 s is found in < 1 s
     assert max(late) > 5 and all(d <= 30 for d in late)                 # a long outage is not hammered
     assert len(schedule) < 60
+
+
+def test_a_burst_larger_than_the_socket_buffer_is_written_in_full(broker: MosquittoBroker, pki: LocalPki) -> None:
+    """Messages are written on the loop's next pass; what the socket cannot take then is written as it drains."""
+    sub = Subscriber(broker.plain_port).start()
+    payloads = [bytes([i]) * 200_000 for i in range(60)]           # 12 MB in one pass of the loop
+
+    async def go() -> bool:
+        async with _link(broker, pki) as link:
+            await link.connect()
+            futures = [link.start_publish("ems/v1/site1/test", p) for p in payloads]
+            await asyncio.sleep(0)                                  # the first write: far from all of it
+            partial = link._client is not None and link._client.want_write()
+            await asyncio.wait_for(asyncio.gather(*futures), 60)
+            return partial
+
+    try:
+        assert asyncio.run(go())
+        assert sub.wait_for(lambda r: len(r.on_topic("ems/v1/site1/test")) == 60, timeout=30)
+        assert [p for p, _ in sub.received.on_topic("ems/v1/site1/test")] == payloads
+    finally:
+        sub.stop()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from edge_agent.audit import AuditLog, batch_record, decode_record, encode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
-from edge_agent.point_table import PointTable
+from edge_agent.point_table import PointTable, shared_columns
 from edge_agent.spool import Spool, _decode, _row
 from ems_contract.telemetry import QUALITIES
 
@@ -54,6 +54,28 @@ def test_a_row_round_trips_through_the_point_form(stored: list[ReadingBatch]) ->
     reopened.load(points.take_unsaved())
     last = stored[-1]
     assert _fields(_decode(*_row(last, points.shape(last))[:4], reopened)) == _fields(last)
+
+
+@settings(max_examples=200, deadline=None)
+@given(batches())
+def test_the_row_and_the_record_from_shared_columns_are_the_ones_each_encodes_alone(batch: ReadingBatch) -> None:
+    """The spool encodes a batch's values once (``shared_columns``) for its row and its audit record."""
+    shape = PointTable().shape(batch)
+    columns = shared_columns(batch)
+    assert _row(batch, shape, columns) == _row(batch, shape)
+    assert batch_record("s1", batch, shape, columns) == batch_record("s1", batch, shape)
+    record = decode_record(batch_record("s1", batch, shape, columns)[:-1])
+    assert orjson.loads(_row(batch, shape, columns)[3])["v"] == record["value"] == batch.value
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_a_value_that_is_not_finite_is_refused_by_the_row_the_record_and_shared_columns(bad: float) -> None:
+    batch = ReadingBatch([1, 1], ["a", "a"], ["p", "q"], [1.0, bad], ["", ""], ["good", "good"], ["s", "t"], 1, 1)
+    shape = PointTable().shape(batch)
+    for encode in (lambda: shared_columns(batch), lambda: _row(batch, shape), lambda: batch_record("s1", batch, shape),
+                   lambda: batch_record("s1", batch)):
+        with pytest.raises(ValueError):
+            encode()
 
 
 @settings(max_examples=300, deadline=None)

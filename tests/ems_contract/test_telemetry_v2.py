@@ -330,3 +330,13 @@ def test_the_value_column_keeps_every_value_and_writes_integral_ones_as_integers
     assert [r.value for r in decode_batch_v2(payload).readings] == values
     column = json.loads(payload)["val"]
     assert [type(v) for v in column] == [int if v.is_integer() and abs(v) < 2**53 else float for v in values]
+
+
+@pytest.mark.parametrize("values", [[2.0**52] * 5, [1.0, 2.5, 3.0], [2.5, 3.0, 1.0], [0.0] * 1000,
+                                    [float(2**53 - 1), 1.0], [1.7e308, 1.7e308, 3.0]])
+def test_the_value_column_fast_and_general_paths_write_the_same_json(values: list[float]) -> None:
+    """The column's hypot chooses the path (below 2**53: bytes cut; else per value): both give one JSON."""
+    readings = [Reading(1 + i, 5, "tx1", "p", v, "kW", "good") for i, v in enumerate(values)]
+    column = json.loads(encode_batch_v2("s1", readings, 9))["val"]
+    assert column == [int(v) if v.is_integer() and abs(v) < 2**53 else v for v in values]
+    assert [type(v) for v in column] == [int if v.is_integer() and abs(v) < 2**53 else float for v in values]
