@@ -23,8 +23,11 @@ _SESSION_LOOP = asyncio.new_event_loop()
 asyncio.set_event_loop(_SESSION_LOOP)
 
 
-@pytest.fixture(autouse=True)
-def _current_event_loop() -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture of the test, module- and session-scoped ones included (an autouse fixture runs
+    after the wider-scoped ones: a module's Pulumi fixture then met the loopless state the last test's
+    ``asyncio.run()`` left, and the SDK's futures failed with "await wasn't used with future")."""
     asyncio.set_event_loop(_SESSION_LOOP)
 
 
