@@ -177,8 +177,15 @@ class _Slots:
         self.free = limit
         self._queue: deque[asyncio.Future[None]] = deque()
 
+    def take(self) -> bool:
+        """Take a free slot at once if nobody waits for one; False when the caller must ``wait()``."""
+        if self.free > 0 and not self._queue:
+            self.free -= 1
+            return True
+        return False
+
     async def wait(self) -> None:
-        """Wait for a slot (call only when ``free`` is 0 or others wait); the slot is then the caller's."""
+        """Wait for a slot (call only when ``take()`` failed); the slot is then the caller's."""
         future = asyncio.get_running_loop().create_future()
         self._queue.append(future)
         try:
@@ -339,12 +346,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         """
         code = _READ_CODES[register]
         slots = self._slots
-        if slots.free > 0 and not slots._queue:
-            slots.free -= 1
-        else:
+        if not slots.take():
             await slots.wait()
         try:
-            tid = self._next_tid = self._next_tid % 65535 + 1
+            tid = self._new_tid()
             answer = await self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
         finally:
             slots.release()
@@ -358,17 +363,19 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
 
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
         slots = self._slots
-        if slots.free > 0 and not slots._queue:
-            slots.free -= 1
-        else:
+        if not slots.take():
             await slots.wait()
         try:
-            self._next_tid = self._next_tid % 65535 + 1
-            request.transaction_id = self._next_tid
+            request.transaction_id = self._new_tid()
             return await self._send(request.transaction_id, 0, 0, request.dev_id or None,
                                     self._framer.buildFrame(request))
         finally:
             slots.release()
+
+    def _new_tid(self) -> int:
+        """The next Modbus TCP transaction id (1..65535, wrapping)."""
+        tid = self._next_tid = self._next_tid % 65535 + 1
+        return tid
 
     def _send(self, tid: int, code: int, count: int, unit: int | None, frame: bytes) -> "asyncio.Future[Any]":
         transport = self._transport
