@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from devenv.pki import CertPair, LocalPki
 
@@ -68,3 +73,19 @@ key = "{mqtt.key}"
 {POLLING}
 {sections}""")
     return path
+
+
+def start_cli_registered(path: Path, server_state: Any, sites: int = 2) -> subprocess.Popen:
+    """``ems-northbound run --config path`` as a process (stdout and stderr piped together), returned once
+    the 2030.5 test server has ``sites`` registered devices; AssertionError after 30 s without them."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, "-m", "northbound.cli", "run", "--config", str(path)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and len(server_state.devices) < sites and proc.poll() is None:
+        time.sleep(0.1)
+    if len(server_state.devices) < sites:
+        proc.kill()
+        out, _ = proc.communicate(timeout=20)
+        raise AssertionError(f"the client did not register {sites} sites: {out.decode()[-2000:]}")
+    return proc

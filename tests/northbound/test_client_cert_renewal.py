@@ -11,8 +11,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from devenv.pki import CertPair, LocalPki
 from devenv.sep2_server import Sep2TestServer
 from northbound.config import load_config
 from northbound.service import RESTART_EXIT, NorthboundService
-from tests.northbound.nb_helpers import POLLING, write_config
+from tests.northbound.nb_helpers import POLLING, start_cli_registered, write_config
 from tests.northbound.test_service import FixedSource, RecordingSink
 
 
@@ -96,14 +94,8 @@ def test_touching_the_files_is_no_renewal(sep2_server: Sep2TestServer, pki: Loca
 def test_run_exits_with_the_restart_status_after_a_renewal(sep2_server: Sep2TestServer, pki: LocalPki,
                                                            aggregator: CertPair, tmp_path: Path) -> None:
     path, live = _live_config(tmp_path, pki, aggregator, sep2_server.url)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-m", "northbound.cli", "run", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = start_cli_registered(path, sep2_server.state)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(sep2_server.state.devices) < 2:
-            time.sleep(0.1)
-        assert len(sep2_server.state.devices) == 2, "the client did not register both sites"
         _install(pki.client("ems-northbound-renewed"), live)
         out, _ = proc.communicate(timeout=30)         # the default check interval is 5 s
     finally:

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -21,7 +18,7 @@ from northbound.client import PointValue
 from northbound.config import load_config
 from northbound.metrics import NorthboundMetrics
 from northbound.service import Backoff, NorthboundService
-from tests.northbound.nb_helpers import POLLING, write_config
+from tests.northbound.nb_helpers import POLLING, start_cli_registered, write_config
 
 MIRROR = '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p"\nreading = "active_power"\n'
 
@@ -104,14 +101,9 @@ def test_run_command_stops_cleanly_on_sigterm(sep2_server: Sep2TestServer, pki: 
                                               tmp_path: Path) -> None:
     path = write_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url, mirror="")
     path.write_text(path.read_text().replace("pin = 111115\n", "pin = 111115\n" + POLLING, 1))
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.Popen([sys.executable, "-m", "northbound.cli", "run", "--config", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    proc = start_cli_registered(path, sep2_server.state)
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and len(sep2_server.state.devices) < 2:
-            time.sleep(0.1)
-        assert len(sep2_server.state.devices) == 2, "the client did not register both sites"
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=20)
