@@ -24,19 +24,24 @@ port = 0
 """
 
 
-def write_config(path: Path, pki: LocalPki, client: CertPair, *, url: str = "https://127.0.0.1:8443",
-                 extra: str = "", mirror: str | None = None) -> Path:
-    mirror = mirror if mirror is not None else (
-        '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p_total"\nreading = "active_power"\n')
-    path.write_text(f"""
-[server]
+def _server_and_client(pki: LocalPki, client: CertPair, url: str) -> str:
+    """The ``[server]`` and ``[client]`` sections every test config starts with."""
+    return f"""[server]
 url = "{url}"
 ca = "{pki.ca}"
 
 [client]
 cert = "{client.cert}"
 key = "{client.key}"
+"""
 
+
+def write_config(path: Path, pki: LocalPki, client: CertPair, *, url: str = "https://127.0.0.1:8443",
+                 extra: str = "", mirror: str | None = None) -> Path:
+    mirror = mirror if mirror is not None else (
+        '[[mirror]]\nsite = "sub-07"\nasset = "meter1"\npoint = "p_total"\nreading = "active_power"\n')
+    path.write_text(f"""
+{_server_and_client(pki, client, url)}
 [sites.sub-07]
 pin = 111115
 
@@ -56,12 +61,7 @@ def write_broker_config(path: Path, pki: LocalPki, client: CertPair, *, url: str
     mqtt = broker_client or client
     sections = "".join(f"[sites.{site}]\n" for site in sites)
     path.write_text(f"""
-[server]
-url = "{url}"
-ca = "{pki.ca}"
-[client]
-cert = "{client.cert}"
-key = "{client.key}"
+{_server_and_client(pki, client, url)}
 [broker]
 host = "127.0.0.1"
 port = {broker_port}
