@@ -29,6 +29,7 @@ from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthErro
 from components import image_lock
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
+from ems_contract.config_file import FIELD_CHARS, REASON_CHARS, one_line
 from ems_runtime.http_server import CONNECTIONS_RANGE, REQUEST_TIMEOUT_RANGE_S
 
 __all__ = [
@@ -82,16 +83,17 @@ class SettingsError(pulumi.RunError):
         self.key = key
         self.value = value
         self.reason = reason
+        shown_key, shown_reason = one_line(key, FIELD_CHARS), one_line(reason, REASON_CHARS)     # one bounded line
         if value is _MISSING:
-            message = f"ems:{key}: {reason}"
+            message = f"ems:{shown_key}: {shown_reason}"
         else:
-            message = f"ems:{key}: {_show(value)} {reason}"
+            message = f"ems:{shown_key}: {_show(value)} {shown_reason}"
         super().__init__(message)
 
 
 def _show(value: object) -> str:
     if isinstance(value, str):
-        text = value if value and not re.search(r"\s", value) else json.dumps(value)
+        text = value if value and value.isprintable() and not re.search(r"\s", value) else json.dumps(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (int, float)) or value is None:
