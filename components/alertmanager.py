@@ -15,7 +15,8 @@
 
 The component: Alertmanager as a one-replica StatefulSet (its silences and notification log on
 an emptyDir: state is lost with the pod, alerts are not — the TSDB re-sends them), a Service on
-:data:`PORT`, a ServiceAccount without a token. A changed ``alertmanager.yml`` is reloaded in place
+:data:`PORT` for its clients, the headless :data:`HEADLESS_SERVICE` that governs the StatefulSet (per-pod DNS), a
+ServiceAccount without a token. A changed ``alertmanager.yml`` is reloaded in place
 by the ``config-reloader`` sidecar (``components/config_reload.py``), so the silences survive it.
 """
 
@@ -36,10 +37,11 @@ from components.k8s_common import (
 )
 from components.config_reload import DEFAULT_CONTAINER_ANNOTATION, reloader_container
 
-__all__ = ["APP", "PORT", "Receiver", "AlertmanagerArgs", "Alertmanager", "alertmanager_config", "check_url"]
+__all__ = ["APP", "HEADLESS_SERVICE", "PORT", "Receiver", "AlertmanagerArgs", "Alertmanager", "alertmanager_config", "check_url"]
 
 APP = "alertmanager"
 PORT = 9093
+HEADLESS_SERVICE = f"{APP}-headless"
 CONFIG_DIR = "/etc/alertmanager"
 ALERTMANAGER_UID = 65534
 
@@ -105,7 +107,7 @@ class AlertmanagerArgs:
 
 
 class Alertmanager(pulumi.ComponentResource):
-    """Alertmanager StatefulSet, its config Secret, Service on :data:`PORT` and ServiceAccount."""
+    """Alertmanager StatefulSet, its config Secret, Service on :data:`PORT`, governing headless Service, ServiceAccount."""
 
     service_name: pulumi.Output[str]
     address: pulumi.Output[str]
@@ -136,6 +138,15 @@ class Alertmanager(pulumi.ComponentResource):
                   "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]},
             opts=o,
         )
+        # The StatefulSet's governing Service must be headless: only then does the pod get its DNS name
+        # (alertmanager-0.alertmanager-headless.<ns>.svc), the name cluster peers would gossip on (``--cluster.peer``)
+        # if Alertmanager ever ran more than one replica. Clients keep using the ClusterIP Service above.
+        headless = k8s.core.v1.Service(
+            f"{name}-headless", metadata=metadata(HEADLESS_SERVICE, ns, APP),
+            spec={"clusterIP": "None", "selector": selector(APP),
+                  "ports": [{"name": "http", "port": PORT, "targetPort": "http", "protocol": "TCP"}]},
+            opts=o,
+        )
         am = container(
             "alertmanager", args.image, args.resources,
             args=[f"--config.file={CONFIG_DIR}/alertmanager.yml", "--storage.path=/alertmanager",
@@ -151,7 +162,7 @@ class Alertmanager(pulumi.ComponentResource):
         k8s.apps.v1.StatefulSet(
             f"{name}-sts", metadata=metadata(APP, ns, APP),
             spec={
-                "serviceName": svc.metadata.name,
+                "serviceName": headless.metadata.name,
                 "replicas": 1,
                 "selector": {"matchLabels": selector(APP)},
                 "template": {

@@ -86,7 +86,8 @@ def validate_sensors_conf(name: str, text: str) -> None:
     try:
         parse_config(text, PurePosixPath(CONFIG_PATH), check_files=False)  # type: ignore[arg-type]
     except ConfigError as exc:
-        raise ComponentArgsError(name, "gateways", str(exc), "produce an invalid sensors.conf") from exc
+        # The agent's own field, value and reason: the message stays one line, with the value shortened alone.
+        raise ComponentArgsError(name, f"gateways (sensors.conf {exc.path})", exc.value, exc.reason) from exc
 
 
 @dataclass(frozen=True)

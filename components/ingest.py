@@ -128,7 +128,8 @@ def validate_ingest_toml(name: str, text: str) -> IngestConfig:
     try:
         return parse_config(tomllib.loads(text), check_files=False)  # the certificate files exist only in the pod
     except ConfigError as exc:
-        raise ComponentArgsError(name, "ingest.toml", str(exc), "is invalid") from exc
+        # The ingest's own field, value and reason: the message stays one line, with the value shortened alone.
+        raise ComponentArgsError(name, f"ingest.toml {exc.field}", exc.value, exc.reason) from exc
 SYSCTLS = {"net.ipv4.tcp_fin_timeout": "15", "net.core.somaxconn": "1024"}
 
 

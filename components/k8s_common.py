@@ -15,6 +15,8 @@ from typing import Any, Mapping, Sequence
 import pulumi
 import pulumi_tls as tls
 
+from ems_contract.config_file import FIELD_CHARS, message_parts, one_line
+
 PART_OF = "ems-platform"
 POOL_LABEL = "ems.io/pool"
 LATENCY_LABEL = "ems.io/latency-critical"
@@ -31,7 +33,8 @@ class ComponentArgsError(pulumi.RunError):
 
     def __init__(self, component: str, field: str, value: object, reason: str) -> None:
         self.component, self.field, self.value = component, field, value
-        super().__init__(f"{component}: {field} {reason} (got {value!r})")
+        shown_field, shown_value, shown_reason = message_parts(field, value, reason)      # one bounded line
+        super().__init__(f"{one_line(component, FIELD_CHARS)}: {shown_field} {shown_reason} (got {shown_value})")
 
 
 def labels(app: str, **extra: str) -> dict[str, str]:

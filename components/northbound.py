@@ -76,7 +76,7 @@ def northbound_commands_host(namespace: str) -> str:
 
 def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: str, caller_identity: str) -> str:
     """The pod's ``northbound.toml``: the server, the client certificate, the broker, the command listener (mTLS,
-    serving only ``caller_identity``'s certificate) and one table per site."""
+    serving only ``caller_identity``'s certificate; its limits when the settings give them) and one table per site."""
     q = json.dumps
     lines = [
         "[server]", f"url = {q(settings.server_url)}", f"dcap = {q(settings.dcap)}", f"ca = {q(BASE + '/utility/ca.crt')}",
@@ -86,7 +86,11 @@ def northbound_toml(settings: NorthboundSettings, broker_host: str, client_id: s
         "", "[http]", 'host = "0.0.0.0"', f"port = {METRICS_PORT}", "",
         "[operator_api]", 'host = "0.0.0.0"', f"port = {COMMAND_PORT}", f"cert = {q(BASE + '/commands-tls/tls.crt')}",
         f"key = {q(BASE + '/commands-tls/tls.key')}", f"client_ca = {q(BASE + '/commands-tls/ca.crt')}",
-        f"client_cns = [{q(caller_identity)}]", "",
+        f"client_cns = [{q(caller_identity)}]",
+        *([f"max_connections = {settings.operator_api_max_connections}"]
+          if settings.operator_api_max_connections is not None else []),
+        *([f"request_timeout_s = {settings.operator_api_request_timeout_s}"]
+          if settings.operator_api_request_timeout_s is not None else []), "",
     ]
     for site in settings.sites:
         lines += [f"[sites.{site}]", ""]

@@ -200,6 +200,7 @@ class EmsPlatform(pulumi.ComponentResource):
             server_tls_secret="twin-api-tls",
             tsdb_url=f"http://tsdb.{ns_name}.svc.cluster.local:9090", auth=s.api_auth, caller_identity=gateway_identity,
             alertmanager_url=f"http://alertmanager.{ns_name}.svc.cluster.local:{ALERTMANAGER_PORT}",
+            max_connections=s.twin_api_max_connections, request_timeout_s=s.twin_api_request_timeout_s,
         ), opts=pulumi.ResourceOptions(parent=self, depends_on=[pki]))
         gateway = ApiGateway(f"{name}-api", ApiGatewayArgs(
             namespace=namespace, image=s.images.api_gateway, tls_secret="api-gateway-tls",

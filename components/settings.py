@@ -29,6 +29,8 @@ from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthErro
 from components import image_lock
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
+from ems_contract.config_file import FIELD_CHARS, REASON_CHARS, one_line
+from ems_runtime.http_server import CONNECTIONS_RANGE, REQUEST_TIMEOUT_RANGE_S
 
 __all__ = [
     "AwsSettings",
@@ -81,16 +83,17 @@ class SettingsError(pulumi.RunError):
         self.key = key
         self.value = value
         self.reason = reason
+        shown_key, shown_reason = one_line(key, FIELD_CHARS), one_line(reason, REASON_CHARS)     # one bounded line
         if value is _MISSING:
-            message = f"ems:{key}: {reason}"
+            message = f"ems:{shown_key}: {shown_reason}"
         else:
-            message = f"ems:{key}: {_show(value)} {reason}"
+            message = f"ems:{shown_key}: {_show(value)} {shown_reason}"
         super().__init__(message)
 
 
 def _show(value: object) -> str:
     if isinstance(value, str):
-        text = value if value and not re.search(r"\s", value) else json.dumps(value)
+        text = value if value and value.isprintable() and not re.search(r"\s", value) else json.dumps(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, (int, float)) or value is None:
@@ -186,6 +189,10 @@ class NorthboundSettings:
     client_certificate: str | None = None
     client_key: pulumi.Output[str] | None = None
     """Set by ``load_settings`` from ``ems:northboundClientKey`` (a secret) when ``client_certificate`` is used."""
+    operator_api_max_connections: int | None = None
+    """Connections its command listener serves at once (``[operator_api] max_connections``); None: the client's 32."""
+    operator_api_request_timeout_s: int | None = None
+    """Seconds for a handshake or request to arrive (``[operator_api] request_timeout_s``); None: the client's 10."""
 
 
 @dataclass(frozen=True)
@@ -237,6 +244,10 @@ class PlatformSettings:
     ingest_target_messages_per_second: int = 500
     ingest_scale_down_stabilization_seconds: int = 600
     api_gateway_replicas: int = 2
+    twin_api_max_connections: int | None = None
+    """Connections each twin API replica serves at once (``[twin_api] max_connections``); None: the API's 64."""
+    twin_api_request_timeout_s: int | None = None
+    """Seconds for a handshake or request to arrive at the twin API (``[twin_api] request_timeout_s``); None: its 30."""
     northbound: NorthboundSettings | None = None
     """The north-bound client; None (the default, or ``enabled: false``) deploys none."""
     grafana: GrafanaSettings = field(default_factory=GrafanaSettings)
@@ -336,7 +347,8 @@ KNOWN_KEYS: tuple[str, ...] = (
     "storageClassName", "storageProvisioner", "storageParameters",
     "tsdbRetention", "spoolHorizon", "tsdbStorageSize", "brokerStorageSize",
     "ingestMinReplicas", "ingestMaxReplicas", "ingestTargetMessagesPerSecond",
-    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "northbound", "northboundClientKey", "grafana",
+    "ingestScaleDownStabilizationSeconds", "apiGatewayReplicas", "twinApiMaxConnections",
+    "twinApiRequestTimeoutSeconds", "northbound", "northboundClientKey", "grafana",
     "grafanaAdminPassword", "apiAuth",
     "alerts", "alertReceivers", "alertReceiverUrls",
     # aws
@@ -798,6 +810,8 @@ def _parse_platform(r: _Reader, cloud: str, secrets_set: frozenset[str]) -> Plat
         ingest_target_messages_per_second=r.get("ingestTargetMessagesPerSecond", _integer(1, 10_000_000), d.ingest_target_messages_per_second),
         ingest_scale_down_stabilization_seconds=r.get("ingestScaleDownStabilizationSeconds", _integer(0, 3600), d.ingest_scale_down_stabilization_seconds),
         api_gateway_replicas=r.get("apiGatewayReplicas", _integer(1, 100), d.api_gateway_replicas),
+        twin_api_max_connections=r.get("twinApiMaxConnections", _CONNECTIONS, None),
+        twin_api_request_timeout_s=r.get("twinApiRequestTimeoutSeconds", _REQUEST_TIMEOUT_S, None),
         northbound=northbound,
         api_auth=r.get("apiAuth", _api_auth, d.api_auth),
         grafana=r.get("grafana", _grafana, d.grafana),
@@ -837,7 +851,11 @@ def _api_auth(key: str, value: object) -> GatewayAuthSettings:
 
 
 _NORTHBOUND_FIELDS = ("enabled", "serverUrl", "serverAddress", "serverPort", "dcap", "utilityCaCertificate",
-                      "clientSecret", "clientCertificate", "sites")
+                      "clientSecret", "clientCertificate", "sites", "operatorApiMaxConnections",
+                      "operatorApiRequestTimeoutSeconds")
+# A service's listener limits (ems_runtime.http_server): connections served at once, seconds for a request to arrive.
+_CONNECTIONS = _integer(*CONNECTIONS_RANGE)
+_REQUEST_TIMEOUT_S = _integer(int(REQUEST_TIMEOUT_RANGE_S[0]), int(REQUEST_TIMEOUT_RANGE_S[1]))
 
 
 def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Callable[[str, object], NorthboundSettings | None]:
@@ -879,10 +897,17 @@ def _northbound(edge_sites: tuple[str, ...], secrets_set: frozenset[str]) -> Cal
             server_url=url.rstrip("/"), server_address=_ip_address(f"{key}.serverAddress", obj["serverAddress"]),
             utility_ca_certificate=_ca_certificate(f"{key}.utilityCaCertificate", obj["utilityCaCertificate"]),
             sites=sites, server_port=port, dcap=dcap,
-            client_secret=None if secret is None else _LABEL(f"{key}.clientSecret", secret), client_certificate=cert)
+            client_secret=None if secret is None else _LABEL(f"{key}.clientSecret", secret), client_certificate=cert,
+            operator_api_max_connections=_optional(obj, key, "operatorApiMaxConnections", _CONNECTIONS),
+            operator_api_request_timeout_s=_optional(obj, key, "operatorApiRequestTimeoutSeconds", _REQUEST_TIMEOUT_S))
         return settings if enabled else None
 
     return parse
+
+
+def _optional(obj: Mapping[str, object], key: str, name: str, parse: Callable[[str, object], T]) -> T | None:
+    """``obj[name]`` checked by ``parse`` (errors name ``<key>.<name>``), None when absent."""
+    return None if obj.get(name) is None else parse(f"{key}.{name}", obj[name])
 
 
 def _leaf_certificate(key: str, value: object) -> str:

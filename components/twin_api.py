@@ -74,11 +74,13 @@ def _auth_tables(auth: GatewayAuthSettings) -> list[str]:
 
 
 def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None = None, *,
-                  auth: GatewayAuthSettings | None = None, caller_identity: str | None = None) -> str:
+                  auth: GatewayAuthSettings | None = None, caller_identity: str | None = None,
+                  max_connections: int | None = None, request_timeout_s: int | None = None) -> str:
     """The pods' ingest.toml for ``ems-ingest twin-api``: mTLS to the broker, HTTPS on :data:`PORT`, PromQL at ``tsdb_url``,
     the operator page's alerts from ``alertmanager_url`` (none without it), with ``auth`` the gateway's verifier
     at ``/v1/authz`` (``[twin_api.auth]``), and with ``caller_identity`` only callers presenting a certificate of the
-    platform CA (``ca.crt`` of the server Secret) with that CN (``client_ca``, ``client_cns``).
+    platform CA (``ca.crt`` of the server Secret) with that CN (``client_ca``, ``client_cns``). ``max_connections`` and
+    ``request_timeout_s`` are written only when given (otherwise the API's own defaults hold).
 
     No client id: the broker takes each replica's certificate CN as its client id (the ingest's
     default ``ems-twin-api-<hostname>`` is the same for namespace ``ems``).
@@ -93,7 +95,9 @@ def twin_api_toml(broker_host: str, tsdb_url: str, alertmanager_url: str | None 
         "[twin_api]", 'host = "0.0.0.0"', f"port = {PORT}",
         f"cert = {q(SERVER_TLS_DIR + '/tls.crt')}", f"key = {q(SERVER_TLS_DIR + '/tls.key')}",
         *([f"client_ca = {q(SERVER_TLS_DIR + '/ca.crt')}", f"client_cns = [{q(caller_identity)}]"] if caller_identity else []),
-        *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []), "",
+        *([f"alertmanager_url = {q(alertmanager_url)}"] if alertmanager_url else []),
+        *([f"max_connections = {max_connections}"] if max_connections is not None else []),
+        *([f"request_timeout_s = {request_timeout_s}"] if request_timeout_s is not None else []), "",
         *(_auth_tables(auth) if auth is not None else []),
     ])
 
@@ -133,6 +137,10 @@ class TwinApiArgs:
     who goes around the gateway can set its identity headers. Defaults to none: any caller the NetworkPolicy lets in."""
     replicas: int = REPLICAS
     """Replicas (each holds every twin, each has its own client certificate). Defaults to 2."""
+    max_connections: int | None = None
+    """Connections each replica serves at once (``[twin_api] max_connections``). Defaults to none: the API's 64."""
+    request_timeout_s: int | None = None
+    """Seconds for a TLS handshake or a request to arrive (``[twin_api] request_timeout_s``). Defaults to none: 30."""
     alertmanager_url: str | None = None
     """Alertmanager base URL whose firing alerts the operator page lists (the caller then allows twin-api → it in
     the NetworkPolicies). Defaults to none: the page shows no alerts."""
@@ -153,6 +161,7 @@ class TwinApi(pulumi.ComponentResource):
             raise ComponentArgsError(name, "mqtt_tls_secrets", len(args.mqtt_tls_secrets),
                                      f"must hold one Secret per replica ({args.replicas})")
         conf_text = twin_api_toml(args.broker_host, args.tsdb_url, args.alertmanager_url, auth=args.auth,
+                                  max_connections=args.max_connections, request_timeout_s=args.request_timeout_s,
                                   caller_identity=args.caller_identity)
         validate_twin_api_toml(name, conf_text)
         super().__init__("ems:workloads:TwinApi", name, None, opts)

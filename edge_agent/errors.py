@@ -25,7 +25,7 @@ Adapters end with ``raise <ours>(...) from exc`` so third-party exceptions
 
 from __future__ import annotations
 
-from ems_contract.config_file import one_line, shorten
+from ems_contract.config_file import fix_suffix, message_parts
 
 __all__ = [
     "EdgeAgentError", "ConfigError",
@@ -60,15 +60,17 @@ class ConfigError(EdgeAgentError):
     ``reason`` what is allowed. ``str()`` is ``<path>: <value!r> <reason>``,
     one line whatever the file held: the value's repr is shortened (a 10 MB
     string is quoted by its first 60 characters and its length) and the path
-    and reason are clipped (``ems_contract.config_file.shorten``). ``fix``, when
-    given, is a shell command that repairs the problem (its paths ``shlex``-quoted
-    by the caller); it follows as ``; run: <fix>`` and is never clipped: a cut
-    command could act on another file.
+    and reason are clipped (``ems_contract.config_file.message_parts``). ``fix``,
+    when given, is a shell command that repairs the problem (its paths
+    ``shlex``-quoted by the caller); it follows as ``; run: <fix>``, whole: never
+    clipped or escaped, since a cut command could act on another file. A fix that
+    is not one printable line (a file name with a line break) or is longer than
+    ``FIX_CHARS`` is withheld with a note instead (``fix_suffix``).
     """
 
     def __init__(self, path: str, value: object, reason: str, fix: str | None = None) -> None:
-        super().__init__(f"{one_line(path, 160)}: {shorten(value)} {one_line(reason, 400)}"
-                         + (f"; run: {fix}" if fix else ""))
+        shown_path, shown_value, shown_reason = message_parts(path, value, reason)
+        super().__init__(f"{shown_path}: {shown_value} {shown_reason}{fix_suffix(fix)}")
         self.path = path
         self.value = value
         self.reason = reason

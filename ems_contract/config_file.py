@@ -23,7 +23,10 @@ integers                64-bit signed (TOML 1.0 §Integer); larger ones are an
 
 ``shorten(value)`` and ``one_line(text)`` keep error messages short and on one
 line whatever the file holds (a 10 MB host name is quoted by its first 60
-characters and its length). ``valid_host``, ``valid_path_text`` and
+characters and its length); ``message_parts(field, value, reason)`` applies them
+to the three parts of every config error, the same way for every ``ConfigError``
+(edge, ingest, north-bound, emsctl, stack settings), and ``fix_suffix`` prints a
+repair command whole or not at all. ``valid_host``, ``valid_path_text`` and
 ``url_problem`` are the string rules the loaders (and the stack settings) share.
 Standard library only.
 """
@@ -41,7 +44,8 @@ from typing import Any
 
 __all__ = [
     "MAX_CONFIG_BYTES", "MAX_NESTING", "MAX_PATH_CHARS", "MAX_HOST_CHARS", "INT64_MIN", "INT64_MAX",
-    "HOST_RULE", "ConfigFileError", "read_config_text", "parse_toml", "shorten", "one_line",
+    "HOST_RULE", "ConfigFileError", "read_config_text", "parse_toml", "shorten", "one_line", "message_parts",
+    "fix_suffix", "FIELD_CHARS", "REASON_CHARS", "FIX_CHARS",
     "valid_host", "valid_path_text", "url_problem", "MAX_URL_CHARS",
 ]
 
@@ -54,7 +58,9 @@ INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 HOST_RULE = "must be a host name or IP address (1..253 characters: letters, digits, '.', '-', '_', ':', '%')"
 _VALUE_CHARS = 60              # how much of a bad value an error message quotes
 _PATH_CHARS = 256              # ... and of a file path (os.PathLike values): they are long but not hostile
-_FIELD_CHARS = 120             # how much of a field path (keys come from the file) a message keeps
+FIELD_CHARS = 160              # how much of a field path (keys come from the file) a message keeps
+REASON_CHARS = 400             # ... and of what is wrong or allowed (it may quote allowed values or a library's text)
+FIX_CHARS = 16384              # a repair command is printed whole, up to this, or not at all
 
 
 class ConfigFileError(Exception):
@@ -66,7 +72,8 @@ class ConfigFileError(Exception):
     """
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{one_line(field, _FIELD_CHARS)}: {shorten(value)} {reason}")
+        shown_field, shown_value, shown_reason = message_parts(field, value, reason)
+        super().__init__(f"{shown_field}: {shown_value} {shown_reason}")
         self.field = field
         self.value = value
         self.reason = reason
@@ -379,6 +386,24 @@ def shorten(value: object, limit: int = _VALUE_CHARS) -> str:
         except (RecursionError, ValueError):   # a structure too deep, or a huge int inside it
             return f"<a {type(value).__name__} of {len(value)} items>"
     return one_line(repr(value), 2 * limit)     # floats, dates, None, and the excerpts of this module
+
+
+def message_parts(field: object, value: object, reason: object) -> tuple[str, str, str]:
+    """``(field, value, reason)`` as a config error shows them, each on one line and bounded: the field path and the
+    reason escaped and clipped (``one_line``, to ``FIELD_CHARS`` and ``REASON_CHARS``), the value as ``shorten``'s repr."""
+    return one_line(str(field), FIELD_CHARS), shorten(value), one_line(str(reason), REASON_CHARS)
+
+
+def fix_suffix(fix: str | None) -> str:
+    """``"; run: <fix>"`` for a repair command of one printable line and at most ``FIX_CHARS``; otherwise a note
+    that it is withheld, never a part of it: a cut or escaped command could act on another file."""
+    if not fix:
+        return ""
+    if len(fix) > FIX_CHARS:
+        return f"; the repair command is not shown ({len(fix)} characters)"
+    if not fix.isprintable():
+        return "; the repair command is not shown (a file name in it holds a line break or a control character)"
+    return f"; run: {fix}"
 
 
 def one_line(text: str, limit: int) -> str:

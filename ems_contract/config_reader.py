@@ -13,6 +13,11 @@ default when the key is absent; ``done()`` refuses every key nobody read. File
 paths are relative to ``base``; with ``check_files=False`` they need not exist
 yet (a config rendered for a pod whose files are mounted later). Standard
 library only.
+
+Keys, table names and values reach the ``ErrorFactory`` as the file holds them
+(a key may carry a line break, a value may be 10 MB): the factory's message must
+escape and bound them, as every ``ConfigError`` does with
+``config_file.message_parts`` (tests/ems_contract/test_config_messages.py).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ MAX_TEXT_CHARS = 1024      # any string setting
 PATH_RULE = "must be a file path of 1..4096 printable characters"
 
 ErrorFactory = Callable[[str, object, str], Exception]
+"""``(field path, value, reason) -> the caller's ConfigError``; its message one bounded line (module docstring)."""
 
 
 class Section:

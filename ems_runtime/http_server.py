@@ -1,9 +1,10 @@
 """Limits of an EMS HTTP(S) listener: connections served at once, and how long one request may take to arrive.
 
-``BoundedHTTPServer(address, handler, max_connections, name=..., logger=...)`` is a
+``BoundedHTTPServer(address, handler, max_connections, name=..., logger=..., refusals=...)`` is a
 ``ThreadingHTTPServer`` (daemon threads) that serves at most ``max_connections`` connections at
 once. A connection beyond the cap is closed at accept, before its TLS handshake (the client sees the
-connection closed), and counted in ``refused``. Refusals are logged as one warning when they begin
+connection closed), and counted in ``refused`` and in ``refusals`` (a Prometheus counter, when given: the
+service's ``refused_connections`` counter, see ``refused_connections_counter``). Refusals are logged as one warning when they begin
 and then at most one line per ``REFUSAL_LOG_EVERY_S`` with the count since the last line, never one
 line per connection. ``slots`` is the semaphore of the cap.
 
@@ -23,11 +24,24 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-__all__ = ["BoundedHTTPServer", "DeadlineRequestHandler", "REFUSAL_LOG_EVERY_S"]
+from prometheus_client import CollectorRegistry, Counter
+
+__all__ = ["BoundedHTTPServer", "CONNECTIONS_RANGE", "DeadlineRequestHandler", "REFUSAL_LOG_EVERY_S",
+           "REQUEST_TIMEOUT_RANGE_S", "refused_connections_counter"]
 
 log = logging.getLogger(__name__)
 
 REFUSAL_LOG_EVERY_S = 10.0
+CONNECTIONS_RANGE = (1, 4096)
+"""What a service's ``max_connections`` setting may be: each connection served is a thread."""
+REQUEST_TIMEOUT_RANGE_S = (1.0, 300.0)
+"""What a service's ``request_timeout_s`` setting may be."""
+
+
+def refused_connections_counter(registry: CollectorRegistry, subsystem: str) -> Counter:
+    """``ems_<subsystem>_refused_connections_total`` in ``registry``: connections a listener closed at accept."""
+    return Counter("refused_connections", "Connections closed at accept because the listener was serving its cap of "
+                   "connections at once.", namespace="ems", subsystem=subsystem, registry=registry)
 
 
 class BoundedHTTPServer(ThreadingHTTPServer):
@@ -36,12 +50,13 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], max_connections: int, *,
-                 name: str, logger: logging.Logger | None = None) -> None:
+                 name: str, logger: logging.Logger | None = None, refusals: Counter | None = None) -> None:
         if max_connections < 1:
             raise ValueError(f"max_connections must be at least 1 (got {max_connections})")
         self.max_connections = max_connections
         self.slots = threading.BoundedSemaphore(max_connections)
         self.refused = 0
+        self.refusals = refusals
         self.name = name
         self.log = logger or log
         self._reported = 0
@@ -68,6 +83,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def _refused(self, client_address: Any) -> None:
         # Runs in the accept loop only: no lock needed.
         self.refused += 1
+        if self.refusals is not None:
+            self.refusals.inc()
         now = time.monotonic()
         if now < self._next_report:
             return

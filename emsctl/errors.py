@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from ems_contract.config_file import message_parts
+
 
 class EmsctlError(Exception):
     """Base class of every error emsctl raises on purpose."""
@@ -23,8 +25,8 @@ class ConfigError(EmsctlError):
         self.where = where
         self.value = value
         self.reason = reason
-        shown = "" if value is None else f" {value!r}"
-        super().__init__(f"{where}:{shown} {reason}")
+        shown_where, shown_value, shown_reason = message_parts(where, value, reason)     # one bounded line
+        super().__init__(f"{shown_where}:{'' if value is None else ' ' + shown_value} {shown_reason}")
 
 
 class ProgramError(EmsctlError):

@@ -40,6 +40,8 @@ default). Example (``docs/ingest.md`` has the full table)::
     cert = "/etc/ems/tls/tls.crt"
     key = "/etc/ems/tls/tls.key"
     alertmanager_url = "http://alertmanager.ems.svc:9093"   # default: none; the operator page shows no alerts
+    max_connections = 64           # served at once (1..4096); more are closed at accept and counted
+    request_timeout_s = 30         # for a TLS handshake, and a request from its first byte (1..300)
 
     [twin_api.auth]                # the gateway's verifier (ingest/gateway_auth.py); absent: no /v1/authz
     cert_ou_roles = { viewer = "viewer", operator = "operator", admin = "admin" }   # the default
@@ -80,6 +82,7 @@ from ems_contract.config_reader import MAX_TEXT_CHARS, MAX_URL_CHARS, Section
 from ems_contract.oidc import ALGORITHMS, OidcSettings, algorithms_problem
 from ems_contract.roles import role_problem
 from ems_contract.telemetry import valid_id
+from ems_runtime.http_server import CONNECTIONS_RANGE, REQUEST_TIMEOUT_RANGE_S
 from ingest.errors import ConfigError
 from ingest.remote_write import RemoteWriteAuth
 from ingest.gateway_auth import AuthSettings
@@ -153,6 +156,8 @@ class TwinApiConfig:
     alertmanager_url: str | None = None   # the operator page lists its firing alerts; None: no alerts shown
     auth: AuthSettings | None = None
     max_query_answer_bytes: int = 8 * 1024 * 1024   # /v1/query(_range): a bigger TSDB answer → 502, not relayed
+    max_connections: int = 64          # served at once; more are closed at accept (ems_runtime.http_server)
+    request_timeout_s: float = 30.0    # a TLS handshake, and a request from its first byte, must arrive within this
 
 
 @dataclass(frozen=True)
@@ -346,7 +351,10 @@ def parse_config(raw: dict[str, Any], base: Path = Path("."), *, check_files: bo
                              alertmanager_url=tw.url("alertmanager_url"),
                              auth=_auth(tw),
                              max_query_answer_bytes=tw.int("max_query_answer_bytes", TwinApiConfig.max_query_answer_bytes,
-                                                           1024, 256 * 1024 * 1024))
+                                                           1024, 256 * 1024 * 1024),
+                             max_connections=tw.int("max_connections", TwinApiConfig.max_connections, *CONNECTIONS_RANGE),
+                             request_timeout_s=tw.float("request_timeout_s", TwinApiConfig.request_timeout_s,
+                                                        *REQUEST_TIMEOUT_RANGE_S))
         tw.done()
 
     times = TimeConfig()

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from ems_contract.config_file import one_line, shorten
+from ems_contract.config_file import message_parts
 
 __all__ = ["IngestError", "ConfigError", "TsdbError", "TsdbUnavailable", "TsdbRejected", "BrokerError"]
 
@@ -28,7 +28,8 @@ class ConfigError(IngestError):
     """
 
     def __init__(self, field: str, value: object, reason: str) -> None:
-        super().__init__(f"{one_line(field, 160)}: {one_line(reason, 400)} (got {shorten(value)})")
+        shown_field, shown_value, shown_reason = message_parts(field, value, reason)
+        super().__init__(f"{shown_field}: {shown_reason} (got {shown_value})")
         self.field = field
         self.value = value
         self.reason = reason

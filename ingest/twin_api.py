@@ -39,10 +39,11 @@ valid Unicode and its shape that of ``encode_twin``; a site keeps at most
 ``MAX_ASSETS_PER_SITE`` twins. A bad twin is counted and ignored, never raised: the
 consumer thread survives any message, and ``/healthz`` fails (so Kubernetes restarts
 the pod) if that thread ever stops or stalls. At most ``max_connections`` connections
-are served at once; further connections are closed at accept (logged at most once per
-10 s, with their count: ``ems_runtime.http_server``). A TLS handshake must be done, and a
-request's line and headers arrive, within ``REQUEST_TIMEOUT_S`` of their first byte, however
-slowly a client sends them.
+(``[twin_api] max_connections``, 64) are served at once; further connections are closed at
+accept (counted in ``ems_twin_api_refused_connections_total``, logged at most once per 10 s:
+``ems_runtime.http_server``). A TLS handshake must be done, and a request's line and headers
+arrive, within ``request_timeout_s`` (``[twin_api] request_timeout_s``, 30) of their first
+byte, however slowly a client sends them.
 """
 
 from __future__ import annotations
@@ -66,11 +67,11 @@ from prometheus_client import CollectorRegistry
 from ems_contract.telemetry import (MAX_INT64, SCHEMA_VERSION, TOPIC_ROOT, TWIN_SUBSCRIPTION, SchemaError, check_tree,
                                     parse_json, shown, valid_id)
 from ems_runtime.cert_expiry import register_certificates
-from ems_runtime.http_server import BoundedHTTPServer, DeadlineRequestHandler
+from ems_runtime.http_server import BoundedHTTPServer, DeadlineRequestHandler, refused_connections_counter
 from ems_runtime.server_tls import ServerTls, handshake
 from ems_runtime.status_http import StatusEndpoint
 from ingest import operator_page
-from ingest.config import IngestConfig
+from ingest.config import IngestConfig, TwinApiConfig
 from ingest.gateway_auth import AuthRequest, AuthSettings, Verifier
 from ingest.mqtt import Incoming, MqttLink, TlsFiles
 from ingest.twin_metrics import TwinCollector
@@ -85,7 +86,8 @@ MAX_TWIN_BYTES = 64 * 1024
 MAX_TWIN_DEPTH = 5            # {points: {point: {value, ...}}} is 3; the thermal block 2
 MAX_TWIN_VALUES = 4096
 MAX_ASSETS_PER_SITE = 256
-REQUEST_TIMEOUT_S = 30.0
+MAX_CONNECTIONS = TwinApiConfig.max_connections
+REQUEST_TIMEOUT_S = TwinApiConfig.request_timeout_s
 
 
 class TwinStore:
@@ -337,13 +339,14 @@ class _Server(BoundedHTTPServer):
 class TwinApi:
     """The HTTPS server plus its twin subscriber; ``start()`` / ``stop()``, or use as a context manager.
 
-    ``max_connections`` (64) are served at once; ``request_timeout_s`` (``REQUEST_TIMEOUT_S``) bounds a TLS
-    handshake and the arrival of a request from its first byte (module docstring).
+    ``max_connections`` (``MAX_CONNECTIONS``) are served at once, further connections are closed at accept and
+    counted in ``ems_twin_api_refused_connections_total`` (in ``registry``); ``request_timeout_s``
+    (``REQUEST_TIMEOUT_S``) bounds a TLS handshake and the arrival of a request from its first byte (module docstring).
     """
 
     def __init__(self, *, link: MqttLink, query_url: str, host: str, port: int, cert: Path, key: Path,
                  client_ca: Path | None = None, client_cns: tuple[str, ...] = (), query_timeout_s: float = 10.0,
-                 max_connections: int = 64, request_timeout_s: float = REQUEST_TIMEOUT_S,
+                 max_connections: int = MAX_CONNECTIONS, request_timeout_s: float = REQUEST_TIMEOUT_S,
                  stall_after_s: float = 30.0, alertmanager_url: str | None = None, auth: AuthSettings | None = None,
                  registry: CollectorRegistry | None = None, cert_check_s: float = 5.0,
                  max_query_answer_bytes: int = 8 * 1024 * 1024) -> None:
@@ -363,7 +366,8 @@ class TwinApi:
         # Asked for, not required, in the handshake: the probes have none; every other path refuses (tls.refusal()).
         self.tls = ServerTls(Path(cert), Path(key), client_ca, client_cns, logger=log)
         self.cert_check_s = cert_check_s
-        self._server = _Server((host, port), _Handler, max_connections, name="twin api", logger=log)
+        self._server = _Server((host, port), _Handler, max_connections, name="twin api", logger=log,
+                               refusals=refused_connections_counter(self.registry, "twin_api"))
         self.tls.install(self._server)
         self._server.api = self
         self._stop = threading.Event()
@@ -434,7 +438,8 @@ def build(config: IngestConfig) -> TwinApi:
     return TwinApi(link=link, query_url=config.tsdb.query_url, host=tw.host, port=tw.port, cert=tw.cert, key=tw.key,
                    client_ca=tw.client_ca, client_cns=tw.client_cns, query_timeout_s=config.tsdb.timeout_s,
                    alertmanager_url=tw.alertmanager_url, auth=tw.auth, cert_check_s=b.cert_check_s,
-                   max_query_answer_bytes=tw.max_query_answer_bytes)
+                   max_query_answer_bytes=tw.max_query_answer_bytes, max_connections=tw.max_connections,
+                   request_timeout_s=tw.request_timeout_s)
 
 
 def serve_forever(config: IngestConfig) -> int:

@@ -53,6 +53,8 @@ has the full table)::
     client_ca = "/etc/ems/northbound/commands-tls/ca.crt"   # required: the platform CA bundle callers must chain to
     client_cns = ["ems-api-gateway"]    # required: the only certificate CNs served (the API gateway's)
     cert_check_s = 5          # the files are re-read when they change (Secret rotation), without a restart
+    max_connections = 32      # served at once (1..4096); more are closed at accept and counted
+    request_timeout_s = 10    # a TLS handshake, and a request from its first byte, must arrive within this (1..300)
     default_ttl_s = 300       # a manual command without ttl_s expires after this
     max_ttl_s = 3600          # the longest ttl_s a request may ask for
 
@@ -87,12 +89,14 @@ from typing import Any, Mapping
 from ems_contract.config_file import ConfigFileError, parse_toml, read_config_text, url_problem
 from ems_contract.config_reader import Section
 from ems_contract.telemetry import valid_id
+from ems_runtime.http_server import CONNECTIONS_RANGE, REQUEST_TIMEOUT_RANGE_S
 from ems_runtime.server_tls import ServerTls, TlsFileError
 from northbound.command_link import BrokerTls, broker_context
 from northbound.errors import ConfigError
 from northbound.identity import IdentityError, identity_from_certificate, parse_lfdi, sfdi_from_lfdi
 from northbound.der import DER_TYPES
 from northbound.mirror import READING_KINDS
+from northbound.operator_api import MAX_CONNECTIONS, REQUEST_TIMEOUT_S
 
 __all__ = ["NorthboundConfig", "ServerConfig", "ClientConfig", "PollingConfig", "ReadingsConfig", "HttpConfig",
            "BrokerConfig",
@@ -175,6 +179,8 @@ class OperatorApiConfig:
     default_ttl_s: int = 300
     max_ttl_s: int = 3600
     cert_check_s: float = 5.0
+    max_connections: int = MAX_CONNECTIONS
+    request_timeout_s: float = REQUEST_TIMEOUT_S
 
 
 @dataclass(frozen=True)
@@ -407,11 +413,14 @@ def _operator_api(o: Section) -> OperatorApiConfig:
     client_ca = o.path("client_ca", required=True)
     client_cns = o.common_names("client_cns", "client_ca", required=True)
     cert_check_s = o.float("cert_check_s", OperatorApiConfig.cert_check_s, 0.0, 3600.0)
+    max_connections = o.int("max_connections", MAX_CONNECTIONS, *CONNECTIONS_RANGE)
+    request_timeout_s = o.float("request_timeout_s", REQUEST_TIMEOUT_S, *REQUEST_TIMEOUT_RANGE_S)
     o.done()
     return OperatorApiConfig(cert=cert, key=key, client_ca=client_ca, client_cns=client_cns,  # type: ignore[arg-type]
                              tls=operator_tls(cert, key, client_ca, client_cns),  # type: ignore[arg-type]
                              host=host, port=port, default_ttl_s=default_ttl_s, max_ttl_s=max_ttl,
-                             cert_check_s=cert_check_s)
+                             cert_check_s=cert_check_s, max_connections=max_connections,
+                             request_timeout_s=request_timeout_s)
 
 
 def operator_tls(cert: Path, key: Path, client_ca: Path, client_cns: tuple[str, ...]) -> ServerTls:

@@ -20,7 +20,7 @@ never leave ``transport`` and ``sep2``.
 
 from __future__ import annotations
 
-from ems_contract.config_file import one_line, shorten
+from ems_contract.config_file import message_parts
 
 __all__ = ["NorthboundError", "ConfigError", "Sep2Error", "TransportError", "ServerStatusError", "RegistrationError",
            "BrokerError"]
@@ -35,7 +35,8 @@ class ConfigError(NorthboundError):
 
     def __init__(self, field: str, value: object, reason: str) -> None:
         # Bounded like the edge's and the ingest's: a 10 MB value is quoted by its first 60 characters.
-        super().__init__(f"{one_line(field, 160)} {one_line(reason, 400)} (got {shorten(value)})")
+        shown_field, shown_value, shown_reason = message_parts(field, value, reason)
+        super().__init__(f"{shown_field} {shown_reason} (got {shown_value})")
         self.field = field
         self.value = value
         self.reason = reason

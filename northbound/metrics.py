@@ -13,6 +13,7 @@ import math
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from ems_contract.command import CONTROLS, OUTCOMES
+from ems_runtime.http_server import refused_connections_counter
 from northbound.errors import BrokerError
 from northbound.events import ResponseStatus
 
@@ -49,6 +50,8 @@ class NorthboundMetrics:
         self.manual_commands = Counter("manual_commands", "Operators' manual command requests (POST /v1/commands) "
                                        "by the caller's role and outcome (published, bad_request, unauthenticated, "
                                        "forbidden, not_published).", ["role", "outcome"], **common)
+        # ems_northbound_operator_api_refused_connections_total: the manual-command listener's cap at work
+        self.operator_api_refused = refused_connections_counter(self.registry, "northbound_operator_api")
         self.broker_connected = Gauge("broker_connected", "1 while connected to the platform's MQTT broker.", **common)
         self.last_poll = Gauge("last_poll_timestamp", "When the site's DER controls were last read in full.", ["site"],
                                unit="seconds", **common)

@@ -24,10 +24,12 @@ path; 405; 411 without Content-Length; 413 above ``MAX_BODY_BYTES``; 503 when th
 take the command (not connected, refused, no PUBACK, or no site subscribed: the site is offline).
 At most ``MAX_KEPT`` commands are remembered for ``GET`` (oldest forgotten first).
 
-Limits (``ems_runtime.http_server``): at most ``max_connections`` connections are served at once,
-further ones are closed at accept (logged at most once per 10 s, with their count); the TLS
-handshake must be done within ``REQUEST_TIMEOUT_S`` and a request's line, headers and body within
-``REQUEST_TIMEOUT_S`` of its first byte, however slowly a client sends them.
+Limits (``ems_runtime.http_server``; ``[operator_api] max_connections`` and ``request_timeout_s``,
+defaults ``MAX_CONNECTIONS`` and ``REQUEST_TIMEOUT_S``): at most ``max_connections`` connections are
+served at once, further ones are closed at accept (counted in
+``ems_northbound_operator_api_refused_connections_total``, logged at most once per 10 s); the TLS
+handshake must be done within ``request_timeout_s`` and a request's line, headers and body within
+``request_timeout_s`` of its first byte, however slowly a client sends them.
 """
 
 from __future__ import annotations
@@ -308,7 +310,7 @@ class OperatorApi:
 
         Handler.request_timeout_s = request_timeout_s
         self._server = _Server((self.host, self.requested_port), Handler, self.max_connections,
-                               name="operator api", logger=log)
+                               name="operator api", logger=log, refusals=desk.metrics.operator_api_refused)
         self.tls.install(self._server)
         self._stop.clear()
         self._threads = [threading.Thread(target=self._server.serve_forever, name="operator-api", daemon=True)]

@@ -275,7 +275,8 @@ class NorthboundService:
                                 default_ttl_s=settings.default_ttl_s, max_ttl_s=settings.max_ttl_s,
                                 publish_timeout_s=broker.publish_timeout_s, clock=self.clock)
         self.operator_api = OperatorApi(settings.host, settings.port, self.desk, settings.tls,
-                                        settings.cert_check_s)
+                                        settings.cert_check_s, max_connections=settings.max_connections,
+                                        request_timeout_s=settings.request_timeout_s)
         try:
             self.operator_api.start()
         except OSError as exc:

@@ -1,4 +1,5 @@
-"""A client that sends its request one byte at a time (slowloris), for the HTTPS listeners' request deadlines."""
+"""A client that sends its request one byte at a time (slowloris), for the HTTPS listeners' request deadlines, and
+a check that the server closed a connection."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import socket
 import ssl
 import time
 
-__all__ = ["trickle"]
+__all__ = ["closed_by_server", "over_a_cap_of_one", "trickle"]
 
 
 def trickle(sock: socket.socket, head: bytes, tail: bytes, every_s: float = 0.1) -> tuple[bool, float]:
@@ -28,3 +29,28 @@ def trickle(sock: socket.socket, head: bytes, tail: bytes, every_s: float = 0.1)
         except (ConnectionError, ssl.SSLError):
             return True, time.monotonic() - start
     return False, time.monotonic() - start
+
+
+def closed_by_server(sock: socket.socket, within_s: float) -> bool:
+    """True when the server closes ``sock`` (EOF or reset) within ``within_s``; nothing is sent."""
+    sock.settimeout(within_s)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def over_a_cap_of_one(port: int) -> tuple[bool, bool, float]:
+    """Against a listener on 127.0.0.1 serving one connection at once: hold one without a TLS handshake, open a second.
+
+    Returns (the second was closed at once, the held one was closed by the server within 5 s, seconds it took).
+    """
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
+        time.sleep(0.2)                                  # accepted: it holds the slot
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+            refused = closed_by_server(extra, 0.5)
+        start = time.monotonic()
+        expired = closed_by_server(held, 5.0)
+        return refused, expired, time.monotonic() - start

@@ -191,7 +191,8 @@ def test_settings_defaults_and_disabled() -> None:
     ({"utilityCaCertificate": "hello"}, "ems:northbound.utilityCaCertificate: hello must be a PEM certificate "
                                         "(-----BEGIN CERTIFICATE----- …)"),
     ({"proxy": "x"}, "ems:northbound.proxy: x is not a known field; known: enabled, serverUrl, serverAddress, serverPort, "
-                     "dcap, utilityCaCertificate, clientSecret, clientCertificate, sites"),
+                     "dcap, utilityCaCertificate, clientSecret, clientCertificate, sites, "
+                     "operatorApiMaxConnections, operatorApiRequestTimeoutSeconds"),
 ])
 def test_settings_errors_name_field_and_value(change: dict, message: str) -> None:
     assert settings_error({k: v for k, v in {**GOOD, **change}.items() if v is not None}) == message

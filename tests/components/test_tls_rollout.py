@@ -1,4 +1,4 @@
-"""Renewed certificates reach running pods, and the twin API's StatefulSet is governed by a headless Service.
+"""Renewed certificates reach running pods, and every StatefulSet is governed by a headless Service.
 
 A pod reads a mounted ``kubernetes.io/tls`` Secret either only at start — then its template carries
 ``ems.io/tls-sha256`` over that certificate and the trust bundle, so a renewal rolls it — or it re-reads the files
@@ -120,25 +120,34 @@ def test_a_new_root_ca_rolls_every_pod_that_reads_the_bundle_only_at_start(basel
     assert _rolled(frozenset({ca.name})) == {"broker", "api-gateway", "metrics-adapter", "northbound"}
 
 
-NOT_HEADLESS = {"alertmanager": "one replica, no gossip: nothing uses its pod's DNS name (left as it is: the serviceName "
-                                 "is immutable, changing it replaces the StatefulSet)"}
-
-
 def test_every_statefulset_is_governed_by_a_headless_service_of_its_namespace(baseline: Evaluation) -> None:
     services = {(s.inputs["metadata"]["namespace"], s.inputs["metadata"]["name"]): s.inputs["spec"]
                 for s in baseline.of_type("kubernetes:core/v1:Service")}
-    governing, not_headless = {}, set()
+    governing = {}
     for sts in baseline.of_type("kubernetes:apps/v1:StatefulSet"):
         meta, spec = sts.inputs["metadata"], sts.inputs["spec"]
         service = services.get((meta["namespace"], spec["serviceName"]))
         assert service is not None, f"{meta['name']}: serviceName {spec['serviceName']!r} names no Service in {meta['namespace']}"
         # It selects the StatefulSet's pods: the endpoints carry their hostnames (hence the SRV targets) only then.
         assert service["selector"].items() <= spec["template"]["metadata"]["labels"].items(), meta["name"]
-        if service.get("clusterIP") != "None":
-            not_headless.add(meta["name"])
+        assert service.get("clusterIP") == "None", f"{meta['name']}: serviceName {spec['serviceName']!r} is not headless"
         governing[meta["name"]] = spec["serviceName"]
-    assert not_headless == set(NOT_HEADLESS)
     assert governing["twin-api"] == "twin-api-metrics"
+    assert governing["alertmanager"] == "alertmanager-headless"
+
+
+def test_alertmanager_gossip_is_off_or_its_peers_are_pod_names_of_the_governing_service(baseline: Evaluation) -> None:
+    """Alertmanager's cluster peers (``--cluster.peer=HOST:PORT``) resolve only as ``<pod>.<governing headless
+    Service>``; with one replica gossip is off (an empty ``--cluster.listen-address``) and there are none."""
+    [sts] = [s for s in baseline.of_type("kubernetes:apps/v1:StatefulSet") if s.inputs["metadata"]["name"] == "alertmanager"]
+    meta, spec = sts.inputs["metadata"], sts.inputs["spec"]
+    [am] = [c for c in spec["template"]["spec"]["containers"] if c["name"] == "alertmanager"]
+    peers = [a.split("=", 1)[1] for a in am["args"] if a.startswith("--cluster.peer=")]
+    pods = {f"{meta['name']}-{n}.{spec['serviceName']}.{meta['namespace']}.svc" for n in range(int(spec["replicas"]))}
+    if "--cluster.listen-address=" in am["args"]:
+        assert peers == [] and spec["replicas"] == 1
+    else:
+        assert peers and {p.rsplit(":", 1)[0].removesuffix(".cluster.local") for p in peers} <= pods, peers
 
 
 def test_the_twin_api_scrape_job_takes_the_pod_name_from_the_srv_target() -> None:

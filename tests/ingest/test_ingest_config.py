@@ -44,6 +44,11 @@ def test_minimal_config_gets_documented_defaults(files: Path) -> None:
     assert config.metrics.port == 9100
     assert config.batch.max_readings == 2000
     assert config.twin_api is None
+    twin = parse_config(_raw(twin_api={"cert": "tls.crt", "key": "tls.key"}), files).twin_api
+    assert twin is not None and (twin.max_connections, twin.request_timeout_s) == (64, 30.0)
+    twin = parse_config(_raw(twin_api={"cert": "tls.crt", "key": "tls.key", "max_connections": 1,
+                                       "request_timeout_s": 2}), files).twin_api
+    assert twin is not None and (twin.max_connections, twin.request_timeout_s) == (1, 2.0)
     assert config.state.workers == ()
     assert parse_config(_raw(state={"workers": ["w-0", "w-1"]}), files).state.workers == ("w-0", "w-1")
 
@@ -59,6 +64,14 @@ def test_minimal_config_gets_documented_defaults(files: Path) -> None:
     ({"batch": {"max_delay_s": -1}}, "batch.max_delay_s: must be a number 0.0..60.0 (got -1)"),
     ({"metrics": {"port": "9100"}}, "metrics.port: must be an integer 0..65535 (got '9100')"),
     ({"twin_api": {"cert": "tls.crt"}}, "twin_api.key: is required (got None)"),
+    ({"twin_api": {"cert": "tls.crt", "key": "tls.key", "max_connections": 0}},
+     "twin_api.max_connections: must be an integer 1..4096 (got 0)"),
+    ({"twin_api": {"cert": "tls.crt", "key": "tls.key", "max_connections": 5000}},
+     "twin_api.max_connections: must be an integer 1..4096 (got 5000)"),
+    ({"twin_api": {"cert": "tls.crt", "key": "tls.key", "request_timeout_s": 0}},
+     "twin_api.request_timeout_s: must be a number 1.0..300.0 (got 0)"),
+    ({"twin_api": {"cert": "tls.crt", "key": "tls.key", "request_timeout_s": float("inf")}},
+     "twin_api.request_timeout_s: must be a number 1.0..300.0 (got inf)"),
     ({"extra": {}}, "extra: is not a known setting (got {})"),
     ({"state": {"workers": ["a", "a"]}}, "state.workers: must be a list of 1..1000 distinct client ids matching "
                                          "[A-Za-z0-9][A-Za-z0-9_.-]{0,63} (got ['a', 'a'])"),

@@ -11,10 +11,12 @@ import time
 import pytest
 
 from ems_contract.telemetry import encode_twin, twin_topic
-from ingest.twin_api import MAX_TWIN_BYTES, TwinApi
+from devenv.mosquitto import free_port
+from ingest.config import parse_config
+from ingest.twin_api import MAX_TWIN_BYTES, TwinApi, build
 from test_ingest_twin_api import _api, _get, _wait
 from ingest_support import EdgePublisher
-from tests.slow_client import trickle
+from tests.slow_client import over_a_cap_of_one, trickle
 
 pytestmark = pytest.mark.integration
 
@@ -138,3 +140,24 @@ def test_a_request_trickled_byte_by_byte_is_closed_at_its_deadline(broker, pki, 
             closed, elapsed = trickle(sock, b"GET /v1/sites HTTP/1.1\r\nHost: localhost\r\n", b"X-Slow: " + b"a" * 40)
         assert closed and elapsed < 3.0, f"closed: {closed} after {elapsed:.1f} s (deadline 1 s)"
         assert _get(api, "/healthz", client) == (200, {"status": "ok"})
+
+
+def test_the_cap_and_the_deadline_come_from_the_config_and_refusals_are_counted(broker, pki, prometheus, tmp_path):
+    """``[twin_api] max_connections = 1`` and ``request_timeout_s = 1`` reach the server ``build`` makes."""
+    pair = pki.client("twin-api")
+    config = parse_config({
+        "broker": {"host": "127.0.0.1", "port": broker.tls_port, "ca": str(pki.ca), "cert": str(pair.cert),
+                   "key": str(pair.key), "client_id": "twin-api"},
+        "tsdb": {"remote_write_url": f"{prometheus.url}/api/v1/write"},
+        "state": {"dir": str(tmp_path / "unused")},
+        "twin_api": {"host": "127.0.0.1", "port": free_port(), "cert": str(pki.server.cert),
+                     "key": str(pki.server.key), "max_connections": 1, "request_timeout_s": 1},
+    })
+    client = ssl.create_default_context(cafile=str(pki.ca))
+    with build(config) as api:
+        _wait(api, "/healthz", client)
+        refused, expired, waited = over_a_cap_of_one(api.port)
+        assert refused, "a connection beyond max_connections = 1 was not closed"
+        assert expired and waited < 4.0, f"the held connection was closed: {expired}, after {waited:.1f} s (1 s deadline)"
+        assert api.registry.get_sample_value("ems_twin_api_refused_connections_total") == 1
+        _wait(api, "/healthz", client)               # the slot is free again

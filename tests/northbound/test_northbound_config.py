@@ -159,6 +159,10 @@ def test_the_operator_api_serves_mtls_to_the_listed_cns(tmp_path: Path, pki: Loc
     assert config is not None
     assert (config.cert, config.key, config.client_ca, config.client_cns, config.cert_check_s) == \
         (pki.server.cert, pki.server.key, pki.ca, ("ems-api-gateway",), 5.0)
+    assert (config.max_connections, config.request_timeout_s) == (32, 10.0)      # the listener's defaults
+    limits = load_config(_operator_config(tmp_path, pki, aggregator, tls + "max_connections = 4096\n"
+                                          "request_timeout_s = 2\n")).operator_api
+    assert limits is not None and (limits.max_connections, limits.request_timeout_s) == (4096, 2.0)
 
 
 @pytest.mark.parametrize(("drop", "message"), [
@@ -184,6 +188,13 @@ def test_the_operator_api_has_no_plain_http(tmp_path: Path, pki: LocalPki, aggre
                                 r"certificate and key \(.+\) \(got '.*'\)$"),
     ({"client_ca": "NOT_A_CA"}, r"^operator_api\.client_ca is not a readable PEM CA certificate \(.+\) \(got '.*'\)$"),
     ({"cert_check_s": "-1"}, r"^operator_api\.cert_check_s must be a number 0\.0\.\.3600\.0 \(got -1\)$"),
+    ({"max_connections": "0"}, r"^operator_api\.max_connections must be an integer 1\.\.4096 \(got 0\)$"),
+    ({"max_connections": "4097"}, r"^operator_api\.max_connections must be an integer 1\.\.4096 \(got 4097\)$"),
+    ({"max_connections": "2.5"}, r"^operator_api\.max_connections must be an integer 1\.\.4096 \(got 2\.5\)$"),
+    ({"max_connections": '"32"'}, r"^operator_api\.max_connections must be an integer 1\.\.4096 \(got '32'\)$"),
+    ({"request_timeout_s": "0.5"}, r"^operator_api\.request_timeout_s must be a number 1\.0\.\.300\.0 \(got 0\.5\)$"),
+    ({"request_timeout_s": "nan"}, r"^operator_api\.request_timeout_s must be a number 1\.0\.\.300\.0 \(got nan\)$"),
+    ({"request_timeout_s": "true"}, r"^operator_api\.request_timeout_s must be a number 1\.0\.\.300\.0 \(got True\)$"),
 ])
 def test_operator_api_tls_errors_name_the_field(tmp_path: Path, pki: LocalPki, aggregator: CertPair,
                                                 override: dict[str, str], message: str) -> None:

@@ -10,7 +10,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 import pytest
 
@@ -19,10 +19,13 @@ from devenv.sep2_server import Sep2TestServer
 from ems_runtime.server_tls import ServerTls
 from northbound.config import load_config
 from northbound.metrics import NorthboundMetrics
+from northbound.operator_api import OperatorApi
 from northbound.service import NorthboundService
 from tests.northbound.nb_helpers import write_config
 from tests.northbound.test_operator_api import GATEWAY_CN, OPERATOR, _call, _client, _desk, _Listener, _Sink
-from tests.slow_client import trickle
+from tests.slow_client import closed_by_server, over_a_cap_of_one, trickle
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -40,17 +43,6 @@ def limited(pki: LocalPki) -> Iterator[_Listener]:
     sink.thread.join(5)
 
 
-def _closed_by_server(sock: socket.socket, within_s: float) -> bool:
-    """True when the server closes ``sock`` (EOF or reset) within ``within_s``; nothing is sent."""
-    sock.settimeout(within_s)
-    try:
-        return sock.recv(1) == b""
-    except ConnectionError:
-        return True
-    except TimeoutError:
-        return False
-
-
 def test_connections_beyond_the_cap_are_closed_at_once_and_logged_once(limited: _Listener, caplog) -> None:
     caplog.set_level(logging.INFO, logger="northbound.operator_api")
     held = [socket.create_connection(("127.0.0.1", limited.port), timeout=5) for _ in range(2)]   # no handshake yet
@@ -58,8 +50,10 @@ def test_connections_beyond_the_cap_are_closed_at_once_and_logged_once(limited: 
         time.sleep(0.2)
         for _ in range(20):
             with socket.create_connection(("127.0.0.1", limited.port), timeout=5) as extra:
-                assert _closed_by_server(extra, 0.5), "a connection beyond the cap was not closed"
+                assert closed_by_server(extra, 0.5), "a connection beyond the cap was not closed"
         assert limited.refused_connections == 20
+        assert limited.desk.metrics.registry.get_sample_value(
+            "ems_northbound_operator_api_refused_connections_total") == 20
         lines = [r.getMessage() for r in caplog.records if "closed at accept" in r.getMessage()]
         assert len(lines) == 1 and lines[0].startswith("operator api: 1 connections closed at accept"), lines
     finally:
@@ -95,7 +89,7 @@ def test_a_trickled_handshake_is_closed_at_its_deadline(limited: _Listener) -> N
             except ConnectionError:
                 closed = True
                 break
-            if _closed_by_server(sock, 0.1):
+            if closed_by_server(sock, 0.1):
                 closed = True
                 break
         elapsed = time.monotonic() - start
@@ -123,30 +117,58 @@ def test_the_tls_files_are_loaded_once_from_config_to_serving(sep2_server: Sep2T
     monkeypatch.setattr(ssl.SSLContext, "load_cert_chain", counted_chain)
     monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted_ca)
 
-    path = write_config(tmp_path / "nb.toml", pki, aggregator, url=sep2_server.url)
+    path = _service_config(tmp_path, pki, aggregator, sep2_server.url, (cert, key, ca))
+    gateway = _client(pki, pki.client(GATEWAY_CN))
+    status, _ = _with_service(path, NorthboundMetrics(), lambda api: _call(api, "GET", "/v1/commands/abc", None,
+                                                                            OPERATOR, gateway))
+    assert status == 404
+    assert [p for p in loads if p in (str(cert), str(ca))] == [str(cert), str(ca)]
+
+
+def test_the_cap_and_the_deadline_come_from_the_config(sep2_server: Sep2TestServer, pki: LocalPki,
+                                                       aggregator: CertPair, tmp_path: Path) -> None:
+    """``[operator_api] max_connections = 1`` and ``request_timeout_s = 1`` reach the listener the service starts."""
+    path = _service_config(tmp_path, pki, aggregator, sep2_server.url, (pki.server.cert, pki.server.key, pki.ca),
+                           "max_connections = 1\nrequest_timeout_s = 1\n")
+    metrics = NorthboundMetrics()
+
+    refused, expired, waited = _with_service(path, metrics, lambda api: over_a_cap_of_one(api.port))
+    assert refused, "a connection beyond max_connections = 1 was not closed"
+    assert expired and waited < 4.0, f"the held connection was closed: {expired}, after {waited:.1f} s (deadline 1 s)"
+    assert metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total") == 1
+
+
+def _service_config(tmp_path: Path, pki: LocalPki, aggregator: CertPair, url: str, files: tuple[Path, Path, Path],
+                    extra: str = "") -> Path:
+    """A north-bound config with [broker] and [operator_api] on a free port (its cert, key and CA ``files``)."""
+    cert, key, ca = files
+    path = write_config(tmp_path / "nb.toml", pki, aggregator, url=url)
     section = (f'[broker]\nhost = "127.0.0.1"\nca = "{pki.ca}"\ncert = "{aggregator.cert}"\nkey = "{aggregator.key}"\n'
                f'[operator_api]\nhost = "127.0.0.1"\nport = 0\ncert = "{cert}"\nkey = "{key}"\nclient_ca = "{ca}"\n'
-               f'client_cns = ["{GATEWAY_CN}"]\ncert_check_s = 0\n')
+               f'client_cns = ["{GATEWAY_CN}"]\ncert_check_s = 0\n{extra}')
     path.write_text(path.read_text().replace("[sites.sub-07]", f"{section}\n[sites.sub-07]", 1))
+    return path
 
-    class Sink:
-        async def issue(self, command: object) -> None:
-            return None
 
-    service = NorthboundService(load_config(path), metrics=NorthboundMetrics(), sink=Sink())  # type: ignore[arg-type]
-    gateway = _client(pki, pki.client(GATEWAY_CN))
+class _NoSink:
+    async def issue(self, command: object) -> None:
+        return None
 
-    async def go() -> int:
+
+def _with_service(path: Path, metrics: NorthboundMetrics, probe: Callable[[OperatorApi], T]) -> T:
+    """Run the service of the config at ``path`` until ``probe(its operator API)``, called in a thread, returns."""
+    service = NorthboundService(load_config(path), metrics=metrics, sink=_NoSink())  # type: ignore[arg-type]
+
+    async def go() -> T:
         stop = asyncio.Event()
         runner = asyncio.create_task(service.run(stop))
         deadline = time.monotonic() + 20
         while service.operator_api is None and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        assert service.operator_api is not None, "the operator API did not start"
-        status, _ = await asyncio.to_thread(_call, service.operator_api, "GET", "/v1/commands/abc", None,  # type: ignore[arg-type]
-                                            OPERATOR, gateway)
-        stop.set()
-        await asyncio.wait_for(runner, 10)
-        return status
-    assert asyncio.run(go()) == 404
-    assert [p for p in loads if p in (str(cert), str(ca))] == [str(cert), str(ca)]
+        try:
+            assert service.operator_api is not None, "the operator API did not start"
+            return await asyncio.to_thread(probe, service.operator_api)
+        finally:
+            stop.set()
+            await asyncio.wait_for(runner, 10)
+    return asyncio.run(go())

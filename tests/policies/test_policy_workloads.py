@@ -321,3 +321,20 @@ def test_patch_without_pod_template_is_not_a_pod() -> None:
     patch = {"metadata": {"name": "ingest"}, "spec": {"replicas": 3}}
     for policy in WORKLOAD_POLICIES:
         assert check(policy, "kubernetes:apps/v1:DeploymentPatch", patch) == [], policy
+
+
+VOLUME_POLICIES = ("pod-config-change-rolls", "pod-host-access", "secret-volume-mode", "serviceaccount-token-automount")
+
+
+@pytest.mark.parametrize("volumes, where", [
+    ("dd056dcd-154b-4c76-9bd3-c8f88648b5ff", "spec.template.spec.volumes"),                           # the list
+    ([{"name": "scratch", "emptyDir": {}}, "dd056dcd-154b-4c76-9bd3-c8f88648b5ff"], "spec.template.spec.volumes[1]"),
+])
+def test_every_volume_policy_names_an_unknown_volume_by_the_same_path(volumes: object, where: str) -> None:
+    """The policies that read pod volumes walk them with one iterator, so an unknown one is named alike by each."""
+    obj = workload(spec=pod_spec(volumes=volumes))
+    del obj["spec"]["template"]["metadata"]["annotations"]      # no config digest: pod-config-change-rolls reads the volumes
+    for policy in VOLUME_POLICIES:
+        assert check(policy, DEPLOY, obj, name="ingest") == [
+            f"Deployment 'ingest': cannot verify {where} because it is unknown during preview; "
+            "set it from a literal or stack config, or run `pulumi up` only after a preview shows it"], policy

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterator
 
 from .props import UNKNOWN, Resource, as_bool, elements, get, of_kinds, resource_policy, unknown_message
-from .workloads import pod_templates, workload_identity
+from .workloads import pod_templates, pod_volumes, workload_identity
 
 KINDS = ("Deployment", "StatefulSet", "DaemonSet")
 _CONFIG = {
@@ -88,12 +88,7 @@ def _config_rolls(res: Resource, cfg: dict) -> Iterator[str]:
             continue
         if digest is UNKNOWN or (isinstance(digest, str) and digest.strip()):
             continue        # the digest is there (computed during preview)
-        volumes = elements(get(template.spec, "volumes"))
-        if volumes is UNKNOWN:
-            yield unknown_message(res.subject, f"{template.path}.volumes")
-            continue
-        for i, volume in enumerate(volumes):
-            where = f"{template.path}.volumes[{i}]"
+        for where, volume in pod_volumes(template):
             sources = _config_sources(volume)
             if sources is UNKNOWN:
                 yield unknown_message(res.subject, where)

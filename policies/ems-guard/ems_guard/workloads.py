@@ -79,6 +79,17 @@ def containers(template: PodTemplate) -> Iterator[tuple[str, str, Any]]:
             yield f"{template.path}.{field}[{i}]", label, container
 
 
+def pod_volumes(template: PodTemplate) -> Iterator[tuple[str, Any]]:
+    """``(path, volume)`` for every volume of the pod spec (a volume may be UNKNOWN); none when the spec has no
+    volumes; an UNKNOWN list yields once, as ``("<spec path>.volumes", UNKNOWN)``."""
+    volumes = elements(get(template.spec, "volumes"))
+    if volumes is UNKNOWN:
+        yield f"{template.path}.volumes", UNKNOWN
+        return
+    for i, volume in enumerate(volumes):
+        yield f"{template.path}.volumes[{i}]", volume
+
+
 def workload_identity(res: Resource, template: PodTemplate) -> set[str]:
     """Names an exemption may use: the Pulumi name, metadata.name and namespace/metadata.name."""
     names = {res.name}
@@ -283,17 +294,13 @@ def _host_access(res: Resource, cfg: dict) -> Iterator[str]:
             elif value:
                 yield (f"{res.subject}: {template.path}.{key} is true; remove it, or add the workload to the "
                        "policy config exemptions (pod-host-access) with a reason in review.")
-        volumes = elements(get(spec, "volumes"))
-        if volumes is UNKNOWN:
-            yield unknown_message(res.subject, f"{template.path}.volumes")
-        else:
-            for i, volume in enumerate(volumes):
-                host_path = get(volume, "hostPath")
-                if host_path is UNKNOWN or volume is UNKNOWN:
-                    yield unknown_message(res.subject, f"{template.path}.volumes[{i}]")
-                elif host_path is not None:
-                    yield (f"{res.subject}: {template.path}.volumes[{i}] ('{get(volume, 'name')}') mounts hostPath "
-                           f"{get(host_path, 'path')!r}; use a PersistentVolumeClaim, ConfigMap or emptyDir.")
+        for where, volume in pod_volumes(template):
+            host_path = get(volume, "hostPath")
+            if host_path is UNKNOWN or volume is UNKNOWN:
+                yield unknown_message(res.subject, where)
+            elif host_path is not None:
+                yield (f"{res.subject}: {where} ('{get(volume, 'name')}') mounts hostPath "
+                       f"{get(host_path, 'path')!r}; use a PersistentVolumeClaim, ConfigMap or emptyDir.")
         for path, name, container in containers(template):
             if container is UNKNOWN:
                 yield unknown_message(res.subject, path)
@@ -496,12 +503,7 @@ def _secret_modes(res: Resource, cfg: dict) -> Iterator[str]:
                    f"{max_mode:#o} ({max_mode}), e.g. 0400 (256) or 0440 (288).")
 
     for template in pod_templates(res.resource_type, res.props):
-        volumes = elements(get(template.spec, "volumes"))
-        if volumes is UNKNOWN:
-            yield unknown_message(res.subject, f"{template.path}.volumes")
-            continue
-        for i, volume in enumerate(volumes):
-            where = f"{template.path}.volumes[{i}]"
+        for where, volume in pod_volumes(template):
             secret = get(volume, "secret")
             projected = get(volume, "projected")
             if UNKNOWN in (volume, secret, projected):
@@ -605,18 +607,17 @@ POLICIES = [
 # --------------------------------------------------------------------------- token automount (pods)
 
 def _projected_tokens(res: Resource, template: PodTemplate) -> Iterator[str]:
-    volumes = elements(get(template.spec, "volumes"))
-    if volumes is UNKNOWN:
-        yield unknown_message(res.subject, f"{template.path}.volumes")
-        return
-    for i, volume in enumerate(volumes):
+    for where, volume in pod_volumes(template):
+        if volume is UNKNOWN:
+            yield unknown_message(res.subject, where)
+            continue
         sources = elements(dig(volume, "projected", "sources"))
         if sources is UNKNOWN:
-            yield unknown_message(res.subject, f"{template.path}.volumes[{i}].projected.sources")
+            yield unknown_message(res.subject, f"{where}.projected.sources")
             continue
         for s, source in enumerate(sources):
             if get(source, "serviceAccountToken") is not None:
-                yield (f"{res.subject}: {template.path}.volumes[{i}].projected.sources[{s}] mounts a service account "
+                yield (f"{res.subject}: {where}.projected.sources[{s}] mounts a service account "
                        f"token, which automountServiceAccountToken: false was meant to prevent; remove it, or annotate "
                        f"the pod template {NEEDS_API_TOKEN}: \"true\" if it calls the Kubernetes API.")
 
