@@ -66,6 +66,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
+from edge_agent.twin_cache import cached_assets
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
 __all__ = ["TwinStore", "run_twin"]
@@ -228,7 +229,7 @@ class TwinStore:
             if body.get("v") != _VERSION or body.get("site") != self.site:
                 raise ValueError(f"version/site {body.get('v')!r}/{body.get('site')!r} is not "
                                  f"{_VERSION}/{self.site!r}")
-            assets = {str(a): {str(p): dict(s) for p, s in points.items()} for a, points in body["assets"].items()}
+            assets = cached_assets(body["assets"])
             published = {str(a): str(d) for a, d in body.get("published", {}).items()}
             runs = {a: _ThermalRun(r.config) for a, r in self._thermal.items()}
             for asset, raw in body.get("thermal", {}).items():
