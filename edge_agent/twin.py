@@ -66,7 +66,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
-from edge_agent.twin_cache import cached_assets
+from edge_agent.twin_cache import cached_assets, check_thermal_run
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
 __all__ = ["TwinStore", "run_twin"]
@@ -99,6 +99,8 @@ class _ThermalRun:
         self.state = thermal.ThermalState.from_json(state) if state is not None else None
         self.load_factor = _finite_or_none(raw["load_factor"])
         self.ambient = _finite_or_none(raw["ambient"])
+        check_thermal_run(self.state, self.load_factor, self.ambient, max_load_factor=thermal.MAX_LOAD_FACTOR,
+                          ambient_range=AMBIENT_RANGE)
 
     def take(self, reading: Reading) -> None:
         """Advance the model to the reading's time, then take it as an input if it is one."""

@@ -1,11 +1,12 @@
 """The points' states of a twin cache file (``edge_agent.twin``), checked as they are read back.
 
-The cache is this agent's own file, but what is read back from disk is hostile until checked: a
-state missing ``ts_ms`` or holding a string there stopped the twin at the next reading of that point,
-an asset with no points at the next publish. :func:`cached_assets` returns the states as the twin
-keeps them — asset (a valid id) → point (a valid id) → ``{value, unit, quality, ts_ms}`` and,
+The cache is this agent's own file, but what is read back from disk is hostile until checked: the
+twin's hot path trusts every held state (it compares ``ts_ms``, publishes each asset's newest).
+:func:`cached_assets` returns the states as the twin keeps them — asset (a valid id) → point (a valid id) → ``{value, unit, quality, ts_ms}`` and,
 while a fault code is active, ``fault`` — or raises ValueError naming the asset, the point and the
-field; ``TwinStore.load`` then moves the file aside and starts empty.
+field; ``TwinStore.load`` then moves the file aside and starts empty. :func:`check_thermal_run`
+does the same for a thermal model's restored inputs and state, which the model's arithmetic
+trusts (an input ``take`` would refuse can overflow it).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 from ems_contract.config_file import shorten
 from ems_contract.telemetry import MAX_INT64, QUALITIES, valid_id
 
-__all__ = ["cached_assets"]
+__all__ = ["cached_assets", "check_thermal_run"]
 
 _FAULT_TEXT = ("code", "text", "severity")
 
@@ -60,3 +61,27 @@ def _state(state: Any, where: str) -> dict[str, Any]:
                              f"(got {shorten(fault)})")
         checked["fault"] = {key: fault[key] for key in (*_FAULT_TEXT, "since_ms")}
     return checked
+
+
+def check_thermal_run(state: Any, load_factor: float | None, ambient: float | None, *, max_load_factor: float,
+                      ambient_range: tuple[float, float]) -> None:
+    """ValueError unless a restored thermal model's inputs are ones ``take`` would accept (a load factor
+    0..``max_load_factor``, an ambient in ``ambient_range``) and its state (a ``ThermalState``) is within
+    physical reach: times 0..2**63-1, temperatures and rises within ±1000 °C, ageing 0..10**9 h."""
+    if load_factor is not None and not 0.0 <= load_factor <= max_load_factor:
+        raise ValueError(f"thermal load_factor {load_factor!r} is not 0..{max_load_factor:g}")
+    low, high = ambient_range
+    if ambient is not None and not low <= ambient <= high:
+        raise ValueError(f"thermal ambient {ambient!r} is not {low:g}..{high:g} °C")
+    if state is None:
+        return
+    for name in ("t_ms", "since_ms", "segment_ms", "restarts"):
+        if not 0 <= getattr(state, name) <= MAX_INT64:
+            raise ValueError(f"thermal state {name} {getattr(state, name)!r} is not 0..2**63-1")
+    for name in ("top_oil", "dh1", "dh2", "segment_ambient", "segment_rise"):
+        if not -1000.0 <= getattr(state, name) <= 1000.0:
+            raise ValueError(f"thermal state {name} {getattr(state, name)!r} is not within ±1000 °C")
+    if not 0.0 <= state.segment_k <= max_load_factor:
+        raise ValueError(f"thermal state segment_k {state.segment_k!r} is not 0..{max_load_factor:g}")
+    if not 0.0 <= state.loss_of_life_h <= 1e9:
+        raise ValueError(f"thermal state loss_of_life_h {state.loss_of_life_h!r} is not 0..10**9")

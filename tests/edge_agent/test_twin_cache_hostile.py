@@ -19,6 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.batch import Reading
+from edge_agent.config import ThermalAssetConfig
+from edge_agent.thermal import ThermalParams
 from edge_agent.twin import TwinStore
 
 _scalar = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.floats(allow_nan=False),
@@ -65,3 +67,30 @@ def test_a_state_without_a_usable_time_moves_the_cache_aside_naming_the_field(
         twin.load()
     assert "asset tx1 point oil_temp: ts_ms must be an integer 0..2**63-1 (got '1000')" in caplog.text
     assert (tmp_path / "twin.json.corrupt-1234").exists() and twin.assets() == []
+
+
+_TX1 = ThermalAssetConfig(asset="tx1", kind="transformer", rated_load=2.0, load_point="load",
+                          ambient_point="ambient_temp", top_oil_point="oil_temp", params=ThermalParams())
+_number = st.one_of(st.floats(allow_nan=False), st.integers(-2**70, 2**70), st.sampled_from([0, 1e308, -1e308]))
+_thermal_state = st.fixed_dictionaries(
+    {name: _number for name in ("t_ms", "top_oil", "dh1", "dh2", "loss_of_life_h", "since_ms")},
+    optional={name: st.one_of(_number, _scalar) for name in ("restarts", "segment_k", "segment_ambient",
+                                                             "segment_rise", "segment_ms")})
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.fixed_dictionaries({"state": st.one_of(st.none(), _thermal_state, _scalar),
+                                        "load_factor": st.one_of(_number, _scalar),
+                                        "ambient": st.one_of(_number, _scalar)}), _scalar))
+def test_a_hostile_thermal_state_is_kept_or_moved_aside_and_the_model_keeps_working(run: Any) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "twin.json"
+        path.write_text(json.dumps({"v": 1, "site": "s1", "assets": {}, "thermal": {"tx1": run}}))
+        twin = TwinStore(path, site="s1", thermal_assets=[_TX1], clock=lambda: 1234.0)
+        twin.load()
+        for k, (point, value) in enumerate([("load", 1.0), ("ambient_temp", 20.0), ("oil_temp", 50.0),
+                                            ("load", 1.2)]):
+            twin.update(Reading(seq=k, ts_ms=1_764_000_000_000 + k * 60_000, asset="tx1", point=point, value=value,
+                                unit="", quality="good"))
+        twin.changed()
+        twin.save()
