@@ -370,6 +370,7 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
     except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc.strerror or exc})") from exc
     offset = 0
+    index = -1
     last_crc: str | None = None
     seq_before = summary.seq_max
     defined: set[int] = set()
@@ -398,7 +399,9 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
                     if first is not None and first > seq_before + 1:
                         corrupt(0, 0, f"does not continue {prev_path}: no 'cont' record and readings resume at "
                                       f"seq {first} after seq {seq_before} (a rotated file is missing?)")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (zlib.error, EOFError, gzip.BadGzipFile) as exc:     # a damaged .gz: the records before still count
+        corrupt(index + 1, offset, f"compressed data is damaged from here on ({exc})")
+    except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc})") from exc
     return last_crc
 

@@ -2,9 +2,9 @@
 
 The cache is this agent's own file, but what is read back from disk is hostile until checked: the
 twin's hot path trusts every held state (it compares ``ts_ms``, publishes each asset's newest).
-:func:`cached_assets` returns the states as the twin keeps them — asset (a valid id) → point (a valid id) → ``{value, unit, quality, ts_ms}`` and,
-while a fault code is active, ``fault`` — or raises ValueError naming the asset, the point and the
-field; ``TwinStore.load`` then moves the file aside and starts empty. :func:`check_thermal_run`
+:func:`cached_assets` returns the states as the twin keeps them — asset (a valid id) → point (a
+valid id) → ``{value, unit, quality, ts_ms}`` and, while a fault code is active, ``fault`` — or
+raises ValueError naming the asset, the point and the field; ``TwinStore.load`` then moves the file aside and starts empty. :func:`check_thermal_run`
 does the same for a thermal model's restored inputs and state, which the model's arithmetic
 trusts (an input ``take`` would refuse can overflow it).
 """

@@ -9,6 +9,7 @@ and gives it a fresh CRC.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import tempfile
@@ -224,3 +225,38 @@ def test_read_audit_refuses_a_drop_range_too_large_to_list(tmp_path: Path) -> No
     assert verify(path).ok
     with pytest.raises(AuditError, match=r"record 2 drops seq 1\.\.9223372036854775807, more than read_audit lists"):
         read_audit(path)
+
+
+def _rotated_pair(directory: Path, gz: bytes) -> list[Path]:
+    """A rotated, compressed file holding ``gz`` and the live file after it (GOOD's last record)."""
+    (directory / "audit.log.1.gz").write_bytes(gz)
+    (directory / "audit.log").write_bytes(GOOD[-1] + b"\n")
+    return [directory / "audit.log.1.gz", directory / "audit.log"]
+
+
+def test_a_damaged_rotated_gz_is_reported_and_the_files_after_it_still_verified(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first = gzip.compress(b"".join(line + b"\n" for line in GOOD[:3]))        # an intact member, then a damaged one
+    second = bytearray(gzip.compress(b"".join(line + b"\n" for line in GOOD[3:]) * 50))
+    second[20:60] = bytes(b ^ 0x55 for b in second[20:60])
+    files = _rotated_pair(tmp_path, first + bytes(second))
+    summary = verify(files)
+    assert summary.corrupt_path == files[0] and summary.corrupt is not None and summary.corrupt.index >= 3
+    assert "compressed data is damaged from here on" in summary.corrupt.reason
+    assert summary.readings >= 3 + 3 + 1                  # the intact member's batches, and the live file's reading
+    assert main(["audit", "verify", "--path", str(files[-1]), "--rotated"]) == 1
+    assert f"CORRUPT: {files[0]} line" in capsys.readouterr().out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_any_damage_to_a_rotated_gz_is_reported_never_raised(data: st.DataObject) -> None:
+    gz = bytearray(gzip.compress(b"".join(line + b"\n" for line in GOOD)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        at = data.draw(st.integers(0, len(gz) - 1))
+        gz[at] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(1, len(gz)))
+    with tempfile.TemporaryDirectory() as scratch:
+        files = _rotated_pair(Path(scratch), bytes(gz[:cut]))
+        summary = verify(files)
+        assert summary.files == files and summary.records >= 1       # the live file is always read
