@@ -69,6 +69,7 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from edge_agent.audit_records import record_problem
 from edge_agent.batch import ReadingBatch
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
 from ems_contract.telemetry import check_finite
@@ -89,7 +90,8 @@ def encode_record(body: dict[str, Any]) -> bytes:
 
 
 def decode_record(line: bytes) -> dict[str, Any]:
-    """Parse one audit line (without newline); raises ValueError saying what is wrong."""
+    """Parse and check one audit line (without newline); raises ValueError saying what is wrong (the CRC,
+    the JSON, or a field: ``edge_agent.audit_records``)."""
     if len(line) < 10 or line[8:9] != b" ":
         raise ValueError("not '<crc32> <json>'")
     try:
@@ -104,8 +106,9 @@ def decode_record(line: bytes) -> dict[str, Any]:
         body = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ValueError(f"CRC matches but JSON is invalid: {exc}") from None
-    if not isinstance(body, dict) or "k" not in body:
-        raise ValueError("record has no kind 'k'")
+    problem = record_problem(body)      # the CRC matched, the content may still be malformed
+    if problem is not None:
+        raise ValueError(problem)
     return body
 
 
@@ -367,6 +370,7 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
     except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc.strerror or exc})") from exc
     offset = 0
+    index = -1
     last_crc: str | None = None
     seq_before = summary.seq_max
     defined: set[int] = set()
@@ -395,7 +399,9 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
                     if first is not None and first > seq_before + 1:
                         corrupt(0, 0, f"does not continue {prev_path}: no 'cont' record and readings resume at "
                                       f"seq {first} after seq {seq_before} (a rotated file is missing?)")
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (zlib.error, EOFError, gzip.BadGzipFile) as exc:     # a damaged .gz: the records before still count
+        corrupt(index + 1, offset, f"compressed data is damaged from here on ({exc})")
+    except OSError as exc:
         raise AuditError(f"audit log {path}: cannot read ({exc})") from exc
     return last_crc
 
@@ -532,5 +538,8 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
                 readings[body["seq_first"] + i] = {**common, "seq": body["seq_first"] + i,
                                                    **dict(zip(_BATCH_COLUMNS, values))}
         elif body["k"] == "drop":
+            if body["seq_last"] - body["seq_first"] >= 10_000_000:      # listed one by one below: bounded
+                raise AuditError(f"audit log {path}: record {index + 1} drops seq {body['seq_first']}.."
+                                 f"{body['seq_last']}, more than read_audit lists (10,000,000 seqs)")
             dropped.update(range(body["seq_first"], body["seq_last"] + 1))
     return AuditContents(readings, frozenset(dropped))

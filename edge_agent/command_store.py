@@ -15,6 +15,7 @@ handler calls it on one executor thread.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 from dataclasses import dataclass
@@ -122,19 +123,65 @@ class CommandStore:
                             state.active_issued_ms, state.active_expires_ms))
 
     def unfinished(self) -> list[tuple[str, str, bytes, int | None]]:
-        """(id, state, payload, writing_ms) of commands a crash interrupted, oldest first."""
-        return self.db.execute("SELECT id, state, payload, writing_ms FROM seen WHERE state != 'done' "
-                               "ORDER BY n").fetchall()
+        """(id, state, payload, writing_ms) of commands a crash interrupted, oldest first.
+
+        A row that is not what ``record``/``mark_writing`` wrote (a damaged file) is set aside: logged
+        by id and field and marked done, so its command is never carried out on a guess."""
+        good = []
+        for rowid, command_id, state, payload, writing_ms in self.db.execute(
+                "SELECT rowid, id, state, payload, writing_ms FROM seen WHERE state IS NOT 'done' ORDER BY n"):
+            problem = (f"id {command_id!r} is not text" if type(command_id) is not str else
+                       f"state {state!r} is not received or writing" if state not in ("received", "writing") else
+                       f"payload is {type(payload).__name__}, not bytes" if type(payload) is not bytes else
+                       f"writing_ms {writing_ms!r} is not an integer" if writing_ms is not None
+                       and type(writing_ms) is not int else None)
+            if problem is None:
+                good.append((command_id, state, payload, writing_ms))
+                continue
+            log.error("command state %s: stored command %r is damaged (%s): set aside, not carried out",
+                      self.path, command_id, problem)
+            self.db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE rowid = ?", (rowid,))
+        return good
 
     def controls(self) -> dict[str, ControlState]:
-        rows = self.db.execute("SELECT * FROM controls").fetchall()
-        return {row[0]: ControlState(*row[1:]) for row in rows}
+        """Each control's stored state; a damaged row is logged and left out (the control starts unknown,
+        as on a first start: the fail-safe still applies)."""
+        states = {}
+        for control, *values in self.db.execute("SELECT * FROM controls"):
+            state = ControlState(*values)
+            problem = _control_problem(state)
+            if type(control) is str and problem is None:
+                states[control] = state
+            else:
+                log.error("command state %s: control %r is damaged (%s): starting it unknown", self.path, control,
+                          problem or "its name is not text")
+        return states
 
     def outbox(self, limit: int = 50) -> list[tuple[int, bytes]]:
-        return self.db.execute("SELECT n, payload FROM outbox ORDER BY n LIMIT ?", (limit,)).fetchall()
+        """The oldest unsent results (a damaged row, whose payload is not bytes, is logged and deleted)."""
+        rows = self.db.execute("SELECT n, payload FROM outbox ORDER BY n LIMIT ?", (limit,)).fetchall()
+        for n, payload in rows:
+            if type(payload) is not bytes:
+                log.error("command state %s: result %d in the outbox is %s, not bytes: deleted", self.path, n,
+                          type(payload).__name__)
+                self.sent(n)
+        return [(n, payload) for n, payload in rows if type(payload) is bytes]
 
     def outbox_size(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
 
     def sent(self, n: int) -> None:
         self.db.execute("DELETE FROM outbox WHERE n = ?", (n,))
+
+
+def _control_problem(state: ControlState) -> str | None:
+    """What is wrong with a stored control's fields, or None."""
+    value = state.last_value
+    if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
+        return f"last_value {value!r} is not a finite number"
+    for name in ("last_written_ms", "active_issued_ms", "active_expires_ms"):
+        if getattr(state, name) is not None and type(getattr(state, name)) is not int:
+            return f"{name} {getattr(state, name)!r} is not an integer"
+    if state.active_id is not None and type(state.active_id) is not str:
+        return f"active_id {state.active_id!r} is not text"
+    return None

@@ -88,6 +88,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
+from edge_agent.spool_integrity import spool_problem
 from ems_runtime.sqlite import transaction
 
 __all__ = ["Spool", "SPOOL_FILE"]
@@ -151,10 +152,10 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
         batch = ReadingBatch.from_columns(stored, seq_first, accepted_ms)
     if batch.seq_last != seq_last:
         raise ValueError(f"row {seq_first}..{seq_last} holds {len(batch)} readings")
-    if not all(type(t) is int for t in batch.ts_ms) or not all(v is None or type(v) in (float, int) for v in batch.value) \
+    if not all(type(t) is int and -2**63 <= t < 2**63 for t in batch.ts_ms) or not all(v is None or type(v) in (float, int) for v in batch.value) \
             or not all(isinstance(x, str) for column in (batch.asset, batch.point, batch.unit, batch.quality,
                                                          batch.sensor) for x in column):
-        raise ValueError(f"row {seq_first}..{seq_last}: times must be integers, values numbers or null, "
+        raise ValueError(f"row {seq_first}..{seq_last}: times must be 64-bit integers, values numbers or null, "
                          f"names and qualities strings")
     return batch
 
@@ -274,6 +275,9 @@ class Spool:
                 raise SpoolError(f"spool {self.path} holds readings of site {owner[0]!r}, not {self.site!r}: "
                                  "deliver or move it, or set another spool.path")
             _upgrade_sync(db)
+            if (problem := spool_problem(db)) is not None:       # what the rows' CRCs do not cover
+                db.close()
+                raise SpoolCorrupt(f"spool {self.path}: {problem}; correct that value or move the file aside")
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             stats = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0), MAX(seq_last) "
                                "FROM batches").fetchone()

@@ -66,6 +66,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
+from edge_agent.twin_cache import cached_assets, check_thermal_run
 from ems_contract.telemetry import Reading, encode_twin, twin_topic
 
 __all__ = ["TwinStore", "run_twin"]
@@ -98,6 +99,8 @@ class _ThermalRun:
         self.state = thermal.ThermalState.from_json(state) if state is not None else None
         self.load_factor = _finite_or_none(raw["load_factor"])
         self.ambient = _finite_or_none(raw["ambient"])
+        check_thermal_run(self.state, self.load_factor, self.ambient, max_load_factor=thermal.MAX_LOAD_FACTOR,
+                          ambient_range=AMBIENT_RANGE)
 
     def take(self, reading: Reading) -> None:
         """Advance the model to the reading's time, then take it as an input if it is one."""
@@ -228,7 +231,7 @@ class TwinStore:
             if body.get("v") != _VERSION or body.get("site") != self.site:
                 raise ValueError(f"version/site {body.get('v')!r}/{body.get('site')!r} is not "
                                  f"{_VERSION}/{self.site!r}")
-            assets = {str(a): {str(p): dict(s) for p, s in points.items()} for a, points in body["assets"].items()}
+            assets = cached_assets(body["assets"])
             published = {str(a): str(d) for a, d in body.get("published", {}).items()}
             runs = {a: _ThermalRun(r.config) for a, r in self._thermal.items()}
             for asset, raw in body.get("thermal", {}).items():

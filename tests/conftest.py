@@ -7,6 +7,7 @@ collide); `make test` installs them. A missing binary fails loudly.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -29,6 +30,19 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     after the wider-scoped ones: a module's Pulumi fixture then met the loopless state the last test's
     ``asyncio.run()`` left, and the SDK's futures failed with "await wasn't used with future")."""
     asyncio.set_event_loop(_SESSION_LOOP)
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored() -> Iterator[None]:
+    """The root logger as it was before the test. A CLI's ``main()`` called in-process configures logging
+    for the process: its handler writes to the test's captured stderr, which pytest closes when the test
+    ends, so every later INFO record of that worker (a service thread's start-up line) printed
+    "--- Logging error ---" instead."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

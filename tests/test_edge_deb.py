@@ -5,10 +5,11 @@ package for real (dpkg -i, then dpkg -r and --purge), in a private root: this
 machine's root file system under a copy-on-write overlay, in a mount namespace
 of its own (``PrivateRoot``), so /etc, /var, /opt, the dpkg database and the
 user list of this machine are never written, and two runs (xdist workers,
-developers sharing a machine) never see each other's files. The private root
-shares this machine's process and network namespaces: the package's
-logrotate postrotate (``pkill -HUP -u ems``) would also signal another run's
-agent, which only makes that agent open a new audit file. PID 1 here is not systemd, so the
+developers sharing a machine) never see each other's files; and in a PID
+namespace of its own with a fresh /proc, so the package's logrotate postrotate
+(``pkill -HUP -u ems``) signals this run's agent only, never another run's or
+this machine's. It shares this machine's network namespace (the broker runs
+outside). PID 1 here is not systemd, so the
 agent is started as the unit says (its ``User``, ``ExecStartPre`` and
 ``ExecStart``, read from the installed unit file) under ``setpriv``; ``systemd-analyze verify`` checks the
 unit file itself. Logrotate runs with the installed config and a scratch state
@@ -124,9 +125,11 @@ def _unit(path: Path) -> configparser.ConfigParser:
 
 
 # The private root's keeper: a tmpfs (the overlay's upper layer) and the overlay of / mounted in a
-# mount namespace that only this process and the commands entered into it see, with its own /proc,
-# /tmp and /run and the machine's /dev and /sys; then it chroots there and sleeps. When it is killed,
-# the namespace and every file written in it are gone: no file to clean up.
+# mount namespace that only this process and the commands entered into it see, with its own /proc
+# (of its own PID namespace, where it is PID 1), /tmp and /run and the machine's /dev and /sys; then it
+# chroots there and sleeps. When it is killed (``unshare --kill-child``: with unshare), every process of
+# its PID namespace dies with it, and the namespace and every file written in it are gone: nothing to
+# clean up.
 _KEEPER = r"""
 set -e
 t=$1
@@ -148,12 +151,14 @@ class PrivateRoot:
     """This machine's root file system, copy-on-write, seen by the commands of ``cmd`` only.
 
     ``root / "etc/passwd"`` is that file as the private root has it (read and written from here
-    through ``/proc/<keeper>/root``); ``root.cmd("dpkg", "-i", …)`` is a command run inside it.
+    through ``/proc/<init>/root``); ``root.cmd("dpkg", "-i", …)`` is a command run inside it, in its
+    PID namespace: ``nsenter`` forks it and does not pass signals on, so :meth:`signal` sends them to it.
     """
 
-    def __init__(self, keeper: subprocess.Popen) -> None:
-        self.keeper = keeper
-        self.path = Path(f"/proc/{keeper.pid}/root")
+    def __init__(self, keeper: subprocess.Popen, init: int) -> None:
+        self.keeper = keeper              # unshare, in this machine's PID namespace
+        self.init = init                  # its child: PID 1 of the private root's PID namespace
+        self.path = Path(f"/proc/{init}/root")
 
     def __truediv__(self, path: str) -> Path:
         self._alive()
@@ -161,7 +166,12 @@ class PrivateRoot:
 
     def cmd(self, *args: str) -> list[str]:
         self._alive()
-        return ["nsenter", f"--target={self.keeper.pid}", "--mount", "--root", "--wd=/", "--", *args]
+        return ["nsenter", f"--target={self.init}", "--mount", "--pid", "--root", "--wd=/", "--", *args]
+
+    def signal(self, proc: subprocess.Popen, signum: int) -> None:
+        """Send ``signum`` to the command ``proc`` (started with :meth:`cmd`) runs inside the private root."""
+        for pid in _children(proc.pid):
+            os.kill(pid, signum)
 
     def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
         return sh(*self.cmd(*args), timeout=timeout, check=check)
@@ -184,12 +194,14 @@ def private_root(tmp_path: Path) -> Iterator[PrivateRoot]:
     assert os.geteuid() == 0, "the private root (mounts, chroot) and installing the package need root"
     mountpoint = tmp_path / "private-root"
     mountpoint.mkdir()
-    keeper = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c", _KEEPER,
-                               "keeper", str(mountpoint)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    keeper = subprocess.Popen(["unshare", "--mount", "--pid", "--fork", "--kill-child", "--propagation", "private",
+                               "--", "sh", "-c", _KEEPER, "keeper", str(mountpoint)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         ready = keeper.stdout.readline()             # type: ignore[union-attr]
         assert ready == "ready\n", f"the private root did not come up: {ready}{keeper.stderr.read()}"  # type: ignore[union-attr]
-        root = PrivateRoot(keeper)
+        (init,) = _children(keeper.pid)
+        root = PrivateRoot(keeper, init)
         # "ready" comes just before the chroot: until then /proc/<keeper>/root is this machine's /.
         assert _wait(lambda: os.stat(root.path).st_dev != os.stat("/").st_dev, timeout=10), "the keeper did not chroot"
         yield root
@@ -218,6 +230,11 @@ exec setpriv --reuid="$EMS_USER" --regid="$EMS_GROUP" --init-groups --no-new-pri
 """
 
 
+def _children(pid: int) -> list[int]:
+    """The child processes of ``pid`` (their pids in this machine's PID namespace)."""
+    return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
 def _as_the_unit(service: configparser.SectionProxy | dict[str, str]) -> list[str]:
     writable = [f"/var/lib/{service['StateDirectory']}", f"/var/log/{service['LogsDirectory']}"]
     return ["env", f"EMS_WRITABLE={' '.join(writable)}", f"EMS_USER={service['User']}",
@@ -241,6 +258,27 @@ def test_the_sandbox_leaves_only_the_unit_s_folders_writable(private_root: Priva
     assert not (private_root / f"tmp/{name}").exists()            # the sandbox's /tmp was its own
     assert (private_root / f"var/lib/ems-sbx-test/{name}").exists()
     assert not Path(f"/var/lib/ems-sbx-test/{name}").exists()     # and the machine's /var was never written
+
+
+def test_the_private_root_signals_only_its_own_processes(private_root: PrivateRoot) -> None:
+    """The package's postrotate runs ``pkill -HUP`` in the private root: a process of this machine (another
+    run's agent) must be out of its sight and reach, while a process of the private root is not."""
+    pattern = "sleep 600.25"
+    outside = subprocess.Popen(pattern.split())
+    inside = subprocess.Popen(private_root.cmd(*pattern.split()))
+    try:
+        assert _wait(lambda: bool(_children(inside.pid)), timeout=10)
+        seen = private_root.run("pgrep", "-f", f"^{pattern}$", check=False).stdout.split()
+        assert len(seen) == 1 and int(seen[0]) > 1, seen      # the private root's own, by its pid in there
+        private_root.run("pkill", "-HUP", "-f", f"^{pattern}$")
+        assert inside.wait(timeout=10) == -signal.SIGHUP or inside.returncode == 128 + signal.SIGHUP
+        time.sleep(0.5)
+        assert outside.poll() is None, "the private root's pkill signalled a process of this machine"
+    finally:
+        for proc in (outside, inside):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
 
 
 def _audited_seqs(files: list[Path]) -> set[int]:
@@ -317,7 +355,7 @@ def test_install_run_rotate_verify_remove(deb: Path, private_root: PrivateRoot, 
         assert all(f.exists() for f in files), sorted(os.listdir(root / "var/log/ems"))
         assert stat.S_IMODE(audit.stat().st_mode) == 0o640 and audit.stat().st_uid == ems_uid
 
-        agent.send_signal(signal.SIGTERM)
+        root.signal(agent, signal.SIGTERM)
         assert agent.wait(timeout=60) == 0, (tmp_path / "agent.log").read_text()[-3000:]
         audited = _audited_seqs(files)
         assert subscriber.wait_for(lambda r: r.unique_seqs() >= audited, timeout=30)
@@ -335,7 +373,7 @@ def test_install_run_rotate_verify_remove(deb: Path, private_root: PrivateRoot, 
     finally:
         for proc in processes:
             if proc.poll() is None:
-                proc.kill()
+                root.signal(proc, signal.SIGKILL)
                 proc.wait(timeout=30)
         for path in ("etc/ems/sensors.conf", "etc/ems/pki/ca.crt", "etc/ems/pki/edge.crt", "etc/ems/pki/edge.key"):
             (root / path).unlink(missing_ok=True)

@@ -33,9 +33,10 @@ def _verify_cli(path: Path) -> subprocess.CompletedProcess:
 
 
 def test_record_round_trip_and_crc() -> None:
-    line = encode_record({"k": "r", "seq": 7})
+    body = {"k": "drop", "site": "s1", "seq_first": 7, "seq_last": 8, "count": 2, "at_ms": 1}
+    line = encode_record(body)
     assert line.endswith(b"\n") and line[8:9] == b" "
-    assert decode_record(line[:-1]) == {"k": "r", "seq": 7}
+    assert decode_record(line[:-1]) == body
     with pytest.raises(ValueError, match="CRC mismatch"):
         decode_record(line[:-1].replace(b"7", b"8"))
 

@@ -151,7 +151,7 @@ def test_verify_reports_a_malformed_point_definition(tmp_path: Path) -> None:
                          "sensor": ["S", "T"], "at_ms": 1})
     path.write_bytes(bad + _b(1, [1]))
     summary = verify(path)
-    assert summary.corrupt is not None and summary.corrupt.index == 0 and "'pt' record must hold" in summary.corrupt.reason
+    assert summary.corrupt is not None and summary.corrupt.index == 0 and "'pt' record: asset must be a list of 2 (got a list of 1)" in summary.corrupt.reason
 
 
 def test_every_audit_file_defines_the_point_ids_it_uses(tmp_path: Path) -> None:

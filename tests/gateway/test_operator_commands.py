@@ -102,13 +102,18 @@ client_cns = ["{GATEWAY_CN}"]
                20, "the north-bound's command listener and broker link")
         yield ControlPath(service, agent, sim, site_dir, operator_port)
     finally:
-        loop.call_soon_threadsafe(stop.set)
-        runner.join(20)
+        if runner.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+            runner.join(20)
         agent.stop(timeout=25)
         observer.stop()
         sim.stop()
         broker.proc.kill()
         broker.proc.wait(10)
+        if runner.is_alive():
+            pytest.fail("the north-bound service did not stop within 20 s of its stop event")
+        loop.run_until_complete(loop.shutdown_default_executor())    # its executor's threads end here
+        loop.close()
 
 
 def _post(gw: Gateway, doc: object, raw: bytes | None = None, **who: Any) -> tuple[int, dict[str, Any]]:

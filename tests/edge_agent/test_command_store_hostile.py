@@ -1,0 +1,79 @@
+"""The command handler's durable state (``commands.db``) read back at start-up is hostile until checked.
+
+Whatever a damaged file holds in a control's row or in a seen command's row (a text where a time
+goes, a value that is not a number, a payload or an unsent result that is not bytes), the handler
+opens, the bad row is set aside by name, the result sender keeps running, and the fail-safe — a
+safety function — still writes the safe value after the cloud's silence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from devenv.mosquitto import free_port
+from edge_agent.simulator import Simulator
+from tests.edge_agent.command_helpers import UNIT, command, payload, writable_config
+from tests.edge_agent.test_command_handler import Clock, bench
+
+_hostile = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True), st.text(max_size=6),
+                     st.binary(max_size=6), st.sampled_from(["received", "writing", "done", "exp_lim_w", "1e309"]))
+_not_null = _hostile.filter(lambda v: v is not None and v == v)      # SQLite stores a NaN as NULL
+_CONTROL_COLUMNS = ("last_value", "last_written_ms", "active_id", "active_issued_ms", "active_expires_ms")
+
+
+async def _scenario(directory: Path, control_row: tuple, seen_row: tuple, result: object) -> None:
+    clock = Clock()
+    config = writable_config(directory, free_port())
+    async with Simulator(config.devices, port=config.devices[0].port) as sim:
+        async with bench(directory, clock=clock, sim=sim):
+            pass                                   # creates the state file
+        db = sqlite3.connect(config.commands.state_path)
+        with db:
+            db.execute("INSERT INTO controls VALUES ('exp_lim_w', ?, ?, ?, ?, ?)", control_row)
+            db.execute("INSERT INTO seen (id, n, expires_ms, state, payload, writing_ms) VALUES ('c1', 1, ?, ?, ?, ?)",
+                       seen_row)
+            db.execute("INSERT INTO outbox (payload) VALUES (?)", (result,))
+        db.close()
+        async with bench(directory, clock=clock, sim=sim) as b:
+            await b.ticks()
+            writes = sim.write_count(UNIT)
+            clock.advance(601)                     # the cloud silent beyond silence_timeout_s (600 s)
+            await b.ticks()
+            assert sim.write_count(UNIT) > writes, "the fail-safe did not write after the silence"
+            assert sim.setpoint(UNIT, "EXPORT_LIMIT") == 0.0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.tuples(*[_hostile] * len(_CONTROL_COLUMNS)),
+       st.tuples(_not_null, _not_null,                                     # seen.expires_ms, seen.state
+                 st.one_of(_hostile, st.just(b"{}")), _hostile),
+       _not_null.filter(lambda v: type(v) is not bytes))  # bytes are a result: the north-bound checks those
+def test_any_stored_row_leaves_the_fail_safe_working(control_row: tuple, seen_row: tuple, result: object) -> None:
+    with tempfile.TemporaryDirectory() as scratch:
+        asyncio.run(asyncio.wait_for(_scenario(Path(scratch), control_row, seen_row, result), 60))
+
+
+def test_a_valid_stored_command_row_still_recovers(tmp_path: Path) -> None:
+    """The check keeps good rows: a recorded, unexpired command is applied after the restart."""
+    async def scenario() -> None:
+        clock = Clock()
+        config = writable_config(tmp_path, free_port())
+        async with Simulator(config.devices, port=config.devices[0].port) as sim:
+            async with bench(tmp_path, clock=clock, sim=sim):
+                pass
+            cmd = command(4_000.0, now_ms=clock.ms)
+            db = sqlite3.connect(config.commands.state_path)
+            with db:
+                db.execute("INSERT INTO seen (id, n, expires_ms, state, payload) VALUES (?, 1, ?, 'received', ?)",
+                           (cmd.id, cmd.expires_ms, payload(cmd)))
+            db.close()
+            async with bench(tmp_path, clock=clock, sim=sim) as b:
+                await b.settle()
+                assert sim.write_count(UNIT) == 1 and b.results(cmd.id)[0].outcome == "applied"
+    asyncio.run(asyncio.wait_for(scenario(), 60))
