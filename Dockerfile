@@ -23,7 +23,7 @@ ARG BASE=docker.io/library/debian:bookworm-slim@sha256:4b50eb66f977b4062683ff434
 # The distributions of each image's virtualenv, as requirements.txt names them (it holds their exact pins).
 # The edge agent's Modbus, MQTT and metrics stack; the ingest has the same and numpy (below); the north-bound
 # client its HTTP, 2030.5 XML, certificate and MQTT stack, every dependency listed (installed --no-deps).
-ARG EDGE_PACKAGES=pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser
+ARG EDGE_PACKAGES=pymodbus|paho-mqtt|prometheus-client|cramjam|orjson|uvloop|tomlkit|protobuf|pyjwt|cryptography|cffi|pycparser
 ARG NORTHBOUND_PACKAGES=httpx|httpcore|h11|anyio|idna|certifi|envoy-schema|pydantic|pydantic-core|pydantic-xml|lxml|annotated-types|typing-inspection|typing-extensions|cryptography|cffi|pycparser|paho-mqtt|prometheus-client|orjson
 
 # ---- builders ---------------------------------------------------------------------------------------

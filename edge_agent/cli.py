@@ -100,7 +100,7 @@ def _port(text: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Agent
+    from edge_agent.agent import Agent, new_event_loop
     from edge_agent.config import config_path, load_config
 
     config = load_config(config_path(args.config))
@@ -118,7 +118,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGHUP, agent.reopen_logs)     # logrotate's postrotate
         await agent.run(stop)
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
     return 0
 
 

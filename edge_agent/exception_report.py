@@ -99,7 +99,10 @@ class FilterBank:
         last_values, last_qualities, at = self.value, self.quality, self.at
         # now - min(at) < shortest heartbeat: no heartbeat due (subtraction rounds monotonically)
         if now - min(at[start:stop]) < shortest:
-            flags = list(map(ne, values, last_values[start:stop]))
+            before = last_values[start:stop]
+            if values == before and qualities == last_qualities[start:stop]:
+                return [False] * len(values)        # nothing moved, no heartbeat due: the usual poll
+            flags = list(map(ne, values, before))
             if qualities != last_qualities[start:stop]:
                 flags = list(map(or_, flags, map(ne, qualities, last_qualities[start:stop])))
         else:

@@ -273,6 +273,14 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         if buffer:
             buffer += data
             data = buffer                   # type: ignore[assignment]
+        elif len(data) >= 7:
+            tid, protocol, length, unit = _MBAP.unpack_from(data)
+            if length == len(data) - 6 and not protocol and 2 <= length <= _MAX_PDU + 1:
+                try:                        # exactly one whole frame, the usual answer: no framing pass
+                    self._answer(tid, unit, data[7:])
+                except (ValueError, ModbusException) as exc:
+                    self._drop(f"connection to {self.host}:{self.port} dropped: {exc}")
+                return
         try:
             frames, used = parse_frames(data)
             for tid, unit, pdu in frames:

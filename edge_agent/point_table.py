@@ -10,9 +10,12 @@ never deleted (a quarantined row may still name them): the table grows only
 with the configured points, new ones after a configuration change.
 
 ``PointTable.shape(batch)`` maps a batch's four name columns to its ids. It is
-memoised by the columns' contents, so a device read that repeats the previous
-one's points costs four tuple builds and one dictionary lookup, and its ``p``
-column is encoded to JSON once (``Shape.p_json``).
+memoised by the columns themselves (the poller hands every batch of one block
+the same four lists, read-only once they left it: ``edge_agent.batch``), so a
+device read that repeats the previous one's points costs one dictionary lookup
+and four identity tests; other columns are memoised by their contents (four
+tuple builds and one lookup). A batch's ``p`` column is encoded to JSON once
+(``Shape.p_json``).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ Point = tuple[str, str, str, str]
 """(asset, point, unit, sensor)"""
 
 _MAX_SHAPES = 4096
+_MAX_LISTS = 64         # batches whose column lists are held to be recognised by identity
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -67,6 +71,8 @@ class PointTable:
         self._next = 1
         self._unsaved: list[tuple[int, Point]] = []
         self._shapes: dict[tuple[tuple[str, ...], ...], Shape] = {}
+        # id(asset list) → (asset, point, unit, sensor lists, their shape); holding the lists keeps their ids theirs
+        self._lists: dict[int, tuple[list[str], list[str], list[str], list[str], Shape]] = {}
 
     def __len__(self) -> int:
         return len(self._points)
@@ -87,7 +93,11 @@ class PointTable:
 
     def shape(self, batch: ReadingBatch) -> Shape:
         """The ids of ``batch``'s points, assigning new ids to points never seen (``take_unsaved``)."""
-        key = (tuple(batch.asset), tuple(batch.point), tuple(batch.unit), tuple(batch.sensor))
+        asset, point, unit, sensor = batch.asset, batch.point, batch.unit, batch.sensor
+        held = self._lists.get(id(asset))
+        if held is not None and held[0] is asset and held[1] is point and held[2] is unit and held[3] is sensor:
+            return held[4]
+        key = (tuple(asset), tuple(point), tuple(unit), tuple(sensor))
         shape = self._shapes.get(key)
         if shape is None:
             ids = tuple(map(self._id, zip(*key)))
@@ -95,6 +105,9 @@ class PointTable:
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
             self._shapes[key] = shape
+        if len(self._lists) >= _MAX_LISTS:      # lists made for one batch (filtered ones) come and go
+            self._lists.clear()
+        self._lists[id(asset)] = (asset, point, unit, sensor, shape)
         return shape
 
     def _id(self, point: Point) -> int:

@@ -263,17 +263,21 @@ class TwinStore:
         newer: dict[tuple, list[tuple[int, list[str], list[str]]]] = {}
         kept = []
         for batch in reversed(pending):
-            assets, points = batch.asset, batch.point
+            assets, points, ts = batch.asset, batch.point, batch.ts_ms
+            first = ts[0]
+            if ts.count(first) == len(ts):      # one measurement time, as a one-block poll has: no min, no max
+                earliest = latest = first
+            else:
+                earliest, latest = min(ts), max(ts)
             key = (len(points), points[0], points[-1], assets[0], assets[-1])
             same = newer.get(key)
             if same is None:
                 same = newer[key] = []
-            else:
-                latest = max(batch.ts_ms)
-                if any(earliest >= latest and theirs == points and their_assets == assets
-                       for earliest, their_assets, theirs in same):
-                    continue
-            same.append((min(batch.ts_ms), assets, points))
+            elif any(their_earliest >= latest and (theirs is points or theirs == points)
+                     and (their_assets is assets or their_assets == assets)
+                     for their_earliest, their_assets, theirs in same):
+                continue
+            same.append((earliest, assets, points))
             kept.append(batch)
         for batch in reversed(kept):
             self._apply(batch)

@@ -17,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Top-level import names of the distributions the Dockerfile's edge stage installs (and their own deps);
 # cryptography also reads certificate expiry (ems_runtime/cert_expiry.py).
-RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "tomlkit", "google", "jwt", "cryptography"}
+# cython_runtime: uvloop's compiled modules.
+RUNTIME = {"pymodbus", "paho", "prometheus_client", "cramjam", "orjson", "uvloop", "cython_runtime", "tomlkit", "google",
+           "jwt", "cryptography"}
 # The ingest stage adds numpy (its column paths); the edge agent's image does not carry it.
 INGEST_RUNTIME = RUNTIME | {"numpy"}
 

@@ -94,9 +94,10 @@ def test_agent_applies_calibration_live_serves_health_and_keeps_the_twin(
         late.stop()
     twin = json.loads(payload)
     assert retained and twin["asset"] == "tx1" and twin["points"]["oil_temp"]["value"] > 1000
-    for line in agent.tail(100000).splitlines():          # not a TTY: JSON lines, no key material, no payloads
-        record = json.loads(line)
-        assert "PRIVATE KEY" not in record["msg"] and '"readings"' not in record["msg"]
+    messages = [json.loads(line)["msg"] for line in agent.tail(100000).splitlines()]  # not a TTY: JSON lines
+    for message in messages:                                                           # no key material, no payloads
+        assert "PRIVATE KEY" not in message and '"readings"' not in message
+    assert any(m.startswith("agent for site sub-07 running on uvloop's event loop") for m in messages)
 
 
 def test_health_endpoint_reports_a_stalled_loop_as_503() -> None:

@@ -110,6 +110,8 @@ def test_hostile_answers_fail_the_request_clearly_or_leave_it_waiting(chunks: li
     ([b"{tid}\0\0\0\x09\x06\x03\x06\0\x01\0\x02\0\x03"], "device id 6"),                       # another unit
     ([b"{tid}\0\x01\0\x09\x05\x03\x06\0\x01\0\x02\0\x03"], "malformed Modbus TCP header"),     # protocol id 1
     ([b"{tid}\0\0\x01\0\x05\x03"], "malformed Modbus TCP header"),                            # length 256
+    ([b"{tid}\0\0\x01\0\x05\x03" + bytes(254)], "malformed Modbus TCP header"),              # ... all of it sent
+    ([b"{tid}\0\0\0\x01\x05"], "malformed Modbus TCP header"),                                # length 1, all sent
     ([b"{tid}\0\0\0\x05\x05\x03\x06\0\x01"], "does not fit"),                                 # byte count 6, 2 sent
     ([b"{tid}\0\0\0\x09\x05"], "pending"),                                                    # short: waits
 ])

@@ -68,6 +68,25 @@ def test_the_row_and_the_record_from_shared_columns_are_the_ones_each_encodes_al
     assert orjson.loads(_row(batch, shape, columns)[3])["v"] == record["value"] == batch.value
 
 
+def test_a_shape_is_found_by_the_same_lists_by_equal_lists_and_never_for_other_points() -> None:
+    """The poller hands every batch of a block the same name lists: their shape is found by identity;
+    equal lists find it by content; lists of one-off batches (freed, their ids reused) never find another's."""
+    points = PointTable()
+    asset, point, unit, sensor = ["tx1", "tx1"], ["p", "q"], ["kW", "kW"], ["S1", "S2"]
+
+    def batch(ts: int, *names: list[str]) -> ReadingBatch:
+        return ReadingBatch([ts, ts], names[0], names[1], [1.0, 2.0], names[2], ["good", "good"], names[3])
+
+    first = points.shape(batch(1, asset, point, unit, sensor))
+    assert points.shape(batch(2, asset, point, unit, sensor)) is first
+    assert points.shape(batch(3, *map(list, (asset, point, unit, sensor)))) is first
+    for i in range(300):
+        shape = points.shape(batch(i, [f"a{i}", "b"], ["p", "q"], ["", ""], ["s", "t"]))
+        assert [points.point(pid) for pid in shape.ids] == [(f"a{i}", "p", "", "s"), ("b", "q", "", "t")]
+    assert points.shape(batch(4, asset, point, unit, sensor)) is first
+    assert [points.point(pid) for pid in first.ids] == [("tx1", "p", "kW", "S1"), ("tx1", "q", "kW", "S2")]
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_a_value_that_is_not_finite_is_refused_by_the_row_the_record_and_shared_columns(bad: float) -> None:
     batch = ReadingBatch([1, 1], ["a", "a"], ["p", "q"], [1.0, bad], ["", ""], ["good", "good"], ["s", "t"], 1, 1)

@@ -245,21 +245,23 @@ _POINTS = (("tx1", "oil_temp"), ("tx1", "load"), ("fm1", "flow"))
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.tuples(st.lists(st.sampled_from(_POINTS), min_size=1, max_size=3), st.integers(0, 4),
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from(_POINTS), st.sampled_from([0, 0, 0, 400, 1500])),
+                                   min_size=1, max_size=3), st.integers(0, 4),
                           st.integers(0, 2), st.sampled_from(["good", "stale"])), max_size=25),
        st.integers(1, 30))
 def test_held_batches_end_in_the_state_of_applying_every_reading(tmp_path_factory: pytest.TempPathFactory,
                                                                   polls: list, look_every: int) -> None:
     """Batches taken at every poll and applied only when the state is looked at (some skipped as
     overwritten) give the state that applying each reading in turn gives: out-of-order times,
-    equal times with other values, batches of other points or assets in between."""
+    equal times with other values, batches of other points or assets in between, readings of one
+    batch at one time or at several."""
     folder = tmp_path_factory.mktemp("twin")
     held, each = TwinStore(folder / "held.json", site="s1"), TwinStore(folder / "each.json", site="s1")
     seq = 1
     for i, (keys, ts_step, value, quality) in enumerate(polls):
         batch = ReadingBatch()
-        for asset, point in keys:
-            batch.add(1000 * ts_step, asset, point, float(value), "degC", quality, "")
+        for (asset, point), later in keys:
+            batch.add(1000 * ts_step + later, asset, point, float(value), "degC", quality, "")
         held.take(batch.sequenced(seq, 0))
         for reading in batch.sequenced(seq, 0).readings():
             each.update(reading)
@@ -267,3 +269,15 @@ def test_held_batches_end_in_the_state_of_applying_every_reading(tmp_path_factor
         if i % look_every == 0:
             assert {a: held.state(a) for a in held.assets()} == {a: each.state(a) for a in each.assets()}
     assert {a: held.state(a) for a in held.assets()} == {a: each.state(a) for a in each.assets()}
+
+
+def test_a_held_batch_with_a_reading_newer_than_the_next_batch_is_not_skipped(tmp_path: Path) -> None:
+    """A batch is skipped only when a later one of the same points was measured no earlier than every
+    one of its readings: here its second reading is newer than the later batch, so it counts."""
+    twin = TwinStore(tmp_path / "twin.json", site="s1")
+    twin.take(ReadingBatch([1000, 2500], ["tx1", "tx1"], ["load", "oil_temp"], [1.0, 50.0], ["MW", "degC"],
+                           ["good", "good"], ["", ""], 1))
+    twin.take(ReadingBatch([2000, 2000], ["tx1", "tx1"], ["load", "oil_temp"], [2.0, 40.0], ["MW", "degC"],
+                           ["good", "good"], ["", ""], 3))
+    state = twin.state("tx1")
+    assert (state["load"]["value"], state["oil_temp"]["value"], state["oil_temp"]["ts_ms"]) == (2.0, 50.0, 2500)
