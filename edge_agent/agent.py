@@ -37,7 +37,6 @@ import stat
 import time
 from typing import Any, Awaitable, Callable
 
-import uvloop
 from prometheus_client import CollectorRegistry
 
 from edge_agent.audit import AuditLog
@@ -64,7 +63,15 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """The agent's event loop: uvloop's, libuv underneath, so the loop's own work per device read
     (socket readiness, callbacks, timers, the Modbus and MQTT transports) runs in C, not in asyncio's
     Python loop: on the 10 ms bench rig about 8 % less agent CPU per reading. Its clock steps in
-    milliseconds, so a timer may fire up to a millisecond late."""
+    milliseconds, so a timer may fire up to a millisecond late.
+
+    uvloop is installed only where it has wheels (x86_64 and aarch64 Linux, see pyproject.toml);
+    elsewhere (armv7 gateways) the agent runs on asyncio's own loop, with the same behaviour, and
+    its start-up log line names the loop it got."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
     return uvloop.new_event_loop()
 
 

@@ -41,9 +41,11 @@ def _pins() -> dict[str, str]:
     for name in ("requirements.txt", "requirements-dev.txt"):
         for line in (ROOT / name).read_text().splitlines():
             line = line.split("#", 1)[0].strip()
-            if "==" in line:
-                package, version = line.split("==")
-                pins[_normal(package)] = version
+            if "==" in line:                      # name==version, perhaps with an environment marker
+                req = Requirement(line)
+                [spec] = req.specifier
+                assert spec.operator == "==", f"{name}: {line!r} is not an exact pin"
+                pins[_normal(req.name)] = spec.version
     return pins
 
 

@@ -100,6 +100,26 @@ def test_agent_applies_calibration_live_serves_health_and_keeps_the_twin(
     assert any(m.startswith("agent for site sub-07 running on uvloop's event loop") for m in messages)
 
 
+def test_the_agent_falls_back_to_asyncio_loop_where_uvloop_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvloop is installed only where it has wheels (pyproject's marker): without it the agent still runs."""
+    import asyncio
+    import sys
+
+    from edge_agent.agent import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("uvloop")
+    finally:
+        loop.close()
+    monkeypatch.setitem(sys.modules, "uvloop", None)        # import uvloop → ImportError, as on armv7
+    loop = new_event_loop()
+    try:
+        assert type(loop).__module__.startswith("asyncio") and loop.run_until_complete(asyncio.sleep(0, "ok")) == "ok"
+    finally:
+        loop.close()
+
+
 def test_health_endpoint_reports_a_stalled_loop_as_503() -> None:
     """/healthz is served from its own thread, so it can say the event loop stopped ticking."""
     from prometheus_client import CollectorRegistry, Counter
