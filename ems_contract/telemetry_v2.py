@@ -61,6 +61,8 @@ _NULL_OK = frozenset(i for i, q in enumerate(QUALITIES) if q in ("device_error",
 _INT = {int}
 _NUMBER = frozenset({float, int})
 _FLOAT = {float}
+_DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else 0x20 for i in range(256))   # b"0" for each ASCII digit
+_LONG_RUN = b"0" * 19              # parse_json's ``[0-9]{19}``: such a payload goes to its standard-library path
 
 
 def contiguous_runs(seqs: Sequence[int]) -> list[tuple[int, int]]:
@@ -276,10 +278,22 @@ def decode_batch_v2(payload: bytes, topic: str | None = None) -> Batch:
 def _v2_body(payload: bytes) -> dict[str, Any]:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise SchemaError("oversized", f"payload is {len(payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
-    body = parse_json(payload)
+    body = _parse(payload)
     if not isinstance(body, dict):
         raise SchemaError("bad_field", f"payload must be a JSON object (got {type(body).__name__})")
     return body
+
+
+def _parse(payload: bytes) -> Any:
+    """``parse_json(payload)``, the same result or SchemaError, with its scan for a run of 19 digits
+    done by one ``bytes.translate`` and one substring search: the regex costs about ten times as much
+    over a v2 payload, which is mostly digits. What orjson does not take as it is goes to ``parse_json``."""
+    if _LONG_RUN not in payload.translate(_DIGITS_AS_ZERO):
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            pass
+    return parse_json(payload)
 
 
 @dataclass(frozen=True, slots=True)
