@@ -261,9 +261,22 @@ def _ints_within(values: list[Any], low: int, high: int) -> bool:
     return set(map(type, values)) == _INT and low <= min(values) and max(values) <= high
 
 
-def _indexes(values: list[Any], key: str, size: int) -> None:
-    """Every entry an int index into a table of ``size`` entries."""
-    if _ints_within(values, 0, size - 1):
+def _small_ints_within(values: list[Any], high: int, bools: bool) -> bool:
+    """``_ints_within(values, 0, high)`` by one ``bytes(values)`` and a max over its bytes, when the
+    document holds no JSON boolean (``bools`` False): ``bytes`` takes exactly the ints 0..255 and
+    raises for any other JSON value except a bool (an int to Python). False sends the caller on."""
+    if bools:
+        return _ints_within(values, 0, high)
+    try:
+        return max(bytes(values)) <= high
+    except (TypeError, ValueError):
+        return False
+
+
+def _indexes(values: list[Any], key: str, size: int, bools: bool = True) -> None:
+    """Every entry an int index into a table of ``size`` entries (``bools``: the document may hold a
+    JSON boolean)."""
+    if _small_ints_within(values, size - 1, bools) or _ints_within(values, 0, size - 1):
         return
     for i, v in enumerate(values):
         if type(v) is not int or not 0 <= v < size:
@@ -328,7 +341,9 @@ class Columns:
                      readings=tuple(readings))
 
 
-def _columns(body: dict[str, Any], topic: str | None) -> Columns:
+def _columns(body: dict[str, Any], topic: str | None, bools: bool = True) -> Columns:
+    """The validated columns of a parsed v2 body (``bools``: the payload may hold a JSON boolean;
+    False lets the index columns be checked by ``_small_ints_within``)."""
     if type(body.get("v")) is not int or body.get("v") != 2:
         raise SchemaError("bad_version", f"v must be 2 (got {shown(body.get('v'))})")
     site = body.get("site")
@@ -381,10 +396,10 @@ def _columns(body: dict[str, Any], topic: str | None) -> Columns:
                     raise SchemaError("bad_id", f"points[{i}][{j}] {shown(name)} is not a valid id")
         points.extend(zip(repeat(assets[a]), names, repeat(units[u])))
 
-    _indexes(p, "p", len(points))
-    _indexes(q, "q", len(QUALITIES))
+    _indexes(p, "p", len(points), bools)
+    _indexes(q, "q", len(QUALITIES), bools)
     span = MAX_TS_MS - base
-    if not _ints_within(dt, 0, span):
+    if not (_small_ints_within(dt, span, bools) or _ints_within(dt, 0, span)):     # dt: often all 0
         for i, d in enumerate(dt):
             if type(d) is not int or not 0 <= d <= span:
                 raise SchemaError("bad_field", f"dt[{i}] must be an integer 0..{span} (got {shown(d)})")
@@ -423,7 +438,8 @@ def _values(val: list[Any], q: list[int]) -> list[float | None]:
 def decode_telemetry_columns(payload: bytes, topic: str | None = None) -> Batch | Columns:
     """``decode_telemetry``, except that a v2 payload comes back as its ``Columns``."""
     if payload[:len(_PREFIX)] == _PREFIX:
-        return _columns(_v2_body(payload), topic)
+        # a JSON boolean is the token true or false: without those bytes the document holds none
+        return _columns(_v2_body(payload), topic, bools=b"true" in payload or b"false" in payload)
     try:
         return decode_batch(payload, topic)
     except SchemaError as exc:
