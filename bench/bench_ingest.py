@@ -12,7 +12,7 @@ is read every 0.2 s (0.05 s near the end) until every reading is written. Two ra
 drain, timed from process start (start-up included), and the steady drain, from the
 first reading written to the last, which is also cut into 1-second windows whose
 slowest, median and fastest rates are printed (how much the rate moves while the
-machine's other work comes and goes). The v2 loads are long enough (16,000 messages
+machine's other work comes and goes). The v2 loads are long enough (24,000 messages
 of 100 readings by default) that one worker's steady drain lasts several seconds.
 CPU time and peak RSS come from ``/proc/<pid>`` of each worker just before it is
 stopped; the CPU per reading leaves out what a worker's start-up costs (its CPU when
@@ -313,7 +313,7 @@ def worker_pipeline_cpu(workdir: Path, messages: int, per_message: int, payload_
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="ingest throughput benchmark")
     parser.add_argument("--messages", type=int, default=3000, help="v1 messages (and the pipeline-alone loads)")
-    parser.add_argument("--v2-messages", type=int, default=16000, help="v2 messages of the 1- and 2-worker cases")
+    parser.add_argument("--v2-messages", type=int, default=24000, help="v2 messages of the 1- and 2-worker cases")
     parser.add_argument("--readings-per-message", type=int, default=100)
     parser.add_argument("--small-messages", type=int, default=10000, help="messages of 10 readings (msg/s bound)")
     args = parser.parse_args(argv or [])
