@@ -8,7 +8,9 @@ fixed-layout record ::
       0x09 <8 bytes LE double>    Sample.value (field 1), left out when its bits are zero (+0.0)
       0x10 <varint of the int64>  Sample.timestamp (field 2), left out when 0
 
-built for all samples at once and masked down to the bytes that are written. What is left per
+built for all samples at once and masked down to the bytes that are written (no mask when every
+record has the same layout, the usual request: every value non-zero and every timestamp a
+varint of one width). What is left per
 series (its labels, cached, and its length prefix) is Python. The omissions are proto3's
 implicit presence as upb applies it: ``-0.0`` has non-zero bits and is written, ``+0.0`` is not;
 a negative timestamp is a 10-byte varint. ``tests/ingest/test_prompb_fast.py`` checks the bytes
@@ -28,6 +30,7 @@ Labels = tuple[tuple[str, str], ...]
 _SHIFTS = np.arange(0, 70, 7, dtype=np.uint64)             # the 7-bit groups of a 64-bit varint
 _GROUP = np.arange(10)
 _RECORD = 22                                                # 2 + 9 (value) + 1 + 10 (timestamp) bytes
+_CONTINUED = [np.array([0x80] * (w - 1) + [0], np.uint8) if w else None for w in range(11)]   # per varint width
 _MAX_CACHED_LABELS = 100_000
 _label_cache: dict[Labels, bytes] = {}
 
@@ -76,6 +79,10 @@ def serialize_write_request(series: Sequence[Labels], sid: np.ndarray, ts: np.nd
     """
     n = len(ts)
     u = ts.view(np.uint64)
+    if n:
+        low, width = int(u.min()), _varint_width(int(u.max()))
+        if low and _varint_width(low) == width and np.count_nonzero(values.view(np.uint64)) == n:
+            return _serialize_uniform(series, sid, u, values, width)
     groups = u[:, None] >> _SHIFTS                                         # (n, 10)
     width = 1 + np.count_nonzero(groups[:, 1:], axis=1)                   # varint bytes: 1..10
     has_value = values.view(np.uint64) != 0
@@ -92,9 +99,35 @@ def serialize_write_request(series: Sequence[Labels], sid: np.ndarray, ts: np.nd
     keep[:, 2:11] = has_value[:, None]
     keep[:, 11] = has_ts
     keep[:, 12:] = has_ts[:, None] & (_GROUP < width[:, None])
-    data = records[keep].tobytes()
     # the byte offset where each series' samples end: sid is sorted, so series k is one block
     ends = np.cumsum(2 + records[:, 1].astype(np.int64))[np.cumsum(np.bincount(sid, minlength=len(series))) - 1]
+    return _join_series(series, records[keep].tobytes(), ends)
+
+
+def _varint_width(n: int) -> int:
+    """Bytes of the varint of ``n`` (0 <= n < 2**64): 1..10."""
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+def _serialize_uniform(series: Sequence[Labels], sid: np.ndarray, u: np.ndarray, values: np.ndarray,
+                       width: int) -> bytes:
+    """``serialize_write_request`` when every record has the same layout, the usual request: every
+    value's bits non-zero and every timestamp a non-zero varint of ``width`` bytes. The records are
+    then one (n, 12 + width) array written as it is, with no mask to build and apply."""
+    n = len(u)
+    size = 12 + width
+    records = np.empty((n, size), np.uint8)
+    records[:, 0] = 0x12
+    records[:, 1] = size - 2
+    records[:, 2] = 0x09
+    records[:, 3:11] = values.astype("<f8").view(np.uint8).reshape(n, 8)
+    records[:, 11] = 0x10
+    records[:, 12:] = ((u[:, None] >> _SHIFTS[:width]) & 0x7F).astype(np.uint8) | _CONTINUED[width]
+    return _join_series(series, records.tobytes(), np.cumsum(np.bincount(sid, minlength=len(series))) * size)
+
+
+def _join_series(series: Sequence[Labels], data: bytes, ends: np.ndarray) -> bytes:
+    """The ``TimeSeries`` fields: series ``k`` is its labels and the sample records ``data[ends[k-1]:ends[k]]``."""
     parts = []
     start = 0
     for labels, end in zip(series, ends.tolist()):

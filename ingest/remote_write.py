@@ -34,7 +34,8 @@ import time
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from itertools import repeat
+from typing import Sequence
 
 import cramjam
 import numpy as np
@@ -43,11 +44,11 @@ from ems_contract.telemetry import Reading
 from ingest.errors import TsdbRejected, TsdbUnavailable
 from ingest.prompb import WriteRequest
 from ingest.prompb_fast import serialize_write_request
+from ingest.samples import Labels, Sample, SampleBatch, SampleColumns
 
 __all__ = ["METRIC", "RemoteWriteAuth", "Sample", "labels_of", "series_labels", "encode_write_request", "RemoteWriter"]
 
 METRIC = "ems_reading"
-Labels = tuple[tuple[str, str], ...]
 # Prometheus 2.42 answers these with HTTP 500 although retrying can never help.
 _PERMANENT_5XX = ("too old sample", "out of bounds")
 # Statuses that reject the samples themselves (bad data, duplicate timestamp, too large): bisect and dead-letter.
@@ -137,17 +138,6 @@ _LABELS, _TS, _VALUE = operator.itemgetter(0), operator.itemgetter(1), operator.
 _FLOAT, _INT = {float}, {int}
 
 
-class Sample(NamedTuple):
-    """One sample to write, with the (site, seq) of the reading it came from (a tuple: one is built
-    per reading, and a frozen dataclass costs several times as much to build)."""
-
-    labels: Labels
-    ts_ms: int
-    value: float
-    site: str
-    seq: int
-
-
 def series_labels(site: str, reading: Reading) -> Labels:
     """The label set of a reading's series, sorted by name as remote-write requires."""
     return labels_of(site, reading.asset, reading.point, reading.quality, reading.unit)
@@ -160,29 +150,91 @@ def labels_of(site: str, asset: str, point: str, quality: str, unit: str) -> Lab
 
 
 def encode_write_request(samples: Sequence[Sample]) -> bytes:
-    """The snappy-compressed protobuf body for ``samples``: one time series per label set, in the
-    order the label sets first appear, each with its samples in time order (stable).
+    """The snappy-compressed protobuf body for ``samples`` (a list of ``Sample`` or a ``SampleBatch``):
+    one time series per label set, each with its samples in time order (stable). A list's series
+    come in the order their label sets first appear; a batch's in the order of its parts' label
+    tables (Prometheus takes series in any order).
 
     Raises ValueError, TypeError, OverflowError or UnicodeError for a sample protobuf cannot carry.
     """
-    n = len(samples)
-    values = list(map(_VALUE, samples))
-    stamps = list(map(_TS, samples))
-    # columns of exactly float and int (numpy would turn a str or a bool into a number): else the
-    # generated classes decide, with their own checks and errors
-    if not n or set(map(type, values)) != _FLOAT or set(map(type, stamps)) != _INT:
+    columns = _request_columns(samples)
+    if columns is None:
         return _encode_one_by_one(samples)
-    labels = list(map(_LABELS, samples))
-    # series in order of first appearance; grouped by object identity first (a label tuple's hash
-    # is recomputed on every lookup, an int's is not), then equal tuples made one series
-    first = dict(zip(map(id, labels), labels))
-    index: dict[Labels, int] = {}
-    by_id = {key: index.setdefault(item, len(index)) for key, item in first.items()}
-    sid = np.fromiter(map(by_id.__getitem__, map(id, labels)), np.intp, n)
-    ts = np.fromiter(stamps, np.int64, n)                  # OverflowError beyond int64
+    series, sid, ts, values = columns
     order = np.lexsort((ts, sid))                          # by series, then time; stable
-    body = serialize_write_request(list(index), sid[order], ts[order], np.fromiter(values, np.float64, n)[order])
+    body = serialize_write_request(series, sid[order], ts[order], values[order])
     return bytes(cramjam.snappy.compress_raw(body))
+
+
+def _request_columns(samples: Sequence[Sample]) -> tuple[list[Labels], np.ndarray, np.ndarray, np.ndarray] | None:
+    """``(series, series index, ts_ms, value)`` of every sample, the series being the distinct label
+    sets; None when there is no sample, or a row's value is not exactly a float or its time not
+    exactly an int (numpy would turn a str or a bool into a number: the generated classes then
+    decide, with their own checks and errors).
+
+    Each sample is a key into one table of label sets: a ``SampleColumns`` brings its own table
+    (placed once per request however many messages share it) and its keys ``p * width + q``; the
+    rows of every list part share one table of their distinct label objects. The columns are
+    joined by list.extend and turned into arrays once per request.
+    """
+    parts = samples.parts if isinstance(samples, SampleBatch) else [samples]
+    table: list[Labels] = []
+    placed: dict[int, int] = {}              # id(SampleColumns.table) → its offset (the parts keep it alive)
+    p: list[int] = []
+    q: list[int] = []
+    dt: list[int] = []
+    values: list[float] = []
+    row_labels: list[Labels] = []
+    counts, widths, offsets, bases, rows = [], [], [], [], []
+    for part in parts:
+        if isinstance(part, SampleColumns):
+            offset = placed.get(id(part.table))
+            if offset is None:
+                offset = placed[id(part.table)] = len(table)
+                table.extend(part.table)
+            p.extend(part.p)
+            q.extend(part.q)
+            dt.extend(part.dt)
+            values.extend(part.values)
+            widths.append(part.width)
+            offsets.append(offset)
+            bases.append(part.base_ms)
+            rows.append(False)
+        else:
+            row_values, stamps = list(map(_VALUE, part)), list(map(_TS, part))
+            if set(map(type, row_values)) != _FLOAT or set(map(type, stamps)) != _INT:
+                return None
+            row_labels.extend(map(_LABELS, part))
+            p.extend(repeat(0, len(stamps)))             # the keys of rows are set below
+            q.extend(repeat(0, len(stamps)))
+            dt.extend(stamps)
+            values.extend(row_values)
+            widths.append(0)
+            offsets.append(0)
+            bases.append(0)
+            rows.append(True)
+        counts.append(len(part))
+    if not p:
+        return None
+    n = len(p)
+    keys = (np.fromiter(p, np.intp, n) * np.repeat(np.array(widths, np.intp), counts) + np.fromiter(q, np.intp, n)
+            + np.repeat(np.array(offsets, np.intp), counts))
+    ts = np.fromiter(dt, np.int64, n) + np.repeat(np.array(bases, np.int64), counts)     # OverflowError beyond int64
+    if row_labels:
+        # distinct label objects first (a label tuple's hash is recomputed on every lookup, an int's
+        # is not); equal tuples become one series below
+        first = dict(zip(map(id, row_labels), row_labels))
+        position = {key: i for i, key in enumerate(first, len(table))}
+        table.extend(first.values())
+        keys[np.repeat(np.array(rows, bool), counts)] = np.fromiter(map(position.__getitem__, map(id, row_labels)),
+                                                                    np.intp, len(row_labels))
+    used = np.zeros(len(table), bool)
+    used[keys] = True
+    entries = np.flatnonzero(used)               # in table order: a list's label sets as they first appear
+    index: dict[Labels, int] = {}
+    lookup = np.zeros(len(table), np.intp)
+    lookup[entries] = [index.setdefault(table[entry], len(index)) for entry in entries.tolist()]
+    return list(index), lookup[keys], ts, np.fromiter(values, np.float64, n)
 
 
 def _encode_one_by_one(samples: Sequence[Sample]) -> bytes:

@@ -5,7 +5,8 @@ the messages that arrived within ``batch.max_delay_s`` (up to
 ``batch.max_readings`` readings), processed strictly in arrival order:
 
 1. validate each payload, v1 or v2 (``ems_contract.telemetry_v2.decode_telemetry_columns``: a v2
-   message stays columns, and its samples are built per column); a bad one becomes
+   message stays columns, and so do its samples, ``ingest.samples``, up to the request
+   encoder); a bad one becomes
    a dead letter ``{reason, detail, topic, payload excerpt, size, sha256}`` on
    ``ems/v1/deadletter/<reason>``;
 2. drop readings whose (site, seq) this worker already wrote (``SeenSeqs``),
@@ -53,7 +54,6 @@ unsubscribes, finishes the batch in hand and what the broker already sent
 from __future__ import annotations
 
 import base64
-import functools
 import gc
 import hashlib
 import json
@@ -74,7 +74,8 @@ from ingest.dedup import SeenSeqs
 from ingest.errors import BrokerError, TsdbRejected, TsdbUnavailable
 from ingest.metrics import IngestMetrics
 from ingest.mqtt import Incoming, MqttLink
-from ingest.remote_write import RemoteWriter, Sample, labels_of
+from ingest.remote_write import RemoteWriter, labels_of
+from ingest.samples import Labels, Sample, SampleBatch, SampleColumns
 from ingest.seq_share import GroupRole, PeerSeen, decode_seen, encode_seen
 
 __all__ = ["IngestWorker", "DeadLetter", "MAX_DEADLETTER_BYTES", "tune_gc"]
@@ -123,7 +124,6 @@ class _Commit:
 _SEQ = operator.attrgetter("seq")
 _QUALITY_COUNT = len(QUALITIES)
 _MAX_CACHED_SERIES = 100_000    # label sets kept across messages; the cache starts over beyond it
-_SAMPLE_OF_ROW = functools.partial(tuple.__new__, Sample)   # Sample(*row) without a Python-level call
 
 
 class IngestWorker:
@@ -157,7 +157,7 @@ class IngestWorker:
         self._beat = clock()
         self._running = False
         self._series: dict[tuple[str, str, str, str, str], tuple] = {}
-        self._label_tables: dict[tuple, list[tuple]] = {}    # (site, *points table) → label sets, v2
+        self._label_tables: dict[tuple, list[Labels]] = {}   # (site, *points table) → label sets, v2
         self._label_entries = 0
         self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dedup-commit")
         self._committing: _Commit | None = None
@@ -251,7 +251,7 @@ class IngestWorker:
 
     def process(self, items: list[_Item]) -> bool:
         """Write, dead-letter, commit and acknowledge one batch; False when it was left unacknowledged."""
-        samples: list[Sample] = []
+        samples = SampleBatch()
         counts = {"duplicate": 0, "null": 0, "future_timestamp": 0, "too_old": 0}
         now_ms = int(self.wall() * 1000)
         for item in items:
@@ -353,7 +353,7 @@ class IngestWorker:
             log.warning("seen seqs of %d sites not shared with the accountant yet (%s); they go with the next commit",
                         len(sites), exc)
 
-    def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample]:
+    def _samples(self, item: _Item, now_ms: int, counts: dict[str, int]) -> list[Sample] | SampleColumns:
         """The samples of one valid message; marks its new seqs seen and dead-letters its readings
         whose measurement time the TSDB must not see."""
         batch = item.batch
@@ -416,8 +416,8 @@ class IngestWorker:
         return samples
 
     def _column_samples(self, item: _Item, columns: Columns, earliest: int, latest: int,
-                        counts: dict[str, int]) -> list[Sample] | None:
-        """The samples of a v2 message built per column, when all of it is new and inside the clock
+                        counts: dict[str, int]) -> SampleColumns | None:
+        """The samples of a v2 message as its columns, when all of it is new and inside the clock
         window (the usual case); None, with nothing marked, when a reading needs the per-reading path."""
         site, lo, hi, base, dt = columns.site, columns.seq_first, columns.seq_last, columns.base_ms, columns.dt
         if not (earliest <= base + min(dt) and base + max(dt) <= latest):
@@ -426,21 +426,20 @@ class IngestWorker:
             return None
         item.seqs.extend(range(lo, hi + 1))
         values = columns.val
-        # Each reading's label set by its key, point index * len(QUALITIES) + quality, from a table
-        # built once per points table of a site; the columns go through map/zip/compress (C loops),
-        # so no bytecode runs per reading.
+        # Each reading's label set is table[point index * len(QUALITIES) + quality], from a table
+        # built once per points table of a site; the samples stay columns (no tuple per reading).
         table = self._label_tables.get((site, *columns.points))
         if table is None:
             table = self._label_table(site, columns.points)
-        keys = map(operator.add, map(operator.mul, columns.p, repeat(_QUALITY_COUNT)), columns.q)
-        rows = zip(map(table.__getitem__, keys), map(base.__add__, dt), values, repeat(site), range(lo, hi + 1))
+        p, q, dt, seqs = columns.p, columns.q, columns.dt, range(lo, hi + 1)
         nulls = values.count(None)
         if nulls:                                   # a null value has no sample
-            rows = compress(rows, map(operator.is_not, values, repeat(None)))
+            keep = list(map(operator.is_not, values, repeat(None)))
+            p, q, dt, values, seqs = (list(compress(column, keep)) for column in (p, q, dt, values, seqs))
         counts["null"] += nulls
-        return list(map(_SAMPLE_OF_ROW, rows))
+        return SampleColumns(table, _QUALITY_COUNT, p, q, base, dt, values, site, seqs)
 
-    def _label_table(self, site: str, points: list[tuple[str, str, str]]) -> list[tuple]:
+    def _label_table(self, site: str, points: list[tuple[str, str, str]]) -> list[Labels]:
         """The label sets of a v2 points table, indexed by point index * len(QUALITIES) + quality."""
         table = [labels_of(site, asset, point, quality, unit) for asset, point, unit in points for quality in QUALITIES]
         self._label_entries += len(table)

@@ -10,9 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ems_contract.telemetry import (MAX_READINGS_PER_BATCH, QUALITIES, Reading, SchemaError, encode_batch,
-                                    telemetry_topic, valid_unit)
+                                    parse_json, telemetry_topic, valid_unit)
 from ems_contract.telemetry_v2 import (MAX_TS_MS, Columns, contiguous_runs, decode_batch_v2, decode_telemetry,
                                        decode_telemetry_columns, encode_batch_v2, encode_segments)
+from ems_contract.telemetry_v2 import _parse as parse_v2
 
 ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
 units = st.text(max_size=32).filter(valid_unit)
@@ -340,3 +341,22 @@ def test_the_value_column_fast_and_general_paths_write_the_same_json(values: lis
     column = json.loads(encode_batch_v2("s1", readings, 9))["val"]
     assert column == [int(v) if v.is_integer() and abs(v) < 2**53 else v for v in values]
     assert [type(v) for v in column] == [int if v.is_integer() and abs(v) < 2**53 else float for v in values]
+
+
+def _outcome(parse, payload: bytes) -> object:  # type: ignore[no-untyped-def]
+    try:
+        return ("ok", parse(payload))
+    except SchemaError as exc:
+        return ("error", exc.reason, exc.detail)
+
+
+_DIGIT_HEAVY = st.lists(st.sampled_from([b"1", b"9", b"0", b"-", b".", b"e", b",", b"[", b"]", b" ", b'"', b"\xff",
+                                          b"1234567890123456789", b"18446744073709551616", b"NaN", b"true", b"{}"]),
+                        max_size=60).map(lambda parts: b"[" + b"".join(parts) + b"]")
+
+
+@settings(max_examples=600, deadline=None)
+@given(_DIGIT_HEAVY | st.binary(max_size=200)
+       | st.lists(st.integers(-2**70, 2**70) | st.floats(), max_size=30).map(lambda v: json.dumps(v).encode()))
+def test_the_v2_parser_answers_exactly_as_parse_json(payload: bytes) -> None:
+    assert _outcome(parse_v2, payload) == _outcome(parse_json, payload)

@@ -29,7 +29,7 @@ def _samples(batch, now_ms: int) -> tuple[list, dict]:  # type: ignore[no-untype
         worker = IngestWorker(link=_Link(), writer=None, seen=SeenSeqs(state), metrics=IngestMetrics())  # type: ignore[arg-type]
         counts = {"duplicate": 0, "null": 0, "future_timestamp": 0, "too_old": 0}
         item = _Item(Incoming("ems/v1/s1/telemetry", b"", 1, 1, False, 0), batch, None)
-        samples = worker._samples(item, now_ms, counts)
+        samples = list(worker._samples(item, now_ms, counts))
         worker.seen.close()
         return samples, counts
 

@@ -39,9 +39,18 @@ def _get(api: TwinApi, path: str, context: ssl.SSLContext) -> tuple[int, dict]:
 
 
 def _wait(api: TwinApi, path: str, context: ssl.SSLContext, status: int = 200) -> dict:
+    """The body of ``path`` once it answers ``status`` (10 s at most). A connection the server closes
+    before answering (a listener at its connection cap frees the slot a moment after the held
+    connection ends) is tried again, and is the error if it is still so at the deadline."""
     deadline = time.monotonic() + 10
     while True:
-        got_status, body = _get(api, path, context)
+        try:
+            got_status, body = _get(api, path, context)
+        except urllib.error.URLError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+            continue
         if got_status == status or time.monotonic() > deadline:
             assert got_status == status, body
             return body

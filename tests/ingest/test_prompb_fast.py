@@ -39,6 +39,25 @@ def test_the_bytes_are_the_generated_encoders(samples: list[Sample]) -> None:
     assert _plain(encode_write_request(samples)) == _plain(_encode_one_by_one(samples))
 
 
+@st.composite
+def uniform_sample_lists(draw: st.DrawFn) -> list[Sample]:
+    """Samples whose records all have one layout (non-zero values, timestamps of one varint width,
+    negative ones being 10 bytes), the encoder's unmasked path."""
+    width = draw(st.integers(1, 10))
+    stamps = (st.integers(1, 127) if width == 1 else st.integers(-2**63, -1) if width == 10
+              else st.integers(2 ** (7 * (width - 1)), 2 ** (7 * width) - 1))
+    label_sets = [labels_of("s", asset, "p", "good", "kW") for asset in draw(st.lists(label_text, min_size=1, max_size=4))]
+    return [Sample(draw(st.sampled_from(label_sets)), draw(stamps), draw(values.filter(lambda v: v != 0.0 or
+                                                                                     math.copysign(1, v) < 0)), "s", i)
+            for i in range(draw(st.integers(1, 80)))]
+
+
+@settings(max_examples=300, deadline=None)
+@given(uniform_sample_lists())
+def test_the_bytes_of_one_layout_requests_are_the_generated_encoders(samples: list[Sample]) -> None:
+    assert _plain(encode_write_request(samples)) == _plain(_encode_one_by_one(samples))
+
+
 def test_a_decoded_request_holds_every_sample_once_grouped_and_in_time_order() -> None:
     a, b = labels_of("s", "tx1", "oil", "good", "degC"), labels_of("s", "tx1", "load", "good", "")
     samples = [Sample(a, 3000, 3.5, "s", 3), Sample(b, 1000, -0.0, "s", 1), Sample(a, 1000, 0.0, "s", 2),
