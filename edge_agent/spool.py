@@ -16,12 +16,17 @@ The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
 
     append(batch) ─ seq range assigned, buffered in memory; returns the sequenced batch
-                    │ every ``fsync_batch`` readings or ``flush_interval_s``, whichever first
+                    │ a group of about ``fsync_batch`` readings (whole batches, never past
+                    │ it), or ``flush_interval_s`` after the oldest buffered batch arrived
     commit: the acked rows' DELETE, new point-table entries, INSERT one row per
             batch + next_seq in one transaction (fsync), then one audit record
             per batch and per cap drop, one audit fsync
             (group commit: batches that arrive during an fsync go in the next
-            one; ``append`` waits for the disk only when ``max_buffered`` —
+            group, committed when it is full or old, not the moment the fsync
+            ends — that made one commit per batch when batches arrived one at a
+            time; a commit of whole groups is whole messages for the drain when
+            ``fsync_batch`` is a multiple of its ``batch_max_readings``;
+            ``append`` waits for the disk only when ``max_buffered`` —
             16 × ``fsync_batch``, at least 1024 — readings are waiting)
     lease(n) ─ the next committed batches in seq order, about n readings: from
                memory while the committed, unacked batches after the lease
@@ -197,6 +202,7 @@ class Spool:
         self._next_seq = 1
         self._buffer: list[ReadingBatch] = []
         self._buffered = 0               # readings in _buffer
+        self._arrived: list[float] = []  # loop.time() when each batch in _buffer arrived
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
         self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
@@ -369,22 +375,24 @@ class Spool:
     async def append(self, batch: ReadingBatch) -> ReadingBatch:
         """Accept one batch: assign its seq range and buffer it; returns the sequenced batch.
 
-        The batch is committed (and audited) within ``flush_interval_s``, or as
-        soon as ``fsync_batch`` readings are buffered, by a background group
-        commit; it cannot be leased (published) before. This call waits for the
-        disk only when ``max_buffered`` readings are waiting: the back-pressure
-        on the pollers when the disk cannot keep up. Raises ValueError for an
-        empty batch.
+        The batch is committed (and audited) by a background group commit once
+        another batch of its size would take the buffer past ``fsync_batch``
+        readings, or when the oldest buffered batch has waited
+        ``flush_interval_s``; it cannot be leased (published) before. This call
+        waits for the disk only when ``max_buffered`` readings are waiting: the
+        back-pressure on the pollers when the disk cannot keep up. Raises
+        ValueError for an empty batch.
         """
         if not len(batch):
             raise ValueError("an empty batch cannot be spooled")
         sequenced = batch.sequenced(self._next_seq, int(self.clock() * 1000))
         self._next_seq += len(batch)
         self._buffer.append(sequenced)
+        self._arrived.append(asyncio.get_running_loop().time())
         self._buffered += len(batch)
         if self._buffered >= self.max_buffered:
             await self.flush()                  # the disk is behind: make the pollers wait
-        elif self._buffered >= self.fsync_batch:
+        elif self._buffered + len(batch) > self.fsync_batch:
             self._flush_soon()
         else:
             self._flush_later()
@@ -393,27 +401,61 @@ class Spool:
     def _busy(self) -> bool:
         return self._timer is not None or (self._flush_task is not None and not self._flush_task.done())
 
+    def _due(self) -> bool:
+        """A group is due: another batch like the newest would take the buffer past ``fsync_batch``
+        readings, or the oldest buffered batch waited ``flush_interval_s``."""
+        return bool(self._buffer) and (self._buffered + len(self._buffer[-1]) > self.fsync_batch or self._aged())
+
+    def _aged(self) -> bool:
+        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s
+
+    def _whole_groups(self) -> int:
+        """How many buffered batches, oldest first, a background commit takes: the buffer cut into
+        groups of at most ``fsync_batch`` readings (whole batches, as the drain cuts messages), all of
+        them when the newest group is full too or the oldest batch waited ``flush_interval_s``, else
+        all but the newest group, which waits to fill. So a commit holds whole messages (990 + 99 readings
+        would go out as a full message and a short one, each with its own PUBACK)."""
+        buffer, limit = self._buffer, self.fsync_batch
+        start = size = 0
+        for i, batch in enumerate(buffer):
+            if size and size + len(batch) > limit:
+                start, size = i, 0
+            size += len(batch)
+        if not start or size + len(buffer[-1]) > limit or self._aged():
+            return len(buffer)
+        return start
+
     def _flush_soon(self) -> None:
-        """Group commit: one background task commits whatever accumulated while the last fsync ran."""
+        """Group commit: one background task commits the due group, and the next ones as they fill."""
         self._timer = None
+        if self._buffer and not self._due():
+            self._flush_later()     # an ack's timer, and a young group buffered: the acks ride on its commit
+            return
         if (self._buffer or self._acks) and not self._closing and (self._flush_task is None or self._flush_task.done()):
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
         try:
-            await self.flush()              # what is due: the buffered batches, and the acks with them
-            while self._buffer:             # batches that arrived during that fsync: the next group
-                await self.flush()
+            await self._flush(whole_groups=True)     # the due groups, and the acks with them
+            while self._due():              # a group filled (or aged) during that fsync: commit it now
+                await self._flush(whole_groups=True)
         except SpoolError as exc:
             # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
             log.error("%s; will retry", exc)
             return
-        if self._acks:                      # acked during the last commit: they wait for the next one
-            self._flush_later()
+        # Batches that arrived during the last fsync wait to fill a group or for their age; acks made
+        # meanwhile wait for the next commit.
+        self._flush_later()
 
     def _flush_later(self) -> None:
-        if self._timer is None and not self._closing:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush_soon)
+        """Arm the timer: the oldest buffered batch is due ``flush_interval_s`` after it arrived (acks
+        alone: ``flush_interval_s`` from now)."""
+        if self._timer is None and not self._closing and (self._buffer or self._acks):
+            loop = asyncio.get_running_loop()
+            delay = self.flush_interval_s
+            if self._buffer:
+                delay = max(0.0, self._arrived[0] + delay - loop.time())
+            self._timer = loop.call_later(delay, self._flush_soon)
 
     async def flush(self) -> None:
         """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows.
@@ -423,22 +465,28 @@ class Spool:
         bookkeeping must run whatever the caller does, or the committed batches would be buffered
         again and every later commit would fail on their seqs.
         """
-        task = asyncio.ensure_future(self._flush_locked())
+        await self._flush(whole_groups=False)
+
+    async def _flush(self, *, whole_groups: bool) -> None:
+        task = asyncio.ensure_future(self._flush_locked(whole_groups))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_log_orphan_failure)
             raise
 
-    async def _flush_locked(self) -> None:
+    async def _flush_locked(self, whole_groups: bool) -> None:
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if not self._buffer and not self._acks:
                 return
-            batches, self._buffer = self._buffer, []
-            readings, self._buffered = self._buffered, 0
+            take = self._whole_groups() if whole_groups and self._buffer else len(self._buffer)
+            batches, self._buffer = self._buffer[:take], self._buffer[take:]
+            arrived, self._arrived = self._arrived[:take], self._arrived[take:]
+            readings = sum(map(len, batches))
+            self._buffered -= readings
             acks, self._acks = self._acks, []
             try:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
@@ -450,7 +498,8 @@ class Spool:
                            for batch, shape, cols in zip(batches, shapes, columns)] if self.audit is not None else []
                 new_points = self.points.take_unsaved()
                 try:
-                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
+                    next_seq = batches[-1].seq_last + 1 if batches else self._next_seq
+                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, next_seq,
                                                              [(first, last) for first, last, _ in acks], new_points)
                 except BaseException:
                     self.points.give_back(new_points)
@@ -458,6 +507,7 @@ class Spool:
             except Exception as exc:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
+                self._arrived[:0] = arrived
                 self._acks[:0] = [(first, last, None) for first, last, _ in acks]
                 for _, _, waiter in acks:
                     if waiter is not None and not waiter.done():
@@ -466,6 +516,7 @@ class Spool:
             except BaseException:
                 self._buffer[:0] = batches
                 self._buffered += readings
+                self._arrived[:0] = arrived
                 self._acks[:0] = acks
                 raise
             for (_, _, waiter), count in zip(acks, deleted):

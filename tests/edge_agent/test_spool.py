@@ -255,6 +255,33 @@ def test_nothing_is_leased_before_it_is_committed(tmp_path: Path) -> None:
     assert before == [] and after == list(range(1, 11)) and depth == 10
 
 
+def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches arriving one at a time (devices polled at different phases) commit about fsync_batch
+    readings at a time, never past it: not one commit per batch whenever the last fsync is done, nor
+    990 + 99 readings, which the drain would send as a full message and a short one."""
+    sizes = []
+    commit = Spool._commit_sync
+
+    def spy(self: Spool, rows: list, *args: object) -> object:
+        sizes.append(sum(row[1] - row[0] + 1 for row in rows))
+        return commit(self, rows, *args)
+
+    monkeypatch.setattr(Spool, "_commit_sync", spy)
+
+    async def go() -> list[int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=30) as spool:
+            for i in range(45):
+                await _add(spool, i, 99)
+                await asyncio.sleep(0.002)
+                leased = await spool.lease(10_000)
+                if leased:
+                    spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            return _seqs(await spool.lease(10_000))
+
+    assert run(go()) == []                          # the last 5 batches waited for their group (or close)
+    assert sizes == [990, 990, 990, 990, 495], sizes
+
+
 def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> None:
     async def go() -> tuple[int, int]:
         async with Spool(tmp_path, site="s1", fsync_batch=8) as spool:
