@@ -460,6 +460,50 @@ def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp
                          list(range(10, 49)), []]
 
 
+def test_audit_records_lost_to_power_loss_are_reaudited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit records are written after each commit but fsync'd only before rows leave the spool (acks,
+    the cap): a power loss that takes the unsynced tail of the audit file leaves every reading whose
+    record it took still in the spool, audited again at the next start — each reading once."""
+    import edge_agent.audit as audit_module
+
+    audit_path = tmp_path / "audit.log"
+    durable = [0]                                    # the audit file's size at its last fsync
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            durable[0] = os.fstat(fd).st_size
+
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+
+    async def until_power_loss() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", fsync_batch=4, audit=AuditLog(audit_path))
+        await spool.open()
+        for i in range(12):
+            await _add(spool, i)
+        await spool.flush()
+        leased = await spool.lease(6)
+        assert await spool.ack(leased[0].seq_first, leased[-1].seq_last) == 6     # 1..6 leave the spool
+        for i in range(12, 20):
+            await _add(spool, i)
+        await spool.flush()                              # 13..20 committed, their records not fsync'd
+        spool._executor.shutdown(wait=True)              # the power goes: no close, no last fsync
+
+    run(until_power_loss())
+    assert 0 < durable[0] < audit_path.stat().st_size
+    with audit_path.open("r+b") as fh:                   # the page cache is gone with the power
+        fh.truncate(durable[0])
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+
+    assert run(restart()) == 14
+    summary = verify(audit_path)
+    assert summary.ok and (summary.readings, summary.seq_min, summary.seq_max) == (20, 1, 20)
+
+
 def test_acks_ride_on_the_next_commit_and_acked_rows_are_not_leased_again(tmp_path: Path,
                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     commits: list[tuple[int, int]] = []
