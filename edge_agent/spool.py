@@ -110,6 +110,7 @@ __all__ = ["Spool", "SPOOL_FILE"]
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
+_TIMER_SLACK_S = 0.002     # a timer may fire this early by the loop's clock (uvloop's counts milliseconds)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -416,12 +417,13 @@ class Spool:
         return bool(self._buffer) and (self._buffered + len(self._buffer[-1]) > self.fsync_batch or self._aged())
 
     def _aged(self) -> bool:
-        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s
+        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - _TIMER_SLACK_S
 
     def _acks_due(self) -> bool:
         """The acks are due: one waited ``ack_interval_s``, or an ``ack()`` caller waits."""
         return bool(self._acks) and (
-            self._ack_awaited or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s)
+            self._ack_awaited
+            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - _TIMER_SLACK_S)
 
     def _due_at(self) -> float | None:
         """The loop time at which the buffer falls due by age, else the acks (when due they ride on the
