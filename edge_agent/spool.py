@@ -225,7 +225,8 @@ class Spool:
         self._recent_readings = 0
         self._memory_from = 1
         self._flush_lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0            # the loop time _timer was armed for
         self._flush_task: asyncio.Task | None = None
         self.points = PointTable()
         self._closing = False
@@ -480,9 +481,12 @@ class Spool:
         if due is None or self._closing:
             return
         if self._timer is not None:
-            if self._timer.when() <= due:
+            if self._timer_due <= due:
                 return
             self._timer.cancel()
+        # Our own record of the due time: for a time already past, uvloop's call_at returns a Handle
+        # without when().
+        self._timer_due = due
         self._timer = asyncio.get_running_loop().call_at(due, self._flush_soon)
 
     async def flush(self) -> None:

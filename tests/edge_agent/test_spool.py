@@ -282,6 +282,26 @@ def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monke
     assert sizes == [990, 990, 990, 990, 495], sizes
 
 
+def test_commit_timers_run_on_the_agents_event_loop(tmp_path: Path) -> None:
+    """On the agent's loop (uvloop here) too: a commit due at once (flush_interval_s=0) gets a timer for a
+    time already past, which uvloop hands back as a plain Handle; the timers still commit every batch."""
+    from edge_agent.agent import new_event_loop
+
+    async def go() -> list[int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=0) as spool:
+            for i in range(3):
+                await _add(spool, 2 * i, 3)
+                await _add(spool, 2 * i + 1, 3)            # before the first one's timer ran
+                await asyncio.sleep(0.01)
+            return _seqs(await spool.lease(100))
+
+    loop = new_event_loop()
+    try:
+        assert loop.run_until_complete(go()) == list(range(1, 19))
+    finally:
+        loop.close()
+
+
 def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> None:
     async def go() -> tuple[int, int]:
         async with Spool(tmp_path, site="s1", fsync_batch=8) as spool:
