@@ -223,11 +223,6 @@ class AuditLog:
         record's row is still there to be re-audited at start). Raises AuditError on I/O failure."""
         self._write(fsync=False)
 
-    @property
-    def unsynced(self) -> bool:
-        """Records buffered, or written since the last fsync."""
-        return bool(self._buffer) or self._dirty
-
     def _write(self, *, fsync: bool) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
