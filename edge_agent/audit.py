@@ -35,11 +35,14 @@ Record kinds (``k``):
 ==========  ==================================================================
 
 The log is written only by the spool's I/O thread, in the same batch as the
-spool's commit: lines are buffered with :meth:`AuditLog.reading` /
-:meth:`AuditLog.event` and written and fsync'd together by :meth:`AuditLog.sync`,
-so one fsync covers a whole spool batch. A reading is audited after its spool
-commit; a crash between the two is repaired at the next start (the spool
-re-audits the rows above :attr:`AuditLog.last_seq`). :func:`verify` reports the
+spool's commit: lines are buffered with :meth:`AuditLog.add_batch_record` /
+:meth:`AuditLog.event` and written together by :meth:`AuditLog.write` after the
+commit; :meth:`AuditLog.sync` fsyncs them before the spool deletes any row (acked,
+or dropped by the cap), and events outside a commit (``cmd``, ``write``, ``quar``)
+are fsync'd at once. A reading is audited after its spool commit; a crash between
+the two, or a power loss before the fsync, is repaired at the next start (the
+spool re-audits its rows above :attr:`AuditLog.last_seq`, and a row is still in
+the spool until its record is on disk). :func:`verify` reports the
 totals (readings counted one by one, whatever records carry them) and the first
 corrupt record (1-based line and byte offset); a point-form ``b`` record whose
 ids no earlier ``pt`` record of its file defines is corrupt (the file would not
@@ -146,6 +149,7 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
+        self._dirty = False                    # records written since the last fsync
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
@@ -209,22 +213,33 @@ class AuditLog:
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
     def sync(self) -> None:
-        """Write the buffered records and fsync; raises AuditError on I/O failure."""
+        """Write the buffered records and fsync (with those :meth:`write` wrote since the last fsync);
+        raises AuditError on I/O failure."""
+        self._write(fsync=True)
+
+    def write(self) -> None:
+        """Write the buffered records without an fsync: they survive a crash of the process but not a
+        power loss until the next :meth:`sync` (the spool syncs before a row leaves it, so a lost
+        record's row is still there to be re-audited at start). Raises AuditError on I/O failure."""
+        self._write(fsync=False)
+
+    def _write(self, *, fsync: bool) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
-        if not self._buffer:
-            return
-        data = b"".join(self._buffer)
         try:
-            view = memoryview(data)
-            while view:
-                written = self._fh.write(view)
-                view = view[written:]
-            os.fsync(self._fh.fileno())
+            if self._buffer:
+                view = memoryview(b"".join(self._buffer))
+                while view:
+                    written = self._fh.write(view)
+                    view = view[written:]
+                self.last_crc = self._buffer[-1][:8].decode()
+                self._buffer.clear()
+                self._dirty = True
+            if fsync and self._dirty:
+                os.fsync(self._fh.fileno())
+                self._dirty = False
         except OSError as exc:
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
-        self.last_crc = self._buffer[-1][:8].decode()
-        self._buffer.clear()
 
     def reopen(self) -> bool:
         """Reopen the file at :attr:`path` after rotation; True when it is a new file.

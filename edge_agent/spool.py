@@ -10,18 +10,28 @@ mode FULL fsyncs the WAL on every commit, so a committed batch survives power
 loss (``NORMAL`` would survive only a process crash). Acks ride on the next
 append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
 power loss only re-sends readings, which the ingest de-duplicates by (site,
-seq); losing an append would lose data.
+seq); losing an append would lose data. The audit records of a commit are
+written after it without an fsync of their own; the audit file is fsync'd
+before any transaction that deletes rows (acks, the cap's drop), so a power
+loss that takes unsynced records leaves their rows in the spool, and the next
+start audits them again (``_reaudit_sync``).
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
 
     append(batch) ─ seq range assigned, buffered in memory; returns the sequenced batch
-                    │ every ``fsync_batch`` readings or ``flush_interval_s``, whichever first
-    commit: the acked rows' DELETE, new point-table entries, INSERT one row per
-            batch + next_seq in one transaction (fsync), then one audit record
-            per batch and per cap drop, one audit fsync
+                    │ a group of about ``fsync_batch`` readings (whole batches, never past
+                    │ it), or ``flush_interval_s`` after the oldest buffered batch arrived
+    commit: [audit fsync, when rows leave] the acked rows' DELETE, new
+            point-table entries, INSERT one row per batch + next_seq in one
+            transaction (fsync), then one audit record per batch and per cap
+            drop, written (fsync'd only with a drop)
             (group commit: batches that arrive during an fsync go in the next
-            one; ``append`` waits for the disk only when ``max_buffered`` —
+            group, committed when it is full or old, not the moment the fsync
+            ends — that made one commit per batch when batches arrived one at a
+            time; a commit of whole groups is whole messages for the drain when
+            ``fsync_batch`` is a multiple of its ``batch_max_readings``;
+            ``append`` waits for the disk only when ``max_buffered`` —
             16 × ``fsync_batch``, at least 1024 — readings are waiting)
     lease(n) ─ the next committed batches in seq order, about n readings: from
                memory while the committed, unacked batches after the lease
@@ -30,8 +40,12 @@ range, one audit record. Lifecycle::
                ``quarantine`` table, audited and counted — never dropped)
     ack(first, last), ack_nowait(first, last) ─ after PUBACK: the rows inside seq
                first..last are not leased again, and are deleted in the
-               next group commit's transaction (acks need no fsync of their own:
-               one lost to power loss only re-sends rows the ingest de-duplicates)
+               transaction of the first group commit after ``ack_interval_s``
+               (alone when nothing is buffered; ``ack()``: after
+               ``flush_interval_s``). Acks need no fsync of their own (one
+               lost to power loss only re-sends rows the ingest de-duplicates);
+               gathering them makes the audit fsync their deletes need one
+               per ``ack_interval_s``, not one per commit
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
 ``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
@@ -64,7 +78,7 @@ All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
 
 Defaults: ``max_readings=1_000_000``, ``fsync_batch=1000``, ``flush_interval_s=0.02``,
-``memory_readings=65_536``.
+``memory_readings=65_536``, ``ack_interval_s=0.1``.
 """
 
 from __future__ import annotations
@@ -96,6 +110,7 @@ __all__ = ["Spool", "SPOOL_FILE"]
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
+_TIMER_SLACK_S = 0.002     # a timer may fire this early by the loop's clock (uvloop's counts milliseconds)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -169,7 +184,7 @@ class Spool:
     """An async context manager over the on-disk spool in ``directory`` (file ``spool.db``).
 
     ``audit`` (optional) receives one record per committed batch and per drop
-    or quarantine event, fsync'd with each commit. ``metrics`` (optional)
+    or quarantine event, fsync'd before rows leave the spool. ``metrics`` (optional)
     gets spool depth, oldest-unacked age, drops and quarantines.
     Raises SpoolError when the directory or database cannot be used.
     """
@@ -177,7 +192,7 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], *, site: str, max_readings: int = 1_000_000,
                  fsync_batch: int = 1000, flush_interval_s: float = 0.02, audit: AuditLog | None = None,
                  metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time,
-                 memory_readings: int = 65_536) -> None:
+                 memory_readings: int = 65_536, ack_interval_s: float = 0.1) -> None:
         if max_readings < 1:
             raise ValueError(f"max_readings must be >= 1 (got {max_readings})")
         if fsync_batch < 1:
@@ -189,6 +204,7 @@ class Spool:
         self.fsync_batch = fsync_batch
         self.max_buffered = max(16 * fsync_batch, 1024)
         self.flush_interval_s = flush_interval_s
+        self.ack_interval_s = ack_interval_s
         self.audit = audit
         self.metrics = metrics
         self.clock = clock
@@ -197,6 +213,7 @@ class Spool:
         self._next_seq = 1
         self._buffer: list[ReadingBatch] = []
         self._buffered = 0               # readings in _buffer
+        self._arrived: list[float] = []  # loop.time() when each batch in _buffer arrived
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
         self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
@@ -208,12 +225,15 @@ class Spool:
         self._recent_readings = 0
         self._memory_from = 1
         self._flush_lock = asyncio.Lock()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
+        self._timer_due = 0.0            # the loop time _timer was armed for
         self._flush_task: asyncio.Task | None = None
         self.points = PointTable()
         self._closing = False
         # acked seq ranges, deleted in the next commit, with the future of an awaiting ack() if any
         self._acks: list[tuple[int, int, asyncio.Future[int] | None]] = []
+        self._acks_since = 0.0           # loop.time() of the oldest ack in _acks
+        self._ack_awaited = False        # an ack() caller waits for one of _acks
         self.changed = asyncio.Event()   # set whenever new rows become leasable
         self.dropped_total = 0
         self.quarantined_total = 0
@@ -369,51 +389,105 @@ class Spool:
     async def append(self, batch: ReadingBatch) -> ReadingBatch:
         """Accept one batch: assign its seq range and buffer it; returns the sequenced batch.
 
-        The batch is committed (and audited) within ``flush_interval_s``, or as
-        soon as ``fsync_batch`` readings are buffered, by a background group
-        commit; it cannot be leased (published) before. This call waits for the
-        disk only when ``max_buffered`` readings are waiting: the back-pressure
-        on the pollers when the disk cannot keep up. Raises ValueError for an
-        empty batch.
+        The batch is committed (and audited) by a background group commit once
+        another batch of its size would take the buffer past ``fsync_batch``
+        readings, or when the oldest buffered batch has waited
+        ``flush_interval_s``; it cannot be leased (published) before. This call
+        waits for the disk only when ``max_buffered`` readings are waiting: the
+        back-pressure on the pollers when the disk cannot keep up. Raises
+        ValueError for an empty batch.
         """
         if not len(batch):
             raise ValueError("an empty batch cannot be spooled")
         sequenced = batch.sequenced(self._next_seq, int(self.clock() * 1000))
         self._next_seq += len(batch)
         self._buffer.append(sequenced)
+        self._arrived.append(asyncio.get_running_loop().time())
         self._buffered += len(batch)
         if self._buffered >= self.max_buffered:
             await self.flush()                  # the disk is behind: make the pollers wait
-        elif self._buffered >= self.fsync_batch:
+        elif self._buffered + len(batch) > self.fsync_batch:
             self._flush_soon()
         else:
             self._flush_later()
         return sequenced
 
-    def _busy(self) -> bool:
-        return self._timer is not None or (self._flush_task is not None and not self._flush_task.done())
+    def _due(self) -> bool:
+        """A group is due: another batch like the newest would take the buffer past ``fsync_batch``
+        readings, or the oldest buffered batch waited ``flush_interval_s``."""
+        return bool(self._buffer) and (self._buffered + len(self._buffer[-1]) > self.fsync_batch or self._aged())
+
+    def _aged(self) -> bool:
+        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - _TIMER_SLACK_S
+
+    def _acks_due(self) -> bool:
+        """The acks are due: one waited ``ack_interval_s``, or an ``ack()`` caller waits."""
+        return bool(self._acks) and (
+            self._ack_awaited
+            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - _TIMER_SLACK_S)
+
+    def _due_at(self) -> float | None:
+        """The loop time at which the buffer falls due by age, else the acks (when due they ride on the
+        buffer's next commit, due within ``flush_interval_s``); None when both are empty."""
+        if self._buffer:
+            return self._arrived[0] + self.flush_interval_s
+        if self._acks:
+            return self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
+        return None
+
+    def _whole_groups(self) -> int:
+        """How many buffered batches, oldest first, a background commit takes: the buffer cut into
+        groups of at most ``fsync_batch`` readings (whole batches, as the drain cuts messages), all of
+        them when the newest group is full too or the oldest batch waited ``flush_interval_s``, else
+        all but the newest group, which waits to fill (none when that is the only one). So a commit
+        holds whole messages (990 + 99 readings would go out as a full message and a short one,
+        each with its own PUBACK)."""
+        buffer, limit = self._buffer, self.fsync_batch
+        if not buffer or self._aged():
+            return len(buffer)
+        start = size = 0
+        for i, batch in enumerate(buffer):
+            if size and size + len(batch) > limit:
+                start, size = i, 0
+            size += len(batch)
+        return len(buffer) if size + len(buffer[-1]) > limit else start
 
     def _flush_soon(self) -> None:
-        """Group commit: one background task commits whatever accumulated while the last fsync ran."""
+        """Group commit: one background task commits what is due, and the next groups as they fill."""
         self._timer = None
-        if (self._buffer or self._acks) and not self._closing and (self._flush_task is None or self._flush_task.done()):
+        if self._closing or (self._flush_task is not None and not self._flush_task.done()):
+            return                  # the running commit loop arms the timer again when it ends
+        if self._due() or (not self._buffer and self._acks_due()):
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_loop())
+        else:
+            self._flush_later()     # e.g. an ack's timer while a young group fills: wait for the first due
 
     async def _flush_loop(self) -> None:
         try:
-            await self.flush()              # what is due: the buffered batches, and the acks with them
-            while self._buffer:             # batches that arrived during that fsync: the next group
-                await self.flush()
+            await self._flush(whole_groups=True)     # the due groups, and the acks if due
+            while self._due():              # a group filled (or aged) during that fsync: commit it now
+                await self._flush(whole_groups=True)
         except SpoolError as exc:
             # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
             log.error("%s; will retry", exc)
             return
-        if self._acks:                      # acked during the last commit: they wait for the next one
-            self._flush_later()
+        self._flush_later()                 # what arrived meanwhile: when it falls due
 
     def _flush_later(self) -> None:
-        if self._timer is None and not self._closing:
-            self._timer = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush_soon)
+        """Arm the timer for the first of: the oldest buffered batch ``flush_interval_s`` after it
+        arrived, the oldest ack ``ack_interval_s`` after it was made (``flush_interval_s`` when
+        ``ack()`` awaits it). A full group does not wait for the timer (``append``)."""
+        due = self._due_at()
+        if due is None or self._closing:
+            return
+        if self._timer is not None:
+            if self._timer_due <= due:
+                return
+            self._timer.cancel()
+        # Our own record of the due time: for a time already past, uvloop's call_at returns a Handle
+        # without when().
+        self._timer_due = due
+        self._timer = asyncio.get_running_loop().call_at(due, self._flush_soon)
 
     async def flush(self) -> None:
         """Commit (fsync) every buffered batch, write their audit records, and delete the acked rows.
@@ -423,23 +497,37 @@ class Spool:
         bookkeeping must run whatever the caller does, or the committed batches would be buffered
         again and every later commit would fail on their seqs.
         """
-        task = asyncio.ensure_future(self._flush_locked())
+        await self._flush(whole_groups=False)
+
+    async def _flush(self, *, whole_groups: bool) -> None:
+        task = asyncio.ensure_future(self._flush_locked(whole_groups))
         try:
             await asyncio.shield(task)
         except asyncio.CancelledError:
             task.add_done_callback(_log_orphan_failure)
             raise
 
-    async def _flush_locked(self) -> None:
+    async def _flush_locked(self, whole_groups: bool) -> None:
         async with self._flush_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
             if not self._buffer and not self._acks:
                 return
-            batches, self._buffer = self._buffer, []
-            readings, self._buffered = self._buffered, 0
-            acks, self._acks = self._acks, []
+            take = self._whole_groups() if whole_groups else len(self._buffer)
+            readings = sum(len(batch) for batch in self._buffer[:take])
+            # Acks ride on a group's commit once due, or at once when the cap may drop rows (an acked
+            # row must not count against it); the deletes they make need the audit fsync'd first.
+            take_acks = not whole_groups or self._acks_due() or self._depth + readings > self.max_readings
+            if not take and not (take_acks and self._acks):
+                return
+            batches, self._buffer = self._buffer[:take], self._buffer[take:]
+            arrived, self._arrived = self._arrived[:take], self._arrived[take:]
+            self._buffered -= readings
+            acks_since, awaited = self._acks_since, self._ack_awaited
+            acks, self._acks = (self._acks, []) if take_acks else ([], self._acks)
+            if take_acks:
+                self._ack_awaited = False
             try:
                 # Encoded here, on the loop: the I/O thread then runs little Python between calls that
                 # release the GIL (SQLite, write, fsync), so the loop seldom waits for the GIL.
@@ -450,7 +538,8 @@ class Spool:
                            for batch, shape, cols in zip(batches, shapes, columns)] if self.audit is not None else []
                 new_points = self.points.take_unsaved()
                 try:
-                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, self._next_seq,
+                    next_seq = batches[-1].seq_last + 1 if batches else self._next_seq
+                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, next_seq,
                                                              [(first, last) for first, last, _ in acks], new_points)
                 except BaseException:
                     self.points.give_back(new_points)
@@ -458,7 +547,9 @@ class Spool:
             except Exception as exc:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
+                self._arrived[:0] = arrived
                 self._acks[:0] = [(first, last, None) for first, last, _ in acks]
+                self._acks_since = acks_since if acks else self._acks_since
                 for _, _, waiter in acks:
                     if waiter is not None and not waiter.done():
                         waiter.set_exception(exc)
@@ -466,7 +557,10 @@ class Spool:
             except BaseException:
                 self._buffer[:0] = batches
                 self._buffered += readings
+                self._arrived[:0] = arrived
                 self._acks[:0] = acks
+                if acks:
+                    self._acks_since, self._ack_awaited = acks_since, awaited or self._ack_awaited
                 raise
             for (_, _, waiter), count in zip(acks, deleted):
                 if waiter is not None and not waiter.done():
@@ -506,12 +600,17 @@ class Spool:
         size cap's dropped range (or None) and how many readings each ack deleted.
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
-        acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows)."""
+        acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
+        The audit records are written without an fsync; the audit is fsync'd before a transaction
+        that deletes rows (acks, or the cap's drop), so a row whose record a power loss could take
+        is still in the spool, and is audited again at the next start (``_reaudit_sync``)."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
         dropped_range: tuple[int, int, int] | None = None
         deleted: list[int] = []
+        if self.audit is not None and (acks or self._depth + added > self.max_readings):
+            self.audit.sync()
         try:
             db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
@@ -545,7 +644,9 @@ class Spool:
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
-            self.audit.sync()
+                self.audit.sync()
+            else:
+                self.audit.write()
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
@@ -698,10 +799,12 @@ class Spool:
             if waiter is not None:
                 waiter.set_exception(SpoolError(f"spool {self.path}: not open"))
             return
+        if not self._acks:
+            self._acks_since = asyncio.get_running_loop().time()
         self._acks.append((first, last, waiter))
+        self._ack_awaited = self._ack_awaited or waiter is not None
         self._forget(first, last)
-        if not self._busy():
-            self._flush_later()             # an ack alone never hurries a commit: it rides on the next one
+        self._flush_later()             # an ack alone never hurries a commit: it rides on the next one due
 
     def _forget(self, first: int, last: int) -> None:
         """Let go of the held batches within seq ``first..last`` (acked): usually the oldest ones."""

@@ -255,6 +255,53 @@ def test_nothing_is_leased_before_it_is_committed(tmp_path: Path) -> None:
     assert before == [] and after == list(range(1, 11)) and depth == 10
 
 
+def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches arriving one at a time (devices polled at different phases) commit about fsync_batch
+    readings at a time, never past it: not one commit per batch whenever the last fsync is done, nor
+    990 + 99 readings, which the drain would send as a full message and a short one."""
+    sizes = []
+    commit = Spool._commit_sync
+
+    def spy(self: Spool, rows: list, *args: object) -> object:
+        sizes.append(sum(row[1] - row[0] + 1 for row in rows))
+        return commit(self, rows, *args)
+
+    monkeypatch.setattr(Spool, "_commit_sync", spy)
+
+    async def go() -> list[int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=30) as spool:
+            for i in range(45):
+                await _add(spool, i, 99)
+                await asyncio.sleep(0.002)
+                leased = await spool.lease(10_000)
+                if leased:
+                    spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            return _seqs(await spool.lease(10_000))
+
+    assert run(go()) == []                          # the last 5 batches waited for their group (or close)
+    assert sizes == [990, 990, 990, 990, 495], sizes
+
+
+def test_commit_timers_run_on_the_agents_event_loop(tmp_path: Path) -> None:
+    """On the agent's loop (uvloop here) too: a commit due at once (flush_interval_s=0) gets a timer for a
+    time already past, which uvloop hands back as a plain Handle; the timers still commit every batch."""
+    from edge_agent.agent import new_event_loop
+
+    async def go() -> list[int]:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=0) as spool:
+            for i in range(3):
+                await _add(spool, 2 * i, 3)
+                await _add(spool, 2 * i + 1, 3)            # before the first one's timer ran
+                await asyncio.sleep(0.01)
+            return _seqs(await spool.lease(100))
+
+    loop = new_event_loop()
+    try:
+        assert loop.run_until_complete(go()) == list(range(1, 19))
+    finally:
+        loop.close()
+
+
 def test_group_commit_keeps_accepting_while_the_disk_is_busy(tmp_path: Path) -> None:
     async def go() -> tuple[int, int]:
         async with Spool(tmp_path, site="s1", fsync_batch=8) as spool:
@@ -431,6 +478,50 @@ def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp
 
     assert run(go()) == [list(range(1, 7)), list(range(7, 13)), list(range(7, 16)), list(range(16, 49)),
                          list(range(10, 49)), []]
+
+
+def test_audit_records_lost_to_power_loss_are_reaudited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Audit records are written after each commit but fsync'd only before rows leave the spool (acks,
+    the cap): a power loss that takes the unsynced tail of the audit file leaves every reading whose
+    record it took still in the spool, audited again at the next start — each reading once."""
+    import edge_agent.audit as audit_module
+
+    audit_path = tmp_path / "audit.log"
+    durable = [0]                                    # the audit file's size at its last fsync
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        real_fsync(fd)
+        if os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            durable[0] = os.fstat(fd).st_size
+
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+
+    async def until_power_loss() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", fsync_batch=4, audit=AuditLog(audit_path))
+        await spool.open()
+        for i in range(12):
+            await _add(spool, i)
+        await spool.flush()
+        leased = await spool.lease(6)
+        assert await spool.ack(leased[0].seq_first, leased[-1].seq_last) == 6     # 1..6 leave the spool
+        for i in range(12, 20):
+            await _add(spool, i)
+        await spool.flush()                              # 13..20 committed, their records not fsync'd
+        spool._executor.shutdown(wait=True)              # the power goes: no close, no last fsync
+
+    run(until_power_loss())
+    assert 0 < durable[0] < audit_path.stat().st_size
+    with audit_path.open("r+b") as fh:                   # the page cache is gone with the power
+        fh.truncate(durable[0])
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+
+    assert run(restart()) == 14
+    summary = verify(audit_path)
+    assert summary.ok and (summary.readings, summary.seq_min, summary.seq_max) == (20, 1, 20)
 
 
 def test_acks_ride_on_the_next_commit_and_acked_rows_are_not_leased_again(tmp_path: Path,
