@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import sqlite3
 
+from ems_contract.config_file import shorten
+
 __all__ = ["MAX_ID", "spool_problem"]
 
 MAX_ID = 2**62
@@ -33,19 +35,20 @@ def spool_problem(db: sqlite3.Connection) -> str | None:
     row = db.execute("SELECT value FROM meta WHERE key = 'next_seq' AND NOT "
                      "(typeof(value) = 'integer' AND value BETWEEN 1 AND ?)", (MAX_ID,)).fetchone()
     if row is not None:
-        return f"table meta: next_seq is {row[0]!r}, not an integer 1..2**62"
+        return f"table meta: next_seq is {shorten(row[0])}, not an integer 1..2**62"
     row = db.execute("SELECT seq_first, seq_last, accepted_ms FROM batches WHERE NOT ("
                      "seq_first >= 1 AND typeof(seq_last) = 'integer' AND seq_last BETWEEN seq_first AND ? "
                      "AND typeof(accepted_ms) = 'integer') ORDER BY seq_first LIMIT 1", (MAX_ID,)).fetchone()
     if row is not None:
         seq_first, seq_last, accepted_ms = row
         if seq_first < 1:
-            return f"table batches: row seq_first {seq_first} is below 1"
+            return f"table batches: row seq_first {shorten(seq_first)} is below 1"
         if type(accepted_ms) is not int:
-            return f"table batches: row seq_first {seq_first} has accepted_ms {accepted_ms!r}, not an integer"
-        return f"table batches: row seq_first {seq_first} has seq_last {seq_last!r}, not an integer {seq_first}..2**62"
+            return f"table batches: row seq_first {seq_first} has accepted_ms {shorten(accepted_ms)}, not an integer"
+        return (f"table batches: row seq_first {seq_first} has seq_last {shorten(seq_last)}, "
+                f"not an integer {seq_first}..2**62")
     row = db.execute("SELECT id FROM points WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1",
                      (MAX_ID,)).fetchone()
     if row is not None:
-        return f"table points: point id {row[0]} is not 1..2**62"
+        return f"table points: point id {shorten(row[0])} is not 1..2**62"
     return None

@@ -152,3 +152,20 @@ def test_a_row_that_decodes_is_reaudited_into_a_record_the_audit_reader_accepts(
     except ValueError:
         return
     decode_record(batch_record("s1", batch)[:-1])
+
+
+@pytest.mark.parametrize("sql, value", [
+    ("UPDATE meta SET value = ? WHERE key = 'next_seq'", b"\x00" * 5_000_000),
+    ("UPDATE meta SET value = ? WHERE key = 'next_seq'", "x\n" * 5_000_000),
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", "9\n" * 5_000_000),
+    ("UPDATE batches SET accepted_ms = ? WHERE seq_first = 1", "x" * 5_000_000),
+])
+def test_a_huge_stored_value_gives_a_one_line_bounded_message(tmp_path: Path, sql: str, value: object) -> None:
+    """The review's case: a 5M-character seq_last made a 15M-character error; stored values are shown shortened."""
+    asyncio.run(_fill(tmp_path))
+    _damage(tmp_path, sql, value)
+    with pytest.raises(SpoolCorrupt) as caught:
+        asyncio.run(_use(tmp_path))
+    message = str(caught.value)
+    assert len(message) < 600 and "\n" not in message, message[:300]
+    assert "characters)" in message or "bytes)" in message
