@@ -74,6 +74,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
 from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
+from edge_agent.seq_ranges import SeqRanges
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
            "rotated_files", "encode_record", "decode_record"]
@@ -476,10 +477,10 @@ def _point_definitions(body: dict[str, Any]) -> dict[int, tuple[str, str, str, s
 
 @dataclass(frozen=True)
 class AuditContents:
-    """What an audit log says was accepted: readings by seq, and the seqs the spool cap dropped."""
+    """What an audit log says was accepted: readings by seq, and the seqs the spool cap dropped (as ranges)."""
 
     readings: dict[int, dict[str, Any]]
-    dropped: frozenset[int]
+    dropped: SeqRanges
 
 
 _BATCH_COLUMNS = ("ts_ms", "asset", "point", "sensor", "value", "unit", "q")
@@ -500,7 +501,7 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
     Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
     """
     readings: dict[int, dict[str, Any]] = {}
-    dropped: set[int] = set()
+    dropped: list[tuple[int, int]] = []      # one range per drop record: a lowered cap drops up to 10**9 at once
     points: dict[int, tuple[str, str, str, str]] = {}
     try:
         lines = Path(path).read_bytes().splitlines()
@@ -538,8 +539,5 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
                 readings[body["seq_first"] + i] = {**common, "seq": body["seq_first"] + i,
                                                    **dict(zip(_BATCH_COLUMNS, values))}
         elif body["k"] == "drop":
-            if body["seq_last"] - body["seq_first"] >= 10_000_000:      # listed one by one below: bounded
-                raise AuditError(f"audit log {path}: record {index + 1} drops seq {body['seq_first']}.."
-                                 f"{body['seq_last']}, more than read_audit lists (10,000,000 seqs)")
-            dropped.update(range(body["seq_first"], body["seq_last"] + 1))
-    return AuditContents(readings, frozenset(dropped))
+            dropped.append((body["seq_first"], body["seq_last"]))
+    return AuditContents(readings, SeqRanges(dropped))
