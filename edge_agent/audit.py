@@ -20,9 +20,12 @@ Record kinds (``k``):
             file defines the ids its records use before the first use
 ``r``       one accepted reading (written by agents before batches; still read):
             site, seq, ts_ms, asset, point, sensor, value, unit, q, at_ms
-``drop``    readings the full spool dropped (oldest first): seq_first, seq_last, count
-``quar``    a spool row that failed its checksum and was quarantined: seq (its
-            first), seq_last, reason
+``drop``    readings the full spool dropped (oldest first): site, seq_first, seq_last,
+            count
+``quar``    a spool row that was quarantined (its checksum failed, it could not be
+            decoded, or its seq range or acceptance time was unusable): site, seq
+            (its first), seq_last (absent when unusable, and from agents before
+            batches), reason
 ``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
 ``cmd``     one command message and what was decided (``edge_agent.commands``): id (null when
             the payload had none), control, value, issued_ms, expires_ms, event, decision
@@ -428,21 +431,16 @@ def _first_seq(body: dict[str, Any]) -> int | None:
 
 
 def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> str | None:
-    """Add one record to ``summary``; what is wrong with it (a point-form batch naming undefined
-    ids, a malformed ``pt`` record), or None. ``defined``: the point ids the file defined so far."""
+    """Add one record (checked by ``audit_records.record_problem``) to ``summary``; what is wrong with it
+    (a point-form batch naming undefined ids), or None. ``defined``: the point ids the file defined so far."""
     kind = str(body["k"])
     summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
     problem = None
     if kind == "pt":
-        try:
-            defined.update(_point_definitions(body))
-        except ValueError as exc:
-            problem = str(exc)
+        defined.update(_point_definitions(body))
     elif kind == "b" and "p" in body:
         ids = body["p"]
-        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
-            problem = f"batch seq_first {body.get('seq_first')}: p must be a non-empty list of point ids"
-        elif not defined.issuperset(ids):
+        if not defined.issuperset(ids):
             problem = (f"batch seq_first {body.get('seq_first')} names point ids that no earlier 'pt' record "
                        f"of this file defines: {sorted(set(ids) - defined)[:10]}")
     if kind in ("r", "b"):
@@ -467,11 +465,8 @@ def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> st
 
 
 def _point_definitions(body: dict[str, Any]) -> dict[int, tuple[str, str, str, str]]:
-    """The points a ``pt`` record defines, by id; ValueError saying what is malformed."""
-    columns = [body.get(key) for key in ("id", "asset", "point", "unit", "sensor")]
-    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1 \
-            or not all(type(i) is int for i in columns[0]):
-        raise ValueError("'pt' record must hold lists id (integers), asset, point, unit and sensor of one length")
+    """The points a ``pt`` record (checked by ``audit_records.record_problem``: lists of one length) defines, by id."""
+    columns = [body[key] for key in ("id", "asset", "point", "unit", "sensor")]
     return {pid: (a, p, u, s) for pid, a, p, u, s in zip(*columns)}
 
 
@@ -515,10 +510,7 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
         if body["k"] == "r":
             readings[body["seq"]] = body
         elif body["k"] == "pt":
-            try:
-                points.update(_point_definitions(body))
-            except ValueError as exc:
-                raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from None
+            points.update(_point_definitions(body))
         elif body["k"] == "b" and "p" in body:
             first, ids = body["seq_first"], body["p"]
             common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
