@@ -48,12 +48,13 @@ Ageing (IEC 60076-7:2018, clause 6: relative ageing rate and loss of life)::
 Bounds: steady-state temperatures and hot-spot rises are held within
 ±``TEMPERATURE_BOUND_DEGC`` (1000 °C), and the ageing rate is evaluated at a
 hot-spot held within ``AGEING_RANGE_DEGC`` (-100..300 °C). Both lie far outside
-anything a transformer survives (mineral oil boils and paper chars well below
-300 °C; the standard's loading guide stops below 200 °C), so no physical
-estimate changes; they keep every state ``advance()`` can reach finite and
-bounded however extreme the inputs the agent accepts (K up to
-``MAX_LOAD_FACTOR``, a power transformer's largest configured gradients), so the
-state always survives a save and load of the twin cache.
+a working transformer's range (the highest hot-spot limit sensors.conf accepts
+is 200 °C, and the ageing equations are not meant for temperatures at which the
+insulation is being destroyed), so no estimate of a transformer in service
+changes; they keep every state ``advance()`` can reach finite and bounded
+however extreme the inputs the agent accepts (K up to ``MAX_LOAD_FACTOR``, a
+power transformer's largest configured gradients), so the state always
+survives a save and load of the twin cache.
 
 The integral has no closed form; ``advance()`` integrates the exact trajectory
 with 3-point Gauss–Legendre over sub-intervals of at most
