@@ -29,7 +29,7 @@ from components.gateway_settings import MISSING as AUTH_MISSING, GatewayAuthErro
 from components import image_lock
 from components.kubernetes_versions import DEFAULT_KUBERNETES, MIN_KUBERNETES, eks_refusal
 from components.alerts import SEVERITIES, AlertReceiver, AlertThresholds
-from ems_contract.config_file import FIELD_CHARS, REASON_CHARS, one_line
+from ems_contract.config_file import FIELD_CHARS, REASON_CHARS, one_line, shorten
 from ems_runtime.http_server import CONNECTIONS_RANGE, REQUEST_TIMEOUT_RANGE_S
 
 __all__ = [
@@ -96,10 +96,15 @@ def _show(value: object) -> str:
         text = value if value and value.isprintable() and not re.search(r"\s", value) else json.dumps(value)
     elif isinstance(value, bool):
         text = "true" if value else "false"
-    elif isinstance(value, (int, float)) or value is None:
+    elif isinstance(value, int):
+        text = shorten(value)               # json.dumps refuses an integer beyond 4,300 digits
+    elif isinstance(value, float) or value is None:
         text = json.dumps(value)
     else:
-        text = json.dumps(value, separators=(",", ":"), default=str)
+        try:
+            text = json.dumps(value, separators=(",", ":"), default=str)
+        except (ValueError, RecursionError):    # a huge integer or a deep structure inside
+            text = shorten(value)
     return text if len(text) <= 120 else text[:60] + "…" + text[-20:]  # one line, even for a PEM
 
 
@@ -435,11 +440,16 @@ def _string(key: str, value: object) -> str:
     return value
 
 
+_MAX_INTEGER_CHARS = 40          # beyond any bound a setting has; int() refuses strings over 4,300 digits
+
+
 def _integer(low: int | None = None, high: int | None = None) -> Callable[[str, object], int]:
     def parse(key: str, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise SettingsError(key, value, "must be an integer")
         if isinstance(value, str):
+            if len(value) > _MAX_INTEGER_CHARS:
+                raise SettingsError(key, value, f"must be an integer of at most {_MAX_INTEGER_CHARS} characters")
             if not re.fullmatch(r"-?\d+", value.strip()):
                 raise SettingsError(key, value, "must be an integer")
             value = int(value)

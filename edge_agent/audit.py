@@ -20,9 +20,12 @@ Record kinds (``k``):
             file defines the ids its records use before the first use
 ``r``       one accepted reading (written by agents before batches; still read):
             site, seq, ts_ms, asset, point, sensor, value, unit, q, at_ms
-``drop``    readings the full spool dropped (oldest first): seq_first, seq_last, count
-``quar``    a spool row that failed its checksum and was quarantined: seq (its
-            first), seq_last, reason
+``drop``    readings the full spool dropped (oldest first): site, seq_first, seq_last,
+            count
+``quar``    a spool row that was quarantined (its checksum failed, it could not be
+            decoded, or its seq range or acceptance time was unusable): site, seq
+            (its first), seq_last (absent when unusable, and from agents before
+            batches), reason
 ``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
 ``cmd``     one command message and what was decided (``edge_agent.commands``): id (null when
             the payload had none), control, value, issued_ms, expires_ms, event, decision
@@ -77,6 +80,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
 from ems_contract.telemetry import check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
+from edge_agent.seq_ranges import SeqRanges
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
            "rotated_files", "encode_record", "decode_record"]
@@ -442,21 +446,16 @@ def _first_seq(body: dict[str, Any]) -> int | None:
 
 
 def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> str | None:
-    """Add one record to ``summary``; what is wrong with it (a point-form batch naming undefined
-    ids, a malformed ``pt`` record), or None. ``defined``: the point ids the file defined so far."""
+    """Add one record (checked by ``audit_records.record_problem``) to ``summary``; what is wrong with it
+    (a point-form batch naming undefined ids), or None. ``defined``: the point ids the file defined so far."""
     kind = str(body["k"])
     summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
     problem = None
     if kind == "pt":
-        try:
-            defined.update(_point_definitions(body))
-        except ValueError as exc:
-            problem = str(exc)
+        defined.update(_point_definitions(body))
     elif kind == "b" and "p" in body:
         ids = body["p"]
-        if not isinstance(ids, list) or not ids or not all(type(i) is int for i in ids):
-            problem = f"batch seq_first {body.get('seq_first')}: p must be a non-empty list of point ids"
-        elif not defined.issuperset(ids):
+        if not defined.issuperset(ids):
             problem = (f"batch seq_first {body.get('seq_first')} names point ids that no earlier 'pt' record "
                        f"of this file defines: {sorted(set(ids) - defined)[:10]}")
     if kind in ("r", "b"):
@@ -481,20 +480,17 @@ def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> st
 
 
 def _point_definitions(body: dict[str, Any]) -> dict[int, tuple[str, str, str, str]]:
-    """The points a ``pt`` record defines, by id; ValueError saying what is malformed."""
-    columns = [body.get(key) for key in ("id", "asset", "point", "unit", "sensor")]
-    if not all(isinstance(c, list) for c in columns) or len({len(c) for c in columns}) != 1 \
-            or not all(type(i) is int for i in columns[0]):
-        raise ValueError("'pt' record must hold lists id (integers), asset, point, unit and sensor of one length")
+    """The points a ``pt`` record (checked by ``audit_records.record_problem``: lists of one length) defines, by id."""
+    columns = [body[key] for key in ("id", "asset", "point", "unit", "sensor")]
     return {pid: (a, p, u, s) for pid, a, p, u, s in zip(*columns)}
 
 
 @dataclass(frozen=True)
 class AuditContents:
-    """What an audit log says was accepted: readings by seq, and the seqs the spool cap dropped."""
+    """What an audit log says was accepted: readings by seq, and the seqs the spool cap dropped (as ranges)."""
 
     readings: dict[int, dict[str, Any]]
-    dropped: frozenset[int]
+    dropped: SeqRanges
 
 
 _BATCH_COLUMNS = ("ts_ms", "asset", "point", "sensor", "value", "unit", "q")
@@ -515,7 +511,7 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
     Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
     """
     readings: dict[int, dict[str, Any]] = {}
-    dropped: set[int] = set()
+    dropped: list[tuple[int, int]] = []      # one range per drop record: a lowered cap drops up to 10**9 at once
     points: dict[int, tuple[str, str, str, str]] = {}
     try:
         lines = Path(path).read_bytes().splitlines()
@@ -529,10 +525,7 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
         if body["k"] == "r":
             readings[body["seq"]] = body
         elif body["k"] == "pt":
-            try:
-                points.update(_point_definitions(body))
-            except ValueError as exc:
-                raise AuditError(f"audit log {path}: record {index + 1} is corrupt ({exc})") from None
+            points.update(_point_definitions(body))
         elif body["k"] == "b" and "p" in body:
             first, ids = body["seq_first"], body["p"]
             common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
@@ -553,8 +546,5 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
                 readings[body["seq_first"] + i] = {**common, "seq": body["seq_first"] + i,
                                                    **dict(zip(_BATCH_COLUMNS, values))}
         elif body["k"] == "drop":
-            if body["seq_last"] - body["seq_first"] >= 10_000_000:      # listed one by one below: bounded
-                raise AuditError(f"audit log {path}: record {index + 1} drops seq {body['seq_first']}.."
-                                 f"{body['seq_last']}, more than read_audit lists (10,000,000 seqs)")
-            dropped.update(range(body["seq_first"], body["seq_last"] + 1))
-    return AuditContents(readings, frozenset(dropped))
+            dropped.append((body["seq_first"], body["seq_last"]))
+    return AuditContents(readings, SeqRanges(dropped))

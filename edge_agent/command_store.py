@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.errors import CommandStateError
+from ems_contract.config_file import shorten
 from ems_runtime.sqlite import transaction
 
 __all__ = ["CommandStore", "ControlState"]
@@ -130,16 +131,16 @@ class CommandStore:
         good = []
         for rowid, command_id, state, payload, writing_ms in self.db.execute(
                 "SELECT rowid, id, state, payload, writing_ms FROM seen WHERE state IS NOT 'done' ORDER BY n"):
-            problem = (f"id {command_id!r} is not text" if type(command_id) is not str else
-                       f"state {state!r} is not received or writing" if state not in ("received", "writing") else
-                       f"payload is {type(payload).__name__}, not bytes" if type(payload) is not bytes else
-                       f"writing_ms {writing_ms!r} is not an integer" if writing_ms is not None
+            problem = (f"id {shorten(command_id)} is not text" if type(command_id) is not str else
+                       f"state {shorten(state)} is not received or writing" if state not in ("received", "writing")
+                       else f"payload is {type(payload).__name__}, not bytes" if type(payload) is not bytes else
+                       f"writing_ms {shorten(writing_ms)} is not an integer" if writing_ms is not None
                        and type(writing_ms) is not int else None)
             if problem is None:
                 good.append((command_id, state, payload, writing_ms))
                 continue
-            log.error("command state %s: stored command %r is damaged (%s): set aside, not carried out",
-                      self.path, command_id, problem)
+            log.error("command state %s: stored command %s is damaged (%s): set aside, not carried out",
+                      self.path, shorten(command_id), problem)
             self.db.execute("UPDATE seen SET state = 'done', payload = NULL WHERE rowid = ?", (rowid,))
         return good
 
@@ -153,8 +154,8 @@ class CommandStore:
             if type(control) is str and problem is None:
                 states[control] = state
             else:
-                log.error("command state %s: control %r is damaged (%s): starting it unknown", self.path, control,
-                          problem or "its name is not text")
+                log.error("command state %s: control %s is damaged (%s): starting it unknown", self.path,
+                          shorten(control), problem or "its name is not text")
         return states
 
     def outbox(self, limit: int = 50) -> list[tuple[int, bytes]]:
@@ -178,10 +179,10 @@ def _control_problem(state: ControlState) -> str | None:
     """What is wrong with a stored control's fields, or None."""
     value = state.last_value
     if value is not None and (type(value) not in (int, float) or not math.isfinite(value)):
-        return f"last_value {value!r} is not a finite number"
+        return f"last_value {shorten(value)} is not a finite number"
     for name in ("last_written_ms", "active_issued_ms", "active_expires_ms"):
         if getattr(state, name) is not None and type(getattr(state, name)) is not int:
-            return f"{name} {getattr(state, name)!r} is not an integer"
+            return f"{name} {shorten(getattr(state, name))} is not an integer"
     if state.active_id is not None and type(state.active_id) is not str:
-        return f"active_id {state.active_id!r} is not text"
+        return f"active_id {shorten(state.active_id)} is not text"
     return None

@@ -102,7 +102,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
-from edge_agent.spool_integrity import spool_problem
+from edge_agent.spool_integrity import quarantine_bad_rows, spool_problem
 from ems_runtime.sqlite import transaction
 
 __all__ = ["Spool", "SPOOL_FILE"]
@@ -297,7 +297,9 @@ class Spool:
             _upgrade_sync(db)
             if (problem := spool_problem(db)) is not None:       # what the rows' CRCs do not cover
                 db.close()
-                raise SpoolCorrupt(f"spool {self.path}: {problem}; correct that value or move the file aside")
+                raise SpoolCorrupt(f"spool {self.path}: {problem}; correct that value or move the file aside "
+                                   "(its seq counter would restart)")
+            bad_rows = quarantine_bad_rows(db, int(self.clock() * 1000))
             row = db.execute("SELECT value FROM meta WHERE key='next_seq'").fetchone()
             stats = db.execute("SELECT COALESCE(SUM(seq_last - seq_first + 1), 0), MAX(seq_last) "
                                "FROM batches").fetchone()
@@ -312,12 +314,19 @@ class Spool:
         self._db = db
         self._depth, max_seq = stats[0], stats[1] or 0
         self._oldest_ms = first[0] if first else None
-        self._next_seq = max(row[0] if row else 1, max_seq + 1)
+        self._next_seq = max(row[0] if row else 1, max_seq + 1, max((bad[0] for bad in bad_rows), default=0) + 1)
         self._committed_seq = self._next_seq - 1
         self._memory_from = self._next_seq
         self.quarantined_total = quarantined
         if self.audit is not None:
             self.audit.open()
+        for seq, seq_last, reason in bad_rows:     # a seq below 1 was never accepted: nothing to audit
+            if self.audit is not None and seq >= 1:
+                self.audit.event("quar", site=self.site, seq=seq, reason=reason,
+                                 **({"seq_last": seq_last} if seq_last is not None else {}))
+            log.error("spool row seq %d is unusable (%s): moved to the quarantine table", seq, reason)
+        if self.audit is not None:
+            self.audit.sync()
             self._reaudit_sync()
 
     def _load_points_sync(self, db: sqlite3.Connection) -> None:

@@ -45,6 +45,17 @@ Ageing (IEC 60076-7:2018, clause 6: relative ageing rate and loss of life)::
     upgraded paper:      V = exp(15000/(110 + 273) − 15000/(θh + 273))   (V = 1 at 110 °C)
     loss of life         L = ∫ V dt   (hours of "normal" ageing)
 
+Bounds: steady-state temperatures and hot-spot rises are held within
+±``TEMPERATURE_BOUND_DEGC`` (1000 °C), and the ageing rate is evaluated at a
+hot-spot held within ``AGEING_RANGE_DEGC`` (-100..300 °C). Both lie far outside
+a working transformer's range (the highest hot-spot limit sensors.conf accepts
+is 200 °C, and the ageing equations are not meant for temperatures at which the
+insulation is being destroyed), so no estimate of a transformer in service
+changes; they keep every state ``advance()`` can reach finite and bounded
+however extreme the inputs the agent accepts (K up to ``MAX_LOAD_FACTOR``, a
+power transformer's largest configured gradients), so the state always
+survives a save and load of the twin cache.
+
 The integral has no closed form; ``advance()`` integrates the exact trajectory
 with 3-point Gauss–Legendre over sub-intervals of at most
 ``ThermalParams.max_step_min``, and after 20 of the longest time constants
@@ -83,7 +94,7 @@ from typing import Any, Callable, Mapping
 __all__ = [
     "PAPERS", "SIZES", "COOLING_MODES", "MODELS", "PRESETS", "MAX_LOAD_FACTOR", "HOT_SPOT_LIMIT_DEGC",
     "ThermalParams", "ThermalState", "steady_state", "start", "advance", "ageing_rate", "time_to_limit",
-    "with_top_oil",
+    "with_top_oil", "TEMPERATURE_BOUND_DEGC", "AGEING_RANGE_DEGC",
 ]
 
 PAPERS = ("non_upgraded", "upgraded")
@@ -94,6 +105,10 @@ MODELS = ("iec", "ieee")
 MAX_LOAD_FACTOR = 5.0
 #: IEC 60076-7 hot-spot limit for normal cyclic loading, °C.
 HOT_SPOT_LIMIT_DEGC = 120.0
+#: Steady-state temperatures and rises are held within ± this, °C (module docstring, "Bounds").
+TEMPERATURE_BOUND_DEGC = 1000.0
+#: The ageing rate of a hot-spot outside this range is the rate at its nearer end, °C.
+AGEING_RANGE_DEGC = (-100.0, 300.0)
 _SETTLED = 20.0          # time constants after which e^(-t/T) < 2.1e-9: the trajectory is its steady state
 _GL_NODES = ((0.5 - math.sqrt(15) / 10, 5 / 18), (0.5, 8 / 18), (0.5 + math.sqrt(15) / 10, 5 / 18))
 
@@ -218,10 +233,12 @@ class ThermalState:
 
 
 def _ultimate(params: ThermalParams, k: float, ambient: float) -> tuple[float, float, float]:
-    """Steady-state (top-oil, Δθh1, Δθh2) for load factor ``k`` and ambient ``ambient``."""
-    r = params.loss_ratio
+    """Steady-state (top-oil, Δθh1, Δθh2) for load factor ``k`` and ambient ``ambient``, each within
+    ±``TEMPERATURE_BOUND_DEGC``."""
+    r, bound = params.loss_ratio, TEMPERATURE_BOUND_DEGC
     top_oil = ambient + params.top_oil_rise * ((1 + r * k * k) / (1 + r)) ** params.oil_exponent
-    gradient = params.hot_spot_gradient * k ** params.winding_exponent
+    top_oil = min(max(top_oil, -bound), bound)
+    gradient = min(params.hot_spot_gradient * k ** params.winding_exponent, bound / params.k21)
     if params.model == "ieee":
         return top_oil, gradient, 0.0
     return top_oil, params.k21 * gradient, (params.k21 - 1) * gradient
@@ -234,7 +251,10 @@ def steady_state(params: ThermalParams, k: float, ambient: float) -> tuple[float
 
 
 def ageing_rate(hot_spot: float, paper: str = "non_upgraded") -> float:
-    """Relative ageing rate V at hot-spot ``hot_spot`` °C (1.0 at 98 °C non-upgraded, 110 °C upgraded)."""
+    """Relative ageing rate V at hot-spot ``hot_spot`` °C (1.0 at 98 °C non-upgraded, 110 °C upgraded);
+    a hot-spot outside ``AGEING_RANGE_DEGC`` counts as the nearer end of it."""
+    low, high = AGEING_RANGE_DEGC
+    hot_spot = min(max(hot_spot, low), high)
     if paper == "non_upgraded":
         return 2.0 ** ((hot_spot - 98.0) / 6.0)
     if paper == "upgraded":

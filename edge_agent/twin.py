@@ -26,7 +26,8 @@ the load factor and ambient held since the previous one (report by exception:
 a value holds until the next report); then a load or ambient reading becomes
 the new input. Only ``good`` readings are inputs; a load factor above
 ``MAX_LOAD_FACTOR`` or an ambient outside -70..80 °C is refused (logged once)
-and, like a ``device_error``, leaves the input unknown: the model waits. The
+and, like a ``device_error``, leaves the input unknown: the model waits; so is a
+measured top-oil outside ±``thermal.TEMPERATURE_BOUND_DEGC``. The
 model starts from the latest good measured top-oil when the asset has that point
 (else in the steady state of its first inputs). After a gap longer than
 ``max_gap_s`` it restarts from the measured top-oil of the reading that ends the
@@ -46,7 +47,7 @@ measurement time of the first reading that showed it.
 
 A cache file that cannot be parsed is moved aside (``<name>.corrupt-<time>``)
 with a warning and the twin starts empty: it is a cache, rebuilt from the next
-readings. A cache that cannot be written raises TwinError.
+readings. A bad thermal block costs only that asset's model (warned; it restarts). A cache that cannot be written raises TwinError.
 """
 
 from __future__ import annotations
@@ -100,12 +101,16 @@ class _ThermalRun:
         self.load_factor = _finite_or_none(raw["load_factor"])
         self.ambient = _finite_or_none(raw["ambient"])
         check_thermal_run(self.state, self.load_factor, self.ambient, max_load_factor=thermal.MAX_LOAD_FACTOR,
-                          ambient_range=AMBIENT_RANGE)
+                          ambient_range=AMBIENT_RANGE, temperature_bound=thermal.TEMPERATURE_BOUND_DEGC)
 
     def take(self, reading: Reading) -> None:
         """Advance the model to the reading's time, then take it as an input if it is one."""
         cfg = self.config
-        measured = self._usable(reading) if reading.point == cfg.top_oil_point else None
+        measured = None
+        if reading.point == cfg.top_oil_point:
+            value, bound = self._usable(reading), thermal.TEMPERATURE_BOUND_DEGC
+            measured = self._check(reading, value, value is not None and -bound <= value <= bound,
+                                   f"outside ±{bound:g} degC")
         if self.state is not None and self.load_factor is not None and self.ambient is not None:
             restarts = self.state.restarts
             self.state = thermal.advance(cfg.params, self.state, self.load_factor, self.ambient, reading.ts_ms,
@@ -122,7 +127,7 @@ class _ThermalRun:
             self.load_factor = self._check(reading, k, k is not None and k <= thermal.MAX_LOAD_FACTOR,
                                            f"a load factor above {thermal.MAX_LOAD_FACTOR:g}")
         elif reading.point == cfg.top_oil_point:
-            self.top_oil = self._usable(reading)
+            self.top_oil = measured
         elif reading.point == cfg.ambient_point:
             value = self._usable(reading)
             low, high = AMBIENT_RANGE
@@ -236,13 +241,22 @@ class TwinStore:
             runs = {a: _ThermalRun(r.config) for a, r in self._thermal.items()}
             for asset, raw in body.get("thermal", {}).items():
                 if asset in runs:               # an asset no longer declared thermal: its model is dropped
-                    runs[asset].restore(raw)
+                    self._restore(runs, asset, raw)
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(self.clock())}")
             os.replace(self.path, aside)
             log.warning("twin cache %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
             return
         self._assets, self._published, self._thermal = assets, published, runs
+
+    def _restore(self, runs: dict[str, _ThermalRun], asset: str, raw: Any) -> None:
+        """Restore one asset's thermal model; a bad one is dropped (the model restarts), the rest of the cache kept."""
+        try:
+            runs[asset].restore(raw)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            runs[asset] = _ThermalRun(runs[asset].config)
+            log.warning("twin cache %s: the thermal model of %s is unreadable (%s); it restarts from the next readings",
+                        self.path, asset, exc)
 
     def take(self, batch: ReadingBatch) -> None:
         """Take a sequenced batch (``Spool.append``'s result) into the assets' state (see the module doc)."""

@@ -6,7 +6,8 @@ twin's hot path trusts every held state (it compares ``ts_ms``, publishes each a
 valid id) → ``{value, unit, quality, ts_ms}`` and, while a fault code is active, ``fault`` — or
 raises ValueError naming the asset, the point and the field; ``TwinStore.load`` then moves the file aside and starts empty. :func:`check_thermal_run`
 does the same for a thermal model's restored inputs and state, which the model's arithmetic
-trusts (an input ``take`` would refuse can overflow it).
+trusts (an input ``take`` would refuse can overflow it); it accepts every state the model can
+reach, and ``TwinStore.load`` drops only the one asset's model when it refuses one.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from edge_agent.thermal import TEMPERATURE_BOUND_DEGC
 from ems_contract.config_file import shorten
 from ems_contract.telemetry import MAX_INT64, QUALITIES, valid_id
 
@@ -64,24 +66,27 @@ def _state(state: Any, where: str) -> dict[str, Any]:
 
 
 def check_thermal_run(state: Any, load_factor: float | None, ambient: float | None, *, max_load_factor: float,
-                      ambient_range: tuple[float, float]) -> None:
+                      ambient_range: tuple[float, float], temperature_bound: float = TEMPERATURE_BOUND_DEGC) -> None:
     """ValueError unless a restored thermal model's inputs are ones ``take`` would accept (a load factor
-    0..``max_load_factor``, an ambient in ``ambient_range``) and its state (a ``ThermalState``) is within
-    physical reach: times 0..2**63-1, temperatures and rises within ±1000 °C, ageing 0..10**9 h."""
+    0..``max_load_factor``, an ambient in ``ambient_range``) and its state (a ``ThermalState``) is one
+    ``thermal.advance`` can reach: times 0..2**63-1, temperatures and hot-spot rises within
+    ±``temperature_bound`` °C (twice that for the IEEE segment's rise, a top-oil minus an ambient),
+    any finite loss of life >= 0."""
     if load_factor is not None and not 0.0 <= load_factor <= max_load_factor:
-        raise ValueError(f"thermal load_factor {load_factor!r} is not 0..{max_load_factor:g}")
+        raise ValueError(f"thermal load_factor {shorten(load_factor)} is not 0..{max_load_factor:g}")
     low, high = ambient_range
     if ambient is not None and not low <= ambient <= high:
-        raise ValueError(f"thermal ambient {ambient!r} is not {low:g}..{high:g} °C")
+        raise ValueError(f"thermal ambient {shorten(ambient)} is not {low:g}..{high:g} °C")
     if state is None:
         return
     for name in ("t_ms", "since_ms", "segment_ms", "restarts"):
         if not 0 <= getattr(state, name) <= MAX_INT64:
-            raise ValueError(f"thermal state {name} {getattr(state, name)!r} is not 0..2**63-1")
-    for name in ("top_oil", "dh1", "dh2", "segment_ambient", "segment_rise"):
-        if not -1000.0 <= getattr(state, name) <= 1000.0:
-            raise ValueError(f"thermal state {name} {getattr(state, name)!r} is not within ±1000 °C")
+            raise ValueError(f"thermal state {name} {shorten(getattr(state, name))} is not 0..2**63-1")
+    for name, bound in (("top_oil", 1), ("dh1", 1), ("dh2", 1), ("segment_ambient", 1), ("segment_rise", 2)):
+        if not -bound * temperature_bound <= getattr(state, name) <= bound * temperature_bound:
+            raise ValueError(f"thermal state {name} {shorten(getattr(state, name))} is not within "
+                             f"±{bound * temperature_bound:g} °C")
     if not 0.0 <= state.segment_k <= max_load_factor:
-        raise ValueError(f"thermal state segment_k {state.segment_k!r} is not 0..{max_load_factor:g}")
-    if not 0.0 <= state.loss_of_life_h <= 1e9:
-        raise ValueError(f"thermal state loss_of_life_h {state.loss_of_life_h!r} is not 0..10**9")
+        raise ValueError(f"thermal state segment_k {shorten(state.segment_k)} is not 0..{max_load_factor:g}")
+    if not 0.0 <= state.loss_of_life_h < math.inf:
+        raise ValueError(f"thermal state loss_of_life_h {shorten(state.loss_of_life_h)} is not a finite number >= 0")

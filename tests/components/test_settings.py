@@ -6,6 +6,7 @@ import json
 
 import pulumi
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from infra_mocks import make_ca_pem
 
@@ -57,6 +58,10 @@ def test_structured_values_arrive_as_json_strings_under_the_runtime() -> None:
         ({**AWS, "ems:edgeSites": "not json"}, 'ems:edgeSites: "not json" must be a list (JSON/YAML list)'),
         ({**AWS, "ems:edgeSites": ["Site_A"]}, "ems:edgeSites[0]: Site_A must be a DNS label (lowercase letters, digits, '-', at most 63)"),
         ({**AWS, "ems:ingestMinReplicas": "two"}, "ems:ingestMinReplicas: two must be an integer"),
+        ({**AWS, "ems:twinApiMaxConnections": "9" * 5000}, "ems:twinApiMaxConnections: " + "9" * 60 + "…" + "9" * 20
+         + " must be an integer of at most 40 characters"),
+        ({**AWS, "ems:twinApiMaxConnections": 10**5000},
+         "ems:twinApiMaxConnections: <an integer of about 5001 digits> must be at most 4096"),
         ({**AWS, "ems:ingestMinReplicas": True}, "ems:ingestMinReplicas: true must be an integer"),
         ({**AWS, "ems:ingestMinReplicas": 5, "ems:ingestMaxReplicas": 2}, "ems:ingestMinReplicas: 5 must not exceed ems:ingestMaxReplicas 2"),
         ({**AWS, "ems:ingestMaxReplicas": 1000}, "ems:ingestMaxReplicas: 1000 must be at most 64"),
@@ -217,3 +222,21 @@ def test_alert_settings_reach_the_platform_settings() -> None:
     quiet = parse_settings({**AWS, "ems:alertReceivers": [{"name": "ops", "sendResolved": "false"}]}, "t",
                            frozenset({"alertReceiverUrls"}))
     assert quiet.platform is not None and quiet.platform.alert_receivers[0].send_resolved is False
+
+
+_huge_integer = st.one_of(st.integers(), st.sampled_from([10**5000, -10**5000, 2**64]),
+                          st.integers(0, 6000).map(lambda n: 10**n))
+_integer_keys = st.sampled_from(["ingestMinReplicas", "ingestMaxReplicas", "twinApiMaxConnections",
+                                 "ingestScaleDownStabilizationSeconds"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(_integer_keys, st.one_of(_huge_integer, st.integers(0, 4000).map(lambda n: str(-(10**n))),
+                                st.integers(1, 6000).map(lambda n: "9" * n), st.text(max_size=50)))
+def test_any_integer_setting_is_accepted_or_refused_in_one_line_naming_the_key(key: str, value: object) -> None:
+    """The review's case: "9"*5000 made int() raise ValueError (4,300-digit limit), 10**5000 failed in json.dumps."""
+    try:
+        parse_settings({**AWS, f"ems:{key}": value}, "test")
+    except SettingsError as exc:
+        message = str(exc)
+        assert f"ems:{key}" in message and "\n" not in message and len(message) < 400, message[:400]

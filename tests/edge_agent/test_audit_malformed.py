@@ -28,6 +28,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.cli import main
 from edge_agent.errors import AuditError
 from edge_agent.point_table import PointTable, shared_columns
+from edge_agent.seq_ranges import SeqRanges
 
 
 def _batch(seq_first: int, n: int, accepted_ms: int = 1_764_000_000_100) -> ReadingBatch:
@@ -217,14 +218,29 @@ def test_invalid_utf8_with_a_valid_crc_is_reported(tmp_path: Path) -> None:
     assert "CRC matches but JSON is invalid" in summary.corrupt.reason and "UTF-8" in summary.corrupt.reason
 
 
-def test_read_audit_refuses_a_drop_range_too_large_to_list(tmp_path: Path) -> None:
-    """A valid-looking drop of 2**63-2 seqs is refused by name, not expanded until memory runs out."""
+def test_read_audit_keeps_any_drop_range_the_spool_can_write_as_a_range(tmp_path: Path) -> None:
+    """A lowered ``max_readings`` (up to 10**9) drops the whole excess in one record; read_audit was refusing
+    ranges over 10,000,000 seqs. Drops are held as ranges: the largest valid one costs two integers."""
     path = tmp_path / "audit.log"
-    path.write_bytes(GOOD[0] + b"\n" + encode_record(
-        {"k": "drop", "site": "s1", "seq_first": 1, "seq_last": 2**63 - 1, "count": 1, "at_ms": 1}))
+    records = [{"k": "drop", "site": "s1", "seq_first": 1, "seq_last": 10**9, "count": 10**9, "at_ms": 1},
+               {"k": "drop", "site": "s1", "seq_first": 10**9 + 1, "seq_last": 2**63 - 1, "count": 1, "at_ms": 2},
+               {"k": "drop", "site": "s1", "seq_first": 5, "seq_last": 7, "count": 3, "at_ms": 3}]
+    path.write_bytes(GOOD[0] + b"\n" + b"".join(encode_record(record) for record in records))
     assert verify(path).ok
-    with pytest.raises(AuditError, match=r"record 2 drops seq 1\.\.9223372036854775807, more than read_audit lists"):
-        read_audit(path)
+    dropped = read_audit(path).dropped
+    assert dropped.ranges == [(1, 2**63 - 1)] and len(dropped) == 2**63 - 1
+    assert 1 in dropped and 10**9 in dropped and 2**63 - 1 in dropped and 0 not in dropped and 2**63 not in dropped
+    assert {0, 3, 2**63} - dropped == {0, 2**63}
+
+
+def test_dropped_seq_ranges_behave_as_the_set_of_their_seqs() -> None:
+    ranges = [(3, 5), (10, 12), (4, 8), (13, 13), (20, 19), (30, 31)]
+    dropped, expected = SeqRanges(ranges), {seq for first, last in ranges for seq in range(first, last + 1)}
+    assert dropped == expected and expected == dropped and len(dropped) == len(expected) and bool(dropped)
+    assert list(dropped) == sorted(expected) and dropped.ranges == [(3, 8), (10, 13), (30, 31)]
+    assert set(range(40)) - dropped == set(range(40)) - expected and all((s in dropped) == (s in expected)
+                                                                       for s in range(-2, 40))
+    assert not SeqRanges() and SeqRanges() == set() and "x" not in dropped
 
 
 def _rotated_pair(directory: Path, gz: bytes) -> list[Path]:

@@ -9,14 +9,17 @@ safety function — still writes the safe value after the cloud's silence.
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from devenv.mosquitto import free_port
+from edge_agent.command_store import CommandStore
 from edge_agent.simulator import Simulator
 from tests.edge_agent.command_helpers import UNIT, command, payload, writable_config
 from tests.edge_agent.test_command_handler import Clock, bench
@@ -77,3 +80,21 @@ def test_a_valid_stored_command_row_still_recovers(tmp_path: Path) -> None:
                 await b.settle()
                 assert sim.write_count(UNIT) == 1 and b.results(cmd.id)[0].outcome == "applied"
     asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+@pytest.mark.parametrize("column, value", [("id", b"\x00" * 5_000_000), ("state", b"\x00" * 5_000_000),
+                                           ("state", "w" * 5_000_000), ("writing_ms", "9" * 5_000_000)])
+def test_a_huge_stored_value_gives_a_short_log_line(tmp_path: Path, caplog, column: str, value: object) -> None:
+    """The review's case: a 5M-byte id made a 40M-character log line; each stored value is shown shortened."""
+    store = CommandStore(tmp_path / "commands.db", 100)
+    store.open()
+    store.record("c1", 2**40, b"{}", 0)
+    store.db.execute(f"UPDATE seen SET {column} = ?", (value,))                 # noqa: S608 (test constants)
+    store.db.execute("INSERT INTO controls VALUES (?, ?, NULL, NULL, NULL, NULL)", ("p_limit", "y" * 5_000_000))
+    store.db.execute("INSERT INTO controls VALUES (?, NULL, NULL, NULL, NULL, NULL)", (b"\x01" * 5_000_000,))
+    with caplog.at_level(logging.ERROR, logger="edge_agent.command_store"):
+        store.unfinished()
+        store.controls()
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 3 and all(len(line) < 1_000 and "\n" not in line for line in lines), [len(x) for x in lines]
+    assert "control 'p_limit' is damaged (last_value 'yyyy" in lines[1] and "(5000000 characters)" in lines[1]

@@ -1,8 +1,9 @@
 """The spool's plain integer columns (``edge_agent.spool_integrity``) and CRC-valid rows read back on start.
 
-A damaged ``next_seq``, seq range, acceptance time or point id refuses the spool at open with a message
-naming the table, row and value — never a TypeError, never a counter that overflows SQLite INTEGER at
-the next commit — and a value inside the bounds keeps the spool working, next append included.
+A damaged ``next_seq`` or point id refuses the spool at open with a message naming the table, row and
+value — never a TypeError, never a counter that overflows SQLite INTEGER at the next commit; a
+``batches`` row with a damaged seq range or acceptance time is quarantined as it is (audited) and the
+spool opens; a value inside the bounds keeps the spool working, next append included.
 A CRC-valid row that decodes is re-audited (crash recovery) into a record the audit's own reader accepts.
 """
 
@@ -56,30 +57,55 @@ def _damage(directory: Path, sql: str, *args: object) -> None:
 
 
 @pytest.mark.parametrize("sql, args, message", [
-    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", ("x",),
-     "table batches: row seq_first 3 has seq_last 'x', not an integer 3..2**62"),
-    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", (3.5,),
-     "table batches: row seq_first 3 has seq_last 3.5, not an integer 3..2**62"),
-    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", (2**63 - 1,),
-     "table batches: row seq_first 3 has seq_last 9223372036854775807, not an integer 3..2**62"),
-    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", (2,),
-     "table batches: row seq_first 3 has seq_last 2, not an integer 3..2**62"),
-    ("UPDATE batches SET seq_first = ? WHERE seq_first = 1", (0,), "table batches: row seq_first 0 is below 1"),
-    ("UPDATE batches SET accepted_ms = ? WHERE seq_first = 1", (b"\xff",),
-     "table batches: row seq_first 1 has accepted_ms b'\\xff', not an integer"),
     ("UPDATE meta SET value = ? WHERE key = 'next_seq'", ("x",), "table meta: next_seq is 'x', not an integer 1..2**62"),
     ("UPDATE meta SET value = ? WHERE key = 'next_seq'", (2**63 - 1,),
      "table meta: next_seq is 9223372036854775807, not an integer 1..2**62"),
     ("UPDATE points SET id = ? WHERE id = 2", (2**63 - 1,), "table points: point id 9223372036854775807 is not 1..2**62"),
     ("INSERT INTO points (id, data, crc) VALUES (?, x'00', 0)", (-5,), "table points: point id -5 is not 1..2**62"),
 ])
-def test_a_damaged_integer_refuses_the_spool_by_table_row_and_value(tmp_path: Path, sql: str, args: tuple,
-                                                                     message: str) -> None:
+def test_a_damaged_counter_or_point_id_refuses_the_spool_by_table_row_and_value(tmp_path: Path, sql: str,
+                                                                                 args: tuple, message: str) -> None:
     asyncio.run(_fill(tmp_path))
     _damage(tmp_path, sql, *args)
     with pytest.raises(SpoolCorrupt) as caught:
         asyncio.run(_use(tmp_path))
-    assert str(caught.value) == f"spool {tmp_path / 'spool.db'}: {message}; correct that value or move the file aside"
+    assert str(caught.value) == (f"spool {tmp_path / 'spool.db'}: {message}; correct that value or move the file "
+                                 "aside (its seq counter would restart)")
+
+
+@pytest.mark.parametrize("sql, value, seq, reason, leased", [
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", "x", 3, "seq_last 'x' is not an integer 3..2**62",
+     [(1, 2), (5, 6)]),
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", 3.5, 3, "seq_last 3.5 is not an integer 3..2**62",
+     [(1, 2), (5, 6)]),
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", 2**63 - 1, 3,
+     "seq_last 9223372036854775807 is not an integer 3..2**62", [(1, 2), (5, 6)]),
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", 2, 3, "seq_last 2 is not an integer 3..2**62",
+     [(1, 2), (5, 6)]),
+    ("UPDATE batches SET seq_first = ? WHERE seq_first = 1", 0, 0, "seq_first 0 is below 1", [(3, 4), (5, 6)]),
+    ("UPDATE batches SET accepted_ms = ? WHERE seq_first = 1", b"\xff", 1, "accepted_ms b'\\xff' is not an integer",
+     [(3, 4), (5, 6)]),
+    ("UPDATE batches SET seq_last = ? WHERE seq_first = 3", "9\n" * 5_000_000, 3,
+     "seq_last '9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n9\\n"
+     "9\\n9\\n9\\n'… (10000000 characters) is not an integer 3..2**62", [(1, 2), (5, 6)]),
+])
+def test_a_damaged_batches_row_is_quarantined_as_it_is_and_the_spool_opens(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, sql: str, value: object, seq: int, reason: str,
+        leased: list[tuple[int, int]]) -> None:
+    """STYLE.md §8: a damaged row is quarantined, never dropped; ``ems-edge run`` exited 2 on one bad row."""
+    asyncio.run(_fill(tmp_path))
+    _damage(tmp_path, sql, value)
+    assert asyncio.run(_use(tmp_path)) == (leased, 7)
+    assert f"spool row seq {seq} is unusable ({reason}): moved to the quarantine table" in caplog.text
+    db = sqlite3.connect(tmp_path / "spool.db")
+    kept = db.execute("SELECT seq, seq_last, accepted_ms, reason FROM quarantine").fetchall()
+    db.close()
+    assert len(kept) == 1 and kept[0][0] == seq and kept[0][3] == reason and value in kept[0][:3]
+    summary = verify(tmp_path / "audit.log")
+    assert summary.ok, summary.lines()
+    quar = [decode_record(line) for line in (tmp_path / "audit.log").read_bytes().splitlines()
+            if b'"k":"quar"' in line]
+    assert [(r["seq"], r["reason"]) for r in quar] == ([(seq, reason)] if seq >= 1 else [])
 
 
 def test_the_highest_point_id_allowed_still_leaves_room_for_new_points(tmp_path: Path) -> None:
@@ -119,7 +145,8 @@ def test_any_value_in_an_integer_column_opens_and_works_or_is_refused_clearly(wh
         try:
             leased, next_seq = asyncio.run(_use(directory))
         except SpoolCorrupt as exc:
-            assert f"table {table}: " in str(exc) and "correct that value or move the file aside" in str(exc)
+            assert table != "batches", str(exc)          # a bad batches row is quarantined, never refused
+            assert f"table {table}: " in str(exc) and "(its seq counter would restart)" in str(exc)
             return
         assert next_seq <= MAX_ID + 3 and all(first <= last for first, last in leased)
 
@@ -152,3 +179,15 @@ def test_a_row_that_decodes_is_reaudited_into_a_record_the_audit_reader_accepts(
     except ValueError:
         return
     decode_record(batch_record("s1", batch)[:-1])
+
+
+@pytest.mark.parametrize("value", [b"\x00" * 5_000_000, "x\n" * 5_000_000])
+def test_a_huge_stored_value_gives_a_one_line_bounded_message(tmp_path: Path, value: object) -> None:
+    """The review's case: a 5M-character seq_last made a 15M-character error; stored values are shown shortened."""
+    asyncio.run(_fill(tmp_path))
+    _damage(tmp_path, "UPDATE meta SET value = ? WHERE key = 'next_seq'", value)
+    with pytest.raises(SpoolCorrupt) as caught:
+        asyncio.run(_use(tmp_path))
+    message = str(caught.value)
+    assert len(message) < 600 and "\n" not in message, message[:300]
+    assert "characters)" in message or "bytes)" in message
