@@ -13,7 +13,7 @@
                                ─▶ ems/v1/<site>/command-result; the fail-safe
     metrics refresh + loop heartbeat (for /healthz)
 
-The loop is uvloop's (``new_event_loop``; the CLI runs the agent on it).
+The CLI runs the agent on ``edge_agent.event_loop.new_event_loop()``: uvloop's where installed, else asyncio's.
 
 ``Agent.run(stop)`` owns the resources (spool, audit log, MQTT link, HTTP
 endpoint) and a task group. Pollers and the drain run under a supervisor:
@@ -54,25 +54,9 @@ from edge_agent.twin import TwinStore, run_twin
 from ems_runtime.cert_expiry import register_certificates
 from ems_runtime.status_http import StatusEndpoint
 
-__all__ = ["Agent", "check_permissions", "new_event_loop"]
+__all__ = ["Agent", "check_permissions"]
 
 log = logging.getLogger(__name__)
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """The agent's event loop: uvloop's, libuv underneath, so the loop's own work per device read
-    (socket readiness, callbacks, timers, the Modbus and MQTT transports) runs in C, not in asyncio's
-    Python loop: on the 10 ms bench rig about 8 % less agent CPU per reading. Its clock steps in
-    milliseconds, so a timer may fire up to a millisecond late.
-
-    uvloop is installed only where it has wheels (x86_64 and aarch64 Linux, see pyproject.toml);
-    elsewhere (armv7 gateways) the agent runs on asyncio's own loop, with the same behaviour, and
-    its start-up log line names the loop it got."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
 
 
 def check_permissions(config: AgentConfig) -> None:

@@ -100,7 +100,8 @@ def _port(text: str) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from edge_agent.agent import Agent, new_event_loop
+    from edge_agent.agent import Agent
+    from edge_agent.event_loop import new_event_loop
     from edge_agent.config import config_path, load_config
 
     config = load_config(config_path(args.config))

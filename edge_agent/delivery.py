@@ -25,6 +25,7 @@ from typing import Any
 
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import PublishError
+from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink
 from edge_agent.spool import Spool
@@ -132,7 +133,7 @@ async def drain(spool: Spool, link: EdgeMqttLink, *, site: str, batch_max_readin
                 continue
             waiting_since = waiting_since or clock()
             due = pending >= batch_max_readings or not inflight or flushing.is_set() or \
-                clock() - waiting_since >= batch_max_delay_s
+                clock() - waiting_since >= batch_max_delay_s - TIMER_SLACK_S
             if due:
                 batches = await spool.lease(limit)
                 if batches:

@@ -95,7 +95,9 @@ class FilterBank:
     def _judge(self, start: int, stop: int, values: list[float | None], qualities: list[str], now: float,
                shortest: float) -> list[bool] | None:
         """A run without deadbands: reported where the value or quality changed or the heartbeat expired.
-        Remembers the reported samples unless all are (then returns None)."""
+        Remembers the reported samples unless all are (then returns None). Values are never NaN (decode
+        refuses NaN and calibration cannot make one): list ``==`` treats the same NaN object as equal,
+        where ``ne`` point by point would report it."""
         last_values, last_qualities, at = self.value, self.quality, self.at
         # now - min(at) < shortest heartbeat: no heartbeat due (subtraction rounds monotonically)
         if now - min(at[start:stop]) < shortest:

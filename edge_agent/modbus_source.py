@@ -59,6 +59,7 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 
 from edge_agent.config import BIT_REGISTERS, DeviceConfig, PointConfig
 from edge_agent.errors import DeviceExceptionResponse, DeviceTimeout, DeviceUnreachable
+from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 
 __all__ = ["ReadBlock", "plan_reads", "split_block", "ModbusSource", "Backoff", "PipelinedTcpClient",
@@ -333,7 +334,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         waiting = self._waiting
         while waiting:
             tid, (future, _, _, _, deadline) = next(iter(waiting.items()))     # the oldest request
-            if deadline > now:
+            if deadline - now > TIMER_SLACK_S:        # not yet (uvloop's timers may fire early: see event_loop)
                 self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
                 return
             if future.done():               # given up on by its caller: forget it, the connection is fine

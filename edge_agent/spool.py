@@ -100,6 +100,7 @@ import orjson
 from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import SpoolCorrupt, SpoolError
+from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
 from edge_agent.spool_integrity import quarantine_bad_rows, spool_problem
@@ -110,7 +111,6 @@ __all__ = ["Spool", "SPOOL_FILE"]
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
-_TIMER_SLACK_S = 0.002     # a timer may fire this early by the loop's clock (uvloop's counts milliseconds)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -427,13 +427,13 @@ class Spool:
         return bool(self._buffer) and (self._buffered + len(self._buffer[-1]) > self.fsync_batch or self._aged())
 
     def _aged(self) -> bool:
-        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - _TIMER_SLACK_S
+        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - TIMER_SLACK_S
 
     def _acks_due(self) -> bool:
         """The acks are due: one waited ``ack_interval_s``, or an ``ack()`` caller waits."""
         return bool(self._acks) and (
             self._ack_awaited
-            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - _TIMER_SLACK_S)
+            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - TIMER_SLACK_S)
 
     def _due_at(self) -> float | None:
         """The loop time at which the buffer falls due by age, else the acks (when due they ride on the

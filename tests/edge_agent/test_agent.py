@@ -105,7 +105,7 @@ def test_the_agent_falls_back_to_asyncio_loop_where_uvloop_is_missing(monkeypatc
     import asyncio
     import sys
 
-    from edge_agent.agent import new_event_loop
+    from edge_agent.event_loop import new_event_loop
 
     loop = new_event_loop()
     try:

@@ -191,3 +191,30 @@ def test_a_waiter_cancelled_just_before_a_release_gets_its_cancellation_not_a_va
             outcome = type(exc).__name__
         return outcome, slots.free, len(slots._queue)
     assert asyncio.run(go()) == ("cancelled", 1, 0)
+
+
+def test_a_timeout_wakes_its_connection_timer_a_few_times_not_once_per_loop_pass_on_uvloop() -> None:
+    """uvloop's timers may fire up to a millisecond before ``loop.time()`` reaches the deadline
+    (ms-rounded delays, ms clock); re-arming for the remainder spun the timer hundreds of times
+    per timed-out read until the deadline counted as due within ``TIMER_SLACK_S``."""
+    from edge_agent.event_loop import new_event_loop
+
+    calls: list[int] = []
+
+    class Counting(PipelinedTcpClient):
+        def _check_deadlines(self) -> None:
+            calls[-1] += 1
+            super()._check_deadlines()
+
+    async def main() -> None:
+        assert type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+        for k in range(20):                         # timeouts off the millisecond grid: 10.3 .. 12.2 ms
+            calls.append(0)
+            client = Counting("d.invalid", 502, timeout_s=0.0103 + k * 0.0001, limit=1)
+            client.connection_made(FakeTransport())
+            with pytest.raises(asyncio.TimeoutError):
+                await client.read_raw("holding", 0, 3, 5)
+
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(main())
+    assert max(calls) <= 3, calls

@@ -285,7 +285,7 @@ def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monke
 def test_commit_timers_run_on_the_agents_event_loop(tmp_path: Path) -> None:
     """On the agent's loop (uvloop here) too: a commit due at once (flush_interval_s=0) gets a timer for a
     time already past, which uvloop hands back as a plain Handle; the timers still commit every batch."""
-    from edge_agent.agent import new_event_loop
+    from edge_agent.event_loop import new_event_loop
 
     async def go() -> list[int]:
         async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=0) as spool:
