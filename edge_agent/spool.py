@@ -99,7 +99,7 @@ import orjson
 
 from edge_agent.audit import AuditLog, batch_record
 from edge_agent.batch import ReadingBatch
-from edge_agent.errors import SpoolCorrupt, SpoolError
+from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
@@ -476,8 +476,9 @@ class Spool:
             await self._flush(whole_groups=True)     # the due groups, and the acks if due
             while self._due():              # a group filled (or aged) during that fsync: commit it now
                 await self._flush(whole_groups=True)
-        except SpoolError as exc:
-            # The readings stay buffered; the next append retries, and blocks once max_buffered is reached.
+        except (SpoolError, AuditError) as exc:
+            # The readings (and acks) stay buffered; the next append retries, and blocks once max_buffered
+            # is reached. An AuditError here is the audit fsync a delete needs first.
             log.error("%s; will retry", exc)
             return
         self._flush_later()                 # what arrived meanwhile: when it falls due
@@ -653,9 +654,13 @@ class Spool:
             if dropped_range:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
-                self.audit.sync()
-            else:
-                self.audit.write()
+            try:
+                self.audit.sync() if dropped_range else self.audit.write()
+            except AuditError as exc:
+                # The rows are committed: failing the commit would buffer them again and every later
+                # commit would fail on their seqs. Their records stay buffered in the audit log and go
+                # out with the next write; until then no row leaves the spool (deletes sync first).
+                log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",

@@ -606,3 +606,42 @@ def test_a_caller_cancelled_during_a_commit_does_not_jam_the_spool(tmp_path: Pat
             return seqs, spool.depth
     seqs, depth = asyncio.run(go())
     assert seqs == [2, 3, 4, 5, 6, 7, 8, 9] and depth == 8
+
+
+def test_an_audit_write_failing_after_the_commit_does_not_jam_the_spool(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Disk full on the audit's file after SQLite committed: the commit stands (its batches are not buffered
+    again, which failed every later commit on their seqs), the records go out with the next write, and
+    no row leaves the spool while the audit cannot be synced."""
+    from edge_agent.errors import AuditError
+
+    audit_path = tmp_path / "audit.log"
+    failing = {"on": False}
+    original = AuditLog._write
+
+    def write(self: AuditLog, *, fsync: bool) -> None:
+        if failing["on"]:
+            raise AuditError(f"audit log {self.path}: write failed (No space left on device)")
+        original(self, fsync=fsync)
+    monkeypatch.setattr(AuditLog, "_write", write)
+
+    async def go() -> tuple[list[int], int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.05) as spool:
+            await _add(spool, 0, 3)
+            await spool.flush()
+            failing["on"] = True
+            await _add(spool, 1, 3)
+            await spool.flush()                         # committed; its record stays buffered
+            with pytest.raises(AuditError):
+                await spool.ack(1, 3)                   # a delete needs the audit synced first; the ack is kept
+            assert spool.depth == 6
+            failing["on"] = False
+            await _add(spool, 2, 3)
+            await spool.flush()                         # the kept ack rides on this commit
+            leased = await spool.lease(100)
+            return [b.seq_first for b in leased], spool.depth
+    seqs, depth = asyncio.run(go())
+    assert seqs == [4, 7] and depth == 6
+    contents = read_audit(audit_path)
+    assert sorted(contents.readings) == list(range(1, 10))
+    assert verify(audit_path).corrupt is None
