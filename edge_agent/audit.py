@@ -64,6 +64,7 @@ Defaults: path ``/var/log/ems/telemetry-audit.log``, file mode 0640.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import re
@@ -233,9 +234,17 @@ class AuditLog:
         try:
             if self._buffer:
                 view = memoryview(b"".join(self._buffer))
-                while view:
-                    written = self._fh.write(view)
-                    view = view[written:]
+                start = os.lseek(self._fh.fileno(), 0, os.SEEK_END)
+                try:
+                    while view:
+                        written = self._fh.write(view)
+                        view = view[written:]
+                except OSError:
+                    # A part written before ENOSPC/EIO would sit as a torn line before the records'
+                    # next, whole write: cut it off (best effort), the records stay buffered.
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(self._fh.fileno(), start)
+                    raise
                 self.last_crc = self._buffer[-1][:8].decode()
                 self._buffer.clear()
                 self._dirty = True

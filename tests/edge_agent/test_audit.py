@@ -131,3 +131,42 @@ def test_batch_records_count_every_reading_and_older_reading_records_still_read(
     again.open()
     assert again.last_seq == 4
     again.close()
+
+
+def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) -> None:
+    """ENOSPC after part of the buffered records reached the file: the part is cut off, the records stay
+    buffered, and the next write puts them whole after the last good record (verify finds no torn line)."""
+    import errno
+
+    from edge_agent.errors import AuditError
+
+    class HalfThenFull:                                 # the file as a disk that fills half-way through a write
+        def __init__(self, fh: object) -> None:
+            self.fh, self.full = fh, True
+
+        def write(self, view: memoryview) -> int:
+            if self.full:
+                self.full = False
+                self.fh.write(view[: len(view) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(view)
+
+        def fileno(self) -> int:
+            return self.fh.fileno()
+
+        def close(self) -> None:
+            self.fh.close()
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.open()
+    log.event("repair", bytes=1, at_offset=0)
+    log.sync()
+    log._fh = HalfThenFull(log._fh)
+    log.event("repair", bytes=2, at_offset=0)
+    with pytest.raises(AuditError):
+        log.sync()
+    log.sync()
+    log.close()
+    summary = verify(path)
+    assert summary.corrupt is None and summary.repairs == 2, summary
