@@ -48,7 +48,7 @@ def test_requirements_pins_match_the_project() -> None:
         out = {}
         for line in path.read_text().splitlines():
             if "==" in line and not line.startswith("#"):
-                name, version = line.strip().split("==")
+                name, version = line.split(";")[0].strip().split("==")      # a pin may carry a marker
                 out[name.lower()] = version
         return out
 
