@@ -39,10 +39,11 @@ Record kinds (``k``):
 
 The log is written only by the spool's I/O thread, in the same batch as the
 spool's commit: lines are buffered with :meth:`AuditLog.add_batch_record` /
-:meth:`AuditLog.event` and written together by :meth:`AuditLog.write` after the
-commit; :meth:`AuditLog.sync` fsyncs them before the spool deletes any row (acked,
-or dropped by the cap), and events outside a commit (``cmd``, ``write``, ``quar``)
-are fsync'd at once. A reading is audited after its spool commit; a crash between
+:meth:`AuditLog.event` and written and fsync'd together by :meth:`AuditLog.sync`
+after the commit, before the batches can be leased; events outside a commit
+(``cmd``, ``write``, ``quar``) are fsync'd at once. A failed write or fsync cuts
+the file back to its last fsync'd size and keeps every record written since
+buffered, to be written whole again. A reading is audited after its spool commit; a crash between
 the two, or a power loss before the fsync, is repaired at the next start (the
 spool re-audits its rows above :attr:`AuditLog.last_seq`, and a row is still in
 the spool until its record is on disk). :func:`verify` reports the
@@ -154,7 +155,8 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
-        self._dirty = False                    # records written since the last fsync
+        self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
+        self._durable = 0                      # the file's size at the last fsync
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
@@ -168,6 +170,7 @@ class AuditLog:
         self._defined.clear()                  # each file defines the point ids it uses (again)
         self._shapes.clear()
         size = os.fstat(fd).st_size
+        self._durable, self._unsynced = size, []
         tail_start = max(0, size - _TAIL_BYTES)
         self._fh.seek(tail_start)
         tail = self._fh.read()
@@ -175,6 +178,7 @@ class AuditLog:
             # A write cut by power loss: keep every complete record, cut the torn one, and say so.
             cut_at = tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start
             os.ftruncate(fd, cut_at)
+            self._durable = cut_at
             self.event("repair", bytes=size - cut_at, at_offset=cut_at)
             tail = tail[: cut_at - tail_start]
             self.sync()
@@ -224,34 +228,36 @@ class AuditLog:
 
     def write(self) -> None:
         """Write the buffered records without an fsync: they survive a crash of the process but not a
-        power loss until the next :meth:`sync` (the spool syncs before a row leaves it, so a lost
-        record's row is still there to be re-audited at start). Raises AuditError on I/O failure."""
+        power loss until the next :meth:`sync`. Raises AuditError on I/O failure (the records stay
+        buffered, see :meth:`sync`)."""
         self._write(fsync=False)
 
     def _write(self, *, fsync: bool) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
+        fd = self._fh.fileno()
         try:
             if self._buffer:
                 view = memoryview(b"".join(self._buffer))
-                start = os.lseek(self._fh.fileno(), 0, os.SEEK_END)
-                try:
-                    while view:
-                        written = self._fh.write(view)
-                        view = view[written:]
-                except OSError:
-                    # A part written before ENOSPC/EIO would sit as a torn line before the records'
-                    # next, whole write: cut it off (best effort), the records stay buffered.
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(self._fh.fileno(), start)
-                    raise
+                while view:
+                    written = self._fh.write(view)
+                    view = view[written:]
                 self.last_crc = self._buffer[-1][:8].decode()
+                self._unsynced += self._buffer
                 self._buffer.clear()
-                self._dirty = True
-            if fsync and self._dirty:
-                os.fsync(self._fh.fileno())
-                self._dirty = False
+            if fsync and self._unsynced:
+                os.fsync(fd)
+                self._durable = os.lseek(fd, 0, os.SEEK_END)
+                self._unsynced.clear()
         except OSError as exc:
+            # Cut the file back to what the last fsync made durable and buffer every record written
+            # since, to be written whole again: a part written before ENOSPC would sit as a torn line,
+            # and after a failed fsync Linux marks the pages clean, so a bare fsync retry would
+            # "succeed" with the records perhaps never on disk (and the spool would then delete rows).
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, self._durable)
+            self._buffer[:0] = self._unsynced
+            self._unsynced.clear()
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
 
     def reopen(self) -> bool:

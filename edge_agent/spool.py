@@ -11,10 +11,11 @@ loss (``NORMAL`` would survive only a process crash). Acks ride on the next
 append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
 power loss only re-sends readings, which the ingest de-duplicates by (site,
 seq); losing an append would lose data. The audit records of a commit are
-written after it without an fsync of their own; the audit file is fsync'd
-before any transaction that deletes rows (acks, the cap's drop), so a power
-loss that takes unsynced records leaves their rows in the spool, and the next
-start audits them again (``_reaudit_sync``).
+written and fsync'd right after it, before its rows can be leased; a crash
+or power loss between the two leaves the rows in the spool, and the next
+start audits them again (``_reaudit_sync``). The audit file is fsync'd again
+before any transaction that deletes rows (acks, the cap's drop): a no-op
+unless an event was written since.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -25,7 +26,7 @@ range, one audit record. Lifecycle::
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
             point-table entries, INSERT one row per batch + next_seq in one
             transaction (fsync), then one audit record per batch and per cap
-            drop, written (fsync'd only with a drop)
+            drop, written and fsync'd
             (group commit: batches that arrive during an fsync go in the next
             group, committed when it is full or old, not the moment the fsync
             ends — that made one commit per batch when batches arrived one at a
@@ -44,8 +45,7 @@ range, one audit record. Lifecycle::
                (alone when nothing is buffered; ``ack()``: after
                ``flush_interval_s``). Acks need no fsync of their own (one
                lost to power loss only re-sends rows the ingest de-duplicates);
-               gathering them makes the audit fsync their deletes need one
-               per ``ack_interval_s``, not one per commit
+               gathered, they cost one DELETE per ``ack_interval_s``
     release_leases() ─ after a disconnect: leased, unacked rows are leased again
 
 ``seq`` is per site, starts at 1, and is stored in the ``meta`` table in the
@@ -611,9 +611,11 @@ class Spool:
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
         acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
-        The audit records are written without an fsync; the audit is fsync'd before a transaction
-        that deletes rows (acks, or the cap's drop), so a row whose record a power loss could take
-        is still in the spool, and is audited again at the next start (``_reaudit_sync``)."""
+        The audit records are written and fsync'd after the transaction (and the audit synced before
+        one that deletes rows), so a row whose record a crash or power loss took is still in the
+        spool, and is audited again at the next start (``_reaudit_sync``). An fsync each commit,
+        not one per ``ack_interval_s``: a power loss can keep a later page of an unsynced tail and
+        lose an earlier one, and the start-up scan only repairs a torn *last* record."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
@@ -655,7 +657,7 @@ class Spool:
                 self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
                                  count=dropped_range[2])
             try:
-                self.audit.sync() if dropped_range else self.audit.write()
+                self.audit.sync()       # the records are on disk before the rows can be leased and sent
             except AuditError as exc:
                 # The rows are committed: failing the commit would buffer them again and every later
                 # commit would fail on their seqs. Their records stay buffered in the audit log and go

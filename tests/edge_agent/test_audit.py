@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -138,7 +139,6 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     buffered, and the next write puts them whole after the last good record (verify finds no torn line)."""
     import errno
 
-    from edge_agent.errors import AuditError
 
     class HalfThenFull:                                 # the file as a disk that fills half-way through a write
         def __init__(self, fh: object) -> None:
@@ -170,3 +170,36 @@ def test_a_write_cut_short_by_a_full_disk_leaves_no_torn_line(tmp_path: Path) ->
     log.close()
     summary = verify(path)
     assert summary.corrupt is None and summary.repairs == 2, summary
+
+
+def test_a_failed_fsync_writes_the_records_again_not_a_bare_fsync(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a failed fsync Linux marks the pages clean: a retried bare fsync would succeed with the records
+    perhaps never on disk. The file is cut back to its last durable size and the records written again."""
+    import errno
+
+    import edge_agent.audit as audit_module
+
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.open()
+    log.event("repair", bytes=1, at_offset=0)
+    log.sync()
+    durable = path.stat().st_size
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+    log.event("repair", bytes=2, at_offset=0)
+    log.event("repair", bytes=3, at_offset=0)
+    with pytest.raises(AuditError, match="Input/output error"):
+        log.sync()
+    assert path.stat().st_size == durable              # cut back: the two records are buffered again
+    log.sync()
+    log.close()
+    summary = verify(path)
+    assert summary.corrupt is None and summary.repairs == 3 and len(calls) >= 2, summary

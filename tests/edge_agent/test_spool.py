@@ -481,19 +481,23 @@ def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp
 
 
 def test_audit_records_lost_to_power_loss_are_reaudited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Audit records are written after each commit but fsync'd only before rows leave the spool (acks,
-    the cap): a power loss that takes the unsynced tail of the audit file leaves every reading whose
-    record it took still in the spool, audited again at the next start — each reading once."""
+    """Audit records are written and fsync'd after each spool commit: a power loss between the two takes
+    the unsynced tail of the audit file, and leaves every reading whose record it took still in the
+    spool (rows leave it only after their records are synced), audited again at the next start — each
+    reading once."""
     import edge_agent.audit as audit_module
 
     audit_path = tmp_path / "audit.log"
     durable = [0]                                    # the audit file's size at its last fsync
+    power = {"going": False}
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        real_fsync(fd)
         if os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            if power["going"]:
+                return                               # the power goes before this fsync completes
             durable[0] = os.fstat(fd).st_size
+        real_fsync(fd)
 
     monkeypatch.setattr(audit_module.os, "fsync", fsync)
 
@@ -507,6 +511,7 @@ def test_audit_records_lost_to_power_loss_are_reaudited(tmp_path: Path, monkeypa
         assert await spool.ack(leased[0].seq_first, leased[-1].seq_last) == 6     # 1..6 leave the spool
         for i in range(12, 20):
             await _add(spool, i)
+        power["going"] = True
         await spool.flush()                              # 13..20 committed, their records not fsync'd
         spool._executor.shutdown(wait=True)              # the power goes: no close, no last fsync
 
