@@ -463,7 +463,9 @@ class Spool:
 
     def _flush_soon(self) -> None:
         """Group commit: one background task commits what is due, and the next groups as they fill."""
-        self._timer = None
+        if self._timer is not None:     # called by append, not the timer: that timer would only wake us again
+            self._timer.cancel()
+            self._timer = None
         if self._closing or (self._flush_task is not None and not self._flush_task.done()):
             return                  # the running commit loop arms the timer again when it ends
         if self._due() or (not self._buffer and self._acks_due()):
