@@ -713,9 +713,10 @@ class Spool:
             return []
         if self._lease_cursor + 1 >= self._memory_from:
             return self._lease_memory(n)
-        if self._acks:
-            await self.flush()                  # acked rows are still in the table until then: not again
-        batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n)
+        # Acked rows stay in the table until the commit that deletes them: skipped, not leased again (a
+        # flush here made every lease of a backlog replay a commit and an audit fsync of its own).
+        acked = tuple((first, last) for first, last, _ in self._acks)
+        batches, cursor, quarantined = await self._run(self._lease_sync, self._lease_cursor, n, acked)
         self._lease_cursor = max(self._lease_cursor, cursor)
         if quarantined:
             self._update_metrics()
@@ -740,7 +741,8 @@ class Spool:
             self._lease_cursor = max(cursor, self._committed_seq)
         return out
 
-    def _lease_sync(self, after: int, n: int) -> tuple[list[ReadingBatch], int, int]:
+    def _lease_sync(self, after: int, n: int,
+                    acked: tuple[tuple[int, int], ...] = ()) -> tuple[list[ReadingBatch], int, int]:
         db = self._db
         assert db is not None
         out: list[ReadingBatch] = []
@@ -754,6 +756,9 @@ class Spool:
                 cursor = max(cursor, self._committed_seq)
                 break
             for seq_first, seq_last, accepted_ms, data, crc in fetched:
+                if acked and any(first <= seq_first and seq_last <= last for first, last in acked):
+                    cursor = seq_last                   # acked, its DELETE not committed yet
+                    continue
                 if out and taken + seq_last - seq_first + 1 > n:
                     return out, cursor, quarantined
                 try:

@@ -578,8 +578,7 @@ def test_an_ack_while_the_spool_closes_is_dropped(tmp_path: Path) -> None:
 
 
 def test_a_caller_cancelled_during_a_commit_does_not_jam_the_spool(tmp_path: Path) -> None:
-    # The drain's sender leases from the database (a backlog after a reconnect) while an ack is pending, so
-    # its lease commits; its session ends (a PUBACK timeout) during that commit and the sender is cancelled.
+    # A caller of flush() (a poller at shutdown, an append at max_buffered) is cancelled during the commit.
     # The I/O thread still commits: the spool must account for it, not buffer those batches again (every
     # later commit would then fail on their seqs and nothing more would be accepted).
     async def go() -> tuple[list[int], int]:
@@ -598,7 +597,7 @@ def test_a_caller_cancelled_during_a_commit_does_not_jam_the_spool(tmp_path: Pat
                 return original(*args)
             spool._commit_sync = slow                   # type: ignore[method-assign]
             spool.release_leases()
-            sender = asyncio.create_task(spool.lease(100))
+            sender = asyncio.create_task(spool.flush())
             await asyncio.sleep(0.05)
             sender.cancel()
             with pytest.raises(asyncio.CancelledError):
@@ -611,6 +610,31 @@ def test_a_caller_cancelled_during_a_commit_does_not_jam_the_spool(tmp_path: Pat
             return seqs, spool.depth
     seqs, depth = asyncio.run(go())
     assert seqs == [2, 3, 4, 5, 6, 7, 8, 9] and depth == 8
+
+
+def test_a_backlog_lease_skips_acked_rows_without_a_commit_of_its_own(tmp_path: Path) -> None:
+    """Replaying a backlog from the table while acks wait for their commit: the acked rows are not leased
+    again, and the lease does not commit (it did: a commit and an audit fsync per lease during catch-up)."""
+    async def go() -> tuple[list[int], int, int]:
+        async with Spool(tmp_path, site="s1", flush_interval_s=10, memory_readings=1,
+                         audit=AuditLog(tmp_path / "audit.log")) as spool:
+            for i in range(6):
+                await _add(spool, i)
+            await spool.flush()
+            leased = await spool.lease(100)
+            spool.ack_nowait(leased[0].seq_first, leased[2].seq_last)     # 1..3 acked, DELETE pending
+            spool.release_leases()                                        # a reconnect: lease again
+            commits = []
+            original = spool._commit_sync
+
+            def counting(*args: object) -> object:
+                commits.append(args)
+                return original(*args)
+            spool._commit_sync = counting                                 # type: ignore[method-assign]
+            again = await spool.lease(100)
+            return [b.seq_first for b in again], len(commits), spool.depth
+    seqs, commits, depth = asyncio.run(go())
+    assert seqs == [4, 5, 6] and commits == 0 and depth == 6
 
 
 def test_an_audit_write_failing_after_the_commit_does_not_jam_the_spool(tmp_path: Path,
