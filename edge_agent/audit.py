@@ -155,7 +155,6 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
-        self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
         self._durable = 0                      # the file's size at the last fsync
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
@@ -170,7 +169,7 @@ class AuditLog:
         self._defined.clear()                  # each file defines the point ids it uses (again)
         self._shapes.clear()
         size = os.fstat(fd).st_size
-        self._durable, self._unsynced = size, []
+        self._durable = size
         tail_start = max(0, size - _TAIL_BYTES)
         self._fh.seek(tail_start)
         tail = self._fh.read()
@@ -222,43 +221,30 @@ class AuditLog:
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
     def sync(self) -> None:
-        """Write the buffered records and fsync (with those :meth:`write` wrote since the last fsync);
-        raises AuditError on I/O failure."""
-        self._write(fsync=True)
+        """Write the buffered records and fsync; raises AuditError on I/O failure.
 
-    def write(self) -> None:
-        """Write the buffered records without an fsync: they survive a crash of the process but not a
-        power loss until the next :meth:`sync`. Raises AuditError on I/O failure (the records stay
-        buffered, see :meth:`sync`)."""
-        self._write(fsync=False)
-
-    def _write(self, *, fsync: bool) -> None:
+        On failure the file is cut back to its size at the last fsync and the records stay buffered,
+        to be written whole again: a part written before ENOSPC would sit as a torn line, and after a
+        failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed" with the
+        records perhaps never on disk (and the spool would then delete their rows)."""
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
+        if not self._buffer:
+            return
         fd = self._fh.fileno()
         try:
-            if self._buffer:
-                view = memoryview(b"".join(self._buffer))
-                while view:
-                    written = self._fh.write(view)
-                    view = view[written:]
-                self.last_crc = self._buffer[-1][:8].decode()
-                self._unsynced += self._buffer
-                self._buffer.clear()
-            if fsync and self._unsynced:
-                os.fsync(fd)
-                self._durable = os.lseek(fd, 0, os.SEEK_END)
-                self._unsynced.clear()
+            view = memoryview(b"".join(self._buffer))
+            while view:
+                written = self._fh.write(view)
+                view = view[written:]
+            os.fsync(fd)
         except OSError as exc:
-            # Cut the file back to what the last fsync made durable and buffer every record written
-            # since, to be written whole again: a part written before ENOSPC would sit as a torn line,
-            # and after a failed fsync Linux marks the pages clean, so a bare fsync retry would
-            # "succeed" with the records perhaps never on disk (and the spool would then delete rows).
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, self._durable)
-            self._buffer[:0] = self._unsynced
-            self._unsynced.clear()
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
+        self._durable = os.lseek(fd, 0, os.SEEK_END)
+        self.last_crc = self._buffer[-1][:8].decode()
+        self._buffer.clear()
 
     def reopen(self) -> bool:
         """Reopen the file at :attr:`path` after rotation; True when it is a new file.

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from devenv.mosquitto import free_port
 from edge_agent.command_store import CommandStore
 from edge_agent.simulator import Simulator
-from tests.edge_agent.command_helpers import UNIT, command, payload, writable_config
+from tests.edge_agent.command_helpers import UNIT, writable_config
 from tests.edge_agent.test_command_handler import Clock, bench
 
 _hostile = st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.floats(allow_nan=True), st.text(max_size=6),
@@ -60,26 +60,6 @@ async def _scenario(directory: Path, control_row: tuple, seen_row: tuple, result
 def test_any_stored_row_leaves_the_fail_safe_working(control_row: tuple, seen_row: tuple, result: object) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         asyncio.run(asyncio.wait_for(_scenario(Path(scratch), control_row, seen_row, result), 60))
-
-
-def test_a_valid_stored_command_row_still_recovers(tmp_path: Path) -> None:
-    """The check keeps good rows: a recorded, unexpired command is applied after the restart."""
-    async def scenario() -> None:
-        clock = Clock()
-        config = writable_config(tmp_path, free_port())
-        async with Simulator(config.devices, port=config.devices[0].port) as sim:
-            async with bench(tmp_path, clock=clock, sim=sim):
-                pass
-            cmd = command(4_000.0, now_ms=clock.ms)
-            db = sqlite3.connect(config.commands.state_path)
-            with db:
-                db.execute("INSERT INTO seen (id, n, expires_ms, state, payload) VALUES (?, 1, ?, 'received', ?)",
-                           (cmd.id, cmd.expires_ms, payload(cmd)))
-            db.close()
-            async with bench(tmp_path, clock=clock, sim=sim) as b:
-                await b.settle()
-                assert sim.write_count(UNIT) == 1 and b.results(cmd.id)[0].outcome == "applied"
-    asyncio.run(asyncio.wait_for(scenario(), 60))
 
 
 @pytest.mark.parametrize("column, value", [("id", b"\x00" * 5_000_000), ("state", b"\x00" * 5_000_000),

@@ -646,13 +646,13 @@ def test_an_audit_write_failing_after_the_commit_does_not_jam_the_spool(tmp_path
 
     audit_path = tmp_path / "audit.log"
     failing = {"on": False}
-    original = AuditLog._write
+    original = AuditLog.sync
 
-    def write(self: AuditLog, *, fsync: bool) -> None:
+    def sync(self: AuditLog) -> None:
         if failing["on"]:
             raise AuditError(f"audit log {self.path}: write failed (No space left on device)")
-        original(self, fsync=fsync)
-    monkeypatch.setattr(AuditLog, "_write", write)
+        original(self)
+    monkeypatch.setattr(AuditLog, "sync", sync)
 
     async def go() -> tuple[list[int], int]:
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.05) as spool:
