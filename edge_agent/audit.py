@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import re
 import time
@@ -80,15 +81,47 @@ import orjson
 from edge_agent.audit_records import record_problem
 from edge_agent.batch import ReadingBatch
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
-from ems_contract.telemetry import check_finite
+from ems_contract.telemetry import MAX_INT64, check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 from edge_agent.seq_ranges import SeqRanges
 
-__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
+__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditMark", "SYNC_INTERVAL_S", "SYNC_BYTES", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
            "rotated_files", "encode_record", "decode_record"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
 _TAIL_BYTES = 256 * 1024
+_SCAN_CHUNK = 1 << 20
+SYNC_INTERVAL_S = 1.0
+"""Records written after a commit are fsync'd at the latest by the first commit this long after the last fsync."""
+SYNC_BYTES = 4 << 20
+"""... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
+
+
+@dataclass(frozen=True)
+class AuditMark:
+    """What the spool records, in the transaction that deletes rows, of the audit file's last fsync: the
+    file's identity (st_dev, st_ino), its size then (every byte before is durable) and the highest seq
+    its records audited by then."""
+
+    identity: tuple[int, int]
+    offset: int
+    seq: int
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """(st_dev, st_ino), each cut to 63 bits so that SQLite's INTEGER holds it."""
+    return st.st_dev & MAX_INT64, st.st_ino & MAX_INT64
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a directory, so that a file created in it keeps its name after a power loss."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def encode_record(body: dict[str, Any]) -> bytes:
@@ -155,32 +188,134 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
+        self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
+        self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
+        self._written = 0                      # its size after the last write
+        self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
+        self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
-    def open(self) -> None:
+    def open(self, mark: AuditMark | None = None) -> None:
+        """Open (creating it, and fsyncing its folder, when missing) and check the file; fsync it.
+
+        ``mark`` is what the spool recorded of the last audit fsync (:meth:`mark`). When it names
+        this file, every record after its offset is CRC-checked; without it the older agents'
+        rule holds (each commit was fsync'd: only the tail is read, a torn last line cut); when it
+        names another file, or an offset the file does not have, the whole file is checked. At the
+        first bad, torn or zeroed record the file is cut, and a ``repair`` record says where and
+        how much. :attr:`last_seq` is then the highest seq the kept records (or ``mark``) audit.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         except OSError as exc:
             raise AuditError(f"audit log {self.path}: cannot open ({exc.strerror or exc})") from exc
         self._fh = os.fdopen(fd, "r+b", buffering=0)
         self._defined.clear()                  # each file defines the point ids it uses (again)
         self._shapes.clear()
-        size = os.fstat(fd).st_size
-        self._durable = size
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        try:
+            if created:
+                _fsync_folder(self.path.parent)    # the new file's name survives a power loss too
+            size = os.fstat(fd).st_size
+            start = self._scan_start(mark, size)
+            cut_at = self._scan(start, size) if start is not None else self._scan_tail(size)
+            if cut_at is not None:
+                os.ftruncate(fd, cut_at)
+                self._written = self._durable = cut_at
+                self.event("repair", bytes=size - cut_at, at_offset=cut_at)
+            self.write()
+            self._fsync()                      # what survived a crash may be in the page cache only
+        except OSError as exc:
+            self._fh.close()
+            self._fh = None
+            raise AuditError(f"audit log {self.path}: cannot check ({exc.strerror or exc})") from exc
+        except AuditError:
+            self._fh.close()
+            self._fh = None
+            raise
+
+    def _scan_start(self, mark: AuditMark | None, size: int) -> int | None:
+        """Where the check of a file of ``size`` bytes starts (None: the tail only, the older agents' rule)."""
+        self._durable = self._written = size
+        self.scanned = 0
+        if mark is None:
+            return None
+        self.last_seq = max(self.last_seq, mark.seq)       # audited, durably, in this file or the one before
+        held = os.fstat(self._fh.fileno())                 # type: ignore[union-attr]
+        if mark.identity == _identity(held) and mark.offset <= size and self._ends_a_record(mark.offset):
+            return mark.offset
+        log.warning("audit log %s is not the file the spool last synced (or is shorter than it was): "
+                    "checking all of it", self.path)
+        return 0
+
+    def _ends_a_record(self, offset: int) -> bool:
+        """True when ``offset`` is 0 or follows a record's newline; sets :attr:`last_crc` from that record."""
+        if offset == 0:
+            return True
+        fh = self._fh
+        assert fh is not None
+        step = 4096
+        while True:
+            begin = max(0, offset - step)
+            fh.seek(begin)
+            chunk = fh.read(offset - begin)
+            if not chunk.endswith(b"\n"):
+                return False
+            newline = chunk.rfind(b"\n", 0, len(chunk) - 1)
+            if newline >= 0 or begin == 0:
+                try:
+                    decode_record(chunk[newline + 1:-1])
+                except ValueError:
+                    return False
+                self.last_crc = chunk[newline + 1:newline + 9].decode()
+                return True
+            step *= 4
+
+    def _scan(self, start: int, size: int) -> int | None:
+        """CRC-check every record from ``start``; the offset of the first bad one (None when all are good)."""
+        fh = self._fh
+        assert fh is not None
+        fh.seek(start)
+        offset = start
+        rest = b""
+        while True:
+            chunk = fh.read(_SCAN_CHUNK)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()                      # the part after the last newline: torn, or read on
+            if not chunk:
+                break
+            for line in lines:
+                try:
+                    body = decode_record(line)
+                except ValueError:
+                    self.scanned = size - start
+                    return offset
+                offset += len(line) + 1
+                self.last_crc = line[:8].decode()
+                last = _last_seq(body)
+                if last is not None:
+                    self.last_seq = max(self.last_seq, last)
+        self.scanned = size - start
+        return offset if rest else None
+
+    def _scan_tail(self, size: int) -> int | None:
+        """The older agents' check (each of their commits was fsync'd): the last line, cut when torn."""
+        fh = self._fh
+        assert fh is not None
         tail_start = max(0, size - _TAIL_BYTES)
-        self._fh.seek(tail_start)
-        tail = self._fh.read()
+        fh.seek(tail_start)
+        tail = fh.read()
+        self.scanned = len(tail)
+        cut_at = None
         if tail and not tail.endswith(b"\n"):
-            # A write cut by power loss: keep every complete record, cut the torn one, and say so.
             cut_at = tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start
-            os.ftruncate(fd, cut_at)
-            self._durable = cut_at
-            self.event("repair", bytes=size - cut_at, at_offset=cut_at)
             tail = tail[: cut_at - tail_start]
-            self.sync()
         for line in tail.split(b"\n"):
             try:
                 body = decode_record(line)
@@ -190,6 +325,7 @@ class AuditLog:
             last = _last_seq(body)
             if last is not None:
                 self.last_seq = max(self.last_seq, last)
+        return cut_at
 
     def batch(self, site: str, batch: ReadingBatch) -> None:
         """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
@@ -220,31 +356,76 @@ class AuditLog:
         check_finite(v for v in fields.values() if isinstance(v, float))
         self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
 
-    def sync(self) -> None:
-        """Write the buffered records and fsync; raises AuditError on I/O failure.
+    def write(self) -> None:
+        """Write the buffered records, without an fsync (:meth:`sync` makes them durable); raises
+        AuditError on I/O failure.
 
-        On failure the file is cut back to its size at the last fsync and the records stay buffered,
-        to be written whole again: a part written before ENOSPC would sit as a torn line, and after a
-        failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed" with the
-        records perhaps never on disk (and the spool would then delete their rows)."""
+        On failure the file is cut back to its size at the last fsync and every record written since
+        is buffered again, to be written whole: a part written before ENOSPC would sit as a torn line,
+        and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
+        with the records perhaps never on disk (and the spool would then delete their rows)."""
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
         if not self._buffer:
             return
-        fd = self._fh.fileno()
+        data = b"".join(self._buffer)
         try:
-            view = memoryview(b"".join(self._buffer))
+            view = memoryview(data)
             while view:
                 written = self._fh.write(view)
                 view = view[written:]
-            os.fsync(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self._durable)
+            self._cut_back()
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
-        self._durable = os.lseek(fd, 0, os.SEEK_END)
+        self._written += len(data)
+        self._unsynced.extend(self._buffer)
+        self._unsynced_bytes += len(data)
         self.last_crc = self._buffer[-1][:8].decode()
         self._buffer.clear()
+
+    def sync(self) -> None:
+        """Write the buffered records and fsync, so that every record so far is durable; raises AuditError
+        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again)."""
+        self.write()
+        if self._unsynced:
+            self._fsync()
+
+    def _fsync(self) -> None:
+        fd = self._fh.fileno()        # type: ignore[union-attr]
+        try:
+            os.fsync(fd)
+            end = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:
+            self._cut_back()
+            raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
+        self._durable = self._written = end
+        self.durable_seq = self.last_seq
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
+
+    def _cut_back(self) -> None:
+        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fh.fileno(), self._durable)      # type: ignore[union-attr]
+        self._buffer[:0] = self._unsynced
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        self._written = self._durable
+
+    def sync_due(self) -> bool:
+        """True when the records written but not fsync'd are :data:`SYNC_INTERVAL_S` old or
+        :data:`SYNC_BYTES` long (with the buffered ones): the bound on what the next open checks."""
+        if not self._unsynced and not self._buffer:
+            return False
+        pending = self._unsynced_bytes + sum(map(len, self._buffer))
+        return pending >= SYNC_BYTES or time.monotonic() - self._synced_at >= SYNC_INTERVAL_S
+
+    def mark(self) -> AuditMark:
+        """The open file's identity, its size at the last fsync and the highest seq audited by then."""
+        if self._fh is None:
+            raise AuditError(f"audit log {self.path}: not open")
+        return AuditMark(_identity(os.fstat(self._fh.fileno())), self._durable, self.durable_seq)
 
     def reopen(self) -> bool:
         """Reopen the file at :attr:`path` after rotation; True when it is a new file.
@@ -269,12 +450,16 @@ class AuditLog:
             return False
         old, self._fh = self._fh, None
         prev_crc = self.last_crc
+        kept = self._durable, self._written, self.last_crc
         try:
             self.open()
         except AuditError:
             self._fh = old          # keep appending to the renamed file: nothing is lost, the chain holds
+            self._durable, self._written, self.last_crc = kept
             raise
         old.close()
+        with contextlib.suppress(OSError):     # logrotate's rename and the file it may have created
+            _fsync_folder(self.path.parent)
         if prev_crc is not None and os.fstat(self._fh.fileno()).st_size == 0:
             self.event("cont", prev_crc=prev_crc, last_seq=self.last_seq)
             self.sync()
@@ -498,8 +683,10 @@ _BATCH_COLUMNS = ("ts_ms", "asset", "point", "sensor", "value", "unit", "q")
 
 
 def _last_seq(body: dict[str, Any]) -> int | None:
-    """The highest reading seq a record audits (``r`` and ``b``), else None."""
-    last = body.get("seq") if body.get("k") == "r" else body.get("seq_last") if body.get("k") == "b" else None
+    """The highest reading seq a record says was audited (``r``, ``b``, and ``cont``: the files before), else None."""
+    kind = body.get("k")
+    last = body.get("seq") if kind == "r" else body.get("seq_last") if kind == "b" else \
+        body.get("last_seq") if kind == "cont" else None
     return last if isinstance(last, int) else None
 
 

@@ -97,9 +97,9 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import AuditLog, batch_record
-from edge_agent.batch import ReadingBatch
+from edge_agent.audit import AuditLog, AuditMark, batch_record
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
+from edge_agent.batch import ReadingBatch
 from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
@@ -237,6 +237,7 @@ class Spool:
         self.changed = asyncio.Event()   # set whenever new rows become leasable
         self.dropped_total = 0
         self.quarantined_total = 0
+        self._saved_mark: AuditMark | None = None   # the audit position ``meta`` holds (as far as we know)
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "Spool":
@@ -319,7 +320,8 @@ class Spool:
         self._memory_from = self._next_seq
         self.quarantined_total = quarantined
         if self.audit is not None:
-            self.audit.open()
+            self._saved_mark = _read_mark(db)
+            self.audit.open(self._saved_mark)
         for seq, seq_last, reason in bad_rows:     # a seq below 1 was never accepted: nothing to audit
             if self.audit is not None and seq >= 1:
                 self.audit.event("quar", site=self.site, seq=seq, reason=reason,
@@ -328,6 +330,7 @@ class Spool:
         if self.audit is not None:
             self.audit.sync()
             self._reaudit_sync()
+            self._save_mark_sync()
 
     def _load_points_sync(self, db: sqlite3.Connection) -> None:
         """Read the point table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
@@ -363,12 +366,59 @@ class Spool:
         self.audit.sync()
 
     async def reopen_audit(self) -> bool:
-        """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened."""
+        """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened
+        (recorded in ``meta`` at once: the next open checks the new file from its ``cont`` record on)."""
         if self.audit is None:
             return False
-        return await self._run(self.audit.reopen)
+        return await self._run(self._reopen_audit_sync)
+
+    def _reopen_audit_sync(self) -> bool:
+        assert self.audit is not None
+        reopened = self.audit.reopen()
+        if reopened:
+            self._save_mark_sync()
+        return reopened
+
+    def _save_mark_sync(self) -> None:
+        """Record the audit's last fsync in ``meta`` in a transaction of its own (fsync'd)."""
+        db = self._db
+        assert db is not None and self.audit is not None
+        mark = self.audit.mark()
+        if mark == self._saved_mark:
+            return
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            with transaction(db):
+                _write_mark(db, mark)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
+        self._saved_mark = mark
+
+    def _mark_in_transaction(self) -> AuditMark | None:
+        """Inside a transaction: record the audit's last fsync when it moved since the last record of it
+        (one UPSERT); the mark written, to be kept as saved once the transaction commits."""
+        if self.audit is None:
+            return None
+        mark = self.audit.mark()
+        if mark == self._saved_mark:
+            return None
+        assert self._db is not None
+        _write_mark(self._db, mark)
+        return mark
+
+    def _audit_durable_sync(self, seq_last: int) -> None:
+        """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
+        called before a transaction deletes such rows. Raises AuditError."""
+        if self.audit is not None and self.audit.durable_seq < seq_last:
+            self.audit.sync()
 
     def _close_sync(self) -> None:
+        if self.audit is not None and self._db is not None:
+            try:
+                self.audit.sync()
+                self._save_mark_sync()      # a clean start checks nothing beyond it
+            except (AuditError, SpoolError) as exc:
+                log.error("%s; the next start checks the audit log from its last recorded position", exc)
         if self._db is not None:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
@@ -607,24 +657,25 @@ class Spool:
                      next_seq: int, acks: list[tuple[int, int]],
                      new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
         """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
-        and ``rows`` (``_row``); then write their audit ``records`` (``batch_record`` and the batch's
-        shape), in seq order. Returns the
-        size cap's dropped range (or None) and how many readings each ack deleted.
+        and ``rows`` (``_row``) and record the audit's last fsync in ``meta``; then write their audit
+        ``records`` (``batch_record`` and the batch's shape), in seq order, fsync'd only when
+        ``AuditLog.sync_due``. Returns the size cap's dropped range (or None) and how many readings each
+        ack deleted.
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
         acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
-        The audit records are written and fsync'd after the transaction (and the audit synced before
-        one that deletes rows), so a row whose record a crash or power loss took is still in the
-        spool, and is audited again at the next start (``_reaudit_sync``). An fsync each commit,
-        not one per ``ack_interval_s``: a power loss can keep a later page of an unsynced tail and
-        lose an earlier one, and the start-up scan only repairs a torn *last* record."""
+        Rows leave the table only once their records are durable: the audit is fsync'd before a
+        transaction that deletes rows whose records may not be (acks), and the size cap's drop, which
+        may take rows of this very commit, runs after the commit in a transaction of its own, once the
+        new rows' records and the ``drop`` record are fsync'd. A row whose record a crash or power loss
+        took is still in the spool, and is audited again at the next start (``_reaudit_sync``, after
+        ``AuditLog.open`` cut the file at the first record lost)."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
-        dropped_range: tuple[int, int, int] | None = None
         deleted: list[int] = []
-        if self.audit is not None and (acks or self._depth + added > self.max_readings):
-            self.audit.sync()
+        if acks:
+            self._audit_durable_sync(max(last for _, last in acks))
         try:
             db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
@@ -640,31 +691,31 @@ class Spool:
                                    "VALUES (?, ?, ?, ?, ?)", rows)
                     db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
-                    overflow = self._depth - sum(deleted) + added - self.max_readings
-                    if overflow > 0:
-                        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
+                mark = self._mark_in_transaction()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
-        dropped = dropped_range[2] if dropped_range else 0
-        self._depth += added - dropped - sum(deleted)
-        if not self._depth:
-            self._oldest_ms = None
-        elif self._oldest_ms is None or dropped or any(deleted):
-            self._oldest_ms = self._min_accepted_sync()
+        self._saved_mark = mark or self._saved_mark
+        self._depth += added - sum(deleted)
         if self.audit is not None and rows:
             for (record, shape), row in zip(records, rows):
                 self.audit.add_batch_record(record, row[1], shape, self.points)
-            if dropped_range:
-                self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
-                                 count=dropped_range[2])
             try:
-                self.audit.sync()       # the records are on disk before the rows can be leased and sent
+                # Not fsync'd each commit: the rows stay in the spool until their records are durable.
+                self.audit.sync() if self.audit.sync_due() else self.audit.write()
             except AuditError as exc:
                 # The rows are committed: failing the commit would buffer them again and every later
                 # commit would fail on their seqs. Their records stay buffered in the audit log and go
                 # out with the next write; until then no row leaves the spool (deletes sync first).
                 log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
+        overflow = self._depth - self.max_readings
+        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0]) if rows and overflow > 0 else None
+        dropped = dropped_range[2] if dropped_range else 0
+        self._depth -= dropped
+        if not self._depth:
+            self._oldest_ms = None
+        elif self._oldest_ms is None or dropped or any(deleted):
+            self._oldest_ms = self._min_accepted_sync()
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
@@ -672,7 +723,13 @@ class Spool:
         return dropped_range, deleted
 
     def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
-        """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
+        """The size cap: delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow``
+        readings, in a transaction of its own after the ``drop`` record and every dropped row's record are
+        fsync'd; the range dropped (first, last, readings), or None (nothing older, or the audit cannot be
+        synced: no row leaves, the next commit tries again).
+
+        A power loss or failure between that fsync and the delete's commit leaves a ``drop`` record for
+        rows still spooled; the next commit over the cap drops them again, under another record."""
         db = self._db
         assert db is not None
         first = last = None
@@ -684,9 +741,21 @@ class Spool:
             count += seq_last - seq_first + 1
             if count >= overflow:
                 break
-        if first is None:
+        if first is None or last is None:
             return None
-        db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
+        try:
+            if self.audit is not None:
+                self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
+                self.audit.sync()
+            db.execute("PRAGMA synchronous=NORMAL")     # the drop record is durable: a lost delete is redone
+            with transaction(db):
+                db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
+                mark = self._mark_in_transaction()
+        except (AuditError, sqlite3.Error) as exc:
+            log.error("spool full (%d readings): cannot drop seq %d..%d now (%s); the next commit tries again",
+                      self.max_readings, first, last, exc)
+            return None
+        self._saved_mark = mark or self._saved_mark
         return first, last, count
 
     def _min_accepted_sync(self) -> int | None:
@@ -779,11 +848,14 @@ class Spool:
                          reason: str) -> None:
         db = self._db
         assert db is not None
+        self._audit_durable_sync(seq_last)        # the row leaves the table: its batch record first
         with transaction(db):
             db.execute("INSERT INTO quarantine (seq, seq_last, accepted_ms, data, crc, reason, quarantined_ms) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (seq_first, seq_last, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
             db.execute("DELETE FROM batches WHERE seq_first = ?", (seq_first,))
+            mark = self._mark_in_transaction()
+        self._saved_mark = mark or self._saved_mark
         self._depth -= seq_last - seq_first + 1
         self.quarantined_total += 1
         self._oldest_ms = self._min_accepted_sync()
@@ -855,6 +927,29 @@ class Spool:
         if self.metrics is not None:
             self.metrics.spool_depth.set(self._depth)
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
+
+
+_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq")
+
+
+def _read_mark(db: sqlite3.Connection) -> AuditMark | None:
+    """The audit position ``meta`` records (None when it records none: a spool of an older agent, which
+    fsync'd every commit); a damaged one names no file (the audit log is then checked whole)."""
+    stored = dict(db.execute(f"SELECT key, value FROM meta WHERE key IN {_MARK_KEYS}").fetchall())
+    if not stored:
+        return None
+    values = [stored.get(key) for key in _MARK_KEYS]
+    if not all(type(v) is int and v >= 0 for v in values):
+        log.error("spool: the audit log position in table meta is damaged (%s): checking the whole audit log",
+                  dict(zip(_MARK_KEYS, values)))
+        return AuditMark((-1, -1), 0, 0)
+    dev, ino, offset, seq = values
+    return AuditMark((dev, ino), offset, seq)
+
+
+def _write_mark(db: sqlite3.Connection, mark: AuditMark) -> None:
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq)))
 
 
 def _upgrade_sync(db: sqlite3.Connection) -> None:
