@@ -350,11 +350,20 @@ class AuditLog:
         self._buffer.append(record)
         self.last_seq = max(self.last_seq, seq_last)
 
-    def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``); ValueError for a
-        NaN or infinite number among ``fields``, as for a batch."""
+    def event(self, kind: str, **fields: Any) -> bytes:
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``) and return it;
+        ValueError for a NaN or infinite number among ``fields``, as for a batch."""
         check_finite(v for v in fields.values() if isinstance(v, float))
-        self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
+        record = encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)})
+        self._buffer.append(record)
+        return record
+
+    def withdraw(self, record: bytes) -> None:
+        """Take back an event record that a failed :meth:`sync` left buffered (what it announced did not happen)."""
+        for i in range(len(self._buffer) - 1, -1, -1):
+            if self._buffer[i] is record:
+                del self._buffer[i]
+                return
 
     def write(self) -> None:
         """Write the buffered records, without an fsync (:meth:`sync` makes them durable); raises

@@ -728,8 +728,8 @@ class Spool:
         fsync'd; the range dropped (first, last, readings), or None (nothing older, or the audit cannot be
         synced: no row leaves, the next commit tries again).
 
-        A power loss or failure between that fsync and the delete's commit leaves a ``drop`` record for
-        rows still spooled; the next commit over the cap drops them again, under another record."""
+        A power loss, or a SQLite error, between that fsync and the delete's commit leaves a ``drop`` record
+        for rows still spooled; the next commit over the cap drops them again, under another record."""
         db = self._db
         assert db is not None
         first = last = None
@@ -745,8 +745,12 @@ class Spool:
             return None
         try:
             if self.audit is not None:
-                self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
-                self.audit.sync()
+                record = self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
+                try:
+                    self.audit.sync()
+                except AuditError:
+                    self.audit.withdraw(record)     # not dropped: the next commit over the cap tries again
+                    raise
             db.execute("PRAGMA synchronous=NORMAL")     # the drop record is durable: a lost delete is redone
             with transaction(db):
                 db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
