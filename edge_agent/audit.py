@@ -26,7 +26,8 @@ Record kinds (``k``):
             decoded, or its seq range or acceptance time was unusable): site, seq
             (its first), seq_last (absent when unusable, and from agents before
             batches), reason
-``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
+``repair``  the records cut at start-up from the first bad, torn or zeroed one on (a power loss
+            before their fsync): bytes, at_offset
 ``cmd``     one command message and what was decided (``edge_agent.commands``): id (null when
             the payload had none), control, value, issued_ms, expires_ms, event, decision
             (accepted, rejected, expired), reason; a malformed one carries bytes and sha256
@@ -37,24 +38,48 @@ Record kinds (``k``):
             previous file's last record), last_seq (the highest seq audited before it)
 ==========  ==================================================================
 
-The log is written only by the spool's I/O thread, in the same batch as the
-spool's commit: lines are buffered with :meth:`AuditLog.add_batch_record` /
-:meth:`AuditLog.event` and written and fsync'd together by :meth:`AuditLog.sync`
-after the commit, before the batches can be leased; events outside a commit
-(``cmd``, ``write``, ``quar``) are fsync'd at once. A failed write or fsync cuts
-the file back to its last fsync'd size and keeps every record written since
-buffered, to be written whole again. A reading is audited after its spool commit; a crash between
-the two, or a power loss before the fsync, is repaired at the next start (the
-spool re-audits its rows above :attr:`AuditLog.last_seq`, and a row is still in
-the spool until its record is on disk). :func:`verify` reports the
-totals (readings counted one by one, whatever records carry them) and the first
+The log is written only by the spool's I/O thread. Lines are buffered with
+:meth:`AuditLog.add_batch_record` / :meth:`AuditLog.event`; after each spool
+commit they are written (:meth:`AuditLog.write`), not fsync'd. :meth:`AuditLog.sync`
+writes and fsyncs: the spool calls it before any transaction that deletes rows
+whose records are not durable yet (acks, the size cap's drop, a quarantine),
+for events that must be durable at once (``cmd``, ``write``, ``quar``), at
+open, close and reopen, and at the first commit :data:`SYNC_INTERVAL_S` (1 s)
+after the last fsync or once :data:`SYNC_BYTES` (4 MiB) are unsynced. A failed
+write or fsync cuts the file back to its last fsync'd size and buffers every
+record written since, to be written whole again.
+
+The invariant (with ``edge_agent.spool``): **no spool row is deleted before its
+record is durable, and after a crash or power loss every committed row not
+deleted has exactly one record.** Rows may be leased and published before their
+record is fsync'd. The spool records in its ``meta`` table, in the transaction
+that deletes rows (and in any commit's, when it moved), the :class:`AuditMark`
+of the last fsync: the file's (st_dev, st_ino), its size then and the highest
+seq audited by then; every byte before that offset is durable. A power loss
+can keep a later page of the unsynced region and lose an earlier one, so
+:meth:`AuditLog.open` CRC-checks every record after the offset (at most about
+1 s or 4 MiB of records, plus one commit's; nothing after a clean close), and
+at the first bad, torn or zeroed one cuts the file and writes a ``repair``
+record. Records are written in seq order, so every row up to the last good
+record's seq keeps its record and the spool re-audits the rows above it
+(:attr:`AuditLog.last_seq`; the records after the cut were never fsync'd, so no
+row they audit was deleted). When the file at the path is not the one the mark
+names (replaced, or renamed without the reopen recorded) or is shorter than the
+offset, the whole file is checked the same way (time proportional to its size)
+and :attr:`AuditLog.last_seq` is at least the mark's seq (those rows' records
+are durable in the file the mark names): rows above it may then be audited in
+both files, never in neither. A spool with no mark (written by agents that
+fsync'd every commit) gets their check: the tail, a torn last line cut.
+
+:func:`verify` reports the totals (readings counted one by one, whatever records carry them) and the first
 corrupt record (1-based line and byte offset); a point-form ``b`` record whose
 ids no earlier ``pt`` record of its file defines is corrupt (the file would not
 say what was read).
 
 Rotation (logrotate renames the file, then sends SIGHUP): :meth:`AuditLog.reopen`
-opens the new file at the same path and starts it with a ``cont`` record, so
-the files form one chain. :func:`verify` given every file oldest first checks
+opens the new file at the same path (fsyncing the folder) and starts it with a
+``cont`` record, fsync'd, so the files form one chain; the spool records the new
+file's mark at once. :func:`verify` given every file oldest first checks
 each link (the ``cont`` record names the previous file's last CRC and the seq
 reached) besides every record; :func:`rotated_files` lists a log's rotations
 (``NAME.1``, ``NAME.2.gz``, ...) oldest first. Files ending in ``.gz`` are read

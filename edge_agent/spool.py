@@ -10,12 +10,23 @@ mode FULL fsyncs the WAL on every commit, so a committed batch survives power
 loss (``NORMAL`` would survive only a process crash). Acks ride on the next
 append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
 power loss only re-sends readings, which the ingest de-duplicates by (site,
-seq); losing an append would lose data. The audit records of a commit are
-written and fsync'd right after it, before its rows can be leased; a crash
-or power loss between the two leaves the rows in the spool, and the next
-start audits them again (``_reaudit_sync``). The audit file is fsync'd again
-before any transaction that deletes rows (acks, the cap's drop): a no-op
-unless an event was written since.
+seq); losing an append would lose data.
+
+The audit log (``edge_agent.audit``) keeps one invariant with the spool: **no
+row is deleted before its record is durable, and after a crash or power loss
+every committed row not deleted has exactly one record.** A commit's records
+are written right after it but not fsync'd (rows may be leased and published
+before); the audit is fsync'd before a transaction that deletes rows whose
+records may not be durable yet (acks; a quarantine; the size cap's drop, which
+runs in a transaction of its own after the new rows' records and its ``drop``
+record are fsync'd, since it may take rows of the same commit), for command and
+write events, at close and reopen, and at the first commit 1 s after the last
+fsync or once 4 MiB are unsynced. The deleting transaction (and any commit's,
+when it moved) records in ``meta`` the audit file's identity, the offset and
+the highest seq of that fsync (``AuditMark``): at open the audit checks every
+record after that offset, cuts the file at the first one a power loss took or
+tore, and ``_reaudit_sync`` audits again every row above the last good
+record's seq.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -24,9 +35,10 @@ range, one audit record. Lifecycle::
                     │ a group of about ``fsync_batch`` readings (whole batches, never past
                     │ it), or ``flush_interval_s`` after the oldest buffered batch arrived
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
-            point-table entries, INSERT one row per batch + next_seq in one
-            transaction (fsync), then one audit record per batch and per cap
-            drop, written and fsync'd
+            point-table entries, INSERT one row per batch + next_seq (+ the
+            audit mark) in one transaction (fsync), then one audit record per
+            batch, written (fsync'd every 1 s / 4 MiB); over the cap: the
+            ``drop`` record and an audit fsync, then the drop's DELETE
             (group commit: batches that arrive during an fsync go in the next
             group, committed when it is full or old, not the moment the fsync
             ends — that made one commit per batch when batches arrived one at a
@@ -56,9 +68,11 @@ nothing ever saw it.) A SIGKILL during a commit leaves the row either whole or
 absent (SQLite's journal), never half.
 
 Size cap: when more than ``max_readings`` readings are spooled, the oldest
-batches are deleted whole in the same transaction (never the newest one, so a
-batch larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
-``drop`` record with the seq range.
+batches are deleted whole after the commit (never the newest one, so a batch
+larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
+``drop`` record with the seq range, fsync'd before the delete (a power loss
+between the two leaves a ``drop`` record for rows still spooled, dropped again
+under another record by the next commit over the cap).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
@@ -184,7 +198,7 @@ class Spool:
     """An async context manager over the on-disk spool in ``directory`` (file ``spool.db``).
 
     ``audit`` (optional) receives one record per committed batch and per drop
-    or quarantine event, fsync'd before rows leave the spool. ``metrics`` (optional)
+    or quarantine event, durable before the rows they name leave the spool. ``metrics`` (optional)
     gets spool depth, oldest-unacked age, drops and quarantines.
     Raises SpoolError when the directory or database cannot be used.
     """
