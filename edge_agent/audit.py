@@ -448,12 +448,18 @@ class AuditLog:
         self._written = self._durable
 
     def sync_due(self) -> bool:
-        """True when the records written but not fsync'd are :data:`SYNC_INTERVAL_S` old or
-        :data:`SYNC_BYTES` long (with the buffered ones): the bound on what the next open checks."""
+        """True when records written or buffered since the last fsync are :data:`SYNC_INTERVAL_S` old or
+        :data:`SYNC_BYTES` long (with those of one commit more): the bound on what the next open checks.
+        Cheap, and safe to ask from another thread than the writer's (an answer a moment stale)."""
+        return self.sync_in() == 0.0
+
+    def sync_in(self) -> float | None:
+        """Seconds until :meth:`sync_due` (0.0 when due); None when every record is durable."""
         if not self._unsynced and not self._buffer:
-            return False
-        pending = self._unsynced_bytes + sum(map(len, self._buffer))
-        return pending >= SYNC_BYTES or time.monotonic() - self._synced_at >= SYNC_INTERVAL_S
+            return None
+        if self._unsynced_bytes >= SYNC_BYTES:
+            return 0.0
+        return max(0.0, self._synced_at + SYNC_INTERVAL_S - time.monotonic())
 
     def mark(self) -> AuditMark:
         """The open file's identity, its size at the last fsync and the highest seq audited by then."""

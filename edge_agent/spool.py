@@ -494,10 +494,22 @@ class Spool:
         return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - TIMER_SLACK_S
 
     def _acks_due(self) -> bool:
-        """The acks are due: one waited ``ack_interval_s``, or an ``ack()`` caller waits."""
-        return bool(self._acks) and (
-            self._ack_awaited
-            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - TIMER_SLACK_S)
+        """The acks are due: an ``ack()`` caller waits, or one waited ``ack_interval_s`` and the rows it
+        deletes need no audit fsync of their own (``_acks_durable``)."""
+        return bool(self._acks) and (self._ack_awaited or (
+            asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - TIMER_SLACK_S
+            and self._acks_durable() is None))
+
+    def _acks_durable(self) -> float | None:
+        """None when the acked rows' audit records are durable, or the audit's periodic fsync is due (the
+        delete brings it); else the seconds until that fsync falls due. So acked rows leave with the
+        audit's periodic fsync (about once a second), not with an fsync of their own every
+        ``ack_interval_s``; until then they are not leased again, and count in the depth."""
+        audit = self.audit
+        if audit is None or audit.durable_seq >= max(last for _, last, _ in self._acks):
+            return None
+        wait = audit.sync_in()
+        return None if not wait else wait
 
     def _due_at(self) -> float | None:
         """The loop time at which the buffer falls due by age, else the acks (when due they ride on the
@@ -505,7 +517,9 @@ class Spool:
         if self._buffer:
             return self._arrived[0] + self.flush_interval_s
         if self._acks:
-            return self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
+            due = self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
+            wait = None if self._ack_awaited else self._acks_durable()
+            return due if wait is None else max(due, asyncio.get_running_loop().time() + wait)
         return None
 
     def _whole_groups(self) -> int:

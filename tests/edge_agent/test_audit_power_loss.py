@@ -17,6 +17,7 @@ import errno
 import os
 import sqlite3
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -320,3 +321,41 @@ def test_a_reopened_audit_file_is_recorded_at_once(tmp_path: Path) -> None:
     asyncio.run(go())
     summary = verify([tmp_path / "audit.log.1", audit_path])
     assert summary.ok and summary.links == 1 and summary.readings == 3
+
+
+def test_acked_rows_leave_with_the_periodic_audit_fsync_not_with_one_each(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Acks every 10 ms while rows stream in: their deletes wait for the audit's periodic fsync instead of
+    forcing one each; idle, the acked rows still leave once it falls due."""
+    monkeypatch.setattr(audit_module, "SYNC_INTERVAL_S", 0.3)
+    audit_path = tmp_path / "audit.log"
+    calls = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if audit_path.exists() and os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            calls.append(time.monotonic())
+        real_fsync(fd)
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+
+    async def go() -> tuple[int, float, int]:
+        async with Spool(tmp_path / "spool", site="s1", ack_interval_s=0.01, audit=AuditLog(audit_path)) as spool:
+            start, opened = time.monotonic(), len(calls)
+            for i in range(40):                         # committed in the background, as in the agent
+                await spool.append(_batch(i))
+                await asyncio.sleep(0.015)
+                leased = await spool.lease(100)
+                if leased:
+                    spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            streaming, elapsed = len(calls) - opened, time.monotonic() - start
+            for _ in range(100):                        # idle: the acks' own commit, once the fsync is due
+                if not spool.depth:
+                    break
+                await asyncio.sleep(0.05)
+            return streaming, elapsed, spool.depth
+
+    streaming, elapsed, depth = asyncio.run(go())
+    assert 1 <= streaming <= elapsed / 0.3 + 2, (streaming, elapsed)     # one per ack commit was ~40
+    assert depth == 0
+    summary = verify(audit_path)
+    assert summary.ok and summary.readings == 120
