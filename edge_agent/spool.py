@@ -112,8 +112,8 @@ from typing import Any, Callable
 import orjson
 
 from edge_agent.audit import AuditLog, AuditMark, batch_record
-from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.batch import ReadingBatch
+from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns

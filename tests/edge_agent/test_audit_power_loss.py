@@ -359,3 +359,19 @@ def test_acked_rows_leave_with_the_periodic_audit_fsync_not_with_one_each(tmp_pa
     assert depth == 0
     summary = verify(audit_path)
     assert summary.ok and summary.readings == 120
+
+
+def test_a_record_damaged_before_the_recorded_offset_is_reported_not_cut(tmp_path: Path) -> None:
+    """The region before the offset was fsync'd: damage there is not a power loss's hole, and cutting it would
+    throw away durable records. ``verify`` reports it (totals and the first corrupt record); the start leaves it."""
+    committed, _ = _crash_with_unsynced_records(tmp_path)
+    audit_path = tmp_path / "audit.log"
+    offset = _meta(tmp_path)["audit_offset"]
+    at, length = _records(audit_path, 0)[3]
+    assert at + length < offset
+    _damage(audit_path, at, length, "garble")
+    _restart(tmp_path)
+    summary = verify(audit_path)
+    assert summary.repairs == 0 and summary.corrupt is not None and summary.corrupt.offset == at
+    assert summary.readings < committed                  # the damaged record's readings are not counted
+    assert audit_path.stat().st_size > offset
