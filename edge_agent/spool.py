@@ -967,7 +967,7 @@ _MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq")
 def _read_mark(db: sqlite3.Connection) -> AuditMark | None:
     """The audit position ``meta`` records (None when it records none: a spool of an older agent, which
     fsync'd every commit); a damaged one names no file (the audit log is then checked whole)."""
-    stored = dict(db.execute(f"SELECT key, value FROM meta WHERE key IN {_MARK_KEYS}").fetchall())
+    stored = {key: value for key, value in db.execute("SELECT key, value FROM meta") if key in _MARK_KEYS}
     if not stored:
         return None
     values = [stored.get(key) for key in _MARK_KEYS]

@@ -16,6 +16,7 @@ import asyncio
 import errno
 import os
 import sqlite3
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -375,3 +376,29 @@ def test_a_record_damaged_before_the_recorded_offset_is_reported_not_cut(tmp_pat
     assert summary.repairs == 0 and summary.corrupt is not None and summary.corrupt.offset == at
     assert summary.readings < committed                  # the damaged record's readings are not counted
     assert audit_path.stat().st_size > offset
+
+
+def test_reopen_fsyncs_the_folder_of_the_new_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new audit file's name (and logrotate's rename) survive a power loss: the folder is fsync'd."""
+    audit_path = tmp_path / "logs" / "audit.log"
+    folders: list[tuple[int, int]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            folders.append((st.st_dev, st.st_ino))
+        real_fsync(fd)
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+    log = AuditLog(audit_path)
+    log.open()
+    folder = os.stat(audit_path.parent)
+    assert folders == [(folder.st_dev, folder.st_ino)]          # created: its name made durable
+    log.event("repair", bytes=1, at_offset=0)
+    log.sync()
+    audit_path.rename(audit_path.with_name("audit.log.1"))
+    folders.clear()
+    assert log.reopen()
+    log.close()
+    assert (folder.st_dev, folder.st_ino) in folders
+    assert verify([audit_path.with_name("audit.log.1"), audit_path]).links == 1
