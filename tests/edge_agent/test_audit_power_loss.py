@@ -49,7 +49,10 @@ def _meta(directory: Path) -> dict[str, int]:
 
 def _records(path: Path, start: int) -> list[tuple[int, int]]:
     """(offset, length with newline) of each line from ``start``."""
-    data = path.read_bytes()
+    return _records_of(path.read_bytes(), start)
+
+
+def _records_of(data: bytes, start: int) -> list[tuple[int, int]]:
     out, offset = [], start
     for line in data[start:].split(b"\n")[:-1]:
         out.append((offset, len(line) + 1))
@@ -69,7 +72,7 @@ async def _abandon(spool: Spool) -> None:
     spool._db.close()
 
 
-def _crash_with_unsynced_records(directory: Path, *, before: int = 3, after: int = 6) -> tuple[int, int]:
+def _crash_with_unsynced_records(directory: Path, *, before: int = 3, after: int = 6, n: int = 3) -> tuple[int, int]:
     """Commits, an ack (audit fsync'd, its offset recorded in meta with the delete), then ``after`` more
     commits whose records are written but not fsync'd, and the power goes. Returns (the readings committed,
     the readings left in the spool)."""
@@ -84,7 +87,7 @@ def _crash_with_unsynced_records(directory: Path, *, before: int = 3, after: int
         leased = await spool.lease(5)
         await spool.ack(leased[0].seq_first, leased[-1].seq_last)
         for i in range(before, before + after):
-            await spool.append(_batch(i))
+            await spool.append(_batch(i, n))
             await spool.flush()
         committed, depth = spool.next_seq - 1, spool.depth
         await _abandon(spool)
@@ -173,6 +176,29 @@ def test_wherever_the_holes_fall_every_committed_reading_is_audited_once(data: s
                 _damage(audit_path, *region[index], how)
             assert _restart(directory)[0] == depth
             _check_audited_once_and_cut_at(directory, committed, region[holes[0]][0], before)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_a_lost_page_in_the_unsynced_records_is_cut_at_the_first_record_it_touches(data: st.DataObject) -> None:
+    """The page cache written back out of order: one 4 KiB page of the file (aligned as the disk has it) reads
+    as zeros, the pages after it survived."""
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(audit_module, "SYNC_INTERVAL_S", 3600.0)
+            committed, depth = _crash_with_unsynced_records(directory, after=8, n=150)
+            audit_path = directory / "audit.log"
+            offset = _meta(directory)["audit_offset"]
+            size = audit_path.stat().st_size
+            pages = range(offset // 4096 + 1, (size - 1) // 4096)  # whole pages inside the unsynced region
+            assert len(pages) >= 3
+            page = data.draw(st.sampled_from(pages))
+            before = audit_path.read_bytes()
+            _damage(audit_path, page * 4096, 4096, "zero")
+            cut_at = next(at for at, length in _records_of(before, offset) if at + length > page * 4096)
+            assert _restart(directory)[0] == depth
+            _check_audited_once_and_cut_at(directory, committed, cut_at, before)
 
 
 def test_a_restart_after_a_clean_shutdown_checks_nothing_beyond_the_recorded_offset(tmp_path: Path) -> None:
