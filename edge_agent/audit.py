@@ -26,7 +26,8 @@ Record kinds (``k``):
             decoded, or its seq range or acceptance time was unusable): site, seq
             (its first), seq_last (absent when unusable, and from agents before
             batches), reason
-``repair``  a torn last line (power loss mid-write) cut at start-up: bytes, at_offset
+``repair``  the records cut at start-up from the first bad, torn or zeroed one on (a power loss
+            before their fsync): bytes, at_offset
 ``cmd``     one command message and what was decided (``edge_agent.commands``): id (null when
             the payload had none), control, value, issued_ms, expires_ms, event, decision
             (accepted, rejected, expired), reason; a malformed one carries bytes and sha256
@@ -37,24 +38,52 @@ Record kinds (``k``):
             previous file's last record), last_seq (the highest seq audited before it)
 ==========  ==================================================================
 
-The log is written only by the spool's I/O thread, in the same batch as the
-spool's commit: lines are buffered with :meth:`AuditLog.add_batch_record` /
-:meth:`AuditLog.event` and written and fsync'd together by :meth:`AuditLog.sync`
-after the commit, before the batches can be leased; events outside a commit
-(``cmd``, ``write``, ``quar``) are fsync'd at once. A failed write or fsync cuts
-the file back to its last fsync'd size and keeps every record written since
-buffered, to be written whole again. A reading is audited after its spool commit; a crash between
-the two, or a power loss before the fsync, is repaired at the next start (the
-spool re-audits its rows above :attr:`AuditLog.last_seq`, and a row is still in
-the spool until its record is on disk). :func:`verify` reports the
-totals (readings counted one by one, whatever records carry them) and the first
+The log is written only by the spool's I/O thread. Lines are buffered with
+:meth:`AuditLog.add_batch_record` / :meth:`AuditLog.event`; after each spool
+commit they are written (:meth:`AuditLog.write`), not fsync'd. :meth:`AuditLog.sync`
+writes and fsyncs: the spool calls it before any transaction that deletes rows
+whose records are not durable yet (acks, the size cap's drop, a quarantine),
+for events that must be durable at once (``cmd``, ``write``, ``quar``), at
+open, close and reopen, and at the first commit :data:`SYNC_INTERVAL_S` (1 s)
+after the last fsync or once :data:`SYNC_BYTES` (4 MiB) are unsynced. A failed
+write or fsync cuts the file back to its last fsync'd size and buffers every
+record written since, to be written whole again.
+
+The invariant (with ``edge_agent.spool``): **no spool row is deleted before its
+record is durable, and after a crash or power loss every committed row not
+deleted has exactly one record.** Rows may be leased and published before their
+record is fsync'd. The spool records in its ``meta`` table, in the transaction
+that deletes rows (and in any commit's, when it moved), the :class:`AuditMark`
+of the last fsync: the file's (st_dev, st_ino), its size then and the highest
+seq audited by then; every byte before that offset is durable. A power loss
+can keep a later page of the unsynced region and lose an earlier one, so
+:meth:`AuditLog.open` CRC-checks every record after the offset (at most about
+1 s or 4 MiB of records, plus one commit's; nothing after a clean close), and
+at the first bad, torn or zeroed one cuts the file and writes a ``repair``
+record. Records are written in seq order, so every row up to the last good
+record's seq keeps its record and the spool re-audits the rows above it
+(:attr:`AuditLog.last_seq`; the records after the cut were never fsync'd, so no
+row they audit was deleted). When the file at the path is not the one the mark
+names (replaced, or renamed without the reopen recorded) or is shorter than the
+offset, the whole file is checked the same way (time proportional to its size)
+and :attr:`AuditLog.last_seq` is at least the mark's seq (those rows' records
+are durable in the file the mark names): rows above it may then be audited in
+both files, never in neither. (When logrotate renamed the file and the power
+went before the agent's reopen, the unsynced records, and any hole, are in the
+renamed file: ``verify`` reports a hole there; the rows above the mark's seq
+are audited again in the new file.) The durable region before the offset is
+not checked again: a record damaged there is reported by ``verify``, not cut. A spool with no mark (written by agents that
+fsync'd every commit) gets their check: the tail, a torn last line cut.
+
+:func:`verify` reports the totals (readings counted one by one, whatever records carry them) and the first
 corrupt record (1-based line and byte offset); a point-form ``b`` record whose
 ids no earlier ``pt`` record of its file defines is corrupt (the file would not
 say what was read).
 
 Rotation (logrotate renames the file, then sends SIGHUP): :meth:`AuditLog.reopen`
-opens the new file at the same path and starts it with a ``cont`` record, so
-the files form one chain. :func:`verify` given every file oldest first checks
+opens the new file at the same path (fsyncing the folder) and starts it with a
+``cont`` record, fsync'd, so the files form one chain; the spool records the new
+file's mark at once. :func:`verify` given every file oldest first checks
 each link (the ``cont`` record names the previous file's last CRC and the seq
 reached) besides every record; :func:`rotated_files` lists a log's rotations
 (``NAME.1``, ``NAME.2.gz``, ...) oldest first. Files ending in ``.gz`` are read
@@ -67,6 +96,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import logging
 import os
 import re
 import time
@@ -80,15 +110,47 @@ import orjson
 from edge_agent.audit_records import record_problem
 from edge_agent.batch import ReadingBatch
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
-from ems_contract.telemetry import check_finite
+from ems_contract.telemetry import MAX_INT64, check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
 from edge_agent.seq_ranges import SeqRanges
 
-__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
+__all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditMark", "SYNC_INTERVAL_S", "SYNC_BYTES", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
            "rotated_files", "encode_record", "decode_record"]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_AUDIT_PATH = Path("/var/log/ems/telemetry-audit.log")
 _TAIL_BYTES = 256 * 1024
+_SCAN_CHUNK = 1 << 20
+SYNC_INTERVAL_S = 1.0
+"""Records written after a commit are fsync'd at the latest by the first commit this long after the last fsync."""
+SYNC_BYTES = 4 << 20
+"""... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
+
+
+@dataclass(frozen=True)
+class AuditMark:
+    """What the spool records, in the transaction that deletes rows, of the audit file's last fsync: the
+    file's identity (st_dev, st_ino), its size then (every byte before is durable) and the highest seq
+    its records audited by then."""
+
+    identity: tuple[int, int]
+    offset: int
+    seq: int
+
+
+def _identity(st: os.stat_result) -> tuple[int, int]:
+    """(st_dev, st_ino), each cut to 63 bits so that SQLite's INTEGER holds it."""
+    return st.st_dev & MAX_INT64, st.st_ino & MAX_INT64
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a directory, so that a file created in it keeps its name after a power loss."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def encode_record(body: dict[str, Any]) -> bytes:
@@ -155,32 +217,131 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
+        self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
+        self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
+        self._written = 0                      # its size after the last write
+        self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
+        self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
-    def open(self) -> None:
+    def open(self, mark: AuditMark | None = None) -> None:
+        """Open (creating it, and fsyncing its folder, when missing) and check the file; fsync it.
+
+        ``mark`` is what the spool recorded of the last audit fsync (:meth:`mark`). When it names
+        this file, every record after its offset is CRC-checked; without it the older agents'
+        rule holds (each commit was fsync'd: only the tail is read, a torn last line cut); when it
+        names another file, or an offset the file does not have, the whole file is checked. At the
+        first bad, torn or zeroed record the file is cut, and a ``repair`` record says where and
+        how much. :attr:`last_seq` is then the highest seq the kept records (or ``mark``) audit.
+        """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            created = not self.path.exists()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
         except OSError as exc:
             raise AuditError(f"audit log {self.path}: cannot open ({exc.strerror or exc})") from exc
         self._fh = os.fdopen(fd, "r+b", buffering=0)
         self._defined.clear()                  # each file defines the point ids it uses (again)
         self._shapes.clear()
-        size = os.fstat(fd).st_size
-        self._durable = size
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        try:
+            if created:
+                _fsync_folder(self.path.parent)    # the new file's name survives a power loss too
+            size = os.fstat(fd).st_size
+            start = self._scan_start(mark, size)
+            cut_at = self._scan(start, size) if start is not None else self._scan_tail(size)
+            if cut_at is not None:
+                os.ftruncate(fd, cut_at)
+                self._written = self._durable = cut_at
+                self.event("repair", bytes=size - cut_at, at_offset=cut_at)
+            self.write()
+            self._fsync()                      # what survived a crash may be in the page cache only
+        except OSError as exc:
+            self._fh.close()
+            self._fh = None
+            raise AuditError(f"audit log {self.path}: cannot check ({exc.strerror or exc})") from exc
+        except AuditError:
+            self._fh.close()
+            self._fh = None
+            raise
+
+    def _scan_start(self, mark: AuditMark | None, size: int) -> int | None:
+        """Where the check of a file of ``size`` bytes starts (None: the tail only, the older agents' rule)."""
+        self._durable = self._written = size
+        self.scanned = 0
+        if mark is None:
+            return None
+        self.last_seq = max(self.last_seq, mark.seq)       # audited, durably, in this file or the one before
+        held = os.fstat(self._fh.fileno())                 # type: ignore[union-attr]
+        if mark.identity == _identity(held) and mark.offset <= size and self._ends_a_record(mark.offset):
+            return mark.offset
+        log.warning("audit log %s is not the file the spool last synced (or is shorter than it was): "
+                    "checking all of it", self.path)
+        return 0
+
+    def _ends_a_record(self, offset: int) -> bool:
+        """True when ``offset`` is 0 or follows a newline; sets :attr:`last_crc` from the line before (the
+        durable region is not checked again: a record damaged there is for ``verify`` to report, not cut)."""
+        if offset == 0:
+            return True
+        fh = self._fh
+        assert fh is not None
+        step = 4096
+        while True:
+            begin = max(0, offset - step)
+            fh.seek(begin)
+            chunk = fh.read(offset - begin)
+            if not chunk.endswith(b"\n"):
+                return False
+            newline = chunk.rfind(b"\n", 0, len(chunk) - 1)
+            if newline >= 0 or begin == 0:
+                self.last_crc = chunk[newline + 1:newline + 9].decode("ascii", "replace")
+                return True
+            step *= 4
+
+    def _scan(self, start: int, size: int) -> int | None:
+        """CRC-check every record from ``start``; the offset of the first bad one (None when all are good)."""
+        fh = self._fh
+        assert fh is not None
+        fh.seek(start)
+        offset = start
+        rest = b""
+        while True:
+            chunk = fh.read(_SCAN_CHUNK)
+            lines = (rest + chunk).split(b"\n")
+            rest = lines.pop()                      # the part after the last newline: torn, or read on
+            if not chunk:
+                break
+            for line in lines:
+                try:
+                    body = decode_record(line)
+                except ValueError:
+                    self.scanned = size - start
+                    return offset
+                offset += len(line) + 1
+                self.last_crc = line[:8].decode()
+                last = _last_seq(body)
+                if last is not None:
+                    self.last_seq = max(self.last_seq, last)
+        self.scanned = size - start
+        return offset if rest else None
+
+    def _scan_tail(self, size: int) -> int | None:
+        """The older agents' check (each of their commits was fsync'd): the last line, cut when torn."""
+        fh = self._fh
+        assert fh is not None
         tail_start = max(0, size - _TAIL_BYTES)
-        self._fh.seek(tail_start)
-        tail = self._fh.read()
+        fh.seek(tail_start)
+        tail = fh.read()
+        self.scanned = len(tail)
+        cut_at = None
         if tail and not tail.endswith(b"\n"):
-            # A write cut by power loss: keep every complete record, cut the torn one, and say so.
             cut_at = tail_start + tail.rfind(b"\n") + 1 if b"\n" in tail else tail_start
-            os.ftruncate(fd, cut_at)
-            self._durable = cut_at
-            self.event("repair", bytes=size - cut_at, at_offset=cut_at)
             tail = tail[: cut_at - tail_start]
-            self.sync()
         for line in tail.split(b"\n"):
             try:
                 body = decode_record(line)
@@ -190,6 +351,7 @@ class AuditLog:
             last = _last_seq(body)
             if last is not None:
                 self.last_seq = max(self.last_seq, last)
+        return cut_at
 
     def batch(self, site: str, batch: ReadingBatch) -> None:
         """Buffer the record of one accepted, sequenced batch (written by :meth:`sync`)."""
@@ -214,37 +376,97 @@ class AuditLog:
         self._buffer.append(record)
         self.last_seq = max(self.last_seq, seq_last)
 
-    def event(self, kind: str, **fields: Any) -> None:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``); ValueError for a
-        NaN or infinite number among ``fields``, as for a batch."""
+    def event(self, kind: str, **fields: Any) -> bytes:
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``) and return it;
+        ValueError for a NaN or infinite number among ``fields``, as for a batch."""
         check_finite(v for v in fields.values() if isinstance(v, float))
-        self._buffer.append(encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)}))
+        record = encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)})
+        self._buffer.append(record)
+        return record
 
-    def sync(self) -> None:
-        """Write the buffered records and fsync; raises AuditError on I/O failure.
+    def withdraw(self, record: bytes) -> None:
+        """Take back an event record that a failed :meth:`sync` left buffered (what it announced did not happen)."""
+        for i in range(len(self._buffer) - 1, -1, -1):
+            if self._buffer[i] is record:
+                del self._buffer[i]
+                return
 
-        On failure the file is cut back to its size at the last fsync and the records stay buffered,
-        to be written whole again: a part written before ENOSPC would sit as a torn line, and after a
-        failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed" with the
-        records perhaps never on disk (and the spool would then delete their rows)."""
+    def write(self) -> None:
+        """Write the buffered records, without an fsync (:meth:`sync` makes them durable); raises
+        AuditError on I/O failure.
+
+        On failure the file is cut back to its size at the last fsync and every record written since
+        is buffered again, to be written whole: a part written before ENOSPC would sit as a torn line,
+        and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
+        with the records perhaps never on disk (and the spool would then delete their rows)."""
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
         if not self._buffer:
             return
-        fd = self._fh.fileno()
+        data = b"".join(self._buffer)
         try:
-            view = memoryview(b"".join(self._buffer))
+            view = memoryview(data)
             while view:
                 written = self._fh.write(view)
                 view = view[written:]
-            os.fsync(fd)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.ftruncate(fd, self._durable)
+            self._cut_back()
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
-        self._durable = os.lseek(fd, 0, os.SEEK_END)
+        self._written += len(data)
+        self._unsynced.extend(self._buffer)
+        self._unsynced_bytes += len(data)
         self.last_crc = self._buffer[-1][:8].decode()
         self._buffer.clear()
+
+    def sync(self) -> None:
+        """Write the buffered records and fsync, so that every record so far is durable; raises AuditError
+        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again)."""
+        self.write()
+        if self._unsynced:
+            self._fsync()
+
+    def _fsync(self) -> None:
+        fd = self._fh.fileno()        # type: ignore[union-attr]
+        try:
+            os.fsync(fd)
+            end = os.lseek(fd, 0, os.SEEK_END)
+        except OSError as exc:
+            self._cut_back()
+            raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
+        self._durable = self._written = end
+        self.durable_seq = self.last_seq
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        self._synced_at = time.monotonic()
+
+    def _cut_back(self) -> None:
+        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered."""
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fh.fileno(), self._durable)      # type: ignore[union-attr]
+        self._buffer[:0] = self._unsynced
+        self._unsynced.clear()
+        self._unsynced_bytes = 0
+        self._written = self._durable
+
+    def sync_due(self) -> bool:
+        """True when records written or buffered since the last fsync are :data:`SYNC_INTERVAL_S` old or
+        :data:`SYNC_BYTES` long (with those of one commit more): the bound on what the next open checks.
+        Cheap, and safe to ask from another thread than the writer's (an answer a moment stale)."""
+        return self.sync_in() == 0.0
+
+    def sync_in(self) -> float | None:
+        """Seconds until :meth:`sync_due` (0.0 when due); None when every record is durable."""
+        if not self._unsynced and not self._buffer:
+            return None
+        if self._unsynced_bytes >= SYNC_BYTES:
+            return 0.0
+        return max(0.0, self._synced_at + SYNC_INTERVAL_S - time.monotonic())
+
+    def mark(self) -> AuditMark:
+        """The open file's identity, its size at the last fsync and the highest seq audited by then."""
+        if self._fh is None:
+            raise AuditError(f"audit log {self.path}: not open")
+        return AuditMark(_identity(os.fstat(self._fh.fileno())), self._durable, self.durable_seq)
 
     def reopen(self) -> bool:
         """Reopen the file at :attr:`path` after rotation; True when it is a new file.
@@ -269,12 +491,16 @@ class AuditLog:
             return False
         old, self._fh = self._fh, None
         prev_crc = self.last_crc
+        kept = self._durable, self._written, self.last_crc
         try:
             self.open()
         except AuditError:
             self._fh = old          # keep appending to the renamed file: nothing is lost, the chain holds
+            self._durable, self._written, self.last_crc = kept
             raise
         old.close()
+        with contextlib.suppress(OSError):     # logrotate's rename and the file it may have created
+            _fsync_folder(self.path.parent)
         if prev_crc is not None and os.fstat(self._fh.fileno()).st_size == 0:
             self.event("cont", prev_crc=prev_crc, last_seq=self.last_seq)
             self.sync()
@@ -498,8 +724,10 @@ _BATCH_COLUMNS = ("ts_ms", "asset", "point", "sensor", "value", "unit", "q")
 
 
 def _last_seq(body: dict[str, Any]) -> int | None:
-    """The highest reading seq a record audits (``r`` and ``b``), else None."""
-    last = body.get("seq") if body.get("k") == "r" else body.get("seq_last") if body.get("k") == "b" else None
+    """The highest reading seq a record says was audited (``r``, ``b``, and ``cont``: the files before), else None."""
+    kind = body.get("k")
+    last = body.get("seq") if kind == "r" else body.get("seq_last") if kind == "b" else \
+        body.get("last_seq") if kind == "cont" else None
     return last if isinstance(last, int) else None
 
 

@@ -10,12 +10,23 @@ mode FULL fsyncs the WAL on every commit, so a committed batch survives power
 loss (``NORMAL`` would survive only a process crash). Acks ride on the next
 append commit; alone they commit with ``synchronous=NORMAL``: losing an ack to
 power loss only re-sends readings, which the ingest de-duplicates by (site,
-seq); losing an append would lose data. The audit records of a commit are
-written and fsync'd right after it, before its rows can be leased; a crash
-or power loss between the two leaves the rows in the spool, and the next
-start audits them again (``_reaudit_sync``). The audit file is fsync'd again
-before any transaction that deletes rows (acks, the cap's drop): a no-op
-unless an event was written since.
+seq); losing an append would lose data.
+
+The audit log (``edge_agent.audit``) keeps one invariant with the spool: **no
+row is deleted before its record is durable, and after a crash or power loss
+every committed row not deleted has exactly one record.** A commit's records
+are written right after it but not fsync'd (rows may be leased and published
+before); the audit is fsync'd before a transaction that deletes rows whose
+records may not be durable yet (acks; a quarantine; the size cap's drop, which
+runs in a transaction of its own after the new rows' records and its ``drop``
+record are fsync'd, since it may take rows of the same commit), for command and
+write events, at close and reopen, and at the first commit 1 s after the last
+fsync or once 4 MiB are unsynced. The deleting transaction (and any commit's,
+when it moved) records in ``meta`` the audit file's identity, the offset and
+the highest seq of that fsync (``AuditMark``): at open the audit checks every
+record after that offset, cuts the file at the first one a power loss took or
+tore, and ``_reaudit_sync`` audits again every row above the last good
+record's seq.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -24,9 +35,10 @@ range, one audit record. Lifecycle::
                     │ a group of about ``fsync_batch`` readings (whole batches, never past
                     │ it), or ``flush_interval_s`` after the oldest buffered batch arrived
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
-            point-table entries, INSERT one row per batch + next_seq in one
-            transaction (fsync), then one audit record per batch and per cap
-            drop, written and fsync'd
+            point-table entries, INSERT one row per batch + next_seq (+ the
+            audit mark) in one transaction (fsync), then one audit record per
+            batch, written (fsync'd every 1 s / 4 MiB); over the cap: the
+            ``drop`` record and an audit fsync, then the drop's DELETE
             (group commit: batches that arrive during an fsync go in the next
             group, committed when it is full or old, not the moment the fsync
             ends — that made one commit per batch when batches arrived one at a
@@ -56,9 +68,11 @@ nothing ever saw it.) A SIGKILL during a commit leaves the row either whole or
 absent (SQLite's journal), never half.
 
 Size cap: when more than ``max_readings`` readings are spooled, the oldest
-batches are deleted whole in the same transaction (never the newest one, so a
-batch larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
-``drop`` record with the seq range.
+batches are deleted whole after the commit (never the newest one, so a batch
+larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
+``drop`` record with the seq range, fsync'd before the delete (a power loss
+between the two leaves a ``drop`` record for rows still spooled, dropped again
+under another record by the next commit over the cap).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
@@ -97,7 +111,7 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import AuditLog, batch_record
+from edge_agent.audit import AuditLog, AuditMark, batch_record
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
@@ -184,7 +198,7 @@ class Spool:
     """An async context manager over the on-disk spool in ``directory`` (file ``spool.db``).
 
     ``audit`` (optional) receives one record per committed batch and per drop
-    or quarantine event, fsync'd before rows leave the spool. ``metrics`` (optional)
+    or quarantine event, durable before the rows they name leave the spool. ``metrics`` (optional)
     gets spool depth, oldest-unacked age, drops and quarantines.
     Raises SpoolError when the directory or database cannot be used.
     """
@@ -237,6 +251,7 @@ class Spool:
         self.changed = asyncio.Event()   # set whenever new rows become leasable
         self.dropped_total = 0
         self.quarantined_total = 0
+        self._saved_mark: AuditMark | None = None   # the audit position ``meta`` holds (as far as we know)
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "Spool":
@@ -319,7 +334,8 @@ class Spool:
         self._memory_from = self._next_seq
         self.quarantined_total = quarantined
         if self.audit is not None:
-            self.audit.open()
+            self._saved_mark = _read_mark(db)
+            self.audit.open(self._saved_mark)
         for seq, seq_last, reason in bad_rows:     # a seq below 1 was never accepted: nothing to audit
             if self.audit is not None and seq >= 1:
                 self.audit.event("quar", site=self.site, seq=seq, reason=reason,
@@ -328,6 +344,7 @@ class Spool:
         if self.audit is not None:
             self.audit.sync()
             self._reaudit_sync()
+            self._save_mark_sync()
 
     def _load_points_sync(self, db: sqlite3.Connection) -> None:
         """Read the point table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
@@ -363,12 +380,59 @@ class Spool:
         self.audit.sync()
 
     async def reopen_audit(self) -> bool:
-        """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened."""
+        """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened
+        (recorded in ``meta`` at once: the next open checks the new file from its ``cont`` record on)."""
         if self.audit is None:
             return False
-        return await self._run(self.audit.reopen)
+        return await self._run(self._reopen_audit_sync)
+
+    def _reopen_audit_sync(self) -> bool:
+        assert self.audit is not None
+        reopened = self.audit.reopen()
+        if reopened:
+            self._save_mark_sync()
+        return reopened
+
+    def _save_mark_sync(self) -> None:
+        """Record the audit's last fsync in ``meta`` in a transaction of its own (fsync'd)."""
+        db = self._db
+        assert db is not None and self.audit is not None
+        mark = self.audit.mark()
+        if mark == self._saved_mark:
+            return
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            with transaction(db):
+                _write_mark(db, mark)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
+        self._saved_mark = mark
+
+    def _mark_in_transaction(self) -> AuditMark | None:
+        """Inside a transaction: record the audit's last fsync when it moved since the last record of it
+        (one UPSERT); the mark written, to be kept as saved once the transaction commits."""
+        if self.audit is None:
+            return None
+        mark = self.audit.mark()
+        if mark == self._saved_mark:
+            return None
+        assert self._db is not None
+        _write_mark(self._db, mark)
+        return mark
+
+    def _audit_durable_sync(self, seq_last: int) -> None:
+        """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
+        called before a transaction deletes such rows. Raises AuditError."""
+        if self.audit is not None and self.audit.durable_seq < seq_last:
+            self.audit.sync()
 
     def _close_sync(self) -> None:
+        if self.audit is not None and self._db is not None:
+            try:
+                self.audit.sync()
+                self._save_mark_sync()      # a clean start checks nothing beyond it
+            except (AuditError, SpoolError) as exc:
+                log.error("%s; the next start checks the audit log from its last recorded position", exc)
         if self._db is not None:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
@@ -430,10 +494,22 @@ class Spool:
         return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - TIMER_SLACK_S
 
     def _acks_due(self) -> bool:
-        """The acks are due: one waited ``ack_interval_s``, or an ``ack()`` caller waits."""
-        return bool(self._acks) and (
-            self._ack_awaited
-            or asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - TIMER_SLACK_S)
+        """The acks are due: an ``ack()`` caller waits, or one waited ``ack_interval_s`` and the rows it
+        deletes need no audit fsync of their own (``_acks_durable``)."""
+        return bool(self._acks) and (self._ack_awaited or (
+            asyncio.get_running_loop().time() - self._acks_since >= self.ack_interval_s - TIMER_SLACK_S
+            and self._acks_durable() is None))
+
+    def _acks_durable(self) -> float | None:
+        """None when the acked rows' audit records are durable, or the audit's periodic fsync is due (the
+        delete brings it); else the seconds until that fsync falls due. So acked rows leave with the
+        audit's periodic fsync (about once a second), not with an fsync of their own every
+        ``ack_interval_s``; until then they are not leased again, and count in the depth."""
+        audit = self.audit
+        if audit is None or audit.durable_seq >= max(last for _, last, _ in self._acks):
+            return None
+        wait = audit.sync_in()
+        return None if not wait else wait
 
     def _due_at(self) -> float | None:
         """The loop time at which the buffer falls due by age, else the acks (when due they ride on the
@@ -441,7 +517,9 @@ class Spool:
         if self._buffer:
             return self._arrived[0] + self.flush_interval_s
         if self._acks:
-            return self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
+            due = self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
+            wait = None if self._ack_awaited else self._acks_durable()
+            return due if wait is None else max(due, asyncio.get_running_loop().time() + wait)
         return None
 
     def _whole_groups(self) -> int:
@@ -607,24 +685,25 @@ class Spool:
                      next_seq: int, acks: list[tuple[int, int]],
                      new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
         """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
-        and ``rows`` (``_row``); then write their audit ``records`` (``batch_record`` and the batch's
-        shape), in seq order. Returns the
-        size cap's dropped range (or None) and how many readings each ack deleted.
+        and ``rows`` (``_row``) and record the audit's last fsync in ``meta``; then write their audit
+        ``records`` (``batch_record`` and the batch's shape), in seq order, fsync'd only when
+        ``AuditLog.sync_due``. Returns the size cap's dropped range (or None) and how many readings each
+        ack deleted.
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
         acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
-        The audit records are written and fsync'd after the transaction (and the audit synced before
-        one that deletes rows), so a row whose record a crash or power loss took is still in the
-        spool, and is audited again at the next start (``_reaudit_sync``). An fsync each commit,
-        not one per ``ack_interval_s``: a power loss can keep a later page of an unsynced tail and
-        lose an earlier one, and the start-up scan only repairs a torn *last* record."""
+        Rows leave the table only once their records are durable: the audit is fsync'd before a
+        transaction that deletes rows whose records may not be (acks), and the size cap's drop, which
+        may take rows of this very commit, runs after the commit in a transaction of its own, once the
+        new rows' records and the ``drop`` record are fsync'd. A row whose record a crash or power loss
+        took is still in the spool, and is audited again at the next start (``_reaudit_sync``, after
+        ``AuditLog.open`` cut the file at the first record lost)."""
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
-        dropped_range: tuple[int, int, int] | None = None
         deleted: list[int] = []
-        if self.audit is not None and (acks or self._depth + added > self.max_readings):
-            self.audit.sync()
+        if acks:
+            self._audit_durable_sync(max(last for _, last in acks))
         try:
             db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
@@ -640,31 +719,31 @@ class Spool:
                                    "VALUES (?, ?, ?, ?, ?)", rows)
                     db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
-                    overflow = self._depth - sum(deleted) + added - self.max_readings
-                    if overflow > 0:
-                        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0])
+                mark = self._mark_in_transaction()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
-        dropped = dropped_range[2] if dropped_range else 0
-        self._depth += added - dropped - sum(deleted)
-        if not self._depth:
-            self._oldest_ms = None
-        elif self._oldest_ms is None or dropped or any(deleted):
-            self._oldest_ms = self._min_accepted_sync()
+        self._saved_mark = mark or self._saved_mark
+        self._depth += added - sum(deleted)
         if self.audit is not None and rows:
             for (record, shape), row in zip(records, rows):
                 self.audit.add_batch_record(record, row[1], shape, self.points)
-            if dropped_range:
-                self.audit.event("drop", site=self.site, seq_first=dropped_range[0], seq_last=dropped_range[1],
-                                 count=dropped_range[2])
             try:
-                self.audit.sync()       # the records are on disk before the rows can be leased and sent
+                # Not fsync'd each commit: the rows stay in the spool until their records are durable.
+                self.audit.sync() if self.audit.sync_due() else self.audit.write()
             except AuditError as exc:
                 # The rows are committed: failing the commit would buffer them again and every later
                 # commit would fail on their seqs. Their records stay buffered in the audit log and go
                 # out with the next write; until then no row leaves the spool (deletes sync first).
                 log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
+        overflow = self._depth - self.max_readings
+        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0]) if rows and overflow > 0 else None
+        dropped = dropped_range[2] if dropped_range else 0
+        self._depth -= dropped
+        if not self._depth:
+            self._oldest_ms = None
+        elif self._oldest_ms is None or dropped or any(deleted):
+            self._oldest_ms = self._min_accepted_sync()
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
@@ -672,7 +751,13 @@ class Spool:
         return dropped_range, deleted
 
     def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
-        """Delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow`` readings."""
+        """The size cap: delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow``
+        readings, in a transaction of its own after the ``drop`` record and every dropped row's record are
+        fsync'd; the range dropped (first, last, readings), or None (nothing older, or the audit cannot be
+        synced: no row leaves, the next commit tries again).
+
+        A power loss, or a SQLite error, between that fsync and the delete's commit leaves a ``drop`` record
+        for rows still spooled; the next commit over the cap drops them again, under another record."""
         db = self._db
         assert db is not None
         first = last = None
@@ -684,9 +769,25 @@ class Spool:
             count += seq_last - seq_first + 1
             if count >= overflow:
                 break
-        if first is None:
+        if first is None or last is None:
             return None
-        db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
+        try:
+            if self.audit is not None:
+                record = self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
+                try:
+                    self.audit.sync()
+                except AuditError:
+                    self.audit.withdraw(record)     # not dropped: the next commit over the cap tries again
+                    raise
+            db.execute("PRAGMA synchronous=NORMAL")     # the drop record is durable: a lost delete is redone
+            with transaction(db):
+                db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
+                mark = self._mark_in_transaction()
+        except (AuditError, sqlite3.Error) as exc:
+            log.error("spool full (%d readings): cannot drop seq %d..%d now (%s); the next commit tries again",
+                      self.max_readings, first, last, exc)
+            return None
+        self._saved_mark = mark or self._saved_mark
         return first, last, count
 
     def _min_accepted_sync(self) -> int | None:
@@ -779,11 +880,14 @@ class Spool:
                          reason: str) -> None:
         db = self._db
         assert db is not None
+        self._audit_durable_sync(seq_last)        # the row leaves the table: its batch record first
         with transaction(db):
             db.execute("INSERT INTO quarantine (seq, seq_last, accepted_ms, data, crc, reason, quarantined_ms) "
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (seq_first, seq_last, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
             db.execute("DELETE FROM batches WHERE seq_first = ?", (seq_first,))
+            mark = self._mark_in_transaction()
+        self._saved_mark = mark or self._saved_mark
         self._depth -= seq_last - seq_first + 1
         self.quarantined_total += 1
         self._oldest_ms = self._min_accepted_sync()
@@ -855,6 +959,29 @@ class Spool:
         if self.metrics is not None:
             self.metrics.spool_depth.set(self._depth)
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
+
+
+_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq")
+
+
+def _read_mark(db: sqlite3.Connection) -> AuditMark | None:
+    """The audit position ``meta`` records (None when it records none: a spool of an older agent, which
+    fsync'd every commit); a damaged one names no file (the audit log is then checked whole)."""
+    stored = {key: value for key, value in db.execute("SELECT key, value FROM meta") if key in _MARK_KEYS}
+    if not stored:
+        return None
+    values = [stored.get(key) for key in _MARK_KEYS]
+    if not all(type(v) is int and v >= 0 for v in values):
+        log.error("spool: the audit log position in table meta is damaged (%s): checking the whole audit log",
+                  dict(zip(_MARK_KEYS, values)))
+        return AuditMark((-1, -1), 0, 0)
+    dev, ino, offset, seq = values
+    return AuditMark((dev, ino), offset, seq)
+
+
+def _write_mark(db: sqlite3.Connection, mark: AuditMark) -> None:
+    db.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq)))
 
 
 def _upgrade_sync(db: sqlite3.Connection) -> None:

@@ -481,10 +481,10 @@ def test_leases_are_the_same_whether_batches_are_held_in_memory_or_read_back(tmp
 
 
 def test_audit_records_lost_to_power_loss_are_reaudited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Audit records are written and fsync'd after each spool commit: a power loss between the two takes
-    the unsynced tail of the audit file, and leaves every reading whose record it took still in the
-    spool (rows leave it only after their records are synced), audited again at the next start — each
-    reading once."""
+    """Audit records are written after each spool commit and fsync'd before rows leave the spool: a power
+    loss takes the unsynced tail of the audit file, and leaves every reading whose record it took still in
+    the spool, audited again at the next start — each reading once. (Holes inside the unsynced region:
+    ``test_audit_power_loss``.)"""
     import edge_agent.audit as audit_module
 
     audit_path = tmp_path / "audit.log"
