@@ -149,7 +149,8 @@ class Agent:
                         protocol=broker.protocol, metrics=self.metrics)
         link.open()
         spool = Spool(cfg.spool.path, site=cfg.site, max_readings=cfg.spool.max_readings,
-                      fsync_batch=cfg.spool.fsync_batch, audit=AuditLog(cfg.audit.path), metrics=self.metrics,
+                      fsync_batch=cfg.spool.fsync_batch, min_commit_interval_s=cfg.spool.min_commit_interval_s,
+                      audit=AuditLog(cfg.audit.path), metrics=self.metrics,
                       clock=self.clock)
         twin = TwinStore(cfg.twin.cache_path, site=cfg.site, clock=self.clock, thermal_assets=cfg.assets,
                          fault_points={(p.asset, p.name): p.faults for d in cfg.devices for p in d.points if p.faults})

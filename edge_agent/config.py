@@ -21,7 +21,8 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                client_id ["edge-<site>"], keepalive_s [30], protocol ["auto"|"mqttv5"|"mqttv311"],
                batch_max_readings [1000], batch_max_delay_s [0.5],
                payload_format ["v2"|"v1": columnar, ~21 bytes a reading, or JSON per reading, ~110]
-    [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [1000]
+    [spool]    path [/var/lib/ems/spool], max_readings [1000000], fsync_batch [1000],
+               min_commit_interval_s [0.02; 0..1]
     [audit]    path [/var/log/ems/telemetry-audit.log]
     [twin]     cache_path [/var/lib/ems/twin.json], publish_retained [true]
     [http]     host [127.0.0.1], port [9108]
@@ -127,11 +128,13 @@ class BrokerConfig:
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    """Durable spool folder, its cap in readings and how many appends share one fsync."""
+    """Durable spool folder, its cap in readings, how many readings one commit (fsync) holds at most,
+    and the least time between commits while readings arrive faster than that."""
 
     path: Path = Path("/var/lib/ems/spool")
     max_readings: int = 1_000_000
     fsync_batch: int = 1000
+    min_commit_interval_s: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -510,7 +513,10 @@ class _Loader:
         if spool_t:
             spool = SpoolConfig(path=self.path(spool_t, "path", SpoolConfig.path),
                                 max_readings=spool_t.integer("max_readings", 100, 1_000_000_000, SpoolConfig.max_readings),
-                                fsync_batch=spool_t.integer("fsync_batch", 1, 100_000, SpoolConfig.fsync_batch))
+                                fsync_batch=spool_t.integer("fsync_batch", 1, 100_000, SpoolConfig.fsync_batch),
+                                min_commit_interval_s=spool_t.number("min_commit_interval_s",
+                                                                     SpoolConfig.min_commit_interval_s,
+                                                                     low=0.0, high=1.0))
             spool_t.done()
         audit = AuditConfig()
         if audit_t:

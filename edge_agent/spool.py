@@ -33,7 +33,9 @@ range, one audit record. Lifecycle::
 
     append(batch) ─ seq range assigned, buffered in memory; returns the sequenced batch
                     │ a group of about ``fsync_batch`` readings (whole batches, never past
-                    │ it), or ``flush_interval_s`` after the oldest buffered batch arrived
+                    │ it), or ``flush_interval_s`` after the oldest buffered batch arrived;
+                    │ never sooner than ``min_commit_interval_s`` after the last commit
+                    │ began (groups that fill faster commit together: fewer fsyncs)
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
             point-table entries, INSERT one row per batch + next_seq (+ the
             audit mark) in one transaction (fsync), then one audit record per
@@ -92,7 +94,7 @@ All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
 
 Defaults: ``max_readings=1_000_000``, ``fsync_batch=1000``, ``flush_interval_s=0.02``,
-``memory_readings=65_536``, ``ack_interval_s=0.1``.
+``min_commit_interval_s=0.02``, ``memory_readings=65_536``, ``ack_interval_s=0.1``.
 """
 
 from __future__ import annotations
@@ -100,6 +102,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -206,7 +209,8 @@ class Spool:
     def __init__(self, directory: str | os.PathLike[str], *, site: str, max_readings: int = 1_000_000,
                  fsync_batch: int = 1000, flush_interval_s: float = 0.02, audit: AuditLog | None = None,
                  metrics: AgentMetrics | None = None, clock: Callable[[], float] = time.time,
-                 memory_readings: int = 65_536, ack_interval_s: float = 0.1) -> None:
+                 memory_readings: int = 65_536, ack_interval_s: float = 0.1,
+                 min_commit_interval_s: float = 0.02) -> None:
         if max_readings < 1:
             raise ValueError(f"max_readings must be >= 1 (got {max_readings})")
         if fsync_batch < 1:
@@ -219,6 +223,8 @@ class Spool:
         self.max_buffered = max(16 * fsync_batch, 1024)
         self.flush_interval_s = flush_interval_s
         self.ack_interval_s = ack_interval_s
+        self.min_commit_interval_s = min_commit_interval_s
+        self._last_commit = -math.inf    # loop.time() when the last commit of new rows began
         self.audit = audit
         self.metrics = metrics
         self.clock = clock
@@ -479,19 +485,29 @@ class Spool:
         self._buffered += len(batch)
         if self._buffered >= self.max_buffered:
             await self.flush()                  # the disk is behind: make the pollers wait
-        elif self._buffered + len(batch) > self.fsync_batch:
+        elif self._buffered + len(batch) > self.fsync_batch and self._paced():
             self._flush_soon()
         else:
             self._flush_later()
         return sequenced
 
     def _due(self) -> bool:
-        """A group is due: another batch like the newest would take the buffer past ``fsync_batch``
-        readings, or the oldest buffered batch waited ``flush_interval_s``."""
-        return bool(self._buffer) and (self._buffered + len(self._buffer[-1]) > self.fsync_batch or self._aged())
+        """A group is due: ``min_commit_interval_s`` passed since the last commit of new rows began, and
+        another batch like the newest would take the buffer past ``fsync_batch`` readings or the
+        oldest buffered batch waited ``flush_interval_s``."""
+        return bool(self._buffer) and self._paced() and (self._full() or self._aged())
 
-    def _aged(self) -> bool:
-        return asyncio.get_running_loop().time() - self._arrived[0] >= self.flush_interval_s - TIMER_SLACK_S
+    def _full(self) -> bool:
+        return self._buffered + len(self._buffer[-1]) > self.fsync_batch
+
+    def _paced(self) -> bool:
+        """``min_commit_interval_s`` passed since the last commit of new rows began: while batches
+        arrive faster than one full group per interval, groups wait for it and commit together."""
+        return asyncio.get_running_loop().time() - self._last_commit >= self.min_commit_interval_s - TIMER_SLACK_S
+
+    def _aged(self, index: int = 0) -> bool:
+        """The ``index``-th buffered batch (the oldest by default) waited ``flush_interval_s``."""
+        return asyncio.get_running_loop().time() - self._arrived[index] >= self.flush_interval_s - TIMER_SLACK_S
 
     def _acks_due(self) -> bool:
         """The acks are due: an ``ack()`` caller waits, or one waited ``ack_interval_s`` and the rows it
@@ -512,10 +528,12 @@ class Spool:
         return None if not wait else wait
 
     def _due_at(self) -> float | None:
-        """The loop time at which the buffer falls due by age, else the acks (when due they ride on the
-        buffer's next commit, due within ``flush_interval_s``); None when both are empty."""
+        """The loop time at which the buffer falls due (by age, or a full group by the pace), else the
+        acks (when due they ride on the buffer's next commit, due within ``flush_interval_s``); None
+        when both are empty."""
         if self._buffer:
-            return self._arrived[0] + self.flush_interval_s
+            ready = asyncio.get_running_loop().time() if self._full() else self._arrived[0] + self.flush_interval_s
+            return max(ready, self._last_commit + self.min_commit_interval_s)
         if self._acks:
             due = self._acks_since + (self.flush_interval_s if self._ack_awaited else self.ack_interval_s)
             wait = None if self._ack_awaited else self._acks_durable()
@@ -525,19 +543,20 @@ class Spool:
     def _whole_groups(self) -> int:
         """How many buffered batches, oldest first, a background commit takes: the buffer cut into
         groups of at most ``fsync_batch`` readings (whole batches, as the drain cuts messages), all of
-        them when the newest group is full too or the oldest batch waited ``flush_interval_s``, else
-        all but the newest group, which waits to fill (none when that is the only one). So a commit
+        them when the newest group is full too or its oldest batch waited ``flush_interval_s``, else
+        all but the newest group, which waits to fill (none when that is the only one; while commits
+        are paced, the groups before it have waited longer than it). So a commit
         holds whole messages (990 + 99 readings would go out as a full message and a short one,
         each with its own PUBACK)."""
         buffer, limit = self._buffer, self.fsync_batch
-        if not buffer or self._aged():
-            return len(buffer)
         start = size = 0
         for i, batch in enumerate(buffer):
             if size and size + len(batch) > limit:
                 start, size = i, 0
             size += len(batch)
-        return len(buffer) if size + len(buffer[-1]) > limit else start
+        if not buffer or size + len(buffer[-1]) > limit or self._aged(start):
+            return len(buffer)
+        return start
 
     def _flush_soon(self) -> None:
         """Group commit: one background task commits what is due, and the next groups as they fill."""
@@ -564,9 +583,9 @@ class Spool:
         self._flush_later()                 # what arrived meanwhile: when it falls due
 
     def _flush_later(self) -> None:
-        """Arm the timer for the first of: the oldest buffered batch ``flush_interval_s`` after it
-        arrived, the oldest ack ``ack_interval_s`` after it was made (``flush_interval_s`` when
-        ``ack()`` awaits it). A full group does not wait for the timer (``append``)."""
+        """Arm the timer for when the buffer falls due (``_due_at``), else the oldest ack
+        ``ack_interval_s`` after it was made (``flush_interval_s`` when ``ack()`` awaits it). A full
+        group past the pace does not wait for the timer (``append``)."""
         due = self._due_at()
         if due is None or self._closing:
             return
@@ -611,6 +630,8 @@ class Spool:
             take_acks = not whole_groups or self._acks_due() or self._depth + readings > self.max_readings
             if not take and not (take_acks and self._acks):
                 return
+            if take:
+                self._last_commit = asyncio.get_running_loop().time()
             batches, self._buffer = self._buffer[:take], self._buffer[take:]
             arrived, self._arrived = self._arrived[:take], self._arrived[take:]
             self._buffered -= readings

@@ -83,6 +83,7 @@ def test_valid_minimal_config_gets_documented_defaults(folder: Path) -> None:
     assert (broker.batch_max_readings, broker.batch_max_delay_s, broker.payload_format) == (1000, 0.5, "v2")
     assert broker.key == folder / "pki" / "edge.key"          # relative to the config file's folder
     assert config.spool.path == Path("/var/lib/ems/spool") and config.spool.max_readings == 1_000_000
+    assert (config.spool.fsync_batch, config.spool.min_commit_interval_s) == (1000, 0.02)
     assert config.audit.path == Path("/var/log/ems/telemetry-audit.log")
     assert (config.http.host, config.http.port) == ("127.0.0.1", 9108)
     (device,) = config.devices
@@ -199,6 +200,19 @@ def test_example_config_is_valid_and_covers_every_type(tmp_path: Path, pki: Loca
 ])
 def test_bad_input_gives_one_exact_line(folder: Path, text: str, expected: str) -> None:
     assert error_of(folder, text) == expected
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("0.05", None), ("0", None), ("1.5", "spool.min_commit_interval_s: 1.5 must be 0..1"),
+    ("-0.01", "spool.min_commit_interval_s: -0.01 must be 0..1"),
+    ('"fast"', "spool.min_commit_interval_s: 'fast' must be a finite number"),
+])
+def test_spool_commit_pace(folder: Path, value: str, expected: str | None) -> None:
+    text = BASE.replace("[[devices]]", f"[spool]\nmin_commit_interval_s = {value}\n\n[[devices]]", 1)
+    if expected is None:
+        assert load_config(write(folder, text)).spool.min_commit_interval_s == float(value)
+    else:
+        assert error_of(folder, text) == expected
 
 
 def test_fast_polling_and_pipelining_are_accepted(folder: Path) -> None:

@@ -269,7 +269,7 @@ def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monke
     monkeypatch.setattr(Spool, "_commit_sync", spy)
 
     async def go() -> list[int]:
-        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=30) as spool:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=30, min_commit_interval_s=0) as spool:
             for i in range(45):
                 await _add(spool, i, 99)
                 await asyncio.sleep(0.002)
@@ -282,18 +282,70 @@ def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monke
     assert sizes == [990, 990, 990, 990, 495], sizes
 
 
+@pytest.mark.parametrize("pace", [0.05, 0.0])
+def test_commits_are_paced_while_groups_fill_faster_than_min_commit_interval(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pace: float) -> None:
+    """Groups filling every few milliseconds commit together, at most one commit of new rows per
+    ``min_commit_interval_s`` (whole groups each), none waiting past the pace; 0 commits each group at once."""
+    starts: list[tuple[float, int]] = []        # (loop time the commit began, readings), commits of new rows
+    commit = Spool._commit_sync
+
+    def spy(self: Spool, rows: list, *args: object) -> object:
+        if rows:
+            starts.append((self._last_commit, sum(row[1] - row[0] + 1 for row in rows)))
+        return commit(self, rows, *args)
+
+    monkeypatch.setattr(Spool, "_commit_sync", spy)
+
+    async def go() -> tuple[list[int], float]:
+        async with Spool(tmp_path / str(pace), site="s1", fsync_batch=100, flush_interval_s=0.3,
+                         min_commit_interval_s=pace) as spool:
+            loop = asyncio.get_running_loop()
+            arrived: dict[int, float] = {}
+            started = loop.time()
+            i = 0
+            while loop.time() - started < 0.4:
+                arrived[await _add(spool, i, 20)] = loop.time()   # 20k readings/s: under max_buffered (1600)
+                i += 1
+                await asyncio.sleep(0.001)
+            await spool.flush()
+            waits = []
+            for commit_started, _ in starts:
+                waits += [commit_started - t for seq, t in arrived.items() if t <= commit_started]
+                arrived = {seq: t for seq, t in arrived.items() if t > commit_started}
+            return _seqs(await spool.lease(100_000)), max(waits)
+
+    seqs, longest_wait = run(go())
+    assert seqs == list(range(1, len(seqs) + 1)) and len(seqs) >= 100
+    gaps = [b[0] - a[0] for a, b in zip(starts, starts[1:-1])]     # the last is the closing flush()
+    sizes = [n for _, n in starts[:-1]]
+    if pace:
+        assert min(gaps) >= pace - 0.003, gaps
+        assert all(n % 100 == 0 for n in sizes), sizes                   # whole groups of fsync_batch
+        assert len(starts) <= 0.4 / pace + 3, len(starts)
+        assert longest_wait < 1.0, longest_wait                          # a generous bound under load
+    else:
+        assert len(starts) > 0.4 / 0.05 * 2, len(starts)                 # a commit per filled group
+
+
 def test_commit_timers_run_on_the_agents_event_loop(tmp_path: Path) -> None:
     """On the agent's loop (uvloop here) too: a commit due at once (flush_interval_s=0) gets a timer for a
     time already past, which uvloop hands back as a plain Handle; the timers still commit every batch."""
     from edge_agent.event_loop import new_event_loop
 
     async def go() -> list[int]:
-        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=0) as spool:
+        async with Spool(tmp_path, site="s1", fsync_batch=1000, flush_interval_s=0, min_commit_interval_s=0) as spool:
             for i in range(3):
                 await _add(spool, 2 * i, 3)
                 await _add(spool, 2 * i + 1, 3)            # before the first one's timer ran
                 await asyncio.sleep(0.01)
-            return _seqs(await spool.lease(100))
+            leased: list[ReadingBatch] = []
+            for _ in range(500):                  # the timers' commits, however slow the disk (no flush())
+                leased += await spool.lease(100)
+                if len(_seqs(leased)) >= 18:
+                    break
+                await asyncio.sleep(0.01)
+            return _seqs(leased)
 
     loop = new_event_loop()
     try:
