@@ -75,7 +75,9 @@ class FilterBank:
         expired heartbeat); point by point otherwise. Every time test is ``now - at >= heartbeat``
         as the point-by-point rule computes it, or a bound that implies it exactly. When every sample
         is reported, ``values`` and ``qualities`` are kept (not copied) until a later offer or
-        ``last_reported`` needs them point by point: the caller must not change them."""
+        ``last_reported`` needs them point by point: the caller must not change them. The next offer
+        of the same run is then one step when it is reported whole again, or when nothing in it
+        changed (equal values are not moved by any deadband) and no heartbeat is due."""
         stop = start + len(values)
         run = (start, stop)
         facts = self._runs.get(run)
@@ -87,9 +89,12 @@ class FilterBank:
         unwritten = self._unwritten
         if unwritten:
             held = unwritten.get(run)
-            if held is not None and now - held[0] >= widest:
-                unwritten[run] = (now, values, qualities)       # reported whole again: the usual heartbeat poll
-                return None
+            if held is not None:
+                if now - held[0] >= widest:
+                    unwritten[run] = (now, values, qualities)   # reported whole again: the heartbeat poll
+                    return None
+                if now - held[0] < shortest and values == held[1] and qualities == held[2]:
+                    return [False] * len(values)                # nothing moved, no heartbeat due (see _judge)
             self._write_back(start, stop)
         together = self._together.get(run)
         if together is not None:        # one report time for the whole run: now - at is one number
