@@ -61,9 +61,9 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
 
 import orjson
-from typing import Any, Callable, Iterable, Mapping
 
 from edge_agent import thermal
 from edge_agent.batch import ReadingBatch
