@@ -34,7 +34,8 @@ class FilterBank:
     """Report-by-exception state of ``n`` points (one ``(deadband, deadband_percent, heartbeat_s)`` each),
     as columns indexed by point: the last reported value, quality and time of each."""
 
-    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "value", "quality", "at", "_together", "_runs")
+    __slots__ = ("deadband", "deadband_percent", "heartbeat_s", "value", "quality", "at", "_together", "_runs",
+                 "_unwritten")
 
     def __init__(self, specs: Sequence[tuple[float, float, float]]) -> None:
         for deadband, deadband_percent, heartbeat_s in specs:
@@ -52,9 +53,15 @@ class FilterBank:
         self._together: dict[tuple[int, int], float] = {}
         # per run offered: its longest and shortest heartbeat, and whether it has no deadband at all
         self._runs: dict[tuple[int, int], tuple[float, float, bool]] = {}
+        # runs (disjoint, each also in _together) whose last report was the whole run: (time, values,
+        # qualities) as offered, not yet copied into the columns, so that a block reported whole at
+        # every poll costs one dictionary store and nothing per point
+        self._unwritten: dict[tuple[int, int], tuple[float, list[float | None], list[str]]] = {}
 
     def last_reported(self, index: int) -> tuple[float | None, str, float] | None:
         """(value, quality, time) of point ``index``'s last reported sample, or None before the first."""
+        if self._unwritten:
+            self._write_back(index, index + 1)
         if self.quality[index] == _NEVER:
             return None
         return self.value[index], self.quality[index], self.at[index]
@@ -66,7 +73,11 @@ class FilterBank:
         Whole-run steps (C-level list operations) when every point's heartbeat has expired (all are
         reported) or no point of the run has a deadband (reported: a changed value or quality, or an
         expired heartbeat); point by point otherwise. Every time test is ``now - at >= heartbeat``
-        as the point-by-point rule computes it, or a bound that implies it exactly."""
+        as the point-by-point rule computes it, or a bound that implies it exactly. When every sample
+        is reported, ``values`` and ``qualities`` are kept (not copied) until a later offer or
+        ``last_reported`` needs them point by point: the caller must not change them. The next offer
+        of the same run is then one step when it is reported whole again, or when nothing in it
+        changed (equal values are not moved by any deadband) and no heartbeat is due."""
         stop = start + len(values)
         run = (start, stop)
         facts = self._runs.get(run)
@@ -75,6 +86,16 @@ class FilterBank:
             facts = self._runs[run] = (max(heartbeats), min(heartbeats),
                                        not any(self.deadband[start:stop]) and not any(self.deadband_percent[start:stop]))
         widest, shortest, plain = facts
+        unwritten = self._unwritten
+        if unwritten:
+            held = unwritten.get(run)
+            if held is not None:
+                if now - held[0] >= widest:
+                    unwritten[run] = (now, values, qualities)   # reported whole again: the heartbeat poll
+                    return None
+                if now - held[0] < shortest and values == held[1] and qualities == held[2]:
+                    return [False] * len(values)                # nothing moved, no heartbeat due (see _judge)
+            self._write_back(start, stop)
         together = self._together.get(run)
         if together is not None:        # one report time for the whole run: now - at is one number
             every_due = now - together >= widest
@@ -85,11 +106,9 @@ class FilterBank:
             flags = self._judge(start, stop, values, qualities, now, shortest) if plain \
                 else self._judge_each(start, stop, values, qualities, now)
         if flags is None:               # every sample reported
-            self.value[start:stop] = values
-            self.quality[start:stop] = qualities
-            self.at[start:stop] = [now] * len(values)
             self._forget(start, stop)
             self._together[run] = now
+            unwritten[run] = (now, values, qualities)
         return flags
 
     def _judge(self, start: int, stop: int, values: list[float | None], qualities: list[str], now: float,
@@ -145,6 +164,15 @@ class FilterBank:
         if True in out:
             self._forget(start, stop)
         return out
+
+    def _write_back(self, start: int, stop: int) -> None:
+        """Copy the unwritten runs overlapping points ``start:stop`` into the columns (they stay together)."""
+        for run in [run for run in self._unwritten if run[0] < stop and start < run[1]]:
+            at, values, qualities = self._unwritten.pop(run)
+            self.value[run[0]:run[1]] = values
+            self.quality[run[0]:run[1]] = qualities
+            self.at[run[0]:run[1]] = [at] * (run[1] - run[0])
+            self._together[run] = at
 
     def _forget(self, start: int, stop: int) -> None:
         """Points ``start:stop`` were reported: the runs overlapping them are no longer reported together."""

@@ -13,11 +13,12 @@ changed, also across restarts.
 retained (QoS 1) on ``twin_topic(site, asset)`` about once a second.
 
 ``take(batch)`` runs at every poll, so it defers: a batch is held and applied
-when the state is next looked at (or 1,024 batches are waiting), and then a
-held batch is skipped when a later one has the same assets and points, every
+when the state is next looked at (or 1,024 batches are waiting), and a held
+batch is dropped as soon as a later one has the same assets and points, every
 one measured no earlier — applying it would change nothing that the later one
 does not overwrite. Batches of thermal assets and of points with fault codes,
-whose history matters, are applied at once.
+whose history matters, are applied at once. ``changed()`` and ``snapshot()``
+encode again only the assets whose state changed since they last did.
 
 Thermal assets (``[assets.<asset>]`` in sensors.conf, ``ThermalAssetConfig``)
 also carry an IEC 60076-7 thermal model (``edge_agent.thermal``). Every newer
@@ -62,13 +63,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
+import orjson
+
 from edge_agent import thermal
 from edge_agent.batch import ReadingBatch
 from edge_agent.config import ThermalAssetConfig
 from edge_agent.faults import FaultCode, active_fault, fault_block
 from edge_agent.errors import PublishError, TwinError
 from edge_agent.twin_cache import cached_assets, check_thermal_run
-from ems_contract.telemetry import Reading, encode_twin, twin_topic
+from ems_contract.telemetry import Reading, check_finite, encode_twin, twin_topic
 
 __all__ = ["TwinStore", "run_twin"]
 
@@ -210,8 +213,16 @@ class TwinStore:
         self._thermal = {cfg.asset: _ThermalRun(cfg) for cfg in thermal_assets}
         self._faults = dict(fault_points or {})
         self._eager = {cfg.asset for cfg in thermal_assets} | {asset for asset, _ in self._faults}
-        self._pending: list[ReadingBatch] = []
+        self._pending: dict[int, ReadingBatch] = {}     # held batches by arrival number, in arrival order
+        # (arrival number, latest ts_ms, assets, points) of the held batches, by a key that equal columns share
+        self._held: dict[tuple, list[tuple[int, int, list[str], list[str]]]] = {}
+        self._arrivals = 0
         self._dirty = False
+        # what changed() and snapshot() encoded per asset, and the assets changed since (encoded again)
+        self._payloads: dict[str, tuple[bytes, str]] = {}
+        self._members: dict[str, bytes] = {}
+        self._unpublished: set[str] = set()
+        self._unsaved: set[str] = set()
 
     @property
     def dirty(self) -> bool:
@@ -248,6 +259,7 @@ class TwinStore:
             log.warning("twin cache %s is unreadable (%s); moved to %s, starting empty", self.path, exc, aside)
             return
         self._assets, self._published, self._thermal = assets, published, runs
+        self._payloads, self._members = {}, {}
 
     def _restore(self, runs: dict[str, _ThermalRun], asset: str, raw: Any) -> None:
         """Restore one asset's thermal model; a bad one is dropped (the model restarts), the rest of the cache kept."""
@@ -264,36 +276,41 @@ class TwinStore:
             self._settle()
             self._apply(batch)
             return
-        self._pending.append(batch)
+        assets, points, ts = batch.asset, batch.point, batch.ts_ms
+        first = ts[0]
+        if ts.count(first) == len(ts):          # one measurement time, as a one-block poll has: no min, no max
+            earliest = latest = first
+        else:
+            earliest, latest = min(ts), max(ts)
+        self._arrivals += 1
+        mine = (self._arrivals, latest, assets, points)
+        key = (len(points), points[0], points[-1], assets[0], assets[-1])
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = [mine]
+        elif len(held) == 1 and earliest >= held[0][1] and held[0][3] is points and held[0][2] is assets:
+            del self._pending[held[0][0]]       # the usual poll: the same block's lists, measured later
+            held[0] = mine
+        else:
+            pending, kept = self._pending, []
+            for entry in held:
+                if earliest >= entry[1] and (entry[3] is points or entry[3] == points) \
+                        and (entry[2] is assets or entry[2] == assets):
+                    del pending[entry[0]]       # overwritten by this batch wherever it would change the state
+                else:
+                    kept.append(entry)
+            kept.append(mine)
+            self._held[key] = kept
+        self._pending[self._arrivals] = batch
         if len(self._pending) >= _MAX_PENDING:
             self._settle()
 
     def _settle(self) -> None:
-        """Apply the held batches, newest first decides which of them can be skipped (module doc)."""
+        """Apply the held batches in the order they came."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
-        # (earliest ts_ms, assets, points) of the kept ones, by a key that equal columns share
-        newer: dict[tuple, list[tuple[int, list[str], list[str]]]] = {}
-        kept = []
-        for batch in reversed(pending):
-            assets, points, ts = batch.asset, batch.point, batch.ts_ms
-            first = ts[0]
-            if ts.count(first) == len(ts):      # one measurement time, as a one-block poll has: no min, no max
-                earliest = latest = first
-            else:
-                earliest, latest = min(ts), max(ts)
-            key = (len(points), points[0], points[-1], assets[0], assets[-1])
-            same = newer.get(key)
-            if same is None:
-                same = newer[key] = []
-            elif any(their_earliest >= latest and (theirs is points or theirs == points)
-                     and (their_assets is assets or their_assets == assets)
-                     for their_earliest, their_assets, theirs in same):
-                continue
-            same.append((earliest, assets, points))
-            kept.append(batch)
-        for batch in reversed(kept):
+        pending, self._pending, self._held = self._pending, {}, {}
+        for batch in pending.values():
             self._apply(batch)
 
     def _apply(self, batch: ReadingBatch) -> int:
@@ -301,6 +318,7 @@ class TwinStore:
         changed = 0
         assets, faults, thermal = self._assets, self._faults, self._thermal
         last_asset, points = None, {}
+        touched = set()
         for ts_ms, asset, point, value, unit, quality in zip(batch.ts_ms, batch.asset, batch.point, batch.value,
                                                              batch.unit, batch.quality):
             if asset is not last_asset:             # a batch is usually one device's: one asset, or a few in runs
@@ -317,6 +335,7 @@ class TwinStore:
             else:               # in place: the state of a point is updated at every poll
                 held["value"], held["unit"], held["quality"], held["ts_ms"] = value, unit, quality, ts_ms
             changed += 1
+            touched.add(asset)
             if faults:
                 codes = faults.get((asset, point))
                 if codes:
@@ -333,6 +352,8 @@ class TwinStore:
                     run.take(Reading(0, ts_ms, asset, point, value, unit, quality))
         if changed:
             self._dirty = True
+            self._unpublished |= touched
+            self._unsaved |= touched
         return changed
 
     def update(self, reading: Reading) -> bool:
@@ -367,10 +388,15 @@ class TwinStore:
         """(asset, payload) for every asset whose payload differs from the last acknowledged one."""
         self._settle()
         out = []
+        encoded, stale = self._payloads, self._unpublished
         for asset in sorted(self._assets):
-            payload = self.payload(asset)
-            if self._published.get(asset) != hashlib.sha256(payload).hexdigest():
-                out.append((asset, payload))
+            known = encoded.get(asset)
+            if known is None or asset in stale:
+                payload = self.payload(asset)
+                known = encoded[asset] = (payload, hashlib.sha256(payload).hexdigest())
+                stale.discard(asset)
+            if self._published.get(asset) != known[1]:
+                out.append((asset, known[0]))
         return out
 
     def mark_published(self, asset: str, payload: bytes) -> None:
@@ -384,9 +410,22 @@ class TwinStore:
     def snapshot(self) -> bytes:
         """The cache file's content now, and the state counts as saved (``write`` it, from any thread)."""
         self._settle()
-        body = {"v": _VERSION, "site": self.site, "saved_ms": int(self.clock() * 1000), "assets": self._assets,
-                "published": self._published, "thermal": {a: r.to_json() for a, r in self._thermal.items()}}
-        data = json.dumps(body, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+        members, stale = self._members, self._unsaved
+        encoded = []
+        for asset in sorted(self._assets):
+            member = members.get(asset)
+            if member is None or asset in stale:
+                member = members[asset] = _member(asset, self._assets[asset])
+                stale.discard(asset)
+            encoded.append(member)
+        body = {"v": _VERSION, "site": self.site, "saved_ms": int(self.clock() * 1000),
+                "assets": orjson.Fragment(b"{" + b",".join(encoded) + b"}"), "published": self._published,
+                "thermal": orjson.Fragment(_json({a: r.to_json() for a, r in self._thermal.items()}))}
+        try:
+            data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        except orjson.JSONEncodeError:      # not UTF-8 (a lone surrogate read back from the cache): plain json
+            body["published"] = orjson.Fragment(_json(self._published))
+            data = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
         self._dirty = False
         return data
 
@@ -410,6 +449,23 @@ class TwinStore:
         except OSError as exc:
             self._dirty = True
             raise TwinError(f"twin cache {self.path}: cannot write ({exc.strerror or exc})") from exc
+
+
+def _json(item: Any) -> bytes:
+    """``item`` as compact JSON with sorted keys; ValueError for a NaN or infinite float."""
+    return json.dumps(item, separators=(",", ":"), sort_keys=True, allow_nan=False).encode()
+
+
+def _member(asset: str, points: dict[str, dict[str, Any]]) -> bytes:
+    """``"asset":{points}`` of the cache's ``assets`` object (orjson; plain json for what orjson cannot
+    write, such as an integer beyond 64 bits read back from the cache); ValueError for a value that
+    is not finite."""
+    check_finite([state["value"] for state in points.values()])
+    try:
+        encoded = orjson.dumps(points, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        encoded = _json(points)
+    return _json(asset) + b":" + encoded
 
 
 async def run_twin(twin: TwinStore, publish: Callable[..., Any] | None, *, interval_s: float = 1.0,

@@ -58,6 +58,22 @@ def test_a_report_restarts_the_heartbeat() -> None:
     assert run(f, samples) == [0, 6, 16]
 
 
+@pytest.mark.parametrize("deadband", [0.0, 2.0])
+def test_a_block_reported_whole_then_unchanged_reports_the_heartbeat_due_exactly_at_its_interval(
+        deadband: float) -> None:
+    """A block reported whole keeps its lists (``FilterBank``'s shortcut): an unchanged block is
+    suppressed until the shortest heartbeat, and a point due exactly at its interval is reported."""
+    bank = FilterBank([(deadband, 0.0, 1.0), (deadband, 0.0, 4.0), (deadband, 0.0, 4.0)])
+    values, qualities = [1.0, 2.0, 3.0], ["good"] * 3
+    assert bank.offer(0, values, qualities, 0.0) is None
+    assert bank.offer(0, [1.0, 2.0, 3.0], ["good"] * 3, 0.5) == [False, False, False]
+    assert bank.offer(0, [1.0, 2.0, 3.0], ["good"] * 3, 1.0) == [True, False, False]
+    assert bank.offer(0, [1.0, 2.0, 3.0], ["good"] * 3, 4.0) is None                 # every one due
+    assert bank.offer(0, [1.0, 2.0, 3.0], ["good", "stale", "good"], 4.5) == [False, True, False]
+    assert [bank.last_reported(i) for i in range(3)] == [(1.0, "good", 4.0), (2.0, "stale", 4.5),
+                                                          (3.0, "good", 4.0)]
+
+
 @pytest.mark.parametrize("sequence,expected", [
     ([(0, 5.0, "good"), (1, 5.0, "loop_fault"), (2, 5.0, "loop_fault"), (3, 5.0, "good")], [0, 1, 3]),
     ([(0, 5.0, "good"), (1, None, "device_error"), (2, None, "device_error"), (3, None, "stale"),

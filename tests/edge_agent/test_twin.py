@@ -281,3 +281,44 @@ def test_a_held_batch_with_a_reading_newer_than_the_next_batch_is_not_skipped(tm
                            ["good", "good"], ["", ""], 3))
     state = twin.state("tx1")
     assert (state["load"]["value"], state["oil_temp"]["value"], state["oil_temp"]["ts_ms"]) == (2.0, 50.0, 2500)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.tuples(st.sampled_from(_POINTS), st.sampled_from([0, 0, 400])), min_size=1,
+                                   max_size=3), st.integers(0, 4), st.sampled_from([0.0, 1.5, -0.0, 1e300, None]),
+                          st.sampled_from(["look", "publish", "save", "none"])), max_size=20),
+       st.booleans())
+def test_payloads_and_cache_encoded_again_only_for_changed_assets_match_a_fresh_encoding(
+        tmp_path_factory: pytest.TempPathFactory, polls: list, thermal: bool) -> None:
+    """``changed()`` and ``snapshot()`` keep each asset's encoding until its state changes: after any mix
+    of batches, publications and saves, they give what a twin encoding everything afresh (loaded from
+    the snapshot) gives, and the snapshot holds exactly the state."""
+    folder = tmp_path_factory.mktemp("twin")
+    assets = (_TX1_THERMAL,) if thermal else ()
+    twin = TwinStore(folder / "twin.json", site="s1", thermal_assets=assets)
+    seq = 1
+    for keys, ts_step, value, action in polls:
+        batch = ReadingBatch()
+        for (asset, point), later in keys:
+            batch.add(1000 * ts_step + later, asset, point, value, "degC", "good" if value is not None else "stale", "")
+        twin.take(batch.sequenced(seq, 0))
+        seq += len(batch)
+        if action == "publish":
+            for asset, payload in twin.changed()[::2]:
+                twin.mark_published(asset, payload)
+        elif action == "save":
+            twin.save()
+        elif action == "look":
+            twin.changed()
+        data = twin.snapshot()
+        body = json.loads(data)
+        assert body["assets"] == {a: twin.state(a) for a in twin.assets()}
+        (folder / "fresh.json").write_bytes(data)
+        fresh = TwinStore(folder / "fresh.json", site="s1", thermal_assets=assets)
+        fresh.load()
+        assert fresh.changed() == twin.changed()
+        assert [(a, twin.payload(a)) for a, _ in twin.changed()] == twin.changed()
+
+
+_TX1_THERMAL = ThermalAssetConfig(asset="tx1", kind="transformer", rated_load=2.0, load_point="load",
+                                  ambient_point="ambient_temp", top_oil_point="oil_temp", params=ThermalParams())
