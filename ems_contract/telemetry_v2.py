@@ -269,8 +269,10 @@ def _values_json(value: list[float | None]) -> bytes:
 
 
 def _compact_values(value: list[float | None]) -> list[float | int | None]:
-    """``value`` with each integral float as an int (``24``, not ``24.0``: two bytes less); SchemaError for
-    NaN or infinity. Whole-list C loops for the common cases: no None, and all or none integral."""
+    """``value`` with each integral float below 2**53 as an int (``24``, not ``24.0``: two bytes less);
+    SchemaError ``bad_value`` for NaN or infinity, then for the first value that is neither a float, nor
+    null, nor an int within ±2**53 (what the decoder takes). Whole-list C loops for the common cases: no
+    None, and all or none integral."""
     if None not in value:
         try:
             # a finite sum means every value is finite (NaN or infinity poison it); it may also overflow
@@ -286,7 +288,17 @@ def _compact_values(value: list[float | None]) -> list[float | int | None]:
         check_finite(value)
     except ValueError as exc:
         raise SchemaError("bad_value", f"a value is not a finite number ({exc})") from None
-    return [int(v) if v is not None and v.is_integer() and -_EXACT < v < _EXACT else v for v in value]
+    except TypeError:                                # a non-number: named below
+        pass
+    out: list[float | int | None] = []
+    for v in value:
+        if type(v) is float:
+            out.append(int(v) if v.is_integer() and -_EXACT < v < _EXACT else v)
+        elif v is None or (type(v) is int and -_EXACT < v < _EXACT):
+            out.append(v)
+        else:
+            raise SchemaError("bad_value", f"value {shown(v)} is not a float, null or an integer within ±2**53")
+    return out
 
 
 # -- decoding ------------------------------------------------------------------------------------
