@@ -64,7 +64,7 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
                  0, min(max_readings, len(readings) - i), out)
         return out
     runs: list[list[ReadingBatch]] = []
-    after = None                        # the seq after the last batch's
+    after: int | None = None            # the seq after the last batch's
     for b in batches:
         if b.seq_first == after:
             runs[-1].append(b)
