@@ -73,15 +73,15 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
         after = b.seq_first + len(b.ts_ms)
     for run in runs:
         segments = [(b.ts_ms, b.asset, b.point, b.unit, b.value, b.quality) for b in run]
-        starts = list(accumulate([len(b.ts_ms) for b in run], initial=0))
-        total = starts[-1]
+        total = run[-1].seq_first + len(run[-1].ts_ms) - run[0].seq_first
 
         def encode(lo: int, hi: int, seq_first: int = run[0].seq_first, segments: list[Segment] = segments,
-                   starts: list[int] = starts, total: int = total) -> bytes:
+                   total: int = total) -> bytes:
             """Readings ``lo:hi`` of the run: the batches' own columns, sliced only where ``lo`` or ``hi`` cuts one."""
             if lo == 0 and hi == total:
                 return encode_segments(site, seq_first, segments, sent_ms)
             part = []
+            starts = list(accumulate([len(s[0]) for s in segments], initial=0))
             for segment, start, stop in zip(segments, starts, starts[1:]):
                 if start < hi and lo < stop:
                     first, end = max(lo - start, 0), min(hi, stop) - start
