@@ -30,7 +30,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.mqtt_link import EdgeMqttLink
 from edge_agent.spool import Spool
 from ems_contract.telemetry import MAX_PAYLOAD_BYTES, encode_batch, telemetry_topic
-from ems_contract.telemetry_v2 import encode_segments
+from ems_contract.telemetry_v2 import Segment, encode_segments
 
 __all__ = ["InFlight", "drain", "payloads"]
 
@@ -64,25 +64,32 @@ def payloads(site: str, batches: list[ReadingBatch], *, payload_format: str, max
                  0, min(max_readings, len(readings) - i), out)
         return out
     runs: list[list[ReadingBatch]] = []
+    after: int | None = None            # the seq after the last batch's
     for b in batches:
-        if runs and runs[-1][-1].seq_last + 1 == b.seq_first:
+        if b.seq_first == after:
             runs[-1].append(b)
         else:
             runs.append([b])
+        after = b.seq_first + len(b.ts_ms)
     for run in runs:
-        starts = list(accumulate((len(b) for b in run), initial=0))
+        segments = [(b.ts_ms, b.asset, b.point, b.unit, b.value, b.quality) for b in run]
+        total = run[-1].seq_first + len(run[-1].ts_ms) - run[0].seq_first
 
-        def encode(lo: int, hi: int, run: list[ReadingBatch] = run, starts: list[int] = starts) -> bytes:
-            """Readings ``lo:hi`` of the run, passed to the encoder batch by batch (no copy of the columns)."""
-            segments = []
-            for b, start in zip(run, starts):
-                first, stop = max(lo - start, 0), min(hi - start, len(b))
-                if first < stop:
-                    piece = b if stop - first == len(b) else b.slice(first, stop)
-                    segments.append((piece.ts_ms, piece.asset, piece.point, piece.unit, piece.value, piece.quality))
-            return encode_segments(site, run[0].seq_first + lo, segments, sent_ms)
-        for i in range(0, starts[-1], max_readings):
-            _fit(encode, i, min(i + max_readings, starts[-1]), out)
+        def encode(lo: int, hi: int, seq_first: int = run[0].seq_first, segments: list[Segment] = segments,
+                   total: int = total) -> bytes:
+            """Readings ``lo:hi`` of the run: the batches' own columns, sliced only where ``lo`` or ``hi`` cuts one."""
+            if lo == 0 and hi == total:
+                return encode_segments(site, seq_first, segments, sent_ms)
+            part = []
+            starts = list(accumulate([len(s[0]) for s in segments], initial=0))
+            for segment, start, stop in zip(segments, starts, starts[1:]):
+                if start < hi and lo < stop:
+                    first, end = max(lo - start, 0), min(hi, stop) - start
+                    part.append(segment if end - first == stop - start else
+                                tuple(column[first:end] for column in segment))
+            return encode_segments(site, seq_first + lo, part, sent_ms)
+        for i in range(0, total, max_readings):
+            _fit(encode, i, min(i + max_readings, total), out)
     return out
 
 

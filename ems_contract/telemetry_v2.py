@@ -49,8 +49,8 @@ from ems_contract.telemetry import (MAX_INT64, MAX_PAYLOAD_BYTES, MAX_READINGS_P
                                     Batch, Reading, SchemaError, check_finite, decode_batch, parse_json, shown,
                                     site_from_topic, valid_id, valid_ids, valid_unit)
 
-__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "encode_batch_v2", "encode_columns", "encode_segments", "decode_batch_v2",
-           "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
+__all__ = ["PAYLOAD_VERSIONS", "MAX_TS_MS", "Columns", "Segment", "encode_batch_v2", "encode_columns", "encode_segments",
+           "decode_batch_v2", "decode_telemetry", "decode_telemetry_columns", "contiguous_runs"]
 
 PAYLOAD_VERSIONS = ("v1", "v2")
 MAX_TS_MS = MAX_INT64              # seqs and times become int64, as in v1
@@ -115,17 +115,22 @@ Segment = tuple[Sequence[int], Sequence[str], Sequence[str], Sequence[str], Sequ
 
 @dataclass(frozen=True, slots=True, eq=False)
 class _Shape:
-    """The point table of one segment's (asset, point, unit) columns: groups in order of appearance,
-    and each reading's index into them (None: the identity, every point once and in table order).
+    """The point table of one segment's (asset, point, unit) columns: groups in order of appearance, each
+    ``(asset, unit, its point names as JSON array members)``; ``size`` distinct points; and each reading's
+    index among them (``p``; None: the identity, every point once and in table order).
     Compared by identity: ``_shape`` returns one object per distinct columns."""
 
-    groups: tuple[tuple[str, str, tuple[str, ...]], ...]
+    groups: tuple[tuple[str, str, bytes], ...]
     size: int
     p: tuple[int, ...] | None
 
 
 _SHAPES: dict[tuple[tuple[str, ...], ...], _Shape] = {}
 _MAX_SHAPES = 1024
+_LISTS: dict[tuple[int, int, int], tuple[list[str], list[str], list[str], _Shape]] = {}
+_MAX_LISTS = 256
+_LAYOUTS: dict[tuple[_Shape, ...], tuple[bytes, int]] = {}
+_MAX_LAYOUTS = 256
 
 
 def _shape(key: tuple[tuple[str, ...], ...]) -> _Shape:
@@ -140,7 +145,7 @@ def _shape(key: tuple[tuple[str, ...], ...]) -> _Shape:
         for i, k in enumerate(index):
             index[k] = i
         p = tuple(map(index.__getitem__, keys))
-        shape = _Shape(tuple((a, u, tuple(names)) for (a, u), names in groups.items()), len(index),
+        shape = _Shape(tuple((a, u, orjson.dumps(names)[1:-1]) for (a, u), names in groups.items()), len(index),
                        None if p == tuple(range(len(index))) else p)
         if len(_SHAPES) >= _MAX_SHAPES:
             _SHAPES.clear()
@@ -148,50 +153,99 @@ def _shape(key: tuple[tuple[str, ...], ...]) -> _Shape:
     return shape
 
 
+def _segment_shape(asset: Sequence[str], point: Sequence[str], unit: Sequence[str]) -> _Shape:
+    """``_shape`` of one segment's columns. A device's reads pass the very same three lists each time
+    (``edge_agent.batch``): lists are found by identity, then compared with the copies taken when they
+    were first seen (a C loop each; a list changed in place since is not taken for its old contents);
+    anything else by its contents."""
+    key = (id(asset), id(point), id(unit))
+    held = _LISTS.get(key)
+    if held is not None and held[0] == asset and held[1] == point and held[2] == unit:
+        return held[3]
+    shape = _shape((tuple(asset), tuple(point), tuple(unit)))
+    if type(asset) is list and type(point) is list and type(unit) is list:
+        if len(_LISTS) >= _MAX_LISTS:
+            _LISTS.clear()
+        _LISTS[key] = (asset.copy(), point.copy(), unit.copy(), shape)
+    return shape
+
+
+def _members(values: list[Any]) -> bytes:
+    """``values`` as the members of a JSON array, each followed by a comma: the pieces columns are joined from."""
+    return orjson.dumps(values)[1:-1] + b"," if values else b""
+
+
+def _layout(shapes: tuple[_Shape, ...]) -> tuple[bytes, int]:
+    """The members ``"assets"`` to ``"p"`` of a message whose segments have ``shapes`` (JSON, from the comma
+    before ``"assets"``), and its number of readings; memoised: the devices of one poll tick make the same
+    messages, in a few orders. A segment that repeats a shape earlier in the message shares its table entries."""
+    layout = _LAYOUTS.get(shapes)
+    if layout is None:
+        assets: dict[str, int] = {}
+        units: dict[str, int] = {}
+        rows: list[bytes] = []
+        placed: dict[_Shape, int] = {}
+        p: list[int] = []
+        named = 0                               # point names in the table so far
+        for shape in shapes:
+            offset = placed.get(shape)
+            if offset is None:
+                offset = placed[shape] = named
+                named += shape.size
+                for a, u, names in shape.groups:
+                    rows.append(b"[%d,%d,%b]" % (assets.setdefault(a, len(assets)), units.setdefault(u, len(units)),
+                                                 names))
+            p.extend(range(offset, offset + shape.size) if shape.p is None else [offset + i for i in shape.p])
+        layout = (b',"assets":%b,"units":%b,"points":[%b],"p":%b' % (
+            orjson.dumps(list(assets)), orjson.dumps(list(units)), b",".join(rows), orjson.dumps(p)), len(p))
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[shapes] = layout
+    return layout
+
+
+def _quality_members(quality: Sequence[str]) -> bytes:
+    """The ``q`` entries (``_members``) of one segment; SchemaError ``bad_field`` for a quality not in QUALITIES."""
+    if quality.count(QUALITIES[0]) == len(quality):
+        return b"0," * len(quality)
+    for q in quality:
+        if not (isinstance(q, str) and q in _QUALITY_INDEX):
+            raise SchemaError("bad_field", f"quality {shown(q)} is not one of {', '.join(QUALITIES)}")
+    return _members(list(map(_QUALITY_INDEX.__getitem__, quality)))
+
+
 def encode_segments(site: str, seq_first: int, segments: Sequence[Segment], sent_ms: int) -> bytes:
     """One v2 payload from consecutive segments (reading ``i`` over all of them has seq ``seq_first + i``).
 
-    The work is per segment where it can be: a segment's point table is
-    memoised by its columns, and a segment that repeats one earlier in the
-    message shares its table entries. Raises SchemaError like ``encode_batch_v2``.
+    The payload is joined from JSON pieces, and the work is per segment where
+    it can be: a segment's point table (its shape) is memoised by its columns,
+    and the table of a message by its segments' shapes (``_layout``); a
+    segment's shared time and all-``good`` qualities are one repeated piece;
+    the values are one ``orjson.dumps``. Raises SchemaError like
+    ``encode_batch_v2``, and ``bad_field`` for a quality not in ``QUALITIES``.
     """
     segments = [s for s in segments if len(s[0])]
     if not segments:
         raise SchemaError("empty", "a batch needs at least one reading")
     if not valid_id(site):
         raise SchemaError("bad_id", f"site {site!r} is not a valid id")
-    base = min(min(s[0]) for s in segments)
-    assets: dict[str, int] = {}
-    units: dict[str, int] = {}
-    table: list[list[Any]] = []
-    placed: dict[_Shape, int] = {}
-    p: list[int] = []
-    dt: list[int] = []
+    table, count = _layout(tuple([_segment_shape(s[1], s[2], s[3]) for s in segments]))
+    shared = [s[0].count(s[0][0]) == len(s[0]) for s in segments]      # one time for all: one device read
+    base = min([s[0][0] if same else min(s[0]) for s, same in zip(segments, shared)])
+    dt = [(orjson.dumps(s[0][0] - base) + b",") * len(s[0]) if same else _members([t - base for t in s[0]])
+          for s, same in zip(segments, shared)]
     value: list[float | None] = []
-    quality: list[str] = []
-    for ts_ms, asset, point, unit, values, qualities in segments:
-        shape = _shape((tuple(asset), tuple(point), tuple(unit)))
-        offset = placed.get(shape)
-        if offset is None:
-            offset = placed[shape] = sum(len(row) - 2 for row in table)
-            for a, u, names in shape.groups:
-                table.append([assets.setdefault(a, len(assets)), units.setdefault(u, len(units)), *names])
-        p.extend(range(offset, offset + shape.size) if shape.p is None else [offset + i for i in shape.p])
-        first = ts_ms[0]
-        dt.extend([first - base] * len(ts_ms) if ts_ms.count(first) == len(ts_ms) else [t - base for t in ts_ms])
-        value.extend(values)
-        quality.extend(qualities)
-    n = len(p)
-    body = {
-        "v": 2, "site": site, "seq_first": seq_first, "seq_last": seq_first + n - 1, "sent_ms": int(sent_ms),
-        "ts_ms": base, "assets": list(assets), "units": list(units), "points": table,
-        "p": p, "dt": dt, "val": _values_json(value),
-        "q": [0] * n if quality.count(QUALITIES[0]) == n else list(map(_QUALITY_INDEX.__getitem__, quality)),
-    }
-    return orjson.dumps(body)
+    for s in segments:
+        value.extend(s[4])
+    val = _values_json(value)
+    q = [_quality_members(s[5]) for s in segments]
+    return b"".join((b'{"v":2,"site":%b,"seq_first":%b,"seq_last":%b,"sent_ms":%b,"ts_ms":%b' % (
+        orjson.dumps(site), orjson.dumps(seq_first), orjson.dumps(seq_first + count - 1), orjson.dumps(int(sent_ms)),
+        orjson.dumps(base)), table, b',"dt":[', b"".join(dt)[:-1], b'],"val":', val, b',"q":[', b"".join(q)[:-1],
+        b"]}"))
 
 
-def _values_json(value: list[float | None]) -> orjson.Fragment:
+def _values_json(value: list[float | None]) -> bytes:
     """The ``val`` column as JSON, each integral value written as an integer (``24``, not ``24.0``: two
     bytes less); SchemaError for NaN or infinity.
 
@@ -208,15 +262,17 @@ def _values_json(value: list[float | None]) -> orjson.Fragment:
     try:
         if math.hypot(*value) < _EXACT:
             data = orjson.dumps(value).replace(b".0,", b",")
-            return orjson.Fragment(data[:-3] + b"]" if data.endswith(b".0]") else data)
+            return data[:-3] + b"]" if data.endswith(b".0]") else data
     except (TypeError, OverflowError):               # a null or a non-number: the general path says what
         pass
-    return orjson.Fragment(orjson.dumps(_compact_values(value)))
+    return orjson.dumps(_compact_values(value))
 
 
 def _compact_values(value: list[float | None]) -> list[float | int | None]:
-    """``value`` with each integral float as an int (``24``, not ``24.0``: two bytes less); SchemaError for
-    NaN or infinity. Whole-list C loops for the common cases: no None, and all or none integral."""
+    """``value`` with each integral float below 2**53 as an int (``24``, not ``24.0``: two bytes less);
+    SchemaError ``bad_value`` for NaN or infinity, then for the first value that is neither a float, nor
+    null, nor an int within ±2**53 (what the decoder takes). Whole-list C loops for the common cases: no
+    None, and all or none integral."""
     if None not in value:
         try:
             # a finite sum means every value is finite (NaN or infinity poison it); it may also overflow
@@ -232,7 +288,17 @@ def _compact_values(value: list[float | None]) -> list[float | int | None]:
         check_finite(value)
     except ValueError as exc:
         raise SchemaError("bad_value", f"a value is not a finite number ({exc})") from None
-    return [int(v) if v is not None and v.is_integer() and -_EXACT < v < _EXACT else v for v in value]
+    except TypeError:                                # a non-number: named below
+        pass
+    out: list[float | int | None] = []
+    for v in value:
+        if type(v) is float:
+            out.append(int(v) if v.is_integer() and -_EXACT < v < _EXACT else v)
+        elif v is None or (type(v) is int and -_EXACT < v < _EXACT):
+            out.append(v)
+        else:
+            raise SchemaError("bad_value", f"value {shown(v)} is not a float, null or an integer within ±2**53")
+    return out
 
 
 # -- decoding ------------------------------------------------------------------------------------
