@@ -298,6 +298,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         waiting = self._waiting.pop(tid, None)
         if waiting is None:
             return                          # an answer to a request given up on: never taken for another
+        self._slots.release()
         future, code, count, want_unit, _ = waiting
         if future.done():
             return
@@ -324,6 +325,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         self._buffer.clear()
         waiting, self._waiting = self._waiting, {}
         for future, *_ in waiting.values():
+            self._slots.release()
             if not future.done():
                 future.set_exception(ConnectionException(why))
 
@@ -337,15 +339,31 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             if deadline - now > TIMER_SLACK_S:        # not yet (uvloop's timers may fire early: see event_loop)
                 self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
                 return
-            if future.done():               # given up on by its caller: forget it, the connection is fine
-                del waiting[tid]
-                continue
             del waiting[tid]
+            self._slots.release()
+            if future.done():               # given up on by its caller: forget it, the connection is fine
+                continue
             future.set_exception(asyncio.TimeoutError())
             self._drop(f"no answer from {self.host}:{self.port} within {self.timeout_s:g}s")
             return
 
     # -- requests --------------------------------------------------------------
+    def send_read(self, code: int, address: int, count: int, unit: int) -> "asyncio.Future[Any] | None":
+        """Send a read of function ``code`` now, if a request slot is free (None when ``limit`` requests are
+        outstanding): a future resolved with the answer's data bytes or a ``ModbusExceptionAnswer`` (returned,
+        not raised), failed with asyncio.TimeoutError or ConnectionException as ``read_raw`` raises them.
+
+        No coroutine of its own: the caller awaits the future directly. Raises ConnectionException when
+        not connected. The slot is held until the request is answered, timed out or dropped, even when
+        the caller stops waiting (it is still outstanding on the wire)."""
+        if not self._slots.take():
+            return None
+        return self._send_read(code, address, count, unit)
+
+    def _send_read(self, code: int, address: int, count: int, unit: int) -> "asyncio.Future[Any]":
+        tid = self._new_tid()
+        return self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
+
     async def read_raw(self, register: str, address: int, count: int, unit: int) -> bytes:
         """The data bytes of ``count`` registers (``holding``, ``input``) or bits (``coil``, ``discrete``)
         from ``address``, as the answer carries them.
@@ -354,14 +372,11 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         as ``execute`` does, and ConnectionException for an answer that does not fit the request.
         """
         code = _READ_CODES[register]
-        slots = self._slots
-        if not slots.take():
-            await slots.wait()
-        try:
-            tid = self._new_tid()
-            answer = await self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
-        finally:
-            slots.release()
+        future = self.send_read(code, address, count, unit)
+        if future is None:
+            await self._slots.wait()
+            future = self._send_read(code, address, count, unit)
+        answer = await future
         if answer.__class__ is ModbusExceptionAnswer:
             raise answer
         return answer
@@ -371,15 +386,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return unpack_values(register, count, await self.read_raw(register, address, count, unit))
 
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
-        slots = self._slots
-        if not slots.take():
-            await slots.wait()
-        try:
-            request.transaction_id = self._new_tid()
-            return await self._send(request.transaction_id, 0, 0, request.dev_id or None,
-                                    self._framer.buildFrame(request))
-        finally:
-            slots.release()
+        if not self._slots.take():
+            await self._slots.wait()
+        request.transaction_id = self._new_tid()
+        return await self._send(request.transaction_id, 0, 0, request.dev_id or None, self._framer.buildFrame(request))
 
     def _new_tid(self) -> int:
         """The next Modbus TCP transaction id (1..65535, wrapping)."""
@@ -387,8 +397,11 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return tid
 
     def _send(self, tid: int, code: int, count: int, unit: int | None, frame: bytes) -> "asyncio.Future[Any]":
+        """Register and write one request; the caller holds a slot, released when the request leaves
+        ``_waiting`` (answer, deadline, drop) or here when it cannot be sent."""
         transport = self._transport
         if transport is None or transport.is_closing():
+            self._slots.release()
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
@@ -408,6 +421,11 @@ def _read_answer(code: int, count: int, body: bytes) -> bytes | ModbusExceptionA
     if body[0] != code or len(body) < 2 or body[1] != len(body) - 2:
         raise ValueError(f"answer {body[:8].hex()} does not fit a request of function {code}")
     return body[2:]
+
+
+def _data_bytes(block: ReadBlock) -> int:
+    """How many data bytes the answer to ``block`` carries."""
+    return (block.count + 7) // 8 if block.register in BIT_REGISTERS else 2 * block.count
 
 
 def unpack_values(register: str, count: int, data: bytes) -> list[int] | list[bool]:
@@ -437,6 +455,7 @@ class ModbusSource:
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self._tally = metrics.tally(device.name) if metrics is not None else None
+        self._direct = device.transport == "tcp" and not device.min_gap_s    # read_raw's short path applies
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -494,7 +513,33 @@ class ModbusSource:
 
     async def read_raw(self, block: ReadBlock) -> bytes:
         """Read ``block`` with the device's retries and request budget: the answer's data bytes, two
-        big-endian bytes per register or the bits packed LSB first (``unpack_values`` turns them into numbers)."""
+        big-endian bytes per register or the bits packed LSB first (``unpack_values`` turns them into numbers).
+
+        The usual read (Modbus TCP, connected, no request budget to keep, a request slot free) is sent
+        at once and its answer's future awaited here, with no coroutine below this one; anything else,
+        and any failure of that first attempt, continues in the general path (``_read_retrying``)."""
+        client = self._client
+        if self._direct and client is not None and client.connected:
+            future = client.send_read(_READ_CODES[block.register], block.address,  # type: ignore[union-attr]
+                                      block.count, self.device.unit)
+            if future is not None:
+                self.requests_sent += 1
+                try:
+                    data = await future
+                except (asyncio.TimeoutError, ConnectionException) as exc:
+                    failure = self._failure(block, exc)
+                else:
+                    if data.__class__ is bytes and len(data) == _data_bytes(block):
+                        if self._tally is not None:
+                            self._tally.reads_ok += 1     # added to reads{outcome="ok"} at the next scrape
+                        return data
+                    failure = self._failure(block, data)
+                return await self._read_retrying(block, failure)
+        return await self._read_retrying(block, None)
+
+    async def _read_retrying(self, block: ReadBlock, failure: DeviceUnreachable | DeviceExceptionResponse | None
+                             ) -> bytes:
+        """``read_raw`` with ``1 + retries`` attempts; ``failure``: how the first attempt (made by the caller) failed."""
         attempts = 1 + self.device.retries
         for attempt in range(attempts):
             if attempt:
@@ -502,6 +547,9 @@ class ModbusSource:
                     self.metrics.read_retries.labels(self.device.name).inc()
                 await asyncio.sleep(self.backoff.delay(attempt - 1))
             try:
+                if failure is not None:
+                    first, failure = failure, None
+                    raise first
                 return await self._read_once(block)
             except DeviceExceptionResponse as exc:
                 if exc.code != _BUSY or attempt == attempts - 1:
@@ -538,16 +586,11 @@ class ModbusSource:
         self.requests_sent += 1
         try:
             if isinstance(client, PipelinedTcpClient):
-                data = await client.read_raw(block.register, block.address, block.count, device.unit)  # type: ignore[union-attr]
+                data = await client.read_raw(block.register, block.address, block.count, device.unit)
             else:
-                data = self._data(block, await self._read_pymodbus(client, block))  # type: ignore[arg-type]
+                data = self._data(block, await self._read_pymodbus(client, block))
         except ModbusExceptionAnswer as exc:
-            self._count_read("exception")
-            raise DeviceExceptionResponse(device.name, block.address, exc.code) from None
-        except asyncio.TimeoutError as exc:      # PipelinedTcpClient: no answer in time (connection closed)
-            self._count_read("timeout")
-            raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
-                                             f"within {device.timeout_s:g}s") from exc
+            raise self._failure(block, exc) from None
         except ModbusIOException as exc:
             # pymodbus raises this after its (disabled) retries when no answer came in time,
             # and for an answer with the wrong transaction or device id
@@ -557,21 +600,40 @@ class ModbusSource:
                 raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
                                                  f"within {device.timeout_s:g}s") from exc
             raise DeviceUnreachable(device.name, f"bad answer to {block.register} {block.address}: {exc}") from exc
-        except (ConnectionException, ModbusException, OSError) as exc:
-            self._count_read("unreachable")
-            raise DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {exc}") from exc
+        except (asyncio.TimeoutError, ConnectionException, ModbusException, OSError) as exc:
+            raise self._failure(block, exc) from exc
         finally:
             if device.min_gap_s:
                 self._last_request_end = self._monotonic()
-        expected = (block.count + 7) // 8 if block.register in BIT_REGISTERS else 2 * block.count
-        if len(data) != expected:
-            self._count_read("unreachable")
-            self.close()
-            raise DeviceUnreachable(device.name, f"{len(data)} data bytes in the answer to {block.register} "
-                                                 f"{block.address}+{block.count} (expected {expected})")
+        if len(data) != _data_bytes(block):
+            raise self._failure(block, data)
         if self._tally is not None:
             self._tally.reads_ok += 1             # added to reads{outcome="ok"} at the next scrape
         return data
+
+    def _failure(self, block: ReadBlock, outcome: BaseException | bytes
+                 ) -> DeviceUnreachable | DeviceExceptionResponse:
+        """The error for one failed attempt at ``block`` (counted in ``reads``): ``outcome`` is the device's
+        exception answer, what the request raised, or data bytes of the wrong length (the connection is
+        then dropped: the stream cannot be trusted)."""
+        device = self.device
+        if isinstance(outcome, ModbusExceptionAnswer):
+            self._count_read("exception")
+            return DeviceExceptionResponse(device.name, block.address, outcome.code)
+        if isinstance(outcome, asyncio.TimeoutError):    # PipelinedTcpClient: no answer in time (connection closed)
+            self._count_read("timeout")
+            error: DeviceUnreachable = DeviceTimeout(
+                device.name, f"no answer to {block.register} {block.address}+{block.count} within {device.timeout_s:g}s")
+        elif isinstance(outcome, BaseException):
+            self._count_read("unreachable")
+            error = DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {outcome}")
+        else:
+            self._count_read("unreachable")
+            self.close()
+            return DeviceUnreachable(device.name, f"{len(outcome)} data bytes in the answer to {block.register} "
+                                                  f"{block.address}+{block.count} (expected {_data_bytes(block)})")
+        error.__cause__ = outcome
+        return error
 
     async def _read_pymodbus(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
         unit = self.device.unit

@@ -105,7 +105,8 @@ class DevicePoller:
         self.reconnect_max_s = reconnect_max_s
         self.stop = stop
         self._stopped: asyncio.Future | None = None
-        self._reading: set[asyncio.Task] = set()         # tasks inside a read, cancelled when stop is set
+        self._reading: set[asyncio.Task] = set()         # pipelined read tasks inside a read, cancelled when stop is set
+        self._reader: asyncio.Task | None = None         # poll_once's task while it waits for a read (max_inflight 1)
         self._stop_cancelled: set[asyncio.Task] = set()
         self.source = source
         self.emit = emit
@@ -124,23 +125,19 @@ class DevicePoller:
         self._device_up = metrics.device_up.labels(device.name)
         self._up = 0                                    # init_device set device_up to 0
 
-    async def _read(self, block: ReadBlock, task: asyncio.Task | None = None) -> bytes | None:
+    async def _read(self, block: ReadBlock) -> bytes | None:
         """The block's data bytes, or None when ``stop`` was set while waiting for the device
         (a slow or silent device must not hold up shutdown for its timeouts and retries).
 
-        The read runs in the calling task (``task``, when the caller knows it); setting ``stop``
-        cancels the tasks inside a read, and this method takes that cancellation back (no task
-        and no wait per request)."""
+        For the pipelined reads of ``poll_once`` (each in a task of its own): setting ``stop``
+        cancels the tasks inside a read, and this method takes that cancellation back."""
         if self.stop is None:
             return await self.source.read_raw(block)
         if self.stop.is_set():
             return None
-        if self._stopped is None:
-            self._stopped = asyncio.ensure_future(self.stop.wait())
-            self._stopped.add_done_callback(self._cancel_reads)
-        if task is None:
-            task = asyncio.current_task()
-            assert task is not None
+        self._watch_stop()
+        task = asyncio.current_task()
+        assert task is not None
         self._reading.add(task)
         try:
             return await self.source.read_raw(block)
@@ -152,10 +149,17 @@ class DevicePoller:
             self._reading.discard(task)
             self._stop_cancelled.discard(task)
 
+    def _watch_stop(self) -> None:
+        """Cancel the reads in progress when ``stop`` is set (once per poller: one waiter on ``stop``)."""
+        if self._stopped is None and self.stop is not None:
+            self._stopped = asyncio.ensure_future(self.stop.wait())
+            self._stopped.add_done_callback(self._cancel_reads)
+
     def _cancel_reads(self, stopped: asyncio.Future) -> None:
         if stopped.cancelled():
             return
-        for task in self._reading:
+        reader = self._reader
+        for task in (*self._reading, *((reader,) if reader is not None else ())):
             self._stop_cancelled.add(task)
             task.cancel()
 
@@ -170,6 +174,9 @@ class DevicePoller:
 
         With ``max_inflight`` > 1 the next reads of the plan are already on the
         wire while one block is decoded; blocks are still handled in plan order.
+        With 1, each read is awaited right here (no task and no coroutine of the
+        poller's per read): ``_reader`` names this task while it waits for the
+        device, so that setting ``stop`` cancels it there and only there.
         """
         device = self.device
         started = time.monotonic()
@@ -179,26 +186,40 @@ class DevicePoller:
         ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
         parts: list[_Part] = []
-        if task is None and self.stop is not None and window == 1:
-            task = asyncio.current_task()
+        stop = self.stop
+        read_raw = self.source.read_raw
+        if stop is not None and window == 1:
+            if task is None:
+                task = asyncio.current_task()
+            self._watch_stop()
         try:
             while index < len(plan) or ahead:
-                if window > 1:
-                    while index < len(plan) and len(ahead) < window:
-                        ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
-                        index += 1
-                    block, pending = ahead.popleft()
-                    read: Awaitable[bytes | None] = pending
-                else:
-                    block = plan[index]
-                    index += 1
-                    read = self._read(block, task)
                 try:
-                    data = await read
-                    if data is None:
-                        if parts:
-                            await self.emit(_batch(parts))
-                        return False
+                    if window > 1:
+                        while index < len(plan) and len(ahead) < window:
+                            ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
+                            index += 1
+                        block, pending = ahead.popleft()
+                        data = await pending
+                        if data is None:
+                            if parts:
+                                await self.emit(_batch(parts))
+                            return False
+                    else:
+                        block = plan[index]
+                        index += 1
+                        if stop is None:
+                            data = await read_raw(block)
+                        elif stop.is_set():
+                            if parts:
+                                await self.emit(_batch(parts))
+                            return False
+                        else:
+                            self._reader = task
+                            try:
+                                data = await read_raw(block)
+                            finally:
+                                self._reader = None
                 except DeviceExceptionResponse as exc:
                     if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
                         log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
@@ -222,6 +243,15 @@ class DevicePoller:
                         self._missing(parts, rest, quality)
                     break
                 self._samples(parts, block, data, self.clock())
+        except asyncio.CancelledError:
+            if task is None or task not in self._stop_cancelled:
+                raise
+            self._stop_cancelled.discard(task)
+            if task.uncancel():
+                raise                       # cancelled by someone else too
+            if parts:                       # stop was set while this task waited for the device
+                await self.emit(_batch(parts))
+            return False
         finally:
             for _, pending in ahead:
                 pending.cancel()
