@@ -228,16 +228,20 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
     request). Not thread-safe; the constructor does no I/O.
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float, limit: int) -> None:
+    def __init__(self, host: str, port: int, *, timeout_s: float, limit: int, shared: bool = False) -> None:
         super().__init__()
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.shared = shared
+        self._out: list[bytes] = []         # shared: the requests of this turn of the loop, written together
+        self._answers = 0                   # answers received: a timeout with answers since is one unit's, not the link's
         self._slots = _Slots(limit)
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         # transaction id → (its future, the read's function code and count (code 0: a pymodbus request),
-        # the unit id the answer must carry (None: not checked), its deadline on the loop's clock)
-        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int, int | None, float]] = {}
+        # the unit id the answer must carry (None: not checked), its deadline on the loop's clock,
+        # ``_answers`` when it was sent)
+        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int, int | None, float, int]] = {}
         self._next_tid = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -270,6 +274,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return False
 
     def data_received(self, data: bytes) -> None:
+        self._answers += 1
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -299,7 +304,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         if waiting is None:
             return                          # an answer to a request given up on: never taken for another
         self._slots.release()
-        future, code, count, want_unit, _ = waiting
+        future, code, count, want_unit, _, _ = waiting
         if future.done():
             return
         try:
@@ -323,6 +328,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             self._timer.cancel()
             self._timer = None
         self._buffer.clear()
+        self._out.clear()
         waiting, self._waiting = self._waiting, {}
         for future, *_ in waiting.values():
             self._slots.release()
@@ -330,12 +336,16 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
                 future.set_exception(ConnectionException(why))
 
     def _check_deadlines(self) -> None:
-        """The connection's timer: time out the oldest requests that are past their deadline, re-arm for the next."""
+        """The connection's timer: time out the oldest requests that are past their deadline, re-arm for the next.
+
+        A timeout drops the connection (a late answer must not be taken for a later request's), except on
+        a shared one that has received answers since the request was sent: there the connection is alive,
+        one unit is silent, and only its request fails (its late answer, if any, has no one waiting)."""
         self._timer = None
         now = asyncio.get_running_loop().time()
         waiting = self._waiting
         while waiting:
-            tid, (future, _, _, _, deadline) = next(iter(waiting.items()))     # the oldest request
+            tid, (future, _, _, _, deadline, answers) = next(iter(waiting.items()))     # the oldest request
             if deadline - now > TIMER_SLACK_S:        # not yet (uvloop's timers may fire early: see event_loop)
                 self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
                 return
@@ -344,6 +354,8 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             if future.done():               # given up on by its caller: forget it, the connection is fine
                 continue
             future.set_exception(asyncio.TimeoutError())
+            if self.shared and answers != self._answers:
+                continue
             self._drop(f"no answer from {self.host}:{self.port} within {self.timeout_s:g}s")
             return
 
@@ -406,11 +418,22 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.timeout_s
-        self._waiting[tid] = (future, code, count, unit, deadline)
+        self._waiting[tid] = (future, code, count, unit, deadline, self._answers)
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._check_deadlines)
-        transport.write(frame)
+        if not self.shared:
+            transport.write(frame)
+        else:                               # the devices' requests of one tick: one write (one send), not one each
+            if not self._out:
+                loop.call_soon(self._flush)
+            self._out.append(frame)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))
 
 
 def _read_answer(code: int, count: int, body: bytes) -> bytes | ModbusExceptionAnswer:
@@ -435,6 +458,47 @@ def unpack_values(register: str, count: int, data: bytes) -> list[int] | list[bo
     return list(struct.unpack(f">{len(data) // 2}H", data[:len(data) // 2 * 2]))
 
 
+class SharedConnections:
+    """The connections of the devices with ``connection = "shared"``: one ``PipelinedTcpClient`` per host
+    and port, opened by the first of its devices to need it and reopened the same way after a drop.
+
+    A shared connection takes as many outstanding requests as its devices' ``max_inflight`` added up
+    (each device still keeps to its own), so one silent unit holds only its own share. ``close()``
+    drops them all. Build it from the agent's devices; ``ModbusSource(..., shared=...)`` uses it.
+    """
+
+    def __init__(self, devices: Sequence[DeviceConfig]) -> None:
+        self._limits: dict[tuple[str, int], int] = {}
+        for device in devices:
+            if device.shares_connection:
+                key = (device.host, device.port)
+                self._limits[key] = self._limits.get(key, 0) + device.max_inflight
+        self._clients: dict[tuple[str, int], PipelinedTcpClient] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    def lock(self, device: DeviceConfig) -> asyncio.Lock:
+        """Held while the device's connection is looked up or opened (one attempt at a time)."""
+        return self._locks.setdefault((device.host, device.port), asyncio.Lock())
+
+    def open(self, device: DeviceConfig) -> PipelinedTcpClient | None:
+        """The device's shared connection when it is open (call holding ``lock``)."""
+        client = self._clients.get((device.host, device.port))
+        return client if client is not None and client.connected else None
+
+    def new(self, device: DeviceConfig) -> PipelinedTcpClient:
+        """A new, not yet connected client for the device's shared connection (call holding ``lock``)."""
+        key = (device.host, device.port)
+        limit = self._limits.get(key, device.max_inflight)
+        client = self._clients[key] = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s,
+                                                         limit=limit, shared=True)
+        return client
+
+    def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            client.close()
+
+
 class ModbusSource:
     """One device's connection, request budget and retry policy. An async context manager.
 
@@ -442,11 +506,18 @@ class ModbusSource:
     (``list[bool]``, exactly ``block.count``), or raises ``DeviceTimeout``,
     ``DeviceUnreachable`` (after the retries) or ``DeviceExceptionResponse``.
     The constructor does no I/O; the connection opens on the first read.
+    A device with ``connection = "shared"`` uses its host and port's connection in ``shared``
+    (a ``SharedConnections`` of its own when None); closing the source leaves that connection to
+    the other devices, and its own requests are held to its ``max_inflight`` here.
     """
 
     def __init__(self, device: DeviceConfig, *, metrics: AgentMetrics | None = None,
-                 backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic) -> None:
+                 backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic,
+                 shared: SharedConnections | None = None) -> None:
         self.device = device
+        self._shared = (shared if shared is not None else SharedConnections([device])) \
+            if device.shares_connection else None
+        self._unit_slots = _Slots(device.max_inflight) if device.shares_connection else None
         self.metrics = metrics
         self.backoff = backoff
         self._monotonic = monotonic
@@ -469,19 +540,33 @@ class ModbusSource:
         return self._client is not None and self._client.connected
 
     def close(self) -> None:
-        """Drop the connection (the next read reconnects)."""
+        """Drop the connection (the next read reconnects); a shared one is only let go of: it closes
+        itself when it is broken or silent, not for one device's trouble."""
         if self._client is not None:
             client, self._client = self._client, None
-            client.close()
+            if self._shared is None:
+                client.close()
 
     async def connect(self) -> None:
         """Open the TCP connection; raises DeviceTimeout or DeviceUnreachable."""
         device = self.device
         self.close()
-        client: AsyncModbusTcpClient | PipelinedTcpClient
-        if device.transport != "rtu-over-tcp":
-            client = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s, limit=device.max_inflight)
-        else:
+        if self._shared is not None:
+            async with self._shared.lock(device):
+                client = self._shared.open(device)
+                if client is None:
+                    await self._open(self._shared.new(device))
+                else:
+                    self._client = client
+            return
+        await self._open(PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s,
+                                            limit=device.max_inflight) if device.transport != "rtu-over-tcp"
+                         else None)
+
+    async def _open(self, client: AsyncModbusTcpClient | PipelinedTcpClient | None) -> None:
+        """Connect ``client`` (None: pymodbus' RTU-over-TCP client) and make it this source's."""
+        device = self.device
+        if client is None:
             client = AsyncModbusTcpClient(
                 device.host, port=device.port,
                 framer=FramerType.RTU,
@@ -519,9 +604,12 @@ class ModbusSource:
         at once and its answer's future awaited here, with no coroutine below this one; anything else,
         and any failure of that first attempt, continues in the general path (``_read_retrying``)."""
         client = self._client
-        if self._direct and client is not None and client.connected:
+        unit_slots = self._unit_slots
+        if self._direct and client is not None and client.connected and (unit_slots is None or unit_slots.take()):
             future = client.send_read(_READ_CODES[block.register], block.address,  # type: ignore[union-attr]
                                       block.count, self.device.unit)
+            if future is None and unit_slots is not None:
+                unit_slots.release()
             if future is not None:
                 self.requests_sent += 1
                 try:
@@ -534,6 +622,9 @@ class ModbusSource:
                             self._tally.reads_ok += 1     # added to reads{outcome="ok"} at the next scrape
                         return data
                     failure = self._failure(block, data)
+                finally:
+                    if unit_slots is not None:
+                        unit_slots.release()
                 return await self._read_retrying(block, failure)
         return await self._read_retrying(block, None)
 
@@ -583,6 +674,9 @@ class ModbusSource:
             assert client is not None
         if device.min_gap_s:                      # with no gap to keep, no clock to read
             await self._wait_budget()
+        unit_slots = self._unit_slots
+        if unit_slots is not None and not unit_slots.take():
+            await unit_slots.wait()
         self.requests_sent += 1
         try:
             if isinstance(client, PipelinedTcpClient):
@@ -603,6 +697,8 @@ class ModbusSource:
         except (asyncio.TimeoutError, ConnectionException, ModbusException, OSError) as exc:
             raise self._failure(block, exc) from exc
         finally:
+            if unit_slots is not None:
+                unit_slots.release()
             if device.min_gap_s:
                 self._last_request_end = self._monotonic()
         if len(data) != _data_bytes(block):
@@ -671,6 +767,9 @@ class ModbusSource:
         client = self._client
         assert client is not None
         await self._wait_budget()
+        unit_slots = self._unit_slots
+        if unit_slots is not None and not unit_slots.take():
+            await unit_slots.wait()
         self.requests_sent += 1
         try:
             if register == "coil":
@@ -689,6 +788,8 @@ class ModbusSource:
             self.close()
             raise DeviceUnreachable(device.name, f"connection lost writing {register} {address}: {exc}") from exc
         finally:
+            if unit_slots is not None:
+                unit_slots.release()
             self._last_request_end = self._monotonic()
         if response.isError():
             raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)))

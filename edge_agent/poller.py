@@ -45,7 +45,8 @@ from edge_agent.decode import Decoder, block_codec, make_decoder
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
 from edge_agent.exception_report import FilterBank
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block, unpack_values
+from edge_agent.modbus_source import (Backoff, ModbusSource, ReadBlock, SharedConnections, plan_reads, split_block,
+                                     unpack_values)
 
 __all__ = ["Emit", "run_device", "DevicePoller", "PollTicks"]
 
@@ -422,7 +423,8 @@ class PollTicks:
 
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
-                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None) -> None:
+                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None,
+                     shared: SharedConnections | None = None) -> None:
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
@@ -432,9 +434,10 @@ async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics,
     ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
     wait between polls of a device that does not answer. ``ticks`` (the
     agent passes one ``PollTicks`` to every device) lets pollers of one
-    interval share their wake-ups.
+    interval share their wake-ups; ``shared`` (one for the agent) holds the
+    connections of devices with ``connection = "shared"``.
     """
-    async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
+    async with ModbusSource(device, metrics=metrics, backoff=backoff, shared=shared) as source:
         poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
                               reconnect_max_s=reconnect_max_s, stop=stop)
         try:
