@@ -237,7 +237,8 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         self._slots = _Slots(limit)
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None     # the connection's loop (Python 3.11's
+        self._buffer = bytearray()                               # get_running_loop() costs a getpid() call)
         # transaction id → (its future, the read's function code and count (code 0: a pymodbus request),
         # the unit id the answer must carry (None: not checked), its deadline on the loop's clock,
         # ``_answers`` when it was sent)
@@ -265,6 +266,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._drop(f"connection to {self.host}:{self.port} lost ({exc!r})")
@@ -412,10 +414,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         """Register and write one request; the caller holds a slot, released when the request leaves
         ``_waiting`` (answer, deadline, drop) or here when it cannot be sent."""
         transport = self._transport
-        if transport is None or transport.is_closing():
+        loop = self._loop
+        if transport is None or transport.is_closing() or loop is None:
             self._slots.release()
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.timeout_s
         self._waiting[tid] = (future, code, count, unit, deadline, self._answers)

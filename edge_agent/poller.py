@@ -394,6 +394,7 @@ class PollTicks:
     def __init__(self) -> None:
         self._origin: float | None = None
         self._due: dict[float, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None     # looked up once: a lookup costs a getpid() call
 
     def tick(self, when: float, interval: float, *, before: bool = False) -> float:
         """The first tick of ``interval`` at or after ``when`` (``before``: the last one at or before it),
@@ -405,7 +406,9 @@ class PollTicks:
 
     def wait(self, tick: float) -> "asyncio.Future[None]":
         """A future resolved at loop time ``tick`` (a ``tick()`` value, so that waiters share it)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         waiting = self._due.get(tick)
         if waiting is None:
