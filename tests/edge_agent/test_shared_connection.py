@@ -1,5 +1,5 @@
-"""Devices behind one gateway on one connection (``connection = "shared"``): the config key, one
-connection and one write per turn, dead-unit isolation, per-device ``max_inflight``, exception codes
+"""Devices behind one gateway on one connection (``connection = "shared"``; the config key is tested in
+test_config): one connection and one write per turn, dead-unit isolation, per-device ``max_inflight``, exception codes
 and block splitting, and reconnection — against the pipelining pymodbus simulator on 127.0.0.1."""
 
 from __future__ import annotations
@@ -13,14 +13,12 @@ from prometheus_client import CollectorRegistry
 
 from edge_agent.batch import ReadingBatch
 from edge_agent.calibration import Calibrations
-from edge_agent.config import load_config
 from edge_agent.errors import DeviceTimeout, DeviceUnreachable
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, SharedConnections, plan_reads
 from edge_agent.poller import DevicePoller, PollTicks, run_device
 from edge_agent.simulator import Behaviour, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
-from tests.edge_agent.test_config import BASE, error_of, folder, write  # noqa: F401 (folder: a fixture)
 
 FAST = Backoff(base_s=0.02, max_s=0.1, jitter=0.0)
 T_OK = 1_800_000_020.0
@@ -42,40 +40,6 @@ def connects(metrics: AgentMetrics, *names: str) -> float:
 def unit_device(unit: int, port: int, **kwargs: object):
     return device(f"u{unit}", port, points(20, prefix=f"U{unit}_"), unit=unit, connection="shared",
                   **{"timeout_s": 0.5, **kwargs})
-
-
-# -- config --------------------------------------------------------------------------------------------
-
-SECOND = BASE.replace('[[devices]]\nname = "tx1"', '[[devices]]\nname = "tx2"\nunit = 2\nconnection = "shared"'
-                      ).split("[[devices]]", 1)[1].replace('id = "SENSOR_01"', 'id = "SENSOR_02"').replace('asset = "tx1"', 'asset = "tx2"')
-
-
-def test_a_connection_is_the_devices_own_unless_it_says_shared(folder: Path) -> None:
-    (own,) = load_config(write(folder, BASE)).devices
-    assert own.connection == "own" and not own.shares_connection
-    text = BASE.replace('name = "tx1"\n', 'name = "tx1"\nconnection = "shared"\n') + "[[devices]]" + SECOND
-    first, second = load_config(write(folder, text)).devices
-    assert first.shares_connection and second.shares_connection
-
-
-@pytest.mark.parametrize(("change", "expected"), [
-    ('connection = "pooled"', "devices[0].connection: 'pooled' must be one of own, shared"),
-    ('transport = "rtu-over-tcp"\nconnection = "shared"',
-     "devices[0].connection: 'shared' needs transport = \"tcp\" (answers on a shared connection are matched to "
-     "requests by Modbus TCP transaction id; rtu-over-tcp has none); use \"own\""),
-])
-def test_a_bad_connection_names_the_field(folder: Path, change: str, expected: str) -> None:
-    assert error_of(folder, BASE.replace('name = "tx1"\n', f'name = "tx1"\n{change}\n')) == expected
-
-
-def test_devices_of_one_shared_connection_wait_alike(folder: Path) -> None:
-    text = (BASE.replace('name = "tx1"\n', 'name = "tx1"\nconnection = "shared"\n') + "[[devices]]"
-            + SECOND.replace('connection = "shared"', 'connection = "shared"\ntimeout_s = 2.5'))
-    assert error_of(folder, text) == (
-        "devices[1].timeout_s: 2.5 differs from devices[0] ('tx1': 1), which shares its connection to "
-        "127.0.0.1:502; give the devices of one shared connection one timeout_s, or connection = \"own\"")
-    own = text.replace('connection = "shared"\ntimeout_s = 2.5', 'timeout_s = 2.5')   # its own connection: fine
-    assert [d.timeout_s for d in load_config(write(folder, own)).devices] == [1.0, 2.5]
 
 
 # -- the connection ------------------------------------------------------------------------------------
