@@ -8,7 +8,11 @@ retry and reconnect machinery is switched off (``retries=0``,
 
 * one TCP connection per device (``ModbusSource``), opened lazily, closed
   after a timeout (a late answer must not be taken for the next request's)
-  or a broken connection, and reopened on the next attempt;
+  or a broken connection, and reopened on the next attempt; or, for devices
+  with ``connection = "shared"``, one per host and port (``SharedConnections``:
+  units behind one gateway), where the requests of one turn of the loop go out
+  in one write and a timeout fails only its own request while other answers
+  still arrive (a connection silent for a whole timeout is closed);
 * a read plan computed once per device (``plan_reads``): points of one
   register type sorted by address and merged into blocks while the gap
   between them is at most ``max_read_gap`` registers (``16 ×`` that for bits)
@@ -27,7 +31,9 @@ retry and reconnect machinery is switched off (``retries=0``,
   ``wait_for``. A request costs one future; one timer per connection keeps
   the deadlines. Writes go as pymodbus' own request and response PDUs over
   the same stream. One timeout closes the connection and fails every
-  outstanding request. RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
+  outstanding request (shared connections: see above). A read that goes
+  well is one coroutine (``ModbusSource.read_raw``) awaiting one future
+  (``PipelinedTcpClient.send_read``). RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
   with its RTU framer;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
@@ -226,6 +232,12 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
     costs one future and no task; deadlines are kept by one timer per
     connection, armed for the oldest outstanding request (not one timer per
     request). Not thread-safe; the constructor does no I/O.
+
+    ``shared``: the connection of several units behind one gateway
+    (``SharedConnections``). Requests made in one turn of the event loop are
+    written together, and a timeout closes the connection only when nothing
+    at all arrived on it since the request was sent; otherwise just that
+    request fails (one unit is silent, the gateway and the others are not).
     """
 
     def __init__(self, host: str, port: int, *, timeout_s: float, limit: int, shared: bool = False) -> None:
@@ -718,7 +730,7 @@ class ModbusSource:
         if isinstance(outcome, ModbusExceptionAnswer):
             self._count_read("exception")
             return DeviceExceptionResponse(device.name, block.address, outcome.code)
-        if isinstance(outcome, asyncio.TimeoutError):    # PipelinedTcpClient: no answer in time (connection closed)
+        if isinstance(outcome, asyncio.TimeoutError):    # PipelinedTcpClient: no answer in time
             self._count_read("timeout")
             error: DeviceUnreachable = DeviceTimeout(
                 device.name, f"no answer to {block.register} {block.address}+{block.count} within {device.timeout_s:g}s")
