@@ -32,6 +32,7 @@ is merely unreachable is not fatal: readings are spooled and sent later.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import stat
 import time
@@ -46,6 +47,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AuditError, BrokerRefused, ConfigError, PublishError, SpoolError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
+from edge_agent.modbus_source import SharedConnections
 from edge_agent.poller import PollTicks, run_device
 from edge_agent.delivery import drain
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
@@ -232,14 +234,16 @@ class Agent:
 
         publish = link.publish if cfg.twin.publish_retained else None
         ticks = PollTicks()             # pollers of one interval wake together: one timer per tick
-        async with asyncio.TaskGroup() as group:
+        shared = SharedConnections(cfg.devices)     # units behind one gateway: one connection when they say so
+        async with contextlib.AsyncExitStack() as cleanup, asyncio.TaskGroup() as group:
+            cleanup.callback(shared.close)
             pollers = []
             for device in cfg.devices:
                 self.metrics.init_device(device.name)
                 pollers.append(group.create_task(self._supervise(
                     f"poller {device.name}",
                     lambda d=device: run_device(d, emit, metrics=self.metrics, calibrations=calibrations,
-                                                stop=poll_stop, clock=self.clock, ticks=ticks),
+                                                stop=poll_stop, clock=self.clock, ticks=ticks, shared=shared),
                     poll_stop), name=f"poll-{device.name}"))
             drain_task = group.create_task(self._supervise("drain", drain_factory, drain_stop), name="drain")
             twin_task = group.create_task(self._supervise("twin", lambda: run_twin(twin, publish, stop=twin_stop),

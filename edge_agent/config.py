@@ -30,7 +30,9 @@ Layout (defaults in brackets; see ``edge_agent/examples/sensors.conf``)::
                         timeout_s [1.0], retries [2], min_gap_s [0.0], poll_interval_s [1.0; 0.001..86400,
                         at least min_gap_s], max_inflight [1; up to 16 pipelined requests on the connection,
                         tcp transport and min_gap_s = 0 only], max_read_gap [8], max_read_registers [125],
-                        max_read_bits [2000]
+                        max_read_bits [2000], connection ["own"|"shared": one TCP connection for the
+                        devices of one host and port that all say "shared" (a gateway that takes
+                        pipelined requests), tcp transport and one timeout_s only]
     [commands] state_path [/var/lib/ems/commands.db], max_seen_ids [10000] (see ``edge_agent.commands``)
     [[devices.points]]  id, asset, name, address [required], register ["holding"|"input"|"coil"|"discrete"],
                         type ["uint16", "bool" on coils/discretes], byte_order ["big"], word_order ["big"],
@@ -80,7 +82,7 @@ from edge_agent.faults import FaultCode, parse_faults
 from edge_agent.thermal import COOLING_MODES, HOT_SPOT_LIMIT_DEGC, MODELS, PAPERS, PRESETS, SIZES, ThermalParams
 
 __all__ = [
-    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "PROTOCOLS",
+    "DEFAULT_CONFIG_PATH", "CONFIG_ENV", "REGISTER_TYPES", "BIT_REGISTERS", "TRANSPORTS", "CONNECTIONS", "PROTOCOLS",
     "MAX_READ_REGISTERS", "MAX_READ_BITS", "MIN_POLL_INTERVAL_S", "MAX_INFLIGHT",
     "AgentConfig", "BrokerConfig", "SpoolConfig", "AuditConfig", "TwinConfig", "HttpConfig",
     "DeviceConfig", "PointConfig", "CurrentLoop", "ThermalAssetConfig", "ASSET_KINDS",
@@ -94,6 +96,7 @@ CONFIG_ENV = "EMS_SENSORS_CONF"
 REGISTER_TYPES = ("holding", "input", "coil", "discrete")
 BIT_REGISTERS = frozenset({"coil", "discrete"})
 TRANSPORTS = ("tcp", "rtu-over-tcp")
+CONNECTIONS = ("own", "shared")
 PROTOCOLS = ("auto", "mqttv5", "mqttv311")
 MAX_READ_REGISTERS = 125   # Modbus limit for function codes 3 and 4
 MAX_READ_BITS = 2000       # Modbus limit for function codes 1 and 2
@@ -253,6 +256,9 @@ class DeviceConfig:
 
     ``max_inflight`` requests may be outstanding on the connection at once
     (Modbus TCP pipelining, matched by transaction id); 1 waits for each answer.
+    ``connection = "shared"``: one TCP connection for every shared device of the same host and
+    port (units behind one gateway that accepts pipelined requests), each device still at most
+    ``max_inflight`` requests outstanding; ``"own"`` (the default): a connection per device.
     """
 
     name: str
@@ -270,6 +276,13 @@ class DeviceConfig:
     max_read_registers: int = MAX_READ_REGISTERS
     max_read_bits: int = MAX_READ_BITS
     writable: tuple[WritablePoint, ...] = ()
+    connection: str = "own"
+
+    @property
+    def shares_connection(self) -> bool:
+        """True when this device's requests travel on one connection with those of the other devices
+        with ``connection = "shared"`` and the same host and port (``modbus_source.SharedConnections``)."""
+        return self.connection == "shared"
 
 
 @dataclass(frozen=True)
@@ -542,6 +555,7 @@ class _Loader:
         assets_t = root.table("assets")
         root.done()
         _check_unique(devices)
+        _check_shared(devices)
         assets = self.assets(assets_t, devices) if assets_t else ()
         return AgentConfig(site=site, broker=broker, spool=spool, audit=audit, twin=twin, http=http,
                            devices=devices, source_path=self.source, assets=assets, commands=commands)
@@ -664,6 +678,11 @@ class _Loader:
         max_read_gap = t.integer("max_read_gap", 0, MAX_READ_REGISTERS, 8)
         max_read_registers = t.integer("max_read_registers", 1, MAX_READ_REGISTERS, MAX_READ_REGISTERS)
         max_read_bits = t.integer("max_read_bits", 1, MAX_READ_BITS, MAX_READ_BITS)
+        connection = t.choice("connection", CONNECTIONS, "own")
+        if connection == "shared" and transport != "tcp":
+            raise ConfigError(t.at("connection"), connection,
+                              f"needs transport = \"tcp\" (answers on a shared connection are matched to requests "
+                              f"by Modbus TCP transaction id; {transport} has none); use \"own\"")
         points = tuple(self.point(p) for p in t.tables("points"))
         writable_raw = t.raw("writable", None)
         if writable_raw is not None and (not isinstance(writable_raw, list)
@@ -679,7 +698,7 @@ class _Loader:
                             retries=retries, min_gap_s=min_gap_s, poll_interval_s=poll_interval_s,
                             max_inflight=max_inflight, max_read_gap=max_read_gap,
                             max_read_registers=max_read_registers,
-                            max_read_bits=max_read_bits, points=points, writable=writable)
+                            max_read_bits=max_read_bits, points=points, writable=writable, connection=connection)
 
     def writable(self, t: _Table, points: dict[str, PointConfig]) -> WritablePoint:
         point_id = t.id("id", "the writable point's id, e.g. \"EXPORT_LIMIT\"")
@@ -813,6 +832,20 @@ def _check_overlaps(device_path: str, device_name: str, points: tuple[PointConfi
             raise ConfigError(f"{device_path}.{table}[{after}].address", b.address,
                               f"overlaps {device_path}.{table}[{before}] ({a.id!r}, {a.register} "
                               f"{a.address}..{a.address + a.count - 1} of device {device_name!r})")
+
+
+def _check_shared(devices: tuple[DeviceConfig, ...]) -> None:
+    """Devices on one shared connection wait the same ``timeout_s`` (one deadline order per connection)."""
+    first: dict[tuple[str, int], int] = {}
+    for d, device in enumerate(devices):
+        if not device.shares_connection:
+            continue
+        other = first.setdefault((device.host, device.port), d)
+        if devices[other].timeout_s != device.timeout_s:
+            raise ConfigError(f"devices[{d}].timeout_s", device.timeout_s,
+                              f"differs from devices[{other}] ({devices[other].name!r}: {devices[other].timeout_s:g}), "
+                              f"which shares its connection to {device.host}:{device.port}; give the devices of "
+                              f"one shared connection one timeout_s, or connection = \"own\"")
 
 
 def _check_unique(devices: tuple[DeviceConfig, ...]) -> None:

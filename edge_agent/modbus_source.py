@@ -8,7 +8,11 @@ retry and reconnect machinery is switched off (``retries=0``,
 
 * one TCP connection per device (``ModbusSource``), opened lazily, closed
   after a timeout (a late answer must not be taken for the next request's)
-  or a broken connection, and reopened on the next attempt;
+  or a broken connection, and reopened on the next attempt; or, for devices
+  with ``connection = "shared"``, one per host and port (``SharedConnections``:
+  units behind one gateway), where the requests of one turn of the loop go out
+  in one write and a timeout fails only its own request while other answers
+  still arrive (a connection silent for a whole timeout is closed);
 * a read plan computed once per device (``plan_reads``): points of one
   register type sorted by address and merged into blocks while the gap
   between them is at most ``max_read_gap`` registers (``16 ×`` that for bits)
@@ -27,7 +31,9 @@ retry and reconnect machinery is switched off (``retries=0``,
   ``wait_for``. A request costs one future; one timer per connection keeps
   the deadlines. Writes go as pymodbus' own request and response PDUs over
   the same stream. One timeout closes the connection and fails every
-  outstanding request. RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
+  outstanding request (shared connections: see above). A read that goes
+  well is one coroutine (``ModbusSource.read_raw``) awaiting one future
+  (``PipelinedTcpClient.send_read``). RTU over TCP uses pymodbus' ``AsyncModbusTcpClient``
   with its RTU framer;
 * per request ``1 + retries`` attempts, exponential backoff between them;
   exception code 6 (ServerDeviceBusy) is retried like a timeout, other codes
@@ -226,18 +232,29 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
     costs one future and no task; deadlines are kept by one timer per
     connection, armed for the oldest outstanding request (not one timer per
     request). Not thread-safe; the constructor does no I/O.
+
+    ``shared``: the connection of several units behind one gateway
+    (``SharedConnections``). Requests made in one turn of the event loop are
+    written together, and a timeout closes the connection only when nothing
+    at all arrived on it since the request was sent; otherwise just that
+    request fails (one unit is silent, the gateway and the others are not).
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float, limit: int) -> None:
+    def __init__(self, host: str, port: int, *, timeout_s: float, limit: int, shared: bool = False) -> None:
         super().__init__()
         self.host, self.port, self.timeout_s = host, port, timeout_s
+        self.shared = shared
+        self._out: list[bytes] = []         # shared: the requests of this turn of the loop, written together
+        self._answers = 0                   # answers received: a timeout with answers since is one unit's, not the link's
         self._slots = _Slots(limit)
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
+        self._loop: asyncio.AbstractEventLoop | None = None     # the connection's loop (Python 3.11's
+        self._buffer = bytearray()                               # get_running_loop() costs a getpid() call)
         # transaction id → (its future, the read's function code and count (code 0: a pymodbus request),
-        # the unit id the answer must carry (None: not checked), its deadline on the loop's clock)
-        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int, int | None, float]] = {}
+        # the unit id the answer must carry (None: not checked), its deadline on the loop's clock,
+        # ``_answers`` when it was sent)
+        self._waiting: dict[int, tuple[asyncio.Future[Any], int, int, int | None, float, int]] = {}
         self._next_tid = 0
         self._timer: asyncio.TimerHandle | None = None
 
@@ -261,6 +278,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
     # -- asyncio.Protocol ----------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._drop(f"connection to {self.host}:{self.port} lost ({exc!r})")
@@ -270,6 +288,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return False
 
     def data_received(self, data: bytes) -> None:
+        self._answers += 1
         buffer = self._buffer
         if buffer:
             buffer += data
@@ -298,7 +317,8 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         waiting = self._waiting.pop(tid, None)
         if waiting is None:
             return                          # an answer to a request given up on: never taken for another
-        future, code, count, want_unit, _ = waiting
+        self._slots.release()
+        future, code, count, want_unit, _, _ = waiting
         if future.done():
             return
         try:
@@ -322,30 +342,54 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             self._timer.cancel()
             self._timer = None
         self._buffer.clear()
+        self._out.clear()
         waiting, self._waiting = self._waiting, {}
         for future, *_ in waiting.values():
+            self._slots.release()
             if not future.done():
                 future.set_exception(ConnectionException(why))
 
     def _check_deadlines(self) -> None:
-        """The connection's timer: time out the oldest requests that are past their deadline, re-arm for the next."""
+        """The connection's timer: time out the oldest requests that are past their deadline, re-arm for the next.
+
+        A timeout drops the connection (a late answer must not be taken for a later request's), except on
+        a shared one that has received answers since the request was sent: there the connection is alive,
+        one unit is silent, and only its request fails (its late answer, if any, has no one waiting)."""
         self._timer = None
         now = asyncio.get_running_loop().time()
         waiting = self._waiting
         while waiting:
-            tid, (future, _, _, _, deadline) = next(iter(waiting.items()))     # the oldest request
+            tid, (future, _, _, _, deadline, answers) = next(iter(waiting.items()))     # the oldest request
             if deadline - now > TIMER_SLACK_S:        # not yet (uvloop's timers may fire early: see event_loop)
                 self._timer = asyncio.get_running_loop().call_at(deadline, self._check_deadlines)
                 return
-            if future.done():               # given up on by its caller: forget it, the connection is fine
-                del waiting[tid]
-                continue
             del waiting[tid]
+            self._slots.release()
+            if future.done():               # given up on by its caller: forget it, the connection is fine
+                continue
             future.set_exception(asyncio.TimeoutError())
+            if self.shared and answers != self._answers:
+                continue
             self._drop(f"no answer from {self.host}:{self.port} within {self.timeout_s:g}s")
             return
 
     # -- requests --------------------------------------------------------------
+    def send_read(self, code: int, address: int, count: int, unit: int) -> "asyncio.Future[Any] | None":
+        """Send a read of function ``code`` now, if a request slot is free (None when ``limit`` requests are
+        outstanding): a future resolved with the answer's data bytes or a ``ModbusExceptionAnswer`` (returned,
+        not raised), failed with asyncio.TimeoutError or ConnectionException as ``read_raw`` raises them.
+
+        No coroutine of its own: the caller awaits the future directly. Raises ConnectionException when
+        not connected. The slot is held until the request is answered, timed out or dropped, even when
+        the caller stops waiting (it is still outstanding on the wire)."""
+        if not self._slots.take():
+            return None
+        return self._send_read(code, address, count, unit)
+
+    def _send_read(self, code: int, address: int, count: int, unit: int) -> "asyncio.Future[Any]":
+        tid = self._new_tid()
+        return self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
+
     async def read_raw(self, register: str, address: int, count: int, unit: int) -> bytes:
         """The data bytes of ``count`` registers (``holding``, ``input``) or bits (``coil``, ``discrete``)
         from ``address``, as the answer carries them.
@@ -354,14 +398,11 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         as ``execute`` does, and ConnectionException for an answer that does not fit the request.
         """
         code = _READ_CODES[register]
-        slots = self._slots
-        if not slots.take():
-            await slots.wait()
-        try:
-            tid = self._new_tid()
-            answer = await self._send(tid, code, count, unit, _READ_REQUEST.pack(tid, 0, 6, unit, code, address, count))
-        finally:
-            slots.release()
+        future = self.send_read(code, address, count, unit)
+        if future is None:
+            await self._slots.wait()
+            future = self._send_read(code, address, count, unit)
+        answer = await future
         if answer.__class__ is ModbusExceptionAnswer:
             raise answer
         return answer
@@ -371,15 +412,10 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return unpack_values(register, count, await self.read_raw(register, address, count, unit))
 
     async def execute(self, no_response_expected: bool, request: ModbusPDU) -> ModbusPDU:  # type: ignore[override]
-        slots = self._slots
-        if not slots.take():
-            await slots.wait()
-        try:
-            request.transaction_id = self._new_tid()
-            return await self._send(request.transaction_id, 0, 0, request.dev_id or None,
-                                    self._framer.buildFrame(request))
-        finally:
-            slots.release()
+        if not self._slots.take():
+            await self._slots.wait()
+        request.transaction_id = self._new_tid()
+        return await self._send(request.transaction_id, 0, 0, request.dev_id or None, self._framer.buildFrame(request))
 
     def _new_tid(self) -> int:
         """The next Modbus TCP transaction id (1..65535, wrapping)."""
@@ -387,17 +423,31 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         return tid
 
     def _send(self, tid: int, code: int, count: int, unit: int | None, frame: bytes) -> "asyncio.Future[Any]":
+        """Register and write one request; the caller holds a slot, released when the request leaves
+        ``_waiting`` (answer, deadline, drop) or here when it cannot be sent."""
         transport = self._transport
-        if transport is None or transport.is_closing():
+        loop = self._loop
+        if transport is None or transport.is_closing() or loop is None:
+            self._slots.release()
             raise ConnectionException(f"not connected to {self.host}:{self.port}")
-        loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.timeout_s
-        self._waiting[tid] = (future, code, count, unit, deadline)
+        self._waiting[tid] = (future, code, count, unit, deadline, self._answers)
         if self._timer is None:
             self._timer = loop.call_at(deadline, self._check_deadlines)
-        transport.write(frame)
+        if not self.shared:
+            transport.write(frame)
+        else:                               # the devices' requests of one tick: one write (one send), not one each
+            if not self._out:
+                loop.call_soon(self._flush)
+            self._out.append(frame)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        transport = self._transport
+        if out and transport is not None and not transport.is_closing():
+            transport.write(b"".join(out))
 
 
 def _read_answer(code: int, count: int, body: bytes) -> bytes | ModbusExceptionAnswer:
@@ -410,11 +460,57 @@ def _read_answer(code: int, count: int, body: bytes) -> bytes | ModbusExceptionA
     return body[2:]
 
 
+def _data_bytes(block: ReadBlock) -> int:
+    """How many data bytes the answer to ``block`` carries."""
+    return (block.count + 7) // 8 if block.register in BIT_REGISTERS else 2 * block.count
+
+
 def unpack_values(register: str, count: int, data: bytes) -> list[int] | list[bool]:
     """A read's data bytes as ``count`` registers (ints 0..65535) or bits (bools)."""
     if register in BIT_REGISTERS:
         return list(chain.from_iterable(_BYTE_BITS[byte] for byte in data))[:count]
     return list(struct.unpack(f">{len(data) // 2}H", data[:len(data) // 2 * 2]))
+
+
+class SharedConnections:
+    """The connections of the devices with ``connection = "shared"``: one ``PipelinedTcpClient`` per host
+    and port, opened by the first of its devices to need it and reopened the same way after a drop.
+
+    A shared connection takes as many outstanding requests as its devices' ``max_inflight`` added up
+    (each device still keeps to its own), so one silent unit holds only its own share. ``close()``
+    drops them all. Build it from the agent's devices; ``ModbusSource(..., shared=...)`` uses it.
+    """
+
+    def __init__(self, devices: Sequence[DeviceConfig]) -> None:
+        self._limits: dict[tuple[str, int], int] = {}
+        for device in devices:
+            if device.shares_connection:
+                key = (device.host, device.port)
+                self._limits[key] = self._limits.get(key, 0) + device.max_inflight
+        self._clients: dict[tuple[str, int], PipelinedTcpClient] = {}
+        self._locks: dict[tuple[str, int], asyncio.Lock] = {}
+
+    def lock(self, device: DeviceConfig) -> asyncio.Lock:
+        """Held while the device's connection is looked up or opened (one attempt at a time)."""
+        return self._locks.setdefault((device.host, device.port), asyncio.Lock())
+
+    def open(self, device: DeviceConfig) -> PipelinedTcpClient | None:
+        """The device's shared connection when it is open (call holding ``lock``)."""
+        client = self._clients.get((device.host, device.port))
+        return client if client is not None and client.connected else None
+
+    def new(self, device: DeviceConfig) -> PipelinedTcpClient:
+        """A new, not yet connected client for the device's shared connection (call holding ``lock``)."""
+        key = (device.host, device.port)
+        limit = self._limits.get(key, device.max_inflight)
+        client = self._clients[key] = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s,
+                                                         limit=limit, shared=True)
+        return client
+
+    def close(self) -> None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            client.close()
 
 
 class ModbusSource:
@@ -424,11 +520,18 @@ class ModbusSource:
     (``list[bool]``, exactly ``block.count``), or raises ``DeviceTimeout``,
     ``DeviceUnreachable`` (after the retries) or ``DeviceExceptionResponse``.
     The constructor does no I/O; the connection opens on the first read.
+    A device with ``connection = "shared"`` uses its host and port's connection in ``shared``
+    (a ``SharedConnections`` of its own when None); closing the source leaves that connection to
+    the other devices, and its own requests are held to its ``max_inflight`` here.
     """
 
     def __init__(self, device: DeviceConfig, *, metrics: AgentMetrics | None = None,
-                 backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic) -> None:
+                 backoff: Backoff = Backoff(), monotonic: Callable[[], float] = time.monotonic,
+                 shared: SharedConnections | None = None) -> None:
         self.device = device
+        self._shared = (shared if shared is not None else SharedConnections([device])) \
+            if device.shares_connection else None
+        self._unit_slots = _Slots(device.max_inflight) if device.shares_connection else None
         self.metrics = metrics
         self.backoff = backoff
         self._monotonic = monotonic
@@ -437,6 +540,7 @@ class ModbusSource:
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self._tally = metrics.tally(device.name) if metrics is not None else None
+        self._direct = device.transport == "tcp" and not device.min_gap_s    # read_raw's short path applies
         self.requests_sent = 0
 
     async def __aenter__(self) -> "ModbusSource":
@@ -450,19 +554,33 @@ class ModbusSource:
         return self._client is not None and self._client.connected
 
     def close(self) -> None:
-        """Drop the connection (the next read reconnects)."""
+        """Drop the connection (the next read reconnects); a shared one is only let go of: it closes
+        itself when it is broken or silent, not for one device's trouble."""
         if self._client is not None:
             client, self._client = self._client, None
-            client.close()
+            if self._shared is None:
+                client.close()
 
     async def connect(self) -> None:
         """Open the TCP connection; raises DeviceTimeout or DeviceUnreachable."""
         device = self.device
         self.close()
-        client: AsyncModbusTcpClient | PipelinedTcpClient
-        if device.transport != "rtu-over-tcp":
-            client = PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s, limit=device.max_inflight)
-        else:
+        if self._shared is not None:
+            async with self._shared.lock(device):
+                client = self._shared.open(device)
+                if client is None:
+                    await self._open(self._shared.new(device))
+                else:
+                    self._client = client
+            return
+        await self._open(PipelinedTcpClient(device.host, device.port, timeout_s=device.timeout_s,
+                                            limit=device.max_inflight) if device.transport != "rtu-over-tcp"
+                         else None)
+
+    async def _open(self, client: AsyncModbusTcpClient | PipelinedTcpClient | None) -> None:
+        """Connect ``client`` (None: pymodbus' RTU-over-TCP client) and make it this source's."""
+        device = self.device
+        if client is None:
             client = AsyncModbusTcpClient(
                 device.host, port=device.port,
                 framer=FramerType.RTU,
@@ -494,7 +612,39 @@ class ModbusSource:
 
     async def read_raw(self, block: ReadBlock) -> bytes:
         """Read ``block`` with the device's retries and request budget: the answer's data bytes, two
-        big-endian bytes per register or the bits packed LSB first (``unpack_values`` turns them into numbers)."""
+        big-endian bytes per register or the bits packed LSB first (``unpack_values`` turns them into numbers).
+
+        The usual read (Modbus TCP, connected, no request budget to keep, a request slot free) is sent
+        at once and its answer's future awaited here, with no coroutine below this one; anything else,
+        and any failure of that first attempt, continues in the general path (``_read_retrying``)."""
+        client = self._client
+        unit_slots = self._unit_slots
+        if self._direct and client is not None and client.connected and (unit_slots is None or unit_slots.take()):
+            future = client.send_read(_READ_CODES[block.register], block.address,  # type: ignore[union-attr]
+                                      block.count, self.device.unit)
+            if future is None and unit_slots is not None:
+                unit_slots.release()
+            if future is not None:
+                self.requests_sent += 1
+                try:
+                    data = await future
+                except (asyncio.TimeoutError, ConnectionException) as exc:
+                    failure = self._failure(block, exc)
+                else:
+                    if data.__class__ is bytes and len(data) == _data_bytes(block):
+                        if self._tally is not None:
+                            self._tally.reads_ok += 1     # added to reads{outcome="ok"} at the next scrape
+                        return data
+                    failure = self._failure(block, data)
+                finally:
+                    if unit_slots is not None:
+                        unit_slots.release()
+                return await self._read_retrying(block, failure)
+        return await self._read_retrying(block, None)
+
+    async def _read_retrying(self, block: ReadBlock, failure: DeviceUnreachable | DeviceExceptionResponse | None
+                             ) -> bytes:
+        """``read_raw`` with ``1 + retries`` attempts; ``failure``: how the first attempt (made by the caller) failed."""
         attempts = 1 + self.device.retries
         for attempt in range(attempts):
             if attempt:
@@ -502,6 +652,9 @@ class ModbusSource:
                     self.metrics.read_retries.labels(self.device.name).inc()
                 await asyncio.sleep(self.backoff.delay(attempt - 1))
             try:
+                if failure is not None:
+                    first, failure = failure, None
+                    raise first
                 return await self._read_once(block)
             except DeviceExceptionResponse as exc:
                 if exc.code != _BUSY or attempt == attempts - 1:
@@ -535,19 +688,17 @@ class ModbusSource:
             assert client is not None
         if device.min_gap_s:                      # with no gap to keep, no clock to read
             await self._wait_budget()
+        unit_slots = self._unit_slots
+        if unit_slots is not None and not unit_slots.take():
+            await unit_slots.wait()
         self.requests_sent += 1
         try:
             if isinstance(client, PipelinedTcpClient):
-                data = await client.read_raw(block.register, block.address, block.count, device.unit)  # type: ignore[union-attr]
+                data = await client.read_raw(block.register, block.address, block.count, device.unit)
             else:
-                data = self._data(block, await self._read_pymodbus(client, block))  # type: ignore[arg-type]
+                data = self._data(block, await self._read_pymodbus(client, block))
         except ModbusExceptionAnswer as exc:
-            self._count_read("exception")
-            raise DeviceExceptionResponse(device.name, block.address, exc.code) from None
-        except asyncio.TimeoutError as exc:      # PipelinedTcpClient: no answer in time (connection closed)
-            self._count_read("timeout")
-            raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
-                                             f"within {device.timeout_s:g}s") from exc
+            raise self._failure(block, exc) from None
         except ModbusIOException as exc:
             # pymodbus raises this after its (disabled) retries when no answer came in time,
             # and for an answer with the wrong transaction or device id
@@ -557,21 +708,42 @@ class ModbusSource:
                 raise DeviceTimeout(device.name, f"no answer to {block.register} {block.address}+{block.count} "
                                                  f"within {device.timeout_s:g}s") from exc
             raise DeviceUnreachable(device.name, f"bad answer to {block.register} {block.address}: {exc}") from exc
-        except (ConnectionException, ModbusException, OSError) as exc:
-            self._count_read("unreachable")
-            raise DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {exc}") from exc
+        except (asyncio.TimeoutError, ConnectionException, ModbusException, OSError) as exc:
+            raise self._failure(block, exc) from exc
         finally:
+            if unit_slots is not None:
+                unit_slots.release()
             if device.min_gap_s:
                 self._last_request_end = self._monotonic()
-        expected = (block.count + 7) // 8 if block.register in BIT_REGISTERS else 2 * block.count
-        if len(data) != expected:
-            self._count_read("unreachable")
-            self.close()
-            raise DeviceUnreachable(device.name, f"{len(data)} data bytes in the answer to {block.register} "
-                                                 f"{block.address}+{block.count} (expected {expected})")
+        if len(data) != _data_bytes(block):
+            raise self._failure(block, data)
         if self._tally is not None:
             self._tally.reads_ok += 1             # added to reads{outcome="ok"} at the next scrape
         return data
+
+    def _failure(self, block: ReadBlock, outcome: BaseException | bytes
+                 ) -> DeviceUnreachable | DeviceExceptionResponse:
+        """The error for one failed attempt at ``block`` (counted in ``reads``): ``outcome`` is the device's
+        exception answer, what the request raised, or data bytes of the wrong length (the connection is
+        then dropped: the stream cannot be trusted)."""
+        device = self.device
+        if isinstance(outcome, ModbusExceptionAnswer):
+            self._count_read("exception")
+            return DeviceExceptionResponse(device.name, block.address, outcome.code)
+        if isinstance(outcome, asyncio.TimeoutError):    # PipelinedTcpClient: no answer in time
+            self._count_read("timeout")
+            error: DeviceUnreachable = DeviceTimeout(
+                device.name, f"no answer to {block.register} {block.address}+{block.count} within {device.timeout_s:g}s")
+        elif isinstance(outcome, BaseException):
+            self._count_read("unreachable")
+            error = DeviceUnreachable(device.name, f"connection lost reading {block.register} {block.address}: {outcome}")
+        else:
+            self._count_read("unreachable")
+            self.close()
+            return DeviceUnreachable(device.name, f"{len(outcome)} data bytes in the answer to {block.register} "
+                                                  f"{block.address}+{block.count} (expected {_data_bytes(block)})")
+        error.__cause__ = outcome
+        return error
 
     async def _read_pymodbus(self, client: AsyncModbusTcpClient, block: ReadBlock) -> ModbusPDU:
         unit = self.device.unit
@@ -609,6 +781,9 @@ class ModbusSource:
         client = self._client
         assert client is not None
         await self._wait_budget()
+        unit_slots = self._unit_slots
+        if unit_slots is not None and not unit_slots.take():
+            await unit_slots.wait()
         self.requests_sent += 1
         try:
             if register == "coil":
@@ -627,6 +802,8 @@ class ModbusSource:
             self.close()
             raise DeviceUnreachable(device.name, f"connection lost writing {register} {address}: {exc}") from exc
         finally:
+            if unit_slots is not None:
+                unit_slots.release()
             self._last_request_end = self._monotonic()
         if response.isError():
             raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)))

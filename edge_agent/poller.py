@@ -45,7 +45,8 @@ from edge_agent.decode import Decoder, block_codec, make_decoder
 from edge_agent.errors import DecodeError, DeviceExceptionResponse, DeviceUnreachable
 from edge_agent.exception_report import FilterBank
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource, ReadBlock, plan_reads, split_block, unpack_values
+from edge_agent.modbus_source import (Backoff, ModbusSource, ReadBlock, SharedConnections, plan_reads, split_block,
+                                     unpack_values)
 
 __all__ = ["Emit", "run_device", "DevicePoller", "PollTicks"]
 
@@ -105,7 +106,8 @@ class DevicePoller:
         self.reconnect_max_s = reconnect_max_s
         self.stop = stop
         self._stopped: asyncio.Future | None = None
-        self._reading: set[asyncio.Task] = set()         # tasks inside a read, cancelled when stop is set
+        self._reading: set[asyncio.Task] = set()         # pipelined read tasks inside a read, cancelled when stop is set
+        self._reader: asyncio.Task | None = None         # poll_once's task while it waits for a read (max_inflight 1)
         self._stop_cancelled: set[asyncio.Task] = set()
         self.source = source
         self.emit = emit
@@ -124,23 +126,19 @@ class DevicePoller:
         self._device_up = metrics.device_up.labels(device.name)
         self._up = 0                                    # init_device set device_up to 0
 
-    async def _read(self, block: ReadBlock, task: asyncio.Task | None = None) -> bytes | None:
+    async def _read(self, block: ReadBlock) -> bytes | None:
         """The block's data bytes, or None when ``stop`` was set while waiting for the device
         (a slow or silent device must not hold up shutdown for its timeouts and retries).
 
-        The read runs in the calling task (``task``, when the caller knows it); setting ``stop``
-        cancels the tasks inside a read, and this method takes that cancellation back (no task
-        and no wait per request)."""
+        For the pipelined reads of ``poll_once`` (each in a task of its own): setting ``stop``
+        cancels the tasks inside a read, and this method takes that cancellation back."""
         if self.stop is None:
             return await self.source.read_raw(block)
         if self.stop.is_set():
             return None
-        if self._stopped is None:
-            self._stopped = asyncio.ensure_future(self.stop.wait())
-            self._stopped.add_done_callback(self._cancel_reads)
-        if task is None:
-            task = asyncio.current_task()
-            assert task is not None
+        self._watch_stop()
+        task = asyncio.current_task()
+        assert task is not None
         self._reading.add(task)
         try:
             return await self.source.read_raw(block)
@@ -152,10 +150,17 @@ class DevicePoller:
             self._reading.discard(task)
             self._stop_cancelled.discard(task)
 
+    def _watch_stop(self) -> None:
+        """Cancel the reads in progress when ``stop`` is set (once per poller: one waiter on ``stop``)."""
+        if self._stopped is None and self.stop is not None:
+            self._stopped = asyncio.ensure_future(self.stop.wait())
+            self._stopped.add_done_callback(self._cancel_reads)
+
     def _cancel_reads(self, stopped: asyncio.Future) -> None:
         if stopped.cancelled():
             return
-        for task in self._reading:
+        reader = self._reader
+        for task in (*self._reading, *((reader,) if reader is not None else ())):
             self._stop_cancelled.add(task)
             task.cancel()
 
@@ -170,6 +175,9 @@ class DevicePoller:
 
         With ``max_inflight`` > 1 the next reads of the plan are already on the
         wire while one block is decoded; blocks are still handled in plan order.
+        With 1, each read is awaited right here (no task and no coroutine of the
+        poller's per read): ``_reader`` names this task while it waits for the
+        device, so that setting ``stop`` cancels it there and only there.
         """
         device = self.device
         started = time.monotonic()
@@ -179,26 +187,40 @@ class DevicePoller:
         ahead: deque[tuple[ReadBlock, asyncio.Future]] = deque()
         answered = True
         parts: list[_Part] = []
-        if task is None and self.stop is not None and window == 1:
-            task = asyncio.current_task()
+        stop = self.stop
+        read_raw = self.source.read_raw
+        if stop is not None and window == 1:
+            if task is None:
+                task = asyncio.current_task()
+            self._watch_stop()
         try:
             while index < len(plan) or ahead:
-                if window > 1:
-                    while index < len(plan) and len(ahead) < window:
-                        ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
-                        index += 1
-                    block, pending = ahead.popleft()
-                    read: Awaitable[bytes | None] = pending
-                else:
-                    block = plan[index]
-                    index += 1
-                    read = self._read(block, task)
                 try:
-                    data = await read
-                    if data is None:
-                        if parts:
-                            await self.emit(_batch(parts))
-                        return False
+                    if window > 1:
+                        while index < len(plan) and len(ahead) < window:
+                            ahead.append((plan[index], asyncio.ensure_future(self._read(plan[index]))))
+                            index += 1
+                        block, pending = ahead.popleft()
+                        data = await pending
+                        if data is None:
+                            if parts:
+                                await self.emit(_batch(parts))
+                            return False
+                    else:
+                        block = plan[index]
+                        index += 1
+                        if stop is None:
+                            data = await read_raw(block)
+                        elif stop.is_set():
+                            if parts:
+                                await self.emit(_batch(parts))
+                            return False
+                        else:
+                            self._reader = task
+                            try:
+                                data = await read_raw(block)
+                            finally:
+                                self._reader = None
                 except DeviceExceptionResponse as exc:
                     if exc.code == _ILLEGAL_DATA_ADDRESS and len(block.points) > 1:
                         log.warning("device %s: %s %d+%d is not readable as one block (%s); reading its %d points "
@@ -222,6 +244,15 @@ class DevicePoller:
                         self._missing(parts, rest, quality)
                     break
                 self._samples(parts, block, data, self.clock())
+        except asyncio.CancelledError:
+            if task is None or task not in self._stop_cancelled:
+                raise
+            self._stop_cancelled.discard(task)
+            if task.uncancel():
+                raise                       # cancelled by someone else too
+            if parts:                       # stop was set while this task waited for the device
+                await self.emit(_batch(parts))
+            return False
         finally:
             for _, pending in ahead:
                 pending.cancel()
@@ -363,6 +394,7 @@ class PollTicks:
     def __init__(self) -> None:
         self._origin: float | None = None
         self._due: dict[float, list[asyncio.Future[None]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None     # looked up once: a lookup costs a getpid() call
 
     def tick(self, when: float, interval: float, *, before: bool = False) -> float:
         """The first tick of ``interval`` at or after ``when`` (``before``: the last one at or before it),
@@ -374,7 +406,9 @@ class PollTicks:
 
     def wait(self, tick: float) -> "asyncio.Future[None]":
         """A future resolved at loop time ``tick`` (a ``tick()`` value, so that waiters share it)."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         waiting = self._due.get(tick)
         if waiting is None:
@@ -392,7 +426,8 @@ class PollTicks:
 
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
-                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None) -> None:
+                     reconnect_max_s: float = 30.0, ticks: PollTicks | None = None,
+                     shared: SharedConnections | None = None) -> None:
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
@@ -402,9 +437,10 @@ async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics,
     ``backoff`` paces retries within a poll; ``reconnect_max_s`` caps the
     wait between polls of a device that does not answer. ``ticks`` (the
     agent passes one ``PollTicks`` to every device) lets pollers of one
-    interval share their wake-ups.
+    interval share their wake-ups; ``shared`` (one for the agent) holds the
+    connections of devices with ``connection = "shared"``.
     """
-    async with ModbusSource(device, metrics=metrics, backoff=backoff) as source:
+    async with ModbusSource(device, metrics=metrics, backoff=backoff, shared=shared) as source:
         poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
                               reconnect_max_s=reconnect_max_s, stop=stop)
         try:

@@ -487,3 +487,37 @@ def test_example_config_declares_tx1_as_a_thermal_asset() -> None:
     (tx1,) = config.assets
     names = {p.name for d in config.devices for p in d.points if p.asset == "tx1"}
     assert tx1.asset == "tx1" and {tx1.load_point, tx1.ambient_point, tx1.top_oil_point} <= names
+
+
+# -- connection = "shared" (tests/edge_agent/test_shared_connection.py: the connection itself)
+
+SECOND = (BASE.replace('[[devices]]\nname = "tx1"', '[[devices]]\nname = "tx2"\nunit = 2\nconnection = "shared"')
+          .split("[[devices]]", 1)[1].replace('id = "SENSOR_01"', 'id = "SENSOR_02"').replace('asset = "tx1"', 'asset = "tx2"'))
+
+
+def test_a_connection_is_the_devices_own_unless_it_says_shared(folder: Path) -> None:
+    (own,) = load_config(write(folder, BASE)).devices
+    assert own.connection == "own" and not own.shares_connection
+    text = BASE.replace('name = "tx1"\n', 'name = "tx1"\nconnection = "shared"\n') + "[[devices]]" + SECOND
+    first, second = load_config(write(folder, text)).devices
+    assert first.shares_connection and second.shares_connection
+
+
+@pytest.mark.parametrize(("change", "expected"), [
+    ('connection = "pooled"', "devices[0].connection: 'pooled' must be one of own, shared"),
+    ('transport = "rtu-over-tcp"\nconnection = "shared"',
+     "devices[0].connection: 'shared' needs transport = \"tcp\" (answers on a shared connection are matched to "
+     "requests by Modbus TCP transaction id; rtu-over-tcp has none); use \"own\""),
+])
+def test_a_bad_connection_names_the_field(folder: Path, change: str, expected: str) -> None:
+    assert error_of(folder, BASE.replace('name = "tx1"\n', f'name = "tx1"\n{change}\n')) == expected
+
+
+def test_devices_of_one_shared_connection_wait_alike(folder: Path) -> None:
+    text = (BASE.replace('name = "tx1"\n', 'name = "tx1"\nconnection = "shared"\n') + "[[devices]]"
+            + SECOND.replace('connection = "shared"', 'connection = "shared"\ntimeout_s = 2.5'))
+    assert error_of(folder, text) == (
+        "devices[1].timeout_s: 2.5 differs from devices[0] ('tx1': 1), which shares its connection to "
+        "127.0.0.1:502; give the devices of one shared connection one timeout_s, or connection = \"own\"")
+    own = text.replace('connection = "shared"\ntimeout_s = 2.5', 'timeout_s = 2.5')   # its own connection: fine
+    assert [d.timeout_s for d in load_config(write(folder, own)).devices] == [1.0, 2.5]
