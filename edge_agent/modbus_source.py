@@ -333,6 +333,8 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             raise
         if answer is not None:
             future.set_result(answer)
+        else:       # taken off the waiting table: unresolved, its caller would wait for ever
+            future.set_exception(ModbusIOException(f"answer to transaction {tid} did not decode"))
 
     def _drop(self, why: str) -> None:
         transport, self._transport = self._transport, None
@@ -792,6 +794,10 @@ class ModbusSource:
                 response = await client.write_register(address, int(values[0]), device_id=device.unit)
             else:
                 response = await client.write_registers(address, [int(v) for v in values], device_id=device.unit)
+        except asyncio.TimeoutError as exc:      # PipelinedTcpClient's deadline (pymodbus says "No response")
+            self.close()
+            raise DeviceTimeout(device.name, f"no answer to the write of {register} {address} "
+                                             f"within {device.timeout_s:g}s") from exc
         except ModbusIOException as exc:
             self.close()
             if "No response" in str(exc):

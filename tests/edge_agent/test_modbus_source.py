@@ -177,6 +177,26 @@ def test_a_silent_device_times_out_after_retries_with_backoff() -> None:
     assert sample(metrics, "ems_edge_device_connects_total", device="mute", outcome="ok") == 3
 
 
+def test_a_write_nobody_answers_is_a_device_timeout_and_drops_the_connection() -> None:
+    """On the pipelined TCP client too (its deadline raises asyncio.TimeoutError, not pymodbus' "No
+    response"): the command path gets DeviceTimeout, never a bare TimeoutError, and the write is not retried."""
+    async def scenario() -> tuple[DeviceTimeout, float, int]:
+        async with silent_listener() as (port, accepted):
+            dev = device("mute", port, points(1), timeout_s=0.2, retries=2)
+            async with ModbusSource(dev, metrics=AgentMetrics(CollectorRegistry()), backoff=FAST) as source:
+                started = time.monotonic()
+                with pytest.raises(DeviceTimeout) as caught:
+                    await source.write("holding", 3, [7])
+                elapsed = time.monotonic() - started
+                connected = source.connected
+            return caught.value, elapsed, len(accepted) + (100 if connected else 0)
+
+    exc, elapsed, connections = asyncio.run(scenario())
+    assert str(exc) == "device 'mute': no answer to the write of holding 3 within 0.2s"
+    assert 0.2 <= elapsed < 2.0                    # one attempt: a write is never repeated
+    assert connections == 1                        # dropped after the timeout (a late answer is no one's)
+
+
 def test_refused_connection_is_unreachable() -> None:
     port = free_port()
 
