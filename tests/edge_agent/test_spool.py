@@ -279,7 +279,10 @@ def test_commits_hold_whole_groups_of_fsync_batch_readings(tmp_path: Path, monke
             return _seqs(await spool.lease(10_000))
 
     assert run(go()) == []                          # the last 5 batches waited for their group (or close)
-    assert sizes == [990, 990, 990, 990, 495], sizes
+    # Whole groups of 990 (two or more when a slow commit let the next fill meanwhile), never 990 + 99;
+    # the last 5 batches were committed by close().
+    assert sum(sizes) == 45 * 99 and all(n % 990 == 0 for n in sizes[:-1]) and sizes[-1] % 990 == 495, sizes
+    assert len(sizes) >= 2, sizes
 
 
 @pytest.mark.parametrize("pace", [0.05, 0.0])
@@ -324,8 +327,8 @@ def test_commits_are_paced_while_groups_fill_faster_than_min_commit_interval(
         assert all(n % 100 == 0 for n in sizes), sizes                   # whole groups of fsync_batch
         assert len(starts) <= 0.4 / pace + 3, len(starts)
         assert longest_wait < 1.0, longest_wait                          # a generous bound under load
-    else:
-        assert len(starts) > 0.4 / 0.05 * 2, len(starts)                 # a commit per filled group
+    else:       # a group commits as soon as it is full: some commits closer together than the pace above
+        assert min(gaps) < 0.045, gaps
 
 
 def test_commit_timers_run_on_the_agents_event_loop(tmp_path: Path) -> None:
