@@ -159,6 +159,7 @@ class EdgeMqttLink:
         self._v311_only = protocol == "mqttv311"
         self._context: ssl.SSLContext | None = None
         self._client: paho.Client | None = None
+        self._write_watch: Any = None      # the socket watched for writability (after a short write), if any
         self._pending: dict[int, asyncio.Future[None]] = {}
         self._connected = asyncio.Event()
         self._connack: asyncio.Future[ReasonCode] | None = None
@@ -355,7 +356,7 @@ class EdgeMqttLink:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         if client.want_write():
-            loop.add_writer(sock, client.loop_write)
+            self._watch_write(client, sock)
         try:
             reason = await asyncio.wait_for(asyncio.shield(self._connack), self.connect_timeout_s)
         except asyncio.TimeoutError:
@@ -512,15 +513,24 @@ class EdgeMqttLink:
         if client.want_write() and client.socket() is sock:
             # The socket's buffer is full. paho registers a writer only once until everything is written,
             # so watch the socket here; the unregister callback removes the watch.
-            asyncio.get_running_loop().add_writer(sock, client.loop_write)
+            self._watch_write(client, sock)
+
+    def _watch_write(self, client: paho.Client, sock: Any) -> None:
+        asyncio.get_running_loop().add_writer(sock, client.loop_write)
+        self._write_watch = sock
 
     def _on_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        asyncio.get_running_loop().remove_writer(sock)
+        # paho calls this after every message written; the socket is watched only after a short write.
+        if self._write_watch is sock:
+            asyncio.get_running_loop().remove_writer(sock)
+            self._write_watch = None
 
     def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(sock)
         loop.remove_writer(sock)
+        if self._write_watch is sock:
+            self._write_watch = None
 
     def _on_connect(self, client: paho.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Any) -> None:

@@ -264,6 +264,9 @@ def test_a_burst_larger_than_the_socket_buffer_is_written_in_full(broker: Mosqui
             await asyncio.sleep(0)                                  # the first write: far from all of it
             partial = link._client is not None and link._client.want_write()
             await asyncio.wait_for(asyncio.gather(*futures), 60)
+            # written in full: the socket is no longer watched for writability (no wake-up per loop pass)
+            sock = link._client.socket()
+            assert sock is not None and not asyncio.get_running_loop().remove_writer(sock)
             return partial
 
     try:
