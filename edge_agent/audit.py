@@ -126,6 +126,8 @@ SYNC_INTERVAL_S = 1.0
 """Records written after a commit are fsync'd at the latest by the first commit this long after the last fsync."""
 SYNC_BYTES = 4 << 20
 """... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+"""After a failed write or fsync the lazy writes and due fsyncs wait, 1 s doubling up to 30 s, before the next try."""
 
 
 @dataclass(frozen=True)
@@ -224,6 +226,8 @@ class AuditLog:
         self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()
+        self._retry_at = 0.0                   # monotonic time before which only sync() tries the disk again
+        self._backoff = 0.0
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
@@ -393,12 +397,18 @@ class AuditLog:
 
     def write(self) -> None:
         """Write the buffered records, without an fsync (:meth:`sync` makes them durable); raises
-        AuditError on I/O failure.
+        AuditError on I/O failure. While a failure's back-off lasts (:meth:`backoff_in`) this writes
+        nothing: the records stay buffered, so a disk that keeps failing is not sent every buffered
+        record again at every commit.
 
         On failure the file is cut back to its size at the last fsync and every record written since
         is buffered again, to be written whole: a part written before ENOSPC would sit as a torn line,
         and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
         with the records perhaps never on disk (and the spool would then delete their rows)."""
+        if self.backoff_in() == 0.0:
+            self._write()
+
+    def _write(self) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
         if not self._buffer:
@@ -420,8 +430,9 @@ class AuditLog:
 
     def sync(self) -> None:
         """Write the buffered records and fsync, so that every record so far is durable; raises AuditError
-        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again)."""
-        self.write()
+        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again). Tries the
+        disk whatever the back-off."""
+        self._write()
         if self._unsynced:
             self._fsync()
 
@@ -438,9 +449,17 @@ class AuditLog:
         self._unsynced.clear()
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()
+        self._retry_at = self._backoff = 0.0
+
+    def backoff_in(self) -> float:
+        """Seconds until the disk is tried again after a failed write or fsync (0.0 when not backing off)."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._retry_at else 0.0
 
     def _cut_back(self) -> None:
-        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered."""
+        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered;
+        the next lazy write or due fsync waits (1 s, doubling up to :data:`RETRY_MAX_S`)."""
+        self._backoff = min(max(2 * self._backoff, RETRY_MIN_S), RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff
         with contextlib.suppress(OSError):
             os.ftruncate(self._fh.fileno(), self._durable)      # type: ignore[union-attr]
         self._buffer[:0] = self._unsynced
@@ -458,6 +477,8 @@ class AuditLog:
         """Seconds until :meth:`sync_due` (0.0 when due); None when every record is durable."""
         if not self._unsynced and not self._buffer:
             return None
+        if (backoff := self.backoff_in()) > 0.0:
+            return backoff
         if self._unsynced_bytes >= SYNC_BYTES:
             return 0.0
         return max(0.0, self._synced_at + SYNC_INTERVAL_S - time.monotonic())

@@ -426,10 +426,13 @@ class Spool:
         _write_mark(self._db, mark)
         return mark
 
-    def _audit_durable_sync(self, seq_last: int) -> None:
+    def _audit_durable_sync(self, seq_last: int, retry: bool = True) -> None:
         """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
-        called before a transaction deletes such rows. Raises AuditError."""
+        called before a transaction deletes such rows. Raises AuditError (at once, without a try, while
+        the audit backs off after a failure and ``retry`` is False)."""
         if self.audit is not None and self.audit.durable_seq < seq_last:
+            if not retry and (wait := self.audit.backoff_in()):
+                raise AuditError(f"audit log {self.audit.path}: failed to sync; next try in {wait:.1f} s")
             self.audit.sync()
 
     def _close_sync(self) -> None:
@@ -651,7 +654,8 @@ class Spool:
                 try:
                     next_seq = batches[-1].seq_last + 1 if batches else self._next_seq
                     dropped_range, deleted = await self._run(self._commit_sync, rows, records, next_seq,
-                                                             [(first, last) for first, last, _ in acks], new_points)
+                                                             [(first, last) for first, last, _ in acks], new_points,
+                                                             not whole_groups or awaited)
                 except BaseException:
                     self.points.give_back(new_points)
                     raise
@@ -659,11 +663,7 @@ class Spool:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
                 self._arrived[:0] = arrived
-                self._acks[:0] = [(first, last, None) for first, last, _ in acks]
-                self._acks_since = acks_since if acks else self._acks_since
-                for _, _, waiter in acks:
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(exc)
+                self._keep_acks(acks, acks_since, exc)
                 raise
             except BaseException:
                 self._buffer[:0] = batches
@@ -673,6 +673,10 @@ class Spool:
                 if acks:
                     self._acks_since, self._ack_awaited = acks_since, awaited or self._ack_awaited
                 raise
+            if deleted is None:             # the audit could not be synced: the rows committed, the acks wait
+                self._keep_acks(acks, acks_since, AuditError(f"audit log {self.audit.path}: cannot be synced "
+                                                             f"(the ack's delete waits for it)"))
+                deleted = []
             for (_, _, waiter), count in zip(acks, deleted):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(count)
@@ -689,6 +693,15 @@ class Spool:
             self._update_metrics()
             self.changed.set()
 
+    def _keep_acks(self, acks: list[tuple[int, int, "asyncio.Future[int] | None"]], since: float,
+                   exc: Exception) -> None:
+        """Queue ``acks`` again (first) for a later commit; an awaiting ``ack()`` gets ``exc``."""
+        self._acks[:0] = [(first, last, None) for first, last, _ in acks]
+        self._acks_since = since if acks else self._acks_since
+        for _, _, waiter in acks:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
     def _remember(self, batches: list[ReadingBatch], dropped_range: tuple[int, int, int] | None) -> None:
         """Hold newly committed batches for lease(); forget the ones the size cap dropped, and the
         oldest beyond ``memory_readings`` (those are leased from the database)."""
@@ -704,12 +717,19 @@ class Spool:
 
     def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[tuple[bytes, Shape]],
                      next_seq: int, acks: list[tuple[int, int]],
-                     new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
+                     new_points: list[tuple[int, Point]],
+                     retry: bool = True) -> tuple[tuple[int, int, int] | None, list[int] | None]:
         """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
         and ``rows`` (``_row``) and record the audit's last fsync in ``meta``; then write their audit
         ``records`` (``batch_record`` and the batch's shape), in seq order, fsync'd only when
         ``AuditLog.sync_due``. Returns the size cap's dropped range (or None) and how many readings each
-        ack deleted.
+        ack deleted (None when the audit could not be synced for them: the rows committed without the
+        acks, which the caller keeps for a later commit; with no rows the AuditError is raised).
+        ``retry`` False: while the audit backs off after a failure (``AuditLog.backoff_in``) the
+        deletes that need its fsync are not tried now (each try writes every buffered record again).
+
+        Nothing after the COMMIT raises: an error there is logged, the commit reported done (the
+        caller buffering committed batches again would fail every later commit on their seqs).
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
         acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
@@ -722,9 +742,15 @@ class Spool:
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
-        deleted: list[int] = []
+        deleted: list[int] | None = []
         if acks:
-            self._audit_durable_sync(max(last for _, last in acks))
+            try:
+                self._audit_durable_sync(max(last for _, last in acks), retry)
+            except AuditError as exc:
+                if not rows:
+                    raise
+                log.error("%s; the new rows commit now, the acks' deletes wait for a later commit", exc)
+                acks, deleted = [], None
         try:
             db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
@@ -745,7 +771,7 @@ class Spool:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
         self._saved_mark = mark or self._saved_mark
-        self._depth += added - sum(deleted)
+        self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:
             for (record, shape), row in zip(records, rows):
                 self.audit.add_batch_record(record, row[1], shape, self.points)
@@ -758,38 +784,49 @@ class Spool:
                 # out with the next write; until then no row leaves the spool (deletes sync first).
                 log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
         overflow = self._depth - self.max_readings
-        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0]) if rows and overflow > 0 else None
+        dropped_range = self._drop_oldest_sync(overflow, rows[-1][0], retry) if rows and overflow > 0 else None
         dropped = dropped_range[2] if dropped_range else 0
         self._depth -= dropped
         if not self._depth:
             self._oldest_ms = None
-        elif self._oldest_ms is None or dropped or any(deleted):
-            self._oldest_ms = self._min_accepted_sync()
+        elif self._oldest_ms is None or dropped or any(deleted or ()):
+            try:
+                self._oldest_ms = self._min_accepted_sync()
+            except sqlite3.Error as exc:        # only the age gauge is stale until the next commit
+                log.error("spool %s: cannot read the oldest row's age (%s)", self.path, exc)
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
         return dropped_range, deleted
 
-    def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
+    def _drop_oldest_sync(self, overflow: int, below: int, retry: bool = True) -> tuple[int, int, int] | None:
         """The size cap: delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow``
         readings, in a transaction of its own after the ``drop`` record and every dropped row's record are
         fsync'd; the range dropped (first, last, readings), or None (nothing older, or the audit cannot be
-        synced: no row leaves, the next commit tries again).
+        synced, or backs off after a failure and ``retry`` is False, or SQLite fails: no row leaves, the
+        next commit tries again).
 
         A power loss, or a SQLite error, between that fsync and the delete's commit leaves a ``drop`` record
         for rows still spooled; the next commit over the cap drops them again, under another record."""
         db = self._db
         assert db is not None
+        if self.audit is not None and not retry and self.audit.backoff_in():
+            return None
         first = last = None
         count = 0
-        for seq_first, seq_last in db.execute("SELECT seq_first, seq_last FROM batches WHERE seq_first < ? "
-                                              "ORDER BY seq_first", (below,)):
-            first = seq_first if first is None else first
-            last = seq_last
-            count += seq_last - seq_first + 1
-            if count >= overflow:
-                break
+        try:
+            for seq_first, seq_last in db.execute("SELECT seq_first, seq_last FROM batches WHERE seq_first < ? "
+                                                  "ORDER BY seq_first", (below,)):
+                first = seq_first if first is None else first
+                last = seq_last
+                count += seq_last - seq_first + 1
+                if count >= overflow:
+                    break
+        except sqlite3.Error as exc:
+            log.error("spool full (%d readings): cannot find the oldest rows now (%s); the next commit tries again",
+                      self.max_readings, exc)
+            return None
         if first is None or last is None:
             return None
         try:

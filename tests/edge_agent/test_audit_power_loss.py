@@ -432,3 +432,93 @@ def test_reopen_fsyncs_the_folder_of_the_new_file(tmp_path: Path, monkeypatch: p
     log.close()
     assert (folder.st_dev, folder.st_ino) in folders
     assert verify([audit_path.with_name("audit.log.1"), audit_path]).links == 1
+
+
+def _failing_audit_fsync(monkeypatch: pytest.MonkeyPatch, audit_path: Path) -> tuple[dict[str, bool], list[int]]:
+    """os.fsync of the audit file raises EIO while ``failing["on"]``; ``tries`` counts those failures."""
+    failing, tries = {"on": False}, []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if failing["on"] and os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            tries.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+    return failing, tries
+
+
+def _spooled_seqs(directory: Path) -> list[int]:
+    db = sqlite3.connect(directory / "spool.db")
+    try:
+        return [s for first, last in db.execute("SELECT seq_first, seq_last FROM batches ORDER BY seq_first")
+                for s in range(first, last + 1)]
+    finally:
+        db.close()
+
+
+def test_an_ack_waiting_for_a_failing_audit_fsync_does_not_hold_back_new_rows(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's fsync fails (EIO) with an ack pending: the new rows still commit at each group commit
+    (the ack's delete waits), the disk is tried again with a back-off (not at every commit, each of which
+    would write every buffered record again), and once the fsync works the ack's rows leave and every
+    reading is audited once."""
+    monkeypatch.setattr(audit_module, "SYNC_INTERVAL_S", 0.5)
+    audit_path = tmp_path / "audit.log"
+    failing, tries = _failing_audit_fsync(monkeypatch, audit_path)
+
+    async def go() -> tuple[int, int]:
+        async with Spool(tmp_path / "spool", site="s1", fsync_batch=30, audit=AuditLog(audit_path)) as spool:
+            await spool.append(_batch(0))
+            await spool.flush()
+            failing["on"] = True
+            leased = await spool.lease(10)
+            spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            deadline = time.monotonic() + 2.5           # the ack falls due after SYNC_INTERVAL_S
+            i = 1
+            while time.monotonic() < deadline:
+                await spool.append(_batch(i))
+                i += 1
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert spool._committed_seq >= 3 * i - 6, (spool._committed_seq, 3 * i)   # at most one group waits
+            assert _spooled_seqs(tmp_path / "spool")[:3] == [1, 2, 3]                 # the ack's delete waits
+            assert len(tries) <= 4, tries                   # 1 s, 2 s back-off: not one try per commit
+            failing["on"] = False
+            await spool.flush()
+            return 3 * i, spool.depth
+
+    accepted, depth = asyncio.run(go())
+    assert depth == accepted - 3 and _spooled_seqs(tmp_path / "spool") == list(range(4, accepted + 1))
+    assert verify(audit_path).ok and sorted(read_audit(audit_path).readings) == list(range(1, accepted + 1))
+
+
+def test_close_commits_every_buffered_row_when_the_audit_cannot_be_synced(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's fsync fails (ENOSPC) with an ack pending and rows buffered: close commits the rows (their
+    records go out at the next start's re-audit); only the ack is lost (its rows are sent again)."""
+    audit_path = tmp_path / "audit.log"
+    failing, _ = _failing_audit_fsync(monkeypatch, audit_path)
+
+    async def go() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", flush_interval_s=30, audit=AuditLog(audit_path))
+        await spool.open()
+        await spool.append(_batch(0))
+        await spool.flush()
+        failing["on"] = True
+        leased = await spool.lease(10)
+        spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+        for i in range(1, 5):
+            await spool.append(_batch(i))               # accepted: seqs 4..15, buffered
+        with pytest.raises(AuditError):                 # the audit log's own close cannot sync
+            await spool.close()
+
+    asyncio.run(go())
+    assert _spooled_seqs(tmp_path / "spool") == list(range(1, 16))
+    failing["on"] = False
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+    assert asyncio.run(restart()) == 15
+    assert verify(audit_path).ok and sorted(read_audit(audit_path).readings) == list(range(1, 16))

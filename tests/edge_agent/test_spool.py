@@ -589,9 +589,9 @@ def test_acks_ride_on_the_next_commit_and_acked_rows_are_not_leased_again(tmp_pa
     commits: list[tuple[int, int]] = []
     original = Spool._commit_sync
 
-    def counting(self, rows, records, next_seq, acks, new_points):
+    def counting(self, rows, records, next_seq, acks, new_points, retry=True):
         commits.append((len(rows), len(acks)))
-        return original(self, rows, records, next_seq, acks, new_points)
+        return original(self, rows, records, next_seq, acks, new_points, retry)
 
     monkeypatch.setattr(Spool, "_commit_sync", counting)
 
@@ -729,3 +729,49 @@ def test_an_audit_write_failing_after_the_commit_does_not_jam_the_spool(tmp_path
     contents = read_audit(audit_path)
     assert sorted(contents.readings) == list(range(1, 10))
     assert verify(audit_path).corrupt is None
+
+
+def test_a_sqlite_error_after_the_commit_never_buffers_committed_rows_again(tmp_path: Path) -> None:
+    """A read error in the size cap's SELECT (or the oldest row's age) after the rows' COMMIT: the commit
+    stands (buffering its batches again failed every later commit on their seqs, UNIQUE, for ever); the
+    cap drops at the next commit."""
+    audit_path = tmp_path / "audit.log"
+
+    class FailingReads:
+        """The spool's connection, one of whose reads after the commit fails once per statement kind."""
+
+        failing = {"SELECT seq_first, seq_last FROM batches WHERE seq_first <": 1,
+                   "SELECT accepted_ms FROM batches ORDER BY": 1}
+
+        def __init__(self, db: sqlite3.Connection) -> None:
+            self.db = db
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.db, name)
+
+        def execute(self, sql: str, *args: object) -> object:
+            for start, left in self.failing.items():
+                if sql.startswith(start) and left:
+                    self.failing[start] -= 1
+                    raise sqlite3.OperationalError("disk I/O error")
+            return self.db.execute(sql, *args)
+
+    async def go() -> tuple[int, int, int]:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=6, audit=AuditLog(audit_path)) as spool:
+            spool._db = FailingReads(spool._db)         # type: ignore[assignment]
+            for i in range(3):
+                await _add(spool, i, 3)
+            await spool.flush()                         # 9 readings over the cap of 6: its SELECT fails
+            leased = await spool.lease(3)
+            spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            await spool.flush()                         # an ack deletes rows: the age's SELECT fails
+            for i in range(3, 6):
+                await _add(spool, i, 3)
+                await spool.flush()
+            assert not spool._buffer and not FailingReads.failing["SELECT accepted_ms FROM batches ORDER BY"]
+            return spool._committed_seq, spool.depth, spool.dropped_total
+
+    committed, depth, dropped = run(go())
+    assert committed == 18 and depth <= 6 and dropped == 18 - 3 - depth
+    contents = read_audit(audit_path)
+    assert verify(audit_path).ok and sorted(contents.readings) == list(range(1, 19))
