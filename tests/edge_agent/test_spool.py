@@ -737,14 +737,15 @@ def test_a_sqlite_error_after_the_commit_never_buffers_committed_rows_again(tmp_
     cap drops at the next commit."""
     audit_path = tmp_path / "audit.log"
 
+    failing = {"SELECT seq_first, seq_last FROM batches WHERE seq_first <": 1,
+               "SELECT accepted_ms FROM batches ORDER BY": 1}
+
     class FailingReads:
         """The spool's connection, one of whose reads after the commit fails once per statement kind."""
 
-        failing = {"SELECT seq_first, seq_last FROM batches WHERE seq_first <": 1,
-                   "SELECT accepted_ms FROM batches ORDER BY": 1}
-
         def __init__(self, db: sqlite3.Connection) -> None:
             self.db = db
+            self.failing = failing
 
         def __getattr__(self, name: str) -> object:
             return getattr(self.db, name)
@@ -768,7 +769,7 @@ def test_a_sqlite_error_after_the_commit_never_buffers_committed_rows_again(tmp_
             for i in range(3, 6):
                 await _add(spool, i, 3)
                 await spool.flush()
-            assert not spool._buffer and not FailingReads.failing["SELECT accepted_ms FROM batches ORDER BY"]
+            assert not spool._buffer and not any(failing.values())
             return spool._committed_seq, spool.depth, spool.dropped_total
 
     committed, depth, dropped = run(go())
