@@ -1019,27 +1019,30 @@ class Spool:
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
 
 
-_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq")
+_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq", "audit_crc")
 
 
 def _read_mark(db: sqlite3.Connection) -> AuditMark | None:
     """The audit position ``meta`` records (None when it records none: a spool of an older agent, which
-    fsync'd every commit); a damaged one names no file (the audit log is then checked whole)."""
+    fsync'd every commit; without ``audit_crc``: written before it was recorded); a damaged one names no
+    file (the audit log is then read whole, cut only in the region that can be unsynced)."""
     stored = {key: value for key, value in db.execute("SELECT key, value FROM meta") if key in _MARK_KEYS}
     if not stored:
         return None
     values = [stored.get(key) for key in _MARK_KEYS]
+    if "audit_crc" not in stored:
+        values[-1] = 0
     if not all(type(v) is int and v >= 0 for v in values):
         log.error("spool: the audit log position in table meta is damaged (%s): checking the whole audit log",
                   dict(zip(_MARK_KEYS, values)))
         return AuditMark((-1, -1), 0, 0)
-    dev, ino, offset, seq = values
-    return AuditMark((dev, ino), offset, seq)
+    dev, ino, offset, seq, crc = values
+    return AuditMark((dev, ino), offset, seq, crc if "audit_crc" in stored else None)
 
 
 def _write_mark(db: sqlite3.Connection, mark: AuditMark) -> None:
     db.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq)))
+                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq, mark.crc or 0)))
 
 
 def _upgrade_sync(db: sqlite3.Connection) -> None:

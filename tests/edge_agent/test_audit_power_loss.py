@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
@@ -522,3 +523,66 @@ def test_close_commits_every_buffered_row_when_the_audit_cannot_be_synced(tmp_pa
             return spool.depth
     assert asyncio.run(restart()) == 15
     assert verify(audit_path).ok and sorted(read_audit(audit_path).readings) == list(range(1, 16))
+
+
+def _deliver_all_but_the_last(directory: Path, commits: int = 20) -> None:
+    """``commits`` commits of 3 readings; every row but the last one's acked and deleted; a clean close."""
+
+    async def go() -> None:
+        async with Spool(directory / "spool", site="s1", audit=AuditLog(directory / "audit.log")) as spool:
+            for i in range(commits):
+                await spool.append(_batch(i))
+                await spool.flush()
+            leased = await spool.lease(3 * commits - 3)
+            await spool.ack(leased[0].seq_first, leased[-1].seq_last)
+            assert spool.depth == 3
+    asyncio.run(go())
+
+
+def test_a_copied_audit_file_is_matched_by_content_and_old_damage_is_reported_not_cut(tmp_path: Path) -> None:
+    """The audit file copied back (a restore, a move to another disk: same bytes, another inode): the mark's
+    position is found by the CRC of the record ending there, so a record damaged long ago in the fsync'd
+    region is left for ``verify`` to report; cutting there deleted every later record, of rows long
+    delivered and deleted, and ``verify`` then said OK."""
+    _deliver_all_but_the_last(tmp_path)
+    audit_path = tmp_path / "audit.log"
+    at, length = _records(audit_path, 0)[3]
+    _damage(audit_path, at, length, "garble")
+    shutil.copy2(audit_path, tmp_path / "copy")
+    (tmp_path / "copy").replace(audit_path)
+    before = audit_path.read_bytes()
+    assert _restart(tmp_path) == (3, 0)                 # nothing after the recorded offset to check
+    assert audit_path.read_bytes() == before
+    summary = verify(audit_path)
+    assert summary.corrupt is not None and summary.corrupt.offset == at
+    assert summary.readings == 57 and (summary.seq_min, summary.seq_max) == (1, 60)
+
+
+def test_without_the_marks_position_only_the_region_that_can_be_unsynced_is_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark in meta is damaged (or names a position the file lacks): the file is read whole, but only
+    its last ``SYNC_BYTES`` can hold records written and not fsync'd (``sync_due`` fsyncs before a write
+    would leave more): a torn record there is cut and its row audited again; a record damaged before it
+    is durable damage, reported by ``verify``, not cut."""
+    monkeypatch.setattr(audit_module, "SYNC_BYTES", 1000)
+    _deliver_all_but_the_last(tmp_path)
+    audit_path = tmp_path / "audit.log"
+    records = _records(audit_path, 0)
+    old_at, old_length = records[3]
+    _damage(audit_path, old_at, old_length, "garble")
+    last_at, last_length = records[-1]                 # the record of the row still spooled: seq 58..60
+    assert decode_record(audit_path.read_bytes()[last_at:last_at + last_length - 1])["seq_first"] == 58
+    _damage(audit_path, last_at, last_length, "torn")
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    with db:
+        db.execute("UPDATE meta SET value = -1 WHERE key = 'audit_offset'")
+    db.close()
+    before = audit_path.read_bytes()
+    assert _restart(tmp_path)[0] == 3
+    data = audit_path.read_bytes()
+    assert data[:last_at] == before[:last_at]
+    repair = decode_record(data[last_at:].split(b"\n")[0])
+    assert repair["k"] == "repair" and repair["at_offset"] == last_at
+    summary = verify(audit_path)
+    assert summary.corrupt is not None and summary.corrupt.offset == old_at
+    assert summary.readings == 57 and (summary.seq_min, summary.seq_max) == (1, 60)   # 58..60 audited again
