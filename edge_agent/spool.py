@@ -236,7 +236,8 @@ class Spool:
         self._arrived: list[float] = []  # loop.time() when each batch in _buffer arrived
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
-        self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
+        self._depth = 0                  # committed readings not deleted yet (dropped / quarantined / acked)
+        self._acked_pending = 0          # readings in the ranges of _acks: acked, their DELETE not committed
         self._oldest_ms: int | None = None
         # Committed, unacked batches in seq order, newest last: lease() serves them without reading
         # them back from disk. Every committed unacked row with seq_first >= _memory_from is here.
@@ -452,8 +453,8 @@ class Spool:
     # -- appending ---------------------------------------------------------
     @property
     def depth(self) -> int:
-        """Committed readings not yet acknowledged."""
-        return self._depth
+        """Committed readings not yet acknowledged (acked ones whose delete waits for a commit left out)."""
+        return max(0, self._depth - self._acked_pending)
 
     @property
     def pending(self) -> int:
@@ -466,7 +467,7 @@ class Spool:
 
     @property
     def oldest_accepted_ms(self) -> int | None:
-        return self._oldest_ms
+        return self._oldest_unacked_ms
 
     async def append(self, batch: ReadingBatch) -> ReadingBatch:
         """Accept one batch: assign its seq range and buffer it; returns the sequenced batch.
@@ -523,7 +524,7 @@ class Spool:
         """None when the acked rows' audit records are durable, or the audit's periodic fsync is due (the
         delete brings it); else the seconds until that fsync falls due. So acked rows leave with the
         audit's periodic fsync (about once a second), not with an fsync of their own every
-        ``ack_interval_s``; until then they are not leased again, and count in the depth."""
+        ``ack_interval_s``; until then they are not leased again, nor counted in the depth."""
         audit = self.audit
         if audit is None or audit.durable_seq >= max(last for _, last, _ in self._acks):
             return None
@@ -677,6 +678,8 @@ class Spool:
                 self._keep_acks(acks, acks_since, AuditError(f"audit log {self.audit.path}: cannot be synced "
                                                              f"(the ack's delete waits for it)"))
                 deleted = []
+            else:                           # their rows are deleted (and _depth counts that)
+                self._acked_pending -= sum(last - first + 1 for first, last, _ in acks)
             for (_, _, waiter), count in zip(acks, deleted):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(count)
@@ -987,6 +990,7 @@ class Spool:
         if not self._acks:
             self._acks_since = asyncio.get_running_loop().time()
         self._acks.append((first, last, waiter))
+        self._acked_pending += last - first + 1
         self._ack_awaited = self._ack_awaited or waiter is not None
         self._forget(first, last)
         self._flush_later()             # an ack alone never hurries a commit: it rides on the next one due
@@ -1006,8 +1010,21 @@ class Spool:
             "SELECT seq, reason FROM quarantine ORDER BY seq").fetchall())
 
     # -- metrics -----------------------------------------------------------
+    @property
+    def _oldest_unacked_ms(self) -> int | None:
+        """The acceptance time of the oldest committed, unacked row: the oldest held in memory when every
+        unacked row is held there (acked ones are let go at once), else the oldest in the table (an acked
+        row whose delete waits may count then)."""
+        unacked = self.depth
+        if not unacked:
+            return None
+        if self._acked_pending and self._recent and unacked == self._recent_readings:
+            return self._recent[0].accepted_ms
+        return self._oldest_ms
+
     def oldest_age_s(self) -> float:
-        return 0.0 if self._oldest_ms is None else max(0.0, self.clock() - self._oldest_ms / 1000)
+        oldest = self._oldest_unacked_ms
+        return 0.0 if oldest is None else max(0.0, self.clock() - oldest / 1000)
 
     def refresh_metrics(self) -> None:
         """Set the depth and oldest-unacked-age gauges (the age grows while nothing happens: call it periodically)."""
@@ -1015,7 +1032,7 @@ class Spool:
 
     def _update_metrics(self) -> None:
         if self.metrics is not None:
-            self.metrics.spool_depth.set(self._depth)
+            self.metrics.spool_depth.set(self.depth)
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
 
 
