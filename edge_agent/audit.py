@@ -235,6 +235,7 @@ class AuditLog:
         self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()
+        self._broken: str | None = None       # why the file could not be cut back: nothing is written until reopened
         self._retry_at = 0.0                   # monotonic time before which only sync() tries the disk again
         self._backoff = 0.0
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
@@ -261,6 +262,7 @@ class AuditLog:
         self._shapes.clear()
         self._unsynced.clear()
         self._unsynced_bytes = 0
+        self._broken = None
         try:
             if created:
                 _fsync_folder(self.path.parent)    # the new file's name survives a power loss too
@@ -440,7 +442,9 @@ class AuditLog:
         is buffered again, to be written whole: a part written before ENOSPC would sit as a torn line,
         and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
         with the records perhaps never on disk (and the spool would then delete their rows)."""
-        if not self._backoff:
+        if self._broken is not None:
+            self._buffer.clear()    # their rows stay spooled, audited again at the next start (last_seq of the file)
+        elif not self._backoff:
             self._write()
         elif not self.backoff_in():
             self.sync()             # the first try after a failure: fsync'd, so the unsynced region stays bounded
@@ -448,6 +452,8 @@ class AuditLog:
     def _write(self) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
+        if self._broken is not None:
+            raise AuditError(f"audit log {self.path}: {self._broken}")
         if not self._buffer:
             return
         data = b"".join(self._buffer)
@@ -495,11 +501,23 @@ class AuditLog:
 
     def _cut_back(self) -> None:
         """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered;
-        the next lazy write or due fsync waits (1 s, doubling up to :data:`RETRY_MAX_S`)."""
+        the next lazy write or due fsync waits (1 s, doubling up to :data:`RETRY_MAX_S`).
+
+        When the file cannot be cut back, the records written since may stay in it: writing them again
+        would audit their rows twice. The log then writes nothing more until the next start, whose open
+        checks that region from the spool's mark and audits again the rows whose records are not there."""
         self._backoff = min(max(2 * self._backoff, RETRY_MIN_S), RETRY_MAX_S)
         self._retry_at = time.monotonic() + self._backoff
-        with contextlib.suppress(OSError):
+        try:
             os.ftruncate(self._fh.fileno(), self._durable)      # type: ignore[union-attr]
+        except OSError as exc:
+            self._broken = (f"cannot be cut back to {self._durable} bytes after a failed write "
+                            f"({exc.strerror or exc}): nothing more is written until the agent restarts")
+            log.error("audit log %s %s", self.path, self._broken)
+            self._buffer.clear()
+            self._unsynced.clear()
+            self._unsynced_bytes = 0
+            return
         self._buffer[:0] = self._unsynced
         self._unsynced.clear()
         self._unsynced_bytes = 0

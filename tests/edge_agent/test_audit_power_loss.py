@@ -13,6 +13,7 @@ durable (an fsync that fails keeps every row).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import shutil
@@ -586,3 +587,42 @@ def test_without_the_marks_position_only_the_region_that_can_be_unsynced_is_cut(
     summary = verify(audit_path)
     assert summary.corrupt is not None and summary.corrupt.offset == old_at
     assert summary.readings == 57 and (summary.seq_min, summary.seq_max) == (1, 60)   # 58..60 audited again
+
+
+def test_a_file_that_cannot_be_cut_back_after_a_failed_fsync_is_not_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync fails, then the ftruncate that takes back the unsynced records fails too: those records may
+    stay in the file, so writing them again audited their rows twice. The log writes nothing more; the next
+    start checks the region from the mark and audits again only the rows whose records are not there."""
+    audit_path = tmp_path / "audit.log"
+    failing, _ = _failing_audit_fsync(monkeypatch, audit_path)
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_ftruncate(fd, length)
+    monkeypatch.setattr(audit_module.os, "ftruncate", ftruncate)
+
+    async def go() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path))
+        await spool.open()
+        await spool.append(_batch(0))
+        await spool.flush()                             # its record written, not fsync'd
+        failing["on"] = True
+        leased = await spool.lease(10)
+        with pytest.raises(AuditError):
+            await spool.ack(leased[0].seq_first, leased[-1].seq_last)
+        failing["on"] = False
+        await spool.append(_batch(1))
+        await spool.flush()                             # committed; the log writes nothing more
+        with contextlib.suppress(AuditError):           # the log's own close cannot sync
+            await spool.close()
+
+    asyncio.run(go())
+    batches = [body["seq_first"] for body in map(decode_record, audit_path.read_bytes().splitlines())
+               if body["k"] == "b"]
+    assert batches == [1]                               # written once (again, it was twice: 1, 1, 4)
+    assert _restart(tmp_path)[0] == 6                   # no delete while the log could not be synced
+    summary = verify(audit_path)
+    assert summary.ok and summary.readings == 6 and (summary.seq_min, summary.seq_max) == (1, 6)
