@@ -45,13 +45,18 @@ writes and fsyncs: the spool calls it before any transaction that deletes rows
 whose records are not durable yet (acks, the size cap's drop, a quarantine),
 for events that must be durable at once (``cmd``, ``write``, ``quar``), at
 open, close and reopen, and at the first commit :data:`SYNC_INTERVAL_S` (1 s)
-after the last fsync or once :data:`SYNC_BYTES` (4 MiB) are unsynced. A failed
-write or fsync cuts the file back to its last fsync'd size and buffers every
-record written since, to be written whole again.
+after the last fsync or before a write would leave :data:`SYNC_BYTES` (4 MiB)
+unsynced (asked at commits only). A failed write or fsync cuts the file back to
+its last fsync'd size and buffers every record written since, to be written
+whole again, by an fsync 1 s later (doubling up to 30 s while it keeps failing;
+meanwhile nothing is written but what :meth:`AuditLog.sync` is asked for). When
+the file cannot be cut back, nothing more is written until the next start.
 
 The invariant (with ``edge_agent.spool``): **no spool row is deleted before its
 record is durable, and after a crash or power loss every committed row not
-deleted has exactly one record.** Rows may be leased and published before their
+deleted has exactly one record.** (One exception: rows the spool finds unusable
+at open are moved to its quarantine table before this log is opened and checked;
+their ``quar`` records follow.) Rows may be leased and published before their
 record is fsync'd. The spool records in its ``meta`` table, in the transaction
 that deletes rows (and in any commit's, when it moved), the :class:`AuditMark`
 of the last fsync: the file's (st_dev, st_ino), its size then, the CRC of the

@@ -21,12 +21,18 @@ records may not be durable yet (acks; a quarantine; the size cap's drop, which
 runs in a transaction of its own after the new rows' records and its ``drop``
 record are fsync'd, since it may take rows of the same commit), for command and
 write events, at close and reopen, and at the first commit 1 s after the last
-fsync or once 4 MiB are unsynced. The deleting transaction (and any commit's,
-when it moved) records in ``meta`` the audit file's identity, the offset and
-the highest seq of that fsync (``AuditMark``): at open the audit checks every
-record after that offset, cuts the file at the first one a power loss took or
-tore, and ``_reaudit_sync`` audits again every row above the last good
-record's seq.
+fsync or before a write would leave 4 MiB unsynced (checked at commits only: an
+idle spool's last records wait for the next commit or close). The deleting
+transaction (and any commit's, when it moved) records in ``meta`` the audit
+file's identity, the offset, the CRC of the record ending there and the highest
+seq of that fsync (``AuditMark``): at open the audit checks every record after
+that offset, cuts the file at the first one a power loss took or tore, and
+``_reaudit_sync`` audits again every row above the last good record's seq. One
+exception: rows that fail their checks at open (``quarantine_bad_rows``) move to
+the ``quarantine`` table before the audit is opened and checked; their ``quar``
+records follow. While the audit cannot be synced, new rows still commit (their
+records stay buffered, written again after a back-off) and the acks' deletes
+wait; close commits every buffered row whatever the audit does.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -73,8 +79,9 @@ Size cap: when more than ``max_readings`` readings are spooled, the oldest
 batches are deleted whole after the commit (never the newest one, so a batch
 larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
 ``drop`` record with the seq range, fsync'd before the delete (a power loss
-between the two leaves a ``drop`` record for rows still spooled, dropped again
-under another record by the next commit over the cap).
+between the two leaves a ``drop`` record for rows still spooled: dropped again,
+under another record, by the next commit that finds the spool over the cap, or
+else delivered; the audit then names them both audited and dropped).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
@@ -811,7 +818,8 @@ class Spool:
         next commit tries again).
 
         A power loss, or a SQLite error, between that fsync and the delete's commit leaves a ``drop`` record
-        for rows still spooled; the next commit over the cap drops them again, under another record."""
+        for rows still spooled: the next commit that finds the spool over the cap drops them again, under
+        another record; if none does, they are delivered, and the audit names them dropped too."""
         db = self._db
         assert db is not None
         if self.audit is not None and not retry and self.audit.backoff_in():
