@@ -458,6 +458,7 @@ class AuditLog:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
         if self._broken is not None:
+            self._retry_at = time.monotonic() + RETRY_MAX_S     # the spool asks again (and logs) only then
             raise AuditError(f"audit log {self.path}: {self._broken}")
         if not self._buffer:
             return
