@@ -45,28 +45,38 @@ writes and fsyncs: the spool calls it before any transaction that deletes rows
 whose records are not durable yet (acks, the size cap's drop, a quarantine),
 for events that must be durable at once (``cmd``, ``write``, ``quar``), at
 open, close and reopen, and at the first commit :data:`SYNC_INTERVAL_S` (1 s)
-after the last fsync or once :data:`SYNC_BYTES` (4 MiB) are unsynced. A failed
-write or fsync cuts the file back to its last fsync'd size and buffers every
-record written since, to be written whole again.
+after the last fsync or before a write would leave :data:`SYNC_BYTES` (4 MiB)
+unsynced (asked at commits only). A failed write or fsync cuts the file back to
+its last fsync'd size and buffers every record written since, to be written
+whole again, by an fsync 1 s later (doubling up to 30 s while it keeps failing;
+meanwhile nothing is written but what :meth:`AuditLog.sync` is asked for). When
+the file cannot be cut back, nothing more is written until the next start.
 
 The invariant (with ``edge_agent.spool``): **no spool row is deleted before its
 record is durable, and after a crash or power loss every committed row not
-deleted has exactly one record.** Rows may be leased and published before their
+deleted has exactly one record.** (One exception: rows the spool finds unusable
+at open are moved to its quarantine table before this log is opened and checked;
+their ``quar`` records follow.) Rows may be leased and published before their
 record is fsync'd. The spool records in its ``meta`` table, in the transaction
 that deletes rows (and in any commit's, when it moved), the :class:`AuditMark`
-of the last fsync: the file's (st_dev, st_ino), its size then and the highest
-seq audited by then; every byte before that offset is durable. A power loss
-can keep a later page of the unsynced region and lose an earlier one, so
-:meth:`AuditLog.open` CRC-checks every record after the offset (at most about
-1 s or 4 MiB of records, plus one commit's; nothing after a clean close), and
+of the last fsync: the file's (st_dev, st_ino), its size then, the CRC of the
+record ending there and the highest seq audited by then; every byte before that
+offset is durable. A power loss can keep a later page of the unsynced region and
+lose an earlier one, so :meth:`AuditLog.open` finds the offset by content (the
+record ending there has that CRC: a copied or restored file, a renumbered device
+still match), CRC-checks every record after it (at most :data:`SYNC_BYTES`, and
+1 s of records at the commits' pace; nothing after a clean close), and
 at the first bad, torn or zeroed one cuts the file and writes a ``repair``
 record. Records are written in seq order, so every row up to the last good
 record's seq keeps its record and the spool re-audits the rows above it
 (:attr:`AuditLog.last_seq`; the records after the cut were never fsync'd, so no
-row they audit was deleted). When the file at the path is not the one the mark
-names (replaced, or renamed without the reopen recorded) or is shorter than the
-offset, the whole file is checked the same way (time proportional to its size)
-and :attr:`AuditLog.last_seq` is at least the mark's seq (those rows' records
+row they audit was deleted). When the position is not in the file at the path
+(replaced, or renamed without the reopen recorded, shorter than the offset, or
+the mark damaged), the whole file is read (time proportional to its size) but
+cut only within its last :data:`SYNC_BYTES`, all a writer can have left unsynced
+(``sync_due`` counts the records about to be written: no write leaves more); a
+bad record before them is durable damage, logged for ``verify`` to report, and
+:attr:`AuditLog.last_seq` is at least the mark's seq (those rows' records
 are durable in the file the mark names): rows above it may then be audited in
 both files, never in neither. (When logrotate renamed the file and the power
 went before the agent's reopen, the unsynced records, and any hole, are in the
@@ -126,6 +136,8 @@ SYNC_INTERVAL_S = 1.0
 """Records written after a commit are fsync'd at the latest by the first commit this long after the last fsync."""
 SYNC_BYTES = 4 << 20
 """... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
+RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+"""After a failed write or fsync the lazy writes and due fsyncs wait, 1 s doubling up to 30 s, before the next try."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +149,9 @@ class AuditMark:
     identity: tuple[int, int]
     offset: int
     seq: int
+    crc: int | None = None
+    """The CRC of the record ending at ``offset`` (0 when it is 0): names the position by content, so a copied
+    or restored file, or a renumbered device, still matches; None in a mark written before it was recorded."""
 
 
 def _identity(st: os.stat_result) -> tuple[int, int]:
@@ -220,10 +235,14 @@ class AuditLog:
         self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
         self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
+        self._durable_crc: str | None = None   # the CRC of the record ending there
         self._written = 0                      # its size after the last write
         self._unsynced: list[bytes] = []       # records written since the last fsync (written again if it fails)
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()
+        self._broken: str | None = None       # why the file could not be cut back: nothing is written until reopened
+        self._retry_at = 0.0                   # monotonic time before which only sync() tries the disk again
+        self._backoff = 0.0
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
         self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
 
@@ -248,12 +267,13 @@ class AuditLog:
         self._shapes.clear()
         self._unsynced.clear()
         self._unsynced_bytes = 0
+        self._broken = None
         try:
             if created:
                 _fsync_folder(self.path.parent)    # the new file's name survives a power loss too
             size = os.fstat(fd).st_size
             start = self._scan_start(mark, size)
-            cut_at = self._scan(start, size) if start is not None else self._scan_tail(size)
+            cut_at = self._scan(*start, size) if start is not None else self._scan_tail(size)
             if cut_at is not None:
                 os.ftruncate(fd, cut_at)
                 self._written = self._durable = cut_at
@@ -269,25 +289,36 @@ class AuditLog:
             self._fh = None
             raise
 
-    def _scan_start(self, mark: AuditMark | None, size: int) -> int | None:
-        """Where the check of a file of ``size`` bytes starts (None: the tail only, the older agents' rule)."""
+    def _scan_start(self, mark: AuditMark | None, size: int) -> tuple[int, int] | None:
+        """Where the check of a file of ``size`` bytes starts, and from where a bad record is cut (None: the
+        tail only, the older agents' rule).
+
+        The mark's position is found by content: the record ending at its offset has the CRC it names
+        (a mark written before the CRC was recorded: the file's identity instead). When it is not there
+        (another file, a shorter one, a damaged mark) every record is read, for :attr:`last_seq`, but
+        only the last :data:`SYNC_BYTES` can have been written and not fsync'd (``sync_due``): a bad
+        record there is cut; one before is durable damage, logged and left for ``verify`` to report
+        (cutting it would delete the records of rows long deleted)."""
         self._durable = self._written = size
         self.scanned = 0
         if mark is None:
             return None
         self.last_seq = max(self.last_seq, mark.seq)       # audited, durably, in this file or the one before
         held = os.fstat(self._fh.fileno())                 # type: ignore[union-attr]
-        if mark.identity == _identity(held) and mark.offset <= size and self._ends_a_record(mark.offset):
-            return mark.offset
-        log.warning("audit log %s is not the file the spool last synced (or is shorter than it was): "
-                    "checking all of it", self.path)
-        return 0
+        crc = self._crc_ending_at(mark.offset) if mark.offset <= size else None
+        same = mark.identity == _identity(held)
+        if crc is not None and (crc == mark.crc and (mark.offset or same) or mark.crc is None and same):
+            return mark.offset, mark.offset
+        log.warning("audit log %s: the position the spool last synced is not in it (another file, or a shorter "
+                    "one): checking all of it, cutting only within its last %d bytes", self.path, SYNC_BYTES)
+        return 0, max(0, size - SYNC_BYTES)
 
-    def _ends_a_record(self, offset: int) -> bool:
-        """True when ``offset`` is 0 or follows a newline; sets :attr:`last_crc` from the line before (the
-        durable region is not checked again: a record damaged there is for ``verify`` to report, not cut)."""
+    def _crc_ending_at(self, offset: int) -> int | None:
+        """The CRC field of the record that ends at ``offset`` (0 at offset 0), None when no record ends
+        there; sets :attr:`last_crc` from it (the durable region is not checked again: a record damaged
+        there is for ``verify`` to report, not cut)."""
         if offset == 0:
-            return True
+            return 0
         fh = self._fh
         assert fh is not None
         step = 4096
@@ -296,39 +327,54 @@ class AuditLog:
             fh.seek(begin)
             chunk = fh.read(offset - begin)
             if not chunk.endswith(b"\n"):
-                return False
+                return None
             newline = chunk.rfind(b"\n", 0, len(chunk) - 1)
             if newline >= 0 or begin == 0:
-                self.last_crc = chunk[newline + 1:newline + 9].decode("ascii", "replace")
-                return True
+                field = chunk[newline + 1:newline + 9]
+                try:
+                    crc = int(field, 16) if len(field) == 8 else None
+                except ValueError:
+                    crc = None
+                if crc is not None:
+                    self.last_crc = field.decode("ascii")
+                return crc
             step *= 4
 
-    def _scan(self, start: int, size: int) -> int | None:
-        """CRC-check every record from ``start``; the offset of the first bad one (None when all are good)."""
+    def _scan(self, start: int, cut_from: int, size: int) -> int | None:
+        """CRC-check every record from ``start``; the offset of the first bad one at or after ``cut_from``,
+        or of a torn last line (None when there is neither). A bad record before ``cut_from`` is logged
+        and read past. Linear in the bytes read, however long a run without a newline."""
         fh = self._fh
         assert fh is not None
         fh.seek(start)
         offset = start
-        rest = b""
-        while True:
-            chunk = fh.read(_SCAN_CHUNK)
-            lines = (rest + chunk).split(b"\n")
-            rest = lines.pop()                      # the part after the last newline: torn, or read on
-            if not chunk:
-                break
-            for line in lines:
+        pieces: list[bytes] = []                    # a line read on across chunks (joined once, at its end)
+        self.scanned = size - start
+        while chunk := fh.read(_SCAN_CHUNK):
+            begin = 0
+            while (end := chunk.find(b"\n", begin)) >= 0:
+                line = chunk[begin:end]
+                if pieces:
+                    line = b"".join((*pieces, line))
+                    pieces.clear()
+                begin = end + 1
                 try:
                     body = decode_record(line)
-                except ValueError:
-                    self.scanned = size - start
-                    return offset
+                except ValueError as exc:
+                    if offset >= cut_from:
+                        return offset
+                    log.error("audit log %s: the record at byte offset %d is damaged (%s), in a region fsync'd "
+                              "before: not cut ('audit verify' reports it)", self.path, offset, exc)
+                    offset += len(line) + 1
+                    continue
                 offset += len(line) + 1
                 self.last_crc = line[:8].decode()
                 last = _last_seq(body)
                 if last is not None:
                     self.last_seq = max(self.last_seq, last)
-        self.scanned = size - start
-        return offset if rest else None
+            if begin < len(chunk):
+                pieces.append(chunk[begin:])
+        return offset if pieces else None
 
     def _scan_tail(self, size: int) -> int | None:
         """The older agents' check (each of their commits was fsync'd): the last line, cut when torn."""
@@ -393,14 +439,27 @@ class AuditLog:
 
     def write(self) -> None:
         """Write the buffered records, without an fsync (:meth:`sync` makes them durable); raises
-        AuditError on I/O failure.
+        AuditError on I/O failure. While a failure's back-off lasts (:meth:`backoff_in`) this writes
+        nothing: the records stay buffered, so a disk that keeps failing is not sent every buffered
+        record again at every commit.
 
         On failure the file is cut back to its size at the last fsync and every record written since
         is buffered again, to be written whole: a part written before ENOSPC would sit as a torn line,
         and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
         with the records perhaps never on disk (and the spool would then delete their rows)."""
+        if self._broken is not None:
+            self._buffer.clear()    # their rows stay spooled, audited again at the next start (last_seq of the file)
+        elif not self._backoff:
+            self._write()
+        elif not self.backoff_in():
+            self.sync()             # the first try after a failure: fsync'd, so the unsynced region stays bounded
+
+    def _write(self) -> None:
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
+        if self._broken is not None:
+            self._retry_at = time.monotonic() + RETRY_MAX_S     # the spool asks again (and logs) only then
+            raise AuditError(f"audit log {self.path}: {self._broken}")
         if not self._buffer:
             return
         data = b"".join(self._buffer)
@@ -420,8 +479,9 @@ class AuditLog:
 
     def sync(self) -> None:
         """Write the buffered records and fsync, so that every record so far is durable; raises AuditError
-        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again)."""
-        self.write()
+        on I/O failure (see :meth:`write`: the file is cut back, the records buffered again). Tries the
+        disk whatever the back-off."""
+        self._write()
         if self._unsynced:
             self._fsync()
 
@@ -434,15 +494,36 @@ class AuditLog:
             self._cut_back()
             raise AuditError(f"audit log {self.path}: write failed ({exc.strerror or exc})") from exc
         self._durable = self._written = end
+        self._durable_crc = self.last_crc
         self.durable_seq = self.last_seq
         self._unsynced.clear()
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()
+        self._retry_at = self._backoff = 0.0
+
+    def backoff_in(self) -> float:
+        """Seconds until the disk is tried again after a failed write or fsync (0.0 when not backing off)."""
+        return max(0.0, self._retry_at - time.monotonic()) if self._retry_at else 0.0
 
     def _cut_back(self) -> None:
-        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered."""
-        with contextlib.suppress(OSError):
+        """After a failed write or fsync: the file back to its last fsync'd size, everything since buffered;
+        the next lazy write or due fsync waits (1 s, doubling up to :data:`RETRY_MAX_S`).
+
+        When the file cannot be cut back, the records written since may stay in it: writing them again
+        would audit their rows twice. The log then writes nothing more until the next start, whose open
+        checks that region from the spool's mark and audits again the rows whose records are not there."""
+        self._backoff = min(max(2 * self._backoff, RETRY_MIN_S), RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._backoff
+        try:
             os.ftruncate(self._fh.fileno(), self._durable)      # type: ignore[union-attr]
+        except OSError as exc:
+            self._broken = (f"cannot be cut back to {self._durable} bytes after a failed write "
+                            f"({exc.strerror or exc}): nothing more is written until the agent restarts")
+            log.error("audit log %s %s", self.path, self._broken)
+            self._buffer.clear()
+            self._unsynced.clear()
+            self._unsynced_bytes = 0
+            return
         self._buffer[:0] = self._unsynced
         self._unsynced.clear()
         self._unsynced_bytes = 0
@@ -450,7 +531,8 @@ class AuditLog:
 
     def sync_due(self) -> bool:
         """True when records written or buffered since the last fsync are :data:`SYNC_INTERVAL_S` old or
-        :data:`SYNC_BYTES` long (with those of one commit more): the bound on what the next open checks.
+        :data:`SYNC_BYTES` long, those buffered included: so no write leaves more than :data:`SYNC_BYTES`
+        unsynced, the bound on the region an open cuts in when it cannot find the mark's position.
         Cheap, and safe to ask from another thread than the writer's (an answer a moment stale)."""
         return self.sync_in() == 0.0
 
@@ -458,7 +540,9 @@ class AuditLog:
         """Seconds until :meth:`sync_due` (0.0 when due); None when every record is durable."""
         if not self._unsynced and not self._buffer:
             return None
-        if self._unsynced_bytes >= SYNC_BYTES:
+        if (backoff := self.backoff_in()) > 0.0:
+            return backoff
+        if self._unsynced_bytes + sum(map(len, self._buffer)) >= SYNC_BYTES:
             return 0.0
         return max(0.0, self._synced_at + SYNC_INTERVAL_S - time.monotonic())
 
@@ -466,7 +550,8 @@ class AuditLog:
         """The open file's identity, its size at the last fsync and the highest seq audited by then."""
         if self._fh is None:
             raise AuditError(f"audit log {self.path}: not open")
-        return AuditMark(_identity(os.fstat(self._fh.fileno())), self._durable, self.durable_seq)
+        crc = int(self._durable_crc, 16) if self._durable and self._durable_crc else 0
+        return AuditMark(_identity(os.fstat(self._fh.fileno())), self._durable, self.durable_seq, crc)
 
     def reopen(self) -> bool:
         """Reopen the file at :attr:`path` after rotation; True when it is a new file.
@@ -491,12 +576,12 @@ class AuditLog:
             return False
         old, self._fh = self._fh, None
         prev_crc = self.last_crc
-        kept = self._durable, self._written, self.last_crc
+        kept = self._durable, self._written, self.last_crc, self._durable_crc
         try:
             self.open()
         except AuditError:
             self._fh = old          # keep appending to the renamed file: nothing is lost, the chain holds
-            self._durable, self._written, self.last_crc = kept
+            self._durable, self._written, self.last_crc, self._durable_crc = kept
             raise
         old.close()
         with contextlib.suppress(OSError):     # logrotate's rename and the file it may have created

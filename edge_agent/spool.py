@@ -21,12 +21,18 @@ records may not be durable yet (acks; a quarantine; the size cap's drop, which
 runs in a transaction of its own after the new rows' records and its ``drop``
 record are fsync'd, since it may take rows of the same commit), for command and
 write events, at close and reopen, and at the first commit 1 s after the last
-fsync or once 4 MiB are unsynced. The deleting transaction (and any commit's,
-when it moved) records in ``meta`` the audit file's identity, the offset and
-the highest seq of that fsync (``AuditMark``): at open the audit checks every
-record after that offset, cuts the file at the first one a power loss took or
-tore, and ``_reaudit_sync`` audits again every row above the last good
-record's seq.
+fsync or before a write would leave 4 MiB unsynced (checked at commits only: an
+idle spool's last records wait for the next commit or close). The deleting
+transaction (and any commit's, when it moved) records in ``meta`` the audit
+file's identity, the offset, the CRC of the record ending there and the highest
+seq of that fsync (``AuditMark``): at open the audit checks every record after
+that offset, cuts the file at the first one a power loss took or tore, and
+``_reaudit_sync`` audits again every row above the last good record's seq. One
+exception: rows that fail their checks at open (``quarantine_bad_rows``) move to
+the ``quarantine`` table before the audit is opened and checked; their ``quar``
+records follow. While the audit cannot be synced, new rows still commit (their
+records stay buffered, written again after a back-off) and the acks' deletes
+wait; close commits every buffered row whatever the audit does.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -73,8 +79,9 @@ Size cap: when more than ``max_readings`` readings are spooled, the oldest
 batches are deleted whole after the commit (never the newest one, so a batch
 larger than the cap is kept whole), counted in ``ems_edge_spool_dropped_total`` and audited as one
 ``drop`` record with the seq range, fsync'd before the delete (a power loss
-between the two leaves a ``drop`` record for rows still spooled, dropped again
-under another record by the next commit over the cap).
+between the two leaves a ``drop`` record for rows still spooled: dropped again,
+under another record, by the next commit that finds the spool over the cap, or
+else delivered; the audit then names them both audited and dropped).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
@@ -236,7 +243,8 @@ class Spool:
         self._arrived: list[float] = []  # loop.time() when each batch in _buffer arrived
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
-        self._depth = 0                  # committed readings not yet acked (nor dropped / quarantined)
+        self._depth = 0                  # committed readings not deleted yet (dropped / quarantined / acked)
+        self._acked_pending = 0          # readings in the ranges of _acks: acked, their DELETE not committed
         self._oldest_ms: int | None = None
         # Committed, unacked batches in seq order, newest last: lease() serves them without reading
         # them back from disk. Every committed unacked row with seq_first >= _memory_from is here.
@@ -426,10 +434,13 @@ class Spool:
         _write_mark(self._db, mark)
         return mark
 
-    def _audit_durable_sync(self, seq_last: int) -> None:
+    def _audit_durable_sync(self, seq_last: int, retry: bool = True) -> None:
         """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
-        called before a transaction deletes such rows. Raises AuditError."""
+        called before a transaction deletes such rows. Raises AuditError (at once, without a try, while
+        the audit backs off after a failure and ``retry`` is False)."""
         if self.audit is not None and self.audit.durable_seq < seq_last:
+            if not retry and (wait := self.audit.backoff_in()):
+                raise AuditError(f"audit log {self.audit.path}: failed to sync; next try in {wait:.1f} s")
             self.audit.sync()
 
     def _close_sync(self) -> None:
@@ -449,8 +460,8 @@ class Spool:
     # -- appending ---------------------------------------------------------
     @property
     def depth(self) -> int:
-        """Committed readings not yet acknowledged."""
-        return self._depth
+        """Committed readings not yet acknowledged (acked ones whose delete waits for a commit left out)."""
+        return max(0, self._depth - self._acked_pending)
 
     @property
     def pending(self) -> int:
@@ -463,7 +474,7 @@ class Spool:
 
     @property
     def oldest_accepted_ms(self) -> int | None:
-        return self._oldest_ms
+        return self._oldest_unacked_ms
 
     async def append(self, batch: ReadingBatch) -> ReadingBatch:
         """Accept one batch: assign its seq range and buffer it; returns the sequenced batch.
@@ -520,7 +531,7 @@ class Spool:
         """None when the acked rows' audit records are durable, or the audit's periodic fsync is due (the
         delete brings it); else the seconds until that fsync falls due. So acked rows leave with the
         audit's periodic fsync (about once a second), not with an fsync of their own every
-        ``ack_interval_s``; until then they are not leased again, and count in the depth."""
+        ``ack_interval_s``; until then they are not leased again, nor counted in the depth."""
         audit = self.audit
         if audit is None or audit.durable_seq >= max(last for _, last, _ in self._acks):
             return None
@@ -651,7 +662,8 @@ class Spool:
                 try:
                     next_seq = batches[-1].seq_last + 1 if batches else self._next_seq
                     dropped_range, deleted = await self._run(self._commit_sync, rows, records, next_seq,
-                                                             [(first, last) for first, last, _ in acks], new_points)
+                                                             [(first, last) for first, last, _ in acks], new_points,
+                                                             not whole_groups or awaited)
                 except BaseException:
                     self.points.give_back(new_points)
                     raise
@@ -659,11 +671,7 @@ class Spool:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
                 self._buffered += readings
                 self._arrived[:0] = arrived
-                self._acks[:0] = [(first, last, None) for first, last, _ in acks]
-                self._acks_since = acks_since if acks else self._acks_since
-                for _, _, waiter in acks:
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(exc)
+                self._keep_acks(acks, acks_since, exc)
                 raise
             except BaseException:
                 self._buffer[:0] = batches
@@ -673,6 +681,12 @@ class Spool:
                 if acks:
                     self._acks_since, self._ack_awaited = acks_since, awaited or self._ack_awaited
                 raise
+            if deleted is None:             # the audit could not be synced: the rows committed, the acks wait
+                self._keep_acks(acks, acks_since, AuditError(f"audit log {self.audit.path}: cannot be synced "
+                                                             f"(the ack's delete waits for it)"))
+                deleted = []
+            else:                           # their rows are deleted (and _depth counts that)
+                self._acked_pending -= sum(last - first + 1 for first, last, _ in acks)
             for (_, _, waiter), count in zip(acks, deleted):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(count)
@@ -689,6 +703,15 @@ class Spool:
             self._update_metrics()
             self.changed.set()
 
+    def _keep_acks(self, acks: list[tuple[int, int, "asyncio.Future[int] | None"]], since: float,
+                   exc: Exception) -> None:
+        """Queue ``acks`` again (first) for a later commit; an awaiting ``ack()`` gets ``exc``."""
+        self._acks[:0] = [(first, last, None) for first, last, _ in acks]
+        self._acks_since = since if acks else self._acks_since
+        for _, _, waiter in acks:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(exc)
+
     def _remember(self, batches: list[ReadingBatch], dropped_range: tuple[int, int, int] | None) -> None:
         """Hold newly committed batches for lease(); forget the ones the size cap dropped, and the
         oldest beyond ``memory_readings`` (those are leased from the database)."""
@@ -704,12 +727,19 @@ class Spool:
 
     def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[tuple[bytes, Shape]],
                      next_seq: int, acks: list[tuple[int, int]],
-                     new_points: list[tuple[int, Point]]) -> tuple[tuple[int, int, int] | None, list[int]]:
+                     new_points: list[tuple[int, Point]],
+                     retry: bool = True) -> tuple[tuple[int, int, int] | None, list[int] | None]:
         """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
         and ``rows`` (``_row``) and record the audit's last fsync in ``meta``; then write their audit
         ``records`` (``batch_record`` and the batch's shape), in seq order, fsync'd only when
         ``AuditLog.sync_due``. Returns the size cap's dropped range (or None) and how many readings each
-        ack deleted.
+        ack deleted (None when the audit could not be synced for them: the rows committed without the
+        acks, which the caller keeps for a later commit; with no rows the AuditError is raised).
+        ``retry`` False: while the audit backs off after a failure (``AuditLog.backoff_in``) the
+        deletes that need its fsync are not tried now (each try writes every buffered record again).
+
+        Nothing after the COMMIT raises: an error there is logged, the commit reported done (the
+        caller buffering committed batches again would fail every later commit on their seqs).
 
         With new rows the commit is fsync'd (``synchronous=FULL``) and the acks ride along for free;
         acks alone commit with ``synchronous=NORMAL`` (losing one to power loss only re-sends rows).
@@ -722,9 +752,15 @@ class Spool:
         db = self._db
         assert db is not None
         added = sum(row[1] - row[0] + 1 for row in rows)
-        deleted: list[int] = []
+        deleted: list[int] | None = []
         if acks:
-            self._audit_durable_sync(max(last for _, last in acks))
+            try:
+                self._audit_durable_sync(max(last for _, last in acks), retry)
+            except AuditError as exc:
+                if not rows:
+                    raise
+                log.error("%s; the new rows commit now, the acks' deletes wait for a later commit", exc)
+                acks, deleted = [], None
         try:
             db.execute("PRAGMA synchronous=FULL" if rows else "PRAGMA synchronous=NORMAL")
             with transaction(db):
@@ -745,7 +781,7 @@ class Spool:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
         self._saved_mark = mark or self._saved_mark
-        self._depth += added - sum(deleted)
+        self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:
             for (record, shape), row in zip(records, rows):
                 self.audit.add_batch_record(record, row[1], shape, self.points)
@@ -758,38 +794,50 @@ class Spool:
                 # out with the next write; until then no row leaves the spool (deletes sync first).
                 log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
         overflow = self._depth - self.max_readings
-        dropped_range = self._drop_oldest_sync(overflow, below=rows[-1][0]) if rows and overflow > 0 else None
+        dropped_range = self._drop_oldest_sync(overflow, rows[-1][0], retry) if rows and overflow > 0 else None
         dropped = dropped_range[2] if dropped_range else 0
         self._depth -= dropped
         if not self._depth:
             self._oldest_ms = None
-        elif self._oldest_ms is None or dropped or any(deleted):
-            self._oldest_ms = self._min_accepted_sync()
+        elif self._oldest_ms is None or dropped or any(deleted or ()):
+            try:
+                self._oldest_ms = self._min_accepted_sync()
+            except sqlite3.Error as exc:        # only the age gauge is stale until the next commit
+                log.error("spool %s: cannot read the oldest row's age (%s)", self.path, exc)
         if dropped_range:
             self.dropped_total += dropped
             log.warning("spool full (%d readings): dropped the %d oldest, seq %d..%d (audited)",
                         self.max_readings, dropped, dropped_range[0], dropped_range[1])
         return dropped_range, deleted
 
-    def _drop_oldest_sync(self, overflow: int, below: int) -> tuple[int, int, int] | None:
+    def _drop_oldest_sync(self, overflow: int, below: int, retry: bool = True) -> tuple[int, int, int] | None:
         """The size cap: delete the oldest whole rows (seq_first < ``below``) holding at least ``overflow``
         readings, in a transaction of its own after the ``drop`` record and every dropped row's record are
         fsync'd; the range dropped (first, last, readings), or None (nothing older, or the audit cannot be
-        synced: no row leaves, the next commit tries again).
+        synced, or backs off after a failure and ``retry`` is False, or SQLite fails: no row leaves, the
+        next commit tries again).
 
         A power loss, or a SQLite error, between that fsync and the delete's commit leaves a ``drop`` record
-        for rows still spooled; the next commit over the cap drops them again, under another record."""
+        for rows still spooled: the next commit that finds the spool over the cap drops them again, under
+        another record; if none does, they are delivered, and the audit names them dropped too."""
         db = self._db
         assert db is not None
+        if self.audit is not None and not retry and self.audit.backoff_in():
+            return None
         first = last = None
         count = 0
-        for seq_first, seq_last in db.execute("SELECT seq_first, seq_last FROM batches WHERE seq_first < ? "
-                                              "ORDER BY seq_first", (below,)):
-            first = seq_first if first is None else first
-            last = seq_last
-            count += seq_last - seq_first + 1
-            if count >= overflow:
-                break
+        try:
+            for seq_first, seq_last in db.execute("SELECT seq_first, seq_last FROM batches WHERE seq_first < ? "
+                                                  "ORDER BY seq_first", (below,)):
+                first = seq_first if first is None else first
+                last = seq_last
+                count += seq_last - seq_first + 1
+                if count >= overflow:
+                    break
+        except sqlite3.Error as exc:
+            log.error("spool full (%d readings): cannot find the oldest rows now (%s); the next commit tries again",
+                      self.max_readings, exc)
+            return None
         if first is None or last is None:
             return None
         try:
@@ -950,6 +998,7 @@ class Spool:
         if not self._acks:
             self._acks_since = asyncio.get_running_loop().time()
         self._acks.append((first, last, waiter))
+        self._acked_pending += last - first + 1
         self._ack_awaited = self._ack_awaited or waiter is not None
         self._forget(first, last)
         self._flush_later()             # an ack alone never hurries a commit: it rides on the next one due
@@ -969,8 +1018,21 @@ class Spool:
             "SELECT seq, reason FROM quarantine ORDER BY seq").fetchall())
 
     # -- metrics -----------------------------------------------------------
+    @property
+    def _oldest_unacked_ms(self) -> int | None:
+        """The acceptance time of the oldest committed, unacked row: the oldest held in memory when every
+        unacked row is held there (acked ones are let go at once), else the oldest in the table (an acked
+        row whose delete waits may count then)."""
+        unacked = self.depth
+        if not unacked:
+            return None
+        if self._acked_pending and self._recent and unacked == self._recent_readings:
+            return self._recent[0].accepted_ms
+        return self._oldest_ms
+
     def oldest_age_s(self) -> float:
-        return 0.0 if self._oldest_ms is None else max(0.0, self.clock() - self._oldest_ms / 1000)
+        oldest = self._oldest_unacked_ms
+        return 0.0 if oldest is None else max(0.0, self.clock() - oldest / 1000)
 
     def refresh_metrics(self) -> None:
         """Set the depth and oldest-unacked-age gauges (the age grows while nothing happens: call it periodically)."""
@@ -978,31 +1040,34 @@ class Spool:
 
     def _update_metrics(self) -> None:
         if self.metrics is not None:
-            self.metrics.spool_depth.set(self._depth)
+            self.metrics.spool_depth.set(self.depth)
             self.metrics.spool_oldest_age.set(self.oldest_age_s())
 
 
-_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq")
+_MARK_KEYS = ("audit_dev", "audit_ino", "audit_offset", "audit_seq", "audit_crc")
 
 
 def _read_mark(db: sqlite3.Connection) -> AuditMark | None:
     """The audit position ``meta`` records (None when it records none: a spool of an older agent, which
-    fsync'd every commit); a damaged one names no file (the audit log is then checked whole)."""
+    fsync'd every commit; without ``audit_crc``: written before it was recorded); a damaged one names no
+    file (the audit log is then read whole, cut only in the region that can be unsynced)."""
     stored = {key: value for key, value in db.execute("SELECT key, value FROM meta") if key in _MARK_KEYS}
     if not stored:
         return None
     values = [stored.get(key) for key in _MARK_KEYS]
+    if "audit_crc" not in stored:
+        values[-1] = 0
     if not all(type(v) is int and v >= 0 for v in values):
         log.error("spool: the audit log position in table meta is damaged (%s): checking the whole audit log",
                   dict(zip(_MARK_KEYS, values)))
         return AuditMark((-1, -1), 0, 0)
-    dev, ino, offset, seq = values
-    return AuditMark((dev, ino), offset, seq)
+    dev, ino, offset, seq, crc = values
+    return AuditMark((dev, ino), offset, seq, crc if "audit_crc" in stored else None)
 
 
 def _write_mark(db: sqlite3.Connection, mark: AuditMark) -> None:
     db.executemany("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq)))
+                   zip(_MARK_KEYS, (*mark.identity, mark.offset, mark.seq, mark.crc or 0)))
 
 
 def _upgrade_sync(db: sqlite3.Connection) -> None:

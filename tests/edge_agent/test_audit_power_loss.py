@@ -13,8 +13,10 @@ durable (an fsync that fails keeps every row).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
+import shutil
 import sqlite3
 import stat
 import tempfile
@@ -279,7 +281,7 @@ def test_no_row_is_deleted_while_the_audit_cannot_be_fsyncd(tmp_path: Path, monk
             leased = await spool.lease(6)
             with pytest.raises(AuditError):
                 await spool.ack(leased[0].seq_first, leased[-1].seq_last)   # its delete needs the fsync
-            assert rows() == 24 and spool.depth == 24
+            assert rows() == 24 and spool.depth == 18       # 6 acked, their delete waits
             failing["on"] = False
             await spool.append(_batch(8))
             await spool.flush()                          # the kept ack and the cap's drop, after the fsync
@@ -432,3 +434,195 @@ def test_reopen_fsyncs_the_folder_of_the_new_file(tmp_path: Path, monkeypatch: p
     log.close()
     assert (folder.st_dev, folder.st_ino) in folders
     assert verify([audit_path.with_name("audit.log.1"), audit_path]).links == 1
+
+
+def _failing_audit_fsync(monkeypatch: pytest.MonkeyPatch, audit_path: Path) -> tuple[dict[str, bool], list[int]]:
+    """os.fsync of the audit file raises EIO while ``failing["on"]``; ``tries`` counts those failures."""
+    failing, tries = {"on": False}, []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if failing["on"] and os.path.samestat(os.fstat(fd), os.stat(audit_path)):
+            tries.append(fd)
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync(fd)
+    monkeypatch.setattr(audit_module.os, "fsync", fsync)
+    return failing, tries
+
+
+def _spooled_seqs(directory: Path) -> list[int]:
+    db = sqlite3.connect(directory / "spool.db")
+    try:
+        return [s for first, last in db.execute("SELECT seq_first, seq_last FROM batches ORDER BY seq_first")
+                for s in range(first, last + 1)]
+    finally:
+        db.close()
+
+
+def test_an_ack_waiting_for_a_failing_audit_fsync_does_not_hold_back_new_rows(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's fsync fails (EIO) with an ack pending: the new rows still commit at each group commit
+    (the ack's delete waits), the disk is tried again with a back-off (not at every commit, each of which
+    would write every buffered record again), and once the fsync works the ack's rows leave and every
+    reading is audited once."""
+    monkeypatch.setattr(audit_module, "SYNC_INTERVAL_S", 0.5)
+    audit_path = tmp_path / "audit.log"
+    failing, tries = _failing_audit_fsync(monkeypatch, audit_path)
+
+    async def go() -> tuple[int, int]:
+        async with Spool(tmp_path / "spool", site="s1", fsync_batch=30, audit=AuditLog(audit_path)) as spool:
+            await spool.append(_batch(0))
+            await spool.flush()
+            failing["on"] = True
+            leased = await spool.lease(10)
+            spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+            deadline = time.monotonic() + 2.5           # the ack falls due after SYNC_INTERVAL_S
+            i = 1
+            while time.monotonic() < deadline:
+                await spool.append(_batch(i))
+                i += 1
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert spool._committed_seq >= 3 * i - 6, (spool._committed_seq, 3 * i)   # at most one group waits
+            assert _spooled_seqs(tmp_path / "spool")[:3] == [1, 2, 3]                 # the ack's delete waits
+            assert len(tries) <= 4, tries                   # 1 s, 2 s back-off: not one try per commit
+            failing["on"] = False
+            await spool.flush()
+            return 3 * i, spool.depth
+
+    accepted, depth = asyncio.run(go())
+    assert depth == accepted - 3 and _spooled_seqs(tmp_path / "spool") == list(range(4, accepted + 1))
+    assert verify(audit_path).ok and sorted(read_audit(audit_path).readings) == list(range(1, accepted + 1))
+
+
+def test_close_commits_every_buffered_row_when_the_audit_cannot_be_synced(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's fsync fails (ENOSPC) with an ack pending and rows buffered: close commits the rows (their
+    records go out at the next start's re-audit); only the ack is lost (its rows are sent again)."""
+    audit_path = tmp_path / "audit.log"
+    failing, _ = _failing_audit_fsync(monkeypatch, audit_path)
+
+    async def go() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", flush_interval_s=30, audit=AuditLog(audit_path))
+        await spool.open()
+        await spool.append(_batch(0))
+        await spool.flush()
+        failing["on"] = True
+        leased = await spool.lease(10)
+        spool.ack_nowait(leased[0].seq_first, leased[-1].seq_last)
+        for i in range(1, 5):
+            await spool.append(_batch(i))               # accepted: seqs 4..15, buffered
+        with pytest.raises(AuditError):                 # the audit log's own close cannot sync
+            await spool.close()
+
+    asyncio.run(go())
+    assert _spooled_seqs(tmp_path / "spool") == list(range(1, 16))
+    failing["on"] = False
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+    assert asyncio.run(restart()) == 15
+    assert verify(audit_path).ok and sorted(read_audit(audit_path).readings) == list(range(1, 16))
+
+
+def _deliver_all_but_the_last(directory: Path, commits: int = 20) -> None:
+    """``commits`` commits of 3 readings; every row but the last one's acked and deleted; a clean close."""
+
+    async def go() -> None:
+        async with Spool(directory / "spool", site="s1", audit=AuditLog(directory / "audit.log")) as spool:
+            for i in range(commits):
+                await spool.append(_batch(i))
+                await spool.flush()
+            leased = await spool.lease(3 * commits - 3)
+            await spool.ack(leased[0].seq_first, leased[-1].seq_last)
+            assert spool.depth == 3
+    asyncio.run(go())
+
+
+def test_a_copied_audit_file_is_matched_by_content_and_old_damage_is_reported_not_cut(tmp_path: Path) -> None:
+    """The audit file copied back (a restore, a move to another disk: same bytes, another inode): the mark's
+    position is found by the CRC of the record ending there, so a record damaged long ago in the fsync'd
+    region is left for ``verify`` to report; cutting there deleted every later record, of rows long
+    delivered and deleted, and ``verify`` then said OK."""
+    _deliver_all_but_the_last(tmp_path)
+    audit_path = tmp_path / "audit.log"
+    at, length = _records(audit_path, 0)[3]
+    _damage(audit_path, at, length, "garble")
+    shutil.copy2(audit_path, tmp_path / "copy")
+    (tmp_path / "copy").replace(audit_path)
+    before = audit_path.read_bytes()
+    assert _restart(tmp_path) == (3, 0)                 # nothing after the recorded offset to check
+    assert audit_path.read_bytes() == before
+    summary = verify(audit_path)
+    assert summary.corrupt is not None and summary.corrupt.offset == at
+    assert summary.readings == 57 and (summary.seq_min, summary.seq_max) == (1, 60)
+
+
+def test_without_the_marks_position_only_the_region_that_can_be_unsynced_is_cut(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mark in meta is damaged (or names a position the file lacks): the file is read whole, but only
+    its last ``SYNC_BYTES`` can hold records written and not fsync'd (``sync_due`` fsyncs before a write
+    would leave more): a torn record there is cut and its row audited again; a record damaged before it
+    is durable damage, reported by ``verify``, not cut."""
+    monkeypatch.setattr(audit_module, "SYNC_BYTES", 1000)
+    _deliver_all_but_the_last(tmp_path)
+    audit_path = tmp_path / "audit.log"
+    records = _records(audit_path, 0)
+    old_at, old_length = records[3]
+    _damage(audit_path, old_at, old_length, "garble")
+    last_at, last_length = records[-1]                 # the record of the row still spooled: seq 58..60
+    assert decode_record(audit_path.read_bytes()[last_at:last_at + last_length - 1])["seq_first"] == 58
+    _damage(audit_path, last_at, last_length, "torn")
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    with db:
+        db.execute("UPDATE meta SET value = -1 WHERE key = 'audit_offset'")
+    db.close()
+    before = audit_path.read_bytes()
+    assert _restart(tmp_path)[0] == 3
+    data = audit_path.read_bytes()
+    assert data[:last_at] == before[:last_at]
+    repair = decode_record(data[last_at:].split(b"\n")[0])
+    assert repair["k"] == "repair" and repair["at_offset"] == last_at
+    summary = verify(audit_path)
+    assert summary.corrupt is not None and summary.corrupt.offset == old_at
+    assert summary.readings == 57 and (summary.seq_min, summary.seq_max) == (1, 60)   # 58..60 audited again
+
+
+def test_a_file_that_cannot_be_cut_back_after_a_failed_fsync_is_not_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fsync fails, then the ftruncate that takes back the unsynced records fails too: those records may
+    stay in the file, so writing them again audited their rows twice. The log writes nothing more; the next
+    start checks the region from the mark and audits again only the rows whose records are not there."""
+    audit_path = tmp_path / "audit.log"
+    failing, _ = _failing_audit_fsync(monkeypatch, audit_path)
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        if failing["on"]:
+            raise OSError(errno.EIO, "Input/output error")
+        real_ftruncate(fd, length)
+    monkeypatch.setattr(audit_module.os, "ftruncate", ftruncate)
+
+    async def go() -> None:
+        spool = Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path))
+        await spool.open()
+        await spool.append(_batch(0))
+        await spool.flush()                             # its record written, not fsync'd
+        failing["on"] = True
+        leased = await spool.lease(10)
+        with pytest.raises(AuditError):
+            await spool.ack(leased[0].seq_first, leased[-1].seq_last)
+        failing["on"] = False
+        await spool.append(_batch(1))
+        await spool.flush()                             # committed; the log writes nothing more
+        with contextlib.suppress(AuditError):           # the log's own close cannot sync
+            await spool.close()
+
+    asyncio.run(go())
+    batches = [body["seq_first"] for body in map(decode_record, audit_path.read_bytes().splitlines())
+               if body["k"] == "b"]
+    assert batches == [1]                               # written once (again, it was twice: 1, 1, 4)
+    assert _restart(tmp_path)[0] == 6                   # no delete while the log could not be synced
+    summary = verify(audit_path)
+    assert summary.ok and summary.readings == 6 and (summary.seq_min, summary.seq_max) == (1, 6)
