@@ -246,6 +246,9 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         self.shared = shared
         self._out: list[bytes] = []         # shared: the requests of this turn of the loop, written together
         self._answers = 0                   # answers received: a timeout with answers since is one unit's, not the link's
+        # A shared link under suspicion: (answers then, the youngest request's deadline then). A timeout with no
+        # answer since its request left drops the link only once the requests younger than it had their chance.
+        self._suspect: tuple[int, float] | None = None
         self._slots = _Slots(limit)
         self._framer = FramerSocket(DecodePDU(is_server=False))
         self._transport: asyncio.Transport | None = None
@@ -345,6 +348,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             self._timer = None
         self._buffer.clear()
         self._out.clear()
+        self._suspect = None
         waiting, self._waiting = self._waiting, {}
         for future, *_ in waiting.values():
             self._slots.release()
@@ -356,7 +360,9 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
 
         A timeout drops the connection (a late answer must not be taken for a later request's), except on
         a shared one that has received answers since the request was sent: there the connection is alive,
-        one unit is silent, and only its request fails (its late answer, if any, has no one waiting)."""
+        one unit is silent, and only its request fails (its late answer, if any, has no one waiting). With
+        no answer since, a shared link is only suspect while younger requests wait (their units' polls
+        may be staggered): it is dropped when the youngest of them times out with still no answer."""
         self._timer = None
         now = asyncio.get_running_loop().time()
         waiting = self._waiting
@@ -370,8 +376,17 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
             if future.done():               # given up on by its caller: forget it, the connection is fine
                 continue
             future.set_exception(asyncio.TimeoutError())
-            if self.shared and answers != self._answers:
-                continue
+            if self.shared:
+                if answers != self._answers:
+                    continue
+                suspect = self._suspect
+                if suspect is not None and suspect[0] != self._answers:
+                    suspect = None                  # answers came since the suspicion: it is void
+                if suspect is None and waiting:
+                    self._suspect = (self._answers, next(reversed(waiting.values()))[4])
+                    continue
+                if suspect is not None and deadline < suspect[1] - TIMER_SLACK_S:
+                    continue                        # older than the youngest request of the suspicion
             self._drop(f"no answer from {self.host}:{self.port} within {self.timeout_s:g}s")
             return
 

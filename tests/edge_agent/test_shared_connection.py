@@ -5,6 +5,7 @@ and block splitting, and reconnection — against the pipelining pymodbus simula
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from pathlib import Path
 
@@ -254,3 +255,43 @@ def test_a_silent_gateway_drops_the_shared_connection_and_it_is_reopened() -> No
     assert any(isinstance(e, DeviceTimeout) for e in errors[:2]) and any(isinstance(e, DeviceTimeout) for e in errors[2:])
     assert connections == 2                    # one per round: shared by both devices, reopened after the drop
     assert elapsed < 2 * 0.3 * 4, elapsed      # the two devices waited together, not one after another
+
+
+def test_a_live_units_read_survives_a_silent_units_timeout_when_their_polls_are_staggered() -> None:
+    """Unit 2 is silent; unit 1 answers after 150 ms, inside its 0.4 s timeout, and its read leaves 300 ms
+    after unit 2's. Nothing arrives between unit 2's read and its deadline, yet unit 1's read is still
+    young: the link is only suspect, and unit 1 gets its answer (the connection was dropped before)."""
+    async def scenario() -> tuple[bytes, bool]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            buf = b""
+            while data := await reader.read(4096):
+                buf += data
+                while len(buf) >= 12:
+                    tid, _, length, unit = struct.unpack(">HHHB", buf[:7])
+                    frame, buf = buf[:6 + length], buf[6 + length:]
+                    code, _, count = struct.unpack(">BHH", frame[7:12])
+                    if unit == 2:
+                        continue
+                    body = bytes([code, 2 * count]) + bytes(2 * count)
+                    loop.call_later(0.15, writer.write, struct.pack(">HHHB", tid, 0, len(body) + 1, unit) + body)
+
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        devs = [device(f"u{u}", port, points(4, prefix=f"U{u}_"), unit=u, connection="shared", timeout_s=0.4,
+                       retries=0) for u in (1, 2)]
+        shared = SharedConnections(devs)
+        live, silent = (ModbusSource(d, shared=shared) for d in devs)
+        try:
+            await live.connect()
+            await silent.connect()
+            dead = asyncio.ensure_future(silent.read_raw(plan_reads(devs[1])[0]))
+            await asyncio.sleep(0.3)
+            answer = await live.read_raw(plan_reads(devs[0])[0])       # sent at 0.3 s, answered at 0.45 s
+            failed = await asyncio.gather(dead, return_exceptions=True)
+            return answer, isinstance(failed[0], DeviceTimeout)
+        finally:
+            shared.close()
+            server.close()
+
+    assert asyncio.run(scenario()) == (bytes(8), True)
