@@ -244,7 +244,11 @@ class Spool:
         self._lease_cursor = 0           # highest seq handed out by lease() since the last release
         self._committed_seq = 0          # highest committed seq
         self._depth = 0                  # committed readings not deleted yet (dropped / quarantined / acked)
-        self._acked_pending = 0          # readings in the ranges of _acks: acked, their DELETE not committed
+        # Readings acked (the ranges of ack calls, written on the loop) and of those, deleted (written on the
+        # I/O thread, before _depth drops by them): one writer each, so ``depth`` read on the loop during a
+        # commit never subtracts a deleted ack twice (it may count it once more for an instant).
+        self._acked_total = 0
+        self._acked_deleted = 0
         self._oldest_ms: int | None = None
         # Committed, unacked batches in seq order, newest last: lease() serves them without reading
         # them back from disk. Every committed unacked row with seq_first >= _memory_from is here.
@@ -458,6 +462,11 @@ class Spool:
             self.audit.close()
 
     # -- appending ---------------------------------------------------------
+    @property
+    def _acked_pending(self) -> int:
+        """Readings in the ranges of ``_acks``: acked, their DELETE not committed yet."""
+        return self._acked_total - self._acked_deleted
+
     @property
     def depth(self) -> int:
         """Committed readings not yet acknowledged (acked ones whose delete waits for a commit left out)."""
@@ -685,8 +694,6 @@ class Spool:
                 self._keep_acks(acks, acks_since, AuditError(f"audit log {self.audit.path}: cannot be synced "
                                                              f"(the ack's delete waits for it)"))
                 deleted = []
-            else:                           # their rows are deleted (and _depth counts that)
-                self._acked_pending -= sum(last - first + 1 for first, last, _ in acks)
             for (_, _, waiter), count in zip(acks, deleted):
                 if waiter is not None and not waiter.done():
                     waiter.set_result(count)
@@ -781,6 +788,7 @@ class Spool:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
         self._saved_mark = mark or self._saved_mark
+        self._acked_deleted += sum(last - first + 1 for first, last in acks)    # before _depth: see __init__
         self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:
             for (record, shape), row in zip(records, rows):
@@ -998,7 +1006,7 @@ class Spool:
         if not self._acks:
             self._acks_since = asyncio.get_running_loop().time()
         self._acks.append((first, last, waiter))
-        self._acked_pending += last - first + 1
+        self._acked_total += last - first + 1
         self._ack_awaited = self._ack_awaited or waiter is not None
         self._forget(first, last)
         self._flush_later()             # an ack alone never hurries a commit: it rides on the next one due

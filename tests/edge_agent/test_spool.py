@@ -808,3 +808,34 @@ def test_acked_rows_whose_delete_waits_are_not_counted_in_the_depth_or_the_oldes
             assert spool.depth == 0 and spool._depth == 0 and spool._acked_pending == 0
 
     run(go())
+
+
+def test_depth_read_during_a_commit_never_counts_a_deleted_ack_twice(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit lowers the table's count on the I/O thread; the loop may read ``depth`` before it has
+    the commit's result (the agent's shutdown waits on it, then stops the drain). Read right after the
+    commit's own bookkeeping, the depth is the true number of unacked readings: with an ack's readings
+    subtracted twice it read 1 of 6, and the shutdown cut in-flight rows' acks (rows left in the spool)."""
+    seen: list[int] = []
+    commit = Spool._commit_sync
+
+    def spy(self: Spool, *args: object) -> object:
+        result = commit(self, *args)
+        seen.append(self.depth)          # on the I/O thread: the loop has not seen the result yet
+        return result
+
+    monkeypatch.setattr(Spool, "_commit_sync", spy)
+
+    async def go() -> int:
+        async with Spool(tmp_path, site="s1", min_commit_interval_s=0) as spool:
+            for i in range(10):
+                await _add(spool, i)
+            await spool.flush()
+            leased = await spool.lease(100)
+            spool.ack_nowait(leased[0].seq_first, leased[4].seq_last)        # 5 acked, 5 unacked
+            await _add(spool, 10)
+            await spool.flush()                                             # deletes the 5, adds 1
+            return spool.depth
+
+    assert run(go()) == 6
+    assert seen[-1] == 6, seen
