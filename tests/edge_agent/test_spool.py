@@ -589,9 +589,9 @@ def test_acks_ride_on_the_next_commit_and_acked_rows_are_not_leased_again(tmp_pa
     commits: list[tuple[int, int]] = []
     original = Spool._commit_sync
 
-    def counting(self, rows, records, next_seq, acks, new_points, retry=True):
+    def counting(self, rows, records, acks, new_points, new_shapes, retry=True):
         commits.append((len(rows), len(acks)))
-        return original(self, rows, records, next_seq, acks, new_points, retry)
+        return original(self, rows, records, acks, new_points, new_shapes, retry)
 
     monkeypatch.setattr(Spool, "_commit_sync", counting)
 
