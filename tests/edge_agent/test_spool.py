@@ -240,6 +240,16 @@ def test_bad_parameters_are_refused(tmp_path: Path) -> None:
         Spool(tmp_path, site="s1", max_readings=0)
 
 
+def test_deleted_rows_are_zeroed_only_where_that_costs_no_write(tmp_path: Path) -> None:
+    """Debian builds SQLite with SECURE_DELETE on, which zeroes every acked row's page and writes it again
+    (WAL and checkpoint): the spool asks for FAST (2)."""
+    async def go() -> int:
+        async with Spool(tmp_path, site="s1") as spool:
+            return spool._db.execute("PRAGMA secure_delete").fetchone()[0]     # type: ignore[union-attr]
+
+    assert run(go()) == 2
+
+
 def test_nothing_is_leased_before_it_is_committed(tmp_path: Path) -> None:
     """Written (fsync'd) before published: lease() only sees committed rows; the timer commits a partial batch."""
     async def go() -> tuple[list[int], list[int], int]:
