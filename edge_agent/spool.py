@@ -43,7 +43,7 @@ range, one audit record. Lifecycle::
                     │ never sooner than ``min_commit_interval_s`` after the last commit
                     │ began (groups that fill faster commit together: fewer fsyncs)
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
-            point-table entries, INSERT one row per batch + next_seq (+ the
+            point-table and shape entries, INSERT one row per batch + next_seq (+ the
             audit mark) in one transaction (fsync), then one audit record per
             batch, written (fsync'd every 1 s / 4 MiB); over the cap: the
             ``drop`` record and an audit fsync, then the drop's DELETE
@@ -85,7 +85,10 @@ else delivered; the audit then names them both audited and dropped).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
-and ``q`` a list instead when the readings differ — and names each reading's
+and ``q`` a list instead when the readings differ, ``"s": shape id`` instead of
+``p`` for a block polled again (``Shape.sid``: the list stored once in table
+``shapes``, in the same transaction as the first row naming it, never deleted,
+bounded; a row naming an id the table lacks is quarantined) — and names each reading's
 (asset, point, unit, sensor) by its id in the ``points`` table
 (``edge_agent.point_table``; each entry with its CRC32, written in the same
 transaction as the first row naming it, never deleted): about 11 bytes a
@@ -96,6 +99,9 @@ list of 7 columns: ts_ms, asset, point, value, unit, quality, sensor) are
 still read as they are; a spool written by an older agent still (one row per
 reading, table ``spool``) is converted at open, in one transaction, into
 one-reading batches of that 7-column form.
+
+Deleted rows are zeroed only where that costs no extra write (``secure_delete=FAST``;
+Debian's SQLite zeroes every freed page and writes it again by default).
 
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
