@@ -378,3 +378,32 @@ def test_a_row_with_both_p_and_s_is_a_value_error() -> None:
     with pytest.raises(ValueError, match="both p and s"):
         _decode(1, 3, 0, orjson.dumps({"p": list(shape.ids), "s": shape.sid, "t": 1, "v": [1.0] * 3, "q": "good"}),
                 points)
+
+
+def test_a_spool_of_the_previous_version_without_a_shape_table_opens_and_delivers(tmp_path: Path) -> None:
+    """Rows with inline ``p`` and no ``shapes`` table (the previous version's file): read back, and new rows of
+    a repeating block name a shape stored in the table the open created."""
+    async def write() -> None:
+        async with Spool(tmp_path, site="s1") as spool:
+            for ts in (1, 2):
+                await spool.append(_block(ts, tuple(map(list, _block_names("tx1")))))    # type: ignore[arg-type]
+                await spool.flush()
+
+    run(write())
+    db = sqlite3.connect(tmp_path / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM shapes").fetchone() == (0,)
+    db.execute("DROP TABLE shapes")
+    db.commit()
+    db.close()
+
+    async def reopen() -> list[tuple[int, float]]:
+        async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
+            block = _block_names("tx1")
+            for ts in (3, 4):
+                await spool.append(_block(ts, block))
+            await spool.flush()
+            return [(r.seq, r.value) for b in await spool.lease(100) for r in b.readings()]
+
+    assert run(reopen()) == [(seq, float(1 + (seq - 1) // 3 + (seq - 1) % 3)) for seq in range(1, 13)]
+    rows, shapes = _stored(tmp_path)
+    assert [row.get("s") for row in rows] == [None, None, 1, 1] and shapes == [(1, rows[0]["p"])]
