@@ -16,6 +16,15 @@ device read that repeats the previous one's points costs one dictionary lookup
 and four identity tests; other columns are memoised by their contents (four
 tuple builds and one lookup). A batch's ``p`` column is encoded to JSON once
 (``Shape.p_json``).
+
+A shape that repeats — a batch handed the same four lists as an earlier one,
+i.e. a whole block polled again — also gets a small integer id of its own
+(``Shape.sid``, table ``shapes``, written in the same transaction as the first
+row that uses it, never deleted), and the spool row names it instead of its
+``p`` list (about 290 of a 99-reading row's 1100 bytes). At most
+:data:`MAX_STORED_SHAPES` shapes get one, so the table stays bounded; the
+subsets that report by exception makes get none (the poller builds new lists
+for each) and stay inline, as do all shapes past the bound.
 """
 
 from __future__ import annotations
@@ -28,23 +37,27 @@ import orjson
 from edge_agent.batch import ReadingBatch
 from ems_contract.telemetry import check_finite
 
-__all__ = ["PointTable", "Shape", "Point", "Columns", "shared_columns"]
+__all__ = ["PointTable", "Shape", "Point", "Columns", "shared_columns", "MAX_STORED_SHAPES"]
 
 Point = tuple[str, str, str, str]
 """(asset, point, unit, sensor)"""
 
 _MAX_SHAPES = 4096
 _MAX_LISTS = 64         # batches whose column lists are held to be recognised by identity
+MAX_STORED_SHAPES = 1024
+"""The most shapes that get an id (``Shape.sid``) in one spool: a few per configured block, room for reconfigurations."""
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(slots=True, eq=False)
 class Shape:
     """The point ids of one batch's readings (``ids``, one per reading), the distinct ones in order of
-    appearance (``distinct``) and ``ids`` as a JSON fragment (``p_json``). Compared by identity."""
+    appearance (``distinct``), ``ids`` as a JSON fragment (``p_json``) and the shape's own id once it
+    repeated (``sid``; 0 while it has none). Compared by identity; only ``PointTable`` sets ``sid``."""
 
     ids: tuple[int, ...]
     distinct: tuple[int, ...]
     p_json: orjson.Fragment
+    sid: int = 0
 
 
 Columns = tuple["int | list[int]", orjson.Fragment, "str | list[str]"]
@@ -73,6 +86,10 @@ class PointTable:
         self._shapes: dict[tuple[tuple[str, ...], ...], Shape] = {}
         # id(asset list) → (asset, point, unit, sensor lists, their shape); holding the lists keeps their ids theirs
         self._lists: dict[int, tuple[list[str], list[str], list[str], list[str], Shape]] = {}
+        self._shape_ids: dict[int, tuple[int, ...]] = {}     # sid → point ids, stored or about to be
+        self._sids: dict[tuple[int, ...], int] = {}          # the reverse
+        self._next_sid = 1
+        self._unsaved_shapes: list[tuple[int, tuple[int, ...]]] = []
 
     def __len__(self) -> int:
         return len(self._points)
@@ -91,17 +108,35 @@ class PointTable:
             raise ValueError(f"point id {pid!r} is not in the point table")
         return point
 
+    def load_shapes(self, shapes: Iterable[tuple[int, tuple[int, ...]]], highest: int = 0) -> None:
+        """Add shapes read back from storage; shape ids up to ``highest`` (corrupt rows included) are taken."""
+        for sid, ids in shapes:
+            self._shape_ids[sid] = ids
+            self._sids.setdefault(ids, sid)
+        self._next_sid = max(self._next_sid, highest + 1, max(self._shape_ids, default=0) + 1)
+
+    def shape_ids(self, sid: int) -> tuple[int, ...]:
+        """The point ids of shape ``sid``; ValueError when there is none (a corrupt or foreign row)."""
+        ids = self._shape_ids.get(sid) if type(sid) is int else None
+        if ids is None:
+            raise ValueError(f"shape id {sid!r} is not in the shape table")
+        return ids
+
     def shape(self, batch: ReadingBatch) -> Shape:
-        """The ids of ``batch``'s points, assigning new ids to points never seen (``take_unsaved``)."""
+        """The ids of ``batch``'s points, assigning new ids to points never seen (``take_unsaved``), and a
+        shape id to a shape found by its lists a second time (``take_unsaved_shapes``)."""
         asset, point, unit, sensor = batch.asset, batch.point, batch.unit, batch.sensor
         held = self._lists.get(id(asset))
         if held is not None and held[0] is asset and held[1] is point and held[2] is unit and held[3] is sensor:
-            return held[4]
+            shape = held[4]
+            if not shape.sid and len(self._shape_ids) < MAX_STORED_SHAPES:
+                self._store(shape)
+            return shape
         key = (tuple(asset), tuple(point), tuple(unit), tuple(sensor))
         shape = self._shapes.get(key)
         if shape is None:
             ids = tuple(map(self._id, zip(*key)))
-            shape = Shape(ids, tuple(dict.fromkeys(ids)), orjson.Fragment(orjson.dumps(ids)))
+            shape = Shape(ids, tuple(dict.fromkeys(ids)), orjson.Fragment(orjson.dumps(ids)), self._sids.get(ids, 0))
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
             self._shapes[key] = shape
@@ -119,6 +154,14 @@ class PointTable:
             self._unsaved.append((pid, point))
         return pid
 
+    def _store(self, shape: Shape) -> None:
+        shape.sid = self._sids.get(shape.ids, 0)
+        if not shape.sid:
+            shape.sid = self._sids[shape.ids] = self._next_sid
+            self._shape_ids[shape.sid] = shape.ids
+            self._next_sid += 1
+            self._unsaved_shapes.append((shape.sid, shape.ids))
+
     def take_unsaved(self) -> list[tuple[int, Point]]:
         """The points assigned since the last call: the caller stores them with the rows that use them."""
         unsaved, self._unsaved = self._unsaved, []
@@ -127,3 +170,12 @@ class PointTable:
     def give_back(self, unsaved: list[tuple[int, Point]]) -> None:
         """Points whose storing failed: the next ``take_unsaved`` returns them again."""
         self._unsaved[:0] = unsaved
+
+    def take_unsaved_shapes(self) -> list[tuple[int, tuple[int, ...]]]:
+        """The shape ids assigned since the last call: the caller stores them with the rows that use them."""
+        unsaved, self._unsaved_shapes = self._unsaved_shapes, []
+        return unsaved
+
+    def give_back_shapes(self, unsaved: list[tuple[int, tuple[int, ...]]]) -> None:
+        """Shapes whose storing failed: the next ``take_unsaved_shapes`` returns them again."""
+        self._unsaved_shapes[:0] = unsaved

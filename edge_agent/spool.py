@@ -43,7 +43,7 @@ range, one audit record. Lifecycle::
                     │ never sooner than ``min_commit_interval_s`` after the last commit
                     │ began (groups that fill faster commit together: fewer fsyncs)
     commit: [audit fsync, when rows leave] the acked rows' DELETE, new
-            point-table entries, INSERT one row per batch + next_seq (+ the
+            point-table and shape entries, INSERT one row per batch + next_seq (+ the
             audit mark) in one transaction (fsync), then one audit record per
             batch, written (fsync'd every 1 s / 4 MiB); over the cap: the
             ``drop`` record and an audit fsync, then the drop's DELETE
@@ -85,7 +85,10 @@ else delivered; the audit then names them both audited and dropped).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
-and ``q`` a list instead when the readings differ — and names each reading's
+and ``q`` a list instead when the readings differ, ``"s": shape id`` instead of
+``p`` for a block polled again (``Shape.sid``: the list stored once in table
+``shapes``, in the same transaction as the first row naming it, never deleted,
+bounded; a row naming an id the table lacks is quarantined) — and names each reading's
 (asset, point, unit, sensor) by its id in the ``points`` table
 (``edge_agent.point_table``; each entry with its CRC32, written in the same
 transaction as the first row naming it, never deleted): about 11 bytes a
@@ -96,6 +99,9 @@ list of 7 columns: ts_ms, asset, point, value, unit, quality, sensor) are
 still read as they are; a spool written by an older agent still (one row per
 reading, table ``spool``) is converted at open, in one transaction, into
 one-reading batches of that 7-column form.
+
+Deleted rows are zeroed only where that costs no extra write (``secure_delete=FAST``;
+Debian's SQLite zeroes every freed page and writes it again by default).
 
 All SQLite and audit I/O runs on one dedicated thread (the connection is used
 by no other), so the event loop never blocks on disk.
@@ -143,6 +149,7 @@ CREATE TABLE IF NOT EXISTS batches (
     seq_first INTEGER PRIMARY KEY, seq_last INTEGER NOT NULL, accepted_ms INTEGER NOT NULL,
     data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS shapes (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
     quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
@@ -151,9 +158,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 def _encode(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -> bytes:
     """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``t``
-    and ``q`` one value when every reading shares it (``shared_columns``, or ``columns`` it returned);
-    ValueError for a NaN or infinite value."""
+    and ``q`` one value when every reading shares it (``shared_columns``, or ``columns`` it returned),
+    ``"s": shape id`` instead of ``p`` when the shape has one; ValueError for a NaN or infinite value."""
     ts, value, quality = columns or shared_columns(batch)
+    if shape.sid:
+        return orjson.dumps({"s": shape.sid, "t": ts, "v": value, "q": quality})
     return orjson.dumps({"p": shape.p_json, "t": ts, "v": value, "q": quality})
 
 
@@ -178,6 +187,10 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
         raise ValueError(f"row {seq_first}..{seq_last} is not JSON ({exc})") from None
     if isinstance(stored, dict):
         ids, ts, value, quality = (stored.get(key) for key in ("p", "t", "v", "q"))
+        if "s" in stored:
+            if ids is not None:
+                raise ValueError(f"row {seq_first}..{seq_last}: both p and s")
+            ids = list(points.shape_ids(stored["s"]))
         if not isinstance(ids, list) or not ids or not isinstance(value, list) or len(value) != len(ids):
             raise ValueError(f"row {seq_first}..{seq_last}: p and v must be lists of one length")
         n = len(ids)
@@ -199,7 +212,8 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
     return batch
 
 
-def _point_row(pid: int, point: Point) -> tuple[int, bytes, int]:
+def _point_row(pid: int, point: Point | tuple[int, ...]) -> tuple[int, bytes, int]:
+    """A ``points`` or ``shapes`` row: id, the entry as JSON, its CRC32."""
     data = orjson.dumps(point)
     return pid, data, zlib.crc32(data)
 
@@ -318,6 +332,9 @@ class Spool:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
+            # Debian builds SQLite with SECURE_DELETE on: every acked row's page would be zeroed and written
+            # again (WAL and checkpoint). FAST zeroes deleted content only where that costs no extra write.
+            db.execute("PRAGMA secure_delete=FAST")
             db.executescript(_SCHEMA)
             owner = db.execute("SELECT site FROM owner").fetchone()
             if owner is None:
@@ -339,6 +356,7 @@ class Spool:
             first = db.execute("SELECT accepted_ms FROM batches ORDER BY seq_first LIMIT 1").fetchone()
             quarantined = db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             self._load_points_sync(db)
+            self._load_shapes_sync(db)
         except sqlite3.DatabaseError as exc:
             raise SpoolCorrupt(f"spool {self.path}: cannot open ({exc}); move the file aside to start a new "
                                "spool (its seq counter would restart)") from exc
@@ -379,6 +397,22 @@ class Spool:
                 continue
             good.append((pid, tuple(point)))  # type: ignore[arg-type]
         self.points.load(good, highest)
+
+    def _load_shapes_sync(self, db: sqlite3.Connection) -> None:
+        """Read the shape table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
+        good: list[tuple[int, tuple[int, ...]]] = []
+        highest = 0
+        for sid, data, crc in db.execute("SELECT id, data, crc FROM shapes"):
+            highest = max(highest, sid)
+            try:
+                ids = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
+            except orjson.JSONDecodeError:
+                ids = None
+            if not isinstance(ids, list) or not ids or not all(type(pid) is int for pid in ids):
+                log.error("spool %s: shape id %d is corrupt; rows naming it will be quarantined", self.path, sid)
+                continue
+            good.append((sid, tuple(ids)))
+        self.points.load_shapes(good, highest)
 
     def _reaudit_sync(self) -> None:
         """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
@@ -667,14 +701,14 @@ class Spool:
                 rows = list(map(_row, batches, shapes, columns))
                 records = [(batch_record(self.site, batch, shape, cols), shape)
                            for batch, shape, cols in zip(batches, shapes, columns)] if self.audit is not None else []
-                new_points = self.points.take_unsaved()
+                new_points, new_shapes = self.points.take_unsaved(), self.points.take_unsaved_shapes()
                 try:
-                    next_seq = batches[-1].seq_last + 1 if batches else self._next_seq
-                    dropped_range, deleted = await self._run(self._commit_sync, rows, records, next_seq,
+                    dropped_range, deleted = await self._run(self._commit_sync, rows, records,
                                                              [(first, last) for first, last, _ in acks], new_points,
-                                                             not whole_groups or awaited)
+                                                             new_shapes, not whole_groups or awaited)
                 except BaseException:
                     self.points.give_back(new_points)
+                    self.points.give_back_shapes(new_shapes)
                     raise
             except Exception as exc:
                 self._buffer[:0] = batches       # keep them, and the acks, for the next attempt
@@ -733,11 +767,12 @@ class Spool:
             self._memory_from = recent[0].seq_first
 
     def _commit_sync(self, rows: list[tuple[int, int, int, bytes, int]], records: list[tuple[bytes, Shape]],
-                     next_seq: int, acks: list[tuple[int, int]],
-                     new_points: list[tuple[int, Point]],
+                     acks: list[tuple[int, int]], new_points: list[tuple[int, Point]],
+                     new_shapes: list[tuple[int, tuple[int, ...]]],
                      retry: bool = True) -> tuple[tuple[int, int, int] | None, list[int] | None]:
-        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``
-        and ``rows`` (``_row``) and record the audit's last fsync in ``meta``; then write their audit
+        """One transaction: delete the rows inside each acked seq range of ``acks``, insert ``new_points``,
+        ``new_shapes``, ``rows`` (``_row``) and ``next_seq`` and record the audit's last fsync in ``meta``;
+        then write their audit
         ``records`` (``batch_record`` and the batch's shape), in seq order, fsync'd only when
         ``AuditLog.sync_due``. Returns the size cap's dropped range (or None) and how many readings each
         ack deleted (None when the audit could not be synced for them: the rows committed without the
@@ -778,11 +813,14 @@ class Spool:
                 if new_points:
                     db.executemany("INSERT OR REPLACE INTO points (id, data, crc) VALUES (?, ?, ?)",
                                    [_point_row(pid, point) for pid, point in new_points])
+                if new_shapes:
+                    db.executemany("INSERT OR REPLACE INTO shapes (id, data, crc) VALUES (?, ?, ?)",
+                                   [_point_row(sid, ids) for sid, ids in new_shapes])
                 if rows:
                     db.executemany("INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) "
                                    "VALUES (?, ?, ?, ?, ?)", rows)
                     db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
-                               "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (next_seq,))
+                               "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (rows[-1][1] + 1,))
                 mark = self._mark_in_transaction()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "

@@ -1,19 +1,19 @@
 """The spool's integers, checked when it opens: what its CRCs do not cover.
 
 A spool row's CRC covers its ``data`` only; the seq range, the acceptance time,
-the ``next_seq`` counter and the point ids are plain SQLite columns, and SQLite
+the ``next_seq`` counter and the point and shape ids are plain SQLite columns, and SQLite
 stores whatever it is given in them (a string, a real, 2**63-1). Read back
 unchecked, a text ``seq_last`` stopped the agent with a ``TypeError``, a real
 one made the next seq 3.5, and a counter or point id at 2**63-1 made the next
 commit fail forever (SQLite INTEGER ends there). :func:`spool_problem` names the
-first unusable ``next_seq`` or point id — table, row, value — so the spool refuses
+first unusable ``next_seq``, point or shape id — table, row, value — so the spool refuses
 to open with that message instead: every later seq or point depends on them. A
 ``batches`` row with an unusable seq range or acceptance time concerns only its
 own readings: :func:`quarantine_bad_rows` moves it to the ``quarantine`` table as
 it is (STYLE.md §8: a damaged row is quarantined, never dropped), as a row whose CRC
 does not match is when leased.
 
-Bound: seqs and point ids are at most :data:`MAX_ID` (2**62). A site publishing
+Bound: seqs, point and shape ids are at most :data:`MAX_ID` (2**62). A site publishing
 a million readings a second needs 146,000 years to reach it, and the point
 table grows only with the configured points, so a larger value comes only from
 a damaged or edited file; the headroom above it keeps every later ``+ 1`` inside
@@ -33,7 +33,7 @@ MAX_ID = 2**62
 
 
 def spool_problem(db: sqlite3.Connection) -> str | None:
-    """The first unusable integer in the tables ``meta`` and ``points`` of an open spool, or None.
+    """The first unusable integer in the tables ``meta``, ``points`` and ``shapes`` of an open spool, or None.
 
     Raises sqlite3.DatabaseError when the file cannot be read (the caller reports it as corrupt).
     """
@@ -41,10 +41,11 @@ def spool_problem(db: sqlite3.Connection) -> str | None:
                      "(typeof(value) = 'integer' AND value BETWEEN 1 AND ?)", (MAX_ID,)).fetchone()
     if row is not None:
         return f"table meta: next_seq is {shorten(row[0])}, not an integer 1..2**62"
-    row = db.execute("SELECT id FROM points WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1",
-                     (MAX_ID,)).fetchone()
-    if row is not None:
-        return f"table points: point id {shorten(row[0])} is not 1..2**62"
+    for table, name in (("points", "point"), ("shapes", "shape")):
+        row = db.execute(f"SELECT id FROM {table} WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1",  # noqa: S608
+                         (MAX_ID,)).fetchone()
+        if row is not None:
+            return f"table {table}: {name} id {shorten(row[0])} is not 1..2**62"
     return None
 
 

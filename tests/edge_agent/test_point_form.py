@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from edge_agent.audit import AuditLog, batch_record, decode_record, encode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
+from edge_agent import point_table
 from edge_agent.point_table import PointTable, shared_columns
 from edge_agent.spool import Spool, _decode, _row
 from ems_contract.telemetry import QUALITIES
@@ -50,10 +51,14 @@ def test_a_row_round_trips_through_the_point_form(stored: list[ReadingBatch]) ->
         seq_first, seq_last, accepted_ms, data, crc = _row(batch, points.shape(batch))
         assert crc == zlib.crc32(data)
         assert _fields(_decode(seq_first, seq_last, accepted_ms, data, points)) == _fields(batch)
-    reopened = PointTable()                              # what a restart reads back from the points table
-    reopened.load(points.take_unsaved())
     last = stored[-1]
-    assert _fields(_decode(*_row(last, points.shape(last))[:4], reopened)) == _fields(last)
+    again = _row(last, points.shape(last))              # the same lists again: the shape gets an id (``s``)
+    assert b'"s":' in again[3] and b'"p":' not in again[3]
+    assert _fields(_decode(*again[:4], points)) == _fields(last)
+    reopened = PointTable()                              # what a restart reads back from the points and shapes tables
+    reopened.load(points.take_unsaved())
+    reopened.load_shapes(points.take_unsaved_shapes())
+    assert _fields(_decode(*again[:4], reopened)) == _fields(last)
 
 
 @settings(max_examples=200, deadline=None)
@@ -268,3 +273,137 @@ def test_rows_naming_a_corrupt_point_entry_are_quarantined(tmp_path: Path) -> No
     assert quarantined == [(2, "point id 2 is not in the point table")]
     summary = verify(audit_path)
     assert summary.ok and summary.quarantined == 1 and summary.readings == 4
+
+
+def _block(ts: int, names: tuple[list[str], list[str], list[str], list[str]], n: int = 3) -> ReadingBatch:
+    """A batch of one block: every batch of it shares the same four name lists, as the poller hands them."""
+    asset, point, unit, sensor = names
+    return ReadingBatch([ts] * n, asset, point, [float(ts + i) for i in range(n)], unit, ["good"] * n, sensor)
+
+
+def _block_names(tag: str, n: int = 3) -> tuple[list[str], list[str], list[str], list[str]]:
+    return [tag] * n, [f"{tag}p{i}" for i in range(n)], ["kW"] * n, [f"{tag}S{i}" for i in range(n)]
+
+
+def _stored(directory: Path) -> tuple[list[dict], list[tuple[int, list[int]]]]:
+    db = sqlite3.connect(directory / "spool.db")
+    rows = [orjson.loads(data) for (data,) in db.execute("SELECT data FROM batches ORDER BY seq_first")]
+    shapes = [(sid, orjson.loads(data)) for sid, data in db.execute("SELECT id, data FROM shapes ORDER BY id")]
+    db.close()
+    return rows, shapes
+
+
+def test_a_repeating_block_names_its_shape_by_id_stored_with_its_first_row_and_read_back(tmp_path: Path) -> None:
+    """The first batch of a block carries its point ids (``p``); the next ones, the same lists again, the
+    shape's id (``s``), stored in the same commit; a filtered batch (new lists each time) stays inline; a
+    restart reads every form back and reuses the stored id, and a spool with only ``p`` rows still delivers."""
+    block, filtered = _block_names("tx1"), _block_names("tx2")
+
+    async def write() -> None:
+        async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
+            await spool.append(_block(10, block))
+            await spool.flush()
+            await spool.append(_block(20, block))
+            await spool.append(_block(30, tuple(map(list, filtered))))      # type: ignore[arg-type]
+            await spool.flush()
+            await spool.append(_block(40, tuple(map(list, filtered))))      # type: ignore[arg-type]
+
+    async def reopen() -> list[tuple]:
+        async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
+            again = _block_names("tx1")                   # equal lists after the restart: the stored shape by content
+            await spool.append(_block(50, again))
+            await spool.append(_block(60, again))
+            await spool.flush()
+        async with Spool(tmp_path, site="s1") as spool:
+            return [(r.seq, r.ts_ms, r.asset, r.point, r.value, r.quality) for b in await spool.lease(100)
+                    for r in b.readings()]
+
+    run(write())
+    rows, shapes = _stored(tmp_path)
+    assert [("s" in row, "p" in row) for row in rows] == [(False, True), (True, False), (False, True), (False, True)]
+    assert shapes == [(rows[1]["s"], rows[0]["p"])]
+    readings = run(reopen())
+    rows, shapes = _stored(tmp_path)
+    assert len(shapes) == 1 and [row.get("s") for row in rows[4:]] == [shapes[0][0]] * 2
+    expected = [(seq, ts, tag, f"{tag}p{i}", float(ts + i), "good")
+                for seq, (ts, tag, i) in enumerate(((ts, tag, i) for ts, tag in ((10, "tx1"), (20, "tx1"), (30, "tx2"),
+                                                                                 (40, "tx2"), (50, "tx1"), (60, "tx1"))
+                                                    for i in range(3)), start=1)]
+    assert readings == expected
+
+
+def test_shape_ids_are_bounded_and_past_the_bound_shapes_stay_inline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(point_table, "MAX_STORED_SHAPES", 2)
+    points = PointTable()
+    blocks = [_block_names(f"d{i}") for i in range(4)]
+    for ts in (1, 2):
+        shapes = [points.shape(_block(ts, names)) for names in blocks]
+    assert [shape.sid for shape in shapes] == [1, 2, 0, 0]
+    assert [sid for sid, _ in points.take_unsaved_shapes()] == [1, 2]
+    assert [b'"s":' in _row(_block(3, names).sequenced(1, 1), shape)[3] for names, shape in zip(blocks, shapes)] \
+        == [True, True, False, False]
+
+
+def test_rows_naming_a_corrupt_or_unknown_shape_are_quarantined(tmp_path: Path) -> None:
+    audit_path = tmp_path / "audit.log"
+    block = _block_names("tx1")
+
+    async def write() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            for ts in (1, 2, 3):
+                await spool.append(_block(ts, block))
+
+    run(write())
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    db.execute("UPDATE shapes SET data = CAST(? AS BLOB) WHERE id = 1", (b"[1,2,2]",))     # CRC kept: now wrong
+    db.commit()
+    db.close()
+
+    async def read() -> tuple[list[int], list[tuple[int, str]]]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return [b.seq_first for b in await spool.lease(10)], await spool.quarantined()
+
+    leased, quarantined = run(read())
+    assert leased == []                     # the three batches of one commit all name the shape
+    assert quarantined == [(seq, "shape id 1 is not in the shape table") for seq in (1, 4, 7)]
+    summary = verify(audit_path)
+    assert summary.ok and summary.quarantined == 3 and summary.readings == 9
+
+
+def test_a_row_with_both_p_and_s_is_a_value_error() -> None:
+    points = PointTable()
+    batch = _block(1, _block_names("tx1"))
+    points.shape(batch)
+    shape = points.shape(batch)
+    with pytest.raises(ValueError, match="both p and s"):
+        _decode(1, 3, 0, orjson.dumps({"p": list(shape.ids), "s": shape.sid, "t": 1, "v": [1.0] * 3, "q": "good"}),
+                points)
+
+
+def test_a_spool_of_the_previous_version_without_a_shape_table_opens_and_delivers(tmp_path: Path) -> None:
+    """Rows with inline ``p`` and no ``shapes`` table (the previous version's file): read back, and new rows of
+    a repeating block name a shape stored in the table the open created."""
+    async def write() -> None:
+        async with Spool(tmp_path, site="s1") as spool:
+            for ts in (1, 2):
+                await spool.append(_block(ts, tuple(map(list, _block_names("tx1")))))    # type: ignore[arg-type]
+                await spool.flush()
+
+    run(write())
+    db = sqlite3.connect(tmp_path / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM shapes").fetchone() == (0,)
+    db.execute("DROP TABLE shapes")
+    db.commit()
+    db.close()
+
+    async def reopen() -> list[tuple[int, float]]:
+        async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
+            block = _block_names("tx1")
+            for ts in (3, 4):
+                await spool.append(_block(ts, block))
+            await spool.flush()
+            return [(r.seq, r.value) for b in await spool.lease(100) for r in b.readings()]
+
+    assert run(reopen()) == [(seq, float(1 + (seq - 1) // 3 + (seq - 1) % 3)) for seq in range(1, 13)]
+    rows, shapes = _stored(tmp_path)
+    assert [row.get("s") for row in rows] == [None, None, 1, 1] and shapes == [(1, rows[0]["p"])]

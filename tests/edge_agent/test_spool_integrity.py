@@ -62,6 +62,8 @@ def _damage(directory: Path, sql: str, *args: object) -> None:
      "table meta: next_seq is 9223372036854775807, not an integer 1..2**62"),
     ("UPDATE points SET id = ? WHERE id = 2", (2**63 - 1,), "table points: point id 9223372036854775807 is not 1..2**62"),
     ("INSERT INTO points (id, data, crc) VALUES (?, x'00', 0)", (-5,), "table points: point id -5 is not 1..2**62"),
+    ("INSERT INTO shapes (id, data, crc) VALUES (?, x'00', 0)", (2**63 - 1,),
+     "table shapes: shape id 9223372036854775807 is not 1..2**62"),
 ])
 def test_a_damaged_counter_or_point_id_refuses_the_spool_by_table_row_and_value(tmp_path: Path, sql: str,
                                                                                  args: tuple, message: str) -> None:
