@@ -9,11 +9,22 @@ Record kinds (``k``):
 ==========  ==================================================================
 ``b``       one accepted batch (one spool row): site, seq_first, seq_last, at_ms
             (when it was spooled), then either the *point form* (written now):
-            ``p`` (each reading's point id, defined by a ``pt`` record earlier in
-            the same file), ``value`` (a list), ``ts_ms`` and ``q`` (a list, or
-            one value shared by every reading); or the *column form* (older
-            agents, and batches re-audited after a crash): one list per field,
-            ts_ms, asset, point, sensor, value, unit, q
+            the points, as ``s`` (a shape number, defined by an ``sh`` record
+            earlier in the same file) or as ``p`` (each reading's point id,
+            defined by a ``pt`` record earlier in the same file; the only form
+            of agents before shapes), ``value`` (a list), ``ts_ms`` and ``q`` (a
+            list, or one value shared by every reading); or the *column form*
+            (older agents, and batches re-audited after a crash): one list per
+            field, ts_ms, asset, point, sensor, value, unit, q
+``sh``      a batch shape: ``id`` (its number) and ``p`` (a list: each reading's
+            point id, in order, defined by a ``pt`` record before it); the ``b``
+            records after it with ``s`` equal to ``id`` have those points. A
+            number is defined before its first use in every file, and may be
+            defined again (an agent restarted on the same file numbers its
+            shapes afresh): the latest definition before a record is its own.
+            A device read repeats its shape, so its record names it by number;
+            shapes of fewer than 8 readings, and those after the first 4096 an
+            agent numbered (filtered batches make arbitrary subsets), keep ``p``
 ``pt``      point definitions: ``id`` (a list) and, per id, its ``asset``,
             ``point``, ``unit`` and ``sensor`` (lists of the same length); an id
             always names the same point (``edge_agent.point_table``); every
@@ -87,8 +98,10 @@ fsync'd every commit) gets their check: the tail, a torn last line cut.
 
 :func:`verify` reports the totals (readings counted one by one, whatever records carry them) and the first
 corrupt record (1-based line and byte offset); a point-form ``b`` record whose
-ids no earlier ``pt`` record of its file defines is corrupt (the file would not
-say what was read).
+ids no earlier ``pt`` record of its file defines, or whose shape number no earlier
+``sh`` record of its file defines (or defines with another number of points than
+its seq range holds), is corrupt (the file would not say what was read), and so
+is an ``sh`` record naming ids no earlier ``pt`` record defines.
 
 Rotation (logrotate renames the file, then sends SIGHUP): :meth:`AuditLog.reopen`
 opens the new file at the same path (fsyncing the folder) and starts it with a
@@ -125,7 +138,7 @@ from edge_agent.errors import AuditCorrupt, AuditError
 from edge_agent.seq_ranges import SeqRanges
 
 __all__ = ["DEFAULT_AUDIT_PATH", "AuditLog", "AuditMark", "SYNC_INTERVAL_S", "SYNC_BYTES", "batch_record", "AuditSummary", "AuditContents", "verify", "read_audit",
-           "rotated_files", "encode_record", "decode_record"]
+           "rotated_files", "encode_record", "decode_record", "BatchShapes"]
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +181,42 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+class BatchShapes:
+    """Process-wide numbers of batch shapes, for the ``s`` reference of point-form batch records.
+
+    :func:`batch_record` (on the event loop) numbers a shape at its first use; the audit writer (the
+    spool's I/O thread) looks the number up to define it in its file (``sh``) before the first record
+    naming it. A number, once given, names the same point ids for the life of the process: the map from
+    ids to number only grows, so the writer always finds the number a record was given. Bounded:
+    shapes of fewer than ``min_points`` readings, and every shape after the first ``limit``, get no
+    number (their records keep ``p``)."""
+
+    def __init__(self, *, limit: int = 4096, min_points: int = 8) -> None:
+        self.limit, self.min_points = limit, min_points
+        self._by_ids: dict[tuple[int, ...], int] = {}
+        self._by_shape: dict[Shape, int] = {}      # the same, by Shape identity: one lookup, no tuple hash
+
+    def number(self, shape: Shape, *, assign: bool = True) -> int | None:
+        """``shape``'s number, giving it one when ``assign`` (only on the thread that encodes records)."""
+        number = self._by_shape.get(shape)
+        if number is not None:
+            return number
+        number = self._by_ids.get(shape.ids)
+        if number is None:
+            if not assign or len(shape.ids) < self.min_points or len(self._by_ids) >= self.limit:
+                return None
+            number = self._by_ids[shape.ids] = len(self._by_ids) + 1
+        if assign:
+            if len(self._by_shape) >= self.limit:      # Shape objects a point table dropped and rebuilt
+                self._by_shape.clear()
+            self._by_shape[shape] = number
+        return number
+
+
+SHAPES = BatchShapes()
+"""The numbers :func:`batch_record` gives shapes (read by every :class:`AuditLog`)."""
+
+
 def encode_record(body: dict[str, Any]) -> bytes:
     """One audit line (with its trailing newline) for ``body``; a batch's values must be finite
     (``AuditLog.batch`` checks them: orjson would write NaN as null)."""
@@ -201,15 +250,21 @@ def decode_record(line: bytes) -> dict[str, Any]:
 def batch_record(site: str, batch: ReadingBatch, shape: Shape | None = None, columns: Columns | None = None) -> bytes:
     """The audit line of one accepted, sequenced batch; ValueError for a NaN or infinite value.
 
-    With the batch's ``shape`` (``PointTable.shape``) the point form, whose ids
-    :meth:`AuditLog.add_batch_record` defines in the file first (with ``columns``, the batch's
-    ``shared_columns`` already encoded for its spool row); else the column form.
+    With the batch's ``shape`` (``PointTable.shape``) the point form, naming the shape by its number
+    (:data:`SHAPES`) or its ids, which :meth:`AuditLog.add_batch_record` defines in the file first
+    (with ``columns``, the batch's ``shared_columns`` already encoded for its spool row); else the
+    column form.
     """
     if shape is not None:
         ts, value, quality = columns or shared_columns(batch)
+        number = SHAPES.number(shape)
+        if number is None:
+            return encode_record({
+                "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
+                "at_ms": batch.accepted_ms, "ts_ms": ts, "p": shape.p_json, "value": value, "q": quality})
         return encode_record({
             "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
-            "at_ms": batch.accepted_ms, "ts_ms": ts, "p": shape.p_json, "value": value, "q": quality})
+            "at_ms": batch.accepted_ms, "ts_ms": ts, "s": number, "value": value, "q": quality})
     check_finite(batch.value)
     return encode_record({
         "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
@@ -244,7 +299,8 @@ class AuditLog:
         self._retry_at = 0.0                   # monotonic time before which only sync() tries the disk again
         self._backoff = 0.0
         self._defined: set[int] = set()        # point ids a ``pt`` record of the open file defines
-        self._shapes: set[Shape] = set()       # shapes whose ids are all defined (a cache of that check)
+        self._shapes: set[Shape] = set()       # shapes whose ids (and number) are defined (a cache of that check)
+        self._numbered: set[int] = set()       # shape numbers an ``sh`` record of the open file defines
 
     def open(self, mark: AuditMark | None = None) -> None:
         """Open (creating it, and fsyncing its folder, when missing) and check the file; fsync it.
@@ -265,6 +321,7 @@ class AuditLog:
         self._fh = os.fdopen(fd, "r+b", buffering=0)
         self._defined.clear()                  # each file defines the point ids it uses (again)
         self._shapes.clear()
+        self._numbered.clear()
         self._unsynced.clear()
         self._unsynced_bytes = 0
         self._broken = None
@@ -407,7 +464,8 @@ class AuditLog:
                          points: PointTable | None = None) -> None:
         """Buffer ``batch_record(...)`` of a batch whose last seq is ``seq_last`` (encoded by the caller,
         e.g. on another thread than the writer's). A point-form record comes with its ``shape`` and
-        the ``points`` table: a ``pt`` record defining the ids this file has not defined yet goes first."""
+        the ``points`` table: a ``pt`` record defining the ids this file has not defined yet goes first,
+        then an ``sh`` record defining the shape's number (:data:`SHAPES`) when the file has not yet."""
         if shape is not None and shape not in self._shapes:
             assert points is not None
             missing = [pid for pid in shape.distinct if pid not in self._defined]
@@ -416,6 +474,10 @@ class AuditLog:
                 self.event("pt", id=missing, asset=[p[0] for p in named], point=[p[1] for p in named],
                            unit=[p[2] for p in named], sensor=[p[3] for p in named])
                 self._defined.update(missing)
+            number = SHAPES.number(shape, assign=False)
+            if number is not None and number not in self._numbered:
+                self.event("sh", id=number, p=shape.p_json)
+                self._numbered.add(number)
             if len(self._shapes) >= 4096:
                 self._shapes.clear()
             self._shapes.add(shape)
@@ -423,7 +485,7 @@ class AuditLog:
         self.last_seq = max(self.last_seq, seq_last)
 
     def event(self, kind: str, **fields: Any) -> bytes:
-        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``) and return it;
+        """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``, ``sh``) and return it;
         ValueError for a NaN or infinite number among ``fields``, as for a batch."""
         check_finite(v for v in fields.values() if isinstance(v, float))
         record = encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)})
@@ -705,6 +767,7 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
     last_crc: str | None = None
     seq_before = summary.seq_max
     defined: set[int] = set()
+    shapes: dict[int, tuple[int, ...]] = {}
     try:
         with fh:
             for index, raw in enumerate(fh):
@@ -721,7 +784,7 @@ def _verify_file(path: Path, summary: AuditSummary, prev_crc: str | None, prev_p
                     continue
                 if prev_path is not None and index == 0:
                     _check_link(body, prev_crc, prev_path, seq_before, summary, lambda r: corrupt(0, 0, r))
-                problem = _count(body, summary, defined)
+                problem = _count(body, summary, defined, shapes)
                 if problem:
                     corrupt(index, offset, problem)
                 offset += len(raw)
@@ -757,19 +820,31 @@ def _first_seq(body: dict[str, Any]) -> int | None:
     return first if isinstance(first, int) else None
 
 
-def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> str | None:
+def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int],
+           shapes: dict[int, tuple[int, ...]]) -> str | None:
     """Add one record (checked by ``audit_records.record_problem``) to ``summary``; what is wrong with it
-    (a point-form batch naming undefined ids), or None. ``defined``: the point ids the file defined so far."""
+    (a point-form batch or a shape naming undefined ids or shape), or None. ``defined``: the point ids
+    the file defined so far; ``shapes``: its shape definitions so far (updated here)."""
     kind = str(body["k"])
     summary.kinds[kind] = summary.kinds.get(kind, 0) + 1
     problem = None
     if kind == "pt":
         defined.update(_point_definitions(body))
-    elif kind == "b" and "p" in body:
-        ids = body["p"]
-        if not defined.issuperset(ids):
-            problem = (f"batch seq_first {body.get('seq_first')} names point ids that no earlier 'pt' record "
-                       f"of this file defines: {sorted(set(ids) - defined)[:10]}")
+    elif kind == "sh":
+        if not defined.issuperset(body["p"]):
+            problem = (f"shape {body['id']} names point ids that no earlier 'pt' record of this file defines: "
+                       f"{sorted(set(body['p']) - defined)[:10]}")
+        else:
+            shapes[body["id"]] = tuple(body["p"])
+    elif kind == "b" and ("p" in body or "s" in body):
+        try:
+            ids = _batch_ids(body, shapes)
+        except ValueError as exc:
+            problem = str(exc)
+        else:
+            if not defined.issuperset(ids):
+                problem = (f"batch seq_first {body.get('seq_first')} names point ids that no earlier 'pt' record "
+                           f"of this file defines: {sorted(set(ids) - defined)[:10]}")
     if kind in ("r", "b"):
         first, last = (body.get("seq"), body.get("seq")) if kind == "r" else \
             (body.get("seq_first"), body.get("seq_last"))
@@ -789,6 +864,22 @@ def _count(body: dict[str, Any], summary: AuditSummary, defined: set[int]) -> st
     elif kind == "write":
         summary.writes += 1
     return problem
+
+
+def _batch_ids(body: dict[str, Any], shapes: dict[int, tuple[int, ...]]) -> "list[int] | tuple[int, ...]":
+    """A point-form batch's point ids: its ``p``, or the ids its file's latest ``sh`` record of number ``s``
+    defines; ValueError when no earlier ``sh`` record defines it, or with another number of points."""
+    if "p" in body:
+        return body["p"]
+    number, first, last = body["s"], body["seq_first"], body["seq_last"]
+    ids = shapes.get(number)
+    if ids is None:
+        raise ValueError(f"batch seq_first {first} names shape s {number}, which no earlier 'sh' record of "
+                         f"this file defines")
+    if len(ids) != last - first + 1:
+        raise ValueError(f"batch seq_first {first} names shape s {number}, which has {len(ids)} points, "
+                         f"for {last - first + 1} readings")
+    return ids
 
 
 def _point_definitions(body: dict[str, Any]) -> dict[int, tuple[str, str, str, str]]:
@@ -820,13 +911,14 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
     """Every accepted reading (a seq re-audited after a crash is the same reading) and every dropped seq.
 
     Readings come as ``r`` record bodies (``b`` records are expanded into one per reading, point-form
-    ones with the names their ``pt`` records define).
+    ones with the names their ``sh`` and ``pt`` records define).
 
     Raises AuditError on an unreadable file or a corrupt record (``verify`` says which and where).
     """
     readings: dict[int, dict[str, Any]] = {}
     dropped: list[tuple[int, int]] = []      # one range per drop record: a lowered cap drops up to 10**9 at once
     points: dict[int, tuple[str, str, str, str]] = {}
+    shapes: dict[int, tuple[int, ...]] = {}
     try:
         lines = Path(path).read_bytes().splitlines()
     except OSError as exc:
@@ -840,8 +932,17 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
             readings[body["seq"]] = body
         elif body["k"] == "pt":
             points.update(_point_definitions(body))
-        elif body["k"] == "b" and "p" in body:
-            first, ids = body["seq_first"], body["p"]
+        elif body["k"] == "sh":
+            if not points.keys() >= set(body["p"]):
+                raise AuditError(f"audit log {path}: record {index + 1}: shape {body['id']} names point ids that "
+                                 f"no earlier 'pt' record defines: {sorted(set(body['p']) - points.keys())[:10]}")
+            shapes[body["id"]] = tuple(body["p"])
+        elif body["k"] == "b" and ("p" in body or "s" in body):
+            try:
+                ids = _batch_ids(body, shapes)
+            except ValueError as exc:
+                raise AuditError(f"audit log {path}: record {index + 1}: {exc}") from None
+            first = body["seq_first"]
             common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
             ts, quality = body["ts_ms"], body["q"]
             ts = ts if isinstance(ts, list) else [ts] * len(ids)

@@ -13,9 +13,11 @@ fields are allowed, every record has an integer ``at_ms``):
 
 ==========  ==================================================================
 ``r``       site, seq, ts_ms, asset, point, sensor, unit, q (strings), value (number or null)
-``b``       site, seq_first ≤ seq_last; point form: ``p`` (point ids), ``value``,
-            ``ts_ms`` and ``q`` (lists, the last two or one shared value), one
-            per seq; column form: ts_ms, asset, point, sensor, value, unit, q, one per seq
+``b``       site, seq_first ≤ seq_last; point form: ``s`` (a shape number) or
+            ``p`` (point ids, one per seq), not both; ``value``, ``ts_ms`` and
+            ``q`` (lists, the last two or one shared value), one per seq;
+            column form: ts_ms, asset, point, sensor, value, unit, q, one per seq
+``sh``      id (a shape number), p (point ids, at least one)
 ``pt``      id (point ids), asset, point, unit, sensor: lists of one length
 ``drop``    site, seq_first ≤ seq_last, count (1 up to the range's size)
 ``quar``    site, seq, reason; seq_last (≥ seq) when present
@@ -69,6 +71,7 @@ def _int(what: str, lo: int, hi: int = MAX_INT64) -> _Type:
 
 _SEQ = _int("an integer 1..2**63-1", 1)
 _POINT_ID = _int("a point id (an integer 1..2**63-1)", 1)
+_SHAPE = _int("a shape number (an integer 1..2**63-1)", 1)
 _COUNT = _int("an integer 0..2**63-1", 0)
 _TIME = _int("a 64-bit integer", -MAX_INT64 - 1)
 _STR = _Type("a string", frozenset({str}))
@@ -124,8 +127,13 @@ def _reading(body: dict[str, Any]) -> None:
 def _batch(body: dict[str, Any]) -> None:
     _field(body, "site", _STR)
     n = _seq_range(body)
-    if "p" in body:
-        _column(body, "p", _POINT_ID, n)
+    if "p" in body and "s" in body:
+        raise _Malformed("s and p are both given (a batch names its points one way)")
+    if "p" in body or "s" in body:
+        if "s" in body:
+            _field(body, "s", _SHAPE)
+        else:
+            _column(body, "p", _POINT_ID, n)
         _column(body, "value", _NUMBER, n)
         _column(body, "ts_ms", _TIME, n, shared=True)
         _column(body, "q", _STR, n, shared=True)
@@ -141,6 +149,14 @@ def _points(body: dict[str, Any]) -> None:
     _column(body, "id", _POINT_ID, len(ids))
     for name in ("asset", "point", "unit", "sensor"):
         _column(body, name, _STR, len(ids))
+
+
+def _shape(body: dict[str, Any]) -> None:
+    _field(body, "id", _SHAPE)
+    ids = _field(body, "p", _Type("a list of point ids", _LIST.types))
+    if not ids:
+        raise _Malformed("p must not be empty")
+    _column(body, "p", _POINT_ID, len(ids))
 
 
 def _drop(body: dict[str, Any]) -> None:
@@ -182,7 +198,7 @@ def _continuation(body: dict[str, Any]) -> None:
 
 
 KINDS: dict[str, Callable[[dict[str, Any]], None]] = {
-    "r": _reading, "b": _batch, "pt": _points, "drop": _drop, "quar": _quarantine, "repair": _repair,
+    "r": _reading, "b": _batch, "pt": _points, "sh": _shape, "drop": _drop, "quar": _quarantine, "repair": _repair,
     "cmd": _command, "write": _write, "cont": _continuation}
 """Each record kind's check (raises with the field's problem)."""
 

@@ -48,6 +48,9 @@ def _good_log(path: Path) -> list[bytes]:
         batch = _batch(seq_first, 3)
         shape = points.shape(batch)
         log.add_batch_record(batch_record("s1", batch, shape, shared_columns(batch)), batch.seq_last, shape, points)
+    batch = _batch(11, 8)                                 # a shape of 8 readings: an 'sh' record, then "s"
+    shape = points.shape(batch)
+    log.add_batch_record(batch_record("s1", batch, shape, shared_columns(batch)), batch.seq_last, shape, points)
     log.batch("s1", _batch(7, 2))                         # column form
     log.event("drop", site="s1", seq_first=1, seq_last=2, count=2)
     log.event("quar", site="s1", seq=9, seq_last=9, reason="checksum mismatch")
@@ -119,7 +122,7 @@ def broken_logs(draw: st.DrawFn) -> tuple[list[bytes], int, str | None]:
 
 
 # Fields whose value sets what other fields must hold: breaking them may be reported at a dependent field.
-_COUPLED = {"seq_first", "seq_last", "seq", "id", "p", "k"}
+_COUPLED = {"seq_first", "seq_last", "seq", "id", "p", "s", "k"}
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -195,7 +198,7 @@ def test_a_point_definition_missing_a_column_is_named_not_a_key_error(tmp_path: 
      "'b' record: value must be a list of 2 (got a list of 1)"),
     ({"k": "cont", "prev_crc": "zz", "last_seq": 1, "at_ms": 1},
      "'cont' record: prev_crc must be 8 lowercase hexadecimal digits (got 'zz')"),
-    ({"k": "future", "at_ms": 1}, "record kind k must be one of r, b, pt, drop, quar, repair, cmd, write, cont "
+    ({"k": "future", "at_ms": 1}, "record kind k must be one of r, b, pt, sh, drop, quar, repair, cmd, write, cont "
                                   "(got 'future')"),
 ])
 def test_verify_cli_names_the_line_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -189,7 +189,7 @@ def test_a_lost_page_in_the_unsynced_records_is_cut_at_the_first_record_it_touch
         directory = Path(tmp)
         with pytest.MonkeyPatch.context() as patch:
             patch.setattr(audit_module, "SYNC_INTERVAL_S", 3600.0)
-            committed, depth = _crash_with_unsynced_records(directory, after=8, n=150)
+            committed, depth = _crash_with_unsynced_records(directory, after=12, n=150)
             audit_path = directory / "audit.log"
             offset = _meta(directory)["audit_offset"]
             size = audit_path.stat().st_size

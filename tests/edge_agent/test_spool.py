@@ -430,9 +430,12 @@ def test_a_batch_is_one_row_one_seq_range_and_one_audit_record(tmp_path: Path) -
         [(1, 100), (101, 101), (102, 351)]
     records = [decode_record(line) for line in audit_path.read_bytes().splitlines()]
     # one record per batch; the point names once, in "pt" records before the first batch naming them
-    assert [r["k"] for r in records] == ["pt", "b", "b", "pt", "b"]
-    assert records[0]["id"] == list(range(1, 101)) and records[3]["id"] == list(range(101, 251))
-    assert [r["p"] for r in records if r["k"] == "b"] == [list(range(1, 101)), [1], list(range(1, 251))]
+    # and a batch's shape defined once ("sh"), then named by number (one of fewer than 8 readings keeps "p")
+    assert [r["k"] for r in records] == ["pt", "sh", "b", "b", "pt", "sh", "b"]
+    assert records[0]["id"] == list(range(1, 101)) and records[4]["id"] == list(range(101, 251))
+    shapes = {r["id"]: r["p"] for r in records if r["k"] == "sh"}
+    assert [shapes[r["s"]] if "s" in r else r["p"] for r in records if r["k"] == "b"] == \
+        [list(range(1, 101)), [1], list(range(1, 251))]
     summary = verify(audit_path)
     assert (summary.ok, summary.kinds["b"], summary.readings, summary.seq_min, summary.seq_max) == (True, 3, 351, 1, 351)
     readings = read_audit(audit_path).readings
