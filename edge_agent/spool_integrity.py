@@ -41,9 +41,10 @@ def spool_problem(db: sqlite3.Connection) -> str | None:
                      "(typeof(value) = 'integer' AND value BETWEEN 1 AND ?)", (MAX_ID,)).fetchone()
     if row is not None:
         return f"table meta: next_seq is {shorten(row[0])}, not an integer 1..2**62"
-    for table, name in (("points", "point"), ("shapes", "shape")):
-        row = db.execute(f"SELECT id FROM {table} WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1",  # noqa: S608
-                         (MAX_ID,)).fetchone()
+    for table, name, query in (
+            ("points", "point", "SELECT id FROM points WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1"),
+            ("shapes", "shape", "SELECT id FROM shapes WHERE id NOT BETWEEN 1 AND ? ORDER BY id DESC LIMIT 1")):
+        row = db.execute(query, (MAX_ID,)).fetchone()
         if row is not None:
             return f"table {table}: {name} id {shorten(row[0])} is not 1..2**62"
     return None
