@@ -132,7 +132,8 @@ def test_the_cap_and_the_deadline_come_from_the_config(sep2_server: Sep2TestServ
                            "max_connections = 1\nrequest_timeout_s = 1\n")
     metrics = NorthboundMetrics()
 
-    refused, expired, waited = _with_service(path, metrics, lambda api: over_a_cap_of_one(api.port))
+    refused, expired, waited = _with_service(path, metrics, lambda api: over_a_cap_of_one(
+        api.port, lambda: metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total")))
     assert refused, "a connection beyond max_connections = 1 was not closed"
     assert expired and waited < 4.0, f"the held connection was closed: {expired}, after {waited:.1f} s (deadline 1 s)"
     assert metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total") == 1
