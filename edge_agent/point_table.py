@@ -17,14 +17,18 @@ and four identity tests; other columns are memoised by their contents (four
 tuple builds and one lookup). A batch's ``p`` column is encoded to JSON once
 (``Shape.p_json``).
 
-A shape that repeats — a batch handed the same four lists as an earlier one,
-i.e. a whole block polled again — also gets a small integer id of its own
+A shape that repeats — a batch handed the same four lists as an earlier one
+(a one-block device polled again), or the same points as an earlier batch
+(a device read as several blocks, whose poll joins new lists; a site with more
+blocks than the list cache holds) — also gets a small integer id of its own
 (``Shape.sid``, table ``shapes``, written in the same transaction as the first
 row that uses it, never deleted), and the spool row names it instead of its
 ``p`` list (about 290 of a 99-reading row's 1100 bytes). At most
-:data:`MAX_STORED_SHAPES` shapes get one, so the table stays bounded; the
-subsets that report by exception makes get none (the poller builds new lists
-for each) and stay inline, as do all shapes past the bound.
+:data:`MAX_STORED_SHAPES` shapes get one in the life of a spool file, so the
+table stays bounded; shapes of fewer than :data:`MIN_STORED_POINTS` readings get
+none. Report-by-exception subsets that repeat by content take ids too, so on a
+site that filters heavily the ids may run out, after which new shapes (a
+reconfiguration's blocks) stay inline: larger rows, nothing else.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import orjson
 from edge_agent.batch import ReadingBatch
 from ems_contract.telemetry import check_finite
 
-__all__ = ["PointTable", "Shape", "Point", "Columns", "shared_columns", "MAX_STORED_SHAPES"]
+__all__ = ["PointTable", "Shape", "Point", "Columns", "shared_columns", "MAX_STORED_SHAPES", "MIN_STORED_POINTS"]
 
 Point = tuple[str, str, str, str]
 """(asset, point, unit, sensor)"""
@@ -46,6 +50,8 @@ _MAX_SHAPES = 4096
 _MAX_LISTS = 64         # batches whose column lists are held to be recognised by identity
 MAX_STORED_SHAPES = 1024
 """The most shapes that get an id (``Shape.sid``) in one spool: a few per configured block, room for reconfigurations."""
+MIN_STORED_POINTS = 8
+"""Shapes of fewer readings keep their ``p`` list: an id would save little and use up the bound."""
 
 
 @dataclass(slots=True, eq=False)
@@ -124,12 +130,12 @@ class PointTable:
 
     def shape(self, batch: ReadingBatch) -> Shape:
         """The ids of ``batch``'s points, assigning new ids to points never seen (``take_unsaved``), and a
-        shape id to a shape found by its lists a second time (``take_unsaved_shapes``)."""
+        shape id to a shape seen a second time, by its lists or by its points (``take_unsaved_shapes``)."""
         asset, point, unit, sensor = batch.asset, batch.point, batch.unit, batch.sensor
         held = self._lists.get(id(asset))
         if held is not None and held[0] is asset and held[1] is point and held[2] is unit and held[3] is sensor:
             shape = held[4]
-            if not shape.sid and len(self._shape_ids) < MAX_STORED_SHAPES:
+            if not shape.sid:
                 self._store(shape)
             return shape
         key = (tuple(asset), tuple(point), tuple(unit), tuple(sensor))
@@ -140,6 +146,8 @@ class PointTable:
             if len(self._shapes) >= _MAX_SHAPES:
                 self._shapes.clear()
             self._shapes[key] = shape
+        elif not shape.sid:
+            self._store(shape)
         if len(self._lists) >= _MAX_LISTS:      # lists made for one batch (filtered ones) come and go
             self._lists.clear()
         self._lists[id(asset)] = (asset, point, unit, sensor, shape)
@@ -155,6 +163,9 @@ class PointTable:
         return pid
 
     def _store(self, shape: Shape) -> None:
+        """Give ``shape`` its id (the one its points already have, else a new one while the bound allows)."""
+        if len(shape.ids) < MIN_STORED_POINTS or len(self._shape_ids) >= MAX_STORED_SHAPES:
+            return          # (a shape whose points had an id at its creation took it then)
         shape.sid = self._sids.get(shape.ids, 0)
         if not shape.sid:
             shape.sid = self._sids[shape.ids] = self._next_sid

@@ -86,7 +86,7 @@ else delivered; the audit then names them both audited and dropped).
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
 ``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
 and ``q`` a list instead when the readings differ, ``"s": shape id`` instead of
-``p`` for a block polled again (``Shape.sid``: the list stored once in table
+``p`` for a shape seen before (``Shape.sid``: the list stored once in table
 ``shapes``, in the same transaction as the first row naming it, never deleted,
 bounded; a row naming an id the table lacks is quarantined) — and names each reading's
 (asset, point, unit, sensor) by its id in the ``points`` table
@@ -188,9 +188,12 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
     if isinstance(stored, dict):
         ids, ts, value, quality = (stored.get(key) for key in ("p", "t", "v", "q"))
         if "s" in stored:
-            if ids is not None:
+            if "p" in stored:
                 raise ValueError(f"row {seq_first}..{seq_last}: both p and s")
             ids = list(points.shape_ids(stored["s"]))
+            if not isinstance(value, list) or len(value) != len(ids):
+                raise ValueError(f"row {seq_first}..{seq_last}: shape {stored['s']} has {len(ids)} points, "
+                                 f"v must be a list of as many values")
         if not isinstance(ids, list) or not ids or not isinstance(value, list) or len(value) != len(ids):
             raise ValueError(f"row {seq_first}..{seq_last}: p and v must be lists of one length")
         n = len(ids)

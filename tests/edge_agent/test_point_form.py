@@ -39,6 +39,12 @@ def batches(draw: st.DrawFn) -> ReadingBatch:
     return batch.sequenced(draw(st.integers(1, 2**62)), draw(st.integers(0, 2**50)))
 
 
+@pytest.fixture(autouse=True)
+def _small_shapes_take_ids(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blocks here have 3 points: below ``MIN_STORED_POINTS`` (tested on its own below)."""
+    monkeypatch.setattr(point_table, "MIN_STORED_POINTS", 1)
+
+
 def _fields(batch: ReadingBatch) -> tuple:
     return (batch.seq_first, batch.seq_last, batch.accepted_ms, *batch.columns())
 
@@ -295,8 +301,8 @@ def _stored(directory: Path) -> tuple[list[dict], list[tuple[int, list[int]]]]:
 
 def test_a_repeating_block_names_its_shape_by_id_stored_with_its_first_row_and_read_back(tmp_path: Path) -> None:
     """The first batch of a block carries its point ids (``p``); the next ones, the same lists again, the
-    shape's id (``s``), stored in the same commit; a filtered batch (new lists each time) stays inline; a
-    restart reads every form back and reuses the stored id, and a spool with only ``p`` rows still delivers."""
+    shape's id (``s``), stored in the same commit; a batch of new lists (a joined or filtered poll) takes an id
+    when its points come again; a restart reads every form back and reuses the stored ids."""
     block, filtered = _block_names("tx1"), _block_names("tx2")
 
     async def write() -> None:
@@ -320,11 +326,11 @@ def test_a_repeating_block_names_its_shape_by_id_stored_with_its_first_row_and_r
 
     run(write())
     rows, shapes = _stored(tmp_path)
-    assert [("s" in row, "p" in row) for row in rows] == [(False, True), (True, False), (False, True), (False, True)]
-    assert shapes == [(rows[1]["s"], rows[0]["p"])]
+    assert [("s" in row, "p" in row) for row in rows] == [(False, True), (True, False), (False, True), (True, False)]
+    assert shapes == [(rows[1]["s"], rows[0]["p"]), (rows[3]["s"], rows[2]["p"])]
     readings = run(reopen())
     rows, shapes = _stored(tmp_path)
-    assert len(shapes) == 1 and [row.get("s") for row in rows[4:]] == [shapes[0][0]] * 2
+    assert len(shapes) == 2 and [row.get("s") for row in rows[4:]] == [shapes[0][0]] * 2
     expected = [(seq, ts, tag, f"{tag}p{i}", float(ts + i), "good")
                 for seq, (ts, tag, i) in enumerate(((ts, tag, i) for ts, tag in ((10, "tx1"), (20, "tx1"), (30, "tx2"),
                                                                                  (40, "tx2"), (50, "tx1"), (60, "tx1"))
@@ -342,6 +348,26 @@ def test_shape_ids_are_bounded_and_past_the_bound_shapes_stay_inline(monkeypatch
     assert [sid for sid, _ in points.take_unsaved_shapes()] == [1, 2]
     assert [b'"s":' in _row(_block(3, names).sequenced(1, 1), shape)[3] for names, shape in zip(blocks, shapes)] \
         == [True, True, False, False]
+
+
+def test_joined_polls_and_more_blocks_than_the_list_cache_take_shape_ids_small_shapes_do_not(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A device read as two blocks (its poll joins new lists every time) and 100 one-block devices (more than
+    the list cache holds, so each is found by its points) get ids from their second poll; a block of fewer
+    than ``MIN_STORED_POINTS`` readings keeps ``p``."""
+    monkeypatch.setattr(point_table, "MIN_STORED_POINTS", 8)
+    points = PointTable()
+    two = (_block_names("two", 6), _block_names("two", 12))
+    devices = [_block_names(f"d{i}", 10) for i in range(100)]
+    small = _block_names("small", 3)
+    for ts in (1, 2, 3):
+        first, second = (_block(ts, names, len(names[0])) for names in two)
+        joined = ReadingBatch(*(a + b for a, b in zip(first.columns(), second.columns())))
+        shapes = [points.shape(joined)] + [points.shape(_block(ts, names, 10)) for names in devices] \
+            + [points.shape(_block(ts, small))]
+        assert all(shape.sid == 0 for shape in shapes) if ts == 1 else \
+            (all(shape.sid for shape in shapes[:-1]) and shapes[-1].sid == 0)
+    assert len(points.take_unsaved_shapes()) == 101
 
 
 def test_rows_naming_a_corrupt_or_unknown_shape_are_quarantined(tmp_path: Path) -> None:
@@ -380,9 +406,12 @@ def test_a_row_with_both_p_and_s_is_a_value_error() -> None:
                 points)
 
 
-def test_a_spool_of_the_previous_version_without_a_shape_table_opens_and_delivers(tmp_path: Path) -> None:
+def test_a_spool_of_the_previous_version_without_a_shape_table_opens_and_delivers(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Rows with inline ``p`` and no ``shapes`` table (the previous version's file): read back, and new rows of
     a repeating block name a shape stored in the table the open created."""
+    monkeypatch.setattr(point_table, "MIN_STORED_POINTS", 10**6)     # written as the previous version did: no ids
+
     async def write() -> None:
         async with Spool(tmp_path, site="s1") as spool:
             for ts in (1, 2):
@@ -395,6 +424,7 @@ def test_a_spool_of_the_previous_version_without_a_shape_table_opens_and_deliver
     db.execute("DROP TABLE shapes")
     db.commit()
     db.close()
+    monkeypatch.setattr(point_table, "MIN_STORED_POINTS", 1)
 
     async def reopen() -> list[tuple[int, float]]:
         async with Spool(tmp_path, site="s1", memory_readings=1) as spool:
