@@ -387,35 +387,33 @@ class Spool:
 
     def _load_points_sync(self, db: sqlite3.Connection) -> None:
         """Read the point table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
-        good: list[tuple[int, Point]] = []
-        highest = 0
-        for pid, data, crc in db.execute("SELECT id, data, crc FROM points"):
-            highest = max(highest, pid)
-            try:
-                point = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
-            except orjson.JSONDecodeError:
-                point = None
-            if not isinstance(point, list) or len(point) != 4 or not all(isinstance(x, str) for x in point):
-                log.error("spool %s: point id %d is corrupt; rows naming it will be quarantined", self.path, pid)
-                continue
-            good.append((pid, tuple(point)))  # type: ignore[arg-type]
-        self.points.load(good, highest)
+        good, highest = self._load_entries_sync(db, "SELECT id, data, crc FROM points", "point", lambda point: (
+            isinstance(point, list) and len(point) == 4 and all(isinstance(x, str) for x in point)))
+        self.points.load(good, highest)     # type: ignore[arg-type]
 
     def _load_shapes_sync(self, db: sqlite3.Connection) -> None:
         """Read the shape table; a corrupt entry is left out (rows naming it are quarantined when leased)."""
-        good: list[tuple[int, tuple[int, ...]]] = []
+        good, highest = self._load_entries_sync(db, "SELECT id, data, crc FROM shapes", "shape", lambda ids: (
+            isinstance(ids, list) and bool(ids) and all(type(pid) is int for pid in ids)))
+        self.points.load_shapes(good, highest)     # type: ignore[arg-type]
+
+    def _load_entries_sync(self, db: sqlite3.Connection, query: str, what: str,
+                           valid: Callable[[Any], bool]) -> tuple[list[tuple[int, tuple]], int]:
+        """The (id, entry as a tuple) of each row of ``query`` (id, JSON data, its CRC32) whose CRC matches and
+        whose entry is ``valid``, logging the others; and the highest id of all (corrupt ones are taken too)."""
+        good: list[tuple[int, tuple]] = []
         highest = 0
-        for sid, data, crc in db.execute("SELECT id, data, crc FROM shapes"):
-            highest = max(highest, sid)
+        for eid, data, crc in db.execute(query):
+            highest = max(highest, eid)
             try:
-                ids = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
+                entry = orjson.loads(data) if isinstance(data, bytes) and zlib.crc32(data) == crc else None
             except orjson.JSONDecodeError:
-                ids = None
-            if not isinstance(ids, list) or not ids or not all(type(pid) is int for pid in ids):
-                log.error("spool %s: shape id %d is corrupt; rows naming it will be quarantined", self.path, sid)
+                entry = None
+            if not valid(entry):
+                log.error("spool %s: %s id %d is corrupt; rows naming it will be quarantined", self.path, what, eid)
                 continue
-            good.append((sid, tuple(ids)))
-        self.points.load_shapes(good, highest)
+            good.append((eid, tuple(entry)))
+        return good, highest
 
     def _reaudit_sync(self) -> None:
         """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
