@@ -143,11 +143,14 @@
       seen.add(key);
       items.push(faultItem(code, text, severity, `${asset} ${point}`));
     };
+    const show = () => $("faults").replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));
     const points = state.twin && state.twin.points && typeof state.twin.points === "object" ? state.twin.points : {};
     for (const [point, p] of Object.entries(points)) {
       const f = p && p.fault;
       if (f && typeof f === "object") add(state.asset, point, String(f.code ?? ""), String(f.text ?? ""), String(f.severity ?? ""));
     }
+    // The twin's faults show with its rows, before the site query: a newly picked asset never shows the last one's.
+    show();
     if (state.site) {
       const q = `ems_twin_fault_active{site=${promString(state.site)}} == 1`;
       const body = await getOk(`/v1/query?${new URLSearchParams({ query: q })}`);
@@ -156,7 +159,7 @@
         add(m.asset || "", m.point || "", m.code || "", m.text || "", m.severity || "");
       }
     }
-    $("faults").replaceChildren(...(items.length ? items : [el("li", "none", "muted")]));
+    show();
   }
 
   async function renderAlerts() {

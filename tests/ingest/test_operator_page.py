@@ -162,12 +162,14 @@ def test_page_in_headless_chromium(page_stack: tuple[LivePipeline, AlertmanagerP
         browser.navigate(f"{live.twin_api_url}/#site={SITE}&asset=tx1")
         state = json.loads(browser.wait_for(
             f"(() => {{ const s = {_PAGE_STATE}; const o = JSON.parse(s);"
-            " return o.rows.length && o.canvas && o.thermal.length && o.alerts.includes('EmsPlcFaultCode') ? s : ''; })()"))
+            " return o.status.startsWith('updated') && o.rows.length && o.canvas && o.thermal.length"
+            " && o.alerts.includes('EmsPlcFaultCode') ? s : ''; })()"))
         shot = browser.screenshot(tmp_path / "operator-page.png")
         print(f"\noperator page screenshot: {shot}")
         (ROOT / "out").mkdir(exist_ok=True)
         shutil.copyfile(shot, ROOT / "out" / "operator-page.png")
         browser.navigate(f"{live.twin_api_url}/#site=zz-hostile&asset=a1")
+        # The asset's own faults are drawn with its rows (the site's TSDB faults follow), so rows mean faults too.
         hostile = json.loads(browser.wait_for(
             f"(() => {{ const s = {_PAGE_STATE}; const o = JSON.parse(s);"
             " return o.title === 'zz-hostile / a1' && o.rows.length ? s : ''; })()"))
