@@ -40,7 +40,7 @@ def time_column(ts_ms: list[int]) -> "int | list[int] | list[list[int]]":
     first = ts_ms[0]
     if ts_ms.count(first) == len(ts_ms):
         return first
-    runs = [[t, sum(1 for _ in group)] for t, group in groupby(ts_ms)]
+    runs = [[t, len(list(group))] for t, group in groupby(ts_ms)]
     return runs if 2 * len(runs) <= len(ts_ms) else ts_ms
 
 
