@@ -12,8 +12,10 @@ Record kinds (``k``):
             the points, as ``s`` (a shape number, defined by an ``sh`` record
             earlier in the same file) or as ``p`` (each reading's point id,
             defined by a ``pt`` record earlier in the same file; the only form
-            of agents before shapes), ``value`` (a list), ``ts_ms`` and ``q`` (a
-            list, or one value shared by every reading); or the *column form*
+            of agents before shapes), ``value`` (a list), ``q`` (a list, or
+            one value shared by every reading) and ``ts_ms`` (one shared value,
+            runs ``[[ts_ms, count], ...]`` in reading order — a device read as
+            several blocks — or a list: ``edge_agent.batch.time_column``); or the *column form*
             (older agents, and batches re-audited after a crash): one list per
             field, ts_ms, asset, point, sensor, value, unit, q
 ``sh``      a batch shape: ``id`` (its number) and ``p`` (a list: each reading's
@@ -131,7 +133,7 @@ from typing import Any, Callable, Sequence
 import orjson
 
 from edge_agent.audit_records import record_problem
-from edge_agent.batch import ReadingBatch
+from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.point_table import Columns, PointTable, Shape, shared_columns
 from ems_contract.telemetry import MAX_INT64, check_finite
 from edge_agent.errors import AuditCorrupt, AuditError
@@ -944,8 +946,7 @@ def read_audit(path: str | os.PathLike[str] = DEFAULT_AUDIT_PATH) -> AuditConten
                 raise AuditError(f"audit log {path}: record {index + 1}: {exc}") from None
             first = body["seq_first"]
             common = {"k": "r", "site": body["site"], "at_ms": body["at_ms"]}
-            ts, quality = body["ts_ms"], body["q"]
-            ts = ts if isinstance(ts, list) else [ts] * len(ids)
+            ts, quality = expand_times(body["ts_ms"], len(ids)), body["q"]     # record_problem checked it
             quality = quality if isinstance(quality, list) else [quality] * len(ids)
             for i, (pid, t, value, q) in enumerate(zip(ids, ts, body["value"], quality)):
                 if pid not in points:

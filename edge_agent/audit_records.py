@@ -14,8 +14,10 @@ fields are allowed, every record has an integer ``at_ms``):
 ==========  ==================================================================
 ``r``       site, seq, ts_ms, asset, point, sensor, unit, q (strings), value (number or null)
 ``b``       site, seq_first ≤ seq_last; point form: ``s`` (a shape number) or
-            ``p`` (point ids, one per seq), not both; ``value``, ``ts_ms`` and
-            ``q`` (lists, the last two or one shared value), one per seq;
+            ``p`` (point ids, one per seq), not both; ``value`` and ``q``
+            (lists, ``q`` or one shared value), one per seq; ``ts_ms`` (one
+            shared value, a list of one per seq, or runs ``[[ts_ms, count ≥ 1],
+            ...]`` counting the seqs: ``edge_agent.batch.expand_times``);
             column form: ts_ms, asset, point, sensor, value, unit, q, one per seq
 ``sh``      id (a shape number), p (point ids, at least one)
 ``pt``      id (point ids), asset, point, unit, sensor: lists of one length
@@ -34,6 +36,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from edge_agent.batch import expand_times
 from ems_contract.config_file import shorten
 from ems_contract.telemetry import MAX_INT64
 
@@ -135,7 +138,12 @@ def _batch(body: dict[str, Any]) -> None:
         else:
             _column(body, "p", _POINT_ID, n)
         _column(body, "value", _NUMBER, n)
-        _column(body, "ts_ms", _TIME, n, shared=True)
+        if "ts_ms" not in body:
+            raise _Malformed("ts_ms is missing")
+        try:
+            expand_times(body["ts_ms"], n)
+        except ValueError as exc:
+            raise _Malformed(f"ts_ms {exc}") from None
         _column(body, "q", _STR, n, shared=True)
         return
     _column(body, "ts_ms", _TIME, n)

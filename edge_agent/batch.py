@@ -12,16 +12,66 @@ left the poller, its lists are read-only — build new ones, never mutate them.
 
 ``seq_first`` is 0 until the spool sequenced the batch; then reading ``i`` has
 seq ``seq_first + i`` (a batch's seqs are consecutive).
+
+A batch's measurement times are stored (spool row ``t``, audit record ``ts_ms``)
+in the shortest of three forms (:func:`time_column`): one integer when every
+reading shares it (a one-block device read), runs ``[[ts_ms, count], ...]`` in
+reading order when there are at most half as many runs as readings (a device
+read as several blocks: each block's answer has its own time), else one integer
+per reading. :func:`expand_times` reads any of them back, checked.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from itertools import groupby
+from typing import Any, Iterator
 
 from ems_contract.telemetry import Reading
 
-__all__ = ["ReadingBatch"]
+__all__ = ["ReadingBatch", "time_column", "expand_times"]
+
+_INT64 = (-2**63, 2**63 - 1)
+
+
+def time_column(ts_ms: list[int]) -> "int | list[int] | list[list[int]]":
+    """``ts_ms`` (not empty) in its stored form: the shared value, runs ``[[t, count], ...]`` when there are
+    at most half as many runs as readings, else the list itself."""
+    first = ts_ms[0]
+    if ts_ms.count(first) == len(ts_ms):
+        return first
+    runs = [[t, len(list(group))] for t, group in groupby(ts_ms)]
+    return runs if 2 * len(runs) <= len(ts_ms) else ts_ms
+
+
+def expand_times(stored: Any, n: int) -> list[int]:
+    """The ``n`` times of a stored time column (:func:`time_column`'s three forms); ValueError saying what
+    is wrong: not a 64-bit integer, a list of another length, runs that are not ``[integer, count ≥ 1]``
+    pairs or whose counts do not add up to ``n`` (checked before anything is expanded)."""
+    if type(stored) is not list:
+        if type(stored) is not int or not _INT64[0] <= stored <= _INT64[1]:
+            raise ValueError(f"must be a 64-bit integer or a list (got {stored!r:.40})")
+        return [stored] * n
+    if not stored or type(stored[0]) is not list:
+        if len(stored) != n:
+            raise ValueError(f"must hold {n} times (got {len(stored)})")
+        if not set(map(type, stored)) <= {int} or min(stored) < _INT64[0] or max(stored) > _INT64[1]:
+            raise ValueError("must hold 64-bit integers only")
+        return stored
+    total = 0
+    for index, run in enumerate(stored):
+        if type(run) is not list or len(run) != 2 or type(run[0]) is not int or type(run[1]) is not int \
+                or not _INT64[0] <= run[0] <= _INT64[1] or run[1] < 1:
+            raise ValueError(f"run {index} must be [a 64-bit integer time, a count of at least 1] (got {run!r:.60})")
+        total += run[1]
+        if total > n:
+            break
+    if total != n:
+        raise ValueError(f"runs must count {n} readings (got {'more' if total > n else total})")
+    out: list[int] = []
+    for t, count in stored:
+        out += [t] * count
+    return out
 
 
 @dataclass(slots=True)

@@ -38,7 +38,7 @@ from typing import Iterable
 
 import orjson
 
-from edge_agent.batch import ReadingBatch
+from edge_agent.batch import ReadingBatch, time_column
 from ems_contract.telemetry import check_finite
 
 __all__ = ["PointTable", "Shape", "Point", "Columns", "shared_columns", "MAX_STORED_SHAPES", "MIN_STORED_POINTS"]
@@ -66,17 +66,18 @@ class Shape:
     sid: int = 0
 
 
-Columns = tuple["int | list[int]", orjson.Fragment, "str | list[str]"]
+Columns = tuple["int | list[int] | list[list[int]]", orjson.Fragment, "str | list[str]"]
 """A batch's ``(ts_ms, value, quality)`` as its spool row and its audit record both write them."""
 
 
 def shared_columns(batch: ReadingBatch) -> Columns:
-    """``ts_ms`` and ``quality`` as one value when every reading shares it (else the list), ``value``
-    as JSON encoded once for both the spool row and the audit record; ValueError for a NaN or
-    infinite value (orjson would write it as null)."""
+    """``ts_ms`` in its stored form (``edge_agent.batch.time_column``: one value, runs or the list),
+    ``quality`` as one value when every reading shares it (else the list), ``value`` as JSON encoded
+    once for both the spool row and the audit record; ValueError for a NaN or infinite value (orjson
+    would write it as null)."""
     check_finite(batch.value)
-    ts, quality = batch.ts_ms, batch.quality
-    return (ts[0] if ts.count(ts[0]) == len(ts) else ts, orjson.Fragment(orjson.dumps(batch.value)),
+    quality = batch.quality
+    return (time_column(batch.ts_ms), orjson.Fragment(orjson.dumps(batch.value)),
             quality[0] if quality.count(quality[0]) == len(quality) else quality)
 
 

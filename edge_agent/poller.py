@@ -121,6 +121,7 @@ class DevicePoller:
         self._index = {p.id: i for i, p in enumerate(ordered)}
         self.failed_polls = 0
         self._layouts: dict[tuple[str, int, int], _Layout] = {}
+        self._joined = _JoinedNames()
         metrics.init_device(device.name)
         self._tally = metrics.tally(device.name)        # polls, durations, suppressed samples: counted per poll
         self._device_up = metrics.device_up.labels(device.name)
@@ -204,7 +205,7 @@ class DevicePoller:
                         data = await pending
                         if data is None:
                             if parts:
-                                await self.emit(_batch(parts))
+                                await self.emit(self._joined.batch(parts))
                             return False
                     else:
                         block = plan[index]
@@ -213,7 +214,7 @@ class DevicePoller:
                             data = await read_raw(block)
                         elif stop.is_set():
                             if parts:
-                                await self.emit(_batch(parts))
+                                await self.emit(self._joined.batch(parts))
                             return False
                         else:
                             self._reader = task
@@ -251,7 +252,7 @@ class DevicePoller:
             if task.uncancel():
                 raise                       # cancelled by someone else too
             if parts:                       # stop was set while this task waited for the device
-                await self.emit(_batch(parts))
+                await self.emit(self._joined.batch(parts))
             return False
         finally:
             for _, pending in ahead:
@@ -259,7 +260,7 @@ class DevicePoller:
             if ahead:
                 await asyncio.gather(*(pending for _, pending in ahead), return_exceptions=True)
         if parts:
-            await self.emit(_batch(parts))
+            await self.emit(self._joined.batch(parts))
         self._tally.poll(time.monotonic() - started)
         if answered != self._up:
             self._up = answered
@@ -481,12 +482,42 @@ async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> 
             pass
 
 
-def _batch(parts: list[_Part]) -> ReadingBatch:
-    """One poll's reported readings as one batch (one block's columns are taken as they are)."""
-    if len(parts) == 1:
-        return ReadingBatch(*parts[0])
-    batch = ReadingBatch()
-    for mine, part in zip(batch.columns(), zip(*parts)):
-        for theirs in part:
-            mine.extend(theirs)
-    return batch
+class _JoinedNames:
+    """One poll's reported readings as one batch (``batch``), for a device read as several blocks.
+
+    One block's columns are taken as they are. Several blocks' name columns (asset, point, unit,
+    sensor) are joined once per combination of the blocks' own lists and the same joined lists are
+    handed out again while a poll's parts are those very lists (every block answered, nothing
+    filtered): the spool's point table and the v2 encoder then recognise the batch's points by
+    identity, as for a one-block read, instead of hashing every name of every poll. The lists
+    held keep their ids theirs; at most :data:`_MAX_JOINED` combinations are held.
+    """
+
+    def __init__(self) -> None:
+        # id of each part's asset list → each part's (asset, point, unit, sensor) lists, the joined ones
+        self._held: dict[tuple[int, ...], tuple[list[tuple[list[str], ...]], tuple[list[str], ...]]] = {}
+
+    def batch(self, parts: list[_Part]) -> ReadingBatch:
+        if len(parts) == 1:
+            return ReadingBatch(*parts[0])
+        key = tuple([id(part[1]) for part in parts])
+        held = self._held.get(key)
+        if held is None or not all(a[0] is b[1] and a[1] is b[2] and a[2] is b[4] and a[3] is b[6]
+                                   for a, b in zip(held[0], parts)):
+            own = [(part[1], part[2], part[4], part[6]) for part in parts]
+            names = tuple([name for lists in own for name in lists[column]] for column in range(4))
+            if len(self._held) >= _MAX_JOINED:
+                self._held.clear()
+            held = self._held[key] = (own, names)
+        ts: list[int] = []
+        value: list[float | None] = []
+        quality: list[str] = []
+        for part in parts:
+            ts += part[0]
+            value += part[3]
+            quality += part[5]
+        asset, point, unit, sensor = held[1]
+        return ReadingBatch(ts, asset, point, value, unit, quality, sensor)
+
+
+_MAX_JOINED = 16

@@ -84,8 +84,9 @@ under another record, by the next commit that finds the spool over the cap, or
 else delivered; the audit then names them both audited and dropped).
 
 The stored row (``data``, its CRC32 in ``crc``) is compact JSON
-``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``t``
-and ``q`` a list instead when the readings differ, ``"s": shape id`` instead of
+``{"p": [point id, ...], "t": ts_ms, "v": [value, ...], "q": quality}`` — ``q``
+a list instead when the readings differ, ``t`` runs ``[[ts_ms, count], ...]`` or a
+list (``edge_agent.batch.time_column``: a device read as several blocks has a time per block), ``"s": shape id`` instead of
 ``p`` for a shape seen before (``Shape.sid``: the list stored once in table
 ``shapes``, in the same transaction as the first row naming it, never deleted,
 bounded; a row naming an id the table lacks is quarantined) — and names each reading's
@@ -128,7 +129,7 @@ from typing import Any, Callable
 import orjson
 
 from edge_agent.audit import AuditLog, AuditMark, batch_record
-from edge_agent.batch import ReadingBatch
+from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
@@ -197,10 +198,13 @@ def _decode(seq_first: int, seq_last: int, accepted_ms: int, data: bytes, points
         if not isinstance(ids, list) or not ids or not isinstance(value, list) or len(value) != len(ids):
             raise ValueError(f"row {seq_first}..{seq_last}: p and v must be lists of one length")
         n = len(ids)
-        ts = ts if isinstance(ts, list) else [ts] * n
+        try:
+            ts = expand_times(ts, n)
+        except ValueError as exc:
+            raise ValueError(f"row {seq_first}..{seq_last}: t {exc}") from None
         quality = quality if isinstance(quality, list) else [quality] * n
-        if len(ts) != n or len(quality) != n:
-            raise ValueError(f"row {seq_first}..{seq_last}: t and q must be one value or one per reading")
+        if len(quality) != n:
+            raise ValueError(f"row {seq_first}..{seq_last}: q must be one value or one per reading")
         asset, point, unit, sensor = map(list, zip(*map(points.point, ids)))
         batch = ReadingBatch(ts, asset, point, value, unit, quality, sensor, seq_first, accepted_ms)
     else:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from itertools import repeat
+from itertools import groupby, repeat
 from typing import Any, Iterable, Sequence
 
 import orjson
@@ -232,7 +232,7 @@ def encode_segments(site: str, seq_first: int, segments: Sequence[Segment], sent
     table, count = _layout(tuple([_segment_shape(s[1], s[2], s[3]) for s in segments]))
     shared = [s[0].count(s[0][0]) == len(s[0]) for s in segments]      # one time for all: one device read
     base = min([s[0][0] if same else min(s[0]) for s, same in zip(segments, shared)])
-    dt = [(orjson.dumps(s[0][0] - base) + b",") * len(s[0]) if same else _members([t - base for t in s[0]])
+    dt = [(orjson.dumps(s[0][0] - base) + b",") * len(s[0]) if same else _dt_members(s[0], base)
           for s, same in zip(segments, shared)]
     value: list[float | None] = []
     for s in segments:
@@ -243,6 +243,12 @@ def encode_segments(site: str, seq_first: int, segments: Sequence[Segment], sent
         orjson.dumps(site), orjson.dumps(seq_first), orjson.dumps(seq_first + count - 1), orjson.dumps(int(sent_ms)),
         orjson.dumps(base)), table, b',"dt":[', b"".join(dt)[:-1], b'],"val":', val, b',"q":[', b"".join(q)[:-1],
         b"]}"))
+
+
+def _dt_members(ts: Sequence[int], base: int) -> bytes:
+    """The ``dt`` entries (``_members``) of a segment whose times differ: one piece per run of equal times
+    (a device read as several blocks has a time per block)."""
+    return b"".join([(orjson.dumps(t - base) + b",") * len(list(run)) for t, run in groupby(ts)])
 
 
 def _values_json(value: list[float | None]) -> bytes:

@@ -31,10 +31,11 @@ from edge_agent.point_table import PointTable, shared_columns
 from edge_agent.seq_ranges import SeqRanges
 
 
-def _batch(seq_first: int, n: int, accepted_ms: int = 1_764_000_000_100) -> ReadingBatch:
+def _batch(seq_first: int, n: int, accepted_ms: int = 1_764_000_000_100, block: int = 1) -> ReadingBatch:
+    """``n`` readings; times shared by ``block`` readings in a row (a device read as blocks: runs)."""
     batch = ReadingBatch()
     for k in range(n):
-        batch.add(1_764_000_000_000 + k, "tx1", f"p{k}", None if k == 1 else 60.0 + k, "degC",
+        batch.add(1_764_000_000_000 + k // block, "tx1", f"p{k}", None if k == 1 else 60.0 + k, "degC",
                   "stale" if k == 1 else "good", f"S{k}")
     return batch.sequenced(seq_first, accepted_ms)
 
@@ -51,6 +52,11 @@ def _good_log(path: Path) -> list[bytes]:
     batch = _batch(11, 8)                                 # a shape of 8 readings: an 'sh' record, then "s"
     shape = points.shape(batch)
     log.add_batch_record(batch_record("s1", batch, shape, shared_columns(batch)), batch.seq_last, shape, points)
+    batch = _batch(19, 8, block=4)                        # two blocks of one read: ts_ms as runs
+    shape = points.shape(batch)
+    record = batch_record("s1", batch, shape, shared_columns(batch))
+    assert b'"ts_ms":[[1764000000000,4],[1764000000001,4]]' in record
+    log.add_batch_record(record, batch.seq_last, shape, points)
     log.batch("s1", _batch(7, 2))                         # column form
     log.event("drop", site="s1", seq_first=1, seq_last=2, count=2)
     log.event("quar", site="s1", seq=9, seq_last=9, reason="checksum mismatch")

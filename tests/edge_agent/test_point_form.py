@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from edge_agent.audit import AuditLog, batch_record, decode_record, encode_record, read_audit, verify
-from edge_agent.batch import ReadingBatch
+from edge_agent.batch import ReadingBatch, expand_times, time_column
 from edge_agent import point_table
 from edge_agent.point_table import PointTable, shared_columns
 from edge_agent.spool import Spool, _decode, _row
@@ -32,10 +32,11 @@ def batches(draw: st.DrawFn) -> ReadingBatch:
     n = draw(st.integers(1, 40))
     batch = ReadingBatch()
     base = draw(st.integers(0, 2**50))
-    shared_ts = draw(st.booleans())
-    for _ in range(n):
-        batch.add(base if shared_ts else base + draw(st.integers(0, 10_000)), draw(_names), draw(_names),
-                  draw(_value), draw(_names), draw(st.sampled_from(QUALITIES)), draw(_names))
+    timing = draw(st.sampled_from(["shared", "blocks", "each"]))      # one read, a read of several blocks, any
+    for i in range(n):
+        ts = base if timing == "shared" else base + i // 7 if timing == "blocks" else base + draw(st.integers(0, 10_000))
+        batch.add(ts, draw(_names), draw(_names), draw(_value), draw(_names), draw(st.sampled_from(QUALITIES)),
+                  draw(_names))
     return batch.sequenced(draw(st.integers(1, 2**62)), draw(st.integers(0, 2**50)))
 
 
@@ -77,6 +78,45 @@ def test_the_row_and_the_record_from_shared_columns_are_the_ones_each_encodes_al
     assert batch_record("s1", batch, shape, columns) == batch_record("s1", batch, shape)
     record = decode_record(batch_record("s1", batch, shape, columns)[:-1])
     assert orjson.loads(_row(batch, shape, columns)[3])["v"] == record["value"] == batch.value
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(-2**63, 2**63 - 1), st.integers(1, 130)), min_size=1, max_size=6))
+def test_times_are_stored_in_the_shortest_form_and_read_back(blocks: list[tuple[int, int]]) -> None:
+    """One value, runs (a device read as several blocks) or the list: whichever, the same times come back."""
+    ts = [t for t, count in blocks for _ in range(count)]
+    stored = time_column(ts)
+    assert expand_times(stored, len(ts)) == ts
+    assert len(orjson.dumps(stored)) <= len(orjson.dumps(ts))
+    if len(set(ts)) == 1:
+        assert stored == ts[0]
+    if isinstance(stored, list) and isinstance(stored[0], list):
+        assert 2 * len(stored) <= len(ts)
+
+
+def test_a_two_block_read_is_stored_as_two_runs() -> None:
+    ts = [1_764_000_000_000] * 125 + [1_764_000_000_002] * 75
+    assert time_column(ts) == [[1_764_000_000_000, 125], [1_764_000_000_002, 75]]
+    assert time_column([1, 2, 3]) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("stored, message", [
+    ([[5, 0], [6, 3]], r"run 0 must be \[a 64-bit integer time, a count of at least 1\] \(got \[5, 0\]\)"),
+    ([[5, 2], [6, 10**18]], r"runs must count 3 readings \(got more\)"),
+    ([[5, 1], [6, 1]], r"runs must count 3 readings \(got 2\)"),
+    ([[5, 2], 6], r"run 1 must be"),
+    ([[True, 3]], r"run 0 must be"),
+    ([[2**63, 3]], r"run 0 must be"),
+    ([[5, 3, 1]], r"run 0 must be"),
+    ([1, 2], r"must hold 3 times \(got 2\)"),
+    ([1, 2.0, 3], r"must hold 64-bit integers only"),
+    ([1, [2, 1], 3], r"must hold 64-bit integers only"),
+    ("5", r"must be a 64-bit integer or a list \(got '5'\)"),
+    (-2**63 - 1, r"must be a 64-bit integer or a list"),
+])
+def test_stored_times_that_do_not_fit_are_named(stored: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        expand_times(stored, 3)
 
 
 def test_a_shape_is_found_by_the_same_lists_by_equal_lists_and_never_for_other_points() -> None:

@@ -20,7 +20,7 @@ from edge_agent.decode import register_bytes
 from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, plan_reads
 from edge_agent.batch import ReadingBatch
-from edge_agent.poller import DevicePoller, PollTicks, _batch, _loop, run_device
+from edge_agent.poller import DevicePoller, PollTicks, _JoinedNames, _loop, run_device
 from edge_agent.simulator import EXAMPLE_CONFIG, Simulator, signal_for
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -136,6 +136,36 @@ def test_one_poll_of_a_device_is_one_batch_whatever_its_read_plan() -> None:
     assert any(len(plan_reads(d)) > 1 for d in config.devices)     # some device needs several requests
     assert [sorted(b.sensor) for b in batches] == [sorted(p.id for p in d.points) for d in config.devices]
     assert all(b.seq_first == 0 for b in batches)                 # the spool gives the seqs
+
+
+def test_a_read_of_several_blocks_hands_out_the_same_joined_name_lists_while_its_blocks_are_whole() -> None:
+    """The spool's point table and the v2 encoder find a batch's points by its lists' identity: a poll whose
+    blocks all reported hands out the lists joined at the first such poll (never changed); a filtered
+    poll's own lists get lists of their own; the whole poll after it gets the first lists again."""
+    def block(prefix: str, n: int) -> tuple[list[str], ...]:
+        return ([f"a{prefix}"] * n, [f"{prefix}{i}" for i in range(n)], ["kW"] * n, [f"S{prefix}{i}" for i in range(n)])
+
+    first, second = block("x", 3), block("y", 2)
+
+    def part(ts: int, names: tuple[list[str], ...], values: list[float]) -> tuple:
+        asset, point, unit, sensor = names
+        return ([ts] * len(values), asset, point, values, unit, ["good"] * len(values), sensor)
+
+    joined = _JoinedNames()
+    polls = [joined.batch([part(1, first, [1.0, 2.0, 3.0]), part(2, second, [4.0, 5.0])]),
+             joined.batch([part(3, first, [6.0, 7.0, 8.0]), part(4, second, [9.0, 10.0])])]
+    filtered = joined.batch([part(5, first, [6.0, 7.0, 8.0]), part(6, tuple(c[1:] for c in second), [11.0])])
+    polls.append(joined.batch([part(7, first, [1.0, 1.0, 1.0]), part(8, second, [2.0, 2.0])]))
+    for batch, ts, values in zip(polls, ((1, 2), (3, 4), (7, 8)), ([1.0, 2.0, 3.0, 4.0, 5.0],
+                                                                  [6.0, 7.0, 8.0, 9.0, 10.0], [1.0] * 3 + [2.0] * 2)):
+        assert batch.ts_ms == [ts[0]] * 3 + [ts[1]] * 2 and batch.value == values
+        assert batch.point == ["x0", "x1", "x2", "y0", "y1"] and batch.sensor == ["Sx0", "Sx1", "Sx2", "Sy0", "Sy1"]
+        assert batch.asset == ["ax"] * 3 + ["ay"] * 2 and batch.unit == ["kW"] * 5
+        for column in ("asset", "point", "unit", "sensor"):
+            assert getattr(batch, column) is getattr(polls[0], column)
+        assert batch.ts_ms is not polls[0].ts_ms or batch is polls[0]
+    assert filtered.point == ["x0", "x1", "x2", "y1"] and filtered.value == [6.0, 7.0, 8.0, 11.0]
+    assert filtered.ts_ms == [5, 5, 5, 6] and filtered.point is not polls[0].point
 
 
 def test_a_broken_loop_is_reported_as_loop_fault() -> None:
@@ -369,7 +399,7 @@ def test_a_block_reports_only_the_points_that_moved_with_their_own_columns(tmp_p
     def sample(values: list[int], now: float) -> list[tuple[str, float | None, str, int]]:
         parts: list = []
         poller._samples(parts, block, register_bytes(values), now)
-        batch = _batch(parts) if parts else ReadingBatch()
+        batch = poller._joined.batch(parts) if parts else ReadingBatch()
         return [(s, v, q, t) for s, v, q, t in zip(batch.sensor, batch.value, batch.quality, batch.ts_ms)]
 
     first = sample([10, 20, 65535, 7, 3, 0x8000, 0], 1.0)                  # F000: float32 -0.0
