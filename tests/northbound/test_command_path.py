@@ -40,6 +40,7 @@ class FakeEdge:
         self.commands: list[Command] = []
         self.lock = threading.Lock()
         self.release = threading.Event()
+        self.stopped = threading.Event()
         self.clients = []
         for site in SITES:
             pair = pki.client(site)
@@ -59,6 +60,13 @@ class FakeEdge:
         threading.Thread(target=self._answer, args=(client, site, command), daemon=True).start()
 
     def _answer(self, client: mqtt.Client, site: str, command: Command) -> None:
+        try:
+            self._answer_now(client, site, command)
+        except RuntimeError:            # publish failed: only once stop() disconnected (a late command's answer)
+            if not self.stopped.is_set():
+                raise
+
+    def _answer_now(self, client: mqtt.Client, site: str, command: Command) -> None:
         outcome = SITES[site] if command.event else "applied"      # default controls are applied everywhere
         if site == "sub-07":
             self.release.wait(30)
@@ -72,6 +80,7 @@ class FakeEdge:
             client.publish(f"ems/v1/{site}/command-result", encode_result(result), qos=1).wait_for_publish(5)
 
     def stop(self) -> None:
+        self.stopped.set()
         for client in self.clients:
             client.disconnect()
             client.loop_stop()
