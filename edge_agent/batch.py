@@ -14,11 +14,12 @@ left the poller, its lists are read-only — build new ones, never mutate them.
 seq ``seq_first + i`` (a batch's seqs are consecutive).
 
 A batch's measurement times are stored (spool row ``t``, audit record ``ts_ms``)
-in the shortest of three forms (:func:`time_column`): one integer when every
-reading shares it (a one-block device read), runs ``[[ts_ms, count], ...]`` in
-reading order when there are at most half as many runs as readings (a device
-read as several blocks: each block's answer has its own time), else one integer
-per reading. :func:`expand_times` reads any of them back, checked.
+in one of three forms (:func:`time_column`): one integer when every reading
+shares it (a one-block device read), runs ``[[ts_ms, count], ...]`` in reading
+order when there are at most half as many runs as readings (a device read as
+several blocks: each block's answer has its own time; with epoch milliseconds
+the runs are then the shorter text), else one integer per reading.
+:func:`expand_times` reads any of them back, checked.
 """
 
 from __future__ import annotations
@@ -27,11 +28,16 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from typing import Any, Iterator
 
+from ems_contract.config_file import shorten
 from ems_contract.telemetry import Reading
 
 __all__ = ["ReadingBatch", "time_column", "expand_times"]
 
 _INT64 = (-2**63, 2**63 - 1)
+
+
+def _is_time(value: Any) -> bool:
+    return type(value) is int and _INT64[0] <= value <= _INT64[1]
 
 
 def time_column(ts_ms: list[int]) -> "int | list[int] | list[list[int]]":
@@ -49,25 +55,25 @@ def expand_times(stored: Any, n: int) -> list[int]:
     is wrong: not a 64-bit integer, a list of another length, runs that are not ``[integer, count ≥ 1]``
     pairs or whose counts do not add up to ``n`` (checked before anything is expanded)."""
     if type(stored) is not list:
-        if type(stored) is not int or not _INT64[0] <= stored <= _INT64[1]:
-            raise ValueError(f"must be a 64-bit integer or a list (got {stored!r:.40})")
+        if not _is_time(stored):
+            raise ValueError(f"must be a 64-bit integer or a list (got {shorten(stored)})")
         return [stored] * n
     if not stored or type(stored[0]) is not list:
         if len(stored) != n:
             raise ValueError(f"must hold {n} times (got {len(stored)})")
         if not set(map(type, stored)) <= {int} or min(stored) < _INT64[0] or max(stored) > _INT64[1]:
-            raise ValueError("must hold 64-bit integers only")
+            index, item = next((i, t) for i, t in enumerate(stored) if not _is_time(t))
+            raise ValueError(f"item {index} must be a 64-bit integer (got {shorten(item)})")
         return stored
     total = 0
     for index, run in enumerate(stored):
-        if type(run) is not list or len(run) != 2 or type(run[0]) is not int or type(run[1]) is not int \
-                or not _INT64[0] <= run[0] <= _INT64[1] or run[1] < 1:
-            raise ValueError(f"run {index} must be [a 64-bit integer time, a count of at least 1] (got {run!r:.60})")
+        if type(run) is not list or len(run) != 2 or not _is_time(run[0]) or type(run[1]) is not int or run[1] < 1:
+            raise ValueError(f"run {index} must be [a 64-bit integer time, a count of at least 1] (got {shorten(run)})")
         total += run[1]
         if total > n:
-            break
+            raise ValueError(f"runs must count {n} readings (runs 0..{index} count {total})")
     if total != n:
-        raise ValueError(f"runs must count {n} readings (got {'more' if total > n else total})")
+        raise ValueError(f"runs must count {n} readings (got {total})")
     out: list[int] = []
     for t, count in stored:
         out += [t] * count

@@ -292,6 +292,7 @@ class DevicePoller:
                 points, offsets, bits, codec[0] if codec is not None else None, redo, decoders, start,
                 [p.asset for p in points], [p.name for p in points], [p.unit for p in points],
                 [p.id for p in points], ["good"] * len(points), any(p.current_loop is not None for p in points))
+            self._joined.own.add(id(layout.asset))
         calibrations = self.calibrations
         if layout.generation != calibrations.generation:
             cals = tuple(calibrations.get(p.id) for p in layout.points)
@@ -486,14 +487,16 @@ class _JoinedNames:
     """One poll's reported readings as one batch (``batch``), for a device read as several blocks.
 
     One block's columns are taken as they are. Several blocks' name columns (asset, point, unit,
-    sensor) are joined once per combination of the blocks' own lists and the same joined lists are
-    handed out again while a poll's parts are those very lists (every block answered, nothing
-    filtered): the spool's point table and the v2 encoder then recognise the batch's points by
-    identity, as for a one-block read, instead of hashing every name of every poll. The lists
-    held keep their ids theirs; at most :data:`_MAX_JOINED` combinations are held.
+    sensor) are joined once per combination of the blocks' own lists (their layouts', ids in ``own``:
+    the poller holds them for its life) and the same joined lists are handed out again while a
+    poll's parts are those very lists (every block answered, nothing filtered): the spool's point
+    table and the v2 encoder then recognise the batch's points by identity, as for a one-block read,
+    instead of hashing every name of every poll. A filtered poll's lists are joined and not held;
+    at most :data:`_MAX_JOINED` combinations are held.
     """
 
     def __init__(self) -> None:
+        self.own: set[int] = set()
         # id of each part's asset list → each part's (asset, point, unit, sensor) lists, the joined ones
         self._held: dict[tuple[int, ...], tuple[list[tuple[list[str], ...]], tuple[list[str], ...]]] = {}
 
@@ -504,11 +507,12 @@ class _JoinedNames:
         held = self._held.get(key)
         if held is None or not all(a[0] is b[1] and a[1] is b[2] and a[2] is b[4] and a[3] is b[6]
                                    for a, b in zip(held[0], parts)):
-            own = [(part[1], part[2], part[4], part[6]) for part in parts]
-            names = tuple([name for lists in own for name in lists[column]] for column in range(4))
-            if len(self._held) >= _MAX_JOINED:
-                self._held.clear()
-            held = self._held[key] = (own, names)
+            lists = [(part[1], part[2], part[4], part[6]) for part in parts]
+            held = (lists, tuple([name for names in lists for name in names[column]] for column in range(4)))
+            if self.own.issuperset(key):
+                if len(self._held) >= _MAX_JOINED:
+                    self._held.clear()
+                self._held[key] = held
         ts: list[int] = []
         value: list[float | None] = []
         quality: list[str] = []

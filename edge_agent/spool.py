@@ -158,8 +158,9 @@ CREATE TABLE IF NOT EXISTS quarantine (
 
 
 def _encode(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -> bytes:
-    """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``t``
-    and ``q`` one value when every reading shares it (``shared_columns``, or ``columns`` it returned),
+    """The stored row: ``{"p": point ids, "t": ts_ms, "v": values, "q": qualities}`` as compact JSON, ``q``
+    one value when every reading shares it and ``t`` one value or runs (``shared_columns``, or ``columns``
+    it returned),
     ``"s": shape id`` instead of ``p`` when the shape has one; ValueError for a NaN or infinite value."""
     ts, value, quality = columns or shared_columns(batch)
     if shape.sid:

@@ -94,6 +94,7 @@ GOOD_BODIES = [decode_record(line) for line in GOOD]
 _hostile = st.one_of(
     st.none(), st.booleans(), st.integers(-2**70, 2**70), st.sampled_from([0, -1, 2**63 - 1, 2**63, 2**64 - 1]),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=20), st.lists(st.integers(), max_size=3),
+    st.lists(st.lists(st.integers(-2**64, 2**64) | st.booleans(), max_size=3), max_size=3),     # runs, or nearly
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
 
 
@@ -165,6 +166,23 @@ def test_a_broken_record_is_reported_by_field_and_the_others_still_count(broken:
         log.close()
         assert log.last_seq >= max(_last_seq(b) for i, b in enumerate(GOOD_BODIES) if i != index)
         assert main(["audit", "verify", "--path", str(path)]) == (0 if summary.ok else 1)
+
+
+@pytest.mark.parametrize("ts", [b"[" * 1000 + b"]" * 1000, b"[[" + b"[" * 1000 + b"]" * 1000 + b",8]]",
+                                b"[1," + b"[" * 1000 + b"]" * 1000 + b",3,4,5,6,7,8]"])
+def test_times_nested_as_deep_as_json_allows_are_reported_by_field(tmp_path: Path, ts: bytes) -> None:
+    """A CRC-valid record whose ts_ms nests 1000 lists deep (orjson reads up to 1024): named, not a RecursionError."""
+    body = orjson.dumps({"k": "b", "site": "s1", "seq_first": 1, "seq_last": 8, "at_ms": 1, "s": 1,
+                         "value": [1.0] * 8, "q": "good", "ts_ms": 0})
+    line = _with_crc(body.replace(b'"ts_ms":0', b'"ts_ms":' + ts))
+    with pytest.raises(ValueError, match=r"'b' record: ts_ms (run|item) \d+ must be"):
+        decode_record(line)
+    path = tmp_path / "audit.log"
+    path.write_bytes(b"".join(line + b"\n" for line in GOOD[:3]) + line + b"\n")
+    summary = verify(path)
+    assert summary.corrupt is not None and summary.corrupt.index == 3 and "ts_ms" in summary.corrupt.reason
+    with pytest.raises(AuditError, match="record 4 is corrupt"):
+        read_audit(path)
 
 
 @settings(max_examples=300, deadline=None)

@@ -152,6 +152,7 @@ def test_a_read_of_several_blocks_hands_out_the_same_joined_name_lists_while_its
         return ([ts] * len(values), asset, point, values, unit, ["good"] * len(values), sensor)
 
     joined = _JoinedNames()
+    joined.own.update((id(first[0]), id(second[0])))        # the blocks' own lists (their layouts' in a poller)
     polls = [joined.batch([part(1, first, [1.0, 2.0, 3.0]), part(2, second, [4.0, 5.0])]),
              joined.batch([part(3, first, [6.0, 7.0, 8.0]), part(4, second, [9.0, 10.0])])]
     filtered = joined.batch([part(5, first, [6.0, 7.0, 8.0]), part(6, tuple(c[1:] for c in second), [11.0])])
@@ -166,6 +167,7 @@ def test_a_read_of_several_blocks_hands_out_the_same_joined_name_lists_while_its
         assert batch.ts_ms is not polls[0].ts_ms or batch is polls[0]
     assert filtered.point == ["x0", "x1", "x2", "y1"] and filtered.value == [6.0, 7.0, 8.0, 11.0]
     assert filtered.ts_ms == [5, 5, 5, 6] and filtered.point is not polls[0].point
+    assert len(joined._held) == 1                           # a filtered poll's one-off lists are not held
 
 
 def test_a_broken_loop_is_reported_as_loop_fault() -> None:
