@@ -31,8 +31,11 @@ that offset, cuts the file at the first one a power loss took or tore, and
 exception: rows that fail their checks at open (``quarantine_bad_rows``) move to
 the ``quarantine`` table before the audit is opened and checked; their ``quar``
 records follow. While the audit cannot be synced, new rows still commit (their
-records stay buffered, written again after a back-off) and the acks' deletes
-wait; close commits every buffered row whatever the audit does.
+records stay buffered, written again after a back-off; past
+``audit.MAX_BUFFERED_BYTES`` the audit lets go of the batch records,
+``AuditLog.behind``, and ``_sync_audit`` audits those rows again from the table
+once a sync succeeds) and the acks' deletes wait; close commits every buffered
+row whatever the audit does.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -420,11 +423,32 @@ class Spool:
             good.append((eid, tuple(entry)))
         return good, highest
 
-    def _reaudit_sync(self) -> None:
-        """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
+    def _sync_audit(self) -> None:
+        """``audit.sync()``; when the audit had let go of batch records while its file could not be written
+        (``AuditLog.behind``) and now it can, the rows above its last seq are audited again from the
+        table (all still there: no row leaves before its record is durable), and synced. A sync with
+        nothing to write proves nothing: the first row's record goes alone first, and when that fails
+        the audit lets go of it again (the rest is not read from the table until a write succeeds)."""
+        audit = self.audit
+        assert audit is not None
+        audit.sync()
+        if audit.behind:
+            audit.behind = False
+            try:
+                again = self._reaudit_sync(limit=1)
+            except AuditError:
+                audit.let_go(again=True)
+                raise
+            again += self._reaudit_sync(quiet=True)
+            log.warning("spool %s: audited %d spooled batches again: the audit log takes writes again",
+                        self.path, again)
+
+    def _reaudit_sync(self, *, limit: int = -1, quiet: bool = False) -> int:
+        """Audit committed rows that a crash left unaudited (seq above the audit log's last seq; at most
+        ``limit`` rows when given), then sync; how many rows (corrupt ones are left to ``lease``)."""
         assert self._db is not None and self.audit is not None
         rows = self._db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
-                                "WHERE seq_first > ? ORDER BY seq_first", (self.audit.last_seq,)).fetchall()
+                                "WHERE seq_first > ? ORDER BY seq_first LIMIT ?", (self.audit.last_seq, limit)).fetchall()
         for seq_first, seq_last, accepted_ms, data, crc in rows:
             try:
                 if zlib.crc32(data) != crc:
@@ -432,10 +456,11 @@ class Spool:
                 self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
             except (ValueError, TypeError):
                 continue
-        if rows:
+        if rows and not quiet and limit < 0:
             log.warning("spool %s: audited %d spooled batches missing from the audit log (crash recovery)",
                         self.path, len(rows))
         self.audit.sync()
+        return len(rows)
 
     async def reopen_audit(self) -> bool:
         """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened
@@ -485,12 +510,12 @@ class Spool:
         if self.audit is not None and self.audit.durable_seq < seq_last:
             if not retry and (wait := self.audit.backoff_in()):
                 raise AuditError(f"audit log {self.audit.path}: failed to sync; next try in {wait:.1f} s")
-            self.audit.sync()
+            self._sync_audit()
 
     def _close_sync(self) -> None:
         if self.audit is not None and self._db is not None:
             try:
-                self.audit.sync()
+                self._sync_audit()
                 self._save_mark_sync()      # a clean start checks nothing beyond it
             except (AuditError, SpoolError) as exc:
                 log.error("%s; the next start checks the audit log from its last recorded position", exc)
@@ -839,7 +864,7 @@ class Spool:
                 self.audit.add_batch_record(record, row[1], shape, self.points)
             try:
                 # Not fsync'd each commit: the rows stay in the spool until their records are durable.
-                self.audit.sync() if self.audit.sync_due() else self.audit.write()
+                self._sync_audit() if self.audit.sync_due() else self.audit.write()
             except AuditError as exc:
                 # The rows are committed: failing the commit would buffer them again and every later
                 # commit would fail on their seqs. Their records stay buffered in the audit log and go
@@ -896,7 +921,7 @@ class Spool:
             if self.audit is not None:
                 record = self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
                 try:
-                    self.audit.sync()
+                    self._sync_audit()
                 except AuditError:
                     self.audit.withdraw(record)     # not dropped: the next commit over the cap tries again
                     raise
@@ -926,7 +951,7 @@ class Spool:
     def _audit_event_sync(self, kind: str, fields: dict[str, Any]) -> None:
         assert self.audit is not None
         self.audit.event(kind, **fields)
-        self.audit.sync()
+        self._sync_audit()
 
     async def lease(self, n: int) -> list[ReadingBatch]:
         """The next committed, unleased batches in seq order: at most ``n`` readings, but at least one
@@ -1014,7 +1039,7 @@ class Spool:
         self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
             self.audit.event("quar", site=self.site, seq=seq_first, seq_last=seq_last, reason=reason)
-            self.audit.sync()
+            self._sync_audit()
         log.error("spool row seq %d..%d is corrupt (%s): moved to the quarantine table (audited)",
                   seq_first, seq_last, reason)
 

@@ -852,3 +852,107 @@ def test_depth_read_during_a_commit_never_counts_a_deleted_ack_twice(tmp_path: P
 
     assert run(go()) == 6
     assert seen[-1] == 6, seen
+
+
+def test_records_held_while_the_audit_file_is_full_are_bounded_and_their_rows_audited_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's disk full for a long spell (ENOSPC on every write): new rows still commit, the records
+    held stay under ``MAX_BUFFERED_BYTES`` (batch records let go, a command record kept), no acked row
+    leaves the spool meanwhile; once the disk takes writes, every reading is audited exactly once and the
+    acks delete. A restart while it is full audits the rows again too (the other test below)."""
+    import errno
+
+    import edge_agent.audit as audit_module
+    from edge_agent.errors import AuditError
+
+    monkeypatch.setattr(audit_module, "MAX_BUFFERED_BYTES", 4096)
+    monkeypatch.setattr(audit_module, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(audit_module, "RETRY_MAX_S", 0.02)
+    audit_path = tmp_path / "audit.log"
+    full = {"on": False}
+
+    class Disk:
+        """The audit file on a disk that may be full."""
+
+        def __init__(self, fh: object) -> None:
+            self.fh = fh
+
+        def write(self, view: memoryview) -> int:
+            if full["on"]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(view)
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.fh, name)
+
+    async def go() -> tuple[int, int, bool, int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            audit = spool.audit
+            assert audit is not None
+            await _add(spool, 0, 3)
+            await spool.flush()
+            audit._fh = Disk(audit._fh)                                 # type: ignore[assignment]
+            full["on"] = True
+            for i in range(1, 120):                                     # about 30 KB of batch records
+                await _add(spool, i, 3)
+                await spool.flush()
+                await asyncio.sleep(0.001)
+            with pytest.raises(AuditError, match="No space left"):
+                await spool.audit_event("cmd", {"id": "c1", "decision": "accepted", "reason": None})
+            leased = await spool.lease(10_000)
+            with pytest.raises(AuditError):
+                await spool.ack(leased[0].seq_first, leased[-1].seq_last)   # the delete waits for the audit
+            held, behind, depth = audit._buffered_bytes, audit.behind, spool._depth     # readings in the table
+            assert held <= 4096 and sum(map(len, audit._buffer)) == held
+            full["on"] = False
+            await asyncio.sleep(0.05)                                   # past the back-off
+            await _add(spool, 120, 3)
+            await spool.flush()                                         # audits the rows again, then the ack deletes
+            await spool.flush()
+            return held, depth, behind, spool._depth
+
+    held, depth_while_full, behind, depth = run(go())
+    assert behind and depth_while_full == 360 and depth == 3          # the acked 360 left only once audited
+    contents = read_audit(audit_path)
+    assert sorted(contents.readings) == list(range(1, 364))
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.readings == 363 and summary.kinds["cmd"] == 1, summary
+
+
+def test_an_agent_stopped_while_its_audit_file_is_full_audits_the_rows_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import edge_agent.audit as audit_module
+
+    monkeypatch.setattr(audit_module, "MAX_BUFFERED_BYTES", 2048)
+    audit_path = tmp_path / "audit.log"
+
+    class FullDisk:
+        def __init__(self, fh: object) -> None:
+            self.fh = fh
+
+        def write(self, view: memoryview) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.fh, name)
+
+    async def full_spell() -> bool:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            assert spool.audit is not None
+            spool.audit._fh = FullDisk(spool.audit._fh)                 # type: ignore[assignment]
+            for i in range(60):
+                await _add(spool, i, 3)
+                await spool.flush()
+            return spool.audit.behind
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+
+    assert run(full_spell())
+    assert run(restart()) == 180
+    assert sorted(read_audit(audit_path).readings) == list(range(1, 181))
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.readings == 180
