@@ -155,11 +155,11 @@ SYNC_INTERVAL_S = 1.0
 SYNC_BYTES = 4 << 20
 """... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
+"""After a failed write or fsync the lazy writes and due fsyncs wait, 1 s doubling up to 30 s, before the next try."""
 MAX_BUFFERED_BYTES = 64 << 20
 """The most record bytes held in memory while the file cannot be written: past it the batch records
 (and their ``pt``/``sh`` definitions) are let go (:attr:`AuditLog.behind`); events are always kept."""
-_BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')
-"""After a failed write or fsync the lazy writes and due fsyncs wait, 1 s doubling up to 30 s, before the next try."""
+_BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')     # encode_record writes "k" first
 
 
 @dataclass(frozen=True)
@@ -499,7 +499,12 @@ class AuditLog:
         self._buffer.append(record)
         self._buffered_bytes += len(record)
         self.last_seq = max(self.last_seq, seq_last)
-        if self._backoff and self._buffered_bytes > MAX_BUFFERED_BYTES and not self._unsynced:
+
+    def bound(self) -> None:
+        """While the file cannot be written: when the records held pass :data:`MAX_BUFFERED_BYTES`, let go
+        of the batch records (:meth:`let_go`). The spool asks after each commit's records (not while it
+        audits rows again: those go out a chunk at a time)."""
+        if self._backoff and self._buffered_bytes > MAX_BUFFERED_BYTES and not self._unsynced and not self.behind:
             self.let_go()
 
     def let_go(self, *, again: bool = False) -> None:
@@ -510,6 +515,7 @@ class AuditLog:
         since), so the audited seq falls back to it and the spool, whose rows above it cannot leave
         before their records are durable, audits them again from its table once a write succeeds
         (:attr:`behind`); the definitions are written again as needed."""
+        assert not self._unsynced, "let_go after a cut back only: every record above durable_seq is held"
         kept = [record for record in self._buffer if not record[9:].startswith(_BATCH_KINDS)]
         if again:
             log.error("audit log %s: still cannot be written; the spooled rows wait to be audited again", self.path)
