@@ -62,8 +62,11 @@ after the last fsync or before a write would leave :data:`SYNC_BYTES` (4 MiB)
 unsynced (asked at commits only). A failed write or fsync cuts the file back to
 its last fsync'd size and buffers every record written since, to be written
 whole again, by an fsync 1 s later (doubling up to 30 s while it keeps failing;
-meanwhile nothing is written but what :meth:`AuditLog.sync` is asked for). When
-the file cannot be cut back, nothing more is written until the next start.
+meanwhile nothing is written but what :meth:`AuditLog.sync` is asked for). The
+records held are bounded: past :data:`MAX_BUFFERED_BYTES` the batch records are let
+go (events kept) and the spool audits their rows again from its table once a sync
+succeeds (:attr:`AuditLog.behind`, :meth:`AuditLog.let_go`). When the file cannot be cut back, nothing more
+is written until the next start.
 
 The invariant (with ``edge_agent.spool``): **no spool row is deleted before its
 record is durable, and after a crash or power loss every committed row not
@@ -153,6 +156,10 @@ SYNC_BYTES = 4 << 20
 """... or once this many bytes are written and not fsync'd: with the interval, the bound on what an open checks."""
 RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 """After a failed write or fsync the lazy writes and due fsyncs wait, 1 s doubling up to 30 s, before the next try."""
+MAX_BUFFERED_BYTES = 64 << 20
+"""The most record bytes held in memory while the file cannot be written: past it the batch records
+(and their ``pt``/``sh`` definitions) are let go (:attr:`AuditLog.behind`); events are always kept."""
+_BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')     # encode_record writes "k" first
 
 
 @dataclass(frozen=True)
@@ -289,6 +296,8 @@ class AuditLog:
         self.last_crc: str | None = None     # CRC of the last record written, carried into the next file
         self._fh = None
         self._buffer: list[bytes] = []
+        self._buffered_bytes = 0               # len of the buffered records together
+        self.behind = False                    # batch records above durable_seq let go: the spool audits those rows again
         self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
         self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
@@ -467,7 +476,11 @@ class AuditLog:
         """Buffer ``batch_record(...)`` of a batch whose last seq is ``seq_last`` (encoded by the caller,
         e.g. on another thread than the writer's). A point-form record comes with its ``shape`` and
         the ``points`` table: a ``pt`` record defining the ids this file has not defined yet goes first,
-        then an ``sh`` record defining the shape's number (:data:`SHAPES`) when the file has not yet."""
+        then an ``sh`` record defining the shape's number (:data:`SHAPES`) when the file has not yet.
+
+        While :attr:`behind` the record is not held (the spool audits the row again from its table)."""
+        if self.behind:
+            return
         if shape is not None and shape not in self._shapes:
             assert points is not None
             missing = [pid for pid in shape.distinct if pid not in self._defined]
@@ -484,7 +497,39 @@ class AuditLog:
                 self._shapes.clear()
             self._shapes.add(shape)
         self._buffer.append(record)
+        self._buffered_bytes += len(record)
         self.last_seq = max(self.last_seq, seq_last)
+
+    def bound(self) -> None:
+        """While the file cannot be written: when the records held pass :data:`MAX_BUFFERED_BYTES`, let go
+        of the batch records (:meth:`let_go`). The spool asks after each commit's records (not while it
+        audits rows again: those go out a chunk at a time)."""
+        if self._backoff and self._buffered_bytes > MAX_BUFFERED_BYTES and not self._unsynced and not self.behind:
+            self.let_go()
+
+    def let_go(self, *, again: bool = False) -> None:
+        """The file has failed writes long enough for the held records to pass :data:`MAX_BUFFERED_BYTES`
+        (``again``: a try to audit the rows again failed): let go of the batch records (and the ``pt`` and
+        ``sh`` records defining their points), keep the events. Every record above :attr:`durable_seq` is
+        among them (a failed write cut the file back to its durable size and held everything written
+        since), so the audited seq falls back to it and the spool, whose rows above it cannot leave
+        before their records are durable, audits them again from its table once a write succeeds
+        (:attr:`behind`); the definitions are written again as needed."""
+        assert not self._unsynced, "let_go after a cut back only: every record above durable_seq is held"
+        kept = [record for record in self._buffer if not record[9:].startswith(_BATCH_KINDS)]
+        if again:
+            log.error("audit log %s: still cannot be written; the spooled rows wait to be audited again", self.path)
+        else:
+            log.error("audit log %s: %d MiB of records held while the file cannot be written; letting go of the "
+                      "%d batch records (their rows stay spooled and are audited again once it can be)",
+                      self.path, self._buffered_bytes >> 20, len(self._buffer) - len(kept))
+        self._buffer = kept
+        self._buffered_bytes = sum(map(len, kept))
+        self.last_seq = self.durable_seq
+        self.behind = True
+        self._defined.clear()
+        self._numbered.clear()
+        self._shapes.clear()
 
     def event(self, kind: str, **fields: Any) -> bytes:
         """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``, ``sh``) and return it;
@@ -492,6 +537,7 @@ class AuditLog:
         check_finite(v for v in fields.values() if isinstance(v, float))
         record = encode_record({"k": kind, **fields, "at_ms": int(self.clock() * 1000)})
         self._buffer.append(record)
+        self._buffered_bytes += len(record)
         return record
 
     def withdraw(self, record: bytes) -> None:
@@ -499,6 +545,7 @@ class AuditLog:
         for i in range(len(self._buffer) - 1, -1, -1):
             if self._buffer[i] is record:
                 del self._buffer[i]
+                self._buffered_bytes -= len(record)
                 return
 
     def write(self) -> None:
@@ -513,6 +560,7 @@ class AuditLog:
         with the records perhaps never on disk (and the spool would then delete their rows)."""
         if self._broken is not None:
             self._buffer.clear()    # their rows stay spooled, audited again at the next start (last_seq of the file)
+            self._buffered_bytes = 0
         elif not self._backoff:
             self._write()
         elif not self.backoff_in():
@@ -540,6 +588,7 @@ class AuditLog:
         self._unsynced_bytes += len(data)
         self.last_crc = self._buffer[-1][:8].decode()
         self._buffer.clear()
+        self._buffered_bytes = 0
 
     def sync(self) -> None:
         """Write the buffered records and fsync, so that every record so far is durable; raises AuditError
@@ -585,10 +634,12 @@ class AuditLog:
                             f"({exc.strerror or exc}): nothing more is written until the agent restarts")
             log.error("audit log %s %s", self.path, self._broken)
             self._buffer.clear()
+            self._buffered_bytes = 0
             self._unsynced.clear()
             self._unsynced_bytes = 0
             return
         self._buffer[:0] = self._unsynced
+        self._buffered_bytes += self._unsynced_bytes
         self._unsynced.clear()
         self._unsynced_bytes = 0
         self._written = self._durable
@@ -602,11 +653,11 @@ class AuditLog:
 
     def sync_in(self) -> float | None:
         """Seconds until :meth:`sync_due` (0.0 when due); None when every record is durable."""
-        if not self._unsynced and not self._buffer:
+        if not self._unsynced and not self._buffer and not self.behind:
             return None
         if (backoff := self.backoff_in()) > 0.0:
             return backoff
-        if self._unsynced_bytes + sum(map(len, self._buffer)) >= SYNC_BYTES:
+        if self.behind or self._unsynced_bytes + self._buffered_bytes >= SYNC_BYTES:
             return 0.0
         return max(0.0, self._synced_at + SYNC_INTERVAL_S - time.monotonic())
 

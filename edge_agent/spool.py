@@ -31,8 +31,11 @@ that offset, cuts the file at the first one a power loss took or tore, and
 exception: rows that fail their checks at open (``quarantine_bad_rows``) move to
 the ``quarantine`` table before the audit is opened and checked; their ``quar``
 records follow. While the audit cannot be synced, new rows still commit (their
-records stay buffered, written again after a back-off) and the acks' deletes
-wait; close commits every buffered row whatever the audit does.
+records stay buffered, written again after a back-off; past
+``audit.MAX_BUFFERED_BYTES`` the audit lets go of the batch records,
+``AuditLog.behind``, and ``_sync_audit`` audits those rows again from the table
+once a sync succeeds) and the acks' deletes wait; close commits every buffered
+row whatever the audit does.
 
 The unit is the batch (``ReadingBatch``, one device read): one row, one seq
 range, one audit record. Lifecycle::
@@ -142,6 +145,7 @@ __all__ = ["Spool", "SPOOL_FILE"]
 log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
+_REAUDIT_ROWS = 64      # rows audited again per write and fsync (column form: about 80 bytes a reading)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -420,22 +424,56 @@ class Spool:
             good.append((eid, tuple(entry)))
         return good, highest
 
-    def _reaudit_sync(self) -> None:
-        """Audit committed rows that a crash left unaudited (seq above the audit log's last seq)."""
-        assert self._db is not None and self.audit is not None
-        rows = self._db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
-                                "WHERE seq_first > ? ORDER BY seq_first", (self.audit.last_seq,)).fetchall()
-        for seq_first, seq_last, accepted_ms, data, crc in rows:
+    def _sync_audit(self) -> None:
+        """``audit.sync()`` (raises AuditError when the caller's records cannot be made durable); then,
+        when the audit had let go of batch records while its file could not be written
+        (``AuditLog.behind``), the rows above its last seq are audited again from the table (all still
+        there: no row leaves before its record is durable; ``_reaudit_sync``). When that fails the
+        audit lets go of what it held again and stays behind: logged, not raised (the caller's own
+        records are durable); whoever needs rows' records durable checks ``behind``."""
+        audit = self.audit
+        assert audit is not None
+        audit.sync()
+        if audit.behind and not audit.backoff_in():
+            audit.behind = False
             try:
-                if zlib.crc32(data) != crc:
-                    continue        # lease() quarantines and audits it
-                self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
-            except (ValueError, TypeError):
-                continue
-        if rows:
+                again = self._reaudit_sync(quiet=True)
+            except (AuditError, SpoolError, sqlite3.Error) as exc:
+                audit.let_go(again=True)
+                log.error("spool %s: cannot audit the spooled rows again yet (%s)", self.path, exc)
+                return
+            log.warning("spool %s: audited %d spooled batches again: the audit log takes writes again",
+                        self.path, again)
+
+    def _reaudit_sync(self, *, quiet: bool = False) -> int:
+        """Audit committed rows missing from the audit log (seq above its last seq: a crash, or records
+        let go while it could not be written), in seq order, :data:`_REAUDIT_ROWS` rows a write and an
+        fsync at a time (the region a power loss can tear stays small, and so does the memory); how
+        many rows. Raises AuditError (the rows synced before stay audited) or sqlite3.Error. Corrupt
+        rows are left to ``lease``, which quarantines and audits them."""
+        assert self._db is not None and self.audit is not None
+        cursor = self.audit.last_seq
+        done = 0
+        while True:
+            rows = self._db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
+                                    "WHERE seq_first > ? ORDER BY seq_first LIMIT ?", (cursor, _REAUDIT_ROWS)).fetchall()
+            if not rows:
+                break
+            for seq_first, seq_last, accepted_ms, data, crc in rows:
+                cursor = seq_last
+                try:
+                    if zlib.crc32(data) != crc:
+                        continue
+                    self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
+                except (ValueError, TypeError):
+                    continue
+            self.audit.sync()
+            done += len(rows)
+        if done and not quiet:
             log.warning("spool %s: audited %d spooled batches missing from the audit log (crash recovery)",
-                        self.path, len(rows))
+                        self.path, done)
         self.audit.sync()
+        return done
 
     async def reopen_audit(self) -> bool:
         """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened
@@ -482,15 +520,18 @@ class Spool:
         """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
         called before a transaction deletes such rows. Raises AuditError (at once, without a try, while
         the audit backs off after a failure and ``retry`` is False)."""
-        if self.audit is not None and self.audit.durable_seq < seq_last:
+        if self.audit is not None and (self.audit.durable_seq < seq_last or self.audit.behind):
             if not retry and (wait := self.audit.backoff_in()):
                 raise AuditError(f"audit log {self.audit.path}: failed to sync; next try in {wait:.1f} s")
-            self.audit.sync()
+            self._sync_audit()
+            if self.audit.behind:
+                raise AuditError(f"audit log {self.audit.path}: the spooled rows above seq {self.audit.durable_seq} "
+                                 f"are not audited again yet")
 
     def _close_sync(self) -> None:
         if self.audit is not None and self._db is not None:
             try:
-                self.audit.sync()
+                self._sync_audit()
                 self._save_mark_sync()      # a clean start checks nothing beyond it
             except (AuditError, SpoolError) as exc:
                 log.error("%s; the next start checks the audit log from its last recorded position", exc)
@@ -839,12 +880,13 @@ class Spool:
                 self.audit.add_batch_record(record, row[1], shape, self.points)
             try:
                 # Not fsync'd each commit: the rows stay in the spool until their records are durable.
-                self.audit.sync() if self.audit.sync_due() else self.audit.write()
+                self._sync_audit() if self.audit.sync_due() else self.audit.write()
             except AuditError as exc:
                 # The rows are committed: failing the commit would buffer them again and every later
                 # commit would fail on their seqs. Their records stay buffered in the audit log and go
                 # out with the next write; until then no row leaves the spool (deletes sync first).
                 log.error("%s; the %d committed batches' records stay buffered for the next write", exc, len(rows))
+            self.audit.bound()
         overflow = self._depth - self.max_readings
         dropped_range = self._drop_oldest_sync(overflow, rows[-1][0], retry) if rows and overflow > 0 else None
         dropped = dropped_range[2] if dropped_range else 0
@@ -894,6 +936,7 @@ class Spool:
             return None
         try:
             if self.audit is not None:
+                self._audit_durable_sync(last)      # the dropped rows' records before the drop record
                 record = self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
                 try:
                     self.audit.sync()
@@ -926,7 +969,7 @@ class Spool:
     def _audit_event_sync(self, kind: str, fields: dict[str, Any]) -> None:
         assert self.audit is not None
         self.audit.event(kind, **fields)
-        self.audit.sync()
+        self._sync_audit()
 
     async def lease(self, n: int) -> list[ReadingBatch]:
         """The next committed, unleased batches in seq order: at most ``n`` readings, but at least one
@@ -1014,7 +1057,7 @@ class Spool:
         self._oldest_ms = self._min_accepted_sync()
         if self.audit is not None:
             self.audit.event("quar", site=self.site, seq=seq_first, seq_last=seq_last, reason=reason)
-            self.audit.sync()
+            self._sync_audit()
         log.error("spool row seq %d..%d is corrupt (%s): moved to the quarantine table (audited)",
                   seq_first, seq_last, reason)
 

@@ -852,3 +852,158 @@ def test_depth_read_during_a_commit_never_counts_a_deleted_ack_twice(tmp_path: P
 
     assert run(go()) == 6
     assert seen[-1] == 6, seen
+
+
+class _AuditDisk:
+    """The audit file on a disk that may be full: ``writes`` is how many more writes it takes (None: all)."""
+
+    def __init__(self, fh: object) -> None:
+        self.fh = fh
+        self.writes: int | None = None
+
+    def write(self, view: memoryview) -> int:
+        import errno
+        if self.writes is not None:
+            if self.writes <= 0:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.writes -= 1
+        return self.fh.write(view)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.fh, name)
+
+
+def _fast_audit_retries(monkeypatch: pytest.MonkeyPatch, bound: int) -> None:
+    import edge_agent.audit as audit_module
+    monkeypatch.setattr(audit_module, "MAX_BUFFERED_BYTES", bound)
+    monkeypatch.setattr(audit_module, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(audit_module, "RETRY_MAX_S", 0.02)
+
+
+def _audited_before_dropped(path: Path) -> None:
+    """Every seq a ``drop`` record names was audited by a ``b`` record earlier in the file."""
+    seen: set[int] = set()
+    for line in path.read_bytes().splitlines():
+        body = decode_record(line)
+        if body["k"] == "b":
+            seen.update(range(body["seq_first"], body["seq_last"] + 1))
+        elif body["k"] == "drop":
+            assert set(range(body["seq_first"], body["seq_last"] + 1)) <= seen, body
+
+
+def test_records_held_while_the_audit_file_is_full_are_bounded_and_their_rows_audited_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's disk full for a long spell (ENOSPC on every write): new rows still commit, the records
+    held stay under ``MAX_BUFFERED_BYTES`` (batch records and their definitions let go, the command record
+    buffered before that kept), no acked row leaves the spool. The disk then takes two writes (the command
+    record, one chunk of rows audited again) and is full again: the audit is behind again, past that
+    chunk. Once the disk takes writes, every reading is audited exactly once and the acks delete."""
+    from edge_agent.errors import AuditError
+
+    _fast_audit_retries(monkeypatch, 4096)
+    audit_path = tmp_path / "audit.log"
+
+    async def go() -> tuple[int, bool, int, int, int, int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            audit = spool.audit
+            assert audit is not None
+            for i in range(2):
+                await _add(spool, i, 3)
+                await spool.flush()
+            first = await spool.lease(100)
+            await spool.ack(first[0].seq_first, first[-1].seq_last)    # records durable, rows deleted
+            disk = audit._fh = _AuditDisk(audit._fh)                    # type: ignore[assignment]
+            disk.writes = 0
+            with pytest.raises(AuditError, match="No space left"):
+                await spool.audit_event("cmd", {"id": "c1", "decision": "accepted", "reason": None})
+            for i in range(2, 160):     # about 40 KB of records; the first 10-reading shape: 'pt' and 'sh' let go
+                await _add(spool, i, 10 if i % 10 == 0 else 3)
+                await spool.flush()
+                await asyncio.sleep(0.001)
+            leased = await spool.lease(100_000)
+            with pytest.raises(AuditError):
+                await spool.ack(leased[0].seq_first, leased[-1].seq_last)   # the delete waits for the audit
+            held, behind, in_table = audit._buffered_bytes, audit.behind, spool._depth
+            assert held <= 4096 and sum(map(len, audit._buffer)) == held
+            durable = audit.durable_seq
+            disk.writes = 2
+            await asyncio.sleep(0.05)                                   # past the back-off
+            await _add(spool, 160, 3)
+            await spool.flush()
+            assert audit.behind and audit.durable_seq > durable, (audit.behind, audit.durable_seq, durable)
+            disk.writes = None
+            await asyncio.sleep(0.05)
+            await _add(spool, 161, 10)                                  # point form: its points and shape defined again
+            await spool.flush()                                         # audits the rest again, then the ack deletes
+            await spool.flush()
+            return held, behind, in_table, spool._depth, spool._next_seq - 1, audit.durable_seq
+
+    held, behind, in_table, depth, last, durable = run(go())
+    assert behind and in_table == last - 6 - 13 and depth == 13     # every leased row was acked, then deleted
+    assert durable >= in_table                                  # once their records were durable
+    assert sorted(read_audit(audit_path).readings) == list(range(1, last + 1))
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.readings == last and summary.kinds["cmd"] == 1, summary
+    assert summary.kinds["pt"] >= 2 and summary.kinds["sh"] == 1       # defined again after the let-go
+
+
+def test_the_size_cap_drops_only_rows_audited_first_while_the_audit_file_was_full(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over the cap while the audit is behind: nothing is dropped (the rows have no durable record); once it
+    takes writes the rows are audited again, then dropped under a ``drop`` record that follows their records."""
+    _fast_audit_retries(monkeypatch, 2048)
+    audit_path = tmp_path / "audit.log"
+
+    async def go() -> tuple[int, int, int]:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=150, audit=AuditLog(audit_path),
+                         flush_interval_s=0.01) as spool:
+            audit = spool.audit
+            assert audit is not None
+            disk = audit._fh = _AuditDisk(audit._fh)                    # type: ignore[assignment]
+            disk.writes = 0
+            for i in range(80):
+                await _add(spool, i, 3)
+                await spool.flush()
+            assert audit.behind and spool.dropped_total == 0 and spool._depth == 240
+            disk.writes = None
+            await asyncio.sleep(0.05)
+            await _add(spool, 80, 3)
+            await spool.flush()
+            return spool.dropped_total, spool._depth, spool._next_seq - 1
+
+    dropped, depth, last = run(go())
+    assert dropped > 0 and depth <= 150 and dropped + depth == last
+    contents = read_audit(audit_path)
+    assert sorted(contents.readings) == list(range(1, last + 1))
+    _audited_before_dropped(audit_path)
+    assert verify(audit_path).corrupt is None
+
+
+def test_an_agent_stopped_while_its_audit_file_is_full_audits_the_rows_at_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while behind (the batch records let go): the next start audits every spooled row above the
+    file's last record once."""
+    _fast_audit_retries(monkeypatch, 2048)
+    audit_path = tmp_path / "audit.log"
+
+    async def full_spell() -> bool:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            assert spool.audit is not None
+            await _add(spool, 0, 3)
+            await spool.flush()
+            disk = spool.audit._fh = _AuditDisk(spool.audit._fh)       # type: ignore[assignment]
+            disk.writes = 0
+            for i in range(1, 60):
+                await _add(spool, i, 3)
+                await spool.flush()
+            return spool.audit.behind
+
+    async def restart() -> int:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            return spool.depth
+
+    assert run(full_spell())
+    assert run(restart()) == 180
+    assert sorted(read_audit(audit_path).readings) == list(range(1, 181))
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.readings == 180
