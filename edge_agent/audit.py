@@ -500,6 +500,11 @@ class AuditLog:
         self._buffered_bytes += len(record)
         self.last_seq = max(self.last_seq, seq_last)
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the records buffered, not yet written."""
+        return self._buffered_bytes
+
     def bound(self) -> None:
         """While the file cannot be written: when the records held pass :data:`MAX_BUFFERED_BYTES`, let go
         of the batch records (:meth:`let_go`). The spool asks after each commit's records (not while it

@@ -131,7 +131,7 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import AuditLog, AuditMark, batch_record
+from edge_agent.audit import SYNC_BYTES, AuditLog, AuditMark, batch_record
 from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
@@ -391,7 +391,11 @@ class Spool:
             log.error("spool row seq %d is unusable (%s): moved to the quarantine table", seq, reason)
         if self.audit is not None:
             self.audit.sync()
-            self._reaudit_sync()
+            try:
+                self._reaudit_sync()
+            except AuditError as exc:       # a full disk: start anyway; the rows are audited once it takes writes
+                self.audit.let_go(again=True)
+                log.error("spool %s: cannot audit the spooled rows missing from the audit log yet (%s)", self.path, exc)
             self._save_mark_sync()
 
     def _load_points_sync(self, db: sqlite3.Connection) -> None:
@@ -428,52 +432,65 @@ class Spool:
         """``audit.sync()`` (raises AuditError when the caller's records cannot be made durable); then,
         when the audit had let go of batch records while its file could not be written
         (``AuditLog.behind``), the rows above its last seq are audited again from the table (all still
-        there: no row leaves before its record is durable; ``_reaudit_sync``). When that fails the
-        audit lets go of what it held again and stays behind: logged, not raised (the caller's own
-        records are durable); whoever needs rows' records durable checks ``behind``."""
+        there: no row leaves before its record is durable; ``_reaudit_sync``), about
+        ``SYNC_BYTES`` of records a call, so commits and commands do not wait for a long backlog; it
+        stays behind until the last row is audited. When that fails the audit lets go of what it held
+        again and stays behind: logged, not raised (the caller's own records are durable)."""
         audit = self.audit
         assert audit is not None
         audit.sync()
         if audit.behind and not audit.backoff_in():
             audit.behind = False
             try:
-                again = self._reaudit_sync(quiet=True)
+                done, more = self._reaudit_sync(budget=SYNC_BYTES, quiet=True)
             except (AuditError, SpoolError, sqlite3.Error) as exc:
                 audit.let_go(again=True)
                 log.error("spool %s: cannot audit the spooled rows again yet (%s)", self.path, exc)
                 return
-            log.warning("spool %s: audited %d spooled batches again: the audit log takes writes again",
-                        self.path, again)
+            except BaseException:
+                audit.let_go(again=True)
+                raise
+            audit.behind = more
+            log.warning("spool %s: audited %d spooled batches again (the audit log takes writes again)%s",
+                        self.path, done, "; more to come" if more else "")
 
-    def _reaudit_sync(self, *, quiet: bool = False) -> int:
+    def _reaudit_sync(self, *, budget: int | None = None, quiet: bool = False) -> tuple[int, bool]:
         """Audit committed rows missing from the audit log (seq above its last seq: a crash, or records
-        let go while it could not be written), in seq order, :data:`_REAUDIT_ROWS` rows a write and an
-        fsync at a time (the region a power loss can tear stays small, and so does the memory); how
-        many rows. Raises AuditError (the rows synced before stay audited) or sqlite3.Error. Corrupt
-        rows are left to ``lease``, which quarantines and audits them."""
-        assert self._db is not None and self.audit is not None
-        cursor = self.audit.last_seq
-        done = 0
-        while True:
+        let go while it could not be written), in seq order and in the column form, written and
+        fsync'd every :data:`_REAUDIT_ROWS` rows or ``SYNC_BYTES // 4`` bytes (the memory and the
+        region a power loss can tear stay small); with ``budget``, stop after about that many bytes.
+        How many rows, and whether rows may remain (the budget ran out). Raises AuditError (the rows
+        synced before stay audited) or sqlite3.Error. Corrupt rows are left to ``lease``, which
+        quarantines and audits them."""
+        audit = self.audit
+        assert self._db is not None and audit is not None
+        cursor = audit.last_seq
+        done = written = 0
+        while budget is None or written < budget:
             rows = self._db.execute("SELECT seq_first, seq_last, accepted_ms, data, crc FROM batches "
                                     "WHERE seq_first > ? ORDER BY seq_first LIMIT ?", (cursor, _REAUDIT_ROWS)).fetchall()
             if not rows:
                 break
             for seq_first, seq_last, accepted_ms, data, crc in rows:
                 cursor = seq_last
+                done += 1
                 try:
                     if zlib.crc32(data) != crc:
                         continue
-                    self.audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
+                    audit.batch(self.site, _decode(seq_first, seq_last, accepted_ms, data, self.points))
                 except (ValueError, TypeError):
                     continue
-            self.audit.sync()
-            done += len(rows)
+                if audit.held_bytes >= SYNC_BYTES // 4:
+                    written += audit.held_bytes
+                    audit.sync()
+            written += audit.held_bytes
+            audit.sync()
+        else:
+            return done, True
         if done and not quiet:
             log.warning("spool %s: audited %d spooled batches missing from the audit log (crash recovery)",
                         self.path, done)
-        self.audit.sync()
-        return done
+        return done, False
 
     async def reopen_audit(self) -> bool:
         """Reopen the audit log after rotation (see :meth:`AuditLog.reopen`); True when a new file was opened
@@ -520,11 +537,11 @@ class Spool:
         """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
         called before a transaction deletes such rows. Raises AuditError (at once, without a try, while
         the audit backs off after a failure and ``retry`` is False)."""
-        if self.audit is not None and (self.audit.durable_seq < seq_last or self.audit.behind):
+        if self.audit is not None and self.audit.durable_seq < seq_last:
             if not retry and (wait := self.audit.backoff_in()):
                 raise AuditError(f"audit log {self.audit.path}: failed to sync; next try in {wait:.1f} s")
             self._sync_audit()
-            if self.audit.behind:
+            if self.audit.behind and self.audit.durable_seq < seq_last:
                 raise AuditError(f"audit log {self.audit.path}: the spooled rows above seq {self.audit.durable_seq} "
                                  f"are not audited again yet")
 
@@ -936,7 +953,8 @@ class Spool:
             return None
         try:
             if self.audit is not None:
-                self._audit_durable_sync(last)      # the dropped rows' records before the drop record
+                if self.audit.behind:
+                    self._audit_durable_sync(last)  # the dropped rows audited again before the drop record
                 record = self.audit.event("drop", site=self.site, seq_first=first, seq_last=last, count=count)
                 try:
                     self.audit.sync()
@@ -969,7 +987,7 @@ class Spool:
     def _audit_event_sync(self, kind: str, fields: dict[str, Any]) -> None:
         assert self.audit is not None
         self.audit.event(kind, **fields)
-        self._sync_audit()
+        self.audit.sync()                   # not the catch-up of let-go rows: a command does not wait for it
 
     async def lease(self, n: int) -> list[ReadingBatch]:
         """The next committed, unleased batches in seq order: at most ``n`` readings, but at least one
@@ -1032,7 +1050,12 @@ class Spool:
                     batch = _decode(seq_first, seq_last, accepted_ms, data, self.points)
                 except (SpoolCorrupt, ValueError, TypeError) as exc:
                     cursor = seq_last
-                    self._quarantine_sync(seq_first, seq_last, accepted_ms, data, crc, str(exc))
+                    try:
+                        self._quarantine_sync(seq_first, seq_last, accepted_ms, data, crc, str(exc))
+                    except AuditError as failed:        # its record first: the row waits, delivery goes on
+                        log.error("spool row seq %d..%d is corrupt (%s) and stays until the audit log can be "
+                                  "synced (%s); skipped for now", seq_first, seq_last, exc, failed)
+                        continue
                     quarantined += 1
                     continue
                 cursor = seq_last

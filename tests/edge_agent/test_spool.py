@@ -900,10 +900,13 @@ def test_records_held_while_the_audit_file_is_full_are_bounded_and_their_rows_au
     chunk. Once the disk takes writes, every reading is audited exactly once and the acks delete."""
     from edge_agent.errors import AuditError
 
+    import edge_agent.spool as spool_module
+
     _fast_audit_retries(monkeypatch, 4096)
+    monkeypatch.setattr(spool_module, "SYNC_BYTES", 16384)     # the catch-up's share per commit: several commits
     audit_path = tmp_path / "audit.log"
 
-    async def go() -> tuple[int, bool, int, int, int, int]:
+    async def go() -> tuple[int, bool, int, int, int, int, int]:
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
             audit = spool.audit
             assert audit is not None
@@ -933,13 +936,17 @@ def test_records_held_while_the_audit_file_is_full_are_bounded_and_their_rows_au
             assert audit.behind and audit.durable_seq > durable, (audit.behind, audit.durable_seq, durable)
             disk.writes = None
             await asyncio.sleep(0.05)
-            await _add(spool, 161, 10)                                  # point form: its points and shape defined again
-            await spool.flush()                                         # audits the rest again, then the ack deletes
-            await spool.flush()
-            return held, behind, in_table, spool._depth, spool._next_seq - 1, audit.durable_seq
+            commits = 0
+            while audit.behind and commits < 50:                        # a share of the backlog per commit
+                await _add(spool, 161 + commits, 10)                    # point form: points and shape defined again
+                await spool.flush()
+                commits += 1
+            await spool.flush()                                         # the ack deletes
+            return held, behind, in_table, spool._depth, spool._next_seq - 1, audit.durable_seq, commits
 
-    held, behind, in_table, depth, last, durable = run(go())
-    assert behind and in_table == last - 6 - 13 and depth == 13     # every leased row was acked, then deleted
+    held, behind, in_table, depth, last, durable, commits = run(go())
+    assert 2 <= commits < 50
+    assert behind and in_table == last - 6 - 3 - 10 * commits and depth == 3 + 10 * commits   # leased, acked, deleted
     assert durable >= in_table                                  # once their records were durable
     assert sorted(read_audit(audit_path).readings) == list(range(1, last + 1))
     summary = verify(audit_path)
@@ -1007,3 +1014,50 @@ def test_an_agent_stopped_while_its_audit_file_is_full_audits_the_rows_at_the_ne
     assert sorted(read_audit(audit_path).readings) == list(range(1, 181))
     summary = verify(audit_path)
     assert summary.corrupt is None and summary.readings == 180
+
+
+def test_an_agent_started_while_its_audit_file_is_full_starts_and_audits_the_rows_once_it_can(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows missing from the audit log at start (records let go before a stop) and a disk still full: the
+    spool opens anyway (polling goes on), behind; once the file takes writes the rows are audited, once."""
+    _fast_audit_retries(monkeypatch, 2048)
+    audit_path = tmp_path / "audit.log"
+
+    async def full_spell() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            assert spool.audit is not None
+            disk = spool.audit._fh = _AuditDisk(spool.audit._fh)       # type: ignore[assignment]
+            disk.writes = 0
+            for i in range(40):
+                await _add(spool, i, 3)
+                await spool.flush()
+            assert spool.audit.behind
+
+    disks: list[_AuditDisk] = []
+    original = Spool._reaudit_sync
+
+    def reaudit_on_a_full_disk(self: Spool, **kwargs: object) -> tuple[int, bool]:
+        if not disks:
+            assert self.audit is not None
+            disks.append(_AuditDisk(self.audit._fh))
+            disks[0].writes = 0
+            self.audit._fh = disks[0]                                   # type: ignore[assignment]
+        return original(self, **kwargs)
+
+    async def restart() -> tuple[bool, bool, int]:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
+            assert spool.audit is not None
+            behind_at_start = spool.audit.behind
+            disks[0].writes = None
+            await asyncio.sleep(0.05)
+            await _add(spool, 40, 3)
+            await spool.flush()
+            return behind_at_start, spool.audit.behind, spool._depth
+
+    run(full_spell())
+    monkeypatch.setattr(Spool, "_reaudit_sync", reaudit_on_a_full_disk)
+    behind_at_start, behind_after, depth = run(restart())
+    assert behind_at_start and not behind_after and depth == 123
+    assert sorted(read_audit(audit_path).readings) == list(range(1, 124))
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.readings == 123
