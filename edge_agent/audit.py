@@ -267,13 +267,10 @@ def batch_record(site: str, batch: ReadingBatch, shape: Shape | None = None, col
     if shape is not None:
         ts, value, quality = columns or shared_columns(batch)
         number = SHAPES.number(shape)
-        if number is None:
-            return encode_record({
-                "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
-                "at_ms": batch.accepted_ms, "ts_ms": ts, "p": shape.p_json, "value": value, "q": quality})
+        key, names = ("p", shape.p_json) if number is None else ("s", number)
         return encode_record({
             "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,
-            "at_ms": batch.accepted_ms, "ts_ms": ts, "s": number, "value": value, "q": quality})
+            "at_ms": batch.accepted_ms, "ts_ms": ts, key: names, "value": value, "q": quality})
     check_finite(batch.value)
     return encode_record({
         "k": "b", "site": site, "seq_first": batch.seq_first, "seq_last": batch.seq_last,

@@ -167,9 +167,8 @@ def _encode(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -
     it returned),
     ``"s": shape id`` instead of ``p`` when the shape has one; ValueError for a NaN or infinite value."""
     ts, value, quality = columns or shared_columns(batch)
-    if shape.sid:
-        return orjson.dumps({"s": shape.sid, "t": ts, "v": value, "q": quality})
-    return orjson.dumps({"p": shape.p_json, "t": ts, "v": value, "q": quality})
+    key, names = ("s", shape.sid) if shape.sid else ("p", shape.p_json)
+    return orjson.dumps({key: names, "t": ts, "v": value, "q": quality})
 
 
 def _row(batch: ReadingBatch, shape: Shape, columns: Columns | None = None) -> tuple[int, int, int, bytes, int]:
