@@ -319,6 +319,11 @@ class AuditLog:
         names another file, or an offset the file does not have, the whole file is checked. At the
         first bad, torn or zeroed record the file is cut, and a ``repair`` record says where and
         how much. :attr:`last_seq` is then the highest seq the kept records (or ``mark``) audit.
+
+        Raises AuditError when the file cannot be opened, read or cut. When only the closing write and
+        fsync fail (a full disk: the ``repair`` record does not fit) the log opens anyway, as a log
+        whose writes failed at run time: the record stays buffered, :attr:`durable_seq` waits for a
+        successful fsync (no spooled row leaves before), and the next tries back off.
         """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,8 +348,6 @@ class AuditLog:
                 os.ftruncate(fd, cut_at)
                 self._written = self._durable = cut_at
                 self.event("repair", bytes=size - cut_at, at_offset=cut_at)
-            self.write()
-            self._fsync()                      # what survived a crash may be in the page cache only
         except OSError as exc:
             self._fh.close()
             self._fh = None
@@ -353,6 +356,17 @@ class AuditLog:
             self._fh.close()
             self._fh = None
             raise
+        try:
+            self.write()
+            self._fsync()                      # what survived a crash may be in the page cache only
+        except AuditError as exc:
+            if self._broken is not None:       # not even cut back: nothing could be written in this run
+                self._fh.close()
+                self._fh = None
+                raise
+            self._durable_crc = self.last_crc  # the mark names the end checked, the record ending there
+            log.error("%s; opened anyway: its records are held until it takes writes, and the spooled rows "
+                      "stay until they are durable", exc)
 
     def _scan_start(self, mark: AuditMark | None, size: int) -> tuple[int, int] | None:
         """Where the check of a file of ``size`` bytes starts, and from where a bad record is cut (None: the
@@ -705,7 +719,10 @@ class AuditLog:
             _fsync_folder(self.path.parent)
         if prev_crc is not None and os.fstat(self._fh.fileno()).st_size == 0:
             self.event("cont", prev_crc=prev_crc, last_seq=self.last_seq)
-            self.sync()
+            try:
+                self.sync()
+            except AuditError as exc:           # the new file is in use: its first record waits for space
+                log.error("%s; the new file's cont record is held until it takes writes", exc)
         return True
 
     def close(self) -> None:

@@ -389,7 +389,10 @@ class Spool:
                                  **({"seq_last": seq_last} if seq_last is not None else {}))
             log.error("spool row seq %d is unusable (%s): moved to the quarantine table", seq, reason)
         if self.audit is not None:
-            self.audit.sync()
+            try:
+                self.audit.sync()
+            except AuditError as exc:       # a full disk: the quar records stay buffered, written once it can be
+                log.error("spool %s: cannot write the quarantine records yet (%s)", self.path, exc)
             try:
                 self._reaudit_sync()
             except AuditError as exc:       # a full disk: start anyway; the rows are audited once it takes writes

@@ -129,6 +129,54 @@ def test_a_failed_reopen_keeps_writing_to_the_renamed_file(tmp_path: Path) -> No
     assert verify(tmp_path / "audit.log.1").readings == 2
 
 
+def test_a_reopen_whose_link_does_not_fit_uses_the_new_file_and_writes_the_link_first_later(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rotated onto a full disk: the new file is created but its ``cont`` record does not fit. The reopen
+    still succeeds (the renamed file is closed, the new one in use, so no caller may think otherwise),
+    and once the disk takes writes the link comes first in the new file and the chain verifies."""
+    import errno
+
+    import edge_agent.audit as audit_module
+    monkeypatch.setattr(audit_module, "RETRY_MIN_S", 0.01)
+    monkeypatch.setattr(audit_module, "RETRY_MAX_S", 0.02)
+    path = tmp_path / "audit.log"
+    log = AuditLog(path)
+    log.open()
+    _batch(log, 1)
+    log.sync()
+    os.rename(path, tmp_path / "audit.log.1")
+    real_write = audit_module.AuditLog._write
+    full = [True]
+
+    class FullDisk:
+        def __init__(self, fh: object) -> None:
+            self.fh = fh
+
+        def write(self, view: memoryview) -> int:
+            if full[0]:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.fh.write(view)                                  # type: ignore[attr-defined]
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.fh, name)
+
+    def write(self: AuditLog) -> None:
+        if self._fh is not None and not isinstance(self._fh, FullDisk):
+            self._fh = FullDisk(self._fh)                               # type: ignore[assignment]
+        real_write(self)
+
+    monkeypatch.setattr(audit_module.AuditLog, "_write", write)
+    assert log.reopen() is True
+    assert path.exists() and path.stat().st_size == 0
+    _batch(log, 2)
+    full[0] = False
+    time.sleep(0.05)
+    log.close()
+    assert decode_record(path.read_bytes().split(b"\n")[0])["k"] == "cont"
+    summary = verify(rotated_files(path))
+    assert summary.ok and summary.readings == 2 and summary.links == 1, summary.lines()
+
+
 def test_cli_verifies_rotated_files_oldest_first(tmp_path: Path) -> None:
     path = tmp_path / "audit.log"
     _rotating_log(path, files=3)

@@ -1061,3 +1061,64 @@ def test_an_agent_started_while_its_audit_file_is_full_starts_and_audits_the_row
     assert sorted(read_audit(audit_path).readings) == list(range(1, 124))
     summary = verify(audit_path)
     assert summary.corrupt is None and summary.readings == 123
+
+
+def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full_disk_starts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A crash left a torn record at the audit's tail and a spool row with an unusable seq range, and the
+    audit's disk is full at the next start: the ``repair`` and ``quar`` records do not fit. The spool opens
+    anyway (the tail cut, both records held), rows keep committing, and once the file takes writes the
+    held records and every row's record land in order: ``verify`` finds no corrupt record, one repair,
+    one quarantine, and every reading once."""
+    import edge_agent.audit as audit_module
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = [False]
+    original_write = audit_module.AuditLog._write
+
+    def write_on_a_disk_that_may_be_full(self: AuditLog) -> None:
+        if self._fh is not None and not isinstance(self._fh, _AuditDisk):
+            self._fh = _AuditDisk(self._fh)                             # type: ignore[assignment]
+        if self._fh is not None:
+            self._fh.writes = 0 if full[0] else None                     # type: ignore[union-attr]
+        original_write(self)
+
+    monkeypatch.setattr(audit_module.AuditLog, "_write", write_on_a_disk_that_may_be_full)
+
+    async def before_the_crash() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            for i in range(5):
+                await _add(spool, i, 2)
+
+    run(before_the_crash())
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    db.execute("UPDATE batches SET seq_last = 'x' WHERE seq_first = 5")
+    db.commit()
+    db.close()
+    whole = audit_path.read_bytes()
+    audit_path.write_bytes(whole + b"0123abcd {\"k\":\"b\",\"seq_fi")       # the crash tore a record
+
+    async def restart() -> tuple[int, int, bool]:
+        full[0] = True
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path),
+                         flush_interval_s=0.01) as spool:
+            assert spool.audit is not None
+            size_while_full = audit_path.stat().st_size
+            for i in range(5, 10):
+                await _add(spool, i, 2)
+                await spool.flush()
+            still_full = audit_path.stat().st_size == size_while_full
+            full[0] = False
+            await asyncio.sleep(0.05)                                   # the back-off ends
+            await _add(spool, 10, 2)
+            await spool.flush()
+            return size_while_full, spool.depth, still_full
+
+    size_while_full, depth, still_full = run(restart())
+    assert size_while_full == len(whole) and still_full                # the torn tail cut, nothing written while full
+    assert depth == 20                                                  # 5 + 6 batches of 2, less the quarantined one
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.repairs == 1 and summary.quarantined == 1, summary
+    assert sorted(read_audit(audit_path).readings) == list(range(1, 23))
+    kinds = [decode_record(line)["k"] for line in audit_path.read_bytes().splitlines()]
+    assert kinds.index("repair") < kinds.index("quar") < len(kinds) - kinds[::-1].index("b") - 1
