@@ -10,7 +10,10 @@
     calibration watch:         Calibrations.watch(), about once a second
     commands (when sensors.conf has writable points, edge_agent.commands):
                                ems/v1/<site>/command ─▶ checks ─▶ Modbus write ─▶ read-back ─▶ audit
-                               ─▶ ems/v1/<site>/command-result; the fail-safe
+                               ─▶ ems/v1/<site>/command-result; the fail-safe. Writes go over the
+                               device's poll connection (one ModbusSource per device, the agent's):
+                               a device that takes one connection is not refused, its request budget
+                               holds across polls and writes
     metrics refresh + loop heartbeat (for /healthz)
 
 The CLI runs the agent on ``edge_agent.event_loop.new_event_loop()``: uvloop's where installed, else asyncio's.
@@ -32,7 +35,6 @@ is merely unreachable is not fatal: readings are spooled and sent later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import stat
 import time
@@ -47,7 +49,7 @@ from edge_agent.config import AgentConfig
 from edge_agent.errors import AuditError, BrokerRefused, ConfigError, PublishError, SpoolError
 from edge_agent.metrics import AgentMetrics
 from edge_agent.batch import ReadingBatch
-from edge_agent.modbus_source import SharedConnections
+from edge_agent.modbus_source import ModbusSource, SharedConnections
 from edge_agent.poller import PollTicks, run_device
 from edge_agent.delivery import drain
 from edge_agent.mqtt_link import EdgeMqttLink, TlsFiles
@@ -163,25 +165,32 @@ class Agent:
                                    config_error=ConfigError)
         self.http.start()
         self._link = link
+        shared = SharedConnections(cfg.devices)     # units behind one gateway: one connection when they say so
+        # One connection per device for its poller and the command handler both
+        sources = {d.name: ModbusSource(d, metrics=self.metrics, shared=shared) for d in cfg.devices}
         try:
             async with spool:
                 self._spool = spool
                 commands = None
                 if cfg.writable_points():
                     commands = CommandHandler(cfg, audit=spool.audit_event, publish=link.publish,
-                                              connected=lambda: link.connected, metrics=self.metrics, clock=self.clock)
+                                              connected=lambda: link.connected, metrics=self.metrics,
+                                              sources=sources, clock=self.clock)
                     link.subscribe(commands.topic, commands.submit)
                     await commands.open()
                     self._commands = commands
                 try:
                     await self._first_connect(link)
                     link.start()
-                    await self._run_tasks(spool, link, twin, calibrations, stop, commands)
+                    await self._run_tasks(spool, link, twin, calibrations, stop, sources, commands)
                 finally:
                     if commands is not None:
                         self._commands = None
                         await commands.close()
         finally:
+            for source in sources.values():
+                source.close()
+            shared.close()
             await link.close()
             self.http.stop()
             self._spool = None
@@ -220,7 +229,8 @@ class Agent:
             log.warning("%s; spooling readings and retrying in the background", exc)
 
     async def _run_tasks(self, spool: Spool, link: EdgeMqttLink, twin: TwinStore, calibrations: Calibrations,
-                         stop: asyncio.Event, commands: CommandHandler | None = None) -> None:
+                         stop: asyncio.Event, sources: dict[str, ModbusSource],
+                         commands: CommandHandler | None = None) -> None:
         cfg = self.config
         poll_stop, drain_stop, twin_stop, flushing = (asyncio.Event() for _ in range(4))
 
@@ -234,16 +244,15 @@ class Agent:
 
         publish = link.publish if cfg.twin.publish_retained else None
         ticks = PollTicks()             # pollers of one interval wake together: one timer per tick
-        shared = SharedConnections(cfg.devices)     # units behind one gateway: one connection when they say so
-        async with contextlib.AsyncExitStack() as cleanup, asyncio.TaskGroup() as group:
-            cleanup.callback(shared.close)
+        async with asyncio.TaskGroup() as group:
             pollers = []
             for device in cfg.devices:
                 self.metrics.init_device(device.name)
                 pollers.append(group.create_task(self._supervise(
                     f"poller {device.name}",
                     lambda d=device: run_device(d, emit, metrics=self.metrics, calibrations=calibrations,
-                                                stop=poll_stop, clock=self.clock, ticks=ticks, shared=shared),
+                                                stop=poll_stop, clock=self.clock, ticks=ticks,
+                                                source=sources[d.name]),
                     poll_stop), name=f"poll-{device.name}"))
             drain_task = group.create_task(self._supervise("drain", drain_factory, drain_stop), name="drain")
             twin_task = group.create_task(self._supervise("twin", lambda: run_twin(twin, publish, stop=twin_stop),

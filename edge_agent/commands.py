@@ -33,8 +33,10 @@ Promises:
 
 The rate limit: a numeric command's change from the last value written for the point (by a
 command or the fail-safe) may be at most ``max_rate_per_s`` × the seconds since that write; the
-first write after the state file is new is not limited. The Modbus connection is the handler's
-own (one per device with writable points), separate from the poller's.
+first write after the state file is new is not limited. In the agent the Modbus connection is the
+device's poll connection (the agent's ``ModbusSource``): a device that takes one TCP connection
+takes the writes too, and a write waits for the poll's request in flight and, with ``min_gap_s``,
+for the gap after it. Standalone, the handler opens its own (one per device with writable points).
 """
 
 from __future__ import annotations
@@ -134,8 +136,9 @@ class CommandHandler:
     """Applies this site's commands to its writable points; the fail-safe; results to the broker.
 
     ``publish`` (None: results stay in the outbox) and ``connected`` come from the MQTT link,
-    ``audit`` writes audit records, ``sources`` (default: one ``ModbusSource`` per device with
-    writable points) are the Modbus connections. ``tick_s`` (0.25) paces the fail-safe checks,
+    ``audit`` writes audit records, ``sources`` (by device name; the agent passes its pollers'; default:
+    one ``ModbusSource`` per device with writable points; ``close()`` closes them) are the Modbus
+    connections. ``tick_s`` (0.25) paces the fail-safe checks,
     ``queue_size`` (64) bounds the messages waiting to be handled. Use ``async with`` (opens the
     store and recovers interrupted commands) or ``open()``/``close()``, then ``run(stop)``.
     """

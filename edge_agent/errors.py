@@ -104,18 +104,19 @@ class DeviceExceptionResponse(DeviceError):
     """The device answered with a Modbus exception code (a valid reply, not a transport failure).
 
     ``address`` is the first register/bit of the failed request, ``code`` the
-    Modbus exception code (2 = IllegalDataAddress, ...). Counted per device and
+    Modbus exception code (2 = IllegalDataAddress, ...), ``doing`` ``reading`` or ``writing``. Counted per device and
     point; not retried within the poll.
     """
 
-    def __init__(self, device: str, address: int, code: int) -> None:
+    def __init__(self, device: str, address: int, code: int, doing: str = "reading") -> None:
         self.address = address
         self.code = code
+        self.doing = doing
         self.code_name = MODBUS_EXCEPTION_NAMES.get(code, f"code{code}")
-        super().__init__(device, f"Modbus exception {code} ({self.code_name}) reading address {address}")
+        super().__init__(device, f"Modbus exception {code} ({self.code_name}) {doing} address {address}")
 
     def __reduce__(self):
-        return (type(self), (self.device, self.address, self.code))
+        return (type(self), (self.device, self.address, self.code, self.doing))
 
 
 class DecodeError(EdgeAgentError):

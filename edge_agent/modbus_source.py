@@ -554,6 +554,9 @@ class ModbusSource:
         self._monotonic = monotonic
         self._client: AsyncModbusTcpClient | PipelinedTcpClient | None = None
         self._connecting = asyncio.Lock()
+        # A request budget (min_gap_s) is kept across the poller's reads and the command handler's writes
+        # on the same source: the gap is waited for and the request made by one of them at a time.
+        self._turn = asyncio.Lock() if device.min_gap_s else None
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self._tally = metrics.tally(device.name) if metrics is not None else None
@@ -690,7 +693,6 @@ class ModbusSource:
             await asyncio.sleep(wait)
 
     async def _read_once(self, block: ReadBlock) -> bytes:
-        device = self.device
         client = self._client
         if client is None or not client.connected:
             async with self._connecting:          # pipelined reads share one connection attempt
@@ -703,6 +705,13 @@ class ModbusSource:
                         raise
             client = self._client
             assert client is not None
+        if self._turn is not None:                # a request budget: the gap and the read, then a write's turn
+            async with self._turn:
+                return await self._read_in_turn(block, client)
+        return await self._read_in_turn(block, client)
+
+    async def _read_in_turn(self, block: ReadBlock, client: AsyncModbusTcpClient | PipelinedTcpClient) -> bytes:
+        device = self.device
         if device.min_gap_s:                      # with no gap to keep, no clock to read
             await self._wait_budget()
         unit_slots = self._unit_slots
@@ -791,10 +800,19 @@ class ModbusSource:
         DeviceTimeout, DeviceUnreachable or DeviceExceptionResponse; after a
         timeout the connection is dropped (a late answer is not taken for the next).
         """
+        if self._turn is not None:
+            async with self._turn:
+                await self._write_in_turn(register, address, values)
+        else:
+            await self._write_in_turn(register, address, values)
+
+    async def _write_in_turn(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         device = self.device
         if self._client is None or not self._client.connected:
-            await self._wait_budget()
-            await self.connect()
+            async with self._connecting:          # the poller may be connecting this very source
+                if self._client is None or not self._client.connected:
+                    await self._wait_budget()
+                    await self.connect()
         client = self._client
         assert client is not None
         await self._wait_budget()
@@ -827,7 +845,7 @@ class ModbusSource:
                 unit_slots.release()
             self._last_request_end = self._monotonic()
         if response.isError():
-            raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)))
+            raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)), "writing")
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:

@@ -429,7 +429,7 @@ class PollTicks:
 async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics, calibrations: Calibrations,
                      stop: asyncio.Event, clock: Callable[[], float] = time.time, backoff: Backoff = Backoff(),
                      reconnect_max_s: float = 30.0, ticks: PollTicks | None = None,
-                     shared: SharedConnections | None = None) -> None:
+                     shared: SharedConnections | None = None, source: ModbusSource | None = None) -> None:
     """Poll ``device`` every ``poll_interval_s`` until ``stop`` is set, emitting one batch per poll.
 
     Cycles start on a fixed schedule (no drift); a cycle that overruns its
@@ -440,15 +440,21 @@ async def run_device(device: DeviceConfig, emit: Emit, *, metrics: AgentMetrics,
     wait between polls of a device that does not answer. ``ticks`` (the
     agent passes one ``PollTicks`` to every device) lets pollers of one
     interval share their wake-ups; ``shared`` (one for the agent) holds the
-    connections of devices with ``connection = "shared"``.
+    connections of devices with ``connection = "shared"``. ``source``: the
+    device's connection when the caller holds it (the agent's, which its
+    command handler writes through too; left open here), else one of its own.
     """
-    async with ModbusSource(device, metrics=metrics, backoff=backoff, shared=shared) as source:
-        poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
-                              reconnect_max_s=reconnect_max_s, stop=stop)
-        try:
-            await _loop(poller, stop, ticks if ticks is not None else PollTicks())
-        finally:
-            poller.close()
+    own = source is None
+    if source is None:
+        source = ModbusSource(device, metrics=metrics, backoff=backoff, shared=shared)
+    poller = DevicePoller(device, source, emit, metrics=metrics, calibrations=calibrations, clock=clock,
+                          reconnect_max_s=reconnect_max_s, stop=stop)
+    try:
+        await _loop(poller, stop, ticks if ticks is not None else PollTicks())
+    finally:
+        poller.close()
+        if own:
+            source.close()
 
 
 async def _loop(poller: DevicePoller, stop: asyncio.Event, ticks: PollTicks) -> None:

@@ -385,7 +385,11 @@ class Simulator:
 
     async def _action(self, unit: _Unit, function_code: int, start_address: int, address: int, count: int,
                       registers: list[int], values: list[int] | list[bool] | None) -> ExcCodes | None:
-        """Called by pymodbus for every valid request: rate-limit, delay, then refresh the registers."""
+        """Called by pymodbus for every valid request: rate-limit, delay, then refresh the registers.
+        pymodbus 3.16 calls it twice for a write: with the values to store, then without (for its answer);
+        the second call is the same request, neither rate-limited nor delayed again."""
+        if values is None and function_code in WRITE_FUNCTION_CODES:
+            return None
         now = time.monotonic()
         behaviour = unit.behaviour
         if behaviour.min_gap_s and now - unit.last_request < behaviour.min_gap_s:

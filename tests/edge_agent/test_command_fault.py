@@ -6,11 +6,14 @@ north-bound client would (QoS 1 on ``ems/v1/<site>/command``) and results read f
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
@@ -265,3 +268,105 @@ def test_cloud_silence_with_the_broker_down_writes_the_safe_value(tmp_path: Path
         c.northbound.stop()
         c.observer.stop()
         c.sim.stop()
+
+
+class OneConnectionDevice:
+    """A TCP front for the simulator that serves one connection at a time, as many field devices and
+    RS-485 gateways do: a second connection while one is open is accepted and closed at once (counted)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.served = 0
+        self.refused = 0
+        self._open: list[socket.socket] = []
+        self._busy = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> "OneConnectionDevice":
+        thread = threading.Thread(target=self._accept, daemon=True, name="one-connection-device")
+        thread.start()
+        self._threads.append(thread)
+        return self
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return                                  # stopped
+            if not self._busy.acquire(blocking=False):
+                self.refused += 1
+                conn.close()
+                continue
+            self.served += 1
+            upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            upstream.settimeout(None)
+            self._open = [conn, upstream]
+            pumps = [threading.Thread(target=self._pump, args=(a, b), daemon=True) for a, b in
+                     ((conn, upstream), (upstream, conn))]
+            for pump in pumps:
+                pump.start()
+            self._threads += pumps
+            threading.Thread(target=self._release, args=(pumps, conn, upstream), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        for s in (source, sink):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def _release(self, pumps: list[threading.Thread], *sockets: socket.socket) -> None:
+        for pump in pumps:
+            pump.join()
+        for s in sockets:
+            s.close()
+        self._busy.release()
+
+    def stop(self) -> None:
+        self.listener.close()
+        for s in self._open:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        for thread in self._threads:
+            thread.join(5)
+
+
+def test_a_device_that_takes_one_connection_takes_the_commands_over_the_poll_connection(
+        tmp_path: Path, pki: LocalPki, broker: MosquittoBroker) -> None:
+    """The inverter serves one TCP connection at a time and the agent polls it every 0.5 s: each command's
+    write and read-back go over the poll connection (a second connection would be refused), between polls."""
+    port = free_port()
+    sim = SimulatorThread(writable_config(tmp_path, port), port).start()
+    front = OneConnectionDevice(port).start()
+    devices = tomllib.loads(writable_config_text(front.port))["devices"]
+    config = write_agent_config(tmp_path / "site", pki, broker_port=broker.tls_port, modbus_port=front.port,
+                                client=SITE, devices=devices, commands={"state_path": "commands.db"})
+    observer = Observer(broker.plain_port, topic=f"ems/v1/{SITE}/#", client_id=f"results-{tmp_path.name}").start()
+    control = Control(tmp_path, broker, sim, observer, Northbound(broker.plain_port), config)
+    try:
+        agent = control.start_agent()
+        try:
+            _wait_for(lambda: sim.sim.request_count(unit=UNIT) >= 2, 20, lambda: f"polls\n{agent.tail()}")
+            values = (10_000.0, 11_000.0, 10_500.0)         # within max_rate_per_s 5 kW/s
+            for value in values:
+                cmd = control.northbound.command(value)
+                _wait_for(lambda c=cmd: control.results(c.id), 20, lambda: f"a result\n{agent.tail()}")
+                [result] = control.results(cmd.id)
+                assert (result.outcome, result.readback) == ("applied", value), result
+                time.sleep(0.6)                                 # a poll between commands
+        finally:
+            assert agent.stop(timeout=25) == 0, agent.tail()
+        assert sim.sim.write_count(UNIT) == 3 and sim.sim.setpoint(UNIT, "EXPORT_LIMIT") == 10_500.0
+        assert (front.served, front.refused) == (1, 0), (front.served, front.refused)
+    finally:
+        control.northbound.stop()
+        observer.stop()
+        front.stop()
+        sim.stop()

@@ -146,7 +146,10 @@ def test_exception_response_is_mapped_and_not_retried() -> None:
                 with pytest.raises(DeviceExceptionResponse) as caught:
                     await source.read(bad)
                 assert len(await source.read(plan_reads(dev)[0])) == 4       # the connection is still good
-            return caught.value, sim.request_count(unit=3), metrics
+                with pytest.raises(DeviceExceptionResponse) as written:
+                    await source.write("holding", 9, [1])                   # 9 does not exist either
+            assert str(written.value) == "device 'd': Modbus exception 2 (IllegalDataAddress) writing address 9"
+            return caught.value, sim.request_count(unit=3) - 1, metrics
 
     exc, requests, metrics = asyncio.run(scenario())
     assert (exc.device, exc.address, exc.code, exc.code_name) == ("d", 3, 2, "IllegalDataAddress")
@@ -175,6 +178,40 @@ def test_a_silent_device_times_out_after_retries_with_backoff() -> None:
     assert sample(metrics, "ems_edge_reads_total", device="mute", outcome="timeout") == 3
     assert sample(metrics, "ems_edge_read_retries_total", device="mute") == 2
     assert sample(metrics, "ems_edge_device_connects_total", device="mute", outcome="ok") == 3
+
+
+def test_reads_and_writes_on_one_source_keep_its_min_gap_and_its_one_connection() -> None:
+    """The poller and the command handler share a device's source in the agent: polls and writes made at
+    the same time go one at a time over one connection, each ``min_gap_s`` after the one before, so the
+    legacy PLC never answers busy (without the shared turn a write sent while a read waited for its gap
+    would go out right after the read's answer)."""
+    spread = points(6, step=200)                       # 6 separate reads per poll
+    sim_dev = device("plc", 0, spread, unit=7)
+
+    metrics = AgentMetrics(CollectorRegistry())
+
+    async def scenario() -> tuple[list[float], int, int]:
+        async with Simulator([sim_dev], behaviours={7: Behaviour(min_gap_s=0.08)}) as sim:
+            dev = device("plc", sim.port, spread, unit=7, min_gap_s=0.1, retries=0)
+            async with ModbusSource(dev, metrics=metrics, backoff=FAST) as source:
+                async def poll() -> None:
+                    for block in plan_reads(dev):
+                        await source.read(block)
+
+                async def commands() -> None:
+                    for value in range(4):
+                        await asyncio.sleep(0.03)
+                        await source.write("holding", 3, [value])
+
+                await asyncio.gather(poll(), commands(), poll())
+                sent = source.requests_sent
+            return sim.request_times(7), sim.busy_responses, sent
+
+    times, busy, sent = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(times, times[1:])]
+    assert len(times) == sent == 16 and busy == 0, (len(times), sent, busy)
+    assert min(gaps) >= 0.1, gaps
+    assert sample(metrics, "ems_edge_device_connects_total", device="plc", outcome="ok") == 1
 
 
 def test_a_write_nobody_answers_is_a_device_timeout_and_drops_the_connection() -> None:
