@@ -213,6 +213,11 @@ class _Slots:
         self.free += 1
 
 
+class RequestNotSent(ConnectionException):
+    """The request never reached the wire: the connection was gone when its turn came (sending it
+    again, on a new connection, cannot apply a write twice)."""
+
+
 class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protocol):
     """A Modbus TCP client with up to ``limit`` requests outstanding on one connection.
 
@@ -446,7 +451,7 @@ class PipelinedTcpClient(ModbusClientMixin[Awaitable[ModbusPDU]], asyncio.Protoc
         loop = self._loop
         if transport is None or transport.is_closing() or loop is None:
             self._slots.release()
-            raise ConnectionException(f"not connected to {self.host}:{self.port}")
+            raise RequestNotSent(f"not connected to {self.host}:{self.port}")
         future: asyncio.Future[Any] = loop.create_future()
         deadline = loop.time() + self.timeout_s
         self._waiting[tid] = (future, code, count, unit, deadline, self._answers)
@@ -808,13 +813,28 @@ class ModbusSource:
 
     async def _write_in_turn(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         device = self.device
-        if self._client is None or not self._client.connected:
-            async with self._connecting:          # the poller may be connecting this very source
-                if self._client is None or not self._client.connected:
-                    await self._wait_budget()
-                    await self.connect()
-        client = self._client
-        assert client is not None
+        for attempt in range(2):
+            if self._client is None or not self._client.connected:
+                async with self._connecting:          # the poller may be connecting this very source
+                    if self._client is None or not self._client.connected:
+                        await self._wait_budget()
+                        await self.connect()
+            client = self._client
+            assert client is not None
+            try:
+                response = await self._write_request(client, register, address, values)
+                break
+            except DeviceUnreachable as exc:
+                # Never on the wire: the connection dropped (the poll's request timed out) while the write
+                # waited for its slot. Sending it on a new connection cannot apply it twice.
+                if attempt or not isinstance(exc.__cause__, RequestNotSent):
+                    raise
+        if response.isError():
+            raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)), "writing")
+
+    async def _write_request(self, client: AsyncModbusTcpClient | PipelinedTcpClient, register: str, address: int,
+                             values: Sequence[int] | Sequence[bool]) -> ModbusPDU:
+        device = self.device
         await self._wait_budget()
         unit_slots = self._unit_slots
         if unit_slots is not None and not unit_slots.take():
@@ -844,8 +864,7 @@ class ModbusSource:
             if unit_slots is not None:
                 unit_slots.release()
             self._last_request_end = self._monotonic()
-        if response.isError():
-            raise DeviceExceptionResponse(device.name, address, int(getattr(response, "exception_code", 0)), "writing")
+        return response
 
     def _count_read(self, outcome: str) -> None:
         if self.metrics is not None:

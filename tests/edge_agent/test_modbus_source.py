@@ -14,7 +14,8 @@ from prometheus_client import CollectorRegistry
 from edge_agent.decode import decode_registers
 from edge_agent.errors import DeviceExceptionResponse, DeviceTimeout, DeviceUnreachable
 from edge_agent.metrics import AgentMetrics
-from edge_agent.modbus_source import Backoff, ModbusSource, measure_modbus_ceiling, plan_reads, split_block
+from edge_agent.modbus_source import (Backoff, ModbusSource, ReadBlock, measure_modbus_ceiling, plan_reads,
+                                     split_block)
 from edge_agent.simulator import Behaviour, Simulator
 from devenv.mosquitto import free_port
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
@@ -212,6 +213,33 @@ def test_reads_and_writes_on_one_source_keep_its_min_gap_and_its_one_connection(
     assert len(times) == sent == 16 and busy == 0, (len(times), sent, busy)
     assert min(gaps) >= 0.1, gaps
     assert sample(metrics, "ems_edge_device_connects_total", device="plc", outcome="ok") == 1
+
+
+def test_a_write_waiting_behind_a_read_that_times_out_goes_once_on_a_new_connection() -> None:
+    """The poller's read is in flight and the device does not answer it in time while a command's write
+    waits for the request slot: the timeout drops the connection, and the write, which never reached the
+    wire, goes out on a new connection and applies, once. The read is the one that fails."""
+    dev = device("d", 0, points(4), unit=3)
+    metrics = AgentMetrics(CollectorRegistry())
+
+    async def scenario() -> tuple[int, list[int], BaseException]:
+        async with Simulator([dev]) as sim:
+            d = device("d", sim.port, dev.points, unit=3, timeout_s=0.2, retries=0)
+            async with ModbusSource(d, metrics=metrics, backoff=FAST) as source:
+                await source.connect()
+                sim._units[3].behaviour = Behaviour(delay_s=0.5)      # the next request is answered too late
+                read = asyncio.ensure_future(source.read(plan_reads(d)[0]))
+                await asyncio.sleep(0.05)
+                sim._units[3].behaviour = Behaviour()
+                await source.write("holding", 10, [7])                  # a spare register: it keeps what is written
+                failed = (await asyncio.gather(read, return_exceptions=True))[0]
+                stored = await source.read(ReadBlock("holding", 10, 1, ()))
+            return sim.write_count(3), list(stored), failed
+
+    writes, stored, failed = asyncio.run(scenario())
+    assert isinstance(failed, DeviceTimeout), failed
+    assert writes == 1 and stored == [7]
+    assert sample(metrics, "ems_edge_device_connects_total", device="d", outcome="ok") == 2
 
 
 def test_a_write_nobody_answers_is_a_device_timeout_and_drops_the_connection() -> None:
