@@ -18,6 +18,7 @@ from devenv.pki import LocalPki
 from edge_agent.audit import AuditLog, decode_record, rotated_files, verify
 from edge_agent.batch import ReadingBatch
 from edge_agent.errors import AuditError
+from tests.edge_agent.audit_helpers import full_disk_switch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -114,13 +115,19 @@ def test_gzipped_rotations_are_verified_and_a_flipped_byte_is_found(tmp_path: Pa
     assert not summary.ok and summary.corrupt_path == files[1] and summary.corrupt.index == 0
 
 
-def test_a_failed_reopen_keeps_writing_to_the_renamed_file(tmp_path: Path) -> None:
-    path = tmp_path / "audit.log"
+def _rotated_after_one_batch(path: Path) -> AuditLog:
+    """A log at ``path`` holding seq 1, fsync'd, then renamed to ``<path>.1`` as logrotate does (not reopened)."""
     log = AuditLog(path)
     log.open()
     _batch(log, 1)
     log.sync()
-    os.rename(path, tmp_path / "audit.log.1")
+    os.rename(path, path.parent / f"{path.name}.1")
+    return log
+
+
+def test_a_failed_reopen_keeps_writing_to_the_renamed_file(tmp_path: Path) -> None:
+    path = tmp_path / "audit.log"
+    log = _rotated_after_one_batch(path)
     path.mkdir()                              # the new file cannot be created
     with pytest.raises(AuditError, match="cannot open"):
         log.reopen()
@@ -134,38 +141,13 @@ def test_a_reopen_whose_link_does_not_fit_uses_the_new_file_and_writes_the_link_
     """Rotated onto a full disk: the new file is created but its ``cont`` record does not fit. The reopen
     still succeeds (the renamed file is closed, the new one in use, so no caller may think otherwise),
     and once the disk takes writes the link comes first in the new file and the chain verifies."""
-    import errno
-
     import edge_agent.audit as audit_module
     monkeypatch.setattr(audit_module, "RETRY_MIN_S", 0.01)
     monkeypatch.setattr(audit_module, "RETRY_MAX_S", 0.02)
     path = tmp_path / "audit.log"
-    log = AuditLog(path)
-    log.open()
-    _batch(log, 1)
-    log.sync()
-    os.rename(path, tmp_path / "audit.log.1")
-    real_write = audit_module.AuditLog._write
-    full = [True]
-
-    class FullDisk:
-        def __init__(self, fh: object) -> None:
-            self.fh = fh
-
-        def write(self, view: memoryview) -> int:
-            if full[0]:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return self.fh.write(view)                                  # type: ignore[attr-defined]
-
-        def __getattr__(self, name: str) -> object:
-            return getattr(self.fh, name)
-
-    def write(self: AuditLog) -> None:
-        if self._fh is not None and not isinstance(self._fh, FullDisk):
-            self._fh = FullDisk(self._fh)                               # type: ignore[assignment]
-        real_write(self)
-
-    monkeypatch.setattr(audit_module.AuditLog, "_write", write)
+    log = _rotated_after_one_batch(path)
+    full = full_disk_switch(monkeypatch)
+    full[0] = True
     assert log.reopen() is True
     assert path.exists() and path.stat().st_size == 0
     _batch(log, 2)

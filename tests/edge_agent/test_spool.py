@@ -21,6 +21,7 @@ from edge_agent.batch import ReadingBatch
 from edge_agent.metrics import AgentMetrics
 from edge_agent.errors import SpoolError
 from edge_agent.spool import Spool
+from tests.edge_agent.audit_helpers import AuditDisk, full_disk_switch
 
 
 def _batch(i: int, n: int = 1) -> ReadingBatch:
@@ -854,25 +855,6 @@ def test_depth_read_during_a_commit_never_counts_a_deleted_ack_twice(tmp_path: P
     assert seen[-1] == 6, seen
 
 
-class _AuditDisk:
-    """The audit file on a disk that may be full: ``writes`` is how many more writes it takes (None: all)."""
-
-    def __init__(self, fh: object) -> None:
-        self.fh = fh
-        self.writes: int | None = None
-
-    def write(self, view: memoryview) -> int:
-        import errno
-        if self.writes is not None:
-            if self.writes <= 0:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.writes -= 1
-        return self.fh.write(view)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.fh, name)
-
-
 def _fast_audit_retries(monkeypatch: pytest.MonkeyPatch, bound: int) -> None:
     import edge_agent.audit as audit_module
     monkeypatch.setattr(audit_module, "MAX_BUFFERED_BYTES", bound)
@@ -915,7 +897,7 @@ def test_records_held_while_the_audit_file_is_full_are_bounded_and_their_rows_au
                 await spool.flush()
             first = await spool.lease(100)
             await spool.ack(first[0].seq_first, first[-1].seq_last)    # records durable, rows deleted
-            disk = audit._fh = _AuditDisk(audit._fh)                    # type: ignore[assignment]
+            disk = audit._fh = AuditDisk(audit._fh)                    # type: ignore[assignment]
             disk.writes = 0
             with pytest.raises(AuditError, match="No space left"):
                 await spool.audit_event("cmd", {"id": "c1", "decision": "accepted", "reason": None})
@@ -966,7 +948,7 @@ def test_the_size_cap_drops_only_rows_audited_first_while_the_audit_file_was_ful
                          flush_interval_s=0.01) as spool:
             audit = spool.audit
             assert audit is not None
-            disk = audit._fh = _AuditDisk(audit._fh)                    # type: ignore[assignment]
+            disk = audit._fh = AuditDisk(audit._fh)                    # type: ignore[assignment]
             disk.writes = 0
             for i in range(80):
                 await _add(spool, i, 3)
@@ -998,7 +980,7 @@ def test_an_agent_stopped_while_its_audit_file_is_full_audits_the_rows_at_the_ne
             assert spool.audit is not None
             await _add(spool, 0, 3)
             await spool.flush()
-            disk = spool.audit._fh = _AuditDisk(spool.audit._fh)       # type: ignore[assignment]
+            disk = spool.audit._fh = AuditDisk(spool.audit._fh)       # type: ignore[assignment]
             disk.writes = 0
             for i in range(1, 60):
                 await _add(spool, i, 3)
@@ -1026,20 +1008,20 @@ def test_an_agent_started_while_its_audit_file_is_full_starts_and_audits_the_row
     async def full_spell() -> None:
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path), flush_interval_s=0.01) as spool:
             assert spool.audit is not None
-            disk = spool.audit._fh = _AuditDisk(spool.audit._fh)       # type: ignore[assignment]
+            disk = spool.audit._fh = AuditDisk(spool.audit._fh)       # type: ignore[assignment]
             disk.writes = 0
             for i in range(40):
                 await _add(spool, i, 3)
                 await spool.flush()
             assert spool.audit.behind
 
-    disks: list[_AuditDisk] = []
+    disks: list[AuditDisk] = []
     original = Spool._reaudit_sync
 
     def reaudit_on_a_full_disk(self: Spool, **kwargs: object) -> tuple[int, bool]:
         if not disks:
             assert self.audit is not None
-            disks.append(_AuditDisk(self.audit._fh))
+            disks.append(AuditDisk(self.audit._fh))
             disks[0].writes = 0
             self.audit._fh = disks[0]                                   # type: ignore[assignment]
         return original(self, **kwargs)
@@ -1070,20 +1052,9 @@ def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full
     anyway (the tail cut, both records held), rows keep committing, and once the file takes writes the
     held records and every row's record land in order: ``verify`` finds no corrupt record, one repair,
     one quarantine, and every reading once."""
-    import edge_agent.audit as audit_module
     _fast_audit_retries(monkeypatch, 1 << 20)
     audit_path = tmp_path / "audit.log"
-    full = [False]
-    original_write = audit_module.AuditLog._write
-
-    def write_on_a_disk_that_may_be_full(self: AuditLog) -> None:
-        if self._fh is not None and not isinstance(self._fh, _AuditDisk):
-            self._fh = _AuditDisk(self._fh)                             # type: ignore[assignment]
-        if self._fh is not None:
-            self._fh.writes = 0 if full[0] else None                     # type: ignore[union-attr]
-        original_write(self)
-
-    monkeypatch.setattr(audit_module.AuditLog, "_write", write_on_a_disk_that_may_be_full)
+    full = full_disk_switch(monkeypatch)
 
     async def before_the_crash() -> None:
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
