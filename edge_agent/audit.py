@@ -159,6 +159,8 @@ RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 MAX_BUFFERED_BYTES = 64 << 20
 """The most record bytes held in memory while the file cannot be written: past it the batch records
 (and their ``pt``/``sh`` definitions) are let go (:attr:`AuditLog.behind`); events are always kept."""
+MAX_HELD_RECORD_BYTES = 64 * 1024
+"""The largest event record :meth:`AuditLog.hold` takes back (a ``cmd`` record with its 4 KiB command is far below)."""
 _BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')     # encode_record writes "k" first
 
 
@@ -296,6 +298,7 @@ class AuditLog:
         self._buffered_bytes = 0               # len of the buffered records together
         self.behind = False                    # batch records above durable_seq let go: the spool audits those rows again
         self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
+        self.fsyncs = 0                        # successful fsyncs: one after a record was buffered makes it durable
         self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
         self._durable_crc: str | None = None   # the CRC of the record ending there
@@ -320,10 +323,10 @@ class AuditLog:
         first bad, torn or zeroed record the file is cut, and a ``repair`` record says where and
         how much. :attr:`last_seq` is then the highest seq the kept records (or ``mark``) audit.
 
-        Raises AuditError when the file cannot be opened, read or cut. When only the closing write and
-        fsync fail (a full disk: the ``repair`` record does not fit) the log opens anyway, as a log
-        whose writes failed at run time: the record stays buffered, :attr:`durable_seq` waits for a
-        successful fsync (no spooled row leaves before), and the next tries back off.
+        Raises AuditError when the file cannot be opened, read, cut or fsync'd. When only the ``repair``
+        record cannot be written (a full disk) the log opens anyway, as a log whose writes failed at
+        run time: the checked records are durable (fsync'd before), the record stays buffered and
+        goes first once the file takes writes, and the next tries back off.
         """
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +350,9 @@ class AuditLog:
             if cut_at is not None:
                 os.ftruncate(fd, cut_at)
                 self._written = self._durable = cut_at
-                self.event("repair", bytes=size - cut_at, at_offset=cut_at)
+            # What survived a crash may be in the page cache only: the checked records durable, and with
+            # them durable_seq (the spool deletes rows, and records its mark, by it). Needs no free space.
+            self._fsync()
         except OSError as exc:
             self._fh.close()
             self._fh = None
@@ -356,15 +361,15 @@ class AuditLog:
             self._fh.close()
             self._fh = None
             raise
+        if cut_at is not None:
+            self.event("repair", bytes=size - cut_at, at_offset=cut_at)
         try:
-            self.write()
-            self._fsync()                      # what survived a crash may be in the page cache only
+            self.sync()
         except AuditError as exc:
             if self._broken is not None:       # not even cut back: nothing could be written in this run
                 self._fh.close()
                 self._fh = None
                 raise
-            self._durable_crc = self.last_crc  # the mark names the end checked, the record ending there
             log.error("%s; opened anyway: its records are held until it takes writes, and the spooled rows "
                       "stay until they are durable", exc)
 
@@ -547,6 +552,41 @@ class AuditLog:
         self._numbered.clear()
         self._shapes.clear()
 
+    @property
+    def broken(self) -> bool:
+        """The file could not be cut back after a failed write: nothing more is written (or held) in this run."""
+        return self._broken is not None
+
+    def hand_over(self) -> list[bytes]:
+        """The file cannot be written and the agent stops: the held event records (``cmd``, ``write``,
+        ``drop``, ``quar``, ``repair``…, in order) for the caller to keep, and the buffer emptied, so that
+        :meth:`close` does not fail on them. The batch records and their definitions are dropped: their
+        rows are still spooled above :attr:`durable_seq`, and the next start audits them again."""
+        events = [record for record in self._buffer if not record[9:].startswith(_BATCH_KINDS)]
+        self._buffer = []
+        self._buffered_bytes = 0
+        return events
+
+    def hold(self, records: list[bytes]) -> list[bytes]:
+        """Put event records a stopped agent handed over (:meth:`hand_over`) first in the buffer, to be
+        written before anything of this run; returns those that are not whole, CRC-checked records (left out)."""
+        good: list[bytes] = []
+        bad: list[bytes] = []
+        for record in records:
+            try:
+                whole = (type(record) is bytes and len(record) <= MAX_HELD_RECORD_BYTES and record.endswith(b"\n")
+                         and b"\n" not in record[:-1])
+                body = decode_record(record[:-1]) if whole else None
+            except ValueError:
+                body = None
+            if body is None or not isinstance(body.get("k"), str) or record[9:].startswith(_BATCH_KINDS):
+                bad.append(record)
+            else:
+                good.append(record)
+        self._buffer[:0] = good
+        self._buffered_bytes += sum(map(len, good))
+        return bad
+
     def event(self, kind: str, **fields: Any) -> bytes:
         """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``, ``sh``) and return it;
         ValueError for a NaN or infinite number among ``fields``, as for a batch."""
@@ -625,6 +665,7 @@ class AuditLog:
         self._durable = self._written = end
         self._durable_crc = self.last_crc
         self.durable_seq = self.last_seq
+        self.fsyncs += 1
         self._unsynced.clear()
         self._unsynced_bytes = 0
         self._synced_at = time.monotonic()

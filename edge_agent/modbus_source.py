@@ -559,9 +559,11 @@ class ModbusSource:
         self._monotonic = monotonic
         self._client: AsyncModbusTcpClient | PipelinedTcpClient | None = None
         self._connecting = asyncio.Lock()
-        # A request budget (min_gap_s) is kept across the poller's reads and the command handler's writes
-        # on the same source: the gap is waited for and the request made by one of them at a time.
-        self._turn = asyncio.Lock() if device.min_gap_s else None
+        # One request at a time across the poller's reads and the command handler's writes on this source,
+        # each with its connection check: with a request budget (min_gap_s) the gap is kept between them;
+        # pymodbus' RTU-over-TCP client sends one at a time anyway, and a write must not wait inside it for
+        # a read whose timeout closes the connection (pymodbus would drop the write unsent, as a timeout).
+        self._turn = asyncio.Lock() if device.min_gap_s or device.transport == "rtu-over-tcp" else None
         self._last_request_end = -float("inf")
         self._read_counters: dict[str, Any] = {}      # outcome → this device's child of ``reads``
         self._tally = metrics.tally(device.name) if metrics is not None else None
@@ -577,6 +579,11 @@ class ModbusSource:
     @property
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
+
+    def _close(self, client: AsyncModbusTcpClient | PipelinedTcpClient) -> None:
+        """``close()`` when ``client`` is still this source's connection (not one the poller opened since)."""
+        if self._client is client:
+            self.close()
 
     def close(self) -> None:
         """Drop the connection (the next read reconnects); a shared one is only let go of: it closes
@@ -698,6 +705,12 @@ class ModbusSource:
             await asyncio.sleep(wait)
 
     async def _read_once(self, block: ReadBlock) -> bytes:
+        if self._turn is not None:                # the connection is checked in turn (a write may have dropped it)
+            async with self._turn:
+                return await self._read_in_turn(block)
+        return await self._read_in_turn(block)
+
+    async def _read_in_turn(self, block: ReadBlock) -> bytes:
         client = self._client
         if client is None or not client.connected:
             async with self._connecting:          # pipelined reads share one connection attempt
@@ -710,12 +723,6 @@ class ModbusSource:
                         raise
             client = self._client
             assert client is not None
-        if self._turn is not None:                # a request budget: the gap and the read, then a write's turn
-            async with self._turn:
-                return await self._read_in_turn(block, client)
-        return await self._read_in_turn(block, client)
-
-    async def _read_in_turn(self, block: ReadBlock, client: AsyncModbusTcpClient | PipelinedTcpClient) -> bytes:
         device = self.device
         if device.min_gap_s:                      # with no gap to keep, no clock to read
             await self._wait_budget()
@@ -798,7 +805,9 @@ class ModbusSource:
         return struct.pack(f">{len(response.registers)}H", *response.registers)
 
     async def write(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
-        """One write request, never retried (a repeated write could apply twice).
+        """One write request, never repeated once sent (it could apply twice): sent again, once, on a new
+        connection only when it never reached the wire (``RequestNotSent``: the connection dropped while
+        it waited for its turn).
 
         ``register`` ``coil`` writes ``values[0]`` with function code 5; ``holding``
         writes one register with code 6 and several with code 16. Raises
@@ -848,17 +857,17 @@ class ModbusSource:
             else:
                 response = await client.write_registers(address, [int(v) for v in values], device_id=device.unit)
         except asyncio.TimeoutError as exc:      # PipelinedTcpClient's deadline (pymodbus says "No response")
-            self.close()
+            self._close(client)
             raise DeviceTimeout(device.name, f"no answer to the write of {register} {address} "
                                              f"within {device.timeout_s:g}s") from exc
         except ModbusIOException as exc:
-            self.close()
+            self._close(client)
             if "No response" in str(exc):
                 raise DeviceTimeout(device.name, f"no answer to the write of {register} {address} "
                                                  f"within {device.timeout_s:g}s") from exc
             raise DeviceUnreachable(device.name, f"bad answer to the write of {register} {address}: {exc}") from exc
         except (ConnectionException, ModbusException, OSError) as exc:
-            self.close()
+            self._close(client)
             raise DeviceUnreachable(device.name, f"connection lost writing {register} {address}: {exc}") from exc
         finally:
             if unit_slots is not None:

@@ -138,6 +138,7 @@ from edge_agent.event_loop import TIMER_SLACK_S
 from edge_agent.metrics import AgentMetrics
 from edge_agent.point_table import Columns, Point, PointTable, Shape, shared_columns
 from edge_agent.spool_integrity import quarantine_bad_rows, spool_problem
+from ems_contract.config_file import shorten
 from ems_runtime.sqlite import transaction
 
 __all__ = ["Spool", "SPOOL_FILE"]
@@ -155,6 +156,7 @@ CREATE TABLE IF NOT EXISTS batches (
     data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS points (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shapes (id INTEGER PRIMARY KEY, data BLOB NOT NULL, crc INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_held (n INTEGER PRIMARY KEY, record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
     seq INTEGER NOT NULL, accepted_ms INTEGER, data BLOB, crc INTEGER, reason TEXT NOT NULL,
     quarantined_ms INTEGER NOT NULL, seq_last INTEGER);
@@ -295,6 +297,7 @@ class Spool:
         self.dropped_total = 0
         self.quarantined_total = 0
         self._saved_mark: AuditMark | None = None   # the audit position ``meta`` holds (as far as we know)
+        self._held_fsyncs: int | None = None        # audit fsyncs when ``audit_held``'s records were taken back
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "Spool":
@@ -383,6 +386,7 @@ class Spool:
         if self.audit is not None:
             self._saved_mark = _read_mark(db)
             self.audit.open(self._saved_mark)
+            self._hold_again_sync()
         for seq, seq_last, reason in bad_rows:     # a seq below 1 was never accepted: nothing to audit
             if self.audit is not None and seq >= 1:
                 self.audit.event("quar", site=self.site, seq=seq, reason=reason,
@@ -391,8 +395,9 @@ class Spool:
         if self.audit is not None:
             try:
                 self.audit.sync()
-            except AuditError as exc:       # a full disk: the quar records stay buffered, written once it can be
-                log.error("spool %s: cannot write the quarantine records yet (%s)", self.path, exc)
+                self._forget_held_sync()
+            except (AuditError, sqlite3.Error) as exc:  # a full disk: the records stay held, written once it can be
+                log.error("spool %s: cannot write the held and quarantine audit records yet (%s)", self.path, exc)
             try:
                 self._reaudit_sync()
             except AuditError as exc:       # a full disk: start anyway; the rows are audited once it takes writes
@@ -554,12 +559,73 @@ class Spool:
                 self._save_mark_sync()      # a clean start checks nothing beyond it
             except (AuditError, SpoolError) as exc:
                 log.error("%s; the next start checks the audit log from its last recorded position", exc)
+            self._keep_held_sync()
         if self._db is not None:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
             self._db = None
         if self.audit is not None:
-            self.audit.close()
+            try:
+                self.audit.close()
+            except AuditError as exc:
+                log.error("%s; the next start checks the audit log from its last recorded position", exc)
+
+    # -- audit records held across a stop ------------------------------------
+    def _hold_again_sync(self) -> None:
+        """At open: the event records the audit could not take when the agent last stopped (table
+        ``audit_held``) go first into its buffer; their rows leave the table once an fsync has made them
+        durable (``_forget_held_sync``)."""
+        assert self._db is not None and self.audit is not None
+        held = [record for (record,) in self._db.execute("SELECT record FROM audit_held ORDER BY n")]
+        self._held_fsyncs = self.audit.fsyncs if held else None
+        if not held:
+            return
+        for record in self.audit.hold(held):
+            log.error("spool %s: a held audit record is not a whole event record, left out: %s", self.path,
+                      shorten(record))
+        log.warning("spool %s: %d audit records the audit log could not take at the last stop are written first",
+                    self.path, len(held))
+
+    def _forget_held_sync(self, db: sqlite3.Connection | None = None) -> bool:
+        """Delete the held records of ``audit_held`` once an fsync after :meth:`_hold_again_sync` made them
+        durable (inside the caller's transaction when ``db`` is given, else in one of its own); True when
+        they were deleted."""
+        if self._held_fsyncs is None or self.audit is None or self.audit.fsyncs <= self._held_fsyncs:
+            return False
+        if db is not None:
+            db.execute("DELETE FROM audit_held")
+            return True
+        assert self._db is not None
+        self._db.execute("PRAGMA synchronous=FULL")
+        with transaction(self._db):
+            self._db.execute("DELETE FROM audit_held")
+        self._held_fsyncs = None
+        return True
+
+    def _keep_held_sync(self) -> None:
+        """At close: the event records the audit file would not take (a full disk) into ``audit_held``, for
+        the next start to write first, replacing what it held (those not written are among them); batch
+        records are not kept (their rows are spooled above the audit's durable seq: audited again then).
+        Without held records, delete the table's rows once they are durable."""
+        audit, db = self.audit, self._db
+        assert audit is not None and db is not None
+        try:
+            if audit.broken:                # nothing held in this run; the table keeps what it had
+                return
+            if not audit.held_bytes:
+                self._forget_held_sync()
+                return
+            events = audit.hand_over()
+            db.execute("PRAGMA synchronous=FULL")
+            with transaction(db):
+                db.execute("DELETE FROM audit_held")
+                db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(record,) for record in events])
+        except sqlite3.Error as exc:
+            log.error("spool %s: cannot keep the audit records the audit log would not take (%s): lost", self.path, exc)
+            return
+        if events:
+            log.warning("spool %s: %d audit records the audit log would not take are kept in the spool until the "
+                        "next start", self.path, len(events))
 
     # -- appending ---------------------------------------------------------
     @property
@@ -888,10 +954,13 @@ class Spool:
                     db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (rows[-1][1] + 1,))
                 mark = self._mark_in_transaction()
+                held_forgotten = self._forget_held_sync(db)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
         self._saved_mark = mark or self._saved_mark
+        if held_forgotten:
+            self._held_fsyncs = None
         self._acked_deleted += sum(last - first + 1 for first, last in acks)    # before _depth: see __init__
         self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:

@@ -1045,14 +1045,27 @@ def test_an_agent_started_while_its_audit_file_is_full_starts_and_audits_the_row
     assert summary.corrupt is None and summary.readings == 123
 
 
+def _batch_records_per_seq(path: Path) -> dict[int, int]:
+    """How many ``b`` records of the file audit each seq (a reading audited twice counts 2)."""
+    counts: dict[int, int] = {}
+    for line in path.read_bytes().splitlines():
+        body = decode_record(line)
+        if body["k"] == "b":
+            for seq in range(body["seq_first"], body["seq_last"] + 1):
+                counts[seq] = counts.get(seq, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("stopped_while_full", [False, True])
 def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full_disk_starts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stopped_while_full: bool) -> None:
     """A crash left a torn record at the audit's tail and a spool row with an unusable seq range, and the
     audit's disk is full at the next start: the ``repair`` and ``quar`` records do not fit. The spool opens
-    anyway (the tail cut, both records held), rows keep committing, and once the file takes writes the
-    held records and every row's record land in order: ``verify`` finds no corrupt record, one repair,
-    one quarantine, and every reading once."""
-    _fast_audit_retries(monkeypatch, 1 << 20)
+    anyway (the tail cut, both records held), rows keep committing (the batch records let go past the
+    bound), and once the file takes writes, in that run or after a stop while still full, the held
+    records and every row's record land in order: ``verify`` finds no corrupt record, one repair, one
+    quarantine, and the file audits every reading exactly once (none of the records kept at the cut again)."""
+    _fast_audit_retries(monkeypatch, 512)
     audit_path = tmp_path / "audit.log"
     full = full_disk_switch(monkeypatch)
 
@@ -1069,7 +1082,7 @@ def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full
     whole = audit_path.read_bytes()
     audit_path.write_bytes(whole + b"0123abcd {\"k\":\"b\",\"seq_fi")       # the crash tore a record
 
-    async def restart() -> tuple[int, int, bool]:
+    async def restart() -> tuple[int, bool, bool]:
         full[0] = True
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path),
                          flush_interval_s=0.01) as spool:
@@ -1079,17 +1092,66 @@ def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full
                 await _add(spool, i, 2)
                 await spool.flush()
             still_full = audit_path.stat().st_size == size_while_full
-            full[0] = False
-            await asyncio.sleep(0.05)                                   # the back-off ends
-            await _add(spool, 10, 2)
-            await spool.flush()
-            return size_while_full, spool.depth, still_full
+            behind = spool.audit.behind
+            if not stopped_while_full:
+                full[0] = False
+                await asyncio.sleep(0.05)                               # the back-off ends
+                await _add(spool, 10, 2)
+                await spool.flush()
+            return size_while_full, still_full, behind
 
-    size_while_full, depth, still_full = run(restart())
+    async def start_with_space() -> None:
+        full[0] = False
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            await _add(spool, 10, 2)
+
+    size_while_full, still_full, behind = run(restart())
     assert size_while_full == len(whole) and still_full                # the torn tail cut, nothing written while full
-    assert depth == 20                                                  # 5 + 6 batches of 2, less the quarantined one
+    assert behind                                                       # the held batch records were let go
+    if stopped_while_full:
+        run(start_with_space())
     summary = verify(audit_path)
     assert summary.corrupt is None and summary.repairs == 1 and summary.quarantined == 1, summary
-    assert sorted(read_audit(audit_path).readings) == list(range(1, 23))
+    assert _batch_records_per_seq(audit_path) == {seq: 1 for seq in range(1, 23)}
     kinds = [decode_record(line)["k"] for line in audit_path.read_bytes().splitlines()]
     assert kinds.index("repair") < kinds.index("quar") < len(kinds) - kinds[::-1].index("b") - 1
+
+
+def test_held_audit_records_in_the_spool_are_checked_written_first_once_and_deleted(tmp_path: Path) -> None:
+    """``audit_held`` is read back as hostile input: a whole, CRC-checked event record goes first into the
+    audit log, once (the table is emptied once it is durable); torn, corrupt, oversized, non-event or
+    non-bytes entries are left out with an error, and nothing else is affected."""
+    from edge_agent.audit import encode_record
+
+    audit_path = tmp_path / "audit.log"
+
+    async def first() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            await _add(spool, 0, 2)
+
+    run(first())
+    good = encode_record({"k": "repair", "bytes": 7, "at_offset": 0, "at_ms": 1_764_000_000_000})
+    batch = encode_record({"k": "b", "site": "s1", "seq_first": 9, "seq_last": 9, "accepted_ms": 1,
+                           "ts_ms": [1], "asset": ["a"], "point": ["p"], "value": [1.0], "unit": [""],
+                           "quality": ["good"], "sensor": ["s"]})
+    hostile = [good[:-5] + b"\n", b"0000beef not a record\n", b"x" * 70_000 + b"\n", batch, "text, not bytes",
+               good[:-1], good]
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(r,) for r in hostile])
+    db.commit()
+    db.close()
+    size_before = audit_path.stat().st_size
+
+    async def again() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            await _add(spool, 1, 2)
+
+    run(again())
+    run(again())                                                        # taken back once only
+    added = audit_path.read_bytes()[size_before:].splitlines(keepends=True)
+    assert added[0] == good and added.count(good) == 1, added[:3]
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
+    db.close()
+    summary = verify(audit_path)
+    assert summary.corrupt is None and summary.repairs == 1 and summary.readings == 6, summary
