@@ -159,6 +159,9 @@ RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 MAX_BUFFERED_BYTES = 64 << 20
 """The most record bytes held in memory while the file cannot be written: past it the batch records
 (and their ``pt``/``sh`` definitions) are let go (:attr:`AuditLog.behind`); events are always kept."""
+HELD_KINDS = frozenset({"cmd", "write", "quar", "repair", "drop"})
+"""The event records kept across a stop when the file takes no writes (:meth:`AuditLog.hand_over`): not the
+batch records and their definitions (audited again from the spool), nor ``cont`` (it belongs to one file)."""
 MAX_HELD_RECORD_BYTES = 64 * 1024
 """The largest event record :meth:`AuditLog.hold` takes back (a ``cmd`` record with its 4 KiB command is far below)."""
 _BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')     # encode_record writes "k" first
@@ -235,6 +238,16 @@ def encode_record(body: dict[str, Any]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 
+def _kind(record: bytes) -> str | None:
+    """The ``k`` of a whole audit line (newline included) that decodes and checks, else None."""
+    try:
+        body = decode_record(record[:-1])
+    except ValueError:
+        return None
+    kind = body.get("k") if isinstance(body, dict) else None
+    return kind if isinstance(kind, str) else None
+
+
 def decode_record(line: bytes) -> dict[str, Any]:
     """Parse and check one audit line (without newline); raises ValueError saying what is wrong (the CRC,
     the JSON, or a field: ``edge_agent.audit_records``)."""
@@ -299,6 +312,7 @@ class AuditLog:
         self.behind = False                    # batch records above durable_seq let go: the spool audits those rows again
         self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
         self.fsyncs = 0                        # successful fsyncs: one after a record was buffered makes it durable
+        self.checked_from = 0                  # where the last open's check began (the mark's offset, or 0)
         self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
         self._durable_crc: str | None = None   # the CRC of the record ending there
@@ -346,6 +360,7 @@ class AuditLog:
                 _fsync_folder(self.path.parent)    # the new file's name survives a power loss too
             size = os.fstat(fd).st_size
             start = self._scan_start(mark, size)
+            self.checked_from = start[0] if start is not None else 0
             cut_at = self._scan(*start, size) if start is not None else self._scan_tail(size)
             if cut_at is not None:
                 os.ftruncate(fd, cut_at)
@@ -562,27 +577,43 @@ class AuditLog:
         ``drop``, ``quar``, ``repair``…, in order) for the caller to keep, and the buffer emptied, so that
         :meth:`close` does not fail on them. The batch records and their definitions are dropped: their
         rows are still spooled above :attr:`durable_seq`, and the next start audits them again."""
-        events = [record for record in self._buffer if not record[9:].startswith(_BATCH_KINDS)]
+        events = [record for record in self._buffer if _kind(record) in HELD_KINDS]
         self._buffer = []
         self._buffered_bytes = 0
         return events
 
+    def find_lines(self, records: list[bytes], start: int) -> set[bytes]:
+        """Which of ``records`` (whole lines, newline included) the open file holds from byte ``start`` on,
+        read in chunks (memory bounded by the records and one line). Raises AuditError when it cannot be read."""
+        wanted = {record[:-1] for record in records if record.endswith(b"\n")}
+        found: set[bytes] = set()
+        if not wanted or self._fh is None:
+            return found
+        longest = max(map(len, wanted))
+        try:
+            self._fh.seek(start)
+            tail = b""
+            while chunk := self._fh.read(_SCAN_CHUNK):
+                lines = (tail + chunk).split(b"\n")
+                tail = lines.pop()
+                if len(tail) > longest:
+                    tail = b"-"                 # a line longer than any wanted one: not one of them
+                found.update(line for line in lines if line in wanted)
+            self._fh.seek(0, os.SEEK_END)
+        except OSError as exc:
+            raise AuditError(f"audit log {self.path}: cannot read ({exc.strerror or exc})") from exc
+        return {line + b"\n" for line in found}
+
     def hold(self, records: list[bytes]) -> list[bytes]:
         """Put event records a stopped agent handed over (:meth:`hand_over`) first in the buffer, to be
-        written before anything of this run; returns those that are not whole, CRC-checked records (left out)."""
+        written before anything of this run; returns those left out: not a whole, CRC-checked record of
+        one of the :data:`HELD_KINDS` of at most :data:`MAX_HELD_RECORD_BYTES`."""
         good: list[bytes] = []
         bad: list[bytes] = []
         for record in records:
-            try:
-                whole = (type(record) is bytes and len(record) <= MAX_HELD_RECORD_BYTES and record.endswith(b"\n")
-                         and b"\n" not in record[:-1])
-                body = decode_record(record[:-1]) if whole else None
-            except ValueError:
-                body = None
-            if body is None or not isinstance(body.get("k"), str) or record[9:].startswith(_BATCH_KINDS):
-                bad.append(record)
-            else:
-                good.append(record)
+            whole = (type(record) is bytes and len(record) <= MAX_HELD_RECORD_BYTES and record.endswith(b"\n")
+                     and b"\n" not in record[:-1])
+            (good if whole and _kind(record) in HELD_KINDS else bad).append(record)
         self._buffer[:0] = good
         self._buffered_bytes += sum(map(len, good))
         return bad

@@ -131,7 +131,8 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import SYNC_BYTES, AuditLog, AuditMark, batch_record
+from edge_agent.audit import (MAX_BUFFERED_BYTES, MAX_HELD_RECORD_BYTES, SYNC_BYTES, AuditLog, AuditMark,
+                              batch_record)
 from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
@@ -147,6 +148,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
 _REAUDIT_ROWS = 64      # rows audited again per write and fsync (column form: about 80 bytes a reading)
+_MAX_HELD_RECORDS = 100_000     # audit event records taken back from ``audit_held`` at open
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -524,9 +526,12 @@ class Spool:
             db.execute("PRAGMA synchronous=FULL")
             with transaction(db):
                 _write_mark(db, mark)
+                forgotten = self._forget_held_sync(db)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
         self._saved_mark = mark
+        if forgotten:
+            self._held_fsyncs = None
 
     def _mark_in_transaction(self) -> AuditMark | None:
         """Inside a transaction: record the audit's last fsync when it moved since the last record of it
@@ -538,6 +543,7 @@ class Spool:
             return None
         assert self._db is not None
         _write_mark(self._db, mark)
+        self._forget_held_sync(self._db)    # the mark never passes held records the table still holds
         return mark
 
     def _audit_durable_sync(self, seq_last: int, retry: bool = True) -> None:
@@ -573,18 +579,50 @@ class Spool:
     # -- audit records held across a stop ------------------------------------
     def _hold_again_sync(self) -> None:
         """At open: the event records the audit could not take when the agent last stopped (table
-        ``audit_held``) go first into its buffer; their rows leave the table once an fsync has made them
-        durable (``_forget_held_sync``)."""
+        ``audit_held``) go first into its buffer, except those the file already holds after the position
+        the spool last recorded (a crash between the fsync that made them durable and the transaction
+        that deletes them: every transaction that moves that position deletes them too, so they are
+        never before it). Their rows leave the table once an fsync has made them durable
+        (``_forget_held_sync``). The table is read as hostile: at most :data:`_MAX_HELD_RECORDS` blobs of
+        at most ``MAX_HELD_RECORD_BYTES``, :data:`MAX_BUFFERED_BYTES` in all; what is left out is logged
+        once; a table that cannot be read is logged and left alone."""
         assert self._db is not None and self.audit is not None
-        held = [record for (record,) in self._db.execute("SELECT record FROM audit_held ORDER BY n")]
-        self._held_fsyncs = self.audit.fsyncs if held else None
-        if not held:
+        audit = self.audit
+        try:
+            rows = self._db.execute(
+                "SELECT record FROM audit_held WHERE typeof(record) = 'blob' AND length(record) <= ? "
+                "ORDER BY n LIMIT ?", (MAX_HELD_RECORD_BYTES, _MAX_HELD_RECORDS))
+            held: list[bytes] = []
+            size = 0
+            for (record,) in rows:
+                size += len(record)
+                if size > MAX_BUFFERED_BYTES:
+                    break
+                held.append(record)
+            total = self._db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0]
+        except sqlite3.Error as exc:
+            log.error("spool %s: cannot read the audit records held at the last stop (%s): left in the table",
+                      self.path, exc)
             return
-        for record in self.audit.hold(held):
-            log.error("spool %s: a held audit record is not a whole event record, left out: %s", self.path,
-                      shorten(record))
-        log.warning("spool %s: %d audit records the audit log could not take at the last stop are written first",
-                    self.path, len(held))
+        if not total:
+            return
+        try:
+            written = audit.find_lines(held, audit.checked_from)     # durable: the open fsync'd the file
+        except AuditError as exc:
+            log.error("%s; the held records are written again", exc)
+            written = set()
+        again = [record for record in held if record not in written]
+        bad = audit.hold(again)
+        # The table's rows go once an fsync after this made the records held again durable; with none held
+        # again (all in the file, or left out), at the first chance (-1: any fsync count is past it).
+        self._held_fsyncs = audit.fsyncs if len(again) > len(bad) else -1
+        left_out = total - len(held) + len(bad)
+        if left_out:
+            log.error("spool %s: %d of the %d audit records held at the last stop are not whole event records "
+                      "(or past the bounds): left out (the first: %s)", self.path, left_out, total,
+                      shorten(bad[0]) if bad else "past the bounds")
+        log.warning("spool %s: %d audit records the audit log could not take at the last stop are written first "
+                    "(%d were in it already)", self.path, len(held) - len(bad) - len(written), len(written))
 
     def _forget_held_sync(self, db: sqlite3.Connection | None = None) -> bool:
         """Delete the held records of ``audit_held`` once an fsync after :meth:`_hold_again_sync` made them
@@ -609,6 +647,7 @@ class Spool:
         Without held records, delete the table's rows once they are durable."""
         audit, db = self.audit, self._db
         assert audit is not None and db is not None
+        events: list[bytes] = []
         try:
             if audit.broken:                # nothing held in this run; the table keeps what it had
                 return
@@ -621,7 +660,8 @@ class Spool:
                 db.execute("DELETE FROM audit_held")
                 db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(record,) for record in events])
         except sqlite3.Error as exc:
-            log.error("spool %s: cannot keep the audit records the audit log would not take (%s): lost", self.path, exc)
+            audit.hold(events)              # the audit log's own close tries them once more
+            log.error("spool %s: cannot keep the audit records the audit log would not take (%s)", self.path, exc)
             return
         if events:
             log.warning("spool %s: %d audit records the audit log would not take are kept in the spool until the "

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from edge_agent.audit import AuditLog, decode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
 from edge_agent.metrics import AgentMetrics
-from edge_agent.errors import SpoolError
+from edge_agent.errors import AuditError, SpoolError
 from edge_agent.spool import Spool
 from tests.edge_agent.audit_helpers import AuditDisk, full_disk_switch
 
@@ -1121,7 +1121,7 @@ def test_held_audit_records_in_the_spool_are_checked_written_first_once_and_dele
     """``audit_held`` is read back as hostile input: a whole, CRC-checked event record goes first into the
     audit log, once (the table is emptied once it is durable); torn, corrupt, oversized, non-event or
     non-bytes entries are left out with an error, and nothing else is affected."""
-    from edge_agent.audit import encode_record
+    from edge_agent.audit import batch_record, encode_record
 
     audit_path = tmp_path / "audit.log"
 
@@ -1131,11 +1131,14 @@ def test_held_audit_records_in_the_spool_are_checked_written_first_once_and_dele
 
     run(first())
     good = encode_record({"k": "repair", "bytes": 7, "at_offset": 0, "at_ms": 1_764_000_000_000})
-    batch = encode_record({"k": "b", "site": "s1", "seq_first": 9, "seq_last": 9, "accepted_ms": 1,
-                           "ts_ms": [1], "asset": ["a"], "point": ["p"], "value": [1.0], "unit": [""],
-                           "quality": ["good"], "sensor": ["s"]})
-    hostile = [good[:-5] + b"\n", b"0000beef not a record\n", b"x" * 70_000 + b"\n", batch, "text, not bytes",
-               good[:-1], good]
+    one = ReadingBatch()
+    one.add(1, "a", "p", 1.0, "u", "good", "s")
+    batch = batch_record("s1", one.sequenced(9, 1))
+    body = decode_record(batch[:-1])
+    site_first = encode_record({"site": body.pop("site"), **body})      # a whole batch record, "k" not first
+    cont = encode_record({"k": "cont", "prev_crc": "0badc0de", "last_seq": 1, "at_ms": 1})
+    hostile = [good[:-5] + b"\n", b"0000beef not a record\n", b"x" * 70_000 + b"\n", batch, site_first, cont,
+               "text, not bytes", good[:-1], good]
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(r,) for r in hostile])
     db.commit()
@@ -1155,3 +1158,58 @@ def test_held_audit_records_in_the_spool_are_checked_written_first_once_and_dele
     db.close()
     summary = verify(audit_path)
     assert summary.corrupt is None and summary.repairs == 1 and summary.readings == 6, summary
+
+
+def test_held_audit_records_made_durable_just_before_a_sigkill_are_not_written_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop while the audit file is full keeps a ``cmd`` record in ``audit_held``. The next run starts on
+    the still-full disk, the disk frees, a command's record fsyncs the held one with it, and the agent is
+    SIGKILLed before any transaction deletes it from the table: the start after finds it in the file
+    after the recorded position and does not write it again (each command audited once)."""
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = full_disk_switch(monkeypatch)
+    cmd = {"decision": "rejected", "reason": "x", "bytes": 1, "sha256": "0" * 64}
+
+    async def stop_while_full() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            full[0] = True
+            with pytest.raises(AuditError):
+                await spool.audit_event("cmd", {"id": "c1", **cmd})
+
+    run(stop_while_full())
+    script = textwrap.dedent(f"""
+        import asyncio, os, signal, sys
+        import pytest
+        import edge_agent.audit as audit_module
+        from edge_agent.audit import AuditLog
+        from edge_agent.spool import Spool
+        from tests.edge_agent.audit_helpers import full_disk_switch
+        mp = pytest.MonkeyPatch()
+        mp.setattr(audit_module, "RETRY_MIN_S", 0.01)
+        full = full_disk_switch(mp)
+        async def main():
+            full[0] = True
+            spool = Spool({str(tmp_path / "spool")!r}, site="s1", audit=AuditLog({str(audit_path)!r}))
+            await spool.open()
+            full[0] = False
+            await asyncio.sleep(0.05)
+            await spool.audit_event("cmd", {{"id": "c2", **{cmd!r}}})
+            os.kill(os.getpid(), signal.SIGKILL)          # before any transaction deletes audit_held's row
+        asyncio.run(main())
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=Path(__file__).parents[2], capture_output=True,
+                          timeout=60)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+
+    async def start_again() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)):
+            pass
+
+    full[0] = False
+    run(start_again())
+    ids = [body["id"] for body in map(decode_record, audit_path.read_bytes().splitlines()) if body["k"] == "cmd"]
+    assert ids == ["c1", "c2"], ids
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
+    db.close()
