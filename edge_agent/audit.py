@@ -238,6 +238,13 @@ def encode_record(body: dict[str, Any]) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(data), data)
 
 
+def held_record_ok(record: object) -> bool:
+    """``record`` is a whole audit line (newline included, at most :data:`MAX_HELD_RECORD_BYTES`) whose CRC
+    and content check, of one of the :data:`HELD_KINDS`."""
+    return (type(record) is bytes and len(record) <= MAX_HELD_RECORD_BYTES and record.endswith(b"\n")
+            and b"\n" not in record[:-1] and _kind(record) in HELD_KINDS)
+
+
 def _kind(record: bytes) -> str | None:
     """The ``k`` of a whole audit line (newline included) that decodes and checks, else None."""
     try:
@@ -593,11 +600,19 @@ class AuditLog:
         try:
             self._fh.seek(start)
             tail = b""
+            skipping = False                    # inside a line longer than any wanted one: not one of them
             while chunk := self._fh.read(_SCAN_CHUNK):
-                lines = (tail + chunk).split(b"\n")
+                lines = chunk.split(b"\n")
+                if skipping:
+                    if len(lines) == 1:
+                        continue
+                    del lines[0]                # the long line's end
+                    skipping = False
+                else:
+                    lines[0] = tail + lines[0]
                 tail = lines.pop()
                 if len(tail) > longest:
-                    tail = b"-"                 # a line longer than any wanted one: not one of them
+                    tail, skipping = b"", True
                 found.update(line for line in lines if line in wanted)
             self._fh.seek(0, os.SEEK_END)
         except OSError as exc:
@@ -611,9 +626,7 @@ class AuditLog:
         good: list[bytes] = []
         bad: list[bytes] = []
         for record in records:
-            whole = (type(record) is bytes and len(record) <= MAX_HELD_RECORD_BYTES and record.endswith(b"\n")
-                     and b"\n" not in record[:-1])
-            (good if whole and _kind(record) in HELD_KINDS else bad).append(record)
+            (good if held_record_ok(record) else bad).append(record)
         self._buffer[:0] = good
         self._buffered_bytes += sum(map(len, good))
         return bad

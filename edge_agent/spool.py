@@ -131,8 +131,7 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import (MAX_BUFFERED_BYTES, MAX_HELD_RECORD_BYTES, SYNC_BYTES, AuditLog, AuditMark,
-                              batch_record)
+from edge_agent.audit import MAX_BUFFERED_BYTES, SYNC_BYTES, AuditLog, AuditMark, batch_record, held_record_ok
 from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
@@ -148,7 +147,7 @@ log = logging.getLogger(__name__)
 
 SPOOL_FILE = "spool.db"
 _REAUDIT_ROWS = 64      # rows audited again per write and fsync (column form: about 80 bytes a reading)
-_MAX_HELD_RECORDS = 100_000     # audit event records taken back from ``audit_held`` at open
+_MAX_HELD_RECORDS = 1_000_000   # audit event records taken back from ``audit_held`` at a start, at most
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -300,6 +299,7 @@ class Spool:
         self.quarantined_total = 0
         self._saved_mark: AuditMark | None = None   # the audit position ``meta`` holds (as far as we know)
         self._held_fsyncs: int | None = None        # audit fsyncs when ``audit_held``'s records were taken back
+        self._held_upto: int | None = None          # the last row of ``audit_held`` taken back
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "Spool":
@@ -510,6 +510,8 @@ class Spool:
 
     def _reopen_audit_sync(self) -> bool:
         assert self.audit is not None
+        self.audit.sync()                   # the records taken back at open go to the old file: out of
+        self._forget_held_sync()            # ``audit_held`` before the new file is in use (raises: not reopened)
         reopened = self.audit.reopen()
         if reopened:
             self._save_mark_sync()
@@ -530,8 +532,7 @@ class Spool:
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
         self._saved_mark = mark
-        if forgotten:
-            self._held_fsyncs = None
+        self._held_forgotten(forgotten)
 
     def _mark_in_transaction(self) -> AuditMark | None:
         """Inside a transaction: record the audit's last fsync when it moved since the last record of it
@@ -579,72 +580,84 @@ class Spool:
     # -- audit records held across a stop ------------------------------------
     def _hold_again_sync(self) -> None:
         """At open: the event records the audit could not take when the agent last stopped (table
-        ``audit_held``) go first into its buffer, except those the file already holds after the position
-        the spool last recorded (a crash between the fsync that made them durable and the transaction
-        that deletes them: every transaction that moves that position deletes them too, so they are
-        never before it). Their rows leave the table once an fsync has made them durable
-        (``_forget_held_sync``). The table is read as hostile: at most :data:`_MAX_HELD_RECORDS` blobs of
-        at most ``MAX_HELD_RECORD_BYTES``, :data:`MAX_BUFFERED_BYTES` in all; what is left out is logged
-        once; a table that cannot be read is logged and left alone."""
+        ``audit_held``, oldest first) go first into its buffer. The table is read as hostile input: only
+        whole, CRC-checked event records (``held_record_ok``) are taken; one the file already holds after
+        the position the spool last recorded is not written again (a crash after the fsync that made it
+        durable, before the transaction deleting it). Those two kinds leave the table at once (the open
+        fsync'd the file); the rest once an fsync made them durable (``_forget_held_sync``: every
+        transaction that records a newer position deletes them, so they are never before it). A table
+        past :data:`MAX_BUFFERED_BYTES` or :data:`_MAX_HELD_RECORDS` is left as it is (logged; a later stop appends after it); one
+        that cannot be read is logged and left alone."""
         assert self._db is not None and self.audit is not None
-        audit = self.audit
+        audit, db = self.audit, self._db
         try:
-            rows = self._db.execute(
-                "SELECT record FROM audit_held WHERE typeof(record) = 'blob' AND length(record) <= ? "
-                "ORDER BY n LIMIT ?", (MAX_HELD_RECORD_BYTES, _MAX_HELD_RECORDS))
-            held: list[bytes] = []
-            size = 0
-            for (record,) in rows:
-                size += len(record)
-                if size > MAX_BUFFERED_BYTES:
-                    break
-                held.append(record)
-            total = self._db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0]
+            count, size, last = db.execute("SELECT COUNT(*), COALESCE(SUM(length(record)), 0), MAX(n) "
+                                            "FROM audit_held").fetchone()
+            if not count:
+                return
+            if size > MAX_BUFFERED_BYTES or count > _MAX_HELD_RECORDS:
+                log.error("spool %s: %d audit records (%d bytes) held at the last stop, more than the %d records "
+                          "or %d bytes taken back at a start: left in the table", self.path, count, size,
+                          _MAX_HELD_RECORDS, MAX_BUFFERED_BYTES)
+                return
+            rows = db.execute("SELECT n, record FROM audit_held WHERE n <= ? ORDER BY n", (last,)).fetchall()
         except sqlite3.Error as exc:
             log.error("spool %s: cannot read the audit records held at the last stop (%s): left in the table",
                       self.path, exc)
             return
-        if not total:
-            return
+        bad = [(n, record) for n, record in rows if not held_record_ok(record)]
+        good = [(n, record) for n, record in rows if held_record_ok(record)]
         try:
-            written = audit.find_lines(held, audit.checked_from)     # durable: the open fsync'd the file
+            written = audit.find_lines([record for _, record in good], audit.checked_from)
         except AuditError as exc:
             log.error("%s; the held records are written again", exc)
             written = set()
-        again = [record for record in held if record not in written]
-        bad = audit.hold(again)
-        # The table's rows go once an fsync after this made the records held again durable; with none held
-        # again (all in the file, or left out), at the first chance (-1: any fsync count is past it).
-        self._held_fsyncs = audit.fsyncs if len(again) > len(bad) else -1
-        left_out = total - len(held) + len(bad)
-        if left_out:
-            log.error("spool %s: %d of the %d audit records held at the last stop are not whole event records "
-                      "(or past the bounds): left out (the first: %s)", self.path, left_out, total,
-                      shorten(bad[0]) if bad else "past the bounds")
+        again = [(n, record) for n, record in good if record not in written]
+        done = [n for n, record in rows if (n, record) not in again]
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            with transaction(db):
+                db.executemany("DELETE FROM audit_held WHERE n = ?", [(n,) for n in done])
+        except sqlite3.Error as exc:
+            log.error("spool %s: cannot delete the held audit records already written (%s)", self.path, exc)
+            return                          # nothing taken back: the next start decides again
+        audit.hold([record for _, record in again])
+        self._held_upto = last if again else None
+        self._held_fsyncs = audit.fsyncs if again else None
+        if bad:
+            log.error("spool %s: %d of the %d audit records held at the last stop are not whole event records: "
+                      "left out (the first: %s)", self.path, len(bad), count, shorten(bad[0][1]))
         log.warning("spool %s: %d audit records the audit log could not take at the last stop are written first "
-                    "(%d were in it already)", self.path, len(held) - len(bad) - len(written), len(written))
+                    "(%d were in it already)", self.path, len(again), len(written))
 
     def _forget_held_sync(self, db: sqlite3.Connection | None = None) -> bool:
-        """Delete the held records of ``audit_held`` once an fsync after :meth:`_hold_again_sync` made them
-        durable (inside the caller's transaction when ``db`` is given, else in one of its own); True when
-        they were deleted."""
+        """Delete the records :meth:`_hold_again_sync` took back from ``audit_held`` once an fsync after it
+        made them durable (inside the caller's transaction when ``db`` is given, else in one of its own);
+        True when they were deleted."""
         if self._held_fsyncs is None or self.audit is None or self.audit.fsyncs <= self._held_fsyncs:
             return False
         if db is not None:
-            db.execute("DELETE FROM audit_held")
+            db.execute("DELETE FROM audit_held WHERE n <= ?", (self._held_upto,))
             return True
         assert self._db is not None
         self._db.execute("PRAGMA synchronous=FULL")
         with transaction(self._db):
-            self._db.execute("DELETE FROM audit_held")
-        self._held_fsyncs = None
+            self._db.execute("DELETE FROM audit_held WHERE n <= ?", (self._held_upto,))
+        self._held_fsyncs = self._held_upto = None
         return True
 
+    def _held_forgotten(self, forgotten: bool) -> None:
+        """After the caller's transaction that ran ``_forget_held_sync(db)`` committed: nothing is held back."""
+        if forgotten:
+            self._held_fsyncs = self._held_upto = None
+
     def _keep_held_sync(self) -> None:
-        """At close: the event records the audit file would not take (a full disk) into ``audit_held``, for
-        the next start to write first, replacing what it held (those not written are among them); batch
-        records are not kept (their rows are spooled above the audit's durable seq: audited again then).
-        Without held records, delete the table's rows once they are durable."""
+        """At close: the event records the audit file would not take (a full disk) appended to
+        ``audit_held``, for the next start to write first; the records taken back at open and still
+        held are among them, so their old rows go in the same transaction (rows left in a table too
+        large to take back stay first). Batch records are not kept (their rows are spooled above the
+        audit's durable seq: audited again then). Without held records, the rows taken back are deleted
+        once durable."""
         audit, db = self.audit, self._db
         assert audit is not None and db is not None
         events: list[bytes] = []
@@ -657,8 +670,10 @@ class Spool:
             events = audit.hand_over()
             db.execute("PRAGMA synchronous=FULL")
             with transaction(db):
-                db.execute("DELETE FROM audit_held")
+                if self._held_upto is not None:
+                    db.execute("DELETE FROM audit_held WHERE n <= ?", (self._held_upto,))
                 db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(record,) for record in events])
+            self._held_fsyncs = self._held_upto = None
         except sqlite3.Error as exc:
             audit.hold(events)              # the audit log's own close tries them once more
             log.error("spool %s: cannot keep the audit records the audit log would not take (%s)", self.path, exc)
@@ -999,8 +1014,7 @@ class Spool:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
         self._saved_mark = mark or self._saved_mark
-        if held_forgotten:
-            self._held_fsyncs = None
+        self._held_forgotten(held_forgotten)
         self._acked_deleted += sum(last - first + 1 for first, last in acks)    # before _depth: see __init__
         self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:

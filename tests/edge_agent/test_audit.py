@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from edge_agent.audit import AuditLog, decode_record, encode_record, read_audit, verify
 from edge_agent.batch import ReadingBatch
@@ -203,3 +205,33 @@ def test_a_failed_fsync_writes_the_records_again_not_a_bare_fsync(tmp_path: Path
     log.close()
     summary = verify(path)
     assert summary.corrupt is None and summary.repairs == 3 and len(calls) >= 2, summary
+
+
+_LINE = st.lists(st.sampled_from([b"a", b"b", b"-", b"0"]), max_size=12).map(b"".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(_LINE, max_size=30), torn=_LINE, picks=st.lists(st.integers(0, 29), max_size=6),
+       others=st.lists(_LINE, max_size=3), chunk=st.integers(1, 17), first=st.integers(0, 30))
+def test_find_lines_finds_exactly_the_whole_lines_from_the_offset(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lines: list[bytes], torn: bytes, picks: list[int],
+        others: list[bytes], chunk: int, first: int) -> None:
+    """``AuditLog.find_lines`` against splitting the whole file: lines cut by chunk boundaries, lines longer
+    than any wanted one, a torn last line (never found), a start offset; appends still go to the end."""
+    import edge_agent.audit as audit_module
+    monkeypatch.setattr(audit_module, "_SCAN_CHUNK", chunk)
+    content = b"".join(line + b"\n" for line in lines) + torn
+    path = tmp_path / "find.log"
+    path.write_bytes(content)
+    records = [lines[i] + b"\n" for i in picks if i < len(lines)] + [line + b"\n" for line in others]
+    start = sum(len(line) + 1 for line in lines[:first])
+    log = AuditLog(path)
+    log._fh = os.fdopen(os.open(path, os.O_RDWR | os.O_APPEND), "r+b", buffering=0)
+    try:
+        found = log.find_lines(records, start)
+        log._fh.write(b"Z")
+    finally:
+        log._fh.close()
+    wanted = {record[:-1] for record in records}
+    assert found == {line + b"\n" for line in content[start:].split(b"\n")[:-1] if line in wanted}
+    assert path.read_bytes() == content + b"Z"

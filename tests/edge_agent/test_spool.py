@@ -1213,3 +1213,40 @@ def test_held_audit_records_made_durable_just_before_a_sigkill_are_not_written_a
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
     db.close()
+
+
+def test_a_held_table_too_large_to_take_back_is_left_and_a_later_stop_appends_after_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """More held records than a start takes back: none is read, written or deleted (logged); a stop while
+    the audit file is still full appends its own after them, so the table keeps the order; once a start
+    can take them back, each is written once, oldest first."""
+    import edge_agent.spool as spool_module
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = full_disk_switch(monkeypatch)
+    cmd = {"decision": "rejected", "reason": "x", "bytes": 1, "sha256": "0" * 64}
+
+    async def stop_while_full(ids: list[str]) -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            full[0] = True
+            for command_id in ids:
+                with pytest.raises(AuditError):
+                    await spool.audit_event("cmd", {"id": command_id, **cmd})
+
+    run(stop_while_full(["c1", "c2", "c3"]))
+    monkeypatch.setattr(spool_module, "_MAX_HELD_RECORDS", 2)
+    full[0] = False
+    run(stop_while_full(["c4"]))                                        # c1..c3 left: too many for a start
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 4
+    db.close()
+    monkeypatch.setattr(spool_module, "_MAX_HELD_RECORDS", 10)
+    full[0] = False
+
+    async def start() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)):
+            pass
+
+    run(start())
+    ids = [body["id"] for body in map(decode_record, audit_path.read_bytes().splitlines()) if body["k"] == "cmd"]
+    assert ids == ["c1", "c2", "c3", "c4"], ids
