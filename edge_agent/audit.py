@@ -159,6 +159,7 @@ RETRY_MIN_S, RETRY_MAX_S = 1.0, 30.0
 MAX_BUFFERED_BYTES = 64 << 20
 """The most record bytes held in memory while the file cannot be written: past it the batch records
 (and their ``pt``/``sh`` definitions) are let go (:attr:`AuditLog.behind`); events are always kept."""
+_DAMAGED_LOGGED = 3     # damaged records an open logs one by one (then their count)
 HELD_KINDS = frozenset({"cmd", "write", "quar", "repair", "drop"})
 """The event records kept across a stop when the file takes no writes (:meth:`AuditLog.hand_over`): not the
 batch records and their definitions (audited again from the spool), nor ``cont`` (it belongs to one file)."""
@@ -453,9 +454,18 @@ class AuditLog:
         fh = self._fh
         assert fh is not None
         fh.seek(start)
-        offset = start
-        pieces: list[bytes] = []                    # a line read on across chunks (joined once, at its end)
         self.scanned = size - start
+        damaged = [0]                               # bad records read past: the first few logged, then a count
+        try:
+            return self._scan_from(fh, start, cut_from, damaged)
+        finally:
+            if damaged[0] > _DAMAGED_LOGGED:
+                log.error("audit log %s: %d damaged records in all in the region fsync'd before (the first %d "
+                          "logged above; 'audit verify' reports them)", self.path, damaged[0], _DAMAGED_LOGGED)
+
+    def _scan_from(self, fh: Any, offset: int, cut_from: int, damaged: list[int]) -> int | None:
+        """``_scan``'s loop from ``offset`` (``fh`` positioned there); ``damaged[0]`` counts bad records read past."""
+        pieces: list[bytes] = []                    # a line read on across chunks (joined once, at its end)
         while chunk := fh.read(_SCAN_CHUNK):
             begin = 0
             while (end := chunk.find(b"\n", begin)) >= 0:
@@ -469,8 +479,10 @@ class AuditLog:
                 except ValueError as exc:
                     if offset >= cut_from:
                         return offset
-                    log.error("audit log %s: the record at byte offset %d is damaged (%s), in a region fsync'd "
-                              "before: not cut ('audit verify' reports it)", self.path, offset, exc)
+                    damaged[0] += 1
+                    if damaged[0] <= _DAMAGED_LOGGED:
+                        log.error("audit log %s: the record at byte offset %d is damaged (%s), in a region fsync'd "
+                                  "before: not cut ('audit verify' reports it)", self.path, offset, exc)
                     offset += len(line) + 1
                     continue
                 offset += len(line) + 1

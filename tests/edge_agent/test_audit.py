@@ -235,3 +235,22 @@ def test_find_lines_finds_exactly_the_whole_lines_from_the_offset(
     wanted = {record[:-1] for record in records}
     assert found == {line + b"\n" for line in content[start:].split(b"\n")[:-1] if line in wanted}
     assert path.read_bytes() == content + b"Z"
+
+
+def test_an_open_logs_the_first_damaged_records_it_reads_past_then_their_count(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A file whose recorded position is not in it is checked whole; damage before its last ``SYNC_BYTES``
+    is durable, read past and reported: a file of garbage lines must not write one log line each."""
+    import edge_agent.audit as audit_module
+    from edge_agent.audit import AuditMark
+    path = tmp_path / "audit.log"
+    _write(path, 3)
+    path.write_bytes(b"0000beef garbage\n" * 50 + path.read_bytes())
+    monkeypatch.setattr(audit_module, "SYNC_BYTES", 64)
+    log = AuditLog(path)
+    log.open(AuditMark(identity=(0, 0), offset=10**9, seq=0, crc=0))     # a position this file does not have
+    log.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert sum("is damaged" in m for m in errors) == 3, errors
+    assert sum("50 damaged records in all" in m for m in errors) == 1, errors
+    assert log.last_seq == 3
