@@ -321,6 +321,7 @@ class AuditLog:
         self.durable_seq = 0                   # last_seq at the last fsync: every row up to it has a durable record
         self.fsyncs = 0                        # successful fsyncs: one after a record was buffered makes it durable
         self.checked_from = 0                  # where the last open's check began (the mark's offset, or 0)
+        self._stranded: list[bytes] = []       # event records a broken log could not write (hand_over)
         self.scanned = 0                       # bytes the last open() checked
         self._durable = 0                      # the file's size at the last fsync
         self._durable_crc: str | None = None   # the CRC of the record ending there
@@ -591,12 +592,18 @@ class AuditLog:
         """The file could not be cut back after a failed write: nothing more is written (or held) in this run."""
         return self._broken is not None
 
+    def _strand(self, records: list[bytes]) -> None:
+        """Keep the event records among ``records`` for :meth:`hand_over` while the log is broken (some may
+        be in the file already, after its recorded position: the next start finds those)."""
+        self._stranded.extend(record for record in records if _kind(record) in HELD_KINDS)
+
     def hand_over(self) -> list[bytes]:
         """The file cannot be written and the agent stops: the held event records (``cmd``, ``write``,
-        ``drop``, ``quar``, ``repair``…, in order) for the caller to keep, and the buffer emptied, so that
-        :meth:`close` does not fail on them. The batch records and their definitions are dropped: their
+        ``drop``, ``quar``, ``repair``, in order; a broken log's stranded ones first) for the caller to
+        keep, and the buffer emptied, so that :meth:`close` does not fail on them. The batch records and their definitions are dropped: their
         rows are still spooled above :attr:`durable_seq`, and the next start audits them again."""
-        events = [record for record in self._buffer if _kind(record) in HELD_KINDS]
+        events = self._stranded + [record for record in self._buffer if _kind(record) in HELD_KINDS]
+        self._stranded = []
         self._buffer = []
         self._buffered_bytes = 0
         return events
@@ -671,7 +678,8 @@ class AuditLog:
         and after a failed fsync Linux marks the pages clean, so a bare fsync retry would "succeed"
         with the records perhaps never on disk (and the spool would then delete their rows)."""
         if self._broken is not None:
-            self._buffer.clear()    # their rows stay spooled, audited again at the next start (last_seq of the file)
+            self._strand(self._buffer)  # events kept for hand_over; the batch records' rows stay spooled,
+            self._buffer.clear()        # audited again at the next start (last_seq of the file)
             self._buffered_bytes = 0
         elif not self._backoff:
             self._write()
@@ -746,6 +754,8 @@ class AuditLog:
             self._broken = (f"cannot be cut back to {self._durable} bytes after a failed write "
                             f"({exc.strerror or exc}): nothing more is written until the agent restarts")
             log.error("audit log %s %s", self.path, self._broken)
+            self._strand(self._unsynced)
+            self._strand(self._buffer)
             self._buffer.clear()
             self._buffered_bytes = 0
             self._unsynced.clear()

@@ -131,7 +131,8 @@ from typing import Any, Callable
 
 import orjson
 
-from edge_agent.audit import MAX_BUFFERED_BYTES, SYNC_BYTES, AuditLog, AuditMark, batch_record, held_record_ok
+from edge_agent.audit import (MAX_BUFFERED_BYTES, MAX_HELD_RECORD_BYTES, SYNC_BYTES, AuditLog, AuditMark,
+                              batch_record, held_record_ok)
 from edge_agent.batch import ReadingBatch, expand_times
 from edge_agent.errors import AuditError, SpoolCorrupt, SpoolError
 from edge_agent.event_loop import TIMER_SLACK_S
@@ -300,6 +301,7 @@ class Spool:
         self._saved_mark: AuditMark | None = None   # the audit position ``meta`` holds (as far as we know)
         self._held_fsyncs: int | None = None        # audit fsyncs when ``audit_held``'s records were taken back
         self._held_upto: int | None = None          # the last row of ``audit_held`` taken back
+        self._held_again: list[bytes] = []           # the records taken back and held again, in order
 
     # -- lifecycle ---------------------------------------------------------
     async def __aenter__(self) -> "Spool":
@@ -511,7 +513,10 @@ class Spool:
     def _reopen_audit_sync(self) -> bool:
         assert self.audit is not None
         self.audit.sync()                   # the records taken back at open go to the old file: out of
-        self._forget_held_sync()            # ``audit_held`` before the new file is in use (raises: not reopened)
+        try:                                # ``audit_held`` before the new file is in use (raises: not reopened)
+            self._forget_held_sync()
+        except sqlite3.Error as exc:
+            raise SpoolError(f"spool {self.path}: cannot delete the audit records held at the last stop ({exc})") from exc
         reopened = self.audit.reopen()
         if reopened:
             self._save_mark_sync()
@@ -580,55 +585,56 @@ class Spool:
     # -- audit records held across a stop ------------------------------------
     def _hold_again_sync(self) -> None:
         """At open: the event records the audit could not take when the agent last stopped (table
-        ``audit_held``, oldest first) go first into its buffer. The table is read as hostile input: only
-        whole, CRC-checked event records (``held_record_ok``) are taken; one the file already holds after
-        the position the spool last recorded is not written again (a crash after the fsync that made it
-        durable, before the transaction deleting it). Those two kinds leave the table at once (the open
-        fsync'd the file); the rest once an fsync made them durable (``_forget_held_sync``: every
-        transaction that records a newer position deletes them, so they are never before it). A table
-        past :data:`MAX_BUFFERED_BYTES` or :data:`_MAX_HELD_RECORDS` is left as it is (logged; a later stop appends after it); one
-        that cannot be read is logged and left alone."""
+        ``audit_held``, oldest first) go first into its buffer: the oldest up to
+        :data:`_MAX_HELD_RECORDS` rows and :data:`MAX_BUFFERED_BYTES` (the rest stay, for a later
+        start, once these are durable). The table is read as hostile input: only whole, CRC-checked
+        event records (``held_record_ok``) are taken; one the file already holds after the position
+        the spool last recorded is not written again (a crash after the fsync that made it durable,
+        before the transaction deleting it). Those, and the rows that are not such records, leave the
+        table at once (the open fsync'd the file); the rest once an fsync made them durable
+        (``_forget_held_sync``: every transaction that records a newer position deletes them, so they
+        are never before it). Raises SpoolError (the table cannot be read or written) or AuditError (the
+        audit file cannot be read): deciding nothing, the open must not go on to record a newer position."""
         assert self._db is not None and self.audit is not None
         audit, db = self.audit, self._db
+        self._held_upto = self._held_fsyncs = None
+        self._held_again = []
         try:
-            count, size, last = db.execute("SELECT COUNT(*), COALESCE(SUM(length(record)), 0), MAX(n) "
-                                            "FROM audit_held").fetchone()
-            if not count:
+            rows: list[tuple[int, object]] = []
+            size = 0
+            for n, record in db.execute("SELECT n, CASE WHEN typeof(record) = 'blob' AND length(record) <= ? "
+                                        "THEN record END FROM audit_held ORDER BY n LIMIT ?",
+                                        (MAX_HELD_RECORD_BYTES, _MAX_HELD_RECORDS)):
+                size += len(record) if type(record) is bytes else 0
+                if size > MAX_BUFFERED_BYTES:
+                    break
+                rows.append((n, record))
+            if not rows:
                 return
-            if size > MAX_BUFFERED_BYTES or count > _MAX_HELD_RECORDS:
-                log.error("spool %s: %d audit records (%d bytes) held at the last stop, more than the %d records "
-                          "or %d bytes taken back at a start: left in the table", self.path, count, size,
-                          _MAX_HELD_RECORDS, MAX_BUFFERED_BYTES)
-                return
-            rows = db.execute("SELECT n, record FROM audit_held WHERE n <= ? ORDER BY n", (last,)).fetchall()
-        except sqlite3.Error as exc:
-            log.error("spool %s: cannot read the audit records held at the last stop (%s): left in the table",
-                      self.path, exc)
-            return
-        bad = [(n, record) for n, record in rows if not held_record_ok(record)]
-        good = [(n, record) for n, record in rows if held_record_ok(record)]
-        try:
+            upto = rows[-1][0]
+            good = [(n, record) for n, record in rows if held_record_ok(record)]
             written = audit.find_lines([record for _, record in good], audit.checked_from)
-        except AuditError as exc:
-            log.error("%s; the held records are written again", exc)
-            written = set()
-        again = [(n, record) for n, record in good if record not in written]
-        done = [n for n, record in rows if (n, record) not in again]
-        try:
+            again = [(n, record) for n, record in good if record not in written]
             db.execute("PRAGMA synchronous=FULL")
             with transaction(db):
-                db.executemany("DELETE FROM audit_held WHERE n = ?", [(n,) for n in done])
+                db.execute("DELETE FROM audit_held WHERE n <= ? AND n NOT IN (SELECT value FROM json_each(?))",
+                           (upto, json.dumps([n for n, _ in again])))
+            left = db.execute("SELECT COUNT(*) FROM audit_held WHERE n > ?", (upto,)).fetchone()[0]
         except sqlite3.Error as exc:
-            log.error("spool %s: cannot delete the held audit records already written (%s)", self.path, exc)
-            return                          # nothing taken back: the next start decides again
+            raise SpoolError(f"spool {self.path}: cannot take back the audit records held at the last stop "
+                             f"({exc})") from exc
         audit.hold([record for _, record in again])
-        self._held_upto = last if again else None
-        self._held_fsyncs = audit.fsyncs if again else None
-        if bad:
+        if again:
+            self._held_upto, self._held_fsyncs = upto, audit.fsyncs
+            self._held_again = [record for _, record in again]      # type: ignore[misc]
+        if len(good) < len(rows):
+            first = next(record for _, record in rows if not held_record_ok(record))
             log.error("spool %s: %d of the %d audit records held at the last stop are not whole event records: "
-                      "left out (the first: %s)", self.path, len(bad), count, shorten(bad[0][1]))
+                      "left out (the first: %s)", self.path, len(rows) - len(good), len(rows),
+                      shorten(first) if first is not None else "too long, or not a blob")
         log.warning("spool %s: %d audit records the audit log could not take at the last stop are written first "
-                    "(%d were in it already)", self.path, len(again), len(written))
+                    "(%d were in it already)%s", self.path, len(again), len(written),
+                    f"; {left} more wait for a later start" if left else "")
 
     def _forget_held_sync(self, db: sqlite3.Connection | None = None) -> bool:
         """Delete the records :meth:`_hold_again_sync` took back from ``audit_held`` once an fsync after it
@@ -652,26 +658,30 @@ class Spool:
             self._held_fsyncs = self._held_upto = None
 
     def _keep_held_sync(self) -> None:
-        """At close: the event records the audit file would not take (a full disk) appended to
-        ``audit_held``, for the next start to write first; the records taken back at open and still
-        held are among them, so their old rows go in the same transaction (rows left in a table too
-        large to take back stay first). Batch records are not kept (their rows are spooled above the
-        audit's durable seq: audited again then). Without held records, the rows taken back are deleted
-        once durable."""
+        """At close: the event records the audit file would not take (a full disk; also those stranded by
+        a file that could not be cut back) appended to ``audit_held``, for the next start to write first.
+        The records taken back at open stay in their rows while they are not durable (no fsync since),
+        else those rows go in the same transaction; rows a start did not take back yet stay before the
+        new ones, so the table keeps the order. Batch records are not kept (their rows are spooled above
+        the audit's durable seq: audited again then). Without held records, the rows taken back are
+        deleted once durable."""
         audit, db = self.audit, self._db
         assert audit is not None and db is not None
         events: list[bytes] = []
         try:
-            if audit.broken:                # nothing held in this run; the table keeps what it had
-                return
-            if not audit.held_bytes:
+            if not audit.held_bytes and not audit.broken:
                 self._forget_held_sync()
                 return
             events = audit.hand_over()
+            upto = self._held_upto
+            if upto is not None and audit.fsyncs <= (self._held_fsyncs or 0):
+                again = set(self._held_again)       # not durable: still in their rows, in their place
+                events = [record for record in events if record not in again]
+                upto = None
             db.execute("PRAGMA synchronous=FULL")
             with transaction(db):
-                if self._held_upto is not None:
-                    db.execute("DELETE FROM audit_held WHERE n <= ?", (self._held_upto,))
+                if upto is not None:
+                    db.execute("DELETE FROM audit_held WHERE n <= ?", (upto,))
                 db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(record,) for record in events])
             self._held_fsyncs = self._held_upto = None
         except sqlite3.Error as exc:

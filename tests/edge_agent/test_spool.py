@@ -1215,32 +1215,73 @@ def test_held_audit_records_made_durable_just_before_a_sigkill_are_not_written_a
     db.close()
 
 
-def test_a_held_table_too_large_to_take_back_is_left_and_a_later_stop_appends_after_it(
+def test_held_records_past_what_a_start_takes_back_come_back_over_later_starts_in_order(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """More held records than a start takes back: none is read, written or deleted (logged); a stop while
-    the audit file is still full appends its own after them, so the table keeps the order; once a start
-    can take them back, each is written once, oldest first."""
+    """A start takes back the oldest held records only (here 2 at a time). Taken back on a still-full disk
+    and handed over again at the stop, they keep their rows, before those not taken back and the stop's
+    own; on a disk with room they are written and the next start takes the next ones: each written once,
+    oldest first."""
     import edge_agent.spool as spool_module
     _fast_audit_retries(monkeypatch, 1 << 20)
+    monkeypatch.setattr(spool_module, "_MAX_HELD_RECORDS", 2)
     audit_path = tmp_path / "audit.log"
     full = full_disk_switch(monkeypatch)
     cmd = {"decision": "rejected", "reason": "x", "bytes": 1, "sha256": "0" * 64}
 
-    async def stop_while_full(ids: list[str]) -> None:
+    async def run_once(ids: list[str], *, full_at_start: bool) -> None:
+        full[0] = full_at_start
         async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
             full[0] = True
             for command_id in ids:
                 with pytest.raises(AuditError):
                     await spool.audit_event("cmd", {"id": command_id, **cmd})
+            full[0] = bool(ids) or full_at_start
 
-    run(stop_while_full(["c1", "c2", "c3"]))
-    monkeypatch.setattr(spool_module, "_MAX_HELD_RECORDS", 2)
-    full[0] = False
-    run(stop_while_full(["c4"]))                                        # c1..c3 left: too many for a start
-    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
-    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 4
-    db.close()
-    monkeypatch.setattr(spool_module, "_MAX_HELD_RECORDS", 10)
+    def table() -> list[str]:
+        db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+        rows = [decode_record(record[:-1])["id"] for (record,) in db.execute("SELECT record FROM audit_held ORDER BY n")]
+        db.close()
+        return rows
+
+    def in_file() -> list[str]:
+        return [body["id"] for body in map(decode_record, audit_path.read_bytes().splitlines()) if body["k"] == "cmd"]
+
+    run(run_once(["c1", "c2", "c3"], full_at_start=False))
+    assert table() == ["c1", "c2", "c3"] and in_file() == []
+    run(run_once(["c4"], full_at_start=True))               # c1, c2 taken back but not written: kept in place
+    assert table() == ["c1", "c2", "c3", "c4"] and in_file() == []
+    run(run_once([], full_at_start=False))                  # room: c1, c2 written; c3, c4 wait
+    assert in_file() == ["c1", "c2"] and table() == ["c3", "c4"]
+    run(run_once([], full_at_start=False))
+    assert in_file() == ["c1", "c2", "c3", "c4"] and table() == []
+
+
+def test_event_records_of_an_audit_log_that_could_not_be_cut_back_are_kept_for_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed write whose file cannot even be cut back leaves the log writing nothing more in this run
+    (it may hold a part of what it wrote). The event records of that run are kept in ``audit_held`` all the
+    same and the next start writes each once: a command carried out is never missing from the audit."""
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = full_disk_switch(monkeypatch)
+    cmd = {"decision": "rejected", "reason": "x", "bytes": 1, "sha256": "0" * 64}
+    real_ftruncate = os.ftruncate
+
+    def ftruncate(fd: int, length: int) -> None:
+        raise OSError(5, "Input/output error")
+
+    async def broken_run() -> bool:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            assert spool.audit is not None
+            full[0] = True
+            monkeypatch.setattr(os, "ftruncate", ftruncate)
+            for command_id in ("c1", "c2"):
+                with pytest.raises(AuditError):
+                    await spool.audit_event("cmd", {"id": command_id, **cmd})
+            monkeypatch.setattr(os, "ftruncate", real_ftruncate)
+            return spool.audit.broken
+
+    assert run(broken_run())
     full[0] = False
 
     async def start() -> None:
@@ -1249,4 +1290,34 @@ def test_a_held_table_too_large_to_take_back_is_left_and_a_later_stop_appends_af
 
     run(start())
     ids = [body["id"] for body in map(decode_record, audit_path.read_bytes().splitlines()) if body["k"] == "cmd"]
-    assert ids == ["c1", "c2", "c3", "c4"], ids
+    assert ids == ["c1", "c2"], ids
+
+
+def test_an_audit_file_that_cannot_be_read_for_held_records_stops_the_open(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Taking held records back needs the audit file read after the recorded position: when that read
+    fails the open fails (nothing decided, no newer position recorded), rather than write them twice."""
+    import edge_agent.audit as audit_module
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = full_disk_switch(monkeypatch)
+
+    async def stop_while_full() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            full[0] = True
+            with pytest.raises(AuditError):
+                await spool.audit_event("cmd", {"id": "c1", "decision": "rejected", "reason": "x", "bytes": 1,
+                                                "sha256": "0" * 64})
+
+    run(stop_while_full())
+    full[0] = False
+
+    def unreadable(self: AuditLog, records: list[bytes], start: int) -> set[bytes]:
+        raise AuditError(f"audit log {self.path}: cannot read (Input/output error)")
+
+    monkeypatch.setattr(audit_module.AuditLog, "find_lines", unreadable)
+    with pytest.raises(AuditError, match="cannot read"):
+        run(Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)).open())
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 1
+    db.close()
