@@ -589,7 +589,8 @@ class AuditLog:
 
     @property
     def broken(self) -> bool:
-        """The file could not be cut back after a failed write: nothing more is written (or held) in this run."""
+        """The file could not be cut back after a failed write: nothing more is written in this run (its
+        event records are stranded for :meth:`hand_over`)."""
         return self._broken is not None
 
     def _strand(self, records: list[bytes]) -> None:
@@ -660,11 +661,16 @@ class AuditLog:
         return record
 
     def withdraw(self, record: bytes) -> None:
-        """Take back an event record that a failed :meth:`sync` left buffered (what it announced did not happen)."""
+        """Take back an event record that a failed :meth:`sync` left buffered, or stranded in a broken log
+        (what it announced did not happen: it must not be written, nor kept for the next start)."""
         for i in range(len(self._buffer) - 1, -1, -1):
             if self._buffer[i] is record:
                 del self._buffer[i]
                 self._buffered_bytes -= len(record)
+                return
+        for i in range(len(self._stranded) - 1, -1, -1):
+            if self._stranded[i] is record:
+                del self._stranded[i]
                 return
 
     def write(self) -> None:

@@ -1321,3 +1321,47 @@ def test_an_audit_file_that_cannot_be_read_for_held_records_stops_the_open(
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 1
     db.close()
+
+
+def test_a_drop_record_withdrawn_after_the_log_broke_is_not_kept_for_the_next_start(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size cap's ``drop`` record cannot be written and the file cannot be cut back: the rows are not
+    dropped and the record is withdrawn; it must not come back from ``audit_held`` at the next start,
+    announcing a drop of rows that are still spooled (and will be published)."""
+    import errno
+
+    import edge_agent.audit as audit_module
+    _fast_audit_retries(monkeypatch, 1 << 20)
+    audit_path = tmp_path / "audit.log"
+    full = full_disk_switch(monkeypatch)
+    real_event = audit_module.AuditLog.event
+
+    def event(self: AuditLog, kind: str, **fields: object) -> bytes:
+        if kind == "drop":
+            full[0] = True
+
+            def ftruncate(fd: int, length: int) -> None:
+                raise OSError(errno.EROFS, "Read-only file system")
+            monkeypatch.setattr(os, "ftruncate", ftruncate)
+        return real_event(self, kind, **fields)
+
+    async def over_the_cap() -> bool:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=2, audit=AuditLog(audit_path)) as spool:
+            assert spool.audit is not None
+            for i in range(2):
+                await _add(spool, i)
+                await spool.flush()
+            monkeypatch.setattr(audit_module.AuditLog, "event", event)
+            await _add(spool, 2)
+            await spool.flush()
+            return spool.audit.broken
+
+    assert run(over_the_cap())
+    monkeypatch.undo()
+
+    async def start() -> list[int]:
+        async with Spool(tmp_path / "spool", site="s1", max_readings=100, audit=AuditLog(audit_path)) as spool:
+            return _seqs(await spool.lease(10))
+
+    assert run(start()) == [1, 2, 3]
+    assert [body for body in map(decode_record, audit_path.read_bytes().splitlines()) if body["k"] == "drop"] == []
