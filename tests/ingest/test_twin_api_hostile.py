@@ -143,7 +143,8 @@ def test_a_request_trickled_byte_by_byte_is_closed_at_its_deadline(broker, pki, 
 
 
 def test_the_cap_and_the_deadline_come_from_the_config_and_refusals_are_counted(broker, pki, prometheus, tmp_path):
-    """``[twin_api] max_connections = 1`` and ``request_timeout_s = 1`` reach the server ``build`` makes."""
+    """``[twin_api] max_connections = 1`` and ``request_timeout_s = 3`` reach the server ``build`` makes. (3 s,
+    not 1: on a loaded machine the held connection must not meet its deadline before the second is accepted.)"""
     pair = pki.client("twin-api")
     config = parse_config({
         "broker": {"host": "127.0.0.1", "port": broker.tls_port, "ca": str(pki.ca), "cert": str(pair.cert),
@@ -151,7 +152,7 @@ def test_the_cap_and_the_deadline_come_from_the_config_and_refusals_are_counted(
         "tsdb": {"remote_write_url": f"{prometheus.url}/api/v1/write"},
         "state": {"dir": str(tmp_path / "unused")},
         "twin_api": {"host": "127.0.0.1", "port": free_port(), "cert": str(pki.server.cert),
-                     "key": str(pki.server.key), "max_connections": 1, "request_timeout_s": 1},
+                     "key": str(pki.server.key), "max_connections": 1, "request_timeout_s": 3},
     })
     client = ssl.create_default_context(cafile=str(pki.ca))
     with build(config) as api:
@@ -159,6 +160,6 @@ def test_the_cap_and_the_deadline_come_from_the_config_and_refusals_are_counted(
         refused, expired, waited = over_a_cap_of_one(
             api.port, lambda: api.registry.get_sample_value("ems_twin_api_refused_connections_total"))
         assert refused, "a connection beyond max_connections = 1 was not closed"
-        assert expired and waited < 4.0, f"the held connection was closed: {expired}, after {waited:.1f} s (1 s deadline)"
+        assert expired and waited < 6.0, f"the held connection was closed: {expired}, after {waited:.1f} s (3 s deadline)"
         assert api.registry.get_sample_value("ems_twin_api_refused_connections_total") == 1
         _wait(api, "/healthz", client)               # the slot is free again
