@@ -166,6 +166,7 @@ batch records and their definitions (audited again from the spool), nor ``cont``
 MAX_HELD_RECORD_BYTES = 64 * 1024
 """The largest event record :meth:`AuditLog.hold` takes back (a ``cmd`` record with its 4 KiB command is far below)."""
 _BATCH_KINDS = (b'{"k":"b",', b'{"k":"pt",', b'{"k":"sh",')     # encode_record writes "k" first
+_HELD_PREFIXES = tuple(b'{"k":"%s",' % kind.encode() for kind in sorted(HELD_KINDS))   # of our own records
 
 
 @dataclass(frozen=True)
@@ -596,14 +597,14 @@ class AuditLog:
     def _strand(self, records: list[bytes]) -> None:
         """Keep the event records among ``records`` for :meth:`hand_over` while the log is broken (some may
         be in the file already, after its recorded position: the next start finds those)."""
-        self._stranded.extend(record for record in records if _kind(record) in HELD_KINDS)
+        self._stranded.extend(record for record in records if record[9:].startswith(_HELD_PREFIXES))
 
     def hand_over(self) -> list[bytes]:
         """The file cannot be written and the agent stops: the held event records (``cmd``, ``write``,
         ``drop``, ``quar``, ``repair``, in order; a broken log's stranded ones first) for the caller to
         keep, and the buffer emptied, so that :meth:`close` does not fail on them. The batch records and their definitions are dropped: their
         rows are still spooled above :attr:`durable_seq`, and the next start audits them again."""
-        events = self._stranded + [record for record in self._buffer if _kind(record) in HELD_KINDS]
+        events = self._stranded + [record for record in self._buffer if record[9:].startswith(_HELD_PREFIXES)]
         self._stranded = []
         self._buffer = []
         self._buffered_bytes = 0
@@ -639,17 +640,12 @@ class AuditLog:
             raise AuditError(f"audit log {self.path}: cannot read ({exc.strerror or exc})") from exc
         return {line + b"\n" for line in found}
 
-    def hold(self, records: list[bytes]) -> list[bytes]:
+    def hold(self, records: list[bytes]) -> None:
         """Put event records a stopped agent handed over (:meth:`hand_over`) first in the buffer, to be
-        written before anything of this run; returns those left out: not a whole, CRC-checked record of
-        one of the :data:`HELD_KINDS` of at most :data:`MAX_HELD_RECORD_BYTES`."""
-        good: list[bytes] = []
-        bad: list[bytes] = []
-        for record in records:
-            (good if held_record_ok(record) else bad).append(record)
-        self._buffer[:0] = good
-        self._buffered_bytes += sum(map(len, good))
-        return bad
+        written before anything of this run. Read back from storage they are hostile: the caller keeps
+        only those :func:`held_record_ok` passes."""
+        self._buffer[:0] = records
+        self._buffered_bytes += sum(map(len, records))
 
     def event(self, kind: str, **fields: Any) -> bytes:
         """Buffer an event record (``drop``, ``quar``, ``repair``, ``cmd``, ``write``, ``pt``, ``sh``) and return it;

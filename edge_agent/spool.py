@@ -612,7 +612,8 @@ class Spool:
             if not rows:
                 return
             upto = rows[-1][0]
-            good = [(n, record) for n, record in rows if held_record_ok(record)]
+            checked = [(n, record, held_record_ok(record)) for n, record in rows]
+            good = [(n, record) for n, record, ok in checked if ok]
             written = audit.find_lines([record for _, record in good], audit.checked_from)
             again = [(n, record) for n, record in good if record not in written]
             db.execute("PRAGMA synchronous=FULL")
@@ -628,7 +629,7 @@ class Spool:
             self._held_upto, self._held_fsyncs = upto, audit.fsyncs
             self._held_again = [record for _, record in again]      # type: ignore[misc]
         if len(good) < len(rows):
-            first = next(record for _, record in rows if not held_record_ok(record))
+            first = next(record for _, record, ok in checked if not ok)
             log.error("spool %s: %d of the %d audit records held at the last stop are not whole event records: "
                       "left out (the first: %s)", self.path, len(rows) - len(good), len(rows),
                       shorten(first) if first is not None else "too long, or not a blob")
