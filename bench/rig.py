@@ -91,13 +91,13 @@ class Window:
 class RigSubscriber:
     """QoS 1 subscriber on the broker's plain port, persistent session; records (arrival, topic, payload)."""
 
-    def __init__(self, port: int, client_id: str) -> None:
+    def __init__(self, port: int, client_id: str, *, topic: str = "ems/v1/+/telemetry") -> None:
         self._lock = threading.Lock()
         self._messages: list[tuple[float, str, bytes]] = []
         self._ready = threading.Event()
         self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=False,
                                   protocol=paho.MQTTv311)
-        self.client.on_connect = lambda c, u, f, r, p: c.subscribe("ems/v1/+/telemetry", qos=1)
+        self.client.on_connect = lambda c, u, f, r, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._ready.set()
         self.client.on_message = self._on_message
         self.port = port

@@ -5,6 +5,7 @@
 # Alertmanager (prometheus-alertmanager), Chromium (the operator page's headless browser test), busybox
 # (the config-reloader sidecar's shell), and
 # what the edge install kit needs (dpkg-dev, python3.11-venv, logrotate, systemd).
+# With --bench (make bench), also Node.js and npm (Node-RED, bench/nodered).
 # With --images (make images), also what builds and runs the container images: buildah, podman,
 # runc (crun refuses cgroup v1 hybrid hosts), mmdebstrap (the Debian base from Debian packages).
 # Idempotent: does nothing when every binary is already there.
@@ -15,6 +16,11 @@ if [ "${1:-}" = "--images" ]; then
   for tool in buildah podman runc mmdebstrap; do
     command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
   done
+fi
+# With --bench (make bench), Node.js and npm for Node-RED, the gateway the edge rig measures the agent against.
+if [ "${1:-}" = "--bench" ]; then
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
 fi
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)

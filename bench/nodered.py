@@ -1,0 +1,165 @@
+"""Node-RED on the edge rig: the gateway issue 9 measures the agent against, in the same minutes.
+
+Node-RED 4.1 with node-red-contrib-modbus, pinned in ``bench/nodered/package.json``
+and its lock file, installed by ``make bench`` (``npm ci`` into ``bench/nodered/node_modules``).
+The flow is what a Node-RED user builds for the rig: per unit one ``modbus-client``
+(its own TCP connection, as the agent has one per device) and one ``modbus-read`` of
+all its holding registers every poll interval, wired to an ``mqtt out`` node that
+publishes each read's values (a JSON array) with QoS 1 over mTLS to the rig's Mosquitto,
+one broker connection for all. Every poll's readings are published, as the agent's are
+with its heartbeat forced to every poll.
+
+``NodeRedSubscriber`` counts what arrives: a read of R registers carries R − 1
+readings (registers 0–1 are the simulator's clock, one reading, as the agent reports
+it), and its latency is arrival − that clock. Node-RED's messages carry no sequence
+number, so nothing is de-duplicated: with QoS 1 and no reconnects in the window there
+is nothing to de-duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.rig import ROOT, RigError, RigSubscriber, Window, clock_latency_ms
+from devenv.demo_edge import _Process
+from devenv.pki import LocalPki
+
+__all__ = ["NODERED_DIR", "NodeRedProcess", "NodeRedSubscriber", "install_nodered", "nodered_flow", "TOPIC"]
+
+NODERED_DIR = ROOT / "bench" / "nodered"
+TOPIC = "nodered/rig"            # one topic per unit below it: nodered/rig/<unit>
+_RED = NODERED_DIR / "node_modules" / "node-red" / "red.js"
+
+
+def install_nodered() -> Path:
+    """``npm ci`` the pinned Node-RED into ``bench/nodered/node_modules`` unless it is there; ``red.js``'s path.
+
+    Install scripts are not run: the rig uses Modbus TCP only, and serialport's native
+    binding (an install-script dependency of node-red-contrib-modbus) is never loaded."""
+    node, npm = shutil.which("node"), shutil.which("npm")
+    if node is None or npm is None:
+        raise RigError("Node-RED needs node and npm (Debian: apt-get install nodejs npm; "
+                       "scripts/install-system-packages.sh --bench installs them)")
+    stamp = NODERED_DIR / "node_modules" / ".package-lock.json"
+    lock = NODERED_DIR / "package-lock.json"
+    if not _RED.exists() or not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
+        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel", "error"],
+                              cwd=NODERED_DIR, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            raise RigError(f"npm ci in {NODERED_DIR} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
+    if not _RED.exists():
+        raise RigError(f"npm ci did not install {_RED}")
+    return _RED
+
+
+def nodered_flow(*, units: int, registers: int, interval_s: float, modbus_port: int, broker_port: int,
+                 ca: Path, cert: Path, key: Path) -> list[dict[str, Any]]:
+    """The flow (flows.json's list of nodes) for the rig; see the module's docstring."""
+    tab = "rig-tab"
+    nodes: list[dict[str, Any]] = [
+        {"id": tab, "type": "tab", "label": "edge rig", "disabled": False, "info": ""},
+        {"id": "rig-tls", "type": "tls-config", "name": "rig mTLS", "cert": str(cert), "key": str(key),
+         "ca": str(ca), "certname": "", "keyname": "", "caname": "", "servername": "localhost",
+         "verifyservercert": True, "alpnprotocol": ""},
+        {"id": "rig-broker", "type": "mqtt-broker", "name": "rig broker", "broker": "127.0.0.1",
+         "port": str(broker_port), "tls": "rig-tls", "clientid": "nodered-rig", "autoConnect": True,
+         "usetls": True, "protocolVersion": "4", "keepalive": "30", "cleansession": True,
+         "autoUnsubscribe": True, "birthTopic": "", "closeTopic": "", "willTopic": "", "sessionExpiry": ""},
+    ]
+    rate_ms = max(1, round(interval_s * 1000))
+    for unit in range(1, units + 1):
+        client, read, out = f"rig-client-{unit}", f"rig-read-{unit}", f"rig-out-{unit}"
+        nodes += [
+            {"id": client, "type": "modbus-client", "name": f"unit {unit}", "clienttype": "tcp",
+             "bufferCommands": True, "stateLogEnabled": False, "queueLogEnabled": False,
+             "failureLogEnabled": True, "tcpHost": "127.0.0.1", "tcpPort": str(modbus_port),
+             "tcpType": "DEFAULT", "serialPort": "/dev/ttyUSB", "serialType": "RTU-BUFFERD",
+             "serialBaudrate": "9600", "serialDatabits": "8", "serialStopbits": "1", "serialParity": "none",
+             "serialConnectionDelay": "100", "serialAsciiResponseStartDelimiter": "0x3A",
+             "unit_id": str(unit), "commandDelay": "1", "clientTimeout": "2000", "reconnectOnTimeout": True,
+             "reconnectTimeout": "2000", "parallelUnitIdsAllowed": True},
+            {"id": read, "type": "modbus-read", "z": tab, "name": f"read unit {unit}", "topic": "",
+             "showStatusActivities": False, "logIOActivities": False, "showErrors": True,
+             "unitid": str(unit), "dataType": "HoldingRegister", "adr": "0", "quantity": str(registers),
+             "rate": str(rate_ms), "rateUnit": "ms", "delayOnStart": False, "startDelayTime": "",
+             "server": client, "useIOFile": False, "ioFile": "", "useIOForPayload": False,
+             "emptyMsgOnFail": False, "x": 150, "y": 60 * unit, "wires": [[out], []]},
+            {"id": out, "type": "mqtt out", "z": tab, "name": f"publish unit {unit}", "topic": f"{TOPIC}/{unit}",
+             "qos": "1", "retain": "false", "respTopic": "", "contentType": "", "userProps": "", "correl": "",
+             "expiry": "", "broker": "rig-broker", "x": 450, "y": 60 * unit, "wires": []},
+        ]
+    return nodes
+
+
+def _settings(user_dir: Path, port: int) -> str:
+    """Node-RED's settings.js: the flow file, a free editor port on 127.0.0.1, warnings only."""
+    return ("module.exports = {\n"
+            f"  userDir: {json.dumps(str(user_dir))},\n"
+            "  flowFile: 'flows.json',\n"
+            "  credentialSecret: false,\n"
+            f"  uiPort: {port},\n"
+            "  uiHost: '127.0.0.1',\n"
+            "  logging: { console: { level: 'warn', metrics: false, audit: false } },\n"
+            "  editorTheme: { projects: { enabled: false } },\n"
+            "  contextStorage: { default: { module: 'memory' } },\n"
+            "};\n")
+
+
+class NodeRedProcess(_Process):
+    """``node red.js`` with the rig's flow in ``work``, logging to ``work/nodered.log``."""
+
+    def __init__(self, work: Path, pki: LocalPki, *, units: int, registers: int, interval_s: float,
+                 modbus_port: int, broker_port: int, ui_port: int) -> None:
+        red = install_nodered()
+        work.mkdir(parents=True, exist_ok=True)
+        pair = pki.client("nodered-rig")
+        flow = nodered_flow(units=units, registers=registers, interval_s=interval_s, modbus_port=modbus_port,
+                            broker_port=broker_port, ca=pki.ca, cert=pair.cert, key=pair.key)
+        (work / "flows.json").write_text(json.dumps(flow, indent=1))
+        (work / "settings.js").write_text(_settings(work, ui_port))
+        super().__init__([shutil.which("node") or "node", str(red), "--settings", str(work / "settings.js"),
+                          "--userDir", str(work)], work / "nodered.log")
+
+
+class NodeRedSubscriber(RigSubscriber):
+    """The rig's subscriber on Node-RED's topics; ``window()`` decodes its JSON arrays of register values."""
+
+    def __init__(self, port: int, client_id: str) -> None:
+        super().__init__(port, client_id, topic=f"{TOPIC}/+")
+
+    def window(self, start: float = 0.0, end: float = float("inf")) -> Window:
+        with self._lock:
+            chosen = [m for m in self._messages if start <= m[0] < end]
+        readings = wire = 0
+        latencies: list[float] = []
+        for arrived, topic, payload in chosen:
+            values = json.loads(payload)
+            if not isinstance(values, list) or len(values) < 3 or not all(isinstance(v, int) for v in values):
+                raise RigError(f"Node-RED published {payload[:80]!r} on {topic}: not the read's register values")
+            readings += len(values) - 1
+            wire += len(payload) + len(topic) + 2 + 2 + (2 if len(payload) + len(topic) + 4 < 16384 else 3) + 1
+            latencies.append(clock_latency_ms(arrived, values[0] * 65536 + values[1]))
+        return Window(end - start if end != float("inf") else 0.0, readings, len(chosen), wire, latencies)
+
+
+def wait_for_messages(subscriber: RigSubscriber, proc: NodeRedProcess, timeout_s: float) -> None:
+    """Until the first message arrives; RigError (with the log's tail) when Node-RED exits or sends nothing."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if subscriber.count():
+            return
+        if proc.proc is not None and proc.proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    log = proc.output_path.read_text(errors="replace")[-1500:] if proc.output_path.exists() else ""
+    raise RigError(f"Node-RED published nothing within {timeout_s:.0f}s; its log ends:\n{log}")
+
+
+if __name__ == "__main__":                              # pragma: no cover - a manual check of the install
+    print(install_nodered(), os.environ.get("PATH", ""))
