@@ -31,10 +31,11 @@ lint: $(STAMP)
 test: setup lint
 	$(BIN)/pytest
 
-# Node-RED for the edge rig's comparison: pinned in bench/nodered/package-lock.json, npm ci'd there (no install scripts).
+# Node-RED for the edge rig's comparison: Node.js and npm from Debian where missing, then the versions pinned in
+# bench/nodered/package-lock.json (npm ci, no install scripts) unless installed already.
 bench: setup
 	./scripts/install-system-packages.sh --bench
-	cd bench/nodered && { [ node_modules/.package-lock.json -nt package-lock.json ] || npm ci --ignore-scripts --no-audit --no-fund --loglevel error; }
+	$(BIN)/python -m bench.nodered
 	$(BIN)/python -m bench
 
 # Builds the container images here (base from Debian packages, see README "Container images") and runs

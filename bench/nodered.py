@@ -9,28 +9,30 @@ publishes each read's values (a JSON array) with QoS 1 over mTLS to the rig's Mo
 one broker connection for all. Every poll's readings are published, as the agent's are
 with its heartbeat forced to every poll.
 
-``NodeRedSubscriber`` counts what arrives: a read of R registers carries R − 1
-readings (registers 0–1 are the simulator's clock, one reading, as the agent reports
-it), and its latency is arrival − that clock. Node-RED's messages carry no sequence
-number, so nothing is de-duplicated: with QoS 1 and no reconnects in the window there
-is nothing to de-duplicate.
+``NodeRedSubscriber`` counts what arrives (``nodered_window``): a read of R registers
+carries R − 1 readings (registers 0–1 are the simulator's clock, one reading, as the
+agent reports it), and its latency is arrival − that clock. Node-RED's messages carry
+no sequence number; a QoS 1 redelivery is the same bytes on the same topic, so each
+(topic, payload) counts once (two reads of one unit in the same millisecond would have
+the same clock too, and values that change every 10 ms).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.rig import ROOT, RigError, RigSubscriber, Window, clock_latency_ms
-from devenv.demo_edge import _Process
+from bench.rig import ROOT, RigError, RigSubscriber, Window, clock_latency_ms, publish_bytes
 from devenv.pki import LocalPki
+from devenv.process import ManagedProcess
 
-__all__ = ["NODERED_DIR", "NodeRedProcess", "NodeRedSubscriber", "install_nodered", "nodered_flow", "TOPIC"]
+__all__ = ["NODERED_DIR", "NodeRedProcess", "NodeRedSubscriber", "install_nodered", "node_version",
+           "nodered_flow", "nodered_window", "wait_for_messages", "TOPIC"]
 
 NODERED_DIR = ROOT / "bench" / "nodered"
 TOPIC = "nodered/rig"            # one topic per unit below it: nodered/rig/<unit>
@@ -38,24 +40,34 @@ _RED = NODERED_DIR / "node_modules" / "node-red" / "red.js"
 
 
 def install_nodered() -> Path:
-    """``npm ci`` the pinned Node-RED into ``bench/nodered/node_modules`` unless it is there; ``red.js``'s path.
+    """``npm ci`` the pinned Node-RED into ``bench/nodered/node_modules`` unless what is there is newer
+    than ``package.json`` and the lock file; ``red.js``'s path. ``make bench`` calls this
+    (``python -m bench.nodered``) before the benchmarks, so no install falls between two runs.
 
     Install scripts are not run: the rig uses Modbus TCP only, and serialport's native
     binding (an install-script dependency of node-red-contrib-modbus) is never loaded."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None or npm is None:
-        raise RigError("Node-RED needs node and npm (Debian: apt-get install nodejs npm; "
-                       "scripts/install-system-packages.sh --bench installs them)")
-    stamp = NODERED_DIR / "node_modules" / ".package-lock.json"
-    lock = NODERED_DIR / "package-lock.json"
-    if not _RED.exists() or not stamp.exists() or stamp.stat().st_mtime < lock.stat().st_mtime:
-        done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel", "error"],
-                              cwd=NODERED_DIR, capture_output=True, text=True, timeout=600)
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        raise RigError("Node-RED needs node and npm: scripts/install-system-packages.sh --bench installs them")
+    stamp = NODERED_DIR / "node_modules" / ".package-lock.json"      # npm writes it last, after the install
+    pins = [NODERED_DIR / "package.json", NODERED_DIR / "package-lock.json"]
+    if not _RED.exists() or not stamp.exists() or any(stamp.stat().st_mtime <= p.stat().st_mtime for p in pins):
+        try:
+            done = subprocess.run([npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel", "error"],
+                                  cwd=NODERED_DIR, capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired as exc:
+            raise RigError(f"npm ci in {NODERED_DIR} did not finish in {exc.timeout:.0f}s") from exc
         if done.returncode != 0:
             raise RigError(f"npm ci in {NODERED_DIR} failed ({done.returncode}): {done.stderr.strip()[-800:]}")
     if not _RED.exists():
         raise RigError(f"npm ci did not install {_RED}")
     return _RED
+
+
+def node_version() -> str:
+    """``node --version`` (V8 changes Node-RED's CPU: the bench prints it beside Node-RED's row)."""
+    return subprocess.run([shutil.which("node") or "node", "--version"], capture_output=True, text=True,
+                          timeout=30, check=True).stdout.strip()
 
 
 def nodered_flow(*, units: int, registers: int, interval_s: float, modbus_port: int, broker_port: int,
@@ -111,55 +123,95 @@ def _settings(user_dir: Path, port: int) -> str:
             "};\n")
 
 
-class NodeRedProcess(_Process):
-    """``node red.js`` with the rig's flow in ``work``, logging to ``work/nodered.log``."""
+class NodeRedProcess(ManagedProcess):
+    """``node red.js`` with the rig's flow in ``work``, logging to ``work/nodered.log``. Node-RED must be
+    installed (``install_nodered``); the constructor only writes the flow and settings files."""
 
     def __init__(self, work: Path, pki: LocalPki, *, units: int, registers: int, interval_s: float,
                  modbus_port: int, broker_port: int, ui_port: int) -> None:
-        red = install_nodered()
+        super().__init__(work / "nodered.log")
+        if not _RED.exists():
+            raise RigError(f"Node-RED is not installed ({_RED} is missing): run `python -m bench.nodered`")
         work.mkdir(parents=True, exist_ok=True)
         pair = pki.client("nodered-rig")
         flow = nodered_flow(units=units, registers=registers, interval_s=interval_s, modbus_port=modbus_port,
                             broker_port=broker_port, ca=pki.ca, cert=pair.cert, key=pair.key)
         (work / "flows.json").write_text(json.dumps(flow, indent=1))
         (work / "settings.js").write_text(_settings(work, ui_port))
-        super().__init__([shutil.which("node") or "node", str(red), "--settings", str(work / "settings.js"),
-                          "--userDir", str(work)], work / "nodered.log")
+        self.args = [shutil.which("node") or "node", str(_RED), "--settings", str(work / "settings.js"),
+                     "--userDir", str(work)]
+
+    def start(self) -> None:
+        self.spawn(self.args, cwd=NODERED_DIR)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        return self.terminate(timeout)
+
+
+def nodered_window(messages: list[tuple[float, str, bytes]], start: float, end: float, registers: int) -> Window:
+    """What Node-RED delivered in ``[start, end)`` (arrival, wall-clock seconds): each message must be the
+    JSON array of one read's ``registers`` values; a (topic, payload) seen before is a redelivery."""
+    seen: set[tuple[str, bytes]] = set()
+    readings = wire = 0
+    latencies: list[float] = []
+    for arrived, topic, payload in messages:
+        if not start <= arrived < end or (topic, payload) in seen:
+            continue
+        seen.add((topic, payload))
+        try:
+            values = json.loads(payload)
+        except ValueError as exc:
+            raise RigError(f"Node-RED published {payload[:80]!r} on {topic}: not JSON ({exc})") from exc
+        if not isinstance(values, list) or len(values) != registers or \
+                not all(type(v) is int and 0 <= v <= 0xFFFF for v in values):
+            raise RigError(f"Node-RED published {payload[:80]!r} on {topic}: not the read's {registers} register values")
+        readings += registers - 1
+        wire += publish_bytes(topic, payload)
+        latencies.append(clock_latency_ms(arrived, values[0] * 65536 + values[1]))
+    return Window(end - start if end != float("inf") else 0.0, readings, len(seen), wire, latencies)
 
 
 class NodeRedSubscriber(RigSubscriber):
-    """The rig's subscriber on Node-RED's topics; ``window()`` decodes its JSON arrays of register values."""
+    """The rig's subscriber on Node-RED's topics; ``window()`` is ``nodered_window`` over what arrived,
+    ``topics()`` the topics seen in a window (a unit that never answered has none)."""
 
-    def __init__(self, port: int, client_id: str) -> None:
+    def __init__(self, port: int, client_id: str, *, registers: int) -> None:
         super().__init__(port, client_id, topic=f"{TOPIC}/+")
+        self.registers = registers
 
     def window(self, start: float = 0.0, end: float = float("inf")) -> Window:
         with self._lock:
-            chosen = [m for m in self._messages if start <= m[0] < end]
-        readings = wire = 0
-        latencies: list[float] = []
-        for arrived, topic, payload in chosen:
-            values = json.loads(payload)
-            if not isinstance(values, list) or len(values) < 3 or not all(isinstance(v, int) for v in values):
-                raise RigError(f"Node-RED published {payload[:80]!r} on {topic}: not the read's register values")
-            readings += len(values) - 1
-            wire += len(payload) + len(topic) + 2 + 2 + (2 if len(payload) + len(topic) + 4 < 16384 else 3) + 1
-            latencies.append(clock_latency_ms(arrived, values[0] * 65536 + values[1]))
-        return Window(end - start if end != float("inf") else 0.0, readings, len(chosen), wire, latencies)
+            messages = list(self._messages)
+        return nodered_window(messages, start, end, self.registers)
+
+    def topics(self, start: float = 0.0, end: float = float("inf")) -> set[str]:
+        with self._lock:
+            return {topic for arrived, topic, _ in self._messages if start <= arrived < end}
 
 
 def wait_for_messages(subscriber: RigSubscriber, proc: NodeRedProcess, timeout_s: float) -> None:
-    """Until the first message arrives; RigError (with the log's tail) when Node-RED exits or sends nothing."""
+    """Until the first message arrives; RigError, with the exit code and the log's tail, when Node-RED
+    exits first or sends nothing in ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if subscriber.count():
             return
         if proc.proc is not None and proc.proc.poll() is not None:
-            break
+            raise RigError(f"Node-RED exited ({proc.proc.returncode}) before publishing; its log ends:\n"
+                           f"{proc.tail(1500)}")
         time.sleep(0.2)
-    log = proc.output_path.read_text(errors="replace")[-1500:] if proc.output_path.exists() else ""
-    raise RigError(f"Node-RED published nothing within {timeout_s:.0f}s; its log ends:\n{log}")
+    raise RigError(f"Node-RED published nothing within {timeout_s:.0f}s; its log ends:\n{proc.tail(1500)}")
 
 
-if __name__ == "__main__":                              # pragma: no cover - a manual check of the install
-    print(install_nodered(), os.environ.get("PATH", ""))
+def main() -> int:
+    """``python -m bench.nodered``: install the pinned Node-RED (``make bench`` runs this first)."""
+    try:
+        print(f"Node-RED: {install_nodered()} (node {node_version()})")
+    except RigError as exc:
+        print(f"bench.nodered: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

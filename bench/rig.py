@@ -33,7 +33,7 @@ from edge_agent.simulator import RIG_CLOCK_MODULUS, rig_devices
 from ems_contract.telemetry_v2 import decode_telemetry
 
 __all__ = ["RigError", "RigSubscriber", "Window", "rig_device_tables", "run_bare_client", "cpu_seconds",
-           "peak_rss_mb", "percentile", "clock_latency_ms", "ROOT"]
+           "peak_rss_mb", "percentile", "clock_latency_ms", "publish_bytes", "ROOT"]
 
 ROOT = Path(__file__).resolve().parents[1]
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -63,6 +63,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def publish_bytes(topic: str, payload: bytes) -> int:
+    """The MQTT PUBLISH packet's size on the wire before TLS (QoS 1: fixed header, topic, packet id, payload)."""
+    body = 2 + len(topic.encode()) + 2 + len(payload)
+    return 1 + (1 if body < 128 else 2 if body < 16384 else 3) + body
+
+
 def clock_latency_ms(arrival_s: float, clock_value: float) -> float:
     """Milliseconds from the simulator's clock reading to ``arrival_s`` (the clock wraps at 2**32 ms)."""
     return (int(arrival_s * 1000) - int(clock_value)) % RIG_CLOCK_MODULUS
@@ -82,7 +88,7 @@ class Window:
     """What arrived between two instants."""
 
     seconds: float
-    readings: int                  # unique (site, seq)
+    readings: int                  # unique (site, seq); Node-RED's (bench.nodered): registers − 1 per unique message
     messages: int
     wire_bytes: int                # MQTT PUBLISH packets (fixed header, topic, packet id, payload), before TLS
     latencies_ms: list[float]
@@ -141,7 +147,7 @@ class RigSubscriber:
         wire = 0
         for arrived, topic, payload in chosen:
             batch = decode_telemetry(payload, topic=topic)
-            wire += len(payload) + len(topic) + 2 + 2 + (2 if len(payload) + len(topic) + 4 < 16384 else 3) + 1
+            wire += publish_bytes(topic, payload)
             for reading in batch.readings:
                 seqs.add((batch.site, reading.seq))
                 if reading.point == "clock" and reading.value is not None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
 import pytest
 
-from bench.nodered import TOPIC, NodeRedSubscriber, nodered_flow
-from bench.rig import RigError, clock_latency_ms
+from bench.nodered import TOPIC, nodered_flow, nodered_window
+from bench.rig import RigError, publish_bytes
+from edge_agent.decode import encode_registers
 
 
 def _flow(units: int = 3, registers: int = 100, interval_s: float = 0.01) -> list[dict]:
@@ -41,25 +41,38 @@ def test_a_100ms_interval_is_a_100ms_rate() -> None:
     assert {n["rate"] for n in _flow(interval_s=0.1) if n["type"] == "modbus-read"} == {"100"}
 
 
-def _subscriber(messages: list[tuple[float, str, bytes]]) -> NodeRedSubscriber:
-    sub = NodeRedSubscriber.__new__(NodeRedSubscriber)      # no broker: only the counting is under test
-    sub._lock = threading.Lock()
-    sub._messages = messages
-    return sub
+def _read(clock_ms: int, registers: int = 100) -> bytes:
+    """One read's payload as Node-RED publishes it: the clock as the simulator encodes it, then values."""
+    return json.dumps(encode_registers(clock_ms, "uint32") + [(7 * i) % 65536 for i in range(registers - 2)]).encode()
 
 
 def test_a_read_of_r_registers_counts_r_minus_1_readings_and_its_clock_gives_the_latency() -> None:
     clock_ms = 1_700_000_123
-    values = [clock_ms // 65536 % 65536, clock_ms % 65536] + list(range(98))
     arrived = (clock_ms + 7) / 1000
-    window = _subscriber([(arrived, f"{TOPIC}/1", json.dumps(values).encode()),
-                          (arrived + 5, f"{TOPIC}/2", json.dumps(values).encode())]).window(0, arrived + 1)
-    assert window.readings == 99 and window.messages == 1     # the second arrived after the window
-    assert window.latencies_ms == [clock_latency_ms(arrived, values[0] * 65536 + values[1])]
-    assert window.latencies_ms[0] == pytest.approx(7, abs=1)
+    messages = [(arrived, f"{TOPIC}/1", _read(clock_ms)), (arrived + 0.001, f"{TOPIC}/2", _read(clock_ms + 1)),
+                (arrived + 5, f"{TOPIC}/3", _read(clock_ms))]
+    window = nodered_window(messages, 0, arrived + 1, registers=100)
+    assert (window.readings, window.messages) == (2 * 99, 2)    # the third arrived after the window
+    assert window.latencies_ms == [pytest.approx(7, abs=1)] * 2
+    assert window.wire_bytes == sum(publish_bytes(t, p) for _, t, p in messages[:2])
 
 
-@pytest.mark.parametrize("payload", [b'{"a": 1}', b"[1, 2]", b'[1, 2, "x"]', b"[1.5, 2, 3]"])
+def test_a_redelivered_message_counts_once() -> None:
+    payload = _read(1_000_000)
+    window = nodered_window([(1.0, f"{TOPIC}/1", payload), (1.2, f"{TOPIC}/1", payload),
+                             (1.3, f"{TOPIC}/2", payload)], 0, 2, registers=100)
+    assert (window.readings, window.messages) == (2 * 99, 2)
+
+
+@pytest.mark.parametrize("payload", [b'{"a": 1}', b"[1, 2]", b'[1, 2, "x"]', b"[1.5, 2, 3]", b"[1, 2, 3, 4]",
+                                     b"[1, 2, 70000]", b"[true, 2, 3]", b"not json", b"\xff"])
 def test_anything_but_the_reads_register_values_fails_the_rig(payload: bytes) -> None:
-    with pytest.raises(RigError, match="not the read's register values"):
-        _subscriber([(1.0, f"{TOPIC}/1", payload)]).window()
+    with pytest.raises(RigError, match="Node-RED published"):
+        nodered_window([(1.0, f"{TOPIC}/1", payload)], 0, 2, registers=3)
+
+
+def test_publish_bytes_counts_the_remaining_length_in_as_many_bytes_as_mqtt_does() -> None:
+    # fixed header byte + remaining length (1 byte below 128, 2 below 16384, 3 below 2097152) + topic + id + payload
+    assert publish_bytes("t", b"x" * 10) == 1 + 1 + (2 + 1 + 2 + 10)
+    assert publish_bytes("t", b"x" * 200) == 1 + 2 + (2 + 1 + 2 + 200)
+    assert publish_bytes("t", b"x" * 20000) == 1 + 3 + (2 + 1 + 2 + 20000)
