@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.nodered import NodeRedProcess, NodeRedSubscriber, node_version, wait_for_messages
+from bench.nodered import NodeRedProcess, NodeRedSubscriber, installed_versions, wait_for_messages
 from bench.rig import RigError, RigSubscriber, cpu_seconds, peak_rss_mb, percentile, rig_device_tables, run_bare_client
 from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
@@ -155,10 +155,10 @@ def run_nodered(work: Path, pki: LocalPki, interval: float) -> dict[str, float]:
         cpu0, t0 = cpu_seconds(pid), time.time()
         time.sleep(SECONDS)
         cpu1, t1 = cpu_seconds(pid), time.time()
-        rss = peak_rss_mb(pid)
         if red.proc.poll() is not None:
             raise RigError(f"Node-RED exited ({red.proc.returncode}) in the measured window; its log ends:\n"
                            f"{red.tail(1500)}")
+        rss = peak_rss_mb(pid)
         window = subscriber.window(t0, t1)
         silent = sorted(set(range(1, DEVICES + 1)) - {int(t.rsplit("/", 1)[1]) for t in subscriber.topics(t0, t1)})
         if silent:
@@ -204,7 +204,7 @@ def main() -> None:
             red = None
             if label in NODERED_INTERVALS:
                 red = run_nodered(root / f"nodered-{label.replace(' ', '')}", pki, interval)
-                print(_row("Node-RED 4.1", red, offered), flush=True)
+                print(_row("Node-RED", red, offered), flush=True)
             for payload_format in FORMATS if interval == 0.01 else FORMATS[:1]:
                 r = run_agent(root / f"agent-{label.replace(' ', '')}-{payload_format}", pki, interval, payload_format)
                 print(_row(f"ems-edge ({payload_format})", r, offered), flush=True)
@@ -238,9 +238,8 @@ def main() -> None:
               f"{DEVICES // 2}×{2 * REGISTERS} = the same rig as {DEVICES // 2} units of {2 * REGISTERS} registers, "
               "read as two blocks each")
         if ratios:
-            print(f"agent CPU ÷ Node-RED CPU (Node-RED 4.1.15, node-red-contrib-modbus 5.23.3, node "
-                  f"{node_version()}), the same rig minutes apart; issue 9's goal at 10 ms is 0.5 per core: "
-                  + "; ".join(ratios))
+            print(f"agent CPU ÷ Node-RED CPU ({installed_versions()}), the same rig minutes apart; "
+                  "issue 9's goal at 10 ms is 0.5 per core: " + "; ".join(ratios))
         if failures:
             raise RigError("; ".join(failures))
 

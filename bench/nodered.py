@@ -31,7 +31,7 @@ from bench.rig import ROOT, RigError, RigSubscriber, Window, clock_latency_ms, p
 from devenv.pki import LocalPki
 from devenv.process import ManagedProcess
 
-__all__ = ["NODERED_DIR", "NodeRedProcess", "NodeRedSubscriber", "install_nodered", "node_version",
+__all__ = ["NODERED_DIR", "NodeRedProcess", "NodeRedSubscriber", "install_nodered", "installed_versions", "node_version",
            "nodered_flow", "nodered_window", "wait_for_messages", "TOPIC"]
 
 NODERED_DIR = ROOT / "bench" / "nodered"
@@ -65,9 +65,23 @@ def install_nodered() -> Path:
 
 
 def node_version() -> str:
-    """``node --version`` (V8 changes Node-RED's CPU: the bench prints it beside Node-RED's row)."""
-    return subprocess.run([shutil.which("node") or "node", "--version"], capture_output=True, text=True,
-                          timeout=30, check=True).stdout.strip()
+    """``node --version`` (V8 changes Node-RED's CPU: the bench prints it beside Node-RED's figures)."""
+    try:
+        return subprocess.run([shutil.which("node") or "node", "--version"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise RigError(f"node --version failed: {exc}") from exc
+
+
+def installed_versions() -> str:
+    """The installed Node-RED and node-red-contrib-modbus versions and node's, for the bench's output."""
+    modules = NODERED_DIR / "node_modules"
+    try:
+        red, modbus = (json.loads((modules / name / "package.json").read_text())["version"]
+                       for name in ("node-red", "node-red-contrib-modbus"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise RigError(f"Node-RED's installed versions are unreadable under {modules}: {exc}") from exc
+    return f"Node-RED {red}, node-red-contrib-modbus {modbus}, node {node_version()}"
 
 
 def nodered_flow(*, units: int, registers: int, interval_s: float, modbus_port: int, broker_port: int,
@@ -130,19 +144,22 @@ class NodeRedProcess(ManagedProcess):
     def __init__(self, work: Path, pki: LocalPki, *, units: int, registers: int, interval_s: float,
                  modbus_port: int, broker_port: int, ui_port: int) -> None:
         super().__init__(work / "nodered.log")
-        if not _RED.exists():
-            raise RigError(f"Node-RED is not installed ({_RED} is missing): run `python -m bench.nodered`")
-        work.mkdir(parents=True, exist_ok=True)
-        pair = pki.client("nodered-rig")
-        flow = nodered_flow(units=units, registers=registers, interval_s=interval_s, modbus_port=modbus_port,
-                            broker_port=broker_port, ca=pki.ca, cert=pair.cert, key=pair.key)
-        (work / "flows.json").write_text(json.dumps(flow, indent=1))
-        (work / "settings.js").write_text(_settings(work, ui_port))
-        self.args = [shutil.which("node") or "node", str(_RED), "--settings", str(work / "settings.js"),
-                     "--userDir", str(work)]
+        self.work, self.pki, self.ui_port = work, pki, ui_port
+        self.rig = dict(units=units, registers=registers, interval_s=interval_s, modbus_port=modbus_port,
+                        broker_port=broker_port)
 
     def start(self) -> None:
-        self.spawn(self.args, cwd=NODERED_DIR)
+        """Write the flow and settings into ``work`` (a client certificate from the PKI), then start Node-RED."""
+        if not _RED.exists():
+            raise RigError(f"Node-RED is not installed ({_RED} is missing): run `python -m bench.nodered`")
+        work = self.work
+        work.mkdir(parents=True, exist_ok=True)
+        pair = self.pki.client("nodered-rig")
+        flow = nodered_flow(**self.rig, ca=self.pki.ca, cert=pair.cert, key=pair.key)
+        (work / "flows.json").write_text(json.dumps(flow, indent=1))
+        (work / "settings.js").write_text(_settings(work, self.ui_port))
+        self.spawn([shutil.which("node") or "node", str(_RED), "--settings", str(work / "settings.js"),
+                    "--userDir", str(work)], cwd=NODERED_DIR)
 
     def stop(self, timeout: float = 20.0) -> int | None:
         return self.terminate(timeout)
@@ -206,7 +223,8 @@ def wait_for_messages(subscriber: RigSubscriber, proc: NodeRedProcess, timeout_s
 def main() -> int:
     """``python -m bench.nodered``: install the pinned Node-RED (``make bench`` runs this first)."""
     try:
-        print(f"Node-RED: {install_nodered()} (node {node_version()})")
+        install_nodered()
+        print(f"{installed_versions()}: {_RED}")
     except RigError as exc:
         print(f"bench.nodered: {exc}", file=sys.stderr)
         return 1

@@ -12,16 +12,20 @@
 set -euo pipefail
 
 need=()
-if [ "${1:-}" = "--images" ]; then
-  for tool in buildah podman runc mmdebstrap; do
-    command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
-  done
-fi
-# With --bench (make bench), Node.js and npm for Node-RED, the gateway the edge rig measures the agent against.
-if [ "${1:-}" = "--bench" ]; then
-  command -v node >/dev/null 2>&1 || need+=(nodejs)
-  command -v npm >/dev/null 2>&1 || need+=(npm)
-fi
+for option in "$@"; do
+  case "$option" in
+    --images)
+      for tool in buildah podman runc mmdebstrap; do
+        command -v "$tool" >/dev/null 2>&1 || need+=("$tool")
+      done ;;
+    --bench)
+      command -v node >/dev/null 2>&1 || need+=(nodejs)
+      command -v npm >/dev/null 2>&1 || need+=(npm) ;;
+    *)
+      echo "install-system-packages: unknown option $option (known: --images, --bench)" >&2
+      exit 2 ;;
+  esac
+done
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_sub >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
