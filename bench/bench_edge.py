@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.nodered import NodeRedProcess, NodeRedSubscriber, installed_versions, wait_for_messages
-from bench.rig import RigError, RigSubscriber, cpu_seconds, peak_rss_mb, percentile, rig_device_tables, run_bare_client
+from bench.rig import RigError, RigSubscriber, Window, cpu_seconds, peak_rss_mb, percentile, rig_device_tables, run_bare_client
 from devenv.demo_edge import AgentProcess, SimulatorProcess, write_agent_config
 from devenv.mosquitto import MosquittoBroker, free_port
 from devenv.pki import LocalPki, make_pki
@@ -71,6 +71,14 @@ NODERED_INTERVALS = {"100 ms", "10 ms"}
 
 def _audited(path: Path) -> int:
     return verify(path).readings if path.exists() else 0
+
+
+def _figures(window: Window, cpu_s: float, rss_mb: float) -> dict[str, float]:
+    """A client's row: delivered readings/s, CPU (% of a core, µs per reading), p50/p99 latency, RSS, bytes per reading."""
+    return {"readings_per_s": window.readings / window.seconds, "cpu_percent": 100 * cpu_s / window.seconds,
+            "cpu_us_per_reading": 1e6 * cpu_s / window.readings, "p50_ms": percentile(window.latencies_ms, 0.5),
+            "p99_ms": percentile(window.latencies_ms, 0.99), "peak_rss_mb": rss_mb,
+            "bytes_per_reading": window.wire_bytes / window.readings}
 
 
 def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
@@ -110,11 +118,7 @@ def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
         db.close()
         if not window.readings:
             raise RigError("no readings arrived in the measured window")
-        cpu = cpu1 - cpu0
-        return {"readings_per_s": window.readings / window.seconds, "cpu_percent": 100 * cpu / window.seconds,
-                "cpu_us_per_reading": 1e6 * cpu / window.readings, "p50_ms": percentile(window.latencies_ms, 0.5),
-                "p99_ms": percentile(window.latencies_ms, 0.99), "peak_rss_mb": rss,
-                "bytes_per_reading": window.wire_bytes / window.readings, "accepted": accepted, "left": left,
+        return {**_figures(window, cpu1 - cpu0, rss), "accepted": accepted, "left": left,
                 "lost": accepted - everything.readings - left, "exit_code": code}
     finally:
         if subscriber is not None:
@@ -164,11 +168,7 @@ def run_nodered(work: Path, pki: LocalPki, interval: float) -> dict[str, float]:
         if silent:
             raise RigError(f"Node-RED published nothing for unit(s) {silent} in the measured window; "
                            f"its log ends:\n{red.tail(1500)}")
-        cpu = cpu1 - cpu0
-        return {"readings_per_s": window.readings / window.seconds, "cpu_percent": 100 * cpu / window.seconds,
-                "cpu_us_per_reading": 1e6 * cpu / window.readings, "p50_ms": percentile(window.latencies_ms, 0.5),
-                "p99_ms": percentile(window.latencies_ms, 0.99), "peak_rss_mb": rss,
-                "bytes_per_reading": window.wire_bytes / window.readings}
+        return _figures(window, cpu1 - cpu0, rss)
     finally:
         if red is not None:
             red.stop()
