@@ -63,4 +63,4 @@ fresh-machine:
 	./scripts/fresh-machine-check.sh
 
 clean:
-	rm -rf $(VENV) out .demo .bench
+	rm -rf $(VENV) out .demo .bench bench/nodered/node_modules

@@ -106,6 +106,9 @@ def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
         cpu0, t0 = cpu_seconds(pid), time.time()
         time.sleep(SECONDS)
         cpu1, t1 = cpu_seconds(pid), time.time()
+        if agent.proc.poll() is not None:
+            raise RigError(f"the agent exited with {agent.proc.returncode} in the measured window; "
+                           f"see {config.parent / 'agent.log'}")
         rss = peak_rss_mb(pid)
         code = agent.stop(timeout=40)
         subscriber.wait_quiet(quiet_s=1.0, timeout=30)
