@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -73,6 +74,17 @@ def _audited(path: Path) -> int:
     return verify(path).readings if path.exists() else 0
 
 
+def _measure(proc: subprocess.Popen, who: str) -> tuple[float, float, float, float]:
+    """``proc``'s CPU seconds over a ``SECONDS`` window, the window's wall-clock bounds and the peak RSS
+    after it; RigError when ``proc`` exited within it (``who`` names it, and where its log is)."""
+    cpu0, t0 = cpu_seconds(proc.pid), time.time()
+    time.sleep(SECONDS)
+    cpu1, t1 = cpu_seconds(proc.pid), time.time()
+    if proc.poll() is not None:
+        raise RigError(f"{who} exited with {proc.returncode} in the measured window")
+    return cpu1 - cpu0, t0, t1, peak_rss_mb(proc.pid)
+
+
 def _figures(window: Window, cpu_s: float, rss_mb: float) -> dict[str, float]:
     """A client's row: delivered readings/s, CPU (% of a core, µs per reading), p50/p99 latency, RSS, bytes per reading."""
     return {"readings_per_s": window.readings / window.seconds, "cpu_percent": 100 * cpu_s / window.seconds,
@@ -96,20 +108,13 @@ def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
         agent = AgentProcess(config, grace_s=30)
         agent.start()
         assert agent.proc is not None
-        pid = agent.proc.pid
         time.sleep(WARMUP)
         if agent.proc.poll() is not None:
             raise RigError(f"the agent exited with {agent.proc.returncode}; see {config.parent / 'agent.log'}")
         if not subscriber.count():
             raise RigError(f"nothing reached the subscriber in the {WARMUP:.0f}s warm-up; "
                            f"see {config.parent / 'agent.log'}")
-        cpu0, t0 = cpu_seconds(pid), time.time()
-        time.sleep(SECONDS)
-        cpu1, t1 = cpu_seconds(pid), time.time()
-        if agent.proc.poll() is not None:
-            raise RigError(f"the agent exited with {agent.proc.returncode} in the measured window; "
-                           f"see {config.parent / 'agent.log'}")
-        rss = peak_rss_mb(pid)
+        cpu, t0, t1, rss = _measure(agent.proc, f"the agent (see {config.parent / 'agent.log'})")
         code = agent.stop(timeout=40)
         subscriber.wait_quiet(quiet_s=1.0, timeout=30)
         window = subscriber.window(t0, t1)
@@ -121,7 +126,7 @@ def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
         db.close()
         if not window.readings:
             raise RigError("no readings arrived in the measured window")
-        return {**_figures(window, cpu1 - cpu0, rss), "accepted": accepted, "left": left,
+        return {**_figures(window, cpu, rss), "accepted": accepted, "left": left,
                 "lost": accepted - everything.readings - left, "exit_code": code}
     finally:
         if subscriber is not None:
@@ -158,20 +163,13 @@ def run_nodered(work: Path, pki: LocalPki, interval: float) -> dict[str, float]:
         assert red.proc is not None
         wait_for_messages(subscriber, red, 30)
         time.sleep(WARMUP)
-        pid = red.proc.pid
-        cpu0, t0 = cpu_seconds(pid), time.time()
-        time.sleep(SECONDS)
-        cpu1, t1 = cpu_seconds(pid), time.time()
-        if red.proc.poll() is not None:
-            raise RigError(f"Node-RED exited ({red.proc.returncode}) in the measured window; its log ends:\n"
-                           f"{red.tail(1500)}")
-        rss = peak_rss_mb(pid)
+        cpu, t0, t1, rss = _measure(red.proc, f"Node-RED (see {red.output_path})")
         window = subscriber.window(t0, t1)
         silent = sorted(set(range(1, DEVICES + 1)) - {int(t.rsplit("/", 1)[1]) for t in subscriber.topics(t0, t1)})
         if silent:
             raise RigError(f"Node-RED published nothing for unit(s) {silent} in the measured window; "
                            f"its log ends:\n{red.tail(1500)}")
-        return _figures(window, cpu1 - cpu0, rss)
+        return _figures(window, cpu, rss)
     finally:
         if red is not None:
             red.stop()
