@@ -139,7 +139,7 @@ def _settings(user_dir: Path, port: int) -> str:
 
 class NodeRedProcess(ManagedProcess):
     """``node red.js`` with the rig's flow in ``work``, logging to ``work/nodered.log``. Node-RED must be
-    installed (``install_nodered``); the constructor only writes the flow and settings files."""
+    installed (``install_nodered``); ``start()`` writes the flow and settings files, then starts it."""
 
     def __init__(self, work: Path, pki: LocalPki, *, units: int, registers: int, interval_s: float,
                  modbus_port: int, broker_port: int, ui_port: int) -> None:
