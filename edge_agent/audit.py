@@ -324,6 +324,7 @@ class AuditLog:
         self.checked_from = 0                  # where the last open's check began (the mark's offset, or 0)
         self._stranded: list[bytes] = []       # event records a broken log could not write (hand_over)
         self.scanned = 0                       # bytes the last open() checked
+        self.damaged = 0                       # damaged records it read past in the region fsync'd before (not cut)
         self._durable = 0                      # the file's size at the last fsync
         self._durable_crc: str | None = None   # the CRC of the record ending there
         self._written = 0                      # its size after the last write
@@ -409,7 +410,7 @@ class AuditLog:
         record there is cut; one before is durable damage, logged and left for ``verify`` to report
         (cutting it would delete the records of rows long deleted)."""
         self._durable = self._written = size
-        self.scanned = 0
+        self.scanned = self.damaged = 0
         if mark is None:
             return None
         self.last_seq = max(self.last_seq, mark.seq)       # audited, durably, in this file or the one before
@@ -457,16 +458,17 @@ class AuditLog:
         assert fh is not None
         fh.seek(start)
         self.scanned = size - start
-        damaged = [0]                               # bad records read past: the first few logged, then a count
+        self.damaged = 0                            # the first few logged one by one, then their count
         try:
-            return self._scan_from(fh, start, cut_from, damaged)
+            return self._scan_from(fh, start, cut_from)
         finally:
-            if damaged[0] > _DAMAGED_LOGGED:
+            if self.damaged > _DAMAGED_LOGGED:
                 log.error("audit log %s: %d damaged records in all in the region fsync'd before (the first %d "
-                          "logged above; 'audit verify' reports them)", self.path, damaged[0], _DAMAGED_LOGGED)
+                          "logged above; 'audit verify' reports them)", self.path, self.damaged, _DAMAGED_LOGGED)
 
-    def _scan_from(self, fh: Any, offset: int, cut_from: int, damaged: list[int]) -> int | None:
-        """``_scan``'s loop from ``offset`` (``fh`` positioned there); ``damaged[0]`` counts bad records read past."""
+    def _scan_from(self, fh: Any, offset: int, cut_from: int) -> int | None:
+        """``_scan``'s loop from ``offset`` (``fh`` positioned there), counting in :attr:`damaged` the bad
+        records it reads past."""
         pieces: list[bytes] = []                    # a line read on across chunks (joined once, at its end)
         while chunk := fh.read(_SCAN_CHUNK):
             begin = 0
@@ -481,8 +483,8 @@ class AuditLog:
                 except ValueError as exc:
                     if offset >= cut_from:
                         return offset
-                    damaged[0] += 1
-                    if damaged[0] <= _DAMAGED_LOGGED:
+                    self.damaged += 1
+                    if self.damaged <= _DAMAGED_LOGGED:
                         log.error("audit log %s: the record at byte offset %d is damaged (%s), in a region fsync'd "
                                   "before: not cut ('audit verify' reports it)", self.path, offset, exc)
                     offset += len(line) + 1
