@@ -536,21 +536,28 @@ class Spool:
                 forgotten = self._forget_held_sync(db)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
-        self._saved_mark = mark
-        self._held_forgotten(forgotten)
+        self._marked(mark, forgotten)
 
-    def _mark_in_transaction(self) -> AuditMark | None:
+    def _mark_in_transaction(self, *, forget_held: bool = False) -> tuple[AuditMark | None, bool]:
         """Inside a transaction: record the audit's last fsync when it moved since the last record of it
-        (one UPSERT); the mark written, to be kept as saved once the transaction commits."""
+        (one UPSERT), with the delete of the held records it made durable (the mark never passes held
+        records the table still holds); ``forget_held``: delete those whenever they are durable, moved
+        or not. Returns the mark written (None: unchanged) and whether the held records were deleted,
+        for ``_marked`` once the transaction commits."""
         if self.audit is None:
-            return None
+            return None, False
+        assert self._db is not None
         mark = self.audit.mark()
         if mark == self._saved_mark:
-            return None
-        assert self._db is not None
+            return None, forget_held and self._forget_held_sync(self._db)
         _write_mark(self._db, mark)
-        self._forget_held_sync(self._db)    # the mark never passes held records the table still holds
-        return mark
+        return mark, self._forget_held_sync(self._db)
+
+    def _marked(self, mark: AuditMark | None, forgotten: bool) -> None:
+        """After the transaction of ``_mark_in_transaction`` committed: ``mark`` is the saved one (unless
+        None), and nothing is held back when ``forgotten``."""
+        self._saved_mark = mark or self._saved_mark
+        self._held_forgotten(forgotten)
 
     def _audit_durable_sync(self, seq_last: int, retry: bool = True) -> None:
         """Make the records of every row up to ``seq_last`` durable (fsync the audit when they are not yet):
@@ -1019,13 +1026,11 @@ class Spool:
                                    "VALUES (?, ?, ?, ?, ?)", rows)
                     db.execute("INSERT INTO meta (key, value) VALUES ('next_seq', ?) "
                                "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (rows[-1][1] + 1,))
-                mark = self._mark_in_transaction()
-                held_forgotten = self._forget_held_sync(db)
+                marked = self._mark_in_transaction(forget_held=True)
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: commit of {len(rows)} batches and {len(acks)} acks failed "
                              f"({exc})") from exc
-        self._saved_mark = mark or self._saved_mark
-        self._held_forgotten(held_forgotten)
+        self._marked(*marked)
         self._acked_deleted += sum(last - first + 1 for first, last in acks)    # before _depth: see __init__
         self._depth += added - sum(deleted or ())
         if self.audit is not None and rows:
@@ -1100,12 +1105,12 @@ class Spool:
             db.execute("PRAGMA synchronous=NORMAL")     # the drop record is durable: a lost delete is redone
             with transaction(db):
                 db.execute("DELETE FROM batches WHERE seq_first <= ?", (last,))
-                mark = self._mark_in_transaction()
+                marked = self._mark_in_transaction()
         except (AuditError, sqlite3.Error) as exc:
             log.error("spool full (%d readings): cannot drop seq %d..%d now (%s); the next commit tries again",
                       self.max_readings, first, last, exc)
             return None
-        self._saved_mark = mark or self._saved_mark
+        self._marked(*marked)
         return first, last, count
 
     def _min_accepted_sync(self) -> int | None:
@@ -1209,8 +1214,8 @@ class Spool:
                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
                        (seq_first, seq_last, accepted_ms, data, crc, reason, int(self.clock() * 1000)))
             db.execute("DELETE FROM batches WHERE seq_first = ?", (seq_first,))
-            mark = self._mark_in_transaction()
-        self._saved_mark = mark or self._saved_mark
+            marked = self._mark_in_transaction()
+        self._marked(*marked)
         self._depth -= seq_last - seq_first + 1
         self.quarantined_total += 1
         self._oldest_ms = self._min_accepted_sync()

@@ -1117,6 +1117,50 @@ def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full
     assert kinds.index("repair") < kinds.index("quar") < len(kinds) - kinds[::-1].index("b") - 1
 
 
+def test_held_audit_records_leave_the_table_in_the_transaction_of_the_fsync_that_made_them_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The records taken back from ``audit_held`` at a start on a full disk stay in the table until an fsync
+    made them durable, then leave it once: in the next transaction (here the ack's, which fsyncs the audit
+    first and so records a newer position), with one DELETE; later transactions and the close delete
+    nothing more."""
+    from edge_agent.audit import encode_record
+
+    audit_path = tmp_path / "audit.log"
+
+    async def first() -> None:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            await _add(spool, 0, 2)
+
+    run(first())
+    held = [encode_record({"k": "repair", "bytes": n, "at_offset": 0, "at_ms": 1_764_000_000_000}) for n in (7, 8)]
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    db.executemany("INSERT INTO audit_held (record) VALUES (?)", [(r,) for r in held])
+    db.commit()
+    db.close()
+    statements: list[str] = []
+    full = full_disk_switch(monkeypatch)
+
+    async def again() -> None:
+        full[0] = True
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+            spool._db.set_trace_callback(statements.append)     # the I/O thread is idle between calls
+            full[0] = False
+            first_seq = await _add(spool, 1, 2)
+            await spool.flush()
+            assert await spool.ack(1, first_seq + 1) == 4            # deletes rows: the audit is fsync'd first
+            await _add(spool, 2, 2)
+            await spool.flush()
+
+    run(again())
+    deletes = [s for s in statements if s.startswith("DELETE FROM audit_held")]
+    assert deletes == ["DELETE FROM audit_held WHERE n <= 2"], deletes
+    db = sqlite3.connect(tmp_path / "spool" / "spool.db")
+    assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
+    db.close()
+    lines = audit_path.read_bytes().splitlines(keepends=True)
+    assert [lines.count(record) for record in held] == [1, 1]
+
+
 def test_held_audit_records_in_the_spool_are_checked_written_first_once_and_deleted(tmp_path: Path) -> None:
     """``audit_held`` is read back as hostile input: a whole, CRC-checked event record goes first into the
     audit log, once (the table is emptied once it is durable); torn, corrupt, oversized, non-event or
