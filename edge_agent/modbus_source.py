@@ -710,19 +710,26 @@ class ModbusSource:
                 return await self._read_in_turn(block)
         return await self._read_in_turn(block)
 
-    async def _read_in_turn(self, block: ReadBlock) -> bytes:
+    async def _connected(self) -> AsyncModbusTcpClient | PipelinedTcpClient:
+        """This source's connection, opened first when there is none: one attempt at a time, which the
+        poller's pipelined reads and the command handler's writes share (the request budget is kept
+        before it). Raises DeviceTimeout or DeviceUnreachable."""
         client = self._client
         if client is None or not client.connected:
-            async with self._connecting:          # pipelined reads share one connection attempt
+            async with self._connecting:
                 if self._client is None or not self._client.connected:
                     await self._wait_budget()
-                    try:
-                        await self.connect()
-                    except DeviceUnreachable as exc:
-                        self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
-                        raise
+                    await self.connect()
             client = self._client
             assert client is not None
+        return client
+
+    async def _read_in_turn(self, block: ReadBlock) -> bytes:
+        try:
+            client = await self._connected()
+        except DeviceUnreachable as exc:
+            self._count_read("timeout" if isinstance(exc, DeviceTimeout) else "unreachable")
+            raise
         device = self.device
         if device.min_gap_s:                      # with no gap to keep, no clock to read
             await self._wait_budget()
@@ -823,13 +830,7 @@ class ModbusSource:
     async def _write_in_turn(self, register: str, address: int, values: Sequence[int] | Sequence[bool]) -> None:
         device = self.device
         for attempt in range(2):
-            if self._client is None or not self._client.connected:
-                async with self._connecting:          # the poller may be connecting this very source
-                    if self._client is None or not self._client.connected:
-                        await self._wait_budget()
-                        await self.connect()
-            client = self._client
-            assert client is not None
+            client = await self._connected()      # the poller may be connecting this very source
             try:
                 response = await self._write_request(client, register, address, values)
                 break
