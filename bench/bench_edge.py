@@ -26,8 +26,9 @@ with node-red-contrib-modbus (``bench.nodered``: the gateway issue 9 sets the ag
 CPU goal against, half of Node-RED's) runs the same rig just before the agent, and the
 bench prints the agent's CPU ÷ Node-RED's, per core and per reading: two figures taken
 minutes apart on this shared machine, whose speed changes over a day. At 10 ms the two run
-``BENCH_EDGE_RATIO_PAIRS`` times each (default 3), alternately and in alternating order (Node-RED
-first, then the agent first, ...), and the bench prints each pair's ratio and their median. Node-RED's
+``BENCH_EDGE_RATIO_PAIRS`` times each (default 4; 1 or even, ``ratio_pairs``), alternately and in
+alternating order (Node-RED first, then the agent first, ...), and the bench prints each pair's ratio
+and their median (of an even count, the higher of the middle two). Node-RED's
 warm-up starts at its first message, the agent's at its start: Node-RED gets the longer
 one. A Node-RED run fails the benchmark when a unit published nothing in the window or
 Node-RED did not live through it. The first payload format
@@ -70,10 +71,20 @@ if not set(_WANTED) <= set(_INTERVALS):
 INTERVALS = tuple(_INTERVALS[name] for name in _WANTED)
 # Node-RED runs where its modbus-read node has a timer to keep ("flat out" has none).
 NODERED_INTERVALS = {"100 ms", "10 ms"}
-# At 10 ms, Node-RED and the agent run this many times each, alternately, for the CPU ratio.
-RATIO_PAIRS = int(os.environ.get("BENCH_EDGE_RATIO_PAIRS", "3"))
-if RATIO_PAIRS < 1:
-    raise RigError(f"BENCH_EDGE_RATIO_PAIRS={RATIO_PAIRS}: must be at least 1")
+
+
+def ratio_pairs(value: str) -> int:
+    """``BENCH_EDGE_RATIO_PAIRS``: how many times Node-RED and the agent run each at 10 ms, alternately, for
+    the CPU ratio. 1, or an even number: the order alternates (Node-RED first, then the agent first, ...),
+    so only an even count gives each order as many pairs, and a machine that speeds up or slows down over
+    the minutes favours neither (with three, two pairs of one order would decide the median)."""
+    try:
+        pairs = int(value)
+    except ValueError:
+        raise RigError(f"BENCH_EDGE_RATIO_PAIRS={value!r}: must be a whole number") from None
+    if pairs != 1 and (pairs < 2 or pairs % 2):
+        raise RigError(f"BENCH_EDGE_RATIO_PAIRS={pairs}: must be 1 or an even number (each order as often)")
+    return pairs
 
 
 def _audited(path: Path) -> int:
@@ -216,6 +227,7 @@ def _row(label: str, r: dict[str, float], offered: float) -> str:
 
 
 def main() -> None:
+    pairs_wanted = ratio_pairs(os.environ.get("BENCH_EDGE_RATIO_PAIRS", "4"))
     with tempfile.TemporaryDirectory(prefix="ems-bench-edge-") as tmp:
         root = Path(tmp)
         pki = make_pki(root / "pki")
@@ -259,9 +271,9 @@ def main() -> None:
                 print(_row(f"ems-edge ({FORMATS[0]}, {devices}×{registers})", r,
                            devices * (registers - 1) / interval), flush=True)
                 _check(r, f"{label} {devices}×{registers}", failures)
-                # The CPU ratio's further pairs, in alternating order (agent first, then Node-RED first, ...),
-                # so that a machine speeding up or slowing down over the minutes favours neither.
-                for n in range(2, RATIO_PAIRS + 1):
+                # The CPU ratio's further pairs, in alternating order (the agent first in even pairs; see
+                # ratio_pairs).
+                for n in range(2, pairs_wanted + 1):
                     runs: dict[str, dict[str, float]] = {}
                     for who in ("agent", "Node-RED") if n % 2 == 0 else ("Node-RED", "agent"):
                         where = root / f"{who.lower()}-{label.replace(' ', '')}-pair{n}"

@@ -1117,12 +1117,25 @@ def test_an_agent_started_with_a_torn_audit_tail_and_a_quarantined_row_on_a_full
     assert kinds.index("repair") < kinds.index("quar") < len(kinds) - kinds[::-1].index("b") - 1
 
 
-def test_held_audit_records_leave_the_table_in_the_transaction_of_the_fsync_that_made_them_durable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _transactions(statements: list[str]) -> list[list[str]]:
+    """The statements SQLite ran, cut into transactions (BEGIN … COMMIT)."""
+    out: list[list[str]] = []
+    for statement in statements:
+        if statement.startswith("BEGIN"):
+            out.append([])
+        elif out and statement != "COMMIT":
+            out[-1].append(statement)
+    return out
+
+
+@pytest.mark.parametrize("deleter", ["ack", "drop"])
+def test_held_audit_records_leave_the_table_with_the_mark_of_the_fsync_that_made_them_durable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleter: str) -> None:
     """The records taken back from ``audit_held`` at a start on a full disk stay in the table until an fsync
-    made them durable, then leave it once: in the next transaction (here the ack's, which fsyncs the audit
-    first and so records a newer position), with one DELETE; later transactions and the close delete
-    nothing more."""
+    made them durable, then leave it once, in the transaction that records the audit's new position (a
+    crash between the two would have them written again at the next start): here the ack's (which
+    fsyncs the audit before its delete) or the size cap's drop (which fsyncs its ``drop`` record first),
+    with one DELETE; later transactions and the close delete nothing more."""
     from edge_agent.audit import encode_record
 
     audit_path = tmp_path / "audit.log"
@@ -1142,18 +1155,25 @@ def test_held_audit_records_leave_the_table_in_the_transaction_of_the_fsync_that
 
     async def again() -> None:
         full[0] = True
-        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path)) as spool:
+        async with Spool(tmp_path / "spool", site="s1", audit=AuditLog(audit_path),
+                         max_readings=3 if deleter == "drop" else 1_000_000) as spool:
             spool._db.set_trace_callback(statements.append)     # the I/O thread is idle between calls
             full[0] = False
             first_seq = await _add(spool, 1, 2)
-            await spool.flush()
-            assert await spool.ack(1, first_seq + 1) == 4            # deletes rows: the audit is fsync'd first
-            await _add(spool, 2, 2)
+            await spool.flush()                 # drop: 4 readings over a cap of 3, the oldest row goes
+            if deleter == "ack":
+                assert await spool.ack(1, first_seq + 1) == 4    # deletes rows: the audit is fsync'd first
+            await _add(spool, 2, 1)
             await spool.flush()
 
     run(again())
-    deletes = [s for s in statements if s.startswith("DELETE FROM audit_held")]
-    assert deletes == ["DELETE FROM audit_held WHERE n <= 2"], deletes
+    deleting = [t for t in _transactions(statements) if any(s.startswith("DELETE FROM audit_held") for s in t)]
+    assert len(deleting) == 1, deleting
+    (transaction,) = deleting
+    assert [s for s in transaction if s.startswith("DELETE FROM audit_held")] == ["DELETE FROM audit_held WHERE n <= 2"]
+    assert any("'audit_offset'" in s for s in transaction), transaction        # the new mark, in the same one
+    assert any(s.startswith("DELETE FROM batches WHERE seq_first" + (" >= 1" if deleter == "ack" else " <= 2"))
+               for s in transaction), transaction
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
     db.close()
