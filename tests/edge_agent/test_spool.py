@@ -1128,14 +1128,16 @@ def _transactions(statements: list[str]) -> list[list[str]]:
     return out
 
 
-@pytest.mark.parametrize("deleter", ["ack", "drop"])
+@pytest.mark.parametrize("deleter", ["ack", "drop", "quarantine"])
 def test_held_audit_records_leave_the_table_with_the_mark_of_the_fsync_that_made_them_durable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, deleter: str) -> None:
     """The records taken back from ``audit_held`` at a start on a full disk stay in the table until an fsync
     made them durable, then leave it once, in the transaction that records the audit's new position (a
     crash between the two would have them written again at the next start): here the ack's (which
     fsyncs the audit before its delete) or the size cap's drop (which fsyncs its ``drop`` record first),
-    with one DELETE; later transactions and the close delete nothing more."""
+    with one DELETE; later transactions and the close delete nothing more. After a quarantine (a row
+    found corrupt when leased, its record durable already: its transaction records no new position),
+    the next commit that records one is that transaction."""
     from edge_agent.audit import encode_record
 
     audit_path = tmp_path / "audit.log"
@@ -1159,6 +1161,13 @@ def test_held_audit_records_leave_the_table_with_the_mark_of_the_fsync_that_made
                          max_readings=3 if deleter == "drop" else 1_000_000) as spool:
             spool._db.set_trace_callback(statements.append)     # the I/O thread is idle between calls
             full[0] = False
+            if deleter == "quarantine":             # the first run's row, read back from the table: its CRC fails
+                other = sqlite3.connect(tmp_path / "spool" / "spool.db")
+                other.execute("UPDATE batches SET crc = crc + 1 WHERE seq_first = 1")
+                other.commit()
+                other.close()
+                assert await spool.lease(10) == []
+                assert spool.quarantined_total == 1
             first_seq = await _add(spool, 1, 2)
             await spool.flush()                 # drop: 4 readings over a cap of 3, the oldest row goes
             if deleter == "ack":
@@ -1172,8 +1181,9 @@ def test_held_audit_records_leave_the_table_with_the_mark_of_the_fsync_that_made
     (transaction,) = deleting
     assert [s for s in transaction if s.startswith("DELETE FROM audit_held")] == ["DELETE FROM audit_held WHERE n <= 2"]
     assert any("'audit_offset'" in s for s in transaction), transaction        # the new mark, in the same one
-    assert any(s.startswith("DELETE FROM batches WHERE seq_first" + (" >= 1" if deleter == "ack" else " <= 2"))
-               for s in transaction), transaction
+    deleted = {"ack": "DELETE FROM batches WHERE seq_first >= 1", "drop": "DELETE FROM batches WHERE seq_first <= 2",
+               "quarantine": "INSERT INTO batches (seq_first, seq_last, accepted_ms, data, crc) VALUES (3, 4,"}[deleter]
+    assert any(s.startswith(deleted) for s in transaction), transaction
     db = sqlite3.connect(tmp_path / "spool" / "spool.db")
     assert db.execute("SELECT COUNT(*) FROM audit_held").fetchone()[0] == 0
     db.close()
