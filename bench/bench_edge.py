@@ -49,6 +49,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -110,19 +112,31 @@ def _figures(window: Window, cpu_s: float, rss_mb: float) -> dict[str, float]:
             "bytes_per_reading": window.wire_bytes / window.readings}
 
 
-def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
-              spool: dict[str, Any] | None = None, devices: int = DEVICES, registers: int = REGISTERS) -> dict[str, float]:
+@contextmanager
+def _rig(work: Path, pki: LocalPki, devices: int = DEVICES, registers: int = REGISTERS
+         ) -> Iterator[tuple[MosquittoBroker, SimulatorProcess, ExitStack]]:
+    """The rig's broker and simulator, started, and a stack for the client and subscriber's stops: on
+    leaving, those run first (last pushed first), then the simulator and the broker stop."""
     broker = MosquittoBroker(work / "broker", pki, autosave_on_changes=False)
     sim = SimulatorProcess(work, free_port(), profile=f"rig:{devices}x{registers}")
-    subscriber = agent = None
-    try:
+    with ExitStack() as stops:
+        stops.callback(broker.stop)
+        stops.callback(sim.stop)
         broker.start()
         sim.start()
+        yield broker, sim, stops
+
+
+def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
+              spool: dict[str, Any] | None = None, devices: int = DEVICES, registers: int = REGISTERS) -> dict[str, float]:
+    with _rig(work, pki, devices, registers) as (broker, sim, stops):
         config = write_agent_config(work / "site", pki, broker_port=broker.tls_port, modbus_port=sim.port,
                                     devices=rig_device_tables(devices, registers, interval),
                                     broker={"payload_format": payload_format}, **({"spool": spool} if spool else {}))
-        subscriber = RigSubscriber(broker.plain_port, client_id=f"rig-{work.name}").start()
         agent = AgentProcess(config, grace_s=30)
+        stops.callback(agent.stop)
+        subscriber = RigSubscriber(broker.plain_port, client_id=f"rig-{work.name}").start()
+        stops.callback(subscriber.stop)
         agent.start()
         assert agent.proc is not None
         time.sleep(WARMUP)
@@ -145,13 +159,6 @@ def run_agent(work: Path, pki: LocalPki, interval: float, payload_format: str,
             raise RigError("no readings arrived in the measured window")
         return {**_figures(window, cpu, rss), "accepted": accepted, "left": left,
                 "lost": accepted - everything.readings - left, "exit_code": code}
-    finally:
-        if subscriber is not None:
-            subscriber.stop()
-        if agent is not None:
-            agent.stop()
-        sim.stop()
-        broker.stop()
 
 
 def bare(work: Path, interval: float) -> dict[str, float]:
@@ -167,15 +174,12 @@ def bare(work: Path, interval: float) -> dict[str, float]:
 def run_nodered(work: Path, pki: LocalPki, interval: float) -> dict[str, float]:
     """Node-RED (``bench.nodered``) on the same rig and schedule, its CPU and RSS taken as ``run_agent``
     takes the agent's; RigError when a unit published nothing in the window or Node-RED exited."""
-    broker = MosquittoBroker(work / "broker", pki, autosave_on_changes=False)
-    sim = SimulatorProcess(work, free_port(), profile=f"rig:{DEVICES}x{REGISTERS}")
-    subscriber = red = None
-    try:
-        broker.start()
-        sim.start()
+    with _rig(work, pki) as (broker, sim, stops):
         subscriber = NodeRedSubscriber(broker.plain_port, client_id=f"rig-{work.name}", registers=REGISTERS).start()
+        stops.callback(subscriber.stop)
         red = NodeRedProcess(work / "nodered", pki, units=DEVICES, registers=REGISTERS, interval_s=interval,
                              modbus_port=sim.port, broker_port=broker.tls_port, ui_port=free_port())
+        stops.callback(red.stop)
         red.start()
         assert red.proc is not None
         wait_for_messages(subscriber, red, 30)
@@ -187,13 +191,6 @@ def run_nodered(work: Path, pki: LocalPki, interval: float) -> dict[str, float]:
             raise RigError(f"Node-RED published nothing for unit(s) {silent} in the measured window; "
                            f"its log ends:\n{red.tail(1500)}")
         return _figures(window, cpu, rss)
-    finally:
-        if red is not None:
-            red.stop()
-        if subscriber is not None:
-            subscriber.stop()
-        sim.stop()
-        broker.stop()
 
 
 def ratio_summary(pairs: list[tuple[dict[str, float], dict[str, float]]]) -> str:
