@@ -13,7 +13,7 @@
                                                 check every audit record's CRC and, over several files
                                                 (oldest first; --rotated adds logrotate's NAME.1, NAME.2.gz
                                                 ...), that each file continues the one before; exit 1 if not
-    ems-edge simulate       [--host H] [--port P] [--profile default|bench:DxP|rig:DxR] [--config PATH]
+    ems-edge simulate       [--host H] [--port P] [--profile default|bench:DxP|rig:DxR] [--pipelining] [--config PATH]
 
 The config is ``--config``, else ``$EMS_SENSORS_CONF``, else ``/etc/ems/sensors.conf``.
 Exit codes: 0 ok, 1 audit corruption, 2 any expected error (bad config,
@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--host", default="127.0.0.1")
     sim.add_argument("--port", type=_port, default=5020)
     sim.add_argument("--profile", default="default", help="default | bench:<devices>x<points> | rig:<devices>x<registers>")
+    sim.add_argument("--pipelining", action="store_true",
+                     help="answer every request of a TCP segment, as a gateway that takes connection = \"shared\" "
+                          "or max_inflight > 1 does (without it: pymodbus' server, which answers only the first)")
     return parser
 
 
@@ -181,7 +184,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from edge_agent.simulator import serve
 
     try:
-        asyncio.run(serve(args.host, args.port, profile=args.profile, config=Path(args.config) if args.config else None))
+        asyncio.run(serve(args.host, args.port, profile=args.profile, config=Path(args.config) if args.config else None,
+                          pipelining=args.pipelining))
     except ValueError as exc:
         raise EdgeAgentError(str(exc)) from exc
     except OSError as exc:

@@ -484,18 +484,19 @@ def rig_devices(count: int = 10, registers: int = 100, *, host: str = "127.0.0.1
 
 
 async def serve(host: str = "127.0.0.1", port: int = 5020, *, profile: str = "default",
-                config: Path | None = None, stop: asyncio.Event | None = None) -> None:
+                config: Path | None = None, stop: asyncio.Event | None = None, pipelining: bool = False) -> None:
     """Run the simulator until ``stop`` is set (forever when None).
 
     ``profile``: ``default`` (the example config, or ``config``'s devices), or
     ``bench:<devices>x<points>`` (contiguous uint16 holding registers, units 1..N), or
     ``rig:<devices>x<registers>`` (the benchmark rig: ``rig_devices``, values changing every
-    10 ms and the simulator's clock in registers 0–1).
+    10 ms and the simulator's clock in registers 0–1). ``pipelining``: answer every request of a TCP
+    segment (``Simulator``), as a gateway that takes ``connection = "shared"`` or ``max_inflight`` > 1 does.
     """
     if profile == "default":
         source = config or EXAMPLE_CONFIG
         devices = load_config(source, check_files=False).devices
-        sim = Simulator(devices, host=host, port=port, behaviours=default_behaviours(devices))
+        sim = Simulator(devices, host=host, port=port, behaviours=default_behaviours(devices), pipelining=pipelining)
     elif profile.startswith(("bench:", "rig:")):
         kind, _, size = profile.partition(":")
         try:
@@ -506,12 +507,14 @@ async def serve(host: str = "127.0.0.1", port: int = 5020, *, profile: str = "de
             raise ValueError(f"profile {profile!r}: devices must be 1..247 and points "
                              f"{1 if kind == 'bench' else 3}..10000")
         if kind == "bench":
-            sim = Simulator(bench_devices(n_devices, n_points), host=host, port=port)
+            sim = Simulator(bench_devices(n_devices, n_points), host=host, port=port, pipelining=pipelining)
         else:
-            sim = Simulator(rig_devices(n_devices, n_points), host=host, port=port, signals=rig_signal)
+            sim = Simulator(rig_devices(n_devices, n_points), host=host, port=port, signals=rig_signal,
+                            pipelining=pipelining)
     else:
         raise ValueError(f"profile {profile!r} must be 'default', 'bench:<devices>x<points>' or "
                          f"'rig:<devices>x<registers>'")
     async with sim:
-        print(f"Modbus simulator on {sim.host}:{sim.port}, units {sorted(sim._units)}", flush=True)
+        print(f"Modbus simulator on {sim.host}:{sim.port}, units {sorted(sim._units)}"
+              f"{', pipelined requests answered' if pipelining else ''}", flush=True)
         await (stop.wait() if stop is not None else asyncio.Event().wait())

@@ -5,7 +5,11 @@ and block splitting, and reconnection — against the pipelining pymodbus simula
 from __future__ import annotations
 
 import asyncio
+import select
+import socket
 import struct
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,6 +23,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, SharedConnections, plan_reads
 from edge_agent.poller import DevicePoller, PollTicks, run_device
 from edge_agent.simulator import Behaviour, Simulator, signal_for
+from devenv.mosquitto import free_port
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
 FAST = Backoff(base_s=0.02, max_s=0.1, jitter=0.0)
@@ -295,3 +300,38 @@ def test_a_live_units_read_survives_a_silent_units_timeout_when_their_polls_are_
             server.close()
 
     assert asyncio.run(scenario()) == (bytes(8), True)
+
+
+def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only() -> None:
+    """``ems-edge simulate --pipelining`` answers both requests of one TCP segment; without it, as pymodbus'
+    server, only the first (the gateway ``connection = "shared"`` must not be used with)."""
+    def answers(*flags: str) -> int:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "simulate", "--port", str(port),
+                                 "--profile", "bench:2x10", *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                text=True)
+        try:
+            assert proc.stdout is not None
+            ready, _, _ = select.select([proc.stdout], [], [], 30)
+            assert ready, "the simulator printed nothing in 30 s"
+            banner = proc.stdout.readline()
+            assert "Modbus simulator on" in banner, banner
+            assert ("pipelined requests answered" in banner) == bool(flags), banner
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                sock.settimeout(1.0)
+                sock.sendall(b"".join(struct.pack(">HHHBBHH", 10 + u, 0, 6, u, 3, 0, 10) for u in (1, 2)))
+                got = b""
+                try:
+                    while len(got) < 2 * 29:
+                        data = sock.recv(4096)
+                        if not data:
+                            break
+                        got += data
+                except socket.timeout:
+                    pass
+            return len(got) // 29           # MBAP 7 + code 1 + count 1 + 20 data bytes
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert answers() == 1
+    assert answers("--pipelining") == 2
