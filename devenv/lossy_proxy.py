@@ -150,7 +150,8 @@ class LossyProxy:
         except (ConnectionError, OSError):
             pass
         finally:
-            delivery.cancel()
+            if not loop.is_closed():    # closed: this coroutine is being thrown away with its loop (GeneratorExit)
+                delivery.cancel()
 
 
 class ProxyThread:
