@@ -43,22 +43,27 @@ def closed_by_server(sock: socket.socket, within_s: float) -> bool:
         return False
 
 
-def over_a_cap_of_one(port: int, refusals: Callable[[], float | None], attempts: int = 3) -> tuple[bool, bool, float]:
+def over_a_cap_of_one(port: int, refusals: Callable[[], float | None],
+                      attempts: int = 3) -> tuple[bool, bool, float, int]:
     """Against a listener on 127.0.0.1 serving one connection at once: hold one without a TLS handshake, open a second.
 
-    Returns (the second was closed at accept, the held one was closed by the server within 5 s, seconds it took).
-    ``refusals`` reads the listener's count of connections closed at accept: the second counts as closed at
-    accept when that count rose (within 5 s: the accept loop may be slow on a loaded machine) and the
+    Returns (the second was closed at accept, the held one was closed by the server within 5 s, seconds it took,
+    tries made). ``refusals`` reads the listener's count of connections closed at accept: the second counts as
+    closed at accept when that count rose (within 5 s: the accept loop may be slow on a loaded machine) and the
     socket then reads EOF at once, not when it would have met its own request deadline.
 
     The held connection may itself be the one closed at accept, when the thread of a connection made just
-    before (a readiness probe's) still holds the slot as it connects: the second is then served instead, and
-    the held one reads EOF at once. That is the caller's timing, not the listener's fault: it is tried again,
-    ``attempts`` times in all (AssertionError after that).
+    before (a readiness probe's) still holds the slot as it connects: the second is then served instead. That
+    is the caller's timing, not the listener's fault: when the held connection reads EOF (closed at accept, or
+    by a deadline before the second was refused) it is tried again, ``attempts`` times in all (AssertionError
+    after that). Each try the held one was refused in counts one refusal: the listener's count is then
+    ``tries``, not 1.
     """
-    for _ in range(attempts):
+    for tries in range(1, attempts + 1):
         with socket.create_connection(("127.0.0.1", port), timeout=5) as held:
-            time.sleep(0.2)                                  # accepted: it holds the slot (checked below)
+            if closed_by_server(held, 0.2):                  # refused at once: the slot was not free yet
+                time.sleep(0.5)
+                continue
             before = refusals() or 0
             with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
                 deadline = time.monotonic() + 5.0
@@ -66,10 +71,10 @@ def over_a_cap_of_one(port: int, refusals: Callable[[], float | None], attempts:
                     time.sleep(0.02)
                 refused = (refusals() or 0) > before and closed_by_server(extra, 0.5)
             if not refused and closed_by_server(held, 0.05):
-                time.sleep(0.5)                              # the held one was refused: the slot was not free yet
+                time.sleep(0.5)                              # refused late (a slow accept loop), or a deadline
                 continue
             start = time.monotonic()
             expired = closed_by_server(held, 5.0)
-            return refused, expired, time.monotonic() - start
-    raise AssertionError(f"in each of {attempts} tries the second connection was not closed at accept and the "
-                         "held one was closed (at accept, or by a deadline within 5 s)")
+            return refused, expired, time.monotonic() - start, tries
+    raise AssertionError(f"in each of {attempts} tries the held connection was closed before the second one was "
+                         "refused (at accept, or by a deadline within 5 s)")

@@ -318,7 +318,7 @@ def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only() -> 
             assert "Modbus simulator on" in banner, banner
             assert ("pipelined requests answered" in banner) == bool(flags), banner
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.settimeout(1.0)
+                sock.settimeout(5.0 if flags else 1.0)    # both answers awaited; without the flag, 1 s for a second
                 sock.sendall(b"".join(struct.pack(">HHHBBHH", 10 + u, 0, 6, u, 3, 0, 10) for u in (1, 2)))
                 got = b""
                 try:
@@ -332,6 +332,10 @@ def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only() -> 
             return len(got) // 29           # MBAP 7 + code 1 + count 1 + 20 data bytes
         finally:
             proc.terminate()
-            proc.wait(10)
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
     assert answers() == 1
     assert answers("--pipelining") == 2

@@ -157,9 +157,9 @@ def test_the_cap_and_the_deadline_come_from_the_config_and_refusals_are_counted(
     client = ssl.create_default_context(cafile=str(pki.ca))
     with build(config) as api:
         _wait(api, "/healthz", client)
-        refused, expired, waited = over_a_cap_of_one(
+        refused, expired, waited, tries = over_a_cap_of_one(
             api.port, lambda: api.registry.get_sample_value("ems_twin_api_refused_connections_total"))
         assert refused, "a connection beyond max_connections = 1 was not closed"
         assert expired and waited < 6.0, f"the held connection was closed: {expired}, after {waited:.1f} s (3 s deadline)"
-        assert api.registry.get_sample_value("ems_twin_api_refused_connections_total") == 1
+        assert api.registry.get_sample_value("ems_twin_api_refused_connections_total") == tries   # 1 unless the held one was refused first
         _wait(api, "/healthz", client)               # the slot is free again

@@ -133,11 +133,11 @@ def test_the_cap_and_the_deadline_come_from_the_config(sep2_server: Sep2TestServ
                            "max_connections = 1\nrequest_timeout_s = 3\n")
     metrics = NorthboundMetrics()
 
-    refused, expired, waited = _with_service(path, metrics, lambda api: over_a_cap_of_one(
+    refused, expired, waited, tries = _with_service(path, metrics, lambda api: over_a_cap_of_one(
         api.port, lambda: metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total")))
     assert refused, "a connection beyond max_connections = 1 was not closed"
     assert expired and waited < 6.0, f"the held connection was closed: {expired}, after {waited:.1f} s (deadline 3 s)"
-    assert metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total") == 1
+    assert metrics.registry.get_sample_value("ems_northbound_operator_api_refused_connections_total") == tries   # 1 unless the held one was refused first
 
 
 def _service_config(tmp_path: Path, pki: LocalPki, aggregator: CertPair, url: str, files: tuple[Path, Path, Path],
