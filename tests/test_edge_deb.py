@@ -264,8 +264,12 @@ def test_the_private_root_signals_only_its_own_processes(private_root: PrivateRo
     """The package's postrotate runs ``pkill -HUP`` in the private root: a process of this machine (another
     run's agent) must be out of its sight and reach, while a process of the private root is not."""
     pattern = "sleep 600.25"
-    outside = subprocess.Popen(pattern.split())
-    inside = subprocess.Popen(private_root.cmd(*pattern.split()))
+    # Both take SIGHUP's default action even when this run inherited it ignored (nohup): else the inside one
+    # (and nsenter, which dies of its child's signal) would outlive the pkill, and the outside one's survival
+    # would prove nothing. env execs what follows it: the sleeps' command lines are the pattern.
+    default_hup = ["env", "--default-signal=HUP"]
+    outside = subprocess.Popen([*default_hup, *pattern.split()])
+    inside = subprocess.Popen([*default_hup, *private_root.cmd(*pattern.split())])
     try:
         assert _wait(lambda: bool(_children(inside.pid)), timeout=10)
         seen = private_root.run("pgrep", "-f", f"^{pattern}$", check=False).stdout.split()
