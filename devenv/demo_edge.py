@@ -132,12 +132,15 @@ class AgentProcess(_Process):
 
 
 class SimulatorProcess(_Process):
-    """``ems-edge simulate`` on ``port`` (``profile``: default or bench:DxP)."""
+    """``ems-edge simulate`` on ``port`` (``profile``: default or bench:DxP; ``pipelining``: ``--pipelining``)."""
 
-    def __init__(self, workdir: Path, port: int, *, profile: str = "default", config: Path | None = None) -> None:
+    def __init__(self, workdir: Path, port: int, *, profile: str = "default", config: Path | None = None,
+                 pipelining: bool = False) -> None:
         args = _ems_edge() + ["simulate", "--port", str(port), "--profile", profile]
         if config is not None:
             args += ["--config", str(config)]
+        if pipelining:
+            args.append("--pipelining")
         super().__init__(args, workdir / "simulator.log")
         self.port = port
 

@@ -5,11 +5,8 @@ and block splitting, and reconnection — against the pipelining pymodbus simula
 from __future__ import annotations
 
 import asyncio
-import select
 import socket
 import struct
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from edge_agent.metrics import AgentMetrics
 from edge_agent.modbus_source import Backoff, ModbusSource, SharedConnections, plan_reads
 from edge_agent.poller import DevicePoller, PollTicks, run_device
 from edge_agent.simulator import Behaviour, Simulator, signal_for
+from devenv.demo_edge import SimulatorProcess
 from devenv.mosquitto import free_port
 from tests.edge_agent.modbus_helpers import device, points, silent_listener
 
@@ -302,23 +300,16 @@ def test_a_live_units_read_survives_a_silent_units_timeout_when_their_polls_are_
     assert asyncio.run(scenario()) == (bytes(8), True)
 
 
-def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only() -> None:
+def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only(tmp_path: Path) -> None:
     """``ems-edge simulate --pipelining`` answers both requests of one TCP segment; without it, as pymodbus'
     server, only the first (the gateway ``connection = "shared"`` must not be used with)."""
-    def answers(*flags: str) -> int:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "simulate", "--port", str(port),
-                                 "--profile", "bench:2x10", *flags], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                text=True)
+    def answers(pipelining: bool) -> int:
+        sim = SimulatorProcess(tmp_path / f"pipelining-{pipelining}", free_port(), profile="bench:2x10",
+                               pipelining=pipelining)
         try:
-            assert proc.stdout is not None
-            ready, _, _ = select.select([proc.stdout], [], [], 30)
-            assert ready, "the simulator printed nothing in 30 s"
-            banner = proc.stdout.readline()
-            assert "Modbus simulator on" in banner, banner
-            assert ("pipelined requests answered" in banner) == bool(flags), banner
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.settimeout(5.0 if flags else 1.0)    # both answers awaited; without the flag, 1 s for a second
+            sim.start()                                     # waits for the port (20 s)
+            with socket.create_connection(("127.0.0.1", sim.port), timeout=5) as sock:
+                sock.settimeout(5.0 if pipelining else 1.0)  # both answers awaited; without the flag, 1 s for a second
                 sock.sendall(b"".join(struct.pack(">HHHBBHH", 10 + u, 0, 6, u, 3, 0, 10) for u in (1, 2)))
                 got = b""
                 try:
@@ -329,13 +320,9 @@ def test_the_simulator_cli_answers_pipelined_requests_with_pipelining_only() -> 
                         got += data
                 except socket.timeout:
                     pass
+            assert ("pipelined requests answered" in sim.tail()) == pipelining, sim.tail()
             return len(got) // 29           # MBAP 7 + code 1 + count 1 + 20 data bytes
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-    assert answers() == 1
-    assert answers("--pipelining") == 2
+            sim.stop()
+    assert answers(False) == 1
+    assert answers(True) == 2
