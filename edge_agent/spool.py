@@ -526,17 +526,15 @@ class Spool:
         """Record the audit's last fsync in ``meta`` in a transaction of its own (fsync'd)."""
         db = self._db
         assert db is not None and self.audit is not None
-        mark = self.audit.mark()
-        if mark == self._saved_mark:
+        if self.audit.mark() == self._saved_mark:
             return
         try:
             db.execute("PRAGMA synchronous=FULL")
             with transaction(db):
-                _write_mark(db, mark)
-                forgotten = self._forget_held_sync(db)
+                marked = self._mark_in_transaction()
         except sqlite3.Error as exc:
             raise SpoolError(f"spool {self.path}: cannot record the audit log's position ({exc})") from exc
-        self._marked(mark, forgotten)
+        self._marked(*marked)
 
     def _mark_in_transaction(self, *, forget_held: bool = False) -> tuple[AuditMark | None, bool]:
         """Inside a transaction: record the audit's last fsync when it moved since the last record of it
